@@ -1,0 +1,484 @@
+"""Adaptive inference: run a step model with a stopping policy and a rule, per input.
+
+Three execution modes give identical predictions and stop steps:
+
+* ``dense``  — run every step on the whole batch, then select (simple; the reference);
+* ``masked`` — a fixed trip count over the whole batch with finished rows frozen (no
+  data-dependent shapes, so it compiles and exports);
+* ``shrink`` — finished rows leave the batch, so later steps run on fewer rows: real wall-clock
+  savings on CPU and GPU.
+
+A *rule* turns the hazard logit of each row at step t into stop / go. Threshold rules compare a
+per-row *score* with a threshold; :func:`fit_threshold` and :func:`calibrate` choose that threshold
+on validation data so the mean cost meets a budget, and :func:`fit_exit_thresholds` fits MSDNet's
+per-exit thresholds for a target exit distribution.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .steps import StepModel, index_state, state_batch_size, state_device, where_state
+
+__all__ = [
+    "Rule",
+    "HazardThreshold",
+    "CumulativeThreshold",
+    "SampleRule",
+    "AdaptiveResult",
+    "run_adaptive",
+    "run_fixed",
+    "hazard_trajectory",
+    "stop_indices",
+    "fit_threshold",
+    "calibrate",
+    "exit_distribution",
+    "fit_exit_thresholds",
+    "MODES",
+]
+
+MODES = ("dense", "masked", "shrink")
+
+
+# ---------------------------------------------------------------- rules
+
+
+class Rule:
+    """Decides, step by step, which rows stop. Carries an optional batch-first tensor per row."""
+
+    def init_carry(self, batch: int, num_steps: int, device) -> torch.Tensor | None:
+        return None
+
+    def decide(
+        self, hazard_logits: torch.Tensor, t: int, carry: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``hazard_logits (b,)`` at step ``t`` → ``(stop (b,) bool, new carry)``."""
+        raise NotImplementedError
+
+
+class ThresholdRule(Rule):
+    """Stop when a per-row score reaches a threshold (a scalar or one per step)."""
+
+    def __init__(self, score_threshold: float | torch.Tensor):
+        self.score_threshold = torch.as_tensor(score_threshold, dtype=torch.float64)
+
+    def score(
+        self, hazard_logits: torch.Tensor, t: int, carry: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
+
+    def threshold_at(self, t: int) -> torch.Tensor:
+        thr = self.score_threshold
+        return thr if thr.dim() == 0 else thr[t]
+
+    def decide(self, hazard_logits, t, carry):
+        score, carry = self.score(hazard_logits, t, carry)
+        return score >= self.threshold_at(t).to(score.dtype).to(score.device), carry
+
+    @classmethod
+    def from_score_threshold(cls, score_threshold) -> ThresholdRule:
+        rule = cls.__new__(cls)
+        ThresholdRule.__init__(rule, score_threshold)
+        return rule
+
+
+class HazardThreshold(ThresholdRule):
+    """Stop at the first step whose hazard λ_t ≥ ``threshold`` (a probability, scalar or ``(T,)``).
+
+    The comparison is made on logits (score = hazard logit), so it is exact for any logit.
+    """
+
+    def __init__(self, threshold: float | torch.Tensor):
+        thr = torch.as_tensor(threshold, dtype=torch.float64)
+        if bool(((thr < 0) | (thr > 1)).any()):
+            raise ValueError(f"hazard threshold must lie in [0, 1]; got {threshold}")
+        super().__init__(torch.logit(thr))
+
+    def score(self, hazard_logits, t, carry):
+        return hazard_logits, carry
+
+    def __repr__(self):
+        return f"HazardThreshold(logit={self.score_threshold.tolist()})"
+
+
+class CumulativeThreshold(ThresholdRule):
+    """Stop at the first step where P(stopped by t) = 1 − ∏_{τ≤t}(1 − λ_τ) ≥ ``threshold``."""
+
+    def __init__(self, threshold: float):
+        if not 0 <= threshold <= 1:
+            raise ValueError(f"cumulative threshold must lie in [0, 1]; got {threshold}")
+        super().__init__(threshold)
+
+    def init_carry(self, batch, num_steps, device):
+        return torch.zeros(batch, device=device)  # log survival so far
+
+    def score(self, hazard_logits, t, carry):
+        carry = carry + F.logsigmoid(-hazard_logits)
+        return -torch.expm1(carry), carry
+
+    def __repr__(self):
+        return f"CumulativeThreshold({self.score_threshold.item():.6g})"
+
+
+class SampleRule(Rule):
+    """Stop at step t with probability λ_t (the paper's sampled inference), reproducibly.
+
+    The uniforms of all rows and steps are drawn up front from ``seed``, so every mode (and any
+    batch order of execution) sees the same draws.
+    """
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+
+    def init_carry(self, batch, num_steps, device):
+        generator = torch.Generator().manual_seed(self.seed)
+        return torch.rand(batch, num_steps, generator=generator).to(device)
+
+    def decide(self, hazard_logits, t, carry):
+        return torch.log(carry[:, t]) < F.logsigmoid(hazard_logits), carry
+
+    def __repr__(self):
+        return f"SampleRule(seed={self.seed})"
+
+
+# ---------------------------------------------------------------- execution
+
+
+@dataclass
+class AdaptiveResult:
+    """Output of :func:`run_adaptive`.
+
+    predictions: ``(B, ...)`` the prediction at each row's stop step.
+    stop_index: ``(B,)`` 0-based stop step (long).
+    cost: ``(B,)`` cumulative cost of the steps each row ran (from ``step_costs``).
+    """
+
+    predictions: torch.Tensor
+    stop_index: torch.Tensor
+    cost: torch.Tensor
+
+    @property
+    def steps_used(self) -> torch.Tensor:
+        """``(B,)`` 1-based number of steps used."""
+        return self.stop_index + 1
+
+
+def _observe(model: StepModel, state, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prediction and features after step t; models may override ``observe`` to share work."""
+    observe = getattr(model, "observe", None)
+    if observe is not None:
+        return observe(state, t)
+    return model.predict(state, t), model.features(state, t)
+
+
+def _valid_steps(model: StepModel, valid_steps) -> torch.Tensor:
+    T = model.max_steps
+    if valid_steps is None:
+        return torch.ones(T, dtype=torch.bool)
+    valid = torch.as_tensor(valid_steps).bool().cpu()
+    if valid.shape != (T,):
+        raise ValueError(f"valid_steps must have shape ({T},); got {tuple(valid.shape)}")
+    if not bool(valid.any()):
+        raise ValueError("valid_steps has no valid step")
+    return valid
+
+
+def _split_carry(carry, rows):
+    return None if carry is None else carry[rows]
+
+
+def run_adaptive(
+    model: StepModel,
+    policy,
+    inputs: Any,
+    rule: Rule,
+    mode: str = "shrink",
+    valid_steps: torch.Tensor | None = None,
+    step_costs: torch.Tensor | None = None,
+) -> AdaptiveResult:
+    """Run ``model`` on ``inputs``, stopping each row where ``rule`` says, in the given ``mode``.
+
+    Args:
+        model: a :class:`~stopwise.steps.StepModel`.
+        policy: ``policy(features (b, F), t) -> (b,)`` hazard logits.
+        rule: a :class:`Rule`, e.g. ``HazardThreshold(0.5)``.
+        mode: ``"dense"``, ``"masked"`` or ``"shrink"``.
+        valid_steps: optional ``(T,)`` bool mask of steps allowed to stop (pruned exits are False);
+            the last valid step stops every remaining row, and later steps never run.
+        step_costs: ``(T,)`` cumulative cost per step; default ``model.step_costs()``.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
+    valid = _valid_steps(model, valid_steps)
+    run = {"dense": _run_dense, "masked": _run_masked, "shrink": _run_shrink}[mode]
+    predictions, stop_index = run(model, policy, inputs, rule, valid)
+    costs = model.step_costs() if step_costs is None else torch.as_tensor(step_costs)
+    cost = costs.to(stop_index.device)[stop_index]
+    return AdaptiveResult(predictions, stop_index, cost)
+
+
+def _last(valid: torch.Tensor) -> int:
+    return int(valid.nonzero().max())
+
+
+def _run_shrink(model, policy, inputs, rule, valid):
+    state = model.start(inputs)
+    B = state_batch_size(state)
+    device = state_device(state)
+    active = torch.arange(B, device=device)
+    carry = rule.init_carry(B, model.max_steps, device)
+    predictions = None
+    stop_index = torch.full((B,), -1, dtype=torch.long, device=device)
+    last = _last(valid)
+    for t in range(last + 1):
+        state = model.advance(state, t)
+        if not valid[t]:
+            continue
+        prediction, features = _observe(model, state, t)
+        if t == last:
+            stop = torch.ones(active.shape[0], dtype=torch.bool, device=device)
+        else:
+            stop, carry = rule.decide(policy(features, t), t, carry)
+        if predictions is None:
+            predictions = prediction.new_zeros((B, *prediction.shape[1:]))
+        if bool(stop.any()):
+            rows = active[stop]
+            predictions[rows] = prediction[stop]
+            stop_index[rows] = t
+            go = ~stop
+            active, state, carry = active[go], index_state(state, go), _split_carry(carry, go)
+            if active.numel() == 0:
+                break
+    return predictions, stop_index
+
+
+def _run_masked(model, policy, inputs, rule, valid):
+    state = model.start(inputs)
+    B = state_batch_size(state)
+    device = state_device(state)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    carry = rule.init_carry(B, model.max_steps, device)
+    predictions = None
+    stop_index = torch.full((B,), -1, dtype=torch.long, device=device)
+    last = _last(valid)
+    for t in range(last + 1):
+        state = where_state(done, state, model.advance(state, t))
+        if not valid[t]:
+            continue
+        prediction, features = _observe(model, state, t)
+        if t == last:
+            stop = torch.ones(B, dtype=torch.bool, device=device)
+        else:
+            stop, new_carry = rule.decide(policy(features, t), t, carry)
+            carry = (
+                new_carry
+                if carry is None
+                else torch.where(done.view(-1, *([1] * (carry.dim() - 1))), carry, new_carry)
+            )
+        newly = stop & ~done
+        if predictions is None:
+            predictions = prediction.new_zeros((B, *prediction.shape[1:]))
+        predictions = torch.where(
+            newly.view(-1, *([1] * (prediction.dim() - 1))), prediction, predictions
+        )
+        stop_index = torch.where(newly, t, stop_index)
+        done = done | newly
+    return predictions, stop_index
+
+
+def _run_dense(model, policy, inputs, rule, valid):
+    state = model.start(inputs)
+    last = _last(valid)
+    predictions, hazards = [], []
+    for t in range(last + 1):
+        state = model.advance(state, t)
+        prediction, features = _observe(model, state, t)
+        predictions.append(prediction)
+        hazards.append(policy(features, t) if valid[t] and t < last else None)
+    B = predictions[0].shape[0]
+    hazard = torch.stack(
+        [h if h is not None else predictions[0].new_zeros(B) for h in hazards], dim=1
+    )
+    stop_index = stop_indices(hazard, rule, valid[: last + 1])
+    stacked = torch.stack(predictions, dim=1)
+    rows = torch.arange(B, device=stacked.device)
+    return stacked[rows, stop_index], stop_index
+
+
+def stop_indices(
+    hazard_logits: torch.Tensor, rule: Rule, valid_steps: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``(B,)`` 0-based stop steps that ``rule`` picks from full hazards ``(B, T)``.
+
+    The same step-by-step arithmetic as :func:`run_adaptive`, applied after the fact.
+    """
+    B, T = hazard_logits.shape
+    valid = torch.ones(T, dtype=torch.bool) if valid_steps is None else valid_steps.bool().cpu()
+    last = _last(valid)
+    device = hazard_logits.device
+    carry = rule.init_carry(B, T, device)
+    stop_index = torch.full((B,), last, dtype=torch.long, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    for t in range(last):
+        if not valid[t]:
+            continue
+        stop, carry = rule.decide(hazard_logits[:, t], t, carry)
+        newly = stop & ~done
+        stop_index = torch.where(newly, t, stop_index)
+        done = done | newly
+    return stop_index
+
+
+def run_fixed(model: StepModel, inputs: Any, num_steps: int | None = None) -> torch.Tensor:
+    """Run the first ``num_steps`` steps (default all) and return the prediction there."""
+    T = model.max_steps if num_steps is None else num_steps
+    state = model.start(inputs)
+    for t in range(T):
+        state = model.advance(state, t)
+    return model.predict(state, T - 1)
+
+
+@torch.no_grad()
+def hazard_trajectory(model: StepModel, policy, inputs: Any) -> torch.Tensor:
+    """``(B, T)`` hazard logits of ``policy`` at every step of ``model`` on ``inputs``."""
+    state = model.start(inputs)
+    hazards = []
+    for t in range(model.max_steps):
+        state = model.advance(state, t)
+        hazards.append(policy(_observe(model, state, t)[1], t))
+    return torch.stack(hazards, dim=1)
+
+
+# ---------------------------------------------------------------- calibration
+
+
+def _scores(hazard_logits: torch.Tensor, rule: ThresholdRule, valid: torch.Tensor) -> torch.Tensor:
+    """``(B, T)`` the scores ``rule`` compares with its threshold, by its own recurrence.
+
+    Invalid steps are skipped, as :func:`run_adaptive` skips them, and score −inf.
+    """
+    B, T = hazard_logits.shape
+    carry = rule.init_carry(B, T, hazard_logits.device)
+    scores = []
+    for t in range(T):
+        if valid[t]:
+            score, carry = rule.score(hazard_logits[:, t], t, carry)
+        else:
+            score = torch.full_like(hazard_logits[:, t], -math.inf)
+        scores.append(score)
+    return torch.stack(scores, dim=1)
+
+
+def fit_threshold(
+    hazard_logits: torch.Tensor,
+    budget: float,
+    step_costs: torch.Tensor | None = None,
+    kind: str = "hazard",
+    valid_steps: torch.Tensor | None = None,
+) -> ThresholdRule:
+    """The threshold rule spending the most compute whose mean cost on these rows is ≤ ``budget``.
+
+    ``hazard_logits`` ``(N, T)`` come from a held-out validation split (never the test set);
+    ``step_costs`` ``(T,)`` are cumulative (default: steps used, 1..T); ``kind`` is ``"hazard"``
+    or ``"cumulative"``. Exact: a binary search over the observed scores, using the rule's own
+    arithmetic, so the returned rule reproduces the fitted cost on these rows.
+    """
+    rule_cls = {"hazard": HazardThreshold, "cumulative": CumulativeThreshold}.get(kind)
+    if rule_cls is None:
+        raise ValueError(f"unknown threshold kind {kind!r}; choose 'hazard' or 'cumulative'")
+    N, T = hazard_logits.shape
+    costs = (
+        torch.arange(1, T + 1, dtype=torch.float64)
+        if step_costs is None
+        else torch.as_tensor(step_costs, dtype=torch.float64)
+    )
+    valid = torch.ones(T, dtype=torch.bool) if valid_steps is None else valid_steps.bool().cpu()
+    probe = rule_cls.from_score_threshold(0.0)
+    scores = _scores(hazard_logits.detach(), probe, valid).to(torch.float64)
+    candidates = torch.cat([scores[:, valid].flatten().unique(), torch.tensor([math.inf])])
+
+    def mean_cost(threshold) -> float:
+        index = stop_indices(scores, _Passthrough(threshold), valid)
+        return float(costs[index.cpu()].mean())
+
+    lo_cost, hi_cost = mean_cost(candidates[0]), mean_cost(candidates[-1])
+    if lo_cost > budget + 1e-12:
+        raise ValueError(
+            f"budget {budget:.6g} is below the least achievable mean cost {lo_cost:.6g} "
+            f"(every row stopping at its first valid step); full depth costs {hi_cost:.6g}"
+        )
+    lo, hi = 0, candidates.numel() - 1  # invariant: cost(lo) ≤ budget
+    if hi_cost <= budget:
+        lo = hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if mean_cost(candidates[mid]) <= budget:
+            lo = mid
+        else:
+            hi = mid
+    return rule_cls.from_score_threshold(float(candidates[lo]))
+
+
+class _Passthrough(ThresholdRule):
+    """Threshold on precomputed scores (used to search thresholds)."""
+
+    def score(self, hazard_logits, t, carry):
+        return hazard_logits, carry
+
+
+@torch.no_grad()
+def calibrate(
+    model: StepModel,
+    policy,
+    val_inputs: Any,
+    budget: float,
+    kind: str = "hazard",
+    valid_steps: torch.Tensor | None = None,
+    step_costs: torch.Tensor | None = None,
+) -> ThresholdRule:
+    """Fit a threshold rule on a validation split so the mean cost per row meets ``budget``.
+
+    ``budget`` is in the units of ``step_costs`` (default ``model.step_costs()``). See
+    :func:`fit_threshold`.
+    """
+    hazards = hazard_trajectory(model, policy, val_inputs)
+    costs = model.step_costs() if step_costs is None else step_costs
+    return fit_threshold(hazards, budget, costs, kind, valid_steps)
+
+
+def exit_distribution(p: float, num_exits: int) -> torch.Tensor:
+    """MSDNet's target exit distribution q_k ∝ p^k, k = 1..K (``(K,)`` float64)."""
+    if p <= 0:
+        raise ValueError(f"p must be > 0; got {p}")
+    q = torch.tensor(p, dtype=torch.float64) ** torch.arange(1, num_exits + 1)
+    return q / q.sum()
+
+
+def fit_exit_thresholds(scores: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """MSDNet's per-exit thresholds for a target exit distribution ``q (K,)``.
+
+    ``scores`` ``(N, K)``: a confidence-like score per sample and exit on the validation split
+    (higher = more confident; any monotone transform of the confidence gives the same exits).
+    Exit k takes the ⌊N q_k⌋ highest-scoring samples not taken by an earlier exit; its threshold
+    is the score of the last one taken (+inf if it takes none); the last exit takes the rest
+    (−inf). Apply with ``HazardThreshold.from_score_threshold(thresholds)`` on score logits.
+    Vectorised over samples; the loop runs over exits only.
+    """
+    N, K = scores.shape
+    if q.shape != (K,):
+        raise ValueError(f"q must have shape ({K},); got {tuple(q.shape)}")
+    thresholds = torch.full((K,), math.inf, dtype=torch.float64)
+    thresholds[-1] = -math.inf
+    taken = torch.zeros(N, dtype=torch.bool, device=scores.device)
+    for k in range(K - 1):
+        n_k = int(math.floor(N * float(q[k])))
+        remaining = scores[~taken, k]
+        if 0 < n_k <= remaining.numel():
+            thresholds[k] = float(remaining.topk(n_k).values[-1])
+        taken |= scores[:, k].to(torch.float64) >= thresholds[k]
+    return thresholds

@@ -1,0 +1,191 @@
+"""Training objectives for halting and early exit, built on :mod:`stopwise.stoptime`.
+
+Every function takes per-step losses ``ℓ`` of shape ``(B, T)`` (or per-step outputs, for ACT) and
+returns a scalar averaged over the batch unless it says otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from .stoptime import (
+    StopTime,
+    _expand_mask,
+    kl_divergence,
+    oracle,
+    random_horizon_log_conditional,
+    random_horizon_log_prior,
+    truncated_geometric_log_prior,
+)
+
+__all__ = [
+    "l2s_stage1_loss",
+    "l2s_stage2_loss",
+    "joint_loss",
+    "pondernet_loss",
+    "ACTHalting",
+    "act_halting",
+    "act_output",
+    "act_loss",
+    "random_horizon_bound",
+    "weighted_exit_loss",
+]
+
+
+def l2s_stage1_loss(
+    losses: torch.Tensor, beta: float, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """L2S stage I: the predictive model trained under the oracle, Σ_t q*(t) ℓ_t with q* detached.
+
+    Its gradient in ℓ equals that of β·(−logsumexp_t(−ℓ_t/β)) (L2S, Eq. 9): the oracle weights
+    ``softmax(−ℓ/β)`` are exactly d/dℓ of that soft-min. ``losses`` is ``(B, T)``.
+    """
+    weights = oracle(losses.detach(), beta, mask=mask)
+    return (weights * losses.masked_fill(weights == 0, 0.0)).sum(-1).mean()
+
+
+def l2s_stage2_loss(
+    stop: StopTime, losses: torch.Tensor, beta: float, hard: bool = False
+) -> torch.Tensor:
+    """L2S stage II: the policy imitates the oracle (L2S, Eq. 10).
+
+    Soft: forward KL(q* ‖ q_φ), with q* = softmax(−ℓ/β) over the valid steps of ``stop``.
+    Hard: cross-entropy −log q_φ(argmin_t ℓ_t). ``losses`` is ``(B, T)`` and is detached here.
+    """
+    target = oracle(losses.detach(), beta, hard=hard, mask=stop.mask)
+    if hard:
+        return -stop.log_prob(target.argmax(dim=-1)).mean()
+    return kl_divergence(target.log(), stop.log_probs, stop.mask).mean()
+
+
+def joint_loss(stop: StopTime, losses: torch.Tensor, beta: float) -> torch.Tensor:
+    """The joint β-VAE objective of L2S (Eq. 6): E_{q_φ}[ℓ] − β H(q_φ).
+
+    Minimised over q_φ it is attained at the oracle q*, with value β·(−logsumexp(−ℓ/β)).
+    """
+    expected = (stop.probs * losses.masked_fill(~stop.mask, 0.0)).sum(-1)
+    return (expected - beta * stop.entropy()).mean()
+
+
+def pondernet_loss(
+    stop: StopTime, losses: torch.Tensor, beta: float, prior_p: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PonderNet (Banino et al. 2021, Eq. 4): Σ_t q(t) ℓ_t + β KL(q ‖ p_G(λ_p)).
+
+    The KL runs from the halting distribution q to the geometric prior (that direction), and the
+    prior is truncated to the valid steps of ``stop`` and renormalised. Use ``StopTime(...,
+    tail="renormalize")`` or the default ``"absorb"`` for PonderNet's two ways to end at step T.
+    Returns the loss and its two terms (batch means) for logging.
+    """
+    log_prior = truncated_geometric_log_prior(
+        prior_p, stop.num_steps, mask=stop.mask, dtype=stop.log_probs.dtype
+    ).to(stop.log_probs.device)
+    reconstruction = (stop.probs * losses.masked_fill(~stop.mask, 0.0)).sum(-1).mean()
+    kl = kl_divergence(stop.log_probs, log_prior, stop.mask).mean()
+    return reconstruction + beta * kl, {"reconstruction": reconstruction, "kl": kl}
+
+
+class ACTHalting(NamedTuple):
+    """Graves' ACT halting of a batch. All fields are batch-first.
+
+    weights: ``(B, T)`` p_n — h_n before the halting step, the remainder R at it, 0 after.
+    steps: ``(B,)`` N(x), the 1-based halting step.
+    remainder: ``(B,)`` R(x) = 1 − Σ_{n<N} h_n (differentiable).
+    ponder_cost: ``(B,)`` ρ(x) = N(x) + R(x).
+    """
+
+    weights: torch.Tensor
+    steps: torch.Tensor
+    remainder: torch.Tensor
+    ponder_cost: torch.Tensor
+
+
+def act_halting(
+    halting_logits: torch.Tensor, eps: float = 0.01, mask: torch.Tensor | None = None
+) -> ACTHalting:
+    """Adaptive Computation Time halting (Graves 2016, Eqs. 6–11) from ``(B, T)`` logits of h_n.
+
+    N(x) = min{n : Σ_{n'≤n} h_{n'} ≥ 1 − ε}, or the last valid step if the sum never gets there.
+    """
+    h = torch.sigmoid(halting_logits)
+    valid = _expand_mask(mask, h.shape, h.device)
+    h = h.masked_fill(~valid, 0.0)
+    T = h.shape[-1]
+    cumulative = torch.cumsum(h, dim=-1)
+    reached = (cumulative >= 1 - eps) & valid
+    last = torch.where(valid, torch.arange(T, device=h.device), -1).amax(-1)
+    halt = torch.where(reached.any(-1), reached.int().argmax(-1), last)
+    steps = torch.arange(T, device=h.device)
+    before = steps < halt.unsqueeze(-1)
+    remainder = 1 - (h * before).sum(-1)
+    weights = torch.where(before, h, 0.0) + F.one_hot(halt, T) * remainder.unsqueeze(-1)
+    ponder_cost = (halt + 1).to(h.dtype) + remainder
+    return ACTHalting(weights, halt + 1, remainder, ponder_cost)
+
+
+def act_output(weights: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+    """ACT's mean-field output Σ_n p_n y_n for ``weights (B, T)`` and ``outputs (B, T, ...)``."""
+    w = weights.reshape(weights.shape + (1,) * (outputs.dim() - 2))
+    return (w * outputs).sum(1)
+
+
+def act_loss(task_loss: torch.Tensor, halting: ACTHalting, tau: float) -> torch.Tensor:
+    """ACT objective: task loss of the mean-field output + τ·mean ponder cost (Graves Eq. 13)."""
+    return task_loss + tau * halting.ponder_cost.mean()
+
+
+def random_horizon_bound(
+    posterior_logits: torch.Tensor,
+    losses: torch.Tensor,
+    p: float,
+    beta: float = 1.0,
+    horizons: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Negative bound of Sander (2017) averaged over random horizons, to be minimised.
+
+    For a horizon H (steps 0..H), the posterior is q_H(t) = softmax_{t≤H}(a_t) over the given
+    ``posterior_logits`` a ``(B, T)`` (for example cumulative sums of per-step halting logits), and
+
+        L_H = Σ_{t≤H} q_H(t) ℓ_t + β KL(q_H ‖ p(·|H)),   p(t|H) = (1−s)s^t / (1−s^{H+1}),
+
+    a negative evidence bound when ℓ is a negative log-likelihood and β = 1. The result is the
+    expectation of L_H over p(H) restricted to H ∈ {0..T−1} and renormalised (exact, when
+    ``horizons`` is None), or the mean of L_H over the given ``(B,)`` sampled ``horizons``.
+    """
+    B, T = losses.shape
+    device, dtype = losses.device, losses.dtype
+    t = torch.arange(T, device=device)
+    within = t.unsqueeze(0) <= t.unsqueeze(1)  # (H, t): step t exists under horizon H
+    a = posterior_logits.unsqueeze(1).masked_fill(~within, -math.inf)  # (B, H, t)
+    log_q = a - torch.logsumexp(a, dim=-1, keepdim=True)
+    log_cond = torch.stack(
+        [
+            F.pad(
+                random_horizon_log_conditional(p, H, dtype=dtype), (0, T - 1 - H), value=-math.inf
+            )
+            for H in range(T)
+        ]
+    ).to(device)  # (H, t): log p(t | H), −inf beyond the horizon
+    q = log_q.exp()
+    expected = (q * losses.unsqueeze(1).masked_fill(~within, 0.0)).sum(-1)  # (B, H)
+    kl = (q * torch.where(within, log_q - log_cond, 0.0)).sum(-1)  # (B, H)
+    per_horizon = expected + beta * kl
+    if horizons is not None:
+        horizons = horizons.to(device).long().clamp(max=T - 1)
+        return per_horizon.gather(1, horizons.view(B, 1)).mean()
+    log_w = random_horizon_log_prior(p, torch.arange(T)).to(device=device, dtype=dtype)
+    w = torch.softmax(log_w, dim=0)
+    return (per_horizon * w).sum(-1).mean()
+
+
+def weighted_exit_loss(losses: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """L2W's weighted multi-exit loss: mean over samples of Σ_k w_{ik} ℓ_{ik} (``(B, K)`` each)."""
+    if losses.shape != weights.shape:
+        raise ValueError(
+            f"losses {tuple(losses.shape)} and weights {tuple(weights.shape)} must match"
+        )
+    return (weights * losses).sum(-1).mean()

@@ -1,0 +1,130 @@
+"""Stopping policies: modules mapping per-step features to a hazard logit. Policies never see labels.
+
+Every policy is called as ``policy(features, t)`` with ``features`` of shape ``(B, F)`` and ``t`` the
+0-based step (an int or a ``(B,)`` long tensor), and returns ``(B,)`` hazard logits.
+Build them by name with :func:`create_policy`; :func:`list_policies` shows what is registered.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "register_policy",
+    "create_policy",
+    "list_policies",
+    "step_encoding",
+    "classifier_features",
+    "MLPPolicy",
+    "ConfidencePolicy",
+]
+
+_POLICIES: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_policy(name: str):
+    """Class decorator adding a policy to the registry under ``name``."""
+
+    def add(cls):
+        if name in _POLICIES:
+            raise ValueError(f"policy {name!r} is already registered")
+        _POLICIES[name] = cls
+        return cls
+
+    return add
+
+
+def list_policies() -> list[str]:
+    return sorted(_POLICIES)
+
+
+def create_policy(name: str, **kwargs) -> nn.Module:
+    """Build a registered policy, e.g. ``create_policy("mlp", feature_dim=8, max_steps=10)``."""
+    if name not in _POLICIES:
+        raise ValueError(f"unknown policy {name!r}; choose one of {list_policies()}")
+    return _POLICIES[name](**kwargs)
+
+
+def _step_tensor(t: int | torch.Tensor, batch: int, device) -> torch.Tensor:
+    if isinstance(t, torch.Tensor):
+        return t.to(device=device, dtype=torch.long).expand(batch)
+    return torch.full((batch,), int(t), dtype=torch.long, device=device)
+
+
+def step_encoding(steps: torch.Tensor, max_steps: int, kind: str = "onehot") -> torch.Tensor:
+    """``(B, D)`` encoding of 0-based ``steps (B,)``: one-hot (D = T) or sinusoidal (D = 8)."""
+    if kind == "onehot":
+        return F.one_hot(steps, max_steps).float()
+    if kind == "sinusoidal":
+        frequencies = math.pi / max_steps * 2.0 ** torch.arange(4, device=steps.device)
+        angles = steps.float().unsqueeze(-1) * frequencies
+        return torch.cat([angles.sin(), angles.cos()], dim=-1)
+    raise ValueError(f"unknown step encoding {kind!r}; choose 'onehot' or 'sinusoidal'")
+
+
+def classifier_features(logits: torch.Tensor) -> torch.Tensor:
+    """``(B, 3)`` label-free features of class logits ``(B, C)``: max probability, entropy, margin."""
+    log_p = torch.log_softmax(logits, dim=-1)
+    p = log_p.exp()
+    top2 = p.topk(min(2, p.shape[-1]), dim=-1).values
+    margin = top2[:, 0] - (top2[:, 1] if top2.shape[-1] > 1 else 0.0)
+    entropy = -(p * log_p).sum(-1)
+    return torch.stack([top2[:, 0], entropy, margin], dim=-1)
+
+
+@register_policy("mlp")
+class MLPPolicy(nn.Module):
+    """MLP over ``[features, step encoding]`` → hazard logit.
+
+    Args:
+        feature_dim: F, the width of the step model's features.
+        max_steps: T, for the step encoding.
+        hidden: widths of the hidden layers.
+        encoding: ``"onehot"`` or ``"sinusoidal"`` step encoding.
+        init_bias: initial hazard logit (negative: start by rarely stopping early).
+    """
+
+    def __init__(
+        self,
+        feature_dim: int,
+        max_steps: int,
+        hidden: tuple[int, ...] = (64, 64),
+        encoding: str = "onehot",
+        init_bias: float = 0.0,
+    ):
+        super().__init__()
+        self.max_steps, self.encoding = max_steps, encoding
+        width = (
+            feature_dim
+            + step_encoding(torch.zeros(1, dtype=torch.long), max_steps, encoding).shape[-1]
+        )
+        layers: list[nn.Module] = []
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        self.net = nn.Sequential(*layers, nn.Linear(width, 1))
+        nn.init.constant_(self.net[-1].bias, init_bias)
+
+    def forward(self, features: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        steps = _step_tensor(t, features.shape[0], features.device)
+        x = torch.cat([features, step_encoding(steps, self.max_steps, self.encoding)], dim=-1)
+        return self.net(x).squeeze(-1)
+
+
+@register_policy("confidence")
+class ConfidencePolicy(nn.Module):
+    """Parameter-free policy for classifiers: the hazard logit is logit(max softmax probability).
+
+    With a per-step hazard threshold this is confidence-threshold early exit (BranchyNet, SDN,
+    MSDNet's budgeted evaluation). Features must be class logits ``(B, C)``.
+    """
+
+    def forward(self, features: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        log_p = torch.log_softmax(features, dim=-1).amax(dim=-1)
+        # logit(p) = log p − log(1 − p), with log(1 − p) computed stably from log p.
+        return log_p - torch.log(-torch.expm1(log_p).clamp_max(-torch.finfo(log_p.dtype).tiny))

@@ -1,0 +1,51 @@
+"""Small helpers for the tables and figures of a run: markdown tables and headless matplotlib."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["markdown_table", "new_figure", "save_figure", "format_number"]
+
+
+def format_number(value: Any, fmt: str = ".2f") -> str:
+    """Format numbers with ``fmt``; None and NaN print as an em dash, strings as they are."""
+    if value is None:
+        return "—"
+    if isinstance(value, str):
+        return value
+    if value != value:  # NaN
+        return "—"
+    return format(value, fmt)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
+    """A GitHub markdown table; ``columns`` are ``(key, header, format)``, strings left-aligned."""
+    header = "| " + " | ".join(h for _, h, _ in columns) + " |"
+    align = "|" + "|".join(":---" if f == "s" else "---:" for _, _, f in columns) + "|"
+    body = [
+        "| " + " | ".join(format_number(row.get(k), f) for k, _, f in columns) + " |"
+        for row in rows
+    ]
+    return "\n".join([header, align, *body])
+
+
+def new_figure(width: float = 5.0, height: float = 3.5):
+    """A (figure, axes) pair on the headless Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(width, height), constrained_layout=True)
+
+
+def save_figure(figure, path: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

@@ -1,0 +1,145 @@
+"""The step-model contract: a predictive model that runs one step at a time.
+
+A step model turns ``inputs`` into a *state*, advances the state one step at a time and can
+predict from the state after any step:
+
+    state = model.start(inputs)
+    for t in range(model.max_steps):
+        state = model.advance(state, t)      # apply step t (0-based)
+        y_t = model.predict(state, t)        # the prediction if we stopped after step t
+        f_t = model.features(state, t)       # what a stopping policy may look at (never labels)
+
+A state is a tensor or a (nested) tuple/list/dict of batch-first tensors, so the rows of any state
+can be selected with :func:`index_state`; that is what lets inference drop finished rows.
+A multi-exit network is a step model whose steps are blocks and whose predictions are exit heads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "StepModel",
+    "Trajectory",
+    "unroll",
+    "index_state",
+    "where_state",
+    "state_batch_size",
+    "state_device",
+]
+
+State = Any  # a tensor or nested tuple/list/dict of batch-first tensors
+
+
+class StepModel(nn.Module):
+    """Base class for step models. Subclasses set ``max_steps`` and implement the four methods.
+
+    ``step_costs()`` returns a ``(T,)`` float tensor: the cumulative per-sample compute (for
+    example multiply-adds) of stopping after step t, counting the prediction at t. The default
+    counts steps (1, 2, ..., T).
+    """
+
+    max_steps: int
+
+    def start(self, inputs: Any) -> State:
+        raise NotImplementedError
+
+    def advance(self, state: State, t: int) -> State:
+        raise NotImplementedError
+
+    def predict(self, state: State, t: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def features(self, state: State, t: int) -> torch.Tensor:
+        """``(B, F)`` policy features after step ``t``; by default the flattened prediction."""
+        return self.predict(state, t).flatten(1)
+
+    def step_costs(self) -> torch.Tensor:
+        return torch.arange(1, self.max_steps + 1, dtype=torch.float64)
+
+
+@dataclass
+class Trajectory:
+    """All steps of one batch. ``predictions``: ``(B, T, ...)``; ``features``: ``(B, T, F)``."""
+
+    predictions: torch.Tensor
+    features: torch.Tensor | None = None
+
+    @property
+    def num_steps(self) -> int:
+        return self.predictions.shape[1]
+
+
+def unroll(
+    model: StepModel,
+    inputs: Any,
+    num_steps: int | None = None,
+    with_features: bool = False,
+) -> Trajectory:
+    """Run every step (for training and dense evaluation) and stack per-step outputs.
+
+    ``num_steps`` runs only the first steps (default ``model.max_steps``).
+    """
+    T = model.max_steps if num_steps is None else num_steps
+    state = model.start(inputs)
+    predictions, features = [], []
+    for t in range(T):
+        state = model.advance(state, t)
+        predictions.append(model.predict(state, t))
+        if with_features:
+            features.append(model.features(state, t))
+    return Trajectory(
+        torch.stack(predictions, dim=1), torch.stack(features, dim=1) if with_features else None
+    )
+
+
+def _map_state(fn, *states: State) -> State:
+    first = states[0]
+    if isinstance(first, torch.Tensor):
+        return fn(*states)
+    if isinstance(first, dict):
+        return {k: _map_state(fn, *(s[k] for s in states)) for k in first}
+    if isinstance(first, (tuple, list)):
+        mapped = [_map_state(fn, *parts) for parts in zip(*states, strict=True)]
+        return type(first)(mapped) if not hasattr(first, "_fields") else type(first)(*mapped)
+    if first is None:
+        return None
+    raise TypeError(
+        f"a state must be a tensor or a tuple/list/dict of tensors; found {type(first).__name__}"
+    )
+
+
+def index_state(state: State, rows: torch.Tensor) -> State:
+    """Select batch rows (an index or boolean tensor) from every tensor of a state."""
+    return _map_state(lambda x: x[rows], state)
+
+
+def where_state(keep: torch.Tensor, old: State, new: State) -> State:
+    """Row-wise choice: ``old`` where ``keep`` (a ``(B,)`` bool tensor) is True, else ``new``."""
+
+    def choose(a, b):
+        return torch.where(keep.view(-1, *([1] * (a.dim() - 1))), a, b)
+
+    return _map_state(choose, old, new)
+
+
+def _first_tensor(state: State) -> torch.Tensor:
+    found: list[torch.Tensor] = []
+    _map_state(lambda x: found.append(x) or x, state)
+    if not found:
+        raise ValueError("state holds no tensor")
+    return found[0]
+
+
+def state_batch_size(state: State) -> int:
+    """The batch size of a state (that of its first tensor)."""
+    return _first_tensor(state).shape[0]
+
+
+def state_device(state: State) -> torch.device:
+    """The device of a state (that of its first tensor)."""
+    return _first_tensor(state).device

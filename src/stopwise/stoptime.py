@@ -1,0 +1,260 @@
+"""Stop-time distributions, the L2S oracle and stop-time priors. Pure tensor math.
+
+Conventions (see DESIGN.md): steps are indexed ``0..T-1`` in tensors; "steps used" is 1-based.
+A *hazard* ``λ_t`` is the probability of stopping at step ``t`` given that no earlier step stopped;
+it is always carried as a logit. The stop-time distribution is
+
+    q(t) = λ_t ∏_{τ<t} (1 − λ_τ),                                   (L2S, Eq. 4)
+
+computed in log space with ``logsigmoid`` so that logits of ±1e4 stay exact. The last valid step
+absorbs the remaining mass, so ``q`` sums to one over the valid steps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "StopTime",
+    "oracle",
+    "kl_divergence",
+    "truncated_geometric_log_prior",
+    "random_horizon_log_prior",
+    "random_horizon_log_conditional",
+    "random_horizon_cdf",
+    "sample_random_horizon",
+]
+
+
+def _expand_mask(mask: torch.Tensor | None, shape: torch.Size, device) -> torch.Tensor:
+    """Validate a valid-step mask of shape ``(T,)`` or ``(B, T)`` and broadcast it to ``shape``."""
+    if mask is None:
+        return torch.ones(shape, dtype=torch.bool, device=device)
+    mask = torch.as_tensor(mask, device=device).bool()
+    if mask.shape != shape[-1:] and mask.shape != shape:
+        raise ValueError(
+            f"mask has shape {tuple(mask.shape)}; expected (T,) = ({shape[-1]},) or (B, T) = "
+            f"{tuple(shape)}"
+        )
+    mask = mask.expand(shape)
+    if not bool(mask.any(dim=-1).all()):
+        raise ValueError("mask leaves a row with no valid step; every row needs at least one")
+    return mask
+
+
+def _last_valid(mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last True entry along the last dim, shape ``mask.shape[:-1]``."""
+    T = mask.shape[-1]
+    steps = torch.arange(T, device=mask.device)
+    return torch.where(mask, steps, -1).amax(dim=-1)
+
+
+class StopTime:
+    """Distribution over the stop step of each row, built from hazard logits.
+
+    Args:
+        hazard_logits: ``(B, T)`` logits of λ_t.
+        mask: optional valid-step mask, ``(T,)`` or ``(B, T)``. Invalid steps get probability 0
+            and never stop; the last valid step of each row absorbs the remaining mass.
+        tail: ``"absorb"`` (default; the last valid step takes the remainder ∏(1−λ)) or
+            ``"renormalize"`` (PonderNet's alternative: q(t) ∝ λ_t ∏_{τ<t}(1−λ_τ) over valid steps).
+
+    ``log_probs``/``probs`` are ``(B, T)``; ``mean()`` is the expected number of steps used
+    (1-based); ``sample()`` and ``median()`` return 0-based step indices for indexing trajectories.
+    """
+
+    def __init__(
+        self,
+        hazard_logits: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        tail: str = "absorb",
+    ):
+        if hazard_logits.dim() != 2:
+            raise ValueError(
+                f"hazard_logits must have shape (B, T); got {tuple(hazard_logits.shape)}"
+            )
+        if tail not in ("absorb", "renormalize"):
+            raise ValueError(f"tail must be 'absorb' or 'renormalize'; got {tail!r}")
+        self.hazard_logits = hazard_logits
+        self.mask = _expand_mask(mask, hazard_logits.shape, hazard_logits.device)
+        self.tail = tail
+        self.log_probs = self._log_probs()
+
+    def _log_probs(self) -> torch.Tensor:
+        h, mask = self.hazard_logits, self.mask
+        log_stop = torch.where(mask, F.logsigmoid(h), -math.inf)
+        log_go = torch.where(mask, F.logsigmoid(-h), 0.0)
+        # log ∏_{τ<t}(1 − λ_τ): an exclusive cumulative sum.
+        log_survival = torch.cat(
+            [torch.zeros_like(log_go[:, :1]), torch.cumsum(log_go[:, :-1], dim=-1)], dim=-1
+        )
+        if self.tail == "absorb":
+            is_last = F.one_hot(_last_valid(mask), h.shape[-1]).bool()
+            log_stop = torch.where(is_last, 0.0, log_stop)
+            return log_survival + log_stop
+        log_q = log_survival + log_stop
+        return log_q - torch.logsumexp(log_q, dim=-1, keepdim=True)
+
+    @property
+    def probs(self) -> torch.Tensor:
+        """``(B, T)`` stop probabilities; zero on invalid steps."""
+        return self.log_probs.exp()
+
+    @property
+    def num_steps(self) -> int:
+        return self.hazard_logits.shape[-1]
+
+    def entropy(self) -> torch.Tensor:
+        """``(B,)`` entropy −Σ_t q(t) log q(t) in nats."""
+        return -(self.probs * self.log_probs.masked_fill(~self.mask, 0.0)).sum(-1)
+
+    def mean(self) -> torch.Tensor:
+        """``(B,)`` expected number of steps used, Σ_t q(t)(t+1)."""
+        steps_used = torch.arange(1, self.num_steps + 1, device=self.log_probs.device)
+        return (self.probs * steps_used).sum(-1)
+
+    def cdf(self) -> torch.Tensor:
+        """``(B, T)`` P(stop index ≤ t)."""
+        return torch.cumsum(self.probs, dim=-1)
+
+    def median(self) -> torch.Tensor:
+        """``(B,)`` smallest 0-based index with cdf ≥ 1/2 (long)."""
+        reached = (self.cdf() >= 0.5) & self.mask
+        reached |= F.one_hot(_last_valid(self.mask), self.num_steps).bool()  # rounding guard
+        return reached.int().argmax(dim=-1)
+
+    def mode(self) -> torch.Tensor:
+        """``(B,)`` most probable 0-based stop index (long)."""
+        return self.log_probs.argmax(dim=-1)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``(B,)`` sampled 0-based stop indices (long)."""
+        return torch.multinomial(self.probs.detach(), 1, generator=generator).squeeze(-1)
+
+    def log_prob(self, index: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` log q(index) for 0-based indices ``index`` of shape ``(B,)``."""
+        return self.log_probs.gather(-1, index.long().unsqueeze(-1)).squeeze(-1)
+
+    def __repr__(self) -> str:
+        B, T = self.hazard_logits.shape
+        return f"StopTime(batch={B}, steps={T}, tail={self.tail!r})"
+
+
+def oracle(
+    losses: torch.Tensor,
+    beta: float,
+    hard: bool = False,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The L2S oracle stop-time distribution q*(t | x, y) = softmax_t(−ℓ_t / β)  (L2S, Eq. 8).
+
+    Args:
+        losses: ``(B, T)`` per-step losses ℓ_t (needs the label, so training only).
+        beta: temperature β > 0; β → 0 approaches the hard oracle.
+        hard: return the one-hot argmin_t ℓ_t instead.
+        mask: optional valid-step mask ``(T,)`` or ``(B, T)``; invalid steps get probability 0.
+
+    Returns ``(B, T)`` probabilities. Differentiable in ``losses``; callers detach where the paper does.
+    """
+    if losses.dim() != 2:
+        raise ValueError(f"losses must have shape (B, T); got {tuple(losses.shape)}")
+    valid = _expand_mask(mask, losses.shape, losses.device)
+    if hard:
+        index = losses.masked_fill(~valid, math.inf).argmin(dim=-1)
+        return F.one_hot(index, losses.shape[-1]).to(losses.dtype)
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0; got {beta}")
+    return torch.softmax((-losses / beta).masked_fill(~valid, -math.inf), dim=-1)
+
+
+def kl_divergence(
+    log_p: torch.Tensor, log_q: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``(B,)`` KL(p ‖ q) = Σ_t p(t)(log p(t) − log q(t)) over valid steps; 0·log 0 = 0.
+
+    Both arguments are ``(B, T)`` (or broadcastable) log-probabilities.
+    """
+    log_p, log_q = torch.broadcast_tensors(log_p, log_q)
+    valid = _expand_mask(mask, log_p.shape, log_p.device) & (log_p > -math.inf)
+    diff = torch.where(valid, log_p - log_q, 0.0)
+    return (log_p.exp() * diff).sum(-1)
+
+
+def truncated_geometric_log_prior(
+    p: float, num_steps: int, mask: torch.Tensor | None = None, dtype=torch.float32
+) -> torch.Tensor:
+    """Log of the geometric prior p(t) ∝ p(1−p)^t, t = 0..T−1, renormalised over valid steps.
+
+    This is PonderNet's prior p_G(λ_p) truncated at ``num_steps`` (Banino et al. 2021, Eq. 5).
+    Returns ``(T,)``, or ``(B, T)`` when a ``(B, T)`` mask is given.
+    """
+    if not 0 < p <= 1:
+        raise ValueError(f"geometric prior needs 0 < p <= 1; got {p}")
+    t = torch.arange(num_steps, dtype=torch.float64)
+    log_p = math.log(p) + t * (math.log1p(-p) if p < 1 else 0.0)
+    if p == 1:
+        log_p = torch.where(t == 0, 0.0, -math.inf)
+    if mask is not None:
+        mask = torch.as_tensor(mask).bool()
+        log_p = log_p.masked_fill(~mask, -math.inf)
+    return (log_p - torch.logsumexp(log_p, dim=-1, keepdim=True)).to(dtype)
+
+
+# ---- The random-horizon geometric prior of Sander (2017), with the corrected conditional ----
+#
+# The horizon T ∈ {0, 1, ...} (steps t ∈ {0..T}) has prior p(T) = s^T (1 − s^{T+1})(1 − s²) and, given T,
+# p(t | T) = (1 − s) s^t / (1 − s^{T+1}), a truncated geometric, with s = √(1 − p). The thesis text drops
+# the s^t factor of p(t|T); with it, the marginal Σ_{T≥t} p(T) p(t|T) is exactly the geometric
+# p(1 − p)^t, which is what makes the bound averaged over horizons a bound under that prior.
+
+
+def _check_p(p: float) -> float:
+    if not 0 < p < 1:
+        raise ValueError(f"random-horizon prior needs 0 < p < 1; got {p}")
+    return math.sqrt(1.0 - p)
+
+
+def random_horizon_log_prior(p: float, horizons: torch.Tensor) -> torch.Tensor:
+    """log p(T) = T log s + log(1 − s^{T+1}) + log(1 − s²) for integer horizons ``T ≥ 0``."""
+    s = _check_p(p)
+    T = torch.as_tensor(horizons, dtype=torch.float64)
+    log_s = math.log(s)
+    return T * log_s + torch.log1p(-torch.exp((T + 1) * log_s)) + math.log1p(-(s * s))
+
+
+def random_horizon_log_conditional(p: float, horizon: int, dtype=torch.float32) -> torch.Tensor:
+    """``(horizon+1,)`` log p(t | T) = log((1 − s) s^t / (1 − s^{T+1})) for t = 0..T."""
+    s = _check_p(p)
+    t = torch.arange(horizon + 1, dtype=torch.float64)
+    log_s = math.log(s)
+    out = math.log1p(-s) + t * log_s - math.log1p(-math.exp((horizon + 1) * log_s))
+    return out.to(dtype)
+
+
+def random_horizon_cdf(p: float, horizons: torch.Tensor) -> torch.Tensor:
+    """P(T ≤ horizon) in closed form: (1 − u)(1 − s·u) with u = s^{T+1}."""
+    s = _check_p(p)
+    u = s ** (torch.as_tensor(horizons, dtype=torch.float64) + 1)
+    return (1 - u) * (1 - s * u)
+
+
+def sample_random_horizon(
+    p: float, size: int | tuple[int, ...], generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Draw horizons T ~ p(T) by inverting the closed-form CDF (long tensor of ``size``)."""
+    s = _check_p(p)
+    size = (size,) if isinstance(size, int) else tuple(size)
+    U = torch.rand(size, generator=generator, dtype=torch.float64)
+    # Smallest T with (1 − u)(1 − s u) ≥ U, u = s^{T+1}: solve s u² − (1+s) u + (1 − U) = 0 for u*,
+    # then T + 1 = ⌈log u* / log s⌉.
+    disc = (1 + s) ** 2 - 4 * s * (1 - U)
+    u_star = ((1 + s) - torch.sqrt(disc)) / (2 * s)
+    u_star = u_star.clamp_min(torch.finfo(torch.float64).tiny)
+    T = (torch.ceil(torch.log(u_star) / math.log(s)) - 1).clamp_min(0)
+    # Guard the ceiling against rounding: step to the exact smallest T with CDF(T) >= U.
+    T = torch.where(random_horizon_cdf(p, T) < U, T + 1, T)
+    T = torch.where((T > 0) & (random_horizon_cdf(p, T - 1) >= U), T - 1, T)
+    return T.long()

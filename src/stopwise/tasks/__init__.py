@@ -1,0 +1,1 @@
+"""One vertical slice per application. Tasks import the core; the core never imports a task."""

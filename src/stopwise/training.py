@@ -1,0 +1,399 @@
+"""Training: one loop helper (progress, JSONL metrics, atomic checkpoints, exact resume) and small
+stage functions built on it (``fit_predictor``, ``fit_oracle``, ``fit_policy``, ``fit_joint``).
+
+Exact resume: a stage checkpoints every piece of state that decides what happens next — module and
+optimizer state, the batch source, and the torch / numpy / Python RNGs — so a run killed at any
+point and restarted gives the same final weights as an uninterrupted one. Batch sources are either
+a pure function of ``(seed, step)`` (:class:`EpochBatches`) or carry a checkpointed generator
+(:class:`GeneratedBatches`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .checkpoints import atomic_write_text, load_checkpoint, save_checkpoint
+from .objectives import joint_loss, l2s_stage1_loss, l2s_stage2_loss
+from .steps import StepModel, unroll
+from .stoptime import StopTime
+
+__all__ = [
+    "seed_everything",
+    "set_threads",
+    "LoopSettings",
+    "MetricsLog",
+    "train_loop",
+    "EpochBatches",
+    "GeneratedBatches",
+    "policy_hazards",
+    "fit_predictor",
+    "fit_oracle",
+    "fit_policy",
+    "fit_joint",
+]
+
+LossFn = Callable[[torch.Tensor, Any], torch.Tensor]  # (predictions (B, T, ...), targets) -> (B, T)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_threads(threads: int) -> None:
+    """Set torch's intra-op thread count (small CPU models are often fastest with 1)."""
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1; got {threads}")
+    torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------- metrics and RNG state
+
+
+class MetricsLog:
+    """Append-only JSONL metrics, one record per line, each with ``stage`` and ``step``."""
+
+    def __init__(self, path: str | Path | None):
+        self.path = Path(path) if path is not None else None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read(self) -> list[dict[str, Any]]:
+        if self.path is None or not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def truncate(self, stage: str, after_step: int) -> None:
+        """Drop records of ``stage`` past ``after_step`` (they are redone after a resume)."""
+        if self.path is None or not self.path.exists():
+            return
+        kept = [r for r in self.read() if not (r.get("stage") == stage and r["step"] > after_step)]
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def _rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
+# ---------------------------------------------------------------- the loop
+
+
+@dataclass
+class LoopSettings:
+    """Where and how often a training loop records itself.
+
+    checkpoint_dir: stage checkpoints ``<dir>/<stage>.pt`` (None: no checkpoints, no resume).
+    checkpoint_every: steps between checkpoints (one is always written at the end).
+    metrics_path: JSONL file for metrics (None: not written).
+    log_every: steps between metric records.
+    progress: show a tqdm bar; None shows it only when stderr is a terminal.
+    """
+
+    checkpoint_dir: str | Path | None = None
+    checkpoint_every: int = 1000
+    metrics_path: str | Path | None = None
+    log_every: int = 50
+    progress: bool | None = None
+
+
+def _stateful(objects: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in objects.items() if v is not None and hasattr(v, "state_dict")}
+
+
+def train_loop(
+    stage: str,
+    num_steps: int,
+    step_fn: Callable[[int], dict[str, float]],
+    state: dict[str, Any],
+    settings: LoopSettings | None = None,
+) -> dict[str, float]:
+    """Call ``step_fn(step)`` for steps ``0..num_steps-1``, resuming from this stage's checkpoint.
+
+    ``state`` names every object whose ``state_dict()`` must survive a restart (modules,
+    optimizers, schedulers, batch sources). ``step_fn`` returns scalar metrics; they are logged
+    every ``log_every`` steps. A finished stage is skipped on rerun (its final state is restored).
+    Returns the last metrics.
+    """
+    settings = settings or LoopSettings()
+    objects = _stateful(state)
+    log = MetricsLog(settings.metrics_path)
+    path = Path(settings.checkpoint_dir) / f"{stage}.pt" if settings.checkpoint_dir else None
+
+    def checkpoint(step_done: int) -> None:
+        if path is not None:
+            save_checkpoint(
+                path,
+                {
+                    "stage": stage,
+                    "step": step_done,
+                    "num_steps": num_steps,
+                    "state": {name: obj.state_dict() for name, obj in objects.items()},
+                    "rng": _rng_state(),
+                },
+            )
+
+    start = 0
+    if path is not None and path.exists():
+        saved = load_checkpoint(path)
+        missing = set(objects) - set(saved["state"])
+        if missing:
+            raise ValueError(f"checkpoint {path} lacks state for {sorted(missing)}")
+        for name, obj in objects.items():
+            obj.load_state_dict(saved["state"][name])
+        _set_rng_state(saved["rng"])
+        start = saved["step"]
+        log.truncate(stage, start - 1)
+
+    show = settings.progress if settings.progress is not None else sys.stderr.isatty()
+    metrics: dict[str, float] = {}
+    with tqdm(total=num_steps, initial=start, desc=stage, disable=not show, leave=False) as bar:
+        for step in range(start, num_steps):
+            metrics = {k: float(v) for k, v in step_fn(step).items()}
+            bar.update(1)
+            if step % settings.log_every == 0 or step == num_steps - 1:
+                log.write({"stage": stage, "step": step, **metrics})
+                bar.set_postfix({k: f"{v:.4g}" for k, v in list(metrics.items())[:3]})
+            if (step + 1) % settings.checkpoint_every == 0 and step + 1 < num_steps:
+                checkpoint(step + 1)
+    if start < num_steps:
+        checkpoint(num_steps)
+    return metrics
+
+
+# ---------------------------------------------------------------- batch sources
+
+
+class EpochBatches:
+    """Shuffled mini-batches of row-aligned tensors; batch ``step`` is a pure function of
+    ``(seed, step)``, so resuming needs no saved state. Incomplete last batches are dropped."""
+
+    def __init__(self, tensors: Sequence[torch.Tensor], batch_size: int, seed: int = 0):
+        n = tensors[0].shape[0]
+        if any(t.shape[0] != n for t in tensors):
+            raise ValueError(f"tensors differ in rows: {[t.shape[0] for t in tensors]}")
+        if not 0 < batch_size <= n:
+            raise ValueError(f"batch_size must be in 1..{n}; got {batch_size}")
+        self.tensors, self.batch_size, self.seed = tuple(tensors), batch_size, seed
+        self.per_epoch = n // batch_size
+        self._epoch, self._order = -1, None
+
+    def order(self, epoch: int) -> torch.Tensor:
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch = epoch
+            self._order = torch.randperm(self.tensors[0].shape[0], generator=generator)
+        return self._order
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, ...]:
+        epoch, i = divmod(step, self.per_epoch)
+        rows = self.order(epoch)[i * self.batch_size : (i + 1) * self.batch_size]
+        return tuple(t[rows] for t in self.tensors)
+
+
+class GeneratedBatches:
+    """Fresh samples every step from ``sample(batch_size, generator)``; the generator is saved."""
+
+    def __init__(self, sample: Callable[[int, torch.Generator], Any], batch_size: int, seed: int):
+        self.sample, self.batch_size = sample, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, step: int) -> Any:
+        return self.sample(self.batch_size, self.generator)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+# ---------------------------------------------------------------- stages
+
+
+def policy_hazards(policy: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """``(B, T)`` hazard logits of ``policy`` on per-step ``features (B, T, F)``."""
+    return torch.stack([policy(features[:, t], t) for t in range(features.shape[1])], dim=1)
+
+
+def _optimize(
+    stage: str,
+    num_steps: int,
+    loss_and_metrics: Callable[[int], tuple[torch.Tensor, dict[str, float]]],
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    settings: LoopSettings | None,
+    scheduler: Any = None,
+    grad_clip: float | None = None,
+) -> dict[str, float]:
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+
+    def step_fn(step: int) -> dict[str, float]:
+        loss, metrics = loss_and_metrics(step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        return {"loss": loss.detach(), **metrics}
+
+    state = {**state, "optimizer": optimizer, "scheduler": scheduler}
+    return train_loop(stage, num_steps, step_fn, state, settings)
+
+
+def fit_predictor(
+    model: StepModel,
+    batches: Callable[[int], tuple[Any, Any]],
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    num_steps: int,
+    step_weights: torch.Tensor | None = None,
+    settings: LoopSettings | None = None,
+    stage: str = "predictor",
+    **optimize_kw,
+) -> dict[str, float]:
+    """Train a step model on fixed per-step weights: Σ_t w_t mean_b ℓ_t (default: the mean over
+    steps, i.e. deep supervision; ``one_hot(T-1)`` trains the last step only)."""
+
+    def loss(step):
+        inputs, targets = batches(step)
+        losses = loss_fn(unroll(model, inputs).predictions, targets)
+        w = (
+            step_weights
+            if step_weights is not None
+            else torch.full_like(losses[0], 1 / losses.shape[1])
+        )
+        return (losses.mean(0) * w.to(losses)).sum(), {"last": losses[:, -1].mean().detach()}
+
+    model.train()
+    return _optimize(
+        stage,
+        num_steps,
+        loss,
+        optimizer,
+        {"model": model, "batches": batches},
+        settings,
+        **optimize_kw,
+    )
+
+
+def fit_oracle(
+    model: StepModel,
+    batches: Callable[[int], tuple[Any, Any]],
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    num_steps: int,
+    beta: float,
+    mask: torch.Tensor | None = None,
+    settings: LoopSettings | None = None,
+    stage: str = "stage1",
+    **optimize_kw,
+) -> dict[str, float]:
+    """L2S stage I: train the step model under the oracle q* = softmax(−ℓ/β) (weights detached)."""
+
+    def loss(step):
+        inputs, targets = batches(step)
+        losses = loss_fn(unroll(model, inputs).predictions, targets)
+        return l2s_stage1_loss(losses, beta, mask), {"last": losses[:, -1].mean().detach()}
+
+    model.train()
+    return _optimize(
+        stage,
+        num_steps,
+        loss,
+        optimizer,
+        {"model": model, "batches": batches},
+        settings,
+        **optimize_kw,
+    )
+
+
+def fit_policy(
+    model: StepModel,
+    policy: nn.Module,
+    batches: Callable[[int], tuple[Any, Any]],
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    num_steps: int,
+    beta: float,
+    hard: bool = False,
+    mask: torch.Tensor | None = None,
+    settings: LoopSettings | None = None,
+    stage: str = "stage2",
+    **optimize_kw,
+) -> dict[str, float]:
+    """L2S stage II: the step model is frozen; the policy imitates the (soft or hard) oracle."""
+
+    def loss(step):
+        inputs, targets = batches(step)
+        with torch.no_grad():
+            trajectory = unroll(model, inputs, with_features=True)
+            losses = loss_fn(trajectory.predictions, targets)
+        stop = StopTime(policy_hazards(policy, trajectory.features), mask)
+        return l2s_stage2_loss(stop, losses, beta, hard), {
+            "mean_steps": stop.mean().mean().detach()
+        }
+
+    model.eval()
+    policy.train()
+    state = {"policy": policy, "batches": batches}
+    return _optimize(stage, num_steps, loss, optimizer, state, settings, **optimize_kw)
+
+
+def fit_joint(
+    model: StepModel,
+    policy: nn.Module,
+    batches: Callable[[int], tuple[Any, Any]],
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    num_steps: int,
+    beta: float,
+    mask: torch.Tensor | None = None,
+    settings: LoopSettings | None = None,
+    stage: str = "joint",
+    **optimize_kw,
+) -> dict[str, float]:
+    """Train model and policy together on the β-VAE objective E_q ℓ − βH(q) (L2S, Eq. 6)."""
+
+    def loss(step):
+        inputs, targets = batches(step)
+        trajectory = unroll(model, inputs, with_features=True)
+        losses = loss_fn(trajectory.predictions, targets)
+        stop = StopTime(policy_hazards(policy, trajectory.features), mask)
+        return joint_loss(stop, losses, beta), {"mean_steps": stop.mean().mean().detach()}
+
+    model.train()
+    policy.train()
+    state = {"model": model, "policy": policy, "batches": batches}
+    return _optimize(stage, num_steps, loss, optimizer, state, settings, **optimize_kw)
