@@ -154,7 +154,9 @@ def random_horizon_bound(
 
     a negative evidence bound when ℓ is a negative log-likelihood and β = 1. The result is the
     expectation of L_H over p(H) restricted to H ∈ {0..T−1} and renormalised (exact, when
-    ``horizons`` is None), or the mean of L_H over the given ``(B,)`` sampled ``horizons``.
+    ``horizons`` is None), or the mean of L_H over the given ``(B,)`` sampled ``horizons``, an
+    unbiased estimate of the same expectation when they are drawn with
+    ``sample_random_horizon(p, B, max_horizon=T - 1)``. Horizons outside ``0..T−1`` are an error.
     """
     B, T = losses.shape
     device, dtype = losses.device, losses.dtype
@@ -175,7 +177,15 @@ def random_horizon_bound(
     kl = (q * torch.where(within, log_q - log_cond, 0.0)).sum(-1)  # (B, H)
     per_horizon = expected + beta * kl
     if horizons is not None:
-        horizons = horizons.to(device).long().clamp(max=T - 1)
+        horizons = torch.as_tensor(horizons).to(device).long()
+        if horizons.shape != (B,):
+            raise ValueError(f"horizons must have shape ({B},); got {tuple(horizons.shape)}")
+        if bool(((horizons < 0) | (horizons > T - 1)).any()):
+            raise ValueError(
+                f"horizons must lie in 0..{T - 1} (the steps available); got values in "
+                f"{int(horizons.min())}..{int(horizons.max())}. Draw them with "
+                f"sample_random_horizon(p, {B}, max_horizon={T - 1})"
+            )
         return per_horizon.gather(1, horizons.view(B, 1)).mean()
     log_w = random_horizon_log_prior(p, torch.arange(T)).to(device=device, dtype=dtype)
     w = torch.softmax(log_w, dim=0)

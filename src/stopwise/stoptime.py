@@ -242,12 +242,24 @@ def random_horizon_cdf(p: float, horizons: torch.Tensor) -> torch.Tensor:
 
 
 def sample_random_horizon(
-    p: float, size: int | tuple[int, ...], generator: torch.Generator | None = None
+    p: float,
+    size: int | tuple[int, ...],
+    generator: torch.Generator | None = None,
+    max_horizon: int | None = None,
 ) -> torch.Tensor:
-    """Draw horizons T ~ p(T) by inverting the closed-form CDF (long tensor of ``size``)."""
+    """Draw horizons T ~ p(T) by inverting the closed-form CDF (long tensor of ``size``).
+
+    With ``max_horizon``, draw from p(T | T ≤ max_horizon) instead: the prior restricted to
+    ``0..max_horizon`` and renormalised, which is the distribution that
+    :func:`~stopwise.objectives.random_horizon_bound` averages over exactly.
+    """
     s = _check_p(p)
     size = (size,) if isinstance(size, int) else tuple(size)
     U = torch.rand(size, generator=generator, dtype=torch.float64)
+    if max_horizon is not None:
+        if max_horizon < 0:
+            raise ValueError(f"max_horizon must be >= 0; got {max_horizon}")
+        U = U * random_horizon_cdf(p, torch.tensor(float(max_horizon)))
     # Smallest T with (1 − u)(1 − s u) ≥ U, u = s^{T+1}: solve s u² − (1+s) u + (1 − U) = 0 for u*,
     # then T + 1 = ⌈log u* / log s⌉.
     disc = (1 + s) ** 2 - 4 * s * (1 - U)
@@ -257,4 +269,6 @@ def sample_random_horizon(
     # Guard the ceiling against rounding: step to the exact smallest T with CDF(T) >= U.
     T = torch.where(random_horizon_cdf(p, T) < U, T + 1, T)
     T = torch.where((T > 0) & (random_horizon_cdf(p, T - 1) >= U), T - 1, T)
+    if max_horizon is not None:
+        T = T.clamp_max(max_horizon)  # only rounding at U = CDF(max_horizon) can land past it
     return T.long()
