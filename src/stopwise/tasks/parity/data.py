@@ -1,0 +1,55 @@
+"""Parity vectors (Graves 2016, §3.1), generated on the fly from a seed.
+
+A vector has ``n`` elements; ``k`` of them, at random positions, are set to ±1 (each sign with
+probability 1/2) and the rest are 0, with ``k`` uniform on ``[lo, hi]``. The target is 1 when the
+number of +1 elements is odd, else 0.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+__all__ = ["ParityBatch", "check_k_range", "sample_parity", "parity_targets"]
+
+
+class ParityBatch(NamedTuple):
+    """``x (B, n)`` float in {−1, 0, +1}; ``y (B,)`` float in {0, 1}; ``k (B,)`` long, the number
+    of non-zero elements (the difficulty)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    k: torch.Tensor
+
+
+def check_k_range(n: int, k_range: tuple[int, int] | list[int]) -> tuple[int, int]:
+    """Validate ``[lo, hi]`` against ``n`` and return it as a tuple."""
+    if n < 1:
+        raise ValueError(f"parity needs n >= 1 elements; got n={n}")
+    if len(k_range) != 2:
+        raise ValueError(f"a k range is [lo, hi]; got {list(k_range)}")
+    lo, hi = int(k_range[0]), int(k_range[1])
+    if not 1 <= lo <= hi <= n:
+        raise ValueError(f"k range [{lo}, {hi}] must satisfy 1 <= lo <= hi <= n = {n}")
+    return lo, hi
+
+
+def parity_targets(x: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` float: 1 where the count of +1 entries of ``x (B, n)`` is odd."""
+    return ((x > 0).sum(-1) % 2).to(torch.float32)
+
+
+def sample_parity(
+    batch: int, n: int, k_range: tuple[int, int] | list[int], generator: torch.Generator
+) -> ParityBatch:
+    """Draw ``batch`` parity vectors of length ``n`` with ``k`` uniform on ``k_range`` (on CPU)."""
+    lo, hi = check_k_range(n, k_range)
+    k = torch.randint(lo, hi + 1, (batch,), generator=generator)
+    # The k positions with the smallest uniform keys form a uniformly random k-subset.
+    keys = torch.rand(batch, n, generator=generator)
+    rank = keys.argsort(dim=-1).argsort(dim=-1)
+    chosen = rank < k.unsqueeze(-1)
+    signs = torch.randint(0, 2, (batch, n), generator=generator) * 2 - 1
+    x = (chosen * signs).to(torch.float32)
+    return ParityBatch(x, parity_targets(x), k)

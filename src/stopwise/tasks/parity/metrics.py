@@ -1,0 +1,83 @@
+"""Measurements of one inference rule on a parity test set: accuracy (overall, per k,
+interpolation / extrapolation), steps used, and whether compute follows difficulty."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["average_ranks", "spearman", "evaluate_rule", "SUCCESS_ACCURACY"]
+
+SUCCESS_ACCURACY = 0.99  # a seed "succeeds" when its interpolation accuracy exceeds this
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of a 1-D array, ties sharing the mean of the ranks they span."""
+    values = np.asarray(values)
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)  # the last 1-based rank of each distinct value
+    return ((ends - counts + 1 + ends) / 2.0)[inverse.reshape(-1)]
+
+
+def spearman(a, b) -> float:
+    """Spearman's rank correlation with average ranks for ties; NaN when either side is constant."""
+    a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"spearman needs equal lengths; got {a.shape[0]} and {b.shape[0]}")
+    ra, rb = average_ranks(a), average_ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = math.sqrt(float((ra * ra).sum() * (rb * rb).sum()))
+    return float((ra * rb).sum() / denominator) if denominator > 0 else math.nan
+
+
+def evaluate_rule(
+    logits: torch.Tensor,
+    stop_index: torch.Tensor,
+    y: torch.Tensor,
+    k: torch.Tensor,
+    train_k: tuple[int, int],
+) -> dict[str, Any]:
+    """Accuracy and steps of one rule on one test set.
+
+    Args:
+        logits, stop_index, y, k: ``(B,)`` parity logits, 0-based stop steps, targets, and the
+            number of non-zero elements of each vector.
+        train_k: the ``[lo, hi]`` range of k seen in training; vectors inside it count as
+            interpolation, the others as extrapolation.
+
+    Returns plain numbers: ``accuracy``, ``interpolation``, ``extrapolation`` (None without such
+    vectors), ``mean_steps`` (1-based), ``spearman`` (steps vs k; NaN when steps are constant)
+    and ``per_k``, a list of ``{"k", "count", "accuracy", "mean_steps"}``.
+    """
+    correct = ((logits > 0).float() == y).cpu().numpy()
+    steps = (stop_index + 1).cpu().numpy().astype(np.float64)
+    k = k.cpu().numpy()
+    inside = (k >= train_k[0]) & (k <= train_k[1])
+
+    def mean(values, rows):
+        return float(values[rows].mean()) if rows.any() else None
+
+    per_k = [
+        {
+            "k": int(value),
+            "count": int((k == value).sum()),
+            "accuracy": mean(correct, k == value),
+            "mean_steps": mean(steps, k == value),
+        }
+        for value in np.unique(k)
+    ]
+    return {
+        "accuracy": float(correct.mean()),
+        "interpolation": mean(correct, inside),
+        "extrapolation": mean(correct, ~inside),
+        "mean_steps": float(steps.mean()),
+        "spearman": _finite_or_none(spearman(steps, k)),
+        "per_k": per_k,
+    }
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
