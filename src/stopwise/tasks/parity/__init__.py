@@ -63,6 +63,8 @@ DEFAULTS = {
     "thesis_prior_p": 0.2,
     "inference_mode": "shrink",
     "log_every": 100,
+    # a run directory whose finished jobs with identical settings are reused instead of rerun
+    "reuse_from": "",
 }
 
 N8 = {"n": 8, "train_k": [1, 8], "test_k": [1, 8], "max_steps": 8}

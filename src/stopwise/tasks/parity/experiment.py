@@ -26,7 +26,33 @@ from .metrics import evaluate_rule
 from .model import ParityGRU
 from .report import summarize, write_figures, write_tables
 
-__all__ = ["run", "make_jobs", "run_job", "check_config"]
+__all__ = ["run", "make_jobs", "run_job", "check_config", "job_settings"]
+
+# The config keys that decide a job's numbers, besides its method, value and seed.
+JOB_KEYS = (
+    "n",
+    "train_k",
+    "test_k",
+    "hidden",
+    "max_steps",
+    "batch_size",
+    "updates",
+    "lr",
+    "grad_clip",
+    "policy_updates",
+    "val_size",
+    "test_size",
+    "act_eps",
+    "act_halting_bias",
+    "pondernet_beta",
+    "thesis_prior_p",
+    "inference_mode",
+    "device",
+)
+
+
+def job_settings(config: dict[str, Any]) -> dict[str, Any]:
+    return {key: config[key] for key in JOB_KEYS}
 
 
 def check_config(config: dict[str, Any]) -> None:
@@ -69,6 +95,8 @@ def check_config(config: dict[str, Any]) -> None:
         raise ValueError(f"inference_mode must be one of {MODES}; got {config['inference_mode']!r}")
     if config["device"].startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {config['device']!r} requested but CUDA is not available")
+    if config["reuse_from"] and not Path(config["reuse_from"]).is_dir():
+        raise ValueError(f"reuse_from {config['reuse_from']!r} is not a run directory")
     if "l2s" in config["methods"] and config["policy_updates"] < 1:
         raise ValueError("L2S needs policy_updates >= 1 for its stage II")
 
@@ -81,7 +109,12 @@ def make_jobs(config: dict[str, Any]) -> list[dict[str, Any]]:
         for value in config[METHODS[name].hyperparameter]:
             for seed in seeds:
                 jobs.append(
-                    {"id": f"{name}-{value:g}-s{seed}", "method": name, "value": value, "seed": seed}
+                    {
+                        "id": f"{name}-{value:g}-s{seed}",
+                        "method": name,
+                        "value": value,
+                        "seed": seed,
+                    }
                 )
     return jobs
 
@@ -155,18 +188,36 @@ def run_job(job: dict[str, Any], config: dict[str, Any], run_path: str) -> dict[
                     "rule": rule,
                     "causal": RULES[rule][1],
                     **measured["test"],
+                    # what the rule computes: a non-causal rule runs every step before choosing
+                    "steps_run": measured["test"]["mean_steps"] if RULES[rule][1] else steps,
                     "validation_accuracy": measured["val"]["accuracy"],
                     "validation_steps": measured["val"]["mean_steps"],
                     "train_seconds": training.variant_seconds(variant),
                     "resumed": resumed,
                 }
             )
-    result = {"job": job, "rows": rows}
+    result = {"job": job, "settings": job_settings(config), "rows": rows}
     atomic_write_text(out, json.dumps(result, indent=1) + "\n")
     return result
 
 
+def _reuse(jobs: list[dict[str, Any]], config: dict[str, Any], path: Path) -> None:
+    """Copy finished jobs of the run ``reuse_from`` that were run with the same settings."""
+    source = Path(config["reuse_from"]) / "jobs"
+    settings = job_settings(config)
+    for job in jobs:
+        mine, theirs = path / "jobs" / f"{job['id']}.json", source / f"{job['id']}.json"
+        if mine.exists() or not theirs.exists():
+            continue
+        result = json.loads(theirs.read_text())
+        if result.get("settings") == settings:
+            result["reused_from"] = str(theirs.resolve())
+            atomic_write_text(mine, json.dumps(result, indent=1) + "\n")
+
+
 def _run_jobs(jobs: list[dict[str, Any]], config: dict[str, Any], path: Path) -> list[dict]:
+    if config["reuse_from"]:
+        _reuse(jobs, config, path)
     done = {job["id"] for job in jobs if (path / "jobs" / f"{job['id']}.json").exists()}
     pending = sorted(
         (job for job in jobs if job["id"] not in done), key=lambda j: -_cost(j, config)

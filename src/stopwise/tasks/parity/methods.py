@@ -325,4 +325,3 @@ def infer(
         raise ValueError(f"unknown inference rule {rule!r}; choose one of {sorted(RULES)}")
     result = run_adaptive(model, head, x, rules[rule](), mode)
     return result.predictions, result.stop_index
-

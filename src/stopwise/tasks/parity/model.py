@@ -61,7 +61,9 @@ class ParityGRU(StepModel):
 
     def start(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if x.dim() != 2 or x.shape[-1] != self.n:
-            raise ValueError(f"expected parity vectors of shape (B, {self.n}); got {tuple(x.shape)}")
+            raise ValueError(
+                f"expected parity vectors of shape (B, {self.n}); got {tuple(x.shape)}"
+            )
         return {"x": x, "h": x.new_zeros(x.shape[0], self.hidden)}
 
     def advance(self, state: dict[str, torch.Tensor], t: int) -> dict[str, torch.Tensor]:

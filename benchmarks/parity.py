@@ -1,0 +1,115 @@
+"""Parity benchmark: every halting method on n = 16 parity, five seeds, each method's best setting,
+two worker processes with one thread each; target: the whole run within 60 minutes on 2 cores.
+Also times the ``quick`` preset (n = 8, one seed, all methods; target 5 minutes).
+
+    flock /tmp/stopwise-cpu.lock .venv/bin/python benchmarks/parity.py            # benchmark + quick
+    flock /tmp/stopwise-cpu.lock .venv/bin/python benchmarks/parity.py --preset sensitivity
+
+Writes ``benchmarks/results/parity.json`` (``parity-<preset>.json`` for other presets) with the
+machine, the wall-clock times, the summary lines of the best settings and the table, and copies the
+figures next to it (``benchmarks/results/parity[-<preset>]/*.png``). Run directories go under
+``runs/`` and resume if interrupted (a resumed run's wall time is not a valid timing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from stopwise.experiments import get_experiment, resolve_config, run_experiment
+
+ROOT = Path(__file__).resolve().parent
+TARGETS_S = {"benchmark": 3600.0, "quick": 300.0}
+
+
+def machine() -> dict:
+    return {
+        "cpu_count": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def timed_run(preset: str, out: Path, overrides: list[str]) -> dict:
+    config = resolve_config(get_experiment("parity"), preset, overrides)
+    fresh = not (out / "jobs").exists() or not any((out / "jobs").iterdir())
+    start = time.perf_counter()
+    run = run_experiment("parity", preset, out, overrides)
+    wall = time.perf_counter() - start
+    results = json.loads((run.path / "results.json").read_text())
+    lines = [{k: v for k, v in line.items() if k != "per_k"} for line in results["lines"]]
+    target = TARGETS_S.get(preset)
+    return {
+        "preset": preset,
+        "overrides": overrides,
+        "run_dir": str(out),
+        "fresh_run": fresh,
+        "wall_seconds": wall,
+        "target_seconds": target,
+        "target_met": None if target is None or not fresh else wall <= target,
+        "workers": config["workers"],
+        "threads_per_worker": config["threads"],
+        "jobs": len({r["id"] for r in results["rows"]}),
+        "task": results["task"],
+        "best": [line for line in lines if line["best"]],
+        "lines": lines,
+        "per_k_best": [
+            {k: line[k] for k in ("label", "rule", "value", "per_k")}
+            for line in results["lines"]
+            if line["best"]
+        ],
+        "table": (run.path / "table.md").read_text(),
+    }
+
+
+def copy_figures(run_dir: Path, destination: Path) -> None:
+    destination.mkdir(parents=True, exist_ok=True)
+    for figure in (run_dir / "figures").glob("*.png"):
+        shutil.copy(figure, destination / figure.name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="benchmark")
+    parser.add_argument("--out", default=None, help="run directory (default runs/parity-PRESET)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--skip-quick", action="store_true", help="do not time the quick preset")
+    args = parser.parse_args(argv)
+
+    overrides = ["progress=false", *args.overrides]
+    out = Path(args.out or f"runs/parity-{args.preset}")
+    report = {"machine": machine(), "runs": [timed_run(args.preset, out, overrides)]}
+    if args.preset == "benchmark" and not args.skip_quick:
+        quick_out = Path(f"runs/parity-quick-{int(time.time())}")
+        report["runs"].append(timed_run("quick", quick_out, ["progress=false"]))
+
+    name = "parity" if args.preset == "benchmark" else f"parity-{args.preset}"
+    results_dir = ROOT / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
+    copy_figures(out, results_dir / name)
+    for run in report["runs"]:
+        print(run["table"])
+        print(
+            f"{run['preset']}: {run['wall_seconds']:.0f} s with {run['workers']} worker(s) × "
+            f"{run['threads_per_worker']} thread(s); target {run['target_seconds']} s: "
+            f"{run['target_met']}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
