@@ -101,13 +101,13 @@ def test_reuse_from_copies_only_jobs_with_the_same_settings(tmp_path):
     same, other = tmp_path / "same", tmp_path / "other"
     args = ["run", "parity", "--preset", "tiny", "--set", f"reuse_from={source}"]
     assert main([*args, "--set", 'methods=["act","thesis"]', "--out", str(same)]) == 0
-    reused = json.loads((same / "jobs" / "act-0.001-s0.json").read_text())
+    reused = json.loads((same / "jobs" / "act-0.0001-s0.json").read_text())
     assert "reused_from" in reused
-    assert "reused_from" not in json.loads((same / "jobs" / "thesis-1-s0.json").read_text())
+    assert "reused_from" not in json.loads((same / "jobs" / "thesis-0.1-s0.json").read_text())
     assert {k: v for k, v in rows_by_key(same).items() if k[0].startswith("act")} == rows_by_key(
         source
     )
     assert (
         main([*args, "--set", 'methods=["act"]', "--set", "updates=21", "--out", str(other)]) == 0
     )
-    assert "reused_from" not in json.loads((other / "jobs" / "act-0.001-s0.json").read_text())
+    assert "reused_from" not in json.loads((other / "jobs" / "act-0.0001-s0.json").read_text())
