@@ -164,7 +164,7 @@ def run_job(job: dict[str, Any], config: dict[str, Any], run_path: str) -> dict[
         log_every=config["log_every"],
         progress=False if config["workers"] > 1 or not config["progress"] else None,
     )
-    training = Training(config, settings, sample, job["seed"], prefix=f"{job['id']}/")
+    training = Training(config, settings, sample, job["seed"])
     heads = train_method(method.name, model, job["value"], training)
 
     sets = {which: _eval_set(config, job["seed"], which) for which in ("val", "test")}

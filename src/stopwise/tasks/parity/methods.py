@@ -113,7 +113,6 @@ class Training:
     settings: LoopSettings
     sample: Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
     seed: int
-    prefix: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
 
     def batches(self, stream: int) -> GeneratedBatches:
@@ -128,9 +127,6 @@ class Training:
     @property
     def grad_clip(self) -> float | None:
         return self.config["grad_clip"] or None
-
-    def stage(self, name: str) -> str:
-        return f"{self.prefix}{name}"
 
     @contextmanager
     def timed(self, part: str):
@@ -166,7 +162,7 @@ def _fit(model: ParityGRU, loss: LossFn, training: Training, stage: str) -> None
 
     model.train()
     state = {"model": model, "optimizer": optimizer, "batches": batches}
-    train_loop(training.stage(stage), training.config["updates"], step_fn, state, training.settings)
+    train_loop(stage, training.config["updates"], step_fn, state, training.settings)
 
 
 def _unroll(
@@ -243,7 +239,7 @@ def _train_single(method: str, model: ParityGRU, value: float, training: Trainin
             config["updates"],
             step_weights=F.one_hot(torch.tensor(depth - 1), depth).float(),
             settings=training.settings,
-            stage=training.stage("fixed"),
+            stage="fixed",
             grad_clip=training.grad_clip,
         )
     elif method == "act":
@@ -269,7 +265,7 @@ def _train_l2s(model: ParityGRU, beta: float, training: Training) -> dict[str, H
             config["updates"],
             beta,
             settings=training.settings,
-            stage=training.stage("l2s-stage1"),
+            stage="l2s-stage1",
             grad_clip=training.grad_clip,
         )
     heads = {}
@@ -286,7 +282,7 @@ def _train_l2s(model: ParityGRU, beta: float, training: Training) -> dict[str, H
                 beta,
                 hard=variant == "hard",
                 settings=training.settings,
-                stage=training.stage(f"l2s-stage2-{variant}"),
+                stage=f"l2s-stage2-{variant}",
                 grad_clip=training.grad_clip,
             )
         heads[variant] = head
