@@ -126,6 +126,10 @@ class LoopSettings:
     progress: bool | None = None
 
 
+def _scalar(value: Any) -> float:
+    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+
+
 def _stateful(objects: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in objects.items() if v is not None and hasattr(v, "state_dict")}
 
@@ -178,7 +182,7 @@ def train_loop(
     metrics: dict[str, float] = {}
     with tqdm(total=num_steps, initial=start, desc=stage, disable=not show, leave=False) as bar:
         for step in range(start, num_steps):
-            metrics = {k: float(v) for k, v in step_fn(step).items()}
+            metrics = {k: _scalar(v) for k, v in step_fn(step).items()}
             bar.update(1)
             if step % settings.log_every == 0 or step == num_steps - 1:
                 log.write({"stage": stage, "step": step, **metrics})
