@@ -88,7 +88,7 @@ def test_conflicting_or_foreign_directories_are_left_alone(tmp_path, capsys):
     assert main(["run", "toy", "--preset", "tiny", "--out", str(out)]) == 0
     config_before = (out / "config.json").read_text()
     assert main(["run", "toy", "--preset", "tiny", "--out", str(out), "--set", "beta=0.5"]) == 2
-    assert "different config (beta: 0.01 -> 0.5)" in capsys.readouterr().err
+    assert "different config (beta: 0.3 -> 0.5)" in capsys.readouterr().err
     assert (out / "config.json").read_text() == config_before
     foreign = tmp_path / "foreign"
     foreign.mkdir()
