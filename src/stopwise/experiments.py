@@ -33,7 +33,7 @@ import torch
 
 from . import __version__
 from .checkpoints import atomic_write_text
-from .training import LoopSettings, seed_everything, set_threads
+from .training import LoopSettings, is_main_process, seed_everything, set_threads
 
 __all__ = [
     "ConfigError",
@@ -246,7 +246,8 @@ class RunDir:
 
     def write_json(self, name: str, data: Any) -> Path:
         path = self.path / name
-        atomic_write_text(path, json.dumps(data, indent=2, default=_plain) + "\n")
+        if is_main_process():  # under torchrun, rank 0 writes
+            atomic_write_text(path, json.dumps(data, indent=2, default=_plain) + "\n")
         return path
 
     def write_results(self, results: dict[str, Any]) -> Path:
@@ -254,7 +255,8 @@ class RunDir:
 
     def write_table(self, markdown: str) -> Path:
         path = self.path / "table.md"
-        atomic_write_text(path, markdown.rstrip() + "\n")
+        if is_main_process():
+            atomic_write_text(path, markdown.rstrip() + "\n")
         return path
 
     def read_json(self, name: str) -> Any:
@@ -337,6 +339,16 @@ def prepare_run_dir(out: str | Path, config: dict[str, Any]) -> RunDir:
     return run
 
 
+def _init_distributed(config: dict[str, Any]) -> bool:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); True if distributed."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if str(config["device"]).startswith("cuda") else "gloo"
+        torch.distributed.init_process_group(backend)
+    return True
+
+
 def run_experiment(
     name: str,
     preset: str | None = None,
@@ -347,7 +359,10 @@ def run_experiment(
     experiment = get_experiment(name)
     config = resolve_config(experiment, preset, overrides)
     out = Path(out) if out is not None else Path("runs") / f"{name}-{config['preset']}"
-    run = prepare_run_dir(out, config)
+    distributed = _init_distributed(config)
+    run = prepare_run_dir(out, config) if is_main_process() else RunDir(out, config)
+    if distributed:
+        torch.distributed.barrier()
     set_threads(config["threads"])
     seed_everything(config["seed"])
     run.write_json("env.json", environment(config))

@@ -25,12 +25,16 @@ from tqdm.auto import tqdm
 
 from .checkpoints import atomic_write_text, load_checkpoint, save_checkpoint
 from .objectives import joint_loss, l2s_stage1_loss, l2s_stage2_loss
-from .steps import StepModel, unroll
+from .steps import StepModel, index_state, unroll
 from .stoptime import StopTime
 
 __all__ = [
     "seed_everything",
     "set_threads",
+    "distributed_world",
+    "is_main_process",
+    "shard",
+    "average_gradients",
     "LoopSettings",
     "MetricsLog",
     "train_loop",
@@ -58,6 +62,42 @@ def set_threads(threads: int) -> None:
     if threads < 1:
         raise ValueError(f"threads must be >= 1; got {threads}")
     torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------- data parallelism (torchrun)
+#
+# Under torchrun every rank draws the same global batch (same seeds, same batch source state), trains
+# on its shard of the rows and averages gradients, so all ranks hold identical weights, optimizer and
+# RNG state; rank 0 alone writes metrics and checkpoints. With a batch size divisible by the world
+# size and losses averaged over rows, a step equals the single-process step on the whole batch.
+
+
+def distributed_world() -> tuple[int, int]:
+    """``(rank, world_size)``; ``(0, 1)`` without an initialised process group."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def is_main_process() -> bool:
+    return distributed_world()[0] == 0
+
+
+def shard(batch: Any) -> Any:
+    """This rank's rows (``rank::world_size``) of every tensor of a (nested) batch."""
+    rank, world = distributed_world()
+    return batch if world == 1 else index_state(batch, slice(rank, None, world))
+
+
+def average_gradients(parameters: Sequence[torch.Tensor]) -> None:
+    """All-reduce and average the gradients of ``parameters`` over ranks (no-op on one process)."""
+    _, world = distributed_world()
+    if world == 1:
+        return
+    for p in parameters:
+        if p.grad is not None:
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= world
 
 
 # ---------------------------------------------------------------- metrics and RNG state
@@ -150,11 +190,12 @@ def train_loop(
     """
     settings = settings or LoopSettings()
     objects = _stateful(state)
-    log = MetricsLog(settings.metrics_path)
+    main = is_main_process()
+    log = MetricsLog(settings.metrics_path if main else None)
     path = Path(settings.checkpoint_dir) / f"{stage}.pt" if settings.checkpoint_dir else None
 
     def checkpoint(step_done: int) -> None:
-        if path is not None:
+        if path is not None and main:
             save_checkpoint(
                 path,
                 {
@@ -178,7 +219,7 @@ def train_loop(
         start = saved["step"]
         log.truncate(stage, start - 1)
 
-    show = settings.progress if settings.progress is not None else sys.stderr.isatty()
+    show = main and (settings.progress if settings.progress is not None else sys.stderr.isatty())
     metrics: dict[str, float] = {}
     with tqdm(total=num_steps, initial=start, desc=stage, disable=not show, leave=False) as bar:
         for step in range(start, num_steps):
@@ -265,6 +306,7 @@ def _optimize(
         loss, metrics = loss_and_metrics(step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(parameters)
         if grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
         optimizer.step()
@@ -291,7 +333,7 @@ def fit_predictor(
     steps, i.e. deep supervision; ``one_hot(T-1)`` trains the last step only)."""
 
     def loss(step):
-        inputs, targets = batches(step)
+        inputs, targets = shard(batches(step))
         losses = loss_fn(unroll(model, inputs).predictions, targets)
         w = (
             step_weights
@@ -327,7 +369,7 @@ def fit_oracle(
     """L2S stage I: train the step model under the oracle q* = softmax(−ℓ/β) (weights detached)."""
 
     def loss(step):
-        inputs, targets = batches(step)
+        inputs, targets = shard(batches(step))
         losses = loss_fn(unroll(model, inputs).predictions, targets)
         return l2s_stage1_loss(losses, beta, mask), {"last": losses[:, -1].mean().detach()}
 
@@ -360,7 +402,7 @@ def fit_policy(
     """L2S stage II: the step model is frozen; the policy imitates the (soft or hard) oracle."""
 
     def loss(step):
-        inputs, targets = batches(step)
+        inputs, targets = shard(batches(step))
         with torch.no_grad():
             trajectory = unroll(model, inputs, with_features=True)
             losses = loss_fn(trajectory.predictions, targets)
@@ -391,7 +433,7 @@ def fit_joint(
     """Train model and policy together on the β-VAE objective E_q ℓ − βH(q) (L2S, Eq. 6)."""
 
     def loss(step):
-        inputs, targets = batches(step)
+        inputs, targets = shard(batches(step))
         trajectory = unroll(model, inputs, with_features=True)
         losses = loss_fn(trajectory.predictions, targets)
         stop = StopTime(policy_hazards(policy, trajectory.features), mask)
