@@ -1,6 +1,7 @@
 """Training loop: exact resume after SIGKILL, safe checkpoints, batch sources, stage functions."""
 
 import json
+import math
 import os
 import pickle
 import subprocess
@@ -144,3 +145,71 @@ def test_metrics_log_truncate(tmp_path):
     log.truncate("a", 2)
     assert [(r["stage"], r["step"]) for r in log.read()] == [("a", 0), ("a", 1), ("a", 2), ("b", 9)]
     assert json.loads((tmp_path / "m.jsonl").read_text().splitlines()[0])["step"] == 0
+
+
+class PerStepScale(torch.nn.Module):
+    """Step t predicts a_t · x: one parameter per step, so step weights are visible in the grads."""
+
+    def __init__(self, steps):
+        super().__init__()
+        self.max_steps = steps
+        self.a = torch.nn.Parameter(torch.zeros(steps))
+
+    def start(self, x):
+        return x
+
+    def advance(self, state, t):
+        return state
+
+    def predict(self, state, t):
+        return self.a[t] * state
+
+    def features(self, state, t):
+        return state
+
+
+def per_step_mse(predictions, targets):
+    return ((predictions - targets.unsqueeze(1)) ** 2).mean(-1)
+
+
+def test_fit_predictor_trains_the_weighted_steps():
+    from stopwise.training import fit_predictor
+
+    x = torch.randn(256, 3, generator=torch.Generator().manual_seed(0))
+    batches = EpochBatches((x, 2 * x), batch_size=64)
+    last_only, everywhere = PerStepScale(4), PerStepScale(4)
+    fit_predictor(
+        last_only,
+        batches,
+        per_step_mse,
+        torch.optim.SGD(last_only.parameters(), 0.3),
+        60,
+        step_weights=torch.tensor([0.0, 0.0, 0.0, 1.0]),
+    )
+    fit_predictor(
+        everywhere, batches, per_step_mse, torch.optim.SGD(everywhere.parameters(), 1.0), 60
+    )
+    assert last_only.a[:3].tolist() == [0.0, 0.0, 0.0]
+    assert last_only.a[3].item() == pytest.approx(2.0, abs=1e-3)
+    assert everywhere.a.tolist() == pytest.approx([2.0] * 4, abs=1e-3)
+
+
+@pytest.mark.parametrize("beta, entropy_range", [(100.0, (0.95, 1.0)), (0.001, (0.0, 0.5))])
+def test_fit_joint_reaches_the_oracle_temperature(beta, entropy_range):
+    """Large β: the joint optimum is near-uniform over steps; small β: it concentrates."""
+    from stopwise.policies import create_policy
+    from stopwise.steps import unroll
+    from stopwise.stoptime import StopTime
+    from stopwise.tasks.toy import RunningMean, sample_streams, squared_error
+    from stopwise.training import fit_joint, policy_hazards
+
+    torch.manual_seed(0)
+    model, policy = RunningMean(5), create_policy("mlp", feature_dim=2, max_steps=5, hidden=(16,))
+    batches = GeneratedBatches(lambda b, g: sample_streams(b, 5, [1.0], g), 128, seed=0)
+    params = list(model.parameters()) + list(policy.parameters())
+    fit_joint(model, policy, batches, squared_error, torch.optim.Adam(params, 3e-2), 150, beta=beta)
+    z, _ = sample_streams(500, 5, [1.0], torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        stop = StopTime(policy_hazards(policy, unroll(model, z, with_features=True).features))
+    relative_entropy = stop.entropy().mean().item() / math.log(5)
+    assert entropy_range[0] <= relative_entropy <= entropy_range[1]

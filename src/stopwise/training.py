@@ -318,6 +318,29 @@ def _optimize(
     return train_loop(stage, num_steps, step_fn, state, settings)
 
 
+def _fit_model(
+    model: StepModel,
+    batches: Callable[[int], tuple[Any, Any]],
+    loss_fn: LossFn,
+    objective: Callable[[torch.Tensor], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    num_steps: int,
+    settings: LoopSettings | None,
+    stage: str,
+    **optimize_kw,
+) -> dict[str, float]:
+    """Train a step model on ``objective(per-step losses (B, T))``."""
+
+    def loss(step):
+        inputs, targets = shard(batches(step))
+        losses = loss_fn(unroll(model, inputs).predictions, targets)
+        return objective(losses), {"last": losses[:, -1].mean().detach()}
+
+    model.train()
+    state = {"model": model, "batches": batches}
+    return _optimize(stage, num_steps, loss, optimizer, state, settings, **optimize_kw)
+
+
 def fit_predictor(
     model: StepModel,
     batches: Callable[[int], tuple[Any, Any]],
@@ -332,25 +355,13 @@ def fit_predictor(
     """Train a step model on fixed per-step weights: Σ_t w_t mean_b ℓ_t (default: the mean over
     steps, i.e. deep supervision; ``one_hot(T-1)`` trains the last step only)."""
 
-    def loss(step):
-        inputs, targets = shard(batches(step))
-        losses = loss_fn(unroll(model, inputs).predictions, targets)
-        w = (
-            step_weights
-            if step_weights is not None
-            else torch.full_like(losses[0], 1 / losses.shape[1])
-        )
-        return (losses.mean(0) * w.to(losses)).sum(), {"last": losses[:, -1].mean().detach()}
+    def weighted(losses):
+        per_step = losses.mean(0)
+        w = torch.full_like(per_step, 1 / len(per_step)) if step_weights is None else step_weights
+        return (per_step * w.to(per_step)).sum()
 
-    model.train()
-    return _optimize(
-        stage,
-        num_steps,
-        loss,
-        optimizer,
-        {"model": model, "batches": batches},
-        settings,
-        **optimize_kw,
+    return _fit_model(
+        model, batches, loss_fn, weighted, optimizer, num_steps, settings, stage, **optimize_kw
     )
 
 
@@ -368,20 +379,11 @@ def fit_oracle(
 ) -> dict[str, float]:
     """L2S stage I: train the step model under the oracle q* = softmax(−ℓ/β) (weights detached)."""
 
-    def loss(step):
-        inputs, targets = shard(batches(step))
-        losses = loss_fn(unroll(model, inputs).predictions, targets)
-        return l2s_stage1_loss(losses, beta, mask), {"last": losses[:, -1].mean().detach()}
+    def under_oracle(losses):
+        return l2s_stage1_loss(losses, beta, mask)
 
-    model.train()
-    return _optimize(
-        stage,
-        num_steps,
-        loss,
-        optimizer,
-        {"model": model, "batches": batches},
-        settings,
-        **optimize_kw,
+    return _fit_model(
+        model, batches, loss_fn, under_oracle, optimizer, num_steps, settings, stage, **optimize_kw
     )
 
 
