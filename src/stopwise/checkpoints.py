@@ -11,7 +11,13 @@ from typing import Any
 
 import torch
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "atomic_write_text"]
+__all__ = [
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "atomic_write_text",
+    "atomic_write_bytes",
+]
 
 
 class CheckpointError(RuntimeError):
@@ -32,9 +38,13 @@ def _atomic_replace(path: Path, write) -> None:
         raise
 
 
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the new one, never a torn one."""
+    _atomic_replace(Path(path), lambda f: f.write(data))
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` so readers see the old file or the new one, never a torn one."""
-    _atomic_replace(Path(path), lambda f: f.write(text.encode()))
+    atomic_write_bytes(path, text.encode())
 
 
 def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:

@@ -33,7 +33,7 @@ import torch
 
 from . import __version__
 from .checkpoints import atomic_write_text
-from .training import LoopSettings, seed_everything, set_threads
+from .training import LoopSettings, is_main_process, seed_everything, set_threads
 
 __all__ = [
     "ConfigError",
@@ -139,6 +139,15 @@ def get_experiment(name: str) -> Experiment:
 # ---------------------------------------------------------------- config
 
 
+_KIND_NAMES = {
+    bool: ("a boolean", "true"),
+    int: ("an integer", "3"),
+    float: ("a number", "0.5"),
+    str: ("a string", "text"),
+    list: ("a JSON list", "[1, 2]"),
+}
+
+
 def _parse_value(key: str, text: str, default: Any) -> Any:
     kind = type(default)
     try:
@@ -155,22 +164,22 @@ def _parse_value(key: str, text: str, default: Any) -> Any:
             return float(text)
         if kind is str:
             return text
-        if kind in (list, tuple):
+        if kind is list:
             value = json.loads(text)
             if not isinstance(value, list):
                 raise ValueError
-            if default and any(
-                type(v) is not type(default[0])
-                and not (isinstance(default[0], float) and isinstance(v, int))
-                for v in value
-            ):
+            if not default:
+                return value
+            item_kind = type(default[0])
+            if item_kind is float:  # accept 3 for 3.0
+                value = [float(v) if type(v) is int else v for v in value]
+            if any(type(v) is not item_kind for v in value):
                 raise ValueError
             return value
     except (ValueError, json.JSONDecodeError):
-        example = {bool: "true", int: "3", float: "0.5", str: "text", list: "[1, 2]"}.get(kind, "")
+        kind_name, example = _KIND_NAMES.get(kind, (kind.__name__, "..."))
         raise ConfigError(
-            f"--set {key}={text}: expected a {kind.__name__} like {key}={example} "
-            f"(default {default!r})"
+            f"--set {key}={text}: expected {kind_name} like {key}={example} (default {default!r})"
         ) from None
     raise ConfigError(f"key {key!r} has a default of unsupported type {kind.__name__}")
 
@@ -179,7 +188,8 @@ def resolve_config(
     experiment: Experiment, preset: str | None = None, overrides: list[str] | None = None
 ) -> dict[str, Any]:
     """defaults ← preset ← ``key=value`` overrides; every key and value is checked."""
-    config = {**COMMON_DEFAULTS, **experiment.defaults}
+    # A JSON round trip keeps the config in plain types (tuples become lists), as config.json has it.
+    config = json.loads(json.dumps({**COMMON_DEFAULTS, **experiment.defaults}))
     preset = preset or experiment.default_preset
     if experiment.presets:
         if preset not in experiment.presets:
@@ -187,7 +197,7 @@ def resolve_config(
                 f"unknown preset {preset!r} for {experiment.name}; choose one of "
                 f"{sorted(experiment.presets)}"
             )
-        config.update(experiment.presets[preset])
+        config.update(json.loads(json.dumps(experiment.presets[preset])))
     config["preset"] = preset
     for item in overrides or []:
         if "=" not in item:
@@ -236,7 +246,8 @@ class RunDir:
 
     def write_json(self, name: str, data: Any) -> Path:
         path = self.path / name
-        atomic_write_text(path, json.dumps(data, indent=2, default=_plain) + "\n")
+        if is_main_process():  # under torchrun, rank 0 writes
+            atomic_write_text(path, json.dumps(data, indent=2, default=_plain) + "\n")
         return path
 
     def write_results(self, results: dict[str, Any]) -> Path:
@@ -244,7 +255,8 @@ class RunDir:
 
     def write_table(self, markdown: str) -> Path:
         path = self.path / "table.md"
-        atomic_write_text(path, markdown.rstrip() + "\n")
+        if is_main_process():
+            atomic_write_text(path, markdown.rstrip() + "\n")
         return path
 
     def read_json(self, name: str) -> Any:
@@ -327,6 +339,16 @@ def prepare_run_dir(out: str | Path, config: dict[str, Any]) -> RunDir:
     return run
 
 
+def _init_distributed(config: dict[str, Any]) -> bool:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); True if distributed."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if str(config["device"]).startswith("cuda") else "gloo"
+        torch.distributed.init_process_group(backend)
+    return True
+
+
 def run_experiment(
     name: str,
     preset: str | None = None,
@@ -337,7 +359,10 @@ def run_experiment(
     experiment = get_experiment(name)
     config = resolve_config(experiment, preset, overrides)
     out = Path(out) if out is not None else Path("runs") / f"{name}-{config['preset']}"
-    run = prepare_run_dir(out, config)
+    distributed = _init_distributed(config)
+    run = prepare_run_dir(out, config) if is_main_process() else RunDir(out, config)
+    if distributed:
+        torch.distributed.barrier()
     set_threads(config["threads"])
     seed_everything(config["seed"])
     run.write_json("env.json", environment(config))

@@ -301,10 +301,15 @@ def _run_dense(model, policy, inputs, rule, valid):
         predictions.append(prediction)
         hazards.append(policy(features, t) if valid[t] and t < last else None)
     B = predictions[0].shape[0]
-    hazard = torch.stack(
-        [h if h is not None else predictions[0].new_zeros(B) for h in hazards], dim=1
-    )
-    stop_index = stop_indices(hazard, rule, valid[: last + 1])
+    # Full-width hazards (zeros where no decision is taken) so rules see the same (B, T) layout
+    # as in the other modes (a sampling rule draws its uniforms for all T steps).
+    decided = [h for h in hazards if h is not None]
+    dtype = decided[0].dtype if decided else torch.float32
+    hazard = torch.zeros(B, model.max_steps, dtype=dtype, device=predictions[0].device)
+    for t, h in enumerate(hazards):
+        if h is not None:
+            hazard[:, t] = h
+    stop_index = stop_indices(hazard, rule, valid)
     stacked = torch.stack(predictions, dim=1)
     rows = torch.arange(B, device=stacked.device)
     return stacked[rows, stop_index], stop_index

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from .checkpoints import atomic_write_bytes
 
 __all__ = ["markdown_table", "new_figure", "save_figure", "format_number"]
 
@@ -42,10 +45,11 @@ def new_figure(width: float = 5.0, height: float = 3.5):
 
 
 def save_figure(figure, path: str | Path) -> Path:
+    """Save as PNG atomically (a reader never sees half a file) and close the figure."""
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
     plt.close(figure)
-    return path
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)

@@ -25,12 +25,16 @@ from tqdm.auto import tqdm
 
 from .checkpoints import atomic_write_text, load_checkpoint, save_checkpoint
 from .objectives import joint_loss, l2s_stage1_loss, l2s_stage2_loss
-from .steps import StepModel, unroll
+from .steps import StepModel, index_state, unroll
 from .stoptime import StopTime
 
 __all__ = [
     "seed_everything",
     "set_threads",
+    "distributed_world",
+    "is_main_process",
+    "shard",
+    "average_gradients",
     "LoopSettings",
     "MetricsLog",
     "train_loop",
@@ -58,6 +62,42 @@ def set_threads(threads: int) -> None:
     if threads < 1:
         raise ValueError(f"threads must be >= 1; got {threads}")
     torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------- data parallelism (torchrun)
+#
+# Under torchrun every rank draws the same global batch (same seeds, same batch source state), trains
+# on its shard of the rows and averages gradients, so all ranks hold identical weights, optimizer and
+# RNG state; rank 0 alone writes metrics and checkpoints. With a batch size divisible by the world
+# size and losses averaged over rows, a step equals the single-process step on the whole batch.
+
+
+def distributed_world() -> tuple[int, int]:
+    """``(rank, world_size)``; ``(0, 1)`` without an initialised process group."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def is_main_process() -> bool:
+    return distributed_world()[0] == 0
+
+
+def shard(batch: Any) -> Any:
+    """This rank's rows (``rank::world_size``) of every tensor of a (nested) batch."""
+    rank, world = distributed_world()
+    return batch if world == 1 else index_state(batch, slice(rank, None, world))
+
+
+def average_gradients(parameters: Sequence[torch.Tensor]) -> None:
+    """All-reduce and average the gradients of ``parameters`` over ranks (no-op on one process)."""
+    _, world = distributed_world()
+    if world == 1:
+        return
+    for p in parameters:
+        if p.grad is not None:
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= world
 
 
 # ---------------------------------------------------------------- metrics and RNG state
@@ -126,6 +166,10 @@ class LoopSettings:
     progress: bool | None = None
 
 
+def _scalar(value: Any) -> float:
+    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+
+
 def _stateful(objects: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in objects.items() if v is not None and hasattr(v, "state_dict")}
 
@@ -146,11 +190,12 @@ def train_loop(
     """
     settings = settings or LoopSettings()
     objects = _stateful(state)
-    log = MetricsLog(settings.metrics_path)
+    main = is_main_process()
+    log = MetricsLog(settings.metrics_path if main else None)
     path = Path(settings.checkpoint_dir) / f"{stage}.pt" if settings.checkpoint_dir else None
 
     def checkpoint(step_done: int) -> None:
-        if path is not None:
+        if path is not None and main:
             save_checkpoint(
                 path,
                 {
@@ -174,11 +219,11 @@ def train_loop(
         start = saved["step"]
         log.truncate(stage, start - 1)
 
-    show = settings.progress if settings.progress is not None else sys.stderr.isatty()
+    show = main and (settings.progress if settings.progress is not None else sys.stderr.isatty())
     metrics: dict[str, float] = {}
     with tqdm(total=num_steps, initial=start, desc=stage, disable=not show, leave=False) as bar:
         for step in range(start, num_steps):
-            metrics = {k: float(v) for k, v in step_fn(step).items()}
+            metrics = {k: _scalar(v) for k, v in step_fn(step).items()}
             bar.update(1)
             if step % settings.log_every == 0 or step == num_steps - 1:
                 log.write({"stage": stage, "step": step, **metrics})
@@ -261,6 +306,7 @@ def _optimize(
         loss, metrics = loss_and_metrics(step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(parameters)
         if grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
         optimizer.step()
@@ -270,6 +316,29 @@ def _optimize(
 
     state = {**state, "optimizer": optimizer, "scheduler": scheduler}
     return train_loop(stage, num_steps, step_fn, state, settings)
+
+
+def _fit_model(
+    model: StepModel,
+    batches: Callable[[int], tuple[Any, Any]],
+    loss_fn: LossFn,
+    objective: Callable[[torch.Tensor], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    num_steps: int,
+    settings: LoopSettings | None,
+    stage: str,
+    **optimize_kw,
+) -> dict[str, float]:
+    """Train a step model on ``objective(per-step losses (B, T))``."""
+
+    def loss(step):
+        inputs, targets = shard(batches(step))
+        losses = loss_fn(unroll(model, inputs).predictions, targets)
+        return objective(losses), {"last": losses[:, -1].mean().detach()}
+
+    model.train()
+    state = {"model": model, "batches": batches}
+    return _optimize(stage, num_steps, loss, optimizer, state, settings, **optimize_kw)
 
 
 def fit_predictor(
@@ -286,25 +355,13 @@ def fit_predictor(
     """Train a step model on fixed per-step weights: Σ_t w_t mean_b ℓ_t (default: the mean over
     steps, i.e. deep supervision; ``one_hot(T-1)`` trains the last step only)."""
 
-    def loss(step):
-        inputs, targets = batches(step)
-        losses = loss_fn(unroll(model, inputs).predictions, targets)
-        w = (
-            step_weights
-            if step_weights is not None
-            else torch.full_like(losses[0], 1 / losses.shape[1])
-        )
-        return (losses.mean(0) * w.to(losses)).sum(), {"last": losses[:, -1].mean().detach()}
+    def weighted(losses):
+        per_step = losses.mean(0)
+        w = torch.full_like(per_step, 1 / len(per_step)) if step_weights is None else step_weights
+        return (per_step * w.to(per_step)).sum()
 
-    model.train()
-    return _optimize(
-        stage,
-        num_steps,
-        loss,
-        optimizer,
-        {"model": model, "batches": batches},
-        settings,
-        **optimize_kw,
+    return _fit_model(
+        model, batches, loss_fn, weighted, optimizer, num_steps, settings, stage, **optimize_kw
     )
 
 
@@ -322,20 +379,11 @@ def fit_oracle(
 ) -> dict[str, float]:
     """L2S stage I: train the step model under the oracle q* = softmax(−ℓ/β) (weights detached)."""
 
-    def loss(step):
-        inputs, targets = batches(step)
-        losses = loss_fn(unroll(model, inputs).predictions, targets)
-        return l2s_stage1_loss(losses, beta, mask), {"last": losses[:, -1].mean().detach()}
+    def under_oracle(losses):
+        return l2s_stage1_loss(losses, beta, mask)
 
-    model.train()
-    return _optimize(
-        stage,
-        num_steps,
-        loss,
-        optimizer,
-        {"model": model, "batches": batches},
-        settings,
-        **optimize_kw,
+    return _fit_model(
+        model, batches, loss_fn, under_oracle, optimizer, num_steps, settings, stage, **optimize_kw
     )
 
 
@@ -356,7 +404,7 @@ def fit_policy(
     """L2S stage II: the step model is frozen; the policy imitates the (soft or hard) oracle."""
 
     def loss(step):
-        inputs, targets = batches(step)
+        inputs, targets = shard(batches(step))
         with torch.no_grad():
             trajectory = unroll(model, inputs, with_features=True)
             losses = loss_fn(trajectory.predictions, targets)
@@ -387,7 +435,7 @@ def fit_joint(
     """Train model and policy together on the β-VAE objective E_q ℓ − βH(q) (L2S, Eq. 6)."""
 
     def loss(step):
-        inputs, targets = batches(step)
+        inputs, targets = shard(batches(step))
         trajectory = unroll(model, inputs, with_features=True)
         losses = loss_fn(trajectory.predictions, targets)
         stop = StopTime(policy_hazards(policy, trajectory.features), mask)

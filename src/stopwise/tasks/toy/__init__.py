@@ -145,10 +145,10 @@ EXPERIMENTS = [
         "defaults": {
             "steps": 12,
             "noise_levels": [0.1, 1.0],
-            "beta": 0.01,
+            "beta": 0.3,
             "batch_size": 256,
             "stage1_steps": 100,
-            "stage2_steps": 200,
+            "stage2_steps": 400,
             "eval_size": 2000,
             "budgets": [3.0, 6.0],
         },

@@ -1,0 +1,265 @@
+"""Adaptive inference: the three modes agree with each other and with a per-sample reference loop;
+calibration and MSDNet thresholds agree with brute force and plain loops."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from stopwise.inference import (
+    CumulativeThreshold,
+    HazardThreshold,
+    SampleRule,
+    exit_distribution,
+    fit_exit_thresholds,
+    fit_threshold,
+    hazard_trajectory,
+    run_adaptive,
+    run_fixed,
+    stop_indices,
+)
+from stopwise.steps import StepModel, unroll
+from stopwise.stoptime import StopTime
+
+
+class RandomStepModel(StepModel):
+    """h ← tanh(W_t h + U x) with a dict state; predictions are ``(B, C)`` logits."""
+
+    def __init__(self, dim=6, classes=3, steps=7, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.max_steps = steps
+        self.W = nn.Parameter(torch.randn(steps, dim, dim) / math.sqrt(dim))
+        self.U = nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, classes)
+        self.rows_advanced = 0
+
+    def start(self, x):
+        return {"x": x, "h": torch.zeros_like(x)}
+
+    def advance(self, state, t):
+        self.rows_advanced += state["h"].shape[0]
+        h = torch.tanh(state["h"] @ self.W[t] + self.U(state["x"]))
+        return {"x": state["x"], "h": h}
+
+    def predict(self, state, t):
+        return self.head(state["h"])
+
+    def features(self, state, t):
+        return state["h"]
+
+    def step_costs(self):
+        return torch.arange(1, self.max_steps + 1, dtype=torch.float64) * 10.0
+
+
+class LinearPolicy(nn.Module):
+    """Hazard logit = w·features − 1 with large random w, so rows stop at many different steps."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(dim) * 3)
+
+    def forward(self, features, t):
+        return features @ self.w - 1.0
+
+
+def make(seed=0, batch=64, steps=7):
+    model = RandomStepModel(steps=steps, seed=seed)
+    torch.manual_seed(seed + 1)
+    policy = LinearPolicy(6)
+    x = torch.randn(batch, 6, generator=torch.Generator().manual_seed(seed + 2))
+    return model, policy, x
+
+
+def reference_stop(model, policy, x, threshold, valid):
+    """One sample at a time, plain Python: stop at the first valid step with λ_t ≥ threshold."""
+    last = max(i for i, v in enumerate(valid) if v)
+    out = []
+    for i in range(x.shape[0]):
+        state = model.start(x[i : i + 1])
+        for t in range(last + 1):
+            state = model.advance(state, t)
+            if not valid[t]:
+                continue
+            lam = torch.sigmoid(policy(model.features(state, t), t)).item()
+            if t == last or lam >= threshold:
+                out.append((t, model.predict(state, t)[0]))
+                break
+    return out
+
+
+RULES = [HazardThreshold(0.3), HazardThreshold(0.6), CumulativeThreshold(0.5), SampleRule(seed=7)]
+
+
+@pytest.mark.parametrize("rule", RULES, ids=repr)
+@pytest.mark.parametrize("valid", [None, [1, 0, 1, 1, 0, 1, 0]])
+@torch.no_grad()
+def test_modes_agree(rule, valid):
+    model, policy, x = make()
+    valid = None if valid is None else torch.tensor(valid, dtype=torch.bool)
+    results = {
+        mode: run_adaptive(model, policy, x, rule, mode, valid)
+        for mode in ("dense", "masked", "shrink")
+    }
+    for mode in ("masked", "shrink"):
+        assert torch.equal(results[mode].stop_index, results["dense"].stop_index), mode
+        torch.testing.assert_close(results[mode].predictions, results["dense"].predictions)
+        torch.testing.assert_close(results[mode].cost, results["dense"].cost)
+    stops = results["dense"].stop_index
+    assert len(stops.unique()) > 1  # the test exercises real per-row stopping
+    if valid is not None:
+        assert valid[stops].all()
+
+
+@pytest.mark.parametrize("valid", [[1] * 7, [0, 1, 1, 0, 1, 1, 0]])
+@torch.no_grad()
+def test_shrink_matches_per_sample_reference(valid):
+    model, policy, x = make(seed=3, batch=40)
+    result = run_adaptive(
+        model, policy, x, HazardThreshold(0.4), "shrink", torch.tensor(valid).bool()
+    )
+    reference = reference_stop(model, policy, x, 0.4, valid)
+    assert result.stop_index.tolist() == [t for t, _ in reference]
+    torch.testing.assert_close(result.predictions, torch.stack([p for _, p in reference]))
+    assert result.steps_used.tolist() == [t + 1 for t, _ in reference]
+    assert result.cost.tolist() == [10.0 * (t + 1) for t, _ in reference]
+
+
+@torch.no_grad()
+def test_shrink_only_advances_rows_still_running():
+    model, policy, x = make(seed=4, batch=100)
+    model.rows_advanced = 0
+    result = run_adaptive(model, policy, x, HazardThreshold(0.5), "shrink")
+    assert model.rows_advanced == int(result.steps_used.sum())
+    model.rows_advanced = 0
+    run_adaptive(model, policy, x, HazardThreshold(0.5), "masked")
+    assert model.rows_advanced == 100 * 7
+    assert int(result.steps_used.sum()) < 100 * 7
+
+
+@torch.no_grad()
+def test_extreme_thresholds_and_run_fixed():
+    model, policy, x = make(seed=5)
+    assert (run_adaptive(model, policy, x, HazardThreshold(0.0)).stop_index == 0).all()
+    everything = run_adaptive(model, policy, x, HazardThreshold(1.0))
+    assert (everything.stop_index == 6).all()
+    torch.testing.assert_close(everything.predictions, run_fixed(model, x))
+    torch.testing.assert_close(run_fixed(model, x, 3), unroll(model, x).predictions[:, 2])
+
+
+@torch.no_grad()
+def test_sampled_stops_follow_the_stop_time_distribution():
+    class FixedHazard(nn.Module):
+        def forward(self, features, t):
+            return torch.full((features.shape[0],), [-1.0, 0.0, -0.5, 1.0, 0.0][t])
+
+    model = RandomStepModel(steps=5)
+    x = torch.randn(40000, 6)
+    result = run_adaptive(model, FixedHazard(), x, SampleRule(seed=1), "shrink")
+    counts = torch.bincount(result.stop_index, minlength=5).double()
+    expected = StopTime(torch.tensor([[-1.0, 0.0, -0.5, 1.0, 0.0]])).probs[0].double() * 40000
+    assert ((counts - expected).abs() <= 5 * expected.sqrt()).all()
+
+
+def test_cumulative_rule_matches_stop_time_cdf():
+    logits = torch.randn(200, 6, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    index = stop_indices(logits, CumulativeThreshold(0.5))
+    cdf = StopTime(logits).cdf()
+    expected = ((cdf >= 0.5) | (torch.arange(6) == 5)).int().argmax(-1)
+    assert torch.equal(index, expected)
+
+
+def brute_force_threshold(hazards, budget, costs):
+    """Try every observed hazard as a threshold; keep the most expensive within budget."""
+    best = None
+    for value in sorted(set(hazards.flatten().tolist())) + [math.inf]:
+        cost = costs[stop_indices(hazards, HazardThreshold.from_score_threshold(value))].mean()
+        if cost <= budget and (best is None or cost >= best[1]):
+            best = (value, float(cost))
+    return best
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**16), budget=st.floats(1.0, 6.0))
+def test_fit_threshold_matches_brute_force(seed, budget):
+    g = torch.Generator().manual_seed(seed)
+    hazards = torch.randn(30, 6, generator=g, dtype=torch.float64)
+    costs = torch.arange(1, 7, dtype=torch.float64)
+    rule = fit_threshold(hazards, budget, costs)
+    cost = float(costs[stop_indices(hazards, rule)].mean())
+    _, best_cost = brute_force_threshold(hazards, budget, costs)
+    assert cost <= budget + 1e-12
+    assert cost == pytest.approx(best_cost)
+
+
+def test_fit_threshold_cumulative_and_errors():
+    hazards = torch.randn(500, 8, generator=torch.Generator().manual_seed(7))
+    rule = fit_threshold(hazards, 3.0, kind="cumulative")
+    assert isinstance(rule, CumulativeThreshold)
+    mean_steps = float((stop_indices(hazards, rule) + 1).double().mean())
+    assert 2.9 <= mean_steps <= 3.0
+    with pytest.raises(ValueError, match="below the least achievable"):
+        fit_threshold(hazards, 0.5)
+    with pytest.raises(ValueError, match="kind"):
+        fit_threshold(hazards, 3.0, kind="median")
+
+
+@torch.no_grad()
+def test_calibrated_rule_meets_budget_when_run():
+    from stopwise.inference import calibrate
+
+    model, policy, x = make(seed=8, batch=300)
+    rule = calibrate(model, policy, x, budget=35.0)  # costs are 10 per step
+    result = run_adaptive(model, policy, x, rule, "shrink")
+    assert float(result.cost.mean()) <= 35.0
+    hazards = hazard_trajectory(model, policy, x)
+    assert torch.equal(stop_indices(hazards, rule), result.stop_index)
+
+
+def reference_msdnet_thresholds(confidences, q):
+    """MSDNet's dynamic-evaluation loop, one sample at a time."""
+    N, K = len(confidences), len(confidences[0])
+    thresholds, filtered = [math.inf] * K, [False] * N
+    for k in range(K - 1):
+        want, count = math.floor(N * q[k]), 0
+        for i in sorted(range(N), key=lambda i: -confidences[i][k]):
+            if not filtered[i]:
+                count += 1
+                if count == want:
+                    thresholds[k] = confidences[i][k]
+                    break
+        for i in range(N):
+            filtered[i] = filtered[i] or confidences[i][k] >= thresholds[k]
+    thresholds[-1] = -math.inf
+    return thresholds
+
+
+@pytest.mark.parametrize("p", [0.05, 0.6, 1.0, 1.95])
+def test_exit_thresholds_reproduce_target_distribution(p):
+    scores = torch.rand(1000, 5, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    q = exit_distribution(p, 5)
+    thresholds = fit_exit_thresholds(scores, q)
+    assert thresholds.tolist() == reference_msdnet_thresholds(scores.tolist(), q.tolist())
+    exits = stop_indices(scores, HazardThreshold.from_score_threshold(thresholds))
+    counts = torch.bincount(exits, minlength=5)
+    assert counts[:-1].tolist() == [math.floor(1000 * float(v)) for v in q[:-1]]
+    assert int(counts.sum()) == 1000
+
+
+def test_exit_distribution():
+    q = exit_distribution(0.5, 4)
+    assert q.tolist() == pytest.approx([8 / 15, 4 / 15, 2 / 15, 1 / 15])
+    assert exit_distribution(1.0, 3).tolist() == pytest.approx([1 / 3] * 3)
+
+
+def test_bad_arguments_are_named():
+    model, policy, x = make()
+    with pytest.raises(ValueError, match="mode"):
+        run_adaptive(model, policy, x, HazardThreshold(0.5), mode="fast")
+    with pytest.raises(ValueError, match="valid_steps"):
+        run_adaptive(model, policy, x, HazardThreshold(0.5), valid_steps=torch.ones(3).bool())
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        HazardThreshold(1.5)

@@ -1,0 +1,231 @@
+"""Objectives against independent formulas, plain loops and finite differences."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stopwise.objectives import (
+    act_halting,
+    act_loss,
+    act_output,
+    joint_loss,
+    l2s_stage1_loss,
+    l2s_stage2_loss,
+    pondernet_loss,
+    random_horizon_bound,
+    weighted_exit_loss,
+)
+from stopwise.stoptime import StopTime, random_horizon_log_prior
+
+
+def hazards_for(q: torch.Tensor) -> torch.Tensor:
+    """Hazard logits whose stop-time distribution is ``q`` (λ_t = q_t / remaining mass)."""
+    remaining = 1 - torch.cumsum(q, -1) + q
+    lam = (q / remaining).clamp(1e-12, 1 - 1e-12)
+    return torch.logit(lam)
+
+
+def test_stage1_gradient_equals_softmin_gradient():
+    g = torch.Generator().manual_seed(0)
+    losses = torch.rand(5, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    beta = 0.28
+    (grad,) = torch.autograd.grad(l2s_stage1_loss(losses, beta), losses)
+    softmin = (beta * -torch.logsumexp(-losses / beta, dim=-1)).mean()
+    (expected,) = torch.autograd.grad(softmin, losses)
+    torch.testing.assert_close(grad, expected)
+    # and a finite difference on one entry of the soft-min
+    eps = 1e-6
+    bumped = losses.detach().clone()
+    bumped[2, 3] += eps
+    fd = ((beta * -torch.logsumexp(-bumped / beta, -1)).mean() - softmin.detach()) / eps
+    assert grad[2, 3].item() == pytest.approx(fd.item(), rel=1e-4)
+
+
+def test_stage1_respects_mask():
+    losses = torch.tensor([[1.0, 0.0, 2.0]], requires_grad=True)
+    loss = l2s_stage1_loss(losses, 1.0, mask=torch.tensor([1, 0, 1]))
+    w = [math.exp(-1.0), math.exp(-2.0)]
+    assert loss.item() == pytest.approx((w[0] * 1 + w[1] * 2) / sum(w), rel=1e-6)
+
+
+def test_stage2_soft_is_forward_kl_and_hard_is_cross_entropy():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, 5, generator=g, dtype=torch.float64)
+    losses = torch.rand(4, 5, generator=g, dtype=torch.float64)
+    beta = 0.5
+    stop = StopTime(logits)
+    q = stop.probs
+    expected_kl, expected_ce = 0.0, 0.0
+    for i in range(4):
+        target = [math.exp(-v / beta) for v in losses[i].tolist()]
+        target = [v / sum(target) for v in target]
+        expected_kl += sum(p * math.log(p / q[i, t].item()) for t, p in enumerate(target))
+        expected_ce += -math.log(q[i, int(losses[i].argmin())].item())
+    assert l2s_stage2_loss(stop, losses, beta).item() == pytest.approx(expected_kl / 4)
+    assert l2s_stage2_loss(stop, losses, beta, hard=True).item() == pytest.approx(expected_ce / 4)
+
+
+def test_stage2_gradient_matches_finite_differences():
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    losses = torch.rand(3, 4, generator=g, dtype=torch.float64)
+    for hard in (False, True):
+        assert torch.autograd.gradcheck(
+            lambda h, hard=hard: l2s_stage2_loss(StopTime(h), losses, 0.3, hard), logits
+        )
+
+
+@settings(max_examples=40, deadline=None)
+@given(T=st.integers(1, 7), beta=st.floats(0.05, 3.0), seed=st.integers(0, 2**16))
+def test_property_joint_objective_is_minimised_at_the_oracle(T, beta, seed):
+    g = torch.Generator().manual_seed(seed)
+    losses = torch.rand(3, T, generator=g, dtype=torch.float64) * 2
+    target = torch.softmax(-losses / beta, -1)
+    at_oracle = joint_loss(StopTime(hazards_for(target)), losses, beta)
+    softmin = (beta * -torch.logsumexp(-losses / beta, -1)).mean()
+    assert at_oracle.item() == pytest.approx(softmin.item(), abs=1e-8)
+    other = joint_loss(StopTime(torch.randn(3, T, generator=g, dtype=torch.float64)), losses, beta)
+    assert other.item() >= at_oracle.item() - 1e-9
+
+
+def test_pondernet_matches_plain_loop_and_kl_direction():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 5, generator=g, dtype=torch.float64)
+    losses = torch.rand(2, 5, generator=g, dtype=torch.float64)
+    beta, lam = 0.1, 0.2
+    for tail in ("absorb", "renormalize"):
+        stop = StopTime(logits, tail=tail)
+        prior = [lam * (1 - lam) ** t for t in range(5)]
+        prior = [p / sum(prior) for p in prior]
+        expected = 0.0
+        for i in range(2):
+            q = stop.probs[i].tolist()
+            rec = sum(qt * lt for qt, lt in zip(q, losses[i].tolist(), strict=True))
+            kl = sum(qt * math.log(qt / pt) for qt, pt in zip(q, prior, strict=True))
+            reverse = sum(pt * math.log(pt / qt) for qt, pt in zip(q, prior, strict=True))
+            assert abs(kl - reverse) > 1e-3  # the two directions differ here
+            expected += rec + beta * kl
+        loss, parts = pondernet_loss(stop, losses, beta, lam)
+        assert loss.item() == pytest.approx(expected / 2)
+        assert set(parts) == {"reconstruction", "kl"}
+
+
+def test_pondernet_prior_is_renormalised_over_valid_steps():
+    mask = torch.tensor([1, 1, 0, 1], dtype=torch.bool)
+    stop = StopTime(torch.zeros(1, 4, dtype=torch.float64), mask)
+    prior = torch.tensor([0.5 * 0.5**t for t in (0, 1, 3)], dtype=torch.float64)
+    prior = prior / prior.sum()
+    q = stop.probs[0, mask]
+    expected = float((q * (q / prior).log()).sum())
+    _, parts = pondernet_loss(stop, torch.zeros(1, 4, dtype=torch.float64), 1.0, 0.5)
+    assert parts["kl"].item() == pytest.approx(expected)
+
+
+def reference_act(halting_probs: list[float], eps: float):
+    """Graves (2016) halting for one sample, step by step."""
+    total, weights = 0.0, []
+    for n, h in enumerate(halting_probs):
+        last = n == len(halting_probs) - 1
+        if total + h >= 1 - eps or last:
+            remainder = 1 - total
+            weights.append(remainder)
+            weights += [0.0] * (len(halting_probs) - n - 1)
+            return weights, n + 1, remainder
+        total += h
+        weights.append(h)
+    raise AssertionError
+
+
+def test_act_halting_matches_reference_loop():
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(50, 6, generator=g, dtype=torch.float64) * 2 - 1
+    halting = act_halting(logits, eps=0.01)
+    for i in range(50):
+        weights, N, R = reference_act(torch.sigmoid(logits[i]).tolist(), 0.01)
+        assert halting.weights[i].tolist() == pytest.approx(weights)
+        assert halting.steps[i].item() == N
+        assert halting.remainder[i].item() == pytest.approx(R)
+        assert halting.ponder_cost[i].item() == pytest.approx(N + R)
+    torch.testing.assert_close(halting.weights.sum(-1), torch.ones(50, dtype=torch.float64))
+
+
+def test_act_ponder_cost_gradient_and_output():
+    logits = torch.tensor([[-1.0, -0.5, 0.3, 2.0]], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda h: act_halting(h).ponder_cost, logits)
+    outputs = torch.arange(8, dtype=torch.float64).view(1, 4, 2)
+    weights = act_halting(logits).weights
+    expected = sum(weights[0, n].item() * outputs[0, n] for n in range(4))
+    torch.testing.assert_close(act_output(weights, outputs)[0], expected)
+    halting = act_halting(logits)
+    assert act_loss(torch.tensor(1.0), halting, 0.1).item() == pytest.approx(
+        1 + 0.1 * halting.ponder_cost.item()
+    )
+
+
+def reference_bound(a, losses, p, beta, H):
+    s = math.sqrt(1 - p)
+    z = sum(math.exp(a[t]) for t in range(H + 1))
+    total = 0.0
+    for t in range(H + 1):
+        q = math.exp(a[t]) / z
+        prior = (1 - s) * s**t / (1 - s ** (H + 1))
+        total += q * losses[t] + beta * q * math.log(q / prior)
+    return total
+
+
+def test_random_horizon_bound_matches_plain_loop():
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    losses = torch.rand(3, 5, generator=g, dtype=torch.float64)
+    p, beta = 0.3, 0.7
+    weights = torch.softmax(random_horizon_log_prior(p, torch.arange(5)), 0).tolist()
+    expected = (
+        sum(
+            sum(
+                weights[H] * reference_bound(a[i].tolist(), losses[i].tolist(), p, beta, H)
+                for H in range(5)
+            )
+            for i in range(3)
+        )
+        / 3
+    )
+    assert random_horizon_bound(a, losses, p, beta).item() == pytest.approx(expected)
+    horizons = torch.tensor([0, 4, 2])
+    sampled = (
+        sum(
+            reference_bound(a[i].tolist(), losses[i].tolist(), p, beta, int(horizons[i]))
+            for i in range(3)
+        )
+        / 3
+    )
+    assert random_horizon_bound(a, losses, p, beta, horizons).item() == pytest.approx(sampled)
+
+
+def test_random_horizon_bound_is_tight_at_the_posterior():
+    """With β = 1 and ℓ = −log p(y|t), L_H ≥ −log Σ_{t≤H} p(t|H) e^{−ℓ_t}, with equality at the
+    exact posterior q(t) ∝ p(t|H) e^{−ℓ_t} (the evidence bound)."""
+    p, H = 0.4, 4
+    s = math.sqrt(1 - p)
+    losses = torch.tensor([[2.0, 1.0, 0.3, 0.2, 0.9]], dtype=torch.float64)
+    prior = torch.tensor(
+        [(1 - s) * s**t / (1 - s ** (H + 1)) for t in range(H + 1)], dtype=torch.float64
+    )
+    evidence = -torch.log((prior * torch.exp(-losses[0])).sum())
+    posterior_logits = (prior.log() - losses[0]).unsqueeze(0)
+    tight = random_horizon_bound(posterior_logits, losses, p, horizons=torch.tensor([H]))
+    loose = random_horizon_bound(
+        torch.zeros(1, 5, dtype=torch.float64), losses, p, horizons=torch.tensor([H])
+    )
+    assert tight.item() == pytest.approx(evidence.item())
+    assert loose.item() > evidence.item()
+
+
+def test_weighted_exit_loss():
+    losses = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    weights = torch.tensor([[0.5, 1.5], [1.0, 1.0]])
+    assert weighted_exit_loss(losses, weights).item() == pytest.approx((0.5 + 3 + 3 + 4) / 2)
+    with pytest.raises(ValueError, match="must match"):
+        weighted_exit_loss(losses, weights[:, :1])

@@ -1,0 +1,79 @@
+"""Step-model state helpers and the policy registry."""
+
+from collections import namedtuple
+
+import pytest
+import torch
+
+from stopwise.policies import (
+    ConfidencePolicy,
+    classifier_features,
+    create_policy,
+    list_policies,
+    step_encoding,
+)
+from stopwise.steps import index_state, state_batch_size, state_device, where_state
+
+Pair = namedtuple("Pair", "a b")
+
+
+def test_index_and_where_on_nested_states():
+    state = {"x": torch.arange(4), "inner": (torch.arange(8).view(4, 2), Pair(torch.ones(4), None))}
+    picked = index_state(state, torch.tensor([2, 0]))
+    assert picked["x"].tolist() == [2, 0]
+    assert picked["inner"][0].tolist() == [[4, 5], [0, 1]]
+    assert isinstance(picked["inner"][1], Pair) and picked["inner"][1].b is None
+    assert index_state(state, torch.tensor([True, False, False, True]))["x"].tolist() == [0, 3]
+    other = {
+        "x": -torch.arange(4),
+        "inner": (-torch.arange(8).view(4, 2), Pair(torch.zeros(4), None)),
+    }
+    mixed = where_state(torch.tensor([True, False, True, False]), state, other)
+    assert mixed["x"].tolist() == [0, -1, 2, -3]
+    assert mixed["inner"][0].tolist() == [[0, 1], [-2, -3], [4, 5], [-6, -7]]
+    assert state_batch_size(state) == 4 and state_device(state) == torch.device("cpu")
+    with pytest.raises(TypeError, match="a state must be"):
+        index_state({"x": [1, 2]}, torch.tensor([0]))
+
+
+def test_policy_registry():
+    assert {"mlp", "confidence"} <= set(list_policies())
+    policy = create_policy("mlp", feature_dim=5, max_steps=4, hidden=(8, 8), init_bias=-2.0)
+    features = torch.randn(3, 5)
+    assert policy(features, 2).shape == (3,)
+    assert policy(features, torch.tensor([0, 1, 3])).shape == (3,)
+    with pytest.raises(ValueError, match="unknown policy 'lstm'; choose one of"):
+        create_policy("lstm")
+
+
+def test_mlp_policy_uses_the_step():
+    torch.manual_seed(0)
+    policy = create_policy("mlp", feature_dim=2, max_steps=5, hidden=(4,))
+    features = torch.randn(6, 2)
+    assert not torch.allclose(policy(features, 0), policy(features, 4))
+    steps = torch.tensor([0, 1, 2, 3, 4, 4])
+    per_row = torch.stack([policy(features[i : i + 1], int(steps[i]))[0] for i in range(6)])
+    torch.testing.assert_close(policy(features, steps), per_row)
+
+
+def test_step_encodings():
+    steps = torch.tensor([0, 3])
+    assert step_encoding(steps, 4).tolist() == [[1, 0, 0, 0], [0, 0, 0, 1]]
+    sinusoidal = step_encoding(steps, 10, "sinusoidal")
+    assert sinusoidal.shape == (2, 8)
+    assert sinusoidal[0].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    with pytest.raises(ValueError, match="encoding"):
+        step_encoding(steps, 4, "learned")
+
+
+def test_confidence_policy_and_classifier_features():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0], [40.0, 0.0, 0.0]])
+    p = torch.softmax(logits, -1)
+    hazard = ConfidencePolicy()(logits, 0)
+    torch.testing.assert_close(torch.sigmoid(hazard), p.amax(-1))
+    assert torch.isfinite(hazard).all()
+    features = classifier_features(logits)
+    top2 = p.topk(2, -1).values
+    torch.testing.assert_close(features[:, 0], top2[:, 0])
+    torch.testing.assert_close(features[:, 1], -(p * p.log()).sum(-1))
+    torch.testing.assert_close(features[:, 2], top2[:, 0] - top2[:, 1])

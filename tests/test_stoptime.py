@@ -1,0 +1,221 @@
+"""Stop-time math against plain-loop references, closed forms and finite differences."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stopwise.stoptime import (
+    StopTime,
+    kl_divergence,
+    oracle,
+    random_horizon_cdf,
+    random_horizon_log_conditional,
+    random_horizon_log_prior,
+    sample_random_horizon,
+    truncated_geometric_log_prior,
+)
+
+
+def reference_probs(logits, mask, tail="absorb"):
+    """q(t) = λ_t ∏_{τ<t}(1 − λ_τ) by a plain loop in float64; last valid step takes the rest."""
+    out = []
+    for row, valid in zip(logits.tolist(), mask.tolist(), strict=True):
+        last = max(i for i, v in enumerate(valid) if v)
+        survive, q = 1.0, []
+        for t, (h, v) in enumerate(zip(row, valid, strict=True)):
+            if not v:
+                q.append(0.0)
+                continue
+            lam = 1.0 / (1.0 + math.exp(-h)) if h > -700 else 0.0
+            if t == last and tail == "absorb":
+                q.append(survive)
+            else:
+                q.append(survive * lam)
+            survive *= 1.0 - lam
+        if tail == "renormalize":
+            total = sum(q)
+            q = [x / total for x in q]
+        out.append(q)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def random_mask(B, T, generator):
+    mask = torch.rand(B, T, generator=generator) < 0.6
+    mask[torch.arange(B), torch.randint(T, (B,), generator=generator)] = True
+    return mask
+
+
+@pytest.mark.parametrize("tail", ["absorb", "renormalize"])
+def test_probs_match_plain_loop(tail):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(16, 7, generator=g, dtype=torch.float64) * 3
+    mask = random_mask(16, 7, g)
+    stop = StopTime(logits, mask, tail=tail)
+    torch.testing.assert_close(stop.probs, reference_probs(logits, mask, tail))
+
+
+def test_summaries_match_plain_loop():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(10, 6, generator=g, dtype=torch.float64) * 2
+    mask = random_mask(10, 6, g)
+    stop = StopTime(logits, mask)
+    q = reference_probs(logits, mask)
+    for i, row in enumerate(q.tolist()):
+        entropy = -sum(p * math.log(p) for p in row if p > 0)
+        mean = sum(p * (t + 1) for t, p in enumerate(row))
+        cdf = [sum(row[: t + 1]) for t in range(len(row))]
+        median = next(t for t, c in enumerate(cdf) if c >= 0.5 - 1e-12)
+        assert stop.entropy()[i].item() == pytest.approx(entropy, abs=1e-10)
+        assert stop.mean()[i].item() == pytest.approx(mean, abs=1e-10)
+        assert stop.cdf()[i].tolist() == pytest.approx(cdf, abs=1e-10)
+        assert stop.median()[i].item() == median
+        assert stop.mode()[i].item() == max(range(len(row)), key=row.__getitem__)
+
+
+def test_extreme_logits_are_exact():
+    high = StopTime(torch.full((3, 5), 1e4))
+    low = StopTime(torch.full((3, 5), -1e4))
+    assert torch.equal(high.probs, torch.eye(5)[[0, 0, 0]])
+    assert torch.equal(low.probs, torch.eye(5)[[4, 4, 4]])
+    assert torch.isfinite(high.entropy()).all() and torch.isfinite(low.entropy()).all()
+    mixed = StopTime(torch.tensor([[-1e4, 1e4, -1e4, 1e4]]), mask=torch.tensor([1, 0, 1, 1]))
+    assert torch.equal(mixed.probs, torch.tensor([[0.0, 0.0, 0.0, 1.0]]))
+    assert mixed.mean().item() == 4.0
+
+
+def test_single_step_has_all_mass():
+    stop = StopTime(torch.randn(4, 1))
+    assert torch.equal(stop.probs, torch.ones(4, 1))
+    assert torch.equal(stop.entropy(), torch.zeros(4))
+
+
+def test_bad_shapes_and_masks_are_named():
+    with pytest.raises(ValueError, match="shape"):
+        StopTime(torch.zeros(5))
+    with pytest.raises(ValueError, match="mask has shape"):
+        StopTime(torch.zeros(2, 3), mask=torch.ones(4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="no valid step"):
+        StopTime(torch.zeros(2, 3), mask=torch.tensor([[1, 0, 0], [0, 0, 0]]))
+    with pytest.raises(ValueError, match="tail"):
+        StopTime(torch.zeros(2, 3), tail="cut")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    B=st.integers(1, 5),
+    T=st.integers(1, 9),
+    scale=st.sampled_from([0.1, 3.0, 50.0, 1e4]),
+    seed=st.integers(0, 2**16),
+    tail=st.sampled_from(["absorb", "renormalize"]),
+)
+def test_property_distribution_is_valid(B, T, scale, seed, tail):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(B, T, generator=g) * scale
+    mask = random_mask(B, T, g)
+    stop = StopTime(logits, mask, tail=tail)
+    probs = stop.probs
+    assert torch.isfinite(stop.log_probs[mask]).all()
+    assert torch.isfinite(stop.entropy()).all() and (stop.entropy() >= -1e-6).all()
+    assert (probs[~mask] == 0).all()
+    torch.testing.assert_close(probs.sum(-1), torch.ones(B), atol=1e-5, rtol=0)
+    assert ((stop.mean() >= 1) & (stop.mean() <= T + 1e-4)).all()
+    assert mask.gather(1, stop.sample(g).unsqueeze(1)).all()
+    assert mask.gather(1, stop.median().unsqueeze(1)).all()
+
+
+@pytest.mark.parametrize("tail", ["absorb", "renormalize"])
+def test_log_probs_gradient_matches_finite_differences(tail):
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(3, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([1, 1, 0, 1, 1], dtype=torch.bool)
+    assert torch.autograd.gradcheck(lambda h: StopTime(h, mask, tail).log_probs[:, mask], logits)
+    assert torch.autograd.gradcheck(lambda h: StopTime(h, mask, tail).entropy(), logits)
+
+
+def test_sample_frequencies_match_probs():
+    logits = torch.tensor([[-1.0, 0.5, -0.3, 0.2]]).expand(40000, 4)
+    stop = StopTime(logits)
+    counts = torch.bincount(stop.sample(torch.Generator().manual_seed(3)), minlength=4).double()
+    expected = stop.probs[0].double() * 40000
+    assert ((counts - expected).abs() <= 5 * expected.sqrt()).all()
+
+
+def test_oracle_is_softmax_and_hard_is_argmin():
+    losses = torch.tensor([[3.0, 1.0, 2.0, 0.5], [0.2, 0.1, 0.4, 0.3]])
+    beta = 0.7
+    for row, ref in zip(oracle(losses, beta), losses, strict=True):
+        weights = [math.exp(-v / beta) for v in ref.tolist()]
+        assert row.tolist() == pytest.approx([w / sum(weights) for w in weights], rel=1e-6)
+    assert oracle(losses, beta, hard=True).tolist() == [[0, 0, 0, 1], [0, 1, 0, 0]]
+    masked = oracle(losses, beta, hard=True, mask=torch.tensor([1, 0, 1, 0]))
+    assert masked.tolist() == [[0, 0, 1, 0], [1, 0, 0, 0]]
+    assert oracle(losses, beta, mask=torch.tensor([1, 0, 1, 0]))[:, [1, 3]].abs().sum() == 0
+    with pytest.raises(ValueError, match="beta"):
+        oracle(losses, 0.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(T=st.integers(1, 8), seed=st.integers(0, 2**16))
+def test_property_kl_nonnegative_and_zero_only_at_equality(T, seed):
+    g = torch.Generator().manual_seed(seed)
+    log_p = torch.log_softmax(torch.randn(4, T, generator=g, dtype=torch.float64), -1)
+    log_q = torch.log_softmax(torch.randn(4, T, generator=g, dtype=torch.float64), -1)
+    kl = kl_divergence(log_p, log_q)
+    assert (kl >= 0).all()
+    assert torch.allclose(kl_divergence(log_p, log_p), torch.zeros(4, dtype=torch.float64))
+    differs = (log_p - log_q).abs().amax(-1) > 1e-6
+    assert (kl[differs] > 0).all()
+
+
+def test_kl_handles_zero_mass_in_p():
+    log_p = torch.log(torch.tensor([[0.5, 0.0, 0.5]]))
+    log_q = torch.log(torch.tensor([[0.25, 0.25, 0.5]]))
+    assert kl_divergence(log_p, log_q).item() == pytest.approx(0.5 * math.log(2))
+
+
+def test_truncated_geometric_prior():
+    log_prior = truncated_geometric_log_prior(0.3, 6, dtype=torch.float64)
+    prior = log_prior.exp()
+    unnormalised = [0.3 * 0.7**t for t in range(6)]
+    assert prior.tolist() == pytest.approx([u / sum(unnormalised) for u in unnormalised])
+    masked = truncated_geometric_log_prior(0.3, 4, mask=torch.tensor([1, 0, 1, 1])).exp()
+    assert masked[1] == 0 and masked.sum().item() == pytest.approx(1.0)
+    assert masked[3] / masked[2] == pytest.approx(0.7)
+    with pytest.raises(ValueError, match="0 < p"):
+        truncated_geometric_log_prior(0.0, 3)
+
+
+@pytest.mark.parametrize("p", [0.05, 0.3, 0.8])
+def test_random_horizon_prior_marginal_is_geometric(p):
+    horizons = torch.arange(0, 2000)
+    prior = random_horizon_log_prior(p, horizons).exp()
+    assert prior.sum().item() == pytest.approx(1.0, abs=1e-12)
+    for t in range(6):
+        marginal = sum(
+            prior[H].item() * random_horizon_log_conditional(p, H, torch.float64)[t].exp().item()
+            for H in range(t, 2000)
+        )
+        assert marginal == pytest.approx(p * (1 - p) ** t, rel=1e-9)
+    torch.testing.assert_close(random_horizon_cdf(p, horizons[:50]), prior.cumsum(0)[:50])
+
+
+def test_random_horizon_conditional_keeps_the_st_factor():
+    p, H = 0.36, 4
+    s = math.sqrt(1 - p)
+    conditional = random_horizon_log_conditional(p, H, torch.float64).exp()
+    assert conditional.tolist() == pytest.approx(
+        [(1 - s) * s**t / (1 - s ** (H + 1)) for t in range(H + 1)]
+    )
+    assert conditional.sum().item() == pytest.approx(1.0)
+
+
+def test_random_horizon_sampler_matches_prior():
+    p, n = 0.2, 200_000
+    samples = sample_random_horizon(p, n, torch.Generator().manual_seed(4))
+    counts = torch.bincount(samples, minlength=30)[:30].double()
+    expected = random_horizon_log_prior(p, torch.arange(30)).exp() * n
+    assert ((counts - expected).abs() <= 5 * expected.sqrt() + 1).all()
+    assert samples.min() >= 0

@@ -1,0 +1,29 @@
+"""The toy task end to end: the L2S policy beats fixed depth at the same mean number of steps."""
+
+import torch
+
+from stopwise.experiments import run_experiment
+from stopwise.tasks.toy import RunningMean, sample_streams
+
+
+def test_running_mean_starts_as_the_plain_mean():
+    z, _ = sample_streams(5, 4, [1.0], torch.Generator().manual_seed(0))
+    model = RunningMean(4)
+    state = model.start(z)
+    for t in range(4):
+        state = model.advance(state, t)
+        torch.testing.assert_close(
+            model.predict(state, t), z[:, : t + 1].mean(-1), rtol=1e-3, atol=1e-3
+        )
+        spread = model.features(state, t)[:, 1]
+        torch.testing.assert_close(spread, z[:, : t + 1].std(-1, unbiased=False), rtol=0, atol=0.05)
+
+
+def test_quick_preset_policy_beats_fixed_depth(tmp_path):
+    run = run_experiment("toy", "quick", tmp_path / "run", ["progress=false"])
+    rows = {row["method"]: row for row in run.read_json("results.json")["rows"]}
+    for budget, depth in (("3", 3), ("6", 6)):
+        adaptive = rows[f"L2S policy (budget {budget} steps)"]
+        fixed = rows[f"fixed depth {depth}"]
+        assert adaptive["mean_steps"] <= depth + 0.05
+        assert adaptive["mse"] < 0.95 * fixed["mse"]

@@ -1,0 +1,215 @@
+"""Training loop: exact resume after SIGKILL, safe checkpoints, batch sources, stage functions."""
+
+import json
+import math
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from stopwise.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from stopwise.training import EpochBatches, GeneratedBatches, LoopSettings, MetricsLog, train_loop
+
+JOB = Path(__file__).with_name("resume_job.py")
+
+
+def run_job(out: Path, kill_at: int | None = None) -> int:
+    args = [sys.executable, str(JOB), str(out)] + ([str(kill_at)] if kill_at else [])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(args, env=env, capture_output=True, timeout=120).returncode
+
+
+def final_weights(out: Path):
+    return torch.load(out / "final.pt", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    assert run_job(out) == 0
+    return out
+
+
+@pytest.mark.parametrize("kill_at", [17, 45])  # mid stage I; mid stage II (stage I done)
+def test_killed_run_resumes_to_identical_weights(tmp_path, uninterrupted, kill_at):
+    assert run_job(tmp_path, kill_at) == -9  # SIGKILL: no cleanup ran
+    assert not (tmp_path / "final.pt").exists()
+    assert run_job(tmp_path) == 0
+    expected, resumed = final_weights(uninterrupted), final_weights(tmp_path)
+    for part in ("model", "policy"):
+        for name, value in expected[part].items():
+            assert torch.equal(resumed[part][name], value), (part, name)
+    records = MetricsLog(tmp_path / "metrics.jsonl").read()
+    keys = [(r["stage"], r["step"]) for r in records]
+    assert sorted(keys) == sorted(set(keys)), "a resumed step was logged twice"
+    assert sorted(keys) == sorted(
+        [("stage1", s) for s in range(30)] + [("stage2", s) for s in range(30)]
+    )
+    full_records = MetricsLog(uninterrupted / "metrics.jsonl").read()
+    assert [r["loss"] for r in records] == [r["loss"] for r in full_records]
+
+
+def test_finished_stage_is_skipped_and_restored(tmp_path):
+    model = torch.nn.Linear(2, 1)
+    settings = LoopSettings(checkpoint_dir=tmp_path, checkpoint_every=3, progress=False)
+    calls = []
+
+    def step_fn(step):
+        calls.append(step)
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        return {"w": model.weight.sum()}
+
+    train_loop("s", 5, step_fn, {"model": model}, settings)
+    final = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.zero_()
+    train_loop("s", 5, step_fn, {"model": model}, settings)
+    assert calls == [0, 1, 2, 3, 4]
+    assert torch.equal(model.weight, final)
+
+
+class Payload:
+    def __reduce__(self):
+        return (Path.touch, (Path(os.environ["PAYLOAD_TARGET"]),))
+
+
+def test_checkpoint_with_code_is_refused_and_never_runs(tmp_path, monkeypatch):
+    target = tmp_path / "pwned"
+    monkeypatch.setenv("PAYLOAD_TARGET", str(target))
+    path = tmp_path / "evil.pt"
+    torch.save({"state": Payload()}, path)
+    with pytest.raises(CheckpointError, match="refusing"):
+        load_checkpoint(path)
+    assert not target.exists()
+    raw = tmp_path / "raw.pt"
+    raw.write_bytes(pickle.dumps({"x": Payload()}))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(raw)
+    assert not target.exists()
+
+
+def test_corrupted_and_missing_checkpoints_are_clear_errors(tmp_path):
+    path = tmp_path / "ok.pt"
+    save_checkpoint(path, {"w": torch.ones(1000), "step": 3, "name": "x", "pair": (1, 2.0)})
+    assert load_checkpoint(path)["step"] == 3
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        load_checkpoint(broken)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "absent.pt")
+    save_checkpoint(tmp_path / "list.pt", [1, 2])
+    with pytest.raises(CheckpointError, match="not a checkpoint dict"):
+        load_checkpoint(tmp_path / "list.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "broken.pt",
+        "list.pt",
+        "ok.pt",
+    ]  # no temp files
+
+
+def test_epoch_batches_are_permutations_and_pure():
+    x = torch.arange(10)
+    batches = EpochBatches((x, x * 2), batch_size=3, seed=5)
+    epoch0 = torch.cat([batches(s)[0] for s in range(3)])
+    epoch1 = torch.cat([batches(s)[0] for s in range(3, 6)])
+    assert len(set(epoch0.tolist())) == 9 and len(set(epoch1.tolist())) == 9
+    assert not torch.equal(epoch0, epoch1)
+    again = EpochBatches((x, x * 2), batch_size=3, seed=5)
+    assert torch.equal(again(4)[0], batches(4)[0])  # no hidden state: any step, any order
+    assert torch.equal(batches(4)[1], batches(4)[0] * 2)
+    with pytest.raises(ValueError, match="rows"):
+        EpochBatches((x, x[:5]), 2)
+
+
+def test_generated_batches_state_round_trip():
+    batches = GeneratedBatches(lambda b, g: torch.rand(b, generator=g), 4, seed=0)
+    batches(0)
+    state = batches.state_dict()
+    expected = batches(1)
+    other = GeneratedBatches(lambda b, g: torch.rand(b, generator=g), 4, seed=99)
+    other.load_state_dict(state)
+    assert torch.equal(other(1), expected)
+
+
+def test_metrics_log_truncate(tmp_path):
+    log = MetricsLog(tmp_path / "m.jsonl")
+    for step in range(5):
+        log.write({"stage": "a", "step": step})
+    log.write({"stage": "b", "step": 9})
+    log.truncate("a", 2)
+    assert [(r["stage"], r["step"]) for r in log.read()] == [("a", 0), ("a", 1), ("a", 2), ("b", 9)]
+    assert json.loads((tmp_path / "m.jsonl").read_text().splitlines()[0])["step"] == 0
+
+
+class PerStepScale(torch.nn.Module):
+    """Step t predicts a_t · x: one parameter per step, so step weights are visible in the grads."""
+
+    def __init__(self, steps):
+        super().__init__()
+        self.max_steps = steps
+        self.a = torch.nn.Parameter(torch.zeros(steps))
+
+    def start(self, x):
+        return x
+
+    def advance(self, state, t):
+        return state
+
+    def predict(self, state, t):
+        return self.a[t] * state
+
+    def features(self, state, t):
+        return state
+
+
+def per_step_mse(predictions, targets):
+    return ((predictions - targets.unsqueeze(1)) ** 2).mean(-1)
+
+
+def test_fit_predictor_trains_the_weighted_steps():
+    from stopwise.training import fit_predictor
+
+    x = torch.randn(256, 3, generator=torch.Generator().manual_seed(0))
+    batches = EpochBatches((x, 2 * x), batch_size=64)
+    last_only, everywhere = PerStepScale(4), PerStepScale(4)
+    fit_predictor(
+        last_only,
+        batches,
+        per_step_mse,
+        torch.optim.SGD(last_only.parameters(), 0.3),
+        60,
+        step_weights=torch.tensor([0.0, 0.0, 0.0, 1.0]),
+    )
+    fit_predictor(
+        everywhere, batches, per_step_mse, torch.optim.SGD(everywhere.parameters(), 1.0), 60
+    )
+    assert last_only.a[:3].tolist() == [0.0, 0.0, 0.0]
+    assert last_only.a[3].item() == pytest.approx(2.0, abs=1e-3)
+    assert everywhere.a.tolist() == pytest.approx([2.0] * 4, abs=1e-3)
+
+
+@pytest.mark.parametrize("beta, entropy_range", [(100.0, (0.95, 1.0)), (0.001, (0.0, 0.5))])
+def test_fit_joint_reaches_the_oracle_temperature(beta, entropy_range):
+    """Large β: the joint optimum is near-uniform over steps; small β: it concentrates."""
+    from stopwise.policies import create_policy
+    from stopwise.steps import unroll
+    from stopwise.stoptime import StopTime
+    from stopwise.tasks.toy import RunningMean, sample_streams, squared_error
+    from stopwise.training import fit_joint, policy_hazards
+
+    torch.manual_seed(0)
+    model, policy = RunningMean(5), create_policy("mlp", feature_dim=2, max_steps=5, hidden=(16,))
+    batches = GeneratedBatches(lambda b, g: sample_streams(b, 5, [1.0], g), 128, seed=0)
+    params = list(model.parameters()) + list(policy.parameters())
+    fit_joint(model, policy, batches, squared_error, torch.optim.Adam(params, 3e-2), 150, beta=beta)
+    z, _ = sample_streams(500, 5, [1.0], torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        stop = StopTime(policy_hazards(policy, unroll(model, z, with_features=True).features))
+    relative_entropy = stop.entropy().mean().item() / math.log(5)
+    assert entropy_range[0] <= relative_entropy <= entropy_range[1]
