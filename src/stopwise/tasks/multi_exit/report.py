@@ -317,6 +317,7 @@ def write_figures(results: list[dict[str, Any]], summary: dict[str, Any], run_di
             ax.axhline(1.0, color="gray", linewidth=0.6)
             ax.axhline(0.0, color="red", linewidth=0.6, linestyle=":")
             ax.set_xscale("symlog", linthresh=1e-3)
+            ax.set_xlim(left=0)
             ax.set_xlabel(f"CE at exit {k + 1}")
             if k == 0:
                 ax.set_ylabel("learned weight w")
