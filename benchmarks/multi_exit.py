@@ -2,13 +2,14 @@
 pair), uniform / SDN / L2W / L2W first-order / L2S on one MSDNet-like backbone, on ONE thread.
 Also times the ``quick`` preset (MNIST-1D, generated with pip-only packages).
 
-    flock /tmp/stopwise-cpu.lock .venv/bin/python benchmarks/multi_exit.py
+    .venv/bin/python benchmarks/multi_exit.py                          # benchmark + quick
+    .venv/bin/python benchmarks/multi_exit.py --preset benchmark-long  # L2W vs uniform, 24 epochs
 
 Targets (issue 5): L2W − uniform ≥ +0.5 accuracy points at the low and middle budgets (mean of
 paired differences over seeds, with its std); early-exit wall-clock speedup at batch 1000 ≥
 0.8 × the MAC ratio; L2W training ≤ 3× uniform per epoch; whole benchmark ≤ 90 min; ``quick``
-≤ 5 min. Writes ``benchmarks/results/multi_exit.json`` and copies the figures to
-``benchmarks/results/multi_exit/``. Run directories go under ``runs/`` and resume if interrupted
+≤ 5 min. Writes ``benchmarks/results/multi_exit.json`` (``multi_exit-<preset>.json`` for other
+presets) and copies the figures to ``benchmarks/results/multi_exit[-<preset>]/``. Run directories go under ``runs/`` and resume if interrupted
 (a resumed run's wall time is not a valid timing; the JSON says so).
 """
 
@@ -86,12 +87,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--preset", default="benchmark", help="another preset only to try the script"
     )
-    parser.add_argument("--out", default="runs/multi-exit-benchmark")
+    parser.add_argument(
+        "--out", default=None, help="run directory (default runs/multi-exit-PRESET)"
+    )
+    parser.add_argument("--results", default=None, help="folder for the JSON (default results/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--skip-quick", action="store_true")
     args = parser.parse_args(argv)
     overrides = ["progress=false", *args.overrides]
-    out = Path(args.out)
+    out = Path(args.out or f"runs/multi-exit-{args.preset}")
     config = resolve_config(get_experiment("multi-exit"), args.preset, overrides)
     summary, wall, fresh = timed_run(args.preset, out, overrides)
     jobs = _jobs(out)
@@ -99,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     labels = summary["budget_labels"]
     n = len(labels)
 
+    methods = set(config["methods"])
     gains = paired(jobs, "l2w", "uniform", seeds, n)
     for row, label, frac in zip(gains, labels, config["budgets"], strict=True):
         row["budget_fraction"], row["budget_label"] = frac, label
@@ -133,10 +138,16 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark_fresh_run": fresh,
         "benchmark_target_met": wall <= TARGETS["benchmark_seconds"] if fresh else None,
         "l2w_minus_uniform": gains,
-        "l2w_first_order_minus_uniform": paired(jobs, "l2w-fo", "uniform", seeds, n),
-        "l2w_first_order_minus_l2w": paired(jobs, "l2w-fo", "l2w", seeds, n),
-        "sdn_minus_uniform": paired(jobs, "sdn", "uniform", seeds, n),
-        "l2s_minus_uniform": paired(jobs, "l2s", "uniform", seeds, n),
+        **{
+            name: paired(jobs, a, b, seeds, n)
+            for name, a, b in [
+                ("l2w_first_order_minus_uniform", "l2w-fo", "uniform"),
+                ("l2w_first_order_minus_l2w", "l2w-fo", "l2w"),
+                ("sdn_minus_uniform", "sdn", "uniform"),
+                ("l2s_minus_uniform", "l2s", "uniform"),
+            ]
+            if {a, b} <= methods
+        },
         "train_cost_vs_uniform": costs,
         "l2w_cost_target_met": costs["l2w"]["mean"] <= TARGETS["l2w_cost_ratio"],
         "timing": timing,
@@ -148,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         ],
         "table": (out / "table.md").read_text(),
     }
-    if not args.skip_quick:
+    if not args.skip_quick and args.preset == "benchmark":
         quick_out = Path(f"runs/multi-exit-quick-{int(time.time())}")
         quick, quick_wall, _ = timed_run("quick", quick_out, ["progress=false"])
         report["quick"] = {
@@ -157,10 +168,11 @@ def main(argv: list[str] | None = None) -> int:
             "data": quick["data"],
             "table": (quick_out / "table.md").read_text(),
         }
-    results = ROOT / "results" if args.preset == "benchmark" else Path(args.out)
+    name = "multi_exit" if args.preset == "benchmark" else f"multi_exit-{args.preset}"
+    results = Path(args.results) if args.results else ROOT / "results"
     results.mkdir(parents=True, exist_ok=True)
-    (results / "multi_exit.json").write_text(json.dumps(report, indent=1) + "\n")
-    figures = results / "multi_exit"
+    (results / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
+    figures = results / name
     figures.mkdir(exist_ok=True)
     for figure in (out / "figures").glob("*.png"):
         shutil.copy(figure, figures / figure.name)

@@ -122,6 +122,8 @@ PRESETS = {
     "fashion": {"num_seeds": 1},
     # Fashion-MNIST, 3 paired seeds, every method (benchmarks/multi_exit.py).
     "benchmark": {},
+    # The benchmark's L2W-vs-uniform pairs trained twice as long (24 epochs).
+    "benchmark-long": {"epochs": 24, "methods": ["uniform", "l2w"], "timing_methods": []},
 }
 
 EXPERIMENTS = [
