@@ -74,7 +74,7 @@ def test_interrupted_run_resumes_to_the_same_numbers(tiny_run, tmp_path, monkeyp
 
     def crash_after_two_jobs(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] > 5:  # two per job (validation, test), plus the weights-vs-loss one
+        if calls["n"] > 5:  # 2 per job (validation, test): stops in the third job (l2w)
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
