@@ -1,0 +1,215 @@
+"""A small MSDNet-like multi-exit CNN written as a step model: step k runs block k and exit head k.
+
+The network is a chain of K blocks; block k maps the feature map of block k−1 to a coarser one
+(two 3×3 convolutions, the first possibly strided, each followed by batch norm and ReLU) and exit
+head k (a strided 3×3 convolution, batch norm, ReLU, global average pooling and a linear layer,
+like MSDNet's classifiers, Huang et al. 2018 §4) turns it into class logits. The same code builds
+the 2-D network for images ``(B, 1, H, W)`` and the 1-D one for signals ``(B, 1, L)``.
+
+As a :class:`~stopwise.steps.StepModel`: the state is ``{"h": feature map, "logits": (B, C)}``;
+``advance(state, t)`` runs block t and head t; ``predict`` and ``features`` return the logits of
+exit t (a stopping policy sees only them). ``forward(x)`` returns all exits, ``(B, K, C)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...steps import StepModel, unroll
+
+__all__ = [
+    "BatchNorm",
+    "ConvBNReLU",
+    "ExitHead",
+    "MultiExitCNN",
+    "exit_losses",
+    "running_stats_frozen",
+]
+
+
+class BatchNorm(nn.Module):
+    """Batch normalisation over channel dim 1 of ``(B, C, ...)`` (1-D or 2-D feature maps).
+
+    Same arithmetic as ``nn.BatchNorm{1,2}d``. While ``update_stats`` is False (see
+    :func:`running_stats_frozen`), training-mode calls normalise with the batch statistics as
+    usual but leave the running statistics untouched, so a virtual forward pass (L2W's meta step)
+    cannot change the model's buffers. It also keeps ``torch.func`` transforms free of in-place
+    buffer updates.
+    """
+
+    def __init__(self, channels: int, momentum: float = 0.1, eps: float = 1e-5):
+        super().__init__()
+        self.momentum, self.eps, self.update_stats = momentum, eps, True
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        track = not self.training or self.update_stats
+        return F.batch_norm(
+            x,
+            self.running_mean if track else None,
+            self.running_var if track else None,
+            self.weight,
+            self.bias,
+            self.training,
+            self.momentum,
+            self.eps,
+        )
+
+
+@contextmanager
+def running_stats_frozen(model: nn.Module) -> Iterator[None]:
+    """Within the block, training-mode forwards of ``model`` do not update BN running stats."""
+    norms = [m for m in model.modules() if isinstance(m, BatchNorm)]
+    previous = [m.update_stats for m in norms]
+    for m in norms:
+        m.update_stats = False
+    try:
+        yield
+    finally:
+        for m, flag in zip(norms, previous, strict=True):
+            m.update_stats = flag
+
+
+def _conv(dims: int, *args, **kwargs) -> nn.Module:
+    return (nn.Conv1d if dims == 1 else nn.Conv2d)(*args, **kwargs)
+
+
+class ConvBNReLU(nn.Sequential):
+    """3×3 (or length-3) convolution without bias, batch norm, ReLU."""
+
+    def __init__(self, dims: int, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__(
+            _conv(dims, in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+            BatchNorm(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class ExitHead(nn.Module):
+    """Exit classifier: strided ConvBNReLU, global average pooling, linear → ``(B, classes)``."""
+
+    def __init__(self, dims: int, in_channels: int, width: int, classes: int):
+        super().__init__()
+        self.conv = ConvBNReLU(dims, in_channels, width, stride=2)
+        self.linear = nn.Linear(width, classes)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.conv(h).flatten(2).mean(-1))
+
+
+class MultiExitCNN(StepModel):
+    """K-exit CNN. Args:
+
+    dims: 2 for images ``(B, 1, H, W)`` (or ``(B, H, W)``), 1 for signals ``(B, 1, L)`` / ``(B, L)``.
+    channels: width of each block (K = len(channels) exits).
+    strides: stride of the first convolution of each block.
+    head_width: channels of each exit head's convolution.
+    classes: number of classes.
+    stem: space-to-depth factor f applied to the input first (``pixel_unshuffle``: an image
+        ``(1, H, W)`` becomes ``(f², H/f, W/f)``, a signal ``(1, L)`` becomes ``(f, L/f)``); it
+        has no weights and no multiply-adds, and keeps early feature maps small, so that the
+        time of each block follows its multiply-adds on a CPU.
+    """
+
+    def __init__(
+        self,
+        dims: int = 2,
+        channels: Sequence[int] = (16, 32, 48, 64),
+        strides: Sequence[int] = (2, 2, 1, 2),
+        head_width: int = 32,
+        classes: int = 10,
+        in_channels: int = 1,
+        stem: int = 1,
+    ):
+        super().__init__()
+        if dims not in (1, 2):
+            raise ValueError(f"dims must be 1 (signals) or 2 (images); got {dims}")
+        if len(channels) < 2 or len(channels) != len(strides):
+            raise ValueError(
+                f"channels {list(channels)} and strides {list(strides)} need the same length >= 2"
+            )
+        if min(*channels, head_width, classes, in_channels, stem) < 1 or min(strides) < 1:
+            raise ValueError("channels, strides, head_width, classes, stem must all be >= 1")
+        self.dims, self.classes, self.in_channels, self.stem = dims, classes, in_channels, stem
+        self.max_steps = len(channels)
+        widths = [in_channels * stem**dims, *channels]
+        self.blocks = nn.ModuleList(
+            nn.Sequential(
+                ConvBNReLU(dims, widths[k], widths[k + 1], stride=strides[k]),
+                ConvBNReLU(dims, widths[k + 1], widths[k + 1]),
+            )
+            for k in range(self.max_steps)
+        )
+        self.heads = nn.ModuleList(ExitHead(dims, c, head_width, classes) for c in channels)
+        self._step_costs: torch.Tensor | None = None
+
+    # -- the step-model contract
+    def start(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        want = 2 + self.dims
+        if x.dim() == want - 1 and self.in_channels == 1:
+            x = x.unsqueeze(1)
+        if x.dim() != want or x.shape[1] != self.in_channels:
+            shape = "(B, 1, H, W) or (B, H, W)" if self.dims == 2 else "(B, 1, L) or (B, L)"
+            raise ValueError(f"expected inputs of shape {shape}; got {tuple(x.shape)}")
+        f = self.stem
+        if f > 1:
+            if any(size % f for size in x.shape[2:]):
+                raise ValueError(f"input size {tuple(x.shape[2:])} is not divisible by stem={f}")
+            if self.dims == 2:
+                x = F.pixel_unshuffle(x, f)
+            else:  # (B, C, L) -> (B, C·f, L/f), the 1-D pixel unshuffle
+                B, C, L = x.shape
+                x = x.view(B, C, L // f, f).permute(0, 1, 3, 2).reshape(B, C * f, L // f)
+        return {"h": x, "logits": x.new_zeros(x.shape[0], self.classes)}
+
+    def advance(self, state: dict[str, torch.Tensor], t: int) -> dict[str, torch.Tensor]:
+        h = self.blocks[t](state["h"])
+        return {"h": h, "logits": self.heads[t](h)}
+
+    def predict(self, state: dict[str, torch.Tensor], t: int) -> torch.Tensor:
+        return state["logits"]
+
+    def features(self, state: dict[str, torch.Tensor], t: int) -> torch.Tensor:
+        return state["logits"]
+
+    def observe(self, state: dict[str, torch.Tensor], t: int):
+        return state["logits"], state["logits"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, K, C)`` logits of every exit (training and ``functional_call``)."""
+        return unroll(self, x).predictions
+
+    def set_step_costs(self, costs: torch.Tensor) -> None:
+        """Store the ``(K,)`` cumulative multiply-adds per sample (see :mod:`.macs`)."""
+        costs = torch.as_tensor(costs, dtype=torch.float64)
+        if costs.shape != (self.max_steps,):
+            raise ValueError(f"step costs must have shape ({self.max_steps},); got {costs.shape}")
+        self._step_costs = costs
+
+    def step_costs(self) -> torch.Tensor:
+        if self._step_costs is None:
+            raise RuntimeError(
+                "step costs not counted yet: call stopwise.tasks.multi_exit.macs.count_step_macs"
+                "(model, example) and model.set_step_costs(...) first"
+            )
+        return self._step_costs
+
+
+def exit_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``(B, K)`` cross-entropy of every exit: ``logits (B, K, C)``, integer ``targets (B,)``."""
+    if logits.dim() != 3 or targets.shape != logits.shape[:1]:
+        raise ValueError(
+            f"expected logits (B, K, C) and targets (B,); got {tuple(logits.shape)} and "
+            f"{tuple(targets.shape)}"
+        )
+    B, K, C = logits.shape
+    flat = F.cross_entropy(logits.reshape(B * K, C), targets.repeat_interleave(K), reduction="none")
+    return flat.view(B, K)

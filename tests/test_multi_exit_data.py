@@ -1,0 +1,125 @@
+"""Data loaders of the multi-exit task on tiny generated fixtures (no dataset files needed)."""
+
+import gzip
+import random
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stopwise.tasks.multi_exit.data import (
+    DataError,
+    digits_splits,
+    fashion_splits,
+    load_fashion_mnist,
+    mnist1d_splits,
+    read_idx,
+    resolve_data_dir,
+)
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An IDX file written by hand: 0, 0, type 0x08 (ubyte), rank, big-endian sizes, data."""
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_fashion(folder, n_train=40, n_test=12, gz=True, seed=0):
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28)),
+        "train-labels-idx1-ubyte": rng.integers(0, 10, n_train),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28)),
+        "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test),
+    }
+    for name, array in arrays.items():
+        data = idx_bytes(array)
+        if gz:
+            (folder / f"{name}.gz").write_bytes(gzip.compress(data))
+        else:
+            (folder / name).write_bytes(data)
+    return arrays
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_files_read_back_exactly(tmp_path, gz):
+    arrays = write_fashion(tmp_path / "f", gz=gz)
+    data = load_fashion_mnist(str(tmp_path / "f"))
+    assert np.array_equal(data["train_x"], arrays["train-images-idx3-ubyte"])
+    assert np.array_equal(data["test_y"], arrays["t10k-labels-idx1-ubyte"])
+    assert data["train_x"].dtype == np.uint8 and data["train_x"].shape == (40, 28, 28)
+
+
+def test_malformed_idx_files_are_named(tmp_path):
+    bad = tmp_path / "bad"
+    bad.write_bytes(b"\x12\x34\x56\x78rest")
+    with pytest.raises(DataError, match=r"bad.*not an IDX file.*magic"):
+        read_idx(bad)
+    truncated = tmp_path / "truncated.gz"
+    truncated.write_bytes(gzip.compress(idx_bytes(np.zeros((3, 4, 4)))[:-5]))
+    with pytest.raises(DataError, match=r"truncated.*shape \(3, 4, 4\).*holds 43 bytes"):
+        read_idx(truncated)
+    broken = tmp_path / "broken.gz"
+    broken.write_bytes(gzip.compress(idx_bytes(np.zeros((2, 2))))[:-8])
+    with pytest.raises(DataError, match="cannot read IDX file"):
+        read_idx(broken)
+
+
+def test_missing_files_say_where_they_looked_and_how_to_get_them(tmp_path, monkeypatch):
+    monkeypatch.delenv("STOPWISE_DATA", raising=False)
+    with pytest.raises(DataError) as error:
+        load_fashion_mnist(str(tmp_path / "nowhere"))
+    message = str(error.value)
+    assert str(tmp_path / "nowhere" / "train-images-idx3-ubyte.gz") in message
+    assert "apt install dataset-fashion-mnist" in message and "data_dir" in message
+    folder = tmp_path / "mismatch"
+    write_fashion(folder)
+    (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.zeros(5))))
+    with pytest.raises(DataError, match=r"test images have shape \(12, 28, 28\) and labels \(5,\)"):
+        load_fashion_mnist(str(folder))
+
+
+def test_data_dir_comes_from_the_setting_then_the_environment_then_the_default(monkeypatch):
+    monkeypatch.setenv("STOPWISE_DATA", "/from/env")
+    assert resolve_data_dir("/from/setting") == (Path("/from/setting"), "--set data_dir")
+    assert str(resolve_data_dir("")[0]) == "/from/env"
+    monkeypatch.delenv("STOPWISE_DATA")
+    assert str(resolve_data_dir("")[0]) == "/usr/share/datasets/fashion-mnist"
+
+
+def test_fashion_splits_are_disjoint_normalised_and_sized(tmp_path, monkeypatch):
+    write_fashion(tmp_path / "f", n_train=50, n_test=12)
+    monkeypatch.setenv("STOPWISE_DATA", str(tmp_path / "f"))
+    splits = fashion_splits(val_size=10, train_size=30)
+    assert splits.sizes() == {"train": 30, "validation": 10, "test": 12}
+    assert abs(float(splits.train_x.mean())) < 1e-5 and abs(float(splits.train_x.std()) - 1) < 1e-2
+    rows = {tuple(r.flatten().tolist()) for r in splits.train_x}
+    assert not rows & {tuple(r.flatten().tolist()) for r in splits.val_x}
+    assert splits.train_x.shape[1:] == (28, 28) and splits.train_y.dtype.is_floating_point is False
+    with pytest.raises(DataError, match="train_size must lie in 0..40"):
+        fashion_splits(val_size=10, train_size=41)
+
+
+def test_mnist1d_mixture_is_generated_offline_and_restores_global_rngs():
+    random.seed(5)
+    np.random.seed(5)
+    expected = (random.random(), np.random.rand())
+    random.seed(5)
+    np.random.seed(5)
+    splits = mnist1d_splits([0.0, 1.0], per_level=60, val_size=20, test_size=30)
+    assert (random.random(), np.random.rand()) == expected
+    assert splits.sizes() == {"train": 70, "validation": 20, "test": 30}
+    assert splits.train_x.shape == (70, 40) and splits.dims == 1
+    assert set(splits.test_group.tolist()) <= {0, 1} and len(splits.test_group) == 30
+    again = mnist1d_splits([0.0, 1.0], per_level=60, val_size=20, test_size=30)
+    assert np.array_equal(splits.test_x.numpy(), again.test_x.numpy())
+    with pytest.raises(DataError, match="must leave training rows"):
+        mnist1d_splits([0.5], per_level=30, val_size=20, test_size=10)
+
+
+def test_digits_splits():
+    splits = digits_splits(val_size=100, test_size=200)
+    assert splits.sizes() == {"train": 1497, "validation": 100, "test": 200}
+    assert splits.train_x.shape[1:] == (8, 8)

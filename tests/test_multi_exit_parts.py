@@ -1,0 +1,365 @@
+"""Multi-exit parts against independent references: meta allocation, MSDNet thresholds, the
+functional virtual SGD step, L2W meta gradients (finite differences, a real optimizer step), MAC
+counts by hand, shrink vs dense execution, exit losses."""
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stopwise.inference import (
+    HazardThreshold,
+    exit_distribution,
+    fit_exit_thresholds,
+    run_adaptive,
+    stop_indices,
+)
+from stopwise.policies import ConfidencePolicy
+from stopwise.tasks.multi_exit.evaluate import (
+    accuracy_at_budgets,
+    budgeted_curve,
+    confidence_scores,
+    exit_logits,
+    time_thresholds,
+)
+from stopwise.tasks.multi_exit.l2w import (
+    MetaStep,
+    WeightNet,
+    allocate_meta,
+    meta_gradient,
+    sgd_step_scale,
+    sgd_virtual_step,
+)
+from stopwise.tasks.multi_exit.macs import count_step_macs
+from stopwise.tasks.multi_exit.model import MultiExitCNN, exit_losses, running_stats_frozen
+
+
+def tiny_model(dtype=torch.float64, seed=0):
+    torch.manual_seed(seed)
+    return MultiExitCNN(2, (3, 4, 5), (1, 2, 2), head_width=3, classes=4).to(dtype)
+
+
+def tiny_batch(n=16, seed=1, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 6, 6, generator=g, dtype=dtype), torch.randint(0, 4, (n,), generator=g)
+
+
+# ---------------------------------------------------------------- meta-data allocation
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 80), K=st.integers(2, 6), p=st.floats(0.05, 1.95), seed=st.integers(0, 99))
+def test_allocation_is_a_partition_with_msdnet_sizes_and_most_confident_first(n, K, p, seed):
+    confidence = torch.rand(n, K, generator=torch.Generator().manual_seed(seed))
+    q = exit_distribution(p, K)
+    exits = allocate_meta(confidence, q)
+    assert exits.shape == (n,) and exits.min() >= 0 and exits.max() <= K - 1  # covering, disjoint
+    counts = torch.bincount(exits, minlength=K)
+    expected = [math.floor(n * float(q[k])) for k in range(K - 1)]
+    assert counts[:-1].tolist() == expected
+    assert int(counts[-1]) == n - sum(expected)
+    # exit k took the most confident (at exit k) of the samples no earlier exit took
+    for k in range(K - 1):
+        mine = confidence[exits == k, k]
+        later = confidence[exits > k, k]
+        if len(mine) and len(later):
+            assert mine.min() >= later.max()
+
+
+def test_allocation_rejects_a_wrong_distribution():
+    with pytest.raises(ValueError, match="q must have shape"):
+        allocate_meta(torch.rand(5, 3), torch.ones(4) / 4)
+
+
+# ---------------------------------------------------------------- MSDNet thresholds
+
+
+@pytest.mark.parametrize("p", [0.1, 0.75, 1.0, 1.9])
+def test_exit_thresholds_reproduce_the_target_distribution(p):
+    K, N = 4, 4000
+    g = torch.Generator().manual_seed(3)
+    # Synthetic confidences: later exits are more confident, samples differ in difficulty.
+    difficulty = torch.randn(N, 1, generator=g)
+    val = torch.arange(K) * 0.7 - difficulty + 0.5 * torch.randn(N, K, generator=g)
+    q = exit_distribution(p, K)
+    rule = HazardThreshold.from_score_threshold(fit_exit_thresholds(val, q))
+    counts = torch.bincount(stop_indices(val.double(), rule), minlength=K)
+    expected = [math.floor(N * float(q[k])) for k in range(K - 1)]
+    assert counts[:-1].tolist() == expected  # exact on the fitting split (no ties)
+    # and close to q on a fresh sample of the same distribution
+    difficulty = torch.randn(N, 1, generator=g)
+    test = torch.arange(K) * 0.7 - difficulty + 0.5 * torch.randn(N, K, generator=g)
+    fractions = torch.bincount(stop_indices(test.double(), rule), minlength=K).double() / N
+    assert torch.allclose(fractions, q, atol=0.03)
+
+
+def test_budgeted_curve_spans_the_costs_and_interpolates():
+    g = torch.Generator().manual_seed(0)
+    K, C = 3, 5
+    val_logits = torch.randn(300, K, C, generator=g)
+    test_logits = torch.randn(300, K, C, generator=g)
+    test_y = torch.randint(0, C, (300,), generator=g)
+    costs = torch.tensor([1.0, 3.0, 6.0], dtype=torch.float64)
+    points = budgeted_curve(val_logits, test_logits, test_y, costs)
+    assert len(points) == 39 and [pt["p"] for pt in points][:2] == [0.05, 0.1]
+    for pt in points:
+        assert costs[0] <= pt["mean_macs"] <= costs[-1]
+        assert abs(sum(pt["exit_fractions"]) - 1) < 1e-12
+        # validation exits follow q exactly (up to the floor)
+        q = exit_distribution(pt["p"], K)
+        assert abs(pt["val_mean_macs"] - float((q * costs).sum())) < 6 * K / 300 + 1e-9
+    curve = [{"mean_macs": 1.0, "accuracy": 0.5}, {"mean_macs": 3.0, "accuracy": 0.7}]
+    assert accuracy_at_budgets(curve, [0.5, 2.0, 3.0, 4.0]) == [None, pytest.approx(0.6), 0.7, None]
+
+
+# ---------------------------------------------------------------- the virtual SGD step
+
+
+def _optimizer_with_state(model, **kwargs):
+    optimizer = torch.optim.SGD(model.parameters(), **kwargs)
+    x, y = tiny_batch(8, seed=5)
+    exit_losses(model(x), y).sum(1).mean().backward()
+    optimizer.step()  # fills the momentum buffers
+    optimizer.zero_grad()
+    return optimizer
+
+
+def test_virtual_step_equals_a_hand_computed_momentum_and_weight_decay_step():
+    model = tiny_model()
+    lr, mu, wd = 0.1, 0.9, 0.01
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=mu, weight_decay=wd)
+    params = dict(model.named_parameters())
+    grads = {k: torch.randn_like(p) for k, p in params.items()}
+    # first step: no momentum buffer yet, the buffer is the direction itself
+    first = sgd_virtual_step(model, optimizer, params, grads)
+    for k, p in params.items():
+        assert torch.allclose(first[k], p - lr * (grads[k] + wd * p))
+    optimizer = _optimizer_with_state(model, lr=lr, momentum=mu, weight_decay=wd)
+    params = dict(model.named_parameters())
+    virtual = sgd_virtual_step(model, optimizer, params, grads)
+    for k, p in params.items():
+        buf = optimizer.state[p]["momentum_buffer"]
+        assert torch.allclose(virtual[k], p - lr * (mu * buf + grads[k] + wd * p))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"lr": 0.05},
+        {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
+        {"lr": 0.05, "momentum": 0.8, "dampening": 0.3},
+        {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3},
+    ],
+)
+def test_virtual_step_equals_the_real_optimizer_step_and_changes_nothing(kwargs):
+    model = tiny_model()
+    optimizer = _optimizer_with_state(model, **kwargs)
+    x, y = tiny_batch(8, seed=9)
+    params = dict(model.named_parameters())
+    grads = torch.autograd.grad(exit_losses(model(x), y).sum(1).mean(), list(params.values()))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    saved = copy.deepcopy(optimizer.state_dict())
+    virtual = sgd_virtual_step(model, optimizer, params, dict(zip(params, grads, strict=True)))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert str(optimizer.state_dict()) == str(saved)
+
+    for p, g in zip(model.parameters(), grads, strict=True):
+        p.grad = g.clone()
+    optimizer.step()
+    for k, p in model.named_parameters():
+        assert torch.allclose(virtual[k], p, atol=1e-12), k
+
+
+def test_step_scale_is_the_slope_of_the_virtual_step_in_the_gradient():
+    for kwargs in ({"lr": 0.1}, {"lr": 0.1, "momentum": 0.9, "dampening": 0.2, "nesterov": False},
+                   {"lr": 0.1, "momentum": 0.9, "nesterov": True}):  # fmt: skip
+        model = tiny_model()
+        optimizer = _optimizer_with_state(model, **kwargs)
+        params = dict(model.named_parameters())
+        zero = {k: torch.zeros_like(p) for k, p in params.items()}
+        one = {k: torch.ones_like(p) for k, p in params.items()}
+        a = sgd_virtual_step(model, optimizer, params, zero)
+        b = sgd_virtual_step(model, optimizer, params, one)
+        for k, s in sgd_step_scale(model, optimizer).items():
+            assert torch.allclose(a[k] - b[k], torch.full_like(a[k], s)), (kwargs, k)
+
+
+def test_virtual_step_rejects_other_optimizers():
+    model = tiny_model()
+    optimizer = torch.optim.Adam(model.parameters())
+    with pytest.raises(TypeError, match="SGD"):
+        sgd_virtual_step(model, optimizer, dict(model.named_parameters()), {})
+
+
+# ---------------------------------------------------------------- meta gradients
+
+
+def _reference_meta_loss(model, weight_net, optimizer, train, meta, q):
+    """L_meta(θ̂) the plain way: copy the model, take a real SGD step on the weighted loss of
+    the train half, score the meta half at each sample's allocated exit (python loop)."""
+    clone = copy.deepcopy(model)
+    opt = torch.optim.SGD(clone.parameters(), **{k: v for k, v in optimizer.defaults.items()})
+    opt.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    (x_tr, y_tr), (x_me, y_me) = train, meta
+    with running_stats_frozen(clone):
+        losses = exit_losses(clone(x_tr), y_tr)
+        w = weight_net(losses.detach())
+        opt.zero_grad()
+        ((w * losses).sum(1).mean()).backward()
+        opt.step()
+        logits = clone(x_me)
+    n, K = logits.shape[:2]
+    confidence = torch.softmax(logits, -1).amax(-1)
+    taken, total = set(), 0.0
+    for k in range(K):
+        free = [i for i in range(n) if i not in taken]
+        size = math.floor(n * float(q[k])) if k < K - 1 else len(free)
+        chosen = sorted(free, key=lambda i: -float(confidence[i, k].detach()))[:size]
+        for i in chosen:
+            taken.add(i)
+            total += float(F.cross_entropy(logits[i, k][None], y_me[i][None]))
+    return total / n
+
+
+def _setup(seed=0):
+    model = tiny_model(seed=seed).train()
+    torch.manual_seed(seed + 100)
+    weight_net = WeightNet(3, hidden=6).double()
+    for p in weight_net.parameters():  # a non-trivial weight net (not the zero start)
+        torch.nn.init.normal_(p, std=0.5)
+    optimizer = _optimizer_with_state(model, lr=0.1, momentum=0.9, weight_decay=1e-3)
+    x, y = tiny_batch(16, seed=seed + 7)
+    return model, weight_net, optimizer, (x[:8], y[:8]), (x[8:], y[8:]), exit_distribution(0.75, 3)
+
+
+def test_full_meta_gradient_matches_finite_differences_of_a_real_optimizer_step():
+    model, weight_net, optimizer, train, meta, q = _setup()
+    grads, metrics = meta_gradient(model, weight_net, optimizer, train, meta, q, "full")
+    assert metrics["meta_loss"] == pytest.approx(
+        _reference_meta_loss(model, weight_net, optimizer, train, meta, q), rel=1e-10
+    )
+    g = torch.Generator().manual_seed(0)
+    for param, grad in zip(weight_net.parameters(), grads, strict=True):
+        for index in torch.randint(0, param.numel(), (3,), generator=g).tolist():
+            eps = 1e-6
+            original = param.data.view(-1)[index].item()
+            values = []
+            for sign in (1, -1):
+                param.data.view(-1)[index] = original + sign * eps
+                values.append(_reference_meta_loss(model, weight_net, optimizer, train, meta, q))
+            param.data.view(-1)[index] = original
+            numeric = (values[0] - values[1]) / (2 * eps)
+            assert grad.view(-1)[index].item() == pytest.approx(numeric, rel=1e-4, abs=1e-9)
+
+
+def test_first_order_with_lookahead_equals_full_and_without_it_approximates():
+    model, weight_net, optimizer, train, meta, q = _setup(seed=1)
+    full, _ = meta_gradient(model, weight_net, optimizer, train, meta, q, "full")
+    exact, _ = meta_gradient(model, weight_net, optimizer, train, meta, q, "first_order", True)
+    for a, b in zip(full, exact, strict=True):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-14)
+    # Without the lookahead v is taken at θ instead of θ̂: exact as lr → 0.
+    for group in optimizer.param_groups:
+        group["lr"] = 1e-5
+    full, _ = meta_gradient(model, weight_net, optimizer, train, meta, q, "full")
+    approx, _ = meta_gradient(model, weight_net, optimizer, train, meta, q, "first_order")
+    for a, b in zip(full, approx, strict=True):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-3 * float(a.abs().max()))
+
+
+def test_meta_step_leaves_the_model_and_its_bn_buffers_untouched():
+    model, weight_net, optimizer, train, meta, q = _setup(seed=2)
+    x = torch.cat([train[0], meta[0]])
+    y = torch.cat([train[1], meta[1]])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    phi = [p.clone() for p in weight_net.parameters()]
+    for mode in ("full", "first_order"):
+        MetaStep(weight_net, torch.optim.Adam(weight_net.parameters(), 1e-3), 0.75, mode)(
+            model, optimizer, x, y
+        )
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(p.grad is None for p in model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(phi, weight_net.parameters(), strict=True))
+    # (the buffers are live: the real training step in _setup did move them)
+    assert int(model.blocks[0][0][1].running_mean.ne(0).sum()) > 0
+
+
+def test_weight_net_starts_uniform_is_centred_and_can_clamp():
+    net = WeightNet(4, 10, delta=0.8)
+    losses = torch.rand(7, 4) * 3
+    assert torch.equal(net(losses), torch.ones(7, 4))
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=3.0)
+    w = net(losses)
+    assert torch.allclose(w.mean(1), torch.ones(7))
+    g = torch.tanh(net.net(losses))
+    assert torch.allclose(w, 1 + 0.8 * (g - g.mean(1, keepdim=True)))
+    assert (w < 0).any()  # unclamped weights can turn negative...
+    net.clamp = True
+    assert torch.equal(net(losses), w.clamp_min(0))  # ...and the clamp clips them at 0
+    with pytest.raises(ValueError, match="losses must be"):
+        net(torch.rand(3, 5))
+
+
+# ---------------------------------------------------------------- MACs, losses, execution
+
+
+def test_mac_count_matches_a_hand_count():
+    model = MultiExitCNN(2, (2, 3), (1, 2), head_width=2, classes=3)
+    # step 1 on a 4×4 image: block conv 1→2 (4×4 out) + conv 2→2 (4×4) + head conv 2→2, stride
+    # 2 (2×2 out) + linear 2→3; step 2: conv 2→3 stride 2 (2×2) + conv 3→3 (2×2) + head conv
+    # 3→2 stride 2 (1×1) + linear 2→3. A conv does out_channels·positions·in_channels·9.
+    step1 = 2 * 16 * 1 * 9 + 2 * 16 * 2 * 9 + 2 * 4 * 2 * 9 + 2 * 3
+    step2 = 3 * 4 * 2 * 9 + 3 * 4 * 3 * 9 + 2 * 1 * 3 * 9 + 2 * 3
+    costs = count_step_macs(model, torch.zeros(1, 4, 4))
+    assert costs.tolist() == [step1, step1 + step2]
+    signal = MultiExitCNN(1, (2, 4), (1, 2), head_width=3, classes=5)
+    # length 10: conv 1→2 (10) + 2→2 (10) + head 2→3 stride 2 (5) + 3→5; conv 2→4 stride 2 (5)
+    # + 4→4 (5) + head 4→3 stride 2 (3) + 3→5; a 1-D conv does out·positions·in·3.
+    s1 = 2 * 10 * 1 * 3 + 2 * 10 * 2 * 3 + 3 * 5 * 2 * 3 + 15
+    s2 = 4 * 5 * 2 * 3 + 4 * 5 * 4 * 3 + 3 * 3 * 4 * 3 + 15
+    assert count_step_macs(signal, torch.zeros(1, 10)).tolist() == [s1, s1 + s2]
+    with pytest.raises(ValueError, match="batch of one"):
+        count_step_macs(model, torch.zeros(2, 4, 4))
+
+
+def test_exit_losses_match_a_loop_and_bad_shapes_are_named():
+    logits, y = torch.randn(5, 3, 4), torch.randint(0, 4, (5,))
+    expected = torch.tensor(
+        [
+            [float(F.cross_entropy(logits[i, k][None], y[i][None])) for k in range(3)]
+            for i in range(5)
+        ]
+    )
+    assert torch.allclose(exit_losses(logits, y), expected, atol=1e-6)
+    with pytest.raises(ValueError, match=r"logits \(B, K, C\)"):
+        exit_losses(torch.randn(5, 4), y)
+    with pytest.raises(ValueError, match="expected inputs of shape"):
+        MultiExitCNN(2, (2, 2), (1, 1)).start(torch.zeros(2, 3, 4, 4))
+
+
+def test_shrink_equals_dense_and_the_vectorised_evaluation():
+    model = tiny_model(torch.float32).eval()
+    model.set_step_costs(count_step_macs(model, torch.zeros(1, 1, 6, 6)))
+    val_x, _ = tiny_batch(200, seed=11, dtype=torch.float32)
+    test_x, _ = tiny_batch(300, seed=12, dtype=torch.float32)
+    val_logits, test_logits = exit_logits(model, val_x), exit_logits(model, test_x, batch=70)
+    thresholds = fit_exit_thresholds(confidence_scores(val_logits), exit_distribution(1.0, 3))
+    rule = HazardThreshold.from_score_threshold(thresholds)
+    with torch.no_grad():
+        shrink = run_adaptive(model, ConfidencePolicy(), test_x, rule, mode="shrink")
+        dense = run_adaptive(model, ConfidencePolicy(), test_x, rule, mode="dense")
+    vectorised = stop_indices(confidence_scores(test_logits), rule)
+    assert 0 < int((shrink.stop_index == 0).sum()) < 300  # some rows really leave early
+    # ("masked" mode needs states of one shape at every step; feature maps shrink here)
+    assert torch.equal(shrink.stop_index, dense.stop_index)
+    assert torch.allclose(shrink.predictions, dense.predictions, atol=1e-5)
+    assert torch.equal(shrink.stop_index, vectorised)
+    rows = time_thresholds(model, test_x, test_logits, [thresholds.tolist()], batch=100, repeats=1)
+    assert rows[0]["matches_dense"] and rows[0]["mac_ratio"] > 1
