@@ -74,6 +74,12 @@ def test_run_writes_a_complete_run_directory(tmp_path, capsys):
         (["run", "toy", "--set", "budgets=3"], "expected a JSON list"),
         (["run", "toy", "--set", "beta"], "--set takes key=value"),
         (["run", "toy", "--set", "threads=0"], "threads must be >= 1"),
+        # a task's own check of its values runs before anything is written, too
+        (["run", "parity", "--set", "train_k=[1, 99]"], "parity: k range [1, 99] must satisfy"),
+        (
+            ["run", "multi-exit", "--set", "dataset=fashion-mnist", "--set", "data_dir=/nowhere"],
+            "multi-exit: Fashion-MNIST file train-images-idx3-ubyte not found in /nowhere",
+        ),
     ],
 )
 def test_bad_config_exits_2_and_writes_nothing(tmp_path, capsys, args, message):

@@ -72,7 +72,8 @@ class ConfigError(ValueError):
 @dataclass
 class Experiment:
     """A runnable experiment. ``defaults`` lists every key with a typed default value;
-    ``presets`` map a name to overrides of some keys."""
+    ``presets`` map a name to overrides of some keys; ``check(config)``, if given, raises
+    ValueError naming a bad value, and runs before anything is written."""
 
     name: str
     description: str
@@ -80,6 +81,7 @@ class Experiment:
     defaults: dict[str, Any]
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
     default_preset: str = "quick"
+    check: Callable[[dict[str, Any]], None] | None = None
 
     def __post_init__(self):
         config = {**COMMON_DEFAULTS, **self.defaults}
@@ -210,6 +212,11 @@ def resolve_config(
         config[key] = _parse_value(key, text, config[key])
     if config["threads"] < 1:
         raise ConfigError(f"threads must be >= 1; got {config['threads']}")
+    if experiment.check is not None:
+        try:
+            experiment.check(config)
+        except ValueError as error:
+            raise ConfigError(f"{experiment.name}: {error}") from None
     return config
 
 

@@ -12,7 +12,7 @@ functional virtual step, meta gradients), :mod:`.methods` (training), :mod:`.eva
 from __future__ import annotations
 
 from .data import DataError, Splits, digits_splits, fashion_splits, mnist1d_splits, read_idx
-from .experiment import run
+from .experiment import check_config, run
 from .l2w import MetaStep, WeightNet, allocate_meta, meta_gradient, sgd_virtual_step
 from .macs import count_step_macs
 from .methods import METHODS, ExitPolicy, train_method
@@ -132,6 +132,7 @@ EXPERIMENTS = [
         "description": "Multi-exit CNN: uniform, SDN, L2W, L2S; budgeted early exit with "
         "real savings (Fashion-MNIST, MNIST-1D).",
         "run": run,
+        "check": check_config,
         "defaults": DEFAULTS,
         "presets": PRESETS,
         "default_preset": "quick",

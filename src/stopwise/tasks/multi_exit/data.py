@@ -122,13 +122,25 @@ def _find(folder: Path, stem: str, source: str) -> Path:
     )
 
 
+def fashion_mnist_files(data_dir: str = "") -> dict[str, Path]:
+    """The four IDX files (``{"train_images", "train_labels", "test_images", "test_labels"}``),
+    found without reading them; DataError names every path tried when one is missing."""
+    folder, source = resolve_data_dir(data_dir)
+    return {
+        f"{part}_{kind}": _find(folder, f"{prefix}-{kind}-idx{dims}-ubyte", source)
+        for part, prefix in (("train", "train"), ("test", "t10k"))
+        for kind, dims in (("images", 3), ("labels", 1))
+    }
+
+
 def load_fashion_mnist(data_dir: str = "") -> dict[str, np.ndarray]:
     """``{"train_x" (60000, 28, 28) uint8, "train_y", "test_x", "test_y"}`` from IDX files."""
-    folder, source = resolve_data_dir(data_dir)
+    folder, _ = resolve_data_dir(data_dir)
+    files = fashion_mnist_files(data_dir)
     out = {}
-    for part, prefix in (("train", "train"), ("test", "t10k")):
-        images = read_idx(_find(folder, f"{prefix}-images-idx3-ubyte", source))
-        labels = read_idx(_find(folder, f"{prefix}-labels-idx1-ubyte", source))
+    for part in ("train", "test"):
+        images = read_idx(files[f"{part}_images"])
+        labels = read_idx(files[f"{part}_labels"])
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise DataError(
                 f"{folder}: {part} images have shape {images.shape} and labels {labels.shape}; "

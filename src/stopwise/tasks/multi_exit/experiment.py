@@ -17,7 +17,7 @@ import torch
 
 from ...checkpoints import atomic_write_text
 from ...training import seed_everything
-from .data import DATASETS, Splits, load_splits
+from .data import DATASETS, Splits, fashion_mnist_files, load_splits
 from .evaluate import (
     P_GRID,
     accuracy_at_budgets,
@@ -35,9 +35,12 @@ __all__ = ["run", "check_config", "build_model", "run_job", "make_jobs"]
 
 
 def check_config(config: dict[str, Any]) -> None:
-    """Raise ValueError naming the first bad key or value (before any data is read)."""
+    """Raise ValueError naming the first bad key or value, or a missing data file (before any
+    data is read)."""
     if config["dataset"] not in DATASETS:
         raise ValueError(f"dataset must be one of {list(DATASETS)}; got {config['dataset']!r}")
+    if config["dataset"] == "fashion-mnist":
+        fashion_mnist_files(config["data_dir"])
     unknown = sorted(set(config["methods"]) - set(METHODS))
     if unknown or not config["methods"]:
         raise ValueError(f"methods must be a non-empty subset of {sorted(METHODS)}; got {unknown}")

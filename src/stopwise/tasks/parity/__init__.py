@@ -12,7 +12,7 @@ See docs/parity.md.
 from __future__ import annotations
 
 from .data import ParityBatch, sample_parity
-from .experiment import run
+from .experiment import check_config, run
 from .methods import METHODS, RULES, infer, train_method
 from .model import ACTRule, HaltingHead, MeanFieldACT, ParityGRU, posterior_logits
 
@@ -125,6 +125,7 @@ EXPERIMENTS = [
         "description": "Parity (Graves 2016): fixed depth, ACT, PonderNet, L2S and the "
         "random-horizon bound on one GRU step model.",
         "run": run,
+        "check": check_config,
         "defaults": DEFAULTS,
         "presets": PRESETS,
         "default_preset": "quick",
