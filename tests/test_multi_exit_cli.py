@@ -97,18 +97,20 @@ def test_interrupted_run_resumes_to_the_same_numbers(tiny_run, tmp_path, monkeyp
         ('timing_methods=["l2s"]', "timing_methods"),
     ],
 )
-def test_bad_config_is_rejected_before_training(tmp_path, override, message):
+def test_bad_config_is_rejected_before_training(tmp_path, capsys, override, message):
     extra = ['methods=["uniform"]'] if override.startswith("timing") else []
-    with pytest.raises(ValueError, match=message):
-        run_tiny(tmp_path / "r", override, *extra)
-    assert not (tmp_path / "r" / "jobs").exists()
+    assert run_tiny(tmp_path / "r", override, *extra) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
-def test_missing_fashion_files_give_a_clear_error(tmp_path, monkeypatch):
+def test_missing_fashion_files_give_a_clear_error(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("STOPWISE_DATA", raising=False)
-    with pytest.raises(ValueError, match="apt install dataset-fashion-mnist"):
-        main(["run", "multi-exit", "--preset", "fashion", "--out", str(tmp_path / "r"),
-              "--set", f"data_dir={tmp_path / 'none'}"])  # fmt: skip
+    code = main(["run", "multi-exit", "--preset", "fashion", "--out", str(tmp_path / "r"),
+                 "--set", f"data_dir={tmp_path / 'none'}"])  # fmt: skip
+    assert code == 2
+    assert "apt install dataset-fashion-mnist" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 def test_l2w_with_zero_delta_is_uniform_training():
