@@ -129,3 +129,23 @@ def test_bad_config_is_rejected_before_training(tmp_path, override, message):
     with pytest.raises(ValueError, match=message):
         main([*TINY, "--set", override, "--out", str(tmp_path / "r")])
     assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_presets_quick_is_the_default_and_paper_has_the_papers_schedule():
+    from stopwise.experiments import get_experiment, resolve_config
+
+    experiment = get_experiment("sparse-recovery")
+    assert experiment.default_preset == "quick"
+    paper = resolve_config(experiment, "paper")
+    assert (paper["stage1_steps"], paper["stage1_batch"]) == (50_000, 1024)
+    assert (paper["stage1_lr"], paper["stage1_weight_decay"]) == (1e-4, 1e-4)
+    assert (paper["lista_steps"], paper["lista_batch"]) == (100_000, 512)
+    assert (paper["stage2_steps"], paper["stage2_batch"], paper["stage2_lr"]) == (40_000, 256, 1e-3)
+    assert paper["beta"] == 0.28 and paper["prune_mass"] == 1e-3 and paper["oracle"] == "hard"
+    assert paper["lr_final"] == 1.0 and paper["stage1_init"] == "ista"
+    quick = resolve_config(experiment, None)
+    assert quick["preset"] == "quick" and (quick["m"], quick["n"], quick["per_snr"]) == (
+        250,
+        500,
+        1000,
+    )

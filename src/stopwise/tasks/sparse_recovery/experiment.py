@@ -21,6 +21,7 @@ rerun; an interrupted one resumes from its last checkpoint.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import sys
 import time
@@ -59,7 +60,7 @@ from .stopping import (
     tradeoff_curve,
 )
 
-__all__ = ["run", "check_config", "Problem", "make_problem", "STOP_MODELS"]
+__all__ = ["run", "check_config", "Problem", "make_problem", "load_stop_model", "STOP_MODELS"]
 
 # The two stop models: key -> (table label, stage prefix).
 STOP_MODELS = {
@@ -119,9 +120,10 @@ def check_config(config: dict[str, Any]) -> None:
         raise ValueError(f"oracle must be 'hard' or 'soft'; got {config['oracle']!r}")
     if config["stage1_init"] not in ("lista", "ista"):
         raise ValueError(f"stage1_init must be 'lista' or 'ista'; got {config['stage1_init']!r}")
-    if config["threshold_rule"] not in RULE_KINDS:
+    if config["threshold_rule"] not in (*RULE_KINDS, "best"):
         raise ValueError(
-            f"threshold_rule must be one of {sorted(RULE_KINDS)}; got {config['threshold_rule']!r}"
+            f"threshold_rule must be one of {[*sorted(RULE_KINDS), 'best']}; "
+            f"got {config['threshold_rule']!r}"
         )
     if config["inference_mode"] not in MODES:
         raise ValueError(f"inference_mode must be one of {MODES}; got {config['inference_mode']!r}")
@@ -169,12 +171,12 @@ class Problem:
         return column_names(self.snrs)
 
 
-def make_problem(config: dict[str, Any], run_dir) -> Problem:
-    """Build A from the seed and record it in the run directory (``problem.pt``); on a rerun the
-    recorded A must be identical. Validation and test sets are fixed by the seed."""
+def make_problem(config: dict[str, Any], run_path: str | Path) -> Problem:
+    """Build A from the seed and record it in the run directory ``run_path`` (``problem.pt``);
+    on a rerun the recorded A must be identical. Validation and test sets are fixed by the seed."""
     seed = config["seed"]
     A = sensing_matrix(config["m"], config["n"], config["condition"], seed)
-    path = Path(run_dir.path) / "problem.pt"
+    path = Path(run_path) / "problem.pt"
     if path.exists():
         saved = load_checkpoint(path)
         if not torch.equal(saved["A"], A):
@@ -250,10 +252,6 @@ class Stages:
             **details,
         }
         self.run_dir.write_json("stages.json", self.records)
-
-
-def _record(config: dict[str, Any], prefix: str) -> dict[str, Any]:
-    return {k[len(prefix) + 1 :]: v for k, v in config.items() if k.startswith(prefix + "_")}
 
 
 def train_lista(config, stages: Stages, A: torch.Tensor, start: tuple[float, float]) -> LISTA:
@@ -405,6 +403,7 @@ def measure_stop_model(
     """Table rows (sampled, threshold, oracle stop, full depth) and details of one stop model."""
     label = STOP_MODELS[name][0]
     snrs, chunk, kind = problem.snrs, config["eval_chunk"], config["threshold_rule"]
+    points = config["budget_points"]
     valid = torch.tensor(info["valid_steps"])
     val, test = problem.val, problem.test
     val_errors = info["val_errors"]
@@ -412,8 +411,10 @@ def measure_stop_model(
     val_hazards = split_hazards(model, policy, val.y, chunk)
     test_hazards = split_hazards(model, policy, test.y, chunk)
     val_energies, test_energies = (val.x**2).sum(-1), (test.x**2).sum(-1)
-    calibration = calibrate_by_nmse(
-        val_errors, val_energies, val_hazards, valid, kind, config["budget_points"]
+    kinds = sorted(RULE_KINDS) if kind == "best" else [kind]
+    calibration = min(
+        (calibrate_by_nmse(val_errors, val_energies, val_hazards, valid, k, points) for k in kinds),
+        key=lambda c: (c["validation_nmse"], c["validation_steps"]),
     )
     # MACs per sample of stopping after step t: the model, the policy's features and the policy.
     per_step = model.feature_costs() + policy.macs()
@@ -431,7 +432,8 @@ def measure_stop_model(
         rows.append(
             {
                 "key": f"{name}-{rule_name}",
-                "label": f"{label}, {rule_name}",
+                "label": f"{label}, {rule_name}"
+                + (f" ({calibration['kind']})" if rule_name == "threshold" else ""),
                 "model": name,
                 "rule": rule_name,
                 **measured,
@@ -465,7 +467,7 @@ def measure_stop_model(
         }
     )
     curve = tradeoff_curve(
-        val_hazards, test_errors, test_energies, test_hazards, valid, kind, config["budget_points"]
+        val_hazards, test_errors, test_energies, test_hazards, valid, calibration["kind"], points
     )
     histogram = {
         rule: {
@@ -501,6 +503,45 @@ def add_same_depth_baseline(rows: list[dict], per_layer: dict, baseline: str) ->
             row["ista_same_depth"] = {"depth": depth, **{k: v[depth - 1] for k, v in curve.items()}}
 
 
+def load_stop_model(run_path: str | Path, name: str):
+    """Rebuild a trained stop model of a finished run from its checkpoints.
+
+    Returns ``(model, policy, valid_steps (T,) bool, threshold rule, problem)``, with the rule
+    calibrated on validation as in ``results.json``; ``name`` is a key of :data:`STOP_MODELS`.
+    """
+    run_path = Path(run_path)
+    config = json.loads((run_path / "config.json").read_text())
+    results = json.loads((run_path / "results.json").read_text())
+    if name not in STOP_MODELS or name not in results["stop_models"]:
+        raise ValueError(
+            f"no stop model {name!r} in {run_path}; choose one of {sorted(STOP_MODELS)}"
+        )
+    details = results["stop_models"][name]
+    problem = make_problem(config, run_path)
+    A, T = problem.A, config["steps"]
+    if name == "lista_stop":
+        ista = results["classical"][f"ista-{T}"]
+        model = LISTA(A, T, ista["L"], ista["lam"])
+    else:
+        keep = support_sizes(A.shape[1], T, config["ss_increment"], config["ss_max"])
+        alista = ALISTA(A, T, config["alista_gamma"], config["alista_theta"], keep)
+        model = LISTACPSS.from_alista(alista)
+    prefix = STOP_MODELS[name][1]
+    checkpoints = run_path / "checkpoints"
+    model.load_state_dict(load_checkpoint(checkpoints / f"{prefix}-stage1.pt")["state"]["model"])
+    policy = StopPolicy(
+        A.shape[0],
+        A.shape[1],
+        T,
+        hidden=tuple(config["policy_hidden"]),
+        summaries=config["policy_summaries"],
+    )
+    policy.load_state_dict(load_checkpoint(checkpoints / f"{prefix}-stage2.pt")["state"]["policy"])
+    calibration = details["calibration"]
+    rule = RULE_KINDS[calibration["kind"]].from_score_threshold(calibration["score_threshold"])
+    return model.eval(), policy.eval(), torch.tensor(details["valid_steps"]), rule, problem
+
+
 # ---------------------------------------------------------------- the run
 
 
@@ -510,7 +551,7 @@ def run(config: dict[str, Any], run_dir) -> dict[str, Any]:
     if config["device"] == "cpu":
         reuse_freed_memory()
     started = time.perf_counter()
-    problem = make_problem(config, run_dir)
+    problem = make_problem(config, run_dir.path)
     snrs, chunk = problem.snrs, config["eval_chunk"]
     val, test = problem.val, problem.test
 

@@ -110,7 +110,9 @@ def write_table(results: dict[str, Any], config: dict[str, Any], run_dir) -> str
         "stage II 40k×256.",
         f'Stop rows run through `run_adaptive(mode="{config["inference_mode"]}")`; *sampled* '
         "stops at step t with probability λ_t (the paper's inference), *threshold* is a "
-        f"{config['threshold_rule']} threshold calibrated on validation. MMAC/sample counts "
+        "threshold on the hazard or on the cumulative stop probability (the kind named in the "
+        f"row; `threshold_rule={config['threshold_rule']}`), calibrated on validation. "
+        "MMAC/sample counts "
         "multiply-adds of the model plus, for stop rows, the policy and its features.",
         f"Training: {train_min:.1f} min wall, {cpu_min:.1f} min CPU, {results['threads']} "
         "thread(s).",
