@@ -1,0 +1,88 @@
+"""NMSE in dB, the measure of the L2S paper's Table 2, on whole sets and per SNR block.
+
+    NMSE(dB) = 10 log10( mean_i ‖x̂_i − x*_i‖² / mean_i ‖x*_i‖² )
+
+a ratio of means over the samples (not a mean of per-sample ratios), per SNR on that SNR's block.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = [
+    "squared_errors",
+    "step_losses",
+    "nmse_db",
+    "nmse_columns",
+    "error_columns",
+    "column_names",
+    "per_step_squared_errors",
+]
+
+
+def squared_errors(estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` ‖x̂_i − x*_i‖² for ``estimate`` and ``target`` of shape ``(B, n)``."""
+    if estimate.shape != target.shape:
+        raise ValueError(
+            f"estimate {tuple(estimate.shape)} and target {tuple(target.shape)} must match"
+        )
+    return ((estimate - target) ** 2).sum(-1)
+
+
+def step_losses(predictions: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``(B, T)`` ℓ_t = Σ_coords (x_t − x*)², the per-step loss of stage I and LISTA training,
+    for ``predictions (B, T, n)`` and ``target (B, n)``."""
+    return ((predictions - target.unsqueeze(1)) ** 2).sum(-1)
+
+
+def nmse_db(errors: torch.Tensor, energies: torch.Tensor) -> float:
+    """10 log10(mean errors / mean energies) from per-sample ``‖x̂ − x*‖²`` and ``‖x*‖²`` ``(B,)``."""
+    total = float(energies.double().sum())
+    if total <= 0:
+        raise ValueError("NMSE is undefined: every target signal is zero")
+    ratio = float(errors.double().sum()) / total
+    return 10 * math.log10(ratio) if ratio > 0 else -math.inf
+
+
+def column_names(snrs: list[float]) -> list[str]:
+    """Result keys of :func:`nmse_columns`: ``"mixed"`` then ``"<snr>dB"`` per level."""
+    return ["mixed", *(f"{snr:g}dB" for snr in snrs)]
+
+
+def nmse_columns(
+    estimate: torch.Tensor, target: torch.Tensor, snr: torch.Tensor, snrs: list[float]
+) -> dict[str, float]:
+    """NMSE(dB) over all samples (``"mixed"``) and on each SNR's block (``"20dB"``, ...)."""
+    return error_columns(squared_errors(estimate, target), (target**2).sum(-1), snr, snrs)
+
+
+def error_columns(
+    errors: torch.Tensor, energies: torch.Tensor, snr: torch.Tensor, snrs: list[float]
+) -> dict[str, float]:
+    """:func:`nmse_columns` from per-sample ``‖x̂ − x*‖²`` and ``‖x*‖²`` ``(B,)``."""
+    columns = {"mixed": nmse_db(errors, energies)}
+    for level in snrs:
+        rows = snr == level
+        if not bool(rows.any()):
+            raise ValueError(
+                f"no sample has SNR {level:g} dB; levels present: {snr.unique().tolist()}"
+            )
+        columns[f"{level:g}dB"] = nmse_db(errors[rows], energies[rows])
+    return columns
+
+
+@torch.no_grad()
+def per_step_squared_errors(model, y: torch.Tensor, target: torch.Tensor, chunk: int = 1000):
+    """``(B, T)`` ‖x_t − x*‖² of every step of ``model`` on ``y (B, m)``, in chunks of rows."""
+    rows = []
+    for start in range(0, y.shape[0], chunk):
+        state = model.start(y[start : start + chunk])
+        goal = target[start : start + chunk]
+        errors = []
+        for t in range(model.max_steps):
+            state = model.advance(state, t)
+            errors.append(squared_errors(model.predict(state, t), goal))
+        rows.append(torch.stack(errors, dim=1))
+    return torch.cat(rows, dim=0)

@@ -1,0 +1,351 @@
+"""Sparse-recovery step models: ISTA, FISTA, LISTA and ALISTA, one iteration (layer) per step.
+
+Every model is a :class:`~stopwise.steps.StepModel` on measurements ``y (B, m)``; its state is a
+dict of batch-first tensors (``"y"``, ``"x"`` the current estimate ``(B, n)``, and per model
+``"x_prev"`` or ``"r"``), its prediction after step t is x_{t+1}, and its features are
+``[y, y − A x_t, x_t]`` of width ``2m + n`` (the stage-II policy's input, L2S §5.1). All start from
+x_0 = 0, so the first step skips every product with x_0.
+
+``step_costs()`` counts multiply-adds per sample analytically, cumulative over steps:
+
+* ISTA / FISTA: ``nm`` for step 0 (Aᵀy), then ``2nm`` (A z and Aᵀ r) per step;
+* LISTA: ``nm`` for step 0 (W_b y), then ``n² + nm`` (W_x x and W_b y) per layer;
+* ALISTA and LISTA-CP-SS: ``2nm`` per layer (the update Wᵀ r and the residual r = A x − y of its
+  output, which the next layer and the policy features reuse).
+
+``feature_costs()`` is the extra per-step cost of the policy features (``nm`` for the residual,
+zero for ALISTA, which has it in its state).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ...steps import StepModel
+
+__all__ = [
+    "soft_threshold",
+    "support_threshold",
+    "support_sizes",
+    "analytic_weight",
+    "operator_norm_squared",
+    "SparseStepModel",
+    "ResidualStepModel",
+    "ISTA",
+    "FISTA",
+    "LISTA",
+    "ALISTA",
+    "LISTACPSS",
+    "fista_momentum",
+]
+
+
+class _SoftThreshold(torch.autograd.Function):
+    """η_θ(v) with a scalar θ ≥ 0, on the fused ``softshrink`` kernels (no boolean temporaries,
+    which are slow on CPU). Gradients: ∂η/∂v = 1{|v| > θ}, ∂η/∂θ = −sign(η_θ(v))."""
+
+    @staticmethod
+    def forward(ctx, v, theta):
+        lambd = float(theta)
+        out = torch.nn.functional.softshrink(v, lambd)
+        ctx.save_for_backward(v, out)
+        ctx.lambd = lambd
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        v, out = ctx.saved_tensors
+        grad_v = torch.ops.aten.softshrink_backward(grad, v, ctx.lambd)
+        grad_theta = None
+        if ctx.needs_input_grad[1]:
+            grad_theta = -(grad * out.sign()).sum()
+        return grad_v, grad_theta
+
+
+def soft_threshold(v: torch.Tensor, theta: torch.Tensor | float) -> torch.Tensor:
+    """η_θ(v) = sign(v)·max(|v| − θ, 0) for a scalar θ (negative θ acts as 0), differentiable in
+    ``v`` and in a tensor ``θ``. ``v`` has any shape."""
+    theta = torch.as_tensor(theta, dtype=v.dtype, device=v.device)
+    if theta.dim() != 0:
+        raise ValueError(f"soft_threshold takes a scalar threshold; got shape {tuple(theta.shape)}")
+    return _SoftThreshold.apply(v, theta.clamp_min(0))
+
+
+def support_threshold(v: torch.Tensor, theta: torch.Tensor | float, keep: int) -> torch.Tensor:
+    """Soft threshold with support selection (LISTA-CP-SS, Chen et al. 2018, Eq. 13).
+
+    In each row of ``v (B, n)`` the ``keep`` largest-magnitude entries that also exceed θ pass
+    through unshrunk (they are trusted to be in the support); the others are soft-thresholded.
+    The selection is not differentiated. The mask is built with float arithmetic (boolean ops are
+    slow on CPU): an entry is selected when |v| exceeds both θ and the midpoint between the
+    ``keep``-th and ``keep+1``-th largest magnitudes of its row.
+    """
+    shrunk = soft_threshold(v, theta)
+    if keep <= 0:
+        return shrunk
+    n = v.shape[-1]
+    magnitude = v.detach().abs()
+    if keep >= n:
+        cut = magnitude.new_zeros(v.shape[:-1] + (1,))
+    else:
+        top = magnitude.topk(keep + 1, dim=-1, sorted=True).values
+        cut = 0.5 * (top[..., keep - 1 : keep] + top[..., keep : keep + 1])
+    cut = cut.clamp_min(float(torch.as_tensor(theta).detach().clamp_min(0)))
+    selected = (magnitude - cut).sign_().clamp_min_(0)  # 1 where |v| > cut, else 0
+    return shrunk + selected * (v - shrunk)
+
+
+def support_sizes(n: int, steps: int, increment: float, maximum: float) -> list[int]:
+    """Entries passed unshrunk at each layer: ⌈n · min(increment·(t+1), maximum)⌉, t = 0..T−1."""
+    return [math.ceil(n * min(increment * (t + 1), maximum) - 1e-9) for t in range(steps)]
+
+
+def analytic_weight(A: torch.Tensor) -> torch.Tensor:
+    """ALISTA's analytic weight (Liu et al. 2019, Eq. 15), ``(m, n)`` like ``A``.
+
+    W = argmin_W ‖WᵀA‖_F² subject to w_iᵀ a_i = 1 for every column i. The problem separates per
+    column, min ‖Aᵀ w‖² s.t. a_iᵀ w = 1, whose solution is w_i = (AAᵀ)⁻¹ a_i / (a_iᵀ (AAᵀ)⁻¹ a_i).
+    Computed in float64.
+    """
+    A64 = A.to(torch.float64)
+    P = torch.linalg.solve(A64 @ A64.T, A64)  # columns (AAᵀ)⁻¹ a_i
+    return (P / (A64 * P).sum(0, keepdim=True)).to(A.dtype)
+
+
+def operator_norm_squared(A: torch.Tensor) -> float:
+    """‖A‖₂², the Lipschitz constant of the gradient of ½‖Ax − y‖² (ISTA converges for L ≥ it)."""
+    return float(torch.linalg.matrix_norm(A.to(torch.float64), ord=2) ** 2)
+
+
+def fista_momentum(steps: int) -> list[float]:
+    """FISTA's extrapolation weights (Beck & Teboulle 2009): at 0-based step t ≥ 1 the update is
+    taken at z = x_t + c_t (x_t − x_{t−1}), c_t = (τ_t − 1)/τ_{t+1}, τ_1 = 1,
+    τ_{k+1} = (1 + √(1 + 4τ_k²))/2; c_0 = 0 (x_0 = x_{−1} = 0)."""
+    tau = [1.0]
+    for _ in range(steps):
+        tau.append((1 + math.sqrt(1 + 4 * tau[-1] ** 2)) / 2)
+    return [0.0] + [(tau[t - 1] - 1) / tau[t] for t in range(1, steps)]
+
+
+class SparseStepModel(StepModel):
+    """Shared parts: the sensing matrix, the zero start, predictions and policy features."""
+
+    def __init__(self, A: torch.Tensor, steps: int):
+        super().__init__()
+        if A.dim() != 2 or A.shape[0] > A.shape[1]:
+            raise ValueError(f"A must be (m, n) with m <= n; got shape {tuple(A.shape)}")
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1; got {steps}")
+        self.max_steps = steps
+        self.register_buffer("A", A.detach().clone())
+
+    @property
+    def m(self) -> int:
+        return self.A.shape[0]
+
+    @property
+    def n(self) -> int:
+        return self.A.shape[1]
+
+    def _check_inputs(self, y: torch.Tensor) -> torch.Tensor:
+        if not isinstance(y, torch.Tensor) or y.dim() != 2 or y.shape[1] != self.m:
+            shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+            raise ValueError(f"measurements y must have shape (B, m={self.m}); got {shape}")
+        return y
+
+    def start(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        y = self._check_inputs(y)
+        return {"y": y, "x": y.new_zeros(y.shape[0], self.n)}
+
+    def predict(self, state, t):
+        return state["x"]
+
+    def residual(self, state) -> torch.Tensor:
+        """``(B, m)`` y − A x of the current estimate."""
+        return state["y"] - state["x"] @ self.A.T
+
+    def features(self, state, t):
+        """``(B, 2m + n)``: ``[y, y − A x_t, x_t]``."""
+        return torch.cat([state["y"], self.residual(state), state["x"]], dim=-1)
+
+    @property
+    def feature_dim(self) -> int:
+        return 2 * self.m + self.n
+
+    def layer_costs(self) -> torch.Tensor:
+        """``(T,)`` multiply-adds per sample of each step (not cumulative)."""
+        raise NotImplementedError
+
+    def step_costs(self) -> torch.Tensor:
+        return torch.cumsum(self.layer_costs(), 0)
+
+    def feature_costs(self) -> torch.Tensor:
+        """``(T,)`` extra multiply-adds per sample and step for :meth:`features` (the residual)."""
+        return torch.full((self.max_steps,), float(self.m * self.n), dtype=torch.float64)
+
+    def _gradient_costs(self) -> torch.Tensor:
+        costs = torch.full((self.max_steps,), 2.0 * self.m * self.n, dtype=torch.float64)
+        costs[0] = self.m * self.n
+        return costs
+
+
+class ISTA(SparseStepModel):
+    """x_{t+1} = η_{λ/L}(x_t − (1/L) Aᵀ(A x_t − y)) (Daubechies et al. 2004), fixed L and λ."""
+
+    def __init__(self, A: torch.Tensor, steps: int, L: float, lam: float):
+        super().__init__(A, steps)
+        if not L > 0 or not lam >= 0:
+            raise ValueError(f"ISTA needs L > 0 and λ >= 0; got L={L}, λ={lam}")
+        self.L, self.lam = float(L), float(lam)
+
+    def _gradient_step(self, point: torch.Tensor, y: torch.Tensor, t: int) -> torch.Tensor:
+        """η_{λ/L}(point − (1/L)Aᵀ(A point − y)); at t = 0 the point is 0."""
+        if t == 0:
+            v = (y @ self.A) / self.L
+        else:
+            v = point - ((point @ self.A.T - y) @ self.A) / self.L
+        return soft_threshold(v, self.lam / self.L)
+
+    def advance(self, state, t):
+        return {"y": state["y"], "x": self._gradient_step(state["x"], state["y"], t)}
+
+    def layer_costs(self):
+        return self._gradient_costs()
+
+
+class FISTA(ISTA):
+    """ISTA's step taken at the extrapolated point z = x_t + c_t(x_t − x_{t−1}) (Beck & Teboulle
+    2009); see :func:`fista_momentum`."""
+
+    def __init__(self, A: torch.Tensor, steps: int, L: float, lam: float):
+        super().__init__(A, steps, L, lam)
+        self.momentum = fista_momentum(steps)
+
+    def start(self, y):
+        state = super().start(y)
+        return {**state, "x_prev": state["x"]}
+
+    def advance(self, state, t):
+        x = state["x"]
+        z = x + self.momentum[t] * (x - state["x_prev"]) if t > 0 else x
+        return {"y": state["y"], "x": self._gradient_step(z, state["y"], t), "x_prev": x}
+
+
+class LISTA(SparseStepModel):
+    """Untied LISTA (Gregor & LeCun 2010): x_{t+1} = η_{θ_t}(W_x^t x_t + W_b^t y).
+
+    Per layer a ``(n, n)`` W_x, a ``(n, m)`` W_b and a threshold θ_t, initialised from ISTA with
+    step 1/L and threshold λ/L: W_x = I − AᵀA/L, W_b = Aᵀ/L, θ = λ/L, so that the untrained model
+    *is* ISTA. Layer 0 acts on x_0 = 0 and has no W_x. Weights are stored transposed, for
+    batch-first products: ``x @ wx[t-1]`` and ``y @ wb[t]``.
+    """
+
+    def __init__(self, A: torch.Tensor, steps: int, L: float, lam: float):
+        super().__init__(A, steps)
+        A64 = A.to(torch.float64)
+        n = A.shape[1]
+        gram = (torch.eye(n, dtype=torch.float64) - A64.T @ A64 / L).to(A.dtype)
+        self.wx = nn.ParameterList(nn.Parameter(gram.clone()) for _ in range(steps - 1))
+        self.wb = nn.ParameterList(nn.Parameter((A / L).clone()) for _ in range(steps))
+        self.theta = nn.Parameter(torch.full((steps,), lam / L, dtype=A.dtype))
+
+    def advance(self, state, t):
+        y = state["y"]
+        drive = y @ self.wb[t]
+        v = drive if t == 0 else torch.addmm(drive, state["x"], self.wx[t - 1])
+        return {"y": y, "x": soft_threshold(v, self.theta[t])}
+
+    def layer_costs(self):
+        n, m = self.n, self.m
+        costs = torch.full((self.max_steps,), float(n * n + n * m), dtype=torch.float64)
+        costs[0] = n * m
+        return costs
+
+
+class ResidualStepModel(SparseStepModel):
+    """A model whose state carries the residual ``r = A x − y`` of the current estimate
+    (computed once per layer, reused by the next layer and by the policy features)."""
+
+    def start(self, y):
+        state = super().start(y)
+        return {**state, "r": -state["y"]}
+
+    def residual(self, state):
+        return -state["r"]
+
+    def layer_costs(self):
+        return torch.full((self.max_steps,), 2.0 * self.m * self.n, dtype=torch.float64)
+
+    def feature_costs(self):
+        return torch.zeros(self.max_steps, dtype=torch.float64)
+
+    def _update(self, state, t: int, step: torch.Tensor) -> dict[str, torch.Tensor]:
+        """x_{t+1} = η^{ss}_{θ_t}(x_t − step) and its residual, ``step (B, n)``."""
+        y = state["y"]
+        x = support_threshold(state["x"] - step, self.theta[t], self.keep[t])
+        return {"y": y, "x": x, "r": x @ self.A.T - y}
+
+
+class ALISTA(ResidualStepModel):
+    """ALISTA (Liu et al. 2019, Eq. 16) with support selection:
+
+        x_{t+1} = η^{ss, p_t}_{θ_t}(x_t − γ_t Wᵀ(A x_t − y)),
+
+    W the analytic weight (:func:`analytic_weight`), only the step sizes γ_t and thresholds θ_t
+    learned; layer t passes ``keep[t]`` entries unshrunk (:func:`support_threshold`). The state
+    carries the residual ``r = A x − y`` of the current estimate, reused by the next layer and by
+    the policy features.
+    """
+
+    def __init__(self, A: torch.Tensor, steps: int, gamma: float, theta: float, keep: list[int]):
+        super().__init__(A, steps)
+        if len(keep) != steps:
+            raise ValueError(f"keep needs one support size per layer ({steps}); got {len(keep)}")
+        self.register_buffer("W", analytic_weight(A))
+        self.gamma = nn.Parameter(torch.full((steps,), float(gamma), dtype=A.dtype))
+        self.theta = nn.Parameter(torch.full((steps,), float(theta), dtype=A.dtype))
+        self.keep = [int(k) for k in keep]
+
+    def advance(self, state, t):
+        return self._update(state, t, self.gamma[t] * (state["r"] @ self.W))
+
+
+class LISTACPSS(ResidualStepModel):
+    """LISTA-CP with support selection (Chen et al. 2018, Eq. 13), untied:
+
+        x_{t+1} = η^{ss, p_t}_{θ_t}(x_t − W_tᵀ(A x_t − y)),
+
+    a learned ``(m, n)`` W_t and threshold θ_t per layer (the coupled form W_x = I − W_tᵀA keeps
+    x* a fixed point). :meth:`from_alista` starts it at a trained ALISTA (W_t = γ_t W); weights
+    are stored as used in batch-first products, ``r @ w[t]``. Like ALISTA, the state carries the
+    residual.
+    """
+
+    def __init__(self, A: torch.Tensor, weights: list[torch.Tensor], thetas, keep: list[int]):
+        steps = len(weights)
+        super().__init__(A, steps)
+        if len(keep) != steps or len(thetas) != steps:
+            raise ValueError(
+                f"need one weight, threshold and support size per layer; got {steps} weights, "
+                f"{len(thetas)} thresholds, {len(keep)} support sizes"
+            )
+        for w in weights:
+            if w.shape != A.shape:
+                raise ValueError(
+                    f"each W_t must have A's shape {tuple(A.shape)}; got {tuple(w.shape)}"
+                )
+        self.w = nn.ParameterList(nn.Parameter(w.detach().clone().to(A.dtype)) for w in weights)
+        self.theta = nn.Parameter(torch.as_tensor(thetas, dtype=A.dtype).detach().clone())
+        self.keep = [int(k) for k in keep]
+
+    @classmethod
+    def from_alista(cls, alista: ALISTA) -> LISTACPSS:
+        """The LISTA-CP-SS that computes exactly what ``alista`` computes."""
+        weights = [alista.W * g for g in alista.gamma.detach()]
+        return cls(alista.A, weights, alista.theta.detach(), alista.keep)
+
+    def advance(self, state, t):
+        return self._update(state, t, state["r"] @ self.w[t])

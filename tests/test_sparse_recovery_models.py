@@ -1,0 +1,255 @@
+"""The sparse-recovery step models against independent references: ISTA and FISTA against plain
+per-sample loops, LISTA from ISTA equals ISTA, ALISTA's analytic weight against its defining
+optimisation, LISTA-CP-SS from ALISTA equals ALISTA, thresholds against loops, multiply-add
+counts against torch's FLOP counter, and adaptive execution (shrink == masked == dense)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from stopwise.inference import HazardThreshold, SampleRule, run_adaptive
+from stopwise.steps import unroll
+from stopwise.tasks.sparse_recovery.data import fixed_split, sensing_matrix
+from stopwise.tasks.sparse_recovery.models import (
+    ALISTA,
+    FISTA,
+    ISTA,
+    LISTA,
+    LISTACPSS,
+    analytic_weight,
+    soft_threshold,
+    support_sizes,
+    support_threshold,
+)
+from stopwise.tasks.sparse_recovery.policy import StopPolicy
+
+
+@pytest.fixture(scope="module")
+def problem():
+    A = sensing_matrix(12, 24, 5.0, seed=4)
+    split = fixed_split(A, 5, 0.2, [20.0, 30.0, 40.0], seed=1)
+    return A, split
+
+
+def soft_reference(v: float, theta: float) -> float:
+    if v > theta:
+        return v - theta
+    if v < -theta:
+        return v + theta
+    return 0.0
+
+
+def ista_reference(A, y, L, lam, steps, fista=False):
+    """Daubechies et al. / Beck & Teboulle, one sample, float64, explicit loops."""
+    A = np.asarray(A, dtype=np.float64)
+    m, n = A.shape
+    x = [0.0] * n
+    x_prev = [0.0] * n
+    tau = 1.0
+    z = list(x)
+    out = []
+    for _ in range(steps):
+        residual = [sum(A[i, j] * z[j] for j in range(n)) - y[i] for i in range(m)]
+        grad = [sum(A[i, j] * residual[i] for i in range(m)) for j in range(n)]
+        x_new = [soft_reference(z[j] - grad[j] / L, lam / L) for j in range(n)]
+        if fista:
+            tau_next = (1 + math.sqrt(1 + 4 * tau * tau)) / 2
+            z = [x_new[j] + (tau - 1) / tau_next * (x_new[j] - x[j]) for j in range(n)]
+            tau = tau_next
+        else:
+            z = x_new
+        x_prev, x = x, x_new
+        out.append(list(x))
+    del x_prev
+    return out
+
+
+@pytest.mark.parametrize("cls, fista", [(ISTA, False), (FISTA, True)])
+def test_ista_and_fista_match_a_plain_loop(problem, cls, fista):
+    A, split = problem
+    L, lam, steps = 3.0, 0.05, 12
+    trajectory = unroll(cls(A.double(), steps, L, lam), split.y[:4].double()).predictions
+    for row in range(4):
+        reference = ista_reference(A, split.y[row].tolist(), L, lam, steps, fista)
+        assert torch.allclose(
+            trajectory[row], torch.tensor(reference, dtype=torch.float64), atol=1e-10
+        )
+
+
+def test_fista_beats_ista_and_both_decrease_the_lasso_objective(problem):
+    A, split = problem
+    A, y = A.double(), split.y.double()
+    L = float(torch.linalg.matrix_norm(A, 2) ** 2)
+
+    def objective(x):
+        return 0.5 * ((x @ A.T - y) ** 2).sum(-1) + 0.05 * x.abs().sum(-1)
+
+    ista = unroll(ISTA(A, 30, L, 0.05), y).predictions
+    fista = unroll(FISTA(A, 30, L, 0.05), y).predictions
+    values = torch.stack([objective(ista[:, t]) for t in range(30)], 1)
+    assert bool((values[:, 1:] <= values[:, :-1] + 1e-12).all())  # ISTA with L ≥ ‖A‖² is monotone
+    assert float(objective(fista[:, -1]).sum()) <= float(objective(ista[:, -1]).sum())
+
+
+def test_lista_initialised_from_ista_is_ista(problem):
+    A, split = problem
+    ista = unroll(ISTA(A, 9, 2.5, 0.1), split.y).predictions
+    lista = unroll(LISTA(A, 9, 2.5, 0.1), split.y).predictions
+    assert torch.allclose(lista, ista, atol=1e-5)
+    model = LISTA(A, 9, 2.5, 0.1)
+    assert len(model.wx) == 8 and len(model.wb) == 9  # layer 0 acts on x0 = 0: no W_x
+
+
+def test_analytic_weight_solves_its_defining_problem():
+    """W = argmin ‖WᵀA‖_F² s.t. w_iᵀa_i = 1, solved column by column as a least-squares problem
+    over the affine set {w : a_iᵀw = 1} = w0 + null(a_iᵀ), independently of (AAᵀ)⁻¹."""
+    A = torch.randn(5, 9, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    W = analytic_weight(A)
+    assert torch.allclose((W * A).sum(0), torch.ones(9, dtype=torch.float64), atol=1e-12)
+    for i in range(9):
+        a = A[:, i]
+        w0 = a / a.dot(a)
+        null = torch.linalg.svd(a.view(1, -1))[2][1:].T  # (5, 4) basis of {d : aᵀd = 0}
+        z = torch.linalg.lstsq(A.T @ null, -(A.T @ w0)).solution
+        w = w0 + null @ z
+        assert torch.allclose(W[:, i], w, atol=1e-10)
+        # no feasible perturbation lowers the objective
+        best = float((A.T @ W[:, i]).square().sum())
+        for _ in range(5):
+            d = null @ torch.randn(4, dtype=torch.float64)
+            assert float((A.T @ (W[:, i] + 1e-3 * d)).square().sum()) >= best
+
+
+def test_thresholds_match_loops():
+    generator = torch.Generator().manual_seed(2)
+    v = torch.randn(7, 11, generator=generator, dtype=torch.float64)
+    theta = 0.4
+    expected = [[soft_reference(value, theta) for value in row] for row in v.tolist()]
+    assert torch.allclose(soft_threshold(v, theta), torch.tensor(expected, dtype=torch.float64))
+    keep = 3
+    out = support_threshold(v, theta, keep)
+    for r, row in enumerate(v.tolist()):
+        order = sorted(range(11), key=lambda j: -abs(row[j]))[:keep]
+        for j, value in enumerate(row):
+            kept = j in order and abs(value) > theta
+            assert float(out[r, j]) == pytest.approx(
+                value if kept else soft_reference(value, theta)
+            )
+    # the threshold's gradients: ∂η/∂θ = −sign(η), ∂η/∂v = 1{|v| > θ}
+    t = torch.tensor(theta, dtype=torch.float64, requires_grad=True)
+    vv = v.clone().requires_grad_(True)
+    torch.autograd.gradcheck(lambda a, b: soft_threshold(a, b), (vv, t))
+    torch.autograd.gradcheck(lambda a, b: support_threshold(a, b, keep), (vv, t))
+    assert float(soft_threshold(v, -1.0).sub(v).abs().max()) == 0.0  # θ < 0 acts as 0
+
+
+def test_support_sizes_follow_the_schedule():
+    assert support_sizes(500, 20, 0.012, 0.13) == [
+        math.ceil(500 * min(0.012 * (t + 1), 0.13) - 1e-9) for t in range(20)
+    ]
+    assert support_sizes(500, 20, 0.012, 0.13)[:3] == [6, 12, 18]
+    assert support_sizes(500, 20, 0.012, 0.13)[-1] == 65
+
+
+def test_lista_cp_ss_from_alista_is_alista(problem):
+    A, split = problem
+    keep = support_sizes(A.shape[1], 6, 0.05, 0.2)
+    alista = ALISTA(A, 6, 0.7, 0.05, keep)
+    with torch.no_grad():
+        alista.gamma.copy_(torch.linspace(0.5, 0.9, 6))
+        alista.theta.copy_(torch.linspace(0.1, 0.01, 6))
+    cpss = LISTACPSS.from_alista(alista)
+    assert torch.allclose(
+        unroll(alista, split.y).predictions, unroll(cpss, split.y).predictions, atol=1e-5
+    )
+
+
+def _counted_macs(model, y):
+    """Multiply-adds per sample of each step, counted by torch's FLOP counter (2 per MAC)."""
+    state = model.start(y)
+    per_step = []
+    for t in range(model.max_steps):
+        with FlopCounterMode(display=False) as counter:
+            state = model.advance(state, t)
+        per_step.append(counter.get_total_flops() / 2 / y.shape[0])
+    return per_step
+
+
+def test_step_costs_are_the_multiply_adds_actually_run(problem):
+    A, split = problem
+    m, n = A.shape
+    keep = support_sizes(n, 5, 0.05, 0.2)
+    models = {
+        "ista": ISTA(A, 5, 3.0, 0.1),
+        "fista": FISTA(A, 5, 3.0, 0.1),
+        "lista": LISTA(A, 5, 3.0, 0.1),
+        "alista": ALISTA(A, 5, 0.6, 0.1, keep),
+    }
+    expected = {
+        "ista": [m * n] + [2 * m * n] * 4,
+        "fista": [m * n] + [2 * m * n] * 4,
+        "lista": [m * n] + [n * n + n * m] * 4,
+        "alista": [2 * m * n] * 5,
+    }
+    for name, model in models.items():
+        layer = torch.diff(model.step_costs(), prepend=torch.zeros(1)).tolist()
+        assert layer == expected[name], name
+        assert _counted_macs(model, split.y) == expected[name], name
+    # residual features cost m·n where the state does not carry the residual
+    assert models["lista"].feature_costs().tolist() == [m * n] * 5
+    assert models["alista"].feature_costs().tolist() == [0.0] * 5
+
+
+@pytest.mark.parametrize("name", ["ista", "fista", "lista", "alista", "cpss"])
+@pytest.mark.parametrize("rule", [HazardThreshold(0.4), SampleRule(seed=3)])
+def test_shrink_masked_and_dense_agree(problem, name, rule):
+    A, split = problem
+    keep = support_sizes(A.shape[1], 6, 0.05, 0.2)
+    torch.manual_seed(0)
+    alista = ALISTA(A, 6, 0.6, 0.1, keep)
+    model = {
+        "ista": ISTA(A, 6, 3.0, 0.1),
+        "fista": FISTA(A, 6, 3.0, 0.1),
+        "lista": LISTA(A, 6, 3.0, 0.1),
+        "alista": alista,
+        "cpss": LISTACPSS.from_alista(alista),
+    }[name]
+    policy = StopPolicy(A.shape[0], A.shape[1], 6, hidden=(8,), init_bias=0.0)
+    valid = torch.tensor([True, False, True, True, False, True])
+    with torch.no_grad():
+        results = {
+            mode: run_adaptive(model, policy, split.y, rule, mode, valid)
+            for mode in ("dense", "masked", "shrink")
+        }
+    reference = results["dense"]
+    assert len(reference.stop_index.unique()) > 1  # the policy really stops at different steps
+    assert not bool((~valid[reference.stop_index]).any())
+    for mode in ("masked", "shrink"):
+        assert torch.equal(results[mode].stop_index, reference.stop_index), mode
+        assert torch.allclose(results[mode].predictions, reference.predictions, atol=1e-6), mode
+    trajectory = unroll(model, split.y).predictions
+    rows = torch.arange(split.y.shape[0])
+    assert torch.allclose(reference.predictions, trajectory[rows, reference.stop_index], atol=1e-6)
+
+
+def test_policy_features_and_summaries(problem):
+    A, split = problem
+    m, n = A.shape
+    model = LISTA(A, 4, 3.0, 0.1)
+    state = model.advance(model.start(split.y), 0)
+    features = model.features(state, 0)
+    assert features.shape == (split.y.shape[0], 2 * m + n)
+    residual = split.y - state["x"] @ A.T
+    assert torch.allclose(features[:, m : 2 * m], residual)
+    policy = StopPolicy(m, n, 4, hidden=(8,))
+    summary = policy.summary(features)
+    assert torch.allclose(summary[:, 1], torch.log((residual**2).mean(-1) + 1e-12), atol=1e-5)
+    assert torch.allclose(summary[:, 3], summary[:, 1] - summary[:, 0], atol=1e-4)
+    assert policy(features, 0).shape == (split.y.shape[0],)
+    with pytest.raises(ValueError, match="2m \\+ n"):
+        policy(features[:, :-1], 0)
+    with pytest.raises(ValueError, match="shape \\(B, m=12\\)"):
+        model.start(torch.zeros(3, 5))
