@@ -11,7 +11,7 @@ docs/sparse_recovery.md.
 from __future__ import annotations
 
 from .data import SparseBatch, fixed_split, sample_batch, sensing_matrix
-from .experiment import run
+from .experiment import check_config, run
 from .metrics import nmse_columns, nmse_db, step_losses
 from .models import ALISTA, FISTA, ISTA, LISTA, LISTACPSS, analytic_weight
 from .policy import StopPolicy
@@ -159,6 +159,7 @@ EXPERIMENTS = [
         "description": "L2S Table 2: ISTA, FISTA, LISTA, LISTA-stop and LISTA-CP-SS-stop on "
         "250×500 sparse recovery at 20/30/40 dB SNR.",
         "run": run,
+        "check": check_config,
         "defaults": DEFAULTS,
         "presets": PRESETS,
         "default_preset": "quick",
