@@ -257,6 +257,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--skip-quick", action="store_true", help="do not time the quick preset")
     parser.add_argument("--out", default=str(RESULTS / "sparse_recovery.json"))
+    parser.add_argument("--note", default="", help="how the machine was shared, etc.")
     args = parser.parse_args()
     reuse_freed_memory()
     torch.set_num_threads(1)
@@ -266,8 +267,7 @@ def main() -> None:
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": machine(),
         "threads": 1,
-        "note": "one thread; other 1-thread jobs (another helper's benchmarks) shared the "
-        "2-core machine, so wall times exceed CPU times",
+        "note": args.note,
     }
 
     run_dir = Path("runs") / "sparse-benchmark"
