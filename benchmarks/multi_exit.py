@@ -16,17 +16,14 @@ presets) and copies the figures to ``benchmarks/results/multi_exit[-<preset>]/``
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import shutil
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import torch
+from machine_info import machine
 
 from stopwise.experiments import get_experiment, resolve_config, run_experiment
 
@@ -38,17 +35,6 @@ TARGETS = {
     "speedup_over_mac_ratio": 0.8,
     "l2w_cost_ratio": 3.0,
 }
-
-
-def machine() -> dict:
-    return {
-        "cpu_count": os.cpu_count(),
-        "processor": platform.processor() or platform.machine(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-    }
 
 
 def timed_run(preset: str, out: Path, overrides: list[str]) -> tuple[dict, float, bool]:

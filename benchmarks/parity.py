@@ -14,32 +14,18 @@ figures next to it (``benchmarks/results/parity[-<preset>]/*.png``). Run directo
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import shutil
 import sys
 import time
 from pathlib import Path
 
-import torch
+from machine_info import machine
 
 from stopwise.experiments import get_experiment, resolve_config, run_experiment
 
 ROOT = Path(__file__).resolve().parent
 TARGETS_S = {"benchmark": 3600.0, "quick": 300.0}
-
-
-def machine() -> dict:
-    return {
-        "cpu_count": os.cpu_count(),
-        "processor": platform.processor() or platform.machine(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-    }
 
 
 def timed_run(preset: str, out: Path, overrides: list[str]) -> dict:

@@ -25,14 +25,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import shutil
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from machine_info import machine
 
 from stopwise.experiments import get_experiment, resolve_config, run_experiment
 from stopwise.inference import run_adaptive, run_fixed
@@ -50,16 +49,6 @@ PIPELINES = {
     "lista_stop": ["lista", "lista-stop-stage1", "lista-stop-stage2"],
     "cpss_stop": ["alista", "cpss-stop-stage1", "cpss-stop-stage2"],
 }
-
-
-def machine() -> dict:
-    return {
-        "cpu_count": os.cpu_count(),
-        "processor": platform.processor() or platform.machine(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
 
 
 def run_preset(preset: str, out: Path, fresh: bool) -> dict:
