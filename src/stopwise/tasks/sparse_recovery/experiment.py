@@ -254,16 +254,17 @@ class Stages:
         self.run_dir.write_json("stages.json", self.records)
 
 
-def train_lista(config, stages: Stages, A: torch.Tensor, start: tuple[float, float]) -> LISTA:
-    """LISTA from ISTA(L, λ) = ``start``, deep supervision (mean of all layers' losses)."""
-    model = LISTA(A, config["steps"], *start).to(A.device)
-    steps, lr = config["lista_steps"], config["lista_lr"]
+def train_deep_supervision(stages: Stages, model, name: str, stream: int, prefix: str):
+    """Train ``model`` on the mean of all layers' losses as stage ``name``; its schedule is the
+    config keys ``{prefix}_steps``, ``{prefix}_batch`` and ``{prefix}_lr``."""
+    config = stages.config
+    steps, batch, lr = (config[f"{prefix}_{key}"] for key in ("steps", "batch", "lr"))
 
     def train(stage):
         optimizer = stages.adam(model.parameters(), lr)
         fit_predictor(
             model,
-            stages.batches(0, config["lista_batch"]),
+            stages.batches(stream, batch),
             step_losses,
             optimizer,
             steps,
@@ -272,8 +273,14 @@ def train_lista(config, stages: Stages, A: torch.Tensor, start: tuple[float, flo
             scheduler=stages.cosine(optimizer, steps, lr),
         )
 
-    stages.run("lista", steps, train, batch=config["lista_batch"], lr=lr)
+    stages.run(name, steps, train, batch=batch, lr=lr)
     return model
+
+
+def train_lista(config, stages: Stages, A: torch.Tensor, start: tuple[float, float]) -> LISTA:
+    """LISTA from ISTA(L, λ) = ``start``, deep supervision (mean of all layers' losses)."""
+    model = LISTA(A, config["steps"], *start).to(A.device)
+    return train_deep_supervision(stages, model, "lista", 0, "lista")
 
 
 def train_stop_model(
@@ -352,26 +359,10 @@ def train_stop_model(
 
 
 def train_alista(config, stages: Stages, A: torch.Tensor) -> ALISTA:
+    """ALISTA with support selection (analytic W; only γ_t, θ_t learned), deep supervision."""
     keep = support_sizes(A.shape[1], config["steps"], config["ss_increment"], config["ss_max"])
     model = ALISTA(A, config["steps"], config["alista_gamma"], config["alista_theta"], keep)
-    model = model.to(A.device)
-    steps, lr = config["alista_steps"], config["alista_lr"]
-
-    def train(stage):
-        optimizer = stages.adam(model.parameters(), lr)
-        fit_predictor(
-            model,
-            stages.batches(4, config["alista_batch"]),
-            step_losses,
-            optimizer,
-            steps,
-            settings=stages.settings,
-            stage=stage,
-            scheduler=stages.cosine(optimizer, steps, lr),
-        )
-
-    stages.run("alista", steps, train, batch=config["alista_batch"], lr=lr)
-    return model
+    return train_deep_supervision(stages, model.to(A.device), "alista", 4, "alista")
 
 
 # ---------------------------------------------------------------- measurement
