@@ -5,6 +5,9 @@ Also times the ``quick`` preset (n = 8, one seed, all methods; target 5 minutes)
     flock /tmp/stopwise-cpu.lock .venv/bin/python benchmarks/parity.py            # benchmark + quick
     flock /tmp/stopwise-cpu.lock .venv/bin/python benchmarks/parity.py --preset sensitivity
 
+The sensitivity table is completed by ``parity.json``'s lines at values the sweep did not run, so a
+sweep may leave out the settings the benchmark already ran (docs/parity.md gives the command).
+
 Writes ``benchmarks/results/parity.json`` (``parity-<preset>.json`` for other presets) with the
 machine, the wall-clock times, the summary lines of the best settings and the table, and copies the
 figures next to it (``benchmarks/results/parity[-<preset>]/*.png``). Run directories go under
@@ -23,6 +26,7 @@ from pathlib import Path
 from machine_info import machine
 
 from stopwise.experiments import get_experiment, resolve_config, run_experiment
+from stopwise.tasks.parity.report import lines_table, sensitivity_lines
 
 ROOT = Path(__file__).resolve().parent
 TARGETS_S = {"benchmark": 3600.0, "quick": 300.0}
@@ -60,6 +64,27 @@ def timed_run(preset: str, out: Path, overrides: list[str]) -> dict:
     }
 
 
+def with_benchmark_lines(sweep: dict, benchmark: dict) -> str | None:
+    """The sweep's sensitivity table completed by the benchmark run's lines at values the sweep left
+    out (a sweep can skip each method's chosen setting and the fixed depths, which the benchmark
+    already ran with the same seeds); None when the two runs' task settings differ."""
+    ignored = ("threads", "workers")
+    if {k: v for k, v in sweep["task"].items() if k not in ignored} != {
+        k: v for k, v in benchmark["task"].items() if k not in ignored
+    }:
+        return None
+    swept = {(line["label"], line["value"]) for line in sweep["lines"]}
+    added = [
+        {**line, "source": "benchmark"}
+        for line in benchmark["lines"]
+        if (line["label"], line["value"]) not in swept
+    ]
+    if not added:
+        return None
+    lines = [{**line, "source": "sweep"} for line in sweep["lines"]] + added
+    return lines_table(sensitivity_lines(lines))
+
+
 def copy_figures(run_dir: Path, destination: Path) -> None:
     destination.mkdir(parents=True, exist_ok=True)
     for figure in (run_dir / "figures").glob("*.png"):
@@ -83,11 +108,17 @@ def main(argv: list[str] | None = None) -> int:
 
     name = "parity" if args.preset == "benchmark" else f"parity-{args.preset}"
     results_dir = ROOT / "results"
+    benchmark_json = results_dir / "parity.json"
+    if args.preset == "sensitivity" and benchmark_json.exists():
+        benchmark = json.loads(benchmark_json.read_text())["runs"][0]
+        merged = with_benchmark_lines(report["runs"][0], benchmark)
+        if merged:
+            report["runs"][0]["table_with_benchmark"] = merged
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
     copy_figures(out, results_dir / name)
     for run in report["runs"]:
-        print(run["table"])
+        print(run.get("table_with_benchmark") or run["table"])
         print(
             f"{run['preset']}: {run['wall_seconds']:.0f} s with {run['workers']} worker(s) × "
             f"{run['threads_per_worker']} thread(s); target {run['target_seconds']} s: "

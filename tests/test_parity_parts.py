@@ -16,6 +16,7 @@ from stopwise.tasks.parity import (
     ParityGRU,
     infer,
     posterior_logits,
+    report,
     sample_parity,
 )
 from stopwise.tasks.parity.metrics import average_ranks, evaluate_rule, spearman
@@ -163,3 +164,74 @@ def test_evaluate_rule_splits_interpolation_and_extrapolation():
     assert result["per_k"][1] == {"k": 2, "count": 2, "accuracy": 0.5, "mean_steps": 2.0}
     constant = evaluate_rule(logits, torch.zeros(5, dtype=torch.long), y, k, train_k=(1, 6))
     assert constant["spearman"] is None and constant["extrapolation"] is None
+
+
+def _line(label: str, value: float, rule: str = "r", main_rule: bool = True, **extra) -> dict:
+    return {
+        "label": label,
+        "value": value,
+        "rule": rule,
+        "main_rule": main_rule,
+        "symbol": "x",
+        "causal": True,
+        "seeds": [0, 1],
+        "interpolation_mean": 0.9,
+        "interpolation_std": 0.01,
+        "interpolation_min": 0.89,
+        "extrapolation_mean": None,
+        "successes": 0,
+        "mean_steps": 3.0,
+        "mean_steps_std": 0.5,
+        "steps_run": 3.0,
+        "spearman_mean": 0.1,
+        "train_seconds": 10.0,
+        **extra,
+    }
+
+
+def test_sensitivity_lines_keep_main_rules_of_swept_methods_by_value():
+    lines = [
+        _line("B", 3.0),
+        _line("A", 0.1),
+        _line("B", 1.0),
+        _line("B", 1.0, rule="other", main_rule=False),
+        _line("C", 5.0),  # one value: not swept
+    ]
+    kept = report.sensitivity_lines(lines)
+    assert [(line["label"], line["value"]) for line in kept] == [("B", 1.0), ("B", 3.0)]
+
+
+def test_lines_table_adds_a_run_column_only_for_lines_with_a_source():
+    plain = report.lines_table([_line("A", 0.1)])
+    assert "| run |" not in plain and "x=0.1" in plain and "90.00 ± 1.00" in plain
+    sourced = report.lines_table([_line("A", 0.1, source="sweep"), _line("A", 1.0)])
+    assert sourced.splitlines()[0].endswith("| run |")
+    assert sourced.splitlines()[2].endswith("| sweep |")
+
+
+def test_benchmark_merge_completes_a_sweep_with_the_benchmarks_other_values():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(folder))
+    try:
+        spec = importlib.util.spec_from_file_location("parity_benchmark", folder / "parity.py")
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+    finally:
+        sys.path.remove(str(folder))
+    task = {"n": 16, "updates": 10, "workers": 2, "threads": 1}
+    sweep = {"task": task, "lines": [_line("A", 0.3), _line("A", 3.0)]}
+    benchmark = {
+        "task": {**task, "workers": 1},
+        "lines": [_line("A", 1.0), _line("A", 3.0, successes=5), _line("F", 2), _line("F", 4)],
+    }
+    rows = bench.with_benchmark_lines(sweep, benchmark).splitlines()[2:]
+    assert [row.split("|")[2].strip() for row in rows] == ["x=0.3", "x=1", "x=3", "x=2", "x=4"]
+    assert [row.split("|")[-2].strip() for row in rows] == ["sweep", "benchmark", "sweep"] + [
+        "benchmark"
+    ] * 2
+    assert "0/2" in rows[2]  # the sweep's own line wins over the benchmark's at the same value
+    assert bench.with_benchmark_lines({**sweep, "task": {**task, "n": 8}}, benchmark) is None

@@ -11,7 +11,7 @@ from ...reporting import markdown_table, new_figure, save_figure
 from .methods import METHODS, RULES
 from .metrics import SUCCESS_ACCURACY
 
-__all__ = ["summarize", "write_tables", "write_figures"]
+__all__ = ["summarize", "lines_table", "sensitivity_lines", "write_tables", "write_figures"]
 
 _MARKERS = {"fixed": "s", "act": "o", "sample": "^", "median": "v", "hazard": "D", "greedy": "P"}
 
@@ -131,10 +131,10 @@ def _display(line: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def write_tables(summary: dict[str, Any], config: dict[str, Any]) -> str:
-    """Markdown: the best setting of every method with all its rules, then the sensitivity of
-    each method's main rule to its hyperparameter (when more than one value was run)."""
-    lines = [_display(line) for line in summary["lines"]]
+def lines_table(lines: list[dict[str, Any]]) -> str:
+    """A markdown table of summary lines (one row per method, setting and rule). A line with a
+    ``source`` key (where it was measured) adds a column for it."""
+    lines = [_display(line) for line in lines]
     extrapolating = any(line["extrapolation_mean"] is not None for line in lines)
     columns = [
         ("label", "method", "s"),
@@ -148,7 +148,25 @@ def write_tables(summary: dict[str, Any], config: dict[str, Any]) -> str:
         ("steps_run", "steps run", ".2f"),
         ("spearman_mean", "Spearman(steps, k)", ".2f"),
         ("train_seconds", "train s", ".0f"),
+        *([("source", "run", "s")] if any("source" in line for line in lines) else []),
     ]
+    return markdown_table(lines, columns)
+
+
+def sensitivity_lines(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The main-rule lines of every method run at more than one value of its hyperparameter,
+    in method order and by value."""
+    values = defaultdict(set)
+    for line in lines:
+        values[line["label"]].add(line["value"])
+    order = {label: i for i, label in enumerate(dict.fromkeys(line["label"] for line in lines))}
+    swept = [line for line in lines if line["main_rule"] and len(values[line["label"]]) > 1]
+    return sorted(swept, key=lambda line: (order[line["label"]], line["value"]))
+
+
+def write_tables(summary: dict[str, Any], config: dict[str, Any]) -> str:
+    """Markdown: the best setting of every method with all its rules, then the sensitivity of
+    each method's main rule to its hyperparameter (when more than one value was run)."""
     task = summary["task"]
     parts = [
         f"Parity n={task['n']}, train k∈{task['train_k']}, test k∈{task['test_k']}; "
@@ -161,24 +179,15 @@ def write_tables(summary: dict[str, Any], config: dict[str, Any]) -> str:
         "",
         "Best setting of each method (by validation accuracy of its first rule):",
         "",
-        markdown_table([line for line in lines if line["best"]], columns),
+        lines_table([line for line in summary["lines"] if line["best"]]),
     ]
-    swept = {
-        (line["method"], line["variant"])
-        for line in lines
-        if len({c["value"] for c in lines if c["label"] == line["label"]}) > 1
-    }
-    if swept:
-        sensitivity = [
-            line
-            for line in lines
-            if line["main_rule"] and (line["method"], line["variant"]) in swept
-        ]
+    sensitivity = sensitivity_lines(summary["lines"])
+    if sensitivity:
         parts += [
             "",
             "Sensitivity to each method's hyperparameter (first rule):",
             "",
-            markdown_table(sensitivity, columns),
+            lines_table(sensitivity),
         ]
     parts += ["", "Rules: " + "; ".join(f"{name}: {text}" for name, (text, _) in RULES.items())]
     return "\n".join(parts)
