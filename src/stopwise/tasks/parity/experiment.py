@@ -126,7 +126,7 @@ def _cost(job: dict[str, Any], config: dict[str, Any]) -> float:
     return (config["updates"] + extra) * steps
 
 
-def _eval_set(config: dict[str, Any], seed: int, which: str):
+def evaluation_set(config: dict[str, Any], seed: int, which: str):
     """The validation set (training k range) or the test set (test k range) of a seed."""
     offset, size, k_range = {
         "val": (101, config["val_size"], config["train_k"]),
@@ -167,7 +167,7 @@ def run_job(job: dict[str, Any], config: dict[str, Any], run_path: str) -> dict[
     training = Training(config, settings, sample, job["seed"])
     heads = train_method(method.name, model, job["value"], training)
 
-    sets = {which: _eval_set(config, job["seed"], which) for which in ("val", "test")}
+    sets = {which: evaluation_set(config, job["seed"], which) for which in ("val", "test")}
     rows = []
     for variant, head in heads.items():
         for rule in method.rules:

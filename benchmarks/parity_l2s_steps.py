@@ -1,0 +1,73 @@
+"""Why L2S with a small β fails on parity: accuracy of every step of the stage-I models.
+
+Reads the stage-I checkpoints of parity runs (``--run``, repeatable; a job found in several runs is
+taken from the first that holds its checkpoint) and, for each L2S job, evaluates every step's
+prediction on that seed's 10,000 test vectors: the accuracy of each step, of the oracle (some step
+right, which needs the label) and how often the steps disagree. Writes ``benchmarks/results/parity-l2s-steps.json``.
+
+    .venv/bin/python benchmarks/parity_l2s_steps.py --run runs/parity-sensitivity5 \
+        --run runs/parity-sensitivity
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from stopwise.checkpoints import load_checkpoint
+from stopwise.steps import unroll
+from stopwise.tasks.parity.experiment import evaluation_set
+from stopwise.tasks.parity.model import ParityGRU
+
+ROOT = Path(__file__).resolve().parent
+
+
+@torch.no_grad()
+def step_accuracies(run: Path, job: dict) -> dict:
+    config = json.loads((run / "config.json").read_text())
+    model = ParityGRU(config["n"], config["hidden"], config["max_steps"])
+    checkpoint = load_checkpoint(run / "checkpoints" / job["id"] / "l2s-stage1.pt")
+    model.load_state_dict(checkpoint["state"]["model"])
+    test = evaluation_set(config, job["seed"], "test")
+    correct = (unroll(model, test.x).predictions > 0).float() == test.y.unsqueeze(-1)
+    return {
+        "id": job["id"],
+        "run": str(run),
+        "beta": job["value"],
+        "seed": job["seed"],
+        "step_accuracy": correct.float().mean(0).tolist(),
+        "oracle_accuracy": correct.any(-1).float().mean().item(),
+        "steps_disagree": (correct.any(-1) & ~correct.all(-1)).float().mean().item(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", action="append", required=True, help="a parity run directory")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    jobs = {}  # id -> (run, job)
+    for run in map(Path, args.run):
+        for path in sorted((run / "jobs").glob("l2s-*.json")):
+            job = json.loads(path.read_text())["job"]
+            if (run / "checkpoints" / job["id"] / "l2s-stage1.pt").exists():  # not a reused job
+                jobs.setdefault(job["id"], (run, job))
+    order = sorted(jobs.values(), key=lambda pair: (pair[1]["value"], pair[1]["seed"]))
+    rows = [step_accuracies(run, job) for run, job in order]
+    for row in rows:
+        steps = " ".join(f"{100 * a:5.1f}" for a in row["step_accuracy"])
+        print(
+            f"{row['id']:>12}: oracle {100 * row['oracle_accuracy']:5.1f}%, steps disagree on "
+            f"{100 * row['steps_disagree']:5.1f}%; per step {steps}",
+        )
+    out = ROOT / "results" / "parity-l2s-steps.json"
+    out.write_text(json.dumps({"runs": args.run, "jobs": rows}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
