@@ -68,10 +68,11 @@ def with_benchmark_lines(sweep: dict, benchmark: dict) -> str | None:
     """The sweep's sensitivity table completed by the benchmark run's lines at values the sweep left
     out (a sweep can skip each method's chosen setting and the fixed depths, which the benchmark
     already ran with the same seeds); None when the two runs' task settings differ."""
-    ignored = ("threads", "workers")
-    if {k: v for k, v in sweep["task"].items() if k not in ignored} != {
-        k: v for k, v in benchmark["task"].items() if k not in ignored
-    }:
+
+    def task(run: dict) -> dict:  # the settings that decide a job's numbers
+        return {k: v for k, v in run["task"].items() if k not in ("threads", "workers")}
+
+    if task(sweep) != task(benchmark):
         return None
     swept = {(line["label"], line["value"]) for line in sweep["lines"]}
     added = [

@@ -27,8 +27,7 @@ ROOT = Path(__file__).resolve().parent
 
 
 @torch.no_grad()
-def step_accuracies(run: Path, job: dict) -> dict:
-    config = json.loads((run / "config.json").read_text())
+def step_accuracies(run: Path, config: dict, job: dict) -> dict:
     model = ParityGRU(config["n"], config["hidden"], config["max_steps"])
     checkpoint = load_checkpoint(run / "checkpoints" / job["id"] / "l2s-stage1.pt")
     model.load_state_dict(checkpoint["state"]["model"])
@@ -56,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
             job = json.loads(path.read_text())["job"]
             if (run / "checkpoints" / job["id"] / "l2s-stage1.pt").exists():  # not a reused job
                 jobs.setdefault(job["id"], (run, job))
+    configs = {run: json.loads((run / "config.json").read_text()) for run, _ in jobs.values()}
     order = sorted(jobs.values(), key=lambda pair: (pair[1]["value"], pair[1]["seed"]))
-    rows = [step_accuracies(run, job) for run, job in order]
+    rows = [step_accuracies(run, configs[run], job) for run, job in order]
     for row in rows:
         steps = " ".join(f"{100 * a:5.1f}" for a in row["step_accuracy"])
         print(
