@@ -13,10 +13,12 @@ from stopwise.inference import (
     CumulativeThreshold,
     HazardThreshold,
     SampleRule,
+    ScoreThreshold,
     exit_distribution,
     fit_exit_thresholds,
     fit_threshold,
     hazard_trajectory,
+    in_chunks,
     run_adaptive,
     run_fixed,
     stop_indices,
@@ -176,7 +178,7 @@ def brute_force_threshold(hazards, budget, costs):
     """Try every observed hazard as a threshold; keep the most expensive within budget."""
     best = None
     for value in sorted(set(hazards.flatten().tolist())) + [math.inf]:
-        cost = costs[stop_indices(hazards, HazardThreshold.from_score_threshold(value))].mean()
+        cost = costs[stop_indices(hazards, ScoreThreshold(value))].mean()
         if cost <= budget and (best is None or cost >= best[1]):
             best = (value, float(cost))
     return best
@@ -243,7 +245,7 @@ def test_exit_thresholds_reproduce_target_distribution(p):
     q = exit_distribution(p, 5)
     thresholds = fit_exit_thresholds(scores, q)
     assert thresholds.tolist() == reference_msdnet_thresholds(scores.tolist(), q.tolist())
-    exits = stop_indices(scores, HazardThreshold.from_score_threshold(thresholds))
+    exits = stop_indices(scores, ScoreThreshold(thresholds))
     counts = torch.bincount(exits, minlength=5)
     assert counts[:-1].tolist() == [math.floor(1000 * float(v)) for v in q[:-1]]
     assert int(counts.sum()) == 1000
@@ -263,3 +265,13 @@ def test_bad_arguments_are_named():
         run_adaptive(model, policy, x, HazardThreshold(0.5), valid_steps=torch.ones(3).bool())
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         HazardThreshold(1.5)
+
+
+def test_in_chunks_equals_one_pass_for_tensors_and_states():
+    x = torch.randn(23, 4, generator=torch.Generator().manual_seed(0))
+    whole = torch.tanh(x) * 2
+    assert torch.equal(in_chunks(lambda c: torch.tanh(c) * 2, x, chunk=5), whole)
+    pair = in_chunks(lambda s: (s["a"].sum(-1), s["b"]), {"a": x, "b": x[:, 0]}, chunk=4)
+    assert torch.equal(pair[0], x.sum(-1)) and torch.equal(pair[1], x[:, 0])
+    with pytest.raises(ValueError, match="chunk must be >= 1"):
+        in_chunks(torch.tanh, x, chunk=0)

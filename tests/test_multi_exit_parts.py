@@ -86,7 +86,7 @@ def test_exit_thresholds_reproduce_the_target_distribution(p):
     difficulty = torch.randn(N, 1, generator=g)
     val = torch.arange(K) * 0.7 - difficulty + 0.5 * torch.randn(N, K, generator=g)
     q = exit_distribution(p, K)
-    rule = HazardThreshold.from_score_threshold(fit_exit_thresholds(val, q))
+    rule = ScoreThreshold(fit_exit_thresholds(val, q))
     counts = torch.bincount(stop_indices(val.double(), rule), minlength=K)
     expected = [math.floor(N * float(q[k])) for k in range(K - 1)]
     assert counts[:-1].tolist() == expected  # exact on the fitting split (no ties)
@@ -351,7 +351,7 @@ def test_shrink_equals_dense_and_the_vectorised_evaluation():
     test_x, _ = tiny_batch(300, seed=12, dtype=torch.float32)
     val_logits, test_logits = exit_logits(model, val_x), exit_logits(model, test_x, batch=70)
     thresholds = fit_exit_thresholds(confidence_scores(val_logits), exit_distribution(1.0, 3))
-    rule = HazardThreshold.from_score_threshold(thresholds)
+    rule = ScoreThreshold(thresholds)
     with torch.no_grad():
         shrink = run_adaptive(model, ConfidencePolicy(), test_x, rule, mode="shrink")
         dense = run_adaptive(model, ConfidencePolicy(), test_x, rule, mode="dense")

@@ -1,10 +1,11 @@
 """stopwise: models that learn when to stop computing, per input.
 
 The public contract (see DESIGN.md): :class:`StopTime`, :func:`oracle`, :mod:`stopwise.objectives`,
-:func:`run_adaptive`, :func:`calibrate`, and the ``stopwise`` command.
+:func:`run_adaptive`, :func:`calibrate`, the training stages (``fit_*``), the batch sources, the
+task contract (:mod:`stopwise.experiments`, :mod:`stopwise.config`) and the ``stopwise`` command.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from . import objectives  # noqa: E402
 from .inference import (  # noqa: E402
@@ -12,14 +13,28 @@ from .inference import (  # noqa: E402
     CumulativeThreshold,
     HazardThreshold,
     SampleRule,
+    ScoreThreshold,
     calibrate,
     fit_exit_thresholds,
     fit_threshold,
+    in_chunks,
     run_adaptive,
+    run_fixed,
 )
-from .policies import create_policy, list_policies  # noqa: E402
+from .policies import create_policy, list_policies, register_policy  # noqa: E402
 from .steps import StepModel, Trajectory, unroll  # noqa: E402
 from .stoptime import StopTime, oracle  # noqa: E402
+from .training import (  # noqa: E402
+    EpochBatches,
+    GeneratedBatches,
+    LoopSettings,
+    fit_joint,
+    fit_oracle,
+    fit_policy,
+    fit_predictor,
+    optimize,
+    train_loop,
+)
 
 __all__ = [
     "__version__",
@@ -30,7 +45,10 @@ __all__ = [
     "Trajectory",
     "unroll",
     "run_adaptive",
+    "run_fixed",
+    "in_chunks",
     "AdaptiveResult",
+    "ScoreThreshold",
     "HazardThreshold",
     "CumulativeThreshold",
     "SampleRule",
@@ -39,4 +57,14 @@ __all__ = [
     "fit_exit_thresholds",
     "create_policy",
     "list_policies",
+    "register_policy",
+    "EpochBatches",
+    "GeneratedBatches",
+    "LoopSettings",
+    "train_loop",
+    "optimize",
+    "fit_predictor",
+    "fit_oracle",
+    "fit_policy",
+    "fit_joint",
 ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -53,22 +54,29 @@ def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``; anything else raises :class:`CheckpointError`."""
+    """Load a checkpoint with ``weights_only=True``; anything else raises :class:`CheckpointError`
+    naming the file, saying it was not loaded and how to recover."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
+    recover = (
+        "It was not loaded. If it belongs to a run directory, delete it and rerun the same "
+        "command: the stage it saved is trained again."
+    )
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of files it then loads fine, or refuses.
+            warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
         raise CheckpointError(
-            f"{path} holds objects other than tensors and plain Python values; refusing to load "
-            f"it (weights_only=True). Details: {str(error).splitlines()[0]}"
+            f"{path} holds objects other than tensors and plain Python values (it could run "
+            f"code), so it is refused. {recover}"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise CheckpointError(
-            f"{path} is not a readable checkpoint (truncated or corrupted?): "
-            f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
-        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, KeyError, IndexError):
+        raise CheckpointError(f"{path} is truncated or corrupted. {recover}") from None
     if not isinstance(checkpoint, dict):
-        raise CheckpointError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict")
+        raise CheckpointError(
+            f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict. {recover}"
+        )
     return checkpoint

@@ -1,5 +1,10 @@
 """The ``stopwise`` command: ``stopwise list``, ``stopwise show NAME``,
-``stopwise run NAME --preset P --out DIR --set key=value``, ``stopwise --version``."""
+``stopwise run NAME --preset P --out DIR --set key=value``, ``stopwise --version``.
+
+``--module PKG.MOD`` (or a path to a ``.py`` file), repeatable, registers the experiments of a
+user's own module; installed packages can register through the ``stopwise.experiments``
+entry-point group instead. Exit codes: 0 done, 2 a refused config or directory (nothing written).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from .checkpoints import CheckpointError
-from .experiments import ConfigError, get_experiment, list_experiments, load_tasks, resolve_config
+from .config import ConfigError, describe, to_plain
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -18,12 +23,23 @@ def _parser() -> argparse.ArgumentParser:
         prog="stopwise", description="Models that learn when to stop computing, per input."
     )
     parser.add_argument("--version", action="version", version=f"stopwise {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--module",
+        dest="modules",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import a module (dotted name or .py path) that registers experiments; repeatable",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("list", help="list the experiments and their presets")
-    show = commands.add_parser("show", help="show an experiment's config keys and presets")
+    commands.add_parser("list", parents=[common], help="list the experiments and their presets")
+    show = commands.add_parser(
+        "show", parents=[common], help="an experiment's keys (type, range, help) and config"
+    )
     show.add_argument("name")
     show.add_argument("--preset", default=None)
-    run = commands.add_parser("run", help="run an experiment into a run directory")
+    run = commands.add_parser("run", parents=[common], help="run an experiment into a directory")
     run.add_argument("name", help="experiment name (see `stopwise list`)")
     run.add_argument("--preset", default=None, help="named preset (default: the experiment's)")
     run.add_argument("--out", default=None, help="run directory (default: runs/NAME-PRESET)")
@@ -33,47 +49,64 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config key; repeatable",
+        help="override a config key (dotted for groups: stage1.steps=100); repeatable",
     )
     return parser
 
 
 def _list() -> None:
+    from .experiments import list_experiments, load_tasks
+
     for experiment in list_experiments():
         presets = ", ".join(
             p + (" (default)" if p == experiment.default_preset else "") for p in experiment.presets
         )
-        print(f"{experiment.name:<18} {experiment.description}")
-        print(f"{'':<18} presets: {presets}")
-    for module, error in load_tasks().items():
-        print(f"(could not load {module}: {error})", file=sys.stderr)
+        print(f"{experiment.name:<20} {experiment.description}")
+        print(f"{'':<20} presets: {presets}")
+    for source, error in load_tasks().items():
+        print(f"(could not load {source}: {error})", file=sys.stderr)
 
 
 def _show(name: str, preset: str | None) -> None:
+    from .experiments import get_experiment, resolve_config
+
     experiment = get_experiment(name)
-    print(json.dumps(resolve_config(experiment, preset), indent=2))
+    config, preset = resolve_config(experiment, preset)
+    print(f"{experiment.name}: {experiment.description}\n")
+    for entry in describe(experiment.config):
+        allowed = f" ({entry['allowed']})" if entry["allowed"] else ""
+        help_text = f" — {entry['help']}" if entry["help"] else ""
+        print(f"  {entry['key']}: {entry['type']}{allowed}{help_text}")
+    print(f"\nresolved config of preset {preset!r}:")
+    print(json.dumps(to_plain(config), indent=2))
     print("presets:", json.dumps(experiment.presets, indent=2))
 
 
-def _run(name: str, preset: str | None, out: str | None, overrides: list[str]) -> None:
+def _run(args) -> None:
     from .experiments import run_experiment
 
-    run = run_experiment(name, preset, out, overrides)
-    table = run.path / "table.md"
-    if table.exists():
-        print(table.read_text())
+    run = run_experiment(args.name, args.preset, args.out, args.overrides, args.modules)
+    if run.table_path.exists():
+        print(run.table_path.read_text())
+    if run.summary:
+        print(run.summary)
     print(f"run directory: {Path(run.path).resolve()}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command != "run":
+            from .experiments import load_module
+
+            for module in args.modules:
+                load_module(module)
         if args.command == "list":
             _list()
         elif args.command == "show":
             _show(args.name, args.preset)
         elif args.command == "run":
-            _run(args.name, args.preset, args.out, args.overrides)
+            _run(args)
     except (ConfigError, CheckpointError) as error:
         print(f"stopwise: error: {error}", file=sys.stderr)
         return 2

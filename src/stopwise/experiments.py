@@ -1,30 +1,51 @@
-"""The registry of runnable experiments, their presets, and the run directory they write.
+"""Experiments and the job runner.
 
-An experiment is a function ``run(config, run_dir)`` with typed defaults and named presets. A task
-module lists its experiments as plain dicts in ``EXPERIMENTS`` (the arguments of
-:class:`Experiment`); :func:`load_tasks` imports the modules of ``TASK_MODULES`` and registers them. ``run_experiment`` resolves the config
-(validating every key and type before anything touches the disk), prepares the run directory and
-resumes an interrupted run in place:
+An :class:`Experiment` is what a task registers: a typed config class (see :mod:`stopwise.config`)
+with named presets, ``jobs(config) -> [Job]``, ``run_job(job, context) -> record`` and
+``report(results, config) -> Report``. The runner owns everything else:
 
-    <out>/config.json    the resolved config (plain types)
-    <out>/env.json       versions, threads, seed, machine
-    <out>/metrics.jsonl  training curves
-    <out>/results.json   the numbers a table is made of
+* every job runs once per seed of ``config.seeds``, after the jobs it depends on (same seed);
+* a finished job is cached in ``jobs/<id>.json`` with the settings that decide its numbers, and
+  is never rerun; a rerun whose settings differ for a job that has finished or started is refused
+  with a message naming the difference; finished jobs of another run directory with identical
+  settings are reused (``reuse_from``);
+* an interrupted job resumes from its last checkpoint (``checkpoints/<id>/<stage>.pt``);
+* random numbers come from named streams (:meth:`JobContext.generator`): the same name and seed
+  give the same draws in every job, so methods compared on one seed see the same data;
+* independent jobs run in ``workers`` processes, ``threads`` torch threads each;
+* one logger; progress bars only on a terminal.
+
+A run directory::
+
+    <out>/config.json    experiment, preset and the resolved config
+    <out>/env.json       versions, machine, threads; the first start and every resume
+    <out>/metrics.jsonl  training curves of every job ({"job", "stage", "step", ...} per line)
+    <out>/jobs/<id>.json a finished job: its settings, record and timing
+    <out>/checkpoints/<id>/<stage>.pt
+    <out>/results.json   the numbers the table is made of (written last)
     <out>/table.md       the table, ready to paste
     <out>/figures/*.png
-    <out>/checkpoints/   stage checkpoints (resume)
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import errno
+import fcntl
+import hashlib
 import importlib
+import importlib.util
 import json
+import logging
+import multiprocessing
 import os
 import platform
+import shutil
 import subprocess
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -33,96 +54,142 @@ import torch
 
 from . import __version__
 from .checkpoints import atomic_write_text
-from .training import LoopSettings, is_main_process, seed_everything, set_threads
+from .config import (
+    RUNNER_KEYS,
+    ConfigError,
+    build,
+    flatten,
+    parse_value,
+    schema,
+    to_plain,
+    validate,
+)
+from .contract import (
+    Experiment,
+    Job,
+    JobContext,
+    JobResult,
+    PlannedJob,
+    Report,
+    RunDir,
+    _plain,
+    job_id,
+    read_result,
+    stream_seed,
+)
+from .training import MetricsLog, is_main_process, seed_everything, set_threads
 
 __all__ = [
     "ConfigError",
+    "Job",
+    "JobContext",
+    "JobResult",
+    "Report",
     "Experiment",
     "RunDir",
     "register_experiment",
     "get_experiment",
     "list_experiments",
     "load_tasks",
+    "load_module",
+    "experiment_source",
     "resolve_config",
+    "plan_jobs",
     "run_experiment",
-    "COMMON_DEFAULTS",
+    "stream_seed",
 ]
 
-# Modules that register experiments when imported (layer 8 may import tasks; tasks never import it).
+logger = logging.getLogger("stopwise")
+
+# Built-in task modules (layer 8 may import tasks; tasks never import it). Out-of-tree packages
+# register through the entry-point group ENTRY_POINTS or ``stopwise --module``.
 TASK_MODULES = (
     "stopwise.tasks.toy",
     "stopwise.tasks.sparse_recovery",
     "stopwise.tasks.parity",
     "stopwise.tasks.multi_exit",
 )
-
-COMMON_DEFAULTS: dict[str, Any] = {
-    "seed": 0,
-    "threads": 1,
-    "device": "cpu",
-    "checkpoint_every": 500,
-    "progress": True,
-}
+ENTRY_POINTS = "stopwise.experiments"
 
 
-class ConfigError(ValueError):
-    """A bad experiment name, preset, key or value; the message names it and lists the choices."""
+# ---------------------------------------------------------------- the task contract
 
 
-@dataclass
-class Experiment:
-    """A runnable experiment. ``defaults`` lists every key with a typed default value;
-    ``presets`` map a name to overrides of some keys; ``check(config)``, if given, raises
-    ValueError naming a bad value, and runs before anything is written."""
-
-    name: str
-    description: str
-    run: Callable[[dict[str, Any], RunDir], Any]
-    defaults: dict[str, Any]
-    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
-    default_preset: str = "quick"
-    check: Callable[[dict[str, Any]], None] | None = None
-
-    def __post_init__(self):
-        config = {**COMMON_DEFAULTS, **self.defaults}
-        for preset, overrides in self.presets.items():
-            unknown = set(overrides) - set(config)
-            if unknown:
-                raise ValueError(
-                    f"{self.name}: preset {preset!r} sets unknown keys {sorted(unknown)}"
-                )
-        if self.presets and self.default_preset not in self.presets:
-            raise ValueError(f"{self.name}: default preset {self.default_preset!r} is not defined")
-
+# ---------------------------------------------------------------- registry
 
 _EXPERIMENTS: dict[str, Experiment] = {}
+_SOURCES: dict[str, str] = {}  # experiment name -> the module or entry point that registered it
 _LOAD_ERRORS: dict[str, str] = {}
-_TASKS_LOADED = False
+_LOADED: set[str] = set()
 
 
 def register_experiment(experiment: Experiment) -> Experiment:
-    if experiment.name in _EXPERIMENTS:
+    """Add ``experiment`` to the registry (once per name)."""
+    known = _EXPERIMENTS.get(experiment.name)
+    if known is not None and known is not experiment:
         raise ValueError(f"experiment {experiment.name!r} is already registered")
     _EXPERIMENTS[experiment.name] = experiment
     return experiment
 
 
-def load_tasks() -> dict[str, str]:
-    """Import the task modules so they register; returns {module: error} for those that failed."""
-    global _TASKS_LOADED
-    if _TASKS_LOADED:
-        return dict(_LOAD_ERRORS)
-    _TASKS_LOADED = True
-    for module in TASK_MODULES:
+def _register_from(obj: Any, source: str) -> None:
+    """Register what a module or entry point provides: an Experiment, or a module whose
+    ``EXPERIMENTS`` lists them."""
+    experiments = [obj] if isinstance(obj, Experiment) else getattr(obj, "EXPERIMENTS", None)
+    if experiments is None:
+        raise ValueError(f"{source} defines no EXPERIMENTS list and is not an Experiment")
+    for experiment in experiments:
+        register_experiment(experiment)
+        _SOURCES.setdefault(experiment.name, source)
+
+
+def experiment_source(name: str) -> str:
+    """The module (dotted name or .py path) or entry point that registered ``name``."""
+    return _SOURCES[name]
+
+
+def load_module(module: str) -> None:
+    """Import ``module`` (a dotted name, or a path to a .py file) and register its experiments."""
+    if module in _LOADED:
+        return
+    if module.endswith(".py"):
+        path = Path(module)
+        if not path.is_file():
+            raise ConfigError(f"--module {module}: no such file")
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        loaded = importlib.util.module_from_spec(spec)
+        sys.modules[path.stem] = loaded
+        spec.loader.exec_module(loaded)
+    else:
         try:
-            for spec in getattr(importlib.import_module(module), "EXPERIMENTS", []):
-                register_experiment(Experiment(**spec))
+            loaded = importlib.import_module(module)
         except ModuleNotFoundError as error:
-            if error.name == module:  # task not present in this build
-                continue
+            raise ConfigError(f"--module {module}: cannot import it ({error})") from None
+    _register_from(loaded, module)
+    _LOADED.add(module)
+
+
+def load_tasks() -> dict[str, str]:
+    """Register the built-in tasks and the entry points; returns {source: error} for failures
+    (a broken task must not break the others)."""
+    for module in TASK_MODULES:
+        if module in _LOADED or module in _LOAD_ERRORS:
+            continue
+        try:
+            load_module(module)
+        except Exception as error:  # noqa: BLE001 - reported by `stopwise list`
             _LOAD_ERRORS[module] = f"{type(error).__name__}: {error}"
-        except Exception as error:  # a broken task must not break the others
-            _LOAD_ERRORS[module] = f"{type(error).__name__}: {error}"
+    from importlib.metadata import entry_points
+
+    for point in entry_points(group=ENTRY_POINTS):
+        source = f"entry point {point.name} ({point.value})"
+        if source in _LOADED or source in _LOAD_ERRORS:
+            continue
+        try:
+            _register_from(point.load(), source)
+            _LOADED.add(source)
+        except Exception as error:  # noqa: BLE001
+            _LOAD_ERRORS[source] = f"{type(error).__name__}: {error}"
     return dict(_LOAD_ERRORS)
 
 
@@ -141,217 +208,376 @@ def get_experiment(name: str) -> Experiment:
 # ---------------------------------------------------------------- config
 
 
-_KIND_NAMES = {
-    bool: ("a boolean", "true"),
-    int: ("an integer", "3"),
-    float: ("a number", "0.5"),
-    str: ("a string", "text"),
-    list: ("a JSON list", "[1, 2]"),
-}
-
-
-def _parse_value(key: str, text: str, default: Any) -> Any:
-    kind = type(default)
-    try:
-        if kind is bool:
-            lowered = text.strip().lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if kind is int:
-            return int(text)
-        if kind is float:
-            return float(text)
-        if kind is str:
-            return text
-        if kind is list:
-            value = json.loads(text)
-            if not isinstance(value, list):
-                raise ValueError
-            if not default:
-                return value
-            item_kind = type(default[0])
-            if item_kind is float:  # accept 3 for 3.0
-                value = [float(v) if type(v) is int else v for v in value]
-            if any(type(v) is not item_kind for v in value):
-                raise ValueError
-            return value
-    except (ValueError, json.JSONDecodeError):
-        kind_name, example = _KIND_NAMES.get(kind, (kind.__name__, "..."))
-        raise ConfigError(
-            f"--set {key}={text}: expected {kind_name} like {key}={example} (default {default!r})"
-        ) from None
-    raise ConfigError(f"key {key!r} has a default of unsupported type {kind.__name__}")
-
-
 def resolve_config(
     experiment: Experiment, preset: str | None = None, overrides: list[str] | None = None
-) -> dict[str, Any]:
-    """defaults ← preset ← ``key=value`` overrides; every key and value is checked."""
-    # A JSON round trip keeps the config in plain types (tuples become lists), as config.json has it.
-    config = json.loads(json.dumps({**COMMON_DEFAULTS, **experiment.defaults}))
+) -> tuple[Any, str]:
+    """defaults ← preset ← ``key=value`` overrides, every key typed and range-checked.
+
+    Returns ``(config, preset name)``; raises :class:`ConfigError` naming a bad key or value.
+    """
     preset = preset or experiment.default_preset
-    if experiment.presets:
-        if preset not in experiment.presets:
-            raise ConfigError(
-                f"unknown preset {preset!r} for {experiment.name}; choose one of "
-                f"{sorted(experiment.presets)}"
-            )
-        config.update(json.loads(json.dumps(experiment.presets[preset])))
-    config["preset"] = preset
+    if experiment.presets and preset not in experiment.presets:
+        raise ConfigError(
+            f"unknown preset {preset!r} for {experiment.name}; choose one of "
+            f"{sorted(experiment.presets)}"
+        )
+    values = flatten(dict(experiment.presets.get(preset, {})))
+    keys = schema(experiment.config)
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"--set takes key=value; got {item!r}")
-        key, text = item.split("=", 1)
-        key = key.strip()
-        if key not in config or key == "preset":
-            valid = sorted(k for k in config if k != "preset")
-            raise ConfigError(f"unknown key {key!r} for {experiment.name}; valid keys: {valid}")
-        config[key] = _parse_value(key, text, config[key])
-    if config["threads"] < 1:
-        raise ConfigError(f"threads must be >= 1; got {config['threads']}")
-    if experiment.check is not None:
-        try:
-            experiment.check(config)
-        except ValueError as error:
-            raise ConfigError(f"{experiment.name}: {error}") from None
-    return config
+        key, text = (part.strip() for part in item.split("=", 1))
+        if key not in keys:
+            build(experiment.config, {key: None}, experiment.name)  # raises the unknown-key error
+        values[key] = parse_value(key, text, keys[key][0])
+    config = build(experiment.config, values, experiment.name)
+    validate(config, experiment.name)
+    return config, preset
 
 
-# ---------------------------------------------------------------- run directory
+# ---------------------------------------------------------------- planning
 
 
-class RunDir:
-    """The files of one run. Everything is written atomically."""
+def _job_settings(job: Job, config: Any, seed: int) -> dict[str, Any]:
+    flat = flatten(to_plain(config))
+    if job.keys is None:
+        chosen = {k: v for k, v in flat.items() if k not in RUNNER_KEYS}
+    else:
+        chosen = {
+            k: v for k, v in flat.items() if any(k == p or k.startswith(p + ".") for p in job.keys)
+        }
+    return {"seed": seed, "params": job.params, "config": chosen}
 
-    def __init__(self, path: str | Path, config: dict[str, Any]):
-        self.path = Path(path)
-        self.config = config
 
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
+def plan_jobs(experiment: Experiment, config: Any) -> list[PlannedJob]:
+    """Every job of every seed, dependencies first. Raises ValueError on a bad job graph."""
+    jobs = experiment.jobs(config)
+    names = [job.name for job in jobs]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ValueError(f"{experiment.name}: job names repeat: {duplicated}")
+    keys = schema(type(config))
+    for job in jobs:
+        unknown = [d for d in job.after if d not in names]
+        if unknown:
+            raise ValueError(f"{experiment.name}: job {job.name!r} depends on unknown {unknown}")
+        for key in job.keys or ():
+            if not any(k == key or k.startswith(key + ".") for k in keys):
+                raise ValueError(f"{experiment.name}: job {job.name!r} reads unknown key {key!r}")
+    ordered: list[Job] = []
+    placed: set[str] = set()
+    while len(ordered) < len(jobs):
+        ready = [j for j in jobs if j.name not in placed and set(j.after) <= placed]
+        if not ready:
+            raise ValueError(f"{experiment.name}: the jobs' dependencies form a cycle")
+        ordered.append(ready[0])
+        placed.add(ready[0].name)
+    planned = []
+    for seed in config.seeds:
+        settings: dict[str, dict[str, Any]] = {}
+        for job in ordered:
+            # A job's numbers also depend on what its dependencies computed.
+            own = _job_settings(job, config, seed)
+            own["after"] = {d: _digest(settings[d]) for d in job.after}
+            settings[job.name] = own
+            after = tuple(job_id(d, seed) for d in job.after)
+            planned.append(PlannedJob(job_id(job.name, seed), job, seed, own, after))
+    return planned
 
-    @property
-    def metrics_path(self) -> Path:
-        return self.path / "metrics.jsonl"
 
-    def loop_settings(self, log_every: int = 50) -> LoopSettings:
-        return LoopSettings(
-            checkpoint_dir=self.checkpoints,
-            checkpoint_every=self.config["checkpoint_every"],
-            metrics_path=self.metrics_path,
-            log_every=log_every,
-            progress=None if self.config["progress"] else False,  # None: bar only on a terminal
+def _digest(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _settings_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    a, b = flatten(old), flatten(new)
+    return [
+        f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
+        for k in sorted(set(a) | set(b))
+        if a.get(k) != b.get(k)
+    ]
+
+
+# ---------------------------------------------------------------- the run directory
+
+
+def check_run_dir(run: RunDir, experiment: Experiment, planned: list[PlannedJob]) -> None:
+    """Refuse, before anything is written, a directory this run must not write into."""
+    out = run.path
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a directory")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    previous = run.read_json("config.json") if run.config_path.is_file() else None
+    if not isinstance(previous, dict) or "experiment" not in previous:
+        raise ConfigError(
+            f"--out {out} is a non-empty directory that is not a stopwise run; choose another"
+        )
+    if previous["experiment"] != experiment.name:
+        raise ConfigError(
+            f"--out {out} holds a run of another experiment ({previous['experiment']!r}, not "
+            f"{experiment.name!r}); choose another --out"
+        )
+    conflicts = []
+    for p in planned:
+        started = any(run.checkpoints(p.id).glob("*.pt"))  # a stamp alone is not a start
+        for path in (run.job_path(p.id), run.stamp_path(p.id) if started else None):
+            if path is not None and path.is_file():
+                old = json.loads(path.read_text()).get("settings")
+                diff = _settings_diff(old or {}, p.settings)
+                if diff:
+                    state = "finished" if path == run.job_path(p.id) else "started"
+                    conflicts.append(f"job {p.id} ({state}): " + "; ".join(diff[:6]))
+                break
+    if conflicts:
+        shown = "\n  ".join(conflicts[:8]) + ("\n  ..." if len(conflicts) > 8 else "")
+        raise ConfigError(
+            f"--out {out} holds jobs run with other settings:\n  {shown}\nrerun with the same "
+            "settings, choose another --out (reuse_from= takes the jobs that still match), or "
+            "delete a job's jobs/<id>.json and checkpoints/<id>/ to redo it"
         )
 
-    def figure(self, name: str) -> Path:
-        (self.path / "figures").mkdir(parents=True, exist_ok=True)
-        return self.path / "figures" / f"{name}.png"
 
-    def write_json(self, name: str, data: Any) -> Path:
-        path = self.path / name
-        if is_main_process():  # under torchrun, rank 0 writes
-            atomic_write_text(path, json.dumps(data, indent=2, default=_plain) + "\n")
-        return path
+class RunLock:
+    """An exclusive lock on a run directory (``run.lock`` holds the owner's PID). The kernel
+    releases it when the owner dies, so a stale lock is taken over safely."""
 
-    def write_results(self, results: dict[str, Any]) -> Path:
-        return self.write_json("results.json", results)
+    def __init__(self, run: RunDir):
+        self.path = run.lock_path
+        self.handle = None
 
-    def write_table(self, markdown: str) -> Path:
-        path = self.path / "table.md"
-        if is_main_process():
-            atomic_write_text(path, markdown.rstrip() + "\n")
-        return path
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.path, "a+")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            self.handle.seek(0)
+            owner = self.handle.read().strip() or "another process"
+            self.handle.close()
+            raise ConfigError(
+                f"--out {self.path.parent} is in use by {owner}; wait for it to finish or "
+                "choose another --out"
+            ) from None
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(f"pid {os.getpid()} on {platform.node()}\n")
+        self.handle.flush()
+        return self
 
-    def read_json(self, name: str) -> Any:
-        path = self.path / name
-        return json.loads(path.read_text()) if path.exists() else None
+    def __exit__(self, *exc) -> None:
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        self.handle.close()
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if isinstance(value, np.generic | np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def environment(config: dict[str, Any]) -> dict[str, Any]:
+def environment(config: Any) -> dict[str, Any]:
     """Versions, machine and settings that decide the numbers of a run."""
     try:
-        commit = (
-            subprocess.run(
-                ["git", "rev-parse", "HEAD"],
-                capture_output=True,
-                text=True,
-                timeout=5,
-                cwd=Path(__file__).parent,
-            ).stdout.strip()
-            or None
-        )
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        commit = None
+        commit = ""
     return {
+        "started": datetime.datetime.now().isoformat(timespec="seconds"),
         "stopwise": __version__,
-        "git_commit": commit,
+        "git_commit": commit or None,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "seed": config["seed"],
-        "device": config["device"],
+        "threads": config.threads,
+        "workers": config.workers,
+        "seeds": list(config.seeds),
+        "device": config.device,
         "cuda": torch.cuda.is_available(),
-        "started": datetime.datetime.now().isoformat(timespec="seconds"),
     }
 
 
-def prepare_run_dir(out: str | Path, config: dict[str, Any]) -> RunDir:
-    """Create ``out`` for ``config``, or reopen it to resume when it holds the same config.
-
-    Refuses (ConfigError) a directory holding a different config or unrelated files, so nothing
-    written before is lost.
-    """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} exists and is not a directory")
-    if out.exists() and any(out.iterdir()):
-        previous_path = out / "config.json"
-        if not previous_path.exists():
-            raise ConfigError(
-                f"--out {out} is a non-empty directory that is not a stopwise run; choose another"
-            )
-        previous = json.loads(previous_path.read_text())
-        changed = sorted(
-            k
-            for k in set(previous) | set(config)
-            if k not in ("progress", "threads") and previous.get(k) != config.get(k)
-        )
-        if changed:
-            details = ", ".join(f"{k}: {previous.get(k)!r} -> {config.get(k)!r}" for k in changed)
-            raise ConfigError(
-                f"--out {out} holds a run with a different config ({details}); resume it with the "
-                f"same settings or choose another --out"
-            )
-    run = RunDir(out, config)
-    out.mkdir(parents=True, exist_ok=True)
-    run.write_json("config.json", config)
-    return run
+def _record_environment(run: RunDir, config: Any) -> None:
+    """env.json keeps the first start and appends every resume."""
+    now = environment(config)
+    previous = run.read_json("env.json")
+    if isinstance(previous, dict) and "started" in previous:
+        previous.setdefault("resumes", []).append(now)
+        now = previous
+    run.write_json(run.env_path, now)
 
 
-def _init_distributed(config: dict[str, Any]) -> bool:
+# ---------------------------------------------------------------- running one job
+
+
+def _run_one(experiment: Experiment, config: Any, run: RunDir, planned: PlannedJob, progress):
+    """Run one job (resuming from its checkpoints) and write its record."""
+    checkpoints = run.checkpoints(planned.id)
+    resumed = checkpoints.is_dir() and any(checkpoints.glob("*.pt"))
+    run.write_json(run.stamp_path(planned.id), {"id": planned.id, "settings": planned.settings})
+    seed_everything(stream_seed(planned.seed, "global") % 2**32)
+    context = JobContext(run, config, planned, progress)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    record = experiment.run_job(planned.job, context)
+    if not isinstance(record, dict):
+        raise TypeError(f"{experiment.name}: run_job must return a dict; got {type(record)}")
+    data = {
+        "id": planned.id,
+        "name": planned.job.name,
+        "seed": planned.seed,
+        "params": planned.job.params,
+        "settings": planned.settings,
+        "record": record,
+        "timings": context.timings,
+        "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu_start,
+        "threads": torch.get_num_threads(),
+        "resumed": resumed,
+        "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+    data = json.loads(json.dumps(data, default=_plain))  # plain types, as the file has them
+    run.write_json(run.job_path(planned.id), data)
+    if is_main_process() and not any(checkpoints.glob("*.pt")):  # nothing to resume from
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    return data
+
+
+def _worker_init(modules: tuple[str, ...], threads: int, level: int) -> None:
+    _configure_logging(level)
+    for module in modules:
+        load_module(module)
+    load_tasks()
+    set_threads(threads)
+
+
+def _worker_run(name: str, config_plain: dict, run_path: str, planned: PlannedJob) -> str:
+    experiment = get_experiment(name)
+    config = build(experiment.config, config_plain, name)
+    _run_one(experiment, config, RunDir(run_path), planned, False)
+    return planned.id
+
+
+def _configure_logging(level: int = logging.INFO) -> None:
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("stopwise: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+# ---------------------------------------------------------------- running an experiment
+
+
+def _reuse(run: RunDir, source: Path, pending: list[PlannedJob]) -> int:
+    """Take finished jobs with identical settings (record and checkpoints) from ``source``."""
+    taken = 0
+    donor = RunDir(source)
+    for p in pending:
+        theirs = donor.job_file(p.id)
+        if theirs is None or theirs.get("settings") != p.settings:
+            continue
+        if donor.checkpoints(p.id).is_dir():
+            shutil.copytree(donor.checkpoints(p.id), run.checkpoints(p.id), dirs_exist_ok=True)
+        theirs["reused_from"] = str(donor.job_path(p.id).resolve())
+        run.write_json(run.job_path(p.id), theirs)
+        taken += 1
+    return taken
+
+
+def _execute(experiment, config, run: RunDir, pending: list[PlannedJob]) -> None:
+    if not pending:
+        return
+    workers = min(config.workers, len(pending))
+    logger.info(
+        "%s: %d job(s) to run, %d worker(s) × %d thread(s)",
+        experiment.name,
+        len(pending),
+        workers,
+        config.threads,
+    )
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if workers == 1 or distributed:
+        progress = None if config.progress else False
+        for p in pending:
+            data = _run_one(experiment, config, run, p, progress)
+            logger.info("done %s (%.1f s)", p.id, data["seconds"])
+            if distributed:
+                torch.distributed.barrier()
+        return
+    done: set[str] = set()
+    waiting = list(pending)
+    plain = to_plain(config)
+    context = multiprocessing.get_context("spawn")
+    # Workers import what this process imported: the built-in tasks, entry points and modules.
+    user_modules = tuple(m for m in _LOADED if m not in TASK_MODULES and " " not in m)
+    init = (user_modules, config.threads, logger.level)
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_worker_init, initargs=init
+    ) as pool:
+        running: dict[Any, PlannedJob] = {}
+        pending_ids = {p.id for p in pending}
+        while waiting or running:
+            ready = [p for p in waiting if all(d in done or d not in pending_ids for d in p.after)]
+            ready.sort(key=lambda p: -p.job.cost)
+            for p in ready[: workers - len(running)]:
+                waiting.remove(p)
+                running[pool.submit(_worker_run, experiment.name, plain, str(run.path), p)] = p
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                p = running.pop(future)
+                future.result()  # a worker's error is raised here
+                done.add(p.id)
+                logger.info("done %s", p.id)
+
+
+def _fingerprint(config_plain: dict, results: list[JobResult]) -> str:
+    text = json.dumps(
+        {"config": config_plain, "jobs": [(r.id, r.seconds, r.reused_from) for r in results]},
+        sort_keys=True,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _write_report(run: RunDir, experiment: Experiment, config: Any, results: list[JobResult]):
+    """Build the report from the jobs' results; table and figures first, results.json last."""
+    fingerprint = _fingerprint(to_plain(config), results)
+    previous = run.read_json("results.json")
+    if isinstance(previous, dict) and previous.get("fingerprint") == fingerprint:
+        return previous.get("summary", "")
+    report = experiment.report(results, config)
+    if not is_main_process():
+        return report.summary
+    atomic_write_text(run.table_path, report.table.rstrip() + "\n")
+    from .reporting import save_figure
+
+    for name, figure in report.figures.items():
+        run.figure(name).parent.mkdir(parents=True, exist_ok=True)
+        save_figure(figure, run.figure(name))
+    run.write_json(
+        run.results_path,
+        {
+            "experiment": experiment.name,
+            "fingerprint": fingerprint,
+            "summary": report.summary,
+            **report.results,
+        },
+    )
+    return report.summary
+
+
+def _init_distributed(config: Any) -> bool:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1); True if distributed."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     if not torch.distributed.is_initialized():
-        backend = "nccl" if str(config["device"]).startswith("cuda") else "gloo"
+        backend = "nccl" if str(config.device).startswith("cuda") else "gloo"
         torch.distributed.init_process_group(backend)
     return True
 
@@ -361,17 +587,40 @@ def run_experiment(
     preset: str | None = None,
     out: str | Path | None = None,
     overrides: list[str] | None = None,
+    modules: tuple[str, ...] | list[str] = (),
 ) -> RunDir:
-    """Resolve, prepare the run directory, seed, set threads and run. Resumes in place."""
+    """Resolve and check the config, then run every job not yet finished in ``out`` and write
+    the report. Every refusal (:class:`ConfigError`) happens before anything is written."""
+    for module in modules:
+        load_module(module)
     experiment = get_experiment(name)
-    config = resolve_config(experiment, preset, overrides)
-    out = Path(out) if out is not None else Path("runs") / f"{name}-{config['preset']}"
+    config, preset = resolve_config(experiment, preset, overrides)
+    try:
+        planned = plan_jobs(experiment, config)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    run = RunDir(out if out is not None else Path("runs") / f"{name}-{preset}")
+    check_run_dir(run, experiment, planned)
+    if config.reuse_from and not RunDir(config.reuse_from).config_path.is_file():
+        raise ConfigError(f"reuse_from={config.reuse_from!r} is not a stopwise run directory")
+    _configure_logging()
     distributed = _init_distributed(config)
-    run = prepare_run_dir(out, config) if is_main_process() else RunDir(out, config)
-    if distributed:
-        torch.distributed.barrier()
-    set_threads(config["threads"])
-    seed_everything(config["seed"])
-    run.write_json("env.json", environment(config))
-    experiment.run(config, run)
+    set_threads(config.threads)
+    main = is_main_process()
+    lock = RunLock(run) if main else contextlib.nullcontext()
+    with lock:
+        plain = to_plain(config)
+        run.write_json(run.config_path, {"experiment": name, "preset": preset, "config": plain})
+        _record_environment(run, config)
+        if main:
+            MetricsLog(run.metrics_path).repair()
+        pending = [p for p in planned if not run.job_path(p.id).is_file()]
+        if config.reuse_from and main:
+            if _reuse(run, Path(config.reuse_from), pending):
+                pending = [p for p in planned if not run.job_path(p.id).is_file()]
+        if distributed:
+            torch.distributed.barrier()
+        _execute(experiment, config, run, pending)
+        results = [read_result(run.job_file(p.id)) for p in planned]
+        run.summary = _write_report(run, experiment, config, results)
     return run

@@ -17,6 +17,7 @@ per-exit thresholds for a target exit distribution.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,8 @@ from .steps import StepModel, index_state, state_batch_size, state_device, where
 
 __all__ = [
     "Rule",
+    "ThresholdRule",
+    "ScoreThreshold",
     "HazardThreshold",
     "CumulativeThreshold",
     "SampleRule",
@@ -35,6 +38,7 @@ __all__ = [
     "run_fixed",
     "hazard_trajectory",
     "stop_indices",
+    "in_chunks",
     "fit_threshold",
     "calibrate",
     "exit_distribution",
@@ -62,7 +66,7 @@ class Rule:
 
 
 class ThresholdRule(Rule):
-    """Stop when a per-row score reaches a threshold (a scalar or one per step)."""
+    """Stop when a per-row score reaches ``score_threshold`` (a scalar or one per step)."""
 
     def __init__(self, score_threshold: float | torch.Tensor):
         self.score_threshold = torch.as_tensor(score_threshold, dtype=torch.float64)
@@ -80,18 +84,22 @@ class ThresholdRule(Rule):
         score, carry = self.score(hazard_logits, t, carry)
         return score >= self.threshold_at(t).to(score.dtype).to(score.device), carry
 
-    @classmethod
-    def from_score_threshold(cls, score_threshold) -> ThresholdRule:
-        rule = cls.__new__(cls)
-        ThresholdRule.__init__(rule, score_threshold)
-        return rule
+
+class ScoreThreshold(ThresholdRule):
+    """Stop at the first step whose policy output (the hazard logit, or any confidence-like
+    score a policy returns) is ≥ ``threshold`` (a scalar or ``(T,)``, one per step: MSDNet's
+    per-exit thresholds)."""
+
+    def score(self, hazard_logits, t, carry):
+        return hazard_logits, carry
+
+    def __repr__(self):
+        return f"{type(self).__name__}(score={self.score_threshold.tolist()})"
 
 
-class HazardThreshold(ThresholdRule):
-    """Stop at the first step whose hazard λ_t ≥ ``threshold`` (a probability, scalar or ``(T,)``).
-
-    The comparison is made on logits (score = hazard logit), so it is exact for any logit.
-    """
+class HazardThreshold(ScoreThreshold):
+    """Stop at the first step whose hazard λ_t ≥ ``threshold`` (a probability, scalar or
+    ``(T,)``). Compared on logits, so exact for any logit."""
 
     def __init__(self, threshold: float | torch.Tensor):
         thr = torch.as_tensor(threshold, dtype=torch.float64)
@@ -99,19 +107,16 @@ class HazardThreshold(ThresholdRule):
             raise ValueError(f"hazard threshold must lie in [0, 1]; got {threshold}")
         super().__init__(torch.logit(thr))
 
-    def score(self, hazard_logits, t, carry):
-        return hazard_logits, carry
-
-    def __repr__(self):
-        return f"HazardThreshold(logit={self.score_threshold.tolist()})"
-
 
 class CumulativeThreshold(ThresholdRule):
     """Stop at the first step where P(stopped by t) = 1 − ∏_{τ≤t}(1 − λ_τ) ≥ ``threshold``."""
 
     def __init__(self, threshold: float):
-        if not 0 <= threshold <= 1:
-            raise ValueError(f"cumulative threshold must lie in [0, 1]; got {threshold}")
+        if not (0 <= threshold <= 1 or threshold == math.inf):
+            raise ValueError(
+                f"cumulative threshold must lie in [0, 1] (or be inf: never stop early); "
+                f"got {threshold}"
+            )
         super().__init__(threshold)
 
     def init_carry(self, batch, num_steps, device):
@@ -166,14 +171,6 @@ class AdaptiveResult:
     def steps_used(self) -> torch.Tensor:
         """``(B,)`` 1-based number of steps used."""
         return self.stop_index + 1
-
-
-def _observe(model: StepModel, state, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prediction and features after step t; models may override ``observe`` to share work."""
-    observe = getattr(model, "observe", None)
-    if observe is not None:
-        return observe(state, t)
-    return model.predict(state, t), model.features(state, t)
 
 
 def _valid_steps(model: StepModel, valid_steps) -> torch.Tensor:
@@ -239,7 +236,7 @@ def _run_shrink(model, policy, inputs, rule, valid):
         state = model.advance(state, t)
         if not valid[t]:
             continue
-        prediction, features = _observe(model, state, t)
+        prediction, features = model.observe(state, t)
         if t == last:
             stop = torch.ones(active.shape[0], dtype=torch.bool, device=device)
         else:
@@ -270,7 +267,7 @@ def _run_masked(model, policy, inputs, rule, valid):
         state = where_state(done, state, model.advance(state, t))
         if not valid[t]:
             continue
-        prediction, features = _observe(model, state, t)
+        prediction, features = model.observe(state, t)
         if t == last:
             stop = torch.ones(B, dtype=torch.bool, device=device)
         else:
@@ -297,7 +294,7 @@ def _run_dense(model, policy, inputs, rule, valid):
     predictions, hazards = [], []
     for t in range(last + 1):
         state = model.advance(state, t)
-        prediction, features = _observe(model, state, t)
+        prediction, features = model.observe(state, t)
         predictions.append(prediction)
         hazards.append(policy(features, t) if valid[t] and t < last else None)
     B = predictions[0].shape[0]
@@ -355,7 +352,7 @@ def hazard_trajectory(model: StepModel, policy, inputs: Any) -> torch.Tensor:
     hazards = []
     for t in range(model.max_steps):
         state = model.advance(state, t)
-        hazards.append(policy(_observe(model, state, t)[1], t))
+        hazards.append(policy(model.observe(state, t)[1], t))
     return torch.stack(hazards, dim=1)
 
 
@@ -379,6 +376,13 @@ def _scores(hazard_logits: torch.Tensor, rule: ThresholdRule, valid: torch.Tenso
     return torch.stack(scores, dim=1)
 
 
+# Threshold kinds that calibration can fit: each rule is built from a threshold on its score.
+THRESHOLD_KINDS: dict[str, type[ThresholdRule]] = {
+    "hazard": ScoreThreshold,  # on the hazard logit
+    "cumulative": CumulativeThreshold,  # on P(stopped by t)
+}
+
+
 def fit_threshold(
     hazard_logits: torch.Tensor,
     budget: float,
@@ -393,7 +397,7 @@ def fit_threshold(
     or ``"cumulative"``. Exact: a binary search over the observed scores, using the rule's own
     arithmetic, so the returned rule reproduces the fitted cost on these rows.
     """
-    rule_cls = {"hazard": HazardThreshold, "cumulative": CumulativeThreshold}.get(kind)
+    rule_cls = THRESHOLD_KINDS.get(kind)
     if rule_cls is None:
         raise ValueError(f"unknown threshold kind {kind!r}; choose 'hazard' or 'cumulative'")
     N, T = hazard_logits.shape
@@ -403,12 +407,12 @@ def fit_threshold(
         else torch.as_tensor(step_costs, dtype=torch.float64)
     )
     valid = torch.ones(T, dtype=torch.bool) if valid_steps is None else valid_steps.bool().cpu()
-    probe = rule_cls.from_score_threshold(0.0)
+    probe = rule_cls(0.0)
     scores = _scores(hazard_logits.detach(), probe, valid).to(torch.float64)
     candidates = torch.cat([scores[:, valid].flatten().unique(), torch.tensor([math.inf])])
 
     def mean_cost(threshold) -> float:
-        index = stop_indices(scores, _Passthrough(threshold), valid)
+        index = stop_indices(scores, ScoreThreshold(threshold), valid)
         return float(costs[index.cpu()].mean())
 
     lo_cost, hi_cost = mean_cost(candidates[0]), mean_cost(candidates[-1])
@@ -426,14 +430,7 @@ def fit_threshold(
             lo = mid
         else:
             hi = mid
-    return rule_cls.from_score_threshold(float(candidates[lo]))
-
-
-class _Passthrough(ThresholdRule):
-    """Threshold on precomputed scores (used to search thresholds)."""
-
-    def score(self, hazard_logits, t, carry):
-        return hazard_logits, carry
+    return rule_cls(float(candidates[lo]))
 
 
 @torch.no_grad()
@@ -471,7 +468,7 @@ def fit_exit_thresholds(scores: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     (higher = more confident; any monotone transform of the confidence gives the same exits).
     Exit k takes the ⌊N q_k⌋ highest-scoring samples not taken by an earlier exit; its threshold
     is the score of the last one taken (+inf if it takes none); the last exit takes the rest
-    (−inf). Apply with ``HazardThreshold.from_score_threshold(thresholds)`` on score logits.
+    (−inf). Apply with ``ScoreThreshold(thresholds)`` on the same scores.
     Vectorised over samples; the loop runs over exits only.
     """
     N, K = scores.shape
@@ -487,3 +484,24 @@ def fit_exit_thresholds(scores: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
             thresholds[k] = float(remaining.topk(n_k).values[-1])
         taken |= scores[:, k].to(torch.float64) >= thresholds[k]
     return thresholds
+
+
+@torch.no_grad()
+def in_chunks(fn: Callable[[Any], Any], inputs: Any, chunk: int = 1000) -> Any:
+    """``fn`` applied to ``chunk`` rows of ``inputs`` at a time (a tensor or a nested state),
+    outputs concatenated along dim 0 (a tensor, or a tuple/list/dict of tensors), without grad.
+
+    The evaluation helper of every task: per-step errors, hazards and logits of whole splits.
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1; got {chunk}")
+    total = state_batch_size(inputs)
+    parts = [fn(index_state(inputs, slice(i, i + chunk))) for i in range(0, total, chunk)]
+    first = parts[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(parts)
+    if isinstance(first, dict):
+        return {k: torch.cat([p[k] for p in parts]) for k in first}
+    if isinstance(first, tuple | list):
+        return type(first)(torch.cat(column) for column in zip(*parts, strict=True))
+    raise TypeError(f"in_chunks: fn must return tensors; got {type(first).__name__}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -18,22 +19,34 @@ __all__ = [
     "register_policy",
     "create_policy",
     "list_policies",
+    "policy_example",
     "step_encoding",
     "classifier_features",
     "MLPPolicy",
     "ConfidencePolicy",
 ]
 
-_POLICIES: dict[str, Callable[..., nn.Module]] = {}
+
+@dataclass(frozen=True)
+class PolicyEntry:
+    """A registered policy: its builder and an example ``() -> (policy, features (B, F), T)``
+    on which the policy contract is tested (see tests/test_policy_contract.py)."""
+
+    build: Callable[..., nn.Module]
+    example: Callable[[], tuple[nn.Module, torch.Tensor, int]]
 
 
-def register_policy(name: str):
-    """Class decorator adding a policy to the registry under ``name``."""
+_POLICIES: dict[str, PolicyEntry] = {}
+
+
+def register_policy(name: str, example: Callable[[], tuple[nn.Module, torch.Tensor, int]]):
+    """Class decorator adding a policy to the registry under ``name``; ``example`` builds one
+    with features it accepts. Tasks register their own policies when imported."""
 
     def add(cls):
-        if name in _POLICIES:
+        if name in _POLICIES and _POLICIES[name].build is not cls:
             raise ValueError(f"policy {name!r} is already registered")
-        _POLICIES[name] = cls
+        _POLICIES[name] = PolicyEntry(cls, example)
         return cls
 
     return add
@@ -43,11 +56,18 @@ def list_policies() -> list[str]:
     return sorted(_POLICIES)
 
 
+def policy_example(name: str) -> tuple[nn.Module, torch.Tensor, int]:
+    """``(policy, features (B, F), max_steps)``: a registered policy and inputs it accepts."""
+    if name not in _POLICIES:
+        raise ValueError(f"unknown policy {name!r}; choose one of {list_policies()}")
+    return _POLICIES[name].example()
+
+
 def create_policy(name: str, **kwargs) -> nn.Module:
     """Build a registered policy, e.g. ``create_policy("mlp", feature_dim=8, max_steps=10)``."""
     if name not in _POLICIES:
         raise ValueError(f"unknown policy {name!r}; choose one of {list_policies()}")
-    return _POLICIES[name](**kwargs)
+    return _POLICIES[name].build(**kwargs)
 
 
 def _step_tensor(t: int | torch.Tensor, batch: int, device) -> torch.Tensor:
@@ -77,7 +97,15 @@ def classifier_features(logits: torch.Tensor) -> torch.Tensor:
     return torch.stack([top2[:, 0], entropy, margin], dim=-1)
 
 
-@register_policy("mlp")
+def _mlp_example():
+    return MLPPolicy(5, 4, hidden=(8,)), torch.randn(6, 5), 4
+
+
+def _confidence_example():
+    return ConfidencePolicy(), torch.randn(6, 10), 4
+
+
+@register_policy("mlp", _mlp_example)
 class MLPPolicy(nn.Module):
     """MLP over ``[features, step encoding]`` → hazard logit.
 
@@ -116,7 +144,7 @@ class MLPPolicy(nn.Module):
         return self.net(x).squeeze(-1)
 
 
-@register_policy("confidence")
+@register_policy("confidence", _confidence_example)
 class ConfidencePolicy(nn.Module):
     """Parameter-free policy for classifiers: the hazard logit is logit(max softmax probability).
 

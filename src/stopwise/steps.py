@@ -8,6 +8,7 @@ predict from the state after any step:
         state = model.advance(state, t)      # apply step t (0-based)
         y_t = model.predict(state, t)        # the prediction if we stopped after step t
         f_t = model.features(state, t)       # what a stopping policy may look at (never labels)
+        y_t, f_t = model.observe(state, t)   # both at once (override to share work)
 
 A state is a tensor or a (nested) tuple/list/dict of batch-first tensors, so the rows of any state
 can be selected with :func:`index_state`; that is what lets inference drop finished rows.
@@ -57,6 +58,11 @@ class StepModel(nn.Module):
     def features(self, state: State, t: int) -> torch.Tensor:
         """``(B, F)`` policy features after step ``t``; by default the flattened prediction."""
         return self.predict(state, t).flatten(1)
+
+    def observe(self, state: State, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(prediction, features)`` after step ``t``, what adaptive inference reads at each
+        step. Override it when the two share work (e.g. features computed from the prediction)."""
+        return self.predict(state, t), self.features(state, t)
 
     def step_costs(self) -> torch.Tensor:
         return torch.arange(1, self.max_steps + 1, dtype=torch.float64)

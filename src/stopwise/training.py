@@ -10,11 +10,12 @@ a pure function of ``(seed, step)`` (:class:`EpochBatches`) or carry a checkpoin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoints import atomic_write_text, load_checkpoint, save_checkpoint
+from .checkpoints import load_checkpoint, save_checkpoint
 from .objectives import joint_loss, l2s_stage1_loss, l2s_stage2_loss
 from .steps import StepModel, index_state, unroll
 from .stoptime import StopTime
@@ -38,6 +39,7 @@ __all__ = [
     "LoopSettings",
     "MetricsLog",
     "train_loop",
+    "optimize",
     "EpochBatches",
     "GeneratedBatches",
     "policy_hazards",
@@ -104,7 +106,10 @@ def average_gradients(parameters: Sequence[torch.Tensor]) -> None:
 
 
 class MetricsLog:
-    """Append-only JSONL metrics, one record per line, each with ``stage`` and ``step``."""
+    """Append-only JSONL metrics, one record per line, each with ``stage`` and ``step`` (and the
+    loop's tags, e.g. ``job``). Each record is one ``write`` on an append-mode file, so worker
+    processes can share a file; a torn last line (a process killed mid-write) is skipped by
+    :meth:`read` and removed by :meth:`repair`."""
 
     def __init__(self, path: str | Path | None):
         self.path = Path(path) if path is not None else None
@@ -119,14 +124,30 @@ class MetricsLog:
     def read(self) -> list[dict[str, Any]]:
         if self.path is None or not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        records = []
+        for line in self.path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a torn line
+        return records
 
-    def truncate(self, stage: str, after_step: int) -> None:
-        """Drop records of ``stage`` past ``after_step`` (they are redone after a resume)."""
+    def logged_steps(self, stage: str, tags: dict[str, Any]) -> set[int]:
+        """Steps of ``stage`` (with these tags) already in the file: not written again."""
+        return {
+            r["step"]
+            for r in self.read()
+            if r.get("stage") == stage and all(r.get(k) == v for k, v in tags.items())
+        }
+
+    def repair(self) -> None:
+        """Drop a torn last line (no trailing newline), so later records start on a new line."""
         if self.path is None or not self.path.exists():
             return
-        kept = [r for r in self.read() if not (r.get("stage") == stage and r["step"] > after_step)]
-        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with self.path.open("r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -157,6 +178,7 @@ class LoopSettings:
     metrics_path: JSONL file for metrics (None: not written).
     log_every: steps between metric records.
     progress: show a tqdm bar; None shows it only when stderr is a terminal.
+    tags: added to every metric record (the job runner tags each record with its job).
     """
 
     checkpoint_dir: str | Path | None = None
@@ -164,6 +186,7 @@ class LoopSettings:
     metrics_path: str | Path | None = None
     log_every: int = 50
     progress: bool | None = None
+    tags: dict[str, Any] = field(default_factory=dict)
 
 
 def _scalar(value: Any) -> float:
@@ -217,7 +240,8 @@ def train_loop(
             obj.load_state_dict(saved["state"][name])
         _set_rng_state(saved["rng"])
         start = saved["step"]
-        log.truncate(stage, start - 1)
+    # Steps logged before an interruption are redone identically; they are not logged twice.
+    logged = log.logged_steps(stage, settings.tags) if start > 0 else set()
 
     show = main and (settings.progress if settings.progress is not None else sys.stderr.isatty())
     metrics: dict[str, float] = {}
@@ -225,8 +249,8 @@ def train_loop(
         for step in range(start, num_steps):
             metrics = {k: _scalar(v) for k, v in step_fn(step).items()}
             bar.update(1)
-            if step % settings.log_every == 0 or step == num_steps - 1:
-                log.write({"stage": stage, "step": step, **metrics})
+            if (step % settings.log_every == 0 or step == num_steps - 1) and step not in logged:
+                log.write({**settings.tags, "stage": stage, "step": step, **metrics})
                 bar.set_postfix({k: f"{v:.4g}" for k, v in list(metrics.items())[:3]})
             if (step + 1) % settings.checkpoint_every == 0 and step + 1 < num_steps:
                 checkpoint(step + 1)
@@ -254,7 +278,8 @@ class EpochBatches:
 
     def order(self, epoch: int) -> torch.Tensor:
         if epoch != self._epoch:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            digest = hashlib.sha256(f"epoch-batches/{self.seed}/{epoch}".encode()).digest()
+            generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
             self._epoch = epoch
             self._order = torch.randperm(self.tensors[0].shape[0], generator=generator)
         return self._order
@@ -290,7 +315,7 @@ def policy_hazards(policy: nn.Module, features: torch.Tensor) -> torch.Tensor:
     return torch.stack([policy(features[:, t], t) for t in range(features.shape[1])], dim=1)
 
 
-def _optimize(
+def optimize(
     stage: str,
     num_steps: int,
     loss_and_metrics: Callable[[int], tuple[torch.Tensor, dict[str, float]]],
@@ -300,6 +325,10 @@ def _optimize(
     scheduler: Any = None,
     grad_clip: float | None = None,
 ) -> dict[str, float]:
+    """A gradient-descent stage: ``loss_and_metrics(step) -> (loss, metrics)``, then zero grads,
+    backward, average over ranks, clip (``grad_clip``: max global norm), step the optimizer and
+    the scheduler. Resumable through :func:`train_loop`; ``state`` names the other objects to
+    checkpoint (model, batch source, ...); the optimizer and scheduler are added here."""
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
 
     def step_fn(step: int) -> dict[str, float]:
@@ -338,7 +367,7 @@ def _fit_model(
 
     model.train()
     state = {"model": model, "batches": batches}
-    return _optimize(stage, num_steps, loss, optimizer, state, settings, **optimize_kw)
+    return optimize(stage, num_steps, loss, optimizer, state, settings, **optimize_kw)
 
 
 def fit_predictor(
@@ -416,7 +445,7 @@ def fit_policy(
     model.eval()
     policy.train()
     state = {"policy": policy, "batches": batches}
-    return _optimize(stage, num_steps, loss, optimizer, state, settings, **optimize_kw)
+    return optimize(stage, num_steps, loss, optimizer, state, settings, **optimize_kw)
 
 
 def fit_joint(
@@ -444,4 +473,4 @@ def fit_joint(
     model.train()
     policy.train()
     state = {"model": model, "policy": policy, "batches": batches}
-    return _optimize(stage, num_steps, loss, optimizer, state, settings, **optimize_kw)
+    return optimize(stage, num_steps, loss, optimizer, state, settings, **optimize_kw)

@@ -1,0 +1,264 @@
+"""The task contract: what a task gives the job runner, and what the runner gives a job.
+
+A task registers an :class:`Experiment`: a typed config class (:mod:`stopwise.config`) with named
+presets, ``jobs(config) -> [Job]``, ``run_job(job, context) -> record`` (a JSON-able dict) and
+``report(results, config) -> Report``. The runner (:mod:`stopwise.experiments`) runs every job
+once per seed and hands it a :class:`JobContext`; the report sees every finished job as a
+:class:`JobResult`. Tasks import this module and layers 1–6, never the runner.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .checkpoints import atomic_write_text, load_checkpoint
+from .config import Config, ConfigError, build
+from .training import LoopSettings, is_main_process
+
+__all__ = [
+    "Job",
+    "JobResult",
+    "Report",
+    "Experiment",
+    "PlannedJob",
+    "RunDir",
+    "JobContext",
+    "stream_seed",
+    "job_id",
+]
+
+logger = logging.getLogger("stopwise")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit of work of an experiment, run once per seed.
+
+    name: unique within a seed (the job id is ``<name>-s<seed>``).
+    params: what distinguishes this job from its siblings (a method, a value); part of its
+        settings, passed to ``run_job`` as ``job.params``.
+    after: names of the jobs (same seed) whose records and checkpoints it reads.
+    keys: the config keys (or groups) it reads, which with ``params`` and the seed decide its
+        numbers; None means every key but the runner's own (:data:`~stopwise.config.RUNNER_KEYS`).
+    cost: a rough relative cost; with several workers the costliest ready jobs start first.
+    """
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    after: tuple[str, ...] = ()
+    keys: tuple[str, ...] | None = None
+    cost: float = 1.0
+
+
+@dataclass
+class JobResult:
+    """A finished job as the report sees it."""
+
+    id: str
+    name: str
+    seed: int
+    params: dict[str, Any]
+    record: dict[str, Any]
+    seconds: float
+    cpu_seconds: float
+    resumed: bool = False
+    reused_from: str | None = None
+
+
+@dataclass
+class Report:
+    """What ``report(results, config)`` returns: the numbers, a markdown table, figures
+    (name → matplotlib Figure) and a few lines for the terminal (what the run showed)."""
+
+    results: dict[str, Any]
+    table: str
+    figures: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""
+
+
+@dataclass
+class Experiment:
+    """A runnable experiment: the task contract (see the module docstring)."""
+
+    name: str
+    description: str
+    config: type[Config]
+    jobs: Callable[[Any], list[Job]]
+    run_job: Callable[[Job, JobContext], dict[str, Any]]
+    report: Callable[[list[JobResult], Any], Report]
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    default_preset: str = "quick"
+
+    def __post_init__(self):
+        if not issubclass(self.config, Config):
+            raise TypeError(f"{self.name}: config must derive from stopwise.config.Config")
+        for preset, values in self.presets.items():
+            try:
+                build(self.config, values, f"{self.name} preset {preset!r}")
+            except ConfigError as error:
+                raise ValueError(f"{self.name}: preset {preset!r}: {error}") from None
+        if self.presets and self.default_preset not in self.presets:
+            raise ValueError(f"{self.name}: default preset {self.default_preset!r} is not defined")
+
+
+def stream_seed(seed: int, stream: str) -> int:
+    """A 63-bit seed for the named random stream of ``seed``; no arithmetic on seeds."""
+    digest = hashlib.sha256(f"stopwise/{seed}/{stream}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def job_id(name: str, seed: int) -> str:
+    return f"{name}-s{seed}"
+
+
+@dataclass
+class PlannedJob:
+    """A job of one seed, with its id, settings and the ids of the jobs it depends on."""
+
+    id: str
+    job: Job
+    seed: int
+    settings: dict[str, Any]
+    after: tuple[str, ...]
+
+
+class RunDir:
+    """The files of one run directory (see the module docstring)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.summary = ""  # the report's lines for the terminal, once the run has reported
+
+    config_path = property(lambda self: self.path / "config.json")
+    env_path = property(lambda self: self.path / "env.json")
+    metrics_path = property(lambda self: self.path / "metrics.jsonl")
+    results_path = property(lambda self: self.path / "results.json")
+    table_path = property(lambda self: self.path / "table.md")
+    lock_path = property(lambda self: self.path / "run.lock")
+
+    def job_path(self, id: str) -> Path:
+        return self.path / "jobs" / f"{id}.json"
+
+    def checkpoints(self, id: str) -> Path:
+        return self.path / "checkpoints" / id
+
+    def stamp_path(self, id: str) -> Path:
+        return self.checkpoints(id) / "job.json"
+
+    def figure(self, name: str) -> Path:
+        return self.path / "figures" / f"{name}.png"
+
+    def read_json(self, name: str) -> Any:
+        path = self.path / name
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def write_json(self, path: Path, data: Any) -> None:
+        if is_main_process():
+            atomic_write_text(path, json.dumps(data, indent=1, default=_plain) + "\n")
+
+    def job_file(self, id: str) -> dict[str, Any] | None:
+        path = self.job_path(id)
+        return json.loads(path.read_text()) if path.exists() else None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, torch.Tensor | np.ndarray | np.generic):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+class JobContext:
+    """What ``run_job`` gets from the runner: the config, its seed, named random streams,
+    loop settings (checkpoints, metrics, progress), its dependencies' results, a logger and a
+    timer. A task never opens a run directory, seeds by arithmetic, writes a checkpoint path,
+    starts a worker or prints: it asks the context."""
+
+    def __init__(self, run: RunDir, config: Any, planned: PlannedJob, progress: bool | None):
+        self.run, self.config, self._planned = run, config, planned
+        self.job, self.seed, self.id = planned.job, planned.seed, planned.id
+        self._progress = progress
+        self.timings: dict[str, float] = {}
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.job.params
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.config.device)
+
+    def stream_seed(self, stream: str) -> int:
+        """The seed of a named random stream (same name and run seed: same seed in every job)."""
+        return stream_seed(self.seed, stream)
+
+    def generator(self, stream: str) -> torch.Generator:
+        """A CPU generator for the named stream, e.g. ``context.generator("train-batches")``."""
+        return torch.Generator().manual_seed(self.stream_seed(stream))
+
+    def manual_seed(self, stream: str) -> None:
+        """Seed torch's global generator from a named stream (e.g. before building a model, so
+        every method of a seed starts from the same weights)."""
+        torch.manual_seed(self.stream_seed(stream))
+
+    def loop_settings(self, log_every: int = 50) -> LoopSettings:
+        return LoopSettings(
+            checkpoint_dir=self.run.checkpoints(self.id),
+            checkpoint_every=self.config.checkpoint_every,
+            metrics_path=self.run.metrics_path,
+            log_every=log_every,
+            progress=self._progress,
+            tags={"job": self.id},
+        )
+
+    def dependency(self, name: str) -> JobResult:
+        """The finished result of the job ``name`` (same seed) this job depends on."""
+        id = job_id(name, self.seed)
+        if id not in self._planned.after:
+            raise ValueError(f"job {self.id} does not declare {name!r} in its `after`")
+        return read_result(self.run.job_file(id))
+
+    def checkpoint(self, stage: str, job: str | None = None) -> dict[str, Any]:
+        """The saved state of a finished training stage of this job or of a dependency."""
+        id = self.id if job is None else job_id(job, self.seed)
+        if job is not None and id not in self._planned.after:
+            raise ValueError(f"job {self.id} does not declare {job!r} in its `after`")
+        return load_checkpoint(self.run.checkpoints(id) / f"{stage}.pt")["state"]
+
+    def log(self, message: str) -> None:
+        logger.info("[%s] %s", self.id, message)
+
+    @contextlib.contextmanager
+    def timed(self, part: str) -> Iterator[None]:
+        """Add the wall-clock seconds of the block to ``timings[part]`` (kept in the record)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[part] = self.timings.get(part, 0.0) + time.perf_counter() - start
+
+
+def read_result(data: dict[str, Any]) -> JobResult:
+    return JobResult(
+        data["id"],
+        data["name"],
+        data["seed"],
+        data["params"],
+        data["record"],
+        data["seconds"],
+        data["cpu_seconds"],
+        data.get("resumed", False),
+        data.get("reused_from"),
+    )

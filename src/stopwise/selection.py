@@ -1,0 +1,181 @@
+"""Choices made on validation, and the one place test numbers come from.
+
+Every helper that *chooses* something — which exits to keep, which threshold meets a budget,
+which rule kind or setting is best — takes validation data only (its arguments are named
+``val_*``). Test numbers are produced after all choices by applying them unchanged:
+:func:`budget_sweep` applies validation-calibrated thresholds to test hazards, and a task's test
+split is wrapped in :class:`Heldout`, which opens once per job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import torch
+
+from .inference import THRESHOLD_KINDS, ThresholdRule, fit_threshold, stop_indices
+from .stoptime import oracle
+
+__all__ = [
+    "Heldout",
+    "prune_exits",
+    "budget_grid",
+    "Calibration",
+    "calibrate_by_metric",
+    "budget_sweep",
+    "fixed_depth_curve",
+]
+
+T = TypeVar("T")
+
+
+class Heldout(Generic[T]):
+    """A test split that can be opened once: test numbers are computed once, after every
+    choice has been made on validation."""
+
+    def __init__(self, data: T, name: str = "test"):
+        self._data, self.name, self.opened = data, name, False
+
+    def open(self) -> T:
+        if self.opened:
+            raise RuntimeError(
+                f"the {self.name} split was opened already: test numbers are computed once, "
+                "after all selection on validation"
+            )
+        self.opened = True
+        return self._data
+
+
+def prune_exits(val_losses: torch.Tensor, beta: float, min_mass: float) -> torch.Tensor:
+    """``(T,)`` bool mask of the exits kept: those whose mean oracle mass
+    mean_i softmax_t(−ℓ_it/β) on validation losses ``(N, T)`` is at least ``min_mass``
+    (L2S §5.1 prunes at 1e-3). If none reaches it, the exit of largest mass is kept."""
+    mass = oracle(val_losses.double(), beta).mean(0)
+    valid = mass >= min_mass
+    if not bool(valid.any()):
+        valid[int(mass.argmax())] = True
+    return valid
+
+
+def budget_grid(valid: torch.Tensor, points: int, costs: torch.Tensor | None = None) -> list[float]:
+    """``points`` budgets evenly spaced from the cost of the first valid step to the last
+    (costs default to steps used, 1..T)."""
+    T = valid.shape[0]
+    costs = torch.arange(1, T + 1, dtype=torch.float64) if costs is None else costs.double()
+    kept = costs[valid.bool().cpu()]
+    first, last = float(kept.min()), float(kept.max())
+    if points < 2 or first == last:
+        return [last]
+    return [first + (last - first) * i / (points - 1) for i in range(points)]
+
+
+@dataclass
+class Calibration:
+    """The rule :func:`calibrate_by_metric` chose, and every candidate's validation numbers."""
+
+    rule: ThresholdRule
+    kind: str
+    budget: float
+    value: float
+    mean_cost: float
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+
+    def plain(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "score_threshold": self.rule.score_threshold.tolist(),
+            "budget": self.budget,
+            "validation_value": self.value,
+            "validation_mean_cost": self.mean_cost,
+            "candidates": self.candidates,
+        }
+
+
+def calibrate_by_metric(
+    val_hazards: torch.Tensor,
+    val_metric: Callable[[torch.Tensor], float],
+    budgets: Sequence[float],
+    kinds: Sequence[str] = ("hazard",),
+    valid: torch.Tensor | None = None,
+    costs: torch.Tensor | None = None,
+    lower_is_better: bool = True,
+) -> Calibration:
+    """The threshold rule with the best validation metric among rules fitted to each budget and
+    kind. ``val_metric(stop_index (N,)) -> float`` scores validation stop steps (e.g. NMSE of
+    the estimates there); ties go to the cheaper rule."""
+    T = val_hazards.shape[1]
+    costs = torch.arange(1, T + 1, dtype=torch.float64) if costs is None else costs.double()
+    candidates, best = [], None
+    for kind in kinds:
+        for budget in budgets:
+            rule = fit_threshold(val_hazards, budget, costs, kind, valid)
+            index = stop_indices(val_hazards, rule, valid)
+            value, mean_cost = float(val_metric(index)), float(costs[index.cpu()].mean())
+            candidates.append({"kind": kind, "budget": budget, "value": value, "cost": mean_cost})
+            sign = 1.0 if lower_is_better else -1.0
+            key = (sign * value, mean_cost)
+            if best is None or key < best[0]:
+                best = (key, Calibration(rule, kind, budget, value, mean_cost))
+    best[1].candidates = candidates
+    return best[1]
+
+
+def budget_sweep(
+    val_hazards: torch.Tensor,
+    test_hazards: torch.Tensor,
+    budgets: Sequence[float],
+    test_metric: Callable[[torch.Tensor], dict[str, float]],
+    kind: str = "hazard",
+    valid: torch.Tensor | None = None,
+    costs: torch.Tensor | None = None,
+) -> list[dict[str, Any]]:
+    """The stop model's budget curve: for each budget a threshold fitted on validation
+    (mean cost ≤ budget there), applied unchanged to the test hazards.
+
+    ``test_metric(stop_index (N,)) -> {name: value}`` measures the test stop steps. Each point:
+    ``budget``, ``score_threshold``, ``val_mean_cost``, ``mean_cost``, ``mean_steps`` and the
+    metric's values.
+    """
+    if kind not in THRESHOLD_KINDS:
+        raise ValueError(f"unknown threshold kind {kind!r}; choose one of {list(THRESHOLD_KINDS)}")
+    T = test_hazards.shape[1]
+    costs = torch.arange(1, T + 1, dtype=torch.float64) if costs is None else costs.double()
+    points = []
+    for budget in budgets:
+        rule = fit_threshold(val_hazards, budget, costs, kind, valid)
+        val_index = stop_indices(val_hazards, rule, valid).cpu()
+        index = stop_indices(test_hazards, rule, valid)
+        points.append(
+            {
+                "budget": float(budget),
+                "score_threshold": rule.score_threshold.tolist(),
+                "val_mean_cost": float(costs[val_index].mean()),
+                "mean_cost": float(costs[index.cpu()].mean()),
+                "mean_steps": float((index + 1).double().mean()),
+                **test_metric(index),
+            }
+        )
+    return points
+
+
+def fixed_depth_curve(
+    num_rows: int,
+    test_metric: Callable[[torch.Tensor], dict[str, float]],
+    valid: torch.Tensor,
+    costs: torch.Tensor | None = None,
+) -> list[dict[str, Any]]:
+    """The same model truncated at each valid depth: every row stops at step t."""
+    T = valid.shape[0]
+    costs = torch.arange(1, T + 1, dtype=torch.float64) if costs is None else costs.double()
+    return [
+        {
+            "depth": t + 1,
+            "mean_cost": float(costs[t]),
+            "mean_steps": float(t + 1),
+            **test_metric(torch.full((num_rows,), t, dtype=torch.long)),
+        }
+        for t in range(T)
+        if bool(valid[t])
+    ]

@@ -1,0 +1,120 @@
+"""Statistics for reports over seeds: mean ± sd, Student-t intervals, paired differences.
+
+A comparison between two methods is paired: both run on the same seeds (same data, same initial
+weights), and the interval is that of the mean of the per-seed differences,
+mean ± t_{0.975, n−1} · sd / √n. A target is met when the interval says so.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["mean_sd", "t_quantile", "mean_interval", "paired_difference", "format_mean_sd"]
+
+
+def mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value). Raises on an empty sequence."""
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("mean_sd of no values")
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the regularised incomplete beta function (modified Lentz)."""
+    tiny, eps = 1e-300, 1e-15
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 400):
+        m2 = 2 * m
+        for numerator in (
+            m * (b - m) * x / ((a + m2 - 1) * (a + m2)),
+            -(a + m) * (a + b + m) * x / ((a + m2) * (a + m2 + 1)),
+        ):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < eps:
+            break
+    return h
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """I_x(a, b), the regularised incomplete beta function."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = (
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
+
+
+def _t_cdf(t: float, df: float) -> float:
+    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t >= 0 else tail
+
+
+def t_quantile(q: float, df: float) -> float:
+    """The q-quantile of Student's t with ``df`` degrees of freedom (bisection on the CDF)."""
+    if not 0.0 < q < 1.0:
+        raise ValueError(f"q must lie in (0, 1); got {q}")
+    if df <= 0:
+        raise ValueError(f"df must be > 0; got {df}")
+    if q < 0.5:
+        return -t_quantile(1.0 - q, df)
+    lo, hi = 0.0, 1.0
+    while _t_cdf(hi, df) < q:
+        hi *= 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if _t_cdf(mid, df) < q:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-12 * max(1.0, hi):
+            break
+    return 0.5 * (lo + hi)
+
+
+def mean_interval(values: Sequence[float], level: float = 0.95) -> dict[str, Any]:
+    """Mean, sd, n and the two-sided Student-t interval of the mean (None bounds for n < 2)."""
+    mean, sd = mean_sd(values)
+    n = len(values)
+    if n < 2:
+        return {"mean": mean, "sd": sd, "n": n, "lo": None, "hi": None, "level": level}
+    half = t_quantile(0.5 + level / 2.0, n - 1) * sd / math.sqrt(n)
+    return {"mean": mean, "sd": sd, "n": n, "lo": mean - half, "hi": mean + half, "level": level}
+
+
+def paired_difference(
+    a: Mapping[Any, float], b: Mapping[Any, float], level: float = 0.95
+) -> dict[str, Any]:
+    """``a − b`` over the keys (seeds) both have: mean, sd, interval and the per-seed values.
+
+    ``above_zero`` / ``below_zero`` say whether the whole interval lies on one side of 0.
+    """
+    keys = sorted(set(a) & set(b))
+    if not keys:
+        raise ValueError("paired_difference: the two sides share no seed")
+    diffs = [float(a[k]) - float(b[k]) for k in keys]
+    out = mean_interval(diffs, level)
+    out["per_seed"] = dict(zip(keys, diffs, strict=True))
+    out["above_zero"] = out["lo"] is not None and out["lo"] > 0
+    out["below_zero"] = out["hi"] is not None and out["hi"] < 0
+    return out
+
+
+def format_mean_sd(values: Sequence[float], fmt: str = ".2f", scale: float = 1.0) -> str:
+    """``"m ± s"`` of the values times ``scale`` (just ``"m"`` for one value)."""
+    mean, sd = mean_sd([scale * v for v in values])
+    return format(mean, fmt) if len(values) == 1 else f"{mean:{fmt}} ± {sd:{fmt}}"

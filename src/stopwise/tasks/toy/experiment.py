@@ -1,0 +1,65 @@
+"""The toy's jobs: one per seed, ``l2s``, which trains, calibrates on validation and measures the
+test streams once (budget rows run for real in the configured inference mode, the budget curve,
+the same model at each fixed depth, and the oracle stop)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ...contract import Job, JobContext
+from ...inference import calibrate, hazard_trajectory, run_adaptive, stop_indices
+from ...selection import Heldout, budget_grid, budget_sweep, fixed_depth_curve
+from ...steps import unroll
+from .config import ToyConfig
+from .data import sample_streams
+from .methods import train_l2s
+from .models import squared_error
+
+__all__ = ["jobs", "run_job"]
+
+
+def jobs(config: ToyConfig) -> list[Job]:
+    return [Job("l2s")]
+
+
+def run_job(job: Job, context: JobContext) -> dict[str, Any]:
+    config: ToyConfig = context.config
+    model, policy = train_l2s(config, context)
+    T, levels = config.steps, config.noise_levels
+    val_z, _ = sample_streams(config.eval_size, T, levels, context.generator("validation"))
+    test = Heldout(sample_streams(config.eval_size, T, levels, context.generator("test")))
+    with torch.no_grad():
+        val_hazards = hazard_trajectory(model, policy, val_z)
+        rules = {budget: calibrate(model, policy, val_z, budget) for budget in config.budgets}
+
+        test_z, test_mu = test.open()
+        errors = squared_error(unroll(model, test_z).predictions, test_mu)  # (N, T)
+        test_hazards = hazard_trajectory(model, policy, test_z)
+
+        def metric(index: torch.Tensor) -> dict[str, float]:
+            return {"mse": float(errors.gather(1, index.view(-1, 1)).mean())}
+
+        rows = []
+        for budget, rule in rules.items():
+            result = run_adaptive(model, policy, test_z, rule, mode=config.inference_mode)
+            dense = stop_indices(test_hazards, rule)
+            rows.append(
+                {
+                    "budget": budget,
+                    "mean_steps": float(result.steps_used.double().mean()),
+                    "mse": float(((result.predictions - test_mu) ** 2).mean()),
+                    "matches_dense": bool(torch.equal(result.stop_index, dense)),
+                }
+            )
+        valid = torch.ones(T, dtype=torch.bool)
+        oracle_index = errors.argmin(dim=1)
+    return {
+        "budgets": rows,
+        "curve": budget_sweep(
+            val_hazards, test_hazards, budget_grid(valid, config.curve_points), metric
+        ),
+        "fixed_depth": fixed_depth_curve(len(test_mu), metric, valid),
+        "oracle": {"mean_steps": float((oracle_index + 1).double().mean()), **metric(oracle_index)},
+    }

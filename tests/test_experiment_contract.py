@@ -1,0 +1,127 @@
+"""The task contract, checked on every registered experiment (as timm's tests loop over its model
+registry): a new task is covered by registering it, with no new test code.
+
+For each experiment's ``tiny`` preset: a run killed (SIGKILL) half-way through its log resumes
+to the results of an uninterrupted run; a third run does nothing and takes < 5 s; an unknown key,
+a wrong type and an out-of-range value each exit 2 naming the key, with nothing written.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import typing
+from pathlib import Path
+
+import pytest
+
+from stopwise.config import schema
+from stopwise.experiments import TASK_MODULES, experiment_source, list_experiments, load_module
+
+WRAPPER = str(Path(__file__).with_name("faulty_run.py"))
+load_module(str(Path(__file__).with_name("sample_experiment.py")))  # a user module's experiment
+NAMES = [e.name for e in list_experiments()]
+EXPERIMENTS = {e.name: e for e in list_experiments()}
+# Timings and file provenance differ between two runs of the same thing; every number else must not.
+VOLATILE = ("seconds", "timing", "fingerprint", "resumed", "speedup", "finished", "reused_from")
+
+
+def stopwise(args, fault="none:0", timeout=600):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, WRAPPER, fault, *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def module_args(name):
+    """``--module SOURCE`` for an experiment a user module registered (built-ins and entry
+    points register themselves in the subprocess)."""
+    source = experiment_source(name)
+    return (
+        [] if source in TASK_MODULES or source.startswith("entry point") else ["--module", source]
+    )
+
+
+def tiny(name, out, *extra):
+    return [
+        "run", name, *module_args(name), "--preset", "tiny", "--out", str(out),
+        "--set", "checkpoint_every=3", *extra,
+    ]  # fmt: skip
+
+
+def stable(value):
+    """``value`` without the keys that hold timings (see VOLATILE)."""
+    if isinstance(value, dict):
+        return {k: stable(v) for k, v in value.items() if not any(w in k for w in VOLATILE)}
+    if isinstance(value, list):
+        return [stable(v) for v in value]
+    return value
+
+
+def job_records(out: Path) -> dict:
+    return {p.name: stable(json.loads(p.read_text())) for p in (out / "jobs").glob("*.json")}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    runs = {}
+    for name in NAMES:
+        out = tmp_path_factory.mktemp(name) / "full"
+        done = stopwise(tiny(name, out))
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[name] = out
+    return runs
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tiny_run_killed_half_way_resumes_to_the_same_results(name, uninterrupted, tmp_path):
+    full = uninterrupted[name]
+    lines = len((full / "metrics.jsonl").read_text().splitlines())
+    assert lines >= 2, "the tiny preset should log training"
+    out = tmp_path / "killed"
+    killed = stopwise(tiny(name, out), fault=f"metrics:{lines // 2}")
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    resumed = stopwise(tiny(name, out))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert job_records(out) == job_records(full)
+    results = json.loads((out / "results.json").read_text())
+    assert stable(results) == stable(json.loads((full / "results.json").read_text()))
+    start = time.perf_counter()
+    third = stopwise(tiny(name, out))
+    assert third.returncode == 0
+    assert time.perf_counter() - start < 5, "a finished run should do nothing"
+    assert "job(s) to run" not in third.stderr
+
+
+def _bad_values(name):
+    """(override, key) pairs: an unknown key, a wrong type, an out-of-range value."""
+    keys = schema(EXPERIMENTS[name].config)
+    cases = [("no_such_key=1", "no_such_key")]
+    ints = [k for k, (kind, _) in keys.items() if kind is int and k not in ("threads", "workers")]
+    cases.append((f"{ints[-1]}=abc", ints[-1]))
+    ranged = [k for k, (kind, spec) in keys.items() if kind is int and spec.ge is not None]
+    key = ranged[-1]
+    cases.append((f"{key}={int(keys[key][1].ge) - 1}", key))
+    return cases
+
+
+@pytest.mark.parametrize(
+    "name, override, key", [(n, o, k) for n in NAMES for o, k in _bad_values(n)]
+)
+def test_bad_keys_types_and_values_exit_2_naming_the_key(name, override, key, tmp_path):
+    out = tmp_path / "never"
+    done = stopwise(
+        ["run", name, *module_args(name), "--preset", "tiny", "--out", str(out), "--set", override]
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert key in done.stderr and "Traceback" not in done.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_experiment_has_the_contract_presets(name):
+    experiment = EXPERIMENTS[name]
+    assert {"tiny", "quick"} <= set(experiment.presets)
+    assert experiment.description
+    for key, (kind, spec) in schema(experiment.config).items():
+        assert kind in (bool, int, float, str) or typing.get_origin(kind) is list, key

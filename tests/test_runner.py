@@ -1,0 +1,206 @@
+"""The job runner on an out-of-tree experiment (tests/sample_experiment.py): seeds as an axis,
+named streams, the job cache, refusal of changed settings, reuse from another run, worker
+processes, exact resume after SIGKILL, the run lock, and registration by --module / entry point."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from stopwise.config import ConfigError
+from stopwise.contract import RunDir, stream_seed
+from stopwise.experiments import RunLock, load_module, run_experiment
+
+MODULE = str(Path(__file__).with_name("sample_experiment.py"))
+load_module(MODULE)
+
+
+def run(out, *overrides, calls=None, **kw):
+    if calls is not None:
+        os.environ["SAMPLE_CALLS"] = str(calls)
+    try:
+        return run_experiment("sample", "tiny", out, ["progress=false", *overrides], **kw)
+    finally:
+        os.environ.pop("SAMPLE_CALLS", None)
+
+
+def records(out) -> dict:
+    return {
+        p.stem: json.loads(p.read_text())["record"] for p in (Path(out) / "jobs").glob("*.json")
+    }
+
+
+def called(path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+def test_seeds_streams_and_the_job_cache(tmp_path):
+    calls = tmp_path / "calls"
+    run(tmp_path / "run", "seeds=0,1", calls=calls)
+    assert sorted(called(calls)) == sorted(
+        f"{j}-s{s}" for s in (0, 1) for j in ("data", "fit-a", "fit-b", "summary")
+    )
+    got = records(tmp_path / "run")
+    # A named stream gives the same draws in every job of a seed, other draws in another seed.
+    assert (
+        got["data-s0"]["shared"]
+        == got["fit-a-s0"]["shared"]
+        == got["fit-b-s1"]["shared"][:0] + got["fit-b-s0"]["shared"]
+    )
+    assert got["data-s0"]["shared"] != got["data-s1"]["shared"]
+    assert got["summary-s1"]["losses"] == [got["fit-a-s1"]["loss"], got["fit-b-s1"]["loss"]]
+    assert stream_seed(0, "shared") != stream_seed(1, "shared") != stream_seed(0, "other")
+    # Rerun: nothing runs again; a new seed runs only its own jobs.
+    run(tmp_path / "run", "seeds=0,1", calls=calls)
+    assert len(called(calls)) == 8
+    run(tmp_path / "run", "seeds=0,1,2", calls=calls)
+    assert sorted(called(calls)[8:]) == sorted(
+        f"{j}-s2" for j in ("data", "fit-a", "fit-b", "summary")
+    )
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["experiment"] == "sample" and len(results["jobs"]) == 12
+    layout = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert layout == [
+        "checkpoints", "config.json", "env.json", "figures", "jobs", "metrics.jsonl",
+        "results.json", "table.md",
+    ]  # fmt: skip
+    # Only jobs that train keep a checkpoint folder.
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == sorted(
+        f"fit-{m}-s{s}" for m in "ab" for s in (0, 1, 2)
+    )
+    env = json.loads((tmp_path / "run" / "env.json").read_text())
+    assert len(env["resumes"]) == 2 and env["started"] <= env["resumes"][0]["started"]
+
+
+def test_changed_settings_are_refused_and_report_keys_are_not(tmp_path, capsys):
+    out = tmp_path / "run"
+    calls = tmp_path / "calls"
+    run(out, calls=calls)
+    config_before = (out / "config.json").read_text()
+    with pytest.raises(ConfigError) as error:
+        run(out, "lr=0.2")
+    message = str(error.value)
+    assert "job fit-a-s0 (finished): config.lr: 0.1 -> 0.2" in message
+    assert "data-s0" not in message  # `data` does not read lr
+    assert (out / "config.json").read_text() == config_before
+    # A key only the report reads: nothing reruns, the report is rebuilt.
+    run(out, "title=renamed", calls=calls)
+    assert len(called(calls)) == 4
+    assert json.loads((out / "results.json").read_text())["title"] == "renamed"
+
+
+def test_reuse_from_takes_jobs_with_identical_settings(tmp_path):
+    run(tmp_path / "first")
+    calls = tmp_path / "calls"
+    run(tmp_path / "second", f"reuse_from={tmp_path / 'first'}", calls=calls)
+    assert called(calls) == []  # everything reused, checkpoints included (summary reads one)
+    assert records(tmp_path / "second") == records(tmp_path / "first")
+    reused = json.loads((tmp_path / "second" / "jobs" / "fit-a-s0.json").read_text())
+    assert reused["reused_from"].endswith("first/jobs/fit-a-s0.json")
+    run(tmp_path / "third", "steps=13", f"reuse_from={tmp_path / 'first'}", calls=calls)
+    assert sorted(called(calls)) == ["fit-a-s0", "fit-b-s0", "summary-s0"]  # data still matches
+    with pytest.raises(ConfigError, match="not a stopwise run directory"):
+        run(tmp_path / "fourth", f"reuse_from={tmp_path / 'nowhere'}")
+    assert not (tmp_path / "fourth").exists()
+
+
+def test_worker_processes_give_the_same_records(tmp_path):
+    run(tmp_path / "one", "seeds=0,1")
+    run(tmp_path / "two", "seeds=0,1", "workers=2")
+    assert records(tmp_path / "two") == records(tmp_path / "one")
+
+
+def _cli(out, env=None, *extra):
+    args = [sys.executable, "-m", "stopwise.cli", "run", "sample", "--module", MODULE]
+    args += ["--preset", "tiny", "--out", str(out), "--set", "checkpoint_every=4", *extra]
+    return subprocess.run(
+        args, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_sigkill_mid_job_resumes_to_the_same_results(tmp_path):
+    assert _cli(tmp_path / "full").returncode == 0
+    killed = _cli(tmp_path / "killed", {"SAMPLE_KILL_AT": "fit-b-s0:9"})
+    assert killed.returncode == -signal.SIGKILL
+    assert (tmp_path / "killed" / "jobs" / "fit-a-s0.json").exists()
+    assert not (tmp_path / "killed" / "jobs" / "fit-b-s0.json").exists()
+    with open(tmp_path / "killed" / "metrics.jsonl", "a") as f:
+        f.write('{"job": "fit-b-s0", "stage": "fit", "st')  # a torn last line
+    assert _cli(tmp_path / "killed").returncode == 0
+    assert records(tmp_path / "killed") == records(tmp_path / "full")
+    assert json.loads((tmp_path / "killed" / "jobs" / "fit-b-s0.json").read_text())["resumed"]
+    lines = [
+        json.loads(x) for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    ]
+    keys = [(r["job"], r["stage"], r["step"]) for r in lines]
+    assert len(keys) == len(set(keys))  # nothing logged twice, the torn line is gone
+    full = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(keys) == sorted((r["job"], r["stage"], r["step"]) for r in full)
+    start = time.perf_counter()
+    assert _cli(tmp_path / "killed").returncode == 0
+    assert time.perf_counter() - start < 5  # a finished run does nothing
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_leaves_out_reusable(tmp_path):
+    with pytest.raises(RuntimeError, match="asked to fail"):
+        run(tmp_path / "run", "fail=true")
+    run(tmp_path / "run")  # corrected config, same --out
+    assert len(records(tmp_path / "run")) == 4
+
+
+def test_the_run_lock_refuses_a_second_process(tmp_path):
+    out = tmp_path / "run"
+    run(out)
+    with RunLock(RunDir(out)):
+        with pytest.raises(ConfigError, match=r"is in use by pid \d+"):
+            run(out)
+    run(out)  # released
+
+
+def test_directories_of_other_runs_are_left_alone(tmp_path):
+    out = tmp_path / "toy"
+    run_experiment("toy", "tiny", out, ["progress=false"])
+    with pytest.raises(ConfigError, match="holds a run of another experiment \\('toy'"):
+        run(out)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not a stopwise run"):
+        run(foreign)
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+
+
+def test_module_and_entry_point_registration(tmp_path):
+    shown = subprocess.run(
+        [sys.executable, "-m", "stopwise.cli", "list", "--module", MODULE],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert shown.returncode == 0 and "sample" in shown.stdout
+    bad = _cli(tmp_path / "bad", None, "--set", "steps=0")
+    assert bad.returncode == 2 and "steps=0 must be >= 1" in bad.stderr
+    assert not (tmp_path / "bad").exists()
+    # An installed package registers through the entry-point group, with no flag.
+    site = tmp_path / "site"
+    (site / "mytask").mkdir(parents=True)
+    (site / "mytask" / "__init__.py").write_text(Path(MODULE).read_text())
+    info = site / "mytask-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mytask\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[stopwise.experiments]\nsample = mytask\n")
+    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    listed = subprocess.run(
+        [sys.executable, "-m", "stopwise.cli", "list"], env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert listed.returncode == 0 and "sample" in listed.stdout, listed.stderr
+    ran = subprocess.run(
+        [sys.executable, "-m", "stopwise.cli", "run", "sample", "--preset", "tiny", "--out",
+         str(tmp_path / "ep")], env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    assert (tmp_path / "ep" / "results.json").exists()

@@ -1,0 +1,52 @@
+"""Statistics of reports against independent references (SciPy, textbook tables, by hand)."""
+
+import math
+
+import pytest
+from scipy import stats as scipy_stats
+
+from stopwise.stats import format_mean_sd, mean_interval, mean_sd, paired_difference, t_quantile
+
+
+@pytest.mark.parametrize("df", [1, 2, 3, 4, 7, 19, 60, 500])
+@pytest.mark.parametrize("q", [0.6, 0.9, 0.975, 0.995, 0.025])
+def test_t_quantile_matches_scipy(q, df):
+    assert t_quantile(q, df) == pytest.approx(scipy_stats.t.ppf(q, df), rel=1e-8, abs=1e-9)
+
+
+def test_t_quantile_table_values():
+    # Two-sided 95% critical values of Student's t (any statistics textbook's table).
+    for df, value in [(1, 12.706), (2, 4.303), (4, 2.776), (9, 2.262), (29, 2.045)]:
+        assert t_quantile(0.975, df) == pytest.approx(value, abs=1e-3)
+
+
+def test_mean_interval_by_hand():
+    values = [1.0, 2.0, 4.0]
+    mean, sd = 7 / 3, math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2)
+    out = mean_interval(values)
+    assert out["mean"] == pytest.approx(mean) and out["sd"] == pytest.approx(sd)
+    half = 4.302652729911275 * sd / math.sqrt(3)
+    assert out["lo"] == pytest.approx(mean - half) and out["hi"] == pytest.approx(mean + half)
+    single = mean_interval([5.0])
+    assert single["lo"] is None and single["sd"] == 0.0
+
+
+def test_paired_difference_uses_shared_seeds_only():
+    a = {0: 1.0, 1: 2.0, 2: 3.5, 7: 100.0}
+    b = {0: 0.5, 1: 1.0, 2: 2.0}
+    out = paired_difference(a, b)
+    assert out["per_seed"] == {0: 0.5, 1: 1.0, 2: 1.5} and out["n"] == 3
+    assert out["mean"] == pytest.approx(1.0)
+    # sd 0.5, half-width 4.303 · 0.5 / √3 = 1.24: the interval includes 0
+    assert out["lo"] == pytest.approx(1.0 - 4.302652729911275 * 0.5 / math.sqrt(3))
+    assert not out["above_zero"] and not out["below_zero"]
+    tight = paired_difference({0: 1.9, 1: 2.0, 2: 2.1}, {0: 1.0, 1: 1.0, 2: 1.0})
+    assert tight["above_zero"] and not tight["below_zero"]
+    with pytest.raises(ValueError, match="share no seed"):
+        paired_difference({0: 1.0}, {1: 1.0})
+
+
+def test_mean_sd_and_format():
+    assert mean_sd([2.0, 4.0]) == (3.0, pytest.approx(math.sqrt(2)))
+    assert format_mean_sd([0.1, 0.3], ".1f", scale=100) == "20.0 ± 14.1"
+    assert format_mean_sd([0.5]) == "0.50"
