@@ -123,5 +123,5 @@ def test_every_experiment_has_the_contract_presets(name):
     experiment = EXPERIMENTS[name]
     assert {"tiny", "quick"} <= set(experiment.presets)
     assert experiment.description
-    for key, (kind, spec) in schema(experiment.config).items():
+    for key, (kind, _) in schema(experiment.config).items():
         assert kind in (bool, int, float, str) or typing.get_origin(kind) is list, key

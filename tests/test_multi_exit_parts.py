@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stopwise.inference import (
-    HazardThreshold,
+    ScoreThreshold,
     exit_distribution,
     fit_exit_thresholds,
     run_adaptive,

@@ -1,7 +1,6 @@
 """Training loop: exact resume after SIGKILL, safe checkpoints, batch sources, stage functions."""
 
 import contextlib
-import json
 import math
 import os
 import pickle
