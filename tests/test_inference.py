@@ -275,3 +275,15 @@ def test_in_chunks_equals_one_pass_for_tensors_and_states():
     assert torch.equal(pair[0], x.sum(-1)) and torch.equal(pair[1], x[:, 0])
     with pytest.raises(ValueError, match="chunk must be >= 1"):
         in_chunks(torch.tanh, x, chunk=0)
+
+
+def test_time_adaptive_reports_medians_and_the_rules_steps():
+    from stopwise.inference import time_adaptive
+
+    model, policy, x = make(seed=3, batch=64)
+    rules = {"early": HazardThreshold(0.0), "never": HazardThreshold(1.0)}
+    timing = time_adaptive(model, policy, x, rules, repeats=2, chunk=20)
+    assert timing["rows"] == 64 and timing["full_seconds"] > 0
+    assert timing["rules"]["early"]["mean_steps"] == 1.0
+    assert timing["rules"]["never"]["mean_steps"] == model.max_steps
+    assert timing["rules"]["never"]["mean_cost"] == float(model.step_costs()[-1])

@@ -5,7 +5,14 @@ import math
 import pytest
 from scipy import stats as scipy_stats
 
-from stopwise.stats import format_mean_sd, mean_interval, mean_sd, paired_difference, t_quantile
+from stopwise.stats import (
+    format_mean_sd,
+    mean_interval,
+    mean_sd,
+    paired_difference,
+    spearman,
+    t_quantile,
+)
 
 
 @pytest.mark.parametrize("df", [1, 2, 3, 4, 7, 19, 60, 500])
@@ -50,3 +57,13 @@ def test_mean_sd_and_format():
     assert mean_sd([2.0, 4.0]) == (3.0, pytest.approx(math.sqrt(2)))
     assert format_mean_sd([0.1, 0.3], ".1f", scale=100) == "20.0 ± 14.1"
     assert format_mean_sd([0.5]) == "0.50"
+
+
+def test_spearman_matches_scipy_with_ties():
+    import numpy as np
+
+    g = np.random.default_rng(0)
+    a, b = g.integers(0, 5, 200), g.normal(size=200)
+    b[:50] = a[:50]  # some dependence
+    assert spearman(a, b) == pytest.approx(scipy_stats.spearmanr(a, b).statistic, abs=1e-12)
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))

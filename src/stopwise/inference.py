@@ -39,6 +39,7 @@ __all__ = [
     "hazard_trajectory",
     "stop_indices",
     "in_chunks",
+    "time_adaptive",
     "fit_threshold",
     "calibrate",
     "exit_distribution",
@@ -505,3 +506,68 @@ def in_chunks(fn: Callable[[Any], Any], inputs: Any, chunk: int = 1000) -> Any:
     if isinstance(first, tuple | list):
         return type(first)(torch.cat(column) for column in zip(*parts, strict=True))
     raise TypeError(f"in_chunks: fn must return tensors; got {type(first).__name__}")
+
+
+@torch.no_grad()
+def time_adaptive(
+    model: StepModel,
+    policy,
+    inputs: Any,
+    rules: dict[str, Rule],
+    valid_steps: torch.Tensor | None = None,
+    repeats: int = 5,
+    chunk: int | None = None,
+    warmup: int = 1,
+) -> dict[str, Any]:
+    """Wall-clock of real adaptive inference against the full-depth model, measured side by side.
+
+    Each repeat times, in turn, :func:`run_fixed` (every step, no policy) and
+    :func:`run_adaptive` in ``shrink`` mode for every rule, on ``inputs`` in row chunks of
+    ``chunk`` (default: one batch). Returns medians over repeats: ``{"full_seconds",
+    "rules": {name: {"seconds", "speedup", "mean_steps", "mean_cost"}}, "repeats", "rows"}``.
+    """
+    import statistics
+    import time
+
+    total = state_batch_size(inputs)
+    size = total if chunk is None else chunk
+    parts = [index_state(inputs, slice(i, i + size)) for i in range(0, total, size)]
+
+    def full():
+        for part in parts:
+            run_fixed(model, part)
+
+    outputs: dict[str, list[AdaptiveResult]] = {}
+
+    def adaptive(name, rule):
+        outputs[name] = [
+            run_adaptive(model, policy, part, rule, "shrink", valid_steps) for part in parts
+        ]
+
+    for _ in range(warmup):
+        full()
+        for name, rule in rules.items():
+            adaptive(name, rule)
+    full_times: list[float] = []
+    times: dict[str, list[float]] = {name: [] for name in rules}
+    for _ in range(repeats):
+        start = time.perf_counter()
+        full()
+        full_times.append(time.perf_counter() - start)
+        for name, rule in rules.items():
+            start = time.perf_counter()
+            adaptive(name, rule)
+            times[name].append(time.perf_counter() - start)
+    full_s = statistics.median(full_times)
+    out: dict[str, Any] = {"full_seconds": full_s, "repeats": repeats, "rows": total, "rules": {}}
+    for name in rules:
+        seconds = statistics.median(times[name])
+        steps = torch.cat([r.steps_used for r in outputs[name]]).double()
+        cost = torch.cat([r.cost for r in outputs[name]]).double()
+        out["rules"][name] = {
+            "seconds": seconds,
+            "speedup": full_s / seconds,
+            "mean_steps": float(steps.mean()),
+            "mean_cost": float(cost.mean()),
+        }
+    return out

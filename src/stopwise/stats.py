@@ -12,7 +12,17 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["mean_sd", "t_quantile", "mean_interval", "paired_difference", "format_mean_sd"]
+import numpy as np
+
+__all__ = [
+    "mean_sd",
+    "t_quantile",
+    "mean_interval",
+    "paired_difference",
+    "format_mean_sd",
+    "average_ranks",
+    "spearman",
+]
 
 
 def mean_sd(values: Sequence[float]) -> tuple[float, float]:
@@ -118,3 +128,22 @@ def format_mean_sd(values: Sequence[float], fmt: str = ".2f", scale: float = 1.0
     """``"m ± s"`` of the values times ``scale`` (just ``"m"`` for one value)."""
     mean, sd = mean_sd([scale * v for v in values])
     return format(mean, fmt) if len(values) == 1 else f"{mean:{fmt}} ± {sd:{fmt}}"
+
+
+def average_ranks(values) -> np.ndarray:
+    """1-based ranks of a 1-D array, ties sharing the mean of the ranks they span."""
+    values = np.asarray(values)
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)  # the last 1-based rank of each distinct value
+    return ((ends - counts + 1 + ends) / 2.0)[inverse.reshape(-1)]
+
+
+def spearman(a, b) -> float:
+    """Spearman's rank correlation with average ranks for ties; NaN when either side is constant."""
+    a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"spearman needs equal lengths; got {a.shape[0]} and {b.shape[0]}")
+    ra, rb = average_ranks(a), average_ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = math.sqrt(float((ra * ra).sum() * (rb * rb).sum()))
+    return float((ra * rb).sum() / denominator) if denominator > 0 else math.nan
