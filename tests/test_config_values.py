@@ -9,11 +9,11 @@ import typing
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_experiment_contract import NAMES, module_args
 
 from stopwise.cli import main
 from stopwise.config import ConfigError, flatten, schema, to_plain
 from stopwise.experiments import get_experiment, resolve_config
-from test_experiment_contract import NAMES, module_args
 
 NAMES = [n for n in NAMES if n != "sample"]  # the runner's test fixture fails on purpose
 

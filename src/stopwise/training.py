@@ -501,15 +501,24 @@ def fit_policy(
     mask: torch.Tensor | None = None,
     settings: LoopSettings | None = None,
     stage: str = "stage2",
+    step_penalty: torch.Tensor | None = None,
     **optimize_kw,
 ) -> dict[str, float]:
-    """L2S stage II: the step model is frozen; the policy imitates the (soft or hard) oracle."""
+    """L2S stage II: the step model is frozen; the policy imitates the (soft or hard) oracle.
+
+    ``step_penalty`` ``(T,)``, if given, is added to every row's per-step losses before the
+    oracle: with λ·c_t (c_t the cumulative cost of stopping at t) the policy imitates the
+    cost-aware oracle q*(t) ∝ exp(−(ℓ_t + λ c_t)/β), whose hard form is argmin_t ℓ_t + λ c_t —
+    the depth a per-sample budget would choose — instead of the cost-blind argmin_t ℓ_t.
+    """
 
     def loss(step):
         inputs, targets = shard(batches(step))
         with torch.no_grad():
             trajectory = unroll(model, inputs, with_features=True)
             losses = loss_fn(trajectory.predictions, targets)
+            if step_penalty is not None:
+                losses = losses + step_penalty.to(losses)
         stop = StopTime(policy_hazards(policy, trajectory.features), mask)
         return l2s_stage2_loss(stop, losses, beta, hard), {
             "mean_steps": stop.mean().mean().detach()
