@@ -63,17 +63,6 @@ def job_records(out: Path) -> dict:
     return {p.name: stable(json.loads(p.read_text())) for p in (out / "jobs").glob("*.json")}
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    runs = {}
-    for name in NAMES:
-        out = tmp_path_factory.mktemp(name) / "full"
-        done = stopwise(tiny(name, out))
-        assert done.returncode == 0, done.stderr[-3000:]
-        runs[name] = out
-    return runs
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_tiny_run_killed_half_way_resumes_to_the_same_results(name, uninterrupted, tmp_path):
     full = uninterrupted[name]

@@ -22,18 +22,6 @@ from stopwise.contract import RunDir
 from stopwise.experiments import RunLock, run_experiment
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """An uninterrupted tiny run of each experiment, and how many events of each kind it had."""
-    runs = {}
-    for name in NAMES:
-        out = tmp_path_factory.mktemp(name) / "full"
-        done = stopwise(tiny(name, out))
-        assert done.returncode == 0, done.stderr[-3000:]
-        runs[name] = out
-    return runs
-
-
 def checkpoints(out: Path) -> list[Path]:
     return sorted((out / "checkpoints").glob("*/*.pt"))
 
@@ -44,8 +32,8 @@ def same_results(out: Path, full: Path) -> bool:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_signals_full_disk_and_corrupt_checkpoints(name, reference, tmp_path):
-    full, out = reference[name], tmp_path / "run"
+def test_signals_full_disk_and_corrupt_checkpoints(name, uninterrupted, tmp_path):
+    full, out = uninterrupted[name], tmp_path / "run"
     lines = len((full / "metrics.jsonl").read_text().splitlines())
     # SIGTERM: the running stage checkpoints, the run says how to resume, exit 143.
     stopped = stopwise(tiny(name, out), fault=f"sigterm:{max(1, lines // 3)}")
@@ -113,7 +101,7 @@ def test_sigterm_to_a_run_with_worker_processes(tmp_path):
     assert any(json.loads(p.read_text())["resumed"] for p in (out / "jobs").glob("*.json"))
 
 
-def test_unsafe_checkpoint_in_a_run_is_refused_and_never_runs(tmp_path, reference):
+def test_unsafe_checkpoint_in_a_run_is_refused_and_never_runs(tmp_path):
     out = tmp_path / "run"
     assert stopwise(tiny("toy", out), fault="checkpoint:2").returncode == -9
     victim = checkpoints(out)[0]
@@ -131,11 +119,11 @@ def test_unsafe_checkpoint_in_a_run_is_refused_and_never_runs(tmp_path, referenc
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
-def test_sigkill_at_random_moments(name, reference, tmp_path):
+def test_sigkill_at_random_moments(name, uninterrupted, tmp_path):
     """20 trials: a SIGKILL at a random event (metrics record, torn record, checkpoint write,
     job record write, report write) of a random count; every rerun completes with the results
     of the uninterrupted run."""
-    full = reference[name]
+    full = uninterrupted[name]
     counts = {
         "metrics": len((full / "metrics.jsonl").read_text().splitlines()),
         "torn": len((full / "metrics.jsonl").read_text().splitlines()),
