@@ -8,6 +8,7 @@ split's mean and standard deviation, and integer labels.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import random
@@ -28,6 +29,8 @@ __all__ = [
     "fashion_splits",
     "mnist1d_splits",
     "digits_splits",
+    "DATASETS",
+    "check_data",
     "load_splits",
 ]
 
@@ -66,6 +69,12 @@ class Splits:
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train_y), "validation": len(self.val_y), "test": len(self.test_y)}
+
+    def subset_train(self, rows: int) -> Splits:
+        """The first ``rows`` training rows (0: all); validation and test unchanged."""
+        if rows:
+            self.train_x, self.train_y = self.train_x[:rows], self.train_y[:rows]
+        return self
 
 
 # ---------------------------------------------------------------- IDX files
@@ -286,23 +295,55 @@ def digits_splits(val_size: int = 300, test_size: int = 400, split_seed: int = 0
 
 
 DATASETS = ("fashion-mnist", "mnist1d", "digits")
+DIGITS_ROWS = 1797
 
 
-def load_splits(config: dict) -> Splits:
-    """The splits named by ``config["dataset"]``, with the config's sizes."""
-    name = config["dataset"]
-    if name == "fashion-mnist":
-        return fashion_splits(
-            config["data_dir"], config["val_size"], config["train_size"], config["split_seed"]
+def check_data(config) -> None:
+    """Refuse, before anything is read or written, split sizes the data set cannot give and
+    missing Fashion-MNIST files (:class:`DataError`, a ValueError, names each path tried)."""
+    if config.dataset == "fashion-mnist":
+        fashion_mnist_files(config.data_dir)
+        return
+    if config.dataset == "mnist1d":
+        rows = len(config.mnist1d_noise) * config.mnist1d_per_level
+        what = f"MNIST-1D ({len(config.mnist1d_noise)} levels × {config.mnist1d_per_level})"
+    else:
+        rows, what = DIGITS_ROWS, "digits"
+    if config.val_size + config.test_size >= rows:
+        raise DataError(
+            f"{what} has {rows} rows: val_size {config.val_size} + test_size "
+            f"{config.test_size} must leave training rows"
         )
-    if name == "mnist1d":
-        return mnist1d_splits(
-            config["mnist1d_noise"],
-            config["mnist1d_per_level"],
-            config["val_size"],
-            config["test_size"],
-            config["split_seed"],
+    if config.train_size > rows - config.val_size - config.test_size:
+        raise DataError(
+            f"train_size {config.train_size} exceeds the {rows - config.val_size - config.test_size}"
+            f" training rows {what} leaves (0 means all)"
         )
-    if name == "digits":
-        return digits_splits(config["val_size"], config["test_size"], config["split_seed"])
-    raise DataError(f"unknown dataset {name!r}; choose one of {list(DATASETS)}")
+
+
+def load_splits(config) -> Splits:
+    """The splits named by ``config.dataset``, with the config's sizes (cached per process: every
+    job of a run reads the same data)."""
+    return _load(
+        config.dataset,
+        config.data_dir,
+        config.val_size,
+        config.test_size,
+        config.train_size,
+        config.split_seed,
+        tuple(config.mnist1d_noise),
+        config.mnist1d_per_level,
+    )
+
+
+@functools.lru_cache(maxsize=2)
+def _load(dataset, data_dir, val_size, test_size, train_size, split_seed, noise, per_level):
+    if dataset == "fashion-mnist":
+        return fashion_splits(data_dir, val_size, train_size, split_seed)
+    if dataset == "mnist1d":
+        splits = mnist1d_splits(list(noise), per_level, val_size, test_size, split_seed)
+    elif dataset == "digits":
+        splits = digits_splits(val_size, test_size, split_seed)
+    else:
+        raise DataError(f"unknown dataset {dataset!r}; choose one of {list(DATASETS)}")
+    return splits.subset_train(train_size)
