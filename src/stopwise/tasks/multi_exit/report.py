@@ -30,15 +30,59 @@ def _label(method: str, curve: str) -> str:
     return f"{METHODS[method]} ({'policy' if curve == 'policy' else 'confidence thresholds'})"
 
 
-def _stats(values: list[float | None]) -> tuple[float | None, float | None]:
-    present = [v for v in values if v is not None]
-    return mean_sd(present) if present else (None, None)
+def _columns(rows_per_seed: list[list[dict[str, Any]]], key: str) -> list[list[Any]]:
+    """``key`` of the i-th row of every seed, for each i."""
+    return [[row.get(key) for row in rows] for rows in zip(*rows_per_seed, strict=True)]
 
 
-def _paired(a: dict[int, float | None], b: dict[int, float | None]) -> dict[str, Any] | None:
-    """a − b over the seeds where both curves reach the budget (None if there are none)."""
-    seeds = [s for s in a if a[s] is not None and b.get(s) is not None]
-    return paired_difference({s: a[s] for s in seeds}, b) if seeds else None
+def _line(method: str, curve: str, records: dict[int, dict[str, Any]], budget_macs, epochs):
+    """One (method, stop model) over seeds: accuracy at the budgets (read off each seed's test
+    curve), per fixed exit, run for real; training time; the mean curve."""
+    seeds = sorted(records)
+    curves = [records[s]["curves"][curve] for s in seeds]
+    per_seed = {s: accuracy_at_budgets(c, budget_macs) for s, c in zip(seeds, curves, strict=True)}
+    at_budgets = [
+        [v for v in column if v is not None] for column in zip(*per_seed.values(), strict=True)
+    ]
+    at_budgets = [mean_sd(column) if column else (None, None) for column in at_budgets]
+    exits = [mean_sd(c) for c in _columns([records[s]["fixed_depth"] for s in seeds], "accuracy")]
+    adaptive = [records[s]["adaptive"][curve] for s in seeds]
+    train = statistics.fmean(records[s]["train_seconds"] for s in seeds)
+    return {
+        "method": method,
+        "curve": curve,
+        "label": _label(method, curve),
+        "seeds": seeds,
+        "budget_accuracy_mean": [m for m, _ in at_budgets],
+        "budget_accuracy_sd": [sd for _, sd in at_budgets],
+        "budget_accuracy_per_seed": per_seed,
+        "anytime_accuracy_mean": [m for m, _ in exits],
+        "anytime_accuracy_sd": [sd for _, sd in exits],
+        "adaptive_accuracy_mean": [statistics.fmean(c) for c in _columns(adaptive, "accuracy")],
+        "adaptive_mean_cost": [statistics.fmean(c) for c in _columns(adaptive, "mean_cost")],
+        "adaptive_matches_dense": all(all(c) for c in _columns(adaptive, "matches_dense")),
+        "train_seconds_mean": train,
+        "seconds_per_epoch_mean": train / epochs,
+        "curve_mean": [
+            {"p": p[0], "mean_cost": statistics.fmean(c), "accuracy": statistics.fmean(a)}
+            for p, c, a in zip(
+                _columns(curves, "p"),
+                _columns(curves, "mean_cost"),
+                _columns(curves, "accuracy"),
+                strict=True,
+            )
+        ],
+    }
+
+
+def _paired(a: dict[int, list], b: dict[int, list], i: int) -> dict[str, Any] | None:
+    """a − b at budget ``i`` over the seeds where both curves reach it (None if none do)."""
+    seeds = [s for s in a if s in b and a[s][i] is not None and b[s][i] is not None]
+    return (
+        paired_difference({s: a[s][i] for s in seeds}, {s: b[s][i] for s in seeds})
+        if seeds
+        else None
+    )
 
 
 def report(results: list[JobResult], config: MultiExitConfig) -> Report:
@@ -48,82 +92,29 @@ def report(results: list[JobResult], config: MultiExitConfig) -> Report:
     first = results[0].record
     costs = first["step_costs"]
     budget_macs = [b * costs[-1] for b in config.budgets]
-    accuracy: dict[tuple[str, str], dict[int, list[float | None]]] = {}
-    lines = []
-    for method, records in by_method.items():
-        seeds = sorted(records)
-        for curve in records[seeds[0]]["curves"]:
-            per_seed = {
-                s: accuracy_at_budgets(records[s]["curves"][curve], budget_macs) for s in seeds
-            }
-            accuracy[method, curve] = per_seed
-            budget_stats = [
-                _stats([per_seed[s][i] for s in seeds]) for i in range(len(budget_macs))
-            ]
-            exits = [[p["accuracy"] for p in records[s]["fixed_depth"]] for s in seeds]
-            exit_stats = [mean_sd(column) for column in zip(*exits, strict=True)]
-            adaptive = [records[s]["adaptive"][curve] for s in seeds]
-            train = [records[s]["train_seconds"] for s in seeds]
-            lines.append(
-                {
-                    "method": method,
-                    "curve": curve,
-                    "label": _label(method, curve),
-                    "seeds": seeds,
-                    "budget_accuracy_mean": [m for m, _ in budget_stats],
-                    "budget_accuracy_sd": [sd for _, sd in budget_stats],
-                    "budget_accuracy_per_seed": per_seed,
-                    "anytime_accuracy_mean": [m for m, _ in exit_stats],
-                    "anytime_accuracy_sd": [sd for _, sd in exit_stats],
-                    "adaptive_accuracy_mean": [
-                        statistics.fmean(row["accuracy"] for row in rows)
-                        for rows in zip(*adaptive, strict=True)
-                    ],
-                    "adaptive_cost_fraction_mean": [
-                        statistics.fmean(row["mean_cost"] for row in rows) / costs[-1]
-                        for rows in zip(*adaptive, strict=True)
-                    ],
-                    "adaptive_matches_dense": all(
-                        row["matches_dense"] for a in adaptive for row in a
-                    ),
-                    "train_seconds_mean": statistics.fmean(train),
-                    "seconds_per_epoch_mean": statistics.fmean(train) / config.epochs,
-                    "curve_mean": [
-                        {
-                            "p": points[0].get("p"),
-                            "mean_cost": statistics.fmean(p["mean_cost"] for p in points),
-                            "accuracy": statistics.fmean(p["accuracy"] for p in points),
-                        }
-                        for points in zip(
-                            *(records[s]["curves"][curve] for s in seeds), strict=True
-                        )
-                    ],
-                }
-            )
-    paired: dict[str, list[dict[str, Any] | None]] = {}
-    cost_ratio: dict[str, Any] = {}
+    lines = [
+        _line(method, curve, records, budget_macs, config.epochs)
+        for method, records in by_method.items()
+        for curve in next(iter(records.values()))["curves"]
+    ]
+    paired, cost_ratio = {}, {}
     if "uniform" in by_method:
-        base = accuracy["uniform", "confidence"]
-        for (method, curve), per_seed in accuracy.items():
-            if method == "uniform":
-                continue
-            name = method if curve == "confidence" else f"{method} ({curve})"
-            paired[name] = [
-                _paired({s: v[i] for s, v in per_seed.items()}, {s: v[i] for s, v in base.items()})
-                for i in range(len(budget_macs))
-            ]
+        base = next(line for line in lines if line["label"] == METHODS["uniform"])
+        base = base["budget_accuracy_per_seed"]
+        for line in lines:
+            if line["method"] != "uniform":
+                name = line["method"] + ("" if line["curve"] == "confidence" else " (policy)")
+                mine = line["budget_accuracy_per_seed"]
+                paired[name] = [_paired(mine, base, i) for i in range(len(budget_macs))]
         uniform = by_method["uniform"]
         for method, records in by_method.items():
-            ratios = [
-                records[s]["train_seconds"] / uniform[s]["train_seconds"]
-                for s in records
-                if s in uniform
-            ]
-            cost_ratio[method] = {
-                "per_seed": ratios,
-                "mean": statistics.fmean(ratios) if ratios else None,
-            }
+            ratios = [r["train_seconds"] / uniform[s]["train_seconds"] for s, r in records.items()]
+            cost_ratio[method] = {"per_seed": ratios, "mean": statistics.fmean(ratios)}
     jobs = {r.id: r.record for r in results}
+
+    def per_job(key: str) -> dict[str, Any]:
+        return {i: r[key] for i, r in jobs.items() if key in r}
+
     summary_results = {
         "data": first["data"],
         "updates": first["updates"],
@@ -136,22 +127,19 @@ def report(results: list[JobResult], config: MultiExitConfig) -> Report:
         "lines": lines,
         "paired_vs_uniform": paired,
         "train_seconds_vs_uniform": cost_ratio,
-        "negative_weights": {
-            i: r["negative_weights"] for i, r in jobs.items() if "negative_weights" in r
-        },
-        "test_groups": {i: r["test_groups"] for i, r in jobs.items() if "test_groups" in r},
-        "timing": {i: r["timing"] for i, r in jobs.items() if "timing" in r},
+        "negative_weights": per_job("negative_weights"),
+        "test_groups": per_job("test_groups"),
+        "timing": per_job("timing"),
     }
     figures = {
         "accuracy_vs_macs": _accuracy_figure(lines, by_method, budget_macs, first["data"]),
         "per_exit_accuracy": _exit_figure(lines, len(costs)),
     }
-    weighted = [(i, r) for i, r in jobs.items() if "weights_vs_loss" in r]
+    weighted = per_job("weights_vs_loss")
     if weighted:
-        figures["weights_vs_loss"] = _weights_figure(*weighted[0])
-    return Report(
-        summary_results, _table(summary_results, config), figures, _summary(summary_results)
-    )
+        figures["weights_vs_loss"] = _weights_figure(*next(iter(weighted.items())))
+    table = _table(summary_results, config)
+    return Report(summary_results, table, figures, _summary(summary_results))
 
 
 def _points(value: float | None, signed: bool = False) -> str | None:
@@ -333,8 +321,7 @@ def _exit_figure(lines, exits: int):
     return figure
 
 
-def _weights_figure(job: str, record: dict[str, Any]):
-    data = record["weights_vs_loss"]
+def _weights_figure(job: str, data: dict[str, Any]):
     K = len(data["losses"])
     figure, axes = new_figure(3.0 * K, 3.0)
     figure.clf()
