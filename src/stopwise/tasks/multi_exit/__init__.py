@@ -14,33 +14,17 @@ from __future__ import annotations
 
 from ...contract import Experiment
 from .config import METHODS, PRESETS, MultiExitConfig
-from .data import DataError, Splits, digits_splits, fashion_splits, mnist1d_splits, read_idx
 from .experiment import jobs, run_job
-from .l2w import MetaStep, WeightNet, allocate_meta, meta_gradient, sgd_virtual_step
-from .methods import train_method
-from .models import ExitPolicy, MultiExitCNN, count_step_macs, exit_losses, running_stats_frozen
+from .models import ExitPolicy, MultiExitCNN, count_step_macs, exit_losses
 from .report import report
 
 __all__ = [
-    "DataError",
-    "Splits",
-    "read_idx",
-    "fashion_splits",
-    "mnist1d_splits",
-    "digits_splits",
-    "MultiExitCNN",
-    "exit_losses",
-    "running_stats_frozen",
-    "count_step_macs",
-    "ExitPolicy",
-    "WeightNet",
-    "allocate_meta",
-    "sgd_virtual_step",
-    "meta_gradient",
-    "MetaStep",
     "METHODS",
     "MultiExitConfig",
-    "train_method",
+    "MultiExitCNN",
+    "count_step_macs",
+    "exit_losses",
+    "ExitPolicy",
     "EXPERIMENTS",
 ]
 

@@ -51,31 +51,25 @@ def sdn_weights(weights: list[float]) -> torch.Tensor:
 
 
 class NegativeWeights:
-    """Running count of negative L2W weights over training (checkpointed with the loop)."""
+    """Count of negative L2W weights per exit over training (checkpointed with the loop)."""
 
-    def __init__(self):
-        self.negative, self.total = 0, 0
-        self.per_exit: list[int] = []
+    def __init__(self, exits: int):
+        self.counts = torch.zeros(exits, dtype=torch.long)
 
     def add(self, w: torch.Tensor) -> None:
-        negative = (w < 0).sum(0)
-        if not self.per_exit:
-            self.per_exit = [0] * w.shape[1]
-        self.per_exit = [a + int(b) for a, b in zip(self.per_exit, negative, strict=True)]
-        self.negative += int(negative.sum())
-        self.total += w.numel()
+        self.counts += (w < 0).sum(0)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"negative": self.negative, "total": self.total, "per_exit": list(self.per_exit)}
+        return {"counts": self.counts.clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.negative, self.total = state["negative"], state["total"]
-        self.per_exit = list(state["per_exit"])
+        self.counts = state["counts"].clone()
 
     def summary(self, rows: int) -> dict[str, Any]:
+        """The share of negative (sample, exit) weights over ``rows`` samples, and per exit."""
         return {
-            "fraction": self.negative / max(self.total, 1),
-            "per_exit_fraction": [n / max(rows, 1) for n in self.per_exit],
+            "fraction": float(self.counts.sum()) / max(rows * len(self.counts), 1),
+            "per_exit_fraction": (self.counts.double() / max(rows, 1)).tolist(),
         }
 
 
@@ -146,7 +140,7 @@ def _train_l2w(model, batches, config: MultiExitConfig, mode: str, common) -> Tr
     weight_net = WeightNet(K, c.hidden, c.delta, c.clamp)
     meta_optimizer = torch.optim.Adam(weight_net.parameters(), lr=c.meta_lr, weight_decay=c.meta_wd)
     meta = MetaStep(weight_net, meta_optimizer, c.p, mode)
-    negatives = NegativeWeights()
+    negatives = NegativeWeights(K)
 
     def loss(step: int) -> tuple[torch.Tensor, dict[str, Any]]:
         x, y = batches(step)

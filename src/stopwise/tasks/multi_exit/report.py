@@ -75,6 +75,11 @@ def _line(method: str, curve: str, records: dict[int, dict[str, Any]], budget_ma
     }
 
 
+def _pair(line: dict[str, Any]) -> str:
+    """The key of a line's comparison with uniform: the method, "(policy)" for L2S's policy."""
+    return line["method"] + ("" if line["curve"] == "confidence" else " (policy)")
+
+
 def _paired(a: dict[int, list], b: dict[int, list], i: int) -> dict[str, Any] | None:
     """a − b at budget ``i`` over the seeds where both curves reach it (None if none do)."""
     seeds = [s for s in a if s in b and a[s][i] is not None and b[s][i] is not None]
@@ -103,9 +108,8 @@ def report(results: list[JobResult], config: MultiExitConfig) -> Report:
         base = base["budget_accuracy_per_seed"]
         for line in lines:
             if line["method"] != "uniform":
-                name = line["method"] + ("" if line["curve"] == "confidence" else " (policy)")
                 mine = line["budget_accuracy_per_seed"]
-                paired[name] = [_paired(mine, base, i) for i in range(len(budget_macs))]
+                paired[_pair(line)] = [_paired(mine, base, i) for i in range(len(budget_macs))]
         uniform = by_method["uniform"]
         for method, records in by_method.items():
             ratios = [r["train_seconds"] / uniform[s]["train_seconds"] for s, r in records.items()]
@@ -194,15 +198,13 @@ def _table(results: dict[str, Any], config: MultiExitConfig) -> str:
     ]
     if results["paired_vs_uniform"]:
         paired_rows = []
-        for name, per_budget in results["paired_vs_uniform"].items():
-            method = name.split(" ")[0]
-            row = {
-                "label": f"{_label(method, 'policy' if '(' in name else 'confidence')} − uniform"
-            }
-            for i, d in enumerate(per_budget):
-                row[f"b{i}"] = _interval_text(d)
-            row["cost"] = results["train_seconds_vs_uniform"].get(method, {}).get("mean")
-            paired_rows.append(row)
+        for line in results["lines"]:
+            if line["method"] != "uniform":
+                row = {"label": f"{line['label']} − uniform"}
+                for i, d in enumerate(results["paired_vs_uniform"][_pair(line)]):
+                    row[f"b{i}"] = _interval_text(d)
+                row["cost"] = results["train_seconds_vs_uniform"][line["method"]]["mean"]
+                paired_rows.append(row)
         parts += [
             "",
             f"Paired differences against uniform training (accuracy points, mean over {seeds} "
