@@ -17,7 +17,6 @@ against the selection from the dense trajectory.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +46,14 @@ from .methods import (
     fit_stop_policy,
     tune,
 )
-from .metrics import error_columns, errors_at, nmse_columns, nmse_db, per_step_squared_errors
+from .metrics import (
+    error_columns,
+    errors_at,
+    nmse_columns,
+    nmse_db,
+    oracle_stop,
+    per_step_squared_errors,
+)
 from .models import ALISTA, LISTA, LISTACPSS, StopPolicy, support_sizes
 
 __all__ = ["jobs", "run_job", "load_stop_model", "STOP_MODELS"]
@@ -274,8 +280,7 @@ def stop_model(name: str, model, steps2: int, problem: SparseProblem, context: J
                 "mean_cost": float(result.cost.double().mean()),
                 "matches_dense_selection": bool(torch.equal(result.stop_index, dense)),
             }
-    masked = test_errors.masked_fill(~valid.to(test_errors.device), math.inf)
-    stops["oracle"] = masked.argmin(dim=1)  # the best valid exit in hindsight (needs x*)
+    stops["oracle"] = oracle_stop(test_errors, valid)
     rows[f"{name}-oracle"] = {
         **columns_at(test_errors, test, snrs, stops["oracle"]),
         **steps_per_snr(stops["oracle"], test, snrs),

@@ -21,6 +21,7 @@ __all__ = [
     "error_columns",
     "column_names",
     "errors_at",
+    "oracle_stop",
     "per_step_squared_errors",
 ]
 
@@ -79,6 +80,12 @@ def error_columns(
 def errors_at(step_errors: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``(B,)`` ‖x_{index} − x*‖² from per-step errors ``(B, T)`` at 0-based ``index (B,)``."""
     return step_errors.gather(1, index.long().to(step_errors.device).view(-1, 1)).squeeze(1)
+
+
+def oracle_stop(step_errors: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` 0-based index of each row's best valid exit in hindsight (needs x*): the bound a
+    stopping policy can approach. ``step_errors (N, T)``, ``valid (T,)`` bool."""
+    return step_errors.masked_fill(~valid.to(step_errors.device), math.inf).argmin(dim=1)
 
 
 def per_step_squared_errors(model, y: torch.Tensor, target: torch.Tensor, chunk: int = 1000):

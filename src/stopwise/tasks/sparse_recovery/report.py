@@ -161,7 +161,6 @@ def report(results: list[JobResult], config: SparseRecoveryConfig) -> Report:
         "paired": paired,
         "per_layer": per_layer,
         "stop_models": stop_models,
-        "classical": {r.seed: r.record["tuned"] for r in results if r.name == "classical"},
         "jobs": jobs,
         "training_seconds": sum(r.seconds for r in results),
         "training_cpu_seconds": sum(r.cpu_seconds for r in results),
@@ -181,19 +180,19 @@ def _combine(values: list[Any]) -> Any:
     return {k: statistics.fmean(v[k] for v in values) for k in values[0]}
 
 
+def _at_depth(curve: list[dict], mean_steps: float) -> dict:
+    """The point of a per-depth curve at depth ⌈mean_steps⌉."""
+    return curve[min(math.ceil(mean_steps - 1e-9), len(curve)) - 1]
+
+
 def _same_depth_baseline(rows, curves, baseline: str) -> None:
     """Give every stop row of each seed the NMSE of ``baseline`` (ISTA tuned for T) run for
     ⌈mean steps⌉ iterations: the comparison at the same mean depth."""
     for seed, by_key in rows.items():
-        curve = curves[seed].get(baseline)
-        if curve is None:
-            continue
         for key, row in by_key.items():
-            if key.endswith(("-sampled", "-threshold", "-oracle")):
-                depth = min(math.ceil(row["mean_steps"] - 1e-9), len(curve))
-                point = curve[depth - 1]
-                columns = {k: v for k, v in point.items() if k not in ("mean_cost", "mean_steps")}
-                row["ista_same_depth"] = columns
+            if key.endswith(("-sampled", "-threshold", "-oracle")) and baseline in curves[seed]:
+                point = _at_depth(curves[seed][baseline], row["mean_steps"])
+                row["ista_same_depth"] = {k: v for k, v in point.items() if k != "mean_cost"}
 
 
 def _add_timing(rows, stops) -> None:
@@ -208,35 +207,26 @@ def _paired(rows, curves, seeds: list[int], T: int) -> list[dict[str, Any]]:
     """Paired over seeds, mixed test NMSE (dB): a − b per seed, mean and 95% interval."""
 
     def mixed(key):
-        return {s: rows[s][key]["mixed"] for s in seeds if key in rows[s]}
+        return {s: rows[s][key]["mixed"] for s in seeds}
 
-    comparisons = []
-    for name in STOP_MODELS:
-        if f"{name}-threshold" not in rows[seeds[0]]:
-            continue
-        threshold = mixed(f"{name}-threshold")
-        same_depth = {
-            s: curves[s][name][math.ceil(rows[s][f"{name}-threshold"]["mean_steps"] - 1e-9) - 1][
-                "mixed"
-            ]
-            for s in seeds
-        }
+    def at_depth(curve, key):  # the model ``curve`` run for ⌈mean steps of row ``key``⌉
+        return {s: _at_depth(curves[s][curve], rows[s][key]["mean_steps"])["mixed"] for s in seeds}
+
+    comparisons, names = [], [n for n in STOP_MODELS if f"{n}-threshold" in rows[seeds[0]]]
+    for name in names:
+        row = f"{name}-threshold"
         comparisons += [
-            (f"{name} threshold − its full depth", threshold, mixed(f"{name}-full")),
-            (f"{name} threshold − itself at fixed depth ⌈mean steps⌉", threshold, same_depth),
-        ]
-    if "lista_stop-threshold" in rows[seeds[0]] and f"ista-{T}" in rows[seeds[0]]:
-        ista = {s: rows[s]["lista_stop-threshold"]["ista_same_depth"]["mixed"] for s in seeds}
-        comparisons.append(
-            ("lista_stop threshold − ISTA at the same depth", mixed("lista_stop-threshold"), ista)
-        )
-        comparisons.append(
+            (f"{name} threshold − its full depth", mixed(row), mixed(f"{name}-full")),
+            (f"{name} threshold − itself at ⌈mean steps⌉", mixed(row), at_depth(name, row)),
             (
-                "cpss_stop threshold − lista_stop threshold",
-                mixed("cpss_stop-threshold"),
-                mixed("lista_stop-threshold"),
-            )
-        )
+                f"{name} threshold − ISTA (T={T}) at ⌈mean steps⌉",
+                mixed(row),
+                at_depth(f"ista-{T}", row),
+            ),
+        ]
+    if len(names) == 2:
+        a, b = (f"{n}-threshold" for n in names[::-1])
+        comparisons.append((f"{a} − {b}", mixed(a), mixed(b)))
     return [
         {"comparison": text, "metric": "mixed test NMSE (dB)", **paired_difference(a, b)}
         for text, a, b in comparisons
