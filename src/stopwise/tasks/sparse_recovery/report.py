@@ -241,11 +241,10 @@ def _table(results: dict[str, Any], config: SparseRecoveryConfig) -> str:
     lines = []
     for row in results["rows"]:
         text, shortened = plan.get(row["model"], ("", False))
-        if row["rule"] == "fixed" and row["model"].startswith(("ista", "fista")):
-            per_seed = list(row["per_seed"].values())
-            text = "tuned on val: " + ", ".join(
-                f"L={r['L']:.3g}, λ={r['lam']:.3g}" for r in per_seed[:3]
-            )
+        if row["model"].startswith(("ista", "fista")):
+            per_seed = row["per_seed"].values()
+            L, lam = ("/".join(f"{r[k]:.3g}" for r in per_seed) for k in ("L", "lam"))
+            text = f"tuned on val: L={L}, λ={lam}"
         paper = PAPER.get(row["key"]) if paper_protocol else None
         line = {
             "label": row["label"] + (" †" if shortened else ""),
