@@ -66,26 +66,26 @@ STOP_MODELS = {
 
 
 def jobs(config: SparseRecoveryConfig) -> list[Job]:
-    problem = ("problem", "device", "eval_chunk")
-    classical = Job("classical", keys=(*problem, "classical"))
+    data = ("problem", "device", "eval_chunk")  # what every job reads
+    classical = Job("classical", keys=(*data, "classical"))
     if config.classical_only:
         return [classical]
     stage2 = [f"stage2.{k}" for k in ("batch", "lr", "oracle", "hidden", "summaries")]
-    stop = (*problem, "beta", "prune_mass", "lr_final", *stage2)
+    stop = (*data, "beta", "prune_mass", "lr_final", *stage2)
     stop += ("threshold_rule", "budget_points", "inference_mode")
     cpss1 = [f"cpss.{k}" for k in ("stage1_steps", "batch", "lr", "weight_decay")]
     lista_start = ("lista",) if config.stage1.init == "lista" else ()
     return [
         classical,
-        Job("lista", after=("classical",), keys=(*problem, "lista", "lr_final")),
+        Job("lista", after=("classical",), keys=(*data, "lista", "lr_final")),
         Job(
             "lista-stop-stage1",
             after=("classical", *lista_start),
-            keys=(*problem, "beta", "stage1", "lr_final"),
+            keys=(*data, "beta", "stage1", "lr_final"),
         ),
         Job("lista-stop", after=("classical", "lista-stop-stage1"), keys=(*stop, "stage2.steps")),
-        Job("alista", keys=(*problem, "alista", "lr_final")),
-        Job("cpss-stop-stage1", after=("alista",), keys=(*problem, "beta", *cpss1, "lr_final")),
+        Job("alista", keys=(*data, "alista", "lr_final")),
+        Job("cpss-stop-stage1", after=("alista",), keys=(*data, "beta", *cpss1, "lr_final")),
         Job("cpss-stop", after=("alista", "cpss-stop-stage1"), keys=(*stop, "cpss.stage2_steps")),
     ]
 
