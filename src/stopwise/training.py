@@ -327,7 +327,7 @@ def train_loop(
                     checkpoint(step + 1)
     finally:
         _loops_running -= 1
-    if start < num_steps:
+    if start < num_steps or (path is not None and not path.exists()):  # (0 steps: still saved)
         checkpoint(num_steps)
     return metrics
 
