@@ -43,7 +43,7 @@ class ParityConfig(Config):
     )
     fixed_depth: list[int] = param([2, 4, 8, 12], ge=1, check=_distinct, help="fixed depths d")
     act_tau: list[float] = param([0.0001], ge=0, check=_distinct, help="ACT ponder costs τ")
-    act_eps: float = param(0.01, gt=0, lt=1, help="ACT halting threshold 1 − ε")
+    act_eps: float = param(0.01, gt=0, lt=1, help="ACT ε: halt once Σ h ≥ 1 − ε")
     act_halting_bias: float = param(-2.0, help="initial bias of ACT's halting unit")
     pondernet_lambda_p: list[float] = param(
         [0.1], gt=0, le=1, check=_distinct, help="PonderNet prior parameters λ_p"
