@@ -19,13 +19,6 @@ from stopwise.inference import (
     stop_indices,
 )
 from stopwise.policies import ConfidencePolicy
-from stopwise.tasks.multi_exit.evaluate import (
-    accuracy_at_budgets,
-    budgeted_curve,
-    confidence_scores,
-    exit_logits,
-    time_thresholds,
-)
 from stopwise.tasks.multi_exit.l2w import (
     MetaStep,
     WeightNet,
@@ -34,8 +27,21 @@ from stopwise.tasks.multi_exit.l2w import (
     sgd_step_scale,
     sgd_virtual_step,
 )
-from stopwise.tasks.multi_exit.macs import count_step_macs
-from stopwise.tasks.multi_exit.model import MultiExitCNN, exit_losses, running_stats_frozen
+from stopwise.tasks.multi_exit.metrics import (
+    accuracy_at_budgets,
+    apply_thresholds,
+    exit_hazards,
+    exit_logits,
+    exit_metric,
+    msdnet_thresholds,
+    time_early_exit,
+)
+from stopwise.tasks.multi_exit.models import (
+    MultiExitCNN,
+    count_step_macs,
+    exit_losses,
+    running_stats_frozen,
+)
 
 
 def tiny_model(dtype=torch.float64, seed=0):
@@ -97,23 +103,43 @@ def test_exit_thresholds_reproduce_the_target_distribution(p):
     assert torch.allclose(fractions, q, atol=0.03)
 
 
-def test_budgeted_curve_spans_the_costs_and_interpolates():
+def test_budgeted_curve_is_fitted_on_validation_spans_the_costs_and_interpolates():
     g = torch.Generator().manual_seed(0)
     K, C = 3, 5
     val_logits = torch.randn(300, K, C, generator=g)
     test_logits = torch.randn(300, K, C, generator=g)
     test_y = torch.randint(0, C, (300,), generator=g)
     costs = torch.tensor([1.0, 3.0, 6.0], dtype=torch.float64)
-    points = budgeted_curve(val_logits, test_logits, test_y, costs)
+    val_scores = exit_hazards(ConfidencePolicy(), val_logits)
+    fitted = msdnet_thresholds(val_scores, costs)
+    correct = test_logits.argmax(-1) == test_y.unsqueeze(1)
+    points = apply_thresholds(fitted, exit_hazards(ConfidencePolicy(), test_logits),
+                              exit_metric(correct), costs)  # fmt: skip
     assert len(points) == 39 and [pt["p"] for pt in points][:2] == [0.05, 0.1]
-    for pt in points:
-        assert costs[0] <= pt["mean_macs"] <= costs[-1]
-        assert abs(sum(pt["exit_fractions"]) - 1) < 1e-12
+    for point, fit in zip(points, fitted, strict=True):
+        assert point["score_threshold"] == fit["score_threshold"]  # test scores change nothing
+        assert costs[0] <= point["mean_cost"] <= costs[-1]
+        assert abs(sum(point["exit_fractions"]) - 1) < 1e-12
         # validation exits follow q exactly (up to the floor)
-        q = exit_distribution(pt["p"], K)
-        assert abs(pt["val_mean_macs"] - float((q * costs).sum())) < 6 * K / 300 + 1e-9
-    curve = [{"mean_macs": 1.0, "accuracy": 0.5}, {"mean_macs": 3.0, "accuracy": 0.7}]
+        q = exit_distribution(point["p"], K)
+        assert abs(point["val_mean_cost"] - float((q * costs).sum())) < 6 * K / 300 + 1e-9
+        # accuracy and exit fractions against a plain loop over rows
+        exits = [
+            next(k for k in range(K) if k == K - 1 or
+                 float(torch.softmax(test_logits[i, k], -1).max()) >= _confidence(point, k))
+            for i in range(300)
+        ]  # fmt: skip
+        right = [bool(correct[i, k]) for i, k in enumerate(exits)]
+        assert point["accuracy"] == pytest.approx(sum(right) / 300)
+        assert point["exit_fractions"] == pytest.approx([exits.count(k) / 300 for k in range(K)])
+    curve = [{"mean_cost": 1.0, "accuracy": 0.5}, {"mean_cost": 3.0, "accuracy": 0.7}]
     assert accuracy_at_budgets(curve, [0.5, 2.0, 3.0, 4.0]) == [None, pytest.approx(0.6), 0.7, None]
+
+
+def _confidence(point, k):
+    """The confidence threshold of exit k: the logit threshold mapped back through sigmoid."""
+    threshold = point["score_threshold"][k]
+    return 1 / (1 + math.exp(-threshold)) if math.isfinite(threshold) else float(threshold > 0)
 
 
 # ---------------------------------------------------------------- the virtual SGD step
@@ -222,7 +248,7 @@ def _reference_meta_loss(model, weight_net, optimizer, train, meta, q):
         chosen = sorted(free, key=lambda i: -float(confidence[i, k].detach()))[:size]
         for i in chosen:
             taken.add(i)
-            total += float(F.cross_entropy(logits[i, k][None], y_me[i][None]))
+            total += float(F.cross_entropy(logits[i, k][None], y_me[i][None]).detach())
     return total / n
 
 
@@ -349,17 +375,19 @@ def test_shrink_equals_dense_and_the_vectorised_evaluation():
     model.set_step_costs(count_step_macs(model, torch.zeros(1, 1, 6, 6)))
     val_x, _ = tiny_batch(200, seed=11, dtype=torch.float32)
     test_x, _ = tiny_batch(300, seed=12, dtype=torch.float32)
-    val_logits, test_logits = exit_logits(model, val_x), exit_logits(model, test_x, batch=70)
-    thresholds = fit_exit_thresholds(confidence_scores(val_logits), exit_distribution(1.0, 3))
-    rule = ScoreThreshold(thresholds)
+    val_logits, test_logits = exit_logits(model, val_x), exit_logits(model, test_x, chunk=70)
+    val_scores = exit_hazards(ConfidencePolicy(), val_logits)
+    rule = ScoreThreshold(fit_exit_thresholds(val_scores, exit_distribution(1.0, 3)))
     with torch.no_grad():
         shrink = run_adaptive(model, ConfidencePolicy(), test_x, rule, mode="shrink")
         dense = run_adaptive(model, ConfidencePolicy(), test_x, rule, mode="dense")
-    vectorised = stop_indices(confidence_scores(test_logits), rule)
+    vectorised = stop_indices(exit_hazards(ConfidencePolicy(), test_logits), rule)
     assert 0 < int((shrink.stop_index == 0).sum()) < 300  # some rows really leave early
     # ("masked" mode needs states of one shape at every step; feature maps shrink here)
     assert torch.equal(shrink.stop_index, dense.stop_index)
     assert torch.allclose(shrink.predictions, dense.predictions, atol=1e-5)
     assert torch.equal(shrink.stop_index, vectorised)
-    rows = time_thresholds(model, test_x, test_logits, [thresholds.tolist()], batch=100, repeats=1)
-    assert rows[0]["matches_dense"] and rows[0]["mac_ratio"] > 1
+    timing = time_early_exit(model, test_x, {"p=1": rule}, batch=100, repeats=1)
+    row = timing["rules"]["p=1"]
+    assert row["mean_cost"] == pytest.approx(float(model.step_costs()[vectorised].mean()))
+    assert row["mac_ratio"] > 1 and row["speedup_over_mac_ratio"] > 0

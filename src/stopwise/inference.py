@@ -220,8 +220,10 @@ def run_adaptive(
     return AdaptiveResult(predictions, stop_index, cost)
 
 
-def _last(valid: torch.Tensor) -> int:
-    return int(valid.nonzero().max())
+def _last(valid) -> int:
+    """The last valid step of a ``(T,)`` bool tensor or a sequence of bools."""
+    flags = valid.tolist() if isinstance(valid, torch.Tensor) else list(valid)
+    return max(t for t, ok in enumerate(flags) if ok)
 
 
 def _run_shrink(model, policy, inputs, rule, valid):
@@ -256,6 +258,9 @@ def _run_shrink(model, policy, inputs, rule, valid):
 
 
 def _run_masked(model, policy, inputs, rule, valid):
+    # Python bools, not a tensor: the trip count and the skipped steps are constants of the
+    # program (what lets torch.export capture this loop).
+    valid = valid.tolist() if isinstance(valid, torch.Tensor) else list(valid)
     state = model.start(inputs)
     B = state_batch_size(state)
     device = state_device(state)

@@ -22,7 +22,7 @@ Two ways to get the meta gradient:
   taken at θ (no virtual step at all), which is the cheap first-order approximation.
 
 No module is rebuilt and no ``_parameters`` are patched; virtual forwards run with the BN
-running statistics frozen (:func:`~.model.running_stats_frozen`), so the real buffers never move.
+running statistics frozen (:func:`~.models.running_stats_frozen`), so the real buffers never move.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from torch.func import functional_call, jvp
 
 from ...inference import exit_distribution
 from ...objectives import weighted_exit_loss
-from .model import exit_losses, running_stats_frozen
+from .models import exit_losses, running_stats_frozen
 
 __all__ = [
     "WeightNet",

@@ -1,18 +1,28 @@
-"""A small MSDNet-like multi-exit CNN written as a step model: step k runs block k and exit head k.
+"""The multi-exit step model, its per-exit multiply-adds and the L2S exit policy.
 
-The network is a chain of K blocks; block k maps the feature map of block k−1 to a coarser one
-(two 3×3 convolutions, the first possibly strided, each followed by batch norm and ReLU) and exit
-head k (a strided 3×3 convolution, batch norm, ReLU, global average pooling and a linear layer,
-like MSDNet's classifiers, Huang et al. 2018 §4) turns it into class logits. The same code builds
-the 2-D network for images ``(B, 1, H, W)`` and the 1-D one for signals ``(B, 1, L)``.
+:class:`MultiExitCNN` is a small MSDNet-like CNN written as a step model: step k runs block k and
+exit head k. Block k maps the feature map of block k−1 to a coarser one (two 3×3 convolutions,
+the first possibly strided, each followed by batch norm and ReLU); exit head k (a strided 3×3
+convolution, batch norm, ReLU, global average pooling and a linear layer, like MSDNet's
+classifiers, Huang et al. 2018 §4) turns it into class logits. The same code builds the 2-D
+network for images ``(B, 1, H, W)`` and the 1-D one for signals ``(B, 1, L)``. The state is
+``{"h": feature map, "logits": (B, C)}``; ``predict`` and ``features`` return the logits of exit
+t (a stopping policy sees only them); ``forward(x)`` returns all exits, ``(B, K, C)``.
 
-As a :class:`~stopwise.steps.StepModel`: the state is ``{"h": feature map, "logits": (B, C)}``;
-``advance(state, t)`` runs block t and head t; ``predict`` and ``features`` return the logits of
-exit t (a stopping policy sees only them). ``forward(x)`` returns all exits, ``(B, K, C)``.
+:func:`count_step_macs` counts the multiply-adds of convolutions and linear layers (batch norm,
+ReLU, pooling and the softmax are not counted) once, with forward hooks on a batch of one. A
+convolution with C_in input channels, G groups, a kernel of k elements and an output of
+C_out × (positions) does ``C_out · positions · C_in/G · k``; a linear layer ``in · out`` per row.
+Step t counts everything in ``advance(state, t)``, block t *and* exit head t, so the cumulative
+cost of stopping at exit k includes every earlier head, as it does at inference.
+
+:class:`ExitPolicy` is the L2S stage-II policy over an exit's logits (registered as
+``"exit-mlp"``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -20,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...policies import MLPPolicy, classifier_features, register_policy
 from ...steps import StepModel, unroll
 
 __all__ = [
@@ -29,6 +40,9 @@ __all__ = [
     "MultiExitCNN",
     "exit_losses",
     "running_stats_frozen",
+    "module_macs",
+    "count_step_macs",
+    "ExitPolicy",
 ]
 
 
@@ -188,7 +202,7 @@ class MultiExitCNN(StepModel):
         return unroll(self, x).predictions
 
     def set_step_costs(self, costs: torch.Tensor) -> None:
-        """Store the ``(K,)`` cumulative multiply-adds per sample (see :mod:`.macs`)."""
+        """Store the ``(K,)`` cumulative multiply-adds per sample (see :func:`count_step_macs`)."""
         costs = torch.as_tensor(costs, dtype=torch.float64)
         if costs.shape != (self.max_steps,):
             raise ValueError(f"step costs must have shape ({self.max_steps},); got {costs.shape}")
@@ -197,8 +211,8 @@ class MultiExitCNN(StepModel):
     def step_costs(self) -> torch.Tensor:
         if self._step_costs is None:
             raise RuntimeError(
-                "step costs not counted yet: call stopwise.tasks.multi_exit.macs.count_step_macs"
-                "(model, example) and model.set_step_costs(...) first"
+                "step costs not counted yet: call model.set_step_costs(count_step_macs(model, "
+                "example)) first"
             )
         return self._step_costs
 
@@ -213,3 +227,66 @@ def exit_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     B, K, C = logits.shape
     flat = F.cross_entropy(logits.reshape(B * K, C), targets.repeat_interleave(K), reduction="none")
     return flat.view(B, K)
+
+
+def module_macs(module: nn.Module, output: torch.Tensor) -> int:
+    """Multiply-adds of one call of a conv or linear ``module`` that produced ``output``."""
+    if isinstance(module, nn.modules.conv._ConvNd):
+        kernel = math.prod(module.kernel_size)
+        per_output = module.in_channels // module.groups * kernel
+        return int(output.numel() // output.shape[0]) * per_output
+    if isinstance(module, nn.Linear):
+        rows = output.numel() // output.shape[-1] // output.shape[0]
+        return rows * module.in_features * module.out_features
+    return 0
+
+
+@torch.no_grad()
+def count_step_macs(model: StepModel, example: torch.Tensor) -> torch.Tensor:
+    """``(T,)`` float64 cumulative multiply-adds per sample of stopping after step t.
+
+    ``example`` is one input with its batch dimension (``(1, ...)``); the model runs once, in eval
+    mode, step by step, while hooks on every conv and linear layer add up their work.
+    """
+    if example.shape[0] != 1:
+        raise ValueError(f"count on a batch of one; got a batch of {example.shape[0]}")
+    counted = [0]
+
+    def hook(module, inputs, output):
+        counted[0] += module_macs(module, output)
+
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd | nn.Linear)]
+    handles = [m.register_forward_hook(hook) for m in layers]
+    was_training = model.training
+    model.eval()
+    try:
+        state = model.start(example)
+        per_step = []
+        for t in range(model.max_steps):
+            counted[0] = 0
+            state = model.advance(state, t)
+            model.predict(state, t)
+            per_step.append(counted[0])
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return torch.cumsum(torch.tensor(per_step, dtype=torch.float64), dim=0)
+
+
+def _exit_policy_example():
+    return ExitPolicy(3, hidden=(8,)), torch.randn(6, 10), 3
+
+
+@register_policy("exit-mlp", _exit_policy_example)
+class ExitPolicy(nn.Module):
+    """L2S stage-II policy for a classifier: exit logits ``(B, C)`` → ``(B,)`` hazard logits, an
+    MLP over :func:`~stopwise.policies.classifier_features` (max probability, entropy, margin)
+    and a one-hot exit encoding."""
+
+    def __init__(self, exits: int, hidden: tuple[int, ...] = (32,), init_bias: float = 0.0):
+        super().__init__()
+        self.mlp = MLPPolicy(3, exits, hidden=hidden, init_bias=init_bias)
+
+    def forward(self, logits: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        return self.mlp(classifier_features(logits), t)

@@ -1,0 +1,157 @@
+"""The multi-exit measures: exit logits of a whole split, MSDNet's budgeted protocol, accuracy at
+fixed budgets, accuracy by difficulty group and wall-clock of real early exit.
+
+Budgeted batch classification (Huang et al. 2018, §5): for a target exit distribution
+q_k ∝ p^k, per-exit thresholds on the confidence are fitted on the *validation* split
+(:func:`~stopwise.inference.fit_exit_thresholds`) and applied unchanged to the test split; each p
+gives one (mean MACs, accuracy) point. Threshold arithmetic is the core's
+(:func:`~stopwise.inference.stop_indices`), the same that :func:`~stopwise.inference.run_adaptive`
+applies step by step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...inference import (
+    ScoreThreshold,
+    exit_distribution,
+    fit_exit_thresholds,
+    in_chunks,
+    stop_indices,
+    time_adaptive,
+)
+from ...policies import ConfidencePolicy
+from ...steps import unroll
+from ...training import policy_hazards
+
+__all__ = [
+    "P_GRID",
+    "exit_logits",
+    "exit_hazards",
+    "exit_metric",
+    "msdnet_thresholds",
+    "apply_thresholds",
+    "accuracy_at_budgets",
+    "accuracy_by_group",
+    "time_early_exit",
+]
+
+# MSDNet's 39 exit distributions: p = 0.05, 0.10, ..., 1.95.
+P_GRID = [round(0.05 * i, 2) for i in range(1, 40)]
+
+
+def exit_logits(model, x: torch.Tensor, chunk: int = 1000) -> torch.Tensor:
+    """``(N, K, C)`` logits of every exit, in eval mode, ``chunk`` rows at a time."""
+    model.eval()
+    return in_chunks(lambda rows: unroll(model, rows).predictions, x, chunk)
+
+
+def exit_hazards(policy, logits: torch.Tensor) -> torch.Tensor:
+    """``(N, K)`` float64 hazard logits of ``policy`` at every exit of ``logits (N, K, C)``.
+    With :class:`~stopwise.policies.ConfidencePolicy` they are the logits of the max softmax
+    probability, so a threshold on them is a threshold on the confidence."""
+    with torch.no_grad():
+        return policy_hazards(policy, logits).double()
+
+
+def exit_metric(correct: torch.Tensor) -> Callable[[torch.Tensor], dict[str, Any]]:
+    """``metric(stop_index (N,)) -> {"accuracy", "exit_fractions"}`` given ``correct (N, K)``
+    (whether exit k classifies row i correctly)."""
+    rows = torch.arange(correct.shape[0])
+
+    def metric(index: torch.Tensor) -> dict[str, Any]:
+        index = index.cpu()
+        fractions = torch.bincount(index, minlength=correct.shape[1]).double() / len(index)
+        return {
+            "accuracy": float(correct[rows, index].double().mean()),
+            "exit_fractions": fractions.tolist(),
+        }
+
+    return metric
+
+
+def msdnet_thresholds(
+    val_scores: torch.Tensor, costs: torch.Tensor, p_grid: list[float] = P_GRID
+) -> list[dict[str, Any]]:
+    """For each p, MSDNet's per-exit thresholds fitted on validation scores ``(N, K)`` for
+    q_k ∝ p^k, and the mean cost they give there: ``[{"p", "score_threshold", "val_mean_cost"}]``."""
+    K = val_scores.shape[1]
+    points = []
+    for p in p_grid:
+        thresholds = fit_exit_thresholds(val_scores, exit_distribution(p, K))
+        index = stop_indices(val_scores, ScoreThreshold(thresholds))
+        points.append(
+            {
+                "p": p,
+                "score_threshold": thresholds.tolist(),
+                "val_mean_cost": float(costs[index].mean()),
+            }
+        )
+    return points
+
+
+def apply_thresholds(
+    fitted: list[dict[str, Any]],
+    test_scores: torch.Tensor,
+    test_metric: Callable[[torch.Tensor], dict[str, Any]],
+    costs: torch.Tensor,
+) -> list[dict[str, Any]]:
+    """The budget curve: every fitted point's thresholds applied unchanged to test scores."""
+    curve = []
+    for point in fitted:
+        index = stop_indices(test_scores, ScoreThreshold(torch.tensor(point["score_threshold"])))
+        curve.append(
+            {
+                **point,
+                "mean_cost": float(costs[index].mean()),
+                "mean_steps": float((index + 1).double().mean()),
+                **test_metric(index),
+            }
+        )
+    return curve
+
+
+def accuracy_at_budgets(points: list[dict[str, Any]], budgets: list[float]) -> list[float | None]:
+    """Accuracy linearly interpolated at each budget (mean test cost) along a curve; None outside
+    the curve's range of costs. This reads the curve at a cost; it chooses nothing."""
+    pairs = sorted((pt["mean_cost"], pt["accuracy"]) for pt in points)
+    x, y = np.array([a for a, _ in pairs]), np.array([b for _, b in pairs])
+    return [
+        float(np.interp(b, x, y)) if x[0] - 1e-9 <= b <= x[-1] + 1e-9 else None for b in budgets
+    ]
+
+
+def accuracy_by_group(
+    index: torch.Tensor, correct: torch.Tensor, group: torch.Tensor, levels: list[float]
+) -> list[dict[str, Any]]:
+    """Mean exit (1-based) and accuracy of stop indices ``(N,)`` per difficulty group."""
+    rows = torch.arange(len(index))
+    right = correct[rows, index].double()
+    return [
+        {
+            "group": g,
+            "level": levels[g],
+            "mean_exit": float((index[group == g] + 1).double().mean()),
+            "accuracy": float(right[group == g].mean()),
+        }
+        for g in sorted(set(group.tolist()))
+    ]
+
+
+def time_early_exit(
+    model, test_x: torch.Tensor, rules: dict[str, ScoreThreshold], batch: int, repeats: int
+) -> dict[str, Any]:
+    """Wall-clock of confidence early exit (``shrink`` mode: finished rows leave the batch)
+    against the full network, side by side (:func:`~stopwise.inference.time_adaptive`), with
+    each rule's MAC ratio (full cost / mean cost) and speedup over it."""
+    timing = time_adaptive(model, ConfidencePolicy(), test_x, rules, repeats=repeats, chunk=batch)
+    full = float(model.step_costs()[-1])
+    for row in timing["rules"].values():
+        row["mac_ratio"] = full / row["mean_cost"]
+        row["speedup_over_mac_ratio"] = row["speedup"] / row["mac_ratio"]
+    return {**timing, "batch": batch}
