@@ -33,8 +33,8 @@ class ParityConfig(Config):
     max_steps: int = param(12, ge=1, help="steps N of every halting method")
     batch_size: int = param(128, ge=1, help="vectors per Adam update")
     updates: int = param(25000, ge=1, help="Adam updates of every method")
-    lr: float = param(0.003, gt=0, help="Adam learning rate")
-    grad_clip: float = param(1.0, ge=0, help="max gradient norm (0: no clipping)")
+    lr: float = param(0.003, gt=0, le=1, help="Adam learning rate")
+    grad_clip: float = param(1.0, ge=0, le=1e6, help="max gradient norm (0: no clipping)")
     policy_updates: int = param(2000, ge=0, help="head-only updates of each L2S stage II")
     val_size: int = param(2000, ge=1, help="validation vectors per seed (training k range)")
     test_size: int = param(10000, ge=1, help="test vectors per seed (test k range)")
@@ -42,16 +42,18 @@ class ParityConfig(Config):
         list(METHODS), choices=list(METHODS), min_len=1, check=_distinct, help="methods to run"
     )
     fixed_depth: list[int] = param([2, 4, 8, 12], ge=1, check=_distinct, help="fixed depths d")
-    act_tau: list[float] = param([0.0001], ge=0, check=_distinct, help="ACT ponder costs τ")
+    act_tau: list[float] = param([0.0001], ge=0, le=100, check=_distinct, help="ACT ponder costs τ")
     act_eps: float = param(0.01, gt=0, lt=1, help="ACT ε: halt once Σ h ≥ 1 − ε")
-    act_halting_bias: float = param(-2.0, help="initial bias of ACT's halting unit")
+    act_halting_bias: float = param(-2.0, ge=-20, le=20, help="initial bias of ACT's halting unit")
     pondernet_lambda_p: list[float] = param(
-        [0.1], gt=0, le=1, check=_distinct, help="PonderNet prior parameters λ_p"
+        [0.1], gt=0, lt=1, check=_distinct, help="PonderNet prior parameters λ_p"
     )
-    pondernet_beta: float = param(0.01, ge=0, help="PonderNet KL weight β")
-    l2s_beta: list[float] = param([1.0], gt=0, check=_distinct, help="L2S oracle temperatures β")
+    pondernet_beta: float = param(0.01, ge=0, le=100, help="PonderNet KL weight β")
+    l2s_beta: list[float] = param(
+        [1.0], gt=0, le=1000, check=_distinct, help="L2S oracle temperatures β"
+    )
     thesis_beta: list[float] = param(
-        [0.1], ge=0, check=_distinct, help="random-horizon bound KL weights β"
+        [0.1], ge=0, le=100, check=_distinct, help="random-horizon bound KL weights β"
     )
     thesis_prior_p: float = param(0.2, gt=0, lt=1, help="random-horizon prior parameter p")
     log_every: int = param(100, ge=1, help="training steps between metric records")
