@@ -58,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     for run in map(Path, args.run):
         for path in sorted((run / "jobs").glob("l2s-*.json")):
             job = json.loads(path.read_text())
-            if (run / "checkpoints" / job["id"] / "l2s-stage1.pt").exists():  # a finished L2S job with its stage I
+            if (
+                run / "checkpoints" / job["id"] / "l2s-stage1.pt"
+            ).exists():  # a finished L2S job with its stage I
                 jobs.setdefault(job["id"], (run, job))
     configs = {
         run: from_plain(ParityConfig, json.loads((run / "config.json").read_text())["config"])
