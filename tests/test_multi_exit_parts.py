@@ -24,12 +24,15 @@ from stopwise.tasks.multi_exit.l2w import (
     WeightNet,
     allocate_meta,
     meta_gradient,
+    meta_objective,
     sgd_step_scale,
     sgd_virtual_step,
 )
+from stopwise.tasks.multi_exit.methods import meta_lr_at
 from stopwise.tasks.multi_exit.metrics import (
     accuracy_at_budgets,
     apply_thresholds,
+    choose_on_validation,
     exit_hazards,
     exit_logits,
     exit_metric,
@@ -225,9 +228,43 @@ def test_virtual_step_rejects_other_optimizers():
 # ---------------------------------------------------------------- meta gradients
 
 
-def _reference_meta_loss(model, weight_net, optimizer, train, meta, q):
+def _official_meta_loss(logits, targets, q, form="per-exit"):
+    """L2W's meta loss written out from the official code / paper (L2W-DEN
+    ``tools/main_cifar_DDP.py``), one sample at a time: for exits k = 1..K−1 in order, S_k is the
+    ⌊n·q_k⌋ samples with the highest max-softmax at exit k among those no earlier exit took;
+    exit K takes the rest; meta_loss = Σ_k (1/|S_k|) Σ_{i∈S_k} CE(f_k(x_i), y_i), skipping empty
+    S_k. ``form="pooled"`` divides the whole sum by n instead; ``"last"`` scores every sample
+    at exit K. A python float; ``logits (n, K, C)``."""
+    n, K = logits.shape[:2]
+
+    def ce(i, k):
+        row = [float(v) for v in logits[i, k]]
+        top = max(row)
+        return top + math.log(sum(math.exp(v - top) for v in row)) - row[int(targets[i])]
+
+    if form == "last":
+        return sum(ce(i, K - 1) for i in range(n)) / n
+    taken, total, pooled = set(), 0.0, 0.0
+    for k in range(K):
+        free = [i for i in range(n) if i not in taken]
+        size = math.floor(n * float(q[k])) if k < K - 1 else len(free)
+
+        def confidence(i, k=k):
+            row = [float(v) for v in logits[i, k]]
+            return max(math.exp(v) for v in row) / sum(math.exp(v) for v in row)
+
+        chosen = sorted(free, key=lambda i: -confidence(i))[:size]
+        taken.update(chosen)
+        losses = [ce(i, k) for i in chosen]
+        pooled += sum(losses)
+        if losses:
+            total += sum(losses) / len(losses)
+    return pooled / n if form == "pooled" else total
+
+
+def _reference_meta_loss(model, weight_net, optimizer, train, meta, q, form="per-exit"):
     """L_meta(θ̂) the plain way: copy the model, take a real SGD step on the weighted loss of
-    the train half, score the meta half at each sample's allocated exit (python loop)."""
+    the train half, score the meta half with the meta loss written out as a loop."""
     clone = copy.deepcopy(model)
     opt = torch.optim.SGD(clone.parameters(), **{k: v for k, v in optimizer.defaults.items()})
     opt.load_state_dict(copy.deepcopy(optimizer.state_dict()))
@@ -238,24 +275,41 @@ def _reference_meta_loss(model, weight_net, optimizer, train, meta, q):
         opt.zero_grad()
         ((w * losses).sum(1).mean()).backward()
         opt.step()
-        logits = clone(x_me)
-    n, K = logits.shape[:2]
-    confidence = torch.softmax(logits, -1).amax(-1)
-    taken, total = set(), 0.0
-    for k in range(K):
-        free = [i for i in range(n) if i not in taken]
-        size = math.floor(n * float(q[k])) if k < K - 1 else len(free)
-        chosen = sorted(free, key=lambda i: -float(confidence[i, k].detach()))[:size]
-        for i in chosen:
-            taken.add(i)
-            total += float(F.cross_entropy(logits[i, k][None], y_me[i][None]).detach())
-    return total / n
+        logits = clone(x_me).detach()
+    return _official_meta_loss(logits, y_me, q, form)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 40), K=st.integers(2, 5), p=st.floats(0.2, 1.5), seed=st.integers(0, 99))
+def test_meta_objective_is_the_official_sum_over_exits_of_allocated_means(n, K, p, seed):
+    g = torch.Generator().manual_seed(seed)
+    logits = 3 * torch.randn(n, K, 6, generator=g, dtype=torch.float64)
+    targets = torch.randint(0, 6, (n,), generator=g)
+    q = exit_distribution(p, K)
+    for form in ("per-exit", "pooled", "last"):
+        expected = _official_meta_loss(logits, targets, q, form)
+        assert float(meta_objective(logits, targets, q, form)) == pytest.approx(expected, rel=1e-9)
+    assert float(meta_objective(logits, targets, q)) == pytest.approx(
+        _official_meta_loss(logits, targets, q), rel=1e-9
+    )  # the default is the official form
+
+
+def test_official_meta_loss_weighs_late_exits_by_their_own_mean():
+    """With K = 4, p = 0.75 and equal losses at every exit the official objective is K times
+    the pooled one: each exit's mean counts once, however few samples reach it."""
+    logits = torch.zeros(40, 4, 3, dtype=torch.float64)  # every CE is log 3
+    targets = torch.zeros(40, dtype=torch.long)
+    q = exit_distribution(0.75, 4)
+    assert float(meta_objective(logits, targets, q)) == pytest.approx(4 * math.log(3))
+    assert float(meta_objective(logits, targets, q, "pooled")) == pytest.approx(math.log(3))
+    with pytest.raises(ValueError, match="meta loss form"):
+        meta_objective(logits, targets, q, "mean")
 
 
 def _setup(seed=0):
     model = tiny_model(seed=seed).train()
     torch.manual_seed(seed + 100)
-    weight_net = WeightNet(3, hidden=6).double()
+    weight_net = WeightNet(3, hidden=6, output_init="zero").double()
     for p in weight_net.parameters():  # a non-trivial weight net (not the zero start)
         torch.nn.init.normal_(p, std=0.5)
     optimizer = _optimizer_with_state(model, lr=0.1, momentum=0.9, weight_decay=1e-3)
@@ -263,11 +317,14 @@ def _setup(seed=0):
     return model, weight_net, optimizer, (x[:8], y[:8]), (x[8:], y[8:]), exit_distribution(0.75, 3)
 
 
-def test_full_meta_gradient_matches_finite_differences_of_a_real_optimizer_step():
+@pytest.mark.parametrize("form", ["per-exit", "last"])
+def test_full_meta_gradient_matches_finite_differences_of_a_real_optimizer_step(form):
     model, weight_net, optimizer, train, meta, q = _setup()
-    grads, metrics = meta_gradient(model, weight_net, optimizer, train, meta, q, "full")
+    grads, metrics = meta_gradient(
+        model, weight_net, optimizer, train, meta, q, "full", meta_loss=form
+    )
     assert metrics["meta_loss"] == pytest.approx(
-        _reference_meta_loss(model, weight_net, optimizer, train, meta, q), rel=1e-10
+        _reference_meta_loss(model, weight_net, optimizer, train, meta, q, form), rel=1e-10
     )
     g = torch.Generator().manual_seed(0)
     for param, grad in zip(weight_net.parameters(), grads, strict=True):
@@ -277,7 +334,9 @@ def test_full_meta_gradient_matches_finite_differences_of_a_real_optimizer_step(
             values = []
             for sign in (1, -1):
                 param.data.view(-1)[index] = original + sign * eps
-                values.append(_reference_meta_loss(model, weight_net, optimizer, train, meta, q))
+                values.append(
+                    _reference_meta_loss(model, weight_net, optimizer, train, meta, q, form)
+                )
             param.data.view(-1)[index] = original
             numeric = (values[0] - values[1]) / (2 * eps)
             assert grad.view(-1)[index].item() == pytest.approx(numeric, rel=1e-4, abs=1e-9)
@@ -306,7 +365,7 @@ def test_meta_step_leaves_the_model_and_its_bn_buffers_untouched():
     phi = [p.clone() for p in weight_net.parameters()]
     for mode in ("full", "first_order"):
         MetaStep(weight_net, torch.optim.Adam(weight_net.parameters(), 1e-3), 0.75, mode)(
-            model, optimizer, x, y
+            model, optimizer, (x[:8], y[:8]), (x[8:], y[8:])
         )
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
@@ -317,11 +376,17 @@ def test_meta_step_leaves_the_model_and_its_bn_buffers_untouched():
 
 
 def test_weight_net_starts_uniform_is_centred_and_can_clamp():
-    net = WeightNet(4, 10, delta=0.8)
+    net = WeightNet(4, 10, delta=0.8, output_init="zero")
     losses = torch.rand(7, 4) * 3
     assert torch.equal(net(losses), torch.ones(7, 4))
+    torch.manual_seed(0)
+    official = WeightNet(4, 10, delta=0.8)  # PyTorch's default init, as the official code
+    assert not torch.equal(official(losses), torch.ones(7, 4))
+    assert torch.allclose(official(losses).mean(1), torch.ones(7))
     for p in net.parameters():
-        torch.nn.init.normal_(p, std=3.0)
+        torch.nn.init.normal_(p, std=0.3)
+    with torch.no_grad():  # g ≈ (1, 1, 1, −1): exit 4's centred g ≈ −1.5, so w4 ≈ 1 − 0.8·1.5 < 0
+        net.net[-1].bias.copy_(torch.tensor([6.0, 6.0, 6.0, -6.0]))
     w = net(losses)
     assert torch.allclose(w.mean(1), torch.ones(7))
     g = torch.tanh(net.net(losses))
@@ -391,3 +456,35 @@ def test_shrink_equals_dense_and_the_vectorised_evaluation():
     row = timing["rules"]["p=1"]
     assert row["mean_cost"] == pytest.approx(float(model.step_costs()[vectorised].mean()))
     assert row["mac_ratio"] > 1 and row["speedup_over_mac_ratio"] > 0
+
+
+# ---------------------------------------------------------------- choices on validation
+
+
+def test_beta_is_chosen_per_budget_on_validation_not_on_test():
+    """Two candidate curves whose validation and test rankings disagree: the choice follows
+    validation at each budget, and reports the chosen curve's test accuracy there."""
+
+    def curve(val_acc, test_acc):
+        return [
+            {"val_mean_cost": c, "val_accuracy": v, "mean_cost": c, "accuracy": t}
+            for c, v, t in zip([1.0, 2.0, 3.0], val_acc, test_acc, strict=True)
+        ]
+
+    curves = {
+        "a": curve([0.6, 0.7, 0.8], [0.5, 0.9, 0.5]),  # best on validation at low cost
+        "b": curve([0.5, 0.75, 0.7], [0.9, 0.1, 0.9]),  # best on validation at cost 2
+        "short": curve([0.99] * 3, [0.99] * 3)[:1],  # reaches only cost 1
+    }
+    picks = choose_on_validation(curves, [1.0, 1.5, 2.0, 3.0, 4.0])
+    assert [p["choice"] for p in picks] == ["short", "a", "b", "a", None]
+    assert [p["accuracy"] for p in picks[:4]] == pytest.approx([0.99, 0.7, 0.1, 0.5])
+    assert picks[1]["val_accuracy"] == pytest.approx(0.65)
+
+
+def test_meta_learning_rate_follows_the_official_cosine_to_zero():
+    assert meta_lr_at(0, 100, 1e-4, "cosine") == pytest.approx(1e-4)
+    assert meta_lr_at(50, 100, 1e-4, "cosine") == pytest.approx(5e-5)
+    assert meta_lr_at(100, 100, 1e-4, "cosine") == pytest.approx(0, abs=1e-20)
+    for step in (0, 37, 100):
+        assert meta_lr_at(step, 100, 1e-4, "constant") == 1e-4
