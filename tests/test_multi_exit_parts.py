@@ -40,9 +40,13 @@ from stopwise.tasks.multi_exit.metrics import (
     time_early_exit,
 )
 from stopwise.tasks.multi_exit.models import (
+    BatchNorm,
     MultiExitCNN,
     count_step_macs,
     exit_losses,
+    fold_batchnorm,
+    fold_stem,
+    inference_copy,
     running_stats_frozen,
 )
 
@@ -488,3 +492,85 @@ def test_meta_learning_rate_follows_the_official_cosine_to_zero():
     assert meta_lr_at(100, 100, 1e-4, "cosine") == pytest.approx(0, abs=1e-20)
     for step in (0, 37, 100):
         assert meta_lr_at(step, 100, 1e-4, "constant") == 1e-4
+
+
+# ---------------------------------------------------------------- the inference copy
+
+
+def _trained_looking(dims, stem, seed=0):
+    """A model whose BatchNorms have non-trivial statistics and affine parameters."""
+    torch.manual_seed(seed)
+    model = MultiExitCNN(dims, (5, 6, 7), (1, 2, 2), head_width=4, classes=3, stem=stem).double()
+    for m in model.modules():
+        if isinstance(m, BatchNorm):
+            for t in (m.weight, m.bias, m.running_mean):
+                torch.nn.init.normal_(t.data)
+            m.running_var.data.uniform_(0.2, 3.0)
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    "dims, stem, shape",
+    [(2, 1, (9, 1, 8, 8)), (2, 2, (9, 8, 8)), (2, 4, (9, 1, 16, 16)), (1, 1, (9, 12)),
+     (1, 3, (9, 1, 24))],
+)  # fmt: skip
+@pytest.mark.parametrize("channels_last_from", [None, 0, 1])
+def test_inference_copy_computes_the_same_function_with_the_same_macs(
+    dims, stem, shape, channels_last_from
+):
+    model = _trained_looking(dims, stem)
+    x = torch.randn(*shape, dtype=torch.float64)
+    model.set_step_costs(count_step_macs(model, x[:1]))
+    fast = inference_copy(model, channels_last_from=channels_last_from)
+    with torch.no_grad():
+        assert torch.allclose(fast(x), model(x), atol=1e-10)
+    assert fast.stem == 1 and not any(isinstance(m, BatchNorm) for m in fast.modules())
+    assert count_step_macs(fast, x[:1]).tolist() == model.step_costs().tolist()
+    assert torch.equal(fast.step_costs(), model.step_costs())
+    for m in model.modules():  # the original is untouched
+        if isinstance(m, torch.nn.modules.conv._ConvNd):
+            assert m.bias is None
+
+
+def test_folded_stem_is_the_unshuffled_convolution_written_out():
+    """fold_stem's weight against the definition: pixel_unshuffle, then the 3×3 convolution."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(2 * 9, 5, 3, stride=2, padding=1, bias=False).double()
+    model = MultiExitCNN(2, (5, 6), (2, 1), head_width=4, classes=3, in_channels=2, stem=3)
+    model = model.double().eval()
+    model.blocks[0][0][0] = conv
+    x = torch.randn(4, 2, 12, 12, dtype=torch.float64)
+    expected = F.conv2d(F.pixel_unshuffle(x, 3), conv.weight, stride=2, padding=1)
+    folded = fold_stem(model).blocks[0][0][0]
+    assert folded.kernel_size == (9, 9) and folded.stride == (6, 6) and folded.padding == (3, 3)
+    assert torch.allclose(folded(x), expected, atol=1e-12)
+
+
+def test_folded_batchnorm_matches_batch_norm_in_eval_mode():
+    model = _trained_looking(2, 1)
+    block = copy.deepcopy(model.blocks[0][0])  # conv, BN, ReLU
+    x = torch.randn(6, 1, 5, 5, dtype=torch.float64)
+    conv, norm = block[0], block[1]
+    expected = torch.relu(
+        (conv(x) - norm.running_mean.view(1, -1, 1, 1))
+        / torch.sqrt(norm.running_var.view(1, -1, 1, 1) + norm.eps)
+        * norm.weight.view(1, -1, 1, 1)
+        + norm.bias.view(1, -1, 1, 1)
+    )
+    fold_batchnorm(block)
+    assert isinstance(block[1], torch.nn.Identity)
+    assert torch.allclose(block(x), expected, atol=1e-12)
+
+
+def test_early_exit_on_the_inference_copy_takes_the_same_exits():
+    model = _trained_looking(2, 2).float()
+    x = torch.randn(300, 8, 8)
+    model.set_step_costs(count_step_macs(model, x[:1]))
+    scores = exit_hazards(ConfidencePolicy(), exit_logits(model, x))
+    rule = ScoreThreshold(fit_exit_thresholds(scores, exit_distribution(0.5, 3)))
+    fast = inference_copy(model)
+    with torch.no_grad():
+        a = run_adaptive(model, ConfidencePolicy(), x, rule, mode="shrink")
+        b = run_adaptive(fast, ConfidencePolicy(), x, rule, mode="shrink")
+    assert (a.stop_index == b.stop_index).double().mean() > 0.99
+    assert torch.equal(a.cost[a.stop_index == b.stop_index], b.cost[a.stop_index == b.stop_index])

@@ -192,12 +192,32 @@ PRESETS = {
         "epochs": 8,
         "l2s": {"policy_updates": 500},
     },
-    # Fashion-MNIST on one seed (the benchmark's settings).
+    # MNIST-1D where exits span a real range: a 4-channel first block (exit 1 about 20 points
+    # below the last on validation), 60 epochs, 5 paired seeds; uniform, L2W, its no-allocation
+    # ablation and L2S over a β grid (benchmarks/multi_exit.py).
+    "benchmark": {
+        "dataset": "mnist1d",
+        "seeds": [0, 1, 2, 3, 4],
+        "mnist1d_per_level": 4750,
+        "val_size": 2000,
+        "test_size": 8000,
+        "train_size": 0,
+        "stem": 1,
+        "channels": [4, 32, 48, 64],
+        "strides": [1, 2, 2, 2],
+        "head_width": 16,
+        "epochs": 60,
+        "methods": ["uniform", "l2w", "l2w-last", "l2s"],
+        "l2s": {"betas": [0.5, 2.0, 8.0], "policy_updates": 1000},
+        "budgets": [0.05, 0.1, 0.2, 0.3, 0.5],
+        "timing": {"methods": []},
+    },
+    # Fashion-MNIST on one seed: the saturated case (exits within 2 points of each other).
     "fashion": {},
-    # Fashion-MNIST, 3 paired seeds, every method (benchmarks/multi_exit.py).
-    "benchmark": {"seeds": [0, 1, 2]},
-    # The benchmark's L2W-vs-uniform pairs trained twice as long (24 epochs).
-    "benchmark-long": {
+    # Fashion-MNIST, 3 paired seeds, every method (the saturated case; needs the IDX files).
+    "benchmark-fashion": {"seeds": [0, 1, 2]},
+    # Fashion-MNIST's L2W-vs-uniform pairs trained twice as long (24 epochs).
+    "benchmark-fashion-long": {
         "seeds": [0, 1, 2],
         "epochs": 24,
         "methods": ["uniform", "l2w"],

@@ -28,6 +28,7 @@ from ...inference import (
 from ...policies import ConfidencePolicy
 from ...steps import unroll
 from ...training import policy_hazards
+from .models import inference_copy
 
 __all__ = [
     "P_GRID",
@@ -194,12 +195,22 @@ def accuracy_by_group(
 def time_early_exit(
     model, test_x: torch.Tensor, rules: dict[str, ScoreThreshold], batch: int, repeats: int
 ) -> dict[str, Any]:
-    """Wall-clock of confidence early exit (``shrink`` mode: finished rows leave the batch)
-    against the full network, side by side (:func:`~stopwise.inference.time_adaptive`), with
-    each rule's MAC ratio (full cost / mean cost) and speedup over it."""
-    timing = time_adaptive(model, ConfidencePolicy(), test_x, rules, repeats=repeats, chunk=batch)
+    """Wall-clock and CPU time of confidence early exit (``shrink`` mode: finished rows leave the
+    batch) against the full network, side by side (:func:`~stopwise.inference.time_adaptive`),
+    on the model's :func:`~.models.inference_copy` (BatchNorm and stem folded, channels-last
+    after exit 1), with each rule's MAC ratio (full cost / mean cost: the ideal speedup) and the
+    measured speedup over it. ``same_exits`` is the share of test rows whose exit the copy
+    chooses as the trained model does (folding changes rounding only)."""
+    fast = inference_copy(model)
+    timing = time_adaptive(fast, ConfidencePolicy(), test_x, rules, repeats=repeats, chunk=batch)
     full = float(model.step_costs()[-1])
-    for row in timing["rules"].values():
+    scores = exit_hazards(ConfidencePolicy(), exit_logits(model, test_x, batch))
+    fast_scores = exit_hazards(ConfidencePolicy(), exit_logits(fast, test_x, batch))
+    for name, row in timing["rules"].items():
         row["mac_ratio"] = full / row["mean_cost"]
         row["speedup_over_mac_ratio"] = row["speedup"] / row["mac_ratio"]
-    return {**timing, "batch": batch}
+        if row.get("cpu_speedup") is not None:
+            row["cpu_speedup_over_mac_ratio"] = row["cpu_speedup"] / row["mac_ratio"]
+        same = stop_indices(scores, rules[name]) == stop_indices(fast_scores, rules[name])
+        row["same_exits"] = float(same.double().mean())
+    return {**timing, "batch": batch, "model": "inference_copy"}
