@@ -193,8 +193,9 @@ PRESETS = {
         "l2s": {"policy_updates": 500},
     },
     # MNIST-1D where exits span a real range: a 4-channel first block (exit 1 about 20 points
-    # below the last on validation), 60 epochs, 5 paired seeds; uniform, L2W, its no-allocation
-    # ablation and L2S over a β grid (benchmarks/multi_exit.py).
+    # below the last on validation, measured with uniform training), 60 epochs, 5 paired seeds;
+    # uniform, L2W (a meta step every 2 updates: the training-cost target of 3× uniform), its
+    # no-allocation ablation and L2S over a β grid (benchmarks/multi_exit.py).
     "benchmark": {
         "dataset": "mnist1d",
         "seeds": [0, 1, 2, 3, 4],
@@ -203,12 +204,13 @@ PRESETS = {
         "test_size": 8000,
         "train_size": 0,
         "stem": 1,
-        "channels": [4, 32, 48, 64],
+        "channels": [4, 16, 32, 64],
         "strides": [1, 2, 2, 2],
-        "head_width": 16,
+        "head_width": 8,
         "epochs": 60,
         "methods": ["uniform", "l2w", "l2w-last", "l2s"],
-        "l2s": {"betas": [0.5, 2.0, 8.0], "policy_updates": 1000},
+        "l2w": {"interval": 2},
+        "l2s": {"betas": [1.0, 4.0, 16.0], "policy_updates": 1000},
         "budgets": [0.05, 0.1, 0.2, 0.3, 0.5],
         "timing": {"methods": []},
     },
