@@ -190,6 +190,8 @@ PRESETS = {
         "head_width": 16,
         "budgets": [0.25, 0.3, 0.4, 0.5, 0.65],
         "epochs": 8,
+        "methods": ["uniform", "sdn", "l2w", "l2w-fo", "l2s"],
+        "l2w": {"interval": 2},
         "l2s": {"policy_updates": 500},
     },
     # MNIST-1D where exits span a real range: a 4-channel first block (exit 1 about 20 points

@@ -188,7 +188,7 @@ def report(results: list[JobResult], config: MultiExitConfig) -> Report:
         "lines": lines,
         "l2s_selected": selected,
         "paired_vs_uniform": paired,
-        "train_cost_vs_uniform": cost_ratio,
+        "train_seconds_vs_uniform": cost_ratio,
         "weight_log": per_job("weight_log"),
         "weights_final": {
             i: {k: v for k, v in w.items() if k != "per_exit_quantiles"}
@@ -276,7 +276,7 @@ def _table(results: dict[str, Any], config: MultiExitConfig) -> str:
             row = {"label": f"{line['label']} − uniform"}
             for i, d in enumerate(results["paired_vs_uniform"][line["key"]]):
                 row[f"b{i}"] = _interval_text(d)
-            ratio = results["train_cost_vs_uniform"].get(line["job"], {})
+            ratio = results["train_seconds_vs_uniform"].get(line["job"], {})
             row["cpu"] = ratio.get("cpu", {}).get("mean") if line["curve"] == "confidence" else None
             paired_rows.append(row)
         parts += [
