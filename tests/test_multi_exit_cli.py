@@ -108,12 +108,15 @@ def _context(tmp_path, config, method):
     return JobContext(RunDir(tmp_path / method), config, planned, progress=False)
 
 
-def test_l2w_with_zero_delta_is_uniform_training(tmp_path):
-    config, _ = resolve_config(EXPERIMENT, "tiny", ["l2w.delta=0.0", "epochs=2"])
+@pytest.mark.parametrize("meta_batch", ["full", "half"])
+def test_l2w_with_zero_delta_is_uniform_training(tmp_path, meta_batch):
+    config, _ = resolve_config(
+        EXPERIMENT, "tiny", ["l2w.delta=0.0", "epochs=2", f"l2w.meta_batch={meta_batch}"]
+    )
     splits = load_splits(config)
     trained = {}
     for method in ("uniform", "l2w", "l2w-fo", "l2w-last"):
-        context = _context(tmp_path, config, method)
+        context = _context(tmp_path / meta_batch, config, method)
         context.manual_seed("init")
         model = build_model(config, splits)
         train_method(method, model, splits, config, context)
