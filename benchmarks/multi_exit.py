@@ -95,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         key: [in_points(d) for d in differences]
         for key, differences in summary["paired_vs_uniform"].items()
     }
+    paired_exits = {
+        key: [in_points(d) for d in differences]
+        for key, differences in summary["paired_exits_vs_uniform"].items()
+    }
     gains = []
     for i, (difference, label, fraction) in enumerate(
         zip(paired.get("l2w", [None] * len(budgets)), labels, budgets, strict=True)
@@ -138,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         "job_times": job_times(out),
         "l2w_minus_uniform": gains,
         "paired_vs_uniform_points": paired,
+        "paired_exits_vs_uniform_points": paired_exits,
         "train_seconds_vs_uniform": costs,
         "l2w_cost_target_met": None if l2w_cost is None else l2w_cost <= TARGETS["l2w_cost_ratio"],
         "lines": summary["lines"],

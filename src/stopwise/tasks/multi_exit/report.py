@@ -80,6 +80,9 @@ def _line(name, params, curve, records: dict[int, dict[str, Any]], budget_macs, 
         "budget_accuracy_per_seed": per_seed,
         "anytime_accuracy_mean": [m for m, _ in exits],
         "anytime_accuracy_sd": [sd for _, sd in exits],
+        "anytime_accuracy_per_seed": {
+            s: [point["accuracy"] for point in records[s]["fixed_depth"]] for s in seeds
+        },
         "val_anytime_accuracy_mean": [
             statistics.fmean(c)
             for c in zip(*(records[s]["val_exit_accuracy"] for s in seeds), strict=True)
@@ -158,13 +161,19 @@ def report(results: list[JobResult], config: MultiExitConfig) -> Report:
         for curve in ("confidence", "policy")
         if any(pick["job"] for pick in next(iter(records.values()))["chosen"][curve])
     ]
-    paired, cost_ratio = {}, {}
+    paired, paired_exits, cost_ratio = {}, {}, {}
     if "uniform" in by_job:
         base = next(line for line in lines if line["key"] == "uniform")["budget_accuracy_per_seed"]
+        uniform_line = next(line for line in lines if line["key"] == "uniform")
         for line in lines + selected:
             if line["key"] != "uniform":
                 mine = line["budget_accuracy_per_seed"]
                 paired[line["key"]] = [_paired(mine, base, i) for i in range(len(budget_macs))]
+                if line["curve"] == "confidence" and "anytime_accuracy_per_seed" in line:
+                    mine, theirs = (x["anytime_accuracy_per_seed"] for x in (line, uniform_line))
+                    paired_exits[line["key"]] = [
+                        _paired(mine, theirs, k) for k in range(len(costs))
+                    ]
         uniform = by_job["uniform"]
         for name, records in trained.items():
             cost_ratio[name] = {
@@ -188,6 +197,7 @@ def report(results: list[JobResult], config: MultiExitConfig) -> Report:
         "lines": lines,
         "l2s_selected": selected,
         "paired_vs_uniform": paired,
+        "paired_exits_vs_uniform": paired_exits,
         "train_seconds_vs_uniform": cost_ratio,
         "weight_log": per_job("weight_log"),
         "weights_final": {
@@ -292,6 +302,20 @@ def _table(results: dict[str, Any], config: MultiExitConfig) -> str:
                     *[(f"b{i}", f"Δ @ {h}", "s") for i, h in enumerate(heads)],
                     ("cpu", "train CPU × uniform", ".2f"),
                 ],
+            ),
+        ]
+    if results["paired_exits_vs_uniform"]:
+        exit_rows = [
+            {"label": f"{key} − uniform", **{f"e{k}": _interval_text(d) for k, d in enumerate(ds)}}
+            for key, ds in results["paired_exits_vs_uniform"].items()
+        ]
+        parts += [
+            "",
+            "Per fixed exit (test accuracy points, paired, 95% interval):",
+            "",
+            markdown_table(
+                exit_rows,
+                [("label", "pair", "s"), *[(f"e{k}", f"exit {k + 1}", "s") for k in range(K)]],
             ),
         ]
     real = all(line["adaptive_matches_dense"] for line in results["lines"])
