@@ -164,29 +164,34 @@ def step_profile(model: MultiExitCNN, x: torch.Tensor, repeats: int) -> dict:
 
 
 def measure(args) -> dict:
-    results = {}
+    """Every backbone and variant, one thread count after the other (all of 1 thread first)."""
+    prepared, results = {}, {}
     for name, preset, shape in BACKBONES:
         model, budgets = backbone(preset, shape)
-        rules = budget_rules(model, shape, budgets, args.rows)
-        x = torch.randn(args.rows, *shape, generator=torch.Generator().manual_seed(2))
-        compile_start = time.perf_counter()
-        models = variants(model, args.compile)
-        per_backbone = {
+        start = time.perf_counter()
+        prepared[name] = (
+            budget_rules(model, shape, budgets, args.rows),
+            torch.randn(args.rows, *shape, generator=torch.Generator().manual_seed(2)),
+            variants(model, args.compile),
+        )
+        results[name] = {
             "preset": preset,
             "input_shape": list(shape),
             "step_costs_macs": model.step_costs().tolist(),
             "budgets": budgets,
+            "variants_setup_seconds": time.perf_counter() - start,
             "threads": {},
         }
-        for threads in args.threads:
-            torch.set_num_threads(threads)
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for name, (rules, x, models) in prepared.items():
             rows = {}
             for variant, net in models.items():
                 start = time.perf_counter()
                 timing = time_adaptive(
                     net, ConfidencePolicy(), x, rules, repeats=args.repeats, chunk=args.batch
                 )
-                setup = time.perf_counter() - start
+                timing["timing_seconds"] = time.perf_counter() - start
                 full = float(net.step_costs()[-1])
                 for row in timing["rules"].values():
                     row["mac_ratio"] = full / row["mean_cost"]
@@ -194,7 +199,6 @@ def measure(args) -> dict:
                     row["cpu_speedup_over_mac_ratio"] = row["cpu_speedup"] / row["mac_ratio"]
                     row["target_met_cpu"] = row["cpu_speedup_over_mac_ratio"] >= TARGET
                     row["target_met_wall"] = row["speedup_over_mac_ratio"] >= TARGET
-                timing["timing_seconds"] = setup
                 timing["profile"] = step_profile(net, x[: args.batch], args.repeats)
                 rows[variant] = timing
                 print(_line(name, threads, variant, timing), file=sys.stderr, flush=True)
@@ -208,9 +212,7 @@ def measure(args) -> dict:
                     row["vs_fastest_full_over_mac_ratio"] = (
                         row["cpu_speedup_vs_fastest_full"] / row["mac_ratio"]
                     )
-            per_backbone["threads"][str(threads)] = rows
-        per_backbone["variants_setup_seconds"] = time.perf_counter() - compile_start
-        results[name] = per_backbone
+            results[name]["threads"][str(threads)] = rows
     return results
 
 
