@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         "--out", default=None, help="run directory (default runs/multi-exit-PRESET)"
     )
     parser.add_argument("--results", default=None, help="folder for the JSON (default results/)")
+    parser.add_argument("--name", default=None, help="JSON name (default from the preset)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
     overrides = ["progress=false", *args.overrides]
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         "timing": summary["timing"],
         "table": (out / "table.md").read_text(),
     }
-    name = RESULT_NAMES.get(args.preset, f"multi_exit-{args.preset}")
+    name = args.name or RESULT_NAMES.get(args.preset, f"multi_exit-{args.preset}")
     results = Path(args.results) if args.results else ROOT / "results"
     results.mkdir(parents=True, exist_ok=True)
     (results / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
