@@ -42,6 +42,16 @@ def test_signals_full_disk_and_corrupt_checkpoints(name, uninterrupted, tmp_path
     assert "Traceback" not in stopped.stderr
     saved = checkpoints(out)
     assert saved, "an interrupted stage leaves a checkpoint"
+    # A corrupt checkpoint is named and refused (exit 2), without torch's unsafe-load hint.
+    # (The victim is the interrupted job's: a finished job's checkpoints are never read again.)
+    victim = [p for p in saved if not (out / "jobs" / f"{p.parent.name}.json").exists()][-1]
+    intact = victim.read_bytes()
+    victim.write_bytes(intact[:100])
+    refused = stopwise(tiny(name, out))
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert str(victim) in refused.stderr and "was not loaded" in refused.stderr
+    assert "weights_only" not in refused.stderr and "Warning" not in refused.stderr
+    victim.write_bytes(intact)
     # A full disk at the next checkpoint: a clear error, exit 3, earlier checkpoints intact.
     before = {p: p.read_bytes() for p in saved}
     full_disk = stopwise(tiny(name, out), fault="enospc:1")
@@ -53,15 +63,6 @@ def test_signals_full_disk_and_corrupt_checkpoints(name, uninterrupted, tmp_path
         assert "Traceback" not in full_disk.stderr
         for path, data in before.items():
             assert path.read_bytes() == data
-    # A corrupt checkpoint is named and refused (exit 2), without torch's unsafe-load hint.
-    if not (out / "results.json").exists():
-        victim = checkpoints(out)[-1]
-        victim.write_bytes(victim.read_bytes()[:100])
-        refused = stopwise(tiny(name, out))
-        assert refused.returncode == 2, refused.stderr[-2000:]
-        assert str(victim) in refused.stderr and "was not loaded" in refused.stderr
-        assert "weights_only" not in refused.stderr and "Warning" not in refused.stderr
-        victim.unlink()  # what the message says to do
     done = stopwise(tiny(name, out))
     assert done.returncode == 0, done.stderr[-2000:]
     assert same_results(out, full)
