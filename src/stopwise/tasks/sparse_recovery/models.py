@@ -1,10 +1,18 @@
 """Sparse-recovery step models: ISTA, FISTA, LISTA and ALISTA, one iteration (layer) per step.
 
 Every model is a :class:`~stopwise.steps.StepModel` on measurements ``y (B, m)``; its state is a
-dict of batch-first tensors (``"y"``, ``"x"`` the current estimate ``(B, n)``, and per model
-``"x_prev"`` or ``"r"``), its prediction after step t is x_{t+1}, and its features are
-``[y, y − A x_t, x_t]`` of width ``2m + n`` (the stage-II policy's input, L2S §5.1). All start from
-x_0 = 0, so the first step skips every product with x_0.
+dict of batch-first tensors (``"y"``, ``"x"`` the current estimate x_t ``(B, n)``, ``"x_prev"``
+the estimate before the last step, and for ALISTA / LISTA-CP-SS ``"r"`` = A x_t − y), its
+prediction after step t is x_{t+1}. All start from x_0 = 0, so the first step skips every product
+with x_0.
+
+**Policy features** (:meth:`SparseStepModel.summaries`) are a few label-free log-norms of what
+the state already holds, cheap next to a step (O(m + n) multiply-adds against O(nm)):
+
+* every model: log(‖y‖²/m), log(‖x_t‖²/n), log(‖x_t − x_{t−1}‖²/n);
+* models that carry the residual r (ALISTA, LISTA-CP-SS): also log(‖r_t‖²/m).
+
+``observe`` returns the prediction and these features together (what adaptive inference reads).
 
 ``step_costs()`` counts multiply-adds per sample analytically, cumulative over steps:
 
@@ -13,8 +21,7 @@ x_0 = 0, so the first step skips every product with x_0.
 * ALISTA and LISTA-CP-SS: ``2nm`` per layer (the update Wᵀ r and the residual r = A x − y of its
   output, which the next layer and the policy features reuse).
 
-``feature_costs()`` is the extra per-step cost of the policy features (``nm`` for the residual,
-zero for ALISTA, which has it in its state).
+``feature_costs()`` is the per-step cost of the features (one multiply-add per squared entry).
 
 :class:`StopPolicy` is the stage-II stopping policy of both stop models, registered as the policy
 ``"lista-stop"``.
@@ -138,6 +145,8 @@ def fista_momentum(steps: int) -> list[float]:
 class SparseStepModel(StepModel):
     """Shared parts: the sensing matrix, the zero start, predictions and policy features."""
 
+    carries_residual = False
+
     def __init__(self, A: torch.Tensor, steps: int):
         super().__init__()
         if A.dim() != 2 or A.shape[0] > A.shape[1]:
@@ -163,22 +172,34 @@ class SparseStepModel(StepModel):
 
     def start(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
         y = self._check_inputs(y)
-        return {"y": y, "x": y.new_zeros(y.shape[0], self.n)}
+        x = y.new_zeros(y.shape[0], self.n)
+        return {"y": y, "x": x, "x_prev": x}
 
     def predict(self, state, t):
         return state["x"]
 
-    def residual(self, state) -> torch.Tensor:
-        """``(B, m)`` y − A x of the current estimate."""
-        return state["y"] - state["x"] @ self.A.T
+    def summaries(self, state) -> torch.Tensor:
+        """``(B, F)`` label-free log mean squares: ``[y, x_t, x_t − x_{t−1}]`` and, where the
+        state carries it, the residual ``r_t`` (:attr:`feature_names`)."""
+        parts = [state["y"], state["x"], state["x"] - state["x_prev"]]
+        if self.carries_residual:
+            parts.append(state["r"])
+        return torch.stack([torch.log((v * v).mean(-1) + 1e-12) for v in parts], dim=-1)
+
+    @property
+    def feature_names(self) -> list[str]:
+        names = ["log ‖y‖²/m", "log ‖x_t‖²/n", "log ‖x_t − x_{t−1}‖²/n"]
+        return names + (["log ‖y − A x_t‖²/m"] if self.carries_residual else [])
 
     def features(self, state, t):
-        """``(B, 2m + n)``: ``[y, y − A x_t, x_t]``."""
-        return torch.cat([state["y"], self.residual(state), state["x"]], dim=-1)
+        return self.summaries(state)
+
+    def observe(self, state, t):
+        return state["x"], self.summaries(state)
 
     @property
     def feature_dim(self) -> int:
-        return 2 * self.m + self.n
+        return len(self.feature_names)
 
     def layer_costs(self) -> torch.Tensor:
         """``(T,)`` multiply-adds per sample of each step (not cumulative)."""
@@ -188,8 +209,10 @@ class SparseStepModel(StepModel):
         return torch.cumsum(self.layer_costs(), 0)
 
     def feature_costs(self) -> torch.Tensor:
-        """``(T,)`` extra multiply-adds per sample and step for :meth:`features` (the residual)."""
-        return torch.full((self.max_steps,), float(self.m * self.n), dtype=torch.float64)
+        """``(T,)`` multiply-adds per sample and step of :meth:`summaries`: one per squared
+        entry of y (m), x_t (n), x_t − x_{t−1} (n) and r_t (m, where carried)."""
+        per_step = self.m + 2 * self.n + (self.m if self.carries_residual else 0)
+        return torch.full((self.max_steps,), float(per_step), dtype=torch.float64)
 
     def _gradient_costs(self) -> torch.Tensor:
         costs = torch.full((self.max_steps,), 2.0 * self.m * self.n, dtype=torch.float64)
@@ -215,7 +238,8 @@ class ISTA(SparseStepModel):
         return soft_threshold(v, self.lam / self.L)
 
     def advance(self, state, t):
-        return {"y": state["y"], "x": self._gradient_step(state["x"], state["y"], t)}
+        x = state["x"]
+        return {"y": state["y"], "x": self._gradient_step(x, state["y"], t), "x_prev": x}
 
     def layer_costs(self):
         return self._gradient_costs()
@@ -228,10 +252,6 @@ class FISTA(ISTA):
     def __init__(self, A: torch.Tensor, steps: int, L: float, lam: float):
         super().__init__(A, steps, L, lam)
         self.momentum = fista_momentum(steps)
-
-    def start(self, y):
-        state = super().start(y)
-        return {**state, "x_prev": state["x"]}
 
     def advance(self, state, t):
         x = state["x"]
@@ -260,8 +280,9 @@ class LISTA(SparseStepModel):
     def advance(self, state, t):
         y = state["y"]
         drive = y @ self.wb[t]
-        v = drive if t == 0 else torch.addmm(drive, state["x"], self.wx[t - 1])
-        return {"y": y, "x": soft_threshold(v, self.theta[t])}
+        x = state["x"]
+        v = drive if t == 0 else torch.addmm(drive, x, self.wx[t - 1])
+        return {"y": y, "x": soft_threshold(v, self.theta[t]), "x_prev": x}
 
     def layer_costs(self):
         n, m = self.n, self.m
@@ -274,24 +295,20 @@ class ResidualStepModel(SparseStepModel):
     """A model whose state carries the residual ``r = A x − y`` of the current estimate
     (computed once per layer, reused by the next layer and by the policy features)."""
 
+    carries_residual = True
+
     def start(self, y):
         state = super().start(y)
         return {**state, "r": -state["y"]}
 
-    def residual(self, state):
-        return -state["r"]
-
     def layer_costs(self):
         return torch.full((self.max_steps,), 2.0 * self.m * self.n, dtype=torch.float64)
 
-    def feature_costs(self):
-        return torch.zeros(self.max_steps, dtype=torch.float64)
-
     def _update(self, state, t: int, step: torch.Tensor) -> dict[str, torch.Tensor]:
         """x_{t+1} = η^{ss}_{θ_t}(x_t − step) and its residual, ``step (B, n)``."""
-        y = state["y"]
-        x = support_threshold(state["x"] - step, self.theta[t], self.keep[t])
-        return {"y": y, "x": x, "r": x @ self.A.T - y}
+        y, x_prev = state["y"], state["x"]
+        x = support_threshold(x_prev - step, self.theta[t], self.keep[t])
+        return {"y": y, "x": x, "x_prev": x_prev, "r": x @ self.A.T - y}
 
 
 class ALISTA(ResidualStepModel):
@@ -357,71 +374,55 @@ class LISTACPSS(ResidualStepModel):
 
 
 def _policy_example():
-    m, n, T = 3, 5, 4
-    return StopPolicy(m, n, T, hidden=(8,), init_bias=0.0), torch.randn(6, 2 * m + n), T
+    F, T = 4, 5
+    policy = StopPolicy(F, T, hidden=(8,))
+    policy.standardise(torch.randn(50, F) * 3 + 1)
+    return policy, torch.randn(6, F), T
 
 
 @register_policy("lista-stop", _policy_example)
 class StopPolicy(nn.Module):
-    """The stage-II policy: an MLP on ``[y, y − A x_t, x_t, one-hot step]`` → hazard logit ``(B,)``.
+    """The stage-II policy of both stop models: an MLP on the step model's standardised
+    log-norm features and a one-hot step → a score ``(B,)`` (a hazard logit for L2S-trained
+    policies; −log of the predicted gain rate for gain-trained ones, see methods.py).
 
-    The features are the step model's (``(B, 2m + n)``). A ReLU MLP on raw vectors cannot easily
-    form the norms that reveal the noise level (‖y − A x_t‖ levels off at the noise norm), so the
-    MLP also gets four label-free summaries of the same features: log(‖y‖²/m), log(‖r‖²/m),
-    log(‖x_t‖²/n + ε) and log(‖r‖²/‖y‖²); ``summaries=False`` drops them.
+    ``features (B, F)`` are :meth:`SparseStepModel.summaries`; they are standardised with the
+    mean and standard deviation :meth:`standardise` takes from the training pool (buffers, saved
+    with the policy).
 
     Args:
-        m, n: the problem's sizes (features are split into y, r, x).
+        num_features: F.
         max_steps: T, for the one-hot step encoding.
         hidden: hidden widths of the MLP.
-        summaries: append the four log-norm summaries to the raw features.
-        init_bias: initial hazard logit (negative: rarely stop at first).
+        init_bias: initial output (a negative hazard logit: rarely stop at first).
     """
 
-    def __init__(
-        self,
-        m: int,
-        n: int,
-        max_steps: int,
-        hidden: tuple[int, ...] = (64,),
-        summaries: bool = True,
-        init_bias: float = -3.0,
-    ):
+    def __init__(self, num_features: int, max_steps: int, hidden=(32,), init_bias: float = -3.0):
         super().__init__()
-        self.m, self.n, self.summaries = m, n, summaries
-        width = 2 * m + n + (4 if summaries else 0)
-        self.mlp = MLPPolicy(width, max_steps, hidden=tuple(hidden), init_bias=init_bias)
+        self.mlp = MLPPolicy(num_features, max_steps, hidden=tuple(hidden), init_bias=init_bias)
+        self.register_buffer("shift", torch.zeros(num_features))
+        self.register_buffer("scale", torch.ones(num_features))
 
-    def summary(self, features: torch.Tensor) -> torch.Tensor:
-        """``(B, 4)`` log-norm summaries of ``features (B, 2m + n)``."""
-        eps = 1e-12
-        y, r, x = features.split([self.m, self.m, self.n], dim=-1)
-        y2, r2, x2 = (y * y).sum(-1), (r * r).sum(-1), (x * x).sum(-1)
-        return torch.stack(
-            [
-                torch.log(y2 / self.m + eps),
-                torch.log(r2 / self.m + eps),
-                torch.log(x2 / self.n + eps),
-                torch.log((r2 + eps) / (y2 + eps)),
-            ],
-            dim=-1,
-        )
+    @torch.no_grad()
+    def standardise(self, features: torch.Tensor) -> None:
+        """Take the shift and scale of every feature from ``features (N, F)``."""
+        flat = features.reshape(-1, self.shift.shape[0]).double()
+        self.shift.copy_(flat.mean(0))
+        self.scale.copy_(flat.std(0).clamp_min(1e-6))
 
     def forward(self, features: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
-        expected = 2 * self.m + self.n
-        if features.dim() != 2 or features.shape[1] != expected:
+        if features.dim() != 2 or features.shape[1] != self.shift.shape[0]:
             raise ValueError(
-                f"policy features must have shape (B, 2m + n = {expected}); "
+                f"policy features must have shape (B, {self.shift.shape[0]}); "
                 f"got {tuple(features.shape)}"
             )
-        if self.summaries:
-            features = torch.cat([features, self.summary(features)], dim=-1)
-        return self.mlp(features, t)
+        return self.mlp((features - self.shift) / self.scale, t)
 
     def macs(self) -> int:
-        """Multiply-adds per sample and step of the MLP (the summaries add ~2m + n)."""
-        return sum(
+        """Multiply-adds per sample and step: the linear layers and the standardisation."""
+        layers = sum(
             layer.in_features * layer.out_features
             for layer in self.mlp.net
             if isinstance(layer, nn.Linear)
-        ) + (2 * self.m + self.n if self.summaries else 0)
+        )
+        return layers + self.shift.shape[0]
