@@ -585,24 +585,6 @@ def _figures(results: dict[str, Any], stops, seeds: list[int]) -> dict[str, Any]
             color=line.get_color(),
             label=f"{_curve_label(name)} model, fixed depth",
         )
-        published = _mean_curve([by_seed[s]["curve_published"] for s in seeds])
-        ax.plot(
-            [p["mean_steps"] for p in published],
-            [p[column] for p in published],
-            "-.",
-            linewidth=1,
-            color=line.get_color(),
-            label=f"{_curve_label(name)}, L2S policy as published",
-        )
-        oracle = _mean_curve([by_seed[s]["oracle_curve"] for s in seeds])
-        ax.plot(
-            [p["mean_steps"] for p in oracle],
-            [p[column] for p in oracle],
-            ":",
-            linewidth=1,
-            color=line.get_color(),
-            label=f"{_curve_label(name)}, cost-aware oracle stop (needs x*)",
-        )
         for rule, marker in (("sampled", "^"), ("oracle", "*")):
             row = rows[f"{name}-{rule}"]
             label = f"{_curve_label(name)}, {rule}"
@@ -614,4 +596,47 @@ def _figures(results: dict[str, Any], stops, seeds: list[int]) -> dict[str, Any]
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=6)
     figures["nmse_vs_steps"] = figure
+    figures["budget_curves"] = _budget_figure(results, stops, seeds)
     return figures
+
+
+def _budget_figure(results: dict[str, Any], stops, seeds: list[int]):
+    """Per stop model: mixed test NMSE against mean steps for the stop curve (the policy chosen
+    on validation), the L2S policy as published, the same model at fixed depth and the
+    cost-aware oracle (needs x*); below, the stop curve's margin over fixed depth (mean ± sd over
+    seeds; below zero the stop model is better)."""
+    figure, _ = new_figure(4.6 * len(stops), 6.0)
+    figure.clf()
+    grid = figure.add_gridspec(2, len(stops), height_ratios=[2, 1])
+    for i, (name, by_seed) in enumerate(stops.items()):
+        top = figure.add_subplot(grid[0, i])
+        lines = {
+            "stop policy (chosen on validation)": ([by_seed[s]["curve"] for s in seeds], "-o"),
+            "L2S policy as published": ([by_seed[s]["curve_published"] for s in seeds], "-."),
+            "same model, fixed depth": ([results["per_layer"][name]], "s--"),
+            "cost-aware oracle stop (needs x*)": ([by_seed[s]["oracle_curve"] for s in seeds], ":"),
+        }
+        for label, (curves, style) in lines.items():
+            curve = _mean_curve(curves)
+            steps, nmse = [p["mean_steps"] for p in curve], [p["mixed"] for p in curve]
+            top.plot(steps, nmse, style, markersize=2.5, linewidth=1.2, label=label)
+        top.set_title(_curve_label(name), fontsize=9)
+        top.set_ylabel("test NMSE (dB), mixed")
+        top.grid(True, alpha=0.3)
+        top.legend(fontsize=7)
+        curve = results["budget_curves"][name]
+        low = min(p["mixed"] for p in curve)
+        top.set_ylim(low - 1.0, low + 12.0)
+        bottom = figure.add_subplot(grid[1, i], sharex=top)
+        steps = [p["mean_steps"] for p in curve]
+        margin = [p["margin"] for p in curve]
+        sd = [p["margin_sd"] for p in curve]
+        low = [m - e for m, e in zip(margin, sd, strict=True)]
+        high = [m + e for m, e in zip(margin, sd, strict=True)]
+        bottom.fill_between(steps, low, high, alpha=0.3)
+        bottom.plot(steps, margin, "-o", markersize=2.5)
+        bottom.axhline(0.0, color="black", linewidth=0.8)
+        bottom.set_xlabel("mean steps used")
+        bottom.set_ylabel("stop − fixed depth (dB)")
+        bottom.grid(True, alpha=0.3)
+    return figure
