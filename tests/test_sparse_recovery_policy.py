@@ -186,5 +186,5 @@ def test_policy_features_of_alista_need_no_extra_residual():
     A = sensing_matrix(12, 24, 5.0, torch.Generator().manual_seed(4))
     model = ALISTA(A, 3, 0.6, 0.1, support_sizes(24, 3, 0.05, 0.2))
     state = model.advance(model.start(torch.randn(2, 12)), 0)
-    assert set(state) == {"y", "x", "x_prev", "r"}
+    assert set(state) == {"y", "y_level", "x", "r"}
     torch.testing.assert_close(state["r"], state["x"] @ A.T - state["y"])

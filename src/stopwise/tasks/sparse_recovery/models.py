@@ -1,16 +1,16 @@
 """Sparse-recovery step models: ISTA, FISTA, LISTA and ALISTA, one iteration (layer) per step.
 
 Every model is a :class:`~stopwise.steps.StepModel` on measurements ``y (B, m)``; its state is a
-dict of batch-first tensors (``"y"``, ``"x"`` the current estimate x_t ``(B, n)``, ``"x_prev"``
-the estimate before the last step, and for ALISTA / LISTA-CP-SS ``"r"`` = A x_t − y), its
+dict of batch-first tensors (``"y"``, ``"y_level"`` its log mean square ``(B,)``, ``"x"`` the
+current estimate x_t ``(B, n)``, and ``"x_prev"`` the estimate before the last step or, for
+ALISTA / LISTA-CP-SS, ``"r"`` = A x_t − y), its
 prediction after step t is x_{t+1}. All start from x_0 = 0, so the first step skips every product
 with x_0.
 
-**Policy features** (:meth:`SparseStepModel.summaries`) are a few label-free log-norms of what
+**Policy features** (:meth:`SparseStepModel.summaries`) are three label-free log-norms of what
 the state already holds, cheap next to a step (O(m + n) multiply-adds against O(nm)):
-
-* every model: log(‖y‖²/m), log(‖x_t‖²/n), log(‖x_t − x_{t−1}‖²/n);
-* models that carry the residual r (ALISTA, LISTA-CP-SS): also log(‖r_t‖²/m).
+log(‖y‖²/m) (once), log(‖x_t‖²/n), and log(‖r_t‖²/m) for the models that carry the residual
+r (ALISTA, LISTA-CP-SS), else log(‖x_t − x_{t−1}‖²/n).
 
 ``observe`` returns the prediction and these features together (what adaptive inference reads).
 
@@ -34,13 +34,14 @@ import math
 import torch
 from torch import nn
 
-from ...policies import MLPPolicy, register_policy
+from ...policies import register_policy
 from ...steps import StepModel
 
 __all__ = [
     "soft_threshold",
     "support_threshold",
     "support_sizes",
+    "log_mean_square",
     "analytic_weight",
     "operator_norm_squared",
     "SparseStepModel",
@@ -110,6 +111,11 @@ def support_threshold(v: torch.Tensor, theta: torch.Tensor | float, keep: int) -
     return shrunk + selected * (v - shrunk)
 
 
+def log_mean_square(v: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` log(‖v_i‖²/d + 1e-12) of the rows of ``v (B, d)``, in one pass (a norm)."""
+    return torch.log(torch.linalg.vector_norm(v, dim=-1).square() / v.shape[-1] + 1e-12)
+
+
 def support_sizes(n: int, steps: int, increment: float, maximum: float) -> list[int]:
     """Entries passed unshrunk at each layer: ⌈n · min(increment·(t+1), maximum)⌉, t = 0..T−1."""
     return [math.ceil(n * min(increment * (t + 1), maximum) - 1e-9) for t in range(steps)]
@@ -173,23 +179,23 @@ class SparseStepModel(StepModel):
     def start(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
         y = self._check_inputs(y)
         x = y.new_zeros(y.shape[0], self.n)
-        return {"y": y, "x": x, "x_prev": x}
+        return {"y": y, "x": x, "x_prev": x, "y_level": log_mean_square(y)}
 
     def predict(self, state, t):
         return state["x"]
 
     def summaries(self, state) -> torch.Tensor:
-        """``(B, F)`` label-free log mean squares: ``[y, x_t, x_t − x_{t−1}]`` and, where the
-        state carries it, the residual ``r_t`` (:attr:`feature_names`)."""
-        parts = [state["y"], state["x"], state["x"] - state["x_prev"]]
-        if self.carries_residual:
-            parts.append(state["r"])
-        return torch.stack([torch.log((v * v).mean(-1) + 1e-12) for v in parts], dim=-1)
+        """``(B, F)`` label-free log mean squares (:attr:`feature_names`): of y (computed once,
+        in :meth:`start`), of x_t, and of the residual r_t where the state carries it, else of
+        the change x_t − x_{t−1}. Each is one pass over a row (a norm)."""
+        x = state["x"]
+        last = state["r"] if self.carries_residual else x - state["x_prev"]
+        return torch.stack([state["y_level"], log_mean_square(x), log_mean_square(last)], dim=-1)
 
     @property
     def feature_names(self) -> list[str]:
-        names = ["log ‖y‖²/m", "log ‖x_t‖²/n", "log ‖x_t − x_{t−1}‖²/n"]
-        return names + (["log ‖y − A x_t‖²/m"] if self.carries_residual else [])
+        last = "log ‖y − A x_t‖²/m" if self.carries_residual else "log ‖x_t − x_{t−1}‖²/n"
+        return ["log ‖y‖²/m", "log ‖x_t‖²/n", last]
 
     def features(self, state, t):
         return self.summaries(state)
@@ -210,9 +216,11 @@ class SparseStepModel(StepModel):
 
     def feature_costs(self) -> torch.Tensor:
         """``(T,)`` multiply-adds per sample and step of :meth:`summaries`: one per squared
-        entry of y (m), x_t (n), x_t − x_{t−1} (n) and r_t (m, where carried)."""
-        per_step = self.m + 2 * self.n + (self.m if self.carries_residual else 0)
-        return torch.full((self.max_steps,), float(per_step), dtype=torch.float64)
+        entry of x_t (n) and of r_t (m) or x_t − x_{t−1} (n); y's (m) once, at the first step."""
+        per_step = self.n + (self.m if self.carries_residual else self.n)
+        costs = torch.full((self.max_steps,), float(per_step), dtype=torch.float64)
+        costs[0] += self.m
+        return costs
 
     def _gradient_costs(self) -> torch.Tensor:
         costs = torch.full((self.max_steps,), 2.0 * self.m * self.n, dtype=torch.float64)
@@ -239,7 +247,7 @@ class ISTA(SparseStepModel):
 
     def advance(self, state, t):
         x = state["x"]
-        return {"y": state["y"], "x": self._gradient_step(x, state["y"], t), "x_prev": x}
+        return {**state, "x": self._gradient_step(x, state["y"], t), "x_prev": x}
 
     def layer_costs(self):
         return self._gradient_costs()
@@ -256,7 +264,7 @@ class FISTA(ISTA):
     def advance(self, state, t):
         x = state["x"]
         z = x + self.momentum[t] * (x - state["x_prev"]) if t > 0 else x
-        return {"y": state["y"], "x": self._gradient_step(z, state["y"], t), "x_prev": x}
+        return {**state, "x": self._gradient_step(z, state["y"], t), "x_prev": x}
 
 
 class LISTA(SparseStepModel):
@@ -282,7 +290,7 @@ class LISTA(SparseStepModel):
         drive = y @ self.wb[t]
         x = state["x"]
         v = drive if t == 0 else torch.addmm(drive, x, self.wx[t - 1])
-        return {"y": y, "x": soft_threshold(v, self.theta[t]), "x_prev": x}
+        return {**state, "x": soft_threshold(v, self.theta[t]), "x_prev": x}
 
     def layer_costs(self):
         n, m = self.n, self.m
@@ -299,6 +307,7 @@ class ResidualStepModel(SparseStepModel):
 
     def start(self, y):
         state = super().start(y)
+        del state["x_prev"]  # the features read the residual instead of the change
         return {**state, "r": -state["y"]}
 
     def layer_costs(self):
@@ -306,9 +315,9 @@ class ResidualStepModel(SparseStepModel):
 
     def _update(self, state, t: int, step: torch.Tensor) -> dict[str, torch.Tensor]:
         """x_{t+1} = η^{ss}_{θ_t}(x_t − step) and its residual, ``step (B, n)``."""
-        y, x_prev = state["y"], state["x"]
-        x = support_threshold(x_prev - step, self.theta[t], self.keep[t])
-        return {"y": y, "x": x, "x_prev": x_prev, "r": x @ self.A.T - y}
+        y = state["y"]
+        x = support_threshold(state["x"] - step, self.theta[t], self.keep[t])
+        return {**state, "x": x, "r": x @ self.A.T - y}
 
 
 class ALISTA(ResidualStepModel):
@@ -388,18 +397,25 @@ class StopPolicy(nn.Module):
 
     ``features (B, F)`` are :meth:`SparseStepModel.summaries`; they are standardised with the
     mean and standard deviation :meth:`standardise` takes from the training pool (buffers, saved
-    with the policy).
+    with the policy). The first layer computes W [(f − shift)/scale, one_hot(t)] + b, with the
+    standardisation and the one-hot step folded into its weight and bias: one product of the
+    ``(B, F)`` features per call.
 
     Args:
         num_features: F.
         max_steps: T, for the one-hot step encoding.
-        hidden: hidden widths of the MLP.
+        hidden: hidden widths of the MLP (ReLU).
         init_bias: initial output (a negative hazard logit: rarely stop at first).
     """
 
     def __init__(self, num_features: int, max_steps: int, hidden=(32,), init_bias: float = -3.0):
         super().__init__()
-        self.mlp = MLPPolicy(num_features, max_steps, hidden=tuple(hidden), init_bias=init_bias)
+        widths = [num_features + max_steps, *hidden]
+        self.layers = nn.ModuleList(
+            nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)
+        )
+        self.out = nn.Linear(widths[-1], 1)
+        nn.init.constant_(self.out.bias, init_bias)
         self.register_buffer("shift", torch.zeros(num_features))
         self.register_buffer("scale", torch.ones(num_features))
 
@@ -411,18 +427,28 @@ class StopPolicy(nn.Module):
         self.scale.copy_(flat.std(0).clamp_min(1e-6))
 
     def forward(self, features: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
-        if features.dim() != 2 or features.shape[1] != self.shift.shape[0]:
+        F = self.shift.shape[0]
+        if features.dim() != 2 or features.shape[1] != F:
             raise ValueError(
-                f"policy features must have shape (B, {self.shift.shape[0]}); "
-                f"got {tuple(features.shape)}"
+                f"policy features must have shape (B, {F}); got {tuple(features.shape)}"
             )
-        return self.mlp((features - self.shift) / self.scale, t)
+        first = self.layers[0]
+        weight = first.weight[:, :F] / self.scale  # (h, F): the standardisation folded in
+        base = first.bias - weight @ self.shift  # (h,)
+        step_columns = first.weight[:, F:]  # (h, T): what the one-hot step adds
+        if isinstance(t, torch.Tensor) and t.dim() > 0:
+            bias = base + step_columns.T[t.long().to(features.device)]  # (B, h)
+        else:
+            bias = base + step_columns[:, int(t)]
+        h = torch.addmm(bias, features, weight.T).relu_()
+        for layer in self.layers[1:]:
+            h = layer(h).relu_()
+        return self.out(h).squeeze(-1)
 
     def macs(self) -> int:
-        """Multiply-adds per sample and step: the linear layers and the standardisation."""
-        layers = sum(
-            layer.in_features * layer.out_features
-            for layer in self.mlp.net
-            if isinstance(layer, nn.Linear)
-        )
-        return layers + self.shift.shape[0]
+        """Multiply-adds per sample and step: the linear layers on the features (the one-hot
+        step and the standardisation are folded into the first layer's bias and weight)."""
+        F = self.shift.shape[0]
+        first = self.layers[0].out_features * F
+        rest = sum(layer.in_features * layer.out_features for layer in self.layers[1:])
+        return first + rest + self.out.in_features
