@@ -34,37 +34,43 @@ def test_tiny_run_writes_curves_tables_figures_and_real_early_exit(tiny_run):
     data = results["data"]
     assert (data["train"], data["validation"], data["test"]) == (1097, 300, 400)
     assert len(results["lines"]) == len(METHODS) + 1  # L2S has a confidence and a policy curve
-    assert set(results["paired_vs_uniform"]) == set(METHODS) - {"uniform"} | {"l2s (policy)"}
+    trained = set(METHODS) - {"uniform", "l2s"} | {"l2s-b1", "l2s-b1 (policy)"}
+    assert set(results["paired_vs_uniform"]) == trained | {"l2s", "l2s (policy)"}
+    for line in results["l2s_selected"]:  # β ∈ {1, ∞ (uniform)} chosen per budget on validation
+        assert all(b in (1.0, None) for b in line["chosen_beta_per_seed"]["0"])
     for line in results["lines"]:
         assert len(line["curve_mean"]) == 39 and line["adaptive_matches_dense"], line["label"]
     timing = results["timing"]["l2w-s0"]["rules"]
     assert list(timing) == ["0.5", "0.6", "0.7"] and all(
         r["mac_ratio"] > 1 for r in timing.values()
     )
-    negative = results["negative_weights"]["l2w-s0"]
-    assert 0 <= negative["fraction"] <= 1 and len(negative["per_exit_fraction"]) == 3
+    log = results["weight_log"]["l2w-s0"]
+    assert 0 <= log["negative_fraction"] <= 1 and len(log["negative_per_exit_fraction"]) == 3
+    assert log["meta_steps"] == results["updates"]  # official: a meta step every update
+    final = results["weights_final"]["l2w-s0"]
+    assert final["min"] <= final["quantiles"][0] <= final["quantiles"][-1] <= final["max"]
     table = (tiny_run / "table.md").read_text()
     assert "L2W − uniform" in table and "speedup" in table and "95%" in table
     stages = {
         (r["job"], r["stage"])
         for r in map(json.loads, (tiny_run / "metrics.jsonl").read_text().splitlines())
     }
-    assert {("l2w-s0", "train"), ("l2s-s0", "stage1"), ("l2s-s0", "stage2")} <= stages
+    assert {("l2w-s0", "train"), ("l2s-b1-s0", "stage1"), ("l2s-b1-s0", "stage2")} <= stages
 
 
 def test_every_method_of_a_seed_starts_from_the_same_weights_and_batches(tiny_run):
     """The first update's forward pass (before any change to the weights) on the first batch:
     the last exit's cross-entropy is the same for every method (L2S logs it scaled by K = 3), and
-    L2W's weighted loss is uniform's (w = 1 up to one meta step of Adam at lr 1e-4)."""
+    L2W's unweighted loss Σ_k mean_i ℓ_ik is uniform's loss."""
     first = {}
     for record in map(json.loads, (tiny_run / "metrics.jsonl").read_text().splitlines()):
         if record["step"] == 0 and record["stage"] in ("train", "stage1"):
             first[record["job"]] = record
     last = first["uniform-s0"]["last"]
     assert first["sdn-s0"]["last"] == pytest.approx(last, rel=1e-6)
-    assert first["l2s-s0"]["last"] == pytest.approx(3 * last, rel=1e-6)
-    for job in ("l2w-s0", "l2w-fo-s0"):
-        assert first[job]["loss"] == pytest.approx(first["uniform-s0"]["loss"], rel=1e-3)
+    assert first["l2s-b1-s0"]["last"] == pytest.approx(3 * last, rel=1e-6)
+    for job in ("l2w-s0", "l2w-fo-s0", "l2w-last-s0"):
+        assert first[job]["unweighted"] == pytest.approx(first["uniform-s0"]["loss"], rel=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -102,17 +108,20 @@ def _context(tmp_path, config, method):
     return JobContext(RunDir(tmp_path / method), config, planned, progress=False)
 
 
-def test_l2w_with_zero_delta_is_uniform_training(tmp_path):
-    config, _ = resolve_config(EXPERIMENT, "tiny", ["l2w.delta=0.0", "epochs=2"])
+@pytest.mark.parametrize("meta_batch", ["full", "half"])
+def test_l2w_with_zero_delta_is_uniform_training(tmp_path, meta_batch):
+    config, _ = resolve_config(
+        EXPERIMENT, "tiny", ["l2w.delta=0.0", "epochs=2", f"l2w.meta_batch={meta_batch}"]
+    )
     splits = load_splits(config)
     trained = {}
-    for method in ("uniform", "l2w", "l2w-fo"):
-        context = _context(tmp_path, config, method)
+    for method in ("uniform", "l2w", "l2w-fo", "l2w-last"):
+        context = _context(tmp_path / meta_batch, config, method)
         context.manual_seed("init")
         model = build_model(config, splits)
         train_method(method, model, splits, config, context)
         trained[method] = model.state_dict()
-    for method in ("l2w", "l2w-fo"):
+    for method in ("l2w", "l2w-fo", "l2w-last"):
         for key, value in trained["uniform"].items():
             close = torch.allclose(trained[method][key].double(), value.double(), atol=1e-5)
             assert close, (method, key)

@@ -1,35 +1,48 @@
-"""The multi-exit jobs: one per method (the runner runs each per seed). A job trains a fresh
-backbone (same initial weights and batch order for every method of a seed), chooses its
-thresholds on validation and measures the test split once: the fixed exits, MSDNet's budgeted
-curve of the confidence thresholds, the L2S policy's budget curve, the stop rules at each budget
-run for real through ``run_adaptive(mode=config.inference_mode)``, and the wall-clock of early
-exit against the full network."""
+"""The multi-exit jobs: one per method, one per β for L2S, and L2S's selection of β on
+validation (the runner runs each per seed). A training job trains a fresh backbone (same initial
+weights and batch order for every method of a seed), chooses its thresholds on validation and
+measures the test split once: the fixed exits, MSDNet's budgeted curve of the confidence
+thresholds, the L2S policy's budget curve, the stop rules at each budget run for real through
+``run_adaptive(mode=config.inference_mode)``, and the wall-clock of early exit against the full
+network. The selection job ``l2s`` reads the L2S jobs' records (and uniform training's, β → ∞)
+and picks, per budget, the β whose curve is best on validation."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
 
 from ...contract import Job, JobContext
-from ...inference import ScoreThreshold, fit_threshold, in_chunks, run_adaptive, stop_indices
+from ...inference import (
+    ScoreThreshold,
+    exit_distribution,
+    fit_threshold,
+    in_chunks,
+    run_adaptive,
+    stop_indices,
+)
 from ...policies import ConfidencePolicy
 from ...selection import Heldout, budget_sweep, fixed_depth_curve
 from .config import MultiExitConfig
 from .data import load_splits
-from .methods import build_model, train_method
+from .l2w import allocate_meta
+from .methods import L2W_VARIANTS, build_model, train_method
 from .metrics import (
     accuracy_by_group,
     apply_thresholds,
+    choose_on_validation,
     exit_hazards,
     exit_logits,
     exit_metric,
     msdnet_thresholds,
     time_early_exit,
+    with_validation_accuracy,
 )
 from .models import exit_losses
 
-__all__ = ["jobs", "run_job"]
+__all__ = ["jobs", "run_job", "l2s_job_name", "SELECT_L2S"]
 
 # What every job reads; the data folder is left out (the same files anywhere give the same
 # numbers), and so are the report's keys (budgets unless timed, log_every).
@@ -38,31 +51,45 @@ SHARED_KEYS = (
     "mnist1d_per_level", "stem", "channels", "strides", "head_width", "epochs", "batch_size",
     "lr", "momentum", "weight_decay", "eval_batch", "device", "inference_mode",
 )  # fmt: skip
-METHOD_KEYS = {"sdn": ("sdn_weights",), "l2w": ("l2w",), "l2w-fo": ("l2w",), "l2s": ("l2s",)}
-COSTS = {"l2w": 2.2, "l2w-fo": 1.8}  # relative training cost, for scheduling workers
+METHOD_KEYS = {"sdn": ("sdn_weights",), "l2s": ("l2s",), **{m: ("l2w",) for m in L2W_VARIANTS}}
+COSTS = {"l2w": 4.0, "l2w-last": 4.0, "l2w-fo": 2.5}  # relative training cost (worker order)
+SELECT_L2S = "l2s-select"  # the method of the job that picks L2S's β on validation
+
+
+def l2s_job_name(beta: float) -> str:
+    """The job of L2S with oracle temperature ``beta``."""
+    return f"l2s-b{beta:g}"
 
 
 def jobs(config: MultiExitConfig) -> list[Job]:
-    return [
-        Job(
-            method,
-            params={"method": method},
-            keys=SHARED_KEYS
-            + METHOD_KEYS.get(method, ())
-            + (("timing", "budgets") if method in config.timing.methods else ()),
-            cost=COSTS.get(method, 1.0),
-        )
-        for method in config.methods
-    ]
+    out = []
+    for method in config.methods:
+        keys = SHARED_KEYS + METHOD_KEYS.get(method, ())
+        keys += ("timing", "budgets") if method in config.timing.methods else ()
+        if method != "l2s":
+            out.append(Job(method, {"method": method}, keys=keys, cost=COSTS.get(method, 1.0)))
+            continue
+        names = [l2s_job_name(beta) for beta in config.l2s.betas]
+        out += [
+            Job(name, {"method": "l2s", "beta": beta}, keys=keys)
+            for name, beta in zip(names, config.l2s.betas, strict=True)
+        ]
+        after = tuple(names) + (("uniform",) if "uniform" in config.methods else ())
+        out.append(Job("l2s", {"method": SELECT_L2S}, after=after, keys=("budgets",), cost=0.0))
+    return out
 
 
 def run_job(job: Job, context: JobContext) -> dict[str, Any]:
     config: MultiExitConfig = context.config
     method = job.params["method"]
+    if method == SELECT_L2S:
+        return select_beta(job, context)
     splits = load_splits(config)
     context.manual_seed("init")
     model = build_model(config, splits)
-    trained = train_method(method, model, splits, config, context)
+    cpu_start = time.process_time()
+    trained = train_method(method, model, splits, config, context, job.params.get("beta"))
+    train_cpu_seconds = time.process_time() - cpu_start
     model.eval()
     costs = model.step_costs()
     test = Heldout((splits.test_x, splits.test_y))
@@ -98,10 +125,16 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
         curves["policy"] = budget_sweep(
             val_scores["policy"], test_scores["policy"], val_costs, metric, costs=costs
         )
+    # Each curve point's accuracy on validation, where its rule was fitted (for choosing β).
+    val_correct = val_logits.argmax(-1) == splits.val_y.unsqueeze(1)
+    for name, curve in curves.items():
+        with_validation_accuracy(curve, val_scores[name], val_correct)
     record: dict[str, Any] = {
         "data": {"dataset": splits.name, **splits.sizes(), **splits.info},
         "updates": trained.updates,
         "train_seconds": context.timings["train"],
+        "train_cpu_seconds": train_cpu_seconds,
+        "val_exit_accuracy": val_correct.double().mean(0),
         "step_costs": costs,
         "fixed_depth": fixed_depth_curve(
             len(test_y), metric, torch.ones(len(costs), dtype=torch.bool), costs
@@ -125,7 +158,8 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
         levels = splits.info["noise_levels"]
         record["test_groups"] = accuracy_by_group(index, correct, splits.test_group, levels)
     if trained.weight_net is not None:
-        record["negative_weights"] = trained.negative_weights
+        record["weight_log"] = trained.weight_log
+        record["weights_final"] = _final_weights(trained.weight_net, model, splits, config)
         record["weights_vs_loss"] = _weights_vs_loss(trained.weight_net, model, splits, config)
     if method in config.timing.methods:
         named = dict(zip([f"{b:g}" for b in config.budgets], rules["confidence"], strict=True))
@@ -161,6 +195,55 @@ def _run_for_real(model, policy, test_x, test_y, rule, test_hazards, config) -> 
         "mean_cost": float(cost.double().mean()),
         "matches_dense": bool(torch.equal(index, stop_indices(test_hazards, rule))),
     }
+
+
+def select_beta(job: Job, context: JobContext) -> dict[str, Any]:
+    """L2S with β chosen on validation, per budget and per stop model (confidence thresholds,
+    policy): the candidate whose validation curve is most accurate at the budget (interpolated
+    along the validation costs), among the L2S jobs and, for confidence thresholds, uniform
+    training (β → ∞). Its test accuracy at that budget is read off its test curve."""
+    config: MultiExitConfig = context.config
+    full = float(context.dependency(job.after[0]).record["step_costs"][-1])
+    budgets = [b * full for b in config.budgets]
+    records = {name: context.dependency(name).record for name in job.after}
+    betas = {name: context.dependency(name).params.get("beta")  # None: uniform, β → ∞
+             for name in job.after}  # fmt: skip
+    chosen: dict[str, Any] = {}
+    for curve in ("confidence", "policy"):
+        candidates = {n: r["curves"][curve] for n, r in records.items() if curve in r["curves"]}
+        picks = choose_on_validation(candidates, budgets)
+        chosen[curve] = [
+            {"job": pick["choice"], "beta": betas.get(pick["choice"]), **pick} for pick in picks
+        ]
+    return {"budgets": config.budgets, "candidates": betas, "chosen": chosen}
+
+
+def _final_weights(weight_net, model, splits, config) -> dict[str, Any]:
+    """The weights L2W ends with, on every training row (eval mode): their range and
+    quantiles, per exit, and the mean weight per exit for the training rows grouped by the exit
+    they would take under the meta allocation (q ∝ p^k over the training set)."""
+    with torch.no_grad():
+        logits = exit_logits(model, splits.train_x, config.eval_batch)
+        weights = weight_net(exit_losses(logits, splits.train_y))
+        confidence = torch.softmax(logits, -1).amax(-1)
+    K = weights.shape[1]
+    groups = allocate_meta(confidence, exit_distribution(config.l2w.p, K))
+    levels = torch.tensor(QUANTILES, dtype=weights.dtype)
+    return {
+        "min": float(weights.min()),
+        "max": float(weights.max()),
+        "quantile_levels": QUANTILES,
+        "quantiles": torch.quantile(weights.flatten(), levels),
+        "per_exit_quantiles": torch.quantile(weights, levels, dim=0).T,
+        "per_exit_mean": weights.mean(0),
+        "mean_by_allocated_exit": [
+            weights[groups == g].mean(0) if bool((groups == g).any()) else None for g in range(K)
+        ],
+        "rows_by_allocated_exit": torch.bincount(groups, minlength=K),
+    }
+
+
+QUANTILES = [0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99]
 
 
 def _weights_vs_loss(weight_net, model, splits, config, rows: int = 1000) -> dict[str, Any]:

@@ -11,13 +11,15 @@ cross-entropy of sample i at exit k:
   Kaya et al. 2019, held at its final value), normalised so Σ_k c_k = K like ``uniform``;
 * ``l2w`` / ``l2w-fo`` — mean_i Σ_k w_ik ℓ_ik with w from the meta-learned weight network of
   :mod:`.l2w` (full second-order meta gradient / its first-order approximation);
+* ``l2w-last`` — ``l2w`` with the meta loss on the last exit only (no meta-data allocation);
 * ``l2s`` — stage I: K·mean_i Σ_k q*_ik ℓ_ik, q*_i = softmax_k(−ℓ_ik/β) detached (L2S Eq. 8–9,
   scaled by K so that β → ∞ is ``uniform``); stage II: the network frozen, an
-  :class:`~.models.ExitPolicy` imitates the oracle (L2S Eq. 10).
+  :class:`~.models.ExitPolicy` imitates the oracle (L2S Eq. 10). One job per β.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +33,7 @@ from .data import Splits
 from .l2w import MetaStep, WeightNet
 from .models import ExitPolicy, MultiExitCNN, count_step_macs, exit_losses
 
-__all__ = ["build_model", "sdn_weights", "NegativeWeights", "Trained", "train_method"]
+__all__ = ["build_model", "sdn_weights", "WeightLog", "meta_lr_at", "Trained", "train_method"]
 
 
 def build_model(config: MultiExitConfig, splits: Splits) -> MultiExitCNN:
@@ -50,27 +52,60 @@ def sdn_weights(weights: list[float]) -> torch.Tensor:
     return c * len(c) / c.sum()
 
 
-class NegativeWeights:
-    """Count of negative L2W weights per exit over training (checkpointed with the loop)."""
+class WeightLog:
+    """What L2W's weights did over training (checkpointed with the loop): negative weights per
+    exit, the smallest and largest weight seen, the number of meta steps and the mean norm of
+    the meta gradient in each quarter of training."""
 
-    def __init__(self, exits: int):
-        self.counts = torch.zeros(exits, dtype=torch.long)
+    QUARTERS = 4
 
-    def add(self, w: torch.Tensor) -> None:
-        self.counts += (w < 0).sum(0)
+    def __init__(self, exits: int, updates: int):
+        self.updates = updates
+        self.negative = torch.zeros(exits, dtype=torch.long)
+        self.rows = 0
+        self.low, self.high = math.inf, -math.inf
+        self.meta_steps = 0
+        self.grad_norm_sum = torch.zeros(self.QUARTERS, dtype=torch.float64)
+        self.grad_norm_count = torch.zeros(self.QUARTERS, dtype=torch.long)
+
+    def weights(self, w: torch.Tensor) -> None:
+        """Weights ``(B, K)`` used by one real update."""
+        self.negative += (w < 0).sum(0)
+        self.rows += w.shape[0]
+        self.low, self.high = min(self.low, float(w.min())), max(self.high, float(w.max()))
+
+    def meta_step(self, step: int, grad_norm: float) -> None:
+        quarter = min(self.QUARTERS * step // max(self.updates, 1), self.QUARTERS - 1)
+        self.meta_steps += 1
+        self.grad_norm_sum[quarter] += grad_norm
+        self.grad_norm_count[quarter] += 1
 
     def state_dict(self) -> dict[str, Any]:
-        return {"counts": self.counts.clone()}
+        return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.counts = state["counts"].clone()
+        for k, v in state.items():
+            setattr(self, k, v.clone() if isinstance(v, torch.Tensor) else v)
 
-    def summary(self, rows: int) -> dict[str, Any]:
-        """The share of negative (sample, exit) weights over ``rows`` samples, and per exit."""
+    def summary(self) -> dict[str, Any]:
+        counts = self.grad_norm_count.clamp_min(1).double()
         return {
-            "fraction": float(self.counts.sum()) / max(rows * len(self.counts), 1),
-            "per_exit_fraction": (self.counts.double() / max(rows, 1)).tolist(),
+            "meta_steps": self.meta_steps,
+            "negative_fraction": float(self.negative.sum())
+            / max(self.rows * len(self.negative), 1),
+            "negative_per_exit_fraction": (self.negative.double() / max(self.rows, 1)).tolist(),
+            "min_seen": self.low,
+            "max_seen": self.high,
+            "meta_grad_norm_by_quarter": (self.grad_norm_sum / counts).tolist(),
         }
+
+
+def meta_lr_at(step: int, updates: int, lr: float, schedule: str) -> float:
+    """The weight net's learning rate at update ``step``: constant, or the official cosine
+    schedule to 0 over all updates, lr·½(1 + cos(π·step/updates))."""
+    if schedule == "constant":
+        return lr
+    return lr * 0.5 * (1 + math.cos(math.pi * step / max(updates, 1)))
 
 
 @dataclass
@@ -80,14 +115,20 @@ class Trained:
     updates: int
     policy: ExitPolicy | None = None
     weight_net: WeightNet | None = None
-    negative_weights: dict[str, Any] | None = None
+    weight_log: dict[str, Any] | None = None
 
 
 def train_method(
-    method: str, model: MultiExitCNN, splits: Splits, config: MultiExitConfig, context: JobContext
+    method: str,
+    model: MultiExitCNN,
+    splits: Splits,
+    config: MultiExitConfig,
+    context: JobContext,
+    beta: float | None = None,
 ) -> Trained:
-    """Train ``model`` in place with ``method`` (see the module docstring); the backbone's
-    training is timed as ``"train"``, L2S's stage II as ``"policy"``."""
+    """Train ``model`` in place with ``method`` (see the module docstring; ``beta``: L2S's
+    oracle temperature); the backbone's training is timed as ``"train"``, L2S's stage II as
+    ``"policy"``."""
     K = model.max_steps
     updates = config.epochs * (len(splits.train_y) // config.batch_size)
 
@@ -115,41 +156,70 @@ def train_method(
                 model, batches("train-batches"), exit_losses, step_weights=weights, stage="train",
                 **common,
             )  # fmt: skip
-        elif method in ("l2w", "l2w-fo"):
+        elif method in L2W_VARIANTS:
             context.manual_seed("l2w-weight-net")
-            mode = "full" if method == "l2w" else "first_order"
-            trained = _train_l2w(model, batches("train-batches"), config, mode, common)
+            mode, meta_loss = L2W_VARIANTS[method]
+            trained = _train_l2w(
+                model, batches("train-batches"), batches("l2w-meta-batches"), config, mode,
+                meta_loss or config.l2w.meta_loss, common,
+            )  # fmt: skip
         elif method == "l2s":
+            if beta is None:
+                raise ValueError("l2s needs its oracle temperature beta")
             # K·ℓ with temperature K·β gives oracle weights softmax(−ℓ/β) on a loss scaled by K.
             fit_oracle(
                 model, batches("train-batches"), lambda p, y: K * exit_losses(p, y),
-                beta=K * config.l2s.beta, stage="stage1", **common,
+                beta=K * beta, stage="stage1", **common,
             )  # fmt: skip
         else:
             raise ValueError(f"unknown method {method!r}")
     if method == "l2s":
         with context.timed("policy"):
             context.manual_seed("l2s-policy-init")
-            trained.policy = _train_policy(model, batches("policy-batches"), config, common)
+            trained.policy = _train_policy(model, batches("policy-batches"), config, beta, common)
     return trained
 
 
-def _train_l2w(model, batches, config: MultiExitConfig, mode: str, common) -> Trained:
-    """Train with L2W (the weight net is initialised from torch's global generator)."""
+# The L2W methods: (meta gradient, meta loss form; None: the config's l2w.meta_loss).
+L2W_VARIANTS = {
+    "l2w": ("full", None),
+    "l2w-fo": ("first_order", None),
+    "l2w-last": ("full", "last"),
+}
+
+
+def _train_l2w(
+    model, batches, meta_batches, config: MultiExitConfig, mode: str, meta_loss: str, common
+) -> Trained:
+    """Train with L2W (the weight net is initialised from torch's global generator). A meta
+    step every ``l2w.interval`` updates, before the real one: the virtual step on the training
+    batch and the meta loss on a separate batch as large (``meta_batch="full"``, drawn from the
+    training rows with its own stream), or on the two halves of the training batch (``"half"``)."""
     c, K, optimizer = config.l2w, model.max_steps, common["optimizer"]
-    weight_net = WeightNet(K, c.hidden, c.delta, c.clamp)
+    updates = common["num_steps"]
+    weight_net = WeightNet(K, c.hidden, c.delta, c.clamp, c.output_init)
     meta_optimizer = torch.optim.Adam(weight_net.parameters(), lr=c.meta_lr, weight_decay=c.meta_wd)
-    meta = MetaStep(weight_net, meta_optimizer, c.p, mode)
-    negatives = NegativeWeights(K)
+    meta = MetaStep(weight_net, meta_optimizer, c.p, mode, meta_loss)
+    log = WeightLog(K, updates)
 
     def loss(step: int) -> tuple[torch.Tensor, dict[str, Any]]:
         x, y = batches(step)
-        metrics = meta(model, optimizer, x, y) if step % c.interval == 0 else {}
+        metrics = {}
+        if step % c.interval == 0:
+            for group in meta_optimizer.param_groups:
+                group["lr"] = meta_lr_at(step, updates, c.meta_lr, c.meta_lr_schedule)
+            if c.meta_batch == "full":
+                metrics = meta(model, optimizer, (x, y), meta_batches(step))
+            else:
+                half = x.shape[0] // 2
+                metrics = meta(model, optimizer, (x[:half], y[:half]), (x[half:], y[half:]))
+            log.meta_step(step, metrics["meta_grad_norm"])
         losses = exit_losses(model(x), y)
         with torch.no_grad():
             w = weight_net(losses.detach())
-        negatives.add(w)
+        log.weights(w)
         return weighted_exit_loss(losses, w), {
+            "unweighted": float(losses.detach().sum(1).mean()),
             "negative_weights": float((w < 0).float().mean()),
             **{f"w{k + 1}": float(w[:, k].mean()) for k in range(K)},
             **metrics,
@@ -160,22 +230,19 @@ def _train_l2w(model, batches, config: MultiExitConfig, mode: str, common) -> Tr
         "model": model,
         "weight_net": weight_net,
         "meta_optimizer": meta_optimizer,
-        "negatives": negatives,
+        "weight_log": log,
     }
     optimize("train", loss_and_metrics=loss, state=state, **common)
-    rows = common["num_steps"] * config.batch_size
-    return Trained(
-        common["num_steps"], weight_net=weight_net, negative_weights=negatives.summary(rows)
-    )
+    return Trained(updates, weight_net=weight_net, weight_log=log.summary())
 
 
-def _train_policy(model, batches, config: MultiExitConfig, common) -> ExitPolicy:
-    """L2S stage II on the frozen backbone (the policy is initialised from torch's global
-    generator)."""
+def _train_policy(model, batches, config: MultiExitConfig, beta: float, common) -> ExitPolicy:
+    """L2S stage II on the frozen backbone, imitating the oracle of temperature ``beta`` (the
+    policy is initialised from torch's global generator)."""
     c = config.l2s
     policy = ExitPolicy(model.max_steps, tuple(c.policy_hidden))
     fit_policy(
         model, policy, batches, exit_losses, torch.optim.Adam(policy.parameters(), lr=c.policy_lr),
-        c.policy_updates, beta=c.beta, hard=c.hard, settings=common["settings"], stage="stage2",
+        c.policy_updates, beta=beta, hard=c.hard, settings=common["settings"], stage="stage2",
     )  # fmt: skip
     return policy.eval()

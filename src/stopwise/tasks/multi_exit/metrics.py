@@ -28,6 +28,7 @@ from ...inference import (
 from ...policies import ConfidencePolicy
 from ...steps import unroll
 from ...training import policy_hazards
+from .models import inference_copy
 
 __all__ = [
     "P_GRID",
@@ -37,6 +38,8 @@ __all__ = [
     "msdnet_thresholds",
     "apply_thresholds",
     "accuracy_at_budgets",
+    "with_validation_accuracy",
+    "choose_on_validation",
     "accuracy_by_group",
     "time_early_exit",
 ]
@@ -116,14 +119,60 @@ def apply_thresholds(
     return curve
 
 
-def accuracy_at_budgets(points: list[dict[str, Any]], budgets: list[float]) -> list[float | None]:
-    """Accuracy linearly interpolated at each budget (mean test cost) along a curve; None outside
-    the curve's range of costs. This reads the curve at a cost; it chooses nothing."""
-    pairs = sorted((pt["mean_cost"], pt["accuracy"]) for pt in points)
+def with_validation_accuracy(
+    points: list[dict[str, Any]], val_scores: torch.Tensor, val_correct: torch.Tensor
+) -> list[dict[str, Any]]:
+    """Add ``val_accuracy`` to every curve point: its thresholds applied to the validation
+    scores ``(N, K)`` they were fitted on, scored with ``val_correct (N, K)``."""
+    rows = torch.arange(val_correct.shape[0])
+    for point in points:
+        rule = ScoreThreshold(torch.tensor(point["score_threshold"]))
+        index = stop_indices(val_scores, rule).cpu()
+        point["val_accuracy"] = float(val_correct[rows, index].double().mean())
+    return points
+
+
+def accuracy_at_budgets(
+    points: list[dict[str, Any]],
+    budgets: list[float],
+    cost: str = "mean_cost",
+    accuracy: str = "accuracy",
+) -> list[float | None]:
+    """Accuracy linearly interpolated at each budget along a curve (by default the test
+    accuracy over the mean test cost; ``cost="val_mean_cost", accuracy="val_accuracy"`` reads
+    the validation curve); None outside the curve's range of costs. It chooses nothing."""
+    pairs = sorted((pt[cost], pt[accuracy]) for pt in points)
     x, y = np.array([a for a, _ in pairs]), np.array([b for _, b in pairs])
     return [
         float(np.interp(b, x, y)) if x[0] - 1e-9 <= b <= x[-1] + 1e-9 else None for b in budgets
     ]
+
+
+def choose_on_validation(
+    curves: dict[str, list[dict[str, Any]]], budgets: list[float]
+) -> list[dict[str, Any]]:
+    """For each budget, the candidate curve (name → points with ``val_mean_cost``,
+    ``val_accuracy``, ``mean_cost``, ``accuracy``) most accurate on validation at that budget
+    (interpolated along the validation costs), among those whose validation and test curves
+    both reach it; ``{"choice", "val_accuracy", "accuracy"}`` with its test accuracy there
+    (all None when no candidate reaches the budget). Ties go to the first candidate."""
+    val = {
+        name: accuracy_at_budgets(c, budgets, cost="val_mean_cost", accuracy="val_accuracy")
+        for name, c in curves.items()
+    }
+    test = {name: accuracy_at_budgets(c, budgets) for name, c in curves.items()}
+    picks = []
+    for i in range(len(budgets)):
+        reached = [n for n in curves if val[n][i] is not None and test[n][i] is not None]
+        best = max(reached, key=lambda n: val[n][i]) if reached else None
+        picks.append(
+            {
+                "choice": best,
+                "val_accuracy": None if best is None else val[best][i],
+                "accuracy": None if best is None else test[best][i],
+            }
+        )
+    return picks
 
 
 def accuracy_by_group(
@@ -146,12 +195,22 @@ def accuracy_by_group(
 def time_early_exit(
     model, test_x: torch.Tensor, rules: dict[str, ScoreThreshold], batch: int, repeats: int
 ) -> dict[str, Any]:
-    """Wall-clock of confidence early exit (``shrink`` mode: finished rows leave the batch)
-    against the full network, side by side (:func:`~stopwise.inference.time_adaptive`), with
-    each rule's MAC ratio (full cost / mean cost) and speedup over it."""
-    timing = time_adaptive(model, ConfidencePolicy(), test_x, rules, repeats=repeats, chunk=batch)
+    """Wall-clock and CPU time of confidence early exit (``shrink`` mode: finished rows leave the
+    batch) against the full network, side by side (:func:`~stopwise.inference.time_adaptive`),
+    on the model's :func:`~.models.inference_copy` (BatchNorm and stem folded, channels-last
+    after exit 1), with each rule's MAC ratio (full cost / mean cost: the ideal speedup) and the
+    measured speedup over it. ``same_exits`` is the share of test rows whose exit the copy
+    chooses as the trained model does (folding changes rounding only)."""
+    fast = inference_copy(model)
+    timing = time_adaptive(fast, ConfidencePolicy(), test_x, rules, repeats=repeats, chunk=batch)
     full = float(model.step_costs()[-1])
-    for row in timing["rules"].values():
+    scores = exit_hazards(ConfidencePolicy(), exit_logits(model, test_x, batch))
+    fast_scores = exit_hazards(ConfidencePolicy(), exit_logits(fast, test_x, batch))
+    for name, row in timing["rules"].items():
         row["mac_ratio"] = full / row["mean_cost"]
         row["speedup_over_mac_ratio"] = row["speedup"] / row["mac_ratio"]
-    return {**timing, "batch": batch}
+        if row.get("cpu_speedup") is not None:
+            row["cpu_speedup_over_mac_ratio"] = row["cpu_speedup"] / row["mac_ratio"]
+        same = stop_indices(scores, rules[name]) == stop_indices(fast_scores, rules[name])
+        row["same_exits"] = float(same.double().mean())
+    return {**timing, "batch": batch, "model": "inference_copy"}

@@ -18,10 +18,15 @@ cost of stopping at exit k includes every earlier head, as it does at inference.
 
 :class:`ExitPolicy` is the L2S stage-II policy over an exit's logits (registered as
 ``"exit-mlp"``).
+
+:func:`inference_copy` makes the copy that early exit runs fastest on a CPU (BatchNorm folded into
+the convolutions, the space-to-depth stem folded into the first convolution, channels-last
+memory); it computes the same function with the same multiply-adds.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -42,6 +47,9 @@ __all__ = [
     "running_stats_frozen",
     "module_macs",
     "count_step_macs",
+    "fold_batchnorm",
+    "fold_stem",
+    "inference_copy",
     "ExitPolicy",
 ]
 
@@ -164,6 +172,8 @@ class MultiExitCNN(StepModel):
         )
         self.heads = nn.ModuleList(ExitHead(dims, c, head_width, classes) for c in channels)
         self._step_costs: torch.Tensor | None = None
+        # The first step (0-based) whose feature maps are channels-last (see inference_copy).
+        self.channels_last_from: int | None = None
 
     # -- the step-model contract
     def start(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -185,7 +195,10 @@ class MultiExitCNN(StepModel):
         return {"h": x, "logits": x.new_zeros(x.shape[0], self.classes)}
 
     def advance(self, state: dict[str, torch.Tensor], t: int) -> dict[str, torch.Tensor]:
-        h = self.blocks[t](state["h"])
+        h = state["h"]
+        if t == self.channels_last_from:
+            h = h.contiguous(memory_format=torch.channels_last)
+        h = self.blocks[t](h)
         return {"h": h, "logits": self.heads[t](h)}
 
     def predict(self, state: dict[str, torch.Tensor], t: int) -> torch.Tensor:
@@ -272,6 +285,92 @@ def count_step_macs(model: StepModel, example: torch.Tensor) -> torch.Tensor:
             handle.remove()
         model.train(was_training)
     return torch.cumsum(torch.tensor(per_step, dtype=torch.float64), dim=0)
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold every eval-mode BatchNorm that follows a bias-free convolution into it, in place.
+
+    BN(conv(x)) = γ·(W∗x − μ)/√(σ² + ε) + β = (s·W)∗x + (β − s·μ) with s = γ/√(σ² + ε) per
+    output channel, so the convolution takes weight s·W and bias β − s·μ and the BN becomes an
+    identity. Only valid for inference (running statistics); returns ``model``.
+    """
+    for block in model.modules():
+        if isinstance(block, ConvBNReLU) and isinstance(block[1], BatchNorm):
+            conv, norm = block[0], block[1]
+            scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+            folded = _conv(
+                conv.weight.dim() - 2, conv.in_channels, conv.out_channels, conv.kernel_size,
+                stride=conv.stride, padding=conv.padding, bias=True,
+            ).to(conv.weight)  # fmt: skip
+            folded.weight.copy_(conv.weight * scale.view(-1, *[1] * (conv.weight.dim() - 1)))
+            folded.bias.copy_(norm.bias - scale * norm.running_mean)
+            block[0], block[1] = folded, nn.Identity()
+    return model
+
+
+@torch.no_grad()
+def fold_stem(model: MultiExitCNN) -> MultiExitCNN:
+    """Fold the space-to-depth stem (factor f) into block 1's first convolution, in place.
+
+    A 3-wide convolution with padding 1 and stride s on the unshuffled map reads, for each
+    output position, the 3f input positions starting f before it: it is a 3f-wide convolution
+    with stride f·s and padding f on the raw input, whose weight at (c, f·a + i) is the old
+    weight at (channel c·f^d + (i-th offset), a). Same outputs, same multiply-adds (C_in·f^d·3^d
+    per output), and no unshuffle copy. Returns ``model`` with ``stem = 1``.
+    """
+    f, d = model.stem, model.dims
+    if f == 1:
+        return model
+    conv = model.blocks[0][0][0]
+    out, C = conv.out_channels, model.in_channels
+    # Old weight (out, C·f^d, 3^d) with channel index c·f^d + offset; offsets i (rows) then j.
+    w = conv.weight.view(out, C, *[f] * d, *[3] * d)
+    if d == 2:  # (o, c, i, j, a, b) -> (o, c, a, i, b, j) -> (o, c, 3f, 3f)
+        w = w.permute(0, 1, 4, 2, 5, 3).reshape(out, C, 3 * f, 3 * f)
+    else:  # (o, c, i, a) -> (o, c, a, i) -> (o, c, 3f)
+        w = w.permute(0, 1, 3, 2).reshape(out, C, 3 * f)
+    stride = tuple(f * s for s in conv.stride)
+    folded = _conv(d, C, out, 3 * f, stride=stride, padding=f, bias=conv.bias is not None)
+    folded = folded.to(conv.weight)
+    folded.weight.copy_(w)
+    if conv.bias is not None:
+        folded.bias.copy_(conv.bias)
+    model.blocks[0][0][0] = folded
+    model.stem = 1
+    return model
+
+
+def inference_copy(
+    model: MultiExitCNN,
+    batchnorm: bool = True,
+    stem: bool = True,
+    channels_last_from: int | None = 1,
+) -> MultiExitCNN:
+    """An eval-mode copy of ``model`` for fast CPU inference, computing the same function with
+    the same multiply-adds (the step costs are kept): BatchNorm folded into the convolutions
+    (``batchnorm``, :func:`fold_batchnorm`), the space-to-depth stem folded into the first
+    convolution (``stem``, :func:`fold_stem`), and, for 2-D models, the blocks and heads from
+    step ``channels_last_from`` (0-based; None: none) on in channels-last memory, the feature
+    map converted as it enters that step. oneDNN's wider convolutions run faster on NHWC maps,
+    but the 16-channel 7×7 ones of the first block run slower, so the default keeps step 0 in
+    NCHW: at a low budget only the rows that go on are converted
+    (benchmarks/multi_exit_speed.py measures every variant)."""
+    fast = copy.deepcopy(model).eval()
+    if batchnorm:
+        fold_batchnorm(fast)
+    if stem:
+        fold_stem(fast)
+    if channels_last_from is not None and fast.dims == 2:
+        if not 0 <= channels_last_from < fast.max_steps:
+            raise ValueError(
+                f"channels_last_from must lie in 0..{fast.max_steps - 1}; got {channels_last_from}"
+            )
+        for t in range(channels_last_from, fast.max_steps):
+            fast.blocks[t].to(memory_format=torch.channels_last)
+            fast.heads[t].to(memory_format=torch.channels_last)
+        fast.channels_last_from = channels_last_from
+    return fast
 
 
 def _exit_policy_example():

@@ -13,6 +13,7 @@ from ...contract import JobResult, Report
 from ...reporting import markdown_table, new_figure
 from ...stats import mean_sd, paired_difference
 from .config import METHODS, MultiExitConfig
+from .experiment import SELECT_L2S
 from .metrics import P_GRID, accuracy_at_budgets
 
 __all__ = ["report", "budget_labels"]
@@ -24,10 +25,23 @@ def budget_labels(n: int) -> list[str]:
     return ["low" if i < 0.4 * n else "middle" if i < 0.8 * n else "high" for i in range(n)]
 
 
-def _label(method: str, curve: str) -> str:
-    if curve == "confidence" and method != "l2s":
-        return METHODS[method]
-    return f"{METHODS[method]} ({'policy' if curve == 'policy' else 'confidence thresholds'})"
+def _label(name: str, params: dict[str, Any], curve: str) -> str:
+    """The table label of one (job, stop model)."""
+    method = params["method"]
+    if method == SELECT_L2S:
+        base = "L2S, β chosen on validation"
+    elif method == "l2s":
+        base = f"L2S β = {params['beta']:g}"
+    else:
+        base = METHODS[method]
+    if curve == "confidence" and method not in ("l2s", SELECT_L2S):
+        return base
+    return f"{base} ({'policy' if curve == 'policy' else 'confidence thresholds'})"
+
+
+def _key(name: str, curve: str) -> str:
+    """The key of a (job, stop model) line: the job name, "(policy)" for a policy curve."""
+    return name + ("" if curve == "confidence" else " (policy)")
 
 
 def _columns(rows_per_seed: list[list[dict[str, Any]]], key: str) -> list[list[Any]]:
@@ -35,29 +49,44 @@ def _columns(rows_per_seed: list[list[dict[str, Any]]], key: str) -> list[list[A
     return [[row.get(key) for row in rows] for rows in zip(*rows_per_seed, strict=True)]
 
 
-def _line(method: str, curve: str, records: dict[int, dict[str, Any]], budget_macs, epochs):
-    """One (method, stop model) over seeds: accuracy at the budgets (read off each seed's test
+def _budget_stats(per_seed: dict[int, list[float | None]]) -> list[tuple]:
+    """Mean and sd over the seeds that reach each budget."""
+    columns = [
+        [v for v in column if v is not None] for column in zip(*per_seed.values(), strict=True)
+    ]
+    return [mean_sd(column) if column else (None, None) for column in columns]
+
+
+def _line(name, params, curve, records: dict[int, dict[str, Any]], budget_macs, epochs):
+    """One (job, stop model) over seeds: accuracy at the budgets (read off each seed's test
     curve), per fixed exit, run for real; training time; the mean curve."""
     seeds = sorted(records)
     curves = [records[s]["curves"][curve] for s in seeds]
     per_seed = {s: accuracy_at_budgets(c, budget_macs) for s, c in zip(seeds, curves, strict=True)}
-    at_budgets = [
-        [v for v in column if v is not None] for column in zip(*per_seed.values(), strict=True)
-    ]
-    at_budgets = [mean_sd(column) if column else (None, None) for column in at_budgets]
+    at_budgets = _budget_stats(per_seed)
     exits = [mean_sd(c) for c in _columns([records[s]["fixed_depth"] for s in seeds], "accuracy")]
     adaptive = [records[s]["adaptive"][curve] for s in seeds]
     train = statistics.fmean(records[s]["train_seconds"] for s in seeds)
     return {
-        "method": method,
+        "key": _key(name, curve),
+        "job": name,
+        "method": params["method"],
+        "beta": params.get("beta"),
         "curve": curve,
-        "label": _label(method, curve),
+        "label": _label(name, params, curve),
         "seeds": seeds,
         "budget_accuracy_mean": [m for m, _ in at_budgets],
         "budget_accuracy_sd": [sd for _, sd in at_budgets],
         "budget_accuracy_per_seed": per_seed,
         "anytime_accuracy_mean": [m for m, _ in exits],
         "anytime_accuracy_sd": [sd for _, sd in exits],
+        "anytime_accuracy_per_seed": {
+            s: [point["accuracy"] for point in records[s]["fixed_depth"]] for s in seeds
+        },
+        "val_anytime_accuracy_mean": [
+            statistics.fmean(c)
+            for c in zip(*(records[s]["val_exit_accuracy"] for s in seeds), strict=True)
+        ],
         "adaptive_accuracy_mean": [statistics.fmean(c) for c in _columns(adaptive, "accuracy")],
         "adaptive_mean_cost": [statistics.fmean(c) for c in _columns(adaptive, "mean_cost")],
         "adaptive_matches_dense": all(all(c) for c in _columns(adaptive, "matches_dense")),
@@ -75,9 +104,24 @@ def _line(method: str, curve: str, records: dict[int, dict[str, Any]], budget_ma
     }
 
 
-def _pair(line: dict[str, Any]) -> str:
-    """The key of a line's comparison with uniform: the method, "(policy)" for L2S's policy."""
-    return line["method"] + ("" if line["curve"] == "confidence" else " (policy)")
+def _selected_line(curve: str, records: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """L2S with β chosen on validation per budget: the chosen β and its test accuracy."""
+    per_seed = {s: [pick["accuracy"] for pick in r["chosen"][curve]] for s, r in records.items()}
+    at_budgets = _budget_stats(per_seed)
+    return {
+        "key": _key("l2s", curve),
+        "job": "l2s",
+        "method": SELECT_L2S,
+        "curve": curve,
+        "label": _label("l2s", {"method": SELECT_L2S}, curve),
+        "seeds": sorted(records),
+        "budget_accuracy_mean": [m for m, _ in at_budgets],
+        "budget_accuracy_sd": [sd for _, sd in at_budgets],
+        "budget_accuracy_per_seed": per_seed,
+        "chosen_beta_per_seed": {
+            s: [pick["beta"] for pick in r["chosen"][curve]] for s, r in records.items()
+        },
+    }
 
 
 def _paired(a: dict[int, list], b: dict[int, list], i: int) -> dict[str, Any] | None:
@@ -90,30 +134,52 @@ def _paired(a: dict[int, list], b: dict[int, list], i: int) -> dict[str, Any] | 
     )
 
 
+def _cost_ratio(records, uniform, key: str) -> dict[str, Any]:
+    ratios = {s: r[key] / uniform[s][key] for s, r in records.items() if s in uniform}
+    return {"per_seed": ratios, "mean": statistics.fmean(ratios.values())} if ratios else {}
+
+
 def report(results: list[JobResult], config: MultiExitConfig) -> Report:
-    by_method: dict[str, dict[int, dict[str, Any]]] = {}
+    by_job: dict[str, dict[int, dict[str, Any]]] = {}
+    params: dict[str, dict[str, Any]] = {}
     for r in results:
-        by_method.setdefault(r.params["method"], {})[r.seed] = r.record
-    first = results[0].record
+        by_job.setdefault(r.name, {})[r.seed] = r.record
+        params[r.name] = r.params
+    trained = {n: recs for n, recs in by_job.items() if params[n]["method"] != SELECT_L2S}
+    first = next(iter(next(iter(trained.values())).values()))
     costs = first["step_costs"]
     budget_macs = [b * costs[-1] for b in config.budgets]
     lines = [
-        _line(method, curve, records, budget_macs, config.epochs)
-        for method, records in by_method.items()
+        _line(name, params[name], curve, records, budget_macs, config.epochs)
+        for name, records in trained.items()
         for curve in next(iter(records.values()))["curves"]
     ]
-    paired, cost_ratio = {}, {}
-    if "uniform" in by_method:
-        base = next(line for line in lines if line["label"] == METHODS["uniform"])
-        base = base["budget_accuracy_per_seed"]
-        for line in lines:
-            if line["method"] != "uniform":
+    selected = [
+        _selected_line(curve, records)
+        for name, records in by_job.items()
+        if params[name]["method"] == SELECT_L2S
+        for curve in ("confidence", "policy")
+        if any(pick["job"] for pick in next(iter(records.values()))["chosen"][curve])
+    ]
+    paired, paired_exits, cost_ratio = {}, {}, {}
+    if "uniform" in by_job:
+        base = next(line for line in lines if line["key"] == "uniform")["budget_accuracy_per_seed"]
+        uniform_line = next(line for line in lines if line["key"] == "uniform")
+        for line in lines + selected:
+            if line["key"] != "uniform":
                 mine = line["budget_accuracy_per_seed"]
-                paired[_pair(line)] = [_paired(mine, base, i) for i in range(len(budget_macs))]
-        uniform = by_method["uniform"]
-        for method, records in by_method.items():
-            ratios = [r["train_seconds"] / uniform[s]["train_seconds"] for s, r in records.items()]
-            cost_ratio[method] = {"per_seed": ratios, "mean": statistics.fmean(ratios)}
+                paired[line["key"]] = [_paired(mine, base, i) for i in range(len(budget_macs))]
+                if line["curve"] == "confidence" and "anytime_accuracy_per_seed" in line:
+                    mine, theirs = (x["anytime_accuracy_per_seed"] for x in (line, uniform_line))
+                    paired_exits[line["key"]] = [
+                        _paired(mine, theirs, k) for k in range(len(costs))
+                    ]
+        uniform = by_job["uniform"]
+        for name, records in trained.items():
+            cost_ratio[name] = {
+                "cpu": _cost_ratio(records, uniform, "train_cpu_seconds"),
+                "wall": _cost_ratio(records, uniform, "train_seconds"),
+            }
     jobs = {r.id: r.record for r in results}
 
     def per_job(key: str) -> dict[str, Any]:
@@ -129,14 +195,20 @@ def report(results: list[JobResult], config: MultiExitConfig) -> Report:
         "p_grid": P_GRID,
         "seeds": sorted({r.seed for r in results}),
         "lines": lines,
+        "l2s_selected": selected,
         "paired_vs_uniform": paired,
+        "paired_exits_vs_uniform": paired_exits,
         "train_seconds_vs_uniform": cost_ratio,
-        "negative_weights": per_job("negative_weights"),
+        "weight_log": per_job("weight_log"),
+        "weights_final": {
+            i: {k: v for k, v in w.items() if k != "per_exit_quantiles"}
+            for i, w in per_job("weights_final").items()
+        },
         "test_groups": per_job("test_groups"),
         "timing": per_job("timing"),
     }
     figures = {
-        "accuracy_vs_macs": _accuracy_figure(lines, by_method, budget_macs, first["data"]),
+        "accuracy_vs_macs": _accuracy_figure(lines, trained, budget_macs, first["data"]),
         "per_exit_accuracy": _exit_figure(lines, len(costs)),
     }
     weighted = per_job("weights_vs_loss")
@@ -167,13 +239,15 @@ def _table(results: dict[str, Any], config: MultiExitConfig) -> str:
     heads = [f"{100 * b:g}% MACs ({lab})" for b, lab in zip(budgets, labels, strict=True)]
     K = len(results["step_costs"])
     rows = []
-    for line in results["lines"]:
-        row = {"label": line["label"], "sec": line["seconds_per_epoch_mean"]}
+    for line in results["lines"] + results["l2s_selected"]:
+        row = {"label": line["label"], "sec": line.get("seconds_per_epoch_mean")}
         for i, (m, sd) in enumerate(
             zip(line["budget_accuracy_mean"], line["budget_accuracy_sd"], strict=True)
         ):
             row[f"b{i}"] = _mean_sd_text(m, sd)
-        row["anytime"] = " / ".join(_points(m) for m in line["anytime_accuracy_mean"])
+        if "anytime_accuracy_mean" in line:
+            row["anytime"] = " / ".join(_points(m) for m in line["anytime_accuracy_mean"])
+            row["val"] = " / ".join(_points(m) for m in line["val_anytime_accuracy_mean"])
         rows.append(row)
     data = results["data"]
     costs = " / ".join(f"{c / 1e6:.3g}" for c in results["step_costs"])
@@ -184,40 +258,64 @@ def _table(results: dict[str, Any], config: MultiExitConfig) -> str:
         f"exit {costs}; {config.epochs} epochs = {results['updates']} SGD updates of batch "
         f"{config.batch_size}; {seeds} seed(s), mean ± sd. Accuracy at each budget is "
         "interpolated on the test curve of MSDNet's 39 exit distributions (thresholds fitted on "
-        "validation); the exit columns are the same network stopped at each fixed exit.",
+        "validation); the exit columns are the same network stopped at each fixed exit (test; "
+        "validation beside it).",
         "",
         markdown_table(
             rows,
             [
                 ("label", "method", "s"),
                 *[(f"b{i}", f"acc % @ {h}", "s") for i, h in enumerate(heads)],
-                ("anytime", f"exit 1…{K} acc %", "s"),
+                ("anytime", f"exit 1…{K} test acc %", "s"),
+                ("val", f"exit 1…{K} val acc %", "s"),
                 ("sec", "train s/epoch", ".1f"),
             ],
         ),
     ]
+    for line in results["l2s_selected"]:
+        chosen = "; ".join(
+            f"seed {s}: " + ", ".join("∞" if b is None else f"{b:g}" for b in betas)
+            for s, betas in line["chosen_beta_per_seed"].items()
+        )
+        parts += ["", f"{line['label']}: β chosen per budget (∞ = uniform training): {chosen}."]
     if results["paired_vs_uniform"]:
         paired_rows = []
-        for line in results["lines"]:
-            if line["method"] != "uniform":
-                row = {"label": f"{line['label']} − uniform"}
-                for i, d in enumerate(results["paired_vs_uniform"][_pair(line)]):
-                    row[f"b{i}"] = _interval_text(d)
-                row["cost"] = results["train_seconds_vs_uniform"][line["method"]]["mean"]
-                paired_rows.append(row)
+        for line in results["lines"] + results["l2s_selected"]:
+            if line["key"] == "uniform":
+                continue
+            row = {"label": f"{line['label']} − uniform"}
+            for i, d in enumerate(results["paired_vs_uniform"][line["key"]]):
+                row[f"b{i}"] = _interval_text(d)
+            ratio = results["train_seconds_vs_uniform"].get(line["job"], {})
+            row["cpu"] = ratio.get("cpu", {}).get("mean") if line["curve"] == "confidence" else None
+            paired_rows.append(row)
         parts += [
             "",
             f"Paired differences against uniform training (accuracy points, mean over {seeds} "
             "seed(s) with its 95% Student-t interval; each pair shares initial weights and batch "
-            "order), and training time per epoch relative to uniform:",
+            "order), and training CPU time relative to uniform:",
             "",
             markdown_table(
                 paired_rows,
                 [
                     ("label", "pair", "s"),
                     *[(f"b{i}", f"Δ @ {h}", "s") for i, h in enumerate(heads)],
-                    ("cost", "train time × uniform", ".2f"),
+                    ("cpu", "train CPU × uniform", ".2f"),
                 ],
+            ),
+        ]
+    if results["paired_exits_vs_uniform"]:
+        exit_rows = [
+            {"label": f"{key} − uniform", **{f"e{k}": _interval_text(d) for k, d in enumerate(ds)}}
+            for key, ds in results["paired_exits_vs_uniform"].items()
+        ]
+        parts += [
+            "",
+            "Per fixed exit (test accuracy points, paired, 95% interval):",
+            "",
+            markdown_table(
+                exit_rows,
+                [("label", "pair", "s"), *[(f"e{k}", f"exit {k + 1}", "s") for k in range(K)]],
             ),
         ]
     real = all(line["adaptive_matches_dense"] for line in results["lines"])
@@ -244,18 +342,46 @@ def _table(results: dict[str, Any], config: MultiExitConfig) -> str:
                 [
                     ("job", "job", "s"),
                     ("budget", "budget", "s"),
-                    ("mac_ratio", "MAC ratio", ".2f"),
-                    ("speedup", "speedup", ".2f"),
-                    ("speedup_over_mac_ratio", "speedup / MAC ratio", ".2f"),
+                    ("mac_ratio", "ideal speedup (MAC ratio)", ".2f"),
+                    ("speedup", "measured speedup", ".2f"),
+                    ("speedup_over_mac_ratio", "measured / ideal", ".2f"),
                     ("seconds", "early exit s", ".3f"),
                 ],
             ),
         ]
-    if results["negative_weights"]:
-        text = ", ".join(
-            f"{job}: {100 * v['fraction']:.2f}%" for job, v in results["negative_weights"].items()
-        )
-        parts += ["", f"Negative L2W weights over training (share of sample-exit weights): {text}."]
+    if results["weight_log"]:
+        weight_rows = []
+        for job, log in results["weight_log"].items():
+            final = results["weights_final"][job]
+            q = dict(zip(final["quantile_levels"], final["quantiles"], strict=True))
+            weight_rows.append(
+                {
+                    "job": job,
+                    "steps": log["meta_steps"],
+                    "range": f"{final['min']:.2f} … {final['max']:.2f}",
+                    "q": f"{q[0.05]:.2f} / {q[0.5]:.2f} / {q[0.95]:.2f}",
+                    "negative": 100 * log["negative_fraction"],
+                    "grad": " / ".join(f"{g:.2g}" for g in log["meta_grad_norm_by_quarter"]),
+                }
+            )
+        parts += [
+            "",
+            "L2W's weights: meta steps, the weights it ended with on the training rows (range; "
+            "5% / 50% / 95% quantiles), the share of negative weights over training, and the "
+            "mean meta-gradient norm per quarter of training:",
+            "",
+            markdown_table(
+                weight_rows,
+                [
+                    ("job", "job", "s"),
+                    ("steps", "meta steps", "d"),
+                    ("range", "final w range", "s"),
+                    ("q", "w 5/50/95%", "s"),
+                    ("negative", "negative %", ".2f"),
+                    ("grad", "‖∇φ‖ by quarter", "s"),
+                ],
+            ),
+        ]
     return "\n".join(parts)
 
 
@@ -270,27 +396,27 @@ def _summary(results: dict[str, Any]) -> str:
     )
 
 
-def _accuracy_figure(lines, by_method, budget_macs, data):
+def _accuracy_figure(lines, by_job, budget_macs, data):
     figure, axes = new_figure(7.0, 4.5)
-    colors = {method: f"C{i % 10}" for i, method in enumerate(by_method)}
+    colors = {name: f"C{i % 10}" for i, name in enumerate(by_job)}
     for line in lines:
         points = line["curve_mean"]
         axes.plot(
             [p["mean_cost"] / 1e6 for p in points],
             [100 * p["accuracy"] for p in points],
-            color=colors[line["method"]],
+            color=colors[line["job"]],
             linestyle="--" if line["curve"] == "policy" else "-",
             label=line["label"],
         )
         if line["curve"] == "confidence":
-            records = by_method[line["method"]]
+            records = by_job[line["job"]]
             fixed = next(iter(records.values()))["fixed_depth"]
             axes.plot(
                 [p["mean_cost"] / 1e6 for p in fixed],
                 [100 * m for m in line["anytime_accuracy_mean"]],
                 "s",
                 markersize=4,
-                color=colors[line["method"]],
+                color=colors[line["job"]],
             )
     for macs in budget_macs:
         axes.axvline(macs / 1e6, color="gray", linewidth=0.6, linestyle=":")
@@ -313,7 +439,7 @@ def _exit_figure(lines, exits: int):
             marker="o",
             capsize=3,
             color=f"C{i % 10}",
-            label=METHODS[line["method"]],
+            label=line["label"],
         )
     axes.set_xticks(range(1, exits + 1))
     axes.set_xlabel("exit")
