@@ -39,7 +39,7 @@ def test_tiny_run_writes_the_whole_table(tiny_run):
         "cpss-stop-s0/stage2-gain-h8-n80",
     ]:
         assert (tiny_run / "checkpoints" / f"{stage}.pt").exists(), stage
-    for figure in ["nmse_per_layer", "stop_steps", "nmse_vs_steps"]:
+    for figure in ["nmse_per_layer", "stop_steps", "nmse_vs_steps", "budget_curves"]:
         assert (tiny_run / "figures" / f"{figure}.png").stat().st_size > 0
     rows = {row["key"]: row for row in results_of(tiny_run)["rows"]}
     assert {"ista-8", "ista-40", "fista-8", "fista-40", "lista", "alista"} <= set(rows)
