@@ -8,7 +8,8 @@ and optionally the `quick` preset's run time.
    validation, measured on test) against the same model at fixed depth with the same mean steps
    — equal or better everywhere, strictly better somewhere in the lower half — and the full-depth
    NMSE (within 0.1 dB) at ≤ 75% of the layers; every method's distance to the support-oracle
-   least-squares bound. (Wall-clock: benchmarks/sparse_recovery_speed.py.)
+   least-squares bound; the curve beside the deep-supervised model of the same step (trained for
+   every depth). (Wall-clock: benchmarks/sparse_recovery_speed.py.)
 3. Stage I throughput: LISTA under the oracle (the core `fit_oracle`, batch 1024 as in the paper)
    in GFLOP/s counted analytically, over the rate of the same matrix products run back to back,
    measured side by side at the same thread count; goal ≥ 70%.
@@ -38,10 +39,10 @@ from stopwise.config import to_plain
 from stopwise.contract import job_id
 from stopwise.experiments import get_experiment, resolve_config, run_experiment
 from stopwise.perf import reuse_freed_memory
-from stopwise.stats import mean_sd
+from stopwise.stats import mean_sd, paired_difference
 from stopwise.tasks.sparse_recovery.data import sample_batch, sensing_matrix
 from stopwise.tasks.sparse_recovery.experiment import load_stop_model
-from stopwise.tasks.sparse_recovery.metrics import error_columns, step_losses
+from stopwise.tasks.sparse_recovery.metrics import error_columns, fixed_depth_hull, step_losses
 from stopwise.tasks.sparse_recovery.models import LISTA, analytic_weight
 from stopwise.tasks.sparse_recovery.report import PAPER
 from stopwise.training import GeneratedBatches, LoopSettings, fit_oracle
@@ -51,6 +52,10 @@ RESULTS = ROOT / "results"
 PIPELINES = {  # the jobs that train each stop model
     "lista_stop": ["lista", "lista-stop-stage1", "lista-stop"],
     "cpss_stop": ["alista", "cpss-stop-stage1", "cpss-stop"],
+}
+DEEP_SUPERVISION = {  # stop model: (job, curve) of the same step, trained for every depth at once
+    "lista_stop": ("lista", "lista"),
+    "cpss_stop": ("alista", "alista"),
 }
 
 
@@ -117,6 +122,59 @@ def pipeline_time(run_dir: Path, results: dict, name: str) -> dict:
         "target_cpu_minutes": 60,
         "met": max(cpu) <= 60,
     }
+
+
+def against_deep_supervision(run_dir: Path, results: dict) -> dict:
+    """Issue 17's (b): each stop curve beside a model of the same step trained for every depth
+    (deep supervision: LISTA for LISTA-stop, ALISTA-SS for LISTA-CP-SS-stop; same MACs per step),
+    mixed at its best pair of fixed depths with the same mean steps (``fixed_depth_hull`` of that
+    seed's test per-layer curve). Per budget the paired margin (stop − trained; negative: the stop
+    model is better) over seeds; the budgets where it is worse (mean > 0) and worse by more than
+    one sd."""
+    report = {}
+    for name, (job, curve_key) in DEEP_SUPERVISION.items():
+        stop_job = PIPELINES[name][-1]
+        points = []
+        records = {
+            seed: json.loads((run_dir / "jobs" / f"{job_id(stop_job, seed)}.json").read_text())
+            for seed in results["seeds"]
+        }
+        trained = {
+            seed: [
+                p["mixed"]
+                for p in json.loads((run_dir / "jobs" / f"{job_id(job, seed)}.json").read_text())[
+                    "record"
+                ]["fixed_depth"][curve_key]
+            ]
+            for seed in results["seeds"]
+        }
+        first = records[results["seeds"][0]]["record"]["curve"]
+        for i, budget in enumerate(first):
+            stop = {s: r["record"]["curve"][i] for s, r in records.items()}
+            hull = {s: fixed_depth_hull(trained[s], p["mean_steps"]) for s, p in stop.items()}
+            margin = paired_difference({s: p["mixed"] for s, p in stop.items()}, hull)
+            steps, _ = mean_sd([p["mean_steps"] for p in stop.values()])
+            points.append(
+                {
+                    "budget": budget["budget"],
+                    "mean_steps": steps,
+                    "mixed": mean_sd([p["mixed"] for p in stop.values()])[0],
+                    "trained_fixed_depth": mean_sd(list(hull.values()))[0],
+                    "margin": margin["mean"],
+                    "margin_sd": margin["sd"],
+                    "margin_interval": [margin["lo"], margin["hi"]],
+                }
+            )
+        worse = [p for p in points if p["margin"] > 1e-9]
+        report[name] = {
+            "trained_for_every_depth": job,
+            "points": points,
+            "worse_budgets": [p["budget"] for p in worse],
+            "clearly_worse_budgets": [p["budget"] for p in worse if p["margin"] > p["margin_sd"]],
+            "worst_margin": max(p["margin"] for p in points),
+            "dominates": not worse,
+        }
+    return report
 
 
 def interleaved(calls: dict, repeats: int) -> dict[str, list[float]]:
@@ -282,6 +340,7 @@ def main() -> None:
     }
     print(json.dumps({k: report["quality"][k] for k in ("best_stop_model", "margin_db", "met")}))
     report["adaptive"] = results["domination"]
+    report["adaptive_vs_deep_supervision"] = against_deep_supervision(run_dir, results)
     print(json.dumps({n: {k: d[k] for k in ("dominates", "worst_margin", "full_depth_reached_mean")}
                       for n, d in results["domination"].items()}))  # fmt: skip
     bound = next(r for r in results["rows"] if r["key"] == "support_oracle")
