@@ -197,26 +197,79 @@ def test_step_costs_are_the_multiply_adds_actually_run(problem):
         layer = torch.diff(model.step_costs(), prepend=torch.zeros(1)).tolist()
         assert layer == expected[name], name
         assert _counted_macs(model, split.y) == expected[name], name
-    # residual features cost m·n where the state does not carry the residual
-    assert models["lista"].feature_costs().tolist() == [m * n] * 5
-    assert models["alista"].feature_costs().tolist() == [0.0] * 5
+    # features: one multiply-add per squared entry of x_t and of x_t − x_{t−1} (or r where
+    # carried), and of y once, at the first step
+    assert models["lista"].feature_costs().tolist() == [m + 2 * n] + [2 * n] * 4
+    assert models["alista"].feature_costs().tolist() == [2 * m + n] + [m + n] * 4
+    # ... and at most 10% of a step at the paper's size (m = 250, n = 500, T = 20)
+    big = sensing_matrix(250, 500, 5.0, torch.Generator().manual_seed(0))
+    for model in (LISTA(big, 20, 3.0, 0.1), ALISTA(big, 20, 0.6, 0.1, [0] * 20)):
+        per_step = float(model.step_costs()[-1]) / 20
+        policy = StopPolicy(model.feature_dim, 20, hidden=(64,))
+        assert float(model.feature_costs()[0]) + policy.macs() <= 0.02 * per_step
 
 
-def test_policy_features_and_summaries(problem):
+def _log_mean_square(v):
+    return math.log(float((v.detach().double() ** 2).mean()) + 1e-12)
+
+
+@pytest.mark.parametrize("name", ["lista", "alista", "cpss"])
+def test_policy_features_are_log_norms_of_the_state_by_hand(problem, name):
     A, split = problem
     m, n = A.shape
-    model = LISTA(A, 4, 3.0, 0.1)
-    state = model.advance(model.start(split.y), 0)
-    features = model.features(state, 0)
-    assert features.shape == (split.y.shape[0], 2 * m + n)
-    residual = split.y - state["x"] @ A.T
-    assert torch.allclose(features[:, m : 2 * m], residual)
-    policy = StopPolicy(m, n, 4, hidden=(8,))
-    summary = policy.summary(features)
-    assert torch.allclose(summary[:, 1], torch.log((residual**2).mean(-1) + 1e-12), atol=1e-5)
-    assert torch.allclose(summary[:, 3], summary[:, 1] - summary[:, 0], atol=1e-4)
-    assert policy(features, 0).shape == (split.y.shape[0],)
-    with pytest.raises(ValueError, match="2m \\+ n"):
-        policy(features[:, :-1], 0)
+    keep = support_sizes(n, 4, 0.05, 0.2)
+    model = {
+        "lista": LISTA(A, 4, 3.0, 0.1),
+        "alista": ALISTA(A, 4, 0.6, 0.1, keep),
+        "cpss": LISTACPSS.from_alista(ALISTA(A, 4, 0.6, 0.1, keep)),
+    }[name]
+    state = model.start(split.y)
+    estimates = [torch.zeros(split.y.shape[0], n)]
+    for t in range(4):
+        state = model.advance(state, t)
+        estimates.append(state["x"])
+        prediction, features = model.observe(state, t)
+        assert torch.equal(prediction, state["x"]) and torch.equal(
+            features, model.features(state, t)
+        )
+        assert features.shape == (split.y.shape[0], model.feature_dim)
+        for i in range(split.y.shape[0]):
+            y, x, x_prev = split.y[i], estimates[-1][i], estimates[-2][i]
+            # the residual models see log ‖y − A x_t‖²/m, LISTA log ‖x_t − x_{t−1}‖²/n
+            last = x - x_prev if name == "lista" else y - A @ x
+            expected = [_log_mean_square(y), _log_mean_square(x), _log_mean_square(last)]
+            assert features[i].tolist() == pytest.approx(expected, abs=1e-4), (name, t, i)
+    assert len(model.feature_names) == model.feature_dim == 3
+
+
+def test_stop_policy_is_an_mlp_on_standardised_features_and_a_one_hot_step(problem):
+    A, split = problem
+    torch.manual_seed(0)
+    policy = StopPolicy(3, 4, hidden=(8, 5))
+    pool = torch.randn(200, 4, 3, generator=torch.Generator().manual_seed(0)) * 5 + 2
+    policy.standardise(pool)
+    flat = pool.reshape(-1, 3).double()
+    assert torch.allclose(policy.shift.double(), flat.mean(0), atol=1e-5)
+    assert torch.allclose(policy.scale.double(), flat.std(0), atol=1e-5)
+    features = torch.randn(6, 3)
+
+    def reference(t):  # the unfolded network: Linear on [(f − shift)/scale, one_hot(t)]
+        step = torch.nn.functional.one_hot(torch.full((6,), t), 4).float()
+        h = torch.cat([(features - policy.shift) / policy.scale, step], dim=-1)
+        for layer in policy.layers:
+            h = torch.relu(h @ layer.weight.T + layer.bias)
+        return (h @ policy.out.weight.T + policy.out.bias).squeeze(-1)
+
+    for t in range(4):
+        torch.testing.assert_close(policy(features, t), reference(t))
+    steps = torch.tensor([0, 3, 1, 2, 2, 0])
+    per_row = torch.stack([reference(int(t))[i] for i, t in enumerate(steps)])
+    torch.testing.assert_close(policy(features, steps), per_row)
+    assert policy.macs() == 3 * 8 + 8 * 5 + 5  # one-hot and standardisation folded in
+    with FlopCounterMode(display=False) as counter:
+        policy(torch.randn(1000, 3), 2)
+    assert counter.get_total_flops() / 2 / 1000 == pytest.approx(policy.macs(), rel=0.01)
+    with pytest.raises(ValueError, match="shape \\(B, 3\\)"):
+        policy(features[:, :2], 0)
     with pytest.raises(ValueError, match="shape \\(B, m=12\\)"):
-        model.start(torch.zeros(3, 5))
+        LISTA(A, 4, 3.0, 0.1).start(torch.zeros(3, 5))

@@ -57,14 +57,25 @@ class Stage1:
 
 @dataclass
 class Stage2:
-    """Stage II of both stop models: the policy and its training (the model is frozen)."""
+    """Stage II of both stop models (the model frozen): the policy settings validation chooses
+    among (every objective × penalty × hidden width × length), trained on one cached pool."""
 
-    steps: int = param(300, ge=1, help="Adam updates of LISTA-stop's policy")
-    batch: int = param(128, ge=1, help="samples per update (both stop models)")
-    lr: float = param(3e-3, gt=0, help="initial learning rate (both stop models)")
+    pool: int = param(20000, ge=1, help="training samples whose trajectories stage II replays")
+    steps: list[int] = param([1000], ge=1, min_len=1, help="Adam updates (candidates)")
+    batch: int = param(256, ge=1, help="pool samples per update")
+    lr: float = param(3e-3, gt=0, help="initial learning rate")
+    objectives: list[str] = param(
+        ["gain", "l2s"],
+        choices=("gain", "l2s"),
+        min_len=1,
+        help="l2s: imitate the (cost-aware) oracle; gain: regress −log of the gain rate",
+    )
+    penalties: list[float] = param(
+        [0.01, 0.03, 0.1], ge=0, help="step penalties λ of the l2s candidates (λ = 0 always)"
+    )
     oracle: str = param("hard", choices=("hard", "soft"), help="imitate argmin_t ℓ_t, or KL to q*")
-    hidden: list[int] = param([16], ge=1, help="hidden widths of the policy MLP")
-    summaries: bool = param(True, help="feed the policy four log-norm summaries of its input")
+    hidden: list[int] = param([32], ge=1, min_len=1, help="hidden widths (candidates)")
+    gain_floor: float = param(1e-6, gt=0, help="floor of the gain rate in the gain objective")
 
 
 @dataclass
@@ -88,7 +99,6 @@ class Cpss:
     batch: int = param(256, ge=1, help="stage I samples per update")
     lr: float = param(1e-3, gt=0, help="stage I initial learning rate")
     weight_decay: float = param(0.0, ge=0, help="stage I Adam weight decay")
-    stage2_steps: int = param(300, ge=1, help="stage II Adam updates (batch, lr: stage2.*)")
 
 
 @dataclass
@@ -107,8 +117,15 @@ class SparseRecoveryConfig(Config):
     threshold_rule: str = param(
         "best",
         choices=("hazard", "cumulative", "best"),
-        help="threshold kind of the threshold rows; best: chosen by validation NMSE",
+        help="threshold kind of L2S policies; best: chosen on validation",
     )
+    threshold_row: str = param(
+        "match-full",
+        choices=("match-full", "best"),
+        help="budget of the threshold row: the cheapest within match_tolerance of full depth "
+        "on validation, or the least validation NMSE",
+    )
+    match_tolerance: float = param(0.1, ge=0, help="dB from full depth that counts as reached")
     budget_points: int = param(39, ge=2, help="mean-step budgets tried in calibration and curves")
     timing_repeats: int = param(3, ge=0, help="repeats of the adaptive vs full-depth timing")
     eval_chunk: int = param(1000, ge=1, help="rows per evaluation chunk")
@@ -129,26 +146,33 @@ PRESETS = {
         "classical": {"budgets": [8, 40]},
         "lista": {"steps": 150, "batch": 64, "lr": 0.003},
         "stage1": {"steps": 60, "batch": 64, "lr": 0.001},
-        "stage2": {"steps": 80, "batch": 64},
+        "stage2": {"pool": 2000, "steps": [80], "batch": 64, "hidden": [8]},
         "alista": {"steps": 40, "batch": 64},
-        "cpss": {"stage1_steps": 60, "batch": 64, "stage2_steps": 80},
+        "cpss": {"stage1_steps": 60, "batch": 64},
         "budget_points": 15,
         "timing_repeats": 1,
         "log_every": 10,
     },
     # `make demo`: the whole table in about five minutes on one CPU thread (LISTA rows shortened)
     "quick": {},
-    # benchmarks/sparse_recovery.py: the stronger stop model on ~59 CPU-minutes of training
+    # benchmarks/sparse_recovery.py: three seeds, ~20 CPU-minutes each (shortened to fit a shared
+    # machine: LISTA 2k updates, LISTA-CP-SS stage I 3k instead of 15k)
     "benchmark": {
+        "seeds": [0, 1, 2],
         "classical": {
             "lambda_factors": [0.7, 0.85, 1.2, 1.4],
             "L_factors": [0.85, 0.93, 1.08, 1.17],
         },
-        "lista": {"steps": 3000},
+        "lista": {"steps": 2000},
         "stage1": {"steps": 1000},
-        "stage2": {"steps": 2000},
+        "stage2": {
+            "pool": 40000,
+            "steps": [1000, 3000],
+            "hidden": [16, 64],
+            "penalties": [0.003, 0.01, 0.03, 0.1],
+        },
         "alista": {"steps": 300},
-        "cpss": {"stage1_steps": 15000, "stage2_steps": 6000},
+        "cpss": {"stage1_steps": 3000},
     },
     # the paper's schedule (L2S §5.1; about 11 hours of one CPU thread for stage I alone):
     # constant learning rates, stage I from ISTA; LISTA's learning rate is not given, we use 1e-4
@@ -159,9 +183,9 @@ PRESETS = {
         },
         "lista": {"steps": 100000, "batch": 512, "lr": 1e-4},
         "stage1": {"init": "ista", "steps": 50000, "batch": 1024, "lr": 1e-4},
-        "stage2": {"steps": 40000, "batch": 256, "lr": 1e-3},
+        "stage2": {"pool": 100000, "steps": [40000], "batch": 256, "lr": 1e-3},
         "alista": {"steps": 300},
-        "cpss": {"stage1_steps": 12000, "stage2_steps": 2000},
+        "cpss": {"stage1_steps": 12000},
         "lr_final": 1.0,
         "checkpoint_every": 1000,
     },

@@ -28,6 +28,7 @@ from ...contract import Job, JobContext, RunDir, job_id, stream_seed
 from ...inference import (
     THRESHOLD_KINDS,
     SampleRule,
+    fit_threshold,
     hazard_trajectory,
     in_chunks,
     run_adaptive,
@@ -36,6 +37,7 @@ from ...inference import (
 )
 from ...perf import reuse_freed_memory
 from ...selection import budget_grid, budget_sweep, calibrate_by_metric, fixed_depth_curve
+from ...training import policy_hazards
 from .config import SparseRecoveryConfig
 from .data import SparseBatch, SparseProblem, make_problem
 from .methods import (
@@ -47,12 +49,14 @@ from .methods import (
     tune,
 )
 from .metrics import (
+    cost_aware_oracle_stop,
     error_columns,
     errors_at,
     nmse_columns,
     nmse_db,
     oracle_stop,
     per_step_squared_errors,
+    support_oracle_errors,
 )
 from .models import ALISTA, LISTA, LISTACPSS, StopPolicy, support_sizes
 
@@ -70,9 +74,9 @@ def jobs(config: SparseRecoveryConfig) -> list[Job]:
     classical = Job("classical", keys=(*data, "classical"))
     if config.classical_only:
         return [classical]
-    stage2 = [f"stage2.{k}" for k in ("batch", "lr", "oracle", "hidden", "summaries")]
-    stop = (*data, "beta", "prune_mass", "lr_final", *stage2)
-    stop += ("threshold_rule", "budget_points", "inference_mode")
+    stop = (*data, "beta", "prune_mass", "lr_final", "stage2")
+    stop += ("threshold_rule", "threshold_row", "match_tolerance", "budget_points")
+    stop += ("inference_mode",)
     cpss1 = [f"cpss.{k}" for k in ("stage1_steps", "batch", "lr", "weight_decay")]
     lista_start = ("lista",) if config.stage1.init == "lista" else ()
     return [
@@ -83,10 +87,10 @@ def jobs(config: SparseRecoveryConfig) -> list[Job]:
             after=("classical", *lista_start),
             keys=(*data, "beta", "stage1", "lr_final"),
         ),
-        Job("lista-stop", after=("classical", "lista-stop-stage1"), keys=(*stop, "stage2.steps")),
+        Job("lista-stop", after=("classical", "lista-stop-stage1"), keys=stop),
         Job("alista", keys=(*data, "alista", "lr_final")),
         Job("cpss-stop-stage1", after=("alista",), keys=(*data, "beta", *cpss1, "lr_final")),
-        Job("cpss-stop", after=("alista", "cpss-stop-stage1"), keys=(*stop, "cpss.stage2_steps")),
+        Job("cpss-stop", after=("alista", "cpss-stop-stage1"), keys=stop),
     ]
 
 
@@ -128,13 +132,11 @@ def cpss_stage1_job(context: JobContext, problem: SparseProblem) -> dict[str, An
 
 
 def lista_stop_job(context: JobContext, problem: SparseProblem) -> dict[str, Any]:
-    model = lista_model(context, problem)
-    return stop_model("lista_stop", model, context.config.stage2.steps, problem, context)
+    return stop_model("lista_stop", lista_model(context, problem), problem, context)
 
 
 def cpss_stop_job(context: JobContext, problem: SparseProblem) -> dict[str, Any]:
-    model = cpss_model(context, problem)
-    return stop_model("cpss_stop", model, context.config.cpss.stage2_steps, problem, context)
+    return stop_model("cpss_stop", cpss_model(context, problem), problem, context)
 
 
 # ---------------------------------------------------------------- models of a job
@@ -208,7 +210,8 @@ def validation_per_layer(model, problem: SparseProblem, chunk: int) -> dict[str,
 
 
 def classical(context: JobContext, problem: SparseProblem) -> dict[str, Any]:
-    """ISTA and FISTA per budget: (L, λ) tuned on validation, then measured on test."""
+    """ISTA and FISTA per budget: (L, λ) tuned on validation, then measured on test; and the
+    support-oracle bound on test (least squares on each sample's true support)."""
     config, val = context.config, problem.val
     tuned = {}
     for algorithm in CLASSICAL:
@@ -232,47 +235,65 @@ def classical(context: JobContext, problem: SparseProblem) -> dict[str, Any]:
         errors = per_step_squared_errors(model, test.y, test.x, config.eval_chunk)
         rows[key] = {**fixed_row(model, errors, test, problem.snrs), "L": L, "lam": lam}
         curves[key] = per_layer(errors, test, problem.snrs, model.step_costs())
-    return {"tuned": tuned, "rows": rows, "fixed_depth": curves}
+    bound = support_oracle_errors(problem.A, test.y, test.x)
+    columns = error_columns(bound, (test.x.double() ** 2).sum(-1), test.snr, problem.snrs)
+    # LAPACK's least squares may differ in the last bit from run to run (memory alignment):
+    # the bound is kept to 1e-6 dB so that a resumed run records the same numbers
+    support_oracle = {k: round(v, 6) for k, v in columns.items()}
+    return {"tuned": tuned, "rows": rows, "fixed_depth": curves, "support_oracle": support_oracle}
 
 
-def stop_model(name: str, model, steps2: int, problem: SparseProblem, context: JobContext):
-    """Stage II, the choices on validation (pruned exits, threshold kind and threshold), then the
-    one test evaluation: sampled and threshold rows through ``run_adaptive``, the oracle stop,
-    full depth, the budget curve beside fixed depth, stop histograms and wall-clock."""
+# Prices λ per step of the cost-aware oracle curve (the best any policy could do; needs x*).
+ORACLE_PENALTIES = [0.0, 1e-4, 3e-4, 1e-3, 2e-3, 3e-3, 5e-3, 1e-2, 2e-2, 3e-2, 0.1, 0.3, 1.0]
+
+
+def stop_model(name: str, model, problem: SparseProblem, context: JobContext):
+    """Stage II and every choice on validation (pruned exits, the policy setting, threshold kind
+    and the threshold row's budget), then the one test evaluation: the sampled (published
+    policy) and threshold rows through ``run_adaptive``, the oracle stop, full depth, the budget
+    curves of both policies beside fixed depth and the cost-aware oracle, stop histograms and
+    wall-clock."""
     config, snrs, chunk = context.config, problem.snrs, context.config.eval_chunk
     model.load_state_dict(context.checkpoint("stage1", job=STOP_MODELS[name][0])["model"])
     model.eval()
-    policy, valid, mass, val_errors = fit_stop_policy(model, problem, context, steps2)
-
-    def hazards(y):
-        return in_chunks(lambda rows: hazard_trajectory(model, policy, rows), y, chunk)
-
-    val = problem.val
-    val_hazards, val_energies = hazards(val.y), (val.x**2).sum(-1)
-    budgets = budget_grid(valid, config.budget_points)
-    kinds = (
-        ("cumulative", "hazard") if config.threshold_rule == "best" else (config.threshold_rule,)
-    )
+    fitted = fit_stop_policy(model, problem, context)
+    val, every = problem.val, torch.ones(model.max_steps, dtype=torch.bool)
+    val_energies = (val.x**2).sum(-1)
+    val_errors = fitted.val.losses
 
     def val_nmse(index):
         return nmse_db(errors_at(val_errors, index), val_energies)
 
-    calibration = calibrate_by_metric(val_hazards, val_nmse, budgets, kinds, valid)
-    rules = {
-        "sampled": SampleRule(context.stream_seed("sampled-stops")),
-        "threshold": calibration.rule,
-    }
-    # MACs per sample of stopping after step t: the model, the policy's features and the policy.
-    costs = model.step_costs() + torch.cumsum(model.feature_costs() + policy.macs(), 0)
+    def val_scores(policy):
+        with torch.no_grad():
+            return policy_hazards(policy, fitted.val.features)
+
+    budgets = budget_grid(fitted.valid, config.budget_points)
+    chosen_val = val_scores(fitted.chosen)
+    calibration = calibrate_by_metric(chosen_val, val_nmse, budgets, (fitted.kind,), fitted.valid)
+    full_val = val_nmse(torch.full((val_errors.shape[0],), model.max_steps - 1))
+    row_rule = threshold_row_rule(calibration, chosen_val, fitted, full_val, config)
+    rules = {"sampled": SampleRule(context.stream_seed("sampled-stops")), "threshold": row_rule}
+    policies = {"sampled": fitted.published, "threshold": fitted.chosen}
+    valid = {"sampled": fitted.published_valid, "threshold": fitted.valid}
+    costs = {rule: stop_costs(model, policies[rule]) for rule in rules}
 
     test = problem.test.open()  # every choice is made: the test set, once
     test_errors = per_step_squared_errors(model, test.y, test.x, chunk)
-    test_hazards = hazards(test.y)
     rows, stops = {}, {}
     with torch.no_grad():
+        test_scores = {
+            rule: in_chunks(
+                lambda y, p=policies[rule]: hazard_trajectory(model, p, y), test.y, chunk
+            )
+            for rule in rules
+        }
         for rule_name, rule in rules.items():
-            result = run_adaptive(model, policy, test.y, rule, config.inference_mode, valid, costs)
-            dense = stop_indices(test_hazards, rule, valid)
+            policy, mask = policies[rule_name], valid[rule_name]
+            result = run_adaptive(
+                model, policy, test.y, rule, config.inference_mode, mask, costs[rule_name]
+            )
+            dense = stop_indices(test_scores[rule_name], rule, mask)
             stops[rule_name] = result.stop_index
             rows[f"{name}-{rule_name}"] = {
                 **nmse_columns(result.predictions, test.x, test.snr, snrs),
@@ -280,24 +301,49 @@ def stop_model(name: str, model, steps2: int, problem: SparseProblem, context: J
                 "mean_cost": float(result.cost.double().mean()),
                 "matches_dense_selection": bool(torch.equal(result.stop_index, dense)),
             }
-    stops["oracle"] = oracle_stop(test_errors, valid)
+    stops["oracle"] = oracle_stop(test_errors, every)
     rows[f"{name}-oracle"] = {
         **columns_at(test_errors, test, snrs, stops["oracle"]),
         **steps_per_snr(stops["oracle"], test, snrs),
     }
     rows[f"{name}-full"] = fixed_row(model, test_errors, test, snrs)
 
-    def metric(index):
-        macs = float(costs[index.cpu()].mean())
-        return {**columns_at(test_errors, test, snrs, index), "mean_macs": macs}
+    def metric(rule):
+        def measure(index):
+            macs = float(costs[rule][index.cpu()].mean())
+            return {**columns_at(test_errors, test, snrs, index), "mean_macs": macs}
 
+        return measure
+
+    published_budgets = budget_grid(fitted.published_valid, config.budget_points)
     record = {
         "rows": rows,
         "fixed_depth": {name: per_layer(test_errors, test, snrs, model.step_costs())},
-        "curve": budget_sweep(val_hazards, test_hazards, budgets, metric, calibration.kind, valid),
-        "calibration": calibration.plain(),
-        "valid_steps": valid.tolist(),
-        "oracle_mass": mass.tolist(),
+        "curve": budget_sweep(
+            chosen_val, test_scores["threshold"], budgets, metric("threshold"), fitted.kind,
+            fitted.valid,
+        ),
+        "curve_published": budget_sweep(
+            val_scores(fitted.published), test_scores["sampled"], published_budgets,
+            metric("sampled"), fitted.published_kind, fitted.published_valid,
+        ),
+        "oracle_curve": [
+            {
+                "penalty": penalty,
+                **steps_per_snr(index, test, snrs),
+                **columns_at(test_errors, test, snrs, index),
+            }
+            for penalty in ORACLE_PENALTIES
+            for index in [cost_aware_oracle_stop(test_errors, penalty)]
+        ],
+        "calibration": {**calibration.plain(), "row": row_rule_plain(row_rule, config)},
+        "policy": {**fitted.candidate.plain(), "kind": fitted.kind},
+        "published_policy": {"kind": fitted.published_kind, "hidden": config.stage2.hidden[0]},
+        "selection": fitted.selection,
+        "validation_full_depth": full_val,
+        "valid_steps": fitted.valid.tolist(),
+        "published_valid_steps": fitted.published_valid.tolist(),
+        "oracle_mass": fitted.mass.tolist(),
         "stop_histogram": {
             rule: {
                 f"{s:g}dB": torch.bincount(index[test.snr == s].cpu(), minlength=model.max_steps)
@@ -305,14 +351,45 @@ def stop_model(name: str, model, steps2: int, problem: SparseProblem, context: J
             }
             for rule, index in stops.items()
         },
-        "policy_macs_per_step": policy.macs(),
-        "step_costs": costs,
-    }
+        "policy_cost": {
+            "policy_macs_per_step": fitted.chosen.macs(),
+            "feature_macs_per_step": float(model.feature_costs()[0]),
+            "step_macs": float(model.step_costs()[-1]) / model.max_steps,
+        },
+        "step_costs": costs["threshold"],
+    }  # fmt: skip
     if config.timing_repeats:
-        record["timing"] = time_adaptive(
-            model, policy, test.y, rules, valid, repeats=config.timing_repeats
-        )
+        record["timing"] = {
+            rule: time_adaptive(
+                model, policies[rule], test.y, {rule: rules[rule]}, valid[rule],
+                repeats=config.timing_repeats,
+            )
+            for rule in rules
+        }  # fmt: skip
     return record
+
+
+def stop_costs(model, policy) -> torch.Tensor:
+    """``(T,)`` cumulative MACs per sample of stopping after step t: the model, its features
+    and the policy at every step run."""
+    return model.step_costs() + torch.cumsum(model.feature_costs() + policy.macs(), 0)
+
+
+def threshold_row_rule(calibration, val_scores, fitted, full_val: float, config):
+    """The threshold row's rule, chosen on validation: ``threshold_row="match-full"`` takes the
+    cheapest calibrated budget whose validation NMSE is within ``match_tolerance`` dB of full
+    depth (the least NMSE if none is), ``"best"`` the least validation NMSE."""
+    if config.threshold_row == "best":
+        return calibration.rule
+    within = [c for c in calibration.candidates if c["value"] <= full_val + config.match_tolerance]
+    if not within:
+        return calibration.rule
+    cheapest = min(within, key=lambda c: (c["cost"], c["value"]))
+    return fit_threshold(val_scores, cheapest["budget"], None, cheapest["kind"], fitted.valid)
+
+
+def row_rule_plain(rule, config) -> dict[str, Any]:
+    return {"target": config.threshold_row, "score_threshold": rule.score_threshold.tolist()}
 
 
 def steps_per_snr(index: torch.Tensor, split: SparseBatch, snrs) -> dict[str, Any]:
@@ -331,8 +408,8 @@ def load_stop_model(run_path: str | Path, name: str, seed: int | None = None):
     """Rebuild a trained stop model of a finished run directory from its checkpoints.
 
     Returns ``(model, policy, valid_steps (T,) bool, threshold rule, problem)`` for ``seed``
-    (default: the run's first), with the threshold rule calibrated on validation as in the
-    ``cpss-stop`` / ``lista-stop`` job record; ``name`` is a key of :data:`STOP_MODELS`.
+    (default: the run's first): the policy validation chose and the threshold row's rule, as in
+    the ``cpss-stop`` / ``lista-stop`` job record; ``name`` is a key of :data:`STOP_MODELS`.
     """
     run = RunDir(run_path)
     saved = json.loads(run.config_path.read_text())
@@ -354,12 +431,12 @@ def load_stop_model(run_path: str | Path, name: str, seed: int | None = None):
         model = LISTACPSS.from_alista(alista_model(config, A))
     stage1 = load_checkpoint(run.checkpoints(stage1_job) / "stage1.pt")["state"]
     model.load_state_dict(stage1["model"])
-    s2 = config.stage2
-    policy = StopPolicy(A.shape[0], A.shape[1], T, tuple(s2.hidden), s2.summaries)
-    stage2 = load_checkpoint(run.checkpoints(stop_job) / "stage2.pt")["state"]
-    policy.load_state_dict(stage2["policy"])
+    chosen = record["record"]["policy"]
+    policy = StopPolicy(model.feature_dim, T, (chosen["hidden"],))
+    stage2 = load_checkpoint(run.checkpoints(stop_job) / f"stage2-{chosen['name']}.pt")
+    policy.load_state_dict(stage2["state"]["policy"])
     calibration = record["record"]["calibration"]
-    rule = THRESHOLD_KINDS[calibration["kind"]](calibration["score_threshold"])
+    rule = THRESHOLD_KINDS[calibration["kind"]](calibration["row"]["score_threshold"])
     valid = torch.tensor(record["record"]["valid_steps"])
     return model.eval(), policy.eval(), valid, rule, problem
 

@@ -14,16 +14,29 @@ validation than the paper's values.
 from __future__ import annotations
 
 import math
+import statistics
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from ...contract import JobContext
-from ...selection import prune_exits
+from ...inference import fit_threshold, in_chunks, stop_indices
+from ...selection import budget_grid, prune_exits
+from ...steps import StepModel, unroll
 from ...stoptime import oracle
-from ...training import GeneratedBatches, fit_oracle, fit_policy, fit_predictor
+from ...training import (
+    EpochBatches,
+    GeneratedBatches,
+    fit_oracle,
+    fit_policy,
+    fit_predictor,
+    optimize,
+    policy_hazards,
+)
 from .data import SparseProblem
-from .metrics import nmse_db, per_step_squared_errors, step_losses
+from .metrics import errors_at, fixed_depth_hull, nmse_db, per_step_squared_errors, step_losses
 from .models import FISTA, ISTA, StopPolicy
 
 __all__ = [
@@ -34,6 +47,17 @@ __all__ = [
     "adam_cosine",
     "fit_deep_supervision",
     "fit_stage1",
+    "Trajectories",
+    "trajectories",
+    "Replay",
+    "replayed_losses",
+    "gain_rates",
+    "gain_loss",
+    "Candidate",
+    "candidates",
+    "fit_candidate",
+    "validation_margins",
+    "StopPolicies",
     "fit_stop_policy",
 ]
 
@@ -161,37 +185,291 @@ def fit_stage1(
     return model.eval()
 
 
-def fit_stop_policy(model, problem: SparseProblem, context: JobContext, steps: int):
-    """Exit pruning on validation, then L2S stage II for the frozen ``model`` (stage ``stage2``).
+# ---------------------------------------------------------------- stage II
 
-    Exits whose mean validation oracle mass mean_i q*_i(t) is below ``prune_mass`` are pruned
-    (L2S §5.1); the :class:`StopPolicy` then imitates the hard oracle argmin_t ℓ_t (or the soft
-    q*, ``stage2.oracle``) on the valid exits. Returns ``(policy in eval mode, valid (T,) bool,
-    oracle mass (T,), validation errors (N, T))``.
+
+@dataclass
+class Trajectories:
+    """A frozen step model's per-step policy features ``(N, T, F)`` and losses ℓ_t ``(N, T)``
+    on ``N`` samples (no labels in the features)."""
+
+    features: torch.Tensor
+    losses: torch.Tensor
+
+
+def trajectories(model, y: torch.Tensor, x: torch.Tensor, chunk: int) -> Trajectories:
+    """The trajectories of ``model`` on measurements ``y (N, m)`` with signals ``x (N, n)``."""
+
+    def run(rows):
+        y_rows, x_rows = rows
+        trajectory = unroll(model, y_rows, with_features=True)
+        return trajectory.features, step_losses(trajectory.predictions, x_rows)
+
+    return Trajectories(*in_chunks(run, (y, x), chunk))
+
+
+class Replay(StepModel):
+    """Cached :class:`Trajectories` replayed as a step model, for stage II on a fixed pool.
+
+    Inputs are pool row indices ``(B,)``; the prediction after step t is the row's loss ℓ_t and
+    its features are the cached ones, so :func:`~stopwise.training.fit_policy` (with
+    :func:`replayed_losses` as the loss) trains on exactly what the frozen model computes, without
+    recomputing it for every candidate policy.
     """
-    config, val = context.config, problem.val
-    val_errors = per_step_squared_errors(model, val.y, val.x, config.eval_chunk)
-    mass = oracle(val_errors.double(), config.beta).mean(0)
-    valid = prune_exits(val_errors, config.beta, config.prune_mass)
-    m, n = problem.A.shape
+
+    def __init__(self, pool: Trajectories):
+        super().__init__()
+        self.pool, self.max_steps = pool, pool.losses.shape[1]
+
+    def start(self, rows):
+        return rows
+
+    def advance(self, state, t):
+        return state
+
+    def predict(self, state, t):
+        return self.pool.losses[state, t]
+
+    def features(self, state, t):
+        return self.pool.features[state, t]
+
+
+def replayed_losses(predictions: torch.Tensor, targets) -> torch.Tensor:
+    """The loss of :class:`Replay`: its predictions ``(B, T)`` are the losses."""
+    return predictions
+
+
+def gain_rates(losses: torch.Tensor, costs: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``(B, T)`` g_t = max over valid t' > t of (ℓ_t − ℓ_t') / (c_t' − c_t): the best decrease
+    of the loss per unit of cost that going on from step t can buy (−inf where no valid step
+    follows). ``losses (B, T)``, cumulative ``costs (T,)``, ``valid (T,)`` bool.
+
+    The first valid step t with g_t ≤ λ is the first minimiser of ℓ_t + λ c_t over the valid
+    steps (the hard cost-aware oracle), for every λ ≥ 0 at once: at the minimiser no later step
+    is worth its cost, and at every earlier step the minimiser itself is.
+    """
+    valid = valid.to(losses.device)
+    c = costs.to(losses)
+    later = (torch.arange(len(c)).view(-1, 1) < torch.arange(len(c)).view(1, -1)).to(valid)
+    later = later & valid.view(1, -1)  # (t, t'): t' > t and t' valid
+    span = (c.view(1, -1) - c.view(-1, 1)).clamp_min(1e-30)
+    rates = (losses.unsqueeze(2) - losses.unsqueeze(1)) / span  # (B, t, t')
+    return rates.masked_fill(~later, -math.inf).amax(-1)
+
+
+def gain_loss(
+    scores: torch.Tensor,
+    losses: torch.Tensor,
+    costs: torch.Tensor,
+    valid: torch.Tensor,
+    floor: float,
+) -> torch.Tensor:
+    """Regression of the policy's score on −log g_t (:func:`gain_rates`, floored at ``floor``),
+    Huber in log units, over the valid steps that still have a decision (all but the last valid
+    one). ``scores, losses (B, T)``. A score that equals −log g_t makes the rule "stop at the
+    first step whose score ≥ −log λ" the hard cost-aware oracle for every λ ≥ ``floor``."""
+    rates = gain_rates(losses, costs, valid)
+    decided = valid.to(losses.device) & torch.isfinite(rates[0])
+    target = -torch.log(rates[:, decided].clamp_min(floor))
+    return F.smooth_l1_loss(scores[:, decided], target)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One stage-II policy setting: the objective (``"l2s"``: imitate the (cost-aware) oracle,
+    L2S stage II with ``step_penalty = penalty · c_t``; ``"gain"``: :func:`gain_loss`), its
+    penalty λ, the hidden width and the number of Adam updates. ``published``: L2S as published
+    (λ = 0, exits pruned), the policy of the *sampled* row."""
+
+    objective: str
+    penalty: float
+    hidden: int
+    steps: int
+
+    @property
+    def name(self) -> str:
+        penalty = f"-lam{self.penalty:g}" if self.objective == "l2s" else ""
+        return f"{self.objective}{penalty}-h{self.hidden}-n{self.steps}"
+
+    @property
+    def published(self) -> bool:
+        return self.objective == "l2s" and self.penalty == 0.0
+
+    def plain(self) -> dict[str, Any]:
+        return {"name": self.name, **vars(self)}
+
+
+def candidates(stage2) -> list[Candidate]:
+    """Every stage-II setting of config group ``stage2`` that validation chooses among; the
+    first is L2S as published (λ = 0) at the first hidden width and length."""
+    out = [Candidate("l2s", 0.0, stage2.hidden[0], stage2.steps[0])]
+    for steps in stage2.steps:
+        for hidden in stage2.hidden:
+            for objective in stage2.objectives:
+                penalties = stage2.penalties if objective == "l2s" else [0.0]
+                for penalty in penalties:
+                    candidate = Candidate(objective, penalty, hidden, steps)
+                    if candidate not in out:
+                        out.append(candidate)
+    return out
+
+
+def fit_candidate(
+    candidate: Candidate,
+    pool: Trajectories,
+    valid: torch.Tensor,
+    context: JobContext,
+) -> StopPolicy:
+    """Stage II of ``candidate`` on the cached ``pool`` (exits ``valid``), as training stage
+    ``stage2-<name>`` (resumable). The policy starts from the ``policy-init`` stream."""
+    config, s2 = context.config, context.config.stage2
+    T, F_ = pool.losses.shape[1], pool.features.shape[2]
     context.manual_seed("policy-init")
-    hidden, summaries = tuple(config.stage2.hidden), config.stage2.summaries
-    policy = StopPolicy(m, n, model.max_steps, hidden, summaries).to(problem.A.device)
-    optimizer, scheduler = adam_cosine(
-        policy.parameters(), steps, config.stage2.lr, config.lr_final
+    init_bias = -3.0 if candidate.objective == "l2s" else 0.0
+    policy = StopPolicy(F_, T, (candidate.hidden,), init_bias).to(pool.losses.device)
+    policy.standardise(pool.features)
+    optimizer, scheduler = adam_cosine(policy.parameters(), candidate.steps, s2.lr, config.lr_final)
+    rows = torch.arange(pool.losses.shape[0])
+    batches = EpochBatches((rows, rows), s2.batch, context.stream_seed("stage2-batches"))
+    replay, valid = Replay(pool), valid.to(pool.losses.device)
+    stage, settings = f"stage2-{candidate.name}", context.loop_settings(config.log_every)
+    costs = torch.arange(1, T + 1, dtype=pool.losses.dtype)
+    if candidate.objective == "l2s":
+        fit_policy(
+            replay,
+            policy,
+            batches,
+            replayed_losses,
+            optimizer,
+            candidate.steps,
+            config.beta,
+            hard=s2.oracle == "hard",
+            mask=valid,
+            settings=settings,
+            stage=stage,
+            scheduler=scheduler,
+            step_penalty=candidate.penalty * costs,
+        )
+    else:
+
+        def loss(step):
+            batch, _ = batches(step)
+            scores = policy_hazards(policy, pool.features[batch])
+            return gain_loss(scores, pool.losses[batch], costs, valid, s2.gain_floor), {}
+
+        policy.train()
+        optimize(stage, candidate.steps, loss, optimizer, {"policy": policy}, settings, scheduler)
+    return policy.eval()
+
+
+def validation_margins(
+    val_scores: torch.Tensor,
+    val_errors: torch.Tensor,
+    energies: torch.Tensor,
+    budgets: list[float],
+    kind: str,
+    valid: torch.Tensor,
+) -> list[dict[str, float]]:
+    """The stop curve on validation (thresholds fitted and measured on the same split) against
+    the same model at fixed depth: per budget the mean steps, NMSE(dB), the best fixed-depth
+    NMSE at that mean depth (:func:`fixed_depth_hull`) and the margin (negative: the stop curve
+    is better). ``val_scores, val_errors (N, T)``; budgets the policy cannot meet are skipped."""
+    fixed = [nmse_db(val_errors[:, t], energies) for t in range(val_errors.shape[1])]
+    points = []
+    for budget in budgets:
+        try:
+            rule = fit_threshold(val_scores, budget, None, kind, valid)
+        except ValueError:  # below the first valid exit
+            continue
+        index = stop_indices(val_scores, rule, valid)
+        steps = float((index + 1).double().mean())
+        value = nmse_db(errors_at(val_errors, index), energies)
+        hull = fixed_depth_hull(fixed, steps)
+        points.append(
+            {
+                "budget": budget,
+                "mean_steps": steps,
+                "nmse": value,
+                "hull": hull,
+                "margin": value - hull,
+            }
+        )
+    return points
+
+
+@dataclass
+class StopPolicies:
+    """Stage II's outcome for one stop model, everything chosen on validation.
+
+    ``published``: L2S as published (hard oracle, λ = 0, exits pruned: ``published_valid``), the
+    policy of the *sampled* row; ``chosen``: the candidate of least mean validation margin over
+    fixed depth (``candidate``, threshold ``kind``, exits ``valid``), the policy of the threshold
+    row and the budget curve. ``val``: validation trajectories; ``mass``: mean oracle mass per
+    exit; ``selection``: every candidate's validation numbers."""
+
+    published: StopPolicy
+    published_valid: torch.Tensor
+    published_kind: str
+    chosen: StopPolicy
+    candidate: Candidate
+    kind: str
+    valid: torch.Tensor
+    val: Trajectories
+    mass: torch.Tensor
+    selection: list[dict[str, Any]]
+
+
+def fit_stop_policy(model, problem: SparseProblem, context: JobContext) -> StopPolicies:
+    """Exit pruning on validation, stage II of every :func:`candidates` setting on one cached
+    pool of fresh training samples, and the choice among them on validation.
+
+    Exits whose mean validation oracle mass mean_i q*_i(t) is below ``prune_mass`` are pruned for
+    the published L2S policy (L2S §5.1); the other candidates may stop at every exit. Each
+    candidate is scored by the mean margin of its validation stop curve over the same model at
+    fixed depth (:func:`validation_margins`, over ``budget_points`` budgets, with each threshold
+    kind its objective allows) and the least wins.
+    """
+    config, val, chunk = context.config, problem.val, context.config.eval_chunk
+    T = model.max_steps
+    val_traj = trajectories(model, val.y, val.x, chunk)
+    energies = (val.x**2).sum(-1)
+    mass = oracle(val_traj.losses.double(), config.beta).mean(0)
+    pruned = prune_exits(val_traj.losses, config.beta, config.prune_mass)
+    every = torch.ones(T, dtype=torch.bool)
+    pool_y, pool_x = problem.sample(config.stage2.pool, context.generator("stage2-pool"))
+    pool = trajectories(model, pool_y, pool_x, chunk)
+    l2s_kinds = (
+        ("cumulative", "hazard") if config.threshold_rule == "best" else (config.threshold_rule,)
     )
-    fit_policy(
-        model,
-        policy,
-        _batches(problem, context, "stage2", config.stage2.batch),
-        step_losses,
-        optimizer,
-        steps,
-        config.beta,
-        hard=config.stage2.oracle == "hard",
-        mask=valid.to(problem.A.device),
-        settings=context.loop_settings(config.log_every),
-        stage="stage2",
-        scheduler=scheduler,
-    )
-    return policy.eval(), valid, mass, val_errors
+    budgets = budget_grid(every, config.budget_points)
+    selection, fitted = [], {}
+    for candidate in candidates(config.stage2):
+        valid = pruned if candidate.published else every
+        policy = fit_candidate(candidate, pool, valid, context)
+        with torch.no_grad():
+            scores = policy_hazards(policy, val_traj.features)
+        kinds = l2s_kinds if candidate.objective == "l2s" else ("hazard",)
+        for kind in kinds:
+            points = validation_margins(scores, val_traj.losses, energies, budgets, kind, valid)
+            margins = [p["margin"] for p in points]
+            selection.append(
+                {
+                    **candidate.plain(),
+                    "kind": kind,
+                    "published": candidate.published,
+                    "mean_margin": statistics.fmean(margins),
+                    "worst_margin": max(margins),
+                    "points": points,
+                }
+            )
+        fitted[candidate.name] = (candidate, policy, valid)
+    published = [s for s in selection if s["published"]]
+    others = [s for s in selection if not s["published"]] or published
+    best = min(others, key=lambda s: s["mean_margin"])
+    best_published = min(published, key=lambda s: s["mean_margin"])
+    candidate, policy, valid = fitted[best["name"]]
+    first = fitted[best_published["name"]]
+    return StopPolicies(
+        first[1], first[2], best_published["kind"], policy, candidate, best["kind"], valid,
+        val_traj, mass, selection,
+    )  # fmt: skip

@@ -22,6 +22,9 @@ __all__ = [
     "column_names",
     "errors_at",
     "oracle_stop",
+    "cost_aware_oracle_stop",
+    "fixed_depth_hull",
+    "support_oracle_errors",
     "per_step_squared_errors",
 ]
 
@@ -86,6 +89,48 @@ def oracle_stop(step_errors: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """``(N,)`` 0-based index of each row's best valid exit in hindsight (needs x*): the bound a
     stopping policy can approach. ``step_errors (N, T)``, ``valid (T,)`` bool."""
     return step_errors.masked_fill(~valid.to(step_errors.device), math.inf).argmin(dim=1)
+
+
+def cost_aware_oracle_stop(
+    step_errors: torch.Tensor, penalty: float, costs: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``(N,)`` 0-based first minimiser of ℓ_t + λ c_t per row (needs x*): the depth a per-sample
+    budget at price λ per unit of cost (default c_t = t + 1 steps) would choose. Swept over λ it
+    traces the best curve any stopping policy can reach on these errors ``(N, T)``."""
+    T = step_errors.shape[1]
+    costs = torch.arange(1, T + 1, dtype=torch.float64) if costs is None else costs.double()
+    return (step_errors.double() + penalty * costs.to(step_errors.device)).argmin(dim=1)
+
+
+def fixed_depth_hull(nmse_per_depth: list[float], mean_steps: float) -> float:
+    """NMSE(dB) of the best *fixed-depth* strategy with mean depth ``mean_steps``: every sample
+    stops at depth a or b (a ≤ mean_steps ≤ b) in the proportions that give that mean, which
+    makes its expected error the linear mix of the two depths' (NMSE is a ratio of means over
+    the same signals). ``nmse_per_depth[t]`` is the NMSE(dB) of stopping every sample after
+    step t (depth t + 1); the best pair is the lower convex hull of (depth, 10^(NMSE/10))."""
+    linear = [10 ** (v / 10) for v in nmse_per_depth]
+    T, best = len(linear), math.inf
+    if not 1 - 1e-9 <= mean_steps <= T + 1e-9:
+        raise ValueError(f"mean_steps must lie in [1, {T}]; got {mean_steps}")
+    for a in range(1, T + 1):
+        for b in range(a, T + 1):
+            if a - 1e-9 <= mean_steps <= b + 1e-9:
+                share = 0.0 if a == b else min(max((mean_steps - a) / (b - a), 0.0), 1.0)
+                best = min(best, (1 - share) * linear[a - 1] + share * linear[b - 1])
+    return 10 * math.log10(best)
+
+
+def support_oracle_errors(A: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` ‖x̂ − x*‖² of least squares on each sample's true support (needs x*): x̂ is zero
+    off the support and argmin ‖A_S x_S − y‖ on it. No method that must find the support can
+    beat it on average. ``A (m, n)``, ``y (N, m)``, ``x (N, n)``; float64, one solve per row."""
+    A64, errors = A.double().cpu(), torch.zeros(x.shape[0], dtype=torch.float64)
+    for i, (y_i, x_i) in enumerate(zip(y.double().cpu(), x.double().cpu(), strict=True)):
+        support = x_i.nonzero().flatten()
+        if support.numel():
+            solution = torch.linalg.lstsq(A64[:, support], y_i.unsqueeze(-1)).solution
+            errors[i] = ((solution.squeeze(-1) - x_i[support]) ** 2).sum()
+    return errors
 
 
 def per_step_squared_errors(model, y: torch.Tensor, target: torch.Tensor, chunk: int = 1000):

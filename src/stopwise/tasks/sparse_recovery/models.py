@@ -1,10 +1,18 @@
 """Sparse-recovery step models: ISTA, FISTA, LISTA and ALISTA, one iteration (layer) per step.
 
 Every model is a :class:`~stopwise.steps.StepModel` on measurements ``y (B, m)``; its state is a
-dict of batch-first tensors (``"y"``, ``"x"`` the current estimate ``(B, n)``, and per model
-``"x_prev"`` or ``"r"``), its prediction after step t is x_{t+1}, and its features are
-``[y, y − A x_t, x_t]`` of width ``2m + n`` (the stage-II policy's input, L2S §5.1). All start from
-x_0 = 0, so the first step skips every product with x_0.
+dict of batch-first tensors (``"y"``, ``"y_level"`` its log mean square ``(B,)``, ``"x"`` the
+current estimate x_t ``(B, n)``, and ``"x_prev"`` the estimate before the last step or, for
+ALISTA / LISTA-CP-SS, ``"r"`` = A x_t − y), its
+prediction after step t is x_{t+1}. All start from x_0 = 0, so the first step skips every product
+with x_0.
+
+**Policy features** (:meth:`SparseStepModel.summaries`) are three label-free log-norms of what
+the state already holds, cheap next to a step (O(m + n) multiply-adds against O(nm)):
+log(‖y‖²/m) (once), log(‖x_t‖²/n), and log(‖r_t‖²/m) for the models that carry the residual
+r (ALISTA, LISTA-CP-SS), else log(‖x_t − x_{t−1}‖²/n).
+
+``observe`` returns the prediction and these features together (what adaptive inference reads).
 
 ``step_costs()`` counts multiply-adds per sample analytically, cumulative over steps:
 
@@ -13,8 +21,7 @@ x_0 = 0, so the first step skips every product with x_0.
 * ALISTA and LISTA-CP-SS: ``2nm`` per layer (the update Wᵀ r and the residual r = A x − y of its
   output, which the next layer and the policy features reuse).
 
-``feature_costs()`` is the extra per-step cost of the policy features (``nm`` for the residual,
-zero for ALISTA, which has it in its state).
+``feature_costs()`` is the per-step cost of the features (one multiply-add per squared entry).
 
 :class:`StopPolicy` is the stage-II stopping policy of both stop models, registered as the policy
 ``"lista-stop"``.
@@ -27,13 +34,14 @@ import math
 import torch
 from torch import nn
 
-from ...policies import MLPPolicy, register_policy
+from ...policies import register_policy
 from ...steps import StepModel
 
 __all__ = [
     "soft_threshold",
     "support_threshold",
     "support_sizes",
+    "log_mean_square",
     "analytic_weight",
     "operator_norm_squared",
     "SparseStepModel",
@@ -103,6 +111,11 @@ def support_threshold(v: torch.Tensor, theta: torch.Tensor | float, keep: int) -
     return shrunk + selected * (v - shrunk)
 
 
+def log_mean_square(v: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` log(‖v_i‖²/d + 1e-12) of the rows of ``v (B, d)``, in one pass (a norm)."""
+    return torch.log(torch.linalg.vector_norm(v, dim=-1).square() / v.shape[-1] + 1e-12)
+
+
 def support_sizes(n: int, steps: int, increment: float, maximum: float) -> list[int]:
     """Entries passed unshrunk at each layer: ⌈n · min(increment·(t+1), maximum)⌉, t = 0..T−1."""
     return [math.ceil(n * min(increment * (t + 1), maximum) - 1e-9) for t in range(steps)]
@@ -138,6 +151,8 @@ def fista_momentum(steps: int) -> list[float]:
 class SparseStepModel(StepModel):
     """Shared parts: the sensing matrix, the zero start, predictions and policy features."""
 
+    carries_residual = False
+
     def __init__(self, A: torch.Tensor, steps: int):
         super().__init__()
         if A.dim() != 2 or A.shape[0] > A.shape[1]:
@@ -163,22 +178,34 @@ class SparseStepModel(StepModel):
 
     def start(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
         y = self._check_inputs(y)
-        return {"y": y, "x": y.new_zeros(y.shape[0], self.n)}
+        x = y.new_zeros(y.shape[0], self.n)
+        return {"y": y, "x": x, "x_prev": x, "y_level": log_mean_square(y)}
 
     def predict(self, state, t):
         return state["x"]
 
-    def residual(self, state) -> torch.Tensor:
-        """``(B, m)`` y − A x of the current estimate."""
-        return state["y"] - state["x"] @ self.A.T
+    def summaries(self, state) -> torch.Tensor:
+        """``(B, F)`` label-free log mean squares (:attr:`feature_names`): of y (computed once,
+        in :meth:`start`), of x_t, and of the residual r_t where the state carries it, else of
+        the change x_t − x_{t−1}. Each is one pass over a row (a norm)."""
+        x = state["x"]
+        last = state["r"] if self.carries_residual else x - state["x_prev"]
+        return torch.stack([state["y_level"], log_mean_square(x), log_mean_square(last)], dim=-1)
+
+    @property
+    def feature_names(self) -> list[str]:
+        last = "log ‖y − A x_t‖²/m" if self.carries_residual else "log ‖x_t − x_{t−1}‖²/n"
+        return ["log ‖y‖²/m", "log ‖x_t‖²/n", last]
 
     def features(self, state, t):
-        """``(B, 2m + n)``: ``[y, y − A x_t, x_t]``."""
-        return torch.cat([state["y"], self.residual(state), state["x"]], dim=-1)
+        return self.summaries(state)
+
+    def observe(self, state, t):
+        return state["x"], self.summaries(state)
 
     @property
     def feature_dim(self) -> int:
-        return 2 * self.m + self.n
+        return len(self.feature_names)
 
     def layer_costs(self) -> torch.Tensor:
         """``(T,)`` multiply-adds per sample of each step (not cumulative)."""
@@ -188,8 +215,12 @@ class SparseStepModel(StepModel):
         return torch.cumsum(self.layer_costs(), 0)
 
     def feature_costs(self) -> torch.Tensor:
-        """``(T,)`` extra multiply-adds per sample and step for :meth:`features` (the residual)."""
-        return torch.full((self.max_steps,), float(self.m * self.n), dtype=torch.float64)
+        """``(T,)`` multiply-adds per sample and step of :meth:`summaries`: one per squared
+        entry of x_t (n) and of r_t (m) or x_t − x_{t−1} (n); y's (m) once, at the first step."""
+        per_step = self.n + (self.m if self.carries_residual else self.n)
+        costs = torch.full((self.max_steps,), float(per_step), dtype=torch.float64)
+        costs[0] += self.m
+        return costs
 
     def _gradient_costs(self) -> torch.Tensor:
         costs = torch.full((self.max_steps,), 2.0 * self.m * self.n, dtype=torch.float64)
@@ -215,7 +246,8 @@ class ISTA(SparseStepModel):
         return soft_threshold(v, self.lam / self.L)
 
     def advance(self, state, t):
-        return {"y": state["y"], "x": self._gradient_step(state["x"], state["y"], t)}
+        x = state["x"]
+        return {**state, "x": self._gradient_step(x, state["y"], t), "x_prev": x}
 
     def layer_costs(self):
         return self._gradient_costs()
@@ -229,14 +261,10 @@ class FISTA(ISTA):
         super().__init__(A, steps, L, lam)
         self.momentum = fista_momentum(steps)
 
-    def start(self, y):
-        state = super().start(y)
-        return {**state, "x_prev": state["x"]}
-
     def advance(self, state, t):
         x = state["x"]
         z = x + self.momentum[t] * (x - state["x_prev"]) if t > 0 else x
-        return {"y": state["y"], "x": self._gradient_step(z, state["y"], t), "x_prev": x}
+        return {**state, "x": self._gradient_step(z, state["y"], t), "x_prev": x}
 
 
 class LISTA(SparseStepModel):
@@ -260,8 +288,9 @@ class LISTA(SparseStepModel):
     def advance(self, state, t):
         y = state["y"]
         drive = y @ self.wb[t]
-        v = drive if t == 0 else torch.addmm(drive, state["x"], self.wx[t - 1])
-        return {"y": y, "x": soft_threshold(v, self.theta[t])}
+        x = state["x"]
+        v = drive if t == 0 else torch.addmm(drive, x, self.wx[t - 1])
+        return {**state, "x": soft_threshold(v, self.theta[t]), "x_prev": x}
 
     def layer_costs(self):
         n, m = self.n, self.m
@@ -274,24 +303,21 @@ class ResidualStepModel(SparseStepModel):
     """A model whose state carries the residual ``r = A x − y`` of the current estimate
     (computed once per layer, reused by the next layer and by the policy features)."""
 
+    carries_residual = True
+
     def start(self, y):
         state = super().start(y)
+        del state["x_prev"]  # the features read the residual instead of the change
         return {**state, "r": -state["y"]}
-
-    def residual(self, state):
-        return -state["r"]
 
     def layer_costs(self):
         return torch.full((self.max_steps,), 2.0 * self.m * self.n, dtype=torch.float64)
-
-    def feature_costs(self):
-        return torch.zeros(self.max_steps, dtype=torch.float64)
 
     def _update(self, state, t: int, step: torch.Tensor) -> dict[str, torch.Tensor]:
         """x_{t+1} = η^{ss}_{θ_t}(x_t − step) and its residual, ``step (B, n)``."""
         y = state["y"]
         x = support_threshold(state["x"] - step, self.theta[t], self.keep[t])
-        return {"y": y, "x": x, "r": x @ self.A.T - y}
+        return {**state, "x": x, "r": x @ self.A.T - y}
 
 
 class ALISTA(ResidualStepModel):
@@ -357,71 +383,72 @@ class LISTACPSS(ResidualStepModel):
 
 
 def _policy_example():
-    m, n, T = 3, 5, 4
-    return StopPolicy(m, n, T, hidden=(8,), init_bias=0.0), torch.randn(6, 2 * m + n), T
+    F, T = 4, 5
+    policy = StopPolicy(F, T, hidden=(8,))
+    policy.standardise(torch.randn(50, F) * 3 + 1)
+    return policy, torch.randn(6, F), T
 
 
 @register_policy("lista-stop", _policy_example)
 class StopPolicy(nn.Module):
-    """The stage-II policy: an MLP on ``[y, y − A x_t, x_t, one-hot step]`` → hazard logit ``(B,)``.
+    """The stage-II policy of both stop models: an MLP on the step model's standardised
+    log-norm features and a one-hot step → a score ``(B,)`` (a hazard logit for L2S-trained
+    policies; −log of the predicted gain rate for gain-trained ones, see methods.py).
 
-    The features are the step model's (``(B, 2m + n)``). A ReLU MLP on raw vectors cannot easily
-    form the norms that reveal the noise level (‖y − A x_t‖ levels off at the noise norm), so the
-    MLP also gets four label-free summaries of the same features: log(‖y‖²/m), log(‖r‖²/m),
-    log(‖x_t‖²/n + ε) and log(‖r‖²/‖y‖²); ``summaries=False`` drops them.
+    ``features (B, F)`` are :meth:`SparseStepModel.summaries`; they are standardised with the
+    mean and standard deviation :meth:`standardise` takes from the training pool (buffers, saved
+    with the policy). The first layer computes W [(f − shift)/scale, one_hot(t)] + b, with the
+    standardisation and the one-hot step folded into its weight and bias: one product of the
+    ``(B, F)`` features per call.
 
     Args:
-        m, n: the problem's sizes (features are split into y, r, x).
+        num_features: F.
         max_steps: T, for the one-hot step encoding.
-        hidden: hidden widths of the MLP.
-        summaries: append the four log-norm summaries to the raw features.
-        init_bias: initial hazard logit (negative: rarely stop at first).
+        hidden: hidden widths of the MLP (ReLU).
+        init_bias: initial output (a negative hazard logit: rarely stop at first).
     """
 
-    def __init__(
-        self,
-        m: int,
-        n: int,
-        max_steps: int,
-        hidden: tuple[int, ...] = (64,),
-        summaries: bool = True,
-        init_bias: float = -3.0,
-    ):
+    def __init__(self, num_features: int, max_steps: int, hidden=(32,), init_bias: float = -3.0):
         super().__init__()
-        self.m, self.n, self.summaries = m, n, summaries
-        width = 2 * m + n + (4 if summaries else 0)
-        self.mlp = MLPPolicy(width, max_steps, hidden=tuple(hidden), init_bias=init_bias)
-
-    def summary(self, features: torch.Tensor) -> torch.Tensor:
-        """``(B, 4)`` log-norm summaries of ``features (B, 2m + n)``."""
-        eps = 1e-12
-        y, r, x = features.split([self.m, self.m, self.n], dim=-1)
-        y2, r2, x2 = (y * y).sum(-1), (r * r).sum(-1), (x * x).sum(-1)
-        return torch.stack(
-            [
-                torch.log(y2 / self.m + eps),
-                torch.log(r2 / self.m + eps),
-                torch.log(x2 / self.n + eps),
-                torch.log((r2 + eps) / (y2 + eps)),
-            ],
-            dim=-1,
+        widths = [num_features + max_steps, *hidden]
+        self.layers = nn.ModuleList(
+            nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)
         )
+        self.out = nn.Linear(widths[-1], 1)
+        nn.init.constant_(self.out.bias, init_bias)
+        self.register_buffer("shift", torch.zeros(num_features))
+        self.register_buffer("scale", torch.ones(num_features))
+
+    @torch.no_grad()
+    def standardise(self, features: torch.Tensor) -> None:
+        """Take the shift and scale of every feature from ``features (N, F)``."""
+        flat = features.reshape(-1, self.shift.shape[0]).double()
+        self.shift.copy_(flat.mean(0))
+        self.scale.copy_(flat.std(0).clamp_min(1e-6))
 
     def forward(self, features: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
-        expected = 2 * self.m + self.n
-        if features.dim() != 2 or features.shape[1] != expected:
+        F = self.shift.shape[0]
+        if features.dim() != 2 or features.shape[1] != F:
             raise ValueError(
-                f"policy features must have shape (B, 2m + n = {expected}); "
-                f"got {tuple(features.shape)}"
+                f"policy features must have shape (B, {F}); got {tuple(features.shape)}"
             )
-        if self.summaries:
-            features = torch.cat([features, self.summary(features)], dim=-1)
-        return self.mlp(features, t)
+        first = self.layers[0]
+        weight = first.weight[:, :F] / self.scale  # (h, F): the standardisation folded in
+        base = first.bias - weight @ self.shift  # (h,)
+        step_columns = first.weight[:, F:]  # (h, T): what the one-hot step adds
+        if isinstance(t, torch.Tensor) and t.dim() > 0:
+            bias = base + step_columns.T[t.long().to(features.device)]  # (B, h)
+        else:
+            bias = base + step_columns[:, int(t)]
+        h = torch.addmm(bias, features, weight.T).relu_()
+        for layer in self.layers[1:]:
+            h = layer(h).relu_()
+        return self.out(h).squeeze(-1)
 
     def macs(self) -> int:
-        """Multiply-adds per sample and step of the MLP (the summaries add ~2m + n)."""
-        return sum(
-            layer.in_features * layer.out_features
-            for layer in self.mlp.net
-            if isinstance(layer, nn.Linear)
-        ) + (2 * self.m + self.n if self.summaries else 0)
+        """Multiply-adds per sample and step: the linear layers on the features (the one-hot
+        step and the standardisation are folded into the first layer's bias and weight)."""
+        F = self.shift.shape[0]
+        first = self.layers[0].out_features * F
+        rest = sum(layer.in_features * layer.out_features for layer in self.layers[1:])
+        return first + rest + self.out.in_features

@@ -13,7 +13,7 @@ from ...reporting import markdown_table, new_figure
 from ...stats import format_mean_sd, mean_sd, paired_difference
 from .config import SparseRecoveryConfig
 from .experiment import STOP_MODELS
-from .metrics import column_names
+from .metrics import column_names, fixed_depth_hull
 
 __all__ = ["PAPER", "PAPER_SCHEDULE", "schedules", "report"]
 
@@ -35,6 +35,7 @@ PAPER_PROTOCOL = {"m": 250, "n": 500, "condition": 5.0, "sparsity": 0.1, "steps"
 
 STOP_LABELS = {"lista_stop": "LISTA-stop", "cpss_stop": "LISTA-CP-SS-stop (ALISTA start)"}
 STOP_RULES = ("sampled", "threshold", "oracle", "full")
+ROUNDING = 1e-6  # dB: margins this small are float rounding (a curve point at full depth is 0)
 
 
 def _k(steps: int) -> str:
@@ -45,21 +46,20 @@ def schedules(config: SparseRecoveryConfig) -> dict[str, tuple[str, bool]]:
     """Per trained model: (schedule text, shortened relative to the paper's)."""
     lista = (config.lista.steps, config.lista.batch)
     stage1 = (config.stage1.steps, config.stage1.batch)
-    stage2 = (config.stage2.steps, config.stage2.batch)
+    s2 = config.stage2
+    stage2 = (max(s2.steps), s2.batch)
+    lengths = "/".join(_k(n) for n in s2.steps)
+    policy = f"II {lengths}×{s2.batch} on a {_k(s2.pool)} pool"
 
     def shorter(ours, paper):
         return ours[0] * ours[1] < paper[0] * paper[1]
 
     a, c = config.alista, config.cpss
-    cpss = (
-        f"ALISTA {_k(a.steps)}×{a.batch}; I {_k(c.stage1_steps)}×{c.batch}; "
-        f"II {_k(c.stage2_steps)}×{config.stage2.batch}"
-    )
+    cpss = f"ALISTA {_k(a.steps)}×{a.batch}; I {_k(c.stage1_steps)}×{c.batch}; {policy}"
     return {
         "lista": (f"{_k(lista[0])}×{lista[1]}", shorter(lista, PAPER_SCHEDULE["lista"])),
         "lista_stop": (
-            f"I {_k(stage1[0])}×{stage1[1]} from {config.stage1.init.upper()}; "
-            f"II {_k(stage2[0])}×{stage2[1]}",
+            f"I {_k(stage1[0])}×{stage1[1]} from {config.stage1.init.upper()}; {policy}",
             shorter(stage1, PAPER_SCHEDULE["stage1"]) or shorter(stage2, PAPER_SCHEDULE["stage2"]),
         ),
         "alista": (f"{_k(a.steps)}×{a.batch}", False),
@@ -89,8 +89,8 @@ def _label(key: str, T: int, kinds: list[str]) -> tuple[str, str, str]:
     model, rule = key.split("-")
     name = STOP_LABELS[model]
     text = {
-        "sampled": f"{name}, sampled",
-        "threshold": f"{name}, threshold ({'/'.join(sorted(set(kinds)))})",
+        "sampled": f"{name}, sampled (L2S policy as published)",
+        "threshold": f"{name}, threshold ({'/'.join(sorted(set(kinds)))}; chosen on validation)",
         "oracle": f"{name}, oracle stop (needs x*)",
         "full": f"{name} model, all {T} layers",
     }[rule]
@@ -120,15 +120,27 @@ def report(results: list[JobResult], config: SparseRecoveryConfig) -> Report:
                 stops[name][r.seed] = r.record
     _same_depth_baseline(rows, curves, f"ista-{T}")
     _add_timing(rows, stops)
+    bound = {r.seed: r.record["support_oracle"] for r in results if "support_oracle" in r.record}
+    for seed, by_key in rows.items():
+        for row in by_key.values():
+            if seed in bound:
+                row["to_bound"] = row["mixed"] - bound[seed]["mixed"]
 
     table_rows = []
     for key in _order(set(rows[seeds[0]]), rows[seeds[0]]):
         model = key.split("-")[0]
-        kinds = [stops[model][s]["calibration"]["kind"] for s in seeds] if model in stops else []
+        kinds = (
+            [
+                f"{stops[model][s]['policy']['objective']}, {stops[model][s]['calibration']['kind']}"
+                for s in seeds
+            ]
+            if model in stops
+            else []
+        )
         label, model, rule = _label(key, T, kinds)
         per_seed = {s: rows[s][key] for s in seeds}
         row = {"key": key, "label": label, "model": model, "rule": rule, "sd": {}}
-        for field in (*columns, "mean_steps", "mean_cost", "wall_speedup"):
+        for field in (*columns, "mean_steps", "mean_cost", "wall_speedup", "to_bound"):
             values = [r[field] for r in per_seed.values() if field in r]
             if values:
                 row[field], row["sd"][field] = mean_sd(values)
@@ -139,11 +151,19 @@ def report(results: list[JobResult], config: SparseRecoveryConfig) -> Report:
         table_rows.append(row)
 
     paired = _paired(rows, curves, seeds, T)
+    budget_curves = {
+        name: _budget_curve(by_seed, curves, name, seeds, T) for name, by_seed in stops.items()
+    }
+    domination = {
+        name: _domination(curve, rows, name, seeds, T, config.match_tolerance)
+        for name, curve in budget_curves.items()
+    }
     stop_models = {
         name: {
             "validation_nmse": statistics.fmean(
                 r["calibration"]["validation_value"] for r in by_seed.values()
             ),
+            "policy": [r["policy"]["name"] + "/" + r["policy"]["kind"] for r in by_seed.values()],
             "seeds": {
                 s: {k: v for k, v in r.items() if k not in ("rows", "fixed_depth")}
                 for s, r in by_seed.items()
@@ -153,12 +173,27 @@ def report(results: list[JobResult], config: SparseRecoveryConfig) -> Report:
     }
     per_layer = {k: _mean_curve([curves[s][k] for s in seeds]) for k in curves[seeds[0]]}
     jobs = {r.id: {"seconds": r.seconds, "cpu_seconds": r.cpu_seconds} for r in results}
+    if bound:
+        values = {c: [bound[s][c] for s in seeds] for c in columns}
+        table_rows.append(
+            {
+                "key": "support_oracle",
+                "label": "least squares on the true support (bound; needs the support)",
+                "model": "support_oracle",
+                "rule": "bound",
+                **{c: statistics.fmean(v) for c, v in values.items()},
+                "sd": {c: mean_sd(v)[1] for c, v in values.items()},
+                "per_seed": {s: dict(bound[s]) for s in seeds},
+            }
+        )
     out = {
         "task": {**vars(config.problem)},
         "columns": columns,
         "seeds": seeds,
         "rows": table_rows,
         "paired": paired,
+        "budget_curves": budget_curves,
+        "domination": domination,
         "per_layer": per_layer,
         "stop_models": stop_models,
         "jobs": jobs,
@@ -199,8 +234,85 @@ def _add_timing(rows, stops) -> None:
     """Wall-clock speedup of each stop rule over the full-depth model (time_adaptive)."""
     for name, by_seed in stops.items():
         for seed, record in by_seed.items():
-            for rule, timing in record.get("timing", {}).get("rules", {}).items():
-                rows[seed][f"{name}-{rule}"]["wall_speedup"] = timing["speedup"]
+            for timing in record.get("timing", {}).values():
+                for rule, measured in timing["rules"].items():
+                    rows[seed][f"{name}-{rule}"]["wall_speedup"] = measured["speedup"]
+
+
+def _budget_curve(by_seed, curves, name: str, seeds: list[int], T: int) -> list[dict[str, Any]]:
+    """The stop curve per budget, each seed's point beside the same model truncated at fixed
+    depth with the same mean steps (:func:`fixed_depth_hull` of that seed's test per-layer
+    curve): mean steps, mixed NMSE, the fixed-depth NMSE, the margin (stop − fixed; negative is
+    better) and MACs, with every seed's values and the paired margin's 95% interval."""
+    points = []
+    for i, budget in enumerate(by_seed[seeds[0]]["curve"]):
+        per_seed = {}
+        for s in seeds:
+            point = by_seed[s]["curve"][i]
+            fixed = [p["mixed"] for p in curves[s][name]]
+            hull = fixed_depth_hull(fixed, point["mean_steps"])
+            per_seed[s] = {
+                "mean_steps": point["mean_steps"],
+                "mixed": point["mixed"],
+                "fixed_depth": hull,
+                "margin": point["mixed"] - hull,
+                "mean_macs": point["mean_macs"],
+            }
+        margin = paired_difference(
+            {s: p["mixed"] for s, p in per_seed.items()},
+            {s: p["fixed_depth"] for s, p in per_seed.items()},
+        )
+        point = {"budget": budget["budget"]}
+        for field in ("mean_steps", "mixed", "fixed_depth", "margin", "mean_macs"):
+            point[field], point[f"{field}_sd"] = mean_sd([p[field] for p in per_seed.values()])
+        point["margin_interval"] = [margin["lo"], margin["hi"]]
+        point["per_seed"] = per_seed
+        points.append(point)
+    return points
+
+
+def _domination(curve, rows, name: str, seeds: list[int], T: int, tolerance: float) -> dict:
+    """Issue 17's targets for one stop model, from its budget curve (mean ± sd over seeds; a
+    target is met when the mean beats it by more than one sd):
+
+    * equal or better than fixed depth at every budget: the mean margin ≤ 0 everywhere (budgets
+      where it is positive, and where it is positive by more than one sd, are listed);
+    * strictly better somewhere in the lower half (mean steps ≤ T/2): mean margin < −sd;
+    * full-depth NMSE (within ``tolerance`` dB) at ≤ 75% of the layers: per seed the fewest mean
+      steps of a curve point within ``tolerance`` of that seed's full depth.
+    """
+    worse = [p for p in curve if p["margin"] > ROUNDING]
+    clearly_worse = [p for p in curve if p["margin"] > p["margin_sd"] + ROUNDING]
+    lower = [p for p in curve if p["mean_steps"] <= T / 2]
+    better_lower = [p for p in lower if p["margin"] < -p["margin_sd"]]
+    reach = {}
+    for s in seeds:
+        full = rows[s][f"{name}-full"]["mixed"]
+        hits = [
+            p["per_seed"][s]["mean_steps"]
+            for p in curve
+            if p["per_seed"][s]["mixed"] <= full + tolerance
+        ]
+        reach[s] = min(hits) if hits else float(T)
+    reach_mean, reach_sd = mean_sd(list(reach.values()))
+    best_lower = min(lower, key=lambda p: p["margin"]) if lower else None
+    return {
+        "budgets": len(curve),
+        "worst_margin": max(p["margin"] for p in curve),
+        "worse_budgets": [p["budget"] for p in worse],
+        "clearly_worse_budgets": [p["budget"] for p in clearly_worse],
+        "dominates": not worse,
+        "dominates_within_sd": not clearly_worse,
+        "best_lower_half": best_lower,
+        "strictly_better_lower_half": bool(better_lower),
+        "full_depth_reached_at_steps": reach,
+        "full_depth_reached_mean": reach_mean,
+        "full_depth_reached_sd": reach_sd,
+        "full_depth_target_steps": 0.75 * T,
+        "full_depth_met": reach_mean + reach_sd <= 0.75 * T
+        if len(seeds) > 1
+        else reach_mean <= 0.75 * T,
+    }
 
 
 def _paired(rows, curves, seeds: list[int], T: int) -> list[dict[str, Any]]:
@@ -212,12 +324,22 @@ def _paired(rows, curves, seeds: list[int], T: int) -> list[dict[str, Any]]:
     def at_depth(curve, key):  # the model ``curve`` run for ⌈mean steps of row ``key``⌉
         return {s: _at_depth(curves[s][curve], rows[s][key]["mean_steps"])["mixed"] for s in seeds}
 
+    def fixed_mix(curve, key):  # the best fixed-depth mix with row ``key``'s mean steps
+        return {
+            s: fixed_depth_hull([p["mixed"] for p in curves[s][curve]], rows[s][key]["mean_steps"])
+            for s in seeds
+        }
+
     comparisons, names = [], [n for n in STOP_MODELS if f"{n}-threshold" in rows[seeds[0]]]
     for name in names:
         row = f"{name}-threshold"
         comparisons += [
             (f"{name} threshold − its full depth", mixed(row), mixed(f"{name}-full")),
-            (f"{name} threshold − itself at ⌈mean steps⌉", mixed(row), at_depth(name, row)),
+            (
+                f"{name} threshold − itself at fixed depth, same mean steps",
+                mixed(row),
+                fixed_mix(name, row),
+            ),
             (
                 f"{name} threshold − ISTA (T={T}) at ⌈mean steps⌉",
                 mixed(row),
@@ -256,6 +378,7 @@ def _table(results: dict[str, Any], config: SparseRecoveryConfig) -> str:
             ("mean_steps", ".2f", 1.0),
             ("mean_cost", ".2f", 1e-6),
             ("wall_speedup", ".2f", 1.0),
+            ("to_bound", "+.2f", 1.0),
         ]:
             values = [r[field] for r in row["per_seed"].values() if field in r]
             line[field] = format_mean_sd(values, fmt, scale) if values else None
@@ -266,6 +389,7 @@ def _table(results: dict[str, Any], config: SparseRecoveryConfig) -> str:
         ("mean_steps", "mean steps", "s"),
         ("mean_cost", "MMAC/sample", "s"),
         ("wall_speedup", "× full depth (wall)", "s"),
+        ("to_bound", "mixed − LS bound", "s"),
         ("paper", "paper (" + " / ".join(c.replace("dB", "") for c in columns) + ")", "s"),
         ("schedule", "training (steps×batch)", "s"),
     ]
@@ -292,30 +416,108 @@ def _table(results: dict[str, Any], config: SparseRecoveryConfig) -> str:
         f"{problem.sparsity:g}); mean ± sd over seeds {seeds}.",
         "† trained on a shortened schedule; the paper: LISTA 100k×512, stage I 50k×1024, "
         "stage II 40k×256.",
-        f'Stop rows run through `run_adaptive(mode="{config.inference_mode}")`; *sampled* stops '
-        "at step t with probability λ_t (the paper's inference), *threshold* is a threshold on "
-        "the hazard or on the cumulative stop probability (the kind in the row, chosen by "
-        f"validation NMSE when `threshold_rule=best`; here `{config.threshold_rule}`), calibrated "
-        "on validation. MMAC/sample counts multiply-adds of the model plus, for stop rows, the "
-        "policy and its features; × full depth is measured wall-clock (shrink mode against the "
-        "same model run to full depth, side by side).",
+        f'Stop rows run through `run_adaptive(mode="{config.inference_mode}")`. *sampled*: the '
+        "L2S policy as published (imitating argmin_t ℓ_t), stopping at step t with probability "
+        "λ_t (the paper's inference). *threshold*: the stage-II policy chosen on validation (its "
+        "objective and threshold kind in the row) with the threshold of "
+        + (
+            f"the cheapest budget within {config.match_tolerance:g} dB of full depth on validation"
+            if config.threshold_row == "match-full"
+            else "the budget of least validation NMSE"
+        )
+        + ". MMAC/sample counts multiply-adds of the model plus, for stop rows, the policy and "
+        "its features; × full depth is measured wall-clock (shrink mode against the same model "
+        "run to full depth, side by side, under whatever load the machine had); mixed − LS "
+        "bound: the distance to least squares on the true support.",
         f"Jobs: {results['training_seconds'] / 60:.1f} min wall, "
         f"{results['training_cpu_seconds'] / 60:.1f} min CPU (training and evaluation), "
         f"{config.threads} thread(s).",
     ]
     return (
-        markdown_table(lines, spec) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n\n" + paired
+        markdown_table(lines, spec)
+        + "\n\n"
+        + "\n".join(f"- {n}" for n in notes)
+        + "\n\n"
+        + paired
+        + "\n\n"
+        + _curve_table(results, config)
+    )
+
+
+def _curve_table(results: dict[str, Any], config: SparseRecoveryConfig) -> str:
+    """Key points of each stop model's budget curve beside the same model at fixed depth."""
+    T, lines = config.problem.steps, []
+    for name, curve in results["budget_curves"].items():
+        every = max(1, (len(curve) - 1) // 9)
+        shown = curve[::every] if curve[-1] in curve[::every] else [*curve[::every], curve[-1]]
+        for p in shown:
+            lo, hi = p["margin_interval"]
+            lines.append(
+                {
+                    "model": STOP_LABELS[name],
+                    "budget": f"{p['budget']:.2f}",
+                    "steps": f"{p['mean_steps']:.2f}",
+                    "stop": f"{p['mixed']:.2f}",
+                    "fixed": f"{p['fixed_depth']:.2f}",
+                    "margin": f"{p['margin']:+.2f}"
+                    + ("" if lo is None else f" [{lo:+.2f}, {hi:+.2f}]"),
+                    "macs": f"{p['mean_macs'] / 1e6:.2f}",
+                }
+            )
+    table = markdown_table(
+        lines,
+        [
+            ("model", "stop model", "s"),
+            ("budget", "budget (steps, val)", "s"),
+            ("steps", "mean steps (test)", "s"),
+            ("stop", "mixed NMSE, stop", "s"),
+            ("fixed", "fixed depth, same mean steps", "s"),
+            ("margin", "stop − fixed (95% interval)", "s"),
+            ("macs", "MMAC/sample", "s"),
+        ],
+    )
+    notes = []
+    for name, d in results["domination"].items():
+        notes.append(
+            f"{STOP_LABELS[name]}: stop curve ≥ fixed depth at "
+            f"{d['budgets'] - len(d['worse_budgets'])}/{d['budgets']} budgets (worst mean margin "
+            f"{d['worst_margin']:+.2f} dB; worse by more than one sd at "
+            f"{len(d['clearly_worse_budgets'])}); full-depth NMSE (±{config.match_tolerance:g} dB) "
+            f"reached at {d['full_depth_reached_mean']:.2f} ± {d['full_depth_reached_sd']:.2f} "
+            f"mean steps (target ≤ {0.75 * T:g}: {'met' if d['full_depth_met'] else 'missed'})."
+        )
+    return (
+        "Budget curve (thresholds calibrated on validation, measured on test; fixed depth: every "
+        "sample stopped at one of the two depths around the same mean steps)\n\n"
+        + table
+        + "\n\n"
+        + "\n".join(f"- {n}" for n in notes)
     )
 
 
 def _summary(results: dict[str, Any]) -> str:
+    """One line per stop model: what learning to stop bought against fixed depth."""
     rows = {r["key"]: r for r in results["rows"]}
-    parts = [
-        f"{r['label']}: {r['mixed']:.2f} dB mixed at {r['mean_steps']:.2f} steps"
-        for key in ("lista_stop-threshold", "cpss_stop-threshold")
-        if (r := rows.get(key))
-    ]
-    return "; ".join(parts) or "ISTA and FISTA rows only"
+    T = results["task"]["steps"]
+    parts = []
+    for name, d in results["domination"].items():
+        full = rows[f"{name}-full"]["mixed"]
+        lower = d["best_lower_half"]
+        text = (
+            f"{STOP_LABELS[name]}: full-depth NMSE ({full:.2f} dB) at "
+            f"{d['full_depth_reached_mean']:.1f} of {T} layers"
+        )
+        if lower is not None:
+            text += (
+                f"; at {lower['mean_steps']:.1f} layers {lower['mixed']:.2f} dB against "
+                f"{lower['fixed_depth']:.2f} truncated ({lower['margin']:+.2f} dB)"
+            )
+        text += (
+            f"; curve ≥ fixed depth at {d['budgets'] - len(d['worse_budgets'])}/{d['budgets']} "
+            "budgets"
+        )
+        parts.append(text)
+    return "Learning to stop bought — " + "; ".join(parts) if parts else "ISTA and FISTA rows only"
 
 
 def _curve_label(key: str) -> str:
@@ -400,4 +602,47 @@ def _figures(results: dict[str, Any], stops, seeds: list[int]) -> dict[str, Any]
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=6)
     figures["nmse_vs_steps"] = figure
+    figures["budget_curves"] = _budget_figure(results, stops, seeds)
     return figures
+
+
+def _budget_figure(results: dict[str, Any], stops, seeds: list[int]):
+    """Per stop model: mixed test NMSE against mean steps for the stop curve (the policy chosen
+    on validation), the L2S policy as published, the same model at fixed depth and the
+    cost-aware oracle (needs x*); below, the stop curve's margin over fixed depth (mean ± sd over
+    seeds; below zero the stop model is better)."""
+    figure, _ = new_figure(4.6 * len(stops), 6.0)
+    figure.clf()
+    grid = figure.add_gridspec(2, len(stops), height_ratios=[2, 1])
+    for i, (name, by_seed) in enumerate(stops.items()):
+        top = figure.add_subplot(grid[0, i])
+        lines = {
+            "stop policy (chosen on validation)": ([by_seed[s]["curve"] for s in seeds], "-o"),
+            "L2S policy as published": ([by_seed[s]["curve_published"] for s in seeds], "-."),
+            "same model, fixed depth": ([results["per_layer"][name]], "s--"),
+            "cost-aware oracle stop (needs x*)": ([by_seed[s]["oracle_curve"] for s in seeds], ":"),
+        }
+        for label, (curves, style) in lines.items():
+            curve = _mean_curve(curves)
+            steps, nmse = [p["mean_steps"] for p in curve], [p["mixed"] for p in curve]
+            top.plot(steps, nmse, style, markersize=2.5, linewidth=1.2, label=label)
+        top.set_title(_curve_label(name), fontsize=9)
+        top.set_ylabel("test NMSE (dB), mixed")
+        top.grid(True, alpha=0.3)
+        top.legend(fontsize=7)
+        curve = results["budget_curves"][name]
+        low = min(p["mixed"] for p in curve)
+        top.set_ylim(low - 1.0, low + 12.0)
+        bottom = figure.add_subplot(grid[1, i], sharex=top)
+        steps = [p["mean_steps"] for p in curve]
+        margin = [p["margin"] for p in curve]
+        sd = [p["margin_sd"] for p in curve]
+        low = [m - e for m, e in zip(margin, sd, strict=True)]
+        high = [m + e for m, e in zip(margin, sd, strict=True)]
+        bottom.fill_between(steps, low, high, alpha=0.3)
+        bottom.plot(steps, margin, "-o", markersize=2.5)
+        bottom.axhline(0.0, color="black", linewidth=0.8)
+        bottom.set_xlabel("mean steps used")
+        bottom.set_ylabel("stop − fixed depth (dB)")
+        bottom.grid(True, alpha=0.3)
+    return figure
