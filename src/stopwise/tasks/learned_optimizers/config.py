@@ -94,7 +94,12 @@ class ACTSettings:
 
     prior_p: float = param(0.1, gt=0, lt=1, help="p of the geometric prior p(t) = p(1-p)^t")
     kl_weight: float = param(1.0, ge=0, help="weight β of the KL term (1: the bound)")
-    iterations: int = param(300, ge=1, help="meta-iterations of the ACT optimizer")
+    iterations: int = param(200, ge=1, help="meta-iterations of the ACT optimizer")
+    init: str = param(
+        "lstm",
+        choices=("lstm", "scratch"),
+        help="start from the meta-trained LSTM optimizer's weights, or from scratch",
+    )
 
 
 @dataclass
@@ -205,7 +210,7 @@ PRESETS = {
         "regression": {"iterations": 150},
         "quadratic": {"iterations": 60},
         "mlp": {"iterations": 20, "test_functions": 20, "validation_functions": 5},
-        "act": {"iterations": 150},
+        "act": {"iterations": 100},
         "l2s": {"updates": 300},
         "beyond": [200, 1000],
     },

@@ -139,12 +139,14 @@ class RegressionFamily:
         return self.loss(self.minimiser(functions), functions)
 
     def difficulty(self, functions) -> dict[str, torch.Tensor]:
-        """Condition number of ΦᵀΦ (the Hessian up to β/N) and the number of observations N."""
+        """Condition number of ΦᵀΦ (the Hessian up to β/N), the number of observations N and
+        the initial suboptimality f(θ₀) − f(θ̂)."""
         phi = torch.stack([functions["mask"], functions["x"]], dim=-1)
         eigenvalues = torch.linalg.eigvalsh(phi.transpose(1, 2) @ phi)
         return {
             "condition_number": eigenvalues[:, -1] / eigenvalues[:, 0],
             "observations": functions["count"],
+            "initial_gap": self.loss(self.initial(functions), functions) - self.optimum(functions),
         }
 
 
@@ -175,9 +177,12 @@ class QuadraticFamily:
         return torch.zeros(functions["W"].shape[0], dtype=functions["W"].dtype)
 
     def difficulty(self, functions) -> dict[str, torch.Tensor]:
-        """Condition number of WᵀW (the Hessian up to a factor 2)."""
+        """Condition number of WᵀW (the Hessian up to a factor 2) and f(θ₀) − f(θ̂)."""
         singular = torch.linalg.svdvals(functions["W"])
-        return {"condition_number": (singular[:, 0] / singular[:, -1]) ** 2}
+        return {
+            "condition_number": (singular[:, 0] / singular[:, -1]) ** 2,
+            "initial_gap": self.loss(self.initial(functions), functions),
+        }
 
 
 def load_images(dataset: str, train_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -268,13 +273,15 @@ class MLPFamily:
 
     def _cross_entropy(self, theta, x, y) -> torch.Tensor:
         logits = self.logits(theta, x)
-        return torch.nn.functional.cross_entropy(
-            logits.transpose(1, 2), y, reduction="none"
-        ).mean(-1)
+        return torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(
+            -1
+        )
 
     def loss(self, theta, functions, step: int) -> torch.Tensor:
         rows = functions["batches"][:, step % functions["batches"].shape[1]]  # (n, batch)
-        return self._cross_entropy(theta, self.images["x_train"][rows], self.images["y_train"][rows])
+        return self._cross_entropy(
+            theta, self.images["x_train"][rows], self.images["y_train"][rows]
+        )
 
     def full_loss(self, theta, functions) -> torch.Tensor:
         x, y = self.images["x_train"], self.images["y_train"]

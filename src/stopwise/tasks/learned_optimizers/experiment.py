@@ -213,12 +213,16 @@ def _hand(config, name, context) -> dict[str, Any]:
     results: dict[str, Any] = {"tuning": tuning, "test": {}, "curves": {}}
     for kind in config.optimizers:
         rates = tuning[kind]["lr"]
-        losses, _ = loss_curves(family, HandDesigned(kind, rates[config.horizon]), test_functions, steps)
+        losses, _ = loss_curves(
+            family, HandDesigned(kind, rates[config.horizon]), test_functions, steps
+        )
         results["curves"][kind] = _curve(log10_gap(gaps(family, losses, test_functions)), steps)
         results["test"][kind] = {}
         for H in horizons:
             losses, _ = loss_curves(family, HandDesigned(kind, rates[H]), test_functions, [H])
-            results["test"][kind][str(H)] = summary(log10_gap(gaps(family, losses, test_functions))[:, 0])
+            results["test"][kind][str(H)] = summary(
+                log10_gap(gaps(family, losses, test_functions))[:, 0]
+            )
     return results
 
 
@@ -360,7 +364,23 @@ def _rules(config, name, context) -> dict[str, Any]:
             out[f"{kind}/{rule}"] = evaluate_stop(
                 val_data[(kind, rule)], test_data, candidates, None, setting
             )
-    return {"rules": out}
+    return {"rules": out, **_best_rules(out, config.step_costs)}
+
+
+def _best_rules(rules: dict[str, Any], step_costs: list[float]) -> dict[str, Any]:
+    """Across optimizers and rules, chosen on validation: per λ the one with the lowest
+    validation trade-off value, and the cheapest (validation steps) that reaches the LSTM
+    optimizer's NLL on validation."""
+    tradeoff = []
+    for i in range(len(step_costs)):
+        name = min(rules, key=lambda n: rules[n]["tradeoff"][i]["val_value"])
+        tradeoff.append({"rules": name, **rules[name]["tradeoff"][i]})
+    reaching = [n for n in rules if rules[n]["reach"] is not None]
+    reach = None
+    if reaching:
+        name = min(reaching, key=lambda n: rules[n]["reach"]["val_steps"])
+        reach = {"rules": name, **rules[name]["reach"]}
+    return {"best_tradeoff": tradeoff, "best_reach": reach}
 
 
 def _real_run(config, run, policy, threshold, test_functions, dense_index) -> dict[str, Any]:
@@ -391,7 +411,7 @@ def _stop_job(config, name, context, run, policy, natural_threshold, label, extr
     record["real"] = _real_run(config, run, policy, natural_threshold, test_functions, dense)
     record["oracle"] = oracle_tradeoff(test_data, config.step_costs)
     if extra is not None:
-        record.update(extra(test_data, dense))
+        record.update(extra(test_data, dense, setting))
     return record
 
 
@@ -400,6 +420,10 @@ def _act(config, name, context) -> dict[str, Any]:
     settings = getattr(config, name)
     context.manual_seed("init")
     net = build_net(config, name, halting=True)
+    if config.act.init == "lstm":  # the update network starts as the trained LSTM optimizer
+        trained = context.checkpoint("lstm", job=f"lstm-{name}")["net"]
+        missing = net.load_state_dict(trained, strict=False).missing_keys
+        assert sorted(missing) == ["halting.bias", "halting.weight"], missing
     with context.timed("meta_train"):
         metrics = meta_train_act(
             net,
@@ -423,10 +447,12 @@ def _act(config, name, context) -> dict[str, Any]:
     return {"meta": metrics, **record}
 
 
-def _posterior_rules(test: StopData, causal: torch.Tensor) -> dict[str, Any]:
+def _posterior_rules(
+    test: StopData, causal: torch.Tensor, setting: StopEvaluation
+) -> dict[str, Any]:
     """The non-causal reading of the ACT optimizer's posterior at the full horizon,
     q(t | x, T) = softmax_t(c_t), c_t = Σ_{u≤t} Δq_u (the scores are −Δq), against the causal
-    rule's stop steps ``causal (n,)``."""
+    rule's stop steps ``causal (n,)``. A non-causal rule runs every step before it chooses."""
     c = torch.cumsum(-test.scores, dim=1)
     q = torch.softmax(c, dim=1)
     rules = {
@@ -437,8 +463,12 @@ def _posterior_rules(test: StopData, causal: torch.Tensor) -> dict[str, Any]:
     causal_at = test.at(causal)
     for rule, index in rules.items():
         at = test.at(index)
+        nll = float(at["nll"].mean())
+        reference = setting.reference_test_nll
         out[rule] = {
             **{k: float(v.mean()) for k, v in at.items()},
+            "reaches_reference": nll <= reference + setting.nll_tolerance * abs(reference),
+            "step_saving": 0.0,
             "causal_minus_rule_steps": float((causal - index).double().mean()),
             "mean_abs_step_distance": float((causal - index).abs().double().mean()),
             "same_step": float((causal == index).double().mean()),
@@ -486,4 +516,3 @@ class _Detached(torch.nn.Module):
     def forward(self, features, t):
         with torch.no_grad():
             return self.policy(features.float(), t).double()
-

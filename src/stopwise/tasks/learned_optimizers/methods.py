@@ -37,11 +37,13 @@ from ...stoptime import StopTime
 from ...training import EpochBatches, GeneratedBatches, LoopSettings, optimize, policy_hazards
 from ...training import train_loop as core_train_loop
 from .data import FunctionFamily, full_loss
+from .metrics import diverged_as_large
 from .models import HandDesigned, L2SPolicy, LSTMOptimizerNet, OptimizerRun, loss_and_gradient
 
 __all__ = [
     "meta_train",
     "meta_train_act",
+    "act_meta_gradient",
     "nll_scale",
     "tune_learning_rates",
     "loss_curves",
@@ -147,6 +149,53 @@ def meta_train(
     return metrics
 
 
+def act_meta_gradient(
+    net: LSTMOptimizerNet,
+    family: FunctionFamily,
+    functions: Any,
+    prior_p: float,
+    kl_weight: float = 1.0,
+    *,
+    horizon: int,
+    unroll: int,
+) -> dict[str, float]:
+    """Accumulate into ``.grad`` the truncated-BPTT gradient of the random-horizon bound of
+    Sander (2017) on ``functions`` (see the module docstring); returns ``bound`` (per
+    function), ``mean_steps`` (E_q[t + 1] at the full horizon) and ``final_loss``.
+
+    The bound: E_{p(T)}[Σ_{t≤T} q(t|x,T) ℓ_t + β KL(q(·|x,T) ‖ p(·|T))], with
+    ℓ_t = nll_scale · f(θ_{t+1}), q(t|x,T) = softmax_{t≤T}(c_t), c_t = Σ_{u≤t} Δq_u, and
+    p(t|T) = (1 − s)s^t / (1 − s^{T+1}), s = √(1 − prior_p), averaged exactly over
+    T ∈ 0..horizon−1 (``objectives.random_horizon_bound``).
+    """
+    scale = nll_scale(family, functions).unsqueeze(-1)
+    start = family.initial(functions)
+    with torch.no_grad():  # pass 1: the whole trajectory, as constants
+        _, _, all_losses, all_dq = _window(
+            net, family, functions, start, net.initial_state(*start.shape), range(horizon)
+        )
+    theta, state = start, net.initial_state(*start.shape)
+    for steps in _windows(horizon, unroll):
+        theta, state, losses, dq = _window(net, family, functions, theta, state, steps)
+        live = slice(steps.start, steps.stop)
+        window_dq = torch.cat([all_dq[:, : live.start], dq, all_dq[:, live.stop :]], dim=1)
+        window_losses = torch.cat(
+            [all_losses[:, : live.start], losses, all_losses[:, live.stop :]], dim=1
+        )
+        bound = random_horizon_bound(
+            torch.cumsum(window_dq, dim=1), scale * window_losses, prior_p, kl_weight
+        )
+        bound.backward()
+        theta, state = theta.detach(), tuple(s.detach() for s in state)
+    posterior = torch.softmax(torch.cumsum(all_dq, dim=1), dim=1)
+    used = (posterior * torch.arange(1, horizon + 1)).sum(1)
+    return {
+        "bound": float(bound.detach()),
+        "mean_steps": float(used.mean()),
+        "final_loss": float(all_losses[:, -1].mean()),
+    }
+
+
 def meta_train_act(
     net: LSTMOptimizerNet,
     family: FunctionFamily,
@@ -176,35 +225,12 @@ def meta_train_act(
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
 
     def step_fn(step: int) -> dict[str, float]:
-        sampled = batches(step)
-        scale = nll_scale(family, sampled).unsqueeze(-1)
-        start = family.initial(sampled)
-        with torch.no_grad():  # pass 1: the whole trajectory, as constants
-            _, _, all_losses, all_dq = _window(
-                net, family, sampled, start, net.initial_state(*start.shape), range(horizon)
-            )
         optimizer.zero_grad(set_to_none=True)
-        theta, state = start, net.initial_state(*start.shape)
-        for steps in _windows(horizon, unroll):
-            theta, state, losses, dq = _window(net, family, sampled, theta, state, steps)
-            live = slice(steps.start, steps.stop)
-            window_dq = torch.cat([all_dq[:, : live.start], dq, all_dq[:, live.stop :]], dim=1)
-            window_losses = torch.cat(
-                [all_losses[:, : live.start], losses, all_losses[:, live.stop :]], dim=1
-            )
-            bound = random_horizon_bound(
-                torch.cumsum(window_dq, dim=1), scale * window_losses, prior_p, kl_weight
-            )
-            bound.backward()
-            theta, state = theta.detach(), tuple(s.detach() for s in state)
+        metrics = act_meta_gradient(
+            net, family, batches(step), prior_p, kl_weight, horizon=horizon, unroll=unroll
+        )
         optimizer.step()
-        posterior = torch.softmax(torch.cumsum(all_dq, dim=1), dim=1)
-        used = (posterior * torch.arange(1, horizon + 1)).sum(1)
-        return {
-            "bound": float(bound.detach()),
-            "mean_steps": float(used.mean()),
-            "final_loss": float(all_losses[:, -1].mean()),
-        }
+        return metrics
 
     net.train()
     state = {"net": net, "optimizer": optimizer, "functions": batches}
@@ -242,7 +268,7 @@ def loss_curves(
         for t in range(record[-1]):
             state = run.advance(state, t)
             if t + 1 in wanted:
-                out.append(full_loss(family, state["theta"], part))
+                out.append(diverged_as_large(full_loss(family, state["theta"], part)))
         parts.append(torch.stack(out, dim=1))
         thetas.append(state["theta"])
     return torch.cat(parts), torch.cat(thetas)

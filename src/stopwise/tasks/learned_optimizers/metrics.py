@@ -33,7 +33,10 @@ __all__ = [
     "StopEvaluation",
     "evaluate_stop",
     "oracle_tradeoff",
+    "fixed_depth_tradeoff",
     "finite_or_none",
+    "diverged_as_large",
+    "DIVERGED",
 ]
 
 GAP_FLOOR = 1e-15
@@ -42,6 +45,15 @@ GAP_FLOOR = 1e-15
 def finite_or_none(value: float) -> float | None:
     """``value``, or None when it is NaN or infinite (JSON records hold no NaN)."""
     return value if math.isfinite(value) else None
+
+
+DIVERGED = 1e30
+
+
+def diverged_as_large(losses: torch.Tensor) -> torch.Tensor:
+    """Losses with NaN and values beyond :data:`DIVERGED` (a diverged run) set to DIVERGED, so
+    means and choices stay finite and comparable."""
+    return losses.nan_to_num(nan=DIVERGED, posinf=DIVERGED).clamp_max(DIVERGED)
 
 
 def gaps(family: FunctionFamily, losses: torch.Tensor, functions: Any) -> torch.Tensor:
@@ -53,8 +65,9 @@ def gaps(family: FunctionFamily, losses: torch.Tensor, functions: Any) -> torch.
 
 
 def log10_gap(gap: torch.Tensor) -> torch.Tensor:
-    """log10 of gaps floored at :data:`GAP_FLOOR`; NaN (a diverged run) counts as +300."""
-    return torch.log10(gap.double().clamp_min(GAP_FLOOR)).nan_to_num(nan=300.0, posinf=300.0)
+    """log10 of gaps floored at :data:`GAP_FLOOR`; a diverged run (NaN, inf) counts as
+    log10 DIVERGED = 30."""
+    return torch.log10(diverged_as_large(gap.double()).clamp_min(GAP_FLOOR))
 
 
 def summary(values: torch.Tensor) -> dict[str, float]:
@@ -119,7 +132,7 @@ def stop_data(
         flat = full_loss(family, trajectory.predictions.reshape(m * T, D), repeated)
         losses.append(flat.view(m, T))
         features.append(trajectory.features)
-    losses_all, features_all = torch.cat(losses), torch.cat(features)
+    losses_all, features_all = diverged_as_large(torch.cat(losses)), torch.cat(features)
     scores = torch.stack(
         [score(features_all[:, t], t) for t in range(features_all.shape[1])], dim=1
     )
@@ -171,9 +184,10 @@ def evaluate_stop(
         return stop_indices(split.scores, ScoreThreshold(threshold))
 
     val_at = {name: val.at(index(val, thr)) for name, thr in options.items()}
-    record: dict[str, Any] = {"curve": curve, "fixed_depth": fixed_depth_curve(
-        test.losses.shape[0], test.metric, valid
-    )}
+    record: dict[str, Any] = {
+        "curve": curve,
+        "fixed_depth": fixed_depth_curve(test.losses.shape[0], test.metric, valid),
+    }
 
     def test_row(name: str) -> dict[str, Any]:
         at = test.at(index(test, options[name]))
@@ -228,7 +242,29 @@ def evaluate_stop(
             }
         )
     record["tradeoff"] = tradeoff
+    record["fixed_tradeoff"] = fixed_depth_tradeoff(val, test, setting.step_costs)
     return record
+
+
+def fixed_depth_tradeoff(
+    val: StopData, test: StopData, step_costs: list[float]
+) -> list[dict[str, Any]]:
+    """Per λ, the same optimizer run for one fixed number of steps for every function, the
+    number chosen on validation (min mean gap + λ·steps), measured on test."""
+    steps = torch.arange(1, val.gap.shape[1] + 1, dtype=torch.float64)
+    out = []
+    for cost in step_costs:
+        depth = int((val.gap.double().mean(0) + cost * steps).argmin())
+        values = test.gap[:, depth].double() + cost * (depth + 1)
+        out.append(
+            {
+                "step_cost": cost,
+                "depth": depth + 1,
+                "value": summary(values),
+                "gap": float(test.gap[:, depth].double().mean()),
+            }
+        )
+    return out
 
 
 def oracle_tradeoff(test: StopData, step_costs: list[float]) -> list[dict[str, Any]]:
@@ -239,11 +275,16 @@ def oracle_tradeoff(test: StopData, step_costs: list[float]) -> list[dict[str, A
     for cost in step_costs:
         values = test.gap.double() + cost * steps
         best = values.min(dim=1)
+        steps_used = (best.indices + 1).double()
         out.append(
             {
                 "step_cost": cost,
                 "value": summary(best.values),
-                "mean_steps": float((best.indices + 1).double().mean()),
+                "mean_steps": float(steps_used.mean()),
+                "spearman": {
+                    name: finite_or_none(spearman(steps_used.numpy(), measure.numpy()))
+                    for name, measure in test.difficulty.items()
+                },
             }
         )
     return out

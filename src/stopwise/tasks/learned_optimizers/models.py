@@ -40,8 +40,8 @@ FEATURES = ("loss", "log10_grad_norm", "log10_improvement", "halting_score")
 def log_and_sign(grad: torch.Tensor, p: float = 10.0) -> torch.Tensor:
     """The gradient preprocessing of Andrychowicz et al. (2016), App. A: ``(..., 2)`` with
 
-        (log|∇| / p, sgn ∇)   if |∇| ≥ e^{−p},
-        (−1, e^p ∇)           otherwise.
+    (log|∇| / p, sgn ∇)   if |∇| ≥ e^{−p},
+    (−1, e^p ∇)           otherwise.
     """
     magnitude = grad.abs()
     big = magnitude >= math.exp(-p)
