@@ -32,7 +32,7 @@ MLP_VARIANTS = ("steps200", "hidden40", "layers2", "relu")
 class MetaSettings:
     """Meta-training of one family's LSTM optimizer (and ACT optimizer)."""
 
-    iterations: int = param(300, ge=1, help="meta-iterations (function batches), LSTM optimizer")
+    iterations: int = param(500, ge=1, help="meta-iterations (function batches), LSTM optimizer")
     functions: int = param(64, ge=1, help="functions per meta-iteration")
     lr: float = param(3e-3, gt=0, le=1, help="meta learning rate (Adam)")
     preprocess: float = param(10.0, ge=0, help="p of the log/sign preprocessing; 0: raw gradient")
@@ -66,6 +66,7 @@ class QuadraticSettings(MetaSettings):
     """10-D quadratics ‖Wθ − y‖² (the paper: no preprocessing, output scale 1)."""
 
     dim: int = param(10, ge=1, le=1000, help="dimension d of θ")
+    iterations: int = param(300, ge=1, help="meta-iterations (function batches), LSTM optimizer")
     preprocess: float = param(0.0, ge=0, help="p of the log/sign preprocessing; 0: raw gradient")
     output_scale: float = param(1.0, gt=0, help="the LSTM's output is multiplied by this")
 
@@ -113,7 +114,7 @@ class L2SSettings:
     updates: int = param(500, ge=1, help="Adam updates of the policy")
     batch: int = param(256, ge=1, help="functions per update")
     lr: float = param(3e-3, gt=0, le=1, help="Adam learning rate")
-    hidden: list[int] = param([32, 32], ge=1, min_len=1, help="hidden widths of the policy MLP")
+    hidden: list[int] = param([16, 16], ge=1, min_len=1, help="hidden widths of the policy MLP")
 
 
 @dataclass
@@ -122,7 +123,7 @@ class LearnedOptimizersConfig(Config):
         list(FAMILIES), choices=FAMILIES, min_len=1, help="function families to run"
     )
     stop_families: list[str] = param(
-        ["regression"], choices=STOP_FAMILIES, help="families that also get ACT and L2S-stop"
+        list(STOP_FAMILIES), choices=STOP_FAMILIES, help="families that also get ACT and L2S-stop"
     )
     horizon: int = param(100, ge=1, le=10000, help="optimizer steps per function (T)")
     unroll: int = param(20, ge=1, help="truncation of meta-training (steps per window)")
@@ -205,15 +206,16 @@ PRESETS = {
         "act": {"iterations": 3},
         "l2s": {"train_functions": 40, "updates": 6, "batch": 20},
     },
-    # Minutes: one seed, regression and quadratics fully, the MLP briefly.
+    # Minutes: one seed; regression with every method, quadratics and the MLP shorter.
     "quick": {
+        "stop_families": ["regression"],
+        "validation_functions": 300,
         "regression": {"iterations": 150},
-        "quadratic": {"iterations": 60},
+        "quadratic": {"iterations": 100},
         "mlp": {"iterations": 20, "test_functions": 20, "validation_functions": 5},
         "act": {"iterations": 100},
         "l2s": {"updates": 300},
-        "beyond": [200, 1000],
     },
-    # The issue's benchmark: three meta-training seeds, everything at full size.
+    # The issue's benchmark: three meta-training seeds, every family at full size.
     "benchmark": {"seeds": [0, 1, 2]},
 }

@@ -43,7 +43,14 @@ from .metrics import (
     stop_data,
     summary,
 )
-from .models import FeatureScore, HandDesigned, L2SPolicy, LSTMOptimizerNet, OptimizerRun
+from .models import (
+    FeatureScore,
+    HandDesigned,
+    L2SPolicy,
+    LSTMOptimizerNet,
+    OptimizerRun,
+    lstm_step_macs,
+)
 
 __all__ = ["jobs", "run_job", "make_family", "build_net", "evaluation_steps", "variant_steps"]
 
@@ -503,7 +510,8 @@ def _l2s(config, name, context) -> dict[str, Any]:
         )
     with torch.no_grad():
         record = _stop_job(config, name, context, run, _Detached(policy), 0.0, "λ_t ≥ 1/2")
-    return {"policy": metrics, **record}
+    cost = {"policy_macs": policy.macs(), "step_macs": lstm_step_macs(net, family.dim)}
+    return {"policy": metrics, "cost": cost, **record}
 
 
 class _Detached(torch.nn.Module):

@@ -30,6 +30,7 @@ __all__ = [
     "OptimizerRun",
     "FeatureScore",
     "L2SPolicy",
+    "lstm_step_macs",
     "FEATURES",
 ]
 
@@ -299,13 +300,28 @@ class FeatureScore(nn.Module):
 
 class L2SPolicy(nn.Module):
     """The L2S stop policy on the LSTM optimizer: an MLP over (f_t, log10‖g_t‖, log10
-    improvement) and a one-hot step encoding → hazard logit (the core ``mlp`` policy)."""
+    improvement) and a sinusoidal step encoding (8 numbers) → hazard logit (the core ``mlp``
+    policy). The sinusoidal encoding keeps its cost small next to an optimizer step (see
+    :meth:`macs`)."""
 
     def __init__(self, max_steps: int, hidden: tuple[int, ...] = (32, 32)):
         super().__init__()
         from ...policies import MLPPolicy
 
-        self.mlp = MLPPolicy(3, max_steps, hidden=hidden)
+        self.mlp = MLPPolicy(3, max_steps, hidden=hidden, encoding="sinusoidal")
 
     def forward(self, features: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
         return self.mlp(features[:, :3], t)
+
+    def macs(self) -> int:
+        """Multiply-adds of one decision for one function (the linear layers)."""
+        return sum(
+            m.in_features * m.out_features for m in self.modules() if isinstance(m, nn.Linear)
+        )
+
+
+def lstm_step_macs(net: LSTMOptimizerNet, dim: int) -> int:
+    """Multiply-adds of one LSTM-optimizer step for a function of ``dim`` coordinates (LSTM
+    cells and output layer; the optimizee's gradient not counted)."""
+    per_coordinate = sum(4 * c.hidden_size * (c.input_size + c.hidden_size) for c in net.cells)
+    return dim * (per_coordinate + net.hidden)
