@@ -310,6 +310,9 @@ def _stop_section(records, seeds, config, family):
         }
         for rule in ("mode", "median")
     }  # fmt: skip
+    posterior["expected_steps"] = statistics.fmean(
+        r["posterior"]["posterior_mean_steps"] for r in act.values()
+    )
     curves = {}
     for name, group, fixed_label in (
         ("act", act, "ACT optimizer at fixed depth"),
@@ -335,6 +338,7 @@ def _stop_section(records, seeds, config, family):
         }
         for name, group in (("act", act), ("l2s", l2s))
     }
+    cost = next(iter(l2s.values())).get("cost")
     columns = [
         ("method", "stop rule", "s"),
         ("steps", "stop step (mean)", "s"),
@@ -360,7 +364,20 @@ def _stop_section(records, seeds, config, family):
             f"{rule}: mean |Δ steps| {v['mean_abs_step_distance']:.2f}, same step "
             f"{v['same_step']:.0%}, causal − {rule} log10 gap {v['causal_minus_rule_log10_gap']:+.3f}"
             for rule, v in posterior.items()
+            if rule != "expected_steps"
         )
+        + f"; E_q[steps] at the full horizon {posterior['expected_steps']:.1f}"
+        + "\n\nBudget curves beside fixed depth (mean over seeds; margin = curve − fixed depth "
+        "at the same mean steps, interpolated; ≤ 0 everywhere: the curve dominates): "
+        + "; ".join(
+            f"{name}: worst margin {v['dominance_log10_gap']['worst_margin']:+.3f} log10 gap, "
+            f"{v['dominance_nll']['worst_margin']:+.2e} NLL; best in the lower half "
+            f"{format_number(v['dominance_log10_gap']['best_lower_half_margin'], '+.3f')} log10 gap"
+            for name, v in curves.items()
+        )
+        + "\n\n"
+        + _budget_table(curves)
+        + _cost_text(cost, config)
         + "\n\nReal execution (shrink mode, functions leave the batch when they stop): "
         + "; ".join(
             f"{name}: {v['mean_steps']:.1f} steps, equal to the dense rule: {v['matches_dense']}, "
@@ -384,6 +401,44 @@ def _stop_section(records, seeds, config, family):
         "real": real,
     }
     return section, table, line
+
+
+def _cost_text(cost: dict[str, int] | None, config) -> str:
+    if cost is None:
+        return ""
+    return (
+        f"\n\nL2S policy cost: {cost['policy_macs']} multiply-adds per decision, "
+        f"{cost['policy_macs'] / cost['step_macs']:.1%} of one LSTM-optimizer step "
+        f"({cost['step_macs']}); the ACT optimizer's halting head: {config.hidden + 1} per "
+        "function plus the mean over coordinates."
+    )
+
+
+def _budget_table(curves: dict[str, Any]) -> str:
+    """The budget curves' points beside fixed depth at the nearest whole number of steps."""
+    rows = []
+    for name, label in (("act", "ACT optimizer"), ("l2s", "L2S-stop")):
+        entry = curves[name]
+        fixed = {round(p["mean_steps"]): p for p in entry["fixed_depth"]}
+        for point in entry["curve"]:
+            depth = min(fixed, key=lambda d, m=point["mean_steps"]: abs(d - m))
+            rows.append(
+                {
+                    "model": label,
+                    "steps": point["mean_steps"],
+                    "gap": point["log10_gap"],
+                    "nll": point["nll"],
+                    "depth": depth,
+                    "fixed_gap": fixed[depth]["log10_gap"],
+                    "fixed_nll": fixed[depth]["nll"],
+                }
+            )
+    return markdown_table(
+        rows,
+        [("model", "stop model", "s"), ("steps", "mean steps", ".1f"),
+         ("gap", "log10 gap", ".2f"), ("nll", "NLL", ".4f"), ("depth", "fixed depth", "d"),
+         ("fixed_gap", "log10 gap at fixed depth", ".2f"), ("fixed_nll", "NLL at fixed depth", ".4f")],
+    )  # fmt: skip
 
 
 def _saving(values) -> str:
