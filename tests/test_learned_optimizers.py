@@ -386,3 +386,33 @@ def test_step_penalised_oracle_is_argmin_of_loss_plus_cost():
     losses = torch.tensor([[3.0, 1.0, 0.9, 0.89]])
     assert int(step_penalised(losses, 0.2).argmin()) == 1
     assert int(step_penalised(losses, 0.0).argmin()) == 3
+
+
+# ---------------------------------------------------------------- report helpers
+
+
+def test_pooled_interval_is_the_interval_over_all_functions_of_all_seeds():
+    from stopwise.tasks.learned_optimizers.metrics import summary
+    from stopwise.tasks.learned_optimizers.report import pooled
+
+    seeds = [torch.randn(300, generator=gen(s), dtype=torch.float64) + s for s in range(3)]
+    got = pooled([summary(v) for v in seeds])
+    everything = torch.cat(seeds)
+    assert got["mean"] == pytest.approx(float(everything.mean()))
+    assert got["sd"] == pytest.approx(float(everything.std()))
+    assert got["hi"] - got["mean"] == pytest.approx(1.96 * float(everything.std()) / 30.0)
+
+
+def test_dominance_compares_a_budget_curve_with_interpolated_fixed_depth():
+    from stopwise.tasks.learned_optimizers.report import dominance
+
+    fixed = [{"mean_steps": d, "gap": 1.0 / d} for d in range(1, 11)]
+    below = [{"mean_steps": 2.5, "gap": 0.3}, {"mean_steps": 8.0, "gap": 0.125}]
+    above = [{"mean_steps": 2.5, "gap": 0.3}, {"mean_steps": 8.0, "gap": 0.2}]
+    # fixed depth at 2.5 steps: halfway between 1/2 and 1/3
+    assert dominance(below, fixed, "gap")["best_lower_half_margin"] == pytest.approx(
+        0.3 - (0.5 + 1 / 3) / 2
+    )
+    assert dominance(below, fixed, "gap")["dominates"]
+    result = dominance(above, fixed, "gap")
+    assert not result["dominates"] and result["worst_margin"] == pytest.approx(0.2 - 0.125)

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ...objectives import l2s_stage2_loss, random_horizon_bound
-from ...steps import index_state
+from ...steps import index_state, state_batch_size
 from ...stoptime import StopTime
 from ...training import EpochBatches, GeneratedBatches, LoopSettings, optimize, policy_hazards
 from ...training import train_loop as core_train_loop
@@ -62,8 +62,6 @@ def nll_scale(family: FunctionFamily, functions: Any) -> torch.Tensor:
 
 
 def _rows(functions: Any) -> int:
-    from ...steps import state_batch_size
-
     return state_batch_size(functions)
 
 
