@@ -416,3 +416,24 @@ def test_dominance_compares_a_budget_curve_with_interpolated_fixed_depth():
     assert dominance(below, fixed, "gap")["dominates"]
     result = dominance(above, fixed, "gap")
     assert not result["dominates"] and result["worst_margin"] == pytest.approx(0.2 - 0.125)
+
+
+def test_causal_rule_ignores_the_first_increment():
+    """Δq_0 shifts every posterior logit alike, so it never stops a run: at the prior (constant
+    Δq_t = log s < 0) the causal rule stops after the second step, the first whose increment
+    the posterior depends on."""
+    from stopwise.tasks.learned_optimizers.models import CausalHaltingScore
+
+    family = RegressionFamily()
+    net = LSTMOptimizerNet(halting=True, prior_p=0.3)
+    run = OptimizerRun(family, net, 6)
+    functions = family.sample(5, gen())
+    policy = CausalHaltingScore()
+    with torch.no_grad():
+        result = run_adaptive(run, policy, functions, ScoreThreshold(0.0), mode="shrink")
+        features = unroll(run, functions, with_features=True).features
+    assert torch.equal(result.stop_index, torch.ones(5, dtype=torch.long))
+    scores = torch.stack([policy(features[:, t], t) for t in range(6)], 1)
+    assert bool(torch.isinf(scores[:, 0]).all())
+    expected = torch.full((5, 5), -0.5 * math.log1p(-0.3), dtype=torch.float64)
+    assert torch.allclose(scores[:, 1:], expected, atol=1e-6)

@@ -44,6 +44,7 @@ from .metrics import (
     summary,
 )
 from .models import (
+    CausalHaltingScore,
     FeatureScore,
     HandDesigned,
     L2SPolicy,
@@ -447,7 +448,7 @@ def _act(config, name, context) -> dict[str, Any]:
             stage="act",
         )
     run = OptimizerRun(family, net, config.horizon)
-    policy = FeatureScore("halting_score")
+    policy = CausalHaltingScore()
     record = _stop_job(
         config, name, context, run, policy, 0.0, "causal: Δq_t ≤ 0", extra=_posterior_rules
     )
@@ -459,8 +460,11 @@ def _posterior_rules(
 ) -> dict[str, Any]:
     """The non-causal reading of the ACT optimizer's posterior at the full horizon,
     q(t | x, T) = softmax_t(c_t), c_t = Σ_{u≤t} Δq_u (the scores are −Δq), against the causal
-    rule's stop steps ``causal (n,)``. A non-causal rule runs every step before it chooses."""
-    c = torch.cumsum(-test.scores, dim=1)
+    rule's stop steps ``causal (n,)``. A non-causal rule runs every step before it chooses.
+    ``test.scores`` are the causal scores: −Δq_t, −inf at t = 0."""
+    increments = (-test.scores).clone()
+    increments[:, 0] = 0.0  # Δq_0 shifts every c_t alike: the posterior does not depend on it
+    c = torch.cumsum(increments, dim=1)
     q = torch.softmax(c, dim=1)
     rules = {
         "mode": c.argmax(dim=1),

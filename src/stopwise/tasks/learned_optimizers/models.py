@@ -29,6 +29,7 @@ __all__ = [
     "loss_and_gradient",
     "OptimizerRun",
     "FeatureScore",
+    "CausalHaltingScore",
     "L2SPolicy",
     "lstm_step_macs",
     "FEATURES",
@@ -287,7 +288,7 @@ class FeatureScore(nn.Module):
 
     Hand-designed stop rules are threshold rules on such scores: the gradient-norm rule stops
     when ‖g_t‖ < tol, i.e. −log10‖g_t‖ ≥ −log10 tol; the loss-improvement rule stops when
-    f_{t−1} − f_t < tol; the ACT optimizer's causal rule stops when −Δq_t ≥ a threshold.
+    f_{t−1} − f_t < tol (see :class:`CausalHaltingScore` for the ACT optimizer's rule).
     """
 
     def __init__(self, feature: str, sign: float = 1.0):
@@ -296,6 +297,25 @@ class FeatureScore(nn.Module):
 
     def forward(self, features: torch.Tensor, t: int | torch.Tensor = 0) -> torch.Tensor:
         return self.sign * features[:, self.column]
+
+
+class CausalHaltingScore(nn.Module):
+    """The ACT optimizer's causal stop score after step t: −Δq_t for t ≥ 1, −inf at t = 0.
+
+    Δq_t > 0 says the posterior logit of θ_{t+1} exceeds that of θ_t; the rule "score ≥ 0"
+    stops after the first step whose increment is not positive, one step past the first local
+    maximum of c_t = Σ_{u≤t} Δq_u. Δq_0 adds the same constant to every c_t, so the posterior
+    softmax_t(c_t) does not depend on it (the bound never trains it) and it never stops a run.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.column = FEATURES.index("halting_score")
+
+    def forward(self, features: torch.Tensor, t: int | torch.Tensor = 0) -> torch.Tensor:
+        score = features[:, self.column]
+        first = torch.as_tensor(t, device=score.device) == 0
+        return torch.where(first, torch.full_like(score, -math.inf), score)
 
 
 class L2SPolicy(nn.Module):

@@ -286,7 +286,7 @@ def _stop_section(records, seeds, config, family):
                 "steps_run": column("steps", ".1f")
                 if row["steps_run"] is None
                 else str(row["steps_run"]),
-                "nll": column("nll", ".4f"),
+                "nll": column("nll", ".4g"),
                 "log10_gap": column("log10_gap", ".2f"),
                 "regret": column("regret", ".2e"),
                 "saving": _saving(values),
