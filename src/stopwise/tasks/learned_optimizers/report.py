@@ -18,6 +18,7 @@ from ...contract import JobResult, Report
 from ...reporting import format_number, markdown_table, new_figure
 from ...stats import format_mean_sd, mean_sd, paired_difference
 from .config import LearnedOptimizersConfig
+from .metrics import DIVERGED
 
 __all__ = ["report", "pooled", "dominance"]
 
@@ -502,11 +503,33 @@ def _tradeoff_section(records, seeds, config, family):
             ("l2s_diff", "L2S − rules", "s"),
         ]
     )
+    # One diverged test function (its loss counted as DIVERGED) lifts a seed's mean to at least
+    # DIVERGED / test_functions: name those seeds rather than let them hide the other curves.
+    diverged = {
+        key: [
+            s
+            for s in seeds
+            if any(
+                entry["methods"][key]["per_seed"][s] >= DIVERGED / config.test_functions
+                for entry in numbers
+            )
+        ]
+        for key in methods
+    }
+    notes = [
+        f"{methods[key][0]}: diverged on at least one test function in seed(s) {found} "
+        f"(loss counted as {DIVERGED:.0e}; the figure leaves those seeds out of its curve)"
+        for key, found in diverged.items()
+        if found
+    ]
     table = (
         f"### {family}: trade-off, mean over test functions of suboptimality + λ·steps "
         "(mean steps in brackets)\n\n" + markdown_table(rows, columns)
     )
-    return {"rows": numbers, "labels": {k: v[0] for k, v in methods.items()}}, table
+    if notes:
+        table += "\n\n" + "; ".join(notes)
+    labels = {k: v[0] for k, v in methods.items()}
+    return {"rows": numbers, "labels": labels, "diverged_seeds": diverged}, table
 
 
 def _budget_figure(section, family):
@@ -540,9 +563,16 @@ def _tradeoff_figure(section, family):
     figure, axes = new_figure(6.0, 4.0)
     costs = [row["step_cost"] for row in section["rows"]]
     for key, label in section["labels"].items():
+        left_out = section["diverged_seeds"][key]
+        kept = [s for s in section["rows"][0]["methods"][key]["per_seed"] if s not in left_out]
+        if not kept:
+            continue
         means = [
-            statistics.fmean(row["methods"][key]["per_seed"].values()) for row in section["rows"]
+            statistics.fmean(row["methods"][key]["per_seed"][s] for s in kept)
+            for row in section["rows"]
         ]
+        if left_out:
+            label += f" (seeds {left_out} diverged: left out)"
         axes.plot(costs, means, "-o", markersize=3, label=label)
     axes.set_xscale("log")
     axes.set_yscale("log")
