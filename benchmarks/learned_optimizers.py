@@ -119,8 +119,15 @@ def main() -> None:
             "cpu_seconds": job_cpu,
             "wall_seconds": job_wall,
             "per_job": {
-                j["id"]: {"cpu_seconds": j["cpu_seconds"], "seconds": j["seconds"]} for j in jobs
+                j["id"]: {
+                    "cpu_seconds": j["cpu_seconds"],
+                    "seconds": j["seconds"],
+                    "resumed": j.get("resumed", False),
+                }
+                for j in jobs
             },
+            # A resumed job's times cover only the part after its last checkpoint.
+            "resumed": sorted(j["id"] for j in jobs if j.get("resumed")),
         },
         "cpu_budget": {"cpu_minutes": job_cpu / 60, "target": 60, "met": job_cpu <= 3600},
         "targets": targets(results, config),
