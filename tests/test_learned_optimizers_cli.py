@@ -23,6 +23,20 @@ def test_tiny_run_writes_tables_figures_and_budget_curves(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     stopping = results["families"]["regression"]["stopping"]
     assert {"act", "l2s", "lstm"} <= set(stopping["rows"])
+    assert "meta-trained for each fixed depth" in table
+    for family in ("regression", "quadratic"):
+        # Meta-trained for the horizon itself (tiny: 10), the trained-for-depth job rebuilds the
+        # LSTM optimizer: its numbers at step 10 are the truncated curve's at depth 10.
+        trained = json.loads((out / "jobs" / f"depth-{family}-s0.json").read_text())["record"]
+        truncated = json.loads((out / "jobs" / f"l2s-{family}-s0.json").read_text())["record"]
+        at_horizon = {p["depth"]: p for p in trained["trained"]}[10]
+        reference = {p["depth"]: p for p in truncated["fixed_depth"]}[10]
+        for key in ("nll", "log10_gap", "regret"):
+            assert at_horizon[key] == pytest.approx(reference[key], rel=1e-9)
+        assert [r["depth"] for r in results["families"][family]["stopping"]["trained_depths"]] == [
+            5,
+            10,
+        ]
 
 
 @pytest.mark.parametrize(
@@ -33,6 +47,8 @@ def test_tiny_run_writes_tables_figures_and_budget_curves(tmp_path, capsys):
         ("grad_norm_tolerances=[-1]", "grad_norm_tolerances"),
         ("improvement_tolerances=[-0.1]", "improvement_tolerances"),
         ("report_steps=[1000]", "report_steps"),
+        ("trained_depths=[11]", "trained_depths"),  # beyond the tiny preset's horizon
+        ("trained_depths=[0]", "trained_depths"),
         ('stop_families=["mlp"]', "stop_families"),
         ("act.prior_p=1.5", "prior_p"),
     ],

@@ -156,6 +156,12 @@ class LearnedOptimizersConfig(Config):
         [1e-5, 1e-4, 1e-3, 1e-2], ge=0, min_len=1, help="λ of the trade-off loss + λ·steps"
     )
     curve_points: int = param(12, ge=2, le=200, help="budgets on each budget curve")
+    trained_depths: list[int] = param(
+        [],
+        ge=1,
+        help="fixed depths (≤ horizon) for which an LSTM optimizer is meta-trained with that "
+        "horizon: the budget curves' trained-for-that-depth reference (stop families)",
+    )
     nll_tolerance: float = param(
         0.05, ge=0, help="'reaches the LSTM's loss': mean NLL within this fraction of it"
     )
@@ -173,6 +179,8 @@ class LearnedOptimizersConfig(Config):
             )
         if max(self.report_steps) > self.horizon:
             raise ValueError(f"report_steps {self.report_steps} must not exceed horizon")
+        if self.trained_depths and max(self.trained_depths) > self.horizon:
+            raise ValueError(f"trained_depths {self.trained_depths} must not exceed horizon")
         missing = sorted(set(self.stop_families) - set(self.families))
         if missing:
             raise ValueError(f"stop_families {missing} are not in families {self.families}")
@@ -192,6 +200,7 @@ PRESETS = {
         "learning_rates": [0.01, 0.1],
         "optimizers": ["sgd", "adam"],
         "curve_points": 4,
+        "trained_depths": [5, 10],  # 10: the horizon, where it must equal the LSTM optimizer
         "regression": _TINY_META,
         "quadratic": _TINY_META,
         "mlp": {
@@ -210,6 +219,7 @@ PRESETS = {
     "quick": {
         "stop_families": ["regression"],
         "validation_functions": 300,
+        "trained_depths": [10, 25],
         "regression": {"iterations": 150},
         "quadratic": {"iterations": 100},
         "mlp": {"iterations": 20, "test_functions": 20, "validation_functions": 5},
@@ -217,5 +227,5 @@ PRESETS = {
         "l2s": {"updates": 300},
     },
     # The issue's benchmark: three meta-training seeds, every family at full size.
-    "benchmark": {"seeds": [0, 1, 2]},
+    "benchmark": {"seeds": [0, 1, 2], "trained_depths": [5, 10, 25, 50]},
 }

@@ -7,7 +7,9 @@
   each tuned optimizer, tolerances chosen on validation;
 * ``act-F`` (stop families): the ACT optimizer meta-trained on the random-horizon bound, its
   causal stop rule against the non-causal posterior, run for real;
-* ``l2s-F`` (stop families): L2S stage II on the trained LSTM optimizer, run for real.
+* ``l2s-F`` (stop families): L2S stage II on the trained LSTM optimizer, run for real;
+* ``depth-F`` (stop families, when ``trained_depths`` is set): an LSTM optimizer meta-trained
+  for each of those fixed depths, the budget curves' trained-for-that-depth reference.
 
 Every job of a seed draws the same validation and test functions (named streams
 ``F-validation`` and ``F-test``); the test functions are opened once per job, after every
@@ -23,6 +25,7 @@ import torch
 from ...contract import Job, JobContext
 from ...inference import ScoreThreshold, run_adaptive, stop_indices, time_adaptive
 from ...selection import Heldout
+from ...steps import state_batch_size
 from .config import LearnedOptimizersConfig
 from .data import MLPFamily, QuadraticFamily, RegressionFamily, load_images
 from .methods import (
@@ -90,13 +93,17 @@ def jobs(config: LearnedOptimizersConfig) -> list[Job]:
                     keys=(*_SHARED, *_STOP, *_NET, family, "l2s"),
                 )
             )
+            if config.trained_depths:
+                keys = (*_SHARED, *_NET, family, "trained_depths")
+                out.append(Job(f"depth-{family}", params, keys=keys, cost=2.0))
     return out
 
 
 def run_job(job: Job, context: JobContext) -> dict[str, Any]:
     config: LearnedOptimizersConfig = context.config
     kind, family = job.name.split("-", 1)
-    run = {"hand": _hand, "lstm": _lstm, "rules": _rules, "act": _act, "l2s": _l2s}[kind]
+    run = {"hand": _hand, "lstm": _lstm, "rules": _rules, "act": _act, "l2s": _l2s,
+           "depth": _depth}[kind]  # fmt: skip
     return run(config, family, context)
 
 
@@ -269,23 +276,27 @@ def _mlp_numbers(family, stepper, functions, horizon, curve) -> dict[str, Any]:
 # ---------------------------------------------------------------- the LSTM optimizer
 
 
-def _train_lstm(config, name, context, family=None):
+def _train_lstm(config, name, context, family=None, horizon=None, stage="lstm"):
+    """Meta-train the family's LSTM optimizer for ``horizon`` steps (default: the config's),
+    in windows of min(unroll, horizon); same initial weights and meta-training functions for
+    every horizon."""
     family = family or make_family(config, name, context)
+    horizon = horizon or config.horizon
     settings = getattr(config, name)
     context.manual_seed("init")
     net = build_net(config, name)
-    with context.timed("meta_train"):
+    with context.timed(f"meta_train_{stage}"):
         metrics = meta_train(
             net,
             family,
             settings.iterations,
-            horizon=config.horizon,
-            unroll=config.unroll,
+            horizon=horizon,
+            unroll=min(config.unroll, horizon),
             functions=settings.functions,
             lr=settings.lr,
             seed=context.stream_seed(f"{name}-meta"),
             settings=context.loop_settings(log_every=max(1, settings.iterations // 20)),
-            stage="lstm",
+            stage=stage,
         )
     return net, metrics
 
@@ -320,6 +331,27 @@ def _lstm_mlp(config, net, context) -> dict[str, Any]:
         numbers = _mlp_numbers(family, net, test.open(), H, curve=not variant)
         results[variant or "base"] = {"horizon": H, "test": numbers}
     return {"variants": results}
+
+
+def _depth(config, name, context) -> dict[str, Any]:
+    """Issue 17's second reference for a budget curve: an LSTM optimizer meta-trained for each
+    fixed depth H in ``trained_depths`` (horizon H), measured on the test functions at step H
+    with the same numbers as the budget curves' points."""
+    family = make_family(config, name, context)
+    _, test = _splits(config, name, family, context)
+    test_functions = test.open()
+    n = state_batch_size(test_functions)
+    points = []
+    for H in sorted(set(config.trained_depths)):
+        net, metrics = _train_lstm(config, name, context, family, H, stage=f"lstm-depth{H}")
+        data, _ = stop_data(family, OptimizerRun(family, net.eval(), H), test_functions, _no_score)
+        at_depth = data.metric(torch.full((n,), H - 1, dtype=torch.long))
+        points.append({"depth": H, "mean_steps": float(H), **at_depth, "meta": metrics})
+    return {"trained": points}
+
+
+def _no_score(features: torch.Tensor, t: int) -> torch.Tensor:
+    return torch.zeros(features.shape[0])
 
 
 def _load_lstm(config, name, context) -> LSTMOptimizerNet:

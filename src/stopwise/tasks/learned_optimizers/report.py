@@ -329,6 +329,7 @@ def _stop_section(records, seeds, config, family):
             "dominance_log10_gap": dominance(curve, fixed, "log10_gap"),
             "dominance_nll": dominance(curve, fixed, "nll"),
         }
+    trained = _trained_depths(records, seeds, family, curves)
     real = {
         name: {
             "mean_steps": statistics.fmean(r["real"]["mean_steps"] for r in group.values()),
@@ -378,6 +379,7 @@ def _stop_section(records, seeds, config, family):
         )
         + "\n\n"
         + _budget_table(curves)
+        + _trained_table(trained)
         + _cost_text(cost, config)
         + "\n\nReal execution (shrink mode, functions leave the batch when they stop): "
         + "; ".join(
@@ -399,9 +401,74 @@ def _stop_section(records, seeds, config, family):
         "spearman": spearman,
         "posterior": posterior,
         "curves": curves,
+        "trained_depths": trained,
         "real": real,
     }
     return section, table, line
+
+
+def _trained_depths(records, seeds, family, curves) -> list[dict[str, Any]] | None:
+    """At each depth H an LSTM optimizer was meta-trained for (the ``depth-F`` job): that
+    optimizer's test numbers at step H beside the horizon's LSTM and ACT optimizers truncated
+    at H and both budget curves interpolated at H mean steps (means over seeds). None when the
+    run trained none."""
+    if (f"depth-{family}", seeds[0]) not in records:
+        return None
+    keys = ("mean_steps", "log10_gap", "nll")
+    points = _mean_points([records[(f"depth-{family}", s)]["trained"] for s in seeds], keys)
+
+    def at(curve: list[dict[str, Any]], steps: float, key: str) -> float:
+        xs = [p["mean_steps"] for p in curve]
+        return float(np.interp(steps, xs, [p[key] for p in curve]))
+
+    rows = []
+    for point in points:
+        H = point["mean_steps"]
+        row: dict[str, Any] = {"depth": round(H)}
+        for key in ("log10_gap", "nll"):
+            row[key] = {
+                "trained": point[key],
+                "lstm_truncated": at(curves["l2s"]["fixed_depth"], H, key),
+                "act_truncated": at(curves["act"]["fixed_depth"], H, key),
+                "act_curve": at(curves["act"]["curve"], H, key),
+                "l2s_curve": at(curves["l2s"]["curve"], H, key),
+            }
+            best = min(row[key]["trained"], row[key]["lstm_truncated"])
+            row[key]["l2s_minus_best_fixed"] = row[key]["l2s_curve"] - best
+            row[key]["act_minus_best_fixed"] = row[key]["act_curve"] - best
+        rows.append(row)
+    return rows
+
+
+def _trained_table(trained: list[dict[str, Any]] | None) -> str:
+    if not trained:
+        return ""
+    rows = [
+        {"depth": r["depth"], **{k: r["log10_gap"][k] for k in r["log10_gap"]},
+         "nll_trained": r["nll"]["trained"], "nll_lstm": r["nll"]["lstm_truncated"]}
+        for r in trained
+    ]  # fmt: skip
+    return (
+        "\n\nLSTM optimizer meta-trained for each fixed depth H (horizon H) beside the same "
+        "stop models' curves at H mean steps (log10 suboptimality; mean over seeds; curves "
+        "interpolated; 'vs best fixed' = curve − the better of trained-for-H and the horizon's "
+        "LSTM optimizer truncated at H):\n\n"
+        + markdown_table(
+            rows,
+            [
+                ("depth", "H", "d"),
+                ("trained", "trained for H", ".2f"),
+                ("lstm_truncated", "LSTM (horizon) at H", ".2f"),
+                ("act_truncated", "ACT at H", ".2f"),
+                ("act_curve", "ACT curve", ".2f"),
+                ("l2s_curve", "L2S curve", ".2f"),
+                ("act_minus_best_fixed", "ACT vs best fixed", "+.2f"),
+                ("l2s_minus_best_fixed", "L2S vs best fixed", "+.2f"),
+                ("nll_trained", "NLL trained for H", ".4f"),
+                ("nll_lstm", "NLL LSTM at H", ".4f"),
+            ],
+        )  # fmt: skip
+    )
 
 
 def _cost_text(cost: dict[str, int] | None, config) -> str:
@@ -550,6 +617,14 @@ def _budget_figure(section, family):
             color=line.get_color(),
             linewidth=1,
             label=entry["fixed_label"],
+        )
+    if section.get("trained_depths"):
+        axes.plot(
+            [r["depth"] for r in section["trained_depths"]],
+            [r["log10_gap"]["trained"] for r in section["trained_depths"]],
+            "kx",
+            markersize=7,
+            label="LSTM optimizer meta-trained for that depth",
         )
     axes.set_xlabel("mean optimizer steps used")
     axes.set_ylabel("mean log10 suboptimality at the stop")
