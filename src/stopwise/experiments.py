@@ -118,6 +118,7 @@ TASK_MODULES = (
     "stopwise.tasks.sparse_recovery",
     "stopwise.tasks.parity",
     "stopwise.tasks.multi_exit",
+    "stopwise.tasks.learned_optimizers",
 )
 ENTRY_POINTS = "stopwise.experiments"
 

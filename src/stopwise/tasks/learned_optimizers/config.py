@@ -1,0 +1,231 @@
+"""The learned-optimizers config (typed, ranges declared) and its presets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...config import Config, group, param
+from .models import HAND_DESIGNED
+
+__all__ = [
+    "LearnedOptimizersConfig",
+    "MetaSettings",
+    "RegressionSettings",
+    "QuadraticSettings",
+    "MLPSettings",
+    "ACTSettings",
+    "L2SSettings",
+    "FAMILIES",
+    "STOP_FAMILIES",
+    "MLP_VARIANTS",
+    "PRESETS",
+]
+
+FAMILIES = ("regression", "quadratic", "mlp")
+STOP_FAMILIES = ("regression", "quadratic")
+# The paper's generalisation tests of the MNIST optimizer: twice the steps, 40 hidden units,
+# two hidden layers, ReLU activations.
+MLP_VARIANTS = ("steps200", "hidden40", "layers2", "relu")
+
+
+@dataclass
+class MetaSettings:
+    """Meta-training of one family's LSTM optimizer (and ACT optimizer)."""
+
+    iterations: int = param(500, ge=1, help="meta-iterations (function batches), LSTM optimizer")
+    functions: int = param(64, ge=1, help="functions per meta-iteration")
+    lr: float = param(3e-3, gt=0, le=1, help="meta learning rate (Adam)")
+    preprocess: float = param(10.0, ge=0, help="p of the log/sign preprocessing; 0: raw gradient")
+    output_scale: float = param(0.1, gt=0, help="the LSTM's output is multiplied by this")
+
+
+@dataclass
+class RegressionSettings(MetaSettings):
+    """The thesis's 2-parameter Bayesian linear regression (§5.1)."""
+
+    obs_min: int = param(5, ge=2, help="fewest observations N of a function")
+    obs_max: int = param(50, ge=2, help="most observations N of a function")
+    scale_min: float = param(0.1, gt=0, help="smallest input range a (x ~ U(-a, a))")
+    scale_max: float = param(2.0, gt=0, help="largest input range a")
+    noise_precision_min: float = param(1.0, gt=0, help="smallest noise precision β")
+    noise_precision_max: float = param(25.0, gt=0, help="largest noise precision β")
+    prior_precision: float = param(1.0, gt=0, help="α of the prior θ* ~ N(0, α⁻¹ I)")
+
+    def check(self) -> None:
+        for low, high in (
+            ("obs_min", "obs_max"),
+            ("scale_min", "scale_max"),
+            ("noise_precision_min", "noise_precision_max"),
+        ):
+            if getattr(self, low) > getattr(self, high):
+                raise ValueError(f"regression.{low} must not exceed regression.{high}")
+
+
+@dataclass
+class QuadraticSettings(MetaSettings):
+    """10-D quadratics ‖Wθ − y‖² (the paper: no preprocessing, output scale 1)."""
+
+    dim: int = param(10, ge=1, le=1000, help="dimension d of θ")
+    iterations: int = param(300, ge=1, help="meta-iterations (function batches), LSTM optimizer")
+    preprocess: float = param(0.0, ge=0, help="p of the log/sign preprocessing; 0: raw gradient")
+    output_scale: float = param(1.0, gt=0, help="the LSTM's output is multiplied by this")
+
+
+@dataclass
+class MLPSettings(MetaSettings):
+    """The MLP classifier (the paper's MNIST experiment) and its generalisation variants."""
+
+    dataset: str = param("digits", choices=("digits", "mnist1d"), help="images")
+    train_size: int = param(1200, ge=10, help="training images (the rest are test images)")
+    hidden: int = param(20, ge=1, help="hidden units")
+    batch: int = param(128, ge=1, help="minibatch per optimizer step")
+    functions: int = param(4, ge=1, help="functions (training runs) per meta-iteration")
+    iterations: int = param(100, ge=1, help="meta-iterations")
+    lr: float = param(1e-2, gt=0, le=1, help="meta learning rate (Adam)")
+    validation_functions: int = param(20, ge=1, help="runs per learning rate when tuning")
+    test_functions: int = param(100, ge=1, help="held-out runs per optimizer")
+    variants: list[str] = param(
+        list(MLP_VARIANTS), choices=MLP_VARIANTS, help="generalisation tests to run"
+    )
+
+
+@dataclass
+class ACTSettings:
+    """The ACT optimizer (Sander 2017): halting head and random-horizon bound."""
+
+    prior_p: float = param(0.1, gt=0, lt=1, help="p of the geometric prior p(t) = p(1-p)^t")
+    kl_weight: float = param(1.0, ge=0, help="weight β of the KL term (1: the bound)")
+    iterations: int = param(200, ge=1, help="meta-iterations of the ACT optimizer")
+    init: str = param(
+        "lstm",
+        choices=("lstm", "scratch"),
+        help="start from the meta-trained LSTM optimizer's weights, or from scratch",
+    )
+
+
+@dataclass
+class L2SSettings:
+    """L2S stage II on the trained LSTM optimizer: a stop policy imitating the oracle."""
+
+    step_cost: float = param(1e-3, ge=0, help="λ of the cost-aware oracle argmin_t f_t + λ(t+1)")
+    beta: float = param(1e-3, gt=0, help="oracle temperature β (soft oracle)")
+    hard: bool = param(False, help="imitate the hard (argmin) oracle instead of the soft one")
+    train_functions: int = param(2000, ge=1, help="training functions (trajectories)")
+    updates: int = param(500, ge=1, help="Adam updates of the policy")
+    batch: int = param(256, ge=1, help="functions per update")
+    lr: float = param(3e-3, gt=0, le=1, help="Adam learning rate")
+    hidden: list[int] = param([16, 16], ge=1, min_len=1, help="hidden widths of the policy MLP")
+
+
+@dataclass
+class LearnedOptimizersConfig(Config):
+    families: list[str] = param(
+        list(FAMILIES), choices=FAMILIES, min_len=1, help="function families to run"
+    )
+    stop_families: list[str] = param(
+        list(STOP_FAMILIES), choices=STOP_FAMILIES, help="families that also get ACT and L2S-stop"
+    )
+    horizon: int = param(100, ge=1, le=10000, help="optimizer steps per function (T)")
+    unroll: int = param(20, ge=1, help="truncation of meta-training (steps per window)")
+    hidden: int = param(20, ge=1, help="LSTM units per layer")
+    layers: int = param(2, ge=1, le=4, help="LSTM layers")
+    report_steps: list[int] = param(
+        [20, 100], ge=1, min_len=1, help="steps inside the horizon that the table compares"
+    )
+    beyond: list[int] = param(
+        [200, 1000], ge=1, help="steps beyond the horizon (regression and quadratics)"
+    )
+    validation_functions: int = param(500, ge=10, help="validation functions per family")
+    test_functions: int = param(1000, ge=10, help="held-out test functions per family")
+    optimizers: list[str] = param(
+        list(HAND_DESIGNED), choices=HAND_DESIGNED, min_len=1, help="hand-designed optimizers"
+    )
+    learning_rates: list[float] = param(
+        [10 ** (k / 2) for k in range(-8, 3)],
+        gt=0,
+        min_len=1,
+        help="learning-rate grid tuned on validation per horizon",
+    )
+    grad_norm_tolerances: list[float] = param(
+        [10.0**-k for k in range(1, 9)], ge=0, min_len=1, help="stop when ‖g‖ < tol"
+    )
+    improvement_tolerances: list[float] = param(
+        [10.0**-k for k in range(1, 11)], ge=0, min_len=1, help="stop when f_{t-1} − f_t < tol"
+    )
+    step_costs: list[float] = param(
+        [1e-5, 1e-4, 1e-3, 1e-2], ge=0, min_len=1, help="λ of the trade-off loss + λ·steps"
+    )
+    curve_points: int = param(12, ge=2, le=200, help="budgets on each budget curve")
+    trained_depths: list[int] = param(
+        [],
+        ge=1,
+        help="fixed depths (≤ horizon) for which an LSTM optimizer is meta-trained with that "
+        "horizon: the budget curves' trained-for-that-depth reference (stop families)",
+    )
+    nll_tolerance: float = param(
+        0.05, ge=0, help="'reaches the LSTM's loss': mean NLL within this fraction of it"
+    )
+    regression: RegressionSettings = group(RegressionSettings)
+    quadratic: QuadraticSettings = group(QuadraticSettings)
+    mlp: MLPSettings = group(MLPSettings)
+    act: ACTSettings = group(ACTSettings)
+    l2s: L2SSettings = group(L2SSettings)
+
+    def check(self) -> None:
+        if self.unroll > self.horizon:
+            raise ValueError(
+                f"unroll={self.unroll} is longer than horizon={self.horizon}: a truncation "
+                "window cannot exceed the steps it truncates"
+            )
+        if max(self.report_steps) > self.horizon:
+            raise ValueError(f"report_steps {self.report_steps} must not exceed horizon")
+        if self.trained_depths and max(self.trained_depths) > self.horizon:
+            raise ValueError(f"trained_depths {self.trained_depths} must not exceed horizon")
+        missing = sorted(set(self.stop_families) - set(self.families))
+        if missing:
+            raise ValueError(f"stop_families {missing} are not in families {self.families}")
+
+
+_TINY_META = {"iterations": 3, "functions": 8}
+
+PRESETS = {
+    # Seconds: every family and method runs end to end on a handful of functions.
+    "tiny": {
+        "horizon": 10,
+        "unroll": 5,
+        "report_steps": [5, 10],
+        "beyond": [20],
+        "validation_functions": 20,
+        "test_functions": 30,
+        "learning_rates": [0.01, 0.1],
+        "optimizers": ["sgd", "adam"],
+        "curve_points": 4,
+        "trained_depths": [5, 10],  # 10: the horizon, where it must equal the LSTM optimizer
+        "regression": _TINY_META,
+        "quadratic": _TINY_META,
+        "mlp": {
+            **_TINY_META,
+            "functions": 2,
+            "train_size": 300,
+            "batch": 32,
+            "validation_functions": 2,
+            "test_functions": 3,
+            "variants": ["hidden40"],
+        },
+        "act": {"iterations": 3},
+        "l2s": {"train_functions": 40, "updates": 6, "batch": 20},
+    },
+    # Minutes: one seed; regression with every method, quadratics and the MLP shorter.
+    "quick": {
+        "stop_families": ["regression"],
+        "validation_functions": 300,
+        "trained_depths": [10, 25],
+        "regression": {"iterations": 150},
+        "quadratic": {"iterations": 100},
+        "mlp": {"iterations": 20, "test_functions": 20, "validation_functions": 5},
+        "act": {"iterations": 100},
+        "l2s": {"updates": 300},
+    },
+    # The issue's benchmark: three meta-training seeds, every family at full size.
+    "benchmark": {"seeds": [0, 1, 2], "trained_depths": [5, 10, 25, 50]},
+}

@@ -1,0 +1,339 @@
+"""How each method trains: meta-training of the LSTM optimizer (Andrychowicz et al. 2016) and of
+the ACT optimizer (Sander 2017), learning-rate tuning of the hand-designed optimizers on
+validation functions, and stage II of L2S (the stop policy imitating the oracle) on a trained
+LSTM optimizer.
+
+Meta-training (both optimizers). One meta-iteration draws ``functions`` functions from the
+family, starts them at ``family.initial`` with a fresh LSTM state and runs ``horizon`` optimizer
+steps in windows of ``unroll`` steps (truncated back-propagation through time: θ and the LSTM
+state are carried, detached, from one window to the next). The optimizee gradient enters the LSTM
+without a graph (∂∇_t/∂φ = 0, the paper's assumption), computed with ``torch.func``.
+
+* LSTM optimizer: after each window, one Adam step on L(φ) = mean over functions of
+  Σ_{t in window} f(θ_{t+1}) (the paper's meta-loss, all weights w_t = 1).
+* ACT optimizer: the loss is the random-horizon bound (``objectives.random_horizon_bound``):
+  E_{p(T)}[E_{q(t|x,T)} ℓ_t + β KL(q(·|x,T) ‖ p(·|T))] with ℓ_t = −log p(x | θ_{t+1}) and
+  q(t|x,T) = softmax_{t≤T}(c_t), c_t = Σ_{u≤t} Δq_u, averaged exactly over the horizons
+  T ∈ 0..horizon−1 (the prior restricted to them and renormalised). The normaliser of q couples
+  every step, so a window cannot be scored alone: a first pass without gradients runs the whole
+  trajectory; then each window is rerun with gradients and scored with the bound over the whole
+  trajectory, its own steps live and every other step's values taken, as constants, from the
+  first pass (identical numbers: φ has not changed). The windows' gradients are accumulated and
+  one Adam step is taken per meta-iteration: the truncated-BPTT gradient of the full bound.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...objectives import l2s_stage2_loss, random_horizon_bound
+from ...steps import index_state, state_batch_size
+from ...stoptime import StopTime
+from ...training import EpochBatches, GeneratedBatches, LoopSettings, optimize, policy_hazards
+from ...training import train_loop as core_train_loop
+from .data import FunctionFamily, full_loss
+from .metrics import diverged_as_large
+from .models import HandDesigned, L2SPolicy, LSTMOptimizerNet, OptimizerRun, loss_and_gradient
+
+__all__ = [
+    "meta_train",
+    "meta_train_act",
+    "act_meta_gradient",
+    "nll_scale",
+    "tune_learning_rates",
+    "loss_curves",
+    "fit_l2s_policy",
+    "step_penalised",
+]
+
+
+def nll_scale(family: FunctionFamily, functions: Any) -> torch.Tensor:
+    """``(n,)`` the factor turning ``family.loss`` into a negative log-likelihood in nats:
+    ``family.nll_scale(functions)`` if defined (the regression family's loss is per observation,
+    so N), else 1."""
+    if hasattr(family, "nll_scale"):
+        return family.nll_scale(functions)
+    return torch.ones(_rows(functions))
+
+
+def _rows(functions: Any) -> int:
+    return state_batch_size(functions)
+
+
+def _window(
+    net: LSTMOptimizerNet,
+    family: FunctionFamily,
+    functions: Any,
+    theta: torch.Tensor,
+    state: tuple[torch.Tensor, ...],
+    steps: range,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor | None]:
+    """Run the optimizer over ``steps``; returns θ, the LSTM state, the losses f(θ_{t+1})
+    ``(n, len(steps))`` (with graph to φ when grad is enabled) and Δq ``(n, len(steps))``."""
+    losses, increments = [], []
+    for t in steps:
+        _, grad = loss_and_gradient(family, theta, functions, t)
+        update, halting, state = net(grad, state)
+        theta = theta + update
+        losses.append(family.loss(theta, functions, t + 1))
+        if halting is not None:
+            increments.append(halting)
+    dq = torch.stack(increments, dim=1) if increments else None
+    return theta, state, torch.stack(losses, dim=1), dq
+
+
+def _check_schedule(horizon: int, unroll: int) -> None:
+    if horizon < 1:
+        raise ValueError(f"horizon must be >= 1; got {horizon}")
+    if not 1 <= unroll <= horizon:
+        raise ValueError(f"unroll must lie in 1..horizon={horizon}; got {unroll}")
+
+
+def _windows(horizon: int, unroll: int) -> list[range]:
+    return [range(s, min(s + unroll, horizon)) for s in range(0, horizon, unroll)]
+
+
+def meta_train(
+    net: LSTMOptimizerNet,
+    family: FunctionFamily,
+    iterations: int,
+    *,
+    horizon: int = 100,
+    unroll: int = 20,
+    functions: int = 64,
+    lr: float = 3e-3,
+    seed: int = 0,
+    settings: LoopSettings | None = None,
+    stage: str = "meta-train",
+) -> dict[str, float]:
+    """Meta-train the LSTM optimizer ``net`` on ``family`` (Andrychowicz et al. 2016, Eq. 1–2).
+
+    ``iterations`` meta-iterations of ``functions`` functions each, every one optimised for
+    ``horizon`` steps in windows of ``unroll``, one Adam step (learning rate ``lr``) on
+    Σ_{t in window} f(θ_{t+1}) after each window (see the module docstring). Functions are drawn
+    from a generator seeded with ``seed``. Resumable through ``settings`` (checkpoints, metrics).
+    Returns the last iteration's metrics: ``meta_loss`` (mean f over its last window) and
+    ``final_loss`` (mean f(θ_horizon)).
+    """
+    _check_schedule(horizon, unroll)
+    batches = GeneratedBatches(lambda n, g: family.sample(n, g), functions, seed)
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+
+    def step_fn(step: int) -> dict[str, float]:
+        sampled = batches(step)
+        theta = family.initial(sampled)
+        state = net.initial_state(*theta.shape)
+        for steps in _windows(horizon, unroll):
+            theta, state, losses, _ = _window(net, family, sampled, theta, state, steps)
+            meta_loss = losses.sum(1).mean()
+            optimizer.zero_grad(set_to_none=True)
+            meta_loss.backward()
+            optimizer.step()
+            theta, state = theta.detach(), tuple(s.detach() for s in state)
+        return {
+            "meta_loss": float(losses.detach().mean()),
+            "final_loss": float(losses[:, -1].detach().mean()),
+        }
+
+    net.train()
+    state = {"net": net, "optimizer": optimizer, "functions": batches}
+    metrics = core_train_loop(stage, iterations, step_fn, state, settings)
+    net.eval()
+    return metrics
+
+
+def act_meta_gradient(
+    net: LSTMOptimizerNet,
+    family: FunctionFamily,
+    functions: Any,
+    prior_p: float,
+    kl_weight: float = 1.0,
+    *,
+    horizon: int,
+    unroll: int,
+) -> dict[str, float]:
+    """Accumulate into ``.grad`` the truncated-BPTT gradient of the random-horizon bound of
+    Sander (2017) on ``functions`` (see the module docstring); returns ``bound`` (per
+    function), ``mean_steps`` (E_q[t + 1] at the full horizon) and ``final_loss``.
+
+    The bound: E_{p(T)}[Σ_{t≤T} q(t|x,T) ℓ_t + β KL(q(·|x,T) ‖ p(·|T))], with
+    ℓ_t = nll_scale · f(θ_{t+1}), q(t|x,T) = softmax_{t≤T}(c_t), c_t = Σ_{u≤t} Δq_u, and
+    p(t|T) = (1 − s)s^t / (1 − s^{T+1}), s = √(1 − prior_p), averaged exactly over
+    T ∈ 0..horizon−1 (``objectives.random_horizon_bound``).
+    """
+    scale = nll_scale(family, functions).unsqueeze(-1)
+    start = family.initial(functions)
+    with torch.no_grad():  # pass 1: the whole trajectory, as constants
+        _, _, all_losses, all_dq = _window(
+            net, family, functions, start, net.initial_state(*start.shape), range(horizon)
+        )
+    theta, state = start, net.initial_state(*start.shape)
+    for steps in _windows(horizon, unroll):
+        theta, state, losses, dq = _window(net, family, functions, theta, state, steps)
+        live = slice(steps.start, steps.stop)
+        window_dq = torch.cat([all_dq[:, : live.start], dq, all_dq[:, live.stop :]], dim=1)
+        window_losses = torch.cat(
+            [all_losses[:, : live.start], losses, all_losses[:, live.stop :]], dim=1
+        )
+        bound = random_horizon_bound(
+            torch.cumsum(window_dq, dim=1), scale * window_losses, prior_p, kl_weight
+        )
+        bound.backward()
+        theta, state = theta.detach(), tuple(s.detach() for s in state)
+    posterior = torch.softmax(torch.cumsum(all_dq, dim=1), dim=1)
+    used = (posterior * torch.arange(1, horizon + 1)).sum(1)
+    return {
+        "bound": float(bound.detach()),
+        "mean_steps": float(used.mean()),
+        "final_loss": float(all_losses[:, -1].mean()),
+    }
+
+
+def meta_train_act(
+    net: LSTMOptimizerNet,
+    family: FunctionFamily,
+    iterations: int,
+    *,
+    prior_p: float = 0.1,
+    kl_weight: float = 1.0,
+    horizon: int = 100,
+    unroll: int = 20,
+    functions: int = 64,
+    lr: float = 3e-3,
+    seed: int = 0,
+    settings: LoopSettings | None = None,
+    stage: str = "meta-train-act",
+) -> dict[str, float]:
+    """Meta-train the ACT optimizer (an :class:`LSTMOptimizerNet` with ``halting=True``) on the
+    random-horizon bound of Sander (2017) with prior parameter ``prior_p`` and KL weight
+    ``kl_weight`` (1: the bound itself), ℓ_t = nll_scale · f(θ_{t+1}). See the module docstring
+    for how truncated windows see the whole trajectory's normaliser. Returns the last
+    iteration's metrics: ``bound`` (per function), ``mean_steps`` (E_q[t + 1] at the full
+    horizon) and ``final_loss``.
+    """
+    _check_schedule(horizon, unroll)
+    if net.halting is None:
+        raise ValueError("meta_train_act needs an LSTMOptimizerNet built with halting=True")
+    batches = GeneratedBatches(lambda n, g: family.sample(n, g), functions, seed)
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+
+    def step_fn(step: int) -> dict[str, float]:
+        optimizer.zero_grad(set_to_none=True)
+        metrics = act_meta_gradient(
+            net, family, batches(step), prior_p, kl_weight, horizon=horizon, unroll=unroll
+        )
+        optimizer.step()
+        return metrics
+
+    net.train()
+    state = {"net": net, "optimizer": optimizer, "functions": batches}
+    metrics = core_train_loop(stage, iterations, step_fn, state, settings)
+    net.eval()
+    return metrics
+
+
+@torch.no_grad()
+def loss_curves(
+    family: FunctionFamily,
+    stepper: nn.Module,
+    functions: Any,
+    record: Sequence[int],
+    chunk: int = 2000,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(losses (n, len(record)), θ (n, D))``: the family's full loss after each number of
+    steps in ``record`` (1-based, increasing) and the parameters after the last, running
+    ``stepper`` without storing the trajectory. Rows are processed ``chunk`` at a time (a
+    hand-designed optimizer's per-row learning rates follow their rows)."""
+    record = list(record)
+    if record != sorted(set(record)) or record[0] < 1:
+        raise ValueError(f"record must be increasing step counts >= 1; got {record[:5]}...")
+    n = _rows(functions)
+    parts, thetas = [], []
+    for lo in range(0, n, chunk):
+        rows = torch.arange(lo, min(lo + chunk, n))
+        part = index_state(functions, rows)
+        part_stepper = stepper
+        if isinstance(stepper, HandDesigned) and stepper.lr.numel() > 1:
+            part_stepper = HandDesigned(stepper.kind, stepper.lr[rows])
+        run = OptimizerRun(family, part_stepper, record[-1])
+        state = run.start(part)
+        out, wanted = [], set(record)
+        for t in range(record[-1]):
+            state = run.advance(state, t)
+            if t + 1 in wanted:
+                out.append(diverged_as_large(full_loss(family, state["theta"], part)))
+        parts.append(torch.stack(out, dim=1))
+        thetas.append(state["theta"])
+    return torch.cat(parts), torch.cat(thetas)
+
+
+def tune_learning_rates(
+    family: FunctionFamily,
+    kinds: Sequence[str],
+    learning_rates: Sequence[float],
+    val_functions: Any,
+    horizons: Sequence[int],
+    score: Any,
+) -> dict[str, Any]:
+    """The learning rate of each hand-designed optimizer, per horizon, chosen on validation
+    functions: the one with the lowest mean ``score(losses (n, len(horizons)))`` column at that
+    horizon (e.g. mean log10 suboptimality). Every learning rate runs on every validation
+    function, all in one batch. Returns ``{kind: {"lr": {H: lr}, "scores": {H: [per lr]}}}``."""
+    n = _rows(val_functions)
+    repeated = index_state(val_functions, torch.arange(n).repeat(len(learning_rates)))
+    rates = torch.tensor(learning_rates, dtype=torch.float64).repeat_interleave(n)
+    out = {}
+    for kind in kinds:
+        losses, _ = loss_curves(family, HandDesigned(kind, rates), repeated, horizons)
+        values = score(losses, repeated).view(len(learning_rates), n, len(horizons)).mean(1)
+        values = values.nan_to_num(nan=math.inf)
+        best = values.argmin(0)
+        out[kind] = {
+            "lr": {int(H): float(learning_rates[int(best[i])]) for i, H in enumerate(horizons)},
+            "scores": {int(H): values[:, i].tolist() for i, H in enumerate(horizons)},
+        }
+    return out
+
+
+def step_penalised(losses: torch.Tensor, step_cost: float) -> torch.Tensor:
+    """``(n, T)`` ℓ_t + λ·(t + 1): the cost-aware per-step loss whose argmin is the oracle stop
+    when each optimizer step costs λ (λ = 0: the L2S oracle on the loss alone)."""
+    steps = torch.arange(1, losses.shape[1] + 1, dtype=losses.dtype)
+    return losses + step_cost * steps
+
+
+def fit_l2s_policy(
+    policy: L2SPolicy,
+    features: torch.Tensor,
+    losses: torch.Tensor,
+    *,
+    beta: float,
+    hard: bool,
+    updates: int,
+    batch: int,
+    lr: float,
+    seed: int,
+    settings: LoopSettings | None = None,
+    stage: str = "l2s-policy",
+) -> dict[str, float]:
+    """L2S stage II (Chen et al. 2020, Eq. 10) on trajectories of the frozen optimizer:
+    ``features (N, T, F)`` and per-step losses ``(N, T)`` of N training functions; the policy's
+    hazards give q_φ, trained to imitate the oracle softmax(−ℓ/β) (forward KL) or its argmin
+    (``hard``: cross-entropy), ``updates`` Adam steps on minibatches of ``batch`` functions."""
+    batches = EpochBatches([features.float(), losses], min(batch, features.shape[0]), seed)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=lr)
+
+    def loss(step):
+        x, ell = batches(step)
+        stop = StopTime(policy_hazards(policy, x))
+        return l2s_stage2_loss(stop, ell, beta, hard), {"mean_steps": stop.mean().mean()}
+
+    policy.train()
+    metrics = optimize(stage, updates, loss, optimizer, {"policy": policy}, settings)
+    policy.eval()
+    return metrics

@@ -1,0 +1,347 @@
+"""Optimizers as step models: the LSTM optimizer (Andrychowicz et al. 2016), its halting head
+(the ACT optimizer of Sander 2017), the hand-designed optimizers, and the rollout that turns any
+of them into a :class:`~stopwise.steps.StepModel` so stopping runs through ``run_adaptive``.
+
+Indexing. Step t (0-based) evaluates the loss f_t = f(θ_t) and gradient g_t at θ_t, lets the
+optimizer emit an update (and, for the ACT optimizer, a logit increment Δq_t) and moves to
+θ_{t+1}. Stopping after step t returns θ_{t+1} and costs t + 1 gradient evaluations: "steps used"
+is the number of optimizer steps taken. A stop decision after step t sees only what step t
+computed (f_t, g_t, Δq_t, and earlier values): it is causal, and the steps after it never run.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...steps import StepModel
+from .data import FunctionFamily
+
+__all__ = [
+    "log_and_sign",
+    "LSTMOptimizerNet",
+    "LearnedOptimizer",
+    "HandDesigned",
+    "HAND_DESIGNED",
+    "loss_and_gradient",
+    "OptimizerRun",
+    "FeatureScore",
+    "CausalHaltingScore",
+    "L2SPolicy",
+    "lstm_step_macs",
+    "FEATURES",
+]
+
+# Columns of OptimizerRun.features: what a stop rule may look at after step t.
+FEATURES = ("loss", "log10_grad_norm", "log10_improvement", "halting_score")
+
+
+def log_and_sign(grad: torch.Tensor, p: float = 10.0) -> torch.Tensor:
+    """The gradient preprocessing of Andrychowicz et al. (2016), App. A: ``(..., 2)`` with
+
+    (log|∇| / p, sgn ∇)   if |∇| ≥ e^{−p},
+    (−1, e^p ∇)           otherwise.
+    """
+    magnitude = grad.abs()
+    big = magnitude >= math.exp(-p)
+    log_part = torch.where(big, torch.log(magnitude.clamp_min(1e-38)) / p, -1.0)
+    sign_part = torch.where(big, torch.sign(grad), math.exp(p) * grad)
+    return torch.stack([log_part, sign_part], dim=-1)
+
+
+class LSTMOptimizerNet(nn.Module):
+    """The coordinatewise LSTM optimizer (Andrychowicz et al. 2016, §2.1 and §3).
+
+    One small LSTM stack is shared by every coordinate of θ, each coordinate with its own state:
+    input the (preprocessed) gradient of that coordinate, output its update, scaled by
+    ``output_scale``. With ``halting=True`` the top layer's hidden state also gives the ACT
+    optimizer's logit increment (Sander 2017, §4.2), pooled over a function's coordinates by the
+    mean: Δq_t = mean_i(w_qᵀ h_t^{(i)}) + b_q. Its weights start at zero and its bias at
+    ``log √(1 − prior_p)``, so Δq_t is constant and the posterior starts equal to the
+    random-horizon prior p(t | T).
+
+    Args:
+        hidden: units per LSTM layer (the paper: 20).
+        layers: LSTM layers (the paper: 2).
+        preprocess: p of :func:`log_and_sign`, or None to feed the raw gradient.
+        output_scale: the update is the linear output times this (paper 0.1 with
+            preprocessing, 1.0 on the quadratics).
+        halting: add the halting head.
+        prior_p: the geometric prior parameter the halting bias starts at.
+    """
+
+    def __init__(
+        self,
+        hidden: int = 20,
+        layers: int = 2,
+        preprocess: float | None = 10.0,
+        output_scale: float = 0.1,
+        halting: bool = False,
+        prior_p: float = 0.1,
+    ):
+        super().__init__()
+        if preprocess is not None and not preprocess > 0:
+            raise ValueError(f"preprocess must be > 0 or None; got {preprocess}")
+        self.hidden, self.preprocess, self.output_scale = hidden, preprocess, output_scale
+        width = 2 if preprocess is not None else 1
+        self.cells = nn.ModuleList(
+            nn.LSTMCell(width if i == 0 else hidden, hidden) for i in range(layers)
+        )
+        self.output = nn.Linear(hidden, 1)
+        self.halting = nn.Linear(hidden, 1) if halting else None
+        if self.halting is not None:
+            nn.init.zeros_(self.halting.weight)
+            nn.init.constant_(self.halting.bias, 0.5 * math.log1p(-prior_p))
+
+    def initial_state(self, rows: int, dim: int) -> tuple[torch.Tensor, ...]:
+        """Zero LSTM state for ``rows`` functions of ``dim`` coordinates: per layer ``(h, c)``,
+        each ``(rows, dim, hidden)``."""
+        device = self.output.weight.device
+        zeros = torch.zeros(rows, dim, self.hidden, device=device)
+        return tuple(zeros for _ in range(2 * len(self.cells)))
+
+    def forward(
+        self, grad: torch.Tensor, state: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, ...]]:
+        """``grad (n, D)`` → ``(update (n, D), Δq (n,) or None, new state)``."""
+        n, D = grad.shape
+        dtype = grad.dtype
+        grad = grad.to(self.output.weight.dtype)
+        x = log_and_sign(grad, self.preprocess) if self.preprocess else grad.unsqueeze(-1)
+        x = x.reshape(n * D, -1)
+        new_state = []
+        for i, cell in enumerate(self.cells):
+            h, c = cell(x, (state[2 * i].reshape(n * D, -1), state[2 * i + 1].reshape(n * D, -1)))
+            new_state += [h.view(n, D, -1), c.view(n, D, -1)]
+            x = h
+        update = (self.output(x).view(n, D) * self.output_scale).to(dtype)
+        halting = None
+        if self.halting is not None:
+            halting = self.halting(new_state[-2].mean(1)).squeeze(-1)  # pooled over coordinates
+        return update, halting, tuple(new_state)
+
+    def start(self, theta: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.initial_state(*theta.shape)
+
+    def step(self, grad, state, t):
+        return self(grad, state)
+
+
+class LearnedOptimizer(torch.optim.Optimizer):
+    """A trained :class:`LSTMOptimizerNet` used as an ordinary ``torch.optim`` optimizer::
+
+        optimizer = LearnedOptimizer(model.parameters(), net)
+        loss.backward(); optimizer.step(); optimizer.zero_grad()
+
+    Every coordinate of every parameter gets its own LSTM state (kept in ``self.state``); the
+    network is not trained here. With a halting head, ``last_halting_score[p]`` holds −Δq_t of
+    the last step for each parameter tensor (the ACT optimizer's stop score, pooled over that
+    tensor's coordinates).
+    """
+
+    def __init__(self, params, net: LSTMOptimizerNet):
+        super().__init__(params, {})
+        self.net = net
+        self.last_halting_score: dict[torch.Tensor, float] = {}
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                grad = p.grad.detach().reshape(1, -1).to(self.net.output.weight.dtype)
+                if "lstm" not in state:
+                    state["lstm"] = self.net.initial_state(1, grad.shape[1])
+                update, halting, state["lstm"] = self.net(grad, state["lstm"])
+                p.add_(update.view_as(p).to(p.dtype))
+                if halting is not None:
+                    self.last_halting_score[p] = -float(halting)
+        return loss
+
+
+class HandDesigned(nn.Module):
+    """SGD, heavy-ball momentum, RMSprop and Adam on a batch of functions, one learning rate per
+    function row (``lr (n,)``), with torch.optim's update rules and default constants:
+    momentum μ = 0.9; RMSprop α = 0.99, ε = 1e-8; Adam β = (0.9, 0.999), ε = 1e-8."""
+
+    KINDS = ("sgd", "momentum", "rmsprop", "adam")
+
+    def __init__(self, kind: str, lr: torch.Tensor | float):
+        super().__init__()
+        if kind not in self.KINDS:
+            raise ValueError(f"unknown optimizer {kind!r}; choose one of {self.KINDS}")
+        self.kind = kind
+        self.register_buffer("lr", torch.as_tensor(lr, dtype=torch.float32).reshape(-1))
+
+    def start(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        n = theta.shape[0]
+        lr = self.lr.expand(n) if self.lr.numel() == 1 else self.lr
+        if lr.shape[0] != n:
+            raise ValueError(f"{self.lr.numel()} learning rates for {n} functions")
+        lr = lr.to(theta.dtype).clone()
+        return {"lr": lr, "m": torch.zeros_like(theta), "v": torch.zeros_like(theta)}
+
+    def step(self, grad, state, t):
+        lr, m, v = state["lr"].unsqueeze(-1), state["m"], state["v"]
+        if self.kind == "sgd":
+            update = -lr * grad
+        elif self.kind == "momentum":
+            m = grad if t == 0 else 0.9 * m + grad  # torch.optim.SGD(momentum=0.9)
+            update = -lr * m
+        elif self.kind == "rmsprop":
+            v = 0.99 * v + 0.01 * grad * grad
+            update = -lr * grad / (v.sqrt() + 1e-8)
+        else:  # adam
+            m = 0.9 * m + 0.1 * grad
+            v = 0.999 * v + 0.001 * grad * grad
+            m_hat, v_hat = m / (1 - 0.9 ** (t + 1)), v / (1 - 0.999 ** (t + 1))
+            update = -lr * m_hat / (v_hat.sqrt() + 1e-8)
+        return update, None, {"lr": state["lr"], "m": m, "v": v}
+
+
+HAND_DESIGNED = HandDesigned.KINDS
+
+
+def loss_and_gradient(
+    family: FunctionFamily, theta: torch.Tensor, functions: Any, step: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(f (n,), ∇f (n, D))`` at ``theta``, with ``torch.func.grad_and_value``.
+
+    θ is detached first: the optimizer's input gradient carries no graph (the paper's
+    assumption ∂∇_t/∂φ = 0, the official code's default). Rows are independent functions, so the
+    gradient of the sum is each function's own gradient.
+    """
+
+    def total(th):
+        values = family.loss(th, functions, step)
+        return values.sum(), values
+
+    grad, (_, values) = torch.func.grad_and_value(total, has_aux=True)(theta.detach())
+    return values.detach(), grad.detach()
+
+
+class OptimizerRun(StepModel):
+    """An optimizer running on a batch of functions, as a step model (see the module docstring).
+
+    Inputs are a batch of functions from ``family.sample``. The prediction after step t is
+    θ_{t+1} ``(n, D)``; the features are ``(n, 4)``: f_t, log10‖g_t‖, log10 of the last
+    improvement f_{t−1} − f_t (clamped to [1e-12, 1e12]; 1e12 at t = 0, 1e-12 when the loss
+    rose) and the halting score −Δq_t (0 for optimizers without a halting head). ``stepper`` is
+    an :class:`LSTMOptimizerNet` or a :class:`HandDesigned` optimizer.
+    """
+
+    def __init__(self, family: FunctionFamily, stepper: nn.Module, steps: int):
+        super().__init__()
+        self.family, self.stepper, self.max_steps = family, stepper, steps
+
+    def start(self, functions) -> dict[str, Any]:
+        theta = self.family.initial(functions)
+        n = theta.shape[0]
+        return {
+            "functions": functions,
+            "theta": theta,
+            "optimizer": self.stepper.start(theta),
+            "loss": torch.full((n,), math.inf, dtype=theta.dtype),
+            "features": torch.zeros(n, len(FEATURES), dtype=theta.dtype),
+        }
+
+    def advance(self, state, t):
+        theta = state["theta"]
+        loss, grad = loss_and_gradient(self.family, theta, state["functions"], t)
+        update, halting, optimizer = self.stepper.step(grad, state["optimizer"], t)
+        improvement = (state["loss"] - loss).nan_to_num(nan=1e12, posinf=1e12)
+        features = torch.stack(
+            [
+                loss,
+                torch.log10(grad.norm(dim=-1).clamp_min(1e-30)),
+                torch.log10(improvement.clamp(1e-12, 1e12)),
+                -halting.to(loss.dtype) if halting is not None else torch.zeros_like(loss),
+            ],
+            dim=-1,
+        )
+        return {
+            "functions": state["functions"],
+            "theta": theta + update,
+            "optimizer": optimizer,
+            "loss": loss,
+            "features": features,
+        }
+
+    def predict(self, state, t):
+        return state["theta"]
+
+    def features(self, state, t):
+        return state["features"]
+
+
+class FeatureScore(nn.Module):
+    """A parameter-free stop score read from one feature column: ``sign · features[:, column]``.
+
+    Hand-designed stop rules are threshold rules on such scores: the gradient-norm rule stops
+    when ‖g_t‖ < tol, i.e. −log10‖g_t‖ ≥ −log10 tol; the loss-improvement rule stops when
+    f_{t−1} − f_t < tol (see :class:`CausalHaltingScore` for the ACT optimizer's rule).
+    """
+
+    def __init__(self, feature: str, sign: float = 1.0):
+        super().__init__()
+        self.column, self.sign = FEATURES.index(feature), sign
+
+    def forward(self, features: torch.Tensor, t: int | torch.Tensor = 0) -> torch.Tensor:
+        return self.sign * features[:, self.column]
+
+
+class CausalHaltingScore(nn.Module):
+    """The ACT optimizer's causal stop score after step t: −Δq_t for t ≥ 1, −inf at t = 0.
+
+    Δq_t > 0 says the posterior logit of θ_{t+1} exceeds that of θ_t; the rule "score ≥ 0"
+    stops after the first step whose increment is not positive, one step past the first local
+    maximum of c_t = Σ_{u≤t} Δq_u. Δq_0 adds the same constant to every c_t, so the posterior
+    softmax_t(c_t) does not depend on it (the bound never trains it) and it never stops a run.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.column = FEATURES.index("halting_score")
+
+    def forward(self, features: torch.Tensor, t: int | torch.Tensor = 0) -> torch.Tensor:
+        score = features[:, self.column]
+        first = torch.as_tensor(t, device=score.device) == 0
+        return torch.where(first, torch.full_like(score, -math.inf), score)
+
+
+class L2SPolicy(nn.Module):
+    """The L2S stop policy on the LSTM optimizer: an MLP over (f_t, log10‖g_t‖, log10
+    improvement) and a sinusoidal step encoding (8 numbers) → hazard logit (the core ``mlp``
+    policy). The sinusoidal encoding keeps its cost small next to an optimizer step (see
+    :meth:`macs`)."""
+
+    def __init__(self, max_steps: int, hidden: tuple[int, ...] = (32, 32)):
+        super().__init__()
+        from ...policies import MLPPolicy
+
+        self.mlp = MLPPolicy(3, max_steps, hidden=hidden, encoding="sinusoidal")
+
+    def forward(self, features: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        return self.mlp(features[:, :3], t)
+
+    def macs(self) -> int:
+        """Multiply-adds of one decision for one function (the linear layers)."""
+        return sum(
+            m.in_features * m.out_features for m in self.modules() if isinstance(m, nn.Linear)
+        )
+
+
+def lstm_step_macs(net: LSTMOptimizerNet, dim: int) -> int:
+    """Multiply-adds of one LSTM-optimizer step for a function of ``dim`` coordinates (LSTM
+    cells and output layer; the optimizee's gradient not counted)."""
+    per_coordinate = sum(4 * c.hidden_size * (c.input_size + c.hidden_size) for c in net.cells)
+    return dim * (per_coordinate + net.hidden)

@@ -1,0 +1,730 @@
+"""The learned-optimizers report: per family, the optimizers inside and beyond the horizon (the
+LSTM optimizer against every tuned hand-designed optimizer, paired over seeds and with intervals
+over test functions); for the stop families, the stop rules at their stop, the trade-off
+f + λ·steps, the budget curves beside fixed depth, the causal rule against the non-causal
+posterior and the Spearman correlation of the stop step with difficulty; for the MLP, the
+training loss and test accuracy of every variant. Nothing is selected here: every choice was
+made on validation inside the jobs."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+import numpy as np
+
+from ...contract import JobResult, Report
+from ...reporting import format_number, markdown_table, new_figure
+from ...stats import format_mean_sd, mean_sd, paired_difference
+from .config import LearnedOptimizersConfig
+from .metrics import DIVERGED
+
+__all__ = ["report", "pooled", "dominance"]
+
+_OPTIMIZER_LABELS = {"sgd": "SGD", "momentum": "Momentum", "rmsprop": "RMSprop", "adam": "Adam"}
+_GAP_LABEL = {"mlp": "log10 training loss"}
+
+
+def _label(kind: str) -> str:
+    return _OPTIMIZER_LABELS.get(kind, kind)
+
+
+def pooled(summaries: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean and normal 95% interval over every function of every seed, from per-seed
+    ``summary`` dicts (equal n): the pooled variance adds the spread of the seed means."""
+    n = sum(s["n"] for s in summaries)
+    mean = sum(s["mean"] * s["n"] for s in summaries) / n
+    within = sum((s["n"] - 1) * s["sd"] ** 2 for s in summaries)
+    between = sum(s["n"] * (s["mean"] - mean) ** 2 for s in summaries)
+    sd = math.sqrt((within + between) / max(n - 1, 1))
+    half = 1.96 * sd / math.sqrt(n)
+    return {"mean": mean, "sd": sd, "n": n, "lo": mean - half, "hi": mean + half}
+
+
+def dominance(curve: list[dict[str, Any]], fixed: list[dict[str, Any]], key: str) -> dict:
+    """Does a budget curve reach, at every mean number of steps it uses, a ``key`` (lower is
+    better) at most that of fixed depth at the same steps (linear interpolation between
+    depths)? Returns the worst margin (curve − fixed, ≤ 0 everywhere means it dominates) and
+    the best margin in the lower half of the steps range."""
+    depths = np.array([p["mean_steps"] for p in fixed])
+    values = np.array([p[key] for p in fixed])
+    margins = [
+        (p["mean_steps"], p[key] - float(np.interp(p["mean_steps"], depths, values))) for p in curve
+    ]
+    middle = (depths.min() + depths.max()) / 2
+    lower = [m for steps, m in margins if steps <= middle]
+    return {
+        "worst_margin": max(m for _, m in margins),
+        "best_lower_half_margin": min(lower) if lower else None,
+        "dominates": all(m <= 1e-9 for _, m in margins),
+    }
+
+
+def _mean_points(curves: list[list[dict[str, Any]]], keys: tuple[str, ...]) -> list[dict]:
+    """Point-wise mean over seeds of curves with the same points."""
+    return [
+        {k: statistics.fmean(p[k] for p in points) for k in keys}
+        for points in zip(*curves, strict=True)
+    ]
+
+
+def report(results: list[JobResult], config: LearnedOptimizersConfig) -> Report:
+    records = {(r.name, r.seed): r.record for r in results}
+    cpu = {r.id: r.cpu_seconds for r in results}
+    seeds = sorted({r.seed for r in results})
+    out: dict[str, Any] = {"seeds": seeds, "families": {}}
+    tables, figures, summary = [], {}, []
+    for family in config.families:
+        section: dict[str, Any] = {}
+        if family == "mlp":
+            section["mlp"], table = _mlp_section(records, seeds, config)
+            tables.append(table)
+            figures["mlp_training_loss"] = _mlp_figure(records, seeds, config)
+        else:
+            section["optimizers"], table, line = _optimizer_section(records, seeds, config, family)
+            tables.append(table)
+            summary.append(line)
+            figures[f"suboptimality_{family}"] = _curve_figure(records, seeds, config, family)
+        if family in config.stop_families:
+            section["stopping"], table, line = _stop_section(records, seeds, config, family)
+            tables.append(table)
+            summary.append(line)
+            section["tradeoff"], table = _tradeoff_section(records, seeds, config, family)
+            tables.append(table)
+            figures[f"budget_{family}"] = _budget_figure(section["stopping"], family)
+            figures[f"tradeoff_{family}"] = _tradeoff_figure(section["tradeoff"], family)
+        out["families"][family] = section
+    out["cpu_seconds"] = cpu
+    out["jobs"] = {f"{name}-s{seed}": record for (name, seed), record in records.items()}
+    table = "\n\n".join(tables) + (
+        f"\n\n{len(seeds)} seed(s) {seeds}; mean ± sd over seeds unless marked; intervals are "
+        "normal 95% intervals over all test functions of all seeds; paired differences are over "
+        f"seeds (Student t). Stop rules run through run_adaptive(mode={config.inference_mode!r})."
+    )
+    return Report(results=out, table=table, figures=figures, summary="\n".join(summary))
+
+
+# ---------------------------------------------------------------- optimizers
+
+
+def _steps(config: LearnedOptimizersConfig) -> list[int]:
+    return sorted({*config.report_steps, config.horizon, *config.beyond})
+
+
+def _optimizer_section(records, seeds, config, family):
+    steps = _steps(config)
+    methods = {"lstm": "LSTM optimizer"} | {
+        k: f"{_label(k)} (lr tuned per step)" for k in config.optimizers
+    }
+
+    def per_seed(method: str, H: int) -> dict[int, dict[str, Any]]:
+        if method == "lstm":
+            return {s: records[(f"lstm-{family}", s)]["test"][str(H)] for s in seeds}
+        return {s: records[(f"hand-{family}", s)]["test"][method][str(H)] for s in seeds}
+
+    rows, numbers = [], {}
+    for method, label in methods.items():
+        row = {"method": label}
+        numbers[method] = {}
+        for H in steps:
+            values = per_seed(method, H)
+            both = pooled(list(values.values()))
+            numbers[method][str(H)] = {
+                "per_seed": {s: v["mean"] for s, v in values.items()},
+                "pooled": both,
+            }
+            row[str(H)] = (
+                f"{format_mean_sd([v['mean'] for v in values.values()])} "
+                f"[{both['lo']:.2f}, {both['hi']:.2f}]"
+            )
+        rows.append(row)
+    comparisons = {}
+    for H in steps:
+        lstm = numbers["lstm"][str(H)]
+        comparisons[str(H)] = {}
+        for kind in config.optimizers:
+            other = numbers[kind][str(H)]
+            paired = paired_difference(lstm["per_seed"], other["per_seed"])
+            comparisons[str(H)][kind] = {
+                **paired,
+                "intervals_separated": lstm["pooled"]["hi"] < other["pooled"]["lo"],
+            }
+    beats = {
+        str(H): {
+            "over_functions": all(c["intervals_separated"] for c in comparisons[str(H)].values()),
+            "over_seeds": all(c["below_zero"] for c in comparisons[str(H)].values()),
+        }
+        for H in config.report_steps
+    }
+    columns = [("method", "optimizer", "s")] + [
+        (str(H), f"step {H}" + (" (beyond)" if H > config.horizon else ""), "s") for H in steps
+    ]
+    diff_rows = []
+    for kind in config.optimizers:
+        row = {"method": f"LSTM − {_label(kind)}"}
+        for H in steps:
+            c = comparisons[str(H)][kind]
+            row[str(H)] = _paired_text(c)
+        diff_rows.append(row)
+    table = (
+        f"### {family}: mean log10 suboptimality f(θ_t) − f(θ̂) of {config.test_functions} test "
+        f"functions (horizon {config.horizon})\n\n"
+        + markdown_table(rows + diff_rows, columns)
+        + "\n\nLearning rates tuned on validation functions for each step count; [lo, hi]: "
+        "95% interval over all test functions; differences: paired over seeds, 95% t interval."
+    )
+    first = config.report_steps[0]
+    line = (
+        f"{family}: LSTM optimizer beats every tuned hand-designed optimizer at step "
+        + ", ".join(
+            f"{H}: {'yes' if beats[str(H)]['over_functions'] else 'no'} (functions), "
+            f"{'yes' if beats[str(H)]['over_seeds'] else 'no'} (seeds)"
+            for H in config.report_steps
+        )
+        + f"; LSTM at step {first}: {numbers['lstm'][str(first)]['pooled']['mean']:.2f}"
+    )
+    return (
+        {"numbers": numbers, "comparisons": comparisons, "beats_every_optimizer": beats},
+        table,
+        line,
+    )
+
+
+def _paired_text(c: dict[str, Any]) -> str:
+    if c["lo"] is None:
+        return f"{c['mean']:+.2f}"
+    return f"{c['mean']:+.2f} [{c['lo']:+.2f}, {c['hi']:+.2f}]"
+
+
+def _curve_figure(records, seeds, config, family):
+    figure, axes = new_figure(6.0, 4.0)
+    curves = {"LSTM optimizer": [records[(f"lstm-{family}", s)]["curve"] for s in seeds]}
+    for kind in config.optimizers:
+        curves[f"{_label(kind)} (lr tuned for {config.horizon})"] = [
+            records[(f"hand-{family}", s)]["curves"][kind] for s in seeds
+        ]
+    for label, per_seed in curves.items():
+        steps = per_seed[0]["steps"]
+        mean = np.mean([c["mean"] for c in per_seed], axis=0)
+        lo = np.mean([c["lo"] for c in per_seed], axis=0)
+        hi = np.mean([c["hi"] for c in per_seed], axis=0)
+        (line,) = axes.plot(steps, mean, label=label, linewidth=1.2)
+        axes.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.2)
+    axes.axvline(config.horizon, color="grey", linestyle=":", linewidth=1)
+    axes.set_xscale("log")
+    axes.set_xlabel("optimizer steps (dotted: meta-training horizon)")
+    axes.set_ylabel("mean log10 suboptimality")
+    axes.set_title(f"{family}: test functions, mean and 95% interval")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=7)
+    return figure
+
+
+# ---------------------------------------------------------------- stopping
+
+
+def _stop_rows(records, seeds, config, family):
+    """Every stop rule's per-seed test numbers at its stop, keyed by row."""
+    H = config.horizon
+    rows: dict[str, dict[str, Any]] = {}
+
+    def add(key, label, per_seed, steps_run=None):
+        present = {s: v for s, v in per_seed.items() if v is not None}
+        rows[key] = {"label": label, "per_seed": present, "steps_run": steps_run}
+
+    lstm = {s: records[(f"lstm-{family}", s)] for s in seeds}
+    add("lstm", f"LSTM optimizer, all {H} steps", {
+        s: {"steps": H, "nll": r["test_nll"], "log10_gap": r["test"][str(H)]["mean"],
+            "regret": None, "reaches_reference": True, "step_saving": 0.0}
+        for s, r in lstm.items()
+    })  # fmt: skip
+    act = {s: records[(f"act-{family}", s)] for s in seeds}
+    l2s = {s: records[(f"l2s-{family}", s)] for s in seeds}
+    rules = {s: records[(f"rules-{family}", s)] for s in seeds}
+    add("act", "ACT optimizer, causal rule Δq_t ≤ 0", {s: r["natural"] for s, r in act.items()})
+    add("act-mode", "ACT optimizer, posterior mode (non-causal)",
+        {s: r["posterior"]["mode"] for s, r in act.items()}, steps_run=H)  # fmt: skip
+    add("act-median", "ACT optimizer, posterior median (non-causal)",
+        {s: r["posterior"]["median"] for s, r in act.items()}, steps_run=H)  # fmt: skip
+    add("act-reach", "ACT optimizer, cheapest threshold reaching the LSTM's NLL (validation)",
+        {s: r["reach"] for s, r in act.items()})  # fmt: skip
+    add("l2s", "L2S-stop, λ_t ≥ 1/2", {s: r["natural"] for s, r in l2s.items()})
+    add("l2s-reach", "L2S-stop, cheapest threshold reaching the LSTM's NLL (validation)",
+        {s: r["reach"] for s, r in l2s.items()})  # fmt: skip
+    add("rules-reach", "hand-designed rule, cheapest reaching the LSTM's NLL (validation)",
+        {s: r["best_reach"] for s, r in rules.items()})  # fmt: skip
+    return rows
+
+
+def _stop_section(records, seeds, config, family):
+    rows = _stop_rows(records, seeds, config, family)
+    table_rows, numbers = [], {}
+    for key, row in rows.items():
+        per_seed = row["per_seed"]
+        if not per_seed:
+            table_rows.append({"method": row["label"], "steps": "not reached on validation"})
+            numbers[key] = None
+            continue
+        values = list(per_seed.values())
+
+        def column(name, fmt=".3f", values=values):
+            present = [v[name] for v in values if v.get(name) is not None]
+            return format_mean_sd(present, fmt) if present else "—"
+
+        numbers[key] = {
+            "label": row["label"],
+            "per_seed": per_seed,
+            **{k: mean_sd([v[k] for v in values])[0] for k in ("steps", "nll", "log10_gap")},
+            "reaches_reference": sum(bool(v.get("reaches_reference")) for v in values),
+            "seeds": len(values),
+            "rules": [v.get("rules") for v in values],
+        }
+        table_rows.append(
+            {
+                "method": row["label"],
+                "steps": column("steps", ".1f"),
+                "steps_run": column("steps", ".1f")
+                if row["steps_run"] is None
+                else str(row["steps_run"]),
+                "nll": column("nll", ".4g"),
+                "log10_gap": column("log10_gap", ".2f"),
+                "regret": column("regret", ".2e"),
+                "saving": _saving(values),
+                "reaches": f"{numbers[key]['reaches_reference']}/{len(values)}",
+            }
+        )
+    act = {s: records[(f"act-{family}", s)] for s in seeds}
+    l2s = {s: records[(f"l2s-{family}", s)] for s in seeds}
+    spearman = {
+        name: {
+            which: _mean_or_none([r["natural"]["spearman"].get(which) for r in group.values()])
+            for which in next(iter(group.values()))["natural"]["spearman"]
+        }
+        for name, group in (("act", act), ("l2s", l2s))
+    }
+    posterior = {
+        rule: {
+            k: statistics.fmean(r["posterior"][rule][k] for r in act.values())
+            for k in ("mean_abs_step_distance", "same_step", "causal_minus_rule_steps",
+                      "causal_minus_rule_log10_gap")
+        }
+        for rule in ("mode", "median")
+    }  # fmt: skip
+    posterior["expected_steps"] = statistics.fmean(
+        r["posterior"]["posterior_mean_steps"] for r in act.values()
+    )
+    curves = {}
+    for name, group, fixed_label in (
+        ("act", act, "ACT optimizer at fixed depth"),
+        ("l2s", l2s, "LSTM optimizer at fixed depth"),
+    ):
+        keys = ("mean_steps", "log10_gap", "nll", "gap")
+        curve = _mean_points([r["curve"] for r in group.values()], keys)
+        fixed = _mean_points([r["fixed_depth"] for r in group.values()], keys)
+        curves[name] = {
+            "curve": curve,
+            "fixed_depth": fixed,
+            "fixed_label": fixed_label,
+            "dominance_log10_gap": dominance(curve, fixed, "log10_gap"),
+            "dominance_nll": dominance(curve, fixed, "nll"),
+        }
+    trained = _trained_depths(records, seeds, family, curves)
+    real = {
+        name: {
+            "mean_steps": statistics.fmean(r["real"]["mean_steps"] for r in group.values()),
+            "matches_dense": all(r["real"]["matches_dense"] for r in group.values()),
+            "speedup": statistics.fmean(
+                r["real"]["timing"]["rules"]["natural"]["speedup"] for r in group.values()
+            ),
+        }
+        for name, group in (("act", act), ("l2s", l2s))
+    }
+    cost = next(iter(l2s.values())).get("cost")
+    columns = [
+        ("method", "stop rule", "s"),
+        ("steps", "stop step (mean)", "s"),
+        ("steps_run", "steps run", "s"),
+        ("nll", "NLL at stop", "s"),
+        ("log10_gap", "log10 suboptimality", "s"),
+        ("regret", "regret f(θ_stop) − min_t f(θ_t)", "s"),
+        ("saving", "steps saved vs horizon", "s"),
+        ("reaches", "within tol. of LSTM NLL (seeds)", "s"),
+    ]
+    table = (
+        f"### {family}: stopping ({config.test_functions} test functions, horizon "
+        f"{config.horizon}; 'reaches': mean NLL within {config.nll_tolerance:.0%} of the LSTM "
+        "optimizer's at the full horizon)\n\n"
+        + markdown_table(table_rows, columns)
+        + "\n\nSpearman(stop step, difficulty), mean over seeds: "
+        + "; ".join(
+            f"{name}: " + ", ".join(f"{k} {format_number(v, '+.2f')}" for k, v in values.items())
+            for name, values in spearman.items()
+        )
+        + "\n\nCausal rule vs the non-causal posterior at the full horizon (ACT optimizer): "
+        + "; ".join(
+            f"{rule}: mean |Δ steps| {v['mean_abs_step_distance']:.2f}, same step "
+            f"{v['same_step']:.0%}, causal − {rule} log10 gap {v['causal_minus_rule_log10_gap']:+.3f}"
+            for rule, v in posterior.items()
+            if rule != "expected_steps"
+        )
+        + f"; E_q[steps] at the full horizon {posterior['expected_steps']:.1f}"
+        + "\n\nBudget curves beside fixed depth (mean over seeds; margin = curve − fixed depth "
+        "at the same mean steps, interpolated; ≤ 0 everywhere: the curve dominates): "
+        + "; ".join(
+            f"{name}: worst margin {v['dominance_log10_gap']['worst_margin']:+.3f} log10 gap, "
+            f"{v['dominance_nll']['worst_margin']:+.2e} NLL; best in the lower half "
+            f"{format_number(v['dominance_log10_gap']['best_lower_half_margin'], '+.3f')} log10 gap"
+            for name, v in curves.items()
+        )
+        + "\n\n"
+        + _budget_table(curves)
+        + _trained_table(trained)
+        + _cost_text(cost, config)
+        + "\n\nReal execution (shrink mode, functions leave the batch when they stop): "
+        + "; ".join(
+            f"{name}: {v['mean_steps']:.1f} steps, equal to the dense rule: {v['matches_dense']}, "
+            f"wall-clock speedup over all {config.horizon} steps {v['speedup']:.2f}× "
+            "(measured under load)"
+            for name, v in real.items()
+        )
+    )
+    act_row, l2s_row = numbers.get("act"), numbers.get("l2s")
+    line = f"{family} stopping: " + "; ".join(
+        f"{name} {row['steps']:.1f} steps, NLL {row['nll']:.4f} "
+        f"(LSTM {numbers['lstm']['nll']:.4f} at {config.horizon})"
+        for name, row in (("ACT causal", act_row), ("L2S", l2s_row))
+        if row is not None
+    )
+    section = {
+        "rows": numbers,
+        "spearman": spearman,
+        "posterior": posterior,
+        "curves": curves,
+        "trained_depths": trained,
+        "real": real,
+    }
+    return section, table, line
+
+
+def _trained_depths(records, seeds, family, curves) -> list[dict[str, Any]] | None:
+    """At each depth H an LSTM optimizer was meta-trained for (the ``depth-F`` job): that
+    optimizer's test numbers at step H beside the horizon's LSTM and ACT optimizers truncated
+    at H and both budget curves interpolated at H mean steps (means over seeds). None when the
+    run trained none."""
+    if (f"depth-{family}", seeds[0]) not in records:
+        return None
+    keys = ("mean_steps", "log10_gap", "nll")
+    points = _mean_points([records[(f"depth-{family}", s)]["trained"] for s in seeds], keys)
+
+    def at(curve: list[dict[str, Any]], steps: float, key: str) -> float:
+        xs = [p["mean_steps"] for p in curve]
+        return float(np.interp(steps, xs, [p[key] for p in curve]))
+
+    rows = []
+    for point in points:
+        H = point["mean_steps"]
+        row: dict[str, Any] = {"depth": round(H)}
+        for key in ("log10_gap", "nll"):
+            row[key] = {
+                "trained": point[key],
+                "lstm_truncated": at(curves["l2s"]["fixed_depth"], H, key),
+                "act_truncated": at(curves["act"]["fixed_depth"], H, key),
+                "act_curve": at(curves["act"]["curve"], H, key),
+                "l2s_curve": at(curves["l2s"]["curve"], H, key),
+            }
+            best = min(row[key]["trained"], row[key]["lstm_truncated"])
+            row[key]["l2s_minus_best_fixed"] = row[key]["l2s_curve"] - best
+            row[key]["act_minus_best_fixed"] = row[key]["act_curve"] - best
+        rows.append(row)
+    return rows
+
+
+def _trained_table(trained: list[dict[str, Any]] | None) -> str:
+    if not trained:
+        return ""
+    rows = [
+        {"depth": r["depth"], **{k: r["log10_gap"][k] for k in r["log10_gap"]},
+         "nll_trained": r["nll"]["trained"], "nll_lstm": r["nll"]["lstm_truncated"]}
+        for r in trained
+    ]  # fmt: skip
+    return (
+        "\n\nLSTM optimizer meta-trained for each fixed depth H (horizon H) beside the same "
+        "stop models' curves at H mean steps (log10 suboptimality; mean over seeds; curves "
+        "interpolated; 'vs best fixed' = curve − the better of trained-for-H and the horizon's "
+        "LSTM optimizer truncated at H):\n\n"
+        + markdown_table(
+            rows,
+            [
+                ("depth", "H", "d"),
+                ("trained", "trained for H", ".2f"),
+                ("lstm_truncated", "LSTM (horizon) at H", ".2f"),
+                ("act_truncated", "ACT at H", ".2f"),
+                ("act_curve", "ACT curve", ".2f"),
+                ("l2s_curve", "L2S curve", ".2f"),
+                ("act_minus_best_fixed", "ACT vs best fixed", "+.2f"),
+                ("l2s_minus_best_fixed", "L2S vs best fixed", "+.2f"),
+                ("nll_trained", "NLL trained for H", ".4f"),
+                ("nll_lstm", "NLL LSTM at H", ".4f"),
+            ],
+        )  # fmt: skip
+    )
+
+
+def _cost_text(cost: dict[str, int] | None, config) -> str:
+    if cost is None:
+        return ""
+    return (
+        f"\n\nL2S policy cost: {cost['policy_macs']} multiply-adds per decision, "
+        f"{cost['policy_macs'] / cost['step_macs']:.1%} of one LSTM-optimizer step "
+        f"({cost['step_macs']}); the ACT optimizer's halting head: {config.hidden + 1} per "
+        "function plus the mean over coordinates."
+    )
+
+
+def _budget_table(curves: dict[str, Any]) -> str:
+    """The budget curves' points beside fixed depth at the nearest whole number of steps."""
+    rows = []
+    for name, label in (("act", "ACT optimizer"), ("l2s", "L2S-stop")):
+        entry = curves[name]
+        fixed = {round(p["mean_steps"]): p for p in entry["fixed_depth"]}
+        for point in entry["curve"]:
+            depth = min(fixed, key=lambda d, m=point["mean_steps"]: abs(d - m))
+            rows.append(
+                {
+                    "model": label,
+                    "steps": point["mean_steps"],
+                    "gap": point["log10_gap"],
+                    "nll": point["nll"],
+                    "depth": depth,
+                    "fixed_gap": fixed[depth]["log10_gap"],
+                    "fixed_nll": fixed[depth]["nll"],
+                }
+            )
+    return markdown_table(
+        rows,
+        [("model", "stop model", "s"), ("steps", "mean steps", ".1f"),
+         ("gap", "log10 gap", ".2f"), ("nll", "NLL", ".4f"), ("depth", "fixed depth", "d"),
+         ("fixed_gap", "log10 gap at fixed depth", ".2f"), ("fixed_nll", "NLL at fixed depth", ".4f")],
+    )  # fmt: skip
+
+
+def _saving(values) -> str:
+    savings = [v.get("step_saving") for v in values if v.get("step_saving") is not None]
+    return format_mean_sd([100 * s for s in savings], ".0f") + "%" if savings else "—"
+
+
+def _mean_or_none(values):
+    present = [v for v in values if v is not None]
+    return statistics.fmean(present) if present else None
+
+
+def _tradeoff_section(records, seeds, config, family):
+    act = {s: records[(f"act-{family}", s)] for s in seeds}
+    l2s = {s: records[(f"l2s-{family}", s)] for s in seeds}
+    rules = {s: records[(f"rules-{family}", s)] for s in seeds}
+    methods = {
+        "act": ("ACT optimizer (threshold on validation)", lambda s, i: act[s]["tradeoff"][i]),
+        "l2s": ("L2S-stop (threshold on validation)", lambda s, i: l2s[s]["tradeoff"][i]),
+        "rules": ("best hand-designed rule (validation)", lambda s, i: rules[s]["best_tradeoff"][i]),
+        "lstm-fixed": ("LSTM optimizer, fixed steps (validation)",
+                       lambda s, i: l2s[s]["fixed_tradeoff"][i]),
+        "act-fixed": ("ACT optimizer, fixed steps (validation)",
+                      lambda s, i: act[s]["fixed_tradeoff"][i]),
+        "oracle": ("oracle stop of the LSTM optimizer (needs θ̂)", lambda s, i: l2s[s]["oracle"][i]),
+    }  # fmt: skip
+    rows, numbers = [], []
+    for i, cost in enumerate(config.step_costs):
+        entry: dict[str, Any] = {"step_cost": cost, "methods": {}}
+        row = {"cost": f"{cost:g}"}
+        for key, (_, get) in methods.items():
+            values = {s: get(s, i)["value"]["mean"] for s in seeds}
+            steps = [get(s, i).get("mean_steps", get(s, i).get("depth")) for s in seeds]
+            entry["methods"][key] = {"per_seed": values, "mean_steps": steps}
+            row[key] = (
+                f"{format_mean_sd(list(values.values()), '.2e')} ({statistics.fmean(steps):.1f})"
+            )
+        for key in ("act", "l2s"):
+            diff = paired_difference(
+                entry["methods"][key]["per_seed"], entry["methods"]["rules"]["per_seed"]
+            )
+            entry[f"{key}_minus_rules"] = diff
+            row[f"{key}_diff"] = f"{diff['mean']:+.2e}" + (
+                "" if diff["lo"] is None else f" [{diff['lo']:+.2e}, {diff['hi']:+.2e}]"
+            )
+        entry["act_beats_rules"] = all(
+            entry["methods"]["act"]["per_seed"][s] < entry["methods"]["rules"]["per_seed"][s]
+            for s in seeds
+        )
+        entry["l2s_beats_rules"] = all(
+            entry["methods"]["l2s"]["per_seed"][s] < entry["methods"]["rules"]["per_seed"][s]
+            for s in seeds
+        )
+        numbers.append(entry)
+        rows.append(row)
+    columns = (
+        [("cost", "λ", "s")]
+        + [(k, label, "s") for k, (label, _) in methods.items()]
+        + [
+            ("act_diff", "ACT − rules", "s"),
+            ("l2s_diff", "L2S − rules", "s"),
+        ]
+    )
+    # One diverged test function (its loss counted as DIVERGED) lifts a seed's mean to at least
+    # DIVERGED / test_functions: name those seeds rather than let them hide the other curves.
+    diverged = {
+        key: [
+            s
+            for s in seeds
+            if any(
+                entry["methods"][key]["per_seed"][s] >= DIVERGED / config.test_functions
+                for entry in numbers
+            )
+        ]
+        for key in methods
+    }
+    notes = [
+        f"{methods[key][0]}: diverged on at least one test function in seed(s) {found} "
+        f"(loss counted as {DIVERGED:.0e}; the figure leaves those seeds out of its curve)"
+        for key, found in diverged.items()
+        if found
+    ]
+    table = (
+        f"### {family}: trade-off, mean over test functions of suboptimality + λ·steps "
+        "(mean steps in brackets)\n\n" + markdown_table(rows, columns)
+    )
+    if notes:
+        table += "\n\n" + "; ".join(notes)
+    labels = {k: v[0] for k, v in methods.items()}
+    return {"rows": numbers, "labels": labels, "diverged_seeds": diverged}, table
+
+
+def _budget_figure(section, family):
+    figure, axes = new_figure(6.0, 4.0)
+    for name, label in (("act", "ACT optimizer"), ("l2s", "L2S-stop")):
+        entry = section["curves"][name]
+        (line,) = axes.plot(
+            [p["mean_steps"] for p in entry["curve"]],
+            [p["log10_gap"] for p in entry["curve"]],
+            "-o",
+            markersize=3,
+            label=f"{label} (thresholds calibrated on validation)",
+        )
+        axes.plot(
+            [p["mean_steps"] for p in entry["fixed_depth"]],
+            [p["log10_gap"] for p in entry["fixed_depth"]],
+            "--",
+            color=line.get_color(),
+            linewidth=1,
+            label=entry["fixed_label"],
+        )
+    if section.get("trained_depths"):
+        axes.plot(
+            [r["depth"] for r in section["trained_depths"]],
+            [r["log10_gap"]["trained"] for r in section["trained_depths"]],
+            "kx",
+            markersize=7,
+            label="LSTM optimizer meta-trained for that depth",
+        )
+    axes.set_xlabel("mean optimizer steps used")
+    axes.set_ylabel("mean log10 suboptimality at the stop")
+    axes.set_title(f"{family}: budget curves beside fixed depth (test)")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=7)
+    return figure
+
+
+def _tradeoff_figure(section, family):
+    figure, axes = new_figure(6.0, 4.0)
+    costs = [row["step_cost"] for row in section["rows"]]
+    for key, label in section["labels"].items():
+        left_out = section["diverged_seeds"][key]
+        kept = [s for s in section["rows"][0]["methods"][key]["per_seed"] if s not in left_out]
+        if not kept:
+            continue
+        means = [
+            statistics.fmean(row["methods"][key]["per_seed"][s] for s in kept)
+            for row in section["rows"]
+        ]
+        if left_out:
+            label += f" (seeds {left_out} diverged: left out)"
+        axes.plot(costs, means, "-o", markersize=3, label=label)
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlabel("λ (cost of one optimizer step)")
+    axes.set_ylabel("mean suboptimality + λ·steps (test)")
+    axes.set_title(f"{family}: trade-off")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=7)
+    return figure
+
+
+# ---------------------------------------------------------------- MLP
+
+
+def _mlp_section(records, seeds, config):
+    variants = ["base", *config.mlp.variants]
+    rows, numbers = [], {}
+    for variant in variants:
+        numbers[variant] = {}
+        entries = {
+            "lstm": {s: records[("lstm-mlp", s)]["variants"][variant]["test"] for s in seeds}
+        }
+        for kind in config.optimizers:
+            entries[kind] = {s: records[("hand-mlp", s)][variant]["test"][kind] for s in seeds}
+        horizon = records[("hand-mlp", seeds[0])][variant]["horizon"]
+        for method, per_seed in entries.items():
+            loss = {s: v["loss"]["mean"] for s, v in per_seed.items()}
+            accuracy = {s: v["accuracy"]["mean"] for s, v in per_seed.items()}
+            numbers[variant][method] = {"loss": loss, "accuracy": accuracy}
+            rows.append(
+                {
+                    "variant": f"{variant} ({horizon} steps)",
+                    "method": "LSTM optimizer" if method == "lstm" else f"{_label(method)} (tuned)",
+                    "loss": format_mean_sd(list(loss.values()), ".4f"),
+                    "accuracy": format_mean_sd(list(accuracy.values()), ".3f"),
+                }
+            )
+    table = (
+        f"### MLP on {config.mlp.dataset}: training loss (whole training set) at the horizon and "
+        f"test accuracy, {config.mlp.test_functions} runs per seed\n\n"
+        + markdown_table(
+            rows,
+            [
+                ("variant", "network", "s"),
+                ("method", "optimizer", "s"),
+                ("loss", "training loss", "s"),
+                ("accuracy", "test accuracy", "s"),
+            ],
+        )  # fmt: skip
+    )
+    return numbers, table
+
+
+def _mlp_figure(records, seeds, config):
+    figure, axes = new_figure(6.0, 4.0)
+    curves = {
+        "LSTM optimizer": [
+            records[("lstm-mlp", s)]["variants"]["base"]["test"]["curve"] for s in seeds
+        ]
+    }
+    for kind in config.optimizers:
+        curves[f"{_label(kind)} (tuned)"] = [
+            records[("hand-mlp", s)]["base"]["test"][kind]["curve"] for s in seeds
+        ]
+    for label, per_seed in curves.items():
+        steps = per_seed[0]["steps"]
+        (line,) = axes.plot(steps, np.mean([c["mean"] for c in per_seed], axis=0), label=label)
+        axes.fill_between(
+            steps,
+            np.mean([c["lo"] for c in per_seed], axis=0),
+            np.mean([c["hi"] for c in per_seed], axis=0),
+            color=line.get_color(),
+            alpha=0.2,
+        )
+    axes.set_xlabel("optimizer steps")
+    axes.set_ylabel("mean log10 training loss")
+    axes.set_title(f"MLP on {config.mlp.dataset}: test runs, mean and 95% interval")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=7)
+    return figure

@@ -1,0 +1,439 @@
+"""The learned-optimizers task against independent references: the paper's preprocessing written
+out as a branch, torch.optim's optimizers, closed-form gradients and optima, an nn.Sequential
+MLP, per-coordinate loops, the random-horizon prior, a plain truncated-BPTT graph for the ACT
+optimizer's gradient, and real adaptive execution counting gradient evaluations."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from stopwise.inference import ScoreThreshold, run_adaptive, stop_indices
+from stopwise.objectives import random_horizon_bound
+from stopwise.steps import unroll
+from stopwise.stoptime import random_horizon_log_conditional
+from stopwise.tasks.learned_optimizers import (
+    HandDesigned,
+    LearnedOptimizer,
+    LSTMOptimizerNet,
+    MLPFamily,
+    OptimizerRun,
+    QuadraticFamily,
+    RegressionFamily,
+    log_and_sign,
+    loss_and_gradient,
+    loss_curves,
+    meta_train,
+)
+from stopwise.tasks.learned_optimizers.methods import (
+    _windows,
+    act_meta_gradient,
+    nll_scale,
+    step_penalised,
+    tune_learning_rates,
+)
+from stopwise.tasks.learned_optimizers.metrics import (
+    StopData,
+    StopEvaluation,
+    evaluate_stop,
+    log10_gap,
+)
+from stopwise.tasks.learned_optimizers.models import FeatureScore
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+# ---------------------------------------------------------------- preprocessing
+
+
+def test_log_and_sign_is_the_papers_branch_and_deepminds_clamps():
+    p = 10.0
+    g = torch.cat([torch.logspace(-9, 2, 40), -torch.logspace(-9, 2, 40), torch.zeros(1)])
+    out = log_and_sign(g, p)
+    for value, (a, b) in zip(g.tolist(), out.tolist(), strict=True):  # App. A, as printed
+        if abs(value) >= math.exp(-p):
+            expected = (math.log(abs(value)) / p, math.copysign(1.0, value))
+        else:
+            expected = (-1.0, math.exp(p) * value)
+        assert a == pytest.approx(expected[0], abs=1e-6)
+        assert b == pytest.approx(expected[1], abs=1e-6)
+    # deepmind/learning-to-learn preprocess.LogAndSign: clamps instead of the branch
+    clamped = torch.stack(
+        [(torch.log(g.abs() + 1e-12) / p).clamp_min(-1), (g * math.exp(p)).clamp(-1, 1)], -1
+    )
+    assert torch.allclose(out, clamped, atol=1e-5)
+
+
+# ---------------------------------------------------------------- families
+
+
+def test_regression_loss_gradient_and_optimum_are_the_closed_forms():
+    family = RegressionFamily()
+    functions = family.sample(64, gen())
+    theta = torch.randn(64, 2, dtype=torch.float64, generator=gen(1))
+    loss, grad = loss_and_gradient(family, theta, functions, 0)
+    x, y, mask, beta, N = (functions[k] for k in ("x", "y", "mask", "beta", "count"))
+    residual = (y - theta[:, :1] - theta[:, 1:] * x) * mask
+    expected = 0.5 * torch.log(2 * math.pi / beta) + 0.5 * beta * (residual**2).sum(-1) / N
+    assert torch.allclose(loss, expected)
+    d0 = -beta * residual.sum(-1) / N
+    d1 = -beta * (residual * x).sum(-1) / N
+    assert torch.allclose(grad, torch.stack([d0, d1], -1))
+    # N·f is the negative log-likelihood of the N observations
+    assert torch.allclose(nll_scale(family, functions), N)
+    # the least-squares optimum, against numpy's lstsq on each function's own observations
+    import numpy as np
+
+    theta_hat = family.minimiser(functions)
+    for i in range(5):
+        n = int(N[i])
+        phi = np.stack([np.ones(n), x[i, :n].numpy()], 1)
+        solution = np.linalg.lstsq(phi, y[i, :n].numpy(), rcond=None)[0]
+        assert np.allclose(theta_hat[i].numpy(), solution)
+    _, at_optimum = loss_and_gradient(family, theta_hat, functions, 0)
+    assert at_optimum.abs().max() < 1e-8
+    assert bool((family.full_loss(theta, functions) >= family.optimum(functions)).all())
+
+
+def test_regression_difficulty_varies_with_the_input_range():
+    family = RegressionFamily(scale_min=0.1, scale_max=2.0)
+    functions = family.sample(500, gen())
+    difficulty = family.difficulty(functions)
+    from stopwise.stats import spearman
+
+    assert spearman(functions["scale"], difficulty["condition_number"]) < -0.8
+    assert difficulty["condition_number"].min() >= 1
+
+
+def test_quadratic_optimum_is_zero_at_the_least_squares_solution():
+    family = QuadraticFamily(10)
+    functions = family.sample(8, gen())
+    solution = torch.linalg.solve(functions["W"], functions["y"].unsqueeze(-1)).squeeze(-1)
+    assert family.loss(solution, functions).abs().max() < 1e-16 * 1e6
+    assert torch.equal(family.optimum(functions), torch.zeros(8, dtype=torch.float64))
+
+
+def test_mlp_family_is_an_nn_sequential_with_the_same_weights():
+    images = {
+        "x_train": torch.randn(50, 6, generator=gen()),
+        "y_train": torch.randint(3, (50,), generator=gen()),
+        "x_test": torch.randn(20, 6, generator=gen(1)),
+        "y_test": torch.randint(3, (20,), generator=gen(1)),
+    }
+    for hidden, activation, act in (((4,), "sigmoid", nn.Sigmoid), ((4, 5), "relu", nn.ReLU)):
+        family = MLPFamily(images, hidden, activation, batch=7, steps=3, init_std=0.5)
+        functions = family.sample(2, gen())
+        theta = family.initial(functions)
+        layers, offset, widths = [], 0, [6, *hidden, 3]
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+            linear = nn.Linear(a, b).double()
+            with torch.no_grad():
+                linear.weight.copy_(theta[1, offset : offset + a * b].view(a, b).T)
+                linear.bias.copy_(theta[1, offset + a * b : offset + a * b + b])
+            offset += a * b + b
+            layers += [linear] + ([act()] if i < len(hidden) else [])
+        network = nn.Sequential(*layers)
+        assert offset == family.dim
+        rows = functions["batches"][1, 2]
+        expected = nn.functional.cross_entropy(
+            network(images["x_train"][rows].double()), images["y_train"][rows]
+        )
+        assert family.loss(theta, functions, 2)[1].item() == pytest.approx(expected.item(), 1e-5)
+        accuracy = (network(images["x_test"].double()).argmax(-1) == images["y_test"]).double()
+        assert family.accuracy(theta)[1].item() == pytest.approx(accuracy.mean().item())
+
+
+# ---------------------------------------------------------------- optimizers
+
+
+@pytest.mark.parametrize(
+    "kind, reference",
+    [
+        ("sgd", lambda p, lr: torch.optim.SGD(p, lr=lr)),
+        ("momentum", lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9)),
+        ("rmsprop", lambda p, lr: torch.optim.RMSprop(p, lr=lr)),
+        ("adam", lambda p, lr: torch.optim.Adam(p, lr=lr)),
+    ],
+)
+def test_hand_designed_optimizers_follow_torch_optim(kind, reference):
+    family = RegressionFamily()
+    functions = family.sample(3, gen())
+    lrs = torch.tensor([0.01, 0.03, 0.1], dtype=torch.float64)
+    trajectory = unroll(OptimizerRun(family, HandDesigned(kind, lrs), 15), functions)
+    for i in range(3):
+        theta = torch.zeros(1, 2, dtype=torch.float64, requires_grad=True)
+        one = {k: v[i : i + 1] for k, v in functions.items()}
+        optimizer = reference([theta], float(lrs[i]))
+        for t in range(15):
+            optimizer.zero_grad()
+            family.loss(theta, one).sum().backward()
+            optimizer.step()
+            assert torch.allclose(theta.detach()[0], trajectory.predictions[i, t], atol=1e-6)
+
+
+def test_the_lstm_is_coordinatewise():
+    torch.manual_seed(0)
+    net = LSTMOptimizerNet()
+    grads = torch.randn(3, 5) * torch.logspace(-6, 1, 5)
+    state = net.initial_state(3, 5)
+    update, _, new_state = net(grads, state)
+    for i in range(3):
+        for d in range(5):
+            single, _, single_state = net(grads[i : i + 1, d : d + 1], net.initial_state(1, 1))
+            assert torch.allclose(update[i, d], single[0, 0], atol=1e-7)
+            assert torch.allclose(new_state[0][i, d], single_state[0][0, 0], atol=1e-7)
+
+
+def test_learned_optimizer_is_a_torch_optimizer_stepping_like_the_net():
+    torch.manual_seed(0)
+    net = LSTMOptimizerNet(output_scale=0.1)
+    model = nn.Linear(3, 2)
+    flat = torch.cat([model.weight.detach().flatten(), model.bias.detach()]).unsqueeze(0)
+    x, y = torch.randn(16, 3), torch.randn(16, 2)
+    optimizer = LearnedOptimizer(model.parameters(), net)
+    assert isinstance(optimizer, torch.optim.Optimizer)
+    state = net.initial_state(1, 8)
+
+    def loss_of(theta):
+        return ((x @ theta[:6].view(2, 3).T + theta[6:] - y) ** 2).mean()
+
+    for _ in range(5):
+        optimizer.zero_grad()
+        ((model(x) - y) ** 2).mean().backward()
+        optimizer.step()
+        grad = torch.func.grad(loss_of)(flat[0])
+        with torch.no_grad():
+            update, _, state = net(grad.unsqueeze(0), state)
+        flat = flat + update
+    assert torch.allclose(model.weight.detach().flatten(), flat[0, :6], atol=1e-6)
+    assert torch.allclose(model.bias.detach(), flat[0, 6:], atol=1e-6)
+
+
+def test_halting_head_starts_at_the_random_horizon_prior():
+    p = 0.2
+    net = LSTMOptimizerNet(halting=True, prior_p=p)
+    family = RegressionFamily()
+    run = OptimizerRun(family, net, 12)
+    with torch.no_grad():
+        features = unroll(run, family.sample(4, gen()), with_features=True).features
+    c = torch.cumsum(-features[..., 3], dim=1)  # c_t = Σ Δq
+    for T in (0, 5, 11):
+        q = torch.log_softmax(c[:, : T + 1], dim=1)
+        prior = random_horizon_log_conditional(p, T, dtype=torch.float64)
+        assert torch.allclose(q, prior.expand_as(q), atol=1e-6)
+
+
+# ---------------------------------------------------------------- meta-training
+
+
+def test_meta_training_beats_the_untrained_lstm_on_held_out_quadratics():
+    family = QuadraticFamily(5)
+    torch.manual_seed(0)
+    net = LSTMOptimizerNet(preprocess=None, output_scale=1.0)
+    test = family.sample(200, gen(9))
+    before, _ = loss_curves(family, net, test, [20])
+    meta_train(net, family, 40, horizon=20, unroll=10, functions=32, lr=1e-2, seed=1)
+    after, _ = loss_curves(family, net, test, [20])
+    assert log10_gap(after).mean() < log10_gap(before).mean() - 0.3
+
+
+def test_act_gradient_is_the_truncated_bptt_gradient_of_the_whole_bound():
+    """Reference: one graph over the whole trajectory, cut (detached) at window boundaries, and
+    the bound computed once over all steps."""
+    family = RegressionFamily(obs_max=10)
+    functions = family.sample(6, gen())
+    p, horizon = 0.2, 9
+    for unroll_length in (horizon, 4):
+        torch.manual_seed(0)
+        net = LSTMOptimizerNet(halting=True, prior_p=p)
+        with torch.no_grad():  # a non-trivial halting head
+            net.halting.weight.normal_(0, 0.5)
+        act_meta_gradient(net, family, functions, p, 0.7, horizon=horizon, unroll=unroll_length)
+        got = [q.grad.clone() for q in net.parameters()]
+        net.zero_grad()
+        theta = family.initial(functions)
+        state = net.initial_state(*theta.shape)
+        losses, dq = [], []
+        for steps in _windows(horizon, unroll_length):
+            theta, state = theta.detach(), tuple(s.detach() for s in state)
+            for t in steps:
+                _, grad = loss_and_gradient(family, theta, functions, t)
+                update, halting, state = net(grad, state)
+                theta = theta + update
+                losses.append(family.loss(theta, functions, t + 1))
+                dq.append(halting)
+        scale = functions["count"].unsqueeze(-1)
+        bound = random_horizon_bound(
+            torch.cumsum(torch.stack(dq, 1), 1), scale * torch.stack(losses, 1), p, 0.7
+        )
+        bound.backward()
+        for a, q in zip(got, net.parameters(), strict=True):
+            assert torch.allclose(a, q.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_tuning_picks_the_best_validation_learning_rate():
+    family = RegressionFamily()
+    val = family.sample(50, gen())
+    rates = [1e-3, 1e-2, 1e-1]
+
+    def score(losses, functions):
+        return log10_gap(losses - family.optimum(functions).unsqueeze(-1))
+
+    tuned = tune_learning_rates(family, ["sgd"], rates, val, [5, 30], score)["sgd"]
+    for H in (5, 30):
+        means = []
+        for lr in rates:
+            losses, _ = loss_curves(family, HandDesigned("sgd", lr), val, [H])
+            means.append(float(score(losses, val).mean()))
+        assert tuned["lr"][H] == rates[min(range(3), key=means.__getitem__)]
+        assert tuned["scores"][H] == pytest.approx(means)
+
+
+# ---------------------------------------------------------------- stopping
+
+
+def test_stopping_runs_for_real_and_matches_the_dense_rule():
+    """A function that stops after step t costs t + 1 gradient evaluations in shrink mode, and
+    every mode stops where the dense scores say."""
+
+    class Counting(RegressionFamily):
+        evaluated = 0
+
+        def loss(self, theta, functions, step=0):
+            Counting.evaluated += theta.shape[0]
+            return super().loss(theta, functions, step)
+
+    family = Counting()
+    run = OptimizerRun(family, HandDesigned("adam", 0.1), 15)
+    functions = family.sample(40, gen())
+    policy = FeatureScore("log10_grad_norm", -1.0)
+    with torch.no_grad():
+        features = unroll(run, functions, with_features=True).features
+    scores = policy(features.flatten(0, 1)).view(40, 15)
+    rule = ScoreThreshold(0.5)  # ‖g_t‖ < 10^-0.5
+    dense = stop_indices(scores, rule)
+    assert 1 < float(dense.double().mean()) < 13  # some stop early, not all at once
+    for mode in ("dense", "masked", "shrink"):
+        Counting.evaluated = 0
+        with torch.no_grad():
+            result = run_adaptive(run, policy, functions, rule, mode=mode)
+        assert torch.equal(result.stop_index, dense)
+        if mode == "shrink":
+            assert Counting.evaluated == int((dense + 1).sum())  # one gradient per step run
+        else:
+            assert Counting.evaluated == 40 * 15
+    # The prediction is θ after the stop step: its loss is the dense trajectory's there.
+    trajectory = unroll(run, functions).predictions
+    assert torch.allclose(result.predictions, trajectory[torch.arange(40), dense])
+
+
+def test_gradient_norm_rule_stops_at_the_first_small_gradient():
+    family = RegressionFamily()
+    functions = family.sample(30, gen())
+    run = OptimizerRun(family, HandDesigned("adam", 0.1), 40)
+    with torch.no_grad():
+        trajectory = unroll(run, functions, with_features=True)
+    policy = FeatureScore("log10_grad_norm", -1.0)
+    tolerance = 1e-2
+    scores = torch.stack([policy(trajectory.features[:, t]) for t in range(40)], 1)
+    index = stop_indices(scores, ScoreThreshold(-math.log10(tolerance)))
+    thetas = torch.cat([family.initial(functions).unsqueeze(1), trajectory.predictions], 1)
+    for i in range(30):  # plain loop: the gradient at θ_t; stop after step t once ‖g_t‖ < tol
+        one = {k: v[i : i + 1] for k, v in functions.items()}
+        expected = 39
+        for t in range(40):
+            _, g = loss_and_gradient(family, thetas[i : i + 1, t], one, t)
+            if g.norm() < tolerance:
+                expected = t
+                break
+        assert int(index[i]) == expected
+
+
+def test_evaluate_stop_chooses_on_validation_and_scores_test():
+    torch.manual_seed(0)
+    n, T = 200, 10
+
+    def split(seed):
+        g = gen(seed)
+        decay = torch.rand(n, 1, generator=g) + 0.2
+        gap = torch.exp(-decay * torch.arange(1, T + 1)) + 1e-3
+        scores = -torch.log(gap) + 0.1 * torch.randn(n, T, generator=g)
+        return StopData(gap + 1.0, gap, scores, {"decay": decay.squeeze(1)})
+
+    val, test = split(1), split(2)
+    setting = StopEvaluation([1e-3, 1e-1], 5, float(val.losses[:, -1].mean()),
+                             float(test.losses[:, -1].mean()), 0.05)  # fmt: skip
+    record = evaluate_stop(val, test, {"half": 3.0}, "half", setting)
+    index = stop_indices(test.scores, ScoreThreshold(3.0))
+    assert record["natural"]["steps"] == pytest.approx(float((index + 1).double().mean()))
+    assert record["natural"]["gap"] == pytest.approx(
+        float(test.gap.gather(1, index[:, None]).mean())
+    )
+    for row in record["tradeoff"]:  # the choice is the best on validation among the options
+        assert row["val_value"] <= float(
+            (val.gap.gather(1, stop_indices(val.scores, ScoreThreshold(3.0))[:, None]).squeeze(1)
+             + row["step_cost"] * (stop_indices(val.scores, ScoreThreshold(3.0)) + 1)).mean()
+        ) + 1e-12  # fmt: skip
+    # more decay (easier function) → earlier stop
+    assert record["natural"]["spearman"]["decay"] < -0.3
+    assert [p["depth"] for p in record["fixed_depth"]] == list(range(1, T + 1))
+
+
+def test_step_penalised_oracle_is_argmin_of_loss_plus_cost():
+    losses = torch.tensor([[3.0, 1.0, 0.9, 0.89]])
+    assert int(step_penalised(losses, 0.2).argmin()) == 1
+    assert int(step_penalised(losses, 0.0).argmin()) == 3
+
+
+# ---------------------------------------------------------------- report helpers
+
+
+def test_pooled_interval_is_the_interval_over_all_functions_of_all_seeds():
+    from stopwise.tasks.learned_optimizers.metrics import summary
+    from stopwise.tasks.learned_optimizers.report import pooled
+
+    seeds = [torch.randn(300, generator=gen(s), dtype=torch.float64) + s for s in range(3)]
+    got = pooled([summary(v) for v in seeds])
+    everything = torch.cat(seeds)
+    assert got["mean"] == pytest.approx(float(everything.mean()))
+    assert got["sd"] == pytest.approx(float(everything.std()))
+    assert got["hi"] - got["mean"] == pytest.approx(1.96 * float(everything.std()) / 30.0)
+
+
+def test_dominance_compares_a_budget_curve_with_interpolated_fixed_depth():
+    from stopwise.tasks.learned_optimizers.report import dominance
+
+    fixed = [{"mean_steps": d, "gap": 1.0 / d} for d in range(1, 11)]
+    below = [{"mean_steps": 2.5, "gap": 0.3}, {"mean_steps": 8.0, "gap": 0.125}]
+    above = [{"mean_steps": 2.5, "gap": 0.3}, {"mean_steps": 8.0, "gap": 0.2}]
+    # fixed depth at 2.5 steps: halfway between 1/2 and 1/3
+    assert dominance(below, fixed, "gap")["best_lower_half_margin"] == pytest.approx(
+        0.3 - (0.5 + 1 / 3) / 2
+    )
+    assert dominance(below, fixed, "gap")["dominates"]
+    result = dominance(above, fixed, "gap")
+    assert not result["dominates"] and result["worst_margin"] == pytest.approx(0.2 - 0.125)
+
+
+def test_causal_rule_ignores_the_first_increment():
+    """Δq_0 shifts every posterior logit alike, so it never stops a run: at the prior (constant
+    Δq_t = log s < 0) the causal rule stops after the second step, the first whose increment
+    the posterior depends on."""
+    from stopwise.tasks.learned_optimizers.models import CausalHaltingScore
+
+    family = RegressionFamily()
+    net = LSTMOptimizerNet(halting=True, prior_p=0.3)
+    run = OptimizerRun(family, net, 6)
+    functions = family.sample(5, gen())
+    policy = CausalHaltingScore()
+    with torch.no_grad():
+        result = run_adaptive(run, policy, functions, ScoreThreshold(0.0), mode="shrink")
+        features = unroll(run, functions, with_features=True).features
+    assert torch.equal(result.stop_index, torch.ones(5, dtype=torch.long))
+    scores = torch.stack([policy(features[:, t], t) for t in range(6)], 1)
+    assert bool(torch.isinf(scores[:, 0]).all())
+    expected = torch.full((5, 5), -0.5 * math.log1p(-0.3), dtype=torch.float64)
+    assert torch.allclose(scores[:, 1:], expected, atol=1e-6)

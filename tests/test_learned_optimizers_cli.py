@@ -1,0 +1,61 @@
+"""`stopwise run learned-optimizers`: the tiny preset writes every table and figure (the budget
+curve beside fixed depth included), and bad inputs exit 2 with a named error before anything is
+written. (Resume, the job cache and workers are the runner's, tested on every experiment by the
+contract tests.)"""
+
+import json
+
+import pytest
+
+from stopwise.cli import main
+
+
+def test_tiny_run_writes_tables_figures_and_budget_curves(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "learned-optimizers", "--preset", "tiny", "--out", str(out)]) == 0
+    capsys.readouterr()
+    table = (out / "table.md").read_text()
+    for heading in ("mean log10 suboptimality", "stopping", "Budget curves beside fixed depth"):
+        assert heading in table
+    for family in ("regression", "quadratic"):
+        for figure in ("suboptimality", "budget", "tradeoff"):
+            assert (out / "figures" / f"{figure}_{family}.png").stat().st_size > 0
+    results = json.loads((out / "results.json").read_text())
+    stopping = results["families"]["regression"]["stopping"]
+    assert {"act", "l2s", "lstm"} <= set(stopping["rows"])
+    assert "meta-trained for each fixed depth" in table
+    for family in ("regression", "quadratic"):
+        # Meta-trained for the horizon itself (tiny: 10), the trained-for-depth job rebuilds the
+        # LSTM optimizer: its numbers at step 10 are the truncated curve's at depth 10.
+        trained = json.loads((out / "jobs" / f"depth-{family}-s0.json").read_text())["record"]
+        truncated = json.loads((out / "jobs" / f"l2s-{family}-s0.json").read_text())["record"]
+        at_horizon = {p["depth"]: p for p in trained["trained"]}[10]
+        reference = {p["depth"]: p for p in truncated["fixed_depth"]}[10]
+        for key in ("nll", "log10_gap", "regret"):
+            assert at_horizon[key] == pytest.approx(reference[key], rel=1e-9)
+        assert [r["depth"] for r in results["families"][family]["stopping"]["trained_depths"]] == [
+            5,
+            10,
+        ]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("horizon=0", "horizon"),
+        ("unroll=500", "unroll"),  # longer than the tiny preset's horizon
+        ("grad_norm_tolerances=[-1]", "grad_norm_tolerances"),
+        ("improvement_tolerances=[-0.1]", "improvement_tolerances"),
+        ("report_steps=[1000]", "report_steps"),
+        ("trained_depths=[11]", "trained_depths"),  # beyond the tiny preset's horizon
+        ("trained_depths=[0]", "trained_depths"),
+        ('stop_families=["mlp"]', "stop_families"),
+        ("act.prior_p=1.5", "prior_p"),
+    ],
+)
+def test_bad_input_exits_2_with_a_named_error(tmp_path, capsys, override, message):
+    out = tmp_path / "r"
+    args = ["run", "learned-optimizers", "--preset", "tiny", "--set", override, "--out", str(out)]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
