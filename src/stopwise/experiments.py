@@ -108,6 +108,7 @@ TASK_MODULES = (
     "stopwise.tasks.sparse_recovery",
     "stopwise.tasks.parity",
     "stopwise.tasks.multi_exit",
+    "stopwise.tasks.denoising",
 )
 ENTRY_POINTS = "stopwise.experiments"
 
