@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...config import Config, group, param
-from .data import DataError, load_splits
+from .data import DataError, image_sizes
 from .models import HEAD_KINDS
 
 __all__ = ["TrainStage", "PolicyStage", "DenoisingConfig", "PRESETS", "BM3D_PROFILES"]
@@ -68,11 +68,14 @@ class DenoisingConfig(Config):
     )
     channels_last: bool = param(True, help="NHWC feature maps (faster on CPU)")
     pretrain: TrainStage = group(lambda: TrainStage(steps=300, lr=1e-3))
-    finetune: TrainStage = group(lambda: TrainStage(steps=150, lr=1e-4))
+    finetune: TrainStage = group(lambda: TrainStage(steps=150, lr=3e-4))
     eval_every: int = param(25, ge=1, help="updates between validation evaluations")
     patience: int = param(3, ge=1, help="evaluations without improvement before the LR drop")
     betas: list[float] = param(
-        [0.1, 1.0], gt=0, min_len=1, help="oracle temperatures β tried (chosen on validation)"
+        [0.1, 10.0], gt=0, min_len=1, help="stage-I oracle temperatures β (chosen on validation)"
+    )
+    uniform_candidate: bool = param(
+        True, help="the uniform-DS model (β = ∞) is a stage-I candidate too"
     )
     policy: PolicyStage = group(PolicyStage)
     min_exit_frequency: float = param(
@@ -97,23 +100,18 @@ class DenoisingConfig(Config):
                 f"policy.batch={self.policy.batch} exceeds policy.pool={self.policy.pool}"
             )
         try:
-            splits = load_splits(self.images_dir)
+            sizes = image_sizes(self.images_dir)
         except DataError as error:
             raise ValueError(f"images_dir: {error}") from None
-        for name, image in zip(splits.train.names, splits.train.images, strict=True):
-            if min(image.shape) < max(self.patch, self.policy.crop):
-                raise ValueError(
-                    f"training image {name} is {tuple(image.shape)}, smaller than a patch "
-                    f"(patch={self.patch}, policy.crop={self.policy.crop})"
-                )
-        for split in (splits.val, splits.test):
-            for name, image in zip(split.names, split.images, strict=True):
-                if min(image.shape) < self.patch:
+        for split, listed in sizes.items():
+            least = max(self.patch, self.policy.crop) if split == "train" else self.patch
+            for name, size in listed:
+                if min(size) < least:
                     raise ValueError(
-                        f"image {name} is {tuple(image.shape)}, smaller than a patch "
-                        f"(patch={self.patch})"
+                        f"{split} image {name} is {size[0]}×{size[1]}, smaller than a patch "
+                        f"(patch={self.patch}, policy.crop={self.policy.crop})"
                     )
-        used = splits.test.names[: self.test_images or None]
+        used = [name for name, _ in sizes["test"]][: self.test_images or None]
         if self.grid_image and self.grid_image not in used:
             raise ValueError(f"grid_image={self.grid_image!r} is not one of the test images {used}")
 

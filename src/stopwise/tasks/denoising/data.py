@@ -34,6 +34,7 @@ __all__ = [
     "Split",
     "Splits",
     "load_splits",
+    "image_sizes",
     "sample_patches",
     "center_crop",
     "tiles",
@@ -197,6 +198,47 @@ def read_image(path: Path) -> np.ndarray:
         raise DataError(f"cannot read image {path}: {error}") from None
 
 
+def _header_size(path: Path) -> tuple[int, int]:
+    """``(H, W)`` from the file header (PNG/JPEG: no decoding; a PNG's chunks are verified)."""
+    if path.suffix == ".npz":
+        with np.load(path) as data:
+            return tuple(data["data"].shape[:2])
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            image.verify()
+    except (OSError, SyntaxError, ValueError) as error:
+        raise DataError(f"cannot read image {path}: {error}") from None
+    return height, width
+
+
+def _shrunk_size(size: tuple[int, int]) -> tuple[int, int]:
+    factor = math.ceil(min(size) / MAX_SIDE)
+    return size if factor <= 1 else (size[0] // factor, size[1] // factor)
+
+
+def image_sizes(images_dir: str = "") -> dict[str, list[tuple[str, tuple[int, int]]]]:
+    """``{split: [(name, (H, W))]}`` of the images :func:`load_splits` would load (after the
+    shrink), read from file headers only: the cheap check a config runs before anything is
+    written. Raises :class:`DataError` for a missing folder or split, an empty split or an
+    unreadable file. (Duplicates are found when the images are loaded.)"""
+    sizes: dict[str, list] = {s: [] for s in SPLITS}
+    if images_dir:
+        for split, files in _folder_files(Path(images_dir)).items():
+            sizes[split] = [(p.name, _shrunk_size(_header_size(p))) for p in files]
+        return sizes
+    for entry in CATALOGUE:
+        path = _catalogue_path(entry)
+        if path is not None:
+            sizes[entry.split].append((entry.name, _shrunk_size(_header_size(path))))
+    empty = [s for s in SPLITS if not sizes[s]]
+    if empty:
+        raise DataError(f"no built-in sample image available for split(s) {empty}")
+    return sizes
+
+
 def _package_dir(package: str) -> Path | None:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
@@ -251,17 +293,23 @@ def load_splits(images_dir: str = "") -> Splits:
     return Splits(found["train"], found["val"], found["test"], skipped)
 
 
-def _folder_splits(root: Path) -> Splits:
+def _folder_files(root: Path) -> dict[str, list[Path]]:
     if not root.is_dir():
         raise DataError(f"images_dir={str(root)!r} is not a folder")
-    splits = {}
+    files = {}
     for split in SPLITS:
         folder = root / split
         if not folder.is_dir():
             raise DataError(f"images_dir={str(root)!r} has no {split}/ subfolder")
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
+        files[split] = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files[split]:
             raise DataError(f"images_dir={str(root)!r}: {split}/ holds no PNG or JPEG image")
+    return files
+
+
+def _folder_splits(root: Path) -> Splits:
+    splits = {}
+    for split, files in _folder_files(root).items():
         images = [_tensor(_shrink(read_image(p))) for p in files]
         splits[split] = Split([p.name for p in files], images)
     return Splits(splits["train"], splits["val"], splits["test"], {}, f"folder {root}")

@@ -45,7 +45,16 @@ from .methods import (
 from .metrics import by_sigma, estimate, exit_table, psnr, ssim
 from .models import ImagePolicy
 
-__all__ = ["jobs", "run_job", "validation_set", "test_set", "stage1_name", "grid_item"]
+__all__ = [
+    "jobs",
+    "run_job",
+    "validation_set",
+    "test_set",
+    "stage1_name",
+    "stage1_candidates",
+    "grid_item",
+    "kept_exits",
+]
 
 _COMMON = (
     "images_dir", "train_sigmas", "test_sigmas", "test_crop", "test_images", "val_crop", "val_tiles",
@@ -53,8 +62,9 @@ _COMMON = (
 )  # fmt: skip
 _NETWORK = _COMMON + (
     "depth", "width", "patch", "batch", "precision", "channels_last", "eval_every", "patience",
-    "pretrain", "finetune",
+    "pretrain",
 )  # fmt: skip
+_FINETUNED = _NETWORK + ("finetune",)
 
 
 def stage1_name(beta: float) -> str:
@@ -63,19 +73,21 @@ def stage1_name(beta: float) -> str:
 
 def jobs(config: DenoisingConfig) -> list[Job]:
     stage1 = [
-        Job(stage1_name(b), {"beta": b}, ("pretrain",), _NETWORK + ("exit_head",), cost=2.0)
+        Job(stage1_name(b), {"beta": b}, ("pretrain",), _FINETUNED + ("exit_head",), cost=2.0)
         for b in config.betas
     ]
-    stop_keys = _NETWORK + (
-        "exit_head", "betas", "policy", "min_exit_frequency", "budget_points", "inference_mode",
+    stop_keys = _FINETUNED + (
+        "exit_head", "betas", "uniform_candidate", "policy", "min_exit_frequency",
+        "budget_points", "inference_mode",
     )  # fmt: skip
+    candidates = [j.name for j in stage1] + (["dncnn-ds"] if config.uniform_candidate else [])
     return [
         Job("pretrain", {}, (), _NETWORK, cost=4.0),
         Job("classical", {}, (), _COMMON + ("nlm_h", "bm3d_profiles"), cost=3.0),
-        Job("dncnn", {}, ("pretrain",), _NETWORK, cost=2.0),
-        Job("dncnn-ds", {}, ("pretrain",), _NETWORK + ("exit_head",), cost=2.0),
+        Job("dncnn", {}, ("pretrain",), _FINETUNED, cost=2.0),
+        Job("dncnn-ds", {}, ("pretrain",), _FINETUNED + ("exit_head",), cost=2.0),
         *stage1,
-        Job("dncnn-stop", {}, tuple(j.name for j in stage1), stop_keys, cost=1.0),
+        Job("dncnn-stop", {}, tuple(candidates), stop_keys, cost=1.0),
     ]
 
 
@@ -218,12 +230,15 @@ def _dncnn_ds(context: JobContext) -> dict[str, Any]:
         training = train_dncnn(
             model, config, config.finetune, "uniform", context, val, "finetune", "finetune-batches"
         )
+    val_table = exit_table(model, val)
     data = test_set(config, context).open()
     table = exit_table(model, data, keep_images=True)
     costs = model.fixed_depth_macs()
     all_exits = torch.ones(model.max_steps, dtype=torch.bool)
     return {
         "training": training,
+        "val_oracle_psnr": float(val_table.psnr.amax(dim=1).mean()),
+        "val_last_psnr": float(val_table.psnr[:, -1].mean()),
         "test": _quality(table.last, data, config),
         "exit_psnr_by_sigma": _exit_psnr_by_sigma(table.psnr, data, config),
         "fixed_depth": fixed_depth_curve(
@@ -266,13 +281,25 @@ def _curve_metric(table, data: NoisySet, config: DenoisingConfig):
 # ---------------------------------------------------------------- DnCNN-stop
 
 
-def _choose_beta(context: JobContext) -> tuple[float, dict[str, float]]:
-    """The β whose stage-I model has the best validation best-exit PSNR (first on ties)."""
-    scores = {}
-    for beta in context.config.betas:
-        scores[beta] = context.dependency(stage1_name(beta)).record["val_oracle_psnr"]
-    best = max(scores, key=lambda b: (scores[b], -context.config.betas.index(b)))
-    return best, scores
+def stage1_candidates(config: DenoisingConfig) -> dict[str, tuple[str, str, float | None]]:
+    """``{candidate: (job, stage, β)}``: the stage-I models DnCNN-stop chooses from, one per β,
+    and with ``uniform_candidate`` the uniform-DS model (β = ∞: q* uniform over exits)."""
+    out = {stage1_name(b): (stage1_name(b), "stage1", b) for b in config.betas}
+    if config.uniform_candidate:
+        out["uniform"] = ("dncnn-ds", "finetune", None)
+    return out
+
+
+def _choose_stage1(context: JobContext) -> tuple[str, dict[str, float]]:
+    """The stage-I model with the best validation best-exit PSNR (the official stage-I
+    criterion; the first candidate on ties)."""
+    candidates = stage1_candidates(context.config)
+    scores = {
+        name: context.dependency(job).record["val_oracle_psnr"]
+        for name, (job, _, _) in candidates.items()
+    }
+    order = list(candidates)
+    return max(scores, key=lambda n: (scores[n], -order.index(n))), scores
 
 
 def kept_exits(val_losses: torch.Tensor, min_frequency: float) -> tuple[torch.Tensor, list]:
@@ -288,9 +315,10 @@ def kept_exits(val_losses: torch.Tensor, min_frequency: float) -> tuple[torch.Te
 
 def _dncnn_stop(context: JobContext) -> dict[str, Any]:
     config: DenoisingConfig = context.config
-    beta, beta_scores = _choose_beta(context)
+    chosen, stage1_scores = _choose_stage1(context)
+    job, stage, beta = stage1_candidates(config)[chosen]
     model = build_dncnn(config, context.device).add_exit_heads(config.exit_head)
-    model.load_state_dict(stage_best_weights(context.checkpoint("stage1", job=stage1_name(beta))))
+    model.load_state_dict(stage_best_weights(context.checkpoint(stage, job=job)))
     model.eval()
     T = model.max_steps
 
@@ -310,9 +338,9 @@ def _dncnn_stop(context: JobContext) -> dict[str, Any]:
     context.manual_seed("policy-init")
     policy = ImagePolicy(config.policy.width, T, config.policy.step_bias).to(context.device)
     with context.timed("train"):
-        policy_training = train_policy(policy, train_data, val_data, valid, beta, config, context)
+        policy_training = train_policy(policy, train_data, val_data, valid, config, context)
     costs = model.adaptive_macs(valid, policy.macs())
-    val_hazards = val.map(lambda noisy, clean: _hazards(model, policy, noisy, valid))
+    val_hazards = exit_table(model, val, policy=policy, valid=valid).hazards
     val_psnr = val_table.psnr
 
     def val_metric(index: torch.Tensor) -> float:
@@ -326,8 +354,8 @@ def _dncnn_stop(context: JobContext) -> dict[str, Any]:
 
     # The test images, once.
     data = test_set(config, context).open()
-    table = exit_table(model, data, keep_images=True)
-    test_hazards = data.map(lambda noisy, clean: _hazards(model, policy, noisy, valid))
+    table = exit_table(model, data, keep_images=True, policy=policy, valid=valid)
+    test_hazards = table.hazards
     rows: dict[str, Any] = {}
     grid = grid_item(config, data)
     grid_images = {}
@@ -354,8 +382,9 @@ def _dncnn_stop(context: JobContext) -> dict[str, Any]:
     step_macs = float(model.module_macs()[-1] + model.head_macs(0))
     return {
         "sigma": data.sigma.tolist(),
+        "stage1": chosen,
         "beta": beta,
-        "beta_scores": {f"{b:g}": s for b, s in beta_scores.items()},
+        "stage1_val_oracle_psnr": stage1_scores,
         "valid_exits": valid.tolist(),
         "val_exit_frequency": frequency,
         "policy_training": policy_training,
@@ -385,20 +414,6 @@ def _finite(value: float) -> float | None:
 def _val_policy_data(model, val: NoisySet):
     """One :class:`PolicyData` per shape group of the validation set (noise = noisy − clean)."""
     return [policy_data(model, noisy, noisy - clean) for _, clean, noisy in val.groups]
-
-
-@torch.no_grad()
-def _hazards(model, policy, noisy: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """``(n, T)`` hazard logits on ``noisy`` (0 at pruned exits, which never decide)."""
-    state = model.start(noisy)
-    columns = []
-    for t in range(model.max_steps):
-        state = model.advance(state, t)
-        if valid[t]:
-            columns.append(policy(model.observe(state, t)[1], t).cpu())
-        else:
-            columns.append(torch.zeros(noisy.shape[0]))
-    return torch.stack(columns, dim=1)
 
 
 @torch.no_grad()

@@ -272,13 +272,12 @@ def train_policy(
     train: PolicyData,
     val: list[PolicyData],
     valid: torch.Tensor,
-    beta: float,
     config: DenoisingConfig,
     context: JobContext,
 ) -> dict[str, Any]:
     """L2S stage II on a frozen DnCNN's cached trajectories: minimise −log q_φ(t*) with
-    t* = argmin_t ℓ_t over the kept exits (the official hard oracle; L2S Eq. 10 with the
-    one-hot q*). The policy checkpoint and its learning-rate drop are chosen on the validation
+    t* = argmin_t ℓ_t over the kept exits (the official hard oracle, which needs no β; L2S
+    Eq. 10 with the one-hot q*). The policy checkpoint and its learning-rate drop are chosen on the validation
     cross-entropy. Returns the schedule's summary."""
     stage = config.policy
     order = EpochBatches(
@@ -288,7 +287,7 @@ def train_policy(
 
     def cross_entropy(data: PolicyData, rows) -> torch.Tensor:
         stop = StopTime(policy_hazards_on(policy, data, rows, valid), valid)
-        return l2s_stage2_loss(stop, data.losses[rows], beta, hard=True)
+        return l2s_stage2_loss(stop, data.losses[rows], 1.0, hard=True)
 
     def val_score() -> dict[str, float]:
         with torch.no_grad():

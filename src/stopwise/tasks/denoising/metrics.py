@@ -68,6 +68,7 @@ class ExitTable:
     loss: torch.Tensor
     last: list[torch.Tensor]
     best: list[torch.Tensor]
+    hazards: torch.Tensor | None = None
 
     def best_index(self, valid: torch.Tensor | None = None) -> torch.Tensor:
         """``(N,)`` each item's best-PSNR exit among ``valid`` ones (the oracle stop)."""
@@ -78,11 +79,19 @@ class ExitTable:
 
 
 @torch.no_grad()
-def exit_table(model: DnCNN, data: NoisySet, keep_images: bool = False) -> ExitTable:
+def exit_table(
+    model: DnCNN,
+    data: NoisySet,
+    keep_images: bool = False,
+    policy=None,
+    valid: torch.Tensor | None = None,
+) -> ExitTable:
     """Run ``model`` (eval mode) over ``data`` group by group; PSNR and ℓ at every headed exit.
 
     With ``keep_images`` the estimates at the last and the best exit of every item are kept
-    (``ExitTable.last`` / ``best``: lists of ``(1, H, W)`` tensors in item order).
+    (``ExitTable.last`` / ``best``: lists of ``(1, H, W)`` tensors in item order). With a
+    ``policy`` its hazard logits are recorded at the exits ``valid`` marks (default: every
+    headed exit), from the same features adaptive inference gives it.
     """
     model.eval()
     T = model.max_steps
@@ -90,6 +99,7 @@ def exit_table(model: DnCNN, data: NoisySet, keep_images: bool = False) -> ExitT
     loss_table = torch.full((data.size, T), math.nan)
     last: list = [None] * data.size
     best: list = [None] * data.size
+    hazards = torch.zeros(data.size, T) if policy is not None else None
     for index, clean, noisy in data.groups:
         state = model.start(noisy)
         best_psnr = torch.full((len(index),), -math.inf)
@@ -97,7 +107,9 @@ def exit_table(model: DnCNN, data: NoisySet, keep_images: bool = False) -> ExitT
             state = model.advance(state, t)
             if not model.has_exit(t):
                 continue
-            noise = model.predict(state, t)
+            noise, features = model.observe(state, t)
+            if policy is not None and (valid is None or bool(valid[t])):
+                hazards[index, t] = policy(features, t).float().cpu()
             raw = noisy - noise
             psnr_t = psnr(raw, clean).cpu()
             psnr_table[index, t] = psnr_t
@@ -110,4 +122,4 @@ def exit_table(model: DnCNN, data: NoisySet, keep_images: bool = False) -> ExitT
                 if t == T - 1:
                     for row in range(len(index)):
                         last[int(index[row])] = raw[row].clamp(0, 1).cpu()
-    return ExitTable(psnr_table, loss_table, last, best)
+    return ExitTable(psnr_table, loss_table, last, best, hazards)

@@ -15,7 +15,7 @@ from ...reporting import markdown_table, new_figure
 from ...stats import format_mean_sd, paired_difference
 from .config import DenoisingConfig
 from .data import from_png_base64
-from .experiment import stage1_name
+from .experiment import stage1_candidates
 
 __all__ = ["report", "METHODS"]
 
@@ -117,14 +117,18 @@ def report(results: list[JobResult], config: DenoisingConfig) -> Report:
 
     stop_vs_dncnn = {c["sigma"]: c for c in comparisons if (c["a"], c["b"]) == ("stop", "dncnn")}
     stop_vs_bm3d = {c["sigma"]: c for c in comparisons if (c["a"], c["b"]) == ("stop", "bm3d")}
+    mean_exit = [
+        statistics.fmean(stop[s]["rows"]["stop"]["mean_exit_by_sigma"][j] for s in seeds)
+        for j in range(len(sigmas))
+    ]
     summary = (
         "DnCNN-stop − DnCNN (dB): "
         + ", ".join(f"σ={s:g} {stop_vs_dncnn[s]['mean']:+.2f}" for s in sigmas)
         + "; − BM3D: "
         + ", ".join(f"σ={s:g} {stop_vs_bm3d[s]['mean']:+.2f}" for s in sigmas)
-        + f"; Spearman ρ(σ, exit) {statistics.fmean(rho):+.2f}; "
-        + f"adaptive/full CPU time {timing['stop_time_ratio']:.2f} at exit ratio "
-        + f"{timing['stop_exit_ratio']:.2f}"
+        + "; mean stop exit "
+        + ", ".join(f"{e:.1f}" for e in mean_exit)
+        + f" of {T}; Spearman ρ(σ, exit) {statistics.fmean(rho):+.2f}"
     )
     table = "\n\n".join(tables) + (
         f"\n\n{len(seeds)} seed(s), mean ± sd; test: {len(stop[seeds[0]]['rows']['stop']['exit'])}"
@@ -149,8 +153,8 @@ def report(results: list[JobResult], config: DenoisingConfig) -> Report:
         "training": training["results"],
         "choices": {
             s: {
-                "beta": stop[s]["beta"],
-                "beta_scores": stop[s]["beta_scores"],
+                "stage1": stop[s]["stage1"],
+                "stage1_val_oracle_psnr": stop[s]["stage1_val_oracle_psnr"],
                 "valid_exits": stop[s]["valid_exits"],
                 "calibration": {
                     k: v for k, v in stop[s]["calibration"].items() if k != "candidates"
@@ -341,13 +345,13 @@ def _training(jobs, cpu, seeds, config) -> dict[str, Any]:
     """Training CPU time of each pipeline (process CPU seconds of its jobs) and the choices."""
     rows, results = [], {}
     for s in seeds:
-        beta = jobs["dncnn-stop"][s]["beta"]
-        stage1 = stage1_name(beta)
+        candidates = stage1_candidates(config)
+        stage1 = candidates[jobs["dncnn-stop"][s]["stage1"]][0]
         pipelines = {
             "dncnn": cpu["pretrain"][s] + cpu["dncnn"][s],
             "dncnn_stop": cpu["pretrain"][s] + cpu[stage1][s] + cpu["dncnn-stop"][s],
             "dncnn_stop_all_betas": cpu["pretrain"][s]
-            + sum(cpu[stage1_name(b)][s] for b in config.betas)
+            + sum(cpu[job][s] for job, _, _ in candidates.values())
             + cpu["dncnn-stop"][s],
             "classical": cpu["classical"][s],
         }
@@ -355,7 +359,7 @@ def _training(jobs, cpu, seeds, config) -> dict[str, Any]:
     for key, label in (
         ("dncnn", "DnCNN (pretrain + last-output updates), incl. its test"),
         ("dncnn_stop", "DnCNN-stop (pretrain + stage I at the chosen β + stage II + test)"),
-        ("dncnn_stop_all_betas", "DnCNN-stop with every β tried"),
+        ("dncnn_stop_all_betas", "DnCNN-stop with every stage-I candidate (β) tried"),
         ("classical", "BM3D + NLM (validation and test)"),
     ):
         minutes = [results[s]["cpu_seconds"][key] / 60 for s in seeds]
@@ -505,11 +509,11 @@ def _training_figure(jobs, seeds, config):
     dncnn = jobs["dncnn"][seed]["training"]["curve"]
     axes.plot([(offset + p["cpu_seconds"]) / 60 for p in dncnn], [p["last"] for p in dncnn], "-",
               label="DnCNN, last output")  # fmt: skip
-    beta = jobs["dncnn-stop"][seed]["beta"]
-    stage1 = jobs[stage1_name(beta)][seed]["training"]["curve"]
+    chosen = jobs["dncnn-stop"][seed]["stage1"]
+    stage1 = jobs[stage1_candidates(config)[chosen][0]][seed]["training"]["curve"]
     x = [(offset + p["cpu_seconds"]) / 60 for p in stage1]
     axes.plot(
-        x, [p["last"] for p in stage1], "-", label=f"DnCNN-stop stage I (β={beta:g}), last exit"
+        x, [p["last"] for p in stage1], "-", label=f"DnCNN-stop stage I ({chosen}), last exit"
     )
     axes.plot(x, [p["oracle"] for p in stage1], ":", label="DnCNN-stop stage I, best exit (oracle)")
     bm3d = jobs["classical"][seed]["bm3d"]["val_psnr"]
