@@ -24,8 +24,13 @@ from stopwise.tasks.denoising.data import (
     sample_patches,
     tiles,
 )
-from stopwise.tasks.denoising.experiment import kept_exits
-from stopwise.tasks.denoising.methods import PolicyData, ValidationSchedule, policy_data
+from stopwise.tasks.denoising.experiment import kept_exits, oracle_under_budget
+from stopwise.tasks.denoising.methods import (
+    PolicyData,
+    ValidationSchedule,
+    near_best_exit,
+    policy_data,
+)
 from stopwise.tasks.denoising.metrics import exit_table, psnr, ssim
 from stopwise.tasks.denoising.models import DnCNN, ImagePolicy, noise_losses
 
@@ -410,3 +415,35 @@ def test_policy_registers_and_sees_the_step():
     torch.testing.assert_close(out[1] - out[0], torch.ones(2))
     without = ImagePolicy(width=4, max_steps=3, step_bias=False)
     assert without.step_bias is None
+
+
+def test_near_best_exit_against_a_plain_loop():
+    torch.manual_seed(0)
+    losses = torch.rand(50, 6) + 0.5
+    valid = torch.tensor([True, False, True, True, True, True])
+    for tolerance in (0.0, 0.2, 1.0):
+        target = near_best_exit(losses, valid, tolerance)
+        for row, t in zip(losses.tolist(), target.tolist(), strict=True):
+            allowed = [k for k in range(6) if valid[k]]
+            best = min(row[k] for k in allowed)
+            psnr_gap = [10 * math.log10(row[k] / best) for k in allowed]  # dB below the best
+            expected = next(
+                k for k, gap in zip(allowed, psnr_gap, strict=True) if gap <= tolerance + 1e-9
+            )
+            assert t == expected
+    torch.testing.assert_close(near_best_exit(losses), losses.argmin(dim=1))
+
+
+def test_oracle_under_budget_is_the_lagrangian_frontier():
+    torch.manual_seed(0)
+    psnr_table = 20 + torch.rand(40, 5).cumsum(dim=1)  # deeper is better, by varying amounts
+    costs = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0], dtype=torch.float64)
+    valid = torch.ones(5, dtype=torch.bool)
+    frontier = oracle_under_budget(psnr_table, valid, costs, points=4000)
+    assert frontier[-1]["mean_cost"] == 5.0
+    assert frontier[-1]["psnr"] == pytest.approx(float(psnr_table[:, -1].mean()))
+    assert all(a["psnr"] < b["psnr"] for a, b in zip(frontier, frontier[1:], strict=False))
+    # no fixed depth beats the frontier (a mix of neighbouring points) at its own cost
+    xs, ys = [p["mean_cost"] for p in frontier], [p["psnr"] for p in frontier]
+    for t in range(5):
+        assert np.interp(float(costs[t]), xs, ys) >= float(psnr_table[:, t].mean()) - 1e-6

@@ -39,6 +39,9 @@ class PolicyStage:
     crop: int = param(48, ge=8, le=512, help="side of those crops")
     width: int = param(16, ge=1, le=256, help="channels of the policy CNN")
     step_bias: bool = param(True, help="a learned bias per exit (the official policy has none)")
+    tolerance_db: float = param(
+        0.0, ge=0, help="target: first exit within this many dB of the best (0: argmin, official)"
+    )
 
 
 @dataclass
@@ -49,7 +52,7 @@ class DenoisingConfig(Config):
     depth: int = param(8, ge=3, le=64, help="convolution layers L of DnCNN (L − 1 exits)")
     width: int = param(32, ge=1, le=512, help="channels C of DnCNN")
     exit_head: str = param(
-        "linear", choices=HEAD_KINDS, help="exit head: linear Conv(C→1) or the official conv one"
+        "conv", choices=HEAD_KINDS, help="exit head: the official Conv–BN–ReLU–Conv, or Conv(C→1)"
     )
     patch: int = param(40, ge=8, le=512, help="training patch side")
     batch: int = param(32, ge=2, help="training patches per update")
@@ -79,7 +82,10 @@ class DenoisingConfig(Config):
     )
     policy: PolicyStage = group(PolicyStage)
     min_exit_frequency: float = param(
-        0.001, ge=0, lt=1, help="exits kept: validation hard-oracle frequency ≥ this (and the last)"
+        0.001, ge=0, lt=1, help="exits kept: validation stop-target frequency ≥ this (and the last)"
+    )
+    select_within_db: float = param(
+        0.0, ge=0, help="the rule kept: the cheapest within this of the best validation PSNR"
     )
     budget_points: int = param(8, ge=2, le=100, help="budgets on the budget curve")
     nlm_h: list[float] = param(
@@ -140,26 +146,26 @@ PRESETS: dict[str, dict] = {
     "benchmark": {
         "seeds": [0, 1, 2],
         "depth": 12,
-        "width": 48,
+        "width": 40,
         "batch": 64,
         "test_crop": 256,
         "val_crop": 128,
-        "pretrain": {"steps": 1500},
-        "finetune": {"steps": 400},
+        "pretrain": {"steps": 1200},
+        "finetune": {"steps": 300},
         "eval_every": 50,
-        "policy": {"steps": 800, "pool": 512, "crop": 64, "width": 32},
+        "policy": {"steps": 600, "pool": 512, "crop": 64},
         "timing_repeats": 3,
     },
     "long": {
         "seeds": [0, 1, 2],
-        "depth": 17,
-        "width": 64,
+        "depth": 15,
+        "width": 48,
         "batch": 64,
         "test_crop": 256,
         "val_crop": 128,
-        "pretrain": {"steps": 12000},
-        "finetune": {"steps": 3000},
-        "eval_every": 250,
+        "pretrain": {"steps": 6000},
+        "finetune": {"steps": 1500},
+        "eval_every": 200,
         "patience": 4,
         "policy": {"steps": 2000, "pool": 1024, "crop": 64, "width": 32},
         "bm3d_profiles": ["np", "vn"],
@@ -168,7 +174,6 @@ PRESETS: dict[str, dict] = {
     "paper": {
         "depth": 20,
         "width": 64,
-        "exit_head": "conv",
         "patch": 50,
         "batch": 256,
         "test_crop": 4096,
@@ -177,6 +182,7 @@ PRESETS: dict[str, dict] = {
         "channels_last": False,
         "pretrain": {"steps": 40000, "lr": 1e-3},
         "finetune": {"steps": 40000, "lr": 1e-4},
+        "uniform_candidate": False,
         "eval_every": 1000,
         "patience": 5,
         "betas": [0.1],

@@ -67,6 +67,7 @@ class CatalogueImage:
 
 _SK = "skimage"
 _PD = "public domain"
+_SK_NOTE = "no licence note; ships with scikit-image (BSD-3-Clause)"
 # The fixed split (docs/denoising.md lists it with the same sources and licences). Test: a
 # "Set12-like" dozen of varied photos; validation: three; training: the rest.
 CATALOGUE: tuple[CatalogueImage, ...] = (
@@ -80,9 +81,9 @@ CATALOGUE: tuple[CatalogueImage, ...] = (
     CatalogueImage(
         "coins", _SK, "data/coins.png", "test", "scikit-image (Brooklyn Museum)", "no known copyright"
     ),
-    CatalogueImage("moon", _SK, "data/moon.png", "test", "scikit-image", "BSD-3-Clause (scikit-image)"),
+    CatalogueImage("moon", _SK, "data/moon.png", "test", "scikit-image", _SK_NOTE),
     CatalogueImage("brick", _SK, "data/brick.png", "test", "scikit-image (CC0Textures)", "CC0"),
-    CatalogueImage("aero", "pywt", "data/aero.npz", "test", "PyWavelets", "MIT (PyWavelets)"),
+    CatalogueImage("aero", "pywt", "data/aero.npz", "test", "PyWavelets", "no source note; ships with PyWavelets (MIT)"),
     CatalogueImage(
         "ascent", "pywt", "data/ascent.npz", "test", "PyWavelets (public-domain-image.com)", _PD
     ),
@@ -98,7 +99,7 @@ CATALOGUE: tuple[CatalogueImage, ...] = (
         "clock", _SK, "data/clock_motion.png", "val", "scikit-image (Stefan van der Walt)", _PD
     ),
     CatalogueImage("grass", _SK, "data/grass.png", "val", "scikit-image (DeviantArt, Linolafett)", "CC0"),
-    CatalogueImage("page", _SK, "data/page.png", "val", "scikit-image", "BSD-3-Clause (scikit-image)"),
+    CatalogueImage("page", _SK, "data/page.png", "val", "scikit-image", _SK_NOTE),
     CatalogueImage(
         "china", "sklearn", "datasets/images/china.jpg", "train",
         "scikit-learn (danielbuechele, Flickr)", "CC BY 2.0",

@@ -25,6 +25,7 @@ from ...contract import Job, JobContext
 from ...inference import (
     HazardThreshold,
     ScoreThreshold,
+    fit_threshold,
     run_adaptive,
     stop_indices,
     time_adaptive,
@@ -36,6 +37,7 @@ from .data import NoisySet, center_crop, load_splits, noisy_set, png_base64, sam
 from .methods import (
     bm3d_denoise,
     build_dncnn,
+    near_best_exit,
     nlm_denoise,
     policy_data,
     stage_best_weights,
@@ -54,6 +56,7 @@ __all__ = [
     "stage1_candidates",
     "grid_item",
     "kept_exits",
+    "oracle_under_budget",
 ]
 
 _COMMON = (
@@ -302,12 +305,16 @@ def _choose_stage1(context: JobContext) -> tuple[str, dict[str, float]]:
     return max(scores, key=lambda n: (scores[n], -order.index(n))), scores
 
 
-def kept_exits(val_losses: torch.Tensor, min_frequency: float) -> tuple[torch.Tensor, list]:
-    """Exits whose validation hard-oracle frequency (share of items whose ℓ is least there)
-    is ≥ ``min_frequency`` (the official pruning), and always the last exit, so every image
-    may still use the whole network. Returns the ``(T,)`` mask and the frequencies."""
+def kept_exits(
+    val_losses: torch.Tensor, min_frequency: float, tolerance_db: float = 0.0
+) -> tuple[torch.Tensor, list]:
+    """Exits whose validation stop-target frequency (share of items whose
+    :func:`near_best_exit` is there; with δ = 0 the hard oracle argmin ℓ) is ≥
+    ``min_frequency`` (the official pruning), and always the last exit, so every image may
+    still use the whole network. Returns the ``(T,)`` mask and the frequencies."""
     T = val_losses.shape[1]
-    frequency = torch.bincount(val_losses.argmin(dim=1), minlength=T).double() / len(val_losses)
+    target = near_best_exit(val_losses, None, tolerance_db)
+    frequency = torch.bincount(target, minlength=T).double() / len(val_losses)
     valid = frequency >= min_frequency
     valid[-1] = True
     return valid, frequency.tolist()
@@ -325,7 +332,9 @@ def _dncnn_stop(context: JobContext) -> dict[str, Any]:
     # Choices, all on validation: kept exits, the policy checkpoint, the threshold.
     val = validation_set(config, context)
     val_table = exit_table(model, val)
-    valid, frequency = kept_exits(val_table.loss, config.min_exit_frequency)
+    valid, frequency = kept_exits(
+        val_table.loss, config.min_exit_frequency, config.policy.tolerance_db
+    )
     pool_noisy, pool_noise = sample_patches(
         load_splits(config.images_dir).train.images,
         config.policy.pool,
@@ -350,6 +359,13 @@ def _dncnn_stop(context: JobContext) -> dict[str, Any]:
     calibration = calibrate_by_metric(
         val_hazards, val_metric, budgets, ("hazard",), valid, costs, lower_is_better=False
     )
+    if config.select_within_db > 0:  # the cheapest budget within the tolerance of the best
+        best = max(c["value"] for c in calibration.candidates)
+        kept = [c for c in calibration.candidates if c["value"] >= best - config.select_within_db]
+        cheapest = min(kept, key=lambda c: c["cost"])
+        calibration.rule = fit_threshold(val_hazards, cheapest["budget"], costs, "hazard", valid)
+        calibration.budget, calibration.value = cheapest["budget"], cheapest["value"]
+        calibration.mean_cost = cheapest["cost"]
     rules = {"stop": calibration.rule, "stop_official": HazardThreshold(0.5)}
 
     # The test images, once.
@@ -376,6 +392,9 @@ def _dncnn_stop(context: JobContext) -> dict[str, Any]:
     rows["last_exit"] = _quality(table.last, data, config)
     metric = _curve_metric(table, data, config)
     curve = budget_sweep(val_hazards, test_hazards, budgets, metric, "hazard", valid, costs)
+    for point in curve:
+        index = stop_indices(test_hazards, _rule_of(point), valid)
+        point["spearman_exit_sigma"] = _finite(spearman(data.sigma.tolist(), index.tolist()))
     headed = torch.ones(T, dtype=torch.bool)
     fixed = fixed_depth_curve(data.size, metric, headed, model.fixed_depth_macs())
     stop_exit = torch.tensor(rows["stop"]["exit"], dtype=torch.float64)
@@ -400,10 +419,37 @@ def _dncnn_stop(context: JobContext) -> dict[str, Any]:
         "exit_psnr_by_sigma": _exit_psnr_by_sigma(table.psnr, data, config),
         "curve": curve,
         "fixed_depth": fixed,
+        "oracle_under_budget": oracle_under_budget(table.psnr, valid, costs),
         "spearman_exit_sigma": _finite(spearman(data.sigma.tolist(), stop_exit.tolist())),
         "grid": grid_images,
         "timing": _timing(model, policy, rules, curve, data, test_hazards, valid, costs, config),
     }
+
+
+def oracle_under_budget(
+    psnr_table: torch.Tensor, valid: torch.Tensor, costs: torch.Tensor, points: int = 200
+) -> list[dict[str, float]]:
+    """The best mean PSNR any policy could reach at each mean cost (issue 17's bound; needs the
+    clean images): every item stops at argmax_t PSNR_t − λ c_t over the valid exits, for λ
+    swept over a log grid (and 0), c in units of the cost range. Returns the frontier:
+    ``{"lambda", "mean_cost", "psnr"}`` at strictly increasing cost and PSNR."""
+    table = psnr_table.double().masked_fill(~valid.bool().view(1, -1), -math.inf)
+    spread = float(costs[valid].max() - costs[valid].min()) or 1.0
+    lambdas = [0.0] + torch.logspace(-4, 3, points - 1, dtype=torch.float64).tolist()
+    out = []
+    for lam in lambdas:
+        index = (table - lam * costs.view(1, -1) / spread).argmax(dim=1)
+        chosen = psnr_table.gather(1, index.view(-1, 1)).double()
+        out.append(
+            {"lambda": lam, "mean_cost": float(costs[index].mean()), "psnr": float(chosen.mean())}
+        )
+    frontier: list[dict[str, float]] = []
+    for point in sorted(out, key=lambda p: (p["mean_cost"], -p["psnr"])):
+        if not frontier or (
+            point["mean_cost"] > frontier[-1]["mean_cost"] and point["psnr"] > frontier[-1]["psnr"]
+        ):
+            frontier.append(point)
+    return frontier
 
 
 def _finite(value: float) -> float | None:

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from ...contract import JobContext
-from ...objectives import l2s_stage2_loss
 from ...stoptime import StopTime
 from ...training import EpochBatches, GeneratedBatches, fit_oracle, fit_predictor, optimize
 from .config import DenoisingConfig, TrainStage
@@ -39,6 +38,7 @@ __all__ = [
     "policy_data",
     "policy_hazards_on",
     "train_policy",
+    "near_best_exit",
     "bm3d_denoise",
     "nlm_denoise",
 ]
@@ -267,6 +267,22 @@ def policy_hazards_on(policy: ImagePolicy, data: PolicyData, rows, valid: torch.
     return torch.stack(columns, dim=1)
 
 
+def near_best_exit(
+    losses: torch.Tensor, valid: torch.Tensor | None = None, tolerance_db: float = 0.0
+) -> torch.Tensor:
+    """``(N,)`` the hard stop target: each row's first valid exit whose loss is within
+    ``tolerance_db`` of its least one, ℓ_t ≤ min_s ℓ_s · 10^(δ/10) (δ dB of PSNR, as ℓ is a
+    squared error). δ = 0 is the official hard oracle argmin_t ℓ_t (the first on ties); δ > 0
+    is a cost-aware variant (issue 17): stop as soon as further exits gain less than δ dB.
+    ``losses`` is ``(N, T)``."""
+    masked = losses.double()
+    if valid is not None:
+        masked = masked.masked_fill(~valid.bool().view(1, -1), math.inf)
+    least = masked.amin(dim=1, keepdim=True)
+    good = masked <= least * 10.0 ** (tolerance_db / 10.0)
+    return good.int().argmax(dim=1)
+
+
 def train_policy(
     policy: ImagePolicy,
     train: PolicyData,
@@ -275,9 +291,9 @@ def train_policy(
     config: DenoisingConfig,
     context: JobContext,
 ) -> dict[str, Any]:
-    """L2S stage II on a frozen DnCNN's cached trajectories: minimise −log q_φ(t*) with
-    t* = argmin_t ℓ_t over the kept exits (the official hard oracle, which needs no β; L2S
-    Eq. 10 with the one-hot q*). The policy checkpoint and its learning-rate drop are chosen on the validation
+    """L2S stage II on a frozen DnCNN's cached trajectories: minimise −log q_φ(t*) over the
+    kept exits, with t* = argmin_t ℓ_t (the official hard oracle, which needs no β; L2S Eq. 10
+    with the one-hot q*) or, with ``policy.tolerance_db`` > 0, :func:`near_best_exit`. The policy checkpoint and its learning-rate drop are chosen on the validation
     cross-entropy. Returns the schedule's summary."""
     stage = config.policy
     order = EpochBatches(
@@ -287,7 +303,8 @@ def train_policy(
 
     def cross_entropy(data: PolicyData, rows) -> torch.Tensor:
         stop = StopTime(policy_hazards_on(policy, data, rows, valid), valid)
-        return l2s_stage2_loss(stop, data.losses[rows], 1.0, hard=True)
+        target = near_best_exit(data.losses[rows], valid, stage.tolerance_db)
+        return -stop.log_prob(target).mean()
 
     def val_score() -> dict[str, float]:
         with torch.no_grad():

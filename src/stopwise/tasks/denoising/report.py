@@ -223,8 +223,12 @@ def _curve_table(jobs, seeds) -> dict[str, Any]:
         record = jobs["dncnn-stop"][s]
         fixed = record["fixed_depth"]
         ds = jobs["dncnn-ds"][s]["fixed_depth"]
+        bound = record["oracle_under_budget"]
         points = []
         for p in record["curve"]:
+            ceiling = _interpolate(
+                p["mean_cost"], [b["mean_cost"] for b in bound], [b["psnr"] for b in bound]
+            )
             same = _interpolate(
                 p["mean_cost"], [f["mean_cost"] for f in fixed], [f["psnr"] for f in fixed]
             )
@@ -239,6 +243,8 @@ def _curve_table(jobs, seeds) -> dict[str, Any]:
                     "psnr": p["psnr"],
                     "fixed_same_model": same,
                     "fixed_uniform_ds": uniform,
+                    "oracle_same_cost": ceiling,
+                    "spearman_exit_sigma": _nan(p["spearman_exit_sigma"]),
                 }
             )
         per_seed.append(points)
@@ -261,6 +267,8 @@ def _curve_table(jobs, seeds) -> dict[str, Any]:
                 "stop": f"{entry['psnr']:.2f}",
                 "same": f"{entry['fixed_same_model']:.2f}",
                 "ds": f"{entry['fixed_uniform_ds']:.2f}",
+                "oracle": f"{entry['oracle_same_cost']:.2f}",
+                "rho": f"{entry['spearman_exit_sigma']:+.2f}",
                 "gain": _format_interval(gain) if gain else "—",
             }
         )
@@ -274,11 +282,15 @@ def _curve_table(jobs, seeds) -> dict[str, Any]:
                 ("stop", "DnCNN-stop", "s"),
                 ("same", "same model, fixed depth", "s"),
                 ("ds", "uniform-DS model, fixed depth", "s"),
+                ("oracle", "oracle stop at this cost", "s"),
                 ("gain", "stop − same fixed [95%]", "s"),
+                ("rho", "ρ(σ, exit)", "s"),
             ],
         )
         + "\n\nFixed depths are compared at the same mean multiply-adds per pixel (policy and "
-        "exit heads included for DnCNN-stop), interpolating between neighbouring depths."
+        "exit heads included for DnCNN-stop), interpolating between neighbouring depths. The "
+        "oracle stop at this cost chooses each image's exit knowing the clean image "
+        "(argmin MSE + λ·cost, λ swept): the best any policy could do with this model."
     )
     return {"table": table, "results": results}
 
