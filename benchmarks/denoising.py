@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from machine_info import machine
 
+from stopwise.contract import stream_seed
 from stopwise.experiments import get_experiment, resolve_config, run_experiment
 from stopwise.tasks.denoising.data import load_splits, sample_patches
 
@@ -195,6 +196,69 @@ def speedups(depth: int, width: int, repeats: int) -> dict:
     return {"depth": depth, "width": width, "repeats": repeats, "rows": rows}
 
 
+class _Streams:
+    """The two things ``test_set`` asks of a job context: named generators and the device."""
+
+    def __init__(self, seed: int):
+        self.seed, self.device = seed, torch.device("cpu")
+
+    def generator(self, stream: str) -> torch.Generator:
+        return torch.Generator().manual_seed(stream_seed(self.seed, stream))
+
+
+def load_stop_model(run_dir: Path, seed: int):
+    """DnCNN-stop of one seed from a finished run: ``(model, policy, valid, rule, test set)``."""
+    from stopwise.checkpoints import load_checkpoint
+    from stopwise.config import build
+    from stopwise.inference import ScoreThreshold
+    from stopwise.tasks.denoising.config import DenoisingConfig
+    from stopwise.tasks.denoising.experiment import stage1_candidates, test_set
+    from stopwise.tasks.denoising.methods import build_dncnn, stage_best_weights
+    from stopwise.tasks.denoising.models import ImagePolicy
+
+    config = build(DenoisingConfig, json.loads((run_dir / "config.json").read_text())["config"])
+    record = jobs_of(run_dir)[f"dncnn-stop-s{seed}"]["record"]
+    job, stage, _ = stage1_candidates(config)[record["stage1"]]
+    model = build_dncnn(config, torch.device("cpu")).add_exit_heads(config.exit_head)
+    model.load_state_dict(
+        stage_best_weights(
+            load_checkpoint(run_dir / "checkpoints" / f"{job}-s{seed}" / f"{stage}.pt")["state"]
+        )
+    )
+    policy = ImagePolicy(config.policy.width, model.max_steps, config.policy.step_bias)
+    saved = load_checkpoint(run_dir / "checkpoints" / f"dncnn-stop-s{seed}" / "stage2.pt")
+    policy.load_state_dict(stage_best_weights(saved["state"]))
+    valid = torch.tensor(record["valid_exits"])
+    rule = ScoreThreshold(record["calibration"]["score_threshold"])
+    return model.eval(), policy.eval(), valid, rule, test_set(config, _Streams(seed)).open()
+
+
+def shrink_threads(run_dir: Path, seed: int, repeats: int) -> dict:
+    """Full depth against adaptive (shrink) inference of DnCNN-stop on the test images, one
+    image at a time, with one and with two threads (medians of interleaved repeats)."""
+    from stopwise.inference import time_adaptive
+
+    model, policy, valid, rule, data = load_stop_model(run_dir, seed)
+    out = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        full = adaptive = 0.0
+        for _, _, noisy in data.groups:
+            r = time_adaptive(model, policy, noisy, {"stop": rule}, valid, repeats, chunk=1)
+            full += r["full_seconds"]
+            adaptive += r["rules"]["stop"]["seconds"]
+            steps = r["rules"]["stop"]["mean_steps"]
+        out[f"threads_{threads}"] = {
+            "full_ms_per_image": 1e3 * full / data.size,
+            "adaptive_ms_per_image": 1e3 * adaptive / data.size,
+            "time_ratio": adaptive / full,
+            "mean_exit": steps,
+            "exits": model.max_steps,
+        }
+    torch.set_num_threads(1)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="benchmark")
@@ -203,6 +267,7 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--repeats", type=int, default=5, help="training-step timing repeats")
     parser.add_argument("--speedups-only", action="store_true")
+    parser.add_argument("--skip-speedups", action="store_true", help="keep the JSON's timings")
     parser.add_argument("--quick", action="store_true", help="also time `quick` from scratch")
     parser.add_argument("--note", default="", help="how the machine was shared, etc.")
     args = parser.parse_args()
@@ -219,8 +284,9 @@ def main() -> None:
             "note": args.note,
         }
     )
-    report["training_step_speedups"] = speedups(config.depth, config.width, args.repeats)
-    for row in report["training_step_speedups"]["rows"]:
+    if not args.skip_speedups:
+        report["training_step_speedups"] = speedups(config.depth, config.width, args.repeats)
+    for row in report.get("training_step_speedups", {}).get("rows", []):
         print(json.dumps({k: row[k] for k in row if "speedup" in k or k in ("precision", "threads", "channels_last", "patch")}))  # fmt: skip
     if not args.speedups_only:
         run = run_preset(args.preset, Path(args.run_dir), args.overrides)
@@ -238,6 +304,11 @@ def main() -> None:
         for figure in (Path(args.run_dir) / "figures").glob("*.png"):
             shutil.copy(figure, figures / figure.name)
         shutil.copy(Path(args.run_dir) / "table.md", figures / "table.md")
+        seed = run["results"]["seeds"][0]
+        report["shrink_one_and_two_threads"] = {
+            "seed": seed,
+            **shrink_threads(Path(args.run_dir), seed, args.repeats),
+        }
     if args.quick:
         quick_dir = Path("runs") / "denoising-quick-timing"
         if quick_dir.exists():
