@@ -42,9 +42,12 @@ def jobs_of(run_dir: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in (run_dir / "jobs").glob("*.json")}
 
 
-def run_preset(preset: str, run_dir: Path, overrides: list[str]) -> dict:
+def run_preset(preset: str, run_dir: Path, overrides: list[str], run: bool = True) -> dict:
+    """Run (or resume) a preset into ``run_dir`` — or, with ``run=False``, only read a finished
+    run — and collect its results, table and the CPU seconds its jobs recorded."""
     start, cpu = time.perf_counter(), time.process_time()
-    run_experiment("denoising", preset, run_dir, overrides)
+    if run:
+        run_experiment("denoising", preset, run_dir, overrides)
     jobs = jobs_of(run_dir)
     return {
         "run_dir": str(run_dir),
@@ -268,6 +271,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="training-step timing repeats")
     parser.add_argument("--speedups-only", action="store_true")
     parser.add_argument("--skip-speedups", action="store_true", help="keep the JSON's timings")
+    parser.add_argument(
+        "--no-run", action="store_true", help="read the finished run directory instead of running"
+    )
     parser.add_argument("--quick", action="store_true", help="also time `quick` from scratch")
     parser.add_argument("--note", default="", help="how the machine was shared, etc.")
     args = parser.parse_args()
@@ -289,7 +295,7 @@ def main() -> None:
     for row in report.get("training_step_speedups", {}).get("rows", []):
         print(json.dumps({k: row[k] for k in row if "speedup" in k or k in ("precision", "threads", "channels_last", "patch")}))  # fmt: skip
     if not args.speedups_only:
-        run = run_preset(args.preset, Path(args.run_dir), args.overrides)
+        run = run_preset(args.preset, Path(args.run_dir), args.overrides, not args.no_run)
         report["preset"] = args.preset
         report["run"] = {k: v for k, v in run.items() if k != "results"}
         report["results"] = run["results"]

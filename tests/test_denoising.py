@@ -24,7 +24,11 @@ from stopwise.tasks.denoising.data import (
     sample_patches,
     tiles,
 )
-from stopwise.tasks.denoising.experiment import kept_exits, oracle_under_budget
+from stopwise.tasks.denoising.experiment import (
+    budget_oracle_score,
+    kept_exits,
+    oracle_under_budget,
+)
 from stopwise.tasks.denoising.methods import (
     PolicyData,
     ValidationSchedule,
@@ -447,3 +451,12 @@ def test_oracle_under_budget_is_the_lagrangian_frontier():
     xs, ys = [p["mean_cost"] for p in frontier], [p["psnr"] for p in frontier]
     for t in range(5):
         assert np.interp(float(costs[t]), xs, ys) >= float(psnr_table[:, t].mean()) - 1e-6
+
+
+def test_budget_oracle_score_prefers_useful_early_exits():
+    costs = torch.arange(1.0, 6.0, dtype=torch.float64)
+    last_only = torch.tensor([[10.0, 10.0, 10.0, 10.0, 30.0]] * 4)
+    gradual = torch.tensor([[26.0, 27.0, 28.0, 29.0, 29.9]] * 4)
+    assert budget_oracle_score(gradual, costs, 8) > budget_oracle_score(last_only, costs, 8)
+    flat = torch.full((3, 5), 25.0)
+    assert budget_oracle_score(flat, costs, 8) == pytest.approx(25.0)

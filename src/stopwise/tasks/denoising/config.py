@@ -80,6 +80,11 @@ class DenoisingConfig(Config):
     uniform_candidate: bool = param(
         True, help="the uniform-DS model (β = ∞) is a stage-I candidate too"
     )
+    stage1_criterion: str = param(
+        "oracle",
+        choices=("oracle", "budget_oracle"),
+        help="stage-I choice: validation best-exit PSNR (official) or oracle PSNR over budgets",
+    )
     policy: PolicyStage = group(PolicyStage)
     min_exit_frequency: float = param(
         0.001, ge=0, lt=1, help="exits kept: validation stop-target frequency ≥ this (and the last)"

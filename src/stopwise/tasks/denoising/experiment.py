@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from ...contract import Job, JobContext
@@ -57,6 +58,7 @@ __all__ = [
     "grid_item",
     "kept_exits",
     "oracle_under_budget",
+    "budget_oracle_score",
 ]
 
 _COMMON = (
@@ -80,7 +82,7 @@ def jobs(config: DenoisingConfig) -> list[Job]:
         for b in config.betas
     ]
     stop_keys = _FINETUNED + (
-        "exit_head", "betas", "uniform_candidate", "policy", "min_exit_frequency",
+        "exit_head", "betas", "uniform_candidate", "stage1_criterion", "policy", "min_exit_frequency",
         "budget_points", "inference_mode",
     )  # fmt: skip
     candidates = [j.name for j in stage1] + (["dncnn-ds"] if config.uniform_candidate else [])
@@ -293,14 +295,44 @@ def stage1_candidates(config: DenoisingConfig) -> dict[str, tuple[str, str, floa
     return out
 
 
-def _choose_stage1(context: JobContext) -> tuple[str, dict[str, float]]:
-    """The stage-I model with the best validation best-exit PSNR (the official stage-I
-    criterion; the first candidate on ties)."""
-    candidates = stage1_candidates(context.config)
-    scores = {
-        name: context.dependency(job).record["val_oracle_psnr"]
-        for name, (job, _, _) in candidates.items()
-    }
+def _stage1_model(context: JobContext, candidate: str):
+    config: DenoisingConfig = context.config
+    job, stage, _ = stage1_candidates(config)[candidate]
+    model = build_dncnn(config, context.device).add_exit_heads(config.exit_head)
+    model.load_state_dict(stage_best_weights(context.checkpoint(stage, job=job)))
+    return model.eval()
+
+
+def budget_oracle_score(psnr_table: torch.Tensor, costs: torch.Tensor, points: int) -> float:
+    """Mean, over ``points`` budgets evenly spread from the first to the last exit's cost, of
+    the best mean PSNR an oracle stop reaches within the budget (:func:`oracle_under_budget`,
+    interpolated): how good a model is for stopping at every budget, not only at full depth."""
+    valid = torch.ones(psnr_table.shape[1], dtype=torch.bool)
+    frontier = oracle_under_budget(psnr_table, valid, costs)
+    xs = [p["mean_cost"] for p in frontier]
+    ys = [p["psnr"] for p in frontier]
+    grid = budget_grid(valid, points, costs)
+    values = [float(np.interp(b, xs, ys, left=min(ys))) for b in grid]
+    return sum(values) / len(values)
+
+
+def _choose_stage1(context: JobContext, val: NoisySet) -> tuple[str, dict[str, float]]:
+    """The stage-I model of best validation score (the first candidate on ties): its
+    best-exit PSNR (``stage1_criterion=oracle``, the official stage-I criterion) or
+    :func:`budget_oracle_score` (``budget_oracle``, every exit with a head and the policy's
+    cost counted)."""
+    config: DenoisingConfig = context.config
+    candidates = stage1_candidates(config)
+    scores = {}
+    for name, (job, _, _) in candidates.items():
+        if config.stage1_criterion == "oracle":
+            scores[name] = context.dependency(job).record["val_oracle_psnr"]
+        else:
+            model = _stage1_model(context, name)
+            policy_macs = ImagePolicy(config.policy.width, model.max_steps).macs()
+            costs = model.adaptive_macs(torch.ones(model.max_steps, dtype=torch.bool), policy_macs)
+            table = exit_table(model, val).psnr
+            scores[name] = budget_oracle_score(table, costs, config.budget_points)
     order = list(candidates)
     return max(scores, key=lambda n: (scores[n], -order.index(n))), scores
 
@@ -322,15 +354,13 @@ def kept_exits(
 
 def _dncnn_stop(context: JobContext) -> dict[str, Any]:
     config: DenoisingConfig = context.config
-    chosen, stage1_scores = _choose_stage1(context)
-    job, stage, beta = stage1_candidates(config)[chosen]
-    model = build_dncnn(config, context.device).add_exit_heads(config.exit_head)
-    model.load_state_dict(stage_best_weights(context.checkpoint(stage, job=job)))
-    model.eval()
-    T = model.max_steps
-
-    # Choices, all on validation: kept exits, the policy checkpoint, the threshold.
+    # Choices, all on validation: the stage-I model, kept exits, the policy checkpoint, the
+    # threshold.
     val = validation_set(config, context)
+    chosen, stage1_scores = _choose_stage1(context, val)
+    beta = stage1_candidates(config)[chosen][2]
+    model = _stage1_model(context, chosen)
+    T = model.max_steps
     val_table = exit_table(model, val)
     valid, frequency = kept_exits(
         val_table.loss, config.min_exit_frequency, config.policy.tolerance_db
@@ -403,7 +433,8 @@ def _dncnn_stop(context: JobContext) -> dict[str, Any]:
         "sigma": data.sigma.tolist(),
         "stage1": chosen,
         "beta": beta,
-        "stage1_val_oracle_psnr": stage1_scores,
+        "stage1_criterion": config.stage1_criterion,
+        "stage1_scores": stage1_scores,
         "valid_exits": valid.tolist(),
         "val_exit_frequency": frequency,
         "policy_training": policy_training,

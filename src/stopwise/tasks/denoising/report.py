@@ -154,7 +154,10 @@ def report(results: list[JobResult], config: DenoisingConfig) -> Report:
         "choices": {
             s: {
                 "stage1": stop[s]["stage1"],
-                "stage1_val_oracle_psnr": stop[s]["stage1_val_oracle_psnr"],
+                "stage1_criterion": stop[s].get("stage1_criterion", "oracle"),
+                "stage1_scores": stop[s].get(
+                    "stage1_scores", stop[s].get("stage1_val_oracle_psnr")
+                ),
                 "valid_exits": stop[s]["valid_exits"],
                 "calibration": {
                     k: v for k, v in stop[s]["calibration"].items() if k != "candidates"
