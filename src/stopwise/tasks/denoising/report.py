@@ -293,7 +293,7 @@ def _curve_table(jobs, seeds) -> dict[str, Any]:
         + "\n\nFixed depths are compared at the same mean multiply-adds per pixel (policy and "
         "exit heads included for DnCNN-stop), interpolating between neighbouring depths. The "
         "oracle stop at this cost chooses each image's exit knowing the clean image "
-        "(argmin MSE + λ·cost, λ swept): the best any policy could do with this model."
+        "(argmax PSNR − λ·cost, λ swept): the best any policy could do with this model."
     )
     return {"table": table, "results": results}
 
