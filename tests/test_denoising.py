@@ -460,3 +460,12 @@ def test_budget_oracle_score_prefers_useful_early_exits():
     assert budget_oracle_score(gradual, costs, 8) > budget_oracle_score(last_only, costs, 8)
     flat = torch.full((3, 5), 25.0)
     assert budget_oracle_score(flat, costs, 8) == pytest.approx(25.0)
+
+
+def test_spearman_over_seeds_skips_undefined_seeds():
+    from stopwise.tasks.denoising.report import format_rho
+
+    nan = float("nan")
+    assert format_rho([nan, nan]).startswith("undefined in all 2 seed(s)")
+    assert format_rho([0.5, nan]) == "0.500 (1 seed(s) undefined: one exit for all)"
+    assert format_rho([0.25, 0.75]) == "0.500 ± 0.354"

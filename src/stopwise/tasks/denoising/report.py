@@ -85,7 +85,7 @@ def report(results: list[JobResult], config: DenoisingConfig) -> Report:
     tables.append(
         f"### Mean stop exit per σ (of {T} exits)\n\n"
         + markdown_table(exit_rows, [("method", "method", "s")] + [(h, h, "s") for h in headers])
-        + f"\n\nSpearman ρ(σ, stop exit) over test images: {format_mean_sd(rho, '.3f')}"
+        + f"\n\nSpearman ρ(σ, stop exit) over test images: {format_rho(rho)}"
         + " (DnCNN-stop, threshold from validation)."
     )
 
@@ -196,6 +196,17 @@ def _without_nan(value: Any) -> Any:
 
 def _nan(value: float | None) -> float:
     return math.nan if value is None else value
+
+
+def format_rho(values: list[float]) -> str:
+    """Mean ± sd of the per-seed Spearman ρ that are defined; ρ is undefined (NaN) for a seed
+    whose test images all stop at the same exit, and such seeds are counted, not averaged."""
+    defined = [v for v in values if not math.isnan(v)]
+    undefined = len(values) - len(defined)
+    if not defined:
+        return f"undefined in all {len(values)} seed(s) (every test image stops at one exit)"
+    text = format_mean_sd(defined, ".3f")
+    return text + (f" ({undefined} seed(s) undefined: one exit for all)" if undefined else "")
 
 
 def _format_interval(diff: dict[str, Any]) -> str:
