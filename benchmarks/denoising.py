@@ -12,7 +12,8 @@ DnCNN-stop above BM3D at σ = 35, 45, 55 (the gap at 65, 75 reported); Spearman 
 step's multiply-adds; the benchmark preset ≤ 90 CPU-minutes; quick ≤ 10 minutes.
 
 Writes ``benchmarks/results/denoising.json`` (machine, threads, date, wall and CPU time) and
-copies the run's figures and table to ``benchmarks/results/denoising/``. The run directory
+copies the run's figures and table to ``benchmarks/results/denoising/`` (the folder named
+after ``--out``). The run directory
 (``runs/denoising-benchmark``) resumes when the script is rerun; its jobs keep the CPU seconds
 they recorded when they ran.
 """
@@ -305,7 +306,7 @@ def main() -> None:
                 {k: v.get("met") for k, v in report["targets"].items() if isinstance(v, dict)}
             )
         )
-        figures = RESULTS / "denoising"
+        figures = out.with_suffix("")  # denoising.json -> denoising/
         figures.mkdir(parents=True, exist_ok=True)
         for figure in (Path(args.run_dir) / "figures").glob("*.png"):
             shutil.copy(figure, figures / figure.name)
