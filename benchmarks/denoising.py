@@ -239,25 +239,42 @@ def load_stop_model(run_dir: Path, seed: int):
 
 def shrink_threads(run_dir: Path, seed: int, repeats: int) -> dict:
     """Full depth against adaptive (shrink) inference of DnCNN-stop on the test images, one
-    image at a time, with one and with two threads (medians of interleaved repeats)."""
-    from stopwise.inference import time_adaptive
+    image at a time, with one and with two threads (medians of interleaved repeats), for the
+    chosen rule and every point of the budget curve (its validation-fitted threshold): the
+    measured speedup beside the multiply-add ratio (issue 17: speedup ≥ 0.8 × MAC ratio)."""
+    from stopwise.inference import ScoreThreshold, time_adaptive
 
     model, policy, valid, rule, data = load_stop_model(run_dir, seed)
+    curve = jobs_of(run_dir)[f"dncnn-stop-s{seed}"]["record"]["curve"]
+    rules = {"stop": rule}
+    rules.update({f"curve_{k}": ScoreThreshold(p["score_threshold"]) for k, p in enumerate(curve)})
+    full_macs = float(model.fixed_depth_macs()[-1])
     out = {}
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        full = adaptive = 0.0
+        full, seconds, steps = 0.0, dict.fromkeys(rules, 0.0), {}
         for _, _, noisy in data.groups:
-            r = time_adaptive(model, policy, noisy, {"stop": rule}, valid, repeats, chunk=1)
+            r = time_adaptive(model, policy, noisy, rules, valid, repeats, chunk=1)
             full += r["full_seconds"]
-            adaptive += r["rules"]["stop"]["seconds"]
-            steps = r["rules"]["stop"]["mean_steps"]
+            for name, timed in r["rules"].items():
+                seconds[name] += timed["seconds"]
+                steps[name] = timed["mean_steps"]
+        points = {}
+        for name in rules:
+            point = curve[int(name.split("_")[1])] if name != "stop" else None
+            mac_ratio = point["mean_cost"] / full_macs if point else None
+            speedup = full / seconds[name]
+            points[name] = {
+                "adaptive_ms_per_image": 1e3 * seconds[name] / data.size,
+                "mean_exit": steps[name],
+                "speedup": speedup,
+                "ideal_speedup_macs": 1 / mac_ratio if mac_ratio else None,
+                "speedup_over_ideal": speedup * mac_ratio if mac_ratio else None,
+            }
         out[f"threads_{threads}"] = {
             "full_ms_per_image": 1e3 * full / data.size,
-            "adaptive_ms_per_image": 1e3 * adaptive / data.size,
-            "time_ratio": adaptive / full,
-            "mean_exit": steps,
             "exits": model.max_steps,
+            "rules": points,
         }
     torch.set_num_threads(1)
     return out

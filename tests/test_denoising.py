@@ -469,3 +469,32 @@ def test_spearman_over_seeds_skips_undefined_seeds():
     assert format_rho([nan, nan]).startswith("undefined in all 2 seed(s)")
     assert format_rho([0.5, nan]) == "0.500 (1 seed(s) undefined: one exit for all)"
     assert format_rho([0.25, 0.75]) == "0.500 ± 0.354"
+
+
+def test_timed_rules_are_matched_by_position_across_seeds():
+    from stopwise.tasks.denoising.report import _timed_rules_by_position
+
+    records = [
+        {"rules": {"stop": {"t": 1}, "budget_100": {"t": 2}, "budget_300": {"t": 3}}},
+        {"rules": {"stop": {"t": 4}, "budget_120": {"t": 5}, "budget_300": {"t": 6}}},
+    ]
+    matched = _timed_rules_by_position(records)
+    assert [name for name, _ in matched] == ["stop", "budget_point_1", "budget_300"]
+    assert [[e["t"] for e in entries] for _, entries in matched] == [[1, 4], [2, 5], [3, 6]]
+
+
+def test_best_fixed_depth_at_a_cost_skips_depths_worse_than_a_cheaper_one():
+    from stopwise.tasks.denoising.report import _interpolate
+
+    xs, ys = [1.0, 2.0, 3.0, 3.0], [5.0, 4.0, 6.0, 7.0]  # depth 2 worse than 1; two at cost 3
+    assert math.isnan(_interpolate(0.5, xs, ys))
+    assert _interpolate(1.0, xs, ys) == 5.0
+    assert _interpolate(2.0, xs, ys) == 6.0  # halfway between (1, 5) and (3, 7)
+    assert _interpolate(4.0, xs, ys) == 7.0
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        costs = torch.rand(8, generator=generator).sort().values.tolist()
+        psnr = torch.rand(8, generator=generator).tolist()
+        x = costs[0] + (costs[-1] - costs[0]) * float(torch.rand(1, generator=generator))
+        reachable = max(p for c, p in zip(costs, psnr, strict=True) if c <= x)
+        assert reachable - 1e-12 <= _interpolate(x, costs, psnr) <= max(psnr) + 1e-12

@@ -216,12 +216,19 @@ def _format_interval(diff: dict[str, Any]) -> str:
 
 
 def _interpolate(x: float, xs: list[float], ys: list[float]) -> float:
-    """The best fixed depth at mean cost ``x``: linear interpolation of ``ys`` over increasing
-    ``xs`` (a random mix of the two neighbouring depths reaches this mean cost and this mean
-    PSNR); beyond the full depth, the full depth; NaN below the first depth."""
+    """The best fixed depth at mean cost ``x``: over the depths that are on the frontier (no
+    cheaper-or-equal depth does better: a depth whose exit is worse than a shallower one is never
+    the one to run), linear interpolation of PSNR over increasing cost (a random mix of the two
+    neighbouring frontier depths reaches this mean cost and this mean PSNR); beyond the full
+    depth, the best; NaN below the first depth."""
     if x < xs[0] - 1e-9:
         return math.nan
-    return float(np.interp(x, xs, ys))
+    front_x, front_y = [], []
+    for cost, psnr in sorted(zip(xs, ys, strict=True), key=lambda p: (p[0], -p[1])):
+        if not front_y or psnr > front_y[-1]:  # same cost: the better one comes first
+            front_x.append(cost)
+            front_y.append(psnr)
+    return float(np.interp(x, front_x, front_y))
 
 
 def _nanmean(values: list[float]) -> float:
@@ -302,23 +309,37 @@ def _curve_table(jobs, seeds) -> dict[str, Any]:
             ],
         )
         + "\n\nFixed depths are compared at the same mean multiply-adds per pixel (policy and "
-        "exit heads included for DnCNN-stop), interpolating between neighbouring depths. The "
+        "exit heads included for DnCNN-stop): the best fixed depth at that cost (a depth worse "
+        "than a cheaper one is skipped), interpolating between neighbouring such depths. "
+        "Budget points are matched by position across seeds (each seed's budgets are spread over "
+        "its own kept exits' costs). The "
         "oracle stop at this cost chooses each image's exit knowing the clean image "
         "(argmax PSNR − λ·cost, λ swept): the best any policy could do with this model."
     )
     return {"table": table, "results": results}
 
 
+def _timed_rules_by_position(records: list[dict]) -> list[tuple[str, list[dict]]]:
+    """The timed rules of every seed, matched by position: ``stop`` and the budget-curve points
+    at about a third and two thirds of the range, whose names (``budget_<MACs>``) differ between
+    seeds when their kept exits do. A name differing between seeds becomes ``budget_point_<k>``."""
+    per_seed = [list(r["rules"].items()) for r in records]
+    out = []
+    for k, column in enumerate(zip(*per_seed, strict=True)):
+        names = {name for name, _ in column}
+        name = names.pop() if len(names) == 1 else f"budget_point_{k}"
+        out.append((name, [entry for _, entry in column]))
+    return out
+
+
 def _timing_table(jobs, seeds, T) -> dict[str, Any]:
     records = [jobs["dncnn-stop"][s]["timing"] for s in seeds]
-    names = list(records[0]["rules"])
     rows, results = [], {}
     full = [r["full_ms_per_image"] for r in records]
     rows.append(
         {"what": "DnCNN-stop model, full depth (no policy)", "ms": format_mean_sd(full, ".1f")}
     )
-    for name in names:
-        entries = [r["rules"][name] for r in records]
+    for name, entries in _timed_rules_by_position(records):
         time_ratio = statistics.fmean(e["time_ratio"] for e in entries)
         exit_ratio = statistics.fmean(e["exit_ratio"] for e in entries)
         mac_ratio = statistics.fmean(e["mac_ratio"] for e in entries)
