@@ -519,15 +519,23 @@ def _mean_curve(curves, x_key, y_key):
     return xs, ys
 
 
+def _best_fixed(fixed: list[dict[str, float]]) -> list[dict[str, float]]:
+    """Each fixed depth's cost with the best PSNR a fixed depth reaches at that cost
+    (:func:`_interpolate`): what the budget table compares the stop model with."""
+    xs, ys = [f["mean_cost"] for f in fixed], [f["psnr"] for f in fixed]
+    return [{"mean_cost": x, "psnr": _interpolate(x, xs, ys)} for x in xs]
+
+
 def _budget_figure(jobs, seeds):
     figure, axes = new_figure(6.0, 4.0)
     stop = [jobs["dncnn-stop"][s] for s in seeds]
     xs, ys = _mean_curve([r["curve"] for r in stop], "mean_cost", "psnr")
     axes.plot(xs, ys, "-o", markersize=3, label="DnCNN-stop (thresholds from validation)")
-    xs, ys = _mean_curve([r["fixed_depth"] for r in stop], "mean_cost", "psnr")
-    axes.plot(xs, ys, "s--", markersize=3, label="same model, fixed depth")
-    xs, ys = _mean_curve([jobs["dncnn-ds"][s]["fixed_depth"] for s in seeds], "mean_cost", "psnr")
-    axes.plot(xs, ys, "^:", markersize=3, label="uniform-DS model, fixed depth")
+    xs, ys = _mean_curve([_best_fixed(r["fixed_depth"]) for r in stop], "mean_cost", "psnr")
+    axes.plot(xs, ys, "s--", markersize=3, label="same model, best fixed depth at this cost")
+    ds = [_best_fixed(jobs["dncnn-ds"][s]["fixed_depth"]) for s in seeds]
+    xs, ys = _mean_curve(ds, "mean_cost", "psnr")
+    axes.plot(xs, ys, "^:", markersize=3, label="uniform-DS model, best fixed depth")
     full = stop[0]["costs_per_pixel"]["fixed_depth"][-1]
     dncnn = statistics.fmean(statistics.fmean(jobs["dncnn"][s]["test"]["psnr"]) for s in seeds)
     axes.plot([full], [dncnn], "k*", markersize=8, label="DnCNN (last output)")
