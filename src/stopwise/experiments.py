@@ -119,6 +119,7 @@ TASK_MODULES = (
     "stopwise.tasks.parity",
     "stopwise.tasks.multi_exit",
     "stopwise.tasks.learned_optimizers",
+    "stopwise.tasks.denoising",
 )
 ENTRY_POINTS = "stopwise.experiments"
 

@@ -1,0 +1,500 @@
+"""The denoising task: each piece against an independent reference (a plain loop, scikit-image,
+forward hooks counting multiply-adds, a DnCNN written out as nn.Sequential), and bad inputs that
+exit 2 before anything is written."""
+
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from stopwise.inference import ScoreThreshold, hazard_trajectory, run_adaptive
+from stopwise.policies import create_policy
+from stopwise.tasks.denoising.data import (
+    CATALOGUE,
+    center_crop,
+    from_png_base64,
+    load_splits,
+    noisy_set,
+    png_base64,
+    sample_patches,
+    tiles,
+)
+from stopwise.tasks.denoising.experiment import (
+    budget_oracle_score,
+    kept_exits,
+    oracle_under_budget,
+)
+from stopwise.tasks.denoising.methods import (
+    PolicyData,
+    ValidationSchedule,
+    near_best_exit,
+    policy_data,
+)
+from stopwise.tasks.denoising.metrics import exit_table, psnr, ssim
+from stopwise.tasks.denoising.models import DnCNN, ImagePolicy, noise_losses
+
+
+def _reference_dncnn(model: DnCNN) -> nn.Sequential:
+    """The DnCNN layers written out in order with the model's own weights (official layout)."""
+    layers = [model.trunk[0][0], nn.ReLU()]
+    for block in model.trunk[1:]:
+        layers += [block[0], block[1], nn.ReLU()]
+    layers.append(model.heads[str(model.max_steps - 1)])
+    return nn.Sequential(*layers)
+
+
+def _trained_looking(model: DnCNN) -> DnCNN:
+    """Give BN non-trivial running statistics so eval mode is a real test."""
+    torch.manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def test_dncnn_full_depth_is_the_official_layer_stack():
+    torch.manual_seed(0)
+    model = _trained_looking(DnCNN(depth=5, width=6))
+    x = torch.rand(3, 1, 12, 10)
+    torch.testing.assert_close(model(x), _reference_dncnn(model)(x))
+    assert model.max_steps == 4 and sorted(model.heads) == ["3"]
+
+
+def test_linear_exit_heads_start_as_the_final_conv_on_each_module():
+    torch.manual_seed(0)
+    model = _trained_looking(DnCNN(depth=5, width=6)).add_exit_heads("linear").eval()
+    x = torch.rand(2, 1, 9, 9)
+    final = model.heads["3"]
+    h = x
+    state = model.start(x)
+    for t in range(model.max_steps):
+        h = model.trunk[t](h)
+        state = model.advance(state, t)
+        torch.testing.assert_close(model.predict(state, t), final(h))
+    conv = DnCNN(depth=5, width=6).add_exit_heads("conv")
+    assert isinstance(conv.heads["0"], nn.Sequential) and len(conv.heads) == 4
+
+
+def _count_conv_macs(module: nn.Module, x: torch.Tensor, pixels: int) -> float:
+    """Multiply-adds per input pixel of every Conv2d, counted with forward hooks."""
+    total = []
+
+    def hook(m, inputs, output):
+        k = m.kernel_size[0] * m.kernel_size[1]
+        total.append(output.numel() // output.shape[0] * k * m.in_channels // m.groups)
+
+    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        module(x)
+    for h in handles:
+        h.remove()
+    return sum(total) / pixels
+
+
+def test_costs_match_multiply_adds_counted_by_hooks():
+    torch.manual_seed(0)
+    model = DnCNN(depth=6, width=8).add_exit_heads("conv").eval()
+    x = torch.rand(1, 1, 16, 16)
+    pixels = 16 * 16
+    full = _count_conv_macs(_reference_dncnn(model), x, pixels)
+    assert model.fixed_depth_macs()[-1].item() == pytest.approx(full)
+    # Fixed depth t: modules 0..t and head t.
+    for t in range(model.max_steps):
+        state = model.start(x)
+        hooks_total = 0.0
+        h = x
+        for k in range(t + 1):
+            hooks_total += _count_conv_macs(model.trunk[k], h, pixels)
+            state = model.advance(state, k)
+            h = state["h"]
+        hooks_total += _count_conv_macs(model.heads[str(t)], h, pixels)
+        assert model.fixed_depth_macs()[t].item() == pytest.approx(hooks_total)
+    policy = ImagePolicy(width=5, max_steps=model.max_steps)
+    assert policy.macs() == pytest.approx(
+        _count_conv_macs(policy.net, torch.rand(1, 3, 16, 16), pixels)
+    )
+    # Adaptive cost: a plain loop over exits.
+    valid = torch.tensor([False, True, True, False, True])
+    costs = model.adaptive_macs(valid, policy.macs())
+    modules = model.module_macs()
+    for t in range(model.max_steps):
+        expected = float(modules[: t + 1].sum())
+        for k in range(t + 1):
+            if valid[k]:
+                expected += model.head_macs(k) + (policy.macs() if k < 4 else 0.0)
+        assert costs[t].item() == pytest.approx(expected)
+
+
+def test_noise_losses_and_psnr_against_plain_references():
+    torch.manual_seed(0)
+    predicted = torch.rand(3, 4, 1, 5, 6)
+    noise = torch.rand(3, 1, 5, 6)
+    losses = noise_losses(predicted, noise)
+    for b in range(3):
+        for t in range(4):
+            plain = sum(
+                float(predicted[b, t, 0, i, j] - noise[b, 0, i, j]) ** 2
+                for i in range(5)
+                for j in range(6)
+            )
+            assert losses[b, t].item() == pytest.approx(plain, rel=1e-5)
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    clean = torch.rand(2, 1, 20, 20)
+    estimate = clean + 0.2 * torch.randn(2, 1, 20, 20)  # leaves [0, 1]: PSNR clamps it
+    ours = psnr(estimate, clean)
+    theirs = [
+        peak_signal_noise_ratio(
+            c[0].double().numpy(), e[0].double().clamp(0, 1).numpy(), data_range=1
+        )
+        for e, c in zip(estimate, clean, strict=True)
+    ]
+    np.testing.assert_allclose(ours.numpy(), theirs, rtol=1e-5)
+    s = ssim(estimate, clean)
+    expected = structural_similarity(
+        estimate[0, 0].double().clamp(0, 1).numpy(), clean[0, 0].double().numpy(), data_range=1
+    )
+    assert s[0].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_patches_are_windows_of_an_image_under_a_flip_or_rotation():
+    g = torch.Generator().manual_seed(3)
+    images = [torch.rand(30, 40), torch.rand(25, 25)]
+    noisy, noise = sample_patches(images, 16, 8, [35.0], g)
+    assert noisy.shape == noise.shape == (16, 1, 8, 8)
+    clean = noisy - noise
+    for patch in clean[:, 0]:
+        found = False
+        for image in images:
+            for k in range(8):
+                view = torch.rot90(patch.flip(1) if k >= 4 else patch, -(k % 4), dims=(0, 1))
+                windows = image.unfold(0, 8, 1).unfold(1, 8, 1)
+                if bool(((windows - view).abs().amax(dim=(-1, -2)) < 1e-6).any()):
+                    found = True
+        assert found
+    big = sample_patches(images, 200, 24, [35.0, 55.0], g)[1]
+    stds = big.flatten(1).std(dim=1) * 255  # 576 pixels: within ±10% of σ by > 3 sd
+    near_35, near_55 = (stds - 35).abs() < 3.5, (stds - 55).abs() < 5.5
+    assert bool((near_35 | near_55).all()) and 60 < int(near_35.sum()) < 140
+
+
+def test_noise_is_drawn_per_image_and_sigma_and_reproducibly():
+    images = [torch.full((6, 6), 0.5), torch.full((6, 6), 0.5), torch.full((4, 5), 0.2)]
+    names = ["a", "b", "c"]
+    data = noisy_set(images, names, [35.0, 65.0], torch.Generator().manual_seed(0))
+    again = noisy_set(images, names, [35.0, 65.0], torch.Generator().manual_seed(0))
+    assert data.size == 6 and data.sigma.tolist() == [35.0] * 3 + [65.0] * 3
+    noise = [data.item(i)[1] - data.item(i)[0] for i in range(6)]
+    assert not torch.allclose(noise[0], noise[1])  # same-size images, different noise
+    assert not torch.allclose(noise[0] * 65 / 35, noise[3])  # another σ, another draw
+    for i in range(6):
+        torch.testing.assert_close(again.item(i)[1], data.item(i)[1])
+    # map puts group results back in item order
+    means = data.map(lambda noisy, clean: clean.mean(dim=(1, 2, 3)))
+    torch.testing.assert_close(means, torch.tensor([0.5, 0.5, 0.2] * 2))
+
+
+def test_crops_and_tiles():
+    image = torch.arange(100.0).view(10, 10)
+    torch.testing.assert_close(center_crop(image, 4), image[3:7, 3:7])
+    assert center_crop(image, 40).shape == (10, 10)
+    parts = tiles(image, 3, 4)
+    assert len(parts) == 4 and all(p.shape == (3, 3) for p in parts)
+    assert len({float(p[0, 0]) for p in parts}) == 4  # distinct tiles
+    assert len(tiles(image, 5, 10)) == 4
+
+
+def test_png_round_trip_is_8_bit_exact():
+    image = torch.rand(7, 9)
+    back = from_png_base64(png_base64(image))
+    np.testing.assert_allclose(back, (image.numpy() * 255).round() / 255, atol=1e-9)
+
+
+def test_sample_photos_split_by_image_with_duplicates_counted_once():
+    splits = load_splits("")
+    names = splits.train.names + splits.val.names + splits.test.names
+    assert len(names) == len(set(names))
+    assert "camera" in splits.test.names
+    assert splits.skipped.get("camera_pywt") == "identical to camera"
+    arrays = [im for s in (splits.train, splits.val, splits.test) for im in s.images]
+    digests = {hash(a.numpy().tobytes()) for a in arrays}
+    assert len(digests) == len(arrays)
+    assert 10 <= len(splits.test.names) <= 12
+    assert {e.split for e in CATALOGUE} == {"train", "val", "test"}
+    for image in arrays:
+        assert image.dtype == torch.float32 and 0 <= image.min() and image.max() <= 1
+        assert min(image.shape) <= 512
+
+
+def test_a_users_folder_is_read_by_split(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 2), ("val", 1), ("test", 2)):
+        (tmp_path / split).mkdir()
+        for k in range(count):
+            pixels = rng.integers(0, 256, (48, 50, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / split / f"{k}.png")
+    splits = load_splits(str(tmp_path))
+    assert splits.test.names == ["0.png", "1.png"] and splits.train.images[0].shape == (48, 50)
+
+
+def _run_cli(args, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "stopwise", "run", "denoising", "--preset", "tiny"]
+    return subprocess.run(
+        command + ["--out", str(tmp_path / "never"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _folder(tmp_path, size):
+    from PIL import Image
+
+    root = tmp_path / "images"
+    for split in ("train", "val", "test"):
+        (root / split).mkdir(parents=True)
+        Image.fromarray(np.zeros((size, size), dtype=np.uint8)).save(root / split / "a.png")
+    return root
+
+
+@pytest.mark.parametrize(
+    "setting, named",
+    [
+        ("images_dir=/no/such/folder", "images_dir"),
+        ("train_sigmas=0,35", "train_sigmas"),
+        ("test_sigmas=35,256", "test_sigmas"),
+        ("grid_sigma=300", "grid_sigma"),
+        ("small", "smaller than a patch"),
+        ("unreadable", "cannot read image"),
+        ("missing-split", "no val/ subfolder"),
+    ],
+)
+def test_bad_inputs_exit_2_before_anything_is_written(setting, named, tmp_path):
+    if setting == "small":
+        setting = f"images_dir={_folder(tmp_path, 12)}"
+    elif setting == "unreadable":
+        root = _folder(tmp_path, 64)
+        (root / "test" / "b.png").write_bytes(b"not an image")
+        setting = f"images_dir={root}"
+    elif setting == "missing-split":
+        root = _folder(tmp_path, 64)
+        for f in (root / "val").iterdir():
+            f.unlink()
+        (root / "val").rmdir()
+        setting = f"images_dir={root}"
+    done = _run_cli(["--set", setting], tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert named in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "never").exists()
+
+
+def test_kept_exits_against_a_plain_count():
+    losses = torch.tensor([[3.0, 1.0, 2.0, 4.0], [1.0, 2.0, 3.0, 4.0], [5.0, 4.0, 0.5, 1.0]] * 10)
+    valid, frequency = kept_exits(losses, 0.2)
+    counts = [0, 0, 0, 0]
+    for row in losses.tolist():
+        counts[row.index(min(row))] += 1
+    assert frequency == pytest.approx([c / 30 for c in counts])
+    assert valid.tolist() == [True, True, True, True]  # the last exit is always kept
+    valid, _ = kept_exits(losses, 0.4)
+    assert valid.tolist() == [False, False, False, True]
+
+
+def test_policy_features_in_training_match_inference():
+    torch.manual_seed(0)
+    model = _trained_looking(DnCNN(depth=4, width=5)).add_exit_heads("linear").eval()
+    noisy, noise = torch.rand(4, 1, 8, 8), 0.1 * torch.randn(4, 1, 8, 8)
+    data = policy_data(model, noisy, noise, chunk=3)
+    state = model.start(noisy)
+    for t in range(model.max_steps):
+        state = model.advance(state, t)
+        prediction, features = model.observe(state, t)
+        torch.testing.assert_close(data.features(slice(None), t), features)
+        torch.testing.assert_close(data.noise_hat[:, t], prediction)
+    torch.testing.assert_close(data.losses, noise_losses(data.noise_hat, noise))
+    assert isinstance(data, PolicyData)
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_adaptive_modes_agree_and_shrink_stops_rows_early(precision):
+    torch.manual_seed(0)
+    model = DnCNN(depth=6, width=6, precision=precision, channels_last=True)
+    model = _trained_looking(model.add_exit_heads("linear")).eval()
+    policy = create_policy("denoising-cnn", width=4, max_steps=model.max_steps).eval()
+    with torch.no_grad():
+        policy.step_bias.copy_(torch.linspace(-1, 1, model.max_steps))
+    x = torch.rand(6, 1, 12, 12) * torch.linspace(0.2, 1.0, 6).view(-1, 1, 1, 1)
+    valid = torch.tensor([True, False, True, True, True])
+    with torch.no_grad():
+        hazards = hazard_trajectory(model, policy, x)
+        rule = ScoreThreshold(float(hazards[:, 2].median()))  # some rows stop at exit 2
+        results = {
+            mode: run_adaptive(model, policy, x, rule, mode, valid)
+            for mode in ("dense", "masked", "shrink")
+        }
+        for mode in ("masked", "shrink"):
+            torch.testing.assert_close(results[mode].stop_index, results["dense"].stop_index)
+            torch.testing.assert_close(results[mode].predictions, results["dense"].predictions)
+        # a threshold below every score stops every row at the first valid exit
+        first = run_adaptive(model, policy, x, ScoreThreshold(-math.inf), "shrink", valid)
+    assert first.stop_index.tolist() == [0] * 6
+    stops = results["shrink"].stop_index
+    assert 0 < int((stops <= 2).sum()) < 6  # rows leave at different exits
+
+
+def test_bfloat16_inference_is_close_to_float32():
+    torch.manual_seed(0)
+    model = _trained_looking(DnCNN(depth=8, width=16, precision="float32"))
+    clean = torch.rand(2, 1, 32, 32)
+    noisy = clean + 0.15 * torch.randn_like(clean)
+    with torch.no_grad():
+        full = model(noisy)
+        model.precision = "bfloat16"
+        half = model(noisy)
+    relative = float((half - full).norm() / full.norm())
+    assert relative < 0.02
+
+
+def test_exit_table_against_a_loop_over_exits():
+    torch.manual_seed(0)
+    model = _trained_looking(DnCNN(depth=4, width=4).add_exit_heads("linear")).eval()
+    images = [torch.rand(8, 8), torch.rand(8, 8), torch.rand(6, 7)]
+    data = noisy_set(images, ["a", "b", "c"], [50.0], torch.Generator().manual_seed(0))
+    table = exit_table(model, data, keep_images=True)
+    for i in range(data.size):
+        clean, noisy = data.item(i)
+        state = model.start(noisy[None])
+        for t in range(model.max_steps):
+            state = model.advance(state, t)
+            raw = noisy[None] - model.predict(state, t)
+            assert table.psnr[i, t].item() == pytest.approx(psnr(raw, clean[None]).item(), rel=1e-5)
+        best = int(table.psnr[i].argmax())
+        assert table.best_index()[i].item() == best
+        torch.testing.assert_close(table.last[i], raw[0].clamp(0, 1))
+
+
+def test_validation_schedule_drops_the_rate_keeps_the_best_and_resumes():
+    module = nn.Linear(1, 1)
+    optimizer = torch.optim.SGD(module.parameters(), lr=1.0)
+    scores = iter([1.0, 2.0, 1.5, 1.4, 1.3, 3.0])
+
+    def evaluate():
+        return {"score": next(scores)}
+
+    schedule = ValidationSchedule(module, optimizer, evaluate, 12, every=2, patience=2)
+    for step in range(12):
+        with torch.no_grad():
+            module.weight.fill_(float(step))
+        schedule.step()
+        if step == 5:
+            saved = schedule.state_dict()
+    assert [h["step"] for h in schedule.history] == [2, 4, 6, 8, 10, 12]
+    assert schedule.drops == [8]  # two evaluations (6, 8) without beating 2.0
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1)
+    assert schedule.best_step == 12 and schedule.best_score == 3.0
+    schedule.restore_best()
+    assert module.weight.item() == 11.0
+    other = ValidationSchedule(module, optimizer, evaluate, 12, every=2, patience=2)
+    other.load_state_dict(saved)
+    assert other.best_step == 4 and other.steps_done == 6 and other.stale == 1
+
+
+def test_policy_registers_and_sees_the_step():
+    policy = create_policy("denoising-cnn", width=4, max_steps=3)
+    features = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        policy.step_bias.copy_(torch.tensor([0.0, 1.0, 2.0]))
+        out = torch.stack([policy(features, t) for t in range(3)])
+    torch.testing.assert_close(out[1] - out[0], torch.ones(2))
+    without = ImagePolicy(width=4, max_steps=3, step_bias=False)
+    assert without.step_bias is None
+
+
+def test_near_best_exit_against_a_plain_loop():
+    torch.manual_seed(0)
+    losses = torch.rand(50, 6) + 0.5
+    valid = torch.tensor([True, False, True, True, True, True])
+    for tolerance in (0.0, 0.2, 1.0):
+        target = near_best_exit(losses, valid, tolerance)
+        for row, t in zip(losses.tolist(), target.tolist(), strict=True):
+            allowed = [k for k in range(6) if valid[k]]
+            best = min(row[k] for k in allowed)
+            psnr_gap = [10 * math.log10(row[k] / best) for k in allowed]  # dB below the best
+            expected = next(
+                k for k, gap in zip(allowed, psnr_gap, strict=True) if gap <= tolerance + 1e-9
+            )
+            assert t == expected
+    torch.testing.assert_close(near_best_exit(losses), losses.argmin(dim=1))
+
+
+def test_oracle_under_budget_is_the_lagrangian_frontier():
+    torch.manual_seed(0)
+    psnr_table = 20 + torch.rand(40, 5).cumsum(dim=1)  # deeper is better, by varying amounts
+    costs = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0], dtype=torch.float64)
+    valid = torch.ones(5, dtype=torch.bool)
+    frontier = oracle_under_budget(psnr_table, valid, costs, points=4000)
+    assert frontier[-1]["mean_cost"] == 5.0
+    assert frontier[-1]["psnr"] == pytest.approx(float(psnr_table[:, -1].mean()))
+    assert all(a["psnr"] < b["psnr"] for a, b in zip(frontier, frontier[1:], strict=False))
+    # no fixed depth beats the frontier (a mix of neighbouring points) at its own cost
+    xs, ys = [p["mean_cost"] for p in frontier], [p["psnr"] for p in frontier]
+    for t in range(5):
+        assert np.interp(float(costs[t]), xs, ys) >= float(psnr_table[:, t].mean()) - 1e-6
+
+
+def test_budget_oracle_score_prefers_useful_early_exits():
+    costs = torch.arange(1.0, 6.0, dtype=torch.float64)
+    last_only = torch.tensor([[10.0, 10.0, 10.0, 10.0, 30.0]] * 4)
+    gradual = torch.tensor([[26.0, 27.0, 28.0, 29.0, 29.9]] * 4)
+    assert budget_oracle_score(gradual, costs, 8) > budget_oracle_score(last_only, costs, 8)
+    flat = torch.full((3, 5), 25.0)
+    assert budget_oracle_score(flat, costs, 8) == pytest.approx(25.0)
+
+
+def test_spearman_over_seeds_skips_undefined_seeds():
+    from stopwise.tasks.denoising.report import format_rho
+
+    nan = float("nan")
+    assert format_rho([nan, nan]).startswith("undefined in all 2 seed(s)")
+    assert format_rho([0.5, nan]) == "0.500 (1 seed(s) undefined: one exit for all)"
+    assert format_rho([0.25, 0.75]) == "0.500 ± 0.354"
+
+
+def test_timed_rules_are_matched_by_position_across_seeds():
+    from stopwise.tasks.denoising.report import _timed_rules_by_position
+
+    records = [
+        {"rules": {"stop": {"t": 1}, "budget_100": {"t": 2}, "budget_300": {"t": 3}}},
+        {"rules": {"stop": {"t": 4}, "budget_120": {"t": 5}, "budget_300": {"t": 6}}},
+    ]
+    matched = _timed_rules_by_position(records)
+    assert [name for name, _ in matched] == ["stop", "budget_point_1", "budget_300"]
+    assert [[e["t"] for e in entries] for _, entries in matched] == [[1, 4], [2, 5], [3, 6]]
+
+
+def test_best_fixed_depth_at_a_cost_skips_depths_worse_than_a_cheaper_one():
+    from stopwise.tasks.denoising.report import _interpolate
+
+    xs, ys = [1.0, 2.0, 3.0, 3.0], [5.0, 4.0, 6.0, 7.0]  # depth 2 worse than 1; two at cost 3
+    assert math.isnan(_interpolate(0.5, xs, ys))
+    assert _interpolate(1.0, xs, ys) == 5.0
+    assert _interpolate(2.0, xs, ys) == 6.0  # halfway between (1, 5) and (3, 7)
+    assert _interpolate(4.0, xs, ys) == 7.0
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        costs = torch.rand(8, generator=generator).sort().values.tolist()
+        psnr = torch.rand(8, generator=generator).tolist()
+        x = costs[0] + (costs[-1] - costs[0]) * float(torch.rand(1, generator=generator))
+        reachable = max(p for c, p in zip(costs, psnr, strict=True) if c <= x)
+        assert reachable - 1e-12 <= _interpolate(x, costs, psnr) <= max(psnr) + 1e-12
