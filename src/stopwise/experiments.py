@@ -108,6 +108,7 @@ TASK_MODULES = (
     "stopwise.tasks.sparse_recovery",
     "stopwise.tasks.parity",
     "stopwise.tasks.multi_exit",
+    "stopwise.tasks.few_shot",
 )
 ENTRY_POINTS = "stopwise.experiments"
 
