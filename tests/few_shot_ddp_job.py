@@ -44,13 +44,13 @@ if __name__ == "__main__":
     values = {**PRESETS["tiny"], "train": {"meta_steps": 6, "meta_batch": 4, "log_every": 1}}
     config = build(FewShotConfig, values)
     adapted = [0]
-    original = methods.maml_stop_task_loss
+    original = methods.maml_stop_losses
 
-    def counting(*args, **kwargs):
-        adapted[0] += 1
-        return original(*args, **kwargs)
+    def counting(learner, policy, group, *args, **kwargs):
+        adapted[0] += group[0].shape[0]
+        return original(learner, policy, group, *args, **kwargs)
 
-    methods.maml_stop_task_loss = counting
+    methods.maml_stop_losses = counting
     context = Context(out)
     context.manual_seed("init")
     start = weights(*methods.build_models(config, with_policy=True))

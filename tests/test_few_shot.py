@@ -31,8 +31,8 @@ from stopwise.tasks.few_shot.data import (
 )
 from stopwise.tasks.few_shot.methods import (
     adapt_task,
-    maml_stop_task_loss,
-    maml_task_loss,
+    maml_losses,
+    maml_stop_losses,
     sample_step,
 )
 from stopwise.tasks.few_shot.models import (
@@ -46,6 +46,15 @@ from stopwise.tasks.few_shot.models import (
 )
 
 torch.set_num_threads(1)
+
+
+def batched(task):
+    return tuple(t.unsqueeze(0) for t in task)
+
+
+def maml_task_loss(learner, task, steps, lr):
+    """The MAML loss of one task (a group of one)."""
+    return maml_losses(learner, batched(task), steps, lr)[0]
 
 
 # ---------------------------------------------------------------- SVG paths
@@ -345,6 +354,63 @@ def test_adapted_learner_equals_plain_sgd_per_task(use_vmap):
             torch.testing.assert_close(outputs[t][i], plain_mlp(fast, qx).detach())
 
 
+def test_vmap_over_a_group_gives_the_losses_and_meta_gradients_of_the_loop():
+    torch.manual_seed(0)
+    learner = SineMLP((8, 8)).double()
+    policy = SetPolicy(8, 3, width=6, hidden=10).double()
+    g = torch.Generator().manual_seed(5)
+    tasks = sample_sinusoid_tasks(3, (4, 4), 5, g)
+    group = tuple(
+        t.double() for t in (tasks.support_x, tasks.support_y, tasks.query_x, tasks.query_y)
+    )
+    uniforms = torch.tensor([0.1, 0.5, 0.9])
+    results = []
+    for use_vmap in (False, True):
+        maml = maml_losses(learner, group, 3, 0.05, use_vmap)
+        stop, _ = maml_stop_losses(learner, policy, group, 3, 0.05, 0.2, uniforms, use_vmap)
+        parameters = [*learner.parameters(), *policy.parameters()]
+        grads = torch.autograd.grad(maml.sum() + stop.sum(), parameters)
+        results.append((maml, stop, grads))
+    (m0, s0, g0), (m1, s1, g1) = results
+    torch.testing.assert_close(m1, m0)
+    torch.testing.assert_close(s1, s0)
+    for a, b in zip(g0, g1, strict=True):
+        torch.testing.assert_close(b, a)
+    for i in range(3):  # and each task's loss is the loss of that task alone
+        alone = maml_task_loss(learner, tuple(t[i] for t in group), 3, 0.05)
+        torch.testing.assert_close(m0[i], alone)
+
+
+def test_padded_supports_with_a_mask_give_the_unpadded_numbers():
+    """Sinusoid tasks of different K are adapted as one padded group; each task's losses,
+    features and meta-gradient equal those of the task alone."""
+    torch.manual_seed(0)
+    learner = SineMLP((8, 8)).double()
+    policy = SetPolicy(8, 3, width=6, hidden=10).double()
+    g = torch.Generator().manual_seed(6)
+    tasks = sample_sinusoid_tasks(4, (1, 6), 5, g)
+    assert len(set(tasks.shots.tolist())) > 1
+    group = tuple(
+        t.double() for t in (tasks.support_x, tasks.support_y, tasks.query_x, tasks.query_y)
+    )
+    mask = torch.arange(6).unsqueeze(0) < tasks.support_n.unsqueeze(1)
+    uniforms = torch.tensor([0.2, 0.4, 0.6, 0.8])
+    for use_vmap in (False, True):
+        losses, _ = maml_stop_losses(learner, policy, group, 3, 0.05, 0.2, uniforms, use_vmap, mask)
+        for i in range(4):
+            n = int(tasks.support_n[i])
+            alone = tuple(t[i : i + 1] for t in group)
+            alone = (alone[0][:, :n], alone[1][:, :n], alone[2], alone[3])
+            expected, _ = maml_stop_losses(
+                learner, policy, alone, 3, 0.05, 0.2, uniforms[i : i + 1]
+            )
+            torch.testing.assert_close(losses[i], expected[0])
+            grads = torch.autograd.grad(losses[i], list(learner.parameters()), retain_graph=True)
+            reference = torch.autograd.grad(expected[0], list(learner.parameters()))
+            for a, b in zip(grads, reference, strict=True):
+                torch.testing.assert_close(a, b)
+
+
 def test_the_policy_sees_the_learner_after_the_update_it_decides_on():
     """The off-by-one fix: the support loss in the features at step t is that of θ_{t+1}, the
     parameters whose query loss the step is scored on."""
@@ -386,7 +452,10 @@ def test_maml_stop_loss_is_the_sampled_query_loss_plus_the_policy_cross_entropy(
     policy = SetPolicy(8, 4, width=6, hidden=10).double()
     task = sine_task(2)
     uniform = 0.37
-    loss, metrics = maml_stop_task_loss(learner, policy, task, 4, 0.05, 0.5, uniform)
+    losses, metrics = maml_stop_losses(
+        learner, policy, batched(task), 4, 0.05, 0.5, torch.tensor([uniform])
+    )
+    loss = losses[0]
     measured = adapt_task(learner, task, 4, 0.05, query_every_step=True)
     losses = torch.stack([task_loss(m["query_out"], task[3]) for m in measured]).detach()
     q_star = torch.softmax(-losses / 0.5, 0)
@@ -398,7 +467,7 @@ def test_maml_stop_loss_is_the_sampled_query_loss_plus_the_policy_cross_entropy(
     assert math.isclose(float(log_q.exp().sum()), 1.0, rel_tol=1e-12)
     expected = losses[sampled] - log_q[int(losses.argmin())]
     assert math.isclose(float(loss.detach()), float(expected), rel_tol=1e-9)
-    assert metrics["sampled_step"] == sampled + 1
+    assert metrics["sampled_step"].tolist() == [sampled + 1]
     # the policy gets gradient from its cross-entropy, the learner from the sampled query loss
     loss.backward()
     assert all(p.grad is not None for p in policy.parameters())

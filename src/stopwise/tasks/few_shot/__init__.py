@@ -15,7 +15,7 @@ from ...contract import Experiment
 from .config import PRESETS, FewShotConfig
 from .data import glyph_splits, omniglot_splits, sample_classification_tasks, sample_sinusoid_tasks
 from .experiment import jobs, run_job
-from .methods import maml_stop_task_loss, maml_task_loss, meta_train
+from .methods import maml_losses, maml_stop_losses, meta_train
 from .models import AdaptedLearner, Conv4, SetPolicy, SineMLP, SupportLossStop, measure_task
 from .report import report
 
@@ -28,8 +28,8 @@ __all__ = [
     "SupportLossStop",
     "AdaptedLearner",
     "measure_task",
-    "maml_task_loss",
-    "maml_stop_task_loss",
+    "maml_losses",
+    "maml_stop_losses",
     "meta_train",
     "glyph_splits",
     "omniglot_splits",

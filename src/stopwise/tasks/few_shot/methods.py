@@ -14,19 +14,21 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.func import vmap
 
 from ...contract import JobContext
 from ...stoptime import StopTime, oracle
 from ...training import GeneratedBatches, distributed_world, optimize
 from .config import FewShotConfig
 from .data import ClassSplit, TaskSet, sample_classification_tasks, sample_sinusoid_tasks
-from .models import SetPolicy, make_learner, measure_task, task_loss
+from .models import SetPolicy, make_learner, measure_task, support_groups, task_loss
 
 __all__ = [
     "task_sampler",
     "adapt_task",
-    "maml_task_loss",
-    "maml_stop_task_loss",
+    "adapt_group",
+    "maml_losses",
+    "maml_stop_losses",
     "sample_step",
     "meta_train",
     "build_models",
@@ -59,31 +61,83 @@ def adapt_task(
     steps: int,
     inner_lr: float,
     query_every_step: bool,
+    support_mask: torch.Tensor | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``steps`` inner SGD updates of one task from the learner's own parameters
     θ_0 (θ_{t+1} = θ_t − α ∇L_support(θ_t)), differentiably in θ_0 when autograd records.
+    ``task`` starts with ``(support_x, support_y, query_x)``; ``support_mask`` marks the real
+    rows of a padded support set.
 
     Returns one measurement per update (:func:`measure_task` at θ_1..θ_T); the query outputs of
     the earlier updates only if ``query_every_step``."""
-    support_x, support_y, query_x, _ = task
+    support_x, support_y, query_x = task[:3]
     params = dict(learner.named_parameters())
-    measured = measure_task(learner, params, support_x, support_y, query_x, True, False)
+
+    def measure(params, want_grad, want_query):
+        return measure_task(
+            learner, params, support_x, support_y, query_x, want_grad, want_query, support_mask
+        )
+
+    measured = measure(params, True, False)
     out = []
     for t in range(steps):
         params = {name: p - inner_lr * measured["grad"][name] for name, p in params.items()}
         last = t == steps - 1
-        measured = measure_task(
-            learner, params, support_x, support_y, query_x, not last, query_every_step or last
-        )
+        measured = measure(params, not last, query_every_step or last)
         out.append(measured)
     return out
 
 
-def maml_task_loss(learner, task, steps: int, inner_lr: float) -> torch.Tensor:
-    """MAML's outer loss of one task: the query loss after ``steps`` updates (Finn et al. 2017,
-    Eq. 3), second-order."""
-    final = adapt_task(learner, task, steps, inner_lr, query_every_step=False)[-1]
-    return task_loss(final["query_out"], task[3])
+def adapt_group(
+    learner: nn.Module,
+    group: tuple[torch.Tensor, ...],
+    steps: int,
+    inner_lr: float,
+    query_every_step: bool,
+    use_vmap: bool = False,
+    support_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`adapt_task` for G tasks of equal shapes, ``group = (support_x (G, n, ...),
+    support_y (G, n), query_x (G, Q, ...), ...)`` (``support_mask (G, n)`` for padded supports),
+    with ``torch.func.vmap`` over the tasks or one task at a time. Returns the query outputs
+    ``(G, T', Q, ...)`` (T' = T if ``query_every_step``, else 1: the last step) and the policy
+    features ``(G, T, F)``."""
+    support_x, support_y, query_x = group[:3]
+    padded = support_mask is not None
+    masks = support_mask if padded else torch.ones(support_x.shape[:2], dtype=torch.bool)
+
+    def one(support_x, support_y, query_x, mask):
+        measured = adapt_task(
+            learner,
+            (support_x, support_y, query_x),
+            steps,
+            inner_lr,
+            query_every_step,
+            mask if padded else None,
+        )
+        outputs = [m["query_out"] for m in measured if "query_out" in m]
+        return torch.stack(outputs), torch.stack([m["features"] for m in measured])
+
+    if use_vmap:
+        return vmap(one)(support_x, support_y, query_x, masks)
+    pieces = [
+        one(support_x[i], support_y[i], query_x[i], masks[i]) for i in range(support_x.shape[0])
+    ]
+    return torch.stack([p[0] for p in pieces]), torch.stack([p[1] for p in pieces])
+
+
+def maml_losses(
+    learner,
+    group,
+    steps: int,
+    inner_lr: float,
+    use_vmap: bool = False,
+    support_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``(G,)`` MAML's outer loss of each task of a group: the query loss after ``steps``
+    updates (Finn et al. 2017, Eq. 3), second-order."""
+    outputs, _ = adapt_group(learner, group, steps, inner_lr, False, use_vmap, support_mask)
+    return task_loss(outputs[:, -1], group[3])
 
 
 def sample_step(query_losses: torch.Tensor, beta: float, uniform: float) -> int:
@@ -94,32 +148,44 @@ def sample_step(query_losses: torch.Tensor, beta: float, uniform: float) -> int:
     return min(index, q.shape[0] - 1)
 
 
-def maml_stop_task_loss(
-    learner, policy, task, steps: int, inner_lr: float, beta: float, uniform: float
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """MAML-stop's loss of one task as the official code trains it (``opt_stop_task``):
-    the query loss at a step t̃ ~ softmax(−L_query/β) (second-order through that step only)
-    plus the policy's cross-entropy −log q_φ(argmin_t L_query,t).
+def maml_stop_losses(
+    learner,
+    policy,
+    group,
+    steps: int,
+    inner_lr: float,
+    beta: float,
+    uniforms: torch.Tensor,
+    use_vmap: bool = False,
+    support_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``(G,)`` MAML-stop's loss of each task of a group as the official code trains it
+    (``opt_stop_task``): the query loss at a step t̃ ~ softmax(−L_query/β) drawn with
+    ``uniforms (G,)`` (second-order through that step only) plus the policy's cross-entropy
+    −log q_φ(argmin_t L_query,t). Also returns per-task ``sampled_step``, ``best_step`` and
+    ``expected_steps`` (1-based).
 
     Departures from the official code, both fixes: the policy at step t sees the learner after
     update t, the one whose query loss it is scored on (the official code takes the support
     features one update earlier), and q_φ is the normalised stop-time distribution
     q(t) = λ_t ∏_{τ<t}(1 − λ_τ) of :class:`stopwise.StopTime` (the official prefix sum includes
     step t itself and does not sum to one)."""
-    measured = adapt_task(learner, task, steps, inner_lr, query_every_step=True)
-    losses = torch.stack([task_loss(m["query_out"], task[3]) for m in measured])  # (T,)
-    features = torch.stack([m["features"] for m in measured])  # (T, F), detached
-    hazards = torch.stack([policy(features[t : t + 1], t)[0] for t in range(steps)])
-    sampled = sample_step(losses, beta, uniform)
-    best = int(losses.detach().argmin())
-    stop = StopTime(hazards.unsqueeze(0))
-    policy_loss = -stop.log_prob(torch.tensor([best]))[0]
+    outputs, features = adapt_group(learner, group, steps, inner_lr, True, use_vmap, support_mask)
+    targets = group[3].unsqueeze(1).expand(-1, steps, *group[3].shape[1:])
+    losses = task_loss(outputs, targets)  # (G, T)
+    hazards = torch.stack([policy(features[:, t], t) for t in range(steps)], dim=1)  # (G, T)
+    sampled = torch.tensor(
+        [sample_step(losses[i], beta, float(uniforms[i])) for i in range(losses.shape[0])]
+    )
+    best = losses.detach().argmin(1)
+    stop = StopTime(hazards)
+    loss = losses.gather(1, sampled.unsqueeze(1)).squeeze(1) - stop.log_prob(best)
     metrics = {
         "sampled_step": sampled + 1.0,
         "best_step": best + 1.0,
-        "expected_steps": float(stop.mean()[0].detach()),
+        "expected_steps": stop.mean().detach(),
     }
-    return losses[sampled] + policy_loss, {"query_loss": float(losses[sampled].detach()), **metrics}
+    return loss, metrics
 
 
 def meta_train(
@@ -150,21 +216,37 @@ def meta_train(
     def loss_and_metrics(step: int):
         tasks, uniforms = batches(step)
         rank, world = distributed_world()
+        mine = torch.arange(rank, B, world)
         total = torch.zeros(())
         sums: dict[str, float] = {}
-        mine = range(rank, B, world)
-        for i in mine:
-            task = tasks.task(i)
+        width = tasks.support_x.shape[1]
+        for rows, n, mask in support_groups(learner, tasks.support_n[mine], width):
+            rows = mine[rows]
+            group = (
+                tasks.support_x[rows, :n],
+                tasks.support_y[rows, :n],
+                tasks.query_x[rows],
+                tasks.query_y[rows],
+            )
             if method == "maml":
-                loss, metrics = maml_task_loss(learner, task, steps, config.inner_lr), {}
+                losses = maml_losses(learner, group, steps, config.inner_lr, config.vmap, mask)
+                metrics = {}
             else:
-                loss, metrics = maml_stop_task_loss(
-                    learner, policy, task, steps, config.inner_lr, config.beta, float(uniforms[i])
+                losses, metrics = maml_stop_losses(
+                    learner,
+                    policy,
+                    group,
+                    steps,
+                    config.inner_lr,
+                    config.beta,
+                    uniforms[rows],
+                    config.vmap,
+                    mask,
                 )
             # Scaled so that the average over ranks of the gradients is the meta-batch mean.
-            total = total + loss * (world / B)
-            for key, value in metrics.items():
-                sums[key] = sums.get(key, 0.0) + value / len(mine)
+            total = total + losses.sum() * (world / B)
+            for key, values in metrics.items():
+                sums[key] = sums.get(key, 0.0) + float(values.double().sum()) / len(mine)
         return total, sums
 
     state = {"learner": learner, "batches": batches}

@@ -23,6 +23,7 @@ __all__ = [
     "Conv4",
     "SineMLP",
     "task_loss",
+    "example_losses",
     "summary_dim",
     "measure_task",
     "AdaptedLearner",
@@ -59,6 +60,9 @@ class Conv4(nn.Module):
         self.head = nn.Linear(width * size * size, ways)
         self.feature_dim = width * size * size
 
+    # BatchNorm couples the examples of a batch: padding a support set would change the others.
+    padding_is_exact = False
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.body(x).flatten(1)
         return self.head(features), features
@@ -78,17 +82,32 @@ class SineMLP(nn.Module):
         self.head = nn.Linear(width, 1)
         self.feature_dim = width
 
+    # Examples do not interact: a padded support set with a mask gives the unpadded numbers.
+    padding_is_exact = True
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.body(x)
         return self.head(features).squeeze(-1), features
 
 
-def task_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy (class logits ``(n, C)``, labels ``(n,)``) or mean squared error
-    (outputs and targets ``(n,)``); leading batch dims are kept: ``(..., n, ...) -> (...)``."""
+def example_losses(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-example cross-entropy (class logits ``(..., n, C)``, labels ``(..., n)``) or squared
+    error (outputs and targets ``(..., n)``): ``(..., n)``."""
     if outputs.dim() == targets.dim() + 1:
-        return F.cross_entropy(outputs.transpose(1, -1), targets, reduction="none").mean(-1)
-    return ((outputs - targets) ** 2).mean(-1)
+        log_p = torch.log_softmax(outputs, dim=-1)
+        return -log_p.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return (outputs - targets) ** 2
+
+
+def task_loss(
+    outputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean of :func:`example_losses` over the n examples, ``(...)``; with ``mask (..., n)``
+    the mean over the examples the mask keeps (padding excluded)."""
+    losses = example_losses(outputs, targets)
+    if mask is None:
+        return losses.mean(-1)
+    return (losses * mask).sum(-1) / mask.sum(-1)
 
 
 # ---------------------------------------------------------------- one task at a time
@@ -102,19 +121,24 @@ def summary_dim(feature_dim: int) -> int:
 
 
 def _set_stats(
-    support_out: torch.Tensor, support_y: torch.Tensor, query_out: torch.Tensor, loss: torch.Tensor
+    support_out: torch.Tensor,
+    support_y: torch.Tensor,
+    query_out: torch.Tensor,
+    loss: torch.Tensor,
+    mask: torch.Tensor,
 ) -> torch.Tensor:
     """``(4,)`` label-free (for the query) set statistics of the learner at one step:
     log support loss; support fit (accuracy, or −log(1 + MSE) for regression); query confidence
-    (mean max-probability, or 0 for regression); log support size."""
-    n = torch.tensor(float(support_y.shape[0]), dtype=loss.dtype)
+    (mean max-probability, or 0 for regression); log support size (``mask (n,)`` marks the
+    real support examples)."""
     if support_out.dim() == support_y.dim() + 1:
-        fit = (support_out.argmax(-1) == support_y).to(loss.dtype).mean()
+        correct = (support_out.argmax(-1) == support_y).to(loss.dtype)
+        fit = (correct * mask).sum() / mask.sum()
         confidence = torch.softmax(query_out, -1).amax(-1).mean()
     else:
         fit = -torch.log1p(loss)
         confidence = torch.zeros((), dtype=loss.dtype)
-    return torch.stack([torch.log(loss + 1e-6), fit, confidence, torch.log(n)])
+    return torch.stack([torch.log(loss + 1e-6), fit, confidence, torch.log(mask.sum())])
 
 
 def measure_task(
@@ -125,20 +149,28 @@ def measure_task(
     query_x: torch.Tensor,
     want_grad: bool = True,
     want_query: bool = True,
+    support_mask: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """One task's learner at parameters ``params``: support loss, its gradient (``want_grad``;
     differentiable in ``params`` when the caller's autograd records, i.e. second-order MAML),
-    the query outputs (``want_query``) and the policy features.
+    the query outputs (``want_query``) and the policy features. ``support_mask (n,)``: which
+    support rows are real (a padded set; only for learners whose examples do not interact).
 
     Policy features ``(2W + 4,)``: DeepSets summaries mean_i softplus(h_i) of the support and
     query penultimate features (each ``(W,)``; the policy applies its linear map) and
     :func:`_set_stats`. They are detached (the official code's policy sees detached features).
     Returns ``{"support_loss", "features"}`` and, when asked for, ``"grad"`` and ``"query_out"``.
     """
+    mask = (
+        torch.ones(support_x.shape[0], dtype=support_x.dtype)
+        if support_mask is None
+        else support_mask.to(support_x.dtype)
+    )
 
     def support_objective(p):
         outputs, hidden = functional_call(learner, p, (support_x,))
-        return task_loss(outputs, support_y), (outputs, hidden)
+        loss = task_loss(outputs, support_y, None if support_mask is None else mask)
+        return loss, (outputs, hidden)
 
     if want_grad:
         grads, (loss, (support_out, support_h)) = grad_and_value(support_objective, has_aux=True)(
@@ -151,21 +183,18 @@ def measure_task(
         functional_call(learner, params, (query_x,)) if want_query else (None, None)
     )
     with torch.no_grad():
+        summary_s = (F.softplus(support_h) * mask.unsqueeze(-1)).sum(0) / mask.sum()
         summary_q = (
-            F.softplus(query_h).mean(0) if query_h is not None else torch.zeros_like(support_h[0])
+            F.softplus(query_h).mean(0) if query_h is not None else torch.zeros_like(summary_s)
         )
-        features = torch.cat(
-            [
-                F.softplus(support_h).mean(0),
-                summary_q,
-                _set_stats(
-                    support_out,
-                    support_y,
-                    query_out if query_out is not None else support_out,
-                    loss.detach(),
-                ),
-            ]
-        ).detach()
+        stats = _set_stats(
+            support_out,
+            support_y,
+            query_out if query_out is not None else support_out,
+            loss.detach(),
+            mask,
+        )
+        features = torch.cat([summary_s, summary_q, stats]).detach()
     out = {"support_loss": loss, "features": features}
     if grads is not None:
         out["grad"] = grads
@@ -177,9 +206,17 @@ def measure_task(
 # ---------------------------------------------------------------- tasks in a batch
 
 
-def support_groups(support_n: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
-    """``[(n, rows)]``: the rows of a batch of tasks grouped by support size n."""
-    return [(int(n), (support_n == n).nonzero().squeeze(1)) for n in support_n.unique()]
+def support_groups(
+    learner: nn.Module, support_n: torch.Tensor, width: int
+) -> list[tuple[torch.Tensor, int, torch.Tensor | None]]:
+    """How a batch of tasks is adapted together: ``[(rows, n, mask)]``. Tasks of equal support
+    size n form a group (``mask`` None); a learner whose examples do not interact
+    (``padding_is_exact``) takes every task in one group, its supports padded to ``width``
+    with ``mask (G, width)`` marking the real rows."""
+    if getattr(learner, "padding_is_exact", False):
+        mask = torch.arange(width).unsqueeze(0) < support_n.unsqueeze(1)
+        return [(torch.arange(support_n.shape[0]), width, mask)]
+    return [((support_n == n).nonzero().squeeze(1), int(n), None) for n in support_n.unique()]
 
 
 class AdaptedLearner(StepModel):
@@ -230,16 +267,21 @@ class AdaptedLearner(StepModel):
         want_grad = updates_done < self.max_steps
         B = state_batch_size(inputs)
         pieces: list[tuple[torch.Tensor, dict[str, Any]]] = []
-        for n, rows in support_groups(inputs["support_n"]):
+        width = inputs["support_x"].shape[1]
+        for rows, n, mask in support_groups(self.learner, inputs["support_n"], width):
             sx, sy = inputs["support_x"][rows, :n], inputs["support_y"][rows, :n]
             qx = inputs["query_x"][rows]
             group = {name: p[rows] for name, p in params.items()}
+            masks = mask if mask is not None else torch.ones(rows.shape[0], n, dtype=torch.bool)
+            padded = mask is not None
             if self.use_vmap:
 
-                def one(p, a, b, c):
-                    return measure_task(self.learner, p, a, b, c, want_grad, want_query)
+                def one(p, a, b, c, m, padded=padded):
+                    return measure_task(
+                        self.learner, p, a, b, c, want_grad, want_query, m if padded else None
+                    )
 
-                pieces.append((rows, vmap(one)(group, sx, sy, qx)))
+                pieces.append((rows, vmap(one)(group, sx, sy, qx, masks)))
             else:
                 tasks = [
                     measure_task(
@@ -250,6 +292,7 @@ class AdaptedLearner(StepModel):
                         qx[i],
                         want_grad,
                         want_query,
+                        masks[i] if padded else None,
                     )
                     for i in range(rows.shape[0])
                 ]
