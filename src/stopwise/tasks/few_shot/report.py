@@ -65,9 +65,10 @@ def report(results: list[JobResult], config: FewShotConfig) -> Report:
     intervals = "95% interval over the test tasks" if len(seeds) == 1 else "mean ± sd over seeds"
     table += (
         f"\n\n{len(seeds)} seed(s); {config.test_tasks} test tasks per seed ({intervals}); "
-        f"{_setting(config)}. Stop rows adapt each task for real through "
-        f"run_adaptive(mode={config.inference_mode!r}); every threshold, tolerance and depth was "
-        "chosen on validation tasks."
+        f"{_setting(config)}. MAML-stop (calibrated) and MAML's hand-made stop adapt each task "
+        f"for real through run_adaptive(mode={config.inference_mode!r}); the other stop rows apply "
+        "their rule to the full trajectory (the same stops, checked on every real run). Every "
+        "threshold, tolerance and depth was chosen on validation tasks."
     )
 
     # MAML-stop against the best fixed-T MAML.
@@ -99,6 +100,12 @@ def report(results: list[JobResult], config: FewShotConfig) -> Report:
     if known:
         lines.append(
             f"- Spearman ρ(MAML-stop stop step, K) on test tasks: {format_mean_sd(known, '+.3f')}"
+        )
+    oracle_rho = [stop_jobs[s]["test"]["oracle"]["spearman_steps_shots"] for s in seeds]
+    if None not in oracle_rho:
+        lines.append(
+            f"- Spearman ρ(oracle stop step, K), MAML-stop learner: "
+            f"{format_mean_sd(oracle_rho, '+.3f')}"
         )
     table += "\n".join(lines)
     table += "\n\n" + _shots_table(by_job, maml_job, seeds, fmt)
