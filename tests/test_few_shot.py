@@ -30,6 +30,7 @@ from stopwise.tasks.few_shot.data import (
     stroke_paths,
 )
 from stopwise.tasks.few_shot.methods import (
+    adapt_group,
     adapt_task,
     maml_losses,
     maml_stop_losses,
@@ -469,9 +470,32 @@ def test_maml_stop_loss_is_the_sampled_query_loss_plus_the_policy_cross_entropy(
     assert math.isclose(float(loss.detach()), float(expected), rel_tol=1e-9)
     assert metrics["sampled_step"].tolist() == [sampled + 1]
     # the policy gets gradient from its cross-entropy, the learner from the sampled query loss
+    # only: second-order MAML run for t̃ updates
     loss.backward()
     assert all(p.grad is not None for p in policy.parameters())
-    assert all(p.grad is not None for p in learner.parameters())
+    params = [p.detach().clone().requires_grad_() for p in learner.parameters()]
+    reference, _ = plain_maml_loss(params, task, sampled + 1, 0.05)
+    for got, want in zip(learner.parameters(), torch.autograd.grad(reference, params), strict=True):
+        torch.testing.assert_close(got.grad, want)
+
+
+def test_a_diverging_inner_loop_leaves_the_meta_gradient_finite():
+    torch.manual_seed(0)
+    learner = SineMLP((8, 8))
+    policy = SetPolicy(8, 6, width=6, hidden=10)
+    g = torch.Generator().manual_seed(7)
+    tasks = sample_sinusoid_tasks(3, (5, 5), 5, g)
+    group = (tasks.support_x, tasks.support_y, tasks.query_x, tasks.query_y)
+    lr = 3.0  # large enough for the inner loop to overflow within 6 updates
+    with torch.no_grad():
+        outputs, features = adapt_group(learner, group, 6, lr, True)
+    assert not torch.isfinite(outputs).all() and torch.isfinite(outputs[:, 0]).all()
+    assert torch.isfinite(features).all() and features.abs().max() <= 1e4
+    losses, metrics = maml_stop_losses(learner, policy, group, 6, lr, 0.5, torch.rand(3))
+    assert torch.isfinite(losses).all()
+    losses.sum().backward()
+    for p in [*learner.parameters(), *policy.parameters()]:
+        assert torch.isfinite(p.grad).all()
 
 
 def test_sample_step_inverts_the_oracle_cdf():

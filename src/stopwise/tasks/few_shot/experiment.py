@@ -37,6 +37,7 @@ from .metrics import (
     at_steps,
     by_shots,
     count_macs,
+    inf_if_not_finite,
     interval,
     paired_over_tasks,
     quality,
@@ -276,7 +277,7 @@ def run_stop(config, model, policy, tasks: TaskSet, rule, scores, test, scale) -
         part = tasks.select(slice(start, start + config.eval_chunk))
         with torch.no_grad():
             result = run_adaptive(model, policy, part.inputs(), rule, mode=config.inference_mode)
-        values.append(quality(result.predictions, part.query_y))
+        values.append(inf_if_not_finite(quality(result.predictions, part.query_y)))
         steps.append(result.stop_index)
     value, index = torch.cat(values), torch.cat(steps)
     dense = stop_indices(scores, rule)

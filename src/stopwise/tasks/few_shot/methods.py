@@ -160,26 +160,45 @@ def maml_stop_losses(
     support_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``(G,)`` MAML-stop's loss of each task of a group as the official code trains it
-    (``opt_stop_task``): the query loss at a step t̃ ~ softmax(−L_query/β) drawn with
-    ``uniforms (G,)`` (second-order through that step only) plus the policy's cross-entropy
-    −log q_φ(argmin_t L_query,t). Also returns per-task ``sampled_step``, ``best_step`` and
-    ``expected_steps`` (1-based).
+    (``opt_stop_task`` with ``sto_maml_step``): the query loss at a step t̃ ~ softmax(−L_query/β)
+    drawn with ``uniforms (G,)``, second-order through the updates up to t̃ only, plus the
+    policy's cross-entropy −log q_φ(argmin_t L_query,t). Also returns per-task
+    ``sampled_step``, ``best_step`` and ``expected_steps`` (1-based).
+
+    Two passes, as the official code: every step's query loss and policy features without a
+    meta-graph, then the sampled step again with it (tasks grouped by t̃). A step whose query
+    loss is not finite (an inner loop that diverged) gets no oracle mass and never enters the
+    meta-graph (its policy features are clamped finite by :func:`measure_task`).
 
     Departures from the official code, both fixes: the policy at step t sees the learner after
     update t, the one whose query loss it is scored on (the official code takes the support
     features one update earlier), and q_φ is the normalised stop-time distribution
     q(t) = λ_t ∏_{τ<t}(1 − λ_τ) of :class:`stopwise.StopTime` (the official prefix sum includes
     step t itself and does not sum to one)."""
-    outputs, features = adapt_group(learner, group, steps, inner_lr, True, use_vmap, support_mask)
-    targets = group[3].unsqueeze(1).expand(-1, steps, *group[3].shape[1:])
-    losses = task_loss(outputs, targets)  # (G, T)
+    with torch.no_grad():
+        outputs, features = adapt_group(
+            learner, group, steps, inner_lr, True, use_vmap, support_mask
+        )
+        targets = group[3].unsqueeze(1).expand(-1, steps, *group[3].shape[1:])
+        losses = task_loss(outputs, targets)  # (G, T)
+        losses = torch.where(torch.isfinite(losses), losses, torch.inf)
     hazards = torch.stack([policy(features[:, t], t) for t in range(steps)], dim=1)  # (G, T)
+    G = losses.shape[0]
+    usable = torch.isfinite(losses[:, 0])  # a task that diverged at once teaches nothing
     sampled = torch.tensor(
-        [sample_step(losses[i], beta, float(uniforms[i])) for i in range(losses.shape[0])]
+        [sample_step(losses[i], beta, float(uniforms[i])) if usable[i] else 0 for i in range(G)]
     )
-    best = losses.detach().argmin(1)
+    best = losses.argmin(1)
     stop = StopTime(hazards)
-    loss = losses.gather(1, sampled.unsqueeze(1)).squeeze(1) - stop.log_prob(best)
+    learner_loss = losses.new_zeros(G).to(hazards.dtype)
+    for t in sampled[usable].unique().tolist():
+        rows = ((sampled == t) & usable).nonzero().squeeze(1)
+        part = tuple(x[rows] for x in group)
+        mask = None if support_mask is None else support_mask[rows]
+        learner_loss = learner_loss.index_put(
+            (rows,), maml_losses(learner, part, t + 1, inner_lr, use_vmap, mask)
+        )
+    loss = torch.where(usable, learner_loss - stop.log_prob(best), 0.0)
     metrics = {
         "sampled_step": sampled + 1.0,
         "best_step": best + 1.0,
@@ -230,7 +249,19 @@ def meta_train(
             )
             if method == "maml":
                 losses = maml_losses(learner, group, steps, config.inner_lr, config.vmap, mask)
-                metrics = {}
+                finite = torch.isfinite(losses.detach())
+                metrics = {"diverged": (~finite).double()}
+                if not bool(finite.all()):
+                    # A diverged inner loop would put 0 · inf = NaN in the shared meta-gradient:
+                    # adapt the group again without it (it contributes nothing).
+                    keep = finite.nonzero().squeeze(1)
+                    part = tuple(x[keep] for x in group)
+                    kept = None if mask is None else mask[keep]
+                    losses = (
+                        maml_losses(learner, part, steps, config.inner_lr, config.vmap, kept)
+                        if keep.numel()
+                        else losses.new_zeros(0)
+                    )
             else:
                 losses, metrics = maml_stop_losses(
                     learner,

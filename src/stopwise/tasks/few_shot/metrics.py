@@ -16,6 +16,7 @@ from .models import AdaptedLearner, SupportLossStop, task_loss
 
 __all__ = [
     "quality",
+    "inf_if_not_finite",
     "trajectory",
     "at_steps",
     "by_shots",
@@ -40,8 +41,9 @@ def trajectory(
     model: AdaptedLearner, policy: nn.Module | None, tasks: TaskSet, chunk: int
 ) -> dict[str, torch.Tensor]:
     """Adapt every task for all T steps (in chunks of ``chunk`` tasks) and record, per task and
-    step, ``(N, T)`` float64: ``query_loss``, ``quality``, ``hand_score`` (the support-loss
-    stop's score) and ``hazard`` (the policy's logit; absent without a policy)."""
+    step, ``(N, T)`` float64: ``query_loss``, ``quality`` (+inf for a task whose inner loop
+    diverged), ``hand_score`` (the support-loss stop's score) and ``hazard`` (the policy's
+    logit; absent without a policy)."""
     T = model.max_steps
     parts: list[dict[str, torch.Tensor]] = []
     hand = None
@@ -56,13 +58,19 @@ def trajectory(
             outputs, features = model.observe(state, t)
             if hand is None:
                 hand = SupportLossStop((features.shape[1] - 4) // 2)
-            rows["query_loss"].append(task_loss(outputs, part.query_y).double())
-            rows["quality"].append(quality(outputs, part.query_y))
+            rows["query_loss"].append(inf_if_not_finite(task_loss(outputs, part.query_y)))
+            rows["quality"].append(inf_if_not_finite(quality(outputs, part.query_y)))
             rows["hand_score"].append(hand(features, t).double())
             if policy is not None:
                 rows["hazard"].append(policy(features, t).double())
         parts.append({k: torch.stack(v, dim=1) for k, v in rows.items()})
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def inf_if_not_finite(values: torch.Tensor) -> torch.Tensor:
+    """A diverged task's loss or MSE (inf or NaN) as +inf, so that orderings and means hold."""
+    values = values.double()
+    return torch.where(torch.isfinite(values), values, torch.inf)
 
 
 def at_steps(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -158,7 +158,8 @@ def measure_task(
 
     Policy features ``(2W + 4,)``: DeepSets summaries mean_i softplus(h_i) of the support and
     query penultimate features (each ``(W,)``; the policy applies its linear map) and
-    :func:`_set_stats`. They are detached (the official code's policy sees detached features).
+    :func:`_set_stats`, clamped to ±1e4 (NaN → 0). They are detached (the official code's
+    policy sees detached features).
     Returns ``{"support_loss", "features"}`` and, when asked for, ``"grad"`` and ``"query_out"``.
     """
     mask = (
@@ -194,7 +195,9 @@ def measure_task(
             loss.detach(),
             mask,
         )
-        features = torch.cat([summary_s, summary_q, stats]).detach()
+        # A diverged inner loop gives infinite summaries: NaN → 0, everything within ±1e4.
+        features = torch.nan_to_num(torch.cat([summary_s, summary_q, stats]), nan=0.0)
+        features = features.clamp(-1e4, 1e4).detach()
     out = {"support_loss": loss, "features": features}
     if grads is not None:
         out["grad"] = grads
