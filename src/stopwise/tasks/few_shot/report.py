@@ -285,7 +285,13 @@ def _loss_by_step(by_job, maml_job: str, seeds):
             if len(curves) > 4 and i % max(1, len(curves) // 4):
                 continue
             steps = list(range(1, len(row["query_loss"]) + 1))
-            axes.plot(steps, row["query_loss"], style, label=f"{label}, K = {row['shots']}")
+            axes.plot(
+                steps,
+                row["query_loss"],
+                style,
+                color=f"C{i % 10}",  # one colour per K, solid for MAML-stop, dashed for MAML
+                label=f"{label}, K = {row['shots']}",
+            )
     axes.set_xlabel("inner step")
     axes.set_ylabel("mean query loss (test tasks)")
     axes.set_yscale("log")
@@ -304,13 +310,26 @@ def _budget_figure(by_job, maml_job: str, seeds, name: str):
         )
 
     stop, maml = by_job["maml-stop"], by_job[maml_job]
-    for curves, style, label in (
-        ([stop[s]["stop_curve"] for s in seeds], "o-", "MAML-stop (thresholds from validation)"),
-        ([stop[s]["fixed_depth"] for s in seeds], "s--", "MAML-stop learner, fixed depth"),
-        ([maml[s]["fixed_depth"] for s in seeds], "d--", "MAML, fixed depth"),
-        ([maml[s]["hand_curve"] for s in seeds], "^:", "MAML + hand-made stop"),
-    ):
-        x, y = mean_curve(curves)
+    series = [
+        (
+            mean_curve([stop[s]["stop_curve"] for s in seeds]),
+            "o-",
+            "MAML-stop (thresholds from validation)",
+        ),
+        (
+            mean_curve([stop[s]["fixed_depth"] for s in seeds]),
+            "s--",
+            "MAML-stop learner, fixed depth",
+        ),
+        (mean_curve([maml[s]["fixed_depth"] for s in seeds]), "d--", "MAML, fixed depth"),
+        (mean_curve([maml[s]["hand_curve"] for s in seeds]), "^:", "MAML + hand-made stop"),
+    ]
+    # A diverged task puts an MSE mean orders of magnitude above the rest: clip it to the frame.
+    top = 5 * statistics.median(v for (_, y), _, _ in series for v in y) if name == "mse" else None
+    for (x, y), style, label in series:
+        if top is not None and max(y) > top:
+            label += " (clipped: a diverged task)"
+            y = [min(v, top) for v in y]
         axes.plot(x, y, style, markersize=3, label=label)
     axes.set_xlabel("mean inner steps per task")
     axes.set_ylabel("test MSE" if name == "mse" else "test accuracy (%)")
