@@ -3,10 +3,12 @@ two worker processes with one thread each; target: the whole run within 60 minut
 Also times the ``quick`` preset (n = 8, one seed, all methods; target 5 minutes).
 
     flock /tmp/stopwise-cpu.lock .venv/bin/python benchmarks/parity.py            # benchmark + quick
-    flock /tmp/stopwise-cpu.lock .venv/bin/python benchmarks/parity.py --preset sensitivity
+    flock /tmp/stopwise-cpu.lock .venv/bin/python benchmarks/parity.py --preset sensitivity \
+        --set reuse_from=runs/parity-benchmark
 
-The sensitivity table is completed by ``parity.json``'s lines at values the sweep did not run, so a
-sweep may leave out the settings the benchmark already ran (docs/parity.md gives the command).
+A sweep takes the jobs the benchmark already ran with identical settings from its run directory
+(``reuse_from``: the fixed depths and each method's benchmark value), so only the other values
+train; ``reused_jobs`` counts them (a run that reused jobs has no valid wall-clock timing).
 
 Writes ``benchmarks/results/parity.json`` (``parity-<preset>.json`` for other presets) with the
 machine, the wall-clock times, the summary lines of the best settings and the table, and copies the
@@ -26,19 +28,21 @@ from pathlib import Path
 from machine_info import machine
 
 from stopwise.experiments import get_experiment, resolve_config, run_experiment
-from stopwise.tasks.parity.report import lines_table, sensitivity_lines
 
 ROOT = Path(__file__).resolve().parent
 TARGETS_S = {"benchmark": 3600.0, "quick": 300.0}
 
 
 def timed_run(preset: str, out: Path, overrides: list[str]) -> dict:
-    config = resolve_config(get_experiment("parity"), preset, overrides)
+    config, _ = resolve_config(get_experiment("parity"), preset, overrides)
     fresh = not (out / "jobs").exists() or not any((out / "jobs").iterdir())
     start = time.perf_counter()
     run = run_experiment("parity", preset, out, overrides)
     wall = time.perf_counter() - start
     results = json.loads((run.path / "results.json").read_text())
+    jobs = [json.loads(path.read_text()) for path in (run.path / "jobs").glob("*.json")]
+    reused = sum("reused_from" in job for job in jobs)
+    fresh = fresh and not reused
     lines = [{k: v for k, v in line.items() if k != "per_k"} for line in results["lines"]]
     target = TARGETS_S.get(preset)
     return {
@@ -49,9 +53,10 @@ def timed_run(preset: str, out: Path, overrides: list[str]) -> dict:
         "wall_seconds": wall,
         "target_seconds": target,
         "target_met": None if target is None or not fresh else wall <= target,
-        "workers": config["workers"],
-        "threads_per_worker": config["threads"],
-        "jobs": len({r["id"] for r in results["rows"]}),
+        "workers": config.workers,
+        "threads_per_worker": config.threads,
+        "jobs": len(jobs),
+        "reused_jobs": reused,
         "task": results["task"],
         "best": [line for line in lines if line["best"]],
         "lines": lines,
@@ -60,30 +65,9 @@ def timed_run(preset: str, out: Path, overrides: list[str]) -> dict:
             for line in results["lines"]
             if line["best"]
         ],
+        "paired_vs_fixed_depth": results["paired_vs_fixed_depth"],
         "table": (run.path / "table.md").read_text(),
     }
-
-
-def with_benchmark_lines(sweep: dict, benchmark: dict) -> str | None:
-    """The sweep's sensitivity table completed by the benchmark run's lines at values the sweep left
-    out (a sweep can skip each method's chosen setting and the fixed depths, which the benchmark
-    already ran with the same seeds); None when the two runs' task settings differ."""
-
-    def task(run: dict) -> dict:  # the settings that decide a job's numbers
-        return {k: v for k, v in run["task"].items() if k not in ("threads", "workers")}
-
-    if task(sweep) != task(benchmark):
-        return None
-    swept = {(line["label"], line["value"]) for line in sweep["lines"]}
-    added = [
-        {**line, "source": "benchmark"}
-        for line in benchmark["lines"]
-        if (line["label"], line["value"]) not in swept
-    ]
-    if not added:
-        return None
-    lines = [{**line, "source": "sweep"} for line in sweep["lines"]] + added
-    return lines_table(sensitivity_lines(lines))
 
 
 def copy_figures(run_dir: Path, destination: Path) -> None:
@@ -109,17 +93,11 @@ def main(argv: list[str] | None = None) -> int:
 
     name = "parity" if args.preset == "benchmark" else f"parity-{args.preset}"
     results_dir = ROOT / "results"
-    benchmark_json = results_dir / "parity.json"
-    if args.preset == "sensitivity" and benchmark_json.exists():
-        benchmark = json.loads(benchmark_json.read_text())["runs"][0]
-        merged = with_benchmark_lines(report["runs"][0], benchmark)
-        if merged:
-            report["runs"][0]["table_with_benchmark"] = merged
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
     copy_figures(out, results_dir / name)
     for run in report["runs"]:
-        print(run.get("table_with_benchmark") or run["table"])
+        print(run["table"])
         print(
             f"{run['preset']}: {run['wall_seconds']:.0f} s with {run['workers']} worker(s) × "
             f"{run['threads_per_worker']} thread(s); target {run['target_seconds']} s: "

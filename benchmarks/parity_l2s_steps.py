@@ -19,24 +19,29 @@ from pathlib import Path
 import torch
 
 from stopwise.checkpoints import load_checkpoint
+from stopwise.config import from_plain
+from stopwise.contract import stream_seed
 from stopwise.steps import unroll
-from stopwise.tasks.parity.experiment import evaluation_set
-from stopwise.tasks.parity.model import ParityGRU
+from stopwise.tasks.parity import ParityConfig, ParityGRU
+from stopwise.tasks.parity.data import evaluation_set
 
 ROOT = Path(__file__).resolve().parent
 
 
 @torch.no_grad()
-def step_accuracies(run: Path, config: dict, job: dict) -> dict:
-    model = ParityGRU(config["n"], config["hidden"], config["max_steps"])
+def step_accuracies(run: Path, config: ParityConfig, job: dict) -> dict:
+    """``job`` is a finished job file (``jobs/<id>.json``): id, seed, params."""
+    model = ParityGRU(config.n, config.hidden, config.max_steps)
     checkpoint = load_checkpoint(run / "checkpoints" / job["id"] / "l2s-stage1.pt")
     model.load_state_dict(checkpoint["state"]["model"])
-    test = evaluation_set(config, job["seed"], "test")
+    # the job's test split: the seed's "test" stream, as context.generator("test") gave it
+    generator = torch.Generator().manual_seed(stream_seed(job["seed"], "test"))
+    test = evaluation_set(config, "test", generator)
     correct = (unroll(model, test.x).predictions > 0).float() == test.y.unsqueeze(-1)
     return {
         "id": job["id"],
         "run": str(run),
-        "beta": job["value"],
+        "beta": job["params"]["value"],
         "seed": job["seed"],
         "step_accuracy": correct.float().mean(0).tolist(),
         "oracle_accuracy": correct.any(-1).float().mean().item(),
@@ -52,11 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     jobs = {}  # id -> (run, job)
     for run in map(Path, args.run):
         for path in sorted((run / "jobs").glob("l2s-*.json")):
-            job = json.loads(path.read_text())["job"]
-            if (run / "checkpoints" / job["id"] / "l2s-stage1.pt").exists():  # not a reused job
+            job = json.loads(path.read_text())
+            if (
+                run / "checkpoints" / job["id"] / "l2s-stage1.pt"
+            ).exists():  # a finished L2S job with its stage I
                 jobs.setdefault(job["id"], (run, job))
-    configs = {run: json.loads((run / "config.json").read_text()) for run, _ in jobs.values()}
-    order = sorted(jobs.values(), key=lambda pair: (pair[1]["value"], pair[1]["seed"]))
+    configs = {
+        run: from_plain(ParityConfig, json.loads((run / "config.json").read_text())["config"])
+        for run, _ in jobs.values()
+    }
+    order = sorted(jobs.values(), key=lambda pair: (pair[1]["params"]["value"], pair[1]["seed"]))
     rows = [step_accuracies(run, configs[run], job) for run, job in order]
     for row in rows:
         steps = " ".join(f"{100 * a:5.1f}" for a in row["step_accuracy"])

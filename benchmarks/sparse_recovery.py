@@ -17,7 +17,8 @@ the `quick` preset's run time.
 
 Writes ``benchmarks/results/sparse_recovery.json`` and copies the run's figures to
 ``benchmarks/results/sparse_recovery/``. Run directories go under ``runs/`` and resume when rerun
-(a resumed run keeps the training times its stages recorded when they ran).
+(a resumed job records only the time of its last part). Numbers are those of the run's first
+seed.
 """
 
 from __future__ import annotations
@@ -33,21 +34,23 @@ from pathlib import Path
 import torch
 from machine_info import machine
 
+from stopwise.config import to_plain
+from stopwise.contract import job_id
 from stopwise.experiments import get_experiment, resolve_config, run_experiment
 from stopwise.inference import run_adaptive, run_fixed
+from stopwise.perf import reuse_freed_memory
 from stopwise.tasks.sparse_recovery.data import sample_batch, sensing_matrix
-from stopwise.tasks.sparse_recovery.experiment import STOP_MODELS, load_stop_model, make_problem
+from stopwise.tasks.sparse_recovery.experiment import STOP_MODELS, load_stop_model
 from stopwise.tasks.sparse_recovery.metrics import error_columns, step_losses
 from stopwise.tasks.sparse_recovery.models import LISTA, analytic_weight
-from stopwise.tasks.sparse_recovery.perf import reuse_freed_memory
 from stopwise.tasks.sparse_recovery.report import PAPER
 from stopwise.training import GeneratedBatches, LoopSettings, fit_oracle
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
-PIPELINES = {
-    "lista_stop": ["lista", "lista-stop-stage1", "lista-stop-stage2"],
-    "cpss_stop": ["alista", "cpss-stop-stage1", "cpss-stop-stage2"],
+PIPELINES = {  # the jobs that train each stop model
+    "lista_stop": ["lista", "lista-stop-stage1", "lista-stop"],
+    "cpss_stop": ["alista", "cpss-stop-stage1", "cpss-stop"],
 }
 
 
@@ -55,22 +58,20 @@ def run_preset(preset: str, out: Path, fresh: bool) -> dict:
     """Run (or resume) a preset; wall and CPU seconds of this call."""
     if fresh and out.exists():
         shutil.rmtree(out)
-    existed = (out / "stages.json").exists()
+    existed = (out / "jobs").exists()
     start, cpu = time.perf_counter(), time.process_time()
-    run_experiment("sparse-recovery", preset, out, [])
+    run_experiment("sparse-recovery", preset, out, ["progress=false"])
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     results = json.loads((out / "results.json").read_text())
     return {"results": results, "wall_seconds": wall, "cpu_seconds": cpu, "fresh": not existed}
 
 
 def best_stop_model(results: dict) -> tuple[str, dict]:
-    """The stop model whose validation-calibrated threshold rule has the best validation NMSE."""
-    name = min(
-        results["stop_models"],
-        key=lambda n: results["stop_models"][n]["calibration"]["validation_nmse"],
-    )
+    """The stop model whose validation-calibrated threshold rule has the best validation NMSE
+    (mean over seeds); its threshold row (means over seeds)."""
+    name = min(results["stop_models"], key=lambda n: results["stop_models"][n]["validation_nmse"])
     rows = {row["key"]: row for row in results["rows"]}
-    return name, rows[f"{name}-threshold"]
+    return name, {k: v for k, v in rows[f"{name}-threshold"].items() if k != "per_seed"}
 
 
 def paper_comparison(row: dict, columns: list[str]) -> dict:
@@ -86,16 +87,22 @@ def paper_comparison(row: dict, columns: list[str]) -> dict:
     }
 
 
-def pipeline_time(results: dict, name: str) -> dict:
-    stages = {s: results["stages"][s] for s in PIPELINES[name]}
-    cpu = sum(s["cpu_seconds"] for s in stages.values())
+def pipeline_time(run_dir: Path, results: dict, name: str) -> dict:
+    """Seconds of the jobs that train the stop model ``name`` (first seed; the stop job also
+    calibrates and measures, a few seconds)."""
+    seed = results["seeds"][0]
+    jobs = {
+        job: json.loads((run_dir / "jobs" / f"{job_id(job, seed)}.json").read_text())
+        for job in PIPELINES[name]
+    }
+    cpu = sum(j["cpu_seconds"] for j in jobs.values())
     return {
-        "stages": stages,
+        "jobs": {job: {k: j[k] for k in ("seconds", "cpu_seconds")} for job, j in jobs.items()},
         "cpu_minutes": cpu / 60,
-        "wall_minutes": sum(s["seconds"] for s in stages.values()) / 60,
+        "wall_minutes": sum(j["seconds"] for j in jobs.values()) / 60,
         "target_cpu_minutes": 60,
         "met": cpu <= 3600,
-        "resumed": any(s["resumed_from_step"] for s in stages.values()),
+        "resumed": any(j["resumed"] for j in jobs.values()),
     }
 
 
@@ -115,7 +122,7 @@ def interleaved(calls: dict, repeats: int) -> dict[str, list[float]]:
 @torch.no_grad()
 def shrink_speedup(run_path: Path, name: str, repeats: int) -> dict:
     model, policy, valid, rule, problem = load_stop_model(run_path, name)
-    y, T = problem.test.y, model.max_steps
+    y, T = problem.test.open().y, model.max_steps
     result = run_adaptive(model, policy, y, rule, "shrink", valid)
     mean_steps = float(result.steps_used.double().mean())
     times = interleaved(
@@ -150,22 +157,23 @@ def lista_training_macs(batch: int, T: int, m: int, n: int) -> int:
     return batch * (2 * T * n * m + 3 * (T - 1) * n * n)
 
 
-def stage1_throughput(config: dict, batch: int, steps: int, repeats: int) -> dict:
+def stage1_throughput(config, batch: int, steps: int, repeats: int) -> dict:
     """Achieved GFLOP/s of LISTA stage I (core ``fit_oracle``) vs the same matmuls back to back."""
-    m, n, T = config["m"], config["n"], config["steps"]
-    A = sensing_matrix(m, n, config["condition"], config["seed"])
+    problem = config.problem
+    m, n, T = problem.m, problem.n, problem.steps
+    A = sensing_matrix(m, n, problem.condition, torch.Generator().manual_seed(0))
     model = LISTA(A, T, 2.7, 0.2)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-4)
 
     def sample(b, generator):
-        s = sample_batch(A, b, config["sparsity"], config["snrs"], generator)
+        s = sample_batch(A, b, problem.sparsity, problem.snrs, generator)
         return s.y, s.x
 
     batches = GeneratedBatches(sample, batch, seed=1)
     quiet = LoopSettings(progress=False)
 
     def train():
-        fit_oracle(model, batches, step_losses, optimizer, steps, config["beta"], settings=quiet)
+        fit_oracle(model, batches, step_losses, optimizer, steps, config.beta, settings=quiet)
 
     g = torch.Generator().manual_seed(0)
     y, x, grad = (torch.randn(batch, k, generator=g) for k in (m, n, n))
@@ -207,9 +215,8 @@ def support_oracle_bound(run_path: Path) -> dict:
     """NMSE of least squares on the true support of each test sample (needs x*): a bound no
     method of the table can beat on average, and the same iteration with ALISTA's analytic W in
     place of A (its fixed point is a W-weighted solution, which amplifies noise)."""
-    config = json.loads((run_path / "config.json").read_text())
-    problem = make_problem(config, run_path)
-    A, test = problem.A.double(), problem.test
+    problem = load_stop_model(run_path, "cpss_stop")[-1]
+    A, test = problem.A.double(), problem.test.open()
     W = analytic_weight(A)
     ls, weighted = torch.zeros(test.x.shape[0]), torch.zeros(test.x.shape[0])
     for i in range(test.x.shape[0]):
@@ -232,13 +239,19 @@ def support_oracle_bound(run_path: Path) -> dict:
 
 
 def stripped(results: dict) -> dict:
-    """The rows and stop-model details without the per-sample-sized parts."""
-    rows = [{k: v for k, v in r.items() if k != "per_layer"} for r in results["rows"]]
+    """The rows, paired comparisons and stop-model details without the stop histograms."""
     stops = {
-        name: {k: v for k, v in d.items() if k not in ("stop_histogram",)}
+        name: {
+            "validation_nmse": d["validation_nmse"],
+            "seeds": {
+                seed: {k: v for k, v in r.items() if k != "stop_histogram"}
+                for seed, r in d["seeds"].items()
+            },
+        }
         for name, d in results["stop_models"].items()
     }
-    return {"rows": rows, "stop_models": stops, "per_layer": results["per_layer"]}
+    keep = ("rows", "paired", "per_layer", "seeds")
+    return {**{k: results[k] for k in keep}, "stop_models": stops}
 
 
 def main() -> None:
@@ -250,7 +263,7 @@ def main() -> None:
     args = parser.parse_args()
     reuse_freed_memory()
     torch.set_num_threads(1)
-    config = resolve_config(get_experiment("sparse-recovery"), "benchmark")
+    config, _ = resolve_config(get_experiment("sparse-recovery"), "benchmark")
     report: dict = {
         "benchmark": "sparse_recovery",
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -267,7 +280,7 @@ def main() -> None:
     name, row = best_stop_model(results)
     report["benchmark_preset"] = {
         "run_dir": str(run_dir),
-        "config": config,
+        "config": to_plain(config),
         "table": (run_dir / "table.md").read_text(),
         "training_cpu_minutes_all_rows": results["training_cpu_seconds"] / 60,
         "training_wall_minutes_all_rows": results["training_seconds"] / 60,
@@ -278,7 +291,7 @@ def main() -> None:
         "row": row,
         "chosen_by": "validation NMSE of the calibrated threshold rule",
         **paper_comparison(row, columns),
-        "training": pipeline_time(results, name),
+        "training": pipeline_time(run_dir, results, name),
     }
     print(json.dumps({k: report["quality"][k] for k in ("best_stop_model", "margin_db", "met")}))
     report["support_oracle_bounds"] = support_oracle_bound(run_dir)

@@ -1,15 +1,20 @@
-"""``python faulty_run.py EVENT:N [stopwise arguments...]``: the ``stopwise`` command with a
-SIGKILL injected at the N-th occurrence (1-based) of an event, as a machine going down would:
+"""``python faulty_run.py EVENT:N [stopwise arguments...]``: the ``stopwise`` command with a fault
+injected at the N-th occurrence (1-based) of an event:
 
-* ``metrics`` — right after the N-th metrics record is written;
-* ``checkpoint`` — in the middle of the N-th checkpoint write (temp file written, not renamed);
-* ``record`` — in the middle of writing the N-th job record;
-* ``report`` — in the middle of writing the report (after the table, before results.json).
+* ``metrics``    SIGKILL right after the N-th metrics record is written;
+* ``torn``       write half of the N-th metrics record, then SIGKILL (a torn last line);
+* ``checkpoint`` SIGKILL in the middle of the N-th checkpoint write (temp file written, not renamed);
+* ``record``     SIGKILL in the middle of writing the N-th job record;
+* ``report``     SIGKILL in the middle of writing results.json (table and figures written);
+* ``sigterm`` / ``sigint``  the process sends itself that signal after the N-th metrics record;
+* ``enospc``     the N-th checkpoint write fails with "No space left on device".
 
 ``none:0`` runs the command untouched. The production code has no test hooks: this wrapper
-patches the writers before calling the CLI.
+patches the writers before calling the CLI. (Worker processes are not patched.)
 """
 
+import errno
+import json
 import os
 import signal
 import sys
@@ -22,20 +27,31 @@ count = int(count)
 seen = 0
 
 
-def tick(name: str) -> None:
+def due(name: str) -> bool:
     global seen
-    if name == event:
-        seen += 1
-        if seen == count:
-            os.kill(os.getpid(), signal.SIGKILL)
+    if name != event:
+        return False
+    seen += 1
+    return seen == count
+
+
+def kill() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 write_metrics = training.MetricsLog.write
 
 
 def metrics(self, record):
+    if event == "torn" and due("torn"):
+        with self.path.open("a") as f:
+            f.write(json.dumps(record)[:20])
+        kill()
     write_metrics(self, record)
-    tick("metrics")
+    if due("metrics"):
+        kill()
+    if event in ("sigterm", "sigint") and due(event):
+        os.kill(os.getpid(), signal.SIGTERM if event == "sigterm" else signal.SIGINT)
 
 
 training.MetricsLog.write = metrics
@@ -45,14 +61,16 @@ replace = checkpoints._atomic_replace
 
 def atomic(path, write):
     def torn(f):
+        if path.suffix == ".pt" and due("enospc"):
+            raise OSError(errno.ENOSPC, "No space left on device")
         write(f)
         f.flush()
-        if path.suffix == ".pt":
-            tick("checkpoint")
-        elif path.parent.name == "jobs":
-            tick("record")
-        elif path.name == "results.json":
-            tick("report")
+        if path.suffix == ".pt" and due("checkpoint"):
+            kill()
+        elif path.parent.name == "jobs" and due("record"):
+            kill()
+        elif path.name == "results.json" and due("report"):
+            kill()
 
     replace(path, torn)
 

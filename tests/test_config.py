@@ -103,7 +103,8 @@ def test_parse_value_refuses_with_the_key_and_an_example(text, kind):
         ({"threads": 0}, "threads=0 must be >= 1"),
         ({"device": "tpu"}, "device='tpu'"),
         ({"inference_mode": "fast"}, "inference_mode='fast' must be one of"),
-        ({"beta": float("nan")}, "beta=NaN must be a number"),
+        ({"beta": float("nan")}, "beta=NaN must be a finite number"),
+        ({"beta": float("inf")}, "beta=Infinity must be a finite number"),
         ({"flag": True, "stage1.steps": 2}, "flag needs stage1.steps >= 5; got 2"),
     ],
 )

@@ -287,3 +287,5 @@ def test_time_adaptive_reports_medians_and_the_rules_steps():
     assert timing["rules"]["early"]["mean_steps"] == 1.0
     assert timing["rules"]["never"]["mean_steps"] == model.max_steps
     assert timing["rules"]["never"]["mean_cost"] == float(model.step_costs()[-1])
+    assert timing["full_cpu_seconds"] >= 0  # process CPU time beside the wall clock
+    assert all(row["cpu_seconds"] >= 0 for row in timing["rules"].values())

@@ -19,23 +19,36 @@ from stopwise.inference import (
     stop_indices,
 )
 from stopwise.policies import ConfidencePolicy
-from stopwise.tasks.multi_exit.evaluate import (
-    accuracy_at_budgets,
-    budgeted_curve,
-    confidence_scores,
-    exit_logits,
-    time_thresholds,
-)
 from stopwise.tasks.multi_exit.l2w import (
     MetaStep,
     WeightNet,
     allocate_meta,
     meta_gradient,
+    meta_objective,
     sgd_step_scale,
     sgd_virtual_step,
 )
-from stopwise.tasks.multi_exit.macs import count_step_macs
-from stopwise.tasks.multi_exit.model import MultiExitCNN, exit_losses, running_stats_frozen
+from stopwise.tasks.multi_exit.methods import meta_lr_at
+from stopwise.tasks.multi_exit.metrics import (
+    accuracy_at_budgets,
+    apply_thresholds,
+    choose_on_validation,
+    exit_hazards,
+    exit_logits,
+    exit_metric,
+    msdnet_thresholds,
+    time_early_exit,
+)
+from stopwise.tasks.multi_exit.models import (
+    BatchNorm,
+    MultiExitCNN,
+    count_step_macs,
+    exit_losses,
+    fold_batchnorm,
+    fold_stem,
+    inference_copy,
+    running_stats_frozen,
+)
 
 
 def tiny_model(dtype=torch.float64, seed=0):
@@ -97,23 +110,43 @@ def test_exit_thresholds_reproduce_the_target_distribution(p):
     assert torch.allclose(fractions, q, atol=0.03)
 
 
-def test_budgeted_curve_spans_the_costs_and_interpolates():
+def test_budgeted_curve_is_fitted_on_validation_spans_the_costs_and_interpolates():
     g = torch.Generator().manual_seed(0)
     K, C = 3, 5
     val_logits = torch.randn(300, K, C, generator=g)
     test_logits = torch.randn(300, K, C, generator=g)
     test_y = torch.randint(0, C, (300,), generator=g)
     costs = torch.tensor([1.0, 3.0, 6.0], dtype=torch.float64)
-    points = budgeted_curve(val_logits, test_logits, test_y, costs)
+    val_scores = exit_hazards(ConfidencePolicy(), val_logits)
+    fitted = msdnet_thresholds(val_scores, costs)
+    correct = test_logits.argmax(-1) == test_y.unsqueeze(1)
+    points = apply_thresholds(fitted, exit_hazards(ConfidencePolicy(), test_logits),
+                              exit_metric(correct), costs)  # fmt: skip
     assert len(points) == 39 and [pt["p"] for pt in points][:2] == [0.05, 0.1]
-    for pt in points:
-        assert costs[0] <= pt["mean_macs"] <= costs[-1]
-        assert abs(sum(pt["exit_fractions"]) - 1) < 1e-12
+    for point, fit in zip(points, fitted, strict=True):
+        assert point["score_threshold"] == fit["score_threshold"]  # test scores change nothing
+        assert costs[0] <= point["mean_cost"] <= costs[-1]
+        assert abs(sum(point["exit_fractions"]) - 1) < 1e-12
         # validation exits follow q exactly (up to the floor)
-        q = exit_distribution(pt["p"], K)
-        assert abs(pt["val_mean_macs"] - float((q * costs).sum())) < 6 * K / 300 + 1e-9
-    curve = [{"mean_macs": 1.0, "accuracy": 0.5}, {"mean_macs": 3.0, "accuracy": 0.7}]
+        q = exit_distribution(point["p"], K)
+        assert abs(point["val_mean_cost"] - float((q * costs).sum())) < 6 * K / 300 + 1e-9
+        # accuracy and exit fractions against a plain loop over rows
+        exits = [
+            next(k for k in range(K) if k == K - 1 or
+                 float(torch.softmax(test_logits[i, k], -1).max()) >= _confidence(point, k))
+            for i in range(300)
+        ]  # fmt: skip
+        right = [bool(correct[i, k]) for i, k in enumerate(exits)]
+        assert point["accuracy"] == pytest.approx(sum(right) / 300)
+        assert point["exit_fractions"] == pytest.approx([exits.count(k) / 300 for k in range(K)])
+    curve = [{"mean_cost": 1.0, "accuracy": 0.5}, {"mean_cost": 3.0, "accuracy": 0.7}]
     assert accuracy_at_budgets(curve, [0.5, 2.0, 3.0, 4.0]) == [None, pytest.approx(0.6), 0.7, None]
+
+
+def _confidence(point, k):
+    """The confidence threshold of exit k: the logit threshold mapped back through sigmoid."""
+    threshold = point["score_threshold"][k]
+    return 1 / (1 + math.exp(-threshold)) if math.isfinite(threshold) else float(threshold > 0)
 
 
 # ---------------------------------------------------------------- the virtual SGD step
@@ -199,9 +232,43 @@ def test_virtual_step_rejects_other_optimizers():
 # ---------------------------------------------------------------- meta gradients
 
 
-def _reference_meta_loss(model, weight_net, optimizer, train, meta, q):
+def _official_meta_loss(logits, targets, q, form="per-exit"):
+    """L2W's meta loss written out from the official code / paper (L2W-DEN
+    ``tools/main_cifar_DDP.py``), one sample at a time: for exits k = 1..K−1 in order, S_k is the
+    ⌊n·q_k⌋ samples with the highest max-softmax at exit k among those no earlier exit took;
+    exit K takes the rest; meta_loss = Σ_k (1/|S_k|) Σ_{i∈S_k} CE(f_k(x_i), y_i), skipping empty
+    S_k. ``form="pooled"`` divides the whole sum by n instead; ``"last"`` scores every sample
+    at exit K. A python float; ``logits (n, K, C)``."""
+    n, K = logits.shape[:2]
+
+    def ce(i, k):
+        row = [float(v) for v in logits[i, k]]
+        top = max(row)
+        return top + math.log(sum(math.exp(v - top) for v in row)) - row[int(targets[i])]
+
+    if form == "last":
+        return sum(ce(i, K - 1) for i in range(n)) / n
+    taken, total, pooled = set(), 0.0, 0.0
+    for k in range(K):
+        free = [i for i in range(n) if i not in taken]
+        size = math.floor(n * float(q[k])) if k < K - 1 else len(free)
+
+        def confidence(i, k=k):
+            row = [float(v) for v in logits[i, k]]
+            return max(math.exp(v) for v in row) / sum(math.exp(v) for v in row)
+
+        chosen = sorted(free, key=lambda i: -confidence(i))[:size]
+        taken.update(chosen)
+        losses = [ce(i, k) for i in chosen]
+        pooled += sum(losses)
+        if losses:
+            total += sum(losses) / len(losses)
+    return pooled / n if form == "pooled" else total
+
+
+def _reference_meta_loss(model, weight_net, optimizer, train, meta, q, form="per-exit"):
     """L_meta(θ̂) the plain way: copy the model, take a real SGD step on the weighted loss of
-    the train half, score the meta half at each sample's allocated exit (python loop)."""
+    the train half, score the meta half with the meta loss written out as a loop."""
     clone = copy.deepcopy(model)
     opt = torch.optim.SGD(clone.parameters(), **{k: v for k, v in optimizer.defaults.items()})
     opt.load_state_dict(copy.deepcopy(optimizer.state_dict()))
@@ -212,24 +279,41 @@ def _reference_meta_loss(model, weight_net, optimizer, train, meta, q):
         opt.zero_grad()
         ((w * losses).sum(1).mean()).backward()
         opt.step()
-        logits = clone(x_me)
-    n, K = logits.shape[:2]
-    confidence = torch.softmax(logits, -1).amax(-1)
-    taken, total = set(), 0.0
-    for k in range(K):
-        free = [i for i in range(n) if i not in taken]
-        size = math.floor(n * float(q[k])) if k < K - 1 else len(free)
-        chosen = sorted(free, key=lambda i: -float(confidence[i, k].detach()))[:size]
-        for i in chosen:
-            taken.add(i)
-            total += float(F.cross_entropy(logits[i, k][None], y_me[i][None]))
-    return total / n
+        logits = clone(x_me).detach()
+    return _official_meta_loss(logits, y_me, q, form)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 40), K=st.integers(2, 5), p=st.floats(0.2, 1.5), seed=st.integers(0, 99))
+def test_meta_objective_is_the_official_sum_over_exits_of_allocated_means(n, K, p, seed):
+    g = torch.Generator().manual_seed(seed)
+    logits = 3 * torch.randn(n, K, 6, generator=g, dtype=torch.float64)
+    targets = torch.randint(0, 6, (n,), generator=g)
+    q = exit_distribution(p, K)
+    for form in ("per-exit", "pooled", "last"):
+        expected = _official_meta_loss(logits, targets, q, form)
+        assert float(meta_objective(logits, targets, q, form)) == pytest.approx(expected, rel=1e-9)
+    assert float(meta_objective(logits, targets, q)) == pytest.approx(
+        _official_meta_loss(logits, targets, q), rel=1e-9
+    )  # the default is the official form
+
+
+def test_official_meta_loss_weighs_late_exits_by_their_own_mean():
+    """With K = 4, p = 0.75 and equal losses at every exit the official objective is K times
+    the pooled one: each exit's mean counts once, however few samples reach it."""
+    logits = torch.zeros(40, 4, 3, dtype=torch.float64)  # every CE is log 3
+    targets = torch.zeros(40, dtype=torch.long)
+    q = exit_distribution(0.75, 4)
+    assert float(meta_objective(logits, targets, q)) == pytest.approx(4 * math.log(3))
+    assert float(meta_objective(logits, targets, q, "pooled")) == pytest.approx(math.log(3))
+    with pytest.raises(ValueError, match="meta loss form"):
+        meta_objective(logits, targets, q, "mean")
 
 
 def _setup(seed=0):
     model = tiny_model(seed=seed).train()
     torch.manual_seed(seed + 100)
-    weight_net = WeightNet(3, hidden=6).double()
+    weight_net = WeightNet(3, hidden=6, output_init="zero").double()
     for p in weight_net.parameters():  # a non-trivial weight net (not the zero start)
         torch.nn.init.normal_(p, std=0.5)
     optimizer = _optimizer_with_state(model, lr=0.1, momentum=0.9, weight_decay=1e-3)
@@ -237,11 +321,14 @@ def _setup(seed=0):
     return model, weight_net, optimizer, (x[:8], y[:8]), (x[8:], y[8:]), exit_distribution(0.75, 3)
 
 
-def test_full_meta_gradient_matches_finite_differences_of_a_real_optimizer_step():
+@pytest.mark.parametrize("form", ["per-exit", "last"])
+def test_full_meta_gradient_matches_finite_differences_of_a_real_optimizer_step(form):
     model, weight_net, optimizer, train, meta, q = _setup()
-    grads, metrics = meta_gradient(model, weight_net, optimizer, train, meta, q, "full")
+    grads, metrics = meta_gradient(
+        model, weight_net, optimizer, train, meta, q, "full", meta_loss=form
+    )
     assert metrics["meta_loss"] == pytest.approx(
-        _reference_meta_loss(model, weight_net, optimizer, train, meta, q), rel=1e-10
+        _reference_meta_loss(model, weight_net, optimizer, train, meta, q, form), rel=1e-10
     )
     g = torch.Generator().manual_seed(0)
     for param, grad in zip(weight_net.parameters(), grads, strict=True):
@@ -251,7 +338,9 @@ def test_full_meta_gradient_matches_finite_differences_of_a_real_optimizer_step(
             values = []
             for sign in (1, -1):
                 param.data.view(-1)[index] = original + sign * eps
-                values.append(_reference_meta_loss(model, weight_net, optimizer, train, meta, q))
+                values.append(
+                    _reference_meta_loss(model, weight_net, optimizer, train, meta, q, form)
+                )
             param.data.view(-1)[index] = original
             numeric = (values[0] - values[1]) / (2 * eps)
             assert grad.view(-1)[index].item() == pytest.approx(numeric, rel=1e-4, abs=1e-9)
@@ -280,7 +369,7 @@ def test_meta_step_leaves_the_model_and_its_bn_buffers_untouched():
     phi = [p.clone() for p in weight_net.parameters()]
     for mode in ("full", "first_order"):
         MetaStep(weight_net, torch.optim.Adam(weight_net.parameters(), 1e-3), 0.75, mode)(
-            model, optimizer, x, y
+            model, optimizer, (x[:8], y[:8]), (x[8:], y[8:])
         )
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
@@ -291,11 +380,17 @@ def test_meta_step_leaves_the_model_and_its_bn_buffers_untouched():
 
 
 def test_weight_net_starts_uniform_is_centred_and_can_clamp():
-    net = WeightNet(4, 10, delta=0.8)
+    net = WeightNet(4, 10, delta=0.8, output_init="zero")
     losses = torch.rand(7, 4) * 3
     assert torch.equal(net(losses), torch.ones(7, 4))
+    torch.manual_seed(0)
+    official = WeightNet(4, 10, delta=0.8)  # PyTorch's default init, as the official code
+    assert not torch.equal(official(losses), torch.ones(7, 4))
+    assert torch.allclose(official(losses).mean(1), torch.ones(7))
     for p in net.parameters():
-        torch.nn.init.normal_(p, std=3.0)
+        torch.nn.init.normal_(p, std=0.3)
+    with torch.no_grad():  # g ≈ (1, 1, 1, −1): exit 4's centred g ≈ −1.5, so w4 ≈ 1 − 0.8·1.5 < 0
+        net.net[-1].bias.copy_(torch.tensor([6.0, 6.0, 6.0, -6.0]))
     w = net(losses)
     assert torch.allclose(w.mean(1), torch.ones(7))
     g = torch.tanh(net.net(losses))
@@ -349,17 +444,133 @@ def test_shrink_equals_dense_and_the_vectorised_evaluation():
     model.set_step_costs(count_step_macs(model, torch.zeros(1, 1, 6, 6)))
     val_x, _ = tiny_batch(200, seed=11, dtype=torch.float32)
     test_x, _ = tiny_batch(300, seed=12, dtype=torch.float32)
-    val_logits, test_logits = exit_logits(model, val_x), exit_logits(model, test_x, batch=70)
-    thresholds = fit_exit_thresholds(confidence_scores(val_logits), exit_distribution(1.0, 3))
-    rule = ScoreThreshold(thresholds)
+    val_logits, test_logits = exit_logits(model, val_x), exit_logits(model, test_x, chunk=70)
+    val_scores = exit_hazards(ConfidencePolicy(), val_logits)
+    rule = ScoreThreshold(fit_exit_thresholds(val_scores, exit_distribution(1.0, 3)))
     with torch.no_grad():
         shrink = run_adaptive(model, ConfidencePolicy(), test_x, rule, mode="shrink")
         dense = run_adaptive(model, ConfidencePolicy(), test_x, rule, mode="dense")
-    vectorised = stop_indices(confidence_scores(test_logits), rule)
+    vectorised = stop_indices(exit_hazards(ConfidencePolicy(), test_logits), rule)
     assert 0 < int((shrink.stop_index == 0).sum()) < 300  # some rows really leave early
     # ("masked" mode needs states of one shape at every step; feature maps shrink here)
     assert torch.equal(shrink.stop_index, dense.stop_index)
     assert torch.allclose(shrink.predictions, dense.predictions, atol=1e-5)
     assert torch.equal(shrink.stop_index, vectorised)
-    rows = time_thresholds(model, test_x, test_logits, [thresholds.tolist()], batch=100, repeats=1)
-    assert rows[0]["matches_dense"] and rows[0]["mac_ratio"] > 1
+    timing = time_early_exit(model, test_x, {"p=1": rule}, batch=100, repeats=1)
+    row = timing["rules"]["p=1"]
+    assert row["mean_cost"] == pytest.approx(float(model.step_costs()[vectorised].mean()))
+    assert row["mac_ratio"] > 1 and row["speedup_over_mac_ratio"] > 0
+
+
+# ---------------------------------------------------------------- choices on validation
+
+
+def test_beta_is_chosen_per_budget_on_validation_not_on_test():
+    """Two candidate curves whose validation and test rankings disagree: the choice follows
+    validation at each budget, and reports the chosen curve's test accuracy there."""
+
+    def curve(val_acc, test_acc):
+        return [
+            {"val_mean_cost": c, "val_accuracy": v, "mean_cost": c, "accuracy": t}
+            for c, v, t in zip([1.0, 2.0, 3.0], val_acc, test_acc, strict=True)
+        ]
+
+    curves = {
+        "a": curve([0.6, 0.7, 0.8], [0.5, 0.9, 0.5]),  # best on validation at low cost
+        "b": curve([0.5, 0.75, 0.7], [0.9, 0.1, 0.9]),  # best on validation at cost 2
+        "short": curve([0.99] * 3, [0.99] * 3)[:1],  # reaches only cost 1
+    }
+    picks = choose_on_validation(curves, [1.0, 1.5, 2.0, 3.0, 4.0])
+    assert [p["choice"] for p in picks] == ["short", "a", "b", "a", None]
+    assert [p["accuracy"] for p in picks[:4]] == pytest.approx([0.99, 0.7, 0.1, 0.5])
+    assert picks[1]["val_accuracy"] == pytest.approx(0.65)
+
+
+def test_meta_learning_rate_follows_the_official_cosine_to_zero():
+    assert meta_lr_at(0, 100, 1e-4, "cosine") == pytest.approx(1e-4)
+    assert meta_lr_at(50, 100, 1e-4, "cosine") == pytest.approx(5e-5)
+    assert meta_lr_at(100, 100, 1e-4, "cosine") == pytest.approx(0, abs=1e-20)
+    for step in (0, 37, 100):
+        assert meta_lr_at(step, 100, 1e-4, "constant") == 1e-4
+
+
+# ---------------------------------------------------------------- the inference copy
+
+
+def _trained_looking(dims, stem, seed=0):
+    """A model whose BatchNorms have non-trivial statistics and affine parameters."""
+    torch.manual_seed(seed)
+    model = MultiExitCNN(dims, (5, 6, 7), (1, 2, 2), head_width=4, classes=3, stem=stem).double()
+    for m in model.modules():
+        if isinstance(m, BatchNorm):
+            for t in (m.weight, m.bias, m.running_mean):
+                torch.nn.init.normal_(t.data)
+            m.running_var.data.uniform_(0.2, 3.0)
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    "dims, stem, shape",
+    [(2, 1, (9, 1, 8, 8)), (2, 2, (9, 8, 8)), (2, 4, (9, 1, 16, 16)), (1, 1, (9, 12)),
+     (1, 3, (9, 1, 24))],
+)  # fmt: skip
+@pytest.mark.parametrize("channels_last_from", [None, 0, 1])
+def test_inference_copy_computes_the_same_function_with_the_same_macs(
+    dims, stem, shape, channels_last_from
+):
+    model = _trained_looking(dims, stem)
+    x = torch.randn(*shape, dtype=torch.float64)
+    model.set_step_costs(count_step_macs(model, x[:1]))
+    fast = inference_copy(model, channels_last_from=channels_last_from)
+    with torch.no_grad():
+        assert torch.allclose(fast(x), model(x), atol=1e-10)
+    assert fast.stem == 1 and not any(isinstance(m, BatchNorm) for m in fast.modules())
+    assert count_step_macs(fast, x[:1]).tolist() == model.step_costs().tolist()
+    assert torch.equal(fast.step_costs(), model.step_costs())
+    for m in model.modules():  # the original is untouched
+        if isinstance(m, torch.nn.modules.conv._ConvNd):
+            assert m.bias is None
+
+
+def test_folded_stem_is_the_unshuffled_convolution_written_out():
+    """fold_stem's weight against the definition: pixel_unshuffle, then the 3×3 convolution."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(2 * 9, 5, 3, stride=2, padding=1, bias=False).double()
+    model = MultiExitCNN(2, (5, 6), (2, 1), head_width=4, classes=3, in_channels=2, stem=3)
+    model = model.double().eval()
+    model.blocks[0][0][0] = conv
+    x = torch.randn(4, 2, 12, 12, dtype=torch.float64)
+    expected = F.conv2d(F.pixel_unshuffle(x, 3), conv.weight, stride=2, padding=1)
+    folded = fold_stem(model).blocks[0][0][0]
+    assert folded.kernel_size == (9, 9) and folded.stride == (6, 6) and folded.padding == (3, 3)
+    assert torch.allclose(folded(x), expected, atol=1e-12)
+
+
+def test_folded_batchnorm_matches_batch_norm_in_eval_mode():
+    model = _trained_looking(2, 1)
+    block = copy.deepcopy(model.blocks[0][0])  # conv, BN, ReLU
+    x = torch.randn(6, 1, 5, 5, dtype=torch.float64)
+    conv, norm = block[0], block[1]
+    expected = torch.relu(
+        (conv(x) - norm.running_mean.view(1, -1, 1, 1))
+        / torch.sqrt(norm.running_var.view(1, -1, 1, 1) + norm.eps)
+        * norm.weight.view(1, -1, 1, 1)
+        + norm.bias.view(1, -1, 1, 1)
+    )
+    fold_batchnorm(block)
+    assert isinstance(block[1], torch.nn.Identity)
+    assert torch.allclose(block(x), expected, atol=1e-12)
+
+
+def test_early_exit_on_the_inference_copy_takes_the_same_exits():
+    model = _trained_looking(2, 2).float()
+    x = torch.randn(300, 8, 8)
+    model.set_step_costs(count_step_macs(model, x[:1]))
+    scores = exit_hazards(ConfidencePolicy(), exit_logits(model, x))
+    rule = ScoreThreshold(fit_exit_thresholds(scores, exit_distribution(0.5, 3)))
+    fast = inference_copy(model)
+    with torch.no_grad():
+        a = run_adaptive(model, ConfidencePolicy(), x, rule, mode="shrink")
+        b = run_adaptive(fast, ConfidencePolicy(), x, rule, mode="shrink")
+    assert (a.stop_index == b.stop_index).double().mean() > 0.99
+    assert torch.equal(a.cost[a.stop_index == b.stop_index], b.cost[a.stop_index == b.stop_index])

@@ -1,5 +1,6 @@
 """The parity task's parts: data, step model, ACT's mean-field inference, the thesis posterior and
-its stopping rules, and the metrics."""
+its stopping rules, the metrics, and the report's choices (best setting on validation, paired
+differences against fixed depth)."""
 
 import math
 
@@ -9,19 +10,19 @@ import torch
 
 from stopwise.inference import MODES, run_adaptive
 from stopwise.objectives import act_halting, act_output
+from stopwise.stats import average_ranks, spearman
 from stopwise.steps import unroll
 from stopwise.tasks.parity import (
+    METHODS,
     ACTRule,
     MeanFieldACT,
     ParityGRU,
     infer,
     posterior_logits,
-    report,
     sample_parity,
 )
-from stopwise.tasks.parity.metrics import average_ranks, evaluate_rule, spearman
-
-CONFIG = {"inference_mode": "shrink", "act_eps": 0.01}
+from stopwise.tasks.parity.metrics import evaluate_rule
+from stopwise.tasks.parity.report import paired_vs_fixed_depth, sensitivity_lines, summarize
 
 
 def test_parity_vectors_have_k_signed_entries_and_the_right_target():
@@ -103,12 +104,11 @@ def test_thesis_rules_greedy_is_the_first_local_max_and_mode_the_argmax(mode):
     model = ParityGRU(8, 16, 9).eval()
     head = RuggedHead(16)
     x = sample_parity(400, 8, (1, 8), torch.Generator().manual_seed(4)).x
-    config = {**CONFIG, "inference_mode": mode}
     with torch.no_grad():
         trajectory = unroll(model, x, with_features=True)
         a = posterior_logits(head(trajectory.features))
-    greedy_logits, greedy = infer("greedy", model, head, x, config)
-    mode_logits, mode_index = infer("mode", model, head, x, config)
+    greedy_logits, greedy = infer("greedy", model, head, x, mode)
+    mode_logits, mode_index = infer("mode", model, head, x, mode)
     expected_greedy = [first_local_max(row) for row in a.tolist()]
     assert greedy.tolist() == expected_greedy
     assert mode_index.tolist() == a.argmax(-1).tolist()
@@ -124,14 +124,12 @@ def test_every_rule_gives_the_same_stops_in_every_mode():
     model = ParityGRU(8, 16, 6).eval()
     x = sample_parity(200, 8, (1, 8), torch.Generator().manual_seed(6)).x
     for rule in ["act", "sample", "median", "hazard", "greedy"]:
-        outputs = [
-            infer(rule, model, model.halting, x, {**CONFIG, "inference_mode": m}) for m in MODES
-        ]
+        outputs = [infer(rule, model, model.halting, x, m, sample_seed=9) for m in MODES]
         for logits, stop in outputs[1:]:
             assert torch.equal(stop, outputs[0][1]), rule
             assert torch.allclose(logits, outputs[0][0], atol=1e-6), rule
     with pytest.raises(ValueError, match="unknown inference rule"):
-        infer("nope", model, model.halting, x, CONFIG)
+        infer("nope", model, model.halting, x)
 
 
 def test_average_ranks_and_spearman_by_hand():
@@ -140,13 +138,6 @@ def test_average_ranks_and_spearman_by_hand():
     assert spearman([1, 2, 3, 4], [10, 30, 20, 40]) == pytest.approx(0.8)
     assert spearman([3, 2, 1], [1, 2, 3]) == pytest.approx(-1.0)
     assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
-
-
-def test_spearman_matches_scipy_with_ties():
-    stats = pytest.importorskip("scipy.stats")
-    rng = np.random.default_rng(0)
-    a, b = rng.integers(0, 5, 300), rng.integers(0, 12, 300) + rng.integers(0, 5, 300)
-    assert spearman(a, b) == pytest.approx(stats.spearmanr(a, b).statistic, abs=1e-12)
 
 
 def test_evaluate_rule_splits_interpolation_and_extrapolation():
@@ -166,72 +157,67 @@ def test_evaluate_rule_splits_interpolation_and_extrapolation():
     assert constant["spearman"] is None and constant["extrapolation"] is None
 
 
-def _line(label: str, value: float, rule: str = "r", main_rule: bool = True, **extra) -> dict:
+def _row(method, value, seed, interpolation, validation, rule=None, variant="", steps=3.0, **kw):
+    """One job row as the report sees it (a test accuracy and a validation accuracy)."""
     return {
-        "label": label,
+        "id": f"{method}-{value:g}-s{seed}",
+        "method": method,
         "value": value,
-        "rule": rule,
-        "main_rule": main_rule,
-        "symbol": "x",
-        "causal": True,
-        "seeds": [0, 1],
-        "interpolation_mean": 0.9,
-        "interpolation_std": 0.01,
-        "interpolation_min": 0.89,
-        "extrapolation_mean": None,
-        "successes": 0,
-        "mean_steps": 3.0,
-        "mean_steps_std": 0.5,
-        "steps_run": 3.0,
-        "spearman_mean": 0.1,
-        "train_seconds": 10.0,
-        **extra,
+        "seed": seed,
+        "variant": variant,
+        "rule": rule or METHODS[method].rules[0],
+        "accuracy": interpolation,
+        "interpolation": interpolation,
+        "extrapolation": None,
+        "mean_steps": steps,
+        "spearman": None,
+        "per_k": [{"k": 1, "count": 1, "accuracy": interpolation, "mean_steps": steps}],
+        "steps_run": steps,
+        "validation_accuracy": validation,
+        "validation_steps": kw.get("validation_steps", steps),
+        "train_seconds": 1.0,
     }
 
 
-def test_sensitivity_lines_keep_main_rules_of_swept_methods_by_value():
-    lines = [
-        _line("B", 3.0),
-        _line("A", 0.1),
-        _line("B", 1.0),
-        _line("B", 1.0, rule="other", main_rule=False),
-        _line("C", 5.0),  # one value: not swept
+def test_best_setting_is_chosen_on_validation_never_on_test():
+    rows = []
+    for seed in (0, 1):
+        # τ = 0.2 is best on validation and worst on test; τ = 0.3 ties it on validation but
+        # needs more validation steps; τ = 0.1 is best on test.
+        rows.append(_row("act", 0.1, seed, interpolation=0.99, validation=0.80))
+        rows.append(_row("act", 0.2, seed, interpolation=[0.70, 0.60][seed], validation=0.90))
+        rows.append(_row("act", 0.3, seed, 0.95, 0.90, validation_steps=5.0))
+    lines = summarize(rows)
+    assert [(line["value"], line["best"]) for line in lines] == [
+        (0.1, False), (0.2, True), (0.3, False),
+    ]  # fmt: skip
+    best = lines[1]
+    assert best["interpolation_mean"] == pytest.approx(0.65)
+    assert best["interpolation_std"] == pytest.approx(math.sqrt(2 * 0.05**2 / 1))  # sample sd
+    assert best["interpolation_min"] == 0.60 and best["successes"] == 0
+    swept = sensitivity_lines(lines)
+    assert [line["value"] for line in swept] == [0.1, 0.2, 0.3]
+
+
+def test_paired_difference_against_fixed_depth_by_hand():
+    fixed = {2: [0.90, 0.95, 0.93], 4: [0.99, 0.97, 0.98]}  # depth 4 wins on validation
+    act = [0.80, 0.85, 0.82]
+    rows = [
+        _row("fixed", depth, seed, acc, validation=acc, steps=depth)
+        for depth, accs in fixed.items()
+        for seed, acc in enumerate(accs)
     ]
-    kept = report.sensitivity_lines(lines)
-    assert [(line["label"], line["value"]) for line in kept] == [("B", 1.0), ("B", 3.0)]
-
-
-def test_lines_table_adds_a_run_column_only_for_lines_with_a_source():
-    plain = report.lines_table([_line("A", 0.1)])
-    assert "| run |" not in plain and "x=0.1" in plain and "90.00 ± 1.00" in plain
-    sourced = report.lines_table([_line("A", 0.1, source="sweep"), _line("A", 1.0)])
-    assert sourced.splitlines()[0].endswith("| run |")
-    assert sourced.splitlines()[2].endswith("| sweep |")
-
-
-def test_benchmark_merge_completes_a_sweep_with_the_benchmarks_other_values():
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    folder = Path(__file__).resolve().parents[1] / "benchmarks"
-    sys.path.insert(0, str(folder))
-    try:
-        spec = importlib.util.spec_from_file_location("parity_benchmark", folder / "parity.py")
-        bench = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(bench)
-    finally:
-        sys.path.remove(str(folder))
-    task = {"n": 16, "updates": 10, "workers": 2, "threads": 1}
-    sweep = {"task": task, "lines": [_line("A", 0.3), _line("A", 3.0)]}
-    benchmark = {
-        "task": {**task, "workers": 1},
-        "lines": [_line("A", 1.0), _line("A", 3.0, successes=5), _line("F", 2), _line("F", 4)],
-    }
-    rows = bench.with_benchmark_lines(sweep, benchmark).splitlines()[2:]
-    assert [row.split("|")[2].strip() for row in rows] == ["x=0.3", "x=1", "x=3", "x=2", "x=4"]
-    assert [row.split("|")[-2].strip() for row in rows] == ["sweep", "benchmark", "sweep"] + [
-        "benchmark"
-    ] * 2
-    assert "0/2" in rows[2]  # the sweep's own line wins over the benchmark's at the same value
-    assert bench.with_benchmark_lines({**sweep, "task": {**task, "n": 8}}, benchmark) is None
+    rows += [_row("act", 0.1, s, a, validation=a, steps=2.0 + s) for s, a in enumerate(act)]
+    lines = summarize(rows)
+    (paired,) = paired_vs_fixed_depth(rows, lines)
+    assert paired["fixed_depth"] == 4
+    diffs = [a - f for a, f in zip(act, fixed[4], strict=True)]  # -0.19, -0.12, -0.16
+    mean = sum(diffs) / 3
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2)
+    half = 4.302652729911275 * sd / math.sqrt(3)  # t_{0.975, 2}
+    accuracy = paired["interpolation"]
+    assert accuracy["mean"] == pytest.approx(mean)
+    assert (accuracy["lo"], accuracy["hi"]) == pytest.approx((mean - half, mean + half))
+    assert accuracy["below_zero"]
+    assert paired["mean_steps"]["per_seed"] == pytest.approx({0: -2.0, 1: -1.0, 2: 0.0})
+    assert paired_vs_fixed_depth(rows[6:], summarize(rows[6:])) == []

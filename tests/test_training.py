@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from stopwise.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from stopwise.stoptime import StopTime
 from stopwise.training import EpochBatches, GeneratedBatches, LoopSettings, MetricsLog, train_loop
 
 JOB = Path(__file__).with_name("resume_job.py")
@@ -230,3 +231,35 @@ def test_fit_joint_reaches_the_oracle_temperature(beta, entropy_range):
         stop = StopTime(policy_hazards(policy, unroll(model, z, with_features=True).features))
     relative_entropy = stop.entropy().mean().item() / math.log(5)
     assert entropy_range[0] <= relative_entropy <= entropy_range[1]
+
+
+def test_fit_policy_step_penalty_imitates_the_cost_aware_oracle():
+    """With a penalty λ·t, the hard oracle is argmin_t ℓ_t + λ t: a policy trained on it stops
+    earlier than the cost-blind one, and exactly where the penalised argmin is, on a model whose
+    per-step losses are known in closed form."""
+    from stopwise.policies import create_policy
+    from stopwise.training import fit_policy
+
+    T = 5
+    model = PerStepScale(T)
+    with torch.no_grad():  # a_t = 2 − 2^{−t}: the loss falls with t, ever more slowly
+        model.a.copy_(2 - 0.5 ** torch.arange(T, dtype=torch.float32))
+    x = torch.ones(512, 3)
+    batches = EpochBatches((x, 2 * x), batch_size=128)
+    # ℓ_t = (2^{−t})² = 4^{−t}: 1, .25, .0625, ...; with λ = 0.2 per step, ℓ_t + λ t is
+    # 1, .45, .4625, .6156, .8039: its argmin is step 1.
+    losses = 0.25 ** torch.arange(T, dtype=torch.float64)
+    penalised = losses + 0.2 * torch.arange(T)
+    assert int(losses.argmin()) == T - 1 and int(penalised.argmin()) == 1
+    chosen = {}
+    for name, penalty in (("blind", None), ("aware", 0.2 * torch.arange(T, dtype=torch.float32))):
+        torch.manual_seed(0)
+        policy = create_policy("mlp", feature_dim=3, max_steps=T, hidden=(8,))
+        fit_policy(
+            model, policy, batches, per_step_mse, torch.optim.Adam(policy.parameters(), 0.05),
+            150, beta=1.0, hard=True, step_penalty=penalty,
+        )  # fmt: skip
+        with torch.no_grad():
+            hazards = torch.stack([policy(x[:1], t) for t in range(T)], dim=1)
+        chosen[name] = int(StopTime(hazards).probs.argmax())
+    assert chosen == {"blind": T - 1, "aware": 1}

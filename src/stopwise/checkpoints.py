@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import tempfile
@@ -14,6 +15,7 @@ import torch
 
 __all__ = [
     "CheckpointError",
+    "WriteError",
     "save_checkpoint",
     "load_checkpoint",
     "atomic_write_text",
@@ -25,6 +27,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint file that is missing, corrupted or not a plain-data checkpoint."""
 
 
+class WriteError(OSError):
+    """A file could not be written (e.g. the disk is full); the previous version is intact."""
+
+
 def _atomic_replace(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -34,6 +40,13 @@ def _atomic_replace(path: Path, write) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as error:
+        Path(tmp).unlink(missing_ok=True)
+        raise WriteError(
+            error.errno,
+            f"could not write {path} ({error.strerror or error}); its previous version, if any, "
+            "is intact",
+        ) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -50,7 +63,9 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
     """Atomically save a plain dict (tensors, numbers, strings, lists, tuples, dicts)."""
-    _atomic_replace(Path(path), lambda f: torch.save(checkpoint, f))
+    buffer = io.BytesIO()  # serialise first, so a full disk surfaces as an OSError on write
+    torch.save(checkpoint, buffer)
+    atomic_write_bytes(path, buffer.getbuffer())
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

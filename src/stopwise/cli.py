@@ -3,7 +3,9 @@
 
 ``--module PKG.MOD`` (or a path to a ``.py`` file), repeatable, registers the experiments of a
 user's own module; installed packages can register through the ``stopwise.experiments``
-entry-point group instead. Exit codes: 0 done, 2 a refused config or directory (nothing written).
+entry-point group instead. Exit codes: 0 done; 2 a refused config, directory or checkpoint
+(nothing written); 3 the run failed (training diverged, a file could not be written); 128 + N
+interrupted by signal N (130 SIGINT, 143 SIGTERM) after checkpointing: rerun to resume.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .checkpoints import CheckpointError
+from .checkpoints import CheckpointError, WriteError
 from .config import ConfigError, describe, to_plain
+from .training import Diverged, Interrupted
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -110,6 +113,22 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError) as error:
         print(f"stopwise: error: {error}", file=sys.stderr)
         return 2
+    except Interrupted as interrupt:
+        print(
+            f"stopwise: {interrupt}; each running stage saved a checkpoint. Rerun the same "
+            "command to resume.",
+            file=sys.stderr,
+        )
+        return 128 + interrupt.signum
+    except (Diverged, WriteError) as error:
+        print(f"stopwise: run failed: {error}", file=sys.stderr)
+        if isinstance(error, WriteError):
+            print(
+                "stopwise: free some space (or fix the file system) and rerun the same command: "
+                "it resumes from the last checkpoint.",
+                file=sys.stderr,
+            )
+        return 3
     return 0
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -102,8 +103,8 @@ class Spec:
             if self.choices is not None and item not in self.choices:
                 return f"must be {self.allowed()}"
             if isinstance(item, int | float) and not isinstance(item, bool):
-                if item != item:  # NaN
-                    return "must be a number, not NaN"
+                if not math.isfinite(item):
+                    return "must be a finite number"
                 ok = (
                     (self.ge is None or item >= self.ge)
                     and (self.gt is None or item > self.gt)

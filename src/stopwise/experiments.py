@@ -42,6 +42,7 @@ import multiprocessing
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -77,7 +78,16 @@ from .contract import (
     read_result,
     stream_seed,
 )
-from .training import MetricsLog, is_main_process, seed_everything, set_threads
+from .training import (
+    Interrupted,
+    MetricsLog,
+    install_stop_handlers,
+    is_main_process,
+    request_stop,
+    seed_everything,
+    set_threads,
+    stop_on_signals,
+)
 
 __all__ = [
     "ConfigError",
@@ -307,7 +317,12 @@ def check_run_dir(run: RunDir, experiment: Experiment, planned: list[PlannedJob]
     out = run.path
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a directory")
-    if not out.exists() or not any(out.iterdir()):
+    owner = RunLock.owner(run)
+    if owner is not None:
+        raise ConfigError(
+            f"--out {out} is in use by {owner}; wait for it to finish or choose another --out"
+        )
+    if not out.exists() or not any(p.name != run.lock_path.name for p in out.iterdir()):
         return
     previous = run.read_json("config.json") if run.config_path.is_file() else None
     if not isinstance(previous, dict) or "experiment" not in previous:
@@ -346,6 +361,19 @@ class RunLock:
     def __init__(self, run: RunDir):
         self.path = run.lock_path
         self.handle = None
+
+    @staticmethod
+    def owner(run: RunDir) -> str | None:
+        """Who holds the lock of ``run`` now (None if nobody does)."""
+        if not run.lock_path.is_file():
+            return None
+        with open(run.lock_path) as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                return handle.read().strip() or "another process"
+            fcntl.flock(handle, fcntl.LOCK_UN)
+        return None
 
     def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -449,7 +477,19 @@ def _run_one(experiment: Experiment, config: Any, run: RunDir, planned: PlannedJ
     return data
 
 
+_worker_busy = False  # in a worker process: running a job now
+
+
+def _worker_signal(signum: int, frame: Any) -> None:
+    """A worker stops its job cleanly on SIGINT/SIGTERM; an idle one waits for the pool to end."""
+    if _worker_busy:
+        request_stop(signum, frame)
+
+
 def _worker_init(modules: tuple[str, ...], threads: int, level: int) -> None:
+    install_stop_handlers()
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, _worker_signal)
     _configure_logging(level)
     for module in modules:
         load_module(module)
@@ -458,9 +498,14 @@ def _worker_init(modules: tuple[str, ...], threads: int, level: int) -> None:
 
 
 def _worker_run(name: str, config_plain: dict, run_path: str, planned: PlannedJob) -> str:
+    global _worker_busy
     experiment = get_experiment(name)
     config = build(experiment.config, config_plain, name)
-    _run_one(experiment, config, RunDir(run_path), planned, False)
+    _worker_busy = True
+    try:
+        _run_one(experiment, config, RunDir(run_path), planned, False)
+    finally:
+        _worker_busy = False
     return planned.id
 
 
@@ -524,18 +569,30 @@ def _execute(experiment, config, run: RunDir, pending: list[PlannedJob]) -> None
     ) as pool:
         running: dict[Any, PlannedJob] = {}
         pending_ids = {p.id for p in pending}
-        while waiting or running:
-            ready = [p for p in waiting if all(d in done or d not in pending_ids for d in p.after)]
-            ready.sort(key=lambda p: -p.job.cost)
-            for p in ready[: workers - len(running)]:
-                waiting.remove(p)
-                running[pool.submit(_worker_run, experiment.name, plain, str(run.path), p)] = p
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                p = running.pop(future)
-                future.result()  # a worker's error is raised here
-                done.add(p.id)
-                logger.info("done %s", p.id)
+        try:
+            while waiting or running:
+                ready = [
+                    p for p in waiting if all(d in done or d not in pending_ids for d in p.after)
+                ]
+                ready.sort(key=lambda p: -p.job.cost)
+                for p in ready[: workers - len(running)]:
+                    waiting.remove(p)
+                    running[pool.submit(_worker_run, experiment.name, plain, str(run.path), p)] = p
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    p = running.pop(future)
+                    future.result()  # a worker's error is raised here
+                    done.add(p.id)
+                    logger.info("done %s", p.id)
+        except Interrupted as interrupt:
+            # A terminal's SIGINT reaches every worker already; a SIGTERM is passed on, so each
+            # worker checkpoints its running stage before the run stops.
+            if interrupt.signum == signal.SIGTERM:
+                for process in list(getattr(pool, "_processes", {}).values()):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(process.pid, signal.SIGTERM)
+            wait(running)
+            raise
 
 
 def _fingerprint(config_plain: dict, results: list[JobResult]) -> str:
@@ -609,7 +666,7 @@ def run_experiment(
     set_threads(config.threads)
     main = is_main_process()
     lock = RunLock(run) if main else contextlib.nullcontext()
-    with lock:
+    with lock, stop_on_signals():
         plain = to_plain(config)
         run.write_json(run.config_path, {"experiment": name, "preset": preset, "config": plain})
         _record_environment(run, config)

@@ -220,8 +220,10 @@ def run_adaptive(
     return AdaptiveResult(predictions, stop_index, cost)
 
 
-def _last(valid: torch.Tensor) -> int:
-    return int(valid.nonzero().max())
+def _last(valid) -> int:
+    """The last valid step of a ``(T,)`` bool tensor or a sequence of bools."""
+    flags = valid.tolist() if isinstance(valid, torch.Tensor) else list(valid)
+    return max(t for t, ok in enumerate(flags) if ok)
 
 
 def _run_shrink(model, policy, inputs, rule, valid):
@@ -256,6 +258,9 @@ def _run_shrink(model, policy, inputs, rule, valid):
 
 
 def _run_masked(model, policy, inputs, rule, valid):
+    # Python bools, not a tensor: the trip count and the skipped steps are constants of the
+    # program (what lets torch.export capture this loop).
+    valid = valid.tolist() if isinstance(valid, torch.Tensor) else list(valid)
     state = model.start(inputs)
     B = state_batch_size(state)
     device = state_device(state)
@@ -523,8 +528,10 @@ def time_adaptive(
 
     Each repeat times, in turn, :func:`run_fixed` (every step, no policy) and
     :func:`run_adaptive` in ``shrink`` mode for every rule, on ``inputs`` in row chunks of
-    ``chunk`` (default: one batch). Returns medians over repeats: ``{"full_seconds",
-    "rules": {name: {"seconds", "speedup", "mean_steps", "mean_cost"}}, "repeats", "rows"}``.
+    ``chunk`` (default: one batch), by the wall clock and by the process's CPU time (all its
+    threads; steadier than the wall clock on a shared machine). Returns medians over repeats:
+    ``{"full_seconds", "full_cpu_seconds", "rules": {name: {"seconds", "cpu_seconds",
+    "speedup", "cpu_speedup", "mean_steps", "mean_cost"}}, "repeats", "rows"}``.
     """
     import statistics
     import time
@@ -548,25 +555,39 @@ def time_adaptive(
         full()
         for name, rule in rules.items():
             adaptive(name, rule)
-    full_times: list[float] = []
-    times: dict[str, list[float]] = {name: [] for name in rules}
+    clocks = {"wall": time.perf_counter, "cpu": time.process_time}
+    full_times: dict[str, list[float]] = {clock: [] for clock in clocks}
+    times = {name: {clock: [] for clock in clocks} for name in rules}
+
+    def timed(fn, into: dict[str, list[float]]) -> None:
+        start = {clock: read() for clock, read in clocks.items()}
+        fn()
+        for clock, read in clocks.items():
+            into[clock].append(read() - start[clock])
+
     for _ in range(repeats):
-        start = time.perf_counter()
-        full()
-        full_times.append(time.perf_counter() - start)
+        timed(full, full_times)
         for name, rule in rules.items():
-            start = time.perf_counter()
-            adaptive(name, rule)
-            times[name].append(time.perf_counter() - start)
-    full_s = statistics.median(full_times)
-    out: dict[str, Any] = {"full_seconds": full_s, "repeats": repeats, "rows": total, "rules": {}}
+            timed(lambda name=name, rule=rule: adaptive(name, rule), times[name])
+    full_s = statistics.median(full_times["wall"])
+    full_cpu = statistics.median(full_times["cpu"])
+    out: dict[str, Any] = {
+        "full_seconds": full_s,
+        "full_cpu_seconds": full_cpu,
+        "repeats": repeats,
+        "rows": total,
+        "rules": {},
+    }
     for name in rules:
-        seconds = statistics.median(times[name])
+        seconds = statistics.median(times[name]["wall"])
+        cpu_seconds = statistics.median(times[name]["cpu"])
         steps = torch.cat([r.steps_used for r in outputs[name]]).double()
         cost = torch.cat([r.cost for r in outputs[name]]).double()
         out["rules"][name] = {
             "seconds": seconds,
+            "cpu_seconds": cpu_seconds,
             "speedup": full_s / seconds,
+            "cpu_speedup": full_cpu / cpu_seconds if cpu_seconds > 0 else None,
             "mean_steps": float(steps.mean()),
             "mean_cost": float(cost.mean()),
         }

@@ -10,11 +10,15 @@ a pure function of ``(seed, step)`` (:class:`EpochBatches`) or carry a checkpoin
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import math
 import random
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +34,11 @@ from .steps import StepModel, index_state, unroll
 from .stoptime import StopTime
 
 __all__ = [
+    "Interrupted",
+    "Diverged",
+    "stop_on_signals",
+    "install_stop_handlers",
+    "request_stop",
     "seed_everything",
     "set_threads",
     "distributed_world",
@@ -50,6 +59,54 @@ __all__ = [
 ]
 
 LossFn = Callable[[torch.Tensor, Any], torch.Tensor]  # (predictions (B, T, ...), targets) -> (B, T)
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived: the running stage saved a checkpoint; rerunning resumes."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+class Diverged(RuntimeError):
+    """A training loss became NaN or infinite (nothing of that step is logged or saved)."""
+
+
+_stop_signal: int | None = None
+_loops_running = 0
+
+
+def request_stop(signum: int, frame: Any = None) -> None:
+    """Signal handler: inside a training loop, stop after the current step (which is then
+    checkpointed); outside one, or at a second signal, stop at once."""
+    global _stop_signal
+    first = _stop_signal is None
+    _stop_signal = signum
+    if _loops_running == 0 or not first:
+        raise Interrupted(signum)
+
+
+def install_stop_handlers() -> dict[int, Any]:
+    """Make SIGINT and SIGTERM end training cleanly (see :class:`Interrupted`); returns the
+    previous handlers."""
+    global _stop_signal
+    _stop_signal = None
+    return {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM end training cleanly (in the main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = install_stop_handlers()
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def seed_everything(seed: int) -> None:
@@ -245,16 +302,32 @@ def train_loop(
 
     show = main and (settings.progress if settings.progress is not None else sys.stderr.isatty())
     metrics: dict[str, float] = {}
-    with tqdm(total=num_steps, initial=start, desc=stage, disable=not show, leave=False) as bar:
-        for step in range(start, num_steps):
-            metrics = {k: _scalar(v) for k, v in step_fn(step).items()}
-            bar.update(1)
-            if (step % settings.log_every == 0 or step == num_steps - 1) and step not in logged:
-                log.write({**settings.tags, "stage": stage, "step": step, **metrics})
-                bar.set_postfix({k: f"{v:.4g}" for k, v in list(metrics.items())[:3]})
-            if (step + 1) % settings.checkpoint_every == 0 and step + 1 < num_steps:
-                checkpoint(step + 1)
-    if start < num_steps:
+    global _loops_running
+    _loops_running += 1
+    try:
+        with tqdm(total=num_steps, initial=start, desc=stage, disable=not show, leave=False) as bar:
+            for step in range(start, num_steps):
+                metrics = {k: _scalar(v) for k, v in step_fn(step).items()}
+                loss = metrics.get("loss", 0.0)
+                if not math.isfinite(loss):
+                    where = " ".join(f"{k} {v}" for k, v in settings.tags.items())
+                    raise Diverged(
+                        f"training diverged: loss {loss} at step {step} of stage {stage!r}"
+                        f"{' (' + where + ')' if where else ''}; the last checkpoint is kept. "
+                        "Lower the learning rate or choose other settings."
+                    )
+                bar.update(1)
+                if (step % settings.log_every == 0 or step == num_steps - 1) and step not in logged:
+                    log.write({**settings.tags, "stage": stage, "step": step, **metrics})
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in list(metrics.items())[:3]})
+                if _stop_signal is not None:
+                    checkpoint(step + 1)
+                    raise Interrupted(_stop_signal)
+                if (step + 1) % settings.checkpoint_every == 0 and step + 1 < num_steps:
+                    checkpoint(step + 1)
+    finally:
+        _loops_running -= 1
+    if start < num_steps or (path is not None and not path.exists()):  # (0 steps: still saved)
         checkpoint(num_steps)
     return metrics
 
@@ -428,15 +501,24 @@ def fit_policy(
     mask: torch.Tensor | None = None,
     settings: LoopSettings | None = None,
     stage: str = "stage2",
+    step_penalty: torch.Tensor | None = None,
     **optimize_kw,
 ) -> dict[str, float]:
-    """L2S stage II: the step model is frozen; the policy imitates the (soft or hard) oracle."""
+    """L2S stage II: the step model is frozen; the policy imitates the (soft or hard) oracle.
+
+    ``step_penalty`` ``(T,)``, if given, is added to every row's per-step losses before the
+    oracle: with λ·c_t (c_t the cumulative cost of stopping at t) the policy imitates the
+    cost-aware oracle q*(t) ∝ exp(−(ℓ_t + λ c_t)/β), whose hard form is argmin_t ℓ_t + λ c_t —
+    the depth a per-sample budget would choose — instead of the cost-blind argmin_t ℓ_t.
+    """
 
     def loss(step):
         inputs, targets = shard(batches(step))
         with torch.no_grad():
             trajectory = unroll(model, inputs, with_features=True)
             losses = loss_fn(trajectory.predictions, targets)
+            if step_penalty is not None:
+                losses = losses + step_penalty.to(losses)
         stop = StopTime(policy_hazards(policy, trajectory.features), mask)
         return l2s_stage2_loss(stop, losses, beta, hard), {
             "mean_steps": stop.mean().mean().detach()

@@ -8,6 +8,7 @@ split's mean and standard deviation, and integer labels.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import random
@@ -28,6 +29,9 @@ __all__ = [
     "fashion_splits",
     "mnist1d_splits",
     "digits_splits",
+    "DATASETS",
+    "check_sizes",
+    "check_data",
     "load_splits",
 ]
 
@@ -155,34 +159,48 @@ def load_fashion_mnist(data_dir: str = "") -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------- splits
 
 
+def check_sizes(rows: int, val_size: int, test_size: int, train_size: int, what: str) -> None:
+    """DataError unless ``rows`` give ``val_size`` validation and ``test_size`` test rows (0: the
+    test split comes from elsewhere) and leave training rows; ``train_size`` 0 takes them all."""
+    left = rows - val_size - test_size
+    if val_size < 1 or left < 1:
+        raise DataError(
+            f"{what} has {rows} rows: val_size {val_size} + test_size {test_size} must leave "
+            "training rows"
+        )
+    if not 0 <= train_size <= left:
+        raise DataError(
+            f"train_size must lie in 0..{left} for {what} ({rows} rows, {val_size} for "
+            f"validation, {test_size} for test; 0 means all); got {train_size}"
+        )
+
+
 def _normalised(train: np.ndarray, *others: np.ndarray) -> list[torch.Tensor]:
     train = train.astype(np.float32)
     mean, std = float(train.mean()), float(train.std()) or 1.0
     return [torch.from_numpy((a.astype(np.float32) - mean) / std) for a in (train, *others)]
 
 
-def _split_train(
-    x: np.ndarray, y: np.ndarray, val_size: int, train_size: int, split_seed: int, what: str
-):
-    """Shuffle with ``split_seed``; the first ``val_size`` rows are validation, the next
-    ``train_size`` (0: all the rest) training."""
-    n = len(y)
-    if not 0 < val_size < n:
-        raise DataError(f"val_size must lie in 1..{n - 1} for {what} ({n} rows); got {val_size}")
-    available = n - val_size
-    if train_size < 0 or train_size > available:
-        raise DataError(
-            f"train_size must lie in 0..{available} for {what} ({n} rows, {val_size} for "
-            f"validation; 0 means all); got {train_size}"
-        )
-    order = np.random.default_rng(split_seed).permutation(n)
-    val, rest = order[:val_size], order[val_size:]
-    train = rest[:train_size] if train_size else rest
-    return x[train], y[train], x[val], y[val]
-
-
-def _labels(*arrays: np.ndarray) -> list[torch.Tensor]:
-    return [torch.from_numpy(a.astype(np.int64)) for a in arrays]
+def _splits(name, dims, x, y, sizes, split_seed, info, test=None, group=None) -> Splits:
+    """Shuffle the pool ``(x, y)`` with ``split_seed``: the first ``test_size`` rows are test
+    (unless ``test``, a separate ``(x, y)``, is given), the next ``val_size`` validation, then
+    ``train_size`` (0: all the rest) training; standardised with the training rows' statistics."""
+    val_size, test_size, train_size = sizes
+    test_size = 0 if test is not None else test_size
+    check_sizes(len(y), val_size, test_size, train_size, name)
+    order = np.random.default_rng(split_seed).permutation(len(y))
+    test_rows, val_rows, train_rows = np.split(order, [test_size, test_size + val_size])
+    train_rows = train_rows[:train_size] if train_size else train_rows
+    test_x, test_y = test if test is not None else (x[test_rows], y[test_rows])
+    train_x, val_x, test_x = _normalised(x[train_rows], x[val_rows], test_x)
+    train_y, val_y, test_y = (
+        torch.from_numpy(a.astype(np.int64)) for a in (y[train_rows], y[val_rows], test_y)
+    )
+    return Splits(
+        name, dims, 10, train_x, train_y, val_x, val_y, test_x, test_y,
+        {**info, "split_seed": split_seed},
+        None if group is None else torch.from_numpy(group[test_rows]),
+    )  # fmt: skip
 
 
 def fashion_splits(
@@ -191,14 +209,13 @@ def fashion_splits(
     """Fashion-MNIST: validation and training rows from the 60,000 training images, the 10,000
     test images as test. Images ``(N, 28, 28)``."""
     data = load_fashion_mnist(data_dir)
-    tx, ty, vx, vy = _split_train(
-        data["train_x"], data["train_y"], val_size, train_size, split_seed, "Fashion-MNIST"
-    )
-    train_x, val_x, test_x = _normalised(tx, vx, data["test_x"])
-    train_y, val_y, test_y = _labels(ty, vy, data["test_y"])
     folder, source = resolve_data_dir(data_dir)
-    info = {"source": f"IDX files in {folder} ({source})", "split_seed": split_seed}
-    return Splits("fashion-mnist", 2, 10, train_x, train_y, val_x, val_y, test_x, test_y, info)
+    info = {"source": f"IDX files in {folder} ({source})"}
+    test = (data["test_x"], data["test_y"])
+    sizes = (val_size, 0, train_size)
+    return _splits(
+        "fashion-mnist", 2, data["train_x"], data["train_y"], sizes, split_seed, info, test
+    )
 
 
 def mnist1d_splits(
@@ -207,10 +224,12 @@ def mnist1d_splits(
     val_size: int = 2000,
     test_size: int = 2000,
     split_seed: int = 0,
+    train_size: int = 0,
 ) -> Splits:
     """MNIST-1D (Greydanus 2020) generated offline with ``mnist1d.data.make_dataset``, one set per
     noise level (``corr_noise_scale`` = level, ``iid_noise_scale`` = 0.08·level, the package's
-    default ratio), concatenated and shuffled, so samples differ in difficulty. Signals ``(N, 40)``.
+    default ratio), concatenated and shuffled, so samples differ in difficulty. Signals ``(N, 40)``;
+    ``test_group`` holds each test row's noise level.
 
     ``make_dataset`` standardises each generated set and reseeds Python's and NumPy's global
     generators; both generators are restored afterwards. The package's ``get_dataset`` (which
@@ -226,6 +245,7 @@ def mnist1d_splits(
         raise DataError(
             f"mnist1d_noise must be a non-empty list of levels >= 0; got {noise_levels}"
         )
+    check_sizes(len(noise_levels) * per_level, val_size, test_size, train_size, "mnist1d")
     saved = random.getstate(), np.random.get_state()
     xs, ys, groups = [], [], []
     try:
@@ -241,30 +261,19 @@ def mnist1d_splits(
     finally:
         random.setstate(saved[0])
         np.random.set_state(saved[1])
-    x, y, group = np.concatenate(xs), np.concatenate(ys), np.concatenate(groups)
-    n = len(y)
-    if val_size < 1 or test_size < 1 or val_size + test_size >= n:
-        raise DataError(
-            f"MNIST-1D has {n} rows ({len(noise_levels)} levels × {per_level}); val_size "
-            f"{val_size} + test_size {test_size} must leave training rows"
-        )
-    order = np.random.default_rng(split_seed).permutation(n)
-    test, val, train = np.split(order, [test_size, test_size + val_size])
-    train_x, val_x, test_x = _normalised(x[train], x[val], x[test])
-    train_y, val_y, test_y = _labels(y[train], y[val], y[test])
     info = {
         "source": "mnist1d.data.make_dataset (generated, no download)",
         "noise_levels": list(noise_levels),
         "per_level": per_level,
-        "split_seed": split_seed,
     }
-    return Splits(
-        "mnist1d", 1, 10, train_x, train_y, val_x, val_y, test_x, test_y, info,
-        test_group=torch.from_numpy(group[test]),
-    )  # fmt: skip
+    x, y, group = np.concatenate(xs), np.concatenate(ys), np.concatenate(groups)
+    sizes = (val_size, test_size, train_size)
+    return _splits("mnist1d", 1, x, y, sizes, split_seed, info, group=group)
 
 
-def digits_splits(val_size: int = 300, test_size: int = 400, split_seed: int = 0) -> Splits:
+def digits_splits(
+    val_size: int = 300, test_size: int = 400, split_seed: int = 0, train_size: int = 0
+) -> Splits:
     """scikit-learn's 1,797 8×8 digits (bundled with the package, no download), for tests."""
     try:
         from sklearn.datasets import load_digits
@@ -273,36 +282,41 @@ def digits_splits(val_size: int = 300, test_size: int = 400, split_seed: int = 0
             f"digits need scikit-learn ({error}); `pip install 'stopwise[data]'`"
         ) from None
     digits = load_digits()
-    x, y = digits.images.astype(np.float32), digits.target
-    n = len(y)
-    if val_size < 1 or test_size < 1 or val_size + test_size >= n:
-        raise DataError(f"digits has {n} rows; val_size + test_size must leave training rows")
-    order = np.random.default_rng(split_seed).permutation(n)
-    test, val, train = np.split(order, [test_size, test_size + val_size])
-    train_x, val_x, test_x = _normalised(x[train], x[val], x[test])
-    train_y, val_y, test_y = _labels(y[train], y[val], y[test])
-    info = {"source": "sklearn.datasets.load_digits", "split_seed": split_seed}
-    return Splits("digits", 2, 10, train_x, train_y, val_x, val_y, test_x, test_y, info)
+    info = {"source": "sklearn.datasets.load_digits"}
+    sizes = (val_size, test_size, train_size)
+    return _splits("digits", 2, digits.images, digits.target, sizes, split_seed, info)
 
 
 DATASETS = ("fashion-mnist", "mnist1d", "digits")
+DIGITS_ROWS = 1797
 
 
-def load_splits(config: dict) -> Splits:
-    """The splits named by ``config["dataset"]``, with the config's sizes."""
-    name = config["dataset"]
-    if name == "fashion-mnist":
-        return fashion_splits(
-            config["data_dir"], config["val_size"], config["train_size"], config["split_seed"]
-        )
-    if name == "mnist1d":
-        return mnist1d_splits(
-            config["mnist1d_noise"],
-            config["mnist1d_per_level"],
-            config["val_size"],
-            config["test_size"],
-            config["split_seed"],
-        )
-    if name == "digits":
-        return digits_splits(config["val_size"], config["test_size"], config["split_seed"])
-    raise DataError(f"unknown dataset {name!r}; choose one of {list(DATASETS)}")
+def check_data(config) -> None:
+    """Refuse, before anything is read or written, split sizes the data cannot give and missing
+    Fashion-MNIST files (:class:`DataError`, a ValueError, names each path tried)."""
+    if config.dataset == "fashion-mnist":
+        fashion_mnist_files(config.data_dir)
+        return
+    levels = len(config.mnist1d_noise)
+    rows = levels * config.mnist1d_per_level if config.dataset == "mnist1d" else DIGITS_ROWS
+    check_sizes(rows, config.val_size, config.test_size, config.train_size, config.dataset)
+
+
+@functools.lru_cache(maxsize=2)
+def _load(dataset, data_dir, val_size, test_size, train_size, split_seed, noise, per_level):
+    if dataset == "fashion-mnist":
+        return fashion_splits(data_dir, val_size, train_size, split_seed)
+    if dataset == "mnist1d":
+        return mnist1d_splits(list(noise), per_level, val_size, test_size, split_seed, train_size)
+    return digits_splits(val_size, test_size, split_seed, train_size)
+
+
+def load_splits(config) -> Splits:
+    """The splits named by ``config.dataset`` with the config's sizes (cached per process: every
+    job of a run reads the same data)."""
+    c = config
+    noise = tuple(c.mnist1d_noise)
+    return _load(
+        c.dataset, c.data_dir, c.val_size, c.test_size, c.train_size, c.split_seed, noise,
+        c.mnist1d_per_level,
+    )  # fmt: skip

@@ -1,217 +1,255 @@
-"""The multi-exit experiment: one job per (method, seed); each trains a fresh backbone (same
-initial weights and batch order for every method of a seed), evaluates it and writes
-``jobs/<id>.json``. A rerun on the same run directory skips finished jobs and resumes unfinished
-ones from their stage checkpoints (``checkpoints/<id>.<stage>.pt``); the summary, tables and
-figures are rebuilt from the job files.
-"""
+"""The multi-exit jobs: one per method, one per β for L2S, and L2S's selection of β on
+validation (the runner runs each per seed). A training job trains a fresh backbone (same initial
+weights and batch order for every method of a seed), chooses its thresholds on validation and
+measures the test split once: the fixed exits, MSDNet's budgeted curve of the confidence
+thresholds, the L2S policy's budget curve, the stop rules at each budget run for real through
+``run_adaptive(mode=config.inference_mode)``, and the wall-clock of early exit against the full
+network. The selection job ``l2s`` reads the L2S jobs' records (and uniform training's, β → ∞)
+and picks, per budget, the β whose curve is best on validation."""
 
 from __future__ import annotations
 
-import json
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from ...checkpoints import atomic_write_text
-from ...training import seed_everything
-from .data import DATASETS, Splits, fashion_mnist_files, load_splits
-from .evaluate import (
-    P_GRID,
-    accuracy_at_budgets,
-    budgeted_curve,
-    exit_logits,
-    policy_curve,
-    time_thresholds,
+from ...contract import Job, JobContext
+from ...inference import (
+    ScoreThreshold,
+    exit_distribution,
+    fit_threshold,
+    in_chunks,
+    run_adaptive,
+    stop_indices,
 )
-from .macs import count_step_macs
-from .methods import METHODS, Training, train_method
-from .model import MultiExitCNN, exit_losses
-from .report import summarize, write_figures, write_table
+from ...policies import ConfidencePolicy
+from ...selection import Heldout, budget_sweep, fixed_depth_curve
+from .config import MultiExitConfig
+from .data import load_splits
+from .l2w import allocate_meta
+from .methods import L2W_VARIANTS, build_model, train_method
+from .metrics import (
+    accuracy_by_group,
+    apply_thresholds,
+    choose_on_validation,
+    exit_hazards,
+    exit_logits,
+    exit_metric,
+    msdnet_thresholds,
+    time_early_exit,
+    with_validation_accuracy,
+)
+from .models import exit_losses
 
-__all__ = ["run", "check_config", "build_model", "run_job", "make_jobs"]
+__all__ = ["jobs", "run_job", "l2s_job_name", "SELECT_L2S"]
+
+# What every job reads; the data folder is left out (the same files anywhere give the same
+# numbers), and so are the report's keys (budgets unless timed, log_every).
+SHARED_KEYS = (
+    "dataset", "val_size", "test_size", "train_size", "split_seed", "mnist1d_noise",
+    "mnist1d_per_level", "stem", "channels", "strides", "head_width", "epochs", "batch_size",
+    "lr", "momentum", "weight_decay", "eval_batch", "device", "inference_mode",
+)  # fmt: skip
+METHOD_KEYS = {"sdn": ("sdn_weights",), "l2s": ("l2s",), **{m: ("l2w",) for m in L2W_VARIANTS}}
+COSTS = {"l2w": 4.0, "l2w-last": 4.0, "l2w-fo": 2.5}  # relative training cost (worker order)
+SELECT_L2S = "l2s-select"  # the method of the job that picks L2S's β on validation
 
 
-def check_config(config: dict[str, Any]) -> None:
-    """Raise ValueError naming the first bad key or value, or a missing data file (before any
-    data is read)."""
-    if config["dataset"] not in DATASETS:
-        raise ValueError(f"dataset must be one of {list(DATASETS)}; got {config['dataset']!r}")
-    if config["dataset"] == "fashion-mnist":
-        fashion_mnist_files(config["data_dir"])
-    unknown = sorted(set(config["methods"]) - set(METHODS))
-    if unknown or not config["methods"]:
-        raise ValueError(f"methods must be a non-empty subset of {sorted(METHODS)}; got {unknown}")
-    for key in (
-        "epochs", "batch_size", "num_seeds", "head_width", "stem", "l2w_interval", "l2w_hidden"
-    ):  # fmt: skip
-        if config[key] < 1:
-            raise ValueError(f"{key} must be >= 1; got {config[key]}")
-    if config["batch_size"] < 2 and any(m.startswith("l2w") for m in config["methods"]):
-        raise ValueError("L2W splits each batch in halves: batch_size must be >= 2")
-    if len(config["channels"]) != len(config["strides"]) or len(config["channels"]) < 2:
-        raise ValueError(
-            f"channels {config['channels']} and strides {config['strides']} need one entry per "
-            "exit (at least 2)"
+def l2s_job_name(beta: float) -> str:
+    """The job of L2S with oracle temperature ``beta``."""
+    return f"l2s-b{beta:g}"
+
+
+def jobs(config: MultiExitConfig) -> list[Job]:
+    out = []
+    for method in config.methods:
+        keys = SHARED_KEYS + METHOD_KEYS.get(method, ())
+        keys += ("timing", "budgets") if method in config.timing.methods else ()
+        if method != "l2s":
+            out.append(Job(method, {"method": method}, keys=keys, cost=COSTS.get(method, 1.0)))
+            continue
+        names = [l2s_job_name(beta) for beta in config.l2s.betas]
+        out += [
+            Job(name, {"method": "l2s", "beta": beta}, keys=keys)
+            for name, beta in zip(names, config.l2s.betas, strict=True)
+        ]
+        after = tuple(names) + (("uniform",) if "uniform" in config.methods else ())
+        out.append(Job("l2s", {"method": SELECT_L2S}, after=after, keys=("budgets",), cost=0.0))
+    return out
+
+
+def run_job(job: Job, context: JobContext) -> dict[str, Any]:
+    config: MultiExitConfig = context.config
+    method = job.params["method"]
+    if method == SELECT_L2S:
+        return select_beta(job, context)
+    splits = load_splits(config)
+    context.manual_seed("init")
+    model = build_model(config, splits)
+    cpu_start = time.process_time()
+    trained = train_method(method, model, splits, config, context, job.params.get("beta"))
+    train_cpu_seconds = time.process_time() - cpu_start
+    model.eval()
+    costs = model.step_costs()
+    test = Heldout((splits.test_x, splits.test_y))
+
+    # Every choice on validation: MSDNet's per-exit thresholds for each p, and for each budget
+    # (a fraction of the full MACs) the rule of every stop model: confidence thresholds and, for
+    # L2S, a threshold on the policy's hazard.
+    val_logits = exit_logits(model, splits.val_x, config.eval_batch)
+    policies = {"confidence": ConfidencePolicy()}
+    val_scores = {"confidence": exit_hazards(policies["confidence"], val_logits)}
+    if trained.policy is not None:
+        policies["policy"] = trained.policy
+        val_scores["policy"] = exit_hazards(trained.policy, val_logits)
+    fitted = msdnet_thresholds(val_scores["confidence"], costs)
+    budgets = [b * float(costs[-1]) for b in config.budgets]
+    rules = {"confidence": [_nearest_msdnet_rule(fitted, b) for b in budgets]}
+    if trained.policy is not None:
+        # A budget below the first exit's cost gives the cheapest rule (every row at exit 1).
+        cheapest = float(costs[0])
+        rules["policy"] = [
+            fit_threshold(val_scores["policy"], max(b, cheapest), costs) for b in budgets
+        ]
+
+    # The test split, once: fixed exits, budget curves, the rules run for real.
+    test_x, test_y = test.open()
+    test_logits = exit_logits(model, test_x, config.eval_batch)
+    correct = test_logits.argmax(-1) == test_y.unsqueeze(1)  # (N, K)
+    metric = exit_metric(correct)
+    test_scores = {name: exit_hazards(policies[name], test_logits) for name in policies}
+    curves = {"confidence": apply_thresholds(fitted, test_scores["confidence"], metric, costs)}
+    if trained.policy is not None:
+        val_costs = [point["val_mean_cost"] for point in fitted]
+        curves["policy"] = budget_sweep(
+            val_scores["policy"], test_scores["policy"], val_costs, metric, costs=costs
         )
-    if len(config["sdn_weights"]) != len(config["channels"]):
-        raise ValueError(
-            f"sdn_weights needs one weight per exit ({len(config['channels'])}); "
-            f"got {config['sdn_weights']}"
+    # Each curve point's accuracy on validation, where its rule was fitted (for choosing β).
+    val_correct = val_logits.argmax(-1) == splits.val_y.unsqueeze(1)
+    for name, curve in curves.items():
+        with_validation_accuracy(curve, val_scores[name], val_correct)
+    record: dict[str, Any] = {
+        "data": {"dataset": splits.name, **splits.sizes(), **splits.info},
+        "updates": trained.updates,
+        "train_seconds": context.timings["train"],
+        "train_cpu_seconds": train_cpu_seconds,
+        "val_exit_accuracy": val_correct.double().mean(0),
+        "step_costs": costs,
+        "fixed_depth": fixed_depth_curve(
+            len(test_y), metric, torch.ones(len(costs), dtype=torch.bool), costs
+        ),
+        "curves": curves,
+        "adaptive": {
+            name: [
+                {
+                    "budget": budget,
+                    **_run_for_real(
+                        model, policies[name], test_x, test_y, rule, test_scores[name], config
+                    ),
+                }
+                for budget, rule in zip(config.budgets, rules[name], strict=True)
+            ]
+            for name in rules
+        },
+    }
+    if splits.test_group is not None:  # MNIST-1D noise levels, at p = 1 (uniform exits)
+        index = stop_indices(test_scores["confidence"], _p_rule(fitted, 1.0))
+        levels = splits.info["noise_levels"]
+        record["test_groups"] = accuracy_by_group(index, correct, splits.test_group, levels)
+    if trained.weight_net is not None:
+        record["weight_log"] = trained.weight_log
+        record["weights_final"] = _final_weights(trained.weight_net, model, splits, config)
+        record["weights_vs_loss"] = _weights_vs_loss(trained.weight_net, model, splits, config)
+    if method in config.timing.methods:
+        named = dict(zip([f"{b:g}" for b in config.budgets], rules["confidence"], strict=True))
+        record["timing"] = time_early_exit(
+            model, test_x, named, config.timing.batch, config.timing.repeats
         )
-    budgets = config["budgets"]
-    if not budgets or any(not 0 < b <= 1 for b in budgets) or budgets != sorted(budgets):
-        raise ValueError(
-            f"budgets are increasing fractions of the full MACs in (0, 1]; got {budgets}"
-        )
-    if not 0 < config["l2w_p"]:
-        raise ValueError(f"l2w_p must be > 0; got {config['l2w_p']}")
-    if config["l2s_beta"] <= 0:
-        raise ValueError(f"l2s_beta must be > 0; got {config['l2s_beta']}")
-    unknown = sorted(set(config["timing_methods"]) - set(config["methods"]))
-    if unknown:
-        raise ValueError(f"timing_methods {unknown} are not among methods {config['methods']}")
-    if "l2s" in config["methods"] and config["policy_updates"] < 1:
-        raise ValueError("L2S needs policy_updates >= 1 for its stage II")
+    return record
 
 
-def make_jobs(config: dict[str, Any]) -> list[dict[str, Any]]:
-    seeds = range(config["seed"], config["seed"] + config["num_seeds"])
-    return [{"id": f"{m}-s{s}", "method": m, "seed": s} for s in seeds for m in config["methods"]]
+def _nearest_msdnet_rule(fitted: list[dict[str, Any]], budget: float) -> ScoreThreshold:
+    """MSDNet's thresholds whose validation mean cost is nearest to ``budget``."""
+    point = min(fitted, key=lambda pt: abs(pt["val_mean_cost"] - budget))
+    return ScoreThreshold(torch.tensor(point["score_threshold"]))
 
 
-def build_model(config: dict[str, Any], splits: Splits, seed: int) -> MultiExitCNN:
-    """The backbone of ``seed`` (same initial weights for every method) with its MACs counted."""
-    torch.manual_seed(seed)
-    model = MultiExitCNN(
-        splits.dims,
-        config["channels"],
-        config["strides"],
-        config["head_width"],
-        splits.classes,
-        stem=config["stem"],
-    )
-    model.set_step_costs(count_step_macs(model, splits.train_x[:1]))
-    return model
+def _p_rule(fitted: list[dict[str, Any]], p: float) -> ScoreThreshold:
+    """MSDNet's thresholds of the exit distribution q ∝ p^k nearest to ``p``."""
+    point = min(fitted, key=lambda pt: abs(pt["p"] - p))
+    return ScoreThreshold(torch.tensor(point["score_threshold"]))
 
 
-def _weights_vs_loss(weight_net, model, splits: Splits, rows: int = 1000) -> dict[str, Any]:
+def _run_for_real(model, policy, test_x, test_y, rule, test_hazards, config) -> dict[str, Any]:
+    """Accuracy and mean cost of ``run_adaptive`` on the test split in the configured mode, and
+    whether its exits equal those the vectorised evaluation picks from the test hazards."""
+
+    def run(rows):
+        result = run_adaptive(model, policy, rows, rule, mode=config.inference_mode)
+        return result.predictions, result.stop_index, result.cost
+
+    predictions, index, cost = in_chunks(run, test_x, config.eval_batch)
+    return {
+        "accuracy": float((predictions.argmax(-1) == test_y).double().mean()),
+        "mean_cost": float(cost.double().mean()),
+        "matches_dense": bool(torch.equal(index, stop_indices(test_hazards, rule))),
+    }
+
+
+def select_beta(job: Job, context: JobContext) -> dict[str, Any]:
+    """L2S with β chosen on validation, per budget and per stop model (confidence thresholds,
+    policy): the candidate whose validation curve is most accurate at the budget (interpolated
+    along the validation costs), among the L2S jobs and, for confidence thresholds, uniform
+    training (β → ∞). Its test accuracy at that budget is read off its test curve."""
+    config: MultiExitConfig = context.config
+    full = float(context.dependency(job.after[0]).record["step_costs"][-1])
+    budgets = [b * full for b in config.budgets]
+    records = {name: context.dependency(name).record for name in job.after}
+    betas = {name: context.dependency(name).params.get("beta")  # None: uniform, β → ∞
+             for name in job.after}  # fmt: skip
+    chosen: dict[str, Any] = {}
+    for curve in ("confidence", "policy"):
+        candidates = {n: r["curves"][curve] for n, r in records.items() if curve in r["curves"]}
+        picks = choose_on_validation(candidates, budgets)
+        chosen[curve] = [
+            {"job": pick["choice"], "beta": betas.get(pick["choice"]), **pick} for pick in picks
+        ]
+    return {"budgets": config.budgets, "candidates": betas, "chosen": chosen}
+
+
+def _final_weights(weight_net, model, splits, config) -> dict[str, Any]:
+    """The weights L2W ends with, on every training row (eval mode): their range and
+    quantiles, per exit, and the mean weight per exit for the training rows grouped by the exit
+    they would take under the meta allocation (q ∝ p^k over the training set)."""
+    with torch.no_grad():
+        logits = exit_logits(model, splits.train_x, config.eval_batch)
+        weights = weight_net(exit_losses(logits, splits.train_y))
+        confidence = torch.softmax(logits, -1).amax(-1)
+    K = weights.shape[1]
+    groups = allocate_meta(confidence, exit_distribution(config.l2w.p, K))
+    levels = torch.tensor(QUANTILES, dtype=weights.dtype)
+    return {
+        "min": float(weights.min()),
+        "max": float(weights.max()),
+        "quantile_levels": QUANTILES,
+        "quantiles": torch.quantile(weights.flatten(), levels),
+        "per_exit_quantiles": torch.quantile(weights, levels, dim=0).T,
+        "per_exit_mean": weights.mean(0),
+        "mean_by_allocated_exit": [
+            weights[groups == g].mean(0) if bool((groups == g).any()) else None for g in range(K)
+        ],
+        "rows_by_allocated_exit": torch.bincount(groups, minlength=K),
+    }
+
+
+QUANTILES = [0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99]
+
+
+def _weights_vs_loss(weight_net, model, splits, config, rows: int = 1000) -> dict[str, Any]:
     """Learned weights and exit losses of the first ``rows`` training samples (eval mode)."""
     x, y = splits.train_x[:rows], splits.train_y[:rows]
     with torch.no_grad():
-        losses = exit_losses(exit_logits(model, x), y)
+        losses = exit_losses(exit_logits(model, x, config.eval_batch), y)
         weights = weight_net(losses)
-    return {"losses": losses.T.tolist(), "weights": weights.T.tolist()}
-
-
-def run_job(job: dict[str, Any], config: dict[str, Any], splits: Splits, run_dir) -> dict:
-    """Train and evaluate one job; returns (and saves as ``jobs/<id>.json``) its result."""
-    out = Path(run_dir.path) / "jobs" / f"{job['id']}.json"
-    if out.exists():
-        return json.loads(out.read_text())
-    seed_everything(job["seed"])
-    resumed = any(Path(run_dir.checkpoints).glob(f"{job['id']}.*.pt"))
-    model = build_model(config, splits, job["seed"])
-    training = Training(
-        config,
-        splits.train_x,
-        splits.train_y,
-        job["seed"],
-        run_dir.loop_settings(log_every=config["log_every"]),
-        job["id"],
-    )
-    extras = train_method(job["method"], model, training)
-    costs = model.step_costs()
-
-    start = time.perf_counter()
-    val_logits = exit_logits(model, splits.val_x, config["eval_batch"])
-    test_logits = exit_logits(model, splits.test_x, config["eval_batch"])
-    correct = test_logits.argmax(-1) == splits.test_y.unsqueeze(1)
-    budgets = [b * float(costs[-1]) for b in config["budgets"]]
-    curves = {"confidence": budgeted_curve(val_logits, test_logits, splits.test_y, costs)}
-    if "policy" in extras:
-        val_budgets = [pt["val_mean_macs"] for pt in curves["confidence"]]
-        curves["policy"] = policy_curve(
-            extras["policy"], val_logits, test_logits, splits.test_y, costs, val_budgets
-        )
-    result: dict[str, Any] = {
-        "job": job,
-        "resumed": resumed,
-        "train_seconds": training.seconds,
-        "updates": training.updates,
-        "epochs": config["epochs"],
-        "step_costs": costs.tolist(),
-        "anytime_accuracy": correct.double().mean(0).tolist(),
-        "curves": curves,
-        "budget_macs": budgets,
-        "budget_accuracy": {k: accuracy_at_budgets(c, budgets) for k, c in curves.items()},
-    }
-    if splits.test_group is not None:
-        result["test_groups"] = _group_exits(curves["confidence"], val_logits, test_logits, splits)
-    if "weight_net" in extras:
-        result["negative_weights"] = extras["negative_weights"]
-        result["weights_vs_loss"] = _weights_vs_loss(extras["weight_net"], model, splits)
-    if job["method"] in config["timing_methods"]:
-        nearest = [
-            min(curves["confidence"], key=lambda pt, b=b: abs(pt["mean_macs"] - b)) for b in budgets
-        ]
-        result["timing"] = time_thresholds(
-            model,
-            splits.test_x,
-            test_logits,
-            [pt["thresholds"] for pt in nearest],
-            config["timing_batch"],
-            config["timing_repeats"],
-        )
-    result["eval_seconds"] = time.perf_counter() - start
-    atomic_write_text(out, json.dumps(result) + "\n")
-    return result
-
-
-def _group_exits(points, val_logits, test_logits, splits: Splits) -> list[dict[str, Any]]:
-    """Mean exit (1-based) and accuracy per difficulty group of the test split (MNIST-1D noise
-    level) at the operating point p = 1 (uniform exit distribution)."""
-    from ...inference import HazardThreshold, stop_indices
-    from .evaluate import confidence_scores
-
-    point = min(points, key=lambda pt: abs(pt["p"] - 1.0))
-    rule = HazardThreshold.from_score_threshold(torch.tensor(point["thresholds"]))
-    index = stop_indices(confidence_scores(test_logits), rule)
-    correct = test_logits.argmax(-1) == splits.test_y.unsqueeze(1)
-    rows = torch.arange(len(index))
-    groups = []
-    for g in sorted(set(splits.test_group.tolist())):
-        mask = splits.test_group == g
-        groups.append(
-            {
-                "group": g,
-                "level": splits.info["noise_levels"][g],
-                "mean_exit": float((index[mask] + 1).double().mean()),
-                "accuracy": float(correct[rows, index][mask].double().mean()),
-            }
-        )
-    return groups
-
-
-def run(config: dict[str, Any], run_dir) -> dict[str, Any]:
-    """Run every job of ``config`` into ``run_dir`` and write the summary, table and figures."""
-    check_config(config)
-    start = time.perf_counter()
-    splits = load_splits(config)
-    run_dir.write_json("data.json", {"dataset": splits.name, **splits.sizes(), **splits.info})
-    jobs = make_jobs(config)
-    results = []
-    for job in jobs:
-        done = (Path(run_dir.path) / "jobs" / f"{job['id']}.json").exists()
-        results.append(run_job(job, config, splits, run_dir))
-        if not done:
-            print(f"multi-exit: done {job['id']}", file=sys.stderr)
-    summary = summarize(results, config, splits)
-    summary["wall_seconds"] = time.perf_counter() - start
-    summary["p_grid"] = P_GRID
-    run_dir.write_results(summary)
-    run_dir.write_table(write_table(summary))
-    write_figures(results, summary, run_dir)
-    return summary
+    return {"losses": losses.T, "weights": weights.T}

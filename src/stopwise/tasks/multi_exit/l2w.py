@@ -8,8 +8,12 @@ halves; a *virtual* SGD step of the network on the weighted loss of the first ha
     θ̂(φ) = θ − lr·d(θ, ∇_θ (1/n) Σ_i Σ_k w_ik(φ) ℓ_ik(θ)),                     (L2W Eq. 6)
 
 with d the real optimizer's update direction (momentum buffer, dampening, weight decay,
-Nesterov), is scored on the second half, where exit k is charged only for the samples it would
-take at inference (:func:`allocate_meta`, L2W Eq. 7–8), and φ takes an Adam step on that meta loss.
+Nesterov), is scored on a meta batch, where exit k is charged only for the samples S_k it would
+take at inference (:func:`allocate_meta`, L2W Eq. 7–8), and φ takes an Adam step on that meta loss
+
+    L_meta(θ̂) = Σ_k mean_{i∈S_k} ℓ_ik(θ̂)                                   (:func:`meta_objective`)
+
+as the official code computes it (exits with an empty S_k contribute nothing).
 
 Two ways to get the meta gradient:
 
@@ -22,7 +26,7 @@ Two ways to get the meta gradient:
   taken at θ (no virtual step at all), which is the cheap first-order approximation.
 
 No module is rebuilt and no ``_parameters`` are patched; virtual forwards run with the BN
-running statistics frozen (:func:`~.model.running_stats_frozen`), so the real buffers never move.
+running statistics frozen (:func:`~.models.running_stats_frozen`), so the real buffers never move.
 """
 
 from __future__ import annotations
@@ -37,11 +41,14 @@ from torch.func import functional_call, jvp
 
 from ...inference import exit_distribution
 from ...objectives import weighted_exit_loss
-from .model import exit_losses, running_stats_frozen
+from .models import exit_losses, running_stats_frozen
 
 __all__ = [
+    "META_LOSSES",
+    "OUTPUT_INITS",
     "WeightNet",
     "allocate_meta",
+    "meta_objective",
     "sgd_virtual_step",
     "sgd_step_scale",
     "meta_gradient",
@@ -49,25 +56,41 @@ __all__ = [
 ]
 
 
+# The meta objectives on the meta batch (see meta_objective), the official one first.
+META_LOSSES = ("per-exit", "pooled", "last")
+# How the weight net's output layer starts: PyTorch's default (the official code) or zero.
+OUTPUT_INITS = ("default", "zero")
+
+
 class WeightNet(nn.Module):
     """g: ``(B, K)`` detached exit losses → ``(B, K)`` weights ``1 + δ·(g − mean_k g)``.
 
-    One hidden layer (ReLU), tanh output, centred over the exits of each sample; the output
-    layer starts at zero, so w = 1 (uniform weighting) before any meta step. Nothing bounds
-    the weights below: with δ = 0.8 they range over (1 − 1.6, 1 + 1.6), so they can turn
-    negative; ``clamp=True`` clips them at 0.
+    One hidden layer (ReLU), tanh output, centred over the exits of each sample (the official
+    ``MLP_tanh`` with ``col`` normalisation). ``output_init="default"`` keeps PyTorch's
+    initialisation of the output layer, as the official code does, so the weights start at a
+    random pattern around 1; ``"zero"`` starts it at zero, so w = 1 (uniform weighting) before
+    any meta step. Nothing bounds the weights below: |g − mean_k g| < 2(K−1)/K, so with δ = 0.8
+    and K = 4 they range over (−0.2, 2.2) and can turn negative; ``clamp=True`` clips them at 0.
     """
 
-    def __init__(self, exits: int, hidden: int = 100, delta: float = 0.8, clamp: bool = False):
+    def __init__(
+        self,
+        exits: int,
+        hidden: int = 500,
+        delta: float = 0.8,
+        clamp: bool = False,
+        output_init: str = "default",
+    ):
         super().__init__()
         if exits < 1 or hidden < 1:
             raise ValueError(f"exits and hidden must be >= 1; got {exits}, {hidden}")
+        if output_init not in OUTPUT_INITS:
+            raise ValueError(f"output_init must be one of {OUTPUT_INITS}; got {output_init!r}")
         self.exits, self.delta, self.clamp = exits, delta, clamp
         self.net = nn.Sequential(nn.Linear(exits, hidden), nn.ReLU(), nn.Linear(hidden, exits))
-        # Zero output layer: training starts from uniform weights (w = 1) and every deviation
-        # from them is meta-learned rather than the pattern of a random initialisation.
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
+        if output_init == "zero":
+            nn.init.zeros_(self.net[-1].weight)
+            nn.init.zeros_(self.net[-1].bias)
 
     def raw(self, losses: torch.Tensor) -> torch.Tensor:
         """``(B, K)`` centred g(ℓ) − mean_k g(ℓ)."""
@@ -165,12 +188,33 @@ def sgd_step_scale(model: nn.Module, optimizer: torch.optim.SGD) -> dict[str, fl
     return scales
 
 
-def _meta_loss(logits: torch.Tensor, targets: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Mean CE of each meta sample at the exit it is allocated to (``logits (n, K, C)``)."""
+def meta_objective(
+    logits: torch.Tensor, targets: torch.Tensor, q: torch.Tensor, form: str = "per-exit"
+) -> torch.Tensor:
+    """L2W's meta loss on a meta batch: ``logits (n, K, C)`` of every exit, ``targets (n,)``.
+
+    With S_k the meta samples allocated to exit k (:func:`allocate_meta` on the detached max
+    softmax, target distribution ``q (K,)``) and ℓ_ik the cross-entropy of sample i at exit k:
+
+    * ``"per-exit"`` (the official code): Σ_k mean_{i∈S_k} ℓ_ik, exits with empty S_k skipped;
+    * ``"pooled"``: (1/n) Σ_k Σ_{i∈S_k} ℓ_ik, one mean over the meta batch (this project's
+      earlier form: exit k counts in proportion to |S_k|, so late exits weigh less);
+    * ``"last"``: (1/n) Σ_i ℓ_iK, no allocation (the ablation: only the final exit is scored).
+    """
+    if form not in META_LOSSES:
+        raise ValueError(f"meta loss form must be one of {META_LOSSES}; got {form!r}")
+    n, K, C = logits.shape
+    if form == "last":
+        return F.cross_entropy(logits[:, -1], targets)
     confidence = torch.softmax(logits.detach(), dim=-1).amax(dim=-1)
     exits = allocate_meta(confidence, q)
-    chosen = logits[torch.arange(logits.shape[0], device=logits.device), exits]
-    return F.cross_entropy(chosen, targets)
+    chosen = logits[torch.arange(n, device=logits.device), exits]
+    losses = F.cross_entropy(chosen, targets, reduction="none")  # (n,) ℓ_i,exit(i)
+    if form == "pooled":
+        return losses.mean()
+    per_exit = torch.zeros(K, dtype=losses.dtype, device=losses.device).index_add(0, exits, losses)
+    counts = torch.bincount(exits, minlength=K)
+    return (per_exit[counts > 0] / counts[counts > 0]).sum()
 
 
 def meta_gradient(
@@ -182,11 +226,13 @@ def meta_gradient(
     q: torch.Tensor,
     mode: str = "full",
     lookahead: bool | None = None,
+    meta_loss: str = "per-exit",
 ) -> tuple[list[torch.Tensor], dict[str, float]]:
     """∂L_meta/∂φ for the weight net's parameters φ (a list aligned with
     ``weight_net.parameters()``) and the meta loss. ``model`` must be in training mode.
 
-    ``train``/``meta`` are ``(inputs, labels)`` halves of a batch; ``q (K,)`` the meta allocation.
+    ``train``/``meta`` are ``(inputs, labels)``: the batch of the virtual step and the meta
+    batch; ``q (K,)`` the meta allocation; ``meta_loss`` the form of :func:`meta_objective`.
     ``mode``: ``"full"`` (double backward through the virtual step) or ``"first_order"`` (JVP;
     ``lookahead`` defaults to False there; True makes it exact, equal to ``"full"``).
     """
@@ -205,9 +251,9 @@ def meta_gradient(
             inner = weighted_exit_loss(losses, weight_net(losses.detach()))
             grads = torch.autograd.grad(inner, list(real.values()), create_graph=True)
             virtual = sgd_virtual_step(model, optimizer, real, dict(zip(real, grads, strict=True)))
-            meta_loss = _meta_loss(functional_call(model, virtual, (x_me,)), y_me, q)
-            grads_phi = torch.autograd.grad(meta_loss, phi)
-            return list(grads_phi), {"meta_loss": float(meta_loss.detach())}
+            value = meta_objective(functional_call(model, virtual, (x_me,)), y_me, q, meta_loss)
+            grads_phi = torch.autograd.grad(value, phi)
+            return list(grads_phi), {"meta_loss": float(value.detach())}
 
         point = {k: p.detach() for k, p in real.items()}
         if lookahead:
@@ -220,8 +266,8 @@ def meta_gradient(
             with torch.no_grad():
                 point = sgd_virtual_step(model, optimizer, point, step)
         at = {k: p.detach().requires_grad_() for k, p in point.items()}
-        meta_loss = _meta_loss(functional_call(model, at, (x_me,)), y_me, q)
-        v = torch.autograd.grad(meta_loss, list(at.values()))
+        value = meta_objective(functional_call(model, at, (x_me,)), y_me, q, meta_loss)
+        v = torch.autograd.grad(value, list(at.values()))
         scale = sgd_step_scale(model, optimizer)
         tangent = {k: -scale[k] * vk for k, vk in zip(at, v, strict=True)}
         primal = {k: p.detach() for k, p in real.items()}
@@ -231,38 +277,34 @@ def meta_gradient(
     # L_meta(θ̂(w)) with θ̂ = θ − s ∇(1/n Σ w ℓ): ∂L_meta/∂w_ik = ⟨v, −s ∇ℓ_ik⟩ / n.
     w = weight_net(losses.detach())
     surrogate = (w * (directional.detach() / n)).sum()
-    return list(torch.autograd.grad(surrogate, phi)), {"meta_loss": float(meta_loss.detach())}
+    return list(torch.autograd.grad(surrogate, phi)), {"meta_loss": float(value.detach())}
 
 
 @dataclass
 class MetaStep:
-    """One L2W meta update of ``weight_net`` (Adam in ``meta_optimizer``) on a batch.
+    """One L2W meta update of ``weight_net`` (Adam in ``meta_optimizer``).
 
-    The first half of the batch trains the virtual step, the second half scores it. ``p`` sets
-    the meta allocation q_k ∝ p^k.
+    ``train`` ``(x, y)`` trains the virtual step, ``meta`` ``(x, y)`` scores it with the meta loss
+    ``meta_loss`` (:func:`meta_objective`); ``p`` sets the meta allocation q_k ∝ p^k. Returns the
+    meta loss and the norm of the meta gradient.
     """
 
     weight_net: WeightNet
     meta_optimizer: torch.optim.Optimizer
     p: float = 0.75
     mode: str = "full"
+    meta_loss: str = "per-exit"
 
-    def __call__(self, model, optimizer, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        half = x.shape[0] // 2
-        if half < 1:
-            raise ValueError(f"a meta step needs a batch of at least 2; got {x.shape[0]}")
-        q = exit_distribution(self.p, self.weight_net.exits).to(x.device)
+    def __call__(self, model, optimizer, train, meta) -> dict[str, float]:
+        if train[0].shape[0] < 1 or meta[0].shape[0] < 1:
+            raise ValueError("a meta step needs at least one training and one meta sample")
+        q = exit_distribution(self.p, self.weight_net.exits).to(train[0].device)
         grads, metrics = meta_gradient(
-            model,
-            self.weight_net,
-            optimizer,
-            (x[:half], y[:half]),
-            (x[half:], y[half:]),
-            q,
-            self.mode,
+            model, self.weight_net, optimizer, train, meta, q, self.mode, meta_loss=self.meta_loss
         )
         for p, g in zip(self.weight_net.parameters(), grads, strict=True):
             p.grad = g
         self.meta_optimizer.step()
         self.meta_optimizer.zero_grad(set_to_none=True)
-        return metrics
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        return {**metrics, "meta_grad_norm": float(norm)}

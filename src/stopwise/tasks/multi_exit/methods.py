@@ -1,8 +1,9 @@
-"""The training methods compared on one multi-exit backbone, and the L2S exit policy.
+"""The training methods compared on one multi-exit backbone.
 
-Every method starts from the same initial weights (the seed builds the model), sees the same
-mini-batches in the same order (:class:`~stopwise.training.EpochBatches` with the seed) and makes
-the same number of SGD updates with the same learning-rate schedule. With ``ℓ_ik`` the
+Every method of a seed starts from the same initial weights (the backbone is built after
+``context.manual_seed("init")``), sees the same mini-batches in the same order
+(:class:`~stopwise.training.EpochBatches` seeded from the stream ``"train-batches"``) and makes
+the same number of SGD updates with the same cosine learning-rate schedule. With ``ℓ_ik`` the
 cross-entropy of sample i at exit k:
 
 * ``uniform`` — Σ_k mean_i ℓ_ik (deep supervision, every exit weighted 1);
@@ -10,187 +11,215 @@ cross-entropy of sample i at exit k:
   Kaya et al. 2019, held at its final value), normalised so Σ_k c_k = K like ``uniform``;
 * ``l2w`` / ``l2w-fo`` — mean_i Σ_k w_ik ℓ_ik with w from the meta-learned weight network of
   :mod:`.l2w` (full second-order meta gradient / its first-order approximation);
+* ``l2w-last`` — ``l2w`` with the meta loss on the last exit only (no meta-data allocation);
 * ``l2s`` — stage I: K·mean_i Σ_k q*_ik ℓ_ik, q*_i = softmax_k(−ℓ_ik/β) detached (L2S Eq. 8–9,
-  scaled by K so that β → ∞ is ``uniform``); stage II: the network frozen, a policy over exit
-  features (max probability, entropy, margin, one-hot exit) imitates the oracle (L2S Eq. 10).
+  scaled by K so that β → ∞ is ``uniform``); stage II: the network frozen, an
+  :class:`~.models.ExitPolicy` imitates the oracle (L2S Eq. 10). One job per β.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
+from ...contract import JobContext
 from ...objectives import weighted_exit_loss
-from ...policies import MLPPolicy, classifier_features
-from ...training import (
-    EpochBatches,
-    LoopSettings,
-    fit_oracle,
-    fit_policy,
-    fit_predictor,
-    train_loop,
-)
+from ...training import EpochBatches, fit_oracle, fit_policy, fit_predictor, optimize
+from .config import MultiExitConfig
+from .data import Splits
 from .l2w import MetaStep, WeightNet
-from .model import MultiExitCNN, exit_losses
+from .models import ExitPolicy, MultiExitCNN, count_step_macs, exit_losses
 
-__all__ = ["METHODS", "ExitPolicy", "Training", "NegativeWeights", "train_method"]
-
-METHODS = {
-    "uniform": "Uniform Σ_k CE_k",
-    "sdn": "SDN fixed weights",
-    "l2w": "L2W",
-    "l2w-fo": "L2W (first-order)",
-    "l2s": "L2S",
-}
+__all__ = ["build_model", "sdn_weights", "WeightLog", "meta_lr_at", "Trained", "train_method"]
 
 
-class ExitPolicy(nn.Module):
-    """L2S stage-II policy for a classifier: ``(B, C)`` exit logits → ``(B,)`` hazard logits,
-    an MLP over :func:`~stopwise.policies.classifier_features` and a one-hot exit encoding."""
-
-    def __init__(self, exits: int, hidden: tuple[int, ...] = (32,), init_bias: float = 0.0):
-        super().__init__()
-        self.mlp = MLPPolicy(3, exits, hidden=hidden, init_bias=init_bias)
-
-    def forward(self, logits: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
-        return self.mlp(classifier_features(logits), t)
+def build_model(config: MultiExitConfig, splits: Splits) -> MultiExitCNN:
+    """The backbone (initialised from torch's global generator) with its MACs counted."""
+    model = MultiExitCNN(
+        splits.dims, config.channels, config.strides, config.head_width, splits.classes,
+        stem=config.stem,
+    )  # fmt: skip
+    model.set_step_costs(count_step_macs(model, splits.train_x[:1]))
+    return model
 
 
-@dataclass
-class Training:
-    """What every method of one (seed, run) shares: config, training split, loop settings."""
-
-    config: dict[str, Any]
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    seed: int
-    settings: LoopSettings
-    job: str
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def updates(self) -> int:
-        return self.config["epochs"] * self.per_epoch
-
-    @property
-    def per_epoch(self) -> int:
-        return len(self.train_y) // self.config["batch_size"]
-
-    def batches(self, stream: int = 0) -> EpochBatches:
-        return EpochBatches(
-            (self.train_x, self.train_y), self.config["batch_size"], self.seed * 7919 + stream
-        )
-
-    def optimizer(self, model: nn.Module) -> torch.optim.SGD:
-        c = self.config
-        return torch.optim.SGD(
-            model.parameters(), lr=c["lr"], momentum=c["momentum"], weight_decay=c["weight_decay"]
-        )
-
-    def scheduler(self, optimizer) -> torch.optim.lr_scheduler.CosineAnnealingLR:
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.updates)
-
-    def stage(self, part: str) -> str:
-        return f"{self.job}.{part}"
-
-    def timed(self, part: str, fn: Callable[[], Any]) -> Any:
-        start = time.perf_counter()
-        try:
-            return fn()
-        finally:
-            self.seconds[part] = self.seconds.get(part, 0.0) + time.perf_counter() - start
+def sdn_weights(weights: list[float]) -> torch.Tensor:
+    """SDN's exit weights normalised to sum to K."""
+    c = torch.tensor(weights, dtype=torch.float32)
+    return c * len(c) / c.sum()
 
 
-class NegativeWeights:
-    """Running count of negative L2W weights over training (checkpointed with the loop)."""
+class WeightLog:
+    """What L2W's weights did over training (checkpointed with the loop): negative weights per
+    exit, the smallest and largest weight seen, the number of meta steps and the mean norm of
+    the meta gradient in each quarter of training."""
 
-    def __init__(self):
-        self.negative, self.total = 0, 0
-        self.per_exit: list[int] = []
+    QUARTERS = 4
 
-    def add(self, w: torch.Tensor) -> None:
-        negative = (w < 0).sum(0)
-        if not self.per_exit:
-            self.per_exit = [0] * w.shape[1]
-        self.per_exit = [a + int(b) for a, b in zip(self.per_exit, negative, strict=True)]
-        self.negative += int(negative.sum())
-        self.total += w.numel()
+    def __init__(self, exits: int, updates: int):
+        self.updates = updates
+        self.negative = torch.zeros(exits, dtype=torch.long)
+        self.rows = 0
+        self.low, self.high = math.inf, -math.inf
+        self.meta_steps = 0
+        self.grad_norm_sum = torch.zeros(self.QUARTERS, dtype=torch.float64)
+        self.grad_norm_count = torch.zeros(self.QUARTERS, dtype=torch.long)
+
+    def weights(self, w: torch.Tensor) -> None:
+        """Weights ``(B, K)`` used by one real update."""
+        self.negative += (w < 0).sum(0)
+        self.rows += w.shape[0]
+        self.low, self.high = min(self.low, float(w.min())), max(self.high, float(w.max()))
+
+    def meta_step(self, step: int, grad_norm: float) -> None:
+        quarter = min(self.QUARTERS * step // max(self.updates, 1), self.QUARTERS - 1)
+        self.meta_steps += 1
+        self.grad_norm_sum[quarter] += grad_norm
+        self.grad_norm_count[quarter] += 1
 
     def state_dict(self) -> dict[str, Any]:
-        return {"negative": self.negative, "total": self.total, "per_exit": list(self.per_exit)}
+        return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.negative, self.total = state["negative"], state["total"]
-        self.per_exit = list(state["per_exit"])
+        for k, v in state.items():
+            setattr(self, k, v.clone() if isinstance(v, torch.Tensor) else v)
 
-    def summary(self, rows: int) -> dict[str, Any]:
+    def summary(self) -> dict[str, Any]:
+        counts = self.grad_norm_count.clamp_min(1).double()
         return {
-            "fraction": self.negative / max(self.total, 1),
-            "per_exit_fraction": [n / max(rows, 1) for n in self.per_exit],
+            "meta_steps": self.meta_steps,
+            "negative_fraction": float(self.negative.sum())
+            / max(self.rows * len(self.negative), 1),
+            "negative_per_exit_fraction": (self.negative.double() / max(self.rows, 1)).tolist(),
+            "min_seen": self.low,
+            "max_seen": self.high,
+            "meta_grad_norm_by_quarter": (self.grad_norm_sum / counts).tolist(),
         }
 
 
-def sdn_weights(config: dict[str, Any], exits: int) -> torch.Tensor:
-    c = torch.tensor(config["sdn_weights"], dtype=torch.float32)
-    if c.shape != (exits,) or bool((c <= 0).any()):
-        raise ValueError(
-            f"sdn_weights must be {exits} positive numbers; got {config['sdn_weights']}"
-        )
-    return c * exits / c.sum()
+def meta_lr_at(step: int, updates: int, lr: float, schedule: str) -> float:
+    """The weight net's learning rate at update ``step``: constant, or the official cosine
+    schedule to 0 over all updates, lr·½(1 + cos(π·step/updates))."""
+    if schedule == "constant":
+        return lr
+    return lr * 0.5 * (1 + math.cos(math.pi * step / max(updates, 1)))
 
 
-def _fixed(model: MultiExitCNN, training: Training, weights: torch.Tensor) -> dict[str, Any]:
-    optimizer = training.optimizer(model)
-    fit_predictor(
-        model,
-        training.batches(),
-        exit_losses,
-        optimizer,
-        training.updates,
-        step_weights=weights,
-        settings=training.settings,
-        stage=training.stage("train"),
-        scheduler=training.scheduler(optimizer),
-    )
-    return {}
+@dataclass
+class Trained:
+    """What a method leaves besides the trained backbone."""
+
+    updates: int
+    policy: ExitPolicy | None = None
+    weight_net: WeightNet | None = None
+    weight_log: dict[str, Any] | None = None
 
 
-def _l2w(model: MultiExitCNN, training: Training, mode: str) -> dict[str, Any]:
-    c = training.config
+def train_method(
+    method: str,
+    model: MultiExitCNN,
+    splits: Splits,
+    config: MultiExitConfig,
+    context: JobContext,
+    beta: float | None = None,
+) -> Trained:
+    """Train ``model`` in place with ``method`` (see the module docstring; ``beta``: L2S's
+    oracle temperature); the backbone's training is timed as ``"train"``, L2S's stage II as
+    ``"policy"``."""
     K = model.max_steps
-    torch.manual_seed(training.seed * 7919 + 11)
-    weight_net = WeightNet(K, c["l2w_hidden"], c["l2w_delta"], c["l2w_clamp"])
-    meta_optimizer = torch.optim.Adam(
-        weight_net.parameters(), lr=c["l2w_meta_lr"], weight_decay=c["l2w_meta_wd"]
-    )
-    meta = MetaStep(weight_net, meta_optimizer, c["l2w_p"], mode)
-    optimizer = training.optimizer(model)
-    scheduler = training.scheduler(optimizer)
-    batches = training.batches()
-    negatives = NegativeWeights()
-    interval = c["l2w_interval"]
+    updates = config.epochs * (len(splits.train_y) // config.batch_size)
 
-    def step_fn(step: int) -> dict[str, Any]:
+    def batches(stream: str) -> EpochBatches:
+        data = (splits.train_x, splits.train_y)
+        return EpochBatches(data, config.batch_size, context.stream_seed(stream))
+
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+    )
+    common = {
+        "optimizer": optimizer,
+        "num_steps": updates,
+        "settings": context.loop_settings(log_every=config.log_every),
+        "scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=updates),
+    }
+    trained = Trained(updates)
+    with context.timed("train"):
+        if method in ("uniform", "sdn"):
+            weights = torch.ones(K) if method == "uniform" else sdn_weights(config.sdn_weights)
+            fit_predictor(
+                model, batches("train-batches"), exit_losses, step_weights=weights, stage="train",
+                **common,
+            )  # fmt: skip
+        elif method in L2W_VARIANTS:
+            context.manual_seed("l2w-weight-net")
+            mode, meta_loss = L2W_VARIANTS[method]
+            trained = _train_l2w(
+                model, batches("train-batches"), batches("l2w-meta-batches"), config, mode,
+                meta_loss or config.l2w.meta_loss, common,
+            )  # fmt: skip
+        elif method == "l2s":
+            if beta is None:
+                raise ValueError("l2s needs its oracle temperature beta")
+            # K·ℓ with temperature K·β gives oracle weights softmax(−ℓ/β) on a loss scaled by K.
+            fit_oracle(
+                model, batches("train-batches"), lambda p, y: K * exit_losses(p, y),
+                beta=K * beta, stage="stage1", **common,
+            )  # fmt: skip
+        else:
+            raise ValueError(f"unknown method {method!r}")
+    if method == "l2s":
+        with context.timed("policy"):
+            context.manual_seed("l2s-policy-init")
+            trained.policy = _train_policy(model, batches("policy-batches"), config, beta, common)
+    return trained
+
+
+# The L2W methods: (meta gradient, meta loss form; None: the config's l2w.meta_loss).
+L2W_VARIANTS = {
+    "l2w": ("full", None),
+    "l2w-fo": ("first_order", None),
+    "l2w-last": ("full", "last"),
+}
+
+
+def _train_l2w(
+    model, batches, meta_batches, config: MultiExitConfig, mode: str, meta_loss: str, common
+) -> Trained:
+    """Train with L2W (the weight net is initialised from torch's global generator). A meta
+    step every ``l2w.interval`` updates, before the real one: the virtual step on the training
+    batch and the meta loss on a separate batch as large (``meta_batch="full"``, drawn from the
+    training rows with its own stream), or on the two halves of the training batch (``"half"``)."""
+    c, K, optimizer = config.l2w, model.max_steps, common["optimizer"]
+    updates = common["num_steps"]
+    weight_net = WeightNet(K, c.hidden, c.delta, c.clamp, c.output_init)
+    meta_optimizer = torch.optim.Adam(weight_net.parameters(), lr=c.meta_lr, weight_decay=c.meta_wd)
+    meta = MetaStep(weight_net, meta_optimizer, c.p, mode, meta_loss)
+    log = WeightLog(K, updates)
+
+    def loss(step: int) -> tuple[torch.Tensor, dict[str, Any]]:
         x, y = batches(step)
-        metrics: dict[str, Any] = {}
-        if step % interval == 0:
-            metrics.update(meta(model, optimizer, x, y))
+        metrics = {}
+        if step % c.interval == 0:
+            for group in meta_optimizer.param_groups:
+                group["lr"] = meta_lr_at(step, updates, c.meta_lr, c.meta_lr_schedule)
+            if c.meta_batch == "full":
+                metrics = meta(model, optimizer, (x, y), meta_batches(step))
+            else:
+                half = x.shape[0] // 2
+                metrics = meta(model, optimizer, (x[:half], y[:half]), (x[half:], y[half:]))
+            log.meta_step(step, metrics["meta_grad_norm"])
         losses = exit_losses(model(x), y)
         with torch.no_grad():
             w = weight_net(losses.detach())
-        negatives.add(w)
-        loss = weighted_exit_loss(losses, w)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        return {
-            "loss": loss.detach(),
+        log.weights(w)
+        return weighted_exit_loss(losses, w), {
+            "unweighted": float(losses.detach().sum(1).mean()),
             "negative_weights": float((w < 0).float().mean()),
             **{f"w{k + 1}": float(w[:, k].mean()) for k in range(K)},
             **metrics,
@@ -199,71 +228,21 @@ def _l2w(model: MultiExitCNN, training: Training, mode: str) -> dict[str, Any]:
     model.train()
     state = {
         "model": model,
-        "optimizer": optimizer,
-        "scheduler": scheduler,
         "weight_net": weight_net,
         "meta_optimizer": meta_optimizer,
-        "negatives": negatives,
+        "weight_log": log,
     }
-    train_loop(training.stage("train"), training.updates, step_fn, state, training.settings)
-    rows = training.updates * c["batch_size"]
-    return {"weight_net": weight_net, "negative_weights": negatives.summary(rows)}
+    optimize("train", loss_and_metrics=loss, state=state, **common)
+    return Trained(updates, weight_net=weight_net, weight_log=log.summary())
 
 
-def _l2s(model: MultiExitCNN, training: Training) -> dict[str, Any]:
-    c = training.config
-    K = model.max_steps
-    optimizer = training.optimizer(model)
-
-    def scaled_losses(predictions, targets):
-        return K * exit_losses(predictions, targets)
-
-    # K·ℓ with temperature K·β gives oracle weights softmax(−ℓ/β) on a loss scaled by K.
-    training.timed(
-        "stage1",
-        lambda: fit_oracle(
-            model,
-            training.batches(),
-            scaled_losses,
-            optimizer,
-            training.updates,
-            beta=K * c["l2s_beta"],
-            settings=training.settings,
-            stage=training.stage("stage1"),
-            scheduler=training.scheduler(optimizer),
-        ),
-    )
-    torch.manual_seed(training.seed * 7919 + 13)
-    policy = ExitPolicy(K, tuple(c["policy_hidden"]))
-    training.timed(
-        "stage2",
-        lambda: fit_policy(
-            model,
-            policy,
-            training.batches(stream=1),
-            exit_losses,
-            torch.optim.Adam(policy.parameters(), lr=c["policy_lr"]),
-            c["policy_updates"],
-            beta=c["l2s_beta"],
-            hard=c["l2s_hard"],
-            settings=training.settings,
-            stage=training.stage("stage2"),
-        ),
-    )
-    return {"policy": policy}
-
-
-def train_method(method: str, model: MultiExitCNN, training: Training) -> dict[str, Any]:
-    """Train ``model`` in place with ``method``; returns extras (weight net, policy, counts)."""
-    K = model.max_steps
-    if method == "uniform":
-        return training.timed("train", lambda: _fixed(model, training, torch.ones(K)))
-    if method == "sdn":
-        weights = sdn_weights(training.config, K)
-        return training.timed("train", lambda: _fixed(model, training, weights))
-    if method in ("l2w", "l2w-fo"):
-        mode = "full" if method == "l2w" else "first_order"
-        return training.timed("train", lambda: _l2w(model, training, mode))
-    if method == "l2s":
-        return _l2s(model, training)
-    raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
+def _train_policy(model, batches, config: MultiExitConfig, beta: float, common) -> ExitPolicy:
+    """L2S stage II on the frozen backbone, imitating the oracle of temperature ``beta`` (the
+    policy is initialised from torch's global generator)."""
+    c = config.l2s
+    policy = ExitPolicy(model.max_steps, tuple(c.policy_hidden))
+    fit_policy(
+        model, policy, batches, exit_losses, torch.optim.Adam(policy.parameters(), lr=c.policy_lr),
+        c.policy_updates, beta=beta, hard=c.hard, settings=common["settings"], stage="stage2",
+    )  # fmt: skip
+    return policy.eval()

@@ -1,17 +1,22 @@
-"""Summary of the multi-exit jobs: seeds aggregated per (method, curve), L2W-style paired
-differences against uniform training, training cost ratios, timing; the markdown table and the
-figures (accuracy vs MACs, per-exit accuracy, learned weights vs loss)."""
+"""The multi-exit report: per (method, stop model) the accuracy at each budget read off its test
+curve and per exit, mean ± sd over seeds; every method against uniform training paired over
+seeds (mean difference with its 95% interval); training cost; real early exit and its
+wall-clock; and the figures (accuracy vs MACs beside the fixed exits, per-exit accuracy, L2W's
+learned weights vs loss). Nothing is selected here."""
 
 from __future__ import annotations
 
 import statistics
-from collections import defaultdict
 from typing import Any
 
-from ...reporting import markdown_table, new_figure, save_figure
-from .methods import METHODS
+from ...contract import JobResult, Report
+from ...reporting import markdown_table, new_figure
+from ...stats import mean_sd, paired_difference
+from .config import METHODS, MultiExitConfig
+from .experiment import SELECT_L2S
+from .metrics import P_GRID, accuracy_at_budgets
 
-__all__ = ["summarize", "write_table", "write_figures", "budget_labels", "line_label"]
+__all__ = ["report", "budget_labels"]
 
 
 def budget_labels(n: int) -> list[str]:
@@ -20,306 +25,443 @@ def budget_labels(n: int) -> list[str]:
     return ["low" if i < 0.4 * n else "middle" if i < 0.8 * n else "high" for i in range(n)]
 
 
-def line_label(method: str, curve: str) -> str:
-    if curve == "confidence" and method != "l2s":
-        return METHODS[method]
-    return f"{METHODS[method]} ({'policy' if curve == 'policy' else 'confidence thresholds'})"
+def _label(name: str, params: dict[str, Any], curve: str) -> str:
+    """The table label of one (job, stop model)."""
+    method = params["method"]
+    if method == SELECT_L2S:
+        base = "L2S, β chosen on validation"
+    elif method == "l2s":
+        base = f"L2S β = {params['beta']:g}"
+    else:
+        base = METHODS[method]
+    if curve == "confidence" and method not in ("l2s", SELECT_L2S):
+        return base
+    return f"{base} ({'policy' if curve == 'policy' else 'confidence thresholds'})"
 
 
-def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+def _key(name: str, curve: str) -> str:
+    """The key of a (job, stop model) line: the job name, "(policy)" for a policy curve."""
+    return name + ("" if curve == "confidence" else " (policy)")
 
 
-def _train_seconds(result: dict[str, Any]) -> float:
-    """The backbone's training time (L2S: stage I; stage II trains only the policy)."""
-    seconds = result["train_seconds"]
-    return seconds.get("train", seconds.get("stage1", 0.0))
+def _columns(rows_per_seed: list[list[dict[str, Any]]], key: str) -> list[list[Any]]:
+    """``key`` of the i-th row of every seed, for each i."""
+    return [[row.get(key) for row in rows] for rows in zip(*rows_per_seed, strict=True)]
 
 
-def summarize(results: list[dict[str, Any]], config: dict[str, Any], splits) -> dict[str, Any]:
-    by_method: dict[str, list[dict]] = defaultdict(list)
-    for r in results:
-        by_method[r["job"]["method"]].append(r)
-    first = results[0]
-    budgets = config["budgets"]
-    lines = []
-    for method, rs in by_method.items():
-        for curve in rs[0]["curves"]:
-            per_seed = [r["budget_accuracy"][curve] for r in rs]
-            stats = [_mean_std([s[i] for s in per_seed]) for i in range(len(budgets))]
-            K = len(rs[0]["anytime_accuracy"])
-            anytime = [_mean_std([r["anytime_accuracy"][k] for r in rs]) for k in range(K)]
-            points = [r["curves"][curve] for r in rs]
-            lines.append(
-                {
-                    "method": method,
-                    "curve": curve,
-                    "label": line_label(method, curve),
-                    "seeds": [r["job"]["seed"] for r in rs],
-                    "budget_accuracy_mean": [m for m, _ in stats],
-                    "budget_accuracy_std": [s for _, s in stats],
-                    "budget_accuracy_per_seed": per_seed,
-                    "anytime_accuracy_mean": [m for m, _ in anytime],
-                    "anytime_accuracy_std": [s for _, s in anytime],
-                    "train_seconds_mean": statistics.fmean(_train_seconds(r) for r in rs),
-                    "seconds_per_epoch_mean": statistics.fmean(
-                        _train_seconds(r) / r["epochs"] for r in rs
-                    ),
-                    "curve_mean": [
-                        {
-                            "p": pts[0].get("p"),
-                            "mean_macs": statistics.fmean(pt["mean_macs"] for pt in pts),
-                            "accuracy": statistics.fmean(pt["accuracy"] for pt in pts),
-                        }
-                        for pts in zip(*points, strict=True)
-                    ],
-                }
-            )
-    summary: dict[str, Any] = {
-        "data": {"dataset": splits.name, **splits.sizes(), **splits.info},
-        "settings": {
-            k: config[k]
-            for k in (
-                "stem",
-                "channels",
-                "strides",
-                "head_width",
-                "epochs",
-                "batch_size",
-                "lr",
-                "momentum",
-                "weight_decay",
-                "train_size",
-                "num_seeds",
-                "l2w_hidden",
-                "l2w_delta",
-                "l2w_p",
-                "l2w_interval",
-                "l2w_meta_lr",
-                "l2w_meta_wd",
-                "l2w_clamp",
-                "l2s_beta",
-                "l2s_hard",
-                "policy_updates",
-                "sdn_weights",
-                "threads",
-            )
-        },  # fmt: skip
-        "updates": first["updates"],
-        "step_costs": first["step_costs"],
-        "budgets": budgets,
-        "budget_macs": first["budget_macs"],
-        "budget_labels": budget_labels(len(budgets)),
-        "lines": lines,
-        "paired_vs_uniform": _paired(by_method, len(budgets)),
-        "cost_vs_uniform": _cost_ratios(by_method),
-        "negative_weights": {
-            r["job"]["id"]: r["negative_weights"] for r in results if "negative_weights" in r
-        },
-        "timing": {r["job"]["id"]: r["timing"] for r in results if "timing" in r},
-        "test_groups": {r["job"]["id"]: r["test_groups"] for r in results if "test_groups" in r},
-        "resumed_jobs": [r["job"]["id"] for r in results if r["resumed"]],
-    }
-    return summary
-
-
-def _by_seed(rs: list[dict]) -> dict[int, dict]:
-    return {r["job"]["seed"]: r for r in rs}
-
-
-def _paired(by_method: dict[str, list[dict]], n_budgets: int) -> dict[str, Any]:
-    """Per method and budget: the mean ± std over seeds of (method − uniform) accuracy, each
-    seed's pair sharing initial weights and batch order (confidence-threshold curves)."""
-    if "uniform" not in by_method:
-        return {}
-    base = _by_seed(by_method["uniform"])
-    out = {}
-    for method, rs in by_method.items():
-        if method == "uniform":
-            continue
-        mine = _by_seed(rs)
-        seeds = sorted(set(base) & set(mine))
-        per_budget = []
-        for i in range(n_budgets):
-            diffs = []
-            for s in seeds:
-                a = mine[s]["budget_accuracy"]["confidence"][i]
-                b = base[s]["budget_accuracy"]["confidence"][i]
-                if a is not None and b is not None:
-                    diffs.append(a - b)
-            mean, std = _mean_std(diffs)
-            per_budget.append({"mean": mean, "std": std, "per_seed": diffs, "seeds": len(diffs)})
-        out[method] = per_budget
-    return out
-
-
-def _cost_ratios(by_method: dict[str, list[dict]]) -> dict[str, Any]:
-    """Training seconds per epoch of each method over uniform's, per seed and mean."""
-    if "uniform" not in by_method:
-        return {}
-    base = _by_seed(by_method["uniform"])
-    out = {}
-    for method, rs in by_method.items():
-        mine = _by_seed(rs)
-        ratios = [_train_seconds(mine[s]) / _train_seconds(base[s]) for s in mine if s in base]
-        out[method] = {"per_seed": ratios, "mean": statistics.fmean(ratios) if ratios else None}
-    return out
-
-
-def _pct(mean: float | None, std: float | None = None, signed: bool = False) -> str | None:
-    if mean is None:
-        return None
-    text = f"{100 * mean:+.2f}" if signed else f"{100 * mean:.2f}"
-    return text if std is None else f"{text} ± {100 * std:.2f}"
-
-
-def write_table(summary: dict[str, Any]) -> str:
-    budgets, labels = summary["budgets"], summary["budget_labels"]
-    heads = [f"{100 * b:g}% MACs ({lab})" for b, lab in zip(budgets, labels, strict=True)]
-    K = len(summary["step_costs"])
-    rows = []
-    for line in summary["lines"]:
-        row = {"label": line["label"], "sec": line["seconds_per_epoch_mean"]}
-        for i, (m, s) in enumerate(
-            zip(line["budget_accuracy_mean"], line["budget_accuracy_std"], strict=True)
-        ):
-            row[f"b{i}"] = _pct(m, s)
-        row["anytime"] = " / ".join(_pct(m) or "—" for m in line["anytime_accuracy_mean"])
-        rows.append(row)
+def _budget_stats(per_seed: dict[int, list[float | None]]) -> list[tuple]:
+    """Mean and sd over the seeds that reach each budget."""
     columns = [
-        ("label", "method", "s"),
-        *[(f"b{i}", f"acc % @ {h}", "s") for i, h in enumerate(heads)],
-        ("anytime", f"exit 1…{K} acc %", "s"),
-        ("sec", "train s/epoch", ".1f"),
+        [v for v in column if v is not None] for column in zip(*per_seed.values(), strict=True)
     ]
-    data, settings = summary["data"], summary["settings"]
-    costs = " / ".join(f"{c / 1e6:.3g}" for c in summary["step_costs"])
+    return [mean_sd(column) if column else (None, None) for column in columns]
+
+
+def _line(name, params, curve, records: dict[int, dict[str, Any]], budget_macs, epochs):
+    """One (job, stop model) over seeds: accuracy at the budgets (read off each seed's test
+    curve), per fixed exit, run for real; training time; the mean curve."""
+    seeds = sorted(records)
+    curves = [records[s]["curves"][curve] for s in seeds]
+    per_seed = {s: accuracy_at_budgets(c, budget_macs) for s, c in zip(seeds, curves, strict=True)}
+    at_budgets = _budget_stats(per_seed)
+    exits = [mean_sd(c) for c in _columns([records[s]["fixed_depth"] for s in seeds], "accuracy")]
+    adaptive = [records[s]["adaptive"][curve] for s in seeds]
+    train = statistics.fmean(records[s]["train_seconds"] for s in seeds)
+    return {
+        "key": _key(name, curve),
+        "job": name,
+        "method": params["method"],
+        "beta": params.get("beta"),
+        "curve": curve,
+        "label": _label(name, params, curve),
+        "seeds": seeds,
+        "budget_accuracy_mean": [m for m, _ in at_budgets],
+        "budget_accuracy_sd": [sd for _, sd in at_budgets],
+        "budget_accuracy_per_seed": per_seed,
+        "anytime_accuracy_mean": [m for m, _ in exits],
+        "anytime_accuracy_sd": [sd for _, sd in exits],
+        "anytime_accuracy_per_seed": {
+            s: [point["accuracy"] for point in records[s]["fixed_depth"]] for s in seeds
+        },
+        "val_anytime_accuracy_mean": [
+            statistics.fmean(c)
+            for c in zip(*(records[s]["val_exit_accuracy"] for s in seeds), strict=True)
+        ],
+        "adaptive_accuracy_mean": [statistics.fmean(c) for c in _columns(adaptive, "accuracy")],
+        "adaptive_mean_cost": [statistics.fmean(c) for c in _columns(adaptive, "mean_cost")],
+        "adaptive_matches_dense": all(all(c) for c in _columns(adaptive, "matches_dense")),
+        "train_seconds_mean": train,
+        "seconds_per_epoch_mean": train / epochs,
+        "curve_mean": [
+            {"p": p[0], "mean_cost": statistics.fmean(c), "accuracy": statistics.fmean(a)}
+            for p, c, a in zip(
+                _columns(curves, "p"),
+                _columns(curves, "mean_cost"),
+                _columns(curves, "accuracy"),
+                strict=True,
+            )
+        ],
+    }
+
+
+def _selected_line(curve: str, records: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """L2S with β chosen on validation per budget: the chosen β and its test accuracy."""
+    per_seed = {s: [pick["accuracy"] for pick in r["chosen"][curve]] for s, r in records.items()}
+    at_budgets = _budget_stats(per_seed)
+    return {
+        "key": _key("l2s", curve),
+        "job": "l2s",
+        "method": SELECT_L2S,
+        "curve": curve,
+        "label": _label("l2s", {"method": SELECT_L2S}, curve),
+        "seeds": sorted(records),
+        "budget_accuracy_mean": [m for m, _ in at_budgets],
+        "budget_accuracy_sd": [sd for _, sd in at_budgets],
+        "budget_accuracy_per_seed": per_seed,
+        "chosen_beta_per_seed": {
+            s: [pick["beta"] for pick in r["chosen"][curve]] for s, r in records.items()
+        },
+    }
+
+
+def _paired(a: dict[int, list], b: dict[int, list], i: int) -> dict[str, Any] | None:
+    """a − b at budget ``i`` over the seeds where both curves reach it (None if none do)."""
+    seeds = [s for s in a if s in b and a[s][i] is not None and b[s][i] is not None]
+    return (
+        paired_difference({s: a[s][i] for s in seeds}, {s: b[s][i] for s in seeds})
+        if seeds
+        else None
+    )
+
+
+def _cost_ratio(records, uniform, key: str) -> dict[str, Any]:
+    ratios = {s: r[key] / uniform[s][key] for s, r in records.items() if s in uniform}
+    return {"per_seed": ratios, "mean": statistics.fmean(ratios.values())} if ratios else {}
+
+
+def report(results: list[JobResult], config: MultiExitConfig) -> Report:
+    by_job: dict[str, dict[int, dict[str, Any]]] = {}
+    params: dict[str, dict[str, Any]] = {}
+    for r in results:
+        by_job.setdefault(r.name, {})[r.seed] = r.record
+        params[r.name] = r.params
+    trained = {n: recs for n, recs in by_job.items() if params[n]["method"] != SELECT_L2S}
+    first = next(iter(next(iter(trained.values())).values()))
+    costs = first["step_costs"]
+    budget_macs = [b * costs[-1] for b in config.budgets]
+    lines = [
+        _line(name, params[name], curve, records, budget_macs, config.epochs)
+        for name, records in trained.items()
+        for curve in next(iter(records.values()))["curves"]
+    ]
+    selected = [
+        _selected_line(curve, records)
+        for name, records in by_job.items()
+        if params[name]["method"] == SELECT_L2S
+        for curve in ("confidence", "policy")
+        if any(pick["job"] for pick in next(iter(records.values()))["chosen"][curve])
+    ]
+    paired, paired_exits, cost_ratio = {}, {}, {}
+    if "uniform" in by_job:
+        base = next(line for line in lines if line["key"] == "uniform")["budget_accuracy_per_seed"]
+        uniform_line = next(line for line in lines if line["key"] == "uniform")
+        for line in lines + selected:
+            if line["key"] != "uniform":
+                mine = line["budget_accuracy_per_seed"]
+                paired[line["key"]] = [_paired(mine, base, i) for i in range(len(budget_macs))]
+                if line["curve"] == "confidence" and "anytime_accuracy_per_seed" in line:
+                    mine, theirs = (x["anytime_accuracy_per_seed"] for x in (line, uniform_line))
+                    paired_exits[line["key"]] = [
+                        _paired(mine, theirs, k) for k in range(len(costs))
+                    ]
+        uniform = by_job["uniform"]
+        for name, records in trained.items():
+            cost_ratio[name] = {
+                "cpu": _cost_ratio(records, uniform, "train_cpu_seconds"),
+                "wall": _cost_ratio(records, uniform, "train_seconds"),
+            }
+    jobs = {r.id: r.record for r in results}
+
+    def per_job(key: str) -> dict[str, Any]:
+        return {i: r[key] for i, r in jobs.items() if key in r}
+
+    summary_results = {
+        "data": first["data"],
+        "updates": first["updates"],
+        "step_costs": costs,
+        "budgets": config.budgets,
+        "budget_macs": budget_macs,
+        "budget_labels": budget_labels(len(config.budgets)),
+        "p_grid": P_GRID,
+        "seeds": sorted({r.seed for r in results}),
+        "lines": lines,
+        "l2s_selected": selected,
+        "paired_vs_uniform": paired,
+        "paired_exits_vs_uniform": paired_exits,
+        "train_seconds_vs_uniform": cost_ratio,
+        "weight_log": per_job("weight_log"),
+        "weights_final": {
+            i: {k: v for k, v in w.items() if k != "per_exit_quantiles"}
+            for i, w in per_job("weights_final").items()
+        },
+        "test_groups": per_job("test_groups"),
+        "timing": per_job("timing"),
+    }
+    figures = {
+        "accuracy_vs_macs": _accuracy_figure(lines, trained, budget_macs, first["data"]),
+        "per_exit_accuracy": _exit_figure(lines, len(costs)),
+    }
+    weighted = per_job("weights_vs_loss")
+    if weighted:
+        figures["weights_vs_loss"] = _weights_figure(*next(iter(weighted.items())))
+    table = _table(summary_results, config)
+    return Report(summary_results, table, figures, _summary(summary_results))
+
+
+def _points(value: float | None, signed: bool = False) -> str | None:
+    return None if value is None else format(100 * value, "+.2f" if signed else ".2f")
+
+
+def _mean_sd_text(mean: float | None, sd: float | None) -> str | None:
+    return None if mean is None else f"{_points(mean)} ± {_points(sd)}"
+
+
+def _interval_text(d: dict[str, Any] | None) -> str | None:
+    if d is None:
+        return None
+    if d["lo"] is None:
+        return f"{_points(d['mean'], True)} (n = 1)"
+    return f"{_points(d['mean'], True)} [{_points(d['lo'], True)}, {_points(d['hi'], True)}]"
+
+
+def _table(results: dict[str, Any], config: MultiExitConfig) -> str:
+    budgets, labels = results["budgets"], results["budget_labels"]
+    heads = [f"{100 * b:g}% MACs ({lab})" for b, lab in zip(budgets, labels, strict=True)]
+    K = len(results["step_costs"])
+    rows = []
+    for line in results["lines"] + results["l2s_selected"]:
+        row = {"label": line["label"], "sec": line.get("seconds_per_epoch_mean")}
+        for i, (m, sd) in enumerate(
+            zip(line["budget_accuracy_mean"], line["budget_accuracy_sd"], strict=True)
+        ):
+            row[f"b{i}"] = _mean_sd_text(m, sd)
+        if "anytime_accuracy_mean" in line:
+            row["anytime"] = " / ".join(_points(m) for m in line["anytime_accuracy_mean"])
+            row["val"] = " / ".join(_points(m) for m in line["val_anytime_accuracy_mean"])
+        rows.append(row)
+    data = results["data"]
+    costs = " / ".join(f"{c / 1e6:.3g}" for c in results["step_costs"])
+    seeds = len(results["seeds"])
     parts = [
         f"{data['dataset']}: {data['train']} train / {data['validation']} validation / "
-        f"{data['test']} test; {K}-exit CNN, channels {settings['channels']}, cumulative MMACs "
-        f"per exit {costs}; {settings['epochs']} epochs = {summary['updates']} SGD updates of "
-        f"batch {settings['batch_size']}; {settings['num_seeds']} seed(s), mean ± sd. Accuracy "
-        "at each budget is interpolated on the test curve of MSDNet's 39 exit distributions "
-        "(thresholds fitted on validation).",
+        f"{data['test']} test; {K}-exit CNN, channels {config.channels}, cumulative MMACs per "
+        f"exit {costs}; {config.epochs} epochs = {results['updates']} SGD updates of batch "
+        f"{config.batch_size}; {seeds} seed(s), mean ± sd. Accuracy at each budget is "
+        "interpolated on the test curve of MSDNet's 39 exit distributions (thresholds fitted on "
+        "validation); the exit columns are the same network stopped at each fixed exit (test; "
+        "validation beside it).",
         "",
-        markdown_table(rows, columns),
+        markdown_table(
+            rows,
+            [
+                ("label", "method", "s"),
+                *[(f"b{i}", f"acc % @ {h}", "s") for i, h in enumerate(heads)],
+                ("anytime", f"exit 1…{K} test acc %", "s"),
+                ("val", f"exit 1…{K} val acc %", "s"),
+                ("sec", "train s/epoch", ".1f"),
+            ],
+        ),
     ]
-    if summary["paired_vs_uniform"]:
+    for line in results["l2s_selected"]:
+        chosen = "; ".join(
+            f"seed {s}: " + ", ".join("∞" if b is None else f"{b:g}" for b in betas)
+            for s, betas in line["chosen_beta_per_seed"].items()
+        )
+        parts += ["", f"{line['label']}: β chosen per budget (∞ = uniform training): {chosen}."]
+    if results["paired_vs_uniform"]:
         paired_rows = []
-        for method, per_budget in summary["paired_vs_uniform"].items():
-            row = {"label": f"{METHODS[method]} − uniform"}
-            for i, d in enumerate(per_budget):
-                row[f"b{i}"] = _pct(d["mean"], d["std"], signed=True)
-            cost = summary["cost_vs_uniform"].get(method, {}).get("mean")
-            row["cost"] = cost
+        for line in results["lines"] + results["l2s_selected"]:
+            if line["key"] == "uniform":
+                continue
+            row = {"label": f"{line['label']} − uniform"}
+            for i, d in enumerate(results["paired_vs_uniform"][line["key"]]):
+                row[f"b{i}"] = _interval_text(d)
+            ratio = results["train_seconds_vs_uniform"].get(line["job"], {})
+            row["cpu"] = ratio.get("cpu", {}).get("mean") if line["curve"] == "confidence" else None
             paired_rows.append(row)
         parts += [
             "",
-            "Paired differences against uniform training (accuracy points, mean ± sd over "
-            "seeds; same initial weights and batch order per pair), and training cost per epoch:",
+            f"Paired differences against uniform training (accuracy points, mean over {seeds} "
+            "seed(s) with its 95% Student-t interval; each pair shares initial weights and batch "
+            "order), and training CPU time relative to uniform:",
             "",
             markdown_table(
                 paired_rows,
                 [
                     ("label", "pair", "s"),
                     *[(f"b{i}", f"Δ @ {h}", "s") for i, h in enumerate(heads)],
-                    ("cost", "train cost × uniform", ".2f"),
+                    ("cpu", "train CPU × uniform", ".2f"),
                 ],
             ),
         ]
-    timing_rows = [{"job": job, **row} for job, rows_ in summary["timing"].items() for row in rows_]
-    if timing_rows:
+    if results["paired_exits_vs_uniform"]:
+        exit_rows = [
+            {"label": f"{key} − uniform", **{f"e{k}": _interval_text(d) for k, d in enumerate(ds)}}
+            for key, ds in results["paired_exits_vs_uniform"].items()
+        ]
         parts += [
             "",
-            f"Wall-clock of confidence early exit (run_adaptive, mode=shrink) vs the full network, "
-            f"batch {timing_rows[0]['batch']}, median of {timing_rows[0]['repeats']}:",
+            "Per fixed exit (test accuracy points, paired, 95% interval):",
             "",
             markdown_table(
-                [{**r, "mmacs": r["mean_macs"] / 1e6} for r in timing_rows],
+                exit_rows,
+                [("label", "pair", "s"), *[(f"e{k}", f"exit {k + 1}", "s") for k in range(K)]],
+            ),
+        ]
+    real = all(line["adaptive_matches_dense"] for line in results["lines"])
+    parts += [
+        "",
+        f"Each budget's rule (chosen on validation) run for real with run_adaptive(mode="
+        f"{config.inference_mode!r}) on the test split: exits equal the vectorised evaluation's "
+        f"in every run: {'yes' if real else 'NO'}.",
+    ]
+    timing_rows = [
+        {"job": job, "budget": name, **row}
+        for job, timing in results["timing"].items()
+        for name, row in timing["rules"].items()
+    ]
+    if timing_rows:
+        timing = next(iter(results["timing"].values()))
+        parts += [
+            "",
+            "Wall-clock of confidence early exit (run_adaptive, mode='shrink') vs the full network "
+            f"(inference.time_adaptive), batch {timing['batch']}, median of {timing['repeats']}:",
+            "",
+            markdown_table(
+                [{**r, "budget": f"{100 * float(r['budget']):g}%"} for r in timing_rows],
                 [
                     ("job", "job", "s"),
-                    ("mmacs", "mean MMACs", ".3f"),
-                    ("mac_ratio", "MAC ratio", ".2f"),
-                    ("speedup", "speedup", ".2f"),
-                    ("speedup_over_mac_ratio", "speedup / MAC ratio", ".2f"),
-                    ("adaptive_seconds", "early exit s", ".3f"),
-                    ("full_seconds", "full s", ".3f"),
+                    ("budget", "budget", "s"),
+                    ("mac_ratio", "ideal speedup (MAC ratio)", ".2f"),
+                    ("speedup", "measured speedup", ".2f"),
+                    ("speedup_over_mac_ratio", "measured / ideal", ".2f"),
+                    ("seconds", "early exit s", ".3f"),
                 ],
             ),
         ]
-    if summary["negative_weights"]:
-        text = ", ".join(
-            f"{job}: {100 * v['fraction']:.2f}%" for job, v in summary["negative_weights"].items()
-        )
-        parts += ["", f"Negative L2W weights over training (share of sample-exit weights): {text}."]
+    if results["weight_log"]:
+        weight_rows = []
+        for job, log in results["weight_log"].items():
+            final = results["weights_final"][job]
+            q = dict(zip(final["quantile_levels"], final["quantiles"], strict=True))
+            weight_rows.append(
+                {
+                    "job": job,
+                    "steps": log["meta_steps"],
+                    "range": f"{final['min']:.2f} … {final['max']:.2f}",
+                    "q": f"{q[0.05]:.2f} / {q[0.5]:.2f} / {q[0.95]:.2f}",
+                    "negative": 100 * log["negative_fraction"],
+                    "grad": " / ".join(f"{g:.2g}" for g in log["meta_grad_norm_by_quarter"]),
+                }
+            )
+        parts += [
+            "",
+            "L2W's weights: meta steps, the weights it ended with on the training rows (range; "
+            "5% / 50% / 95% quantiles), the share of negative weights over training, and the "
+            "mean meta-gradient norm per quarter of training:",
+            "",
+            markdown_table(
+                weight_rows,
+                [
+                    ("job", "job", "s"),
+                    ("steps", "meta steps", "d"),
+                    ("range", "final w range", "s"),
+                    ("q", "w 5/50/95%", "s"),
+                    ("negative", "negative %", ".2f"),
+                    ("grad", "‖∇φ‖ by quarter", "s"),
+                ],
+            ),
+        ]
     return "\n".join(parts)
 
 
-def write_figures(results: list[dict[str, Any]], summary: dict[str, Any], run_dir) -> None:
-    """accuracy_vs_macs, per_exit_accuracy and (with L2W) weights_vs_loss."""
-    costs = summary["step_costs"]
+def _summary(results: dict[str, Any]) -> str:
+    """The L2W − uniform line at the lowest budget (no timings: results.json is compared)."""
+    d = (results["paired_vs_uniform"].get("l2w") or [None])[0]
+    if d is None:
+        return f"multi-exit: {len(results['lines'])} curve(s) over {len(results['seeds'])} seed(s)"
+    return (
+        f"L2W − uniform at {100 * results['budgets'][0]:g}% of the MACs: "
+        f"{_interval_text(d)} accuracy points (paired over {d['n']} seed(s))"
+    )
+
+
+def _accuracy_figure(lines, by_job, budget_macs, data):
     figure, axes = new_figure(7.0, 4.5)
-    for i, line in enumerate(summary["lines"]):
-        pts = line["curve_mean"]
+    colors = {name: f"C{i % 10}" for i, name in enumerate(by_job)}
+    for line in lines:
+        points = line["curve_mean"]
         axes.plot(
-            [pt["mean_macs"] / 1e6 for pt in pts],
-            [100 * pt["accuracy"] for pt in pts],
-            color=f"C{i % 10}",
+            [p["mean_cost"] / 1e6 for p in points],
+            [100 * p["accuracy"] for p in points],
+            color=colors[line["job"]],
             linestyle="--" if line["curve"] == "policy" else "-",
             label=line["label"],
         )
-    for macs in summary["budget_macs"]:
+        if line["curve"] == "confidence":
+            records = by_job[line["job"]]
+            fixed = next(iter(records.values()))["fixed_depth"]
+            axes.plot(
+                [p["mean_cost"] / 1e6 for p in fixed],
+                [100 * m for m in line["anytime_accuracy_mean"]],
+                "s",
+                markersize=4,
+                color=colors[line["job"]],
+            )
+    for macs in budget_macs:
         axes.axvline(macs / 1e6, color="gray", linewidth=0.6, linestyle=":")
-    axes.set_xlabel("mean MMACs per test sample")
+    axes.set_xlabel("mean MMACs per test sample (squares: fixed exits)")
     axes.set_ylabel("test accuracy (%)")
-    axes.set_title(f"{summary['data']['dataset']}: budgeted classification (mean over seeds)")
+    axes.set_title(f"{data['dataset']}: budgeted classification (mean over seeds)")
     axes.legend(fontsize=7)
-    save_figure(figure, run_dir.figure("accuracy_vs_macs"))
+    return figure
 
+
+def _exit_figure(lines, exits: int):
     figure, axes = new_figure(6.0, 4.0)
-    exits = list(range(1, len(costs) + 1))
-    for i, line in enumerate(summary["lines"]):
+    for i, line in enumerate(lines):
         if line["curve"] != "confidence":
             continue
         axes.errorbar(
-            exits,
+            range(1, exits + 1),
             [100 * m for m in line["anytime_accuracy_mean"]],
-            yerr=[100 * s for s in line["anytime_accuracy_std"]],
+            yerr=[100 * s for s in line["anytime_accuracy_sd"]],
             marker="o",
             capsize=3,
             color=f"C{i % 10}",
-            label=METHODS[line["method"]],
+            label=line["label"],
         )
-    axes.set_xticks(exits)
+    axes.set_xticks(range(1, exits + 1))
     axes.set_xlabel("exit")
     axes.set_ylabel("test accuracy (%)")
-    axes.set_title("Anytime accuracy per exit (mean ± sd over seeds)")
+    axes.set_title("Accuracy per fixed exit (mean ± sd over seeds)")
     axes.legend(fontsize=7)
-    save_figure(figure, run_dir.figure("per_exit_accuracy"))
+    return figure
 
-    weighted = [r for r in results if "weights_vs_loss" in r]
-    if weighted:
-        r = weighted[0]
-        K = len(costs)
-        figure, axes = new_figure(3.0 * K, 3.0)
-        figure.clf()
-        for k in range(K):
-            ax = figure.add_subplot(1, K, k + 1)
-            ax.scatter(
-                r["weights_vs_loss"]["losses"][k],
-                r["weights_vs_loss"]["weights"][k],
-                s=3,
-                alpha=0.4,
-            )
-            ax.axhline(1.0, color="gray", linewidth=0.6)
-            ax.axhline(0.0, color="red", linewidth=0.6, linestyle=":")
-            ax.set_xscale("symlog", linthresh=1e-3)
-            ax.set_xlim(left=0)
-            ax.set_xlabel(f"CE at exit {k + 1}")
-            if k == 0:
-                ax.set_ylabel("learned weight w")
-        figure.suptitle(f"{r['job']['id']}: learned weights vs loss (1,000 training samples)")
-        save_figure(figure, run_dir.figure("weights_vs_loss"))
+
+def _weights_figure(job: str, data: dict[str, Any]):
+    K = len(data["losses"])
+    figure, axes = new_figure(3.0 * K, 3.0)
+    figure.clf()
+    for k in range(K):
+        ax = figure.add_subplot(1, K, k + 1)
+        ax.scatter(data["losses"][k], data["weights"][k], s=3, alpha=0.4)
+        ax.axhline(1.0, color="gray", linewidth=0.6)
+        ax.axhline(0.0, color="red", linewidth=0.6, linestyle=":")
+        ax.set_xscale("symlog", linthresh=1e-3)
+        ax.set_xlim(left=0)
+        ax.set_xlabel(f"CE at exit {k + 1}")
+        if k == 0:
+            ax.set_ylabel("learned weight w")
+    figure.suptitle(f"{job}: learned weights vs loss (1,000 training samples)")
+    return figure

@@ -1,4 +1,4 @@
-"""Parity vectors (Graves 2016, §3.1), generated on the fly from a seed.
+"""Parity vectors (Graves 2016, §3.1), generated on the fly from a random stream.
 
 A vector has ``n`` elements; ``k`` of them, at random positions, are set to ±1 (each sign with
 probability 1/2) and the rest are 0, with ``k`` uniform on ``[lo, hi]``. The target is 1 when the
@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["ParityBatch", "check_k_range", "sample_parity", "parity_targets"]
+__all__ = ["ParityBatch", "check_k_range", "sample_parity", "parity_targets", "evaluation_set"]
 
 
 class ParityBatch(NamedTuple):
@@ -53,3 +53,14 @@ def sample_parity(
     signs = torch.randint(0, 2, (batch, n), generator=generator) * 2 - 1
     x = (chosen * signs).to(torch.float32)
     return ParityBatch(x, parity_targets(x), k)
+
+
+def evaluation_set(config, split: str, generator: torch.Generator) -> ParityBatch:
+    """The ``"validation"`` split (``val_size`` vectors, training k range) or the ``"test"`` split
+    (``test_size`` vectors, test k range) of a :class:`~.config.ParityConfig`. A job draws each
+    from the random stream of the same name (``context.generator(split)``)."""
+    size, k_range = {
+        "validation": (config.val_size, config.train_k),
+        "test": (config.test_size, config.test_k),
+    }[split]
+    return sample_parity(size, config.n, k_range, generator)

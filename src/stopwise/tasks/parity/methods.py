@@ -1,7 +1,7 @@
 """The halting methods compared on parity: how each one trains the shared step model and how each
 one stops at inference.
 
-Every method trains a :class:`~.model.ParityGRU` with the same Adam settings, batch size and number
+Every method trains a :class:`~.models.ParityGRU` with the same Adam settings, batch size and number
 of updates; per-step losses are ``ℓ_t = BCE(y_t, target)``. The halting head's stop logit ``z_t``
 is read as:
 
@@ -11,7 +11,8 @@ is read as:
   β KL(q ‖ truncated geometric(λ_p)) (PonderNet Eq. 4), with q renormalised over the N steps
   (``pondernet``) or the last step taking the remaining mass (``pondernet-last``).
 * ``l2s`` — stage I trains the model under the oracle softmax(−ℓ/β); stage II freezes it and fits
-  two fresh halting heads, as hazards, to the hard and the soft oracle (L2S Eqs. 8–10).
+  two fresh halting heads, as hazards, to the hard and the soft oracle (L2S Eqs. 8–10), on
+  batches of its own random stream.
 * ``thesis`` — z_t sets the posterior logits a_t = −Σ_{τ<t} z_τ; loss: the random-horizon bound of
   Sander (2017) with prior parameter p and KL weight β, averaged exactly over horizons.
 
@@ -29,43 +30,31 @@ Inference rules (all run through :func:`~stopwise.inference.run_adaptive` except
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ...inference import (
-    CumulativeThreshold,
-    HazardThreshold,
-    SampleRule,
-    run_adaptive,
-    run_fixed,
-)
+from ...contract import JobContext
+from ...inference import CumulativeThreshold, HazardThreshold, SampleRule, run_adaptive, run_fixed
 from ...objectives import act_halting, act_loss, act_output, pondernet_loss, random_horizon_bound
 from ...steps import unroll
 from ...stoptime import StopTime
-from ...training import (
-    GeneratedBatches,
-    LoopSettings,
-    fit_oracle,
-    fit_policy,
-    fit_predictor,
-    train_loop,
-)
-from .model import ACTRule, HaltingHead, MeanFieldACT, ParityGRU, posterior_logits, step_losses
+from ...training import GeneratedBatches, fit_oracle, fit_policy, fit_predictor, optimize
+from .data import sample_parity
+from .models import ACTRule, HaltingHead, MeanFieldACT, ParityGRU, posterior_logits, step_losses
 
-__all__ = ["Method", "METHODS", "RULES", "Training", "train_method", "infer"]
+__all__ = ["Method", "METHODS", "RULES", "train_method", "infer"]
 
 
 @dataclass(frozen=True)
 class Method:
     """A halting method: its table label, the config key of its swept hyperparameter (a list),
-    the symbol of that hyperparameter, its inference rules (the first is the main one) and the
-    halting heads one training run produces (L2S fits a hard and a soft one)."""
+    the symbol of that hyperparameter, its inference rules (the first is the main one), the
+    halting heads one training run produces (L2S fits a hard and a soft one) and the config keys
+    of its own that its numbers depend on (besides those every method reads)."""
 
     name: str
     label: str
@@ -73,6 +62,7 @@ class Method:
     symbol: str
     rules: tuple[str, ...]
     variants: tuple[str, ...] = ("",)
+    keys: tuple[str, ...] = ()
 
     def variant_label(self, variant: str) -> str:
         return f"{self.label} ({variant})" if variant else self.label
@@ -82,13 +72,16 @@ METHODS: dict[str, Method] = {
     m.name: m
     for m in [
         Method("fixed", "Fixed depth", "fixed_depth", "depth", ("fixed",)),
-        Method("act", "ACT", "act_tau", "τ", ("act",)),
+        Method("act", "ACT", "act_tau", "τ", ("act",),
+               keys=("max_steps", "act_eps", "act_halting_bias")),
         Method("pondernet", "PonderNet (renormalise)", "pondernet_lambda_p", "λ_p",
-               ("sample", "median")),
+               ("sample", "median"), keys=("max_steps", "pondernet_beta")),
         Method("pondernet-last", "PonderNet (halt at last)", "pondernet_lambda_p", "λ_p",
-               ("sample", "median")),
-        Method("l2s", "L2S", "l2s_beta", "β", ("hazard", "median"), ("hard", "soft")),
-        Method("thesis", "Random-horizon bound", "thesis_beta", "β", ("greedy", "mode")),
+               ("sample", "median"), keys=("max_steps", "pondernet_beta")),
+        Method("l2s", "L2S", "l2s_beta", "β", ("hazard", "median"), ("hard", "soft"),
+               keys=("max_steps", "policy_updates")),
+        Method("thesis", "Random-horizon bound", "thesis_beta", "β", ("greedy", "mode"),
+               keys=("max_steps", "thesis_prior_p")),
     ]
 }  # fmt: skip
 
@@ -103,66 +96,7 @@ RULES: dict[str, tuple[str, bool]] = {
     "mode": ("argmax_t a_t (all steps)", False),
 }
 
-
-@dataclass
-class Training:
-    """What every method's training shares: the config, where the loop records itself, the
-    sampler of training pairs ``sample(batch, generator) -> (x, y)`` and the run's seed."""
-
-    config: dict[str, Any]
-    settings: LoopSettings
-    sample: Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
-    seed: int
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    def batches(self, stream: int) -> GeneratedBatches:
-        """Stream 0 feeds the model; stream 1 feeds L2S's stage II. Same seed, same data."""
-        return GeneratedBatches(
-            self.sample, self.config["batch_size"], self.seed * 1_000_003 + 17 * stream + 1
-        )
-
-    def optimizer(self, parameters) -> torch.optim.Optimizer:
-        return torch.optim.Adam(parameters, lr=self.config["lr"])
-
-    @property
-    def grad_clip(self) -> float | None:
-        return self.config["grad_clip"] or None
-
-    @contextmanager
-    def timed(self, part: str):
-        """Add the wall-clock seconds of the block to ``seconds[part]``."""
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[part] = self.seconds.get(part, 0.0) + time.perf_counter() - start
-
-    def variant_seconds(self, variant: str) -> float:
-        """Training seconds of one variant: the shared part plus its own (L2S's stage II)."""
-        return self.seconds.get("shared", 0.0) + self.seconds.get(variant, 0.0)
-
-
 LossFn = Callable[[ParityGRU, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, Any]]]
-
-
-def _fit(model: ParityGRU, loss: LossFn, training: Training, stage: str) -> None:
-    """Train all of ``model`` on ``loss(model, x, y) -> (loss, metrics)`` through the core loop."""
-    batches = training.batches(0)
-    optimizer = training.optimizer(model.parameters())
-
-    def step_fn(step: int) -> dict[str, Any]:
-        x, y = batches(step)
-        value, metrics = loss(model, x, y)
-        optimizer.zero_grad(set_to_none=True)
-        value.backward()
-        if training.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), training.grad_clip)
-        optimizer.step()
-        return {"loss": value.detach(), **metrics}
-
-    model.train()
-    state = {"model": model, "optimizer": optimizer, "batches": batches}
-    train_loop(stage, training.config["updates"], step_fn, state, training.settings)
 
 
 def _unroll(
@@ -210,83 +144,104 @@ def _thesis_loss(beta: float, prior_p: float) -> LossFn:
     return loss
 
 
+# method -> loss of a single-stage method at hyperparameter ``value`` under ``config``
+LOSSES: dict[str, Callable[[float, Any], LossFn]] = {
+    "act": lambda value, config: _act_loss(value, config.act_eps),
+    "pondernet": lambda value, config: _pondernet_loss(value, config.pondernet_beta, "renormalize"),
+    "pondernet-last": lambda value, config: _pondernet_loss(value, config.pondernet_beta, "absorb"),
+    "thesis": lambda value, config: _thesis_loss(value, config.thesis_prior_p),
+}
+
+
 def train_method(
-    method: str, model: ParityGRU, value: float, training: Training
+    method: str, model: ParityGRU, value: float, config: Any, context: JobContext
 ) -> dict[str, HaltingHead]:
     """Train ``model`` (and heads) with ``method`` at hyperparameter ``value``.
 
-    Returns the halting head of each variant (``{"": model.halting}`` except for L2S, whose
-    ``"hard"`` and ``"soft"`` heads are fitted in stage II on the frozen stage-I model).
+    Every method trains on the job's ``"train-batches"`` stream (the same vectors for every
+    method of a seed) with Adam at ``config.lr`` and the same clip; L2S's stage II reads its own
+    ``"l2s-stage2-batches"``. Wall-clock goes to ``context.timings["train"]`` (and
+    ``"train-hard"`` / ``"train-soft"`` for L2S's stage-II heads). Returns the halting head of
+    each variant (``{"": model.halting}`` except for L2S, whose ``"hard"`` and ``"soft"`` heads
+    are fitted in stage II on the frozen stage-I model).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+    device = next(model.parameters()).device
+
+    def batches(stream: str) -> GeneratedBatches:
+        def sample(batch: int, generator: torch.Generator):
+            x, y, _ = sample_parity(batch, config.n, config.train_k, generator)
+            return x.to(device), y.to(device)
+
+        return GeneratedBatches(sample, config.batch_size, context.stream_seed(stream))
+
+    def adam(parameters) -> torch.optim.Optimizer:
+        return torch.optim.Adam(parameters, lr=config.lr)
+
+    fit = {
+        "settings": context.loop_settings(config.log_every),
+        "grad_clip": config.grad_clip or None,
+    }
+    train = batches("train-batches")
     if method == "l2s":
-        return _train_l2s(model, value, training)
-    with training.timed("shared"):
-        _train_single(method, model, value, training)
-    return {"": model.halting}
-
-
-def _train_single(method: str, model: ParityGRU, value: float, training: Training) -> None:
-    config = training.config
-    if method == "fixed":
-        depth = model.max_steps
-        fit_predictor(
-            model,
-            training.batches(0),
-            step_losses,
-            training.optimizer(model.parameters()),
-            config["updates"],
-            step_weights=F.one_hot(torch.tensor(depth - 1), depth).float(),
-            settings=training.settings,
-            stage="fixed",
-            grad_clip=training.grad_clip,
-        )
-    elif method == "act":
-        _fit(model, _act_loss(value, config["act_eps"]), training, "act")
-    elif method in ("pondernet", "pondernet-last"):
-        tail = "renormalize" if method == "pondernet" else "absorb"
-        _fit(model, _pondernet_loss(value, config["pondernet_beta"], tail), training, method)
-    elif method == "thesis":
-        _fit(model, _thesis_loss(value, config["thesis_prior_p"]), training, "thesis")
-
-
-def _train_l2s(model: ParityGRU, beta: float, training: Training) -> dict[str, HaltingHead]:
-    """Stage I on the model (halting head untouched), then one fresh head per oracle kind."""
-    config = training.config
-    untrained = copy.deepcopy(model.halting)
-    predictor = [p for name, p in model.named_parameters() if not name.startswith("halting.")]
-    with training.timed("shared"):
-        fit_oracle(
-            model,
-            training.batches(0),
-            step_losses,
-            training.optimizer(predictor),
-            config["updates"],
-            beta,
-            settings=training.settings,
-            stage="l2s-stage1",
-            grad_clip=training.grad_clip,
-        )
-    heads = {}
-    for variant in METHODS["l2s"].variants:
-        head = copy.deepcopy(untrained)
-        with training.timed(variant):
-            fit_policy(
+        # Stage I on the model (halting head untouched), then one fresh head per oracle kind.
+        untrained = copy.deepcopy(model.halting)
+        predictor = [p for name, p in model.named_parameters() if not name.startswith("halting.")]
+        with context.timed("train"):
+            fit_oracle(
                 model,
-                head,
-                training.batches(1),
+                train,
                 step_losses,
-                training.optimizer(head.parameters()),
-                config["policy_updates"],
-                beta,
-                hard=variant == "hard",
-                settings=training.settings,
-                stage=f"l2s-stage2-{variant}",
-                grad_clip=training.grad_clip,
+                adam(predictor),
+                config.updates,
+                value,
+                stage="l2s-stage1",
+                **fit,
             )
-        heads[variant] = head
-    return heads
+        heads = {}
+        for variant in METHODS["l2s"].variants:
+            heads[variant] = copy.deepcopy(untrained)
+            with context.timed(f"train-{variant}"):
+                fit_policy(
+                    model,
+                    heads[variant],
+                    batches("l2s-stage2-batches"),
+                    step_losses,
+                    adam(heads[variant].parameters()),
+                    config.policy_updates,
+                    value,
+                    hard=variant == "hard",
+                    stage=f"l2s-stage2-{variant}",
+                    **fit,
+                )
+        return heads
+    with context.timed("train"):
+        if method == "fixed":  # the last of the model's ``depth`` steps only
+            last = F.one_hot(torch.tensor(model.max_steps - 1), model.max_steps).float()
+            fit_predictor(
+                model,
+                train,
+                step_losses,
+                adam(model.parameters()),
+                config.updates,
+                step_weights=last,
+                stage="fixed",
+                **fit,
+            )
+        else:
+            loss = LOSSES[method](value, config)
+
+            def loss_and_metrics(step: int):
+                x, y = train(step)
+                return loss(model, x, y)
+
+            model.train()
+            state = {"model": model, "batches": train}
+            optimize(
+                method, config.updates, loss_and_metrics, adam(model.parameters()), state, **fit
+            )
+    return {"": model.halting}
 
 
 @torch.no_grad()
@@ -295,12 +250,13 @@ def infer(
     model: ParityGRU,
     head: HaltingHead,
     x: torch.Tensor,
-    config: dict[str, Any],
+    mode: str = "shrink",
+    act_eps: float = 0.01,
     sample_seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run inference rule ``rule`` (see :data:`RULES`): ``(logits (B,), 0-based stop index (B,))``."""
+    """Run inference rule ``rule`` (see :data:`RULES`) on ``x (B, n)`` in ``run_adaptive``'s
+    ``mode``: ``(logits (B,), 0-based stop index (B,))``. ``sample`` draws from ``sample_seed``."""
     model.eval()
-    mode = config["inference_mode"]
     if rule == "fixed":
         logits = run_fixed(model, x)
         return logits, torch.full_like(logits, model.max_steps - 1, dtype=torch.long)
@@ -309,7 +265,7 @@ def infer(
         index = posterior_logits(z).argmax(dim=-1)
         return logits.gather(1, index.unsqueeze(-1)).squeeze(-1), index
     if rule == "act":
-        result = run_adaptive(MeanFieldACT(model), head, x, ACTRule(config["act_eps"]), mode)
+        result = run_adaptive(MeanFieldACT(model), head, x, ACTRule(act_eps), mode)
         return result.predictions, result.stop_index
     rules = {
         "sample": lambda: SampleRule(sample_seed),

@@ -9,28 +9,11 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["average_ranks", "spearman", "evaluate_rule", "SUCCESS_ACCURACY"]
+from ...stats import spearman
+
+__all__ = ["evaluate_rule", "SUCCESS_ACCURACY"]
 
 SUCCESS_ACCURACY = 0.99  # a seed "succeeds" when its interpolation accuracy exceeds this
-
-
-def average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks of a 1-D array, ties sharing the mean of the ranks they span."""
-    values = np.asarray(values)
-    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)  # the last 1-based rank of each distinct value
-    return ((ends - counts + 1 + ends) / 2.0)[inverse.reshape(-1)]
-
-
-def spearman(a, b) -> float:
-    """Spearman's rank correlation with average ranks for ties; NaN when either side is constant."""
-    a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
-    if a.shape != b.shape:
-        raise ValueError(f"spearman needs equal lengths; got {a.shape[0]} and {b.shape[0]}")
-    ra, rb = average_ranks(a), average_ranks(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denominator = math.sqrt(float((ra * ra).sum() * (rb * rb).sum()))
-    return float((ra * rb).sum() / denominator) if denominator > 0 else math.nan
 
 
 def evaluate_rule(

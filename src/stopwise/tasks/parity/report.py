@@ -1,57 +1,88 @@
-"""Summary of the parity jobs: seeds aggregated per (method, variant, setting, rule), the best
-setting of each method chosen on validation accuracy, markdown tables and figures."""
+"""Report of the parity jobs: seeds aggregated per (method, variant, setting, rule), the best
+setting of each method chosen on validation accuracy, each best setting paired against fixed
+depth's best over seeds, markdown tables and figures. Nothing here looks at test numbers to choose.
+"""
 
 from __future__ import annotations
 
-import statistics
 from collections import defaultdict
 from typing import Any
 
-from ...reporting import markdown_table, new_figure, save_figure
+from ...contract import JobResult, Report
+from ...reporting import markdown_table, new_figure
+from ...stats import mean_sd, paired_difference
+from .config import ParityConfig
 from .methods import METHODS, RULES
 from .metrics import SUCCESS_ACCURACY
 
-__all__ = ["summarize", "lines_table", "sensitivity_lines", "write_tables", "write_figures"]
+__all__ = ["report", "summarize", "paired_vs_fixed_depth", "lines_table", "sensitivity_lines"]
 
 _MARKERS = {"fixed": "s", "act": "o", "sample": "^", "median": "v", "hazard": "D", "greedy": "P"}
+_LINE_KEYS = ("method", "variant", "value", "rule")  # what one summary line aggregates over seeds
+
+
+def report(results: list[JobResult], config: ParityConfig) -> Report:
+    rows = [
+        {"id": r.id, "seed": r.seed, **r.params, **row} for r in results for row in r.record["rows"]
+    ]
+    lines = summarize(rows)
+    paired = paired_vs_fixed_depth(rows, lines)
+    best = [line for line in lines if line["best"] and line["main_rule"]]
+    summary = f"parity, best setting per method ({len(config.seeds)} seed(s), main rule): " + (
+        "; ".join(
+            f"{line['label']} {100 * line['interpolation_mean']:.2f}% at "
+            f"{line['mean_steps']:.2f} steps"
+            for line in best
+        )
+    )
+    return Report(
+        results={
+            "task": {k: v for k, v in vars(config).items() if k not in ("progress", "reuse_from")},
+            "success_accuracy": SUCCESS_ACCURACY,
+            "lines": lines,
+            "paired_vs_fixed_depth": paired,
+            "rows": rows,
+        },
+        table=tables(lines, paired, config),
+        figures=figures(rows, lines, config),
+        summary=summary,
+    )
 
 
 def _mean(values: list[float | None]) -> float | None:
     values = [v for v in values if v is not None]
-    return statistics.fmean(values) if values else None
-
-
-def _std(values: list[float]) -> float:
-    return statistics.pstdev(values) if len(values) > 1 else 0.0
+    return mean_sd(values)[0] if values else None
 
 
 def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """One line of seeds of the same method, variant, setting and rule."""
+    """One line: the seeds of one method, variant, setting and rule (sd: sample sd over seeds)."""
     first = rows[0]
+    method = METHODS[first["method"]]
     interpolation = [r["interpolation"] for r in rows]
     per_k: dict[int, list[dict]] = defaultdict(list)
     for row in rows:
         for entry in row["per_k"]:
             per_k[entry["k"]].append(entry)
-    method = METHODS[first["method"]]
     return {
-        **{k: first[k] for k in ("method", "variant", "label", "value", "rule", "causal")},
+        **{k: first[k] for k in _LINE_KEYS},
+        "label": method.variant_label(first["variant"]),
         "symbol": method.symbol,
+        "causal": RULES[first["rule"]][1],
         "main_rule": first["rule"] == method.rules[0],
         "seeds": [r["seed"] for r in rows],
-        "interpolation_mean": statistics.fmean(interpolation),
-        "interpolation_std": _std(interpolation),
+        "interpolation_mean": mean_sd(interpolation)[0],
+        "interpolation_std": mean_sd(interpolation)[1],
         "interpolation_min": min(interpolation),
         "extrapolation_mean": _mean([r["extrapolation"] for r in rows]),
-        "accuracy_mean": statistics.fmean(r["accuracy"] for r in rows),
+        "accuracy_mean": _mean([r["accuracy"] for r in rows]),
         "successes": sum(a > SUCCESS_ACCURACY for a in interpolation),
-        "mean_steps": statistics.fmean(r["mean_steps"] for r in rows),
-        "mean_steps_std": _std([r["mean_steps"] for r in rows]),
-        "steps_run": statistics.fmean(r["steps_run"] for r in rows),
+        "mean_steps": mean_sd([r["mean_steps"] for r in rows])[0],
+        "mean_steps_std": mean_sd([r["mean_steps"] for r in rows])[1],
+        "steps_run": _mean([r["steps_run"] for r in rows]),
         "spearman_mean": _mean([r["spearman"] for r in rows]),
-        "validation_accuracy": statistics.fmean(r["validation_accuracy"] for r in rows),
-        "validation_steps": statistics.fmean(r["validation_steps"] for r in rows),
-        "train_seconds": statistics.fmean(r["train_seconds"] for r in rows),
+        "validation_accuracy": _mean([r["validation_accuracy"] for r in rows]),
+        "validation_steps": _mean([r["validation_steps"] for r in rows]),
+        "train_seconds": _mean([r["train_seconds"] for r in rows]),
         "per_k": [
             {
                 "k": k,
@@ -63,7 +94,7 @@ def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def summarize(rows: list[dict[str, Any]], config: dict[str, Any]) -> dict[str, Any]:
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Aggregate job rows over seeds and mark each method variant's best setting.
 
     The best setting maximises the mean validation accuracy of the method's main rule (ties: fewer
@@ -71,7 +102,7 @@ def summarize(rows: list[dict[str, Any]], config: dict[str, Any]) -> dict[str, A
     """
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
-        groups[(row["method"], row["variant"], row["value"], row["rule"])].append(row)
+        groups[tuple(row[k] for k in _LINE_KEYS)].append(row)
     lines = [_aggregate(group) for group in groups.values()]
     best: dict[tuple, tuple] = {}  # (method, variant) -> (score, value)
     for line in lines:
@@ -83,39 +114,54 @@ def summarize(rows: list[dict[str, Any]], config: dict[str, Any]) -> dict[str, A
     for line in lines:
         line["best"] = best[(line["method"], line["variant"])][1] == line["value"]
     order = {name: i for i, name in enumerate(METHODS)}
-    lines.sort(
+    return sorted(
+        lines,
         key=lambda c: (
             order[c["method"]],
             c["variant"],
             c["value"],
             METHODS[c["method"]].rules.index(c["rule"]),
-        )
+        ),
     )
-    return {
-        "task": {
-            k: config[k]
-            for k in ("n", "train_k", "test_k", "hidden", "max_steps", "batch_size", "updates")
+
+
+def paired_vs_fixed_depth(
+    rows: list[dict[str, Any]], lines: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Each method's best setting (every rule) minus fixed depth's best setting, paired by seed:
+    interpolation accuracy and mean steps, each a :func:`~stopwise.stats.paired_difference`
+    (mean, sd, 95% Student-t interval, per seed). Empty when fixed depth was not run."""
+    fixed = next((line for line in lines if line["method"] == "fixed" and line["best"]), None)
+    if fixed is None:
+        return []
+
+    def per_seed(line: dict[str, Any], key: str) -> dict[int, float]:
+        return {r["seed"]: r[key] for r in rows if all(r[k] == line[k] for k in _LINE_KEYS)}
+
+    return [
+        {
+            **{k: line[k] for k in ("label", *_LINE_KEYS)},
+            "fixed_depth": fixed["value"],
+            **{
+                key: paired_difference(per_seed(line, key), per_seed(fixed, key))
+                for key in ("interpolation", "mean_steps")
+            },
         }
-        | {
-            "policy_updates": config["policy_updates"],
-            "lr": config["lr"],
-            "act_halting_bias": config["act_halting_bias"],
-            "act_eps": config["act_eps"],
-            "pondernet_beta": config["pondernet_beta"],
-            "thesis_prior_p": config["thesis_prior_p"],
-            "test_size": config["test_size"],
-            "num_seeds": config["num_seeds"],
-            "threads": config["threads"],
-            "workers": config["workers"],
-        },
-        "success_accuracy": SUCCESS_ACCURACY,
-        "lines": lines,
-        "rows": rows,
-    }
+        for line in lines
+        if line["best"] and line["method"] != "fixed"
+    ]
 
 
 def _pct(value: float | None) -> str | None:
     return None if value is None else f"{100 * value:.2f}"
+
+
+def _difference(d: dict[str, Any], scale: float = 1.0) -> str:
+    """``+m [lo, hi]`` of a paired difference (no interval with one seed)."""
+    text = f"{scale * d['mean']:+.2f}"
+    if d["lo"] is None:
+        return f"{text} (1 seed)"
+    return f"{text} [{scale * d['lo']:+.2f}, {scale * d['hi']:+.2f}]"
 
 
 def _display(line: dict[str, Any]) -> dict[str, Any]:
@@ -132,8 +178,7 @@ def _display(line: dict[str, Any]) -> dict[str, Any]:
 
 
 def lines_table(lines: list[dict[str, Any]]) -> str:
-    """A markdown table of summary lines (one row per method, setting and rule). A line with a
-    ``source`` key (where it was measured) adds a column for it."""
+    """A markdown table of summary lines (one row per method, setting and rule)."""
     lines = [_display(line) for line in lines]
     extrapolating = any(line["extrapolation_mean"] is not None for line in lines)
     columns = [
@@ -148,7 +193,6 @@ def lines_table(lines: list[dict[str, Any]]) -> str:
         ("steps_run", "steps run", ".2f"),
         ("spearman_mean", "Spearman(steps, k)", ".2f"),
         ("train_seconds", "train s", ".0f"),
-        *([("source", "run", "s")] if any("source" in line for line in lines) else []),
     ]
     return markdown_table(lines, columns)
 
@@ -164,48 +208,74 @@ def sensitivity_lines(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(swept, key=lambda line: (order[line["label"]], line["value"]))
 
 
-def write_tables(summary: dict[str, Any], config: dict[str, Any]) -> str:
-    """Markdown: the best setting of every method with all its rules, then the sensitivity of
-    each method's main rule to its hyperparameter (when more than one value was run)."""
-    task = summary["task"]
+def tables(lines: list[dict[str, Any]], paired: list[dict[str, Any]], config: ParityConfig) -> str:
+    """Markdown: the best setting of every method with all its rules, each paired against fixed
+    depth's best, then the sensitivity of each method's main rule to its hyperparameter."""
+    c = config
     parts = [
-        f"Parity n={task['n']}, train k∈{task['train_k']}, test k∈{task['test_k']}; "
-        f"GRU {task['hidden']} units, at most {task['max_steps']} steps; "
-        f"{task['updates']} Adam updates of batch {task['batch_size']} (lr {task['lr']:g}); "
-        f"{task['num_seeds']} seed(s), {task['test_size']} test vectors each. "
-        f"ACT: ε={task['act_eps']:g}, halting-bias init {task['act_halting_bias']:g}. "
-        f"PonderNet: β={task['pondernet_beta']:g}. Thesis: prior p={task['thesis_prior_p']:g}. "
-        f"L2S stage II: {task['policy_updates']} head-only updates.",
+        f"Parity n={c.n}, train k∈{c.train_k}, test k∈{c.test_k}; GRU {c.hidden} units, at most "
+        f"{c.max_steps} steps; {c.updates} Adam updates of batch {c.batch_size} (lr {c.lr:g}); "
+        f"{len(c.seeds)} seed(s), {c.test_size} test vectors each. ACT: ε={c.act_eps:g}, "
+        f"halting-bias init {c.act_halting_bias:g}. PonderNet: β={c.pondernet_beta:g}. Thesis: "
+        f"prior p={c.thesis_prior_p:g}. L2S stage II: {c.policy_updates} head-only updates.",
         "",
         "Best setting of each method (by validation accuracy of its first rule):",
         "",
-        lines_table([line for line in summary["lines"] if line["best"]]),
+        lines_table([line for line in lines if line["best"]]),
     ]
-    sensitivity = sensitivity_lines(summary["lines"])
-    if sensitivity:
+    if paired:
+        depth = paired[0]["fixed_depth"]
+        rows = [
+            {
+                "label": p["label"],
+                "setting": f"{METHODS[p['method']].symbol}={p['value']:g}",
+                "rule": p["rule"],
+                "accuracy": _difference(p["interpolation"], 100),
+                "steps": _difference(p["mean_steps"]),
+            }
+            for p in paired
+        ]
         parts += [
             "",
-            "Sensitivity to each method's hyperparameter (first rule):",
+            f"Against fixed depth's best (depth={depth:g}), paired over seeds: mean difference "
+            "[95% interval]:",
             "",
-            lines_table(sensitivity),
+            markdown_table(
+                rows,
+                [
+                    ("label", "method", "s"),
+                    ("setting", "setting", "s"),
+                    ("rule", "inference rule", "s"),
+                    ("accuracy", "Δ interp. acc (points)", "s"),
+                    ("steps", "Δ mean steps", "s"),
+                ],
+            ),
         ]
+    sensitivity = sensitivity_lines(lines)
+    if sensitivity:
+        parts += ["", "Sensitivity to each method's hyperparameter (first rule):", ""]
+        parts += [lines_table(sensitivity)]
     parts += ["", "Rules: " + "; ".join(f"{name}: {text}" for name, (text, _) in RULES.items())]
     return "\n".join(parts)
 
 
-def write_figures(rows: list[dict[str, Any]], summary: dict[str, Any], run_dir) -> None:
+def figures(
+    rows: list[dict[str, Any]], lines: list[dict[str, Any]], config: ParityConfig
+) -> dict[str, Any]:
     """accuracy_vs_steps (every setting, seed and rule), steps_vs_k and accuracy_vs_k (best)."""
-    labels = list(dict.fromkeys(row["label"] for row in rows))
+    labels = list(dict.fromkeys(line["label"] for line in lines))
     colors = {label: f"C{i % 10}" for i, label in enumerate(labels)}
+    out = {}
 
     figure, axes = new_figure(7.5, 4.5)
     seen = set()
     for row in rows:
-        series = f"{row['label']} / {row['rule']}"
+        label = METHODS[row["method"]].variant_label(row["variant"])
+        series = f"{label} / {row['rule']}"
         axes.scatter(
             row["steps_run"],
             100 * row["interpolation"],
-            color=colors[row["label"]],
+            color=colors[label],
             marker=_MARKERS.get(row["rule"], "x"),
             s=28,
             alpha=0.75,
@@ -216,32 +286,31 @@ def write_figures(rows: list[dict[str, Any]], summary: dict[str, Any], run_dir) 
     axes.set_ylabel("interpolation accuracy (%)")
     axes.set_title("Parity: accuracy vs compute (one point per setting, seed and rule)")
     axes.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    save_figure(figure, run_dir.figure("accuracy_vs_steps"))
+    out["accuracy_vs_steps"] = figure
 
-    best = [line for line in summary["lines"] if line["best"]]
     for key, name, ylabel in [
         ("mean_steps", "steps_vs_k", "mean steps used"),
         ("accuracy", "accuracy_vs_k", "accuracy (%)"),
     ]:
         figure, axes = new_figure(7.5, 4.5)
-        for line in best:
-            ks = [e["k"] for e in line["per_k"]]
-            scale = 100 if key == "accuracy" else 1
-            values = [scale * e[key] for e in line["per_k"]]
+        scale = 100 if key == "accuracy" else 1
+        for line in lines:
+            if not line["best"]:
+                continue
             axes.plot(
-                ks,
-                values,
+                [e["k"] for e in line["per_k"]],
+                [scale * e[key] for e in line["per_k"]],
                 color=colors[line["label"]],
                 marker=_MARKERS.get(line["rule"], "x"),
                 markersize=4,
                 linestyle="-" if line["main_rule"] else "--",
                 label=f"{line['label']} / {line['rule']}",
             )
-        train_k = summary["task"]["train_k"]
-        if list(train_k) != list(summary["task"]["test_k"]):
-            axes.axvline(train_k[1] + 0.5, color="gray", linestyle=":", linewidth=1)
+        if list(config.train_k) != list(config.test_k):
+            axes.axvline(config.train_k[1] + 0.5, color="gray", linestyle=":", linewidth=1)
         axes.set_xlabel("k (non-zero elements)")
         axes.set_ylabel(ylabel)
         axes.set_title(f"Parity: {ylabel} vs k (best settings, mean over seeds)")
         axes.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
-        save_figure(figure, run_dir.figure(name))
+        out[name] = figure
+    return out

@@ -4,12 +4,12 @@
 
 * ``A``: entries N(0, 1/m); its singular values are then replaced by ``logspace(0, log10(1/κ), m)``
   (condition number κ = 5) rescaled so that their squares sum to ``n``; finally every column is
-  normalised to unit ℓ2 norm. One ``A`` per experiment, from the experiment's seed.
+  normalised to unit ℓ2 norm. One ``A`` per seed, from its ``sensing-matrix`` stream.
 * ``x*``: support Bernoulli(p = 0.1), non-zero values N(0, 1).
 * ``ε``: per sample, i.i.d. N(0, σ²) with σ = std(A x*) · 10^(−SNR/20), the (population) standard
   deviation taken over that sample's m entries. Training SNRs are drawn uniformly from
   {20, 30, 40} dB at every step; validation and test sets hold a fixed number of samples per SNR,
-  in blocks of increasing SNR.
+  in blocks of increasing SNR, from the seed's ``validation`` and ``test`` streams.
 
 All tensors are batch-first: ``x (B, n)``, ``y (B, m)``, ``snr (B,)``.
 """
@@ -17,9 +17,13 @@ All tensors are batch-first: ``x (B, n)``, ``y (B, m)``, ``snr (B,)``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+
+from ...selection import Heldout
 
 __all__ = [
     "SparseBatch",
@@ -30,7 +34,8 @@ __all__ = [
     "add_noise",
     "sample_batch",
     "fixed_split",
-    "check_problem",
+    "SparseProblem",
+    "make_problem",
 ]
 
 
@@ -40,20 +45,6 @@ class SparseBatch(NamedTuple):
     y: torch.Tensor
     x: torch.Tensor
     snr: torch.Tensor
-
-
-def check_problem(m: int, n: int, condition: float, sparsity: float, snrs: list[float]) -> None:
-    """Raise ValueError naming the first bad value of the problem definition."""
-    if not 1 <= m <= n:
-        raise ValueError(f"need 1 <= m <= n (an underdetermined problem); got m={m}, n={n}")
-    if not condition >= 1:
-        raise ValueError(f"condition number must be >= 1; got {condition}")
-    if not 0 < sparsity <= 1:
-        raise ValueError(
-            f"sparsity (the Bernoulli support probability) must be in (0, 1]; got {sparsity}"
-        )
-    if not snrs:
-        raise ValueError("snrs (the SNR levels in dB) is empty")
 
 
 def target_singular_values(m: int, n: int, condition: float) -> torch.Tensor:
@@ -68,9 +59,8 @@ def with_singular_values(matrix: torch.Tensor, singular_values: torch.Tensor) ->
     return (U * singular_values.to(torch.float64)) @ Vh
 
 
-def sensing_matrix(m: int, n: int, condition: float, seed: int) -> torch.Tensor:
-    """The ``(m, n)`` float32 sensing matrix of the protocol (module docstring), from ``seed``."""
-    generator = torch.Generator().manual_seed(seed)
+def sensing_matrix(m: int, n: int, condition: float, generator: torch.Generator) -> torch.Tensor:
+    """The ``(m, n)`` float32 sensing matrix of the protocol (module docstring)."""
     gaussian = torch.randn(m, n, generator=generator, dtype=torch.float64) / math.sqrt(m)
     A = with_singular_values(gaussian, target_singular_values(m, n, condition))
     return (A / A.norm(dim=0, keepdim=True)).to(torch.float32)
@@ -105,10 +95,42 @@ def sample_batch(
 
 
 def fixed_split(
-    A: torch.Tensor, per_snr: int, sparsity: float, snrs: list[float], seed: int
+    A: torch.Tensor, per_snr: int, sparsity: float, snrs: list[float], generator: torch.Generator
 ) -> SparseBatch:
-    """A fixed evaluation set: ``per_snr`` samples at each SNR, in blocks of ``snrs`` order."""
-    generator = torch.Generator().manual_seed(seed)
+    """An evaluation set: ``per_snr`` samples at each SNR, in blocks of ``snrs`` order."""
     snr = torch.as_tensor(snrs, dtype=torch.float32).repeat_interleave(per_snr)
     x = sample_signals(snr.shape[0], A.shape[1], sparsity, generator)
     return SparseBatch(add_noise(x @ A.T, snr, generator), x, snr)
+
+
+@dataclass
+class SparseProblem:
+    """The sensing matrix ``A (m, n)`` and validation split on ``device``, the test split held
+    out (opened once, after every choice), and the training sampler (fresh samples each call)."""
+
+    A: torch.Tensor
+    val: SparseBatch
+    test: Heldout[SparseBatch]
+    sparsity: float
+    snrs: list[float]
+
+    def sample(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(y (batch, m), x (batch, n))`` on A's device, SNR drawn per sample."""
+        drawn = sample_batch(self.A.cpu(), batch, self.sparsity, self.snrs, generator)
+        return drawn.y.to(self.A.device), drawn.x.to(self.A.device)
+
+
+def make_problem(
+    problem, generator: Callable[[str], torch.Generator], device: torch.device | str = "cpu"
+) -> SparseProblem:
+    """The problem of config group ``problem`` (m, n, condition, sparsity, snrs, per_snr), its
+    randomness from the named streams ``generator(name)`` gives (``context.generator``)."""
+    A = sensing_matrix(problem.m, problem.n, problem.condition, generator("sensing-matrix"))
+    args = (A, problem.per_snr, problem.sparsity, problem.snrs)
+
+    def split(name: str) -> SparseBatch:
+        return SparseBatch(*(t.to(device) for t in fixed_split(*args, generator(name))))
+
+    return SparseProblem(
+        A.to(device), split("validation"), Heldout(split("test")), problem.sparsity, problem.snrs
+    )

@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from ...inference import in_chunks
+
 __all__ = [
     "squared_errors",
     "step_losses",
@@ -18,6 +20,8 @@ __all__ = [
     "nmse_columns",
     "error_columns",
     "column_names",
+    "errors_at",
+    "oracle_stop",
     "per_step_squared_errors",
 ]
 
@@ -73,16 +77,26 @@ def error_columns(
     return columns
 
 
-@torch.no_grad()
+def errors_at(step_errors: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` ‖x_{index} − x*‖² from per-step errors ``(B, T)`` at 0-based ``index (B,)``."""
+    return step_errors.gather(1, index.long().to(step_errors.device).view(-1, 1)).squeeze(1)
+
+
+def oracle_stop(step_errors: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` 0-based index of each row's best valid exit in hindsight (needs x*): the bound a
+    stopping policy can approach. ``step_errors (N, T)``, ``valid (T,)`` bool."""
+    return step_errors.masked_fill(~valid.to(step_errors.device), math.inf).argmin(dim=1)
+
+
 def per_step_squared_errors(model, y: torch.Tensor, target: torch.Tensor, chunk: int = 1000):
     """``(B, T)`` ‖x_t − x*‖² of every step of ``model`` on ``y (B, m)``, in chunks of rows."""
-    rows = []
-    for start in range(0, y.shape[0], chunk):
-        state = model.start(y[start : start + chunk])
-        goal = target[start : start + chunk]
-        errors = []
+
+    def errors(rows: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        y, goal = rows
+        state, out = model.start(y), []
         for t in range(model.max_steps):
             state = model.advance(state, t)
-            errors.append(squared_errors(model.predict(state, t), goal))
-        rows.append(torch.stack(errors, dim=1))
-    return torch.cat(rows, dim=0)
+            out.append(squared_errors(model.predict(state, t), goal))
+        return torch.stack(out, dim=1)
+
+    return in_chunks(errors, (y, target), chunk)

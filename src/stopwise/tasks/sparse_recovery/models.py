@@ -15,6 +15,9 @@ x_0 = 0, so the first step skips every product with x_0.
 
 ``feature_costs()`` is the extra per-step cost of the policy features (``nm`` for the residual,
 zero for ALISTA, which has it in its state).
+
+:class:`StopPolicy` is the stage-II stopping policy of both stop models, registered as the policy
+``"lista-stop"``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import math
 import torch
 from torch import nn
 
+from ...policies import MLPPolicy, register_policy
 from ...steps import StepModel
 
 __all__ = [
@@ -40,6 +44,7 @@ __all__ = [
     "ALISTA",
     "LISTACPSS",
     "fista_momentum",
+    "StopPolicy",
 ]
 
 
@@ -349,3 +354,74 @@ class LISTACPSS(ResidualStepModel):
 
     def advance(self, state, t):
         return self._update(state, t, state["r"] @ self.w[t])
+
+
+def _policy_example():
+    m, n, T = 3, 5, 4
+    return StopPolicy(m, n, T, hidden=(8,), init_bias=0.0), torch.randn(6, 2 * m + n), T
+
+
+@register_policy("lista-stop", _policy_example)
+class StopPolicy(nn.Module):
+    """The stage-II policy: an MLP on ``[y, y − A x_t, x_t, one-hot step]`` → hazard logit ``(B,)``.
+
+    The features are the step model's (``(B, 2m + n)``). A ReLU MLP on raw vectors cannot easily
+    form the norms that reveal the noise level (‖y − A x_t‖ levels off at the noise norm), so the
+    MLP also gets four label-free summaries of the same features: log(‖y‖²/m), log(‖r‖²/m),
+    log(‖x_t‖²/n + ε) and log(‖r‖²/‖y‖²); ``summaries=False`` drops them.
+
+    Args:
+        m, n: the problem's sizes (features are split into y, r, x).
+        max_steps: T, for the one-hot step encoding.
+        hidden: hidden widths of the MLP.
+        summaries: append the four log-norm summaries to the raw features.
+        init_bias: initial hazard logit (negative: rarely stop at first).
+    """
+
+    def __init__(
+        self,
+        m: int,
+        n: int,
+        max_steps: int,
+        hidden: tuple[int, ...] = (64,),
+        summaries: bool = True,
+        init_bias: float = -3.0,
+    ):
+        super().__init__()
+        self.m, self.n, self.summaries = m, n, summaries
+        width = 2 * m + n + (4 if summaries else 0)
+        self.mlp = MLPPolicy(width, max_steps, hidden=tuple(hidden), init_bias=init_bias)
+
+    def summary(self, features: torch.Tensor) -> torch.Tensor:
+        """``(B, 4)`` log-norm summaries of ``features (B, 2m + n)``."""
+        eps = 1e-12
+        y, r, x = features.split([self.m, self.m, self.n], dim=-1)
+        y2, r2, x2 = (y * y).sum(-1), (r * r).sum(-1), (x * x).sum(-1)
+        return torch.stack(
+            [
+                torch.log(y2 / self.m + eps),
+                torch.log(r2 / self.m + eps),
+                torch.log(x2 / self.n + eps),
+                torch.log((r2 + eps) / (y2 + eps)),
+            ],
+            dim=-1,
+        )
+
+    def forward(self, features: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        expected = 2 * self.m + self.n
+        if features.dim() != 2 or features.shape[1] != expected:
+            raise ValueError(
+                f"policy features must have shape (B, 2m + n = {expected}); "
+                f"got {tuple(features.shape)}"
+            )
+        if self.summaries:
+            features = torch.cat([features, self.summary(features)], dim=-1)
+        return self.mlp(features, t)
+
+    def macs(self) -> int:
+        """Multiply-adds per sample and step of the MLP (the summaries add ~2m + n)."""
+        return sum(
+            layer.in_features * layer.out_features
+            for layer in self.mlp.net
+            if isinstance(layer, nn.Linear)
+        ) + (2 * self.m + self.n if self.summaries else 0)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...inference import Rule
+from ...policies import register_policy
 from ...steps import StepModel
 
 __all__ = [
@@ -26,6 +27,11 @@ __all__ = [
 ]
 
 
+def _halting_example():
+    return HaltingHead(8, bias=-1.0), torch.randn(6, 8), 4
+
+
+@register_policy("parity-halting", _halting_example)
 class HaltingHead(nn.Module):
     """Linear stop logit of the hidden state: ``(B, H) -> (B,)``. Called as a policy
     ``head(features, t)``; it ignores ``t`` (the state carries everything the head sees)."""

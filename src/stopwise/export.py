@@ -1,0 +1,64 @@
+"""Deploying a stop model: one module that runs a step model with its policy and a threshold rule
+in ``masked`` mode (a fixed trip count, finished rows frozen, no data-dependent shapes), so that
+``torch.export`` — and ONNX through ``torch.onnx.export(..., dynamo=True)`` — can capture it.
+
+    module = AdaptiveModule(model, policy, rule, valid_steps)
+    program = export_adaptive(module, example_inputs)        # a torch.export.ExportedProgram
+    predictions, stop_index = program.module()(inputs)       # equals run_adaptive(...)
+
+The exported program computes every step for every row (that is what a fixed trip count means);
+the wall-clock savings of adaptive inference come from ``shrink`` mode in eager PyTorch.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from .inference import SampleRule, ThresholdRule, _run_masked, _valid_steps
+
+__all__ = ["AdaptiveModule", "export_adaptive", "export_onnx"]
+
+
+class AdaptiveModule(nn.Module):
+    """``forward(inputs) -> (predictions (B, ...), stop_index (B,))``: the model, its policy and a
+    threshold rule, run in masked mode; identical to ``run_adaptive(..., mode="masked")``."""
+
+    def __init__(self, model, policy, rule: ThresholdRule, valid_steps: torch.Tensor | None = None):
+        super().__init__()
+        if isinstance(rule, SampleRule) or not isinstance(rule, ThresholdRule):
+            raise ValueError(
+                f"only threshold rules can be exported (a sampling rule draws random numbers); "
+                f"got {rule!r}"
+            )
+        self.model, self.policy, self.rule = model, policy, rule
+        self.valid = _valid_steps(model, valid_steps).tolist()  # constants of the program
+
+    def forward(self, inputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return _run_masked(self.model, self.policy, inputs, self.rule, self.valid)
+
+
+def export_adaptive(
+    module: AdaptiveModule, example_inputs: torch.Tensor, dynamic_batch: bool = True
+) -> torch.export.ExportedProgram:
+    """``torch.export`` the module for inputs shaped like ``example_inputs`` (a tensor), with a
+    dynamic batch dimension unless ``dynamic_batch=False``."""
+    module.eval()
+    dynamic = {"inputs": {0: torch.export.Dim("batch", min=1)}} if dynamic_batch else None
+    with torch.no_grad():
+        return torch.export.export(module, (example_inputs,), dynamic_shapes=dynamic)
+
+
+def export_onnx(module: AdaptiveModule, example_inputs: torch.Tensor, path: str) -> None:
+    """Write an ONNX file of the module (needs the optional ``onnx`` and ``onnxscript``)."""
+    module.eval()
+    dynamic = {"inputs": {0: torch.export.Dim("batch", min=1)}}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch's exporter, about its own internals
+        program = torch.onnx.export(
+            module, (example_inputs,), dynamo=True, dynamic_shapes=dynamic, verbose=False
+        )
+    program.save(path)

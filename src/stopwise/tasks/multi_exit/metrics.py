@@ -1,0 +1,216 @@
+"""The multi-exit measures: exit logits of a whole split, MSDNet's budgeted protocol, accuracy at
+fixed budgets, accuracy by difficulty group and wall-clock of real early exit.
+
+Budgeted batch classification (Huang et al. 2018, §5): for a target exit distribution
+q_k ∝ p^k, per-exit thresholds on the confidence are fitted on the *validation* split
+(:func:`~stopwise.inference.fit_exit_thresholds`) and applied unchanged to the test split; each p
+gives one (mean MACs, accuracy) point. Threshold arithmetic is the core's
+(:func:`~stopwise.inference.stop_indices`), the same that :func:`~stopwise.inference.run_adaptive`
+applies step by step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...inference import (
+    ScoreThreshold,
+    exit_distribution,
+    fit_exit_thresholds,
+    in_chunks,
+    stop_indices,
+    time_adaptive,
+)
+from ...policies import ConfidencePolicy
+from ...steps import unroll
+from ...training import policy_hazards
+from .models import inference_copy
+
+__all__ = [
+    "P_GRID",
+    "exit_logits",
+    "exit_hazards",
+    "exit_metric",
+    "msdnet_thresholds",
+    "apply_thresholds",
+    "accuracy_at_budgets",
+    "with_validation_accuracy",
+    "choose_on_validation",
+    "accuracy_by_group",
+    "time_early_exit",
+]
+
+# MSDNet's 39 exit distributions: p = 0.05, 0.10, ..., 1.95.
+P_GRID = [round(0.05 * i, 2) for i in range(1, 40)]
+
+
+def exit_logits(model, x: torch.Tensor, chunk: int = 1000) -> torch.Tensor:
+    """``(N, K, C)`` logits of every exit, in eval mode, ``chunk`` rows at a time."""
+    model.eval()
+    return in_chunks(lambda rows: unroll(model, rows).predictions, x, chunk)
+
+
+def exit_hazards(policy, logits: torch.Tensor) -> torch.Tensor:
+    """``(N, K)`` float64 hazard logits of ``policy`` at every exit of ``logits (N, K, C)``.
+    With :class:`~stopwise.policies.ConfidencePolicy` they are the logits of the max softmax
+    probability, so a threshold on them is a threshold on the confidence."""
+    with torch.no_grad():
+        return policy_hazards(policy, logits).double()
+
+
+def exit_metric(correct: torch.Tensor) -> Callable[[torch.Tensor], dict[str, Any]]:
+    """``metric(stop_index (N,)) -> {"accuracy", "exit_fractions"}`` given ``correct (N, K)``
+    (whether exit k classifies row i correctly)."""
+    rows = torch.arange(correct.shape[0])
+
+    def metric(index: torch.Tensor) -> dict[str, Any]:
+        index = index.cpu()
+        fractions = torch.bincount(index, minlength=correct.shape[1]).double() / len(index)
+        return {
+            "accuracy": float(correct[rows, index].double().mean()),
+            "exit_fractions": fractions.tolist(),
+        }
+
+    return metric
+
+
+def msdnet_thresholds(
+    val_scores: torch.Tensor, costs: torch.Tensor, p_grid: list[float] = P_GRID
+) -> list[dict[str, Any]]:
+    """For each p, MSDNet's per-exit thresholds fitted on validation scores ``(N, K)`` for
+    q_k ∝ p^k, and the mean cost they give there: ``[{"p", "score_threshold", "val_mean_cost"}]``."""
+    K = val_scores.shape[1]
+    points = []
+    for p in p_grid:
+        thresholds = fit_exit_thresholds(val_scores, exit_distribution(p, K))
+        index = stop_indices(val_scores, ScoreThreshold(thresholds))
+        points.append(
+            {
+                "p": p,
+                "score_threshold": thresholds.tolist(),
+                "val_mean_cost": float(costs[index].mean()),
+            }
+        )
+    return points
+
+
+def apply_thresholds(
+    fitted: list[dict[str, Any]],
+    test_scores: torch.Tensor,
+    test_metric: Callable[[torch.Tensor], dict[str, Any]],
+    costs: torch.Tensor,
+) -> list[dict[str, Any]]:
+    """The budget curve: every fitted point's thresholds applied unchanged to test scores."""
+    curve = []
+    for point in fitted:
+        index = stop_indices(test_scores, ScoreThreshold(torch.tensor(point["score_threshold"])))
+        curve.append(
+            {
+                **point,
+                "mean_cost": float(costs[index].mean()),
+                "mean_steps": float((index + 1).double().mean()),
+                **test_metric(index),
+            }
+        )
+    return curve
+
+
+def with_validation_accuracy(
+    points: list[dict[str, Any]], val_scores: torch.Tensor, val_correct: torch.Tensor
+) -> list[dict[str, Any]]:
+    """Add ``val_accuracy`` to every curve point: its thresholds applied to the validation
+    scores ``(N, K)`` they were fitted on, scored with ``val_correct (N, K)``."""
+    rows = torch.arange(val_correct.shape[0])
+    for point in points:
+        rule = ScoreThreshold(torch.tensor(point["score_threshold"]))
+        index = stop_indices(val_scores, rule).cpu()
+        point["val_accuracy"] = float(val_correct[rows, index].double().mean())
+    return points
+
+
+def accuracy_at_budgets(
+    points: list[dict[str, Any]],
+    budgets: list[float],
+    cost: str = "mean_cost",
+    accuracy: str = "accuracy",
+) -> list[float | None]:
+    """Accuracy linearly interpolated at each budget along a curve (by default the test
+    accuracy over the mean test cost; ``cost="val_mean_cost", accuracy="val_accuracy"`` reads
+    the validation curve); None outside the curve's range of costs. It chooses nothing."""
+    pairs = sorted((pt[cost], pt[accuracy]) for pt in points)
+    x, y = np.array([a for a, _ in pairs]), np.array([b for _, b in pairs])
+    return [
+        float(np.interp(b, x, y)) if x[0] - 1e-9 <= b <= x[-1] + 1e-9 else None for b in budgets
+    ]
+
+
+def choose_on_validation(
+    curves: dict[str, list[dict[str, Any]]], budgets: list[float]
+) -> list[dict[str, Any]]:
+    """For each budget, the candidate curve (name → points with ``val_mean_cost``,
+    ``val_accuracy``, ``mean_cost``, ``accuracy``) most accurate on validation at that budget
+    (interpolated along the validation costs), among those whose validation and test curves
+    both reach it; ``{"choice", "val_accuracy", "accuracy"}`` with its test accuracy there
+    (all None when no candidate reaches the budget). Ties go to the first candidate."""
+    val = {
+        name: accuracy_at_budgets(c, budgets, cost="val_mean_cost", accuracy="val_accuracy")
+        for name, c in curves.items()
+    }
+    test = {name: accuracy_at_budgets(c, budgets) for name, c in curves.items()}
+    picks = []
+    for i in range(len(budgets)):
+        reached = [n for n in curves if val[n][i] is not None and test[n][i] is not None]
+        best = max(reached, key=lambda n: val[n][i]) if reached else None
+        picks.append(
+            {
+                "choice": best,
+                "val_accuracy": None if best is None else val[best][i],
+                "accuracy": None if best is None else test[best][i],
+            }
+        )
+    return picks
+
+
+def accuracy_by_group(
+    index: torch.Tensor, correct: torch.Tensor, group: torch.Tensor, levels: list[float]
+) -> list[dict[str, Any]]:
+    """Mean exit (1-based) and accuracy of stop indices ``(N,)`` per difficulty group."""
+    rows = torch.arange(len(index))
+    right = correct[rows, index].double()
+    return [
+        {
+            "group": g,
+            "level": levels[g],
+            "mean_exit": float((index[group == g] + 1).double().mean()),
+            "accuracy": float(right[group == g].mean()),
+        }
+        for g in sorted(set(group.tolist()))
+    ]
+
+
+def time_early_exit(
+    model, test_x: torch.Tensor, rules: dict[str, ScoreThreshold], batch: int, repeats: int
+) -> dict[str, Any]:
+    """Wall-clock and CPU time of confidence early exit (``shrink`` mode: finished rows leave the
+    batch) against the full network, side by side (:func:`~stopwise.inference.time_adaptive`),
+    on the model's :func:`~.models.inference_copy` (BatchNorm and stem folded, channels-last
+    after exit 1), with each rule's MAC ratio (full cost / mean cost: the ideal speedup) and the
+    measured speedup over it. ``same_exits`` is the share of test rows whose exit the copy
+    chooses as the trained model does (folding changes rounding only)."""
+    fast = inference_copy(model)
+    timing = time_adaptive(fast, ConfidencePolicy(), test_x, rules, repeats=repeats, chunk=batch)
+    full = float(model.step_costs()[-1])
+    scores = exit_hazards(ConfidencePolicy(), exit_logits(model, test_x, batch))
+    fast_scores = exit_hazards(ConfidencePolicy(), exit_logits(fast, test_x, batch))
+    for name, row in timing["rules"].items():
+        row["mac_ratio"] = full / row["mean_cost"]
+        row["speedup_over_mac_ratio"] = row["speedup"] / row["mac_ratio"]
+        if row.get("cpu_speedup") is not None:
+            row["cpu_speedup_over_mac_ratio"] = row["cpu_speedup"] / row["mac_ratio"]
+        same = stop_indices(scores, rules[name]) == stop_indices(fast_scores, rules[name])
+        row["same_exits"] = float(same.double().mean())
+    return {**timing, "batch": batch, "model": "inference_copy"}

@@ -1,0 +1,391 @@
+"""The multi-exit step model, its per-exit multiply-adds and the L2S exit policy.
+
+:class:`MultiExitCNN` is a small MSDNet-like CNN written as a step model: step k runs block k and
+exit head k. Block k maps the feature map of block k−1 to a coarser one (two 3×3 convolutions,
+the first possibly strided, each followed by batch norm and ReLU); exit head k (a strided 3×3
+convolution, batch norm, ReLU, global average pooling and a linear layer, like MSDNet's
+classifiers, Huang et al. 2018 §4) turns it into class logits. The same code builds the 2-D
+network for images ``(B, 1, H, W)`` and the 1-D one for signals ``(B, 1, L)``. The state is
+``{"h": feature map, "logits": (B, C)}``; ``predict`` and ``features`` return the logits of exit
+t (a stopping policy sees only them); ``forward(x)`` returns all exits, ``(B, K, C)``.
+
+:func:`count_step_macs` counts the multiply-adds of convolutions and linear layers (batch norm,
+ReLU, pooling and the softmax are not counted) once, with forward hooks on a batch of one. A
+convolution with C_in input channels, G groups, a kernel of k elements and an output of
+C_out × (positions) does ``C_out · positions · C_in/G · k``; a linear layer ``in · out`` per row.
+Step t counts everything in ``advance(state, t)``, block t *and* exit head t, so the cumulative
+cost of stopping at exit k includes every earlier head, as it does at inference.
+
+:class:`ExitPolicy` is the L2S stage-II policy over an exit's logits (registered as
+``"exit-mlp"``).
+
+:func:`inference_copy` makes the copy that early exit runs fastest on a CPU (BatchNorm folded into
+the convolutions, the space-to-depth stem folded into the first convolution, channels-last
+memory); it computes the same function with the same multiply-adds.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...policies import MLPPolicy, classifier_features, register_policy
+from ...steps import StepModel, unroll
+
+__all__ = [
+    "BatchNorm",
+    "ConvBNReLU",
+    "ExitHead",
+    "MultiExitCNN",
+    "exit_losses",
+    "running_stats_frozen",
+    "module_macs",
+    "count_step_macs",
+    "fold_batchnorm",
+    "fold_stem",
+    "inference_copy",
+    "ExitPolicy",
+]
+
+
+class BatchNorm(nn.Module):
+    """Batch normalisation over channel dim 1 of ``(B, C, ...)`` (1-D or 2-D feature maps).
+
+    Same arithmetic as ``nn.BatchNorm{1,2}d``. While ``update_stats`` is False (see
+    :func:`running_stats_frozen`), training-mode calls normalise with the batch statistics as
+    usual but leave the running statistics untouched, so a virtual forward pass (L2W's meta step)
+    cannot change the model's buffers. It also keeps ``torch.func`` transforms free of in-place
+    buffer updates.
+    """
+
+    def __init__(self, channels: int, momentum: float = 0.1, eps: float = 1e-5):
+        super().__init__()
+        self.momentum, self.eps, self.update_stats = momentum, eps, True
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        track = not self.training or self.update_stats
+        return F.batch_norm(
+            x,
+            self.running_mean if track else None,
+            self.running_var if track else None,
+            self.weight,
+            self.bias,
+            self.training,
+            self.momentum,
+            self.eps,
+        )
+
+
+@contextmanager
+def running_stats_frozen(model: nn.Module) -> Iterator[None]:
+    """Within the block, training-mode forwards of ``model`` do not update BN running stats."""
+    norms = [m for m in model.modules() if isinstance(m, BatchNorm)]
+    previous = [m.update_stats for m in norms]
+    for m in norms:
+        m.update_stats = False
+    try:
+        yield
+    finally:
+        for m, flag in zip(norms, previous, strict=True):
+            m.update_stats = flag
+
+
+def _conv(dims: int, *args, **kwargs) -> nn.Module:
+    return (nn.Conv1d if dims == 1 else nn.Conv2d)(*args, **kwargs)
+
+
+class ConvBNReLU(nn.Sequential):
+    """3×3 (or length-3) convolution without bias, batch norm, ReLU."""
+
+    def __init__(self, dims: int, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__(
+            _conv(dims, in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+            BatchNorm(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class ExitHead(nn.Module):
+    """Exit classifier: strided ConvBNReLU, global average pooling, linear → ``(B, classes)``."""
+
+    def __init__(self, dims: int, in_channels: int, width: int, classes: int):
+        super().__init__()
+        self.conv = ConvBNReLU(dims, in_channels, width, stride=2)
+        self.linear = nn.Linear(width, classes)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.conv(h).flatten(2).mean(-1))
+
+
+class MultiExitCNN(StepModel):
+    """K-exit CNN. Args:
+
+    dims: 2 for images ``(B, 1, H, W)`` (or ``(B, H, W)``), 1 for signals ``(B, 1, L)`` / ``(B, L)``.
+    channels: width of each block (K = len(channels) exits).
+    strides: stride of the first convolution of each block.
+    head_width: channels of each exit head's convolution.
+    classes: number of classes.
+    stem: space-to-depth factor f applied to the input first (``pixel_unshuffle``: an image
+        ``(1, H, W)`` becomes ``(f², H/f, W/f)``, a signal ``(1, L)`` becomes ``(f, L/f)``); it
+        has no weights and no multiply-adds, and keeps early feature maps small, so that the
+        time of each block follows its multiply-adds on a CPU.
+    """
+
+    def __init__(
+        self,
+        dims: int = 2,
+        channels: Sequence[int] = (16, 32, 48, 64),
+        strides: Sequence[int] = (2, 2, 1, 2),
+        head_width: int = 32,
+        classes: int = 10,
+        in_channels: int = 1,
+        stem: int = 1,
+    ):
+        super().__init__()
+        if dims not in (1, 2):
+            raise ValueError(f"dims must be 1 (signals) or 2 (images); got {dims}")
+        if len(channels) < 2 or len(channels) != len(strides):
+            raise ValueError(
+                f"channels {list(channels)} and strides {list(strides)} need the same length >= 2"
+            )
+        if min(*channels, head_width, classes, in_channels, stem) < 1 or min(strides) < 1:
+            raise ValueError("channels, strides, head_width, classes, stem must all be >= 1")
+        self.dims, self.classes, self.in_channels, self.stem = dims, classes, in_channels, stem
+        self.max_steps = len(channels)
+        widths = [in_channels * stem**dims, *channels]
+        self.blocks = nn.ModuleList(
+            nn.Sequential(
+                ConvBNReLU(dims, widths[k], widths[k + 1], stride=strides[k]),
+                ConvBNReLU(dims, widths[k + 1], widths[k + 1]),
+            )
+            for k in range(self.max_steps)
+        )
+        self.heads = nn.ModuleList(ExitHead(dims, c, head_width, classes) for c in channels)
+        self._step_costs: torch.Tensor | None = None
+        # The first step (0-based) whose feature maps are channels-last (see inference_copy).
+        self.channels_last_from: int | None = None
+
+    # -- the step-model contract
+    def start(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        want = 2 + self.dims
+        if x.dim() == want - 1 and self.in_channels == 1:
+            x = x.unsqueeze(1)
+        if x.dim() != want or x.shape[1] != self.in_channels:
+            shape = "(B, 1, H, W) or (B, H, W)" if self.dims == 2 else "(B, 1, L) or (B, L)"
+            raise ValueError(f"expected inputs of shape {shape}; got {tuple(x.shape)}")
+        f = self.stem
+        if f > 1:
+            if any(size % f for size in x.shape[2:]):
+                raise ValueError(f"input size {tuple(x.shape[2:])} is not divisible by stem={f}")
+            if self.dims == 2:
+                x = F.pixel_unshuffle(x, f)
+            else:  # (B, C, L) -> (B, C·f, L/f), the 1-D pixel unshuffle
+                B, C, L = x.shape
+                x = x.view(B, C, L // f, f).permute(0, 1, 3, 2).reshape(B, C * f, L // f)
+        return {"h": x, "logits": x.new_zeros(x.shape[0], self.classes)}
+
+    def advance(self, state: dict[str, torch.Tensor], t: int) -> dict[str, torch.Tensor]:
+        h = state["h"]
+        if t == self.channels_last_from:
+            h = h.contiguous(memory_format=torch.channels_last)
+        h = self.blocks[t](h)
+        return {"h": h, "logits": self.heads[t](h)}
+
+    def predict(self, state: dict[str, torch.Tensor], t: int) -> torch.Tensor:
+        return state["logits"]
+
+    def features(self, state: dict[str, torch.Tensor], t: int) -> torch.Tensor:
+        return state["logits"]
+
+    def observe(self, state: dict[str, torch.Tensor], t: int):
+        return state["logits"], state["logits"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, K, C)`` logits of every exit (training and ``functional_call``)."""
+        return unroll(self, x).predictions
+
+    def set_step_costs(self, costs: torch.Tensor) -> None:
+        """Store the ``(K,)`` cumulative multiply-adds per sample (see :func:`count_step_macs`)."""
+        costs = torch.as_tensor(costs, dtype=torch.float64)
+        if costs.shape != (self.max_steps,):
+            raise ValueError(f"step costs must have shape ({self.max_steps},); got {costs.shape}")
+        self._step_costs = costs
+
+    def step_costs(self) -> torch.Tensor:
+        if self._step_costs is None:
+            raise RuntimeError(
+                "step costs not counted yet: call model.set_step_costs(count_step_macs(model, "
+                "example)) first"
+            )
+        return self._step_costs
+
+
+def exit_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``(B, K)`` cross-entropy of every exit: ``logits (B, K, C)``, integer ``targets (B,)``."""
+    if logits.dim() != 3 or targets.shape != logits.shape[:1]:
+        raise ValueError(
+            f"expected logits (B, K, C) and targets (B,); got {tuple(logits.shape)} and "
+            f"{tuple(targets.shape)}"
+        )
+    B, K, C = logits.shape
+    flat = F.cross_entropy(logits.reshape(B * K, C), targets.repeat_interleave(K), reduction="none")
+    return flat.view(B, K)
+
+
+def module_macs(module: nn.Module, output: torch.Tensor) -> int:
+    """Multiply-adds of one call of a conv or linear ``module`` that produced ``output``."""
+    if isinstance(module, nn.modules.conv._ConvNd):
+        kernel = math.prod(module.kernel_size)
+        per_output = module.in_channels // module.groups * kernel
+        return int(output.numel() // output.shape[0]) * per_output
+    if isinstance(module, nn.Linear):
+        rows = output.numel() // output.shape[-1] // output.shape[0]
+        return rows * module.in_features * module.out_features
+    return 0
+
+
+@torch.no_grad()
+def count_step_macs(model: StepModel, example: torch.Tensor) -> torch.Tensor:
+    """``(T,)`` float64 cumulative multiply-adds per sample of stopping after step t.
+
+    ``example`` is one input with its batch dimension (``(1, ...)``); the model runs once, in eval
+    mode, step by step, while hooks on every conv and linear layer add up their work.
+    """
+    if example.shape[0] != 1:
+        raise ValueError(f"count on a batch of one; got a batch of {example.shape[0]}")
+    counted = [0]
+
+    def hook(module, inputs, output):
+        counted[0] += module_macs(module, output)
+
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd | nn.Linear)]
+    handles = [m.register_forward_hook(hook) for m in layers]
+    was_training = model.training
+    model.eval()
+    try:
+        state = model.start(example)
+        per_step = []
+        for t in range(model.max_steps):
+            counted[0] = 0
+            state = model.advance(state, t)
+            model.predict(state, t)
+            per_step.append(counted[0])
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return torch.cumsum(torch.tensor(per_step, dtype=torch.float64), dim=0)
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold every eval-mode BatchNorm that follows a bias-free convolution into it, in place.
+
+    BN(conv(x)) = γ·(W∗x − μ)/√(σ² + ε) + β = (s·W)∗x + (β − s·μ) with s = γ/√(σ² + ε) per
+    output channel, so the convolution takes weight s·W and bias β − s·μ and the BN becomes an
+    identity. Only valid for inference (running statistics); returns ``model``.
+    """
+    for block in model.modules():
+        if isinstance(block, ConvBNReLU) and isinstance(block[1], BatchNorm):
+            conv, norm = block[0], block[1]
+            scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+            folded = _conv(
+                conv.weight.dim() - 2, conv.in_channels, conv.out_channels, conv.kernel_size,
+                stride=conv.stride, padding=conv.padding, bias=True,
+            ).to(conv.weight)  # fmt: skip
+            folded.weight.copy_(conv.weight * scale.view(-1, *[1] * (conv.weight.dim() - 1)))
+            folded.bias.copy_(norm.bias - scale * norm.running_mean)
+            block[0], block[1] = folded, nn.Identity()
+    return model
+
+
+@torch.no_grad()
+def fold_stem(model: MultiExitCNN) -> MultiExitCNN:
+    """Fold the space-to-depth stem (factor f) into block 1's first convolution, in place.
+
+    A 3-wide convolution with padding 1 and stride s on the unshuffled map reads, for each
+    output position, the 3f input positions starting f before it: it is a 3f-wide convolution
+    with stride f·s and padding f on the raw input, whose weight at (c, f·a + i) is the old
+    weight at (channel c·f^d + (i-th offset), a). Same outputs, same multiply-adds (C_in·f^d·3^d
+    per output), and no unshuffle copy. Returns ``model`` with ``stem = 1``.
+    """
+    f, d = model.stem, model.dims
+    if f == 1:
+        return model
+    conv = model.blocks[0][0][0]
+    out, C = conv.out_channels, model.in_channels
+    # Old weight (out, C·f^d, 3^d) with channel index c·f^d + offset; offsets i (rows) then j.
+    w = conv.weight.view(out, C, *[f] * d, *[3] * d)
+    if d == 2:  # (o, c, i, j, a, b) -> (o, c, a, i, b, j) -> (o, c, 3f, 3f)
+        w = w.permute(0, 1, 4, 2, 5, 3).reshape(out, C, 3 * f, 3 * f)
+    else:  # (o, c, i, a) -> (o, c, a, i) -> (o, c, 3f)
+        w = w.permute(0, 1, 3, 2).reshape(out, C, 3 * f)
+    stride = tuple(f * s for s in conv.stride)
+    folded = _conv(d, C, out, 3 * f, stride=stride, padding=f, bias=conv.bias is not None)
+    folded = folded.to(conv.weight)
+    folded.weight.copy_(w)
+    if conv.bias is not None:
+        folded.bias.copy_(conv.bias)
+    model.blocks[0][0][0] = folded
+    model.stem = 1
+    return model
+
+
+def inference_copy(
+    model: MultiExitCNN,
+    batchnorm: bool = True,
+    stem: bool = True,
+    channels_last_from: int | None = 1,
+) -> MultiExitCNN:
+    """An eval-mode copy of ``model`` for fast CPU inference, computing the same function with
+    the same multiply-adds (the step costs are kept): BatchNorm folded into the convolutions
+    (``batchnorm``, :func:`fold_batchnorm`), the space-to-depth stem folded into the first
+    convolution (``stem``, :func:`fold_stem`), and, for 2-D models, the blocks and heads from
+    step ``channels_last_from`` (0-based; None: none) on in channels-last memory, the feature
+    map converted as it enters that step. oneDNN's wider convolutions run faster on NHWC maps,
+    but the 16-channel 7×7 ones of the first block run slower, so the default keeps step 0 in
+    NCHW: at a low budget only the rows that go on are converted
+    (benchmarks/multi_exit_speed.py measures every variant)."""
+    fast = copy.deepcopy(model).eval()
+    if batchnorm:
+        fold_batchnorm(fast)
+    if stem:
+        fold_stem(fast)
+    if channels_last_from is not None and fast.dims == 2:
+        if not 0 <= channels_last_from < fast.max_steps:
+            raise ValueError(
+                f"channels_last_from must lie in 0..{fast.max_steps - 1}; got {channels_last_from}"
+            )
+        for t in range(channels_last_from, fast.max_steps):
+            fast.blocks[t].to(memory_format=torch.channels_last)
+            fast.heads[t].to(memory_format=torch.channels_last)
+        fast.channels_last_from = channels_last_from
+    return fast
+
+
+def _exit_policy_example():
+    return ExitPolicy(3, hidden=(8,)), torch.randn(6, 10), 3
+
+
+@register_policy("exit-mlp", _exit_policy_example)
+class ExitPolicy(nn.Module):
+    """L2S stage-II policy for a classifier: exit logits ``(B, C)`` → ``(B,)`` hazard logits, an
+    MLP over :func:`~stopwise.policies.classifier_features` (max probability, entropy, margin)
+    and a one-hot exit encoding."""
+
+    def __init__(self, exits: int, hidden: tuple[int, ...] = (32,), init_bias: float = 0.0):
+        super().__init__()
+        self.mlp = MLPPolicy(3, exits, hidden=hidden, init_bias=init_bias)
+
+    def forward(self, logits: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        return self.mlp(classifier_features(logits), t)

@@ -1,0 +1,64 @@
+"""Masked mode keeps a fixed trip count, so a stop model exports: torch.export (and ONNX when the
+optional extra is installed) gives the predictions and stop steps of run_adaptive, for any batch
+size, every threshold rule and a mask of pruned exits."""
+
+import pytest
+import torch
+from test_inference import make
+
+import stopwise
+from stopwise.export import AdaptiveModule, export_adaptive, export_onnx
+from stopwise.inference import (
+    CumulativeThreshold,
+    HazardThreshold,
+    SampleRule,
+    ScoreThreshold,
+    run_adaptive,
+)
+from stopwise.tasks.toy import RunningMean, sample_streams
+
+RULES = [HazardThreshold(0.5), CumulativeThreshold(0.7), ScoreThreshold(torch.linspace(-1, 1, 7))]
+
+
+def toy():
+    torch.manual_seed(0)
+    model = RunningMean(6).eval()
+    policy = stopwise.create_policy("mlp", feature_dim=2, max_steps=6, hidden=(8,)).eval()
+    z, _ = sample_streams(40, 6, [0.1, 1.0], torch.Generator().manual_seed(1))
+    return model, policy, z
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: type(r).__name__)
+def test_exported_program_equals_run_adaptive(rule):
+    model, policy, x = make(seed=2, batch=40)  # a dict state, class logits
+    valid = torch.tensor([False, True, True, False, True, True, True])
+    if isinstance(rule, ScoreThreshold) and rule.score_threshold.dim():
+        rule = ScoreThreshold(rule.score_threshold[: model.max_steps])
+    program = export_adaptive(AdaptiveModule(model, policy, rule, valid), x)
+    for rows in (40, 7, 1):
+        predictions, stop = program.module()(x[:rows])
+        expected = run_adaptive(model, policy, x[:rows], rule, "shrink", valid)
+        assert torch.equal(stop, expected.stop_index)
+        torch.testing.assert_close(predictions, expected.predictions)
+
+
+def test_sampling_rules_are_not_exported():
+    model, policy, _ = toy()
+    with pytest.raises(ValueError, match="only threshold rules"):
+        AdaptiveModule(model, policy, SampleRule(0))
+
+
+def test_onnx_export_runs_in_onnxruntime(tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    model, policy, z = toy()
+    rule = HazardThreshold(0.5)
+    export_onnx(AdaptiveModule(model, policy, rule), z, str(tmp_path / "toy.onnx"))
+    session = onnxruntime.InferenceSession(str(tmp_path / "toy.onnx"))
+    name = session.get_inputs()[0].name
+    for rows in (40, 3):
+        predictions, stop = session.run(None, {name: z[:rows].numpy()})
+        with torch.no_grad():
+            expected = run_adaptive(model, policy, z[:rows], rule, "shrink")
+        assert stop.tolist() == expected.stop_index.tolist()
+        torch.testing.assert_close(torch.from_numpy(predictions), expected.predictions)

@@ -1,0 +1,143 @@
+"""Faults survived, on every registered experiment's ``tiny`` preset (tests/faulty_run.py
+injects them): SIGTERM / SIGINT end with a checkpoint and a resume message; a full disk during a
+checkpoint write is a clear error with the previous checkpoint intact; a corrupt or unsafe
+checkpoint is named and refused; a second process on the same --out is refused; SIGKILL at
+random moments (slow: ≥ 20 trials per experiment) always resumes to the uninterrupted results."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_experiment_contract import NAMES, job_records, stable, stopwise, tiny
+
+from stopwise.config import ConfigError
+from stopwise.contract import RunDir
+from stopwise.experiments import RunLock, run_experiment
+
+
+def checkpoints(out: Path) -> list[Path]:
+    return sorted((out / "checkpoints").glob("*/*.pt"))
+
+
+def same_results(out: Path, full: Path) -> bool:
+    results = lambda p: stable(json.loads((p / "results.json").read_text()))  # noqa: E731
+    return job_records(out) == job_records(full) and results(out) == results(full)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_signals_full_disk_and_corrupt_checkpoints(name, uninterrupted, tmp_path):
+    full, out = uninterrupted[name], tmp_path / "run"
+    lines = len((full / "metrics.jsonl").read_text().splitlines())
+    # SIGTERM: the running stage checkpoints, the run says how to resume, exit 143.
+    stopped = stopwise(tiny(name, out), fault=f"sigterm:{max(1, lines // 3)}")
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
+    assert "Rerun the same command to resume" in stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    saved = checkpoints(out)
+    assert saved, "an interrupted stage leaves a checkpoint"
+    # A full disk at the next checkpoint: a clear error, exit 3, earlier checkpoints intact.
+    before = {p: p.read_bytes() for p in saved}
+    full_disk = stopwise(tiny(name, out), fault="enospc:1")
+    if full_disk.returncode != 0:  # (a run with no checkpoint left to write just finishes)
+        assert full_disk.returncode == 3, full_disk.stderr[-2000:]
+        assert (
+            "No space left on device" in full_disk.stderr and "free some space" in full_disk.stderr
+        )
+        assert "Traceback" not in full_disk.stderr
+        for path, data in before.items():
+            assert path.read_bytes() == data
+    # A corrupt checkpoint is named and refused (exit 2), without torch's unsafe-load hint.
+    if not (out / "results.json").exists():
+        victim = checkpoints(out)[-1]
+        victim.write_bytes(victim.read_bytes()[:100])
+        refused = stopwise(tiny(name, out))
+        assert refused.returncode == 2, refused.stderr[-2000:]
+        assert str(victim) in refused.stderr and "was not loaded" in refused.stderr
+        assert "weights_only" not in refused.stderr and "Warning" not in refused.stderr
+        victim.unlink()  # what the message says to do
+    done = stopwise(tiny(name, out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert same_results(out, full)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_second_process_on_the_same_out_is_refused(name, tmp_path):
+    out = tmp_path / "run"
+    with RunLock(RunDir(out)):
+        with pytest.raises(ConfigError, match=f"in use by pid {os.getpid()}"):
+            run_experiment(name, "tiny", out, ["progress=false"])
+
+
+def test_sigterm_to_a_run_with_worker_processes(tmp_path):
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "stopwise.cli", *tiny("toy", out, "--set", "seeds=0,1,2,3")]
+    args += ["--set", "workers=2", "--set", "stage2.steps=3000", "--set", "checkpoint_every=50"]
+    process = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until both workers are training
+        if (
+            metrics.exists()
+            and len(
+                {json.loads(x)["job"] for x in metrics.read_text().splitlines() if x.endswith("}")}
+            )
+            >= 2
+        ):
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert "Rerun the same command to resume" in stderr and "Traceback" not in stderr
+    resumed = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert any(json.loads(p.read_text())["resumed"] for p in (out / "jobs").glob("*.json"))
+
+
+def test_unsafe_checkpoint_in_a_run_is_refused_and_never_runs(tmp_path):
+    out = tmp_path / "run"
+    assert stopwise(tiny("toy", out), fault="checkpoint:2").returncode == -9
+    victim = checkpoints(out)[0]
+    target = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (target,))
+
+    torch.save({"state": Payload()}, victim)
+    refused = stopwise(tiny("toy", out))
+    assert refused.returncode == 2 and "could run code" in refused.stderr
+    assert not target.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_sigkill_at_random_moments(name, uninterrupted, tmp_path):
+    """20 trials: a SIGKILL at a random event (metrics record, torn record, checkpoint write,
+    job record write, report write) of a random count; every rerun completes with the results
+    of the uninterrupted run."""
+    full = uninterrupted[name]
+    counts = {
+        "metrics": len((full / "metrics.jsonl").read_text().splitlines()),
+        "torn": len((full / "metrics.jsonl").read_text().splitlines()),
+        "checkpoint": max(1, len(checkpoints(full))),
+        "record": len(list((full / "jobs").glob("*.json"))),
+        "report": 1,
+    }
+    rng = random.Random(name)
+    for trial in range(20):
+        event = ["metrics", "torn", "checkpoint", "record", "report"][trial % 5]
+        fault = f"{event}:{rng.randint(1, counts[event])}"
+        out = tmp_path / f"trial{trial}"
+        killed = stopwise(tiny(name, out), fault=fault)
+        assert killed.returncode in (-9, 0), (fault, killed.stderr[-2000:])
+        resumed = stopwise(tiny(name, out))
+        assert resumed.returncode == 0, (fault, resumed.stderr[-2000:])
+        assert same_results(out, full), fault

@@ -1,0 +1,146 @@
+"""`stopwise run sparse-recovery --preset tiny` end to end: the table, LISTA-stop against ISTA at
+the same mean depth, exit pruning on validation, stop rows equal to the dense selection,
+`load_stop_model`, the job graph's narrow keys, the config's cross-key checks and the presets.
+(Resume, caching and generic config errors are covered by tests/test_experiment_contract.py.)"""
+
+import json
+
+import pytest
+import torch
+
+from stopwise.cli import main
+from stopwise.config import flatten
+from stopwise.contract import stream_seed
+from stopwise.experiments import get_experiment, plan_jobs, resolve_config, run_experiment
+from stopwise.inference import run_adaptive
+from stopwise.tasks.sparse_recovery import load_stop_model, nmse_columns, sensing_matrix
+
+EXPERIMENT = get_experiment("sparse-recovery")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sparse") / "run"
+    run_experiment("sparse-recovery", "tiny", out, ["progress=false"])
+    return out
+
+
+def results_of(path):
+    return json.loads((path / "results.json").read_text())
+
+
+def test_tiny_run_writes_the_whole_table(tiny_run):
+    for name in ["config.json", "env.json", "metrics.jsonl", "table.md"]:
+        assert (tiny_run / name).exists(), name
+    for stage in ["lista-s0/lista", "lista-stop-stage1-s0/stage1", "cpss-stop-s0/stage2"]:
+        assert (tiny_run / "checkpoints" / f"{stage}.pt").exists(), stage
+    for figure in ["nmse_per_layer", "stop_steps", "nmse_vs_steps"]:
+        assert (tiny_run / "figures" / f"{figure}.png").stat().st_size > 0
+    rows = {row["key"]: row for row in results_of(tiny_run)["rows"]}
+    assert {"ista-8", "ista-40", "fista-8", "fista-40", "lista", "alista"} <= set(rows)
+    for model in ("lista_stop", "cpss_stop"):
+        assert {f"{model}-{rule}" for rule in ("sampled", "threshold", "oracle", "full")} <= set(
+            rows
+        )
+    table = (tiny_run / "table.md").read_text()
+    assert "LISTA-stop, sampled" in table and "oracle stop" in table and "95% interval" in table
+    # every stop row ran through run_adaptive and stopped where the dense trajectory selects
+    for row in rows.values():
+        if row["rule"] in ("sampled", "threshold"):
+            assert row["matches_dense_selection"], row["key"]
+
+
+def test_lista_stop_beats_ista_at_the_same_mean_depth(tiny_run):
+    rows = {row["key"]: row for row in results_of(tiny_run)["rows"]}
+    for rule in ("threshold", "sampled"):
+        row = rows[f"lista_stop-{rule}"]["per_seed"]["0"]
+        same = row["ista_same_depth"]
+        assert same["depth"] >= row["mean_steps"]
+        assert row["mixed"] < same["mixed"] - 1.0, (rule, row["mixed"], same)
+    # the oracle stop bounds the policies and the full-depth model
+    for model in ("lista_stop", "cpss_stop"):
+        oracle = rows[f"{model}-oracle"]["mixed"]
+        assert oracle <= rows[f"{model}-threshold"]["mixed"] + 1e-9
+        assert oracle <= rows[f"{model}-full"]["mixed"] + 1e-9
+
+
+def test_exits_are_pruned_by_validation_oracle_mass_and_curves_are_complete(tiny_run):
+    results = results_of(tiny_run)
+    for details in results["stop_models"].values():
+        record = details["seeds"]["0"]
+        mass = torch.tensor(record["oracle_mass"])
+        assert float(mass.sum()) == pytest.approx(1.0, abs=1e-9)
+        assert record["valid_steps"] == (mass >= 1e-3).tolist()
+        assert len(record["curve"]) == 15  # budget_points of the tiny preset
+        assert record["curve"][-1]["val_mean_cost"] <= record["curve"][-1]["budget"] + 1e-9
+    assert [p["depth"] for p in results["per_layer"]["cpss_stop"]] == list(range(1, 9))
+
+
+def test_load_stop_model_reproduces_the_threshold_row(tiny_run):
+    rows = {row["key"]: row for row in results_of(tiny_run)["rows"]}
+    model, policy, valid, rule, problem = load_stop_model(tiny_run, "cpss_stop")
+    generator = torch.Generator().manual_seed(stream_seed(0, "sensing-matrix"))
+    assert torch.equal(problem.A, sensing_matrix(50, 100, 5.0, generator))
+    test = problem.test.open()
+    with torch.no_grad():
+        result = run_adaptive(model, policy, test.y, rule, "dense", valid)
+    columns = nmse_columns(result.predictions, test.x, test.snr, [20.0, 30.0, 40.0])
+    assert columns["mixed"] == pytest.approx(rows["cpss_stop-threshold"]["mixed"], abs=1e-5)
+    assert float(result.steps_used.double().mean()) == rows["cpss_stop-threshold"]["mean_steps"]
+
+
+def settings(overrides):
+    config, _ = resolve_config(EXPERIMENT, "tiny", overrides)
+    return {p.job.name: p.settings for p in plan_jobs(EXPERIMENT, config)}
+
+
+def test_a_stage_two_key_leaves_the_stage_one_jobs_valid():
+    base, changed = settings([]), settings(["stage2.steps=7"])
+    assert changed["lista-stop"] != base["lista-stop"]
+    unchanged = [
+        "classical",
+        "lista",
+        "lista-stop-stage1",
+        "alista",
+        "cpss-stop-stage1",
+        "cpss-stop",
+    ]
+    assert all(changed[name] == base[name] for name in unchanged)
+    shared = settings(["stage2.lr=0.01"])  # both stop models' policies, no stage I
+    assert {n for n in base if shared[n] != base[n]} == {"lista-stop", "cpss-stop"}
+    from_ista = settings(["stage1.init=ista"])
+    assert "lista" not in from_ista["lista-stop-stage1"]["after"]
+    assert not any(key.startswith("config.stage2") for key in flatten(base["lista-stop-stage1"]))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("problem.steps=7", "classical.budgets"),
+        ("problem.m=500", "problem.m <= problem.n"),
+        ("stage2.oracle=medium", "stage2.oracle"),
+    ],
+)
+def test_cross_key_checks_exit_2_before_anything_is_written(tmp_path, capsys, override, message):
+    out = tmp_path / "r"
+    assert (
+        main(["run", "sparse-recovery", "--preset", "tiny", "--set", override, "--out", str(out)])
+        == 2
+    )
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_quick_is_the_default_and_paper_has_the_papers_schedule():
+    assert EXPERIMENT.default_preset == "quick"
+    paper, _ = resolve_config(EXPERIMENT, "paper")
+    assert (paper.stage1.steps, paper.stage1.batch) == (50_000, 1024)
+    assert (paper.stage1.lr, paper.stage1.weight_decay, paper.stage1.init) == (1e-4, 1e-4, "ista")
+    assert (paper.lista.steps, paper.lista.batch) == (100_000, 512)
+    assert (paper.stage2.steps, paper.stage2.batch, paper.stage2.lr) == (40_000, 256, 1e-3)
+    assert (paper.beta, paper.prune_mass, paper.stage2.oracle, paper.lr_final) == (
+        0.28, 1e-3, "hard", 1.0
+    )  # fmt: skip
+    quick, preset = resolve_config(EXPERIMENT, None)
+    assert preset == "quick"
+    assert (quick.problem.m, quick.problem.n, quick.problem.per_snr) == (250, 500, 1000)
