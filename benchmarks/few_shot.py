@@ -58,6 +58,7 @@ def run_preset(preset: str, out: Path, overrides: list[str]) -> dict:
     stop = results["jobs"]["maml-stop"]
     summary = {
         "preset": preset,
+        "machine": machine(),
         "overrides": overrides,
         "config": config,
         "wall_seconds_this_call": wall,
