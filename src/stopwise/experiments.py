@@ -120,6 +120,7 @@ TASK_MODULES = (
     "stopwise.tasks.multi_exit",
     "stopwise.tasks.learned_optimizers",
     "stopwise.tasks.denoising",
+    "stopwise.tasks.few_shot",
 )
 ENTRY_POINTS = "stopwise.experiments"
 

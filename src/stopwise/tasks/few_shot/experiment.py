@@ -1,0 +1,331 @@
+"""The few-shot jobs, per seed:
+
+* ``maml-T{T}`` for each T of ``maml_steps``: MAML meta-trained at T inner steps; on validation
+  tasks it chooses its best depth (the same learner adapted for t ≤ T steps) and the tolerance of
+  the hand-made stop (support loss ≤ τ); then the test tasks are measured once: every depth, the
+  hand-made stop run for real, the oracle stop.
+* ``maml-stop``: MAML-stop meta-trained jointly with its policy; a hazard threshold calibrated on
+  validation tasks, then on the test tasks the stop run for real (``run_adaptive``, so a task
+  that stops at step 3 costs 3 updates), the official 0.5 rule, the budget curve beside the same
+  learner at each fixed depth, the oracle stop, and wall-clock against full depth.
+* ``compare``: picks the best fixed-T MAML on validation (over the MAML jobs and their depths)
+  and measures MAML-stop against it, paired over the same test tasks.
+
+Every method of a seed meta-trains on the same task stream from the same initial learner, and is
+measured on the same validation and test tasks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ...contract import Job, JobContext
+from ...inference import HazardThreshold, run_adaptive, stop_indices, time_adaptive
+from ...selection import (
+    Heldout,
+    budget_grid,
+    budget_sweep,
+    calibrate_by_metric,
+    fixed_depth_curve,
+)
+from .config import FewShotConfig
+from .data import TaskSet, glyph_splits, omniglot_splits
+from .methods import meta_train, task_sampler
+from .metrics import (
+    at_steps,
+    by_shots,
+    count_macs,
+    inf_if_not_finite,
+    interval,
+    paired_over_tasks,
+    quality,
+    step_macs,
+    stop_step_correlation,
+    trajectory,
+)
+from .models import AdaptedLearner, SupportLossStop
+
+__all__ = ["jobs", "run_job", "metric_name", "load_splits"]
+
+# Keys that only MAML-stop reads; MAML jobs ignore them (changing them does not retrain MAML).
+STOP_ONLY = ("steps", "beta", "policy_width", "policy_hidden")
+SHARED = (
+    "family",
+    "data_dir",
+    "ways",
+    "shots",
+    "query",
+    "inner_lr",
+    "width",
+    "hidden",
+    "train",
+    "glyphs",
+    "val_tasks",
+    "test_tasks",
+    "eval_chunk",
+    "curve_points",
+    "timing_tasks",
+    "timing_repeats",
+    "vmap",
+    "device",
+    "inference_mode",
+)
+
+
+def jobs(config: FewShotConfig) -> list[Job]:
+    maml = [
+        Job(f"maml-T{T}", params={"method": "maml", "steps": T}, keys=SHARED, cost=T)
+        for T in config.maml_steps
+    ]
+    stop = Job(
+        "maml-stop",
+        params={"method": "maml-stop", "steps": config.steps},
+        keys=SHARED + STOP_ONLY,
+        cost=config.steps,
+    )
+    compare = Job("compare", after=(*(j.name for j in maml), stop.name), keys=("family",))
+    return [*maml, stop, compare]
+
+
+def metric_name(config: FewShotConfig) -> str:
+    return "mse" if config.family == "sinusoid" else "accuracy"
+
+
+def load_splits(config: FewShotConfig, log=None) -> list[Any]:
+    """Train, validation and test class splits (None for sinusoids)."""
+    if config.family == "sinusoid":
+        return [None, None, None]
+    g = config.glyphs
+    if config.data_dir:
+        return omniglot_splits(
+            config.data_dir,
+            tuple(g.characters),
+            g.split_seed,
+            g.size,
+            g.rotations,
+            g.cache_dir,
+            log,
+        )
+    return glyph_splits(g.renderer_settings(), g.cache_dir, log)
+
+
+def run_job(job: Job, context: JobContext) -> dict[str, Any]:
+    config: FewShotConfig = context.config
+    if job.name == "compare":
+        return compare(context)
+    train, val_split, test_split = load_splits(config, context.log)
+    steps = job.params["steps"]
+    learner, policy = meta_train(config, context, train, job.params["method"], steps)
+    model = AdaptedLearner(learner, config.inner_lr, steps, config.vmap)
+    val_tasks = task_sampler(config, val_split)(config.val_tasks, context.generator("val-tasks"))
+    test_tasks = Heldout(
+        task_sampler(config, test_split)(config.test_tasks, context.generator("test-tasks"))
+    )
+    return measure(config, context, model, policy, val_tasks, test_tasks)
+
+
+def measure(
+    config: FewShotConfig,
+    context: JobContext,
+    model: AdaptedLearner,
+    policy,
+    val_tasks: TaskSet,
+    heldout: Heldout,
+) -> dict[str, Any]:
+    """Choose on validation (best depth, hand-made tolerance, policy threshold), then measure
+    the test tasks once."""
+    name = metric_name(config)
+    lower = name == "mse"
+    scale = 1.0 if lower else 100.0  # accuracy in points
+    T = model.max_steps
+    valid = torch.ones(T, dtype=torch.bool)
+    budgets = budget_grid(valid, config.curve_points)
+    hand = SupportLossStop(model.learner.feature_dim)
+
+    with context.timed("validation"):
+        val = trajectory(model, policy, val_tasks, config.eval_chunk)
+    val_by_depth = val["quality"].mean(0)
+    best_depth = int((val_by_depth if lower else -val_by_depth).argmin())  # ties: fewest steps
+
+    def val_metric(values):
+        return lambda index: float(at_steps(values, index).mean())
+
+    hand_choice = calibrate_by_metric(
+        val["hand_score"], val_metric(val["quality"]), budgets, lower_is_better=lower
+    )
+    stop_choice = (
+        calibrate_by_metric(
+            val["hazard"], val_metric(val["quality"]), budgets, lower_is_better=lower
+        )
+        if policy is not None
+        else None
+    )
+
+    test_tasks = heldout.open()
+    with context.timed("test"):
+        test = trajectory(model, policy, test_tasks, config.eval_chunk)
+
+    def test_metric(index: torch.Tensor) -> dict[str, float]:
+        return {name: scale * float(at_steps(test["quality"], index).mean())}
+
+    shots = test_tasks.shots
+    N = len(test_tasks)
+
+    def fixed(depth: int) -> dict[str, Any]:
+        values = test["quality"][:, depth]
+        return {"depth": depth + 1, **_summary(values, scale), "per_task": values.tolist()}
+
+    oracle_index = test["query_loss"].argmin(1)
+    record: dict[str, Any] = {
+        "metric": name,
+        "steps": T,
+        "val": {
+            "by_depth": (scale * val_by_depth).tolist(),
+            "best_depth": best_depth + 1,
+            "best_value": scale * float(val_by_depth[best_depth]),
+            "hand": hand_choice.plain(),
+        },
+        "test": {
+            "shots": shots.tolist(),
+            "by_depth": (scale * test["quality"].mean(0)).tolist(),
+            "fixed_best": fixed(best_depth),
+            "fixed_full": fixed(T - 1),
+            "oracle": {
+                **_stopped(test["quality"], oracle_index, scale),
+                "spearman_steps_shots": stop_step_correlation(oracle_index + 1, shots),
+            },
+            "query_loss_by_shots": [
+                {
+                    "shots": int(k),
+                    "query_loss": test["query_loss"][shots == k].mean(0).tolist(),
+                }
+                for k in shots.unique().tolist()
+            ],
+        },
+        "fixed_depth": fixed_depth_curve(N, test_metric, valid),
+    }
+    # The learner's own stop runs for real; the other rules are applied to the dense trajectory
+    # (the same stops and predictions: every real run checks that equality).
+    record["hand_curve"] = budget_sweep(val["hand_score"], test["hand_score"], budgets, test_metric)
+    if policy is None:
+        stopper, rule, scores, key = hand, hand_choice.rule, test["hand_score"], "hand_stop"
+    else:
+        stopper, rule, scores, key = policy, stop_choice.rule, test["hazard"], "stop"
+        record["val"]["stop"] = stop_choice.plain()
+        record["test"]["hand_stop"] = _stopped(
+            test["quality"], stop_indices(test["hand_score"], hand_choice.rule), scale
+        )
+        record["test"]["stop_official"] = _stopped(
+            test["quality"], stop_indices(test["hazard"], HazardThreshold(0.5)), scale
+        )
+        record["stop_curve"] = budget_sweep(val["hazard"], test["hazard"], budgets, test_metric)
+    with context.timed("adaptive"):
+        record["test"][key] = run_stop(
+            config, model, stopper, test_tasks, rule, scores, test, scale
+        )
+    record["test"]["by_shots"] = _by_shots(record["test"], shots)
+    sample = test_tasks.select(slice(0, 1))
+    step = step_macs(model.learner, *_one_task_inputs(sample))
+    features = torch.zeros(1, 2 * model.learner.feature_dim + 4)
+    record["macs"] = {
+        "step_per_task": step,
+        "policy_per_task_step": count_macs(policy, features, 0) if policy is not None else 0,
+    }
+    record["macs"]["policy_over_step"] = record["macs"]["policy_per_task_step"] / step
+    with context.timed("timing"):
+        timed = test_tasks.select(slice(0, min(config.timing_tasks, N)))
+        record["timing"] = time_adaptive(
+            model,
+            stopper,
+            timed.inputs(),
+            {key: rule},
+            repeats=config.timing_repeats,
+            chunk=config.eval_chunk,
+        )
+    return record
+
+
+def _one_task_inputs(tasks: TaskSet) -> tuple[torch.Tensor, torch.Tensor]:
+    support_x, _, query_x, _ = tasks.task(0)
+    return support_x, query_x
+
+
+def _summary(values: torch.Tensor, scale: float) -> dict[str, Any]:
+    out = interval(values, scale)
+    return {"mean": out["mean"], "lo": out["lo"], "hi": out["hi"]}
+
+
+def _stopped(values: torch.Tensor, index: torch.Tensor, scale: float) -> dict[str, Any]:
+    chosen = at_steps(values, index)
+    steps = index + 1
+    return {
+        **_summary(chosen, scale),
+        "mean_steps": float(steps.double().mean()),
+        "per_task": chosen.tolist(),
+        "steps_per_task": steps.tolist(),
+    }
+
+
+def run_stop(config, model, policy, tasks: TaskSet, rule, scores, test, scale) -> dict[str, Any]:
+    """Adapt the test tasks for real with ``policy`` and ``rule`` (``config.inference_mode``,
+    in chunks): each task runs only the updates up to its stop. Checks the stops against the
+    same rule applied to the dense trajectory's scores."""
+    values, steps = [], []
+    for start in range(0, len(tasks), config.eval_chunk):
+        part = tasks.select(slice(start, start + config.eval_chunk))
+        with torch.no_grad():
+            result = run_adaptive(model, policy, part.inputs(), rule, mode=config.inference_mode)
+        values.append(inf_if_not_finite(quality(result.predictions, part.query_y)))
+        steps.append(result.stop_index)
+    value, index = torch.cat(values), torch.cat(steps)
+    dense = stop_indices(scores, rule)
+    out = {
+        **_summary(value, scale),
+        "mean_steps": float((index + 1).double().mean()),
+        "per_task": value.tolist(),
+        "steps_per_task": (index + 1).tolist(),
+    }
+    out["matches_dense"] = bool(torch.equal(index, dense)) and bool(
+        torch.allclose(value, at_steps(test["quality"], dense))
+    )
+    out["spearman_steps_shots"] = stop_step_correlation(index + 1, tasks.shots)
+    return out
+
+
+def _by_shots(test: dict[str, Any], shots: torch.Tensor) -> list[dict[str, Any]]:
+    columns = {}
+    for key in ("fixed_best", "fixed_full", "hand_stop", "stop", "stop_official", "oracle"):
+        if key in test:
+            columns[key] = torch.tensor(test[key]["per_task"])
+            if "steps_per_task" in test[key]:
+                columns[f"{key}_steps"] = torch.tensor(test[key]["steps_per_task"]).double()
+    return by_shots(shots, **columns)
+
+
+def compare(context: JobContext) -> dict[str, Any]:
+    """The best fixed-T MAML chosen on validation (over the MAML jobs and their depths), and
+    MAML-stop (calibrated threshold) against it on the same test tasks."""
+    config: FewShotConfig = context.config
+    lower = metric_name(config) == "mse"
+    candidates = {f"maml-T{T}": context.dependency(f"maml-T{T}").record for T in config.maml_steps}
+    key = min if lower else max
+    best_job = key(candidates, key=lambda j: candidates[j]["val"]["best_value"])
+    best = candidates[best_job]["test"]["fixed_best"]
+    stop = context.dependency("maml-stop").record["test"]["stop"]
+    a, b = torch.tensor(stop["per_task"]), torch.tensor(best["per_task"])
+    out = {
+        "best_maml": {
+            "job": best_job,
+            "depth": best["depth"],
+            "val_value": candidates[best_job]["val"]["best_value"],
+            "test_value": best["mean"],
+        },
+        "stop_value": stop["mean"],
+        "stop_mean_steps": stop["mean_steps"],
+        "stop_minus_best": paired_over_tasks(a, b, 1.0 if lower else 100.0),
+    }
+    if lower:
+        out["mse_ratio"] = stop["mean"] / best["mean"]
+    return out

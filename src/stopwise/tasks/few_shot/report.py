@@ -1,0 +1,340 @@
+"""The few-shot table (every method's test accuracy or MSE and mean inner steps; MAML-stop
+against the best fixed-T MAML, paired over the same test tasks and over seeds), the table by K,
+the budget curve beside fixed depth, and the figures: quality vs K per method, stop steps per K,
+query loss vs inner step per K, and the budget curve. Nothing is selected here."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from ...contract import JobResult, Report
+from ...reporting import markdown_table, new_figure
+from ...stats import format_mean_sd, mean_sd, paired_difference
+from .config import FewShotConfig
+
+__all__ = ["report"]
+
+# (record key, label) of the rows; the job they come from is chosen in _rows.
+METHODS = (
+    ("fixed_full", "MAML, T = {T} (fixed)"),
+    ("fixed_best", "MAML, T chosen on validation"),
+    ("hand_stop", "MAML + hand-made stop (support loss ≤ τ)"),
+    ("oracle", "MAML, oracle stop (uses query labels)"),
+)
+STOP_METHODS = (
+    ("stop", "MAML-stop (threshold calibrated on validation)"),
+    ("stop_official", "MAML-stop (official rule: λ ≥ 0.5)"),
+    ("fixed_full", "MAML-stop learner, all {T} steps"),
+    ("oracle", "MAML-stop learner, oracle stop (uses query labels)"),
+)
+
+
+def report(results: list[JobResult], config: FewShotConfig) -> Report:
+    by_job: dict[str, dict[int, dict[str, Any]]] = {}
+    for r in results:
+        by_job.setdefault(r.name, {})[r.seed] = r.record
+    seeds = sorted(by_job["compare"])
+    name = "mse" if config.family == "sinusoid" else "accuracy"
+    unit = "test MSE" if name == "mse" else "test accuracy (%)"
+    fmt = ".4f" if name == "mse" else ".2f"
+    stop_jobs = by_job["maml-stop"]
+    compare = by_job["compare"]
+    maml_job = compare[seeds[0]]["best_maml"]["job"]
+
+    rows: list[dict[str, Any]] = []
+
+    def add(label: str, per_seed: list[dict[str, Any]]):
+        values = [p["mean"] for p in per_seed]
+        row = {"method": label, "value": format_mean_sd(values, fmt)}
+        if len(per_seed) == 1 and per_seed[0].get("lo") is not None:
+            row["value"] += f" [{per_seed[0]['lo']:{fmt}}, {per_seed[0]['hi']:{fmt}}]"
+        steps = [p.get("mean_steps", p.get("depth")) for p in per_seed]
+        row["steps"] = format_mean_sd(steps, ".2f")
+        rows.append(row)
+
+    for T in config.maml_steps:
+        job = by_job[f"maml-T{T}"]
+        for key, label in METHODS:
+            add(label.format(T=T), [job[s]["test"][key] for s in seeds])
+    for key, label in STOP_METHODS:
+        add(label.format(T=config.steps), [stop_jobs[s]["test"][key] for s in seeds])
+    table = markdown_table(
+        rows, [("method", "method", "s"), ("value", unit, "s"), ("steps", "mean inner steps", "s")]
+    )
+    intervals = "95% interval over the test tasks" if len(seeds) == 1 else "mean ± sd over seeds"
+    table += (
+        f"\n\n{len(seeds)} seed(s); {config.test_tasks} test tasks per seed ({intervals}); "
+        f"{_setting(config)}. MAML-stop (calibrated) and MAML's hand-made stop adapt each task "
+        f"for real through run_adaptive(mode={config.inference_mode!r}); the other stop rows apply "
+        "their rule to the full trajectory (the same stops, checked on every real run). Every "
+        "threshold, tolerance and depth was chosen on validation tasks."
+    )
+
+    # MAML-stop against the best fixed-T MAML.
+    paired = {s: compare[s]["stop_minus_best"] for s in seeds}
+    over_seeds = (
+        paired_difference(
+            {s: compare[s]["stop_value"] for s in seeds},
+            {s: compare[s]["best_maml"]["test_value"] for s in seeds},
+        )
+        if len(seeds) > 1
+        else None
+    )
+    lines = ["", "", "MAML-stop − best fixed-T MAML (chosen on validation), paired:", ""]
+    for s in seeds:
+        p, c = paired[s], compare[s]
+        lines.append(
+            f"- seed {s}: {p['mean']:+{fmt}} [{p['lo']:+{fmt}}, {p['hi']:+{fmt}}] over "
+            f"{p['n']} test tasks; best MAML = {c['best_maml']['job']} at depth "
+            f"{c['best_maml']['depth']}; MAML-stop mean steps {c['stop_mean_steps']:.2f}"
+            + (f"; MSE ratio {c['mse_ratio']:.3f}" if "mse_ratio" in c else "")
+        )
+    if over_seeds is not None:
+        lo, hi = over_seeds["lo"], over_seeds["hi"]
+        lines.append(
+            f"- over {over_seeds['n']} seeds: {over_seeds['mean']:+{fmt}} [{lo:+{fmt}}, {hi:+{fmt}}]"
+        )
+    spearman = [stop_jobs[s]["test"]["stop"]["spearman_steps_shots"] for s in seeds]
+    known = [r for r in spearman if r is not None]
+    if known:
+        lines.append(
+            f"- Spearman ρ(MAML-stop stop step, K) on test tasks: {format_mean_sd(known, '+.3f')}"
+        )
+    oracle_rho = [stop_jobs[s]["test"]["oracle"]["spearman_steps_shots"] for s in seeds]
+    if None not in oracle_rho:
+        lines.append(
+            f"- Spearman ρ(oracle stop step, K), MAML-stop learner: "
+            f"{format_mean_sd(oracle_rho, '+.3f')}"
+        )
+    table += "\n".join(lines)
+    table += "\n\n" + _shots_table(by_job, maml_job, seeds, fmt)
+    table += "\n\n" + _curve_table(stop_jobs, seeds, name, fmt)
+
+    first = paired[seeds[0]]
+    summary = (
+        f"few-shot ({config.family}): MAML-stop {format_mean_sd([compare[s]['stop_value'] for s in seeds], fmt)} "
+        f"at {statistics.fmean(compare[s]['stop_mean_steps'] for s in seeds):.2f} mean steps vs best "
+        f"fixed-T MAML {format_mean_sd([compare[s]['best_maml']['test_value'] for s in seeds], fmt)}; "
+        f"paired difference (seed {seeds[0]}) {first['mean']:+{fmt}} [{first['lo']:+{fmt}}, "
+        f"{first['hi']:+{fmt}}]"
+    )
+    return Report(
+        results={
+            "metric": name,
+            "rows": rows,
+            "stop_minus_best": paired,
+            "stop_minus_best_over_seeds": over_seeds,
+            "mse_ratio": [compare[s].get("mse_ratio") for s in seeds],
+            "spearman_steps_shots": spearman,
+            "seeds": seeds,
+            "jobs": {job: {str(s): r for s, r in recs.items()} for job, recs in by_job.items()},
+        },
+        table=table,
+        figures={
+            "quality_by_shots": _quality_by_shots(by_job, maml_job, seeds, name),
+            "stop_steps_by_shots": _steps_by_shots(stop_jobs, seeds),
+            "query_loss_by_step": _loss_by_step(by_job, maml_job, seeds),
+            "budget_curve": _budget_figure(by_job, maml_job, seeds, name),
+        },
+        summary=summary,
+    )
+
+
+def _setting(config: FewShotConfig) -> str:
+    K = (
+        f"K ∈ {config.shots[0]}..{config.shots[1]}"
+        if config.shots[0] < config.shots[1]
+        else (f"K = {config.shots[0]}")
+    )
+    if config.family == "sinusoid":
+        return f"sinusoids, {K}, {config.query} query points, MLP {config.hidden}"
+    source = "Omniglot" if config.data_dir else "rendered glyphs"
+    return (
+        f"{source}, {config.ways}-way {K}, {config.query} query per class, Conv4 "
+        f"{config.width} filters, inner lr {config.inner_lr}"
+    )
+
+
+def _mean_over_seeds(values: list[float]) -> float:
+    return mean_sd(values)[0]
+
+
+def _shots_table(by_job, maml_job: str, seeds: list[int], fmt: str) -> str:
+    maml = by_job[maml_job]
+    stop = by_job["maml-stop"]
+    shots = [row["shots"] for row in stop[seeds[0]]["test"]["by_shots"]]
+    rows = []
+    for i, k in enumerate(shots):
+
+        def at(job, key, i=i):
+            values = [job[s]["test"]["by_shots"][i].get(key) for s in seeds]
+            return None if None in values else _mean_over_seeds(values)
+
+        scale = 100.0 if fmt == ".2f" else 1.0
+        rows.append(
+            {
+                "K": k,
+                "maml_best": scale * at(maml, "fixed_best"),
+                "hand": scale * at(maml, "hand_stop"),
+                "hand_steps": at(maml, "hand_stop_steps"),
+                "stop": scale * at(stop, "stop"),
+                "stop_steps": at(stop, "stop_steps"),
+                "oracle_steps": at(stop, "oracle_steps"),
+            }
+        )
+    return "By K (test tasks, mean over seeds):\n\n" + markdown_table(
+        rows,
+        [
+            ("K", "K", "d"),
+            ("maml_best", "best fixed-T MAML", fmt),
+            ("hand", "hand-made stop", fmt),
+            ("hand_steps", "its steps", ".2f"),
+            ("stop", "MAML-stop", fmt),
+            ("stop_steps", "its steps", ".2f"),
+            ("oracle_steps", "oracle stop step", ".2f"),
+        ],
+    )
+
+
+def _curve_table(stop_jobs, seeds: list[int], name: str, fmt: str) -> str:
+    curve = [stop_jobs[s]["stop_curve"] for s in seeds]
+    fixed = {p["depth"]: [] for p in stop_jobs[seeds[0]]["fixed_depth"]}
+    for s in seeds:
+        for p in stop_jobs[s]["fixed_depth"]:
+            fixed[p["depth"]].append(p[name])
+    rows = []
+    for points in zip(*curve, strict=True):
+        steps = statistics.fmean(p["mean_steps"] for p in points)
+        depth = max(1, min(len(fixed), int(steps)))  # the fixed depth at or below the mean
+        rows.append(
+            {
+                "budget": points[0]["budget"],
+                "steps": steps,
+                "stop": statistics.fmean(p[name] for p in points),
+                "depth": depth,
+                "fixed": statistics.fmean(fixed[depth]),
+            }
+        )
+    return (
+        "Budget curve of MAML-stop (thresholds fitted on validation) beside its learner at a fixed depth:\n\n"
+        + markdown_table(
+            rows,
+            [
+                ("budget", "budget (steps)", ".2f"),
+                ("steps", "test mean steps", ".2f"),
+                ("stop", f"MAML-stop {name}", fmt),
+                ("depth", "fixed depth ≤ steps", "d"),
+                ("fixed", f"fixed-depth {name}", fmt),
+            ],
+        )
+    )
+
+
+def _quality_by_shots(by_job, maml_job: str, seeds, name: str):
+    figure, axes = new_figure()
+    scale = 100.0 if name == "accuracy" else 1.0
+    series = (
+        (by_job[maml_job], "fixed_best", "best fixed-T MAML", "s--"),
+        (by_job[maml_job], "hand_stop", "hand-made stop", "^:"),
+        (by_job["maml-stop"], "stop", "MAML-stop", "o-"),
+        (by_job["maml-stop"], "oracle", "MAML-stop oracle", "x:"),
+    )
+    for job, key, label, style in series:
+        rows = [job[s]["test"]["by_shots"] for s in seeds]
+        shots = [r["shots"] for r in rows[0]]
+        values = [
+            scale * statistics.fmean(rows[j][i][key] for j in range(len(seeds)))
+            for i in range(len(shots))
+        ]
+        axes.plot(shots, values, style, markersize=4, label=label)
+    axes.set_xlabel("K (shots per class)")
+    axes.set_ylabel("test MSE" if name == "mse" else "test accuracy (%)")
+    if name == "mse":
+        axes.set_yscale("log")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=7)
+    return figure
+
+
+def _steps_by_shots(stop_jobs, seeds):
+    figure, axes = new_figure()
+    shots_all, steps_all = [], []
+    for s in seeds:
+        shots_all += stop_jobs[s]["test"]["shots"]
+        steps_all += stop_jobs[s]["test"]["stop"]["steps_per_task"]
+    ks = sorted(set(shots_all))
+    groups = [[st for k2, st in zip(shots_all, steps_all, strict=True) if k2 == k] for k in ks]
+    axes.boxplot(groups, positions=ks, widths=0.6)
+    axes.plot(ks, [statistics.fmean(g) for g in groups], "o-", markersize=3, label="mean")
+    axes.set_xlabel("K (shots per class)")
+    axes.set_ylabel("MAML-stop stop step (test tasks)")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=7)
+    return figure
+
+
+def _loss_by_step(by_job, maml_job: str, seeds):
+    figure, axes = new_figure()
+    for job, style, label in (
+        (by_job["maml-stop"], "-", "MAML-stop learner"),
+        (by_job[maml_job], "--", "MAML"),
+    ):
+        curves = job[seeds[0]]["test"]["query_loss_by_shots"]
+        for i, row in enumerate(curves):
+            if len(curves) > 4 and i % max(1, len(curves) // 4):
+                continue
+            steps = list(range(1, len(row["query_loss"]) + 1))
+            axes.plot(
+                steps,
+                row["query_loss"],
+                style,
+                color=f"C{i % 10}",  # one colour per K, solid for MAML-stop, dashed for MAML
+                label=f"{label}, K = {row['shots']}",
+            )
+    axes.set_xlabel("inner step")
+    axes.set_ylabel("mean query loss (test tasks)")
+    axes.set_yscale("log")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=6)
+    return figure
+
+
+def _budget_figure(by_job, maml_job: str, seeds, name: str):
+    figure, axes = new_figure()
+
+    def mean_curve(curves):
+        return (
+            [statistics.fmean(p["mean_steps"] for p in pts) for pts in zip(*curves, strict=True)],
+            [statistics.fmean(p[name] for p in pts) for pts in zip(*curves, strict=True)],
+        )
+
+    stop, maml = by_job["maml-stop"], by_job[maml_job]
+    series = [
+        (
+            mean_curve([stop[s]["stop_curve"] for s in seeds]),
+            "o-",
+            "MAML-stop (thresholds from validation)",
+        ),
+        (
+            mean_curve([stop[s]["fixed_depth"] for s in seeds]),
+            "s--",
+            "MAML-stop learner, fixed depth",
+        ),
+        (mean_curve([maml[s]["fixed_depth"] for s in seeds]), "d--", "MAML, fixed depth"),
+        (mean_curve([maml[s]["hand_curve"] for s in seeds]), "^:", "MAML + hand-made stop"),
+    ]
+    # A diverged task puts an MSE mean orders of magnitude above the rest: clip it to the frame.
+    top = 5 * statistics.median(v for (_, y), _, _ in series for v in y) if name == "mse" else None
+    for (x, y), style, label in series:
+        if top is not None and max(y) > top:
+            label += " (clipped: a diverged task)"
+            y = [min(v, top) for v in y]
+        axes.plot(x, y, style, markersize=3, label=label)
+    axes.set_xlabel("mean inner steps per task")
+    axes.set_ylabel("test MSE" if name == "mse" else "test accuracy (%)")
+    if name == "mse":
+        axes.set_yscale("log")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=7)
+    return figure

@@ -1,0 +1,645 @@
+"""The few-shot task's science, each part against an independent reference: the SVG path
+parser against Bézier points written out, the renderer and its cache, task sampling, the
+second-order meta-gradient against a plain autograd loop and finite differences, the adapted
+learner against plain SGD, MAML-stop's loss against the geometric posterior written out, real
+adaptive cost, the Omniglot loader and the bad inputs that exit 2."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stopwise.inference import ScoreThreshold, run_adaptive
+from stopwise.tasks.few_shot.data import (
+    ClassSplit,
+    glyph_splits,
+    omniglot_problem,
+    omniglot_splits,
+    parse_path,
+    render_glyph,
+    sample_classification_tasks,
+    sample_sinusoid_tasks,
+    stroke_paths,
+)
+from stopwise.tasks.few_shot.methods import (
+    adapt_group,
+    adapt_task,
+    maml_losses,
+    maml_stop_losses,
+    sample_step,
+)
+from stopwise.tasks.few_shot.models import (
+    AdaptedLearner,
+    Conv4,
+    SetPolicy,
+    SineMLP,
+    SupportLossStop,
+    measure_task,
+    task_loss,
+)
+
+torch.set_num_threads(1)
+
+
+def batched(task):
+    return tuple(t.unsqueeze(0) for t in task)
+
+
+def maml_task_loss(learner, task, steps, lr):
+    """The MAML loss of one task (a group of one)."""
+    return maml_losses(learner, batched(task), steps, lr)[0]
+
+
+# ---------------------------------------------------------------- SVG paths
+
+
+def cubic(p0, p1, p2, p3, s):
+    """A cubic Bézier point written out from its Bernstein form."""
+    return tuple(
+        (1 - s) ** 3 * a + 3 * (1 - s) ** 2 * s * b + 3 * (1 - s) * s**2 * c + s**3 * d
+        for a, b, c, d in zip(p0, p1, p2, p3, strict=True)
+    )
+
+
+def test_absolute_and_relative_cubics_give_the_bezier_points():
+    absolute = parse_path("M10,20C20,20,30,40,40,50", points_per_curve=4)
+    relative = parse_path("M10,20c10,0,20,20,30,30", points_per_curve=4)
+    expected = [(10.0, 20.0)] + [
+        cubic((10, 20), (20, 20), (30, 40), (40, 50), s) for s in (0.25, 0.5, 0.75, 1.0)
+    ]
+    for got in (absolute, relative):
+        assert len(got) == 1
+        np.testing.assert_allclose(got[0], expected, atol=1e-12)
+
+
+def test_smooth_cubic_reflects_the_previous_control_point_and_numbers_need_no_separators():
+    # KanjiVG writes "c" pairs with implicit repetition and numbers like "-1.5-2" and ".5.5".
+    path = parse_path("M0,0c0,10,10,10,10,0s10,-10,10,0", points_per_curve=2)[0]
+    # the S curve starts at (10, 0); its first control point reflects (10, 10) to (10, -10)
+    np.testing.assert_allclose(path[3], cubic((10, 0), (10, -10), (20, -10), (20, 0), 0.5))
+    np.testing.assert_allclose(path[-1], (20, 0))
+    repeated = parse_path("M0,0c1-1.5.5.5,2,2 1,1,1,1,1,1", points_per_curve=1)[0]
+    np.testing.assert_allclose(repeated, [(0, 0), (2, 2), (3, 3)])
+
+
+def test_move_starts_a_new_polyline_and_extra_pairs_are_lines():
+    lines = parse_path("M0,0 10,0 10,10 m5,5 l1,1 z", points_per_curve=3)
+    assert lines[0] == [(0, 0), (10, 0), (10, 10)]
+    assert lines[1] == [(15, 15), (16, 16), (15, 15)]
+
+
+def test_every_kanjivg_stroke_parses():
+    from stopwise.tasks.few_shot.data import kanji_files
+
+    files = kanji_files()
+    assert len(files) == 6703
+    for path in files[::97]:
+        for d in stroke_paths(path.read_text(encoding="utf-8")):
+            (line,) = parse_path(d)
+            assert len(line) > 1 and all(-20 < v < 130 for point in line for v in point)
+
+
+# ---------------------------------------------------------------- the renderer
+
+
+def test_an_undistorted_horizontal_stroke_inks_the_middle_rows_only():
+    stroke = [[np.array([[10.0, 54.5], [99.0, 54.5]])]]
+    image = render_glyph(stroke, None, size=28, width=8.0)
+    assert image.dtype == np.uint8 and image.shape == (28, 28)
+    assert image[13:15, 5:23].min() > 150  # the line, 2 px wide at row 14
+    assert image[:12].max() == 0 and image[16:].max() == 0
+    # ink mass: a pen of 8/109 of the side along 89/109 of it, plus two round caps
+    side = 28 / 109
+    expected = (8 * side) * (89 * side) + math.pi * (4 * side) ** 2
+    assert abs(image.sum() / 255 - expected) < 0.05 * expected
+
+
+SMALL = {
+    "characters": [6, 2, 3],
+    "min_strokes": 2,
+    "max_strokes": 4,
+    "drawers": 4,
+    "split_seed": 3,
+    "rotations": True,
+    "size": 28,
+    "rotation_deg": 10.0,
+    "scale": 0.1,
+    "shear": 0.1,
+    "shift": 4.0,
+    "stroke_noise": 3.0,
+    "stroke_offset": 1.0,
+    "stroke_width": 8.0,
+    "width_jitter": 0.2,
+}
+
+
+def test_glyph_splits_are_cached_by_settings_and_every_hand_differs(tmp_path):
+    train, val, test = glyph_splits(SMALL, str(tmp_path))
+    assert [s.images.shape for s in (train, val, test)] == [
+        (6, 4, 28, 28),
+        (2, 4, 28, 28),
+        (3, 4, 28, 28),
+    ]
+    assert train.num_classes == 24 and train.rotations
+    files = list(tmp_path.glob("glyphs-*.npz"))
+    assert len(files) == 1
+    again = glyph_splits(SMALL, str(tmp_path))  # read back from the cache
+    assert torch.equal(again[0].images, train.images)
+    images = train.images.double()
+    for c in range(6):  # every drawer draws a different image of the character
+        for a in range(4):
+            for b in range(a):
+                assert not torch.equal(images[c, a], images[c, b])
+    # a different hand setting renders anew under another name
+    glyph_splits({**SMALL, "stroke_noise": 1.0}, str(tmp_path))
+    assert len(list(tmp_path.glob("glyphs-*.npz"))) == 2
+
+
+# ---------------------------------------------------------------- task sampling
+
+
+def coded_split(characters=5, drawers=6):
+    """Images whose pixels encode (character, drawer), with an asymmetric mark for rotations."""
+    images = torch.zeros(characters, drawers, 8, 8, dtype=torch.uint8)
+    for c in range(characters):
+        for d in range(drawers):
+            images[c, d, 0, 0] = 10 + c
+            images[c, d, 0, 1] = 100 + d
+    return ClassSplit(images, rotations=True)
+
+
+def decode(image):
+    """``(character, drawer, corner)`` of a coded image (see :func:`coded_split`): the corner
+    where the character code sits tells the rotation."""
+    pixels = (image * 255).round().long()
+    character = int(pixels[(pixels >= 10) & (pixels < 100)].item()) - 10
+    drawer = int(pixels[pixels >= 100].item()) - 100
+    corner = tuple((pixels == character + 10).nonzero()[0].tolist())
+    return character, drawer, corner
+
+
+def test_classification_tasks_have_distinct_classes_drawers_and_one_k_each():
+    split = coded_split()
+    g = torch.Generator().manual_seed(0)
+    tasks = sample_classification_tasks(split, 40, ways=4, shots=(1, 3), query=2, generator=g)
+    assert set(tasks.shots.tolist()) == {1, 2, 3}
+    assert torch.equal(tasks.support_n, 4 * tasks.shots)
+    corners = set()
+    for i in range(len(tasks)):
+        sx, sy, qx, qy = tasks.task(i)
+        k = int(tasks.shots[i])
+        assert torch.equal(sy, torch.arange(4).repeat_interleave(k))
+        assert torch.equal(qy, torch.arange(4).repeat_interleave(2))
+        classes = []
+        for label in range(4):
+            codes = [decode(img[0]) for img in torch.cat([sx[sy == label], qx[qy == label]])]
+            assert len({(c, corner) for c, _, corner in codes}) == 1  # one class per label
+            assert len({d for _, d, _ in codes}) == k + 2  # support and query: distinct drawers
+            classes.append((codes[0][0], codes[0][2]))
+            corners.add(codes[0][2])
+        assert len(set(classes)) == 4  # the classes of a task are distinct
+    assert len(corners) == 4  # all four rotations occur
+
+
+def test_rotated_classes_are_the_rotated_images():
+    split = coded_split(characters=1, drawers=3)
+    g = torch.Generator().manual_seed(1)
+    tasks = sample_classification_tasks(split, 3, ways=4, shots=(1, 1), query=1, generator=g)
+    for i in range(len(tasks)):
+        sx, sy, _, _ = tasks.task(i)
+        for img in sx[:, 0]:
+            _, drawer, _ = decode(img)
+            original = split.images[0, drawer].float() / 255
+            assert any(torch.equal(torch.rot90(original, r, dims=(0, 1)), img) for r in range(4))
+        # the single character's four rotations are the task's four classes
+        assert len({decode(img)[2] for img in sx[:, 0]}) == 4
+
+
+def test_sinusoid_tasks_follow_the_generating_function():
+    g = torch.Generator().manual_seed(0)
+    tasks = sample_sinusoid_tasks(200, (1, 10), 7, g)
+    assert tasks.support_x.shape == (200, 10, 1) and tasks.query_x.shape == (200, 7, 1)
+    assert torch.equal(tasks.support_n, tasks.shots)
+    for i in range(5):
+        sx, sy, qx, qy = tasks.task(i)
+        # two points pin down A and φ of A sin(x − φ); check all the others against them
+        x, y = torch.cat([sx[:, 0], qx[:, 0]]), torch.cat([sy, qy])
+        design = torch.stack([torch.sin(x), -torch.cos(x)], 1).double()
+        coef = torch.linalg.lstsq(design, y.double().unsqueeze(1)).solution
+        torch.testing.assert_close(design @ coef, y.double().unsqueeze(1), atol=1e-5, rtol=0)
+        amplitude = float(coef.norm())
+        assert 0.1 - 1e-5 <= amplitude <= 5 + 1e-5
+    assert tasks.support_y[tasks.support_x[..., 0] == 0].abs().max() == 0  # padding is zero
+    assert (tasks.query_x.abs() <= 5).all()
+
+
+# ---------------------------------------------------------------- MAML
+
+
+def plain_mlp(params, x):
+    """The sine MLP written out with explicit weights."""
+    h = torch.relu(x @ params[0].T + params[1])
+    h = torch.relu(h @ params[2].T + params[3])
+    return (h @ params[4].T + params[5]).squeeze(-1)
+
+
+def plain_maml_loss(params, task, steps, lr, create_graph=True):
+    """MAML written with torch.autograd.grad on a list of tensors (the reference); without
+    ``create_graph`` each step is detached (first-order MAML's treatment of the inner updates)."""
+    sx, sy, qx, qy = task
+    fast = list(params)
+    for _ in range(steps):
+        loss = ((plain_mlp(fast, sx) - sy) ** 2).mean()
+        grads = torch.autograd.grad(loss, fast, create_graph=create_graph)
+        fast = [p - lr * g for p, g in zip(fast, grads, strict=True)]
+        if not create_graph:
+            fast = [p.detach().requires_grad_() for p in fast]
+    return ((plain_mlp(fast, qx) - qy) ** 2).mean(), fast
+
+
+def sine_task(seed, k=5):
+    g = torch.Generator().manual_seed(seed)
+    tasks = sample_sinusoid_tasks(1, (k, k), 6, g)
+    return tuple(t.double() for t in tasks.task(0))
+
+
+def test_second_order_meta_gradient_matches_plain_autograd_and_finite_differences():
+    torch.manual_seed(0)
+    learner = SineMLP((8, 8)).double()
+    task = sine_task(0)
+    steps, lr = 3, 0.05
+    loss = maml_task_loss(learner, task, steps, lr)
+    grads = torch.autograd.grad(loss, list(learner.parameters()))
+    params = [p.detach().clone().requires_grad_() for p in learner.parameters()]
+    reference, _ = plain_maml_loss(params, task, steps, lr)
+    torch.testing.assert_close(loss, reference)
+    expected = torch.autograd.grad(reference, params)
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    # central finite differences of the meta-loss on a few weights of the first layer
+    for index in [(0, 0), (3, 0), (7, 0)]:
+        eps, values = 1e-6, []
+        for sign in (1, -1):
+            moved = [p.detach().clone() for p in params]
+            moved[0][index] += sign * eps
+            loss_value = plain_maml_loss([p.requires_grad_() for p in moved], task, steps, lr)[0]
+            values.append(float(loss_value.detach()))
+        numeric = (values[0] - values[1]) / (2 * eps)
+        assert math.isclose(float(grads[0][index]), numeric, rel_tol=1e-5, abs_tol=1e-9)
+    # the first-order approximation (gradient at θ_T) differs: the test can see a missing order
+    first, fast = plain_maml_loss(params, task, steps, lr, create_graph=False)
+    first_order = torch.autograd.grad(first, fast)
+    assert not torch.allclose(first_order[0], grads[0], rtol=1e-3)
+
+
+def test_conv4_batch_statistics_and_second_order_through_batchnorm():
+    torch.manual_seed(0)
+    learner = Conv4(ways=3, width=4).double()
+    x = torch.randn(6, 1, 28, 28, dtype=torch.float64)
+    logits, features = learner(x)
+    assert logits.shape == (6, 3) and features.shape == (6, 4)
+    # batch statistics: the output of a row depends on the other rows of the batch
+    assert not torch.allclose(learner(x[:3])[0], logits[:3])
+    learner.eval()  # ... in eval mode as well (track_running_stats=False)
+    torch.testing.assert_close(learner(x)[0], logits)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    task = (x, y, torch.randn(3, 1, 28, 28, dtype=torch.float64), torch.tensor([0, 1, 2]))
+    loss = maml_task_loss(learner, task, 2, 0.1)
+    grads = torch.autograd.grad(loss, list(learner.parameters()))
+    weight = learner.body[0].weight
+    eps = 1e-6
+    values = []
+    for sign in (1, -1):
+        with torch.no_grad():
+            weight[0, 0, 1, 1] += sign * eps
+        with torch.enable_grad():
+            values.append(float(maml_task_loss(learner, task, 2, 0.1).detach()))
+        with torch.no_grad():
+            weight[0, 0, 1, 1] -= sign * eps
+    numeric = (values[0] - values[1]) / (2 * eps)
+    assert math.isclose(float(grads[0][0, 0, 1, 1]), numeric, rel_tol=1e-4, abs_tol=1e-8)
+
+
+@pytest.mark.parametrize("use_vmap", [False, True])
+def test_adapted_learner_equals_plain_sgd_per_task(use_vmap):
+    torch.manual_seed(0)
+    learner = SineMLP((8, 8)).double()
+    g = torch.Generator().manual_seed(4)
+    tasks = sample_sinusoid_tasks(6, (1, 4), 5, g)
+    tasks = type(tasks)(*(t.double() if t.is_floating_point() else t for t in tasks.fields()))
+    model = AdaptedLearner(learner, 0.05, 4, vmap=use_vmap)
+    with torch.no_grad():
+        state = model.start(tasks.inputs())
+        outputs = []
+        for t in range(4):
+            state = model.advance(state, t)
+            outputs.append(model.predict(state, t))
+    params = [p.detach() for p in learner.parameters()]
+    for i in range(len(tasks)):
+        sx, sy, qx, _ = tasks.task(i)
+        fast = [p.clone().requires_grad_() for p in params]
+        for t in range(4):
+            loss = ((plain_mlp(fast, sx) - sy) ** 2).mean()
+            grads = torch.autograd.grad(loss, fast)
+            fast = [
+                (p - 0.05 * g).detach().requires_grad_() for p, g in zip(fast, grads, strict=True)
+            ]
+            torch.testing.assert_close(outputs[t][i], plain_mlp(fast, qx).detach())
+
+
+def test_vmap_over_a_group_gives_the_losses_and_meta_gradients_of_the_loop():
+    torch.manual_seed(0)
+    learner = SineMLP((8, 8)).double()
+    policy = SetPolicy(8, 3, width=6, hidden=10).double()
+    g = torch.Generator().manual_seed(5)
+    tasks = sample_sinusoid_tasks(3, (4, 4), 5, g)
+    group = tuple(
+        t.double() for t in (tasks.support_x, tasks.support_y, tasks.query_x, tasks.query_y)
+    )
+    uniforms = torch.tensor([0.1, 0.5, 0.9])
+    results = []
+    for use_vmap in (False, True):
+        maml = maml_losses(learner, group, 3, 0.05, use_vmap)
+        stop, _ = maml_stop_losses(learner, policy, group, 3, 0.05, 0.2, uniforms, use_vmap)
+        parameters = [*learner.parameters(), *policy.parameters()]
+        grads = torch.autograd.grad(maml.sum() + stop.sum(), parameters)
+        results.append((maml, stop, grads))
+    (m0, s0, g0), (m1, s1, g1) = results
+    torch.testing.assert_close(m1, m0)
+    torch.testing.assert_close(s1, s0)
+    for a, b in zip(g0, g1, strict=True):
+        torch.testing.assert_close(b, a)
+    for i in range(3):  # and each task's loss is the loss of that task alone
+        alone = maml_task_loss(learner, tuple(t[i] for t in group), 3, 0.05)
+        torch.testing.assert_close(m0[i], alone)
+
+
+def test_padded_supports_with_a_mask_give_the_unpadded_numbers():
+    """Sinusoid tasks of different K are adapted as one padded group; each task's losses,
+    features and meta-gradient equal those of the task alone."""
+    torch.manual_seed(0)
+    learner = SineMLP((8, 8)).double()
+    policy = SetPolicy(8, 3, width=6, hidden=10).double()
+    g = torch.Generator().manual_seed(6)
+    tasks = sample_sinusoid_tasks(4, (1, 6), 5, g)
+    assert len(set(tasks.shots.tolist())) > 1
+    group = tuple(
+        t.double() for t in (tasks.support_x, tasks.support_y, tasks.query_x, tasks.query_y)
+    )
+    mask = torch.arange(6).unsqueeze(0) < tasks.support_n.unsqueeze(1)
+    uniforms = torch.tensor([0.2, 0.4, 0.6, 0.8])
+    for use_vmap in (False, True):
+        losses, _ = maml_stop_losses(learner, policy, group, 3, 0.05, 0.2, uniforms, use_vmap, mask)
+        for i in range(4):
+            n = int(tasks.support_n[i])
+            alone = tuple(t[i : i + 1] for t in group)
+            alone = (alone[0][:, :n], alone[1][:, :n], alone[2], alone[3])
+            expected, _ = maml_stop_losses(
+                learner, policy, alone, 3, 0.05, 0.2, uniforms[i : i + 1]
+            )
+            torch.testing.assert_close(losses[i], expected[0])
+            grads = torch.autograd.grad(losses[i], list(learner.parameters()), retain_graph=True)
+            reference = torch.autograd.grad(expected[0], list(learner.parameters()))
+            for a, b in zip(grads, reference, strict=True):
+                torch.testing.assert_close(a, b)
+
+
+def test_the_policy_sees_the_learner_after_the_update_it_decides_on():
+    """The off-by-one fix: the support loss in the features at step t is that of θ_{t+1}, the
+    parameters whose query loss the step is scored on."""
+    torch.manual_seed(0)
+    learner = SineMLP((8, 8)).double()
+    task = sine_task(1)
+    measured = adapt_task(learner, task, 3, 0.05, query_every_step=True)
+    params = [p.detach().clone().requires_grad_() for p in learner.parameters()]
+    sx, sy, qx, qy = task
+    fast = params
+    for t in range(3):
+        loss = ((plain_mlp(fast, sx) - sy) ** 2).mean()
+        grads = torch.autograd.grad(loss, fast)
+        fast = [(p - 0.05 * g).detach().requires_grad_() for p, g in zip(fast, grads, strict=True)]
+        support_after = ((plain_mlp(fast, sx) - sy) ** 2).mean()
+        query_after = ((plain_mlp(fast, qx) - qy) ** 2).mean()
+        assert math.isclose(
+            float(measured[t]["features"][16]),
+            math.log(float(support_after.detach()) + 1e-6),
+            rel_tol=1e-9,
+        )
+        torch.testing.assert_close(task_loss(measured[t]["query_out"], qy), query_after.detach())
+
+
+def geometric_log_q(hazard_logits):
+    """q(t) = λ_t ∏_{τ<t} (1 − λ_τ), the last step taking the rest, written out."""
+    lam = torch.sigmoid(hazard_logits.double())
+    q, survive = [], 1.0
+    for t in range(len(lam)):
+        stop = lam[t] if t < len(lam) - 1 else 1.0
+        q.append(survive * stop)
+        survive = survive * (1 - lam[t])
+    return torch.log(torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in q]))
+
+
+def test_maml_stop_loss_is_the_sampled_query_loss_plus_the_policy_cross_entropy():
+    torch.manual_seed(0)
+    learner = SineMLP((8, 8)).double()
+    policy = SetPolicy(8, 4, width=6, hidden=10).double()
+    task = sine_task(2)
+    uniform = 0.37
+    losses, metrics = maml_stop_losses(
+        learner, policy, batched(task), 4, 0.05, 0.5, torch.tensor([uniform])
+    )
+    loss = losses[0]
+    measured = adapt_task(learner, task, 4, 0.05, query_every_step=True)
+    losses = torch.stack([task_loss(m["query_out"], task[3]) for m in measured]).detach()
+    q_star = torch.softmax(-losses / 0.5, 0)
+    sampled = int((torch.cumsum(q_star, 0) < uniform).sum())
+    hazards = torch.stack(
+        [policy(m["features"].unsqueeze(0), t)[0] for t, m in enumerate(measured)]
+    )
+    log_q = geometric_log_q(hazards.detach())
+    assert math.isclose(float(log_q.exp().sum()), 1.0, rel_tol=1e-12)
+    expected = losses[sampled] - log_q[int(losses.argmin())]
+    assert math.isclose(float(loss.detach()), float(expected), rel_tol=1e-9)
+    assert metrics["sampled_step"].tolist() == [sampled + 1]
+    # the policy gets gradient from its cross-entropy, the learner from the sampled query loss
+    # only: second-order MAML run for t̃ updates
+    loss.backward()
+    assert all(p.grad is not None for p in policy.parameters())
+    params = [p.detach().clone().requires_grad_() for p in learner.parameters()]
+    reference, _ = plain_maml_loss(params, task, sampled + 1, 0.05)
+    for got, want in zip(learner.parameters(), torch.autograd.grad(reference, params), strict=True):
+        torch.testing.assert_close(got.grad, want)
+
+
+def test_a_diverging_inner_loop_leaves_the_meta_gradient_finite():
+    torch.manual_seed(0)
+    learner = SineMLP((8, 8))
+    policy = SetPolicy(8, 6, width=6, hidden=10)
+    g = torch.Generator().manual_seed(7)
+    tasks = sample_sinusoid_tasks(3, (5, 5), 5, g)
+    group = (tasks.support_x, tasks.support_y, tasks.query_x, tasks.query_y)
+    lr = 3.0  # large enough for the inner loop to overflow within 6 updates
+    with torch.no_grad():
+        outputs, features = adapt_group(learner, group, 6, lr, True)
+    assert not torch.isfinite(outputs).all() and torch.isfinite(outputs[:, 0]).all()
+    assert torch.isfinite(features).all() and features.abs().max() <= 1e4
+    losses, metrics = maml_stop_losses(learner, policy, group, 6, lr, 0.5, torch.rand(3))
+    assert torch.isfinite(losses).all()
+    losses.sum().backward()
+    for p in [*learner.parameters(), *policy.parameters()]:
+        assert torch.isfinite(p.grad).all()
+
+
+def test_sample_step_inverts_the_oracle_cdf():
+    losses = torch.tensor([1.0, 0.5, 0.7, 2.0])
+    q = torch.softmax(-losses.double() / 0.3, 0)
+    edges = torch.cumsum(q, 0).tolist()
+    assert sample_step(losses, 0.3, 0.0) == 0
+    for t, edge in enumerate(edges[:-1]):
+        assert sample_step(losses, 0.3, edge - 1e-9) == t
+        assert sample_step(losses, 0.3, edge + 1e-9) == t + 1
+    assert sample_step(losses, 0.3, 0.999999999) == 3
+
+
+class CountingLearner(SineMLP):
+    def __init__(self):
+        super().__init__((8,))
+        self.rows_seen = 0
+
+    def forward(self, x):
+        self.rows_seen += x.shape[0]
+        return super().forward(x)
+
+
+def test_a_task_that_stops_early_runs_only_its_updates():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    tasks = sample_sinusoid_tasks(4, (3, 3), 5, g)
+    T = 8
+
+    def run(stop_step):
+        learner = CountingLearner()
+        model = AdaptedLearner(learner, 0.01, T)
+        policy = StopAt(stop_step)
+        with torch.no_grad():
+            result = run_adaptive(model, policy, tasks.inputs(), ScoreThreshold(0.0), "shrink")
+        return learner.rows_seen, result
+
+    early, result = run(2)
+    assert (result.steps_used == 3).all()
+    full, _ = run(T - 1)
+    per_step = 4 * (3 + 5)  # every task: a support forward (3 points) and a query forward (5)
+    # start: one support forward per task; each step: support + query forward
+    assert early == 4 * 3 + 3 * per_step
+    assert full == 4 * 3 + T * per_step
+
+
+class StopAt(torch.nn.Module):
+    def __init__(self, step):
+        super().__init__()
+        self.step = step
+
+    def forward(self, features, t):
+        return torch.full((features.shape[0],), 1.0 if t >= self.step else -1.0)
+
+
+def test_hand_made_stop_scores_the_support_loss():
+    torch.manual_seed(0)
+    learner = SineMLP((8,))
+    sx, sy, qx, _ = sine_task(3)
+    params = {k: v.detach() for k, v in learner.named_parameters()}
+    measured = measure_task(learner, params, sx.float(), sy.float(), qx.float())
+    score = SupportLossStop(8)(measured["features"].unsqueeze(0), 0)
+    support_loss = float(((learner(sx.float())[0] - sy.float()) ** 2).mean().detach())
+    assert math.isclose(float(score), -math.log(support_loss + 1e-6), rel_tol=1e-6)
+
+
+# ---------------------------------------------------------------- Omniglot and bad inputs
+
+
+def fake_omniglot(root: Path, characters=6, drawers=20):
+    for i in range(characters):
+        folder = "images_background" if i < characters // 2 else "images_evaluation"
+        path = root / folder / f"alphabet{i % 2}" / f"character{i:02d}"
+        path.mkdir(parents=True)
+        for d in range(drawers):
+            pixels = np.full((105, 105), 255, np.uint8)
+            pixels[10 + i * 5 : 20 + i * 5, 10 + d * 4 : 14 + d * 4] = 0  # black ink
+            Image.fromarray(pixels).save(path / f"{i:04d}_{d:02d}.png")
+    return root
+
+
+def test_omniglot_loader_reads_the_standard_layout(tmp_path):
+    root = fake_omniglot(tmp_path / "omniglot")
+    assert omniglot_problem(str(root)) is None
+    splits = omniglot_splits(str(root), (4, 1, 1), 0, 28, True, str(tmp_path / "cache"))
+    assert [s.images.shape[:2] for s in splits] == [(4, 20), (1, 20), (1, 20)]
+    images = torch.cat([s.images for s in splits])
+    assert images.max() > 200 and (images == 0).float().mean() > 0.8  # ink = 255 on 0
+    assert omniglot_problem(str(tmp_path)) is not None
+
+
+def stopwise(args, cwd):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "stopwise", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "overrides, named",
+    [
+        (["family=glyphs", "data_dir={tmp}"], "not an Omniglot layout"),
+        (["family=glyphs", "glyphs.characters=10,2,10", "ways=9"], "ways=9"),
+        (["shots=0,5"], "shots"),
+        (["shots=6,2"], "shots"),
+        (["family=glyphs", "shots=1,18", "query=5"], "exceeds the 20 samples"),
+        (["family=sinusoid", "data_dir={tmp}"], "data_dir"),
+    ],
+)
+def test_bad_inputs_exit_2_naming_the_problem_before_writing(overrides, named, tmp_path):
+    out = tmp_path / "never"
+    args = ["run", "few-shot", "--preset", "tiny", "--out", str(out)]
+    for override in overrides:
+        args += ["--set", override.format(tmp=tmp_path)]
+    done = stopwise(args, tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert named in done.stderr and "Traceback" not in done.stderr
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------- torchrun
+
+JOB = Path(__file__).with_name("few_shot_ddp_job.py")
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+def test_two_ranks_train_the_same_weights_as_one_process(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single, double = tmp_path / "single", tmp_path / "double"
+    for out in (single, double):
+        out.mkdir()
+    subprocess.run([sys.executable, str(JOB), str(single)], env=env, check=True, timeout=120)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    done = subprocess.run(
+        [*launch, str(JOB), str(double)], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    one = torch.load(single / "final.pt", weights_only=True)
+    two = torch.load(double / "final.pt", weights_only=True)
+    start = torch.load(single / "start.pt", weights_only=True)
+    moved = False
+    for name, value in one.items():
+        torch.testing.assert_close(two[name], value, rtol=1e-5, atol=1e-6)
+        moved |= not torch.equal(value, start[name])
+    assert moved
+    assert (single / "tasks_rank0.txt").read_text() == "24"
+    for rank in (0, 1):  # each rank adapted half of every meta-batch
+        assert (double / f"tasks_rank{rank}.txt").read_text() == "12"
