@@ -249,11 +249,7 @@ def _quality_by_shots(by_job, maml_job: str, seeds, name: str):
         ]
         axes.plot(shots, values, style, markersize=4, label=label)
     axes.set_xlabel("K (shots per class)")
-    axes.set_ylabel("test MSE" if name == "mse" else "test accuracy (%)")
-    if name == "mse":
-        axes.set_yscale("log")
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=7)
+    _finish_axes(axes, name)
     return figure
 
 
@@ -332,9 +328,14 @@ def _budget_figure(by_job, maml_job: str, seeds, name: str):
             y = [min(v, top) for v in y]
         axes.plot(x, y, style, markersize=3, label=label)
     axes.set_xlabel("mean inner steps per task")
+    _finish_axes(axes, name)
+    return figure
+
+
+def _finish_axes(axes, name: str) -> None:
+    """The y axis of a few-shot figure: test MSE (log) for regression, accuracy otherwise."""
     axes.set_ylabel("test MSE" if name == "mse" else "test accuracy (%)")
     if name == "mse":
         axes.set_yscale("log")
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=7)
-    return figure
