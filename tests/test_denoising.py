@@ -32,6 +32,7 @@ from stopwise.tasks.denoising.experiment import (
 from stopwise.tasks.denoising.methods import (
     PolicyData,
     ValidationSchedule,
+    bm3d_denoise,
     near_best_exit,
     policy_data,
 )
@@ -498,3 +499,9 @@ def test_best_fixed_depth_at_a_cost_skips_depths_worse_than_a_cheaper_one():
         x = costs[0] + (costs[-1] - costs[0]) * float(torch.rand(1, generator=generator))
         reachable = max(p for c, p in zip(costs, psnr, strict=True) if c <= x)
         assert reachable - 1e-12 <= _interpolate(x, costs, psnr) <= max(psnr) + 1e-12
+
+
+def test_bm3d_refuses_images_it_cannot_denoise():
+    # bm3d 4.x segfaults on an 11×11 image (found by the slow hypothesis test): refuse it first.
+    with pytest.raises(ValueError, match="at least 16×16"):
+        bm3d_denoise(torch.rand(1, 11, 11), 25.0)

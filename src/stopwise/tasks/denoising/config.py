@@ -62,9 +62,11 @@ class DenoisingConfig(Config):
     test_sigmas: list[float] = param(
         [35.0, 45.0, 55.0, 65.0, 75.0], gt=0, le=255, min_len=1, help="test noise levels (/255)"
     )
-    test_crop: int = param(128, ge=8, help="side of the centre crop of each test image")
+    test_crop: int = param(
+        128, ge=16, help="side of the centre crop of each test image (BM3D needs >= 16)"
+    )
     test_images: int = param(0, ge=0, help="use only the first N test images (0: all)")
-    val_crop: int = param(64, ge=8, help="side of the validation tiles")
+    val_crop: int = param(64, ge=16, help="side of the validation tiles (BM3D needs >= 16)")
     val_tiles: int = param(6, ge=1, help="validation tiles per validation image (at most)")
     precision: str = param(
         "bfloat16", choices=("float32", "bfloat16"), help="DnCNN arithmetic (autocast)"

@@ -330,6 +330,9 @@ def train_policy(
 # ---------------------------------------------------------------- classical baselines
 
 
+BM3D_MIN_SIDE = 16
+
+
 def bm3d_denoise(noisy: torch.Tensor, sigma: float, profile: str = "np") -> torch.Tensor:
     """BM3D (``bm3d`` package) of one ``(1, H, W)`` noisy image given its true σ (0–255), on
     torch's thread count (the package defaults to every core, and its multi-threaded
@@ -342,6 +345,11 @@ def bm3d_denoise(noisy: torch.Tensor, sigma: float, profile: str = "np") -> torc
         "vn": profiles.BM3DProfileVN,
         "high": profiles.BM3DProfileHigh,
     }
+    if min(noisy.shape[-2:]) < BM3D_MIN_SIDE:  # the package segfaults on 11×11, refuses 8×8
+        raise ValueError(
+            f"BM3D needs images of at least {BM3D_MIN_SIDE}×{BM3D_MIN_SIDE} pixels; "
+            f"got {tuple(noisy.shape[-2:])}"
+        )
     settings = kinds[profile]()
     settings.num_threads = torch.get_num_threads()
     out = bm3d.bm3d(noisy[0].double().numpy(), sigma / 255.0, profile=settings)
