@@ -31,9 +31,9 @@ def test_method_learns_parity_of_eight(method, tmp_path):
     value = SETTINGS[method]
     overrides = [*SHORT, f"methods={method}", f"{METHODS[method].hyperparameter}={value}"]
     run_experiment("parity", "tiny", tmp_path, overrides)
-    rows = json.loads((tmp_path / "jobs" / f"{method}-{value:g}-lr0.01-s0.json").read_text())["record"][
-        "rows"
-    ]
+    rows = json.loads((tmp_path / "jobs" / f"{method}-{value:g}-lr0.01-s0.json").read_text())[
+        "record"
+    ]["rows"]
     rules = {(row["variant"], row["rule"]) for row in rows}
     assert len(rules) == len(rows) == len(METHODS[method].rules) * len(METHODS[method].variants)
     for row in rows:
