@@ -27,8 +27,8 @@ def test_cli_runs_every_method_with_tables_and_figures(tmp_path, capsys):
     assert len(results["paired_vs_fixed_depth"]) == sum(
         len(m.rules) * len(m.variants) for m in METHODS.values() if m.name != "fixed"
     )
-    job = json.loads((out / "jobs" / "l2s-1-s0.json").read_text())
-    assert job["params"] == {"method": "l2s", "value": 1.0}
+    job = json.loads((out / "jobs" / "l2s-1-lr0.003-s0.json").read_text())
+    assert job["params"] == {"method": "l2s", "value": 1.0, "lr": 0.003}
     assert [(r["variant"], r["rule"]) for r in job["record"]["rows"]] == [
         ("hard", "hazard"), ("hard", "median"), ("soft", "hazard"), ("soft", "median"),
     ]  # fmt: skip
@@ -45,6 +45,8 @@ def test_cli_runs_every_method_with_tables_and_figures(tmp_path, capsys):
         ("train_k=[1,4]", "must overlap"),  # with test_k=[5,8] below
         ("thesis_prior_p=1.5", "thesis_prior_p"),
         ("act_tau=[]", "act_tau"),
+        ("act_lr=[]", "act_lr"),
+        ("lr=0.1,0.1", "lr"),
         ("l2s_beta=1,1", "l2s_beta"),
         ("policy_updates=0", "policy_updates"),
     ],
@@ -65,26 +67,31 @@ def settings(*overrides):
 
 
 def test_a_job_depends_on_its_own_method_keys_only():
-    base = settings("seeds=0,1")
+    base = settings("seeds=0,1", "act_lr=0.001,0.003")
+    act = ["act-0.0001-lr0.001", "act-0.0001-lr0.003"]
+    others = ["pondernet-0.1", "pondernet-last-0.1", "l2s-1", "thesis-0.1"]
     assert sorted(base) == sorted(
         f"{job}-s{seed}"
-        for job in ["fixed-3", "act-0.0001", "pondernet-0.1", "pondernet-last-0.1", "l2s-1",
-                    "thesis-0.1"]
+        for job in ["fixed-3-lr0.003", *act, *(f"{name}-lr0.003" for name in others)]
         for seed in (0, 1)
-    )  # fmt: skip
-    assert base["act-0.0001-s1"]["params"] == {"method": "act", "value": 0.0001}
+    )
+    assert base["act-0.0001-lr0.001-s1"]["params"] == {
+        "method": "act",
+        "value": 0.0001,
+        "lr": 0.001,
+    }
 
     def changed(*overrides):
-        new = settings("seeds=0,1", *overrides)
+        new = settings("seeds=0,1", "act_lr=0.001,0.003", *overrides)
         return sorted({id.rsplit("-s", 1)[0] for id in base if base[id] != new[id]})
 
     every = sorted({id.rsplit("-s", 1)[0] for id in base})
     assert changed("updates=21") == every
     assert changed("inference_mode=dense") == every
-    assert changed("pondernet_beta=0.02") == ["pondernet-0.1", "pondernet-last-0.1"]
-    assert changed("act_eps=0.02", "act_halting_bias=-1") == ["act-0.0001"]
-    assert changed("policy_updates=11") == ["l2s-1"]
-    assert changed("thesis_prior_p=0.3") == ["thesis-0.1"]
+    assert changed("pondernet_beta=0.02") == ["pondernet-0.1-lr0.003", "pondernet-last-0.1-lr0.003"]
+    assert changed("act_eps=0.02", "act_halting_bias=-1") == act
+    assert changed("policy_updates=11") == ["l2s-1-lr0.003"]
+    assert changed("thesis_prior_p=0.3") == ["thesis-0.1-lr0.003"]
     assert changed("max_steps=5") == [j for j in every if not j.startswith("fixed")]
     # report-only and runner keys never rerun a job
     assert changed("log_every=7", "workers=2", "threads=2", "checkpoint_every=9") == []

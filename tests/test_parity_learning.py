@@ -10,6 +10,7 @@ from stopwise.tasks.parity import METHODS
 
 SHORT = [
     "n=8", "train_k=1,8", "test_k=1,8", "hidden=32", "max_steps=5", "updates=1500", "lr=0.01",
+    "act_lr=0.01",
     "policy_updates=200", "val_size=500", "test_size=2000", "progress=false",
     "checkpoint_every=100000",
 ]  # fmt: skip
@@ -30,9 +31,9 @@ def test_method_learns_parity_of_eight(method, tmp_path):
     value = SETTINGS[method]
     overrides = [*SHORT, f"methods={method}", f"{METHODS[method].hyperparameter}={value}"]
     run_experiment("parity", "tiny", tmp_path, overrides)
-    rows = json.loads((tmp_path / "jobs" / f"{method}-{value:g}-s0.json").read_text())["record"][
-        "rows"
-    ]
+    rows = json.loads((tmp_path / "jobs" / f"{method}-{value:g}-lr0.01-s0.json").read_text())[
+        "record"
+    ]["rows"]
     rules = {(row["variant"], row["rule"]) for row in rows}
     assert len(rules) == len(rows) == len(METHODS[method].rules) * len(METHODS[method].variants)
     for row in rows:

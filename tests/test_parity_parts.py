@@ -159,10 +159,12 @@ def test_evaluate_rule_splits_interpolation_and_extrapolation():
 
 def _row(method, value, seed, interpolation, validation, rule=None, variant="", steps=3.0, **kw):
     """One job row as the report sees it (a test accuracy and a validation accuracy)."""
+    lr = kw.get("lr", 0.003)
     return {
-        "id": f"{method}-{value:g}-s{seed}",
+        "id": f"{method}-{value:g}-lr{lr:g}-s{seed}",
         "method": method,
         "value": value,
+        "lr": lr,
         "seed": seed,
         "variant": variant,
         "rule": rule or METHODS[method].rules[0],

@@ -11,7 +11,14 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["ParityBatch", "check_k_range", "sample_parity", "parity_targets", "evaluation_set"]
+__all__ = [
+    "ParityBatch",
+    "check_k_range",
+    "sample_parity",
+    "parity_targets",
+    "evaluation_set",
+    "first_training_batches",
+]
 
 
 class ParityBatch(NamedTuple):
@@ -64,3 +71,14 @@ def evaluation_set(config, split: str, generator: torch.Generator) -> ParityBatc
         "test": (config.test_size, config.test_k),
     }[split]
     return sample_parity(size, config.n, k_range, generator)
+
+
+def first_training_batches(config, generator: torch.Generator, batches: int) -> ParityBatch:
+    """The first ``batches`` training batches of a job, concatenated (``batches × batch_size``
+    vectors): the same draws, in the same order, as the training loop makes from ``generator``
+    when it is seeded as the ``"train-batches"`` stream."""
+    drawn = [
+        sample_parity(config.batch_size, config.n, config.train_k, generator)
+        for _ in range(batches)
+    ]
+    return ParityBatch(*(torch.cat(parts) for parts in zip(*drawn, strict=True)))

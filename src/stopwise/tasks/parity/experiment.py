@@ -1,9 +1,11 @@
 """The parity jobs: one per method and hyperparameter value (the runner runs each per seed).
 
-A job builds the GRU step model from the seed's ``"init"`` stream (every method of a seed starts
+A job is one method at one value of its hyperparameter and one learning rate of its grid (the
+runner runs it per seed). It builds the GRU step model from the seed's ``"init"`` stream (every method of a seed starts
 from the same weights), trains it with its method (:mod:`.methods`), measures every inference rule
 of every variant on the seed's validation vectors and then, once, on its test vectors. Which
-setting is best is chosen by the report, on validation accuracy.
+setting (hyperparameter and learning rate) is best is chosen by the report, on validation
+accuracy. An ACT job also records the share of its training inputs that halt at step 1, by k.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from typing import Any
 from ...contract import Job, JobContext
 from ...selection import Heldout
 from .config import ParityConfig
-from .data import evaluation_set
-from .methods import METHODS, RULES, infer, train_method
-from .metrics import evaluate_rule
+from .data import evaluation_set, first_training_batches
+from .methods import METHODS, RULES, act_halting_steps, infer, train_method
+from .metrics import evaluate_rule, share_by_k
 from .models import ParityGRU
 
 __all__ = ["jobs", "run_job", "SHARED_KEYS"]
@@ -23,28 +25,34 @@ __all__ = ["jobs", "run_job", "SHARED_KEYS"]
 # The config keys every job's numbers depend on, besides its params, its seed and its method's
 # own keys (Method.keys); the others (lists of values, methods, log_every) never rerun a job.
 SHARED_KEYS = (
-    "n", "train_k", "test_k", "hidden", "batch_size", "updates", "lr", "grad_clip",
+    "n", "train_k", "test_k", "hidden", "batch_size", "updates", "grad_clip",
     "val_size", "test_size", "inference_mode", "device",
 )  # fmt: skip
 
 
+# training batches (of batch_size) on which an ACT job measures the share halting at step 1
+ACT_STEP_ONE_BATCHES = 16
+
+
 def jobs(config: ParityConfig) -> list[Job]:
-    """``<method>-<value>`` for every method and value of its hyperparameter; the cost hint (updates
-    × steps) starts the longest jobs first when several workers run."""
+    """``<method>-<value>-lr<lr>`` for every method, value of its hyperparameter and learning rate
+    of its grid; the cost hint (updates × steps) starts the longest jobs first with several
+    workers."""
     out = []
     for name in config.methods:
         method = METHODS[name]
         for value in getattr(config, method.hyperparameter):
-            steps = value if name == "fixed" else config.max_steps
-            stage2 = 2 * config.policy_updates / 3 if name == "l2s" else 0
-            out.append(
-                Job(
-                    f"{name}-{value:g}",
-                    params={"method": name, "value": value},
-                    keys=SHARED_KEYS + method.keys,
-                    cost=(config.updates + stage2) * steps,
+            for lr in getattr(config, method.learning_rates):
+                steps = value if name == "fixed" else config.max_steps
+                stage2 = 2 * config.policy_updates / 3 if name == "l2s" else 0
+                out.append(
+                    Job(
+                        f"{name}-{value:g}-lr{lr:g}",
+                        params={"method": name, "value": value, "lr": lr},
+                        keys=SHARED_KEYS + method.keys,
+                        cost=(config.updates + stage2) * steps,
+                    )
                 )
-            )
     return out
 
 
@@ -56,7 +64,14 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
     bias = config.act_halting_bias if method.name == "act" else None
     context.manual_seed("init")
     model = ParityGRU(config.n, config.hidden, steps, halting_bias=bias).to(context.device)
-    heads = train_method(method.name, model, value, config, context)
+    heads = train_method(method.name, model, value, config, context, lr=job.params["lr"])
+    extra = {}
+    if method.name == "act":
+        inputs = first_training_batches(
+            config, context.generator("train-batches"), ACT_STEP_ONE_BATCHES
+        )
+        steps_used = act_halting_steps(model, inputs.x.to(context.device), config.act_eps)
+        extra["halting_at_step_1"] = share_by_k(steps_used == 1, inputs.k)
 
     validation = evaluation_set(config, "validation", context.generator("validation"))
     test = Heldout(evaluation_set(config, "test", context.generator("test")))
@@ -88,6 +103,7 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
                 "train_seconds": context.timings["train"]
                 + context.timings.get(f"train-{variant}", 0.0),
                 "inference_seconds": context.timings[f"test {variant} {rule}"],
+                **extra,
             }
         )
     return {"rows": rows}

@@ -25,6 +25,11 @@ Inference rules (all run through :func:`~stopwise.inference.run_adaptive` except
   local maximum of the posterior logits, found without looking past the current step.
 * ``mode`` (thesis, NOT causal): run every step and stop at argmax_t a_t, the mode of the posterior
   at the largest horizon. It equals ``greedy`` whenever a_t is unimodal.
+* ``sample-q`` / ``median-q`` (``pondernet``, NOT causal): the distribution renormalised PonderNet
+  is trained on, q(t) = λ_t ∏_{τ<t}(1 − λ_τ) / (1 − ∏_{τ≤N}(1 − λ_τ)); its normaliser needs every
+  λ up to N, so these rules run all N steps, then sample q (inverse CDF of one uniform per input)
+  or take its median (first t with Σ_{τ≤t} q(τ) ≥ 1/2). ``sample`` and ``median`` follow the
+  unnormalised process instead, which for ``pondernet-last`` is exactly the trained distribution.
 """
 
 from __future__ import annotations
@@ -46,15 +51,25 @@ from ...training import GeneratedBatches, fit_oracle, fit_policy, fit_predictor,
 from .data import sample_parity
 from .models import ACTRule, HaltingHead, MeanFieldACT, ParityGRU, posterior_logits, step_losses
 
-__all__ = ["Method", "METHODS", "RULES", "train_method", "infer"]
+__all__ = [
+    "Method",
+    "METHODS",
+    "RULES",
+    "train_method",
+    "infer",
+    "act_halting_steps",
+    "renormalised_stop",
+]
 
 
 @dataclass(frozen=True)
 class Method:
     """A halting method: its table label, the config key of its swept hyperparameter (a list),
     the symbol of that hyperparameter, its inference rules (the first is the main one), the
-    halting heads one training run produces (L2S fits a hard and a soft one) and the config keys
-    of its own that its numbers depend on (besides those every method reads)."""
+    halting heads one training run produces (L2S fits a hard and a soft one), the config keys
+    of its own that its numbers depend on (besides those every method reads) and the config key
+    of its grid of Adam learning rates (a list; the best value is chosen on validation with the
+    hyperparameter)."""
 
     name: str
     label: str
@@ -63,6 +78,7 @@ class Method:
     rules: tuple[str, ...]
     variants: tuple[str, ...] = ("",)
     keys: tuple[str, ...] = ()
+    learning_rates: str = "lr"
 
     def variant_label(self, variant: str) -> str:
         return f"{self.label} ({variant})" if variant else self.label
@@ -73,9 +89,9 @@ METHODS: dict[str, Method] = {
     for m in [
         Method("fixed", "Fixed depth", "fixed_depth", "depth", ("fixed",)),
         Method("act", "ACT", "act_tau", "τ", ("act",),
-               keys=("max_steps", "act_eps", "act_halting_bias")),
+               keys=("max_steps", "act_eps", "act_halting_bias"), learning_rates="act_lr"),
         Method("pondernet", "PonderNet (renormalise)", "pondernet_lambda_p", "λ_p",
-               ("sample", "median"), keys=("max_steps", "pondernet_beta")),
+               ("sample", "median", "sample-q", "median-q"), keys=("max_steps", "pondernet_beta")),
         Method("pondernet-last", "PonderNet (halt at last)", "pondernet_lambda_p", "λ_p",
                ("sample", "median"), keys=("max_steps", "pondernet_beta")),
         Method("l2s", "L2S", "l2s_beta", "β", ("hazard", "median"), ("hard", "soft"),
@@ -94,6 +110,8 @@ RULES: dict[str, tuple[str, bool]] = {
     "hazard": ("λ_t ≥ 1/2", True),
     "greedy": ("first local max of a_t", True),
     "mode": ("argmax_t a_t (all steps)", False),
+    "sample-q": ("sample the renormalised q (all steps)", False),
+    "median-q": ("median of the renormalised q (all steps)", False),
 }
 
 LossFn = Callable[[ParityGRU, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, Any]]]
@@ -116,6 +134,7 @@ def _act_loss(tau: float, eps: float) -> LossFn:
         return act_loss(task, halting, tau), {
             "task": task.detach(),
             "steps": halting.steps.float().mean(),
+            "halt_at_step_1": (halting.steps == 1).float().mean(),
         }
 
     return loss
@@ -154,12 +173,13 @@ LOSSES: dict[str, Callable[[float, Any], LossFn]] = {
 
 
 def train_method(
-    method: str, model: ParityGRU, value: float, config: Any, context: JobContext
+    method: str, model: ParityGRU, value: float, config: Any, context: JobContext, lr: float
 ) -> dict[str, HaltingHead]:
     """Train ``model`` (and heads) with ``method`` at hyperparameter ``value``.
 
     Every method trains on the job's ``"train-batches"`` stream (the same vectors for every
-    method of a seed) with Adam at ``config.lr`` and the same clip; L2S's stage II reads its own
+    method of a seed) with Adam at learning rate ``lr`` (one value of the method's grid) and the
+    same clip; L2S's stage II reads its own
     ``"l2s-stage2-batches"``. Wall-clock goes to ``context.timings["train"]`` (and
     ``"train-hard"`` / ``"train-soft"`` for L2S's stage-II heads). Returns the halting head of
     each variant (``{"": model.halting}`` except for L2S, whose ``"hard"`` and ``"soft"`` heads
@@ -177,7 +197,7 @@ def train_method(
         return GeneratedBatches(sample, config.batch_size, context.stream_seed(stream))
 
     def adam(parameters) -> torch.optim.Optimizer:
-        return torch.optim.Adam(parameters, lr=config.lr)
+        return torch.optim.Adam(parameters, lr=lr)
 
     fit = {
         "settings": context.loop_settings(config.log_every),
@@ -245,6 +265,33 @@ def train_method(
 
 
 @torch.no_grad()
+def act_halting_steps(model: ParityGRU, x: torch.Tensor, eps: float) -> torch.Tensor:
+    """``(B,)`` steps N(x) ACT's training loss uses for inputs ``x (B, n)`` (1 = halted at the
+    first step, where no gradient reaches h₁: p₁ = R = 1 whatever h₁ is)."""
+    model.eval()
+    return act_halting(_unroll(model, x)[1], eps).steps
+
+
+def renormalised_stop(
+    halting_logits: torch.Tensor, rule: str, sample_seed: int = 0
+) -> torch.Tensor:
+    """``(B,)`` 0-based stop index under the renormalised PonderNet distribution
+    q(t) = λ_t ∏_{τ<t}(1 − λ_τ) / (1 − ∏_{τ≤N}(1 − λ_τ)) of ``halting_logits (B, N)``:
+    ``sample-q`` draws one uniform u per row from ``sample_seed`` and takes the first t with
+    Σ_{τ≤t} q(τ) ≥ u (inverse CDF); ``median-q`` the first t with Σ_{τ≤t} q(τ) ≥ 1/2."""
+    stop = StopTime(halting_logits.float(), tail="renormalize")
+    if rule == "median-q":
+        return stop.median()
+    if rule != "sample-q":
+        raise ValueError(f"unknown renormalised rule {rule!r}; choose sample-q or median-q")
+    u = torch.rand(
+        halting_logits.shape[0], generator=torch.Generator().manual_seed(sample_seed)
+    ).to(halting_logits.device)
+    below = (stop.cdf() < u.unsqueeze(-1)).sum(-1)
+    return below.clamp(max=halting_logits.shape[-1] - 1)  # rounding guard: cdf(N) may be < u
+
+
+@torch.no_grad()
 def infer(
     rule: str,
     model: ParityGRU,
@@ -263,6 +310,10 @@ def infer(
     if rule == "mode":
         logits, z = _unroll(model, x, head)
         index = posterior_logits(z).argmax(dim=-1)
+        return logits.gather(1, index.unsqueeze(-1)).squeeze(-1), index
+    if rule in ("sample-q", "median-q"):
+        logits, z = _unroll(model, x, head)
+        index = renormalised_stop(z, rule, sample_seed)
         return logits.gather(1, index.unsqueeze(-1)).squeeze(-1), index
     if rule == "act":
         result = run_adaptive(MeanFieldACT(model), head, x, ACTRule(act_eps), mode)

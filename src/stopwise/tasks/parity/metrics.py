@@ -11,7 +11,7 @@ import torch
 
 from ...stats import spearman
 
-__all__ = ["evaluate_rule", "SUCCESS_ACCURACY"]
+__all__ = ["evaluate_rule", "share_by_k", "SUCCESS_ACCURACY"]
 
 SUCCESS_ACCURACY = 0.99  # a seed "succeeds" when its interpolation accuracy exceeds this
 
@@ -59,6 +59,20 @@ def evaluate_rule(
         "mean_steps": float(steps.mean()),
         "spearman": _finite_or_none(spearman(steps, k)),
         "per_k": per_k,
+    }
+
+
+def share_by_k(flags: torch.Tensor, k: torch.Tensor) -> dict[str, Any]:
+    """The share of rows where ``flags (B,)`` (bool) holds, overall and per value of ``k (B,)``:
+    ``{"inputs", "overall", "per_k": [{"k", "count", "share"}]}``."""
+    flags, k = flags.cpu().numpy().astype(np.float64), k.cpu().numpy()
+    return {
+        "inputs": int(len(k)),
+        "overall": float(flags.mean()),
+        "per_k": [
+            {"k": int(v), "count": int((k == v).sum()), "share": float(flags[k == v].mean())}
+            for v in np.unique(k)
+        ],
     }
 
 

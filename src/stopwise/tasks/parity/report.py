@@ -15,10 +15,18 @@ from .config import ParityConfig
 from .methods import METHODS, RULES
 from .metrics import SUCCESS_ACCURACY
 
-__all__ = ["report", "summarize", "paired_vs_fixed_depth", "lines_table", "sensitivity_lines"]
+__all__ = [
+    "report",
+    "summarize",
+    "paired_vs_fixed_depth",
+    "lines_table",
+    "sensitivity_lines",
+    "halting_at_step_1_table",
+]
 
 _MARKERS = {"fixed": "s", "act": "o", "sample": "^", "median": "v", "hazard": "D", "greedy": "P"}
-_LINE_KEYS = ("method", "variant", "value", "rule")  # what one summary line aggregates over seeds
+# what one summary line aggregates over seeds; a setting is (value, lr)
+_LINE_KEYS = ("method", "variant", "value", "lr", "rule")
 
 
 def report(results: list[JobResult], config: ParityConfig) -> Report:
@@ -83,6 +91,7 @@ def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "validation_accuracy": _mean([r["validation_accuracy"] for r in rows]),
         "validation_steps": _mean([r["validation_steps"] for r in rows]),
         "train_seconds": _mean([r["train_seconds"] for r in rows]),
+        **_halting_at_step_1(rows),
         "per_k": [
             {
                 "k": k,
@@ -94,10 +103,28 @@ def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _halting_at_step_1(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """ACT rows: the share of training inputs halting at step 1, mean over seeds (overall, per k)."""
+    shares = [r["halting_at_step_1"] for r in rows if "halting_at_step_1" in r]
+    if not shares:
+        return {}
+    per_k: dict[int, list[float]] = defaultdict(list)
+    for share in shares:
+        for entry in share["per_k"]:
+            per_k[entry["k"]].append(entry["share"])
+    return {
+        "halting_at_step_1": {
+            "overall": _mean([s["overall"] for s in shares]),
+            "per_k": {k: _mean(v) for k, v in sorted(per_k.items())},
+        }
+    }
+
+
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Aggregate job rows over seeds and mark each method variant's best setting.
 
-    The best setting maximises the mean validation accuracy of the method's main rule (ties: fewer
+    A setting is a value of the method's hyperparameter and a learning rate of its grid. The best
+    setting maximises the mean validation accuracy of the method's main rule (ties: fewer
     validation steps); validation vectors are drawn from the training k range, never the test set.
     """
     groups: dict[tuple, list[dict]] = defaultdict(list)
@@ -110,9 +137,9 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             key = (line["method"], line["variant"])
             score = (line["validation_accuracy"], -line["validation_steps"])
             if key not in best or score > best[key][0]:
-                best[key] = (score, line["value"])
+                best[key] = (score, (line["value"], line["lr"]))
     for line in lines:
-        line["best"] = best[(line["method"], line["variant"])][1] == line["value"]
+        line["best"] = best[(line["method"], line["variant"])][1] == (line["value"], line["lr"])
     order = {name: i for i, name in enumerate(METHODS)}
     return sorted(
         lines,
@@ -120,6 +147,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             order[c["method"]],
             c["variant"],
             c["value"],
+            c["lr"],
             METHODS[c["method"]].rules.index(c["rule"]),
         ),
     )
@@ -152,6 +180,10 @@ def paired_vs_fixed_depth(
     ]
 
 
+def _grid(values: list[float]) -> str:
+    return "{" + ", ".join(f"{v:g}" for v in values) + "}"
+
+
 def _pct(value: float | None) -> str | None:
     return None if value is None else f"{100 * value:.2f}"
 
@@ -167,7 +199,8 @@ def _difference(d: dict[str, Any], scale: float = 1.0) -> str:
 def _display(line: dict[str, Any]) -> dict[str, Any]:
     return {
         **line,
-        "setting": f"{line['symbol']}={line['value']:g}",
+        "setting": _setting(line),
+        "validation": _pct(line["validation_accuracy"]),
         "rule_text": f"{line['rule']}" + ("" if line["causal"] else " (non-causal)"),
         "interp": f"{100 * line['interpolation_mean']:.2f} ± {100 * line['interpolation_std']:.2f}",
         "interp_min": _pct(line["interpolation_min"]),
@@ -187,6 +220,7 @@ def lines_table(lines: list[dict[str, Any]]) -> str:
         ("rule_text", "inference rule", "s"),
         ("interp", "interp. acc % (mean ± sd)", "s"),
         ("interp_min", "worst seed %", "s"),
+        ("validation", "val. acc %", "s"),
         *([("extrap", "extrap. acc %", "s")] if extrapolating else []),
         ("success", f"seeds > {100 * SUCCESS_ACCURACY:g}%", "s"),
         ("steps", "mean steps", "s"),
@@ -198,14 +232,39 @@ def lines_table(lines: list[dict[str, Any]]) -> str:
 
 
 def sensitivity_lines(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The main-rule lines of every method run at more than one value of its hyperparameter,
-    in method order and by value."""
-    values = defaultdict(set)
+    """The main-rule lines of every method run at more than one setting (value of its
+    hyperparameter, learning rate), in method order, by value and learning rate."""
+    settings = defaultdict(set)
     for line in lines:
-        values[line["label"]].add(line["value"])
+        settings[line["label"]].add((line["value"], line["lr"]))
     order = {label: i for i, label in enumerate(dict.fromkeys(line["label"] for line in lines))}
-    swept = [line for line in lines if line["main_rule"] and len(values[line["label"]]) > 1]
-    return sorted(swept, key=lambda line: (order[line["label"]], line["value"]))
+    swept = [line for line in lines if line["main_rule"] and len(settings[line["label"]]) > 1]
+    return sorted(swept, key=lambda line: (order[line["label"]], line["value"], line["lr"]))
+
+
+def _setting(line: dict[str, Any]) -> str:
+    return f"{METHODS[line['method']].symbol}={line['value']:g}, lr={line['lr']:g}"
+
+
+def halting_at_step_1_table(lines: list[dict[str, Any]]) -> str:
+    """Markdown: for each ACT setting, the share (%) of training inputs that halt at step 1,
+    overall and per k (mean over seeds)."""
+    act = [line for line in lines if "halting_at_step_1" in line]
+    ks = sorted({k for line in act for k in line["halting_at_step_1"]["per_k"]})
+    rows = [
+        {
+            "setting": _setting(line),
+            "overall": f"{100 * line['halting_at_step_1']['overall']:.1f}",
+            **{
+                f"k{k}": f"{100 * line['halting_at_step_1']['per_k'][k]:.0f}"
+                for k in ks
+                if k in line["halting_at_step_1"]["per_k"]
+            },
+        }
+        for line in act
+    ]
+    columns = [("setting", "setting", "s"), ("overall", "all", "s")]
+    return markdown_table(rows, columns + [(f"k{k}", f"k={k}", "s") for k in ks])
 
 
 def tables(lines: list[dict[str, Any]], paired: list[dict[str, Any]], config: ParityConfig) -> str:
@@ -214,7 +273,8 @@ def tables(lines: list[dict[str, Any]], paired: list[dict[str, Any]], config: Pa
     c = config
     parts = [
         f"Parity n={c.n}, train k∈{c.train_k}, test k∈{c.test_k}; GRU {c.hidden} units, at most "
-        f"{c.max_steps} steps; {c.updates} Adam updates of batch {c.batch_size} (lr {c.lr:g}); "
+        f"{c.max_steps} steps; {c.updates} Adam updates of batch {c.batch_size} (lr grid "
+        f"{_grid(c.lr)}, ACT's {_grid(c.act_lr)}); "
         f"{len(c.seeds)} seed(s), {c.test_size} test vectors each. ACT: ε={c.act_eps:g}, "
         f"halting-bias init {c.act_halting_bias:g}. PonderNet: β={c.pondernet_beta:g}. Thesis: "
         f"prior p={c.thesis_prior_p:g}. L2S stage II: {c.policy_updates} head-only updates.",
@@ -228,7 +288,7 @@ def tables(lines: list[dict[str, Any]], paired: list[dict[str, Any]], config: Pa
         rows = [
             {
                 "label": p["label"],
-                "setting": f"{METHODS[p['method']].symbol}={p['value']:g}",
+                "setting": _setting(p),
                 "rule": p["rule"],
                 "accuracy": _difference(p["interpolation"], 100),
                 "steps": _difference(p["mean_steps"]),
@@ -255,6 +315,13 @@ def tables(lines: list[dict[str, Any]], paired: list[dict[str, Any]], config: Pa
     if sensitivity:
         parts += ["", "Sensitivity to each method's hyperparameter (first rule):", ""]
         parts += [lines_table(sensitivity)]
+    act = [line for line in lines if "halting_at_step_1" in line]
+    if act:
+        parts += [
+            "",
+            "ACT: share (%) of training inputs halting at step 1, by k (mean over seeds):",
+        ]
+        parts += ["", halting_at_step_1_table(lines)]
     parts += ["", "Rules: " + "; ".join(f"{name}: {text}" for name, (text, _) in RULES.items())]
     return "\n".join(parts)
 
