@@ -96,7 +96,11 @@ def trained_run(task: str, runs: Path, overrides: list[str], preset: str = "quic
     """The finished run of ``task`` (trained now unless ``runs/<task>`` has it already)."""
     out = runs / task
     run_experiment(task, preset, out, ["threads=1", *overrides])
+    TRAINED[task] = {"run": str(out), "preset": preset, "overrides": overrides}
     return out
+
+
+TRAINED: dict[str, dict[str, Any]] = {}  # the runs the weights come from, for the JSON
 
 
 def finished_job(run_path: Path, job_name: str, seed: int | None = None):
@@ -187,8 +191,8 @@ def sparse_recovery_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase
 
 def multi_exit_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
     from stopwise.policies import ConfidencePolicy
-    from stopwise.tasks.multi_exit.experiment import l2s_job_name
-    from stopwise.tasks.multi_exit.methods import build_model, load_splits
+    from stopwise.tasks.multi_exit.data import load_splits
+    from stopwise.tasks.multi_exit.methods import build_model
     from stopwise.tasks.multi_exit.models import ExitPolicy, inference_copy
 
     overrides = ['methods=["uniform","l2s"]', "timing.methods=[]"]
@@ -196,10 +200,12 @@ def multi_exit_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
     context, select = finished_job(run, "l2s")
     config = context.config
     splits = load_splits(config)
-    beta = select.get("beta", select.get("chosen_beta"))
+    # The L2S job (β) validation chose for the policy at the middle budget.
+    picks = select["chosen"]["policy"]
+    l2s_job, beta = picks[len(picks) // 2]["job"], picks[len(picks) // 2]["beta"]
     cases = []
     for label, job in (("confidence (uniform)", "uniform"), ("L2S exit policy", None)):
-        name = job or l2s_job_name(beta)
+        name = job or l2s_job
         job_context, record = finished_job(run, name)
         torch.manual_seed(0)
         model = build_model(config, splits)
@@ -341,7 +347,8 @@ def learned_optimizer_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCa
         lstm_step_macs,
     )
 
-    run = trained_run("learned-optimizers", runs, [], "tiny" if tiny else "quick")
+    overrides = [] if tiny else QUICK_SHORTENED["learned-optimizers"]
+    run = trained_run("learned-optimizers", runs, overrides, "tiny" if tiny else "quick")
     cases = []
     for label, kind in (("LSTM optimizer + ACT halting", "act"), ("LSTM optimizer + L2S", "l2s")):
         family_name = "regression"
@@ -387,6 +394,53 @@ def learned_optimizer_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCa
     return cases
 
 
+def parity_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
+    """L2S on the parity GRU (the hard-oracle policy). The run's record has rules, not a budget
+    curve: the thresholds are fitted here on the validation split for evenly spaced budgets
+    (``selection.budget_grid``, ``inference.fit_threshold``)."""
+    from stopwise.inference import fit_threshold, hazard_trajectory
+    from stopwise.selection import budget_grid
+    from stopwise.tasks.parity.data import evaluation_set
+    from stopwise.tasks.parity.models import HaltingHead, ParityGRU
+
+    run = trained_run("parity", runs, ['methods=["l2s"]'], "tiny" if tiny else "quick")
+    saved = json.loads(RunDir(run).config_path.read_text())["config"]
+    context, _ = finished_job(run, f"l2s-{saved['l2s_beta'][0]:g}")
+    config = context.config
+    model = ParityGRU(config.n, config.hidden, config.max_steps)
+    model.load_state_dict(context.checkpoint("l2s-stage1")["model"])
+    head = HaltingHead(config.hidden)
+    head.load_state_dict(context.checkpoint("l2s-stage2-hard")["policy"])
+    model.eval(), head.eval()
+    T, n, h = config.max_steps, config.n, config.hidden
+    with torch.no_grad():
+        val = evaluation_set(config, "validation", context.generator("validation")).x
+        val_hazards = hazard_trajectory(model, head, val)
+    every = torch.ones(T, dtype=torch.bool)
+    rules = {f"{b:.4g}": fit_threshold(val_hazards, b) for b in budget_grid(every, points)}
+    test = evaluation_set(config, "test", context.generator("test")).x
+    step = 3.0 * h * (n + 1 + h)  # GRUCell: three gates on [x, flag] and h
+    decision = linear_macs(head, torch.zeros(1, h)) + h  # halting head + the step's output
+    return [
+        SpeedCase(
+            "parity",
+            "L2S GRU (hard oracle)",
+            model,
+            head,
+            test,
+            rules,
+            lambda index: (index + 1).double() * (step + decision),
+            T * step + h,
+            step,
+            decision,
+            chunk=1000,
+            row=f"parity vector (n = {n})",
+            architecture=f"GRU {h} units, n = {n}, T = {T} (quick)",
+            notes=["thresholds fitted here on the validation split (the run records rules)"],
+        )
+    ]
+
+
 # Quick presets shortened where training takes long on the shared machine (architecture kept).
 QUICK_SHORTENED = {
     # Every exit kept (min_exit_frequency=0): with this short training validation's oracle
@@ -395,6 +449,8 @@ QUICK_SHORTENED = {
         "pretrain.steps=150", "finetune.steps=50", "policy.steps=200", "test_sigmas=[45,65]",
         "grid_sigma=65", "nlm_h=[0.8]", "timing_repeats=1", "min_exit_frequency=0",
     ],
+    # Only the family whose stop models are timed (regression), without the fixed-depth LSTMs.
+    "learned-optimizers": ['families=["regression"]', "trained_depths=[]"],
 }  # fmt: skip
 
 ADAPTERS = {
@@ -403,6 +459,7 @@ ADAPTERS = {
     "denoising": denoising_cases,
     "few-shot": few_shot_cases,
     "learned-optimizers": learned_optimizer_cases,
+    "parity": parity_cases,
 }
 
 
@@ -419,6 +476,26 @@ def stop_index(case: SpeedCase, rule: Rule) -> torch.Tensor:
     if case.chunk is None:
         return run(case.inputs)
     return in_chunks(run, case.inputs, case.chunk)
+
+
+@torch.no_grad()
+def choose_repeats(case: SpeedCase, least: int, seconds: float, most: int = 41) -> int:
+    """Interleaved repeats for about ``seconds`` of timing (≥ ``least``): one repeat runs the
+    full model and every rule, about (1 + Σ mean steps / T) full passes; judged from one full
+    pass, timed after a warm-up one."""
+    from stopwise.inference import run_fixed
+
+    def full():
+        if case.chunk is None:
+            run_fixed(case.model, case.inputs)
+        else:
+            in_chunks(lambda part: run_fixed(case.model, part), case.inputs, case.chunk)
+
+    full()
+    start = time.perf_counter()
+    full()
+    one = max(time.perf_counter() - start, 1e-6) * (1 + 0.6 * len(case.rules))
+    return int(min(most, max(least, round(seconds / one))))
 
 
 def measure(case: SpeedCase, threads: int, repeats: int) -> list[dict[str, Any]]:
@@ -440,7 +517,7 @@ def measure(case: SpeedCase, threads: int, repeats: int) -> list[dict[str, Any]]
                 "threads": threads,
                 "budget": budget,
                 "rows": timing["rows"],
-                "batch": case.chunk or timing["rows"],
+                "batch": min(case.chunk or timing["rows"], timing["rows"]),
                 "row": case.row,
                 "repeats": repeats,
                 "max_steps": int(case.model.max_steps),
@@ -489,7 +566,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=list(ADAPTERS), choices=list(ADAPTERS))
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=7, help="least interleaved repeats")
+    parser.add_argument(
+        "--seconds", type=float, default=8.0, help="more repeats (≤ 41) for about this long"
+    )
     parser.add_argument("--points", type=int, default=4, help="budget points per curve (3-5)")
     parser.add_argument("--runs", default="runs/speed", help="cache of the trained runs")
     parser.add_argument("--tiny", action="store_true", help="tiny presets (tests, development)")
@@ -508,7 +588,11 @@ def main(argv: list[str] | None = None) -> int:
     for threads in args.threads:
         for case in cases:
             start = time.perf_counter()
-            rows.extend(measure(case, threads, args.repeats))
+            torch.set_num_threads(threads)
+            repeats = (
+                choose_repeats(case, args.repeats, args.seconds) if args.seconds else args.repeats
+            )
+            rows.extend(measure(case, threads, repeats))
             print(
                 f"{case.task} / {case.model_name}, {threads} thread(s): "
                 f"{time.perf_counter() - start:.1f} s",
@@ -543,6 +627,7 @@ def main(argv: list[str] | None = None) -> int:
             }
             for c in cases
         ],
+        "trained_runs": TRAINED,
         "setup_seconds": setup_seconds,
         "wall_seconds": time.perf_counter() - wall,
         "cpu_seconds": time.process_time() - cpu,
