@@ -35,7 +35,7 @@ def stop_speed():
 def measured(stop_speed, tmp_path_factory):
     root = tmp_path_factory.mktemp("speed")
     out = root / "stop_speed.json"
-    argv = ["--tiny", "--tasks", "sparse-recovery", "learned-optimizers", "--threads", "1"]
+    argv = ["--tiny", "--tasks", "sparse-recovery", "parity", "--threads", "1", "--seconds", "0"]
     argv += ["--repeats", "1", "--points", "3", "--runs", str(root / "runs"), "--out", str(out)]
     assert stop_speed.main(argv) == 0
     return root, json.loads(out.read_text())
@@ -51,8 +51,7 @@ def test_schema(measured):
     assert models == {
         ("sparse-recovery", "LISTA-stop"),
         ("sparse-recovery", "LISTA-CP-SS-stop"),
-        ("learned-optimizers", "LSTM optimizer + ACT halting"),
-        ("learned-optimizers", "LSTM optimizer + L2S"),
+        ("parity", "L2S GRU (hard oracle)"),
     }
     for r in rows:
         assert set(r) == ROW_KEYS
@@ -103,10 +102,17 @@ def test_ideal_speedup_recomputed_independently(stop_speed, measured):
     assert checked >= 4
 
 
-def test_learned_optimizer_macs_recomputed(measured):
-    """The LSTM optimizer: every step costs the same, so ideal = T·step / (steps·(step + d))."""
-    _, report = measured
-    for row in (r for r in report["rows"] if r["task"] == "learned-optimizers"):
-        per_step = row["step_macs"] + row["policy_macs"]
-        expected = row["max_steps"] * row["step_macs"] / (row["mean_steps"] * per_step)
-        assert math.isclose(row["ideal_speedup"], expected, rel_tol=1e-9)
+def test_parity_macs_recomputed(measured):
+    """The parity GRU: a GRUCell step costs 3h(n + 1) + 3h² MACs, a decision reads the output
+    (h) and the halting head (h); full depth is T steps and one output."""
+    root, report = measured
+    config = json.loads((root / "runs" / "parity" / "config.json").read_text())["config"]
+    n, h, T = config["n"], config["hidden"], config["max_steps"]
+    step = 3 * h * (n + 1) + 3 * h * h
+    rows = [r for r in report["rows"] if r["task"] == "parity"]
+    assert len(rows) >= 2
+    for row in rows:
+        mean = row["mean_steps"] * (step + 2 * h)
+        assert row["full_macs"] == pytest.approx(T * step + h)
+        assert math.isclose(row["ideal_speedup"], (T * step + h) / mean, rel_tol=1e-9)
+        assert row["policy_fraction"] == pytest.approx(2 * h / step)
