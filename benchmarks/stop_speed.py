@@ -85,6 +85,7 @@ class SpeedCase:
     valid: torch.Tensor | None = None
     chunk: int | None = None  # rows per call (None: all timed rows at once)
     row: str = "row"  # what a row is (a signal, an image, a task, a function)
+    repeats: int | None = None  # fixed repeats where a repeat is long (else sized to --seconds)
     architecture: str = ""
     notes: list[str] = field(default_factory=list)
 
@@ -297,6 +298,9 @@ def few_shot_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
     model = AdaptedLearner(learner, config.inner_lr, config.steps, config.vmap)
     _, _, test_split = load_splits(config)
     tasks = task_sampler(config, test_split)(config.test_tasks, context.generator("test-tasks"))
+    # A full adaptation of a task takes ~0.1 s (Conv4, 10 inner steps, one task at a time on
+    # CPU): the first FEW_SHOT_TIMED_TASKS test tasks and 3 repeats keep the measurement to about a minute.
+    tasks = tasks.select(slice(0, min(FEW_SHOT_TIMED_TASKS, len(tasks))))
     # One inner step of each task: support forward + backward (3 forwards) + query forward.
     per_task = torch.tensor(
         [step_macs(learner, *_one_task(tasks, i)) for i in range(len(tasks))], dtype=torch.float64
@@ -317,6 +321,7 @@ def few_shot_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
             float(per_task.mean()),
             decision,
             chunk=config.eval_chunk,
+            repeats=3,
             row="task (5-way, K shots)" if config.family != "sinusoid" else "sinusoid task",
             architecture=f"{config.family}, width {config.width}, T = {T}, vmap {config.vmap} "
             "(quick)",
@@ -326,6 +331,9 @@ def few_shot_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
             ],
         )
     ]
+
+
+FEW_SHOT_TIMED_TASKS = 40
 
 
 def _one_task(tasks, i: int) -> tuple[torch.Tensor, torch.Tensor]:
