@@ -299,7 +299,8 @@ def few_shot_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
     _, _, test_split = load_splits(config)
     tasks = task_sampler(config, test_split)(config.test_tasks, context.generator("test-tasks"))
     # A full adaptation of a task takes ~0.1 s (Conv4, 10 inner steps, one task at a time on
-    # CPU): the first FEW_SHOT_TIMED_TASKS test tasks and 3 repeats keep the measurement to about a minute.
+    # CPU): the first FEW_SHOT_TIMED_TASKS test tasks and 3 repeats keep the measurement to
+    # about a minute.
     tasks = tasks.select(slice(0, min(FEW_SHOT_TIMED_TASKS, len(tasks))))
     # One inner step of each task: support forward + backward (3 forwards) + query forward.
     per_task = torch.tensor(
@@ -597,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
         for case in cases:
             start = time.perf_counter()
             torch.set_num_threads(threads)
-            repeats = (
+            repeats = case.repeats or (
                 choose_repeats(case, args.repeats, args.seconds) if args.seconds else args.repeats
             )
             rows.extend(measure(case, threads, repeats))
