@@ -3,7 +3,7 @@
 
 For each stop model (sparse recovery: LISTA-stop, LISTA-CP-SS-stop; multi-exit: confidence early
 exit and the L2S exit policy; denoising: DnCNN-stop; few-shot: MAML-stop; learned optimizers: the
-LSTM optimizer with its ACT halting and its L2S stop) a *case* gives the trained step model, its
+LSTM optimizer with its ACT halting and its L2S stop; parity: L2S on the GRU) a *case* gives the trained step model, its
 policy, the timed rows, the per-row MACs of stopping at each step and the rules of a few points
 of its budget curve (thresholds fitted on the validation split by the task's own
 ``selection.budget_sweep``/calibration, read from the run's record: the test split chooses
