@@ -1,0 +1,653 @@
+"""Does every stop model's MAC saving become a wall-clock saving? One measurement for all tasks
+(issue 17: "one script that measures speedup vs MAC ratio and policy overhead for every stop model").
+
+For each stop model (sparse recovery: LISTA-stop, LISTA-CP-SS-stop; multi-exit: confidence early
+exit and the L2S exit policy; denoising: DnCNN-stop; few-shot: MAML-stop; learned optimizers: the
+LSTM optimizer with its ACT halting and its L2S stop; parity: L2S on the GRU) a *case* gives the trained step model, its
+policy, the timed rows, the per-row MACs of stopping at each step and the rules of a few points
+of its budget curve (thresholds fitted on the validation split by the task's own
+``selection.budget_sweep``/calibration, read from the run's record: the test split chooses
+nothing). One loop then measures every case the same way: ``inference.time_adaptive`` (full
+depth with no policy against ``run_adaptive(mode="shrink")``, interleaved, medians of repeats,
+wall clock and process CPU time) at each thread count, beside
+
+* mean steps and mean MACs per row (model + policy features + policy at every decision),
+* full MACs (every step, no policy), the ideal speedup full / mean MACs,
+* measured wall and CPU speedups and measured / ideal (target ≥ 0.8 at every budget),
+* the policy's MACs per decision as a fraction of one step's MACs (target ≤ 10%).
+
+Weights: every task is trained once with its ``quick`` preset architecture through
+``stopwise.experiments.run_experiment`` into ``runs/speed/<task>`` (reused on rerun; training
+shortened where the preset takes long, see ``TASKS``) and loaded back from the run's checkpoints.
+
+    .venv/bin/python benchmarks/stop_speed.py [--threads 1 2] [--repeats 7] [--points 4]
+        [--tasks sparse-recovery multi-exit ...] [--note "..."]
+
+Writes ``benchmarks/results/stop_speed.json`` and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # machine_info, denoising
+from machine_info import machine  # noqa: E402
+
+from stopwise.config import from_plain  # noqa: E402
+from stopwise.contract import JobContext, RunDir  # noqa: E402
+from stopwise.experiments import get_experiment, plan_jobs, run_experiment  # noqa: E402
+from stopwise.inference import (  # noqa: E402
+    THRESHOLD_KINDS,
+    Rule,
+    in_chunks,
+    run_adaptive,
+    time_adaptive,
+)
+from stopwise.perf import reuse_freed_memory  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent
+TARGET_SPEEDUP = 0.8  # measured speedup / ideal speedup (MAC ratio), at every budget
+TARGET_POLICY = 0.1  # policy MACs per decision / one step's MACs
+
+
+@dataclass
+class SpeedCase:
+    """One stop model, ready to time.
+
+    ``row_macs(stop_index (N,)) -> (N,)`` MACs per row of stopping there (model, policy
+    features and the policy at every decision taken); ``full_macs`` the mean per row of every
+    step without the policy; ``step_macs`` one step of the model and ``policy_macs`` one
+    decision (features + policy), per row. ``rules``: budget label → rule fitted on validation.
+    """
+
+    task: str
+    model_name: str
+    model: Any
+    policy: Any
+    inputs: Any
+    rules: dict[str, Rule]
+    row_macs: Callable[[torch.Tensor], torch.Tensor]
+    full_macs: float
+    step_macs: float
+    policy_macs: float
+    valid: torch.Tensor | None = None
+    chunk: int | None = None  # rows per call (None: all timed rows at once)
+    row: str = "row"  # what a row is (a signal, an image, a task, a function)
+    repeats: int | None = None  # fixed repeats where a repeat is long (else sized to --seconds)
+    architecture: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- runs and their records
+
+
+def trained_run(task: str, runs: Path, overrides: list[str], preset: str = "quick") -> Path:
+    """The finished run of ``task`` (trained now unless ``runs/<task>`` has it already)."""
+    out = runs / task
+    run_experiment(task, preset, out, ["threads=1", *overrides])
+    TRAINED[task] = {"run": str(out), "preset": preset, "overrides": overrides}
+    return out
+
+
+TRAINED: dict[str, dict[str, Any]] = {}  # the runs the weights come from, for the JSON
+
+
+def finished_job(run_path: Path, job_name: str, seed: int | None = None):
+    """``(JobContext, record)`` of a finished job: the task's own helpers (named random streams,
+    checkpoints, dependencies) work on it as during the run."""
+    run = RunDir(run_path)
+    saved = json.loads(run.config_path.read_text())
+    experiment = get_experiment(saved["experiment"])
+    config = from_plain(experiment.config, saved["config"])
+    seed = config.seeds[0] if seed is None else seed
+    planned = next(
+        p for p in plan_jobs(experiment, config) if p.job.name == job_name and p.seed == seed
+    )
+    data = run.job_file(planned.id)
+    if data is None:
+        raise ValueError(f"{run_path} has no finished job {planned.id}")
+    return JobContext(run, config, planned, progress=False), data["record"]
+
+
+def spread(curve: list[dict[str, Any]], points: int) -> list[dict[str, Any]]:
+    """``points`` budget-curve points evenly spaced along the curve (first and last included),
+    each distinct rule once."""
+    n = len(curve)
+    picked = sorted({round(i * (n - 1) / max(points - 1, 1)) for i in range(points)})
+    out, seen = [], set()
+    for i in picked:
+        key = json.dumps(curve[i]["score_threshold"])
+        if key not in seen:
+            seen.add(key)
+            out.append(curve[i])
+    return out
+
+
+def curve_rules(curve, points: int, kind: str = "hazard", cost_key: str = "budget") -> dict:
+    """Rules of ``points`` points of a validation-fitted budget curve, named by their budget."""
+    return {
+        f"{p[cost_key]:.4g}": THRESHOLD_KINDS[kind](torch.tensor(p["score_threshold"]))
+        for p in spread(curve, points)
+    }
+
+
+def linear_macs(module: torch.nn.Module, *inputs) -> float:
+    """Multiply-adds of the linear and convolution layers of one forward, per input row."""
+    from stopwise.tasks.few_shot.metrics import count_macs
+
+    rows = inputs[0].shape[0]
+    return count_macs(module, *inputs) / rows
+
+
+# ---------------------------------------------------------------- one adapter per task
+
+
+def sparse_recovery_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
+    from stopwise.contract import job_id
+    from stopwise.tasks.sparse_recovery.experiment import (
+        STOP_MODELS,
+        load_stop_model,
+        stop_costs,
+    )
+
+    run = trained_run("sparse-recovery", runs, [], "tiny" if tiny else "quick")
+    cases = []
+    for name, label in (("lista_stop", "LISTA-stop"), ("cpss_stop", "LISTA-CP-SS-stop")):
+        model, policy, valid, _, problem = load_stop_model(run, name)
+        record = RunDir(run).job_file(job_id(STOP_MODELS[name][1], 0))["record"]
+        costs = stop_costs(model, policy)
+        T, full = model.max_steps, float(model.step_costs()[-1])
+        cases.append(
+            SpeedCase(
+                "sparse-recovery",
+                label,
+                model,
+                policy,
+                problem.test.open().y,
+                curve_rules(record["curve"], points, record["policy"]["kind"]),
+                lambda index, costs=costs: costs[index],
+                full,
+                full / T,
+                float(model.feature_costs()[T // 2]) + policy.macs(),
+                valid=valid,
+                chunk=None,
+                row="measurement y",
+                architecture=f"A: {tuple(problem.A.shape)}, T = {T} (quick)",
+            )
+        )
+    return cases
+
+
+def multi_exit_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
+    from stopwise.policies import ConfidencePolicy
+    from stopwise.tasks.multi_exit.data import load_splits
+    from stopwise.tasks.multi_exit.methods import build_model
+    from stopwise.tasks.multi_exit.models import ExitPolicy, inference_copy
+
+    overrides = ['methods=["uniform","l2s"]', "timing.methods=[]"]
+    run = trained_run("multi-exit", runs, overrides, "tiny" if tiny else "quick")
+    context, select = finished_job(run, "l2s")
+    config = context.config
+    splits = load_splits(config)
+    # The L2S job (β) validation chose for the policy at the middle budget.
+    picks = select["chosen"]["policy"]
+    l2s_job, beta = picks[len(picks) // 2]["job"], picks[len(picks) // 2]["beta"]
+    cases = []
+    for label, job in (("confidence (uniform)", "uniform"), ("L2S exit policy", None)):
+        name = job or l2s_job
+        job_context, record = finished_job(run, name)
+        torch.manual_seed(0)
+        model = build_model(config, splits)
+        stage = "train" if job else "stage1"
+        model.load_state_dict(job_context.checkpoint(stage)["model"])
+        model.eval()
+        costs = model.step_costs().double()
+        T = model.max_steps
+        if job:
+            policy, curve = ConfidencePolicy(), record["curves"]["confidence"]
+            policy_macs = 0.0  # softmax max of the exit's logits: no multiply-adds counted
+        else:
+            policy = ExitPolicy(T, tuple(config.l2s.policy_hidden))
+            policy.load_state_dict(job_context.checkpoint("stage2")["policy"])
+            policy.eval()
+            curve = record["curves"]["policy"]
+            policy_macs = linear_macs(policy, torch.zeros(1, splits.classes), 0)
+        # A policy's decisions ride on the exits' costs (the heads are in the step costs).
+        row_costs = costs + policy_macs * torch.arange(1, T + 1, dtype=torch.float64)
+        cases.append(
+            SpeedCase(
+                "multi-exit",
+                label,
+                inference_copy(model),
+                policy,
+                splits.test_x,
+                curve_rules(curve, points, "hazard", "val_mean_cost"),
+                lambda index, c=row_costs: c[index],
+                float(costs[-1]),
+                float(costs[-1]) / T,
+                policy_macs,
+                chunk=1000,
+                row="MNIST-1D signal",
+                architecture=f"{config.dataset}, channels {config.channels}, stem {config.stem} "
+                "(quick), inference_copy (BN and stem folded, channels-last after exit 1)",
+                notes=[f"L2S β = {beta}"] if not job else [],
+            )
+        )
+    return cases
+
+
+def denoising_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
+    from denoising import load_stop_model
+
+    overrides = [] if tiny else QUICK_SHORTENED["denoising"]
+    run = trained_run("denoising", runs, overrides, "tiny" if tiny else "quick")
+    model, policy, valid, _, data = load_stop_model(run, 0)
+    context, record = finished_job(run, "dncnn-stop")
+    context_config = context.config
+    costs = model.adaptive_macs(valid, policy.macs()).double()
+    shapes = [noisy for _, _, noisy in data.groups]
+    images = max(shapes, key=lambda t: t.shape[0])
+    step_macs = float(model.module_macs()[-1] + model.head_macs(0))
+    return [
+        SpeedCase(
+            "denoising",
+            "DnCNN-stop",
+            model,
+            policy,
+            images,
+            curve_rules(record["curve"], points),
+            lambda index: costs[index],
+            float(model.fixed_depth_macs()[-1]),
+            step_macs,
+            float(policy.macs()),
+            valid=valid,
+            chunk=None,
+            row=f"test crop {tuple(images.shape[-2:])} (MACs per pixel)",
+            architecture=f"DnCNN depth {context_config.depth}, width {context_config.width}, "
+            f"{context_config.precision}, channels-last {context_config.channels_last} (quick)",
+        )
+    ]
+
+
+def few_shot_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
+    from stopwise.tasks.few_shot.experiment import load_splits
+    from stopwise.tasks.few_shot.methods import build_models, task_sampler
+    from stopwise.tasks.few_shot.metrics import step_macs
+    from stopwise.tasks.few_shot.models import AdaptedLearner
+
+    run = trained_run("few-shot", runs, ["timing_repeats=1"], "tiny" if tiny else "quick")
+    context, record = finished_job(run, "maml-stop")
+    config = context.config
+    learner, policy = build_models(config, with_policy=True)
+    saved = context.checkpoint("maml-stop")
+    learner.load_state_dict(saved["learner"])
+    policy.load_state_dict(saved["policy"])
+    learner.eval(), policy.eval()
+    model = AdaptedLearner(learner, config.inner_lr, config.steps, config.vmap)
+    _, _, test_split = load_splits(config)
+    tasks = task_sampler(config, test_split)(config.test_tasks, context.generator("test-tasks"))
+    # A full adaptation of a task takes ~0.1 s (Conv4, 10 inner steps, one task at a time on
+    # CPU): the first FEW_SHOT_TIMED_TASKS test tasks and 3 repeats keep the measurement to
+    # about a minute.
+    tasks = tasks.select(slice(0, min(FEW_SHOT_TIMED_TASKS, len(tasks))))
+    # One inner step of each task: support forward + backward (3 forwards) + query forward.
+    per_task = torch.tensor(
+        [step_macs(learner, *_one_task(tasks, i)) for i in range(len(tasks))], dtype=torch.float64
+    )
+    features = torch.zeros(1, 2 * learner.feature_dim + 4)
+    decision = linear_macs(policy, features, 0)
+    T = model.max_steps
+    return [
+        SpeedCase(
+            "few-shot",
+            "MAML-stop",
+            model,
+            policy,
+            tasks.inputs(),
+            curve_rules(record["stop_curve"], points),
+            lambda index: (index + 1).double() * (per_task + decision),
+            float(T * per_task.mean()),
+            float(per_task.mean()),
+            decision,
+            chunk=config.eval_chunk,
+            repeats=3,
+            row="task (5-way, K shots)" if config.family != "sinusoid" else "sinusoid task",
+            architecture=f"{config.family}, width {config.width}, T = {T}, vmap {config.vmap} "
+            "(quick)",
+            notes=[
+                "MACs per task: steps × (one inner step + one decision); the support pass at "
+                "the initial weights (start) is not counted"
+            ],
+        )
+    ]
+
+
+FEW_SHOT_TIMED_TASKS = 40
+
+
+def _one_task(tasks, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    support_x, _, query_x, _ = tasks.task(i)
+    return support_x, query_x
+
+
+def learned_optimizer_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
+    from stopwise.tasks.learned_optimizers.experiment import (
+        _Detached,
+        _splits,
+        build_net,
+        make_family,
+    )
+    from stopwise.tasks.learned_optimizers.models import (
+        CausalHaltingScore,
+        L2SPolicy,
+        OptimizerRun,
+        lstm_step_macs,
+    )
+
+    overrides = [] if tiny else QUICK_SHORTENED["learned-optimizers"]
+    run = trained_run("learned-optimizers", runs, overrides, "tiny" if tiny else "quick")
+    cases = []
+    for label, kind in (("LSTM optimizer + ACT halting", "act"), ("LSTM optimizer + L2S", "l2s")):
+        family_name = "regression"
+        context, record = finished_job(run, f"{kind}-{family_name}")
+        config = context.config
+        family = make_family(config, family_name, context)
+        _, test = _splits(config, family_name, family, context)
+        net = build_net(config, family_name, halting=kind == "act")
+        if kind == "act":
+            net.load_state_dict(context.checkpoint("act")["net"])
+            policy, decision = CausalHaltingScore(), float(net.halting.in_features)
+        else:
+            net.load_state_dict(
+                finished_job(run, f"lstm-{family_name}")[0].checkpoint("lstm")["net"]
+            )
+            trained = L2SPolicy(config.horizon, tuple(config.l2s.hidden))
+            trained.load_state_dict(context.checkpoint("l2s")["policy"])
+            policy, decision = _Detached(trained.eval()), float(trained.macs())
+        model = OptimizerRun(family, net.eval(), config.horizon)
+        step = float(lstm_step_macs(net, family.dim))
+        T = model.max_steps
+        cases.append(
+            SpeedCase(
+                "learned-optimizers",
+                label,
+                model,
+                policy,
+                test.open(),
+                curve_rules(record["curve"], points),
+                lambda index, s=step, d=decision: (index + 1).double() * (s + d),
+                T * step,
+                step,
+                decision,
+                chunk=None,
+                row=f"{family_name} function (dim {family.dim})",
+                architecture=f"LSTM {config.layers}×{config.hidden}, horizon {T} (quick)",
+                notes=[
+                    "step MACs: LSTM cells and output layer; the optimizee's gradient not "
+                    "counted (lstm_step_macs)"
+                ],
+            )
+        )
+    return cases
+
+
+def parity_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
+    """L2S on the parity GRU (the hard-oracle policy). The run's record has rules, not a budget
+    curve: the thresholds are fitted here on the validation split for evenly spaced budgets
+    (``selection.budget_grid``, ``inference.fit_threshold``)."""
+    from stopwise.inference import fit_threshold, hazard_trajectory
+    from stopwise.selection import budget_grid
+    from stopwise.tasks.parity.data import evaluation_set
+    from stopwise.tasks.parity.models import HaltingHead, ParityGRU
+
+    run = trained_run("parity", runs, ['methods=["l2s"]'], "tiny" if tiny else "quick")
+    saved = json.loads(RunDir(run).config_path.read_text())["config"]
+    context, _ = finished_job(run, f"l2s-{saved['l2s_beta'][0]:g}")
+    config = context.config
+    model = ParityGRU(config.n, config.hidden, config.max_steps)
+    model.load_state_dict(context.checkpoint("l2s-stage1")["model"])
+    head = HaltingHead(config.hidden)
+    head.load_state_dict(context.checkpoint("l2s-stage2-hard")["policy"])
+    model.eval(), head.eval()
+    T, n, h = config.max_steps, config.n, config.hidden
+    with torch.no_grad():
+        val = evaluation_set(config, "validation", context.generator("validation")).x
+        val_hazards = hazard_trajectory(model, head, val)
+    every = torch.ones(T, dtype=torch.bool)
+    rules = {f"{b:.4g}": fit_threshold(val_hazards, b) for b in budget_grid(every, points)}
+    test = evaluation_set(config, "test", context.generator("test")).x
+    step = 3.0 * h * (n + 1 + h)  # GRUCell: three gates on [x, flag] and h
+    decision = linear_macs(head, torch.zeros(1, h)) + h  # halting head + the step's output
+    return [
+        SpeedCase(
+            "parity",
+            "L2S GRU (hard oracle)",
+            model,
+            head,
+            test,
+            rules,
+            lambda index: (index + 1).double() * (step + decision),
+            T * step + h,
+            step,
+            decision,
+            chunk=1000,
+            row=f"parity vector (n = {n})",
+            architecture=f"GRU {h} units, n = {n}, T = {T} (quick)",
+            notes=["thresholds fitted here on the validation split (the run records rules)"],
+        )
+    ]
+
+
+# Quick presets shortened where training takes long on the shared machine (architecture kept).
+QUICK_SHORTENED = {
+    # Every exit kept (min_exit_frequency=0): with this short training validation's oracle
+    # picks the last exit for almost every tile and pruning would leave nothing to stop at.
+    "denoising": [
+        "pretrain.steps=150", "finetune.steps=50", "policy.steps=200", "test_sigmas=[45,65]",
+        "grid_sigma=65", "nlm_h=[0.8]", "timing_repeats=1", "min_exit_frequency=0",
+    ],
+    # Only the family whose stop models are timed (regression), without the fixed-depth LSTMs.
+    "learned-optimizers": ['families=["regression"]', "trained_depths=[]"],
+}  # fmt: skip
+
+ADAPTERS = {
+    "sparse-recovery": sparse_recovery_cases,
+    "multi-exit": multi_exit_cases,
+    "denoising": denoising_cases,
+    "few-shot": few_shot_cases,
+    "learned-optimizers": learned_optimizer_cases,
+    "parity": parity_cases,
+}
+
+
+# ---------------------------------------------------------------- the one measuring loop
+
+
+@torch.no_grad()
+def stop_index(case: SpeedCase, rule: Rule) -> torch.Tensor:
+    """``(N,)`` the stop steps of ``rule`` on the timed rows, by real (shrink) execution."""
+
+    def run(rows):
+        return run_adaptive(case.model, case.policy, rows, rule, "shrink", case.valid).stop_index
+
+    if case.chunk is None:
+        return run(case.inputs)
+    return in_chunks(run, case.inputs, case.chunk)
+
+
+@torch.no_grad()
+def choose_repeats(case: SpeedCase, least: int, seconds: float, most: int = 41) -> int:
+    """Interleaved repeats for about ``seconds`` of timing (≥ ``least``): one repeat runs the
+    full model and every rule, about (1 + Σ mean steps / T) full passes; judged from one full
+    pass, timed after a warm-up one."""
+    from stopwise.inference import run_fixed
+
+    def full():
+        if case.chunk is None:
+            run_fixed(case.model, case.inputs)
+        else:
+            in_chunks(lambda part: run_fixed(case.model, part), case.inputs, case.chunk)
+
+    full()
+    start = time.perf_counter()
+    full()
+    one = max(time.perf_counter() - start, 1e-6) * (1 + 0.6 * len(case.rules))
+    return int(min(most, max(least, round(seconds / one))))
+
+
+def measure(case: SpeedCase, threads: int, repeats: int) -> list[dict[str, Any]]:
+    """One row per budget: MACs, the ideal and the measured speedups, the policy's overhead."""
+    torch.set_num_threads(threads)
+    timing = time_adaptive(
+        case.model, case.policy, case.inputs, case.rules, case.valid, repeats, case.chunk
+    )
+    rows = []
+    for budget, rule in case.rules.items():
+        index = stop_index(case, rule)
+        mean_macs = float(case.row_macs(index).double().mean())
+        ideal = case.full_macs / mean_macs
+        timed = timing["rules"][budget]
+        rows.append(
+            {
+                "task": case.task,
+                "model": case.model_name,
+                "threads": threads,
+                "budget": budget,
+                "rows": timing["rows"],
+                "batch": min(case.chunk or timing["rows"], timing["rows"]),
+                "row": case.row,
+                "repeats": repeats,
+                "max_steps": int(case.model.max_steps),
+                "mean_steps": float((index + 1).double().mean()),
+                "mean_macs": mean_macs,
+                "full_macs": case.full_macs,
+                "ideal_speedup": ideal,
+                "full_seconds": timing["full_seconds"],
+                "adaptive_seconds": timed["seconds"],
+                "wall_speedup": timed["speedup"],
+                "cpu_speedup": timed["cpu_speedup"],
+                "wall_over_ideal": timed["speedup"] / ideal,
+                "cpu_over_ideal": (timed["cpu_speedup"] or float("nan")) / ideal,
+                "speedup_target_met": timed["speedup"] >= TARGET_SPEEDUP * ideal,
+                "step_macs": case.step_macs,
+                "policy_macs": case.policy_macs,
+                "policy_fraction": case.policy_macs / case.step_macs,
+                "policy_target_met": case.policy_macs <= TARGET_POLICY * case.step_macs,
+            }
+        )
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| task | model | thr | budget | batch | steps | MACs/full | ideal | wall (CPU) speedup "
+        "| wall/ideal | policy/step |",
+        "|:---|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        mark = "" if r["speedup_target_met"] else " ✗"
+        lines.append(
+            f"| {r['task']} | {r['model']} | {r['threads']} | {r['budget']} | {r['batch']} | "
+            f"{r['mean_steps']:.2f}/{r['max_steps']} | {r['mean_macs'] / r['full_macs']:.3f} | "
+            f"{r['ideal_speedup']:.2f} | {r['wall_speedup']:.2f} ({r['cpu_speedup']:.2f}) | "
+            f"{r['wall_over_ideal']:.2f}{mark} | {100 * r['policy_fraction']:.1f}% |"
+        )
+    return "\n".join(lines)
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=list(ADAPTERS), choices=list(ADAPTERS))
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=7, help="least interleaved repeats")
+    parser.add_argument(
+        "--seconds", type=float, default=8.0, help="more repeats (≤ 41) for about this long"
+    )
+    parser.add_argument("--points", type=int, default=4, help="budget points per curve (3-5)")
+    parser.add_argument("--runs", default="runs/speed", help="cache of the trained runs")
+    parser.add_argument("--tiny", action="store_true", help="tiny presets (tests, development)")
+    parser.add_argument("--out", default=str(ROOT / "results" / "stop_speed.json"))
+    parser.add_argument("--note", default="", help="how the machine was shared, etc.")
+    args = parser.parse_args(argv)
+    reuse_freed_memory()
+    torch.set_num_threads(1)
+    load_before, uptime_before = os.getloadavg(), uptime()
+    wall, cpu = time.perf_counter(), time.process_time()
+    cases = [
+        c for task in args.tasks for c in ADAPTERS[task](Path(args.runs), args.points, args.tiny)
+    ]
+    setup_seconds = time.perf_counter() - wall
+    rows = []
+    for threads in args.threads:
+        for case in cases:
+            start = time.perf_counter()
+            torch.set_num_threads(threads)
+            repeats = case.repeats or (
+                choose_repeats(case, args.repeats, args.seconds) if args.seconds else args.repeats
+            )
+            rows.extend(measure(case, threads, repeats))
+            print(
+                f"{case.task} / {case.model_name}, {threads} thread(s): "
+                f"{time.perf_counter() - start:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+    torch.set_num_threads(1)
+    report = {
+        "benchmark": "stop_speed",
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "machine": machine(),
+        "load": {
+            "note": args.note,
+            "uptime_before": uptime_before,
+            "uptime_after": uptime(),
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+        },
+        "settings": vars(args),
+        "targets": {
+            "wall_speedup_over_ideal": TARGET_SPEEDUP,
+            "policy_macs_over_step_macs": TARGET_POLICY,
+        },
+        "cases": [
+            {
+                "task": c.task,
+                "model": c.model_name,
+                "architecture": c.architecture,
+                "row": c.row,
+                "notes": c.notes,
+            }
+            for c in cases
+        ],
+        "trained_runs": TRAINED,
+        "setup_seconds": setup_seconds,
+        "wall_seconds": time.perf_counter() - wall,
+        "cpu_seconds": time.process_time() - cpu,
+        "rows": rows,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

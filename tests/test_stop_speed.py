@@ -1,0 +1,118 @@
+"""benchmarks/stop_speed.py on tiny runs of two tasks: the JSON's schema, and every row's ideal
+speedup against full MACs / mean MACs recomputed independently (dense hazards, the rule applied
+after the fact, the MAC formula written out)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+ROW_KEYS = {
+    "task", "model", "threads", "budget", "rows", "batch", "row", "repeats", "max_steps",
+    "mean_steps", "mean_macs", "full_macs", "ideal_speedup", "full_seconds", "adaptive_seconds",
+    "wall_speedup", "cpu_speedup", "wall_over_ideal", "cpu_over_ideal", "speedup_target_met",
+    "step_macs", "policy_macs", "policy_fraction", "policy_target_met",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def stop_speed():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield importlib.import_module("stop_speed")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+@pytest.fixture(scope="module")
+def measured(stop_speed, tmp_path_factory):
+    root = tmp_path_factory.mktemp("speed")
+    out = root / "stop_speed.json"
+    argv = ["--tiny", "--tasks", "sparse-recovery", "parity", "--threads", "1", "--seconds", "0"]
+    argv += ["--repeats", "1", "--points", "3", "--runs", str(root / "runs"), "--out", str(out)]
+    assert stop_speed.main(argv) == 0
+    return root, json.loads(out.read_text())
+
+
+def test_schema(measured):
+    _, report = measured
+    for key in ("date", "torch", "machine", "load", "targets", "cases", "rows", "wall_seconds"):
+        assert key in report
+    assert {"uptime_before", "uptime_after"} <= set(report["load"])
+    rows = report["rows"]
+    models = {(r["task"], r["model"]) for r in rows}
+    assert models == {
+        ("sparse-recovery", "LISTA-stop"),
+        ("sparse-recovery", "LISTA-CP-SS-stop"),
+        ("parity", "L2S GRU (hard oracle)"),
+    }
+    for r in rows:
+        assert set(r) == ROW_KEYS
+        assert 1 <= r["mean_steps"] <= r["max_steps"]
+        assert r["wall_over_ideal"] == pytest.approx(r["wall_speedup"] / r["ideal_speedup"])
+        assert r["policy_fraction"] == pytest.approx(r["policy_macs"] / r["step_macs"])
+        assert r["speedup_target_met"] == (r["wall_speedup"] >= 0.8 * r["ideal_speedup"])
+    for task, model in models:  # 2-3 distinct budgets per curve, the cheapest first
+        steps = [r["mean_steps"] for r in rows if r["model"] == model and r["task"] == task]
+        assert len(steps) >= 2 and steps == sorted(steps)
+
+
+def test_ideal_speedup_recomputed_independently(stop_speed, measured):
+    """Sparse recovery: cost of stopping after step t = the model's cumulative step MACs at t
+    plus the features and policy MACs of the t + 1 decisions so far (a plain loop); stops from
+    the dense hazards."""
+    from stopwise.contract import RunDir, job_id
+    from stopwise.inference import THRESHOLD_KINDS, hazard_trajectory, stop_indices
+    from stopwise.tasks.sparse_recovery.experiment import STOP_MODELS, load_stop_model
+
+    root, report = measured
+    run = root / "runs" / "sparse-recovery"
+    labels = {"lista_stop": "LISTA-stop", "cpss_stop": "LISTA-CP-SS-stop"}
+    checked = 0
+    for name, label in labels.items():
+        model, policy, valid, _, problem = load_stop_model(run, name)
+        record = RunDir(run).job_file(job_id(STOP_MODELS[name][1], 0))["record"]
+        y = problem.test.open().y
+        hazards = hazard_trajectory(model, policy, y)
+        features = model.feature_costs().tolist()
+        T = model.max_steps
+        cost, decisions = [], 0.0
+        for t in range(T):
+            decisions += features[t] + policy.macs()
+            cost.append(float(model.step_costs()[t]) + decisions)
+        full = float(model.step_costs()[-1])
+        by_budget = {f"{p['budget']:.4g}": p for p in record["curve"]}
+        for row in (r for r in report["rows"] if r["model"] == label):
+            point = by_budget[row["budget"]]
+            rule = THRESHOLD_KINDS[record["policy"]["kind"]](point["score_threshold"])
+            index = stop_indices(hazards, rule, valid).tolist()
+            mean = sum(cost[t] for t in index) / len(index)
+            assert row["full_macs"] == pytest.approx(full)
+            assert row["mean_macs"] == pytest.approx(mean, rel=1e-9)
+            assert row["ideal_speedup"] == pytest.approx(full / mean, rel=1e-9)
+            assert row["mean_steps"] == pytest.approx(sum(t + 1 for t in index) / len(index))
+            checked += 1
+    assert checked >= 4
+
+
+def test_parity_macs_recomputed(measured):
+    """The parity GRU: a GRUCell step costs 3h(n + 1) + 3h² MACs, a decision reads the output
+    (h) and the halting head (h); full depth is T steps and one output."""
+    root, report = measured
+    config = json.loads((root / "runs" / "parity" / "config.json").read_text())["config"]
+    n, h, T = config["n"], config["hidden"], config["max_steps"]
+    step = 3 * h * (n + 1) + 3 * h * h
+    rows = [r for r in report["rows"] if r["task"] == "parity"]
+    assert len(rows) >= 2
+    for row in rows:
+        mean = row["mean_steps"] * (step + 2 * h)
+        assert row["full_macs"] == pytest.approx(T * step + h)
+        assert math.isclose(row["ideal_speedup"], (T * step + h) / mean, rel_tol=1e-9)
+        assert row["policy_fraction"] == pytest.approx(2 * h / step)
