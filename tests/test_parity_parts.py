@@ -22,7 +22,12 @@ from stopwise.tasks.parity import (
     sample_parity,
 )
 from stopwise.tasks.parity.metrics import evaluate_rule
-from stopwise.tasks.parity.report import paired_vs_fixed_depth, sensitivity_lines, summarize
+from stopwise.tasks.parity.report import (
+    _fixed_at,
+    paired_vs_fixed_depth,
+    sensitivity_lines,
+    summarize,
+)
 
 
 def test_parity_vectors_have_k_signed_entries_and_the_right_target():
@@ -223,3 +228,35 @@ def test_paired_difference_against_fixed_depth_by_hand():
     assert accuracy["below_zero"]
     assert paired["mean_steps"]["per_seed"] == pytest.approx({0: -2.0, 1: -1.0, 2: 0.0})
     assert paired_vs_fixed_depth(rows[6:], summarize(rows[6:])) == []
+
+
+def test_fixed_depth_at_fractional_steps_mixes_the_two_depths_around_it():
+    curve = [{"mean_steps": d, "accuracy": a} for d, a in [(1, 0.5), (2, 0.7), (4, 0.9)]]
+    # 30% of the rows at depth 2 and 70% at depth 4 run 3.4 steps on average.
+    assert _fixed_at(curve, 3.4) == pytest.approx(0.3 * 0.7 + 0.7 * 0.9)
+    assert _fixed_at(curve, 0.5) == 0.5 and _fixed_at(curve, 9) == 0.9
+
+
+def test_budget_curve_ends_at_full_depth_and_matches_a_plain_loop():
+    from stopwise.tasks.parity.config import ParityConfig
+    from stopwise.tasks.parity.data import evaluation_set
+    from stopwise.tasks.parity.experiment import budget_curve
+    from stopwise.tasks.parity.models import HaltingHead, ParityGRU
+
+    config = ParityConfig(n=8, train_k=[1, 8], test_k=[1, 8], max_steps=5, val_size=300)
+    config.test_size = 400
+    torch.manual_seed(0)
+    model, head = ParityGRU(8, 16, 5), HaltingHead(16)
+    validation = evaluation_set(config, "validation", torch.Generator().manual_seed(1))
+    test = evaluation_set(config, "test", torch.Generator().manual_seed(2))
+    curve = budget_curve(model, head, validation, test, config, "cpu")
+    last = curve["points"][-1]
+    assert last["mean_steps"] == 5 and last["accuracy"] == curve["fixed_depth"][-1]["accuracy"]
+    # Fixed depth t by a plain loop over the model's steps.
+    with torch.no_grad():
+        state = model.start(test.x)
+        for t in range(5):
+            state = model.advance(state, t)
+            logits = model.predict(state, t)
+            right = ((logits > 0).float() == test.y).float().mean()
+            assert curve["fixed_depth"][t]["accuracy"] == pytest.approx(float(right))

@@ -72,6 +72,9 @@ class ParityConfig(Config):
         [0.1], ge=0, le=100, check=_distinct, help="random-horizon bound KL weights β"
     )
     thesis_prior_p: float = param(0.2, gt=0, lt=1, help="random-horizon prior parameter p")
+    curve_points: int = param(
+        6, ge=2, le=100, help="budgets on each stop model's budget curve (fitted on validation)"
+    )
     log_every: int = param(100, ge=1, help="training steps between metric records")
 
     def check(self) -> None:

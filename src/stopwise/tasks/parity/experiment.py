@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from ...contract import Job, JobContext
-from ...selection import Heldout
+from ...selection import Heldout, budget_grid, budget_sweep, fixed_depth_curve
 from .config import ParityConfig
 from .data import evaluation_set, first_training_batches
-from .methods import METHODS, RULES, act_halting_steps, infer, train_method
+from .methods import METHODS, RULES, act_halting_steps, infer, train_method, unroll_with_head
 from .metrics import evaluate_rule, share_by_k
 from .models import ParityGRU
 
@@ -26,7 +28,7 @@ __all__ = ["jobs", "run_job", "SHARED_KEYS"]
 # own keys (Method.keys); the others (lists of values, methods, log_every) never rerun a job.
 SHARED_KEYS = (
     "n", "train_k", "test_k", "hidden", "batch_size", "updates", "grad_clip",
-    "val_size", "test_size", "inference_mode", "device",
+    "val_size", "test_size", "inference_mode", "device", "curve_points",
 )  # fmt: skip
 
 
@@ -106,4 +108,33 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
                 **extra,
             }
         )
-    return {"rows": rows}
+    curves = [
+        budget_curve(model, heads[variant], validation, test_set, config, context.device)
+        | {"variant": variant}
+        for variant in heads
+        if method.name not in ("fixed", "act")
+    ]
+    return {"rows": rows, "curves": curves}
+
+
+@torch.no_grad()
+def budget_curve(model, head, validation, test, config: ParityConfig, device) -> dict[str, Any]:
+    """The stop model's budget curve (hazard thresholds fitted on validation at
+    ``config.curve_points`` budgets, applied to test) beside the same model stopped at every
+    fixed depth; each point's metric is the test interpolation accuracy."""
+    model.eval()
+    _, val_hazards = unroll_with_head(model, validation.x.to(device), head)
+    logits, test_hazards = unroll_with_head(model, test.x.to(device), head)
+    inside = ((test.k >= config.train_k[0]) & (test.k <= config.train_k[1])).cpu()
+    correct = (logits.cpu() > 0).float() == test.y.unsqueeze(1).cpu()  # (N, T)
+
+    def accuracy(index: torch.Tensor) -> dict[str, float]:
+        chosen = correct.gather(1, index.cpu().view(-1, 1)).squeeze(1)
+        return {"accuracy": float(chosen[inside].float().mean())}
+
+    valid = torch.ones(model.max_steps, dtype=torch.bool)
+    budgets = budget_grid(valid, config.curve_points)
+    return {
+        "points": budget_sweep(val_hazards.cpu(), test_hazards.cpu(), budgets, accuracy),
+        "fixed_depth": fixed_depth_curve(len(test.y), accuracy, valid),
+    }

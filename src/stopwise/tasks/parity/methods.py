@@ -59,6 +59,7 @@ __all__ = [
     "infer",
     "act_halting_steps",
     "renormalised_stop",
+    "unroll_with_head",
 ]
 
 
@@ -117,7 +118,7 @@ RULES: dict[str, tuple[str, bool]] = {
 LossFn = Callable[[ParityGRU, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, Any]]]
 
 
-def _unroll(
+def unroll_with_head(
     model: ParityGRU, x: torch.Tensor, head: HaltingHead | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(logits (B, T), halting logits (B, T))`` of every step (``head`` defaults to the model's)."""
@@ -128,7 +129,7 @@ def _unroll(
 
 def _act_loss(tau: float, eps: float) -> LossFn:
     def loss(model, x, y):
-        logits, z = _unroll(model, x)
+        logits, z = unroll_with_head(model, x)
         halting = act_halting(z, eps)
         task = F.binary_cross_entropy_with_logits(act_output(halting.weights, logits), y)
         return act_loss(task, halting, tau), {
@@ -142,7 +143,7 @@ def _act_loss(tau: float, eps: float) -> LossFn:
 
 def _pondernet_loss(lambda_p: float, beta: float, tail: str) -> LossFn:
     def loss(model, x, y):
-        logits, z = _unroll(model, x)
+        logits, z = unroll_with_head(model, x)
         stop = StopTime(z, tail=tail)
         value, terms = pondernet_loss(stop, step_losses(logits, y), beta, lambda_p)
         return value, {k: v.detach() for k, v in terms.items()} | {
@@ -154,7 +155,7 @@ def _pondernet_loss(lambda_p: float, beta: float, tail: str) -> LossFn:
 
 def _thesis_loss(beta: float, prior_p: float) -> LossFn:
     def loss(model, x, y):
-        logits, z = _unroll(model, x)
+        logits, z = unroll_with_head(model, x)
         a = posterior_logits(z)
         value = random_horizon_bound(a, step_losses(logits, y), prior_p, beta)
         steps = (torch.softmax(a, -1) * torch.arange(1, a.shape[-1] + 1, device=a.device)).sum(-1)
@@ -269,7 +270,7 @@ def act_halting_steps(model: ParityGRU, x: torch.Tensor, eps: float) -> torch.Te
     """``(B,)`` steps N(x) ACT's training loss uses for inputs ``x (B, n)`` (1 = halted at the
     first step, where no gradient reaches h₁: p₁ = R = 1 whatever h₁ is)."""
     model.eval()
-    return act_halting(_unroll(model, x)[1], eps).steps
+    return act_halting(unroll_with_head(model, x)[1], eps).steps
 
 
 def renormalised_stop(
@@ -308,11 +309,11 @@ def infer(
         logits = run_fixed(model, x)
         return logits, torch.full_like(logits, model.max_steps - 1, dtype=torch.long)
     if rule == "mode":
-        logits, z = _unroll(model, x, head)
+        logits, z = unroll_with_head(model, x, head)
         index = posterior_logits(z).argmax(dim=-1)
         return logits.gather(1, index.unsqueeze(-1)).squeeze(-1), index
     if rule in ("sample-q", "median-q"):
-        logits, z = _unroll(model, x, head)
+        logits, z = unroll_with_head(model, x, head)
         index = renormalised_stop(z, rule, sample_seed)
         return logits.gather(1, index.unsqueeze(-1)).squeeze(-1), index
     if rule == "act":

@@ -22,6 +22,8 @@ __all__ = [
     "lines_table",
     "sensitivity_lines",
     "halting_at_step_1_table",
+    "budget_curves",
+    "budget_curve_table",
 ]
 
 _MARKERS = {"fixed": "s", "act": "o", "sample": "^", "median": "v", "hazard": "D", "greedy": "P"}
@@ -35,6 +37,7 @@ def report(results: list[JobResult], config: ParityConfig) -> Report:
     ]
     lines = summarize(rows)
     paired = paired_vs_fixed_depth(rows, lines)
+    curves = budget_curves(results, lines)
     best = [line for line in lines if line["best"] and line["main_rule"]]
     summary = f"parity, best setting per method ({len(config.seeds)} seed(s), main rule): " + (
         "; ".join(
@@ -49,10 +52,11 @@ def report(results: list[JobResult], config: ParityConfig) -> Report:
             "success_accuracy": SUCCESS_ACCURACY,
             "lines": lines,
             "paired_vs_fixed_depth": paired,
+            "budget_curves": curves,
             "rows": rows,
         },
-        table=tables(lines, paired, config),
-        figures=figures(rows, lines, config),
+        table=tables(lines, paired, config) + budget_curve_table(curves),
+        figures=figures(rows, lines, config) | budget_curve_figure(curves),
         summary=summary,
     )
 
@@ -324,6 +328,102 @@ def tables(lines: list[dict[str, Any]], paired: list[dict[str, Any]], config: Pa
         parts += ["", halting_at_step_1_table(lines)]
     parts += ["", "Rules: " + "; ".join(f"{name}: {text}" for name, (text, _) in RULES.items())]
     return "\n".join(parts)
+
+
+def budget_curves(results: list[JobResult], lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The budget curve of each method's best setting (stop models only), points matched by
+    position across seeds: mean steps and test interpolation accuracy of the stop model, and the
+    same model at fixed depth interpolated to the same mean steps, paired over seeds."""
+    out = []
+    for line in lines:
+        if not (line["best"] and line["main_rule"]) or line["method"] in ("fixed", "act"):
+            continue
+        per_seed = {
+            r.seed: curve
+            for r in results
+            if all(r.params[k] == line[k] for k in ("method", "value", "lr"))
+            for curve in r.record.get("curves", [])
+            if curve["variant"] == line["variant"]
+        }
+        if not per_seed:
+            continue
+        points = []
+        for i in range(min(len(c["points"]) for c in per_seed.values())):
+            stop = {s: c["points"][i]["accuracy"] for s, c in per_seed.items()}
+            steps = {s: c["points"][i]["mean_steps"] for s, c in per_seed.items()}
+            fixed = {s: _fixed_at(c["fixed_depth"], steps[s]) for s, c in per_seed.items()}
+            points.append(
+                {
+                    "mean_steps": mean_sd(list(steps.values()))[0],
+                    "accuracy": mean_sd(list(stop.values()))[0],
+                    "fixed_accuracy": mean_sd(list(fixed.values()))[0],
+                    "stop_minus_fixed": paired_difference(stop, fixed),
+                }
+            )
+        out.append({"label": line["label"], "setting": _setting(line), "points": points})
+    return out
+
+
+def _fixed_at(fixed_depth: list[dict[str, Any]], steps: float) -> float:
+    """The fixed-depth accuracy at ``steps`` mean steps: linear between the two depths around
+    it (stopping a share of the rows at each), the end depth outside the range."""
+    depths = [p["mean_steps"] for p in fixed_depth]
+    accuracy = [p["accuracy"] for p in fixed_depth]
+    if steps <= depths[0]:
+        return accuracy[0]
+    for i in range(1, len(depths)):
+        if steps <= depths[i]:
+            d0, d1, a0, a1 = depths[i - 1], depths[i], accuracy[i - 1], accuracy[i]
+            return a0 + (a1 - a0) * (steps - d0) / (d1 - d0)
+    return accuracy[-1]
+
+
+def budget_curve_table(curves: list[dict[str, Any]]) -> str:
+    if not curves:
+        return ""
+    rows = [
+        {
+            "label": f"{curve['label']} ({curve['setting']})",
+            "steps": f"{p['mean_steps']:.2f}",
+            "stop": f"{100 * p['accuracy']:.2f}",
+            "fixed": f"{100 * p['fixed_accuracy']:.2f}",
+            "gain": _difference(p["stop_minus_fixed"], 100),
+        }
+        for curve in curves
+        for p in curve["points"]
+    ]
+    return (
+        "\n\nBudget curves (hazard thresholds fitted on validation, measured on test; interpolation "
+        "accuracy %) beside the same model stopped at fixed depth, at the same mean steps:\n\n"
+        + markdown_table(
+            rows,
+            [
+                ("label", "stop model (best setting)", "s"),
+                ("steps", "mean steps", "s"),
+                ("stop", "stop model", "s"),
+                ("fixed", "same model, fixed depth", "s"),
+                ("gain", "stop − fixed (points) [95%]", "s"),
+            ],
+        )
+    )
+
+
+def budget_curve_figure(curves: list[dict[str, Any]]) -> dict[str, Any]:
+    if not curves:
+        return {}
+    figure, axes = new_figure(7.5, 4.5)
+    for i, curve in enumerate(curves):
+        steps = [p["mean_steps"] for p in curve["points"]]
+        color = f"C{i % 10}"
+        axes.plot(steps, [100 * p["accuracy"] for p in curve["points"]], "o-", color=color,
+                  markersize=4, label=f"{curve['label']}: stop")  # fmt: skip
+        axes.plot(steps, [100 * p["fixed_accuracy"] for p in curve["points"]], "--",
+                  color=color, label=f"{curve['label']}: same model, fixed depth")  # fmt: skip
+    axes.set_xlabel("mean steps")
+    axes.set_ylabel("interpolation accuracy (%)")
+    axes.set_title("Parity: budget curves (validation thresholds) vs fixed depth")
+    axes.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return {"budget_curves": figure}
 
 
 def figures(
