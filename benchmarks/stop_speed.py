@@ -414,7 +414,7 @@ def parity_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
 
     run = trained_run("parity", runs, ['methods=["l2s"]'], "tiny" if tiny else "quick")
     saved = json.loads(RunDir(run).config_path.read_text())["config"]
-    context, _ = finished_job(run, f"l2s-{saved['l2s_beta'][0]:g}")
+    context, _ = finished_job(run, f"l2s-{saved['l2s_beta'][0]:g}-lr{saved['lr'][0]:g}")
     config = context.config
     model = ParityGRU(config.n, config.hidden, config.max_steps)
     model.load_state_dict(context.checkpoint("l2s-stage1")["model"])
