@@ -66,13 +66,14 @@ def test_finished_stage_is_skipped_and_restored(tmp_path):
             model.weight.add_(1.0)
         return {"w": model.weight.sum()}
 
-    train_loop("s", 5, step_fn, {"model": model}, settings)
+    last = train_loop("s", 5, step_fn, {"model": model}, settings)
     final = model.weight.detach().clone()
     with torch.no_grad():
         model.weight.zero_()
-    train_loop("s", 5, step_fn, {"model": model}, settings)
+    again = train_loop("s", 5, step_fn, {"model": model}, settings)
     assert calls == [0, 1, 2, 3, 4]
     assert torch.equal(model.weight, final)
+    assert again == last == {"w": float(final.sum())}  # the last step's metrics, restored
 
 
 @contextlib.contextmanager

@@ -266,7 +266,7 @@ def train_loop(
     ``state`` names every object whose ``state_dict()`` must survive a restart (modules,
     optimizers, schedulers, batch sources). ``step_fn`` returns scalar metrics; they are logged
     every ``log_every`` steps. A finished stage is skipped on rerun (its final state is restored).
-    Returns the last metrics.
+    Returns the last step's metrics (kept in the checkpoint, so a skipped stage returns them too).
     """
     settings = settings or LoopSettings()
     objects = _stateful(state)
@@ -284,10 +284,12 @@ def train_loop(
                     "num_steps": num_steps,
                     "state": {name: obj.state_dict() for name, obj in objects.items()},
                     "rng": _rng_state(),
+                    "metrics": metrics,
                 },
             )
 
     start = 0
+    metrics: dict[str, float] = {}
     if path is not None and path.exists():
         saved = load_checkpoint(path)
         missing = set(objects) - set(saved["state"])
@@ -297,11 +299,11 @@ def train_loop(
             obj.load_state_dict(saved["state"][name])
         _set_rng_state(saved["rng"])
         start = saved["step"]
+        metrics = saved.get("metrics", {})
     # Steps logged before an interruption are redone identically; they are not logged twice.
     logged = log.logged_steps(stage, settings.tags) if start > 0 else set()
 
     show = main and (settings.progress if settings.progress is not None else sys.stderr.isatty())
-    metrics: dict[str, float] = {}
     global _loops_running
     _loops_running += 1
     try:
