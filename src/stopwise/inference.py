@@ -187,7 +187,7 @@ def _valid_steps(model: StepModel, valid_steps) -> torch.Tensor:
 
 
 def _split_carry(carry, rows):
-    return None if carry is None else carry[rows]
+    return None if carry is None else carry.index_select(0, rows)
 
 
 def run_adaptive(
@@ -247,13 +247,18 @@ def _run_shrink(model, policy, inputs, rule, valid):
         if predictions is None:
             predictions = prediction.new_zeros((B, *prediction.shape[1:]))
         if bool(stop.any()):
-            rows = active[stop]
-            predictions[rows] = prediction[stop]
-            stop_index[rows] = t
-            go = ~stop
-            active, state, carry = active[go], index_state(state, go), _split_carry(carry, go)
-            if active.numel() == 0:
+            # One nonzero per step; every tensor is then gathered with index_select.
+            stopped, go = stop.nonzero().squeeze(1), (~stop).nonzero().squeeze(1)
+            rows = active.index_select(0, stopped)
+            predictions.index_copy_(0, rows, prediction.index_select(0, stopped))
+            stop_index.index_fill_(0, rows, t)
+            if go.numel() == 0:
                 break
+            active, state, carry = (
+                active.index_select(0, go),
+                index_state(state, go),
+                _split_carry(carry, go),
+            )
     return predictions, stop_index
 
 
