@@ -1,6 +1,8 @@
 """Any ``--set key=value`` on any registered experiment either is refused with exit 2, naming
-the key, before anything is written — or runs to the end with finite metrics. Never a traceback,
-never NaN, never a half-written directory that blocks the next run (hypothesis over every key)."""
+the key, before anything is written — or runs to the end with finite metrics, or (an in-range
+value that makes training diverge) stops with exit 3 saying so and what to lower. Never a
+traceback, never NaN, never a half-written directory that blocks the next run (hypothesis over
+every key)."""
 
 import json
 import math
@@ -91,6 +93,10 @@ def run_value(name, key, text, out, capsys):
     if code == 2:
         assert key in err or key.split(".")[-1] in err, err
         assert not out.exists() or not (out / "jobs").exists(), "refused after writing"
+        return
+    if code == 3:  # an in-range value whose training diverges: said, with what to change
+        assert "diverged" in err and "Traceback" not in err, err
+        assert key.split(".")[-1] in err or "learning rate" in err, err
         return
     assert code == 0, err
     for line in (

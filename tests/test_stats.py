@@ -67,3 +67,12 @@ def test_spearman_matches_scipy_with_ties():
     b[:50] = a[:50]  # some dependence
     assert spearman(a, b) == pytest.approx(scipy_stats.spearmanr(a, b).statistic, abs=1e-12)
     assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_values_that_are_not_finite_give_an_infinite_mean_and_no_interval():
+    # A diverged run's loss is +inf: the mean is +inf, the spread unbounded, no interval.
+    assert mean_sd([1.0, math.inf, 2.0]) == (math.inf, math.inf)
+    out = mean_interval([1.0, 2.0, math.inf])
+    assert out["mean"] == math.inf and out["lo"] is None and out["hi"] is None
+    assert math.isnan(mean_sd([math.inf, -math.inf])[0])
+    assert mean_sd([math.inf]) == (math.inf, 0.0)

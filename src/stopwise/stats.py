@@ -26,11 +26,19 @@ __all__ = [
 
 
 def mean_sd(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value). Raises on an empty sequence."""
+    """Mean and sample standard deviation (0 for one value). Raises on an empty sequence.
+
+    Values that are not finite (a diverged run's loss) give their mean (±inf, or NaN for both
+    signs) and an infinite sd, where :func:`statistics.stdev` would fail.
+    """
     values = [float(v) for v in values]
     if not values:
         raise ValueError("mean_sd of no values")
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    if len(values) == 1:
+        return values[0], 0.0
+    if not all(math.isfinite(v) for v in values):
+        return sum(values) / len(values), math.inf
+    return statistics.fmean(values), statistics.stdev(values)
 
 
 def _betacf(a: float, b: float, x: float) -> float:
@@ -97,10 +105,11 @@ def t_quantile(q: float, df: float) -> float:
 
 
 def mean_interval(values: Sequence[float], level: float = 0.95) -> dict[str, Any]:
-    """Mean, sd, n and the two-sided Student-t interval of the mean (None bounds for n < 2)."""
+    """Mean, sd, n and the two-sided Student-t interval of the mean (None bounds for n < 2 or
+    values that are not all finite)."""
     mean, sd = mean_sd(values)
     n = len(values)
-    if n < 2:
+    if n < 2 or not math.isfinite(sd):
         return {"mean": mean, "sd": sd, "n": n, "lo": None, "hi": None, "level": level}
     half = t_quantile(0.5 + level / 2.0, n - 1) * sd / math.sqrt(n)
     return {"mean": mean, "sd": sd, "n": n, "lo": mean - half, "hi": mean + half, "level": level}

@@ -18,7 +18,7 @@ from torch.func import vmap
 
 from ...contract import JobContext
 from ...stoptime import StopTime, oracle
-from ...training import GeneratedBatches, distributed_world, optimize
+from ...training import Diverged, GeneratedBatches, distributed_world, optimize
 from .config import FewShotConfig
 from .data import ClassSplit, TaskSet, sample_classification_tasks, sample_sinusoid_tasks
 from .models import SetPolicy, make_learner, measure_task, support_groups, task_loss
@@ -278,6 +278,11 @@ def meta_train(
             total = total + losses.sum() * (world / B)
             for key, values in metrics.items():
                 sums[key] = sums.get(key, 0.0) + float(values.double().sum()) / len(mine)
+        if not total.requires_grad:  # every task's inner loop diverged: no meta-gradient
+            raise Diverged(
+                f"every task of meta-batch {step} diverged in its inner loop "
+                f"(inner_lr={config.inner_lr:g}); lower inner_lr"
+            )
         return total, sums
 
     state = {"learner": learner, "batches": batches}
