@@ -32,6 +32,7 @@ import argparse
 import datetime
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -56,6 +57,7 @@ from stopwise.inference import (  # noqa: E402
     time_adaptive,
 )
 from stopwise.perf import reuse_freed_memory  # noqa: E402
+from stopwise.steps import index_state, state_batch_size  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 TARGET_SPEEDUP = 0.8  # measured speedup / ideal speedup (MAC ratio), at every budget
@@ -507,12 +509,48 @@ def choose_repeats(case: SpeedCase, least: int, seconds: float, most: int = 41) 
     return int(min(most, max(least, round(seconds / one))))
 
 
+@torch.no_grad()
+def step_scaling(case: SpeedCase, repeats: int = 15) -> dict[str, float]:
+    """How the time of one step (``advance`` + ``observe`` at step T/2) scales with its rows: on
+    one timed batch and on 1/16 of it. A step that costs a + b·rows has the fixed share
+    a / (a + b·batch): the part of every step that rows leaving the batch cannot save, which
+    bounds shrink's speedup below the MAC ratio when it is large."""
+    model, t = case.model, case.model.max_steps // 2
+    total = state_batch_size(case.inputs)
+    batch = index_state(case.inputs, slice(0, min(case.chunk or total, total)))
+    n = state_batch_size(batch)
+    few = index_state(batch, slice(0, max(1, n // 16)))
+
+    def step_seconds(inputs) -> float:
+        state = model.start(inputs)
+        for s in range(t):
+            state = model.advance(state, s)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model.observe(model.advance(state, t), t)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    full, small = step_seconds(batch), step_seconds(few)
+    m = state_batch_size(few)
+    per_row = max(full - small, 0.0) / (n - m) if n > m else 0.0
+    return {
+        "step_batch": n,
+        "step_seconds": full,
+        "step_seconds_sixteenth": small,
+        "fixed_share": (full - per_row * n) / full,
+    }
+
+
 def measure(case: SpeedCase, threads: int, repeats: int) -> list[dict[str, Any]]:
-    """One row per budget: MACs, the ideal and the measured speedups, the policy's overhead."""
+    """One row per budget: MACs, the ideal and the measured speedups, the policy's overhead,
+    and how one step's time scales with its rows (:func:`step_scaling`)."""
     torch.set_num_threads(threads)
     timing = time_adaptive(
         case.model, case.policy, case.inputs, case.rules, case.valid, repeats, case.chunk
     )
+    scaling = step_scaling(case)
     rows = []
     for budget, rule in case.rules.items():
         index = stop_index(case, rule)
@@ -545,6 +583,7 @@ def measure(case: SpeedCase, threads: int, repeats: int) -> list[dict[str, Any]]
                 "policy_macs": case.policy_macs,
                 "policy_fraction": case.policy_macs / case.step_macs,
                 "policy_target_met": case.policy_macs <= TARGET_POLICY * case.step_macs,
+                **scaling,
             }
         )
     return rows
@@ -553,8 +592,8 @@ def measure(case: SpeedCase, threads: int, repeats: int) -> list[dict[str, Any]]
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| task | model | thr | budget | batch | steps | MACs/full | ideal | wall (CPU) speedup "
-        "| wall/ideal | policy/step |",
-        "|:---|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| wall/ideal | policy/step | fixed share of a step |",
+        "|:---|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         mark = "" if r["speedup_target_met"] else " ✗"
@@ -562,7 +601,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {r['task']} | {r['model']} | {r['threads']} | {r['budget']} | {r['batch']} | "
             f"{r['mean_steps']:.2f}/{r['max_steps']} | {r['mean_macs'] / r['full_macs']:.3f} | "
             f"{r['ideal_speedup']:.2f} | {r['wall_speedup']:.2f} ({r['cpu_speedup']:.2f}) | "
-            f"{r['wall_over_ideal']:.2f}{mark} | {100 * r['policy_fraction']:.1f}% |"
+            f"{r['wall_over_ideal']:.2f}{mark} | {100 * r['policy_fraction']:.1f}% | "
+            f"{100 * r['fixed_share']:.0f}% |"
         )
     return "\n".join(lines)
 

@@ -19,6 +19,7 @@ ROW_KEYS = {
     "mean_steps", "mean_macs", "full_macs", "ideal_speedup", "full_seconds", "adaptive_seconds",
     "wall_speedup", "cpu_speedup", "wall_over_ideal", "cpu_over_ideal", "speedup_target_met",
     "step_macs", "policy_macs", "policy_fraction", "policy_target_met",
+    "step_batch", "step_seconds", "step_seconds_sixteenth", "fixed_share",
 }  # fmt: skip
 
 
@@ -59,6 +60,11 @@ def test_schema(measured):
         assert r["wall_over_ideal"] == pytest.approx(r["wall_speedup"] / r["ideal_speedup"])
         assert r["policy_fraction"] == pytest.approx(r["policy_macs"] / r["step_macs"])
         assert r["speedup_target_met"] == (r["wall_speedup"] >= 0.8 * r["ideal_speedup"])
+        # a + b·rows through the two timed batch sizes: a / (a + b·batch) is the fixed share
+        full, few, n = r["step_seconds"], r["step_seconds_sixteenth"], r["step_batch"]
+        b = max(full - few, 0.0) / (n - max(1, n // 16))
+        assert r["fixed_share"] == pytest.approx((full - b * n) / full)
+        assert r["fixed_share"] <= 1.0 and full > 0
     for task, model in models:  # 2-3 distinct budgets per curve, the cheapest first
         steps = [r["mean_steps"] for r in rows if r["model"] == model and r["task"] == task]
         assert len(steps) >= 2 and steps == sorted(steps)
