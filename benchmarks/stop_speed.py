@@ -511,10 +511,10 @@ def choose_repeats(case: SpeedCase, least: int, seconds: float, most: int = 41) 
 
 @torch.no_grad()
 def step_scaling(case: SpeedCase, repeats: int = 15) -> dict[str, float]:
-    """How the time of one step (``advance`` + ``observe`` at step T/2) scales with its rows: on
-    one timed batch and on 1/16 of it. A step that costs a + b·rows has the fixed share
-    a / (a + b·batch): the part of every step that rows leaving the batch cannot save, which
-    bounds shrink's speedup below the MAC ratio when it is large."""
+    """How the time of one step (``advance``, ``observe`` and the policy at step T/2) scales with
+    its rows: on one timed batch and on 1/16 of it. A step that costs a + b·rows has the fixed
+    share a / (a + b·batch): the part of every step that rows leaving the batch cannot save,
+    which bounds shrink's speedup below the MAC ratio when it is large."""
     model, t = case.model, case.model.max_steps // 2
     total = state_batch_size(case.inputs)
     batch = index_state(case.inputs, slice(0, min(case.chunk or total, total)))
@@ -528,7 +528,8 @@ def step_scaling(case: SpeedCase, repeats: int = 15) -> dict[str, float]:
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
-            model.observe(model.advance(state, t), t)
+            _, features = model.observe(model.advance(state, t), t)
+            case.policy(features, t)
             times.append(time.perf_counter() - start)
         return statistics.median(times)
 
