@@ -128,7 +128,7 @@ def report(results: list[JobResult], config: DenoisingConfig) -> Report:
         + ", ".join(f"σ={s:g} {stop_vs_bm3d[s]['mean']:+.2f}" for s in sigmas)
         + "; mean stop exit "
         + ", ".join(f"{e:.1f}" for e in mean_exit)
-        + f" of {T}; Spearman ρ(σ, exit) {statistics.fmean(rho):+.2f}"
+        + f" of {T}; Spearman ρ(σ, exit) {_rho_text(statistics.fmean(rho))}"
     )
     table = "\n\n".join(tables) + (
         f"\n\n{len(seeds)} seed(s), mean ± sd; test: {len(stop[seeds[0]]['rows']['stop']['exit'])}"
@@ -192,6 +192,11 @@ def _without_nan(value: Any) -> Any:
     if isinstance(value, float) and math.isnan(value):
         return None
     return value
+
+
+def _rho_text(rho: float) -> str:
+    """A correlation for the summary line; undefined when every item stops at the same exit."""
+    return "undefined (every image stops at the same exit)" if math.isnan(rho) else f"{rho:+.2f}"
 
 
 def _nan(value: float | None) -> float:
@@ -289,7 +294,9 @@ def _curve_table(jobs, seeds) -> dict[str, Any]:
                 "same": f"{entry['fixed_same_model']:.2f}",
                 "ds": f"{entry['fixed_uniform_ds']:.2f}",
                 "oracle": f"{entry['oracle_same_cost']:.2f}",
-                "rho": f"{entry['spearman_exit_sigma']:+.2f}",
+                "rho": "—"
+                if math.isnan(entry["spearman_exit_sigma"])
+                else f"{entry['spearman_exit_sigma']:+.2f}",
                 "gain": _format_interval(gain) if gain else "—",
             }
         )
