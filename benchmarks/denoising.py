@@ -123,6 +123,7 @@ def targets(results: dict, cpu_seconds: float) -> dict:
         },
         "budget_curve_vs_fixed_depth_same_cost": [
             {
+                "seed": p.get("seed"),  # set where the seeds' curves differ in length
                 "mean_exit": p["mean_exit"],
                 "mean_macs_per_pixel": p["mean_cost"],
                 "stop_psnr": p["psnr"],

@@ -482,6 +482,14 @@ def test_timed_rules_are_matched_by_position_across_seeds():
     matched = _timed_rules_by_position(records)
     assert [name for name, _ in matched] == ["stop", "budget_point_1", "budget_300"]
     assert [[e["t"] for e in entries] for _, entries in matched] == [[1, 4], [2, 5], [3, 6]]
+    # a seed whose two curve points fell on one budget holds one entry: it fills both positions
+    records.append({"rules": {"stop": {"t": 7}, "budget_200": {"t": 8}}})
+    matched = _timed_rules_by_position(records)
+    assert [[e["t"] for e in entries] for _, entries in matched] == [
+        [1, 4, 7],
+        [2, 5, 8],
+        [3, 6, 8],
+    ]
 
 
 def test_best_fixed_depth_at_a_cost_skips_depths_worse_than_a_cheaper_one():

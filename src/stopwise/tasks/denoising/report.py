@@ -128,7 +128,7 @@ def report(results: list[JobResult], config: DenoisingConfig) -> Report:
         + ", ".join(f"σ={s:g} {stop_vs_bm3d[s]['mean']:+.2f}" for s in sigmas)
         + "; mean stop exit "
         + ", ".join(f"{e:.1f}" for e in mean_exit)
-        + f" of {T}; Spearman ρ(σ, exit) {_rho_text(statistics.fmean(rho))}"
+        + f" of {T}; Spearman ρ(σ, exit) {format_rho(rho)}"
     )
     table = "\n\n".join(tables) + (
         f"\n\n{len(seeds)} seed(s), mean ± sd; test: {len(stop[seeds[0]]['rows']['stop']['exit'])}"
@@ -192,11 +192,6 @@ def _without_nan(value: Any) -> Any:
     if isinstance(value, float) and math.isnan(value):
         return None
     return value
-
-
-def _rho_text(rho: float) -> str:
-    """A correlation for the summary line; undefined when every item stops at the same exit."""
-    return "undefined (every image stops at the same exit)" if math.isnan(rho) else f"{rho:+.2f}"
 
 
 def _nan(value: float | None) -> float:
@@ -274,63 +269,88 @@ def _curve_table(jobs, seeds) -> dict[str, Any]:
                 }
             )
         per_seed.append(points)
+    # Points are averaged over seeds by position; seeds whose curves differ in length (their
+    # kept exits differ, e.g. one kept exit gives a one-point curve) are listed one by one.
+    same_length = len({len(points) for points in per_seed}) == 1
+    groups = [(None, seeds, per_seed)] if same_length else [
+        (s, [s], [points]) for s, points in zip(seeds, per_seed, strict=True)
+    ]  # fmt: skip
     rows, results = [], []
-    for k in range(len(per_seed[0])):
-        column = [points[k] for points in per_seed]
-        gains = {
-            s: c["psnr"] - c["fixed_same_model"]
-            for s, c in zip(seeds, column, strict=True)
-            if not math.isnan(c["fixed_same_model"])
-        }
-        gain = paired_difference(gains, dict.fromkeys(gains, 0.0)) if gains else None
-        entry = {key: _nanmean([c[key] for c in column]) for key in column[0]}
-        entry["gain_over_fixed_same_model"] = gain
-        results.append(entry)
-        rows.append(
-            {
-                "exit": f"{entry['mean_exit']:.2f}",
-                "macs": f"{entry['mean_cost'] / 1e3:.1f}k",
-                "stop": f"{entry['psnr']:.2f}",
-                "same": f"{entry['fixed_same_model']:.2f}",
-                "ds": f"{entry['fixed_uniform_ds']:.2f}",
-                "oracle": f"{entry['oracle_same_cost']:.2f}",
-                "rho": "—"
-                if math.isnan(entry["spearman_exit_sigma"])
-                else f"{entry['spearman_exit_sigma']:+.2f}",
-                "gain": _format_interval(gain) if gain else "—",
-            }
-        )
+    for label, group_seeds, group in groups:
+        for k in range(len(group[0])):
+            column = [points[k] for points in group]
+            entry, row = _curve_point(group_seeds, column)
+            if label is not None:
+                entry["seed"], row["seed"] = label, str(label)
+            results.append(entry)
+            rows.append(row)
+    columns = [
+        ("exit", "mean exit", "s"),
+        ("macs", "MACs / pixel", "s"),
+        ("stop", "DnCNN-stop", "s"),
+        ("same", "same model, fixed depth", "s"),
+        ("ds", "uniform-DS model, fixed depth", "s"),
+        ("oracle", "oracle stop at this cost", "s"),
+        ("gain", "stop − same fixed [95%]", "s"),
+        ("rho", "ρ(σ, exit)", "s"),
+    ]
     table = (
         "### Budget curve (thresholds fitted on validation) beside fixed depth, test PSNR (dB)\n\n"
-        + markdown_table(
-            rows,
-            [
-                ("exit", "mean exit", "s"),
-                ("macs", "MACs / pixel", "s"),
-                ("stop", "DnCNN-stop", "s"),
-                ("same", "same model, fixed depth", "s"),
-                ("ds", "uniform-DS model, fixed depth", "s"),
-                ("oracle", "oracle stop at this cost", "s"),
-                ("gain", "stop − same fixed [95%]", "s"),
-                ("rho", "ρ(σ, exit)", "s"),
-            ],
-        )
+        + markdown_table(rows, columns if same_length else [("seed", "seed", "s"), *columns])
         + "\n\nFixed depths are compared at the same mean multiply-adds per pixel (policy and "
         "exit heads included for DnCNN-stop): the best fixed depth at that cost (a depth worse "
         "than a cheaper one is skipped), interpolating between neighbouring such depths. "
-        "Budget points are matched by position across seeds (each seed's budgets are spread over "
-        "its own kept exits' costs). The "
-        "oracle stop at this cost chooses each image's exit knowing the clean image "
+        + (
+            "Budget points are matched by position across seeds (each seed's budgets are spread "
+            "over its own kept exits' costs). "
+            if same_length
+            else "The seeds' curves have different numbers of points (different kept exits), "
+            "so each seed's curve is listed on its own. "
+        )
+        + "The oracle stop at this cost chooses each image's exit knowing the clean image "
         "(argmax PSNR − λ·cost, λ swept): the best any policy could do with this model."
     )
     return {"table": table, "results": results}
 
 
+def _curve_point(seeds, column: list[dict]) -> tuple[dict[str, Any], dict[str, str]]:
+    """One budget point over ``seeds`` (one entry each): the mean of every value, the paired
+    gain over the same model at a fixed depth of the same cost, and its table row."""
+    gains = {
+        s: c["psnr"] - c["fixed_same_model"]
+        for s, c in zip(seeds, column, strict=True)
+        if not math.isnan(c["fixed_same_model"])
+    }
+    gain = paired_difference(gains, dict.fromkeys(gains, 0.0)) if gains else None
+    entry = {key: _nanmean([c[key] for c in column]) for key in column[0]}
+    entry["gain_over_fixed_same_model"] = gain
+    row = {
+        "exit": f"{entry['mean_exit']:.2f}",
+        "macs": f"{entry['mean_cost'] / 1e3:.1f}k",
+        "stop": f"{entry['psnr']:.2f}",
+        "same": f"{entry['fixed_same_model']:.2f}",
+        "ds": f"{entry['fixed_uniform_ds']:.2f}",
+        "oracle": f"{entry['oracle_same_cost']:.2f}",
+        "rho": "—"
+        if math.isnan(entry["spearman_exit_sigma"])
+        else f"{entry['spearman_exit_sigma']:+.2f}",
+        "gain": _format_interval(gain) if gain else "—",
+    }
+    return entry, row
+
+
 def _timed_rules_by_position(records: list[dict]) -> list[tuple[str, list[dict]]]:
     """The timed rules of every seed, matched by position: ``stop`` and the budget-curve points
     at about a third and two thirds of the range, whose names (``budget_<MACs>``) differ between
-    seeds when their kept exits do. A name differing between seeds becomes ``budget_point_<k>``."""
-    per_seed = [list(r["rules"].items()) for r in records]
+    seeds when their kept exits do. A name differing between seeds becomes ``budget_point_<k>``.
+    Where a seed's two curve points fell on the same budget its record holds one (the timing
+    dict keyed by budget): it stands for both positions."""
+
+    def by_position(rules: dict) -> list[tuple[str, dict]]:
+        stop, *points = rules.items()
+        return [stop, *(points * 2 if len(points) == 1 else points)]
+
+    per_seed = [by_position(r["rules"]) for r in records]
     out = []
     for k, column in enumerate(zip(*per_seed, strict=True)):
         names = {name for name, _ in column}
@@ -536,8 +556,14 @@ def _best_fixed(fixed: list[dict[str, float]]) -> list[dict[str, float]]:
 def _budget_figure(jobs, seeds):
     figure, axes = new_figure(6.0, 4.0)
     stop = [jobs["dncnn-stop"][s] for s in seeds]
-    xs, ys = _mean_curve([r["curve"] for r in stop], "mean_cost", "psnr")
-    axes.plot(xs, ys, "-o", markersize=3, label="DnCNN-stop (thresholds from validation)")
+    label = "DnCNN-stop (thresholds from validation)"
+    if len({len(r["curve"]) for r in stop}) == 1:
+        xs, ys = _mean_curve([r["curve"] for r in stop], "mean_cost", "psnr")
+        axes.plot(xs, ys, "-o", markersize=3, label=label)
+    else:  # different kept exits per seed: one curve each (PSNR of that seed alone)
+        for s, r in zip(seeds, stop, strict=True):
+            xs, ys = _mean_curve([r["curve"]], "mean_cost", "psnr")
+            axes.plot(xs, ys, "-o", markersize=3, alpha=0.7, label=f"{label}, seed {s}")
     xs, ys = _mean_curve([_best_fixed(r["fixed_depth"]) for r in stop], "mean_cost", "psnr")
     axes.plot(xs, ys, "s--", markersize=3, label="same model, best fixed depth at this cost")
     ds = [_best_fixed(jobs["dncnn-ds"][s]["fixed_depth"]) for s in seeds]
