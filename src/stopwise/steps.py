@@ -121,7 +121,7 @@ def _map_state(fn, *states: State) -> State:
 
 def index_state(state: State, rows: torch.Tensor) -> State:
     """Select batch rows (an index or boolean tensor, or a slice) from every tensor of a state."""
-    if isinstance(rows, torch.Tensor) and not rows.dtype == torch.bool:
+    if isinstance(rows, torch.Tensor) and rows.dtype != torch.bool:
         return _map_state(lambda x: x.index_select(0, rows), state)
     return _map_state(lambda x: x[rows], state)
 
