@@ -513,3 +513,31 @@ def test_bm3d_refuses_images_it_cannot_denoise():
     # bm3d 4.x segfaults on an 11×11 image (found by the slow hypothesis test): refuse it first.
     with pytest.raises(ValueError, match="at least 16×16"):
         bm3d_denoise(torch.rand(1, 11, 11), 25.0)
+
+
+def test_budget_curves_of_different_lengths_are_listed_per_seed():
+    """Seed 0 kept one exit (a one-point curve), seed 1 three: no averaging by position across
+    them; each point's gain is its PSNR minus the same model's fixed depth at that cost,
+    interpolated by hand here (fixed depths at 10 / 20 / 30 MACs give 20 / 22 / 23 dB)."""
+    from stopwise.tasks.denoising.report import _curve_table
+
+    fixed = [{"mean_cost": c, "psnr": p} for c, p in ((10.0, 20.0), (20.0, 22.0), (30.0, 23.0))]
+
+    def point(cost, psnr):
+        return {"budget": cost, "mean_steps": cost / 10, "mean_cost": cost, "psnr": psnr,
+                "spearman_exit_sigma": 0.5}  # fmt: skip
+
+    def job(curve):
+        return {"fixed_depth": fixed, "oracle_under_budget": fixed, "curve": curve}
+
+    stop = {0: job([point(30.0, 23.0)]), 1: job([point(10.0, 20.0), point(15.0, 21.5),
+                                                 point(25.0, 22.0)])}  # fmt: skip
+    jobs = {"dncnn-stop": stop, "dncnn-ds": {s: {"fixed_depth": fixed} for s in stop}}
+    out = _curve_table(jobs, [0, 1])
+    assert [e["seed"] for e in out["results"]] == [0, 1, 1, 1]
+    gains = [e["gain_over_fixed_same_model"]["mean"] for e in out["results"]]
+    assert gains == pytest.approx([0.0, 0.0, 21.5 - 21.0, 22.0 - 22.5])
+    assert "| seed |" in out["table"] and "listed on its own" in out["table"]
+    same = _curve_table({"dncnn-stop": {0: stop[1], 1: stop[1]}, "dncnn-ds": jobs["dncnn-ds"]},
+                        [0, 1])  # fmt: skip
+    assert len(same["results"]) == 3 and "seed" not in same["results"][0]
