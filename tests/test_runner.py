@@ -202,3 +202,22 @@ def test_module_and_entry_point_registration(tmp_path):
     )  # fmt: skip
     assert ran.returncode == 0, ran.stderr
     assert (tmp_path / "ep" / "results.json").exists()
+
+
+def test_the_log_follows_sys_stderr_between_runs_in_one_process():
+    """A stream captured by an earlier run (and closed since) is not written to again: the
+    handler writes to the stderr of the moment."""
+    import contextlib
+    import io
+
+    from stopwise.experiments import _configure_logging, logger
+
+    _configure_logging()
+    first = io.StringIO()
+    with contextlib.redirect_stderr(first):
+        logger.info("first run")
+    first.close()
+    second = io.StringIO()
+    with contextlib.redirect_stderr(second):
+        logger.info("second run")
+    assert second.getvalue() == "stopwise: second run\n"

@@ -511,9 +511,23 @@ def _worker_run(name: str, config_plain: dict, run_path: str, planned: PlannedJo
     return planned.id
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, not the stream of the
+    first run: a caller that redirects or captures stderr between runs in one process (a
+    notebook, a test) keeps seeing the log instead of a closed stream's logging error."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _configure_logging(level: int = logging.INFO) -> None:
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("stopwise: %(message)s"))
         logger.addHandler(handler)
     logger.setLevel(level)
