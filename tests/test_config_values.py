@@ -115,6 +115,19 @@ def test_values_run_or_exit_2(name, data, tmp_path_factory, capsys):
     run_value(name, key, text, tmp_path_factory.mktemp("v") / "run", capsys)
 
 
+@pytest.mark.parametrize(
+    "name, key, text",
+    [  # values the slow hypothesis test found crashing once, checked on every run
+        ("few-shot", "inner_lr", "9.99"),  # every inner loop diverges: exit 3, "lower inner_lr"
+        ("few-shot", "inner_lr", "1"),  # some diverge: +inf MSEs reported, no crash
+        ("multi-exit", "train_size", "1"),  # fewer training rows than a batch: exit 2
+        ("sparse-recovery", "problem.sparsity", "1e-9"),  # all-zero signals: exit 2
+    ],
+)
+def test_values_that_once_crashed(name, key, text, tmp_path, capsys):
+    run_value(name, key, text, tmp_path / "run", capsys)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))

@@ -294,12 +294,19 @@ DIGITS_ROWS = 1797
 def check_data(config) -> None:
     """Refuse, before anything is read or written, split sizes the data cannot give and missing
     Fashion-MNIST files (:class:`DataError`, a ValueError, names each path tried)."""
+    train_rows = config.train_size
     if config.dataset == "fashion-mnist":
         fashion_mnist_files(config.data_dir)
-        return
-    levels = len(config.mnist1d_noise)
-    rows = levels * config.mnist1d_per_level if config.dataset == "mnist1d" else DIGITS_ROWS
-    check_sizes(rows, config.val_size, config.test_size, config.train_size, config.dataset)
+    else:
+        levels = len(config.mnist1d_noise)
+        rows = levels * config.mnist1d_per_level if config.dataset == "mnist1d" else DIGITS_ROWS
+        check_sizes(rows, config.val_size, config.test_size, config.train_size, config.dataset)
+        train_rows = train_rows or rows - config.val_size - config.test_size
+    if 0 < train_rows < config.batch_size:
+        raise DataError(
+            f"train_size {train_rows} (training rows of {config.dataset}) is smaller than "
+            f"batch_size {config.batch_size}: give at least one batch of training rows"
+        )
 
 
 @functools.lru_cache(maxsize=2)

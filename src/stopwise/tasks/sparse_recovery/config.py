@@ -24,6 +24,11 @@ class Problem:
     def check(self) -> None:
         if self.m > self.n:
             raise ValueError(f"need problem.m <= problem.n; got m={self.m}, n={self.n}")
+        if self.sparsity * self.n < 1:  # else most signals are all zero and NMSE is undefined
+            raise ValueError(
+                f"problem.sparsity × problem.n must be >= 1 (at least one expected nonzero entry "
+                f"per signal); got {self.sparsity:g} × {self.n} = {self.sparsity * self.n:g}"
+            )
 
 
 @dataclass
