@@ -40,6 +40,7 @@ from stopwise.tasks.learned_optimizers.metrics import (
     log10_gap,
 )
 from stopwise.tasks.learned_optimizers.models import FeatureScore
+from stopwise.training import GeneratedBatches
 
 
 def gen(seed=0):
@@ -238,6 +239,48 @@ def test_meta_training_beats_the_untrained_lstm_on_held_out_quadratics():
     meta_train(net, family, 40, horizon=20, unroll=10, functions=32, lr=1e-2, seed=1)
     after, _ = loss_curves(family, net, test, [20])
     assert log10_gap(after).mean() < log10_gap(before).mean() - 0.3
+
+
+def test_log_gap_objective_steps_down_the_gradient_of_the_summed_log_gaps():
+    """Reference: the rollout written out by hand with autograd through the whole window,
+    meta-loss mean_n Σ_t log(f(θ_{t+1}) − f(θ̂)). Adam's first step moves every parameter by
+    −lr·sign(gradient), so the signs of the change must match the reference gradient's."""
+    family = RegressionFamily(obs_max=10)
+    torch.manual_seed(0)
+    net = LSTMOptimizerNet()
+    start = [q.detach().clone() for q in net.parameters()]
+    functions = GeneratedBatches(lambda n, g: family.sample(n, g), 8, 3)(0)
+    theta, state = family.initial(functions), net.initial_state(8, 2)
+    meta_loss = 0
+    for t in range(4):
+        point = theta.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(family.loss(point, functions, t).sum(), point)
+        update, _, state = net(grad, state)
+        theta = theta + update
+        meta_loss = meta_loss + torch.log(family.loss(theta, functions) - family.optimum(functions))
+    reference = torch.autograd.grad(meta_loss.mean(), list(net.parameters()))
+    meta_train(
+        net, family, 1, horizon=4, unroll=4, functions=8, lr=1e-3, seed=3, objective="log_gap"
+    )
+    for before, after, grad in zip(start, net.parameters(), reference, strict=True):
+        clear = grad.abs() > 1e-6
+        assert clear.any()
+        assert torch.equal(torch.sign(before - after)[clear], torch.sign(grad)[clear])
+    with pytest.raises(ValueError, match="known optimum"):
+        meta_train(net, LeastSquaresWithoutOptimum(), 1, horizon=2, unroll=2, objective="log_gap")
+
+
+class LeastSquaresWithoutOptimum:
+    dim = 2
+
+    def sample(self, n, generator):
+        return {"y": torch.randn(n, 2, generator=generator)}
+
+    def initial(self, functions):
+        return torch.zeros_like(functions["y"])
+
+    def loss(self, theta, functions, step=0):
+        return ((theta - functions["y"]) ** 2).sum(-1)
 
 
 def test_act_gradient_is_the_truncated_bptt_gradient_of_the_whole_bound():
