@@ -8,9 +8,11 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from stopwise import experiments
 from stopwise.config import ConfigError
 from stopwise.contract import RunDir, stream_seed
 from stopwise.experiments import RunLock, load_module, run_experiment
@@ -91,6 +93,32 @@ def test_changed_settings_are_refused_and_report_keys_are_not(tmp_path, capsys):
     run(out, "title=renamed", calls=calls)
     assert len(called(calls)) == 4
     assert json.loads((out / "results.json").read_text())["title"] == "renamed"
+
+
+def test_the_report_is_rebuilt_when_its_code_changes(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    run(out)
+    first = json.loads((out / "results.json").read_text())["fingerprint"]
+    (out / "table.md").write_text("stale\n")
+    run(out)  # same code: the cached report stays
+    assert (out / "table.md").read_text() == "stale\n"
+    monkeypatch.setattr(experiments, "_report_code", lambda experiment: "upgraded")
+    run(out)
+    assert json.loads((out / "results.json").read_text())["fingerprint"] != first
+    assert (out / "table.md").read_text() != "stale\n"
+
+
+def test_report_code_digest_follows_the_file_that_defines_report(tmp_path, monkeypatch):
+    module = tmp_path / "my_report.py"
+    module.write_text("def report(results, config):\n    return 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import my_report
+
+    experiment = SimpleNamespace(report=my_report.report)
+    before = experiments._report_code(experiment)
+    assert experiments._report_code(experiment) == before
+    module.write_text("def report(results, config):\n    return 2\n")
+    assert experiments._report_code(experiment) != before
 
 
 def test_reuse_from_takes_jobs_with_identical_settings(tmp_path):

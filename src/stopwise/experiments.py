@@ -36,6 +36,7 @@ import fcntl
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import json
 import logging
 import multiprocessing
@@ -611,9 +612,26 @@ def _execute(experiment, config, run: RunDir, pending: list[PlannedJob]) -> None
             raise
 
 
-def _fingerprint(config_plain: dict, results: list[JobResult]) -> str:
+def _report_code(experiment: Experiment) -> str:
+    """Digest of the code a report is built by: the stopwise package and the file that defines
+    the experiment's ``report`` (an out-of-tree experiment lives outside the package), so that a
+    changed report (an upgrade, a fix) is rebuilt from the cached jobs instead of served stale."""
+    files = set(Path(__file__).resolve().parent.rglob("*.py"))
+    with contextlib.suppress(TypeError, OSError):
+        files.add(Path(inspect.getsourcefile(experiment.report) or "").resolve())
+    digest = hashlib.sha256()
+    for path in sorted(f for f in files if f.is_file()):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _fingerprint(config_plain: dict, results: list[JobResult], code: str) -> str:
     text = json.dumps(
-        {"config": config_plain, "jobs": [(r.id, r.seconds, r.reused_from) for r in results]},
+        {
+            "config": config_plain,
+            "jobs": [(r.id, r.seconds, r.reused_from) for r in results],
+            "code": code,
+        },
         sort_keys=True,
     )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -621,7 +639,7 @@ def _fingerprint(config_plain: dict, results: list[JobResult]) -> str:
 
 def _write_report(run: RunDir, experiment: Experiment, config: Any, results: list[JobResult]):
     """Build the report from the jobs' results; table and figures first, results.json last."""
-    fingerprint = _fingerprint(to_plain(config), results)
+    fingerprint = _fingerprint(to_plain(config), results, _report_code(experiment))
     previous = run.read_json("results.json")
     if isinstance(previous, dict) and previous.get("fingerprint") == fingerprint:
         return previous.get("summary", "")
