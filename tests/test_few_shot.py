@@ -537,9 +537,35 @@ def test_a_task_that_stops_early_runs_only_its_updates():
     assert (result.steps_used == 3).all()
     full, _ = run(T - 1)
     per_step = 4 * (3 + 5)  # every task: a support forward (3 points) and a query forward (5)
-    # start: one support forward per task; each step: support + query forward
-    assert early == 4 * 3 + 3 * per_step
-    assert full == 4 * 3 + T * per_step
+    # start and each step: support + query forward (start's query keeps the state's shapes fixed)
+    assert early == per_step + 3 * per_step
+    assert full == per_step + T * per_step
+
+
+def test_masked_mode_equals_shrink_on_adapted_learners():
+    """Found by the hypothesis test: the start state lacked the query output's shape (and the
+    last step the gradient), so masked mode's row-wise choice between states crashed."""
+    torch.manual_seed(0)
+    tasks = sample_sinusoid_tasks(6, (3, 3), 5, torch.Generator().manual_seed(1))
+    model = AdaptedLearner(SineMLP((8,)), 0.01, 5)
+    policy = StopAfterLoss(2.0)
+    with torch.no_grad():
+        shrink = run_adaptive(model, policy, tasks.inputs(), ScoreThreshold(0.0), "shrink")
+        masked = run_adaptive(model, policy, tasks.inputs(), ScoreThreshold(0.0), "masked")
+    assert 0 < shrink.stop_index.float().mean() < 4  # tasks stop at different steps
+    assert torch.equal(masked.stop_index, shrink.stop_index)
+    assert torch.allclose(masked.predictions, shrink.predictions)
+
+
+class StopAfterLoss(torch.nn.Module):
+    """Stop a task once its step count passes a per-task threshold read from its features."""
+
+    def __init__(self, scale):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, features, t):
+        return t - self.scale * features[:, 0].abs().clamp(max=2.0)
 
 
 class StopAt(torch.nn.Module):

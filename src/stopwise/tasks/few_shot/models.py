@@ -231,7 +231,8 @@ class AdaptedLearner(StepModel):
     ``support_n``), each task's parameters, the support gradient at them (for the next update),
     the query outputs and the policy features (:func:`measure_task`). A task's support forward
     at θ_t gives the features for the decision at step t and the gradient of update t + 1, so a
-    task that stops after step t has run t + 1 updates and one extra support forward.
+    task that stops after step t has run t + 1 updates and one extra support and query forward
+    (at θ_0, measured so that every step's state has the same shapes).
 
     ``vmap``: adapt the tasks of equal support size together with ``torch.func.vmap`` instead of
     one at a time (faster for small MLPs, slower for the Conv4 on CPU: see docs/few_shot.md).
@@ -248,7 +249,9 @@ class AdaptedLearner(StepModel):
             name: p.detach().unsqueeze(0).expand(B, *p.shape).clone()
             for name, p in self.learner.named_parameters()
         }
-        return {**inputs, "params": params, **self._measure(inputs, params, 0, want_query=False)}
+        # The query is measured at θ_0 too (never predicted from) so that every step's state has
+        # the same shapes, which `masked` mode's row-wise choice between states needs.
+        return {**inputs, "params": params, **self._measure(inputs, params, 0, want_query=True)}
 
     def advance(self, state: dict[str, Any], t: int) -> dict[str, Any]:
         params = {
@@ -300,7 +303,10 @@ class AdaptedLearner(StepModel):
                     for i in range(rows.shape[0])
                 ]
                 pieces.append((rows, _stack(tasks)))
-        return _scatter(pieces, B)
+        out = _scatter(pieces, B)
+        if not want_grad:  # zeros, not absent: the state keeps its shapes (see start)
+            out["grad"] = {name: torch.zeros_like(p) for name, p in params.items()}
+        return out
 
 
 def _stack(tasks: list[dict[str, Any]]) -> dict[str, Any]:
