@@ -251,14 +251,14 @@ class AdaptedLearner(StepModel):
         }
         # The query is measured at θ_0 too (never predicted from) so that every step's state has
         # the same shapes, which `masked` mode's row-wise choice between states needs.
-        return {**inputs, "params": params, **self._measure(inputs, params, 0, want_query=True)}
+        return {**inputs, "params": params, **self._measure(inputs, params, 0)}
 
     def advance(self, state: dict[str, Any], t: int) -> dict[str, Any]:
         params = {
             name: p - self.inner_lr * state["grad"][name] for name, p in state["params"].items()
         }
         inputs = {k: state[k] for k in ("support_x", "support_y", "support_n", "query_x")}
-        measured = self._measure(inputs, params, t + 1, want_query=True)
+        measured = self._measure(inputs, params, t + 1)
         return {**inputs, "params": params, **measured}
 
     def predict(self, state: dict[str, Any], t: int) -> torch.Tensor:
@@ -267,7 +267,7 @@ class AdaptedLearner(StepModel):
     def features(self, state: dict[str, Any], t: int) -> torch.Tensor:
         return state["features"]
 
-    def _measure(self, inputs, params, updates_done: int, want_query: bool) -> dict[str, Any]:
+    def _measure(self, inputs, params, updates_done: int) -> dict[str, Any]:
         """Measure every task at its ``params`` (after ``updates_done`` updates), by support
         size group; the gradient is skipped after the last update."""
         want_grad = updates_done < self.max_steps
@@ -284,7 +284,7 @@ class AdaptedLearner(StepModel):
 
                 def one(p, a, b, c, m, padded=padded):
                     return measure_task(
-                        self.learner, p, a, b, c, want_grad, want_query, m if padded else None
+                        self.learner, p, a, b, c, want_grad, support_mask=m if padded else None
                     )
 
                 pieces.append((rows, vmap(one)(group, sx, sy, qx, masks)))
@@ -297,8 +297,7 @@ class AdaptedLearner(StepModel):
                         sy[i],
                         qx[i],
                         want_grad,
-                        want_query,
-                        masks[i] if padded else None,
+                        support_mask=masks[i] if padded else None,
                     )
                     for i in range(rows.shape[0])
                 ]
@@ -320,12 +319,9 @@ def _stack(tasks: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _scatter(pieces: list[tuple[torch.Tensor, dict[str, Any]]], B: int) -> dict[str, Any]:
-    """Put each group's rows back in batch order (zeros where a value was not computed)."""
+    """Put each group's rows back in batch order."""
     out: dict[str, Any] = {}
-    for key in ("grad", "support_loss", "query_out", "features"):
-        if key not in pieces[0][1]:
-            out[key] = {} if key == "grad" else torch.zeros(B)
-            continue
+    for key in pieces[0][1]:
         values = [(rows, piece[key]) for rows, piece in pieces]
         if isinstance(values[0][1], dict):
             out[key] = {name: _place([(r, v[name]) for r, v in values], B) for name in values[0][1]}
