@@ -17,9 +17,11 @@ import pytest
 import torch
 from test_experiment_contract import NAMES, job_records, stable, stopwise, tiny
 
+from stopwise import experiments
 from stopwise.config import ConfigError
 from stopwise.contract import RunDir
 from stopwise.experiments import RunLock, run_experiment
+from stopwise.training import Interrupted
 
 
 def checkpoints(out: Path) -> list[Path]:
@@ -99,7 +101,18 @@ def test_sigterm_to_a_run_with_worker_processes(tmp_path):
     assert "Rerun the same command to resume" in stderr and "Traceback" not in stderr
     resumed = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert any(json.loads(p.read_text())["resumed"] for p in (out / "jobs").glob("*.json"))
+    records = [json.loads(p.read_text()) for p in sorted((out / "jobs").glob("*.json"))]
+    assert any(r["resumed"] for r in records), (stderr[-2000:], [r["id"] for r in records])
+
+
+def test_a_worker_signalled_between_jobs_starts_no_job(tmp_path, monkeypatch):
+    """A job handed to a worker just after the run's SIGTERM reached it is not run to the end
+    (it was, once: the signal found the worker idle and was dropped)."""
+    monkeypatch.setattr(experiments, "_worker_stopped", None)
+    experiments._worker_signal(signal.SIGTERM, None)  # idle: nothing to stop yet
+    with pytest.raises(Interrupted):
+        experiments._worker_run("toy", {}, str(tmp_path), None)
+    assert not any(tmp_path.iterdir())
 
 
 def test_unsafe_checkpoint_in_a_run_is_refused_and_never_runs(tmp_path):

@@ -4,6 +4,7 @@ import contextlib
 import math
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import warnings
@@ -12,9 +13,18 @@ from pathlib import Path
 import pytest
 import torch
 
+import stopwise.training as training
 from stopwise.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from stopwise.stoptime import StopTime
-from stopwise.training import EpochBatches, GeneratedBatches, LoopSettings, MetricsLog, train_loop
+from stopwise.training import (
+    EpochBatches,
+    GeneratedBatches,
+    Interrupted,
+    LoopSettings,
+    MetricsLog,
+    request_stop,
+    train_loop,
+)
 
 JOB = Path(__file__).with_name("resume_job.py")
 
@@ -74,6 +84,32 @@ def test_finished_stage_is_skipped_and_restored(tmp_path):
     assert calls == [0, 1, 2, 3, 4]
     assert torch.equal(model.weight, final)
     assert again == last == {"w": float(final.sum())}  # the last step's metrics, restored
+
+
+def test_a_signal_during_the_last_save_of_a_stage_waits_for_it(tmp_path, monkeypatch):
+    """A SIGTERM that lands while the stage's final checkpoint is being written lets the write
+    finish (a worker stopped there used to lose the stage it had just trained) and then stops."""
+    monkeypatch.setattr(training, "_stop_signal", None)
+    model = torch.nn.Linear(2, 1)
+    saves = []
+
+    def save_during_a_signal(path, payload):
+        if payload["step"] == payload["num_steps"]:
+            request_stop(signal.SIGTERM)  # as the handler would, mid-save
+        save_checkpoint(path, payload)
+        saves.append(payload["step"])
+
+    monkeypatch.setattr(training, "save_checkpoint", save_during_a_signal)
+    settings = LoopSettings(checkpoint_dir=tmp_path, checkpoint_every=100, progress=False)
+    with pytest.raises(Interrupted):
+        train_loop("s", 4, lambda step: {"loss": 1.0}, {"model": model}, settings)
+    assert saves == [4] and load_checkpoint(tmp_path / "s.pt")["step"] == 4
+
+
+def test_interrupted_survives_pickling():  # a worker process sends it to the runner
+    again = pickle.loads(pickle.dumps(Interrupted(signal.SIGTERM)))
+    assert isinstance(again, Interrupted) and again.signum == signal.SIGTERM
+    assert str(again) == "interrupted by SIGTERM"
 
 
 @contextlib.contextmanager

@@ -481,10 +481,13 @@ def _run_one(experiment: Experiment, config: Any, run: RunDir, planned: PlannedJ
 
 
 _worker_busy = False  # in a worker process: running a job now
+_worker_stopped: int | None = None  # in a worker process: the signal that stopped the run
 
 
 def _worker_signal(signum: int, frame: Any) -> None:
-    """A worker stops its job cleanly on SIGINT/SIGTERM; an idle one waits for the pool to end."""
+    """A worker stops its job cleanly on SIGINT/SIGTERM; an idle one starts no job after it."""
+    global _worker_stopped
+    _worker_stopped = signum
     if _worker_busy:
         request_stop(signum, frame)
 
@@ -502,6 +505,8 @@ def _worker_init(modules: tuple[str, ...], threads: int, level: int) -> None:
 
 def _worker_run(name: str, config_plain: dict, run_path: str, planned: PlannedJob) -> str:
     global _worker_busy
+    if _worker_stopped is not None:  # the job was handed over as the run was being stopped
+        raise Interrupted(_worker_stopped)
     experiment = get_experiment(name)
     config = build(experiment.config, config_plain, name)
     _worker_busy = True
@@ -608,6 +613,8 @@ def _execute(experiment, config, run: RunDir, pending: list[PlannedJob]) -> None
                 for process in list(getattr(pool, "_processes", {}).values()):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(process.pid, signal.SIGTERM)
+            for future in running:
+                future.cancel()  # (only one no worker has taken yet)
             wait(running)
             raise
 

@@ -68,6 +68,9 @@ class Interrupted(Exception):
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
         self.signum = signum
 
+    def __reduce__(self):  # a worker process sends it back to the runner pickled
+        return (type(self), (self.signum,))
+
 
 class Diverged(RuntimeError):
     """A training loss became NaN or infinite (nothing of that step is logged or saved)."""
@@ -327,10 +330,13 @@ def train_loop(
                     raise Interrupted(_stop_signal)
                 if (step + 1) % settings.checkpoint_every == 0 and step + 1 < num_steps:
                     checkpoint(step + 1)
+            # Still inside the loop's count: a signal during this save waits for it to finish.
+            if start < num_steps or (path is not None and not path.exists()):  # (0 steps too)
+                checkpoint(num_steps)
     finally:
         _loops_running -= 1
-    if start < num_steps or (path is not None and not path.exists()):  # (0 steps: still saved)
-        checkpoint(num_steps)
+    if _stop_signal is not None:
+        raise Interrupted(_stop_signal)
     return metrics
 
 
