@@ -213,6 +213,50 @@ def test_learned_optimizer_is_a_torch_optimizer_stepping_like_the_net():
     assert torch.allclose(model.bias.detach(), flat[0, 6:], atol=1e-6)
 
 
+def test_scaled_rmsprop_update_with_a_zero_output_is_torch_rmsprop():
+    """With the output layer zeroed, exp(o_t) = 1 and the update is RMSprop's at learning rate
+    ``output_scale`` (reference: torch.optim.RMSprop, α = 0.99, ε = 1e-8, on the same model)."""
+    torch.manual_seed(0)
+    net = LSTMOptimizerNet(output_scale=0.03, update="scaled_rmsprop")
+    nn.init.zeros_(net.output.weight), nn.init.zeros_(net.output.bias)
+    ours, theirs = nn.Linear(3, 2), nn.Linear(3, 2)
+    theirs.load_state_dict(ours.state_dict())
+    x, y = torch.randn(16, 3), torch.randn(16, 2)
+    optimizers = [
+        LearnedOptimizer(ours.parameters(), net),
+        torch.optim.RMSprop(theirs.parameters(), lr=0.03, alpha=0.99, eps=1e-8),
+    ]
+    for _ in range(6):
+        for model, optimizer in zip((ours, theirs), optimizers, strict=True):
+            optimizer.zero_grad()
+            ((model(x) - y) ** 2).mean().backward()
+            optimizer.step()
+    for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("update", ["scaled_gradient", "scaled_rmsprop"])
+def test_scaled_updates_are_a_learned_step_size_on_the_gradient(update):
+    """Reference: the paper's additive net with the same weights and scale 1 emits o_t itself;
+    the update is −s·exp(o_t)⊙∇ (⊘ (√v_t + 1e-8), v by a plain loop, for RMSprop's direction),
+    and exactly zero where the gradient is zero (no precision floor)."""
+    torch.manual_seed(0)
+    net = LSTMOptimizerNet(output_scale=0.05, update=update)
+    raw = LSTMOptimizerNet(output_scale=1.0)
+    raw.load_state_dict(net.state_dict())
+    state, raw_state, v = net.initial_state(3, 4), raw.initial_state(3, 4), torch.zeros(3, 4)
+    for _ in range(4):
+        grad = torch.randn(3, 4) * 10.0 ** torch.randint(-6, 2, (3, 4))
+        grad[0, 0] = 0.0
+        with torch.no_grad():
+            update_t, _, state = net(grad, state)
+            o, _, raw_state = raw(grad, raw_state)
+        v = 0.99 * v + 0.01 * grad**2
+        direction = grad / (v.sqrt() + 1e-8) if update == "scaled_rmsprop" else grad
+        assert torch.allclose(update_t, -0.05 * o.exp() * direction, rtol=1e-5, atol=0)
+        assert update_t[0, 0] == 0.0
+
+
 def test_halting_head_starts_at_the_random_horizon_prior():
     p = 0.2
     net = LSTMOptimizerNet(halting=True, prior_p=p)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...config import Config, group, param
-from .models import HAND_DESIGNED
+from .models import HAND_DESIGNED, LSTMOptimizerNet
 
 __all__ = [
     "LearnedOptimizersConfig",
@@ -37,6 +37,12 @@ class MetaSettings:
     lr: float = param(3e-3, gt=0, le=1, help="meta learning rate (Adam)")
     preprocess: float = param(10.0, ge=0, help="p of the log/sign preprocessing; 0: raw gradient")
     output_scale: float = param(0.1, gt=0, help="the LSTM's output is multiplied by this")
+    update: str = param(
+        "additive",
+        choices=LSTMOptimizerNet.UPDATES,
+        help="additive: the paper's update; scaled_gradient / scaled_rmsprop: the output is a "
+        "learned log step size on the gradient / on RMSprop's direction (not the paper's)",
+    )
 
 
 @dataclass

@@ -152,6 +152,7 @@ def build_net(config: LearnedOptimizersConfig, name: str, halting: bool = False)
         settings.output_scale,
         halting=halting,
         prior_p=config.act.prior_p,
+        update=settings.update,
     )
 
 

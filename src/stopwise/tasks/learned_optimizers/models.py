@@ -71,7 +71,15 @@ class LSTMOptimizerNet(nn.Module):
             preprocessing, 1.0 on the quadratics).
         halting: add the halting head.
         prior_p: the geometric prior parameter the halting bias starts at.
+        update: how the output o_t becomes the update. ``"additive"`` (the paper):
+            Δθ = output_scale · o_t. Not the paper's (a learned per-coordinate step size, so
+            the update vanishes with the gradient and has no precision floor):
+            ``"scaled_gradient"``: Δθ = −output_scale · exp(o_t) ⊙ ∇; ``"scaled_rmsprop"``:
+            Δθ = −output_scale · exp(o_t) ⊙ ∇ / (√v_t + 1e-8) with v_t = 0.99 v_{t−1} + 0.01 ∇²,
+            v_{−1} = 0 (RMSprop's direction, kept as the last entry of the state).
     """
+
+    UPDATES = ("additive", "scaled_gradient", "scaled_rmsprop")
 
     def __init__(
         self,
@@ -81,11 +89,15 @@ class LSTMOptimizerNet(nn.Module):
         output_scale: float = 0.1,
         halting: bool = False,
         prior_p: float = 0.1,
+        update: str = "additive",
     ):
         super().__init__()
         if preprocess is not None and not preprocess > 0:
             raise ValueError(f"preprocess must be > 0 or None; got {preprocess}")
+        if update not in self.UPDATES:
+            raise ValueError(f"update must be one of {self.UPDATES}; got {update!r}")
         self.hidden, self.preprocess, self.output_scale = hidden, preprocess, output_scale
+        self.update = update
         width = 2 if preprocess is not None else 1
         self.cells = nn.ModuleList(
             nn.LSTMCell(width if i == 0 else hidden, hidden) for i in range(layers)
@@ -101,7 +113,10 @@ class LSTMOptimizerNet(nn.Module):
         each ``(rows, dim, hidden)``."""
         device = self.output.weight.device
         zeros = torch.zeros(rows, dim, self.hidden, device=device)
-        return tuple(zeros for _ in range(2 * len(self.cells)))
+        state = tuple(zeros for _ in range(2 * len(self.cells)))
+        if self.update == "scaled_rmsprop":
+            state += (torch.zeros(rows, dim, device=device),)
+        return state
 
     def forward(
         self, grad: torch.Tensor, state: tuple[torch.Tensor, ...]
@@ -117,10 +132,20 @@ class LSTMOptimizerNet(nn.Module):
             h, c = cell(x, (state[2 * i].reshape(n * D, -1), state[2 * i + 1].reshape(n * D, -1)))
             new_state += [h.view(n, D, -1), c.view(n, D, -1)]
             x = h
-        update = (self.output(x).view(n, D) * self.output_scale).to(dtype)
+        output = self.output(x).view(n, D)
+        if self.update == "additive":
+            update = output * self.output_scale
+        else:
+            direction = grad
+            if self.update == "scaled_rmsprop":
+                square = 0.99 * state[-1] + 0.01 * grad.square()
+                new_state.append(square)
+                direction = grad / (square.sqrt() + 1e-8)
+            update = -self.output_scale * torch.exp(output) * direction
+        update = update.to(dtype)
         halting = None
-        if self.halting is not None:
-            halting = self.halting(new_state[-2].mean(1)).squeeze(-1)  # pooled over coordinates
+        if self.halting is not None:  # pooled over coordinates
+            halting = self.halting(new_state[2 * len(self.cells) - 2].mean(1)).squeeze(-1)
         return update, halting, tuple(new_state)
 
     def start(self, theta: torch.Tensor) -> tuple[torch.Tensor, ...]:
