@@ -2,6 +2,7 @@
 forward hooks counting multiply-adds, a DnCNN written out as nn.Sequential), and bad inputs that
 exit 2 before anything is written."""
 
+import json
 import math
 import os
 import subprocess
@@ -276,6 +277,7 @@ def _folder(tmp_path, size):
         ("train_sigmas=0,35", "train_sigmas"),
         ("test_sigmas=35,256", "test_sigmas"),
         ("grid_sigma=300", "grid_sigma"),
+        ("trained_depths=4", "trained_depths"),  # tiny's depth is 4: that model is DnCNN
         ("small", "smaller than a patch"),
         ("unreadable", "cannot read image"),
         ("missing-split", "no val/ subfolder"),
@@ -541,3 +543,44 @@ def test_budget_curves_of_different_lengths_are_listed_per_seed():
     same = _curve_table({"dncnn-stop": {0: stop[1], 1: stop[1]}, "dncnn-ds": jobs["dncnn-ds"]},
                         [0, 1])  # fmt: skip
     assert len(same["results"]) == 3 and "seed" not in same["results"][0]
+
+
+def test_budget_curve_compares_with_dncnns_trained_per_depth():
+    """The trained-per-depth column: the best plain DnCNN at the point's cost, interpolated by
+    hand here between a depth-3 DnCNN (10 MACs, 20 dB) and the DnCNN baseline (30 MACs, 23 dB);
+    none below the cheapest (—)."""
+    from stopwise.tasks.denoising.report import _curve_table
+
+    fixed = [{"mean_cost": c, "psnr": p} for c, p in ((5.0, 18.0), (30.0, 23.0))]
+
+    def point(cost, psnr):
+        return {"budget": cost, "mean_steps": 1.0, "mean_cost": cost, "psnr": psnr,
+                "spearman_exit_sigma": 0.5}  # fmt: skip
+
+    stop = {"fixed_depth": fixed, "oracle_under_budget": fixed,
+            "curve": [point(5.0, 18.0), point(20.0, 22.0)],
+            "costs_per_pixel": {"fixed_depth": [5.0, 30.0]}}  # fmt: skip
+    jobs = {
+        "dncnn-stop": {0: stop},
+        "dncnn-ds": {0: {"fixed_depth": fixed}},
+        "dncnn": {0: {"test": {"psnr": [22.0, 24.0]}}},
+        "dncnn-depth3": {0: {"macs_per_pixel": 10.0, "test": {"psnr": [19.0, 21.0]}}},
+    }
+    out = _curve_table(jobs, [0])
+    low, high = out["results"]
+    assert math.isnan(low["trained_for_depth"]) and low["gain_over_trained_for_depth"] is None
+    assert high["trained_for_depth"] == pytest.approx(21.5)
+    assert high["gain_over_trained_for_depth"]["mean"] == pytest.approx(0.5)
+    assert "DnCNNs trained per depth" in out["table"]
+
+
+def test_a_dncnn_trained_for_a_shallower_depth_runs(tmp_path):
+    """``trained_depths=3`` on tiny: a job that trains a plain 3-layer DnCNN; its cost is its
+    convolution weights (multiply-adds per pixel of a 3×3, stride-1, same-padded stack)."""
+    done = _run_cli(["--set", "trained_depths=3", "--set", "progress=false"], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads((tmp_path / "never" / "jobs" / "dncnn-depth3-s0.json").read_text())
+    weights = sum(m.weight.numel() for m in DnCNN(3, 8).modules() if isinstance(m, nn.Conv2d))
+    assert record["record"]["macs_per_pixel"] == weights
+    assert len(record["record"]["test"]["psnr"]) == 2 * 2  # tiny: 2 images × 2 σ
+    assert "DnCNNs trained per depth" in (tmp_path / "never" / "table.md").read_text()

@@ -104,8 +104,19 @@ class DenoisingConfig(Config):
     grid_image: str = param("", help="test image of the picture grid (default: the first)")
     grid_sigma: float = param(65.0, gt=0, le=255, help="σ of the picture grid")
     timing_repeats: int = param(3, ge=1, le=100, help="interleaved repeats of the CPU timing")
+    trained_depths: list[int] = param(
+        [],
+        ge=3,
+        help="also train a plain DnCNN of each of these depths (< depth) with DnCNN's schedule: "
+        "the models trained for a fixed depth beside the budget curve",
+    )
 
     def check(self) -> None:
+        if any(d >= self.depth for d in self.trained_depths):
+            raise ValueError(
+                f"trained_depths {self.trained_depths} must be below depth={self.depth} "
+                "(the depth itself is the DnCNN baseline)"
+            )
         if self.grid_sigma not in self.test_sigmas:
             raise ValueError(f"grid_sigma={self.grid_sigma:g} must be one of test_sigmas")
         if self.policy.batch > self.policy.pool:

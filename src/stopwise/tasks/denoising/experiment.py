@@ -2,6 +2,8 @@
 
     pretrain            plain DnCNN, last output (the shared start of every DnCNN below)
     dncnn               pretrain → more updates on the last output (the DnCNN baseline)
+    dncnn-depth<d>      a plain DnCNN of depth d < depth, one per ``trained_depths``, trained
+                        from its own start with DnCNN's schedule (pretrain, then fine-tune)
     dncnn-ds            pretrain → exit heads, uniform deep supervision
     stage1-beta<β>      pretrain → exit heads, L2S stage I under the oracle, one per β
     dncnn-stop          β chosen on validation; exits pruned; stage II policy; thresholds
@@ -76,6 +78,10 @@ def stage1_name(beta: float) -> str:
     return f"stage1-beta{beta:g}"
 
 
+def trained_depth_name(depth: int) -> str:
+    return f"dncnn-depth{depth}"
+
+
 def jobs(config: DenoisingConfig) -> list[Job]:
     stage1 = [
         Job(stage1_name(b), {"beta": b}, ("pretrain",), _FINETUNED + ("exit_head",), cost=2.0)
@@ -86,8 +92,13 @@ def jobs(config: DenoisingConfig) -> list[Job]:
         "budget_points", "inference_mode",
     )  # fmt: skip
     candidates = [j.name for j in stage1] + (["dncnn-ds"] if config.uniform_candidate else [])
+    shallow = [
+        Job(trained_depth_name(d), {"depth": d}, (), _FINETUNED, cost=6.0 * d / config.depth)
+        for d in sorted(set(config.trained_depths))
+    ]
     return [
         Job("pretrain", {}, (), _NETWORK, cost=4.0),
+        *shallow,
         Job("classical", {}, (), _COMMON + ("nlm_h", "bm3d_profiles"), cost=3.0),
         Job("dncnn", {}, ("pretrain",), _FINETUNED, cost=2.0),
         Job("dncnn-ds", {}, ("pretrain",), _FINETUNED + ("exit_head",), cost=2.0),
@@ -99,6 +110,8 @@ def jobs(config: DenoisingConfig) -> list[Job]:
 def run_job(job: Job, context: JobContext) -> dict[str, Any]:
     if job.name.startswith("stage1-"):
         return _stage1(context, job.params["beta"])
+    if job.name.startswith("dncnn-depth"):
+        return _trained_depth(context, job.params["depth"])
     run = {
         "pretrain": _pretrain,
         "classical": _classical,
@@ -203,6 +216,27 @@ def _dncnn(context: JobContext) -> dict[str, Any]:
     if config.precision == "bfloat16":
         record["bfloat16_check"] = _bfloat16_check(model, data, table.psnr[:, -1], config)
     return record
+
+
+def _trained_depth(context: JobContext, depth: int) -> dict[str, Any]:
+    """A plain DnCNN of ``depth`` layers with the baseline's two stages and batch streams."""
+    config: DenoisingConfig = context.config
+    context.manual_seed("init")
+    model = build_dncnn(config, context.device, depth)
+    val = validation_set(config, context)
+    with context.timed("train"):
+        training = [
+            train_dncnn(model, config, stage, "last", context, val, name, f"{name}-batches")
+            for name, stage in (("pretrain", config.pretrain), ("finetune", config.finetune))
+        ]
+    data = test_set(config, context).open()
+    table = exit_table(model, data, keep_images=True)
+    return {
+        "depth": depth,
+        "training": training,
+        "macs_per_pixel": float(model.fixed_depth_macs()[-1]),
+        "test": _quality(table.last, data, config),
+    }
 
 
 def _bfloat16_check(model, data: NoisySet, bf16_psnr: torch.Tensor, config) -> dict[str, Any]:

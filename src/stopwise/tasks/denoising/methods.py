@@ -135,10 +135,11 @@ class ValidationSchedule:
         self._cpu_before, self._cpu_start = state["cpu_seconds"], time.process_time()
 
 
-def build_dncnn(config: DenoisingConfig, device: torch.device) -> DnCNN:
-    """A plain DnCNN of the config's size (initialise the torch seed first)."""
-    model = DnCNN(config.depth, config.width, config.precision, config.channels_last)
-    return model.to(device)
+def build_dncnn(config: DenoisingConfig, device: torch.device, depth: int | None = None) -> DnCNN:
+    """A plain DnCNN of the config's size, or of ``depth`` layers (initialise the torch seed
+    first)."""
+    depth = config.depth if depth is None else depth
+    return DnCNN(depth, config.width, config.precision, config.channels_last).to(device)
 
 
 def stage_best_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -236,14 +236,30 @@ def _nanmean(values: list[float]) -> float:
     return statistics.fmean(kept) if kept else math.nan
 
 
+def _trained_depths(jobs, seed) -> list[dict[str, float]]:
+    """The plain DnCNNs trained for a fixed depth (``trained_depths`` and the DnCNN baseline
+    at full depth) of ``seed``: cost (multiply-adds per pixel) and mean test PSNR, by cost."""
+    full = jobs["dncnn-stop"][seed]["costs_per_pixel"]["fixed_depth"][-1]
+    points = [{"mean_cost": full, "psnr": statistics.fmean(jobs["dncnn"][seed]["test"]["psnr"])}]
+    for name, records in jobs.items():
+        if name.startswith("dncnn-depth"):
+            record = records[seed]
+            psnr = statistics.fmean(record["test"]["psnr"])
+            points.append({"mean_cost": record["macs_per_pixel"], "psnr": psnr})
+    return sorted(points, key=lambda p: p["mean_cost"])
+
+
 def _curve_table(jobs, seeds) -> dict[str, Any]:
     """Budget curve of DnCNN-stop beside the same model and the uniform-DS model truncated at a
-    fixed depth, compared at the same mean cost (multiply-adds per pixel)."""
+    fixed depth, and (with ``trained_depths``) plain DnCNNs trained for a fixed depth, compared
+    at the same mean cost (multiply-adds per pixel)."""
+    with_trained = any(name.startswith("dncnn-depth") for name in jobs)
     per_seed = []
     for s in seeds:
         record = jobs["dncnn-stop"][s]
         fixed = record["fixed_depth"]
         ds = jobs["dncnn-ds"][s]["fixed_depth"]
+        trained = _trained_depths(jobs, s)
         bound = record["oracle_under_budget"]
         points = []
         for p in record["curve"]:
@@ -256,18 +272,21 @@ def _curve_table(jobs, seeds) -> dict[str, Any]:
             uniform = _interpolate(
                 p["mean_cost"], [f["mean_cost"] for f in ds], [f["psnr"] for f in ds]
             )
-            points.append(
-                {
-                    "budget": p["budget"],
-                    "mean_exit": p["mean_steps"],
-                    "mean_cost": p["mean_cost"],
-                    "psnr": p["psnr"],
-                    "fixed_same_model": same,
-                    "fixed_uniform_ds": uniform,
-                    "oracle_same_cost": ceiling,
-                    "spearman_exit_sigma": _nan(p["spearman_exit_sigma"]),
-                }
-            )
+            point = {
+                "budget": p["budget"],
+                "mean_exit": p["mean_steps"],
+                "mean_cost": p["mean_cost"],
+                "psnr": p["psnr"],
+                "fixed_same_model": same,
+                "fixed_uniform_ds": uniform,
+                "oracle_same_cost": ceiling,
+                "spearman_exit_sigma": _nan(p["spearman_exit_sigma"]),
+            }
+            if with_trained:
+                point["trained_for_depth"] = _interpolate(
+                    p["mean_cost"], [t["mean_cost"] for t in trained], [t["psnr"] for t in trained]
+                )
+            points.append(point)
         per_seed.append(points)
     # Points are averaged over seeds by position; seeds whose curves differ in length (their
     # kept exits differ, e.g. one kept exit gives a one-point curve) are listed one by one.
@@ -290,8 +309,10 @@ def _curve_table(jobs, seeds) -> dict[str, Any]:
         ("stop", "DnCNN-stop", "s"),
         ("same", "same model, fixed depth", "s"),
         ("ds", "uniform-DS model, fixed depth", "s"),
+        *([("trained", "DnCNNs trained per depth", "s")] if with_trained else []),
         ("oracle", "oracle stop at this cost", "s"),
         ("gain", "stop − same fixed [95%]", "s"),
+        *([("gain_trained", "stop − trained [95%]", "s")] if with_trained else []),
         ("rho", "ρ(σ, exit)", "s"),
     ]
     table = (
@@ -309,6 +330,13 @@ def _curve_table(jobs, seeds) -> dict[str, Any]:
         )
         + "The oracle stop at this cost chooses each image's exit knowing the clean image "
         "(argmax PSNR − λ·cost, λ swept): the best any policy could do with this model."
+        + (
+            " DnCNNs trained per depth: plain DnCNNs of each depth in `trained_depths` and the "
+            "DnCNN baseline at full depth, each trained alone with DnCNN's schedule, compared "
+            "the same way (best at that cost, interpolated; none below the shallowest)."
+            if with_trained
+            else ""
+        )
     )
     return {"table": table, "results": results}
 
@@ -324,6 +352,15 @@ def _curve_point(seeds, column: list[dict]) -> tuple[dict[str, Any], dict[str, s
     gain = paired_difference(gains, dict.fromkeys(gains, 0.0)) if gains else None
     entry = {key: _nanmean([c[key] for c in column]) for key in column[0]}
     entry["gain_over_fixed_same_model"] = gain
+    trained_gain = None
+    if "trained_for_depth" in column[0]:
+        gains = {
+            s: c["psnr"] - c["trained_for_depth"]
+            for s, c in zip(seeds, column, strict=True)
+            if not math.isnan(c["trained_for_depth"])
+        }
+        trained_gain = paired_difference(gains, dict.fromkeys(gains, 0.0)) if gains else None
+        entry["gain_over_trained_for_depth"] = trained_gain
     row = {
         "exit": f"{entry['mean_exit']:.2f}",
         "macs": f"{entry['mean_cost'] / 1e3:.1f}k",
@@ -336,7 +373,14 @@ def _curve_point(seeds, column: list[dict]) -> tuple[dict[str, Any], dict[str, s
         else f"{entry['spearman_exit_sigma']:+.2f}",
         "gain": _format_interval(gain) if gain else "—",
     }
+    if "trained_for_depth" in entry:
+        row["trained"] = _format_psnr(entry["trained_for_depth"])
+        row["gain_trained"] = _format_interval(trained_gain) if trained_gain else "—"
     return entry, row
+
+
+def _format_psnr(value: float) -> str:
+    return "—" if math.isnan(value) else f"{value:.2f}"
 
 
 def _timed_rules_by_position(records: list[dict]) -> list[tuple[str, list[dict]]]:
@@ -569,6 +613,9 @@ def _budget_figure(jobs, seeds):
     ds = [_best_fixed(jobs["dncnn-ds"][s]["fixed_depth"]) for s in seeds]
     xs, ys = _mean_curve(ds, "mean_cost", "psnr")
     axes.plot(xs, ys, "^:", markersize=3, label="uniform-DS model, best fixed depth")
+    if any(name.startswith("dncnn-depth") for name in jobs):
+        xs, ys = _mean_curve([_trained_depths(jobs, s) for s in seeds], "mean_cost", "psnr")
+        axes.plot(xs, ys, "D-.", markersize=3, label="DnCNNs trained per depth")
     full = stop[0]["costs_per_pixel"]["fixed_depth"][-1]
     dncnn = statistics.fmean(statistics.fmean(jobs["dncnn"][s]["test"]["psnr"]) for s in seeds)
     axes.plot([full], [dncnn], "k*", markersize=8, label="DnCNN (last output)")
