@@ -15,7 +15,7 @@ from ...reporting import markdown_table, new_figure
 from ...stats import format_mean_sd, paired_difference
 from .config import DenoisingConfig
 from .data import from_png_base64
-from .experiment import stage1_candidates
+from .experiment import stage1_candidates, trained_depth_name
 
 __all__ = ["report", "METHODS"]
 
@@ -35,6 +35,16 @@ STOP_ROWS = ("stop", "stop_official", "oracle")
 COMPARISONS = (("stop", "dncnn"), ("stop", "bm3d"), ("stop", "dncnn_ds"), ("stop_last", "dncnn"))
 
 
+def _methods(config: DenoisingConfig) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
+    """METHODS with a row per DnCNN trained for a shallower depth, after DnCNN's."""
+    trained = tuple(
+        (f"dncnn_depth{d}", f"DnCNN of depth {d} (trained for it)", (trained_depth_name(d), "test"))
+        for d in sorted(set(config.trained_depths))
+    )
+    after = [k for k, _, _ in METHODS].index("dncnn") + 1
+    return METHODS[:after] + trained + METHODS[after:]
+
+
 def _get(record: dict[str, Any], path: tuple[str, ...]) -> Any:
     for key in path:
         record = record[key]
@@ -51,18 +61,20 @@ def report(results: list[JobResult], config: DenoisingConfig) -> Report:
     sigmas = list(config.test_sigmas)
     unseen = [s not in config.train_sigmas for s in sigmas]
 
+    methods = _methods(config)
+
     def per_seed(key: str, measure: str) -> dict[int, list[float]]:
-        path = next(p for k, _, p in METHODS if k == key)
+        path = next(p for k, _, p in methods if k == key)
         return {s: _get(jobs[path[0]][s], path[1:])[measure] for s in seeds}
 
     quality = {
-        key: {m: per_seed(key, f"{m}_by_sigma") for m in ("psnr", "ssim")} for key, _, _ in METHODS
+        key: {m: per_seed(key, f"{m}_by_sigma") for m in ("psnr", "ssim")} for key, _, _ in methods
     }
     headers = [f"σ={s:g}" + (" (unseen)" if u else "") for s, u in zip(sigmas, unseen, strict=True)]
     tables = []
     for measure, fmt in (("psnr", ".2f"), ("ssim", ".4f")):
         rows = []
-        for key, label, _ in METHODS:
+        for key, label, _ in methods:
             row = {"method": label}
             for j, h in enumerate(headers):
                 row[h] = format_mean_sd([quality[key][measure][s][j] for s in seeds], fmt)
