@@ -97,6 +97,7 @@ def main() -> None:
     parser.add_argument("--preset", default="benchmark")
     parser.add_argument("--out", default=str(ROOT.parent / "runs" / "learned-optimizers-benchmark"))
     parser.add_argument("--set", action="append", default=[], help="extra key=value overrides")
+    parser.add_argument("--name", help="name of the results (default: from the preset)")
     args = parser.parse_args()
     out = Path(args.out)
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -136,7 +137,7 @@ def main() -> None:
         "CPU seconds are per job (process time), wall seconds include waiting for the CPU",
     }
     RESULTS.mkdir(exist_ok=True)
-    name = (
+    name = args.name or (
         "learned_optimizers" if args.preset == "benchmark" else f"learned_optimizers-{args.preset}"
     )
     (RESULTS / f"{name}.json").write_text(json.dumps(summary, indent=1) + "\n")
