@@ -271,7 +271,7 @@ def _curve_table(jobs, seeds) -> dict[str, Any]:
         record = jobs["dncnn-stop"][s]
         fixed = record["fixed_depth"]
         ds = jobs["dncnn-ds"][s]["fixed_depth"]
-        trained = _trained_depths(jobs, s)
+        trained = _trained_depths(jobs, s) if with_trained else []
         bound = record["oracle_under_budget"]
         points = []
         for p in record["curve"]:
