@@ -97,7 +97,7 @@ class LSTMOptimizerNet(nn.Module):
         if update not in self.UPDATES:
             raise ValueError(f"update must be one of {self.UPDATES}; got {update!r}")
         self.hidden, self.preprocess, self.output_scale = hidden, preprocess, output_scale
-        self.update = update
+        self.update_rule = update
         width = 2 if preprocess is not None else 1
         self.cells = nn.ModuleList(
             nn.LSTMCell(width if i == 0 else hidden, hidden) for i in range(layers)
@@ -114,7 +114,7 @@ class LSTMOptimizerNet(nn.Module):
         device = self.output.weight.device
         zeros = torch.zeros(rows, dim, self.hidden, device=device)
         state = tuple(zeros for _ in range(2 * len(self.cells)))
-        if self.update == "scaled_rmsprop":
+        if self.update_rule == "scaled_rmsprop":
             state += (torch.zeros(rows, dim, device=device),)
         return state
 
@@ -133,11 +133,11 @@ class LSTMOptimizerNet(nn.Module):
             new_state += [h.view(n, D, -1), c.view(n, D, -1)]
             x = h
         output = self.output(x).view(n, D)
-        if self.update == "additive":
+        if self.update_rule == "additive":
             update = output * self.output_scale
         else:
             direction = grad
-            if self.update == "scaled_rmsprop":
+            if self.update_rule == "scaled_rmsprop":
                 square = 0.99 * state[-1] + 0.01 * grad.square()
                 new_state.append(square)
                 direction = grad / (square.sqrt() + 1e-8)
