@@ -25,7 +25,14 @@ def candidates(kind, spec, default) -> list[str]:
     wrong types and special values."""
     if typing.get_origin(kind) is list:
         (inner,) = typing.get_args(kind)
-        items = candidates(inner, spec, default[0] if default else None)
+        reference = (
+            default[0]
+            if default
+            else next(  # an empty default: start from a bound
+                (b for b in (spec.ge, spec.gt, spec.le, spec.lt) if b is not None), 1
+            )
+        )
+        items = candidates(inner, spec, reference)
         base = ",".join(str(v) for v in default)
         return [
             base,
