@@ -353,25 +353,25 @@ def _curve_table(jobs, seeds) -> dict[str, Any]:
     return {"table": table, "results": results}
 
 
+def _paired_gain(seeds, column: list[dict], reference: str) -> dict[str, Any] | None:
+    """PSNR minus ``reference`` paired over the seeds where the reference exists (None if none)."""
+    gains = {
+        s: c["psnr"] - c[reference]
+        for s, c in zip(seeds, column, strict=True)
+        if not math.isnan(c[reference])
+    }
+    return paired_difference(gains, dict.fromkeys(gains, 0.0)) if gains else None
+
+
 def _curve_point(seeds, column: list[dict]) -> tuple[dict[str, Any], dict[str, str]]:
     """One budget point over ``seeds`` (one entry each): the mean of every value, the paired
     gain over the same model at a fixed depth of the same cost, and its table row."""
-    gains = {
-        s: c["psnr"] - c["fixed_same_model"]
-        for s, c in zip(seeds, column, strict=True)
-        if not math.isnan(c["fixed_same_model"])
-    }
-    gain = paired_difference(gains, dict.fromkeys(gains, 0.0)) if gains else None
+    gain = _paired_gain(seeds, column, "fixed_same_model")
     entry = {key: _nanmean([c[key] for c in column]) for key in column[0]}
     entry["gain_over_fixed_same_model"] = gain
     trained_gain = None
     if "trained_for_depth" in column[0]:
-        gains = {
-            s: c["psnr"] - c["trained_for_depth"]
-            for s, c in zip(seeds, column, strict=True)
-            if not math.isnan(c["trained_for_depth"])
-        }
-        trained_gain = paired_difference(gains, dict.fromkeys(gains, 0.0)) if gains else None
+        trained_gain = _paired_gain(seeds, column, "trained_for_depth")
         entry["gain_over_trained_for_depth"] = trained_gain
     row = {
         "exit": f"{entry['mean_exit']:.2f}",
