@@ -7,14 +7,17 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def uninterrupted(tmp_path_factory):
-    """An uninterrupted ``tiny`` run of every registered experiment, shared by the contract and
-    fault tests: {name: run directory}."""
-    from test_experiment_contract import NAMES, stopwise, tiny
+    """An uninterrupted ``tiny`` run of each registered experiment, made the first time a test
+    asks for it and shared by the contract and fault tests: {name: run directory}. Lazy, so that
+    a test worker (pytest-xdist) runs only the experiments of the tests it was given."""
+    from test_experiment_contract import stopwise, tiny
 
-    runs = {}
-    for name in NAMES:
-        out = tmp_path_factory.mktemp(name) / "full"
-        done = stopwise(tiny(name, out))
-        assert done.returncode == 0, done.stderr[-3000:]
-        runs[name] = out
-    return runs
+    class Runs(dict):
+        def __missing__(self, name):
+            out = tmp_path_factory.mktemp(name) / "full"
+            done = stopwise(tiny(name, out))
+            assert done.returncode == 0, done.stderr[-3000:]
+            self[name] = out
+            return out
+
+    return Runs()

@@ -24,6 +24,8 @@ WRAPPER = str(Path(__file__).with_name("faulty_run.py"))
 load_module(str(Path(__file__).with_name("sample_experiment.py")))  # a user module's experiment
 NAMES = [e.name for e in list_experiments()]
 EXPERIMENTS = {e.name: e for e in list_experiments()}
+# The tests that share an experiment's uninterrupted run (conftest.py) go to one test worker.
+SHARING_A_RUN = [pytest.param(n, marks=pytest.mark.xdist_group(n)) for n in NAMES]
 # Timings and file provenance differ between two runs of the same thing; every number else must not.
 VOLATILE = ("seconds", "timing", "fingerprint", "resumed", "speedup", "finished", "reused_from")
 
@@ -63,7 +65,7 @@ def job_records(out: Path) -> dict:
     return {p.name: stable(json.loads(p.read_text())) for p in (out / "jobs").glob("*.json")}
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", SHARING_A_RUN)
 def test_tiny_run_killed_half_way_resumes_to_the_same_results(name, uninterrupted, tmp_path):
     full = uninterrupted[name]
     lines = len((full / "metrics.jsonl").read_text().splitlines())

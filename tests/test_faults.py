@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_experiment_contract import NAMES, job_records, stable, stopwise, tiny
+from test_experiment_contract import NAMES, SHARING_A_RUN, job_records, stable, stopwise, tiny
 
 from stopwise import experiments
 from stopwise.config import ConfigError
@@ -33,7 +33,7 @@ def same_results(out: Path, full: Path) -> bool:
     return job_records(out) == job_records(full) and results(out) == results(full)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", SHARING_A_RUN)
 def test_signals_full_disk_and_corrupt_checkpoints(name, uninterrupted, tmp_path):
     full, out = uninterrupted[name], tmp_path / "run"
     lines = len((full / "metrics.jsonl").read_text().splitlines())
@@ -132,7 +132,7 @@ def test_unsafe_checkpoint_in_a_run_is_refused_and_never_runs(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", SHARING_A_RUN)
 def test_sigkill_at_random_moments(name, uninterrupted, tmp_path):
     """20 trials: a SIGKILL at a random event (metrics record, torn record, checkpoint write,
     job record write, report write) of a random count; every rerun completes with the results
