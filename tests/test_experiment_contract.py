@@ -26,6 +26,7 @@ NAMES = [e.name for e in list_experiments()]
 EXPERIMENTS = {e.name: e for e in list_experiments()}
 # The tests that share an experiment's uninterrupted run (conftest.py) go to one test worker.
 SHARING_A_RUN = [pytest.param(n, marks=pytest.mark.xdist_group(n)) for n in NAMES]
+BUILT_IN = [p for p in SHARING_A_RUN if experiment_source(p.values[0]) in TASK_MODULES]
 # Timings and file provenance differ between two runs of the same thing; every number else must not.
 VOLATILE = ("seconds", "timing", "fingerprint", "resumed", "speedup", "finished", "reused_from")
 
@@ -86,6 +87,17 @@ def test_tiny_run_killed_half_way_resumes_to_the_same_results(name, uninterrupte
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     assert cpu < 5, f"a finished run should do nothing; it took {cpu:.1f} CPU-s"
     assert "job(s) to run" not in third.stderr
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_every_stop_model_is_judged_against_fixed_depth(name, uninterrupted):
+    """Issue 17: every task's run says of each stop model's budget curve whether it beats the
+    same model at fixed depth (stopwise.curves.dominance), in results.json and in table.md."""
+    verdicts = json.loads((uninterrupted[name] / "results.json").read_text())["dominance"]
+    assert verdicts
+    for verdict in verdicts.values():
+        assert verdict["met"] == (verdict["dominates"] and verdict["strictly_better_lower_half"])
+    assert "fixed depth" in (uninterrupted[name] / "table.md").read_text()
 
 
 def _bad_values(name):

@@ -490,21 +490,6 @@ def test_pooled_interval_is_the_interval_over_all_functions_of_all_seeds():
     assert got["hi"] - got["mean"] == pytest.approx(1.96 * float(everything.std()) / 30.0)
 
 
-def test_dominance_compares_a_budget_curve_with_interpolated_fixed_depth():
-    from stopwise.tasks.learned_optimizers.report import dominance
-
-    fixed = [{"mean_steps": d, "gap": 1.0 / d} for d in range(1, 11)]
-    below = [{"mean_steps": 2.5, "gap": 0.3}, {"mean_steps": 8.0, "gap": 0.125}]
-    above = [{"mean_steps": 2.5, "gap": 0.3}, {"mean_steps": 8.0, "gap": 0.2}]
-    # fixed depth at 2.5 steps: halfway between 1/2 and 1/3
-    assert dominance(below, fixed, "gap")["best_lower_half_margin"] == pytest.approx(
-        0.3 - (0.5 + 1 / 3) / 2
-    )
-    assert dominance(below, fixed, "gap")["dominates"]
-    result = dominance(above, fixed, "gap")
-    assert not result["dominates"] and result["worst_margin"] == pytest.approx(0.2 - 0.125)
-
-
 def test_causal_rule_ignores_the_first_increment():
     """Δq_0 shifts every posterior logit alike, so it never stops a run: at the prior (constant
     Δq_t = log s < 0) the causal rule stops after the second step, the first whose increment

@@ -15,7 +15,7 @@ def test_tiny_run_writes_tables_figures_and_budget_curves(tmp_path, capsys):
     assert main(["run", "learned-optimizers", "--preset", "tiny", "--out", str(out)]) == 0
     capsys.readouterr()
     table = (out / "table.md").read_text()
-    for heading in ("mean log10 suboptimality", "stopping", "Budget curves beside fixed depth"):
+    for heading in ("mean log10 suboptimality", "stopping", "Budget curves against the best fixed"):
         assert heading in table
     for family in ("regression", "quadratic"):
         for figure in ("suboptimality", "budget", "tradeoff"):

@@ -23,7 +23,6 @@ from stopwise.tasks.parity import (
 )
 from stopwise.tasks.parity.metrics import evaluate_rule
 from stopwise.tasks.parity.report import (
-    _fixed_at,
     paired_vs_fixed_depth,
     sensitivity_lines,
     summarize,
@@ -228,13 +227,6 @@ def test_paired_difference_against_fixed_depth_by_hand():
     assert accuracy["below_zero"]
     assert paired["mean_steps"]["per_seed"] == pytest.approx({0: -2.0, 1: -1.0, 2: 0.0})
     assert paired_vs_fixed_depth(rows[6:], summarize(rows[6:])) == []
-
-
-def test_fixed_depth_at_fractional_steps_mixes_the_two_depths_around_it():
-    curve = [{"mean_steps": d, "accuracy": a} for d, a in [(1, 0.5), (2, 0.7), (4, 0.9)]]
-    # 30% of the rows at depth 2 and 70% at depth 4 run 3.4 steps on average.
-    assert _fixed_at(curve, 3.4) == pytest.approx(0.3 * 0.7 + 0.7 * 0.9)
-    assert _fixed_at(curve, 0.5) == 0.5 and _fixed_at(curve, 9) == 0.9
 
 
 def test_budget_curve_ends_at_full_depth_and_matches_a_plain_loop():

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ...contract import JobResult, Report
+from ...curves import best_fixed_mix, dominance, dominance_line, mean_curve
 from ...reporting import markdown_table, new_figure
 from ...stats import format_mean_sd, paired_difference
 from .config import DenoisingConfig
@@ -121,7 +122,14 @@ def report(results: list[JobResult], config: DenoisingConfig) -> Report:
     )
 
     curve = _curve_table(jobs, seeds)
-    tables.append(curve["table"])
+    verdicts = _dominance(jobs, seeds)
+    tables.append(
+        curve["table"]
+        + "\n\n"
+        + "\n".join(
+            f"- {dominance_line(k, v, 'dB', cost_unit='MACs/pixel')}" for k, v in verdicts.items()
+        )
+    )
     timing = _timing_table(jobs, seeds, T)
     tables.append(timing["table"])
     training = _training(jobs, cpu, seeds, config)
@@ -161,6 +169,7 @@ def report(results: list[JobResult], config: DenoisingConfig) -> Report:
         },
         "spearman_exit_sigma": {s: stop[s]["spearman_exit_sigma"] for s in seeds},
         "budget_curve": curve["results"],
+        "dominance": verdicts,
         "timing": timing["results"],
         "training": training["results"],
         "choices": {
@@ -228,19 +237,33 @@ def _format_interval(diff: dict[str, Any]) -> str:
 
 
 def _interpolate(x: float, xs: list[float], ys: list[float]) -> float:
-    """The best fixed depth at mean cost ``x``: over the depths that are on the frontier (no
-    cheaper-or-equal depth does better: a depth whose exit is worse than a shallower one is never
-    the one to run), linear interpolation of PSNR over increasing cost (a random mix of the two
-    neighbouring frontier depths reaches this mean cost and this mean PSNR); beyond the full
-    depth, the best; NaN below the first depth."""
-    if x < xs[0] - 1e-9:
+    """The best PSNR a mix of two of these points reaches at mean cost ≤ ``x``
+    (:func:`stopwise.curves.best_fixed_mix`); NaN below the cheapest point."""
+    if x < min(xs) - 1e-9:
         return math.nan
-    front_x, front_y = [], []
-    for cost, psnr in sorted(zip(xs, ys, strict=True), key=lambda p: (p[0], -p[1])):
-        if not front_y or psnr > front_y[-1]:  # same cost: the better one comes first
-            front_x.append(cost)
-            front_y.append(psnr)
-    return float(np.interp(x, front_x, front_y))
+    points = [{"mean_cost": c, "psnr": v} for c, v in zip(xs, ys, strict=True)]
+    return best_fixed_mix(points, x, "psnr", higher_is_better=True, x="mean_cost")
+
+
+def _dominance(jobs, seeds) -> dict[str, dict[str, Any]]:
+    """DnCNN-stop's budget curve against the same model at fixed depth (PSNR at mean
+    multiply-adds per pixel): one verdict for the mean over seeds, or one per seed where the
+    seeds kept different exits."""
+    stop = {s: jobs["dncnn-stop"][s] for s in seeds}
+    if len({(len(r["curve"]), len(r["fixed_depth"])) for r in stop.values()}) == 1:
+        groups = {"DnCNN-stop": list(seeds)}
+    else:
+        groups = {f"DnCNN-stop (seed {s})": [s] for s in seeds}
+    return {
+        label: dominance(
+            mean_curve([stop[s]["curve"] for s in group]),
+            mean_curve([stop[s]["fixed_depth"] for s in group]),
+            "psnr",
+            higher_is_better=True,
+            x="mean_cost",
+        )
+        for label, group in groups.items()
+    }
 
 
 def _nanmean(values: list[float]) -> float:
@@ -596,10 +619,9 @@ def _per_exit_figure(jobs, seeds, sigmas):
     return figure
 
 
-def _mean_curve(curves, x_key, y_key):
-    xs = [statistics.fmean(p[x_key] for p in points) for points in zip(*curves, strict=True)]
-    ys = [statistics.fmean(p[y_key] for p in points) for points in zip(*curves, strict=True)]
-    return xs, ys
+def _mean_xy(curves, x_key, y_key):
+    curve = mean_curve(curves)
+    return [p[x_key] for p in curve], [p[y_key] for p in curve]
 
 
 def _best_fixed(fixed: list[dict[str, float]]) -> list[dict[str, float]]:
@@ -614,19 +636,19 @@ def _budget_figure(jobs, seeds):
     stop = [jobs["dncnn-stop"][s] for s in seeds]
     label = "DnCNN-stop (thresholds from validation)"
     if len({len(r["curve"]) for r in stop}) == 1:
-        xs, ys = _mean_curve([r["curve"] for r in stop], "mean_cost", "psnr")
+        xs, ys = _mean_xy([r["curve"] for r in stop], "mean_cost", "psnr")
         axes.plot(xs, ys, "-o", markersize=3, label=label)
     else:  # different kept exits per seed: one curve each (PSNR of that seed alone)
         for s, r in zip(seeds, stop, strict=True):
-            xs, ys = _mean_curve([r["curve"]], "mean_cost", "psnr")
+            xs, ys = _mean_xy([r["curve"]], "mean_cost", "psnr")
             axes.plot(xs, ys, "-o", markersize=3, alpha=0.7, label=f"{label}, seed {s}")
-    xs, ys = _mean_curve([_best_fixed(r["fixed_depth"]) for r in stop], "mean_cost", "psnr")
+    xs, ys = _mean_xy([_best_fixed(r["fixed_depth"]) for r in stop], "mean_cost", "psnr")
     axes.plot(xs, ys, "s--", markersize=3, label="same model, best fixed depth at this cost")
     ds = [_best_fixed(jobs["dncnn-ds"][s]["fixed_depth"]) for s in seeds]
-    xs, ys = _mean_curve(ds, "mean_cost", "psnr")
+    xs, ys = _mean_xy(ds, "mean_cost", "psnr")
     axes.plot(xs, ys, "^:", markersize=3, label="uniform-DS model, best fixed depth")
     if any(name.startswith("dncnn-depth") for name in jobs):
-        xs, ys = _mean_curve([_trained_depths(jobs, s) for s in seeds], "mean_cost", "psnr")
+        xs, ys = _mean_xy([_trained_depths(jobs, s) for s in seeds], "mean_cost", "psnr")
         axes.plot(xs, ys, "D-.", markersize=3, label="DnCNNs trained per depth")
     full = stop[0]["costs_per_pixel"]["fixed_depth"][-1]
     dncnn = statistics.fmean(statistics.fmean(jobs["dncnn"][s]["test"]["psnr"]) for s in seeds)

@@ -9,6 +9,7 @@ import statistics
 from typing import Any
 
 from ...contract import JobResult, Report
+from ...curves import best_fixed_mix, dominance, dominance_line, mean_curve
 from ...reporting import markdown_table, new_figure
 from ...stats import format_mean_sd, mean_sd, paired_difference
 from .config import FewShotConfig
@@ -109,7 +110,8 @@ def report(results: list[JobResult], config: FewShotConfig) -> Report:
         )
     table += "\n".join(lines)
     table += "\n\n" + _shots_table(by_job, maml_job, seeds, fmt)
-    table += "\n\n" + _curve_table(stop_jobs, seeds, name, fmt)
+    curve_table, verdict = _curve_table(stop_jobs, seeds, name, fmt)
+    table += "\n\n" + curve_table
 
     first = paired[seeds[0]]
     summary = (
@@ -127,6 +129,7 @@ def report(results: list[JobResult], config: FewShotConfig) -> Report:
             "stop_minus_best_over_seeds": over_seeds,
             "mse_ratio": [compare[s].get("mse_ratio") for s in seeds],
             "spearman_steps_shots": spearman,
+            "dominance": {"MAML-stop": verdict},
             "seeds": seeds,
             "jobs": {job: {str(s): r for s, r in recs.items()} for job, recs in by_job.items()},
         },
@@ -197,38 +200,34 @@ def _shots_table(by_job, maml_job: str, seeds: list[int], fmt: str) -> str:
     )
 
 
-def _curve_table(stop_jobs, seeds: list[int], name: str, fmt: str) -> str:
-    curve = [stop_jobs[s]["stop_curve"] for s in seeds]
-    fixed = {p["depth"]: [] for p in stop_jobs[seeds[0]]["fixed_depth"]}
-    for s in seeds:
-        for p in stop_jobs[s]["fixed_depth"]:
-            fixed[p["depth"]].append(p[name])
-    rows = []
-    for points in zip(*curve, strict=True):
-        steps = statistics.fmean(p["mean_steps"] for p in points)
-        depth = max(1, min(len(fixed), int(steps)))  # the fixed depth at or below the mean
-        rows.append(
-            {
-                "budget": points[0]["budget"],
-                "steps": steps,
-                "stop": statistics.fmean(p[name] for p in points),
-                "depth": depth,
-                "fixed": statistics.fmean(fixed[depth]),
-            }
-        )
-    return (
-        "Budget curve of MAML-stop (thresholds fitted on validation) beside its learner at a fixed depth:\n\n"
+def _curve_table(stop_jobs, seeds: list[int], name: str, fmt: str) -> tuple[str, dict[str, Any]]:
+    """The budget curve (mean over seeds) beside the best mix of two fixed depths of the same
+    learner with the same mean steps, and the dominance verdict."""
+    curve = mean_curve([stop_jobs[s]["stop_curve"] for s in seeds])
+    fixed = mean_curve([stop_jobs[s]["fixed_depth"] for s in seeds])
+    higher = name == "accuracy"
+    verdict = dominance(curve, fixed, name, higher_is_better=higher)
+    rows = [
+        {**p, "fixed": best_fixed_mix(fixed, p["mean_steps"], name, higher_is_better=higher)}
+        for p in curve
+    ]
+    scale, unit = (100.0, "points") if higher else (1.0, "MSE")
+    table = (
+        "Budget curve of MAML-stop (thresholds fitted on validation) beside its learner at fixed "
+        "depth (the best mix of two depths with the same mean steps):\n\n"
         + markdown_table(
             rows,
             [
                 ("budget", "budget (steps)", ".2f"),
-                ("steps", "test mean steps", ".2f"),
-                ("stop", f"MAML-stop {name}", fmt),
-                ("depth", "fixed depth ≤ steps", "d"),
+                ("mean_steps", "test mean steps", ".2f"),
+                (name, f"MAML-stop {name}", fmt),
                 ("fixed", f"fixed-depth {name}", fmt),
             ],
         )
+        + "\n\n"
+        + dominance_line("MAML-stop", verdict, unit, scale)
     )
+    return table, verdict
 
 
 def _quality_by_shots(by_job, maml_job: str, seeds, name: str):
@@ -299,26 +298,24 @@ def _loss_by_step(by_job, maml_job: str, seeds):
 def _budget_figure(by_job, maml_job: str, seeds, name: str):
     figure, axes = new_figure()
 
-    def mean_curve(curves):
-        return (
-            [statistics.fmean(p["mean_steps"] for p in pts) for pts in zip(*curves, strict=True)],
-            [statistics.fmean(p[name] for p in pts) for pts in zip(*curves, strict=True)],
-        )
+    def mean_xy(curves):
+        curve = mean_curve(curves)
+        return [p["mean_steps"] for p in curve], [p[name] for p in curve]
 
     stop, maml = by_job["maml-stop"], by_job[maml_job]
     series = [
         (
-            mean_curve([stop[s]["stop_curve"] for s in seeds]),
+            mean_xy([stop[s]["stop_curve"] for s in seeds]),
             "o-",
             "MAML-stop (thresholds from validation)",
         ),
         (
-            mean_curve([stop[s]["fixed_depth"] for s in seeds]),
+            mean_xy([stop[s]["fixed_depth"] for s in seeds]),
             "s--",
             "MAML-stop learner, fixed depth",
         ),
-        (mean_curve([maml[s]["fixed_depth"] for s in seeds]), "d--", "MAML, fixed depth"),
-        (mean_curve([maml[s]["hand_curve"] for s in seeds]), "^:", "MAML + hand-made stop"),
+        (mean_xy([maml[s]["fixed_depth"] for s in seeds]), "d--", "MAML, fixed depth"),
+        (mean_xy([maml[s]["hand_curve"] for s in seeds]), "^:", "MAML + hand-made stop"),
     ]
     # A diverged task puts an MSE mean orders of magnitude above the rest: clip it to the frame.
     top = 5 * statistics.median(v for (_, y), _, _ in series for v in y) if name == "mse" else None

@@ -15,15 +15,17 @@ from typing import Any
 import numpy as np
 
 from ...contract import JobResult, Report
+from ...curves import dominance, dominance_line, mean_curve
 from ...reporting import format_number, markdown_table, new_figure
 from ...stats import format_mean_sd, mean_sd, paired_difference
 from .config import LearnedOptimizersConfig
 from .metrics import DIVERGED
 
-__all__ = ["report", "pooled", "dominance"]
+__all__ = ["report", "pooled"]
 
 _OPTIMIZER_LABELS = {"sgd": "SGD", "momentum": "Momentum", "rmsprop": "RMSprop", "adam": "Adam"}
 _GAP_LABEL = {"mlp": "log10 training loss"}
+STOP_LABELS = {"act": "ACT optimizer", "l2s": "L2S-stop"}
 
 
 def _label(kind: str) -> str:
@@ -40,33 +42,6 @@ def pooled(summaries: list[dict[str, Any]]) -> dict[str, float]:
     sd = math.sqrt((within + between) / max(n - 1, 1))
     half = 1.96 * sd / math.sqrt(n)
     return {"mean": mean, "sd": sd, "n": n, "lo": mean - half, "hi": mean + half}
-
-
-def dominance(curve: list[dict[str, Any]], fixed: list[dict[str, Any]], key: str) -> dict:
-    """Does a budget curve reach, at every mean number of steps it uses, a ``key`` (lower is
-    better) at most that of fixed depth at the same steps (linear interpolation between
-    depths)? Returns the worst margin (curve − fixed, ≤ 0 everywhere means it dominates) and
-    the best margin in the lower half of the steps range."""
-    depths = np.array([p["mean_steps"] for p in fixed])
-    values = np.array([p[key] for p in fixed])
-    margins = [
-        (p["mean_steps"], p[key] - float(np.interp(p["mean_steps"], depths, values))) for p in curve
-    ]
-    middle = (depths.min() + depths.max()) / 2
-    lower = [m for steps, m in margins if steps <= middle]
-    return {
-        "worst_margin": max(m for _, m in margins),
-        "best_lower_half_margin": min(lower) if lower else None,
-        "dominates": all(m <= 1e-9 for _, m in margins),
-    }
-
-
-def _mean_points(curves: list[list[dict[str, Any]]], keys: tuple[str, ...]) -> list[dict]:
-    """Point-wise mean over seeds of curves with the same points."""
-    return [
-        {k: statistics.fmean(p[k] for p in points) for k in keys}
-        for points in zip(*curves, strict=True)
-    ]
 
 
 def report(results: list[JobResult], config: LearnedOptimizersConfig) -> Report:
@@ -95,6 +70,12 @@ def report(results: list[JobResult], config: LearnedOptimizersConfig) -> Report:
             figures[f"budget_{family}"] = _budget_figure(section["stopping"], family)
             figures[f"tradeoff_{family}"] = _tradeoff_figure(section["tradeoff"], family)
         out["families"][family] = section
+    out["dominance"] = {
+        f"{family}: {STOP_LABELS[name]}": curve["dominance_log10_gap"]
+        for family, section in out["families"].items()
+        if "stopping" in section
+        for name, curve in section["stopping"]["curves"].items()
+    }
     out["cpu_seconds"] = cpu
     out["jobs"] = {f"{name}-s{seed}": record for (name, seed), record in records.items()}
     table = "\n\n".join(tables) + (
@@ -319,15 +300,14 @@ def _stop_section(records, seeds, config, family):
         ("act", act, "ACT optimizer at fixed depth"),
         ("l2s", l2s, "LSTM optimizer at fixed depth"),
     ):
-        keys = ("mean_steps", "log10_gap", "nll", "gap")
-        curve = _mean_points([r["curve"] for r in group.values()], keys)
-        fixed = _mean_points([r["fixed_depth"] for r in group.values()], keys)
+        curve = mean_curve([r["curve"] for r in group.values()])
+        fixed = mean_curve([r["fixed_depth"] for r in group.values()])
         curves[name] = {
             "curve": curve,
             "fixed_depth": fixed,
             "fixed_label": fixed_label,
-            "dominance_log10_gap": dominance(curve, fixed, "log10_gap"),
-            "dominance_nll": dominance(curve, fixed, "nll"),
+            "dominance_log10_gap": dominance(curve, fixed, "log10_gap", higher_is_better=False),
+            "dominance_nll": dominance(curve, fixed, "nll", higher_is_better=False),
         }
     trained = _trained_depths(records, seeds, family, curves)
     real = {
@@ -369,12 +349,10 @@ def _stop_section(records, seeds, config, family):
             if rule != "expected_steps"
         )
         + f"; E_q[steps] at the full horizon {posterior['expected_steps']:.1f}"
-        + "\n\nBudget curves beside fixed depth (mean over seeds; margin = curve − fixed depth "
-        "at the same mean steps, interpolated; ≤ 0 everywhere: the curve dominates): "
+        + "\n\nBudget curves against the best fixed-depth mix at the same mean steps (mean over "
+        "seeds; gain = fixed − curve in log10 suboptimality, positive: the stop rule is better): "
         + "; ".join(
-            f"{name}: worst margin {v['dominance_log10_gap']['worst_margin']:+.3f} log10 gap, "
-            f"{v['dominance_nll']['worst_margin']:+.2e} NLL; best in the lower half "
-            f"{format_number(v['dominance_log10_gap']['best_lower_half_margin'], '+.3f')} log10 gap"
+            dominance_line(STOP_LABELS[name], v["dominance_log10_gap"], "log10")
             for name, v in curves.items()
         )
         + "\n\n"
@@ -414,8 +392,7 @@ def _trained_depths(records, seeds, family, curves) -> list[dict[str, Any]] | No
     run trained none."""
     if (f"depth-{family}", seeds[0]) not in records:
         return None
-    keys = ("mean_steps", "log10_gap", "nll")
-    points = _mean_points([records[(f"depth-{family}", s)]["trained"] for s in seeds], keys)
+    points = mean_curve([records[(f"depth-{family}", s)]["trained"] for s in seeds])
 
     def at(curve: list[dict[str, Any]], steps: float, key: str) -> float:
         xs = [p["mean_steps"] for p in curve]
@@ -485,7 +462,7 @@ def _cost_text(cost: dict[str, int] | None, config) -> str:
 def _budget_table(curves: dict[str, Any]) -> str:
     """The budget curves' points beside fixed depth at the nearest whole number of steps."""
     rows = []
-    for name, label in (("act", "ACT optimizer"), ("l2s", "L2S-stop")):
+    for name, label in STOP_LABELS.items():
         entry = curves[name]
         fixed = {round(p["mean_steps"]): p for p in entry["fixed_depth"]}
         for point in entry["curve"]:
@@ -601,7 +578,7 @@ def _tradeoff_section(records, seeds, config, family):
 
 def _budget_figure(section, family):
     figure, axes = new_figure(6.0, 4.0)
-    for name, label in (("act", "ACT optimizer"), ("l2s", "L2S-stop")):
+    for name, label in STOP_LABELS.items():
         entry = section["curves"][name]
         (line,) = axes.plot(
             [p["mean_steps"] for p in entry["curve"]],

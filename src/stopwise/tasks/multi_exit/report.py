@@ -10,6 +10,7 @@ import statistics
 from typing import Any
 
 from ...contract import JobResult, Report
+from ...curves import dominance, dominance_line, mean_curve
 from ...reporting import markdown_table, new_figure
 from ...stats import mean_sd, paired_difference
 from .config import METHODS, MultiExitConfig
@@ -67,6 +68,16 @@ def _line(name, params, curve, records: dict[int, dict[str, Any]], budget_macs, 
     exits = [mean_sd(c) for c in _columns([records[s]["fixed_depth"] for s in seeds], "accuracy")]
     adaptive = [records[s]["adaptive"][curve] for s in seeds]
     train = statistics.fmean(records[s]["train_seconds"] for s in seeds)
+    curve_mean = [
+        {"p": p[0], "mean_cost": statistics.fmean(c), "accuracy": statistics.fmean(a)}
+        for p, c, a in zip(
+            _columns(curves, "p"),
+            _columns(curves, "mean_cost"),
+            _columns(curves, "accuracy"),
+            strict=True,
+        )
+    ]
+    fixed = mean_curve([records[s]["fixed_depth"] for s in seeds])
     return {
         "key": _key(name, curve),
         "job": name,
@@ -92,15 +103,8 @@ def _line(name, params, curve, records: dict[int, dict[str, Any]], budget_macs, 
         "adaptive_matches_dense": all(all(c) for c in _columns(adaptive, "matches_dense")),
         "train_seconds_mean": train,
         "seconds_per_epoch_mean": train / epochs,
-        "curve_mean": [
-            {"p": p[0], "mean_cost": statistics.fmean(c), "accuracy": statistics.fmean(a)}
-            for p, c, a in zip(
-                _columns(curves, "p"),
-                _columns(curves, "mean_cost"),
-                _columns(curves, "accuracy"),
-                strict=True,
-            )
-        ],
+        "curve_mean": curve_mean,
+        "dominance": dominance(curve_mean, fixed, "accuracy", higher_is_better=True, x="mean_cost"),
     }
 
 
@@ -196,6 +200,7 @@ def report(results: list[JobResult], config: MultiExitConfig) -> Report:
         "seeds": sorted({r.seed for r in results}),
         "lines": lines,
         "l2s_selected": selected,
+        "dominance": {line["label"]: line["dominance"] for line in lines},
         "paired_vs_uniform": paired,
         "paired_exits_vs_uniform": paired_exits,
         "train_seconds_vs_uniform": cost_ratio,
@@ -270,6 +275,13 @@ def _table(results: dict[str, Any], config: MultiExitConfig) -> str:
                 ("val", f"exit 1…{K} val acc %", "s"),
                 ("sec", "train s/epoch", ".1f"),
             ],
+        ),
+        "",
+        "Each curve (mean over seeds) against the same network stopped at fixed exits (the best "
+        "mix of two exits with at most the same mean MACs):",
+        *(
+            f"- {dominance_line(k, v, 'points', 100, 'MACs')}"
+            for k, v in results["dominance"].items()
         ),
     ]
     for line in results["l2s_selected"]:

@@ -9,6 +9,7 @@ from collections import defaultdict
 from typing import Any
 
 from ...contract import JobResult, Report
+from ...curves import best_fixed_mix, dominance, dominance_line
 from ...reporting import markdown_table, new_figure
 from ...stats import mean_sd, paired_difference
 from .config import ParityConfig
@@ -53,6 +54,7 @@ def report(results: list[JobResult], config: ParityConfig) -> Report:
             "lines": lines,
             "paired_vs_fixed_depth": paired,
             "budget_curves": curves,
+            "dominance": {curve["label"]: curve["dominance"] for curve in curves},
             "rows": rows,
         },
         table=tables(lines, paired, config) + budget_curve_table(curves),
@@ -351,7 +353,10 @@ def budget_curves(results: list[JobResult], lines: list[dict[str, Any]]) -> list
         for i in range(min(len(c["points"]) for c in per_seed.values())):
             stop = {s: c["points"][i]["accuracy"] for s, c in per_seed.items()}
             steps = {s: c["points"][i]["mean_steps"] for s, c in per_seed.items()}
-            fixed = {s: _fixed_at(c["fixed_depth"], steps[s]) for s, c in per_seed.items()}
+            fixed = {
+                s: best_fixed_mix(c["fixed_depth"], steps[s], "accuracy", higher_is_better=True)
+                for s, c in per_seed.items()
+            }
             points.append(
                 {
                     "mean_steps": mean_sd(list(steps.values()))[0],
@@ -360,22 +365,24 @@ def budget_curves(results: list[JobResult], lines: list[dict[str, Any]]) -> list
                     "stop_minus_fixed": paired_difference(stop, fixed),
                 }
             )
-        out.append({"label": line["label"], "setting": _setting(line), "points": points})
+        fixed_mean = [
+            {
+                "mean_steps": p["mean_steps"],
+                "accuracy": mean_sd([c["fixed_depth"][i]["accuracy"] for c in per_seed.values()])[
+                    0
+                ],
+            }
+            for i, p in enumerate(next(iter(per_seed.values()))["fixed_depth"])
+        ]
+        out.append(
+            {
+                "label": line["label"],
+                "setting": _setting(line),
+                "points": points,
+                "dominance": dominance(points, fixed_mean, "accuracy", higher_is_better=True),
+            }
+        )
     return out
-
-
-def _fixed_at(fixed_depth: list[dict[str, Any]], steps: float) -> float:
-    """The fixed-depth accuracy at ``steps`` mean steps: linear between the two depths around
-    it (stopping a share of the rows at each), the end depth outside the range."""
-    depths = [p["mean_steps"] for p in fixed_depth]
-    accuracy = [p["accuracy"] for p in fixed_depth]
-    if steps <= depths[0]:
-        return accuracy[0]
-    for i in range(1, len(depths)):
-        if steps <= depths[i]:
-            d0, d1, a0, a1 = depths[i - 1], depths[i], accuracy[i - 1], accuracy[i]
-            return a0 + (a1 - a0) * (steps - d0) / (d1 - d0)
-    return accuracy[-1]
 
 
 def budget_curve_table(curves: list[dict[str, Any]]) -> str:
@@ -394,7 +401,8 @@ def budget_curve_table(curves: list[dict[str, Any]]) -> str:
     ]
     return (
         "\n\nBudget curves (hazard thresholds fitted on validation, measured on test; interpolation "
-        "accuracy %) beside the same model stopped at fixed depth, at the same mean steps:\n\n"
+        "accuracy %) beside the same model stopped at fixed depth (the best mix of two depths "
+        "with the same mean steps):\n\n"
         + markdown_table(
             rows,
             [
@@ -404,6 +412,11 @@ def budget_curve_table(curves: list[dict[str, Any]]) -> str:
                 ("fixed", "same model, fixed depth", "s"),
                 ("gain", "stop − fixed (points) [95%]", "s"),
             ],
+        )
+        + "\n\n"
+        + "\n".join(
+            "- " + dominance_line(curve["label"], curve["dominance"], "points", 100)
+            for curve in curves
         )
     )
 

@@ -9,6 +9,7 @@ from collections import defaultdict
 from typing import Any
 
 from ...contract import JobResult, Report
+from ...curves import mean_curve
 from ...reporting import markdown_table, new_figure
 from ...stats import format_mean_sd, mean_sd, paired_difference
 from .config import SparseRecoveryConfig
@@ -97,15 +98,6 @@ def _label(key: str, T: int, kinds: list[str]) -> tuple[str, str, str]:
     return text, model, "full depth" if rule == "full" else rule
 
 
-def _mean_curve(curves: list[list[dict[str, Any]]]) -> list[dict[str, float]]:
-    """Point-wise mean over seeds of curves of equal length (numeric fields only)."""
-    out = []
-    for points in zip(*curves, strict=True):
-        fields = [k for k, v in points[0].items() if isinstance(v, int | float)]
-        out.append({k: statistics.fmean(p[k] for p in points) for k in fields})
-    return out
-
-
 def report(results: list[JobResult], config: SparseRecoveryConfig) -> Report:
     T, columns = config.problem.steps, column_names(config.problem.snrs)
     seeds = sorted({r.seed for r in results})
@@ -171,7 +163,7 @@ def report(results: list[JobResult], config: SparseRecoveryConfig) -> Report:
         }
         for name, by_seed in stops.items()
     }
-    per_layer = {k: _mean_curve([curves[s][k] for s in seeds]) for k in curves[seeds[0]]}
+    per_layer = {k: mean_curve([curves[s][k] for s in seeds]) for k in curves[seeds[0]]}
     jobs = {r.id: {"seconds": r.seconds, "cpu_seconds": r.cpu_seconds} for r in results}
     if bound:
         values = {c: [bound[s][c] for s in seeds] for c in columns}
@@ -194,6 +186,11 @@ def report(results: list[JobResult], config: SparseRecoveryConfig) -> Report:
         "paired": paired,
         "budget_curves": budget_curves,
         "domination": domination,
+        # the same verdict under the key every task's results share (stopwise.curves.dominance)
+        "dominance": {
+            name: {**d, "met": d["dominates"] and d["strictly_better_lower_half"]}
+            for name, d in domination.items()
+        },
         "per_layer": per_layer,
         "stop_models": stop_models,
         "jobs": jobs,
@@ -574,7 +571,7 @@ def _figures(results: dict[str, Any], stops, seeds: list[int]) -> dict[str, Any]
             ax.plot(x, y, ":", label=f"{_curve_label(key)}, fixed depth")
     rows = {row["key"]: row for row in results["rows"]}
     for name, by_seed in stops.items():
-        curve = _mean_curve([by_seed[s]["curve"] for s in seeds])
+        curve = mean_curve([by_seed[s]["curve"] for s in seeds])
         line = ax.plot(
             [p["mean_steps"] for p in curve],
             [p[column] for p in curve],
@@ -623,7 +620,7 @@ def _budget_figure(results: dict[str, Any], stops, seeds: list[int]):
             "cost-aware oracle stop (needs x*)": ([by_seed[s]["oracle_curve"] for s in seeds], ":"),
         }
         for label, (curves, style) in lines.items():
-            curve = _mean_curve(curves)
+            curve = mean_curve(curves)
             steps, nmse = [p["mean_steps"] for p in curve], [p["mixed"] for p in curve]
             top.plot(steps, nmse, style, markersize=2.5, linewidth=1.2, label=label)
         top.set_title(_curve_label(name), fontsize=9)

@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-import statistics
 from typing import Any
 
 from ...contract import JobResult, Report
+from ...curves import dominance, dominance_line, mean_curve
 from ...reporting import markdown_table, new_figure
 from ...stats import format_mean_sd, paired_difference
 from .config import ToyConfig
@@ -51,6 +51,10 @@ def report(results: list[JobResult], config: ToyConfig) -> Report:
         rows,
         [("method", "method", "s"), ("mean_steps", "mean steps", "s"), ("mse", "test MSE", "s")],
     )
+    curve = mean_curve([records[s]["curve"] for s in seeds])
+    fixed = mean_curve([records[s]["fixed_depth"] for s in seeds])
+    verdict = dominance(curve, fixed, "mse", higher_is_better=False)
+    table += "\n\n" + dominance_line("L2S policy (mean curve over seeds)", verdict, "MSE")
     table += (
         f"\n\n{len(seeds)} seed(s), mean ± sd; {config.eval_size} test streams per seed; "
         f"stop rows run through run_adaptive(mode={config.inference_mode!r}), thresholds "
@@ -65,33 +69,22 @@ def report(results: list[JobResult], config: ToyConfig) -> Report:
         results={
             "rows": rows,
             "paired_vs_fixed_depth": comparisons,
+            "dominance": {"L2S policy": verdict},
             "seeds": seeds,
             "jobs": records,
         },
         table=table,
-        figures={"budget_curve": _budget_figure(records, seeds)},
+        figures={"budget_curve": _budget_figure(curve, fixed)},
         summary=summary,
     )
 
 
-def _budget_figure(records: dict[int, dict[str, Any]], seeds: list[int]):
+def _budget_figure(curve: list[dict[str, float]], fixed: list[dict[str, float]]):
     figure, axes = new_figure()
-    curves = [records[s]["curve"] for s in seeds]
-    fixed = [records[s]["fixed_depth"] for s in seeds]
-    axes.plot(
-        [statistics.fmean(p["mean_steps"] for p in points) for points in zip(*curves, strict=True)],
-        [statistics.fmean(p["mse"] for p in points) for points in zip(*curves, strict=True)],
-        "-o",
-        markersize=3,
-        label="L2S policy (thresholds calibrated on validation)",
-    )
-    axes.plot(
-        [points[0]["mean_steps"] for points in zip(*fixed, strict=True)],
-        [statistics.fmean(p["mse"] for p in points) for points in zip(*fixed, strict=True)],
-        "s--",
-        markersize=3,
-        label="same model, fixed depth",
-    )
+    axes.plot([p["mean_steps"] for p in curve], [p["mse"] for p in curve], "-o", markersize=3,
+              label="L2S policy (thresholds calibrated on validation)")  # fmt: skip
+    axes.plot([p["mean_steps"] for p in fixed], [p["mse"] for p in fixed], "s--", markersize=3,
+              label="same model, fixed depth")  # fmt: skip
     axes.set_yscale("log")
     axes.set_xlabel("mean steps used")
     axes.set_ylabel("test MSE")

@@ -1,0 +1,134 @@
+"""A stop model's budget curve against fixed depth: does learning to stop pay?
+
+A budget curve is a list of points (dicts) with a cost (``mean_steps`` by default) and a quality
+(``key``), one per threshold. The comparator at a mean cost is the best *fixed-depth* strategy
+that costs no more: every row stops at depth a or b in the shares that give that mean, so its
+quality is the linear mix of the two depths' (exact for a quality that is a mean over rows:
+accuracy, mean PSNR, mean log suboptimality). Taking the best pair, not only the two neighbouring
+depths, and any cheaper depth, makes the comparator the monotone hull of the fixed-depth points.
+
+:func:`dominance` gives issue 17's verdict for one curve: at every point at least as good as
+that comparator, and strictly better somewhere in the lower half of the depth range.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from statistics import fmean
+from typing import Any
+
+__all__ = ["mean_curve", "best_fixed_mix", "dominance", "dominance_line"]
+
+
+def mean_curve(curves: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, float]]:
+    """Point-wise mean over seeds of curves with the same points (numeric fields only)."""
+    out = []
+    for points in zip(*curves, strict=True):
+        fields = [k for k, v in points[0].items() if isinstance(v, int | float)]
+        out.append({k: fmean(p[k] for p in points) for k in fields})
+    return out
+
+
+def best_fixed_mix(
+    fixed: Sequence[dict[str, Any]],
+    cost: float,
+    key: str,
+    *,
+    higher_is_better: bool,
+    x: str = "mean_steps",
+) -> float:
+    """The best ``key`` a mix of two fixed depths reaches at a mean ``x`` of at most ``cost``
+    (a cheaper depth that is better counts: running it costs less than the budget).
+
+    ``fixed``: one point per depth with ``x`` and ``key``. Below the cheapest depth the cheapest
+    depth's value is returned (no fixed depth is cheaper, so the comparison there is generous to
+    fixed depth).
+    """
+    points = sorted((float(p[x]), float(p[key])) for p in fixed)
+    if not points:
+        raise ValueError("no fixed-depth points to compare with")
+    sign = 1.0 if higher_is_better else -1.0
+    if cost <= points[0][0]:
+        return points[0][1]
+    best = -float("inf")
+    for i, (xa, va) in enumerate(points):
+        if xa > cost:
+            break
+        best = max(best, sign * va)
+        for xb, vb in points[i + 1 :]:
+            if xb > cost:  # the shares of a and b whose mean cost is exactly ``cost``
+                share = (cost - xa) / (xb - xa)
+                best = max(best, sign * ((1 - share) * va + share * vb))
+    return sign * best
+
+
+def dominance(
+    curve: Sequence[dict[str, Any]],
+    fixed: Sequence[dict[str, Any]],
+    key: str,
+    *,
+    higher_is_better: bool,
+    x: str = "mean_steps",
+    tolerance: float = 1e-9,
+) -> dict[str, Any]:
+    """Issue 17's target for one budget curve against the same model at fixed depth.
+
+    Each point's *gain* is its quality minus :func:`best_fixed_mix` at its cost, signed so that
+    positive means the stop model is better. The curve ``dominates`` when no gain is below
+    ``−tolerance``; it is ``strictly_better_lower_half`` when some point whose cost is at most the
+    middle of the fixed depths' range gains more than ``tolerance``; ``met`` is both.
+    """
+    if not curve:
+        raise ValueError("an empty budget curve")
+    sign = 1.0 if higher_is_better else -1.0
+    gains = [
+        (
+            float(p[x]),
+            sign * (float(p[key]) - best_fixed_mix(fixed, float(p[x]), key,
+                                                   higher_is_better=higher_is_better, x=x)),
+        )
+        for p in curve
+    ]  # fmt: skip
+    costs = [float(p[x]) for p in fixed]
+    middle = (min(costs) + max(costs)) / 2
+    worst_at, worst = min(gains, key=lambda g: g[1])
+    lower = [g for g in gains if g[0] <= middle]
+    best_lower_at, best_lower = max(lower, key=lambda g: g[1]) if lower else (None, None)
+    dominates = worst >= -tolerance
+    strictly = best_lower is not None and best_lower > tolerance
+    return {
+        "quality": key,
+        "cost": x,
+        "higher_is_better": higher_is_better,
+        "points": len(gains),
+        "gains": [{"cost": c, "gain": g} for c, g in gains],
+        "worst_gain": worst,
+        "worst_gain_at": worst_at,
+        "best_lower_half_gain": best_lower,
+        "best_lower_half_at": best_lower_at,
+        "dominates": dominates,
+        "strictly_better_lower_half": strictly,
+        "met": dominates and strictly,
+    }
+
+
+def dominance_line(
+    label: str, verdict: dict[str, Any], unit: str, scale: float = 1.0, cost_unit: str = "steps"
+) -> str:
+    """One sentence for a table: the verdict, the worst gain and the best lower-half gain
+    (``scale`` multiplies the gains, e.g. 100 for accuracy in points)."""
+    worst = (
+        f"{scale * verdict['worst_gain']:+.3g} {unit} at {verdict['worst_gain_at']:.3g} {cost_unit}"
+    )
+    if verdict["best_lower_half_gain"] is None:
+        lower = "no point in the lower half of the depth range"
+    else:
+        lower = (
+            f"best in the lower half {scale * verdict['best_lower_half_gain']:+.3g} {unit} at "
+            f"{verdict['best_lower_half_at']:.3g} {cost_unit}"
+        )
+    answer = "yes" if verdict["met"] else "no"
+    return (
+        f"{label}: beats fixed depth at every budget and strictly in the lower half — {answer} "
+        f"(worst gain over fixed depth {worst}; {lower}; a positive gain: the stop model is better)"
+    )

@@ -1,0 +1,93 @@
+"""The budget-curve verdict against fixed depth (stopwise.curves), checked against hand-worked
+mixes and against a linear program over every distribution of rows across the depths."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.optimize import linprog
+
+from stopwise.curves import best_fixed_mix, dominance, dominance_line
+
+FIXED = [
+    {"mean_steps": 1, "acc": 0.5},
+    {"mean_steps": 2, "acc": 0.9},
+    {"mean_steps": 3, "acc": 0.95},
+]
+
+
+def test_mixes_by_hand():
+    assert best_fixed_mix(FIXED, 2.0, "acc", higher_is_better=True) == pytest.approx(0.9)
+    assert best_fixed_mix(FIXED, 1.5, "acc", higher_is_better=True) == pytest.approx(0.7)
+    # outside the range: the end depths (no fixed depth is cheaper than the first)
+    assert best_fixed_mix(FIXED, 0.5, "acc", higher_is_better=True) == 0.5
+    assert best_fixed_mix(FIXED, 4.0, "acc", higher_is_better=True) == 0.95
+    # not concave: half the rows at depth 1 and half at 3 beat depth 2 alone
+    bumpy = [{"mean_steps": 1, "acc": 0.5}, {"mean_steps": 2, "acc": 0.52},
+             {"mean_steps": 3, "acc": 0.99}]  # fmt: skip
+    assert best_fixed_mix(bumpy, 2.0, "acc", higher_is_better=True) == pytest.approx(0.745)
+    # a cheaper depth that is better is the one to run, at the full cost and beyond it too
+    dip = [{"mean_steps": 1, "acc": 0.5}, {"mean_steps": 2, "acc": 0.9},
+           {"mean_steps": 3, "acc": 0.8}]  # fmt: skip
+    assert best_fixed_mix(dip, 3.0, "acc", higher_is_better=True) == pytest.approx(0.9)
+    assert best_fixed_mix(dip, 2.5, "acc", higher_is_better=True) == pytest.approx(0.9)
+    # lower is better: the lower hull
+    err = [{"mean_steps": d, "e": e} for d, e in ((1, 10.0), (2, 9.9), (3, 1.0))]
+    assert best_fixed_mix(err, 2.0, "e", higher_is_better=False) == pytest.approx(5.5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.floats(-5, 5), min_size=2, max_size=7),
+    st.floats(0, 1),
+    st.booleans(),
+)
+def test_the_mix_is_the_best_distribution_over_depths(values, where, higher):
+    """Against a linear program: the best expected quality over all shares of rows per depth
+    whose mean depth is at most the cost."""
+    depths = np.arange(1, len(values) + 1, dtype=float)
+    cost = 1 + where * (len(values) - 1)
+    fixed = [{"mean_steps": d, "q": v} for d, v in zip(depths, values, strict=True)]
+    sign = 1.0 if higher else -1.0
+    lp = linprog(-sign * np.array(values), A_eq=np.ones((1, len(values))), b_eq=[1.0],
+                 A_ub=depths[None], b_ub=[cost], bounds=[(0, None)] * len(values))  # fmt: skip
+    assert lp.success
+    best = -lp.fun * sign
+    assert best_fixed_mix(fixed, cost, "q", higher_is_better=higher) == pytest.approx(
+        best, abs=1e-7
+    )
+
+
+def test_dominance_verdicts():
+    above = [{"mean_steps": 1.5, "acc": 0.8}, {"mean_steps": 2.5, "acc": 0.93}]
+    verdict = dominance(above, FIXED, "acc", higher_is_better=True)
+    assert verdict["dominates"] and verdict["strictly_better_lower_half"] and verdict["met"]
+    assert verdict["best_lower_half_gain"] == pytest.approx(0.1)  # 0.8 − 0.7 at 1.5 steps
+    assert verdict["worst_gain"] == pytest.approx(0.005) and verdict["worst_gain_at"] == 2.5
+    # equal to fixed depth everywhere: dominates, but not strictly better
+    equal = dominance(FIXED, FIXED, "acc", higher_is_better=True)
+    assert equal["dominates"] and not equal["met"]
+    # better only in the upper half: not met
+    late = [{"mean_steps": 1.5, "acc": 0.7}, {"mean_steps": 2.6, "acc": 0.99}]
+    assert not dominance(late, FIXED, "acc", higher_is_better=True)["met"]
+    # one point below: does not dominate, and the worst gain says where and by how much
+    below = [{"mean_steps": 1.5, "acc": 0.9}, {"mean_steps": 2.0, "acc": 0.85}]
+    verdict = dominance(below, FIXED, "acc", higher_is_better=True)
+    assert not verdict["dominates"] and verdict["strictly_better_lower_half"]
+    assert verdict["worst_gain"] == pytest.approx(-0.05) and verdict["worst_gain_at"] == 2.0
+    # lower is better: the sign of the gains follows
+    errors = [{"mean_steps": p["mean_steps"], "e": 1 - p["acc"]} for p in above]
+    fixed = [{"mean_steps": p["mean_steps"], "e": 1 - p["acc"]} for p in FIXED]
+    flipped = dominance(errors, fixed, "e", higher_is_better=False)
+    assert flipped["worst_gain"] == pytest.approx(0.005) and flipped["met"]
+    with pytest.raises(ValueError, match="empty"):
+        dominance([], FIXED, "acc", higher_is_better=True)
+
+
+def test_the_line_says_the_verdict_and_the_numbers():
+    below = [{"mean_steps": 1.5, "acc": 0.9}, {"mean_steps": 2.0, "acc": 0.85}]
+    line = dominance_line(
+        "L2S", dominance(below, FIXED, "acc", higher_is_better=True), "points", 100
+    )
+    assert line.startswith("L2S:") and "— no" in line and "-5 points at 2 steps" in line
+    assert "+20 points at 1.5 steps" in line
