@@ -354,8 +354,8 @@ def _curve_table(jobs, seeds) -> dict[str, Any]:
         "### Budget curve (thresholds fitted on validation) beside fixed depth, test PSNR (dB)\n\n"
         + markdown_table(rows, columns if same_length else [("seed", "seed", "s"), *columns])
         + "\n\nFixed depths are compared at the same mean multiply-adds per pixel (policy and "
-        "exit heads included for DnCNN-stop): the best fixed depth at that cost (a depth worse "
-        "than a cheaper one is skipped), interpolating between neighbouring such depths. "
+        "exit heads included for DnCNN-stop): the best mix of two fixed depths that costs at most "
+        "that (a random share of the images at each; stopwise.curves.best_fixed_mix). "
         + (
             "Budget points are matched by position across seeds (each seed's budgets are spread "
             "over its own kept exits' costs). "

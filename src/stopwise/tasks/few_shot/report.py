@@ -211,7 +211,7 @@ def _curve_table(stop_jobs, seeds: list[int], name: str, fmt: str) -> tuple[str,
         {**p, "fixed": best_fixed_mix(fixed, p["mean_steps"], name, higher_is_better=higher)}
         for p in curve
     ]
-    scale, unit = (100.0, "points") if higher else (1.0, "MSE")
+    unit = "points" if higher else "MSE"  # accuracy is in percent already
     table = (
         "Budget curve of MAML-stop (thresholds fitted on validation) beside its learner at fixed "
         "depth (the best mix of two depths with the same mean steps):\n\n"
@@ -225,7 +225,7 @@ def _curve_table(stop_jobs, seeds: list[int], name: str, fmt: str) -> tuple[str,
             ],
         )
         + "\n\n"
-        + dominance_line("MAML-stop", verdict, unit, scale)
+        + dominance_line("MAML-stop", verdict, unit)
     )
     return table, verdict
 
