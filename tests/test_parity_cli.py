@@ -21,16 +21,18 @@ def test_cli_runs_every_method_with_tables_and_figures(tmp_path, capsys):
     for figure in ["accuracy_vs_steps", "steps_vs_k", "accuracy_vs_k"]:
         assert (out / "figures" / f"{figure}.png").stat().st_size > 0
     results = json.loads((out / "results.json").read_text())
+    heads = {"l2s": ["hard", "soft", "gain"]}  # the tiny preset's l2s_heads
     labels = {line["label"] for line in results["lines"] if line["best"]}
-    assert labels == {METHODS[m].variant_label(v) for m in METHODS for v in METHODS[m].variants}
+    assert labels == {METHODS[m].variant_label(v) for m in METHODS for v in heads.get(m, [""])}
     # every method's best setting, each rule, against fixed depth's best
     assert len(results["paired_vs_fixed_depth"]) == sum(
-        len(m.rules) * len(m.variants) for m in METHODS.values() if m.name != "fixed"
+        len(m.rules) * len(heads.get(m.name, [""])) for m in METHODS.values() if m.name != "fixed"
     )
     job = json.loads((out / "jobs" / "l2s-1-lr0.003-s0.json").read_text())
     assert job["params"] == {"method": "l2s", "value": 1.0, "lr": 0.003}
     assert [(r["variant"], r["rule"]) for r in job["record"]["rows"]] == [
         ("hard", "hazard"), ("hard", "median"), ("soft", "hazard"), ("soft", "median"),
+        ("gain", "hazard"), ("gain", "median"),
     ]  # fmt: skip
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from stopwise.inference import ScoreThreshold, stop_indices
-from stopwise.objectives import l2s_stage2_loss
+from stopwise.objectives import gain_loss, gain_rates, l2s_stage2_loss
 from stopwise.policies import MLPPolicy
 from stopwise.steps import unroll
 from stopwise.stoptime import StopTime
@@ -21,8 +21,6 @@ from stopwise.tasks.sparse_recovery.methods import (
     Candidate,
     Replay,
     candidates,
-    gain_loss,
-    gain_rates,
     replayed_losses,
     trajectories,
 )

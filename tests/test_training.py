@@ -300,3 +300,33 @@ def test_fit_policy_step_penalty_imitates_the_cost_aware_oracle():
             hazards = torch.stack([policy(x[:1], t) for t in range(T)], dim=1)
         chosen[name] = int(StopTime(hazards).probs.argmax())
     assert chosen == {"blind": T - 1, "aware": 1}
+
+
+@pytest.mark.parametrize("price, expected", [(0.2, 1), (0.03, 3), (0.01, 4)])
+def test_fit_gain_policy_stops_where_going_on_buys_less_than_the_price(price, expected):
+    """ℓ_t = 4^{−t} (known in closed form): the best decrease per step from t is
+    g_t = 0.75·4^{−t} (the next step), so a head regressed on −log g_t + log price and stopped
+    at its first score ≥ 0 stops at the first g_t ≤ price — the argmin of ℓ_t + price·t."""
+    from stopwise.policies import create_policy
+    from stopwise.training import fit_gain_policy
+
+    T = 5
+    model = PerStepScale(T)
+    with torch.no_grad():
+        model.a.copy_(2 - 0.5 ** torch.arange(T, dtype=torch.float32))
+    x = torch.ones(512, 3)
+    losses = 0.25 ** torch.arange(T, dtype=torch.float64)
+    assert int((losses + price * torch.arange(T)).argmin()) == expected
+    torch.manual_seed(0)
+    policy = create_policy("mlp", feature_dim=3, max_steps=T, hidden=(8,))
+    fit_gain_policy(
+        model, policy, EpochBatches((x, 2 * x), batch_size=128), per_step_mse,
+        torch.optim.Adam(policy.parameters(), 0.05), 300, price=price,
+    )  # fmt: skip
+    with torch.no_grad():
+        scores = torch.stack([policy(x[:1], t) for t in range(T)], dim=1)[0]
+    decisions = torch.arange(T - 1, dtype=torch.float64)  # the last step has no decision
+    target = -torch.log(0.75 * 0.25**decisions) + math.log(price)
+    torch.testing.assert_close(scores[: T - 1].double(), target, atol=0.05, rtol=0)
+    decided = (scores[: T - 1] >= 0).nonzero()
+    assert (int(decided[0]) if len(decided) else T - 1) == expected

@@ -28,6 +28,7 @@ from .training import (  # noqa: E402
     EpochBatches,
     GeneratedBatches,
     LoopSettings,
+    fit_gain_policy,
     fit_joint,
     fit_oracle,
     fit_policy,
@@ -66,5 +67,6 @@ __all__ = [
     "fit_predictor",
     "fit_oracle",
     "fit_policy",
+    "fit_gain_policy",
     "fit_joint",
 ]

@@ -33,6 +33,8 @@ __all__ = [
     "act_loss",
     "random_horizon_bound",
     "weighted_exit_loss",
+    "gain_rates",
+    "gain_loss",
 ]
 
 
@@ -199,3 +201,38 @@ def weighted_exit_loss(losses: torch.Tensor, weights: torch.Tensor) -> torch.Ten
             f"losses {tuple(losses.shape)} and weights {tuple(weights.shape)} must match"
         )
     return (weights * losses).sum(-1).mean()
+
+
+def gain_rates(losses: torch.Tensor, costs: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``(B, T)`` g_t = max over valid t' > t of (ℓ_t − ℓ_t') / (c_t' − c_t): the best decrease
+    of the loss per unit of cost that going on from step t can buy (−inf where no valid step
+    follows). ``losses (B, T)``, cumulative ``costs (T,)``, ``valid (T,)`` bool.
+
+    The first valid step t with g_t ≤ λ is the first minimiser of ℓ_t + λ c_t over the valid
+    steps (the hard cost-aware oracle), for every λ ≥ 0 at once: at the minimiser no later step
+    is worth its cost, and at every earlier step the minimiser itself is.
+    """
+    valid = valid.to(losses.device)
+    c = costs.to(losses)
+    later = (torch.arange(len(c)).view(-1, 1) < torch.arange(len(c)).view(1, -1)).to(valid)
+    later = later & valid.view(1, -1)  # (t, t'): t' > t and t' valid
+    span = (c.view(1, -1) - c.view(-1, 1)).clamp_min(1e-30)
+    rates = (losses.unsqueeze(2) - losses.unsqueeze(1)) / span  # (B, t, t')
+    return rates.masked_fill(~later, -math.inf).amax(-1)
+
+
+def gain_loss(
+    scores: torch.Tensor,
+    losses: torch.Tensor,
+    costs: torch.Tensor,
+    valid: torch.Tensor,
+    floor: float,
+) -> torch.Tensor:
+    """Regression of the policy's score on −log g_t (:func:`gain_rates`, floored at ``floor``),
+    Huber in log units, over the valid steps that still have a decision (all but the last valid
+    one). ``scores, losses (B, T)``. A score that equals −log g_t makes the rule "stop at the
+    first step whose score ≥ −log λ" the hard cost-aware oracle for every λ ≥ ``floor``."""
+    rates = gain_rates(losses, costs, valid)
+    decided = valid.to(losses.device) & torch.isfinite(rates[0])
+    target = -torch.log(rates[:, decided].clamp_min(floor))
+    return F.smooth_l1_loss(scores[:, decided], target)

@@ -29,7 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoints import load_checkpoint, save_checkpoint
-from .objectives import joint_loss, l2s_stage1_loss, l2s_stage2_loss
+from .objectives import gain_loss, joint_loss, l2s_stage1_loss, l2s_stage2_loss
 from .steps import StepModel, index_state, unroll
 from .stoptime import StopTime
 
@@ -55,6 +55,7 @@ __all__ = [
     "fit_predictor",
     "fit_oracle",
     "fit_policy",
+    "fit_gain_policy",
     "fit_joint",
 ]
 
@@ -531,6 +532,48 @@ def fit_policy(
         return l2s_stage2_loss(stop, losses, beta, hard), {
             "mean_steps": stop.mean().mean().detach()
         }
+
+    model.eval()
+    policy.train()
+    state = {"policy": policy, "batches": batches}
+    return optimize(stage, num_steps, loss, optimizer, state, settings, **optimize_kw)
+
+
+def fit_gain_policy(
+    model: StepModel,
+    policy: nn.Module,
+    batches: Callable[[int], tuple[Any, Any]],
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    num_steps: int,
+    costs: torch.Tensor | None = None,
+    price: float = 1.0,
+    floor: float = 1e-6,
+    mask: torch.Tensor | None = None,
+    settings: LoopSettings | None = None,
+    stage: str = "stage2-gain",
+    **optimize_kw,
+) -> dict[str, float]:
+    """Stage II for budgets (an alternative to :func:`fit_policy`): the step model is frozen and
+    the policy's score at step t regresses on −log g_t, the best loss decrease per unit of cost
+    that going on can still buy (:func:`stopwise.objectives.gain_loss`). Stopping at the first
+    step whose score ≥ −log λ is then the cost-aware oracle argmin_t ℓ_t + λ c_t for every price
+    λ at once, so one policy serves the whole budget curve. ``price``: the λ at which the score is
+    zero (the score regresses on −log g_t + log price), so that a hazard rule (stop once
+    σ(score) ≥ ½) stops where going on buys less than ``price`` per unit of cost. ``costs (T,)``:
+    cumulative cost of stopping at each step (default 1, 2, …, T); ``mask (T,)``: the steps it
+    may stop at; ``floor``: g_t below it counts as ``floor``."""
+
+    def loss(step):
+        inputs, targets = shard(batches(step))
+        with torch.no_grad():
+            trajectory = unroll(model, inputs, with_features=True)
+            losses = loss_fn(trajectory.predictions, targets)
+        T = losses.shape[1]
+        c = torch.arange(1, T + 1, dtype=losses.dtype) if costs is None else costs
+        valid = torch.ones(T, dtype=torch.bool) if mask is None else mask
+        scores = policy_hazards(policy, trajectory.features) - math.log(price)
+        return gain_loss(scores, losses, c.to(losses), valid, floor), {}
 
     model.eval()
     policy.train()

@@ -68,6 +68,21 @@ class ParityConfig(Config):
     l2s_beta: list[float] = param(
         [1.0], gt=0, le=1000, check=_distinct, help="L2S oracle temperatures β"
     )
+    l2s_heads: list[str] = param(
+        ["hard", "soft"],
+        choices=["hard", "soft", "gain"],
+        min_len=1,
+        check=_distinct,
+        help="L2S stage-II heads: imitate the hard or the soft oracle (as published), or regress "
+        "on the gain rate −log g_t (stopwise.fit_gain_policy: one head for every budget)",
+    )
+    l2s_gain_price: float = param(
+        0.01,
+        gt=0,
+        le=100,
+        help="the gain head's zero: its hazard rule stops once going on can lower the loss by "
+        "less than this per step (nats)",
+    )
     thesis_beta: list[float] = param(
         [0.1], ge=0, le=100, check=_distinct, help="random-horizon bound KL weights β"
     )
@@ -111,6 +126,7 @@ PRESETS = {
         "val_size": 200,
         "test_size": 500,
         "fixed_depth": [3],
+        "l2s_heads": ["hard", "soft", "gain"],
     },
     # n = 8, one seed, every method: a few minutes on one core.
     "quick": {**N8, "updates": 3000, "policy_updates": 500, "fixed_depth": [2, 4, 8]},

@@ -11,8 +11,9 @@ is read as:
   β KL(q ‖ truncated geometric(λ_p)) (PonderNet Eq. 4), with q renormalised over the N steps
   (``pondernet``) or the last step taking the remaining mass (``pondernet-last``).
 * ``l2s`` — stage I trains the model under the oracle softmax(−ℓ/β); stage II freezes it and fits
-  two fresh halting heads, as hazards, to the hard and the soft oracle (L2S Eqs. 8–10), on
-  batches of its own random stream.
+  fresh halting heads, one per ``l2s_heads``: as hazards to the hard and the soft oracle (L2S
+  Eqs. 8–10), or (``gain``, not in the paper) as a score regressed on the gain rate −log g_t
+  (:func:`~stopwise.training.fit_gain_policy`), on batches of its own random stream.
 * ``thesis`` — z_t sets the posterior logits a_t = −Σ_{τ<t} z_τ; loss: the random-horizon bound of
   Sander (2017) with prior parameter p and KL weight β, averaged exactly over horizons.
 
@@ -47,7 +48,14 @@ from ...inference import CumulativeThreshold, HazardThreshold, SampleRule, run_a
 from ...objectives import act_halting, act_loss, act_output, pondernet_loss, random_horizon_bound
 from ...steps import unroll
 from ...stoptime import StopTime
-from ...training import GeneratedBatches, fit_oracle, fit_policy, fit_predictor, optimize
+from ...training import (
+    GeneratedBatches,
+    fit_gain_policy,
+    fit_oracle,
+    fit_policy,
+    fit_predictor,
+    optimize,
+)
 from .data import sample_parity
 from .models import ACTRule, HaltingHead, MeanFieldACT, ParityGRU, posterior_logits, step_losses
 
@@ -67,7 +75,7 @@ __all__ = [
 class Method:
     """A halting method: its table label, the config key of its swept hyperparameter (a list),
     the symbol of that hyperparameter, its inference rules (the first is the main one), the
-    halting heads one training run produces (L2S fits a hard and a soft one), the config keys
+    halting heads one training run produces (L2S: one per ``l2s_heads``), the config keys
     of its own that its numbers depend on (besides those every method reads) and the config key
     of its grid of Adam learning rates (a list; the best value is chosen on validation with the
     hyperparameter)."""
@@ -77,7 +85,6 @@ class Method:
     hyperparameter: str
     symbol: str
     rules: tuple[str, ...]
-    variants: tuple[str, ...] = ("",)
     keys: tuple[str, ...] = ()
     learning_rates: str = "lr"
 
@@ -95,8 +102,8 @@ METHODS: dict[str, Method] = {
                ("sample", "median", "sample-q", "median-q"), keys=("max_steps", "pondernet_beta")),
         Method("pondernet-last", "PonderNet (halt at last)", "pondernet_lambda_p", "λ_p",
                ("sample", "median"), keys=("max_steps", "pondernet_beta")),
-        Method("l2s", "L2S", "l2s_beta", "β", ("hazard", "median"), ("hard", "soft"),
-               keys=("max_steps", "policy_updates")),
+        Method("l2s", "L2S", "l2s_beta", "β", ("hazard", "median"),
+               keys=("max_steps", "policy_updates", "l2s_heads", "l2s_gain_price")),
         Method("thesis", "Random-horizon bound", "thesis_beta", "β", ("greedy", "mode"),
                keys=("max_steps", "thesis_prior_p")),
     ]
@@ -182,9 +189,9 @@ def train_method(
     method of a seed) with Adam at learning rate ``lr`` (one value of the method's grid) and the
     same clip; L2S's stage II reads its own
     ``"l2s-stage2-batches"``. Wall-clock goes to ``context.timings["train"]`` (and
-    ``"train-hard"`` / ``"train-soft"`` for L2S's stage-II heads). Returns the halting head of
-    each variant (``{"": model.halting}`` except for L2S, whose ``"hard"`` and ``"soft"`` heads
-    are fitted in stage II on the frozen stage-I model).
+    ``"train-<head>"`` for L2S's stage-II heads). Returns the halting head of each variant
+    (``{"": model.halting}`` except for L2S, whose heads, one per ``l2s_heads``, are fitted in
+    stage II on the frozen stage-I model).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
@@ -221,21 +228,17 @@ def train_method(
                 **fit,
             )
         heads = {}
-        for variant in METHODS["l2s"].variants:
+        for variant in config.l2s_heads:
             heads[variant] = copy.deepcopy(untrained)
+            stage2 = (batches("l2s-stage2-batches"), step_losses, adam(heads[variant].parameters()))
             with context.timed(f"train-{variant}"):
-                fit_policy(
-                    model,
-                    heads[variant],
-                    batches("l2s-stage2-batches"),
-                    step_losses,
-                    adam(heads[variant].parameters()),
-                    config.policy_updates,
-                    value,
-                    hard=variant == "hard",
-                    stage=f"l2s-stage2-{variant}",
-                    **fit,
-                )
+                if variant == "gain":
+                    fit_gain_policy(model, heads[variant], *stage2, config.policy_updates,
+                                    price=config.l2s_gain_price, stage="l2s-stage2-gain",
+                                    **fit)  # fmt: skip
+                else:
+                    fit_policy(model, heads[variant], *stage2, config.policy_updates, value,
+                               hard=variant == "hard", stage=f"l2s-stage2-{variant}", **fit)  # fmt: skip
         return heads
     with context.timed("train"):
         if method == "fixed":  # the last of the model's ``depth`` steps only

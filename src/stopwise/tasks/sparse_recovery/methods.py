@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ...contract import JobContext
 from ...inference import fit_threshold, in_chunks, stop_indices
+from ...objectives import gain_loss
 from ...selection import budget_grid, prune_exits
 from ...steps import StepModel, unroll
 from ...stoptime import oracle
@@ -51,8 +51,6 @@ __all__ = [
     "trajectories",
     "Replay",
     "replayed_losses",
-    "gain_rates",
-    "gain_loss",
     "Candidate",
     "candidates",
     "fit_candidate",
@@ -237,41 +235,6 @@ class Replay(StepModel):
 def replayed_losses(predictions: torch.Tensor, targets) -> torch.Tensor:
     """The loss of :class:`Replay`: its predictions ``(B, T)`` are the losses."""
     return predictions
-
-
-def gain_rates(losses: torch.Tensor, costs: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """``(B, T)`` g_t = max over valid t' > t of (ℓ_t − ℓ_t') / (c_t' − c_t): the best decrease
-    of the loss per unit of cost that going on from step t can buy (−inf where no valid step
-    follows). ``losses (B, T)``, cumulative ``costs (T,)``, ``valid (T,)`` bool.
-
-    The first valid step t with g_t ≤ λ is the first minimiser of ℓ_t + λ c_t over the valid
-    steps (the hard cost-aware oracle), for every λ ≥ 0 at once: at the minimiser no later step
-    is worth its cost, and at every earlier step the minimiser itself is.
-    """
-    valid = valid.to(losses.device)
-    c = costs.to(losses)
-    later = (torch.arange(len(c)).view(-1, 1) < torch.arange(len(c)).view(1, -1)).to(valid)
-    later = later & valid.view(1, -1)  # (t, t'): t' > t and t' valid
-    span = (c.view(1, -1) - c.view(-1, 1)).clamp_min(1e-30)
-    rates = (losses.unsqueeze(2) - losses.unsqueeze(1)) / span  # (B, t, t')
-    return rates.masked_fill(~later, -math.inf).amax(-1)
-
-
-def gain_loss(
-    scores: torch.Tensor,
-    losses: torch.Tensor,
-    costs: torch.Tensor,
-    valid: torch.Tensor,
-    floor: float,
-) -> torch.Tensor:
-    """Regression of the policy's score on −log g_t (:func:`gain_rates`, floored at ``floor``),
-    Huber in log units, over the valid steps that still have a decision (all but the last valid
-    one). ``scores, losses (B, T)``. A score that equals −log g_t makes the rule "stop at the
-    first step whose score ≥ −log λ" the hard cost-aware oracle for every λ ≥ ``floor``."""
-    rates = gain_rates(losses, costs, valid)
-    decided = valid.to(losses.device) & torch.isfinite(rates[0])
-    target = -torch.log(rates[:, decided].clamp_min(floor))
-    return F.smooth_l1_loss(scores[:, decided], target)
 
 
 @dataclass(frozen=True)
