@@ -60,34 +60,51 @@ def test_the_mix_is_the_best_distribution_over_depths(values, where, higher):
 
 def test_dominance_verdicts():
     above = [{"mean_steps": 1.5, "acc": 0.8}, {"mean_steps": 2.5, "acc": 0.93}]
-    verdict = dominance(above, FIXED, "acc", higher_is_better=True)
+    verdict = dominance([above], [FIXED], "acc", higher_is_better=True)
     assert verdict["dominates"] and verdict["strictly_better_lower_half"] and verdict["met"]
     assert verdict["best_lower_half_gain"] == pytest.approx(0.1)  # 0.8 − 0.7 at 1.5 steps
     assert verdict["worst_gain"] == pytest.approx(0.005) and verdict["worst_gain_at"] == 2.5
     # equal to fixed depth everywhere: dominates, but not strictly better
-    equal = dominance(FIXED, FIXED, "acc", higher_is_better=True)
+    equal = dominance([FIXED], [FIXED], "acc", higher_is_better=True)
     assert equal["dominates"] and not equal["met"]
     # better only in the upper half: not met
     late = [{"mean_steps": 1.5, "acc": 0.7}, {"mean_steps": 2.6, "acc": 0.99}]
-    assert not dominance(late, FIXED, "acc", higher_is_better=True)["met"]
+    assert not dominance([late], [FIXED], "acc", higher_is_better=True)["met"]
     # one point below: does not dominate, and the worst gain says where and by how much
     below = [{"mean_steps": 1.5, "acc": 0.9}, {"mean_steps": 2.0, "acc": 0.85}]
-    verdict = dominance(below, FIXED, "acc", higher_is_better=True)
+    verdict = dominance([below], [FIXED], "acc", higher_is_better=True)
     assert not verdict["dominates"] and verdict["strictly_better_lower_half"]
     assert verdict["worst_gain"] == pytest.approx(-0.05) and verdict["worst_gain_at"] == 2.0
     # lower is better: the sign of the gains follows
     errors = [{"mean_steps": p["mean_steps"], "e": 1 - p["acc"]} for p in above]
     fixed = [{"mean_steps": p["mean_steps"], "e": 1 - p["acc"]} for p in FIXED]
-    flipped = dominance(errors, fixed, "e", higher_is_better=False)
+    flipped = dominance([errors], [fixed], "e", higher_is_better=False)
     assert flipped["worst_gain"] == pytest.approx(0.005) and flipped["met"]
-    with pytest.raises(ValueError, match="empty"):
-        dominance([], FIXED, "acc", higher_is_better=True)
+    with pytest.raises(ValueError, match="non-empty"):
+        dominance([[]], [FIXED], "acc", higher_is_better=True)
+
+
+def test_each_seed_is_compared_with_its_own_fixed_depth():
+    """Seed 0's model is good at depth 1, seed 1's at depth 2: the mean of the seeds' fixed
+    depths is a weaker comparator than each seed's own, and the verdict uses each seed's own."""
+    fixed = [
+        [{"mean_steps": 1, "acc": 0.9}, {"mean_steps": 2, "acc": 0.9}],
+        [{"mean_steps": 1, "acc": 0.5}, {"mean_steps": 2, "acc": 0.9}],
+    ]
+    curves = [[{"mean_steps": 1.0, "acc": 0.85}], [{"mean_steps": 2.0, "acc": 0.9}]]
+    verdict = dominance(curves, fixed, "acc", higher_is_better=True)
+    # per seed: 0.85 − 0.9 at 1 step, 0.9 − 0.9 at 2 steps; mean −0.025 at 1.5 mean steps
+    assert verdict["gains"] == [{"cost": 1.5, "gain": pytest.approx(-0.025)}]
+    assert not verdict["dominates"]
+    # the mean curve (0.875 at 1.5) against the mean fixed depth (0.7, 0.9 → 0.8) would say +0.075
+    with pytest.raises(ValueError, match="fixed-depth"):
+        dominance(curves, fixed[:1], "acc", higher_is_better=True)
 
 
 def test_the_line_says_the_verdict_and_the_numbers():
     below = [{"mean_steps": 1.5, "acc": 0.9}, {"mean_steps": 2.0, "acc": 0.85}]
     line = dominance_line(
-        "L2S", dominance(below, FIXED, "acc", higher_is_better=True), "points", 100
+        "L2S", dominance([below], [FIXED], "acc", higher_is_better=True), "points", 100
     )
     assert line.startswith("L2S:") and "— no" in line and "-5 points at 2 steps" in line
     assert "+20 points at 1.5 steps" in line

@@ -249,3 +249,18 @@ def test_the_log_follows_sys_stderr_between_runs_in_one_process():
     with contextlib.redirect_stderr(second):
         logger.info("second run")
     assert second.getvalue() == "stopwise: second run\n"
+
+
+def test_a_key_added_after_a_job_ran_counts_at_its_default(tmp_path):
+    """A finished job whose settings lack a key (the task gained it later) is reused when the
+    key has its default value, and refused, naming the key, when it does not."""
+    out, calls = tmp_path / "run", tmp_path / "calls"
+    run(out, calls=calls)
+    path = out / "jobs" / "fit-a-s0.json"
+    job = json.loads(path.read_text())
+    assert job["settings"]["config"].pop("lr") == 0.1  # as if lr had not existed then
+    path.write_text(json.dumps(job))
+    run(out, calls=calls)  # lr at its default (0.1): nothing reruns
+    assert len(called(calls)) == 4
+    with pytest.raises(ConfigError, match=r"config\.lr: None -> 0\.2"):
+        run(out, "lr=0.2", calls=calls)

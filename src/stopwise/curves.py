@@ -63,33 +63,40 @@ def best_fixed_mix(
 
 
 def dominance(
-    curve: Sequence[dict[str, Any]],
-    fixed: Sequence[dict[str, Any]],
+    curves: Sequence[Sequence[dict[str, Any]]],
+    fixed: Sequence[Sequence[dict[str, Any]]],
     key: str,
     *,
     higher_is_better: bool,
     x: str = "mean_steps",
     tolerance: float = 1e-9,
 ) -> dict[str, Any]:
-    """Issue 17's target for one budget curve against the same model at fixed depth.
+    """Issue 17's target for one stop model's budget curve against the same model at fixed depth,
+    over seeds: ``curves[s]`` and ``fixed[s]`` are seed s's curve and fixed-depth points (one
+    seed: ``[curve]``, ``[fixed]``); curve points are matched by position across seeds.
 
-    Each point's *gain* is its quality minus :func:`best_fixed_mix` at its cost, signed so that
-    positive means the stop model is better. The curve ``dominates`` when no gain is below
-    ``−tolerance``; it is ``strictly_better_lower_half`` when some point whose cost is at most the
-    middle of the fixed depths' range gains more than ``tolerance``; ``met`` is both.
+    A point's *gain* is, averaged over seeds, its quality minus :func:`best_fixed_mix` of the
+    same seed at its cost, signed so that positive means the stop model is better (each seed's
+    model against its own fixed depth). The curve ``dominates`` when no gain is below
+    ``−tolerance``; it is ``strictly_better_lower_half`` when some point whose mean cost is at
+    most the middle of the fixed depths' range gains more than ``tolerance``; ``met`` is both.
     """
-    if not curve:
-        raise ValueError("an empty budget curve")
+    if not curves or not all(curves) or len({len(c) for c in curves}) != 1:
+        raise ValueError("budget curves must be non-empty, one per seed, of equal length")
+    if len(fixed) != len(curves):
+        raise ValueError(f"{len(curves)} curves but {len(fixed)} fixed-depth curves")
     sign = 1.0 if higher_is_better else -1.0
+
+    def gain(point: dict[str, Any], seed_fixed) -> float:
+        best = best_fixed_mix(seed_fixed, float(point[x]), key, higher_is_better=higher_is_better,
+                              x=x)  # fmt: skip
+        return sign * (float(point[key]) - best)
+
     gains = [
-        (
-            float(p[x]),
-            sign * (float(p[key]) - best_fixed_mix(fixed, float(p[x]), key,
-                                                   higher_is_better=higher_is_better, x=x)),
-        )
-        for p in curve
-    ]  # fmt: skip
-    costs = [float(p[x]) for p in fixed]
+        (fmean(float(p[x]) for p in points), fmean(map(gain, points, fixed)))
+        for points in zip(*curves, strict=True)
+    ]
+    costs = [float(p[x]) for seed_fixed in fixed for p in seed_fixed]
     middle = (min(costs) + max(costs)) / 2
     worst_at, worst = min(gains, key=lambda g: g[1])
     lower = [g for g in gains if g[0] <= middle]
@@ -100,6 +107,7 @@ def dominance(
         "quality": key,
         "cost": x,
         "higher_is_better": higher_is_better,
+        "seeds": len(curves),
         "points": len(gains),
         "gains": [{"cost": c, "gain": g} for c, g in gains],
         "worst_gain": worst,

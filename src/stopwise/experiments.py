@@ -303,12 +303,19 @@ def _digest(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _settings_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    a, b = flatten(old), flatten(new)
+def _settings_diff(
+    old: dict[str, Any], new: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> list[str]:
+    """The keys whose values differ, as ``key: old -> new``. A config key the old settings lack
+    was added to the task after that job ran: with its default value (``defaults``, flattened
+    like the settings) it is no difference, since a key is added with the default that keeps
+    the old behaviour."""
+    a, b, defaults = flatten(old), flatten(new), defaults or {}
+    added_at_default = {k for k in set(b) - set(a) if k in defaults and b[k] == defaults[k]}
     return [
         f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
         for k in sorted(set(a) | set(b))
-        if a.get(k) != b.get(k)
+        if a.get(k) != b.get(k) and k not in added_at_default
     ]
 
 
@@ -337,13 +344,14 @@ def check_run_dir(run: RunDir, experiment: Experiment, planned: list[PlannedJob]
             f"--out {out} holds a run of another experiment ({previous['experiment']!r}, not "
             f"{experiment.name!r}); choose another --out"
         )
+    defaults = flatten({"config": to_plain(experiment.config())})
     conflicts = []
     for p in planned:
         started = any(run.checkpoints(p.id).glob("*.pt"))  # a stamp alone is not a start
         for path in (run.job_path(p.id), run.stamp_path(p.id) if started else None):
             if path is not None and path.is_file():
                 old = json.loads(path.read_text()).get("settings")
-                diff = _settings_diff(old or {}, p.settings)
+                diff = _settings_diff(old or {}, p.settings, defaults)
                 if diff:
                     state = "finished" if path == run.job_path(p.id) else "started"
                     conflicts.append(f"job {p.id} ({state}): " + "; ".join(diff[:6]))

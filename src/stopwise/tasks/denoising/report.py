@@ -247,17 +247,17 @@ def _interpolate(x: float, xs: list[float], ys: list[float]) -> float:
 
 def _dominance(jobs, seeds) -> dict[str, dict[str, Any]]:
     """DnCNN-stop's budget curve against the same model at fixed depth (PSNR at mean
-    multiply-adds per pixel): one verdict for the mean over seeds, or one per seed where the
-    seeds kept different exits."""
+    multiply-adds per pixel): one verdict over the seeds, or one per seed where the seeds' curves
+    differ in length (different kept exits)."""
     stop = {s: jobs["dncnn-stop"][s] for s in seeds}
-    if len({(len(r["curve"]), len(r["fixed_depth"])) for r in stop.values()}) == 1:
+    if len({len(r["curve"]) for r in stop.values()}) == 1:
         groups = {"DnCNN-stop": list(seeds)}
     else:
         groups = {f"DnCNN-stop (seed {s})": [s] for s in seeds}
     return {
         label: dominance(
-            mean_curve([stop[s]["curve"] for s in group]),
-            mean_curve([stop[s]["fixed_depth"] for s in group]),
+            [stop[s]["curve"] for s in group],
+            [stop[s]["fixed_depth"] for s in group],
             "psnr",
             higher_is_better=True,
             x="mean_cost",

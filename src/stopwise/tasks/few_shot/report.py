@@ -9,7 +9,7 @@ import statistics
 from typing import Any
 
 from ...contract import JobResult, Report
-from ...curves import best_fixed_mix, dominance, dominance_line, mean_curve
+from ...curves import dominance, dominance_line, mean_curve
 from ...reporting import markdown_table, new_figure
 from ...stats import format_mean_sd, mean_sd, paired_difference
 from .config import FewShotConfig
@@ -203,13 +203,13 @@ def _shots_table(by_job, maml_job: str, seeds: list[int], fmt: str) -> str:
 def _curve_table(stop_jobs, seeds: list[int], name: str, fmt: str) -> tuple[str, dict[str, Any]]:
     """The budget curve (mean over seeds) beside the best mix of two fixed depths of the same
     learner with the same mean steps, and the dominance verdict."""
-    curve = mean_curve([stop_jobs[s]["stop_curve"] for s in seeds])
-    fixed = mean_curve([stop_jobs[s]["fixed_depth"] for s in seeds])
+    curves = [stop_jobs[s]["stop_curve"] for s in seeds]
+    fixed = [stop_jobs[s]["fixed_depth"] for s in seeds]
     higher = name == "accuracy"
-    verdict = dominance(curve, fixed, name, higher_is_better=higher)
+    verdict = dominance(curves, fixed, name, higher_is_better=higher)
     rows = [
-        {**p, "fixed": best_fixed_mix(fixed, p["mean_steps"], name, higher_is_better=higher)}
-        for p in curve
+        {**p, "fixed": p[name] - (1 if higher else -1) * g["gain"]}
+        for p, g in zip(mean_curve(curves), verdict["gains"], strict=True)
     ]
     unit = "points" if higher else "MSE"  # accuracy is in percent already
     table = (

@@ -300,14 +300,13 @@ def _stop_section(records, seeds, config, family):
         ("act", act, "ACT optimizer at fixed depth"),
         ("l2s", l2s, "LSTM optimizer at fixed depth"),
     ):
-        curve = mean_curve([r["curve"] for r in group.values()])
-        fixed = mean_curve([r["fixed_depth"] for r in group.values()])
+        per_seed = [r["curve"] for r in group.values()], [r["fixed_depth"] for r in group.values()]
         curves[name] = {
-            "curve": curve,
-            "fixed_depth": fixed,
+            "curve": mean_curve(per_seed[0]),
+            "fixed_depth": mean_curve(per_seed[1]),
             "fixed_label": fixed_label,
-            "dominance_log10_gap": dominance(curve, fixed, "log10_gap", higher_is_better=False),
-            "dominance_nll": dominance(curve, fixed, "nll", higher_is_better=False),
+            "dominance_log10_gap": dominance(*per_seed, "log10_gap", higher_is_better=False),
+            "dominance_nll": dominance(*per_seed, "nll", higher_is_better=False),
         }
     trained = _trained_depths(records, seeds, family, curves)
     real = {

@@ -10,7 +10,7 @@ import statistics
 from typing import Any
 
 from ...contract import JobResult, Report
-from ...curves import dominance, dominance_line, mean_curve
+from ...curves import dominance, dominance_line
 from ...reporting import markdown_table, new_figure
 from ...stats import mean_sd, paired_difference
 from .config import METHODS, MultiExitConfig
@@ -77,7 +77,6 @@ def _line(name, params, curve, records: dict[int, dict[str, Any]], budget_macs, 
             strict=True,
         )
     ]
-    fixed = mean_curve([records[s]["fixed_depth"] for s in seeds])
     return {
         "key": _key(name, curve),
         "job": name,
@@ -104,7 +103,13 @@ def _line(name, params, curve, records: dict[int, dict[str, Any]], budget_macs, 
         "train_seconds_mean": train,
         "seconds_per_epoch_mean": train / epochs,
         "curve_mean": curve_mean,
-        "dominance": dominance(curve_mean, fixed, "accuracy", higher_is_better=True, x="mean_cost"),
+        "dominance": dominance(
+            curves,
+            [records[s]["fixed_depth"] for s in seeds],
+            "accuracy",
+            higher_is_better=True,
+            x="mean_cost",
+        ),
     }
 
 

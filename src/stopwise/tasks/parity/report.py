@@ -365,21 +365,14 @@ def budget_curves(results: list[JobResult], lines: list[dict[str, Any]]) -> list
                     "stop_minus_fixed": paired_difference(stop, fixed),
                 }
             )
-        fixed_mean = [
-            {
-                "mean_steps": p["mean_steps"],
-                "accuracy": mean_sd([c["fixed_depth"][i]["accuracy"] for c in per_seed.values()])[
-                    0
-                ],
-            }
-            for i, p in enumerate(next(iter(per_seed.values()))["fixed_depth"])
-        ]
+        seed_curves = [c["points"][: len(points)] for c in per_seed.values()]
+        seed_fixed = [c["fixed_depth"] for c in per_seed.values()]
         out.append(
             {
                 "label": line["label"],
                 "setting": _setting(line),
                 "points": points,
-                "dominance": dominance(points, fixed_mean, "accuracy", higher_is_better=True),
+                "dominance": dominance(seed_curves, seed_fixed, "accuracy", higher_is_better=True),
             }
         )
     return out

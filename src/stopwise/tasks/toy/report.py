@@ -51,10 +51,10 @@ def report(results: list[JobResult], config: ToyConfig) -> Report:
         rows,
         [("method", "method", "s"), ("mean_steps", "mean steps", "s"), ("mse", "test MSE", "s")],
     )
-    curve = mean_curve([records[s]["curve"] for s in seeds])
-    fixed = mean_curve([records[s]["fixed_depth"] for s in seeds])
-    verdict = dominance(curve, fixed, "mse", higher_is_better=False)
-    table += "\n\n" + dominance_line("L2S policy (mean curve over seeds)", verdict, "MSE")
+    curves, fixed = [records[s]["curve"] for s in seeds], [records[s]["fixed_depth"] for s in seeds]
+    verdict = dominance(curves, fixed, "mse", higher_is_better=False)
+    curve, fixed = mean_curve(curves), mean_curve(fixed)
+    table += "\n\n" + dominance_line("L2S policy (gains averaged over seeds)", verdict, "MSE")
     table += (
         f"\n\n{len(seeds)} seed(s), mean ± sd; {config.eval_size} test streams per seed; "
         f"stop rows run through run_adaptive(mode={config.inference_mode!r}), thresholds "
