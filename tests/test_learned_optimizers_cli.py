@@ -59,3 +59,18 @@ def test_bad_input_exits_2_with_a_named_error(tmp_path, capsys, override, messag
     assert main(args) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_the_gain_objective_trains_l2s_stop_on_log_suboptimality(tmp_path, capsys):
+    """l2s.objective=gain: the policy's score regresses on the gain rate of log10
+    suboptimality; the run reports its stop rule and budget curve like the oracle's."""
+    out = tmp_path / "run"
+    args = ["run", "learned-optimizers", "--preset", "tiny", "--out", str(out)]
+    sets = ["families=regression", "stop_families=regression", "l2s.objective=gain"]
+    assert main([*args, *(x for s in sets for x in ("--set", s))]) == 0
+    capsys.readouterr()
+    job = json.loads((out / "jobs" / "l2s-regression-s0.json").read_text())
+    assert job["settings"]["config"]["l2s.objective"] == "gain"
+    assert "L2S-stop" in (out / "table.md").read_text()
+    verdict = json.loads((out / "results.json").read_text())["dominance"]["regression: L2S-stop"]
+    assert verdict["points"] >= 2

@@ -121,6 +121,19 @@ class L2SSettings:
     batch: int = param(256, ge=1, help="functions per update")
     lr: float = param(3e-3, gt=0, le=1, help="Adam learning rate")
     hidden: list[int] = param([16, 16], ge=1, min_len=1, help="hidden widths of the policy MLP")
+    objective: str = param(
+        "oracle",
+        choices=["oracle", "gain"],
+        help="imitate the (cost-aware) oracle on f (L2S), or regress the score on the gain "
+        "rate of log10 suboptimality (stopwise.objectives.gain_loss; not in the paper)",
+    )
+    gain_price: float = param(
+        0.1,
+        gt=0,
+        le=100,
+        help="objective=gain: the rule λ_t ≥ 1/2 stops once going on can lower log10 "
+        "suboptimality by less than this per step",
+    )
 
 
 @dataclass

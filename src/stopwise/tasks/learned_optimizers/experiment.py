@@ -532,10 +532,13 @@ def _l2s(config, name, context) -> dict[str, Any]:
     context.manual_seed("policy-init")
     policy = L2SPolicy(config.horizon, tuple(s.hidden))
     with context.timed("policy"):
+        gain = s.objective == "gain"
         metrics = fit_l2s_policy(
             policy,
             features,
-            step_penalised(data.losses.float(), s.step_cost),
+            log10_gap(data.gap).float()
+            if gain
+            else step_penalised(data.losses.float(), s.step_cost),
             beta=s.beta,
             hard=s.hard,
             updates=s.updates,
@@ -544,6 +547,7 @@ def _l2s(config, name, context) -> dict[str, Any]:
             seed=context.stream_seed(f"{name}-l2s-batches"),
             settings=context.loop_settings(log_every=max(1, s.updates // 20)),
             stage="l2s",
+            gain_price=s.gain_price if gain else None,
         )
     with torch.no_grad():
         record = _stop_job(config, name, context, run, _Detached(policy), 0.0, "λ_t ≥ 1/2")

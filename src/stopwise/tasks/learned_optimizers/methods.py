@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...objectives import l2s_stage2_loss, random_horizon_bound
+from ...objectives import gain_loss, l2s_stage2_loss, random_horizon_bound
 from ...steps import index_state, state_batch_size
 from ...stoptime import StopTime
 from ...training import EpochBatches, GeneratedBatches, LoopSettings, optimize, policy_hazards
@@ -334,17 +334,26 @@ def fit_l2s_policy(
     seed: int,
     settings: LoopSettings | None = None,
     stage: str = "l2s-policy",
+    gain_price: float | None = None,
 ) -> dict[str, float]:
     """L2S stage II (Chen et al. 2020, Eq. 10) on trajectories of the frozen optimizer:
     ``features (N, T, F)`` and per-step losses ``(N, T)`` of N training functions; the policy's
     hazards give q_φ, trained to imitate the oracle softmax(−ℓ/β) (forward KL) or its argmin
-    (``hard``: cross-entropy), ``updates`` Adam steps on minibatches of ``batch`` functions."""
+    (``hard``: cross-entropy), ``updates`` Adam steps on minibatches of ``batch`` functions.
+    With ``gain_price`` the score instead regresses on −log g_t + log gain_price, g_t the best
+    decrease of the losses per step that going on can buy (:func:`stopwise.objectives.gain_loss`;
+    ``beta`` and ``hard`` are then unused)."""
     batches = EpochBatches([features.float(), losses], min(batch, features.shape[0]), seed)
     optimizer = torch.optim.Adam(policy.parameters(), lr=lr)
+    T = losses.shape[1]
+    costs, every = torch.arange(1, T + 1, dtype=losses.dtype), torch.ones(T, dtype=torch.bool)
 
     def loss(step):
         x, ell = batches(step)
-        stop = StopTime(policy_hazards(policy, x))
+        scores = policy_hazards(policy, x)
+        if gain_price is not None:
+            return gain_loss(scores - math.log(gain_price), ell, costs, every, 1e-6), {}
+        stop = StopTime(scores)
         return l2s_stage2_loss(stop, ell, beta, hard), {"mean_steps": stop.mean().mean()}
 
     policy.train()
