@@ -521,22 +521,16 @@ def fit_policy(
     the depth a per-sample budget would choose — instead of the cost-blind argmin_t ℓ_t.
     """
 
-    def loss(step):
-        inputs, targets = shard(batches(step))
-        with torch.no_grad():
-            trajectory = unroll(model, inputs, with_features=True)
-            losses = loss_fn(trajectory.predictions, targets)
-            if step_penalty is not None:
-                losses = losses + step_penalty.to(losses)
-        stop = StopTime(policy_hazards(policy, trajectory.features), mask)
+    def imitate(scores, losses):
+        if step_penalty is not None:
+            losses = losses + step_penalty.to(losses)
+        stop = StopTime(scores, mask)
         return l2s_stage2_loss(stop, losses, beta, hard), {
             "mean_steps": stop.mean().mean().detach()
         }
 
-    model.eval()
-    policy.train()
-    state = {"policy": policy, "batches": batches}
-    return optimize(stage, num_steps, loss, optimizer, state, settings, **optimize_kw)
+    return _fit_head(model, policy, batches, loss_fn, imitate, optimizer, num_steps, settings,
+                     stage, **optimize_kw)  # fmt: skip
 
 
 def fit_gain_policy(
@@ -564,16 +558,27 @@ def fit_gain_policy(
     cumulative cost of stopping at each step (default 1, 2, …, T); ``mask (T,)``: the steps it
     may stop at; ``floor``: g_t below it counts as ``floor``."""
 
+    def regress(scores, losses):
+        T = losses.shape[1]
+        c = torch.arange(1, T + 1, dtype=losses.dtype) if costs is None else costs
+        valid = torch.ones(T, dtype=torch.bool) if mask is None else mask
+        return gain_loss(scores - math.log(price), losses, c.to(losses), valid, floor), {}
+
+    return _fit_head(model, policy, batches, loss_fn, regress, optimizer, num_steps, settings,
+                     stage, **optimize_kw)  # fmt: skip
+
+
+def _fit_head(model, policy, batches, loss_fn, objective, optimizer, num_steps, settings, stage,
+              **optimize_kw) -> dict[str, float]:  # fmt: skip
+    """A stage II: the step model frozen, ``objective(scores (B, T), losses (B, T)) -> (loss,
+    metrics)`` on the policy's per-step scores and the model's per-step losses of each batch."""
+
     def loss(step):
         inputs, targets = shard(batches(step))
         with torch.no_grad():
             trajectory = unroll(model, inputs, with_features=True)
             losses = loss_fn(trajectory.predictions, targets)
-        T = losses.shape[1]
-        c = torch.arange(1, T + 1, dtype=losses.dtype) if costs is None else costs
-        valid = torch.ones(T, dtype=torch.bool) if mask is None else mask
-        scores = policy_hazards(policy, trajectory.features) - math.log(price)
-        return gain_loss(scores, losses, c.to(losses), valid, floor), {}
+        return objective(policy_hazards(policy, trajectory.features), losses)
 
     model.eval()
     policy.train()
