@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--name", default="dominance")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder for the JSON")
     args = parser.parse_args(argv)
     runs = [verdicts(out) for out in args.runs]
     rows = [
@@ -88,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         ],
     )
     report = {"machine": machine(), "runs": runs, "table": table}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=1) + "\n")
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / f"{args.name}.json").write_text(json.dumps(report, indent=1) + "\n")
     print(table)
     return 0
 
