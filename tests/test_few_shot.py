@@ -6,6 +6,7 @@ adaptive cost, the Omniglot loader and the bad inputs that exit 2."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -669,3 +670,22 @@ def test_two_ranks_train_the_same_weights_as_one_process(tmp_path):
     assert (single / "tasks_rank0.txt").read_text() == "24"
     for rank in (0, 1):  # each rank adapted half of every meta-batch
         assert (double / f"tasks_rank{rank}.txt").read_text() == "12"
+
+
+def test_the_gain_head_is_fitted_on_the_frozen_learner_and_gets_a_budget_curve(tmp_path):
+    """gain_head=true (the tiny preset): a head for budgets fitted on training-task trajectories
+    of MAML-stop's frozen learner; its curve is calibrated on validation like the policy's and
+    judged against the same learner at fixed depth."""
+    from stopwise.experiments import run_experiment
+
+    run_experiment("few-shot", "tiny", tmp_path, ["progress=false"])
+    record = json.loads((tmp_path / "jobs" / "maml-stop-s0.json").read_text())["record"]
+    curve = record["gain_curve"]
+    steps = [p["mean_steps"] for p in curve]
+    assert len(curve) == len(record["stop_curve"]) and 1 <= min(steps) <= max(steps) <= 4
+    assert steps == sorted(steps)
+    verdicts = json.loads((tmp_path / "results.json").read_text())["dominance"]
+    assert set(verdicts) == {"MAML-stop", "MAML-stop learner, gain head"}
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    stages = {json.loads(line)["stage"] for line in lines}
+    assert "gain-head" in stages

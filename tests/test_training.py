@@ -330,3 +330,35 @@ def test_fit_gain_policy_stops_where_going_on_buys_less_than_the_price(price, ex
     torch.testing.assert_close(scores[: T - 1].double(), target, atol=0.05, rtol=0)
     decided = (scores[: T - 1] >= 0).nonzero()
     assert (int(decided[0]) if len(decided) else T - 1) == expected
+
+
+def test_fit_gain_head_on_cached_trajectories_equals_fit_gain_policy():
+    """The same rows in the same order give the same head, whether the frozen model is rerun
+    every update (fit_gain_policy) or its trajectories are computed once (fit_gain_head)."""
+    from stopwise.policies import create_policy
+    from stopwise.steps import unroll
+    from stopwise.training import fit_gain_head, fit_gain_policy
+
+    T = 5
+    model = PerStepScale(T)
+    with torch.no_grad():
+        model.a.copy_(torch.linspace(0.5, 2.0, T))
+    x = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+    y = 2 * x
+    trajectory = unroll(model, x, with_features=True)
+    features, losses = trajectory.features, per_step_mse(trajectory.predictions, y)
+    heads = []
+    for cached in (False, True):
+        torch.manual_seed(0)
+        head = create_policy("mlp", feature_dim=3, max_steps=T, hidden=(8,))
+        optimizer = torch.optim.Adam(head.parameters(), 0.01)
+        if cached:
+            rows = EpochBatches((torch.arange(64),), batch_size=16, seed=3)
+            first = lambda step, rows=rows: rows(step)[0]  # noqa: E731
+            fit_gain_head(head, features, losses, first, optimizer, 12, price=0.1)
+        else:
+            batches = EpochBatches((x, y), batch_size=16, seed=3)
+            fit_gain_policy(model, head, batches, per_step_mse, optimizer, 12, price=0.1)
+        heads.append(head.state_dict())
+    for name in heads[0]:
+        torch.testing.assert_close(heads[0][name], heads[1][name])

@@ -56,6 +56,7 @@ __all__ = [
     "fit_oracle",
     "fit_policy",
     "fit_gain_policy",
+    "fit_gain_head",
     "fit_joint",
 ]
 
@@ -558,14 +559,51 @@ def fit_gain_policy(
     cumulative cost of stopping at each step (default 1, 2, …, T); ``mask (T,)``: the steps it
     may stop at; ``floor``: g_t below it counts as ``floor``."""
 
+    regress = _gain_objective(costs, price, floor, mask)
+    return _fit_head(model, policy, batches, loss_fn, regress, optimizer, num_steps, settings,
+                     stage, **optimize_kw)  # fmt: skip
+
+
+def fit_gain_head(
+    policy: nn.Module,
+    features: torch.Tensor,
+    losses: torch.Tensor,
+    batches: Callable[[int], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    num_steps: int,
+    costs: torch.Tensor | None = None,
+    price: float = 1.0,
+    floor: float = 1e-6,
+    mask: torch.Tensor | None = None,
+    settings: LoopSettings | None = None,
+    stage: str = "stage2-gain",
+    **optimize_kw,
+) -> dict[str, float]:
+    """:func:`fit_gain_policy` on trajectories already computed by the frozen model: per-step
+    policy ``features (N, T, F)`` and ``losses (N, T)`` of N training rows; ``batches(step)``
+    gives the row indices of each update (e.g. ``EpochBatches((rows,), B, seed)``'s first
+    tensor). For models whose steps are too costly to rerun for every update."""
+    regress = _gain_objective(costs, price, floor, mask)
+    features, losses = features.detach(), losses.detach()
+
+    def loss(step):
+        rows = batches(step)
+        return regress(policy_hazards(policy, features[rows]), losses[rows])
+
+    policy.train()
+    return optimize(stage, num_steps, loss, optimizer, {"policy": policy}, settings, **optimize_kw)
+
+
+def _gain_objective(costs, price: float, floor: float, mask):
+    """``(scores (B, T), losses (B, T)) -> (loss, metrics)`` of the gain-rate regression."""
+
     def regress(scores, losses):
         T = losses.shape[1]
         c = torch.arange(1, T + 1, dtype=losses.dtype) if costs is None else costs
         valid = torch.ones(T, dtype=torch.bool) if mask is None else mask
         return gain_loss(scores - math.log(price), losses, c.to(losses), valid, floor), {}
 
-    return _fit_head(model, policy, batches, loss_fn, regress, optimizer, num_steps, settings,
-                     stage, **optimize_kw)  # fmt: skip
+    return regress
 
 
 def _fit_head(model, policy, batches, loss_fn, objective, optimizer, num_steps, settings, stage,

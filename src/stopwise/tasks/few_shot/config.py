@@ -102,6 +102,17 @@ class FewShotConfig(Config):
     beta: float = param(0.01, gt=0, help="oracle temperature β of the sampled step")
     policy_width: int = param(64, ge=1, help="DeepSets width of the policy")
     policy_hidden: int = param(128, ge=1, help="hidden width of the policy head")
+    gain_head: bool = param(
+        False,
+        help="also fit a stop head for budgets on MAML-stop's frozen learner "
+        "(stopwise.fit_gain_head: the score regresses on the gain rate of the query loss; "
+        "not in the paper) and report its budget curve",
+    )
+    gain_tasks: int = param(300, ge=10, help="training tasks whose trajectories fit the gain head")
+    gain_updates: int = param(500, ge=1, help="Adam updates of the gain head")
+    gain_price: float = param(
+        0.01, gt=0, le=100, help="the gain head's zero: stop once a step buys less query loss"
+    )
     train: MetaTraining = group(MetaTraining)
     glyphs: Glyphs = group(Glyphs)
     val_tasks: int = param(300, ge=10, help="validation tasks (every choice is made on them)")
@@ -191,6 +202,9 @@ PRESETS = {
         "curve_points": 4,
         "timing_tasks": 10,
         "timing_repeats": 1,
+        "gain_head": True,
+        "gain_tasks": 20,
+        "gain_updates": 10,
     },
     # Minutes: glyphs 5-way K ∈ 1..10 on a narrow Conv4 (a smoke test of the benchmark).
     "quick": {

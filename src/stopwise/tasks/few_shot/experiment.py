@@ -30,6 +30,7 @@ from ...selection import (
     calibrate_by_metric,
     fixed_depth_curve,
 )
+from ...training import EpochBatches, fit_gain_head
 from .config import FewShotConfig
 from .data import TaskSet, glyph_splits, omniglot_splits
 from .methods import meta_train, task_sampler
@@ -45,12 +46,15 @@ from .metrics import (
     stop_step_correlation,
     trajectory,
 )
-from .models import AdaptedLearner, SupportLossStop
+from .models import AdaptedLearner, SetPolicy, SupportLossStop
 
 __all__ = ["jobs", "run_job", "metric_name", "load_splits"]
 
 # Keys that only MAML-stop reads; MAML jobs ignore them (changing them does not retrain MAML).
-STOP_ONLY = ("steps", "beta", "policy_width", "policy_hidden")
+STOP_ONLY = (
+    "steps", "beta", "policy_width", "policy_hidden",
+    "gain_head", "gain_tasks", "gain_updates", "gain_price",
+)  # fmt: skip
 SHARED = (
     "family",
     "data_dir",
@@ -119,11 +123,44 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
     steps = job.params["steps"]
     learner, policy = meta_train(config, context, train, job.params["method"], steps)
     model = AdaptedLearner(learner, config.inner_lr, steps, config.vmap)
+    gain = None
+    if policy is not None and config.gain_head:
+        gain = fit_gain(config, context, model, train)
     val_tasks = task_sampler(config, val_split)(config.val_tasks, context.generator("val-tasks"))
     test_tasks = Heldout(
         task_sampler(config, test_split)(config.test_tasks, context.generator("test-tasks"))
     )
-    return measure(config, context, model, policy, val_tasks, test_tasks)
+    return measure(config, context, model, policy, val_tasks, test_tasks, gain)
+
+
+def fit_gain(config: FewShotConfig, context: JobContext, model: AdaptedLearner, split) -> SetPolicy:
+    """A stop head for budgets on the frozen learner (:func:`stopwise.fit_gain_head`), fitted on
+    the trajectories of ``gain_tasks`` fresh training tasks (their query losses, as the oracle
+    uses them; a diverged task's infinite loss counts as 10⁶)."""
+    sample = task_sampler(config, split)
+    pool_tasks = sample(config.gain_tasks, context.generator("gain-pool-tasks"))
+    with context.timed("gain-trajectories"):
+        pool = trajectory(model, None, pool_tasks, config.eval_chunk, with_features=True)
+    losses = torch.nan_to_num(pool["query_loss"], posinf=1e6).float()
+    context.manual_seed("gain-head-init")
+    head = SetPolicy(
+        model.learner.feature_dim, model.max_steps, config.policy_width, config.policy_hidden
+    )
+    rows = torch.arange(len(pool_tasks))
+    batches = EpochBatches((rows,), min(32, len(rows)), context.stream_seed("gain-head-batches"))
+    with context.timed("gain-head"):
+        fit_gain_head(
+            head,
+            pool["features"],
+            losses,
+            lambda step: batches(step)[0],
+            torch.optim.Adam(head.parameters(), lr=1e-3),
+            config.gain_updates,
+            price=config.gain_price,
+            settings=context.loop_settings(max(1, config.gain_updates // 10)),
+            stage="gain-head",
+        )
+    return head.eval()
 
 
 def measure(
@@ -133,9 +170,10 @@ def measure(
     policy,
     val_tasks: TaskSet,
     heldout: Heldout,
+    gain: SetPolicy | None = None,
 ) -> dict[str, Any]:
     """Choose on validation (best depth, hand-made tolerance, policy threshold), then measure
-    the test tasks once."""
+    the test tasks once (with ``gain``, also the gain head's budget curve)."""
     name = metric_name(config)
     lower = name == "mse"
     scale = 1.0 if lower else 100.0  # accuracy in points
@@ -145,7 +183,7 @@ def measure(
     hand = SupportLossStop(model.learner.feature_dim)
 
     with context.timed("validation"):
-        val = trajectory(model, policy, val_tasks, config.eval_chunk)
+        val = trajectory(model, policy, val_tasks, config.eval_chunk, gain)
     val_by_depth = val["quality"].mean(0)
     best_depth = int((val_by_depth if lower else -val_by_depth).argmin())  # ties: fewest steps
 
@@ -165,7 +203,7 @@ def measure(
 
     test_tasks = heldout.open()
     with context.timed("test"):
-        test = trajectory(model, policy, test_tasks, config.eval_chunk)
+        test = trajectory(model, policy, test_tasks, config.eval_chunk, gain)
 
     def test_metric(index: torch.Tensor) -> dict[str, float]:
         return {name: scale * float(at_steps(test["quality"], index).mean())}
@@ -221,6 +259,8 @@ def measure(
             test["quality"], stop_indices(test["hazard"], HazardThreshold(0.5)), scale
         )
         record["stop_curve"] = budget_sweep(val["hazard"], test["hazard"], budgets, test_metric)
+    if gain is not None:
+        record["gain_curve"] = budget_sweep(val["gain"], test["gain"], budgets, test_metric)
     with context.timed("adaptive"):
         record["test"][key] = run_stop(
             config, model, stopper, test_tasks, rule, scores, test, scale

@@ -38,12 +38,18 @@ def quality(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def trajectory(
-    model: AdaptedLearner, policy: nn.Module | None, tasks: TaskSet, chunk: int
+    model: AdaptedLearner,
+    policy: nn.Module | None,
+    tasks: TaskSet,
+    chunk: int,
+    gain: nn.Module | None = None,
+    with_features: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Adapt every task for all T steps (in chunks of ``chunk`` tasks) and record, per task and
     step, ``(N, T)`` float64: ``query_loss``, ``quality`` (+inf for a task whose inner loop
-    diverged), ``hand_score`` (the support-loss stop's score) and ``hazard`` (the policy's
-    logit; absent without a policy)."""
+    diverged), ``hand_score`` (the support-loss stop's score), ``hazard`` (the policy's logit;
+    absent without a policy), ``gain`` (the gain head's score, with ``gain``) and, with
+    ``with_features``, the policy features ``(N, T, F)``."""
     T = model.max_steps
     parts: list[dict[str, torch.Tensor]] = []
     hand = None
@@ -53,6 +59,10 @@ def trajectory(
         rows: dict[str, list[torch.Tensor]] = {"query_loss": [], "quality": [], "hand_score": []}
         if policy is not None:
             rows["hazard"] = []
+        if gain is not None:
+            rows["gain"] = []
+        if with_features:
+            rows["features"] = []
         for t in range(T):
             state = model.advance(state, t)
             outputs, features = model.observe(state, t)
@@ -63,6 +73,10 @@ def trajectory(
             rows["hand_score"].append(hand(features, t).double())
             if policy is not None:
                 rows["hazard"].append(policy(features, t).double())
+            if gain is not None:
+                rows["gain"].append(gain(features, t).double())
+            if with_features:
+                rows["features"].append(features.float())
         parts.append({k: torch.stack(v, dim=1) for k, v in rows.items()})
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 

@@ -110,7 +110,7 @@ def report(results: list[JobResult], config: FewShotConfig) -> Report:
         )
     table += "\n".join(lines)
     table += "\n\n" + _shots_table(by_job, maml_job, seeds, fmt)
-    curve_table, verdict = _curve_table(stop_jobs, seeds, name, fmt)
+    curve_table, verdicts = _curve_table(stop_jobs, seeds, name, fmt)
     table += "\n\n" + curve_table
 
     first = paired[seeds[0]]
@@ -129,7 +129,7 @@ def report(results: list[JobResult], config: FewShotConfig) -> Report:
             "stop_minus_best_over_seeds": over_seeds,
             "mse_ratio": [compare[s].get("mse_ratio") for s in seeds],
             "spearman_steps_shots": spearman,
-            "dominance": {"MAML-stop": verdict},
+            "dominance": verdicts,
             "seeds": seeds,
             "jobs": {job: {str(s): r for s, r in recs.items()} for job, recs in by_job.items()},
         },
@@ -201,33 +201,39 @@ def _shots_table(by_job, maml_job: str, seeds: list[int], fmt: str) -> str:
 
 
 def _curve_table(stop_jobs, seeds: list[int], name: str, fmt: str) -> tuple[str, dict[str, Any]]:
-    """The budget curve (mean over seeds) beside the best mix of two fixed depths of the same
-    learner with the same mean steps, and the dominance verdict."""
-    curves = [stop_jobs[s]["stop_curve"] for s in seeds]
+    """The budget curve (mean over seeds) beside the same learner at fixed depth (each seed
+    against its own: the best mix of two depths with at most the same mean steps), and the
+    dominance verdict of every head (the gain head's where the run fitted one)."""
     fixed = [stop_jobs[s]["fixed_depth"] for s in seeds]
     higher = name == "accuracy"
-    verdict = dominance(curves, fixed, name, higher_is_better=higher)
-    rows = [
-        {**p, "fixed": p[name] - (1 if higher else -1) * g["gain"]}
-        for p, g in zip(mean_curve(curves), verdict["gains"], strict=True)
-    ]
     unit = "points" if higher else "MSE"  # accuracy is in percent already
-    table = (
-        "Budget curve of MAML-stop (thresholds fitted on validation) beside its learner at fixed "
-        "depth (the best mix of two depths with the same mean steps):\n\n"
-        + markdown_table(
-            rows,
-            [
-                ("budget", "budget (steps)", ".2f"),
-                ("mean_steps", "test mean steps", ".2f"),
-                (name, f"MAML-stop {name}", fmt),
-                ("fixed", f"fixed-depth {name}", fmt),
-            ],
+    heads = {"MAML-stop": "stop_curve", "MAML-stop learner, gain head": "gain_curve"}
+    verdicts, tables = {}, []
+    for label, key in heads.items():
+        if key not in stop_jobs[seeds[0]]:
+            continue
+        curves = [stop_jobs[s][key] for s in seeds]
+        verdicts[label] = verdict = dominance(curves, fixed, name, higher_is_better=higher)
+        rows = [
+            {**p, "fixed": p[name] - (1 if higher else -1) * g["gain"]}
+            for p, g in zip(mean_curve(curves), verdict["gains"], strict=True)
+        ]
+        tables.append(
+            f"Budget curve of {label} (thresholds fitted on validation) beside its learner at "
+            "fixed depth (the best mix of two depths with the same mean steps):\n\n"
+            + markdown_table(
+                rows,
+                [
+                    ("budget", "budget (steps)", ".2f"),
+                    ("mean_steps", "test mean steps", ".2f"),
+                    (name, f"{label} {name}", fmt),
+                    ("fixed", f"fixed-depth {name}", fmt),
+                ],
+            )
+            + "\n\n"
+            + dominance_line(label, verdict, unit)
         )
-        + "\n\n"
-        + dominance_line("MAML-stop", verdict, unit)
-    )
-    return table, verdict
+    return "\n\n".join(tables), verdicts
 
 
 def _quality_by_shots(by_job, maml_job: str, seeds, name: str):
@@ -317,6 +323,10 @@ def _budget_figure(by_job, maml_job: str, seeds, name: str):
         (mean_xy([maml[s]["fixed_depth"] for s in seeds]), "d--", "MAML, fixed depth"),
         (mean_xy([maml[s]["hand_curve"] for s in seeds]), "^:", "MAML + hand-made stop"),
     ]
+    if "gain_curve" in stop[seeds[0]]:
+        series.append(
+            (mean_xy([stop[s]["gain_curve"] for s in seeds]), "v-", "MAML-stop learner, gain head")
+        )
     # A diverged task puts an MSE mean orders of magnitude above the rest: clip it to the frame.
     top = 5 * statistics.median(v for (_, y), _, _ in series for v in y) if name == "mse" else None
     for (x, y), style, label in series:

@@ -22,17 +22,16 @@ import torch
 
 from ...contract import JobContext
 from ...inference import fit_threshold, in_chunks, stop_indices
-from ...objectives import gain_loss
 from ...selection import budget_grid, prune_exits
 from ...steps import StepModel, unroll
 from ...stoptime import oracle
 from ...training import (
     EpochBatches,
     GeneratedBatches,
+    fit_gain_head,
     fit_oracle,
     fit_policy,
     fit_predictor,
-    optimize,
     policy_hazards,
 )
 from .data import SparseProblem
@@ -314,14 +313,20 @@ def fit_candidate(
             step_penalty=candidate.penalty * costs,
         )
     else:
-
-        def loss(step):
-            batch, _ = batches(step)
-            scores = policy_hazards(policy, pool.features[batch])
-            return gain_loss(scores, pool.losses[batch], costs, valid, s2.gain_floor), {}
-
-        policy.train()
-        optimize(stage, candidate.steps, loss, optimizer, {"policy": policy}, settings, scheduler)
+        fit_gain_head(
+            policy,
+            pool.features,
+            pool.losses,
+            lambda step: batches(step)[0],
+            optimizer,
+            candidate.steps,
+            costs=costs,
+            floor=s2.gain_floor,
+            mask=valid,
+            settings=settings,
+            stage=stage,
+            scheduler=scheduler,
+        )
     return policy.eval()
 
 
