@@ -253,14 +253,22 @@ def test_the_log_follows_sys_stderr_between_runs_in_one_process():
 
 def test_a_key_added_after_a_job_ran_counts_at_its_default(tmp_path):
     """A finished job whose settings lack a key (the task gained it later) is reused when the
-    key has its default value, and refused, naming the key, when it does not."""
+    key has its default value, and so are the jobs that ran after it; a value other than the
+    default is refused, naming the key."""
     out, calls = tmp_path / "run", tmp_path / "calls"
     run(out, calls=calls)
-    path = out / "jobs" / "fit-a-s0.json"
-    job = json.loads(path.read_text())
+    path, after = out / "jobs" / "fit-a-s0.json", out / "jobs" / "summary-s0.json"
+    job, summary = json.loads(path.read_text()), json.loads(after.read_text())
     assert job["settings"]["config"].pop("lr") == 0.1  # as if lr had not existed then
+    summary["settings"]["after"]["fit-a"] = experiments._digest(job["settings"])
     path.write_text(json.dumps(job))
+    after.write_text(json.dumps(summary))
     run(out, calls=calls)  # lr at its default (0.1): nothing reruns
     assert len(called(calls)) == 4
     with pytest.raises(ConfigError, match=r"config\.lr: None -> 0\.2"):
         run(out, "lr=0.2", calls=calls)
+    # a dependency whose record is not the one the job ran after is still a difference
+    summary["settings"]["after"]["fit-a"] = "000000000000"
+    after.write_text(json.dumps(summary))
+    with pytest.raises(ConfigError, match=r"job summary-s0 \(finished\): after\.fit-a"):
+        run(out, calls=calls)

@@ -47,6 +47,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -304,18 +305,25 @@ def _digest(settings: dict[str, Any]) -> str:
 
 
 def _settings_diff(
-    old: dict[str, Any], new: dict[str, Any], defaults: dict[str, Any] | None = None
+    old: dict[str, Any],
+    new: dict[str, Any],
+    defaults: dict[str, Any] | None = None,
+    same_dependency: Callable[[str, str], bool] = lambda name, digest: False,
 ) -> list[str]:
     """The keys whose values differ, as ``key: old -> new``. A config key the old settings lack
     was added to the task after that job ran: with its default value (``defaults``, flattened
     like the settings) it is no difference, since a key is added with the default that keeps
-    the old behaviour."""
+    the old behaviour. A dependency's digest (``after.<name>``) that differs is no difference
+    when ``same_dependency(name, old digest)`` says the dependency's own settings are the same
+    in that sense."""
     a, b, defaults = flatten(old), flatten(new), defaults or {}
     added_at_default = {k for k in set(b) - set(a) if k in defaults and b[k] == defaults[k]}
     return [
         f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
         for k in sorted(set(a) | set(b))
-        if a.get(k) != b.get(k) and k not in added_at_default
+        if a.get(k) != b.get(k)
+        and k not in added_at_default
+        and not (k.startswith("after.") and k in a and same_dependency(k[6:], a[k]))
     ]
 
 
@@ -345,13 +353,25 @@ def check_run_dir(run: RunDir, experiment: Experiment, planned: list[PlannedJob]
             f"{experiment.name!r}); choose another --out"
         )
     defaults = flatten({"config": to_plain(experiment.config())})
+    by_id = {p.id: p for p in planned}
+
+    def diff_of(p: PlannedJob, old: dict[str, Any]) -> list[str]:
+        def same_dependency(name: str, digest: str) -> bool:
+            path = run.job_path(job_id(name, p.seed))
+            if job_id(name, p.seed) not in by_id or not path.is_file():
+                return False
+            ran = json.loads(path.read_text()).get("settings") or {}
+            return _digest(ran) == digest and not diff_of(by_id[job_id(name, p.seed)], ran)
+
+        return _settings_diff(old, p.settings, defaults, same_dependency)
+
     conflicts = []
     for p in planned:
         started = any(run.checkpoints(p.id).glob("*.pt"))  # a stamp alone is not a start
         for path in (run.job_path(p.id), run.stamp_path(p.id) if started else None):
             if path is not None and path.is_file():
                 old = json.loads(path.read_text()).get("settings")
-                diff = _settings_diff(old or {}, p.settings, defaults)
+                diff = diff_of(p, old or {})
                 if diff:
                     state = "finished" if path == run.job_path(p.id) else "started"
                     conflicts.append(f"job {p.id} ({state}): " + "; ".join(diff[:6]))
