@@ -31,10 +31,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...objectives import gain_loss, l2s_stage2_loss, random_horizon_bound
+from ...objectives import l2s_stage2_loss, random_horizon_bound
 from ...steps import index_state, state_batch_size
 from ...stoptime import StopTime
-from ...training import EpochBatches, GeneratedBatches, LoopSettings, optimize, policy_hazards
+from ...training import (
+    EpochBatches,
+    GeneratedBatches,
+    LoopSettings,
+    fit_gain_head,
+    optimize,
+    policy_hazards,
+)
 from ...training import train_loop as core_train_loop
 from .data import FunctionFamily, full_loss
 from .metrics import diverged_as_large
@@ -345,15 +352,26 @@ def fit_l2s_policy(
     ``beta`` and ``hard`` are then unused)."""
     batches = EpochBatches([features.float(), losses], min(batch, features.shape[0]), seed)
     optimizer = torch.optim.Adam(policy.parameters(), lr=lr)
-    T = losses.shape[1]
-    costs, every = torch.arange(1, T + 1, dtype=losses.dtype), torch.ones(T, dtype=torch.bool)
+    if gain_price is not None:  # the same rows in the same order as ``batches``
+        rows = EpochBatches([torch.arange(features.shape[0])], batches.batch_size, seed)
+        metrics = fit_gain_head(policy, features.float(), losses, lambda step: rows(step)[0],
+                                optimizer, updates, price=gain_price, settings=settings,
+                                stage=stage)  # fmt: skip
+    else:
+
+        def loss(step):
+            x, ell = batches(step)
+            stop = StopTime(policy_hazards(policy, x))
+            return l2s_stage2_loss(stop, ell, beta, hard), {"mean_steps": stop.mean().mean()}
+
+        policy.train()
+        metrics = optimize(stage, updates, loss, optimizer, {"policy": policy}, settings)
+    policy.eval()
+    return metrics | {} if policy.eval() else metrics
 
     def loss(step):
         x, ell = batches(step)
-        scores = policy_hazards(policy, x)
-        if gain_price is not None:
-            return gain_loss(scores - math.log(gain_price), ell, costs, every, 1e-6), {}
-        stop = StopTime(scores)
+        stop = StopTime(policy_hazards(policy, x))
         return l2s_stage2_loss(stop, ell, beta, hard), {"mean_steps": stop.mean().mean()}
 
     policy.train()
