@@ -367,14 +367,4 @@ def fit_l2s_policy(
         policy.train()
         metrics = optimize(stage, updates, loss, optimizer, {"policy": policy}, settings)
     policy.eval()
-    return metrics | {} if policy.eval() else metrics
-
-    def loss(step):
-        x, ell = batches(step)
-        stop = StopTime(policy_hazards(policy, x))
-        return l2s_stage2_loss(stop, ell, beta, hard), {"mean_steps": stop.mean().mean()}
-
-    policy.train()
-    metrics = optimize(stage, updates, loss, optimizer, {"policy": policy}, settings)
-    policy.eval()
     return metrics
