@@ -34,6 +34,7 @@ from stopwise.tasks.denoising.methods import (
     PolicyData,
     ValidationSchedule,
     bm3d_denoise,
+    gain_regression,
     near_best_exit,
     policy_data,
 )
@@ -574,13 +575,44 @@ def test_budget_curve_compares_with_dncnns_trained_per_depth():
     assert "DnCNNs trained per depth" in out["table"]
 
 
-def test_a_dncnn_trained_for_a_shallower_depth_runs(tmp_path):
+def test_a_dncnn_trained_for_a_shallower_depth_and_the_gain_head_run(tmp_path):
     """``trained_depths=3`` on tiny: a job that trains a plain 3-layer DnCNN; its cost is its
-    convolution weights (multiply-adds per pixel of a 3×3, stride-1, same-padded stack)."""
+    convolution weights (multiply-adds per pixel of a 3×3, stride-1, same-padded stack). The
+    tiny preset also fits the gain head: its budget curve spends no more on validation than
+    each budget, more budget never costs less, and the report judges it against fixed depth."""
     done = _run_cli(["--set", "trained_depths=3", "--set", "progress=false"], tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads((tmp_path / "never" / "jobs" / "dncnn-depth3-s0.json").read_text())
     weights = sum(m.weight.numel() for m in DnCNN(3, 8).modules() if isinstance(m, nn.Conv2d))
     assert record["record"]["macs_per_pixel"] == weights
     assert len(record["record"]["test"]["psnr"]) == 2 * 2  # tiny: 2 images × 2 σ
-    assert "DnCNNs trained per depth" in (tmp_path / "never" / "table.md").read_text()
+    table = (tmp_path / "never" / "table.md").read_text()
+    assert "DnCNNs trained per depth" in table
+    stop = json.loads((tmp_path / "never" / "jobs" / "dncnn-stop-s0.json").read_text())["record"]
+    curve = stop["gain_curve"]
+    assert len(curve) == 3  # tiny: budget_points
+    assert all(p["val_mean_cost"] <= p["budget"] + 1e-6 for p in curve)
+    assert [p["val_mean_cost"] for p in curve] == sorted(p["val_mean_cost"] for p in curve)
+    assert stop["gain_training"]["criterion"] == "minus validation gain-regression loss"
+    assert "- DnCNN-stop model, gain head: beats fixed depth" in table
+
+
+def test_gain_regression_targets_psnr_gained_per_unit_of_cost():
+    """At its minimum (zero) the gain head's logit is log(price / g_t), g_t written out here in
+    PSNR: the best dB per unit cost that a later kept exit buys (exit 2 is not kept)."""
+    psnr = torch.tensor([[20.0, 23.0, 30.0, 24.0], [25.0, 25.5, 22.0, 26.0]], dtype=torch.float64)
+    losses = 10.0 ** (-psnr / 10)  # ℓ_t up to the crop's constant
+    costs = torch.tensor([1.0, 2.5, 3.0, 5.0], dtype=torch.float64)
+    valid = torch.tensor([True, True, False, True])
+    price = 0.3
+    g = torch.zeros(2, 2, dtype=torch.float64)
+    for b in range(2):
+        for t in range(2):
+            g[b, t] = max((psnr[b, u] - psnr[b, t]) / (costs[u] - costs[t]) for u in (1, 3)
+                          if u > t)  # fmt: skip
+    hazards = torch.zeros(2, 4, dtype=torch.float64)
+    hazards[:, :2] = torch.log(price / g)
+    zero = gain_regression(hazards, losses, costs, valid, price)
+    assert float(zero) == pytest.approx(0.0, abs=1e-12)
+    hazards[0, 1] += 1.0  # off the target by one log unit: Huber's ½·1² over the 4 targets
+    assert float(gain_regression(hazards, losses, costs, valid, price)) == pytest.approx(0.125)

@@ -110,6 +110,15 @@ class DenoisingConfig(Config):
         help="also train a plain DnCNN of each of these depths (< depth) with DnCNN's schedule: "
         "the models trained for a fixed depth beside the budget curve",
     )
+    gain_head: bool = param(
+        False,
+        help="also fit a stop head for budgets on DnCNN-stop's frozen model and kept exits "
+        "(the score regresses on the gain rate of PSNR per layer; the `policy` stage's settings) "
+        "and report its budget curve beside DnCNN-stop's",
+    )
+    gain_price: float = param(
+        0.01, gt=0, le=100, help="the gain head's zero: stop once a layer buys fewer dB than this"
+    )
 
     def check(self) -> None:
         if any(d >= self.depth for d in self.trained_depths):
@@ -160,6 +169,7 @@ PRESETS: dict[str, dict] = {
         "budget_points": 3,
         "nlm_h": [0.8, 1.0],
         "timing_repeats": 1,
+        "gain_head": True,
     },
     "benchmark": {
         "seeds": [0, 1, 2],

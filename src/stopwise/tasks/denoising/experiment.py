@@ -7,7 +7,8 @@
     dncnn-ds            pretrain → exit heads, uniform deep supervision
     stage1-beta<β>      pretrain → exit heads, L2S stage I under the oracle, one per β
     dncnn-stop          β chosen on validation; exits pruned; stage II policy; thresholds
-                        calibrated on validation; the test images once, run for real
+                        calibrated on validation; the test images once, run for real (with
+                        ``gain_head``, also a stop head for budgets on the same model and exits)
     classical           BM3D (true σ) and non-local means (h chosen on validation)
 
 ``dncnn``, ``dncnn-ds`` and every stage-I job take the same number of updates from the same
@@ -89,7 +90,7 @@ def jobs(config: DenoisingConfig) -> list[Job]:
     ]
     stop_keys = _FINETUNED + (
         "exit_head", "betas", "uniform_candidate", "stage1_criterion", "policy", "min_exit_frequency",
-        "budget_points", "inference_mode",
+        "budget_points", "inference_mode", "gain_head", "gain_price",
     )  # fmt: skip
     candidates = [j.name for j in stage1] + (["dncnn-ds"] if config.uniform_candidate else [])
     shallow = [
@@ -413,6 +414,15 @@ def _dncnn_stop(context: JobContext) -> dict[str, Any]:
     with context.timed("train"):
         policy_training = train_policy(policy, train_data, val_data, valid, config, context)
     costs = model.adaptive_macs(valid, policy.macs())
+    step_macs = float(model.module_macs()[-1] + model.head_macs(0))
+    gain = None
+    if config.gain_head:  # the same frozen model, kept exits and features; stage II for budgets
+        context.manual_seed("gain-head-init")
+        gain = ImagePolicy(config.policy.width, T, config.policy.step_bias).to(context.device)
+        with context.timed("train-gain-head"):
+            gain_training = train_policy(
+                gain, train_data, val_data, valid, config, context, gain_costs=costs / step_macs
+            )
     val_hazards = exit_table(model, val, policy=policy, valid=valid).hazards
     val_psnr = val_table.psnr
 
@@ -462,7 +472,16 @@ def _dncnn_stop(context: JobContext) -> dict[str, Any]:
     headed = torch.ones(T, dtype=torch.bool)
     fixed = fixed_depth_curve(data.size, metric, headed, model.fixed_depth_macs())
     stop_exit = torch.tensor(rows["stop"]["exit"], dtype=torch.float64)
-    step_macs = float(model.module_macs()[-1] + model.head_macs(0))
+    gain_head = {}
+    if gain is not None:
+        gain_val = exit_table(model, val, policy=gain, valid=valid).hazards
+        gain_test = exit_table(model, data, policy=gain, valid=valid).hazards
+        gain_head = {
+            "gain_training": gain_training,
+            "gain_curve": budget_sweep(
+                gain_val, gain_test, budgets, metric, "hazard", valid, costs
+            ),
+        }
     return {
         "sigma": data.sigma.tolist(),
         "stage1": chosen,
@@ -488,6 +507,7 @@ def _dncnn_stop(context: JobContext) -> dict[str, Any]:
         "spearman_exit_sigma": _finite(spearman(data.sigma.tolist(), stop_exit.tolist())),
         "grid": grid_images,
         "timing": _timing(model, policy, rules, curve, data, test_hazards, valid, costs, config),
+        **gain_head,
     }
 
 

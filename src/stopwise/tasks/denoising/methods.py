@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ...contract import JobContext
+from ...objectives import gain_loss
 from ...stoptime import StopTime
 from ...training import EpochBatches, GeneratedBatches, fit_oracle, fit_predictor, optimize
 from .config import DenoisingConfig, TrainStage
@@ -38,10 +39,14 @@ __all__ = [
     "policy_data",
     "policy_hazards_on",
     "train_policy",
+    "gain_regression",
     "near_best_exit",
     "bm3d_denoise",
     "nlm_denoise",
 ]
+
+# Gain rates below this many dB per layer count as this (the log of the regression target).
+GAIN_FLOOR = 1e-6
 
 
 class ValidationSchedule:
@@ -284,6 +289,21 @@ def near_best_exit(
     return good.int().argmax(dim=1)
 
 
+def gain_regression(
+    hazards: torch.Tensor,
+    losses: torch.Tensor,
+    costs: torch.Tensor,
+    valid: torch.Tensor,
+    price: float,
+) -> torch.Tensor:
+    """The gain head's loss on ``hazards, losses (B, T)``: ``hazards − log price`` regressed on
+    −log g_t, g_t = max over later kept exits t' of (PSNR_t' − PSNR_t) / (c_t' − c_t), in dB
+    per unit of ``costs`` (PSNR_t = const − 10·log10 ℓ_t per crop), so the rule
+    "stop once the logit ≥ 0" stops where going on buys less than ``price`` dB per unit."""
+    scores = hazards - math.log(price)
+    return gain_loss(scores, 10 * torch.log10(losses), costs, valid, GAIN_FLOOR)
+
+
 def train_policy(
     policy: ImagePolicy,
     train: PolicyData,
@@ -291,25 +311,40 @@ def train_policy(
     valid: torch.Tensor,
     config: DenoisingConfig,
     context: JobContext,
+    gain_costs: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """L2S stage II on a frozen DnCNN's cached trajectories: minimise −log q_φ(t*) over the
     kept exits, with t* = argmin_t ℓ_t (the official hard oracle, which needs no β; L2S Eq. 10
-    with the one-hot q*) or, with ``policy.tolerance_db`` > 0, :func:`near_best_exit`. The policy checkpoint and its learning-rate drop are chosen on the validation
-    cross-entropy. Returns the schedule's summary."""
+    with the one-hot q*) or, with ``policy.tolerance_db`` > 0, :func:`near_best_exit`.
+
+    With ``gain_costs`` (``(T,)`` cumulative cost of stopping at each exit, in layers) the
+    gain stage II instead (not in the paper; :func:`stopwise.objectives.gain_loss`): the score
+    regresses on −log g_t, g_t the most dB of PSNR per layer that going on from exit t can still
+    buy (the loss in dB, 10·log10 ℓ_t, is −PSNR up to a constant per crop), shifted by
+    −log ``gain_price``; thresholding it is the cost-aware oracle at every price.
+
+    The policy checkpoint and its learning-rate drop are chosen on the validation objective.
+    Returns the schedule's summary."""
     stage = config.policy
+    gain = gain_costs is not None
     order = EpochBatches(
-        [torch.arange(train.noisy.shape[0])], stage.batch, context.stream_seed("policy-batches")
+        [torch.arange(train.noisy.shape[0])],
+        stage.batch,
+        context.stream_seed("gain-head-batches" if gain else "policy-batches"),
     )
     optimizer = torch.optim.Adam(policy.parameters(), lr=stage.lr)
 
-    def cross_entropy(data: PolicyData, rows) -> torch.Tensor:
-        stop = StopTime(policy_hazards_on(policy, data, rows, valid), valid)
-        target = near_best_exit(data.losses[rows], valid, stage.tolerance_db)
-        return -stop.log_prob(target).mean()
+    def objective(data: PolicyData, rows) -> torch.Tensor:
+        hazards = policy_hazards_on(policy, data, rows, valid)
+        losses = data.losses[rows]
+        if gain:
+            return gain_regression(hazards, losses, gain_costs, valid, config.gain_price)
+        stop = StopTime(hazards, valid)
+        return -stop.log_prob(near_best_exit(losses, valid, stage.tolerance_db)).mean()
 
     def val_score() -> dict[str, float]:
         with torch.no_grad():
-            total = sum(float(cross_entropy(d, slice(None))) * len(d.losses) for d in val)
+            total = sum(float(objective(d, slice(None))) * len(d.losses) for d in val)
         return {"score": -total / sum(len(d.losses) for d in val)}
 
     schedule = ValidationSchedule(
@@ -318,14 +353,18 @@ def train_policy(
 
     def loss(step: int):
         (rows,) = order(step)
-        return cross_entropy(train, rows), {}
+        return objective(train, rows), {}
 
     policy.train()
     settings = context.loop_settings(log_every=max(1, min(50, stage.steps // 4)))
-    optimize("stage2", stage.steps, loss, optimizer, {"policy": policy}, settings, schedule)
+    name = "stage2-gain" if gain else "stage2"
+    optimize(name, stage.steps, loss, optimizer, {"policy": policy}, settings, schedule)
     schedule.restore_best()
     policy.eval()
-    return {**schedule.summary(), "criterion": "minus validation cross-entropy"}
+    criterion = (
+        "minus validation gain-regression loss" if gain else "minus validation cross-entropy"
+    )
+    return {**schedule.summary(), "criterion": criterion}
 
 
 # ---------------------------------------------------------------- classical baselines

@@ -33,6 +33,8 @@ METHODS = (
     ("oracle", "oracle stop (needs the clean image)", ("dncnn-stop", "rows", "oracle")),
 )
 STOP_ROWS = ("stop", "stop_official", "oracle")
+# The budget curves of a dncnn-stop record: the L2S policy's, and the gain head's where fitted.
+HEADS = {"DnCNN-stop": "curve", "DnCNN-stop model, gain head": "gain_curve"}
 COMPARISONS = (("stop", "dncnn"), ("stop", "bm3d"), ("stop", "dncnn_ds"), ("stop_last", "dncnn"))
 
 
@@ -123,8 +125,10 @@ def report(results: list[JobResult], config: DenoisingConfig) -> Report:
 
     curve = _curve_table(jobs, seeds)
     verdicts = _dominance(jobs, seeds)
+    gain_table = _gain_head_table(jobs, seeds, verdicts)
     tables.append(
         curve["table"]
+        + (f"\n\n{gain_table}" if gain_table else "")
         + "\n\n"
         + "\n".join(
             f"- {dominance_line(k, v, 'dB', cost_unit='MACs/pixel')}" for k, v in verdicts.items()
@@ -245,25 +249,74 @@ def _interpolate(x: float, xs: list[float], ys: list[float]) -> float:
     return best_fixed_mix(points, x, "psnr", higher_is_better=True, x="mean_cost")
 
 
+def _head_groups(stop: dict, seeds) -> list[tuple[str, str, list]]:
+    """``(label, record key, seeds)`` of every budget curve the dncnn-stop records hold: one group
+    over the seeds, or one per seed where the seeds' curves differ in length (different kept
+    exits)."""
+    out = []
+    for head, key in HEADS.items():
+        if key not in stop[seeds[0]]:
+            continue
+        if len({len(stop[s][key]) for s in seeds}) == 1:
+            out.append((head, key, list(seeds)))
+        else:
+            out += [(f"{head} (seed {s})", key, [s]) for s in seeds]
+    return out
+
+
 def _dominance(jobs, seeds) -> dict[str, dict[str, Any]]:
-    """DnCNN-stop's budget curve against the same model at fixed depth (PSNR at mean
-    multiply-adds per pixel): one verdict over the seeds, or one per seed where the seeds' curves
-    differ in length (different kept exits)."""
+    """Each budget curve (:func:`_head_groups`) against the same model at fixed depth (PSNR at
+    mean multiply-adds per pixel)."""
     stop = {s: jobs["dncnn-stop"][s] for s in seeds}
-    if len({len(r["curve"]) for r in stop.values()}) == 1:
-        groups = {"DnCNN-stop": list(seeds)}
-    else:
-        groups = {f"DnCNN-stop (seed {s})": [s] for s in seeds}
     return {
         label: dominance(
-            [stop[s]["curve"] for s in group],
+            [stop[s][key] for s in group],
             [stop[s]["fixed_depth"] for s in group],
             "psnr",
             higher_is_better=True,
             x="mean_cost",
         )
-        for label, group in groups.items()
+        for label, key, group in _head_groups(stop, seeds)
     }
+
+
+def _gain_head_table(jobs, seeds, verdicts) -> str:
+    """The gain head's budget curve (mean over its group's seeds) beside the same model's best
+    fixed depth at that cost, from its dominance verdict's gains."""
+    stop = {s: jobs["dncnn-stop"][s] for s in seeds}
+    rows = []
+    for label, key, group in _head_groups(stop, seeds):
+        if key != "gain_curve":
+            continue
+        curve = mean_curve([stop[s][key] for s in group])
+        for p, g in zip(curve, verdicts[label]["gains"], strict=True):
+            rows.append(
+                {
+                    "head": label,
+                    "exit": p["mean_steps"],
+                    "macs": p["mean_cost"] / 1e3,
+                    "psnr": p["psnr"],
+                    "fixed": p["psnr"] - g["gain"],
+                    "gain": g["gain"],
+                }
+            )
+    if not rows:
+        return ""
+    columns = [
+        ("head", "stop head", "s"),
+        ("exit", "mean exit", ".2f"),
+        ("macs", "kMACs / pixel", ".1f"),
+        ("psnr", "PSNR", ".2f"),
+        ("fixed", "same model, fixed depth", ".2f"),
+        ("gain", "gain (dB)", "+.2f"),
+    ]
+    return (
+        "### Budget curve of the gain head (same model and kept exits; thresholds fitted on "
+        "validation), test PSNR (dB)\n\n"
+        + markdown_table(rows, columns)
+        + "\n\nFixed depth as in the table above (the best mix of two fixed depths at no more "
+        "cost); gains are each seed's against its own model, averaged."
+    )
 
 
 def _nanmean(values: list[float]) -> float:
@@ -631,17 +684,26 @@ def _best_fixed(fixed: list[dict[str, float]]) -> list[dict[str, float]]:
     return [{"mean_cost": x, "psnr": _interpolate(x, xs, ys)} for x in xs]
 
 
+def _seed_curves(records, seeds, key):
+    """``(xs, ys, label suffix)``: the seeds' mean ``key`` curve, or each seed's own where their
+    lengths differ (different kept exits)."""
+    if len({len(r[key]) for r in records}) == 1:
+        return [(*_mean_xy([r[key] for r in records], "mean_cost", "psnr"), "")]
+    return [
+        (*_mean_xy([r[key]], "mean_cost", "psnr"), f", seed {s}")
+        for s, r in zip(seeds, records, strict=True)
+    ]
+
+
 def _budget_figure(jobs, seeds):
     figure, axes = new_figure(6.0, 4.0)
     stop = [jobs["dncnn-stop"][s] for s in seeds]
-    label = "DnCNN-stop (thresholds from validation)"
-    if len({len(r["curve"]) for r in stop}) == 1:
-        xs, ys = _mean_xy([r["curve"] for r in stop], "mean_cost", "psnr")
-        axes.plot(xs, ys, "-o", markersize=3, label=label)
-    else:  # different kept exits per seed: one curve each (PSNR of that seed alone)
-        for s, r in zip(seeds, stop, strict=True):
-            xs, ys = _mean_xy([r["curve"]], "mean_cost", "psnr")
-            axes.plot(xs, ys, "-o", markersize=3, alpha=0.7, label=f"{label}, seed {s}")
+    for xs, ys, name in _seed_curves(stop, seeds, "curve"):
+        label = f"DnCNN-stop (thresholds from validation){name}"
+        axes.plot(xs, ys, "-o", markersize=3, alpha=0.8, label=label)
+    if "gain_curve" in stop[0]:
+        for xs, ys, name in _seed_curves(stop, seeds, "gain_curve"):
+            axes.plot(xs, ys, "v-", markersize=3, alpha=0.8, label=f"gain head{name}")
     xs, ys = _mean_xy([_best_fixed(r["fixed_depth"]) for r in stop], "mean_cost", "psnr")
     axes.plot(xs, ys, "s--", markersize=3, label="same model, best fixed depth at this cost")
     ds = [_best_fixed(jobs["dncnn-ds"][s]["fixed_depth"]) for s in seeds]
