@@ -242,13 +242,23 @@ def test_budget_curve_ends_at_full_depth_and_matches_a_plain_loop():
     validation = evaluation_set(config, "validation", torch.Generator().manual_seed(1))
     test = evaluation_set(config, "test", torch.Generator().manual_seed(2))
     curve = budget_curve(model, head, validation, test, config, "cpu")
-    last = curve["points"][-1]
-    assert last["mean_steps"] == 5 and last["accuracy"] == curve["fixed_depth"][-1]["accuracy"]
-    # Fixed depth t by a plain loop over the model's steps.
+    assert [p["budget"] for p in curve["points"]][-1] == 5
+    # Fixed depth t, and each point's rule (its per-step thresholds, +inf before its floor)
+    # applied to the test vectors, by a plain loop over the model's steps.
+    right, hazards = [], []
     with torch.no_grad():
         state = model.start(test.x)
         for t in range(5):
             state = model.advance(state, t)
-            logits = model.predict(state, t)
-            right = ((logits > 0).float() == test.y).float().mean()
-            assert curve["fixed_depth"][t]["accuracy"] == pytest.approx(float(right))
+            logits, features = model.observe(state, t)
+            right.append(((logits > 0).float() == test.y).float())
+            hazards.append(head(features))
+            assert curve["fixed_depth"][t]["accuracy"] == pytest.approx(float(right[t].mean()))
+    for point in curve["points"]:
+        threshold = point["score_threshold"]
+        assert all(math.isinf(v) for v in threshold[: point["floor_steps"] - 1])
+        chosen = []
+        for i in range(len(test.y)):
+            stop = next((t for t in range(4) if float(hazards[t][i]) >= threshold[t]), 4)
+            chosen.append(float(right[stop][i]))
+        assert point["accuracy"] == pytest.approx(sum(chosen) / len(chosen))

@@ -41,6 +41,7 @@ __all__ = [
     "in_chunks",
     "time_adaptive",
     "fit_threshold",
+    "rule_scores",
     "calibrate",
     "exit_distribution",
     "fit_exit_thresholds",
@@ -110,15 +111,17 @@ class HazardThreshold(ScoreThreshold):
 
 
 class CumulativeThreshold(ThresholdRule):
-    """Stop at the first step where P(stopped by t) = 1 − ∏_{τ≤t}(1 − λ_τ) ≥ ``threshold``."""
+    """Stop at the first step where P(stopped by t) = 1 − ∏_{τ≤t}(1 − λ_τ) ≥ ``threshold`` (a
+    scalar or ``(T,)``, one per step)."""
 
-    def __init__(self, threshold: float):
-        if not (0 <= threshold <= 1 or threshold == math.inf):
+    def __init__(self, threshold: float | torch.Tensor):
+        thr = torch.as_tensor(threshold, dtype=torch.float64)
+        if not bool((((thr >= 0) & (thr <= 1)) | thr.isinf()).all()):
             raise ValueError(
-                f"cumulative threshold must lie in [0, 1] (or be inf: never stop early); "
-                f"got {threshold}"
+                f"cumulative threshold must lie in [0, 1] (or be inf: never stop early, −inf: "
+                f"always stop); got {threshold}"
             )
-        super().__init__(threshold)
+        super().__init__(thr)
 
     def init_carry(self, batch, num_steps, device):
         return torch.zeros(batch, device=device)  # log survival so far
@@ -128,7 +131,7 @@ class CumulativeThreshold(ThresholdRule):
         return -torch.expm1(carry), carry
 
     def __repr__(self):
-        return f"CumulativeThreshold({self.score_threshold.item():.6g})"
+        return f"CumulativeThreshold({self.score_threshold.tolist()})"
 
 
 class SampleRule(Rule):
@@ -370,7 +373,9 @@ def hazard_trajectory(model: StepModel, policy, inputs: Any) -> torch.Tensor:
 # ---------------------------------------------------------------- calibration
 
 
-def _scores(hazard_logits: torch.Tensor, rule: ThresholdRule, valid: torch.Tensor) -> torch.Tensor:
+def rule_scores(
+    hazard_logits: torch.Tensor, rule: ThresholdRule, valid: torch.Tensor
+) -> torch.Tensor:
     """``(B, T)`` the scores ``rule`` compares with its threshold, by its own recurrence.
 
     Invalid steps are skipped, as :func:`run_adaptive` skips them, and score −inf.
@@ -419,7 +424,7 @@ def fit_threshold(
     )
     valid = torch.ones(T, dtype=torch.bool) if valid_steps is None else valid_steps.bool().cpu()
     probe = rule_cls(0.0)
-    scores = _scores(hazard_logits.detach(), probe, valid).to(torch.float64)
+    scores = rule_scores(hazard_logits.detach(), probe, valid).to(torch.float64)
     candidates = torch.cat([scores[:, valid].flatten().unique(), torch.tensor([math.inf])])
 
     def mean_cost(threshold) -> float:

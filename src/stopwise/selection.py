@@ -9,13 +9,21 @@ split is wrapped in :class:`Heldout`, which opens once per job.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import torch
 
-from .inference import THRESHOLD_KINDS, ThresholdRule, fit_threshold, stop_indices
+from .inference import (
+    THRESHOLD_KINDS,
+    ScoreThreshold,
+    ThresholdRule,
+    fit_threshold,
+    rule_scores,
+    stop_indices,
+)
 from .stoptime import oracle
 
 __all__ = [
@@ -24,6 +32,7 @@ __all__ = [
     "budget_grid",
     "Calibration",
     "calibrate_by_metric",
+    "fit_floored_threshold",
     "budget_sweep",
     "fixed_depth_curve",
 ]
@@ -122,6 +131,55 @@ def calibrate_by_metric(
     return best[1]
 
 
+def fit_floored_threshold(
+    val_hazards: torch.Tensor,
+    budget: float,
+    val_metric: Callable[[torch.Tensor], float],
+    costs: torch.Tensor | None = None,
+    valid: torch.Tensor | None = None,
+    lower_is_better: bool = False,
+    kind: str = "hazard",
+) -> tuple[ThresholdRule, int]:
+    """The best rule on validation within ``budget`` among "no row stops before step f; from f
+    on, stop at the first step whose score (the ``kind`` rule's) reaches a threshold", over every
+    valid floor f, each with the threshold that spends the most within the budget (as
+    :func:`fit_threshold`) and with −∞ (every row stops at f: fixed depth f).
+
+    The floor at the first valid step with its spending threshold is the plain threshold rule;
+    since every fixed depth within the budget is a candidate, the rule chosen is never worse on
+    validation than fixed depth, and the stop model's score decides which rows go past the
+    floor. ``val_metric(stop_index (N,)) -> float`` scores validation stop steps (ties go to
+    the cheaper rule). Returns the rule (a per-step threshold, +∞ before the floor) and the
+    0-based floor.
+    """
+    T = val_hazards.shape[1]
+    costs = torch.arange(1, T + 1, dtype=torch.float64) if costs is None else costs.double()
+    valid = torch.ones(T, dtype=torch.bool) if valid is None else valid.bool().cpu()
+    rule_cls = THRESHOLD_KINDS[kind]
+    # The kind's own score at every step (its recurrence over the valid steps), thresholded
+    # from the floor on as plain scores.
+    scores = rule_scores(val_hazards.detach(), rule_cls(0.0), valid).to(torch.float64)
+    sign = 1.0 if lower_is_better else -1.0
+    best = None
+    for floor in valid.nonzero().flatten().tolist():
+        allowed = valid & (torch.arange(T) >= floor)
+        try:
+            spending = fit_threshold(scores, budget, costs, "hazard", allowed)
+        except ValueError:  # stopping every row at the floor already costs more than the budget
+            break
+        for threshold in (float(spending.score_threshold), -math.inf):  # −∞: fixed depth
+            index = stop_indices(scores, ScoreThreshold(threshold), allowed)
+            key = (sign * float(val_metric(index)), float(costs[index.cpu()].mean()))
+            if best is None or key < best[0]:
+                best = (key, threshold, floor)
+    if best is None:
+        raise ValueError(f"budget {budget:.6g} is below the cost of the first valid step")
+    _, threshold, floor = best
+    per_step = torch.full((T,), math.inf, dtype=torch.float64)
+    per_step[floor:] = threshold
+    return rule_cls(per_step), floor
+
+
 def budget_sweep(
     val_hazards: torch.Tensor,
     test_hazards: torch.Tensor,
@@ -130,13 +188,19 @@ def budget_sweep(
     kind: str = "hazard",
     valid: torch.Tensor | None = None,
     costs: torch.Tensor | None = None,
+    val_metric: Callable[[torch.Tensor], float] | None = None,
+    lower_is_better: bool = False,
 ) -> list[dict[str, Any]]:
     """The stop model's budget curve: for each budget a threshold fitted on validation
     (mean cost ≤ budget there), applied unchanged to the test hazards.
 
-    ``test_metric(stop_index (N,)) -> {name: value}`` measures the test stop steps. Each point:
-    ``budget``, ``score_threshold``, ``val_mean_cost``, ``mean_cost``, ``mean_steps`` and the
-    metric's values.
+    ``test_metric(stop_index (N,)) -> {name: value}`` measures the test stop steps. With
+    ``val_metric`` (validation stop steps → a number; ``lower_is_better`` says which way), each
+    budget's rule is :func:`fit_floored_threshold`'s: the best on validation of a threshold
+    after a floor step, so no budget's rule is worse on validation than fixed depth within it.
+    Each point: ``budget``, ``score_threshold``,
+    ``val_mean_cost``, ``mean_cost``, ``mean_steps``, (with ``val_metric``) ``floor_steps`` —
+    the steps every row runs — and the metric's values.
     """
     if kind not in THRESHOLD_KINDS:
         raise ValueError(f"unknown threshold kind {kind!r}; choose one of {list(THRESHOLD_KINDS)}")
@@ -144,7 +208,14 @@ def budget_sweep(
     costs = torch.arange(1, T + 1, dtype=torch.float64) if costs is None else costs.double()
     points = []
     for budget in budgets:
-        rule = fit_threshold(val_hazards, budget, costs, kind, valid)
+        floor = {}
+        if val_metric is None:
+            rule = fit_threshold(val_hazards, budget, costs, kind, valid)
+        else:
+            rule, step = fit_floored_threshold(
+                val_hazards, budget, val_metric, costs, valid, lower_is_better, kind
+            )
+            floor = {"floor_steps": step + 1}
         val_index = stop_indices(val_hazards, rule, valid).cpu()
         index = stop_indices(test_hazards, rule, valid)
         points.append(
@@ -154,6 +225,7 @@ def budget_sweep(
                 "val_mean_cost": float(costs[val_index].mean()),
                 "mean_cost": float(costs[index.cpu()].mean()),
                 "mean_steps": float((index + 1).double().mean()),
+                **floor,
                 **test_metric(index),
             }
         )

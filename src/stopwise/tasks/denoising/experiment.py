@@ -465,7 +465,9 @@ def _dncnn_stop(context: JobContext) -> dict[str, Any]:
     }
     rows["last_exit"] = _quality(table.last, data, config)
     metric = _curve_metric(table, data, config)
-    curve = budget_sweep(val_hazards, test_hazards, budgets, metric, "hazard", valid, costs)
+    curve = budget_sweep(
+        val_hazards, test_hazards, budgets, metric, "hazard", valid, costs, val_metric=val_metric
+    )
     for point in curve:
         index = stop_indices(test_hazards, _rule_of(point), valid)
         point["spearman_exit_sigma"] = _finite(spearman(data.sigma.tolist(), index.tolist()))
@@ -479,7 +481,7 @@ def _dncnn_stop(context: JobContext) -> dict[str, Any]:
         gain_head = {
             "gain_training": gain_training,
             "gain_curve": budget_sweep(
-                gain_val, gain_test, budgets, metric, "hazard", valid, costs
+                gain_val, gain_test, budgets, metric, "hazard", valid, costs, val_metric=val_metric
             ),
         }
     return {

@@ -244,9 +244,17 @@ def measure(
         },
         "fixed_depth": fixed_depth_curve(N, test_metric, valid),
     }
+
     # The learner's own stop runs for real; the other rules are applied to the dense trajectory
     # (the same stops and predictions: every real run checks that equality).
-    record["hand_curve"] = budget_sweep(val["hand_score"], test["hand_score"], budgets, test_metric)
+    def curve(score: str) -> list[dict[str, Any]]:
+        """A budget curve of floored thresholds on ``score``, chosen on validation quality."""
+        return budget_sweep(
+            val[score], test[score], budgets, test_metric,
+            val_metric=val_metric(val["quality"]), lower_is_better=lower,
+        )  # fmt: skip
+
+    record["hand_curve"] = curve("hand_score")
     if policy is None:
         stopper, rule, scores, key = hand, hand_choice.rule, test["hand_score"], "hand_stop"
     else:
@@ -258,9 +266,9 @@ def measure(
         record["test"]["stop_official"] = _stopped(
             test["quality"], stop_indices(test["hazard"], HazardThreshold(0.5)), scale
         )
-        record["stop_curve"] = budget_sweep(val["hazard"], test["hazard"], budgets, test_metric)
+        record["stop_curve"] = curve("hazard")
     if gain is not None:
-        record["gain_curve"] = budget_sweep(val["gain"], test["gain"], budgets, test_metric)
+        record["gain_curve"] = curve("gain")
     with context.timed("adaptive"):
         record["test"][key] = run_stop(
             config, model, stopper, test_tasks, rule, scores, test, scale

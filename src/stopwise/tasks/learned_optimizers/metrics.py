@@ -175,12 +175,15 @@ def evaluate_stop(
     T = test.losses.shape[1]
     valid = torch.ones(T, dtype=torch.bool)
     budgets = budget_grid(valid, setting.curve_points)
-    curve = budget_sweep(val.scores, test.scores, budgets, test.metric)
-    options = dict(candidates)
-    for point in curve:
-        options[f"budget {point['budget']:.4g}"] = float(point["score_threshold"])
+    curve = budget_sweep(
+        val.scores, test.scores, budgets, test.metric,
+        val_metric=lambda index: val.metric(index)["log10_gap"], lower_is_better=True,
+    )  # fmt: skip
+    options: dict[str, float | list[float]] = dict(candidates)
+    for point in curve:  # floored: a threshold per step
+        options[f"budget {point['budget']:.4g}"] = point["score_threshold"]
 
-    def index(split: StopData, threshold: float) -> torch.Tensor:
+    def index(split: StopData, threshold: float | list[float]) -> torch.Tensor:
         return stop_indices(split.scores, ScoreThreshold(threshold))
 
     val_at = {name: val.at(index(val, thr)) for name, thr in options.items()}

@@ -119,22 +119,29 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
 
 @torch.no_grad()
 def budget_curve(model, head, validation, test, config: ParityConfig, device) -> dict[str, Any]:
-    """The stop model's budget curve (hazard thresholds fitted on validation at
+    """The stop model's budget curve (floored hazard thresholds fitted on validation accuracy at
     ``config.curve_points`` budgets, applied to test) beside the same model stopped at every
     fixed depth; each point's metric is the test interpolation accuracy."""
     model.eval()
-    _, val_hazards = unroll_with_head(model, validation.x.to(device), head)
+    val_logits, val_hazards = unroll_with_head(model, validation.x.to(device), head)
     logits, test_hazards = unroll_with_head(model, test.x.to(device), head)
     inside = ((test.k >= config.train_k[0]) & (test.k <= config.train_k[1])).cpu()
     correct = (logits.cpu() > 0).float() == test.y.unsqueeze(1).cpu()  # (N, T)
+    val_correct = (val_logits.cpu() > 0).float() == validation.y.unsqueeze(1).cpu()
 
     def accuracy(index: torch.Tensor) -> dict[str, float]:
         chosen = correct.gather(1, index.cpu().view(-1, 1)).squeeze(1)
         return {"accuracy": float(chosen[inside].float().mean())}
 
+    def val_accuracy(index: torch.Tensor) -> float:
+        return float(val_correct.gather(1, index.cpu().view(-1, 1)).float().mean())
+
     valid = torch.ones(model.max_steps, dtype=torch.bool)
     budgets = budget_grid(valid, config.curve_points)
+    points = budget_sweep(
+        val_hazards.cpu(), test_hazards.cpu(), budgets, accuracy, val_metric=val_accuracy
+    )
     return {
-        "points": budget_sweep(val_hazards.cpu(), test_hazards.cpu(), budgets, accuracy),
+        "points": points,
         "fixed_depth": fixed_depth_curve(len(test.y), accuracy, valid),
     }

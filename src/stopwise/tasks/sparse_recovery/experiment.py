@@ -321,11 +321,12 @@ def stop_model(name: str, model, problem: SparseProblem, context: JobContext):
         "fixed_depth": {name: per_layer(test_errors, test, snrs, model.step_costs())},
         "curve": budget_sweep(
             chosen_val, test_scores["threshold"], budgets, metric("threshold"), fitted.kind,
-            fitted.valid,
+            fitted.valid, val_metric=val_nmse, lower_is_better=True,
         ),
         "curve_published": budget_sweep(
             val_scores(fitted.published), test_scores["sampled"], published_budgets,
             metric("sampled"), fitted.published_kind, fitted.published_valid,
+            val_metric=val_nmse, lower_is_better=True,
         ),
         "oracle_curve": [
             {

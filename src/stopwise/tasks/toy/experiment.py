@@ -28,10 +28,11 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
     config: ToyConfig = context.config
     model, policy = train_l2s(config, context)
     T, levels = config.steps, config.noise_levels
-    val_z, _ = sample_streams(config.eval_size, T, levels, context.generator("validation"))
+    val_z, val_mu = sample_streams(config.eval_size, T, levels, context.generator("validation"))
     test = Heldout(sample_streams(config.eval_size, T, levels, context.generator("test")))
     with torch.no_grad():
         val_hazards = hazard_trajectory(model, policy, val_z)
+        val_errors = squared_error(unroll(model, val_z).predictions, val_mu)
         rules = {budget: calibrate(model, policy, val_z, budget) for budget in config.budgets}
 
         test_z, test_mu = test.open()
@@ -58,8 +59,13 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
     return {
         "budgets": rows,
         "curve": budget_sweep(
-            val_hazards, test_hazards, budget_grid(valid, config.curve_points), metric
-        ),
+            val_hazards,
+            test_hazards,
+            budget_grid(valid, config.curve_points),
+            metric,
+            val_metric=lambda index: float(val_errors.gather(1, index.view(-1, 1)).mean()),
+            lower_is_better=True,
+        ),  # fmt: skip
         "fixed_depth": fixed_depth_curve(len(test_mu), metric, valid),
         "oracle": {"mean_steps": float((oracle_index + 1).double().mean()), **metric(oracle_index)},
     }
