@@ -93,7 +93,15 @@ def reference_stop(model, policy, x, threshold, valid):
     return out
 
 
-RULES = [HazardThreshold(0.3), HazardThreshold(0.6), CumulativeThreshold(0.5), SampleRule(seed=7)]
+# A floored threshold (stopwise.selection.fit_floored_threshold): no row stops before step 2.
+FLOORED = ScoreThreshold(torch.tensor([math.inf, math.inf, 0.5, -0.3, 0.5, 0.1, 0.0]))
+RULES = [
+    HazardThreshold(0.3),
+    HazardThreshold(0.6),
+    CumulativeThreshold(0.5),
+    SampleRule(seed=7),
+    FLOORED,
+]
 
 
 @pytest.mark.parametrize("rule", RULES, ids=repr)
@@ -128,6 +136,25 @@ def test_shrink_matches_per_sample_reference(valid):
     torch.testing.assert_close(result.predictions, torch.stack([p for _, p in reference]))
     assert result.steps_used.tolist() == [t + 1 for t, _ in reference]
     assert result.cost.tolist() == [10.0 * (t + 1) for t, _ in reference]
+
+
+@pytest.mark.parametrize("mode", ["shrink", "masked"])
+@torch.no_grad()
+def test_no_policy_runs_where_a_floored_rule_cannot_stop(mode):
+    """Before a floor the rule can stop no row: adaptive inference skips features and policy
+    there (and the stops equal dense mode's, which scores every step)."""
+    model, policy, x = make(seed=5)
+    seen = []
+
+    def counting(features, t):
+        seen.append(t)
+        return policy(features, t)
+
+    result = run_adaptive(model, counting, x, FLOORED, mode)
+    assert min(seen) == 2 and (result.stop_index >= 2).all()
+    dense = run_adaptive(model, policy, x, FLOORED, "dense")
+    assert torch.equal(result.stop_index, dense.stop_index)
+    assert CumulativeThreshold(torch.full((7,), math.inf)).needs_policy(0)  # it carries P(stop)
 
 
 @torch.no_grad()

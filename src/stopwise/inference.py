@@ -66,12 +66,19 @@ class Rule:
         """``hazard_logits (b,)`` at step ``t`` → ``(stop (b,) bool, new carry)``."""
         raise NotImplementedError
 
+    def needs_policy(self, t: int) -> bool:
+        """Whether step ``t`` needs the policy's hazard: False only where the rule can stop no
+        row and carries nothing, so adaptive inference skips the features and the policy."""
+        return True
+
 
 class ThresholdRule(Rule):
     """Stop when a per-row score reaches ``score_threshold`` (a scalar or one per step)."""
 
     def __init__(self, score_threshold: float | torch.Tensor):
         self.score_threshold = torch.as_tensor(score_threshold, dtype=torch.float64)
+        # Where no score reaches the threshold, as Python bools (read while exporting).
+        self._unreachable = (self.score_threshold == math.inf).tolist()
 
     def score(
         self, hazard_logits: torch.Tensor, t: int, carry: torch.Tensor | None
@@ -94,6 +101,10 @@ class ScoreThreshold(ThresholdRule):
 
     def score(self, hazard_logits, t, carry):
         return hazard_logits, carry
+
+    def needs_policy(self, t: int) -> bool:
+        never = self._unreachable
+        return not (never if isinstance(never, bool) else never[t])
 
     def __repr__(self):
         return f"{type(self).__name__}(score={self.score_threshold.tolist()})"
@@ -240,7 +251,7 @@ def _run_shrink(model, policy, inputs, rule, valid):
     last = _last(valid)
     for t in range(last + 1):
         state = model.advance(state, t)
-        if not valid[t]:
+        if not valid[t] or (t < last and not rule.needs_policy(t)):
             continue
         prediction, features = model.observe(state, t)
         if t == last:
@@ -279,7 +290,7 @@ def _run_masked(model, policy, inputs, rule, valid):
     last = _last(valid)
     for t in range(last + 1):
         state = where_state(done, state, model.advance(state, t))
-        if not valid[t]:
+        if not valid[t] or (t < last and not rule.needs_policy(t)):
             continue
         prediction, features = model.observe(state, t)
         if t == last:
