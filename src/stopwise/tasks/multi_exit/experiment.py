@@ -4,8 +4,9 @@ weights and batch order for every method of a seed), chooses its thresholds on v
 measures the test split once: the fixed exits, MSDNet's budgeted curve of the confidence
 thresholds, the L2S policy's budget curve (with ``gain_head``, the gain head's too), the stop
 rules at each budget run for real through ``run_adaptive(mode=config.inference_mode)``, and the
-wall-clock of early exit against the full network. The selection job ``l2s`` reads the L2S jobs' records (and uniform training's, β → ∞)
-and picks, per budget, the β whose curve is best on validation."""
+wall-clock of early exit against the full network. The selection job ``l2s`` reads the L2S
+jobs' records (and uniform training's, β → ∞) and picks, per budget, the β whose curve is best
+on validation."""
 
 from __future__ import annotations
 
