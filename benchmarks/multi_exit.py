@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/multi_exit.py                        # MNIST-1D `benchmark`
     .venv/bin/python benchmarks/multi_exit.py --set methods=uniform,l2w   # a subset first
     .venv/bin/python benchmarks/multi_exit.py --preset benchmark-fashion  # the saturated case
+    .venv/bin/python benchmarks/multi_exit.py --preset quick --name multi_exit-quick-gain
+        --set seeds=0,1,2 --set gain_head=true         # (one line) gain heads, quick MNIST-1D
 
 The `benchmark` preset: MNIST-1D at four noise levels (9,000 train / 2,000 validation / 8,000
 test), a 4-exit CNN whose 4-channel first block puts exit 1 about 20 points below the last, 60
@@ -147,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_seconds_vs_uniform": costs,
         "l2w_cost_target_met": None if l2w_cost is None else l2w_cost <= TARGETS["l2w_cost_ratio"],
         "lines": summary["lines"],
+        "gain_minus_confidence_worst_gain": summary.get("gain_minus_confidence_worst_gain", {}),
         "l2s_selected": summary["l2s_selected"],
         "weight_log": summary["weight_log"],
         "weights_final": summary["weights_final"],

@@ -33,8 +33,10 @@ def test_tiny_run_writes_curves_tables_figures_and_real_early_exit(tiny_run):
     results = json.loads((tiny_run / "results.json").read_text())
     data = results["data"]
     assert (data["train"], data["validation"], data["test"]) == (1097, 300, 400)
-    assert len(results["lines"]) == len(METHODS) + 1  # L2S has a confidence and a policy curve
-    trained = set(METHODS) - {"uniform", "l2s"} | {"l2s-b1", "l2s-b1 (policy)"}
+    # Every network has a confidence and a gain-head curve (gain_head=true); L2S also a policy.
+    assert len(results["lines"]) == 2 * len(METHODS) + 1
+    jobs = set(METHODS) - {"l2s"} | {"l2s-b1"}
+    trained = jobs - {"uniform"} | {"l2s-b1 (policy)"} | {f"{j} (gain head)" for j in jobs}
     assert set(results["paired_vs_uniform"]) == trained | {"l2s", "l2s (policy)"}
     for line in results["l2s_selected"]:  # β ∈ {1, ∞ (uniform)} chosen per budget on validation
         assert all(b in (1.0, None) for b in line["chosen_beta_per_seed"]["0"])
@@ -56,6 +58,43 @@ def test_tiny_run_writes_curves_tables_figures_and_real_early_exit(tiny_run):
         for r in map(json.loads, (tiny_run / "metrics.jsonl").read_text().splitlines())
     }
     assert {("l2w-s0", "train"), ("l2s-b1-s0", "stage1"), ("l2s-b1-s0", "stage2")} <= stages
+    assert {(f"{job}-s0", "gain-head") for job in jobs} <= stages
+
+
+def test_the_gain_head_gets_a_budget_curve_run_for_real_and_a_verdict(tiny_run):
+    """gain_head=true (the tiny preset): every network's gain head has a curve whose thresholds
+    are fitted on validation for increasing budgets (so its validation cost, and on test its
+    mean cost, grows with the budget), costed with the head's own MACs on top of the exits',
+    run for real at each budget, and judged against the same network's fixed exits."""
+    record = json.loads((tiny_run / "jobs" / "uniform-s0.json").read_text())["record"]
+    curve, exits = record["curves"]["gain"], record["step_costs"]
+    budgets = [p["budget"] for p in curve]
+    assert budgets == sorted(budgets) and budgets == [
+        max(p["val_mean_cost"], exits[0]) for p in record["curves"]["confidence"]
+    ]
+    val_costs = [p["val_mean_cost"] for p in curve]
+    assert val_costs == sorted(val_costs) and all(
+        v <= b + 1e-9 for v, b in zip(val_costs, budgets, strict=True)
+    )
+    test_costs = [p["mean_cost"] for p in curve]
+    assert test_costs == sorted(test_costs) and test_costs[0] < test_costs[-1]
+    # Each row pays the exits it reached and the head's 6·32 + 32 MACs at each of them.
+    costs = torch.tensor(exits) + 224 * torch.arange(1, 4)
+    for point in curve:
+        paid = torch.tensor(point["exit_fractions"], dtype=torch.float64) @ costs.double()
+        assert point["mean_cost"] == pytest.approx(float(paid))
+    assert [r["budget"] for r in record["adaptive"]["gain"]] == [0.5, 0.6, 0.7]
+    assert all(r["matches_dense"] for r in record["adaptive"]["gain"])
+    results = json.loads((tiny_run / "results.json").read_text())
+    verdict = results["dominance"]["Uniform Σ_k CE_k (gain head)"]
+    assert verdict["points"] == len(curve) and isinstance(verdict["met"], bool)
+    paired = results["gain_minus_confidence_worst_gain"]["uniform"]
+    line = {li["key"]: li for li in results["lines"]}
+    expected = line["uniform (gain head)"]["worst_gain_per_seed"]["0"]
+    assert paired["mean"] == pytest.approx(expected - line["uniform"]["worst_gain_per_seed"]["0"])
+    table = (tiny_run / "table.md").read_text()
+    assert "- Uniform Σ_k CE_k (gain head): beats fixed depth at every budget" in table
+    assert "gain head − confidence thresholds of the same network" in table
 
 
 def test_every_method_of_a_seed_starts_from_the_same_weights_and_batches(tiny_run):

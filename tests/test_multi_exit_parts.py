@@ -41,7 +41,9 @@ from stopwise.tasks.multi_exit.metrics import (
 )
 from stopwise.tasks.multi_exit.models import (
     BatchNorm,
+    ExitPolicy,
     MultiExitCNN,
+    count_policy_macs,
     count_step_macs,
     exit_losses,
     fold_batchnorm,
@@ -422,6 +424,14 @@ def test_mac_count_matches_a_hand_count():
     assert count_step_macs(signal, torch.zeros(1, 10)).tolist() == [s1, s1 + s2]
     with pytest.raises(ValueError, match="batch of one"):
         count_step_macs(model, torch.zeros(2, 4, 4))
+
+
+def test_policy_mac_count_matches_a_hand_count():
+    """An exit policy with hidden widths (5, 2) asked at each of 4 exits: linear (3 features + 4
+    one-hot) → 5, 5 → 2, 2 → 1 per exit, cumulative."""
+    per_exit = (3 + 4) * 5 + 5 * 2 + 2 * 1
+    costs = count_policy_macs(ExitPolicy(4, hidden=(5, 2)), exits=4, classes=10)
+    assert costs.tolist() == [per_exit * k for k in range(1, 5)]
 
 
 def test_exit_losses_match_a_loop_and_bad_shapes_are_named():

@@ -127,6 +127,20 @@ class MultiExitConfig(Config):
     )
     l2w: L2W = group(L2W)
     l2s: L2S = group(L2S)
+    gain_head: bool = param(
+        False,
+        help="also fit a stop head for budgets on every trained network, frozen "
+        "(stopwise.fit_gain_head on the training rows: the score regresses on the gain rate of "
+        "the exits' cross-entropy per MAC; not in the papers) and report its budget curve",
+    )
+    gain_updates: int = param(1000, ge=1, help="Adam updates of the gain head")
+    gain_price: float = param(
+        0.1,
+        gt=0,
+        le=100,
+        help="the gain head's zero: stop once going on buys less cross-entropy than this per "
+        "full network's MACs",
+    )
     budgets: list[float] = param(
         [0.15, 0.25, 0.35, 0.5, 0.65],
         gt=0,
@@ -175,6 +189,8 @@ PRESETS = {
         "epochs": 1,
         "batch_size": 64,
         "l2s": {"policy_updates": 10},
+        "gain_head": True,
+        "gain_updates": 10,
         "budgets": [0.5, 0.6, 0.7],
         "timing": {"repeats": 1, "batch": 200},
     },

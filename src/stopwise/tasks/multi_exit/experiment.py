@@ -2,10 +2,11 @@
 validation (the runner runs each per seed). A training job trains a fresh backbone (same initial
 weights and batch order for every method of a seed), chooses its thresholds on validation and
 measures the test split once: the fixed exits, MSDNet's budgeted curve of the confidence
-thresholds, the L2S policy's budget curve, the stop rules at each budget run for real through
-``run_adaptive(mode=config.inference_mode)``, and the wall-clock of early exit against the full
-network. The selection job ``l2s`` reads the L2S jobs' records (and uniform training's, β → ∞)
-and picks, per budget, the β whose curve is best on validation."""
+thresholds, the L2S policy's budget curve (with ``gain_head``, the gain head's too), the stop
+rules at each budget run for real through ``run_adaptive(mode=config.inference_mode)``, and the
+wall-clock of early exit against the full network. The selection job ``l2s`` reads the L2S
+jobs' records (and uniform training's, β → ∞) and picks, per budget, the β whose curve is best
+on validation."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from ...selection import Heldout, budget_sweep, fixed_depth_curve
 from .config import MultiExitConfig
 from .data import load_splits
 from .l2w import allocate_meta
-from .methods import L2W_VARIANTS, build_model, train_method
+from .methods import L2W_VARIANTS, build_model, fit_gain, gain_costs, train_method
 from .metrics import (
     accuracy_by_group,
     apply_thresholds,
@@ -52,6 +53,7 @@ SHARED_KEYS = (
     "lr", "momentum", "weight_decay", "eval_batch", "device", "inference_mode",
 )  # fmt: skip
 METHOD_KEYS = {"sdn": ("sdn_weights",), "l2s": ("l2s",), **{m: ("l2w",) for m in L2W_VARIANTS}}
+GAIN_KEYS = ("gain_head", "gain_updates", "gain_price")  # every trained network's gain head
 COSTS = {"l2w": 4.0, "l2w-last": 4.0, "l2w-fo": 2.5}  # relative training cost (worker order)
 SELECT_L2S = "l2s-select"  # the method of the job that picks L2S's β on validation
 
@@ -64,7 +66,7 @@ def l2s_job_name(beta: float) -> str:
 def jobs(config: MultiExitConfig) -> list[Job]:
     out = []
     for method in config.methods:
-        keys = SHARED_KEYS + METHOD_KEYS.get(method, ())
+        keys = SHARED_KEYS + METHOD_KEYS.get(method, ()) + GAIN_KEYS
         keys += ("timing", "budgets") if method in config.timing.methods else ()
         if method != "l2s":
             out.append(Job(method, {"method": method}, keys=keys, cost=COSTS.get(method, 1.0)))
@@ -94,24 +96,28 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
     costs = model.step_costs()
     test = Heldout((splits.test_x, splits.test_y))
 
+    # The stop models and their cumulative costs per exit: confidence thresholds, L2S's policy
+    # (both counted as the network's MACs alone) and the gain head (its own MACs added).
+    policies = {"confidence": ConfidencePolicy()}
+    policy_costs = {"confidence": costs}
+    if trained.policy is not None:
+        policies["policy"], policy_costs["policy"] = trained.policy, costs
+    if config.gain_head:
+        with context.timed("gain-head"):
+            policies["gain"] = head = fit_gain(model, splits, config, context)
+        policy_costs["gain"] = gain_costs(model, head)
+    learned = [name for name in policies if name != "confidence"]
+
     # Every choice on validation: MSDNet's per-exit thresholds for each p, and for each budget
     # (a fraction of the full MACs) the rule of every stop model: confidence thresholds and, for
-    # L2S, a threshold on the policy's hazard.
+    # the learned ones, a threshold on their score.
     val_logits = exit_logits(model, splits.val_x, config.eval_batch)
-    policies = {"confidence": ConfidencePolicy()}
-    val_scores = {"confidence": exit_hazards(policies["confidence"], val_logits)}
-    if trained.policy is not None:
-        policies["policy"] = trained.policy
-        val_scores["policy"] = exit_hazards(trained.policy, val_logits)
+    val_scores = {name: exit_hazards(policy, val_logits) for name, policy in policies.items()}
     fitted = msdnet_thresholds(val_scores["confidence"], costs)
     budgets = [b * float(costs[-1]) for b in config.budgets]
     rules = {"confidence": [_nearest_msdnet_rule(fitted, b) for b in budgets]}
-    if trained.policy is not None:
-        # A budget below the first exit's cost gives the cheapest rule (every row at exit 1).
-        cheapest = float(costs[0])
-        rules["policy"] = [
-            fit_threshold(val_scores["policy"], max(b, cheapest), costs) for b in budgets
-        ]
+    for name in learned:
+        rules[name] = [_fit_rule(val_scores[name], b, policy_costs[name]) for b in budgets]
 
     # The test split, once: fixed exits, budget curves, the rules run for real.
     test_x, test_y = test.open()
@@ -120,11 +126,13 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
     metric = exit_metric(correct)
     test_scores = {name: exit_hazards(policies[name], test_logits) for name in policies}
     curves = {"confidence": apply_thresholds(fitted, test_scores["confidence"], metric, costs)}
-    if trained.policy is not None:
-        val_costs = [point["val_mean_cost"] for point in fitted]
-        curves["policy"] = budget_sweep(
-            val_scores["policy"], test_scores["policy"], val_costs, metric, costs=costs
-        )
+    val_costs = [point["val_mean_cost"] for point in fitted]
+    for name in learned:
+        cheapest = float(policy_costs[name][0])  # a gain head's exit 1 costs a bit more
+        curves[name] = budget_sweep(
+            val_scores[name], test_scores[name], [max(b, cheapest) for b in val_costs], metric,
+            costs=policy_costs[name],
+        )  # fmt: skip
     # Each curve point's accuracy on validation, where its rule was fitted (for choosing β).
     val_correct = val_logits.argmax(-1) == splits.val_y.unsqueeze(1)
     for name, curve in curves.items():
@@ -145,7 +153,14 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
                 {
                     "budget": budget,
                     **_run_for_real(
-                        model, policies[name], test_x, test_y, rule, test_scores[name], config
+                        model,
+                        policies[name],
+                        test_x,
+                        test_y,
+                        rule,
+                        test_scores[name],
+                        config,
+                        policy_costs[name],
                     ),
                 }
                 for budget, rule in zip(config.budgets, rules[name], strict=True)
@@ -175,18 +190,29 @@ def _nearest_msdnet_rule(fitted: list[dict[str, Any]], budget: float) -> ScoreTh
     return ScoreThreshold(torch.tensor(point["score_threshold"]))
 
 
+def _fit_rule(val_scores: torch.Tensor, budget: float, costs: torch.Tensor) -> ScoreThreshold:
+    """The score threshold meeting ``budget`` on validation; a budget below the first exit's
+    cost gives the cheapest rule (every row at exit 1)."""
+    return fit_threshold(val_scores, max(budget, float(costs[0])), costs)
+
+
 def _p_rule(fitted: list[dict[str, Any]], p: float) -> ScoreThreshold:
     """MSDNet's thresholds of the exit distribution q ∝ p^k nearest to ``p``."""
     point = min(fitted, key=lambda pt: abs(pt["p"] - p))
     return ScoreThreshold(torch.tensor(point["score_threshold"]))
 
 
-def _run_for_real(model, policy, test_x, test_y, rule, test_hazards, config) -> dict[str, Any]:
-    """Accuracy and mean cost of ``run_adaptive`` on the test split in the configured mode, and
-    whether its exits equal those the vectorised evaluation picks from the test hazards."""
+def _run_for_real(
+    model, policy, test_x, test_y, rule, test_hazards, config, costs
+) -> dict[str, Any]:
+    """Accuracy and mean cost (cumulative ``costs`` per exit) of ``run_adaptive`` on the test
+    split in the configured mode, and whether its exits equal those the vectorised evaluation
+    picks from the test hazards."""
 
     def run(rows):
-        result = run_adaptive(model, policy, rows, rule, mode=config.inference_mode)
+        result = run_adaptive(
+            model, policy, rows, rule, mode=config.inference_mode, step_costs=costs
+        )
         return result.predictions, result.stop_index, result.cost
 
     predictions, index, cost = in_chunks(run, test_x, config.eval_batch)

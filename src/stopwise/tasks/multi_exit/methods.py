@@ -15,6 +15,9 @@ cross-entropy of sample i at exit k:
 * ``l2s`` — stage I: K·mean_i Σ_k q*_ik ℓ_ik, q*_i = softmax_k(−ℓ_ik/β) detached (L2S Eq. 8–9,
   scaled by K so that β → ∞ is ``uniform``); stage II: the network frozen, an
   :class:`~.models.ExitPolicy` imitates the oracle (L2S Eq. 10). One job per β.
+
+With ``gain_head``, every trained network also gets a stop head for budgets (:func:`fit_gain`,
+not in the papers), fitted on the frozen network.
 """
 
 from __future__ import annotations
@@ -27,13 +30,30 @@ import torch
 
 from ...contract import JobContext
 from ...objectives import weighted_exit_loss
-from ...training import EpochBatches, fit_oracle, fit_policy, fit_predictor, optimize
+from ...training import (
+    EpochBatches,
+    fit_gain_head,
+    fit_oracle,
+    fit_policy,
+    fit_predictor,
+    optimize,
+)
 from .config import MultiExitConfig
 from .data import Splits
 from .l2w import MetaStep, WeightNet
-from .models import ExitPolicy, MultiExitCNN, count_step_macs, exit_losses
+from .metrics import exit_logits
+from .models import ExitPolicy, MultiExitCNN, count_policy_macs, count_step_macs, exit_losses
 
-__all__ = ["build_model", "sdn_weights", "WeightLog", "meta_lr_at", "Trained", "train_method"]
+__all__ = [
+    "build_model",
+    "sdn_weights",
+    "WeightLog",
+    "meta_lr_at",
+    "Trained",
+    "train_method",
+    "gain_costs",
+    "fit_gain",
+]
 
 
 def build_model(config: MultiExitConfig, splits: Splits) -> MultiExitCNN:
@@ -246,3 +266,36 @@ def _train_policy(model, batches, config: MultiExitConfig, beta: float, common) 
         c.policy_updates, beta=beta, hard=c.hard, settings=common["settings"], stage="stage2",
     )  # fmt: skip
     return policy.eval()
+
+
+def gain_costs(model: MultiExitCNN, head: ExitPolicy) -> torch.Tensor:
+    """``(K,)`` cumulative multiply-adds of stopping at each exit with ``head`` deciding: the
+    network's and the head's, asked once at every exit reached."""
+    return model.step_costs() + count_policy_macs(head, model.max_steps, model.classes)
+
+
+def fit_gain(
+    model: MultiExitCNN, splits: Splits, config: MultiExitConfig, context: JobContext
+) -> ExitPolicy:
+    """A stop head for budgets on the frozen, trained ``model`` (:func:`stopwise.fit_gain_head`):
+    an :class:`~.models.ExitPolicy` (the L2S policy's features and width) whose score regresses
+    on −log of the gain rate g_k = max_{k' > k} (ℓ_k − ℓ_k') / (c_k' − c_k), the best decrease of
+    the cross-entropy per unit of cost that going on from exit k can still buy, with the costs of
+    :func:`gain_costs` as fractions of the last exit's, on the training rows' exits (eval mode,
+    computed once); ``gain_updates`` Adam updates (lr 10⁻³) on batches of ``batch_size`` rows.
+    Thresholding its score is then the cost-aware oracle's rule at every price."""
+    logits = exit_logits(model, splits.train_x, config.eval_batch)
+    losses = exit_losses(logits, splits.train_y)
+    context.manual_seed("gain-head-init")
+    head = ExitPolicy(model.max_steps)
+    costs = gain_costs(model, head)
+    rows = EpochBatches(
+        (torch.arange(len(losses)),), config.batch_size, context.stream_seed("gain-head-batches")
+    )
+    fit_gain_head(
+        head, logits, losses, lambda step: rows(step)[0],
+        torch.optim.Adam(head.parameters(), lr=1e-3), config.gain_updates,
+        costs=costs / costs[-1], price=config.gain_price,
+        settings=context.loop_settings(log_every=config.log_every), stage="gain-head",
+    )  # fmt: skip
+    return head.eval()

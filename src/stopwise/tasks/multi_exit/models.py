@@ -47,6 +47,7 @@ __all__ = [
     "running_stats_frozen",
     "module_macs",
     "count_step_macs",
+    "count_policy_macs",
     "fold_batchnorm",
     "fold_stem",
     "inference_copy",
@@ -254,6 +255,24 @@ def module_macs(module: nn.Module, output: torch.Tensor) -> int:
     return 0
 
 
+@contextmanager
+def _macs_counted(model: nn.Module) -> Iterator[list[int]]:
+    """While open, every conv and linear layer of ``model`` adds its multiply-adds (for the batch
+    of one it runs on) to the yielded counter ``[macs]``."""
+    counted = [0]
+
+    def hook(module, inputs, output):
+        counted[0] += module_macs(module, output)
+
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd | nn.Linear)]
+    handles = [m.register_forward_hook(hook) for m in layers]
+    try:
+        yield counted
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 @torch.no_grad()
 def count_step_macs(model: StepModel, example: torch.Tensor) -> torch.Tensor:
     """``(T,)`` float64 cumulative multiply-adds per sample of stopping after step t.
@@ -263,28 +282,34 @@ def count_step_macs(model: StepModel, example: torch.Tensor) -> torch.Tensor:
     """
     if example.shape[0] != 1:
         raise ValueError(f"count on a batch of one; got a batch of {example.shape[0]}")
-    counted = [0]
-
-    def hook(module, inputs, output):
-        counted[0] += module_macs(module, output)
-
-    layers = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd | nn.Linear)]
-    handles = [m.register_forward_hook(hook) for m in layers]
     was_training = model.training
     model.eval()
     try:
-        state = model.start(example)
-        per_step = []
-        for t in range(model.max_steps):
-            counted[0] = 0
-            state = model.advance(state, t)
-            model.predict(state, t)
-            per_step.append(counted[0])
+        with _macs_counted(model) as counted:
+            state = model.start(example)
+            per_step = []
+            for t in range(model.max_steps):
+                counted[0] = 0
+                state = model.advance(state, t)
+                model.predict(state, t)
+                per_step.append(counted[0])
     finally:
-        for handle in handles:
-            handle.remove()
         model.train(was_training)
     return torch.cumsum(torch.tensor(per_step, dtype=torch.float64), dim=0)
+
+
+@torch.no_grad()
+def count_policy_macs(policy: nn.Module, exits: int, classes: int) -> torch.Tensor:
+    """``(K,)`` float64 cumulative multiply-adds per sample of a policy over exit logits
+    ``(B, classes)`` asked at exits 1..k (its conv and linear layers; like the softmax of the
+    exits, the features it computes from the logits are not counted)."""
+    with _macs_counted(policy) as counted:
+        per_exit = []
+        for t in range(exits):
+            counted[0] = 0
+            policy(torch.zeros(1, classes), t)
+            per_exit.append(counted[0])
+    return torch.cumsum(torch.tensor(per_exit, dtype=torch.float64), dim=0)
 
 
 @torch.no_grad()

@@ -26,6 +26,10 @@ def budget_labels(n: int) -> list[str]:
     return ["low" if i < 0.4 * n else "middle" if i < 0.8 * n else "high" for i in range(n)]
 
 
+# How a line names its stop model (confidence thresholds are a method's plain line but L2S's).
+CURVES = {"confidence": "confidence thresholds", "policy": "policy", "gain": "gain head"}
+
+
 def _label(name: str, params: dict[str, Any], curve: str) -> str:
     """The table label of one (job, stop model)."""
     method = params["method"]
@@ -37,12 +41,13 @@ def _label(name: str, params: dict[str, Any], curve: str) -> str:
         base = METHODS[method]
     if curve == "confidence" and method not in ("l2s", SELECT_L2S):
         return base
-    return f"{base} ({'policy' if curve == 'policy' else 'confidence thresholds'})"
+    return f"{base} ({CURVES[curve]})"
 
 
 def _key(name: str, curve: str) -> str:
-    """The key of a (job, stop model) line: the job name, "(policy)" for a policy curve."""
-    return name + ("" if curve == "confidence" else " (policy)")
+    """The key of a (job, stop model) line: the job name, with "(policy)" or "(gain head)" for
+    a learned stop model's curve."""
+    return name if curve == "confidence" else f"{name} ({CURVES[curve]})"
 
 
 def _columns(rows_per_seed: list[list[dict[str, Any]]], key: str) -> list[list[Any]]:
@@ -65,7 +70,8 @@ def _line(name, params, curve, records: dict[int, dict[str, Any]], budget_macs, 
     curves = [records[s]["curves"][curve] for s in seeds]
     per_seed = {s: accuracy_at_budgets(c, budget_macs) for s, c in zip(seeds, curves, strict=True)}
     at_budgets = _budget_stats(per_seed)
-    exits = [mean_sd(c) for c in _columns([records[s]["fixed_depth"] for s in seeds], "accuracy")]
+    fixed = [records[s]["fixed_depth"] for s in seeds]
+    exits = [mean_sd(c) for c in _columns(fixed, "accuracy")]
     adaptive = [records[s]["adaptive"][curve] for s in seeds]
     train = statistics.fmean(records[s]["train_seconds"] for s in seeds)
     curve_mean = [
@@ -103,14 +109,17 @@ def _line(name, params, curve, records: dict[int, dict[str, Any]], budget_macs, 
         "train_seconds_mean": train,
         "seconds_per_epoch_mean": train / epochs,
         "curve_mean": curve_mean,
-        "dominance": dominance(
-            curves,
-            [records[s]["fixed_depth"] for s in seeds],
-            "accuracy",
-            higher_is_better=True,
-            x="mean_cost",
-        ),
+        "dominance": _dominance(curves, fixed),
+        "worst_gain_per_seed": {
+            s: _dominance([c], [f])["worst_gain"]
+            for s, c, f in zip(seeds, curves, fixed, strict=True)
+        },
     }
+
+
+def _dominance(curves, fixed) -> dict[str, Any]:
+    """Issue 17's verdict of test curves (one per seed) against the same networks' fixed exits."""
+    return dominance(curves, fixed, "accuracy", higher_is_better=True, x="mean_cost")
 
 
 def _selected_line(curve: str, records: dict[int, dict[str, Any]]) -> dict[str, Any]:
@@ -189,6 +198,14 @@ def report(results: list[JobResult], config: MultiExitConfig) -> Report:
                 "cpu": _cost_ratio(records, uniform, "train_cpu_seconds"),
                 "wall": _cost_ratio(records, uniform, "train_seconds"),
             }
+    by_key = {line["key"]: line for line in lines}
+    gain_vs_confidence = {
+        line["job"]: paired_difference(
+            line["worst_gain_per_seed"], by_key[line["job"]]["worst_gain_per_seed"]
+        )
+        for line in lines
+        if line["curve"] == "gain"
+    }
     jobs = {r.id: r.record for r in results}
 
     def per_job(key: str) -> dict[str, Any]:
@@ -206,6 +223,7 @@ def report(results: list[JobResult], config: MultiExitConfig) -> Report:
         "lines": lines,
         "l2s_selected": selected,
         "dominance": {line["label"]: line["dominance"] for line in lines},
+        "gain_minus_confidence_worst_gain": gain_vs_confidence,
         "paired_vs_uniform": paired,
         "paired_exits_vs_uniform": paired_exits,
         "train_seconds_vs_uniform": cost_ratio,
@@ -289,6 +307,17 @@ def _table(results: dict[str, Any], config: MultiExitConfig) -> str:
             for k, v in results["dominance"].items()
         ),
     ]
+    if results["gain_minus_confidence_worst_gain"]:
+        parts += [
+            "",
+            "Worst gain over fixed depth, gain head − confidence thresholds of the same network "
+            "(accuracy points, paired over seeds, 95% interval): "
+            + "; ".join(
+                f"{job}: {_interval_text(d)}"
+                for job, d in results["gain_minus_confidence_worst_gain"].items()
+            )
+            + ".",
+        ]
     for line in results["l2s_selected"]:
         chosen = "; ".join(
             f"seed {s}: " + ", ".join("∞" if b is None else f"{b:g}" for b in betas)
@@ -422,7 +451,7 @@ def _accuracy_figure(lines, by_job, budget_macs, data):
             [p["mean_cost"] / 1e6 for p in points],
             [100 * p["accuracy"] for p in points],
             color=colors[line["job"]],
-            linestyle="--" if line["curve"] == "policy" else "-",
+            linestyle={"confidence": "-", "policy": "--", "gain": ":"}[line["curve"]],
             label=line["label"],
         )
         if line["curve"] == "confidence":
