@@ -127,14 +127,15 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
     test_scores = {name: exit_hazards(policies[name], test_logits) for name in policies}
     curves = {"confidence": apply_thresholds(fitted, test_scores["confidence"], metric, costs)}
     val_costs = [point["val_mean_cost"] for point in fitted]
+    val_correct = val_logits.argmax(-1) == splits.val_y.unsqueeze(1)
+    val_metric = exit_metric(val_correct)
     for name in learned:
         cheapest = float(policy_costs[name][0])  # a gain head's exit 1 costs a bit more
         curves[name] = budget_sweep(
             val_scores[name], test_scores[name], [max(b, cheapest) for b in val_costs], metric,
-            costs=policy_costs[name],
+            costs=policy_costs[name], val_metric=lambda i: val_metric(i)["accuracy"],
         )  # fmt: skip
     # Each curve point's accuracy on validation, where its rule was fitted (for choosing β).
-    val_correct = val_logits.argmax(-1) == splits.val_y.unsqueeze(1)
     for name, curve in curves.items():
         with_validation_accuracy(curve, val_scores[name], val_correct)
     record: dict[str, Any] = {
