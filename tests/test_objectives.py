@@ -11,6 +11,7 @@ from stopwise.objectives import (
     act_halting,
     act_loss,
     act_output,
+    gain_loss,
     joint_loss,
     l2s_stage1_loss,
     l2s_stage2_loss,
@@ -229,3 +230,14 @@ def test_weighted_exit_loss():
     assert weighted_exit_loss(losses, weights).item() == pytest.approx((0.5 + 3 + 3 + 4) / 2)
     with pytest.raises(ValueError, match="must match"):
         weighted_exit_loss(losses, weights[:, :1])
+
+
+def test_gain_loss_with_one_valid_step_is_a_zero_with_a_gradient():
+    """Nothing to decide (a single kept exit): the regression is empty, so the loss is 0, not
+    the NaN of a mean over nothing, and training a head on it leaves the head as it is."""
+    scores = torch.randn(4, 3, requires_grad=True)
+    losses = torch.rand(4, 3) + 0.1
+    only_last = torch.tensor([False, False, True])
+    loss = gain_loss(scores, losses, torch.arange(1.0, 4.0), only_last, 1e-6)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(scores.grad, torch.zeros(4, 3))

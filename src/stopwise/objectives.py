@@ -234,5 +234,7 @@ def gain_loss(
     first step whose score ≥ −log λ" the hard cost-aware oracle for every λ ≥ ``floor``."""
     rates = gain_rates(losses, costs, valid)
     decided = valid.to(losses.device) & torch.isfinite(rates[0])
+    if not bool(decided.any()):  # one valid step: nothing to decide, nothing to regress
+        return scores.sum() * 0.0
     target = -torch.log(rates[:, decided].clamp_min(floor))
     return F.smooth_l1_loss(scores[:, decided], target)
