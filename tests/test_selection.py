@@ -47,9 +47,10 @@ def _stop(row, allowed, threshold):
     return steps[-1]
 
 
-def _brute_force(hazards, quality, costs, valid, budget, kind):
+def _brute_force(hazards, quality, costs, valid, budget, kind, decision=None):
     """Every valid floor; at each, the threshold of most cost within the budget (trying every
-    observed score and ±inf) and −inf; the best mean quality, then the least cost."""
+    observed score and ±inf) and −inf; the best mean quality, then the least cost. Under a
+    floor f a row stopping at t costs costs[t] less the decision costs of valid steps < f."""
     N, T = hazards.shape
     scores = _kind_scores(hazards, valid, kind)
     observed = sorted({v for i in range(N) for t in range(T) if valid[t] for v in [scores[i][t]]})
@@ -59,9 +60,11 @@ def _brute_force(hazards, quality, costs, valid, budget, kind):
             continue
         allowed = [bool(valid[t]) and t >= floor for t in range(T)]
 
-        def run(threshold, allowed=allowed):
+        saved = sum(float(decision[u]) for u in range(floor) if valid[u]) if decision else 0.0
+
+        def run(threshold, allowed=allowed, saved=saved):
             index = [_stop(scores[i], allowed, threshold) for i in range(N)]
-            cost = sum(float(costs[t]) for t in index) / N
+            cost = sum(float(costs[t]) - saved for t in index) / N
             value = sum(float(quality[i, t]) for i, t in enumerate(index)) / N
             return index, cost, value
 
@@ -79,21 +82,43 @@ def _brute_force(hazards, quality, costs, valid, budget, kind):
     return best[1], best[2]
 
 
+@pytest.mark.parametrize("decided", [False, True], ids=["no-decision-costs", "decision-costs"])
 @pytest.mark.parametrize("kind", ["hazard", "cumulative"])
 @pytest.mark.parametrize("seed", range(4))
-def test_floored_threshold_against_a_brute_force(seed, kind):
+def test_floored_threshold_against_a_brute_force(seed, kind, decided):
     hazards, quality, costs, valid = _problem(seed)
+    decision = [0.05, 0.3, 0.02, 0.1, 0.0] if decided else None
 
     def metric(index):
         return float(quality.gather(1, index.view(-1, 1)).mean())
 
     budgets = torch.linspace(float(costs[0]), float(costs[-1]), 7, dtype=torch.float64)
     for budget in budgets.tolist():
-        rule, floor = fit_floored_threshold(hazards, budget, metric, costs, valid, kind=kind)
-        index, want_floor = _brute_force(hazards, quality, costs, valid, budget, kind)
+        rule, floor = fit_floored_threshold(
+            hazards, budget, metric, costs, valid, kind=kind,
+            decision_costs=None if decision is None else torch.tensor(decision),
+        )  # fmt: skip
+        index, want_floor = _brute_force(hazards, quality, costs, valid, budget, kind, decision)
         assert floor == want_floor
         assert stop_indices(hazards, rule, valid).tolist() == index
         assert isinstance(rule, THRESHOLD_KINDS[kind])
+
+
+def test_a_floor_saves_the_decision_costs_before_it():
+    """Every row at fixed depth 3 under a floor at step 3 (0-based 2): the budget curve costs it
+    at costs[2] less the decision costs of the valid steps 0 and 1 (step 1 is not valid)."""
+    hazards = torch.full((10, 4), -5.0, dtype=torch.float64)
+    quality = torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=torch.float64).expand(10, 4)
+    costs = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+    decision = torch.tensor([0.25, 0.5, 0.125, 0.0], dtype=torch.float64)
+    valid = torch.tensor([True, False, True, True])
+
+    def metric(index):
+        return float(quality.gather(1, index.view(-1, 1)).mean())
+
+    (point,) = budget_sweep(hazards, hazards, [2.75], lambda i: {}, valid=valid, costs=costs,
+                            val_metric=metric, decision_costs=decision)  # fmt: skip
+    assert point["floor_steps"] == 3 and point["mean_cost"] == 3.0 - 0.25
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -32,6 +32,7 @@ __all__ = [
     "budget_grid",
     "Calibration",
     "calibrate_by_metric",
+    "floored_costs",
     "fit_floored_threshold",
     "budget_sweep",
     "fixed_depth_curve",
@@ -131,6 +132,18 @@ def calibrate_by_metric(
     return best[1]
 
 
+def floored_costs(
+    costs: torch.Tensor, decision_costs: torch.Tensor | None, valid: torch.Tensor, floor: int
+) -> torch.Tensor:
+    """``(T,)`` cumulative cost of stopping at each step under a floor: ``costs`` less the
+    decision costs of the valid steps before the floor, which a rule that cannot stop there
+    does not spend (:meth:`stopwise.inference.Rule.needs_policy`)."""
+    if decision_costs is None or floor == 0:
+        return costs
+    before = (decision_costs.double().cpu() * valid.double())[:floor].sum()
+    return costs - before
+
+
 def fit_floored_threshold(
     val_hazards: torch.Tensor,
     budget: float,
@@ -139,6 +152,7 @@ def fit_floored_threshold(
     valid: torch.Tensor | None = None,
     lower_is_better: bool = False,
     kind: str = "hazard",
+    decision_costs: torch.Tensor | None = None,
 ) -> tuple[ThresholdRule, int]:
     """The best rule on validation within ``budget`` among "no row stops before step f; from f
     on, stop at the first step whose score (the ``kind`` rule's) reaches a threshold", over every
@@ -149,8 +163,10 @@ def fit_floored_threshold(
     since every fixed depth within the budget is a candidate, the rule chosen is never worse on
     validation than fixed depth, and the stop model's score decides which rows go past the
     floor. ``val_metric(stop_index (N,)) -> float`` scores validation stop steps (ties go to
-    the cheaper rule). Returns the rule (a per-step threshold, +∞ before the floor) and the
-    0-based floor.
+    the cheaper rule). ``decision_costs (T,)``: the part of each step's cost spent only to
+    decide there (features, policy, an exit head), which adaptive inference skips before a floor
+    (:func:`floored_costs`). Returns the rule (a per-step threshold, +∞ before the floor) and
+    the 0-based floor.
     """
     T = val_hazards.shape[1]
     costs = torch.arange(1, T + 1, dtype=torch.float64) if costs is None else costs.double()
@@ -163,13 +179,14 @@ def fit_floored_threshold(
     best = None
     for floor in valid.nonzero().flatten().tolist():
         allowed = valid & (torch.arange(T) >= floor)
+        floor_costs = floored_costs(costs, decision_costs, valid, floor)
         try:
-            spending = fit_threshold(scores, budget, costs, "hazard", allowed)
+            spending = fit_threshold(scores, budget, floor_costs, "hazard", allowed)
         except ValueError:  # stopping every row at the floor already costs more than the budget
             break
         for threshold in (float(spending.score_threshold), -math.inf):  # −∞: fixed depth
             index = stop_indices(scores, ScoreThreshold(threshold), allowed)
-            key = (sign * float(val_metric(index)), float(costs[index.cpu()].mean()))
+            key = (sign * float(val_metric(index)), float(floor_costs[index.cpu()].mean()))
             if best is None or key < best[0]:
                 best = (key, threshold, floor)
     if best is None:
@@ -190,6 +207,7 @@ def budget_sweep(
     costs: torch.Tensor | None = None,
     val_metric: Callable[[torch.Tensor], float] | None = None,
     lower_is_better: bool = False,
+    decision_costs: torch.Tensor | None = None,
 ) -> list[dict[str, Any]]:
     """The stop model's budget curve: for each budget a threshold fitted on validation
     (mean cost ≤ budget there), applied unchanged to the test hazards.
@@ -197,8 +215,8 @@ def budget_sweep(
     ``test_metric(stop_index (N,)) -> {name: value}`` measures the test stop steps. With
     ``val_metric`` (validation stop steps → a number; ``lower_is_better`` says which way), each
     budget's rule is :func:`fit_floored_threshold`'s: the best on validation of a threshold
-    after a floor step, so no budget's rule is worse on validation than fixed depth within it.
-    Each point: ``budget``, ``score_threshold``,
+    after a floor step, so no budget's rule is worse on validation than fixed depth within it
+    (costed with ``decision_costs`` saved before the floor, :func:`floored_costs`). Each point: ``budget``, ``score_threshold``,
     ``val_mean_cost``, ``mean_cost``, ``mean_steps``, (with ``val_metric``) ``floor_steps`` —
     the steps every row runs — and the metric's values.
     """
@@ -207,23 +225,26 @@ def budget_sweep(
     T = test_hazards.shape[1]
     costs = torch.arange(1, T + 1, dtype=torch.float64) if costs is None else costs.double()
     points = []
+    valid_cpu = torch.ones(T, dtype=torch.bool) if valid is None else valid.bool().cpu()
     for budget in budgets:
-        floor = {}
+        floor, spent = {}, costs
         if val_metric is None:
             rule = fit_threshold(val_hazards, budget, costs, kind, valid)
         else:
             rule, step = fit_floored_threshold(
-                val_hazards, budget, val_metric, costs, valid, lower_is_better, kind
-            )
+                val_hazards, budget, val_metric, costs, valid, lower_is_better, kind,
+                decision_costs,
+            )  # fmt: skip
             floor = {"floor_steps": step + 1}
+            spent = floored_costs(costs, decision_costs, valid_cpu, step)
         val_index = stop_indices(val_hazards, rule, valid).cpu()
         index = stop_indices(test_hazards, rule, valid)
         points.append(
             {
                 "budget": float(budget),
                 "score_threshold": rule.score_threshold.tolist(),
-                "val_mean_cost": float(costs[val_index].mean()),
-                "mean_cost": float(costs[index.cpu()].mean()),
+                "val_mean_cost": float(spent[val_index].mean()),
+                "mean_cost": float(spent[index.cpu()].mean()),
                 "mean_steps": float((index + 1).double().mean()),
                 **floor,
                 **test_metric(index),

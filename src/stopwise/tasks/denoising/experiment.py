@@ -465,9 +465,15 @@ def _dncnn_stop(context: JobContext) -> dict[str, Any]:
     }
     rows["last_exit"] = _quality(table.last, data, config)
     metric = _curve_metric(table, data, config)
-    curve = budget_sweep(
-        val_hazards, test_hazards, budgets, metric, "hazard", valid, costs, val_metric=val_metric
-    )
+    floor_saves = model.exit_macs(valid, policy.macs())  # heads and policy before a floor
+
+    def sweep(val_scores, test_scores):
+        return budget_sweep(
+            val_scores, test_scores, budgets, metric, "hazard", valid, costs,
+            val_metric=val_metric, decision_costs=floor_saves,
+        )  # fmt: skip
+
+    curve = sweep(val_hazards, test_hazards)
     for point in curve:
         index = stop_indices(test_hazards, _rule_of(point), valid)
         point["spearman_exit_sigma"] = _finite(spearman(data.sigma.tolist(), index.tolist()))
@@ -480,9 +486,7 @@ def _dncnn_stop(context: JobContext) -> dict[str, Any]:
         gain_test = exit_table(model, data, policy=gain, valid=valid).hazards
         gain_head = {
             "gain_training": gain_training,
-            "gain_curve": budget_sweep(
-                gain_val, gain_test, budgets, metric, "hazard", valid, costs, val_metric=val_metric
-            ),
+            "gain_curve": sweep(gain_val, gain_test),
         }
     return {
         "sigma": data.sigma.tolist(),

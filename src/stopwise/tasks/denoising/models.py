@@ -188,9 +188,15 @@ class DnCNN(StepModel):
         """``(T,)`` per-pixel cost of stopping at exit t when the policy runs at every valid
         exit before the last valid one: modules 0..t, the heads of the valid exits ≤ t, and one
         policy call per valid exit < t (the call that decided to stop at t included)."""
+        return self.module_macs().cumsum(0) + self.exit_macs(valid, policy_macs).cumsum(0)
+
+    def exit_macs(self, valid: torch.Tensor, policy_macs: float) -> torch.Tensor:
+        """``(T,)`` per-pixel cost of visiting each exit beyond its layer: its head if valid and,
+        before the last valid exit, the policy call (what a floored rule skips before its
+        floor)."""
         valid = valid.bool().cpu()
         last = int(valid.nonzero().max())
-        per_exit = torch.tensor(
+        return torch.tensor(
             [
                 (self.head_macs(t) if valid[t] else 0.0)
                 + (policy_macs if valid[t] and t < last else 0.0)
@@ -198,7 +204,6 @@ class DnCNN(StepModel):
             ],
             dtype=torch.float64,
         )
-        return self.module_macs().cumsum(0) + per_exit.cumsum(0)
 
     def step_costs(self) -> torch.Tensor:
         return self.fixed_depth_macs()

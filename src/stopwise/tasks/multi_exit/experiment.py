@@ -131,9 +131,11 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
     val_metric = exit_metric(val_correct)
     for name in learned:
         cheapest = float(policy_costs[name][0])  # a gain head's exit 1 costs a bit more
+        head = policy_costs[name] - costs  # a stop head's own MACs, skipped before a floor
         curves[name] = budget_sweep(
             val_scores[name], test_scores[name], [max(b, cheapest) for b in val_costs], metric,
             costs=policy_costs[name], val_metric=lambda i: val_metric(i)["accuracy"],
+            decision_costs=torch.diff(head, prepend=head.new_zeros(1)),
         )  # fmt: skip
     # Each curve point's accuracy on validation, where its rule was fitted (for choosing β).
     for name, curve in curves.items():
