@@ -62,26 +62,23 @@ def test_tiny_run_writes_curves_tables_figures_and_real_early_exit(tiny_run):
 
 
 def test_the_gain_head_gets_a_budget_curve_run_for_real_and_a_verdict(tiny_run):
-    """gain_head=true (the tiny preset): every network's gain head has a curve whose thresholds
-    are fitted on validation for increasing budgets (so its validation cost, and on test its
-    mean cost, grows with the budget), costed with the head's own MACs on top of the exits',
-    run for real at each budget, and judged against the same network's fixed exits."""
+    """gain_head=true (the tiny preset): every network's gain head has a curve whose (floored)
+    thresholds are fitted on validation within each budget, costed with the head's own MACs on
+    top of the exits', run for real at each budget, and judged against the same network's
+    fixed exits."""
     record = json.loads((tiny_run / "jobs" / "uniform-s0.json").read_text())["record"]
     curve, exits = record["curves"]["gain"], record["step_costs"]
     budgets = [p["budget"] for p in curve]
     assert budgets == sorted(budgets) and budgets == [
         max(p["val_mean_cost"], exits[0]) for p in record["curves"]["confidence"]
     ]
-    val_costs = [p["val_mean_cost"] for p in curve]
-    assert val_costs == sorted(val_costs) and all(
-        v <= b + 1e-9 for v, b in zip(val_costs, budgets, strict=True)
-    )
-    test_costs = [p["mean_cost"] for p in curve]
-    assert test_costs == sorted(test_costs) and test_costs[0] < test_costs[-1]
-    # Each row pays the exits it reached and the head's 6·32 + 32 MACs at each of them.
-    costs = torch.tensor(exits) + 224 * torch.arange(1, 4)
+    assert all(p["val_mean_cost"] <= p["budget"] + 1e-9 for p in curve)
+    # Each row pays the exits it reached and the head's 6·32 + 32 MACs at each of them from
+    # the floor on (before it the head is not asked).
     for point in curve:
-        paid = torch.tensor(point["exit_fractions"], dtype=torch.float64) @ costs.double()
+        asked = torch.arange(1, 4) - (point["floor_steps"] - 1)
+        costs = torch.tensor(exits, dtype=torch.float64) + 224 * asked
+        paid = torch.tensor(point["exit_fractions"], dtype=torch.float64) @ costs
         assert point["mean_cost"] == pytest.approx(float(paid))
     assert [r["budget"] for r in record["adaptive"]["gain"]] == [0.5, 0.6, 0.7]
     assert all(r["matches_dense"] for r in record["adaptive"]["gain"])
