@@ -73,7 +73,7 @@ def _brute_force(hazards, quality, costs, valid, budget, kind, decision=None):
             if r[1] <= budget + 1e-12
         ]  # fmt: skip
         if not feasible:
-            break
+            continue
         spending = max(feasible, key=lambda r: r[1])
         for index, cost, value in (spending, run(-math.inf)):
             key = (-value, cost)
@@ -102,6 +102,24 @@ def test_floored_threshold_against_a_brute_force(seed, kind, decided):
         assert floor == want_floor
         assert stop_indices(hazards, rule, valid).tolist() == index
         assert isinstance(rule, THRESHOLD_KINDS[kind])
+
+
+def test_a_later_floor_can_fit_a_budget_an_earlier_one_cannot():
+    """Every row stopped at the second step costs 2.0 (its exit head is costly); at the third
+    only 2.9 − 1.2 = 1.7, that head saved: a budget of 1.95 fits the third step's floor but not
+    the second's, and the search must not stop at the first floor that does not fit."""
+    hazards = torch.zeros(6, 3, dtype=torch.float64)
+    costs = torch.tensor([1.0, 2.0, 2.9], dtype=torch.float64)
+    decision = torch.tensor([0.0, 1.2, 0.0], dtype=torch.float64)
+    quality = torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64).expand(6, 3)
+
+    def metric(index):
+        return float(quality.gather(1, index.view(-1, 1)).mean())
+
+    rule, floor = fit_floored_threshold(
+        hazards, 1.95, metric, costs, decision_costs=decision
+    )  # fmt: skip
+    assert floor == 2 and stop_indices(hazards, rule).tolist() == [2] * 6
 
 
 def test_a_floor_saves_the_decision_costs_before_it():

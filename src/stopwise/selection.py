@@ -183,7 +183,7 @@ def fit_floored_threshold(
         try:
             spending = fit_threshold(scores, budget, floor_costs, "hazard", allowed)
         except ValueError:  # stopping every row at the floor already costs more than the budget
-            break
+            continue  # (not break: a later floor may cost less once decisions are saved)
         for threshold in (float(spending.score_threshold), -math.inf):  # −∞: fixed depth
             index = stop_indices(scores, ScoreThreshold(threshold), allowed)
             key = (sign * float(val_metric(index)), float(floor_costs[index.cpu()].mean()))
