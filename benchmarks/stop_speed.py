@@ -544,6 +544,14 @@ def step_scaling(case: SpeedCase, repeats: int = 15) -> dict[str, float]:
     }
 
 
+def _decision_steps(case: SpeedCase) -> list[int]:
+    """The steps where a policy may be asked: the valid ones but the last."""
+    T = int(case.model.max_steps)
+    valid = [True] * T if case.valid is None else case.valid.bool().tolist()
+    steps = [t for t in range(T) if valid[t]]
+    return steps[:-1]
+
+
 def measure(case: SpeedCase, threads: int, repeats: int) -> list[dict[str, Any]]:
     """One row per budget: MACs, the ideal and the measured speedups, the policy's overhead,
     and how one step's time scales with its rows (:func:`step_scaling`)."""
@@ -555,7 +563,9 @@ def measure(case: SpeedCase, threads: int, repeats: int) -> list[dict[str, Any]]
     rows = []
     for budget, rule in case.rules.items():
         index = stop_index(case, rule)
-        mean_macs = float(case.row_macs(index).double().mean())
+        # A floored rule asks no policy before its floor (Rule.needs_policy): not charged.
+        skipped = sum(not rule.needs_policy(t) for t in _decision_steps(case))
+        mean_macs = float(case.row_macs(index).double().mean()) - skipped * case.policy_macs
         ideal = case.full_macs / mean_macs
         timed = timing["rules"][budget]
         rows.append(
@@ -571,6 +581,7 @@ def measure(case: SpeedCase, threads: int, repeats: int) -> list[dict[str, Any]]
                 "max_steps": int(case.model.max_steps),
                 "mean_steps": float((index + 1).double().mean()),
                 "mean_macs": mean_macs,
+                "skipped_decisions": skipped,
                 "full_macs": case.full_macs,
                 "ideal_speedup": ideal,
                 "full_seconds": timing["full_seconds"],

@@ -11,12 +11,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 ROW_KEYS = {
     "task", "model", "threads", "budget", "rows", "batch", "row", "repeats", "max_steps",
-    "mean_steps", "mean_macs", "full_macs", "ideal_speedup", "full_seconds", "adaptive_seconds",
+    "mean_steps", "mean_macs", "skipped_decisions", "full_macs", "ideal_speedup", "full_seconds",
+    "adaptive_seconds",
     "wall_speedup", "cpu_speedup", "wall_over_ideal", "cpu_over_ideal", "speedup_target_met",
     "step_macs", "policy_macs", "policy_fraction", "policy_target_met",
     "step_batch", "step_seconds", "step_seconds_sixteenth", "fixed_share",
@@ -99,7 +101,15 @@ def test_ideal_speedup_recomputed_independently(stop_speed, measured):
             point = by_budget[row["budget"]]
             rule = THRESHOLD_KINDS[record["policy"]["kind"]](point["score_threshold"])
             index = stop_indices(hazards, rule, valid).tolist()
-            mean = sum(cost[t] for t in index) / len(index)
+            # A floored hazard threshold (+inf before its floor) asks no policy there: not
+            # charged. A cumulative rule asks it at every step (it carries P(stopped by t)).
+            threshold = torch.as_tensor(point["score_threshold"], dtype=torch.float64).expand(T)
+            asked = [t for t in range(T) if valid[t]][:-1]
+            skipped = sum(float(threshold[t]) == math.inf for t in asked)
+            skipped *= record["policy"]["kind"] == "hazard"
+            decision = features[T // 2] + policy.macs()  # y's energy is read at any first step
+            mean = sum(cost[t] for t in index) / len(index) - skipped * decision
+            assert row["skipped_decisions"] == skipped
             assert row["full_macs"] == pytest.approx(full)
             assert row["mean_macs"] == pytest.approx(mean, rel=1e-9)
             assert row["ideal_speedup"] == pytest.approx(full / mean, rel=1e-9)
@@ -118,7 +128,9 @@ def test_parity_macs_recomputed(measured):
     rows = [r for r in report["rows"] if r["task"] == "parity"]
     assert len(rows) >= 2
     for row in rows:
-        mean = row["mean_steps"] * (step + 2 * h)
+        # decisions skipped: none, or every one for a rule that never stops early (full depth)
+        assert row["skipped_decisions"] in (0, T - 1)
+        mean = row["mean_steps"] * (step + 2 * h) - row["skipped_decisions"] * 2 * h
         assert row["full_macs"] == pytest.approx(T * step + h)
         assert math.isclose(row["ideal_speedup"], (T * step + h) / mean, rel_tol=1e-9)
         assert row["policy_fraction"] == pytest.approx(2 * h / step)
