@@ -90,6 +90,8 @@ class SpeedCase:
     repeats: int | None = None  # fixed repeats where a repeat is long (else sized to --seconds)
     architecture: str = ""
     notes: list[str] = field(default_factory=list)
+    # (T,) what skipping the decision at each step saves (default: policy_macs at every step)
+    decision_costs: torch.Tensor | None = None
 
 
 # ---------------------------------------------------------------- runs and their records
@@ -277,6 +279,7 @@ def denoising_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
             valid=valid,
             chunk=None,
             row=f"test crop {tuple(images.shape[-2:])} (MACs per pixel)",
+            decision_costs=model.exit_macs(valid, policy.macs()),  # the exit head and the policy
             architecture=f"DnCNN depth {context_config.depth}, width {context_config.width}, "
             f"{context_config.precision}, channels-last {context_config.channels_last} (quick)",
         )
@@ -564,8 +567,12 @@ def measure(case: SpeedCase, threads: int, repeats: int) -> list[dict[str, Any]]
     for budget, rule in case.rules.items():
         index = stop_index(case, rule)
         # A floored rule asks no policy before its floor (Rule.needs_policy): not charged.
-        skipped = sum(not rule.needs_policy(t) for t in _decision_steps(case))
-        mean_macs = float(case.row_macs(index).double().mean()) - skipped * case.policy_macs
+        skipped = [t for t in _decision_steps(case) if not rule.needs_policy(t)]
+        saved = sum(
+            case.policy_macs if case.decision_costs is None else float(case.decision_costs[t])
+            for t in skipped
+        )
+        mean_macs = float(case.row_macs(index).double().mean()) - saved
         ideal = case.full_macs / mean_macs
         timed = timing["rules"][budget]
         rows.append(
@@ -581,7 +588,7 @@ def measure(case: SpeedCase, threads: int, repeats: int) -> list[dict[str, Any]]
                 "max_steps": int(case.model.max_steps),
                 "mean_steps": float((index + 1).double().mean()),
                 "mean_macs": mean_macs,
-                "skipped_decisions": skipped,
+                "skipped_decisions": len(skipped),
                 "full_macs": case.full_macs,
                 "ideal_speedup": ideal,
                 "full_seconds": timing["full_seconds"],
