@@ -243,12 +243,13 @@ def shrink_threads(run_dir: Path, seed: int, repeats: int) -> dict:
     image at a time, with one and with two threads (medians of interleaved repeats), for the
     chosen rule and every point of the budget curve (its validation-fitted threshold): the
     measured speedup beside the multiply-add ratio (issue 17: speedup ≥ 0.8 × MAC ratio)."""
-    from stopwise.inference import ScoreThreshold, time_adaptive
+    from stopwise.inference import time_adaptive
+    from stopwise.selection import point_rule
 
     model, policy, valid, rule, data = load_stop_model(run_dir, seed)
     curve = jobs_of(run_dir)[f"dncnn-stop-s{seed}"]["record"]["curve"]
     rules = {"stop": rule}
-    rules.update({f"curve_{k}": ScoreThreshold(p["score_threshold"]) for k, p in enumerate(curve)})
+    rules.update({f"curve_{k}": point_rule(p) for k, p in enumerate(curve)})
     full_macs = float(model.fixed_depth_macs()[-1])
     out = {}
     for threads in (1, 2):

@@ -27,8 +27,9 @@ import torch
 from machine_info import machine
 
 from stopwise.contract import RunDir, job_id
-from stopwise.inference import THRESHOLD_KINDS, run_adaptive, time_adaptive
+from stopwise.inference import run_adaptive, time_adaptive
 from stopwise.perf import reuse_freed_memory
+from stopwise.selection import point_rule
 from stopwise.tasks.sparse_recovery.experiment import STOP_MODELS, load_stop_model, stop_costs
 
 ROOT = Path(__file__).resolve().parent
@@ -39,9 +40,7 @@ def curve_rules(record: dict, every: int) -> dict[str, object]:
     """The threshold rules of every ``every``-th budget of the curve (and the last), by name."""
     kind, curve = record["policy"]["kind"], record["curve"]
     points = curve[::every] if (len(curve) - 1) % every == 0 else [*curve[::every], curve[-1]]
-    return {
-        f"budget {p['budget']:.2f}": THRESHOLD_KINDS[kind](p["score_threshold"]) for p in points
-    }
+    return {f"budget {p['budget']:.2f}": point_rule(p, kind) for p in points}
 
 
 @torch.no_grad()

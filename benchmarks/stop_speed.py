@@ -50,13 +50,13 @@ from stopwise.config import from_plain  # noqa: E402
 from stopwise.contract import JobContext, RunDir  # noqa: E402
 from stopwise.experiments import get_experiment, plan_jobs, run_experiment  # noqa: E402
 from stopwise.inference import (  # noqa: E402
-    THRESHOLD_KINDS,
     Rule,
     in_chunks,
     run_adaptive,
     time_adaptive,
 )
 from stopwise.perf import reuse_freed_memory  # noqa: E402
+from stopwise.selection import point_rule  # noqa: E402
 from stopwise.steps import index_state, state_batch_size  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
@@ -132,7 +132,7 @@ def spread(curve: list[dict[str, Any]], points: int) -> list[dict[str, Any]]:
     picked = sorted({round(i * (n - 1) / max(points - 1, 1)) for i in range(points)})
     out, seen = [], set()
     for i in picked:
-        key = json.dumps(curve[i]["score_threshold"])
+        key = json.dumps([curve[i]["score_threshold"], curve[i].get("mix")])
         if key not in seen:
             seen.add(key)
             out.append(curve[i])
@@ -141,10 +141,7 @@ def spread(curve: list[dict[str, Any]], points: int) -> list[dict[str, Any]]:
 
 def curve_rules(curve, points: int, kind: str = "hazard", cost_key: str = "budget") -> dict:
     """Rules of ``points`` points of a validation-fitted budget curve, named by their budget."""
-    return {
-        f"{p[cost_key]:.4g}": THRESHOLD_KINDS[kind](torch.tensor(p["score_threshold"]))
-        for p in spread(curve, points)
-    }
+    return {f"{p[cost_key]:.4g}": point_rule(p, kind) for p in spread(curve, points)}
 
 
 def linear_macs(module: torch.nn.Module, *inputs) -> float:

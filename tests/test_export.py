@@ -11,13 +11,19 @@ from stopwise.export import AdaptiveModule, export_adaptive, export_onnx
 from stopwise.inference import (
     CumulativeThreshold,
     HazardThreshold,
+    MixedRule,
     SampleRule,
     ScoreThreshold,
     run_adaptive,
 )
 from stopwise.tasks.toy import RunningMean, sample_streams
 
-RULES = [HazardThreshold(0.5), CumulativeThreshold(0.7), ScoreThreshold(torch.linspace(-1, 1, 7))]
+RULES = [
+    HazardThreshold(0.5),
+    CumulativeThreshold(0.7),
+    ScoreThreshold(torch.linspace(-1, 1, 7)),
+    MixedRule(HazardThreshold(0.3), ScoreThreshold(torch.linspace(-1, 1, 7)), 0.4),
+]
 
 
 def toy():

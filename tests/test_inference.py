@@ -12,6 +12,7 @@ from torch import nn
 from stopwise.inference import (
     CumulativeThreshold,
     HazardThreshold,
+    MixedRule,
     SampleRule,
     ScoreThreshold,
     exit_distribution,
@@ -101,6 +102,9 @@ RULES = [
     CumulativeThreshold(0.5),
     SampleRule(seed=7),
     FLOORED,
+    # A third of the rows floored, the rest on a plain threshold (selection's budget mixes).
+    MixedRule(FLOORED, ScoreThreshold(torch.full((7,), 0.2)), 1 / 3),
+    MixedRule(CumulativeThreshold(0.3), CumulativeThreshold(0.8), 0.5),
 ]
 
 
@@ -155,6 +159,30 @@ def test_no_policy_runs_where_a_floored_rule_cannot_stop(mode):
     dense = run_adaptive(model, policy, x, FLOORED, "dense")
     assert torch.equal(result.stop_index, dense.stop_index)
     assert CumulativeThreshold(torch.full((7,), math.inf)).needs_policy(0)  # it carries P(stop)
+
+
+@pytest.mark.parametrize("mode", ["dense", "masked", "shrink"])
+@torch.no_grad()
+def test_mixed_rule_runs_each_rule_on_its_share_of_rows(mode):
+    """Row i follows the first rule iff frac((i + 1)·(√5 − 1)/2) < share, written out here in
+    plain Python; its stop and prediction are then that rule's own."""
+    model, policy, x = make(seed=6, batch=90)
+    first, second = FLOORED, HazardThreshold(0.7)
+    mixed = run_adaptive(model, policy, x, MixedRule(first, second, 0.25), mode)
+    alone = {rule: run_adaptive(model, policy, x, rule, "dense") for rule in (first, second)}
+    golden = (5**0.5 - 1) / 2
+    follows = [((i + 1) * golden) % 1.0 < 0.25 for i in range(90)]
+    assert abs(sum(follows) - 0.25 * 90) <= 2  # an even share
+    for i, use_first in enumerate(follows):
+        expected = alone[first if use_first else second]
+        assert int(mixed.stop_index[i]) == int(expected.stop_index[i])
+        torch.testing.assert_close(mixed.predictions[i], expected.predictions[i])
+    assert MixedRule(first, second, 0.0).follows_first(50).sum() == 0
+    assert MixedRule(first, second, 1.0).follows_first(50).all()
+    assert not MixedRule(first, FLOORED, 0.5).needs_policy(1)
+    assert MixedRule(first, second, 0.5).needs_policy(1)
+    with pytest.raises(ValueError, match="one kind"):
+        MixedRule(first, CumulativeThreshold(0.5), 0.5)
 
 
 @torch.no_grad()

@@ -243,8 +243,9 @@ def test_budget_curve_ends_at_full_depth_and_matches_a_plain_loop():
     test = evaluation_set(config, "test", torch.Generator().manual_seed(2))
     curve = budget_curve(model, head, validation, test, config, "cpu")
     assert [p["budget"] for p in curve["points"]][-1] == 5
-    # Fixed depth t, and each point's rule (its per-step thresholds, +inf before its floor)
-    # applied to the test vectors, by a plain loop over the model's steps.
+    # Fixed depth t, and each point's rule (its per-step thresholds, +inf before its floor; a
+    # mix gives row i the second thresholds unless frac((i + 1)·0.618…) < its share) applied to
+    # the test vectors, by a plain loop over the model's steps.
     right, hazards = [], []
     with torch.no_grad():
         state = model.start(test.x)
@@ -254,11 +255,15 @@ def test_budget_curve_ends_at_full_depth_and_matches_a_plain_loop():
             right.append(((logits > 0).float() == test.y).float())
             hazards.append(head(features))
             assert curve["fixed_depth"][t]["accuracy"] == pytest.approx(float(right[t].mean()))
+    golden = (math.sqrt(5) - 1) / 2
     for point in curve["points"]:
-        threshold = point["score_threshold"]
-        assert all(math.isinf(v) for v in threshold[: point["floor_steps"] - 1])
+        mix = point.get("mix", {"share": 1.0, "score_threshold": None})
+        for threshold in (point["score_threshold"], mix["score_threshold"] or [math.inf]):
+            assert all(math.isinf(v) for v in threshold[: point["floor_steps"] - 1])
         chosen = []
         for i in range(len(test.y)):
+            first = ((i + 1) * golden) % 1.0 < mix["share"]
+            threshold = point["score_threshold"] if first else mix["score_threshold"]
             stop = next((t for t in range(4) if float(hazards[t][i]) >= threshold[t]), 4)
             chosen.append(float(right[stop][i]))
         assert point["accuracy"] == pytest.approx(sum(chosen) / len(chosen))

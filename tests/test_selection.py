@@ -1,14 +1,14 @@
 """Floored thresholds (stopwise.selection.fit_floored_threshold) against a brute force written
-out with plain loops, and the guarantee they exist for: within a budget, never worse on
-validation than fixed depth."""
+out with plain loops, and the guarantees they exist for: within a budget, never worse on
+validation than fixed depth, and (with mixes) than a mix of two fixed depths."""
 
 import math
 
 import pytest
 import torch
 
-from stopwise.inference import THRESHOLD_KINDS, stop_indices
-from stopwise.selection import budget_sweep, fit_floored_threshold
+from stopwise.inference import THRESHOLD_KINDS, MixedRule, stop_indices
+from stopwise.selection import budget_sweep, fit_floored_threshold, point_rule, rule_record
 
 
 def _problem(seed: int, rows: int = 40, steps: int = 5):
@@ -96,7 +96,7 @@ def test_floored_threshold_against_a_brute_force(seed, kind, decided):
     for budget in budgets.tolist():
         rule, floor = fit_floored_threshold(
             hazards, budget, metric, costs, valid, kind=kind,
-            decision_costs=None if decision is None else torch.tensor(decision),
+            decision_costs=None if decision is None else torch.tensor(decision), mixes=False,
         )  # fmt: skip
         index, want_floor = _brute_force(hazards, quality, costs, valid, budget, kind, decision)
         assert floor == want_floor
@@ -177,10 +177,108 @@ def test_a_floored_rule_is_a_per_step_threshold_run_adaptive_can_apply():
     hazards, quality, costs, valid = _problem(0)
     rule, floor = fit_floored_threshold(
         hazards, float(costs[3]), lambda i: float(quality.gather(1, i.view(-1, 1)).mean()),
-        costs, valid,
+        costs, valid, mixes=False,
     )  # fmt: skip
     threshold = rule.score_threshold
     assert threshold.shape == (5,)
     assert torch.isinf(threshold[:floor]).all() and (threshold[:floor] > 0).all()
     index = stop_indices(hazards, rule, valid)
     assert (index >= floor).all()
+
+
+def _best_mix_of_fixed_depths(quality, costs, valid, budget):
+    """Plain loops: the best mean quality of stopping a share of the rows at depth i and the
+    rest at depth j, mean cost exactly the budget (or a single depth within it)."""
+    means = {t: float(quality[:, t].mean()) for t in range(len(costs)) if valid[t]}
+    best = max(q for t, q in means.items() if costs[t] <= budget)
+    for i, qi in means.items():
+        for j, qj in means.items():
+            ci, cj = float(costs[i]), float(costs[j])
+            if ci <= budget < cj:
+                share = (budget - ci) / (cj - ci)
+                best = max(best, (1 - share) * qi + share * qj)
+    return best
+
+
+@pytest.mark.parametrize("kind", ["hazard", "cumulative"])
+@pytest.mark.parametrize("seed", range(4))
+def test_mixes_are_never_worse_than_a_mix_of_two_fixed_depths(seed, kind):
+    """Quality convex in cost (a late jump) and a score that knows nothing: between depths the
+    hull of fixed depths lies above every single floored rule. With mixes each budget's rule
+    reaches that hull on validation, to within two rows' share, spends at most the budget and
+    is never worse than the best single rule; without them it falls below: checked too, so the
+    test can fail."""
+    rows, steps = 300, 6
+    g = torch.Generator().manual_seed(seed)
+    hazards = torch.randn(rows, steps, generator=g, dtype=torch.float64)
+    costs = torch.arange(1, steps + 1, dtype=torch.float64)
+    valid = torch.ones(steps, dtype=torch.bool)
+    depth_quality = torch.tensor([0.0, 0.05, 0.1, 0.2, 0.6, 1.0], dtype=torch.float64)
+    quality = depth_quality + 0.05 * torch.rand(rows, steps, generator=g, dtype=torch.float64)
+
+    def metric(index):
+        return float(quality.gather(1, index.view(-1, 1)).mean())
+
+    spread = float(quality.max() - quality.min())
+    gaps = []
+    for budget in [1.5, 2.3, 3.5, 4.2, 5.5]:
+        mixed, floor = fit_floored_threshold(hazards, budget, metric, costs, valid, kind=kind)
+        single, _ = fit_floored_threshold(
+            hazards, budget, metric, costs, valid, kind=kind, mixes=False
+        )
+        index = stop_indices(hazards, mixed, valid)
+        hull = _best_mix_of_fixed_depths(quality, costs, valid, budget)
+        assert float(costs[index].mean()) <= budget + 1e-9
+        assert metric(index) >= hull - 2 * spread / rows
+        assert metric(index) >= metric(stop_indices(hazards, single, valid)) - 1e-12
+        assert bool((index >= floor).all())
+        gaps.append(hull - metric(stop_indices(hazards, single, valid)))
+        if isinstance(mixed, MixedRule):
+            assert isinstance(mixed.first, THRESHOLD_KINDS[kind])
+    assert max(gaps) > 0.05  # single rules alone fall below the hull
+
+
+def test_a_mixed_point_round_trips_through_its_record():
+    """budget_sweep records a mix's two rules and share; point_rule rebuilds the same rule."""
+    rows = 200
+    g = torch.Generator().manual_seed(1)
+    hazards = torch.randn(rows, 4, generator=g, dtype=torch.float64)
+    quality = torch.tensor([0.0, 0.1, 0.2, 1.0], dtype=torch.float64).expand(rows, 4)
+
+    def metric(index):
+        return float(quality.gather(1, index.view(-1, 1)).mean())
+
+    (point,) = budget_sweep(hazards, hazards, [2.5], lambda i: {"q": metric(i)},
+                            val_metric=metric)  # fmt: skip
+    assert "mix" in point and 0 < point["mix"]["share"] < 1
+    rule = point_rule(point)
+    assert isinstance(rule, MixedRule) and rule_record(rule) == {
+        k: point[k] for k in ("score_threshold", "mix")
+    }
+    assert stop_indices(hazards, rule).tolist() != stop_indices(hazards, rule.first).tolist()
+    assert point["q"] == pytest.approx(metric(stop_indices(hazards, rule)))
+    assert point["mean_cost"] <= 2.5 + 1e-12
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_mix_with_decision_costs_is_costed_from_its_earlier_floor(seed):
+    """Shrink asks the policy for every row from a mix's earlier floor on: costed so (decisions
+    saved only before it), the mix still spends at most the budget on validation."""
+    rows, steps = 120, 5
+    g = torch.Generator().manual_seed(seed)
+    hazards = torch.randn(rows, steps, generator=g, dtype=torch.float64)
+    costs = torch.arange(1, steps + 1, dtype=torch.float64)
+    decision = torch.full((steps,), 0.3, dtype=torch.float64)
+    quality = torch.tensor([0.0, 0.0, 0.1, 0.2, 1.0], dtype=torch.float64).expand(rows, steps)
+
+    def metric(index):
+        return float(quality.gather(1, index.view(-1, 1)).mean())
+
+    found_mix = False
+    for budget in [1.2, 2.0, 2.6, 3.1, 3.9]:
+        rule, floor = fit_floored_threshold(hazards, budget, metric, costs, decision_costs=decision)
+        index = stop_indices(hazards, rule)
+        saved = sum(float(decision[u]) for u in range(floor))  # plain: decisions before it
+        assert float((costs[index] - saved).mean()) <= budget + 1e-9
+        found_mix |= isinstance(rule, MixedRule)
+    assert found_mix

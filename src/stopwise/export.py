@@ -18,18 +18,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from .inference import SampleRule, ThresholdRule, _run_masked, _valid_steps
+from .inference import MixedRule, Rule, ThresholdRule, _run_masked, _valid_steps
 
 __all__ = ["AdaptiveModule", "export_adaptive", "export_onnx"]
 
 
 class AdaptiveModule(nn.Module):
     """``forward(inputs) -> (predictions (B, ...), stop_index (B,))``: the model, its policy and a
-    threshold rule, run in masked mode; identical to ``run_adaptive(..., mode="masked")``."""
+    threshold rule (or a :class:`~stopwise.inference.MixedRule` of two), run in masked mode;
+    identical to ``run_adaptive(..., mode="masked")``."""
 
-    def __init__(self, model, policy, rule: ThresholdRule, valid_steps: torch.Tensor | None = None):
+    def __init__(self, model, policy, rule: Rule, valid_steps: torch.Tensor | None = None):
         super().__init__()
-        if isinstance(rule, SampleRule) or not isinstance(rule, ThresholdRule):
+        if not isinstance(rule, (ThresholdRule, MixedRule)):
             raise ValueError(
                 f"only threshold rules can be exported (a sampling rule draws random numbers); "
                 f"got {rule!r}"

@@ -32,6 +32,7 @@ __all__ = [
     "ScoreThreshold",
     "HazardThreshold",
     "CumulativeThreshold",
+    "MixedRule",
     "SampleRule",
     "AdaptiveResult",
     "run_adaptive",
@@ -55,14 +56,13 @@ MODES = ("dense", "masked", "shrink")
 
 
 class Rule:
-    """Decides, step by step, which rows stop. Carries an optional batch-first tensor per row."""
+    """Decides, step by step, which rows stop. Carries optional batch-first state per row: a
+    tensor or a tuple of them (``None`` for nothing), split and frozen row-wise like a state."""
 
-    def init_carry(self, batch: int, num_steps: int, device) -> torch.Tensor | None:
+    def init_carry(self, batch: int, num_steps: int, device) -> Any:
         return None
 
-    def decide(
-        self, hazard_logits: torch.Tensor, t: int, carry: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def decide(self, hazard_logits: torch.Tensor, t: int, carry: Any) -> tuple[torch.Tensor, Any]:
         """``hazard_logits (b,)`` at step ``t`` → ``(stop (b,) bool, new carry)``."""
         raise NotImplementedError
 
@@ -145,6 +145,59 @@ class CumulativeThreshold(ThresholdRule):
         return f"CumulativeThreshold({self.score_threshold.tolist()})"
 
 
+# 1/φ: the multiples (i + 1)/φ mod 1 spread over [0, 1) as evenly as any sequence can, so every
+# batch, and every contiguous part of one, gets a MixedRule's share of rows to within ~log(B)/B.
+_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
+
+
+class MixedRule(Rule):
+    """Two threshold rules of one kind shared out over the rows: the rows at batch positions i
+    with frac((i + 1)/φ) < ``share`` follow ``first``, the others ``second``.
+
+    A budget between the mean costs of two rules is met by running each on its share of the
+    rows (a mix of two fixed depths is the simplest case): calibration
+    (:func:`stopwise.selection.fit_floored_threshold`) uses it where the mix is better on
+    validation than any single rule within the budget. The split depends on a row's position
+    in the batch it is run in, not on its content, and needs no random numbers, so every mode
+    and an exported program see the same split.
+    """
+
+    def __init__(self, first: ThresholdRule, second: ThresholdRule, share: float):
+        if type(first).score is not type(second).score:  # one score recurrence for both
+            raise ValueError(
+                f"a MixedRule mixes rules of one kind of score; got {type(first).__name__} and "
+                f"{type(second).__name__}"
+            )
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"share must lie in [0, 1]; got {share}")
+        self.first, self.second, self.share = first, second, float(share)
+
+    def follows_first(self, batch: int, device=None) -> torch.Tensor:
+        """``(batch,)`` bool: the rows that follow ``first``."""
+        positions = torch.arange(1, batch + 1, dtype=torch.float64, device=device)
+        return torch.frac(positions * _GOLDEN) < self.share
+
+    def init_carry(self, batch, num_steps, device):
+        return self.follows_first(batch, device), self.first.init_carry(batch, num_steps, device)
+
+    def decide(self, hazard_logits, t, carry):
+        first, inner = carry
+        # The kinds' scores depend on the hazards only: one recurrence serves both rules.
+        score, inner = self.first.score(hazard_logits, t, inner)
+        threshold = torch.where(
+            first.to(score.device),
+            self.first.threshold_at(t).to(score.device),
+            self.second.threshold_at(t).to(score.device),
+        )
+        return score >= threshold.to(score.dtype), (first, inner)
+
+    def needs_policy(self, t: int) -> bool:
+        return self.first.needs_policy(t) or self.second.needs_policy(t)
+
+    def __repr__(self):
+        return f"MixedRule({self.first!r}, {self.second!r}, share={self.share:.6g})"
+
+
 class SampleRule(Rule):
     """Stop at step t with probability λ_t (the paper's sampled inference), reproducibly.
 
@@ -198,10 +251,6 @@ def _valid_steps(model: StepModel, valid_steps) -> torch.Tensor:
     if not bool(valid.any()):
         raise ValueError("valid_steps has no valid step")
     return valid
-
-
-def _split_carry(carry, rows):
-    return None if carry is None else carry.index_select(0, rows)
 
 
 def run_adaptive(
@@ -271,7 +320,7 @@ def _run_shrink(model, policy, inputs, rule, valid):
             active, state, carry = (
                 active.index_select(0, go),
                 index_state(state, go),
-                _split_carry(carry, go),
+                index_state(carry, go),
             )
     return predictions, stop_index
 
@@ -297,11 +346,7 @@ def _run_masked(model, policy, inputs, rule, valid):
             stop = torch.ones(B, dtype=torch.bool, device=device)
         else:
             stop, new_carry = rule.decide(policy(features, t), t, carry)
-            carry = (
-                new_carry
-                if carry is None
-                else torch.where(done.view(-1, *([1] * (carry.dim() - 1))), carry, new_carry)
-            )
+            carry = new_carry if carry is None else where_state(done, carry, new_carry)
         newly = stop & ~done
         if predictions is None:
             predictions = prediction.new_zeros((B, *prediction.shape[1:]))

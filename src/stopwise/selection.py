@@ -12,12 +12,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import torch
 
 from .inference import (
     THRESHOLD_KINDS,
+    MixedRule,
+    Rule,
     ScoreThreshold,
     ThresholdRule,
     fit_threshold,
@@ -34,6 +36,8 @@ __all__ = [
     "calibrate_by_metric",
     "floored_costs",
     "fit_floored_threshold",
+    "rule_record",
+    "point_rule",
     "budget_sweep",
     "fixed_depth_curve",
 ]
@@ -144,6 +148,141 @@ def floored_costs(
     return costs - before
 
 
+# Thresholds per floor (quantiles of the scores after it) that budget mixes are built from.
+MIX_GRID = 16
+
+
+class _Candidate(NamedTuple):
+    value: float  # the validation metric
+    cost: float  # mean validation cost, decisions before the floor saved
+    floor: int
+    threshold: float  # on the kind's score, from the floor on
+
+
+class _FlooredSearch:
+    """:func:`fit_floored_threshold`'s search, with what every budget shares computed once."""
+
+    def __init__(
+        self, val_hazards, val_metric, costs, valid, lower_is_better, kind, decision_costs
+    ):
+        T = val_hazards.shape[1]
+        self.costs = (
+            torch.arange(1, T + 1, dtype=torch.float64) if costs is None else costs.double()
+        )
+        self.valid = torch.ones(T, dtype=torch.bool) if valid is None else valid.bool().cpu()
+        self.rule_cls = THRESHOLD_KINDS[kind]
+        # The kind's own score at every step (its recurrence over the valid steps), thresholded
+        # from the floor on as plain scores.
+        self.scores = rule_scores(val_hazards.detach(), self.rule_cls(0.0), self.valid).double()
+        self.metric, self.sign = val_metric, 1.0 if lower_is_better else -1.0
+        self.floors = self.valid.nonzero().flatten().tolist()
+        self.floor_costs = [
+            floored_costs(self.costs, decision_costs, self.valid, f) for f in range(T)
+        ]
+        self._pool: list[_Candidate] | None = None
+
+    def allowed(self, floor: int) -> torch.Tensor:
+        return self.valid & (torch.arange(self.valid.shape[0]) >= floor)
+
+    def candidate(self, floor: int, threshold: float, index: torch.Tensor) -> _Candidate:
+        cost = float(self.floor_costs[floor][index.cpu()].mean())
+        return _Candidate(float(self.metric(index)), cost, floor, threshold)
+
+    def rule(self, floor: int, threshold: float) -> ThresholdRule:
+        per_step = torch.full((self.valid.shape[0],), math.inf, dtype=torch.float64)
+        per_step[floor:] = threshold
+        return self.rule_cls(per_step)
+
+    def key(self, c: _Candidate) -> tuple[float, float]:
+        return self.sign * c.value, c.cost  # better, then cheaper
+
+    def singles(self, budget: float) -> list[_Candidate]:
+        """Per floor: the threshold spending the most within ``budget``, and −∞ (fixed depth)."""
+        out = []
+        for floor in self.floors:
+            allowed = self.allowed(floor)
+            try:
+                spending = fit_threshold(
+                    self.scores, budget, self.floor_costs[floor], "hazard", allowed
+                )
+            except ValueError:  # stopping every row at the floor already costs more than the budget
+                continue  # (not break: a later floor may cost less once decisions are saved)
+            for threshold in (float(spending.score_threshold), -math.inf):
+                index = stop_indices(self.scores, ScoreThreshold(threshold), allowed)
+                out.append(self.candidate(floor, threshold, index))
+        return out
+
+    def pool(self) -> list[_Candidate]:
+        """Per floor, ``MIX_GRID`` thresholds at quantiles of the scores after it: the rules, of
+        every cost, that budget mixes pair up."""
+        if self._pool is None:
+            self._pool = []
+            levels = torch.linspace(0, 1, MIX_GRID, dtype=torch.float64)
+            for floor in self.floors:
+                allowed = self.allowed(floor)
+                last = int(allowed.nonzero().max())
+                thresholds = torch.quantile(self.scores[:, allowed].flatten(), levels).unique()
+                hits = (self.scores[:, None, :] >= thresholds[None, :, None]) & allowed
+                hits[..., last] = True
+                first_hit = hits.to(torch.uint8).argmax(-1)  # (N, G): argmax takes the first
+                for g, threshold in enumerate(thresholds.tolist()):
+                    self._pool.append(self.candidate(floor, threshold, first_hit[:, g]))
+        return self._pool
+
+    def fit(self, budget: float, mixes: bool = True) -> tuple[Rule, int]:
+        singles = self.singles(budget)
+        if not singles:
+            raise ValueError(f"budget {budget:.6g} is below the cost of the first valid step")
+        best = min(singles, key=self.key)
+        if mixes:
+            mixed = self.best_mix(budget, singles + self.pool(), best)
+            if mixed is not None:
+                return mixed
+        return self.rule(best.floor, best.threshold), best.floor
+
+    def best_mix(self, budget: float, candidates: list[_Candidate], single: _Candidate):
+        """The best mix of a candidate costing at most ``budget`` with one costing more, shared
+        out over the rows so the mean cost is the budget (a :class:`MixedRule`), if it is better
+        on validation than ``single``. Both run from the earlier floor on (shrink asks the
+        policy for every row from there), so each is costed with that floor's savings."""
+        value = torch.tensor([c.value for c in candidates], dtype=torch.float64)
+        cost = torch.tensor([c.cost for c in candidates], dtype=torch.float64)
+        floor = torch.tensor([c.floor for c in candidates])
+        saved = torch.stack([self.costs[0] - fc[0] for fc in self.floor_costs])  # (T,)
+        early = torch.minimum(floor[:, None], floor[None, :])
+        cheap = cost[:, None] + saved[floor][:, None] - saved[early]  # row: the cheaper rule
+        dear = cost[None, :] + saved[floor][None, :] - saved[early]  # column: the dearer one
+        fits = (cheap <= budget) & (dear > budget)
+        if not bool(fits.any()):
+            return None
+        share = ((budget - cheap) / (dear - cheap)).where(fits, 0.0)  # of the dearer rule
+        mixed = (1 - share) * value[:, None] + share * value[None, :]
+        key = (self.sign * mixed).masked_fill(~fits, math.inf)
+        pick = int(key.argmin())
+        a, e = candidates[pick // len(candidates)], candidates[pick % len(candidates)]
+        if float(key.flatten()[pick]) >= self.sign * single.value:
+            return None
+        # The rows split by position: the realised cost can pass the budget by a row or two.
+        rows, start = self.scores.shape[0], min(a.floor, e.floor)
+        first_share = 1.0 - float(share.flatten()[pick])
+        while True:
+            scored = MixedRule(
+                ScoreThreshold(self.rule(a.floor, a.threshold).score_threshold),
+                ScoreThreshold(self.rule(e.floor, e.threshold).score_threshold),
+                first_share,
+            )
+            index = stop_indices(self.scores, scored, self.valid)
+            if float(self.floor_costs[start][index].mean()) <= budget + 1e-12:
+                break
+            first_share = min(1.0, first_share + 1.0 / rows)
+        if self.sign * float(self.metric(index)) >= self.sign * single.value:
+            return None
+        rule = MixedRule(
+            self.rule(a.floor, a.threshold), self.rule(e.floor, e.threshold), first_share
+        )
+        return rule, start
+
+
 def fit_floored_threshold(
     val_hazards: torch.Tensor,
     budget: float,
@@ -153,48 +292,52 @@ def fit_floored_threshold(
     lower_is_better: bool = False,
     kind: str = "hazard",
     decision_costs: torch.Tensor | None = None,
-) -> tuple[ThresholdRule, int]:
+    mixes: bool = True,
+) -> tuple[Rule, int]:
     """The best rule on validation within ``budget`` among "no row stops before step f; from f
     on, stop at the first step whose score (the ``kind`` rule's) reaches a threshold", over every
     valid floor f, each with the threshold that spends the most within the budget (as
-    :func:`fit_threshold`) and with −∞ (every row stops at f: fixed depth f).
+    :func:`fit_threshold`) and with −∞ (every row stops at f: fixed depth f); and, with
+    ``mixes``, two such rules (any floor, thresholds at quantiles of the scores) shared out
+    over the rows (:class:`~stopwise.inference.MixedRule`) to spend the budget exactly, where
+    that is better on validation.
 
     The floor at the first valid step with its spending threshold is the plain threshold rule;
     since every fixed depth within the budget is a candidate, the rule chosen is never worse on
-    validation than fixed depth, and the stop model's score decides which rows go past the
-    floor. ``val_metric(stop_index (N,)) -> float`` scores validation stop steps (ties go to
-    the cheaper rule). ``decision_costs (T,)``: the part of each step's cost spent only to
-    decide there (features, policy, an exit head), which adaptive inference skips before a floor
-    (:func:`floored_costs`). Returns the rule (a per-step threshold, +∞ before the floor) and
-    the 0-based floor.
+    validation than fixed depth, and with mixes never worse than a mix of two fixed depths of
+    mean cost within the budget (to within a row's share); the stop model's score decides
+    which rows go past the floor. ``val_metric(stop_index (N,)) -> float`` scores validation
+    stop steps (ties go to the cheaper rule). ``decision_costs (T,)``: the part of each step's
+    cost spent only to decide there (features, policy, an exit head), which adaptive inference
+    skips before a floor (:func:`floored_costs`). Returns the rule (per-step thresholds, +∞
+    before the floor; or a mix of two) and the 0-based floor (a mix's earlier one).
     """
-    T = val_hazards.shape[1]
-    costs = torch.arange(1, T + 1, dtype=torch.float64) if costs is None else costs.double()
-    valid = torch.ones(T, dtype=torch.bool) if valid is None else valid.bool().cpu()
+    search = _FlooredSearch(
+        val_hazards, val_metric, costs, valid, lower_is_better, kind, decision_costs
+    )
+    return search.fit(budget, mixes)
+
+
+def rule_record(rule: Rule) -> dict[str, Any]:
+    """A budget point's rule as plain data (:func:`point_rule` reads it back): its per-step
+    score thresholds, and for a mix the second rule's and the first's share of the rows."""
+    if isinstance(rule, MixedRule):
+        return {
+            "score_threshold": rule.first.score_threshold.tolist(),
+            "mix": {"share": rule.share, "score_threshold": rule.second.score_threshold.tolist()},
+        }
+    return {"score_threshold": rule.score_threshold.tolist()}
+
+
+def point_rule(point: dict[str, Any], kind: str = "hazard") -> Rule:
+    """The rule of a budget point (:func:`rule_record`'s fields) for threshold ``kind``."""
     rule_cls = THRESHOLD_KINDS[kind]
-    # The kind's own score at every step (its recurrence over the valid steps), thresholded
-    # from the floor on as plain scores.
-    scores = rule_scores(val_hazards.detach(), rule_cls(0.0), valid).to(torch.float64)
-    sign = 1.0 if lower_is_better else -1.0
-    best = None
-    for floor in valid.nonzero().flatten().tolist():
-        allowed = valid & (torch.arange(T) >= floor)
-        floor_costs = floored_costs(costs, decision_costs, valid, floor)
-        try:
-            spending = fit_threshold(scores, budget, floor_costs, "hazard", allowed)
-        except ValueError:  # stopping every row at the floor already costs more than the budget
-            continue  # (not break: a later floor may cost less once decisions are saved)
-        for threshold in (float(spending.score_threshold), -math.inf):  # −∞: fixed depth
-            index = stop_indices(scores, ScoreThreshold(threshold), allowed)
-            key = (sign * float(val_metric(index)), float(floor_costs[index.cpu()].mean()))
-            if best is None or key < best[0]:
-                best = (key, threshold, floor)
-    if best is None:
-        raise ValueError(f"budget {budget:.6g} is below the cost of the first valid step")
-    _, threshold, floor = best
-    per_step = torch.full((T,), math.inf, dtype=torch.float64)
-    per_step[floor:] = threshold
-    return rule_cls(per_step), floor
+    first = rule_cls(torch.tensor(point["score_threshold"], dtype=torch.float64))
+    mix = point.get("mix")
+    if mix is None:
+        return first
+    second = rule_cls(torch.tensor(mix["score_threshold"], dtype=torch.float64))
+    return MixedRule(first, second, mix["share"])
 
 
 def budget_sweep(
@@ -208,6 +351,7 @@ def budget_sweep(
     val_metric: Callable[[torch.Tensor], float] | None = None,
     lower_is_better: bool = False,
     decision_costs: torch.Tensor | None = None,
+    mixes: bool = True,
 ) -> list[dict[str, Any]]:
     """The stop model's budget curve: for each budget a threshold fitted on validation
     (mean cost ≤ budget there), applied unchanged to the test hazards.
@@ -215,26 +359,30 @@ def budget_sweep(
     ``test_metric(stop_index (N,)) -> {name: value}`` measures the test stop steps. With
     ``val_metric`` (validation stop steps → a number; ``lower_is_better`` says which way), each
     budget's rule is :func:`fit_floored_threshold`'s: the best on validation of a threshold
-    after a floor step, so no budget's rule is worse on validation than fixed depth within it
-    (costed with ``decision_costs`` saved before the floor, :func:`floored_costs`). Each point: ``budget``, ``score_threshold``,
-    ``val_mean_cost``, ``mean_cost``, ``mean_steps``, (with ``val_metric``) ``floor_steps`` —
-    the steps every row runs — and the metric's values.
+    after a floor step (or, with ``mixes``, of two such rules shared out over the rows), so no
+    budget's rule is worse on validation than fixed depth within it (costed with
+    ``decision_costs`` saved before the floor, :func:`floored_costs`). Each point: ``budget``,
+    the rule (:func:`rule_record`: ``score_threshold`` and, for a mix, ``mix``; read back with
+    :func:`point_rule`), ``val_mean_cost``, ``mean_cost``, ``mean_steps``, (with
+    ``val_metric``) ``floor_steps`` — the steps every row runs — and the metric's values.
     """
     if kind not in THRESHOLD_KINDS:
         raise ValueError(f"unknown threshold kind {kind!r}; choose one of {list(THRESHOLD_KINDS)}")
     T = test_hazards.shape[1]
     costs = torch.arange(1, T + 1, dtype=torch.float64) if costs is None else costs.double()
-    points = []
     valid_cpu = torch.ones(T, dtype=torch.bool) if valid is None else valid.bool().cpu()
+    search = None
+    if val_metric is not None:
+        search = _FlooredSearch(
+            val_hazards, val_metric, costs, valid, lower_is_better, kind, decision_costs
+        )
+    points = []
     for budget in budgets:
         floor, spent = {}, costs
-        if val_metric is None:
+        if search is None:
             rule = fit_threshold(val_hazards, budget, costs, kind, valid)
         else:
-            rule, step = fit_floored_threshold(
-                val_hazards, budget, val_metric, costs, valid, lower_is_better, kind,
-                decision_costs,
-            )  # fmt: skip
+            rule, step = search.fit(budget, mixes)
             floor = {"floor_steps": step + 1}
             spent = floored_costs(costs, decision_costs, valid_cpu, step)
         val_index = stop_indices(val_hazards, rule, valid).cpu()
@@ -242,7 +390,7 @@ def budget_sweep(
         points.append(
             {
                 "budget": float(budget),
-                "score_threshold": rule.score_threshold.tolist(),
+                **rule_record(rule),
                 "val_mean_cost": float(spent[val_index].mean()),
                 "mean_cost": float(spent[index.cpu()].mean()),
                 "mean_steps": float((index + 1).double().mean()),

@@ -28,13 +28,19 @@ import torch
 from ...contract import Job, JobContext
 from ...inference import (
     HazardThreshold,
-    ScoreThreshold,
     fit_threshold,
     run_adaptive,
     stop_indices,
     time_adaptive,
 )
-from ...selection import Heldout, budget_grid, budget_sweep, calibrate_by_metric, fixed_depth_curve
+from ...selection import (
+    Heldout,
+    budget_grid,
+    budget_sweep,
+    calibrate_by_metric,
+    fixed_depth_curve,
+    point_rule,
+)
 from ...stats import spearman
 from .config import DenoisingConfig
 from .data import NoisySet, center_crop, load_splits, noisy_set, png_base64, sample_patches, tiles
@@ -475,7 +481,7 @@ def _dncnn_stop(context: JobContext) -> dict[str, Any]:
 
     curve = sweep(val_hazards, test_hazards)
     for point in curve:
-        index = stop_indices(test_hazards, _rule_of(point), valid)
+        index = stop_indices(test_hazards, point_rule(point), valid)
         point["spearman_exit_sigma"] = _finite(spearman(data.sigma.tolist(), index.tolist()))
     headed = torch.ones(T, dtype=torch.bool)
     fixed = fixed_depth_curve(data.size, metric, headed, model.fixed_depth_macs())
@@ -586,7 +592,7 @@ def _timing(
     two thirds of the range. Seconds are summed over the shape groups of the test set."""
     timed = {"stop": rules["stop"]}
     for k in (len(curve) // 3, 2 * len(curve) // 3):
-        timed[f"budget_{curve[k]['budget']:.0f}"] = _rule_of(curve[k])
+        timed[f"budget_{curve[k]['budget']:.0f}"] = point_rule(curve[k])
     full, seconds = 0.0, dict.fromkeys(timed, 0.0)
     for _, _, noisy in data.groups:
         result = time_adaptive(
@@ -608,11 +614,6 @@ def _timing(
             "mac_ratio": float(costs[index].mean()) / full_macs,
         }
     return out
-
-
-def _rule_of(point: dict[str, Any]) -> ScoreThreshold:
-    """The rule of a budget-curve point (its validation-fitted threshold)."""
-    return ScoreThreshold(point["score_threshold"])
 
 
 # ---------------------------------------------------------------- classical baselines

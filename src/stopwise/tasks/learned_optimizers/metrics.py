@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from ...inference import ScoreThreshold, stop_indices
-from ...selection import budget_grid, budget_sweep, fixed_depth_curve
+from ...inference import Rule, ScoreThreshold, stop_indices
+from ...selection import budget_grid, budget_sweep, fixed_depth_curve, point_rule, rule_record
 from ...stats import spearman
 from ...steps import index_state, state_batch_size, unroll
 from .data import FunctionFamily, full_loss
@@ -179,12 +179,12 @@ def evaluate_stop(
         val.scores, test.scores, budgets, test.metric,
         val_metric=lambda index: val.metric(index)["log10_gap"], lower_is_better=True,
     )  # fmt: skip
-    options: dict[str, float | list[float]] = dict(candidates)
-    for point in curve:  # floored: a threshold per step
-        options[f"budget {point['budget']:.4g}"] = point["score_threshold"]
+    options: dict[str, Rule] = {name: ScoreThreshold(thr) for name, thr in candidates.items()}
+    for point in curve:  # floored: a threshold per step (or a mix of two)
+        options[f"budget {point['budget']:.4g}"] = point_rule(point)
 
-    def index(split: StopData, threshold: float | list[float]) -> torch.Tensor:
-        return stop_indices(split.scores, ScoreThreshold(threshold))
+    def index(split: StopData, rule: Rule) -> torch.Tensor:
+        return stop_indices(split.scores, rule)
 
     val_at = {name: val.at(index(val, thr)) for name, thr in options.items()}
     record: dict[str, Any] = {
@@ -196,7 +196,7 @@ def evaluate_stop(
         at = test.at(index(test, options[name]))
         return {
             "rule": name,
-            "threshold": options[name],
+            **rule_record(options[name]),
             **{k: float(v.mean()) for k, v in at.items()},
             "log10_gap_interval": summary(at["log10_gap"]),
             "reaches_reference": _reaches(
