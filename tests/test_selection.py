@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from stopwise.inference import THRESHOLD_KINDS, MixedRule, stop_indices
-from stopwise.selection import budget_sweep, fit_floored_threshold, point_rule, rule_record
+from stopwise.selection import (
+    budget_sweep,
+    fit_floored_threshold,
+    floored_rules,
+    point_rule,
+    rule_record,
+)
 
 
 def _problem(seed: int, rows: int = 40, steps: int = 5):
@@ -282,3 +288,31 @@ def test_a_mix_with_decision_costs_is_costed_from_its_earlier_floor(seed):
         assert float((costs[index] - saved).mean()) <= budget + 1e-9
         found_mix |= isinstance(rule, MixedRule)
     assert found_mix
+
+
+@pytest.mark.parametrize("kind", ["hazard", "cumulative"])
+def test_floored_rules_span_every_floor_and_include_fixed_depth(kind):
+    """The grid for objectives that are not budgets: per valid floor some rules (+inf before it,
+    no stop before it), one of them every row at the floor; so the best of them for mean
+    quality − λ · steps is never worse than the best fixed depth (a plain loop)."""
+    hazards, quality, costs, valid = _problem(2, rows=60, steps=6)
+    rules = floored_rules(hazards, valid, kind)
+    steps = torch.arange(1, 7, dtype=torch.float64)
+    floors = set()
+    for rule in rules:
+        assert isinstance(rule, THRESHOLD_KINDS[kind])
+        threshold = rule.score_threshold
+        floor = int((~torch.isinf(threshold) | (threshold < 0)).nonzero().min())
+        floors.add(floor)
+        assert bool((stop_indices(hazards, rule, valid) >= floor).all())
+    assert floors == {t for t in range(6) if valid[t]}
+    stops = [stop_indices(hazards, rule, valid) for rule in rules]
+    for t in floors:
+        assert any(bool((index == t).all()) for index in stops)
+    for cost in (0.0, 0.1, 1.0):
+        best_fixed = max(float(quality[:, t].mean()) - cost * (t + 1) for t in floors)
+        best_rule = max(
+            float(quality.gather(1, index.view(-1, 1)).mean() - cost * steps[index].mean())
+            for index in stops
+        )
+        assert best_rule >= best_fixed - 1e-12

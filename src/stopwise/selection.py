@@ -10,7 +10,7 @@ split is wrapped in :class:`Heldout`, which opens once per job.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, NamedTuple, TypeVar
 
@@ -36,6 +36,7 @@ __all__ = [
     "calibrate_by_metric",
     "floored_costs",
     "fit_floored_threshold",
+    "floored_rules",
     "rule_record",
     "point_rule",
     "budget_sweep",
@@ -212,21 +213,24 @@ class _FlooredSearch:
                 out.append(self.candidate(floor, threshold, index))
         return out
 
+    def grid(self) -> Iterator[tuple[int, float, torch.Tensor]]:
+        """Per floor, ``MIX_GRID`` thresholds at quantiles of the scores after it (the lowest
+        stops every row at the floor: fixed depth), each with its ``(N,)`` stop steps."""
+        levels = torch.linspace(0, 1, MIX_GRID, dtype=torch.float64)
+        for floor in self.floors:
+            allowed = self.allowed(floor)
+            last = int(allowed.nonzero().max())
+            thresholds = torch.quantile(self.scores[:, allowed].flatten(), levels).unique()
+            hits = (self.scores[:, None, :] >= thresholds[None, :, None]) & allowed
+            hits[..., last] = True
+            first_hit = hits.to(torch.uint8).argmax(-1)  # (N, G): argmax takes the first
+            for g, threshold in enumerate(thresholds.tolist()):
+                yield floor, threshold, first_hit[:, g]
+
     def pool(self) -> list[_Candidate]:
-        """Per floor, ``MIX_GRID`` thresholds at quantiles of the scores after it: the rules, of
-        every cost, that budget mixes pair up."""
+        """The grid's rules with their validation numbers: what budget mixes pair up."""
         if self._pool is None:
-            self._pool = []
-            levels = torch.linspace(0, 1, MIX_GRID, dtype=torch.float64)
-            for floor in self.floors:
-                allowed = self.allowed(floor)
-                last = int(allowed.nonzero().max())
-                thresholds = torch.quantile(self.scores[:, allowed].flatten(), levels).unique()
-                hits = (self.scores[:, None, :] >= thresholds[None, :, None]) & allowed
-                hits[..., last] = True
-                first_hit = hits.to(torch.uint8).argmax(-1)  # (N, G): argmax takes the first
-                for g, threshold in enumerate(thresholds.tolist()):
-                    self._pool.append(self.candidate(floor, threshold, first_hit[:, g]))
+            self._pool = [self.candidate(*rule) for rule in self.grid()]
         return self._pool
 
     def fit(self, budget: float, mixes: bool = True) -> tuple[Rule, int]:
@@ -316,6 +320,17 @@ def fit_floored_threshold(
         val_hazards, val_metric, costs, valid, lower_is_better, kind, decision_costs
     )
     return search.fit(budget, mixes)
+
+
+def floored_rules(
+    val_hazards: torch.Tensor, valid: torch.Tensor | None = None, kind: str = "hazard"
+) -> list[ThresholdRule]:
+    """A grid of floored threshold rules spanning every cost: per valid floor, ``MIX_GRID``
+    thresholds at quantiles of the validation scores after it (fixed depth among them). The
+    candidates to choose from on validation where the objective is not a budget (e.g. mean
+    loss + λ · mean steps, which a single rule optimises: a mix is never better)."""
+    search = _FlooredSearch(val_hazards, None, None, valid, False, kind, None)
+    return [search.rule(floor, threshold) for floor, threshold, _ in search.grid()]
 
 
 def rule_record(rule: Rule) -> dict[str, Any]:

@@ -17,7 +17,14 @@ from typing import Any
 import torch
 
 from ...inference import Rule, ScoreThreshold, stop_indices
-from ...selection import budget_grid, budget_sweep, fixed_depth_curve, point_rule, rule_record
+from ...selection import (
+    budget_grid,
+    budget_sweep,
+    fixed_depth_curve,
+    floored_rules,
+    point_rule,
+    rule_record,
+)
 from ...stats import spearman
 from ...steps import index_state, state_batch_size, unroll
 from .data import FunctionFamily, full_loss
@@ -182,6 +189,10 @@ def evaluate_stop(
     options: dict[str, Rule] = {name: ScoreThreshold(thr) for name, thr in candidates.items()}
     for point in curve:  # floored: a threshold per step (or a mix of two)
         options[f"budget {point['budget']:.4g}"] = point_rule(point)
+    # Floored rules of every cost, so that the trade-off and the cheapest rule reaching the
+    # reference are chosen from more than the curve's few budgets (the same for every rule).
+    for k, rule in enumerate(floored_rules(val.scores)):
+        options[f"floored {k}"] = rule
 
     def index(split: StopData, rule: Rule) -> torch.Tensor:
         return stop_indices(split.scores, rule)
