@@ -286,7 +286,7 @@ def denoising_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
 def few_shot_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
     from stopwise.tasks.few_shot.experiment import load_splits
     from stopwise.tasks.few_shot.methods import build_models, task_sampler
-    from stopwise.tasks.few_shot.metrics import step_macs
+    from stopwise.tasks.few_shot.metrics import count_macs
     from stopwise.tasks.few_shot.models import AdaptedLearner
 
     run = trained_run("few-shot", runs, ["timing_repeats=1"], "tiny" if tiny else "quick")
@@ -304,13 +304,25 @@ def few_shot_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
     # CPU): the first FEW_SHOT_TIMED_TASKS test tasks and 3 repeats keep the measurement to
     # about a minute.
     tasks = tasks.select(slice(0, min(FEW_SHOT_TIMED_TASKS, len(tasks))))
-    # One inner step of each task: support forward + backward (3 forwards) + query forward.
-    per_task = torch.tensor(
-        [step_macs(learner, *_one_task(tasks, i)) for i in range(len(tasks))], dtype=torch.float64
+    # A task is measured at θ_0 (start) and after every update: support forward + backward
+    # (3 forwards) + query forward, the gradient skipped after the last update. So stopping
+    # after k < T updates costs k + 1 measures; all T cost T measures and one without gradient.
+    support, query = (
+        torch.tensor([count_macs(learner, _one_task(tasks, i)[j]) for i in range(len(tasks))])
+        .double()
+        .view(-1, 1)
+        for j in (0, 1)
     )
+    measure, last = 3 * support + query, support + query
     features = torch.zeros(1, 2 * learner.feature_dim + 4)
     decision = linear_macs(policy, features, 0)
     T = model.max_steps
+
+    def row_macs(index: torch.Tensor) -> torch.Tensor:
+        k = (index + 1).double().view(-1, 1)
+        spent = torch.where(k < T, (k + 1) * measure, T * measure + last)
+        return (spent + k * decision).view(-1)
+
     return [
         SpeedCase(
             "few-shot",
@@ -319,9 +331,9 @@ def few_shot_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
             policy,
             tasks.inputs(),
             curve_rules(record["stop_curve"], points),
-            lambda index: (index + 1).double() * (per_task + decision),
-            float(T * per_task.mean()),
-            float(per_task.mean()),
+            row_macs,
+            float((T * measure + last).mean()),
+            float(measure.mean()),
             decision,
             chunk=config.eval_chunk,
             repeats=3,
@@ -329,8 +341,8 @@ def few_shot_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
             architecture=f"{config.family}, width {config.width}, T = {T}, vmap {config.vmap} "
             "(quick)",
             notes=[
-                "MACs per task: steps × (one inner step + one decision); the support pass at "
-                "the initial weights (start) is not counted"
+                "MACs per task: the measure at θ_0 and after each update (support forward + "
+                "backward, query forward; no gradient after the last update) + the decisions"
             ],
         )
     ]
