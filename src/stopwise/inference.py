@@ -307,9 +307,12 @@ def _run_shrink(model, policy, inputs, rule, valid):
             stop = torch.ones(active.shape[0], dtype=torch.bool, device=device)
         else:
             stop, carry = rule.decide(policy(features, t), t, carry)
-        if predictions is None:
-            predictions = prediction.new_zeros((B, *prediction.shape[1:]))
         if bool(stop.any()):
+            if predictions is None:  # the first rows to stop: the batch is still whole
+                if bool(stop.all()):  # and all stop here: no copies (as at full depth)
+                    return prediction, stop_index.fill_(t)
+                # Every row is written once, at its stop (the last valid step stops the rest).
+                predictions = prediction.new_empty((B, *prediction.shape[1:]))
             # One nonzero per step; every tensor is then gathered with index_select.
             stopped, go = stop.nonzero().squeeze(1), (~stop).nonzero().squeeze(1)
             rows = active.index_select(0, stopped)
