@@ -266,19 +266,23 @@ class _FlooredSearch:
         a, e = candidates[pick // len(candidates)], candidates[pick % len(candidates)]
         if float(key.flatten()[pick]) >= self.sign * single.value:
             return None
-        # The rows split by position: the realised cost can pass the budget by a row or two.
+        # The rows split by position: the realised cost can pass the budget by a row or two,
+        # so the cheaper rule's share grows a row at a time until it fits.
         rows, start = self.scores.shape[0], min(a.floor, e.floor)
         first_share = 1.0 - float(share.flatten()[pick])
-        while True:
+        for _ in range(rows + 1):
             scored = MixedRule(
                 ScoreThreshold(self.rule(a.floor, a.threshold).score_threshold),
                 ScoreThreshold(self.rule(e.floor, e.threshold).score_threshold),
                 first_share,
             )
             index = stop_indices(self.scores, scored, self.valid)
-            if float(self.floor_costs[start][index].mean()) <= budget + 1e-12:
+            spent = float(self.floor_costs[start][index].mean())
+            if spent <= budget + 1e-12 * max(1.0, abs(budget)):
                 break
             first_share = min(1.0, first_share + 1.0 / rows)
+        else:
+            return None
         if self.sign * float(self.metric(index)) >= self.sign * single.value:
             return None
         rule = MixedRule(
