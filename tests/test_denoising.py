@@ -595,6 +595,14 @@ def test_a_dncnn_trained_for_a_shallower_depth_and_the_gain_head_run(tmp_path):
     assert [p["val_mean_cost"] for p in curve] == sorted(p["val_mean_cost"] for p in curve)
     assert stop["gain_training"]["criterion"] == "minus validation gain-regression loss"
     assert "- DnCNN-stop model, gain head: beats fixed depth" in table
+    # The timed curve points are costed as their curve costs them (no heads before a floor).
+    points = {f"budget_{p['budget']:.0f}": p for p in stop["curve"]}
+    full = stop["costs_per_pixel"]["fixed_depth"][-1]
+    checked = [name for name in stop["timing"]["rules"] if name in points]
+    assert checked
+    for name in checked:
+        ratio = stop["timing"]["rules"][name]["mac_ratio"]
+        assert ratio == pytest.approx(points[name]["mean_cost"] / full)
 
 
 def test_gain_regression_targets_psnr_gained_per_unit_of_cost():
@@ -616,3 +624,18 @@ def test_gain_regression_targets_psnr_gained_per_unit_of_cost():
     assert float(zero) == pytest.approx(0.0, abs=1e-12)
     hazards[0, 1] += 1.0  # off the target by one log unit: Huber's ½·1² over the 4 targets
     assert float(gain_regression(hazards, losses, costs, valid, price)) == pytest.approx(0.125)
+
+
+def test_a_curve_points_timing_costs_skip_heads_and_policy_before_its_floor():
+    """Floor at exit 3 (0-based 2): exits 1 and 2 (valid) are passed without their heads and
+    policy calls; written out from the head and policy costs, not from floored_costs."""
+    from stopwise.tasks.denoising.experiment import point_costs
+
+    model = DnCNN(depth=6, width=8).add_exit_heads("conv")
+    policy = ImagePolicy(4, model.max_steps)
+    valid = torch.tensor([True, True, False] + [True] * (model.max_steps - 3))
+    costs = model.adaptive_macs(valid, policy.macs()).double()
+    spent = point_costs(model, policy, valid, costs, {"floor_steps": 3})
+    skipped = sum(model.head_macs(t) + policy.macs() for t in (0, 1))
+    torch.testing.assert_close(spent, costs - skipped)
+    torch.testing.assert_close(point_costs(model, policy, valid, costs, {"floor_steps": 1}), costs)

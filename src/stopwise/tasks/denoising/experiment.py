@@ -39,6 +39,7 @@ from ...selection import (
     budget_sweep,
     calibrate_by_metric,
     fixed_depth_curve,
+    floored_costs,
     point_rule,
 )
 from ...stats import spearman
@@ -583,6 +584,14 @@ def _exits(index: torch.Tensor, data: NoisySet, config, costs: torch.Tensor) -> 
     }
 
 
+def point_costs(model, policy, valid, costs: torch.Tensor, point: dict[str, Any]) -> torch.Tensor:
+    """``(T,)`` per-pixel cost of stopping at each exit under a budget-curve point's rule: the
+    adaptive ``costs`` less the exit heads and policy calls before the point's floor, which
+    its rule skips (as its curve costs it)."""
+    saves = model.exit_macs(valid, policy.macs())
+    return floored_costs(costs, saves, valid.cpu(), point["floor_steps"] - 1)
+
+
 def _timing(
     model, policy, rules, curve, data: NoisySet, hazards, valid, costs, config
 ) -> dict[str, Any]:
@@ -590,9 +599,11 @@ def _timing(
     inference (shrink mode), one image at a time, medians of interleaved repeats
     (``time_adaptive``), for the chosen rule and the budget-curve points at about a third and
     two thirds of the range. Seconds are summed over the shape groups of the test set."""
-    timed = {"stop": rules["stop"]}
+    timed, spent = {"stop": rules["stop"]}, {"stop": costs}
     for k in (len(curve) // 3, 2 * len(curve) // 3):
-        timed[f"budget_{curve[k]['budget']:.0f}"] = point_rule(curve[k])
+        name = f"budget_{curve[k]['budget']:.0f}"
+        timed[name] = point_rule(curve[k])
+        spent[name] = point_costs(model, policy, valid, costs, curve[k])
     full, seconds = 0.0, dict.fromkeys(timed, 0.0)
     for _, _, noisy in data.groups:
         result = time_adaptive(
@@ -611,7 +622,7 @@ def _timing(
             "mean_exit": mean_exit,
             "time_ratio": seconds[name] / full,
             "exit_ratio": mean_exit / model.max_steps,
-            "mac_ratio": float(costs[index].mean()) / full_macs,
+            "mac_ratio": float(spent[name][index].mean()) / full_macs,
         }
     return out
 
