@@ -61,6 +61,17 @@ def test_tiny_run_writes_curves_tables_figures_and_real_early_exit(tiny_run):
     assert {(f"{job}-s0", "gain-head") for job in jobs} <= stages
 
 
+def test_the_l2s_policy_curve_pays_the_policy_at_every_exit_it_asks(tiny_run):
+    """L2S's policy (the same features and width as the gain head: 6·32 + 32 MACs a call) is
+    costed like the gain head: the exits reached plus one call at each from the floor on."""
+    record = json.loads((tiny_run / "jobs" / "l2s-b1-s0.json").read_text())["record"]
+    exits = torch.tensor(record["step_costs"], dtype=torch.float64)
+    for point in record["curves"]["policy"]:
+        asked = torch.arange(1, 4) - (point["floor_steps"] - 1)
+        paid = torch.tensor(point["exit_fractions"], dtype=torch.float64) @ (exits + 224 * asked)
+        assert point["mean_cost"] == pytest.approx(float(paid))
+
+
 def test_the_gain_head_gets_a_budget_curve_run_for_real_and_a_verdict(tiny_run):
     """gain_head=true (the tiny preset): every network's gain head has a curve whose (floored)
     thresholds are fitted on validation within each budget, costed with the head's own MACs on

@@ -29,7 +29,7 @@ from ...selection import Heldout, budget_sweep, fixed_depth_curve
 from .config import MultiExitConfig
 from .data import load_splits
 from .l2w import allocate_meta
-from .methods import L2W_VARIANTS, build_model, fit_gain, gain_costs, train_method
+from .methods import L2W_VARIANTS, build_model, fit_gain, head_costs, train_method
 from .metrics import (
     accuracy_by_group,
     apply_thresholds,
@@ -96,16 +96,17 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
     costs = model.step_costs()
     test = Heldout((splits.test_x, splits.test_y))
 
-    # The stop models and their cumulative costs per exit: confidence thresholds, L2S's policy
-    # (both counted as the network's MACs alone) and the gain head (its own MACs added).
+    # The stop models and their cumulative costs per exit: confidence thresholds (the
+    # network's MACs alone: a softmax), L2S's policy and the gain head (their own MACs added).
     policies = {"confidence": ConfidencePolicy()}
     policy_costs = {"confidence": costs}
     if trained.policy is not None:
-        policies["policy"], policy_costs["policy"] = trained.policy, costs
+        policies["policy"] = trained.policy
+        policy_costs["policy"] = head_costs(model, trained.policy)
     if config.gain_head:
         with context.timed("gain-head"):
             policies["gain"] = head = fit_gain(model, splits, config, context)
-        policy_costs["gain"] = gain_costs(model, head)
+        policy_costs["gain"] = head_costs(model, head)
     learned = [name for name in policies if name != "confidence"]
 
     # Every choice on validation: MSDNet's per-exit thresholds for each p, and for each budget

@@ -51,7 +51,7 @@ __all__ = [
     "meta_lr_at",
     "Trained",
     "train_method",
-    "gain_costs",
+    "head_costs",
     "fit_gain",
 ]
 
@@ -268,9 +268,10 @@ def _train_policy(model, batches, config: MultiExitConfig, beta: float, common) 
     return policy.eval()
 
 
-def gain_costs(model: MultiExitCNN, head: ExitPolicy) -> torch.Tensor:
-    """``(K,)`` cumulative multiply-adds of stopping at each exit with ``head`` deciding: the
-    network's and the head's, asked once at every exit reached."""
+def head_costs(model: MultiExitCNN, head: ExitPolicy) -> torch.Tensor:
+    """``(K,)`` cumulative multiply-adds of stopping at each exit with a stop ``head`` (the L2S
+    policy, the gain head) deciding: the network's and the head's, asked once at every exit
+    reached."""
     return model.step_costs() + count_policy_macs(head, model.max_steps, model.classes)
 
 
@@ -281,14 +282,14 @@ def fit_gain(
     an :class:`~.models.ExitPolicy` (the L2S policy's features and width) whose score regresses
     on −log of the gain rate g_k = max_{k' > k} (ℓ_k − ℓ_k') / (c_k' − c_k), the best decrease of
     the cross-entropy per unit of cost that going on from exit k can still buy, with the costs of
-    :func:`gain_costs` as fractions of the last exit's, on the training rows' exits (eval mode,
+    :func:`head_costs` as fractions of the last exit's, on the training rows' exits (eval mode,
     computed once); ``gain_updates`` Adam updates (lr 10⁻³) on batches of ``batch_size`` rows.
     Thresholding its score is then the cost-aware oracle's rule at every price."""
     logits = exit_logits(model, splits.train_x, config.eval_batch)
     losses = exit_losses(logits, splits.train_y)
     context.manual_seed("gain-head-init")
     head = ExitPolicy(model.max_steps)
-    costs = gain_costs(model, head)
+    costs = head_costs(model, head)
     rows = EpochBatches(
         (torch.arange(len(losses)),), config.batch_size, context.stream_seed("gain-head-batches")
     )
