@@ -14,6 +14,9 @@ wall clock and process CPU time) at each thread count, beside
 * mean steps and mean MACs per row (model + policy features + policy at every decision),
 * full MACs (every step, no policy), the ideal speedup full / mean MACs,
 * measured wall and CPU speedups and measured / ideal (target ≥ 0.8 at every budget),
+* the *time ideal* (:func:`depth_seconds`: each row costs what a full batch truncated at its
+  depth costs per row) and measured / time ideal, which split a miss between the model's time
+  per depth and what ``shrink`` adds,
 * the policy's MACs per decision as a fraction of one step's MACs (target ≤ 10%).
 
 Weights: every task is trained once with its ``quick`` preset architecture through
@@ -556,6 +559,39 @@ def step_scaling(case: SpeedCase, repeats: int = 15) -> dict[str, float]:
     }
 
 
+@torch.no_grad()
+def depth_seconds(case: SpeedCase, repeats: int = 5) -> torch.Tensor:
+    """``(T,)`` seconds to run every timed row to depth t + 1 at full width, as ``run_fixed``
+    does (``start``, the steps, the prediction there), from one step-by-step timed pass per
+    repeat (medians, after a warm-up pass). With it a rule's *time ideal*, the time of running
+    each row in a full batch truncated at its stop depth, C_T / mean_i C_(k_i), tells how much
+    of a miss is the model's time per depth not following its MACs (time ideal below the MAC
+    ideal) and how much is what `shrink` adds: decisions, gathers, smaller batches (measured
+    below the time ideal)."""
+    model, T = case.model, int(case.model.max_steps)
+    total = state_batch_size(case.inputs)
+    size = case.chunk or total
+    chunks = [index_state(case.inputs, slice(i, i + size)) for i in range(0, total, size)]
+
+    def one_pass() -> torch.Tensor:
+        seconds = torch.zeros(T, dtype=torch.float64)
+        for rows in chunks:
+            start = time.perf_counter()
+            state = model.start(rows)
+            elapsed = time.perf_counter() - start
+            for t in range(T):
+                start = time.perf_counter()
+                state = model.advance(state, t)
+                middle = time.perf_counter()
+                model.predict(state, t)
+                elapsed += middle - start
+                seconds[t] += elapsed + time.perf_counter() - middle
+        return seconds
+
+    one_pass()
+    return torch.stack([one_pass() for _ in range(repeats)]).median(0).values
+
+
 def _decision_steps(case: SpeedCase) -> list[int]:
     """The steps where a policy may be asked: the valid ones but the last."""
     T = int(case.model.max_steps)
@@ -572,6 +608,7 @@ def measure(case: SpeedCase, threads: int, repeats: int) -> list[dict[str, Any]]
         case.model, case.policy, case.inputs, case.rules, case.valid, repeats, case.chunk
     )
     scaling = step_scaling(case)
+    depth = depth_seconds(case, 3 if case.repeats else 5)
     rows = []
     for budget, rule in case.rules.items():
         index = stop_index(case, rule)
@@ -583,6 +620,7 @@ def measure(case: SpeedCase, threads: int, repeats: int) -> list[dict[str, Any]]
         )
         mean_macs = float(case.row_macs(index).double().mean()) - saved
         ideal = case.full_macs / mean_macs
+        time_ideal = float(depth[-1] / depth[index.cpu()].mean())
         timed = timing["rules"][budget]
         rows.append(
             {
@@ -607,6 +645,8 @@ def measure(case: SpeedCase, threads: int, repeats: int) -> list[dict[str, Any]]
                 "wall_over_ideal": timed["speedup"] / ideal,
                 "cpu_over_ideal": (timed["cpu_speedup"] or float("nan")) / ideal,
                 "speedup_target_met": timed["speedup"] >= TARGET_SPEEDUP * ideal,
+                "time_ideal_speedup": time_ideal,
+                "wall_over_time_ideal": timed["speedup"] / time_ideal,
                 "step_macs": case.step_macs,
                 "policy_macs": case.policy_macs,
                 "policy_fraction": case.policy_macs / case.step_macs,
@@ -620,8 +660,8 @@ def measure(case: SpeedCase, threads: int, repeats: int) -> list[dict[str, Any]]
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| task | model | thr | budget | batch | steps | MACs/full | ideal | wall (CPU) speedup "
-        "| wall/ideal | policy/step | fixed share of a step |",
-        "|:---|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| wall/ideal | time ideal | wall/time ideal | policy/step | fixed share of a step |",
+        "|:---|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         mark = "" if r["speedup_target_met"] else " ✗"
@@ -629,7 +669,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {r['task']} | {r['model']} | {r['threads']} | {r['budget']} | {r['batch']} | "
             f"{r['mean_steps']:.2f}/{r['max_steps']} | {r['mean_macs'] / r['full_macs']:.3f} | "
             f"{r['ideal_speedup']:.2f} | {r['wall_speedup']:.2f} ({r['cpu_speedup']:.2f}) | "
-            f"{r['wall_over_ideal']:.2f}{mark} | {100 * r['policy_fraction']:.1f}% | "
+            f"{r['wall_over_ideal']:.2f}{mark} | {r['time_ideal_speedup']:.2f} | "
+            f"{r['wall_over_time_ideal']:.2f} | {100 * r['policy_fraction']:.1f}% | "
             f"{100 * r['fixed_share']:.0f}% |"
         )
     return "\n".join(lines)

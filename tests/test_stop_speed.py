@@ -20,6 +20,7 @@ ROW_KEYS = {
     "mean_steps", "mean_macs", "skipped_decisions", "full_macs", "ideal_speedup", "full_seconds",
     "adaptive_seconds",
     "wall_speedup", "cpu_speedup", "wall_over_ideal", "cpu_over_ideal", "speedup_target_met",
+    "time_ideal_speedup", "wall_over_time_ideal",
     "step_macs", "policy_macs", "policy_fraction", "policy_target_met",
     "step_batch", "step_seconds", "step_seconds_sixteenth", "fixed_share",
 }  # fmt: skip
@@ -62,6 +63,9 @@ def test_schema(measured):
         assert r["wall_over_ideal"] == pytest.approx(r["wall_speedup"] / r["ideal_speedup"])
         assert r["policy_fraction"] == pytest.approx(r["policy_macs"] / r["step_macs"])
         assert r["speedup_target_met"] == (r["wall_speedup"] >= 0.8 * r["ideal_speedup"])
+        assert r["time_ideal_speedup"] > 0
+        ratio = r["wall_speedup"] / r["time_ideal_speedup"]
+        assert r["wall_over_time_ideal"] == pytest.approx(ratio)
         # a + b·rows through the two timed batch sizes: a / (a + b·batch) is the fixed share
         full, few, n = r["step_seconds"], r["step_seconds_sixteenth"], r["step_batch"]
         b = max(full - few, 0.0) / (n - max(1, n // 16))
@@ -134,3 +138,18 @@ def test_parity_macs_recomputed(measured):
         assert row["full_macs"] == pytest.approx(T * step + h)
         assert math.isclose(row["ideal_speedup"], (T * step + h) / mean, rel_tol=1e-9)
         assert row["policy_fraction"] == pytest.approx(2 * h / step)
+
+
+def test_depth_seconds_runs_every_chunk_through_every_step(stop_speed):
+    """The time ideal's per-depth seconds: T non-negative entries from one warm-up and
+    ``repeats`` passes over every chunk of the timed rows, each through every step."""
+    from test_inference import make
+
+    model, policy, x = make(seed=1, batch=50)
+    case = stop_speed.SpeedCase(
+        "toy", "toy", model, policy, x, {}, lambda i: i.double(), 1.0, 1.0, 0.0, chunk=20
+    )
+    model.rows_advanced = 0
+    seconds = stop_speed.depth_seconds(case, repeats=2)
+    assert seconds.shape == (model.max_steps,) and bool((seconds >= 0).all())
+    assert model.rows_advanced == 3 * 50 * model.max_steps  # chunks of 20, 20 and 10 rows
