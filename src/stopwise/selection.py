@@ -270,13 +270,11 @@ class _FlooredSearch:
         # so the cheaper rule's share grows a row at a time until it fits.
         rows, start = self.scores.shape[0], min(a.floor, e.floor)
         first_share = 1.0 - float(share.flatten()[pick])
+        first, second = self.rule(a.floor, a.threshold), self.rule(e.floor, e.threshold)
+        # The same thresholds on the kind's precomputed scores.
+        on_scores = ScoreThreshold(first.score_threshold), ScoreThreshold(second.score_threshold)
         for _ in range(rows + 1):
-            scored = MixedRule(
-                ScoreThreshold(self.rule(a.floor, a.threshold).score_threshold),
-                ScoreThreshold(self.rule(e.floor, e.threshold).score_threshold),
-                first_share,
-            )
-            index = stop_indices(self.scores, scored, self.valid)
+            index = stop_indices(self.scores, MixedRule(*on_scores, first_share), self.valid)
             spent = float(self.floor_costs[start][index].mean())
             if spent <= budget + 1e-12 * max(1.0, abs(budget)):
                 break
@@ -285,10 +283,7 @@ class _FlooredSearch:
             return None
         if self.sign * float(self.metric(index)) >= self.sign * single.value:
             return None
-        rule = MixedRule(
-            self.rule(a.floor, a.threshold), self.rule(e.floor, e.threshold), first_share
-        )
-        return rule, start
+        return MixedRule(first, second, first_share), start
 
 
 def fit_floored_threshold(
