@@ -17,7 +17,9 @@ wall clock and process CPU time) at each thread count, beside
 * the *time ideal* (:func:`depth_seconds`: each row costs what a full batch truncated at its
   depth costs per row) and measured / time ideal, which split a miss between the model's time
   per depth and what ``shrink`` adds,
-* the policy's MACs per decision as a fraction of one step's MACs (target ≤ 10%).
+* the policy's MACs per decision as a fraction of one step's MACs (target ≤ 10%),
+* where the rows are timed in chunks (multi-exit, parity), the speedup of running the chunks
+  one by one with no pooling of the rows that go on (``chunk by chunk``), in the same loop.
 
 Weights: every task is trained once with its ``quick`` preset architecture through
 ``stopwise.experiments.run_experiment`` into ``runs/speed/<task>`` (reused on rerun; training
@@ -496,12 +498,10 @@ ADAPTERS = {
 def stop_index(case: SpeedCase, rule: Rule) -> torch.Tensor:
     """``(N,)`` the stop steps of ``rule`` on the timed rows, by real (shrink) execution."""
 
-    def run(rows):
-        return run_adaptive(case.model, case.policy, rows, rule, "shrink", case.valid).stop_index
-
-    if case.chunk is None:
-        return run(case.inputs)
-    return in_chunks(run, case.inputs, case.chunk)
+    model, policy = case.model, case.policy
+    return run_adaptive(
+        model, policy, case.inputs, rule, "shrink", case.valid, None, case.chunk
+    ).stop_index
 
 
 @torch.no_grad()
@@ -604,8 +604,16 @@ def measure(case: SpeedCase, threads: int, repeats: int) -> list[dict[str, Any]]
     """One row per budget: MACs, the ideal and the measured speedups, the policy's overhead,
     and how one step's time scales with its rows (:func:`step_scaling`)."""
     torch.set_num_threads(threads)
+    pooled = case.chunk is not None  # also time the chunks run one by one, never pooled
     timing = time_adaptive(
-        case.model, case.policy, case.inputs, case.rules, case.valid, repeats, case.chunk
+        case.model,
+        case.policy,
+        case.inputs,
+        case.rules,
+        case.valid,
+        repeats,
+        case.chunk,
+        unpooled=pooled,
     )
     scaling = step_scaling(case)
     depth = depth_seconds(case, 3 if case.repeats else 5)
@@ -643,6 +651,7 @@ def measure(case: SpeedCase, threads: int, repeats: int) -> list[dict[str, Any]]
                 "wall_speedup": timed["speedup"],
                 "cpu_speedup": timed["cpu_speedup"],
                 "wall_over_ideal": timed["speedup"] / ideal,
+                "unpooled_wall_speedup": timed.get("unpooled_speedup"),
                 "cpu_over_ideal": (timed["cpu_speedup"] or float("nan")) / ideal,
                 "speedup_target_met": timed["speedup"] >= TARGET_SPEEDUP * ideal,
                 "time_ideal_speedup": time_ideal,
@@ -660,17 +669,20 @@ def measure(case: SpeedCase, threads: int, repeats: int) -> list[dict[str, Any]]
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| task | model | thr | budget | batch | steps | MACs/full | ideal | wall (CPU) speedup "
-        "| wall/ideal | time ideal | wall/time ideal | policy/step | fixed share of a step |",
-        "|:---|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| wall/ideal | time ideal | wall/time ideal | chunk by chunk | policy/step "
+        "| fixed share of a step |",
+        "|:---|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         mark = "" if r["speedup_target_met"] else " ✗"
+        unpooled = r.get("unpooled_wall_speedup")
+        unpooled = "—" if unpooled is None else f"{unpooled:.2f}"
         lines.append(
             f"| {r['task']} | {r['model']} | {r['threads']} | {r['budget']} | {r['batch']} | "
             f"{r['mean_steps']:.2f}/{r['max_steps']} | {r['mean_macs'] / r['full_macs']:.3f} | "
             f"{r['ideal_speedup']:.2f} | {r['wall_speedup']:.2f} ({r['cpu_speedup']:.2f}) | "
             f"{r['wall_over_ideal']:.2f}{mark} | {r['time_ideal_speedup']:.2f} | "
-            f"{r['wall_over_time_ideal']:.2f} | {100 * r['policy_fraction']:.1f}% | "
+            f"{r['wall_over_time_ideal']:.2f} | {unpooled} | {100 * r['policy_fraction']:.1f}% | "
             f"{100 * r['fixed_share']:.0f}% |"
         )
     return "\n".join(lines)

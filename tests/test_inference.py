@@ -197,6 +197,55 @@ def test_shrink_only_advances_rows_still_running():
     assert int(result.steps_used.sum()) < 100 * 7
 
 
+@pytest.mark.parametrize("rule", RULES, ids=repr)
+@pytest.mark.parametrize("chunk", [1, 7, 20, 64, 100])
+@torch.no_grad()
+def test_chunked_runs_equal_each_chunk_run_alone(rule, chunk):
+    """Any mode with ``chunk`` equals running every chunk as a batch of its own, one after
+    another (written out here), whatever pooling shrink does across chunks."""
+    model, policy, x = make(seed=8, batch=64)
+    valid = torch.tensor([1, 0, 1, 1, 0, 1, 1], dtype=torch.bool)
+    parts = [
+        run_adaptive(model, policy, x[i : i + chunk], rule, "dense", valid)
+        for i in range(0, 64, chunk)
+    ]
+    expected_index = torch.cat([r.stop_index for r in parts])
+    expected = torch.cat([r.predictions for r in parts])
+    for mode in ("dense", "masked", "shrink"):
+        result = run_adaptive(model, policy, x, rule, mode, valid, chunk=chunk)
+        assert torch.equal(result.stop_index, expected_index), mode
+        torch.testing.assert_close(result.predictions, expected)
+        torch.testing.assert_close(result.cost, model.step_costs()[expected_index])
+
+
+@torch.no_grad()
+def test_shrink_pools_the_rows_that_go_on_across_chunks():
+    """Each step runs once ``chunk`` rows wait for it (or the inputs are used up), not once per
+    chunk: counted batch sizes of every ``advance`` call."""
+    model, policy, x = make(seed=9, batch=200)
+    calls = []
+    advance = model.advance
+
+    def counting(state, t):
+        calls.append((t, state["h"].shape[0]))
+        return advance(state, t)
+
+    model.advance = counting
+    rule = HazardThreshold(0.5)
+    result = run_adaptive(model, policy, x, rule, "shrink", chunk=25)
+    running = [int((result.stop_index >= t).sum()) for t in range(7)]
+    for t in range(7):
+        sizes = [size for step, size in calls if step == t]
+        assert sum(sizes) == running[t]  # every running row once, no row twice
+        assert all(size >= 25 for size in sizes[:-1])  # only the last call may be short
+        assert len(sizes) <= -(-running[t] // 25)  # ⌈rows / chunk⌉ calls at most
+    assert running[1] < 200 and running[-1] > 0  # rows leave along the way
+    calls.clear()
+    for i in range(0, 200, 25):  # chunk by chunk: each chunk's survivors run every step
+        run_adaptive(model, policy, x[i : i + 25], rule, "shrink")
+    assert len([1 for step, _ in calls if step == 6]) > -(-running[6] // 25)
+
+
 @torch.no_grad()
 def test_extreme_thresholds_and_run_fixed():
     model, policy, x = make(seed=5)
@@ -344,3 +393,6 @@ def test_time_adaptive_reports_medians_and_the_rules_steps():
     assert timing["rules"]["never"]["mean_cost"] == float(model.step_costs()[-1])
     assert timing["full_cpu_seconds"] >= 0  # process CPU time beside the wall clock
     assert all(row["cpu_seconds"] >= 0 for row in timing["rules"].values())
+    both = time_adaptive(model, policy, x, rules, repeats=1, chunk=20, unpooled=True)
+    assert all(row["unpooled_speedup"] > 0 for row in both["rules"].values())
+    assert "unpooled_speedup" not in timing["rules"]["early"]

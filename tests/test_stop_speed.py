@@ -20,7 +20,7 @@ ROW_KEYS = {
     "mean_steps", "mean_macs", "skipped_decisions", "full_macs", "ideal_speedup", "full_seconds",
     "adaptive_seconds",
     "wall_speedup", "cpu_speedup", "wall_over_ideal", "cpu_over_ideal", "speedup_target_met",
-    "time_ideal_speedup", "wall_over_time_ideal",
+    "time_ideal_speedup", "wall_over_time_ideal", "unpooled_wall_speedup",
     "step_macs", "policy_macs", "policy_fraction", "policy_target_met",
     "step_batch", "step_seconds", "step_seconds_sixteenth", "fixed_share",
 }  # fmt: skip
@@ -71,6 +71,8 @@ def test_schema(measured):
         b = max(full - few, 0.0) / (n - max(1, n // 16))
         assert r["fixed_share"] == pytest.approx((full - b * n) / full)
         assert r["fixed_share"] <= 1.0 and full > 0
+        # Parity's rows are timed in chunks: also chunk by chunk, never pooled.
+        assert (r["unpooled_wall_speedup"] is None) == (r["task"] == "sparse-recovery")
     for task, model in models:  # 2-3 distinct budgets per curve, the cheapest first
         steps = [r["mean_steps"] for r in rows if r["model"] == model and r["task"] == task]
         assert len(steps) >= 2 and steps == sorted(steps)

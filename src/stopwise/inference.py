@@ -24,7 +24,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .steps import StepModel, index_state, state_batch_size, state_device, where_state
+from .steps import (
+    StepModel,
+    cat_state,
+    index_state,
+    state_batch_size,
+    state_device,
+    where_state,
+)
 
 __all__ = [
     "Rule",
@@ -261,6 +268,7 @@ def run_adaptive(
     mode: str = "shrink",
     valid_steps: torch.Tensor | None = None,
     step_costs: torch.Tensor | None = None,
+    chunk: int | None = None,
 ) -> AdaptiveResult:
     """Run ``model`` on ``inputs``, stopping each row where ``rule`` says, in the given ``mode``.
 
@@ -272,15 +280,36 @@ def run_adaptive(
         valid_steps: optional ``(T,)`` bool mask of steps allowed to stop (pruned exits are False);
             the last valid step stops every remaining row, and later steps never run.
         step_costs: ``(T,)`` cumulative cost per step; default ``model.step_costs()``.
+        chunk: rows that enter at a time (default: all). In ``shrink`` mode the rows that go on
+            from several chunks are pooled, so a later step runs on about ``chunk`` rows, not
+            on each chunk's few survivors; the other modes run chunk by chunk. A
+            :class:`MixedRule` splits each chunk as a batch of its own.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
+    if chunk is not None and chunk < 1:
+        raise ValueError(f"chunk must be >= 1; got {chunk}")
     valid = _valid_steps(model, valid_steps)
-    run = {"dense": _run_dense, "masked": _run_masked, "shrink": _run_shrink}[mode]
-    predictions, stop_index = run(model, policy, inputs, rule, valid)
+    if mode == "shrink":
+        predictions, stop_index = _run_shrink(model, policy, inputs, rule, valid, chunk)
+    else:
+        run = {"dense": _run_dense, "masked": _run_masked}[mode]
+        outputs = [run(model, policy, part, rule, valid) for part in row_chunks(inputs, chunk)]
+        predictions, stop_index = (
+            outputs[0] if len(outputs) == 1 else (torch.cat(c) for c in zip(*outputs, strict=True))
+        )
     costs = model.step_costs() if step_costs is None else torch.as_tensor(step_costs)
     cost = costs.to(stop_index.device)[stop_index]
     return AdaptiveResult(predictions, stop_index, cost)
+
+
+def row_chunks(inputs: Any, chunk: int | None):
+    """``inputs`` (a tensor or a nested state) ``chunk`` rows at a time; all at once if None."""
+    if chunk is None:
+        yield inputs
+        return
+    for i in range(0, state_batch_size(inputs), chunk):
+        yield index_state(inputs, slice(i, i + chunk))
 
 
 def _last(valid) -> int:
@@ -289,43 +318,76 @@ def _last(valid) -> int:
     return max(t for t, ok in enumerate(flags) if ok)
 
 
-def _run_shrink(model, policy, inputs, rule, valid):
-    state = model.start(inputs)
-    B = state_batch_size(state)
-    device = state_device(state)
-    active = torch.arange(B, device=device)
-    carry = rule.init_carry(B, model.max_steps, device)
-    predictions = None
-    stop_index = torch.full((B,), -1, dtype=torch.long, device=device)
+def _run_shrink(model, policy, inputs, rule, valid, chunk=None):
+    """Finished rows leave the batch. The inputs enter ``chunk`` rows at a time (default: all
+    at once) and the rows that go on from several chunks are pooled: each step runs once
+    ``chunk`` rows wait for it, so a step's fixed cost is paid once per pool rather than once
+    for each chunk's few survivors. Memory: at most about ``chunk`` waiting rows per step."""
+    if chunk is None:  # one batch (the inputs need not support selecting rows)
+        first = model.start(inputs)
+        total = chunk = state_batch_size(first)
+        device, parts = state_device(first), iter([first])
+    else:
+        total, device = state_batch_size(inputs), state_device(inputs)
+        parts = (model.start(part) for part in row_chunks(inputs, chunk))
     last = _last(valid)
-    for t in range(last + 1):
-        state = model.advance(state, t)
-        if not valid[t] or (t < last and not rule.needs_policy(t)):
+    waiting: list[list[tuple]] = [[] for _ in range(last + 1)]  # (rows, state, carry) per step
+    counts = [0] * (last + 1)
+    predictions = None
+    stop_index = torch.full((total,), -1, dtype=torch.long, device=device)
+    fed = 0
+    while True:
+        full = [t for t in range(last + 1) if counts[t] >= chunk]
+        if full:  # the deepest full pool first: it finishes rows and frees memory soonest
+            t = full[-1]
+        elif fed < total:
+            state = next(parts)
+            size = state_batch_size(state)
+            rows = torch.arange(fed, fed + size, device=device)
+            carry = rule.init_carry(size, model.max_steps, device)
+            waiting[0].append((rows, state, carry))
+            counts[0], fed = counts[0] + size, fed + size
             continue
-        prediction, features = model.observe(state, t)
-        if t == last:
-            stop = torch.ones(active.shape[0], dtype=torch.bool, device=device)
+        elif any(counts):  # no more inputs: run the shallowest pool on, whatever its size
+            t = next(t for t, count in enumerate(counts) if count)
         else:
-            stop, carry = rule.decide(policy(features, t), t, carry)
-        if bool(stop.any()):
-            if predictions is None:  # the first rows to stop: the batch is still whole
-                if bool(stop.all()):  # and all stop here: no copies (as at full depth)
+            return predictions, stop_index
+        rows, state, carry = _pooled(waiting[t])
+        waiting[t], counts[t] = [], 0
+        state = model.advance(state, t)
+        if valid[t] and (t == last or rule.needs_policy(t)):
+            prediction, features = model.observe(state, t)
+            if t == last:
+                stop = torch.ones(rows.shape[0], dtype=torch.bool, device=device)
+            else:
+                stop, carry = rule.decide(policy(features, t), t, carry)
+            if predictions is None:
+                if rows.shape[0] == total and bool(stop.all()):  # all at once: no copies
                     return prediction, stop_index.fill_(t)
                 # Every row is written once, at its stop (the last valid step stops the rest).
-                predictions = prediction.new_empty((B, *prediction.shape[1:]))
-            # One nonzero per step; every tensor is then gathered with index_select.
-            stopped, go = stop.nonzero().squeeze(1), (~stop).nonzero().squeeze(1)
-            rows = active.index_select(0, stopped)
-            predictions.index_copy_(0, rows, prediction.index_select(0, stopped))
-            stop_index.index_fill_(0, rows, t)
-            if go.numel() == 0:
-                break
-            active, state, carry = (
-                active.index_select(0, go),
-                index_state(state, go),
-                index_state(carry, go),
-            )
-    return predictions, stop_index
+                predictions = prediction.new_empty((total, *prediction.shape[1:]))
+            if bool(stop.any()):
+                # One nonzero per step; every tensor is then gathered with index_select.
+                stopped, go = stop.nonzero().squeeze(1), (~stop).nonzero().squeeze(1)
+                finished = rows.index_select(0, stopped)
+                predictions.index_copy_(0, finished, prediction.index_select(0, stopped))
+                stop_index.index_fill_(0, finished, t)
+                if go.numel() == 0:
+                    continue
+                rows, state, carry = (
+                    rows.index_select(0, go),
+                    index_state(state, go),
+                    index_state(carry, go),
+                )
+        waiting[t + 1].append((rows, state, carry))
+        counts[t + 1] += rows.shape[0]
+
+
+def _pooled(pieces: list[tuple]) -> tuple:
+    """One ``(rows, state, carry)`` from the pieces waiting for a step, concatenated."""
+    if len(pieces) == 1:
+        return pieces[0]
+    return tuple(cat_state(list(column)) for column in zip(*pieces, strict=True))
 
 
 def _run_masked(model, policy, inputs, rule, valid):
@@ -570,8 +632,7 @@ def in_chunks(fn: Callable[[Any], Any], inputs: Any, chunk: int = 1000) -> Any:
     """
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1; got {chunk}")
-    total = state_batch_size(inputs)
-    parts = [fn(index_state(inputs, slice(i, i + chunk))) for i in range(0, total, chunk)]
+    parts = [fn(part) for part in row_chunks(inputs, chunk)]
     first = parts[0]
     if isinstance(first, torch.Tensor):
         return torch.cat(parts)
@@ -592,41 +653,48 @@ def time_adaptive(
     repeats: int = 5,
     chunk: int | None = None,
     warmup: int = 1,
+    unpooled: bool = False,
 ) -> dict[str, Any]:
     """Wall-clock of real adaptive inference against the full-depth model, measured side by side.
 
-    Each repeat times, in turn, :func:`run_fixed` (every step, no policy) and
-    :func:`run_adaptive` in ``shrink`` mode for every rule, on ``inputs`` in row chunks of
-    ``chunk`` (default: one batch), by the wall clock and by the process's CPU time (all its
-    threads; steadier than the wall clock on a shared machine). Returns medians over repeats:
+    Each repeat times, in turn, :func:`run_fixed` (every step, no policy) on ``inputs`` in row
+    chunks of ``chunk`` (default: one batch) and :func:`run_adaptive` in ``shrink`` mode with
+    the same ``chunk`` for every rule, by the wall clock and by the process's CPU time (all its
+    threads; steadier than the wall clock on a shared machine). With ``unpooled`` it also times
+    each rule run chunk by chunk, the rows that go on never pooled across chunks
+    (``unpooled_seconds``, ``unpooled_speedup``). Returns medians over repeats:
     ``{"full_seconds", "full_cpu_seconds", "rules": {name: {"seconds", "cpu_seconds",
     "speedup", "cpu_speedup", "mean_steps", "mean_cost"}}, "repeats", "rows"}``.
     """
     import statistics
     import time
 
-    total = state_batch_size(inputs)
-    size = total if chunk is None else chunk
-    parts = [index_state(inputs, slice(i, i + size)) for i in range(0, total, size)]
+    parts = list(row_chunks(inputs, chunk))
 
     def full():
         for part in parts:
             run_fixed(model, part)
 
-    outputs: dict[str, list[AdaptiveResult]] = {}
+    results: dict[str, AdaptiveResult] = {}
 
-    def adaptive(name, rule):
-        outputs[name] = [
-            run_adaptive(model, policy, part, rule, "shrink", valid_steps) for part in parts
-        ]
+    def pooled(name, rule):
+        results[name] = run_adaptive(
+            model, policy, inputs, rule, "shrink", valid_steps, None, chunk
+        )
 
+    def chunk_by_chunk(name, rule):
+        for part in parts:
+            run_adaptive(model, policy, part, rule, "shrink", valid_steps)
+
+    variants = {"": pooled, "unpooled_": chunk_by_chunk} if unpooled else {"": pooled}
     for _ in range(warmup):
         full()
         for name, rule in rules.items():
-            adaptive(name, rule)
+            for run in variants.values():
+                run(name, rule)
     clocks = {"wall": time.perf_counter, "cpu": time.process_time}
     full_times: dict[str, list[float]] = {clock: [] for clock in clocks}
-    times = {name: {clock: [] for clock in clocks} for name in rules}
+    times = {(v, name): {clock: [] for clock in clocks} for v in variants for name in rules}
 
     def timed(fn, into: dict[str, list[float]]) -> None:
         start = {clock: read() for clock, read in clocks.items()}
@@ -637,27 +705,26 @@ def time_adaptive(
     for _ in range(repeats):
         timed(full, full_times)
         for name, rule in rules.items():
-            timed(lambda name=name, rule=rule: adaptive(name, rule), times[name])
+            for v, run in variants.items():
+                timed(lambda run=run, name=name, rule=rule: run(name, rule), times[v, name])
     full_s = statistics.median(full_times["wall"])
     full_cpu = statistics.median(full_times["cpu"])
     out: dict[str, Any] = {
         "full_seconds": full_s,
         "full_cpu_seconds": full_cpu,
         "repeats": repeats,
-        "rows": total,
+        "rows": state_batch_size(inputs),
         "rules": {},
     }
     for name in rules:
-        seconds = statistics.median(times[name]["wall"])
-        cpu_seconds = statistics.median(times[name]["cpu"])
-        steps = torch.cat([r.steps_used for r in outputs[name]]).double()
-        cost = torch.cat([r.cost for r in outputs[name]]).double()
-        out["rules"][name] = {
-            "seconds": seconds,
-            "cpu_seconds": cpu_seconds,
-            "speedup": full_s / seconds,
-            "cpu_speedup": full_cpu / cpu_seconds if cpu_seconds > 0 else None,
-            "mean_steps": float(steps.mean()),
-            "mean_cost": float(cost.mean()),
-        }
+        entry = out["rules"][name] = {}
+        for v in variants:
+            seconds = statistics.median(times[v, name]["wall"])
+            entry[f"{v}seconds"] = seconds
+            entry[f"{v}speedup"] = full_s / seconds
+        cpu_seconds = statistics.median(times["", name]["cpu"])
+        entry["cpu_seconds"] = cpu_seconds
+        entry["cpu_speedup"] = full_cpu / cpu_seconds if cpu_seconds > 0 else None
+        entry["mean_steps"] = float(results[name].steps_used.double().mean())
+        entry["mean_cost"] = float(results[name].cost.double().mean())
     return out

@@ -28,6 +28,7 @@ __all__ = [
     "Trajectory",
     "unroll",
     "index_state",
+    "cat_state",
     "where_state",
     "state_batch_size",
     "state_device",
@@ -124,6 +125,11 @@ def index_state(state: State, rows: torch.Tensor) -> State:
     if isinstance(rows, torch.Tensor) and rows.dtype != torch.bool:
         return _map_state(lambda x: x.index_select(0, rows), state)
     return _map_state(lambda x: x[rows], state)
+
+
+def cat_state(states: list[State]) -> State:
+    """Several states' rows, concatenated along the batch dimension."""
+    return _map_state(lambda *parts: torch.cat(parts), *states)
 
 
 def where_state(keep: torch.Tensor, old: State, new: State) -> State:

@@ -20,7 +20,6 @@ from ...inference import (
     ScoreThreshold,
     exit_distribution,
     fit_threshold,
-    in_chunks,
     run_adaptive,
     stop_indices,
 )
@@ -213,17 +212,14 @@ def _run_for_real(
     split in the configured mode, and whether its exits equal those the vectorised evaluation
     picks from the test hazards."""
 
-    def run(rows):
+    with torch.no_grad():
         result = run_adaptive(
-            model, policy, rows, rule, mode=config.inference_mode, step_costs=costs
+            model, policy, test_x, rule, config.inference_mode, None, costs, config.eval_batch
         )
-        return result.predictions, result.stop_index, result.cost
-
-    predictions, index, cost = in_chunks(run, test_x, config.eval_batch)
     return {
-        "accuracy": float((predictions.argmax(-1) == test_y).double().mean()),
-        "mean_cost": float(cost.double().mean()),
-        "matches_dense": bool(torch.equal(index, stop_indices(test_hazards, rule))),
+        "accuracy": float((result.predictions.argmax(-1) == test_y).double().mean()),
+        "mean_cost": float(result.cost.double().mean()),
+        "matches_dense": bool(torch.equal(result.stop_index, stop_indices(test_hazards, rule))),
     }
 
 
