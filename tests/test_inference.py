@@ -218,6 +218,24 @@ def test_chunked_runs_equal_each_chunk_run_alone(rule, chunk):
         torch.testing.assert_close(result.cost, model.step_costs()[expected_index])
 
 
+@pytest.mark.parametrize("share", [0.1, 0.5, 0.9])
+@torch.no_grad()
+def test_shrink_when_a_share_of_rows_stops_at_the_first_step(share):
+    """Few or most rows stop at step 0 (shrink copies the batch at once when most do), the rest
+    later: the same stops and predictions as dense mode."""
+    model, policy, x = make(seed=10, batch=50)
+    first = hazard_trajectory(model, policy, x)[:, 0]
+    threshold = torch.full((7,), 0.5)
+    threshold[0] = torch.quantile(first, 1 - share)
+    rule = ScoreThreshold(threshold)
+    shrink = run_adaptive(model, policy, x, rule, "shrink")
+    dense = run_adaptive(model, policy, x, rule, "dense")
+    stopped_first = float((shrink.stop_index == 0).double().mean())
+    assert abs(stopped_first - share) <= 0.03 and (shrink.stop_index > 0).any()
+    assert torch.equal(shrink.stop_index, dense.stop_index)
+    torch.testing.assert_close(shrink.predictions, dense.predictions)
+
+
 @torch.no_grad()
 def test_shrink_pools_the_rows_that_go_on_across_chunks():
     """Each step runs once ``chunk`` rows wait for it (or the inputs are used up), not once per

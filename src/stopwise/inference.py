@@ -361,16 +361,21 @@ def _run_shrink(model, policy, inputs, rule, valid, chunk=None):
                 stop = torch.ones(rows.shape[0], dtype=torch.bool, device=device)
             else:
                 stop, carry = rule.decide(policy(features, t), t, carry)
-            if predictions is None:
-                if rows.shape[0] == total and bool(stop.all()):  # all at once: no copies
-                    return prediction, stop_index.fill_(t)
-                # Every row is written once, at its stop (the last valid step stops the rest).
-                predictions = prediction.new_empty((total, *prediction.shape[1:]))
+            whole = predictions is None and rows.shape[0] == total  # every row, in order
+            if whole and bool(stop.all()):  # all stop at once: no copies
+                return prediction, stop_index.fill_(t)
             if bool(stop.any()):
                 # One nonzero per step; every tensor is then gathered with index_select.
                 stopped, go = stop.nonzero().squeeze(1), (~stop).nonzero().squeeze(1)
                 finished = rows.index_select(0, stopped)
-                predictions.index_copy_(0, finished, prediction.index_select(0, stopped))
+                if whole and 2 * stopped.numel() >= total:
+                    # Most rows stop here: one plain copy of the batch beats two gathers (the
+                    # rows that go on are overwritten at their own stop).
+                    predictions = prediction.clone()
+                else:
+                    if predictions is None:  # every row is written at its stop
+                        predictions = prediction.new_empty((total, *prediction.shape[1:]))
+                    predictions.index_copy_(0, finished, prediction.index_select(0, stopped))
                 stop_index.index_fill_(0, finished, t)
                 if go.numel() == 0:
                     continue
