@@ -99,6 +99,20 @@ def test_regression_loss_gradient_and_optimum_are_the_closed_forms():
     assert bool((family.full_loss(theta, functions) >= family.optimum(functions)).all())
 
 
+@pytest.mark.parametrize("family", [RegressionFamily(), QuadraticFamily(10)], ids=type)
+def test_closed_form_gradients_equal_autograd_of_the_loss(family):
+    """The families' ``loss_and_gradient`` (used for every optimizer step) against autograd of
+    their ``loss``, on random points and functions with masked observations."""
+    functions = family.sample(40, gen(2))
+    theta = torch.randn(40, family.dim, dtype=torch.float64, generator=gen(3))
+    loss, grad = family.loss_and_gradient(theta, functions, 0)
+    point = theta.clone().requires_grad_(True)
+    (autograd,) = torch.autograd.grad(family.loss(point, functions, 0).sum(), point)
+    torch.testing.assert_close(loss, family.loss(theta, functions, 0), rtol=0, atol=0)
+    torch.testing.assert_close(grad, autograd, rtol=1e-12, atol=1e-12)
+    assert grad.abs().max() > 1e-3  # not at an optimum
+
+
 def test_regression_difficulty_varies_with_the_input_range():
     family = RegressionFamily(scale_min=0.1, scale_max=2.0)
     functions = family.sample(500, gen())
@@ -389,9 +403,9 @@ def test_stopping_runs_for_real_and_matches_the_dense_rule():
     class Counting(RegressionFamily):
         evaluated = 0
 
-        def loss(self, theta, functions, step=0):
+        def loss_and_gradient(self, theta, functions, step=0):
             Counting.evaluated += theta.shape[0]
-            return super().loss(theta, functions, step)
+            return super().loss_and_gradient(theta, functions, step)
 
     family = Counting()
     run = OptimizerRun(family, HandDesigned("adam", 0.1), 15)

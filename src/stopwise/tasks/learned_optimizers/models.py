@@ -239,12 +239,16 @@ HAND_DESIGNED = HandDesigned.KINDS
 def loss_and_gradient(
     family: FunctionFamily, theta: torch.Tensor, functions: Any, step: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(f (n,), ∇f (n, D))`` at ``theta``, with ``torch.func.grad_and_value``.
+    """``(f (n,), ∇f (n, D))`` at ``theta``: the family's closed form if it has one
+    (``family.loss_and_gradient``), else ``torch.func.grad_and_value``.
 
     θ is detached first: the optimizer's input gradient carries no graph (the paper's
     assumption ∂∇_t/∂φ = 0, the official code's default). Rows are independent functions, so the
     gradient of the sum is each function's own gradient.
     """
+    if hasattr(family, "loss_and_gradient"):
+        values, grad = family.loss_and_gradient(theta.detach(), functions, step)
+        return values.detach(), grad.detach()
 
     def total(th):
         values = family.loss(th, functions, step)
