@@ -361,7 +361,8 @@ def _run_shrink(model, policy, inputs, rule, valid, chunk=None):
                 stop = torch.ones(rows.shape[0], dtype=torch.bool, device=device)
             else:
                 stop, carry = rule.decide(policy(features, t), t, carry)
-            whole = predictions is None and rows.shape[0] == total  # every row, in order
+            # Every row, in input order (one batch, and no row has stopped yet).
+            whole = predictions is None and chunk >= total and rows.shape[0] == total
             if whole and bool(stop.all()):  # all stop at once: no copies
                 return prediction, stop_index.fill_(t)
             if bool(stop.any()):
