@@ -257,6 +257,7 @@ def test_shrink_pools_the_rows_that_go_on_across_chunks():
         assert sum(sizes) == running[t]  # every running row once, no row twice
         assert all(size >= 25 for size in sizes[:-1])  # only the last call may be short
         assert len(sizes) <= -(-running[t] // 25)  # ⌈rows / chunk⌉ calls at most
+        assert max(sizes) <= (t + 1) * 25 - t  # a pool joins fewer than a chunk waiting
     assert running[1] < 200 and running[-1] > 0  # rows leave along the way
     calls.clear()
     for i in range(0, 200, 25):  # chunk by chunk: each chunk's survivors run every step

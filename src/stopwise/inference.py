@@ -320,9 +320,11 @@ def _last(valid) -> int:
 
 def _run_shrink(model, policy, inputs, rule, valid, chunk=None):
     """Finished rows leave the batch. The inputs enter ``chunk`` rows at a time (default: all
-    at once) and the rows that go on from several chunks are pooled: each step runs once
-    ``chunk`` rows wait for it, so a step's fixed cost is paid once per pool rather than once
-    for each chunk's few survivors. Memory: at most about ``chunk`` waiting rows per step."""
+    at once) and the rows that go on from several chunks are pooled: step t runs once
+    ``chunk`` rows wait for it, so its fixed cost is paid once per pool rather than once for
+    each chunk's few survivors. A pool of step t holds at most (t + 1)·``chunk`` − t rows (a
+    pool arriving from step t − 1 joins fewer than ``chunk`` waiting), and a new chunk enters
+    only when no pool is full."""
     if chunk is None:  # one batch (the inputs need not support selecting rows)
         first = model.start(inputs)
         total = chunk = state_batch_size(first)
