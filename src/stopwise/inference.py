@@ -332,17 +332,17 @@ def _run_shrink(model, policy, inputs, rule, valid, chunk=None):
     else:
         total, device = state_batch_size(inputs), state_device(inputs)
         parts = (model.start(part) for part in row_chunks(inputs, chunk))
+    valid = valid.tolist() if isinstance(valid, torch.Tensor) else list(valid)
     last = _last(valid)
     waiting: list[list[tuple]] = [[] for _ in range(last + 1)]  # (rows, state, carry) per step
     counts = [0] * (last + 1)
     predictions = None
     stop_index = torch.full((total,), -1, dtype=torch.long, device=device)
-    fed = 0
+    fed, step = 0, None
     while True:
-        full = [t for t in range(last + 1) if counts[t] >= chunk]
-        if full:  # the deepest full pool first: it finishes rows and frees memory soonest
-            t = full[-1]
-        elif fed < total:
+        if step is None:
+            step = _next_pool(counts, chunk, inputs_left=fed < total)
+        if step is None:  # a chunk enters
             state = next(parts)
             size = state_batch_size(state)
             rows = torch.arange(fed, fed + size, device=device)
@@ -350,10 +350,9 @@ def _run_shrink(model, policy, inputs, rule, valid, chunk=None):
             waiting[0].append((rows, state, carry))
             counts[0], fed = counts[0] + size, fed + size
             continue
-        elif any(counts):  # no more inputs: run the shallowest pool on, whatever its size
-            t = next(t for t, count in enumerate(counts) if count)
-        else:
+        if step < 0:
             return predictions, stop_index
+        t, step = step, None
         rows, state, carry = _pooled(waiting[t])
         waiting[t], counts[t] = [], 0
         state = model.advance(state, t)
@@ -389,6 +388,20 @@ def _run_shrink(model, policy, inputs, rule, valid, chunk=None):
                 )
         waiting[t + 1].append((rows, state, carry))
         counts[t + 1] += rows.shape[0]
+        if counts[t + 1] >= chunk:  # no deeper pool is full: this one runs next
+            step = t + 1
+
+
+def _next_pool(counts: list[int], chunk: int, inputs_left: bool) -> int | None:
+    """The step whose waiting rows run next: the deepest pool of ``chunk`` rows or more (it
+    finishes rows and frees memory soonest); else None while inputs are left (a chunk enters);
+    else the shallowest pool left, whatever its size; −1 once nothing waits."""
+    for t in range(len(counts) - 1, -1, -1):
+        if counts[t] >= chunk:
+            return t
+    if inputs_left:
+        return None
+    return next((t for t, count in enumerate(counts) if count), -1)
 
 
 def _pooled(pieces: list[tuple]) -> tuple:
