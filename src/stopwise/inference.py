@@ -357,10 +357,11 @@ def _run_shrink(model, policy, inputs, rule, valid, chunk=None):
         waiting[t], counts[t] = [], 0
         state = model.advance(state, t)
         if valid[t] and (t == last or rule.needs_policy(t)):
-            prediction, features = model.observe(state, t)
-            if t == last:
+            if t == last:  # every row left stops: no features, no decision
+                prediction = model.predict(state, t)
                 stop = torch.ones(rows.shape[0], dtype=torch.bool, device=device)
             else:
+                prediction, features = model.observe(state, t)
                 stop, carry = rule.decide(policy(features, t), t, carry)
             # Every row, in input order (one batch, and no row has stopped yet).
             whole = predictions is None and chunk >= total and rows.shape[0] == total
