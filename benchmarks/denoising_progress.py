@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 
-
 PSNR_STAGES = ("pretrain", "finetune", "stage1")  # DnCNN stages scored by validation PSNR
 
 
