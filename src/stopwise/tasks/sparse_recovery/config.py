@@ -100,7 +100,7 @@ class Alista:
 class Cpss:
     """LISTA-CP-SS-stop: LISTA-CP with support selection started at the trained ALISTA."""
 
-    stage1_steps: int = param(300, ge=1, help="stage I Adam updates")
+    stage1_steps: int = param(900, ge=1, help="stage I Adam updates")
     batch: int = param(256, ge=1, help="stage I samples per update")
     lr: float = param(1e-3, gt=0, help="stage I initial learning rate")
     weight_decay: float = param(0.0, ge=0, help="stage I Adam weight decay")
@@ -158,7 +158,8 @@ PRESETS = {
         "timing_repeats": 1,
         "log_every": 10,
     },
-    # `make demo`: the whole table in about five minutes on one CPU thread (LISTA rows shortened)
+    # `make demo`: the whole table in about five minutes on one CPU thread (LISTA rows shortened;
+    # LISTA-CP-SS-stop stage I 900 updates, the default)
     "quick": {},
     # benchmarks/sparse_recovery.py: three seeds, ~20 CPU-minutes each (shortened to fit a shared
     # machine: LISTA 2k updates, LISTA-CP-SS stage I 3k instead of 15k)
