@@ -4,6 +4,7 @@ MLP, per-coordinate loops, the random-horizon prior, a plain truncated-BPTT grap
 optimizer's gradient, and real adaptive execution counting gradient evaluations."""
 
 import math
+from fractions import Fraction
 
 import pytest
 import torch
@@ -26,6 +27,7 @@ from stopwise.tasks.learned_optimizers import (
     loss_curves,
     meta_train,
 )
+from stopwise.tasks.learned_optimizers.data import suboptimality
 from stopwise.tasks.learned_optimizers.methods import (
     _windows,
     act_meta_gradient,
@@ -97,6 +99,45 @@ def test_regression_loss_gradient_and_optimum_are_the_closed_forms():
     _, at_optimum = loss_and_gradient(family, theta_hat, functions, 0)
     assert at_optimum.abs().max() < 1e-8
     assert bool((family.full_loss(theta, functions) >= family.optimum(functions)).all())
+
+
+def _exact_regression_gap(functions, i: int, theta) -> Fraction:
+    """f(θ) − f(θ̂) of function ``i`` in exact rational arithmetic from its float64 data: θ̂
+    from the normal equations solved by Cramer's rule, f written out as the thesis's NLL (the
+    log term cancels in the difference)."""
+    n = int(functions["count"][i])
+    xs = [Fraction(v) for v in functions["x"][i, :n].tolist()]
+    ys = [Fraction(v) for v in functions["y"][i, :n].tolist()]
+    beta = Fraction(float(functions["beta"][i]))
+    sx, sxx = sum(xs), sum(x * x for x in xs)
+    sy, sxy = sum(ys), sum(x * y for x, y in zip(xs, ys, strict=True))
+    det = n * sxx - sx * sx
+    hat = ((sxx * sy - sx * sxy) / det, (n * sxy - sx * sy) / det)
+
+    def f(t0, t1):  # without the constant ½ log(2π/β)
+        return beta / (2 * n) * sum((y - t0 - t1 * x) ** 2 for x, y in zip(xs, ys, strict=True))
+
+    return f(*(Fraction(v) for v in theta)) - f(*hat)
+
+
+def test_regression_gap_is_exact_where_the_difference_of_losses_is_rounding():
+    """The regression family's ``gap`` against f(θ) − f(θ̂) in exact rational arithmetic, at
+    points 1e-3 … 1e-11 from θ̂: the quadratic form keeps ~12 digits where subtracting the two
+    float64 losses is rounding noise (the reason for ``gap``); ``suboptimality`` uses it."""
+    family = RegressionFamily()
+    functions = family.sample(4, gen(5))
+    theta_hat = family.minimiser(functions)
+    direction = torch.randn(4, 2, dtype=torch.float64, generator=gen(6))
+    for distance in (1e-3, 1e-7, 1e-11):
+        theta = theta_hat + distance * direction
+        gap = family.gap(theta, functions)
+        assert torch.equal(suboptimality(family, theta, functions), gap)
+        difference = family.loss(theta, functions) - family.optimum(functions)
+        for i in range(4):
+            exact = float(_exact_regression_gap(functions, i, theta[i].tolist()))
+            assert gap[i].item() == pytest.approx(exact, rel=1e-6)
+            if distance == 1e-11:  # ~1e-22: far below float64's resolution of f (~1e-16)
+                assert abs(difference[i].item() - exact) > 0.5 * exact
 
 
 @pytest.mark.parametrize("family", [RegressionFamily(), QuadraticFamily(10)], ids=type)

@@ -27,7 +27,7 @@ from ...inference import ScoreThreshold, run_adaptive, stop_indices, time_adapti
 from ...selection import Heldout
 from ...steps import state_batch_size
 from .config import LearnedOptimizersConfig
-from .data import MLPFamily, QuadraticFamily, RegressionFamily, load_images
+from .data import MLPFamily, QuadraticFamily, RegressionFamily, load_images, suboptimality
 from .methods import (
     fit_l2s_policy,
     loss_curves,
@@ -40,7 +40,6 @@ from .metrics import (
     StopData,
     StopEvaluation,
     evaluate_stop,
-    gaps,
     log10_gap,
     oracle_tradeoff,
     stop_data,
@@ -194,11 +193,8 @@ def _curve(values: torch.Tensor, steps: list[int]) -> dict[str, Any]:
     }
 
 
-def _score_gap(family):
-    def score(losses, functions):
-        return log10_gap(gaps(family, losses, functions))
-
-    return score
+def _score_gap(gaps, functions):
+    return log10_gap(gaps)
 
 
 def _horizons(config, name) -> list[int]:
@@ -222,23 +218,32 @@ def _hand(config, name, context) -> dict[str, Any]:
     horizons = _horizons(config, name)
     with context.timed("tune"):
         tuning = tune_learning_rates(
-            family, config.optimizers, config.learning_rates, val, horizons, _score_gap(family)
+            family,
+            config.optimizers,
+            config.learning_rates,
+            val,
+            horizons,
+            _score_gap,
+            measure=suboptimality,
         )
     test_functions = test.open()
     steps = evaluation_steps(config, name)
     results: dict[str, Any] = {"tuning": tuning, "test": {}, "curves": {}}
     for kind in config.optimizers:
         rates = tuning[kind]["lr"]
-        losses, _ = loss_curves(
-            family, HandDesigned(kind, rates[config.horizon]), test_functions, steps
+        gaps, _ = loss_curves(
+            family,
+            HandDesigned(kind, rates[config.horizon]),
+            test_functions,
+            steps,
+            measure=suboptimality,
         )
-        results["curves"][kind] = _curve(log10_gap(gaps(family, losses, test_functions)), steps)
+        results["curves"][kind] = _curve(log10_gap(gaps), steps)
         results["test"][kind] = {}
         for H in horizons:
-            losses, _ = loss_curves(family, HandDesigned(kind, rates[H]), test_functions, [H])
-            results["test"][kind][str(H)] = summary(
-                log10_gap(gaps(family, losses, test_functions))[:, 0]
-            )
+            stepper = HandDesigned(kind, rates[H])
+            gaps, _ = loss_curves(family, stepper, test_functions, [H], measure=suboptimality)
+            results["test"][kind][str(H)] = summary(log10_gap(gaps)[:, 0])
     return results
 
 
@@ -250,7 +255,7 @@ def _hand_mlp(config, context) -> dict[str, Any]:
         val, test = _splits(config, "mlp", family, context)
         with context.timed("tune"):
             tuning = tune_learning_rates(
-                family, config.optimizers, config.learning_rates, val, [H], _score_gap(family)
+                family, config.optimizers, config.learning_rates, val, [H], _score_gap
             )
         test_functions = test.open()
         row: dict[str, Any] = {"tuning": tuning, "horizon": H, "test": {}}
@@ -312,14 +317,15 @@ def _lstm(config, name, context) -> dict[str, Any]:
     test_functions = test.open()
     steps = evaluation_steps(config, name)
     with context.timed("evaluate"):
-        losses, _ = loss_curves(family, net, test_functions, steps)
-    log_gap = log10_gap(gaps(family, losses, test_functions))
+        gaps, _ = loss_curves(family, net, test_functions, steps, measure=suboptimality)
+        losses, _ = loss_curves(family, net, test_functions, [config.horizon])
+    log_gap = log10_gap(gaps)
     return {
         "meta": metrics,
         "curve": _curve(log_gap, steps),
         "test": {str(H): summary(log_gap[:, steps.index(H)]) for H in _horizons(config, name)},
         "val_nll": float(val_losses[:, 0].mean()),
-        "test_nll": float(losses[:, steps.index(config.horizon)].mean()),
+        "test_nll": float(losses[:, 0].mean()),
     }
 
 

@@ -25,7 +25,7 @@ without a graph (∂∇_t/∂φ = 0, the paper's assumption), computed with ``to
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -265,11 +265,13 @@ def loss_curves(
     functions: Any,
     record: Sequence[int],
     chunk: int = 2000,
+    measure: Callable[[FunctionFamily, torch.Tensor, Any], torch.Tensor] = full_loss,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(losses (n, len(record)), θ (n, D))``: the family's full loss after each number of
-    steps in ``record`` (1-based, increasing) and the parameters after the last, running
-    ``stepper`` without storing the trajectory. Rows are processed ``chunk`` at a time (a
-    hand-designed optimizer's per-row learning rates follow their rows)."""
+    """``(values (n, len(record)), θ (n, D))``: ``measure(family, θ, functions)`` (default: the
+    full loss; :func:`~.data.suboptimality` for gaps) after each number of steps in ``record``
+    (1-based, increasing) and the parameters after the last, running ``stepper`` without
+    storing the trajectory. Rows are processed ``chunk`` at a time (a hand-designed optimizer's
+    per-row learning rates follow their rows)."""
     record = list(record)
     if record != sorted(set(record)) or record[0] < 1:
         raise ValueError(f"record must be increasing step counts >= 1; got {record[:5]}...")
@@ -287,7 +289,7 @@ def loss_curves(
         for t in range(record[-1]):
             state = run.advance(state, t)
             if t + 1 in wanted:
-                out.append(diverged_as_large(full_loss(family, state["theta"], part)))
+                out.append(diverged_as_large(measure(family, state["theta"], part)))
         parts.append(torch.stack(out, dim=1))
         thetas.append(state["theta"])
     return torch.cat(parts), torch.cat(thetas)
@@ -300,17 +302,21 @@ def tune_learning_rates(
     val_functions: Any,
     horizons: Sequence[int],
     score: Any,
+    measure: Callable[[FunctionFamily, torch.Tensor, Any], torch.Tensor] = full_loss,
 ) -> dict[str, Any]:
     """The learning rate of each hand-designed optimizer, per horizon, chosen on validation
-    functions: the one with the lowest mean ``score(losses (n, len(horizons)))`` column at that
-    horizon (e.g. mean log10 suboptimality). Every learning rate runs on every validation
-    function, all in one batch. Returns ``{kind: {"lr": {H: lr}, "scores": {H: [per lr]}}}``."""
+    functions: the one with the lowest mean ``score(values (n, len(horizons)), functions)``
+    column at that horizon, ``values`` being ``measure``'s (see :func:`loss_curves`; e.g. gaps,
+    scored by their log10). Every learning rate runs on every validation function, all in one
+    batch. Returns ``{kind: {"lr": {H: lr}, "scores": {H: [per lr]}}}``."""
     n = _rows(val_functions)
     repeated = index_state(val_functions, torch.arange(n).repeat(len(learning_rates)))
     rates = torch.tensor(learning_rates, dtype=torch.float64).repeat_interleave(n)
     out = {}
     for kind in kinds:
-        losses, _ = loss_curves(family, HandDesigned(kind, rates), repeated, horizons)
+        losses, _ = loss_curves(
+            family, HandDesigned(kind, rates), repeated, horizons, measure=measure
+        )
         values = score(losses, repeated).view(len(learning_rates), n, len(horizons)).mean(1)
         values = values.nan_to_num(nan=math.inf)
         best = values.argmin(0)

@@ -1,8 +1,8 @@
 """Measures of the learned-optimizers task, shared by the experiment and the report.
 
 The *gap* of a function at θ is its suboptimality f(θ) − f(θ̂) when the family knows its optimum
-(regression, quadratics: exact) and the loss itself otherwise (the MLP's training loss).
-Logarithms of gaps are floored at :data:`GAP_FLOOR` (float64 rounding of f near its optimum).
+(regression, quadratics) and the loss itself otherwise (the MLP's training loss); see
+:func:`~.data.suboptimality`. Logarithms of gaps are floored at :data:`GAP_FLOOR`.
 Every stop rule here is a threshold on a per-step score (``ScoreThreshold``), so one evaluation
 serves the hand-designed rules, the ACT optimizer and the L2S policy alike.
 """
@@ -27,12 +27,11 @@ from ...selection import (
 )
 from ...stats import spearman
 from ...steps import index_state, state_batch_size, unroll
-from .data import FunctionFamily, full_loss
+from .data import FunctionFamily, full_loss, suboptimality
 from .models import OptimizerRun
 
 __all__ = [
     "GAP_FLOOR",
-    "gaps",
     "log10_gap",
     "summary",
     "StopData",
@@ -46,7 +45,11 @@ __all__ = [
     "DIVERGED",
 ]
 
-GAP_FLOOR = 1e-15
+# Below this a regression gap is the rounding of θ̂ itself: the normal equations' solution is
+# exact to about κ·1e-16 (κ ≤ 300 for the default input ranges), so a gap under
+# (β/2)·λ_min·(κ·1e-16)² ≈ 1e-28 says nothing. (Before 2026-12-04 gaps were f(θ) − f(θ̂),
+# rounding noise below ~1e-16·|f|, and the floor was 1e-15.)
+GAP_FLOOR = 1e-25
 
 
 def finite_or_none(value: float) -> float | None:
@@ -61,14 +64,6 @@ def diverged_as_large(losses: torch.Tensor) -> torch.Tensor:
     """Losses with NaN and values beyond :data:`DIVERGED` (a diverged run) set to DIVERGED, so
     means and choices stay finite and comparable."""
     return losses.nan_to_num(nan=DIVERGED, posinf=DIVERGED).clamp_max(DIVERGED)
-
-
-def gaps(family: FunctionFamily, losses: torch.Tensor, functions: Any) -> torch.Tensor:
-    """``(n, ...)`` f − f(θ̂) if the family has ``optimum``, else the loss itself."""
-    if hasattr(family, "optimum"):
-        optimum = family.optimum(functions)
-        return losses - optimum.view(-1, *([1] * (losses.dim() - 1))).to(losses.dtype)
-    return losses
 
 
 def log10_gap(gap: torch.Tensor) -> torch.Tensor:
@@ -91,7 +86,7 @@ def summary(values: torch.Tensor) -> dict[str, float]:
 class StopData:
     """One split's dense trajectory of an optimizer with a stop score.
 
-    losses: ``(n, T)`` full loss f(θ_{t+1}) after each step; gap: ``(n, T)`` (see :func:`gaps`);
+    losses: ``(n, T)`` full loss f(θ_{t+1}) after each step; gap: ``(n, T)`` its suboptimality;
     scores: ``(n, T)`` the stop score after each step (a rule stops at the first score ≥ its
     threshold); difficulty: ``{name: (n,)}``.
     """
@@ -129,22 +124,24 @@ def stop_data(
     """Run ``run`` densely on ``functions`` (``chunk`` rows at a time) and score every step with
     ``score(features (n, F), t) -> (n,)``. Returns the :class:`StopData` and the features
     ``(n, T, F)``."""
-    losses, features = [], []
+    losses, gap_parts, features = [], [], []
     n = state_batch_size(functions)
     for lo in range(0, n, chunk):
         part = index_state(functions, slice(lo, lo + chunk))
         trajectory = unroll(run, part, with_features=True)
         m, T, D = trajectory.predictions.shape
         repeated = index_state(part, torch.arange(m).repeat_interleave(T))
-        flat = full_loss(family, trajectory.predictions.reshape(m * T, D), repeated)
-        losses.append(flat.view(m, T))
+        flat_theta = trajectory.predictions.reshape(m * T, D)
+        losses.append(full_loss(family, flat_theta, repeated).view(m, T))
+        gap_parts.append(suboptimality(family, flat_theta, repeated).view(m, T))
         features.append(trajectory.features)
     losses_all, features_all = diverged_as_large(torch.cat(losses)), torch.cat(features)
     scores = torch.stack(
         [score(features_all[:, t], t) for t in range(features_all.shape[1])], dim=1
     )
     difficulty = family.difficulty(functions) if hasattr(family, "difficulty") else {}
-    data = StopData(losses_all, gaps(family, losses_all, functions), scores.detach(), difficulty)
+    gap = diverged_as_large(torch.cat(gap_parts))
+    data = StopData(losses_all, gap, scores.detach(), difficulty)
     return data, features_all
 
 
