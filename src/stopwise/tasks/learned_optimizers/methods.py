@@ -43,7 +43,7 @@ from ...training import (
     policy_hazards,
 )
 from ...training import train_loop as core_train_loop
-from .data import FunctionFamily, full_loss
+from .data import FunctionFamily, full_loss, suboptimality
 from .metrics import diverged_as_large
 from .models import HandDesigned, L2SPolicy, LSTMOptimizerNet, OptimizerRun, loss_and_gradient
 
@@ -79,15 +79,20 @@ def _window(
     theta: torch.Tensor,
     state: tuple[torch.Tensor, ...],
     steps: range,
+    gaps: bool = False,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor | None]:
     """Run the optimizer over ``steps``; returns θ, the LSTM state, the losses f(θ_{t+1})
-    ``(n, len(steps))`` (with graph to φ when grad is enabled) and Δq ``(n, len(steps))``."""
+    ``(n, len(steps))`` (with ``gaps``: the suboptimalities f(θ_{t+1}) − f(θ̂); with graph to φ
+    when grad is enabled) and Δq ``(n, len(steps))``."""
     losses, increments = [], []
     for t in steps:
         _, grad = loss_and_gradient(family, theta, functions, t)
         update, halting, state = net(grad, state)
         theta = theta + update
-        losses.append(family.loss(theta, functions, t + 1))
+        if gaps:
+            losses.append(suboptimality(family, theta, functions))
+        else:
+            losses.append(family.loss(theta, functions, t + 1))
         if halting is not None:
             increments.append(halting)
     dq = torch.stack(increments, dim=1) if increments else None
@@ -126,11 +131,12 @@ def meta_train(
     Σ_{t in window} f(θ_{t+1}) after each window (see the module docstring). Functions are drawn
     from a generator seeded with ``seed``. Resumable through ``settings`` (checkpoints, metrics).
     Returns the last iteration's metrics: ``meta_loss`` (mean f over its last window) and
-    ``final_loss`` (mean f(θ_horizon)).
+    ``final_loss`` (mean f(θ_horizon)); with ``objective="log_gap"`` means of gaps instead.
 
     ``objective="log_gap"`` (not the paper's; a diagnostic for families with a known optimum,
-    ``family.optimum``) replaces f(θ_{t+1}) in the meta-loss by log(f(θ_{t+1}) − f(θ̂)), which
-    weighs precision at every step equally instead of letting the early, large losses dominate.
+    ``family.optimum``) replaces f(θ_{t+1}) in the meta-loss by log(f(θ_{t+1}) − f(θ̂)) (the
+    family's :func:`~.data.suboptimality`), which weighs precision at every step equally instead
+    of letting the early, large losses dominate.
     """
     _check_schedule(horizon, unroll)
     if objective not in ("loss", "log_gap"):
@@ -144,14 +150,13 @@ def meta_train(
         sampled = batches(step)
         theta = family.initial(sampled)
         state = net.initial_state(*theta.shape)
-        optimum = family.optimum(sampled) if objective == "log_gap" else None
+        log_gap = objective == "log_gap"
         for steps in _windows(horizon, unroll):
-            theta, state, losses, _ = _window(net, family, sampled, theta, state, steps)
-            if optimum is None:
+            theta, state, losses, _ = _window(net, family, sampled, theta, state, steps, log_gap)
+            if log_gap:  # clamped at the smallest float64 so a gap of exactly 0 stays finite
+                meta_loss = losses.clamp_min(torch.finfo(losses.dtype).tiny).log().sum(1).mean()
+            else:
                 meta_loss = losses.sum(1).mean()
-            else:  # clamped at the smallest float64 so a gap rounded to 0 stays finite
-                gaps = (losses - optimum.unsqueeze(1)).clamp_min(torch.finfo(losses.dtype).tiny)
-                meta_loss = gaps.log().sum(1).mean()
             optimizer.zero_grad(set_to_none=True)
             meta_loss.backward()
             optimizer.step()
