@@ -10,6 +10,7 @@ from stopwise.policies import (
     classifier_features,
     create_policy,
     list_policies,
+    log_probabilities,
     step_encoding,
 )
 from stopwise.steps import index_state, state_batch_size, state_device, where_state
@@ -77,3 +78,15 @@ def test_confidence_policy_and_classifier_features():
     torch.testing.assert_close(features[:, 0], top2[:, 0])
     torch.testing.assert_close(features[:, 1], -(p * p.log()).sum(-1))
     torch.testing.assert_close(features[:, 2], top2[:, 0] - top2[:, 1])
+    tie = classifier_features(torch.tensor([[1.0, 3.0, 3.0, 0.0]]))
+    assert tie[0, 2] == 0  # two classes share the top: no margin
+    one_class = classifier_features(torch.tensor([[0.3], [-2.0]]))
+    assert one_class.tolist() == [[1.0, 0.0, 1.0], [1.0, 0.0, 1.0]]
+
+
+def test_log_probabilities_equal_log_softmax():
+    logits = torch.randn(500, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    logits[0] = 300.0  # large logits: no overflow
+    torch.testing.assert_close(log_probabilities(logits), torch.log_softmax(logits, -1))
+    hazard = ConfidencePolicy()(logits, 0)
+    torch.testing.assert_close(torch.sigmoid(hazard), torch.softmax(logits, -1).amax(-1))

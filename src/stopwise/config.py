@@ -245,8 +245,8 @@ def _kind_name(kind: Any) -> str:
 
 def _example(kind: Any) -> str:
     if typing.get_origin(kind) is list:
-        inner = _example(typing.get_args(kind)[0])
-        return f"{inner},{inner}"
+        inner = typing.get_args(kind)[0]
+        return {bool: "true,false", int: "1,2", float: "0.5,1.5", str: "a,b"}.get(inner, "...,...")
     return {bool: "true", int: "3", float: "0.5", str: "text"}.get(kind, "...")
 
 
