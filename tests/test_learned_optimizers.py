@@ -40,6 +40,7 @@ from stopwise.tasks.learned_optimizers.metrics import (
     StopEvaluation,
     evaluate_stop,
     log10_gap,
+    oracle_tradeoff,
 )
 from stopwise.tasks.learned_optimizers.models import FeatureScore
 from stopwise.training import GeneratedBatches
@@ -522,6 +523,26 @@ def test_evaluate_stop_chooses_on_validation_and_scores_test():
     # more decay (easier function) → earlier stop
     assert record["natural"]["spearman"]["decay"] < -0.3
     assert [p["depth"] for p in record["fixed_depth"]] == list(range(1, T + 1))
+
+
+def test_oracle_tradeoff_stops_each_function_at_its_best_step():
+    from stopwise.stats import spearman
+
+    n, T = 50, 6
+    g = gen(3)
+    rate = torch.rand(n, 1, generator=g, dtype=torch.float64) + 0.1
+    gap = torch.exp(-rate * torch.arange(1, T + 1))  # slower decay: stops later
+    hardness = -rate.squeeze(1) + 0.3 * torch.rand(n, generator=g, dtype=torch.float64)
+    data = StopData(gap + 1.0, gap, torch.zeros(n, T), {"hardness": hardness})
+    for cost, row in zip([1e-2, 3e-2], oracle_tradeoff(data, [1e-2, 3e-2]), strict=True):
+        steps, values = [], []
+        for i in range(n):  # plain loop: the step t (1-based) of least gap + cost·t
+            best = min(range(T), key=lambda t, i=i: float(gap[i, t]) + cost * (t + 1))
+            steps.append(best + 1)
+            values.append(float(gap[i, best]) + cost * (best + 1))
+        assert row["mean_steps"] == pytest.approx(sum(steps) / n)
+        assert row["value"]["mean"] == pytest.approx(sum(values) / n)
+        assert row["spearman"]["hardness"] == pytest.approx(spearman(steps, hardness.numpy()))
 
 
 def test_step_penalised_oracle_is_argmin_of_loss_plus_cost():

@@ -284,6 +284,15 @@ def _stop_section(records, seeds, config, family):
         }
         for name, group in (("act", act), ("l2s", l2s))
     }
+    # The same correlations for the oracle stop of the LSTM optimizer (argmin_t gap_t + λt, it
+    # knows θ̂): what imitating the oracle could reach at best.
+    oracle_spearman = {
+        f"λ={point['step_cost']:g}": {
+            which: _mean_or_none([r["oracle"][i]["spearman"].get(which) for r in l2s.values()])
+            for which in point["spearman"]
+        }
+        for i, point in enumerate(next(iter(l2s.values()))["oracle"])
+    }
     posterior = {
         rule: {
             k: statistics.fmean(r["posterior"][rule][k] for r in act.values())
@@ -340,6 +349,11 @@ def _stop_section(records, seeds, config, family):
             f"{name}: " + ", ".join(f"{k} {format_number(v, '+.2f')}" for k, v in values.items())
             for name, values in spearman.items()
         )
+        + "; the oracle stop of the LSTM optimizer (needs θ̂), per step cost: "
+        + "; ".join(
+            f"{name}: " + ", ".join(f"{k} {format_number(v, '+.2f')}" for k, v in values.items())
+            for name, values in oracle_spearman.items()
+        )
         + "\n\nCausal rule vs the non-causal posterior at the full horizon (ACT optimizer): "
         + "; ".join(
             f"{rule}: mean |Δ steps| {v['mean_abs_step_distance']:.2f}, same step "
@@ -376,6 +390,7 @@ def _stop_section(records, seeds, config, family):
     section = {
         "rows": numbers,
         "spearman": spearman,
+        "oracle_spearman": oracle_spearman,
         "posterior": posterior,
         "curves": curves,
         "trained_depths": trained,
