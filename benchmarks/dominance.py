@@ -42,8 +42,9 @@ def verdicts(out: Path) -> dict:
         saved["experiment"], saved["preset"], out, [*overrides(saved["config"]), "progress=false"]
     )
     results = json.loads((out / "results.json").read_text())
-    keep = ("quality", "cost", "points", "worst_gain", "worst_gain_at", "best_lower_half_gain",
-            "best_lower_half_at", "worst_margin", "dominates", "strictly_better_lower_half", "met")  # fmt: skip
+    keep = ("quality", "cost", "points", "worst_gain", "worst_gain_at", "worst_gain_interval",
+            "best_lower_half_gain", "best_lower_half_at", "best_lower_half_interval",
+            "worst_margin", "dominates", "strictly_better_lower_half", "met")  # fmt: skip
     return {
         "run": str(out),
         "experiment": saved["experiment"],

@@ -1,6 +1,8 @@
 """The budget-curve verdict against fixed depth (stopwise.curves), checked against hand-worked
 mixes and against a linear program over every distribution of rows across the depths."""
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -94,8 +96,16 @@ def test_each_seed_is_compared_with_its_own_fixed_depth():
     curves = [[{"mean_steps": 1.0, "acc": 0.85}], [{"mean_steps": 2.0, "acc": 0.9}]]
     verdict = dominance(curves, fixed, "acc", higher_is_better=True)
     # per seed: 0.85 − 0.9 at 1 step, 0.9 − 0.9 at 2 steps; mean −0.025 at 1.5 mean steps
-    assert verdict["gains"] == [{"cost": 1.5, "gain": pytest.approx(-0.025)}]
+    # with the 95% t interval over the 2 seeds' gains (−0.05, 0): t(0.975, 1 df) = 12.706
+    half = 12.7062 * (0.05 / math.sqrt(2)) / math.sqrt(2)
+    assert verdict["gains"] == [
+        {"cost": 1.5, "gain": pytest.approx(-0.025), "lo": pytest.approx(-0.025 - half, rel=1e-4),
+         "hi": pytest.approx(-0.025 + half, rel=1e-4)}
+    ]  # fmt: skip
+    assert verdict["worst_gain_interval"] == [verdict["gains"][0]["lo"], verdict["gains"][0]["hi"]]
     assert not verdict["dominates"]
+    line = dominance_line("two seeds", verdict, "points", 100)
+    assert "-2.5 [-34.3, +29.3] points at 1.5 steps" in line and "over 2 seeds" in line
     # the mean curve (0.875 at 1.5) against the mean fixed depth (0.7, 0.9 → 0.8) would say +0.075
     with pytest.raises(ValueError, match="fixed-depth"):
         dominance(curves, fixed[:1], "acc", higher_is_better=True)

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from statistics import fmean
 from typing import Any
 
+from .stats import mean_interval as interval_of
+
 __all__ = ["mean_curve", "best_fixed_mix", "dominance", "dominance_line"]
 
 
@@ -77,7 +79,8 @@ def dominance(
 
     A point's *gain* is, averaged over seeds, its quality minus :func:`best_fixed_mix` of the
     same seed at its cost, signed so that positive means the stop model is better (each seed's
-    model against its own fixed depth). The curve ``dominates`` when no gain is below
+    model against its own fixed depth), with the 95% Student-t interval of that mean over seeds
+    (``lo``/``hi``; None for one seed): how far a miss or a gain stands out from seed noise. The curve ``dominates`` when no gain is below
     ``−tolerance``; it is ``strictly_better_lower_half`` when some point whose mean cost is at
     most the middle of the fixed depths' range gains more than ``tolerance``; ``met`` is both.
     """
@@ -92,28 +95,31 @@ def dominance(
                               x=x)  # fmt: skip
         return sign * (float(point[key]) - best)
 
-    gains = [
-        (fmean(float(p[x]) for p in points), fmean(map(gain, points, fixed)))
-        for points in zip(*curves, strict=True)
-    ]
+    gains = []
+    for points in zip(*curves, strict=True):
+        per_seed = interval_of([gain(p, f) for p, f in zip(points, fixed, strict=True)])
+        gains.append({"cost": fmean(float(p[x]) for p in points), "gain": per_seed["mean"],
+                      "lo": per_seed["lo"], "hi": per_seed["hi"]})  # fmt: skip
     costs = [float(p[x]) for seed_fixed in fixed for p in seed_fixed]
     middle = (min(costs) + max(costs)) / 2
-    worst_at, worst = min(gains, key=lambda g: g[1])
-    lower = [g for g in gains if g[0] <= middle]
-    best_lower_at, best_lower = max(lower, key=lambda g: g[1]) if lower else (None, None)
-    dominates = worst >= -tolerance
-    strictly = best_lower is not None and best_lower > tolerance
+    worst = min(gains, key=lambda g: g["gain"])
+    lower = [g for g in gains if g["cost"] <= middle]
+    best_lower = max(lower, key=lambda g: g["gain"]) if lower else None
+    dominates = worst["gain"] >= -tolerance
+    strictly = best_lower is not None and best_lower["gain"] > tolerance
     return {
         "quality": key,
         "cost": x,
         "higher_is_better": higher_is_better,
         "seeds": len(curves),
         "points": len(gains),
-        "gains": [{"cost": c, "gain": g} for c, g in gains],
-        "worst_gain": worst,
-        "worst_gain_at": worst_at,
-        "best_lower_half_gain": best_lower,
-        "best_lower_half_at": best_lower_at,
+        "gains": gains,
+        "worst_gain": worst["gain"],
+        "worst_gain_at": worst["cost"],
+        "worst_gain_interval": [worst["lo"], worst["hi"]],
+        "best_lower_half_gain": best_lower and best_lower["gain"],
+        "best_lower_half_at": best_lower and best_lower["cost"],
+        "best_lower_half_interval": best_lower and [best_lower["lo"], best_lower["hi"]],
         "dominates": dominates,
         "strictly_better_lower_half": strictly,
         "met": dominates and strictly,
@@ -125,18 +131,29 @@ def dominance_line(
 ) -> str:
     """One sentence for a table: the verdict, the worst gain and the best lower-half gain
     (``scale`` multiplies the gains, e.g. 100 for accuracy in points)."""
+
+    def interval(bounds) -> str:  # " [lo, hi]" over seeds, "" for one seed (or older records)
+        if not bounds or bounds[0] is None:
+            return ""
+        return f" [{scale * bounds[0]:+.3g}, {scale * bounds[1]:+.3g}]"
+
     worst = (
-        f"{scale * verdict['worst_gain']:+.3g} {unit} at {verdict['worst_gain_at']:.3g} {cost_unit}"
+        f"{scale * verdict['worst_gain']:+.3g}{interval(verdict.get('worst_gain_interval'))} "
+        f"{unit} at {verdict['worst_gain_at']:.3g} {cost_unit}"
     )
     if verdict["best_lower_half_gain"] is None:
         lower = "no point in the lower half of the depth range"
     else:
         lower = (
-            f"best in the lower half {scale * verdict['best_lower_half_gain']:+.3g} {unit} at "
+            f"best in the lower half {scale * verdict['best_lower_half_gain']:+.3g}"
+            f"{interval(verdict.get('best_lower_half_interval'))} {unit} at "
             f"{verdict['best_lower_half_at']:.3g} {cost_unit}"
         )
     answer = "yes" if verdict["met"] else "no"
+    seeds = verdict.get("seeds", 1)
+    over = f"; [95% interval over {seeds} seeds]" if seeds > 1 else ""
     return (
         f"{label}: beats fixed depth at every budget and strictly in the lower half — {answer} "
-        f"(worst gain over fixed depth {worst}; {lower}; a positive gain: the stop model is better)"
+        f"(worst gain over fixed depth {worst}; {lower}; a positive gain: the stop model is "
+        f"better{over})"
     )
