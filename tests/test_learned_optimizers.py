@@ -341,6 +341,34 @@ def test_meta_training_beats_the_untrained_lstm_on_held_out_quadratics():
     assert log10_gap(after).mean() < log10_gap(before).mean() - 0.3
 
 
+def test_meta_training_keeps_the_weights_validation_scored_best():
+    """Scores scripted per evaluation: the second of four is the best, so the network must end
+    on the weights it had then (copied by hand at each evaluation), not on the last ones."""
+    family = RegressionFamily(obs_max=10)
+    torch.manual_seed(0)
+    net = LSTMOptimizerNet()
+    scores, seen = iter([0.0, 5.0, 1.0, 2.0]), []
+
+    def validate():
+        seen.append({k: v.clone() for k, v in net.state_dict().items()})
+        return next(scores)
+
+    metrics = meta_train(net, family, 4, horizon=4, unroll=2, functions=4, seed=1,
+                         validate=validate, validate_every=1)  # fmt: skip
+    assert len(seen) == 4 and metrics["selected_iteration"] == 2
+    assert metrics["selected_score"] == 5.0
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, seen[1][key])
+    assert not torch.equal(seen[1]["output.weight"], seen[3]["output.weight"])  # it did move on
+    # without validation: the last weights, as before
+    torch.manual_seed(0)
+    plain = LSTMOptimizerNet()
+    assert "selected_iteration" not in meta_train(plain, family, 4, horizon=4, unroll=2,
+                                                  functions=4, seed=1)  # fmt: skip
+    for key, value in plain.state_dict().items():
+        assert torch.equal(value, seen[3][key])
+
+
 def test_log_gap_objective_steps_down_the_gradient_of_the_summed_log_gaps():
     """Reference: the rollout written out by hand with autograd through the whole window,
     meta-loss mean_n Σ_t log(f(θ_{t+1}) − f(θ̂)). Adam's first step moves every parameter by

@@ -11,6 +11,7 @@ a pure function of ``(seed, step)`` (:class:`EpochBatches`) or carry a checkpoin
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import math
@@ -18,6 +19,7 @@ import random
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +51,7 @@ __all__ = [
     "MetricsLog",
     "train_loop",
     "optimize",
+    "ValidationSchedule",
     "EpochBatches",
     "GeneratedBatches",
     "policy_hazards",
@@ -343,6 +346,97 @@ def train_loop(
 
 
 # ---------------------------------------------------------------- batch sources
+
+
+class ValidationSchedule:
+    """A training stage's scheduler (called after every update) that chooses on validation.
+
+    Every ``every`` updates and after the last one it calls ``evaluate() -> {"score": ...,
+    other measures}`` (higher scores are better; the module is put in eval mode for it), keeps a
+    copy of the best weights, and once the score has not improved for ``patience`` evaluations
+    multiplies the learning rate by ``factor`` (at most ``max_drops`` times). ``history`` holds
+    ``{"step", "score", other measures, "cpu_seconds"}`` per evaluation, with the process CPU
+    time the stage has used so far.
+    Checkpointed with the stage (``state_dict``), so a resumed stage continues exactly.
+    """
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        evaluate: Callable[[], dict[str, float]],
+        total_steps: int,
+        every: int,
+        patience: int,
+        factor: float = 0.1,
+        max_drops: int = 1,
+    ):
+        self.module, self.optimizer, self.evaluate = module, optimizer, evaluate
+        self.total_steps, self.every, self.patience = total_steps, every, patience
+        self.factor, self.max_drops = factor, max_drops
+        self.steps_done, self.best_score, self.best_step = 0, -math.inf, 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.stale, self.drops = 0, []
+        self.history: list[dict[str, float]] = []
+        self._cpu_before, self._cpu_start = 0.0, time.process_time()
+
+    def cpu_seconds(self) -> float:
+        return self._cpu_before + time.process_time() - self._cpu_start
+
+    def step(self) -> None:
+        self.steps_done += 1
+        if self.steps_done % self.every and self.steps_done != self.total_steps:
+            return
+        was_training = self.module.training
+        self.module.eval()
+        measures = {k: float(v) for k, v in self.evaluate().items()}
+        self.module.train(was_training)
+        score = measures["score"]
+        self.history.append(
+            {"step": self.steps_done, **measures, "cpu_seconds": self.cpu_seconds()}
+        )
+        if score > self.best_score:
+            self.best_score, self.best_step, self.stale = score, self.steps_done, 0
+            self.best_state = copy.deepcopy(self.module.state_dict())
+            return
+        self.stale += 1
+        if self.stale >= self.patience and len(self.drops) < self.max_drops:
+            for group in self.optimizer.param_groups:
+                group["lr"] *= self.factor
+            self.drops.append(self.steps_done)
+            self.stale = 0
+
+    def restore_best(self) -> None:
+        """Load the best weights seen (the stage's chosen checkpoint) into the module."""
+        self.module.load_state_dict(self.best_state)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "best_score": self.best_score,
+            "best_step": self.best_step,
+            "lr_drop_steps": list(self.drops),
+            "curve": list(self.history),
+            "cpu_seconds": self.cpu_seconds(),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "steps_done": self.steps_done,
+            "best_score": self.best_score,
+            "best_step": self.best_step,
+            "best_state": self.best_state,
+            "stale": self.stale,
+            "drops": list(self.drops),
+            "history": list(self.history),
+            "cpu_seconds": self.cpu_seconds(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps_done, self.best_score = state["steps_done"], state["best_score"]
+        self.best_step, self.best_state = state["best_step"], state["best_state"]
+        self.stale, self.drops = state["stale"], list(state["drops"])
+        self.history = list(state["history"])
+        self._cpu_before, self._cpu_start = state["cpu_seconds"], time.process_time()
 
 
 class EpochBatches:

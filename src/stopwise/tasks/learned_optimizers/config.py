@@ -37,6 +37,13 @@ class MetaSettings:
     lr: float = param(3e-3, gt=0, le=1, help="meta learning rate (Adam)")
     preprocess: float = param(10.0, ge=0, help="p of the log/sign preprocessing; 0: raw gradient")
     output_scale: float = param(0.1, gt=0, help="the LSTM's output is multiplied by this")
+    select_every: int = param(
+        25,
+        ge=0,
+        help="meta-iterations between scores of the LSTM optimizer on the validation functions "
+        "(mean log suboptimality over the horizon; mean loss where the optimum is unknown); the "
+        "best is kept, as the official code keeps the best on evaluation. 0: keep the last",
+    )
     update: str = param(
         "additive",
         choices=LSTMOptimizerNet.UPDATES,
@@ -205,7 +212,7 @@ class LearnedOptimizersConfig(Config):
             raise ValueError(f"stop_families {missing} are not in families {self.families}")
 
 
-_TINY_META = {"iterations": 3, "functions": 8}
+_TINY_META = {"iterations": 3, "functions": 8, "select_every": 1}
 
 PRESETS = {
     # Seconds: every family and method runs end to end on a handful of functions.

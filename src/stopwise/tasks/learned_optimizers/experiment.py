@@ -34,6 +34,7 @@ from .methods import (
     meta_train,
     meta_train_act,
     step_penalised,
+    trained_weights,
     tune_learning_rates,
 )
 from .metrics import (
@@ -289,6 +290,7 @@ def _train_lstm(config, name, context, family=None, horizon=None, stage="lstm"):
     family = family or make_family(config, name, context)
     horizon = horizon or config.horizon
     settings = getattr(config, name)
+    val, _ = _splits(config, name, family, context)
     context.manual_seed("init")
     net = build_net(config, name)
     with context.timed(f"meta_train_{stage}"):
@@ -303,8 +305,23 @@ def _train_lstm(config, name, context, family=None, horizon=None, stage="lstm"):
             seed=context.stream_seed(f"{name}-meta"),
             settings=context.loop_settings(log_every=max(1, settings.iterations // 20)),
             stage=stage,
+            validate=lambda: validation_score(family, net, val, horizon),
+            validate_every=settings.select_every,
         )
     return net, metrics
+
+
+@torch.no_grad()
+def validation_score(family, net, functions, horizon: int) -> float:
+    """What meta-training keeps the best of: minus the mean over the ``horizon`` steps and the
+    validation ``functions`` of log10 suboptimality (the measure the runs report), or of the
+    loss where the family has no known optimum (the MLP)."""
+    steps = list(range(1, horizon + 1))
+    if hasattr(family, "optimum"):
+        gaps, _ = loss_curves(family, net, functions, steps, measure=suboptimality)
+        return -float(log10_gap(gaps).mean())
+    losses, _ = loss_curves(family, net, functions, steps)
+    return -float(losses.mean())
 
 
 def _lstm(config, name, context) -> dict[str, Any]:
@@ -363,7 +380,7 @@ def _no_score(features: torch.Tensor, t: int) -> torch.Tensor:
 
 def _load_lstm(config, name, context) -> LSTMOptimizerNet:
     net = build_net(config, name)
-    net.load_state_dict(context.checkpoint("lstm", job=f"lstm-{name}")["net"])
+    net.load_state_dict(trained_weights(context.checkpoint("lstm", job=f"lstm-{name}")))
     return net.eval()
 
 
@@ -468,7 +485,7 @@ def _act(config, name, context) -> dict[str, Any]:
     context.manual_seed("init")
     net = build_net(config, name, halting=True)
     if config.act.init == "lstm":  # the update network starts as the trained LSTM optimizer
-        trained = context.checkpoint("lstm", job=f"lstm-{name}")["net"]
+        trained = trained_weights(context.checkpoint("lstm", job=f"lstm-{name}"))
         missing = net.load_state_dict(trained, strict=False).missing_keys
         assert sorted(missing) == ["halting.bias", "halting.weight"], missing
     with context.timed("meta_train"):

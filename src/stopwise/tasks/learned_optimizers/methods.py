@@ -38,6 +38,7 @@ from ...training import (
     EpochBatches,
     GeneratedBatches,
     LoopSettings,
+    ValidationSchedule,
     fit_gain_head,
     optimize,
     policy_hazards,
@@ -123,6 +124,8 @@ def meta_train(
     settings: LoopSettings | None = None,
     stage: str = "meta-train",
     objective: str = "loss",
+    validate: Callable[[], float] | None = None,
+    validate_every: int = 0,
 ) -> dict[str, float]:
     """Meta-train the LSTM optimizer ``net`` on ``family`` (Andrychowicz et al. 2016, Eq. 1–2).
 
@@ -132,6 +135,13 @@ def meta_train(
     from a generator seeded with ``seed``. Resumable through ``settings`` (checkpoints, metrics).
     Returns the last iteration's metrics: ``meta_loss`` (mean f over its last window) and
     ``final_loss`` (mean f(θ_horizon)); with ``objective="log_gap"`` means of gaps instead.
+
+    With ``validate`` (``() -> score``, higher is better, e.g. minus the mean log suboptimality
+    on validation functions) and ``validate_every`` > 0, the network is scored every
+    ``validate_every`` meta-iterations and after the last, and the best-scoring weights are kept
+    (``net`` ends on them; ``selected_iteration`` and ``selected_score`` are added to the
+    returned metrics), as the official code saves the optimizer whenever its evaluation improves.
+    The choice is checkpointed with the stage, so a resumed run chooses the same.
 
     ``objective="log_gap"`` (not the paper's; a diagnostic for families with a known optimum,
     ``family.optimum``) replaces f(θ_{t+1}) in the meta-loss by log(f(θ_{t+1}) − f(θ̂)) (the
@@ -166,11 +176,40 @@ def meta_train(
             "final_loss": float(losses[:, -1].detach().mean()),
         }
 
+    selection = None
+    if validate is not None and validate_every > 0:
+        selection = ValidationSchedule(
+            net, optimizer, lambda: {"score": validate()}, iterations, validate_every,
+            patience=1, max_drops=0,
+        )  # fmt: skip
+        train_step = step_fn
+
+        def step_fn(step: int) -> dict[str, float]:
+            metrics = train_step(step)
+            selection.step()
+            return metrics
+
     net.train()
-    state = {"net": net, "optimizer": optimizer, "functions": batches}
+    state = {"net": net, "optimizer": optimizer, "functions": batches, "selection": selection}
     metrics = core_train_loop(stage, iterations, step_fn, state, settings)
+    if selection is not None:
+        selection.restore_best()
+        metrics = {
+            **metrics,
+            "selected_iteration": selection.best_step,
+            "selected_score": selection.best_score,
+        }
     net.eval()
     return metrics
+
+
+def trained_weights(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights :func:`meta_train` ended on, from its stage checkpoint's state: the
+    validation-chosen ones where it chose, else the last."""
+    selection = checkpoint.get("selection")
+    if selection is not None and selection.get("best_state") is not None:
+        return selection["best_state"]
+    return checkpoint["net"]
 
 
 def act_meta_gradient(
