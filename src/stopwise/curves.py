@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from statistics import fmean
 from typing import Any
 
-from .stats import mean_interval as interval_of
+from .stats import mean_interval
 
 __all__ = ["mean_curve", "best_fixed_mix", "dominance", "dominance_line"]
 
@@ -80,9 +80,11 @@ def dominance(
     A point's *gain* is, averaged over seeds, its quality minus :func:`best_fixed_mix` of the
     same seed at its cost, signed so that positive means the stop model is better (each seed's
     model against its own fixed depth), with the 95% Student-t interval of that mean over seeds
-    (``lo``/``hi``; None for one seed): how far a miss or a gain stands out from seed noise. The curve ``dominates`` when no gain is below
-    ``−tolerance``; it is ``strictly_better_lower_half`` when some point whose mean cost is at
-    most the middle of the fixed depths' range gains more than ``tolerance``; ``met`` is both.
+    (``lo``/``hi``; None for one seed): how far a miss or a gain stands out from seed noise.
+    The curve ``dominates`` when no gain is below ``−tolerance``; it is
+    ``strictly_better_lower_half`` when some point whose mean cost is at most the middle of the
+    fixed depths' range gains more than ``tolerance``; ``met`` is both. The verdict uses the
+    means; the intervals are reported beside it.
     """
     if not curves or not all(curves) or len({len(c) for c in curves}) != 1:
         raise ValueError("budget curves must be non-empty, one per seed, of equal length")
@@ -97,7 +99,7 @@ def dominance(
 
     gains = []
     for points in zip(*curves, strict=True):
-        per_seed = interval_of([gain(p, f) for p, f in zip(points, fixed, strict=True)])
+        per_seed = mean_interval([gain(p, f) for p, f in zip(points, fixed, strict=True)])
         gains.append({"cost": fmean(float(p[x]) for p in points), "gain": per_seed["mean"],
                       "lo": per_seed["lo"], "hi": per_seed["hi"]})  # fmt: skip
     costs = [float(p[x]) for seed_fixed in fixed for p in seed_fixed]

@@ -286,7 +286,8 @@ def _mlp_numbers(family, stepper, functions, horizon, curve) -> dict[str, Any]:
 def _train_lstm(config, name, context, family=None, horizon=None, stage="lstm"):
     """Meta-train the family's LSTM optimizer for ``horizon`` steps (default: the config's),
     in windows of min(unroll, horizon); same initial weights and meta-training functions for
-    every horizon."""
+    every horizon. Every ``select_every`` meta-iterations it is scored on the validation
+    functions (:func:`validation_score`) and the best weights are kept."""
     family = family or make_family(config, name, context)
     horizon = horizon or config.horizon
     settings = getattr(config, name)
