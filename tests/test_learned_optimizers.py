@@ -369,6 +369,24 @@ def test_meta_training_keeps_the_weights_validation_scored_best():
         assert torch.equal(value, seen[3][key])
 
 
+def test_validation_score_is_minus_the_mean_log_gap_over_the_trajectory():
+    """Reference: plain gradient descent written out, the gap after every step."""
+    from stopwise.tasks.learned_optimizers.experiment import validation_score
+    from stopwise.tasks.learned_optimizers.models import HandDesigned
+
+    family = RegressionFamily(obs_max=10)
+    functions = family.sample(6, gen(4))
+    theta, logs = family.initial(functions), []
+    for t in range(5):
+        _, grad = loss_and_gradient(family, theta, functions, t)
+        theta = theta - 0.1 * grad
+        logs.append(torch.log10(family.gap(theta, functions)))
+    expected = -float(torch.stack(logs).mean())
+    assert validation_score(family, HandDesigned("sgd", 0.1), functions, 5) == pytest.approx(
+        expected, rel=1e-6
+    )
+
+
 def test_log_gap_objective_steps_down_the_gradient_of_the_summed_log_gaps():
     """Reference: the rollout written out by hand with autograd through the whole window,
     meta-loss mean_n Σ_t log(f(θ_{t+1}) − f(θ̂)). Adam's first step moves every parameter by
