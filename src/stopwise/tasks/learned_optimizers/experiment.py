@@ -283,15 +283,13 @@ def _mlp_numbers(family, stepper, functions, horizon, curve) -> dict[str, Any]:
 # ---------------------------------------------------------------- the LSTM optimizer
 
 
-def _train_lstm(config, name, context, family=None, horizon=None, stage="lstm"):
+def _train_lstm(config, name, context, family, val, horizon=None, stage="lstm"):
     """Meta-train the family's LSTM optimizer for ``horizon`` steps (default: the config's),
     in windows of min(unroll, horizon); same initial weights and meta-training functions for
     every horizon. Every ``select_every`` meta-iterations it is scored on the validation
     functions (:func:`validation_score`) and the best weights are kept."""
-    family = family or make_family(config, name, context)
     horizon = horizon or config.horizon
     settings = getattr(config, name)
-    val, _ = _splits(config, name, family, context)
     context.manual_seed("init")
     net = build_net(config, name)
     with context.timed(f"meta_train_{stage}"):
@@ -327,10 +325,10 @@ def validation_score(family, net, functions, horizon: int) -> float:
 
 def _lstm(config, name, context) -> dict[str, Any]:
     family = make_family(config, name, context)
-    net, metrics = _train_lstm(config, name, context, family)
+    val, test = _splits(config, name, family, context)
+    net, metrics = _train_lstm(config, name, context, family, val)
     if name == "mlp":
         return {"meta": metrics, **_lstm_mlp(config, net, context)}
-    val, test = _splits(config, name, family, context)
     val_losses, _ = loss_curves(family, net, val, [config.horizon])
     test_functions = test.open()
     steps = evaluation_steps(config, name)
@@ -363,12 +361,12 @@ def _depth(config, name, context) -> dict[str, Any]:
     fixed depth H in ``trained_depths`` (horizon H), measured on the test functions at step H
     with the same numbers as the budget curves' points."""
     family = make_family(config, name, context)
-    _, test = _splits(config, name, family, context)
+    val, test = _splits(config, name, family, context)
     test_functions = test.open()
     n = state_batch_size(test_functions)
     points = []
     for H in sorted(set(config.trained_depths)):
-        net, metrics = _train_lstm(config, name, context, family, H, stage=f"lstm-depth{H}")
+        net, metrics = _train_lstm(config, name, context, family, val, H, stage=f"lstm-depth{H}")
         data, _ = stop_data(family, OptimizerRun(family, net.eval(), H), test_functions, _no_score)
         at_depth = data.metric(torch.full((n,), H - 1, dtype=torch.long))
         points.append({"depth": H, "mean_steps": float(H), **at_depth, "meta": metrics})

@@ -345,15 +345,9 @@ def _stop_section(records, seeds, config, family):
         "optimizer's at the full horizon)\n\n"
         + markdown_table(table_rows, columns)
         + "\n\nSpearman(stop step, difficulty), mean over seeds: "
-        + "; ".join(
-            f"{name}: " + ", ".join(f"{k} {format_number(v, '+.2f')}" for k, v in values.items())
-            for name, values in spearman.items()
-        )
+        + _correlations_text(spearman)
         + "; the oracle stop of the LSTM optimizer (needs θ̂), per step cost: "
-        + "; ".join(
-            f"{name}: " + ", ".join(f"{k} {format_number(v, '+.2f')}" for k, v in values.items())
-            for name, values in oracle_spearman.items()
-        )
+        + _correlations_text(oracle_spearman)
         + "\n\nCausal rule vs the non-causal posterior at the full horizon (ACT optimizer): "
         + "; ".join(
             f"{rule}: mean |Δ steps| {v['mean_abs_step_distance']:.2f}, same step "
@@ -397,6 +391,14 @@ def _stop_section(records, seeds, config, family):
         "real": real,
     }
     return section, table, line
+
+
+def _correlations_text(groups: dict[str, dict[str, float | None]]) -> str:
+    """``"name: measure +0.12, …; …"`` for correlations grouped by name."""
+    return "; ".join(
+        f"{name}: " + ", ".join(f"{k} {format_number(v, '+.2f')}" for k, v in values.items())
+        for name, values in groups.items()
+    )
 
 
 def _trained_depths(records, seeds, family, curves) -> list[dict[str, Any]] | None:
