@@ -37,6 +37,17 @@ def test_tiny_run_writes_tables_figures_and_budget_curves(tmp_path, capsys):
             5,
             10,
         ]
+    # Regression (tiny: two meta-training restarts) keeps the restart with the best validation
+    # score, and the stop jobs run that restart's weights: the L2S job's full-depth point is the
+    # LSTM job's own test number.
+    lstm = json.loads((out / "jobs" / "lstm-regression-s0.json").read_text())["record"]
+    scores = lstm["meta"]["restart_scores"]
+    assert len(scores) == 2 and scores[lstm["meta"]["restart"]] == max(scores)
+    assert lstm["meta"]["selected_score"] == max(scores)
+    l2s = json.loads((out / "jobs" / "l2s-regression-s0.json").read_text())["record"]
+    full = {p["depth"]: p for p in l2s["fixed_depth"]}[10]
+    assert full["log10_gap"] == pytest.approx(lstm["test"]["10"]["mean"], rel=1e-12)
+    assert full["nll"] == pytest.approx(lstm["test_nll"], rel=1e-12)
 
 
 @pytest.mark.parametrize(

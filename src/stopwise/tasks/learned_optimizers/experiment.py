@@ -287,27 +287,46 @@ def _train_lstm(config, name, context, family, val, horizon=None, stage="lstm"):
     """Meta-train the family's LSTM optimizer for ``horizon`` steps (default: the config's),
     in windows of min(unroll, horizon); same initial weights and meta-training functions for
     every horizon. Every ``select_every`` meta-iterations it is scored on the validation
-    functions (:func:`validation_score`) and the best weights are kept."""
+    functions (:func:`validation_score`) and the best weights are kept. With ``restarts`` > 1
+    the whole meta-training is repeated from other initial weights and function streams (stage
+    ``<stage>-r<i>``) and the restart with the best validation score is returned; its index is
+    ``metrics["restart"]``."""
     horizon = horizon or config.horizon
     settings = getattr(config, name)
-    context.manual_seed("init")
-    net = build_net(config, name)
-    with context.timed(f"meta_train_{stage}"):
-        metrics = meta_train(
-            net,
-            family,
-            settings.iterations,
-            horizon=horizon,
-            unroll=min(config.unroll, horizon),
-            functions=settings.functions,
-            lr=settings.lr,
-            seed=context.stream_seed(f"{name}-meta"),
-            settings=context.loop_settings(log_every=max(1, settings.iterations // 20)),
-            stage=stage,
-            validate=lambda: validation_score(family, net, val, horizon),
-            validate_every=settings.select_every,
-        )
-    return net, metrics
+    runs = []
+    for restart in range(settings.restarts):
+        suffix = _restart_suffix(restart)
+        context.manual_seed(f"init{suffix}")
+        net = build_net(config, name)
+        with context.timed(f"meta_train_{stage}"):
+            metrics = meta_train(
+                net,
+                family,
+                settings.iterations,
+                horizon=horizon,
+                unroll=min(config.unroll, horizon),
+                functions=settings.functions,
+                lr=settings.lr,
+                seed=context.stream_seed(f"{name}-meta{suffix}"),
+                settings=context.loop_settings(log_every=max(1, settings.iterations // 20)),
+                stage=f"{stage}{suffix}",
+                validate=lambda net=net: validation_score(family, net, val, horizon),
+                validate_every=settings.select_every,
+            )
+        if settings.restarts == 1:
+            return net, metrics
+        score = metrics.get("selected_score")
+        if score is None:  # no selection during meta-training: score the last weights
+            score = validation_score(family, net, val, horizon)
+        runs.append((score, restart, net, metrics))
+    score, restart, net, metrics = max(runs, key=lambda run: run[0])  # ties: the first
+    return net, {**metrics, "restart": restart, "restart_scores": [run[0] for run in runs]}
+
+
+def _restart_suffix(restart: int) -> str:
+    """Stage and stream suffix of a meta-training restart (the first has none, so a run with
+    one restart is the run without restarts)."""
+    return "" if restart == 0 else f"-r{restart}"
 
 
 @torch.no_grad()
@@ -379,8 +398,15 @@ def _no_score(features: torch.Tensor, t: int) -> torch.Tensor:
 
 def _load_lstm(config, name, context) -> LSTMOptimizerNet:
     net = build_net(config, name)
-    net.load_state_dict(trained_weights(context.checkpoint("lstm", job=f"lstm-{name}")))
+    net.load_state_dict(_lstm_weights(name, context))
     return net.eval()
+
+
+def _lstm_weights(name, context) -> dict[str, torch.Tensor]:
+    """The weights the family's ``lstm`` job kept (of the restart it chose)."""
+    restart = context.dependency(f"lstm-{name}").record["meta"].get("restart", 0)
+    stage = f"lstm{_restart_suffix(restart)}"
+    return trained_weights(context.checkpoint(stage, job=f"lstm-{name}"))
 
 
 # ---------------------------------------------------------------- stop rules
@@ -484,7 +510,7 @@ def _act(config, name, context) -> dict[str, Any]:
     context.manual_seed("init")
     net = build_net(config, name, halting=True)
     if config.act.init == "lstm":  # the update network starts as the trained LSTM optimizer
-        trained = trained_weights(context.checkpoint("lstm", job=f"lstm-{name}"))
+        trained = _lstm_weights(name, context)
         missing = net.load_state_dict(trained, strict=False).missing_keys
         assert sorted(missing) == ["halting.bias", "halting.weight"], missing
     with context.timed("meta_train"):

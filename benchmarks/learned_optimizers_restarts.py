@@ -1,0 +1,134 @@
+"""Does the validation score pick good LSTM optimizers? The evidence for meta-training restarts
+(issue 13).
+
+With one meta-training run per seed, the optimizer kept at its best validation score still
+varies a lot between seeds on the regression family (the `scaled_rmsprop`, s = 1 network of
+the benchmark). This script meta-trains it on each seed given, exactly as the task does for one
+restart (500 meta-iterations of 64 functions, horizon 100, unroll 20, Adam 3e-3, scored every
+25 on 500 validation functions by minus the mean log10 suboptimality over the 100 steps, the best
+kept), and measures each kept optimizer on 1,000 development functions drawn for this script
+only (neither the task's validation nor its test functions). It reports:
+
+* per seed: the validation score and the development log10 suboptimality at steps 20 and 100;
+* the Spearman correlation over seeds between the validation score and those numbers;
+* what restarts buy: every set of ``--restarts`` seeds taken as the restarts of one run (all
+  subsets, so no grouping is picked), the run with the best validation score kept; the mean and
+  the worst over subsets of the kept run's numbers, against a single run (the mean and the worst
+  over all seeds).
+
+    nice -n 10 .venv/bin/python benchmarks/learned_optimizers_restarts.py --seeds 10 11 12 13 14 15 16 17 18
+
+Writes ``benchmarks/results/learned_optimizers-restarts-pilot.json``; ``--summarise FILE``
+recomputes the summary from the runs recorded in an earlier output, without training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from learned_optimizers_precision import evaluate
+from machine_info import machine
+
+from stopwise.stats import spearman
+from stopwise.tasks.learned_optimizers import LSTMOptimizerNet, RegressionFamily, meta_train
+from stopwise.tasks.learned_optimizers.experiment import validation_score
+
+ROOT = Path(__file__).resolve().parent
+HORIZON = 100
+
+
+def summarise(runs: list[dict], k: int) -> dict:
+    """Spearman(validation score, −development log gap) over the runs, and the development
+    numbers of a single run against the best-on-validation of every ``k``-subset of the runs."""
+    scores = torch.tensor([r["validation_score"] for r in runs])
+    steps = (20, 100)
+    correlation = {
+        f"log10_gap_{s}": spearman(scores, -torch.tensor([r[f"log10_gap_{s}"] for r in runs]))
+        for s in steps
+    }
+    subsets = list(itertools.combinations(runs, k))
+    kept = [max(subset, key=lambda r: r["validation_score"]) for subset in subsets]
+
+    def numbers(rows: list[dict]) -> dict:
+        return {
+            f"log10_gap_{s}": {
+                "mean": statistics.fmean(r[f"log10_gap_{s}"] for r in rows),
+                "worst": max(r[f"log10_gap_{s}"] for r in rows),
+            }
+            for s in steps
+        }
+
+    return {
+        "spearman_validation_score_vs_minus_log10_gap": correlation,
+        "restarts": k,
+        "subsets": len(subsets),
+        "kept": {"single_run": numbers(runs), f"best_of_{k}": numbers(kept)},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10, 19)))
+    parser.add_argument("--restarts", type=int, default=3)
+    parser.add_argument("--iterations", type=int, default=500)
+    parser.add_argument("--summarise", help="an earlier output whose runs to summarise again")
+    parser.add_argument(
+        "--out", default=str(ROOT / "results/learned_optimizers-restarts-pilot.json")
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    family = RegressionFamily()
+    validation = family.sample(500, torch.Generator().manual_seed(777))
+    development = family.sample(1000, torch.Generator().manual_seed(424242))
+    start, runs = time.perf_counter(), []
+    if args.summarise:
+        earlier = json.loads(Path(args.summarise).read_text())
+        earlier.update(summarise(earlier["runs"], args.restarts))
+        Path(args.out).write_text(json.dumps(earlier, indent=1) + "\n")
+        return 0
+    for seed in args.seeds:
+        began = time.process_time()
+        torch.manual_seed(seed)
+        net = LSTMOptimizerNet(20, 2, 10.0, 1.0, update="scaled_rmsprop")
+        metrics = meta_train(
+            net, family, args.iterations, horizon=HORIZON, functions=64, lr=3e-3, seed=seed,
+            validate=lambda net=net: validation_score(family, net, validation, HORIZON),
+            validate_every=25,
+        )  # fmt: skip
+        numbers = evaluate(net, family, development)
+        row = {
+            "seed": seed,
+            "selected_iteration": metrics["selected_iteration"],
+            "validation_score": metrics["selected_score"],
+            "log10_gap_20": numbers["log10_gap_20"],
+            "log10_gap_100": numbers["log10_gap_100"],
+            "cpu_seconds": time.process_time() - began,
+        }
+        runs.append(row)
+        print(json.dumps(row), flush=True)
+    result = {
+        "benchmark": "learned_optimizers_restarts",
+        "machine": machine(),
+        "threads": 1,
+        "iterations": args.iterations,
+        "validation_functions": 500,
+        "development_functions": 1000,
+        "wall_seconds": time.perf_counter() - start,
+        "runs": runs,
+        **summarise(runs, args.restarts),
+    }
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(
+        json.dumps({k: result[k] for k in ("spearman_validation_score_vs_minus_log10_gap", "kept")})
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
