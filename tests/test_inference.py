@@ -13,6 +13,7 @@ from stopwise.inference import (
     CumulativeThreshold,
     HazardThreshold,
     MixedRule,
+    Rule,
     SampleRule,
     ScoreThreshold,
     exit_distribution,
@@ -415,3 +416,39 @@ def test_time_adaptive_reports_medians_and_the_rules_steps():
     both = time_adaptive(model, policy, x, rules, repeats=1, chunk=20, unpooled=True)
     assert all(row["unpooled_speedup"] > 0 for row in both["rules"].values())
     assert "unpooled_speedup" not in timing["rules"]["early"]
+
+
+class _StepByStep(Rule):
+    """``rule``'s decisions behind a plain :class:`Rule`, so stop_indices takes its step loop."""
+
+    def __init__(self, rule):
+        self.rule = rule
+
+    def init_carry(self, batch, num_steps, device):
+        return self.rule.init_carry(batch, num_steps, device)
+
+    def decide(self, hazard_logits, t, carry):
+        return self.rule.decide(hazard_logits, t, carry)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("per_step", [False, True])
+def test_score_threshold_stop_steps_are_the_step_loops(dtype, per_step):
+    """The vectorised first-reaching pass of stop_indices equals run_adaptive's step-by-step
+    decisions: ties, NaN and infinite scores, invalid steps, scalar and per-step thresholds,
+    a float64 threshold compared in the scores' dtype."""
+    g = torch.Generator().manual_seed(3)
+    scores = torch.randint(-3, 4, (400, 9), generator=g).to(dtype) / 2  # many ties
+    scores[torch.rand(400, 9, generator=g) < 0.05] = math.nan
+    scores[torch.rand(400, 9, generator=g) < 0.05] = math.inf
+    scores[torch.rand(400, 9, generator=g) < 0.05] = -math.inf
+    valid = torch.tensor([0, 1, 1, 0, 1, 1, 1, 0, 0], dtype=torch.bool)  # last valid: step 6
+    thresholds = [-math.inf, -1.0, 0.5, 0.1 + 1e-9, 1.5, math.inf]
+    if per_step:
+        thresholds = [torch.linspace(-1.5, 1.5, 9, dtype=torch.float64), torch.full((9,), 0.5)]
+    for threshold in thresholds:
+        rule = ScoreThreshold(threshold)
+        fast = stop_indices(scores, rule, valid)
+        loop = stop_indices(scores, _StepByStep(rule), valid)
+        assert torch.equal(fast, loop), threshold
+        assert int(fast.max()) <= 6 and not bool(((fast == 0) | (fast == 3)).any())

@@ -474,11 +474,14 @@ def stop_indices(
 ) -> torch.Tensor:
     """``(B,)`` 0-based stop steps that ``rule`` picks from full hazards ``(B, T)``.
 
-    The same step-by-step arithmetic as :func:`run_adaptive`, applied after the fact.
+    The same step-by-step arithmetic as :func:`run_adaptive`, applied after the fact (for a
+    :class:`ScoreThreshold`, whose decision needs no recurrence, in one vectorised pass).
     """
     B, T = hazard_logits.shape
     valid = torch.ones(T, dtype=torch.bool) if valid_steps is None else valid_steps.bool().cpu()
     last = _last(valid)
+    if isinstance(rule, ScoreThreshold):
+        return _first_reaching(hazard_logits, rule.score_threshold, valid, last)
     device = hazard_logits.device
     carry = rule.init_carry(B, T, device)
     stop_index = torch.full((B,), last, dtype=torch.long, device=device)
@@ -491,6 +494,18 @@ def stop_indices(
         stop_index = torch.where(newly, t, stop_index)
         done = done | newly
     return stop_index
+
+
+def _first_reaching(
+    scores: torch.Tensor, threshold: torch.Tensor, valid: torch.Tensor, last: int
+) -> torch.Tensor:
+    """``(B,)`` the first valid step before ``last`` whose score is ≥ ``threshold`` (a scalar
+    or one per step, compared in the scores' dtype as :meth:`ThresholdRule.decide` does), else
+    ``last``."""
+    hits = scores >= threshold.to(scores.dtype).to(scores.device)
+    hits &= valid.to(scores.device)  # no valid step lies after ``last``
+    hits[:, last] = True
+    return hits.to(torch.uint8).argmax(1)  # argmax returns the first of equal maxima
 
 
 def run_fixed(model: StepModel, inputs: Any, num_steps: int | None = None) -> torch.Tensor:
