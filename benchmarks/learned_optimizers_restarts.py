@@ -3,11 +3,13 @@
 
 With one meta-training run per seed, the optimizer kept at its best validation score still
 varies a lot between seeds on the regression family (the `scaled_rmsprop`, s = 1 network of
-the benchmark). This script meta-trains it on each seed given, exactly as the task does for one
-restart (500 meta-iterations of 64 functions, horizon 100, unroll 20, Adam 3e-3, scored every
-25 on 500 validation functions by minus the mean log10 suboptimality over the 100 steps, the best
-kept), and measures each kept optimizer on 1,000 development functions drawn for this script
-only (neither the task's validation nor its test functions). It reports:
+the benchmark). This script meta-trains the benchmark's network of a family (``--family``:
+regression, 500 meta-iterations; quadratic, the paper's network, 300) on each seed given,
+exactly as the task does for one restart (64 functions per meta-iteration, horizon 100, unroll
+20, Adam 3e-3, scored every 25 on 500 validation functions by minus the mean log10
+suboptimality over the 100 steps, the best kept), and measures each kept optimizer on 1,000
+development functions drawn for this script only (neither the task's validation nor its test
+functions). It reports:
 
 * per seed: the validation score and the development log10 suboptimality at steps 20 and 100;
 * the Spearman correlation over seeds between the validation score and those numbers;
@@ -18,7 +20,7 @@ only (neither the task's validation nor its test functions). It reports:
 
     nice -n 10 .venv/bin/python benchmarks/learned_optimizers_restarts.py --seeds 10 11 12 13 14 15 16 17 18
 
-Writes ``benchmarks/results/learned_optimizers-restarts-pilot.json``; ``--summarise FILE``
+Writes ``benchmarks/results/learned_optimizers-restarts-pilot[-quadratic].json``; ``--summarise FILE``
 recomputes the summary from the runs recorded in an earlier output, without training.
 """
 
@@ -32,22 +34,35 @@ import time
 from pathlib import Path
 
 import torch
-from learned_optimizers_precision import evaluate
 from machine_info import machine
 
 from stopwise.stats import spearman
-from stopwise.tasks.learned_optimizers import LSTMOptimizerNet, RegressionFamily, meta_train
+from stopwise.tasks.learned_optimizers import (
+    LSTMOptimizerNet,
+    QuadraticFamily,
+    RegressionFamily,
+    meta_train,
+)
+from stopwise.tasks.learned_optimizers.data import suboptimality
 from stopwise.tasks.learned_optimizers.experiment import validation_score
+from stopwise.tasks.learned_optimizers.methods import loss_curves
+from stopwise.tasks.learned_optimizers.metrics import log10_gap
 
 ROOT = Path(__file__).resolve().parent
 HORIZON = 100
+STEPS = (20, 100)
+# family: (the family, the benchmark preset's network for it, its meta-iterations)
+FAMILIES = {
+    "regression": (RegressionFamily, dict(preprocess=10.0, update="scaled_rmsprop"), 500),
+    "quadratic": (QuadraticFamily, dict(preprocess=None, update="additive"), 300),
+}
 
 
 def summarise(runs: list[dict], k: int) -> dict:
     """Spearman(validation score, −development log gap) over the runs, and the development
     numbers of a single run against the best-on-validation of every ``k``-subset of the runs."""
     scores = torch.tensor([r["validation_score"] for r in runs])
-    steps = (20, 100)
+    steps = STEPS
     correlation = {
         f"log10_gap_{s}": spearman(scores, -torch.tensor([r[f"log10_gap_{s}"] for r in runs]))
         for s in steps
@@ -68,7 +83,7 @@ def summarise(runs: list[dict], k: int) -> dict:
         "spearman_validation_score_vs_minus_log10_gap": correlation,
         "restarts": k,
         "subsets": len(subsets),
-        "kept": {"single_run": numbers(runs), f"best_of_{k}": numbers(kept)},
+        "kept": {"single_run": numbers(runs), **({f"best_of_{k}": numbers(kept)} if kept else {})},
     }
 
 
@@ -76,14 +91,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10, 19)))
     parser.add_argument("--restarts", type=int, default=3)
-    parser.add_argument("--iterations", type=int, default=500)
+    parser.add_argument("--family", choices=sorted(FAMILIES), default="regression")
+    parser.add_argument("--iterations", type=int, help="default: the benchmark preset's")
     parser.add_argument("--summarise", help="an earlier output whose runs to summarise again")
-    parser.add_argument(
-        "--out", default=str(ROOT / "results/learned_optimizers-restarts-pilot.json")
-    )
+    parser.add_argument("--out", help="default: results/learned_optimizers-restarts-pilot…")
     args = parser.parse_args(argv)
+    make_family, network, iterations = FAMILIES[args.family]
+    args.iterations = args.iterations or iterations
+    suffix = "" if args.family == "regression" else f"-{args.family}"
+    args.out = args.out or str(ROOT / f"results/learned_optimizers-restarts-pilot{suffix}.json")
     torch.set_num_threads(1)
-    family = RegressionFamily()
+    family = make_family()
     validation = family.sample(500, torch.Generator().manual_seed(777))
     development = family.sample(1000, torch.Generator().manual_seed(424242))
     start, runs = time.perf_counter(), []
@@ -95,25 +113,29 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         began = time.process_time()
         torch.manual_seed(seed)
-        net = LSTMOptimizerNet(20, 2, 10.0, 1.0, update="scaled_rmsprop")
+        net = LSTMOptimizerNet(20, 2, network["preprocess"], 1.0, update=network["update"])
         metrics = meta_train(
             net, family, args.iterations, horizon=HORIZON, functions=64, lr=3e-3, seed=seed,
             validate=lambda net=net: validation_score(family, net, validation, HORIZON),
             validate_every=25,
         )  # fmt: skip
-        numbers = evaluate(net, family, development)
+        with torch.no_grad():
+            gaps, _ = loss_curves(family, net, development, list(STEPS), measure=suboptimality)
         row = {
             "seed": seed,
             "selected_iteration": metrics["selected_iteration"],
             "validation_score": metrics["selected_score"],
-            "log10_gap_20": numbers["log10_gap_20"],
-            "log10_gap_100": numbers["log10_gap_100"],
+            **{
+                f"log10_gap_{s}": float(g)
+                for s, g in zip(STEPS, log10_gap(gaps).mean(0), strict=True)
+            },
             "cpu_seconds": time.process_time() - began,
         }
         runs.append(row)
         print(json.dumps(row), flush=True)
     result = {
         "benchmark": "learned_optimizers_restarts",
+        "family": args.family,
         "machine": machine(),
         "threads": 1,
         "iterations": args.iterations,

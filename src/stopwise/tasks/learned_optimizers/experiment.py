@@ -43,6 +43,7 @@ from .metrics import (
     evaluate_stop,
     log10_gap,
     oracle_tradeoff,
+    rescored,
     stop_data,
     summary,
 )
@@ -439,19 +440,19 @@ def _rules(config, name, context) -> dict[str, Any]:
                            config.horizon)
         for kind in config.optimizers
     }  # fmt: skip
-    val_data = {
-        (kind, rule): stop_data(family, run, val, score)[0]
-        for kind, run in runs.items()
-        for rule, (score, _) in rules.items()
-    }
     test_functions = test.open()
     out = {}
-    for kind, run in runs.items():
+    for kind, run in runs.items():  # each optimizer runs once per split; every rule scores it
+        val_data, val_features = stop_data(family, run, val, _no_score)
+        test_data, test_features = stop_data(family, run, test_functions, _no_score)
         for rule, (score, tolerances) in rules.items():
-            test_data, _ = stop_data(family, run, test_functions, score)
             candidates = {f"tol {tol:g}": _tolerance_threshold(tol) for tol in tolerances}
             out[f"{kind}/{rule}"] = evaluate_stop(
-                val_data[(kind, rule)], test_data, candidates, None, setting
+                rescored(val_data, val_features, score),
+                rescored(test_data, test_features, score),
+                candidates,
+                None,
+                setting,
             )
     return {"rules": out, **_best_rules(out, config.step_costs)}
 

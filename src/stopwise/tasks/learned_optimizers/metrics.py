@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -136,13 +136,19 @@ def stop_data(
         gap_parts.append(suboptimality(family, flat_theta, repeated).view(m, T))
         features.append(trajectory.features)
     losses_all, features_all = diverged_as_large(torch.cat(losses)), torch.cat(features)
-    scores = torch.stack(
-        [score(features_all[:, t], t) for t in range(features_all.shape[1])], dim=1
-    )
     difficulty = family.difficulty(functions) if hasattr(family, "difficulty") else {}
     gap = diverged_as_large(torch.cat(gap_parts))
-    data = StopData(losses_all, gap, scores.detach(), difficulty)
-    return data, features_all
+    data = StopData(losses_all, gap, torch.empty(0), difficulty)
+    return rescored(data, features_all, score), features_all
+
+
+def rescored(
+    data: StopData, features: torch.Tensor, score: Callable[[torch.Tensor, int], torch.Tensor]
+) -> StopData:
+    """``data`` with every step scored by ``score`` from its ``features (n, T, F)`` (another
+    stop rule on the same runs: no optimizer step is rerun)."""
+    scores = torch.stack([score(features[:, t], t) for t in range(features.shape[1])], dim=1)
+    return replace(data, scores=scores.detach())
 
 
 @dataclass
