@@ -62,10 +62,9 @@ def summarise(runs: list[dict], k: int) -> dict:
     """Spearman(validation score, −development log gap) over the runs, and the development
     numbers of a single run against the best-on-validation of every ``k``-subset of the runs."""
     scores = torch.tensor([r["validation_score"] for r in runs])
-    steps = STEPS
     correlation = {
         f"log10_gap_{s}": spearman(scores, -torch.tensor([r[f"log10_gap_{s}"] for r in runs]))
-        for s in steps
+        for s in STEPS
     }
     subsets = list(itertools.combinations(runs, k))
     kept = [max(subset, key=lambda r: r["validation_score"]) for subset in subsets]
@@ -76,7 +75,7 @@ def summarise(runs: list[dict], k: int) -> dict:
                 "mean": statistics.fmean(r[f"log10_gap_{s}"] for r in rows),
                 "worst": max(r[f"log10_gap_{s}"] for r in rows),
             }
-            for s in steps
+            for s in STEPS
         }
 
     return {
