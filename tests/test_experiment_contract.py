@@ -15,6 +15,7 @@ import typing
 from pathlib import Path
 
 import pytest
+import torch
 
 from stopwise.cli import main
 from stopwise.config import schema
@@ -130,3 +131,12 @@ def test_every_experiment_has_the_contract_presets(name):
     assert experiment.description
     for key, (kind, _) in schema(experiment.config).items():
         assert kind in (bool, int, float, str) or typing.get_origin(kind) is list, key
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
+@pytest.mark.parametrize("name", NAMES)
+def test_the_tiny_preset_runs_on_a_gpu(name, tmp_path):
+    """``device=cuda`` works for every experiment. The first GPU run (an H200, 2026-12-04) found
+    tensors left on the CPU in three tasks; this is the check a GPU machine runs."""
+    result = stopwise(tiny(name, tmp_path / "run", "--set", "device=cuda"))
+    assert result.returncode == 0, result.stderr[-4000:]

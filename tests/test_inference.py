@@ -418,6 +418,25 @@ def test_time_adaptive_reports_medians_and_the_rules_steps():
     assert "unpooled_speedup" not in timing["rules"]["early"]
 
 
+def test_time_adaptive_times_inference_without_autograd():
+    """Timing runs without a graph: with one, a trainable model keeps every step's activations
+    (on a GPU the denoising timing ran out of 140 GiB that way) and the clock counts autograd."""
+    from stopwise.inference import time_adaptive
+
+    model, policy, x = make(seed=3, batch=16)
+    seen = []
+    advance = model.advance
+
+    def recording(state, t):
+        seen.append(torch.is_grad_enabled())
+        return advance(state, t)
+
+    model.advance = recording
+    assert any(p.requires_grad for p in model.parameters())
+    time_adaptive(model, policy, x, {"half": HazardThreshold(0.5)}, repeats=1)
+    assert seen and not any(seen)
+
+
 class _StepByStep(Rule):
     """``rule``'s decisions behind a plain :class:`Rule`, so stop_indices takes its step loop."""
 

@@ -313,16 +313,20 @@ def _settings_diff(
     """The keys whose values differ, as ``key: old -> new``. A config key the old settings lack
     was added to the task after that job ran: with its default value (``defaults``, flattened
     like the settings) it is no difference, since a key is added with the default that keeps
-    the old behaviour. A dependency's digest (``after.<name>``) that differs is no difference
-    when ``same_dependency(name, old digest)`` says the dependency's own settings are the same
-    in that sense."""
+    the old behaviour. Likewise a config key only the old settings have, at its default: the
+    job no longer reads it (e.g. a CPU-only job that stopped listing ``device``). A
+    dependency's digest (``after.<name>``) that differs is no difference when
+    ``same_dependency(name, old digest)`` says the dependency's own settings are the same in
+    that sense."""
     a, b, defaults = flatten(old), flatten(new), defaults or {}
-    added_at_default = {k for k in set(b) - set(a) if k in defaults and b[k] == defaults[k]}
+    at_default = {
+        k for k in set(a) ^ set(b) if k in defaults and (a[k] if k in a else b[k]) == defaults[k]
+    }
     return [
         f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
         for k in sorted(set(a) | set(b))
         if a.get(k) != b.get(k)
-        and k not in added_at_default
+        and k not in at_default
         and not (k.startswith("after.") and k in a and same_dependency(k[6:], a[k]))
     ]
 

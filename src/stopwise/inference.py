@@ -578,11 +578,11 @@ def fit_threshold(
     costs = (
         torch.arange(1, T + 1, dtype=torch.float64)
         if step_costs is None
-        else torch.as_tensor(step_costs, dtype=torch.float64)
+        else torch.as_tensor(step_costs, dtype=torch.float64).cpu()
     )
     valid = torch.ones(T, dtype=torch.bool) if valid_steps is None else valid_steps.bool().cpu()
     probe = rule_cls(0.0)
-    scores = rule_scores(hazard_logits.detach(), probe, valid).to(torch.float64)
+    scores = rule_scores(hazard_logits.detach().cpu(), probe, valid).to(torch.float64)
     candidates = torch.cat([scores[:, valid].flatten().unique(), torch.tensor([math.inf])])
 
     def mean_cost(threshold) -> float:
@@ -680,6 +680,13 @@ def in_chunks(fn: Callable[[Any], Any], inputs: Any, chunk: int = 1000) -> Any:
     raise TypeError(f"in_chunks: fn must return tensors; got {type(first).__name__}")
 
 
+def _synchronize(inputs) -> None:
+    """Wait for the GPU work queued so far, so that a wall-clock reading covers it."""
+    leaves = inputs.values() if isinstance(inputs, dict) else [inputs]
+    if any(isinstance(x, torch.Tensor) and x.is_cuda for x in leaves):
+        torch.cuda.synchronize()
+
+
 @torch.no_grad()
 def time_adaptive(
     model: StepModel,
@@ -734,8 +741,10 @@ def time_adaptive(
     times = {(v, name): {clock: [] for clock in clocks} for v in variants for name in rules}
 
     def timed(fn, into: dict[str, list[float]]) -> None:
+        _synchronize(inputs)
         start = {clock: read() for clock, read in clocks.items()}
         fn()
+        _synchronize(inputs)
         for clock, read in clocks.items():
             into[clock].append(read() - start[clock])
 

@@ -168,13 +168,14 @@ class _FlooredSearch:
     ):
         T = val_hazards.shape[1]
         self.costs = (
-            torch.arange(1, T + 1, dtype=torch.float64) if costs is None else costs.double()
+            torch.arange(1, T + 1, dtype=torch.float64) if costs is None else costs.double().cpu()
         )
         self.valid = torch.ones(T, dtype=torch.bool) if valid is None else valid.bool().cpu()
         self.rule_cls = THRESHOLD_KINDS[kind]
         # The kind's own score at every step (its recurrence over the valid steps), thresholded
-        # from the floor on as plain scores.
-        self.scores = rule_scores(val_hazards.detach(), self.rule_cls(0.0), self.valid).double()
+        # from the floor on as plain scores; a calibration runs on the CPU.
+        hazards = val_hazards.detach().cpu()
+        self.scores = rule_scores(hazards, self.rule_cls(0.0), self.valid).double()
         self.metric, self.sign = val_metric, 1.0 if lower_is_better else -1.0
         self.floors = self.valid.nonzero().flatten().tolist()
         self.floor_costs = [

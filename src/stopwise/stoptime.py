@@ -193,12 +193,13 @@ def truncated_geometric_log_prior(
     """
     if not 0 < p <= 1:
         raise ValueError(f"geometric prior needs 0 < p <= 1; got {p}")
-    t = torch.arange(num_steps, dtype=torch.float64)
+    device = mask.device if isinstance(mask, torch.Tensor) else None
+    t = torch.arange(num_steps, dtype=torch.float64, device=device)
     log_p = math.log(p) + t * (math.log1p(-p) if p < 1 else 0.0)
     if p == 1:
         log_p = torch.where(t == 0, 0.0, -math.inf)
     if mask is not None:
-        mask = torch.as_tensor(mask).bool()
+        mask = torch.as_tensor(mask, device=device).bool()
         log_p = log_p.masked_fill(~mask, -math.inf)
     return (log_p - torch.logsumexp(log_p, dim=-1, keepdim=True)).to(dtype)
 

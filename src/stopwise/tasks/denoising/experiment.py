@@ -71,10 +71,12 @@ __all__ = [
     "budget_oracle_score",
 ]
 
-_COMMON = (
+# What every job reads of the data; the classical denoisers run on the CPU whatever `device` is.
+_DATA = (
     "images_dir", "train_sigmas", "test_sigmas", "test_crop", "test_images", "val_crop", "val_tiles",
-    "grid_image", "grid_sigma", "timing_repeats", "device",
+    "grid_image", "grid_sigma", "timing_repeats",
 )  # fmt: skip
+_COMMON = _DATA + ("device",)
 _NETWORK = _COMMON + (
     "depth", "width", "patch", "batch", "precision", "channels_last", "eval_every", "patience",
     "pretrain",
@@ -107,7 +109,7 @@ def jobs(config: DenoisingConfig) -> list[Job]:
     return [
         Job("pretrain", {}, (), _NETWORK, cost=4.0),
         *shallow,
-        Job("classical", {}, (), _COMMON + ("nlm_h", "bm3d_profiles"), cost=3.0),
+        Job("classical", {}, (), _DATA + ("nlm_h", "bm3d_profiles"), cost=3.0),
         Job("dncnn", {}, ("pretrain",), _FINETUNED, cost=2.0),
         Job("dncnn-ds", {}, ("pretrain",), _FINETUNED + ("exit_head",), cost=2.0),
         *stage1,
@@ -168,7 +170,8 @@ def _quality(
     estimates: list[torch.Tensor], data: NoisySet, config: DenoisingConfig
 ) -> dict[str, Any]:
     """PSNR and SSIM of per-item estimates ``(1, H, W)``: per item and per σ."""
-    clean = [data.item(i)[0] for i in range(data.size)]
+    clean = [data.item(i)[0].cpu() for i in range(data.size)]
+    estimates = [e.cpu() for e in estimates]
     p = torch.cat(
         [psnr(e.unsqueeze(0), c.unsqueeze(0)) for e, c in zip(estimates, clean, strict=True)]
     )
@@ -636,18 +639,19 @@ def _classical(context: JobContext) -> dict[str, Any]:
     import time
 
     config: DenoisingConfig = context.config
-    val = validation_set(config, context)
+    cpu = torch.device("cpu")
+    val = validation_set(config, context).to(cpu)
 
     def run_all(data: NoisySet, denoise) -> tuple[list[torch.Tensor], float]:
         start = time.process_time()
         outputs = []
         for i in range(data.size):
             _, noisy = data.item(i)
-            outputs.append(denoise(noisy.cpu(), float(data.sigma[i])).clamp(0, 1))
+            outputs.append(denoise(noisy, float(data.sigma[i])).clamp(0, 1))
         return outputs, time.process_time() - start
 
     def mean_psnr(data: NoisySet, outputs) -> float:
-        clean = [data.item(i)[0].cpu() for i in range(data.size)]
+        clean = [data.item(i)[0] for i in range(data.size)]
         return float(
             torch.cat([psnr(o[None], c[None]) for o, c in zip(outputs, clean, strict=True)]).mean()
         )
@@ -663,7 +667,7 @@ def _classical(context: JobContext) -> dict[str, Any]:
         nlm_val[h] = mean_psnr(val, outputs)
     h = max(config.nlm_h, key=lambda v: nlm_val[v])
 
-    data = test_set(config, context).open()
+    data = test_set(config, context).open().to(cpu)
     bm3d, bm3d_cpu = run_all(data, lambda x, s: bm3d_denoise(x, s, profile))
     nlm, nlm_cpu = run_all(data, lambda x, s: nlm_denoise(x, s, h))
     grid = grid_item(config, data)

@@ -176,11 +176,13 @@ def policy_data(model: DnCNN, noisy: torch.Tensor, noise: torch.Tensor, chunk: i
 
 
 def policy_hazards_on(policy: ImagePolicy, data: PolicyData, rows, valid: torch.Tensor):
-    """``(b, T)`` hazard logits of ``policy`` at every exit (0 where ``valid`` is False)."""
+    """``(b, T)`` hazard logits of ``policy`` at every exit (0 where ``valid`` is False), on
+    the CPU beside ``data``; the policy itself may sit on another device."""
+    device = next(policy.parameters()).device
     columns = []
     for t in range(data.noise_hat.shape[1]):
         if valid[t]:
-            columns.append(policy(data.features(rows, t), t))
+            columns.append(policy(data.features(rows, t).to(device), t).float().cpu())
         else:
             columns.append(data.noisy.new_zeros(data.noisy[rows].shape[0]))
     return torch.stack(columns, dim=1)

@@ -108,7 +108,7 @@ class DnCNN(StepModel):
         """
         final = self.heads[str(self.max_steps - 1)]
         for t in range(self.max_steps - 1):
-            head = _head(kind, self.width)
+            head = _head(kind, self.width).to(final.weight.device)
             last = head if kind == "linear" else head[-1]
             with torch.no_grad():
                 last.weight.copy_(final.weight)
