@@ -133,10 +133,32 @@ def test_every_experiment_has_the_contract_presets(name):
         assert kind in (bool, int, float, str) or typing.get_origin(kind) is list, key
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
 @pytest.mark.parametrize("name", NAMES)
+def test_a_device_an_experiment_does_not_use_is_refused(name, monkeypatch):
+    """An experiment whose jobs never move a model to ``device`` refuses ``device=cuda``
+    (exit 2, naming the key) rather than running on the CPU as if it were the GPU; the others
+    take it. CUDA is faked available: the check must not depend on the machine."""
+    from stopwise.config import ConfigError
+    from stopwise.experiments import resolve_config
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    experiment = EXPERIMENTS[name]
+    if "cuda" in experiment.devices:
+        config, _ = resolve_config(experiment, "tiny", ["device=cuda"])
+        assert config.device == "cuda"
+    else:
+        with pytest.raises(ConfigError, match=r"device='cuda': this experiment runs on cpu only"):
+            resolve_config(experiment, "tiny", ["device=cuda"])
+
+
+ON_A_GPU = [n for n in NAMES if "cuda" in EXPERIMENTS[n].devices]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
+@pytest.mark.parametrize("name", ON_A_GPU)
 def test_the_tiny_preset_runs_on_a_gpu(name, tmp_path):
-    """``device=cuda`` works for every experiment. The first GPU run (an H200, 2026-12-04) found
-    tensors left on the CPU in three tasks; this is the check a GPU machine runs."""
+    """``device=cuda`` works for every experiment that takes it. The first GPU run (an H200,
+    2026-12-04) found tensors left on the CPU in three tasks; this is the check a GPU machine
+    runs."""
     result = stopwise(tiny(name, tmp_path / "run", "--set", "device=cuda"))
     assert result.returncode == 0, result.stderr[-4000:]

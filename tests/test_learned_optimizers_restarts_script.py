@@ -38,8 +38,10 @@ def test_best_of_k_keeps_the_best_validation_score_of_every_subset(script):
 def test_tiny_pilot_writes_its_runs_and_summary(script, tmp_path):
     out = tmp_path / "pilot.json"
     assert script.main(["--seeds", "1", "2", "--iterations", "2", "--restarts", "2",
-                        "--out", str(out)]) == 0  # fmt: skip
+                        "--family", "quadratic", "--hand", "--out", str(out)]) == 0  # fmt: skip
     result = json.loads(out.read_text())
     assert [r["seed"] for r in result["runs"]] == [1, 2]
     assert result["subsets"] == 1
     assert "best_of_2" in result["kept"]
+    momentum = result["hand_designed"]["momentum"]
+    assert momentum["log10_gap_100"] < momentum["log10_gap_20"] < 0  # tuned: it makes progress

@@ -75,7 +75,8 @@ def _show(name: str, preset: str | None) -> None:
 
     experiment = get_experiment(name)
     config, preset = resolve_config(experiment, preset)
-    print(f"{experiment.name}: {experiment.description}\n")
+    print(f"{experiment.name}: {experiment.description}")
+    print(f"devices: {', '.join(experiment.devices)}\n")
     for entry in describe(experiment.config):
         allowed = f" ({entry['allowed']})" if entry["allowed"] else ""
         help_text = f" — {entry['help']}" if entry["help"] else ""

@@ -99,6 +99,9 @@ class Experiment:
     report: Callable[[list[JobResult], Any], Report]
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
     default_preset: str = "quick"
+    # Device types its jobs put their models and data on; another `device` is refused, not
+    # silently ignored.
+    devices: tuple[str, ...] = ("cpu", "cuda")
 
     def __post_init__(self):
         if not issubclass(self.config, Config):

@@ -247,6 +247,11 @@ def resolve_config(
         values[key] = parse_value(key, text, keys[key][0])
     config = build(experiment.config, values, experiment.name)
     validate(config, experiment.name)
+    if torch.device(config.device).type not in experiment.devices:
+        raise ConfigError(
+            f"{experiment.name}: device={config.device!r}: this experiment runs on "
+            f"{' or '.join(experiment.devices)} only"
+        )
     return config, preset
 
 

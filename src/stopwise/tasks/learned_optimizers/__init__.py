@@ -60,6 +60,7 @@ EXPERIMENTS = [
         config=LearnedOptimizersConfig,
         presets=PRESETS,
         default_preset="quick",
+        devices=("cpu",),  # its jobs do not move models or data to `device`
         jobs=jobs,
         run_job=run_job,
         report=report,

@@ -36,6 +36,7 @@ EXPERIMENTS = [
         config=MultiExitConfig,
         presets=PRESETS,
         default_preset="quick",
+        devices=("cpu",),  # its jobs do not move models or data to `device`
         jobs=jobs,
         run_job=run_job,
         report=report,

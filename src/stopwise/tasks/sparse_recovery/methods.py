@@ -295,7 +295,7 @@ def fit_candidate(
     batches = EpochBatches((rows, rows), s2.batch, context.stream_seed("stage2-batches"))
     replay, valid = Replay(pool), valid.to(pool.losses.device)
     stage, settings = f"stage2-{candidate.name}", context.loop_settings(config.log_every)
-    costs = torch.arange(1, T + 1, dtype=pool.losses.dtype)
+    costs = torch.arange(1, T + 1, dtype=pool.losses.dtype, device=pool.losses.device)
     if candidate.objective == "l2s":
         fit_policy(
             replay,

@@ -69,6 +69,7 @@ def error_columns(
     errors: torch.Tensor, energies: torch.Tensor, snr: torch.Tensor, snrs: list[float]
 ) -> dict[str, float]:
     """:func:`nmse_columns` from per-sample ``‖x̂ − x*‖²`` and ``‖x*‖²`` ``(B,)``."""
+    energies, snr = energies.to(errors.device), snr.to(errors.device)
     columns = {"mixed": nmse_db(errors, energies)}
     for level in snrs:
         rows = snr == level

@@ -280,10 +280,10 @@ class LISTA(SparseStepModel):
         super().__init__(A, steps)
         A64 = A.to(torch.float64)
         n = A.shape[1]
-        gram = (torch.eye(n, dtype=torch.float64) - A64.T @ A64 / L).to(A.dtype)
+        gram = (torch.eye(n, dtype=torch.float64, device=A.device) - A64.T @ A64 / L).to(A.dtype)
         self.wx = nn.ParameterList(nn.Parameter(gram.clone()) for _ in range(steps - 1))
         self.wb = nn.ParameterList(nn.Parameter((A / L).clone()) for _ in range(steps))
-        self.theta = nn.Parameter(torch.full((steps,), lam / L, dtype=A.dtype))
+        self.theta = nn.Parameter(torch.full((steps,), lam / L, dtype=A.dtype, device=A.device))
 
     def advance(self, state, t):
         y = state["y"]
@@ -336,8 +336,12 @@ class ALISTA(ResidualStepModel):
         if len(keep) != steps:
             raise ValueError(f"keep needs one support size per layer ({steps}); got {len(keep)}")
         self.register_buffer("W", analytic_weight(A))
-        self.gamma = nn.Parameter(torch.full((steps,), float(gamma), dtype=A.dtype))
-        self.theta = nn.Parameter(torch.full((steps,), float(theta), dtype=A.dtype))
+        self.gamma = nn.Parameter(
+            torch.full((steps,), float(gamma), dtype=A.dtype, device=A.device)
+        )
+        self.theta = nn.Parameter(
+            torch.full((steps,), float(theta), dtype=A.dtype, device=A.device)
+        )
         self.keep = [int(k) for k in keep]
 
     def advance(self, state, t):
