@@ -43,10 +43,12 @@ from stopwise.tasks.learned_optimizers import (
     RegressionFamily,
     meta_train,
 )
+from stopwise.tasks.learned_optimizers.config import LearnedOptimizersConfig
 from stopwise.tasks.learned_optimizers.data import suboptimality
 from stopwise.tasks.learned_optimizers.experiment import validation_score
-from stopwise.tasks.learned_optimizers.methods import loss_curves
+from stopwise.tasks.learned_optimizers.methods import loss_curves, tune_learning_rates
 from stopwise.tasks.learned_optimizers.metrics import log10_gap
+from stopwise.tasks.learned_optimizers.models import HAND_DESIGNED, HandDesigned
 
 ROOT = Path(__file__).resolve().parent
 HORIZON = 100
@@ -86,6 +88,29 @@ def summarise(runs: list[dict], k: int) -> dict:
     }
 
 
+def hand_designed(family, validation, development) -> dict:
+    """Each hand-designed optimizer with its learning rate tuned on the validation functions
+    per horizon (the task's grid and rule), measured on the development functions: the bar the
+    LSTM optimizer has to clear, on the same functions as its pilot numbers."""
+    grid = LearnedOptimizersConfig().learning_rates
+    tuning = tune_learning_rates(
+        family, HAND_DESIGNED, grid, validation, list(STEPS), lambda g, f: log10_gap(g),
+        measure=suboptimality,
+    )  # fmt: skip
+    out = {}
+    with torch.no_grad():
+        for kind in HAND_DESIGNED:
+            out[kind] = {}
+            for s in STEPS:
+                lr = tuning[kind]["lr"][s]
+                gaps, _ = loss_curves(
+                    family, HandDesigned(kind, lr), development, [s], measure=suboptimality
+                )
+                out[kind][f"log10_gap_{s}"] = float(log10_gap(gaps).mean())
+                out[kind][f"lr_{s}"] = lr
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10, 19)))
@@ -93,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--family", choices=sorted(FAMILIES), default="regression")
     parser.add_argument("--iterations", type=int, help="default: the benchmark preset's")
     parser.add_argument("--summarise", help="an earlier output whose runs to summarise again")
+    parser.add_argument(
+        "--hand", action="store_true", help="also the tuned hand-designed optimizers, on the same"
+    )
     parser.add_argument("--out", help="default: results/learned_optimizers-restarts-pilot…")
     args = parser.parse_args(argv)
     make_family, network, iterations = FAMILIES[args.family]
@@ -144,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         **summarise(runs, args.restarts),
     }
+    if args.hand:
+        result["hand_designed"] = hand_designed(family, validation, development)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(
         json.dumps({k: result[k] for k in ("spearman_validation_score_vs_minus_log10_gap", "kept")})
