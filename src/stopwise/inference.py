@@ -682,7 +682,10 @@ def in_chunks(fn: Callable[[Any], Any], inputs: Any, chunk: int = 1000) -> Any:
 
 def _synchronize(inputs) -> None:
     """Wait for the GPU work queued so far, so that a wall-clock reading covers it."""
-    leaves = inputs.values() if isinstance(inputs, dict) else [inputs]
+    if isinstance(inputs, dict):
+        leaves = list(inputs.values())
+    else:
+        leaves = list(inputs) if isinstance(inputs, tuple | list) else [inputs]
     if any(isinstance(x, torch.Tensor) and x.is_cuda for x in leaves):
         torch.cuda.synchronize()
 
