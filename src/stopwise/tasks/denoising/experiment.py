@@ -135,8 +135,11 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
 # ---------------------------------------------------------------- data of a job
 
 
-def validation_set(config: DenoisingConfig, context: JobContext) -> NoisySet:
-    """Tiles of the validation images under the training noise levels (seed's own noise)."""
+def validation_set(
+    config: DenoisingConfig, context: JobContext, device: torch.device | None = None
+) -> NoisySet:
+    """Tiles of the validation images under the training noise levels (seed's own noise), on
+    ``device`` (default: the run's)."""
     split = load_splits(config.images_dir).val
     images, names = [], []
     for name, image in zip(split.names, split.images, strict=True):
@@ -144,17 +147,20 @@ def validation_set(config: DenoisingConfig, context: JobContext) -> NoisySet:
             images.append(tile)
             names.append(f"{name}#{k}")
     data = noisy_set(images, names, config.train_sigmas, context.generator("validation-noise"))
-    return data.to(context.device)
+    return data.to(device or context.device)
 
 
-def test_set(config: DenoisingConfig, context: JobContext) -> Heldout[NoisySet]:
-    """Centre crops of the test images under every test σ, wrapped to be opened once."""
+def test_set(
+    config: DenoisingConfig, context: JobContext, device: torch.device | None = None
+) -> Heldout[NoisySet]:
+    """Centre crops of the test images under every test σ, wrapped to be opened once, on
+    ``device`` (default: the run's)."""
     split = load_splits(config.images_dir).test
     count = config.test_images or len(split.names)
     crops = [center_crop(image, config.test_crop) for image in split.images[:count]]
     names = split.names[:count]
     data = noisy_set(crops, names, config.test_sigmas, context.generator("test-noise"))
-    return Heldout(data.to(context.device))
+    return Heldout(data.to(device or context.device))
 
 
 def grid_item(config: DenoisingConfig, data: NoisySet) -> int:
@@ -640,7 +646,7 @@ def _classical(context: JobContext) -> dict[str, Any]:
 
     config: DenoisingConfig = context.config
     cpu = torch.device("cpu")
-    val = validation_set(config, context).to(cpu)
+    val = validation_set(config, context, cpu)
 
     def run_all(data: NoisySet, denoise) -> tuple[list[torch.Tensor], float]:
         start = time.process_time()
@@ -667,7 +673,7 @@ def _classical(context: JobContext) -> dict[str, Any]:
         nlm_val[h] = mean_psnr(val, outputs)
     h = max(config.nlm_h, key=lambda v: nlm_val[v])
 
-    data = test_set(config, context).open().to(cpu)
+    data = test_set(config, context, cpu).open()
     bm3d, bm3d_cpu = run_all(data, lambda x, s: bm3d_denoise(x, s, profile))
     nlm, nlm_cpu = run_all(data, lambda x, s: nlm_denoise(x, s, h))
     grid = grid_item(config, data)
