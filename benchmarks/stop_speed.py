@@ -42,7 +42,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,7 @@ from stopwise.inference import (  # noqa: E402
 )
 from stopwise.perf import reuse_freed_memory  # noqa: E402
 from stopwise.selection import point_rule  # noqa: E402
-from stopwise.steps import index_state, state_batch_size  # noqa: E402
+from stopwise.steps import cat_state, index_state, state_batch_size  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 TARGET_SPEEDUP = 0.8  # measured speedup / ideal speedup (MAC ratio), at every budget
@@ -494,6 +494,22 @@ ADAPTERS = {
 # ---------------------------------------------------------------- the one measuring loop
 
 
+# Tasks whose timed rows run as one batch of any size (not denoising's 24 crops, nor few-shot's
+# tasks, which a step adapts one at a time).
+WIDENABLE = ("sparse-recovery", "multi-exit", "learned-optimizers", "parity")
+
+
+def widened(case: SpeedCase, batch: int) -> SpeedCase:
+    """``case`` with its timed rows repeated to at least ``batch`` rows, run as one batch: how
+    the speedup depends on the batch. Repeating rows keeps every rule's stop steps, and so its
+    MACs and ideal speedup, exactly."""
+    rows = state_batch_size(case.inputs)
+    copies = -(-batch // rows)
+    inputs = cat_state([case.inputs] * copies) if copies > 1 else case.inputs
+    note = f"timed rows: the {rows} rows repeated {copies}× as one batch (--batch {batch})"
+    return replace(case, inputs=inputs, chunk=None, notes=[*case.notes, note])
+
+
 @torch.no_grad()
 def stop_index(case: SpeedCase, rule: Rule) -> torch.Tensor:
     """``(N,)`` the stop steps of ``rule`` on the timed rows, by real (shrink) execution."""
@@ -705,6 +721,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="tiny presets (tests, development)")
     parser.add_argument("--out", default=str(ROOT / "results" / "stop_speed.json"))
     parser.add_argument("--note", default="", help="how the machine was shared, etc.")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        help="repeat the timed rows to at least this many, as one batch (tasks in WIDENABLE)",
+    )
     args = parser.parse_args(argv)
     reuse_freed_memory()
     torch.set_num_threads(1)
@@ -713,6 +734,8 @@ def main(argv: list[str] | None = None) -> int:
     cases = [
         c for task in args.tasks for c in ADAPTERS[task](Path(args.runs), args.points, args.tiny)
     ]
+    if args.batch:
+        cases = [widened(c, args.batch) if c.task in WIDENABLE else c for c in cases]
     setup_seconds = time.perf_counter() - wall
     rows = []
     for threads in args.threads:

@@ -155,3 +155,21 @@ def test_depth_seconds_runs_every_chunk_through_every_step(stop_speed):
     seconds = stop_speed.depth_seconds(case, repeats=2)
     assert seconds.shape == (model.max_steps,) and bool((seconds >= 0).all())
     assert model.rows_advanced == 3 * 50 * model.max_steps  # chunks of 20, 20 and 10 rows
+
+
+def test_a_widened_case_repeats_its_rows_as_one_batch(stop_speed):
+    """``--batch``: the timed rows repeated to at least the batch, run unchunked; every row's
+    stop step is that of the row it copies (checked one row at a time, plain Python)."""
+    from stopwise.inference import HazardThreshold
+    from test_inference import make, reference_stop
+
+    model, policy, x = make(seed=3, batch=50)
+    rule = HazardThreshold(0.5)
+    case = stop_speed.SpeedCase(
+        "toy", "toy", model, policy, x, {"b": rule}, lambda i: i.double(), 1.0, 1.0, 0.0, chunk=20
+    )
+    wide = stop_speed.widened(case, 120)
+    assert wide.inputs.shape == (150, 6) and wide.chunk is None and case.chunk == 20
+    assert case.notes == [] and "repeated 3×" in wide.notes[0]
+    own = [t for t, _ in reference_stop(model, policy, x, 0.5, [True] * model.max_steps)]
+    assert stop_speed.stop_index(wide, rule).tolist() == own * 3
