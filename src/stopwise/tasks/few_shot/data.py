@@ -52,7 +52,6 @@ __all__ = [
 RENDERER_VERSION = 1  # bump when the drawing changes: the cache key includes it
 VIEWBOX = 109.0  # KanjiVG draws in a 109 × 109 box
 SUPERSAMPLE = 4
-OMNIGLOT_PROPORTIONS = (1100, 100, 423)
 
 # Finn et al. (2017): amplitude U[0.1, 5], phase U[0, π], inputs U[−5, 5].
 SINUSOID = {"amplitude": (0.1, 5.0), "phase": (0.0, math.pi), "x": (-5.0, 5.0)}

@@ -24,7 +24,6 @@ from .metrics import DIVERGED
 __all__ = ["report", "pooled"]
 
 _OPTIMIZER_LABELS = {"sgd": "SGD", "momentum": "Momentum", "rmsprop": "RMSprop", "adam": "Adam"}
-_GAP_LABEL = {"mlp": "log10 training loss"}
 STOP_LABELS = {"act": "ACT optimizer", "l2s": "L2S-stop"}
 
 
