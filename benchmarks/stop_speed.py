@@ -506,7 +506,8 @@ def widened(case: SpeedCase, batch: int) -> SpeedCase:
     rows = state_batch_size(case.inputs)
     copies = -(-batch // rows)
     inputs = cat_state([case.inputs] * copies) if copies > 1 else case.inputs
-    note = f"timed rows: the {rows} rows repeated {copies}× as one batch (--batch {batch})"
+    repeated = f"repeated {copies}×" if copies > 1 else "not repeated"
+    note = f"timed rows: the {rows} rows {repeated}, as one batch (--batch {batch})"
     return replace(case, inputs=inputs, chunk=None, notes=[*case.notes, note])
 
 
