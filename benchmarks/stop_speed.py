@@ -26,7 +26,10 @@ Weights: every task is trained once with its ``quick`` preset architecture throu
 shortened where the preset takes long, see ``TASKS``) and loaded back from the run's checkpoints.
 
     .venv/bin/python benchmarks/stop_speed.py [--threads 1 2] [--repeats 7] [--points 4]
-        [--tasks sparse-recovery multi-exit ...] [--note "..."]
+        [--tasks sparse-recovery multi-exit ...] [--batch 10000] [--note "..."]
+
+``--batch N`` repeats the timed rows into one batch of at least N (:func:`widened`): how much of a
+miss is the per-call cost of a small step.
 
 Writes ``benchmarks/results/stop_speed.json`` and prints a markdown table.
 """
