@@ -160,8 +160,9 @@ def test_depth_seconds_runs_every_chunk_through_every_step(stop_speed):
 def test_a_widened_case_repeats_its_rows_as_one_batch(stop_speed):
     """``--batch``: the timed rows repeated to at least the batch, run unchunked; every row's
     stop step is that of the row it copies (checked one row at a time, plain Python)."""
-    from stopwise.inference import HazardThreshold
     from test_inference import make, reference_stop
+
+    from stopwise.inference import HazardThreshold
 
     model, policy, x = make(seed=3, batch=50)
     rule = HazardThreshold(0.5)
