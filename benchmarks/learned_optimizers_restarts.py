@@ -22,6 +22,8 @@ functions). It reports:
 
 Writes ``benchmarks/results/learned_optimizers-restarts-pilot[-quadratic].json``; ``--summarise FILE``
 recomputes the summary from the runs recorded in an earlier output, without training.
+``--update``, ``--preprocess``, ``--output-scale``, ``--objective`` and ``--unroll`` pilot
+variants of the network and its meta-training on the same seeds and functions.
 """
 
 from __future__ import annotations
@@ -121,9 +123,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--hand", action="store_true", help="also the tuned hand-designed optimizers, on the same"
     )
+    parser.add_argument("--update", choices=LSTMOptimizerNet.UPDATES, help="default: the preset's")
+    parser.add_argument("--preprocess", type=float, help="p (0: none); default: the preset's")
+    parser.add_argument("--output-scale", type=float, default=1.0)
+    parser.add_argument("--objective", choices=("loss", "log_gap"), default="loss")
+    parser.add_argument("--unroll", type=int, default=20, help="meta-training window (BPTT)")
     parser.add_argument("--out", help="default: results/learned_optimizers-restarts-pilot…")
     args = parser.parse_args(argv)
     make_family, network, iterations = FAMILIES[args.family]
+    network = dict(network)
+    if args.update is not None:
+        network["update"] = args.update
+    if args.preprocess is not None:
+        network["preprocess"] = args.preprocess or None
     args.iterations = args.iterations or iterations
     suffix = "" if args.family == "regression" else f"-{args.family}"
     args.out = args.out or str(ROOT / f"results/learned_optimizers-restarts-pilot{suffix}.json")
@@ -140,9 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         began = time.process_time()
         torch.manual_seed(seed)
-        net = LSTMOptimizerNet(20, 2, network["preprocess"], 1.0, update=network["update"])
+        net = LSTMOptimizerNet(
+            20, 2, network["preprocess"], args.output_scale, update=network["update"]
+        )
         metrics = meta_train(
-            net, family, args.iterations, horizon=HORIZON, functions=64, lr=3e-3, seed=seed,
+            net, family, args.iterations, horizon=HORIZON, unroll=args.unroll, functions=64,
+            lr=3e-3, seed=seed, objective=args.objective,
             validate=lambda net=net: validation_score(family, net, validation, HORIZON),
             validate_every=25,
         )  # fmt: skip
@@ -166,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "threads": 1,
         "iterations": args.iterations,
+        "network": {**network, "output_scale": args.output_scale},
+        "objective": args.objective,
+        "unroll": args.unroll,
         "validation_functions": 500,
         "development_functions": 1000,
         "wall_seconds": time.perf_counter() - start,
