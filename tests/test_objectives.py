@@ -52,6 +52,31 @@ def test_stage1_respects_mask():
     assert loss.item() == pytest.approx((w[0] * 1 + w[1] * 2) / sum(w), rel=1e-6)
 
 
+def test_stage1_uniform_mixes_in_deep_supervision_by_a_plain_loop():
+    g = torch.Generator().manual_seed(3)
+    losses = torch.rand(4, 5, generator=g, dtype=torch.float64)
+    mask = torch.tensor([1, 1, 0, 1, 1])
+    beta, share = 0.4, 0.25
+    expected = 0.0
+    for row in losses.tolist():
+        valid = [t for t in range(5) if mask[t]]
+        z = sum(math.exp(-row[t] / beta) for t in valid)
+        for t in valid:
+            weight = (1 - share) * math.exp(-row[t] / beta) / z + share / len(valid)
+            expected += weight * row[t] / len(losses)
+    got = l2s_stage1_loss(losses, beta, mask=mask, uniform=share)
+    assert got.item() == pytest.approx(expected, rel=1e-12)
+    # the extremes: the paper's stage I, and deep supervision's mean over the valid steps
+    assert (
+        l2s_stage1_loss(losses, beta, mask, 0.0).item()
+        == l2s_stage1_loss(losses, beta, mask).item()
+    )
+    mean_valid = losses[:, mask.bool()].mean().item()
+    assert l2s_stage1_loss(losses, beta, mask, 1.0).item() == pytest.approx(mean_valid, rel=1e-12)
+    with pytest.raises(ValueError, match="uniform"):
+        l2s_stage1_loss(losses, beta, uniform=1.5)
+
+
 def test_stage2_soft_is_forward_kl_and_hard_is_cross_entropy():
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(4, 5, generator=g, dtype=torch.float64)

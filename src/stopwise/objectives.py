@@ -39,14 +39,26 @@ __all__ = [
 
 
 def l2s_stage1_loss(
-    losses: torch.Tensor, beta: float, mask: torch.Tensor | None = None
+    losses: torch.Tensor,
+    beta: float,
+    mask: torch.Tensor | None = None,
+    uniform: float = 0.0,
 ) -> torch.Tensor:
     """L2S stage I: the predictive model trained under the oracle, Σ_t q*(t) ℓ_t with q* detached.
 
     Its gradient in ℓ equals that of β·(−logsumexp_t(−ℓ_t/β)) (L2S, Eq. 9): the oracle weights
     ``softmax(−ℓ/β)`` are exactly d/dℓ of that soft-min. ``losses`` is ``(B, T)``.
+
+    ``uniform`` > 0 (not in the paper) trains on (1 − uniform)·q* + uniform·(1/T over the valid
+    steps): a share of deep supervision, which keeps the early steps good outputs of their own
+    where q* puts almost no weight on them (what a stop curve needs at its lowest budgets).
     """
+    if not 0.0 <= uniform <= 1.0:
+        raise ValueError(f"uniform must lie in [0, 1]; got {uniform}")
     weights = oracle(losses.detach(), beta, mask=mask)
+    if uniform > 0:
+        valid = _expand_mask(mask, losses.shape, losses.device).to(weights.dtype)
+        weights = (1 - uniform) * weights + uniform * valid / valid.sum(-1, keepdim=True)
     return (weights * losses.masked_fill(weights == 0, 0.0)).sum(-1).mean()
 
 

@@ -581,12 +581,14 @@ def fit_oracle(
     mask: torch.Tensor | None = None,
     settings: LoopSettings | None = None,
     stage: str = "stage1",
+    uniform: float = 0.0,
     **optimize_kw,
 ) -> dict[str, float]:
-    """L2S stage I: train the step model under the oracle q* = softmax(−ℓ/β) (weights detached)."""
+    """L2S stage I: train the step model under the oracle q* = softmax(−ℓ/β) (weights detached);
+    ``uniform`` mixes in deep supervision's uniform weights (:func:`~.objectives.l2s_stage1_loss`)."""
 
     def under_oracle(losses):
-        return l2s_stage1_loss(losses, beta, mask)
+        return l2s_stage1_loss(losses, beta, mask, uniform)
 
     return _fit_model(
         model, batches, loss_fn, under_oracle, optimizer, num_steps, settings, stage, **optimize_kw

@@ -113,6 +113,13 @@ class SparseRecoveryConfig(Config):
     classical_only: bool = param(False, help="only the ISTA and FISTA rows")
     lista: Lista = group(Lista)
     beta: float = param(0.28, gt=0, help="oracle temperature β (stage I and exit pruning)")
+    stage1_uniform: float = param(
+        0.0,
+        ge=0,
+        le=1,
+        help="share of deep supervision's uniform layer weights mixed into stage I's oracle "
+        "weights, both stop models (0: the paper's stage I)",
+    )
     stage1: Stage1 = group(Stage1)
     prune_mass: float = param(1e-3, ge=0, lt=1, help="prune exits of less mean oracle mass")
     stage2: Stage2 = group(Stage2)
@@ -162,9 +169,11 @@ PRESETS = {
     # LISTA-CP-SS-stop stage I 900 updates, the default)
     "quick": {},
     # benchmarks/sparse_recovery.py: three seeds, ~20 CPU-minutes each (shortened to fit a shared
-    # machine: LISTA 2k updates, LISTA-CP-SS stage I 3k instead of 15k)
+    # machine: LISTA 2k updates, LISTA-CP-SS stage I 3k instead of 15k). Stage I mixes in 30% of
+    # deep supervision (not the paper's; chosen on validation, docs/sparse_recovery.md).
     "benchmark": {
         "seeds": [0, 1, 2],
+        "stage1_uniform": 0.3,
         "classical": {
             "lambda_factors": [0.7, 0.85, 1.2, 1.4],
             "L_factors": [0.85, 0.93, 1.08, 1.17],

@@ -85,11 +85,15 @@ def jobs(config: SparseRecoveryConfig) -> list[Job]:
         Job(
             "lista-stop-stage1",
             after=("classical", *lista_start),
-            keys=(*data, "beta", "stage1", "lr_final"),
+            keys=(*data, "beta", "stage1_uniform", "stage1", "lr_final"),
         ),
         Job("lista-stop", after=("classical", "lista-stop-stage1"), keys=stop),
         Job("alista", keys=(*data, "alista", "lr_final")),
-        Job("cpss-stop-stage1", after=("alista",), keys=(*data, "beta", *cpss1, "lr_final")),
+        Job(
+            "cpss-stop-stage1",
+            after=("alista",),
+            keys=(*data, "beta", "stage1_uniform", *cpss1, "lr_final"),
+        ),
         Job("cpss-stop", after=("alista", "cpss-stop-stage1"), keys=stop),
     ]
 

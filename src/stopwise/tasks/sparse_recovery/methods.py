@@ -165,7 +165,8 @@ def fit_stage1(
     weight_decay: float,
 ):
     """L2S stage I: Σ_t q*(t) ℓ_t with q* = softmax_t(−ℓ_t/β) detached (the gradient of
-    −β logsumexp(−ℓ/β)), as stage ``stage1``. Returns the model in eval mode."""
+    −β logsumexp(−ℓ/β)), as stage ``stage1``; ``stage1_uniform`` mixes in deep supervision's
+    uniform weights. Returns the model in eval mode."""
     config = context.config
     optimizer, scheduler = adam_cosine(model.parameters(), steps, lr, config.lr_final, weight_decay)
     fit_oracle(
@@ -177,6 +178,7 @@ def fit_stage1(
         config.beta,
         settings=context.loop_settings(config.log_every),
         stage="stage1",
+        uniform=config.stage1_uniform,
         scheduler=scheduler,
     )
     return model.eval()
