@@ -144,6 +144,29 @@ def test_a_stage_two_key_leaves_the_stage_one_jobs_valid():
     assert not any(key.startswith("config.stage2") for key in flatten(base["lista-stop-stage1"]))
 
 
+def test_the_stage_one_share_of_deep_supervision_reaches_both_stage_one_objectives(
+    tmp_path, monkeypatch
+):
+    import stopwise.training as training
+
+    base, mixed = settings([]), settings(["stage1_uniform=0.25"])
+    stage1_and_stop = {"lista-stop-stage1", "cpss-stop-stage1", "lista-stop", "cpss-stop"}
+    assert {n for n in base if mixed[n] != base[n]} == stage1_and_stop
+    shares = []
+    original = training.l2s_stage1_loss
+
+    def spy(losses, beta, mask=None, uniform=0.0):
+        shares.append(uniform)
+        return original(losses, beta, mask, uniform)
+
+    monkeypatch.setattr(training, "l2s_stage1_loss", spy)
+    overrides = ["progress=false", "workers=1", "stage1_uniform=0.25"]
+    run_experiment("sparse-recovery", "tiny", tmp_path / "run", overrides)
+    config = resolve_config(EXPERIMENT, "tiny")[0]
+    assert len(shares) == config.stage1.steps + config.cpss.stage1_steps
+    assert set(shares) == {0.25}
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
