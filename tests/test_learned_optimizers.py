@@ -26,6 +26,7 @@ from stopwise.tasks.learned_optimizers import (
     loss_and_gradient,
     loss_curves,
     meta_train,
+    meta_train_act,
 )
 from stopwise.tasks.learned_optimizers.data import suboptimality
 from stopwise.tasks.learned_optimizers.methods import (
@@ -461,6 +462,33 @@ def test_act_gradient_is_the_truncated_bptt_gradient_of_the_whole_bound():
         bound.backward()
         for a, q in zip(got, net.parameters(), strict=True):
             assert torch.allclose(a, q.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_halting_only_meta_training_moves_the_halting_head_and_nothing_else():
+    """The two-stage schedule: the update network keeps its weights to the bit, the halting
+    head learns, and its first step is Adam's on the halting gradient of the whole bound."""
+    family = RegressionFamily(obs_max=10)
+    torch.manual_seed(0)
+    net = LSTMOptimizerNet(halting=True, prior_p=0.2)
+    with torch.no_grad():  # a non-trivial halting head
+        net.halting.weight.normal_(0, 0.5)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    reference = LSTMOptimizerNet(halting=True, prior_p=0.2)
+    reference.load_state_dict(before)
+    functions = GeneratedBatches(lambda n, g: family.sample(n, g), 6, seed=3)(0)
+    act_meta_gradient(reference, family, functions, 0.2, horizon=8, unroll=4)
+    lr = 1e-2
+    meta_train_act(net, family, 1, prior_p=0.2, horizon=8, unroll=4, functions=6, lr=lr,
+                   seed=3, halting_only=True)  # fmt: skip
+    for name, value in net.state_dict().items():
+        if name.startswith("halting."):
+            # Adam's first step moves every coordinate by lr against its gradient's sign.
+            grad = dict(reference.named_parameters())[name].grad
+            expected = before[name] - lr * torch.sign(grad)
+            assert torch.allclose(value, expected, atol=1e-6), name
+        else:
+            assert torch.equal(value, before[name]), name
+    assert all(q.requires_grad for q in net.parameters())
 
 
 def test_tuning_picks_the_best_validation_learning_rate():

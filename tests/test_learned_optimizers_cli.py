@@ -72,6 +72,15 @@ def test_bad_input_exits_2_with_a_named_error(tmp_path, capsys, override, messag
     assert not out.exists()
 
 
+def test_a_frozen_update_network_needs_the_lstm_init(tmp_path, capsys):
+    out = tmp_path / "r"
+    args = ["run", "learned-optimizers", "--preset", "tiny", "--set", "act.train=halting",
+            "--set", "act.init=scratch", "--out", str(out)]  # fmt: skip
+    assert main(args) == 2
+    assert "act.init=lstm" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_the_gain_objective_trains_l2s_stop_on_log_suboptimality(tmp_path, capsys):
     """l2s.objective=gain: the policy's score regresses on the gain rate of log10
     suboptimality; the run reports its stop rule and budget curve like the oracle's."""

@@ -122,6 +122,13 @@ class ACTSettings:
         choices=("lstm", "scratch"),
         help="start from the meta-trained LSTM optimizer's weights, or from scratch",
     )
+    train: str = param(
+        "joint",
+        choices=("joint", "halting"),
+        help="joint: the update network and the halting head learn the bound together (the "
+        "thesis); halting: the meta-trained LSTM optimizer stays frozen and only the halting "
+        "head learns it (two-stage; needs init=lstm)",
+    )
 
 
 @dataclass
@@ -215,6 +222,8 @@ class LearnedOptimizersConfig(Config):
             raise ValueError(f"report_steps {self.report_steps} must not exceed horizon")
         if self.trained_depths and max(self.trained_depths) > self.horizon:
             raise ValueError(f"trained_depths {self.trained_depths} must not exceed horizon")
+        if self.act.train == "halting" and self.act.init != "lstm":
+            raise ValueError("act.train=halting trains only the halting head: it needs act.init=lstm")
         missing = sorted(set(self.stop_families) - set(self.families))
         if missing:
             raise ValueError(f"stop_families {missing} are not in families {self.families}")

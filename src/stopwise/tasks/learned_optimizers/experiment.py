@@ -528,6 +528,7 @@ def _act(config, name, context) -> dict[str, Any]:
             seed=context.stream_seed(f"{name}-meta"),
             settings=context.loop_settings(log_every=max(1, config.act.iterations // 20)),
             stage="act",
+            halting_only=config.act.train == "halting",
         )
     run = OptimizerRun(family, net, config.horizon)
     policy = CausalHaltingScore()

@@ -273,6 +273,7 @@ def meta_train_act(
     seed: int = 0,
     settings: LoopSettings | None = None,
     stage: str = "meta-train-act",
+    halting_only: bool = False,
 ) -> dict[str, float]:
     """Meta-train the ACT optimizer (an :class:`LSTMOptimizerNet` with ``halting=True``) on the
     random-horizon bound of Sander (2017) with prior parameter ``prior_p`` and KL weight
@@ -280,12 +281,19 @@ def meta_train_act(
     for how truncated windows see the whole trajectory's normaliser. Returns the last
     iteration's metrics: ``bound`` (per function), ``mean_steps`` (E_q[t + 1] at the full
     horizon) and ``final_loss``.
+
+    ``halting_only``: the update network stays as it is (e.g. a meta-trained LSTM optimizer)
+    and only the halting head learns the bound, a two-stage schedule; the thesis trains both
+    together (False).
     """
     _check_schedule(horizon, unroll)
     if net.halting is None:
         raise ValueError("meta_train_act needs an LSTMOptimizerNet built with halting=True")
     batches = GeneratedBatches(lambda n, g: family.sample(n, g), functions, seed)
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    trained = net.halting.parameters() if halting_only else net.parameters()
+    for name, parameter in net.named_parameters():
+        parameter.requires_grad_(not halting_only or name.startswith("halting."))
+    optimizer = torch.optim.Adam(trained, lr=lr)
 
     def step_fn(step: int) -> dict[str, float]:
         optimizer.zero_grad(set_to_none=True)
@@ -298,6 +306,7 @@ def meta_train_act(
     net.train()
     state = {"net": net, "optimizer": optimizer, "functions": batches}
     metrics = core_train_loop(stage, iterations, step_fn, state, settings)
+    net.requires_grad_(True)
     net.eval()
     return metrics
 
