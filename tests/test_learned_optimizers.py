@@ -436,12 +436,15 @@ def test_act_gradient_is_the_truncated_bptt_gradient_of_the_whole_bound():
     family = RegressionFamily(obs_max=10)
     functions = family.sample(6, gen())
     p, horizon = 0.2, 9
-    for unroll_length in (horizon, 4):
+    for unroll_length, step_cost in ((horizon, 0.0), (4, 0.0), (4, 0.05)):
         torch.manual_seed(0)
         net = LSTMOptimizerNet(halting=True, prior_p=p)
         with torch.no_grad():  # a non-trivial halting head
             net.halting.weight.normal_(0, 0.5)
-        act_meta_gradient(net, family, functions, p, 0.7, horizon=horizon, unroll=unroll_length)
+        act_meta_gradient(
+            net, family, functions, p, 0.7, horizon=horizon, unroll=unroll_length,
+            step_cost=step_cost,
+        )  # fmt: skip
         got = [q.grad.clone() for q in net.parameters()]
         net.zero_grad()
         theta = family.initial(functions)
@@ -453,7 +456,7 @@ def test_act_gradient_is_the_truncated_bptt_gradient_of_the_whole_bound():
                 _, grad = loss_and_gradient(family, theta, functions, t)
                 update, halting, state = net(grad, state)
                 theta = theta + update
-                losses.append(family.loss(theta, functions, t + 1))
+                losses.append(family.loss(theta, functions, t + 1) + step_cost * (t + 1))
                 dq.append(halting)
         scale = functions["count"].unsqueeze(-1)
         bound = random_horizon_bound(

@@ -122,6 +122,12 @@ class ACTSettings:
         choices=("lstm", "scratch"),
         help="start from the meta-trained LSTM optimizer's weights, or from scratch",
     )
+    step_cost: float = param(
+        0.0,
+        ge=0,
+        help="λ of a price per step in the bound, ℓ_t = N·(f_t + λ(t+1)) (0: the thesis, where "
+        "only the prior favours early stops)",
+    )
     train: str = param(
         "joint",
         choices=("joint", "halting"),
@@ -223,7 +229,9 @@ class LearnedOptimizersConfig(Config):
         if self.trained_depths and max(self.trained_depths) > self.horizon:
             raise ValueError(f"trained_depths {self.trained_depths} must not exceed horizon")
         if self.act.train == "halting" and self.act.init != "lstm":
-            raise ValueError("act.train=halting trains only the halting head: it needs act.init=lstm")
+            raise ValueError(
+                "act.train=halting trains only the halting head: it needs act.init=lstm"
+            )
         missing = sorted(set(self.stop_families) - set(self.families))
         if missing:
             raise ValueError(f"stop_families {missing} are not in families {self.families}")

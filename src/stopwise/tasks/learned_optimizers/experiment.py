@@ -529,6 +529,7 @@ def _act(config, name, context) -> dict[str, Any]:
             settings=context.loop_settings(log_every=max(1, config.act.iterations // 20)),
             stage="act",
             halting_only=config.act.train == "halting",
+            step_cost=config.act.step_cost,
         )
     run = OptimizerRun(family, net, config.horizon)
     policy = CausalHaltingScore()

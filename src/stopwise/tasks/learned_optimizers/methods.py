@@ -221,17 +221,20 @@ def act_meta_gradient(
     *,
     horizon: int,
     unroll: int,
+    step_cost: float = 0.0,
 ) -> dict[str, float]:
     """Accumulate into ``.grad`` the truncated-BPTT gradient of the random-horizon bound of
     Sander (2017) on ``functions`` (see the module docstring); returns ``bound`` (per
     function), ``mean_steps`` (E_q[t + 1] at the full horizon) and ``final_loss``.
 
     The bound: E_{p(T)}[Σ_{t≤T} q(t|x,T) ℓ_t + β KL(q(·|x,T) ‖ p(·|T))], with
-    ℓ_t = nll_scale · f(θ_{t+1}), q(t|x,T) = softmax_{t≤T}(c_t), c_t = Σ_{u≤t} Δq_u, and
+    ℓ_t = nll_scale · (f(θ_{t+1}) + λ(t + 1)), λ = ``step_cost`` (0 in the thesis: only the prior
+    favours early stops), q(t|x,T) = softmax_{t≤T}(c_t), c_t = Σ_{u≤t} Δq_u, and
     p(t|T) = (1 − s)s^t / (1 − s^{T+1}), s = √(1 − prior_p), averaged exactly over
     T ∈ 0..horizon−1 (``objectives.random_horizon_bound``).
     """
     scale = nll_scale(family, functions).unsqueeze(-1)
+    price = step_cost * torch.arange(1, horizon + 1, dtype=scale.dtype)
     start = family.initial(functions)
     with torch.no_grad():  # pass 1: the whole trajectory, as constants
         _, _, all_losses, all_dq = _window(
@@ -246,7 +249,7 @@ def act_meta_gradient(
             [all_losses[:, : live.start], losses, all_losses[:, live.stop :]], dim=1
         )
         bound = random_horizon_bound(
-            torch.cumsum(window_dq, dim=1), scale * window_losses, prior_p, kl_weight
+            torch.cumsum(window_dq, dim=1), scale * (window_losses + price), prior_p, kl_weight
         )
         bound.backward()
         theta, state = theta.detach(), tuple(s.detach() for s in state)
@@ -274,6 +277,7 @@ def meta_train_act(
     settings: LoopSettings | None = None,
     stage: str = "meta-train-act",
     halting_only: bool = False,
+    step_cost: float = 0.0,
 ) -> dict[str, float]:
     """Meta-train the ACT optimizer (an :class:`LSTMOptimizerNet` with ``halting=True``) on the
     random-horizon bound of Sander (2017) with prior parameter ``prior_p`` and KL weight
@@ -282,7 +286,8 @@ def meta_train_act(
     iteration's metrics: ``bound`` (per function), ``mean_steps`` (E_q[t + 1] at the full
     horizon) and ``final_loss``.
 
-    ``halting_only``: the update network stays as it is (e.g. a meta-trained LSTM optimizer)
+    ``step_cost``: λ of the per-step price added to each step's loss (see
+    :func:`act_meta_gradient`; 0 in the thesis). ``halting_only``: the update network stays as it is (e.g. a meta-trained LSTM optimizer)
     and only the halting head learns the bound, a two-stage schedule; the thesis trains both
     together (False).
     """
@@ -298,7 +303,14 @@ def meta_train_act(
     def step_fn(step: int) -> dict[str, float]:
         optimizer.zero_grad(set_to_none=True)
         metrics = act_meta_gradient(
-            net, family, batches(step), prior_p, kl_weight, horizon=horizon, unroll=unroll
+            net,
+            family,
+            batches(step),
+            prior_p,
+            kl_weight,
+            horizon=horizon,
+            unroll=unroll,
+            step_cost=step_cost,
         )
         optimizer.step()
         return metrics

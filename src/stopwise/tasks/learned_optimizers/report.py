@@ -82,11 +82,18 @@ def report(results: list[JobResult], config: LearnedOptimizersConfig) -> Report:
         "normal 95% intervals over all test functions of all seeds; paired differences are over "
         f"seeds (Student t). Stop rules run through run_adaptive(mode={config.inference_mode!r})."
     )
-    if config.act.train == "halting" and config.stop_families:
-        table += (
-            " ACT optimizer here: the meta-trained LSTM optimizer, frozen, with only its halting "
-            "head trained on the bound (act.train=halting; the thesis trains both together)."
+    departures = []
+    if config.act.train == "halting":
+        departures.append(
+            "the meta-trained LSTM optimizer, frozen, with only its halting head trained on the "
+            "bound (act.train=halting)"
         )
+    if config.act.step_cost:
+        departures.append(
+            f"a price λ = {config.act.step_cost:g} per step in the bound's loss (act.step_cost)"
+        )
+    if config.stop_families and departures:
+        table += " ACT optimizer here, not as in the thesis: " + "; ".join(departures) + "."
     return Report(results=out, table=table, figures=figures, summary="\n".join(summary))
 
 
