@@ -296,9 +296,10 @@ def meta_train_act(
         raise ValueError("meta_train_act needs an LSTMOptimizerNet built with halting=True")
     batches = GeneratedBatches(lambda n, g: family.sample(n, g), functions, seed)
     trained = net.halting.parameters() if halting_only else net.parameters()
-    for name, parameter in net.named_parameters():
-        parameter.requires_grad_(not halting_only or name.startswith("halting."))
     optimizer = torch.optim.Adam(trained, lr=lr)
+    # Frozen weights build no graph, so the backward pass runs through the halting head only.
+    head = set(net.halting.parameters())
+    frozen = [p for p in net.parameters() if halting_only and p.requires_grad and p not in head]
 
     def step_fn(step: int) -> dict[str, float]:
         optimizer.zero_grad(set_to_none=True)
@@ -317,8 +318,13 @@ def meta_train_act(
 
     net.train()
     state = {"net": net, "optimizer": optimizer, "functions": batches}
-    metrics = core_train_loop(stage, iterations, step_fn, state, settings)
-    net.requires_grad_(True)
+    for parameter in frozen:
+        parameter.requires_grad_(False)
+    try:
+        metrics = core_train_loop(stage, iterations, step_fn, state, settings)
+    finally:
+        for parameter in frozen:
+            parameter.requires_grad_(True)
     net.eval()
     return metrics
 
