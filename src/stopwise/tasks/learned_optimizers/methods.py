@@ -287,9 +287,9 @@ def meta_train_act(
     horizon) and ``final_loss``.
 
     ``step_cost``: λ of the per-step price added to each step's loss (see
-    :func:`act_meta_gradient`; 0 in the thesis). ``halting_only``: the update network stays as it is (e.g. a meta-trained LSTM optimizer)
-    and only the halting head learns the bound, a two-stage schedule; the thesis trains both
-    together (False).
+    :func:`act_meta_gradient`; 0 in the thesis). ``halting_only``: the update network stays as
+    it is (e.g. a meta-trained LSTM optimizer) and only the halting head learns the bound, a
+    two-stage schedule; the thesis trains both together (False).
     """
     _check_schedule(horizon, unroll)
     if net.halting is None:
