@@ -283,13 +283,9 @@ PRESETS = {
     # and three meta-training restarts per seed, the best on validation kept (one restart's
     # optimizer varied by 3 decades at step 20 between seeds). The paper's network:
     # --set regression.update=additive --set regression.output_scale=0.1 --set regression.restarts=1
-    # Quadratics meta-train for 1,000 iterations, not 300: on development functions one run went
-    # from 0.18 decades behind tuned momentum at step 100 to 0.05 ahead (docs, "Longer
-    # meta-training"), and the preset has the CPU time for it.
     "benchmark": {
         "seeds": [0, 1, 2],
         "trained_depths": [5, 10, 25, 50],
         "regression": {"restarts": 3, "update": "scaled_rmsprop", "output_scale": 1.0},
-        "quadratic": {"iterations": 1000},
     },
 }
