@@ -13,8 +13,11 @@ import pytest
 import torch
 from torch import nn
 
+from stopwise.contract import Job, JobContext, PlannedJob, RunDir
+from stopwise.experiments import get_experiment, resolve_config
 from stopwise.inference import ScoreThreshold, hazard_trajectory, run_adaptive
 from stopwise.policies import create_policy
+from stopwise.tasks.denoising.config import DenoisingConfig
 from stopwise.tasks.denoising.data import (
     CATALOGUE,
     center_crop,
@@ -29,6 +32,7 @@ from stopwise.tasks.denoising.experiment import (
     budget_oracle_score,
     kept_exits,
     oracle_under_budget,
+    validation_set,
 )
 from stopwise.tasks.denoising.methods import (
     PolicyData,
@@ -202,6 +206,27 @@ def test_noise_is_drawn_per_image_and_sigma_and_reproducibly():
     # map puts group results back in item order
     means = data.map(lambda noisy, clean: clean.mean(dim=(1, 2, 3)))
     torch.testing.assert_close(means, torch.tensor([0.5, 0.5, 0.2] * 2))
+
+
+def test_budget_curves_calibrate_on_validation_tiles_at_the_test_sigmas(tmp_path):
+    """The curves' validation tiles: the same tiles under every test σ, from a noise stream of
+    their own; the other choices keep the tiles at the training σ."""
+    config, _ = resolve_config(get_experiment("denoising"), "tiny", [])
+    assert config.curve_val_sigmas == "test"
+    planned = PlannedJob("dncnn-stop-s0", Job("dncnn-stop"), 0, {}, ())
+    context = JobContext(RunDir(tmp_path), config, planned, progress=False)
+    train = validation_set(config, context)
+    test = validation_set(config, context, at_test_sigmas=True)
+    tiles_per_sigma = train.size // len(config.train_sigmas)
+    assert test.size == tiles_per_sigma * len(config.test_sigmas)
+    assert test.sigma.tolist() == [s for s in config.test_sigmas for _ in range(tiles_per_sigma)]
+    shared = config.train_sigmas[0]
+    assert shared in config.test_sigmas
+    k = config.test_sigmas.index(shared) * tiles_per_sigma
+    clean, noisy = train.item(0)
+    clean_test, noisy_test = test.item(k)
+    torch.testing.assert_close(clean_test, clean)  # the same tile...
+    assert not torch.allclose(noisy_test, noisy)  # ...under another draw of the noise
 
 
 def test_crops_and_tiles():
@@ -536,13 +561,13 @@ def test_budget_curves_of_different_lengths_are_listed_per_seed():
     stop = {0: job([point(30.0, 23.0)]), 1: job([point(10.0, 20.0), point(15.0, 21.5),
                                                  point(25.0, 22.0)])}  # fmt: skip
     jobs = {"dncnn-stop": stop, "dncnn-ds": {s: {"fixed_depth": fixed} for s in stop}}
-    out = _curve_table(jobs, [0, 1])
+    out = _curve_table(jobs, [0, 1], DenoisingConfig())
     assert [e["seed"] for e in out["results"]] == [0, 1, 1, 1]
     gains = [e["gain_over_fixed_same_model"]["mean"] for e in out["results"]]
     assert gains == pytest.approx([0.0, 0.0, 21.5 - 21.0, 22.0 - 22.5])
     assert "| seed |" in out["table"] and "listed on its own" in out["table"]
     same = _curve_table({"dncnn-stop": {0: stop[1], 1: stop[1]}, "dncnn-ds": jobs["dncnn-ds"]},
-                        [0, 1])  # fmt: skip
+                        [0, 1], DenoisingConfig())  # fmt: skip
     assert len(same["results"]) == 3 and "seed" not in same["results"][0]
 
 
@@ -567,7 +592,7 @@ def test_budget_curve_compares_with_dncnns_trained_per_depth():
         "dncnn": {0: {"test": {"psnr": [22.0, 24.0]}}},
         "dncnn-depth3": {0: {"macs_per_pixel": 10.0, "test": {"psnr": [19.0, 21.0]}}},
     }
-    out = _curve_table(jobs, [0])
+    out = _curve_table(jobs, [0], DenoisingConfig())
     low, high = out["results"]
     assert math.isnan(low["trained_for_depth"]) and low["gain_over_trained_for_depth"] is None
     assert high["trained_for_depth"] == pytest.approx(21.5)

@@ -99,7 +99,7 @@ def jobs(config: DenoisingConfig) -> list[Job]:
     ]
     stop_keys = _FINETUNED + (
         "exit_head", "betas", "uniform_candidate", "stage1_criterion", "policy", "min_exit_frequency",
-        "budget_points", "inference_mode", "gain_head", "gain_price",
+        "budget_points", "curve_val_sigmas", "inference_mode", "gain_head", "gain_price",
     )  # fmt: skip
     candidates = [j.name for j in stage1] + (["dncnn-ds"] if config.uniform_candidate else [])
     shallow = [
@@ -136,17 +136,24 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
 
 
 def validation_set(
-    config: DenoisingConfig, context: JobContext, device: torch.device | None = None
+    config: DenoisingConfig,
+    context: JobContext,
+    device: torch.device | None = None,
+    at_test_sigmas: bool = False,
 ) -> NoisySet:
-    """Tiles of the validation images under the training noise levels (seed's own noise), on
-    ``device`` (default: the run's)."""
+    """Tiles of the validation images under the training noise levels (or, with
+    ``at_test_sigmas``, the test levels, from a noise stream of their own; seed's own noise),
+    on ``device`` (default: the run's)."""
     split = load_splits(config.images_dir).val
     images, names = [], []
     for name, image in zip(split.names, split.images, strict=True):
         for k, tile in enumerate(tiles(image, config.val_crop, config.val_tiles)):
             images.append(tile)
             names.append(f"{name}#{k}")
-    data = noisy_set(images, names, config.train_sigmas, context.generator("validation-noise"))
+    sigmas, stream = config.train_sigmas, "validation-noise"
+    if at_test_sigmas:
+        sigmas, stream = config.test_sigmas, "validation-noise-test-sigmas"
+    data = noisy_set(images, names, sigmas, context.generator(stream))
     return data.to(device or context.device)
 
 
@@ -440,11 +447,7 @@ def _dncnn_stop(context: JobContext) -> dict[str, Any]:
                 gain, train_data, val_data, valid, config, context, gain_costs=costs / step_macs
             )
     val_hazards = exit_table(model, val, policy=policy, valid=valid).hazards
-    val_psnr = val_table.psnr
-
-    def val_metric(index: torch.Tensor) -> float:
-        return float(val_psnr.gather(1, index.view(-1, 1)).mean())
-
+    val_metric = _mean_psnr_at(val_table.psnr)
     budgets = budget_grid(valid, config.budget_points, costs)
     calibration = calibrate_by_metric(
         val_hazards, val_metric, budgets, ("hazard",), valid, costs, lower_is_better=False
@@ -482,14 +485,21 @@ def _dncnn_stop(context: JobContext) -> dict[str, Any]:
     rows["last_exit"] = _quality(table.last, data, config)
     metric = _curve_metric(table, data, config)
     floor_saves = model.exit_macs(valid, policy.macs())  # heads and policy before a floor
+    # The budget curves' rules are fitted on validation tiles under the noise levels the
+    # curves are measured at (by default); the choices above stay at the training levels.
+    curve_val = val
+    if config.curve_val_sigmas == "test":
+        curve_val = validation_set(config, context, at_test_sigmas=True)
+    curve_val_table = exit_table(model, curve_val, policy=policy, valid=valid)
+    curve_val_metric = _mean_psnr_at(curve_val_table.psnr)
 
     def sweep(val_scores, test_scores):
         return budget_sweep(
             val_scores, test_scores, budgets, metric, "hazard", valid, costs,
-            val_metric=val_metric, decision_costs=floor_saves,
+            val_metric=curve_val_metric, decision_costs=floor_saves,
         )  # fmt: skip
 
-    curve = sweep(val_hazards, test_hazards)
+    curve = sweep(curve_val_table.hazards, test_hazards)
     for point in curve:
         index = stop_indices(test_hazards, point_rule(point), valid)
         point["spearman_exit_sigma"] = _finite(spearman(data.sigma.tolist(), index.tolist()))
@@ -498,7 +508,7 @@ def _dncnn_stop(context: JobContext) -> dict[str, Any]:
     stop_exit = torch.tensor(rows["stop"]["exit"], dtype=torch.float64)
     gain_head = {}
     if gain is not None:
-        gain_val = exit_table(model, val, policy=gain, valid=valid).hazards
+        gain_val = exit_table(model, curve_val, policy=gain, valid=valid).hazards
         gain_test = exit_table(model, data, policy=gain, valid=valid).hazards
         gain_head = {
             "gain_training": gain_training,
@@ -562,6 +572,15 @@ def oracle_under_budget(
 def _finite(value: float) -> float | None:
     """``value``, or None where it is NaN (e.g. a rank correlation with a constant side)."""
     return None if math.isnan(value) else value
+
+
+def _mean_psnr_at(psnr: torch.Tensor):
+    """``metric(stop index (N,)) -> mean PSNR`` over the items of a per-exit PSNR table."""
+
+    def metric(index: torch.Tensor) -> float:
+        return float(psnr.gather(1, index.view(-1, 1)).mean())
+
+    return metric
 
 
 def _val_policy_data(model, val: NoisySet):

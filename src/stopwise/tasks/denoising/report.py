@@ -123,9 +123,9 @@ def report(results: list[JobResult], config: DenoisingConfig) -> Report:
         )
     )
 
-    curve = _curve_table(jobs, seeds)
+    curve = _curve_table(jobs, seeds, config)
     verdicts = _dominance(jobs, seeds)
-    gain_table = _gain_head_table(jobs, seeds, verdicts)
+    gain_table = _gain_head_table(jobs, seeds, verdicts, config)
     tables.append(
         curve["table"]
         + (f"\n\n{gain_table}" if gain_table else "")
@@ -159,8 +159,9 @@ def report(results: list[JobResult], config: DenoisingConfig) -> Report:
         f" items per seed ({len(sigmas)} σ × the test images, centre crops ≤ "
         f"{config.test_crop}²), noise drawn per image and σ. DnCNN {config.depth}×{config.width}"
         f" ({config.precision}); stop rows run through run_adaptive(mode="
-        f"{config.inference_mode!r}); β, kept exits, thresholds, learning-rate drops and "
-        "checkpoints chosen on validation tiles at the training σ only."
+        f"{config.inference_mode!r}); β, kept exits, the table's thresholds, learning-rate "
+        "drops and checkpoints chosen on validation tiles at the training σ only; the budget "
+        f"curves' rules fitted on {_curve_validation(config)}."
     )
     results_out = {
         "sigmas": sigmas,
@@ -280,7 +281,7 @@ def _dominance(jobs, seeds) -> dict[str, dict[str, Any]]:
     }
 
 
-def _gain_head_table(jobs, seeds, verdicts) -> str:
+def _gain_head_table(jobs, seeds, verdicts, config) -> str:
     """The gain head's budget curve (mean over its group's seeds) beside the same model's best
     fixed depth at that cost, from its dominance verdict's gains."""
     stop = {s: jobs["dncnn-stop"][s] for s in seeds}
@@ -312,7 +313,7 @@ def _gain_head_table(jobs, seeds, verdicts) -> str:
     ]
     return (
         "### Budget curve of the gain head (same model and kept exits; thresholds fitted on "
-        "validation), test PSNR (dB)\n\n"
+        f"{_curve_validation(config)}), test PSNR (dB)\n\n"
         + markdown_table(rows, columns)
         + "\n\nFixed depth as in the table above (the best mix of two fixed depths at no more "
         "cost); gains are each seed's against its own model, averaged."
@@ -337,7 +338,7 @@ def _trained_depths(jobs, seed) -> list[dict[str, float]]:
     return sorted(points, key=lambda p: p["mean_cost"])
 
 
-def _curve_table(jobs, seeds) -> dict[str, Any]:
+def _curve_table(jobs, seeds, config) -> dict[str, Any]:
     """Budget curve of DnCNN-stop beside the same model and the uniform-DS model truncated at a
     fixed depth, and (with ``trained_depths``) plain DnCNNs trained for a fixed depth, compared
     at the same mean cost (multiply-adds per pixel)."""
@@ -404,7 +405,8 @@ def _curve_table(jobs, seeds) -> dict[str, Any]:
         ("rho", "ρ(σ, exit)", "s"),
     ]
     table = (
-        "### Budget curve (thresholds fitted on validation) beside fixed depth, test PSNR (dB)\n\n"
+        f"### Budget curve (thresholds fitted on {_curve_validation(config)}) beside fixed "
+        "depth, test PSNR (dB)\n\n"
         + markdown_table(rows, columns if same_length else [("seed", "seed", "s"), *columns])
         + "\n\nFixed depths are compared at the same mean multiply-adds per pixel (policy and "
         "exit heads included for DnCNN-stop): the best mix of two fixed depths that costs at most "
@@ -756,3 +758,10 @@ def _training_figure(jobs, seeds, config):
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=6)
     return figure
+
+
+def _curve_validation(config: DenoisingConfig) -> str:
+    """Which validation tiles the budget curves' rules were fitted on."""
+    sigmas = config.test_sigmas if config.curve_val_sigmas == "test" else config.train_sigmas
+    which = "test" if config.curve_val_sigmas == "test" else "training"
+    return f"validation tiles at the {which} σ ({', '.join(f'{s:g}' for s in sigmas)})"
