@@ -208,25 +208,32 @@ def test_noise_is_drawn_per_image_and_sigma_and_reproducibly():
     torch.testing.assert_close(means, torch.tensor([0.5, 0.5, 0.2] * 2))
 
 
-def test_budget_curves_calibrate_on_validation_tiles_at_the_test_sigmas(tmp_path):
-    """The curves' validation tiles: the same tiles under every test σ, from a noise stream of
-    their own; the other choices keep the tiles at the training σ."""
-    config, _ = resolve_config(get_experiment("denoising"), "tiny", [])
-    assert config.curve_val_sigmas == "test"
+def test_budget_curves_calibrate_on_validation_items_made_like_the_test_items(tmp_path):
+    """The curves' validation items: the validation images cut to the test crops' side, under
+    every test σ, from a noise stream of their own; the other choices keep the training-σ
+    tiles."""
+    config, _ = resolve_config(
+        get_experiment("denoising"), "tiny", ["val_crop=32", "test_crop=48", "val_tiles=2"]
+    )
+    assert config.curve_validation == "like_test"
     planned = PlannedJob("dncnn-stop-s0", Job("dncnn-stop"), 0, {}, ())
     context = JobContext(RunDir(tmp_path), config, planned, progress=False)
     train = validation_set(config, context)
-    test = validation_set(config, context, at_test_sigmas=True)
-    tiles_per_sigma = train.size // len(config.train_sigmas)
-    assert test.size == tiles_per_sigma * len(config.test_sigmas)
-    assert test.sigma.tolist() == [s for s in config.test_sigmas for _ in range(tiles_per_sigma)]
-    shared = config.train_sigmas[0]
-    assert shared in config.test_sigmas
-    k = config.test_sigmas.index(shared) * tiles_per_sigma
-    clean, noisy = train.item(0)
-    clean_test, noisy_test = test.item(k)
-    torch.testing.assert_close(clean_test, clean)  # the same tile...
-    assert not torch.allclose(noisy_test, noisy)  # ...under another draw of the noise
+    test = validation_set(config, context, like_test=True)
+    assert {tuple(clean.shape[-2:]) for _, clean, _ in train.groups} == {(32, 32)}
+    assert {tuple(clean.shape[-2:]) for _, clean, _ in test.groups} == {(48, 48)}
+    per_sigma = test.size // len(config.test_sigmas)
+    assert test.sigma.tolist() == [s for s in config.test_sigmas for _ in range(per_sigma)]
+    assert train.sigma.unique().tolist() == config.train_sigmas
+    # Same crop sides: the same tiles, another draw of the noise.
+    same = validation_set(
+        resolve_config(get_experiment("denoising"), "tiny", ["val_crop=48", "test_crop=48",
+                                                             "val_tiles=2"])[0],
+        context,
+    )  # fmt: skip
+    k = config.test_sigmas.index(config.train_sigmas[0]) * per_sigma
+    torch.testing.assert_close(test.item(k)[0], same.item(0)[0])
+    assert not torch.allclose(test.item(k)[1], same.item(0)[1])
 
 
 def test_crops_and_tiles():

@@ -95,11 +95,11 @@ class DenoisingConfig(Config):
         0.0, ge=0, help="the rule kept: the cheapest within this of the best validation PSNR"
     )
     budget_points: int = param(8, ge=2, le=100, help="budgets on the budget curve")
-    curve_val_sigmas: str = param(
-        "test",
-        choices=("test", "train"),
-        help="noise levels of the validation tiles the budget curves' rules are fitted on: "
-        "test_sigmas (the levels the curves are measured at) or train_sigmas",
+    curve_validation: str = param(
+        "like_test",
+        choices=("like_test", "training"),
+        help="validation items the budget curves' rules are fitted on: tiles of test_crop's "
+        "side under test_sigmas (made like the test items), or the training-σ tiles",
     )
     nlm_h: list[float] = param(
         [0.6, 0.8, 1.0, 1.2], gt=0, min_len=1, help="non-local means h/σ tried on validation"

@@ -99,7 +99,7 @@ def jobs(config: DenoisingConfig) -> list[Job]:
     ]
     stop_keys = _FINETUNED + (
         "exit_head", "betas", "uniform_candidate", "stage1_criterion", "policy", "min_exit_frequency",
-        "budget_points", "curve_val_sigmas", "inference_mode", "gain_head", "gain_price",
+        "budget_points", "curve_validation", "inference_mode", "gain_head", "gain_price",
     )  # fmt: skip
     candidates = [j.name for j in stage1] + (["dncnn-ds"] if config.uniform_candidate else [])
     shallow = [
@@ -139,20 +139,20 @@ def validation_set(
     config: DenoisingConfig,
     context: JobContext,
     device: torch.device | None = None,
-    at_test_sigmas: bool = False,
+    like_test: bool = False,
 ) -> NoisySet:
-    """Tiles of the validation images under the training noise levels (or, with
-    ``at_test_sigmas``, the test levels, from a noise stream of their own; seed's own noise),
-    on ``device`` (default: the run's)."""
+    """Tiles of the validation images under the training noise levels, or, ``like_test``,
+    tiles of the test crops' side under the test noise levels (from a noise stream of their
+    own); the seed's own noise, on ``device`` (default: the run's)."""
     split = load_splits(config.images_dir).val
+    crop, sigmas, stream = config.val_crop, config.train_sigmas, "validation-noise"
+    if like_test:
+        crop, sigmas, stream = config.test_crop, config.test_sigmas, "validation-noise-like-test"
     images, names = [], []
     for name, image in zip(split.names, split.images, strict=True):
-        for k, tile in enumerate(tiles(image, config.val_crop, config.val_tiles)):
+        for k, tile in enumerate(tiles(image, crop, config.val_tiles)):
             images.append(tile)
             names.append(f"{name}#{k}")
-    sigmas, stream = config.train_sigmas, "validation-noise"
-    if at_test_sigmas:
-        sigmas, stream = config.test_sigmas, "validation-noise-test-sigmas"
     data = noisy_set(images, names, sigmas, context.generator(stream))
     return data.to(device or context.device)
 
@@ -485,11 +485,11 @@ def _dncnn_stop(context: JobContext) -> dict[str, Any]:
     rows["last_exit"] = _quality(table.last, data, config)
     metric = _curve_metric(table, data, config)
     floor_saves = model.exit_macs(valid, policy.macs())  # heads and policy before a floor
-    # The budget curves' rules are fitted on validation tiles under the noise levels the
-    # curves are measured at (by default); the choices above stay at the training levels.
+    # The budget curves' rules are fitted on validation items made like the test items they
+    # are measured on (by default); the choices above stay at the training noise levels.
     curve_val = val
-    if config.curve_val_sigmas == "test":
-        curve_val = validation_set(config, context, at_test_sigmas=True)
+    if config.curve_validation == "like_test":
+        curve_val = validation_set(config, context, like_test=True)
     curve_val_table = exit_table(model, curve_val, policy=policy, valid=valid)
     curve_val_metric = _mean_psnr_at(curve_val_table.psnr)
 

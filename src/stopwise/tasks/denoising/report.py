@@ -761,7 +761,9 @@ def _training_figure(jobs, seeds, config):
 
 
 def _curve_validation(config: DenoisingConfig) -> str:
-    """Which validation tiles the budget curves' rules were fitted on."""
-    sigmas = config.test_sigmas if config.curve_val_sigmas == "test" else config.train_sigmas
-    which = "test" if config.curve_val_sigmas == "test" else "training"
-    return f"validation tiles at the {which} σ ({', '.join(f'{s:g}' for s in sigmas)})"
+    """Which validation items the budget curves' rules were fitted on."""
+    if config.curve_validation == "like_test":
+        sigmas, side = config.test_sigmas, config.test_crop
+    else:
+        sigmas, side = config.train_sigmas, config.val_crop
+    return f"validation tiles ≤ {side}² at σ = {', '.join(f'{s:g}' for s in sigmas)}"
