@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import linprog
 
-from stopwise.curves import best_fixed_mix, dominance, dominance_line
+from stopwise.curves import best_fixed_mix, dominance, dominance_line, mean_curve
 
 FIXED = [
     {"mean_steps": 1, "acc": 0.5},
@@ -118,3 +118,12 @@ def test_the_line_says_the_verdict_and_the_numbers():
     )
     assert line.startswith("L2S:") and "— no" in line and "-5 points at 2 steps" in line
     assert "+20 points at 1.5 steps" in line
+
+
+def test_mean_curve_averages_each_field_over_the_seeds_where_it_is_a_number():
+    """A Spearman ρ undefined on one seed (None) is averaged over the others; text is dropped."""
+    seed_a = [{"cost": 1.0, "rho": None, "label": "a"}, {"cost": 3.0, "rho": 0.5, "label": "a"}]
+    seed_b = [{"cost": 2.0, "rho": 0.2, "label": "b"}, {"cost": 5.0, "rho": None, "label": "b"}]
+    assert mean_curve([seed_a, seed_b]) == [{"cost": 1.5, "rho": 0.2}, {"cost": 4.0, "rho": 0.5}]
+    with pytest.raises(ValueError):
+        mean_curve([seed_a, seed_b[:1]])

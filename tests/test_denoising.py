@@ -578,6 +578,25 @@ def test_budget_curves_of_different_lengths_are_listed_per_seed():
     assert len(same["results"]) == 3 and "seed" not in same["results"][0]
 
 
+def test_the_room_for_a_policy_is_the_oracle_stop_minus_fixed_depth():
+    """Seed 0's oracle stop at 15 MACs is 1 dB above fixed depth's mix there (21 dB, halfway
+    between 10 → 20 dB and 20 → 22 dB) and on it at 30; seed 1's oracle is pruned to one exit
+    whose 21 dB at 20 MACs is 1 dB below fixed depth 20 → 22 dB."""
+    from stopwise.tasks.denoising.report import _oracle_room
+
+    fixed = [{"mean_cost": c, "psnr": p} for c, p in ((10.0, 20.0), (20.0, 22.0), (30.0, 23.0))]
+    jobs = {
+        "dncnn-stop": {
+            0: {"fixed_depth": fixed, "oracle_under_budget": [
+                {"mean_cost": 15.0, "psnr": 22.0}, {"mean_cost": 30.0, "psnr": 23.0}]},
+            1: {"fixed_depth": fixed, "oracle_under_budget": [{"mean_cost": 20.0, "psnr": 21.0}]},
+        }
+    }  # fmt: skip
+    room = _oracle_room(jobs, [0, 1])
+    assert room[0] == pytest.approx({"best_gain": 1.0, "worst_gain": 0.0})
+    assert room[1] == pytest.approx({"best_gain": -1.0, "worst_gain": -1.0})
+
+
 def test_budget_curve_compares_with_dncnns_trained_per_depth():
     """The trained-per-depth column: the best plain DnCNN at the point's cost, interpolated by
     hand here between a depth-3 DnCNN (10 MACs, 20 dB) and the DnCNN baseline (30 MACs, 23 dB);

@@ -23,11 +23,16 @@ __all__ = ["mean_curve", "best_fixed_mix", "dominance", "dominance_line"]
 
 
 def mean_curve(curves: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, float]]:
-    """Point-wise mean over seeds of curves with the same points (numeric fields only)."""
+    """Point-wise mean over seeds of curves with the same points (numeric fields only; a field
+    is averaged over the seeds where it is a number, e.g. a Spearman ρ undefined on some)."""
     out = []
     for points in zip(*curves, strict=True):
-        fields = [k for k, v in points[0].items() if isinstance(v, int | float)]
-        out.append({k: fmean(p[k] for p in points) for k in fields})
+        numbers: dict[str, list[float]] = {}
+        for point in points:
+            for k, v in point.items():
+                if isinstance(v, int | float):
+                    numbers.setdefault(k, []).append(v)
+        out.append({k: fmean(values) for k, values in numbers.items()})
     return out
 
 

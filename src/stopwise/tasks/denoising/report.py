@@ -125,6 +125,7 @@ def report(results: list[JobResult], config: DenoisingConfig) -> Report:
 
     curve = _curve_table(jobs, seeds, config)
     verdicts = _dominance(jobs, seeds)
+    room = _oracle_room(jobs, seeds)
     gain_table = _gain_head_table(jobs, seeds, verdicts, config)
     tables.append(
         curve["table"]
@@ -132,6 +133,11 @@ def report(results: list[JobResult], config: DenoisingConfig) -> Report:
         + "\n\n"
         + "\n".join(
             f"- {dominance_line(k, v, 'dB', cost_unit='MACs/pixel')}" for k, v in verdicts.items()
+        )
+        + "\n- Room for any policy on these kept exits (the oracle stop at each cost, which knows "
+        "the clean image, minus the best fixed-depth mix; dB, best / worst over its costs): "
+        + "; ".join(
+            f"seed {s} {r['best_gain']:+.3f} / {r['worst_gain']:+.3f}" for s, r in room.items()
         )
     )
     timing = _timing_table(jobs, seeds, T)
@@ -175,6 +181,7 @@ def report(results: list[JobResult], config: DenoisingConfig) -> Report:
         "spearman_exit_sigma": {s: stop[s]["spearman_exit_sigma"] for s in seeds},
         "budget_curve": curve["results"],
         "dominance": verdicts,
+        "oracle_room": room,
         "timing": timing["results"],
         "training": training["results"],
         "choices": {
@@ -279,6 +286,25 @@ def _dominance(jobs, seeds) -> dict[str, dict[str, Any]]:
         )
         for label, key, group in _head_groups(stop, seeds)
     }
+
+
+def _oracle_room(jobs, seeds) -> dict[int, dict[str, float]]:
+    """Per seed, the oracle stop under budget (on the kept exits, knowing the clean image: the
+    best any policy on this model could do) against the same model at fixed depth: the best and
+    the worst gain over the oracle's costs, the room a stop policy has."""
+    room = {}
+    for s in seeds:
+        record = jobs["dncnn-stop"][s]
+        verdict = dominance(
+            [record["oracle_under_budget"]],
+            [record["fixed_depth"]],
+            "psnr",
+            higher_is_better=True,
+            x="mean_cost",
+        )
+        gains = [g["gain"] for g in verdict["gains"]]
+        room[s] = {"best_gain": max(gains), "worst_gain": min(gains)}
+    return room
 
 
 def _gain_head_table(jobs, seeds, verdicts, config) -> str:
