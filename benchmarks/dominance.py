@@ -54,6 +54,8 @@ def verdicts(out: Path) -> dict:
             label: {k: v for k, v in verdict.items() if k in keep}
             for label, verdict in results["dominance"].items()
         },
+        # Where the run reports it: the oracle stop's gain over fixed depth, the room a policy has.
+        **({"oracle_room": results["oracle_room"]} if "oracle_room" in results else {}),
     }
 
 
