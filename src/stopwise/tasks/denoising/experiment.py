@@ -487,11 +487,12 @@ def _dncnn_stop(context: JobContext) -> dict[str, Any]:
     floor_saves = model.exit_macs(valid, policy.macs())  # heads and policy before a floor
     # The budget curves' rules are fitted on validation items made like the test items they
     # are measured on (by default); the choices above stay at the training noise levels.
-    curve_val = val
+    curve_val, curve_val_hazards, curve_val_metric = val, val_hazards, val_metric
     if config.curve_validation == "like_test":
         curve_val = validation_set(config, context, like_test=True)
-    curve_val_table = exit_table(model, curve_val, policy=policy, valid=valid)
-    curve_val_metric = _mean_psnr_at(curve_val_table.psnr)
+        curve_val_table = exit_table(model, curve_val, policy=policy, valid=valid)
+        curve_val_hazards = curve_val_table.hazards
+        curve_val_metric = _mean_psnr_at(curve_val_table.psnr)
 
     def sweep(val_scores, test_scores):
         return budget_sweep(
@@ -499,7 +500,7 @@ def _dncnn_stop(context: JobContext) -> dict[str, Any]:
             val_metric=curve_val_metric, decision_costs=floor_saves,
         )  # fmt: skip
 
-    curve = sweep(curve_val_table.hazards, test_hazards)
+    curve = sweep(curve_val_hazards, test_hazards)
     for point in curve:
         index = stop_indices(test_hazards, point_rule(point), valid)
         point["spearman_exit_sigma"] = _finite(spearman(data.sigma.tolist(), index.tolist()))

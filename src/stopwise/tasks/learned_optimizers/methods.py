@@ -299,7 +299,9 @@ def meta_train_act(
     optimizer = torch.optim.Adam(trained, lr=lr)
     # Frozen weights build no graph, so the backward pass runs through the halting head only.
     head = set(net.halting.parameters())
-    frozen = [p for p in net.parameters() if halting_only and p.requires_grad and p not in head]
+    frozen = (
+        [p for p in net.parameters() if p.requires_grad and p not in head] if halting_only else []
+    )
 
     def step_fn(step: int) -> dict[str, float]:
         optimizer.zero_grad(set_to_none=True)
