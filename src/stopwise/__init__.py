@@ -1,6 +1,6 @@
 """stopwise: models that learn when to stop computing, per input.
 
-The public contract (see DESIGN.md): :class:`StopTime`, :func:`oracle`, :mod:`stopwise.objectives`,
+The public contract (README.md, "The API in 30 lines"): :class:`StopTime`, :func:`oracle`, :mod:`stopwise.objectives`,
 :func:`run_adaptive`, :func:`calibrate`, the training stages (``fit_*``), the batch sources, the
 task contract (:mod:`stopwise.experiments`, :mod:`stopwise.config`) and the ``stopwise`` command.
 """
@@ -30,6 +30,7 @@ from .training import (  # noqa: E402
     GeneratedBatches,
     LoopSettings,
     ValidationSchedule,
+    fit_gain_head,
     fit_gain_policy,
     fit_joint,
     fit_oracle,
@@ -72,5 +73,6 @@ __all__ = [
     "fit_oracle",
     "fit_policy",
     "fit_gain_policy",
+    "fit_gain_head",
     "fit_joint",
 ]

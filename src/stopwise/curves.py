@@ -139,20 +139,23 @@ def dominance_line(
     """One sentence for a table: the verdict, the worst gain and the best lower-half gain
     (``scale`` multiplies the gains, e.g. 100 for accuracy in points)."""
 
+    def signed(value: float) -> str:  # + 0.0: no "-0" for a gain of minus zero
+        return f"{scale * value + 0.0:+.3g}"
+
     def interval(bounds) -> str:  # " [lo, hi]" over seeds, "" for one seed (or older records)
         if not bounds or bounds[0] is None:
             return ""
-        return f" [{scale * bounds[0]:+.3g}, {scale * bounds[1]:+.3g}]"
+        return f" [{signed(bounds[0])}, {signed(bounds[1])}]"
 
     worst = (
-        f"{scale * verdict['worst_gain']:+.3g}{interval(verdict.get('worst_gain_interval'))} "
+        f"{signed(verdict['worst_gain'])}{interval(verdict.get('worst_gain_interval'))} "
         f"{unit} at {verdict['worst_gain_at']:.3g} {cost_unit}"
     )
     if verdict["best_lower_half_gain"] is None:
         lower = "no point in the lower half of the depth range"
     else:
         lower = (
-            f"best in the lower half {scale * verdict['best_lower_half_gain']:+.3g}"
+            f"best in the lower half {signed(verdict['best_lower_half_gain'])}"
             f"{interval(verdict.get('best_lower_half_interval'))} {unit} at "
             f"{verdict['best_lower_half_at']:.3g} {cost_unit}"
         )

@@ -47,6 +47,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -142,7 +143,9 @@ def register_experiment(experiment: Experiment) -> Experiment:
     """Add ``experiment`` to the registry (once per name)."""
     known = _EXPERIMENTS.get(experiment.name)
     if known is not None and known is not experiment:
-        raise ValueError(f"experiment {experiment.name!r} is already registered")
+        source = _SOURCES.get(experiment.name)
+        by = f" by {source}" if source else ""
+        raise ValueError(f"experiment {experiment.name!r} is already registered{by}")
     _EXPERIMENTS[experiment.name] = experiment
     return experiment
 
@@ -164,24 +167,67 @@ def experiment_source(name: str) -> str:
 
 
 def load_module(module: str) -> None:
-    """Import ``module`` (a dotted name, or a path to a .py file) and register its experiments."""
+    """Import ``module`` and register its experiments. ``module`` is a dotted name (importable
+    from the current directory too, as with ``python -m``), a path to a ``.py`` file, or a path
+    to a package (its folder or its ``__init__.py``).
+
+    The built-in tasks are registered first, so a user's module cannot take a built-in name.
+    Anything that goes wrong while importing a user's module is a :class:`ConfigError` that
+    names the module, the error and where it was raised (exit 2 on the command line).
+    """
     if module in _LOADED:
         return
+    builtin = module in TASK_MODULES
+    if not builtin:
+        load_tasks()
+    try:
+        loaded = _import(module)
+        _register_from(loaded, module)
+    except ConfigError:
+        raise
+    except Exception as error:
+        if builtin:
+            raise
+        raise ConfigError(f"--module {module}: {_describe_error(error)}") from None
+    _LOADED.add(module)
+
+
+def _import(module: str) -> Any:
+    path = Path(module)
+    if path.name == "__init__.py" or (path.is_dir() and (path / "__init__.py").is_file()):
+        package = path.parent if path.name == "__init__.py" else path
+        if not (package / "__init__.py").is_file():
+            raise ConfigError(f"--module {module}: no such package")
+        _on_path(package.resolve().parent)
+        return importlib.import_module(package.resolve().name)
     if module.endswith(".py"):
-        path = Path(module)
         if not path.is_file():
             raise ConfigError(f"--module {module}: no such file")
         spec = importlib.util.spec_from_file_location(path.stem, path)
         loaded = importlib.util.module_from_spec(spec)
         sys.modules[path.stem] = loaded
         spec.loader.exec_module(loaded)
-    else:
-        try:
-            loaded = importlib.import_module(module)
-        except ModuleNotFoundError as error:
+        return loaded
+    _on_path(Path.cwd())
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as error:
+        if error.name and module.startswith(error.name):  # the module itself, not an import in it
             raise ConfigError(f"--module {module}: cannot import it ({error})") from None
-    _register_from(loaded, module)
-    _LOADED.add(module)
+        raise
+
+
+def _on_path(folder: Path) -> None:
+    """Let ``import`` find packages in ``folder`` (the current directory for a dotted name)."""
+    if str(folder) not in sys.path and not (str(folder) == os.getcwd() and "" in sys.path):
+        sys.path.insert(0, str(folder))
+
+
+def _describe_error(error: BaseException) -> str:
+    """``Type: message (file:line)`` of the innermost frame an exception passed through."""
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return f"{type(error).__name__}: {error}{where}"
 
 
 def load_tasks() -> dict[str, str]:
@@ -657,12 +703,18 @@ def _execute(experiment, config, run: RunDir, pending: list[PlannedJob]) -> None
 
 
 def _report_code(experiment: Experiment) -> str:
-    """Digest of the code a report is built by: the stopwise package and the file that defines
-    the experiment's ``report`` (an out-of-tree experiment lives outside the package), so that a
-    changed report (an upgrade, a fix) is rebuilt from the cached jobs instead of served stale."""
+    """Digest of the code a report is built by: the stopwise package and the code that defines
+    the experiment's ``report`` (an out-of-tree experiment lives outside the package): every
+    module of its top-level package, or its file when it is not in a package, so that a changed
+    report or a helper it imports (an upgrade, a fix) is rebuilt from the cached jobs instead
+    of served stale."""
     files = set(Path(__file__).resolve().parent.rglob("*.py"))
     with contextlib.suppress(TypeError, OSError):
-        files.add(Path(inspect.getsourcefile(experiment.report) or "").resolve())
+        source = Path(inspect.getsourcefile(experiment.report) or "").resolve()
+        package = source.parent
+        while (package.parent / "__init__.py").is_file():
+            package = package.parent
+        files |= set(package.rglob("*.py")) if (package / "__init__.py").is_file() else {source}
     digest = hashlib.sha256()
     for path in sorted(f for f in files if f.is_file()):
         digest.update(path.read_bytes())

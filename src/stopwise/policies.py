@@ -54,6 +54,7 @@ def register_policy(name: str, example: Callable[[], tuple[nn.Module, torch.Tens
 
 
 def list_policies() -> list[str]:
+    """The names :func:`create_policy` accepts, sorted."""
     return sorted(_POLICIES)
 
 

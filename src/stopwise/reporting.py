@@ -13,13 +13,16 @@ __all__ = ["markdown_table", "new_figure", "save_figure", "format_number"]
 
 
 def format_number(value: Any, fmt: str = ".2f") -> str:
-    """Format numbers with ``fmt``; None and NaN print as an em dash, strings as they are."""
+    """Format numbers with ``fmt``; None and NaN print as an em dash, strings as they are,
+    minus zero as zero."""
     if value is None:
         return "—"
     if isinstance(value, str):
         return value
     if value != value:  # NaN
         return "—"
+    if isinstance(value, float) and value == 0.0:
+        value = 0.0  # not "-0"
     return format(value, fmt)
 
 

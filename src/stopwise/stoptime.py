@@ -1,6 +1,6 @@
 """Stop-time distributions, the L2S oracle and stop-time priors. Pure tensor math.
 
-Conventions (see DESIGN.md): steps are indexed ``0..T-1`` in tensors; "steps used" is 1-based.
+Conventions (the same in every module): steps are indexed ``0..T-1`` in tensors; "steps used" is 1-based.
 A *hazard* ``λ_t`` is the probability of stopping at step ``t`` given that no earlier step stopped;
 it is always carried as a logit. The stop-time distribution is
 

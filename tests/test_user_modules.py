@@ -1,0 +1,98 @@
+"""A user's own experiment module on the command line (``--module``): the ways it can be named,
+the errors it can raise, and that its report is rebuilt when any module of its package changes."""
+
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+from stopwise import experiments
+from stopwise.curves import dominance_line
+from stopwise.reporting import format_number
+
+SAMPLE = Path(__file__).with_name("sample_experiment.py")
+
+
+def stopwise(*args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "stopwise.cli", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def make_package(folder: Path, name: str = "mytasks") -> Path:
+    package = folder / name
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("from .task import EXPERIMENTS\n")
+    (package / "task.py").write_text(SAMPLE.read_text())
+    return package
+
+
+def test_a_package_is_found_by_dotted_name_from_the_current_folder_or_by_path(tmp_path):
+    package = make_package(tmp_path)
+    by_name = stopwise("list", "--module", "mytasks.task", cwd=tmp_path)
+    assert by_name.returncode == 0 and "sample" in by_name.stdout, by_name.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for path in (package, package / "__init__.py"):
+        by_path = stopwise("show", "sample", "--module", str(path), cwd=elsewhere)
+        assert by_path.returncode == 0 and "steps: an integer" in by_path.stdout, by_path.stderr
+
+
+def test_a_module_that_fails_to_import_exits_2_naming_the_error_and_where(tmp_path):
+    (tmp_path / "broken.py").write_text(
+        "import math\n\nx = 1\nraise RuntimeError('no data here')\n"
+    )
+    done = stopwise("list", "--module", "broken.py", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "--module broken.py: RuntimeError: no data here" in done.stderr
+    assert "broken.py:4" in done.stderr and "Traceback" not in done.stderr
+    (tmp_path / "needs.py").write_text("import no_such_dependency\n")
+    done = stopwise("list", "--module", "needs", cwd=tmp_path)
+    assert done.returncode == 2 and "No module named 'no_such_dependency'" in done.stderr
+
+
+def test_a_user_module_cannot_take_a_built_in_name(tmp_path):
+    text = SAMPLE.read_text().replace('name="sample"', 'name="toy"')
+    assert 'name="toy"' in text
+    (tmp_path / "clash.py").write_text(text)
+    done = stopwise("list", "--module", "clash.py", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "experiment 'toy' is already registered by stopwise.tasks.toy" in done.stderr
+
+
+def test_report_code_digest_covers_the_reports_whole_package(tmp_path, monkeypatch):
+    package = tmp_path / "mypkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "sub" / "report.py").write_text(
+        "from ..labels import LABEL\n\ndef report(results, config):\n    return LABEL\n"
+    )
+    (package / "labels.py").write_text("LABEL = 'a'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from mypkg.sub import report
+
+    experiment = SimpleNamespace(report=report.report)
+    before = experiments._report_code(experiment)
+    (package / "labels.py").write_text("LABEL = 'b'\n")  # a helper the report imports
+    assert experiments._report_code(experiment) != before
+
+
+def test_minus_zero_prints_as_zero():
+    assert format_number(-0.0, "+.3g") == "+0" and format_number(-0.5, "+.3g") == "-0.5"
+    verdict = {"worst_gain": -0.0, "worst_gain_at": 1.0, "best_lower_half_gain": -0.0,
+               "best_lower_half_at": 1.0, "met": False, "seeds": 1}  # fmt: skip
+    line = dominance_line("x", verdict, "MSE")
+    assert "-0 " not in line and "+0 MSE at 1 steps" in line
+
+
+def test_show_into_a_closed_pipe_ends_quietly(tmp_path):
+    """``stopwise show NAME | head -1``: the reader is gone before the command writes."""
+    shown = subprocess.Popen(
+        [sys.executable, "-m", "stopwise.cli", "show", "toy"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    shown.stdout.close()
+    _, errors = shown.communicate(timeout=120)
+    assert "Traceback" not in errors and shown.returncode == 141
