@@ -1,8 +1,8 @@
 """The ``stopwise`` command: ``stopwise list``, ``stopwise show NAME``,
 ``stopwise run NAME --preset P --out DIR --set key=value``, ``stopwise --version``.
 
-``--module PKG.MOD`` (or a path to a ``.py`` file), repeatable, registers the experiments of a
-user's own module; installed packages can register through the ``stopwise.experiments``
+``--module PKG.MOD`` (found from the current folder too, or a path to a ``.py`` file or a
+package folder), repeatable, registers the experiments of a user's own module; installed packages can register through the ``stopwise.experiments``
 entry-point group instead. Exit codes: 0 done; 2 a refused config, directory or checkpoint
 (nothing written); 3 the run failed (training diverged, a file could not be written); 128 + N
 interrupted by signal N (130 SIGINT, 143 SIGTERM) after checkpointing: rerun to resume.
@@ -35,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="MODULE",
-        help="import a module (dotted name or .py path) that registers experiments; repeatable",
+        help="import a module (dotted name, .py file or package folder) that registers "
+        "experiments; repeatable",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", parents=[common], help="list the experiments and their presets")
