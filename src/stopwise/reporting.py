@@ -9,7 +9,7 @@ from typing import Any
 
 from .checkpoints import atomic_write_bytes
 
-__all__ = ["markdown_table", "new_figure", "save_figure", "format_number"]
+__all__ = ["markdown_table", "new_figure", "save_figure", "format_number", "in_x_order"]
 
 
 def format_number(value: Any, fmt: str = ".2f") -> str:
@@ -35,6 +35,12 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, 
         for row in rows
     ]
     return "\n".join([header, align, *body])
+
+
+def in_x_order(points: Sequence[dict[str, Any]], x: str = "mean_steps") -> list[dict[str, Any]]:
+    """A curve's points sorted by their ``x`` value, so a line drawn through them never doubles
+    back (a later budget may use fewer mean steps than an earlier one)."""
+    return sorted(points, key=lambda p: p[x])
 
 
 def new_figure(width: float = 5.0, height: float = 3.5):

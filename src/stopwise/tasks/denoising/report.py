@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import math
 import statistics
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ...contract import JobResult, Report
 from ...curves import best_fixed_mix, dominance, dominance_line, mean_curve
-from ...reporting import markdown_table, new_figure
+from ...reporting import in_x_order, markdown_table, new_figure
 from ...stats import format_mean_sd, paired_difference
 from .config import DenoisingConfig
 from .data import from_png_base64
@@ -205,12 +206,13 @@ def report(results: list[JobResult], config: DenoisingConfig) -> Report:
             s: jobs["dncnn"][s].get("bfloat16_check") for s in seeds if "dncnn" in jobs
         },
     }
+    shown = _shown(config, seeds)
     figures = {
-        "psnr_vs_sigma": _psnr_figure(quality, sigmas, unseen, seeds),
+        "psnr_vs_sigma": _psnr_figure(quality, sigmas, unseen, seeds, shown),
         "stop_exits": _exit_figure(stop, sigmas, seeds, T),
         "picture_grid": _grid_figure(jobs, seeds[0], config),
-        "psnr_per_exit": _per_exit_figure(jobs, seeds, sigmas),
-        "budget_curve": _budget_figure(jobs, seeds),
+        "psnr_per_exit": _per_exit_figure(jobs, seeds, sigmas, shown),
+        "budget_curve": _budget_figure(jobs, seeds, shown),
         "training_curve": _training_figure(jobs, seeds, config),
     }
     return Report(_without_nan(results_out), table, figures, summary)
@@ -607,7 +609,13 @@ def _training(jobs, cpu, seeds, config) -> dict[str, Any]:
 # ---------------------------------------------------------------- figures
 
 
-def _psnr_figure(quality, sigmas, unseen, seeds):
+def _shown(config: DenoisingConfig, seeds: list[int]) -> str:
+    """What a figure's numbers are, for its title: the images and how many seeds they average."""
+    images = f"images of {Path(config.images_dir).name}/" if config.images_dir else "sample photos"
+    return f"{images}, {len(seeds)} seed(s)"
+
+
+def _psnr_figure(quality, sigmas, unseen, seeds, shown):
     figure, axes = new_figure(6.0, 4.0)
     for key, label, _ in METHODS:
         if key == "noisy":
@@ -623,6 +631,7 @@ def _psnr_figure(quality, sigmas, unseen, seeds):
         )
     axes.set_xlabel("σ (of 255)")
     axes.set_ylabel("test PSNR (dB)")
+    axes.set_title(f"Test PSNR per σ ({shown})", fontsize=8)
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=6)
     return figure
@@ -637,6 +646,10 @@ def _exit_figure(stop, sigmas, seeds, T):
         for exit_, sigma in zip(rows["exit"], stop[s]["sigma"], strict=True):
             share[sigmas.index(sigma), int(exit_) - 1] += 1
     share /= share.sum(axis=1, keepdims=True)
+    used = {s: {int(e) for e in stop[s]["rows"]["stop"]["exit"]} for s in seeds}
+    if all(len(exits) == 1 for exits in used.values()):  # one exit for every image of a seed
+        which = ", ".join(f"seed {s}: exit {min(exits)}" for s, exits in used.items())
+        axes.set_title(f"Every test image stops at one exit of {T} ({which})", fontsize=8)
     image = axes.imshow(share, aspect="auto", cmap="viridis", origin="lower",
                         extent=(0.5, T + 0.5, -0.5, len(sigmas) - 0.5))  # fmt: skip
     axes.set_yticks(range(len(sigmas)), [f"{s:g}" for s in sigmas])
@@ -681,8 +694,8 @@ def _grid_figure(jobs, seed, config):
     return figure
 
 
-def _per_exit_figure(jobs, seeds, sigmas):
-    figure, axes = new_figure(6.0, 4.0)
+def _per_exit_figure(jobs, seeds, sigmas, shown):
+    figure, axes = new_figure(8.0, 4.0)
     colours = [f"C{k}" for k in range(len(sigmas))]
     for key, style, label in (
         ("dncnn-stop", "-o", "DnCNN-stop model"),
@@ -695,13 +708,14 @@ def _per_exit_figure(jobs, seeds, sigmas):
                       label=f"{label}, σ={sigma:g}")  # fmt: skip
     axes.set_xlabel("exit")
     axes.set_ylabel("test PSNR (dB)")
+    axes.set_title(f"Test PSNR at every exit ({shown})", fontsize=8)
     axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=5, ncol=2)
+    axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return figure
 
 
 def _mean_xy(curves, x_key, y_key):
-    curve = mean_curve(curves)
+    curve = in_x_order(mean_curve(curves), x_key)
     return [p[x_key] for p in curve], [p[y_key] for p in curve]
 
 
@@ -723,12 +737,13 @@ def _seed_curves(records, seeds, key):
     ]
 
 
-def _budget_figure(jobs, seeds):
+def _budget_figure(jobs, seeds, shown):
     figure, axes = new_figure(6.0, 4.0)
     stop = [jobs["dncnn-stop"][s] for s in seeds]
     for xs, ys, name in _seed_curves(stop, seeds, "curve"):
         label = f"DnCNN-stop (thresholds from validation){name}"
-        axes.plot(xs, ys, "-o", markersize=3, alpha=0.8, label=label)
+        # on top and large: a seed's curve may be a single point among the other markers
+        axes.plot(xs, ys, "-o", markersize=5, alpha=0.8, zorder=3, label=label)
     if "gain_curve" in stop[0]:
         for xs, ys, name in _seed_curves(stop, seeds, "gain_curve"):
             axes.plot(xs, ys, "v-", markersize=3, alpha=0.8, label=f"gain head{name}")
@@ -750,6 +765,7 @@ def _budget_figure(jobs, seeds):
     axes.axhline(bm3d, color="grey", linestyle="-.", linewidth=1, label="BM3D")
     axes.set_xlabel("mean multiply-adds per pixel")
     axes.set_ylabel("test PSNR, all σ (dB)")
+    axes.set_title(f"Budget curve of DnCNN-stop ({shown})", fontsize=8)
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=6)
     return figure

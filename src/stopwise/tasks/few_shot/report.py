@@ -10,7 +10,7 @@ from typing import Any
 
 from ...contract import JobResult, Report
 from ...curves import dominance, dominance_line, mean_curve
-from ...reporting import markdown_table, new_figure
+from ...reporting import in_x_order, markdown_table, new_figure
 from ...stats import format_mean_sd, mean_sd, paired_difference
 from .config import FewShotConfig
 
@@ -114,6 +114,7 @@ def report(results: list[JobResult], config: FewShotConfig) -> Report:
     table += "\n\n" + curve_table
 
     first = paired[seeds[0]]
+    data = _data(config)
     summary = (
         f"few-shot ({config.family}): MAML-stop {format_mean_sd([compare[s]['stop_value'] for s in seeds], fmt)} "
         f"at {statistics.fmean(compare[s]['stop_mean_steps'] for s in seeds):.2f} mean steps vs best "
@@ -135,13 +136,25 @@ def report(results: list[JobResult], config: FewShotConfig) -> Report:
         },
         table=table,
         figures={
-            "quality_by_shots": _quality_by_shots(by_job, maml_job, seeds, name),
-            "stop_steps_by_shots": _steps_by_shots(stop_jobs, seeds),
-            "query_loss_by_step": _loss_by_step(by_job, maml_job, seeds),
-            "budget_curve": _budget_figure(by_job, maml_job, seeds, name),
+            "quality_by_shots": _quality_by_shots(by_job, maml_job, seeds, name, data),
+            "stop_steps_by_shots": _steps_by_shots(stop_jobs, seeds, name, data, config.steps),
+            "query_loss_by_step": _loss_by_step(by_job, maml_job, seeds, data),
+            "budget_curve": _budget_figure(by_job, maml_job, seeds, name, data),
         },
         summary=summary,
     )
+
+
+def _data(config: FewShotConfig) -> str:
+    """The task family's data, for titles."""
+    if config.family == "sinusoid":
+        return "sinusoids"
+    return "Omniglot" if config.data_dir else "rendered glyphs"
+
+
+def _shots(name: str) -> str:
+    """The K axis: shots per class for classification, shots (support points) for regression."""
+    return "K (shots)" if name == "mse" else "K (shots per class)"
 
 
 def _setting(config: FewShotConfig) -> str:
@@ -152,9 +165,8 @@ def _setting(config: FewShotConfig) -> str:
     )
     if config.family == "sinusoid":
         return f"sinusoids, {K}, {config.query} query points, MLP {config.hidden}"
-    source = "Omniglot" if config.data_dir else "rendered glyphs"
     return (
-        f"{source}, {config.ways}-way {K}, {config.query} query per class, Conv4 "
+        f"{_data(config)}, {config.ways}-way {K}, {config.query} query per class, Conv4 "
         f"{config.width} filters, inner lr {config.inner_lr}"
     )
 
@@ -236,8 +248,8 @@ def _curve_table(stop_jobs, seeds: list[int], name: str, fmt: str) -> tuple[str,
     return "\n\n".join(tables), verdicts
 
 
-def _quality_by_shots(by_job, maml_job: str, seeds, name: str):
-    figure, axes = new_figure()
+def _quality_by_shots(by_job, maml_job: str, seeds, name: str, data: str):
+    figure, axes = new_figure(6.5, 3.5)
     scale = 100.0 if name == "accuracy" else 1.0
     series = (
         (by_job[maml_job], "fixed_best", "best fixed-T MAML", "s--"),
@@ -253,12 +265,14 @@ def _quality_by_shots(by_job, maml_job: str, seeds, name: str):
             for i in range(len(shots))
         ]
         axes.plot(shots, values, style, markersize=4, label=label)
-    axes.set_xlabel("K (shots per class)")
+    axes.set_xlabel(_shots(name))
+    measure = "MSE" if name == "mse" else "accuracy"
+    axes.set_title(f"Test {measure} by K ({data}, mean over {len(seeds)} seed(s))", fontsize=8)
     _finish_axes(axes, name)
     return figure
 
 
-def _steps_by_shots(stop_jobs, seeds):
+def _steps_by_shots(stop_jobs, seeds, name: str, data: str, T: int):
     figure, axes = new_figure()
     shots_all, steps_all = [], []
     for s in seeds:
@@ -268,14 +282,16 @@ def _steps_by_shots(stop_jobs, seeds):
     groups = [[st for k2, st in zip(shots_all, steps_all, strict=True) if k2 == k] for k in ks]
     axes.boxplot(groups, positions=ks, widths=0.6)
     axes.plot(ks, [statistics.fmean(g) for g in groups], "o-", markersize=3, label="mean")
-    axes.set_xlabel("K (shots per class)")
+    axes.set_xlabel(_shots(name))
     axes.set_ylabel("MAML-stop stop step (test tasks)")
+    axes.set_ylim(0.5, T + 0.5)  # all T steps: a flat line at T is not blown up into a band
+    axes.set_title(f"MAML-stop stop step by K ({data}, {len(seeds)} seed(s) pooled)", fontsize=8)
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=7)
     return figure
 
 
-def _loss_by_step(by_job, maml_job: str, seeds):
+def _loss_by_step(by_job, maml_job: str, seeds, data: str):
     figure, axes = new_figure()
     for job, style, label in (
         (by_job["maml-stop"], "-", "MAML-stop learner"),
@@ -295,17 +311,18 @@ def _loss_by_step(by_job, maml_job: str, seeds):
             )
     axes.set_xlabel("inner step")
     axes.set_ylabel("mean query loss (test tasks)")
+    axes.set_title(f"Query loss by inner step ({data}, seed {seeds[0]} only)", fontsize=8)
     axes.set_yscale("log")
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=6)
     return figure
 
 
-def _budget_figure(by_job, maml_job: str, seeds, name: str):
-    figure, axes = new_figure()
+def _budget_figure(by_job, maml_job: str, seeds, name: str, data: str):
+    figure, axes = new_figure(7.5, 3.5)
 
     def mean_xy(curves):
-        curve = mean_curve(curves)
+        curve = in_x_order(mean_curve(curves))
         return [p["mean_steps"] for p in curve], [p[name] for p in curve]
 
     stop, maml = by_job["maml-stop"], by_job[maml_job]
@@ -335,6 +352,7 @@ def _budget_figure(by_job, maml_job: str, seeds, name: str):
             y = [min(v, top) for v in y]
         axes.plot(x, y, style, markersize=3, label=label)
     axes.set_xlabel("mean inner steps per task")
+    axes.set_title(f"Budget curves ({data}, mean over {len(seeds)} seed(s))", fontsize=8)
     _finish_axes(axes, name)
     return figure
 
@@ -345,4 +363,4 @@ def _finish_axes(axes, name: str) -> None:
     if name == "mse":
         axes.set_yscale("log")
     axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=7)
+    axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))

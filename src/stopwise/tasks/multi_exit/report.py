@@ -235,9 +235,10 @@ def report(results: list[JobResult], config: MultiExitConfig) -> Report:
         "test_groups": per_job("test_groups"),
         "timing": per_job("timing"),
     }
+    colors = {name: f"C{i % 10}" for i, name in enumerate(trained)}  # a job's, in every figure
     figures = {
-        "accuracy_vs_macs": _accuracy_figure(lines, trained, budget_macs, first["data"]),
-        "per_exit_accuracy": _exit_figure(lines, len(costs)),
+        "accuracy_vs_macs": _accuracy_figure(lines, trained, budget_macs, first["data"], colors),
+        "per_exit_accuracy": _exit_figure(lines, len(costs), colors),
     }
     weighted = per_job("weights_vs_loss")
     if weighted:
@@ -442,9 +443,8 @@ def _summary(results: dict[str, Any]) -> str:
     )
 
 
-def _accuracy_figure(lines, by_job, budget_macs, data):
-    figure, axes = new_figure(7.0, 4.5)
-    colors = {name: f"C{i % 10}" for i, name in enumerate(by_job)}
+def _accuracy_figure(lines, by_job, budget_macs, data, colors):
+    figure, axes = new_figure(10.0, 4.5)
     for line in lines:
         points = line["curve_mean"]
         axes.plot(
@@ -464,18 +464,19 @@ def _accuracy_figure(lines, by_job, budget_macs, data):
                 markersize=4,
                 color=colors[line["job"]],
             )
-    for macs in budget_macs:
-        axes.axvline(macs / 1e6, color="gray", linewidth=0.6, linestyle=":")
+    for i, macs in enumerate(budget_macs):
+        label = "budgets (share of full MACs)" if i == 0 else None
+        axes.axvline(macs / 1e6, color="gray", linewidth=0.6, linestyle=(0, (1, 3)), label=label)
     axes.set_xlabel("mean MMACs per test sample (squares: fixed exits)")
     axes.set_ylabel("test accuracy (%)")
     axes.set_title(f"{data['dataset']}: budgeted classification (mean over seeds)")
-    axes.legend(fontsize=7)
+    axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return figure
 
 
-def _exit_figure(lines, exits: int):
+def _exit_figure(lines, exits: int, colors):
     figure, axes = new_figure(6.0, 4.0)
-    for i, line in enumerate(lines):
+    for line in lines:
         if line["curve"] != "confidence":
             continue
         axes.errorbar(
@@ -484,7 +485,7 @@ def _exit_figure(lines, exits: int):
             yerr=[100 * s for s in line["anytime_accuracy_sd"]],
             marker="o",
             capsize=3,
-            color=f"C{i % 10}",
+            color=colors[line["job"]],
             label=line["label"],
         )
     axes.set_xticks(range(1, exits + 1))

@@ -27,7 +27,18 @@ __all__ = [
     "budget_curve_table",
 ]
 
-_MARKERS = {"fixed": "s", "act": "o", "sample": "^", "median": "v", "hazard": "D", "greedy": "P"}
+# one marker per rule of RULES
+_MARKERS = {
+    "fixed": "s",
+    "act": "o",
+    "sample": "^",
+    "median": "v",
+    "hazard": "D",
+    "greedy": "P",
+    "mode": "*",
+    "sample-q": "<",
+    "median-q": ">",
+}
 # what one summary line aggregates over seeds; a setting is (value, lr)
 _LINE_KEYS = ("method", "variant", "value", "lr", "rule")
 
@@ -480,7 +491,8 @@ def figures(
                 label=f"{line['label']} / {line['rule']}",
             )
         if list(config.train_k) != list(config.test_k):
-            axes.axvline(config.train_k[1] + 0.5, color="gray", linestyle=":", linewidth=1)
+            axes.axvline(config.train_k[1] + 0.5, color="gray", linestyle=":", linewidth=1,
+                         label=f"largest training k ({config.train_k[1]})")  # fmt: skip
         axes.set_xlabel("k (non-zero elements)")
         axes.set_ylabel(ylabel)
         axes.set_title(f"Parity: {ylabel} vs k (best settings, mean over seeds)")

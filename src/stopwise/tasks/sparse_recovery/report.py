@@ -10,7 +10,7 @@ from typing import Any
 
 from ...contract import JobResult, Report
 from ...curves import mean_curve
-from ...reporting import markdown_table, new_figure
+from ...reporting import in_x_order, markdown_table, new_figure
 from ...stats import format_mean_sd, mean_sd, paired_difference
 from .config import SparseRecoveryConfig
 from .experiment import STOP_MODELS
@@ -563,7 +563,7 @@ def _figures(results: dict[str, Any], stops, seeds: list[int]) -> dict[str, Any]
         ax.legend(fontsize=7)
     figures["stop_steps"] = figure
 
-    figure, ax = new_figure(6.5, 4.2)
+    figure, ax = new_figure(9.5, 4.2)
     for key in ("ista-100", "fista-100", "lista", "alista"):
         if key in per_layer:
             curve = per_layer[key]
@@ -571,7 +571,7 @@ def _figures(results: dict[str, Any], stops, seeds: list[int]) -> dict[str, Any]
             ax.plot(x, y, ":", label=f"{_curve_label(key)}, fixed depth")
     rows = {row["key"]: row for row in results["rows"]}
     for name, by_seed in stops.items():
-        curve = mean_curve([by_seed[s]["curve"] for s in seeds])
+        curve = in_x_order(mean_curve([by_seed[s]["curve"] for s in seeds]))
         line = ax.plot(
             [p["mean_steps"] for p in curve],
             [p[column] for p in curve],
@@ -597,7 +597,7 @@ def _figures(results: dict[str, Any], stops, seeds: list[int]) -> dict[str, Any]
     ax.set_xlabel("mean steps used (log scale)")
     ax.set_ylabel(f"test NMSE (dB), {column}")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
     figures["nmse_vs_steps"] = figure
     figures["budget_curves"] = _budget_figure(results, stops, seeds)
     return figures
@@ -613,23 +613,27 @@ def _budget_figure(results: dict[str, Any], stops, seeds: list[int]):
     grid = figure.add_gridspec(2, len(stops), height_ratios=[2, 1])
     for i, (name, by_seed) in enumerate(stops.items()):
         top = figure.add_subplot(grid[0, i])
+        stop, fixed = "stop policy (chosen on validation)", "same model, fixed depth"
         lines = {
-            "stop policy (chosen on validation)": ([by_seed[s]["curve"] for s in seeds], "-o"),
+            stop: ([by_seed[s]["curve"] for s in seeds], "-o"),
             "L2S policy as published": ([by_seed[s]["curve_published"] for s in seeds], "-."),
-            "same model, fixed depth": ([results["per_layer"][name]], "s--"),
+            fixed: ([results["per_layer"][name]], "s--"),
             "cost-aware oracle stop (needs x*)": ([by_seed[s]["oracle_curve"] for s in seeds], ":"),
         }
+        ceiling = -math.inf  # the top of the y window: the stop and fixed curves' highest point
         for label, (curves, style) in lines.items():
-            curve = mean_curve(curves)
+            curve = in_x_order(mean_curve(curves))
             steps, nmse = [p["mean_steps"] for p in curve], [p["mixed"] for p in curve]
             top.plot(steps, nmse, style, markersize=2.5, linewidth=1.2, label=label)
+            if label in (stop, fixed):
+                ceiling = max(ceiling, *nmse)
         top.set_title(_curve_label(name), fontsize=9)
         top.set_ylabel("test NMSE (dB), mixed")
         top.grid(True, alpha=0.3)
         top.legend(fontsize=7)
-        curve = results["budget_curves"][name]
+        curve = in_x_order(results["budget_curves"][name])
         low = min(p["mixed"] for p in curve)
-        top.set_ylim(low - 1.0, low + 12.0)
+        top.set_ylim(low - 1.0, ceiling + 1.0)
         bottom = figure.add_subplot(grid[1, i], sharex=top)
         steps = [p["mean_steps"] for p in curve]
         margin = [p["margin"] for p in curve]
