@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stopwise-installed
 
-.PHONY: install demo test test-slow lint bench clean
+.PHONY: install demo test test-slow lint clean
 
 install: $(STAMP)
 

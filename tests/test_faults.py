@@ -78,31 +78,72 @@ def test_a_second_process_on_the_same_out_is_refused(name, tmp_path):
             run_experiment(name, "tiny", out, ["progress=false"])
 
 
-def test_sigterm_to_a_run_with_worker_processes(tmp_path):
-    out = tmp_path / "run"
+def start_with_two_workers(out: Path) -> tuple[subprocess.Popen, list[str]]:
+    """A toy run with two worker processes, returned once both are training."""
     args = [sys.executable, "-m", "stopwise.cli", *tiny("toy", out, "--set", "seeds=0,1,2,3")]
     args += ["--set", "workers=2", "--set", "stage2.steps=3000", "--set", "checkpoint_every=50"]
-    process = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, start_new_session=True)
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 120
-    while time.time() < deadline:  # wait until both workers are training
-        if (
-            metrics.exists()
-            and len(
-                {json.loads(x)["job"] for x in metrics.read_text().splitlines() if x.endswith("}")}
-            )
-            >= 2
-        ):
+    while time.time() < deadline:
+        lines = metrics.read_text().splitlines() if metrics.exists() else []
+        if len({json.loads(x)["job"] for x in lines if x.endswith("}")}) >= 2:
             break
         time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
+    return process, args
+
+
+def workers_of(pid: int) -> list[int]:
+    """The worker processes of a runner (not multiprocessing's resource tracker)."""
+    listed = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(pid)], capture_output=True,
+                            text=True).stdout.splitlines()  # fmt: skip
+    return [int(line.split()[0]) for line in listed if "resource_tracker" not in line]
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("how", ["sigterm", "sigint", "ctrl-c"])
+def test_a_signal_to_a_run_with_worker_processes(how, tmp_path):
+    """SIGTERM or SIGINT to the runner alone, or Ctrl-C on a terminal (SIGINT to the whole process
+    group): each worker checkpoints its stage and stops, the run exits 128 + the signal, and a
+    rerun resumes. (A SIGINT to the runner alone used to leave the workers training.)"""
+    out = tmp_path / "run"
+    process, args = start_with_two_workers(out)
+    if how == "ctrl-c":
+        os.killpg(process.pid, signal.SIGINT)
+    else:
+        process.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    signum = signal.SIGTERM if how == "sigterm" else signal.SIGINT
+    assert process.returncode == 128 + signum, stderr[-2000:]
     assert "Rerun the same command to resume" in stderr and "Traceback" not in stderr
     resumed = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     records = [json.loads(p.read_text()) for p in sorted((out / "jobs").glob("*.json"))]
     assert any(r["resumed"] for r in records), (stderr[-2000:], [r["id"] for r in records])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal")
+def test_workers_die_with_a_killed_runner(tmp_path):
+    """SIGKILL to the runner (its lock goes with it): no worker goes on writing into the run."""
+    out = tmp_path / "run"
+    process, args = start_with_two_workers(out)
+    workers = workers_of(process.pid)
+    assert len(workers) == 2, workers
+    process.kill()
+    process.communicate(timeout=60)
+    deadline = time.time() + 30
+    while any(alive(pid) for pid in workers) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in workers)
+    resumed = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
 
 
 def test_a_worker_signalled_between_jobs_starts_no_job(tmp_path, monkeypatch):

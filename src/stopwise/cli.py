@@ -43,8 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     show = commands.add_parser(
         "show", parents=[common], help="an experiment's keys (type, range, help) and config"
     )
-    show.add_argument("name")
-    show.add_argument("--preset", default=None)
+    show.add_argument("name", help="experiment name (see `stopwise list`)")
+    show.add_argument(
+        "--preset", default=None, help="resolve this preset (default: the experiment's)"
+    )
     run = commands.add_parser("run", parents=[common], help="run an experiment into a directory")
     run.add_argument("name", help="experiment name (see `stopwise list`)")
     run.add_argument("--preset", default=None, help="named preset (default: the experiment's)")

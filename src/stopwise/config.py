@@ -187,7 +187,7 @@ class Config:
     )
     threads: int = param(1, ge=1, le=256, help="torch threads per process")
     workers: int = param(1, ge=1, le=64, help="worker processes for independent jobs")
-    device: str = param("cpu", check=_check_device, help="cpu, cuda or cuda:N")
+    device: str = param("cpu", check=_check_device, help="cpu, cuda, cuda:N or mps")
     inference_mode: str = param(
         "shrink", choices=INFERENCE_MODES, help="how stop models run at evaluation"
     )

@@ -30,6 +30,7 @@ A run directory::
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime
 import errno
 import fcntl
@@ -568,22 +569,44 @@ _worker_stopped: int | None = None  # in a worker process: the signal that stopp
 
 
 def _worker_signal(signum: int, frame: Any) -> None:
-    """A worker stops its job cleanly on SIGINT/SIGTERM; an idle one starts no job after it."""
+    """A worker stops its job cleanly on SIGTERM (at a second one, at once); an idle one starts
+    no job after it."""
     global _worker_stopped
     _worker_stopped = signum
     if _worker_busy:
         request_stop(signum, frame)
 
 
-def _worker_init(modules: tuple[str, ...], threads: int, level: int) -> None:
+def _worker_init(modules: tuple[str, ...], threads: int, level: int, runner: int) -> None:
     install_stop_handlers()
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, _worker_signal)
+    # A terminal's Ctrl-C reaches every process of the group; the runner alone decides, and
+    # passes a SIGTERM to each worker (see _stop_workers).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _worker_signal)
+    _die_with(runner)
     _configure_logging(level)
     for module in modules:
         load_module(module)
     load_tasks()
     set_threads(threads)
+
+
+def _die_with(runner: int) -> None:
+    """Linux: the kernel kills this worker when the runner dies, so a runner killed with SIGKILL
+    leaves no worker writing into its run directory after its lock is gone (elsewhere: no-op)."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != runner:  # the runner died before the kernel was told
+        os._exit(1)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """SIGTERM to every worker process: a busy one checkpoints its stage and stops."""
+    for process in list(getattr(pool, "_processes", {}).values()):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGTERM)
 
 
 def _worker_run(name: str, config_plain: dict, run_path: str, planned: PlannedJob) -> str:
@@ -668,7 +691,7 @@ def _execute(experiment, config, run: RunDir, pending: list[PlannedJob]) -> None
     context = multiprocessing.get_context("spawn")
     # Workers import what this process imported: the built-in tasks, entry points and modules.
     user_modules = tuple(m for m in _LOADED if m not in TASK_MODULES and " " not in m)
-    init = (user_modules, config.threads, logger.level)
+    init = (user_modules, config.threads, logger.level, os.getpid())
     with ProcessPoolExecutor(
         workers, mp_context=context, initializer=_worker_init, initargs=init
     ) as pool:
@@ -689,16 +712,19 @@ def _execute(experiment, config, run: RunDir, pending: list[PlannedJob]) -> None
                     future.result()  # a worker's error is raised here
                     done.add(p.id)
                     logger.info("done %s", p.id)
-        except Interrupted as interrupt:
-            # A terminal's SIGINT reaches every worker already; a SIGTERM is passed on, so each
-            # worker checkpoints its running stage before the run stops.
-            if interrupt.signum == signal.SIGTERM:
-                for process in list(getattr(pool, "_processes", {}).values()):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(process.pid, signal.SIGTERM)
+        except BaseException:
+            # A signal to the runner, or a job's error: every worker checkpoints its running
+            # stage and stops, then the run ends (a rerun resumes). Each further signal to the
+            # runner is passed on too: a worker that gets a second one stops at once.
             for future in running:
                 future.cancel()  # (only one no worker has taken yet)
-            wait(running)
+            while True:
+                _stop_workers(pool)
+                try:
+                    wait(running)
+                    break
+                except Interrupted:
+                    continue
             raise
 
 

@@ -47,6 +47,7 @@ def export_adaptive(
 ) -> torch.export.ExportedProgram:
     """``torch.export`` the module for inputs shaped like ``example_inputs`` (a tensor), with a
     dynamic batch dimension unless ``dynamic_batch=False``."""
+    _check_tensor(example_inputs)
     module.eval()
     dynamic = {"inputs": {0: torch.export.Dim("batch", min=1)}} if dynamic_batch else None
     with torch.no_grad():
@@ -55,6 +56,7 @@ def export_adaptive(
 
 def export_onnx(module: AdaptiveModule, example_inputs: torch.Tensor, path: str) -> None:
     """Write an ONNX file of the module (needs the optional ``onnx`` and ``onnxscript``)."""
+    _check_tensor(example_inputs)
     module.eval()
     dynamic = {"inputs": {0: torch.export.Dim("batch", min=1)}}
     with torch.no_grad(), warnings.catch_warnings():
@@ -63,3 +65,11 @@ def export_onnx(module: AdaptiveModule, example_inputs: torch.Tensor, path: str)
             module, (example_inputs,), dynamo=True, dynamic_shapes=dynamic, verbose=False
         )
     program.save(path)
+
+
+def _check_tensor(example_inputs: Any) -> None:
+    if not isinstance(example_inputs, torch.Tensor):
+        raise TypeError(
+            "example_inputs must be one tensor of inputs (a batch of what the model's start() "
+            f"takes), not a {type(example_inputs).__name__}: export_adaptive(module, x[:8])"
+        )

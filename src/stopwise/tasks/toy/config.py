@@ -30,7 +30,10 @@ class ToyConfig(Config):
     policy_hidden: list[int] = param([32], ge=1, help="hidden widths of the MLP policy")
     eval_size: int = param(2000, ge=10, help="validation and test streams")
     budgets: list[float] = param(
-        [3.0, 6.0], gt=0, min_len=1, help="mean-step budgets the table reports"
+        [3.0, 6.0],
+        ge=1,
+        min_len=1,
+        help="mean-step budgets the table reports (a stream runs at least one step)",
     )
     curve_points: int = param(12, ge=2, le=200, help="budgets on the budget curve")
 

@@ -66,8 +66,9 @@ def report(results: list[JobResult], config: ToyConfig) -> Report:
     )
     first = comparisons[0]
     summary = (
-        f"learning to stop: at {first['budget']:g} mean steps the policy's test MSE is "
-        f"{first['mean']:+.4f} from fixed depth {first['depth']} (paired over {first['n']} seed(s))"
+        f"learning to stop: at {first['budget']:g} mean steps, the policy's test MSE minus fixed "
+        f"depth {first['depth']}'s is {first['mean']:+.4f} (below zero: the policy is better; "
+        f"paired over {first['n']} seed(s))"
     )
     return Report(
         results={
