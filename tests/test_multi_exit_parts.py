@@ -38,6 +38,7 @@ from stopwise.tasks.multi_exit.metrics import (
     exit_metric,
     msdnet_thresholds,
     time_early_exit,
+    with_validation_accuracy,
 )
 from stopwise.tasks.multi_exit.models import (
     BatchNorm,
@@ -494,6 +495,39 @@ def test_beta_is_chosen_per_budget_on_validation_not_on_test():
     assert [p["choice"] for p in picks] == ["short", "a", "b", "a", None]
     assert [p["accuracy"] for p in picks[:4]] == pytest.approx([0.99, 0.7, 0.1, 0.5])
     assert picks[1]["val_accuracy"] == pytest.approx(0.65)
+
+
+def test_where_a_test_curve_falls_short_the_choice_is_still_validations():
+    """A candidate's test costs play no part in choosing it: the best on validation is chosen
+    even where its test curve does not reach the budget (its test accuracy there is None)."""
+    best = [{"val_mean_cost": c, "val_accuracy": 0.9, "mean_cost": c + 0.5, "accuracy": 0.8}
+            for c in (1.0, 2.0)]  # fmt: skip
+    other = [{"val_mean_cost": c, "val_accuracy": 0.5, "mean_cost": c, "accuracy": 0.6}
+             for c in (1.0, 2.0)]  # fmt: skip
+    picks = choose_on_validation({"best": best, "other": other}, [1.0, 2.0])
+    assert [p["choice"] for p in picks] == ["best", "best"]
+    assert picks[0]["accuracy"] is None and picks[1]["accuracy"] == pytest.approx(0.8)
+
+
+def test_validation_accuracy_of_a_mixed_point_follows_its_mix():
+    """A budget point that shares its rows between two rules is scored on validation with both
+    (written out: rows at positions i with frac((i + 1)·0.618…) < share take the first)."""
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(200, 4, generator=g, dtype=torch.float64)
+    correct = torch.rand(200, 4, generator=g) < 0.6
+    point = {
+        "score_threshold": [0.5, 0.5, 0.5, -math.inf],
+        "mix": {"score_threshold": [math.inf, math.inf, -math.inf, -math.inf], "share": 0.3},
+    }
+    with_validation_accuracy([point], scores, correct)
+    golden = (math.sqrt(5) - 1) / 2
+    right = 0
+    for i in range(200):
+        first = ((i + 1) * golden) % 1.0 < 0.3
+        thresholds = point["score_threshold"] if first else point["mix"]["score_threshold"]
+        exit_ = next(k for k in range(4) if scores[i, k] >= thresholds[k])
+        right += bool(correct[i, exit_])
+    assert point["val_accuracy"] == pytest.approx(right / 200)
 
 
 def test_meta_learning_rate_follows_the_official_cosine_to_zero():

@@ -26,6 +26,7 @@ from ...inference import (
     time_adaptive,
 )
 from ...policies import ConfidencePolicy
+from ...selection import point_rule
 from ...steps import unroll
 from ...training import policy_hazards
 from .models import inference_copy
@@ -122,12 +123,12 @@ def apply_thresholds(
 def with_validation_accuracy(
     points: list[dict[str, Any]], val_scores: torch.Tensor, val_correct: torch.Tensor
 ) -> list[dict[str, Any]]:
-    """Add ``val_accuracy`` to every curve point: its thresholds applied to the validation
-    scores ``(N, K)`` they were fitted on, scored with ``val_correct (N, K)``."""
+    """Add ``val_accuracy`` to every curve point: its rule (thresholds, and a mix where the
+    point has one) applied to the validation scores ``(N, K)`` it was fitted on, scored with
+    ``val_correct (N, K)``."""
     rows = torch.arange(val_correct.shape[0])
     for point in points:
-        rule = ScoreThreshold(torch.tensor(point["score_threshold"]))
-        index = stop_indices(val_scores, rule).cpu()
+        index = stop_indices(val_scores, point_rule(point)).cpu()
         point["val_accuracy"] = float(val_correct[rows, index].double().mean())
     return points
 
@@ -153,9 +154,10 @@ def choose_on_validation(
 ) -> list[dict[str, Any]]:
     """For each budget, the candidate curve (name → points with ``val_mean_cost``,
     ``val_accuracy``, ``mean_cost``, ``accuracy``) most accurate on validation at that budget
-    (interpolated along the validation costs), among those whose validation and test curves
-    both reach it; ``{"choice", "val_accuracy", "accuracy"}`` with its test accuracy there
-    (all None when no candidate reaches the budget). Ties go to the first candidate."""
+    (interpolated along the validation costs), among those whose validation curve reaches it;
+    ``{"choice", "val_accuracy", "accuracy"}`` with its test accuracy there (None where the
+    chosen curve's test costs do not reach the budget; all None when no candidate's validation
+    curve does). The test curves play no part in the choice. Ties go to the first candidate."""
     val = {
         name: accuracy_at_budgets(c, budgets, cost="val_mean_cost", accuracy="val_accuracy")
         for name, c in curves.items()
@@ -163,7 +165,7 @@ def choose_on_validation(
     test = {name: accuracy_at_budgets(c, budgets) for name, c in curves.items()}
     picks = []
     for i in range(len(budgets)):
-        reached = [n for n in curves if val[n][i] is not None and test[n][i] is not None]
+        reached = [n for n in curves if val[n][i] is not None]
         best = max(reached, key=lambda n: val[n][i]) if reached else None
         picks.append(
             {
