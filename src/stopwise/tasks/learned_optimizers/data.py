@@ -240,6 +240,10 @@ class QuadraticFamily:
 def load_images(dataset: str, train_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """A fixed train / test split of a small image set, features standardised on train.
 
+    A feature constant on the training images (a digits pixel that is always 0 there) carries
+    nothing a model can learn; it is set to 0 everywhere rather than divided by its zero spread
+    (a floor of 1e-3 turned a test image's stray pixel into an input of thousands).
+
     ``dataset``: ``"digits"`` (scikit-learn's 1,797 8×8 digits, shipped with the package) or
     ``"mnist1d"`` (``mnist1d.make_dataset`` with its default arguments; generated, never
     downloaded). Returns ``x_train (N, F)``, ``y_train (N,)``, ``x_test``, ``y_test``.
@@ -263,8 +267,8 @@ def load_images(dataset: str, train_size: int, seed: int = 0) -> dict[str, torch
         raise ValueError(f"train_size must lie in 1..{len(y) - 1}; got {train_size}")
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     train, test = order[:train_size], order[train_size:]
-    mean, std = x[train].mean(0), x[train].std(0).clamp_min(1e-3)
-    x = (x - mean) / std
+    mean, std = x[train].mean(0), x[train].std(0)
+    x = torch.where(std > 0, (x - mean) / std.clamp_min(1e-12), 0.0)
     return {"x_train": x[train], "y_train": y[train], "x_test": x[test], "y_test": y[test]}
 
 
