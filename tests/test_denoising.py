@@ -489,6 +489,59 @@ def test_oracle_under_budget_is_the_lagrangian_frontier():
         assert np.interp(float(costs[t]), xs, ys) >= float(psnr_table[:, t].mean()) - 1e-6
 
 
+def test_oracle_under_budget_points_are_each_lambdas_per_item_argmax():
+    """Each frontier point against a plain loop at its λ: every item stops at the valid exit of
+    largest PSNR_t − λ·c_t/spread (spread = the valid costs' range); the best exit of two
+    items is masked, so the valid mask matters too."""
+    g = torch.Generator().manual_seed(5)
+    psnr_table = 20 + torch.rand(12, 5, generator=g, dtype=torch.float64).cumsum(dim=1)
+    psnr_table[:2, 3] = 40.0  # best exit of items 0 and 1, but not a valid one
+    costs = torch.tensor([2.0, 3.0, 5.0, 6.0, 9.0], dtype=torch.float64)
+    valid = torch.tensor([True, True, True, False, True])
+    frontier = oracle_under_budget(psnr_table, valid, costs, points=60)
+    spread = 9.0 - 2.0
+    rows = psnr_table.tolist()
+
+    def plain(lam):
+        stops = [
+            max(
+                (t for t in range(5) if valid[t]), key=lambda t, r=r: r[t] - lam * costs[t] / spread
+            )
+            for r in rows
+        ]
+        return (
+            sum(float(costs[t]) for t in stops) / len(rows),
+            sum(r[t] for r, t in zip(rows, stops, strict=True)) / len(rows),
+        )
+
+    assert len(frontier) >= 3  # several λ give distinct points
+    for point in frontier:
+        cost, psnr_mean = plain(point["lambda"])
+        assert point["mean_cost"] == pytest.approx(cost)
+        assert point["psnr"] == pytest.approx(psnr_mean)
+    # the ends: λ = 0 (every item at its best valid exit) and a large λ (every item at exit 0)
+    assert (frontier[-1]["mean_cost"], frontier[-1]["psnr"]) == pytest.approx(plain(0.0))
+    assert (frontier[0]["mean_cost"], frontier[0]["psnr"]) == pytest.approx(plain(1e3))
+    assert frontier[0]["mean_cost"] == 2.0
+
+
+def test_budget_oracle_score_of_a_hand_worked_table():
+    """Two items, exits of cost 1, 2, 3 (spread 2). Item A (20, 26, 27) takes exit 3 for
+    λ < 2, exit 2 for 2 < λ < 12, exit 1 beyond; item B (22, 23, 30) exit 3 for λ < 8, exit 1
+    beyond. Frontier (cost, mean PSNR): (1, 21), (1.5, 24), (2.5, 28), (3, 28.5). Budgets
+    1, 2, 3 read 21, 26 (halfway from 24 to 28) and 28.5; budgets 1, 1.5, …, 3 read 21, 24,
+    26, 28, 28.5."""
+    table = torch.tensor([[20.0, 26.0, 27.0], [22.0, 23.0, 30.0]])
+    costs = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    frontier = oracle_under_budget(table, torch.ones(3, dtype=torch.bool), costs)
+    assert [p["mean_cost"] for p in frontier] == pytest.approx([1.0, 1.5, 2.5, 3.0])
+    assert [p["psnr"] for p in frontier] == pytest.approx([21.0, 24.0, 28.0, 28.5])
+    assert budget_oracle_score(table, costs, 3) == pytest.approx((21.0 + 26.0 + 28.5) / 3)
+    assert budget_oracle_score(table, costs, 5) == pytest.approx(
+        (21.0 + 24.0 + 26.0 + 28.0 + 28.5) / 5
+    )
+
+
 def test_budget_oracle_score_prefers_useful_early_exits():
     costs = torch.arange(1.0, 6.0, dtype=torch.float64)
     last_only = torch.tensor([[10.0, 10.0, 10.0, 10.0, 30.0]] * 4)

@@ -578,6 +578,96 @@ class StopAt(torch.nn.Module):
         return torch.full((features.shape[0],), 1.0 if t >= self.step else -1.0)
 
 
+class TinyClassifier(torch.nn.Module):
+    """2 inputs → 3 penultimate features h = W x + b (signed, so softplus matters) → 3 logits
+    V tanh(h) + c; returns (logits, h) like the few-shot learners."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Linear(2, 3)
+        self.head = torch.nn.Linear(3, 3)
+
+    def forward(self, x):
+        h = self.body(x)
+        return self.head(torch.tanh(h)), h
+
+
+def test_policy_features_of_a_tiny_classification_task_by_hand():
+    """Every one of the 2W + 4 features against loops over the examples: mean softplus of the
+    real support rows' h and of the query rows' h, log(support cross-entropy + 1e-6), support
+    accuracy, mean max softmax probability on the query, log support size. The support's last
+    row is padding: its large h and "correct" label would show in an unmasked mean."""
+    torch.manual_seed(3)
+    learner = TinyClassifier().double()
+    params = {k: v.detach() for k, v in learner.named_parameters()}
+    W, b = params["body.weight"].tolist(), params["body.bias"].tolist()
+    V, c = params["head.weight"].tolist(), params["head.bias"].tolist()
+
+    def plain(x):
+        h = [sum(W[k][j] * x[j] for j in range(2)) + b[k] for k in range(3)]
+        logits = [sum(V[a][k] * math.tanh(h[k]) for k in range(3)) + c[a] for a in range(3)]
+        z = sum(math.exp(v) for v in logits)
+        return h, [math.exp(v) / z for v in logits]
+
+    sx = [[0.5, -1.0], [1.5, 0.3], [-0.7, 0.8], [0.1, 0.1], [6.0, -5.0]]
+    qx = [[-1.2, 0.4], [0.9, 0.9], [0.0, -0.6]]
+    support = [plain(x) for x in sx]
+    query = [plain(x) for x in qx]
+    predicted = [max(range(3), key=lambda a, p=p: p[a]) for _, p in support]
+    sy = [predicted[0], (predicted[1] + 1) % 3, predicted[2], (predicted[3] + 2) % 3, predicted[4]]
+    real = 4  # the fifth support row is padding
+
+    def softplus(v):
+        return math.log1p(math.exp(v))
+
+    expected = [sum(softplus(support[i][0][k]) for i in range(real)) / real for k in range(3)]
+    expected += [sum(softplus(h[k]) for h, _ in query) / len(qx) for k in range(3)]
+    loss = sum(-math.log(support[i][1][sy[i]]) for i in range(real)) / real
+    expected += [
+        math.log(loss + 1e-6),
+        sum(predicted[i] == sy[i] for i in range(real)) / real,  # 2 of 4
+        sum(max(p) for _, p in query) / len(qx),
+        math.log(real),
+    ]
+    measured = measure_task(
+        learner, params, torch.tensor(sx, dtype=torch.float64), torch.tensor(sy),
+        torch.tensor(qx, dtype=torch.float64), support_mask=torch.tensor([1, 1, 1, 1, 0]),
+    )  # fmt: skip
+    assert measured["features"].tolist() == pytest.approx(expected, rel=1e-10)
+    assert expected[7] == 0.5
+
+
+def test_policy_features_of_a_tiny_regression_task_by_hand():
+    """The regression stats by loops: support fit −log(1 + MSE), query confidence 0, and the
+    set summaries of a 1 → 2 ReLU MLP's features, with no mask (every support row counts)."""
+    torch.manual_seed(4)
+    learner = SineMLP((2,)).double()
+    params = {k: v.detach() for k, v in learner.named_parameters()}
+    W, b = params["body.0.weight"].tolist(), params["body.0.bias"].tolist()
+    v, c = params["head.weight"].tolist()[0], params["head.bias"].item()
+
+    def plain(x):
+        h = [max(W[k][0] * x + b[k], 0.0) for k in range(2)]
+        return h, sum(v[k] * h[k] for k in range(2)) + c
+
+    sx, sy, qx = [-2.0, -0.5, 1.0, 3.0], [0.3, -1.0, 2.0, 0.5], [-1.0, 0.2, 2.5]
+    support, query = [plain(x) for x in sx], [plain(x) for x in qx]
+    mse = sum((out - y) ** 2 for (_, out), y in zip(support, sy, strict=True)) / len(sx)
+
+    def softplus(value):
+        return math.log1p(math.exp(value))
+
+    expected = [sum(softplus(h[k]) for h, _ in support) / len(sx) for k in range(2)]
+    expected += [sum(softplus(h[k]) for h, _ in query) / len(qx) for k in range(2)]
+    expected += [math.log(mse + 1e-6), -math.log(1 + mse), 0.0, math.log(len(sx))]
+    column = dict(dtype=torch.float64)
+    measured = measure_task(
+        learner, params, torch.tensor(sx, **column).view(-1, 1), torch.tensor(sy, **column),
+        torch.tensor(qx, **column).view(-1, 1),
+    )  # fmt: skip
+    assert measured["features"].tolist() == pytest.approx(expected, rel=1e-10, abs=1e-12)
+
+
 def test_hand_made_stop_scores_the_support_loss():
     torch.manual_seed(0)
     learner = SineMLP((8,))

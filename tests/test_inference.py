@@ -321,6 +321,42 @@ def test_fit_threshold_matches_brute_force(seed, budget):
     assert cost == pytest.approx(best_cost)
 
 
+@pytest.mark.parametrize("seed, budget", [(0, 2.0), (1, 3.4), (2, 4.5), (3, 1.0)])
+def test_fit_threshold_cumulative_matches_a_brute_force(seed, budget):
+    """The cumulative kind against a brute force by plain loops: scores P(stopped by t) =
+    1 − ∏(1 − σ(h_τ)) over the valid steps τ ≤ t (step 2 is not valid); every observed score
+    (and +inf) tried as the threshold, a row stopping at its first valid step before the last
+    valid one whose score reaches it, else the last valid one; the most expensive mean cost
+    within the budget wins."""
+    g = torch.Generator().manual_seed(seed)
+    hazards = torch.randn(12, 6, generator=g, dtype=torch.float64) - 1.0
+    costs = [1.0, 2.0, 3.5, 4.0, 5.5, 6.0]
+    valid = [True, True, False, True, True, True]
+    steps = [t for t in range(6) if valid[t]]
+    scores = []
+    for row in hazards.tolist():
+        survive, out = 1.0, {}
+        for t in steps:
+            survive *= 1 - 1 / (1 + math.exp(-row[t]))
+            out[t] = 1 - survive
+        scores.append(out)
+
+    def stops(threshold):
+        return [next((t for t in steps[:-1] if s[t] >= threshold), steps[-1]) for s in scores]
+
+    def mean_cost(threshold):
+        return sum(costs[t] for t in stops(threshold)) / len(scores)
+
+    tried = sorted({v for s in scores for v in s.values()}) + [math.inf]
+    best = max(mean_cost(v) for v in tried if mean_cost(v) <= budget + 1e-12)
+    rule = fit_threshold(hazards, budget, torch.tensor(costs), "cumulative", torch.tensor(valid))
+    assert isinstance(rule, CumulativeThreshold)
+    index = stop_indices(hazards, rule, torch.tensor(valid)).tolist()
+    # the threshold is one of the scores, computed in log space: compared with a rounding margin
+    assert index == stops(float(rule.score_threshold) - 1e-12)
+    assert sum(costs[t] for t in index) / len(index) == pytest.approx(best)
+
+
 def test_fit_threshold_cumulative_and_errors():
     hazards = torch.randn(500, 8, generator=torch.Generator().manual_seed(7))
     rule = fit_threshold(hazards, 3.0, kind="cumulative")

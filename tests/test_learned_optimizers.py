@@ -40,6 +40,7 @@ from stopwise.tasks.learned_optimizers.metrics import (
     StopData,
     StopEvaluation,
     evaluate_stop,
+    fixed_depth_tradeoff,
     log10_gap,
     oracle_tradeoff,
 )
@@ -600,6 +601,128 @@ def test_evaluate_stop_chooses_on_validation_and_scores_test():
     # more decay (easier function) → earlier stop
     assert record["natural"]["spearman"]["decay"] < -0.3
     assert [p["depth"] for p in record["fixed_depth"]] == list(range(1, T + 1))
+
+
+def _plain_stops(scores, record_or_thresholds):
+    """0-based stop steps by a loop over rows and steps: the first step whose score is ≥ that
+    step's threshold, else the last; a mix (``{"score_threshold", "mix"}``) gives the row at
+    batch position i the first rule when frac((i + 1)/φ) < share (MixedRule's definition)."""
+    golden = (math.sqrt(5.0) - 1.0) / 2.0
+    first = record_or_thresholds
+    mix = None
+    if isinstance(first, dict):
+        first, mix = first["score_threshold"], first.get("mix")
+    out = []
+    for i, row in enumerate(scores.tolist()):
+        thresholds = first
+        if mix is not None and not ((i + 1) * golden) % 1.0 < mix["share"]:
+            thresholds = mix["score_threshold"]
+        if not isinstance(thresholds, list):
+            thresholds = [thresholds] * len(row)
+        stop = len(row) - 1
+        for t, value in enumerate(row[:-1]):
+            if value >= thresholds[t]:
+                stop = t
+                break
+        out.append(stop)
+    return out
+
+
+def test_evaluate_stop_tradeoff_and_reach_match_plain_loops():
+    """The trade-off per λ and the "reach" row against plain loops over every option (the
+    named thresholds, the curve's budget rules, the floored grid): the option of least
+    validation mean gap + λ·steps (steps 1-based) is chosen and reported with its *test*
+    numbers; "reach" is the option of fewest mean validation steps among those whose mean
+    validation NLL is within the tolerance of the validation reference, reported on test."""
+    from stopwise.selection import floored_rules
+
+    n, T = 40, 6
+
+    def split(seed):
+        g = gen(seed)
+        decay = torch.rand(n, 1, generator=g, dtype=torch.float64) + 0.2
+        noise = torch.exp(0.5 * torch.randn(n, T, generator=g, dtype=torch.float64))
+        gap = torch.exp(-decay * torch.arange(1, T + 1)) * noise + 1e-3
+        scores = -torch.log(gap) + 0.5 * torch.randn(n, T, generator=g, dtype=torch.float64)
+        return StopData(gap + 1.0, gap, scores, {})
+
+    val, test = split(11), split(12)
+    costs = [1e-3, 2e-2, 6e-2]
+    ref_val, ref_test = float(val.losses[:, 3].mean()), float(test.losses[:, 3].mean())
+    setting = StopEvaluation(costs, 3, ref_val, ref_test, 0.01)
+    candidates = {"low": 1.0, "mid": 2.5, "high": 4.0}
+    record = evaluate_stop(val, test, candidates, None, setting)
+
+    options = {name: thr for name, thr in candidates.items()}
+    for point in record["curve"]:
+        options[f"budget {point['budget']:.4g}"] = point
+    for k, rule in enumerate(floored_rules(val.scores)):
+        options[f"floored {k}"] = rule.score_threshold.tolist()
+    val_stops = {name: _plain_stops(val.scores, rule) for name, rule in options.items()}
+    test_stops = {name: _plain_stops(test.scores, rule) for name, rule in options.items()}
+
+    def mean_value(data, stops, cost):
+        return sum(float(data.gap[i, t]) + cost * (t + 1) for i, t in enumerate(stops)) / n
+
+    chosen_on_test_differs = False
+    for cost, row in zip(costs, record["tradeoff"], strict=True):
+        val_values = {name: mean_value(val, val_stops[name], cost) for name in options}
+        best = min(val_values.values())
+        assert val_values[row["rule"]] == pytest.approx(best, rel=1e-12)
+        assert row["val_value"] == pytest.approx(best, rel=1e-12)
+        stops = test_stops[row["rule"]]
+        assert row["value"]["mean"] == pytest.approx(mean_value(test, stops, cost))
+        assert row["mean_steps"] == pytest.approx(sum(t + 1 for t in stops) / n)
+        assert row["gap"] == pytest.approx(
+            sum(float(test.gap[i, t]) for i, t in enumerate(stops)) / n
+        )
+        test_best = min(mean_value(test, test_stops[name], cost) for name in options)
+        chosen_on_test_differs |= row["value"]["mean"] > test_best + 1e-9
+    assert chosen_on_test_differs  # the data tell a validation choice from a test one
+    assert any("mix" in point for point in record["curve"])  # mixes are among the options
+
+    def mean_at(data, stops, field):
+        table = data.losses if field == "nll" else data.gap
+        return sum(float(table[i, t]) for i, t in enumerate(stops)) / n
+
+    reaching = [
+        name for name in options
+        if mean_at(val, val_stops[name], "nll") <= ref_val + 0.01 * abs(ref_val)
+    ]  # fmt: skip
+    assert 0 < len(reaching) < len(options)
+    fewest = min(sum(t + 1 for t in val_stops[name]) / n for name in reaching)
+    reach = record["reach"]
+    assert reach["rule"] in reaching
+    assert reach["val_steps"] == pytest.approx(fewest, rel=1e-12)
+    assert sum(t + 1 for t in val_stops[reach["rule"]]) / n == pytest.approx(fewest, rel=1e-12)
+    stops = test_stops[reach["rule"]]
+    assert reach["steps"] == pytest.approx(sum(t + 1 for t in stops) / n)
+    assert reach["nll"] == pytest.approx(mean_at(test, stops, "nll"))
+    assert reach["gap"] == pytest.approx(mean_at(test, stops, "gap"))
+    assert reach["reaches_reference"] == (mean_at(test, stops, "nll") <= ref_test * 1.01)
+    fewest_on_test = min(sum(t + 1 for t in test_stops[name]) / n for name in reaching)
+    assert reach["steps"] != pytest.approx(fewest_on_test)  # a test choice would differ
+
+
+def test_fixed_depth_tradeoff_is_chosen_on_validation_by_a_plain_loop():
+    """Per λ, the depth d (1-based) of least validation mean gap + λ·d, reported with its test
+    mean gap + λ·d. Hand-made splits whose best depths differ (validation: 2, test: 3 at
+    λ = 0.1), so a test choice or a 0-based d shows."""
+    val_gap = torch.tensor([[1.0, 0.2, 0.15, 0.14], [0.8, 0.3, 0.25, 0.2]], dtype=torch.float64)
+    test_gap = torch.tensor([[1.0, 0.6, 0.1, 0.09], [0.9, 0.5, 0.1, 0.08]], dtype=torch.float64)
+    val = StopData(val_gap + 1, val_gap, torch.zeros(2, 4), {})
+    test = StopData(test_gap + 1, test_gap, torch.zeros(2, 4), {})
+    costs = [0.0, 0.1, 1.0]
+    for cost, row in zip(costs, fixed_depth_tradeoff(val, test, costs), strict=True):
+        values = [
+            sum(float(val_gap[i, d - 1]) for i in range(2)) / 2 + cost * d for d in range(1, 5)
+        ]
+        depth = 1 + min(range(4), key=lambda k, values=values: values[k])
+        assert row["depth"] == depth
+        expected = sum(float(test_gap[i, depth - 1]) for i in range(2)) / 2
+        assert row["gap"] == pytest.approx(expected)
+        assert row["value"]["mean"] == pytest.approx(expected + cost * depth)
+    assert [row["depth"] for row in fixed_depth_tradeoff(val, test, costs)] == [4, 2, 1]
 
 
 def test_oracle_tradeoff_stops_each_function_at_its_best_step():

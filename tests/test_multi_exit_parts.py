@@ -533,6 +533,9 @@ def test_validation_accuracy_of_a_mixed_point_follows_its_mix():
 def test_meta_learning_rate_follows_the_official_cosine_to_zero():
     assert meta_lr_at(0, 100, 1e-4, "cosine") == pytest.approx(1e-4)
     assert meta_lr_at(50, 100, 1e-4, "cosine") == pytest.approx(5e-5)
+    # a quarter of the way: ½(1 + cos(π/4))·1e-4 ≈ 8.536e-5 (linear decay would give 7.5e-5)
+    assert meta_lr_at(25, 100, 1e-4, "cosine") == pytest.approx(0.5 * (1 + 2**-0.5) * 1e-4)
+    assert meta_lr_at(75, 100, 1e-4, "cosine") == pytest.approx(0.5 * (1 - 2**-0.5) * 1e-4)
     assert meta_lr_at(100, 100, 1e-4, "cosine") == pytest.approx(0, abs=1e-20)
     for step in (0, 37, 100):
         assert meta_lr_at(step, 100, 1e-4, "constant") == 1e-4

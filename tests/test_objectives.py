@@ -94,6 +94,44 @@ def test_stage2_soft_is_forward_kl_and_hard_is_cross_entropy():
     assert l2s_stage2_loss(stop, losses, beta, hard=True).item() == pytest.approx(expected_ce / 4)
 
 
+def test_stage2_with_a_mask_imitates_the_oracle_over_the_valid_steps_by_a_plain_loop():
+    """Masked stage II against loops: q(t) = λ_t ∏(1 − λ_τ) over the valid steps τ < t, the
+    last valid step taking the rest; soft target q*(t) = exp(−ℓ_t/β) / Σ_valid exp(−ℓ_τ/β),
+    KL(q* ‖ q) summed over valid steps; hard target argmin over valid steps. Each row's
+    unmasked argmin sits on a masked step (the last step, for row 1: the step after the
+    absorbing one), for a shared ``(T,)`` mask and a per-row ``(B, T)`` one."""
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    losses = torch.tensor(
+        [[0.9, 0.1, 0.7, 0.5, 0.8], [0.6, 0.9, 0.4, 0.7, 0.05], [0.3, 0.02, 0.6, 0.5, 0.4]],
+        dtype=torch.float64,
+    )
+    beta = 0.3
+    shared = torch.tensor([True, False, True, True, False])
+    per_row = torch.tensor([[1, 0, 1, 1, 1], [1, 1, 1, 1, 0], [1, 0, 1, 0, 1]], dtype=torch.bool)
+    for mask in (shared, per_row):
+        rows = mask.expand(3, 5).tolist()
+        expected_kl, expected_ce = 0.0, 0.0
+        for i in range(3):
+            valid = [t for t in range(5) if rows[i][t]]
+            q, survive = {}, 1.0
+            for t in valid:
+                lam = 1 / (1 + math.exp(-logits[i, t].item()))
+                q[t] = survive if t == valid[-1] else lam * survive
+                survive *= 1 - lam
+            z = sum(math.exp(-losses[i, t].item() / beta) for t in valid)
+            for t in valid:
+                p = math.exp(-losses[i, t].item() / beta) / z
+                expected_kl += p * math.log(p / q[t]) / 3
+            best = min(valid, key=lambda t, i=i: losses[i, t].item())
+            assert best != int(losses[i].argmin())
+            expected_ce += -math.log(q[best]) / 3
+        stop = StopTime(logits, mask)
+        assert l2s_stage2_loss(stop, losses, beta).item() == pytest.approx(expected_kl, rel=1e-10)
+        hard = l2s_stage2_loss(stop, losses, beta, hard=True).item()
+        assert hard == pytest.approx(expected_ce, rel=1e-10)
+
+
 def test_stage2_gradient_matches_finite_differences():
     g = torch.Generator().manual_seed(2)
     logits = torch.randn(3, 4, generator=g, dtype=torch.float64, requires_grad=True)

@@ -10,6 +10,7 @@ import torch
 from stopwise.inference import THRESHOLD_KINDS, MixedRule, stop_indices
 from stopwise.selection import (
     budget_sweep,
+    calibrate_by_metric,
     fit_floored_threshold,
     floored_rules,
     point_rule,
@@ -316,3 +317,32 @@ def test_floored_rules_span_every_floor_and_include_fixed_depth(kind):
             for index in stops
         )
         assert best_rule >= best_fixed - 1e-12
+
+
+def test_calibrate_by_metric_prefers_the_better_then_the_cheaper_rule_by_hand():
+    """Four rows, three steps (costs 1, 2, 3). The rule fitted to each budget stops the rows at
+    (0-based) 0,0,0,0 (budget 1, mean cost 1), 0,0,0,2 (1.5), 0,1,2,2 (2.25) and 2,2,2,2 (3).
+    Higher is better with "rows past step 0, at most 2": values 0, 1, 2, 2 — budgets 2.25
+    and 3 tie and the cheaper (2.25) is chosen. Lower is better with "mean steps, at least
+    1.5": values 1.5, 1.5, 2.25, 3 — budgets 1 and 1.5 tie and budget 1 is chosen."""
+    hazards = torch.tensor(
+        [[2.0, 0.0, 0.0], [-1.0, 2.0, 0.0], [-1.0, -1.0, 0.0], [-2.0, -2.0, 0.0]],
+        dtype=torch.float64,
+    )
+    budgets = [1.0, 1.5, 2.25, 3.0]
+
+    def past_first(index):
+        return float(min(sum(int(t) >= 1 for t in index.tolist()), 2))
+
+    def mean_steps_at_least(index):
+        return max(sum(int(t) + 1 for t in index.tolist()) / len(index), 1.5)
+
+    higher = calibrate_by_metric(hazards, past_first, budgets, lower_is_better=False)
+    assert [c["cost"] for c in higher.candidates] == pytest.approx([1.0, 1.5, 2.25, 3.0])
+    assert [c["value"] for c in higher.candidates] == [0.0, 1.0, 2.0, 2.0]
+    assert (higher.budget, higher.value, higher.mean_cost) == (2.25, 2.0, 2.25)
+    assert stop_indices(hazards, higher.rule).tolist() == [0, 1, 2, 2]
+    lower = calibrate_by_metric(hazards, mean_steps_at_least, budgets, lower_is_better=True)
+    assert [c["value"] for c in lower.candidates] == pytest.approx([1.5, 1.5, 2.25, 3.0])
+    assert (lower.budget, lower.value, lower.mean_cost) == (1.0, 1.5, 1.0)
+    assert stop_indices(hazards, lower.rule).tolist() == [0, 0, 0, 0]

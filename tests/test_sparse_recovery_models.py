@@ -146,11 +146,73 @@ def test_thresholds_match_loops():
 
 
 def test_support_sizes_follow_the_schedule():
-    assert support_sizes(500, 20, 0.012, 0.13) == [
-        math.ceil(500 * min(0.012 * (t + 1), 0.13) - 1e-9) for t in range(20)
+    """Hand values of ⌈n · min(p·(t+1), p_max)⌉: fractions round up (1.2 → 2, 2.4 → 3, the cap
+    3.5 → 4; round or floor give 1, 2, ...), and products that are whole numbers up to float
+    noise (0.07 · 100 = 7.000000000000001) stay whole."""
+    assert support_sizes(10, 5, 0.12, 0.35) == [2, 3, 4, 4, 4]
+    assert support_sizes(100, 5, 0.07, 1.0) == [7, 14, 21, 28, 35]
+    assert support_sizes(500, 20, 0.012, 0.13)[:5] == [6, 12, 18, 24, 30]
+    assert support_sizes(500, 20, 0.012, 0.13)[10:] == [65] * 10  # 0.132 capped at 0.13: 65
+    assert support_sizes(500, 20, 0.012, 0.13)[9] == 60
+
+
+def support_selection_reference(A, y, weights, thetas, keep):
+    """LISTA-CP-SS (Chen et al. 2018, Eq. 13) / ALISTA (Liu et al. 2019, Eq. 16), one sample,
+    float64, explicit loops: v = x_t − W_tᵀ(A x_t − y); the keep[t] entries of largest |v|
+    that also exceed θ_t pass unshrunk, the others are soft-thresholded by θ_t."""
+    A = np.asarray(A, dtype=np.float64)
+    m, n = A.shape
+    x = [0.0] * n
+    out = []
+    for W, theta, p in zip(weights, thetas, keep, strict=True):
+        W = np.asarray(W, dtype=np.float64)
+        residual = [sum(A[i, j] * x[j] for j in range(n)) - y[i] for i in range(m)]
+        v = [x[j] - sum(W[i, j] * residual[i] for i in range(m)) for j in range(n)]
+        largest = sorted(range(n), key=lambda j: -abs(v[j]))[:p]
+        x = [
+            v[j] if j in largest and abs(v[j]) > theta else soft_reference(v[j], theta)
+            for j in range(n)
+        ]
+        out.append(list(x))
+    return out
+
+
+def test_support_selection_layers_match_a_plain_loop(problem):
+    """ALISTA (W_t = γ_t W, W analytic) and LISTA-CP-SS (a different W_t per layer) against
+    :func:`support_selection_reference`; the support size changes from layer to layer
+    (0, 2, 2, 5, 9), the last layer's large θ puts some of its 9 largest entries below θ (set
+    to 0, not passed), and each layer's residual r = A x_{t+1} − y is in the state."""
+    A, split = problem
+    A = A.double()
+    y = split.y[:3].double()
+    keep = [0, 2, 2, 5, 9]
+    gammas, thetas = [0.9, 0.7, 1.1, 0.8, 1.0], [0.12, 0.08, 0.05, 0.03, 0.3]
+    alista = ALISTA(A, 5, 1.0, 0.1, keep)
+    with torch.no_grad():
+        alista.gamma.copy_(torch.tensor(gammas, dtype=torch.float64))
+        alista.theta.copy_(torch.tensor(thetas, dtype=torch.float64))
+    W = analytic_weight(A)
+    g = torch.Generator().manual_seed(9)
+    weights = [
+        W * (0.6 + 0.6 * torch.rand(A.shape, generator=g, dtype=torch.float64)) for _ in range(5)
     ]
-    assert support_sizes(500, 20, 0.012, 0.13)[:3] == [6, 12, 18]
-    assert support_sizes(500, 20, 0.012, 0.13)[-1] == 65
+    cpss = LISTACPSS(A, weights, thetas, keep)
+    for model, layer_weights in ((alista, [W * gm for gm in gammas]), (cpss, weights)):
+        trajectory = unroll(model, y).predictions
+        state = model.start(y)
+        for t in range(5):
+            state = model.advance(state, t)
+            assert torch.allclose(state["r"], state["x"] @ A.T - y, atol=1e-12)
+        lagged_differs = False
+        for row in range(3):
+            ws = [w.tolist() for w in layer_weights]
+            reference = support_selection_reference(A, y[row].tolist(), ws, thetas, keep)
+            assert torch.allclose(
+                trajectory[row], torch.tensor(reference, dtype=torch.float64), atol=1e-10
+            )
+            lagged = support_selection_reference(A, y[row].tolist(), ws, thetas, [0] + keep[:-1])
+            lagged_differs |= not np.allclose(reference, lagged, atol=1e-6)
+        assert lagged_differs  # the data tell layer t's support size from layer t − 1's
 
 
 def test_lista_cp_ss_from_alista_is_alista(problem):

@@ -302,6 +302,51 @@ def test_fit_policy_step_penalty_imitates_the_cost_aware_oracle():
     assert chosen == {"blind": T - 1, "aware": 1}
 
 
+@pytest.mark.parametrize("hard", [False, True])
+def test_fit_policy_with_a_mask_scores_the_masked_oracle_by_a_plain_loop(hard):
+    """fit_policy's loss and mean steps on a batch (learning rate 0: the policy stays put)
+    against loops over the valid steps: q(t) = λ_t ∏(1 − λ_τ) over valid τ < t, the last valid
+    step taking the rest; target softmax(−ℓ/β) renormalised over the valid steps (soft) or the
+    valid argmin (hard). The unmasked argmin (the last step) is masked."""
+    from stopwise.policies import create_policy
+    from stopwise.training import fit_policy
+
+    T, beta = 5, 0.3
+    model = PerStepScale(T)
+    with torch.no_grad():  # ℓ_t ∝ (a_t − 2)²: 2.25, 0.01, 1, 0.25, 0 (times mean x²)
+        model.a.copy_(torch.tensor([0.5, 1.9, 1.0, 1.5, 2.0]))
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    mask = torch.tensor([True, False, True, True, False])
+    torch.manual_seed(0)
+    policy = create_policy("mlp", feature_dim=3, max_steps=T, hidden=(8,))
+    with torch.no_grad():
+        hazards = torch.stack([policy(x, t) for t in range(T)], dim=1).double().tolist()
+    a = [0.5, 1.9, 1.0, 1.5, 2.0]
+    valid = [0, 2, 3]
+    expected_loss, expected_steps = 0.0, 0.0
+    for i, row in enumerate(x.tolist()):
+        losses = [sum((a[t] * v - 2 * v) ** 2 for v in row) / 3 for t in range(T)]
+        q, survive = {}, 1.0
+        for t in valid:
+            lam = 1 / (1 + math.exp(-hazards[i][t]))
+            q[t] = survive if t == valid[-1] else lam * survive
+            survive *= 1 - lam
+        expected_steps += sum(q[t] * (t + 1) for t in valid) / 6
+        if hard:
+            expected_loss += -math.log(q[min(valid, key=lambda t, ls=losses: ls[t])]) / 6
+        else:
+            z = sum(math.exp(-losses[t] / beta) for t in valid)
+            for t in valid:
+                p = math.exp(-losses[t] / beta) / z
+                expected_loss += p * math.log(p / q[t]) / 6
+    metrics = fit_policy(
+        model, policy, EpochBatches((x, 2 * x), batch_size=6), per_step_mse,
+        torch.optim.SGD(policy.parameters(), 0.0), 1, beta=beta, hard=hard, mask=mask,
+    )  # fmt: skip
+    assert float(metrics["loss"]) == pytest.approx(expected_loss, rel=1e-5)
+    assert float(metrics["mean_steps"]) == pytest.approx(expected_steps, rel=1e-5)
+
+
 @pytest.mark.parametrize("price, expected", [(0.2, 1), (0.03, 3), (0.01, 4)])
 def test_fit_gain_policy_stops_where_going_on_buys_less_than_the_price(price, expected):
     """ℓ_t = 4^{−t} (known in closed form): the best decrease per step from t is
