@@ -63,11 +63,12 @@ def test_tiny_run_writes_curves_tables_figures_and_real_early_exit(tiny_run):
 
 def test_the_l2s_policy_curve_pays_the_policy_at_every_exit_it_asks(tiny_run):
     """L2S's policy (the same features and width as the gain head: 6·32 + 32 MACs a call) is
-    costed like the gain head: the exits reached plus one call at each from the floor on."""
+    costed like the gain head: the exits reached plus one call at each from the floor on, but
+    not at the last exit (every row stops there; no one is asked)."""
     record = json.loads((tiny_run / "jobs" / "l2s-b1-s0.json").read_text())["record"]
     exits = torch.tensor(record["step_costs"], dtype=torch.float64)
     for point in record["curves"]["policy"]:
-        asked = torch.arange(1, 4) - (point["floor_steps"] - 1)
+        asked = (torch.tensor([1, 2, 2]) - (point["floor_steps"] - 1)).clamp(min=0)
         paid = torch.tensor(point["exit_fractions"], dtype=torch.float64) @ (exits + 224 * asked)
         assert point["mean_cost"] == pytest.approx(float(paid))
 
@@ -85,9 +86,9 @@ def test_the_gain_head_gets_a_budget_curve_run_for_real_and_a_verdict(tiny_run):
     ]
     assert all(p["val_mean_cost"] <= p["budget"] + 1e-9 for p in curve)
     # Each row pays the exits it reached and the head's 6·32 + 32 MACs at each of them from
-    # the floor on (before it the head is not asked).
+    # the floor on (before it the head is not asked), but the last (where every row stops).
     for point in curve:
-        asked = torch.arange(1, 4) - (point["floor_steps"] - 1)
+        asked = (torch.tensor([1, 2, 2]) - (point["floor_steps"] - 1)).clamp(min=0)
         costs = torch.tensor(exits, dtype=torch.float64) + 224 * asked
         paid = torch.tensor(point["exit_fractions"], dtype=torch.float64) @ costs
         assert point["mean_cost"] == pytest.approx(float(paid))

@@ -28,7 +28,7 @@ from stopwise.tasks.multi_exit.l2w import (
     sgd_step_scale,
     sgd_virtual_step,
 )
-from stopwise.tasks.multi_exit.methods import meta_lr_at
+from stopwise.tasks.multi_exit.methods import head_costs, meta_lr_at
 from stopwise.tasks.multi_exit.metrics import (
     accuracy_at_budgets,
     apply_thresholds,
@@ -528,6 +528,20 @@ def test_validation_accuracy_of_a_mixed_point_follows_its_mix():
         exit_ = next(k for k in range(4) if scores[i, k] >= thresholds[k])
         right += bool(correct[i, exit_])
     assert point["val_accuracy"] == pytest.approx(right / 200)
+
+
+def test_a_stop_heads_cost_is_charged_at_every_exit_but_the_last():
+    """The head is asked at exits 1..K−1 (at the last every row stops): exit k costs the
+    network's k blocks and heads plus min(k, K − 1) calls of the head, counted one call alone."""
+    model = tiny_model(torch.float32)
+    model.set_step_costs(count_step_macs(model, torch.zeros(1, 1, 6, 6)))
+    head = ExitPolicy(model.max_steps)
+    one_call = float(count_policy_macs(head, 1, model.classes)[0])
+    K = model.max_steps
+    expected = [
+        float(model.step_costs()[k - 1]) + min(k, K - 1) * one_call for k in range(1, K + 1)
+    ]
+    assert head_costs(model, head).tolist() == pytest.approx(expected)
 
 
 def test_meta_learning_rate_follows_the_official_cosine_to_zero():

@@ -271,8 +271,10 @@ def _train_policy(model, batches, config: MultiExitConfig, beta: float, common) 
 def head_costs(model: MultiExitCNN, head: ExitPolicy) -> torch.Tensor:
     """``(K,)`` cumulative multiply-adds of stopping at each exit with a stop ``head`` (the L2S
     policy, the gain head) deciding: the network's and the head's, asked once at every exit
-    reached."""
-    return model.step_costs() + count_policy_macs(head, model.max_steps, model.classes)
+    reached but the last (every row stops there: ``run_adaptive`` asks no one)."""
+    asked = count_policy_macs(head, model.max_steps, model.classes)
+    asked[-1] = asked[-2] if len(asked) > 1 else 0.0
+    return model.step_costs() + asked
 
 
 def fit_gain(
