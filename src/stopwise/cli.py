@@ -3,9 +3,10 @@
 
 ``--module PKG.MOD`` (found from the current folder too, or a path to a ``.py`` file or a
 package folder), repeatable, registers the experiments of a user's own module; installed
-packages can register through the ``stopwise.experiments`` entry-point group instead. Exit codes: 0 done; 2 a refused config, directory or checkpoint
-(nothing written); 3 the run failed (training diverged, a file could not be written); 128 + N
-interrupted by signal N (130 SIGINT, 143 SIGTERM) after checkpointing: rerun to resume.
+packages can register through the ``stopwise.experiments`` entry-point group instead. Exit
+codes: 0 done; 2 a refused config, directory or checkpoint (nothing written); 3 the run failed
+(training diverged, a file could not be written); 128 + N interrupted by signal N (130 SIGINT,
+143 SIGTERM) after checkpointing: rerun to resume; 141 the reader of the output went away.
 """
 
 from __future__ import annotations
