@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from statistics import fmean
 from typing import Any
 
+from .reporting import format_number
 from .stats import mean_interval
 
 __all__ = ["mean_curve", "best_fixed_mix", "dominance", "dominance_line"]
@@ -139,8 +140,8 @@ def dominance_line(
     """One sentence for a table: the verdict, the worst gain and the best lower-half gain
     (``scale`` multiplies the gains, e.g. 100 for accuracy in points)."""
 
-    def signed(value: float) -> str:  # + 0.0: no "-0" for a gain of minus zero
-        return f"{scale * value + 0.0:+.3g}"
+    def signed(value: float) -> str:
+        return format_number(scale * value, "+.3g")
 
     def interval(bounds) -> str:  # " [lo, hi]" over seeds, "" for one seed (or older records)
         if not bounds or bounds[0] is None:

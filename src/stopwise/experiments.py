@@ -195,12 +195,12 @@ def load_module(module: str) -> None:
 
 def _import(module: str) -> Any:
     path = Path(module)
-    if path.name == "__init__.py" or (path.is_dir() and (path / "__init__.py").is_file()):
-        package = path.parent if path.name == "__init__.py" else path
-        if not (package / "__init__.py").is_file():
-            raise ConfigError(f"--module {module}: no such package")
+    package = path.parent if path.name == "__init__.py" else path
+    if (package / "__init__.py").is_file():
         _on_path(package.resolve().parent)
         return importlib.import_module(package.resolve().name)
+    if path.name == "__init__.py":
+        raise ConfigError(f"--module {module}: no such package")
     if module.endswith(".py"):
         if not path.is_file():
             raise ConfigError(f"--module {module}: no such file")

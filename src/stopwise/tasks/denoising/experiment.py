@@ -135,6 +135,13 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
 # ---------------------------------------------------------------- data of a job
 
 
+def validation_items(config: DenoisingConfig, like_test: bool = False) -> tuple[int, list, str]:
+    """(tile side, noise levels, noise stream) of :func:`validation_set`."""
+    if like_test:
+        return config.test_crop, config.test_sigmas, "validation-noise-like-test"
+    return config.val_crop, config.train_sigmas, "validation-noise"
+
+
 def validation_set(
     config: DenoisingConfig,
     context: JobContext,
@@ -145,9 +152,7 @@ def validation_set(
     tiles of the test crops' side under the test noise levels (from a noise stream of their
     own); the seed's own noise, on ``device`` (default: the run's)."""
     split = load_splits(config.images_dir).val
-    crop, sigmas, stream = config.val_crop, config.train_sigmas, "validation-noise"
-    if like_test:
-        crop, sigmas, stream = config.test_crop, config.test_sigmas, "validation-noise-like-test"
+    crop, sigmas, stream = validation_items(config, like_test)
     images, names = [], []
     for name, image in zip(split.names, split.images, strict=True):
         for k, tile in enumerate(tiles(image, crop, config.val_tiles)):

@@ -17,7 +17,7 @@ from ...reporting import in_x_order, markdown_table, new_figure
 from ...stats import format_mean_sd, paired_difference
 from .config import DenoisingConfig
 from .data import from_png_base64
-from .experiment import stage1_candidates, trained_depth_name
+from .experiment import stage1_candidates, trained_depth_name, validation_items
 
 __all__ = ["report", "METHODS"]
 
@@ -804,8 +804,5 @@ def _training_figure(jobs, seeds, config):
 
 def _curve_validation(config: DenoisingConfig) -> str:
     """Which validation items the budget curves' rules were fitted on."""
-    if config.curve_validation == "like_test":
-        sigmas, side = config.test_sigmas, config.test_crop
-    else:
-        sigmas, side = config.train_sigmas, config.val_crop
+    side, sigmas, _ = validation_items(config, config.curve_validation == "like_test")
     return f"validation tiles ≤ {side}² at σ = {', '.join(f'{s:g}' for s in sigmas)}"
