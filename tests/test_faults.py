@@ -94,10 +94,11 @@ def start_with_two_workers(out: Path) -> tuple[subprocess.Popen, list[str]]:
 
 
 def workers_of(pid: int) -> list[int]:
-    """The worker processes of a runner (not multiprocessing's resource tracker)."""
-    listed = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(pid)], capture_output=True,
-                            text=True).stdout.splitlines()  # fmt: skip
-    return [int(line.split()[0]) for line in listed if "resource_tracker" not in line]
+    """The worker processes of a runner (not multiprocessing's resource tracker); ``ww``: whole
+    command lines, however long the interpreter's path."""
+    listed = subprocess.run(["ps", "ww", "-o", "pid=,args=", "--ppid", str(pid)],
+                            capture_output=True, text=True).stdout.splitlines()  # fmt: skip
+    return [int(line.split()[0]) for line in listed if "spawn_main" in line]
 
 
 def alive(pid: int) -> bool:
@@ -134,10 +135,12 @@ def test_workers_die_with_a_killed_runner(tmp_path):
     """SIGKILL to the runner (its lock goes with it): no worker goes on writing into the run."""
     out = tmp_path / "run"
     process, args = start_with_two_workers(out)
-    workers = workers_of(process.pid)
+    try:
+        workers = workers_of(process.pid)
+    finally:
+        process.kill()
+        process.communicate(timeout=60)
     assert len(workers) == 2, workers
-    process.kill()
-    process.communicate(timeout=60)
     deadline = time.time() + 30
     while any(alive(pid) for pid in workers) and time.time() < deadline:
         time.sleep(0.1)

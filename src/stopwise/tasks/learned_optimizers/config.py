@@ -164,14 +164,20 @@ class L2SSettings:
     )
 
 
+def _distinct(values: list[str]) -> str | None:
+    return None if len(set(values)) == len(values) else "must not name a family twice"
+
+
 @dataclass
 class LearnedOptimizersConfig(Config):
     families: list[str] = param(
-        list(FAMILIES), choices=FAMILIES, min_len=1, help="function families to run"
-    )
+        list(FAMILIES), choices=FAMILIES, min_len=1, check=_distinct,
+        help="function families to run",
+    )  # fmt: skip
     stop_families: list[str] = param(
-        list(STOP_FAMILIES), choices=STOP_FAMILIES, help="families that also get ACT and L2S-stop"
-    )
+        list(STOP_FAMILIES), choices=STOP_FAMILIES, check=_distinct,
+        help="families that also get ACT and L2S-stop",
+    )  # fmt: skip
     horizon: int = param(100, ge=1, le=10000, help="optimizer steps per function (T)")
     unroll: int = param(20, ge=1, help="truncation of meta-training (steps per window)")
     hidden: int = param(20, ge=1, help="LSTM units per layer")
