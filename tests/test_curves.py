@@ -127,3 +127,35 @@ def test_mean_curve_averages_each_field_over_the_seeds_where_it_is_a_number():
     assert mean_curve([seed_a, seed_b]) == [{"cost": 1.5, "rho": 0.2}, {"cost": 4.0, "rho": 0.5}]
     with pytest.raises(ValueError):
         mean_curve([seed_a, seed_b[:1]])
+
+
+def test_strictly_better_needs_the_interval_over_seeds_above_zero():
+    """DESIGN: a target is met when the interval says so. Three seeds whose lower-half gains
+    average above zero but scatter across it are not strictly better; gains that stay above
+    zero are. The interval is written out with scipy's t quantile."""
+    from scipy.stats import t as student_t
+
+    fixed = [{"mean_steps": 1, "acc": 0.5}, {"mean_steps": 3, "acc": 0.9}]
+    upper = {"mean_steps": 3.0, "acc": 0.9}  # equal to fixed depth at full cost
+
+    def curves(lower_gains):  # one lower-half point per seed at 1 step, gain = acc − 0.5
+        return [[{"mean_steps": 1.0, "acc": 0.5 + g}, upper] for g in lower_gains]
+
+    scattered = [0.10, 0.10, -0.15]
+    verdict = dominance(curves(scattered), [fixed] * 3, "acc", higher_is_better=True)
+    mean, sd = np.mean(scattered), np.std(scattered, ddof=1)
+    lo = mean - student_t.ppf(0.975, 2) * sd / math.sqrt(3)
+    assert mean > 0 > lo
+    assert verdict["best_lower_half_gain"] == pytest.approx(mean)
+    assert verdict["best_lower_half_interval"][0] == pytest.approx(lo, rel=1e-6)
+    assert verdict["dominates"] and not verdict["strictly_better_lower_half"]
+    assert not verdict["met"]
+    assert "strictly in the lower half (its interval above zero) — no" in dominance_line(
+        "scattered", verdict, "points", 100
+    )
+
+    steady = [0.10, 0.12, 0.11]
+    verdict = dominance(curves(steady), [fixed] * 3, "acc", higher_is_better=True)
+    assert verdict["best_lower_half_interval"][0] > 0 and verdict["met"]
+    # one seed has no interval: its gain decides
+    assert dominance(curves([0.1]), [fixed], "acc", higher_is_better=True)["met"]

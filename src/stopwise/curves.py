@@ -87,10 +87,13 @@ def dominance(
     same seed at its cost, signed so that positive means the stop model is better (each seed's
     model against its own fixed depth), with the 95% Student-t interval of that mean over seeds
     (``lo``/``hi``; None for one seed): how far a miss or a gain stands out from seed noise.
-    The curve ``dominates`` when no gain is below ``−tolerance``; it is
+    The curve ``dominates`` when no mean gain is below ``−tolerance``; it is
     ``strictly_better_lower_half`` when some point whose mean cost is at most the middle of the
-    fixed depths' range gains more than ``tolerance``; ``met`` is both. The verdict uses the
-    means; the intervals are reported beside it.
+    fixed depths' range gains more than ``tolerance`` and, over two seeds or more, the whole
+    95% interval of that gain is above ``tolerance`` (a target is met when the interval says
+    so, not when the mean crosses a line; one seed has no interval and is judged by its gain);
+    ``met`` is both. ``best_lower_half_*`` is the lower-half point with the largest such
+    gain, or with the largest mean gain where none is above its noise.
     """
     if not curves or not all(curves) or len({len(c) for c in curves}) != 1:
         raise ValueError("budget curves must be non-empty, one per seed, of equal length")
@@ -112,9 +115,12 @@ def dominance(
     middle = (min(costs) + max(costs)) / 2
     worst = min(gains, key=lambda g: g["gain"])
     lower = [g for g in gains if g["cost"] <= middle]
-    best_lower = max(lower, key=lambda g: g["gain"]) if lower else None
+    separated = [
+        g for g in lower if g["gain"] > tolerance and (g["lo"] is None or g["lo"] > tolerance)
+    ]
+    best_lower = max(separated or lower, key=lambda g: g["gain"]) if lower else None
     dominates = worst["gain"] >= -tolerance
-    strictly = best_lower is not None and best_lower["gain"] > tolerance
+    strictly = bool(separated)
     return {
         "quality": key,
         "cost": x,
@@ -163,8 +169,10 @@ def dominance_line(
     answer = "yes" if verdict["met"] else "no"
     seeds = verdict.get("seeds", 1)
     over = f"; [95% interval over {seeds} seeds]" if seeds > 1 else ""
+    separated = " (its interval above zero)" if seeds > 1 else ""
     return (
-        f"{label}: beats fixed depth at every budget and strictly in the lower half — {answer} "
+        f"{label}: beats fixed depth at every budget and strictly in the lower half{separated} "
+        f"— {answer} "
         f"(worst gain over fixed depth {worst}; {lower}; a positive gain: the stop model is "
         f"better{over})"
     )
