@@ -55,12 +55,12 @@ def exit_logits(model, x: torch.Tensor, chunk: int = 1000) -> torch.Tensor:
     return in_chunks(lambda rows: unroll(model, rows).predictions, x, chunk)
 
 
+@torch.no_grad()
 def exit_hazards(policy, logits: torch.Tensor) -> torch.Tensor:
     """``(N, K)`` float64 hazard logits of ``policy`` at every exit of ``logits (N, K, C)``.
     With :class:`~stopwise.policies.ConfidencePolicy` they are the logits of the max softmax
     probability, so a threshold on them is a threshold on the confidence."""
-    with torch.no_grad():
-        return policy_hazards(policy, logits).double()
+    return policy_hazards(policy, logits).double()
 
 
 def exit_metric(correct: torch.Tensor) -> Callable[[torch.Tensor], dict[str, Any]]:
