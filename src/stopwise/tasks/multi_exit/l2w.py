@@ -116,11 +116,8 @@ def allocate_meta(confidence: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     exits = torch.full((n,), K - 1, dtype=torch.long, device=confidence.device)
     taken = torch.zeros(n, dtype=torch.bool, device=confidence.device)
     for k in range(K - 1):
-        n_k = int(math.floor(n * float(q[k])))
-        if n_k == 0:
-            continue
         free = confidence[:, k].masked_fill(taken, -math.inf)
-        chosen = free.topk(n_k).indices
+        chosen = free.topk(math.floor(n * float(q[k]))).indices
         exits[chosen] = k
         taken[chosen] = True
     return exits

@@ -254,6 +254,11 @@ def _interval_text(d: dict[str, Any] | None) -> str | None:
     return f"{_points(d['mean'], True)} [{_points(d['lo'], True)}, {_points(d['hi'], True)}]"
 
 
+def _section(text: str, rows: list[dict[str, Any]], columns: list[tuple]) -> list[str]:
+    """A paragraph and its table, each after a blank line."""
+    return ["", text, "", markdown_table(rows, columns)]
+
+
 def _table(results: dict[str, Any], config: MultiExitConfig) -> str:
     budgets, labels = results["budgets"], results["budget_labels"]
     heads = [f"{100 * b:g}% MACs ({lab})" for b, lab in zip(budgets, labels, strict=True)]
@@ -325,35 +330,27 @@ def _table(results: dict[str, Any], config: MultiExitConfig) -> str:
             ratio = results["train_seconds_vs_uniform"].get(line["job"], {})
             row["cpu"] = ratio.get("cpu", {}).get("mean") if line["curve"] == "confidence" else None
             paired_rows.append(row)
-        parts += [
-            "",
+        parts += _section(
             f"Paired differences against uniform training (accuracy points, mean over {seeds} "
             "seed(s) with its 95% Student-t interval; each pair shares initial weights and batch "
             "order), and training CPU time relative to uniform:",
-            "",
-            markdown_table(
-                paired_rows,
-                [
-                    ("label", "pair", "s"),
-                    *[(f"b{i}", f"Δ @ {h}", "s") for i, h in enumerate(heads)],
-                    ("cpu", "train CPU × uniform", ".2f"),
-                ],
-            ),
-        ]
+            paired_rows,
+            [
+                ("label", "pair", "s"),
+                *[(f"b{i}", f"Δ @ {h}", "s") for i, h in enumerate(heads)],
+                ("cpu", "train CPU × uniform", ".2f"),
+            ],
+        )
     if results["paired_exits_vs_uniform"]:
         exit_rows = [
             {"label": f"{key} − uniform", **{f"e{k}": _interval_text(d) for k, d in enumerate(ds)}}
             for key, ds in results["paired_exits_vs_uniform"].items()
         ]
-        parts += [
-            "",
+        parts += _section(
             "Per fixed exit (test accuracy points, paired, 95% interval):",
-            "",
-            markdown_table(
-                exit_rows,
-                [("label", "pair", "s"), *[(f"e{k}", f"exit {k + 1}", "s") for k in range(K)]],
-            ),
-        ]
+            exit_rows,
+            [("label", "pair", "s"), *[(f"e{k}", f"exit {k + 1}", "s") for k in range(K)]],
+        )
     real = all(line["adaptive_matches_dense"] for line in results["lines"])
     parts += [
         "",
@@ -368,23 +365,19 @@ def _table(results: dict[str, Any], config: MultiExitConfig) -> str:
     ]
     if timing_rows:
         timing = next(iter(results["timing"].values()))
-        parts += [
-            "",
+        parts += _section(
             "Wall-clock of confidence early exit (run_adaptive, mode='shrink') vs the full network "
             f"(inference.time_adaptive), batch {timing['batch']}, median of {timing['repeats']}:",
-            "",
-            markdown_table(
-                [{**r, "budget": f"{100 * float(r['budget']):g}%"} for r in timing_rows],
-                [
-                    ("job", "job", "s"),
-                    ("budget", "budget", "s"),
-                    ("mac_ratio", "ideal speedup (MAC ratio)", ".2f"),
-                    ("speedup", "measured speedup", ".2f"),
-                    ("speedup_over_mac_ratio", "measured / ideal", ".2f"),
-                    ("seconds", "early exit s", ".3f"),
-                ],
-            ),
-        ]
+            [{**r, "budget": f"{100 * float(r['budget']):g}%"} for r in timing_rows],
+            [
+                ("job", "job", "s"),
+                ("budget", "budget", "s"),
+                ("mac_ratio", "ideal speedup (MAC ratio)", ".2f"),
+                ("speedup", "measured speedup", ".2f"),
+                ("speedup_over_mac_ratio", "measured / ideal", ".2f"),
+                ("seconds", "early exit s", ".3f"),
+            ],
+        )
     if results["weight_log"]:
         weight_rows = []
         for job, log in results["weight_log"].items():
@@ -400,24 +393,20 @@ def _table(results: dict[str, Any], config: MultiExitConfig) -> str:
                     "grad": " / ".join(f"{g:.2g}" for g in log["meta_grad_norm_by_quarter"]),
                 }
             )
-        parts += [
-            "",
+        parts += _section(
             "L2W's weights: meta steps, the weights it ended with on the training rows (range; "
             "5% / 50% / 95% quantiles), the share of negative weights over training, and the "
             "mean meta-gradient norm per quarter of training:",
-            "",
-            markdown_table(
-                weight_rows,
-                [
-                    ("job", "job", "s"),
-                    ("steps", "meta steps", "d"),
-                    ("range", "final w range", "s"),
-                    ("q", "w 5/50/95%", "s"),
-                    ("negative", "negative %", ".2f"),
-                    ("grad", "‖∇φ‖ by quarter", "s"),
-                ],
-            ),
-        ]
+            weight_rows,
+            [
+                ("job", "job", "s"),
+                ("steps", "meta steps", "d"),
+                ("range", "final w range", "s"),
+                ("q", "w 5/50/95%", "s"),
+                ("negative", "negative %", ".2f"),
+                ("grad", "‖∇φ‖ by quarter", "s"),
+            ],
+        )
     return "\n".join(parts)
 
 
