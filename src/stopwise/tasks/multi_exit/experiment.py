@@ -238,16 +238,15 @@ def select_beta(job: Job, context: JobContext) -> dict[str, Any]:
     return {"budgets": config.budgets, "candidates": betas, "chosen": chosen}
 
 
+@torch.no_grad()
 def _final_weights(weight_net, model, splits, config) -> dict[str, Any]:
     """The weights L2W ends with, on every training row (eval mode): their range and
     quantiles, per exit, and the mean weight per exit for the training rows grouped by the exit
     they would take under the meta allocation (q ∝ p^k over the training set)."""
-    with torch.no_grad():
-        logits = exit_logits(model, splits.train_x, config.eval_batch)
-        weights = weight_net(exit_losses(logits, splits.train_y))
-        confidence = torch.softmax(logits, -1).amax(-1)
+    logits = exit_logits(model, splits.train_x, config.eval_batch)
+    weights = weight_net(exit_losses(logits, splits.train_y))
     K = weights.shape[1]
-    groups = allocate_meta(confidence, exit_distribution(config.l2w.p, K))
+    groups = allocate_meta(torch.softmax(logits, -1).amax(-1), exit_distribution(config.l2w.p, K))
     levels = torch.tensor(QUANTILES, dtype=weights.dtype)
     return {
         "min": float(weights.min()),
@@ -266,10 +265,9 @@ def _final_weights(weight_net, model, splits, config) -> dict[str, Any]:
 QUANTILES = [0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99]
 
 
+@torch.no_grad()
 def _weights_vs_loss(weight_net, model, splits, config, rows: int = 1000) -> dict[str, Any]:
     """Learned weights and exit losses of the first ``rows`` training samples (eval mode)."""
     x, y = splits.train_x[:rows], splits.train_y[:rows]
-    with torch.no_grad():
-        losses = exit_losses(exit_logits(model, x, config.eval_batch), y)
-        weights = weight_net(losses)
-    return {"losses": losses.T, "weights": weights.T}
+    losses = exit_losses(exit_logits(model, x, config.eval_batch), y)
+    return {"losses": losses.T, "weights": weight_net(losses).T}

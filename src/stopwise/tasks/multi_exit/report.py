@@ -433,8 +433,7 @@ def _accuracy_figure(lines, by_job, budget_macs, data, colors):
             label=line["label"],
         )
         if line["curve"] == "confidence":
-            records = by_job[line["job"]]
-            fixed = next(iter(records.values()))["fixed_depth"]
+            fixed = next(iter(by_job[line["job"]].values()))["fixed_depth"]
             axes.plot(
                 [p["mean_cost"] / 1e6 for p in fixed],
                 [100 * m for m in line["anytime_accuracy_mean"]],
