@@ -211,11 +211,8 @@ def fashion_splits(
     data = load_fashion_mnist(data_dir)
     folder, source = resolve_data_dir(data_dir)
     info = {"source": f"IDX files in {folder} ({source})"}
-    test = (data["test_x"], data["test_y"])
-    sizes = (val_size, 0, train_size)
-    return _splits(
-        "fashion-mnist", 2, data["train_x"], data["train_y"], sizes, split_seed, info, test
-    )
+    x, y, test = data["train_x"], data["train_y"], (data["test_x"], data["test_y"])
+    return _splits("fashion-mnist", 2, x, y, (val_size, 0, train_size), split_seed, info, test)
 
 
 def mnist1d_splits(
@@ -322,8 +319,7 @@ def load_splits(config) -> Splits:
     """The splits named by ``config.dataset`` with the config's sizes (cached per process: every
     job of a run reads the same data)."""
     c = config
-    noise = tuple(c.mnist1d_noise)
     return _load(
-        c.dataset, c.data_dir, c.val_size, c.test_size, c.train_size, c.split_seed, noise,
-        c.mnist1d_per_level,
+        c.dataset, c.data_dir, c.val_size, c.test_size, c.train_size, c.split_seed,
+        tuple(c.mnist1d_noise), c.mnist1d_per_level,
     )  # fmt: skip

@@ -115,9 +115,13 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
     val_scores = {name: exit_hazards(policy, val_logits) for name, policy in policies.items()}
     fitted = msdnet_thresholds(val_scores["confidence"], costs)
     budgets = [b * float(costs[-1]) for b in config.budgets]
-    rules = {"confidence": [_nearest_msdnet_rule(fitted, b) for b in budgets]}
+    rules = {"confidence": [_msdnet_rule(fitted, "val_mean_cost", b) for b in budgets]}
     for name in learned:
-        rules[name] = [_fit_rule(val_scores[name], b, policy_costs[name]) for b in budgets]
+        # A budget below the first exit's cost gives the cheapest rule (every row at exit 1).
+        cheapest = float(policy_costs[name][0])
+        rules[name] = [
+            fit_threshold(val_scores[name], max(b, cheapest), policy_costs[name]) for b in budgets
+        ]
 
     # The test split, once: fixed exits, budget curves, the rules run for real.
     test_x, test_y = test.open()
@@ -152,27 +156,21 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
         ),
         "curves": curves,
         "adaptive": {
-            name: [
-                {
-                    "budget": budget,
-                    **_run_for_real(
-                        model,
-                        policies[name],
-                        test_x,
-                        test_y,
-                        rule,
-                        test_scores[name],
-                        config,
-                        policy_costs[name],
-                    ),
-                }
-                for budget, rule in zip(config.budgets, rules[name], strict=True)
-            ]
+            name: _run_for_real(
+                model,
+                policies[name],
+                rules[name],
+                policy_costs[name],
+                test_scores[name],
+                test_x,
+                test_y,
+                config,
+            )
             for name in rules
         },
     }
     if splits.test_group is not None:  # MNIST-1D noise levels, at p = 1 (uniform exits)
-        index = stop_indices(test_scores["confidence"], _p_rule(fitted, 1.0))
+        index = stop_indices(test_scores["confidence"], _msdnet_rule(fitted, "p", 1.0))
         levels = splits.info["noise_levels"]
         record["test_groups"] = accuracy_by_group(index, correct, splits.test_group, levels)
     if trained.weight_net is not None:
@@ -187,40 +185,36 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
     return record
 
 
-def _nearest_msdnet_rule(fitted: list[dict[str, Any]], budget: float) -> ScoreThreshold:
-    """MSDNet's thresholds whose validation mean cost is nearest to ``budget``."""
-    point = min(fitted, key=lambda pt: abs(pt["val_mean_cost"] - budget))
+def _msdnet_rule(fitted: list[dict[str, Any]], key: str, value: float) -> ScoreThreshold:
+    """MSDNet's thresholds of the fitted point whose ``key`` (``"val_mean_cost"``: the budget,
+    ``"p"``: the exit distribution q ∝ p^k) is nearest to ``value``."""
+    point = min(fitted, key=lambda pt: abs(pt[key] - value))
     return ScoreThreshold(torch.tensor(point["score_threshold"]))
 
 
-def _fit_rule(val_scores: torch.Tensor, budget: float, costs: torch.Tensor) -> ScoreThreshold:
-    """The score threshold meeting ``budget`` on validation; a budget below the first exit's
-    cost gives the cheapest rule (every row at exit 1)."""
-    return fit_threshold(val_scores, max(budget, float(costs[0])), costs)
-
-
-def _p_rule(fitted: list[dict[str, Any]], p: float) -> ScoreThreshold:
-    """MSDNet's thresholds of the exit distribution q ∝ p^k nearest to ``p``."""
-    point = min(fitted, key=lambda pt: abs(pt["p"] - p))
-    return ScoreThreshold(torch.tensor(point["score_threshold"]))
-
-
+@torch.no_grad()
 def _run_for_real(
-    model, policy, test_x, test_y, rule, test_hazards, config, costs
-) -> dict[str, Any]:
-    """Accuracy and mean cost (cumulative ``costs`` per exit) of ``run_adaptive`` on the test
-    split in the configured mode, and whether its exits equal those the vectorised evaluation
-    picks from the test hazards."""
-
-    with torch.no_grad():
+    model, policy, rules, costs, test_hazards, test_x, test_y, config
+) -> list[dict[str, Any]]:
+    """Per budget: accuracy and mean cost (cumulative ``costs`` per exit) of ``run_adaptive`` with
+    its rule on the test split in the configured mode, and whether its exits equal those the
+    vectorised evaluation picks from the test hazards."""
+    out = []
+    for budget, rule in zip(config.budgets, rules, strict=True):
         result = run_adaptive(
             model, policy, test_x, rule, config.inference_mode, None, costs, config.eval_batch
         )
-    return {
-        "accuracy": float((result.predictions.argmax(-1) == test_y).double().mean()),
-        "mean_cost": float(result.cost.double().mean()),
-        "matches_dense": bool(torch.equal(result.stop_index, stop_indices(test_hazards, rule))),
-    }
+        out.append(
+            {
+                "budget": budget,
+                "accuracy": float((result.predictions.argmax(-1) == test_y).double().mean()),
+                "mean_cost": float(result.cost.double().mean()),
+                "matches_dense": bool(
+                    torch.equal(result.stop_index, stop_indices(test_hazards, rule))
+                ),
+            }
+        )
+    return out
 
 
 def select_beta(job: Job, context: JobContext) -> dict[str, Any]:
@@ -244,16 +238,15 @@ def select_beta(job: Job, context: JobContext) -> dict[str, Any]:
     return {"budgets": config.budgets, "candidates": betas, "chosen": chosen}
 
 
+@torch.no_grad()
 def _final_weights(weight_net, model, splits, config) -> dict[str, Any]:
     """The weights L2W ends with, on every training row (eval mode): their range and
     quantiles, per exit, and the mean weight per exit for the training rows grouped by the exit
     they would take under the meta allocation (q ∝ p^k over the training set)."""
-    with torch.no_grad():
-        logits = exit_logits(model, splits.train_x, config.eval_batch)
-        weights = weight_net(exit_losses(logits, splits.train_y))
-        confidence = torch.softmax(logits, -1).amax(-1)
+    logits = exit_logits(model, splits.train_x, config.eval_batch)
+    weights = weight_net(exit_losses(logits, splits.train_y))
     K = weights.shape[1]
-    groups = allocate_meta(confidence, exit_distribution(config.l2w.p, K))
+    groups = allocate_meta(torch.softmax(logits, -1).amax(-1), exit_distribution(config.l2w.p, K))
     levels = torch.tensor(QUANTILES, dtype=weights.dtype)
     return {
         "min": float(weights.min()),
@@ -272,10 +265,9 @@ def _final_weights(weight_net, model, splits, config) -> dict[str, Any]:
 QUANTILES = [0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99]
 
 
+@torch.no_grad()
 def _weights_vs_loss(weight_net, model, splits, config, rows: int = 1000) -> dict[str, Any]:
     """Learned weights and exit losses of the first ``rows`` training samples (eval mode)."""
     x, y = splits.train_x[:rows], splits.train_y[:rows]
-    with torch.no_grad():
-        losses = exit_losses(exit_logits(model, x, config.eval_batch), y)
-        weights = weight_net(losses)
-    return {"losses": losses.T, "weights": weights.T}
+    losses = exit_losses(exit_logits(model, x, config.eval_batch), y)
+    return {"losses": losses.T, "weights": weight_net(losses).T}

@@ -116,11 +116,8 @@ def allocate_meta(confidence: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     exits = torch.full((n,), K - 1, dtype=torch.long, device=confidence.device)
     taken = torch.zeros(n, dtype=torch.bool, device=confidence.device)
     for k in range(K - 1):
-        n_k = int(math.floor(n * float(q[k])))
-        if n_k == 0:
-            continue
         free = confidence[:, k].masked_fill(taken, -math.inf)
-        chosen = free.topk(n_k).indices
+        chosen = free.topk(math.floor(n * float(q[k]))).indices
         exits[chosen] = k
         taken[chosen] = True
     return exits
@@ -137,8 +134,7 @@ def _sgd_settings(model: nn.Module, optimizer: torch.optim.Optimizer):
             raise ValueError(f"parameter {name!r} is not in the optimizer")
         if group_of[id(p)].get("maximize", False):
             raise ValueError("maximize=True is not supported by the virtual step")
-    real = dict(model.named_parameters())
-    return real, group_of
+    return dict(model.named_parameters()), group_of
 
 
 def sgd_virtual_step(
@@ -162,11 +158,8 @@ def sgd_virtual_step(
             d = d + group["weight_decay"] * theta
         momentum = group["momentum"]
         if momentum != 0:
-            previous = optimizer.state.get(real[name], {}).get("momentum_buffer")
-            if previous is None:
-                buf = d
-            else:
-                buf = momentum * previous + (1 - group["dampening"]) * d
+            prev = optimizer.state.get(real[name], {}).get("momentum_buffer")
+            buf = d if prev is None else momentum * prev + (1 - group["dampening"]) * d
             d = d + momentum * buf if group["nesterov"] else buf
         out[name] = theta - group["lr"] * d
     return out
@@ -252,8 +245,7 @@ def meta_gradient(
             grads = torch.autograd.grad(inner, list(real.values()), create_graph=True)
             virtual = sgd_virtual_step(model, optimizer, real, dict(zip(real, grads, strict=True)))
             value = meta_objective(functional_call(model, virtual, (x_me,)), y_me, q, meta_loss)
-            grads_phi = torch.autograd.grad(value, phi)
-            return list(grads_phi), {"meta_loss": float(value.detach())}
+            return list(torch.autograd.grad(value, phi)), {"meta_loss": float(value.detach())}
 
         point = {k: p.detach() for k, p in real.items()}
         if lookahead:

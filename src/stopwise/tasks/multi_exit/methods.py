@@ -30,14 +30,7 @@ import torch
 
 from ...contract import JobContext
 from ...objectives import weighted_exit_loss
-from ...training import (
-    EpochBatches,
-    fit_gain_head,
-    fit_oracle,
-    fit_policy,
-    fit_predictor,
-    optimize,
-)
+from ...training import EpochBatches, fit_gain_head, fit_oracle, fit_policy, fit_predictor, optimize
 from .config import MultiExitConfig
 from .data import Splits
 from .l2w import MetaStep, WeightNet
@@ -157,10 +150,7 @@ def train_method(
         return EpochBatches(data, config.batch_size, context.stream_seed(stream))
 
     optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=config.lr,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
+        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
     common = {
         "optimizer": optimizer,
@@ -193,10 +183,17 @@ def train_method(
             )  # fmt: skip
         else:
             raise ValueError(f"unknown method {method!r}")
-    if method == "l2s":
+    if method == "l2s":  # stage II on the frozen backbone, imitating the oracle of temperature β
+        c = config.l2s
         with context.timed("policy"):
-            context.manual_seed("l2s-policy-init")
-            trained.policy = _train_policy(model, batches("policy-batches"), config, beta, common)
+            context.manual_seed("l2s-policy-init")  # the policy starts from torch's generator
+            policy = ExitPolicy(K, tuple(c.policy_hidden))
+            fit_policy(
+                model, policy, batches("policy-batches"), exit_losses,
+                torch.optim.Adam(policy.parameters(), lr=c.policy_lr), c.policy_updates, beta=beta,
+                hard=c.hard, settings=common["settings"], stage="stage2",
+            )  # fmt: skip
+            trained.policy = policy.eval()
     return trained
 
 
@@ -215,8 +212,7 @@ def _train_l2w(
     step every ``l2w.interval`` updates, before the real one: the virtual step on the training
     batch and the meta loss on a separate batch as large (``meta_batch="full"``, drawn from the
     training rows with its own stream), or on the two halves of the training batch (``"half"``)."""
-    c, K, optimizer = config.l2w, model.max_steps, common["optimizer"]
-    updates = common["num_steps"]
+    c, K, optimizer, updates = config.l2w, model.max_steps, common["optimizer"], common["num_steps"]
     weight_net = WeightNet(K, c.hidden, c.delta, c.clamp, c.output_init)
     meta_optimizer = torch.optim.Adam(weight_net.parameters(), lr=c.meta_lr, weight_decay=c.meta_wd)
     meta = MetaStep(weight_net, meta_optimizer, c.p, mode, meta_loss)
@@ -246,26 +242,9 @@ def _train_l2w(
         }
 
     model.train()
-    state = {
-        "model": model,
-        "weight_net": weight_net,
-        "meta_optimizer": meta_optimizer,
-        "weight_log": log,
-    }
+    state = dict(model=model, weight_net=weight_net, meta_optimizer=meta_optimizer, weight_log=log)
     optimize("train", loss_and_metrics=loss, state=state, **common)
     return Trained(updates, weight_net=weight_net, weight_log=log.summary())
-
-
-def _train_policy(model, batches, config: MultiExitConfig, beta: float, common) -> ExitPolicy:
-    """L2S stage II on the frozen backbone, imitating the oracle of temperature ``beta`` (the
-    policy is initialised from torch's global generator)."""
-    c = config.l2s
-    policy = ExitPolicy(model.max_steps, tuple(c.policy_hidden))
-    fit_policy(
-        model, policy, batches, exit_losses, torch.optim.Adam(policy.parameters(), lr=c.policy_lr),
-        c.policy_updates, beta=beta, hard=c.hard, settings=common["settings"], stage="stage2",
-    )  # fmt: skip
-    return policy.eval()
 
 
 def head_costs(model: MultiExitCNN, head: ExitPolicy) -> torch.Tensor:

@@ -55,12 +55,12 @@ def exit_logits(model, x: torch.Tensor, chunk: int = 1000) -> torch.Tensor:
     return in_chunks(lambda rows: unroll(model, rows).predictions, x, chunk)
 
 
+@torch.no_grad()
 def exit_hazards(policy, logits: torch.Tensor) -> torch.Tensor:
     """``(N, K)`` float64 hazard logits of ``policy`` at every exit of ``logits (N, K, C)``.
     With :class:`~stopwise.policies.ConfidencePolicy` they are the logits of the max softmax
     probability, so a threshold on them is a threshold on the confidence."""
-    with torch.no_grad():
-        return policy_hazards(policy, logits).double()
+    return policy_hazards(policy, logits).double()
 
 
 def exit_metric(correct: torch.Tensor) -> Callable[[torch.Tensor], dict[str, Any]]:
@@ -84,18 +84,11 @@ def msdnet_thresholds(
 ) -> list[dict[str, Any]]:
     """For each p, MSDNet's per-exit thresholds fitted on validation scores ``(N, K)`` for
     q_k ∝ p^k, and the mean cost they give there: ``[{"p", "score_threshold", "val_mean_cost"}]``."""
-    K = val_scores.shape[1]
     points = []
     for p in p_grid:
-        thresholds = fit_exit_thresholds(val_scores, exit_distribution(p, K))
-        index = stop_indices(val_scores, ScoreThreshold(thresholds))
-        points.append(
-            {
-                "p": p,
-                "score_threshold": thresholds.tolist(),
-                "val_mean_cost": float(costs[index].mean()),
-            }
-        )
+        thresholds = fit_exit_thresholds(val_scores, exit_distribution(p, val_scores.shape[1]))
+        cost = float(costs[stop_indices(val_scores, ScoreThreshold(thresholds))].mean())
+        points.append({"p": p, "score_threshold": thresholds.tolist(), "val_mean_cost": cost})
     return points
 
 
@@ -109,14 +102,8 @@ def apply_thresholds(
     curve = []
     for point in fitted:
         index = stop_indices(test_scores, ScoreThreshold(torch.tensor(point["score_threshold"])))
-        curve.append(
-            {
-                **point,
-                "mean_cost": float(costs[index].mean()),
-                "mean_steps": float((index + 1).double().mean()),
-                **test_metric(index),
-            }
-        )
+        cost, steps = float(costs[index].mean()), float((index + 1).double().mean())
+        curve.append({**point, "mean_cost": cost, "mean_steps": steps, **test_metric(index)})
     return curve
 
 
@@ -126,10 +113,9 @@ def with_validation_accuracy(
     """Add ``val_accuracy`` to every curve point: its rule (thresholds, and a mix where the
     point has one) applied to the validation scores ``(N, K)`` it was fitted on, scored with
     ``val_correct (N, K)``."""
-    rows = torch.arange(val_correct.shape[0])
+    metric = exit_metric(val_correct)
     for point in points:
-        index = stop_indices(val_scores, point_rule(point)).cpu()
-        point["val_accuracy"] = float(val_correct[rows, index].double().mean())
+        point["val_accuracy"] = metric(stop_indices(val_scores, point_rule(point)))["accuracy"]
     return points
 
 
@@ -142,8 +128,7 @@ def accuracy_at_budgets(
     """Accuracy linearly interpolated at each budget along a curve (by default the test
     accuracy over the mean test cost; ``cost="val_mean_cost", accuracy="val_accuracy"`` reads
     the validation curve); None outside the curve's range of costs. It chooses nothing."""
-    pairs = sorted((pt[cost], pt[accuracy]) for pt in points)
-    x, y = np.array([a for a, _ in pairs]), np.array([b for _, b in pairs])
+    x, y = np.array(sorted((pt[cost], pt[accuracy]) for pt in points)).T
     return [
         float(np.interp(b, x, y)) if x[0] - 1e-9 <= b <= x[-1] + 1e-9 else None for b in budgets
     ]
@@ -166,14 +151,9 @@ def choose_on_validation(
     picks = []
     for i in range(len(budgets)):
         reached = [n for n in curves if val[n][i] is not None]
-        best = max(reached, key=lambda n: val[n][i]) if reached else None
-        picks.append(
-            {
-                "choice": best,
-                "val_accuracy": None if best is None else val[best][i],
-                "accuracy": None if best is None else test[best][i],
-            }
-        )
+        best = max(reached, key=lambda n: val[n][i], default=None)
+        val_acc, acc = (None, None) if best is None else (val[best][i], test[best][i])
+        picks.append({"choice": best, "val_accuracy": val_acc, "accuracy": acc})
     return picks
 
 

@@ -6,8 +6,9 @@ the first possibly strided, each followed by batch norm and ReLU); exit head k (
 convolution, batch norm, ReLU, global average pooling and a linear layer, like MSDNet's
 classifiers, Huang et al. 2018 §4) turns it into class logits. The same code builds the 2-D
 network for images ``(B, 1, H, W)`` and the 1-D one for signals ``(B, 1, L)``. The state is
-``{"h": feature map, "logits": (B, C)}``; ``predict`` and ``features`` return the logits of exit
-t (a stopping policy sees only them); ``forward(x)`` returns all exits, ``(B, K, C)``.
+``{"h": feature map, "logits": (B, C)}``; ``predict`` (and so the default ``features``) returns
+the logits of exit t (a stopping policy sees only them); ``forward(x)`` returns all exits,
+``(B, K, C)``.
 
 :func:`count_step_macs` counts the multiply-adds of convolutions and linear layers (batch norm,
 ReLU, pooling and the softmax are not counted) once, with forward hooks on a batch of one. A
@@ -75,15 +76,9 @@ class BatchNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         track = not self.training or self.update_stats
+        stats = (self.running_mean, self.running_var) if track else (None, None)
         return F.batch_norm(
-            x,
-            self.running_mean if track else None,
-            self.running_var if track else None,
-            self.weight,
-            self.bias,
-            self.training,
-            self.momentum,
-            self.eps,
+            x, *stats, self.weight, self.bias, self.training, self.momentum, self.eps
         )
 
 
@@ -205,12 +200,6 @@ class MultiExitCNN(StepModel):
     def predict(self, state: dict[str, torch.Tensor], t: int) -> torch.Tensor:
         return state["logits"]
 
-    def features(self, state: dict[str, torch.Tensor], t: int) -> torch.Tensor:
-        return state["logits"]
-
-    def observe(self, state: dict[str, torch.Tensor], t: int):
-        return state["logits"], state["logits"]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, K, C)`` logits of every exit (training and ``functional_call``)."""
         return unroll(self, x).predictions
@@ -258,16 +247,17 @@ def module_macs(module: nn.Module, output: torch.Tensor) -> int:
 @contextmanager
 def _macs_counted(model: nn.Module) -> Iterator[list[int]]:
     """While open, every conv and linear layer of ``model`` adds its multiply-adds (for the batch
-    of one it runs on) to the yielded counter ``[macs]``."""
-    counted = [0]
+    of one it runs on) to the last entry of the yielded list; append a 0 before each step to
+    count it apart. The first entry holds what runs before the first step (not a step's)."""
+    per_step = [0]
 
     def hook(module, inputs, output):
-        counted[0] += module_macs(module, output)
+        per_step[-1] += module_macs(module, output)
 
     layers = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd | nn.Linear)]
     handles = [m.register_forward_hook(hook) for m in layers]
     try:
-        yield counted
+        yield per_step
     finally:
         for handle in handles:
             handle.remove()
@@ -285,17 +275,15 @@ def count_step_macs(model: StepModel, example: torch.Tensor) -> torch.Tensor:
     was_training = model.training
     model.eval()
     try:
-        with _macs_counted(model) as counted:
+        with _macs_counted(model) as per_step:
             state = model.start(example)
-            per_step = []
             for t in range(model.max_steps):
-                counted[0] = 0
+                per_step.append(0)
                 state = model.advance(state, t)
                 model.predict(state, t)
-                per_step.append(counted[0])
     finally:
         model.train(was_training)
-    return torch.cumsum(torch.tensor(per_step, dtype=torch.float64), dim=0)
+    return torch.cumsum(torch.tensor(per_step[1:], dtype=torch.float64), dim=0)
 
 
 @torch.no_grad()
@@ -303,13 +291,11 @@ def count_policy_macs(policy: nn.Module, exits: int, classes: int) -> torch.Tens
     """``(K,)`` float64 cumulative multiply-adds per sample of a policy over exit logits
     ``(B, classes)`` asked at exits 1..k (its conv and linear layers; like the softmax of the
     exits, the features it computes from the logits are not counted)."""
-    with _macs_counted(policy) as counted:
-        per_exit = []
+    with _macs_counted(policy) as per_exit:
         for t in range(exits):
-            counted[0] = 0
+            per_exit.append(0)
             policy(torch.zeros(1, classes), t)
-            per_exit.append(counted[0])
-    return torch.cumsum(torch.tensor(per_exit, dtype=torch.float64), dim=0)
+    return torch.cumsum(torch.tensor(per_exit[1:], dtype=torch.float64), dim=0)
 
 
 @torch.no_grad()
@@ -398,11 +384,7 @@ def inference_copy(
     return fast
 
 
-def _exit_policy_example():
-    return ExitPolicy(3, hidden=(8,)), torch.randn(6, 10), 3
-
-
-@register_policy("exit-mlp", _exit_policy_example)
+@register_policy("exit-mlp", lambda: (ExitPolicy(3, hidden=(8,)), torch.randn(6, 10), 3))
 class ExitPolicy(nn.Module):
     """L2S stage-II policy for a classifier: exit logits ``(B, C)`` → ``(B,)`` hazard logits, an
     MLP over :func:`~stopwise.policies.classifier_features` (max probability, entropy, margin)

@@ -30,7 +30,7 @@ def budget_labels(n: int) -> list[str]:
 CURVES = {"confidence": "confidence thresholds", "policy": "policy", "gain": "gain head"}
 
 
-def _label(name: str, params: dict[str, Any], curve: str) -> str:
+def _label(params: dict[str, Any], curve: str) -> str:
     """The table label of one (job, stop model)."""
     method = params["method"]
     if method == SELECT_L2S:
@@ -55,12 +55,18 @@ def _columns(rows_per_seed: list[list[dict[str, Any]]], key: str) -> list[list[A
     return [[row.get(key) for row in rows] for rows in zip(*rows_per_seed, strict=True)]
 
 
-def _budget_stats(per_seed: dict[int, list[float | None]]) -> list[tuple]:
-    """Mean and sd over the seeds that reach each budget."""
+def _budget_stats(per_seed: dict[int, list[float | None]]) -> dict[str, Any]:
+    """A line's accuracy at the budgets: mean and sd over the seeds that reach each budget, and
+    per seed."""
     columns = [
         [v for v in column if v is not None] for column in zip(*per_seed.values(), strict=True)
     ]
-    return [mean_sd(column) if column else (None, None) for column in columns]
+    stats = [mean_sd(column) if column else (None, None) for column in columns]
+    return {
+        "budget_accuracy_mean": [m for m, _ in stats],
+        "budget_accuracy_sd": [sd for _, sd in stats],
+        "budget_accuracy_per_seed": per_seed,
+    }
 
 
 def _line(name, params, curve, records: dict[int, dict[str, Any]], budget_macs, epochs):
@@ -69,19 +75,14 @@ def _line(name, params, curve, records: dict[int, dict[str, Any]], budget_macs, 
     seeds = sorted(records)
     curves = [records[s]["curves"][curve] for s in seeds]
     per_seed = {s: accuracy_at_budgets(c, budget_macs) for s, c in zip(seeds, curves, strict=True)}
-    at_budgets = _budget_stats(per_seed)
     fixed = [records[s]["fixed_depth"] for s in seeds]
     exits = [mean_sd(c) for c in _columns(fixed, "accuracy")]
     adaptive = [records[s]["adaptive"][curve] for s in seeds]
     train = statistics.fmean(records[s]["train_seconds"] for s in seeds)
+    columns = (_columns(curves, key) for key in ("p", "mean_cost", "accuracy"))
     curve_mean = [
         {"p": p[0], "mean_cost": statistics.fmean(c), "accuracy": statistics.fmean(a)}
-        for p, c, a in zip(
-            _columns(curves, "p"),
-            _columns(curves, "mean_cost"),
-            _columns(curves, "accuracy"),
-            strict=True,
-        )
+        for p, c, a in zip(*columns, strict=True)
     ]
     return {
         "key": _key(name, curve),
@@ -89,11 +90,9 @@ def _line(name, params, curve, records: dict[int, dict[str, Any]], budget_macs, 
         "method": params["method"],
         "beta": params.get("beta"),
         "curve": curve,
-        "label": _label(name, params, curve),
+        "label": _label(params, curve),
         "seeds": seeds,
-        "budget_accuracy_mean": [m for m, _ in at_budgets],
-        "budget_accuracy_sd": [sd for _, sd in at_budgets],
-        "budget_accuracy_per_seed": per_seed,
+        **_budget_stats(per_seed),
         "anytime_accuracy_mean": [m for m, _ in exits],
         "anytime_accuracy_sd": [sd for _, sd in exits],
         "anytime_accuracy_per_seed": {
@@ -125,17 +124,14 @@ def _dominance(curves, fixed) -> dict[str, Any]:
 def _selected_line(curve: str, records: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """L2S with β chosen on validation per budget: the chosen β and its test accuracy."""
     per_seed = {s: [pick["accuracy"] for pick in r["chosen"][curve]] for s, r in records.items()}
-    at_budgets = _budget_stats(per_seed)
     return {
         "key": _key("l2s", curve),
         "job": "l2s",
         "method": SELECT_L2S,
         "curve": curve,
-        "label": _label("l2s", {"method": SELECT_L2S}, curve),
+        "label": _label({"method": SELECT_L2S}, curve),
         "seeds": sorted(records),
-        "budget_accuracy_mean": [m for m, _ in at_budgets],
-        "budget_accuracy_sd": [sd for _, sd in at_budgets],
-        "budget_accuracy_per_seed": per_seed,
+        **_budget_stats(per_seed),
         "chosen_beta_per_seed": {
             s: [pick["beta"] for pick in r["chosen"][curve]] for s, r in records.items()
         },
@@ -145,11 +141,9 @@ def _selected_line(curve: str, records: dict[int, dict[str, Any]]) -> dict[str, 
 def _paired(a: dict[int, list], b: dict[int, list], i: int) -> dict[str, Any] | None:
     """a − b at budget ``i`` over the seeds where both curves reach it (None if none do)."""
     seeds = [s for s in a if s in b and a[s][i] is not None and b[s][i] is not None]
-    return (
-        paired_difference({s: a[s][i] for s in seeds}, {s: b[s][i] for s in seeds})
-        if seeds
-        else None
-    )
+    if not seeds:
+        return None
+    return paired_difference({s: a[s][i] for s in seeds}, {s: b[s][i] for s in seeds})
 
 
 def _cost_ratio(records, uniform, key: str) -> dict[str, Any]:
@@ -179,26 +173,23 @@ def report(results: list[JobResult], config: MultiExitConfig) -> Report:
         for curve in ("confidence", "policy")
         if any(pick["job"] for pick in next(iter(records.values()))["chosen"][curve])
     ]
+    by_key = {line["key"]: line for line in lines}
     paired, paired_exits, cost_ratio = {}, {}, {}
     if "uniform" in by_job:
-        base = next(line for line in lines if line["key"] == "uniform")["budget_accuracy_per_seed"]
-        uniform_line = next(line for line in lines if line["key"] == "uniform")
+        uniform_line = by_key["uniform"]
         for line in lines + selected:
             if line["key"] != "uniform":
-                mine = line["budget_accuracy_per_seed"]
+                mine, base = (x["budget_accuracy_per_seed"] for x in (line, uniform_line))
                 paired[line["key"]] = [_paired(mine, base, i) for i in range(len(budget_macs))]
                 if line["curve"] == "confidence" and "anytime_accuracy_per_seed" in line:
-                    mine, theirs = (x["anytime_accuracy_per_seed"] for x in (line, uniform_line))
-                    paired_exits[line["key"]] = [
-                        _paired(mine, theirs, k) for k in range(len(costs))
-                    ]
+                    mine, base = (x["anytime_accuracy_per_seed"] for x in (line, uniform_line))
+                    paired_exits[line["key"]] = [_paired(mine, base, k) for k in range(len(costs))]
         uniform = by_job["uniform"]
         for name, records in trained.items():
             cost_ratio[name] = {
                 "cpu": _cost_ratio(records, uniform, "train_cpu_seconds"),
                 "wall": _cost_ratio(records, uniform, "train_seconds"),
             }
-    by_key = {line["key"]: line for line in lines}
     gain_vs_confidence = {
         line["job"]: paired_difference(
             line["worst_gain_per_seed"], by_key[line["job"]]["worst_gain_per_seed"]
@@ -263,17 +254,20 @@ def _interval_text(d: dict[str, Any] | None) -> str | None:
     return f"{_points(d['mean'], True)} [{_points(d['lo'], True)}, {_points(d['hi'], True)}]"
 
 
+def _section(text: str, rows: list[dict[str, Any]], columns: list[tuple]) -> list[str]:
+    """A paragraph and its table, each after a blank line."""
+    return ["", text, "", markdown_table(rows, columns)]
+
+
 def _table(results: dict[str, Any], config: MultiExitConfig) -> str:
     budgets, labels = results["budgets"], results["budget_labels"]
     heads = [f"{100 * b:g}% MACs ({lab})" for b, lab in zip(budgets, labels, strict=True)]
     K = len(results["step_costs"])
     rows = []
     for line in results["lines"] + results["l2s_selected"]:
-        row = {"label": line["label"], "sec": line.get("seconds_per_epoch_mean")}
-        for i, (m, sd) in enumerate(
-            zip(line["budget_accuracy_mean"], line["budget_accuracy_sd"], strict=True)
-        ):
-            row[f"b{i}"] = _mean_sd_text(m, sd)
+        at_budgets = zip(line["budget_accuracy_mean"], line["budget_accuracy_sd"], strict=True)
+        row = {f"b{i}": _mean_sd_text(m, sd) for i, (m, sd) in enumerate(at_budgets)}
+        row.update(label=line["label"], sec=line.get("seconds_per_epoch_mean"))
         if "anytime_accuracy_mean" in line:
             row["anytime"] = " / ".join(_points(m) for m in line["anytime_accuracy_mean"])
             row["val"] = " / ".join(_points(m) for m in line["val_anytime_accuracy_mean"])
@@ -336,35 +330,27 @@ def _table(results: dict[str, Any], config: MultiExitConfig) -> str:
             ratio = results["train_seconds_vs_uniform"].get(line["job"], {})
             row["cpu"] = ratio.get("cpu", {}).get("mean") if line["curve"] == "confidence" else None
             paired_rows.append(row)
-        parts += [
-            "",
+        parts += _section(
             f"Paired differences against uniform training (accuracy points, mean over {seeds} "
             "seed(s) with its 95% Student-t interval; each pair shares initial weights and batch "
             "order), and training CPU time relative to uniform:",
-            "",
-            markdown_table(
-                paired_rows,
-                [
-                    ("label", "pair", "s"),
-                    *[(f"b{i}", f"Δ @ {h}", "s") for i, h in enumerate(heads)],
-                    ("cpu", "train CPU × uniform", ".2f"),
-                ],
-            ),
-        ]
+            paired_rows,
+            [
+                ("label", "pair", "s"),
+                *[(f"b{i}", f"Δ @ {h}", "s") for i, h in enumerate(heads)],
+                ("cpu", "train CPU × uniform", ".2f"),
+            ],
+        )
     if results["paired_exits_vs_uniform"]:
         exit_rows = [
             {"label": f"{key} − uniform", **{f"e{k}": _interval_text(d) for k, d in enumerate(ds)}}
             for key, ds in results["paired_exits_vs_uniform"].items()
         ]
-        parts += [
-            "",
+        parts += _section(
             "Per fixed exit (test accuracy points, paired, 95% interval):",
-            "",
-            markdown_table(
-                exit_rows,
-                [("label", "pair", "s"), *[(f"e{k}", f"exit {k + 1}", "s") for k in range(K)]],
-            ),
-        ]
+            exit_rows,
+            [("label", "pair", "s"), *[(f"e{k}", f"exit {k + 1}", "s") for k in range(K)]],
+        )
     real = all(line["adaptive_matches_dense"] for line in results["lines"])
     parts += [
         "",
@@ -379,23 +365,19 @@ def _table(results: dict[str, Any], config: MultiExitConfig) -> str:
     ]
     if timing_rows:
         timing = next(iter(results["timing"].values()))
-        parts += [
-            "",
+        parts += _section(
             "Wall-clock of confidence early exit (run_adaptive, mode='shrink') vs the full network "
             f"(inference.time_adaptive), batch {timing['batch']}, median of {timing['repeats']}:",
-            "",
-            markdown_table(
-                [{**r, "budget": f"{100 * float(r['budget']):g}%"} for r in timing_rows],
-                [
-                    ("job", "job", "s"),
-                    ("budget", "budget", "s"),
-                    ("mac_ratio", "ideal speedup (MAC ratio)", ".2f"),
-                    ("speedup", "measured speedup", ".2f"),
-                    ("speedup_over_mac_ratio", "measured / ideal", ".2f"),
-                    ("seconds", "early exit s", ".3f"),
-                ],
-            ),
-        ]
+            [{**r, "budget": f"{100 * float(r['budget']):g}%"} for r in timing_rows],
+            [
+                ("job", "job", "s"),
+                ("budget", "budget", "s"),
+                ("mac_ratio", "ideal speedup (MAC ratio)", ".2f"),
+                ("speedup", "measured speedup", ".2f"),
+                ("speedup_over_mac_ratio", "measured / ideal", ".2f"),
+                ("seconds", "early exit s", ".3f"),
+            ],
+        )
     if results["weight_log"]:
         weight_rows = []
         for job, log in results["weight_log"].items():
@@ -411,24 +393,20 @@ def _table(results: dict[str, Any], config: MultiExitConfig) -> str:
                     "grad": " / ".join(f"{g:.2g}" for g in log["meta_grad_norm_by_quarter"]),
                 }
             )
-        parts += [
-            "",
+        parts += _section(
             "L2W's weights: meta steps, the weights it ended with on the training rows (range; "
             "5% / 50% / 95% quantiles), the share of negative weights over training, and the "
             "mean meta-gradient norm per quarter of training:",
-            "",
-            markdown_table(
-                weight_rows,
-                [
-                    ("job", "job", "s"),
-                    ("steps", "meta steps", "d"),
-                    ("range", "final w range", "s"),
-                    ("q", "w 5/50/95%", "s"),
-                    ("negative", "negative %", ".2f"),
-                    ("grad", "‖∇φ‖ by quarter", "s"),
-                ],
-            ),
-        ]
+            weight_rows,
+            [
+                ("job", "job", "s"),
+                ("steps", "meta steps", "d"),
+                ("range", "final w range", "s"),
+                ("q", "w 5/50/95%", "s"),
+                ("negative", "negative %", ".2f"),
+                ("grad", "‖∇φ‖ by quarter", "s"),
+            ],
+        )
     return "\n".join(parts)
 
 
@@ -455,8 +433,7 @@ def _accuracy_figure(lines, by_job, budget_macs, data, colors):
             label=line["label"],
         )
         if line["curve"] == "confidence":
-            records = by_job[line["job"]]
-            fixed = next(iter(records.values()))["fixed_depth"]
+            fixed = next(iter(by_job[line["job"]].values()))["fixed_depth"]
             axes.plot(
                 [p["mean_cost"] / 1e6 for p in fixed],
                 [100 * m for m in line["anytime_accuracy_mean"]],
