@@ -15,7 +15,6 @@ __all__ = [
     "ParityBatch",
     "check_k_range",
     "sample_parity",
-    "parity_targets",
     "evaluation_set",
     "first_training_batches",
 ]
@@ -42,11 +41,6 @@ def check_k_range(n: int, k_range: tuple[int, int] | list[int]) -> tuple[int, in
     return lo, hi
 
 
-def parity_targets(x: torch.Tensor) -> torch.Tensor:
-    """``(B,)`` float: 1 where the count of +1 entries of ``x (B, n)`` is odd."""
-    return ((x > 0).sum(-1) % 2).to(torch.float32)
-
-
 def sample_parity(
     batch: int, n: int, k_range: tuple[int, int] | list[int], generator: torch.Generator
 ) -> ParityBatch:
@@ -59,7 +53,7 @@ def sample_parity(
     chosen = rank < k.unsqueeze(-1)
     signs = torch.randint(0, 2, (batch, n), generator=generator) * 2 - 1
     x = (chosen * signs).to(torch.float32)
-    return ParityBatch(x, parity_targets(x), k)
+    return ParityBatch(x, ((x > 0).sum(-1) % 2).to(torch.float32), k)  # 1: odd count of +1
 
 
 def evaluation_set(config, split: str, generator: torch.Generator) -> ParityBatch:
