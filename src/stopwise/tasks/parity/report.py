@@ -27,18 +27,8 @@ __all__ = [
     "budget_curve_table",
 ]
 
-# one marker per rule of RULES
-_MARKERS = {
-    "fixed": "s",
-    "act": "o",
-    "sample": "^",
-    "median": "v",
-    "hazard": "D",
-    "greedy": "P",
-    "mode": "*",
-    "sample-q": "<",
-    "median-q": ">",
-}
+# one marker per rule of RULES, in its order
+_MARKERS = dict(zip(RULES, "so^vDP*<>", strict=True))
 # what one summary line aggregates over seeds; a setting is (value, lr)
 _LINE_KEYS = ("method", "variant", "value", "lr", "rule")
 
@@ -84,10 +74,8 @@ def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     first = rows[0]
     method = METHODS[first["method"]]
     interpolation = [r["interpolation"] for r in rows]
-    per_k: dict[int, list[dict]] = defaultdict(list)
-    for row in rows:
-        for entry in row["per_k"]:
-            per_k[entry["k"]].append(entry)
+    entries = [entry for row in rows for entry in row["per_k"]]
+    accuracy, steps = _mean_by_k(entries, "accuracy"), _mean_by_k(entries, "mean_steps")
     return {
         **{k: first[k] for k in _LINE_KEYS},
         "label": method.variant_label(first["variant"]),
@@ -109,14 +97,7 @@ def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "validation_steps": _mean([r["validation_steps"] for r in rows]),
         "train_seconds": _mean([r["train_seconds"] for r in rows]),
         **_halting_at_step_1(rows),
-        "per_k": [
-            {
-                "k": k,
-                "accuracy": _mean([e["accuracy"] for e in entries]),
-                "mean_steps": _mean([e["mean_steps"] for e in entries]),
-            }
-            for k, entries in sorted(per_k.items())
-        ],
+        "per_k": [{"k": k, "accuracy": accuracy[k], "mean_steps": steps[k]} for k in accuracy],
     }
 
 
@@ -125,16 +106,20 @@ def _halting_at_step_1(rows: list[dict[str, Any]]) -> dict[str, Any]:
     shares = [r["halting_at_step_1"] for r in rows if "halting_at_step_1" in r]
     if not shares:
         return {}
-    per_k: dict[int, list[float]] = defaultdict(list)
-    for share in shares:
-        for entry in share["per_k"]:
-            per_k[entry["k"]].append(entry["share"])
     return {
         "halting_at_step_1": {
             "overall": _mean([s["overall"] for s in shares]),
-            "per_k": {k: _mean(v) for k, v in sorted(per_k.items())},
+            "per_k": _mean_by_k([e for s in shares for e in s["per_k"]], "share"),
         }
     }
+
+
+def _mean_by_k(entries: list[dict[str, Any]], key: str) -> dict[int, float | None]:
+    """The mean of ``entry[key]`` over per-k entries (of every seed), by k in increasing order."""
+    by_k: dict[int, list[float]] = defaultdict(list)
+    for entry in entries:
+        by_k[entry["k"]].append(entry[key])
+    return {k: _mean(values) for k, values in sorted(by_k.items())}
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -332,8 +317,7 @@ def tables(lines: list[dict[str, Any]], paired: list[dict[str, Any]], config: Pa
     if sensitivity:
         parts += ["", "Sensitivity to each method's hyperparameter (first rule):", ""]
         parts += [lines_table(sensitivity)]
-    act = [line for line in lines if "halting_at_step_1" in line]
-    if act:
+    if any("halting_at_step_1" in line for line in lines):
         parts += [
             "",
             "ACT: share (%) of training inputs halting at step 1, by k (mean over seeds):",
