@@ -13,7 +13,6 @@ import torch
 
 __all__ = [
     "ParityBatch",
-    "check_k_range",
     "sample_parity",
     "evaluation_set",
     "first_training_batches",
@@ -29,8 +28,10 @@ class ParityBatch(NamedTuple):
     k: torch.Tensor
 
 
-def check_k_range(n: int, k_range: tuple[int, int] | list[int]) -> tuple[int, int]:
-    """Validate ``[lo, hi]`` against ``n`` and return it as a tuple."""
+def sample_parity(
+    batch: int, n: int, k_range: tuple[int, int] | list[int], generator: torch.Generator
+) -> ParityBatch:
+    """Draw ``batch`` parity vectors of length ``n`` with ``k`` uniform on ``k_range`` (on CPU)."""
     if n < 1:
         raise ValueError(f"parity needs n >= 1 elements; got n={n}")
     if len(k_range) != 2:
@@ -38,14 +39,6 @@ def check_k_range(n: int, k_range: tuple[int, int] | list[int]) -> tuple[int, in
     lo, hi = int(k_range[0]), int(k_range[1])
     if not 1 <= lo <= hi <= n:
         raise ValueError(f"k range [{lo}, {hi}] must satisfy 1 <= lo <= hi <= n = {n}")
-    return lo, hi
-
-
-def sample_parity(
-    batch: int, n: int, k_range: tuple[int, int] | list[int], generator: torch.Generator
-) -> ParityBatch:
-    """Draw ``batch`` parity vectors of length ``n`` with ``k`` uniform on ``k_range`` (on CPU)."""
-    lo, hi = check_k_range(n, k_range)
     k = torch.randint(lo, hi + 1, (batch,), generator=generator)
     # The k positions with the smallest uniform keys form a uniformly random k-subset.
     keys = torch.rand(batch, n, generator=generator)
