@@ -40,13 +40,10 @@ def report(results: list[JobResult], config: ParityConfig) -> Report:
     lines = summarize(rows)
     paired = paired_vs_fixed_depth(rows, lines)
     curves = budget_curves(results, lines)
-    best = [line for line in lines if line["best"] and line["main_rule"]]
-    summary = f"parity, best setting per method ({len(config.seeds)} seed(s), main rule): " + (
-        "; ".join(
-            f"{line['label']} {100 * line['interpolation_mean']:.2f}% at "
-            f"{line['mean_steps']:.2f} steps"
-            for line in best
-        )
+    best = "; ".join(
+        f"{line['label']} {100 * line['interpolation_mean']:.2f}% at {line['mean_steps']:.2f} steps"
+        for line in lines
+        if line["best"] and line["main_rule"]
     )
     return Report(
         results={
@@ -60,7 +57,7 @@ def report(results: list[JobResult], config: ParityConfig) -> Report:
         },
         table=tables(lines, paired, config) + budget_curve_table(curves),
         figures=figures(rows, lines, config) | budget_curve_figure(curves),
-        summary=summary,
+        summary=f"parity, best setting per method ({len(config.seeds)} seed(s), main rule): {best}",
     )
 
 
@@ -286,7 +283,6 @@ def tables(lines: list[dict[str, Any]], paired: list[dict[str, Any]], config: Pa
         lines_table([line for line in lines if line["best"]]),
     ]
     if paired:
-        depth = paired[0]["fixed_depth"]
         rows = [
             {
                 "label": p["label"],
@@ -299,8 +295,8 @@ def tables(lines: list[dict[str, Any]], paired: list[dict[str, Any]], config: Pa
         ]
         parts += [
             "",
-            f"Against fixed depth's best (depth={depth:g}), paired over seeds: mean difference "
-            "[95% interval]:",
+            f"Against fixed depth's best (depth={paired[0]['fixed_depth']:g}), paired over seeds: "
+            "mean difference [95% interval]:",
             "",
             markdown_table(
                 rows,
