@@ -248,19 +248,17 @@ def _setting(line: dict[str, Any]) -> str:
 def halting_at_step_1_table(lines: list[dict[str, Any]]) -> str:
     """Markdown: for each ACT setting, the share (%) of training inputs that halt at step 1,
     overall and per k (mean over seeds)."""
-    act = [line for line in lines if "halting_at_step_1" in line]
-    ks = sorted({k for line in act for k in line["halting_at_step_1"]["per_k"]})
+    act = [
+        (_setting(line), line["halting_at_step_1"]) for line in lines if "halting_at_step_1" in line
+    ]
+    ks = sorted({k for _, share in act for k in share["per_k"]})
     rows = [
         {
-            "setting": _setting(line),
-            "overall": f"{100 * line['halting_at_step_1']['overall']:.1f}",
-            **{
-                f"k{k}": f"{100 * line['halting_at_step_1']['per_k'][k]:.0f}"
-                for k in ks
-                if k in line["halting_at_step_1"]["per_k"]
-            },
+            "setting": setting,
+            "overall": f"{100 * share['overall']:.1f}",
+            **{f"k{k}": f"{100 * value:.0f}" for k, value in share["per_k"].items()},
         }
-        for line in act
+        for setting, share in act
     ]
     columns = [("setting", "setting", "s"), ("overall", "all", "s")]
     return markdown_table(rows, columns + [(f"k{k}", f"k={k}", "s") for k in ks])
@@ -285,9 +283,8 @@ def tables(lines: list[dict[str, Any]], paired: list[dict[str, Any]], config: Pa
     if paired:
         rows = [
             {
-                "label": p["label"],
+                **p,
                 "setting": _setting(p),
-                "rule": p["rule"],
                 "accuracy": _difference(p["interpolation"], 100),
                 "steps": _difference(p["mean_steps"]),
             }
