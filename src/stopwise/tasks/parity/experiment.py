@@ -40,22 +40,18 @@ def jobs(config: ParityConfig) -> list[Job]:
     """``<method>-<value>-lr<lr>`` for every method, value of its hyperparameter and learning rate
     of its grid; the cost hint (updates × steps) starts the longest jobs first with several
     workers."""
-    out = []
-    for name in config.methods:
-        method = METHODS[name]
-        stage2 = 2 * config.policy_updates / 3 if name == "l2s" else 0
-        for value in getattr(config, method.hyperparameter):
-            steps = value if name == "fixed" else config.max_steps
-            for lr in getattr(config, method.learning_rates):
-                out.append(
-                    Job(
-                        f"{name}-{value:g}-lr{lr:g}",
-                        params={"method": name, "value": value, "lr": lr},
-                        keys=SHARED_KEYS + method.keys,
-                        cost=(config.updates + stage2) * steps,
-                    )
-                )
-    return out
+    return [
+        Job(
+            f"{name}-{value:g}-lr{lr:g}",
+            params={"method": name, "value": value, "lr": lr},
+            keys=SHARED_KEYS + METHODS[name].keys,
+            cost=(config.updates + (2 * config.policy_updates / 3 if name == "l2s" else 0))
+            * (value if name == "fixed" else config.max_steps),
+        )
+        for name in config.methods
+        for value in getattr(config, METHODS[name].hyperparameter)
+        for lr in getattr(config, METHODS[name].learning_rates)
+    ]
 
 
 def run_job(job: Job, context: JobContext) -> dict[str, Any]:
