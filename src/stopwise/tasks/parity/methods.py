@@ -73,12 +73,11 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Method:
-    """A halting method: its table label, the config key of its swept hyperparameter (a list),
-    the symbol of that hyperparameter, its inference rules (the first is the main one), the
-    halting heads one training run produces (L2S: one per ``l2s_heads``), the config keys
-    of its own that its numbers depend on (besides those every method reads) and the config key
-    of its grid of Adam learning rates (a list; the best value is chosen on validation with the
-    hyperparameter)."""
+    """A halting method: its table label, the config key of its swept hyperparameter (a list)
+    and that hyperparameter's symbol, its inference rules (the first is the main one), the config
+    keys of its own that its numbers depend on (besides those every method reads) and the config
+    key of its grid of Adam learning rates (a list; the best value is chosen on validation with
+    the hyperparameter)."""
 
     name: str
     label: str
