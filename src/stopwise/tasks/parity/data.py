@@ -13,9 +13,7 @@ import torch
 
 __all__ = [
     "ParityBatch",
-    "check_k_range",
     "sample_parity",
-    "parity_targets",
     "evaluation_set",
     "first_training_batches",
 ]
@@ -30,8 +28,10 @@ class ParityBatch(NamedTuple):
     k: torch.Tensor
 
 
-def check_k_range(n: int, k_range: tuple[int, int] | list[int]) -> tuple[int, int]:
-    """Validate ``[lo, hi]`` against ``n`` and return it as a tuple."""
+def sample_parity(
+    batch: int, n: int, k_range: tuple[int, int] | list[int], generator: torch.Generator
+) -> ParityBatch:
+    """Draw ``batch`` parity vectors of length ``n`` with ``k`` uniform on ``k_range`` (on CPU)."""
     if n < 1:
         raise ValueError(f"parity needs n >= 1 elements; got n={n}")
     if len(k_range) != 2:
@@ -39,19 +39,6 @@ def check_k_range(n: int, k_range: tuple[int, int] | list[int]) -> tuple[int, in
     lo, hi = int(k_range[0]), int(k_range[1])
     if not 1 <= lo <= hi <= n:
         raise ValueError(f"k range [{lo}, {hi}] must satisfy 1 <= lo <= hi <= n = {n}")
-    return lo, hi
-
-
-def parity_targets(x: torch.Tensor) -> torch.Tensor:
-    """``(B,)`` float: 1 where the count of +1 entries of ``x (B, n)`` is odd."""
-    return ((x > 0).sum(-1) % 2).to(torch.float32)
-
-
-def sample_parity(
-    batch: int, n: int, k_range: tuple[int, int] | list[int], generator: torch.Generator
-) -> ParityBatch:
-    """Draw ``batch`` parity vectors of length ``n`` with ``k`` uniform on ``k_range`` (on CPU)."""
-    lo, hi = check_k_range(n, k_range)
     k = torch.randint(lo, hi + 1, (batch,), generator=generator)
     # The k positions with the smallest uniform keys form a uniformly random k-subset.
     keys = torch.rand(batch, n, generator=generator)
@@ -59,7 +46,7 @@ def sample_parity(
     chosen = rank < k.unsqueeze(-1)
     signs = torch.randint(0, 2, (batch, n), generator=generator) * 2 - 1
     x = (chosen * signs).to(torch.float32)
-    return ParityBatch(x, parity_targets(x), k)
+    return ParityBatch(x, ((x > 0).sum(-1) % 2).to(torch.float32), k)  # 1: odd count of +1
 
 
 def evaluation_set(config, split: str, generator: torch.Generator) -> ParityBatch:

@@ -1,7 +1,7 @@
-"""The parity jobs: one per method and hyperparameter value (the runner runs each per seed).
+"""The parity jobs: one per method, value of its hyperparameter and learning rate of its grid
+(the runner runs each per seed).
 
-A job is one method at one value of its hyperparameter and one learning rate of its grid (the
-runner runs it per seed). It builds the GRU step model from the seed's ``"init"`` stream (every method of a seed starts
+A job builds the GRU step model from the seed's ``"init"`` stream (every method of a seed starts
 from the same weights), trains it with its method (:mod:`.methods`), measures every inference rule
 of every variant on the seed's validation vectors and then, once, on its test vectors. Which
 setting (hyperparameter and learning rate) is best is chosen by the report, on validation
@@ -40,22 +40,18 @@ def jobs(config: ParityConfig) -> list[Job]:
     """``<method>-<value>-lr<lr>`` for every method, value of its hyperparameter and learning rate
     of its grid; the cost hint (updates × steps) starts the longest jobs first with several
     workers."""
-    out = []
-    for name in config.methods:
-        method = METHODS[name]
-        for value in getattr(config, method.hyperparameter):
-            for lr in getattr(config, method.learning_rates):
-                steps = value if name == "fixed" else config.max_steps
-                stage2 = 2 * config.policy_updates / 3 if name == "l2s" else 0
-                out.append(
-                    Job(
-                        f"{name}-{value:g}-lr{lr:g}",
-                        params={"method": name, "value": value, "lr": lr},
-                        keys=SHARED_KEYS + method.keys,
-                        cost=(config.updates + stage2) * steps,
-                    )
-                )
-    return out
+    return [
+        Job(
+            f"{name}-{value:g}-lr{lr:g}",
+            params={"method": name, "value": value, "lr": lr},
+            keys=SHARED_KEYS + METHODS[name].keys,
+            cost=(config.updates + (2 * config.policy_updates / 3 if name == "l2s" else 0))
+            * (value if name == "fixed" else config.max_steps),
+        )
+        for name in config.methods
+        for value in getattr(config, METHODS[name].hyperparameter)
+        for lr in getattr(config, METHODS[name].learning_rates)
+    ]
 
 
 def run_job(job: Job, context: JobContext) -> dict[str, Any]:
@@ -138,10 +134,9 @@ def budget_curve(model, head, validation, test, config: ParityConfig, device) ->
 
     valid = torch.ones(model.max_steps, dtype=torch.bool)
     budgets = budget_grid(valid, config.curve_points)
-    points = budget_sweep(
-        val_hazards.cpu(), test_hazards.cpu(), budgets, accuracy, val_metric=val_accuracy
-    )
     return {
-        "points": points,
+        "points": budget_sweep(
+            val_hazards.cpu(), test_hazards.cpu(), budgets, accuracy, val_metric=val_accuracy
+        ),
         "fixed_depth": fixed_depth_curve(len(test.y), accuracy, valid),
     }

@@ -36,7 +36,7 @@ Inference rules (all run through :func:`~stopwise.inference.run_adaptive` except
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,12 +73,11 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Method:
-    """A halting method: its table label, the config key of its swept hyperparameter (a list),
-    the symbol of that hyperparameter, its inference rules (the first is the main one), the
-    halting heads one training run produces (L2S: one per ``l2s_heads``), the config keys
-    of its own that its numbers depend on (besides those every method reads) and the config key
-    of its grid of Adam learning rates (a list; the best value is chosen on validation with the
-    hyperparameter)."""
+    """A halting method: its table label, the config key of its swept hyperparameter (a list)
+    and that hyperparameter's symbol, its inference rules (the first is the main one), the config
+    keys of its own that its numbers depend on (besides those every method reads) and the config
+    key of its grid of Adam learning rates (a list; the best value is chosen on validation with
+    the hyperparameter)."""
 
     name: str
     label: str
@@ -122,8 +121,6 @@ RULES: dict[str, tuple[str, bool]] = {
     "median-q": ("median of the renormalised q (all steps)", False),
 }
 
-LossFn = Callable[[ParityGRU, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, Any]]]
-
 
 def unroll_with_head(
     model: ParityGRU, x: torch.Tensor, head: HaltingHead | None = None
@@ -134,50 +131,28 @@ def unroll_with_head(
     return trajectory.predictions, head(trajectory.features)  # one linear over (B, T, H)
 
 
-def _act_loss(tau: float, eps: float) -> LossFn:
-    def loss(model, x, y):
-        logits, z = unroll_with_head(model, x)
-        halting = act_halting(z, eps)
+def _loss(
+    method: str, value: float, config: Any, model: ParityGRU, x: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The loss of a single-stage method (``act``, ``pondernet``, ``pondernet-last``, ``thesis``)
+    at hyperparameter ``value`` on one batch, and the metrics its training curve logs."""
+    logits, z = unroll_with_head(model, x)
+    if method == "act":
+        halting = act_halting(z, config.act_eps)
         task = F.binary_cross_entropy_with_logits(act_output(halting.weights, logits), y)
-        return act_loss(task, halting, tau), {
+        return act_loss(task, halting, value), {
             "task": task.detach(),
             "steps": halting.steps.float().mean(),
             "halt_at_step_1": (halting.steps == 1).float().mean(),
         }
-
-    return loss
-
-
-def _pondernet_loss(lambda_p: float, beta: float, tail: str) -> LossFn:
-    def loss(model, x, y):
-        logits, z = unroll_with_head(model, x)
-        stop = StopTime(z, tail=tail)
-        value, terms = pondernet_loss(stop, step_losses(logits, y), beta, lambda_p)
-        return value, {k: v.detach() for k, v in terms.items()} | {
-            "steps": stop.mean().mean().detach()
-        }
-
-    return loss
-
-
-def _thesis_loss(beta: float, prior_p: float) -> LossFn:
-    def loss(model, x, y):
-        logits, z = unroll_with_head(model, x)
+    if method == "thesis":
         a = posterior_logits(z)
-        value = random_horizon_bound(a, step_losses(logits, y), prior_p, beta)
+        bound = random_horizon_bound(a, step_losses(logits, y), config.thesis_prior_p, value)
         steps = (torch.softmax(a, -1) * torch.arange(1, a.shape[-1] + 1, device=a.device)).sum(-1)
-        return value, {"steps": steps.mean().detach()}
-
-    return loss
-
-
-# method -> loss of a single-stage method at hyperparameter ``value`` under ``config``
-LOSSES: dict[str, Callable[[float, Any], LossFn]] = {
-    "act": lambda value, config: _act_loss(value, config.act_eps),
-    "pondernet": lambda value, config: _pondernet_loss(value, config.pondernet_beta, "renormalize"),
-    "pondernet-last": lambda value, config: _pondernet_loss(value, config.pondernet_beta, "absorb"),
-    "thesis": lambda value, config: _thesis_loss(value, config.thesis_prior_p),
-}
+        return bound, {"steps": steps.mean().detach()}
+    stop = StopTime(z, tail="renormalize" if method == "pondernet" else "absorb")
+    loss, terms = pondernet_loss(stop, step_losses(logits, y), config.pondernet_beta, value)
+    return loss, {k: v.detach() for k, v in terms.items()} | {"steps": stop.mean().mean().detach()}
 
 
 def train_method(
@@ -187,11 +162,10 @@ def train_method(
 
     Every method trains on the job's ``"train-batches"`` stream (the same vectors for every
     method of a seed) with Adam at learning rate ``lr`` (one value of the method's grid) and the
-    same clip; L2S's stage II reads its own
-    ``"l2s-stage2-batches"``. Wall-clock goes to ``context.timings["train"]`` (and
-    ``"train-<head>"`` for L2S's stage-II heads). Returns the halting head of each variant
-    (``{"": model.halting}`` except for L2S, whose heads, one per ``l2s_heads``, are fitted in
-    stage II on the frozen stage-I model).
+    same clip; L2S's stage II reads its own ``"l2s-stage2-batches"``. Wall-clock goes to
+    ``context.timings["train"]`` (and ``"train-<head>"`` for L2S's stage-II heads). Returns the
+    halting head of each variant (``{"": model.halting}`` except for L2S, whose heads, one per
+    ``l2s_heads``, are fitted in stage II on the frozen stage-I model).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
@@ -204,9 +178,7 @@ def train_method(
 
         return GeneratedBatches(sample, config.batch_size, context.stream_seed(stream))
 
-    def adam(parameters) -> torch.optim.Optimizer:
-        return torch.optim.Adam(parameters, lr=lr)
-
+    adam = functools.partial(torch.optim.Adam, lr=lr)
     fit = {
         "settings": context.loop_settings(config.log_every),
         "grad_clip": config.grad_clip or None,
@@ -254,16 +226,14 @@ def train_method(
                 **fit,
             )
         else:
-            loss = LOSSES[method](value, config)
-
-            def loss_and_metrics(step: int):
-                x, y = train(step)
-                return loss(model, x, y)
-
             model.train()
-            state = {"model": model, "batches": train}
             optimize(
-                method, config.updates, loss_and_metrics, adam(model.parameters()), state, **fit
+                method,
+                config.updates,
+                lambda step: _loss(method, value, config, model, *train(step)),
+                adam(model.parameters()),
+                {"model": model, "batches": train},
+                **fit,
             )
     return {"": model.halting}
 
@@ -308,27 +278,25 @@ def infer(
     """Run inference rule ``rule`` (see :data:`RULES`) on ``x (B, n)`` in ``run_adaptive``'s
     ``mode``: ``(logits (B,), 0-based stop index (B,))``. ``sample`` draws from ``sample_seed``."""
     model.eval()
+    if rule not in RULES:
+        raise ValueError(f"unknown inference rule {rule!r}; choose one of {sorted(RULES)}")
     if rule == "fixed":
         logits = run_fixed(model, x)
         return logits, torch.full_like(logits, model.max_steps - 1, dtype=torch.long)
-    if rule == "mode":
+    if rule in ("mode", "sample-q", "median-q"):  # run every step, then choose where to stop
         logits, z = unroll_with_head(model, x, head)
-        index = posterior_logits(z).argmax(dim=-1)
+        if rule == "mode":
+            index = posterior_logits(z).argmax(dim=-1)
+        else:
+            index = renormalised_stop(z, rule, sample_seed)
         return logits.gather(1, index.unsqueeze(-1)).squeeze(-1), index
-    if rule in ("sample-q", "median-q"):
-        logits, z = unroll_with_head(model, x, head)
-        index = renormalised_stop(z, rule, sample_seed)
-        return logits.gather(1, index.unsqueeze(-1)).squeeze(-1), index
-    if rule == "act":
-        result = run_adaptive(MeanFieldACT(model), head, x, ACTRule(act_eps), mode)
-        return result.predictions, result.stop_index
     rules = {
+        "act": lambda: ACTRule(act_eps),
         "sample": lambda: SampleRule(sample_seed),
         "median": lambda: CumulativeThreshold(0.5),
         "hazard": lambda: HazardThreshold(0.5),
         "greedy": lambda: HazardThreshold(0.5),
     }
-    if rule not in rules:
-        raise ValueError(f"unknown inference rule {rule!r}; choose one of {sorted(RULES)}")
-    result = run_adaptive(model, head, x, rules[rule](), mode)
+    stepper = MeanFieldACT(model) if rule == "act" else model
+    result = run_adaptive(stepper, head, x, rules[rule](), mode)
     return result.predictions, result.stop_index

@@ -32,7 +32,7 @@ def evaluate_rule(
             interpolation, the others as extrapolation.
 
     Returns plain numbers: ``accuracy``, ``interpolation``, ``extrapolation`` (None without such
-    vectors), ``mean_steps`` (1-based), ``spearman`` (steps vs k; NaN when steps are constant)
+    vectors), ``mean_steps`` (1-based), ``spearman`` (steps vs k; None when steps are constant)
     and ``per_k``, a list of ``{"k", "count", "accuracy", "mean_steps"}``.
     """
     correct = ((logits > 0).float() == y).cpu().numpy()
@@ -43,22 +43,14 @@ def evaluate_rule(
     def mean(values, rows):
         return float(values[rows].mean()) if rows.any() else None
 
-    per_k = [
-        {
-            "k": int(value),
-            "count": int((k == value).sum()),
-            "accuracy": mean(correct, k == value),
-            "mean_steps": mean(steps, k == value),
-        }
-        for value in np.unique(k)
-    ]
+    rho = spearman(steps, k)
     return {
         "accuracy": float(correct.mean()),
         "interpolation": mean(correct, inside),
         "extrapolation": mean(correct, ~inside),
         "mean_steps": float(steps.mean()),
-        "spearman": _finite_or_none(spearman(steps, k)),
-        "per_k": per_k,
+        "spearman": rho if math.isfinite(rho) else None,
+        "per_k": _per_k(k, accuracy=correct, mean_steps=steps),
     }
 
 
@@ -69,12 +61,17 @@ def share_by_k(flags: torch.Tensor, k: torch.Tensor) -> dict[str, Any]:
     return {
         "inputs": int(len(k)),
         "overall": float(flags.mean()),
-        "per_k": [
-            {"k": int(v), "count": int((k == v).sum()), "share": float(flags[k == v].mean())}
-            for v in np.unique(k)
-        ],
+        "per_k": _per_k(k, share=flags),
     }
 
 
-def _finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
+def _per_k(k: np.ndarray, **columns: np.ndarray) -> list[dict[str, Any]]:
+    """``[{"k", "count", <column>: its mean over the rows of that k, ...}]`` per value of ``k``."""
+    return [
+        {
+            "k": int(v),
+            "count": int((k == v).sum()),
+            **{name: float(values[k == v].mean()) for name, values in columns.items()},
+        }
+        for v in np.unique(k)
+    ]

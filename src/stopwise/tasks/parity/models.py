@@ -83,9 +83,6 @@ class ParityGRU(StepModel):
     def features(self, state: dict[str, torch.Tensor], t: int) -> torch.Tensor:
         return state["h"]
 
-    def observe(self, state, t):
-        return self.predict(state, t), state["h"]
-
 
 class MeanFieldACT(StepModel):
     """ACT's mean-field output as a step model, so that :func:`run_adaptive` can run ACT.
@@ -155,5 +152,4 @@ def posterior_logits(halting_logits: torch.Tensor) -> torch.Tensor:
     is known after step t, "z_t ≥ 0" says that step t+1 has no more posterior mass than step t —
     which is what makes the greedy stopping rule causal (see :mod:`.methods`).
     """
-    exclusive = F.pad(torch.cumsum(halting_logits[:, :-1], dim=-1), (1, 0))
-    return -exclusive
+    return -F.pad(torch.cumsum(halting_logits[:, :-1], dim=-1), (1, 0))

@@ -27,18 +27,8 @@ __all__ = [
     "budget_curve_table",
 ]
 
-# one marker per rule of RULES
-_MARKERS = {
-    "fixed": "s",
-    "act": "o",
-    "sample": "^",
-    "median": "v",
-    "hazard": "D",
-    "greedy": "P",
-    "mode": "*",
-    "sample-q": "<",
-    "median-q": ">",
-}
+# one marker per rule of RULES, in its order
+_MARKERS = dict(zip(RULES, "so^vDP*<>", strict=True))
 # what one summary line aggregates over seeds; a setting is (value, lr)
 _LINE_KEYS = ("method", "variant", "value", "lr", "rule")
 
@@ -50,13 +40,10 @@ def report(results: list[JobResult], config: ParityConfig) -> Report:
     lines = summarize(rows)
     paired = paired_vs_fixed_depth(rows, lines)
     curves = budget_curves(results, lines)
-    best = [line for line in lines if line["best"] and line["main_rule"]]
-    summary = f"parity, best setting per method ({len(config.seeds)} seed(s), main rule): " + (
-        "; ".join(
-            f"{line['label']} {100 * line['interpolation_mean']:.2f}% at "
-            f"{line['mean_steps']:.2f} steps"
-            for line in best
-        )
+    best = "; ".join(
+        f"{line['label']} {100 * line['interpolation_mean']:.2f}% at {line['mean_steps']:.2f} steps"
+        for line in lines
+        if line["best"] and line["main_rule"]
     )
     return Report(
         results={
@@ -70,7 +57,7 @@ def report(results: list[JobResult], config: ParityConfig) -> Report:
         },
         table=tables(lines, paired, config) + budget_curve_table(curves),
         figures=figures(rows, lines, config) | budget_curve_figure(curves),
-        summary=summary,
+        summary=f"parity, best setting per method ({len(config.seeds)} seed(s), main rule): {best}",
     )
 
 
@@ -84,10 +71,8 @@ def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     first = rows[0]
     method = METHODS[first["method"]]
     interpolation = [r["interpolation"] for r in rows]
-    per_k: dict[int, list[dict]] = defaultdict(list)
-    for row in rows:
-        for entry in row["per_k"]:
-            per_k[entry["k"]].append(entry)
+    entries = [entry for row in rows for entry in row["per_k"]]
+    accuracy, steps = _mean_by_k(entries, "accuracy"), _mean_by_k(entries, "mean_steps")
     return {
         **{k: first[k] for k in _LINE_KEYS},
         "label": method.variant_label(first["variant"]),
@@ -109,14 +94,7 @@ def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "validation_steps": _mean([r["validation_steps"] for r in rows]),
         "train_seconds": _mean([r["train_seconds"] for r in rows]),
         **_halting_at_step_1(rows),
-        "per_k": [
-            {
-                "k": k,
-                "accuracy": _mean([e["accuracy"] for e in entries]),
-                "mean_steps": _mean([e["mean_steps"] for e in entries]),
-            }
-            for k, entries in sorted(per_k.items())
-        ],
+        "per_k": [{"k": k, "accuracy": accuracy[k], "mean_steps": steps[k]} for k in accuracy],
     }
 
 
@@ -125,16 +103,20 @@ def _halting_at_step_1(rows: list[dict[str, Any]]) -> dict[str, Any]:
     shares = [r["halting_at_step_1"] for r in rows if "halting_at_step_1" in r]
     if not shares:
         return {}
-    per_k: dict[int, list[float]] = defaultdict(list)
-    for share in shares:
-        for entry in share["per_k"]:
-            per_k[entry["k"]].append(entry["share"])
     return {
         "halting_at_step_1": {
             "overall": _mean([s["overall"] for s in shares]),
-            "per_k": {k: _mean(v) for k, v in sorted(per_k.items())},
+            "per_k": _mean_by_k([e for s in shares for e in s["per_k"]], "share"),
         }
     }
+
+
+def _mean_by_k(entries: list[dict[str, Any]], key: str) -> dict[int, float | None]:
+    """The mean of ``entry[key]`` over per-k entries (of every seed), by k in increasing order."""
+    by_k: dict[int, list[float]] = defaultdict(list)
+    for entry in entries:
+        by_k[entry["k"]].append(entry[key])
+    return {k: _mean(values) for k, values in sorted(by_k.items())}
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -266,19 +248,17 @@ def _setting(line: dict[str, Any]) -> str:
 def halting_at_step_1_table(lines: list[dict[str, Any]]) -> str:
     """Markdown: for each ACT setting, the share (%) of training inputs that halt at step 1,
     overall and per k (mean over seeds)."""
-    act = [line for line in lines if "halting_at_step_1" in line]
-    ks = sorted({k for line in act for k in line["halting_at_step_1"]["per_k"]})
+    act = [
+        (_setting(line), line["halting_at_step_1"]) for line in lines if "halting_at_step_1" in line
+    ]
+    ks = sorted({k for _, share in act for k in share["per_k"]})
     rows = [
         {
-            "setting": _setting(line),
-            "overall": f"{100 * line['halting_at_step_1']['overall']:.1f}",
-            **{
-                f"k{k}": f"{100 * line['halting_at_step_1']['per_k'][k]:.0f}"
-                for k in ks
-                if k in line["halting_at_step_1"]["per_k"]
-            },
+            "setting": setting,
+            "overall": f"{100 * share['overall']:.1f}",
+            **{f"k{k}": f"{100 * value:.0f}" for k, value in share["per_k"].items()},
         }
-        for line in act
+        for setting, share in act
     ]
     columns = [("setting", "setting", "s"), ("overall", "all", "s")]
     return markdown_table(rows, columns + [(f"k{k}", f"k={k}", "s") for k in ks])
@@ -301,12 +281,10 @@ def tables(lines: list[dict[str, Any]], paired: list[dict[str, Any]], config: Pa
         lines_table([line for line in lines if line["best"]]),
     ]
     if paired:
-        depth = paired[0]["fixed_depth"]
         rows = [
             {
-                "label": p["label"],
+                **p,
                 "setting": _setting(p),
-                "rule": p["rule"],
                 "accuracy": _difference(p["interpolation"], 100),
                 "steps": _difference(p["mean_steps"]),
             }
@@ -314,8 +292,8 @@ def tables(lines: list[dict[str, Any]], paired: list[dict[str, Any]], config: Pa
         ]
         parts += [
             "",
-            f"Against fixed depth's best (depth={depth:g}), paired over seeds: mean difference "
-            "[95% interval]:",
+            f"Against fixed depth's best (depth={paired[0]['fixed_depth']:g}), paired over seeds: "
+            "mean difference [95% interval]:",
             "",
             markdown_table(
                 rows,
@@ -332,8 +310,7 @@ def tables(lines: list[dict[str, Any]], paired: list[dict[str, Any]], config: Pa
     if sensitivity:
         parts += ["", "Sensitivity to each method's hyperparameter (first rule):", ""]
         parts += [lines_table(sensitivity)]
-    act = [line for line in lines if "halting_at_step_1" in line]
-    if act:
+    if any("halting_at_step_1" in line for line in lines):
         parts += [
             "",
             "ACT: share (%) of training inputs halting at step 1, by k (mean over seeds):",
@@ -460,7 +437,7 @@ def figures(
             row["steps_run"],
             100 * row["interpolation"],
             color=colors[label],
-            marker=_MARKERS.get(row["rule"], "x"),
+            marker=_MARKERS[row["rule"]],
             s=28,
             alpha=0.75,
             label=None if series in seen else series,
@@ -485,7 +462,7 @@ def figures(
                 [e["k"] for e in line["per_k"]],
                 [scale * e[key] for e in line["per_k"]],
                 color=colors[line["label"]],
-                marker=_MARKERS.get(line["rule"], "x"),
+                marker=_MARKERS[line["rule"]],
                 markersize=4,
                 linestyle="-" if line["main_rule"] else "--",
                 label=f"{line['label']} / {line['rule']}",
