@@ -267,3 +267,26 @@ def test_budget_curve_ends_at_full_depth_and_matches_a_plain_loop():
             stop = next((t for t in range(4) if float(hazards[t][i]) >= threshold[t]), 4)
             chosen.append(float(right[stop][i]))
         assert point["accuracy"] == pytest.approx(sum(chosen) / len(chosen))
+
+
+def test_a_test_set_without_a_vector_in_the_training_k_range_is_refused():
+    """The interpolation accuracy is over test vectors whose k is in train_k: a test set drawn
+    with none (a small test_size, a narrow train_k) is refused by name instead of failing in the
+    report after training."""
+    from stopwise.tasks.parity.config import ParityConfig
+    from stopwise.tasks.parity.data import evaluation_set
+
+    config = ParityConfig(n=8, train_k=[1, 1], test_k=[1, 8], max_steps=5, test_size=2)
+    outcomes = []
+    for seed in range(20):
+        generator = torch.Generator().manual_seed(seed)
+        drawn = torch.Generator().manual_seed(seed)  # the same draws, read by hand
+        k = sample_parity(2, 8, [1, 8], drawn).k
+        if bool((k == 1).any()):
+            assert torch.equal(evaluation_set(config, "test", generator).k, k)
+            outcomes.append("kept")
+        else:
+            with pytest.raises(ValueError, match=r"no k in train_k=\[1, 1\].*raise test_size"):
+                evaluation_set(config, "test", generator)
+            outcomes.append("refused")
+    assert {"kept", "refused"} <= set(outcomes)  # both branches ran

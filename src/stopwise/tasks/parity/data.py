@@ -57,7 +57,14 @@ def evaluation_set(config, split: str, generator: torch.Generator) -> ParityBatc
         "validation": (config.val_size, config.train_k),
         "test": (config.test_size, config.test_k),
     }[split]
-    return sample_parity(size, config.n, k_range, generator)
+    batch = sample_parity(size, config.n, k_range, generator)
+    lo, hi = config.train_k
+    if not bool(((batch.k >= lo) & (batch.k <= hi)).any()):  # only a small test set misses
+        raise ValueError(
+            f"the {size} {split} vectors drawn have no k in train_k={config.train_k}, so there "
+            "is no interpolation accuracy to report: raise test_size"
+        )
+    return batch
 
 
 def first_training_batches(config, generator: torch.Generator, batches: int) -> ParityBatch:

@@ -60,6 +60,9 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
     method, value = METHODS[job.params["method"]], job.params["value"]
     steps = int(value) if method.name == "fixed" else config.max_steps
     bias = config.act_halting_bias if method.name == "act" else None
+    # Drawn first (each from its own stream) so that a test set unfit to report fails early.
+    validation = evaluation_set(config, "validation", context.generator("validation"))
+    test = Heldout(evaluation_set(config, "test", context.generator("test")))
     context.manual_seed("init")
     model = ParityGRU(config.n, config.hidden, steps, halting_bias=bias).to(context.device)
     heads = train_method(method.name, model, value, config, context, lr=job.params["lr"])
@@ -71,8 +74,6 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
         steps_used = act_halting_steps(model, inputs.x.to(context.device), config.act_eps)
         extra["halting_at_step_1"] = share_by_k(steps_used == 1, inputs.k)
 
-    validation = evaluation_set(config, "validation", context.generator("validation"))
-    test = Heldout(evaluation_set(config, "test", context.generator("test")))
     sample_seed = context.stream_seed("stop-sampling")
     choices = [(variant, rule) for variant in heads for rule in method.rules]
 
