@@ -17,6 +17,7 @@ against the selection from the dense trajectory.
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +41,7 @@ from ...selection import budget_grid, budget_sweep, calibrate_by_metric, fixed_d
 from ...training import policy_hazards
 from .config import SparseRecoveryConfig
 from .data import SparseBatch, SparseProblem, make_problem
-from .methods import (
-    CLASSICAL,
-    PAPER_SETTINGS,
-    fit_deep_supervision,
-    fit_stage1,
-    fit_stop_policy,
-    tune,
-)
+from .methods import CLASSICAL, PAPER_SETTINGS, fit_layers, fit_stop_policy, tune
 from .metrics import (
     cost_aware_oracle_stop,
     error_columns,
@@ -105,18 +99,12 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
     return JOBS[job.name](context, problem)
 
 
-def lista_job(context: JobContext, problem: SparseProblem) -> dict[str, Any]:
-    config = context.config
-    model = lista_model(context, problem)
-    fit_deep_supervision(model, problem, context, "lista", config.lista)
-    return measure_fixed("lista", model, problem, config.eval_chunk)
-
-
-def alista_job(context: JobContext, problem: SparseProblem) -> dict[str, Any]:
-    config = context.config
-    model = alista_model(config, problem.A)
-    fit_deep_supervision(model, problem, context, "alista", config.alista)
-    return measure_fixed("alista", model, problem, config.eval_chunk)
+def fixed_job(key: str, context: JobContext, problem: SparseProblem) -> dict[str, Any]:
+    """LISTA or ALISTA (``key``) by deep supervision, then measured on test."""
+    config, schedule = context.config, getattr(context.config, key)
+    model = lista_model(context, problem) if key == "lista" else alista_model(config, problem.A)
+    fit_layers(model, problem, context, key, schedule.steps, schedule.batch, schedule.lr)
+    return measure_fixed(key, model, problem, config.eval_chunk)
 
 
 def lista_stage1_job(context: JobContext, problem: SparseProblem) -> dict[str, Any]:
@@ -124,23 +112,15 @@ def lista_stage1_job(context: JobContext, problem: SparseProblem) -> dict[str, A
     model = lista_model(context, problem)
     if s.init == "lista":
         model.load_state_dict(context.checkpoint("lista", job="lista")["model"])
-    fit_stage1(model, problem, context, s.steps, s.batch, s.lr, s.weight_decay)
+    fit_layers(model, problem, context, "stage1", s.steps, s.batch, s.lr, s.weight_decay)
     return validation_per_layer(model, problem, config.eval_chunk)
 
 
 def cpss_stage1_job(context: JobContext, problem: SparseProblem) -> dict[str, Any]:
     config, c = context.config, context.config.cpss
     model = cpss_model(context, problem)
-    fit_stage1(model, problem, context, c.stage1_steps, c.batch, c.lr, c.weight_decay)
+    fit_layers(model, problem, context, "stage1", c.stage1_steps, c.batch, c.lr, c.weight_decay)
     return validation_per_layer(model, problem, config.eval_chunk)
-
-
-def lista_stop_job(context: JobContext, problem: SparseProblem) -> dict[str, Any]:
-    return stop_model("lista_stop", lista_model(context, problem), problem, context)
-
-
-def cpss_stop_job(context: JobContext, problem: SparseProblem) -> dict[str, Any]:
-    return stop_model("cpss_stop", cpss_model(context, problem), problem, context)
 
 
 # ---------------------------------------------------------------- models of a job
@@ -179,12 +159,10 @@ def columns_at(errors: torch.Tensor, split: SparseBatch, snrs, index=None) -> di
 
 def per_layer(errors: torch.Tensor, split: SparseBatch, snrs, costs: torch.Tensor) -> list[dict]:
     """The model truncated at every depth: NMSE columns per depth."""
-
-    def columns(index):
-        return columns_at(errors, split, snrs, index)
-
     valid = torch.ones(errors.shape[1], dtype=torch.bool)
-    return fixed_depth_curve(errors.shape[0], columns, valid, costs)
+    return fixed_depth_curve(
+        errors.shape[0], partial(columns_at, errors, split, snrs), valid, costs
+    )
 
 
 def fixed_row(model, errors: torch.Tensor, split: SparseBatch, snrs) -> dict[str, Any]:
@@ -216,20 +194,13 @@ def validation_per_layer(model, problem: SparseProblem, chunk: int) -> dict[str,
 def classical(context: JobContext, problem: SparseProblem) -> dict[str, Any]:
     """ISTA and FISTA per budget: (L, λ) tuned on validation, then measured on test; and the
     support-oracle bound on test (least squares on each sample's true support)."""
-    config, val = context.config, problem.val
+    config, val, c = context.config, problem.val, context.config.classical
     tuned = {}
     for algorithm in CLASSICAL:
-        for budget in config.classical.budgets:
+        for budget in c.budgets:
             start = PAPER_SETTINGS.get((algorithm, budget), PAPER_SETTINGS[(algorithm, 20)])
             tuned[f"{algorithm}-{budget}"] = tune(
-                algorithm,
-                problem.A,
-                budget,
-                val.y,
-                val.x,
-                start,
-                config.classical.lambda_factors,
-                config.classical.L_factors,
+                algorithm, problem.A, budget, val.y, val.x, start, c.lambda_factors, c.L_factors
             )
     test = problem.test.open()
     rows, curves = {}, {}
@@ -251,13 +222,14 @@ def classical(context: JobContext, problem: SparseProblem) -> dict[str, Any]:
 ORACLE_PENALTIES = [0.0, 1e-4, 3e-4, 1e-3, 2e-3, 3e-3, 5e-3, 1e-2, 2e-2, 3e-2, 0.1, 0.3, 1.0]
 
 
-def stop_model(name: str, model, problem: SparseProblem, context: JobContext):
+def stop_model(name: str, context: JobContext, problem: SparseProblem):
     """Stage II and every choice on validation (pruned exits, the policy setting, threshold kind
     and the threshold row's budget), then the one test evaluation: the sampled (published
     policy) and threshold rows through ``run_adaptive``, the oracle stop, full depth, the budget
     curves of both policies beside fixed depth and the cost-aware oracle, stop histograms and
     wall-clock."""
     config, snrs, chunk = context.config, problem.snrs, context.config.eval_chunk
+    model = (lista_model if name == "lista_stop" else cpss_model)(context, problem)
     model.load_state_dict(context.checkpoint("stage1", job=STOP_MODELS[name][0])["model"])
     model.eval()
     fitted = fit_stop_policy(model, problem, context)
@@ -312,24 +284,22 @@ def stop_model(name: str, model, problem: SparseProblem, context: JobContext):
     }
     rows[f"{name}-full"] = fixed_row(model, test_errors, test, snrs)
 
-    def metric(rule):
-        def measure(index):
-            macs = float(costs[rule][index.cpu()].mean())
-            return {**columns_at(test_errors, test, snrs, index), "mean_macs": macs}
+    def metric(rule, index):
+        macs = float(costs[rule][index.cpu()].mean())
+        return {**columns_at(test_errors, test, snrs, index), "mean_macs": macs}
 
-        return measure
-
+    row = {"target": config.threshold_row, "score_threshold": row_rule.score_threshold.tolist()}
     published_budgets = budget_grid(fitted.published_valid, config.budget_points)
     record = {
         "rows": rows,
         "fixed_depth": {name: per_layer(test_errors, test, snrs, model.step_costs())},
         "curve": budget_sweep(
-            chosen_val, test_scores["threshold"], budgets, metric("threshold"), fitted.kind,
-            fitted.valid, val_metric=val_nmse, lower_is_better=True,
+            chosen_val, test_scores["threshold"], budgets, partial(metric, "threshold"),
+            fitted.kind, fitted.valid, val_metric=val_nmse, lower_is_better=True,
         ),
         "curve_published": budget_sweep(
             val_scores(fitted.published), test_scores["sampled"], published_budgets,
-            metric("sampled"), fitted.published_kind, fitted.published_valid,
+            partial(metric, "sampled"), fitted.published_kind, fitted.published_valid,
             val_metric=val_nmse, lower_is_better=True,
         ),
         "oracle_curve": [
@@ -341,7 +311,7 @@ def stop_model(name: str, model, problem: SparseProblem, context: JobContext):
             for penalty in ORACLE_PENALTIES
             for index in [cost_aware_oracle_stop(test_errors, penalty)]
         ],
-        "calibration": {**calibration.plain(), "row": row_rule_plain(row_rule, config)},
+        "calibration": {**calibration.plain(), "row": row},
         "policy": {**fitted.candidate.plain(), "kind": fitted.kind},
         "published_policy": {"kind": fitted.published_kind, "hidden": config.stage2.hidden[0]},
         "selection": fitted.selection,
@@ -391,10 +361,6 @@ def threshold_row_rule(calibration, val_scores, fitted, full_val: float, config)
         return calibration.rule
     cheapest = min(within, key=lambda c: (c["cost"], c["value"]))
     return fit_threshold(val_scores, cheapest["budget"], None, cheapest["kind"], fitted.valid)
-
-
-def row_rule_plain(rule, config) -> dict[str, Any]:
-    return {"target": config.threshold_row, "score_threshold": rule.score_threshold.tolist()}
 
 
 def steps_per_snr(index: torch.Tensor, split: SparseBatch, snrs) -> dict[str, Any]:
@@ -448,10 +414,10 @@ def load_stop_model(run_path: str | Path, name: str, seed: int | None = None):
 
 JOBS = {
     "classical": classical,
-    "lista": lista_job,
+    "lista": partial(fixed_job, "lista"),
     "lista-stop-stage1": lista_stage1_job,
-    "lista-stop": lista_stop_job,
-    "alista": alista_job,
+    "lista-stop": partial(stop_model, "lista_stop"),
+    "alista": partial(fixed_job, "alista"),
     "cpss-stop-stage1": cpss_stage1_job,
-    "cpss-stop": cpss_stop_job,
+    "cpss-stop": partial(stop_model, "cpss_stop"),
 }

@@ -44,8 +44,7 @@ __all__ = [
     "tune",
     "validation_nmse",
     "adam_cosine",
-    "fit_deep_supervision",
-    "fit_stage1",
+    "fit_layers",
     "Trajectories",
     "trajectories",
     "Replay",
@@ -132,55 +131,31 @@ def adam_cosine(parameters, steps: int, lr: float, lr_final: float, weight_decay
     return optimizer, scheduler
 
 
-def _batches(problem: SparseProblem, context: JobContext, stage: str, batch: int):
-    return GeneratedBatches(problem.sample, batch, context.stream_seed(f"{stage}-batches"))
-
-
-def fit_deep_supervision(model, problem: SparseProblem, context: JobContext, stage: str, schedule):
-    """Train ``model`` on the mean of its layers' losses ℓ_t = ‖x_t − x*‖² (LISTA, ALISTA);
-    ``schedule`` has ``steps``, ``batch`` and ``lr``. Returns the model in eval mode."""
-    optimizer, scheduler = adam_cosine(
-        model.parameters(), schedule.steps, schedule.lr, context.config.lr_final
-    )
-    fit_predictor(
-        model,
-        _batches(problem, context, stage, schedule.batch),
-        step_losses,
-        optimizer,
-        schedule.steps,
-        settings=context.loop_settings(context.config.log_every),
-        stage=stage,
-        scheduler=scheduler,
-    )
-    return model.eval()
-
-
-def fit_stage1(
+def fit_layers(
     model,
     problem: SparseProblem,
     context: JobContext,
+    stage: str,
     steps: int,
     batch: int,
     lr: float,
-    weight_decay: float,
+    weight_decay: float = 0.0,
 ):
-    """L2S stage I: Σ_t q*(t) ℓ_t with q* = softmax_t(−ℓ_t/β) detached (the gradient of
-    −β logsumexp(−ℓ/β)), as stage ``stage1``; ``stage1_uniform`` mixes in deep supervision's
-    uniform weights. Returns the model in eval mode."""
+    """Train a step model's layers as training stage ``stage``. Stage ``"stage1"`` is L2S stage
+    I: Σ_t q*(t) ℓ_t with q* = softmax_t(−ℓ_t/β) detached (the gradient of −β logsumexp(−ℓ/β)),
+    ``stage1_uniform`` mixing in deep supervision's uniform weights; any other stage is deep
+    supervision, the mean of the layers' losses ℓ_t = ‖x_t − x*‖² (LISTA, ALISTA). Returns the
+    model in eval mode."""
     config = context.config
     optimizer, scheduler = adam_cosine(model.parameters(), steps, lr, config.lr_final, weight_decay)
-    fit_oracle(
-        model,
-        _batches(problem, context, "stage1", batch),
-        step_losses,
-        optimizer,
-        steps,
-        config.beta,
-        settings=context.loop_settings(config.log_every),
-        stage="stage1",
-        uniform=config.stage1_uniform,
-        scheduler=scheduler,
-    )
+    batches = GeneratedBatches(problem.sample, batch, context.stream_seed(f"{stage}-batches"))
+    args = (model, batches, step_losses, optimizer, steps)
+    settings = context.loop_settings(config.log_every)
+    loop = {"settings": settings, "stage": stage, "scheduler": scheduler}
+    if stage == "stage1":
+        fit_oracle(*args, config.beta, uniform=config.stage1_uniform, **loop)
+    else:
+        fit_predictor(*args, **loop)
     return model.eval()
 
 
