@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
+from itertools import product
 from typing import Any
 
 import torch
@@ -241,23 +242,17 @@ class Candidate:
 def candidates(stage2) -> list[Candidate]:
     """Every stage-II setting of config group ``stage2`` that validation chooses among; the
     first is L2S as published (λ = 0) at the first hidden width and length."""
-    out = [Candidate("l2s", 0.0, stage2.hidden[0], stage2.steps[0])]
-    for steps in stage2.steps:
-        for hidden in stage2.hidden:
-            for objective in stage2.objectives:
-                penalties = stage2.penalties if objective == "l2s" else [0.0]
-                for penalty in penalties:
-                    candidate = Candidate(objective, penalty, hidden, steps)
-                    if candidate not in out:
-                        out.append(candidate)
-    return out
+    grid = (
+        Candidate(objective, penalty, hidden, steps)
+        for steps, hidden, objective in product(stage2.steps, stage2.hidden, stage2.objectives)
+        for penalty in (stage2.penalties if objective == "l2s" else [0.0])
+    )
+    published = Candidate("l2s", 0.0, stage2.hidden[0], stage2.steps[0])
+    return list(dict.fromkeys([published, *grid]))  # without repeats, in order
 
 
 def fit_candidate(
-    candidate: Candidate,
-    pool: Trajectories,
-    valid: torch.Tensor,
-    context: JobContext,
+    candidate: Candidate, pool: Trajectories, valid: torch.Tensor, context: JobContext
 ) -> StopPolicy:
     """Stage II of ``candidate`` on the cached ``pool`` (exits ``valid``), as training stage
     ``stage2-<name>`` (resumable). The policy starts from the ``policy-init`` stream."""
@@ -408,13 +403,15 @@ def fit_stop_policy(model, problem: SparseProblem, context: JobContext) -> StopP
                 }
             )
         fitted[candidate.name] = (candidate, policy, valid)
-    published = [s for s in selection if s["published"]]
-    others = [s for s in selection if not s["published"]] or published
-    best = min(others, key=lambda s: s["mean_margin"])
-    best_published = min(published, key=lambda s: s["mean_margin"])
+
+    def margin(s):
+        return s["mean_margin"]
+
+    published = min((s for s in selection if s["published"]), key=margin)
+    best = min((s for s in selection if not s["published"]), key=margin, default=published)
+    _, published_policy, published_valid = fitted[published["name"]]
     candidate, policy, valid = fitted[best["name"]]
-    first = fitted[best_published["name"]]
     return StopPolicies(
-        first[1], first[2], best_published["kind"], policy, candidate, best["kind"], valid,
-        val_traj, mass, selection,
+        published_policy, published_valid, published["kind"], policy, candidate, best["kind"],
+        valid, val_traj, mass, selection,
     )  # fmt: skip

@@ -170,14 +170,10 @@ class SparseStepModel(StepModel):
     def n(self) -> int:
         return self.A.shape[1]
 
-    def _check_inputs(self, y: torch.Tensor) -> torch.Tensor:
+    def start(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
         if not isinstance(y, torch.Tensor) or y.dim() != 2 or y.shape[1] != self.m:
             shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
             raise ValueError(f"measurements y must have shape (B, m={self.m}); got {shape}")
-        return y
-
-    def start(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        y = self._check_inputs(y)
         x = y.new_zeros(y.shape[0], self.n)
         return {"y": y, "x": x, "x_prev": x, "y_level": log_mean_square(y)}
 
@@ -200,9 +196,6 @@ class SparseStepModel(StepModel):
     def features(self, state, t):
         return self.summaries(state)
 
-    def observe(self, state, t):
-        return state["x"], self.summaries(state)
-
     @property
     def feature_dim(self) -> int:
         return len(self.feature_names)
@@ -218,13 +211,12 @@ class SparseStepModel(StepModel):
         """``(T,)`` multiply-adds per sample and step of :meth:`summaries`: one per squared
         entry of x_t (n) and of r_t (m) or x_t − x_{t−1} (n); y's (m) once, at the first step."""
         per_step = self.n + (self.m if self.carries_residual else self.n)
-        costs = torch.full((self.max_steps,), float(per_step), dtype=torch.float64)
-        costs[0] += self.m
-        return costs
+        return self._per_step(per_step + self.m, per_step)
 
-    def _gradient_costs(self) -> torch.Tensor:
-        costs = torch.full((self.max_steps,), 2.0 * self.m * self.n, dtype=torch.float64)
-        costs[0] = self.m * self.n
+    def _per_step(self, first: float, rest: float) -> torch.Tensor:
+        """``(T,)`` float64: ``first`` at step 0, ``rest`` at every later step."""
+        costs = torch.full((self.max_steps,), float(rest), dtype=torch.float64)
+        costs[0] = first
         return costs
 
 
@@ -250,7 +242,7 @@ class ISTA(SparseStepModel):
         return {**state, "x": self._gradient_step(x, state["y"], t), "x_prev": x}
 
     def layer_costs(self):
-        return self._gradient_costs()
+        return self._per_step(self.m * self.n, 2.0 * self.m * self.n)
 
 
 class FISTA(ISTA):
@@ -293,10 +285,7 @@ class LISTA(SparseStepModel):
         return {**state, "x": soft_threshold(v, self.theta[t]), "x_prev": x}
 
     def layer_costs(self):
-        n, m = self.n, self.m
-        costs = torch.full((self.max_steps,), float(n * n + n * m), dtype=torch.float64)
-        costs[0] = n * m
-        return costs
+        return self._per_step(self.n * self.m, self.n * self.n + self.n * self.m)
 
 
 class ResidualStepModel(SparseStepModel):
@@ -311,7 +300,7 @@ class ResidualStepModel(SparseStepModel):
         return {**state, "r": -state["y"]}
 
     def layer_costs(self):
-        return torch.full((self.max_steps,), 2.0 * self.m * self.n, dtype=torch.float64)
+        return self._per_step(2.0 * self.m * self.n, 2.0 * self.m * self.n)
 
     def _update(self, state, t: int, step: torch.Tensor) -> dict[str, torch.Tensor]:
         """x_{t+1} = η^{ss}_{θ_t}(x_t − step) and its residual, ``step (B, n)``."""
@@ -336,12 +325,11 @@ class ALISTA(ResidualStepModel):
         if len(keep) != steps:
             raise ValueError(f"keep needs one support size per layer ({steps}); got {len(keep)}")
         self.register_buffer("W", analytic_weight(A))
-        self.gamma = nn.Parameter(
-            torch.full((steps,), float(gamma), dtype=A.dtype, device=A.device)
-        )
-        self.theta = nn.Parameter(
-            torch.full((steps,), float(theta), dtype=A.dtype, device=A.device)
-        )
+
+        def per_layer(value: float) -> nn.Parameter:
+            return nn.Parameter(torch.full((steps,), float(value), dtype=A.dtype, device=A.device))
+
+        self.gamma, self.theta = per_layer(gamma), per_layer(theta)
         self.keep = [int(k) for k in keep]
 
     def advance(self, state, t):
