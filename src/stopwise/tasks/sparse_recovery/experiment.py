@@ -68,26 +68,19 @@ def jobs(config: SparseRecoveryConfig) -> list[Job]:
     classical = Job("classical", keys=(*data, "classical"))
     if config.classical_only:
         return [classical]
-    stop = (*data, "beta", "prune_mass", "lr_final", "stage2")
-    stop += ("threshold_rule", "threshold_row", "match_tolerance", "budget_points")
-    stop += ("inference_mode",)
+    trained = (*data, "lr_final")
+    stage1 = (*trained, "beta", "stage1_uniform")
+    stop = (*trained, "beta", "prune_mass", "stage2", "threshold_rule", "threshold_row")
+    stop += ("match_tolerance", "budget_points", "inference_mode")
     cpss1 = [f"cpss.{k}" for k in ("stage1_steps", "batch", "lr", "weight_decay")]
     lista_start = ("lista",) if config.stage1.init == "lista" else ()
     return [
         classical,
-        Job("lista", after=("classical",), keys=(*data, "lista", "lr_final")),
-        Job(
-            "lista-stop-stage1",
-            after=("classical", *lista_start),
-            keys=(*data, "beta", "stage1_uniform", "stage1", "lr_final"),
-        ),
+        Job("lista", after=("classical",), keys=(*trained, "lista")),
+        Job("lista-stop-stage1", after=("classical", *lista_start), keys=(*stage1, "stage1")),
         Job("lista-stop", after=("classical", "lista-stop-stage1"), keys=stop),
-        Job("alista", keys=(*data, "alista", "lr_final")),
-        Job(
-            "cpss-stop-stage1",
-            after=("alista",),
-            keys=(*data, "beta", "stage1_uniform", *cpss1, "lr_final"),
-        ),
+        Job("alista", keys=(*trained, "alista")),
+        Job("cpss-stop-stage1", after=("alista",), keys=(*stage1, *cpss1)),
         Job("cpss-stop", after=("alista", "cpss-stop-stage1"), keys=stop),
     ]
 
@@ -233,8 +226,7 @@ def stop_model(name: str, context: JobContext, problem: SparseProblem):
     model.load_state_dict(context.checkpoint("stage1", job=STOP_MODELS[name][0])["model"])
     model.eval()
     fitted = fit_stop_policy(model, problem, context)
-    val, every = problem.val, torch.ones(model.max_steps, dtype=torch.bool)
-    val_energies = (val.x**2).sum(-1)
+    val_energies = (problem.val.x**2).sum(-1)
     val_errors = fitted.val.losses
 
     def val_nmse(index):
@@ -259,9 +251,7 @@ def stop_model(name: str, context: JobContext, problem: SparseProblem):
     rows, stops = {}, {}
     with torch.no_grad():
         test_scores = {
-            rule: in_chunks(
-                lambda y, p=policies[rule]: hazard_trajectory(model, p, y), test.y, chunk
-            )
+            rule: in_chunks(partial(hazard_trajectory, model, policies[rule]), test.y, chunk)
             for rule in rules
         }
         for rule_name, rule in rules.items():
@@ -277,7 +267,7 @@ def stop_model(name: str, context: JobContext, problem: SparseProblem):
                 "mean_cost": float(result.cost.double().mean()),
                 "matches_dense_selection": bool(torch.equal(result.stop_index, dense)),
             }
-    stops["oracle"] = oracle_stop(test_errors, every)
+    stops["oracle"] = oracle_stop(test_errors, torch.ones(model.max_steps, dtype=torch.bool))
     rows[f"{name}-oracle"] = {
         **columns_at(test_errors, test, snrs, stops["oracle"]),
         **steps_per_snr(stops["oracle"], test, snrs),

@@ -160,15 +160,8 @@ class SparseStepModel(StepModel):
         if steps < 1:
             raise ValueError(f"steps must be >= 1; got {steps}")
         self.max_steps = steps
+        self.m, self.n = A.shape
         self.register_buffer("A", A.detach().clone())
-
-    @property
-    def m(self) -> int:
-        return self.A.shape[0]
-
-    @property
-    def n(self) -> int:
-        return self.A.shape[1]
 
     def start(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
         if not isinstance(y, torch.Tensor) or y.dim() != 2 or y.shape[1] != self.m:

@@ -272,12 +272,10 @@ def _domination(curve, rows, name: str, seeds: list[int], T: int, tolerance: flo
     reach = {}
     for s in seeds:
         full = rows[s][f"{name}-full"]["mixed"]
-        hits = [
-            p["per_seed"][s]["mean_steps"]
-            for p in curve
-            if p["per_seed"][s]["mixed"] <= full + tolerance
-        ]
-        reach[s] = min(hits) if hits else float(T)
+        points = [p["per_seed"][s] for p in curve]
+        reach[s] = min(
+            (p["mean_steps"] for p in points if p["mixed"] <= full + tolerance), default=float(T)
+        )
     reach_mean, reach_sd = mean_sd(list(reach.values()))
     best_lower = min(lower, key=lambda p: p["margin"]) if lower else None
     return {
@@ -293,9 +291,7 @@ def _domination(curve, rows, name: str, seeds: list[int], T: int, tolerance: flo
         "full_depth_reached_mean": reach_mean,
         "full_depth_reached_sd": reach_sd,
         "full_depth_target_steps": 0.75 * T,
-        "full_depth_met": reach_mean + reach_sd <= 0.75 * T
-        if len(seeds) > 1
-        else reach_mean <= 0.75 * T,
+        "full_depth_met": reach_mean + (reach_sd if len(seeds) > 1 else 0.0) <= 0.75 * T,
     }
 
 
