@@ -181,7 +181,7 @@ def validation_per_layer(model, problem: SparseProblem, chunk: int) -> dict[str,
     val = problem.val
     errors = per_step_squared_errors(model, val.y, val.x, chunk)
     energies = (val.x**2).sum(-1)
-    return {"validation_nmse": [nmse_db(errors[:, t], energies) for t in range(errors.shape[1])]}
+    return {"validation_nmse": [nmse_db(depth, energies) for depth in errors.T]}
 
 
 def classical(context: JobContext, problem: SparseProblem) -> dict[str, Any]:

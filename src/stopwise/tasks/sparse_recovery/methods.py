@@ -314,7 +314,7 @@ def validation_margins(
     the same model at fixed depth: per budget the mean steps, NMSE(dB), the best fixed-depth
     NMSE at that mean depth (:func:`fixed_depth_hull`) and the margin (negative: the stop curve
     is better). ``val_scores, val_errors (N, T)``; budgets the policy cannot meet are skipped."""
-    fixed = [nmse_db(val_errors[:, t], energies) for t in range(val_errors.shape[1])]
+    fixed = [nmse_db(errors, energies) for errors in val_errors.T]
     points = []
     for budget in budgets:
         try:

@@ -43,7 +43,6 @@ __all__ = [
     "support_sizes",
     "log_mean_square",
     "analytic_weight",
-    "operator_norm_squared",
     "SparseStepModel",
     "ResidualStepModel",
     "ISTA",
@@ -131,11 +130,6 @@ def analytic_weight(A: torch.Tensor) -> torch.Tensor:
     A64 = A.to(torch.float64)
     P = torch.linalg.solve(A64 @ A64.T, A64)  # columns (AAᵀ)⁻¹ a_i
     return (P / (A64 * P).sum(0, keepdim=True)).to(A.dtype)
-
-
-def operator_norm_squared(A: torch.Tensor) -> float:
-    """‖A‖₂², the Lipschitz constant of the gradient of ½‖Ax − y‖² (ISTA converges for L ≥ it)."""
-    return float(torch.linalg.matrix_norm(A.to(torch.float64), ord=2) ** 2)
 
 
 def fista_momentum(steps: int) -> list[float]:

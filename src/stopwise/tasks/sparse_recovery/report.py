@@ -233,8 +233,7 @@ def _budget_curve(by_seed, curves, name: str, seeds: list[int]) -> list[dict[str
         per_seed = {}
         for s in seeds:
             point = by_seed[s]["curve"][i]
-            fixed = [p["mixed"] for p in curves[s][name]]
-            hull = fixed_depth_hull(fixed, point["mean_steps"])
+            hull = fixed_depth_hull([p["mixed"] for p in curves[s][name]], point["mean_steps"])
             per_seed[s] = {
                 "mean_steps": point["mean_steps"],
                 "mixed": point["mixed"],
