@@ -248,18 +248,16 @@ def stop_model(name: str, context: JobContext, problem: SparseProblem):
 
     test = problem.test.open()  # every choice is made: the test set, once
     test_errors = per_step_squared_errors(model, test.y, test.x, chunk)
-    rows, stops = {}, {}
+    rows, stops, test_scores = {}, {}, {}
     with torch.no_grad():
-        test_scores = {
-            rule: in_chunks(partial(hazard_trajectory, model, policies[rule]), test.y, chunk)
-            for rule in rules
-        }
         for rule_name, rule in rules.items():
             policy, mask = policies[rule_name], valid[rule_name]
+            scores = in_chunks(partial(hazard_trajectory, model, policy), test.y, chunk)
             result = run_adaptive(
                 model, policy, test.y, rule, config.inference_mode, mask, costs[rule_name]
             )
-            dense = stop_indices(test_scores[rule_name], rule, mask)
+            dense = stop_indices(scores, rule, mask)
+            test_scores[rule_name] = scores
             stops[rule_name] = result.stop_index
             rows[f"{name}-{rule_name}"] = {
                 **nmse_columns(result.predictions, test.x, test.snr, snrs),
@@ -344,10 +342,8 @@ def threshold_row_rule(calibration, val_scores, fitted, full_val: float, config)
     """The threshold row's rule, chosen on validation: ``threshold_row="match-full"`` takes the
     cheapest calibrated budget whose validation NMSE is within ``match_tolerance`` dB of full
     depth (the least NMSE if none is), ``"best"`` the least validation NMSE."""
-    if config.threshold_row == "best":
-        return calibration.rule
     within = [c for c in calibration.candidates if c["value"] <= full_val + config.match_tolerance]
-    if not within:
+    if config.threshold_row == "best" or not within:
         return calibration.rule
     cheapest = min(within, key=lambda c: (c["cost"], c["value"]))
     return fit_threshold(val_scores, cheapest["budget"], None, cheapest["kind"], fitted.valid)

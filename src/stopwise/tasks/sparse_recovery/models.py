@@ -265,9 +265,7 @@ class LISTA(SparseStepModel):
         self.theta = nn.Parameter(torch.full((steps,), lam / L, dtype=A.dtype, device=A.device))
 
     def advance(self, state, t):
-        y = state["y"]
-        drive = y @ self.wb[t]
-        x = state["x"]
+        drive, x = state["y"] @ self.wb[t], state["x"]
         v = drive if t == 0 else torch.addmm(drive, x, self.wx[t - 1])
         return {**state, "x": soft_threshold(v, self.theta[t]), "x_prev": x}
 
@@ -291,9 +289,8 @@ class ResidualStepModel(SparseStepModel):
 
     def _update(self, state, t: int, step: torch.Tensor) -> dict[str, torch.Tensor]:
         """x_{t+1} = η^{ss}_{θ_t}(x_t − step) and its residual, ``step (B, n)``."""
-        y = state["y"]
         x = support_threshold(state["x"] - step, self.theta[t], self.keep[t])
-        return {**state, "x": x, "r": x @ self.A.T - y}
+        return {**state, "x": x, "r": x @ self.A.T - state["y"]}
 
 
 class ALISTA(ResidualStepModel):
