@@ -61,19 +61,16 @@ class _SoftThreshold(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, v, theta):
-        lambd = float(theta)
-        out = torch.nn.functional.softshrink(v, lambd)
+        ctx.lambd = float(theta)
+        out = torch.nn.functional.softshrink(v, ctx.lambd)
         ctx.save_for_backward(v, out)
-        ctx.lambd = lambd
         return out
 
     @staticmethod
     def backward(ctx, grad):
         v, out = ctx.saved_tensors
         grad_v = torch.ops.aten.softshrink_backward(grad, v, ctx.lambd)
-        grad_theta = None
-        if ctx.needs_input_grad[1]:
-            grad_theta = -(grad * out.sign()).sum()
+        grad_theta = -(grad * out.sign()).sum() if ctx.needs_input_grad[1] else None
         return grad_v, grad_theta
 
 
@@ -98,9 +95,8 @@ def support_threshold(v: torch.Tensor, theta: torch.Tensor | float, keep: int) -
     shrunk = soft_threshold(v, theta)
     if keep <= 0:
         return shrunk
-    n = v.shape[-1]
     magnitude = v.detach().abs()
-    if keep >= n:
+    if keep >= v.shape[-1]:
         cut = magnitude.new_zeros(v.shape[:-1] + (1,))
     else:
         top = magnitude.topk(keep + 1, dim=-1, sorted=True).values
@@ -339,11 +335,9 @@ class LISTACPSS(ResidualStepModel):
                 f"need one weight, threshold and support size per layer; got {steps} weights, "
                 f"{len(thetas)} thresholds, {len(keep)} support sizes"
             )
-        for w in weights:
-            if w.shape != A.shape:
-                raise ValueError(
-                    f"each W_t must have A's shape {tuple(A.shape)}; got {tuple(w.shape)}"
-                )
+        wrong = [tuple(w.shape) for w in weights if w.shape != A.shape]
+        if wrong:
+            raise ValueError(f"each W_t must have A's shape {tuple(A.shape)}; got {wrong[0]}")
         self.w = nn.ParameterList(nn.Parameter(w.detach().clone().to(A.dtype)) for w in weights)
         self.theta = nn.Parameter(torch.as_tensor(thetas, dtype=A.dtype).detach().clone())
         self.keep = [int(k) for k in keep]
