@@ -123,9 +123,13 @@ def report(results: list[JobResult], config: SparseRecoveryConfig) -> Report:
             values = [r[field] for r in per_seed.values() if field in r]
             if values:
                 row[field], row["sd"][field] = mean_sd(values)
-        for field in ("ista_same_depth", "matches_dense_selection"):
-            if field in per_seed[seeds[0]]:
-                row[field] = _combine([r[field] for r in per_seed.values()])
+        if "ista_same_depth" in per_seed[seeds[0]]:  # mean over seeds of each column
+            points = [r["ista_same_depth"] for r in per_seed.values()]
+            row["ista_same_depth"] = {k: statistics.fmean(p[k] for p in points) for k in points[0]}
+        if "matches_dense_selection" in per_seed[seeds[0]]:
+            row["matches_dense_selection"] = all(
+                r["matches_dense_selection"] for r in per_seed.values()
+            )
         row["per_seed"] = per_seed
         table_rows.append(row)
 
@@ -190,13 +194,6 @@ def report(results: list[JobResult], config: SparseRecoveryConfig) -> Report:
         figures=_figures(out, stops, seeds),
         summary=_summary(out),
     )
-
-
-def _combine(values: list[Any]) -> Any:
-    """Per-seed values of a row field as one: all() of flags, the mean of dicts of numbers."""
-    if isinstance(values[0], bool):
-        return all(values)
-    return {k: statistics.fmean(v[k] for v in values) for k in values[0]}
 
 
 def _at_depth(curve: list[dict], mean_steps: float) -> dict:
