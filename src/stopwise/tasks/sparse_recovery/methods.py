@@ -265,40 +265,20 @@ def fit_candidate(
     optimizer, scheduler = adam_cosine(policy.parameters(), candidate.steps, s2.lr, config.lr_final)
     rows = torch.arange(pool.losses.shape[0])
     batches = EpochBatches((rows, rows), s2.batch, context.stream_seed("stage2-batches"))
-    replay, valid = Replay(pool), valid.to(pool.losses.device)
-    stage, settings = f"stage2-{candidate.name}", context.loop_settings(config.log_every)
     costs = torch.arange(1, T + 1, dtype=pool.losses.dtype, device=pool.losses.device)
+    loop = {  # what both objectives' training loops share
+        "mask": valid.to(pool.losses.device),
+        "settings": context.loop_settings(config.log_every),
+        "stage": f"stage2-{candidate.name}",
+        "scheduler": scheduler,
+    }
     if candidate.objective == "l2s":
-        fit_policy(
-            replay,
-            policy,
-            batches,
-            replayed_losses,
-            optimizer,
-            candidate.steps,
-            config.beta,
-            hard=s2.oracle == "hard",
-            mask=valid,
-            settings=settings,
-            stage=stage,
-            scheduler=scheduler,
-            step_penalty=candidate.penalty * costs,
-        )
+        hard, penalty = s2.oracle == "hard", candidate.penalty * costs
+        args = (Replay(pool), policy, batches, replayed_losses, optimizer, candidate.steps)
+        fit_policy(*args, config.beta, hard=hard, step_penalty=penalty, **loop)
     else:
-        fit_gain_head(
-            policy,
-            pool.features,
-            pool.losses,
-            lambda step: batches(step)[0],
-            optimizer,
-            candidate.steps,
-            costs=costs,
-            floor=s2.gain_floor,
-            mask=valid,
-            settings=settings,
-            stage=stage,
-            scheduler=scheduler,
-        )
+        args = (policy, pool.features, pool.losses, lambda step: batches(step)[0], optimizer)
+        fit_gain_head(*args, candidate.steps, costs=costs, floor=s2.gain_floor, **loop)
     return policy.eval()
 
 
