@@ -17,6 +17,7 @@ against the selection from the dense trajectory.
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +41,7 @@ from ...selection import budget_grid, budget_sweep, calibrate_by_metric, fixed_d
 from ...training import policy_hazards
 from .config import SparseRecoveryConfig
 from .data import SparseBatch, SparseProblem, make_problem
-from .methods import (
-    CLASSICAL,
-    PAPER_SETTINGS,
-    fit_deep_supervision,
-    fit_stage1,
-    fit_stop_policy,
-    tune,
-)
+from .methods import CLASSICAL, PAPER_SETTINGS, fit_layers, fit_stop_policy, tune
 from .metrics import (
     cost_aware_oracle_stop,
     error_columns,
@@ -74,26 +68,19 @@ def jobs(config: SparseRecoveryConfig) -> list[Job]:
     classical = Job("classical", keys=(*data, "classical"))
     if config.classical_only:
         return [classical]
-    stop = (*data, "beta", "prune_mass", "lr_final", "stage2")
-    stop += ("threshold_rule", "threshold_row", "match_tolerance", "budget_points")
-    stop += ("inference_mode",)
+    trained = (*data, "lr_final")
+    stage1 = (*trained, "beta", "stage1_uniform")
+    stop = (*trained, "beta", "prune_mass", "stage2", "threshold_rule", "threshold_row")
+    stop += ("match_tolerance", "budget_points", "inference_mode")
     cpss1 = [f"cpss.{k}" for k in ("stage1_steps", "batch", "lr", "weight_decay")]
     lista_start = ("lista",) if config.stage1.init == "lista" else ()
     return [
         classical,
-        Job("lista", after=("classical",), keys=(*data, "lista", "lr_final")),
-        Job(
-            "lista-stop-stage1",
-            after=("classical", *lista_start),
-            keys=(*data, "beta", "stage1_uniform", "stage1", "lr_final"),
-        ),
+        Job("lista", after=("classical",), keys=(*trained, "lista")),
+        Job("lista-stop-stage1", after=("classical", *lista_start), keys=(*stage1, "stage1")),
         Job("lista-stop", after=("classical", "lista-stop-stage1"), keys=stop),
-        Job("alista", keys=(*data, "alista", "lr_final")),
-        Job(
-            "cpss-stop-stage1",
-            after=("alista",),
-            keys=(*data, "beta", "stage1_uniform", *cpss1, "lr_final"),
-        ),
+        Job("alista", keys=(*trained, "alista")),
+        Job("cpss-stop-stage1", after=("alista",), keys=(*stage1, *cpss1)),
         Job("cpss-stop", after=("alista", "cpss-stop-stage1"), keys=stop),
     ]
 
@@ -105,18 +92,12 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
     return JOBS[job.name](context, problem)
 
 
-def lista_job(context: JobContext, problem: SparseProblem) -> dict[str, Any]:
-    config = context.config
-    model = lista_model(context, problem)
-    fit_deep_supervision(model, problem, context, "lista", config.lista)
-    return measure_fixed("lista", model, problem, config.eval_chunk)
-
-
-def alista_job(context: JobContext, problem: SparseProblem) -> dict[str, Any]:
-    config = context.config
-    model = alista_model(config, problem.A)
-    fit_deep_supervision(model, problem, context, "alista", config.alista)
-    return measure_fixed("alista", model, problem, config.eval_chunk)
+def fixed_job(key: str, context: JobContext, problem: SparseProblem) -> dict[str, Any]:
+    """LISTA or ALISTA (``key``) by deep supervision, then measured on test."""
+    config, schedule = context.config, getattr(context.config, key)
+    model = lista_model(context, problem) if key == "lista" else alista_model(config, problem.A)
+    fit_layers(model, problem, context, key, schedule.steps, schedule.batch, schedule.lr)
+    return measure_fixed(key, model, problem, config.eval_chunk)
 
 
 def lista_stage1_job(context: JobContext, problem: SparseProblem) -> dict[str, Any]:
@@ -124,23 +105,15 @@ def lista_stage1_job(context: JobContext, problem: SparseProblem) -> dict[str, A
     model = lista_model(context, problem)
     if s.init == "lista":
         model.load_state_dict(context.checkpoint("lista", job="lista")["model"])
-    fit_stage1(model, problem, context, s.steps, s.batch, s.lr, s.weight_decay)
+    fit_layers(model, problem, context, "stage1", s.steps, s.batch, s.lr, s.weight_decay)
     return validation_per_layer(model, problem, config.eval_chunk)
 
 
 def cpss_stage1_job(context: JobContext, problem: SparseProblem) -> dict[str, Any]:
     config, c = context.config, context.config.cpss
     model = cpss_model(context, problem)
-    fit_stage1(model, problem, context, c.stage1_steps, c.batch, c.lr, c.weight_decay)
+    fit_layers(model, problem, context, "stage1", c.stage1_steps, c.batch, c.lr, c.weight_decay)
     return validation_per_layer(model, problem, config.eval_chunk)
-
-
-def lista_stop_job(context: JobContext, problem: SparseProblem) -> dict[str, Any]:
-    return stop_model("lista_stop", lista_model(context, problem), problem, context)
-
-
-def cpss_stop_job(context: JobContext, problem: SparseProblem) -> dict[str, Any]:
-    return stop_model("cpss_stop", cpss_model(context, problem), problem, context)
 
 
 # ---------------------------------------------------------------- models of a job
@@ -179,12 +152,10 @@ def columns_at(errors: torch.Tensor, split: SparseBatch, snrs, index=None) -> di
 
 def per_layer(errors: torch.Tensor, split: SparseBatch, snrs, costs: torch.Tensor) -> list[dict]:
     """The model truncated at every depth: NMSE columns per depth."""
-
-    def columns(index):
-        return columns_at(errors, split, snrs, index)
-
     valid = torch.ones(errors.shape[1], dtype=torch.bool)
-    return fixed_depth_curve(errors.shape[0], columns, valid, costs)
+    return fixed_depth_curve(
+        errors.shape[0], partial(columns_at, errors, split, snrs), valid, costs
+    )
 
 
 def fixed_row(model, errors: torch.Tensor, split: SparseBatch, snrs) -> dict[str, Any]:
@@ -210,26 +181,19 @@ def validation_per_layer(model, problem: SparseProblem, chunk: int) -> dict[str,
     val = problem.val
     errors = per_step_squared_errors(model, val.y, val.x, chunk)
     energies = (val.x**2).sum(-1)
-    return {"validation_nmse": [nmse_db(errors[:, t], energies) for t in range(errors.shape[1])]}
+    return {"validation_nmse": [nmse_db(depth, energies) for depth in errors.T]}
 
 
 def classical(context: JobContext, problem: SparseProblem) -> dict[str, Any]:
     """ISTA and FISTA per budget: (L, λ) tuned on validation, then measured on test; and the
     support-oracle bound on test (least squares on each sample's true support)."""
-    config, val = context.config, problem.val
+    config, val, c = context.config, problem.val, context.config.classical
     tuned = {}
     for algorithm in CLASSICAL:
-        for budget in config.classical.budgets:
+        for budget in c.budgets:
             start = PAPER_SETTINGS.get((algorithm, budget), PAPER_SETTINGS[(algorithm, 20)])
             tuned[f"{algorithm}-{budget}"] = tune(
-                algorithm,
-                problem.A,
-                budget,
-                val.y,
-                val.x,
-                start,
-                config.classical.lambda_factors,
-                config.classical.L_factors,
+                algorithm, problem.A, budget, val.y, val.x, start, c.lambda_factors, c.L_factors
             )
     test = problem.test.open()
     rows, curves = {}, {}
@@ -251,18 +215,18 @@ def classical(context: JobContext, problem: SparseProblem) -> dict[str, Any]:
 ORACLE_PENALTIES = [0.0, 1e-4, 3e-4, 1e-3, 2e-3, 3e-3, 5e-3, 1e-2, 2e-2, 3e-2, 0.1, 0.3, 1.0]
 
 
-def stop_model(name: str, model, problem: SparseProblem, context: JobContext):
+def stop_model(name: str, context: JobContext, problem: SparseProblem):
     """Stage II and every choice on validation (pruned exits, the policy setting, threshold kind
     and the threshold row's budget), then the one test evaluation: the sampled (published
     policy) and threshold rows through ``run_adaptive``, the oracle stop, full depth, the budget
     curves of both policies beside fixed depth and the cost-aware oracle, stop histograms and
     wall-clock."""
     config, snrs, chunk = context.config, problem.snrs, context.config.eval_chunk
+    model = (lista_model if name == "lista_stop" else cpss_model)(context, problem)
     model.load_state_dict(context.checkpoint("stage1", job=STOP_MODELS[name][0])["model"])
     model.eval()
     fitted = fit_stop_policy(model, problem, context)
-    val, every = problem.val, torch.ones(model.max_steps, dtype=torch.bool)
-    val_energies = (val.x**2).sum(-1)
+    val_energies = (problem.val.x**2).sum(-1)
     val_errors = fitted.val.losses
 
     def val_nmse(index):
@@ -284,20 +248,16 @@ def stop_model(name: str, model, problem: SparseProblem, context: JobContext):
 
     test = problem.test.open()  # every choice is made: the test set, once
     test_errors = per_step_squared_errors(model, test.y, test.x, chunk)
-    rows, stops = {}, {}
+    rows, stops, test_scores = {}, {}, {}
     with torch.no_grad():
-        test_scores = {
-            rule: in_chunks(
-                lambda y, p=policies[rule]: hazard_trajectory(model, p, y), test.y, chunk
-            )
-            for rule in rules
-        }
         for rule_name, rule in rules.items():
             policy, mask = policies[rule_name], valid[rule_name]
+            scores = in_chunks(partial(hazard_trajectory, model, policy), test.y, chunk)
             result = run_adaptive(
                 model, policy, test.y, rule, config.inference_mode, mask, costs[rule_name]
             )
-            dense = stop_indices(test_scores[rule_name], rule, mask)
+            dense = stop_indices(scores, rule, mask)
+            test_scores[rule_name] = scores
             stops[rule_name] = result.stop_index
             rows[f"{name}-{rule_name}"] = {
                 **nmse_columns(result.predictions, test.x, test.snr, snrs),
@@ -305,31 +265,29 @@ def stop_model(name: str, model, problem: SparseProblem, context: JobContext):
                 "mean_cost": float(result.cost.double().mean()),
                 "matches_dense_selection": bool(torch.equal(result.stop_index, dense)),
             }
-    stops["oracle"] = oracle_stop(test_errors, every)
+    stops["oracle"] = oracle_stop(test_errors, torch.ones(model.max_steps, dtype=torch.bool))
     rows[f"{name}-oracle"] = {
         **columns_at(test_errors, test, snrs, stops["oracle"]),
         **steps_per_snr(stops["oracle"], test, snrs),
     }
     rows[f"{name}-full"] = fixed_row(model, test_errors, test, snrs)
 
-    def metric(rule):
-        def measure(index):
-            macs = float(costs[rule][index.cpu()].mean())
-            return {**columns_at(test_errors, test, snrs, index), "mean_macs": macs}
+    def metric(rule, index):
+        macs = float(costs[rule][index.cpu()].mean())
+        return {**columns_at(test_errors, test, snrs, index), "mean_macs": macs}
 
-        return measure
-
+    row = {"target": config.threshold_row, "score_threshold": row_rule.score_threshold.tolist()}
     published_budgets = budget_grid(fitted.published_valid, config.budget_points)
     record = {
         "rows": rows,
         "fixed_depth": {name: per_layer(test_errors, test, snrs, model.step_costs())},
         "curve": budget_sweep(
-            chosen_val, test_scores["threshold"], budgets, metric("threshold"), fitted.kind,
-            fitted.valid, val_metric=val_nmse, lower_is_better=True,
+            chosen_val, test_scores["threshold"], budgets, partial(metric, "threshold"),
+            fitted.kind, fitted.valid, val_metric=val_nmse, lower_is_better=True,
         ),
         "curve_published": budget_sweep(
             val_scores(fitted.published), test_scores["sampled"], published_budgets,
-            metric("sampled"), fitted.published_kind, fitted.published_valid,
+            partial(metric, "sampled"), fitted.published_kind, fitted.published_valid,
             val_metric=val_nmse, lower_is_better=True,
         ),
         "oracle_curve": [
@@ -341,7 +299,7 @@ def stop_model(name: str, model, problem: SparseProblem, context: JobContext):
             for penalty in ORACLE_PENALTIES
             for index in [cost_aware_oracle_stop(test_errors, penalty)]
         ],
-        "calibration": {**calibration.plain(), "row": row_rule_plain(row_rule, config)},
+        "calibration": {**calibration.plain(), "row": row},
         "policy": {**fitted.candidate.plain(), "kind": fitted.kind},
         "published_policy": {"kind": fitted.published_kind, "hidden": config.stage2.hidden[0]},
         "selection": fitted.selection,
@@ -384,17 +342,11 @@ def threshold_row_rule(calibration, val_scores, fitted, full_val: float, config)
     """The threshold row's rule, chosen on validation: ``threshold_row="match-full"`` takes the
     cheapest calibrated budget whose validation NMSE is within ``match_tolerance`` dB of full
     depth (the least NMSE if none is), ``"best"`` the least validation NMSE."""
-    if config.threshold_row == "best":
-        return calibration.rule
     within = [c for c in calibration.candidates if c["value"] <= full_val + config.match_tolerance]
-    if not within:
+    if config.threshold_row == "best" or not within:
         return calibration.rule
     cheapest = min(within, key=lambda c: (c["cost"], c["value"]))
     return fit_threshold(val_scores, cheapest["budget"], None, cheapest["kind"], fitted.valid)
-
-
-def row_rule_plain(rule, config) -> dict[str, Any]:
-    return {"target": config.threshold_row, "score_threshold": rule.score_threshold.tolist()}
 
 
 def steps_per_snr(index: torch.Tensor, split: SparseBatch, snrs) -> dict[str, Any]:
@@ -448,10 +400,10 @@ def load_stop_model(run_path: str | Path, name: str, seed: int | None = None):
 
 JOBS = {
     "classical": classical,
-    "lista": lista_job,
+    "lista": partial(fixed_job, "lista"),
     "lista-stop-stage1": lista_stage1_job,
-    "lista-stop": lista_stop_job,
-    "alista": alista_job,
+    "lista-stop": partial(stop_model, "lista_stop"),
+    "alista": partial(fixed_job, "alista"),
     "cpss-stop-stage1": cpss_stage1_job,
-    "cpss-stop": cpss_stop_job,
+    "cpss-stop": partial(stop_model, "cpss_stop"),
 }

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
+from itertools import product
 from typing import Any
 
 import torch
@@ -44,8 +45,7 @@ __all__ = [
     "tune",
     "validation_nmse",
     "adam_cosine",
-    "fit_deep_supervision",
-    "fit_stage1",
+    "fit_layers",
     "Trajectories",
     "trajectories",
     "Replay",
@@ -132,55 +132,31 @@ def adam_cosine(parameters, steps: int, lr: float, lr_final: float, weight_decay
     return optimizer, scheduler
 
 
-def _batches(problem: SparseProblem, context: JobContext, stage: str, batch: int):
-    return GeneratedBatches(problem.sample, batch, context.stream_seed(f"{stage}-batches"))
-
-
-def fit_deep_supervision(model, problem: SparseProblem, context: JobContext, stage: str, schedule):
-    """Train ``model`` on the mean of its layers' losses ℓ_t = ‖x_t − x*‖² (LISTA, ALISTA);
-    ``schedule`` has ``steps``, ``batch`` and ``lr``. Returns the model in eval mode."""
-    optimizer, scheduler = adam_cosine(
-        model.parameters(), schedule.steps, schedule.lr, context.config.lr_final
-    )
-    fit_predictor(
-        model,
-        _batches(problem, context, stage, schedule.batch),
-        step_losses,
-        optimizer,
-        schedule.steps,
-        settings=context.loop_settings(context.config.log_every),
-        stage=stage,
-        scheduler=scheduler,
-    )
-    return model.eval()
-
-
-def fit_stage1(
+def fit_layers(
     model,
     problem: SparseProblem,
     context: JobContext,
+    stage: str,
     steps: int,
     batch: int,
     lr: float,
-    weight_decay: float,
+    weight_decay: float = 0.0,
 ):
-    """L2S stage I: Σ_t q*(t) ℓ_t with q* = softmax_t(−ℓ_t/β) detached (the gradient of
-    −β logsumexp(−ℓ/β)), as stage ``stage1``; ``stage1_uniform`` mixes in deep supervision's
-    uniform weights. Returns the model in eval mode."""
+    """Train a step model's layers as training stage ``stage``. Stage ``"stage1"`` is L2S stage
+    I: Σ_t q*(t) ℓ_t with q* = softmax_t(−ℓ_t/β) detached (the gradient of −β logsumexp(−ℓ/β)),
+    ``stage1_uniform`` mixing in deep supervision's uniform weights; any other stage is deep
+    supervision, the mean of the layers' losses ℓ_t = ‖x_t − x*‖² (LISTA, ALISTA). Returns the
+    model in eval mode."""
     config = context.config
     optimizer, scheduler = adam_cosine(model.parameters(), steps, lr, config.lr_final, weight_decay)
-    fit_oracle(
-        model,
-        _batches(problem, context, "stage1", batch),
-        step_losses,
-        optimizer,
-        steps,
-        config.beta,
-        settings=context.loop_settings(config.log_every),
-        stage="stage1",
-        uniform=config.stage1_uniform,
-        scheduler=scheduler,
-    )
+    batches = GeneratedBatches(problem.sample, batch, context.stream_seed(f"{stage}-batches"))
+    args = (model, batches, step_losses, optimizer, steps)
+    settings = context.loop_settings(config.log_every)
+    loop = {"settings": settings, "stage": stage, "scheduler": scheduler}
+    if stage == "stage1":
+        fit_oracle(*args, config.beta, uniform=config.stage1_uniform, **loop)
+    else:
+        fit_predictor(*args, **loop)
     return model.eval()
 
 
@@ -266,23 +242,17 @@ class Candidate:
 def candidates(stage2) -> list[Candidate]:
     """Every stage-II setting of config group ``stage2`` that validation chooses among; the
     first is L2S as published (λ = 0) at the first hidden width and length."""
-    out = [Candidate("l2s", 0.0, stage2.hidden[0], stage2.steps[0])]
-    for steps in stage2.steps:
-        for hidden in stage2.hidden:
-            for objective in stage2.objectives:
-                penalties = stage2.penalties if objective == "l2s" else [0.0]
-                for penalty in penalties:
-                    candidate = Candidate(objective, penalty, hidden, steps)
-                    if candidate not in out:
-                        out.append(candidate)
-    return out
+    grid = (
+        Candidate(objective, penalty, hidden, steps)
+        for steps, hidden, objective in product(stage2.steps, stage2.hidden, stage2.objectives)
+        for penalty in (stage2.penalties if objective == "l2s" else [0.0])
+    )
+    published = Candidate("l2s", 0.0, stage2.hidden[0], stage2.steps[0])
+    return list(dict.fromkeys([published, *grid]))  # without repeats, in order
 
 
 def fit_candidate(
-    candidate: Candidate,
-    pool: Trajectories,
-    valid: torch.Tensor,
-    context: JobContext,
+    candidate: Candidate, pool: Trajectories, valid: torch.Tensor, context: JobContext
 ) -> StopPolicy:
     """Stage II of ``candidate`` on the cached ``pool`` (exits ``valid``), as training stage
     ``stage2-<name>`` (resumable). The policy starts from the ``policy-init`` stream."""
@@ -295,40 +265,20 @@ def fit_candidate(
     optimizer, scheduler = adam_cosine(policy.parameters(), candidate.steps, s2.lr, config.lr_final)
     rows = torch.arange(pool.losses.shape[0])
     batches = EpochBatches((rows, rows), s2.batch, context.stream_seed("stage2-batches"))
-    replay, valid = Replay(pool), valid.to(pool.losses.device)
-    stage, settings = f"stage2-{candidate.name}", context.loop_settings(config.log_every)
     costs = torch.arange(1, T + 1, dtype=pool.losses.dtype, device=pool.losses.device)
+    loop = {  # what both objectives' training loops share
+        "mask": valid.to(pool.losses.device),
+        "settings": context.loop_settings(config.log_every),
+        "stage": f"stage2-{candidate.name}",
+        "scheduler": scheduler,
+    }
     if candidate.objective == "l2s":
-        fit_policy(
-            replay,
-            policy,
-            batches,
-            replayed_losses,
-            optimizer,
-            candidate.steps,
-            config.beta,
-            hard=s2.oracle == "hard",
-            mask=valid,
-            settings=settings,
-            stage=stage,
-            scheduler=scheduler,
-            step_penalty=candidate.penalty * costs,
-        )
+        hard, penalty = s2.oracle == "hard", candidate.penalty * costs
+        args = (Replay(pool), policy, batches, replayed_losses, optimizer, candidate.steps)
+        fit_policy(*args, config.beta, hard=hard, step_penalty=penalty, **loop)
     else:
-        fit_gain_head(
-            policy,
-            pool.features,
-            pool.losses,
-            lambda step: batches(step)[0],
-            optimizer,
-            candidate.steps,
-            costs=costs,
-            floor=s2.gain_floor,
-            mask=valid,
-            settings=settings,
-            stage=stage,
-            scheduler=scheduler,
-        )
+        args = (policy, pool.features, pool.losses, lambda step: batches(step)[0], optimizer)
+        fit_gain_head(*args, candidate.steps, costs=costs, floor=s2.gain_floor, **loop)
     return policy.eval()
 
 
@@ -344,7 +294,7 @@ def validation_margins(
     the same model at fixed depth: per budget the mean steps, NMSE(dB), the best fixed-depth
     NMSE at that mean depth (:func:`fixed_depth_hull`) and the margin (negative: the stop curve
     is better). ``val_scores, val_errors (N, T)``; budgets the policy cannot meet are skipped."""
-    fixed = [nmse_db(val_errors[:, t], energies) for t in range(val_errors.shape[1])]
+    fixed = [nmse_db(errors, energies) for errors in val_errors.T]
     points = []
     for budget in budgets:
         try:
@@ -433,13 +383,15 @@ def fit_stop_policy(model, problem: SparseProblem, context: JobContext) -> StopP
                 }
             )
         fitted[candidate.name] = (candidate, policy, valid)
-    published = [s for s in selection if s["published"]]
-    others = [s for s in selection if not s["published"]] or published
-    best = min(others, key=lambda s: s["mean_margin"])
-    best_published = min(published, key=lambda s: s["mean_margin"])
+
+    def margin(s):
+        return s["mean_margin"]
+
+    published = min((s for s in selection if s["published"]), key=margin)
+    best = min((s for s in selection if not s["published"]), key=margin, default=published)
+    _, published_policy, published_valid = fitted[published["name"]]
     candidate, policy, valid = fitted[best["name"]]
-    first = fitted[best_published["name"]]
     return StopPolicies(
-        first[1], first[2], best_published["kind"], policy, candidate, best["kind"], valid,
-        val_traj, mass, selection,
+        published_policy, published_valid, published["kind"], policy, candidate, best["kind"],
+        valid, val_traj, mass, selection,
     )  # fmt: skip

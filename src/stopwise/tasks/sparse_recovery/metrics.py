@@ -92,14 +92,11 @@ def oracle_stop(step_errors: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return step_errors.masked_fill(~valid.to(step_errors.device), math.inf).argmin(dim=1)
 
 
-def cost_aware_oracle_stop(
-    step_errors: torch.Tensor, penalty: float, costs: torch.Tensor | None = None
-) -> torch.Tensor:
+def cost_aware_oracle_stop(step_errors: torch.Tensor, penalty: float) -> torch.Tensor:
     """``(N,)`` 0-based first minimiser of ℓ_t + λ c_t per row (needs x*): the depth a per-sample
-    budget at price λ per unit of cost (default c_t = t + 1 steps) would choose. Swept over λ it
-    traces the best curve any stopping policy can reach on these errors ``(N, T)``."""
-    T = step_errors.shape[1]
-    costs = torch.arange(1, T + 1, dtype=torch.float64) if costs is None else costs.double()
+    budget at price λ per step (c_t = t + 1) would choose. Swept over λ it traces the best curve
+    any stopping policy can reach on these errors ``(N, T)``."""
+    costs = torch.arange(1, step_errors.shape[1] + 1, dtype=torch.float64)
     return (step_errors.double() + penalty * costs.to(step_errors.device)).argmin(dim=1)
 
 

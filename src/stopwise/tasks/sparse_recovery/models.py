@@ -43,7 +43,6 @@ __all__ = [
     "support_sizes",
     "log_mean_square",
     "analytic_weight",
-    "operator_norm_squared",
     "SparseStepModel",
     "ResidualStepModel",
     "ISTA",
@@ -62,19 +61,16 @@ class _SoftThreshold(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, v, theta):
-        lambd = float(theta)
-        out = torch.nn.functional.softshrink(v, lambd)
+        ctx.lambd = float(theta)
+        out = torch.nn.functional.softshrink(v, ctx.lambd)
         ctx.save_for_backward(v, out)
-        ctx.lambd = lambd
         return out
 
     @staticmethod
     def backward(ctx, grad):
         v, out = ctx.saved_tensors
         grad_v = torch.ops.aten.softshrink_backward(grad, v, ctx.lambd)
-        grad_theta = None
-        if ctx.needs_input_grad[1]:
-            grad_theta = -(grad * out.sign()).sum()
+        grad_theta = -(grad * out.sign()).sum() if ctx.needs_input_grad[1] else None
         return grad_v, grad_theta
 
 
@@ -99,9 +95,8 @@ def support_threshold(v: torch.Tensor, theta: torch.Tensor | float, keep: int) -
     shrunk = soft_threshold(v, theta)
     if keep <= 0:
         return shrunk
-    n = v.shape[-1]
     magnitude = v.detach().abs()
-    if keep >= n:
+    if keep >= v.shape[-1]:
         cut = magnitude.new_zeros(v.shape[:-1] + (1,))
     else:
         top = magnitude.topk(keep + 1, dim=-1, sorted=True).values
@@ -133,11 +128,6 @@ def analytic_weight(A: torch.Tensor) -> torch.Tensor:
     return (P / (A64 * P).sum(0, keepdim=True)).to(A.dtype)
 
 
-def operator_norm_squared(A: torch.Tensor) -> float:
-    """‖A‖₂², the Lipschitz constant of the gradient of ½‖Ax − y‖² (ISTA converges for L ≥ it)."""
-    return float(torch.linalg.matrix_norm(A.to(torch.float64), ord=2) ** 2)
-
-
 def fista_momentum(steps: int) -> list[float]:
     """FISTA's extrapolation weights (Beck & Teboulle 2009): at 0-based step t ≥ 1 the update is
     taken at z = x_t + c_t (x_t − x_{t−1}), c_t = (τ_t − 1)/τ_{t+1}, τ_1 = 1,
@@ -160,24 +150,13 @@ class SparseStepModel(StepModel):
         if steps < 1:
             raise ValueError(f"steps must be >= 1; got {steps}")
         self.max_steps = steps
+        self.m, self.n = A.shape
         self.register_buffer("A", A.detach().clone())
 
-    @property
-    def m(self) -> int:
-        return self.A.shape[0]
-
-    @property
-    def n(self) -> int:
-        return self.A.shape[1]
-
-    def _check_inputs(self, y: torch.Tensor) -> torch.Tensor:
+    def start(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
         if not isinstance(y, torch.Tensor) or y.dim() != 2 or y.shape[1] != self.m:
             shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
             raise ValueError(f"measurements y must have shape (B, m={self.m}); got {shape}")
-        return y
-
-    def start(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        y = self._check_inputs(y)
         x = y.new_zeros(y.shape[0], self.n)
         return {"y": y, "x": x, "x_prev": x, "y_level": log_mean_square(y)}
 
@@ -200,9 +179,6 @@ class SparseStepModel(StepModel):
     def features(self, state, t):
         return self.summaries(state)
 
-    def observe(self, state, t):
-        return state["x"], self.summaries(state)
-
     @property
     def feature_dim(self) -> int:
         return len(self.feature_names)
@@ -218,13 +194,12 @@ class SparseStepModel(StepModel):
         """``(T,)`` multiply-adds per sample and step of :meth:`summaries`: one per squared
         entry of x_t (n) and of r_t (m) or x_t − x_{t−1} (n); y's (m) once, at the first step."""
         per_step = self.n + (self.m if self.carries_residual else self.n)
-        costs = torch.full((self.max_steps,), float(per_step), dtype=torch.float64)
-        costs[0] += self.m
-        return costs
+        return self._per_step(per_step + self.m, per_step)
 
-    def _gradient_costs(self) -> torch.Tensor:
-        costs = torch.full((self.max_steps,), 2.0 * self.m * self.n, dtype=torch.float64)
-        costs[0] = self.m * self.n
+    def _per_step(self, first: float, rest: float) -> torch.Tensor:
+        """``(T,)`` float64: ``first`` at step 0, ``rest`` at every later step."""
+        costs = torch.full((self.max_steps,), float(rest), dtype=torch.float64)
+        costs[0] = first
         return costs
 
 
@@ -250,7 +225,7 @@ class ISTA(SparseStepModel):
         return {**state, "x": self._gradient_step(x, state["y"], t), "x_prev": x}
 
     def layer_costs(self):
-        return self._gradient_costs()
+        return self._per_step(self.m * self.n, 2.0 * self.m * self.n)
 
 
 class FISTA(ISTA):
@@ -286,17 +261,12 @@ class LISTA(SparseStepModel):
         self.theta = nn.Parameter(torch.full((steps,), lam / L, dtype=A.dtype, device=A.device))
 
     def advance(self, state, t):
-        y = state["y"]
-        drive = y @ self.wb[t]
-        x = state["x"]
+        drive, x = state["y"] @ self.wb[t], state["x"]
         v = drive if t == 0 else torch.addmm(drive, x, self.wx[t - 1])
         return {**state, "x": soft_threshold(v, self.theta[t]), "x_prev": x}
 
     def layer_costs(self):
-        n, m = self.n, self.m
-        costs = torch.full((self.max_steps,), float(n * n + n * m), dtype=torch.float64)
-        costs[0] = n * m
-        return costs
+        return self._per_step(self.n * self.m, self.n * self.n + self.n * self.m)
 
 
 class ResidualStepModel(SparseStepModel):
@@ -311,13 +281,12 @@ class ResidualStepModel(SparseStepModel):
         return {**state, "r": -state["y"]}
 
     def layer_costs(self):
-        return torch.full((self.max_steps,), 2.0 * self.m * self.n, dtype=torch.float64)
+        return self._per_step(2.0 * self.m * self.n, 2.0 * self.m * self.n)
 
     def _update(self, state, t: int, step: torch.Tensor) -> dict[str, torch.Tensor]:
         """x_{t+1} = η^{ss}_{θ_t}(x_t − step) and its residual, ``step (B, n)``."""
-        y = state["y"]
         x = support_threshold(state["x"] - step, self.theta[t], self.keep[t])
-        return {**state, "x": x, "r": x @ self.A.T - y}
+        return {**state, "x": x, "r": x @ self.A.T - state["y"]}
 
 
 class ALISTA(ResidualStepModel):
@@ -336,12 +305,11 @@ class ALISTA(ResidualStepModel):
         if len(keep) != steps:
             raise ValueError(f"keep needs one support size per layer ({steps}); got {len(keep)}")
         self.register_buffer("W", analytic_weight(A))
-        self.gamma = nn.Parameter(
-            torch.full((steps,), float(gamma), dtype=A.dtype, device=A.device)
-        )
-        self.theta = nn.Parameter(
-            torch.full((steps,), float(theta), dtype=A.dtype, device=A.device)
-        )
+
+        def per_layer(value: float) -> nn.Parameter:
+            return nn.Parameter(torch.full((steps,), float(value), dtype=A.dtype, device=A.device))
+
+        self.gamma, self.theta = per_layer(gamma), per_layer(theta)
         self.keep = [int(k) for k in keep]
 
     def advance(self, state, t):
@@ -367,11 +335,9 @@ class LISTACPSS(ResidualStepModel):
                 f"need one weight, threshold and support size per layer; got {steps} weights, "
                 f"{len(thetas)} thresholds, {len(keep)} support sizes"
             )
-        for w in weights:
-            if w.shape != A.shape:
-                raise ValueError(
-                    f"each W_t must have A's shape {tuple(A.shape)}; got {tuple(w.shape)}"
-                )
+        wrong = [tuple(w.shape) for w in weights if w.shape != A.shape]
+        if wrong:
+            raise ValueError(f"each W_t must have A's shape {tuple(A.shape)}; got {wrong[0]}")
         self.w = nn.ParameterList(nn.Parameter(w.detach().clone().to(A.dtype)) for w in weights)
         self.theta = nn.Parameter(torch.as_tensor(thetas, dtype=A.dtype).detach().clone())
         self.keep = [int(k) for k in keep]

@@ -45,23 +45,18 @@ def _k(steps: int) -> str:
 
 def schedules(config: SparseRecoveryConfig) -> dict[str, tuple[str, bool]]:
     """Per trained model: (schedule text, shortened relative to the paper's)."""
-    lista = (config.lista.steps, config.lista.batch)
-    stage1 = (config.stage1.steps, config.stage1.batch)
-    s2 = config.stage2
-    stage2 = (max(s2.steps), s2.batch)
-    lengths = "/".join(_k(n) for n in s2.steps)
-    policy = f"II {lengths}×{s2.batch} on a {_k(s2.pool)} pool"
+    lista, s1, s2, a, c = config.lista, config.stage1, config.stage2, config.alista, config.cpss
 
-    def shorter(ours, paper):
-        return ours[0] * ours[1] < paper[0] * paper[1]
+    def shorter(key: str, steps: int, batch: int) -> bool:
+        return steps * batch < math.prod(PAPER_SCHEDULE[key])
 
-    a, c = config.alista, config.cpss
+    policy = f"II {'/'.join(_k(n) for n in s2.steps)}×{s2.batch} on a {_k(s2.pool)} pool"
     cpss = f"ALISTA {_k(a.steps)}×{a.batch}; I {_k(c.stage1_steps)}×{c.batch}; {policy}"
     return {
-        "lista": (f"{_k(lista[0])}×{lista[1]}", shorter(lista, PAPER_SCHEDULE["lista"])),
+        "lista": (f"{_k(lista.steps)}×{lista.batch}", shorter("lista", lista.steps, lista.batch)),
         "lista_stop": (
-            f"I {_k(stage1[0])}×{stage1[1]} from {config.stage1.init.upper()}; {policy}",
-            shorter(stage1, PAPER_SCHEDULE["stage1"]) or shorter(stage2, PAPER_SCHEDULE["stage2"]),
+            f"I {_k(s1.steps)}×{s1.batch} from {s1.init.upper()}; {policy}",
+            shorter("stage1", s1.steps, s1.batch) or shorter("stage2", max(s2.steps), s2.batch),
         ),
         "alista": (f"{_k(a.steps)}×{a.batch}", False),
         "cpss_stop": (cpss, False),
@@ -113,22 +108,14 @@ def report(results: list[JobResult], config: SparseRecoveryConfig) -> Report:
     _same_depth_baseline(rows, curves, f"ista-{T}")
     _add_timing(rows, stops)
     bound = {r.seed: r.record["support_oracle"] for r in results if "support_oracle" in r.record}
-    for seed, by_key in rows.items():
-        for row in by_key.values():
-            if seed in bound:
-                row["to_bound"] = row["mixed"] - bound[seed]["mixed"]
+    for seed, seed_bound in bound.items():
+        for row in rows[seed].values():
+            row["to_bound"] = row["mixed"] - seed_bound["mixed"]
 
     table_rows = []
     for key in _order(set(rows[seeds[0]]), rows[seeds[0]]):
-        model = key.split("-")[0]
-        kinds = (
-            [
-                f"{stops[model][s]['policy']['objective']}, {stops[model][s]['calibration']['kind']}"
-                for s in seeds
-            ]
-            if model in stops
-            else []
-        )
+        by_seed = stops.get(key.split("-")[0], {}).values()
+        kinds = [f"{r['policy']['objective']}, {r['calibration']['kind']}" for r in by_seed]
         label, model, rule = _label(key, T, kinds)
         per_seed = {s: rows[s][key] for s in seeds}
         row = {"key": key, "label": label, "model": model, "rule": rule, "sd": {}}
@@ -136,15 +123,19 @@ def report(results: list[JobResult], config: SparseRecoveryConfig) -> Report:
             values = [r[field] for r in per_seed.values() if field in r]
             if values:
                 row[field], row["sd"][field] = mean_sd(values)
-        for field in ("ista_same_depth", "matches_dense_selection"):
-            if field in per_seed[seeds[0]]:
-                row[field] = _combine([r[field] for r in per_seed.values()])
+        if "ista_same_depth" in per_seed[seeds[0]]:  # mean over seeds of each column
+            points = [r["ista_same_depth"] for r in per_seed.values()]
+            row["ista_same_depth"] = {k: statistics.fmean(p[k] for p in points) for k in points[0]}
+        if "matches_dense_selection" in per_seed[seeds[0]]:
+            row["matches_dense_selection"] = all(
+                r["matches_dense_selection"] for r in per_seed.values()
+            )
         row["per_seed"] = per_seed
         table_rows.append(row)
 
     paired = _paired(rows, curves, seeds, T)
     budget_curves = {
-        name: _budget_curve(by_seed, curves, name, seeds, T) for name, by_seed in stops.items()
+        name: _budget_curve(by_seed, curves, name, seeds) for name, by_seed in stops.items()
     }
     domination = {
         name: _domination(curve, rows, name, seeds, T, config.match_tolerance)
@@ -205,13 +196,6 @@ def report(results: list[JobResult], config: SparseRecoveryConfig) -> Report:
     )
 
 
-def _combine(values: list[Any]) -> Any:
-    """Per-seed values of a row field as one: all() of flags, the mean of dicts of numbers."""
-    if isinstance(values[0], bool):
-        return all(values)
-    return {k: statistics.fmean(v[k] for v in values) for k in values[0]}
-
-
 def _at_depth(curve: list[dict], mean_steps: float) -> dict:
     """The point of a per-depth curve at depth ⌈mean_steps⌉."""
     return curve[min(math.ceil(mean_steps - 1e-9), len(curve)) - 1]
@@ -236,7 +220,7 @@ def _add_timing(rows, stops) -> None:
                     rows[seed][f"{name}-{rule}"]["wall_speedup"] = measured["speedup"]
 
 
-def _budget_curve(by_seed, curves, name: str, seeds: list[int], T: int) -> list[dict[str, Any]]:
+def _budget_curve(by_seed, curves, name: str, seeds: list[int]) -> list[dict[str, Any]]:
     """The stop curve per budget, each seed's point beside the same model truncated at fixed
     depth with the same mean steps (:func:`fixed_depth_hull` of that seed's test per-layer
     curve): mean steps, mixed NMSE, the fixed-depth NMSE, the margin (stop − fixed; negative is
@@ -246,8 +230,7 @@ def _budget_curve(by_seed, curves, name: str, seeds: list[int], T: int) -> list[
         per_seed = {}
         for s in seeds:
             point = by_seed[s]["curve"][i]
-            fixed = [p["mixed"] for p in curves[s][name]]
-            hull = fixed_depth_hull(fixed, point["mean_steps"])
+            hull = fixed_depth_hull([p["mixed"] for p in curves[s][name]], point["mean_steps"])
             per_seed[s] = {
                 "mean_steps": point["mean_steps"],
                 "mixed": point["mixed"],
@@ -285,12 +268,10 @@ def _domination(curve, rows, name: str, seeds: list[int], T: int, tolerance: flo
     reach = {}
     for s in seeds:
         full = rows[s][f"{name}-full"]["mixed"]
-        hits = [
-            p["per_seed"][s]["mean_steps"]
-            for p in curve
-            if p["per_seed"][s]["mixed"] <= full + tolerance
-        ]
-        reach[s] = min(hits) if hits else float(T)
+        points = [p["per_seed"][s] for p in curve]
+        reach[s] = min(
+            (p["mean_steps"] for p in points if p["mixed"] <= full + tolerance), default=float(T)
+        )
     reach_mean, reach_sd = mean_sd(list(reach.values()))
     best_lower = min(lower, key=lambda p: p["margin"]) if lower else None
     return {
@@ -306,9 +287,7 @@ def _domination(curve, rows, name: str, seeds: list[int], T: int, tolerance: flo
         "full_depth_reached_mean": reach_mean,
         "full_depth_reached_sd": reach_sd,
         "full_depth_target_steps": 0.75 * T,
-        "full_depth_met": reach_mean + reach_sd <= 0.75 * T
-        if len(seeds) > 1
-        else reach_mean <= 0.75 * T,
+        "full_depth_met": reach_mean + (reach_sd if len(seeds) > 1 else 0.0) <= 0.75 * T,
     }
 
 
@@ -329,25 +308,17 @@ def _paired(rows, curves, seeds: list[int], T: int) -> list[dict[str, Any]]:
 
     comparisons, names = [], [n for n in STOP_MODELS if f"{n}-threshold" in rows[seeds[0]]]
     for name in names:
-        row = f"{name}-threshold"
-        comparisons += [
-            (f"{name} threshold − its full depth", mixed(row), mixed(f"{name}-full")),
-            (
-                f"{name} threshold − itself at fixed depth, same mean steps",
-                mixed(row),
-                fixed_mix(name, row),
-            ),
-            (
-                f"{name} threshold − ISTA (T={T}) at ⌈mean steps⌉",
-                mixed(row),
-                at_depth(f"ista-{T}", row),
-            ),
+        row, text = f"{name}-threshold", f"{name} threshold"
+        comparisons += [  # (text, row a, b per seed)
+            (f"{text} − its full depth", row, mixed(f"{name}-full")),
+            (f"{text} − itself at fixed depth, same mean steps", row, fixed_mix(name, row)),
+            (f"{text} − ISTA (T={T}) at ⌈mean steps⌉", row, at_depth(f"ista-{T}", row)),
         ]
     if len(names) == 2:
         a, b = (f"{n}-threshold" for n in names[::-1])
-        comparisons.append((f"{a} − {b}", mixed(a), mixed(b)))
+        comparisons.append((f"{a} − {b}", a, mixed(b)))
     return [
-        {"comparison": text, "metric": "mixed test NMSE (dB)", **paired_difference(a, b)}
+        {"comparison": text, "metric": "mixed test NMSE (dB)", **paired_difference(mixed(a), b)}
         for text, a, b in comparisons
     ]
 
@@ -357,6 +328,13 @@ def _table(results: dict[str, Any], config: SparseRecoveryConfig) -> str:
     plan = schedules(config)
     problem = config.problem
     paper_protocol = all(getattr(problem, k) == v for k, v in PAPER_PROTOCOL.items())
+    numeric = [  # (field, header, format, scale)
+        *((c, c.replace("dB", " dB"), ".2f", 1.0) for c in columns),
+        ("mean_steps", "mean steps", ".2f", 1.0),
+        ("mean_cost", "MMAC/sample", ".2f", 1e-6),
+        ("wall_speedup", "× full depth (wall)", ".2f", 1.0),
+        ("to_bound", "mixed − LS bound", "+.2f", 1.0),
+    ]
     lines = []
     for row in results["rows"]:
         text, shortened = plan.get(row["model"], ("", False))
@@ -370,23 +348,13 @@ def _table(results: dict[str, Any], config: SparseRecoveryConfig) -> str:
             "paper": " / ".join(f"{v:.2f}" for v in paper) if paper else "",
             "schedule": text,
         }
-        for field, fmt, scale in [
-            *((c, ".2f", 1.0) for c in columns),
-            ("mean_steps", ".2f", 1.0),
-            ("mean_cost", ".2f", 1e-6),
-            ("wall_speedup", ".2f", 1.0),
-            ("to_bound", "+.2f", 1.0),
-        ]:
+        for field, _, fmt, scale in numeric:
             values = [r[field] for r in row["per_seed"].values() if field in r]
             line[field] = format_mean_sd(values, fmt, scale) if values else None
         lines.append(line)
-    spec = [("label", "method", "s")]
-    spec += [(c, c.replace("dB", " dB"), "s") for c in columns]
-    spec += [
-        ("mean_steps", "mean steps", "s"),
-        ("mean_cost", "MMAC/sample", "s"),
-        ("wall_speedup", "× full depth (wall)", "s"),
-        ("to_bound", "mixed − LS bound", "s"),
+    spec = [
+        ("label", "method", "s"),
+        *((field, header, "s") for field, header, _, _ in numeric),
         ("paper", "paper (" + " / ".join(c.replace("dB", "") for c in columns) + ")", "s"),
         ("schedule", "training (steps×batch)", "s"),
     ]
@@ -430,14 +398,9 @@ def _table(results: dict[str, Any], config: SparseRecoveryConfig) -> str:
         f"{results['training_cpu_seconds'] / 60:.1f} min CPU (training and evaluation), "
         f"{config.threads} thread(s).",
     ]
-    return (
-        markdown_table(lines, spec)
-        + "\n\n"
-        + "\n".join(f"- {n}" for n in notes)
-        + "\n\n"
-        + paired
-        + "\n\n"
-        + _curve_table(results, config)
+    bullets = "\n".join(f"- {n}" for n in notes)
+    return "\n\n".join(
+        [markdown_table(lines, spec), bullets, paired, _curve_table(results, config)]
     )
 
 
@@ -473,18 +436,17 @@ def _curve_table(results: dict[str, Any], config: SparseRecoveryConfig) -> str:
             ("macs", "MMAC/sample", "s"),
         ],
     )
-    notes = []
-    for name, d in results["domination"].items():
-        notes.append(
-            f"{STOP_LABELS[name]}: stop curve ≥ fixed depth at "
-            f"{d['budgets'] - len(d['worse_budgets'])}/{d['budgets']} budgets (worst mean margin "
-            f"{d['worst_margin']:+.2f} dB; worse by more than one sd at "
-            f"{len(d['clearly_worse_budgets'])}); full-depth NMSE (±{config.match_tolerance:g} dB) "
-            f"reached at {d['full_depth_reached_mean']:.2f} ± {d['full_depth_reached_sd']:.2f} "
-            f"mean steps (target ≤ {0.75 * T:g}: {'met' if d['full_depth_met'] else 'missed'}; "
-            "the cheapest curve point within it on test, so a best case: the threshold row is "
-            "the point validation chooses)."
-        )
+    notes = [
+        f"{STOP_LABELS[name]}: stop curve ≥ fixed depth at "
+        f"{d['budgets'] - len(d['worse_budgets'])}/{d['budgets']} budgets (worst mean margin "
+        f"{d['worst_margin']:+.2f} dB; worse by more than one sd at "
+        f"{len(d['clearly_worse_budgets'])}); full-depth NMSE (±{config.match_tolerance:g} dB) "
+        f"reached at {d['full_depth_reached_mean']:.2f} ± {d['full_depth_reached_sd']:.2f} "
+        f"mean steps (target ≤ {0.75 * T:g}: {'met' if d['full_depth_met'] else 'missed'}; "
+        "the cheapest curve point within it on test, so a best case: the threshold row is "
+        "the point validation chooses)."
+        for name, d in results["domination"].items()
+    ]
     return (
         "Budget curve (thresholds calibrated on validation, measured on test; fixed depth: every "
         "sample stopped at one of the two depths around the same mean steps)\n\n"
@@ -529,6 +491,11 @@ def _curve_label(key: str) -> str:
     return f"{algorithm.upper()} (tuned for T={budget})"
 
 
+def _xy(curve: list[dict], column: str = "mixed") -> tuple[list[float], list[float]]:
+    """A curve's mean steps and its ``column``, to plot."""
+    return [p["mean_steps"] for p in curve], [p[column] for p in curve]
+
+
 def _figures(results: dict[str, Any], stops, seeds: list[int]) -> dict[str, Any]:
     """``nmse_per_layer``, ``stop_steps`` (threshold rule) and ``nmse_vs_steps`` (the budget
     curve of each stop model beside the same model at fixed depth); means over seeds."""
@@ -539,9 +506,7 @@ def _figures(results: dict[str, Any], stops, seeds: list[int]) -> dict[str, Any]
 
     figure, ax = new_figure(6.5, 4.2)
     for key, curve in shown.items():
-        ax.plot(
-            [p["mean_steps"] for p in curve], [p[column] for p in curve], label=_curve_label(key)
-        )
+        ax.plot(*_xy(curve, column), label=_curve_label(key))
     ax.set_xscale("log")
     ax.set_xlabel("layer / iteration")
     ax.set_ylabel(f"test NMSE (dB), {column}")
@@ -570,33 +535,18 @@ def _figures(results: dict[str, Any], stops, seeds: list[int]) -> dict[str, Any]
     figure, ax = new_figure(9.5, 4.2)
     for key in ("ista-100", "fista-100", "lista", "alista"):
         if key in per_layer:
-            curve = per_layer[key]
-            x, y = [p["mean_steps"] for p in curve], [p[column] for p in curve]
-            ax.plot(x, y, ":", label=f"{_curve_label(key)}, fixed depth")
+            ax.plot(*_xy(per_layer[key], column), ":", label=f"{_curve_label(key)}, fixed depth")
     rows = {row["key"]: row for row in results["rows"]}
     for name, by_seed in stops.items():
         curve = in_x_order(mean_curve([by_seed[s]["curve"] for s in seeds]))
-        line = ax.plot(
-            [p["mean_steps"] for p in curve],
-            [p[column] for p in curve],
-            "-o",
-            markersize=3,
-            label=f"{_curve_label(name)}, thresholds calibrated on validation",
-        )[0]
-        fixed = per_layer[name]
-        ax.plot(
-            [p["mean_steps"] for p in fixed],
-            [p[column] for p in fixed],
-            "s--",
-            markersize=2,
-            color=line.get_color(),
-            label=f"{_curve_label(name)} model, fixed depth",
-        )
+        label = _curve_label(name)
+        calibrated = f"{label}, thresholds calibrated on validation"
+        color = ax.plot(*_xy(curve, column), "-o", markersize=3, label=calibrated)[0].get_color()
+        fixed = f"{label} model, fixed depth"
+        ax.plot(*_xy(per_layer[name], column), "s--", markersize=2, color=color, label=fixed)
         for rule, marker in (("sampled", "^"), ("oracle", "*")):
-            row = rows[f"{name}-{rule}"]
-            label = f"{_curve_label(name)}, {rule}"
-            color = line.get_color()
-            ax.plot(row["mean_steps"], row[column], marker, markersize=8, color=color, label=label)
+            point = rows[f"{name}-{rule}"]["mean_steps"], rows[f"{name}-{rule}"][column]
+            ax.plot(*point, marker, markersize=8, color=color, label=f"{label}, {rule}")
     ax.set_xscale("log")
     ax.set_xlabel("mean steps used (log scale)")
     ax.set_ylabel(f"test NMSE (dB), {column}")
@@ -626,8 +576,7 @@ def _budget_figure(results: dict[str, Any], stops, seeds: list[int]):
         }
         ceiling = -math.inf  # the top of the y window: the stop and fixed curves' highest point
         for label, (curves, style) in lines.items():
-            curve = in_x_order(mean_curve(curves))
-            steps, nmse = [p["mean_steps"] for p in curve], [p["mixed"] for p in curve]
+            steps, nmse = _xy(in_x_order(mean_curve(curves)))
             top.plot(steps, nmse, style, markersize=2.5, linewidth=1.2, label=label)
             if label in (stop, fixed):
                 ceiling = max(ceiling, *nmse)
@@ -639,11 +588,9 @@ def _budget_figure(results: dict[str, Any], stops, seeds: list[int]):
         low = min(p["mixed"] for p in curve)
         top.set_ylim(low - 1.0, ceiling + 1.0)
         bottom = figure.add_subplot(grid[1, i], sharex=top)
-        steps = [p["mean_steps"] for p in curve]
-        margin = [p["margin"] for p in curve]
-        sd = [p["margin_sd"] for p in curve]
-        low = [m - e for m, e in zip(margin, sd, strict=True)]
-        high = [m + e for m, e in zip(margin, sd, strict=True)]
+        steps, margin = _xy(curve, "margin")
+        low = [p["margin"] - p["margin_sd"] for p in curve]
+        high = [p["margin"] + p["margin_sd"] for p in curve]
         bottom.fill_between(steps, low, high, alpha=0.3)
         bottom.plot(steps, margin, "-o", markersize=2.5)
         bottom.axhline(0.0, color="black", linewidth=0.8)
