@@ -80,3 +80,29 @@ def test_tuning_returns_the_best_trial_and_never_loses_to_the_start():
     )
     with pytest.raises(ValueError, match="unknown algorithm"):
         tune("nesterov", A, 10, val.y, val.x, (2.7, 0.2), [1.0], [1.0])
+
+
+def test_the_domination_verdict_needs_the_interval_below_zero_in_the_lower_half():
+    """Sparse recovery's own verdict (its comparator mixes depths in linear NMSE) uses the same
+    rule as stopwise.curves.dominance: a lower-half margin counts only when its 95% interval over
+    seeds is below zero; more than one sd below zero is not enough."""
+    from stopwise.tasks.sparse_recovery.report import _domination
+
+    seeds, T = [0, 1, 2], 8
+
+    def point(budget, steps, margin, sd, interval):
+        per_seed = {s: {"mean_steps": steps, "mixed": -10.0} for s in seeds}
+        return {"budget": budget, "mean_steps": steps, "margin": margin, "margin_sd": sd,
+                "margin_interval": interval, "per_seed": per_seed}  # fmt: skip
+
+    rows = {s: {"m-full": {"mixed": -12.0}} for s in seeds}
+    noisy = point(2, 2.0, -0.2, 0.1, [-0.5, 0.1])  # 2 sd below zero, interval across it
+    upper = point(8, 8.0, 0.0, 0.0, [0.0, 0.0])
+    verdict = _domination([noisy, upper], rows, "m", seeds, T, 0.1)
+    assert verdict["dominates"] and not verdict["strictly_better_lower_half"]
+    clear = point(3, 3.0, -0.15, 0.05, [-0.3, -0.02])
+    verdict = _domination([noisy, clear, upper], rows, "m", seeds, T, 0.1)
+    assert verdict["strictly_better_lower_half"]
+    assert verdict["best_lower_half"]["budget"] == 3  # the separated point, not the larger mean
+    one = _domination([point(2, 2.0, -0.2, 0.0, [None, None]), upper], rows, "m", [0], T, 0.1)
+    assert one["strictly_better_lower_half"]

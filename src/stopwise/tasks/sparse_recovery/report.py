@@ -252,19 +252,24 @@ def _budget_curve(by_seed, curves, name: str, seeds: list[int]) -> list[dict[str
 
 
 def _domination(curve, rows, name: str, seeds: list[int], T: int, tolerance: float) -> dict:
-    """Issue 17's targets for one stop model, from its budget curve (mean ± sd over seeds; a
-    target is met when the mean beats it by more than one sd):
+    """Issue 17's targets for one stop model, from its budget curve (over seeds, like
+    :func:`stopwise.curves.dominance`):
 
     * equal or better than fixed depth at every budget: the mean margin ≤ 0 everywhere (budgets
       where it is positive, and where it is positive by more than one sd, are listed);
-    * strictly better somewhere in the lower half (mean steps ≤ T/2): mean margin < −sd;
+    * strictly better somewhere in the lower half (mean steps ≤ T/2): a margin below zero with
+      its 95% interval over seeds below zero (one seed: the margin alone);
     * full-depth NMSE (within ``tolerance`` dB) at ≤ 75% of the layers: per seed the fewest mean
       steps of a curve point within ``tolerance`` of that seed's full depth.
     """
     worse = [p for p in curve if p["margin"] > ROUNDING]
     clearly_worse = [p for p in curve if p["margin"] > p["margin_sd"] + ROUNDING]
     lower = [p for p in curve if p["mean_steps"] <= T / 2]
-    better_lower = [p for p in lower if p["margin"] < -p["margin_sd"]]
+    better_lower = [
+        p
+        for p in lower
+        if p["margin"] < 0 and (p["margin_interval"][1] is None or p["margin_interval"][1] < 0)
+    ]
     reach = {}
     for s in seeds:
         full = rows[s][f"{name}-full"]["mixed"]
@@ -273,7 +278,7 @@ def _domination(curve, rows, name: str, seeds: list[int], T: int, tolerance: flo
             (p["mean_steps"] for p in points if p["mixed"] <= full + tolerance), default=float(T)
         )
     reach_mean, reach_sd = mean_sd(list(reach.values()))
-    best_lower = min(lower, key=lambda p: p["margin"]) if lower else None
+    best_lower = min(better_lower or lower, key=lambda p: p["margin"]) if lower else None
     return {
         "budgets": len(curve),
         "worst_margin": max(p["margin"] for p in curve),
