@@ -217,9 +217,10 @@ def replayed_losses(predictions: torch.Tensor, targets) -> torch.Tensor:
 @dataclass(frozen=True)
 class Candidate:
     """One stage-II policy setting: the objective (``"l2s"``: imitate the (cost-aware) oracle,
-    L2S stage II with ``step_penalty = penalty · c_t``; ``"gain"``: :func:`gain_loss`), its
-    penalty λ, the hidden width and the number of Adam updates. ``published``: L2S as published
-    (λ = 0, exits pruned), the policy of the *sampled* row."""
+    L2S stage II with ``step_penalty = penalty · c_t``; ``"gain"``:
+    :func:`stopwise.objectives.gain_loss`), its penalty λ, the hidden width and the number of
+    Adam updates. ``published``: L2S as published (λ = 0, exits pruned), the policy of the
+    *sampled* row."""
 
     objective: str
     penalty: float
