@@ -106,3 +106,32 @@ def test_the_domination_verdict_needs_the_interval_below_zero_in_the_lower_half(
     assert verdict["best_lower_half"]["budget"] == 3  # the separated point, not the larger mean
     one = _domination([point(2, 2.0, -0.2, 0.0, [None, None]), upper], rows, "m", [0], T, 0.1)
     assert one["strictly_better_lower_half"]
+
+
+def test_the_full_depth_reach_is_met_by_the_top_of_its_interval():
+    """Per seed, the fewest mean steps of a curve point within the tolerance of that seed's full
+    depth; the target (≤ 75% of T) is met when the top of the 95% t interval over seeds is."""
+    import numpy as np
+    from scipy.stats import t as student_t
+
+    from stopwise.tasks.sparse_recovery.report import _domination
+
+    seeds, T = [0, 1, 2], 8
+    full = {0: -12.0, 1: -12.0, 2: -12.0}
+    reach_at = {0: 5.0, 1: 5.4, 2: 5.8}  # each seed within 0.1 dB of full depth from here on
+    curve = []
+    for steps in (2.0, 5.0, 5.4, 5.8, 8.0):
+        per_seed = {
+            s: {"mean_steps": steps, "mixed": full[s] if steps >= reach_at[s] else -8.0}
+            for s in seeds
+        }
+        curve.append({"budget": steps, "mean_steps": steps, "margin": 0.0, "margin_sd": 0.0,
+                      "margin_interval": [0.0, 0.0], "per_seed": per_seed})  # fmt: skip
+    rows = {s: {"m-full": {"mixed": full[s]}} for s in seeds}
+    verdict = _domination(curve, rows, "m", seeds, T, 0.1)
+    values = list(reach_at.values())
+    top = np.mean(values) + student_t.ppf(0.975, 2) * np.std(values, ddof=1) / np.sqrt(3)
+    assert verdict["full_depth_reached_at_steps"] == reach_at
+    assert top > 0.75 * T > np.mean(values) + np.std(values, ddof=1)  # the two rules disagree
+    assert not verdict["full_depth_met"]
+    assert _domination(curve, rows, "m", seeds, 10, 0.1)["full_depth_met"]  # 7.5 ≥ top
