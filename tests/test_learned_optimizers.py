@@ -785,3 +785,40 @@ def test_causal_rule_ignores_the_first_increment():
     assert bool(torch.isinf(scores[:, 0]).all())
     expected = torch.full((5, 5), -0.5 * math.log1p(-0.3), dtype=torch.float64)
     assert torch.allclose(scores[:, 1:], expected, atol=1e-6)
+
+
+def test_a_stop_rule_beats_the_hand_designed_rules_only_when_the_interval_says_so():
+    """Per λ the trade-off (suboptimality + λ·steps) of the ACT optimizer and L2S-stop against
+    the best hand-designed rule, paired over seeds: lower on every seed is not enough when the
+    95% interval of the difference crosses zero (DESIGN: met when the interval says so)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    from scipy.stats import t as student_t
+
+    from stopwise.tasks.learned_optimizers.report import _tradeoff_section
+
+    seeds = [0, 1, 2]
+    rules = {0: 1.0, 1: 1.0, 2: 1.0}
+    act = {0: 0.99, 1: 0.999, 2: 0.5}  # lower on every seed, interval across zero
+    l2s = {0: 0.90, 1: 0.91, 2: 0.89}  # lower on every seed, interval below zero
+
+    def point(value):
+        return [{"value": {"mean": value}, "mean_steps": 5.0}]
+
+    records = {}
+    for s in seeds:
+        records[("act-f", s)] = {"tradeoff": point(act[s]), "fixed_tradeoff": point(1.0)}
+        records[("l2s-f", s)] = {"tradeoff": point(l2s[s]), "fixed_tradeoff": point(1.0),
+                                 "oracle": point(0.5)}  # fmt: skip
+        records[("rules-f", s)] = {"best_tradeoff": point(rules[s])}
+    config = SimpleNamespace(step_costs=[1e-3], test_functions=100)
+    section, _ = _tradeoff_section(records, seeds, config, "f")
+    row = section["rows"][0]
+    diffs = np.array([act[s] - rules[s] for s in seeds])
+    hi = diffs.mean() + student_t.ppf(0.975, 2) * diffs.std(ddof=1) / np.sqrt(3)
+    assert (diffs < 0).all() and hi > 0
+    assert row["act_minus_rules"]["hi"] == pytest.approx(hi)
+    assert not row["act_beats_rules"] and row["l2s_beats_rules"]
+    one, _ = _tradeoff_section(records, [2], config, "f")  # one seed: its own difference
+    assert one["rows"][0]["act_beats_rules"]
