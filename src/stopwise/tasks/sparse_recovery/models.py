@@ -163,13 +163,20 @@ class SparseStepModel(StepModel):
     def predict(self, state, t):
         return state["x"]
 
-    def summaries(self, state) -> torch.Tensor:
+    def summaries(self, state, t: int | None = None) -> torch.Tensor:
         """``(B, F)`` label-free log mean squares (:attr:`feature_names`): of y (computed once,
         in :meth:`start`), of x_t, and of the residual r_t where the state carries it, else of
-        the change x_t − x_{t−1}. Each is one pass over a row (a norm)."""
+        the change x_t − x_{t−1}. Each is one pass over a row (a norm). After the first step
+        (``t == 0``) the change is x_1 itself (x_0 = 0), so its norm is not computed twice."""
         x = state["x"]
-        last = state["r"] if self.carries_residual else x - state["x_prev"]
-        return torch.stack([state["y_level"], log_mean_square(x), log_mean_square(last)], dim=-1)
+        level = log_mean_square(x)
+        if self.carries_residual:
+            last = log_mean_square(state["r"])
+        elif t == 0:
+            last = level
+        else:
+            last = log_mean_square(x - state["x_prev"])
+        return torch.stack([state["y_level"], level, last], dim=-1)
 
     @property
     def feature_names(self) -> list[str]:
@@ -177,7 +184,7 @@ class SparseStepModel(StepModel):
         return ["log ‖y‖²/m", "log ‖x_t‖²/n", last]
 
     def features(self, state, t):
-        return self.summaries(state)
+        return self.summaries(state, t)
 
     @property
     def feature_dim(self) -> int:
@@ -192,7 +199,9 @@ class SparseStepModel(StepModel):
 
     def feature_costs(self) -> torch.Tensor:
         """``(T,)`` multiply-adds per sample and step of :meth:`summaries`: one per squared
-        entry of x_t (n) and of r_t (m) or x_t − x_{t−1} (n); y's (m) once, at the first step."""
+        entry of x_t (n) and of r_t (m) or x_t − x_{t−1} (n); y's (m) once, at the first step
+        (where the change, x_1 itself, is counted though not recomputed: erring against the
+        stop model by n)."""
         per_step = self.n + (self.m if self.carries_residual else self.n)
         return self._per_step(per_step + self.m, per_step)
 
