@@ -13,7 +13,7 @@ import numpy as np
 
 from ...contract import JobResult, Report
 from ...curves import best_fixed_mix, dominance, dominance_line, mean_curve
-from ...reporting import in_x_order, markdown_table, new_figure
+from ...reporting import finish_axes, in_x_order, markdown_table, new_figure, points_xy
 from ...stats import format_mean_sd, paired_difference
 from .config import DenoisingConfig
 from .data import from_png_base64
@@ -629,11 +629,8 @@ def _psnr_figure(quality, sigmas, unseen, seeds, shown):
         axes.axvspan(
             lo - 2.5, max(sigmas) + 2.5, color="grey", alpha=0.15, label="σ unseen in training"
         )
-    axes.set_xlabel("σ (of 255)")
-    axes.set_ylabel("test PSNR (dB)")
-    axes.set_title(f"Test PSNR per σ ({shown})", fontsize=8)
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=6)
+    title = f"Test PSNR per σ ({shown})"
+    finish_axes(axes, "σ (of 255)", "test PSNR (dB)", title, title_size=8, legend=6)
     return figure
 
 
@@ -706,17 +703,13 @@ def _per_exit_figure(jobs, seeds, sigmas, shown):
         for j, sigma in enumerate(sigmas):
             axes.plot(range(1, mean.shape[0] + 1), mean[:, j], style, color=colours[j], markersize=2,
                       label=f"{label}, σ={sigma:g}")  # fmt: skip
-    axes.set_xlabel("exit")
-    axes.set_ylabel("test PSNR (dB)")
-    axes.set_title(f"Test PSNR at every exit ({shown})", fontsize=8)
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    title = f"Test PSNR at every exit ({shown})"
+    finish_axes(axes, "exit", "test PSNR (dB)", title, title_size=8, outside=True)
     return figure
 
 
 def _mean_xy(curves, x_key, y_key):
-    curve = in_x_order(mean_curve(curves), x_key)
-    return [p[x_key] for p in curve], [p[y_key] for p in curve]
+    return points_xy(in_x_order(mean_curve(curves), x_key), y_key, x_key)
 
 
 def _best_fixed(fixed: list[dict[str, float]]) -> list[dict[str, float]]:
@@ -763,11 +756,9 @@ def _budget_figure(jobs, seeds, shown):
     axes.plot([oracle_cost], [oracle], "rx", markersize=7, label="oracle stop")
     bm3d = statistics.fmean(statistics.fmean(jobs["classical"][s]["bm3d"]["psnr"]) for s in seeds)
     axes.axhline(bm3d, color="grey", linestyle="-.", linewidth=1, label="BM3D")
-    axes.set_xlabel("mean multiply-adds per pixel")
-    axes.set_ylabel("test PSNR, all σ (dB)")
-    axes.set_title(f"Budget curve of DnCNN-stop ({shown})", fontsize=8)
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=6)
+    title = f"Budget curve of DnCNN-stop ({shown})"
+    cost = "mean multiply-adds per pixel"
+    finish_axes(axes, cost, "test PSNR, all σ (dB)", title, title_size=8, legend=6)
     return figure
 
 
@@ -793,12 +784,9 @@ def _training_figure(jobs, seeds, config):
     axes.plot(x, [p["oracle"] for p in stage1], ":", label="DnCNN-stop stage I, best exit (oracle)")
     bm3d = jobs["classical"][seed]["bm3d"]["val_psnr"]
     axes.axhline(max(bm3d.values()), color="grey", linestyle="-.", linewidth=1, label="BM3D")
-    axes.set_xlabel("training CPU minutes (one thread)")
-    axes.set_ylabel("validation PSNR (dB)")
-    axes.set_title(f"seed {seed}; validation σ = {', '.join(f'{s:g}' for s in config.train_sigmas)}",
-                   fontsize=8)  # fmt: skip
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=6)
+    title = f"seed {seed}; validation σ = {', '.join(f'{s:g}' for s in config.train_sigmas)}"
+    minutes = "training CPU minutes (one thread)"
+    finish_axes(axes, minutes, "validation PSNR (dB)", title, title_size=8, legend=6)
     return figure
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from ...contract import JobResult, Report
 from ...curves import dominance, dominance_line
-from ...reporting import markdown_table, new_figure
+from ...reporting import finish_axes, markdown_table, new_figure
 from ...stats import mean_sd, paired_difference
 from .config import METHODS, MultiExitConfig
 from .experiment import SELECT_L2S
@@ -444,10 +444,9 @@ def _accuracy_figure(lines, by_job, budget_macs, data, colors):
     for i, macs in enumerate(budget_macs):
         label = "budgets (share of full MACs)" if i == 0 else None
         axes.axvline(macs / 1e6, color="gray", linewidth=0.6, linestyle=(0, (1, 3)), label=label)
-    axes.set_xlabel("mean MMACs per test sample (squares: fixed exits)")
-    axes.set_ylabel("test accuracy (%)")
-    axes.set_title(f"{data['dataset']}: budgeted classification (mean over seeds)")
-    axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    cost = "mean MMACs per test sample (squares: fixed exits)"
+    title = f"{data['dataset']}: budgeted classification (mean over seeds)"
+    finish_axes(axes, cost, "test accuracy (%)", title, outside=True, grid=False)
     return figure
 
 
@@ -466,10 +465,8 @@ def _exit_figure(lines, exits: int, colors):
             label=line["label"],
         )
     axes.set_xticks(range(1, exits + 1))
-    axes.set_xlabel("exit")
-    axes.set_ylabel("test accuracy (%)")
-    axes.set_title("Accuracy per fixed exit (mean ± sd over seeds)")
-    axes.legend(fontsize=7)
+    title = "Accuracy per fixed exit (mean ± sd over seeds)"
+    finish_axes(axes, "exit", "test accuracy (%)", title, grid=False)
     return figure
 
 

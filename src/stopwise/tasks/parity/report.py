@@ -10,7 +10,7 @@ from typing import Any
 
 from ...contract import JobResult, Report
 from ...curves import best_fixed_mix, dominance, dominance_line
-from ...reporting import markdown_table, new_figure
+from ...reporting import finish_axes, markdown_table, new_figure
 from ...stats import mean_sd, paired_difference
 from .config import ParityConfig
 from .methods import METHODS, RULES
@@ -413,10 +413,9 @@ def budget_curve_figure(curves: list[dict[str, Any]]) -> dict[str, Any]:
                   markersize=4, label=f"{curve['label']}: stop")  # fmt: skip
         axes.plot(steps, [100 * p["fixed_accuracy"] for p in curve["points"]], "--",
                   color=color, label=f"{curve['label']}: same model, fixed depth")  # fmt: skip
-    axes.set_xlabel("mean steps")
-    axes.set_ylabel("interpolation accuracy (%)")
-    axes.set_title("Parity: budget curves (validation thresholds) vs fixed depth")
-    axes.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    title = "Parity: budget curves (validation thresholds) vs fixed depth"
+    accuracy = "interpolation accuracy (%)"
+    finish_axes(axes, "mean steps", accuracy, title, legend=6, outside=True, grid=False)
     return {"budget_curves": figure}
 
 
@@ -443,10 +442,10 @@ def figures(
             label=None if series in seen else series,
         )
         seen.add(series)
-    axes.set_xlabel("mean steps run (a non-causal rule runs them all)")
-    axes.set_ylabel("interpolation accuracy (%)")
-    axes.set_title("Parity: accuracy vs compute (one point per setting, seed and rule)")
-    axes.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    steps = "mean steps run (a non-causal rule runs them all)"
+    title = "Parity: accuracy vs compute (one point per setting, seed and rule)"
+    accuracy = "interpolation accuracy (%)"
+    finish_axes(axes, steps, accuracy, title, legend=6, outside=True, grid=False)
     out["accuracy_vs_steps"] = figure
 
     for key, name, ylabel in [
@@ -470,9 +469,8 @@ def figures(
         if list(config.train_k) != list(config.test_k):
             axes.axvline(config.train_k[1] + 0.5, color="gray", linestyle=":", linewidth=1,
                          label=f"largest training k ({config.train_k[1]})")  # fmt: skip
-        axes.set_xlabel("k (non-zero elements)")
-        axes.set_ylabel(ylabel)
-        axes.set_title(f"Parity: {ylabel} vs k (best settings, mean over seeds)")
-        axes.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        title = f"Parity: {ylabel} vs k (best settings, mean over seeds)"
+        nonzero = "k (non-zero elements)"
+        finish_axes(axes, nonzero, ylabel, title, legend=6, outside=True, grid=False)
         out[name] = figure
     return out
