@@ -14,7 +14,7 @@ import numpy as np
 from ...contract import JobResult, Report
 from ...curves import best_fixed_mix, dominance, dominance_line, mean_curve
 from ...reporting import finish_axes, in_x_order, markdown_table, new_figure, points_xy
-from ...stats import format_mean_sd, paired_difference
+from ...stats import format_interval, format_mean_sd, paired_difference
 from .config import DenoisingConfig
 from .data import from_png_base64
 from .experiment import stage1_candidates, trained_depth_name, validation_items
@@ -115,7 +115,7 @@ def report(results: list[JobResult], config: DenoisingConfig) -> Report:
                 {s: quality[b]["psnr"][s][j] for s in seeds},
             )
             comparisons.append({"a": a, "b": b, "sigma": sigma, **diff})
-            row[h] = _format_interval(diff)
+            row[h] = format_interval(diff)
         comparison_rows.append(row)
     tables.append(
         "### Paired PSNR differences (dB), mean [95% interval] over seeds\n\n"
@@ -242,12 +242,6 @@ def format_rho(values: list[float]) -> str:
         return f"undefined in all {len(values)} seed(s) (every test image stops at one exit)"
     text = format_mean_sd(defined, ".3f")
     return text + (f" ({undefined} seed(s) undefined: one exit for all)" if undefined else "")
-
-
-def _format_interval(diff: dict[str, Any]) -> str:
-    if diff["lo"] is None:
-        return f"{diff['mean']:+.2f}"
-    return f"{diff['mean']:+.2f} [{diff['lo']:+.2f}, {diff['hi']:+.2f}]"
 
 
 def _interpolate(x: float, xs: list[float], ys: list[float]) -> float:
@@ -489,11 +483,11 @@ def _curve_point(seeds, column: list[dict]) -> tuple[dict[str, Any], dict[str, s
         "rho": "—"
         if math.isnan(entry["spearman_exit_sigma"])
         else f"{entry['spearman_exit_sigma']:+.2f}",
-        "gain": _format_interval(gain) if gain else "—",
+        "gain": format_interval(gain) if gain else "—",
     }
     if "trained_for_depth" in entry:
         row["trained"] = _format_psnr(entry["trained_for_depth"])
-        row["gain_trained"] = _format_interval(trained_gain) if trained_gain else "—"
+        row["gain_trained"] = format_interval(trained_gain) if trained_gain else "—"
     return entry, row
 
 

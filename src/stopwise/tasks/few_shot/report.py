@@ -11,7 +11,7 @@ from typing import Any
 from ...contract import JobResult, Report
 from ...curves import dominance, dominance_line, mean_curve
 from ...reporting import finish_axes, in_x_order, markdown_table, new_figure, points_xy
-from ...stats import format_mean_sd, mean_sd, paired_difference
+from ...stats import format_interval, format_mean_sd, mean_sd, paired_difference
 from .config import FewShotConfig
 
 __all__ = ["report"]
@@ -86,16 +86,14 @@ def report(results: list[JobResult], config: FewShotConfig) -> Report:
     for s in seeds:
         p, c = paired[s], compare[s]
         lines.append(
-            f"- seed {s}: {p['mean']:+{fmt}} [{p['lo']:+{fmt}}, {p['hi']:+{fmt}}] over "
+            f"- seed {s}: {format_interval(p, '+' + fmt)} over "
             f"{p['n']} test tasks; best MAML = {c['best_maml']['job']} at depth "
             f"{c['best_maml']['depth']}; MAML-stop mean steps {c['stop_mean_steps']:.2f}"
             + (f"; MSE ratio {c['mse_ratio']:.3f}" if "mse_ratio" in c else "")
         )
     if over_seeds is not None:
-        lo, hi = over_seeds["lo"], over_seeds["hi"]
-        lines.append(
-            f"- over {over_seeds['n']} seeds: {over_seeds['mean']:+{fmt}} [{lo:+{fmt}}, {hi:+{fmt}}]"
-        )
+        over = format_interval(over_seeds, "+" + fmt)
+        lines.append(f"- over {over_seeds['n']} seeds: {over}")
     spearman = [stop_jobs[s]["test"]["stop"]["spearman_steps_shots"] for s in seeds]
     known = [r for r in spearman if r is not None]
     if known:
@@ -119,8 +117,7 @@ def report(results: list[JobResult], config: FewShotConfig) -> Report:
         f"few-shot ({config.family}): MAML-stop {format_mean_sd([compare[s]['stop_value'] for s in seeds], fmt)} "
         f"at {statistics.fmean(compare[s]['stop_mean_steps'] for s in seeds):.2f} mean steps vs best "
         f"fixed-T MAML {format_mean_sd([compare[s]['best_maml']['test_value'] for s in seeds], fmt)}; "
-        f"paired difference (seed {seeds[0]}) {first['mean']:+{fmt}} [{first['lo']:+{fmt}}, "
-        f"{first['hi']:+{fmt}}]"
+        f"paired difference (seed {seeds[0]}) {format_interval(first, '+' + fmt)}"
     )
     return Report(
         results={

@@ -17,7 +17,7 @@ import numpy as np
 from ...contract import JobResult, Report
 from ...curves import dominance, dominance_line, mean_curve
 from ...reporting import finish_axes, format_number, markdown_table, new_figure, points_xy
-from ...stats import format_mean_sd, mean_sd, paired_difference
+from ...stats import format_interval, format_mean_sd, mean_present, mean_sd, paired_difference
 from .config import LearnedOptimizersConfig
 from .metrics import DIVERGED
 
@@ -157,7 +157,7 @@ def _optimizer_section(records, seeds, config, family):
         row = {"method": f"LSTM − {_label(kind)}"}
         for H in steps:
             c = comparisons[str(H)][kind]
-            row[str(H)] = _paired_text(c)
+            row[str(H)] = format_interval(c)
         diff_rows.append(row)
     table = (
         f"### {family}: mean log10 suboptimality f(θ_t) − f(θ̂) of {config.test_functions} test "
@@ -181,12 +181,6 @@ def _optimizer_section(records, seeds, config, family):
         table,
         line,
     )
-
-
-def _paired_text(c: dict[str, Any]) -> str:
-    if c["lo"] is None:
-        return f"{c['mean']:+.2f}"
-    return f"{c['mean']:+.2f} [{c['lo']:+.2f}, {c['hi']:+.2f}]"
 
 
 def _curve_figure(records, seeds, config, family):
@@ -288,7 +282,7 @@ def _stop_section(records, seeds, config, family):
     l2s = {s: records[(f"l2s-{family}", s)] for s in seeds}
     spearman = {
         name: {
-            which: _mean_or_none([r["natural"]["spearman"].get(which) for r in group.values()])
+            which: mean_present([r["natural"]["spearman"].get(which) for r in group.values()])
             for which in next(iter(group.values()))["natural"]["spearman"]
         }
         for name, group in (("act", act), ("l2s", l2s))
@@ -297,7 +291,7 @@ def _stop_section(records, seeds, config, family):
     # knows θ̂): what imitating the oracle could reach at best.
     oracle_spearman = {
         f"λ={point['step_cost']:g}": {
-            which: _mean_or_none([r["oracle"][i]["spearman"].get(which) for r in l2s.values()])
+            which: mean_present([r["oracle"][i]["spearman"].get(which) for r in l2s.values()])
             for which in point["spearman"]
         }
         for i, point in enumerate(next(iter(l2s.values()))["oracle"])
@@ -513,11 +507,6 @@ def _budget_table(curves: dict[str, Any]) -> str:
 def _saving(values) -> str:
     savings = [v.get("step_saving") for v in values if v.get("step_saving") is not None]
     return format_mean_sd([100 * s for s in savings], ".0f") + "%" if savings else "—"
-
-
-def _mean_or_none(values):
-    present = [v for v in values if v is not None]
-    return statistics.fmean(present) if present else None
 
 
 def _tradeoff_section(records, seeds, config, family):

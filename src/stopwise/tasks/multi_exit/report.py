@@ -12,7 +12,7 @@ from typing import Any
 from ...contract import JobResult, Report
 from ...curves import dominance, dominance_line
 from ...reporting import finish_axes, markdown_table, new_figure
-from ...stats import mean_sd, paired_difference
+from ...stats import format_interval, mean_sd, paired_difference
 from .config import METHODS, MultiExitConfig
 from .experiment import SELECT_L2S
 from .metrics import P_GRID, accuracy_at_budgets
@@ -238,8 +238,8 @@ def report(results: list[JobResult], config: MultiExitConfig) -> Report:
     return Report(summary_results, table, figures, _summary(summary_results))
 
 
-def _points(value: float | None, signed: bool = False) -> str | None:
-    return None if value is None else format(100 * value, "+.2f" if signed else ".2f")
+def _points(value: float | None) -> str | None:
+    return None if value is None else format(100 * value, ".2f")
 
 
 def _mean_sd_text(mean: float | None, sd: float | None) -> str | None:
@@ -247,11 +247,7 @@ def _mean_sd_text(mean: float | None, sd: float | None) -> str | None:
 
 
 def _interval_text(d: dict[str, Any] | None) -> str | None:
-    if d is None:
-        return None
-    if d["lo"] is None:
-        return f"{_points(d['mean'], True)} (n = 1)"
-    return f"{_points(d['mean'], True)} [{_points(d['lo'], True)}, {_points(d['hi'], True)}]"
+    return None if d is None else format_interval(d, scale=100, no_interval=" (n = 1)")
 
 
 def _section(text: str, rows: list[dict[str, Any]], columns: list[tuple]) -> list[str]:
