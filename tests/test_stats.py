@@ -6,8 +6,10 @@ import pytest
 from scipy import stats as scipy_stats
 
 from stopwise.stats import (
+    format_interval,
     format_mean_sd,
     mean_interval,
+    mean_present,
     mean_sd,
     paired_difference,
     spearman,
@@ -57,6 +59,27 @@ def test_mean_sd_and_format():
     assert mean_sd([2.0, 4.0]) == (3.0, pytest.approx(math.sqrt(2)))
     assert format_mean_sd([0.1, 0.3], ".1f", scale=100) == "20.0 ± 14.1"
     assert format_mean_sd([0.5]) == "0.50"
+
+
+def test_mean_present_skips_none_only():
+    assert mean_present([1.0, None, 4.0, None]) == 2.5  # (1 + 4) / 2 by hand
+    assert mean_present([None, 3]) == 3.0
+    assert mean_present([]) is None and mean_present([None, None]) is None
+    assert math.isnan(mean_present([1.0, math.nan, None]))  # NaN is a value, not a gap
+    assert math.isnan(mean_present([math.inf, -math.inf]))  # as mean_sd: no error
+
+
+def test_format_interval_by_hand():
+    two = {"mean": 0.1234, "lo": -0.05, "hi": 0.2968}
+    assert format_interval(two) == "+0.12 [-0.05, +0.30]"
+    assert format_interval(two, ".3f", scale=100) == "12.340 [-5.000, 29.680]"
+    one = {"mean": -0.004, "lo": None, "hi": None}
+    assert format_interval(one) == "-0.00"
+    assert format_interval(one, scale=100, no_interval=" (n = 1)") == "-0.40 (n = 1)"
+    # differences 2, 3, 1.5: mean 13/6, sd √(7/12), t_{0.975, 2} = 4.302653 (tables)
+    half = 4.302653 * math.sqrt(7 / 12) / math.sqrt(3)
+    d = paired_difference({0: 3.0, 1: 5.0, 2: 4.0}, {0: 1.0, 1: 2.0, 2: 2.5})
+    assert format_interval(d, "+.4f") == f"+2.1667 [{13 / 6 - half:+.4f}, {13 / 6 + half:+.4f}]"
 
 
 def test_spearman_matches_scipy_with_ties():

@@ -9,7 +9,15 @@ from typing import Any
 
 from .checkpoints import atomic_write_bytes
 
-__all__ = ["markdown_table", "new_figure", "save_figure", "format_number", "in_x_order"]
+__all__ = [
+    "markdown_table",
+    "new_figure",
+    "save_figure",
+    "format_number",
+    "in_x_order",
+    "points_xy",
+    "finish_axes",
+]
 
 
 def format_number(value: Any, fmt: str = ".2f") -> str:
@@ -43,6 +51,13 @@ def in_x_order(points: Sequence[dict[str, Any]], x: str = "mean_steps") -> list[
     return sorted(points, key=lambda p: p[x])
 
 
+def points_xy(
+    points: Sequence[dict[str, Any]], y: str, x: str = "mean_steps"
+) -> tuple[list[Any], list[Any]]:
+    """A curve's ``x`` values and its ``y`` values, in the points' order, to plot or interpolate."""
+    return [p[x] for p in points], [p[y] for p in points]
+
+
 def new_figure(width: float = 5.0, height: float = 3.5):
     """A (figure, axes) pair on the headless Agg backend."""
     import matplotlib
@@ -51,6 +66,35 @@ def new_figure(width: float = 5.0, height: float = 3.5):
     import matplotlib.pyplot as plt
 
     return plt.subplots(figsize=(width, height), constrained_layout=True)
+
+
+def finish_axes(
+    axes,
+    xlabel: str | None,
+    ylabel: str | None,
+    title: str | None = None,
+    *,
+    title_size: float | None = None,
+    legend: float | None = 7,
+    outside: bool = False,
+    grid: bool = True,
+) -> None:
+    """Label ``axes`` (a None label is left unset), title it (matplotlib's title size unless
+    ``title_size``), grid it faintly and draw its legend in font size ``legend`` (None: no
+    legend). ``outside`` puts the legend to the right of the axes, centred: beside a figure
+    with many curves it would cover them."""
+    if xlabel is not None:
+        axes.set_xlabel(xlabel)
+    if ylabel is not None:
+        axes.set_ylabel(ylabel)
+    if title is not None:
+        size = {} if title_size is None else {"fontsize": title_size}
+        axes.set_title(title, **size)
+    if grid:
+        axes.grid(True, alpha=0.3)
+    if legend is not None:
+        where = {"loc": "center left", "bbox_to_anchor": (1.0, 0.5)} if outside else {}
+        axes.legend(fontsize=legend, **where)
 
 
 def save_figure(figure, path: str | Path) -> Path:

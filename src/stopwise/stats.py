@@ -16,10 +16,12 @@ import numpy as np
 
 __all__ = [
     "mean_sd",
+    "mean_present",
     "t_quantile",
     "mean_interval",
     "paired_difference",
     "format_mean_sd",
+    "format_interval",
     "average_ranks",
     "spearman",
 ]
@@ -39,6 +41,13 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float]:
     if not all(math.isfinite(v) for v in values):
         return sum(values) / len(values), math.inf
     return statistics.fmean(values), statistics.stdev(values)
+
+
+def mean_present(values: Sequence[float | None]) -> float | None:
+    """:func:`mean_sd`'s mean of the values that are not None (a seed where a number is
+    undefined is left out); None when no value is present."""
+    present = [v for v in values if v is not None]
+    return mean_sd(present)[0] if present else None
 
 
 def _betacf(a: float, b: float, x: float) -> float:
@@ -137,6 +146,18 @@ def format_mean_sd(values: Sequence[float], fmt: str = ".2f", scale: float = 1.0
     """``"m ± s"`` of the values times ``scale`` (just ``"m"`` for one value)."""
     mean, sd = mean_sd([scale * v for v in values])
     return format(mean, fmt) if len(values) == 1 else f"{mean:{fmt}} ± {sd:{fmt}}"
+
+
+def format_interval(
+    d: Mapping[str, Any], fmt: str = "+.2f", scale: float = 1.0, no_interval: str = ""
+) -> str:
+    """``"m [lo, hi]"`` of a :func:`mean_interval` or :func:`paired_difference` result, each
+    number times ``scale`` and formatted with ``fmt``; where the interval is undefined (one
+    seed) the mean alone, followed by ``no_interval``."""
+    text = format(scale * d["mean"], fmt)
+    if d["lo"] is None:
+        return text + no_interval
+    return f"{text} [{format(scale * d['lo'], fmt)}, {format(scale * d['hi'], fmt)}]"
 
 
 def average_ranks(values) -> np.ndarray:

@@ -13,8 +13,8 @@ import numpy as np
 
 from ...contract import JobResult, Report
 from ...curves import best_fixed_mix, dominance, dominance_line, mean_curve
-from ...reporting import in_x_order, markdown_table, new_figure
-from ...stats import format_mean_sd, paired_difference
+from ...reporting import finish_axes, in_x_order, markdown_table, new_figure, points_xy
+from ...stats import format_interval, format_mean_sd, paired_difference
 from .config import DenoisingConfig
 from .data import from_png_base64
 from .experiment import stage1_candidates, trained_depth_name, validation_items
@@ -115,7 +115,7 @@ def report(results: list[JobResult], config: DenoisingConfig) -> Report:
                 {s: quality[b]["psnr"][s][j] for s in seeds},
             )
             comparisons.append({"a": a, "b": b, "sigma": sigma, **diff})
-            row[h] = _format_interval(diff)
+            row[h] = format_interval(diff)
         comparison_rows.append(row)
     tables.append(
         "### Paired PSNR differences (dB), mean [95% interval] over seeds\n\n"
@@ -242,12 +242,6 @@ def format_rho(values: list[float]) -> str:
         return f"undefined in all {len(values)} seed(s) (every test image stops at one exit)"
     text = format_mean_sd(defined, ".3f")
     return text + (f" ({undefined} seed(s) undefined: one exit for all)" if undefined else "")
-
-
-def _format_interval(diff: dict[str, Any]) -> str:
-    if diff["lo"] is None:
-        return f"{diff['mean']:+.2f}"
-    return f"{diff['mean']:+.2f} [{diff['lo']:+.2f}, {diff['hi']:+.2f}]"
 
 
 def _interpolate(x: float, xs: list[float], ys: list[float]) -> float:
@@ -489,11 +483,11 @@ def _curve_point(seeds, column: list[dict]) -> tuple[dict[str, Any], dict[str, s
         "rho": "—"
         if math.isnan(entry["spearman_exit_sigma"])
         else f"{entry['spearman_exit_sigma']:+.2f}",
-        "gain": _format_interval(gain) if gain else "—",
+        "gain": format_interval(gain) if gain else "—",
     }
     if "trained_for_depth" in entry:
         row["trained"] = _format_psnr(entry["trained_for_depth"])
-        row["gain_trained"] = _format_interval(trained_gain) if trained_gain else "—"
+        row["gain_trained"] = format_interval(trained_gain) if trained_gain else "—"
     return entry, row
 
 
@@ -629,11 +623,8 @@ def _psnr_figure(quality, sigmas, unseen, seeds, shown):
         axes.axvspan(
             lo - 2.5, max(sigmas) + 2.5, color="grey", alpha=0.15, label="σ unseen in training"
         )
-    axes.set_xlabel("σ (of 255)")
-    axes.set_ylabel("test PSNR (dB)")
-    axes.set_title(f"Test PSNR per σ ({shown})", fontsize=8)
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=6)
+    title = f"Test PSNR per σ ({shown})"
+    finish_axes(axes, "σ (of 255)", "test PSNR (dB)", title, title_size=8, legend=6)
     return figure
 
 
@@ -706,17 +697,13 @@ def _per_exit_figure(jobs, seeds, sigmas, shown):
         for j, sigma in enumerate(sigmas):
             axes.plot(range(1, mean.shape[0] + 1), mean[:, j], style, color=colours[j], markersize=2,
                       label=f"{label}, σ={sigma:g}")  # fmt: skip
-    axes.set_xlabel("exit")
-    axes.set_ylabel("test PSNR (dB)")
-    axes.set_title(f"Test PSNR at every exit ({shown})", fontsize=8)
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    title = f"Test PSNR at every exit ({shown})"
+    finish_axes(axes, "exit", "test PSNR (dB)", title, title_size=8, outside=True)
     return figure
 
 
 def _mean_xy(curves, x_key, y_key):
-    curve = in_x_order(mean_curve(curves), x_key)
-    return [p[x_key] for p in curve], [p[y_key] for p in curve]
+    return points_xy(in_x_order(mean_curve(curves), x_key), y_key, x_key)
 
 
 def _best_fixed(fixed: list[dict[str, float]]) -> list[dict[str, float]]:
@@ -763,11 +750,9 @@ def _budget_figure(jobs, seeds, shown):
     axes.plot([oracle_cost], [oracle], "rx", markersize=7, label="oracle stop")
     bm3d = statistics.fmean(statistics.fmean(jobs["classical"][s]["bm3d"]["psnr"]) for s in seeds)
     axes.axhline(bm3d, color="grey", linestyle="-.", linewidth=1, label="BM3D")
-    axes.set_xlabel("mean multiply-adds per pixel")
-    axes.set_ylabel("test PSNR, all σ (dB)")
-    axes.set_title(f"Budget curve of DnCNN-stop ({shown})", fontsize=8)
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=6)
+    title = f"Budget curve of DnCNN-stop ({shown})"
+    cost = "mean multiply-adds per pixel"
+    finish_axes(axes, cost, "test PSNR, all σ (dB)", title, title_size=8, legend=6)
     return figure
 
 
@@ -793,12 +778,9 @@ def _training_figure(jobs, seeds, config):
     axes.plot(x, [p["oracle"] for p in stage1], ":", label="DnCNN-stop stage I, best exit (oracle)")
     bm3d = jobs["classical"][seed]["bm3d"]["val_psnr"]
     axes.axhline(max(bm3d.values()), color="grey", linestyle="-.", linewidth=1, label="BM3D")
-    axes.set_xlabel("training CPU minutes (one thread)")
-    axes.set_ylabel("validation PSNR (dB)")
-    axes.set_title(f"seed {seed}; validation σ = {', '.join(f'{s:g}' for s in config.train_sigmas)}",
-                   fontsize=8)  # fmt: skip
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=6)
+    title = f"seed {seed}; validation σ = {', '.join(f'{s:g}' for s in config.train_sigmas)}"
+    minutes = "training CPU minutes (one thread)"
+    finish_axes(axes, minutes, "validation PSNR (dB)", title, title_size=8, legend=6)
     return figure
 
 

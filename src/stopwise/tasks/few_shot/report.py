@@ -10,8 +10,8 @@ from typing import Any
 
 from ...contract import JobResult, Report
 from ...curves import dominance, dominance_line, mean_curve
-from ...reporting import in_x_order, markdown_table, new_figure
-from ...stats import format_mean_sd, mean_sd, paired_difference
+from ...reporting import finish_axes, in_x_order, markdown_table, new_figure, points_xy
+from ...stats import format_interval, format_mean_sd, mean_sd, paired_difference
 from .config import FewShotConfig
 
 __all__ = ["report"]
@@ -86,16 +86,14 @@ def report(results: list[JobResult], config: FewShotConfig) -> Report:
     for s in seeds:
         p, c = paired[s], compare[s]
         lines.append(
-            f"- seed {s}: {p['mean']:+{fmt}} [{p['lo']:+{fmt}}, {p['hi']:+{fmt}}] over "
+            f"- seed {s}: {format_interval(p, '+' + fmt)} over "
             f"{p['n']} test tasks; best MAML = {c['best_maml']['job']} at depth "
             f"{c['best_maml']['depth']}; MAML-stop mean steps {c['stop_mean_steps']:.2f}"
             + (f"; MSE ratio {c['mse_ratio']:.3f}" if "mse_ratio" in c else "")
         )
     if over_seeds is not None:
-        lo, hi = over_seeds["lo"], over_seeds["hi"]
-        lines.append(
-            f"- over {over_seeds['n']} seeds: {over_seeds['mean']:+{fmt}} [{lo:+{fmt}}, {hi:+{fmt}}]"
-        )
+        over = format_interval(over_seeds, "+" + fmt)
+        lines.append(f"- over {over_seeds['n']} seeds: {over}")
     spearman = [stop_jobs[s]["test"]["stop"]["spearman_steps_shots"] for s in seeds]
     known = [r for r in spearman if r is not None]
     if known:
@@ -119,8 +117,7 @@ def report(results: list[JobResult], config: FewShotConfig) -> Report:
         f"few-shot ({config.family}): MAML-stop {format_mean_sd([compare[s]['stop_value'] for s in seeds], fmt)} "
         f"at {statistics.fmean(compare[s]['stop_mean_steps'] for s in seeds):.2f} mean steps vs best "
         f"fixed-T MAML {format_mean_sd([compare[s]['best_maml']['test_value'] for s in seeds], fmt)}; "
-        f"paired difference (seed {seeds[0]}) {first['mean']:+{fmt}} [{first['lo']:+{fmt}}, "
-        f"{first['hi']:+{fmt}}]"
+        f"paired difference (seed {seeds[0]}) {format_interval(first, '+' + fmt)}"
     )
     return Report(
         results={
@@ -265,10 +262,9 @@ def _quality_by_shots(by_job, maml_job: str, seeds, name: str, data: str):
             for i in range(len(shots))
         ]
         axes.plot(shots, values, style, markersize=4, label=label)
-    axes.set_xlabel(_shots(name))
     measure = "MSE" if name == "mse" else "accuracy"
-    axes.set_title(f"Test {measure} by K ({data}, mean over {len(seeds)} seed(s))", fontsize=8)
-    _finish_axes(axes, name)
+    title = f"Test {measure} by K ({data}, mean over {len(seeds)} seed(s))"
+    _finish_axes(axes, name, _shots(name), title)
     return figure
 
 
@@ -282,12 +278,9 @@ def _steps_by_shots(stop_jobs, seeds, name: str, data: str, T: int):
     groups = [[st for k2, st in zip(shots_all, steps_all, strict=True) if k2 == k] for k in ks]
     axes.boxplot(groups, positions=ks, widths=0.6)
     axes.plot(ks, [statistics.fmean(g) for g in groups], "o-", markersize=3, label="mean")
-    axes.set_xlabel(_shots(name))
-    axes.set_ylabel("MAML-stop stop step (test tasks)")
     axes.set_ylim(0.5, T + 0.5)  # all T steps: a flat line at T is not blown up into a band
-    axes.set_title(f"MAML-stop stop step by K ({data}, {len(seeds)} seed(s) pooled)", fontsize=8)
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=7)
+    title = f"MAML-stop stop step by K ({data}, {len(seeds)} seed(s) pooled)"
+    finish_axes(axes, _shots(name), "MAML-stop stop step (test tasks)", title, title_size=8)
     return figure
 
 
@@ -309,12 +302,9 @@ def _loss_by_step(by_job, maml_job: str, seeds, data: str):
                 color=f"C{i % 10}",  # one colour per K, solid for MAML-stop, dashed for MAML
                 label=f"{label}, K = {row['shots']}",
             )
-    axes.set_xlabel("inner step")
-    axes.set_ylabel("mean query loss (test tasks)")
-    axes.set_title(f"Query loss by inner step ({data}, seed {seeds[0]} only)", fontsize=8)
     axes.set_yscale("log")
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=6)
+    title = f"Query loss by inner step ({data}, seed {seeds[0]} only)"
+    finish_axes(axes, "inner step", "mean query loss (test tasks)", title, title_size=8, legend=6)
     return figure
 
 
@@ -322,8 +312,7 @@ def _budget_figure(by_job, maml_job: str, seeds, name: str, data: str):
     figure, axes = new_figure(7.5, 3.5)
 
     def mean_xy(curves):
-        curve = in_x_order(mean_curve(curves))
-        return [p["mean_steps"] for p in curve], [p[name] for p in curve]
+        return points_xy(in_x_order(mean_curve(curves)), name)
 
     stop, maml = by_job["maml-stop"], by_job[maml_job]
     series = [
@@ -351,16 +340,14 @@ def _budget_figure(by_job, maml_job: str, seeds, name: str, data: str):
             label += " (clipped: a diverged task)"
             y = [min(v, top) for v in y]
         axes.plot(x, y, style, markersize=3, label=label)
-    axes.set_xlabel("mean inner steps per task")
-    axes.set_title(f"Budget curves ({data}, mean over {len(seeds)} seed(s))", fontsize=8)
-    _finish_axes(axes, name)
+    title = f"Budget curves ({data}, mean over {len(seeds)} seed(s))"
+    _finish_axes(axes, name, "mean inner steps per task", title)
     return figure
 
 
-def _finish_axes(axes, name: str) -> None:
+def _finish_axes(axes, name: str, xlabel: str, title: str) -> None:
     """The y axis of a few-shot figure: test MSE (log) for regression, accuracy otherwise."""
-    axes.set_ylabel("test MSE" if name == "mse" else "test accuracy (%)")
     if name == "mse":
         axes.set_yscale("log")
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    ylabel = "test MSE" if name == "mse" else "test accuracy (%)"
+    finish_axes(axes, xlabel, ylabel, title, title_size=8, outside=True)

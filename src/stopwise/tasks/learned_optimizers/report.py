@@ -16,8 +16,8 @@ import numpy as np
 
 from ...contract import JobResult, Report
 from ...curves import dominance, dominance_line, mean_curve
-from ...reporting import format_number, markdown_table, new_figure
-from ...stats import format_mean_sd, mean_sd, paired_difference
+from ...reporting import finish_axes, format_number, markdown_table, new_figure, points_xy
+from ...stats import format_interval, format_mean_sd, mean_present, mean_sd, paired_difference
 from .config import LearnedOptimizersConfig
 from .metrics import DIVERGED
 
@@ -157,7 +157,7 @@ def _optimizer_section(records, seeds, config, family):
         row = {"method": f"LSTM − {_label(kind)}"}
         for H in steps:
             c = comparisons[str(H)][kind]
-            row[str(H)] = _paired_text(c)
+            row[str(H)] = format_interval(c)
         diff_rows.append(row)
     table = (
         f"### {family}: mean log10 suboptimality f(θ_t) − f(θ̂) of {config.test_functions} test "
@@ -183,12 +183,6 @@ def _optimizer_section(records, seeds, config, family):
     )
 
 
-def _paired_text(c: dict[str, Any]) -> str:
-    if c["lo"] is None:
-        return f"{c['mean']:+.2f}"
-    return f"{c['mean']:+.2f} [{c['lo']:+.2f}, {c['hi']:+.2f}]"
-
-
 def _curve_figure(records, seeds, config, family):
     figure, axes = new_figure(6.0, 4.0)
     curves = {"LSTM optimizer": [records[(f"lstm-{family}", s)]["curve"] for s in seeds]}
@@ -205,11 +199,9 @@ def _curve_figure(records, seeds, config, family):
         axes.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.2)
     axes.axvline(config.horizon, color="grey", linestyle=":", linewidth=1)
     axes.set_xscale("log")
-    axes.set_xlabel("optimizer steps (dotted: meta-training horizon)")
-    axes.set_ylabel("mean log10 suboptimality")
-    axes.set_title(f"{family}: test functions, mean and 95% interval")
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=7)
+    xlabel = "optimizer steps (dotted: meta-training horizon)"
+    title = f"{family}: test functions, mean and 95% interval"
+    finish_axes(axes, xlabel, "mean log10 suboptimality", title)
     return figure
 
 
@@ -290,7 +282,7 @@ def _stop_section(records, seeds, config, family):
     l2s = {s: records[(f"l2s-{family}", s)] for s in seeds}
     spearman = {
         name: {
-            which: _mean_or_none([r["natural"]["spearman"].get(which) for r in group.values()])
+            which: mean_present([r["natural"]["spearman"].get(which) for r in group.values()])
             for which in next(iter(group.values()))["natural"]["spearman"]
         }
         for name, group in (("act", act), ("l2s", l2s))
@@ -299,7 +291,7 @@ def _stop_section(records, seeds, config, family):
     # knows θ̂): what imitating the oracle could reach at best.
     oracle_spearman = {
         f"λ={point['step_cost']:g}": {
-            which: _mean_or_none([r["oracle"][i]["spearman"].get(which) for r in l2s.values()])
+            which: mean_present([r["oracle"][i]["spearman"].get(which) for r in l2s.values()])
             for which in point["spearman"]
         }
         for i, point in enumerate(next(iter(l2s.values()))["oracle"])
@@ -422,8 +414,7 @@ def _trained_depths(records, seeds, family, curves) -> list[dict[str, Any]] | No
     points = mean_curve([records[(f"depth-{family}", s)]["trained"] for s in seeds])
 
     def at(curve: list[dict[str, Any]], steps: float, key: str) -> float:
-        xs = [p["mean_steps"] for p in curve]
-        return float(np.interp(steps, xs, [p[key] for p in curve]))
+        return float(np.interp(steps, *points_xy(curve, key)))
 
     rows = []
     for point in points:
@@ -518,11 +509,6 @@ def _saving(values) -> str:
     return format_mean_sd([100 * s for s in savings], ".0f") + "%" if savings else "—"
 
 
-def _mean_or_none(values):
-    present = [v for v in values if v is not None]
-    return statistics.fmean(present) if present else None
-
-
 def _tradeoff_section(records, seeds, config, family):
     act = {s: records[(f"act-{family}", s)] for s in seeds}
     l2s = {s: records[(f"l2s-{family}", s)] for s in seeds}
@@ -604,15 +590,13 @@ def _budget_figure(section, family):
     for name, label in STOP_LABELS.items():
         entry = section["curves"][name]
         (line,) = axes.plot(
-            [p["mean_steps"] for p in entry["curve"]],
-            [p["log10_gap"] for p in entry["curve"]],
+            *points_xy(entry["curve"], "log10_gap"),
             "-o",
             markersize=3,
             label=f"{label} (thresholds calibrated on validation)",
         )
         axes.plot(
-            [p["mean_steps"] for p in entry["fixed_depth"]],
-            [p["log10_gap"] for p in entry["fixed_depth"]],
+            *points_xy(entry["fixed_depth"], "log10_gap"),
             "--",
             color=line.get_color(),
             linewidth=1,
@@ -626,11 +610,8 @@ def _budget_figure(section, family):
             markersize=7,
             label="LSTM optimizer meta-trained for that depth",
         )
-    axes.set_xlabel("mean optimizer steps used")
-    axes.set_ylabel("mean log10 suboptimality at the stop")
-    axes.set_title(f"{family}: budget curves beside fixed depth (test)")
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=7)
+    title = f"{family}: budget curves beside fixed depth (test)"
+    finish_axes(axes, "mean optimizer steps used", "mean log10 suboptimality at the stop", title)
     return figure
 
 
@@ -651,11 +632,10 @@ def _tradeoff_figure(section, family):
         axes.plot(costs, means, "-o", markersize=3, label=label)
     axes.set_xscale("log")
     axes.set_yscale("log")
-    axes.set_xlabel("λ (cost of one optimizer step)")
-    axes.set_ylabel("mean suboptimality + λ·steps (test)")
-    axes.set_title(f"{family}: trade-off")
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=7)
+    title = f"{family}: trade-off"
+    finish_axes(
+        axes, "λ (cost of one optimizer step)", "mean suboptimality + λ·steps (test)", title
+    )
     return figure
 
 
@@ -722,9 +702,6 @@ def _mlp_figure(records, seeds, config):
             color=line.get_color(),
             alpha=0.2,
         )
-    axes.set_xlabel("optimizer steps")
-    axes.set_ylabel("mean log10 training loss")
-    axes.set_title(f"MLP on {config.mlp.dataset}: test runs, mean and 95% interval")
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=7)
+    title = f"MLP on {config.mlp.dataset}: test runs, mean and 95% interval"
+    finish_axes(axes, "optimizer steps", "mean log10 training loss", title)
     return figure

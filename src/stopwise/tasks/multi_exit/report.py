@@ -11,8 +11,8 @@ from typing import Any
 
 from ...contract import JobResult, Report
 from ...curves import dominance, dominance_line
-from ...reporting import markdown_table, new_figure
-from ...stats import mean_sd, paired_difference
+from ...reporting import finish_axes, markdown_table, new_figure
+from ...stats import format_interval, mean_sd, paired_difference
 from .config import METHODS, MultiExitConfig
 from .experiment import SELECT_L2S
 from .metrics import P_GRID, accuracy_at_budgets
@@ -238,8 +238,8 @@ def report(results: list[JobResult], config: MultiExitConfig) -> Report:
     return Report(summary_results, table, figures, _summary(summary_results))
 
 
-def _points(value: float | None, signed: bool = False) -> str | None:
-    return None if value is None else format(100 * value, "+.2f" if signed else ".2f")
+def _points(value: float | None) -> str | None:
+    return None if value is None else format(100 * value, ".2f")
 
 
 def _mean_sd_text(mean: float | None, sd: float | None) -> str | None:
@@ -247,11 +247,7 @@ def _mean_sd_text(mean: float | None, sd: float | None) -> str | None:
 
 
 def _interval_text(d: dict[str, Any] | None) -> str | None:
-    if d is None:
-        return None
-    if d["lo"] is None:
-        return f"{_points(d['mean'], True)} (n = 1)"
-    return f"{_points(d['mean'], True)} [{_points(d['lo'], True)}, {_points(d['hi'], True)}]"
+    return None if d is None else format_interval(d, scale=100, no_interval=" (n = 1)")
 
 
 def _section(text: str, rows: list[dict[str, Any]], columns: list[tuple]) -> list[str]:
@@ -444,10 +440,9 @@ def _accuracy_figure(lines, by_job, budget_macs, data, colors):
     for i, macs in enumerate(budget_macs):
         label = "budgets (share of full MACs)" if i == 0 else None
         axes.axvline(macs / 1e6, color="gray", linewidth=0.6, linestyle=(0, (1, 3)), label=label)
-    axes.set_xlabel("mean MMACs per test sample (squares: fixed exits)")
-    axes.set_ylabel("test accuracy (%)")
-    axes.set_title(f"{data['dataset']}: budgeted classification (mean over seeds)")
-    axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    cost = "mean MMACs per test sample (squares: fixed exits)"
+    title = f"{data['dataset']}: budgeted classification (mean over seeds)"
+    finish_axes(axes, cost, "test accuracy (%)", title, outside=True, grid=False)
     return figure
 
 
@@ -466,10 +461,8 @@ def _exit_figure(lines, exits: int, colors):
             label=line["label"],
         )
     axes.set_xticks(range(1, exits + 1))
-    axes.set_xlabel("exit")
-    axes.set_ylabel("test accuracy (%)")
-    axes.set_title("Accuracy per fixed exit (mean ± sd over seeds)")
-    axes.legend(fontsize=7)
+    title = "Accuracy per fixed exit (mean ± sd over seeds)"
+    finish_axes(axes, "exit", "test accuracy (%)", title, grid=False)
     return figure
 
 

@@ -10,8 +10,8 @@ from typing import Any
 
 from ...contract import JobResult, Report
 from ...curves import best_fixed_mix, dominance, dominance_line
-from ...reporting import markdown_table, new_figure
-from ...stats import mean_sd, paired_difference
+from ...reporting import finish_axes, markdown_table, new_figure
+from ...stats import format_interval, mean_present, mean_sd, paired_difference
 from .config import ParityConfig
 from .methods import METHODS, RULES
 from .metrics import SUCCESS_ACCURACY
@@ -61,11 +61,6 @@ def report(results: list[JobResult], config: ParityConfig) -> Report:
     )
 
 
-def _mean(values: list[float | None]) -> float | None:
-    values = [v for v in values if v is not None]
-    return mean_sd(values)[0] if values else None
-
-
 def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """One line: the seeds of one method, variant, setting and rule (sd: sample sd over seeds)."""
     first = rows[0]
@@ -83,16 +78,16 @@ def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "interpolation_mean": mean_sd(interpolation)[0],
         "interpolation_std": mean_sd(interpolation)[1],
         "interpolation_min": min(interpolation),
-        "extrapolation_mean": _mean([r["extrapolation"] for r in rows]),
-        "accuracy_mean": _mean([r["accuracy"] for r in rows]),
+        "extrapolation_mean": mean_present([r["extrapolation"] for r in rows]),
+        "accuracy_mean": mean_present([r["accuracy"] for r in rows]),
         "successes": sum(a > SUCCESS_ACCURACY for a in interpolation),
         "mean_steps": mean_sd([r["mean_steps"] for r in rows])[0],
         "mean_steps_std": mean_sd([r["mean_steps"] for r in rows])[1],
-        "steps_run": _mean([r["steps_run"] for r in rows]),
-        "spearman_mean": _mean([r["spearman"] for r in rows]),
-        "validation_accuracy": _mean([r["validation_accuracy"] for r in rows]),
-        "validation_steps": _mean([r["validation_steps"] for r in rows]),
-        "train_seconds": _mean([r["train_seconds"] for r in rows]),
+        "steps_run": mean_present([r["steps_run"] for r in rows]),
+        "spearman_mean": mean_present([r["spearman"] for r in rows]),
+        "validation_accuracy": mean_present([r["validation_accuracy"] for r in rows]),
+        "validation_steps": mean_present([r["validation_steps"] for r in rows]),
+        "train_seconds": mean_present([r["train_seconds"] for r in rows]),
         **_halting_at_step_1(rows),
         "per_k": [{"k": k, "accuracy": accuracy[k], "mean_steps": steps[k]} for k in accuracy],
     }
@@ -105,7 +100,7 @@ def _halting_at_step_1(rows: list[dict[str, Any]]) -> dict[str, Any]:
         return {}
     return {
         "halting_at_step_1": {
-            "overall": _mean([s["overall"] for s in shares]),
+            "overall": mean_present([s["overall"] for s in shares]),
             "per_k": _mean_by_k([e for s in shares for e in s["per_k"]], "share"),
         }
     }
@@ -116,7 +111,7 @@ def _mean_by_k(entries: list[dict[str, Any]], key: str) -> dict[int, float | Non
     by_k: dict[int, list[float]] = defaultdict(list)
     for entry in entries:
         by_k[entry["k"]].append(entry[key])
-    return {k: _mean(values) for k, values in sorted(by_k.items())}
+    return {k: mean_present(values) for k, values in sorted(by_k.items())}
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -189,10 +184,7 @@ def _pct(value: float | None) -> str | None:
 
 def _difference(d: dict[str, Any], scale: float = 1.0) -> str:
     """``+m [lo, hi]`` of a paired difference (no interval with one seed)."""
-    text = f"{scale * d['mean']:+.2f}"
-    if d["lo"] is None:
-        return f"{text} (1 seed)"
-    return f"{text} [{scale * d['lo']:+.2f}, {scale * d['hi']:+.2f}]"
+    return format_interval(d, scale=scale, no_interval=" (1 seed)")
 
 
 def _display(line: dict[str, Any]) -> dict[str, Any]:
@@ -413,10 +405,9 @@ def budget_curve_figure(curves: list[dict[str, Any]]) -> dict[str, Any]:
                   markersize=4, label=f"{curve['label']}: stop")  # fmt: skip
         axes.plot(steps, [100 * p["fixed_accuracy"] for p in curve["points"]], "--",
                   color=color, label=f"{curve['label']}: same model, fixed depth")  # fmt: skip
-    axes.set_xlabel("mean steps")
-    axes.set_ylabel("interpolation accuracy (%)")
-    axes.set_title("Parity: budget curves (validation thresholds) vs fixed depth")
-    axes.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    title = "Parity: budget curves (validation thresholds) vs fixed depth"
+    accuracy = "interpolation accuracy (%)"
+    finish_axes(axes, "mean steps", accuracy, title, legend=6, outside=True, grid=False)
     return {"budget_curves": figure}
 
 
@@ -443,10 +434,10 @@ def figures(
             label=None if series in seen else series,
         )
         seen.add(series)
-    axes.set_xlabel("mean steps run (a non-causal rule runs them all)")
-    axes.set_ylabel("interpolation accuracy (%)")
-    axes.set_title("Parity: accuracy vs compute (one point per setting, seed and rule)")
-    axes.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    steps = "mean steps run (a non-causal rule runs them all)"
+    title = "Parity: accuracy vs compute (one point per setting, seed and rule)"
+    accuracy = "interpolation accuracy (%)"
+    finish_axes(axes, steps, accuracy, title, legend=6, outside=True, grid=False)
     out["accuracy_vs_steps"] = figure
 
     for key, name, ylabel in [
@@ -470,9 +461,8 @@ def figures(
         if list(config.train_k) != list(config.test_k):
             axes.axvline(config.train_k[1] + 0.5, color="gray", linestyle=":", linewidth=1,
                          label=f"largest training k ({config.train_k[1]})")  # fmt: skip
-        axes.set_xlabel("k (non-zero elements)")
-        axes.set_ylabel(ylabel)
-        axes.set_title(f"Parity: {ylabel} vs k (best settings, mean over seeds)")
-        axes.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        title = f"Parity: {ylabel} vs k (best settings, mean over seeds)"
+        nonzero = "k (non-zero elements)"
+        finish_axes(axes, nonzero, ylabel, title, legend=6, outside=True, grid=False)
         out[name] = figure
     return out

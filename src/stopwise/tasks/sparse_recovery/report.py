@@ -10,7 +10,7 @@ from typing import Any
 
 from ...contract import JobResult, Report
 from ...curves import mean_curve
-from ...reporting import in_x_order, markdown_table, new_figure
+from ...reporting import finish_axes, in_x_order, markdown_table, new_figure, points_xy
 from ...stats import format_mean_sd, mean_interval, mean_sd, paired_difference
 from .config import SparseRecoveryConfig
 from .experiment import STOP_MODELS
@@ -499,11 +499,6 @@ def _curve_label(key: str) -> str:
     return f"{algorithm.upper()} (tuned for T={budget})"
 
 
-def _xy(curve: list[dict], column: str = "mixed") -> tuple[list[float], list[float]]:
-    """A curve's mean steps and its ``column``, to plot."""
-    return [p["mean_steps"] for p in curve], [p[column] for p in curve]
-
-
 def _figures(results: dict[str, Any], stops, seeds: list[int]) -> dict[str, Any]:
     """``nmse_per_layer``, ``stop_steps`` (threshold rule) and ``nmse_vs_steps`` (the budget
     curve of each stop model beside the same model at fixed depth); means over seeds."""
@@ -514,12 +509,9 @@ def _figures(results: dict[str, Any], stops, seeds: list[int]) -> dict[str, Any]
 
     figure, ax = new_figure(6.5, 4.2)
     for key, curve in shown.items():
-        ax.plot(*_xy(curve, column), label=_curve_label(key))
+        ax.plot(*points_xy(curve, column), label=_curve_label(key))
     ax.set_xscale("log")
-    ax.set_xlabel("layer / iteration")
-    ax.set_ylabel(f"test NMSE (dB), {column}")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
+    finish_axes(ax, "layer / iteration", f"test NMSE (dB), {column}")
     figures["nmse_per_layer"] = figure
     if not stops:
         return figures
@@ -534,32 +526,32 @@ def _figures(results: dict[str, Any], stops, seeds: list[int]) -> dict[str, Any]
             counts = [sum(h[snr][t] for h in histograms) for t in range(len(histograms[0][snr]))]
             offset = (j - (len(histograms[0]) - 1) / 2) * width
             ax.bar([t + 1 + offset for t in range(len(counts))], counts, width=width, label=snr)
-        ax.set_title(f"{_curve_label(name)}, threshold rule", fontsize=8)
-        ax.set_xlabel("stop step")
-        ax.set_ylabel(f"test samples ({len(seeds)} seed(s))")
-        ax.legend(fontsize=7)
+        title = f"{_curve_label(name)}, threshold rule"
+        samples = f"test samples ({len(seeds)} seed(s))"
+        finish_axes(ax, "stop step", samples, title, title_size=8, grid=False)
     figures["stop_steps"] = figure
 
     figure, ax = new_figure(9.5, 4.2)
     for key in ("ista-100", "fista-100", "lista", "alista"):
         if key in per_layer:
-            ax.plot(*_xy(per_layer[key], column), ":", label=f"{_curve_label(key)}, fixed depth")
+            label = f"{_curve_label(key)}, fixed depth"
+            ax.plot(*points_xy(per_layer[key], column), ":", label=label)
     rows = {row["key"]: row for row in results["rows"]}
     for name, by_seed in stops.items():
         curve = in_x_order(mean_curve([by_seed[s]["curve"] for s in seeds]))
         label = _curve_label(name)
         calibrated = f"{label}, thresholds calibrated on validation"
-        color = ax.plot(*_xy(curve, column), "-o", markersize=3, label=calibrated)[0].get_color()
+        (line,) = ax.plot(*points_xy(curve, column), "-o", markersize=3, label=calibrated)
+        color = line.get_color()
         fixed = f"{label} model, fixed depth"
-        ax.plot(*_xy(per_layer[name], column), "s--", markersize=2, color=color, label=fixed)
+        ax.plot(*points_xy(per_layer[name], column), "s--", markersize=2, color=color, label=fixed)
         for rule, marker in (("sampled", "^"), ("oracle", "*")):
             point = rows[f"{name}-{rule}"]["mean_steps"], rows[f"{name}-{rule}"][column]
             ax.plot(*point, marker, markersize=8, color=color, label=f"{label}, {rule}")
     ax.set_xscale("log")
-    ax.set_xlabel("mean steps used (log scale)")
-    ax.set_ylabel(f"test NMSE (dB), {column}")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    finish_axes(
+        ax, "mean steps used (log scale)", f"test NMSE (dB), {column}", legend=6, outside=True
+    )
     figures["nmse_vs_steps"] = figure
     figures["budget_curves"] = _budget_figure(results, stops, seeds)
     return figures
@@ -584,25 +576,20 @@ def _budget_figure(results: dict[str, Any], stops, seeds: list[int]):
         }
         ceiling = -math.inf  # the top of the y window: the stop and fixed curves' highest point
         for label, (curves, style) in lines.items():
-            steps, nmse = _xy(in_x_order(mean_curve(curves)))
+            steps, nmse = points_xy(in_x_order(mean_curve(curves)), "mixed")
             top.plot(steps, nmse, style, markersize=2.5, linewidth=1.2, label=label)
             if label in (stop, fixed):
                 ceiling = max(ceiling, *nmse)
-        top.set_title(_curve_label(name), fontsize=9)
-        top.set_ylabel("test NMSE (dB), mixed")
-        top.grid(True, alpha=0.3)
-        top.legend(fontsize=7)
+        finish_axes(top, None, "test NMSE (dB), mixed", _curve_label(name), title_size=9)
         curve = in_x_order(results["budget_curves"][name])
         low = min(p["mixed"] for p in curve)
         top.set_ylim(low - 1.0, ceiling + 1.0)
         bottom = figure.add_subplot(grid[1, i], sharex=top)
-        steps, margin = _xy(curve, "margin")
+        steps, margin = points_xy(curve, "margin")
         low = [p["margin"] - p["margin_sd"] for p in curve]
         high = [p["margin"] + p["margin_sd"] for p in curve]
         bottom.fill_between(steps, low, high, alpha=0.3)
         bottom.plot(steps, margin, "-o", markersize=2.5)
         bottom.axhline(0.0, color="black", linewidth=0.8)
-        bottom.set_xlabel("mean steps used")
-        bottom.set_ylabel("stop − fixed depth (dB)")
-        bottom.grid(True, alpha=0.3)
+        finish_axes(bottom, "mean steps used", "stop − fixed depth (dB)", legend=None)
     return figure

@@ -7,7 +7,7 @@ from typing import Any
 
 from ...contract import JobResult, Report
 from ...curves import dominance, dominance_line, mean_curve
-from ...reporting import markdown_table, new_figure
+from ...reporting import finish_axes, markdown_table, new_figure, points_xy
 from ...stats import format_mean_sd, paired_difference
 from .config import ToyConfig
 
@@ -86,13 +86,9 @@ def report(results: list[JobResult], config: ToyConfig) -> Report:
 
 def _budget_figure(curve: list[dict[str, float]], fixed: list[dict[str, float]]):
     figure, axes = new_figure()
-    axes.plot([p["mean_steps"] for p in curve], [p["mse"] for p in curve], "-o", markersize=3,
-              label="L2S policy (thresholds calibrated on validation)")  # fmt: skip
-    axes.plot([p["mean_steps"] for p in fixed], [p["mse"] for p in fixed], "s--", markersize=3,
-              label="same model, fixed depth")  # fmt: skip
+    policy = "L2S policy (thresholds calibrated on validation)"
+    axes.plot(*points_xy(curve, "mse"), "-o", markersize=3, label=policy)
+    axes.plot(*points_xy(fixed, "mse"), "s--", markersize=3, label="same model, fixed depth")
     axes.set_yscale("log")
-    axes.set_xlabel("mean steps used")
-    axes.set_ylabel("test MSE")
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=7)
+    finish_axes(axes, "mean steps used", "test MSE")
     return figure
