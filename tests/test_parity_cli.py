@@ -50,6 +50,8 @@ def test_cli_runs_every_method_with_tables_and_figures(tmp_path, capsys):
         ("act_lr=[]", "act_lr"),
         ("lr=0.1,0.1", "lr"),
         ("l2s_beta=1,1", "l2s_beta"),
+        # equal as job names (six significant digits): act-0.0001-lr… twice
+        ("act_tau=0.0001,0.000100000001", "act_tau=[0.0001, 0.000100000001] must not repeat"),
         ("policy_updates=0", "policy_updates"),
     ],
 )

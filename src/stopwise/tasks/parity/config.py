@@ -18,7 +18,10 @@ __all__ = ["ParityConfig", "PRESETS"]
 
 
 def _distinct(values: list) -> str | None:
-    return None if len(set(values)) == len(values) else "must not repeat a value"
+    """Values name the jobs (``act-0.0001-lr0.001``), so they must differ as names do: in
+    their six-significant-digit ``:g`` form (strings: as they are)."""
+    names = [format(v, "g") if isinstance(v, int | float) else v for v in values]
+    return None if len(set(names)) == len(names) else "must not repeat a value (to 6 digits)"
 
 
 @dataclass
