@@ -114,9 +114,14 @@ class SparseProblem:
     sparsity: float
     snrs: list[float]
 
+    def __post_init__(self):
+        # Training batches are drawn on the CPU (the same draws on any device): A's host copy
+        # is made once, not on every batch.
+        self._host_A = self.A.cpu()
+
     def sample(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """``(y (batch, m), x (batch, n))`` on A's device, SNR drawn per sample."""
-        drawn = sample_batch(self.A.cpu(), batch, self.sparsity, self.snrs, generator)
+        drawn = sample_batch(self._host_A, batch, self.sparsity, self.snrs, generator)
         return drawn.y.to(self.A.device), drawn.x.to(self.A.device)
 
 
