@@ -39,7 +39,7 @@ from stopwise.config import to_plain
 from stopwise.contract import job_id
 from stopwise.experiments import get_experiment, resolve_config, run_experiment
 from stopwise.perf import reuse_freed_memory
-from stopwise.stats import mean_interval, mean_sd, paired_difference
+from stopwise.stats import interval_or_mean, mean_interval, mean_sd, paired_difference
 from stopwise.tasks.sparse_recovery.data import sample_batch, sensing_matrix
 from stopwise.tasks.sparse_recovery.experiment import load_stop_model
 from stopwise.tasks.sparse_recovery.metrics import error_columns, fixed_depth_hull, step_losses
@@ -87,7 +87,7 @@ def paper_comparison(row: dict, columns: list[str]) -> dict:
     paper = dict(zip(columns, PAPER["lista_stop-sampled"], strict=True))
     per_seed = row["per_seed"].values()
     margins = {c: mean_interval([r[c] - paper[c] for r in per_seed]) for c in columns}
-    met = {c: (d["mean"] if d["hi"] is None else d["hi"]) < -1.0 for c, d in margins.items()}
+    met = {c: interval_or_mean(d)[1] < -1.0 for c, d in margins.items()}
     return {
         "paper_lista_stop": paper,
         "ours": {c: row[c] for c in columns},

@@ -8,6 +8,7 @@ from scipy import stats as scipy_stats
 from stopwise.stats import (
     format_interval,
     format_mean_sd,
+    interval_or_mean,
     mean_interval,
     mean_present,
     mean_sd,
@@ -99,3 +100,12 @@ def test_values_that_are_not_finite_give_an_infinite_mean_and_no_interval():
     assert out["mean"] == math.inf and out["lo"] is None and out["hi"] is None
     assert math.isnan(mean_sd([math.inf, -math.inf])[0])
     assert mean_sd([math.inf]) == (math.inf, 0.0)
+
+
+def test_interval_or_mean_gives_the_interval_or_the_one_value():
+    """Two seeds (1.0, 3.0): mean 2, sd √2, t(0.975, 1) = 12.7062 from the t table, so the
+    interval is 2 ± 12.7062; one seed has no interval and is judged by its value."""
+    lo, hi = interval_or_mean(mean_interval([1.0, 3.0]))
+    assert lo == pytest.approx(2 - 12.7062, abs=1e-3) and hi == pytest.approx(2 + 12.7062, abs=1e-3)
+    assert interval_or_mean(mean_interval([0.7])) == (0.7, 0.7)
+    assert interval_or_mean(paired_difference({0: 1.0}, {0: 3.0})) == (-2.0, -2.0)

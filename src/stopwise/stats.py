@@ -22,6 +22,7 @@ __all__ = [
     "paired_difference",
     "format_mean_sd",
     "format_interval",
+    "interval_or_mean",
     "average_ranks",
     "spearman",
 ]
@@ -158,6 +159,15 @@ def format_interval(
     if d["lo"] is None:
         return text + no_interval
     return f"{text} [{format(scale * d['lo'], fmt)}, {format(scale * d['hi'], fmt)}]"
+
+
+def interval_or_mean(d: Mapping[str, Any]) -> tuple[float, float]:
+    """``(lo, hi)`` of a :func:`mean_interval` or :func:`paired_difference` result, or
+    ``(mean, mean)`` where the interval is undefined (one seed): what a target over seeds is
+    judged by ("met when the interval says so"; one seed can only be judged by its value)."""
+    if d["lo"] is None:
+        return d["mean"], d["mean"]
+    return d["lo"], d["hi"]
 
 
 def average_ranks(values) -> np.ndarray:

@@ -17,7 +17,14 @@ import numpy as np
 from ...contract import JobResult, Report
 from ...curves import dominance, dominance_line, mean_curve
 from ...reporting import finish_axes, format_number, markdown_table, new_figure, points_xy
-from ...stats import format_interval, format_mean_sd, mean_present, mean_sd, paired_difference
+from ...stats import (
+    format_interval,
+    format_mean_sd,
+    interval_or_mean,
+    mean_present,
+    mean_sd,
+    paired_difference,
+)
 from .config import LearnedOptimizersConfig
 from .metrics import DIVERGED
 
@@ -539,13 +546,9 @@ def _tradeoff_section(records, seeds, config, family):
                 entry["methods"][key]["per_seed"], entry["methods"]["rules"]["per_seed"]
             )
             entry[f"{key}_minus_rules"] = diff
-            row[f"{key}_diff"] = f"{diff['mean']:+.2e}" + (
-                "" if diff["lo"] is None else f" [{diff['lo']:+.2e}, {diff['hi']:+.2e}]"
-            )
+            row[f"{key}_diff"] = format_interval(diff, "+.2e")
             # Beats the rules: the paired interval over seeds below zero (one seed: its value).
-            entry[f"{key}_beats_rules"] = (
-                diff["mean"] < 0 if diff["hi"] is None else bool(diff["below_zero"])
-            )
+            entry[f"{key}_beats_rules"] = interval_or_mean(diff)[1] < 0
         numbers.append(entry)
         rows.append(row)
     columns = (

@@ -11,7 +11,7 @@ from typing import Any
 from ...contract import JobResult, Report
 from ...curves import mean_curve
 from ...reporting import finish_axes, in_x_order, markdown_table, new_figure, points_xy
-from ...stats import format_mean_sd, mean_interval, mean_sd, paired_difference
+from ...stats import format_mean_sd, interval_or_mean, mean_interval, mean_sd, paired_difference
 from .config import SparseRecoveryConfig
 from .experiment import STOP_MODELS
 from .metrics import column_names, fixed_depth_hull
@@ -280,7 +280,6 @@ def _domination(curve, rows, name: str, seeds: list[int], T: int, tolerance: flo
         )
     reach_interval = mean_interval(list(reach.values()))
     reach_mean, reach_sd = reach_interval["mean"], reach_interval["sd"]
-    reach_top = reach_mean if reach_interval["hi"] is None else reach_interval["hi"]
     best_lower = min(better_lower or lower, key=lambda p: p["margin"]) if lower else None
     return {
         "budgets": len(curve),
@@ -295,7 +294,7 @@ def _domination(curve, rows, name: str, seeds: list[int], T: int, tolerance: flo
         "full_depth_reached_mean": reach_mean,
         "full_depth_reached_sd": reach_sd,
         "full_depth_target_steps": 0.75 * T,
-        "full_depth_met": reach_top <= 0.75 * T,
+        "full_depth_met": interval_or_mean(reach_interval)[1] <= 0.75 * T,
     }
 
 
