@@ -7,9 +7,8 @@ Every run's report says it already (results.json's ``dominance``, from
 (finished jobs are reused: nothing is trained, the settings must be the run's own), collects the
 verdicts with the run's experiment, preset, seeds and overrides, and writes
 ``benchmarks/results/dominance.json`` and a markdown table. Sparse recovery reports its own
-comparator (the best mix of depths around the mean depth, in linear NMSE; a cheaper depth that
-is better does not count, unlike :func:`stopwise.curves.best_fixed_mix`); its verdict is the
-same two conditions.
+comparator (:func:`stopwise.curves.best_fixed_mix` in linear NMSE, then in dB) and verdict
+(the same two conditions, and a reach target).
 """
 
 from __future__ import annotations

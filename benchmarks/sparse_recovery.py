@@ -128,7 +128,7 @@ def pipeline_time(run_dir: Path, results: dict, name: str) -> dict:
 def against_deep_supervision(run_dir: Path, results: dict) -> dict:
     """Issue 17's (b): each stop curve beside a model of the same step trained for every depth
     (deep supervision: LISTA for LISTA-stop, ALISTA-SS for LISTA-CP-SS-stop; same MACs per step),
-    mixed at its best pair of fixed depths with the same mean steps (``fixed_depth_hull`` of that
+    mixed at its best pair of fixed depths with at most the same mean steps (``fixed_depth_hull`` of that
     seed's test per-layer curve). Per budget the paired margin (stop − trained; negative: the stop
     model is better) over seeds; the budgets where it is worse (mean > 0) and worse by more than
     one sd."""

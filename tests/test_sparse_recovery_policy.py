@@ -156,6 +156,11 @@ def test_fixed_depth_hull_by_hand():
     one_three = 10 * math.log10(0.5 * 10 ** (-1.0) + 0.5 * 10 ** (-3.0))
     assert fixed_depth_hull(bumpy, 2.0) == pytest.approx(one_three)
     assert fixed_depth_hull(bumpy, 2.0) < -10.5
+    # NMSE worse at the last depth: the cheaper, better depth 2 counts at any mean depth above 2
+    rising = [-10.0, -20.0, -19.0]
+    assert fixed_depth_hull(rising, 3.0) == pytest.approx(-20.0)
+    assert fixed_depth_hull(rising, 2.5) == pytest.approx(-20.0)
+    assert fixed_depth_hull(rising, 1.5) == pytest.approx(mix)
     with pytest.raises(ValueError, match="mean_steps"):
         fixed_depth_hull(curve, 3.5)
 

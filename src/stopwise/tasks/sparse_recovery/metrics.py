@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from ...curves import best_fixed_mix
 from ...inference import in_chunks
 
 __all__ = [
@@ -101,20 +102,17 @@ def cost_aware_oracle_stop(step_errors: torch.Tensor, penalty: float) -> torch.T
 
 
 def fixed_depth_hull(nmse_per_depth: list[float], mean_steps: float) -> float:
-    """NMSE(dB) of the best *fixed-depth* strategy with mean depth ``mean_steps``: every sample
-    stops at depth a or b (a ≤ mean_steps ≤ b) in the proportions that give that mean, which
-    makes its expected error the linear mix of the two depths' (NMSE is a ratio of means over
-    the same signals). ``nmse_per_depth[t]`` is the NMSE(dB) of stopping every sample after
-    step t (depth t + 1); the best pair is the lower convex hull of (depth, 10^(NMSE/10))."""
-    linear = [10 ** (v / 10) for v in nmse_per_depth]
-    T, best = len(linear), math.inf
+    """NMSE(dB) of the best *fixed-depth* strategy with mean depth at most ``mean_steps``: every
+    sample stops at depth a or b in the proportions that give that mean, which makes its
+    expected error the linear mix of the two depths' (NMSE is a ratio of means over the same
+    signals); a cheaper depth that is better counts. ``nmse_per_depth[t]`` is the NMSE(dB) of
+    stopping every sample after step t (depth t + 1). The mix is
+    :func:`stopwise.curves.best_fixed_mix` of (depth, 10^(NMSE/10)), the rule of every task."""
+    T = len(nmse_per_depth)
     if not 1 - 1e-9 <= mean_steps <= T + 1e-9:
         raise ValueError(f"mean_steps must lie in [1, {T}]; got {mean_steps}")
-    for a in range(1, T + 1):
-        for b in range(a, T + 1):
-            if a - 1e-9 <= mean_steps <= b + 1e-9:
-                share = 0.0 if a == b else min(max((mean_steps - a) / (b - a), 0.0), 1.0)
-                best = min(best, (1 - share) * linear[a - 1] + share * linear[b - 1])
+    linear = [{"depth": t + 1, "nmse": 10 ** (v / 10)} for t, v in enumerate(nmse_per_depth)]
+    best = best_fixed_mix(linear, mean_steps, "nmse", higher_is_better=False, x="depth")
     return 10 * math.log10(best)
 
 

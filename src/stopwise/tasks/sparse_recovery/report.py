@@ -222,7 +222,7 @@ def _add_timing(rows, stops) -> None:
 
 def _budget_curve(by_seed, curves, name: str, seeds: list[int]) -> list[dict[str, Any]]:
     """The stop curve per budget, each seed's point beside the same model truncated at fixed
-    depth with the same mean steps (:func:`fixed_depth_hull` of that seed's test per-layer
+    depth with at most the same mean steps (:func:`fixed_depth_hull` of that seed's test per-layer
     curve): mean steps, mixed NMSE, the fixed-depth NMSE, the margin (stop − fixed; negative is
     better) and MACs, with every seed's values and the paired margin's 95% interval."""
     points = []
@@ -455,8 +455,8 @@ def _curve_table(results: dict[str, Any], config: SparseRecoveryConfig) -> str:
         for name, d in results["domination"].items()
     ]
     return (
-        "Budget curve (thresholds calibrated on validation, measured on test; fixed depth: every "
-        "sample stopped at one of the two depths around the same mean steps)\n\n"
+        "Budget curve (thresholds calibrated on validation, measured on test; fixed depth: the "
+        "best mix of two fixed depths with at most the same mean steps)\n\n"
         + table
         + "\n\n"
         + "\n".join(f"- {n}" for n in notes)
