@@ -5,7 +5,7 @@ depth's best over seeds, markdown tables and figures. Nothing here looks at test
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 from ...contract import JobResult, Report
@@ -125,15 +125,11 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for row in rows:
         groups[tuple(row[k] for k in _LINE_KEYS)].append(row)
     lines = [_aggregate(group) for group in groups.values()]
-    best: dict[tuple, tuple] = {}  # (method, variant) -> (score, value)
+    main = [line for line in lines if line["main_rule"]]
     for line in lines:
-        if line["main_rule"]:
-            key = (line["method"], line["variant"])
-            score = (line["validation_accuracy"], -line["validation_steps"])
-            if key not in best or score > best[key][0]:
-                best[key] = (score, (line["value"], line["lr"]))
-    for line in lines:
-        line["best"] = best[(line["method"], line["variant"])][1] == (line["value"], line["lr"])
+        rivals = [other for other in main if other["label"] == line["label"]]
+        best = max(rivals, key=lambda r: (r["validation_accuracy"], -r["validation_steps"]))
+        line["best"] = (best["value"], best["lr"]) == (line["value"], line["lr"])
     order = {name: i for i, name in enumerate(METHODS)}
     return sorted(
         lines,
@@ -224,13 +220,9 @@ def lines_table(lines: list[dict[str, Any]]) -> str:
 
 def sensitivity_lines(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The main-rule lines of every method run at more than one setting (value of its
-    hyperparameter, learning rate), in method order, by value and learning rate."""
-    settings = defaultdict(set)
-    for line in lines:
-        settings[line["label"]].add((line["value"], line["lr"]))
-    order = {label: i for i, label in enumerate(dict.fromkeys(line["label"] for line in lines))}
-    swept = [line for line in lines if line["main_rule"] and len(settings[line["label"]]) > 1]
-    return sorted(swept, key=lambda line: (order[line["label"]], line["value"], line["lr"]))
+    hyperparameter, learning rate), in :func:`summarize`'s order (one main-rule line a setting)."""
+    settings = Counter(line["label"] for line in lines if line["main_rule"])
+    return [line for line in lines if line["main_rule"] and settings[line["label"]] > 1]
 
 
 def _setting(line: dict[str, Any]) -> str:
@@ -300,14 +292,11 @@ def tables(lines: list[dict[str, Any]], paired: list[dict[str, Any]], config: Pa
         ]
     sensitivity = sensitivity_lines(lines)
     if sensitivity:
-        parts += ["", "Sensitivity to each method's hyperparameter (first rule):", ""]
-        parts += [lines_table(sensitivity)]
+        title = "Sensitivity to each method's hyperparameter (first rule):"
+        parts += ["", title, "", lines_table(sensitivity)]
     if any("halting_at_step_1" in line for line in lines):
-        parts += [
-            "",
-            "ACT: share (%) of training inputs halting at step 1, by k (mean over seeds):",
-        ]
-        parts += ["", halting_at_step_1_table(lines)]
+        title = "ACT: share (%) of training inputs halting at step 1, by k (mean over seeds):"
+        parts += ["", title, "", halting_at_step_1_table(lines)]
     parts += ["", "Rules: " + "; ".join(f"{name}: {text}" for name, (text, _) in RULES.items())]
     return "\n".join(parts)
 
