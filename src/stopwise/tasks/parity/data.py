@@ -11,12 +11,7 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = [
-    "ParityBatch",
-    "sample_parity",
-    "evaluation_set",
-    "first_training_batches",
-]
+__all__ = ["ParityBatch", "sample_parity", "evaluation_set", "first_training_batches"]
 
 
 class ParityBatch(NamedTuple):
