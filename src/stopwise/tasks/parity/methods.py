@@ -280,7 +280,7 @@ def infer(
     if rule == "fixed":
         logits = run_fixed(model, x)
         return logits, torch.full_like(logits, model.max_steps - 1, dtype=torch.long)
-    if rule in ("mode", "sample-q", "median-q"):  # run every step, then choose where to stop
+    if not RULES[rule][1]:  # not causal: run every step, then choose where to stop
         logits, z = unroll_with_head(model, x, head)
         if rule == "mode":
             index = posterior_logits(z).argmax(dim=-1)

@@ -68,6 +68,11 @@ def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     interpolation = [r["interpolation"] for r in rows]
     entries = [entry for row in rows for entry in row["per_k"]]
     accuracy, steps = _mean_by_k(entries, "accuracy"), _mean_by_k(entries, "mean_steps")
+    shares = [r["halting_at_step_1"] for r in rows if "halting_at_step_1" in r]  # ACT rows
+    halting = {
+        "overall": mean_present([s["overall"] for s in shares]),
+        "per_k": _mean_by_k([e for s in shares for e in s["per_k"]], "share"),
+    }
     return {
         **{k: first[k] for k in _LINE_KEYS},
         "label": method.variant_label(first["variant"]),
@@ -88,21 +93,8 @@ def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "validation_accuracy": mean_present([r["validation_accuracy"] for r in rows]),
         "validation_steps": mean_present([r["validation_steps"] for r in rows]),
         "train_seconds": mean_present([r["train_seconds"] for r in rows]),
-        **_halting_at_step_1(rows),
+        **({"halting_at_step_1": halting} if shares else {}),
         "per_k": [{"k": k, "accuracy": accuracy[k], "mean_steps": steps[k]} for k in accuracy],
-    }
-
-
-def _halting_at_step_1(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """ACT rows: the share of training inputs halting at step 1, mean over seeds (overall, per k)."""
-    shares = [r["halting_at_step_1"] for r in rows if "halting_at_step_1" in r]
-    if not shares:
-        return {}
-    return {
-        "halting_at_step_1": {
-            "overall": mean_present([s["overall"] for s in shares]),
-            "per_k": _mean_by_k([e for s in shares for e in s["per_k"]], "share"),
-        }
     }
 
 
