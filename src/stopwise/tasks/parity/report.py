@@ -421,12 +421,11 @@ def figures(
     finish_axes(axes, steps, accuracy, title, legend=6, outside=True, grid=False)
     out["accuracy_vs_steps"] = figure
 
-    for key, name, ylabel in [
-        ("mean_steps", "steps_vs_k", "mean steps used"),
-        ("accuracy", "accuracy_vs_k", "accuracy (%)"),
+    for key, scale, name, ylabel in [
+        ("mean_steps", 1, "steps_vs_k", "mean steps used"),
+        ("accuracy", 100, "accuracy_vs_k", "accuracy (%)"),
     ]:
         figure, axes = new_figure(7.5, 4.5)
-        scale = 100 if key == "accuracy" else 1
         for line in lines:
             if not line["best"]:
                 continue
