@@ -1,13 +1,7 @@
 """Halting methods side by side on the parity task (Graves 2016): fixed depth, ACT, PonderNet
 (both endings), L2S (hard and soft oracle) and the random-horizon bound of Sander (2017), all
 training the same GRU step model with the same optimizer, batch and number of updates.
-
-Modules: :mod:`.config` (typed config, presets), :mod:`.data` (parity vectors), :mod:`.models`
-(the GRU step model, its halting head, ACT's mean-field wrapper and halting rule),
-:mod:`.methods` (training and inference of each method), :mod:`.metrics` (accuracy per k),
-:mod:`.experiment` (one job per method and value; the runner runs each per seed) and
-:mod:`.report` (seeds aggregated, best settings on validation, paired differences, figures).
-See docs/parity.md.
+docs/parity.md describes the task, its modules and its results.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """The parity experiment's typed config and presets.
 
 The class defaults are the n = 16 benchmark: each method at the setting that one-seed exploration
-at n = 16 found best, except the learning rate of ACT, which has its own grid (``act_lr``: Graves
-used 10⁻⁴, PonderNet's ACT baseline 3·10⁻⁴, the other methods 3·10⁻³), chosen with τ on validation (the ``sensitivity`` preset checks it with five seeds; see docs/parity.md:
-PonderNet with the renormalised prior does better at λ_p = 0.05, kept at 0.1 so the committed
-benchmark stays reproducible); fixed depth picks its depth on validation.
+at n = 16 found best (the ``sensitivity`` preset checks it with five seeds; PonderNet with the
+renormalised prior does better at λ_p = 0.05, kept at 0.1 so that the committed benchmark stays
+reproducible; see docs/parity.md), except ACT's learning rate, which has its own grid
+(``act_lr``: Graves used 10⁻⁴, PonderNet's ACT baseline 3·10⁻⁴, the other methods 3·10⁻³)
+chosen with τ on validation; fixed depth picks its depth on validation.
 """
 
 from __future__ import annotations

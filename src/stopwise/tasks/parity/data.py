@@ -11,12 +11,7 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = [
-    "ParityBatch",
-    "sample_parity",
-    "evaluation_set",
-    "first_training_batches",
-]
+__all__ = ["ParityBatch", "sample_parity", "evaluation_set", "first_training_batches"]
 
 
 class ParityBatch(NamedTuple):
@@ -32,8 +27,6 @@ def sample_parity(
     batch: int, n: int, k_range: tuple[int, int] | list[int], generator: torch.Generator
 ) -> ParityBatch:
     """Draw ``batch`` parity vectors of length ``n`` with ``k`` uniform on ``k_range`` (on CPU)."""
-    if n < 1:
-        raise ValueError(f"parity needs n >= 1 elements; got n={n}")
     if len(k_range) != 2:
         raise ValueError(f"a k range is [lo, hi]; got {list(k_range)}")
     lo, hi = int(k_range[0]), int(k_range[1])

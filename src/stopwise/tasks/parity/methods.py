@@ -17,11 +17,9 @@ is read as:
 * ``thesis`` — z_t sets the posterior logits a_t = −Σ_{τ<t} z_τ; loss: the random-horizon bound of
   Sander (2017) with prior parameter p and KL weight β, averaged exactly over horizons.
 
-Inference rules (all run through :func:`~stopwise.inference.run_adaptive` except ``mode``):
+Inference rules (:data:`RULES`; every causal one but ``fixed`` runs through
+:func:`~stopwise.inference.run_adaptive`):
 
-* ``fixed``: all ``depth`` steps. ``act``: stop when Σ_{n≤t} h_n ≥ 1 − ε, mean-field output.
-* ``sample``: stop at t with probability λ_t. ``median``: stop when P(stopped by t) ≥ 1/2.
-* ``hazard``: stop at the first t with λ_t ≥ 1/2.
 * ``greedy`` (thesis, causal): stop at the first t with z_t ≥ 0, i.e. a_{t+1} ≤ a_t — the first
   local maximum of the posterior logits, found without looking past the current step.
 * ``mode`` (thesis, NOT causal): run every step and stop at argmax_t a_t, the mode of the posterior
@@ -249,10 +247,9 @@ def act_halting_steps(model: ParityGRU, x: torch.Tensor, eps: float) -> torch.Te
 def renormalised_stop(
     halting_logits: torch.Tensor, rule: str, sample_seed: int = 0
 ) -> torch.Tensor:
-    """``(B,)`` 0-based stop index under the renormalised PonderNet distribution
-    q(t) = λ_t ∏_{τ<t}(1 − λ_τ) / (1 − ∏_{τ≤N}(1 − λ_τ)) of ``halting_logits (B, N)``:
-    ``sample-q`` draws one uniform u per row from ``sample_seed`` and takes the first t with
-    Σ_{τ≤t} q(τ) ≥ u (inverse CDF); ``median-q`` the first t with Σ_{τ≤t} q(τ) ≥ 1/2."""
+    """``(B,)`` 0-based stop index under the renormalised PonderNet distribution q of
+    ``halting_logits (B, N)`` (``sample-q`` or ``median-q``, see the module docstring); the
+    uniforms of ``sample-q`` are drawn from ``sample_seed``."""
     stop = StopTime(halting_logits.float(), tail="renormalize")
     if rule == "median-q":
         return stop.median()
@@ -283,7 +280,7 @@ def infer(
     if rule == "fixed":
         logits = run_fixed(model, x)
         return logits, torch.full_like(logits, model.max_steps - 1, dtype=torch.long)
-    if rule in ("mode", "sample-q", "median-q"):  # run every step, then choose where to stop
+    if not RULES[rule][1]:  # not causal: run every step, then choose where to stop
         logits, z = unroll_with_head(model, x, head)
         if rule == "mode":
             index = posterior_logits(z).argmax(dim=-1)

@@ -23,18 +23,10 @@ def evaluate_rule(
     k: torch.Tensor,
     train_k: tuple[int, int],
 ) -> dict[str, Any]:
-    """Accuracy and steps of one rule on one test set.
-
-    Args:
-        logits, stop_index, y, k: ``(B,)`` parity logits, 0-based stop steps, targets, and the
-            number of non-zero elements of each vector.
-        train_k: the ``[lo, hi]`` range of k seen in training; vectors inside it count as
-            interpolation, the others as extrapolation.
-
-    Returns plain numbers: ``accuracy``, ``interpolation``, ``extrapolation`` (None without such
-    vectors), ``mean_steps`` (1-based), ``spearman`` (steps vs k; None when steps are constant)
-    and ``per_k``, a list of ``{"k", "count", "accuracy", "mean_steps"}``.
-    """
+    """Accuracy and steps of one rule on one test set, from ``(B,)`` parity logits, 0-based stop
+    steps, targets and k; vectors whose k lies in ``train_k`` count as interpolation, the others
+    as extrapolation (None without such vectors). ``spearman`` (steps vs k) is None when the
+    steps are constant; ``per_k`` is a list of ``{"k", "count", "accuracy", "mean_steps"}``."""
     correct = ((logits > 0).float() == y).cpu().numpy()
     steps = (stop_index + 1).cpu().numpy().astype(np.float64)
     k = k.cpu().numpy()

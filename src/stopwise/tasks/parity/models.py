@@ -17,14 +17,7 @@ from ...inference import Rule
 from ...policies import register_policy
 from ...steps import StepModel
 
-__all__ = [
-    "HaltingHead",
-    "ParityGRU",
-    "MeanFieldACT",
-    "ACTRule",
-    "step_losses",
-    "posterior_logits",
-]
+__all__ = ["HaltingHead", "ParityGRU", "MeanFieldACT", "ACTRule", "step_losses", "posterior_logits"]
 
 
 def _halting_example():

@@ -5,7 +5,7 @@ depth's best over seeds, markdown tables and figures. Nothing here looks at test
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 from ...contract import JobResult, Report
@@ -68,6 +68,11 @@ def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     interpolation = [r["interpolation"] for r in rows]
     entries = [entry for row in rows for entry in row["per_k"]]
     accuracy, steps = _mean_by_k(entries, "accuracy"), _mean_by_k(entries, "mean_steps")
+    shares = [r["halting_at_step_1"] for r in rows if "halting_at_step_1" in r]  # ACT rows
+    halting = {
+        "overall": mean_present([s["overall"] for s in shares]),
+        "per_k": _mean_by_k([e for s in shares for e in s["per_k"]], "share"),
+    }
     return {
         **{k: first[k] for k in _LINE_KEYS},
         "label": method.variant_label(first["variant"]),
@@ -88,21 +93,8 @@ def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "validation_accuracy": mean_present([r["validation_accuracy"] for r in rows]),
         "validation_steps": mean_present([r["validation_steps"] for r in rows]),
         "train_seconds": mean_present([r["train_seconds"] for r in rows]),
-        **_halting_at_step_1(rows),
+        **({"halting_at_step_1": halting} if shares else {}),
         "per_k": [{"k": k, "accuracy": accuracy[k], "mean_steps": steps[k]} for k in accuracy],
-    }
-
-
-def _halting_at_step_1(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """ACT rows: the share of training inputs halting at step 1, mean over seeds (overall, per k)."""
-    shares = [r["halting_at_step_1"] for r in rows if "halting_at_step_1" in r]
-    if not shares:
-        return {}
-    return {
-        "halting_at_step_1": {
-            "overall": mean_present([s["overall"] for s in shares]),
-            "per_k": _mean_by_k([e for s in shares for e in s["per_k"]], "share"),
-        }
     }
 
 
@@ -125,15 +117,11 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for row in rows:
         groups[tuple(row[k] for k in _LINE_KEYS)].append(row)
     lines = [_aggregate(group) for group in groups.values()]
-    best: dict[tuple, tuple] = {}  # (method, variant) -> (score, value)
+    main = [line for line in lines if line["main_rule"]]
     for line in lines:
-        if line["main_rule"]:
-            key = (line["method"], line["variant"])
-            score = (line["validation_accuracy"], -line["validation_steps"])
-            if key not in best or score > best[key][0]:
-                best[key] = (score, (line["value"], line["lr"]))
-    for line in lines:
-        line["best"] = best[(line["method"], line["variant"])][1] == (line["value"], line["lr"])
+        rivals = [other for other in main if other["label"] == line["label"]]
+        best = max(rivals, key=lambda r: (r["validation_accuracy"], -r["validation_steps"]))
+        line["best"] = (best["value"], best["lr"]) == (line["value"], line["lr"])
     order = {name: i for i, name in enumerate(METHODS)}
     return sorted(
         lines,
@@ -224,13 +212,9 @@ def lines_table(lines: list[dict[str, Any]]) -> str:
 
 def sensitivity_lines(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The main-rule lines of every method run at more than one setting (value of its
-    hyperparameter, learning rate), in method order, by value and learning rate."""
-    settings = defaultdict(set)
-    for line in lines:
-        settings[line["label"]].add((line["value"], line["lr"]))
-    order = {label: i for i, label in enumerate(dict.fromkeys(line["label"] for line in lines))}
-    swept = [line for line in lines if line["main_rule"] and len(settings[line["label"]]) > 1]
-    return sorted(swept, key=lambda line: (order[line["label"]], line["value"], line["lr"]))
+    hyperparameter, learning rate), in :func:`summarize`'s order (one main-rule line a setting)."""
+    settings = Counter(line["label"] for line in lines if line["main_rule"])
+    return [line for line in lines if line["main_rule"] and settings[line["label"]] > 1]
 
 
 def _setting(line: dict[str, Any]) -> str:
@@ -300,14 +284,11 @@ def tables(lines: list[dict[str, Any]], paired: list[dict[str, Any]], config: Pa
         ]
     sensitivity = sensitivity_lines(lines)
     if sensitivity:
-        parts += ["", "Sensitivity to each method's hyperparameter (first rule):", ""]
-        parts += [lines_table(sensitivity)]
+        title = "Sensitivity to each method's hyperparameter (first rule):"
+        parts += ["", title, "", lines_table(sensitivity)]
     if any("halting_at_step_1" in line for line in lines):
-        parts += [
-            "",
-            "ACT: share (%) of training inputs halting at step 1, by k (mean over seeds):",
-        ]
-        parts += ["", halting_at_step_1_table(lines)]
+        title = "ACT: share (%) of training inputs halting at step 1, by k (mean over seeds):"
+        parts += ["", title, "", halting_at_step_1_table(lines)]
     parts += ["", "Rules: " + "; ".join(f"{name}: {text}" for name, (text, _) in RULES.items())]
     return "\n".join(parts)
 
@@ -440,12 +421,11 @@ def figures(
     finish_axes(axes, steps, accuracy, title, legend=6, outside=True, grid=False)
     out["accuracy_vs_steps"] = figure
 
-    for key, name, ylabel in [
-        ("mean_steps", "steps_vs_k", "mean steps used"),
-        ("accuracy", "accuracy_vs_k", "accuracy (%)"),
+    for key, scale, name, ylabel in [
+        ("mean_steps", 1, "steps_vs_k", "mean steps used"),
+        ("accuracy", 100, "accuracy_vs_k", "accuracy (%)"),
     ]:
         figure, axes = new_figure(7.5, 4.5)
-        scale = 100 if key == "accuracy" else 1
         for line in lines:
             if not line["best"]:
                 continue
