@@ -635,3 +635,13 @@ def test_early_exit_on_the_inference_copy_takes_the_same_exits():
         b = run_adaptive(fast, ConfidencePolicy(), x, rule, mode="shrink")
     assert (a.stop_index == b.stop_index).double().mean() > 0.99
     assert torch.equal(a.cost[a.stop_index == b.stop_index], b.cost[a.stop_index == b.stop_index])
+
+
+def test_test_curve_uses_the_validation_thresholds_unrounded():
+    # 0.1 has no float32 value: rounded to float32 it is 0.1000000015, above a score of 0.1, so a
+    # rounded threshold would send this row on to exit 2 where validation stopped it at exit 1
+    fitted = [{"p": 1.0, "score_threshold": [0.1, 0.0], "val_mean_cost": 1.0}]
+    scores = torch.tensor([[0.1, 5.0]], dtype=torch.float64)
+    costs = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    (point,) = apply_thresholds(fitted, scores, lambda index: {}, costs)
+    assert point["mean_steps"] == 1.0 and point["mean_cost"] == 1.0
