@@ -189,7 +189,7 @@ def _msdnet_rule(fitted: list[dict[str, Any]], key: str, value: float) -> ScoreT
     """MSDNet's thresholds of the fitted point whose ``key`` (``"val_mean_cost"``: the budget,
     ``"p"``: the exit distribution q ∝ p^k) is nearest to ``value``."""
     point = min(fitted, key=lambda pt: abs(pt[key] - value))
-    return ScoreThreshold(torch.tensor(point["score_threshold"], dtype=torch.float64))
+    return ScoreThreshold(point["score_threshold"])
 
 
 @torch.no_grad()

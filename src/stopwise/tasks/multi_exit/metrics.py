@@ -101,7 +101,7 @@ def apply_thresholds(
     """The budget curve: every fitted point's thresholds applied unchanged to test scores."""
     curve = []
     for point in fitted:
-        index = stop_indices(test_scores, ScoreThreshold(torch.tensor(point["score_threshold"], dtype=torch.float64)))
+        index = stop_indices(test_scores, ScoreThreshold(point["score_threshold"]))
         cost, steps = float(costs[index].mean()), float((index + 1).double().mean())
         curve.append({**point, "mean_cost": cost, "mean_steps": steps, **test_metric(index)})
     return curve
