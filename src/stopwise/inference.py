@@ -17,7 +17,7 @@ per-exit thresholds for a target exit distribution.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,7 +82,7 @@ class Rule:
 class ThresholdRule(Rule):
     """Stop when a per-row score reaches ``score_threshold`` (a scalar or one per step)."""
 
-    def __init__(self, score_threshold: float | torch.Tensor):
+    def __init__(self, score_threshold: float | Sequence[float] | torch.Tensor):
         self.score_threshold = torch.as_tensor(score_threshold, dtype=torch.float64)
         # Where no score reaches the threshold, as Python bools (read while exporting).
         self._unreachable = (self.score_threshold == math.inf).tolist()
