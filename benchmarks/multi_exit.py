@@ -14,8 +14,10 @@ per budget on validation (uniform training is β → ∞). One process, one thre
 workers=2`` on an idle machine). The run directory (``runs/multi-exit-PRESET``) resumes where it
 stopped; ``--set reuse_from=DIR`` takes finished jobs with identical settings from another run.
 
-Targets (issue 12): L2W − uniform ≥ +1.0 accuracy point at the two lowest budgets with the 95%
-interval above zero (paired over seeds); L2W's training CPU time ≤ 3× uniform's.
+Targets (issue 12), judged by the 95% interval over seeds (one seed: its value): L2W − uniform
+≥ +1.0 accuracy point at the two lowest budgets (the paired interval's bottom at least +1.0;
+until 2026-12-05 the mean at least +1.0 with the bottom above zero); L2W's training CPU time
+≤ 3× uniform's (the interval's top; until 2026-12-05 the mean).
 
 Writes ``benchmarks/results/multi_exit-mnist1d.json`` (``multi_exit.json`` for
 ``benchmark-fashion``, ``multi_exit-<preset>.json`` otherwise): machine, threads, date, load,
@@ -35,6 +37,7 @@ from pathlib import Path
 from machine_info import machine
 
 from stopwise.experiments import run_experiment
+from stopwise.stats import interval_or_mean, mean_interval
 
 ROOT = Path(__file__).resolve().parent
 RESULT_NAMES = {
@@ -55,6 +58,23 @@ def in_points(difference: dict | None) -> dict | None:
     }
     per_seed = {s: 100 * v for s, v in difference["per_seed"].items()}
     return {**points, "n": difference["n"], "per_seed": per_seed}
+
+
+def gain_target_met(difference: dict | None) -> bool | None:
+    """L2W − uniform (points, paired over seeds) ≥ the target: the 95% interval's bottom (one
+    seed: its difference); None where there is no difference."""
+    if difference is None:
+        return None
+    return bool(interval_or_mean(difference)[0] >= TARGETS["l2w_gain_points"])
+
+
+def cost_target_met(ratio: dict | None) -> bool | None:
+    """L2W's training CPU time over uniform's, per seed, ≤ the target: the 95% interval's top
+    over seeds (one seed: its ratio); None without a ratio."""
+    if not ratio or not ratio.get("per_seed"):
+        return None
+    interval = mean_interval(list(ratio["per_seed"].values()))
+    return bool(interval_or_mean(interval)[1] <= TARGETS["l2w_cost_ratio"])
 
 
 def job_times(out: Path) -> dict:
@@ -107,9 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         zip(paired.get("l2w", [None] * len(budgets)), labels, budgets, strict=True)
     ):
         low = i < TARGETS["low_budgets"]
-        met = None
-        if low and difference is not None and difference["lo"] is not None:
-            met = difference["mean"] >= TARGETS["l2w_gain_points"] and difference["lo"] > 0
+        met = gain_target_met(difference) if low else None
         gains.append(
             {
                 "budget_fraction": fraction,
@@ -120,7 +138,6 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
     costs = summary["train_seconds_vs_uniform"]
-    l2w_cost = costs.get("l2w", {}).get("cpu", {}).get("mean")
     report = {
         "machine": machine(),
         "threads": config["threads"],
@@ -147,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         "paired_vs_uniform_points": paired,
         "paired_exits_vs_uniform_points": paired_exits,
         "train_seconds_vs_uniform": costs,
-        "l2w_cost_target_met": None if l2w_cost is None else l2w_cost <= TARGETS["l2w_cost_ratio"],
+        "l2w_cost_target_met": cost_target_met(costs.get("l2w", {}).get("cpu")),
         "lines": summary["lines"],
         "gain_minus_confidence_worst_gain": summary.get("gain_minus_confidence_worst_gain", {}),
         "l2s_selected": summary["l2s_selected"],
@@ -174,7 +191,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['target_met']}",
             file=sys.stderr,
         )
-    print(f"L2W training CPU × uniform: {l2w_cost}", file=sys.stderr)
+    l2w_cost = costs.get("l2w", {}).get("cpu", {}).get("mean")
+    print(
+        f"L2W training CPU × uniform: {l2w_cost} (mean); target met: "
+        f"{report['l2w_cost_target_met']}",
+        file=sys.stderr,
+    )
     return 0
 
 
