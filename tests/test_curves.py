@@ -150,9 +150,9 @@ def test_strictly_better_needs_the_interval_over_seeds_above_zero():
     assert verdict["best_lower_half_interval"][0] == pytest.approx(lo, rel=1e-6)
     assert verdict["dominates"] and not verdict["strictly_better_lower_half"]
     assert not verdict["met"]
-    assert "strictly in the lower half (its interval above zero) — no" in dominance_line(
-        "scattered", verdict, "points", 100
-    )
+    line = dominance_line("scattered", verdict, "points", 100)
+    assert "strictly in the lower half (its interval above zero) — no" in line
+    assert "at every budget (no point's mean gain below zero)" in line  # says which rule
 
     steady = [0.10, 0.12, 0.11]
     verdict = dominance(curves(steady), [fixed] * 3, "acc", higher_is_better=True)

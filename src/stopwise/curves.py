@@ -87,7 +87,10 @@ def dominance(
     same seed at its cost, signed so that positive means the stop model is better (each seed's
     model against its own fixed depth), with the 95% Student-t interval of that mean over seeds
     (``lo``/``hi``; None for one seed): how far a miss or a gain stands out from seed noise.
-    The curve ``dominates`` when no mean gain is below ``−tolerance``; it is
+    The curve ``dominates`` when no mean gain is below ``−tolerance`` (by the mean: where the
+    two are equal no interval can show "equal or better", and the mean rule is stricter than
+    asking only that no point's interval lie below zero; the worst point's interval is
+    reported beside it); it is
     ``strictly_better_lower_half`` when some point whose mean cost is at most the middle of the
     fixed depths' range gains more than ``tolerance`` and, over two seeds or more, the whole
     95% interval of that gain is above ``tolerance`` (a target is met when the interval says
@@ -170,8 +173,12 @@ def dominance_line(
     seeds = verdict.get("seeds", 1)
     over = f"; [95% interval over {seeds} seeds]" if seeds > 1 else ""
     separated = " (its interval above zero)" if seeds > 1 else ""
+    # "equal or better" cannot be shown by an interval where the two are equal, so it is
+    # judged by the mean: stricter than "no point's interval below zero"
+    by_mean = " (no point's mean gain below zero)" if seeds > 1 else ""
     return (
-        f"{label}: beats fixed depth at every budget and strictly in the lower half{separated} "
+        f"{label}: beats fixed depth at every budget{by_mean} and strictly in the lower "
+        f"half{separated} "
         f"— {answer} "
         f"(worst gain over fixed depth {worst}; {lower}; a positive gain: the stop model is "
         f"better{over})"
