@@ -93,27 +93,36 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
 
 
 def fixed_job(key: str, context: JobContext, problem: SparseProblem) -> dict[str, Any]:
-    """LISTA or ALISTA (``key``) by deep supervision, then measured on test."""
+    """LISTA or ALISTA (``key``) by deep supervision, then measured on test (opened here, once):
+    its row and per-layer curve."""
     config, schedule = context.config, getattr(context.config, key)
     model = lista_model(context, problem) if key == "lista" else alista_model(config, problem.A)
     fit_layers(model, problem, context, key, schedule.steps, schedule.batch, schedule.lr)
-    return measure_fixed(key, model, problem, config.eval_chunk)
+    test = problem.test.open()
+    errors = per_step_squared_errors(model, test.y, test.x, config.eval_chunk)
+    return {
+        "rows": {key: fixed_row(model, errors, test, problem.snrs)},
+        "fixed_depth": {key: per_layer(errors, test, problem.snrs, model.step_costs())},
+    }
 
 
-def lista_stage1_job(context: JobContext, problem: SparseProblem) -> dict[str, Any]:
-    config, s = context.config, context.config.stage1
-    model = lista_model(context, problem)
-    if s.init == "lista":
-        model.load_state_dict(context.checkpoint("lista", job="lista")["model"])
-    fit_layers(model, problem, context, "stage1", s.steps, s.batch, s.lr, s.weight_decay)
-    return validation_per_layer(model, problem, config.eval_chunk)
-
-
-def cpss_stage1_job(context: JobContext, problem: SparseProblem) -> dict[str, Any]:
-    config, c = context.config, context.config.cpss
-    model = cpss_model(context, problem)
-    fit_layers(model, problem, context, "stage1", c.stage1_steps, c.batch, c.lr, c.weight_decay)
-    return validation_per_layer(model, problem, config.eval_chunk)
+def stage1_job(name: str, context: JobContext, problem: SparseProblem) -> dict[str, Any]:
+    """Stage I of stop model ``name``: its mixed validation NMSE after every layer (no test
+    data)."""
+    config = context.config
+    if name == "lista_stop":
+        model, s = lista_model(context, problem), config.stage1
+        if s.init == "lista":
+            model.load_state_dict(context.checkpoint("lista", job="lista")["model"])
+        schedule = (s.steps, s.batch, s.lr, s.weight_decay)
+    else:
+        model, c = cpss_model(context, problem), config.cpss
+        schedule = (c.stage1_steps, c.batch, c.lr, c.weight_decay)
+    fit_layers(model, problem, context, "stage1", *schedule)
+    val = problem.val
+    errors = per_step_squared_errors(model, val.y, val.x, config.eval_chunk)
+    energies = (val.x**2).sum(-1)
+    return {"validation_nmse": [nmse_db(depth, energies) for depth in errors.T]}
 
 
 # ---------------------------------------------------------------- models of a job
@@ -164,24 +173,6 @@ def fixed_row(model, errors: torch.Tensor, split: SparseBatch, snrs) -> dict[str
         "mean_steps": float(model.max_steps),
         "mean_cost": float(model.step_costs()[-1]),
     }
-
-
-def measure_fixed(key: str, model, problem: SparseProblem, chunk: int) -> dict[str, Any]:
-    """A full-depth model on the test set (opened here, once): its row and per-layer curve."""
-    test = problem.test.open()
-    errors = per_step_squared_errors(model, test.y, test.x, chunk)
-    return {
-        "rows": {key: fixed_row(model, errors, test, problem.snrs)},
-        "fixed_depth": {key: per_layer(errors, test, problem.snrs, model.step_costs())},
-    }
-
-
-def validation_per_layer(model, problem: SparseProblem, chunk: int) -> dict[str, Any]:
-    """A stage-I model's mixed validation NMSE after every layer (no test data)."""
-    val = problem.val
-    errors = per_step_squared_errors(model, val.y, val.x, chunk)
-    energies = (val.x**2).sum(-1)
-    return {"validation_nmse": [nmse_db(depth, energies) for depth in errors.T]}
 
 
 def classical(context: JobContext, problem: SparseProblem) -> dict[str, Any]:
@@ -241,17 +232,18 @@ def stop_model(name: str, context: JobContext, problem: SparseProblem):
     calibration = calibrate_by_metric(chosen_val, val_nmse, budgets, (fitted.kind,), fitted.valid)
     full_val = val_nmse(torch.full((val_errors.shape[0],), model.max_steps - 1))
     row_rule = threshold_row_rule(calibration, chosen_val, fitted, full_val, config)
-    rules = {"sampled": SampleRule(context.stream_seed("sampled-stops")), "threshold": row_rule}
-    policies = {"sampled": fitted.published, "threshold": fitted.chosen}
-    valid = {"sampled": fitted.published_valid, "threshold": fitted.valid}
-    costs = {rule: stop_costs(model, policies[rule]) for rule in rules}
+    sampled = SampleRule(context.stream_seed("sampled-stops"))
+    rules = {  # row -> (policy, rule, valid exits)
+        "sampled": (fitted.published, sampled, fitted.published_valid),
+        "threshold": (fitted.chosen, row_rule, fitted.valid),
+    }
+    costs = {rule: stop_costs(model, policy) for rule, (policy, _, _) in rules.items()}
 
     test = problem.test.open()  # every choice is made: the test set, once
     test_errors = per_step_squared_errors(model, test.y, test.x, chunk)
     rows, stops, test_scores = {}, {}, {}
     with torch.no_grad():
-        for rule_name, rule in rules.items():
-            policy, mask = policies[rule_name], valid[rule_name]
+        for rule_name, (policy, rule, mask) in rules.items():
             scores = in_chunks(partial(hazard_trajectory, model, policy), test.y, chunk)
             result = run_adaptive(
                 model, policy, test.y, rule, config.inference_mode, mask, costs[rule_name]
@@ -323,11 +315,9 @@ def stop_model(name: str, context: JobContext, problem: SparseProblem):
     }  # fmt: skip
     if config.timing_repeats:
         record["timing"] = {
-            rule: time_adaptive(
-                model, policies[rule], test.y, {rule: rules[rule]}, valid[rule],
-                repeats=config.timing_repeats,
-            )
-            for rule in rules
+            rule_name: time_adaptive(model, policy, test.y, {rule_name: rule}, mask,
+                                     repeats=config.timing_repeats)
+            for rule_name, (policy, rule, mask) in rules.items()
         }  # fmt: skip
     return record
 
@@ -401,9 +391,9 @@ def load_stop_model(run_path: str | Path, name: str, seed: int | None = None):
 JOBS = {
     "classical": classical,
     "lista": partial(fixed_job, "lista"),
-    "lista-stop-stage1": lista_stage1_job,
+    "lista-stop-stage1": partial(stage1_job, "lista_stop"),
     "lista-stop": partial(stop_model, "lista_stop"),
     "alista": partial(fixed_job, "alista"),
-    "cpss-stop-stage1": cpss_stage1_job,
+    "cpss-stop-stage1": partial(stage1_job, "cpss_stop"),
     "cpss-stop": partial(stop_model, "cpss_stop"),
 }
