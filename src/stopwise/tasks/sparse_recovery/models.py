@@ -18,10 +18,7 @@ r (ALISTA, LISTA-CP-SS), else log(‖x_t − x_{t−1}‖²/n).
 * ALISTA and LISTA-CP-SS: ``2nm`` per layer (the update Wᵀ r and the residual r = A x − y of its
   output, which the next layer and the policy features reuse).
 
-``feature_costs()`` is the per-step cost of the features (one multiply-add per squared entry).
-
-:class:`StopPolicy` is the stage-II stopping policy of both stop models, registered as the policy
-``"lista-stop"``.
+:class:`StopPolicy` is the stage-II stopping policy of both stop models.
 """
 
 from __future__ import annotations

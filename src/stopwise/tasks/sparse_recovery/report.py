@@ -63,14 +63,14 @@ def schedules(config: SparseRecoveryConfig) -> dict[str, tuple[str, bool]]:
     }
 
 
-def _order(keys: set[str], first_rows: dict[str, dict]) -> list[str]:
+def _order(first_rows: dict[str, dict]) -> list[str]:
     classical = sorted(
-        (k for k in keys if k.startswith(("ista", "fista"))),
+        (k for k in first_rows if k.startswith(("ista", "fista"))),
         key=lambda k: (first_rows[k]["mean_steps"], k),
     )
     learned = ["lista", *(f"lista_stop-{r}" for r in STOP_RULES)]
     learned += ["alista", *(f"cpss_stop-{r}" for r in STOP_RULES), "support_oracle"]
-    return classical + [k for k in learned if k in keys]
+    return classical + [k for k in learned if k in first_rows]
 
 
 def _label(key: str, T: int, kinds: list[str]) -> tuple[str, str, str]:
@@ -116,7 +116,7 @@ def report(results: list[JobResult], config: SparseRecoveryConfig) -> Report:
         rows[seed]["support_oracle"] = dict(seed_bound)  # the last row of the table
 
     table_rows = []
-    for key in _order(set(rows[seeds[0]]), rows[seeds[0]]):
+    for key in _order(rows[seeds[0]]):
         by_seed = stops.get(key.split("-")[0], {}).values()
         kinds = [f"{r['policy']['objective']}, {r['calibration']['kind']}" for r in by_seed]
         label, model, rule = _label(key, T, kinds)
@@ -136,7 +136,6 @@ def report(results: list[JobResult], config: SparseRecoveryConfig) -> Report:
         row["per_seed"] = per_seed
         table_rows.append(row)
 
-    paired = _paired(rows, curves, seeds, T)
     budget_curves = {
         name: _budget_curve(by_seed, curves, name, seeds) for name, by_seed in stops.items()
     }
@@ -157,14 +156,12 @@ def report(results: list[JobResult], config: SparseRecoveryConfig) -> Report:
         }
         for name, by_seed in stops.items()
     }
-    per_layer = {k: mean_curve([curves[s][k] for s in seeds]) for k in curves[seeds[0]]}
-    jobs = {r.id: {"seconds": r.seconds, "cpu_seconds": r.cpu_seconds} for r in results}
     out = {
         "task": {**vars(config.problem)},
         "columns": columns,
         "seeds": seeds,
         "rows": table_rows,
-        "paired": paired,
+        "paired": _paired(rows, curves, seeds, T),
         "budget_curves": budget_curves,
         "domination": domination,
         # the same verdict under the key every task's results share (stopwise.curves.dominance)
@@ -172,9 +169,9 @@ def report(results: list[JobResult], config: SparseRecoveryConfig) -> Report:
             name: {**d, "met": d["dominates"] and d["strictly_better_lower_half"]}
             for name, d in domination.items()
         },
-        "per_layer": per_layer,
+        "per_layer": {k: mean_curve([curves[s][k] for s in seeds]) for k in curves[seeds[0]]},
         "stop_models": stop_models,
-        "jobs": jobs,
+        "jobs": {r.id: {"seconds": r.seconds, "cpu_seconds": r.cpu_seconds} for r in results},
         "training_seconds": sum(r.seconds for r in results),
         "training_cpu_seconds": sum(r.cpu_seconds for r in results),
     }
@@ -269,7 +266,6 @@ def _domination(curve, rows, name: str, seeds: list[int], T: int, tolerance: flo
             (p["mean_steps"] for p in points if p["mixed"] <= full + tolerance), default=float(T)
         )
     reach_interval = mean_interval(list(reach.values()))
-    reach_mean, reach_sd = reach_interval["mean"], reach_interval["sd"]
     best_lower = min(better_lower or lower, key=lambda p: p["margin"]) if lower else None
     return {
         "budgets": len(curve),
@@ -281,8 +277,8 @@ def _domination(curve, rows, name: str, seeds: list[int], T: int, tolerance: flo
         "best_lower_half": best_lower,
         "strictly_better_lower_half": bool(better_lower),
         "full_depth_reached_at_steps": reach,
-        "full_depth_reached_mean": reach_mean,
-        "full_depth_reached_sd": reach_sd,
+        "full_depth_reached_mean": reach_interval["mean"],
+        "full_depth_reached_sd": reach_interval["sd"],
         "full_depth_target_steps": 0.75 * T,
         "full_depth_met": interval_or_mean(reach_interval)[1] <= 0.75 * T,
     }
@@ -294,9 +290,6 @@ def _paired(rows, curves, seeds: list[int], T: int) -> list[dict[str, Any]]:
     def mixed(key):
         return {s: rows[s][key]["mixed"] for s in seeds}
 
-    def at_depth(curve, key):  # the model ``curve`` run for ⌈mean steps of row ``key``⌉
-        return {s: _at_depth(curves[s][curve], rows[s][key]["mean_steps"])["mixed"] for s in seeds}
-
     def fixed_mix(curve, key):  # the best fixed-depth mix with row ``key``'s mean steps
         return {
             s: fixed_depth_hull([p["mixed"] for p in curves[s][curve]], rows[s][key]["mean_steps"])
@@ -306,10 +299,11 @@ def _paired(rows, curves, seeds: list[int], T: int) -> list[dict[str, Any]]:
     comparisons, names = [], [n for n in STOP_MODELS if f"{n}-threshold" in rows[seeds[0]]]
     for name in names:
         row, text = f"{name}-threshold", f"{name} threshold"
+        ista = {s: rows[s][row]["ista_same_depth"]["mixed"] for s in seeds}  # :func:`_at_depth`
         comparisons += [  # (text, row a, b per seed)
             (f"{text} − its full depth", row, mixed(f"{name}-full")),
             (f"{text} − itself at fixed depth, same mean steps", row, fixed_mix(name, row)),
-            (f"{text} − ISTA (T={T}) at ⌈mean steps⌉", row, at_depth(f"ista-{T}", row)),
+            (f"{text} − ISTA (T={T}) at ⌈mean steps⌉", row, ista),
         ]
     if len(names) == 2:
         a, b = (f"{n}-threshold" for n in names[::-1])
