@@ -225,10 +225,7 @@ def _budget_curve(by_seed, curves, name: str, seeds: list[int]) -> list[dict[str
                 "margin": point["mixed"] - hull,
                 "mean_macs": point["mean_macs"],
             }
-        margin = paired_difference(
-            {s: p["mixed"] for s, p in per_seed.items()},
-            {s: p["fixed_depth"] for s, p in per_seed.items()},
-        )
+        margin = mean_interval([p["margin"] for p in per_seed.values()])  # seeds in order
         point = {"budget": budget["budget"]}
         for field in ("mean_steps", "mixed", "fixed_depth", "margin", "mean_macs"):
             point[field], point[f"{field}_sd"] = mean_sd([p[field] for p in per_seed.values()])
@@ -239,17 +236,12 @@ def _budget_curve(by_seed, curves, name: str, seeds: list[int]) -> list[dict[str
 
 
 def _domination(curve, rows, name: str, seeds: list[int], T: int, tolerance: float) -> dict:
-    """Issue 17's targets for one stop model, from its budget curve (over seeds, like
-    :func:`stopwise.curves.dominance`):
-
-    * equal or better than fixed depth at every budget: the mean margin ≤ 0 everywhere (budgets
-      where it is positive, and where it is positive by more than one sd, are listed);
-    * strictly better somewhere in the lower half (mean steps ≤ T/2): a margin below zero with
-      its 95% interval over seeds below zero (one seed: the margin alone);
-    * full-depth NMSE (within ``tolerance`` dB) at ≤ 75% of the layers: per seed the fewest mean
-      steps of a curve point within ``tolerance`` of that seed's full depth, the top of their
-      95% interval over seeds at most 0.75·T (one seed: its own).
-    """
+    """Issue 17's targets for one stop model from its budget curve, over seeds like
+    :func:`stopwise.curves.dominance` (one seed: judged by its own values): the mean margin ≤ 0
+    at every budget (those above, and above by more than one sd, listed); strictly better in the
+    lower half (mean steps ≤ T/2), the margin's 95% interval below zero; full-depth NMSE (within
+    ``tolerance`` dB) at ≤ 75% of the layers, the top of the 95% interval of each seed's fewest
+    mean steps of a curve point within ``tolerance`` of its full depth at most 0.75·T."""
     worse = [p for p in curve if p["margin"] > ROUNDING]
     clearly_worse = [p for p in curve if p["margin"] > p["margin_sd"] + ROUNDING]
     lower = [p for p in curve if p["mean_steps"] <= T / 2]
