@@ -38,7 +38,6 @@ from ...inference import (
 )
 from ...perf import reuse_freed_memory
 from ...selection import budget_grid, budget_sweep, calibrate_by_metric, fixed_depth_curve
-from ...training import policy_hazards
 from .config import SparseRecoveryConfig
 from .data import SparseBatch, SparseProblem, make_problem
 from .methods import CLASSICAL, PAPER_SETTINGS, fit_layers, fit_stop_policy, tune
@@ -223,12 +222,8 @@ def stop_model(name: str, context: JobContext, problem: SparseProblem):
     def val_nmse(index):
         return nmse_db(errors_at(val_errors, index), val_energies)
 
-    def val_scores(policy):
-        with torch.no_grad():
-            return policy_hazards(policy, fitted.val.features)
-
     budgets = budget_grid(fitted.valid, config.budget_points)
-    chosen_val = val_scores(fitted.chosen)
+    chosen_val = fitted.chosen_scores
     calibration = calibrate_by_metric(chosen_val, val_nmse, budgets, (fitted.kind,), fitted.valid)
     full_val = val_nmse(torch.full((val_errors.shape[0],), model.max_steps - 1))
     row_rule = threshold_row_rule(calibration, chosen_val, fitted, full_val, config)
@@ -278,7 +273,7 @@ def stop_model(name: str, context: JobContext, problem: SparseProblem):
             fitted.kind, fitted.valid, val_metric=val_nmse, lower_is_better=True,
         ),
         "curve_published": budget_sweep(
-            val_scores(fitted.published), test_scores["sampled"], published_budgets,
+            fitted.published_scores, test_scores["sampled"], published_budgets,
             partial(metric, "sampled"), fitted.published_kind, fitted.published_valid,
             val_metric=val_nmse, lower_is_better=True,
         ),

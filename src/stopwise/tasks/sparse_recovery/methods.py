@@ -318,16 +318,18 @@ class StopPolicies:
     """Stage II's outcome for one stop model, everything chosen on validation: ``published``,
     L2S as published (exits ``published_valid``), the policy of the *sampled* row; ``chosen``,
     the candidate of least mean validation margin over fixed depth, the policy of the threshold
-    row and the budget curve. ``mass``: mean oracle mass per exit; ``selection``: every
-    candidate's validation numbers."""
+    row and the budget curve; ``*_scores``: their scores on validation ``(N, T)``. ``mass``:
+    mean oracle mass per exit; ``selection``: every candidate's validation numbers."""
 
     published: StopPolicy
     published_valid: torch.Tensor
     published_kind: str
+    published_scores: torch.Tensor
     chosen: StopPolicy
     candidate: Candidate
     kind: str
     valid: torch.Tensor
+    chosen_scores: torch.Tensor
     val: Trajectories
     mass: torch.Tensor
     selection: list[dict[str, Any]]
@@ -375,14 +377,14 @@ def fit_stop_policy(model, problem: SparseProblem, context: JobContext) -> StopP
                     "points": points,
                 }
             )
-        fitted[candidate.name] = (candidate, policy, valid)
+        fitted[candidate.name] = (candidate, policy, valid, scores)
 
     margin = itemgetter("mean_margin")
     published = min((s for s in selection if s["published"]), key=margin)
     best = min((s for s in selection if not s["published"]), key=margin, default=published)
-    _, published_policy, published_valid = fitted[published["name"]]
-    candidate, policy, valid = fitted[best["name"]]
+    _, published_policy, published_valid, published_scores = fitted[published["name"]]
+    candidate, policy, valid, scores = fitted[best["name"]]
     return StopPolicies(
-        published_policy, published_valid, published["kind"], policy, candidate, best["kind"],
-        valid, val_traj, mass, selection,
+        published_policy, published_valid, published["kind"], published_scores, policy,
+        candidate, best["kind"], valid, scores, val_traj, mass, selection,
     )  # fmt: skip
