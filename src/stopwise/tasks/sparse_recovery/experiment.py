@@ -99,10 +99,8 @@ def fixed_job(key: str, context: JobContext, problem: SparseProblem) -> dict[str
     fit_layers(model, problem, context, key, schedule.steps, schedule.batch, schedule.lr)
     test = problem.test.open()
     errors = per_step_squared_errors(model, test.y, test.x, config.eval_chunk)
-    return {
-        "rows": {key: fixed_row(model, errors, test, problem.snrs)},
-        "fixed_depth": {key: per_layer(errors, test, problem.snrs, model.step_costs())},
-    }
+    row, curve = fixed_depth(model, errors, test, problem.snrs)
+    return {"rows": {key: row}, "fixed_depth": {key: curve}}
 
 
 def stage1_job(name: str, context: JobContext, problem: SparseProblem) -> dict[str, Any]:
@@ -158,20 +156,17 @@ def columns_at(errors: torch.Tensor, split: SparseBatch, snrs, index=None) -> di
     return error_columns(errors_at(errors, index), (split.x**2).sum(-1), split.snr, snrs)
 
 
-def per_layer(errors: torch.Tensor, split: SparseBatch, snrs, costs: torch.Tensor) -> list[dict]:
-    """The model truncated at every depth: NMSE columns per depth."""
-    valid = torch.ones(errors.shape[1], dtype=torch.bool)
-    return fixed_depth_curve(
-        errors.shape[0], partial(columns_at, errors, split, snrs), valid, costs
-    )
-
-
-def fixed_row(model, errors: torch.Tensor, split: SparseBatch, snrs) -> dict[str, Any]:
-    return {
+def fixed_depth(model, errors: torch.Tensor, split: SparseBatch, snrs) -> tuple[dict, list]:
+    """``model``'s full-depth row and NMSE columns per depth (truncated at every depth) from its
+    per-step errors ``(N, T)`` on ``split``."""
+    costs, valid = model.step_costs(), torch.ones(model.max_steps, dtype=torch.bool)
+    row = {
         **columns_at(errors, split, snrs),
         "mean_steps": float(model.max_steps),
-        "mean_cost": float(model.step_costs()[-1]),
+        "mean_cost": float(costs[-1]),
     }
+    metric = partial(columns_at, errors, split, snrs)
+    return row, fixed_depth_curve(errors.shape[0], metric, valid, costs)
 
 
 def classical(context: JobContext, problem: SparseProblem) -> dict[str, Any]:
@@ -191,8 +186,8 @@ def classical(context: JobContext, problem: SparseProblem) -> dict[str, Any]:
         L, lam = setting["L"], setting["lam"]
         model = CLASSICAL[setting["algorithm"]](problem.A, setting["budget"], L, lam)
         errors = per_step_squared_errors(model, test.y, test.x, config.eval_chunk)
-        rows[key] = {**fixed_row(model, errors, test, problem.snrs), "L": L, "lam": lam}
-        curves[key] = per_layer(errors, test, problem.snrs, model.step_costs())
+        rows[key], curves[key] = fixed_depth(model, errors, test, problem.snrs)
+        rows[key].update(L=L, lam=lam)
     bound = support_oracle_errors(problem.A, test.y, test.x)
     columns = error_columns(bound, (test.x.double() ** 2).sum(-1), test.snr, problem.snrs)
     # LAPACK's least squares may differ in the last bit from run to run (memory alignment):
@@ -257,7 +252,7 @@ def stop_model(name: str, context: JobContext, problem: SparseProblem):
         **columns_at(test_errors, test, snrs, stops["oracle"]),
         **steps_per_snr(stops["oracle"], test, snrs),
     }
-    rows[f"{name}-full"] = fixed_row(model, test_errors, test, snrs)
+    rows[f"{name}-full"], per_depth = fixed_depth(model, test_errors, test, snrs)
 
     def metric(rule, index):
         macs = float(costs[rule][index.cpu()].mean())
@@ -267,7 +262,7 @@ def stop_model(name: str, context: JobContext, problem: SparseProblem):
     published_budgets = budget_grid(fitted.published_valid, config.budget_points)
     record = {
         "rows": rows,
-        "fixed_depth": {name: per_layer(test_errors, test, snrs, model.step_costs())},
+        "fixed_depth": {name: per_depth},
         "curve": budget_sweep(
             chosen_val, test_scores["threshold"], budgets, partial(metric, "threshold"),
             fitted.kind, fitted.valid, val_metric=val_nmse, lower_is_better=True,
