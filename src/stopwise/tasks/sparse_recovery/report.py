@@ -183,18 +183,14 @@ def report(results: list[JobResult], config: SparseRecoveryConfig) -> Report:
     )
 
 
-def _at_depth(curve: list[dict], mean_steps: float) -> dict:
-    """The point of a per-depth curve at depth ⌈mean_steps⌉."""
-    return curve[min(math.ceil(mean_steps - 1e-9), len(curve)) - 1]
-
-
 def _same_depth_baseline(rows, curves, baseline: str) -> None:
     """Give every stop row of each seed the NMSE of ``baseline`` (ISTA tuned for T) run for
     ⌈mean steps⌉ iterations: the comparison at the same mean depth."""
     for seed, by_key in rows.items():
         for key, row in by_key.items():
             if key.endswith(("-sampled", "-threshold", "-oracle")) and baseline in curves[seed]:
-                point = _at_depth(curves[seed][baseline], row["mean_steps"])
+                curve = curves[seed][baseline]
+                point = curve[min(math.ceil(row["mean_steps"] - 1e-9), len(curve)) - 1]
                 row["ista_same_depth"] = {k: v for k, v in point.items() if k != "mean_cost"}
 
 
@@ -291,7 +287,7 @@ def _paired(rows, curves, seeds: list[int], T: int) -> list[dict[str, Any]]:
     comparisons, names = [], [n for n in STOP_MODELS if f"{n}-threshold" in rows[seeds[0]]]
     for name in names:
         row, text = f"{name}-threshold", f"{name} threshold"
-        ista = {s: rows[s][row]["ista_same_depth"]["mixed"] for s in seeds}  # :func:`_at_depth`
+        ista = {s: rows[s][row]["ista_same_depth"]["mixed"] for s in seeds}  # ⌈mean steps⌉
         comparisons += [  # (text, row a, b per seed)
             (f"{text} − its full depth", row, mixed(f"{name}-full")),
             (f"{text} − itself at fixed depth, same mean steps", row, fixed_mix(name, row)),
