@@ -38,7 +38,6 @@ from ...inference import (
 )
 from ...perf import reuse_freed_memory
 from ...selection import budget_grid, budget_sweep, calibrate_by_metric, fixed_depth_curve
-from ...training import policy_hazards
 from .config import SparseRecoveryConfig
 from .data import SparseBatch, SparseProblem, make_problem
 from .methods import CLASSICAL, PAPER_SETTINGS, fit_layers, fit_stop_policy, tune
@@ -93,27 +92,34 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
 
 
 def fixed_job(key: str, context: JobContext, problem: SparseProblem) -> dict[str, Any]:
-    """LISTA or ALISTA (``key``) by deep supervision, then measured on test."""
+    """LISTA or ALISTA (``key``) by deep supervision, then measured on test (opened here, once):
+    its row and per-layer curve."""
     config, schedule = context.config, getattr(context.config, key)
     model = lista_model(context, problem) if key == "lista" else alista_model(config, problem.A)
     fit_layers(model, problem, context, key, schedule.steps, schedule.batch, schedule.lr)
-    return measure_fixed(key, model, problem, config.eval_chunk)
+    test = problem.test.open()
+    errors = per_step_squared_errors(model, test.y, test.x, config.eval_chunk)
+    row, curve = fixed_depth(model, errors, test, problem.snrs)
+    return {"rows": {key: row}, "fixed_depth": {key: curve}}
 
 
-def lista_stage1_job(context: JobContext, problem: SparseProblem) -> dict[str, Any]:
-    config, s = context.config, context.config.stage1
-    model = lista_model(context, problem)
-    if s.init == "lista":
-        model.load_state_dict(context.checkpoint("lista", job="lista")["model"])
-    fit_layers(model, problem, context, "stage1", s.steps, s.batch, s.lr, s.weight_decay)
-    return validation_per_layer(model, problem, config.eval_chunk)
-
-
-def cpss_stage1_job(context: JobContext, problem: SparseProblem) -> dict[str, Any]:
-    config, c = context.config, context.config.cpss
-    model = cpss_model(context, problem)
-    fit_layers(model, problem, context, "stage1", c.stage1_steps, c.batch, c.lr, c.weight_decay)
-    return validation_per_layer(model, problem, config.eval_chunk)
+def stage1_job(name: str, context: JobContext, problem: SparseProblem) -> dict[str, Any]:
+    """Stage I of stop model ``name``: its mixed validation NMSE after every layer (no test
+    data)."""
+    config = context.config
+    if name == "lista_stop":
+        model, s = lista_model(context, problem), config.stage1
+        if s.init == "lista":
+            model.load_state_dict(context.checkpoint("lista", job="lista")["model"])
+        schedule = (s.steps, s.batch, s.lr, s.weight_decay)
+    else:
+        model, c = cpss_model(context, problem), config.cpss
+        schedule = (c.stage1_steps, c.batch, c.lr, c.weight_decay)
+    fit_layers(model, problem, context, "stage1", *schedule)
+    val = problem.val
+    errors = per_step_squared_errors(model, val.y, val.x, config.eval_chunk)
+    energies = (val.x**2).sum(-1)
+    return {"validation_nmse": [nmse_db(depth, energies) for depth in errors.T]}
 
 
 # ---------------------------------------------------------------- models of a job
@@ -150,38 +156,17 @@ def columns_at(errors: torch.Tensor, split: SparseBatch, snrs, index=None) -> di
     return error_columns(errors_at(errors, index), (split.x**2).sum(-1), split.snr, snrs)
 
 
-def per_layer(errors: torch.Tensor, split: SparseBatch, snrs, costs: torch.Tensor) -> list[dict]:
-    """The model truncated at every depth: NMSE columns per depth."""
-    valid = torch.ones(errors.shape[1], dtype=torch.bool)
-    return fixed_depth_curve(
-        errors.shape[0], partial(columns_at, errors, split, snrs), valid, costs
-    )
-
-
-def fixed_row(model, errors: torch.Tensor, split: SparseBatch, snrs) -> dict[str, Any]:
-    return {
+def fixed_depth(model, errors: torch.Tensor, split: SparseBatch, snrs) -> tuple[dict, list]:
+    """``model``'s full-depth row and NMSE columns per depth (truncated at every depth) from its
+    per-step errors ``(N, T)`` on ``split``."""
+    costs, valid = model.step_costs(), torch.ones(model.max_steps, dtype=torch.bool)
+    row = {
         **columns_at(errors, split, snrs),
         "mean_steps": float(model.max_steps),
-        "mean_cost": float(model.step_costs()[-1]),
+        "mean_cost": float(costs[-1]),
     }
-
-
-def measure_fixed(key: str, model, problem: SparseProblem, chunk: int) -> dict[str, Any]:
-    """A full-depth model on the test set (opened here, once): its row and per-layer curve."""
-    test = problem.test.open()
-    errors = per_step_squared_errors(model, test.y, test.x, chunk)
-    return {
-        "rows": {key: fixed_row(model, errors, test, problem.snrs)},
-        "fixed_depth": {key: per_layer(errors, test, problem.snrs, model.step_costs())},
-    }
-
-
-def validation_per_layer(model, problem: SparseProblem, chunk: int) -> dict[str, Any]:
-    """A stage-I model's mixed validation NMSE after every layer (no test data)."""
-    val = problem.val
-    errors = per_step_squared_errors(model, val.y, val.x, chunk)
-    energies = (val.x**2).sum(-1)
-    return {"validation_nmse": [nmse_db(depth, energies) for depth in errors.T]}
+    metric = partial(columns_at, errors, split, snrs)
+    return row, fixed_depth_curve(errors.shape[0], metric, valid, costs)
 
 
 def classical(context: JobContext, problem: SparseProblem) -> dict[str, Any]:
@@ -201,8 +186,8 @@ def classical(context: JobContext, problem: SparseProblem) -> dict[str, Any]:
         L, lam = setting["L"], setting["lam"]
         model = CLASSICAL[setting["algorithm"]](problem.A, setting["budget"], L, lam)
         errors = per_step_squared_errors(model, test.y, test.x, config.eval_chunk)
-        rows[key] = {**fixed_row(model, errors, test, problem.snrs), "L": L, "lam": lam}
-        curves[key] = per_layer(errors, test, problem.snrs, model.step_costs())
+        rows[key], curves[key] = fixed_depth(model, errors, test, problem.snrs)
+        rows[key].update(L=L, lam=lam)
     bound = support_oracle_errors(problem.A, test.y, test.x)
     columns = error_columns(bound, (test.x.double() ** 2).sum(-1), test.snr, problem.snrs)
     # LAPACK's least squares may differ in the last bit from run to run (memory alignment):
@@ -232,26 +217,23 @@ def stop_model(name: str, context: JobContext, problem: SparseProblem):
     def val_nmse(index):
         return nmse_db(errors_at(val_errors, index), val_energies)
 
-    def val_scores(policy):
-        with torch.no_grad():
-            return policy_hazards(policy, fitted.val.features)
-
     budgets = budget_grid(fitted.valid, config.budget_points)
-    chosen_val = val_scores(fitted.chosen)
+    chosen_val = fitted.chosen_scores
     calibration = calibrate_by_metric(chosen_val, val_nmse, budgets, (fitted.kind,), fitted.valid)
     full_val = val_nmse(torch.full((val_errors.shape[0],), model.max_steps - 1))
     row_rule = threshold_row_rule(calibration, chosen_val, fitted, full_val, config)
-    rules = {"sampled": SampleRule(context.stream_seed("sampled-stops")), "threshold": row_rule}
-    policies = {"sampled": fitted.published, "threshold": fitted.chosen}
-    valid = {"sampled": fitted.published_valid, "threshold": fitted.valid}
-    costs = {rule: stop_costs(model, policies[rule]) for rule in rules}
+    sampled = SampleRule(context.stream_seed("sampled-stops"))
+    rules = {  # row -> (policy, rule, valid exits)
+        "sampled": (fitted.published, sampled, fitted.published_valid),
+        "threshold": (fitted.chosen, row_rule, fitted.valid),
+    }
+    costs = {rule: stop_costs(model, policy) for rule, (policy, _, _) in rules.items()}
 
     test = problem.test.open()  # every choice is made: the test set, once
     test_errors = per_step_squared_errors(model, test.y, test.x, chunk)
     rows, stops, test_scores = {}, {}, {}
     with torch.no_grad():
-        for rule_name, rule in rules.items():
-            policy, mask = policies[rule_name], valid[rule_name]
+        for rule_name, (policy, rule, mask) in rules.items():
             scores = in_chunks(partial(hazard_trajectory, model, policy), test.y, chunk)
             result = run_adaptive(
                 model, policy, test.y, rule, config.inference_mode, mask, costs[rule_name]
@@ -270,7 +252,7 @@ def stop_model(name: str, context: JobContext, problem: SparseProblem):
         **columns_at(test_errors, test, snrs, stops["oracle"]),
         **steps_per_snr(stops["oracle"], test, snrs),
     }
-    rows[f"{name}-full"] = fixed_row(model, test_errors, test, snrs)
+    rows[f"{name}-full"], per_depth = fixed_depth(model, test_errors, test, snrs)
 
     def metric(rule, index):
         macs = float(costs[rule][index.cpu()].mean())
@@ -280,13 +262,13 @@ def stop_model(name: str, context: JobContext, problem: SparseProblem):
     published_budgets = budget_grid(fitted.published_valid, config.budget_points)
     record = {
         "rows": rows,
-        "fixed_depth": {name: per_layer(test_errors, test, snrs, model.step_costs())},
+        "fixed_depth": {name: per_depth},
         "curve": budget_sweep(
             chosen_val, test_scores["threshold"], budgets, partial(metric, "threshold"),
             fitted.kind, fitted.valid, val_metric=val_nmse, lower_is_better=True,
         ),
         "curve_published": budget_sweep(
-            val_scores(fitted.published), test_scores["sampled"], published_budgets,
+            fitted.published_scores, test_scores["sampled"], published_budgets,
             partial(metric, "sampled"), fitted.published_kind, fitted.published_valid,
             val_metric=val_nmse, lower_is_better=True,
         ),
@@ -323,11 +305,9 @@ def stop_model(name: str, context: JobContext, problem: SparseProblem):
     }  # fmt: skip
     if config.timing_repeats:
         record["timing"] = {
-            rule: time_adaptive(
-                model, policies[rule], test.y, {rule: rules[rule]}, valid[rule],
-                repeats=config.timing_repeats,
-            )
-            for rule in rules
+            rule_name: time_adaptive(model, policy, test.y, {rule_name: rule}, mask,
+                                     repeats=config.timing_repeats)
+            for rule_name, (policy, rule, mask) in rules.items()
         }  # fmt: skip
     return record
 
@@ -401,9 +381,9 @@ def load_stop_model(run_path: str | Path, name: str, seed: int | None = None):
 JOBS = {
     "classical": classical,
     "lista": partial(fixed_job, "lista"),
-    "lista-stop-stage1": lista_stage1_job,
+    "lista-stop-stage1": partial(stage1_job, "lista_stop"),
     "lista-stop": partial(stop_model, "lista_stop"),
     "alista": partial(fixed_job, "alista"),
-    "cpss-stop-stage1": cpss_stage1_job,
+    "cpss-stop-stage1": partial(stage1_job, "cpss_stop"),
     "cpss-stop": partial(stop_model, "cpss_stop"),
 }

@@ -3,12 +3,11 @@ by deep supervision, the stop models by L2S stage I (oracle), exit pruning on va
 stage II (policy). Every training stage is Adam with a cosine decay to ``lr_final`` × its
 learning rate, drawing fresh samples from the named stream ``<stage>-batches``.
 
-**ISTA / FISTA tuning.** The search starts from the paper's values (L2S §5.1: ISTA L = 2.7, λ = 0.2 at 20 iterations and
-L = 3, λ = 0.11 at 100; FISTA L = 4, λ = 0.21 at 20 and L = 4.5, λ = 0.05 at 100) and is a small
-coordinate search: first λ over ``lambda_factors`` × the start with L fixed, then L over
-``L_factors`` × the start with the best λ fixed. The score is the mixed validation NMSE after
-exactly ``budget`` iterations; the start is always a candidate, so tuning never does worse on
-validation than the paper's values.
+**ISTA / FISTA tuning.** The search starts from the paper's values (:data:`PAPER_SETTINGS`)
+and is a small coordinate search: first λ over ``lambda_factors`` × the start with L fixed, then
+L over ``L_factors`` × the start with the best λ fixed. The score is the mixed validation NMSE
+after exactly ``budget`` iterations; the start is always a candidate, so tuning never does worse
+on validation than the paper's values.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ import math
 import statistics
 from dataclasses import dataclass
 from itertools import product
+from operator import itemgetter
 from typing import Any
 
 import torch
@@ -142,11 +142,10 @@ def fit_layers(
     lr: float,
     weight_decay: float = 0.0,
 ):
-    """Train a step model's layers as training stage ``stage``. Stage ``"stage1"`` is L2S stage
-    I: Σ_t q*(t) ℓ_t with q* = softmax_t(−ℓ_t/β) detached (the gradient of −β logsumexp(−ℓ/β)),
-    ``stage1_uniform`` mixing in deep supervision's uniform weights; any other stage is deep
-    supervision, the mean of the layers' losses ℓ_t = ‖x_t − x*‖² (LISTA, ALISTA). Returns the
-    model in eval mode."""
+    """Train a step model's layers as training stage ``stage``, in eval mode after. Stage
+    ``"stage1"`` is L2S stage I (:func:`~stopwise.training.fit_oracle`, ``stage1_uniform`` mixing
+    in deep supervision's uniform weights); any other stage is deep supervision, the mean of the
+    layers' losses ℓ_t = ‖x_t − x*‖² (LISTA, ALISTA)."""
     config = context.config
     optimizer, scheduler = adam_cosine(model.parameters(), steps, lr, config.lr_final, weight_decay)
     batches = GeneratedBatches(problem.sample, batch, context.stream_seed(f"{stage}-batches"))
@@ -165,8 +164,7 @@ def fit_layers(
 
 @dataclass
 class Trajectories:
-    """A frozen step model's per-step policy features ``(N, T, F)`` and losses ℓ_t ``(N, T)``
-    on ``N`` samples (no labels in the features)."""
+    """A frozen step model's per-step policy features ``(N, T, F)`` and losses ℓ_t ``(N, T)``."""
 
     features: torch.Tensor
     losses: torch.Tensor
@@ -184,13 +182,10 @@ def trajectories(model, y: torch.Tensor, x: torch.Tensor, chunk: int) -> Traject
 
 
 class Replay(StepModel):
-    """Cached :class:`Trajectories` replayed as a step model, for stage II on a fixed pool.
-
-    Inputs are pool row indices ``(B,)``; the prediction after step t is the row's loss ℓ_t and
-    its features are the cached ones, so :func:`~stopwise.training.fit_policy` (with
-    :func:`replayed_losses` as the loss) trains on exactly what the frozen model computes, without
-    recomputing it for every candidate policy.
-    """
+    """Cached :class:`Trajectories` replayed as a step model on pool row indices ``(B,)``: the
+    prediction after step t is the row's loss ℓ_t, so :func:`~stopwise.training.fit_policy`
+    (with :func:`replayed_losses` as the loss) trains on exactly what the frozen model computes,
+    without recomputing it for every candidate policy."""
 
     def __init__(self, pool: Trajectories):
         super().__init__()
@@ -256,7 +251,7 @@ def fit_candidate(
     candidate: Candidate, pool: Trajectories, valid: torch.Tensor, context: JobContext
 ) -> StopPolicy:
     """Stage II of ``candidate`` on the cached ``pool`` (exits ``valid``), as training stage
-    ``stage2-<name>`` (resumable). The policy starts from the ``policy-init`` stream."""
+    ``stage2-<name>`` (resumable)."""
     config, s2 = context.config, context.config.stage2
     T, F_ = pool.losses.shape[1], pool.features.shape[2]
     context.manual_seed("policy-init")
@@ -292,9 +287,9 @@ def validation_margins(
     valid: torch.Tensor,
 ) -> list[dict[str, float]]:
     """The stop curve on validation (thresholds fitted and measured on the same split) against
-    the same model at fixed depth: per budget the mean steps, NMSE(dB), the best fixed-depth
-    NMSE at that mean depth (:func:`fixed_depth_hull`) and the margin (negative: the stop curve
-    is better). ``val_scores, val_errors (N, T)``; budgets the policy cannot meet are skipped."""
+    the same model at fixed depth (:func:`fixed_depth_hull`): per budget the mean steps, both
+    NMSEs (dB) and the margin (negative: the stop curve is better). Budgets the policy cannot
+    meet are skipped."""
     fixed = [nmse_db(errors, energies) for errors in val_errors.T]
     points = []
     for budget in budgets:
@@ -320,21 +315,21 @@ def validation_margins(
 
 @dataclass
 class StopPolicies:
-    """Stage II's outcome for one stop model, everything chosen on validation.
-
-    ``published``: L2S as published (hard oracle, λ = 0, exits pruned: ``published_valid``), the
-    policy of the *sampled* row; ``chosen``: the candidate of least mean validation margin over
-    fixed depth (``candidate``, threshold ``kind``, exits ``valid``), the policy of the threshold
-    row and the budget curve. ``val``: validation trajectories; ``mass``: mean oracle mass per
-    exit; ``selection``: every candidate's validation numbers."""
+    """Stage II's outcome for one stop model, everything chosen on validation: ``published``,
+    L2S as published (exits ``published_valid``), the policy of the *sampled* row; ``chosen``,
+    the candidate of least mean validation margin over fixed depth, the policy of the threshold
+    row and the budget curve; ``*_scores``: their scores on validation ``(N, T)``. ``mass``:
+    mean oracle mass per exit; ``selection``: every candidate's validation numbers."""
 
     published: StopPolicy
     published_valid: torch.Tensor
     published_kind: str
+    published_scores: torch.Tensor
     chosen: StopPolicy
     candidate: Candidate
     kind: str
     valid: torch.Tensor
+    chosen_scores: torch.Tensor
     val: Trajectories
     mass: torch.Tensor
     selection: list[dict[str, Any]]
@@ -351,12 +346,11 @@ def fit_stop_policy(model, problem: SparseProblem, context: JobContext) -> StopP
     kind its objective allows) and the least wins.
     """
     config, val, chunk = context.config, problem.val, context.config.eval_chunk
-    T = model.max_steps
     val_traj = trajectories(model, val.y, val.x, chunk)
     energies = (val.x**2).sum(-1)
     mass = oracle(val_traj.losses.double(), config.beta).mean(0)
     pruned = prune_exits(val_traj.losses, config.beta, config.prune_mass)
-    every = torch.ones(T, dtype=torch.bool)
+    every = torch.ones(model.max_steps, dtype=torch.bool)
     pool_y, pool_x = problem.sample(config.stage2.pool, context.generator("stage2-pool"))
     pool = trajectories(model, pool_y, pool_x, chunk)
     l2s_kinds = (
@@ -383,16 +377,14 @@ def fit_stop_policy(model, problem: SparseProblem, context: JobContext) -> StopP
                     "points": points,
                 }
             )
-        fitted[candidate.name] = (candidate, policy, valid)
+        fitted[candidate.name] = (candidate, policy, valid, scores)
 
-    def margin(s):
-        return s["mean_margin"]
-
+    margin = itemgetter("mean_margin")
     published = min((s for s in selection if s["published"]), key=margin)
     best = min((s for s in selection if not s["published"]), key=margin, default=published)
-    _, published_policy, published_valid = fitted[published["name"]]
-    candidate, policy, valid = fitted[best["name"]]
+    _, published_policy, published_valid, published_scores = fitted[published["name"]]
+    candidate, policy, valid, scores = fitted[best["name"]]
     return StopPolicies(
-        published_policy, published_valid, published["kind"], policy, candidate, best["kind"],
-        valid, val_traj, mass, selection,
+        published_policy, published_valid, published["kind"], published_scores, policy,
+        candidate, best["kind"], valid, scores, val_traj, mass, selection,
     )  # fmt: skip

@@ -102,12 +102,10 @@ def cost_aware_oracle_stop(step_errors: torch.Tensor, penalty: float) -> torch.T
 
 
 def fixed_depth_hull(nmse_per_depth: list[float], mean_steps: float) -> float:
-    """NMSE(dB) of the best *fixed-depth* strategy with mean depth at most ``mean_steps``: every
-    sample stops at depth a or b in the proportions that give that mean, which makes its
-    expected error the linear mix of the two depths' (NMSE is a ratio of means over the same
-    signals); a cheaper depth that is better counts. ``nmse_per_depth[t]`` is the NMSE(dB) of
-    stopping every sample after step t (depth t + 1). The mix is
-    :func:`stopwise.curves.best_fixed_mix` of (depth, 10^(NMSE/10)), the rule of every task."""
+    """NMSE(dB) of the best mix of two fixed depths with mean depth at most ``mean_steps``
+    (:func:`stopwise.curves.best_fixed_mix`, the rule of every task), mixed in linear NMSE: a
+    ratio of means over the same signals, so the mix's error is the linear mix of the depths'.
+    ``nmse_per_depth[t]``: the NMSE(dB) of stopping every sample after step t (depth t + 1)."""
     T = len(nmse_per_depth)
     if not 1 - 1e-9 <= mean_steps <= T + 1e-9:
         raise ValueError(f"mean_steps must lie in [1, {T}]; got {mean_steps}")

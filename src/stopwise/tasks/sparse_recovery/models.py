@@ -3,16 +3,13 @@
 Every model is a :class:`~stopwise.steps.StepModel` on measurements ``y (B, m)``; its state is a
 dict of batch-first tensors (``"y"``, ``"y_level"`` its log mean square ``(B,)``, ``"x"`` the
 current estimate x_t ``(B, n)``, and ``"x_prev"`` the estimate before the last step or, for
-ALISTA / LISTA-CP-SS, ``"r"`` = A x_t − y), its
-prediction after step t is x_{t+1}. All start from x_0 = 0, so the first step skips every product
-with x_0.
+ALISTA / LISTA-CP-SS, ``"r"`` = A x_t − y), its prediction after step t is x_{t+1}. All start
+from x_0 = 0, so the first step skips every product with x_0.
 
-**Policy features** (:meth:`SparseStepModel.summaries`) are three label-free log-norms of what
+**Policy features** (:meth:`SparseStepModel.features`) are three label-free log-norms of what
 the state already holds, cheap next to a step (O(m + n) multiply-adds against O(nm)):
 log(‖y‖²/m) (once), log(‖x_t‖²/n), and log(‖r_t‖²/m) for the models that carry the residual
 r (ALISTA, LISTA-CP-SS), else log(‖x_t − x_{t−1}‖²/n).
-
-``observe`` returns the prediction and these features together (what adaptive inference reads).
 
 ``step_costs()`` counts multiply-adds per sample analytically, cumulative over steps:
 
@@ -21,10 +18,7 @@ r (ALISTA, LISTA-CP-SS), else log(‖x_t − x_{t−1}‖²/n).
 * ALISTA and LISTA-CP-SS: ``2nm`` per layer (the update Wᵀ r and the residual r = A x − y of its
   output, which the next layer and the policy features reuse).
 
-``feature_costs()`` is the per-step cost of the features (one multiply-add per squared entry).
-
-:class:`StopPolicy` is the stage-II stopping policy of both stop models, registered as the policy
-``"lista-stop"``.
+:class:`StopPolicy` is the stage-II stopping policy of both stop models.
 """
 
 from __future__ import annotations
@@ -163,11 +157,10 @@ class SparseStepModel(StepModel):
     def predict(self, state, t):
         return state["x"]
 
-    def summaries(self, state, t: int | None = None) -> torch.Tensor:
-        """``(B, F)`` label-free log mean squares (:attr:`feature_names`): of y (computed once,
-        in :meth:`start`), of x_t, and of the residual r_t where the state carries it, else of
-        the change x_t − x_{t−1}. Each is one pass over a row (a norm). After the first step
-        (``t == 0``) the change is x_1 itself (x_0 = 0), so its norm is not computed twice."""
+    def features(self, state, t: int) -> torch.Tensor:
+        """``(B, F)`` log mean squares (:attr:`feature_names`, y's computed once in
+        :meth:`start`), one pass over a row each. After the first step (``t == 0``) the change
+        is x_1 itself (x_0 = 0), so its norm is not computed twice."""
         x = state["x"]
         level = log_mean_square(x)
         if self.carries_residual:
@@ -183,22 +176,15 @@ class SparseStepModel(StepModel):
         last = "log ‖y − A x_t‖²/m" if self.carries_residual else "log ‖x_t − x_{t−1}‖²/n"
         return ["log ‖y‖²/m", "log ‖x_t‖²/n", last]
 
-    def features(self, state, t):
-        return self.summaries(state, t)
-
     @property
     def feature_dim(self) -> int:
         return len(self.feature_names)
 
-    def layer_costs(self) -> torch.Tensor:
-        """``(T,)`` multiply-adds per sample of each step (not cumulative)."""
-        raise NotImplementedError
-
     def step_costs(self) -> torch.Tensor:
-        return torch.cumsum(self.layer_costs(), 0)
+        return torch.cumsum(self.layer_costs(), 0)  # layer_costs: (T,) per step, per subclass
 
     def feature_costs(self) -> torch.Tensor:
-        """``(T,)`` multiply-adds per sample and step of :meth:`summaries`: one per squared
+        """``(T,)`` multiply-adds per sample and step of :meth:`features`: one per squared
         entry of x_t (n) and of r_t (m) or x_t − x_{t−1} (n); y's (m) once, at the first step
         (where the change, x_1 itself, is counted though not recomputed: erring against the
         stop model by n)."""
@@ -304,9 +290,7 @@ class ALISTA(ResidualStepModel):
         x_{t+1} = η^{ss, p_t}_{θ_t}(x_t − γ_t Wᵀ(A x_t − y)),
 
     W the analytic weight (:func:`analytic_weight`), only the step sizes γ_t and thresholds θ_t
-    learned; layer t passes ``keep[t]`` entries unshrunk (:func:`support_threshold`). The state
-    carries the residual ``r = A x − y`` of the current estimate, reused by the next layer and by
-    the policy features.
+    learned; layer t passes ``keep[t]`` entries unshrunk (:func:`support_threshold`).
     """
 
     def __init__(self, A: torch.Tensor, steps: int, gamma: float, theta: float, keep: list[int]):
@@ -332,8 +316,7 @@ class LISTACPSS(ResidualStepModel):
 
     a learned ``(m, n)`` W_t and threshold θ_t per layer (the coupled form W_x = I − W_tᵀA keeps
     x* a fixed point). :meth:`from_alista` starts it at a trained ALISTA (W_t = γ_t W); weights
-    are stored as used in batch-first products, ``r @ w[t]``. Like ALISTA, the state carries the
-    residual.
+    are stored as used in batch-first products, ``r @ w[t]``.
     """
 
     def __init__(self, A: torch.Tensor, weights: list[torch.Tensor], thetas, keep: list[int]):
@@ -374,17 +357,12 @@ class StopPolicy(nn.Module):
     log-norm features and a one-hot step → a score ``(B,)`` (a hazard logit for L2S-trained
     policies; −log of the predicted gain rate for gain-trained ones, see methods.py).
 
-    ``features (B, F)`` are :meth:`SparseStepModel.summaries`; they are standardised with the
+    ``features (B, F)`` are :meth:`SparseStepModel.features`; they are standardised with the
     mean and standard deviation :meth:`standardise` takes from the training pool (buffers, saved
     with the policy). The first layer computes W [(f − shift)/scale, one_hot(t)] + b, with the
     standardisation and the one-hot step folded into its weight and bias: one product of the
-    ``(B, F)`` features per call.
-
-    Args:
-        num_features: F.
-        max_steps: T, for the one-hot step encoding.
-        hidden: hidden widths of the MLP (ReLU).
-        init_bias: initial output (a negative hazard logit: rarely stop at first).
+    ``(B, F)`` features per call. ``init_bias``: the initial output (a negative hazard logit:
+    rarely stop at first).
     """
 
     def __init__(self, num_features: int, max_steps: int, hidden=(32,), init_bias: float = -3.0):

@@ -63,14 +63,14 @@ def schedules(config: SparseRecoveryConfig) -> dict[str, tuple[str, bool]]:
     }
 
 
-def _order(keys: set[str], first_rows: dict[str, dict]) -> list[str]:
+def _order(first_rows: dict[str, dict]) -> list[str]:
     classical = sorted(
-        (k for k in keys if k.startswith(("ista", "fista"))),
+        (k for k in first_rows if k.startswith(("ista", "fista"))),
         key=lambda k: (first_rows[k]["mean_steps"], k),
     )
     learned = ["lista", *(f"lista_stop-{r}" for r in STOP_RULES)]
-    learned += ["alista", *(f"cpss_stop-{r}" for r in STOP_RULES)]
-    return classical + [k for k in learned if k in keys]
+    learned += ["alista", *(f"cpss_stop-{r}" for r in STOP_RULES), "support_oracle"]
+    return classical + [k for k in learned if k in first_rows]
 
 
 def _label(key: str, T: int, kinds: list[str]) -> tuple[str, str, str]:
@@ -82,6 +82,8 @@ def _label(key: str, T: int, kinds: list[str]) -> tuple[str, str, str]:
         return f"LISTA (T={T})", key, "fixed"
     if key == "alista":
         return f"ALISTA with support selection (T={T})", key, "fixed"
+    if key == "support_oracle":
+        return "least squares on the true support (bound; needs the support)", key, "bound"
     model, rule = key.split("-")
     name = STOP_LABELS[model]
     text = {
@@ -111,9 +113,10 @@ def report(results: list[JobResult], config: SparseRecoveryConfig) -> Report:
     for seed, seed_bound in bound.items():
         for row in rows[seed].values():
             row["to_bound"] = row["mixed"] - seed_bound["mixed"]
+        rows[seed]["support_oracle"] = dict(seed_bound)  # the last row of the table
 
     table_rows = []
-    for key in _order(set(rows[seeds[0]]), rows[seeds[0]]):
+    for key in _order(rows[seeds[0]]):
         by_seed = stops.get(key.split("-")[0], {}).values()
         kinds = [f"{r['policy']['objective']}, {r['calibration']['kind']}" for r in by_seed]
         label, model, rule = _label(key, T, kinds)
@@ -133,7 +136,6 @@ def report(results: list[JobResult], config: SparseRecoveryConfig) -> Report:
         row["per_seed"] = per_seed
         table_rows.append(row)
 
-    paired = _paired(rows, curves, seeds, T)
     budget_curves = {
         name: _budget_curve(by_seed, curves, name, seeds) for name, by_seed in stops.items()
     }
@@ -154,27 +156,12 @@ def report(results: list[JobResult], config: SparseRecoveryConfig) -> Report:
         }
         for name, by_seed in stops.items()
     }
-    per_layer = {k: mean_curve([curves[s][k] for s in seeds]) for k in curves[seeds[0]]}
-    jobs = {r.id: {"seconds": r.seconds, "cpu_seconds": r.cpu_seconds} for r in results}
-    if bound:
-        values = {c: [bound[s][c] for s in seeds] for c in columns}
-        table_rows.append(
-            {
-                "key": "support_oracle",
-                "label": "least squares on the true support (bound; needs the support)",
-                "model": "support_oracle",
-                "rule": "bound",
-                **{c: statistics.fmean(v) for c, v in values.items()},
-                "sd": {c: mean_sd(v)[1] for c, v in values.items()},
-                "per_seed": {s: dict(bound[s]) for s in seeds},
-            }
-        )
     out = {
         "task": {**vars(config.problem)},
         "columns": columns,
         "seeds": seeds,
         "rows": table_rows,
-        "paired": paired,
+        "paired": _paired(rows, curves, seeds, T),
         "budget_curves": budget_curves,
         "domination": domination,
         # the same verdict under the key every task's results share (stopwise.curves.dominance)
@@ -182,9 +169,9 @@ def report(results: list[JobResult], config: SparseRecoveryConfig) -> Report:
             name: {**d, "met": d["dominates"] and d["strictly_better_lower_half"]}
             for name, d in domination.items()
         },
-        "per_layer": per_layer,
+        "per_layer": {k: mean_curve([curves[s][k] for s in seeds]) for k in curves[seeds[0]]},
         "stop_models": stop_models,
-        "jobs": jobs,
+        "jobs": {r.id: {"seconds": r.seconds, "cpu_seconds": r.cpu_seconds} for r in results},
         "training_seconds": sum(r.seconds for r in results),
         "training_cpu_seconds": sum(r.cpu_seconds for r in results),
     }
@@ -196,18 +183,14 @@ def report(results: list[JobResult], config: SparseRecoveryConfig) -> Report:
     )
 
 
-def _at_depth(curve: list[dict], mean_steps: float) -> dict:
-    """The point of a per-depth curve at depth ⌈mean_steps⌉."""
-    return curve[min(math.ceil(mean_steps - 1e-9), len(curve)) - 1]
-
-
 def _same_depth_baseline(rows, curves, baseline: str) -> None:
     """Give every stop row of each seed the NMSE of ``baseline`` (ISTA tuned for T) run for
     ⌈mean steps⌉ iterations: the comparison at the same mean depth."""
     for seed, by_key in rows.items():
         for key, row in by_key.items():
             if key.endswith(("-sampled", "-threshold", "-oracle")) and baseline in curves[seed]:
-                point = _at_depth(curves[seed][baseline], row["mean_steps"])
+                curve = curves[seed][baseline]
+                point = curve[min(math.ceil(row["mean_steps"] - 1e-9), len(curve)) - 1]
                 row["ista_same_depth"] = {k: v for k, v in point.items() if k != "mean_cost"}
 
 
@@ -238,10 +221,7 @@ def _budget_curve(by_seed, curves, name: str, seeds: list[int]) -> list[dict[str
                 "margin": point["mixed"] - hull,
                 "mean_macs": point["mean_macs"],
             }
-        margin = paired_difference(
-            {s: p["mixed"] for s, p in per_seed.items()},
-            {s: p["fixed_depth"] for s, p in per_seed.items()},
-        )
+        margin = mean_interval([p["margin"] for p in per_seed.values()])  # seeds in order
         point = {"budget": budget["budget"]}
         for field in ("mean_steps", "mixed", "fixed_depth", "margin", "mean_macs"):
             point[field], point[f"{field}_sd"] = mean_sd([p[field] for p in per_seed.values()])
@@ -252,17 +232,12 @@ def _budget_curve(by_seed, curves, name: str, seeds: list[int]) -> list[dict[str
 
 
 def _domination(curve, rows, name: str, seeds: list[int], T: int, tolerance: float) -> dict:
-    """Issue 17's targets for one stop model, from its budget curve (over seeds, like
-    :func:`stopwise.curves.dominance`):
-
-    * equal or better than fixed depth at every budget: the mean margin ≤ 0 everywhere (budgets
-      where it is positive, and where it is positive by more than one sd, are listed);
-    * strictly better somewhere in the lower half (mean steps ≤ T/2): a margin below zero with
-      its 95% interval over seeds below zero (one seed: the margin alone);
-    * full-depth NMSE (within ``tolerance`` dB) at ≤ 75% of the layers: per seed the fewest mean
-      steps of a curve point within ``tolerance`` of that seed's full depth, the top of their
-      95% interval over seeds at most 0.75·T (one seed: its own).
-    """
+    """Issue 17's targets for one stop model from its budget curve, over seeds like
+    :func:`stopwise.curves.dominance` (one seed: judged by its own values): the mean margin ≤ 0
+    at every budget (those above, and above by more than one sd, listed); strictly better in the
+    lower half (mean steps ≤ T/2), the margin's 95% interval below zero; full-depth NMSE (within
+    ``tolerance`` dB) at ≤ 75% of the layers, the top of the 95% interval of each seed's fewest
+    mean steps of a curve point within ``tolerance`` of its full depth at most 0.75·T."""
     worse = [p for p in curve if p["margin"] > ROUNDING]
     clearly_worse = [p for p in curve if p["margin"] > p["margin_sd"] + ROUNDING]
     lower = [p for p in curve if p["mean_steps"] <= T / 2]
@@ -279,7 +254,6 @@ def _domination(curve, rows, name: str, seeds: list[int], T: int, tolerance: flo
             (p["mean_steps"] for p in points if p["mixed"] <= full + tolerance), default=float(T)
         )
     reach_interval = mean_interval(list(reach.values()))
-    reach_mean, reach_sd = reach_interval["mean"], reach_interval["sd"]
     best_lower = min(better_lower or lower, key=lambda p: p["margin"]) if lower else None
     return {
         "budgets": len(curve),
@@ -291,8 +265,8 @@ def _domination(curve, rows, name: str, seeds: list[int], T: int, tolerance: flo
         "best_lower_half": best_lower,
         "strictly_better_lower_half": bool(better_lower),
         "full_depth_reached_at_steps": reach,
-        "full_depth_reached_mean": reach_mean,
-        "full_depth_reached_sd": reach_sd,
+        "full_depth_reached_mean": reach_interval["mean"],
+        "full_depth_reached_sd": reach_interval["sd"],
         "full_depth_target_steps": 0.75 * T,
         "full_depth_met": interval_or_mean(reach_interval)[1] <= 0.75 * T,
     }
@@ -304,9 +278,6 @@ def _paired(rows, curves, seeds: list[int], T: int) -> list[dict[str, Any]]:
     def mixed(key):
         return {s: rows[s][key]["mixed"] for s in seeds}
 
-    def at_depth(curve, key):  # the model ``curve`` run for ⌈mean steps of row ``key``⌉
-        return {s: _at_depth(curves[s][curve], rows[s][key]["mean_steps"])["mixed"] for s in seeds}
-
     def fixed_mix(curve, key):  # the best fixed-depth mix with row ``key``'s mean steps
         return {
             s: fixed_depth_hull([p["mixed"] for p in curves[s][curve]], rows[s][key]["mean_steps"])
@@ -316,10 +287,11 @@ def _paired(rows, curves, seeds: list[int], T: int) -> list[dict[str, Any]]:
     comparisons, names = [], [n for n in STOP_MODELS if f"{n}-threshold" in rows[seeds[0]]]
     for name in names:
         row, text = f"{name}-threshold", f"{name} threshold"
+        ista = {s: rows[s][row]["ista_same_depth"]["mixed"] for s in seeds}  # ⌈mean steps⌉
         comparisons += [  # (text, row a, b per seed)
             (f"{text} − its full depth", row, mixed(f"{name}-full")),
             (f"{text} − itself at fixed depth, same mean steps", row, fixed_mix(name, row)),
-            (f"{text} − ISTA (T={T}) at ⌈mean steps⌉", row, at_depth(f"ista-{T}", row)),
+            (f"{text} − ISTA (T={T}) at ⌈mean steps⌉", row, ista),
         ]
     if len(names) == 2:
         a, b = (f"{n}-threshold" for n in names[::-1])
