@@ -9,7 +9,10 @@ the CPU speed-ups measured for the DnCNN training step, and optionally the `quic
 Targets: DnCNN-stop ≥ DnCNN at every σ and ≥ +0.5 dB at σ = 65, 75 (paired over seeds);
 DnCNN-stop above BM3D at σ = 35, 45, 55 (the gap at 65, 75 reported); Spearman ρ(σ, stop exit)
 > 0; adaptive time within 25% of full-depth time × mean exit / exits; the policy ≤ 10% of a
-step's multiply-adds; the benchmark preset ≤ 90 CPU-minutes; quick ≤ 10 minutes.
+step's multiply-adds; the benchmark preset ≤ 90 CPU-minutes; quick ≤ 10 minutes. Where a target
+has per-seed values it is met when the 95% t interval over seeds says so (one seed: its value;
+``stopwise.stats.interval_or_mean``); the policy's cost and the CPU minutes are measurements
+(a count of multiply-adds, a sum of CPU time), judged as measured.
 
 Writes ``benchmarks/results/denoising.json`` (machine, threads, date, wall and CPU time) and
 copies the run's figures and table to ``benchmarks/results/denoising/`` (the folder named
@@ -33,6 +36,7 @@ from machine_info import machine
 
 from stopwise.contract import stream_seed
 from stopwise.experiments import get_experiment, resolve_config, run_experiment
+from stopwise.stats import interval_or_mean, mean_interval
 from stopwise.tasks.denoising.data import load_splits, sample_patches
 
 ROOT = Path(__file__).resolve().parent
@@ -70,7 +74,18 @@ def run_preset(preset: str, run_dir: Path, overrides: list[str], run: bool = Tru
     }
 
 
+def time_ratios_per_seed(timing: dict) -> list[float]:
+    """Each seed's adaptive time over its full-depth time, from the report's per-seed
+    milliseconds (the report's ``time_ratio`` is their mean)."""
+    stop = timing["rules"]["stop"]["ms_per_image"]
+    return [a / f for a, f in zip(stop, timing["full_ms_per_image"], strict=True)]
+
+
 def targets(results: dict, cpu_seconds: float) -> dict:
+    """Every target against the run's results. Paired differences and per-seed values are judged
+    by their 95% t interval over seeds (``interval_or_mean``: one seed by its value); the policy's
+    cost (a count of multiply-adds, the same on every seed) and the CPU minutes (a sum over the
+    jobs) are measurements, judged as measured."""
     sigmas = results["sigmas"]
     comparisons = results["comparisons"]
 
@@ -78,46 +93,59 @@ def targets(results: dict, cpu_seconds: float) -> dict:
         found = next(c for c in comparisons if (c["a"], c["b"], c["sigma"]) == (a, b, sigma))
         return {k: found[k] for k in ("mean", "lo", "hi", "n", "per_seed")}
 
+    def low(d: dict) -> float:
+        return interval_or_mean(d)[0]
+
     vs_dncnn = {s: diff("stop", "dncnn", s) for s in sigmas}
     vs_bm3d = {s: diff("stop", "bm3d", s) for s in sigmas}
     seen = [s for s, u in zip(sigmas, results["unseen"], strict=True) if not u]
     unseen = [s for s, u in zip(sigmas, results["unseen"], strict=True) if u]
-    rho = [r for r in results["spearman_exit_sigma"].values() if r is not None]
+    rho = list(results["spearman_exit_sigma"].values())
+    rho_interval = mean_interval(rho) if rho and None not in rho else None
     timing = results["timing"]["rules"]["stop"]
+    time_ratios = time_ratios_per_seed(results["timing"])
+    time_interval = mean_interval(time_ratios)
     cost = results["policy_cost"]
     return {
         "stop_ge_dncnn_every_sigma": {
             "paired_difference_db": vs_dncnn,
             "met_by_mean": all(vs_dncnn[s]["mean"] >= 0 for s in sigmas),
-            "met_by_interval": all((vs_dncnn[s]["lo"] or -1) >= 0 for s in sigmas),
+            "met_by_interval": all(low(vs_dncnn[s]) >= 0 for s in sigmas),
         },
         "stop_minus_dncnn_unseen_ge_0.5": {
             "values_db": {s: vs_dncnn[s]["mean"] for s in unseen},
             "met_by_mean": all(vs_dncnn[s]["mean"] >= 0.5 for s in unseen),
-            "met_by_interval": all((vs_dncnn[s]["lo"] or -1) >= 0.5 for s in unseen),
+            "met_by_interval": all(low(vs_dncnn[s]) >= 0.5 for s in unseen),
             "paper_db": {"65": 1.37, "75": 0.72},
         },
         "stop_above_bm3d_seen_sigma": {
             "paired_difference_db": {s: vs_bm3d[s] for s in seen},
             "met_by_mean": all(vs_bm3d[s]["mean"] > 0 for s in seen),
+            "met_by_interval": all(low(vs_bm3d[s]) > 0 for s in seen),
             "paper_db": {"35": 0.8, "45": 0.6, "55": 0.6},
         },
         "gap_to_bm3d_unseen_sigma_db": {s: vs_bm3d[s]["mean"] for s in unseen},
         "spearman_exit_sigma": {
+            # a seed whose ρ is undefined (every test image stops at one exit) shows no rise
             "per_seed": results["spearman_exit_sigma"],
-            "met": bool(rho) and all(r > 0 for r in rho),
+            "over_seeds": rho_interval,
+            "met": rho_interval is not None and low(rho_interval) > 0,
         },
         "adaptive_time_within_25_percent": {
             "time_ratio": timing["time_ratio"],
             "exit_ratio": timing["exit_ratio"],
             "mac_ratio": timing["mac_ratio"],
-            "met": timing["time_ratio"] <= 1.25 * timing["exit_ratio"],
+            # per-seed time ratios against 1.25 × the mean exit ratio over seeds (the report
+            # keeps no per-seed exit ratio)
+            "time_ratio_per_seed": time_ratios,
+            "time_ratio_over_seeds": time_interval,
+            "met": interval_or_mean(time_interval)[1] <= 1.25 * timing["exit_ratio"],
         },
-        "policy_cost_le_10_percent_of_a_step": {
+        "policy_cost_le_10_percent_of_a_step": {  # a measurement: a count of multiply-adds
             "fraction": cost["policy_fraction_of_step"],
             "met": cost["policy_fraction_of_step"] <= 0.10,
         },
-        "benchmark_cpu_minutes_le_90": {
+        "benchmark_cpu_minutes_le_90": {  # a measurement: CPU time summed over the jobs
             "cpu_minutes": cpu_seconds / 60,
             "met": cpu_seconds <= 90 * 60,
         },

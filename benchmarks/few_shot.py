@@ -5,10 +5,12 @@ the ``benchmark`` preset) and on sinusoids (K ∈ 1..10, the ``sinusoid`` preset
     .venv/bin/python benchmarks/few_shot.py --presets benchmark  # one preset
     .venv/bin/python benchmarks/few_shot.py --presets long       # the 20-way preset (hours)
 
-Targets: glyphs — MAML-stop − best fixed-T MAML ≥ +1.0 point on the same 600 test tasks with the
-paired 95% interval above zero, at fewer mean inner steps; sinusoids — MAML-stop test MSE ≤ 0.9 ×
-the best fixed-T MAML's, and the stop step depends on K (Spearman ρ reported with its sign);
-``benchmark`` ≤ 120 CPU-minutes on one thread. Writes ``benchmarks/results/few_shot.json`` (the
+Targets, met when the 95% interval over seeds says so (one seed: its value): glyphs — MAML-stop
+− best fixed-T MAML ≥ +1.0 point (the lower end of the paired interval over seeds; one seed: its
+mean, with its paired interval over the 600 test tasks above zero), at fewer mean inner steps on
+every seed; sinusoids — MAML-stop test MSE ≤ 0.9 × the best fixed-T MAML's (the upper end of the
+interval of the per-seed ratios), and the stop step depends on K (Spearman ρ reported with its
+sign); ``benchmark`` ≤ 120 CPU-minutes on one thread. Writes ``benchmarks/results/few_shot.json`` (the
 machine, threads, date, wall and CPU seconds of every job, the numbers against each target) and
 copies the figures to ``benchmarks/results/few_shot/<preset>/``. Run directories go under
 ``runs/`` and resume if interrupted (a resumed job's wall time covers only its last part; the
@@ -27,6 +29,7 @@ from pathlib import Path
 from machine_info import machine
 
 from stopwise.experiments import run_experiment
+from stopwise.stats import interval_or_mean, mean_interval
 
 ROOT = Path(__file__).resolve().parent
 TARGETS = {
@@ -91,17 +94,41 @@ def run_preset(preset: str, out: Path, overrides: list[str]) -> dict:
     return summary
 
 
+def mse_ratio_verdict(ratios: dict) -> dict:
+    """The sinusoid target over seeds: the 95% t interval of the per-seed MSE ratios (MAML-stop
+    over the best fixed-T MAML) must lie at or below 0.9 (one seed: its ratio)."""
+    interval = mean_interval(list(ratios.values()))
+    return {
+        "mse_ratio_over_seeds": interval,
+        "mse_ratio_target_met": interval_or_mean(interval)[1] <= TARGETS["sinusoid_mse_ratio"],
+    }
+
+
+def gain_verdict(gains: dict, over_seeds: dict | None, fewer: dict) -> dict:
+    """The glyph target: MAML-stop − best fixed-T MAML ≥ +1.0 point by the lower end of the paired
+    95% interval over seeds (``stop_minus_best_over_seeds``), at fewer mean inner steps on every
+    seed. With one seed (no interval over seeds) its mean must reach +1.0 and its paired interval
+    over the test tasks lie above zero."""
+    if over_seeds is not None:
+        lo, hi = interval_or_mean(over_seeds)
+        met = lo >= TARGETS["glyph_gain_points"]
+    else:
+        (only,) = gains.values()
+        lo = hi = only["mean"]
+        met = only["mean"] >= TARGETS["glyph_gain_points"] and only["above_zero"]
+    return {"gain_judged_on": [lo, hi], "gain_target_met": met and all(fewer.values())}
+
+
 def verdicts(summary: dict) -> dict:
-    """Each target against what the preset measured (per seed and over seeds)."""
+    """Each target against what the preset measured: per-seed values, and the verdict over
+    seeds (the interval rule)."""
     preset, seeds = summary["preset"], summary["per_seed"]
     if summary["config"]["family"] == "sinusoid":
         ratios = {s: r["mse_ratio"] for s, r in seeds.items()}
         rho = {s: r["spearman_steps_shots"] for s, r in seeds.items()}
         return {
             "mse_ratio": ratios,
-            "mse_ratio_target_met": all(
-                r <= TARGETS["sinusoid_mse_ratio"] for r in ratios.values()
-            ),
+            **mse_ratio_verdict(ratios),
             "spearman_steps_shots": rho,
         }
     gains = {s: r["stop_minus_best"] for s, r in seeds.items()}
@@ -109,10 +136,7 @@ def verdicts(summary: dict) -> dict:
     out = {
         "stop_minus_best_points": gains,
         "fewer_mean_steps": fewer,
-        "gain_target_met": all(
-            g["mean"] >= TARGETS["glyph_gain_points"] and g["above_zero"] for g in gains.values()
-        )
-        and all(fewer.values()),
+        **gain_verdict(gains, summary["stop_minus_best_over_seeds"], fewer),
     }
     if preset == "benchmark":
         minutes = summary["cpu_seconds_all_jobs"] / 60

@@ -743,3 +743,86 @@ def test_a_curve_points_timing_costs_skip_heads_and_policy_before_its_floor():
     skipped = sum(model.head_macs(t) + policy.macs() for t in (0, 1))
     torch.testing.assert_close(spent, costs - skipped)
     torch.testing.assert_close(point_costs(model, policy, valid, costs, {"floor_steps": 1}), costs)
+
+
+@pytest.fixture
+def denoising_script(monkeypatch):
+    """benchmarks/denoising.py as a module (its target verdicts, not its runs)."""
+    import importlib
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    yield importlib.import_module("denoising")
+    sys.modules.pop("denoising", None)
+
+
+def _benchmark_results(vs_dncnn, vs_bm3d, rho, stop_ms, full_ms):
+    """The parts of a denoising report's results that the benchmark's targets read: per-seed
+    paired differences (by σ), ρ(σ, exit) per seed, per-seed adaptive and full-depth times."""
+    from stopwise.stats import paired_difference
+
+    sigmas, unseen = [35.0, 65.0], [False, True]
+    comparisons = []
+    for b, per_sigma in (("dncnn", vs_dncnn), ("bm3d", vs_bm3d)):
+        for sigma, diffs in zip(sigmas, per_sigma, strict=True):
+            d = paired_difference(dict(enumerate(diffs)), dict.fromkeys(range(len(diffs)), 0.0))
+            comparisons.append({"a": "stop", "b": b, "sigma": sigma, **d})
+    ratios = [a / f for a, f in zip(stop_ms, full_ms, strict=True)]
+    return {
+        "sigmas": sigmas,
+        "unseen": unseen,
+        "comparisons": comparisons,
+        "spearman_exit_sigma": {str(s): r for s, r in enumerate(rho)},
+        "timing": {
+            "full_ms_per_image": full_ms,
+            "rules": {
+                "stop": {
+                    "ms_per_image": stop_ms,
+                    "time_ratio": sum(ratios) / len(ratios),
+                    "exit_ratio": 1.0,
+                    "mac_ratio": 1.0,
+                }
+            },
+        },
+        "policy_cost": {"policy_fraction_of_step": 0.01},
+        "budget_curve": [],
+    }
+
+
+def test_benchmark_targets_are_judged_by_the_interval_over_seeds(denoising_script):
+    """An interval whose lower end is exactly 0 meets "≥ 0" (the old `lo or -1` made it −1);
+    above BM3D and ρ(σ, exit) > 0 need their intervals, not the mean or every seed's sign; the
+    adaptive time needs the interval of the per-seed time ratios within 1.25 × the exit ratio."""
+    results = _benchmark_results(
+        vs_dncnn=[[0.0, 0.0, 0.0], [0.6, 0.6, 0.6]],
+        vs_bm3d=[[0.1, 0.2, 3.0], [0.1, 0.2, 3.0]],
+        rho=[0.9, 0.1, 0.05],
+        stop_ms=[137.4, 72.4, 67.5],
+        full_ms=[207.9, 70.7, 47.1],  # ratios 0.66, 1.02, 1.43: mean 1.04 ≤ 1.25
+    )
+    t = denoising_script.targets(results, 60.0)
+    assert t["stop_ge_dncnn_every_sigma"]["met_by_interval"] is True
+    assert t["stop_minus_dncnn_unseen_ge_0.5"]["met_by_interval"] is True
+    bm3d = t["stop_above_bm3d_seen_sigma"]
+    assert bm3d["met_by_mean"] is True and bm3d["met_by_interval"] is False
+    spearman = t["spearman_exit_sigma"]
+    assert spearman["met"] is False and spearman["over_seeds"]["lo"] < 0
+    time = t["adaptive_time_within_25_percent"]
+    assert time["time_ratio"] <= 1.25 and time["met"] is False
+    assert time["time_ratio_per_seed"] == pytest.approx([137.4 / 207.9, 72.4 / 70.7, 67.5 / 47.1])
+    assert time["time_ratio_over_seeds"]["hi"] > 1.25
+
+
+def test_benchmark_targets_of_one_seed_are_judged_by_its_value(denoising_script):
+    """One seed has no interval: its value decides (the old `lo or -1` missed every target)."""
+    results = _benchmark_results(
+        vs_dncnn=[[0.2], [0.7]], vs_bm3d=[[0.3], [-1.0]], rho=[0.4], stop_ms=[50.0], full_ms=[60.0]
+    )
+    t = denoising_script.targets(results, 60.0)
+    assert t["stop_ge_dncnn_every_sigma"]["met_by_interval"] is True
+    assert t["stop_minus_dncnn_unseen_ge_0.5"]["met_by_interval"] is True
+    assert t["stop_above_bm3d_seen_sigma"]["met_by_interval"] is True
+    assert t["spearman_exit_sigma"]["met"] is True
+    assert t["adaptive_time_within_25_percent"]["met"] is True
+    undefined = _benchmark_results([[0.2], [0.7]], [[0.3], [-1.0]], [None], [50.0], [60.0])
+    assert denoising_script.targets(undefined, 60.0)["spearman_exit_sigma"]["met"] is False

@@ -779,3 +779,66 @@ def test_the_gain_head_is_fitted_on_the_frozen_learner_and_gets_a_budget_curve(t
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     stages = {json.loads(line)["stage"] for line in lines}
     assert "gain-head" in stages
+
+
+@pytest.fixture
+def few_shot_script(monkeypatch):
+    """benchmarks/few_shot.py as a module (its verdicts, not its runs)."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    yield importlib.import_module("few_shot")
+    sys.modules.pop("few_shot", None)
+
+
+def test_the_sinusoid_target_is_judged_by_the_interval_of_the_per_seed_ratios(few_shot_script):
+    """Every seed's ratio ≤ 0.9 is not enough: the 95% interval over seeds must lie at or below
+    0.9 (the stored few_shot.json ratios, whose interval reaches 0.92); one seed by its ratio."""
+    ratios = {"0": 0.5536583427886345, "1": 0.6521048344898871, "2": 0.7672827202192845}
+    verdict = few_shot_script.mse_ratio_verdict(ratios)
+    assert verdict["mse_ratio_target_met"] is False
+    interval = verdict["mse_ratio_over_seeds"]
+    assert (interval["n"], round(interval["lo"], 2), round(interval["hi"], 2)) == (3, 0.39, 0.92)
+    assert few_shot_script.mse_ratio_verdict({"0": 0.85})["mse_ratio_target_met"] is True
+    assert few_shot_script.mse_ratio_verdict({"0": 0.95})["mse_ratio_target_met"] is False
+
+
+def test_the_glyph_gain_target_is_judged_by_the_interval_over_seeds(few_shot_script):
+    """Seeds each ≥ +1.0 point with their test-task intervals above zero do not meet the target
+    when the paired interval over seeds reaches below +1.0; one seed is judged by its value."""
+    from stopwise.stats import paired_difference
+
+    means = {0: 1.2, 1: 3.0, 2: 1.1}
+    gains = {
+        s: {"mean": m, "lo": m - 0.1, "hi": m + 0.1, "above_zero": True} for s, m in means.items()
+    }
+    over = paired_difference(means, dict.fromkeys(means, 0.0))
+    fewer = dict.fromkeys(means, True)
+    verdict = few_shot_script.gain_verdict(gains, over, fewer)
+    assert over["lo"] < 1.0 and verdict["gain_target_met"] is False
+    assert verdict["gain_judged_on"] == [over["lo"], over["hi"]]
+    high = {0: 3.0, 1: 3.1, 2: 2.9}
+    over = paired_difference(high, dict.fromkeys(high, 0.0))
+    assert few_shot_script.gain_verdict(gains, over, fewer)["gain_target_met"] is True
+    assert not few_shot_script.gain_verdict(gains, over, {**fewer, 2: False})["gain_target_met"]
+    one = {0: gains[0]}
+    assert few_shot_script.gain_verdict(one, None, {0: True})["gain_target_met"] is True
+    below = {0: {**gains[0], "above_zero": False}}
+    assert few_shot_script.gain_verdict(below, None, {0: True})["gain_target_met"] is False
+
+
+def test_the_summary_gives_the_paired_difference_over_seeds_where_there_are_two():
+    """With ≥ 2 seeds the summary prints the interval over seeds, not seed 0's over its tasks."""
+    from stopwise.stats import paired_difference
+    from stopwise.tasks.few_shot.report import summary_difference
+
+    paired = {
+        0: {"mean": 0.5, "lo": 0.4, "hi": 0.6, "n": 600},
+        1: {"mean": -0.5, "lo": -0.6, "hi": -0.4, "n": 600},
+    }
+    over = paired_difference({0: 0.5, 1: -0.5}, {0: 0.0, 1: 0.0})
+    text = summary_difference(paired, over, ".2f")
+    assert text.startswith("paired difference over 2 seeds +0.00 [")
+    assert "seed 0" not in text and "+0.50" not in text
+    one = summary_difference({0: paired[0]}, None, ".2f")
+    assert one == "paired difference (seed 0, over its 600 test tasks) +0.50 [+0.40, +0.60]"

@@ -111,13 +111,12 @@ def report(results: list[JobResult], config: FewShotConfig) -> Report:
     curve_table, verdicts = _curve_table(stop_jobs, seeds, name, fmt)
     table += "\n\n" + curve_table
 
-    first = paired[seeds[0]]
     data = _data(config)
     summary = (
         f"few-shot ({config.family}): MAML-stop {format_mean_sd([compare[s]['stop_value'] for s in seeds], fmt)} "
         f"at {statistics.fmean(compare[s]['stop_mean_steps'] for s in seeds):.2f} mean steps vs best "
         f"fixed-T MAML {format_mean_sd([compare[s]['best_maml']['test_value'] for s in seeds], fmt)}; "
-        f"paired difference (seed {seeds[0]}) {format_interval(first, '+' + fmt)}"
+        f"{summary_difference(paired, over_seeds, fmt)}"
     )
     return Report(
         results={
@@ -139,6 +138,21 @@ def report(results: list[JobResult], config: FewShotConfig) -> Report:
             "budget_curve": _budget_figure(by_job, maml_job, seeds, name, data),
         },
         summary=summary,
+    )
+
+
+def summary_difference(
+    paired: dict[int, dict[str, Any]], over_seeds: dict[str, Any] | None, fmt: str
+) -> str:
+    """The summary's MAML-stop − best fixed-T MAML: the paired interval over seeds where there
+    are two or more, else the one seed's paired interval over its test tasks."""
+    if over_seeds is not None:
+        over = format_interval(over_seeds, "+" + fmt)
+        return f"paired difference over {over_seeds['n']} seeds {over}"
+    ((seed, first),) = paired.items()
+    return (
+        f"paired difference (seed {seed}, over its {first['n']} test tasks) "
+        f"{format_interval(first, '+' + fmt)}"
     )
 
 
