@@ -68,9 +68,9 @@ def reaches_verdict(
     seeds = [s for s in reference if s in stops]
     excess = {s: (stops[s]["nll"] - reference[s]["nll"]) / abs(reference[s]["nll"]) for s in seeds}
     savings = {s: 1.0 - stops[s]["steps"] / horizon for s in seeds}
-    out: dict = {"seeds_without_a_stop": missing, "met": False}
+    out: dict = {"seeds_without_a_stop": missing}
     if not seeds:
-        return out
+        return {**out, "met": False}
     out["nll_excess"] = {**_interval(list(excess.values())), "per_seed": excess}
     out["step_saving"] = {**_interval(list(savings.values())), "per_seed": savings}
     out["met"] = (
