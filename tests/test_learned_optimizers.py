@@ -825,9 +825,10 @@ def test_a_stop_rule_beats_the_hand_designed_rules_only_when_the_interval_says_s
 
 
 def test_the_lstm_beats_the_tuned_optimizers_over_seeds_by_the_interval_or_one_seeds_value():
-    """"Beats every tuned optimizer over seeds" is the paired interval of LSTM − optimizer below
-    zero; with one seed there is no interval and the seed's own difference decides (it used to
-    read ``below_zero``, False whenever the interval is undefined, so one seed never beat)."""
+    """The verdict "beats every tuned optimizer over seeds" is the paired interval of
+    LSTM − optimizer below zero; with one seed there is no interval and the seed's own difference
+    decides (it used to read ``below_zero``, False whenever the interval is undefined, so one seed
+    never beat)."""
     from types import SimpleNamespace
 
     from stopwise.tasks.learned_optimizers.report import _optimizer_section
