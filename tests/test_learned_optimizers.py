@@ -822,3 +822,37 @@ def test_a_stop_rule_beats_the_hand_designed_rules_only_when_the_interval_says_s
     assert not row["act_beats_rules"] and row["l2s_beats_rules"]
     one, _ = _tradeoff_section(records, [2], config, "f")  # one seed: its own difference
     assert one["rows"][0]["act_beats_rules"]
+
+
+def test_the_lstm_beats_the_tuned_optimizers_over_seeds_by_the_interval_or_one_seeds_value():
+    """The verdict "beats every tuned optimizer over seeds" is the paired interval of
+    LSTM − optimizer below zero; with one seed there is no interval and the seed's own difference
+    decides (it used to read ``below_zero``, False whenever the interval is undefined, so one seed
+    never beat)."""
+    from types import SimpleNamespace
+
+    from stopwise.tasks.learned_optimizers.report import _optimizer_section
+
+    def summary(mean):
+        return {"mean": mean, "sd": 1.0, "n": 100}
+
+    lstm = {0: -5.0, 1: -6.0, 2: -1.0}  # below RMSprop on every seed; interval across zero
+    rmsprop = {0: -4.0, 1: -5.0, 2: -0.9}
+    records = {}
+    for s in lstm:
+        records[("lstm-f", s)] = {"test": {"20": summary(lstm[s])}}
+        records[("hand-f", s)] = {"test": {"rmsprop": {"20": summary(rmsprop[s])}}}
+    config = SimpleNamespace(
+        report_steps=[20], horizon=20, beyond=[], optimizers=["rmsprop"], test_functions=100
+    )
+    one, _, _ = _optimizer_section(records, [0], config, "f")
+    assert one["comparisons"]["20"]["rmsprop"]["lo"] is None
+    assert one["beats_every_optimizer"]["20"]["over_seeds"]  # −1 on its one seed
+    three, _, _ = _optimizer_section(records, [0, 1, 2], config, "f")
+    assert three["comparisons"]["20"]["rmsprop"]["hi"] > 0
+    assert not three["beats_every_optimizer"]["20"]["over_seeds"]
+    tight = {0: -5.0, 1: -6.0, 2: -1.8}  # −1, −1, −0.9: interval below zero
+    for s in tight:
+        records[("lstm-f", s)] = {"test": {"20": summary(tight[s])}}
+    separated, _, _ = _optimizer_section(records, [0, 1, 2], config, "f")
+    assert separated["beats_every_optimizer"]["20"]["over_seeds"]
