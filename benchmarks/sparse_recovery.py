@@ -342,7 +342,7 @@ def main() -> None:
     print(json.dumps({k: report["quality"][k] for k in ("best_stop_model", "margin_db", "met")}))
     report["adaptive"] = results["domination"]
     report["adaptive_vs_deep_supervision"] = against_deep_supervision(run_dir, results)
-    print(json.dumps({n: {k: d[k] for k in ("dominates", "worst_margin", "full_depth_reached_mean")}
+    print(json.dumps({n: {k: d[k] for k in ("dominates", "worst_margin", "full_depth_met")}
                       for n, d in results["domination"].items()}))  # fmt: skip
     bound = next(r for r in results["rows"] if r["key"] == "support_oracle")
     report["bounds"] = {
