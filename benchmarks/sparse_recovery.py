@@ -121,7 +121,7 @@ def pipeline_time(run_dir: Path, results: dict, name: str) -> dict:
         "per_seed": per_seed,
         "cpu_minutes_mean": statistics.fmean(cpu),
         "target_cpu_minutes": 60,
-        "met": max(cpu) <= 60,
+        "met": max(cpu) <= 60,  # a budget for every seed's pipeline, not a mean over seeds
     }
 
 
