@@ -346,3 +346,31 @@ def test_calibrate_by_metric_prefers_the_better_then_the_cheaper_rule_by_hand():
     assert [c["value"] for c in lower.candidates] == pytest.approx([1.5, 1.5, 2.25, 3.0])
     assert (lower.budget, lower.value, lower.mean_cost) == (1.0, 1.5, 1.0)
     assert stop_indices(hazards, lower.rule).tolist() == [0, 0, 0, 0]
+
+
+def test_a_larger_budget_keeps_a_cheaper_rule_that_is_better_on_validation():
+    """Each row is best at its own step d (1..3) and worse after it: the policy that stops at d
+    costs 2 steps on average and scores 1. At a budget of 6 steps the search's own candidates
+    (thresholds spending up to 6, fixed depths) are worse (at best depth 3: 1/3 + 2/3 · 0.8),
+    so the budget takes the 2-step budget's rule; no budget is worse on validation than a
+    smaller one. Quality is recomputed from the recorded rule by hand."""
+    rows, steps = 300, 6
+    done = torch.arange(rows) % 3  # 0-based step each row is done at
+    hazards = torch.full((rows, steps), -5.0, dtype=torch.float64)
+    hazards[torch.arange(rows), done] = 5.0
+    t = torch.arange(steps).expand(rows, steps)
+    quality = torch.where(t == done[:, None], 1.0, torch.where(t > done[:, None], 0.8, 0.0))
+
+    def metric(index):
+        return float(quality.gather(1, index.view(-1, 1)).double().mean())
+
+    budgets = [1.0, 2.0, 3.0, 6.0]
+    points = budget_sweep(hazards, hazards, budgets, lambda i: {"q": metric(i)},
+                          val_metric=metric)  # fmt: skip
+    by_hand = [metric(stop_indices(hazards, point_rule(p))) for p in points]
+    assert [p["q"] for p in points] == pytest.approx(by_hand)
+    assert by_hand == sorted(by_hand)  # never worse as the budget grows
+    top = points[-1]
+    assert top["q"] == pytest.approx(1.0) and top["mean_cost"] == pytest.approx(2.0)
+    assert top["rule_of_budget"] in (2.0, 3.0)
+    assert max(float(quality[:, d].double().mean()) for d in range(steps)) < 0.9

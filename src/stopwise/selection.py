@@ -379,7 +379,10 @@ def budget_sweep(
     ``decision_costs`` saved before the floor, :func:`floored_costs`). Each point: ``budget``,
     the rule (:func:`rule_record`: ``score_threshold`` and, for a mix, ``mix``; read back with
     :func:`point_rule`), ``val_mean_cost``, ``mean_cost``, ``mean_steps``, (with
-    ``val_metric``) ``floor_steps`` — the steps every row runs — and the metric's values.
+    ``val_metric``) ``floor_steps`` — the steps every row runs — and the metric's values. With
+    ``val_metric`` a budget takes a cheaper budget's rule where that rule is better on
+    validation (``rule_of_budget`` names that budget), so the curve never gets worse on
+    validation as the budget grows.
     """
     if kind not in THRESHOLD_KINDS:
         raise ValueError(f"unknown threshold kind {kind!r}; choose one of {list(THRESHOLD_KINDS)}")
@@ -391,25 +394,42 @@ def budget_sweep(
         search = _FlooredSearch(
             val_hazards, val_metric, costs, valid, lower_is_better, kind, decision_costs
         )
-    points = []
+    fitted = []  # per budget: the rule, its floor step, its costs, its validation cost and value
     for budget in budgets:
-        floor, spent = {}, costs
+        step, spent = None, costs
         if search is None:
             rule = fit_threshold(val_hazards, budget, costs, kind, valid)
         else:
             rule, step = search.fit(budget, mixes)
-            floor = {"floor_steps": step + 1}
             spent = floored_costs(costs, decision_costs, valid_cpu, step)
         val_index = stop_indices(val_hazards, rule, valid).cpu()
+        value = None if val_metric is None else float(val_metric(val_index))
+        fitted.append((rule, step, spent, float(spent[val_index].mean()), value))
+    points = []
+    for budget, own in zip(budgets, fitted, strict=True):
+        rule, step, spent, val_cost, _ = own
+        origin = {}
+        if val_metric is not None:
+            # A larger budget keeps a cheaper budget's rule where that one is better on
+            # validation: the search only tries thresholds that spend up to the budget, and past
+            # some depth more steps can be worse (the curve stays monotone on validation).
+            sign = 1.0 if lower_is_better else -1.0
+            room = budget + 1e-12 * max(1.0, abs(budget))
+            within = [i for i, f in enumerate(fitted) if f[3] <= room]
+            best = min(within, key=lambda i: (sign * fitted[i][4], fitted[i][3]), default=None)
+            if best is not None and sign * fitted[best][4] < sign * own[4]:
+                rule, step, spent, val_cost, _ = fitted[best]
+                origin = {"rule_of_budget": float(budgets[best])}
         index = stop_indices(test_hazards, rule, valid)
         points.append(
             {
                 "budget": float(budget),
                 **rule_record(rule),
-                "val_mean_cost": float(spent[val_index].mean()),
+                **origin,
+                "val_mean_cost": val_cost,
                 "mean_cost": float(spent[index.cpu()].mean()),
                 "mean_steps": float((index + 1).double().mean()),
-                **floor,
+                **({} if step is None else {"floor_steps": step + 1}),
                 **test_metric(index),
             }
         )
