@@ -355,6 +355,16 @@ def point_rule(point: dict[str, Any], kind: str = "hazard") -> Rule:
     return MixedRule(first, second, mix["share"])
 
 
+class _Fitted(NamedTuple):
+    """One budget's rule as :func:`budget_sweep` fitted it, with what it costs on validation."""
+
+    rule: Rule
+    step: int | None  # the floor step (None without a validation metric)
+    spent: torch.Tensor  # (T,) cost of stopping after each step under this floor
+    val_cost: float
+    val_value: float | None
+
+
 def budget_sweep(
     val_hazards: torch.Tensor,
     test_hazards: torch.Tensor,
@@ -394,7 +404,7 @@ def budget_sweep(
         search = _FlooredSearch(
             val_hazards, val_metric, costs, valid, lower_is_better, kind, decision_costs
         )
-    fitted = []  # per budget: the rule, its floor step, its costs, its validation cost and value
+    fitted = []
     for budget in budgets:
         step, spent = None, costs
         if search is None:
@@ -404,29 +414,30 @@ def budget_sweep(
             spent = floored_costs(costs, decision_costs, valid_cpu, step)
         val_index = stop_indices(val_hazards, rule, valid).cpu()
         value = None if val_metric is None else float(val_metric(val_index))
-        fitted.append((rule, step, spent, float(spent[val_index].mean()), value))
+        fitted.append(_Fitted(rule, step, spent, float(spent[val_index].mean()), value))
     points = []
     for budget, own in zip(budgets, fitted, strict=True):
-        rule, step, spent, val_cost, _ = own
-        origin = {}
+        chosen, origin = own, {}
         if val_metric is not None:
             # A larger budget keeps a cheaper budget's rule where that one is better on
             # validation: the search only tries thresholds that spend up to the budget, and past
             # some depth more steps can be worse (the curve stays monotone on validation).
             sign = 1.0 if lower_is_better else -1.0
             room = budget + 1e-12 * max(1.0, abs(budget))
-            within = [i for i, f in enumerate(fitted) if f[3] <= room]
-            best = min(within, key=lambda i: (sign * fitted[i][4], fitted[i][3]), default=None)
-            if best is not None and sign * fitted[best][4] < sign * own[4]:
-                rule, step, spent, val_cost, _ = fitted[best]
-                origin = {"rule_of_budget": float(budgets[best])}
+            within = [i for i, f in enumerate(fitted) if f.val_cost <= room]
+            best = min(
+                within, key=lambda i: (sign * fitted[i].val_value, fitted[i].val_cost), default=None
+            )
+            if best is not None and sign * fitted[best].val_value < sign * own.val_value:
+                chosen, origin = fitted[best], {"rule_of_budget": float(budgets[best])}
+        rule, step, spent = chosen.rule, chosen.step, chosen.spent
         index = stop_indices(test_hazards, rule, valid)
         points.append(
             {
                 "budget": float(budget),
                 **rule_record(rule),
                 **origin,
-                "val_mean_cost": val_cost,
+                "val_mean_cost": chosen.val_cost,
                 "mean_cost": float(spent[index.cpu()].mean()),
                 "mean_steps": float((index + 1).double().mean()),
                 **({} if step is None else {"floor_steps": step + 1}),
