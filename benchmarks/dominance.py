@@ -8,7 +8,7 @@ Every run's report says it already (results.json's ``dominance``, from
 verdicts with the run's experiment, preset, seeds and overrides, and writes
 ``benchmarks/results/dominance.json`` and a markdown table. Sparse recovery reports its own
 comparator (:func:`stopwise.curves.best_fixed_mix` in linear NMSE, then in dB) and verdict
-(the same two conditions, and a reach target).
+(the same two conditions, and the full-depth target on its threshold row).
 """
 
 from __future__ import annotations
