@@ -2,12 +2,14 @@
 hand computations and plain loops (the task's use of :mod:`stopwise.selection`)."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from stopwise.inference import ScoreThreshold, stop_indices
 from stopwise.selection import budget_grid, calibrate_by_metric, prune_exits
+from stopwise.stats import ratio_db_upper_bound
 from stopwise.tasks.sparse_recovery.data import fixed_split, sensing_matrix
 from stopwise.tasks.sparse_recovery.methods import tune, validation_nmse
 from stopwise.tasks.sparse_recovery.metrics import errors_at, nmse_db, oracle_stop
@@ -58,6 +60,42 @@ def test_calibration_picks_the_budget_of_least_validation_nmse():
     assert torch.equal(index, stop_indices(hazards, result.rule, valid))
     assert nmse_db(errors_at(errors, index), energies) == pytest.approx(result.value)
     assert float((index + 1).double().mean()) == pytest.approx(result.mean_cost)
+
+
+def test_the_threshold_row_is_the_cheapest_budget_within_tolerance_with_confidence():
+    """Errors fall with depth and a hazard that knows it: at confidence 0.5 the row is the
+    cheapest candidate whose validation NMSE is within the tolerance (read off the candidates);
+    at 0.95 the cheapest whose bound over the rows is, which costs at least as much."""
+    from stopwise.tasks.sparse_recovery.experiment import threshold_row_rule
+
+    generator = torch.Generator().manual_seed(1)
+    N, T = 2000, 10
+    scale = torch.rand(N, 1, generator=generator) * 4
+    errors = torch.exp(-scale * torch.arange(T)) + 0.05 * torch.rand(N, T, generator=generator)
+    hazards = scale * torch.arange(T) + torch.randn(N, T, generator=generator)
+    valid, energies = torch.ones(T, dtype=torch.bool), torch.ones(N)
+
+    def val_nmse(index):
+        return nmse_db(errors_at(errors, index), energies)
+
+    calibration = calibrate_by_metric(hazards, val_nmse, budget_grid(valid, 30), ("hazard",), valid)
+    full = val_nmse(torch.full((N,), T - 1))
+    fitted = SimpleNamespace(valid=valid)
+
+    def row(confidence):
+        config = SimpleNamespace(threshold_row="match-full", match_tolerance=0.2,
+                                 match_confidence=confidence)  # fmt: skip
+        index = stop_indices(hazards, threshold_row_rule(calibration, hazards, errors, fitted,
+                                                         config), valid)  # fmt: skip
+        return index, float((index + 1).double().mean())
+
+    point, point_cost = row(0.5)
+    within = [c for c in calibration.candidates if c["value"] <= full + 0.2]
+    assert point_cost == pytest.approx(min(c["cost"] for c in within))
+    sure, sure_cost = row(0.95)
+    assert sure_cost > point_cost
+    assert ratio_db_upper_bound(errors_at(errors, sure), errors[:, -1], 0.95)[1] <= 0.2
+    assert ratio_db_upper_bound(errors_at(errors, point), errors[:, -1], 0.95)[1] > 0.2
 
 
 def test_oracle_stop_is_the_best_valid_exit():

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
@@ -13,6 +14,7 @@ from stopwise.stats import (
     mean_present,
     mean_sd,
     paired_difference,
+    ratio_db_upper_bound,
     spearman,
     t_quantile,
 )
@@ -109,3 +111,20 @@ def test_interval_or_mean_gives_the_interval_or_the_one_value():
     assert lo == pytest.approx(2 - 12.7062, abs=1e-3) and hi == pytest.approx(2 + 12.7062, abs=1e-3)
     assert interval_or_mean(mean_interval([0.7])) == (0.7, 0.7)
     assert interval_or_mean(paired_difference({0: 1.0}, {0: 3.0})) == (-2.0, -2.0)
+
+
+def test_ratio_db_upper_bound_matches_a_bootstrap_of_the_rows():
+    """The delta-method bound against the 95th percentile of 4,000 bootstrap resamples of the
+    rows (paired: a row's two values are resampled together), on skewed, correlated errors."""
+    rng = np.random.default_rng(0)
+    b = rng.gamma(0.8, 1.0, 3000)
+    a = b * rng.lognormal(0.05, 0.3, 3000) + rng.gamma(0.5, 0.05, 3000)
+    gap, upper = ratio_db_upper_bound(a, b, 0.95)
+    assert gap == pytest.approx(10 * math.log10(a.sum() / b.sum()), abs=1e-12)
+    rows = rng.integers(0, 3000, (4000, 3000))
+    boot = 10 * np.log10(a[rows].sum(1) / b[rows].sum(1))
+    assert upper - gap == pytest.approx(np.quantile(boot, 0.95) - gap, rel=0.1)
+    assert ratio_db_upper_bound(a, b, 0.5) == (gap, gap)
+    assert ratio_db_upper_bound(a, b, 0.99)[1] > upper > gap
+    with pytest.raises(ValueError):
+        ratio_db_upper_bound(a, b, 0.4)

@@ -23,6 +23,7 @@ __all__ = [
     "format_mean_sd",
     "format_interval",
     "interval_or_mean",
+    "ratio_db_upper_bound",
     "average_ranks",
     "spearman",
 ]
@@ -168,6 +169,23 @@ def interval_or_mean(d: Mapping[str, Any]) -> tuple[float, float]:
     if d["lo"] is None:
         return d["mean"], d["mean"]
     return d["lo"], d["hi"]
+
+
+def ratio_db_upper_bound(a, b, confidence: float = 0.95) -> tuple[float, float]:
+    """``(gap, upper)`` in dB of the ratio of two paired sums, gap = 10 log10(Σa / Σb), and the
+    one-sided ``confidence`` upper bound gap + z · se over the rows (delta method: the log of a
+    ratio of two means has variance Var(a_i / ā − b_i / b̄) / n to first order). ``a``, ``b``:
+    ``(n,)`` per-row values of the same rows (e.g. squared errors of one model at two depths).
+    ``confidence`` 0.5 gives the gap itself."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
+        raise ValueError("ratio_db_upper_bound needs two paired 1-D arrays of ≥ 2 rows")
+    if not 0.5 <= confidence < 1.0:
+        raise ValueError(f"confidence must lie in [0.5, 1); got {confidence}")
+    gap = 10.0 * math.log10(a.mean() / b.mean())
+    se = np.std(a / a.mean() - b / b.mean(), ddof=1) / math.sqrt(len(a))
+    z = statistics.NormalDist().inv_cdf(confidence)
+    return gap, gap + z * 10.0 / math.log(10.0) * float(se)
 
 
 def average_ranks(values) -> np.ndarray:

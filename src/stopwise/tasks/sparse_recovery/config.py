@@ -138,6 +138,13 @@ class SparseRecoveryConfig(Config):
         "on validation, or the least validation NMSE",
     )
     match_tolerance: float = param(0.1, ge=0, help="dB from full depth that counts as reached")
+    match_confidence: float = param(
+        0.95,
+        ge=0.5,
+        lt=1,
+        help="one-sided confidence, over the validation rows, that the threshold row is within "
+        "match_tolerance of full depth (0.5: the validation point estimate)",
+    )
     budget_points: int = param(39, ge=2, help="mean-step budgets tried in calibration and curves")
     timing_repeats: int = param(3, ge=0, help="repeats of the adaptive vs full-depth timing")
     eval_chunk: int = param(1000, ge=1, help="rows per evaluation chunk")

@@ -38,6 +38,7 @@ from ...inference import (
 )
 from ...perf import reuse_freed_memory
 from ...selection import budget_grid, budget_sweep, calibrate_by_metric, fixed_depth_curve
+from ...stats import ratio_db_upper_bound
 from .config import SparseRecoveryConfig
 from .data import SparseBatch, SparseProblem, make_problem
 from .methods import CLASSICAL, PAPER_SETTINGS, fit_layers, fit_stop_policy, tune
@@ -70,7 +71,7 @@ def jobs(config: SparseRecoveryConfig) -> list[Job]:
     trained = (*data, "lr_final")
     stage1 = (*trained, "beta", "stage1_uniform")
     stop = (*trained, "beta", "prune_mass", "stage2", "threshold_rule", "threshold_row")
-    stop += ("match_tolerance", "budget_points", "inference_mode")
+    stop += ("match_tolerance", "match_confidence", "budget_points", "inference_mode")
     cpss1 = [f"cpss.{k}" for k in ("stage1_steps", "batch", "lr", "weight_decay")]
     lista_start = ("lista",) if config.stage1.init == "lista" else ()
     return [
@@ -221,7 +222,7 @@ def stop_model(name: str, context: JobContext, problem: SparseProblem):
     chosen_val = fitted.chosen_scores
     calibration = calibrate_by_metric(chosen_val, val_nmse, budgets, (fitted.kind,), fitted.valid)
     full_val = val_nmse(torch.full((val_errors.shape[0],), model.max_steps - 1))
-    row_rule = threshold_row_rule(calibration, chosen_val, fitted, full_val, config)
+    row_rule = threshold_row_rule(calibration, chosen_val, val_errors, fitted, config)
     sampled = SampleRule(context.stream_seed("sampled-stops"))
     rules = {  # row -> (policy, rule, valid exits)
         "sampled": (fitted.published, sampled, fitted.published_valid),
@@ -318,15 +319,23 @@ def stop_costs(model, policy) -> torch.Tensor:
     return model.step_costs() + torch.cumsum(model.feature_costs() + policy.macs(), 0)
 
 
-def threshold_row_rule(calibration, val_scores, fitted, full_val: float, config):
+def threshold_row_rule(calibration, val_scores, val_errors, fitted, config):
     """The threshold row's rule, chosen on validation: ``threshold_row="match-full"`` takes the
     cheapest calibrated budget whose validation NMSE is within ``match_tolerance`` dB of full
-    depth (the least NMSE if none is), ``"best"`` the least validation NMSE."""
-    within = [c for c in calibration.candidates if c["value"] <= full_val + config.match_tolerance]
-    if config.threshold_row == "best" or not within:
+    depth with one-sided confidence ``match_confidence`` over the validation rows
+    (:func:`stopwise.stats.ratio_db_upper_bound`; 0.5: the point estimate), or the least NMSE
+    if none is; ``"best"`` the least validation NMSE. ``val_errors (N, T)``."""
+    if config.threshold_row == "best":
         return calibration.rule
-    cheapest = min(within, key=lambda c: (c["cost"], c["value"]))
-    return fit_threshold(val_scores, cheapest["budget"], None, cheapest["kind"], fitted.valid)
+    full = val_errors[:, -1].double().cpu()
+    for c in sorted(calibration.candidates, key=lambda c: (c["cost"], c["value"])):
+        rule = fit_threshold(val_scores, c["budget"], None, c["kind"], fitted.valid)
+        index = stop_indices(val_scores, rule, fitted.valid)
+        at_stop = errors_at(val_errors, index).double().cpu()
+        _, upper = ratio_db_upper_bound(at_stop, full, config.match_confidence)
+        if upper <= config.match_tolerance:
+            return rule
+    return calibration.rule
 
 
 def steps_per_snr(index: torch.Tensor, split: SparseBatch, snrs) -> dict[str, Any]:

@@ -382,7 +382,8 @@ def _table(results: dict[str, Any], config: SparseRecoveryConfig) -> str:
         "λ_t (the paper's inference). *threshold*: the stage-II policy chosen on validation (its "
         "objective and threshold kind in the row) with the threshold of "
         + (
-            f"the cheapest budget within {config.match_tolerance:g} dB of full depth on validation"
+            f"the cheapest budget within {config.match_tolerance:g} dB of full depth on validation "
+            f"(one-sided confidence {config.match_confidence:g} over its rows)"
             if config.threshold_row == "match-full"
             else "the budget of least validation NMSE"
         )
