@@ -128,3 +128,5 @@ def test_ratio_db_upper_bound_matches_a_bootstrap_of_the_rows():
     assert ratio_db_upper_bound(a, b, 0.99)[1] > upper > gap
     with pytest.raises(ValueError):
         ratio_db_upper_bound(a, b, 0.4)
+    with pytest.raises(ValueError):
+        ratio_db_upper_bound(np.zeros(3), b[:3])

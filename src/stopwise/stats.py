@@ -182,6 +182,8 @@ def ratio_db_upper_bound(a, b, confidence: float = 0.95) -> tuple[float, float]:
         raise ValueError("ratio_db_upper_bound needs two paired 1-D arrays of ≥ 2 rows")
     if not 0.5 <= confidence < 1.0:
         raise ValueError(f"confidence must lie in [0.5, 1); got {confidence}")
+    if not (a.mean() > 0 and b.mean() > 0):
+        raise ValueError("ratio_db_upper_bound needs positive means (a ratio in dB)")
     gap = 10.0 * math.log10(a.mean() / b.mean())
     se = np.std(a / a.mean() - b / b.mean(), ddof=1) / math.sqrt(len(a))
     z = statistics.NormalDist().inv_cdf(confidence)
