@@ -126,6 +126,15 @@ def test_load_stop_model_reproduces_the_threshold_row(tiny_run):
     columns = nmse_columns(result.predictions, test.x, test.snr, [20.0, 30.0, 40.0])
     assert columns["mixed"] == pytest.approx(rows["cpss_stop-threshold"]["mixed"], abs=1e-5)
     assert float(result.steps_used.double().mean()) == rows["cpss_stop-threshold"]["mean_steps"]
+    # the row's recorded validation gap: its NMSE on validation, rerun here, minus full depth's
+    record = json.loads((tiny_run / "jobs" / "cpss-stop-s0.json").read_text())["record"]
+    row = record["calibration"]["row"]
+    with torch.no_grad():
+        val = run_adaptive(model, policy, problem.val.y, rule, "dense", valid)
+    val_nmse = nmse_columns(val.predictions, problem.val.x, problem.val.snr, [20.0, 30.0, 40.0])
+    gap = val_nmse["mixed"] - record["validation_full_depth"]
+    assert row["validation_gap_db"] == pytest.approx(gap, abs=1e-4)
+    assert row["validation_gap_upper_db"] >= row["validation_gap_db"]
 
 
 def settings(overrides):

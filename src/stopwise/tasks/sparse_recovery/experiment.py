@@ -259,7 +259,13 @@ def stop_model(name: str, context: JobContext, problem: SparseProblem):
         macs = float(costs[rule][index.cpu()].mean())
         return {**columns_at(test_errors, test, snrs, index), "mean_macs": macs}
 
-    row = {"target": config.threshold_row, "score_threshold": row_rule.score_threshold.tolist()}
+    gap, upper = validation_gap(chosen_val, row_rule, val_errors, fitted.valid, config)
+    row = {
+        "target": config.threshold_row,
+        "score_threshold": row_rule.score_threshold.tolist(),
+        "validation_gap_db": gap,
+        "validation_gap_upper_db": upper,
+    }
     published_budgets = budget_grid(fitted.published_valid, config.budget_points)
     record = {
         "rows": rows,
@@ -327,15 +333,20 @@ def threshold_row_rule(calibration, val_scores, val_errors, fitted, config):
     if none is; ``"best"`` the least validation NMSE. ``val_errors (N, T)``."""
     if config.threshold_row == "best":
         return calibration.rule
-    full = val_errors[:, -1].double().cpu()
     for c in sorted(calibration.candidates, key=lambda c: (c["cost"], c["value"])):
         rule = fit_threshold(val_scores, c["budget"], None, c["kind"], fitted.valid)
-        index = stop_indices(val_scores, rule, fitted.valid)
-        at_stop = errors_at(val_errors, index).double().cpu()
-        _, upper = ratio_db_upper_bound(at_stop, full, config.match_confidence)
+        _, upper = validation_gap(val_scores, rule, val_errors, fitted.valid, config)
         if upper <= config.match_tolerance:
             return rule
     return calibration.rule
+
+
+def validation_gap(val_scores, rule, val_errors, valid, config) -> tuple[float, float]:
+    """``(gap, upper)``: the rule's validation NMSE minus full depth's, in dB, and its one-sided
+    ``match_confidence`` bound over the validation rows."""
+    at_stop = errors_at(val_errors, stop_indices(val_scores, rule, valid)).double().cpu()
+    full = val_errors[:, -1].double().cpu()
+    return ratio_db_upper_bound(at_stop, full, config.match_confidence)
 
 
 def steps_per_snr(index: torch.Tensor, split: SparseBatch, snrs) -> dict[str, Any]:
