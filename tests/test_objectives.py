@@ -304,3 +304,21 @@ def test_gain_loss_with_one_valid_step_is_a_zero_with_a_gradient():
     loss = gain_loss(scores, losses, torch.arange(1.0, 4.0), only_last, 1e-6)
     loss.backward()
     assert loss.item() == 0.0 and torch.equal(scores.grad, torch.zeros(4, 3))
+
+
+def test_gain_loss_steps_do_not_depend_on_the_first_rows_values():
+    """Which steps are regressed depends on the valid mask alone (every valid step but the
+    last), not on whether row 0's rates are finite: an infinite loss in row 0 or in row 1 gives
+    the same (infinite) loss, and reordering the rows changes nothing."""
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(2, 5, generator=g, dtype=torch.float64)
+    losses = torch.rand(2, 5, generator=g, dtype=torch.float64) + 0.1
+    costs = torch.tensor([1.0, 2.0, 4.0, 5.0, 7.0], dtype=torch.float64)
+    valid = torch.tensor([True, True, False, True, True])
+    finite = gain_loss(scores, losses, costs, valid, 1e-6)
+    swapped = gain_loss(scores.flip(0), losses.flip(0), costs, valid, 1e-6)
+    assert finite.item() == pytest.approx(swapped.item(), rel=1e-12)
+    for row in (0, 1):
+        broken = losses.clone()
+        broken[row, 0] = math.inf
+        assert gain_loss(scores, broken, costs, valid, 1e-6).item() == math.inf

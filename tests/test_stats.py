@@ -93,6 +93,7 @@ def test_spearman_matches_scipy_with_ties():
     b[:50] = a[:50]  # some dependence
     assert spearman(a, b) == pytest.approx(scipy_stats.spearmanr(a, b).statistic, abs=1e-12)
     assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+    assert math.isnan(spearman([1, math.nan, 3, 4], [1, 2, 3, 4]))  # scipy: nan too
 
 
 def test_values_that_are_not_finite_give_an_infinite_mean_and_no_interval():
@@ -130,3 +131,5 @@ def test_ratio_db_upper_bound_matches_a_bootstrap_of_the_rows():
         ratio_db_upper_bound(a, b, 0.4)
     with pytest.raises(ValueError):
         ratio_db_upper_bound(np.zeros(3), b[:3])
+    with pytest.raises(ValueError, match="finite"):
+        ratio_db_upper_bound([1.0, math.inf], [1.0, 2.0])

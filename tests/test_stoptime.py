@@ -157,6 +157,28 @@ def test_oracle_is_softmax_and_hard_is_argmin():
         oracle(losses, 0.0)
 
 
+def test_oracle_at_extreme_temperatures_is_the_hard_oracle_or_uniform():
+    """−ℓ/β overflows for a tiny β: the oracle must still be the one-hot argmin (ties shared),
+    not NaN; a huge β gives the uniform distribution over the valid steps."""
+    losses = torch.tensor([[1.0, 2.0, 3.0], [2.0, 0.5, 0.5]])
+    assert oracle(losses, 1e-39).tolist() == [[1, 0, 0], [0, 0.5, 0.5]]
+    masked = oracle(losses.double(), 1e-320, mask=torch.tensor([0, 1, 1]))
+    assert masked.tolist() == [[0, 1, 0], [0, 0.5, 0.5]]
+    assert oracle(losses, 1e30).flatten().tolist() == pytest.approx([1 / 3] * 6)
+
+
+def test_entropy_of_a_hazard_of_exactly_zero_or_one():
+    """Logits ±inf give valid steps with q(t) = 0; their 0 log 0 is 0 (entropy by hand:
+    q = [0, 1/2, 1/2] → log 2; q = [1, 0, 0] → 0; q = [1/2, 0, 1/2] → log 2)."""
+    inf = math.inf
+    logits = torch.tensor(
+        [[-inf, 0.0, 0.0], [inf, 0.0, 0.0], [0.0, -inf, 0.0]], dtype=torch.float64
+    )
+    stop = StopTime(logits)
+    assert stop.probs.tolist() == [[0, 0.5, 0.5], [1, 0, 0], [0.5, 0, 0.5]]
+    assert stop.entropy().tolist() == pytest.approx([math.log(2), 0.0, math.log(2)])
+
+
 @settings(max_examples=60, deadline=None)
 @given(T=st.integers(1, 8), seed=st.integers(0, 2**16))
 def test_property_kl_nonnegative_and_zero_only_at_equality(T, seed):

@@ -245,7 +245,8 @@ def gain_loss(
     one). ``scores, losses (B, T)``. A score that equals −log g_t makes the rule "stop at the
     first step whose score ≥ −log λ" the hard cost-aware oracle for every λ ≥ ``floor``."""
     rates = gain_rates(losses, costs, valid)
-    decided = valid.to(losses.device) & torch.isfinite(rates[0])
+    valid = valid.to(losses.device)
+    decided = valid & (valid.flip(0).cumsum(0).flip(0) > 1)  # a valid step follows
     if not bool(decided.any()):  # one valid step: nothing to decide, nothing to regress
         return scores.sum() * 0.0
     target = -torch.log(rates[:, decided].clamp_min(floor))

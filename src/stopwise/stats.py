@@ -182,6 +182,8 @@ def ratio_db_upper_bound(a, b, confidence: float = 0.95) -> tuple[float, float]:
         raise ValueError("ratio_db_upper_bound needs two paired 1-D arrays of ≥ 2 rows")
     if not 0.5 <= confidence < 1.0:
         raise ValueError(f"confidence must lie in [0.5, 1); got {confidence}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("ratio_db_upper_bound needs finite values")
     if not (a.mean() > 0 and b.mean() > 0):
         raise ValueError("ratio_db_upper_bound needs positive means (a ratio in dB)")
     gap = 10.0 * math.log10(a.mean() / b.mean())
@@ -199,10 +201,13 @@ def average_ranks(values) -> np.ndarray:
 
 
 def spearman(a, b) -> float:
-    """Spearman's rank correlation with average ranks for ties; NaN when either side is constant."""
+    """Spearman's rank correlation with average ranks for ties; NaN when either side is constant
+    or has a NaN."""
     a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
     if a.shape != b.shape:
         raise ValueError(f"spearman needs equal lengths; got {a.shape[0]} and {b.shape[0]}")
+    if np.isnan(a).any() or np.isnan(b).any():
+        return math.nan
     ra, rb = average_ranks(a), average_ranks(b)
     ra, rb = ra - ra.mean(), rb - rb.mean()
     denominator = math.sqrt(float((ra * ra).sum() * (rb * rb).sum()))

@@ -108,8 +108,10 @@ class StopTime:
         return self.hazard_logits.shape[-1]
 
     def entropy(self) -> torch.Tensor:
-        """``(B,)`` entropy −Σ_t q(t) log q(t) in nats."""
-        return -(self.probs * self.log_probs.masked_fill(~self.mask, 0.0)).sum(-1)
+        """``(B,)`` entropy −Σ_t q(t) log q(t) in nats (0 log 0 = 0, also where a hazard of
+        exactly 0 or 1 gives a valid step q(t) = 0)."""
+        never = ~self.mask | torch.isneginf(self.log_probs)
+        return -(self.probs * self.log_probs.masked_fill(never, 0.0)).sum(-1)
 
     def mean(self) -> torch.Tensor:
         """``(B,)`` expected number of steps used, Σ_t q(t)(t+1)."""
@@ -167,7 +169,11 @@ def oracle(
         return F.one_hot(index, losses.shape[-1]).to(losses.dtype)
     if not beta > 0:
         raise ValueError(f"beta must be > 0; got {beta}")
-    return torch.softmax((-losses / beta).masked_fill(~valid, -math.inf), dim=-1)
+    # Shifted by each row's least valid loss (softmax is shift-invariant), so that a tiny β
+    # gives the hard oracle instead of overflowing every step to −inf.
+    least = losses.detach().masked_fill(~valid, math.inf).amin(dim=-1, keepdim=True)
+    least = torch.where(torch.isfinite(least), least, 0.0)
+    return torch.softmax((-(losses - least) / beta).masked_fill(~valid, -math.inf), dim=-1)
 
 
 def kl_divergence(
