@@ -36,6 +36,12 @@ def test_mixes_by_hand():
     # lower is better: the lower hull
     err = [{"mean_steps": d, "e": e} for d, e in ((1, 10.0), (2, 9.9), (3, 1.0))]
     assert best_fixed_mix(err, 2.0, "e", higher_is_better=False) == pytest.approx(5.5)
+    # two depths of the same least cost: the better of them, at that cost and below it
+    tied = [{"mean_steps": 1, "acc": 0.5}, {"mean_steps": 1, "acc": 0.9},
+            {"mean_steps": 2, "acc": 0.95}]  # fmt: skip
+    for cost in (0.5, 1.0):
+        assert best_fixed_mix(tied, cost, "acc", higher_is_better=True) == 0.9
+        assert best_fixed_mix(tied, cost, "acc", higher_is_better=False) == 0.5
 
 
 @settings(max_examples=60, deadline=None)

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from stopwise.inference import (
+    MODES,
     CumulativeThreshold,
     HazardThreshold,
     MixedRule,
@@ -201,22 +202,40 @@ def test_shrink_only_advances_rows_still_running():
 @pytest.mark.parametrize("rule", RULES, ids=repr)
 @pytest.mark.parametrize("chunk", [1, 7, 20, 64, 100])
 @torch.no_grad()
-def test_chunked_runs_equal_each_chunk_run_alone(rule, chunk):
-    """Any mode with ``chunk`` equals running every chunk as a batch of its own, one after
-    another (written out here), whatever pooling shrink does across chunks."""
+def test_chunks_change_no_decision(rule, chunk):
+    """Any mode with ``chunk`` equals the one-batch dense run, whatever pooling shrink does
+    across chunks: a MixedRule's split and a SampleRule's draws follow a row's position in the
+    inputs, not in its chunk (a chunk of 1 would otherwise give every row the same share)."""
     model, policy, x = make(seed=8, batch=64)
     valid = torch.tensor([1, 0, 1, 1, 0, 1, 1], dtype=torch.bool)
-    parts = [
-        run_adaptive(model, policy, x[i : i + chunk], rule, "dense", valid)
-        for i in range(0, 64, chunk)
-    ]
-    expected_index = torch.cat([r.stop_index for r in parts])
-    expected = torch.cat([r.predictions for r in parts])
+    whole = run_adaptive(model, policy, x, rule, "dense", valid)
+    expected_index, expected = whole.stop_index, whole.predictions
     for mode in ("dense", "masked", "shrink"):
         result = run_adaptive(model, policy, x, rule, mode, valid, chunk=chunk)
         assert torch.equal(result.stop_index, expected_index), mode
         torch.testing.assert_close(result.predictions, expected)
         torch.testing.assert_close(result.cost, model.step_costs()[expected_index])
+
+
+@torch.no_grad()
+def test_a_threshold_of_inf_is_never_reached_even_by_a_score_of_inf():
+    """+∞ before a floor means "no stop here": a policy scoring +∞ must not stop rows there in
+    dense mode or in stop_indices while masked and shrink skip the policy (they stop at the
+    floor, step 2, in every mode); a MixedRule of two such rules too."""
+    model, _, x = make(seed=12, batch=10)
+
+    def certain(features, t):
+        return torch.full((features.shape[0],), math.inf)
+
+    floored = ScoreThreshold(torch.tensor([math.inf, math.inf, 0.0, 0, 0, 0, 0]))
+    later = ScoreThreshold(torch.tensor([math.inf] * 4 + [0.0] * 3))
+    expected = {floored: [2] * 10, MixedRule(floored, later, 0.5): None}
+    for rule, want in expected.items():
+        runs = [run_adaptive(model, certain, x, rule, mode).stop_index for mode in MODES]
+        hazards = torch.full((10, 7), math.inf)
+        runs.append(stop_indices(hazards, rule))
+        want = runs[-1].tolist() if want is None else want
+        assert min(want) >= 2 and all(r.tolist() == want for r in runs), rule
 
 
 @pytest.mark.parametrize("share", [0.1, 0.5, 0.9])

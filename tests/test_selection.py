@@ -67,7 +67,10 @@ def _brute_force(hazards, quality, costs, valid, budget, kind, decision=None):
             continue
         allowed = [bool(valid[t]) and t >= floor for t in range(T)]
 
-        saved = sum(float(decision[u]) for u in range(floor) if valid[u]) if decision else 0.0
+        # Only a hazard rule skips the policy before its floor; a cumulative one sums every
+        # hazard from the first step on, so its floor saves nothing.
+        skips = decision and kind == "hazard"
+        saved = sum(float(decision[u]) for u in range(floor) if valid[u]) if skips else 0.0
 
         def run(threshold, allowed=allowed, saved=saved):
             index = [_stop(scores[i], allowed, threshold) for i in range(N)]
@@ -144,6 +147,51 @@ def test_a_floor_saves_the_decision_costs_before_it():
     (point,) = budget_sweep(hazards, hazards, [2.75], lambda i: {}, valid=valid, costs=costs,
                             val_metric=metric, decision_costs=decision)  # fmt: skip
     assert point["floor_steps"] == 3 and point["mean_cost"] == 3.0 - 0.25
+
+
+def test_a_cumulative_floor_saves_no_decision_costs():
+    """A cumulative rule asks the policy at every step (it sums the hazards from the first one),
+    so a floor at step 3 costs the full 3.0, not 3.0 − 2 × 0.5: over a budget of 2.0, where the
+    hazard kind may take it."""
+    hazards = torch.full((4, 3), -5.0, dtype=torch.float64)
+    quality = torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64).expand(4, 3)
+    costs = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    decision = torch.full((3,), 0.5, dtype=torch.float64)
+
+    def metric(index):
+        return float(quality.gather(1, index.view(-1, 1)).mean())
+
+    for kind, stop in (("cumulative", 1), ("hazard", 2)):
+        (point,) = budget_sweep(hazards, hazards, [2.0], lambda i: {}, kind, costs=costs,
+                                val_metric=metric, decision_costs=decision)  # fmt: skip
+        rule = point_rule(point, kind)
+        assert stop_indices(hazards, rule).tolist() == [stop] * 4, kind
+        assert rule.needs_policy(0) == (kind == "cumulative")
+        assert point["val_mean_cost"] == 2.0
+
+
+def test_grid_thresholds_are_compared_as_the_rules_compare_them():
+    """float32 scores one ulp apart: a quantile between two of them, kept in float64, would stop
+    rows the returned float32 rule does not (or the other way round), so a mix judged better on
+    validation could be worse when run. Over many such problems the chosen rule, run, is never
+    worse on validation than the best single rule or than any fixed depth within the budget."""
+    eps = torch.finfo(torch.float32).eps
+    costs = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    for trial in range(300):
+        g = torch.Generator().manual_seed(trial)
+        hazards = 1.0 + torch.randint(0, 3, (5, 3), generator=g).float() * eps
+        quality = torch.randn(5, 3, generator=g, dtype=torch.float64)
+        budget = 1.0 + 2.0 * float(torch.rand(1, generator=g))
+
+        def metric(index, quality=quality):
+            return float(quality.gather(1, index.view(-1, 1)).mean())
+
+        mixed, _ = fit_floored_threshold(hazards, budget, metric, costs)
+        single, _ = fit_floored_threshold(hazards, budget, metric, costs, mixes=False)
+        got = metric(stop_indices(hazards, mixed))
+        fixed = max(metric(torch.full((5,), t)) for t in range(3) if costs[t] <= budget)
+        assert got >= metric(stop_indices(hazards, single)) - 1e-12, trial
+        assert got >= fixed - 1e-12, trial
 
 
 @pytest.mark.parametrize("seed", range(6))

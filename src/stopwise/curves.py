@@ -56,8 +56,9 @@ def best_fixed_mix(
     if not points:
         raise ValueError("no fixed-depth points to compare with")
     sign = 1.0 if higher_is_better else -1.0
-    if cost <= points[0][0]:
-        return points[0][1]
+    cheapest = points[0][0]
+    if cost <= cheapest:  # the best of the cheapest depths (two may cost the same)
+        return sign * max(sign * v for xv, v in points if xv == cheapest)
     best = -float("inf")
     for i, (xa, va) in enumerate(points):
         if xa > cost:

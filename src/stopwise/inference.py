@@ -98,7 +98,14 @@ class ThresholdRule(Rule):
 
     def decide(self, hazard_logits, t, carry):
         score, carry = self.score(hazard_logits, t, carry)
-        return score >= self.threshold_at(t).to(score.dtype).to(score.device), carry
+        return _reaches(score, self.threshold_at(t)), carry
+
+
+def _reaches(scores: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """``scores ≥ threshold``, compared in the scores' dtype (as every mode compares them); a
+    threshold of +∞ is never reached, not even by a score of +∞ (it means "no stop here")."""
+    threshold = threshold.to(scores.dtype).to(scores.device)
+    return (scores >= threshold) & (threshold < math.inf)
 
 
 class ScoreThreshold(ThresholdRule):
@@ -196,7 +203,7 @@ class MixedRule(Rule):
             self.first.threshold_at(t).to(score.device),
             self.second.threshold_at(t).to(score.device),
         )
-        return score >= threshold.to(score.dtype), (first, inner)
+        return _reaches(score, threshold), (first, inner)
 
     def needs_policy(self, t: int) -> bool:
         return self.first.needs_policy(t) or self.second.needs_policy(t)
@@ -282,8 +289,9 @@ def run_adaptive(
         step_costs: ``(T,)`` cumulative cost per step; default ``model.step_costs()``.
         chunk: rows that enter at a time (default: all). In ``shrink`` mode the rows that go on
             from several chunks are pooled, so a later step runs on about ``chunk`` rows, not
-            on each chunk's few survivors; the other modes run chunk by chunk. A
-            :class:`MixedRule` splits each chunk as a batch of its own.
+            on each chunk's few survivors; the other modes run chunk by chunk. Chunks change
+            no decision: the rule's per-row carry (a :class:`MixedRule`'s split, a
+            :class:`SampleRule`'s draws) is made once for all the rows and cut like them.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
@@ -294,7 +302,12 @@ def run_adaptive(
         predictions, stop_index = _run_shrink(model, policy, inputs, rule, valid, chunk)
     else:
         run = {"dense": _run_dense, "masked": _run_masked}[mode]
-        outputs = [run(model, policy, part, rule, valid) for part in row_chunks(inputs, chunk)]
+        outputs = [
+            run(model, policy, part, rule, valid, carry)
+            for part, carry in zip(
+                row_chunks(inputs, chunk), _chunk_carries(rule, inputs, model, chunk), strict=True
+            )
+        ]
         predictions, stop_index = (
             outputs[0] if len(outputs) == 1 else (torch.cat(c) for c in zip(*outputs, strict=True))
         )
@@ -310,6 +323,19 @@ def row_chunks(inputs: Any, chunk: int | None):
         return
     for i in range(0, state_batch_size(inputs), chunk):
         yield index_state(inputs, slice(i, i + chunk))
+
+
+def _chunk_carries(rule: Rule, inputs: Any, model: StepModel, chunk: int | None):
+    """The rule's carry for each chunk of ``inputs`` (:func:`row_chunks`): made once for every
+    row and cut like the inputs, so a row's carry depends on its position in ``inputs``, not in
+    its chunk. One ``None`` (the run makes its own) without chunks."""
+    if chunk is None:
+        yield None
+        return
+    total = state_batch_size(inputs)
+    carry = rule.init_carry(total, model.max_steps, state_device(inputs))
+    for i in range(0, total, chunk):
+        yield None if carry is None else index_state(carry, slice(i, i + chunk))
 
 
 def _last(valid) -> int:
@@ -328,10 +354,11 @@ def _run_shrink(model, policy, inputs, rule, valid, chunk=None):
     if chunk is None:  # one batch (the inputs need not support selecting rows)
         first = model.start(inputs)
         total = chunk = state_batch_size(first)
-        device, parts = state_device(first), iter([first])
+        device, parts, carries = state_device(first), iter([first]), iter([None])
     else:
         total, device = state_batch_size(inputs), state_device(inputs)
         parts = (model.start(part) for part in row_chunks(inputs, chunk))
+        carries = _chunk_carries(rule, inputs, model, chunk)
     valid = valid.tolist() if isinstance(valid, torch.Tensor) else list(valid)
     last = _last(valid)
     waiting: list[list[tuple]] = [[] for _ in range(last + 1)]  # (rows, state, carry) per step
@@ -346,7 +373,9 @@ def _run_shrink(model, policy, inputs, rule, valid, chunk=None):
             state = next(parts)
             size = state_batch_size(state)
             rows = torch.arange(fed, fed + size, device=device)
-            carry = rule.init_carry(size, model.max_steps, device)
+            carry = next(carries)
+            if carry is None:
+                carry = rule.init_carry(size, model.max_steps, device)
             waiting[0].append((rows, state, carry))
             counts[0], fed = counts[0] + size, fed + size
             continue
@@ -412,7 +441,7 @@ def _pooled(pieces: list[tuple]) -> tuple:
     return tuple(cat_state(list(column)) for column in zip(*pieces, strict=True))
 
 
-def _run_masked(model, policy, inputs, rule, valid):
+def _run_masked(model, policy, inputs, rule, valid, carry=None):
     # Python bools, not a tensor: the trip count and the skipped steps are constants of the
     # program (what lets torch.export capture this loop).
     valid = valid.tolist() if isinstance(valid, torch.Tensor) else list(valid)
@@ -420,7 +449,8 @@ def _run_masked(model, policy, inputs, rule, valid):
     B = state_batch_size(state)
     device = state_device(state)
     done = torch.zeros(B, dtype=torch.bool, device=device)
-    carry = rule.init_carry(B, model.max_steps, device)
+    if carry is None:
+        carry = rule.init_carry(B, model.max_steps, device)
     predictions = None
     stop_index = torch.full((B,), -1, dtype=torch.long, device=device)
     last = _last(valid)
@@ -445,7 +475,7 @@ def _run_masked(model, policy, inputs, rule, valid):
     return predictions, stop_index
 
 
-def _run_dense(model, policy, inputs, rule, valid):
+def _run_dense(model, policy, inputs, rule, valid, carry=None):
     state = model.start(inputs)
     last = _last(valid)
     predictions, hazards = [], []
@@ -463,19 +493,23 @@ def _run_dense(model, policy, inputs, rule, valid):
     for t, h in enumerate(hazards):
         if h is not None:
             hazard[:, t] = h
-    stop_index = stop_indices(hazard, rule, valid)
+    stop_index = stop_indices(hazard, rule, valid, carry)
     stacked = torch.stack(predictions, dim=1)
     rows = torch.arange(B, device=stacked.device)
     return stacked[rows, stop_index], stop_index
 
 
 def stop_indices(
-    hazard_logits: torch.Tensor, rule: Rule, valid_steps: torch.Tensor | None = None
+    hazard_logits: torch.Tensor,
+    rule: Rule,
+    valid_steps: torch.Tensor | None = None,
+    carry: Any = None,
 ) -> torch.Tensor:
     """``(B,)`` 0-based stop steps that ``rule`` picks from full hazards ``(B, T)``.
 
     The same step-by-step arithmetic as :func:`run_adaptive`, applied after the fact (for a
     :class:`ScoreThreshold`, whose decision needs no recurrence, in one vectorised pass).
+    ``carry``: the rule's initial carry of these rows (default: ``rule.init_carry``).
     """
     B, T = hazard_logits.shape
     valid = torch.ones(T, dtype=torch.bool) if valid_steps is None else valid_steps.bool().cpu()
@@ -483,7 +517,8 @@ def stop_indices(
     if isinstance(rule, ScoreThreshold):
         return _first_reaching(hazard_logits, rule.score_threshold, valid, last)
     device = hazard_logits.device
-    carry = rule.init_carry(B, T, device)
+    if carry is None:
+        carry = rule.init_carry(B, T, device)
     stop_index = torch.full((B,), last, dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     for t in range(last):
@@ -502,7 +537,7 @@ def _first_reaching(
     """``(B,)`` the first valid step before ``last`` whose score is ≥ ``threshold`` (a scalar
     or one per step, compared in the scores' dtype as :meth:`ThresholdRule.decide` does), else
     ``last``."""
-    hits = scores >= threshold.to(scores.dtype).to(scores.device)
+    hits = _reaches(scores, threshold)
     hits &= valid.to(scores.device)  # no valid step lies after ``last``
     hits[:, last] = True
     return hits.to(torch.uint8).argmax(1)  # argmax returns the first of equal maxima
@@ -709,7 +744,8 @@ def time_adaptive(
     the same ``chunk`` for every rule, by the wall clock and by the process's CPU time (all its
     threads; steadier than the wall clock on a shared machine). With ``unpooled`` it also times
     each rule run chunk by chunk, the rows that go on never pooled across chunks
-    (``unpooled_seconds``, ``unpooled_speedup``). Returns medians over repeats:
+    (``unpooled_seconds``, ``unpooled_speedup``; each chunk run as a batch of its own, so a
+    :class:`MixedRule` splits each chunk anew there). Returns medians over repeats:
     ``{"full_seconds", "full_cpu_seconds", "rules": {name: {"seconds", "cpu_seconds",
     "speedup", "cpu_speedup", "mean_steps", "mean_cost"}}, "repeats", "rows"}``.
     """

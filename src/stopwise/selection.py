@@ -34,6 +34,7 @@ __all__ = [
     "budget_grid",
     "Calibration",
     "calibrate_by_metric",
+    "skipped_decision_costs",
     "floored_costs",
     "fit_floored_threshold",
     "floored_rules",
@@ -137,6 +138,13 @@ def calibrate_by_metric(
     return best[1]
 
 
+def skipped_decision_costs(kind: str, decision_costs: torch.Tensor | None):
+    """``decision_costs`` where a floored rule of ``kind`` skips the policy before its floor;
+    None where it cannot: a cumulative rule asks the policy at every step (it sums the
+    hazards from the first step on), so its floor saves nothing."""
+    return decision_costs if issubclass(THRESHOLD_KINDS[kind], ScoreThreshold) else None
+
+
 def floored_costs(
     costs: torch.Tensor, decision_costs: torch.Tensor | None, valid: torch.Tensor, floor: int
 ) -> torch.Tensor:
@@ -175,9 +183,11 @@ class _FlooredSearch:
         # The kind's own score at every step (its recurrence over the valid steps), thresholded
         # from the floor on as plain scores; a calibration runs on the CPU.
         hazards = val_hazards.detach().cpu()
+        self.score_dtype = hazards.dtype  # what a rule's threshold is compared in
         self.scores = rule_scores(hazards, self.rule_cls(0.0), self.valid).double()
         self.metric, self.sign = val_metric, 1.0 if lower_is_better else -1.0
         self.floors = self.valid.nonzero().flatten().tolist()
+        decision_costs = skipped_decision_costs(kind, decision_costs)
         self.floor_costs = [
             floored_costs(self.costs, decision_costs, self.valid, f) for f in range(T)
         ]
@@ -221,7 +231,10 @@ class _FlooredSearch:
         for floor in self.floors:
             allowed = self.allowed(floor)
             last = int(allowed.nonzero().max())
-            thresholds = torch.quantile(self.scores[:, allowed].flatten(), levels).unique()
+            thresholds = torch.quantile(self.scores[:, allowed].flatten(), levels)
+            # Rounded as a rule rounds them (to the scores' dtype), so the stops searched here
+            # are the stops the returned rule makes.
+            thresholds = thresholds.to(self.score_dtype).double().unique()
             hits = (self.scores[:, None, :] >= thresholds[None, :, None]) & allowed
             hits[..., last] = True
             first_hit = hits.to(torch.uint8).argmax(-1)  # (N, G): argmax takes the first
@@ -399,6 +412,7 @@ def budget_sweep(
     T = test_hazards.shape[1]
     costs = torch.arange(1, T + 1, dtype=torch.float64) if costs is None else costs.double()
     valid_cpu = torch.ones(T, dtype=torch.bool) if valid is None else valid.bool().cpu()
+    decision_costs = skipped_decision_costs(kind, decision_costs)
     search = None
     if val_metric is not None:
         search = _FlooredSearch(
