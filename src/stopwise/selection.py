@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, NamedTuple, TypeVar
 
+import numpy as np
 import torch
 
 from .inference import (
@@ -231,7 +232,9 @@ class _FlooredSearch:
         for floor in self.floors:
             allowed = self.allowed(floor)
             last = int(allowed.nonzero().max())
-            thresholds = torch.quantile(self.scores[:, allowed].flatten(), levels)
+            # numpy's quantile: torch's refuses more than 2^24 values (large validation sets)
+            scores = self.scores[:, allowed].flatten().numpy()
+            thresholds = torch.from_numpy(np.quantile(scores, levels.numpy()))
             # Rounded as a rule rounds them (to the scores' dtype), so the stops searched here
             # are the stops the returned rule makes.
             thresholds = thresholds.to(self.score_dtype).double().unique()
