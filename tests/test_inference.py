@@ -318,12 +318,15 @@ def test_cumulative_rule_matches_stop_time_cdf():
 
 
 def brute_force_threshold(hazards, budget, costs):
-    """Try every observed hazard as a threshold; keep the most expensive within budget."""
+    """Try every observed hazard as a threshold; keep the most expensive within budget. A row
+    stops at its first step whose hazard reaches the threshold, else at the last (plain loops)."""
+    rows, T = hazards.tolist(), hazards.shape[1]
     best = None
     for value in sorted(set(hazards.flatten().tolist())) + [math.inf]:
-        cost = costs[stop_indices(hazards, ScoreThreshold(value))].mean()
+        stops = [next((t for t, h in enumerate(row) if h >= value), T - 1) for row in rows]
+        cost = sum(float(costs[t]) for t in stops) / len(rows)
         if cost <= budget and (best is None or cost >= best[1]):
-            best = (value, float(cost))
+            best = (value, cost)
     return best
 
 
