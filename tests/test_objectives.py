@@ -322,3 +322,163 @@ def test_gain_loss_steps_do_not_depend_on_the_first_rows_values():
         broken = losses.clone()
         broken[row, 0] = math.inf
         assert gain_loss(scores, broken, costs, valid, 1e-6).item() == math.inf
+
+
+@pytest.mark.parametrize("tail", ["absorb", "renormalize"])
+def test_joint_loss_gradient_matches_finite_differences_with_a_mask(tail):
+    """gradcheck (float64, central finite differences) of the joint objective in both its
+    float inputs, the hazard logits and the per-step losses, under a shared ``(T,)`` mask and a
+    per-row ``(B, T)`` one (the mask itself is not differentiable, so it is closed over)."""
+    g = torch.Generator().manual_seed(11)
+    logits = torch.randn(3, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    losses = torch.rand(3, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    shared = torch.tensor([True, True, False, True, True])
+    per_row = torch.tensor([[1, 0, 1, 1, 0], [1, 1, 1, 1, 1], [0, 1, 0, 1, 1]], dtype=torch.bool)
+    for mask in (shared, per_row):
+        assert torch.autograd.gradcheck(
+            lambda h, ell, mask=mask: joint_loss(StopTime(h, mask, tail=tail), ell, 0.4),
+            (logits, losses),
+        )
+
+
+@pytest.mark.parametrize("tail", ["absorb", "renormalize"])
+def test_pondernet_gradient_matches_finite_differences_with_a_mask(tail):
+    """gradcheck (float64) of PonderNet's loss and of each logged term in the hazard logits and
+    the losses, with a valid-step mask (shared and per row) under both ways to end at step T;
+    the mask and the prior's λ_p are fixed, non-differentiable inputs."""
+    g = torch.Generator().manual_seed(12)
+    logits = torch.randn(3, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    losses = torch.rand(3, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    shared = torch.tensor([True, False, True, True, True])
+    per_row = torch.tensor([[1, 1, 0, 1, 0], [0, 1, 1, 1, 1], [1, 0, 0, 0, 1]], dtype=torch.bool)
+
+    def terms(h, ell, mask):
+        loss, parts = pondernet_loss(StopTime(h, mask, tail=tail), ell, 0.3, 0.2)
+        return loss, parts["reconstruction"], parts["kl"]
+
+    for mask in (shared, per_row):
+        assert torch.autograd.gradcheck(
+            lambda h, ell, mask=mask: terms(h, ell, mask), (logits, losses)
+        )
+
+
+def test_random_horizon_bound_gradient_matches_finite_differences():
+    """gradcheck (float64) of Sander's random-horizon bound in the posterior logits and the
+    losses: the exact average over horizons (``horizons=None``) and the sampled estimate at
+    fixed integer horizons (closed over: they are not differentiable), including H = 0 and
+    H = T − 1, at two priors p and temperatures β."""
+    g = torch.Generator().manual_seed(13)
+    a = torch.randn(3, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    losses = torch.rand(3, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    horizons = torch.tensor([0, 4, 2])
+    for p, beta in ((0.3, 0.7), (0.8, 1.0)):
+        assert torch.autograd.gradcheck(
+            lambda x, ell, p=p, beta=beta: random_horizon_bound(x, ell, p, beta), (a, losses)
+        )
+        assert torch.autograd.gradcheck(
+            lambda x, ell, p=p, beta=beta: random_horizon_bound(x, ell, p, beta, horizons),
+            (a, losses),
+        )
+
+
+class _Stage1AgainstPotential(torch.autograd.Function):
+    """Value: the potential Φ(ℓ) = mean_b[(1 − u)·β·(−logsumexp_{valid t}(−ℓ_t/β))
+    + u·mean_{valid t} ℓ_t], written here independently of the library. Backward: the autograd
+    gradient of ``l2s_stage1_loss``. gradcheck on this compares the library's gradient with
+    finite differences of Φ, which is the claim of the docstring (q* = d/dℓ of the soft-min;
+    the uniform share = d/dℓ of the mean over the valid steps)."""
+
+    @staticmethod
+    def forward(ctx, losses, beta, mask, uniform):
+        valid = mask.expand(losses.shape)
+        softmin = -beta * torch.logsumexp((-losses / beta).masked_fill(~valid, -math.inf), -1)
+        mean_valid = losses.masked_fill(~valid, 0.0).sum(-1) / valid.sum(-1)
+        with torch.enable_grad():
+            ell = losses.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(l2s_stage1_loss(ell, beta, mask, uniform), ell)
+        ctx.save_for_backward(grad)
+        return ((1 - uniform) * softmin + uniform * mean_valid).mean()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (grad,) = ctx.saved_tensors
+        return grad_output * grad, None, None, None
+
+
+def test_stage1_gradient_with_a_mask_matches_finite_differences_of_the_softmin():
+    """L2S stage I detaches q*, so its value is not the function whose gradient it has:
+    gradcheck (float64) of its autograd gradient against central finite differences of the
+    masked soft-min potential, mixed with the valid-step mean for ``uniform`` > 0. Invalid
+    steps carry a huge loss that must neither enter the value nor get a gradient."""
+    g = torch.Generator().manual_seed(14)
+    losses = torch.rand(3, 5, generator=g, dtype=torch.float64)
+    shared = torch.tensor([True, True, False, True, False])
+    per_row = torch.tensor([[1, 0, 1, 1, 1], [0, 0, 1, 0, 1], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    for mask in (shared, per_row):
+        ell = losses.masked_fill(~mask.expand(3, 5), 1e6).requires_grad_(True)
+        for beta, uniform in ((0.3, 0.0), (0.3, 0.25), (1.5, 1.0)):
+            assert torch.autograd.gradcheck(
+                lambda x, beta=beta, mask=mask, uniform=uniform: _Stage1AgainstPotential.apply(
+                    x, beta, mask, uniform
+                ),
+                (ell,),
+            )
+            (grad,) = torch.autograd.grad(l2s_stage1_loss(ell, beta, mask, uniform), ell)
+            assert (grad[~mask.expand(3, 5)] == 0).all()
+
+
+def reference_act_masked(halting_probs: list[float], valid: list[bool], eps: float):
+    """Graves (2016) halting for one sample, step by step over the valid steps only: halt at
+    the first valid n with Σ_{valid m≤n} h_m ≥ 1 − ε, else at the last valid step; weight h_n
+    on the valid steps before it, R = 1 − Σ_{valid m<N} h_m at it, 0 elsewhere. N is the
+    1-based position of the halting step."""
+    last = max(n for n, v in enumerate(valid) if v)
+    total, weights = 0.0, [0.0] * len(halting_probs)
+    for n, (h, v) in enumerate(zip(halting_probs, valid, strict=True)):
+        if not v:
+            continue
+        if total + h >= 1 - eps or n == last:
+            weights[n] = 1 - total
+            return weights, n + 1, 1 - total
+        total += h
+        weights[n] = h
+    raise AssertionError
+
+
+@pytest.mark.parametrize("eps", [0.05, 0.2])
+def test_act_halting_with_a_mask_and_eps_matches_reference_loop(eps):
+    """ACT with a valid-step mask (shared ``(T,)`` and per-row ``(B, T)``) and ε ≠ 0.01 against
+    a plain loop from Graves' description that skips invalid steps. Both ends are exercised:
+    rows that reach 1 − ε and rows that halt at their last valid step, some of whose last
+    valid step is not the last step. The ponder cost's and the weights' gradients are checked
+    against finite differences too."""
+    g = torch.Generator().manual_seed(15)
+    B, T = 60, 7
+    logits = torch.randn(B, T, generator=g, dtype=torch.float64) * 1.5 - 1.5
+    shared = torch.tensor([True, False, True, True, False, True, False])
+    per_row = torch.rand(B, T, generator=g) < 0.6
+    per_row[torch.arange(B), torch.randint(T, (B,), generator=g)] = True
+    for mask in (shared, per_row):
+        rows = mask.expand(B, T).tolist()
+        halting = act_halting(logits, eps=eps, mask=mask)
+        reached, at_last, last_not_final = 0, 0, 0
+        for i in range(B):
+            h = torch.sigmoid(logits[i]).tolist()
+            weights, N, R = reference_act_masked(h, rows[i], eps)
+            assert halting.weights[i].tolist() == pytest.approx(weights, abs=1e-12)
+            assert halting.steps[i].item() == N
+            assert halting.remainder[i].item() == pytest.approx(R, abs=1e-12)
+            assert halting.ponder_cost[i].item() == pytest.approx(N + R, abs=1e-12)
+            last = max(n for n in range(T) if rows[i][n])
+            if N - 1 < last:  # halted before its last valid step: it reached 1 − ε
+                reached += 1
+            else:
+                at_last += 1
+                last_not_final += last < T - 1
+        assert reached > 0 and at_last > 0 and last_not_final > 0
+        torch.testing.assert_close(halting.weights.sum(-1), torch.ones(B, dtype=torch.float64))
+        small = logits[:4].clone().requires_grad_(True)
+        small_mask = mask if mask.dim() == 1 else mask[:4]
+        assert torch.autograd.gradcheck(
+            lambda x, m=small_mask: act_halting(x, eps, m)[0::3], (small,)
+        )

@@ -241,3 +241,57 @@ def test_random_horizon_sampler_matches_prior():
     expected = random_horizon_log_prior(p, torch.arange(30)).exp() * n
     assert ((counts - expected).abs() <= 5 * expected.sqrt() + 1).all()
     assert samples.min() >= 0
+
+
+def reference_horizon_cdf(p: float, up_to: int) -> list[float]:
+    """P(T ≤ n) for n = 0..up_to−1 as a running (compensated) sum of the prior written out from
+    its definition, p(T) = s^T (1 − s^{T+1})(1 − s²) with s = √(1 − p)."""
+    s = math.sqrt(1 - p)
+    total, carry, out = 0.0, 0.0, []
+    for T in range(up_to):
+        x = s**T * (1 - s ** (T + 1)) * (1 - s * s)
+        new = total + x
+        carry += (total - new) + x if abs(total) >= abs(x) else (x - new) + total
+        total = new
+        out.append(total + carry)
+    return out
+
+
+@pytest.mark.parametrize("p", [0.001, 0.3, 0.999])
+@pytest.mark.parametrize("max_horizon", [None, 3])
+def test_random_horizon_sampler_is_the_exact_inverse_cdf(p, max_horizon):
+    """Exact reproduction of ``sample_random_horizon``'s draws, not a frequency test: with the
+    same seed, the sampler's uniforms are ``torch.rand(size, dtype=float64)`` (scaled by
+    P(T ≤ max_horizon) when truncated, so that the draw is from p(T | T ≤ max_horizon)), and
+    each draw must be the smallest T whose CDF reaches its uniform, found here by a search over
+    the tabulated CDF rather than by the sampler's quadratic solve. The closed-form
+    ``random_horizon_cdf`` used for that table is first checked against a compensated running
+    sum of the prior written out independently, over the whole range the draws can reach
+    (up to CDF = 1 in float64), and the inversion is repeated on the independent sums, which
+    must agree except for uniforms within rounding of a CDF step (there are none here)."""
+    s = math.sqrt(1 - p)
+    n = math.ceil(40 / -math.log(s)) + 10  # s^(n+1) < e^-40: the CDF is 1.0 in float64 there
+    table = random_horizon_cdf(p, torch.arange(n))
+    independent = torch.tensor(reference_horizon_cdf(p, n), dtype=torch.float64)
+    torch.testing.assert_close(table, independent, rtol=0, atol=1e-13)
+    assert table[-1].item() == 1.0 and bool((table[1:] >= table[:-1]).all())  # sorted: search ok
+
+    size = (40, 50)
+    draws = sample_random_horizon(p, size, torch.Generator().manual_seed(21), max_horizon)
+    U = torch.rand(size, generator=torch.Generator().manual_seed(21), dtype=torch.float64)
+    if max_horizon is not None:
+        assert table[max_horizon].item() == pytest.approx(independent[max_horizon].item())
+        U = U * table[max_horizon]
+    expected = torch.searchsorted(table, U.flatten()).view(size)  # first T with CDF(T) >= U
+    assert draws.dtype == torch.long and draws.shape == size
+    assert torch.equal(draws, expected)
+    if max_horizon is not None:
+        assert int(draws.max()) <= max_horizon
+    by_sums = torch.searchsorted(independent, U.flatten())
+    below = independent[(by_sums - 1).clamp_min(0)]  # the CDF steps either side of each U
+    above = independent[by_sums.clamp_max(n - 1)]
+    assert not bool(((U.flatten() - below).abs().lt(1e-12) & (by_sums > 0)).any())
+    assert not bool((above - U.flatten()).abs().lt(1e-12).any())
+    assert torch.equal(by_sums.view(size), draws)
+    # the draws cover more than one horizon (except where p(0) is near 1 and only 2000 draws)
+    assert len(draws.unique()) >= (2 if p == 0.999 else min(4, (max_horizon or 99) + 1))
