@@ -407,3 +407,82 @@ def test_fit_gain_head_on_cached_trajectories_equals_fit_gain_policy():
         heads.append(head.state_dict())
     for name in heads[0]:
         torch.testing.assert_close(heads[0][name], heads[1][name])
+
+
+def test_a_non_finite_gradient_with_a_finite_loss_is_never_applied_or_saved(tmp_path):
+    """|a − t| written as √((a − t)²) has a finite value and a NaN gradient where a = t: the
+    step raises Diverged before the optimizer moves, so the weights and the checkpoint of the
+    step before stay finite (they used to take the NaN and be saved with it)."""
+    from stopwise.training import Diverged, optimize
+
+    a = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    target = torch.tensor([0.0, 2.1])
+    optimizer = torch.optim.SGD([a], lr=0.1)
+    settings = LoopSettings(checkpoint_dir=tmp_path, checkpoint_every=1, progress=False)
+    holder = torch.nn.Module()
+    holder.a = a
+
+    def loss(step):  # step 0: a[1] = 2.0 → 2.1 − 0.1·(−1) = 2.1 = target at step 1
+        return ((a - target) ** 2).sqrt().sum(), {}
+
+    with pytest.raises(Diverged, match="gradient norm nan"):
+        optimize("s", 3, loss, optimizer, {"model": holder}, settings)
+    assert torch.isfinite(a).all() and a.tolist() == pytest.approx([0.9, 2.1])
+    saved = load_checkpoint(tmp_path / "s.pt")
+    assert saved["step"] == 1 and torch.isfinite(saved["state"]["model"]["a"]).all()
+
+
+def test_fit_gain_head_resumes_its_batch_source(tmp_path, monkeypatch):
+    """A stateful row sampler (GeneratedBatches) is checkpointed with the head: stopped by a
+    signal after 5 of 12 updates and resumed with fresh objects, the head equals one trained in
+    a single go (the sampler used to restart from its seed)."""
+    from stopwise.policies import create_policy
+    from stopwise.training import fit_gain_head
+
+    g = torch.Generator().manual_seed(0)
+    features, losses = torch.randn(64, 5, 3, generator=g), torch.rand(64, 5, generator=g)
+
+    class Rows(GeneratedBatches):  # draws 16 row indices; can ask to stop after some draws
+        def __init__(self, stop_after=None):
+            super().__init__(lambda n, gen: torch.randint(0, 64, (n,), generator=gen), 16, 3)
+            self.stop_after, self.calls = stop_after, 0
+
+        def __call__(self, step):
+            self.calls += 1
+            if self.calls == self.stop_after:
+                request_stop(signal.SIGTERM)
+            return super().__call__(step)
+
+    def train(directory, stop_after=None):
+        torch.manual_seed(0)
+        head = create_policy("mlp", feature_dim=3, max_steps=5, hidden=(8,))
+        optimizer = torch.optim.Adam(head.parameters(), 0.01)
+        settings = LoopSettings(checkpoint_dir=directory, checkpoint_every=50, progress=False)
+        fit_gain_head(
+            head, features, losses, Rows(stop_after), optimizer, 12, price=0.1, settings=settings
+        )
+        return head.state_dict()
+
+    monkeypatch.setattr(training, "_stop_signal", None)
+    whole = train(tmp_path / "whole")
+    with pytest.raises(Interrupted):
+        train(tmp_path / "resumed", stop_after=5)
+    monkeypatch.setattr(training, "_stop_signal", None)
+    resumed = train(tmp_path / "resumed")
+    for name in whole:
+        assert torch.equal(whole[name], resumed[name]), name
+
+
+def test_loop_settings_and_best_weights_refuse_what_cannot_work():
+    from stopwise.training import ValidationSchedule
+
+    for key in ("checkpoint_every", "log_every"):
+        with pytest.raises(ValueError, match=key):
+            LoopSettings(**{key: 0})
+    module = torch.nn.Linear(1, 1)
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
+    schedule = ValidationSchedule(module, optimizer, lambda: {"score": math.nan}, 2, 1, 5)
+    for _ in range(2):  # two evaluations, neither a number
+        schedule.step()
+    with pytest.raises(ValueError, match="no validation score"):
+        schedule.restore_best()

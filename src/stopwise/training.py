@@ -78,7 +78,18 @@ class Interrupted(Exception):
 
 
 class Diverged(RuntimeError):
-    """A training loss became NaN or infinite (nothing of that step is logged or saved)."""
+    """A training loss or gradient became NaN or infinite (nothing of that step is logged or
+    saved)."""
+
+
+def _diverged(what: str, step: int, stage: str, settings: LoopSettings | None) -> Diverged:
+    tags = settings.tags if settings is not None else {}
+    where = " ".join(f"{k} {v}" for k, v in tags.items())
+    return Diverged(
+        f"training diverged: {what} at step {step} of stage {stage!r}"
+        f"{' (' + where + ')' if where else ''}; the last checkpoint is kept. "
+        "Lower the learning rate or choose other settings."
+    )
 
 
 _stop_signal: int | None = None
@@ -137,6 +148,9 @@ def set_threads(threads: int) -> None:
 # on its shard of the rows and averages gradients, so all ranks hold identical weights, optimizer and
 # RNG state; rank 0 alone writes metrics and checkpoints. With a batch size divisible by the world
 # size and losses averaged over rows, a step equals the single-process step on the whole batch.
+# Not with BatchNorm over the split rows: each rank normalises by its shard's statistics, and the
+# ranks' running statistics drift apart (rank 0's are saved). Few-shot's split is by task, each
+# task normalised on its own, so it is exact there; elsewhere use SyncBatchNorm or one process.
 
 
 def distributed_world() -> tuple[int, int]:
@@ -253,6 +267,11 @@ class LoopSettings:
     progress: bool | None = None
     tags: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self):
+        for name in ("checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"LoopSettings.{name} must be >= 1; got {getattr(self, name)}")
+
 
 def _scalar(value: Any) -> float:
     return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
@@ -320,12 +339,7 @@ def train_loop(
                 metrics = {k: _scalar(v) for k, v in step_fn(step).items()}
                 loss = metrics.get("loss", 0.0)
                 if not math.isfinite(loss):
-                    where = " ".join(f"{k} {v}" for k, v in settings.tags.items())
-                    raise Diverged(
-                        f"training diverged: loss {loss} at step {step} of stage {stage!r}"
-                        f"{' (' + where + ')' if where else ''}; the last checkpoint is kept. "
-                        "Lower the learning rate or choose other settings."
-                    )
+                    raise _diverged(f"loss {loss}", step, stage, settings)
                 bar.update(1)
                 if (step % settings.log_every == 0 or step == num_steps - 1) and step not in logged:
                     log.write({**settings.tags, "stage": stage, "step": step, **metrics})
@@ -408,6 +422,8 @@ class ValidationSchedule:
 
     def restore_best(self) -> None:
         """Load the best weights seen (the stage's chosen checkpoint) into the module."""
+        if self.best_state is None:
+            raise ValueError("no validation score was a number: there are no best weights")
         self.module.load_state_dict(self.best_state)
 
     def summary(self) -> dict[str, Any]:
@@ -505,7 +521,9 @@ def optimize(
     """A gradient-descent stage: ``loss_and_metrics(step) -> (loss, metrics)``, then zero grads,
     backward, average over ranks, clip (``grad_clip``: max global norm), step the optimizer and
     the scheduler. Resumable through :func:`train_loop`; ``state`` names the other objects to
-    checkpoint (model, batch source, ...); the optimizer and scheduler are added here."""
+    checkpoint (model, batch source, ...); the optimizer and scheduler are added here. A
+    gradient that is not finite (a finite loss can have one) raises :class:`Diverged` before
+    the optimizer applies it, so no checkpoint holds its result."""
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
 
     def step_fn(step: int) -> dict[str, float]:
@@ -513,8 +531,14 @@ def optimize(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         average_gradients(parameters)
+        grads = [p.grad for p in parameters if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads)
+        if not bool(torch.isfinite(norm)):
+            raise _diverged(
+                f"gradient norm {float(norm)} (loss {float(loss.detach())})", step, stage, settings
+            )
         if grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+            torch.nn.utils.clip_grads_with_norm_(parameters, grad_clip, norm)
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
@@ -687,7 +711,8 @@ def fit_gain_head(
         return regress(policy_hazards(policy, features[rows]), losses[rows])
 
     policy.train()
-    return optimize(stage, num_steps, loss, optimizer, {"policy": policy}, settings, **optimize_kw)
+    state = {"policy": policy, "batches": batches}
+    return optimize(stage, num_steps, loss, optimizer, state, settings, **optimize_kw)
 
 
 def _gain_objective(costs, price: float, floor: float, mask):
