@@ -19,7 +19,15 @@ import torch
 
 from stopwise.cli import main
 from stopwise.config import schema
-from stopwise.experiments import TASK_MODULES, experiment_source, list_experiments, load_module
+from stopwise.experiments import (
+    TASK_MODULES,
+    experiment_source,
+    get_experiment,
+    list_experiments,
+    load_module,
+    plan_jobs,
+    resolve_config,
+)
 
 WRAPPER = str(Path(__file__).with_name("faulty_run.py"))
 load_module(str(Path(__file__).with_name("sample_experiment.py")))  # a user module's experiment
@@ -162,3 +170,21 @@ def test_the_tiny_preset_runs_on_a_gpu(name, tmp_path):
     runs."""
     result = stopwise(tiny(name, tmp_path / "run", "--set", "device=cuda"))
     assert result.returncode == 0, result.stderr[-4000:]
+
+
+@pytest.mark.parametrize(
+    "name, job, key",
+    [
+        ("multi-exit", "uniform", "budgets"),  # each training job fits and runs every budget
+        ("denoising", "dncnn-stop", "select_within_db"),  # it picks the stop model's rule
+    ],
+)
+def test_keys_a_job_reads_are_in_its_settings(name, job, key):
+    """Found by logging the config keys each job reads: these decide a job's numbers, so a
+    change must rerun the job (or be refused), not reuse its cached record."""
+    experiment = get_experiment(name)
+    config, _ = resolve_config(
+        experiment, "tiny", ["timing.methods=[]"] if name == "multi-exit" else []
+    )
+    planned = {p.job.name: p for p in plan_jobs(experiment, config) if p.seed == config.seeds[0]}
+    assert key in planned[job].settings["config"]

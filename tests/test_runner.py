@@ -299,3 +299,53 @@ def test_a_key_added_after_a_job_ran_counts_at_its_default(tmp_path):
     after.write_text(json.dumps(summary))
     with pytest.raises(ConfigError, match=r"job summary-s0 \(finished\): after\.fit-a"):
         run(out, calls=calls)
+
+
+def test_a_job_started_with_other_threads_is_refused(tmp_path):
+    """fit-b-s0 killed mid-training at threads=1: resuming it with threads=2 would mix float
+    results of two thread counts, so it is refused naming threads; threads=1 resumes it."""
+    out = tmp_path / "killed"
+    assert _cli(out, {"SAMPLE_KILL_AT": "fit-b-s0:9"}).returncode == -signal.SIGKILL
+    refused = _cli(out, None, "--set", "threads=2")
+    assert refused.returncode == 2 and "fit-b-s0 (started)" in refused.stderr
+    assert "threads: 1 (started with) != 2" in refused.stderr
+    assert _cli(out).returncode == 0
+
+
+def test_unwritable_out_and_damaged_files_are_errors_that_name_them(tmp_path):
+    (tmp_path / "afile").write_text("not a folder")
+    with pytest.raises(ConfigError, match="afile.* cannot be written"):
+        run(tmp_path / "afile" / "run")
+    out = tmp_path / "run"
+    run(out)
+    (out / "config.json").write_text('{"experiment": "sam')
+    with pytest.raises(ConfigError, match="config.json is damaged"):
+        run(out)
+
+
+def test_a_dependency_whose_checkpoint_is_gone_says_how_to_recover(tmp_path):
+    """summary reads fit-a's checkpoint. In place: with checkpoints/ deleted and summary to
+    redo, the error names the missing file and the record to delete, and deleting it
+    recovers. With reuse_from: a donor job whose checkpoints are gone is not reused but rerun."""
+    from stopwise.checkpoints import CheckpointError
+
+    out = tmp_path / "run"
+    run(out)
+    expected = records(out)
+    for folder in (out / "checkpoints").iterdir():
+        for file in folder.iterdir():
+            file.unlink()
+    (out / "jobs" / "summary-s0.json").unlink()
+    with pytest.raises(CheckpointError, match="fit-a-s0.*is gone.*delete .*fit-a-s0.json"):
+        run(out)
+    (out / "jobs" / "fit-a-s0.json").unlink()
+    run(out)
+    assert records(out) == expected
+
+    (out / "jobs" / "summary-s0.json").unlink()  # the donor: fit-b's checkpoint is gone too
+    for file in (out / "checkpoints" / "fit-b-s0").iterdir():
+        file.unlink()
+    calls = tmp_path / "calls"
+    run(tmp_path / "reused", f"reuse_from={out}", calls=calls)
+    assert sorted(called(calls)) == ["fit-b-s0", "summary-s0"]
+    assert records(tmp_path / "reused") == expected

@@ -4,7 +4,8 @@
 ``--module PKG.MOD`` (found from the current folder too, or a path to a ``.py`` file or a
 package folder), repeatable, registers the experiments of a user's own module; installed
 packages can register through the ``stopwise.experiments`` entry-point group instead. Exit
-codes: 0 done; 2 a refused config, directory or checkpoint (nothing written); 3 the run failed
+codes: 0 done; 2 a refused config or directory (nothing written) or a checkpoint that is
+damaged or gone (the message says what to delete to redo it); 3 the run failed
 (training diverged, a file could not be written); 128 + N interrupted by signal N (130 SIGINT,
 143 SIGTERM) after checkpointing: rerun to resume; 141 the reader of the output went away.
 """
@@ -105,6 +106,14 @@ def _run(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _main(args)
+    except KeyboardInterrupt:  # Ctrl-C before a run has set up its signal handlers
+        print("stopwise: interrupted; rerun the same command to resume.", file=sys.stderr)
+        return 128 + signal.SIGINT
+
+
+def _main(args) -> int:
     try:
         if args.command != "run":
             from .experiments import load_module

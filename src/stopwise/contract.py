@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoints import atomic_write_text, load_checkpoint
+from .checkpoints import CheckpointError, atomic_write_text, load_checkpoint
 from .config import Config, ConfigError, build
 from .training import LoopSettings, is_main_process
 
@@ -115,6 +115,17 @@ class Experiment:
             raise ValueError(f"{self.name}: default preset {self.default_preset!r} is not defined")
 
 
+def read_json_file(path: Path) -> Any:
+    """A run directory's JSON file (None where it does not exist); a damaged one is a
+    :class:`ConfigError` naming it, not a traceback."""
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path} is damaged ({error}); restore or delete it") from None
+
+
 def stream_seed(seed: int, stream: str) -> int:
     """A 63-bit seed for the named random stream of ``seed``; no arithmetic on seeds."""
     digest = hashlib.sha256(f"stopwise/{seed}/{stream}".encode()).digest()
@@ -163,16 +174,14 @@ class RunDir:
         return self.path / "figures" / f"{name}.png"
 
     def read_json(self, name: str) -> Any:
-        path = self.path / name
-        return json.loads(path.read_text()) if path.exists() else None
+        return read_json_file(self.path / name)
 
     def write_json(self, path: Path, data: Any) -> None:
         if is_main_process():
             atomic_write_text(path, json.dumps(data, indent=1, default=_plain) + "\n")
 
     def job_file(self, id: str) -> dict[str, Any] | None:
-        path = self.job_path(id)
-        return json.loads(path.read_text()) if path.exists() else None
+        return read_json_file(self.job_path(id))
 
 
 def _plain(value: Any) -> Any:
@@ -238,7 +247,14 @@ class JobContext:
         id = self.id if job is None else job_id(job, self.seed)
         if job is not None and id not in self._planned.after:
             raise ValueError(f"job {self.id} does not declare {job!r} in its `after`")
-        return load_checkpoint(self.run.checkpoints(id) / f"{stage}.pt")["state"]
+        path = self.run.checkpoints(id) / f"{stage}.pt"
+        if job is not None and not path.is_file():
+            raise CheckpointError(
+                f"job {self.id} needs stage {stage!r} of the finished job {id}, whose checkpoint "
+                f"{path} is gone (was checkpoints/ deleted?); delete {self.run.job_path(id)} "
+                f"to rerun job {id}"
+            )
+        return load_checkpoint(path)["state"]
 
     def log(self, message: str) -> None:
         logger.info("[%s] %s", self.id, message)

@@ -22,6 +22,7 @@ A run directory::
     <out>/metrics.jsonl  training curves of every job ({"job", "stage", "step", ...} per line)
     <out>/jobs/<id>.json a finished job: its settings, record and timing
     <out>/checkpoints/<id>/<stage>.pt
+    <out>/checkpoints/<id>/job.json  a started job: its settings and threads
     <out>/results.json   the numbers the table is made of (written last)
     <out>/table.md       the table, ready to paste
     <out>/figures/*.png
@@ -79,6 +80,7 @@ from .contract import (
     RunDir,
     _plain,
     job_id,
+    read_json_file,
     read_result,
     stream_seed,
 )
@@ -386,8 +388,12 @@ def _settings_diff(
 # ---------------------------------------------------------------- the run directory
 
 
-def check_run_dir(run: RunDir, experiment: Experiment, planned: list[PlannedJob]) -> None:
-    """Refuse, before anything is written, a directory this run must not write into."""
+def check_run_dir(
+    run: RunDir, experiment: Experiment, planned: list[PlannedJob], threads: int | None = None
+) -> None:
+    """Refuse, before anything is written, a directory this run must not write into. A job
+    started with another ``threads`` is refused too: resuming it with a different thread count
+    would give numbers that neither count gives alone."""
     out = run.path
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a directory")
@@ -416,7 +422,7 @@ def check_run_dir(run: RunDir, experiment: Experiment, planned: list[PlannedJob]
             path = run.job_path(job_id(name, p.seed))
             if job_id(name, p.seed) not in by_id or not path.is_file():
                 return False
-            ran = json.loads(path.read_text()).get("settings") or {}
+            ran = read_json_file(path).get("settings") or {}
             return _digest(ran) == digest and not diff_of(by_id[job_id(name, p.seed)], ran)
 
         return _settings_diff(old, p.settings, defaults, same_dependency)
@@ -426,8 +432,12 @@ def check_run_dir(run: RunDir, experiment: Experiment, planned: list[PlannedJob]
         started = any(run.checkpoints(p.id).glob("*.pt"))  # a stamp alone is not a start
         for path in (run.job_path(p.id), run.stamp_path(p.id) if started else None):
             if path is not None and path.is_file():
-                old = json.loads(path.read_text()).get("settings")
+                ran = read_json_file(path)
+                old = ran.get("settings")
                 diff = diff_of(p, old or {})
+                stamped = ran.get("threads") if path != run.job_path(p.id) else None
+                if threads is not None and stamped is not None and stamped != threads:
+                    diff.append(f"threads: {stamped} (started with) != {threads}")
                 if diff:
                     state = "finished" if path == run.job_path(p.id) else "started"
                     conflicts.append(f"job {p.id} ({state}): " + "; ".join(diff[:6]))
@@ -463,8 +473,13 @@ class RunLock:
         return None
 
     def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = open(self.path, "a+")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.handle = open(self.path, "a+")
+        except OSError as error:
+            raise ConfigError(
+                f"--out {self.path.parent} cannot be written ({error.strerror}); choose another"
+            ) from None
         try:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
@@ -536,7 +551,8 @@ def _run_one(experiment: Experiment, config: Any, run: RunDir, planned: PlannedJ
     """Run one job (resuming from its checkpoints) and write its record."""
     checkpoints = run.checkpoints(planned.id)
     resumed = checkpoints.is_dir() and any(checkpoints.glob("*.pt"))
-    run.write_json(run.stamp_path(planned.id), {"id": planned.id, "settings": planned.settings})
+    stamp = {"id": planned.id, "settings": planned.settings, "threads": config.threads}
+    run.write_json(run.stamp_path(planned.id), stamp)
     seed_everything(stream_seed(planned.seed, "global") % 2**32)
     context = JobContext(run, config, planned, progress)
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -554,6 +570,7 @@ def _run_one(experiment: Experiment, config: Any, run: RunDir, planned: PlannedJ
         "seconds": time.perf_counter() - start,
         "cpu_seconds": time.process_time() - cpu_start,
         "threads": torch.get_num_threads(),
+        "checkpoints": sorted(path.name for path in checkpoints.glob("*.pt")),
         "resumed": resumed,
         "finished": datetime.datetime.now().isoformat(timespec="seconds"),
     }
@@ -650,12 +667,17 @@ def _configure_logging(level: int = logging.INFO) -> None:
 
 
 def _reuse(run: RunDir, source: Path, pending: list[PlannedJob]) -> int:
-    """Take finished jobs with identical settings (record and checkpoints) from ``source``."""
+    """Take finished jobs with identical settings (record and checkpoints) from ``source``; a
+    job whose checkpoints are gone there (deleted) is left to run again, since the jobs after
+    it may need them."""
     taken = 0
     donor = RunDir(source)
     for p in pending:
         theirs = donor.job_file(p.id)
         if theirs is None or theirs.get("settings") != p.settings:
+            continue
+        kept = donor.checkpoints(p.id)
+        if any(not (kept / name).is_file() for name in theirs.get("checkpoints", [])):
             continue
         if donor.checkpoints(p.id).is_dir():
             shutil.copytree(donor.checkpoints(p.id), run.checkpoints(p.id), dirs_exist_ok=True)
@@ -814,7 +836,7 @@ def run_experiment(
     except ValueError as error:
         raise ConfigError(str(error)) from None
     run = RunDir(out if out is not None else Path("runs") / f"{name}-{preset}")
-    check_run_dir(run, experiment, planned)
+    check_run_dir(run, experiment, planned, config.threads)
     if config.reuse_from and not RunDir(config.reuse_from).config_path.is_file():
         raise ConfigError(f"reuse_from={config.reuse_from!r} is not a stopwise run directory")
     _configure_logging()

@@ -100,6 +100,7 @@ def jobs(config: DenoisingConfig) -> list[Job]:
     stop_keys = _FINETUNED + (
         "exit_head", "betas", "uniform_candidate", "stage1_criterion", "policy", "min_exit_frequency",
         "budget_points", "curve_validation", "inference_mode", "gain_head", "gain_price",
+        "select_within_db",
     )  # fmt: skip
     candidates = [j.name for j in stage1] + (["dncnn-ds"] if config.uniform_candidate else [])
     shallow = [

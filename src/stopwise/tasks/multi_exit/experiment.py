@@ -65,8 +65,9 @@ def l2s_job_name(beta: float) -> str:
 def jobs(config: MultiExitConfig) -> list[Job]:
     out = []
     for method in config.methods:
-        keys = SHARED_KEYS + METHOD_KEYS.get(method, ()) + GAIN_KEYS
-        keys += ("timing", "budgets") if method in config.timing.methods else ()
+        # Every training job fits and runs each budget's rule after training.
+        keys = SHARED_KEYS + METHOD_KEYS.get(method, ()) + GAIN_KEYS + ("budgets",)
+        keys += ("timing",) if method in config.timing.methods else ()
         if method != "l2s":
             out.append(Job(method, {"method": method}, keys=keys, cost=COSTS.get(method, 1.0)))
             continue
