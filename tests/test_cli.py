@@ -98,3 +98,14 @@ def test_show_prints_keys_with_types_ranges_and_the_config(capsys):
     shown = capsys.readouterr().out
     assert "stage1.steps: an integer (>= 1) — Adam updates" in shown
     assert '"steps": 20' in shown and '"threads": 1' in shown
+
+
+def test_ctrl_c_before_a_run_handles_signals_is_exit_130_without_a_traceback(monkeypatch, capsys):
+    import stopwise.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_main", interrupted)
+    assert cli.main(["list"]) == 130
+    assert "interrupted" in capsys.readouterr().err
