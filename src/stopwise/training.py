@@ -758,7 +758,11 @@ def fit_joint(
     stage: str = "joint",
     **optimize_kw,
 ) -> dict[str, float]:
-    """Train model and policy together on the β-VAE objective E_q ℓ − βH(q) (L2S, Eq. 6)."""
+    """Train model and policy together on the β-VAE objective E_q ℓ − βH(q) (L2S, Eq. 6).
+
+    The exact gradient of Eq. 6: the policy's features are not detached, so E_q ℓ and −βH(q)
+    also reach the model through them (the official MAML-stop code detaches its features; to do
+    the same, detach them in the step model's ``features``)."""
 
     def loss(step):
         inputs, targets = shard(batches(step))
