@@ -422,3 +422,19 @@ def test_a_larger_budget_keeps_a_cheaper_rule_that_is_better_on_validation():
     assert top["q"] == pytest.approx(1.0) and top["mean_cost"] == pytest.approx(2.0)
     assert top["rule_of_budget"] in (2.0, 3.0)
     assert max(float(quality[:, d].double().mean()) for d in range(steps)) < 0.9
+
+
+def test_grid_thresholds_of_infinite_scores_are_numbers():
+    """A hazard logit of −∞ (a hazard of exactly 0) makes quantiles interpolate between −∞ and
+    −∞, which is NaN; the grid takes the lower score there, so no rule has a NaN threshold and
+    the lowest of each floor stops every row at the floor (fixed depth)."""
+    hazards = torch.tensor([[-math.inf, 0.1, 0.2], [-math.inf, -math.inf, 0.3],
+                            [0.5, 0.4, 0.6], [-math.inf, 0.7, 0.8]])  # fmt: skip
+    rules = floored_rules(hazards)
+    thresholds = torch.stack([r.score_threshold for r in rules])  # (rules, T), +inf before floor
+    assert not thresholds.isnan().any()
+    floors = (thresholds == math.inf).long().cumprod(1).sum(1)  # leading +inf: the floor
+    for floor in range(3):
+        at_floor = thresholds[floors == floor, floor]
+        lowest = rules[int((floors == floor).nonzero()[int(at_floor.argmin())])]
+        assert stop_indices(hazards, lowest).tolist() == [floor] * 4

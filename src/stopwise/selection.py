@@ -232,9 +232,14 @@ class _FlooredSearch:
         for floor in self.floors:
             allowed = self.allowed(floor)
             last = int(allowed.nonzero().max())
-            # numpy's quantile: torch's refuses more than 2^24 values (large validation sets)
-            scores = self.scores[:, allowed].flatten().numpy()
-            thresholds = torch.from_numpy(np.quantile(scores, levels.numpy()))
+            # numpy's quantile: torch's refuses more than 2^24 values (large validation sets).
+            # Between two infinite scores (a hazard of exactly 0 or 1) interpolation gives NaN:
+            # the lower of the two is the quantile there.
+            scores, at = self.scores[:, allowed].flatten().numpy(), levels.numpy()
+            with np.errstate(invalid="ignore"):
+                between = np.quantile(scores, at)
+            lower = np.quantile(scores, at, method="lower")
+            thresholds = torch.from_numpy(np.where(np.isnan(between), lower, between))
             # Rounded as a rule rounds them (to the scores' dtype), so the stops searched here
             # are the stops the returned rule makes.
             thresholds = thresholds.to(self.score_dtype).double().unique()
