@@ -486,3 +486,31 @@ def test_loop_settings_and_best_weights_refuse_what_cannot_work():
         schedule.step()
     with pytest.raises(ValueError, match="no validation score"):
         schedule.restore_best()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
+def test_a_stage_drawing_from_the_gpu_generator_resumes_exactly(tmp_path, monkeypatch):
+    """Each step adds a draw of the global CUDA generator: stopped after 3 of 6 steps and
+    resumed, the sum equals one made in a single go (the CUDA generator is checkpointed)."""
+    monkeypatch.setattr(training, "_stop_signal", None)
+
+    def run(directory, stop_at=None):
+        torch.cuda.manual_seed_all(0)
+        module = torch.nn.Module()
+        module.register_buffer("total", torch.zeros(4, device="cuda"))
+
+        def step_fn(step):
+            module.total += torch.rand(4, device="cuda")
+            if step == stop_at:
+                request_stop(signal.SIGTERM)
+            return {"loss": 0.0}
+
+        settings = LoopSettings(checkpoint_dir=directory, progress=False)
+        train_loop("s", 6, step_fn, {"m": module}, settings)
+        return module.total.cpu()
+
+    whole = run(tmp_path / "whole")
+    with pytest.raises(Interrupted):
+        run(tmp_path / "resumed", stop_at=2)
+    monkeypatch.setattr(training, "_stop_signal", None)
+    assert torch.equal(run(tmp_path / "resumed"), whole)
