@@ -172,6 +172,26 @@ def test_sigkill_mid_job_resumes_to_the_same_results(tmp_path):
     assert again.returncode == 0 and "job(s) to run" not in again.stderr  # nothing to do
 
 
+def _metric_keys(out) -> list[tuple]:
+    lines = (Path(out) / "metrics.jsonl").read_text().splitlines()
+    return [(r["job"], r["stage"], r["step"]) for r in map(json.loads, lines)]
+
+
+def test_a_job_stopped_before_its_first_checkpoint_logs_its_steps_once(tmp_path):
+    run(tmp_path / "full")
+    run(tmp_path / "run")
+    # What a kill before fit-b-s0's first checkpoint leaves: its lines, no checkpoint, no record.
+    (tmp_path / "run" / "jobs" / "fit-b-s0.json").unlink()
+    for path in (tmp_path / "run" / "checkpoints" / "fit-b-s0").iterdir():
+        path.unlink()
+    assert ("fit-b-s0", "fit", 0) in _metric_keys(tmp_path / "run")
+    run(tmp_path / "run")
+    keys = _metric_keys(tmp_path / "run")
+    assert len(keys) == len(set(keys))
+    assert sorted(keys) == sorted(_metric_keys(tmp_path / "full"))
+    assert records(tmp_path / "run") == records(tmp_path / "full")
+
+
 def test_a_run_that_failed_before_its_first_checkpoint_leaves_out_reusable(tmp_path):
     with pytest.raises(RuntimeError, match="asked to fail"):
         run(tmp_path / "run", "fail=true")

@@ -687,6 +687,19 @@ def _reuse(run: RunDir, source: Path, pending: list[PlannedJob]) -> int:
     return taken
 
 
+def _drop_lost_metrics(run: RunDir, pending: list[PlannedJob]) -> None:
+    """Metrics of a pending job's stage that has no checkpoint come from an attempt stopped before
+    its first one; the stage is redone from its start, so they go (or they would be logged twice).
+    A stage resumed from a checkpoint keeps its lines: the loop does not log those steps again."""
+    ids = {p.id for p in pending}
+
+    def kept(record: dict[str, Any]) -> bool:
+        job = record.get("job")
+        return job not in ids or (run.checkpoints(job) / f"{record.get('stage')}.pt").is_file()
+
+    MetricsLog(run.metrics_path).keep_only(kept)
+
+
 def _execute(experiment, config, run: RunDir, pending: list[PlannedJob]) -> None:
     if not pending:
         return
@@ -848,12 +861,12 @@ def run_experiment(
         plain = to_plain(config)
         run.write_json(run.config_path, {"experiment": name, "preset": preset, "config": plain})
         _record_environment(run, config)
-        if main:
-            MetricsLog(run.metrics_path).repair()
         pending = [p for p in planned if not run.job_path(p.id).is_file()]
         if config.reuse_from and main:
             if _reuse(run, Path(config.reuse_from), pending):
                 pending = [p for p in planned if not run.job_path(p.id).is_file()]
+        if main:
+            _drop_lost_metrics(run, pending)
         if distributed:
             torch.distributed.barrier()
         _execute(experiment, config, run, pending)

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoints import load_checkpoint, save_checkpoint
+from .checkpoints import atomic_write_text, load_checkpoint, save_checkpoint
 from .objectives import gain_loss, joint_loss, l2s_stage1_loss, l2s_stage2_loss
 from .steps import StepModel, index_state, unroll
 from .stoptime import StopTime
@@ -218,6 +218,17 @@ class MetricsLog:
             for r in self.read()
             if r.get("stage") == stage and all(r.get(k) == v for k, v in tags.items())
         }
+
+    def keep_only(self, keep: Callable[[dict[str, Any]], bool]) -> None:
+        """Rewrite the file without the records ``keep`` rejects (and without a torn line). Not
+        safe while another process appends: the runner calls it before its workers start."""
+        if self.path is None or not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        records = self.read()
+        kept = [r for r in records if keep(r)]
+        if len(kept) < len(records) or (data and not data.endswith(b"\n")):
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def repair(self) -> None:
         """Drop a torn last line (no trailing newline), so later records start on a new line."""
