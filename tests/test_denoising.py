@@ -408,16 +408,24 @@ def test_exit_table_against_a_loop_over_exits():
     images = [torch.rand(8, 8), torch.rand(8, 8), torch.rand(6, 7)]
     data = noisy_set(images, ["a", "b", "c"], [50.0], torch.Generator().manual_seed(0))
     table = exit_table(model, data, keep_images=True)
+    kept = torch.tensor([True, False, True])  # exit 1 pruned: the oracle cannot stop there
+    pruned = exit_table(model, data, keep_images=True, valid=kept)
     for i in range(data.size):
         clean, noisy = data.item(i)
         state = model.start(noisy[None])
+        estimates = []
         for t in range(model.max_steps):
             state = model.advance(state, t)
             raw = noisy[None] - model.predict(state, t)
+            estimates.append(raw[0].clamp(0, 1))
             assert table.psnr[i, t].item() == pytest.approx(psnr(raw, clean[None]).item(), rel=1e-5)
         best = int(table.psnr[i].argmax())
         assert table.best_index()[i].item() == best
+        torch.testing.assert_close(table.best[i], estimates[best])
         torch.testing.assert_close(table.last[i], raw[0].clamp(0, 1))
+        best_kept = max((t for t in range(3) if kept[t]), key=lambda t: table.psnr[i, t])
+        assert pruned.best_index(kept)[i].item() == best_kept
+        torch.testing.assert_close(pruned.best[i], estimates[best_kept])
 
 
 def test_validation_schedule_drops_the_rate_keeps_the_best_and_resumes():

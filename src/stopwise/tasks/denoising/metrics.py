@@ -89,9 +89,10 @@ def exit_table(
     """Run ``model`` (eval mode) over ``data`` group by group; PSNR and ℓ at every headed exit.
 
     With ``keep_images`` the estimates at the last and the best exit of every item are kept
-    (``ExitTable.last`` / ``best``: lists of ``(1, H, W)`` tensors in item order). With a
-    ``policy`` its hazard logits are recorded at the exits ``valid`` marks (default: every
-    headed exit), from the same features adaptive inference gives it.
+    (``ExitTable.last`` / ``best``: lists of ``(1, H, W)`` tensors in item order; the best among
+    the exits ``valid`` marks, default every headed exit, as ``best_index(valid)``). With a
+    ``policy`` its hazard logits are recorded at those exits, from the same features adaptive
+    inference gives it.
     """
     model.eval()
     T = model.max_steps
@@ -114,12 +115,12 @@ def exit_table(
             psnr_t = psnr(raw, clean).cpu()
             psnr_table[index, t] = psnr_t
             loss_table[index, t] = ((raw - clean) ** 2).flatten(1).sum(-1).float().cpu()
-            if keep_images:
+            if keep_images and (valid is None or bool(valid[t])):
                 better = psnr_t > best_psnr
                 best_psnr = torch.where(better, psnr_t, best_psnr)
                 for row in better.nonzero().flatten().tolist():
                     best[int(index[row])] = raw[row].clamp(0, 1).cpu()
-                if t == T - 1:
-                    for row in range(len(index)):
-                        last[int(index[row])] = raw[row].clamp(0, 1).cpu()
+            if keep_images and t == T - 1:
+                for row in range(len(index)):
+                    last[int(index[row])] = raw[row].clamp(0, 1).cpu()
     return ExitTable(psnr_table, loss_table, last, best, hazards)
