@@ -121,6 +121,9 @@ def test_nmse_is_a_ratio_of_means_by_hand():
     assert columns["mixed"] == pytest.approx(10 * math.log10(1.25 / 14))
     assert columns["20dB"] == pytest.approx(10 * math.log10(1.25 / 5))
     assert columns["30dB"] == -math.inf
+    diverged = torch.tensor([0.25, math.inf, 0.0])  # and inf − inf gives NaN: the worst, not −inf
+    assert nmse_db(diverged, (x**2).sum(-1)) == math.inf
+    assert nmse_db(torch.tensor([0.25, math.nan, 0.0]), (x**2).sum(-1)) == math.inf
     with pytest.raises(ValueError, match="no sample has SNR 40"):
         error_columns(errors, (x**2).sum(-1), snr, [20.0, 40.0])
     with pytest.raises(ValueError, match="must match"):

@@ -15,6 +15,7 @@ from stopwise.experiments import get_experiment, plan_jobs, resolve_config, run_
 from stopwise.inference import run_adaptive
 from stopwise.tasks.sparse_recovery import load_stop_model, nmse_columns, sensing_matrix
 from stopwise.tasks.sparse_recovery.metrics import fixed_depth_hull
+from stopwise.tasks.sparse_recovery.report import is_paper_protocol
 
 EXPERIMENT = get_experiment("sparse-recovery")
 
@@ -92,6 +93,11 @@ def test_validation_chooses_the_policy_and_the_test_curves_are_honest(tiny_run):
         others = [s for s in selection if not s["published"]]
         best = min(others, key=lambda s: s["mean_margin"])
         assert (record["policy"]["name"], record["policy"]["kind"]) == (best["name"], best["kind"])
+        published = min((s for s in selection if s["published"]), key=lambda s: s["mean_margin"])
+        shown = record["published_policy"]
+        assert (shown["name"], shown["kind"], shown["hidden"]) == (
+            published["name"], published["kind"], published["hidden"]
+        )  # fmt: skip
         for candidate in selection:  # validation numbers only: every point has its fixed mix
             for point in candidate["points"]:
                 assert point["margin"] == pytest.approx(point["nmse"] - point["hull"])
@@ -182,6 +188,7 @@ def test_the_stage_one_share_of_deep_supervision_reaches_both_stage_one_objectiv
         ("problem.steps=7", "classical.budgets"),
         ("problem.m=500", "problem.m <= problem.n"),
         ("stage2.oracle=medium", "stage2.oracle"),
+        ("stage2.pool=10", "stage2.pool=10 must be >= stage2.batch=64"),
     ],
 )
 def test_cross_key_checks_exit_2_before_anything_is_written(tmp_path, capsys, override, message):
@@ -192,6 +199,14 @@ def test_cross_key_checks_exit_2_before_anything_is_written(tmp_path, capsys, ov
     )
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_the_papers_numbers_belong_to_its_problem_only():
+    assert is_paper_protocol(resolve_config(EXPERIMENT, "quick")[0].problem)
+    for override in ("problem.snrs=10,20", "problem.n=400", "problem.steps=16"):
+        budgets = ["classical.budgets=16,100"] if override.endswith("16") else []
+        config = resolve_config(EXPERIMENT, "quick", [override, *budgets])[0]
+        assert not is_paper_protocol(config.problem), override
 
 
 def test_quick_is_the_default_and_paper_has_the_papers_schedule():

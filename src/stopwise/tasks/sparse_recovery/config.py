@@ -151,6 +151,11 @@ class SparseRecoveryConfig(Config):
     log_every: int = param(25, ge=1, help="training steps between metric records")
 
     def check(self) -> None:
+        if self.stage2.pool < self.stage2.batch:
+            raise ValueError(
+                f"stage2.pool={self.stage2.pool} must be >= stage2.batch={self.stage2.batch} "
+                "(a stage-II batch is drawn from the pool)"
+            )
         if self.problem.steps not in self.classical.budgets:
             raise ValueError(
                 f"classical.budgets {self.classical.budgets} must include "

@@ -290,7 +290,7 @@ def stop_model(name: str, context: JobContext, problem: SparseProblem):
         ],
         "calibration": {**calibration.plain(), "row": row},
         "policy": {**fitted.candidate.plain(), "kind": fitted.kind},
-        "published_policy": {"kind": fitted.published_kind, "hidden": config.stage2.hidden[0]},
+        "published_policy": {"kind": fitted.published_kind, **fitted.published_candidate.plain()},
         "selection": fitted.selection,
         "validation_full_depth": full_val,
         "valid_steps": fitted.valid.tolist(),

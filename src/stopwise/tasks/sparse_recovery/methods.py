@@ -316,9 +316,10 @@ def validation_margins(
 @dataclass
 class StopPolicies:
     """Stage II's outcome for one stop model, everything chosen on validation: ``published``,
-    L2S as published (exits ``published_valid``), the policy of the *sampled* row; ``chosen``,
-    the candidate of least mean validation margin over fixed depth, the policy of the threshold
-    row and the budget curve; ``*_scores``: their scores on validation ``(N, T)``. ``mass``:
+    L2S as published (exits ``published_valid``; the λ = 0 candidate of least mean validation
+    margin, ``published_candidate``), the policy of the *sampled* row; ``chosen``, the
+    cost-aware candidate of least mean validation margin over fixed depth, the policy of the
+    threshold row and the budget curve; ``*_scores``: their scores on validation ``(N, T)``. ``mass``:
     mean oracle mass per exit; ``selection``: every candidate's validation numbers."""
 
     published: StopPolicy
@@ -333,6 +334,7 @@ class StopPolicies:
     val: Trajectories
     mass: torch.Tensor
     selection: list[dict[str, Any]]
+    published_candidate: Candidate
 
 
 def fit_stop_policy(model, problem: SparseProblem, context: JobContext) -> StopPolicies:
@@ -382,9 +384,11 @@ def fit_stop_policy(model, problem: SparseProblem, context: JobContext) -> StopP
     margin = itemgetter("mean_margin")
     published = min((s for s in selection if s["published"]), key=margin)
     best = min((s for s in selection if not s["published"]), key=margin, default=published)
-    _, published_policy, published_valid, published_scores = fitted[published["name"]]
+    published_candidate, published_policy, published_valid, published_scores = fitted[
+        published["name"]
+    ]
     candidate, policy, valid, scores = fitted[best["name"]]
     return StopPolicies(
         published_policy, published_valid, published["kind"], published_scores, policy,
-        candidate, best["kind"], valid, scores, val_traj, mass, selection,
+        candidate, best["kind"], valid, scores, val_traj, mass, selection, published_candidate,
     )  # fmt: skip

@@ -46,11 +46,14 @@ def step_losses(predictions: torch.Tensor, target: torch.Tensor) -> torch.Tensor
 
 
 def nmse_db(errors: torch.Tensor, energies: torch.Tensor) -> float:
-    """10 log10(mean errors / mean energies) from per-sample ``‖x̂ − x*‖²`` and ``‖x*‖²`` ``(B,)``."""
+    """10 log10(mean errors / mean energies) from per-sample ``‖x̂ − x*‖²`` and ``‖x*‖²`` ``(B,)``;
+    +inf (the worst) when an estimate diverged (a non-finite error), −inf for no error at all."""
     total = float(energies.double().sum())
     if total <= 0:
         raise ValueError("NMSE is undefined: every target signal is zero")
     ratio = float(errors.double().sum()) / total
+    if not math.isfinite(ratio):
+        return math.inf
     return 10 * math.log10(ratio) if ratio > 0 else -math.inf
 
 
