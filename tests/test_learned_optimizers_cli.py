@@ -57,6 +57,8 @@ def test_tiny_run_writes_tables_figures_and_budget_curves(tmp_path, capsys):
         ("unroll=500", "unroll"),  # longer than the tiny preset's horizon
         ("grad_norm_tolerances=[-1]", "grad_norm_tolerances"),
         ("improvement_tolerances=[-0.1]", "improvement_tolerances"),
+        ("improvement_tolerances=[1e-13]", "improvement_tolerances [1e-13]"),  # below the clamp
+        ("grad_norm_tolerances=[0,1e-31]", "grad_norm_tolerances [1e-31]"),
         ("report_steps=[1000]", "report_steps"),
         ("trained_depths=[11]", "trained_depths"),  # beyond the tiny preset's horizon
         ("trained_depths=[0]", "trained_depths"),

@@ -679,8 +679,8 @@ def _reuse(run: RunDir, source: Path, pending: list[PlannedJob]) -> int:
         kept = donor.checkpoints(p.id)
         if any(not (kept / name).is_file() for name in theirs.get("checkpoints", [])):
             continue
-        if donor.checkpoints(p.id).is_dir():
-            shutil.copytree(donor.checkpoints(p.id), run.checkpoints(p.id), dirs_exist_ok=True)
+        if kept.is_dir():
+            shutil.copytree(kept, run.checkpoints(p.id), dirs_exist_ok=True)
         theirs["reused_from"] = str(donor.job_path(p.id).resolve())
         run.write_json(run.job_path(p.id), theirs)
         taken += 1
