@@ -242,7 +242,9 @@ class LearnedOptimizersConfig(Config):
         for key, floor in (("grad_norm_tolerances", 1e-30), ("improvement_tolerances", 1e-12)):
             tiny = [tol for tol in getattr(self, key) if 0 < tol < floor]
             if tiny:
-                raise ValueError(f"{key} {tiny}: a tolerance must be 0 (never stop) or >= {floor:g}")
+                raise ValueError(
+                    f"{key} {tiny}: a tolerance must be 0 (never stop) or >= {floor:g}"
+                )
         missing = sorted(set(self.stop_families) - set(self.families))
         if missing:
             raise ValueError(f"stop_families {missing} are not in families {self.families}")
