@@ -5,12 +5,14 @@ exit 2 before anything is written."""
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from stopwise.contract import Job, JobContext, PlannedJob, RunDir
@@ -25,11 +27,13 @@ from stopwise.tasks.denoising.data import (
     load_splits,
     noisy_set,
     png_base64,
+    read_image,
     sample_patches,
     tiles,
 )
 from stopwise.tasks.denoising.experiment import (
     budget_oracle_score,
+    grid_item,
     kept_exits,
     oracle_under_budget,
     validation_set,
@@ -268,9 +272,29 @@ def test_sample_photos_split_by_image_with_duplicates_counted_once():
         assert min(image.shape) <= 512
 
 
-def test_a_users_folder_is_read_by_split(tmp_path):
-    from PIL import Image
+def test_a_16_bit_png_reads_as_its_8_bit_original(tmp_path):
+    pixels = np.arange(40 * 40).reshape(40, 40).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "8.png")
+    Image.fromarray(pixels.astype(np.uint16) * 257).save(tmp_path / "16.png")  # 255 → 65535
+    with Image.open(tmp_path / "16.png") as image:
+        assert image.mode.startswith("I")
+    assert np.array_equal(read_image(tmp_path / "16.png"), pixels)
+    assert np.array_equal(read_image(tmp_path / "8.png"), pixels)
 
+
+def test_a_noise_level_that_is_not_an_integer_finds_its_grid_item():
+    config = resolve_config(
+        get_experiment("denoising"), "tiny", ["test_sigmas=12.3,65", "grid_sigma=12.3"]
+    )[0]
+    data = noisy_set(
+        [torch.rand(16, 16)], ["camera"], [12.3, 65.0], torch.Generator().manual_seed(0)
+    )
+    config.grid_image = "camera"
+    assert grid_item(config, data) == 0
+    assert data.sigma.tolist() == [12.3, 65.0]
+
+
+def test_a_users_folder_is_read_by_split(tmp_path):
     rng = np.random.default_rng(0)
     for split, count in (("train", 2), ("val", 1), ("test", 2)):
         (tmp_path / split).mkdir()
@@ -294,12 +318,10 @@ def _run_cli(args, tmp_path):
 
 
 def _folder(tmp_path, size):
-    from PIL import Image
-
     root = tmp_path / "images"
-    for split in ("train", "val", "test"):
+    for k, split in enumerate(("train", "val", "test")):
         (root / split).mkdir(parents=True)
-        Image.fromarray(np.zeros((size, size), dtype=np.uint8)).save(root / split / "a.png")
+        Image.fromarray(np.full((size, size), k, dtype=np.uint8)).save(root / split / "a.png")
     return root
 
 
@@ -314,6 +336,9 @@ def _folder(tmp_path, size):
         ("small", "smaller than a patch"),
         ("unreadable", "cannot read image"),
         ("missing-split", "no val/ subfolder"),
+        ("small-test", "smaller than a patch or BM3D's 16×16"),
+        ("truncated", "cannot read image"),
+        ("duplicate", "are the same file"),
     ],
 )
 def test_bad_inputs_exit_2_before_anything_is_written(setting, named, tmp_path):
@@ -329,7 +354,21 @@ def test_bad_inputs_exit_2_before_anything_is_written(setting, named, tmp_path):
             f.unlink()
         (root / "val").rmdir()
         setting = f"images_dir={root}"
-    done = _run_cli(["--set", setting], tmp_path)
+    elif setting == "small-test":  # a patch of 8 fits, but BM3D refuses a 14×14 image
+        root = _folder(tmp_path, 64)
+        Image.fromarray(np.full((14, 14), 9, dtype=np.uint8)).save(root / "test" / "a.png")
+        setting = f"images_dir={root} --set patch=8 --set policy.crop=8"
+    elif setting == "truncated":  # Pillow's verify() passes a truncated JPEG
+        root = _folder(tmp_path, 64)
+        Image.fromarray(np.arange(64 * 64).reshape(64, 64).astype(np.uint8)).save(root / "t.jpg")
+        data = (root / "t.jpg").read_bytes()
+        (root / "test" / "b.jpg").write_bytes(data[: len(data) // 2])
+        setting = f"images_dir={root}"
+    elif setting == "duplicate":  # the same photo in train/ and test/
+        root = _folder(tmp_path, 64)
+        shutil.copy(root / "test" / "a.png", root / "train" / "copy.png")
+        setting = f"images_dir={root}"
+    done = _run_cli([arg for part in setting.split(" --set ") for arg in ("--set", part)], tmp_path)
     assert done.returncode == 2, done.stderr[-2000:]
     assert named in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "never").exists()

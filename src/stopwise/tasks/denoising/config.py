@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...config import Config, group, param
-from .data import DataError, image_sizes
+from .data import BM3D_MIN_SIDE, DataError, image_sizes
 from .models import HEAD_KINDS
 
 __all__ = ["TrainStage", "PolicyStage", "DenoisingConfig", "PRESETS", "BM3D_PROFILES"]
@@ -143,11 +143,14 @@ class DenoisingConfig(Config):
         except DataError as error:
             raise ValueError(f"images_dir: {error}") from None
         for split, listed in sizes.items():
-            least = max(self.patch, self.policy.crop) if split == "train" else self.patch
+            if split == "train":
+                least, why = max(self.patch, self.policy.crop), "a patch or a policy crop"
+            else:
+                least, why = max(self.patch, BM3D_MIN_SIDE), "a patch or BM3D's 16×16"
             for name, size in listed:
                 if min(size) < least:
                     raise ValueError(
-                        f"{split} image {name} is {size[0]}×{size[1]}, smaller than a patch "
+                        f"{split} image {name} is {size[0]}×{size[1]}, smaller than {why} "
                         f"(patch={self.patch}, policy.crop={self.policy.crop})"
                     )
         used = [name for name, _ in sizes["test"]][: self.test_images or None]

@@ -45,6 +45,7 @@ __all__ = [
 ]
 
 MAX_SIDE = 512
+BM3D_MIN_SIDE = 16  # the bm3d package segfaults on 11×11 and refuses 8×8
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -192,11 +193,25 @@ def read_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.load()
+            if image.mode.startswith("I"):  # 16-bit grey ("I;16", or "I" as Pillow opens it)
+                return _from_16_bit(np.asarray(image), path)
+            if image.mode == "F":
+                raise DataError(
+                    f"image {path} has floating-point pixels (mode F); save it as 8 or 16 bits"
+                )
             if image.mode not in ("L", "RGB", "RGBA"):
                 image = image.convert("RGB")
             return _to_grey_uint8(np.asarray(image))
     except (OSError, SyntaxError, ValueError) as error:
         raise DataError(f"cannot read image {path}: {error}") from None
+
+
+def _from_16_bit(array: np.ndarray, path: Path) -> np.ndarray:
+    """16-bit grey to 8 bits: v / 257 rounded (65535 → 255), the inverse of 8 → 16 bits' v · 257."""
+    array = array.astype(np.int64)
+    if array.min() < 0 or array.max() > 65535:
+        raise DataError(f"image {path}: pixel values outside 0..65535 (not a 16-bit image)")
+    return np.floor(array / 257 + 0.5).astype(np.uint8)
 
 
 def _header_size(path: Path) -> tuple[int, int]:
@@ -209,7 +224,10 @@ def _header_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as image:
             width, height = image.size
-            image.verify()
+            if image.format == "PNG":
+                image.verify()  # checks every chunk's CRC without decoding
+            else:  # Pillow's verify does nothing for JPEG: decode it (a truncated file fails)
+                image.load()
     except (OSError, SyntaxError, ValueError) as error:
         raise DataError(f"cannot read image {path}: {error}") from None
     return height, width
@@ -305,6 +323,13 @@ def _folder_files(root: Path) -> dict[str, list[Path]]:
         files[split] = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files[split]:
             raise DataError(f"images_dir={str(root)!r}: {split}/ holds no PNG or JPEG image")
+    seen: dict[str, Path] = {}  # a file in two splits would leak a test image into training
+    for split in SPLITS:
+        for path in files[split]:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            other = seen.setdefault(digest, path)
+            if other.parent != path.parent:
+                raise DataError(f"images_dir={str(root)!r}: {other} and {path} are the same file")
     return files
 
 
@@ -424,7 +449,7 @@ def noisy_set(
         )
         for index in by_shape.values()
     ]
-    return NoisySet(torch.tensor(sigma), labels, groups)
+    return NoisySet(torch.tensor(sigma, dtype=torch.float64), labels, groups)  # σ = 12.3 exactly
 
 
 def png_base64(image: torch.Tensor) -> str:

@@ -29,7 +29,7 @@ from ...training import (
     optimize,
 )
 from .config import DenoisingConfig, TrainStage
-from .data import NoisySet, load_splits, sample_patches
+from .data import BM3D_MIN_SIDE, NoisySet, load_splits, sample_patches
 from .metrics import exit_table
 from .models import DnCNN, ImagePolicy, noise_losses
 
@@ -283,9 +283,6 @@ def train_policy(
 
 
 # ---------------------------------------------------------------- classical baselines
-
-
-BM3D_MIN_SIDE = 16
 
 
 def bm3d_denoise(noisy: torch.Tensor, sigma: float, profile: str = "np") -> torch.Tensor:
