@@ -3,7 +3,8 @@ train / validation / test, and the noisy patches, tiles and crops built from the
 
 Every image is read from disk only: scikit-image fetches some of its sample images with pooch,
 and those are skipped unless they are already in a local cache; nothing is ever downloaded. An
-image is converted to 8-bit grey (ITU-R 601 luma, as PIL's ``convert("L")``), then to [0, 1];
+image is converted to 8-bit grey (ITU-R 601 luma, PIL's ``convert("L")`` weights in floating
+point), then to [0, 1];
 one whose shorter side exceeds :data:`MAX_SIDE` is shrunk by the integer factor
 ⌈side / MAX_SIDE⌉ (block mean, rounded back to 8 bits). Identical arrays count once (PyWavelets
 ships scikit-image's ``camera`` again): the first in catalogue order keeps its split.
