@@ -139,6 +139,8 @@ def test_every_experiment_has_the_contract_presets(name):
     assert experiment.description
     for key, (kind, _) in schema(experiment.config).items():
         assert kind in (bool, int, float, str) or typing.get_origin(kind) is list, key
+    for preset, values in experiment.presets.items():  # so each can be shown on a CPU machine
+        assert "device" not in values, f"{preset} names a device: --set it instead"
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -53,11 +53,13 @@ def test_cli_runs_every_method_with_tables_and_figures(tmp_path, capsys):
         # equal as job names (six significant digits): act-0.0001-lr… twice
         ("act_tau=0.0001,0.000100000001", "act_tau=[0.0001, 0.000100000001] must not repeat"),
         ("policy_updates=0", "policy_updates"),
+        ("test_size=50", "use at least 104"),  # with train_k=[8,8]: 1/8 of test_k's vectors
     ],
 )
 def test_bad_config_is_rejected_before_training(tmp_path, capsys, override, message):
     out = tmp_path / "r"
     extra = ["--set", "test_k=[5,8]"] if "overlap" in message else []
+    extra += ["--set", "train_k=[8,8]"] if override.startswith("test_size") else []
     args = ["run", "parity", "--preset", "tiny", "--set", override, *extra, "--out", str(out)]
     assert main(args) == 2
     assert message in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 import torch
 
+from stopwise.cli import main
 from stopwise.experiments import run_experiment
 from stopwise.tasks.toy import RunningMean, sample_streams
 
@@ -29,3 +30,10 @@ def test_quick_preset_policy_beats_fixed_depth(tmp_path):
             assert row["mean_steps"] <= row["budget"] + 0.1 and row["matches_dense"]
         # The budget curve is calibrated on validation and spans the range of depths.
         assert record["curve"][0]["mean_steps"] < 2 and record["curve"][-1]["mean_steps"] > 11
+
+
+def test_a_repeated_budget_exits_2_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["run", "toy", "--preset", "tiny", "--set", "budgets=3,3", "--out", str(out)]) == 2
+    assert "budgets" in capsys.readouterr().err
+    assert not out.exists()

@@ -39,6 +39,20 @@ def test_a_package_is_found_by_dotted_name_from_the_current_folder_or_by_path(tm
         assert by_path.returncode == 0 and "steps: an integer" in by_path.stdout, by_path.stderr
 
 
+def test_a_copy_of_the_toy_folder_runs_as_a_users_own_task(tmp_path):
+    """adding_a_task.md: copy the toy folder, rename it, run it with --module."""
+    import shutil
+
+    import stopwise.tasks.toy as toy
+
+    copy = tmp_path / "mytoy"
+    shutil.copytree(Path(toy.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    init = copy / "__init__.py"
+    init.write_text(init.read_text().replace('name="toy"', 'name="mytoy"'))
+    done = stopwise("show", "mytoy", "--module", "mytoy", "--preset", "tiny", cwd=tmp_path)
+    assert done.returncode == 0 and "budgets" in done.stdout, done.stderr
+
+
 def test_a_module_that_fails_to_import_exits_2_naming_the_error_and_where(tmp_path):
     (tmp_path / "broken.py").write_text(
         "import math\n\nx = 1\nraise RuntimeError('no data here')\n"

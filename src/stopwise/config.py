@@ -43,6 +43,7 @@ __all__ = [
     "Config",
     "param",
     "group",
+    "distinct",
     "build",
     "validate",
     "parse_value",
@@ -144,6 +145,13 @@ def param(
     if isinstance(default, list | dict):
         return field(default_factory=lambda: copy.deepcopy(default), metadata={"spec": spec})
     return field(default=default, metadata={"spec": spec})
+
+
+def distinct(values: list) -> str | None:
+    """A ``check`` for a list whose values must not repeat: numbers as they are written in job
+    names and table rows (six significant digits, ``:g``), strings as they are."""
+    names = [format(v, "g") if isinstance(v, int | float) else v for v in values]
+    return None if len(set(names)) == len(names) else "must not repeat a value (to 6 digits)"
 
 
 def group(cls: type, help: str = "") -> Any:

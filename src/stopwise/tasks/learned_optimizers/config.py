@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...config import Config, group, param
+from ...config import Config, distinct, group, param
 from .models import HAND_DESIGNED, LSTMOptimizerNet
 
 __all__ = [
@@ -164,18 +164,14 @@ class L2SSettings:
     )
 
 
-def _distinct(values: list[str]) -> str | None:
-    return None if len(set(values)) == len(values) else "must not name a family twice"
-
-
 @dataclass
 class LearnedOptimizersConfig(Config):
     families: list[str] = param(
-        list(FAMILIES), choices=FAMILIES, min_len=1, check=_distinct,
+        list(FAMILIES), choices=FAMILIES, min_len=1, check=distinct,
         help="function families to run",
     )  # fmt: skip
     stop_families: list[str] = param(
-        list(STOP_FAMILIES), choices=STOP_FAMILIES, check=_distinct,
+        list(STOP_FAMILIES), choices=STOP_FAMILIES, check=distinct,
         help="families that also get ACT and L2S-stop",
     )  # fmt: skip
     horizon: int = param(100, ge=1, le=10000, help="optimizer steps per function (T)")

@@ -10,19 +10,13 @@ chosen with τ on validation; fixed depth picks its depth on validation.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from ...config import Config, param
+from ...config import Config, distinct, param
 from .methods import METHODS
 
 __all__ = ["ParityConfig", "PRESETS"]
-
-
-def _distinct(values: list) -> str | None:
-    """Values name the jobs (``act-0.0001-lr0.001``), so they must differ as names do: in
-    their six-significant-digit ``:g`` form (strings: as they are)."""
-    names = [format(v, "g") if isinstance(v, int | float) else v for v in values]
-    return None if len(set(names)) == len(names) else "must not repeat a value (to 6 digits)"
 
 
 @dataclass
@@ -43,7 +37,7 @@ class ParityConfig(Config):
         gt=0,
         le=1,
         min_len=1,
-        check=_distinct,
+        check=distinct,
         help="Adam learning rates of every method without its own grid (best on validation)",
     )
     act_lr: list[float] = param(
@@ -51,7 +45,7 @@ class ParityConfig(Config):
         gt=0,
         le=1,
         min_len=1,
-        check=_distinct,
+        check=distinct,
         help="ACT's Adam learning rates (best on validation, with τ)",
     )
     grad_clip: float = param(1.0, ge=0, le=1e6, help="max gradient norm (0: no clipping)")
@@ -59,24 +53,24 @@ class ParityConfig(Config):
     val_size: int = param(2000, ge=1, help="validation vectors per seed (training k range)")
     test_size: int = param(10000, ge=1, help="test vectors per seed (test k range)")
     methods: list[str] = param(
-        list(METHODS), choices=list(METHODS), min_len=1, check=_distinct, help="methods to run"
+        list(METHODS), choices=list(METHODS), min_len=1, check=distinct, help="methods to run"
     )
-    fixed_depth: list[int] = param([2, 4, 8, 12], ge=1, check=_distinct, help="fixed depths d")
-    act_tau: list[float] = param([0.0001], ge=0, le=100, check=_distinct, help="ACT ponder costs τ")
+    fixed_depth: list[int] = param([2, 4, 8, 12], ge=1, check=distinct, help="fixed depths d")
+    act_tau: list[float] = param([0.0001], ge=0, le=100, check=distinct, help="ACT ponder costs τ")
     act_eps: float = param(0.01, gt=0, lt=1, help="ACT ε: halt once Σ h ≥ 1 − ε")
     act_halting_bias: float = param(-2.0, ge=-20, le=20, help="initial bias of ACT's halting unit")
     pondernet_lambda_p: list[float] = param(
-        [0.1], gt=0, lt=1, check=_distinct, help="PonderNet prior parameters λ_p"
+        [0.1], gt=0, lt=1, check=distinct, help="PonderNet prior parameters λ_p"
     )
     pondernet_beta: float = param(0.01, ge=0, le=100, help="PonderNet KL weight β")
     l2s_beta: list[float] = param(
-        [1.0], gt=0, le=1000, check=_distinct, help="L2S oracle temperatures β"
+        [1.0], gt=0, le=1000, check=distinct, help="L2S oracle temperatures β"
     )
     l2s_heads: list[str] = param(
         ["hard", "soft"],
         choices=["hard", "soft", "gain"],
         min_len=1,
-        check=_distinct,
+        check=distinct,
         help="L2S stage-II heads: imitate the hard or the soft oracle (as published), or regress "
         "on the gain rate −log g_t (stopwise.fit_gain_policy: one head for every budget)",
     )
@@ -88,7 +82,7 @@ class ParityConfig(Config):
         "less than this per step (nats)",
     )
     thesis_beta: list[float] = param(
-        [0.1], ge=0, le=100, check=_distinct, help="random-horizon bound KL weights β"
+        [0.1], ge=0, le=100, check=distinct, help="random-horizon bound KL weights β"
     )
     thesis_prior_p: float = param(0.2, gt=0, lt=1, help="random-horizon prior parameter p")
     curve_points: int = param(
@@ -105,6 +99,16 @@ class ParityConfig(Config):
             raise ValueError(
                 f"test_k={self.test_k} must overlap train_k={self.train_k}: the report compares "
                 "interpolation accuracy (test vectors whose k lies in the training range)"
+            )
+        # k is uniform on test_k: refuse a test set that draws no interpolation vector with a
+        # chance of 1e-6 or more (the job would fail after its training).
+        inside = min(self.test_k[1], self.train_k[1]) - max(self.test_k[0], self.train_k[0]) + 1
+        share = inside / (self.test_k[1] - self.test_k[0] + 1)
+        if share < 1 and (1 - share) ** self.test_size >= 1e-6:
+            least = math.ceil(math.log(1e-6) / math.log(1 - share))
+            raise ValueError(
+                f"test_size={self.test_size} is too small: only {share:.3g} of test_k's vectors "
+                f"lie in train_k, so the draw may hold none of them; use at least {least}"
             )
         for name in self.methods:
             key = METHODS[name].hyperparameter
@@ -169,6 +173,5 @@ PRESETS = {
         "lr": [0.001],
         "policy_updates": 5000,
         "fixed_depth": [2, 5, 10, 20],
-        "device": "cuda",
-    },
+    },  # for a GPU: --set device=cuda (a preset naming cuda could not even be shown on a CPU)
 }

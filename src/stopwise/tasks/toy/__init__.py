@@ -9,7 +9,8 @@ docs/adding_a_task.md walks through.
 
 from __future__ import annotations
 
-from ...contract import Experiment
+from stopwise.contract import Experiment
+
 from .config import PRESETS, ToyConfig
 from .data import sample_streams
 from .experiment import jobs, run_job

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...config import Config, group, param
+from stopwise.config import Config, distinct, group, param
 
 __all__ = ["ToyConfig", "Stage", "PRESETS"]
 
@@ -33,6 +33,7 @@ class ToyConfig(Config):
         [3.0, 6.0],
         ge=1,
         min_len=1,
+        check=distinct,
         help="mean-step budgets the table reports (a stream runs at least one step)",
     )
     curve_points: int = param(12, ge=2, le=200, help="budgets on the budget curve")

@@ -8,10 +8,11 @@ from typing import Any
 
 import torch
 
-from ...contract import Job, JobContext
-from ...inference import calibrate, hazard_trajectory, run_adaptive, stop_indices
-from ...selection import Heldout, budget_grid, budget_sweep, fixed_depth_curve
-from ...steps import unroll
+from stopwise.contract import Job, JobContext
+from stopwise.inference import calibrate, hazard_trajectory, run_adaptive, stop_indices
+from stopwise.selection import Heldout, budget_grid, budget_sweep, fixed_depth_curve
+from stopwise.steps import unroll
+
 from .config import ToyConfig
 from .data import sample_streams
 from .methods import train_l2s

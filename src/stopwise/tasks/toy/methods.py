@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from ...contract import JobContext
-from ...policies import create_policy
-from ...training import GeneratedBatches, fit_oracle, fit_policy
+from stopwise.contract import JobContext
+from stopwise.policies import create_policy
+from stopwise.training import GeneratedBatches, fit_oracle, fit_policy
+
 from .config import ToyConfig
 from .data import sample_streams
 from .models import RunningMean, squared_error

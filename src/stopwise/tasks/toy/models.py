@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...steps import StepModel
+from stopwise.steps import StepModel
 
 __all__ = ["RunningMean", "squared_error"]
 

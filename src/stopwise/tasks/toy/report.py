@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...contract import JobResult, Report
-from ...curves import dominance, dominance_line, mean_curve
-from ...reporting import finish_axes, markdown_table, new_figure, points_xy
-from ...stats import format_mean_sd, paired_difference
+from stopwise.contract import JobResult, Report
+from stopwise.curves import dominance, dominance_line, mean_curve
+from stopwise.reporting import finish_axes, markdown_table, new_figure, points_xy
+from stopwise.stats import format_mean_sd, paired_difference
+
 from .config import ToyConfig
 
 __all__ = ["report"]
