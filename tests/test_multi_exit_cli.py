@@ -150,6 +150,69 @@ def test_missing_fashion_files_exit_2_naming_them_before_anything_is_written(
     assert not out.exists()
 
 
+def write_idx_folder(folder, n_train, n_test, seed, side=8, gz=True):
+    """A user's own IDX data set (MNIST layout, ``side``×``side`` images), written by hand."""
+    import gzip
+
+    import numpy as np
+    from test_multi_exit_data import idx_bytes
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 50, (n, side, side)) + 20 * labels[:, None, None]
+        for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
+            data = idx_bytes(array)
+            name = folder / f"{prefix}-{kind}-ubyte"
+            if gz and kind.startswith("images"):
+                (folder / f"{name.name}.gz").write_bytes(gzip.compress(data))
+            else:
+                name.write_bytes(data)
+    return folder
+
+
+# A run on a user's 8×8 IDX files in seconds (one method, one epoch, no gain head, no timing).
+IDX_RUN = [
+    "dataset=fashion-mnist", "val_size=20", "train_size=0", "stem=1", "channels=4,8",
+    "strides=1,2", "sdn_weights=0.5,1", "head_width=4", "epochs=1", "batch_size=16",
+    "methods=uniform", "timing.methods=[]", "gain_head=false", "progress=false",
+]  # fmt: skip
+
+
+def test_a_rerun_with_another_data_folder_is_refused_never_served_the_old_jobs(
+    tmp_path, capsys, monkeypatch
+):
+    """The resolved data folder is part of every training job's settings: a rerun into the same
+    --out with other IDX files (through data_dir or STOPWISE_DATA) is refused naming the two
+    folders, and the finished job and results stay those of the first folder."""
+    monkeypatch.delenv("STOPWISE_DATA", raising=False)
+    first = write_idx_folder(tmp_path / "a", 60, 20, seed=0)
+    other = write_idx_folder(tmp_path / "b", 70, 24, seed=7)
+    out = tmp_path / "run"
+    run_experiment("multi-exit", "tiny", out, [*IDX_RUN, f"data_dir={first}"])
+    before = (out / "results.json").read_text()
+    record = (out / "jobs" / "uniform-s0.json").read_text()
+    args = ["run", "multi-exit", "--preset", "tiny", "--out", str(out)]
+    args += [x for item in IDX_RUN for x in ("--set", item)]
+    assert main([*args, "--set", f"data_dir={other}"]) == 2
+    error = capsys.readouterr().err
+    assert "params.data" in error and str(first.resolve()) in error and str(other) in error
+    job = json.loads((out / "jobs" / "uniform-s0.json").read_text())
+    assert job["settings"]["params"]["data"] == str(first.resolve())
+    monkeypatch.setenv("STOPWISE_DATA", str(other))  # the folder from the environment: the same
+    assert main(args) == 2
+    assert "params.data" in capsys.readouterr().err
+    assert (out / "results.json").read_text() == before
+    assert json.loads((out / "results.json").read_text())["data"]["test"] == 20
+    # The same folder by another path (relative, through a link) is the same setting.
+    (tmp_path / "link").symlink_to(first)
+    monkeypatch.delenv("STOPWISE_DATA")
+    monkeypatch.chdir(tmp_path)
+    assert main([*args, "--set", "data_dir=link"]) == 0  # nothing to run: the job is reused
+    assert (out / "jobs" / "uniform-s0.json").read_text() == record
+
+
 def _context(tmp_path, config, method):
     job = Job(method, params={"method": method})
     planned = PlannedJob(f"{method}-s0", job, 0, {}, ())

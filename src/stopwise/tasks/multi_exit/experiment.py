@@ -26,7 +26,7 @@ from ...inference import (
 from ...policies import ConfidencePolicy
 from ...selection import Heldout, budget_sweep, fixed_depth_curve
 from .config import MultiExitConfig
-from .data import load_splits
+from .data import load_splits, resolve_data_dir
 from .l2w import allocate_meta
 from .methods import L2W_VARIANTS, build_model, fit_gain, head_costs, train_method
 from .metrics import (
@@ -42,10 +42,13 @@ from .metrics import (
 )
 from .models import exit_losses
 
-__all__ = ["jobs", "run_job", "l2s_job_name", "SELECT_L2S"]
+__all__ = ["jobs", "run_job", "data_params", "l2s_job_name", "SELECT_L2S"]
 
-# What every job reads; the data folder is left out (the same files anywhere give the same
-# numbers), and so are the report's keys (budgets unless timed, log_every).
+# What every job reads, but the report's keys (budgets unless timed, log_every). The data folder
+# (data_dir, else $STOPWISE_DATA, else the default) is not a key: a training job of a data set
+# read from files carries the resolved folder in its params (``data_params``), so a rerun into
+# the same --out with another folder is refused as changed settings, never served the jobs
+# trained on the first folder's files. The generated data sets (mnist1d, digits) read no folder.
 SHARED_KEYS = (
     "dataset", "val_size", "test_size", "train_size", "split_seed", "mnist1d_noise",
     "mnist1d_per_level", "stem", "channels", "strides", "head_width", "epochs", "batch_size",
@@ -62,18 +65,30 @@ def l2s_job_name(beta: float) -> str:
     return f"l2s-b{beta:g}"
 
 
+def data_params(config: MultiExitConfig) -> dict[str, str]:
+    """``{"data": absolute path}`` of the folder the data files are read from (Fashion-MNIST
+    or a user's IDX files: ``data.resolve_data_dir``, symlinks resolved); ``{}`` for the
+    generated data sets, whose jobs' settings stay as they were."""
+    if config.dataset != "fashion-mnist":
+        return {}
+    folder, _ = resolve_data_dir(config.data_dir)
+    return {"data": str(folder.resolve())}
+
+
 def jobs(config: MultiExitConfig) -> list[Job]:
     out = []
+    data = data_params(config)
     for method in config.methods:
         # Every training job fits and runs each budget's rule after training.
         keys = SHARED_KEYS + METHOD_KEYS.get(method, ()) + GAIN_KEYS + ("budgets",)
         keys += ("timing",) if method in config.timing.methods else ()
         if method != "l2s":
-            out.append(Job(method, {"method": method}, keys=keys, cost=COSTS.get(method, 1.0)))
+            params = {"method": method, **data}
+            out.append(Job(method, params, keys=keys, cost=COSTS.get(method, 1.0)))
             continue
         names = [l2s_job_name(beta) for beta in config.l2s.betas]
         out += [
-            Job(name, {"method": "l2s", "beta": beta}, keys=keys)
+            Job(name, {"method": "l2s", "beta": beta, **data}, keys=keys)
             for name, beta in zip(names, config.l2s.betas, strict=True)
         ]
         after = tuple(names) + (("uniform",) if "uniform" in config.methods else ())
@@ -86,7 +101,7 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
     method = job.params["method"]
     if method == SELECT_L2S:
         return select_beta(job, context)
-    splits = load_splits(config)
+    splits = load_splits(config, job.params.get("data"))  # the folder its settings name
     context.manual_seed("init")
     model = build_model(config, splits)
     cpu_start = time.process_time()
