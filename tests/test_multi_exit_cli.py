@@ -4,11 +4,14 @@ is written; the jobs' shared streams; and L2W with δ = 0 is uniform training (s
 weights, same batches, meta steps without side effects). Resume, kill and generic bad-key tests
 are the contract tests' (tests/test_experiment_contract.py)."""
 
+import gzip
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
+from test_multi_exit_data import idx_bytes
 
 from stopwise.cli import main
 from stopwise.config import ConfigError
@@ -152,11 +155,6 @@ def test_missing_fashion_files_exit_2_naming_them_before_anything_is_written(
 
 def write_idx_folder(folder, n_train, n_test, seed, side=8, gz=True):
     """A user's own IDX data set (MNIST layout, ``side``×``side`` images), written by hand."""
-    import gzip
-
-    import numpy as np
-    from test_multi_exit_data import idx_bytes
-
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True)
     for prefix, n in (("train", n_train), ("t10k", n_test)):
@@ -211,6 +209,42 @@ def test_a_rerun_with_another_data_folder_is_refused_never_served_the_old_jobs(
     monkeypatch.chdir(tmp_path)
     assert main([*args, "--set", "data_dir=link"]) == 0  # nothing to run: the job is reused
     assert (out / "jobs" / "uniform-s0.json").read_text() == record
+
+
+@pytest.mark.parametrize(
+    "data, overrides, message",
+    [
+        # A user's IDX files (60 training rows of 8×8, 20 test rows): counts from the headers.
+        ("idx", ["val_size=60"], "has 60 rows: val_size 60"),
+        ("idx", ["val_size=20", "train_size=41"], "train_size must lie in 0..40"),
+        ("idx", ["val_size=50", "batch_size=16"], "train_size 10 (training rows of fashion"),
+        ("idx", ["stem=3"], "stem 3 must divide the input size 8×8"),
+        ("idx-mismatch", [], "expected as many labels as images"),
+        ("digits", ["stem=3"], "stem 3 must divide the input size 8×8 of digits"),
+        ("mnist1d", ["stem=3"], "stem 3 must divide the input size 40 of mnist1d"),
+        ("mnist1d", ["mnist1d_per_level=1005"], "mnist1d_per_level=1005 must be a multiple of 10"),
+        ("mnist1d", ["mnist1d_per_level=5"], "mnist1d_per_level=5 must be >= 10"),
+    ],
+)
+def test_data_dependent_limits_exit_2_naming_the_key_before_anything_is_written(
+    tmp_path, capsys, monkeypatch, data, overrides, message
+):
+    monkeypatch.delenv("STOPWISE_DATA", raising=False)
+    args = ["run", "multi-exit", "--preset", "tiny", "--out", str(tmp_path / "r")]
+    if data.startswith("idx"):
+        folder = write_idx_folder(tmp_path / "idx", 60, 20, seed=0)
+        if data == "idx-mismatch":  # 21 test labels for 20 test images
+            labels = np.zeros(21, dtype=np.uint8)
+            (folder / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(labels))
+        overrides = [*IDX_RUN, f"data_dir={folder}", *overrides]
+    elif data == "mnist1d":
+        overrides = ["dataset=mnist1d", "val_size=100", "test_size=100", *overrides]
+    for item in overrides:
+        args += ["--set", item]
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert message in error and "Traceback" not in error, error
+    assert not (tmp_path / "r").exists()
 
 
 def _context(tmp_path, config, method):

@@ -29,6 +29,10 @@ def _unique(values: list) -> str | None:
     return None if len(set(values)) == len(values) else "must not repeat a value"
 
 
+def _tens(value: int) -> str | None:
+    return None if value % 10 == 0 else "must be a multiple of 10 (make_dataset makes 10·⌊n/10⌋)"
+
+
 def _increasing(values: list[float]) -> str | None:
     return None if values == sorted(values) else "must be increasing"
 
@@ -107,7 +111,12 @@ class MultiExitConfig(Config):
     mnist1d_noise: list[float] = param(
         [0.0, 0.25, 0.5, 1.0], ge=0, min_len=1, help="MNIST-1D noise levels, one set each"
     )
-    mnist1d_per_level: int = param(3000, ge=1, help="MNIST-1D samples per noise level")
+    mnist1d_per_level: int = param(
+        3000,
+        ge=10,
+        check=_tens,
+        help="MNIST-1D samples per noise level (make_dataset makes 10·⌊n/10⌋: a multiple of 10)",
+    )
     stem: int = param(4, ge=1, help="space-to-depth factor of the input (28×28×1 → 7×7×16)")
     channels: list[int] = param(
         [16, 24, 32, 48], ge=1, min_len=2, help="block widths (one exit each)"
