@@ -17,11 +17,11 @@ from stopwise.cli import main
 from stopwise.config import ConfigError
 from stopwise.contract import Job, JobContext, PlannedJob, RunDir
 from stopwise.experiments import get_experiment, resolve_config, run_experiment
-from stopwise.tasks.multi_exit import METHODS
 from stopwise.tasks.multi_exit.data import load_splits
 from stopwise.tasks.multi_exit.methods import build_model, train_method
 
 EXPERIMENT = get_experiment("multi-exit")
+TINY_METHODS = resolve_config(EXPERIMENT, "tiny")[0].methods  # every method but l2w-all
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +37,8 @@ def test_tiny_run_writes_curves_tables_figures_and_real_early_exit(tiny_run):
     data = results["data"]
     assert (data["train"], data["validation"], data["test"]) == (1097, 300, 400)
     # Every network has a confidence and a gain-head curve (gain_head=true); L2S also a policy.
-    assert len(results["lines"]) == 2 * len(METHODS) + 1
-    jobs = set(METHODS) - {"l2s"} | {"l2s-b1"}
+    assert len(results["lines"]) == 2 * len(TINY_METHODS) + 1
+    jobs = set(TINY_METHODS) - {"l2s"} | {"l2s-b1"}
     trained = jobs - {"uniform"} | {"l2s-b1 (policy)"} | {f"{j} (gain head)" for j in jobs}
     assert set(results["paired_vs_uniform"]) == trained | {"l2s", "l2s (policy)"}
     for line in results["l2s_selected"]:  # β ∈ {1, ∞ (uniform)} chosen per budget on validation
@@ -126,7 +126,7 @@ def test_every_curve_point_s_own_rule_run_for_real_gives_the_point_s_numbers(tin
                 assert ran["mean_cost"] == pytest.approx(point["mean_cost"], rel=1e-12)
                 assert ran["matches_dense"] and ran["matches_curve"]
                 checked, mixes = checked + 1, mixes + ("mix" in point)
-    assert checked == 39 * (2 * len(METHODS) + 1) and mixes > 0  # + the L2S policy
+    assert checked == 39 * (2 * len(TINY_METHODS) + 1) and mixes > 0  # + the L2S policy
     table = (tiny_run / "table.md").read_text()
     assert "accuracy and mean MACs equal the curve's: yes" in table
 
@@ -282,13 +282,13 @@ def test_l2w_with_zero_delta_is_uniform_training(tmp_path, meta_batch):
     )
     splits = load_splits(config)
     trained = {}
-    for method in ("uniform", "l2w", "l2w-fo", "l2w-last"):
+    for method in ("uniform", "l2w", "l2w-fo", "l2w-last", "l2w-all"):
         context = _context(tmp_path / meta_batch, config, method)
         context.manual_seed("init")
         model = build_model(config, splits)
         train_method(method, model, splits, config, context)
         trained[method] = model.state_dict()
-    for method in ("l2w", "l2w-fo", "l2w-last"):
+    for method in ("l2w", "l2w-fo", "l2w-last", "l2w-all"):
         for key, value in trained["uniform"].items():
             close = torch.allclose(trained[method][key].double(), value.double(), atol=1e-5)
             assert close, (method, key)

@@ -21,6 +21,7 @@ METHODS = {
     "l2w": "L2W",
     "l2w-fo": "L2W (first-order)",
     "l2w-last": "L2W, no allocation (meta loss at the last exit)",
+    "l2w-all": "L2W, no allocation (every meta sample at every exit)",
     "l2s": "L2S",
 }
 
@@ -61,7 +62,8 @@ class L2W:
         "per-exit",
         choices=META_LOSSES,
         help="per-exit: Σ_k mean over the meta samples allocated to exit k (official); pooled: "
-        "one mean over the meta batch; last: the last exit only, no allocation",
+        "one mean over the meta batch; last: the last exit only, no allocation; all: Σ_k mean "
+        "over every meta sample, no allocation",
     )
     output_init: str = param(
         "default", choices=OUTPUT_INITS, help="weight net output layer: PyTorch default or zero"
@@ -129,7 +131,11 @@ class MultiExitConfig(Config):
     momentum: float = param(0.9, ge=0, lt=1, help="SGD momentum")
     weight_decay: float = param(5e-4, ge=0, help="SGD weight decay")
     methods: list[str] = param(
-        list(METHODS), choices=tuple(METHODS), min_len=1, check=_unique, help="methods to train"
+        [m for m in METHODS if m != "l2w-all"],  # the presets' methods as before it was added
+        choices=tuple(METHODS),
+        min_len=1,
+        check=_unique,
+        help="methods to train",
     )
     sdn_weights: list[float] = param(
         [0.25, 0.5, 0.75, 1.0], gt=0, help="SDN's exit weights (normalised to sum to K)"

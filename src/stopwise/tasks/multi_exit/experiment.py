@@ -50,7 +50,12 @@ SHARED_KEYS = (
 )  # fmt: skip
 METHOD_KEYS = {"sdn": ("sdn_weights",), "l2s": ("l2s",), **{m: ("l2w",) for m in L2W_VARIANTS}}
 GAIN_KEYS = ("gain_head", "gain_updates", "gain_price")  # every trained network's gain head
-COSTS = {"l2w": 4.0, "l2w-last": 4.0, "l2w-fo": 2.5}  # relative training cost (worker order)
+COSTS = {
+    "l2w": 4.0,
+    "l2w-last": 4.0,
+    "l2w-all": 4.0,
+    "l2w-fo": 2.5,
+}  # relative training cost (worker order)
 SELECT_L2S = "l2s-select"  # the method of the job that picks L2S's β on validation
 
 
