@@ -4,21 +4,24 @@ is written; the jobs' shared streams; and L2W with δ = 0 is uniform training (s
 weights, same batches, meta steps without side effects). Resume, kill and generic bad-key tests
 are the contract tests' (tests/test_experiment_contract.py)."""
 
+import gzip
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
+from test_multi_exit_data import idx_bytes
 
 from stopwise.cli import main
 from stopwise.config import ConfigError
 from stopwise.contract import Job, JobContext, PlannedJob, RunDir
 from stopwise.experiments import get_experiment, resolve_config, run_experiment
-from stopwise.tasks.multi_exit import METHODS
 from stopwise.tasks.multi_exit.data import load_splits
 from stopwise.tasks.multi_exit.methods import build_model, train_method
 
 EXPERIMENT = get_experiment("multi-exit")
+TINY_METHODS = resolve_config(EXPERIMENT, "tiny")[0].methods  # every method but l2w-all
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +37,8 @@ def test_tiny_run_writes_curves_tables_figures_and_real_early_exit(tiny_run):
     data = results["data"]
     assert (data["train"], data["validation"], data["test"]) == (1097, 300, 400)
     # Every network has a confidence and a gain-head curve (gain_head=true); L2S also a policy.
-    assert len(results["lines"]) == 2 * len(METHODS) + 1
-    jobs = set(METHODS) - {"l2s"} | {"l2s-b1"}
+    assert len(results["lines"]) == 2 * len(TINY_METHODS) + 1
+    jobs = set(TINY_METHODS) - {"l2s"} | {"l2s-b1"}
     trained = jobs - {"uniform"} | {"l2s-b1 (policy)"} | {f"{j} (gain head)" for j in jobs}
     assert set(results["paired_vs_uniform"]) == trained | {"l2s", "l2s (policy)"}
     for line in results["l2s_selected"]:  # β ∈ {1, ∞ (uniform)} chosen per budget on validation
@@ -92,7 +95,7 @@ def test_the_gain_head_gets_a_budget_curve_run_for_real_and_a_verdict(tiny_run):
         costs = torch.tensor(exits, dtype=torch.float64) + 224 * asked
         paid = torch.tensor(point["exit_fractions"], dtype=torch.float64) @ costs
         assert point["mean_cost"] == pytest.approx(float(paid))
-    assert [r["budget"] for r in record["adaptive"]["gain"]] == [0.5, 0.6, 0.7]
+    assert [r["budget"] for r in record["adaptive"]["gain"]] == budgets
     assert all(r["matches_dense"] for r in record["adaptive"]["gain"])
     results = json.loads((tiny_run / "results.json").read_text())
     verdict = results["dominance"]["Uniform Σ_k CE_k (gain head)"]
@@ -104,6 +107,28 @@ def test_the_gain_head_gets_a_budget_curve_run_for_real_and_a_verdict(tiny_run):
     table = (tiny_run / "table.md").read_text()
     assert "- Uniform Σ_k CE_k (gain head): beats fixed depth at every budget" in table
     assert "gain head − confidence thresholds of the same network" in table
+
+
+def test_every_curve_point_s_own_rule_run_for_real_gives_the_point_s_numbers(tiny_run):
+    """The numbers of a budget curve (what the table interpolates) are those of rules that run:
+    each point's rule (floored thresholds, mixes of two) run with run_adaptive in shrink mode
+    on the test split gives the point's accuracy and mean MACs (the curve's come from the
+    vectorised stop indices of dense hazards), for the confidence thresholds, the L2S policy
+    and the gain heads of every network."""
+    checked, mixes = 0, 0
+    for path in (tiny_run / "jobs").glob("*.json"):
+        record = json.loads(path.read_text())["record"]
+        for name, curve in record.get("curves", {}).items():
+            real = record["adaptive"][name]
+            assert len(real) == len(curve) == 39, (path.name, name)
+            for point, ran in zip(curve, real, strict=True):
+                assert ran["accuracy"] == pytest.approx(point["accuracy"], abs=1e-12)
+                assert ran["mean_cost"] == pytest.approx(point["mean_cost"], rel=1e-12)
+                assert ran["matches_dense"] and ran["matches_curve"]
+                checked, mixes = checked + 1, mixes + ("mix" in point)
+    assert checked == 39 * (2 * len(TINY_METHODS) + 1) and mixes > 0  # + the L2S policy
+    table = (tiny_run / "table.md").read_text()
+    assert "accuracy and mean MACs equal the curve's: yes" in table
 
 
 def test_every_method_of_a_seed_starts_from_the_same_weights_and_batches(tiny_run):
@@ -150,6 +175,100 @@ def test_missing_fashion_files_exit_2_naming_them_before_anything_is_written(
     assert not out.exists()
 
 
+def write_idx_folder(folder, n_train, n_test, seed, side=8, gz=True):
+    """A user's own IDX data set (MNIST layout, ``side``×``side`` images), written by hand."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 50, (n, side, side)) + 20 * labels[:, None, None]
+        for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
+            data = idx_bytes(array)
+            name = folder / f"{prefix}-{kind}-ubyte"
+            if gz and kind.startswith("images"):
+                (folder / f"{name.name}.gz").write_bytes(gzip.compress(data))
+            else:
+                name.write_bytes(data)
+    return folder
+
+
+# A run on a user's 8×8 IDX files in seconds (one method, one epoch, no gain head, no timing).
+IDX_RUN = [
+    "dataset=fashion-mnist", "val_size=20", "train_size=0", "stem=1", "channels=4,8",
+    "strides=1,2", "sdn_weights=0.5,1", "head_width=4", "epochs=1", "batch_size=16",
+    "methods=uniform", "timing.methods=[]", "gain_head=false", "progress=false",
+]  # fmt: skip
+
+
+def test_a_rerun_with_another_data_folder_is_refused_never_served_the_old_jobs(
+    tmp_path, capsys, monkeypatch
+):
+    """The resolved data folder is part of every training job's settings: a rerun into the same
+    --out with other IDX files (through data_dir or STOPWISE_DATA) is refused naming the two
+    folders, and the finished job and results stay those of the first folder."""
+    monkeypatch.delenv("STOPWISE_DATA", raising=False)
+    first = write_idx_folder(tmp_path / "a", 60, 20, seed=0)
+    other = write_idx_folder(tmp_path / "b", 70, 24, seed=7)
+    out = tmp_path / "run"
+    run_experiment("multi-exit", "tiny", out, [*IDX_RUN, f"data_dir={first}"])
+    before = (out / "results.json").read_text()
+    record = (out / "jobs" / "uniform-s0.json").read_text()
+    args = ["run", "multi-exit", "--preset", "tiny", "--out", str(out)]
+    args += [x for item in IDX_RUN for x in ("--set", item)]
+    assert main([*args, "--set", f"data_dir={other}"]) == 2
+    error = capsys.readouterr().err
+    assert "params.data" in error and str(first.resolve()) in error and str(other) in error
+    job = json.loads((out / "jobs" / "uniform-s0.json").read_text())
+    assert job["settings"]["params"]["data"] == str(first.resolve())
+    monkeypatch.setenv("STOPWISE_DATA", str(other))  # the folder from the environment: the same
+    assert main(args) == 2
+    assert "params.data" in capsys.readouterr().err
+    assert (out / "results.json").read_text() == before
+    assert json.loads((out / "results.json").read_text())["data"]["test"] == 20
+    # The same folder by another path (relative, through a link) is the same setting.
+    (tmp_path / "link").symlink_to(first)
+    monkeypatch.delenv("STOPWISE_DATA")
+    monkeypatch.chdir(tmp_path)
+    assert main([*args, "--set", "data_dir=link"]) == 0  # nothing to run: the job is reused
+    assert (out / "jobs" / "uniform-s0.json").read_text() == record
+
+
+@pytest.mark.parametrize(
+    "data, overrides, message",
+    [
+        # A user's IDX files (60 training rows of 8×8, 20 test rows): counts from the headers.
+        ("idx", ["val_size=60"], "has 60 rows: val_size 60"),
+        ("idx", ["val_size=20", "train_size=41"], "train_size must lie in 0..40"),
+        ("idx", ["val_size=50", "batch_size=16"], "train_size 10 (training rows of fashion"),
+        ("idx", ["stem=3"], "stem 3 must divide the input size 8×8"),
+        ("idx-mismatch", [], "expected as many labels as images"),
+        ("digits", ["stem=3"], "stem 3 must divide the input size 8×8 of digits"),
+        ("mnist1d", ["stem=3"], "stem 3 must divide the input size 40 of mnist1d"),
+        ("mnist1d", ["mnist1d_per_level=1005"], "mnist1d_per_level=1005 must be a multiple of 10"),
+        ("mnist1d", ["mnist1d_per_level=5"], "mnist1d_per_level=5 must be >= 10"),
+    ],
+)
+def test_data_dependent_limits_exit_2_naming_the_key_before_anything_is_written(
+    tmp_path, capsys, monkeypatch, data, overrides, message
+):
+    monkeypatch.delenv("STOPWISE_DATA", raising=False)
+    args = ["run", "multi-exit", "--preset", "tiny", "--out", str(tmp_path / "r")]
+    if data.startswith("idx"):
+        folder = write_idx_folder(tmp_path / "idx", 60, 20, seed=0)
+        if data == "idx-mismatch":  # 21 test labels for 20 test images
+            labels = np.zeros(21, dtype=np.uint8)
+            (folder / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(labels))
+        overrides = [*IDX_RUN, f"data_dir={folder}", *overrides]
+    elif data == "mnist1d":
+        overrides = ["dataset=mnist1d", "val_size=100", "test_size=100", *overrides]
+    for item in overrides:
+        args += ["--set", item]
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert message in error and "Traceback" not in error, error
+    assert not (tmp_path / "r").exists()
+
+
 def _context(tmp_path, config, method):
     job = Job(method, params={"method": method})
     planned = PlannedJob(f"{method}-s0", job, 0, {}, ())
@@ -163,13 +282,13 @@ def test_l2w_with_zero_delta_is_uniform_training(tmp_path, meta_batch):
     )
     splits = load_splits(config)
     trained = {}
-    for method in ("uniform", "l2w", "l2w-fo", "l2w-last"):
+    for method in ("uniform", "l2w", "l2w-fo", "l2w-last", "l2w-all"):
         context = _context(tmp_path / meta_batch, config, method)
         context.manual_seed("init")
         model = build_model(config, splits)
         train_method(method, model, splits, config, context)
         trained[method] = model.state_dict()
-    for method in ("l2w", "l2w-fo", "l2w-last"):
+    for method in ("l2w", "l2w-fo", "l2w-last", "l2w-all"):
         for key, value in trained["uniform"].items():
             close = torch.allclose(trained[method][key].double(), value.double(), atol=1e-5)
             assert close, (method, key)

@@ -12,6 +12,7 @@ from stopwise.tasks.multi_exit.data import (
     DataError,
     digits_splits,
     fashion_splits,
+    idx_sizes,
     load_fashion_mnist,
     mnist1d_splits,
     read_idx,
@@ -50,6 +51,18 @@ def test_idx_files_read_back_exactly(tmp_path, gz):
     assert np.array_equal(data["train_x"], arrays["train-images-idx3-ubyte"])
     assert np.array_equal(data["test_y"], arrays["t10k-labels-idx1-ubyte"])
     assert data["train_x"].dtype == np.uint8 and data["train_x"].shape == (40, 28, 28)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_headers_give_the_row_counts_and_image_size_without_the_data(tmp_path, gz):
+    write_fashion(tmp_path / "f", n_train=37, n_test=11, gz=gz)
+    assert idx_sizes(str(tmp_path / "f")) == (37, 11, (28, 28))
+
+
+def test_mnist1d_rows_per_level_must_be_a_multiple_of_ten():
+    """make_dataset makes 10·⌊n/10⌋ samples: 1,005 per level would silently give 1,000."""
+    with pytest.raises(DataError, match="multiple of 10"):
+        mnist1d_splits([0.0], per_level=1005, val_size=100, test_size=100)
 
 
 def test_malformed_idx_files_are_named(tmp_path):

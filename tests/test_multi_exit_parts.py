@@ -241,7 +241,8 @@ def _official_meta_loss(logits, targets, q, form="per-exit"):
     ⌊n·q_k⌋ samples with the highest max-softmax at exit k among those no earlier exit took;
     exit K takes the rest; meta_loss = Σ_k (1/|S_k|) Σ_{i∈S_k} CE(f_k(x_i), y_i), skipping empty
     S_k. ``form="pooled"`` divides the whole sum by n instead; ``"last"`` scores every sample
-    at exit K. A python float; ``logits (n, K, C)``."""
+    at exit K; ``"all"`` every sample at every exit, Σ_k (1/n) Σ_i CE_ik (MW-Net's objective
+    summed over the exits, no allocation). A python float; ``logits (n, K, C)``."""
     n, K = logits.shape[:2]
 
     def ce(i, k):
@@ -251,6 +252,8 @@ def _official_meta_loss(logits, targets, q, form="per-exit"):
 
     if form == "last":
         return sum(ce(i, K - 1) for i in range(n)) / n
+    if form == "all":
+        return sum(sum(ce(i, k) for i in range(n)) / n for k in range(K))
     taken, total, pooled = set(), 0.0, 0.0
     for k in range(K):
         free = [i for i in range(n) if i not in taken]
@@ -293,7 +296,7 @@ def test_meta_objective_is_the_official_sum_over_exits_of_allocated_means(n, K, 
     logits = 3 * torch.randn(n, K, 6, generator=g, dtype=torch.float64)
     targets = torch.randint(0, 6, (n,), generator=g)
     q = exit_distribution(p, K)
-    for form in ("per-exit", "pooled", "last"):
+    for form in ("per-exit", "pooled", "last", "all"):
         expected = _official_meta_loss(logits, targets, q, form)
         assert float(meta_objective(logits, targets, q, form)) == pytest.approx(expected, rel=1e-9)
     assert float(meta_objective(logits, targets, q)) == pytest.approx(
@@ -324,7 +327,22 @@ def _setup(seed=0):
     return model, weight_net, optimizer, (x[:8], y[:8]), (x[8:], y[8:]), exit_distribution(0.75, 3)
 
 
-@pytest.mark.parametrize("form", ["per-exit", "last"])
+def test_the_no_allocation_forms_last_scores_exit_k_only_all_scores_every_exit():
+    """``last`` (method l2w-last) gives the early exits' logits no meta gradient; ``all``
+    (l2w-all, every meta sample at every exit) gives every exit its mean's gradient."""
+    logits = torch.randn(12, 4, 5, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 5, (12,))
+    q = exit_distribution(0.75, 4)
+    (last,) = torch.autograd.grad(meta_objective(logits, targets, q, "last"), logits)
+    (every,) = torch.autograd.grad(meta_objective(logits, targets, q, "all"), logits)
+    assert torch.all(last[:, :3] == 0) and torch.all(last[:, 3].abs().sum(-1) > 0)
+    assert torch.all(every.abs().sum(-1) > 0)
+    # d/dlogits of (1/n) CE at each exit: (softmax − onehot) / n, at every exit.
+    expected = (torch.softmax(logits, -1) - F.one_hot(targets, 5)[:, None]) / 12
+    assert torch.allclose(every, expected.detach(), atol=1e-12)
+
+
+@pytest.mark.parametrize("form", ["per-exit", "last", "all"])
 def test_full_meta_gradient_matches_finite_differences_of_a_real_optimizer_step(form):
     model, weight_net, optimizer, train, meta, q = _setup()
     grads, metrics = meta_gradient(

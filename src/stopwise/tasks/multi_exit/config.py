@@ -21,12 +21,17 @@ METHODS = {
     "l2w": "L2W",
     "l2w-fo": "L2W (first-order)",
     "l2w-last": "L2W, no allocation (meta loss at the last exit)",
+    "l2w-all": "L2W, no allocation (every meta sample at every exit)",
     "l2s": "L2S",
 }
 
 
 def _unique(values: list) -> str | None:
     return None if len(set(values)) == len(values) else "must not repeat a value"
+
+
+def _tens(value: int) -> str | None:
+    return None if value % 10 == 0 else "must be a multiple of 10 (make_dataset makes 10·⌊n/10⌋)"
 
 
 def _increasing(values: list[float]) -> str | None:
@@ -57,7 +62,8 @@ class L2W:
         "per-exit",
         choices=META_LOSSES,
         help="per-exit: Σ_k mean over the meta samples allocated to exit k (official); pooled: "
-        "one mean over the meta batch; last: the last exit only, no allocation",
+        "one mean over the meta batch; last: the last exit only, no allocation; all: Σ_k mean "
+        "over every meta sample, no allocation",
     )
     output_init: str = param(
         "default", choices=OUTPUT_INITS, help="weight net output layer: PyTorch default or zero"
@@ -107,7 +113,12 @@ class MultiExitConfig(Config):
     mnist1d_noise: list[float] = param(
         [0.0, 0.25, 0.5, 1.0], ge=0, min_len=1, help="MNIST-1D noise levels, one set each"
     )
-    mnist1d_per_level: int = param(3000, ge=1, help="MNIST-1D samples per noise level")
+    mnist1d_per_level: int = param(
+        3000,
+        ge=10,
+        check=_tens,
+        help="MNIST-1D samples per noise level (make_dataset makes 10·⌊n/10⌋: a multiple of 10)",
+    )
     stem: int = param(4, ge=1, help="space-to-depth factor of the input (28×28×1 → 7×7×16)")
     channels: list[int] = param(
         [16, 24, 32, 48], ge=1, min_len=2, help="block widths (one exit each)"
@@ -120,7 +131,11 @@ class MultiExitConfig(Config):
     momentum: float = param(0.9, ge=0, lt=1, help="SGD momentum")
     weight_decay: float = param(5e-4, ge=0, help="SGD weight decay")
     methods: list[str] = param(
-        list(METHODS), choices=tuple(METHODS), min_len=1, check=_unique, help="methods to train"
+        [m for m in METHODS if m != "l2w-all"],  # the presets' methods as before it was added
+        choices=tuple(METHODS),
+        min_len=1,
+        check=_unique,
+        help="methods to train",
     )
     sdn_weights: list[float] = param(
         [0.25, 0.5, 0.75, 1.0], gt=0, help="SDN's exit weights (normalised to sum to K)"

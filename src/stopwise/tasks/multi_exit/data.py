@@ -24,6 +24,8 @@ __all__ = [
     "Splits",
     "DEFAULT_FASHION_DIR",
     "read_idx",
+    "idx_shape",
+    "idx_sizes",
     "resolve_data_dir",
     "load_fashion_mnist",
     "fashion_splits",
@@ -103,6 +105,33 @@ def read_idx(path: str | Path) -> np.ndarray:
             f"{len(raw) - header} bytes; the file is truncated or corrupted. {HOW_TO_GET}"
         )
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+
+
+def idx_shape(path: str | Path, rank: int) -> tuple[int, ...]:
+    """The sizes in an IDX file's header (gzipped or raw), read without the data: 4 magic bytes
+    and ``rank`` big-endian uint32 sizes (16 bytes for images, 8 for labels). Raises
+    :class:`DataError` naming the file when the header is not an IDX header of that rank."""
+    path = Path(path)
+    size = 4 + 4 * rank
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(size)
+        if head[:2] == b"\x1f\x8b":
+            with gzip.open(path, "rb") as handle:
+                head = handle.read(size)
+    except (OSError, EOFError, gzip.BadGzipFile) as error:
+        raise DataError(f"cannot read IDX file {path}: {error}. {HOW_TO_GET}") from None
+    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in IDX_TYPES:
+        raise DataError(
+            f"{path} is not an IDX file (bad magic number {head[:4].hex() or 'empty'}; expected "
+            f"00 00 <type> <rank>). {HOW_TO_GET}"
+        )
+    if head[3] != rank or len(head) < size:
+        raise DataError(
+            f"{path}: an IDX header of rank {head[3]} ({len(head)} bytes read); expected rank "
+            f"{rank} ({'images (N, H, W)' if rank == 3 else 'labels (N,)'}). {HOW_TO_GET}"
+        )
+    return struct.unpack(f">{rank}I", head[4:size])
 
 
 def resolve_data_dir(data_dir: str = "") -> tuple[Path, str]:
@@ -242,6 +271,11 @@ def mnist1d_splits(
         raise DataError(
             f"mnist1d_noise must be a non-empty list of levels >= 0; got {noise_levels}"
         )
+    if per_level < 10 or per_level % 10:
+        raise DataError(
+            f"mnist1d_per_level must be a positive multiple of 10 (make_dataset makes "
+            f"10·⌊n/10⌋ samples, one template each); got {per_level}"
+        )
     check_sizes(len(noise_levels) * per_level, val_size, test_size, train_size, "mnist1d")
     saved = random.getstate(), np.random.get_state()
     xs, ys, groups = [], [], []
@@ -286,19 +320,55 @@ def digits_splits(
 
 DATASETS = ("fashion-mnist", "mnist1d", "digits")
 DIGITS_ROWS = 1797
+DIGITS_SIZE = (8, 8)
+MNIST1D_LENGTH = 40  # mnist1d's final_seq_length (the package's default, never changed here)
+
+
+def idx_sizes(data_dir: str = "") -> tuple[int, int, tuple[int, ...]]:
+    """Training rows, test rows and the image size ``(H, W)`` of the IDX files in the data
+    folder, from their headers only; DataError names a file whose images and labels disagree."""
+    files = fashion_mnist_files(data_dir)
+    rows, size = [], None
+    for part in ("train", "test"):
+        images = idx_shape(files[f"{part}_images"], 3)
+        labels = idx_shape(files[f"{part}_labels"], 1)
+        if images[0] != labels[0] or (size is not None and images[1:] != size):
+            raise DataError(
+                f"{files[f'{part}_images']} holds {images[0]} images of {images[1]}×{images[2]} "
+                f"and {files[f'{part}_labels']} {labels[0]} labels; expected as many labels as "
+                f"images, and training and test images of one size. {HOW_TO_GET}"
+            )
+        rows.append(images[0])
+        size = images[1:]
+    return rows[0], rows[1], size
 
 
 def check_data(config) -> None:
-    """Refuse, before anything is read or written, split sizes the data cannot give and missing
-    Fashion-MNIST files (:class:`DataError`, a ValueError, names each path tried)."""
+    """Refuse, before anything is read or written, split sizes the data cannot give (the IDX
+    files' row counts read from their headers), a ``stem`` that does not divide the input size,
+    and missing Fashion-MNIST files (:class:`DataError`, a ValueError, names the key, or each
+    path tried)."""
     train_rows = config.train_size
     if config.dataset == "fashion-mnist":
-        fashion_mnist_files(config.data_dir)
+        rows, test_rows, size = idx_sizes(config.data_dir)
+        folder, _ = resolve_data_dir(config.data_dir)
+        what = f"the IDX training file in {folder}"
+        check_sizes(rows, config.val_size, 0, config.train_size, what)
+        if test_rows < 1:
+            raise DataError(f"the IDX test files in {folder} hold no rows. {HOW_TO_GET}")
+        train_rows = train_rows or rows - config.val_size
     else:
-        levels = len(config.mnist1d_noise)
-        rows = levels * config.mnist1d_per_level if config.dataset == "mnist1d" else DIGITS_ROWS
+        if config.dataset == "mnist1d":
+            rows, size = len(config.mnist1d_noise) * config.mnist1d_per_level, (MNIST1D_LENGTH,)
+        else:
+            rows, size = DIGITS_ROWS, DIGITS_SIZE
         check_sizes(rows, config.val_size, config.test_size, config.train_size, config.dataset)
         train_rows = train_rows or rows - config.val_size - config.test_size
+    if any(n % config.stem for n in size):
+        raise DataError(
+            f"stem {config.stem} must divide the input size {'×'.join(map(str, size))} of "
+            f"{config.dataset}"
+        )
     if 0 < train_rows < config.batch_size:
         raise DataError(
             f"train_size {train_rows} (training rows of {config.dataset}) is smaller than "
@@ -315,11 +385,12 @@ def _load(dataset, data_dir, val_size, test_size, train_size, split_seed, noise,
     return digits_splits(val_size, test_size, split_seed, train_size)
 
 
-def load_splits(config) -> Splits:
+def load_splits(config, data_dir: str | None = None) -> Splits:
     """The splits named by ``config.dataset`` with the config's sizes (cached per process: every
-    job of a run reads the same data)."""
+    job of a run reads the same data), from ``data_dir`` where given (a job's resolved folder),
+    else the config's ``data_dir``."""
     c = config
     return _load(
-        c.dataset, c.data_dir, c.val_size, c.test_size, c.train_size, c.split_seed,
+        c.dataset, c.data_dir if data_dir is None else data_dir, c.val_size, c.test_size, c.train_size, c.split_seed,
         tuple(c.mnist1d_noise), c.mnist1d_per_level,
     )  # fmt: skip

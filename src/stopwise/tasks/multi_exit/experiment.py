@@ -2,9 +2,9 @@
 validation (the runner runs each per seed). A training job trains a fresh backbone (same initial
 weights and batch order for every method of a seed), chooses its thresholds on validation and
 measures the test split once: the fixed exits, MSDNet's budgeted curve of the confidence
-thresholds, the L2S policy's budget curve (with ``gain_head``, the gain head's too), the stop
-rules at each budget run for real through ``run_adaptive(mode=config.inference_mode)``, and the
-wall-clock of early exit against the full network. The selection job ``l2s`` reads the L2S
+thresholds, the L2S policy's budget curve (with ``gain_head``, the gain head's too), every
+curve point's own rule run for real through ``run_adaptive(mode=config.inference_mode)`` (its
+accuracy and mean cost checked against the point's), and the wall-clock of early exit against the full network. The selection job ``l2s`` reads the L2S
 jobs' records (and uniform training's, β → ∞) and picks, per budget, the β whose curve is best
 on validation."""
 
@@ -16,17 +16,11 @@ from typing import Any
 import torch
 
 from ...contract import Job, JobContext
-from ...inference import (
-    ScoreThreshold,
-    exit_distribution,
-    fit_threshold,
-    run_adaptive,
-    stop_indices,
-)
+from ...inference import ScoreThreshold, exit_distribution, run_adaptive, stop_indices
 from ...policies import ConfidencePolicy
-from ...selection import Heldout, budget_sweep, fixed_depth_curve
+from ...selection import Heldout, budget_sweep, fixed_depth_curve, floored_costs, point_rule
 from .config import MultiExitConfig
-from .data import load_splits
+from .data import load_splits, resolve_data_dir
 from .l2w import allocate_meta
 from .methods import L2W_VARIANTS, build_model, fit_gain, head_costs, train_method
 from .metrics import (
@@ -42,10 +36,13 @@ from .metrics import (
 )
 from .models import exit_losses
 
-__all__ = ["jobs", "run_job", "l2s_job_name", "SELECT_L2S"]
+__all__ = ["jobs", "run_job", "data_params", "l2s_job_name", "SELECT_L2S"]
 
-# What every job reads; the data folder is left out (the same files anywhere give the same
-# numbers), and so are the report's keys (budgets unless timed, log_every).
+# What every job reads, but the report's keys (budgets unless timed, log_every). The data folder
+# (data_dir, else $STOPWISE_DATA, else the default) is not a key: a training job of a data set
+# read from files carries the resolved folder in its params (``data_params``), so a rerun into
+# the same --out with another folder is refused as changed settings, never served the jobs
+# trained on the first folder's files. The generated data sets (mnist1d, digits) read no folder.
 SHARED_KEYS = (
     "dataset", "val_size", "test_size", "train_size", "split_seed", "mnist1d_noise",
     "mnist1d_per_level", "stem", "channels", "strides", "head_width", "epochs", "batch_size",
@@ -53,7 +50,12 @@ SHARED_KEYS = (
 )  # fmt: skip
 METHOD_KEYS = {"sdn": ("sdn_weights",), "l2s": ("l2s",), **{m: ("l2w",) for m in L2W_VARIANTS}}
 GAIN_KEYS = ("gain_head", "gain_updates", "gain_price")  # every trained network's gain head
-COSTS = {"l2w": 4.0, "l2w-last": 4.0, "l2w-fo": 2.5}  # relative training cost (worker order)
+COSTS = {
+    "l2w": 4.0,
+    "l2w-last": 4.0,
+    "l2w-all": 4.0,
+    "l2w-fo": 2.5,
+}  # relative training cost (worker order)
 SELECT_L2S = "l2s-select"  # the method of the job that picks L2S's β on validation
 
 
@@ -62,18 +64,30 @@ def l2s_job_name(beta: float) -> str:
     return f"l2s-b{beta:g}"
 
 
+def data_params(config: MultiExitConfig) -> dict[str, str]:
+    """``{"data": absolute path}`` of the folder the data files are read from (Fashion-MNIST
+    or a user's IDX files: ``data.resolve_data_dir``, symlinks resolved); ``{}`` for the
+    generated data sets, whose jobs' settings stay as they were."""
+    if config.dataset != "fashion-mnist":
+        return {}
+    folder, _ = resolve_data_dir(config.data_dir)
+    return {"data": str(folder.resolve())}
+
+
 def jobs(config: MultiExitConfig) -> list[Job]:
     out = []
+    data = data_params(config)
     for method in config.methods:
         # Every training job fits and runs each budget's rule after training.
         keys = SHARED_KEYS + METHOD_KEYS.get(method, ()) + GAIN_KEYS + ("budgets",)
         keys += ("timing",) if method in config.timing.methods else ()
         if method != "l2s":
-            out.append(Job(method, {"method": method}, keys=keys, cost=COSTS.get(method, 1.0)))
+            params = {"method": method, **data}
+            out.append(Job(method, params, keys=keys, cost=COSTS.get(method, 1.0)))
             continue
         names = [l2s_job_name(beta) for beta in config.l2s.betas]
         out += [
-            Job(name, {"method": "l2s", "beta": beta}, keys=keys)
+            Job(name, {"method": "l2s", "beta": beta, **data}, keys=keys)
             for name, beta in zip(names, config.l2s.betas, strict=True)
         ]
         after = tuple(names) + (("uniform",) if "uniform" in config.methods else ())
@@ -86,7 +100,7 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
     method = job.params["method"]
     if method == SELECT_L2S:
         return select_beta(job, context)
-    splits = load_splits(config)
+    splits = load_splits(config, job.params.get("data"))  # the folder its settings name
     context.manual_seed("init")
     model = build_model(config, splits)
     cpu_start = time.process_time()
@@ -109,20 +123,14 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
         policy_costs["gain"] = head_costs(model, head)
     learned = [name for name in policies if name != "confidence"]
 
-    # Every choice on validation: MSDNet's per-exit thresholds for each p, and for each budget
-    # (a fraction of the full MACs) the rule of every stop model: confidence thresholds and, for
-    # the learned ones, a threshold on their score.
+    # Every choice on validation: MSDNet's per-exit thresholds for each p (the confidence
+    # curve's points; the timed rules are those nearest each budget, a fraction of the full
+    # MACs), and the learned stop models' budget curves below.
     val_logits = exit_logits(model, splits.val_x, config.eval_batch)
     val_scores = {name: exit_hazards(policy, val_logits) for name, policy in policies.items()}
     fitted = msdnet_thresholds(val_scores["confidence"], costs)
     budgets = [b * float(costs[-1]) for b in config.budgets]
-    rules = {"confidence": [_msdnet_rule(fitted, "val_mean_cost", b) for b in budgets]}
-    for name in learned:
-        # A budget below the first exit's cost gives the cheapest rule (every row at exit 1).
-        cheapest = float(policy_costs[name][0])
-        rules[name] = [
-            fit_threshold(val_scores[name], max(b, cheapest), policy_costs[name]) for b in budgets
-        ]
+    timed_rules = [_msdnet_rule(fitted, "val_mean_cost", b) for b in budgets]
 
     # The test split, once: fixed exits, budget curves, the rules run for real.
     test_x, test_y = test.open()
@@ -134,13 +142,15 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
     val_costs = [point["val_mean_cost"] for point in fitted]
     val_correct = val_logits.argmax(-1) == splits.val_y.unsqueeze(1)
     val_metric = exit_metric(val_correct)
+    decision_costs = {"confidence": None}  # a stop head's own MACs, skipped before a floor
     for name in learned:
         cheapest = float(policy_costs[name][0])  # a gain head's exit 1 costs a bit more
-        head = policy_costs[name] - costs  # a stop head's own MACs, skipped before a floor
+        head = policy_costs[name] - costs
+        decision_costs[name] = torch.diff(head, prepend=head.new_zeros(1))
         curves[name] = budget_sweep(
             val_scores[name], test_scores[name], [max(b, cheapest) for b in val_costs], metric,
             costs=policy_costs[name], val_metric=lambda i: val_metric(i)["accuracy"],
-            decision_costs=torch.diff(head, prepend=head.new_zeros(1)),
+            decision_costs=decision_costs[name],
         )  # fmt: skip
     # Each curve point's accuracy on validation, where its rule was fitted (for choosing β).
     for name, curve in curves.items():
@@ -160,14 +170,15 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
             name: _run_for_real(
                 model,
                 policies[name],
-                rules[name],
+                curves[name],
                 policy_costs[name],
+                decision_costs[name],
                 test_scores[name],
                 test_x,
                 test_y,
                 config,
             )
-            for name in rules
+            for name in curves
         },
     }
     if splits.test_group is not None:  # MNIST-1D noise levels, at p = 1 (uniform exits)
@@ -179,7 +190,7 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
         record["weights_final"] = _final_weights(trained.weight_net, model, splits, config)
         record["weights_vs_loss"] = _weights_vs_loss(trained.weight_net, model, splits, config)
     if method in config.timing.methods:
-        named = dict(zip([f"{b:g}" for b in config.budgets], rules["confidence"], strict=True))
+        named = dict(zip([f"{b:g}" for b in config.budgets], timed_rules, strict=True))
         record["timing"] = time_early_exit(
             model, test_x, named, config.timing.batch, config.timing.repeats
         )
@@ -195,24 +206,36 @@ def _msdnet_rule(fitted: list[dict[str, Any]], key: str, value: float) -> ScoreT
 
 @torch.no_grad()
 def _run_for_real(
-    model, policy, rules, costs, test_hazards, test_x, test_y, config
+    model, policy, curve, costs, decision_costs, test_hazards, test_x, test_y, config
 ) -> list[dict[str, Any]]:
-    """Per budget: accuracy and mean cost (cumulative ``costs`` per exit) of ``run_adaptive`` with
-    its rule on the test split in the configured mode, and whether its exits equal those the
-    vectorised evaluation picks from the test hazards."""
+    """Per point of a budget ``curve``: its own rule (``selection.point_rule``: thresholds, a
+    floor, a mix) run with ``run_adaptive`` on the test split in the configured mode. Its
+    accuracy and mean cost (cumulative ``costs`` per exit, less the ``decision_costs`` before
+    the point's floor, which the rule skips, as the curve counts them), whether its exits equal
+    those the vectorised evaluation picks from the test hazards, and whether its accuracy and
+    mean cost equal the point's (``matches_curve``: the curve's numbers are the rule's)."""
     out = []
-    for budget, rule in zip(config.budgets, rules, strict=True):
+    valid = torch.ones(len(costs), dtype=torch.bool)
+    for point in curve:
+        rule = point_rule(point)
+        spent = costs
+        if decision_costs is not None:
+            spent = floored_costs(costs, decision_costs, valid, point["floor_steps"] - 1)
         result = run_adaptive(
-            model, policy, test_x, rule, config.inference_mode, None, costs, config.eval_batch
+            model, policy, test_x, rule, config.inference_mode, None, spent, config.eval_batch
         )
+        accuracy = float((result.predictions.argmax(-1) == test_y).double().mean())
+        mean_cost = float(result.cost.double().mean())
         out.append(
             {
-                "budget": budget,
-                "accuracy": float((result.predictions.argmax(-1) == test_y).double().mean()),
-                "mean_cost": float(result.cost.double().mean()),
+                "budget": point.get("budget", point["val_mean_cost"]),
+                "accuracy": accuracy,
+                "mean_cost": mean_cost,
                 "matches_dense": bool(
                     torch.equal(result.stop_index, stop_indices(test_hazards, rule))
                 ),
+                "matches_curve": abs(accuracy - point["accuracy"]) <= 1e-12
+                and abs(mean_cost - point["mean_cost"]) <= 1e-9 * max(1.0, point["mean_cost"]),
             }
         )
     return out

@@ -57,7 +57,7 @@ __all__ = [
 
 
 # The meta objectives on the meta batch (see meta_objective), the official one first.
-META_LOSSES = ("per-exit", "pooled", "last")
+META_LOSSES = ("per-exit", "pooled", "last", "all")
 # How the weight net's output layer starts: PyTorch's default (the official code) or zero.
 OUTPUT_INITS = ("default", "zero")
 
@@ -192,13 +192,20 @@ def meta_objective(
     * ``"per-exit"`` (the official code): Σ_k mean_{i∈S_k} ℓ_ik, exits with empty S_k skipped;
     * ``"pooled"``: (1/n) Σ_k Σ_{i∈S_k} ℓ_ik, one mean over the meta batch (this project's
       earlier form: exit k counts in proportion to |S_k|, so late exits weigh less);
-    * ``"last"``: (1/n) Σ_i ℓ_iK, no allocation (the ablation: only the final exit is scored).
+    * ``"last"``: (1/n) Σ_i ℓ_iK, no allocation: only the final exit is scored, so the early
+      exits' logits get no meta gradient (this project's ablation, method ``l2w-last``);
+    * ``"all"``: Σ_k (1/n) Σ_i ℓ_ik, no allocation: every meta sample at every exit (MW-Net's
+      objective summed over the exits; method ``l2w-all``), the paper's ablation as the
+      reference describes it (unverified against the paper's text).
     """
     if form not in META_LOSSES:
         raise ValueError(f"meta loss form must be one of {META_LOSSES}; got {form!r}")
     n, K, C = logits.shape
     if form == "last":
         return F.cross_entropy(logits[:, -1], targets)
+    if form == "all":
+        every = targets.unsqueeze(1).expand(n, K)
+        return F.cross_entropy(logits.transpose(1, 2), every, reduction="none").mean(0).sum()
     confidence = torch.softmax(logits.detach(), dim=-1).amax(dim=-1)
     exits = allocate_meta(confidence, q)
     chosen = logits[torch.arange(n, device=logits.device), exits]

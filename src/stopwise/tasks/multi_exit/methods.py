@@ -12,6 +12,8 @@ cross-entropy of sample i at exit k:
 * ``l2w`` / ``l2w-fo`` — mean_i Σ_k w_ik ℓ_ik with w from the meta-learned weight network of
   :mod:`.l2w` (full second-order meta gradient / its first-order approximation);
 * ``l2w-last`` — ``l2w`` with the meta loss on the last exit only (no meta-data allocation);
+* ``l2w-all`` — ``l2w`` with every meta sample scored at every exit (no allocation, MW-Net's
+  objective summed over the exits);
 * ``l2s`` — stage I: K·mean_i Σ_k q*_ik ℓ_ik, q*_i = softmax_k(−ℓ_ik/β) detached (L2S Eq. 8–9,
   scaled by K so that β → ∞ is ``uniform``); stage II: the network frozen, an
   :class:`~.models.ExitPolicy` imitates the oracle (L2S Eq. 10). One job per β.
@@ -202,6 +204,7 @@ L2W_VARIANTS = {
     "l2w": ("full", None),
     "l2w-fo": ("first_order", None),
     "l2w-last": ("full", "last"),
+    "l2w-all": ("full", "all"),
 }
 
 

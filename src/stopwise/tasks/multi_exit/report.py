@@ -105,6 +105,10 @@ def _line(name, params, curve, records: dict[int, dict[str, Any]], budget_macs, 
         "adaptive_accuracy_mean": [statistics.fmean(c) for c in _columns(adaptive, "accuracy")],
         "adaptive_mean_cost": [statistics.fmean(c) for c in _columns(adaptive, "mean_cost")],
         "adaptive_matches_dense": all(all(c) for c in _columns(adaptive, "matches_dense")),
+        # Records made before each curve point was run for real ran one rule per budget.
+        "adaptive_matches_curve": all(
+            all(point.get("matches_curve", False) for point in a) for a in adaptive
+        ),
         "train_seconds_mean": train,
         "seconds_per_epoch_mean": train / epochs,
         "curve_mean": curve_mean,
@@ -348,11 +352,13 @@ def _table(results: dict[str, Any], config: MultiExitConfig) -> str:
             [("label", "pair", "s"), *[(f"e{k}", f"exit {k + 1}", "s") for k in range(K)]],
         )
     real = all(line["adaptive_matches_dense"] for line in results["lines"])
+    same = all(line["adaptive_matches_curve"] for line in results["lines"])
     parts += [
         "",
-        f"Each budget's rule (chosen on validation) run for real with run_adaptive(mode="
+        f"Every curve point's rule (chosen on validation) run for real with run_adaptive(mode="
         f"{config.inference_mode!r}) on the test split: exits equal the vectorised evaluation's "
-        f"in every run: {'yes' if real else 'NO'}.",
+        f"in every run: {'yes' if real else 'NO'}; accuracy and mean MACs equal the curve's: "
+        f"{'yes' if same else 'NO'}.",
     ]
     timing_rows = [
         {"job": job, "budget": name, **row}
