@@ -845,3 +845,135 @@ def test_the_summary_gives_the_paired_difference_over_seeds_where_there_are_two(
     assert "seed 0" not in text and "+0.50" not in text
     one = summary_difference({0: paired[0]}, None, ".2f")
     assert one == "paired difference (seed 0, over its 600 test tasks) +0.50 [+0.40, +0.60]"
+
+
+# ---------------------------------------------------------------- the report, by K and by seed
+
+
+def fake_point(value, **extra):
+    return {"mean": value, "lo": value - 0.01, "hi": value + 0.01, **extra}
+
+
+def fake_job(by_k: dict[int, float], T: int, with_policy: bool) -> dict:
+    """A job record as ``run_job`` writes it, with hand-chosen numbers: ``by_k[K]`` is every
+    quality column of the by-K row of K (accuracy as a fraction), steps columns K + 0.5."""
+    quality = sum(by_k.values()) / len(by_k)
+    by_shots = []
+    for k, v in by_k.items():
+        row = {"shots": k, "tasks": 3}
+        for key in ("fixed_best", "fixed_full", "hand_stop", "oracle", "stop", "stop_official"):
+            row[key], row[f"{key}_steps"] = v, k + 0.5
+        by_shots.append(row)
+    shots = [k for k in by_k for _ in range(3)]
+    curve = [
+        {"budget": float(t), "mean_steps": float(t), "accuracy": 100 * quality} for t in (1, T)
+    ]
+    test = {
+        "fixed_full": fake_point(100 * quality, mean_steps=T),
+        "fixed_best": fake_point(100 * quality, depth=T),
+        "hand_stop": fake_point(100 * quality, mean_steps=T),
+        "oracle": fake_point(100 * quality, mean_steps=T, spearman_steps_shots=None),
+        "by_shots": by_shots,
+        "shots": shots,
+        "query_loss_by_shots": [{"shots": k, "query_loss": [1.0] * T} for k in by_k],
+    }
+    record = {
+        "test": test,
+        "fixed_depth": [
+            {"depth": t, "mean_steps": float(t), "accuracy": 100 * quality} for t in range(1, T + 1)
+        ],
+        "hand_curve": curve,
+    }
+    if with_policy:
+        stop = fake_point(100 * quality, mean_steps=T, spearman_steps_shots=None)
+        test["stop"] = {**stop, "steps_per_task": [T] * len(shots)}
+        test["stop_official"] = fake_point(100 * quality, mean_steps=T)
+        record["stop_curve"] = curve
+    return record
+
+
+def fake_report(maml: dict, stop: dict, best: dict):
+    """report() on fabricated records: ``maml[T][seed]`` and ``stop[seed]`` are by-K values
+    (see fake_job), ``best[seed]`` the T that seed's validation chose."""
+    from stopwise.contract import JobResult
+    from stopwise.tasks.few_shot.config import FewShotConfig
+    from stopwise.tasks.few_shot.report import report
+
+    seeds = sorted(stop)
+    config = FewShotConfig(
+        seeds=seeds, maml_steps=sorted(maml), steps=3, shots=[1, 3], test_tasks=9
+    )
+    results = []
+
+    def add(name, seed, record):
+        results.append(JobResult(f"{name}-s{seed}", name, seed, {}, record, 1.0, 1.0))
+
+    for T, per_seed in maml.items():
+        for s, by_k in per_seed.items():
+            add(f"maml-T{T}", s, fake_job(by_k, T, with_policy=False))
+    for s, by_k in stop.items():
+        add("maml-stop", s, fake_job(by_k, 3, with_policy=True))
+        add("compare", s, {
+            "best_maml": {"job": f"maml-T{best[s]}", "depth": best[s], "test_value": 99.0},
+            "stop_value": 99.0,
+            "stop_mean_steps": 3.0,
+            "stop_minus_best": {"mean": 0.0, "lo": -0.1, "hi": 0.1, "n": 9},
+        })  # fmt: skip
+    return report(results, config)
+
+
+def by_k_rows(table: str) -> dict[int, list[str]]:
+    """The by-K table's rows: K -> its cells."""
+    part = table.split("By K (")[1].split("\n\n")[1]
+    rows = {}
+    for line in part.splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[int(cells[0])] = cells[1:]
+    return rows
+
+
+def test_the_by_k_table_matches_rows_by_k_when_a_seed_lacks_a_k():
+    """Seed 1's test tasks have no K = 2: each K is averaged over the seeds that have it, by K
+    (the old code matched rows by position: IndexError here, and a silent mix of K = 2 with
+    K = 3 where the seeds' K sets have equal size), and the table says how many seeds."""
+    maml = {3: {0: {1: 0.90, 2: 0.94, 3: 0.98}, 1: {1: 0.80, 3: 0.96}}}
+    stop = {0: {1: 0.91, 2: 0.95, 3: 0.99}, 1: {1: 0.81, 3: 0.97}}
+    done = fake_report(maml, stop, best={0: 3, 1: 3})
+    rows = by_k_rows(done.table)
+    # seeds, best MAML, hand stop, its steps, MAML-stop, its steps, oracle step: by hand
+    assert rows[1][:2] == ["2", "85.00"] and rows[1][4] == "86.00"  # (90 + 80) / 2, (91 + 81) / 2
+    assert rows[2][:2] == ["1", "94.00"] and rows[2][4] == "95.00"  # seed 0 alone
+    assert rows[3][:2] == ["2", "97.00"] and rows[3][4] == "98.00"  # (98 + 96) / 2, (99 + 97) / 2
+    assert rows[2][3] == "2.50" and rows[2][5] == "2.50"  # steps of K = 2: seed 0's
+    axes = done.figures["quality_by_shots"].axes[0]
+    lines = {line.get_label(): line for line in axes.get_lines()}
+    assert list(lines["MAML-stop"].get_xdata()) == [1, 2, 3]
+    np.testing.assert_allclose(lines["MAML-stop"].get_ydata(), [86.0, 95.0, 98.0])
+    np.testing.assert_allclose(lines["best fixed-T MAML"].get_ydata(), [85.0, 94.0, 97.0])
+    # equal-size K sets that differ: K = 2 (seed 0) is not averaged with K = 3 (seed 1)
+    maml = {3: {0: {1: 0.90, 2: 0.94}, 1: {1: 0.80, 3: 0.96}}}
+    stop = {0: {1: 0.91, 2: 0.95}, 1: {1: 0.81, 3: 0.97}}
+    rows = by_k_rows(fake_report(maml, stop, best={0: 3, 1: 3}).table)
+    assert [rows[k][1] for k in (1, 2, 3)] == ["85.00", "94.00", "96.00"]
+
+
+def test_each_seed_is_reported_with_its_own_best_fixed_t_maml():
+    """Seed 0's validation chose T = 2, seed 1's T = 3: the by-K table and the quality figure
+    average seed 0's maml-T2 with seed 1's maml-T3 (the old code took maml-T2 for both)."""
+    maml = {
+        2: {0: {1: 0.90, 2: 0.96}, 1: {1: 0.10, 2: 0.20}},  # seed 1's T = 2 is not its choice
+        3: {0: {1: 0.30, 2: 0.40}, 1: {1: 0.70, 2: 0.80}},  # nor seed 0's T = 3
+    }
+    stop = {0: {1: 0.5, 2: 0.6}, 1: {1: 0.5, 2: 0.6}}
+    done = fake_report(maml, stop, best={0: 2, 1: 3})
+    rows = by_k_rows(done.table)
+    assert rows[1][0] == "80.00" and rows[2][0] == "88.00"  # (90 + 70) / 2, (96 + 80) / 2
+    axes = done.figures["quality_by_shots"].axes[0]
+    lines = {line.get_label(): line for line in axes.get_lines()}
+    np.testing.assert_allclose(lines["best fixed-T MAML"].get_ydata(), [80.0, 88.0])
+    np.testing.assert_allclose(lines["hand-made stop"].get_ydata(), [80.0, 88.0])
+    # the budget figure's MAML at fixed depth: depths 1-2 over both seeds, depth 3 seed 1's only
+    axes = done.figures["budget_curve"].axes[0]
+    fixed = next(line for line in axes.get_lines() if line.get_label() == "MAML, fixed depth")
+    np.testing.assert_allclose(fixed.get_xdata(), [1.0, 2.0, 3.0])
+    np.testing.assert_allclose(fixed.get_ydata(), [(93.0 + 75.0) / 2, (93.0 + 75.0) / 2, 75.0])
