@@ -765,13 +765,21 @@ def test_two_ranks_train_the_same_weights_as_one_process(tmp_path):
         assert (double / f"tasks_rank{rank}.txt").read_text() == "12"
 
 
-def test_the_gain_head_is_fitted_on_the_frozen_learner_and_gets_a_budget_curve(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The tiny preset (sinusoids, seconds), run once for the tests that read its records."""
+    from stopwise.experiments import run_experiment
+
+    out = tmp_path_factory.mktemp("tiny")
+    run_experiment("few-shot", "tiny", out, ["progress=false"])
+    return out
+
+
+def test_the_gain_head_is_fitted_on_the_frozen_learner_and_gets_a_budget_curve(tiny_run):
     """gain_head=true (the tiny preset): a head for budgets fitted on training-task trajectories
     of MAML-stop's frozen learner; its curve is calibrated on validation like the policy's and
     judged against the same learner at fixed depth."""
-    from stopwise.experiments import run_experiment
-
-    run_experiment("few-shot", "tiny", tmp_path, ["progress=false"])
+    tmp_path = tiny_run
     record = json.loads((tmp_path / "jobs" / "maml-stop-s0.json").read_text())["record"]
     curve = record["gain_curve"]
     steps = [p["mean_steps"] for p in curve]
@@ -782,6 +790,27 @@ def test_the_gain_head_is_fitted_on_the_frozen_learner_and_gets_a_budget_curve(t
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     stages = {json.loads(line)["stage"] for line in lines}
     assert "gain-head" in stages
+
+
+def test_the_policy_share_of_an_inner_step_is_over_every_test_task(tiny_run):
+    """The recorded multiply-adds against a count by hand over the test tasks' K (the old code
+    measured test task 0's step alone). tiny: MLP 1 → 16 → 16 → 1 is 16 + 16·16 + 16 = 288 per
+    point; an inner step is the support forward and backward (3 forwards of K points) plus the
+    query forward (10 points): (3K + 10)·288. Policy (width 8, hidden 32, T = 4) on features of
+    16: two maps 2·16·8 = 256, head (2·8 + 4 stats + 4 steps)·32 + 32 = 800; 1,056 in all."""
+    record = json.loads((tiny_run / "jobs" / "maml-stop-s0.json").read_text())["record"]
+    shots = record["test"]["shots"]
+    assert len(shots) == 30 and len(set(shots)) > 1
+    steps = [(3 * k + 10) * 288 for k in shots]
+    macs = record["macs"]
+    assert macs["policy_per_task_step"] == 1056
+    assert math.isclose(macs["step_per_task"], sum(steps) / 30)
+    assert math.isclose(macs["policy_over_step"], 1056 * 30 / sum(steps))
+    assert macs["worst_shots"] == min(shots)
+    assert math.isclose(macs["policy_over_step_worst"], 1056 / ((3 * min(shots) + 10) * 288))
+    assert (macs["step_per_task_min"], macs["step_per_task_max"]) == (min(steps), max(steps))
+    maml = json.loads((tiny_run / "jobs" / "maml-T4-s0.json").read_text())["record"]["macs"]
+    assert maml["policy_per_task_step"] == 0 and maml["step_per_task"] == macs["step_per_task"]
 
 
 @pytest.fixture
