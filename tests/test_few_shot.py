@@ -108,6 +108,24 @@ def test_every_kanjivg_stroke_parses():
             assert len(line) > 1 and all(-20 < v < 130 for point in line for v in point)
 
 
+def test_the_docs_give_the_number_of_characters_that_qualify():
+    """docs/few_shot.md's count of the characters with 1–9 strokes is the config's rule on the
+    installed kanjivg, and both equal a count by an XML parser (a stroke: a <path> with data)."""
+    import re
+    import xml.etree.ElementTree as ET
+
+    from stopwise.tasks.few_shot.config import _eligible_characters
+    from stopwise.tasks.few_shot.data import kanji_files
+
+    def strokes(path):
+        return sum(e.tag.endswith("path") and bool(e.get("d")) for e in ET.parse(path).iter())
+
+    independent = sum(1 <= strokes(path) <= 9 for path in kanji_files())
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "few_shot.md").read_text()
+    stated = re.search(r"Characters with 1–9 strokes qualify \(([\d,]+) of them", docs)
+    assert int(stated[1].replace(",", "")) == independent == _eligible_characters(1, 9)
+
+
 # ---------------------------------------------------------------- the renderer
 
 
