@@ -108,6 +108,24 @@ def test_every_kanjivg_stroke_parses():
             assert len(line) > 1 and all(-20 < v < 130 for point in line for v in point)
 
 
+def test_the_docs_give_the_number_of_characters_that_qualify():
+    """docs/few_shot.md's count of the characters with 1–9 strokes is the config's rule on the
+    installed kanjivg, and both equal a count by an XML parser (a stroke: a <path> with data)."""
+    import re
+    import xml.etree.ElementTree as ET
+
+    from stopwise.tasks.few_shot.config import _eligible_characters
+    from stopwise.tasks.few_shot.data import kanji_files
+
+    def strokes(path):
+        return sum(e.tag.endswith("path") and bool(e.get("d")) for e in ET.parse(path).iter())
+
+    independent = sum(1 <= strokes(path) <= 9 for path in kanji_files())
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "few_shot.md").read_text()
+    stated = re.search(r"Characters with 1–9 strokes qualify \(([\d,]+) of them", docs)
+    assert int(stated[1].replace(",", "")) == independent == _eligible_characters(1, 9)
+
+
 # ---------------------------------------------------------------- the renderer
 
 
@@ -713,12 +731,15 @@ def stopwise(args, cwd):
 @pytest.mark.parametrize(
     "overrides, named",
     [
-        (["family=glyphs", "data_dir={tmp}"], "not an Omniglot layout"),
-        (["family=glyphs", "glyphs.characters=10,2,10", "ways=9"], "ways=9"),
+        # (tiny is a sinusoid preset with vmap=true, which the glyphs' Conv4 refuses)
+        (["family=glyphs", "vmap=false", "data_dir={tmp}"], "not an Omniglot layout"),
+        (["family=glyphs", "vmap=false", "glyphs.characters=10,2,10", "ways=9"], "ways=9"),
         (["shots=0,5"], "shots"),
         (["shots=6,2"], "shots"),
-        (["family=glyphs", "shots=1,18", "query=5"], "exceeds the 20 samples"),
+        (["family=glyphs", "vmap=false", "shots=1,18", "query=5"], "exceeds the 20 samples"),
         (["family=sinusoid", "data_dir={tmp}"], "data_dir"),
+        # vmap's second-order gradient through the Conv4's batch-statistics BatchNorm is wrong
+        (["family=glyphs", "vmap=true"], "vmap=true is refused"),
     ],
 )
 def test_bad_inputs_exit_2_naming_the_problem_before_writing(overrides, named, tmp_path):
@@ -762,13 +783,21 @@ def test_two_ranks_train_the_same_weights_as_one_process(tmp_path):
         assert (double / f"tasks_rank{rank}.txt").read_text() == "12"
 
 
-def test_the_gain_head_is_fitted_on_the_frozen_learner_and_gets_a_budget_curve(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The tiny preset (sinusoids, seconds), run once for the tests that read its records."""
+    from stopwise.experiments import run_experiment
+
+    out = tmp_path_factory.mktemp("tiny")
+    run_experiment("few-shot", "tiny", out, ["progress=false"])
+    return out
+
+
+def test_the_gain_head_is_fitted_on_the_frozen_learner_and_gets_a_budget_curve(tiny_run):
     """gain_head=true (the tiny preset): a head for budgets fitted on training-task trajectories
     of MAML-stop's frozen learner; its curve is calibrated on validation like the policy's and
     judged against the same learner at fixed depth."""
-    from stopwise.experiments import run_experiment
-
-    run_experiment("few-shot", "tiny", tmp_path, ["progress=false"])
+    tmp_path = tiny_run
     record = json.loads((tmp_path / "jobs" / "maml-stop-s0.json").read_text())["record"]
     curve = record["gain_curve"]
     steps = [p["mean_steps"] for p in curve]
@@ -779,6 +808,27 @@ def test_the_gain_head_is_fitted_on_the_frozen_learner_and_gets_a_budget_curve(t
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     stages = {json.loads(line)["stage"] for line in lines}
     assert "gain-head" in stages
+
+
+def test_the_policy_share_of_an_inner_step_is_over_every_test_task(tiny_run):
+    """The recorded multiply-adds against a count by hand over the test tasks' K (the old code
+    measured test task 0's step alone). tiny: MLP 1 → 16 → 16 → 1 is 16 + 16·16 + 16 = 288 per
+    point; an inner step is the support forward and backward (3 forwards of K points) plus the
+    query forward (10 points): (3K + 10)·288. Policy (width 8, hidden 32, T = 4) on features of
+    16: two maps 2·16·8 = 256, head (2·8 + 4 stats + 4 steps)·32 + 32 = 800; 1,056 in all."""
+    record = json.loads((tiny_run / "jobs" / "maml-stop-s0.json").read_text())["record"]
+    shots = record["test"]["shots"]
+    assert len(shots) == 30 and len(set(shots)) > 1
+    steps = [(3 * k + 10) * 288 for k in shots]
+    macs = record["macs"]
+    assert macs["policy_per_task_step"] == 1056
+    assert math.isclose(macs["step_per_task"], sum(steps) / 30)
+    assert math.isclose(macs["policy_over_step"], 1056 * 30 / sum(steps))
+    assert macs["worst_shots"] == min(shots)
+    assert math.isclose(macs["policy_over_step_worst"], 1056 / ((3 * min(shots) + 10) * 288))
+    assert (macs["step_per_task_min"], macs["step_per_task_max"]) == (min(steps), max(steps))
+    maml = json.loads((tiny_run / "jobs" / "maml-T4-s0.json").read_text())["record"]["macs"]
+    assert maml["policy_per_task_step"] == 0 and maml["step_per_task"] == macs["step_per_task"]
 
 
 @pytest.fixture
@@ -842,3 +892,135 @@ def test_the_summary_gives_the_paired_difference_over_seeds_where_there_are_two(
     assert "seed 0" not in text and "+0.50" not in text
     one = summary_difference({0: paired[0]}, None, ".2f")
     assert one == "paired difference (seed 0, over its 600 test tasks) +0.50 [+0.40, +0.60]"
+
+
+# ---------------------------------------------------------------- the report, by K and by seed
+
+
+def fake_point(value, **extra):
+    return {"mean": value, "lo": value - 0.01, "hi": value + 0.01, **extra}
+
+
+def fake_job(by_k: dict[int, float], T: int, with_policy: bool) -> dict:
+    """A job record as ``run_job`` writes it, with hand-chosen numbers: ``by_k[K]`` is every
+    quality column of the by-K row of K (accuracy as a fraction), steps columns K + 0.5."""
+    quality = sum(by_k.values()) / len(by_k)
+    by_shots = []
+    for k, v in by_k.items():
+        row = {"shots": k, "tasks": 3}
+        for key in ("fixed_best", "fixed_full", "hand_stop", "oracle", "stop", "stop_official"):
+            row[key], row[f"{key}_steps"] = v, k + 0.5
+        by_shots.append(row)
+    shots = [k for k in by_k for _ in range(3)]
+    curve = [
+        {"budget": float(t), "mean_steps": float(t), "accuracy": 100 * quality} for t in (1, T)
+    ]
+    test = {
+        "fixed_full": fake_point(100 * quality, mean_steps=T),
+        "fixed_best": fake_point(100 * quality, depth=T),
+        "hand_stop": fake_point(100 * quality, mean_steps=T),
+        "oracle": fake_point(100 * quality, mean_steps=T, spearman_steps_shots=None),
+        "by_shots": by_shots,
+        "shots": shots,
+        "query_loss_by_shots": [{"shots": k, "query_loss": [1.0] * T} for k in by_k],
+    }
+    record = {
+        "test": test,
+        "fixed_depth": [
+            {"depth": t, "mean_steps": float(t), "accuracy": 100 * quality} for t in range(1, T + 1)
+        ],
+        "hand_curve": curve,
+    }
+    if with_policy:
+        stop = fake_point(100 * quality, mean_steps=T, spearman_steps_shots=None)
+        test["stop"] = {**stop, "steps_per_task": [T] * len(shots)}
+        test["stop_official"] = fake_point(100 * quality, mean_steps=T)
+        record["stop_curve"] = curve
+    return record
+
+
+def fake_report(maml: dict, stop: dict, best: dict):
+    """report() on fabricated records: ``maml[T][seed]`` and ``stop[seed]`` are by-K values
+    (see fake_job), ``best[seed]`` the T that seed's validation chose."""
+    from stopwise.contract import JobResult
+    from stopwise.tasks.few_shot.config import FewShotConfig
+    from stopwise.tasks.few_shot.report import report
+
+    seeds = sorted(stop)
+    config = FewShotConfig(
+        seeds=seeds, maml_steps=sorted(maml), steps=3, shots=[1, 3], test_tasks=9
+    )
+    results = []
+
+    def add(name, seed, record):
+        results.append(JobResult(f"{name}-s{seed}", name, seed, {}, record, 1.0, 1.0))
+
+    for T, per_seed in maml.items():
+        for s, by_k in per_seed.items():
+            add(f"maml-T{T}", s, fake_job(by_k, T, with_policy=False))
+    for s, by_k in stop.items():
+        add("maml-stop", s, fake_job(by_k, 3, with_policy=True))
+        add("compare", s, {
+            "best_maml": {"job": f"maml-T{best[s]}", "depth": best[s], "test_value": 99.0},
+            "stop_value": 99.0,
+            "stop_mean_steps": 3.0,
+            "stop_minus_best": {"mean": 0.0, "lo": -0.1, "hi": 0.1, "n": 9},
+        })  # fmt: skip
+    return report(results, config)
+
+
+def by_k_rows(table: str) -> dict[int, list[str]]:
+    """The by-K table's rows: K -> its cells."""
+    part = table.split("By K (")[1].split("\n\n")[1]
+    rows = {}
+    for line in part.splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[int(cells[0])] = cells[1:]
+    return rows
+
+
+def test_the_by_k_table_matches_rows_by_k_when_a_seed_lacks_a_k():
+    """Seed 1's test tasks have no K = 2: each K is averaged over the seeds that have it, by K
+    (the old code matched rows by position: IndexError here, and a silent mix of K = 2 with
+    K = 3 where the seeds' K sets have equal size), and the table says how many seeds."""
+    maml = {3: {0: {1: 0.90, 2: 0.94, 3: 0.98}, 1: {1: 0.80, 3: 0.96}}}
+    stop = {0: {1: 0.91, 2: 0.95, 3: 0.99}, 1: {1: 0.81, 3: 0.97}}
+    done = fake_report(maml, stop, best={0: 3, 1: 3})
+    rows = by_k_rows(done.table)
+    # seeds, best MAML, hand stop, its steps, MAML-stop, its steps, oracle step: by hand
+    assert rows[1][:2] == ["2", "85.00"] and rows[1][4] == "86.00"  # (90 + 80) / 2, (91 + 81) / 2
+    assert rows[2][:2] == ["1", "94.00"] and rows[2][4] == "95.00"  # seed 0 alone
+    assert rows[3][:2] == ["2", "97.00"] and rows[3][4] == "98.00"  # (98 + 96) / 2, (99 + 97) / 2
+    assert rows[2][3] == "2.50" and rows[2][5] == "2.50"  # steps of K = 2: seed 0's
+    axes = done.figures["quality_by_shots"].axes[0]
+    lines = {line.get_label(): line for line in axes.get_lines()}
+    assert list(lines["MAML-stop"].get_xdata()) == [1, 2, 3]
+    np.testing.assert_allclose(lines["MAML-stop"].get_ydata(), [86.0, 95.0, 98.0])
+    np.testing.assert_allclose(lines["best fixed-T MAML"].get_ydata(), [85.0, 94.0, 97.0])
+    # equal-size K sets that differ: K = 2 (seed 0) is not averaged with K = 3 (seed 1)
+    maml = {3: {0: {1: 0.90, 2: 0.94}, 1: {1: 0.80, 3: 0.96}}}
+    stop = {0: {1: 0.91, 2: 0.95}, 1: {1: 0.81, 3: 0.97}}
+    rows = by_k_rows(fake_report(maml, stop, best={0: 3, 1: 3}).table)
+    assert [rows[k][1] for k in (1, 2, 3)] == ["85.00", "94.00", "96.00"]
+
+
+def test_each_seed_is_reported_with_its_own_best_fixed_t_maml():
+    """Seed 0's validation chose T = 2, seed 1's T = 3: the by-K table and the quality figure
+    average seed 0's maml-T2 with seed 1's maml-T3 (the old code took maml-T2 for both)."""
+    maml = {
+        2: {0: {1: 0.90, 2: 0.96}, 1: {1: 0.10, 2: 0.20}},  # seed 1's T = 2 is not its choice
+        3: {0: {1: 0.30, 2: 0.40}, 1: {1: 0.70, 2: 0.80}},  # nor seed 0's T = 3
+    }
+    stop = {0: {1: 0.5, 2: 0.6}, 1: {1: 0.5, 2: 0.6}}
+    done = fake_report(maml, stop, best={0: 2, 1: 3})
+    rows = by_k_rows(done.table)
+    assert rows[1][0] == "80.00" and rows[2][0] == "88.00"  # (90 + 70) / 2, (96 + 80) / 2
+    axes = done.figures["quality_by_shots"].axes[0]
+    lines = {line.get_label(): line for line in axes.get_lines()}
+    np.testing.assert_allclose(lines["best fixed-T MAML"].get_ydata(), [80.0, 88.0])
+    np.testing.assert_allclose(lines["hand-made stop"].get_ydata(), [80.0, 88.0])
+    # the budget figure's MAML at fixed depth: depths 1-2 over both seeds, depth 3 seed 1's only
+    axes = done.figures["budget_curve"].axes[0]
+    fixed = next(line for line in axes.get_lines() if line.get_label() == "MAML, fixed depth")
+    np.testing.assert_allclose(fixed.get_xdata(), [1.0, 2.0, 3.0])
+    np.testing.assert_allclose(fixed.get_ydata(), [(93.0 + 75.0) / 2, (93.0 + 75.0) / 2, 75.0])

@@ -121,7 +121,11 @@ class FewShotConfig(Config):
     curve_points: int = param(19, ge=2, le=200, help="budgets on the budget curve")
     timing_tasks: int = param(100, ge=1, help="test tasks timed (adaptive vs full depth)")
     timing_repeats: int = param(3, ge=1, help="interleaved timing repeats (medians)")
-    vmap: bool = param(False, help="vmap the tasks of equal support size (see docs)")
+    vmap: bool = param(
+        False,
+        help="vmap the tasks of a meta-batch (sinusoids only: refused for the Conv4, whose "
+        "BatchNorm gets a wrong second-order gradient under vmap; see docs)",
+    )
 
     def check(self) -> None:
         low, high = self.shots
@@ -131,6 +135,16 @@ class FewShotConfig(Config):
             if self.data_dir:
                 raise ValueError("data_dir (Omniglot) needs family=glyphs, not sinusoid")
             return
+        if self.vmap:
+            # torch.func.vmap differentiates twice through a batch-statistics BatchNorm wrongly
+            # (torch 2.13): the Conv4's second-order meta-gradient under vmap differs from the
+            # loop over tasks and from finite differences (docs/few_shot.md has the numbers).
+            raise ValueError(
+                "vmap=true is refused for family=glyphs: the Conv4 learner's BatchNorm (batch "
+                "statistics) gives a wrong second-order meta-gradient under torch.func.vmap "
+                "(it differs from the loop over tasks and from finite differences); set "
+                "vmap=false"
+            )
         if self.data_dir:
             problem = omniglot_problem(self.data_dir)
             if problem:

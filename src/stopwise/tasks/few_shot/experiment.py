@@ -274,14 +274,7 @@ def measure(
             config, model, stopper, test_tasks, rule, scores, test, scale
         )
     record["test"]["by_shots"] = _by_shots(record["test"], shots)
-    sample = test_tasks.select(slice(0, 1))
-    step = step_macs(model.learner, *_one_task_inputs(sample))
-    features = torch.zeros(1, 2 * model.learner.feature_dim + 4)
-    record["macs"] = {
-        "step_per_task": step,
-        "policy_per_task_step": count_macs(policy, features, 0) if policy is not None else 0,
-    }
-    record["macs"]["policy_over_step"] = record["macs"]["policy_per_task_step"] / step
+    record["macs"] = task_step_macs(model.learner, policy, test_tasks)
     with context.timed("timing"):
         timed = test_tasks.select(slice(0, min(config.timing_tasks, N)))
         record["timing"] = time_adaptive(
@@ -295,9 +288,35 @@ def measure(
     return record
 
 
-def _one_task_inputs(tasks: TaskSet) -> tuple[torch.Tensor, torch.Tensor]:
-    support_x, _, query_x, _ = tasks.task(0)
-    return support_x, query_x
+def task_step_macs(learner, policy, tasks: TaskSet) -> dict[str, Any]:
+    """Multiply-adds of one inner step per task (:func:`step_macs`: it grows with the task's
+    support size, so with its K), averaged over ``tasks``, and of the policy per task-step.
+
+    ``policy_over_step`` is the policy's share of the mean inner step (of the inner-step compute
+    of these tasks); ``policy_over_step_worst`` its share of the cheapest task's step, at the
+    smallest support (``worst_shots``): the most a decision adds to one step."""
+    costs: dict[int, float] = {}  # by support size: the query size is one for every task
+    per_task, shots = [], []
+    for i in range(len(tasks)):
+        n = int(tasks.support_n[i])
+        if n not in costs:
+            support_x, _, query_x, _ = tasks.task(i)
+            costs[n] = step_macs(learner, support_x, query_x)
+        per_task.append(costs[n])
+        shots.append(int(tasks.shots[i]))
+    step = sum(per_task) / len(per_task)
+    cheapest = min(range(len(per_task)), key=per_task.__getitem__)
+    features = torch.zeros(1, 2 * learner.feature_dim + 4)
+    policy_macs = count_macs(policy, features, 0) if policy is not None else 0
+    return {
+        "step_per_task": step,
+        "step_per_task_min": per_task[cheapest],
+        "step_per_task_max": max(per_task),
+        "worst_shots": shots[cheapest],
+        "policy_per_task_step": policy_macs,
+        "policy_over_step": policy_macs / step,
+        "policy_over_step_worst": policy_macs / per_task[cheapest],
+    }
 
 
 def _summary(values: torch.Tensor, scale: float) -> dict[str, Any]:

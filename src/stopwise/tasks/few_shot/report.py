@@ -41,7 +41,9 @@ def report(results: list[JobResult], config: FewShotConfig) -> Report:
     fmt = ".4f" if name == "mse" else ".2f"
     stop_jobs = by_job["maml-stop"]
     compare = by_job["compare"]
-    maml_job = compare[seeds[0]]["best_maml"]["job"]
+    # Each seed's own best fixed-T MAML (chosen on its validation tasks): seeds may choose
+    # different T where maml_steps has several values.
+    best_maml = {s: by_job[compare[s]["best_maml"]["job"]][s] for s in seeds}
 
     rows: list[dict[str, Any]] = []
 
@@ -107,7 +109,7 @@ def report(results: list[JobResult], config: FewShotConfig) -> Report:
             f"{format_mean_sd(oracle_rho, '+.3f')}"
         )
     table += "\n".join(lines)
-    table += "\n\n" + _shots_table(by_job, maml_job, seeds, fmt)
+    table += "\n\n" + _shots_table(best_maml, stop_jobs, seeds, fmt)
     curve_table, verdicts = _curve_table(stop_jobs, seeds, name, fmt)
     table += "\n\n" + curve_table
 
@@ -132,10 +134,10 @@ def report(results: list[JobResult], config: FewShotConfig) -> Report:
         },
         table=table,
         figures={
-            "quality_by_shots": _quality_by_shots(by_job, maml_job, seeds, name, data),
+            "quality_by_shots": _quality_by_shots(best_maml, stop_jobs, seeds, name, data),
             "stop_steps_by_shots": _steps_by_shots(stop_jobs, seeds, name, data, config.steps),
-            "query_loss_by_step": _loss_by_step(by_job, maml_job, seeds, data),
-            "budget_curve": _budget_figure(by_job, maml_job, seeds, name, data),
+            "query_loss_by_step": _loss_by_step(best_maml, stop_jobs, seeds, data),
+            "budget_curve": _budget_figure(best_maml, stop_jobs, seeds, name, data),
         },
         summary=summary,
     )
@@ -182,45 +184,69 @@ def _setting(config: FewShotConfig) -> str:
     )
 
 
+def _by_k(records: dict[int, dict[str, Any]], key: str) -> dict[int, list[Any]]:
+    """Per K (ascending), ``key`` of the by-K row of every seed whose test tasks have that K:
+    rows are matched by K, never by position (seeds' test tasks may cover different K)."""
+    values: dict[int, list[Any]] = {}
+    for record in records.values():
+        for row in record["test"]["by_shots"]:
+            values.setdefault(int(row["shots"]), []).append(row.get(key))
+    return dict(sorted(values.items()))
+
+
+def _mean_by_k(records: dict[int, dict[str, Any]], key: str) -> dict[int, float | None]:
+    """Per K, the mean over the seeds that have K of their mean ``key`` (None where a seed's
+    row lacks it)."""
+    return {
+        k: None if None in values else _mean_over_seeds(values)
+        for k, values in _by_k(records, key).items()
+    }
+
+
 def _mean_over_seeds(values: list[float]) -> float:
     return mean_sd(values)[0]
 
 
-def _shots_table(by_job, maml_job: str, seeds: list[int], fmt: str) -> str:
-    maml = by_job[maml_job]
-    stop = by_job["maml-stop"]
-    shots = [row["shots"] for row in stop[seeds[0]]["test"]["by_shots"]]
-    rows = []
-    for i, k in enumerate(shots):
+def _shots_table(
+    best_maml: dict[int, dict[str, Any]], stop: dict[int, dict[str, Any]], seeds, fmt: str
+) -> str:
+    """The by-K table: each seed's best fixed-T MAML and MAML-stop, averaged per K over the
+    seeds whose test tasks have that K (a column says how many where some seed lacks it)."""
+    maml = {s: best_maml[s] for s in seeds}
+    stop = {s: stop[s] for s in seeds}
+    scale = 100.0 if fmt == ".2f" else 1.0
 
-        def at(job, key, i=i):
-            values = [job[s]["test"]["by_shots"][i].get(key) for s in seeds]
-            return None if None in values else _mean_over_seeds(values)
+    def scaled(column: dict[int, float | None]) -> dict[int, float | None]:
+        return {k: None if v is None else scale * v for k, v in column.items()}
 
-        scale = 100.0 if fmt == ".2f" else 1.0
-        rows.append(
-            {
-                "K": k,
-                "maml_best": scale * at(maml, "fixed_best"),
-                "hand": scale * at(maml, "hand_stop"),
-                "hand_steps": at(maml, "hand_stop_steps"),
-                "stop": scale * at(stop, "stop"),
-                "stop_steps": at(stop, "stop_steps"),
-                "oracle_steps": at(stop, "oracle_steps"),
-            }
-        )
-    return "By K (test tasks, mean over seeds):\n\n" + markdown_table(
-        rows,
-        [
-            ("K", "K", "d"),
-            ("maml_best", "best fixed-T MAML", fmt),
-            ("hand", "hand-made stop", fmt),
-            ("hand_steps", "its steps", ".2f"),
-            ("stop", "MAML-stop", fmt),
-            ("stop_steps", "its steps", ".2f"),
-            ("oracle_steps", "oracle stop step", ".2f"),
-        ],
-    )
+    columns = {
+        "maml_best": scaled(_mean_by_k(maml, "fixed_best")),
+        "hand": scaled(_mean_by_k(maml, "hand_stop")),
+        "hand_steps": _mean_by_k(maml, "hand_stop_steps"),
+        "stop": scaled(_mean_by_k(stop, "stop")),
+        "stop_steps": _mean_by_k(stop, "stop_steps"),
+        "oracle_steps": _mean_by_k(stop, "oracle_steps"),
+    }
+    seed_counts = {k: len(v) for k, v in _by_k(stop, "shots").items()}
+    rows = [
+        {"K": k, "seeds": n, **{name: column.get(k) for name, column in columns.items()}}
+        for k, n in seed_counts.items()
+    ]
+    spec = [
+        ("K", "K", "d"),
+        ("maml_best", "best fixed-T MAML", fmt),
+        ("hand", "hand-made stop", fmt),
+        ("hand_steps", "its steps", ".2f"),
+        ("stop", "MAML-stop", fmt),
+        ("stop_steps", "its steps", ".2f"),
+        ("oracle_steps", "oracle stop step", ".2f"),
+    ]
+    title = "By K (test tasks, mean over seeds"
+    if any(n < len(seeds) for n in seed_counts.values()):
+        spec.insert(1, ("seeds", f"seeds with this K (of {len(seeds)})", "d"))
+        title += " that have the K"
+    title += "; each seed's own best fixed-T MAML):\n\n"
+    return title + markdown_table(rows, spec)
 
 
 def _curve_table(stop_jobs, seeds: list[int], name: str, fmt: str) -> tuple[str, dict[str, Any]]:
@@ -259,25 +285,28 @@ def _curve_table(stop_jobs, seeds: list[int], name: str, fmt: str) -> tuple[str,
     return "\n\n".join(tables), verdicts
 
 
-def _quality_by_shots(by_job, maml_job: str, seeds, name: str, data: str):
+def _quality_by_shots(best_maml, stop_jobs, seeds, name: str, data: str):
     figure, axes = new_figure(6.5, 3.5)
     scale = 100.0 if name == "accuracy" else 1.0
+    maml = {s: best_maml[s] for s in seeds}
+    stop = {s: stop_jobs[s] for s in seeds}
     series = (
-        (by_job[maml_job], "fixed_best", "best fixed-T MAML", "s--"),
-        (by_job[maml_job], "hand_stop", "hand-made stop", "^:"),
-        (by_job["maml-stop"], "stop", "MAML-stop", "o-"),
-        (by_job["maml-stop"], "oracle", "MAML-stop oracle", "x:"),
+        (maml, "fixed_best", "best fixed-T MAML", "s--"),
+        (maml, "hand_stop", "hand-made stop", "^:"),
+        (stop, "stop", "MAML-stop", "o-"),
+        (stop, "oracle", "MAML-stop oracle", "x:"),
     )
-    for job, key, label, style in series:
-        rows = [job[s]["test"]["by_shots"] for s in seeds]
-        shots = [r["shots"] for r in rows[0]]
-        values = [
-            scale * statistics.fmean(rows[j][i][key] for j in range(len(seeds)))
-            for i in range(len(shots))
-        ]
+    for records, key, label, style in series:
+        by_k = _by_k(records, key)  # each K averaged over the seeds that have it
+        shots = list(by_k)
+        values = [scale * statistics.fmean(by_k[k]) for k in shots]
         axes.plot(shots, values, style, markersize=4, label=label)
     measure = "MSE" if name == "mse" else "accuracy"
     title = f"Test {measure} by K ({data}, mean over {len(seeds)} seed(s))"
+    counts = {k: len(v) for k, v in _by_k(stop, "shots").items()}
+    fewer = [f"{k}: {n}" for k, n in counts.items() if n < len(seeds)]
+    if fewer:
+        title += f"; seeds with K where fewer: {', '.join(fewer)}"
     _finish_axes(axes, name, _shots(name), title)
     return figure
 
@@ -298,13 +327,13 @@ def _steps_by_shots(stop_jobs, seeds, name: str, data: str, T: int):
     return figure
 
 
-def _loss_by_step(by_job, maml_job: str, seeds, data: str):
+def _loss_by_step(best_maml, stop_jobs, seeds, data: str):
     figure, axes = new_figure()
-    for job, style, label in (
-        (by_job["maml-stop"], "-", "MAML-stop learner"),
-        (by_job[maml_job], "--", "MAML"),
+    for record, style, label in (
+        (stop_jobs[seeds[0]], "-", "MAML-stop learner"),
+        (best_maml[seeds[0]], "--", "MAML"),
     ):
-        curves = job[seeds[0]]["test"]["query_loss_by_shots"]
+        curves = record["test"]["query_loss_by_shots"]
         for i, row in enumerate(curves):
             if len(curves) > 4 and i % max(1, len(curves) // 4):
                 continue
@@ -322,13 +351,24 @@ def _loss_by_step(by_job, maml_job: str, seeds, data: str):
     return figure
 
 
-def _budget_figure(by_job, maml_job: str, seeds, name: str, data: str):
+def _budget_figure(best_maml, stop_jobs, seeds, name: str, data: str):
     figure, axes = new_figure(7.5, 3.5)
 
     def mean_xy(curves):
         return points_xy(in_x_order(mean_curve(curves)), name)
 
-    stop, maml = by_job["maml-stop"], by_job[maml_job]
+    def by_depth(curves):
+        """Fixed-depth points averaged per depth over the seeds that have it (seeds' best
+        MAML may differ in T, so their curves may differ in length)."""
+        depths: dict[int, list[float]] = {}
+        for curve in curves:
+            for point in curve:
+                depths.setdefault(int(point["depth"]), []).append(float(point[name]))
+        return [float(d) for d in sorted(depths)], [
+            statistics.fmean(depths[d]) for d in sorted(depths)
+        ]
+
+    stop, maml = stop_jobs, best_maml
     series = [
         (
             mean_xy([stop[s]["stop_curve"] for s in seeds]),
@@ -340,7 +380,7 @@ def _budget_figure(by_job, maml_job: str, seeds, name: str, data: str):
             "s--",
             "MAML-stop learner, fixed depth",
         ),
-        (mean_xy([maml[s]["fixed_depth"] for s in seeds]), "d--", "MAML, fixed depth"),
+        (by_depth([maml[s]["fixed_depth"] for s in seeds]), "d--", "MAML, fixed depth"),
         (mean_xy([maml[s]["hand_curve"] for s in seeds]), "^:", "MAML + hand-made stop"),
     ]
     if "gain_curve" in stop[seeds[0]]:
