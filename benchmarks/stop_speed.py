@@ -504,8 +504,9 @@ WIDENABLE = ("sparse-recovery", "multi-exit", "learned-optimizers", "parity")
 
 def widened(case: SpeedCase, batch: int) -> SpeedCase:
     """``case`` with its timed rows repeated to at least ``batch`` rows, run as one batch: how
-    the speedup depends on the batch. Repeating rows keeps every rule's stop steps, and so its
-    MACs and ideal speedup, exactly."""
+    the speedup depends on the batch. Repeating rows keeps a threshold rule's stop steps; a
+    budget mix (``MixedRule``) splits rows by their position in the batch, so its stop steps and
+    ideal speedup are measured anew on the repeated rows (``measure`` does so for every rule)."""
     rows = state_batch_size(case.inputs)
     copies = -(-batch // rows)
     inputs = cat_state([case.inputs] * copies) if copies > 1 else case.inputs
@@ -738,6 +739,8 @@ def main(argv: list[str] | None = None) -> int:
     cases = [
         c for task in args.tasks for c in ADAPTERS[task](Path(args.runs), args.points, args.tiny)
     ]
+    if args.batch is not None and args.batch < 1:
+        parser.error(f"--batch must be at least 1; got {args.batch}")
     if args.batch:
         cases = [widened(c, args.batch) if c.task in WIDENABLE else c for c in cases]
     setup_seconds = time.perf_counter() - wall
