@@ -127,7 +127,7 @@ def test_values_run_or_exit_2(name, data, tmp_path_factory, capsys):
     [  # values the slow hypothesis test found crashing once, checked on every run
         ("few-shot", "inner_lr", "9.99"),  # every inner loop diverges: exit 3, "lower inner_lr"
         ("few-shot", "inner_lr", "1"),  # some diverge: +inf MSEs reported, no crash
-        ("few-shot", "inference_mode", "masked"),  # states of different shapes across steps
+        ("few-shot", "inference_mode", "masked"),  # once: states of different shapes across steps
         ("multi-exit", "train_size", "1"),  # fewer training rows than a batch: exit 2
         ("sparse-recovery", "problem.sparsity", "1e-9"),  # all-zero signals: exit 2
     ],

@@ -54,11 +54,11 @@ def test_sampling_rules_are_not_exported():
         AdaptiveModule(model, policy, SampleRule(0))
 
 
-def test_onnx_export_runs_in_onnxruntime(tmp_path):
+@pytest.mark.parametrize("rule", [RULES[0], RULES[-1]], ids=lambda r: type(r).__name__)
+def test_onnx_export_runs_in_onnxruntime(tmp_path, rule):
     onnxruntime = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     model, policy, z = toy()
-    rule = HazardThreshold(0.5)
     export_onnx(AdaptiveModule(model, policy, rule), z, str(tmp_path / "toy.onnx"))
     session = onnxruntime.InferenceSession(str(tmp_path / "toy.onnx"))
     name = session.get_inputs()[0].name

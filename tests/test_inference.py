@@ -144,6 +144,39 @@ def test_shrink_matches_per_sample_reference(valid):
     assert result.cost.tolist() == [10.0 * (t + 1) for t, _ in reference]
 
 
+class ChangingState(StepModel):
+    """A state that gains a field at step 0 (``v`` starts as None) and a column at every step,
+    as a CNN's feature maps change shape from block to block."""
+
+    max_steps = 5
+
+    def start(self, x):
+        return {"h": x, "v": None}
+
+    def advance(self, state, t):
+        h = state["h"]
+        v = h[:, :1] if state["v"] is None else 0.5 * state["v"] + h[:, :1]
+        return {"h": torch.cat([torch.tanh(h + v), v], dim=1), "v": v}
+
+    def predict(self, state, t):
+        return state["h"][:, :3]
+
+    def features(self, state, t):
+        return state["h"][:, :6]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@torch.no_grad()
+def test_every_mode_runs_a_state_that_changes_structure(mode):
+    model, (_, policy, x) = ChangingState(), make(seed=4, batch=30)
+    valid = [1, 1, 0, 1, 1]
+    result = run_adaptive(model, policy, x, HazardThreshold(0.4), mode, torch.tensor(valid).bool())
+    reference = reference_stop(model, policy, x, 0.4, valid)
+    assert 0 < int((result.stop_index < 4).sum()) < 30  # stops spread over the steps
+    assert result.stop_index.tolist() == [t for t, _ in reference]
+    torch.testing.assert_close(result.predictions, torch.stack([p for _, p in reference]))
+
+
 @pytest.mark.parametrize("mode", ["shrink", "masked"])
 @torch.no_grad()
 def test_no_policy_runs_where_a_floored_rule_cannot_stop(mode):

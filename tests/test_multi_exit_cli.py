@@ -152,7 +152,6 @@ def test_every_method_of_a_seed_starts_from_the_same_weights_and_batches(tiny_ru
         ("sdn_weights=1.0", "sdn_weights needs one weight per exit"),
         ("strides=1,2", "need one entry per exit"),
         ("methods=uniform", "timing.methods ['l2w'] are not among methods"),
-        ("inference_mode=masked", "feature maps change shape"),
         ("val_size=1500", "digits has 1797 rows: val_size 1500 + test_size 400 must leave"),
         ("budgets=0.5,0.2", "must be increasing"),
     ],

@@ -13,12 +13,12 @@ from stopwise.policies import (
     log_probabilities,
     step_encoding,
 )
-from stopwise.steps import index_state, state_batch_size, state_device, where_state
+from stopwise.steps import cat_state, index_state, state_batch_size, state_device
 
 Pair = namedtuple("Pair", "a b")
 
 
-def test_index_and_where_on_nested_states():
+def test_index_and_cat_on_nested_states():
     state = {"x": torch.arange(4), "inner": (torch.arange(8).view(4, 2), Pair(torch.ones(4), None))}
     picked = index_state(state, torch.tensor([2, 0]))
     assert picked["x"].tolist() == [2, 0]
@@ -29,9 +29,17 @@ def test_index_and_where_on_nested_states():
         "x": -torch.arange(4),
         "inner": (-torch.arange(8).view(4, 2), Pair(torch.zeros(4), None)),
     }
-    mixed = where_state(torch.tensor([True, False, True, False]), state, other)
-    assert mixed["x"].tolist() == [0, -1, 2, -3]
-    assert mixed["inner"][0].tolist() == [[0, 1], [-2, -3], [4, 5], [-6, -7]]
+    joined = cat_state([state, other])
+    assert joined["x"].tolist() == [0, 1, 2, 3, 0, -1, -2, -3]
+    assert joined["inner"][0].shape == (8, 2) and joined["inner"][1].b is None
+    # Structures that differ are refused, never silently reduced to the first one's.
+    for different in (
+        {**other, "inner": (other["inner"][0], Pair(torch.zeros(4), torch.ones(4)))},
+        {**other, "extra": torch.zeros(4)},
+        {"x": other["x"]},
+    ):
+        with pytest.raises(ValueError, match="different structure"):
+            cat_state([state, different])
     assert state_batch_size(state) == 4 and state_device(state) == torch.device("cpu")
     with pytest.raises(TypeError, match="a state must be"):
         index_state({"x": [1, 2]}, torch.tensor([0]))

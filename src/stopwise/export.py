@@ -1,5 +1,6 @@
 """Deploying a stop model: one module that runs a step model with its policy and a threshold rule
-in ``masked`` mode (a fixed trip count, finished rows frozen, no data-dependent shapes), so that
+in ``masked`` mode (a fixed trip count, each row keeping its prediction from its stop step, no
+data-dependent shapes), so that
 ``torch.export`` — and ONNX through ``torch.onnx.export(..., dynamo=True)`` — can capture it.
 
     module = AdaptiveModule(model, policy, rule, valid_steps)

@@ -3,8 +3,8 @@
 Three execution modes give identical predictions and stop steps:
 
 * ``dense``  — run every step on the whole batch, then select (simple; the reference);
-* ``masked`` — a fixed trip count over the whole batch with finished rows frozen (no
-  data-dependent shapes, so it compiles and exports);
+* ``masked`` — a fixed trip count over the whole batch, each row keeping its prediction from
+  the step it stops at (no data-dependent shapes, so it compiles and exports);
 * ``shrink`` — finished rows leave the batch, so later steps run on fewer rows: real wall-clock
   savings on CPU and GPU.
 
@@ -30,7 +30,6 @@ from .steps import (
     index_state,
     state_batch_size,
     state_device,
-    where_state,
 )
 
 __all__ = [
@@ -64,7 +63,7 @@ MODES = ("dense", "masked", "shrink")
 
 class Rule:
     """Decides, step by step, which rows stop. Carries optional batch-first state per row: a
-    tensor or a tuple of them (``None`` for nothing), split and frozen row-wise like a state."""
+    tensor or a tuple of them (``None`` for nothing), split row-wise like a state."""
 
     def init_carry(self, batch: int, num_steps: int, device) -> Any:
         return None
@@ -454,16 +453,19 @@ def _run_masked(model, policy, inputs, rule, valid, carry=None):
     predictions = None
     stop_index = torch.full((B,), -1, dtype=torch.long, device=device)
     last = _last(valid)
+    # Every row runs every step; a finished row's prediction and stop step are kept when it
+    # stops and nothing later reads its state or carry, so neither is frozen (which would need
+    # the state's shapes to stay the same from step to step, and a Where on bool carries that
+    # onnxruntime lacks).
     for t in range(last + 1):
-        state = where_state(done, state, model.advance(state, t))
+        state = model.advance(state, t)
         if not valid[t] or (t < last and not rule.needs_policy(t)):
             continue
         prediction, features = model.observe(state, t)
         if t == last:
             stop = torch.ones(B, dtype=torch.bool, device=device)
         else:
-            stop, new_carry = rule.decide(policy(features, t), t, carry)
-            carry = new_carry if carry is None else where_state(done, carry, new_carry)
+            stop, carry = rule.decide(policy(features, t), t, carry)
         newly = stop & ~done
         if predictions is None:
             predictions = prediction.new_zeros((B, *prediction.shape[1:]))

@@ -29,7 +29,6 @@ __all__ = [
     "unroll",
     "index_state",
     "cat_state",
-    "where_state",
     "state_batch_size",
     "state_device",
 ]
@@ -106,6 +105,13 @@ def unroll(
 
 def _map_state(fn, *states: State) -> State:
     first = states[0]
+    kinds = {type(s) for s in states}
+    same = len(kinds) == 1 and (
+        not isinstance(first, dict | tuple | list)
+        or len({tuple(s) if isinstance(s, dict) else len(s) for s in states}) == 1
+    )
+    if not same:  # e.g. None in one state and a tensor in another: never silently dropped
+        raise ValueError(f"states of different structure cannot be combined: {kinds}")
     if isinstance(first, torch.Tensor):
         return fn(*states)
     if isinstance(first, dict):
@@ -130,15 +136,6 @@ def index_state(state: State, rows: torch.Tensor) -> State:
 def cat_state(states: list[State]) -> State:
     """Several states' rows, concatenated along the batch dimension."""
     return _map_state(lambda *parts: torch.cat(parts), *states)
-
-
-def where_state(keep: torch.Tensor, old: State, new: State) -> State:
-    """Row-wise choice: ``old`` where ``keep`` (a ``(B,)`` bool tensor) is True, else ``new``."""
-
-    def choose(a, b):
-        return torch.where(keep.view(-1, *([1] * (a.dim() - 1))), a, b)
-
-    return _map_state(choose, old, new)
 
 
 def _first_tensor(state: State) -> torch.Tensor:

@@ -249,8 +249,8 @@ class AdaptedLearner(StepModel):
             name: p.detach().unsqueeze(0).expand(B, *p.shape).clone()
             for name, p in self.learner.named_parameters()
         }
-        # The query is measured at θ_0 too (never predicted from) so that every step's state has
-        # the same shapes, which `masked` mode's row-wise choice between states needs.
+        # The query is measured at θ_0 too (never predicted from), so every step's state has the
+        # same keys and shapes.
         return {**inputs, "params": params, **self._measure(inputs, params, 0)}
 
     def advance(self, state: dict[str, Any], t: int) -> dict[str, Any]:

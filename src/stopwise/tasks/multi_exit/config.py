@@ -181,11 +181,6 @@ class MultiExitConfig(Config):
         unknown = sorted(set(self.timing.methods) - set(self.methods))
         if unknown:
             raise ValueError(f"timing.methods {unknown} are not among methods {self.methods}")
-        if self.inference_mode == "masked":
-            raise ValueError(
-                "inference_mode='masked' does not apply to the multi-exit CNN: its feature maps "
-                "change shape from block to block; use shrink or dense"
-            )
         check_data(self)  # sizes, and the Fashion-MNIST files (named when missing)
 
 
