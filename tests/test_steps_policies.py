@@ -1,5 +1,6 @@
 """Step-model state helpers and the policy registry."""
 
+import math
 from collections import namedtuple
 
 import pytest
@@ -90,6 +91,18 @@ def test_confidence_policy_and_classifier_features():
     assert tie[0, 2] == 0  # two classes share the top: no margin
     one_class = classifier_features(torch.tensor([[0.3], [-2.0]]))
     assert one_class.tolist() == [[1.0, 0.0, 1.0], [1.0, 0.0, 1.0]]
+
+
+def test_confidence_is_exact_and_monotone_when_a_class_dominates():
+    """Logits [z, 0, …, 0] over C classes: logit(p_max) = z − ln(C − 1) exactly, in float32 too
+    (through 1 − p_max it lost precision from z ≈ 15 and tied every z ≥ 17 at one value)."""
+    z = torch.linspace(0, 40, 401)
+    logits = torch.zeros(401, 10)
+    logits[:, 0] = z
+    hazard = ConfidencePolicy()(logits, 0)
+    torch.testing.assert_close(hazard, z - math.log(9), atol=1e-5, rtol=1e-6)
+    assert bool((hazard.diff() > 0).all())
+    assert ConfidencePolicy()(torch.tensor([[0.5]]), 0).item() == math.inf  # one class: p = 1
 
 
 def test_log_probabilities_equal_log_softmax():

@@ -165,6 +165,8 @@ class ConfidencePolicy(nn.Module):
     """
 
     def forward(self, features: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
-        log_p = features.amax(dim=-1) - features.logsumexp(dim=-1)  # log max softmax probability
-        # logit(p) = log p − log(1 − p), with log(1 − p) computed stably from log p.
-        return log_p - torch.log(-torch.expm1(log_p).clamp_max(-torch.finfo(log_p.dtype).tiny))
+        # logit(p_max) = log p_max − log(1 − p_max) = z_max − logsumexp(the other logits): exact
+        # for any confidence (1 − p_max computed from p_max cancels, and saturates near 1).
+        top = features.argmax(dim=-1, keepdim=True)
+        others = features.scatter(-1, top, -math.inf).logsumexp(dim=-1)
+        return features.gather(-1, top).squeeze(-1) - others
