@@ -143,6 +143,24 @@ def test_checkpoint_with_code_is_refused_and_never_runs(tmp_path, monkeypatch):
     assert not target.exists()
 
 
+def test_atomic_writes_follow_the_umask_and_clear_a_dead_writers_temporary(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".a.pt.{dead.pid}.0123456789ab.tmp"  # left by a writer killed mid-write
+    live = tmp_path / f".a.pt.{os.getpid()}.0123456789ab.tmp"  # a write in progress
+    other = tmp_path / f".a.pt.x.{dead.pid}.0123456789ab.tmp"  # another file's temporary
+    for path in (stale, live, other):
+        path.write_bytes(b"partial")
+    old = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / "a.pt", {"x": torch.ones(2)})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.pt").stat().st_mode & 0o777 == 0o644  # mkstemp made it 0600
+    assert not stale.exists() and live.exists() and other.exists()
+    assert load_checkpoint(tmp_path / "a.pt")["x"].tolist() == [1.0, 1.0]
+
+
 def test_corrupted_and_missing_checkpoints_are_clear_errors(tmp_path):
     path = tmp_path / "ok.pt"
     save_checkpoint(path, {"w": torch.ones(1000), "step": 3, "name": "x", "pair": (1, 2.0)})

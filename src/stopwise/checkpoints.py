@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import glob
 import io
 import os
 import pickle
-import tempfile
+import re
+import secrets
 import warnings
 from pathlib import Path
 from typing import Any
@@ -31,24 +33,44 @@ class WriteError(OSError):
     """A file could not be written (e.g. the disk is full); the previous version is intact."""
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Temporary files of ``path`` left by a process that was killed mid-write."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        own = re.fullmatch(r"(\d+)\.[0-9a-f]{12}\.tmp", stale.name[len(path.name) + 2 :])
+        if own and not _pid_alive(int(own.group(1))):
+            stale.unlink(missing_ok=True)
+
+
 def _atomic_replace(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _remove_stale_temporaries(path)
+    # open(), unlike mkstemp's 0600, gives the file the permissions the umask allows.
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as error:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise WriteError(
             error.errno,
             f"could not write {path} ({error.strerror or error}); its previous version, if any, "
             "is intact",
         ) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
