@@ -1,11 +1,13 @@
 """The figure helpers of stopwise.reporting against the matplotlib calls they stand for."""
 
 import io
+import math
 
 import numpy as np
 import pytest
+import torch
 
-from stopwise.reporting import finish_axes, new_figure, points_xy
+from stopwise.reporting import finish_axes, format_number, markdown_table, new_figure, points_xy
 
 
 def _pixels(figure) -> np.ndarray:
@@ -93,3 +95,20 @@ def test_points_xy():
     assert points_xy(points, "mse") == ([2.5, 1.0], [0.1, 0.3])
     assert points_xy(points, "mse", "cost") == ([7, 3], [0.1, 0.3])
     assert points_xy([], "mse") == ([], [])
+
+
+def test_numbers_that_round_to_zero_print_without_a_sign_and_bars_stay_in_their_cell():
+    cases = [
+        ((-0.0, ".2f"), "0.00"),
+        ((np.float32(-0.0), ".2f"), "0.00"),
+        ((torch.tensor(-0.0).item(), ".2f"), "0.00"),
+        ((-0.001, ".2f"), "0.00"),
+        ((-0.001, "+.2f"), "+0.00"),
+        ((-0.01, ".2f"), "-0.01"),
+        ((-math.inf, ".2f"), "-inf"),
+        ((-0.0004, ".1%"), "0.0%"),
+    ]
+    for (value, fmt), text in cases:
+        assert format_number(value, fmt) == text, (value, fmt)
+    table = markdown_table([{"a": "L2S | β=1", "b": 1.0}], [("a", "x", "s"), ("b", "y", ".1f")])
+    assert table.splitlines()[-1] == r"| L2S \| β=1 | 1.0 |"

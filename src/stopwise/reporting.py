@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,17 +30,22 @@ def format_number(value: Any, fmt: str = ".2f") -> str:
         return value
     if value != value:  # NaN
         return "—"
-    if isinstance(value, float) and value == 0.0:
-        value = 0.0  # not "-0"
-    return format(value, fmt)
+    text = format(value, fmt)
+    if re.fullmatch(r"-[0.,]+(e[+-]0+)?%?", text):  # −0.0, or a small negative that rounds to 0
+        text = ("+" if "+" in fmt else "") + text[1:]
+    return text
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")  # a literal bar, not a column break
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
     """A GitHub markdown table; ``columns`` are ``(key, header, format)``, strings left-aligned."""
-    header = "| " + " | ".join(h for _, h, _ in columns) + " |"
+    header = "| " + " | ".join(_cell(h) for _, h, _ in columns) + " |"
     align = "|" + "|".join(":---" if f == "s" else "---:" for _, _, f in columns) + "|"
     body = [
-        "| " + " | ".join(format_number(row.get(k), f) for k, _, f in columns) + " |"
+        "| " + " | ".join(_cell(format_number(row.get(k), f)) for k, _, f in columns) + " |"
         for row in rows
     ]
     return "\n".join([header, align, *body])
