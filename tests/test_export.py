@@ -48,6 +48,12 @@ def test_exported_program_equals_run_adaptive(rule):
         torch.testing.assert_close(predictions, expected.predictions)
 
 
+def test_an_example_batch_of_one_row_is_a_clear_error():
+    model, policy, z = toy()
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        export_adaptive(AdaptiveModule(model, policy, HazardThreshold(0.5)), z[:1])
+
+
 def test_sampling_rules_are_not_exported():
     model, policy, _ = toy()
     with pytest.raises(ValueError, match="only threshold rules"):

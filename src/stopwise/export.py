@@ -48,7 +48,7 @@ def export_adaptive(
 ) -> torch.export.ExportedProgram:
     """``torch.export`` the module for inputs shaped like ``example_inputs`` (a tensor), with a
     dynamic batch dimension unless ``dynamic_batch=False``."""
-    _check_tensor(example_inputs)
+    _check_tensor(example_inputs, dynamic_batch)
     module.eval()
     dynamic = {"inputs": {0: torch.export.Dim("batch", min=1)}} if dynamic_batch else None
     with torch.no_grad():
@@ -57,7 +57,7 @@ def export_adaptive(
 
 def export_onnx(module: AdaptiveModule, example_inputs: torch.Tensor, path: str) -> None:
     """Write an ONNX file of the module (needs the optional ``onnx`` and ``onnxscript``)."""
-    _check_tensor(example_inputs)
+    _check_tensor(example_inputs, dynamic_batch=True)
     module.eval()
     dynamic = {"inputs": {0: torch.export.Dim("batch", min=1)}}
     with torch.no_grad(), warnings.catch_warnings():
@@ -68,9 +68,14 @@ def export_onnx(module: AdaptiveModule, example_inputs: torch.Tensor, path: str)
     program.save(path)
 
 
-def _check_tensor(example_inputs: Any) -> None:
+def _check_tensor(example_inputs: Any, dynamic_batch: bool) -> None:
     if not isinstance(example_inputs, torch.Tensor):
         raise TypeError(
             "example_inputs must be one tensor of inputs (a batch of what the model's start() "
             f"takes), not a {type(example_inputs).__name__}: export_adaptive(module, x[:8])"
+        )
+    if dynamic_batch and example_inputs.shape[0] < 2:
+        raise ValueError(
+            "a dynamic batch needs example_inputs of at least 2 rows (torch.export fixes a "
+            "batch of 1 as a constant); the exported program then takes any batch size"
         )
