@@ -45,7 +45,8 @@ def verdicts(out: Path) -> dict:
     results = json.loads((out / "results.json").read_text())
     keep = ("quality", "cost", "points", "worst_gain", "worst_gain_at", "worst_gain_interval",
             "best_lower_half_gain", "best_lower_half_at", "best_lower_half_interval",
-            "worst_margin", "dominates", "strictly_better_lower_half", "met")  # fmt: skip
+            "worst_margin", "dominates", "strictly_better_lower_half", "full_depth_met",
+            "met")  # fmt: skip
     return {
         "run": str(out),
         "experiment": saved["experiment"],

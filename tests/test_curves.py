@@ -92,6 +92,19 @@ def test_dominance_verdicts():
         dominance([[]], [FIXED], "acc", higher_is_better=True)
 
 
+def test_a_diverged_point_fails_the_curve_wherever_it_falls():
+    above = [{"mean_steps": 1.5, "acc": 0.8}, {"mean_steps": 2.0, "acc": 0.9},
+             {"mean_steps": 2.5, "acc": 0.93}]  # fmt: skip
+    for i in range(3):
+        diverged = [dict(p) for p in above]
+        diverged[i]["acc"] = math.nan
+        verdict = dominance([diverged, above], [FIXED, FIXED], "acc", higher_is_better=True)
+        assert not verdict["dominates"] and not verdict["met"], i
+        assert (
+            math.isnan(verdict["worst_gain"]) and verdict["worst_gain_at"] == above[i]["mean_steps"]
+        )
+
+
 def test_each_seed_is_compared_with_its_own_fixed_depth():
     """Seed 0's model is good at depth 1, seed 1's at depth 2: the mean of the seeds' fixed
     depths is a weaker comparator than each seed's own, and the verdict uses each seed's own."""

@@ -13,6 +13,7 @@ that comparator, and strictly better somewhere in the lower half of the depth ra
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from statistics import fmean
 from typing import Any
@@ -117,13 +118,14 @@ def dominance(
                       "lo": per_seed["lo"], "hi": per_seed["hi"]})  # fmt: skip
     costs = [float(p[x]) for seed_fixed in fixed for p in seed_fixed]
     middle = (min(costs) + max(costs)) / 2
-    worst = min(gains, key=lambda g: g["gain"])
+    # An undefined gain (a diverged point: NaN quality) is the worst, wherever it falls.
+    worst = min(gains, key=lambda g: (not math.isnan(g["gain"]), g["gain"]))
     lower = [g for g in gains if g["cost"] <= middle]
     separated = [
         g for g in lower if g["gain"] > tolerance and (g["lo"] is None or g["lo"] > tolerance)
     ]
     best_lower = max(separated or lower, key=lambda g: g["gain"]) if lower else None
-    dominates = worst["gain"] >= -tolerance
+    dominates = worst["gain"] >= -tolerance  # False for NaN
     strictly = bool(separated)
     return {
         "quality": key,

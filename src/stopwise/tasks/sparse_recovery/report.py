@@ -178,9 +178,13 @@ def report(results: list[JobResult], config: SparseRecoveryConfig) -> Report:
         "paired": _paired(rows, curves, seeds, T),
         "budget_curves": budget_curves,
         "domination": domination,
-        # the same verdict under the key every task's results share (stopwise.curves.dominance)
+        # The verdict under the key every task's results share (stopwise.curves.dominance), with
+        # issue 17's third condition for sparse recovery: full-depth NMSE at ≤ 75% of the layers.
         "dominance": {
-            name: {**d, "met": d["dominates"] and d["strictly_better_lower_half"]}
+            name: {
+                **d,
+                "met": d["dominates"] and d["strictly_better_lower_half"] and d["full_depth_met"],
+            }
             for name, d in domination.items()
         },
         "per_layer": {k: mean_curve([curves[s][k] for s in seeds]) for k in curves[seeds[0]]},
@@ -255,8 +259,9 @@ def _domination(curve, rows, name: str, seeds: list[int], T: int, tolerance: flo
     mean steps at most ``tolerance`` and 0.75·T. The cheapest curve point within ``tolerance``
     of full depth on test (``full_depth_reached_*``) is reported beside it as a best case: it
     is picked on test, so it decides nothing (it did until 2026-12-05)."""
-    worse = [p for p in curve if p["margin"] > ROUNDING]
-    clearly_worse = [p for p in curve if p["margin"] > p["margin_sd"] + ROUNDING]
+    # A NaN margin (a diverged point) counts as worse: `not ≤` is True for NaN.
+    worse = [p for p in curve if not p["margin"] <= ROUNDING]
+    clearly_worse = [p for p in curve if not p["margin"] <= p["margin_sd"] + ROUNDING]
     lower = [p for p in curve if p["mean_steps"] <= T / 2]
     better_lower = [
         p
@@ -277,7 +282,7 @@ def _domination(curve, rows, name: str, seeds: list[int], T: int, tolerance: flo
     best_lower = min(better_lower or lower, key=lambda p: p["margin"]) if lower else None
     return {
         "budgets": len(curve),
-        "worst_margin": max(p["margin"] for p in curve),
+        "worst_margin": max((p["margin"] for p in curve), key=lambda m: (math.isnan(m), m)),
         "worse_budgets": [p["budget"] for p in worse],
         "clearly_worse_budgets": [p["budget"] for p in clearly_worse],
         "dominates": not worse,
