@@ -676,6 +676,11 @@ def test_budget_curves_of_different_lengths_are_listed_per_seed():
     same = _curve_table({"dncnn-stop": {0: stop[1], 1: stop[1]}, "dncnn-ds": jobs["dncnn-ds"]},
                         [0, 1], DenoisingConfig())  # fmt: skip
     assert len(same["results"]) == 3 and "seed" not in same["results"][0]
+    # A diverged seed's PSNR (NaN) shows in the mean, not averaged away.
+    diverged = job([point(10.0, 20.0), point(15.0, math.nan), point(25.0, 22.0)])
+    mixed = _curve_table({"dncnn-stop": {0: stop[1], 1: diverged}, "dncnn-ds": jobs["dncnn-ds"]},
+                         [0, 1], DenoisingConfig())  # fmt: skip
+    assert math.isnan(mixed["results"][1]["psnr"]) and mixed["results"][0]["psnr"] == 20.0
 
 
 def test_the_room_for_a_policy_is_the_oracle_stop_minus_fixed_depth():

@@ -342,6 +342,9 @@ def _gain_head_table(jobs, seeds, verdicts, config) -> str:
     )
 
 
+STOP_MODEL_FIELDS = ("psnr", "mean_exit", "mean_cost")
+
+
 def _nanmean(values: list[float]) -> float:
     kept = [v for v in values if not math.isnan(v)]
     return statistics.fmean(kept) if kept else math.nan
@@ -467,7 +470,13 @@ def _curve_point(seeds, column: list[dict]) -> tuple[dict[str, Any], dict[str, s
     """One budget point over ``seeds`` (one entry each): the mean of every value, the paired
     gain over the same model at a fixed depth of the same cost, and its table row."""
     gain = _paired_gain(seeds, column, "fixed_same_model")
-    entry = {key: _nanmean([c[key] for c in column]) for key in column[0]}
+    # The stop model's own numbers are plain means (a diverged seed's NaN shows); the references
+    # are NaN by construction below their cheapest point, and ρ where every image stops at one
+    # exit, so they are averaged over the seeds that have them.
+    entry = {
+        key: (statistics.fmean if key in STOP_MODEL_FIELDS else _nanmean)([c[key] for c in column])
+        for key in column[0]
+    }
     entry["gain_over_fixed_same_model"] = gain
     trained_gain = None
     if "trained_for_depth" in column[0]:
