@@ -856,3 +856,18 @@ def test_the_lstm_beats_the_tuned_optimizers_over_seeds_by_the_interval_or_one_s
         records[("lstm-f", s)] = {"test": {"20": summary(tight[s])}}
     separated, _, _ = _optimizer_section(records, [0, 1, 2], config, "f")
     assert separated["beats_every_optimizer"]["20"]["over_seeds"]
+
+
+def test_a_depth_between_points_of_a_curve_that_doubles_back_is_interpolated_in_x_order():
+    """A budget curve's mean steps may fall as its budget grows; np.interp needs sorted x."""
+    from stopwise.tasks.learned_optimizers.report import _trained_depths
+
+    def curve(pairs):
+        return [{"mean_steps": x, "log10_gap": y, "nll": y} for x, y in pairs]
+
+    doubling_back = curve([(10.0, -1.0), (80.0, -3.0), (70.0, -2.0)])  # sorted: 10, 70, 80
+    flat = curve([(10.0, 0.0), (100.0, 0.0)])
+    curves = {name: {"fixed_depth": flat, "curve": doubling_back} for name in ("act", "l2s")}
+    records = {("depth-f", 0): {"trained": curve([(75.0, 0.0)])}}
+    row = _trained_depths(records, [0], "f", curves)[0]
+    assert row["log10_gap"]["act_curve"] == pytest.approx(-2.5)  # halfway from 70 (−2) to 80 (−3)

@@ -3,11 +3,15 @@ curve beside fixed depth included), and bad inputs exit 2 with a named error bef
 written. (Resume, the job cache and workers are the runner's, tested on every experiment by the
 contract tests.)"""
 
+import copy
 import json
 
 import pytest
 
 from stopwise.cli import main
+from stopwise.contract import read_result
+from stopwise.experiments import get_experiment, resolve_config
+from stopwise.tasks.learned_optimizers.report import report
 
 
 def test_tiny_run_writes_tables_figures_and_budget_curves(tmp_path, capsys):
@@ -48,6 +52,22 @@ def test_tiny_run_writes_tables_figures_and_budget_curves(tmp_path, capsys):
     full = {p["depth"]: p for p in l2s["fixed_depth"]}[10]
     assert full["log10_gap"] == pytest.approx(lstm["test"]["10"]["mean"], rel=1e-12)
     assert full["nll"] == pytest.approx(lstm["test_nll"], rel=1e-12)
+    _a_seed_that_reaches_nothing_counts(out)
+
+
+def _a_seed_that_reaches_nothing_counts(out):
+    """Seed 0's records again as seed 1, where no ACT threshold reached the reference: the
+    reach row is a mean over 1 of 2 seeds and says so, and counts reaching seeds out of 2."""
+    config, _ = resolve_config(get_experiment("learned-optimizers"), "tiny", ["seeds=0,1"])
+    results = [read_result(json.loads(p.read_text())) for p in (out / "jobs").glob("*.json")]
+    again = [copy.deepcopy(r) for r in results]
+    for r in again:
+        r.seed, r.id = 1, r.id.replace("-s0", "-s1")
+        if r.name == "act-regression":
+            r.record["reach"] = None
+    table = report(results + again, config).table
+    row = next(line for line in table.splitlines() if line.startswith("| ACT optimizer, cheapest"))
+    assert "(1 of 2 seeds)" in row and row.rstrip(" |").endswith("/2")
 
 
 @pytest.mark.parametrize(

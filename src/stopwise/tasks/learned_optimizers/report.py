@@ -16,7 +16,14 @@ import numpy as np
 
 from ...contract import JobResult, Report
 from ...curves import dominance, dominance_line, mean_curve
-from ...reporting import finish_axes, format_number, markdown_table, new_figure, points_xy
+from ...reporting import (
+    finish_axes,
+    format_number,
+    in_x_order,
+    markdown_table,
+    new_figure,
+    points_xy,
+)
 from ...stats import (
     format_interval,
     format_mean_sd,
@@ -222,8 +229,10 @@ def _stop_rows(records, seeds, config, family):
     rows: dict[str, dict[str, Any]] = {}
 
     def add(key, label, per_seed, steps_run=None):
-        present = {s: v for s, v in per_seed.items() if v is not None}
-        rows[key] = {"label": label, "per_seed": present, "steps_run": steps_run}
+        present = {s: v for s, v in per_seed.items() if v is not None}  # None: nothing reached
+        rows[key] = {
+            "label": label, "per_seed": present, "steps_run": steps_run, "seeds": len(per_seed)
+        }  # fmt: skip
 
     lstm = {s: records[(f"lstm-{family}", s)] for s in seeds}
     add("lstm", f"LSTM optimizer, all {H} steps", {
@@ -258,7 +267,9 @@ def _stop_section(records, seeds, config, family):
             table_rows.append({"method": row["label"], "steps": "not reached on validation"})
             numbers[key] = None
             continue
-        values = list(per_seed.values())
+        values, total = list(per_seed.values()), row["seeds"]
+        # Seeds where no threshold reached the reference are left out of the means: say so.
+        over = "" if len(values) == total else f" ({len(values)} of {total} seeds)"
 
         def column(name, fmt=".3f", values=values):
             present = [v[name] for v in values if v.get(name) is not None]
@@ -270,12 +281,13 @@ def _stop_section(records, seeds, config, family):
             **{k: mean_sd([v[k] for v in values])[0] for k in ("steps", "nll", "log10_gap")},
             "reaches_reference": sum(bool(v.get("reaches_reference")) for v in values),
             "seeds": len(values),
+            "seeds_total": total,
             "rules": [v.get("rules") for v in values],
         }
         table_rows.append(
             {
                 "method": row["label"],
-                "steps": column("steps", ".1f"),
+                "steps": column("steps", ".1f") + over,
                 "steps_run": column("steps", ".1f")
                 if row["steps_run"] is None
                 else str(row["steps_run"]),
@@ -283,7 +295,7 @@ def _stop_section(records, seeds, config, family):
                 "log10_gap": column("log10_gap", ".2f"),
                 "regret": column("regret", ".2e"),
                 "saving": _saving(values),
-                "reaches": f"{numbers[key]['reaches_reference']}/{len(values)}",
+                "reaches": f"{numbers[key]['reaches_reference']}/{total}",
             }
         )
     act = {s: records[(f"act-{family}", s)] for s in seeds}
@@ -422,7 +434,7 @@ def _trained_depths(records, seeds, family, curves) -> list[dict[str, Any]] | No
     points = mean_curve([records[(f"depth-{family}", s)]["trained"] for s in seeds])
 
     def at(curve: list[dict[str, Any]], steps: float, key: str) -> float:
-        return float(np.interp(steps, *points_xy(curve, key)))
+        return float(np.interp(steps, *points_xy(in_x_order(curve), key)))  # needs sorted x
 
     rows = []
     for point in points:
