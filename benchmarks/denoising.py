@@ -96,6 +96,10 @@ def targets(results: dict, cpu_seconds: float) -> dict:
     def low(d: dict) -> float:
         return interval_or_mean(d)[0]
 
+    def every(checks: list[bool]) -> bool | None:
+        """All true; None (not measured) when the run has no such σ, never met by default."""
+        return all(checks) if checks else None
+
     vs_dncnn = {s: diff("stop", "dncnn", s) for s in sigmas}
     vs_bm3d = {s: diff("stop", "bm3d", s) for s in sigmas}
     seen = [s for s, u in zip(sigmas, results["unseen"], strict=True) if not u]
@@ -114,14 +118,14 @@ def targets(results: dict, cpu_seconds: float) -> dict:
         },
         "stop_minus_dncnn_unseen_ge_0.5": {
             "values_db": {s: vs_dncnn[s]["mean"] for s in unseen},
-            "met_by_mean": all(vs_dncnn[s]["mean"] >= 0.5 for s in unseen),
-            "met_by_interval": all(low(vs_dncnn[s]) >= 0.5 for s in unseen),
+            "met_by_mean": every([vs_dncnn[s]["mean"] >= 0.5 for s in unseen]),
+            "met_by_interval": every([low(vs_dncnn[s]) >= 0.5 for s in unseen]),
             "paper_db": {"65": 1.37, "75": 0.72},
         },
         "stop_above_bm3d_seen_sigma": {
             "paired_difference_db": {s: vs_bm3d[s] for s in seen},
-            "met_by_mean": all(vs_bm3d[s]["mean"] > 0 for s in seen),
-            "met_by_interval": all(low(vs_bm3d[s]) > 0 for s in seen),
+            "met_by_mean": every([vs_bm3d[s]["mean"] > 0 for s in seen]),
+            "met_by_interval": every([low(vs_bm3d[s]) > 0 for s in seen]),
             "paper_db": {"35": 0.8, "45": 0.6, "55": 0.6},
         },
         "gap_to_bm3d_unseen_sigma_db": {s: vs_bm3d[s]["mean"] for s in unseen},

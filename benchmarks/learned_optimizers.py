@@ -84,12 +84,14 @@ def reaches_verdict(
 def spearman_verdict(values: list[float | None], target: float = 0.3) -> dict:
     """Spearman(stop step, difficulty) > ``target`` over seeds: met when the 95% interval of the
     per-seed ρ lies above ``target`` (one seed: its ρ). A seed where ρ is undefined (None: a
-    constant stop step) is left out, as the report's mean leaves it out; none defined: not met."""
+    constant stop step, which follows no difficulty) is left out of the interval, as the
+    report's mean leaves it out, and the target is not met."""
     present = [float(v) for v in values if v is not None]
     if not present:
         return {"per_seed": values, "mean": None, "lo": None, "hi": None, "met": False}
     d = _interval(present)
-    return {**d, "per_seed": values, "met": interval_or_mean(d)[0] > target}
+    met = len(present) == len(values) and interval_or_mean(d)[0] > target
+    return {**d, "per_seed": values, "met": met}
 
 
 def beats_rules(difference: dict) -> bool:
@@ -126,7 +128,8 @@ def targets(results: dict, config: dict) -> dict:
                     }
                     for H, row in comparisons.items()
                 },
-                "met": all(b["over_functions"] and b["over_seeds"] for b in beats.values()),
+                "met": bool(beats)
+                and all(b["over_functions"] and b["over_seeds"] for b in beats.values()),
             }
         if "stopping" in section:
             rows = section["stopping"]["rows"]
@@ -141,7 +144,9 @@ def targets(results: dict, config: dict) -> dict:
                     "mean_steps": row["steps"],
                     "nll": row["nll"],
                     "lstm_nll": rows["lstm"]["nll"],
-                    "seeds_within_tolerance": f"{row['reaches_reference']}/{row['seeds']}",
+                    "seeds_within_tolerance": (
+                        f"{row['reaches_reference']}/{row.get('seeds_total', row['seeds'])}"
+                    ),
                     **verdict,
                 }
             tradeoff = section["tradeoff"]["rows"]
@@ -155,7 +160,7 @@ def targets(results: dict, config: dict) -> dict:
                 }
                 out[f"{family}: {key} beats the hand-designed rules at every λ"] = {
                     "per_lambda": per_lambda,
-                    "met": all(v["beats"] for v in per_lambda.values()),
+                    "met": bool(per_lambda) and all(v["beats"] for v in per_lambda.values()),
                 }
             spearman = {}
             for name in ("act", "l2s"):

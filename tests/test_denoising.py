@@ -878,3 +878,16 @@ def test_benchmark_targets_of_one_seed_are_judged_by_its_value(denoising_script)
     assert t["adaptive_time_within_25_percent"]["met"] is True
     undefined = _benchmark_results([[0.2], [0.7]], [[0.3], [-1.0]], [None], [50.0], [60.0])
     assert denoising_script.targets(undefined, 60.0)["spearman_exit_sigma"]["met"] is False
+    # A run with no unseen σ (or no seen one) has not measured those targets: None, never met.
+    all_seen = {**results, "unseen": [False, False]}
+    assert (
+        denoising_script.targets(all_seen, 60.0)["stop_minus_dncnn_unseen_ge_0.5"][
+            "met_by_interval"
+        ]
+        is None
+    )
+    all_unseen = {**results, "unseen": [True, True]}
+    assert (
+        denoising_script.targets(all_unseen, 60.0)["stop_above_bm3d_seen_sigma"]["met_by_interval"]
+        is None
+    )

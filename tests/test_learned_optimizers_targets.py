@@ -112,7 +112,17 @@ def test_spearman_with_one_seed_or_undefined_seeds(script):
     assert script.spearman_verdict([0.35])["met"] is True
     assert script.spearman_verdict([0.25])["met"] is False
     assert script.spearman_verdict([None, None])["met"] is False
-    assert script.spearman_verdict([0.5, None, 0.5])["met"] is True  # undefined seed left out
+    # An undefined ρ (a constant stop step) follows no difficulty: the target is not met,
+    # however well the other seeds do (it is left out of the interval only).
+    undefined = script.spearman_verdict([0.5, None, 0.5])
+    assert undefined["met"] is False and undefined["mean"] == pytest.approx(0.5)
+
+
+def test_nothing_to_judge_is_never_met(script):
+    results = _results([1.0] * 3, [10] * 3, [10] * 3, [0.9] * 3, [-1.0, -1.1, -0.9])
+    results["families"]["f"]["tradeoff"]["rows"] = []  # no λ tried
+    out = script.targets(results, CONFIG)
+    assert out["f: l2s beats the hand-designed rules at every λ"]["met"] is False
 
 
 def test_the_trade_off_is_rejudged_from_the_stored_interval_not_an_older_flag(script):
