@@ -65,6 +65,7 @@ def _budget_stats(per_seed: dict[int, list[float | None]]) -> dict[str, Any]:
     return {
         "budget_accuracy_mean": [m for m, _ in stats],
         "budget_accuracy_sd": [sd for _, sd in stats],
+        "budget_accuracy_seeds": [len(column) for column in columns],
         "budget_accuracy_per_seed": per_seed,
     }
 
@@ -246,8 +247,13 @@ def _points(value: float | None) -> str | None:
     return None if value is None else format(100 * value, ".2f")
 
 
-def _mean_sd_text(mean: float | None, sd: float | None) -> str | None:
-    return None if mean is None else f"{_points(mean)} ± {_points(sd)}"
+def _mean_sd_text(mean: float | None, sd: float | None, n: int, total: int) -> str | None:
+    """``mean ± sd`` in points; the mean alone where one seed has no sd, and how many of the
+    seeds reach the budget where some do not."""
+    if mean is None:
+        return None
+    text = _points(mean) if n < 2 else f"{_points(mean)} ± {_points(sd)}"
+    return text if n == total else f"{text} ({n} of {total} seeds)"
 
 
 def _interval_text(d: dict[str, Any] | None) -> str | None:
@@ -265,8 +271,14 @@ def _table(results: dict[str, Any], config: MultiExitConfig) -> str:
     K = len(results["step_costs"])
     rows = []
     for line in results["lines"] + results["l2s_selected"]:
-        at_budgets = zip(line["budget_accuracy_mean"], line["budget_accuracy_sd"], strict=True)
-        row = {f"b{i}": _mean_sd_text(m, sd) for i, (m, sd) in enumerate(at_budgets)}
+        total = len(line["budget_accuracy_per_seed"])
+        at_budgets = zip(
+            line["budget_accuracy_mean"],
+            line["budget_accuracy_sd"],
+            line.get("budget_accuracy_seeds", [total] * len(budgets)),
+            strict=True,
+        )
+        row = {f"b{i}": _mean_sd_text(m, sd, n, total) for i, (m, sd, n) in enumerate(at_budgets)}
         row.update(label=line["label"], sec=line.get("seconds_per_epoch_mean"))
         if "anytime_accuracy_mean" in line:
             row["anytime"] = " / ".join(_points(m) for m in line["anytime_accuracy_mean"])

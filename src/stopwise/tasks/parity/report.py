@@ -176,17 +176,23 @@ def _difference(d: dict[str, Any], scale: float = 1.0) -> str:
 
 
 def _display(line: dict[str, Any]) -> dict[str, Any]:
+    n = len(line["seeds"])
     return {
         **line,
         "setting": _setting(line),
         "validation": _pct(line["validation_accuracy"]),
         "rule_text": f"{line['rule']}" + ("" if line["causal"] else " (non-causal)"),
-        "interp": f"{100 * line['interpolation_mean']:.2f} ± {100 * line['interpolation_std']:.2f}",
+        "interp": _mean_sd(100 * line["interpolation_mean"], 100 * line["interpolation_std"], n),
         "interp_min": _pct(line["interpolation_min"]),
         "extrap": _pct(line["extrapolation_mean"]),
         "success": f"{line['successes']}/{len(line['seeds'])}",
-        "steps": f"{line['mean_steps']:.2f} ± {line['mean_steps_std']:.2f}",
+        "steps": _mean_sd(line["mean_steps"], line["mean_steps_std"], n),
     }
+
+
+def _mean_sd(mean: float, sd: float, n: int) -> str:
+    """``mean ± sd`` over ``n`` seeds; the mean alone for one seed (no sd to show)."""
+    return f"{mean:.2f}" if n < 2 else f"{mean:.2f} ± {sd:.2f}"
 
 
 def lines_table(lines: list[dict[str, Any]]) -> str:

@@ -455,7 +455,7 @@ def _curve_table(results: dict[str, Any], config: SparseRecoveryConfig) -> str:
         f"{format_interval(d['threshold_row_steps'], '.2f')} mean steps: "
         f"{'met' if d['full_depth_met'] else 'missed'} (the tops of the intervals decide); "
         f"the cheapest curve point within it on test, a best case picked on test: "
-        f"{d['full_depth_reached_mean']:.2f} ± {d['full_depth_reached_sd']:.2f} mean steps."
+        f"{format_mean_sd(list(d['full_depth_reached_at_steps'].values()))} mean steps."
         for name, d in results["domination"].items()
     ]
     return (
