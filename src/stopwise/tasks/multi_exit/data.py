@@ -77,6 +77,15 @@ class Splits:
 # ---------------------------------------------------------------- IDX files
 
 
+def _check_magic(path: Path, head: bytes) -> None:
+    """An IDX file starts with 2 zero bytes, a known type byte and a rank byte."""
+    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in IDX_TYPES:
+        raise DataError(
+            f"{path} is not an IDX file (bad magic number {head[:4].hex() or 'empty'}; expected "
+            f"00 00 <type> <rank>). {HOW_TO_GET}"
+        )
+
+
 def read_idx(path: str | Path) -> np.ndarray:
     """Read an IDX file (gzipped or raw): 2 zero bytes, a type byte, a rank byte, big-endian
     uint32 sizes, then the data. Raises :class:`DataError` naming the file on any mismatch."""
@@ -87,11 +96,7 @@ def read_idx(path: str | Path) -> np.ndarray:
             raw = gzip.decompress(raw)
     except (OSError, EOFError, gzip.BadGzipFile) as error:
         raise DataError(f"cannot read IDX file {path}: {error}. {HOW_TO_GET}") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_TYPES:
-        raise DataError(
-            f"{path} is not an IDX file (bad magic number {raw[:4].hex() or 'empty'}; expected "
-            f"00 00 <type> <rank>). {HOW_TO_GET}"
-        )
+    _check_magic(path, raw)
     rank = raw[3]
     header = 4 + 4 * rank
     if len(raw) < header:
@@ -121,11 +126,7 @@ def idx_shape(path: str | Path, rank: int) -> tuple[int, ...]:
                 head = handle.read(size)
     except (OSError, EOFError, gzip.BadGzipFile) as error:
         raise DataError(f"cannot read IDX file {path}: {error}. {HOW_TO_GET}") from None
-    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in IDX_TYPES:
-        raise DataError(
-            f"{path} is not an IDX file (bad magic number {head[:4].hex() or 'empty'}; expected "
-            f"00 00 <type> <rank>). {HOW_TO_GET}"
-        )
+    _check_magic(path, head)
     if head[3] != rank or len(head) < size:
         raise DataError(
             f"{path}: an IDX header of rank {head[3]} ({len(head)} bytes read); expected rank "
