@@ -29,6 +29,7 @@ from stopwise.tasks.learned_optimizers import (
     meta_train_act,
 )
 from stopwise.tasks.learned_optimizers.data import suboptimality
+from stopwise.tasks.learned_optimizers.experiment import _posterior_rules, _tolerance_threshold
 from stopwise.tasks.learned_optimizers.methods import (
     _windows,
     act_meta_gradient,
@@ -329,6 +330,59 @@ def test_halting_head_starts_at_the_random_horizon_prior():
         assert torch.allclose(q, prior.expand_as(q), atol=1e-6)
 
 
+def test_halting_increment_pools_the_top_layers_hidden_state():
+    """Δq_t = mean_i(w_qᵀ h_t^{(i)}) + b_q with h_t the top LSTM layer's hidden state, from
+    the cells run by hand over two steps (three layers, non-zero halting weights)."""
+    torch.manual_seed(0)
+    net = LSTMOptimizerNet(hidden=6, layers=3, halting=True)
+    with torch.no_grad():
+        net.halting.weight.normal_()
+        net.halting.bias.fill_(0.3)
+    n, D = 2, 4
+    state = net.initial_state(n, D)
+    hand = [(torch.zeros(n * D, 6), torch.zeros(n * D, 6)) for _ in range(3)]
+    with torch.no_grad():
+        for _ in range(2):
+            grad = torch.randn(n, D) * torch.logspace(-5, 1, D)
+            _, dq, state = net(grad, state)
+            x = log_and_sign(grad, 10.0).reshape(n * D, 2)
+            for layer, cell in enumerate(net.cells):
+                hand[layer] = cell(x, hand[layer])
+                x = hand[layer][0]
+            top = x.view(n, D, 6)
+            expected = [
+                sum(float(net.halting.weight[0] @ top[r, i]) for i in range(D)) / D + 0.3
+                for r in range(n)
+            ]
+            assert dq.tolist() == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+def test_lstm_step_macs_count_the_multiply_adds_the_layers_run():
+    """Forward hooks count each linear map's multiply-adds (rows × weight entries) in one step
+    of the LSTM optimizer: its cells and output layer, per coordinate of the function."""
+    from stopwise.tasks.learned_optimizers.models import lstm_step_macs
+
+    for preprocess, hidden, layers in ((10.0, 20, 2), (None, 7, 3)):
+        net = LSTMOptimizerNet(hidden=hidden, layers=layers, preprocess=preprocess)
+        counted = []
+
+        def hook(module, inputs, output, counted=counted):
+            rows = inputs[0].shape[0]
+            if isinstance(module, nn.LSTMCell):
+                counted.append(rows * (module.weight_ih.numel() + module.weight_hh.numel()))
+            else:
+                counted.append(rows * module.weight.numel())
+
+        handles = [m.register_forward_hook(hook) for m in [*net.cells, net.output]]
+        dim = 5
+        with torch.no_grad():
+            net(torch.randn(1, dim), net.initial_state(1, dim))
+        for handle in handles:
+            handle.remove()
+        assert len(counted) == layers + 1
+        assert lstm_step_macs(net, dim) == sum(counted)
+
+
 # ---------------------------------------------------------------- meta-training
 
 
@@ -513,6 +567,23 @@ def test_tuning_picks_the_best_validation_learning_rate():
         assert tuned["scores"][H] == pytest.approx(means)
 
 
+def test_loss_curves_in_chunks_keep_each_rows_own_learning_rate():
+    """Rows are run ``chunk`` at a time; a per-row learning rate must follow its row into every
+    chunk (20 rows in chunks of 7: the later chunks' rates are not the first ones')."""
+    family = RegressionFamily()
+    functions = family.sample(20, gen(5))
+    rates = torch.logspace(-3, -0.5, 20).double()  # float32 values, as HandDesigned keeps them
+    record = [1, 4, 12]
+    values, theta = loss_curves(family, HandDesigned("sgd", rates), functions, record, chunk=7)
+    assert values.shape == (20, 3)
+    for i in range(20):
+        _, thetas = _plain_sgd(family, functions, i, float(rates[i]), record[-1])
+        one = {k: v[i : i + 1] for k, v in functions.items()}
+        expected = [float(family.loss(thetas[t - 1].unsqueeze(0), one)) for t in record]
+        assert values[i].tolist() == pytest.approx(expected, rel=1e-5)
+        assert torch.allclose(theta[i], thetas[-1], rtol=1e-5, atol=1e-9)
+
+
 # ---------------------------------------------------------------- stopping
 
 
@@ -560,7 +631,7 @@ def test_gradient_norm_rule_stops_at_the_first_small_gradient():
     policy = FeatureScore("log10_grad_norm", -1.0)
     tolerance = 1e-2
     scores = torch.stack([policy(trajectory.features[:, t]) for t in range(40)], 1)
-    index = stop_indices(scores, ScoreThreshold(-math.log10(tolerance)))
+    index = stop_indices(scores, ScoreThreshold(_tolerance_threshold(tolerance)))
     thetas = torch.cat([family.initial(functions).unsqueeze(1), trajectory.predictions], 1)
     for i in range(30):  # plain loop: the gradient at θ_t; stop after step t once ‖g_t‖ < tol
         one = {k: v[i : i + 1] for k, v in functions.items()}
@@ -571,6 +642,49 @@ def test_gradient_norm_rule_stops_at_the_first_small_gradient():
                 expected = t
                 break
         assert int(index[i]) == expected
+    assert 0 < float(index.double().mean()) < 39  # the rule stops some runs, not all at once
+    assert _tolerance_threshold(0.0) == math.inf  # tolerance 0: never stops
+
+
+def _plain_sgd(family, functions, i, lr, steps):
+    """Row i run alone by plain SGD on autograd gradients: the losses f_0..f_{steps−1} at
+    θ_0..θ_{steps−1} and θ_1..θ_steps."""
+    one = {k: v[i : i + 1] for k, v in functions.items()}
+    theta = family.initial(one).clone().requires_grad_(True)
+    losses, thetas = [], []
+    for t in range(steps):
+        loss = family.loss(theta, one, t).sum()
+        (grad,) = torch.autograd.grad(loss, theta)
+        losses.append(float(loss.detach()))
+        theta = (theta - lr * grad).detach().requires_grad_(True)
+        thetas.append(theta.detach()[0])
+    return losses, thetas
+
+
+def test_improvement_rule_stops_at_the_first_small_decrease_of_the_loss():
+    """The feature is log10(f_{t−1} − f_t) clamped to [1e-12, 1e12] (1e12 at t = 0), and the
+    rule 'stop once f_{t−1} − f_t < tol' stops there, both from plain SGD loops."""
+    family = RegressionFamily()
+    functions = family.sample(20, gen(4))
+    lr, T, tolerance = 0.0625, 30, 1e-3  # a float32 rate: HandDesigned keeps float32 rates
+    run = OptimizerRun(family, HandDesigned("sgd", lr), T)
+    with torch.no_grad():
+        features = unroll(run, functions, with_features=True).features
+    policy = FeatureScore("log10_improvement", -1.0)
+    scores = torch.stack([policy(features[:, t]) for t in range(T)], 1)
+    index = stop_indices(scores, ScoreThreshold(_tolerance_threshold(tolerance)))
+    for i in range(20):
+        losses, _ = _plain_sgd(family, functions, i, lr, T)
+        expected = T - 1
+        for t in range(T):
+            drop = 1e12 if t == 0 else losses[t - 1] - losses[t]
+            feature = math.log10(min(max(drop, 1e-12), 1e12))
+            assert float(features[i, t, 2]) == pytest.approx(feature, rel=1e-9, abs=1e-9)
+            if drop < tolerance:
+                expected = t
+                break
+        assert int(index[i]) == expected
+    assert 1 < float(index.double().mean()) < T - 1  # some stop early, not all at once
 
 
 def test_evaluate_stop_chooses_on_validation_and_scores_test():
@@ -745,6 +859,18 @@ def test_oracle_tradeoff_stops_each_function_at_its_best_step():
         assert row["spearman"]["hardness"] == pytest.approx(spearman(steps, hardness.numpy()))
 
 
+def test_stop_data_at_gives_the_numbers_at_the_stop_step_and_the_regret():
+    """Regret is f(θ_stop) − min_t f(θ_t) over the trajectory, by hand on two functions."""
+    losses = torch.tensor([[3.0, 1.0, 2.5], [5.0, 4.0, 7.0]], dtype=torch.float64)
+    gap = torch.tensor([[1e-3, 1e-1, 1e-2], [1.0, 2.0, 3.0]], dtype=torch.float64)
+    at = StopData(losses, gap, torch.zeros(2, 3), {}).at(torch.tensor([2, 0]))
+    assert at["steps"].tolist() == [3.0, 1.0]
+    assert at["nll"].tolist() == [2.5, 5.0]
+    assert at["gap"].tolist() == [1e-2, 1.0]
+    assert at["log10_gap"].tolist() == pytest.approx([-2.0, 0.0])
+    assert at["regret"].tolist() == [1.5, 1.0]
+
+
 def test_step_penalised_oracle_is_argmin_of_loss_plus_cost():
     losses = torch.tensor([[3.0, 1.0, 0.9, 0.89]])
     assert int(step_penalised(losses, 0.2).argmin()) == 1
@@ -785,6 +911,54 @@ def test_causal_rule_ignores_the_first_increment():
     assert bool(torch.isinf(scores[:, 0]).all())
     expected = torch.full((5, 5), -0.5 * math.log1p(-0.3), dtype=torch.float64)
     assert torch.allclose(scores[:, 1:], expected, atol=1e-6)
+
+
+def test_posterior_mode_and_median_by_plain_loops():
+    """The non-causal readings of the posterior q(t) ∝ exp(c_t), c_t = Σ_{1≤u≤t} Δq_u (Δq_0
+    dropped: it shifts every c_t alike): the mode argmax_t c_t and the median, the first t whose
+    cumulative q reaches 1/2, with the numbers at those steps."""
+    n, T = 40, 9
+    g = gen(6)
+    dq = 1.5 * torch.randn(n, T, generator=g, dtype=torch.float64) + 0.3
+    scores = -dq
+    scores[:, 0] = -math.inf  # the causal score: −Δq_t, −inf at t = 0
+    gap = torch.rand(n, T, generator=g, dtype=torch.float64)
+    losses = gap + 2.0
+    causal = torch.randint(0, T, (n,), generator=g)
+    data = StopData(losses, gap, scores, {})
+    setting = StopEvaluation([0.1], 3, 2.5, 2.5, 0.2)
+    out = _posterior_rules(data, causal, setting)["posterior"]
+    modes, medians, means = [], [], []
+    for i in range(n):
+        c, total = [0.0], 0.0
+        for t in range(1, T):
+            total += float(dq[i, t])
+            c.append(total)
+        modes.append(max(range(T), key=c.__getitem__))
+        weights = [math.exp(v) for v in c]
+        q = [w / sum(weights) for w in weights]
+        means.append(sum(q[t] * (t + 1) for t in range(T)))
+        cdf = 0.0
+        for t in range(T):
+            cdf += q[t]
+            if cdf >= 0.5:
+                medians.append(t)
+                break
+    assert modes != medians  # the two rules differ on these inputs
+    assert out["posterior_mean_steps"] == pytest.approx(sum(means) / n)
+    for rule, index in (("mode", modes), ("median", medians)):
+        row = out[rule]
+        assert row["steps"] == pytest.approx(sum(t + 1 for t in index) / n)
+        assert row["gap"] == pytest.approx(sum(float(gap[i, t]) for i, t in enumerate(index)) / n)
+        assert row["nll"] == pytest.approx(
+            sum(float(losses[i, t]) for i, t in enumerate(index)) / n
+        )
+        assert row["causal_minus_rule_steps"] == pytest.approx(
+            sum(int(causal[i]) - t for i, t in enumerate(index)) / n
+        )
+        assert row["same_step"] == pytest.approx(
+            sum(int(causal[i]) == t for i, t in enumerate(index)) / n
+        )
 
 
 def test_a_stop_rule_beats_the_hand_designed_rules_only_when_the_interval_says_so():
