@@ -44,9 +44,11 @@ from stopwise.tasks.denoising.methods import (
     bm3d_denoise,
     gain_regression,
     near_best_exit,
+    nlm_denoise,
     policy_data,
+    validation_psnr,
 )
-from stopwise.tasks.denoising.metrics import exit_table, psnr, ssim
+from stopwise.tasks.denoising.metrics import by_sigma, estimate, exit_table, psnr, ssim
 from stopwise.tasks.denoising.models import DnCNN, ImagePolicy, noise_losses
 
 
@@ -173,6 +175,90 @@ def test_noise_losses_and_psnr_against_plain_references():
         estimate[0, 0].double().clamp(0, 1).numpy(), clean[0, 0].double().numpy(), data_range=1
     )
     assert s[0].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_estimate_is_the_noisy_image_less_the_predicted_noise_clamped():
+    noisy = torch.tensor([0.75, 0.25, 0.875, 1.5, -0.5])
+    predicted = torch.tensor([0.25, 0.5, -0.25, 0.25, -0.75])
+    assert estimate(noisy, predicted).tolist() == [0.5, 0.0, 1.0, 1.0, 0.25]
+
+
+def test_by_sigma_means_each_noise_levels_items_by_hand():
+    values = [1.0, 2.0, 3.0, 4.0, 5.0]
+    sigma = torch.tensor([15.0, 25.0, 15.0, 50.0, 25.0], dtype=torch.float64)
+    means = by_sigma(values, sigma, [15, 25, 35, 50])
+    assert means[:2] == [2.0, 3.5] and math.isnan(means[2]) and means[3] == 4.0
+
+
+def _camera_crop(side: int = 64) -> torch.Tensor:
+    from skimage import data as skdata
+
+    image = torch.from_numpy(skdata.camera()).float() / 255.0
+    return center_crop(image, side)
+
+
+def test_bm3d_and_nlm_are_the_packages_called_with_the_noise_level_in_0_1_units():
+    """σ is given on the 0–255 scale; the packages take it on [0, 1]: σ/255 (and NLM's
+    h = h_factor · σ/255, 7×7 patches, distance 11, fast mode), each beating the noisy image
+    by > 5 dB on a 64×64 crop at σ = 25."""
+    import bm3d
+    from skimage.restoration import denoise_nl_means
+
+    clean = _camera_crop()[None]
+    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))
+    noisy = clean + noise * (25.0 / 255.0)  # σ = 25 on the 0–255 scale
+    image = noisy[0].double().numpy()
+    noisy_psnr = psnr(noisy[None], clean[None]).item()
+    ours = bm3d_denoise(noisy, 25.0)
+    theirs = bm3d.bm3d(image, 25.0 / 255.0, profile="np")
+    np.testing.assert_allclose(ours[0].numpy(), theirs, atol=1e-5)
+    assert psnr(ours[None], clean[None]).item() > noisy_psnr + 5.0
+    ours = nlm_denoise(noisy, 25.0, 0.8)
+    theirs = denoise_nl_means(image, h=0.8 * 25.0 / 255.0, sigma=25.0 / 255.0, patch_size=7,
+                              patch_distance=11, fast_mode=True)  # fmt: skip
+    np.testing.assert_allclose(ours[0].numpy(), theirs, atol=1e-6)
+    assert psnr(ours[None], clean[None]).item() > noisy_psnr + 5.0
+
+
+def test_noisy_set_noise_has_the_standard_deviation_sigma_over_255():
+    image = torch.full((256, 256), 0.5)
+    sigmas = [15.0, 25.0, 50.0]
+    data = noisy_set([image], ["flat"], sigmas, torch.Generator().manual_seed(1))
+    for i, s in enumerate(sigmas):
+        clean, noisy = data.item(i)
+        std = float(((noisy - clean) * 255.0).double().std())
+        assert abs(std - s) < 0.03 * s
+
+
+def test_validation_psnr_of_the_last_and_the_oracle_exit_by_a_loop_over_exits():
+    torch.manual_seed(0)
+    model = _trained_looking(DnCNN(depth=5, width=4).add_exit_heads("linear")).eval()
+    with torch.no_grad():  # heads of their own, so the best exit varies by item
+        for head in model.heads.values():
+            head.weight.normal_(0.0, 0.2)
+    images = [torch.rand(8, 8), torch.rand(8, 8), torch.rand(6, 7)]
+    data = noisy_set(images, ["a", "b", "c"], [30.0, 60.0], torch.Generator().manual_seed(2))
+    table = []
+    with torch.no_grad():
+        for i in range(data.size):
+            clean, noisy = data.item(i)
+            state, row = model.start(noisy[None]), []
+            for t in range(model.max_steps):
+                state = model.advance(state, t)
+                raw = (noisy[None] - model.predict(state, t)).double().clamp(0, 1)
+                mse = float(((raw - clean[None].double()) ** 2).mean())
+                row.append(-10.0 * math.log10(mse))
+            table.append(row)
+    assert any(max(row) != row[-1] for row in table)  # some item is best before the last exit
+    oracle = sum(max(row) for row in table) / len(table)
+    last = sum(row[-1] for row in table) / len(table)
+    got = validation_psnr(model, data, "oracle")
+    assert got["oracle"] == pytest.approx(oracle, rel=1e-5)
+    assert got["last"] == pytest.approx(last, rel=1e-5)
+    assert got["score"] == got["oracle"]
+    assert validation_psnr(model, data, "last")["score"] == got["last"]
+    with pytest.raises(ValueError, match="criterion"):
+        validation_psnr(model, data, "best")
 
 
 def test_patches_are_windows_of_an_image_under_a_flip_or_rotation():
@@ -449,6 +535,7 @@ def test_exit_table_against_a_loop_over_exits():
     table = exit_table(model, data, keep_images=True)
     kept = torch.tensor([True, False, True])  # exit 1 pruned: the oracle cannot stop there
     pruned = exit_table(model, data, keep_images=True, valid=kept)
+    leaves = []
     for i in range(data.size):
         clean, noisy = data.item(i)
         state = model.start(noisy[None])
@@ -458,6 +545,11 @@ def test_exit_table_against_a_loop_over_exits():
             raw = noisy[None] - model.predict(state, t)
             estimates.append(raw[0].clamp(0, 1))
             assert table.psnr[i, t].item() == pytest.approx(psnr(raw, clean[None]).item(), rel=1e-5)
+            # ℓ_t: the summed squared error of the estimate before it is clamped
+            pairs = zip(raw.detach().flatten().tolist(), clean.flatten().tolist(), strict=True)
+            plain = sum((r - c) ** 2 for r, c in pairs)
+            assert table.loss[i, t].item() == pytest.approx(plain, rel=1e-5)
+            leaves.append(bool(((raw < 0) | (raw > 1)).any()))
         best = int(table.psnr[i].argmax())
         assert table.best_index()[i].item() == best
         torch.testing.assert_close(table.best[i], estimates[best])
@@ -465,6 +557,7 @@ def test_exit_table_against_a_loop_over_exits():
         best_kept = max((t for t in range(3) if kept[t]), key=lambda t: table.psnr[i, t])
         assert pruned.best_index(kept)[i].item() == best_kept
         torch.testing.assert_close(pruned.best[i], estimates[best_kept])
+    assert all(leaves)  # every estimate leaves [0, 1]: a clamped ℓ_t would differ
 
 
 def test_validation_schedule_drops_the_rate_keeps_the_best_and_resumes():
