@@ -831,6 +831,94 @@ def test_the_policy_share_of_an_inner_step_is_over_every_test_task(tiny_run):
     assert maml["policy_per_task_step"] == 0 and maml["step_per_task"] == macs["step_per_task"]
 
 
+def test_measure_chooses_the_depth_on_validation_and_the_oracle_beats_every_depth(tiny_run):
+    """Each MAML record of the tiny run (sinusoids: MSE, lower is better): the best depth is the
+    first argmin of the validation means, the fixed-depth row is the test mean at that depth,
+    and the oracle stop's MSE is no more than a fixed depth's on any task."""
+    records = [
+        json.loads(path.read_text())["record"]
+        for path in sorted((tiny_run / "jobs").glob("maml-*.json"))
+    ]
+    assert len(records) == 2  # maml-T4 and maml-stop
+    for record in records:
+        assert record["metric"] == "mse"
+        T, val, test = record["steps"], record["val"], record["test"]
+        by_depth = val["by_depth"]
+        best = min(range(T), key=lambda d: (by_depth[d], d))
+        assert val["best_depth"] == best + 1
+        assert val["best_value"] == by_depth[best]
+        for key, depth in (("fixed_best", best), ("fixed_full", T - 1)):
+            row = test[key]
+            assert row["depth"] == depth + 1
+            assert row["mean"] == pytest.approx(test["by_depth"][depth], rel=1e-9)
+            assert row["mean"] == pytest.approx(sum(row["per_task"]) / len(row["per_task"]))
+        oracle = test["oracle"]
+        assert oracle["mean"] <= min(test["by_depth"]) + 1e-9
+        for key in ("fixed_best", "fixed_full"):
+            for o, f in zip(oracle["per_task"], test[key]["per_task"], strict=True):
+                assert o <= f * (1 + 1e-6)
+        assert oracle["mean_steps"] == sum(oracle["steps_per_task"]) / len(oracle["per_task"])
+    # one record chose a depth short of the last, so its best and full rows differ
+    assert any(r["val"]["best_depth"] < r["steps"] for r in records)
+
+
+def _maml_record(best_value, depth, per_task):
+    return {
+        "val": {"best_value": best_value},
+        "test": {"fixed_best": {"depth": depth, "mean": sum(per_task) / 3, "per_task": per_task}},
+    }
+
+
+@pytest.mark.parametrize("family", ["sinusoid", "glyphs"])
+def test_compare_picks_the_maml_job_best_on_validation(family):
+    """The best fixed-T MAML is the job with the lowest validation MSE (highest accuracy), and
+    MAML-stop is measured against it over the same tasks."""
+    from types import SimpleNamespace
+
+    from stopwise.tasks.few_shot.experiment import compare
+
+    records = {
+        "maml-T2": _maml_record(0.5, 2, [0.25, 0.5, 0.75]),
+        "maml-T4": _maml_record(0.25, 3, [0.5, 0.5, 1.0]),
+        "maml-T8": _maml_record(0.375, 8, [0.0, 0.25, 0.5]),
+        "maml-stop": {
+            "test": {"stop": {"mean": 0.5, "mean_steps": 2.5, "per_task": [0.5, 0.25, 0.75]}}
+        },
+    }
+    context = SimpleNamespace(
+        config=SimpleNamespace(family=family, maml_steps=[2, 4, 8]),
+        dependency=lambda name: SimpleNamespace(record=records[name]),
+    )
+    out = compare(context)
+    chosen = "maml-T4" if family == "sinusoid" else "maml-T2"
+    assert out["best_maml"]["job"] == chosen
+    best = records[chosen]["test"]["fixed_best"]
+    assert out["best_maml"]["depth"] == best["depth"]
+    assert out["best_maml"]["val_value"] == records[chosen]["val"]["best_value"]
+    assert out["best_maml"]["test_value"] == best["mean"]
+    scale = 1.0 if family == "sinusoid" else 100.0
+    differences = [a - b for a, b in zip([0.5, 0.25, 0.75], best["per_task"], strict=True)]
+    assert out["stop_minus_best"]["mean"] == pytest.approx(scale * sum(differences) / 3)
+    assert ("mse_ratio" in out) == (family == "sinusoid")
+    if family == "sinusoid":
+        assert out["mse_ratio"] == pytest.approx(0.5 / best["mean"])
+
+
+def test_quality_is_per_task_accuracy_or_mse_by_a_plain_loop():
+    from stopwise.tasks.few_shot.metrics import quality
+
+    outputs = torch.tensor([[0.5, -1.0, 2.0], [0.0, 3.0, 1.0]])
+    targets = torch.tensor([[1.0, -1.0, 0.0], [0.5, 1.0, 1.0]])
+    mse = [sum((float(o) - float(t)) ** 2 for o, t in zip(row, trow, strict=True)) / 3
+           for row, trow in zip(outputs, targets, strict=True)]  # fmt: skip
+    assert quality(outputs, targets).tolist() == pytest.approx(mse)
+    logits = torch.tensor([[[0.1, 0.9], [2.0, -1.0], [0.3, 0.2]],
+                           [[-1.0, 1.0], [0.0, 5.0], [4.0, 1.0]]])  # fmt: skip
+    labels = torch.tensor([[1, 0, 1], [0, 1, 0]])
+    hits = [[1, 1, 0], [0, 1, 1]]  # argmax of each row against its label, by eye
+    assert quality(logits, labels).tolist() == pytest.approx([sum(h) / 3 for h in hits])
+
+
 @pytest.fixture
 def few_shot_script(monkeypatch):
     """benchmarks/few_shot.py as a module (its verdicts, not its runs)."""
