@@ -844,6 +844,23 @@ def test_a_dncnn_trained_for_a_shallower_depth_and_the_gain_head_run(tmp_path):
     assert [p["val_mean_cost"] for p in curve] == sorted(p["val_mean_cost"] for p in curve)
     assert stop["gain_training"]["criterion"] == "minus validation gain-regression loss"
     assert "- DnCNN-stop model, gain head: beats fixed depth" in table
+    # The stop rows' estimates (noisy − n̂ at the stop, run for real) score the dense table's
+    # PSNR at their exit: per σ whose items all stopped at one exit, the mean PSNRs agree.
+    sigmas = list(dict.fromkeys(stop["sigma"]))
+    compared = 0
+    for name in ("stop", "stop_official"):
+        row = stop["rows"][name]
+        for k, s in enumerate(sigmas):
+            items = [i for i, v in enumerate(stop["sigma"]) if v == s]
+            exits = {row["exit"][i] for i in items}
+            if len(exits) == 1:
+                dense = stop["exit_psnr_by_sigma"][int(exits.pop()) - 1][k]
+                mean = sum(row["psnr"][i] for i in items) / len(items)
+                assert mean == pytest.approx(dense, rel=1e-5)
+                compared += 1
+    assert compared > 0
+    last = stop["rows"]["last_exit"]["psnr_by_sigma"]
+    assert last == pytest.approx(stop["exit_psnr_by_sigma"][-1], rel=1e-5)
     # The timed curve points are costed as their curve costs them (no heads before a floor).
     points = {f"budget_{p['budget']:.0f}": p for p in stop["curve"]}
     full = stop["costs_per_pixel"]["fixed_depth"][-1]
