@@ -288,6 +288,62 @@ def test_fit_joint_reaches_the_oracle_temperature(beta, entropy_range):
     assert entropy_range[0] <= relative_entropy <= entropy_range[1]
 
 
+class ScaledFeatures(PerStepScale):
+    """PerStepScale whose policy features b_t · x also depend on the model: gradients of the
+    joint objective reach ``b`` only through the features."""
+
+    def __init__(self, steps):
+        super().__init__(steps)
+        self.b = torch.nn.Parameter(torch.ones(steps))
+
+    def features(self, state, t):
+        return self.b[t] * state
+
+
+def test_fit_joint_loss_and_gradients_with_a_mask_by_a_plain_loop():
+    """One step at learning rate 0 on a fixed batch with a mask: the logged loss is
+    mean_i Σ_t q_t ℓ_t + β Σ_t q_t log q_t over the valid steps (q by a loop: λ_t ∏(1 − λ_τ) over
+    valid τ < t, the last valid step taking the rest), and the gradients on the model's and the
+    policy's parameters are autograd's of that loop — through the losses (a) and the features
+    (b), neither detached."""
+    from stopwise.policies import create_policy
+    from stopwise.training import fit_joint
+
+    T, beta, rows = 5, 0.7, 4
+    model = ScaledFeatures(T)
+    with torch.no_grad():
+        model.a.copy_(torch.tensor([0.5, 1.9, 1.0, 1.5, 2.0]))
+        model.b.copy_(torch.tensor([0.8, -1.2, 1.5, 0.6, -0.4]))
+    x = torch.randn(rows, 3, generator=torch.Generator().manual_seed(0))
+    mask = torch.tensor([True, False, True, True, False])
+    torch.manual_seed(0)
+    policy = create_policy("mlp", feature_dim=3, max_steps=T, hidden=(8,))
+    params = [model.a, model.b, *policy.parameters()]
+    valid = [0, 2, 3]
+    total = 0.0
+    for i in range(rows):
+        xi = x[i]
+        q, survive, row = {}, 1.0, 0.0
+        for t in valid:
+            lam = torch.sigmoid(policy((model.b[t] * xi).unsqueeze(0), t)[0])
+            q[t] = survive if t == valid[-1] else lam * survive
+            survive = survive * (1 - lam)
+        for t in valid:
+            loss_t = sum((model.a[t] * xi[j] - 2 * xi[j]) ** 2 for j in range(3)) / 3
+            row = row + q[t] * loss_t + beta * q[t] * torch.log(q[t])
+        total = total + row / rows
+    expected = torch.autograd.grad(total, params)
+    metrics = fit_joint(
+        model, policy, EpochBatches((x, 2 * x), batch_size=rows), per_step_mse,
+        torch.optim.SGD(params, 0.0), 1, beta=beta, mask=mask,
+    )  # fmt: skip
+    assert float(metrics["loss"]) == pytest.approx(float(total.detach()), rel=1e-5)
+    # the feature path carries a gradient (the last valid step's hazard does not matter)
+    assert float(expected[1][valid[:-1]].abs().min()) > 1e-3
+    for p, want in zip(params, expected, strict=True):
+        torch.testing.assert_close(p.grad, want, rtol=1e-4, atol=1e-6)
+
+
 def test_fit_policy_step_penalty_imitates_the_cost_aware_oracle():
     """With a penalty λ·t, the hard oracle is argmin_t ℓ_t + λ t: a policy trained on it stops
     earlier than the cost-blind one, and exactly where the penalised argmin is, on a model whose
