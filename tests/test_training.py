@@ -483,6 +483,51 @@ def test_fit_gain_head_on_cached_trajectories_equals_fit_gain_policy():
         torch.testing.assert_close(heads[0][name], heads[1][name])
 
 
+@pytest.mark.parametrize("cached", [False, True], ids=["fit_gain_policy", "fit_gain_head"])
+def test_gain_stages_with_costs_and_a_mask_score_a_plain_loop(cached):
+    """One step at learning rate 0 with uneven costs and a mask: the logged loss is the mean
+    Huber (δ = 1) of h_t − log price against −log max(g_t, floor) over the valid steps but the
+    last valid one, g_t = max over valid t' > t of (ℓ_t − ℓ_t') / (c_t' − c_t), by loops.
+    The masked step (0-based 2) is the best step, so ignoring the mask moves the targets."""
+    from stopwise.policies import create_policy
+    from stopwise.steps import unroll
+    from stopwise.training import fit_gain_head, fit_gain_policy
+
+    T, rows, price, floor = 5, 6, 0.3, 1e-6
+    a = [0.5, 1.0, 1.9, 1.5, 2.0]  # ℓ_t ∝ (a_t − 2)²: 2.25, 1, 0.01, 0.25, 0
+    costs = [1.0, 2.0, 4.0, 5.0, 7.0]
+    model = PerStepScale(T)
+    with torch.no_grad():
+        model.a.copy_(torch.tensor(a))
+    x = torch.randn(rows, 3, generator=torch.Generator().manual_seed(0))
+    mask = torch.tensor([True, True, False, True, True])
+    torch.manual_seed(0)
+    policy = create_policy("mlp", feature_dim=3, max_steps=T, hidden=(8,))
+    with torch.no_grad():
+        hazards = torch.stack([policy(x, t) for t in range(T)], dim=1).double().tolist()
+    valid = [0, 1, 3, 4]
+    terms = []
+    for i, row in enumerate(x.tolist()):
+        losses = [sum((a[t] * v - 2 * v) ** 2 for v in row) / 3 for t in range(T)]
+        for t in valid[:-1]:
+            gain = max((losses[t] - losses[u]) / (costs[u] - costs[t]) for u in valid if u > t)
+            target = -math.log(max(gain, floor))
+            d = abs(hazards[i][t] - math.log(price) - target)
+            terms.append(0.5 * d * d if d < 1 else d - 0.5)
+    expected = sum(terms) / len(terms)
+    optimizer = torch.optim.SGD(policy.parameters(), 0.0)
+    kw = {"costs": torch.tensor(costs), "price": price, "floor": floor, "mask": mask}
+    if cached:
+        trajectory = unroll(model, x, with_features=True)
+        features, losses = trajectory.features, per_step_mse(trajectory.predictions, 2 * x)
+        every_row = lambda step: torch.arange(rows)  # noqa: E731
+        metrics = fit_gain_head(policy, features, losses, every_row, optimizer, 1, **kw)
+    else:
+        batches = EpochBatches((x, 2 * x), batch_size=rows)
+        metrics = fit_gain_policy(model, policy, batches, per_step_mse, optimizer, 1, **kw)
+    assert float(metrics["loss"]) == pytest.approx(expected, rel=1e-5)
+
+
 def test_a_non_finite_gradient_with_a_finite_loss_is_never_applied_or_saved(tmp_path):
     """|a − t| written as √((a − t)²) has a finite value and a NaN gradient where a = t: the
     step raises Diverged before the optimizer moves, so the weights and the checkpoint of the
