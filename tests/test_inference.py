@@ -376,6 +376,21 @@ def test_fit_threshold_matches_brute_force(seed, budget):
     assert cost == pytest.approx(best_cost)
 
 
+@pytest.mark.parametrize("kind", ["hazard", "cumulative"])
+@pytest.mark.parametrize("budget", [6.0, 100.0])
+def test_fit_threshold_at_or_above_full_cost_runs_every_step(budget, kind):
+    """A budget of at least full depth (costs 1..6: 6.0 exactly, and far above) affords every
+    row every step: the threshold is +inf and every row stops at the last step, even the row
+    whose score is the largest observed (a finite threshold would stop it early)."""
+    g = torch.Generator().manual_seed(0)
+    hazards = torch.randn(30, 6, generator=g, dtype=torch.float64)
+    hazards[7, 1] = 50.0  # the largest score, at an early step
+    costs = torch.arange(1, 7, dtype=torch.float64)
+    rule = fit_threshold(hazards, budget, costs, kind)
+    assert float(rule.score_threshold) == math.inf
+    assert stop_indices(hazards, rule).tolist() == [5] * 30
+
+
 @pytest.mark.parametrize("seed, budget", [(0, 2.0), (1, 3.4), (2, 4.5), (3, 1.0)])
 def test_fit_threshold_cumulative_matches_a_brute_force(seed, budget):
     """The cumulative kind against a brute force by plain loops: scores P(stopped by t) =
