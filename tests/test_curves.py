@@ -178,3 +178,39 @@ def test_strictly_better_needs_the_interval_over_seeds_above_zero():
     assert verdict["best_lower_half_interval"][0] > 0 and verdict["met"]
     # one seed has no interval: its gain decides
     assert dominance(curves([0.1]), [fixed], "acc", higher_is_better=True)["met"]
+
+
+def test_the_middle_of_the_depth_range_is_in_the_lower_half():
+    """Fixed depths 1..3: the middle is 2. A point at exactly 2 steps counts as lower half
+    (0.95 against depth 2's 0.9: +0.05 there); one just above it (2.001 steps) does not, so a
+    curve whose only gain is there is not strictly better in the lower half."""
+    at_middle = [{"mean_steps": 2.0, "acc": 0.95}, {"mean_steps": 3.0, "acc": 0.95}]
+    verdict = dominance([at_middle], [FIXED], "acc", higher_is_better=True)
+    assert verdict["best_lower_half_at"] == 2.0
+    assert verdict["best_lower_half_gain"] == pytest.approx(0.05)
+    assert verdict["strictly_better_lower_half"] and verdict["met"]
+    above = [{"mean_steps": 2.001, "acc": 0.99}, {"mean_steps": 3.0, "acc": 0.95}]
+    verdict = dominance([above], [FIXED], "acc", higher_is_better=True)
+    assert verdict["best_lower_half_gain"] is None and verdict["best_lower_half_at"] is None
+    assert verdict["dominates"] and not verdict["strictly_better_lower_half"]
+
+
+def test_best_lower_half_prefers_a_gain_whose_interval_is_above_zero():
+    """Three seeds, fixed depths 1 (0.5) and 3 (0.9), so a mix at 1.5 steps reaches 0.6. The
+    point at 1 step gains 0.3, 0.3, −0.2 (mean 0.133, its interval crosses zero); the point at
+    1.5 steps gains 0.05, 0.06, 0.055 (mean 0.055, its interval above zero): the second is the
+    best lower-half point, though its mean gain is smaller."""
+    fixed = [{"mean_steps": 1, "acc": 0.5}, {"mean_steps": 3, "acc": 0.9}]
+    noisy, steady = [0.3, 0.3, -0.2], [0.05, 0.06, 0.055]
+    curves = [
+        [{"mean_steps": 1.0, "acc": 0.5 + a}, {"mean_steps": 1.5, "acc": 0.6 + b},
+         {"mean_steps": 3.0, "acc": 0.9}]
+        for a, b in zip(noisy, steady, strict=True)
+    ]  # fmt: skip
+    verdict = dominance(curves, [fixed] * 3, "acc", higher_is_better=True)
+    first = verdict["gains"][0]
+    assert first["gain"] == pytest.approx(0.4 / 3) and first["lo"] < 0
+    assert verdict["best_lower_half_at"] == 1.5
+    assert verdict["best_lower_half_gain"] == pytest.approx(0.055)
+    assert verdict["best_lower_half_interval"][0] > 0
+    assert verdict["strictly_better_lower_half"] and verdict["met"]

@@ -376,6 +376,21 @@ def test_fit_threshold_matches_brute_force(seed, budget):
     assert cost == pytest.approx(best_cost)
 
 
+@pytest.mark.parametrize("kind", ["hazard", "cumulative"])
+@pytest.mark.parametrize("budget", [6.0, 100.0])
+def test_fit_threshold_at_or_above_full_cost_runs_every_step(budget, kind):
+    """A budget of at least full depth (costs 1..6: 6.0 exactly, and far above) affords every
+    row every step: the threshold is +inf and every row stops at the last step, even the row
+    whose score is the largest observed (a finite threshold would stop it early)."""
+    g = torch.Generator().manual_seed(0)
+    hazards = torch.randn(30, 6, generator=g, dtype=torch.float64)
+    hazards[7, 1] = 50.0  # the largest score, at an early step
+    costs = torch.arange(1, 7, dtype=torch.float64)
+    rule = fit_threshold(hazards, budget, costs, kind)
+    assert float(rule.score_threshold) == math.inf
+    assert stop_indices(hazards, rule).tolist() == [5] * 30
+
+
 @pytest.mark.parametrize("seed, budget", [(0, 2.0), (1, 3.4), (2, 4.5), (3, 1.0)])
 def test_fit_threshold_cumulative_matches_a_brute_force(seed, budget):
     """The cumulative kind against a brute force by plain loops: scores P(stopped by t) =
@@ -507,6 +522,78 @@ def test_time_adaptive_reports_medians_and_the_rules_steps():
     both = time_adaptive(model, policy, x, rules, repeats=1, chunk=20, unpooled=True)
     assert all(row["unpooled_speedup"] > 0 for row in both["rules"].values())
     assert "unpooled_speedup" not in timing["rules"]["early"]
+
+
+def _scripted_clocks(monkeypatch, durations):
+    """Wall and CPU clocks that only move inside run_fixed and run_adaptive, by scripted
+    amounts: ``durations[kind]`` is a list of (wall, cpu) seconds, one per call of that kind
+    ("full" for run_fixed, or the rows of run_adaptive's inputs). Returns the calls made."""
+    import time
+
+    import stopwise.inference as inference
+
+    now = {"wall": 0.0, "cpu": 0.0}
+    calls = []
+    real_fixed, real_adaptive = inference.run_fixed, inference.run_adaptive
+
+    def tick(kind):
+        calls.append(kind)
+        wall, cpu = durations[kind].pop(0)
+        now["wall"] += wall
+        now["cpu"] += cpu
+
+    def run_fixed(model, inputs, *args, **kwargs):
+        tick("full")
+        return real_fixed(model, inputs, *args, **kwargs)
+
+    def run_adaptive(model, policy, inputs, *args, **kwargs):
+        tick(inputs.shape[0])
+        return real_adaptive(model, policy, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(inference, "run_fixed", run_fixed)
+    monkeypatch.setattr(inference, "run_adaptive", run_adaptive)
+    monkeypatch.setattr(time, "perf_counter", lambda: now["wall"])
+    monkeypatch.setattr(time, "process_time", lambda: now["cpu"])
+    return calls
+
+
+def test_time_adaptive_takes_medians_of_scripted_clocks(monkeypatch):
+    """Full runs of 3, 1, 2 s wall (6, 2, 4 s CPU) and a rule of 1, 1, 4 s wall (1, 3, 8 s
+    CPU), after a warm-up of 100 s that is not timed: by hand the medians are 2 s and 1 s
+    (speedup 2) and 4 s and 3 s of CPU (CPU speedup 4/3)."""
+    from stopwise.inference import time_adaptive
+
+    model, policy, x = make(seed=3, batch=16)
+    calls = _scripted_clocks(monkeypatch, {
+        "full": [(100.0, 100.0), (3.0, 6.0), (1.0, 2.0), (2.0, 4.0)],
+        16: [(100.0, 100.0), (1.0, 1.0), (1.0, 3.0), (4.0, 8.0)],
+    })  # fmt: skip
+    timing = time_adaptive(model, policy, x, {"r": HazardThreshold(0.5)}, repeats=3, warmup=1)
+    assert calls == ["full", 16] * 4
+    assert timing["full_seconds"] == 2.0 and timing["full_cpu_seconds"] == 4.0
+    rule = timing["rules"]["r"]
+    assert rule["seconds"] == 1.0 and rule["cpu_seconds"] == 3.0
+    assert rule["speedup"] == 2.0
+    assert rule["cpu_speedup"] == pytest.approx(4.0 / 3.0)
+
+
+def test_time_adaptive_unpooled_runs_each_chunk_on_its_own(monkeypatch):
+    """64 rows in chunks of 20: the full model runs 4 chunks (1 s each), the pooled rule one
+    call on all 64 rows (1 s), and the unpooled rule one call per chunk — 20, 20, 20 and 4
+    rows — of 0.5 s each: 2 s, so its speedup is 4 / 2 = 2 against the pooled 4 / 1 = 4."""
+    from stopwise.inference import time_adaptive
+
+    model, policy, x = make(seed=3, batch=64)
+    calls = _scripted_clocks(monkeypatch, {
+        "full": [(1.0, 1.0)] * 4, 64: [(1.0, 1.0)], 20: [(0.5, 0.5)] * 3, 4: [(0.5, 0.5)],
+    })  # fmt: skip
+    rules = {"r": HazardThreshold(0.5)}
+    timing = time_adaptive(model, policy, x, rules, repeats=1, chunk=20, warmup=0, unpooled=True)
+    assert calls == ["full"] * 4 + [64, 20, 20, 20, 4]
+    rule = timing["rules"]["r"]
+    assert timing["full_seconds"] == 4.0
+    assert (rule["seconds"], rule["speedup"]) == (1.0, 4.0)
+    assert (rule["unpooled_seconds"], rule["unpooled_speedup"]) == (2.0, 2.0)
 
 
 def test_time_adaptive_times_inference_without_autograd():

@@ -217,16 +217,25 @@ def test_act_halting_matches_reference_loop():
 
 
 def test_act_ponder_cost_gradient_and_output():
-    logits = torch.tensor([[-1.0, -0.5, 0.3, 2.0]], dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda h: act_halting(h).ponder_cost, logits)
-    outputs = torch.arange(8, dtype=torch.float64).view(1, 4, 2)
-    weights = act_halting(logits).weights
-    expected = sum(weights[0, n].item() * outputs[0, n] for n in range(4))
-    torch.testing.assert_close(act_output(weights, outputs)[0], expected)
-    halting = act_halting(logits)
-    assert act_loss(torch.tensor(1.0), halting, 0.1).item() == pytest.approx(
-        1 + 0.1 * halting.ponder_cost.item()
+    """Three rows halting at different steps (the third never reaches 1 − ε and takes the
+    last): the output is Σ_n p_n y_n with the reference loop's weights, and the ACT loss is
+    task + τ · Σ_i (N_i + R_i) / B with N, R from the reference loop — a batch mean."""
+    logits = torch.tensor(
+        [[-1.0, -0.5, 0.3, 2.0], [0.5, 1.5, -2.0, 0.0], [-3.0, -3.0, -3.0, -3.0]],
+        dtype=torch.float64,
+        requires_grad=True,
     )
+    assert torch.autograd.gradcheck(lambda h: act_halting(h).ponder_cost, logits)
+    outputs = torch.arange(24, dtype=torch.float64).view(3, 4, 2)
+    halting = act_halting(logits)
+    references = [reference_act(torch.sigmoid(row).tolist(), 0.01) for row in logits.detach()]
+    assert [N for _, N, _ in references] == [3, 2, 4]
+    for i, (weights, _, _) in enumerate(references):
+        expected = sum(weights[n] * outputs[i, n] for n in range(4))
+        torch.testing.assert_close(act_output(halting.weights, outputs)[i], expected)
+    tau = 0.1
+    expected_loss = 1 + tau * sum(N + R for _, N, R in references) / 3
+    assert act_loss(torch.tensor(1.0), halting, tau).item() == pytest.approx(expected_loss)
 
 
 def reference_bound(a, losses, p, beta, H):

@@ -8,6 +8,7 @@ import torch
 
 from stopwise.experiments import load_tasks
 from stopwise.policies import list_policies, policy_example
+from stopwise.steps import StepModel, unroll
 
 load_tasks()  # task policies register when their task is imported
 NAMES = list_policies()
@@ -36,4 +37,38 @@ def test_policy_contract(name):
     if parameters:
         policy.train()
         policy(features, T - 1).sum().backward()
-        assert any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in parameters)
+        unreached = [
+            n
+            for n, p in policy.named_parameters()
+            if p.requires_grad and (p.grad is None or not bool(p.grad.abs().sum() > 0))
+        ]
+        assert not unreached, (name, unreached)  # every parameter gets a gradient
+
+
+class StepTagged(StepModel):
+    """Features and predictions that say which step they were asked for: ``t`` and ``10 t``
+    (plus the state, which counts the steps advanced)."""
+
+    max_steps = 4
+
+    def start(self, x):
+        return torch.zeros_like(x)
+
+    def advance(self, state, t):
+        return state + 1
+
+    def predict(self, state, t):
+        return state + 10 * t
+
+    def features(self, state, t):
+        return torch.full_like(state, float(t))
+
+
+def test_unroll_passes_each_step_its_own_index():
+    """Step t (0-based) of unroll is advanced t + 1 times and its prediction and policy
+    features are the model's for step t, not a neighbour's."""
+    trajectory = unroll(StepTagged(), torch.zeros(2, 3), with_features=True)
+    assert trajectory.features.shape == (2, 4, 3)
+    for t in range(4):
+        assert trajectory.features[:, t].tolist() == [[float(t)] * 3] * 2
+        assert trajectory.predictions[:, t].tolist() == [[float(t + 1 + 10 * t)] * 3] * 2

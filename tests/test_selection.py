@@ -438,3 +438,74 @@ def test_grid_thresholds_of_infinite_scores_are_numbers():
         at_floor = thresholds[floors == floor, floor]
         lowest = rules[int((floors == floor).nonzero()[int(at_floor.argmin())])]
         assert stop_indices(hazards, lowest).tolist() == [floor] * 4
+
+
+def _plain_fit_cost(hazards, costs, valid, budget):
+    """By a plain loop: the largest mean cost within ``budget`` of a hazard threshold (every
+    observed score and ±inf) on these rows — the cost the fitted plain rule must spend."""
+    N, T = hazards.shape
+    allowed = [bool(v) for v in valid]
+    observed = {float(hazards[i, t]) for i in range(N) for t in range(T) if allowed[t]}
+    spent = []
+    for threshold in [-math.inf, math.inf, *observed]:
+        cost = sum(float(costs[_stop(hazards[i].tolist(), allowed, threshold)]) for i in range(N))
+        if cost / N <= budget + 1e-12:
+            spent.append(cost / N)
+    return max(spent)
+
+
+@pytest.mark.parametrize("floored", [False, True], ids=["plain", "floored"])
+@pytest.mark.parametrize("seed", range(3))
+def test_budget_sweep_fits_on_validation_and_measures_on_test(seed, floored):
+    """Validation and test are different draws (different hazards and an unrelated test quality),
+    so a rule fitted on the wrong one, or a point measured on the wrong one, shows. Each point's
+    rule is fitted on validation (its validation stops are a brute force's over the validation
+    rows) and every test number is a plain loop over its stops on the test hazards."""
+    val, val_quality, costs, valid = _problem(seed)
+    test, _, _, _ = _problem(seed + 100)
+    g = torch.Generator().manual_seed(1000 + seed)
+    test_quality = torch.randn(test.shape, generator=g, dtype=torch.float64)
+    N = test.shape[0]
+
+    def val_metric(index):
+        return float(val_quality.gather(1, index.view(-1, 1)).mean())
+
+    def test_metric(index):
+        return {"q": sum(float(test_quality[i, t]) for i, t in enumerate(index.tolist())) / N}
+
+    budgets = torch.linspace(float(costs[0]), float(costs[-1]), 6, dtype=torch.float64).tolist()
+    points = budget_sweep(val, test, budgets, test_metric, "hazard", valid, costs,
+                          val_metric=val_metric if floored else None, mixes=False)  # fmt: skip
+    if floored:  # the brute force's rule per budget, then a cheaper budget's where better
+        fits = [_brute_force(val, val_quality, costs, valid, b, "hazard") for b in budgets]
+        fitted = []
+        for index, floor in fits:
+            cost = sum(float(costs[t]) for t in index) / N
+            value = sum(float(val_quality[i, t]) for i, t in enumerate(index)) / N
+            fitted.append((index, floor, cost, value))
+    for b, (budget, point) in enumerate(zip(budgets, points, strict=True)):
+        rule = point_rule(point)
+        val_index = stop_indices(val, rule, valid).tolist()
+        test_index = stop_indices(test, rule, valid).tolist()
+        assert point["val_mean_cost"] == pytest.approx(sum(float(costs[t]) for t in val_index) / N)
+        assert point["mean_cost"] == pytest.approx(sum(float(costs[t]) for t in test_index) / N)
+        assert point["mean_steps"] == pytest.approx(sum(t + 1 for t in test_index) / N)
+        assert point["q"] == pytest.approx(
+            sum(float(test_quality[i, t]) for i, t in enumerate(test_index)) / N
+        )
+        if floored:
+            within = [f for f in fitted if f[2] <= budget + 1e-12]
+            best = min(within, key=lambda f: (-f[3], f[2]))
+            if best[3] <= fitted[b][3]:
+                best = fitted[b]
+            assert val_index == best[0] and point["floor_steps"] == best[1] + 1, b
+        else:
+            assert point["val_mean_cost"] == pytest.approx(
+                _plain_fit_cost(val, costs, valid, budget)
+            )
+    # the two draws differ where it matters: the test stops are not the validation stops
+    assert any(
+        stop_indices(val, point_rule(p), valid).tolist()
+        != stop_indices(test, point_rule(p), valid).tolist()
+        for p in points
+    )

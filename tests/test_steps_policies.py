@@ -8,6 +8,7 @@ import torch
 
 from stopwise.policies import (
     ConfidencePolicy,
+    MLPPolicy,
     classifier_features,
     create_policy,
     list_policies,
@@ -72,8 +73,23 @@ def test_step_encodings():
     sinusoidal = step_encoding(steps, 10, "sinusoidal")
     assert sinusoidal.shape == (2, 8)
     assert sinusoidal[0].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    # step 3 of T = 10: angles 3π/10 · 2^k, k = 0..3 (frequencies π/T doubling), sines then cosines
+    angles = [3 * math.pi / 10, 6 * math.pi / 10, 12 * math.pi / 10, 24 * math.pi / 10]
+    expected = [math.sin(a) for a in angles] + [math.cos(a) for a in angles]
+    assert sinusoidal[1].tolist() == pytest.approx(expected, abs=1e-6)
     with pytest.raises(ValueError, match="encoding"):
         step_encoding(steps, 4, "learned")
+
+
+@pytest.mark.parametrize("hidden", [(), (8,)])
+def test_mlp_policy_starts_at_its_init_bias(hidden):
+    """With the last layer's weights zeroed, a fresh MLP policy's hazard logit is its
+    ``init_bias`` at every step, whatever the features (zero features here)."""
+    policy = MLPPolicy(5, 4, hidden=hidden, init_bias=-2.5)
+    with torch.no_grad():
+        policy.net[-1].weight.zero_()
+    for t in range(4):
+        assert policy(torch.zeros(3, 5), t).tolist() == [-2.5] * 3
 
 
 def test_confidence_policy_and_classifier_features():

@@ -198,6 +198,42 @@ def test_kl_handles_zero_mass_in_p():
     assert kl_divergence(log_p, log_q).item() == pytest.approx(0.5 * math.log(2))
 
 
+def test_kl_keeps_its_negative_terms_by_hand():
+    """p = (1/4, 3/4), q = (1/2, 1/2): KL = ¼ log ½ + ¾ log 3/2 ≈ 0.1308, its first term
+    negative. With a third step masked out (where p has mass) that step's term is dropped."""
+    log_p = torch.log(torch.tensor([[0.25, 0.75]], dtype=torch.float64))
+    log_q = torch.log(torch.tensor([[0.5, 0.5]], dtype=torch.float64))
+    expected = 0.25 * math.log(0.5) + 0.75 * math.log(1.5)
+    assert kl_divergence(log_p, log_q).item() == pytest.approx(expected)
+    log_p3 = torch.log(torch.tensor([[0.25, 0.3, 0.75]], dtype=torch.float64))
+    log_q3 = torch.log(torch.tensor([[0.5, 0.1, 0.5]], dtype=torch.float64))
+    mask = torch.tensor([True, False, True])
+    assert kl_divergence(log_p3, log_q3, mask).item() == pytest.approx(expected)
+
+
+def test_log_prob_matches_plain_loop():
+    """log q(index) at given 0-based indices: the log of the plain loop's q at each row's own
+    index, for both tails: rows asked for different steps at once, every step in turn (−inf at
+    a masked step)."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(12, 6, generator=g, dtype=torch.float64) * 2
+    mask = random_mask(12, 6, g)
+    for tail in ("absorb", "renormalize"):
+        q = reference_probs(logits, mask, tail).tolist()
+        stop = StopTime(logits, mask, tail=tail)
+        for shift in range(6):
+            index = (torch.arange(12) + shift) % 6
+            expected = [math.log(q[i][t]) if q[i][t] > 0 else -math.inf
+                        for i, t in enumerate(index.tolist())]  # fmt: skip
+            assert stop.log_prob(index).tolist() == pytest.approx(expected, rel=1e-9), tail
+
+
+def test_truncated_geometric_prior_at_p_one_is_the_first_step():
+    """p = 1: p(t) ∝ 1 · 0^t, all the mass on step 0 — log prior (0, −inf, −inf, −inf)."""
+    log_prior = truncated_geometric_log_prior(1.0, 4, dtype=torch.float64)
+    assert log_prior.tolist() == [0.0, -math.inf, -math.inf, -math.inf]
+
+
 def test_truncated_geometric_prior():
     log_prior = truncated_geometric_log_prior(0.3, 6, dtype=torch.float64)
     prior = log_prior.exp()

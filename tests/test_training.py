@@ -288,6 +288,62 @@ def test_fit_joint_reaches_the_oracle_temperature(beta, entropy_range):
     assert entropy_range[0] <= relative_entropy <= entropy_range[1]
 
 
+class ScaledFeatures(PerStepScale):
+    """PerStepScale whose policy features b_t · x also depend on the model: gradients of the
+    joint objective reach ``b`` only through the features."""
+
+    def __init__(self, steps):
+        super().__init__(steps)
+        self.b = torch.nn.Parameter(torch.ones(steps))
+
+    def features(self, state, t):
+        return self.b[t] * state
+
+
+def test_fit_joint_loss_and_gradients_with_a_mask_by_a_plain_loop():
+    """One step at learning rate 0 on a fixed batch with a mask: the logged loss is
+    mean_i Σ_t q_t ℓ_t + β Σ_t q_t log q_t over the valid steps (q by a loop: λ_t ∏(1 − λ_τ) over
+    valid τ < t, the last valid step taking the rest), and the gradients on the model's and the
+    policy's parameters are autograd's of that loop — through the losses (a) and the features
+    (b), neither detached."""
+    from stopwise.policies import create_policy
+    from stopwise.training import fit_joint
+
+    T, beta, rows = 5, 0.7, 4
+    model = ScaledFeatures(T)
+    with torch.no_grad():
+        model.a.copy_(torch.tensor([0.5, 1.9, 1.0, 1.5, 2.0]))
+        model.b.copy_(torch.tensor([0.8, -1.2, 1.5, 0.6, -0.4]))
+    x = torch.randn(rows, 3, generator=torch.Generator().manual_seed(0))
+    mask = torch.tensor([True, False, True, True, False])
+    torch.manual_seed(0)
+    policy = create_policy("mlp", feature_dim=3, max_steps=T, hidden=(8,))
+    params = [model.a, model.b, *policy.parameters()]
+    valid = [0, 2, 3]
+    total = 0.0
+    for i in range(rows):
+        xi = x[i]
+        q, survive, row = {}, 1.0, 0.0
+        for t in valid:
+            lam = torch.sigmoid(policy((model.b[t] * xi).unsqueeze(0), t)[0])
+            q[t] = survive if t == valid[-1] else lam * survive
+            survive = survive * (1 - lam)
+        for t in valid:
+            loss_t = sum((model.a[t] * xi[j] - 2 * xi[j]) ** 2 for j in range(3)) / 3
+            row = row + q[t] * loss_t + beta * q[t] * torch.log(q[t])
+        total = total + row / rows
+    expected = torch.autograd.grad(total, params)
+    metrics = fit_joint(
+        model, policy, EpochBatches((x, 2 * x), batch_size=rows), per_step_mse,
+        torch.optim.SGD(params, 0.0), 1, beta=beta, mask=mask,
+    )  # fmt: skip
+    assert float(metrics["loss"]) == pytest.approx(float(total.detach()), rel=1e-5)
+    # the feature path carries a gradient (the last valid step's hazard does not matter)
+    assert float(expected[1][valid[:-1]].abs().min()) > 1e-3
+    for p, want in zip(params, expected, strict=True):
+        torch.testing.assert_close(p.grad, want, rtol=1e-4, atol=1e-6)
+
+
 def test_fit_policy_step_penalty_imitates_the_cost_aware_oracle():
     """With a penalty λ·t, the hard oracle is argmin_t ℓ_t + λ t: a policy trained on it stops
     earlier than the cost-blind one, and exactly where the penalised argmin is, on a model whose
@@ -425,6 +481,51 @@ def test_fit_gain_head_on_cached_trajectories_equals_fit_gain_policy():
         heads.append(head.state_dict())
     for name in heads[0]:
         torch.testing.assert_close(heads[0][name], heads[1][name])
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["fit_gain_policy", "fit_gain_head"])
+def test_gain_stages_with_costs_and_a_mask_score_a_plain_loop(cached):
+    """One step at learning rate 0 with uneven costs and a mask: the logged loss is the mean
+    Huber (δ = 1) of h_t − log price against −log max(g_t, floor) over the valid steps but the
+    last valid one, g_t = max over valid t' > t of (ℓ_t − ℓ_t') / (c_t' − c_t), by loops.
+    The masked step (0-based 2) is the best step, so ignoring the mask moves the targets."""
+    from stopwise.policies import create_policy
+    from stopwise.steps import unroll
+    from stopwise.training import fit_gain_head, fit_gain_policy
+
+    T, rows, price, floor = 5, 6, 0.3, 1e-6
+    a = [0.5, 1.0, 1.9, 1.5, 2.0]  # ℓ_t ∝ (a_t − 2)²: 2.25, 1, 0.01, 0.25, 0
+    costs = [1.0, 2.0, 4.0, 5.0, 7.0]
+    model = PerStepScale(T)
+    with torch.no_grad():
+        model.a.copy_(torch.tensor(a))
+    x = torch.randn(rows, 3, generator=torch.Generator().manual_seed(0))
+    mask = torch.tensor([True, True, False, True, True])
+    torch.manual_seed(0)
+    policy = create_policy("mlp", feature_dim=3, max_steps=T, hidden=(8,))
+    with torch.no_grad():
+        hazards = torch.stack([policy(x, t) for t in range(T)], dim=1).double().tolist()
+    valid = [0, 1, 3, 4]
+    terms = []
+    for i, row in enumerate(x.tolist()):
+        losses = [sum((a[t] * v - 2 * v) ** 2 for v in row) / 3 for t in range(T)]
+        for t in valid[:-1]:
+            gain = max((losses[t] - losses[u]) / (costs[u] - costs[t]) for u in valid if u > t)
+            target = -math.log(max(gain, floor))
+            d = abs(hazards[i][t] - math.log(price) - target)
+            terms.append(0.5 * d * d if d < 1 else d - 0.5)
+    expected = sum(terms) / len(terms)
+    optimizer = torch.optim.SGD(policy.parameters(), 0.0)
+    kw = {"costs": torch.tensor(costs), "price": price, "floor": floor, "mask": mask}
+    if cached:
+        trajectory = unroll(model, x, with_features=True)
+        features, losses = trajectory.features, per_step_mse(trajectory.predictions, 2 * x)
+        every_row = lambda step: torch.arange(rows)  # noqa: E731
+        metrics = fit_gain_head(policy, features, losses, every_row, optimizer, 1, **kw)
+    else:
+        batches = EpochBatches((x, 2 * x), batch_size=rows)
+        metrics = fit_gain_policy(model, policy, batches, per_step_mse, optimizer, 1, **kw)
+    assert float(metrics["loss"]) == pytest.approx(expected, rel=1e-5)
 
 
 def test_a_non_finite_gradient_with_a_finite_loss_is_never_applied_or_saved(tmp_path):
