@@ -183,3 +183,67 @@ def test_sampled_renormalised_stops_follow_q_not_the_unnormalised_process():
     _, renormalised = infer("sample-q", model, model.halting, x, sample_seed=3)
     assert (unnormalised == 2).float().mean() > 0.7  # the mass of "never stopped" lands at N
     assert torch.allclose(torch.bincount(renormalised, minlength=3) / 4000, q, atol=0.03)
+
+
+def test_validation_draws_the_training_k_range_and_test_the_test_k_range():
+    """With train_k ≠ test_k: validation vectors have k in train_k (the vectors sample_parity
+    draws from the same seed with train_k), test vectors span test_k."""
+    from stopwise.tasks.parity.data import evaluation_set
+
+    cfg = config("train_k=[1,3]", "test_k=[1,8]", "val_size=300", "test_size=400")
+    validation = evaluation_set(cfg, "validation", torch.Generator().manual_seed(7))
+    assert int(validation.k.max()) <= 3 and len(validation.k) == 300
+    same = sample_parity(300, 8, [1, 3], torch.Generator().manual_seed(7))
+    assert torch.equal(validation.x, same.x) and torch.equal(validation.k, same.k)
+    test = evaluation_set(cfg, "test", torch.Generator().manual_seed(7))
+    assert int(test.k.max()) > 3 and len(test.k) == 400
+    assert torch.equal(test.x, sample_parity(400, 8, [1, 8], torch.Generator().manual_seed(7)).x)
+
+
+def test_a_jobs_validation_numbers_are_measured_on_its_validation_vectors(tmp_path, monkeypatch):
+    """run_job's validation_accuracy / validation_steps are the accuracy and mean steps of the
+    rule's outputs on the validation vectors (drawn by hand from the job's "validation" stream
+    with train_k), and its test numbers those on the test vectors; a causal rule runs the steps
+    it uses (steps_run = mean steps), a non-causal one every step (steps_run = max_steps)."""
+    from stopwise.contract import Job, JobContext, PlannedJob, RunDir, stream_seed
+    from stopwise.tasks.parity import experiment
+
+    cfg = config("train_k=[1,3]", "test_k=[1,8]", "updates=5")
+    calls = []
+
+    def spy(rule, model, head, x, *args):
+        logits, stop = infer(rule, model, head, x, *args)
+        calls.append((rule, x.clone(), logits.clone(), stop.clone()))
+        return logits, stop
+
+    monkeypatch.setattr(experiment, "infer", spy)
+    job = Job("pondernet-0.1-lr0.003", params={"method": "pondernet", "value": 0.1, "lr": 0.003})
+    context = JobContext(RunDir(tmp_path), cfg, PlannedJob("p-s0", job, 0, {}, ()), False)
+    rows = experiment.run_job(job, context)["rows"]
+
+    def draw(stream, size, k_range):
+        return sample_parity(
+            size, 8, k_range, torch.Generator().manual_seed(stream_seed(0, stream))
+        )
+
+    validation = draw("validation", cfg.val_size, [1, 3])
+    test = draw("test", cfg.test_size, [1, 8])
+
+    def measured(rule, batch):
+        (call,) = [c for c in calls if c[0] == rule and torch.equal(c[1], batch.x)]
+        right = [float((logit > 0) == (y == 1)) for logit, y in zip(call[2], batch.y, strict=True)]
+        return sum(right) / len(right), sum(int(s) + 1 for s in call[3]) / len(call[3])
+
+    assert [row["rule"] for row in rows] == ["sample", "median", "sample-q", "median-q"]
+    for row in rows:
+        accuracy, steps = measured(row["rule"], validation)
+        assert row["validation_accuracy"] == pytest.approx(accuracy)
+        assert row["validation_steps"] == pytest.approx(steps)
+        accuracy, steps = measured(row["rule"], test)
+        assert row["accuracy"] == pytest.approx(accuracy) and row["mean_steps"] == pytest.approx(
+            steps
+        )
+        causal = row["rule"] in ("sample", "median")
+        assert row["steps_run"] == (pytest.approx(steps) if causal else cfg.max_steps)
+        assert steps < cfg.max_steps
+    assert {row["validation_accuracy"] for row in rows} != {row["accuracy"] for row in rows}
