@@ -290,3 +290,75 @@ def test_a_test_set_without_a_vector_in_the_training_k_range_is_refused():
                 evaluation_set(config, "test", generator)
             outcomes.append("refused")
     assert {"kept", "refused"} <= set(outcomes)  # both branches ran
+
+
+def _plain_steps(model, head, batch):
+    """Per step t, by a plain loop over the model's steps: whether each vector's prediction is
+    right, and the head's hazard logit."""
+    right, hazards = [], []
+    with torch.no_grad():
+        state = model.start(batch.x)
+        for t in range(model.max_steps):
+            state = model.advance(state, t)
+            logits, features = model.observe(state, t)
+            right.append(((logits > 0).float() == batch.y).tolist())
+            hazards.append(head(features).tolist())
+    return right, hazards
+
+
+def _plain_stops(point, hazards, steps):
+    """The stop of each row under a budget point's rule (thresholds and golden-ratio mix)."""
+    golden = (math.sqrt(5) - 1) / 2
+    mix = point.get("mix", {"share": 1.0, "score_threshold": None})
+    stops = []
+    for i in range(len(hazards[0])):
+        first = ((i + 1) * golden) % 1.0 < mix["share"]
+        threshold = point["score_threshold"] if first else mix["score_threshold"]
+        stops.append(
+            next((t for t in range(steps - 1) if hazards[t][i] >= threshold[t]), steps - 1)
+        )
+    return stops
+
+
+def test_budget_curve_fits_its_rules_on_the_validation_vectors(monkeypatch):
+    """The curve's validation metric is the validation accuracy (a plain loop over the
+    validation vectors, at every fixed depth and at random stops); each point's val_mean_cost
+    is its rule's mean steps on validation, and validation accuracy never falls as the budget
+    grows (a larger budget keeps a cheaper rule that is better on validation)."""
+    from stopwise.tasks.parity import experiment
+    from stopwise.tasks.parity.config import ParityConfig
+    from stopwise.tasks.parity.data import evaluation_set
+    from stopwise.tasks.parity.models import HaltingHead
+
+    config = ParityConfig(n=8, train_k=[1, 8], test_k=[1, 8], max_steps=5, val_size=300)
+    config.test_size, config.curve_points = 400, 5
+    torch.manual_seed(0)
+    model, head = ParityGRU(8, 16, 5), HaltingHead(16)
+    with torch.no_grad():
+        head.linear.weight.mul_(4)  # hazards spread over (0, 1): rules differ by budget
+    validation = evaluation_set(config, "validation", torch.Generator().manual_seed(1))
+    test = evaluation_set(config, "test", torch.Generator().manual_seed(2))
+    seen = {}
+    sweep = experiment.budget_sweep
+
+    def spy(*args, **kwargs):
+        seen["val_metric"] = kwargs["val_metric"]
+        return sweep(*args, **kwargs)
+
+    monkeypatch.setattr(experiment, "budget_sweep", spy)
+    curve = experiment.budget_curve(model, head, validation, test, config, "cpu")
+    right, hazards = _plain_steps(model, head, validation)
+    n = len(validation.y)
+    stops = [torch.full((n,), t) for t in range(5)]
+    stops += [torch.randint(0, 5, (n,), generator=torch.Generator().manual_seed(s)) for s in (3, 4)]
+    for index in stops:
+        expected = sum(right[t][i] for i, t in enumerate(index.tolist())) / n
+        assert seen["val_metric"](index) == pytest.approx(expected)
+    accuracies = []
+    for point in curve["points"]:
+        chosen = _plain_stops(point, hazards, 5)
+        assert point["val_mean_cost"] == pytest.approx(sum(t + 1 for t in chosen) / n)
+        assert point["val_mean_cost"] <= point["budget"] + 1e-9
+        accuracies.append(sum(right[t][i] for i, t in enumerate(chosen)) / n)
+    assert accuracies == sorted(accuracies)
+    assert len(set(accuracies)) > 1
