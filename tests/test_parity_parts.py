@@ -362,3 +362,46 @@ def test_budget_curve_fits_its_rules_on_the_validation_vectors(monkeypatch):
         accuracies.append(sum(right[t][i] for i, t in enumerate(chosen)) / n)
     assert accuracies == sorted(accuracies)
     assert len(set(accuracies)) > 1
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_hazard_median_and_sample_rules_match_plain_loops(mode):
+    """From the per-step hazards λ_t = σ(z_t) of a plain loop: ``hazard`` stops at the first t
+    with λ_t ≥ ½, ``median`` at the first t with 1 − ∏_{τ≤t}(1 − λ_τ) ≥ ½, ``sample`` at the
+    first t with u_{i,t} < λ_t (the uniforms u (B, T) drawn from the rule's seed); each stops at
+    the last step if nothing fires before it, and returns that step's logit."""
+    from stopwise.tasks.parity.models import HaltingHead
+
+    torch.manual_seed(8)
+    T = 6
+    model, head = ParityGRU(8, 16, T).eval(), HaltingHead(16, bias=-1.0)
+    with torch.no_grad():
+        head.linear.weight.mul_(6)  # hazards spread over (0, 1)
+    x = sample_parity(500, 8, (1, 8), torch.Generator().manual_seed(9)).x
+    logits, lam = [], []
+    with torch.no_grad():
+        state = model.start(x)
+        for t in range(T):
+            state = model.advance(state, t)
+            prediction, features = model.observe(state, t)
+            logits.append(prediction.tolist())
+            lam.append([1 / (1 + math.exp(-z)) for z in head(features).tolist()])
+    u = torch.rand(500, T, generator=torch.Generator().manual_seed(11)).tolist()
+
+    def first(fires: list[bool]) -> int:
+        return next((t for t in range(T - 1) if fires[t]), T - 1)
+
+    expected = {"hazard": [], "median": [], "sample": []}
+    for i in range(500):
+        survive = [1.0]
+        for t in range(T):
+            survive.append(survive[-1] * (1 - lam[t][i]))
+        expected["hazard"].append(first([lam[t][i] >= 0.5 for t in range(T)]))
+        expected["median"].append(first([1 - survive[t + 1] >= 0.5 for t in range(T)]))
+        expected["sample"].append(first([u[i][t] < lam[t][i] for t in range(T)]))
+    for rule, stops in expected.items():
+        out, index = infer(rule, model, head, x, mode, sample_seed=11)
+        assert index.tolist() == stops, rule
+        assert out.tolist() == pytest.approx([logits[t][i] for i, t in enumerate(stops)], abs=1e-5)
+        assert len(set(stops)) >= 3, rule  # the rule stops at several steps
+    assert expected["hazard"] != expected["median"] != expected["sample"]
