@@ -4,6 +4,7 @@ is written; the jobs' shared streams; and L2W with δ = 0 is uniform training (s
 weights, same batches, meta steps without side effects). Resume, kill and generic bad-key tests
 are the contract tests' (tests/test_experiment_contract.py)."""
 
+import copy
 import gzip
 import json
 import re
@@ -11,6 +12,7 @@ import re
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from test_multi_exit_data import idx_bytes
 
 from stopwise.cli import main
@@ -292,3 +294,114 @@ def test_l2w_with_zero_delta_is_uniform_training(tmp_path, meta_batch):
         for key, value in trained["uniform"].items():
             close = torch.allclose(trained[method][key].double(), value.double(), atol=1e-5)
             assert close, (method, key)
+
+
+def test_sdn_trains_on_weights_summing_to_k_by_its_logged_step_0_loss(tmp_path):
+    """The first logged SDN loss is Σ_k c_k·mean_i ℓ_ik on the first training batch of the
+    untrained network, with c = w·K/Σw by hand (tiny: w = 0.33, 0.67, 1.0, K = 3)."""
+    from stopwise.contract import stream_seed
+    from stopwise.training import EpochBatches, MetricsLog
+
+    config, _ = resolve_config(EXPERIMENT, "tiny", ["epochs=1"])
+    splits = load_splits(config)
+    context = _context(tmp_path, config, "sdn")
+    context.manual_seed("init")
+    model = build_model(config, splits)
+    start = copy.deepcopy(model).train()
+    train_method("sdn", model, splits, config, context)
+    c = [w * 3 / (0.33 + 0.67 + 1.0) for w in (0.33, 0.67, 1.0)]
+    batches = EpochBatches((splits.train_x, splits.train_y), config.batch_size,
+                           stream_seed(0, "train-batches"))  # fmt: skip
+    x, y = batches(0)
+    with torch.no_grad():
+        logits = start(x)  # (B, K, C)
+    expected = sum(
+        c[k] * float(torch.nn.functional.cross_entropy(logits[:, k], y)) for k in range(3)
+    )
+    (first,) = [r for r in MetricsLog(context.run.metrics_path).read() if r["step"] == 0]
+    assert first["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_l2s_stage_one_trains_at_temperature_k_beta(tmp_path, monkeypatch):
+    """Stage I's loss is K·ℓ, so its oracle softmax(−K·ℓ/T) equals softmax(−ℓ/β) at T = K·β."""
+    from stopwise.tasks.multi_exit import methods
+
+    config, _ = resolve_config(EXPERIMENT, "tiny")
+    splits = load_splits(config)
+    seen = {}
+
+    def spy(model, batches, loss_fn, **kwargs):
+        seen.update(kwargs, loss_fn=loss_fn)
+        raise _Stop
+
+    monkeypatch.setattr(methods, "fit_oracle", spy)
+    context = _context(tmp_path, config, "l2s")
+    model = build_model(config, splits)
+    with pytest.raises(_Stop):
+        train_method("l2s", model, splits, config, context, beta=0.7)
+    K = model.max_steps
+    assert K == 3 and seen["beta"] == pytest.approx(3 * 0.7)
+    logits, y = torch.randn(5, 3, 4), torch.randint(0, 4, (5,))
+    ce = torch.stack([F.cross_entropy(logits[:, k], y, reduction="none") for k in range(3)], 1)
+    torch.testing.assert_close(seen["loss_fn"](logits, y), 3 * ce)
+
+
+@pytest.mark.parametrize(
+    "method, mode, form",
+    [("l2w", "full", "pooled"), ("l2w-fo", "first_order", "pooled"),
+     ("l2w-last", "full", "last"), ("l2w-all", "full", "all")],
+)  # fmt: skip
+@pytest.mark.parametrize("meta_batch", ["full", "half"])
+def test_each_l2w_variant_asks_its_own_meta_gradient(tmp_path, monkeypatch, method, mode, form,
+                                                     meta_batch):  # fmt: skip
+    """The first meta step of each variant: its gradient mode and meta loss (l2w and l2w-fo
+    follow the config's l2w.meta_loss, set to "pooled" here); with meta_batch=half, the virtual
+    step reads the first half of the first training batch and the meta loss the other half,
+    with meta_batch=full the whole batch and a batch of the "l2w-meta-batches" stream."""
+    from stopwise.contract import stream_seed
+    from stopwise.tasks.multi_exit import l2w
+    from stopwise.training import EpochBatches
+
+    overrides = ["l2w.meta_loss=pooled", f"l2w.meta_batch={meta_batch}"]
+    config, _ = resolve_config(EXPERIMENT, "tiny", overrides)
+    splits = load_splits(config)
+    seen = {}
+
+    def spy(model, weight_net, optimizer, train, meta, q, mode, meta_loss):
+        seen.update(train=train, meta=meta, mode=mode, meta_loss=meta_loss)
+        raise _Stop
+
+    monkeypatch.setattr(l2w, "meta_gradient", spy)
+    model = build_model(config, splits)
+    with pytest.raises(_Stop):
+        train_method(method, model, splits, config, _context(tmp_path, config, method))
+    assert (seen["mode"], seen["meta_loss"]) == (mode, form)
+
+    def first_batch(stream):
+        data = (splits.train_x, splits.train_y)
+        return EpochBatches(data, config.batch_size, stream_seed(0, stream))(0)
+
+    x, y = first_batch("train-batches")
+    if meta_batch == "half":
+        half = config.batch_size // 2
+        expected = (x[:half], y[:half]), (x[half:], y[half:])
+    else:
+        expected = (x, y), first_batch("l2w-meta-batches")
+    for got, want in zip((seen["train"], seen["meta"]), expected, strict=True):
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_weight_log_counts_the_negative_weights_by_hand():
+    from stopwise.tasks.multi_exit.methods import WeightLog
+
+    log = WeightLog(3, updates=8)
+    log.weights(torch.tensor([[-0.1, 1.0, 2.1], [0.5, -0.2, 0.0], [1.0, 1.0, 1.0]]))
+    log.weights(torch.tensor([[-1.0, -1.0, 3.0]]))
+    summary = log.summary()
+    assert summary["negative_fraction"] == pytest.approx(4 / 12)  # 4 of 4 rows × 3 exits
+    assert summary["negative_per_exit_fraction"] == pytest.approx([2 / 4, 2 / 4, 0.0])
+    assert (summary["min_seen"], summary["max_seen"]) == (-1.0, 3.0)
