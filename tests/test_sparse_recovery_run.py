@@ -245,3 +245,99 @@ def test_a_diverged_budget_point_fails_domination():
         curve[i]["margin"] = math.nan
         verdict = _domination(curve, rows, "m", [0], 8, 0.1)
         assert not verdict["dominates"] and math.isnan(verdict["worst_margin"]), i
+
+
+def _job(run, name):
+    return json.loads((run / "jobs" / f"{name}-s0.json").read_text())["record"]
+
+
+def _plain_errors(model, y, x):
+    """``[row][t]`` ‖x_t − x*‖² of every step, by a loop over the model's steps."""
+    out = []
+    with torch.no_grad():
+        state = model.start(y)
+        for t in range(model.max_steps):
+            state = model.advance(state, t)
+            out.append(((model.predict(state, t) - x) ** 2).sum(-1).double().tolist())
+    return [list(row) for row in zip(*out, strict=True)]
+
+
+@pytest.mark.parametrize("name", ["lista_stop", "cpss_stop"])
+def test_the_cost_aware_oracle_curve_is_the_first_minimiser_of_error_plus_price(tiny_run, name):
+    """Each oracle-curve point stops every test row at the first t minimising ℓ_t + λ(t + 1)
+    (a plain loop over the rebuilt model's test errors); λ = 1 stops earlier than λ = 0."""
+    model, _, _, _, problem = load_stop_model(tiny_run, name)
+    test = problem.test.open()
+    errors = _plain_errors(model, test.y, test.x)
+    snr = test.snr.tolist()
+    points = _job(tiny_run, name.replace("_", "-"))["oracle_curve"]
+    for point in points:
+        stops = []
+        for row in errors:
+            priced = [e + point["penalty"] * (t + 1) for t, e in enumerate(row)]
+            stops.append(priced.index(min(priced)))  # the first minimiser
+        assert point["mean_steps"] == pytest.approx(sum(t + 1 for t in stops) / len(stops))
+        for level in (20.0, 30.0, 40.0):
+            mine = [t + 1 for t, s in zip(stops, snr, strict=True) if s == level]
+            assert point["mean_steps_per_snr"][f"{level:g}dB"] == pytest.approx(
+                sum(mine) / len(mine)
+            )
+        chosen = sum(errors[i][t] for i, t in enumerate(stops))
+        energy = float((test.x.double() ** 2).sum())
+        assert point["mixed"] == pytest.approx(10 * math.log10(chosen / energy), abs=1e-6)
+    by_price = {p["penalty"]: p["mean_steps"] for p in points}
+    assert by_price[1.0] < by_price[0.0] - 1
+
+
+@pytest.mark.parametrize("name", ["lista_stop", "cpss_stop"])
+def test_a_stop_row_pays_the_model_its_features_and_the_policy_at_every_step_run(tiny_run, name):
+    """mean_cost of the sampled and threshold rows = the mean over test rows of
+    step_costs[k] + Σ_{t≤k} (feature MACs_t + policy MACs) at the recorded stops (the stop
+    histograms), the policy's MACs counted by hand (hidden·F + hidden for one hidden layer);
+    the sampled row never stops at an exit pruned for the published policy."""
+    model, _, _, _, _ = load_stop_model(tiny_run, name)
+    record = _job(tiny_run, name.replace("_", "-"))
+    rows = {key.split("-")[-1]: row for key, row in record["rows"].items()}
+    features = model.feature_costs().double().tolist()
+    for rule, policy in (("sampled", "published_policy"), ("threshold", "policy")):
+        macs = record[policy]["hidden"] * model.feature_dim + record[policy]["hidden"]
+        costs = [
+            float(model.step_costs()[k]) + sum(features[: k + 1]) + macs * (k + 1)
+            for k in range(model.max_steps)
+        ]
+        histogram = record["stop_histogram"][rule].values()
+        counts = [sum(per_snr) for per_snr in zip(*histogram, strict=True)]
+        expected = sum(n * c for n, c in zip(counts, costs, strict=True)) / sum(counts)
+        assert rows[rule]["mean_cost"] == pytest.approx(expected), rule
+        if rule == "threshold":
+            assert record["step_costs"] == pytest.approx(costs)
+    published = record["published_valid_steps"]
+    for counts in record["stop_histogram"]["sampled"].values():
+        assert all(n == 0 for n, keep in zip(counts, published, strict=True) if not keep)
+    if name == "lista_stop":  # the tiny run prunes the first exit of this one
+        assert not all(published)
+
+
+def test_classical_rows_are_measured_on_test_with_the_tuned_settings(tiny_run):
+    """Each ISTA row's NMSE is ISTA written out (x ← η_{λ/L}(x − Aᵀ(Ax − y)/L), from 0) with
+    the tuned (L, λ) on the test split; FISTA rows are FISTA's at its tuned (L, λ) on test."""
+    from stopwise.tasks.sparse_recovery.methods import CLASSICAL
+
+    record = _job(tiny_run, "classical")
+    _, _, _, _, problem = load_stop_model(tiny_run, "lista_stop")
+    test, A = problem.test.open(), problem.A
+    energy = float((test.x.double() ** 2).sum())
+    for key, row in record["rows"].items():
+        setting = record["tuned"][key]
+        L, lam, steps = setting["L"], setting["lam"], setting["budget"]
+        assert (row["L"], row["lam"]) == (L, lam)
+        if setting["algorithm"] == "ista":
+            x = torch.zeros(test.y.shape[0], A.shape[1], dtype=A.dtype)
+            for _ in range(steps):
+                v = x - (x @ A.T - test.y) @ A / L
+                x = v.sign() * (v.abs() - lam / L).clamp_min(0)
+            error = float(((x - test.x).double() ** 2).sum())
+        else:
+            model = CLASSICAL["fista"](A, steps, L, lam)
+            error = sum(row_errors[-1] for row_errors in _plain_errors(model, test.y, test.x))
+        assert row["mixed"] == pytest.approx(10 * math.log10(error / energy), abs=1e-4), key
