@@ -191,3 +191,35 @@ def test_policy_features_of_alista_need_no_extra_residual():
     state = model.advance(model.start(torch.randn(2, 12)), 0)
     assert set(state) == {"y", "y_level", "x", "r"}
     torch.testing.assert_close(state["r"], state["x"] @ A.T - state["y"])
+
+
+@pytest.mark.parametrize("oracle", ["hard", "soft"])
+def test_an_l2s_candidate_imitates_its_own_oracle_priced_at_lambda_per_step(
+    tmp_path, monkeypatch, oracle
+):
+    """fit_candidate hands fit_policy the config's oracle (hard: argmin, soft: KL to q*) and
+    the step penalty λ·c_t with c_t = t + 1, written out, for every l2s candidate's λ."""
+    from stopwise.contract import Job, JobContext, PlannedJob, RunDir
+    from stopwise.experiments import get_experiment, resolve_config
+    from stopwise.tasks.sparse_recovery import methods
+
+    config = resolve_config(get_experiment("sparse-recovery"), "tiny", [f"stage2.oracle={oracle}"])[
+        0
+    ]
+    g = torch.Generator().manual_seed(0)
+    pool = methods.Trajectories(torch.randn(80, 5, 3, generator=g), torch.rand(80, 5, generator=g))
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs)
+
+    monkeypatch.setattr(methods, "fit_policy", spy)
+    planned = PlannedJob("lista-stop-s0", Job("lista-stop"), 0, {}, ())
+    context = JobContext(RunDir(tmp_path), config, planned, progress=False)
+    for penalty in (0.0, 0.03, 0.5):
+        candidate = methods.Candidate("l2s", penalty, 4, 2)
+        methods.fit_candidate(candidate, pool, torch.ones(5, dtype=torch.bool), context)
+        assert seen[-1]["hard"] is (oracle == "hard")
+        expected = [penalty * (t + 1) for t in range(5)]
+        assert seen[-1]["step_penalty"].tolist() == pytest.approx(expected)
+    assert len(seen) == 3
