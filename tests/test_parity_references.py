@@ -186,3 +186,92 @@ def test_l2s_stage1_gradient_is_the_soft_min_gradient():
     soft_min = -beta * torch.logsumexp(-losses / beta, dim=-1)
     soft_min.mean().backward()
     assert torch.allclose(ours, losses.grad)
+
+
+def _fixed_batch(T=4):
+    from stopwise.tasks.parity import ParityGRU, sample_parity
+
+    torch.manual_seed(0)
+    model = ParityGRU(6, 8, T, halting_bias=-1.0)
+    with torch.no_grad():
+        model.halting.linear.weight.mul_(3)
+    x, y, _ = sample_parity(32, 6, (1, 6), torch.Generator().manual_seed(1))
+    with torch.no_grad():  # per step, by a plain loop over the model's steps
+        logits, z = [], []
+        state = model.start(x)
+        for t in range(T):
+            state = model.advance(state, t)
+            prediction, features = model.observe(state, t)
+            logits.append(prediction)
+            z.append(model.halting(features))
+    logits, z = torch.stack(logits, 1), torch.stack(z, 1)
+    bce = torch.stack(
+        [torch.nn.functional.binary_cross_entropy_with_logits(logits[:, t], y, reduction="none")
+         for t in range(T)], 1,
+    )  # fmt: skip
+    return model, x, y, z, bce
+
+
+@pytest.mark.parametrize(
+    "method, tail", [("pondernet", "renormalize"), ("pondernet-last", "absorb")]
+)
+def test_pondernets_training_loss_on_a_fixed_batch(method, tail):
+    """_loss of PonderNet at λ_p = value: pondernet_loss(StopTime(z, tail), BCE per step, β =
+    config.pondernet_beta, λ_p = value) — renormalised for ``pondernet``, the last step taking
+    the remaining mass for ``pondernet-last``."""
+    from types import SimpleNamespace
+
+    from stopwise.tasks.parity.methods import _loss
+
+    model, x, y, z, bce = _fixed_batch()
+    config = SimpleNamespace(pondernet_beta=0.3)
+    with torch.no_grad():
+        loss, _ = _loss(method, 0.1, config, model, x, y)
+        expected, _ = pondernet_loss(StopTime(z, tail=tail), bce, 0.3, 0.1)
+        others = [
+            pondernet_loss(StopTime(z, tail=other), bce, b, p)[0]
+            for other in ("renormalize", "absorb")
+            for b, p in ((0.3, 0.1), (0.1, 0.3))
+            if (other, b) != (tail, 0.3)
+        ]
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    assert all(abs(float(o) - float(expected)) > 1e-3 for o in others)  # each swap shows
+
+
+def test_the_random_horizon_training_loss_on_a_fixed_batch():
+    """_loss of the thesis method at β = value: the bound of a loop over horizons with
+    a_t = −Σ_{τ<t} z_τ, prior p = config.thesis_prior_p, KL weight β = value."""
+    from types import SimpleNamespace
+
+    from stopwise.tasks.parity.methods import _loss
+
+    model, x, y, z, bce = _fixed_batch()
+    config = SimpleNamespace(thesis_prior_p=0.2)
+    with torch.no_grad():
+        loss, _ = _loss("thesis", 0.6, config, model, x, y)
+    a = [[-sum(row[:t]) for t in range(len(row))] for row in z.double().tolist()]
+    losses = bce.double().tolist()
+    expected = sum(bound_reference(a[i], losses[i], 0.2, 0.6) for i in range(32)) / 32
+    swapped = sum(bound_reference(a[i], losses[i], 0.6, 0.2) for i in range(32)) / 32
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    assert abs(swapped - expected) > 1e-3
+
+
+def test_fixed_depth_trains_its_last_step_only(tmp_path, monkeypatch):
+    """train_method("fixed") weights the per-step losses by one_hot(T − 1): the last of its
+    ``depth`` steps only."""
+    from stopwise.contract import Job, JobContext, PlannedJob, RunDir
+    from stopwise.experiments import get_experiment, resolve_config
+    from stopwise.tasks.parity import ParityGRU, methods
+
+    config = resolve_config(get_experiment("parity"), "tiny")[0]
+    seen = {}
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+
+    monkeypatch.setattr(methods, "fit_predictor", spy)
+    job = Job("fixed-3-lr0.003", params={"method": "fixed", "value": 3, "lr": 0.003})
+    context = JobContext(RunDir(tmp_path), config, PlannedJob("f-s0", job, 0, {}, ()), False)
+    methods.train_method("fixed", ParityGRU(8, 16, 3), 3, config, context, lr=0.003)
+    assert seen["step_weights"].tolist() == [0.0, 0.0, 1.0]
