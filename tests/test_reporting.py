@@ -112,3 +112,16 @@ def test_numbers_that_round_to_zero_print_without_a_sign_and_bars_stay_in_their_
         assert format_number(value, fmt) == text, (value, fmt)
     table = markdown_table([{"a": "L2S | β=1", "b": 1.0}], [("a", "x", "s"), ("b", "y", ".1f")])
     assert table.splitlines()[-1] == r"| L2S \| β=1 | 1.0 |"
+
+
+def test_report_figures_are_not_held_open_by_pyplot():
+    """Reports build many figures (a test calling several reports in one process built more
+    than pyplot's 20 and failed on its warning); new_figure keeps them out of pyplot."""
+    import matplotlib.pyplot as plt
+
+    before = set(plt.get_fignums())
+    figures = [new_figure()[0] for _ in range(25)]
+    assert set(plt.get_fignums()) == before
+    buffer = io.BytesIO()
+    figures[-1].savefig(buffer, format="png")
+    assert buffer.getvalue()[:4] == b"\x89PNG"

@@ -65,13 +65,13 @@ def points_xy(
 
 
 def new_figure(width: float = 5.0, height: float = 3.5):
-    """A (figure, axes) pair on the headless Agg backend."""
-    import matplotlib
+    """A (figure, axes) pair, headless and outside pyplot: no display is needed, and pyplot
+    does not keep the figure open, so building reports in a loop (or in a notebook) holds no
+    figure in memory after its last reference is gone."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(figsize=(width, height), constrained_layout=True)
+    figure = Figure(figsize=(width, height), constrained_layout=True)
+    return figure, figure.add_subplot()
 
 
 def finish_axes(
@@ -104,11 +104,8 @@ def finish_axes(
 
 
 def save_figure(figure, path: str | Path) -> Path:
-    """Save as PNG atomically (a reader never sees half a file) and close the figure."""
-    import matplotlib.pyplot as plt
-
+    """Save as PNG atomically (a reader never sees half a file)."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120)
-    plt.close(figure)
     atomic_write_bytes(path, buffer.getvalue())
     return Path(path)
