@@ -405,3 +405,25 @@ def test_weight_log_counts_the_negative_weights_by_hand():
     assert summary["negative_fraction"] == pytest.approx(4 / 12)  # 4 of 4 rows × 3 exits
     assert summary["negative_per_exit_fraction"] == pytest.approx([2 / 4, 2 / 4, 0.0])
     assert (summary["min_seen"], summary["max_seen"]) == (-1.0, 3.0)
+
+
+def test_a_run_extended_across_the_run_for_real_change_still_reports(tiny_run):
+    """Records made before 2026-12-05 ran one rule per budget, newer ones one per curve point;
+    a run whose seeds mix the two (resumed or extended across the change) reports without
+    point-by-point means of the rules run for real instead of failing after its training."""
+    from stopwise.contract import read_result
+    from stopwise.tasks.multi_exit.report import report
+
+    config, _ = resolve_config(EXPERIMENT, "tiny", ["seeds=0,1"])
+    results = [read_result(json.loads(p.read_text())) for p in (tiny_run / "jobs").glob("*.json")]
+    older = [copy.deepcopy(r) for r in results]
+    for r in older:
+        r.seed, r.id = 1, r.id.replace("-s0", "-s1")
+        for curve, rows in r.record.get("adaptive", {}).items():
+            # one rule per budget, not checked against a curve point, as before
+            r.record["adaptive"][curve] = [
+                {k: v for k, v in row.items() if k != "matches_curve"} for row in rows[:3]
+            ]
+    lines = report(results + older, config).results["lines"]
+    assert all(line["adaptive_accuracy_mean"] is None for line in lines)
+    assert not any(line["adaptive_matches_curve"] for line in lines)

@@ -55,6 +55,19 @@ def _columns(rows_per_seed: list[list[dict[str, Any]]], key: str) -> list[list[A
     return [[row.get(key) for row in rows] for rows in zip(*rows_per_seed, strict=True)]
 
 
+def _adaptive_means(adaptive: list[list[dict[str, Any]]]) -> dict[str, Any]:
+    """Accuracy and mean cost of the rules run for real, averaged over seeds point by point.
+    Records made before 2026-12-05 ran one rule per budget, not one per curve point: where the
+    seeds' records differ in length (a run resumed or extended across that change), there is
+    no point-by-point mean, and the fields are None."""
+    if len({len(a) for a in adaptive}) != 1:
+        return {"adaptive_accuracy_mean": None, "adaptive_mean_cost": None}
+    return {
+        "adaptive_accuracy_mean": [statistics.fmean(c) for c in _columns(adaptive, "accuracy")],
+        "adaptive_mean_cost": [statistics.fmean(c) for c in _columns(adaptive, "mean_cost")],
+    }
+
+
 def _budget_stats(per_seed: dict[int, list[float | None]]) -> dict[str, Any]:
     """A line's accuracy at the budgets: mean and sd over the seeds that reach each budget, and
     per seed."""
@@ -103,9 +116,8 @@ def _line(name, params, curve, records: dict[int, dict[str, Any]], budget_macs, 
             statistics.fmean(c)
             for c in zip(*(records[s]["val_exit_accuracy"] for s in seeds), strict=True)
         ],
-        "adaptive_accuracy_mean": [statistics.fmean(c) for c in _columns(adaptive, "accuracy")],
-        "adaptive_mean_cost": [statistics.fmean(c) for c in _columns(adaptive, "mean_cost")],
-        "adaptive_matches_dense": all(all(c) for c in _columns(adaptive, "matches_dense")),
+        **_adaptive_means(adaptive),
+        "adaptive_matches_dense": all(p["matches_dense"] for a in adaptive for p in a),
         # Records made before each curve point was run for real ran one rule per budget.
         "adaptive_matches_curve": all(
             all(point.get("matches_curve", False) for point in a) for a in adaptive
