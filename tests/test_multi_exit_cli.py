@@ -6,8 +6,10 @@ are the contract tests' (tests/test_experiment_contract.py)."""
 
 import copy
 import gzip
+import hashlib
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -205,9 +207,9 @@ IDX_RUN = [
 def test_a_rerun_with_another_data_folder_is_refused_never_served_the_old_jobs(
     tmp_path, capsys, monkeypatch
 ):
-    """The resolved data folder is part of every training job's settings: a rerun into the same
-    --out with other IDX files (through data_dir or STOPWISE_DATA) is refused naming the two
-    folders, and the finished job and results stay those of the first folder."""
+    """A digest of the IDX files is part of every training job's settings: a rerun into the same
+    --out with other IDX files (through data_dir or STOPWISE_DATA) is refused, and the finished
+    job and results stay those of the first folder; the same files elsewhere are reused."""
     monkeypatch.delenv("STOPWISE_DATA", raising=False)
     first = write_idx_folder(tmp_path / "a", 60, 20, seed=0)
     other = write_idx_folder(tmp_path / "b", 70, 24, seed=7)
@@ -219,20 +221,30 @@ def test_a_rerun_with_another_data_folder_is_refused_never_served_the_old_jobs(
     args += [x for item in IDX_RUN for x in ("--set", item)]
     assert main([*args, "--set", f"data_dir={other}"]) == 2
     error = capsys.readouterr().err
-    assert "params.data" in error and str(first.resolve()) in error and str(other) in error
+    assert "params.data" in error and "sha256:" in error
     job = json.loads((out / "jobs" / "uniform-s0.json").read_text())
-    assert job["settings"]["params"]["data"] == str(first.resolve())
+    digest = hashlib.sha256()
+    for name in sorted(["test_images", "test_labels", "train_images", "train_labels"]):
+        part, kind = name.split("_")
+        prefix = {"train": "train", "test": "t10k"}[part]
+        dims = {"images": 3, "labels": 1}[kind]
+        files = list(first.glob(f"{prefix}-{kind}-idx{dims}-ubyte*"))
+        digest.update(f"{name}:{hashlib.sha256(files[0].read_bytes()).hexdigest()}\n".encode())
+    assert job["settings"]["params"]["data"] == f"sha256:{digest.hexdigest()[:16]}"
     monkeypatch.setenv("STOPWISE_DATA", str(other))  # the folder from the environment: the same
     assert main(args) == 2
     assert "params.data" in capsys.readouterr().err
     assert (out / "results.json").read_text() == before
     assert json.loads((out / "results.json").read_text())["data"]["test"] == 20
-    # The same folder by another path (relative, through a link) is the same setting.
+    # The same files by another path (relative, through a link) or copied elsewhere are the
+    # same setting.
     (tmp_path / "link").symlink_to(first)
+    shutil.copytree(first, tmp_path / "copy")
     monkeypatch.delenv("STOPWISE_DATA")
     monkeypatch.chdir(tmp_path)
-    assert main([*args, "--set", "data_dir=link"]) == 0  # nothing to run: the job is reused
-    assert (out / "jobs" / "uniform-s0.json").read_text() == record
+    for same in ("link", "copy"):
+        assert main([*args, "--set", f"data_dir={same}"]) == 0  # nothing to run: reused
+        assert (out / "jobs" / "uniform-s0.json").read_text() == record
 
 
 @pytest.mark.parametrize(

@@ -386,12 +386,11 @@ def _load(dataset, data_dir, val_size, test_size, train_size, split_seed, noise,
     return digits_splits(val_size, test_size, split_seed, train_size)
 
 
-def load_splits(config, data_dir: str | None = None) -> Splits:
+def load_splits(config) -> Splits:
     """The splits named by ``config.dataset`` with the config's sizes (cached per process: every
-    job of a run reads the same data), from ``data_dir`` where given (a job's resolved folder),
-    else the config's ``data_dir``."""
+    job of a run reads the same data)."""
     c = config
     return _load(
-        c.dataset, c.data_dir if data_dir is None else data_dir, c.val_size, c.test_size, c.train_size, c.split_seed,
+        c.dataset, c.data_dir, c.val_size, c.test_size, c.train_size, c.split_seed,
         tuple(c.mnist1d_noise), c.mnist1d_per_level,
     )  # fmt: skip

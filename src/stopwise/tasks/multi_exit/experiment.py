@@ -10,6 +10,7 @@ on validation."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any
 
@@ -20,7 +21,7 @@ from ...inference import ScoreThreshold, exit_distribution, run_adaptive, stop_i
 from ...policies import ConfidencePolicy
 from ...selection import Heldout, budget_sweep, fixed_depth_curve, floored_costs, point_rule
 from .config import MultiExitConfig
-from .data import load_splits, resolve_data_dir
+from .data import fashion_mnist_files, load_splits
 from .l2w import allocate_meta
 from .methods import L2W_VARIANTS, build_model, fit_gain, head_costs, train_method
 from .metrics import (
@@ -65,13 +66,16 @@ def l2s_job_name(beta: float) -> str:
 
 
 def data_params(config: MultiExitConfig) -> dict[str, str]:
-    """``{"data": absolute path}`` of the folder the data files are read from (Fashion-MNIST
-    or a user's IDX files: ``data.resolve_data_dir``, symlinks resolved); ``{}`` for the
-    generated data sets, whose jobs' settings stay as they were."""
+    """``{"data": "sha256:…"}``, a digest of the four IDX files the data is read from
+    (Fashion-MNIST or a user's files, wherever they are: the same files at another path are the
+    same setting, other files are not); ``{}`` for the generated data sets, whose jobs'
+    settings stay as they were."""
     if config.dataset != "fashion-mnist":
         return {}
-    folder, _ = resolve_data_dir(config.data_dir)
-    return {"data": str(folder.resolve())}
+    digest = hashlib.sha256()
+    for name, path in sorted(fashion_mnist_files(config.data_dir).items()):
+        digest.update(f"{name}:{hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
+    return {"data": f"sha256:{digest.hexdigest()[:16]}"}
 
 
 def jobs(config: MultiExitConfig) -> list[Job]:
@@ -100,7 +104,7 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
     method = job.params["method"]
     if method == SELECT_L2S:
         return select_beta(job, context)
-    splits = load_splits(config, job.params.get("data"))  # the folder its settings name
+    splits = load_splits(config)
     context.manual_seed("init")
     model = build_model(config, splits)
     cpu_start = time.process_time()
