@@ -118,7 +118,10 @@ def test_confidence_is_exact_and_monotone_when_a_class_dominates():
     hazard = ConfidencePolicy()(logits, 0)
     torch.testing.assert_close(hazard, z - math.log(9), atol=1e-5, rtol=1e-6)
     assert bool((hazard.diff() > 0).all())
-    assert ConfidencePolicy()(torch.tensor([[0.5]]), 0).item() == math.inf  # one class: p = 1
+    assert ConfidencePolicy()(torch.tensor([[0.5]]), 0).item() > 1e30  # one class: p = 1
+    logits = torch.tensor([[1.0, -math.inf, -math.inf]], requires_grad=True)  # p = 1 again
+    ConfidencePolicy()(logits, 0).sum().backward()
+    assert torch.isfinite(logits.grad).all()
 
 
 def test_log_probabilities_equal_log_softmax():

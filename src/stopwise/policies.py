@@ -168,5 +168,8 @@ class ConfidencePolicy(nn.Module):
         # logit(p_max) = log p_max − log(1 − p_max) = z_max − logsumexp(the other logits): exact
         # for any confidence (1 − p_max computed from p_max cancels, and saturates near 1).
         top = features.argmax(dim=-1, keepdim=True)
-        others = features.scatter(-1, top, -math.inf).logsumexp(dim=-1)
+        # The top logit is replaced by the dtype's lowest finite value, not −inf: with every other
+        # logit −inf (or one class) logsumexp stays finite, and so does its gradient.
+        lowest = torch.finfo(features.dtype).min
+        others = features.scatter(-1, top, lowest).logsumexp(dim=-1)
         return features.gather(-1, top).squeeze(-1) - others
