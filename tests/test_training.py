@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import stopwise.checkpoints as checkpoints
 import stopwise.training as training
 from stopwise.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from stopwise.stoptime import StopTime
@@ -146,10 +147,12 @@ def test_checkpoint_with_code_is_refused_and_never_runs(tmp_path, monkeypatch):
 def test_atomic_writes_follow_the_umask_and_clear_a_dead_writers_temporary(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = tmp_path / f".a.pt.{dead.pid}.0123456789ab.tmp"  # left by a writer killed mid-write
-    live = tmp_path / f".a.pt.{os.getpid()}.0123456789ab.tmp"  # a write in progress
-    other = tmp_path / f".a.pt.x.{dead.pid}.0123456789ab.tmp"  # another file's temporary
-    for path in (stale, live, other):
+    host = checkpoints.HOST
+    stale = tmp_path / f".a.pt.{host}-{dead.pid}.0123456789ab.tmp"  # a writer killed mid-write
+    live = tmp_path / f".a.pt.{host}-{os.getpid()}.0123456789ab.tmp"  # a write in progress
+    other = tmp_path / f".a.pt.x.{host}-{dead.pid}.0123456789ab.tmp"  # another file's temporary
+    elsewhere = tmp_path / f".a.pt.ffffffff-{dead.pid}.0123456789ab.tmp"  # another machine's
+    for path in (stale, live, other, elsewhere):
         path.write_bytes(b"partial")
     old = os.umask(0o022)
     try:
@@ -157,7 +160,7 @@ def test_atomic_writes_follow_the_umask_and_clear_a_dead_writers_temporary(tmp_p
     finally:
         os.umask(old)
     assert (tmp_path / "a.pt").stat().st_mode & 0o777 == 0o644  # mkstemp made it 0600
-    assert not stale.exists() and live.exists() and other.exists()
+    assert not stale.exists() and live.exists() and other.exists() and elsewhere.exists()
     assert load_checkpoint(tmp_path / "a.pt")["x"].tolist() == [1.0, 1.0]
 
 

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import io
 import os
 import pickle
 import re
 import secrets
+import socket
 import warnings
 from pathlib import Path
 from typing import Any
@@ -43,11 +45,18 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+# Temporary files are named after this machine and process, so that a folder shared between
+# machines never has a live writer's temporary taken for a dead one's.
+HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
 def _remove_stale_temporaries(path: Path) -> None:
-    """Temporary files of ``path`` left by a process that was killed mid-write."""
+    """Temporary files of ``path`` left by a process of this machine killed mid-write."""
     for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        own = re.fullmatch(r"(\d+)\.[0-9a-f]{12}\.tmp", stale.name[len(path.name) + 2 :])
-        if own and not _pid_alive(int(own.group(1))):
+        own = re.fullmatch(
+            r"([0-9a-f]{8})-(\d+)\.[0-9a-f]{12}\.tmp", stale.name[len(path.name) + 2 :]
+        )
+        if own and own.group(1) == HOST and not _pid_alive(int(own.group(2))):
             stale.unlink(missing_ok=True)
 
 
@@ -55,7 +64,7 @@ def _atomic_replace(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(path)
     # open(), unlike mkstemp's 0600, gives the file the permissions the umask allows.
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
+    tmp = path.parent / f".{path.name}.{HOST}-{os.getpid()}.{secrets.token_hex(6)}.tmp"
     try:
         with open(tmp, "xb") as f:
             write(f)
