@@ -732,6 +732,8 @@ def main(argv: list[str] | None = None) -> int:
         help="repeat the timed rows to at least this many, as one batch (tasks in WIDENABLE)",
     )
     args = parser.parse_args(argv)
+    if args.batch is not None and args.batch < 1:
+        parser.error(f"--batch must be at least 1; got {args.batch}")
     reuse_freed_memory()
     torch.set_num_threads(1)
     load_before, uptime_before = os.getloadavg(), uptime()
@@ -739,8 +741,6 @@ def main(argv: list[str] | None = None) -> int:
     cases = [
         c for task in args.tasks for c in ADAPTERS[task](Path(args.runs), args.points, args.tiny)
     ]
-    if args.batch is not None and args.batch < 1:
-        parser.error(f"--batch must be at least 1; got {args.batch}")
     if args.batch:
         cases = [widened(c, args.batch) if c.task in WIDENABLE else c for c in cases]
     setup_seconds = time.perf_counter() - wall

@@ -177,10 +177,6 @@ def _check_device(value: str) -> str | None:
     return f"is a {device.type} device, which stopwise does not support; use cpu or cuda"
 
 
-def _check_unique(values: list) -> str | None:
-    return None if len(set(values)) == len(values) else "must not repeat a value"
-
-
 @dataclass
 class Config:
     """The keys every experiment shares; a task's config derives from it.
@@ -191,7 +187,7 @@ class Config:
     """
 
     seeds: list[int] = param(
-        [0], ge=0, min_len=1, check=_check_unique, help="random seeds; every job runs per seed"
+        [0], ge=0, min_len=1, check=distinct, help="random seeds; every job runs per seed"
     )
     threads: int = param(1, ge=1, le=256, help="torch threads per process")
     workers: int = param(1, ge=1, le=64, help="worker processes for independent jobs")

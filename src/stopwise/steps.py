@@ -105,13 +105,14 @@ def unroll(
 
 def _map_state(fn, *states: State) -> State:
     first = states[0]
-    kinds = {type(s) for s in states}
-    same = len(kinds) == 1 and (
-        not isinstance(first, dict | tuple | list)
-        or len({tuple(s) if isinstance(s, dict) else len(s) for s in states}) == 1
-    )
-    if not same:  # e.g. None in one state and a tensor in another: never silently dropped
-        raise ValueError(f"states of different structure cannot be combined: {kinds}")
+    if len(states) > 1:  # combining: None in one state and a tensor in another is never dropped
+        kinds = {type(s) for s in states}
+        same = len(kinds) == 1 and (
+            not isinstance(first, dict | tuple | list)
+            or len({tuple(s) if isinstance(s, dict) else len(s) for s in states}) == 1
+        )
+        if not same:
+            raise ValueError(f"states of different structure cannot be combined: {kinds}")
     if isinstance(first, torch.Tensor):
         return fn(*states)
     if isinstance(first, dict):

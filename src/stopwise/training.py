@@ -188,7 +188,7 @@ class MetricsLog:
     """Append-only JSONL metrics, one record per line, each with ``stage`` and ``step`` (and the
     loop's tags, e.g. ``job``). Each record is one ``write`` on an append-mode file, so worker
     processes can share a file; a torn last line (a process killed mid-write) is skipped by
-    :meth:`read` and removed by :meth:`repair`."""
+    :meth:`read` and removed by :meth:`keep_only`."""
 
     def __init__(self, path: str | Path | None):
         self.path = Path(path) if path is not None else None
@@ -229,15 +229,6 @@ class MetricsLog:
         kept = [r for r in records if keep(r)]
         if len(kept) < len(records) or (data and not data.endswith(b"\n")):
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
-
-    def repair(self) -> None:
-        """Drop a torn last line (no trailing newline), so later records start on a new line."""
-        if self.path is None or not self.path.exists():
-            return
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            with self.path.open("r+b") as f:
-                f.truncate(data.rfind(b"\n") + 1)
 
 
 def _rng_state() -> dict[str, Any]:

@@ -241,9 +241,11 @@ def _shrunk_size(size: tuple[int, int]) -> tuple[int, int]:
 
 def image_sizes(images_dir: str = "") -> dict[str, list[tuple[str, tuple[int, int]]]]:
     """``{split: [(name, (H, W))]}`` of the images :func:`load_splits` would load (after the
-    shrink), read from file headers only: the cheap check a config runs before anything is
-    written. Raises :class:`DataError` for a missing folder or split, an empty split or an
-    unreadable file. (Duplicates are found when the images are loaded.)"""
+    shrink), without decoding PNGs (their headers and chunk checksums; JPEGs are decoded, since
+    a truncated one has a valid header): the check a config runs before anything is written.
+    Raises :class:`DataError` for a missing folder or split, an empty split, an unreadable
+    file, or, in a user's folder, one file in two splits. (Identical catalogue images are
+    counted once when the images are loaded.)"""
     sizes: dict[str, list] = {s: [] for s in SPLITS}
     if images_dir:
         for split, files in _folder_files(Path(images_dir)).items():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...config import Config, distinct, group, param
-from .models import HAND_DESIGNED, LSTMOptimizerNet
+from .models import GRAD_NORM_FLOOR, HAND_DESIGNED, IMPROVEMENT_FLOOR, LSTMOptimizerNet
 
 __all__ = [
     "LearnedOptimizersConfig",
@@ -234,8 +234,12 @@ class LearnedOptimizersConfig(Config):
             raise ValueError(
                 "act.train=halting trains only the halting head: it needs act.init=lstm"
             )
-        # The rules read clamped features (models.py): log10 ‖g‖ ≥ −30, log10 improvement ≥ −12.
-        for key, floor in (("grad_norm_tolerances", 1e-30), ("improvement_tolerances", 1e-12)):
+        # The rules read clamped features (models.py): a tolerance below the floor never fires.
+        floors = {
+            "grad_norm_tolerances": GRAD_NORM_FLOOR,
+            "improvement_tolerances": IMPROVEMENT_FLOOR,
+        }
+        for key, floor in floors.items():
             tiny = [tol for tol in getattr(self, key) if 0 < tol < floor]
             if tiny:
                 raise ValueError(

@@ -37,6 +37,8 @@ __all__ = [
 
 # Columns of OptimizerRun.features: what a stop rule may look at after step t.
 FEATURES = ("loss", "log10_grad_norm", "log10_improvement", "halting_score")
+# The features' floors (log10 of 0 is −inf): a stop rule's tolerance below them never fires.
+GRAD_NORM_FLOOR, IMPROVEMENT_FLOOR = 1e-30, 1e-12
 
 
 def log_and_sign(grad: torch.Tensor, p: float = 10.0) -> torch.Tensor:
@@ -291,8 +293,8 @@ class OptimizerRun(StepModel):
         features = torch.stack(
             [
                 loss,
-                torch.log10(grad.norm(dim=-1).clamp_min(1e-30)),
-                torch.log10(improvement.clamp(1e-12, 1e12)),
+                torch.log10(grad.norm(dim=-1).clamp_min(GRAD_NORM_FLOOR)),
+                torch.log10(improvement.clamp(IMPROVEMENT_FLOOR, 1e12)),
                 -halting.to(loss.dtype) if halting is not None else torch.zeros_like(loss),
             ],
             dim=-1,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...config import Config, group, param
+from ...config import Config, distinct, group, param
 from .data import DATASETS, check_data
 from .l2w import META_LOSSES, OUTPUT_INITS
 
@@ -24,10 +24,6 @@ METHODS = {
     "l2w-all": "L2W, no allocation (every meta sample at every exit)",
     "l2s": "L2S",
 }
-
-
-def _unique(values: list) -> str | None:
-    return None if len(set(values)) == len(values) else "must not repeat a value"
 
 
 def _tens(value: int) -> str | None:
@@ -79,7 +75,7 @@ class L2S:
         [1.0],
         gt=0,
         min_len=1,
-        check=_unique,
+        check=distinct,
         help="oracle temperatures β, one job each; per budget the best on validation (with "
         "uniform training as β → ∞ when it runs) is L2S's result",
     )
@@ -94,7 +90,7 @@ class Timing:
     """Wall-clock of real early exit against the full network (inference.time_adaptive)."""
 
     methods: list[str] = param(
-        ["l2w"], choices=tuple(METHODS), check=_unique, help="methods whose early exit is timed"
+        ["l2w"], choices=tuple(METHODS), check=distinct, help="methods whose early exit is timed"
     )
     batch: int = param(1000, ge=1, help="test rows per call")
     repeats: int = param(5, ge=1, help="interleaved repeats (median)")
@@ -134,7 +130,7 @@ class MultiExitConfig(Config):
         [m for m in METHODS if m != "l2w-all"],  # the presets' methods as before it was added
         choices=tuple(METHODS),
         min_len=1,
-        check=_unique,
+        check=distinct,
         help="methods to train",
     )
     sdn_weights: list[float] = param(
