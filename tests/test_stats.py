@@ -8,6 +8,7 @@ from scipy import stats as scipy_stats
 
 from stopwise.stats import (
     format_interval,
+    format_mean_and_sd,
     format_mean_sd,
     interval_or_mean,
     mean_interval,
@@ -133,3 +134,10 @@ def test_ratio_db_upper_bound_matches_a_bootstrap_of_the_rows():
         ratio_db_upper_bound(np.zeros(3), b[:3])
     with pytest.raises(ValueError, match="finite"):
         ratio_db_upper_bound([1.0, math.inf], [1.0, 2.0])
+
+
+def test_a_mean_and_sd_print_the_mean_alone_for_one_value():
+    assert format_mean_and_sd(0.5, 0.1, 3, scale=100) == "50.00 ± 10.00"
+    assert format_mean_and_sd(0.5, 0.0, 1, scale=100) == "50.00"  # one seed: no sd to show
+    assert format_mean_sd([1.0, 3.0]) == "2.00 ± 1.41"  # sample sd: sqrt(2)
+    assert format_mean_sd([4.0]) == "4.00"

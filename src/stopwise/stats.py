@@ -21,6 +21,7 @@ __all__ = [
     "mean_interval",
     "paired_difference",
     "format_mean_sd",
+    "format_mean_and_sd",
     "format_interval",
     "interval_or_mean",
     "ratio_db_upper_bound",
@@ -146,8 +147,16 @@ def paired_difference(
 
 def format_mean_sd(values: Sequence[float], fmt: str = ".2f", scale: float = 1.0) -> str:
     """``"m ± s"`` of the values times ``scale`` (just ``"m"`` for one value)."""
-    mean, sd = mean_sd([scale * v for v in values])
-    return format(mean, fmt) if len(values) == 1 else f"{mean:{fmt}} ± {sd:{fmt}}"
+    mean, sd = mean_sd(values)
+    return format_mean_and_sd(mean, sd, len(values), fmt, scale)
+
+
+def format_mean_and_sd(mean: float, sd: float, n: int, fmt: str = ".2f", scale: float = 1.0) -> str:
+    """``"m ± s"`` of a mean and sd over ``n`` values, times ``scale``; just ``"m"`` for one
+    value, which has no sd to show."""
+    if n < 2:
+        return format(scale * mean, fmt)
+    return f"{scale * mean:{fmt}} ± {abs(scale) * sd:{fmt}}"
 
 
 def format_interval(

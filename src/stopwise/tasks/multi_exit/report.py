@@ -12,7 +12,7 @@ from typing import Any
 from ...contract import JobResult, Report
 from ...curves import dominance, dominance_line
 from ...reporting import finish_axes, markdown_table, new_figure
-from ...stats import format_interval, mean_sd, paired_difference
+from ...stats import format_interval, format_mean_and_sd, mean_sd, paired_difference
 from .config import METHODS, MultiExitConfig
 from .experiment import SELECT_L2S
 from .metrics import P_GRID, accuracy_at_budgets
@@ -264,7 +264,7 @@ def _mean_sd_text(mean: float | None, sd: float | None, n: int, total: int) -> s
     seeds reach the budget where some do not."""
     if mean is None:
         return None
-    text = _points(mean) if n < 2 else f"{_points(mean)} ± {_points(sd)}"
+    text = format_mean_and_sd(mean, sd, n, scale=100)
     return text if n == total else f"{text} ({n} of {total} seeds)"
 
 

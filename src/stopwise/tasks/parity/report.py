@@ -11,7 +11,7 @@ from typing import Any
 from ...contract import JobResult, Report
 from ...curves import best_fixed_mix, dominance, dominance_line
 from ...reporting import finish_axes, markdown_table, new_figure
-from ...stats import format_interval, mean_present, mean_sd, paired_difference
+from ...stats import format_interval, format_mean_and_sd, mean_present, mean_sd, paired_difference
 from .config import ParityConfig
 from .methods import METHODS, RULES
 from .metrics import SUCCESS_ACCURACY
@@ -182,17 +182,14 @@ def _display(line: dict[str, Any]) -> dict[str, Any]:
         "setting": _setting(line),
         "validation": _pct(line["validation_accuracy"]),
         "rule_text": f"{line['rule']}" + ("" if line["causal"] else " (non-causal)"),
-        "interp": _mean_sd(100 * line["interpolation_mean"], 100 * line["interpolation_std"], n),
+        "interp": format_mean_and_sd(
+            line["interpolation_mean"], line["interpolation_std"], n, scale=100
+        ),
         "interp_min": _pct(line["interpolation_min"]),
         "extrap": _pct(line["extrapolation_mean"]),
         "success": f"{line['successes']}/{len(line['seeds'])}",
-        "steps": _mean_sd(line["mean_steps"], line["mean_steps_std"], n),
+        "steps": format_mean_and_sd(line["mean_steps"], line["mean_steps_std"], n),
     }
-
-
-def _mean_sd(mean: float, sd: float, n: int) -> str:
-    """``mean ± sd`` over ``n`` seeds; the mean alone for one seed (no sd to show)."""
-    return f"{mean:.2f}" if n < 2 else f"{mean:.2f} ± {sd:.2f}"
 
 
 def lines_table(lines: list[dict[str, Any]]) -> str:
