@@ -139,5 +139,8 @@ def test_ratio_db_upper_bound_matches_a_bootstrap_of_the_rows():
 def test_a_mean_and_sd_print_the_mean_alone_for_one_value():
     assert format_mean_and_sd(0.5, 0.1, 3, scale=100) == "50.00 ± 10.00"
     assert format_mean_and_sd(0.5, 0.0, 1, scale=100) == "50.00"  # one seed: no sd to show
+    # a signed format signs the mean (a difference), never the sd
+    assert format_mean_sd([-1.0, 3.0], "+.2f") == "+1.00 ± 2.83"
+    assert format_mean_and_sd(-0.25, 0.5, 4, "+.1f") == "-0.2 ± 0.5"
     assert format_mean_sd([1.0, 3.0]) == "2.00 ± 1.41"  # sample sd: sqrt(2)
     assert format_mean_sd([4.0]) == "4.00"

@@ -153,10 +153,10 @@ def format_mean_sd(values: Sequence[float], fmt: str = ".2f", scale: float = 1.0
 
 def format_mean_and_sd(mean: float, sd: float, n: int, fmt: str = ".2f", scale: float = 1.0) -> str:
     """``"m ± s"`` of a mean and sd over ``n`` values, times ``scale``; just ``"m"`` for one
-    value, which has no sd to show."""
+    value, which has no sd to show. A sign in ``fmt`` (``"+.2f"``) applies to the mean only."""
     if n < 2:
         return format(scale * mean, fmt)
-    return f"{scale * mean:{fmt}} ± {abs(scale) * sd:{fmt}}"
+    return f"{scale * mean:{fmt}} ± {abs(scale) * sd:{fmt.lstrip('+')}}"
 
 
 def format_interval(
