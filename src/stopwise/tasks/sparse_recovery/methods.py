@@ -12,7 +12,6 @@ on validation than the paper's values.
 
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import dataclass
 from itertools import product
@@ -74,12 +73,9 @@ def validation_nmse(
     algorithm: str, A: torch.Tensor, budget: int, L: float, lam: float, y, x
 ) -> float:
     """Mixed NMSE(dB) of ``algorithm`` after ``budget`` iterations on ``(y, x)``; +inf if it
-    diverges (non-finite estimates)."""
+    diverges (:func:`nmse_db` of non-finite errors)."""
     model = CLASSICAL[algorithm](A, budget, L, lam)
-    errors = per_step_squared_errors(model, y, x)[:, -1]
-    if not bool(torch.isfinite(errors).all()):
-        return math.inf
-    return nmse_db(errors, (x**2).sum(-1))
+    return nmse_db(per_step_squared_errors(model, y, x)[:, -1], (x**2).sum(-1))
 
 
 def tune(
