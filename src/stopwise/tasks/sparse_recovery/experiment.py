@@ -212,35 +212,39 @@ def stop_model(name: str, context: JobContext, problem: SparseProblem):
     model.load_state_dict(context.checkpoint("stage1", job=STOP_MODELS[name][0])["model"])
     model.eval()
     fitted = fit_stop_policy(model, problem, context)
+    chosen, val_errors = fitted.chosen, fitted.val.losses
     val_energies = (problem.val.x**2).sum(-1)
-    val_errors = fitted.val.losses
 
     def val_nmse(index):
         return nmse_db(errors_at(val_errors, index), val_energies)
 
-    budgets = budget_grid(fitted.valid, config.budget_points)
-    chosen_val = fitted.chosen_scores
-    calibration = calibrate_by_metric(chosen_val, val_nmse, budgets, (fitted.kind,), fitted.valid)
+    budgets = budget_grid(chosen.valid, config.budget_points)
+    calibration = calibrate_by_metric(
+        chosen.scores, val_nmse, budgets, (chosen.kind,), chosen.valid
+    )
     full_val = val_nmse(torch.full((val_errors.shape[0],), model.max_steps - 1))
-    row_rule = threshold_row_rule(calibration, chosen_val, val_errors, fitted, config)
-    sampled = SampleRule(context.stream_seed("sampled-stops"))
-    rules = {  # row -> (policy, rule, valid exits)
-        "sampled": (fitted.published, sampled, fitted.published_valid),
-        "threshold": (fitted.chosen, row_rule, fitted.valid),
+    row_rule = threshold_row_rule(calibration, chosen.scores, val_errors, chosen, config)
+    rules = {  # row -> (its policy as chosen on validation, its rule)
+        "sampled": (fitted.published, SampleRule(context.stream_seed("sampled-stops"))),
+        "threshold": (chosen, row_rule),
     }
-    costs = {rule: stop_costs(model, policy) for rule, (policy, _, _) in rules.items()}
+    costs = {rule: stop_costs(model, fit.policy) for rule, (fit, _) in rules.items()}
 
     test = problem.test.open()  # every choice is made: the test set, once
     test_errors = per_step_squared_errors(model, test.y, test.x, chunk)
-    rows, stops, test_scores = {}, {}, {}
+
+    def metric(rule, index):
+        macs = float(costs[rule][index.cpu()].mean())
+        return {**columns_at(test_errors, test, snrs, index), "mean_macs": macs}
+
+    rows, stops, curves = {}, {}, {}
     with torch.no_grad():
-        for rule_name, (policy, rule, mask) in rules.items():
-            scores = in_chunks(partial(hazard_trajectory, model, policy), test.y, chunk)
+        for rule_name, (fit, rule) in rules.items():
+            scores = in_chunks(partial(hazard_trajectory, model, fit.policy), test.y, chunk)
             result = run_adaptive(
-                model, policy, test.y, rule, config.inference_mode, mask, costs[rule_name]
+                model, fit.policy, test.y, rule, config.inference_mode, fit.valid, costs[rule_name]
             )
-            dense = stop_indices(scores, rule, mask)
-            test_scores[rule_name] = scores
+            dense = stop_indices(scores, rule, fit.valid)
             stops[rule_name] = result.stop_index
             rows[f"{name}-{rule_name}"] = {
                 **nmse_columns(result.predictions, test.x, test.snr, snrs),
@@ -248,37 +252,30 @@ def stop_model(name: str, context: JobContext, problem: SparseProblem):
                 "mean_cost": float(result.cost.double().mean()),
                 "matches_dense_selection": bool(torch.equal(result.stop_index, dense)),
             }
+            curves[rule_name] = budget_sweep(
+                fit.scores, scores, budget_grid(fit.valid, config.budget_points),
+                partial(metric, rule_name), fit.kind, fit.valid, val_metric=val_nmse,
+                lower_is_better=True,
+            )  # fmt: skip
     stops["oracle"] = oracle_stop(test_errors, torch.ones(model.max_steps, dtype=torch.bool))
     rows[f"{name}-oracle"] = {
         **columns_at(test_errors, test, snrs, stops["oracle"]),
         **steps_per_snr(stops["oracle"], test, snrs),
     }
     rows[f"{name}-full"], per_depth = fixed_depth(model, test_errors, test, snrs)
-
-    def metric(rule, index):
-        macs = float(costs[rule][index.cpu()].mean())
-        return {**columns_at(test_errors, test, snrs, index), "mean_macs": macs}
-
-    gap, upper = validation_gap(chosen_val, row_rule, val_errors, fitted.valid, config)
+    gap, upper = validation_gap(chosen.scores, row_rule, val_errors, chosen.valid, config)
     row = {
         "target": config.threshold_row,
         "score_threshold": row_rule.score_threshold.tolist(),
         "validation_gap_db": gap,
         "validation_gap_upper_db": upper,
     }
-    published_budgets = budget_grid(fitted.published_valid, config.budget_points)
+    published = fitted.published
     record = {
         "rows": rows,
         "fixed_depth": {name: per_depth},
-        "curve": budget_sweep(
-            chosen_val, test_scores["threshold"], budgets, partial(metric, "threshold"),
-            fitted.kind, fitted.valid, val_metric=val_nmse, lower_is_better=True,
-        ),
-        "curve_published": budget_sweep(
-            fitted.published_scores, test_scores["sampled"], published_budgets,
-            partial(metric, "sampled"), fitted.published_kind, fitted.published_valid,
-            val_metric=val_nmse, lower_is_better=True,
-        ),
+        "curve": curves["threshold"],
+        "curve_published": curves["sampled"],
         "oracle_curve": [
             {
                 "penalty": penalty,
@@ -289,12 +286,12 @@ def stop_model(name: str, context: JobContext, problem: SparseProblem):
             for index in [cost_aware_oracle_stop(test_errors, penalty)]
         ],
         "calibration": {**calibration.plain(), "row": row},
-        "policy": {**fitted.candidate.plain(), "kind": fitted.kind},
-        "published_policy": {"kind": fitted.published_kind, **fitted.published_candidate.plain()},
+        "policy": {**chosen.candidate.plain(), "kind": chosen.kind},
+        "published_policy": {"kind": published.kind, **published.candidate.plain()},
         "selection": fitted.selection,
         "validation_full_depth": full_val,
-        "valid_steps": fitted.valid.tolist(),
-        "published_valid_steps": fitted.published_valid.tolist(),
+        "valid_steps": chosen.valid.tolist(),
+        "published_valid_steps": published.valid.tolist(),
         "oracle_mass": fitted.mass.tolist(),
         "stop_histogram": {
             rule: {
@@ -304,17 +301,17 @@ def stop_model(name: str, context: JobContext, problem: SparseProblem):
             for rule, index in stops.items()
         },
         "policy_cost": {
-            "policy_macs_per_step": fitted.chosen.macs(),
+            "policy_macs_per_step": chosen.policy.macs(),
             "feature_macs_per_step": float(model.feature_costs()[0]),
             "step_macs": float(model.step_costs()[-1]) / model.max_steps,
         },
         "step_costs": costs["threshold"],
-    }  # fmt: skip
+    }
     if config.timing_repeats:
         record["timing"] = {
-            rule_name: time_adaptive(model, policy, test.y, {rule_name: rule}, mask,
+            rule_name: time_adaptive(model, fit.policy, test.y, {rule_name: rule}, fit.valid,
                                      repeats=config.timing_repeats)
-            for rule_name, (policy, rule, mask) in rules.items()
+            for rule_name, (fit, rule) in rules.items()
         }  # fmt: skip
     return record
 
@@ -325,7 +322,7 @@ def stop_costs(model, policy) -> torch.Tensor:
     return model.step_costs() + torch.cumsum(model.feature_costs() + policy.macs(), 0)
 
 
-def threshold_row_rule(calibration, val_scores, val_errors, fitted, config):
+def threshold_row_rule(calibration, val_scores, val_errors, chosen, config):
     """The threshold row's rule, chosen on validation: ``threshold_row="match-full"`` takes the
     cheapest calibrated budget whose validation NMSE is within ``match_tolerance`` dB of full
     depth with one-sided confidence ``match_confidence`` over the validation rows
@@ -334,8 +331,8 @@ def threshold_row_rule(calibration, val_scores, val_errors, fitted, config):
     if config.threshold_row == "best":
         return calibration.rule
     for c in sorted(calibration.candidates, key=lambda c: (c["cost"], c["value"])):
-        rule = fit_threshold(val_scores, c["budget"], None, c["kind"], fitted.valid)
-        _, upper = validation_gap(val_scores, rule, val_errors, fitted.valid, config)
+        rule = fit_threshold(val_scores, c["budget"], None, c["kind"], chosen.valid)
+        _, upper = validation_gap(val_scores, rule, val_errors, chosen.valid, config)
         if upper <= config.match_tolerance:
             return rule
     return calibration.rule

@@ -12,7 +12,6 @@ on validation than the paper's values.
 
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import dataclass
 from itertools import product
@@ -54,6 +53,7 @@ __all__ = [
     "candidates",
     "fit_candidate",
     "validation_margins",
+    "Fitted",
     "StopPolicies",
     "fit_stop_policy",
 ]
@@ -73,12 +73,9 @@ def validation_nmse(
     algorithm: str, A: torch.Tensor, budget: int, L: float, lam: float, y, x
 ) -> float:
     """Mixed NMSE(dB) of ``algorithm`` after ``budget`` iterations on ``(y, x)``; +inf if it
-    diverges (non-finite estimates)."""
+    diverges (:func:`nmse_db` of non-finite errors)."""
     model = CLASSICAL[algorithm](A, budget, L, lam)
-    errors = per_step_squared_errors(model, y, x)[:, -1]
-    if not bool(torch.isfinite(errors).all()):
-        return math.inf
-    return nmse_db(errors, (x**2).sum(-1))
+    return nmse_db(per_step_squared_errors(model, y, x)[:, -1], (x**2).sum(-1))
 
 
 def tune(
@@ -314,27 +311,31 @@ def validation_margins(
 
 
 @dataclass
-class StopPolicies:
-    """Stage II's outcome for one stop model, everything chosen on validation: ``published``,
-    L2S as published (exits ``published_valid``; the λ = 0 candidate of least mean validation
-    margin, ``published_candidate``), the policy of the *sampled* row; ``chosen``, the
-    cost-aware candidate of least mean validation margin over fixed depth, the policy of the
-    threshold row and the budget curve; ``*_scores``: their scores on validation ``(N, T)``. ``mass``:
-    mean oracle mass per exit; ``selection``: every candidate's validation numbers."""
+class Fitted:
+    """One stage-II policy chosen on validation: its setting, threshold kind, exits ``valid``
+    ``(T,)`` and scores on validation ``(N, T)``."""
 
-    published: StopPolicy
-    published_valid: torch.Tensor
-    published_kind: str
-    published_scores: torch.Tensor
-    chosen: StopPolicy
     candidate: Candidate
+    policy: StopPolicy
     kind: str
     valid: torch.Tensor
-    chosen_scores: torch.Tensor
+    scores: torch.Tensor
+
+
+@dataclass
+class StopPolicies:
+    """Stage II's outcome for one stop model, everything chosen on validation: ``published``,
+    L2S as published (exits pruned; the λ = 0 candidate of least mean validation margin), the
+    policy of the *sampled* row; ``chosen``, the cost-aware candidate of least mean validation
+    margin over fixed depth, the policy of the threshold row and the budget curve. ``val``: the
+    model's validation trajectories; ``mass``: mean oracle mass per exit; ``selection``: every
+    candidate's validation numbers."""
+
+    published: Fitted
+    chosen: Fitted
     val: Trajectories
     mass: torch.Tensor
     selection: list[dict[str, Any]]
-    published_candidate: Candidate
 
 
 def fit_stop_policy(model, problem: SparseProblem, context: JobContext) -> StopPolicies:
@@ -381,14 +382,12 @@ def fit_stop_policy(model, problem: SparseProblem, context: JobContext) -> StopP
             )
         fitted[candidate.name] = (candidate, policy, valid, scores)
 
-    margin = itemgetter("mean_margin")
-    published = min((s for s in selection if s["published"]), key=margin)
-    best = min((s for s in selection if not s["published"]), key=margin, default=published)
-    published_candidate, published_policy, published_valid, published_scores = fitted[
-        published["name"]
-    ]
-    candidate, policy, valid, scores = fitted[best["name"]]
-    return StopPolicies(
-        published_policy, published_valid, published["kind"], published_scores, policy,
-        candidate, best["kind"], valid, scores, val_traj, mass, selection, published_candidate,
-    )  # fmt: skip
+    def least_margin(entries) -> Fitted:
+        best = min(entries, key=itemgetter("mean_margin"))
+        candidate, policy, valid, scores = fitted[best["name"]]
+        return Fitted(candidate, policy, best["kind"], valid, scores)
+
+    published = least_margin(s for s in selection if s["published"])
+    others = [s for s in selection if not s["published"]]
+    chosen = least_margin(others) if others else published
+    return StopPolicies(published, chosen, val_traj, mass, selection)

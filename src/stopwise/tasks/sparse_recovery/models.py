@@ -44,7 +44,6 @@ __all__ = [
     "LISTA",
     "ALISTA",
     "LISTACPSS",
-    "fista_momentum",
     "StopPolicy",
 ]
 
@@ -120,16 +119,6 @@ def analytic_weight(A: torch.Tensor) -> torch.Tensor:
     A64 = A.to(torch.float64)
     P = torch.linalg.solve(A64 @ A64.T, A64)  # columns (AAᵀ)⁻¹ a_i
     return (P / (A64 * P).sum(0, keepdim=True)).to(A.dtype)
-
-
-def fista_momentum(steps: int) -> list[float]:
-    """FISTA's extrapolation weights (Beck & Teboulle 2009): at 0-based step t ≥ 1 the update is
-    taken at z = x_t + c_t (x_t − x_{t−1}), c_t = (τ_t − 1)/τ_{t+1}, τ_1 = 1,
-    τ_{k+1} = (1 + √(1 + 4τ_k²))/2; c_0 = 0 (x_0 = x_{−1} = 0)."""
-    tau = [1.0]
-    for _ in range(steps):
-        tau.append((1 + math.sqrt(1 + 4 * tau[-1] ** 2)) / 2)
-    return [0.0] + [(tau[t - 1] - 1) / tau[t] for t in range(1, steps)]
 
 
 class SparseStepModel(StepModel):
@@ -225,11 +214,15 @@ class ISTA(SparseStepModel):
 
 class FISTA(ISTA):
     """ISTA's step taken at the extrapolated point z = x_t + c_t(x_t − x_{t−1}) (Beck & Teboulle
-    2009); see :func:`fista_momentum`."""
+    2009): c_t = (τ_t − 1)/τ_{t+1} at 0-based step t ≥ 1, τ_1 = 1, τ_{k+1} = (1 + √(1 + 4τ_k²))/2;
+    step 0 starts from x_0 = 0 (no extrapolation)."""
 
     def __init__(self, A: torch.Tensor, steps: int, L: float, lam: float):
         super().__init__(A, steps, L, lam)
-        self.momentum = fista_momentum(steps)
+        tau = [1.0]
+        for _ in range(steps):
+            tau.append((1 + math.sqrt(1 + 4 * tau[-1] ** 2)) / 2)
+        self.momentum = [0.0] + [(tau[t - 1] - 1) / tau[t] for t in range(1, steps)]
 
     def advance(self, state, t):
         x = state["x"]

@@ -92,10 +92,9 @@ def _label(key: str, T: int, kinds: list[str]) -> tuple[str, str, str]:
     if key.startswith(("ista", "fista")):
         algorithm, budget = key.split("-")
         return f"{algorithm.upper()} (T={budget})", key, "fixed"
-    if key == "lista":
-        return f"LISTA (T={T})", key, "fixed"
-    if key == "alista":
-        return f"ALISTA with support selection (T={T})", key, "fixed"
+    if key in ("lista", "alista"):
+        name = "LISTA" if key == "lista" else "ALISTA with support selection"
+        return f"{name} (T={T})", key, "fixed"
     if key == "support_oracle":
         return "least squares on the true support (bound; needs the support)", key, "bound"
     model, rule = key.split("-")
@@ -332,10 +331,8 @@ def _paired(rows, curves, seeds: list[int], T: int) -> list[dict[str, Any]]:
 
 
 def _table(results: dict[str, Any], config: SparseRecoveryConfig) -> str:
-    columns, seeds = results["columns"], results["seeds"]
-    plan = schedules(config)
-    problem = config.problem
-    paper_protocol = is_paper_protocol(problem)
+    columns, seeds, problem = results["columns"], results["seeds"], config.problem
+    plan, paper_protocol = schedules(config), is_paper_protocol(problem)
     numeric = [  # (field, header, format, scale)
         *((c, c.replace("dB", " dB"), ".2f", 1.0) for c in columns),
         ("mean_steps", "mean steps", ".2f", 1.0),
