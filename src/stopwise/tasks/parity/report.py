@@ -52,7 +52,7 @@ def report(results: list[JobResult], config: ParityConfig) -> Report:
             "dominance": {curve["label"]: curve["dominance"] for curve in curves},
             "rows": rows,
         },
-        table=_tables(lines, paired, config) + _budget_curve_table(curves),
+        table=_tables(lines, paired, curves, config),
         figures=_figures(rows, lines, curves, config),
         summary=f"parity, best setting per method ({len(config.seeds)} seed(s), main rule): {best}",
     )
@@ -239,9 +239,10 @@ def halting_at_step_1_table(lines: list[dict[str, Any]]) -> str:
     return markdown_table(rows, columns + [(f"k{k}", f"k={k}", "s") for k in ks])
 
 
-def _tables(lines: list[dict[str, Any]], paired: list[dict[str, Any]], config: ParityConfig) -> str:
+def _tables(lines: list[dict], paired: list[dict], curves: list[dict], config: ParityConfig) -> str:
     """Markdown: the best setting of every method with all its rules, each paired against fixed
-    depth's best, then the sensitivity of each method's main rule to its hyperparameter."""
+    depth's best, the sensitivity of each method's main rule to its hyperparameter, ACT's
+    step-1 halting, and the budget curves of the stop models beside fixed depth."""
     c = config
     parts = [
         f"Parity n={c.n}, train k∈{c.train_k}, test k∈{c.test_k}; GRU {c.hidden} units, at most "
@@ -289,6 +290,40 @@ def _tables(lines: list[dict[str, Any]], paired: list[dict[str, Any]], config: P
         title = "ACT: share (%) of training inputs halting at step 1, by k (mean over seeds):"
         parts += ["", title, "", halting_at_step_1_table(lines)]
     parts += ["", "Rules: " + "; ".join(f"{name}: {text}" for name, (text, _) in RULES.items())]
+    if curves:
+        rows = [
+            {
+                "label": f"{curve['label']} ({curve['setting']})",
+                "steps": f"{p['mean_steps']:.2f}",
+                "stop": f"{100 * p['accuracy']:.2f}",
+                "fixed": f"{100 * p['fixed_accuracy']:.2f}",
+                "gain": _difference(p["stop_minus_fixed"], 100),
+            }
+            for curve in curves
+            for p in curve["points"]
+        ]
+        parts += [
+            "",
+            "Budget curves (hazard thresholds fitted on validation, measured on test; "
+            "interpolation accuracy %) beside the same model stopped at fixed depth (the best mix "
+            "of two depths with the same mean steps):",
+            "",
+            markdown_table(
+                rows,
+                [
+                    ("label", "stop model (best setting)", "s"),
+                    ("steps", "mean steps", "s"),
+                    ("stop", "stop model", "s"),
+                    ("fixed", "same model, fixed depth", "s"),
+                    ("gain", "stop − fixed (points) [95%]", "s"),
+                ],
+            ),
+            "",
+            *(
+                "- " + dominance_line(curve["label"], curve["dominance"], "points", 100)
+                for curve in curves
+            ),
+        ]
     return "\n".join(parts)
 
 
@@ -298,7 +333,7 @@ def _budget_curves(results: list[JobResult], lines: list[dict[str, Any]]) -> lis
     same model at fixed depth interpolated to the same mean steps, paired over seeds."""
     out = []
     for line in lines:
-        if not (line["best"] and line["main_rule"]) or line["method"] in ("fixed", "act"):
+        if not (line["best"] and line["main_rule"]):
             continue
         per_seed = {
             r.seed: curve
@@ -336,42 +371,6 @@ def _budget_curves(results: list[JobResult], lines: list[dict[str, Any]]) -> lis
             }
         )
     return out
-
-
-def _budget_curve_table(curves: list[dict[str, Any]]) -> str:
-    if not curves:
-        return ""
-    rows = [
-        {
-            "label": f"{curve['label']} ({curve['setting']})",
-            "steps": f"{p['mean_steps']:.2f}",
-            "stop": f"{100 * p['accuracy']:.2f}",
-            "fixed": f"{100 * p['fixed_accuracy']:.2f}",
-            "gain": _difference(p["stop_minus_fixed"], 100),
-        }
-        for curve in curves
-        for p in curve["points"]
-    ]
-    return (
-        "\n\nBudget curves (hazard thresholds fitted on validation, measured on test; interpolation "
-        "accuracy %) beside the same model stopped at fixed depth (the best mix of two depths "
-        "with the same mean steps):\n\n"
-        + markdown_table(
-            rows,
-            [
-                ("label", "stop model (best setting)", "s"),
-                ("steps", "mean steps", "s"),
-                ("stop", "stop model", "s"),
-                ("fixed", "same model, fixed depth", "s"),
-                ("gain", "stop − fixed (points) [95%]", "s"),
-            ],
-        )
-        + "\n\n"
-        + "\n".join(
-            "- " + dominance_line(curve["label"], curve["dominance"], "points", 100)
-            for curve in curves
-        )
-    )
 
 
 def _figures(rows: list[dict[str, Any]], lines: list[dict[str, Any]], curves, config) -> dict:
