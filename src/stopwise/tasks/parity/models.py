@@ -88,8 +88,9 @@ class MeanFieldACT(StepModel):
         self.max_steps = model.max_steps
 
     def start(self, x):
+        state = self.model.start(x)  # checks the shape of x
         zeros = x.new_zeros(x.shape[0])
-        return {**self.model.start(x), "halted": zeros, "output": zeros}
+        return {**state, "halted": zeros, "output": zeros}
 
     def advance(self, state, t):
         halted, output = state["halted"], state["output"]
