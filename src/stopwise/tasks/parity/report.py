@@ -373,7 +373,7 @@ def _budget_curves(results: list[JobResult], lines: list[dict[str, Any]]) -> lis
     return out
 
 
-def _figures(rows: list[dict[str, Any]], lines: list[dict[str, Any]], curves, config) -> dict:
+def _figures(rows: list[dict], lines: list[dict], curves: list[dict], config: ParityConfig) -> dict:
     """accuracy_vs_steps (every setting, seed and rule), steps_vs_k and accuracy_vs_k (best),
     and budget_curves (each stop model's best setting, when there is one)."""
     labels = list(dict.fromkeys(line["label"] for line in lines))
