@@ -19,6 +19,11 @@ from .methods import METHODS
 __all__ = ["ParityConfig", "PRESETS"]
 
 
+def _rates(default: list[float], help: str):
+    """A grid of Adam learning rates (the best is chosen on validation)."""
+    return param(default, gt=0, le=1, min_len=1, check=distinct, help=help)
+
+
 @dataclass
 class ParityConfig(Config):
     n: int = param(16, ge=1, help="elements per parity vector")
@@ -32,21 +37,11 @@ class ParityConfig(Config):
     max_steps: int = param(12, ge=1, help="steps N of every halting method")
     batch_size: int = param(128, ge=1, help="vectors per Adam update")
     updates: int = param(25000, ge=1, help="Adam updates of every method")
-    lr: list[float] = param(
-        [0.003],
-        gt=0,
-        le=1,
-        min_len=1,
-        check=distinct,
-        help="Adam learning rates of every method without its own grid (best on validation)",
+    lr: list[float] = _rates(
+        [0.003], "Adam learning rates of every method without its own grid (best on validation)"
     )
-    act_lr: list[float] = param(
-        [0.0001, 0.0003, 0.001, 0.003],
-        gt=0,
-        le=1,
-        min_len=1,
-        check=distinct,
-        help="ACT's Adam learning rates (best on validation, with τ)",
+    act_lr: list[float] = _rates(
+        [0.0001, 0.0003, 0.001, 0.003], "ACT's Adam learning rates (best on validation, with τ)"
     )
     grad_clip: float = param(1.0, ge=0, le=1e6, help="max gradient norm (0: no clipping)")
     policy_updates: int = param(2000, ge=0, help="head-only updates of each L2S stage II")

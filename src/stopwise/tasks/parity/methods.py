@@ -34,7 +34,6 @@ Inference rules (:data:`RULES`; every causal one but ``fixed`` runs through
 from __future__ import annotations
 
 import copy
-import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,52 +175,41 @@ def train_method(
 
         return GeneratedBatches(sample, config.batch_size, context.stream_seed(stream))
 
-    adam = functools.partial(torch.optim.Adam, lr=lr)
     fit = {
         "settings": context.loop_settings(config.log_every),
         "grad_clip": config.grad_clip or None,
     }
     train = batches("train-batches")
+
+    def fit_args(parameters, data=train, updates=config.updates) -> tuple:
+        """What every ``fit_*`` takes after the model (and head): batches, loss, Adam, updates."""
+        return data, step_losses, torch.optim.Adam(parameters, lr=lr), updates
+
     if method == "l2s":
         # Stage I on the model (halting head untouched), then one fresh head per oracle kind.
         untrained = copy.deepcopy(model.halting)
         predictor = [p for name, p in model.named_parameters() if not name.startswith("halting.")]
         with context.timed("train"):
-            fit_oracle(
-                model,
-                train,
-                step_losses,
-                adam(predictor),
-                config.updates,
-                value,
-                stage="l2s-stage1",
-                **fit,
-            )
+            fit_oracle(model, *fit_args(predictor), value, stage="l2s-stage1", **fit)
         heads = {}
         for variant in config.l2s_heads:
-            heads[variant] = copy.deepcopy(untrained)
-            stage2 = (batches("l2s-stage2-batches"), step_losses, adam(heads[variant].parameters()))
+            heads[variant] = head = copy.deepcopy(untrained)
+            stage2 = fit_args(
+                head.parameters(), batches("l2s-stage2-batches"), config.policy_updates
+            )
             with context.timed(f"train-{variant}"):
                 if variant == "gain":
-                    fit_gain_policy(model, heads[variant], *stage2, config.policy_updates,
-                                    price=config.l2s_gain_price, stage="l2s-stage2-gain",
-                                    **fit)  # fmt: skip
+                    fit_gain_policy(model, head, *stage2, price=config.l2s_gain_price,
+                                    stage="l2s-stage2-gain", **fit)  # fmt: skip
                 else:
-                    fit_policy(model, heads[variant], *stage2, config.policy_updates, value,
-                               hard=variant == "hard", stage=f"l2s-stage2-{variant}", **fit)  # fmt: skip
+                    fit_policy(model, head, *stage2, value, hard=variant == "hard",
+                               stage=f"l2s-stage2-{variant}", **fit)  # fmt: skip
         return heads
     with context.timed("train"):
         if method == "fixed":  # the last of the model's ``depth`` steps only
             last = F.one_hot(torch.tensor(model.max_steps - 1), model.max_steps).float()
             fit_predictor(
-                model,
-                train,
-                step_losses,
-                adam(model.parameters()),
-                config.updates,
-                step_weights=last,
-                stage="fixed",
-                **fit,
+                model, *fit_args(model.parameters()), step_weights=last, stage="fixed", **fit
             )
         else:
             model.train()
@@ -229,7 +217,7 @@ def train_method(
                 method,
                 config.updates,
                 lambda step: _loss(method, value, config, model, *train(step)),
-                adam(model.parameters()),
+                torch.optim.Adam(model.parameters(), lr=lr),
                 {"model": model, "batches": train},
                 **fit,
             )

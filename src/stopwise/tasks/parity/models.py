@@ -20,11 +20,7 @@ from ...steps import StepModel
 __all__ = ["HaltingHead", "ParityGRU", "MeanFieldACT", "ACTRule", "step_losses", "posterior_logits"]
 
 
-def _halting_example():
-    return HaltingHead(8, bias=-1.0), torch.randn(6, 8), 4
-
-
-@register_policy("parity-halting", _halting_example)
+@register_policy("parity-halting", lambda: (HaltingHead(8, bias=-1.0), torch.randn(6, 8), 4))
 class HaltingHead(nn.Module):
     """Linear stop logit of the hidden state: ``(B, H) -> (B,)``. Called as a policy
     ``head(features, t)``; it ignores ``t`` (the state carries everything the head sees)."""
@@ -92,7 +88,7 @@ class MeanFieldACT(StepModel):
         self.max_steps = model.max_steps
 
     def start(self, x):
-        state = self.model.start(x)
+        state = self.model.start(x)  # checks the shape of x
         zeros = x.new_zeros(x.shape[0])
         return {**state, "halted": zeros, "output": zeros}
 
@@ -102,8 +98,7 @@ class MeanFieldACT(StepModel):
             h = torch.sigmoid(self.model.halting(state["h"]))
             halted = halted + h
             output = output + h * self.model.predict(state, t - 1)
-        inner = self.model.advance(state, t)
-        return {**inner, "halted": halted, "output": output}
+        return {**self.model.advance(state, t), "halted": halted, "output": output}
 
     def predict(self, state, t):
         return state["output"] + (1 - state["halted"]) * self.model.predict(state, t)

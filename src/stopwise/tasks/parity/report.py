@@ -20,11 +20,8 @@ __all__ = [
     "report",
     "summarize",
     "paired_vs_fixed_depth",
-    "lines_table",
     "sensitivity_lines",
     "halting_at_step_1_table",
-    "budget_curves",
-    "budget_curve_table",
 ]
 
 # one marker per rule of RULES, in its order
@@ -39,7 +36,7 @@ def report(results: list[JobResult], config: ParityConfig) -> Report:
     ]
     lines = summarize(rows)
     paired = paired_vs_fixed_depth(rows, lines)
-    curves = budget_curves(results, lines)
+    curves = _budget_curves(results, lines)
     best = "; ".join(
         f"{line['label']} {100 * line['interpolation_mean']:.2f}% at {line['mean_steps']:.2f} steps"
         for line in lines
@@ -55,8 +52,8 @@ def report(results: list[JobResult], config: ParityConfig) -> Report:
             "dominance": {curve["label"]: curve["dominance"] for curve in curves},
             "rows": rows,
         },
-        table=tables(lines, paired, config) + budget_curve_table(curves),
-        figures=figures(rows, lines, config) | budget_curve_figure(curves),
+        table=_tables(lines, paired, curves, config),
+        figures=_figures(rows, lines, curves, config),
         summary=f"parity, best setting per method ({len(config.seeds)} seed(s), main rule): {best}",
     )
 
@@ -122,11 +119,10 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rivals = [other for other in main if other["label"] == line["label"]]
         best = max(rivals, key=lambda r: (r["validation_accuracy"], -r["validation_steps"]))
         line["best"] = (best["value"], best["lr"]) == (line["value"], line["lr"])
-    order = {name: i for i, name in enumerate(METHODS)}
     return sorted(
         lines,
         key=lambda c: (
-            order[c["method"]],
+            list(METHODS).index(c["method"]),
             c["variant"],
             c["value"],
             c["lr"],
@@ -175,26 +171,26 @@ def _difference(d: dict[str, Any], scale: float = 1.0) -> str:
     return format_interval(d, scale=scale, no_interval=" (1 seed)")
 
 
-def _display(line: dict[str, Any]) -> dict[str, Any]:
-    n = len(line["seeds"])
-    return {
-        **line,
-        "setting": _setting(line),
-        "validation": _pct(line["validation_accuracy"]),
-        "rule_text": f"{line['rule']}" + ("" if line["causal"] else " (non-causal)"),
-        "interp": format_mean_and_sd(
-            line["interpolation_mean"], line["interpolation_std"], n, scale=100
-        ),
-        "interp_min": _pct(line["interpolation_min"]),
-        "extrap": _pct(line["extrapolation_mean"]),
-        "success": f"{line['successes']}/{len(line['seeds'])}",
-        "steps": format_mean_and_sd(line["mean_steps"], line["mean_steps_std"], n),
-    }
-
-
-def lines_table(lines: list[dict[str, Any]]) -> str:
+def _lines_table(lines: list[dict[str, Any]]) -> str:
     """A markdown table of summary lines (one row per method, setting and rule)."""
-    lines = [_display(line) for line in lines]
+    rows = [
+        {
+            **line,
+            "setting": _setting(line),
+            "validation": _pct(line["validation_accuracy"]),
+            "rule_text": line["rule"] + ("" if line["causal"] else " (non-causal)"),
+            "interp": format_mean_and_sd(
+                line["interpolation_mean"], line["interpolation_std"], len(line["seeds"]), scale=100
+            ),
+            "interp_min": _pct(line["interpolation_min"]),
+            "extrap": _pct(line["extrapolation_mean"]),
+            "success": f"{line['successes']}/{len(line['seeds'])}",
+            "steps": format_mean_and_sd(
+                line["mean_steps"], line["mean_steps_std"], len(line["seeds"])
+            ),
+        }
+        for line in lines
+    ]
     extrapolating = any(line["extrapolation_mean"] is not None for line in lines)
     columns = [
         ("label", "method", "s"),
@@ -210,7 +206,7 @@ def lines_table(lines: list[dict[str, Any]]) -> str:
         ("spearman_mean", "Spearman(steps, k)", ".2f"),
         ("train_seconds", "train s", ".0f"),
     ]
-    return markdown_table(lines, columns)
+    return markdown_table(rows, columns)
 
 
 def sensitivity_lines(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -243,9 +239,10 @@ def halting_at_step_1_table(lines: list[dict[str, Any]]) -> str:
     return markdown_table(rows, columns + [(f"k{k}", f"k={k}", "s") for k in ks])
 
 
-def tables(lines: list[dict[str, Any]], paired: list[dict[str, Any]], config: ParityConfig) -> str:
+def _tables(lines: list[dict], paired: list[dict], curves: list[dict], config: ParityConfig) -> str:
     """Markdown: the best setting of every method with all its rules, each paired against fixed
-    depth's best, then the sensitivity of each method's main rule to its hyperparameter."""
+    depth's best, the sensitivity of each method's main rule to its hyperparameter, ACT's
+    step-1 halting, and the budget curves of the stop models beside fixed depth."""
     c = config
     parts = [
         f"Parity n={c.n}, train k∈{c.train_k}, test k∈{c.test_k}; GRU {c.hidden} units, at most "
@@ -257,7 +254,7 @@ def tables(lines: list[dict[str, Any]], paired: list[dict[str, Any]], config: Pa
         "",
         "Best setting of each method (by validation accuracy of its first rule):",
         "",
-        lines_table([line for line in lines if line["best"]]),
+        _lines_table([line for line in lines if line["best"]]),
     ]
     if paired:
         rows = [
@@ -288,21 +285,55 @@ def tables(lines: list[dict[str, Any]], paired: list[dict[str, Any]], config: Pa
     sensitivity = sensitivity_lines(lines)
     if sensitivity:
         title = "Sensitivity to each method's hyperparameter (first rule):"
-        parts += ["", title, "", lines_table(sensitivity)]
+        parts += ["", title, "", _lines_table(sensitivity)]
     if any("halting_at_step_1" in line for line in lines):
         title = "ACT: share (%) of training inputs halting at step 1, by k (mean over seeds):"
         parts += ["", title, "", halting_at_step_1_table(lines)]
     parts += ["", "Rules: " + "; ".join(f"{name}: {text}" for name, (text, _) in RULES.items())]
+    if curves:
+        rows = [
+            {
+                "label": f"{curve['label']} ({curve['setting']})",
+                "steps": f"{p['mean_steps']:.2f}",
+                "stop": f"{100 * p['accuracy']:.2f}",
+                "fixed": f"{100 * p['fixed_accuracy']:.2f}",
+                "gain": _difference(p["stop_minus_fixed"], 100),
+            }
+            for curve in curves
+            for p in curve["points"]
+        ]
+        parts += [
+            "",
+            "Budget curves (hazard thresholds fitted on validation, measured on test; "
+            "interpolation accuracy %) beside the same model stopped at fixed depth (the best mix "
+            "of two depths with the same mean steps):",
+            "",
+            markdown_table(
+                rows,
+                [
+                    ("label", "stop model (best setting)", "s"),
+                    ("steps", "mean steps", "s"),
+                    ("stop", "stop model", "s"),
+                    ("fixed", "same model, fixed depth", "s"),
+                    ("gain", "stop − fixed (points) [95%]", "s"),
+                ],
+            ),
+            "",
+            *(
+                "- " + dominance_line(curve["label"], curve["dominance"], "points", 100)
+                for curve in curves
+            ),
+        ]
     return "\n".join(parts)
 
 
-def budget_curves(results: list[JobResult], lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _budget_curves(results: list[JobResult], lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The budget curve of each method's best setting (stop models only), points matched by
     position across seeds: mean steps and test interpolation accuracy of the stop model, and the
     same model at fixed depth interpolated to the same mean steps, paired over seeds."""
     out = []
     for line in lines:
-        if not (line["best"] and line["main_rule"]) or line["method"] in ("fixed", "act"):
+        if not (line["best"] and line["main_rule"]):
             continue
         per_seed = {
             r.seed: curve
@@ -342,63 +373,9 @@ def budget_curves(results: list[JobResult], lines: list[dict[str, Any]]) -> list
     return out
 
 
-def budget_curve_table(curves: list[dict[str, Any]]) -> str:
-    if not curves:
-        return ""
-    rows = [
-        {
-            "label": f"{curve['label']} ({curve['setting']})",
-            "steps": f"{p['mean_steps']:.2f}",
-            "stop": f"{100 * p['accuracy']:.2f}",
-            "fixed": f"{100 * p['fixed_accuracy']:.2f}",
-            "gain": _difference(p["stop_minus_fixed"], 100),
-        }
-        for curve in curves
-        for p in curve["points"]
-    ]
-    return (
-        "\n\nBudget curves (hazard thresholds fitted on validation, measured on test; interpolation "
-        "accuracy %) beside the same model stopped at fixed depth (the best mix of two depths "
-        "with the same mean steps):\n\n"
-        + markdown_table(
-            rows,
-            [
-                ("label", "stop model (best setting)", "s"),
-                ("steps", "mean steps", "s"),
-                ("stop", "stop model", "s"),
-                ("fixed", "same model, fixed depth", "s"),
-                ("gain", "stop − fixed (points) [95%]", "s"),
-            ],
-        )
-        + "\n\n"
-        + "\n".join(
-            "- " + dominance_line(curve["label"], curve["dominance"], "points", 100)
-            for curve in curves
-        )
-    )
-
-
-def budget_curve_figure(curves: list[dict[str, Any]]) -> dict[str, Any]:
-    if not curves:
-        return {}
-    figure, axes = new_figure(7.5, 4.5)
-    for i, curve in enumerate(curves):
-        steps = [p["mean_steps"] for p in curve["points"]]
-        color = f"C{i % 10}"
-        axes.plot(steps, [100 * p["accuracy"] for p in curve["points"]], "o-", color=color,
-                  markersize=4, label=f"{curve['label']}: stop")  # fmt: skip
-        axes.plot(steps, [100 * p["fixed_accuracy"] for p in curve["points"]], "--",
-                  color=color, label=f"{curve['label']}: same model, fixed depth")  # fmt: skip
-    title = "Parity: budget curves (validation thresholds) vs fixed depth"
-    accuracy = "interpolation accuracy (%)"
-    finish_axes(axes, "mean steps", accuracy, title, legend=6, outside=True, grid=False)
-    return {"budget_curves": figure}
-
-
-def figures(
-    rows: list[dict[str, Any]], lines: list[dict[str, Any]], config: ParityConfig
-) -> dict[str, Any]:
-    """accuracy_vs_steps (every setting, seed and rule), steps_vs_k and accuracy_vs_k (best)."""
+def _figures(rows: list[dict], lines: list[dict], curves: list[dict], config: ParityConfig) -> dict:
+    """accuracy_vs_steps (every setting, seed and rule), steps_vs_k and accuracy_vs_k (best),
+    and budget_curves (each stop model's best setting, when there is one)."""
     labels = list(dict.fromkeys(line["label"] for line in lines))
     colors = {label: f"C{i % 10}" for i, label in enumerate(labels)}
     out = {}
@@ -448,4 +425,17 @@ def figures(
         nonzero = "k (non-zero elements)"
         finish_axes(axes, nonzero, ylabel, title, legend=6, outside=True, grid=False)
         out[name] = figure
+    if curves:
+        figure, axes = new_figure(7.5, 4.5)
+        for i, curve in enumerate(curves):
+            steps = [p["mean_steps"] for p in curve["points"]]
+            color = f"C{i % 10}"
+            axes.plot(steps, [100 * p["accuracy"] for p in curve["points"]], "o-", color=color,
+                      markersize=4, label=f"{curve['label']}: stop")  # fmt: skip
+            axes.plot(steps, [100 * p["fixed_accuracy"] for p in curve["points"]], "--",
+                      color=color, label=f"{curve['label']}: same model, fixed depth")  # fmt: skip
+        title = "Parity: budget curves (validation thresholds) vs fixed depth"
+        accuracy = "interpolation accuracy (%)"
+        finish_axes(axes, "mean steps", accuracy, title, legend=6, outside=True, grid=False)
+        out["budget_curves"] = figure
     return out

@@ -20,34 +20,21 @@ def report(results: list[JobResult], config: ToyConfig) -> Report:
     seeds = sorted(records)
     rows: list[dict[str, Any]] = []
     comparisons = []
+
+    def row(method: str, mean_steps: str, mse: list[float]) -> dict[str, str]:
+        return {"method": method, "mean_steps": mean_steps, "mse": format_mean_sd(mse, ".4f")}
+
     for i, budget in enumerate(config.budgets):
         depth = max(1, round(budget))
         adaptive = {s: records[s]["budgets"][i]["mse"] for s in seeds}
         fixed = {s: records[s]["fixed_depth"][depth - 1]["mse"] for s in seeds}
-        steps = [records[s]["budgets"][i]["mean_steps"] for s in seeds]
-        rows.append(
-            {
-                "method": f"L2S policy (budget {budget:g} steps)",
-                "mean_steps": format_mean_sd(steps),
-                "mse": format_mean_sd(list(adaptive.values()), ".4f"),
-            }
-        )
-        rows.append(
-            {
-                "method": f"fixed depth {depth}",
-                "mean_steps": f"{depth}",
-                "mse": format_mean_sd(list(fixed.values()), ".4f"),
-            }
-        )
+        steps = format_mean_sd([records[s]["budgets"][i]["mean_steps"] for s in seeds])
+        rows.append(row(f"L2S policy (budget {budget:g} steps)", steps, list(adaptive.values())))
+        rows.append(row(f"fixed depth {depth}", f"{depth}", list(fixed.values())))
         comparisons.append({"budget": budget, "depth": depth, **paired_difference(adaptive, fixed)})
     oracle = [records[s]["oracle"] for s in seeds]
-    rows.append(
-        {
-            "method": "oracle stop (needs μ)",
-            "mean_steps": format_mean_sd([o["mean_steps"] for o in oracle]),
-            "mse": format_mean_sd([o["mse"] for o in oracle], ".4f"),
-        }
-    )
+    oracle_steps = format_mean_sd([o["mean_steps"] for o in oracle])
+    rows.append(row("oracle stop (needs μ)", oracle_steps, [o["mse"] for o in oracle]))
     table = markdown_table(
         rows,
         [("method", "method", "s"), ("mean_steps", "mean steps", "s"), ("mse", "test MSE", "s")],
