@@ -55,7 +55,7 @@ def test_a_toy_job_calibrates_on_validation_and_its_oracle_is_the_per_stream_bes
     from stopwise.inference import calibrate
     from stopwise.tasks.toy import experiment
 
-    config = resolve_config(get_experiment("toy"), "tiny", ["budgets=2,4"])[0]
+    config = resolve_config(get_experiment("toy"), "tiny", ["budgets=2.5,4"])[0]
     captured = {}
     train, sweep = experiment.train_l2s, experiment.budget_sweep
 
@@ -116,14 +116,15 @@ def test_a_toy_job_calibrates_on_validation_and_its_oracle_is_the_per_stream_bes
     fixed = [point["mse"] for point in record["fixed_depth"]]
     assert fixed == pytest.approx([sum(errors[t]) / n for t in range(T)], rel=1e-5)
     assert oracle["mse"] <= min(fixed) and not math.isclose(oracle["mse"], min(fixed))
-    # The report's paired difference: budget row minus the plain loop's fixed depth round(b).
+    # The report's paired difference: budget row minus the plain loop's fixed depth ⌈b⌉ (2.5
+    # against depth 3, never the cheaper depth 2 that round-half-to-even gives).
     from stopwise.contract import JobResult
     from stopwise.tasks.toy.report import report
 
     done = JobResult("l2s-s0", "l2s", 0, {}, record, 1.0, 1.0)
     comparisons = report([done], config).results["paired_vs_fixed_depth"]
     for budget, row, comparison in zip(config.budgets, record["budgets"], comparisons, strict=True):
-        depth = round(budget)
+        depth = math.ceil(budget)
         assert comparison["depth"] == depth
         expected = row["mse"] - sum(errors[depth - 1]) / n
         assert comparison["per_seed"][0] == pytest.approx(expected, rel=1e-5, abs=1e-7)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from stopwise.contract import JobResult, Report
@@ -25,7 +26,8 @@ def report(results: list[JobResult], config: ToyConfig) -> Report:
         return {"method": method, "mean_steps": mean_steps, "mse": format_mean_sd(mse, ".4f")}
 
     for i, budget in enumerate(config.budgets):
-        depth = max(1, round(budget))
+        # The cheapest fixed depth that costs at least the budget (never a cheaper rival).
+        depth = math.ceil(budget)
         adaptive = {s: records[s]["budgets"][i]["mse"] for s in seeds}
         fixed = {s: records[s]["fixed_depth"][depth - 1]["mse"] for s in seeds}
         steps = format_mean_sd([records[s]["budgets"][i]["mean_steps"] for s in seeds])
