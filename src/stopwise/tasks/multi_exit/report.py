@@ -45,8 +45,7 @@ def _label(params: dict[str, Any], curve: str) -> str:
 
 
 def _key(name: str, curve: str) -> str:
-    """The key of a (job, stop model) line: the job name, with "(policy)" or "(gain head)" for
-    a learned stop model's curve."""
+    """The key of a (job, stop model) line: the job name, and a learned stop model's name."""
     return name if curve == "confidence" else f"{name} ({CURVES[curve]})"
 
 
@@ -306,15 +305,13 @@ def _table(results: dict[str, Any], config: MultiExitConfig) -> str:
             for k, v in results["dominance"].items()
         ),
     ]
-    if results["gain_minus_confidence_worst_gain"]:
+    gains = results["gain_minus_confidence_worst_gain"]
+    if gains:
         parts += [
             "",
             "Worst gain over fixed depth, gain head − confidence thresholds of the same network "
             "(accuracy points, paired over seeds, 95% interval): "
-            + "; ".join(
-                f"{job}: {_interval_text(d)}"
-                for job, d in results["gain_minus_confidence_worst_gain"].items()
-            )
+            + "; ".join(f"{job}: {_interval_text(d)}" for job, d in gains.items())
             + ".",
         ]
     for line in results["l2s_selected"]:
