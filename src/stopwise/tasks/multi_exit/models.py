@@ -56,9 +56,9 @@ class BatchNorm(nn.Module):
     buffer updates.
     """
 
-    def __init__(self, channels: int, momentum: float = 0.1, eps: float = 1e-5):
+    def __init__(self, channels: int):
         super().__init__()
-        self.momentum, self.eps, self.update_stats = momentum, eps, True
+        self.momentum, self.eps, self.update_stats = 0.1, 1e-5, True  # nn.BatchNorm's defaults
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
         self.register_buffer("running_mean", torch.zeros(channels))
@@ -345,21 +345,16 @@ def fold_stem(model: MultiExitCNN) -> MultiExitCNN:
 
 
 def inference_copy(
-    model: MultiExitCNN,
-    batchnorm: bool = True,
-    stem: bool = True,
-    channels_last_from: int | None = 1,
+    model: MultiExitCNN, stem: bool = True, channels_last_from: int | None = 1
 ) -> MultiExitCNN:
     """An eval-mode copy of ``model`` for fast CPU inference, computing the same function with
     the same multiply-adds (the step costs are kept): BatchNorm folded into the convolutions
-    (:func:`fold_batchnorm`), the stem folded into the first convolution (:func:`fold_stem`),
+    (:func:`fold_batchnorm`), the stem folded into the first one (``stem``, :func:`fold_stem`),
     and, for 2-D models, the blocks and heads from step ``channels_last_from`` (0-based; None:
     none) on in channels-last memory. oneDNN's wider convolutions run faster on NHWC maps, but
     the 16-channel 7×7 ones of the first block run slower, so the default keeps step 0 in NCHW
     (benchmarks/multi_exit_speed.py measures every variant)."""
-    fast = copy.deepcopy(model).eval()
-    if batchnorm:
-        fold_batchnorm(fast)
+    fast = fold_batchnorm(copy.deepcopy(model).eval())
     if stem:
         fold_stem(fast)
     if channels_last_from is not None and fast.dims == 2:
@@ -380,9 +375,9 @@ class ExitPolicy(nn.Module):
     MLP over :func:`~stopwise.policies.classifier_features` (max probability, entropy, margin)
     and a one-hot exit encoding."""
 
-    def __init__(self, exits: int, hidden: tuple[int, ...] = (32,), init_bias: float = 0.0):
+    def __init__(self, exits: int, hidden: tuple[int, ...] = (32,)):
         super().__init__()
-        self.mlp = MLPPolicy(3, exits, hidden=hidden, init_bias=init_bias)
+        self.mlp = MLPPolicy(3, exits, hidden=hidden)
 
     def forward(self, logits: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
         return self.mlp(classifier_features(logits), t)
