@@ -236,9 +236,8 @@ def select_beta(job: Job, context: JobContext) -> dict[str, Any]:
     along the validation costs), among the L2S jobs and, for confidence thresholds, uniform
     training (β → ∞). Its test accuracy at that budget is read off its test curve."""
     config: MultiExitConfig = context.config
-    full = float(context.dependency(job.after[0]).record["step_costs"][-1])
-    budgets = [b * full for b in config.budgets]
     records = {name: context.dependency(name).record for name in job.after}
+    budgets = [b * float(records[job.after[0]]["step_costs"][-1]) for b in config.budgets]
     betas = {name: context.dependency(name).params.get("beta")  # None: uniform, β → ∞
              for name in job.after}  # fmt: skip
     chosen: dict[str, Any] = {}
@@ -249,6 +248,9 @@ def select_beta(job: Job, context: JobContext) -> dict[str, Any]:
             {"job": pick["choice"], "beta": betas.get(pick["choice"]), **pick} for pick in picks
         ]
     return {"budgets": config.budgets, "candidates": betas, "chosen": chosen}
+
+
+QUANTILES = [0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99]
 
 
 @torch.no_grad()
@@ -273,9 +275,6 @@ def _final_weights(weight_net, model, splits, config) -> dict[str, Any]:
         ],
         "rows_by_allocated_exit": torch.bincount(groups, minlength=K),
     }
-
-
-QUANTILES = [0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99]
 
 
 @torch.no_grad()
