@@ -353,7 +353,7 @@ def inference_copy(
     and, for 2-D models, the blocks and heads from step ``channels_last_from`` (0-based; None:
     none) on in channels-last memory. oneDNN's wider convolutions run faster on NHWC maps, but
     the 16-channel 7×7 ones of the first block run slower, so the default keeps step 0 in NCHW
-    (benchmarks/multi_exit_speed.py measures every variant)."""
+    and converts only the rows that go on (benchmarks/multi_exit_speed.py measures each)."""
     fast = fold_batchnorm(copy.deepcopy(model).eval())
     if stem:
         fold_stem(fast)
