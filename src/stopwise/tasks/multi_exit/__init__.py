@@ -1,13 +1,8 @@
 """Multi-exit classification with budgeted early exit: uniform and SDN-weighted deep
 supervision, L2W sample weighting (Han et al., ECCV 2022) and L2S exit policies (Chen et al.,
 ICML 2020) on one MSDNet-like backbone, evaluated with MSDNet's budgeted protocol and run for
-real through ``run_adaptive``.
-
-Modules: :mod:`.config` (typed config, presets), :mod:`.data` (Fashion-MNIST IDX files, MNIST-1D,
-digits), :mod:`.models` (the multi-exit CNN step model, its MACs, the L2S exit policy),
-:mod:`.l2w` (weight net, meta allocation, functional virtual step, meta gradients),
-:mod:`.methods` (training), :mod:`.metrics`, :mod:`.experiment` (jobs, run_job) and
-:mod:`.report`. See docs/multi_exit.md.
+real through ``run_adaptive``. The task folder's usual modules, and :mod:`.l2w` (L2W's weight
+net, meta allocation, functional virtual step and meta gradients). See docs/multi_exit.md.
 """
 
 from __future__ import annotations

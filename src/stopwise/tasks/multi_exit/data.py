@@ -77,26 +77,29 @@ class Splits:
 # ---------------------------------------------------------------- IDX files
 
 
-def _check_magic(path: Path, head: bytes) -> None:
-    """An IDX file starts with 2 zero bytes, a known type byte and a rank byte."""
-    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in IDX_TYPES:
+def _idx_bytes(path: Path, size: int = -1) -> bytes:
+    """The first ``size`` bytes (-1: all) of an IDX file, gunzipped if it is gzipped, checked to
+    start as an IDX file does: 2 zero bytes, a known type byte and a rank byte."""
+    try:
+        with path.open("rb") as handle:
+            gzipped = handle.read(2) == b"\x1f\x8b"
+        with gzip.open(path, "rb") if gzipped else path.open("rb") as handle:
+            raw = handle.read(size)
+    except (OSError, EOFError, gzip.BadGzipFile) as error:
+        raise DataError(f"cannot read IDX file {path}: {error}. {HOW_TO_GET}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_TYPES:
         raise DataError(
-            f"{path} is not an IDX file (bad magic number {head[:4].hex() or 'empty'}; expected "
+            f"{path} is not an IDX file (bad magic number {raw[:4].hex() or 'empty'}; expected "
             f"00 00 <type> <rank>). {HOW_TO_GET}"
         )
+    return raw
 
 
 def read_idx(path: str | Path) -> np.ndarray:
     """Read an IDX file (gzipped or raw): 2 zero bytes, a type byte, a rank byte, big-endian
     uint32 sizes, then the data. Raises :class:`DataError` naming the file on any mismatch."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError, gzip.BadGzipFile) as error:
-        raise DataError(f"cannot read IDX file {path}: {error}. {HOW_TO_GET}") from None
-    _check_magic(path, raw)
+    raw = _idx_bytes(path)
     rank = raw[3]
     header = 4 + 4 * rank
     if len(raw) < header:
@@ -114,19 +117,11 @@ def read_idx(path: str | Path) -> np.ndarray:
 
 def idx_shape(path: str | Path, rank: int) -> tuple[int, ...]:
     """The sizes in an IDX file's header (gzipped or raw), read without the data: 4 magic bytes
-    and ``rank`` big-endian uint32 sizes (16 bytes for images, 8 for labels). Raises
-    :class:`DataError` naming the file when the header is not an IDX header of that rank."""
+    and ``rank`` big-endian uint32 sizes. Raises :class:`DataError` naming the file when the
+    header is not an IDX header of that rank."""
     path = Path(path)
     size = 4 + 4 * rank
-    try:
-        with path.open("rb") as handle:
-            head = handle.read(size)
-        if head[:2] == b"\x1f\x8b":
-            with gzip.open(path, "rb") as handle:
-                head = handle.read(size)
-    except (OSError, EOFError, gzip.BadGzipFile) as error:
-        raise DataError(f"cannot read IDX file {path}: {error}. {HOW_TO_GET}") from None
-    _check_magic(path, head)
+    head = _idx_bytes(path, size)
     if head[3] != rank or len(head) < size:
         raise DataError(
             f"{path}: an IDX header of rank {head[3]} ({len(head)} bytes read); expected rank "
@@ -349,22 +344,19 @@ def check_data(config) -> None:
     files' row counts read from their headers), a ``stem`` that does not divide the input size,
     and missing Fashion-MNIST files (:class:`DataError`, a ValueError, names the key, or each
     path tried)."""
-    train_rows = config.train_size
-    if config.dataset == "fashion-mnist":
+    what, test_size, test_rows = config.dataset, config.test_size, None
+    if config.dataset == "fashion-mnist":  # the test rows are the IDX test files'
         rows, test_rows, size = idx_sizes(config.data_dir)
         folder, _ = resolve_data_dir(config.data_dir)
-        what = f"the IDX training file in {folder}"
-        check_sizes(rows, config.val_size, 0, config.train_size, what)
-        if test_rows < 1:
-            raise DataError(f"the IDX test files in {folder} hold no rows. {HOW_TO_GET}")
-        train_rows = train_rows or rows - config.val_size
+        what, test_size = f"the IDX training file in {folder}", 0
+    elif config.dataset == "mnist1d":
+        rows, size = len(config.mnist1d_noise) * config.mnist1d_per_level, (MNIST1D_LENGTH,)
     else:
-        if config.dataset == "mnist1d":
-            rows, size = len(config.mnist1d_noise) * config.mnist1d_per_level, (MNIST1D_LENGTH,)
-        else:
-            rows, size = DIGITS_ROWS, DIGITS_SIZE
-        check_sizes(rows, config.val_size, config.test_size, config.train_size, config.dataset)
-        train_rows = train_rows or rows - config.val_size - config.test_size
+        rows, size = DIGITS_ROWS, DIGITS_SIZE
+    check_sizes(rows, config.val_size, test_size, config.train_size, what)
+    if test_rows == 0:
+        raise DataError(f"the IDX test files in {folder} hold no rows. {HOW_TO_GET}")
+    train_rows = config.train_size or rows - config.val_size - test_size
     if any(n % config.stem for n in size):
         raise DataError(
             f"stem {config.stem} must divide the input size {'×'.join(map(str, size))} of "

@@ -4,9 +4,9 @@ weights and batch order for every method of a seed), chooses its thresholds on v
 measures the test split once: the fixed exits, MSDNet's budgeted curve of the confidence
 thresholds, the L2S policy's budget curve (with ``gain_head``, the gain head's too), every
 curve point's own rule run for real through ``run_adaptive(mode=config.inference_mode)`` (its
-accuracy and mean cost checked against the point's), and the wall-clock of early exit against the full network. The selection job ``l2s`` reads the L2S
-jobs' records (and uniform training's, β → ∞) and picks, per budget, the β whose curve is best
-on validation."""
+accuracy and mean cost checked against the point's), and the wall-clock of early exit against
+the full network. The selection job ``l2s`` reads the L2S jobs' records (and uniform
+training's, β → ∞) and picks, per budget, the β whose curve is best on validation."""
 
 from __future__ import annotations
 
@@ -40,11 +40,10 @@ from .models import exit_losses
 
 __all__ = ["jobs", "run_job", "data_params", "l2s_job_name", "SELECT_L2S"]
 
-# What every job reads, but the report's keys (budgets unless timed, log_every). The data folder
-# (data_dir, else $STOPWISE_DATA, else the default) is not a key: a training job of a data set
-# read from files carries the resolved folder in its params (``data_params``), so a rerun into
-# the same --out with another folder is refused as changed settings, never served the jobs
-# trained on the first folder's files. The generated data sets (mnist1d, digits) read no folder.
+# What every job reads, but the report's keys. The data folder (data_dir, else $STOPWISE_DATA,
+# else the default) is not a key: a training job on IDX files carries their digest in its params
+# (``data_params``), so a rerun into the same --out with other files is refused as changed
+# settings, never served the jobs trained on the first files.
 SHARED_KEYS = (
     "dataset", "val_size", "test_size", "train_size", "split_seed", "mnist1d_noise",
     "mnist1d_per_level", "stem", "channels", "strides", "head_width", "epochs", "batch_size",
@@ -52,12 +51,7 @@ SHARED_KEYS = (
 )  # fmt: skip
 METHOD_KEYS = {"sdn": ("sdn_weights",), "l2s": ("l2s",), **{m: ("l2w",) for m in L2W_VARIANTS}}
 GAIN_KEYS = ("gain_head", "gain_updates", "gain_price")  # every trained network's gain head
-COSTS = {
-    "l2w": 4.0,
-    "l2w-last": 4.0,
-    "l2w-all": 4.0,
-    "l2w-fo": 2.5,
-}  # relative training cost (worker order)
+COSTS = {"l2w": 4.0, "l2w-last": 4.0, "l2w-all": 4.0, "l2w-fo": 2.5}  # relative, for worker order
 SELECT_L2S = "l2s-select"  # the method of the job that picks L2S's β on validation
 
 
@@ -90,12 +84,9 @@ def jobs(config: MultiExitConfig) -> list[Job]:
             params = {"method": method, **data}
             out.append(Job(method, params, keys=keys, cost=COSTS.get(method, 1.0)))
             continue
-        names = [l2s_job_name(beta) for beta in config.l2s.betas]
-        out += [
-            Job(name, {"method": "l2s", "beta": beta, **data}, keys=keys)
-            for name, beta in zip(names, config.l2s.betas, strict=True)
-        ]
-        after = tuple(names) + (("uniform",) if "uniform" in config.methods else ())
+        names = {l2s_job_name(beta): beta for beta in config.l2s.betas}
+        out += [Job(n, {"method": "l2s", "beta": b, **data}, keys=keys) for n, b in names.items()]
+        after = (*names, "uniform") if "uniform" in config.methods else tuple(names)
         out.append(Job("l2s", {"method": SELECT_L2S}, after=after, keys=("budgets",), cost=0.0))
     return out
 
@@ -117,49 +108,51 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
 
     # The stop models and their cumulative costs per exit: confidence thresholds (the
     # network's MACs alone: a softmax), L2S's policy and the gain head (their own MACs added).
-    policies = {"confidence": ConfidencePolicy()}
-    policy_costs = {"confidence": costs}
+    stops = {"confidence": (ConfidencePolicy(), costs)}
     if trained.policy is not None:
-        policies["policy"] = trained.policy
-        policy_costs["policy"] = head_costs(model, trained.policy)
+        stops["policy"] = (trained.policy, head_costs(model, trained.policy))
     if config.gain_head:
         with context.timed("gain-head"):
-            policies["gain"] = head = fit_gain(model, splits, config, context)
-        policy_costs["gain"] = head_costs(model, head)
-    learned = [name for name in policies if name != "confidence"]
+            head = fit_gain(model, splits, config, context)
+        stops["gain"] = (head, head_costs(model, head))
 
     # Every choice on validation: MSDNet's per-exit thresholds for each p (the confidence
     # curve's points; the timed rules are those nearest each budget, a fraction of the full
     # MACs), and the learned stop models' budget curves below.
     val_logits = exit_logits(model, splits.val_x, config.eval_batch)
-    val_scores = {name: exit_hazards(policy, val_logits) for name, policy in policies.items()}
+    val_correct = val_logits.argmax(-1) == splits.val_y.unsqueeze(1)
+    val_scores = {name: exit_hazards(policy, val_logits) for name, (policy, _) in stops.items()}
     fitted = msdnet_thresholds(val_scores["confidence"], costs)
-    budgets = [b * float(costs[-1]) for b in config.budgets]
-    timed_rules = [_msdnet_rule(fitted, "val_mean_cost", b) for b in budgets]
+    timed_rules = {
+        f"{b:g}": _msdnet_rule(fitted, "val_mean_cost", b * float(costs[-1]))
+        for b in config.budgets
+    }
 
     # The test split, once: fixed exits, budget curves, the rules run for real.
     test_x, test_y = test.open()
     test_logits = exit_logits(model, test_x, config.eval_batch)
     correct = test_logits.argmax(-1) == test_y.unsqueeze(1)  # (N, K)
-    metric = exit_metric(correct)
-    test_scores = {name: exit_hazards(policies[name], test_logits) for name in policies}
-    curves = {"confidence": apply_thresholds(fitted, test_scores["confidence"], metric, costs)}
-    val_costs = [point["val_mean_cost"] for point in fitted]
-    val_correct = val_logits.argmax(-1) == splits.val_y.unsqueeze(1)
-    val_metric = exit_metric(val_correct)
-    decision_costs = {"confidence": None}  # a stop head's own MACs, skipped before a floor
-    for name in learned:
-        cheapest = float(policy_costs[name][0])  # a gain head's exit 1 costs a bit more
-        head = policy_costs[name] - costs
-        decision_costs[name] = torch.diff(head, prepend=head.new_zeros(1))
-        curves[name] = budget_sweep(
-            val_scores[name], test_scores[name], [max(b, cheapest) for b in val_costs], metric,
-            costs=policy_costs[name], val_metric=lambda i: val_metric(i)["accuracy"],
-            decision_costs=decision_costs[name],
-        )  # fmt: skip
-    # Each curve point's accuracy on validation, where its rule was fitted (for choosing β).
-    for name, curve in curves.items():
-        with_validation_accuracy(curve, val_scores[name], val_correct)
+    metric, val_metric = exit_metric(correct), exit_metric(val_correct)
+    test_scores = {name: exit_hazards(policy, test_logits) for name, (policy, _) in stops.items()}
+    curves, adaptive = {}, {}
+    for name, (policy, spent) in stops.items():
+        if name == "confidence":
+            curve = apply_thresholds(fitted, test_scores[name], metric, costs)
+            decision_costs = None
+        else:  # a stop head's own MACs per exit, skipped before a floor
+            head = spent - costs
+            decision_costs = torch.diff(head, prepend=head.new_zeros(1))
+            # Budgets: the confidence curve's validation costs (a gain head's exit 1 costs more).
+            budgets = [max(point["val_mean_cost"], float(spent[0])) for point in fitted]
+            curve = budget_sweep(
+                val_scores[name], test_scores[name], budgets, metric, costs=spent,
+                val_metric=lambda i: val_metric(i)["accuracy"], decision_costs=decision_costs,
+            )  # fmt: skip
+        # Each point's accuracy on validation, where its rule was fitted (for choosing β).
+        curves[name] = with_validation_accuracy(curve, val_scores[name], val_correct)
+        adaptive[name] = _run_for_real(
+            model, policy, spent, decision_costs, curve, test_scores[name], (test_x, test_y), config
+        )
     record: dict[str, Any] = {
         "data": {"dataset": splits.name, **splits.sizes(), **splits.info},
         "updates": trained.updates,
@@ -171,20 +164,7 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
             len(test_y), metric, torch.ones(len(costs), dtype=torch.bool), costs
         ),
         "curves": curves,
-        "adaptive": {
-            name: _run_for_real(
-                model,
-                policies[name],
-                curves[name],
-                policy_costs[name],
-                decision_costs[name],
-                test_scores[name],
-                test_x,
-                test_y,
-                config,
-            )
-            for name in curves
-        },
+        "adaptive": adaptive,
     }
     if splits.test_group is not None:  # MNIST-1D noise levels, at p = 1 (uniform exits)
         index = stop_indices(test_scores["confidence"], _msdnet_rule(fitted, "p", 1.0))
@@ -195,9 +175,8 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
         record["weights_final"] = _final_weights(trained.weight_net, model, splits, config)
         record["weights_vs_loss"] = _weights_vs_loss(trained.weight_net, model, splits, config)
     if method in config.timing.methods:
-        named = dict(zip([f"{b:g}" for b in config.budgets], timed_rules, strict=True))
         record["timing"] = time_early_exit(
-            model, test_x, named, config.timing.batch, config.timing.repeats
+            model, test_x, timed_rules, config.timing.batch, config.timing.repeats
         )
     return record
 
@@ -211,24 +190,24 @@ def _msdnet_rule(fitted: list[dict[str, Any]], key: str, value: float) -> ScoreT
 
 @torch.no_grad()
 def _run_for_real(
-    model, policy, curve, costs, decision_costs, test_hazards, test_x, test_y, config
+    model, policy, costs, decision_costs, curve, test_hazards, test, config
 ) -> list[dict[str, Any]]:
     """Per point of a budget ``curve``: its own rule (``selection.point_rule``: thresholds, a
-    floor, a mix) run with ``run_adaptive`` on the test split in the configured mode. Its
-    accuracy and mean cost (cumulative ``costs`` per exit, less the ``decision_costs`` before
-    the point's floor, which the rule skips, as the curve counts them), whether its exits equal
-    those the vectorised evaluation picks from the test hazards, and whether its accuracy and
-    mean cost equal the point's (``matches_curve``: the curve's numbers are the rule's)."""
-    out = []
+    floor, a mix) run with ``run_adaptive`` on the ``test`` split ``(x, y)`` in the configured
+    mode. Its accuracy and mean cost (cumulative ``costs`` per exit, less the
+    ``decision_costs`` before the point's floor, which the rule skips, as the curve counts
+    them), whether its exits equal those the vectorised evaluation picks from the test hazards,
+    and whether its accuracy and mean cost equal the point's (``matches_curve``: the curve's
+    numbers are the rule's)."""
+    (test_x, test_y), out = test, []
     valid = torch.ones(len(costs), dtype=torch.bool)
     ran: dict[str, tuple] = {}  # larger budgets often keep a cheaper budget's rule: run it once
     for point in curve:
         rule = point_rule(point)
         key = json.dumps([point["score_threshold"], point.get("mix"), point.get("floor_steps")])
         if key not in ran:
-            spent = costs
-            if decision_costs is not None:
-                spent = floored_costs(costs, decision_costs, valid, point["floor_steps"] - 1)
+            floor = point.get("floor_steps", 1) - 1  # MSDNet's points have no floor
+            spent = floored_costs(costs, decision_costs, valid, floor)
             result = run_adaptive(
                 model, policy, test_x, rule, config.inference_mode, None, spent, config.eval_batch
             )
@@ -257,9 +236,8 @@ def select_beta(job: Job, context: JobContext) -> dict[str, Any]:
     along the validation costs), among the L2S jobs and, for confidence thresholds, uniform
     training (β → ∞). Its test accuracy at that budget is read off its test curve."""
     config: MultiExitConfig = context.config
-    full = float(context.dependency(job.after[0]).record["step_costs"][-1])
-    budgets = [b * full for b in config.budgets]
     records = {name: context.dependency(name).record for name in job.after}
+    budgets = [b * float(records[job.after[0]]["step_costs"][-1]) for b in config.budgets]
     betas = {name: context.dependency(name).params.get("beta")  # None: uniform, β → ∞
              for name in job.after}  # fmt: skip
     chosen: dict[str, Any] = {}
@@ -270,6 +248,9 @@ def select_beta(job: Job, context: JobContext) -> dict[str, Any]:
             {"job": pick["choice"], "beta": betas.get(pick["choice"]), **pick} for pick in picks
         ]
     return {"budgets": config.budgets, "candidates": betas, "chosen": chosen}
+
+
+QUANTILES = [0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99]
 
 
 @torch.no_grad()
@@ -294,9 +275,6 @@ def _final_weights(weight_net, model, splits, config) -> dict[str, Any]:
         ],
         "rows_by_allocated_exit": torch.bincount(groups, minlength=K),
     }
-
-
-QUANTILES = [0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99]
 
 
 @torch.no_grad()

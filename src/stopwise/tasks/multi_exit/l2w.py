@@ -92,15 +92,11 @@ class WeightNet(nn.Module):
             nn.init.zeros_(self.net[-1].weight)
             nn.init.zeros_(self.net[-1].bias)
 
-    def raw(self, losses: torch.Tensor) -> torch.Tensor:
-        """``(B, K)`` centred g(ℓ) − mean_k g(ℓ)."""
+    def forward(self, losses: torch.Tensor) -> torch.Tensor:
         if losses.dim() != 2 or losses.shape[1] != self.exits:
             raise ValueError(f"losses must be (B, {self.exits}); got {tuple(losses.shape)}")
         g = torch.tanh(self.net(losses))
-        return g - g.mean(dim=1, keepdim=True)
-
-    def forward(self, losses: torch.Tensor) -> torch.Tensor:
-        w = 1 + self.delta * self.raw(losses)
+        w = 1 + self.delta * (g - g.mean(dim=1, keepdim=True))
         return w.clamp_min(0) if self.clamp else w
 
 

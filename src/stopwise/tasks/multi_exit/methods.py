@@ -79,7 +79,6 @@ class WeightLog:
         self.negative = torch.zeros(exits, dtype=torch.long)
         self.rows = 0
         self.low, self.high = math.inf, -math.inf
-        self.meta_steps = 0
         self.grad_norm_sum = torch.zeros(self.QUARTERS, dtype=torch.float64)
         self.grad_norm_count = torch.zeros(self.QUARTERS, dtype=torch.long)
 
@@ -91,7 +90,6 @@ class WeightLog:
 
     def meta_step(self, step: int, grad_norm: float) -> None:
         quarter = min(self.QUARTERS * step // max(self.updates, 1), self.QUARTERS - 1)
-        self.meta_steps += 1
         self.grad_norm_sum[quarter] += grad_norm
         self.grad_norm_count[quarter] += 1
 
@@ -105,7 +103,7 @@ class WeightLog:
     def summary(self) -> dict[str, Any]:
         counts = self.grad_norm_count.clamp_min(1).double()
         return {
-            "meta_steps": self.meta_steps,
+            "meta_steps": int(self.grad_norm_count.sum()),
             "negative_fraction": float(self.negative.sum())
             / max(self.rows * len(self.negative), 1),
             "negative_per_exit_fraction": (self.negative.double() / max(self.rows, 1)).tolist(),

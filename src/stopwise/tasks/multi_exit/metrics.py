@@ -79,13 +79,12 @@ def exit_metric(correct: torch.Tensor) -> Callable[[torch.Tensor], dict[str, Any
     return metric
 
 
-def msdnet_thresholds(
-    val_scores: torch.Tensor, costs: torch.Tensor, p_grid: list[float] = P_GRID
-) -> list[dict[str, Any]]:
-    """For each p, MSDNet's per-exit thresholds fitted on validation scores ``(N, K)`` for
-    q_k ∝ p^k, and the mean cost they give there: ``[{"p", "score_threshold", "val_mean_cost"}]``."""
+def msdnet_thresholds(val_scores: torch.Tensor, costs: torch.Tensor) -> list[dict[str, Any]]:
+    """For each p of ``P_GRID``, MSDNet's per-exit thresholds fitted on validation scores
+    ``(N, K)`` for q_k ∝ p^k, and the mean cost they give there:
+    ``[{"p", "score_threshold", "val_mean_cost"}]``."""
     points = []
-    for p in p_grid:
+    for p in P_GRID:
         thresholds = fit_exit_thresholds(val_scores, exit_distribution(p, val_scores.shape[1]))
         cost = float(costs[stop_indices(val_scores, ScoreThreshold(thresholds))].mean())
         points.append({"p": p, "score_threshold": thresholds.tolist(), "val_mean_cost": cost})

@@ -7,22 +7,12 @@ convolution, batch norm, ReLU, global average pooling and a linear layer, like M
 classifiers, Huang et al. 2018 §4) turns it into class logits. The same code builds the 2-D
 network for images ``(B, 1, H, W)`` and the 1-D one for signals ``(B, 1, L)``. The state is
 ``{"h": feature map, "logits": (B, C)}``; ``predict`` (and so the default ``features``) returns
-the logits of exit t (a stopping policy sees only them); ``forward(x)`` returns all exits,
-``(B, K, C)``.
+the logits of exit t (a stopping policy sees only them).
 
 :func:`count_step_macs` counts the multiply-adds of convolutions and linear layers (batch norm,
-ReLU, pooling and the softmax are not counted) once, with forward hooks on a batch of one. A
-convolution with C_in input channels, G groups, a kernel of k elements and an output of
-C_out × (positions) does ``C_out · positions · C_in/G · k``; a linear layer ``in · out`` per row.
+ReLU, pooling and the softmax are not counted) once, with forward hooks on a batch of one.
 Step t counts everything in ``advance(state, t)``, block t *and* exit head t, so the cumulative
 cost of stopping at exit k includes every earlier head, as it does at inference.
-
-:class:`ExitPolicy` is the L2S stage-II policy over an exit's logits (registered as
-``"exit-mlp"``).
-
-:func:`inference_copy` makes the copy that early exit runs fastest on a CPU (BatchNorm folded into
-the convolutions, the space-to-depth stem folded into the first convolution, channels-last
-memory); it computes the same function with the same multiply-adds.
 """
 
 from __future__ import annotations
@@ -66,9 +56,9 @@ class BatchNorm(nn.Module):
     buffer updates.
     """
 
-    def __init__(self, channels: int, momentum: float = 0.1, eps: float = 1e-5):
+    def __init__(self, channels: int):
         super().__init__()
-        self.momentum, self.eps, self.update_stats = momentum, eps, True
+        self.momentum, self.eps, self.update_stats = 0.1, 1e-5, True  # nn.BatchNorm's defaults
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
         self.register_buffer("running_mean", torch.zeros(channels))
@@ -233,7 +223,9 @@ def exit_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def module_macs(module: nn.Module, output: torch.Tensor) -> int:
-    """Multiply-adds of one call of a conv or linear ``module`` that produced ``output``."""
+    """Multiply-adds of one call of a conv or linear ``module`` that produced ``output``: a
+    convolution with C_in input channels, G groups and a kernel of k elements does
+    ``C_in/G · k`` per output element, a linear layer ``in · out`` per row."""
     if isinstance(module, nn.modules.conv._ConvNd):
         kernel = math.prod(module.kernel_size)
         per_output = module.in_channels // module.groups * kernel
@@ -353,23 +345,16 @@ def fold_stem(model: MultiExitCNN) -> MultiExitCNN:
 
 
 def inference_copy(
-    model: MultiExitCNN,
-    batchnorm: bool = True,
-    stem: bool = True,
-    channels_last_from: int | None = 1,
+    model: MultiExitCNN, stem: bool = True, channels_last_from: int | None = 1
 ) -> MultiExitCNN:
     """An eval-mode copy of ``model`` for fast CPU inference, computing the same function with
     the same multiply-adds (the step costs are kept): BatchNorm folded into the convolutions
-    (``batchnorm``, :func:`fold_batchnorm`), the space-to-depth stem folded into the first
-    convolution (``stem``, :func:`fold_stem`), and, for 2-D models, the blocks and heads from
-    step ``channels_last_from`` (0-based; None: none) on in channels-last memory, the feature
-    map converted as it enters that step. oneDNN's wider convolutions run faster on NHWC maps,
-    but the 16-channel 7×7 ones of the first block run slower, so the default keeps step 0 in
-    NCHW: at a low budget only the rows that go on are converted
-    (benchmarks/multi_exit_speed.py measures every variant)."""
-    fast = copy.deepcopy(model).eval()
-    if batchnorm:
-        fold_batchnorm(fast)
+    (:func:`fold_batchnorm`), the stem folded into the first one (``stem``, :func:`fold_stem`),
+    and, for 2-D models, the blocks and heads from step ``channels_last_from`` (0-based; None:
+    none) on in channels-last memory. oneDNN's wider convolutions run faster on NHWC maps, but
+    the 16-channel 7×7 ones of the first block run slower, so the default keeps step 0 in NCHW
+    and converts only the rows that go on (benchmarks/multi_exit_speed.py measures each)."""
+    fast = fold_batchnorm(copy.deepcopy(model).eval())
     if stem:
         fold_stem(fast)
     if channels_last_from is not None and fast.dims == 2:
@@ -390,9 +375,9 @@ class ExitPolicy(nn.Module):
     MLP over :func:`~stopwise.policies.classifier_features` (max probability, entropy, margin)
     and a one-hot exit encoding."""
 
-    def __init__(self, exits: int, hidden: tuple[int, ...] = (32,), init_bias: float = 0.0):
+    def __init__(self, exits: int, hidden: tuple[int, ...] = (32,)):
         super().__init__()
-        self.mlp = MLPPolicy(3, exits, hidden=hidden, init_bias=init_bias)
+        self.mlp = MLPPolicy(3, exits, hidden=hidden)
 
     def forward(self, logits: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
         return self.mlp(classifier_features(logits), t)

@@ -10,7 +10,7 @@ import statistics
 from typing import Any
 
 from ...contract import JobResult, Report
-from ...curves import dominance, dominance_line
+from ...curves import dominance, dominance_line, mean_curve
 from ...reporting import finish_axes, markdown_table, new_figure
 from ...stats import format_interval, format_mean_and_sd, mean_sd, paired_difference
 from .config import METHODS, MultiExitConfig
@@ -45,14 +45,8 @@ def _label(params: dict[str, Any], curve: str) -> str:
 
 
 def _key(name: str, curve: str) -> str:
-    """The key of a (job, stop model) line: the job name, with "(policy)" or "(gain head)" for
-    a learned stop model's curve."""
+    """The key of a (job, stop model) line: the job name, and a learned stop model's name."""
     return name if curve == "confidence" else f"{name} ({CURVES[curve]})"
-
-
-def _columns(rows_per_seed: list[list[dict[str, Any]]], key: str) -> list[list[Any]]:
-    """``key`` of the i-th row of every seed, for each i."""
-    return [[row.get(key) for row in rows] for rows in zip(*rows_per_seed, strict=True)]
 
 
 def _adaptive_means(adaptive: list[list[dict[str, Any]]]) -> dict[str, Any]:
@@ -62,9 +56,10 @@ def _adaptive_means(adaptive: list[list[dict[str, Any]]]) -> dict[str, Any]:
     no point-by-point mean, and the fields are None."""
     if len({len(a) for a in adaptive}) != 1:
         return {"adaptive_accuracy_mean": None, "adaptive_mean_cost": None}
+    means = mean_curve(adaptive)
     return {
-        "adaptive_accuracy_mean": [statistics.fmean(c) for c in _columns(adaptive, "accuracy")],
-        "adaptive_mean_cost": [statistics.fmean(c) for c in _columns(adaptive, "mean_cost")],
+        "adaptive_accuracy_mean": [m["accuracy"] for m in means],
+        "adaptive_mean_cost": [m["mean_cost"] for m in means],
     }
 
 
@@ -88,16 +83,12 @@ def _line(name, params, curve, records: dict[int, dict[str, Any]], budget_macs, 
     curve), per fixed exit, run for real; training time; the mean curve."""
     seeds = sorted(records)
     curves = [records[s]["curves"][curve] for s in seeds]
-    per_seed = {s: accuracy_at_budgets(c, budget_macs) for s, c in zip(seeds, curves, strict=True)}
     fixed = [records[s]["fixed_depth"] for s in seeds]
-    exits = [mean_sd(c) for c in _columns(fixed, "accuracy")]
+    anytime = {s: [point["accuracy"] for point in f] for s, f in zip(seeds, fixed, strict=True)}
+    exits = [mean_sd(column) for column in zip(*anytime.values(), strict=True)]
+    val_exits = zip(*(records[s]["val_exit_accuracy"] for s in seeds), strict=True)
     adaptive = [records[s]["adaptive"][curve] for s in seeds]
     train = statistics.fmean(records[s]["train_seconds"] for s in seeds)
-    columns = (_columns(curves, key) for key in ("p", "mean_cost", "accuracy"))
-    curve_mean = [
-        {"p": p[0], "mean_cost": statistics.fmean(c), "accuracy": statistics.fmean(a)}
-        for p, c, a in zip(*columns, strict=True)
-    ]
     return {
         "key": _key(name, curve),
         "job": name,
@@ -106,25 +97,23 @@ def _line(name, params, curve, records: dict[int, dict[str, Any]], budget_macs, 
         "curve": curve,
         "label": _label(params, curve),
         "seeds": seeds,
-        **_budget_stats(per_seed),
+        **_budget_stats(
+            {s: accuracy_at_budgets(records[s]["curves"][curve], budget_macs) for s in seeds}
+        ),
         "anytime_accuracy_mean": [m for m, _ in exits],
         "anytime_accuracy_sd": [sd for _, sd in exits],
-        "anytime_accuracy_per_seed": {
-            s: [point["accuracy"] for point in records[s]["fixed_depth"]] for s in seeds
-        },
-        "val_anytime_accuracy_mean": [
-            statistics.fmean(c)
-            for c in zip(*(records[s]["val_exit_accuracy"] for s in seeds), strict=True)
-        ],
+        "anytime_accuracy_per_seed": anytime,
+        "val_anytime_accuracy_mean": [statistics.fmean(column) for column in val_exits],
         **_adaptive_means(adaptive),
         "adaptive_matches_dense": all(p["matches_dense"] for a in adaptive for p in a),
         # Records made before each curve point was run for real ran one rule per budget.
-        "adaptive_matches_curve": all(
-            all(point.get("matches_curve", False) for point in a) for a in adaptive
-        ),
+        "adaptive_matches_curve": all(p.get("matches_curve", False) for a in adaptive for p in a),
         "train_seconds_mean": train,
         "seconds_per_epoch_mean": train / epochs,
-        "curve_mean": curve_mean,
+        "curve_mean": [  # p (MSDNet's curves) is the same on every seed
+            {"p": point.get("p"), "mean_cost": mean["mean_cost"], "accuracy": mean["accuracy"]}
+            for point, mean in zip(curves[0], mean_curve(curves), strict=True)
+        ],
         "dominance": _dominance(curves, fixed),
         "worst_gain_per_seed": {
             s: _dominance([c], [f])["worst_gain"]
@@ -193,19 +182,19 @@ def report(results: list[JobResult], config: MultiExitConfig) -> Report:
     by_key = {line["key"]: line for line in lines}
     paired, paired_exits, cost_ratio = {}, {}, {}
     if "uniform" in by_job:
-        uniform_line = by_key["uniform"]
+        base = by_key["uniform"]
         for line in lines + selected:
-            if line["key"] != "uniform":
-                mine, base = (x["budget_accuracy_per_seed"] for x in (line, uniform_line))
-                paired[line["key"]] = [_paired(mine, base, i) for i in range(len(budget_macs))]
-                if line["curve"] == "confidence" and "anytime_accuracy_per_seed" in line:
-                    mine, base = (x["anytime_accuracy_per_seed"] for x in (line, uniform_line))
-                    paired_exits[line["key"]] = [_paired(mine, base, k) for k in range(len(costs))]
-        uniform = by_job["uniform"]
+            if line is not base:
+                mine, theirs = line["budget_accuracy_per_seed"], base["budget_accuracy_per_seed"]
+                paired[line["key"]] = [_paired(mine, theirs, i) for i in range(len(budget_macs))]
+        for line in lines:  # the plain lines (the network stopped at fixed exits)
+            if line["curve"] == "confidence" and line is not base:
+                mine, theirs = line["anytime_accuracy_per_seed"], base["anytime_accuracy_per_seed"]
+                paired_exits[line["key"]] = [_paired(mine, theirs, k) for k in range(len(costs))]
         for name, records in trained.items():
             cost_ratio[name] = {
-                "cpu": _cost_ratio(records, uniform, "train_cpu_seconds"),
-                "wall": _cost_ratio(records, uniform, "train_seconds"),
+                "cpu": _cost_ratio(records, by_job["uniform"], "train_cpu_seconds"),
+                "wall": _cost_ratio(records, by_job["uniform"], "train_seconds"),
             }
     gain_vs_confidence = {
         line["job"]: paired_difference(
@@ -214,10 +203,9 @@ def report(results: list[JobResult], config: MultiExitConfig) -> Report:
         for line in lines
         if line["curve"] == "gain"
     }
-    jobs = {r.id: r.record for r in results}
 
     def per_job(key: str) -> dict[str, Any]:
-        return {i: r[key] for i, r in jobs.items() if key in r}
+        return {r.id: r.record[key] for r in results if key in r.record}
 
     summary_results = {
         "data": first["data"],
@@ -245,7 +233,7 @@ def report(results: list[JobResult], config: MultiExitConfig) -> Report:
     }
     colors = {name: f"C{i % 10}" for i, name in enumerate(trained)}  # a job's, in every figure
     figures = {
-        "accuracy_vs_macs": _accuracy_figure(lines, trained, budget_macs, first["data"], colors),
+        "accuracy_vs_macs": _accuracy_figure(lines, costs, budget_macs, first["data"], colors),
         "per_exit_accuracy": _exit_figure(lines, len(costs), colors),
     }
     weighted = per_job("weights_vs_loss")
@@ -255,16 +243,14 @@ def report(results: list[JobResult], config: MultiExitConfig) -> Report:
     return Report(summary_results, table, figures, _summary(summary_results))
 
 
-def _points(value: float | None) -> str | None:
-    return None if value is None else format(100 * value, ".2f")
-
-
-def _mean_sd_text(mean: float | None, sd: float | None, n: int, total: int) -> str | None:
-    """``mean ± sd`` in points; the mean alone where one seed has no sd, and how many of the
-    seeds reach the budget where some do not."""
+def _at_budget(line: dict[str, Any], i: int) -> str | None:
+    """A line's accuracy at budget ``i``, ``mean ± sd`` in points; the mean alone where one seed
+    has no sd, and how many of the seeds reach the budget where some do not."""
+    mean, n = line["budget_accuracy_mean"][i], line["budget_accuracy_seeds"][i]
     if mean is None:
         return None
-    text = format_mean_and_sd(mean, sd, n, scale=100)
+    text = format_mean_and_sd(mean, line["budget_accuracy_sd"][i], n, scale=100)
+    total = len(line["budget_accuracy_per_seed"])
     return text if n == total else f"{text} ({n} of {total} seeds)"
 
 
@@ -283,18 +269,11 @@ def _table(results: dict[str, Any], config: MultiExitConfig) -> str:
     K = len(results["step_costs"])
     rows = []
     for line in results["lines"] + results["l2s_selected"]:
-        total = len(line["budget_accuracy_per_seed"])
-        at_budgets = zip(
-            line["budget_accuracy_mean"],
-            line["budget_accuracy_sd"],
-            line.get("budget_accuracy_seeds", [total] * len(budgets)),
-            strict=True,
-        )
-        row = {f"b{i}": _mean_sd_text(m, sd, n, total) for i, (m, sd, n) in enumerate(at_budgets)}
+        row = {f"b{i}": _at_budget(line, i) for i in range(len(budgets))}
         row.update(label=line["label"], sec=line.get("seconds_per_epoch_mean"))
         if "anytime_accuracy_mean" in line:
-            row["anytime"] = " / ".join(_points(m) for m in line["anytime_accuracy_mean"])
-            row["val"] = " / ".join(_points(m) for m in line["val_anytime_accuracy_mean"])
+            row["anytime"] = " / ".join(f"{100 * m:.2f}" for m in line["anytime_accuracy_mean"])
+            row["val"] = " / ".join(f"{100 * m:.2f}" for m in line["val_anytime_accuracy_mean"])
         rows.append(row)
     data = results["data"]
     costs = " / ".join(f"{c / 1e6:.3g}" for c in results["step_costs"])
@@ -326,15 +305,13 @@ def _table(results: dict[str, Any], config: MultiExitConfig) -> str:
             for k, v in results["dominance"].items()
         ),
     ]
-    if results["gain_minus_confidence_worst_gain"]:
+    gains = results["gain_minus_confidence_worst_gain"]
+    if gains:
         parts += [
             "",
             "Worst gain over fixed depth, gain head − confidence thresholds of the same network "
             "(accuracy points, paired over seeds, 95% interval): "
-            + "; ".join(
-                f"{job}: {_interval_text(d)}"
-                for job, d in results["gain_minus_confidence_worst_gain"].items()
-            )
+            + "; ".join(f"{job}: {_interval_text(d)}" for job, d in gains.items())
             + ".",
         ]
     for line in results["l2s_selected"]:
@@ -348,9 +325,9 @@ def _table(results: dict[str, Any], config: MultiExitConfig) -> str:
         for line in results["lines"] + results["l2s_selected"]:
             if line["key"] == "uniform":
                 continue
+            differences = enumerate(results["paired_vs_uniform"][line["key"]])
             row = {"label": f"{line['label']} − uniform"}
-            for i, d in enumerate(results["paired_vs_uniform"][line["key"]]):
-                row[f"b{i}"] = _interval_text(d)
+            row.update({f"b{i}": _interval_text(d) for i, d in differences})
             ratio = results["train_seconds_vs_uniform"].get(line["job"], {})
             row["cpu"] = ratio.get("cpu", {}).get("mean") if line["curve"] == "confidence" else None
             paired_rows.append(row)
@@ -447,8 +424,9 @@ def _summary(results: dict[str, Any]) -> str:
     )
 
 
-def _accuracy_figure(lines, by_job, budget_macs, data, colors):
+def _accuracy_figure(lines, step_costs, budget_macs, data, colors):
     figure, axes = new_figure(10.0, 4.5)
+    exit_macs = [c / 1e6 for c in step_costs]
     for line in lines:
         points = line["curve_mean"]
         axes.plot(
@@ -458,15 +436,9 @@ def _accuracy_figure(lines, by_job, budget_macs, data, colors):
             linestyle={"confidence": "-", "policy": "--", "gain": ":"}[line["curve"]],
             label=line["label"],
         )
-        if line["curve"] == "confidence":
-            fixed = next(iter(by_job[line["job"]].values()))["fixed_depth"]
-            axes.plot(
-                [p["mean_cost"] / 1e6 for p in fixed],
-                [100 * m for m in line["anytime_accuracy_mean"]],
-                "s",
-                markersize=4,
-                color=colors[line["job"]],
-            )
+        if line["curve"] == "confidence":  # the same network at its fixed exits
+            exits = [100 * m for m in line["anytime_accuracy_mean"]]
+            axes.plot(exit_macs, exits, "s", markersize=4, color=colors[line["job"]])
     for i, macs in enumerate(budget_macs):
         label = "budgets (share of full MACs)" if i == 0 else None
         axes.axvline(macs / 1e6, color="gray", linewidth=0.6, linestyle=(0, (1, 3)), label=label)
