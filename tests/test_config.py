@@ -9,6 +9,7 @@ from stopwise.config import (
     ConfigError,
     build,
     describe,
+    distinct,
     flatten,
     group,
     param,
@@ -113,6 +114,14 @@ def test_validate_names_key_value_and_range(values, message):
     with pytest.raises(ConfigError) as error:
         validate(config, "sample")
     assert message in str(error.value)
+
+
+def test_distinct_integers_are_compared_exactly():
+    # eight-digit seeds agree to six significant digits but are different seeds (job names
+    # hold the whole integer); floats are compared as :g writes them in job names
+    assert distinct([20261201, 20261202]) is None
+    assert distinct([0, 0]) is not None
+    assert distinct([0.1, 0.1000000001]) is not None
 
 
 def test_build_refuses_unknown_keys_and_wrong_types():

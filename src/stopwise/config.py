@@ -148,9 +148,9 @@ def param(
 
 
 def distinct(values: list) -> str | None:
-    """A ``check`` for a list whose values must not repeat: numbers as they are written in job
-    names and table rows (six significant digits, ``:g``), strings as they are."""
-    names = [format(v, "g") if isinstance(v, int | float) else v for v in values]
+    """A ``check`` for a list whose values must not repeat: floats as they are written in job
+    names and table rows (six significant digits, ``:g``), integers and strings exactly."""
+    names = [format(v, "g") if isinstance(v, float) else v for v in values]
     return None if len(set(names)) == len(names) else "must not repeat a value (to 6 digits)"
 
 
