@@ -12,6 +12,7 @@ from stopwise.tasks.multi_exit.data import (
     DataError,
     digits_splits,
     fashion_splits,
+    idx_shape,
     idx_sizes,
     load_fashion_mnist,
     mnist1d_splits,
@@ -78,6 +79,14 @@ def test_malformed_idx_files_are_named(tmp_path):
     broken.write_bytes(gzip.compress(idx_bytes(np.zeros((2, 2))))[:-8])
     with pytest.raises(DataError, match="cannot read IDX file"):
         read_idx(broken)
+    garbled = tmp_path / "garbled.gz"  # a valid gzip header, then an invalid deflate block
+    body = bytearray(gzip.compress(idx_bytes(np.zeros((4, 4)))))
+    body[10] = 0b111  # final block of type 3, which deflate does not have: zlib.error
+    garbled.write_bytes(bytes(body))
+    with pytest.raises(DataError, match=r"cannot read IDX file .*garbled"):
+        read_idx(garbled)
+    with pytest.raises(DataError, match=r"cannot read IDX file .*garbled"):
+        idx_shape(garbled, 2)
 
 
 def test_missing_files_say_where_they_looked_and_how_to_get_them(tmp_path, monkeypatch):

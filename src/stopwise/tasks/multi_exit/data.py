@@ -13,6 +13,7 @@ import gzip
 import os
 import random
 import struct
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,7 +86,7 @@ def _idx_bytes(path: Path, size: int = -1) -> bytes:
             gzipped = handle.read(2) == b"\x1f\x8b"
         with gzip.open(path, "rb") if gzipped else path.open("rb") as handle:
             raw = handle.read(size)
-    except (OSError, EOFError, gzip.BadGzipFile) as error:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as error:
         raise DataError(f"cannot read IDX file {path}: {error}. {HOW_TO_GET}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_TYPES:
         raise DataError(
