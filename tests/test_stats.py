@@ -78,8 +78,11 @@ def test_format_interval_by_hand():
     assert format_interval(two) == "+0.12 [-0.05, +0.30]"
     assert format_interval(two, ".3f", scale=100) == "12.340 [-5.000, 29.680]"
     one = {"mean": -0.004, "lo": None, "hi": None}
-    assert format_interval(one) == "-0.00"
+    assert format_interval(one) == "+0.00"  # rounds to zero: no minus sign
     assert format_interval(one, scale=100, no_interval=" (n = 1)") == "-0.40 (n = 1)"
+    tiny = {"mean": -0.001, "lo": -0.003, "hi": 0.001}
+    assert format_interval(tiny, ".2f") == "0.00 [0.00, 0.00]"
+    assert format_mean_sd([-0.001, -0.002]) == "0.00 ± 0.00"
     # differences 2, 3, 1.5: mean 13/6, sd √(7/12), t_{0.975, 2} = 4.302653 (tables)
     half = 4.302653 * math.sqrt(7 / 12) / math.sqrt(3)
     d = paired_difference({0: 3.0, 1: 5.0, 2: 4.0}, {0: 1.0, 1: 2.0, 2: 2.5})

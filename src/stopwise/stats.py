@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from .reporting import format_number
+
 __all__ = [
     "mean_sd",
     "mean_present",
@@ -155,8 +157,8 @@ def format_mean_and_sd(mean: float, sd: float, n: int, fmt: str = ".2f", scale: 
     """``"m ± s"`` of a mean and sd over ``n`` values, times ``scale``; just ``"m"`` for one
     value, which has no sd to show. A sign in ``fmt`` (``"+.2f"``) applies to the mean only."""
     if n < 2:
-        return format(scale * mean, fmt)
-    return f"{scale * mean:{fmt}} ± {abs(scale) * sd:{fmt.lstrip('+')}}"
+        return format_number(scale * mean, fmt)
+    return f"{format_number(scale * mean, fmt)} ± {format_number(abs(scale) * sd, fmt.lstrip('+'))}"
 
 
 def format_interval(
@@ -165,10 +167,10 @@ def format_interval(
     """``"m [lo, hi]"`` of a :func:`mean_interval` or :func:`paired_difference` result, each
     number times ``scale`` and formatted with ``fmt``; where the interval is undefined (one
     seed) the mean alone, followed by ``no_interval``."""
-    text = format(scale * d["mean"], fmt)
+    text = format_number(scale * d["mean"], fmt)
     if d["lo"] is None:
         return text + no_interval
-    return f"{text} [{format(scale * d['lo'], fmt)}, {format(scale * d['hi'], fmt)}]"
+    return f"{text} [{format_number(scale * d['lo'], fmt)}, {format_number(scale * d['hi'], fmt)}]"
 
 
 def interval_or_mean(d: Mapping[str, Any]) -> tuple[float, float]:
