@@ -424,7 +424,8 @@ def _folder(tmp_path, size):
         ("missing-split", "no val/ subfolder"),
         ("small-test", "smaller than a patch or BM3D's 16×16"),
         ("truncated", "cannot read image"),
-        ("duplicate", "are the same file"),
+        ("duplicate", "hold the same image"),
+        ("resaved", "hold the same image"),
     ],
 )
 def test_bad_inputs_exit_2_before_anything_is_written(setting, named, tmp_path):
@@ -453,6 +454,12 @@ def test_bad_inputs_exit_2_before_anything_is_written(setting, named, tmp_path):
     elif setting == "duplicate":  # the same photo in train/ and test/
         root = _folder(tmp_path, 64)
         shutil.copy(root / "test" / "a.png", root / "train" / "copy.png")
+        setting = f"images_dir={root}"
+    elif setting == "resaved":  # the test photo saved again (other bytes, same pixels)
+        root = _folder(tmp_path, 64)
+        with Image.open(root / "test" / "a.png") as image:
+            image.save(root / "train" / "copy.png", compress_level=0)
+        assert (root / "train" / "copy.png").read_bytes() != (root / "test" / "a.png").read_bytes()
         setting = f"images_dir={root}"
     done = _run_cli([arg for part in setting.split(" --set ") for arg in ("--set", part)], tmp_path)
     assert done.returncode == 2, done.stderr[-2000:]

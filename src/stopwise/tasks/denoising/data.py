@@ -241,16 +241,21 @@ def _shrunk_size(size: tuple[int, int]) -> tuple[int, int]:
 
 def image_sizes(images_dir: str = "") -> dict[str, list[tuple[str, tuple[int, int]]]]:
     """``{split: [(name, (H, W))]}`` of the images :func:`load_splits` would load (after the
-    shrink), without decoding PNGs (their headers and chunk checksums; JPEGs are decoded, since
-    a truncated one has a valid header): the check a config runs before anything is written.
-    Raises :class:`DataError` for a missing folder or split, an empty split, an unreadable
-    file, or, in a user's folder, one file in two splits. (Identical catalogue images are
-    counted once when the images are loaded.)"""
-    sizes: dict[str, list] = {s: [] for s in SPLITS}
+    shrink): the check a config runs before anything is written. A user's folder is loaded
+    (decoded once, cached); the catalogue's images are sized from their headers (PNG chunks
+    verified, JPEGs decoded, since a truncated one has a valid header). Raises
+    :class:`DataError` for a missing folder or split, an empty split, an unreadable file, or,
+    in a user's folder, one picture in two splits. (Identical catalogue images are counted
+    once when the images are loaded.)"""
     if images_dir:
-        for split, files in _folder_files(Path(images_dir)).items():
-            sizes[split] = [(p.name, _shrunk_size(_header_size(p))) for p in files]
-        return sizes
+        splits = load_splits(images_dir)
+        return {
+            name: [
+                (n, tuple(image.shape)) for n, image in zip(split.names, split.images, strict=True)
+            ]
+            for name, split in zip(SPLITS, (splits.train, splits.val, splits.test), strict=True)
+        }
+    sizes: dict[str, list] = {s: [] for s in SPLITS}
     for entry in CATALOGUE:
         path = _catalogue_path(entry)
         if path is not None:
@@ -302,7 +307,7 @@ def load_splits(images_dir: str = "") -> Splits:
             skipped[entry.name] = f"not on disk ({entry.package}/{entry.path}); not downloaded"
             continue
         grey = _shrink(read_image(path))
-        digest = hashlib.sha256(grey.tobytes() + str(grey.shape).encode()).hexdigest()
+        digest = _pixel_digest(grey)
         if digest in seen:
             skipped[entry.name] = f"identical to {seen[digest]}"
             continue
@@ -326,22 +331,26 @@ def _folder_files(root: Path) -> dict[str, list[Path]]:
         files[split] = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files[split]:
             raise DataError(f"images_dir={str(root)!r}: {split}/ holds no PNG or JPEG image")
-    seen: dict[str, Path] = {}  # a file in two splits would leak a test image into training
-    for split in SPLITS:
-        for path in files[split]:
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            other = seen.setdefault(digest, path)
-            if other.parent != path.parent:
-                raise DataError(f"images_dir={str(root)!r}: {other} and {path} are the same file")
     return files
 
 
 def _folder_splits(root: Path) -> Splits:
     splits = {}
+    seen: dict[str, Path] = {}  # one picture in two splits would leak a test image into training
     for split, files in _folder_files(root).items():
-        images = [_tensor(_shrink(read_image(p))) for p in files]
+        images = []
+        for path in files:
+            grey = _shrink(read_image(path))
+            other = seen.setdefault(_pixel_digest(grey), path)
+            if other.parent != path.parent:  # the pixels, however the files were saved
+                raise DataError(f"images_dir={str(root)!r}: {other} and {path} hold the same image")
+            images.append(_tensor(grey))
         splits[split] = Split([p.name for p in files], images)
     return Splits(splits["train"], splits["val"], splits["test"], {}, f"folder {root}")
+
+
+def _pixel_digest(grey: np.ndarray) -> str:
+    return hashlib.sha256(grey.tobytes() + str(grey.shape).encode()).hexdigest()
 
 
 def sample_patches(
