@@ -1013,6 +1013,7 @@ def fake_job(by_k: dict[int, float], T: int, with_policy: bool) -> dict:
         "query_loss_by_shots": [{"shots": k, "query_loss": [1.0] * T} for k in by_k],
     }
     record = {
+        "steps": T,
         "test": test,
         "fixed_depth": [
             {"depth": t, "mean_steps": float(t), "accuracy": 100 * quality} for t in range(1, T + 1)
@@ -1112,3 +1113,30 @@ def test_each_seed_is_reported_with_its_own_best_fixed_t_maml():
     fixed = next(line for line in axes.get_lines() if line.get_label() == "MAML, fixed depth")
     np.testing.assert_allclose(fixed.get_xdata(), [1.0, 2.0, 3.0])
     np.testing.assert_allclose(fixed.get_ydata(), [(93.0 + 75.0) / 2, (93.0 + 75.0) / 2, 75.0])
+
+
+def test_budget_figure_draws_one_hand_stop_curve_per_maml_depth():
+    """Seeds whose best fixed-T MAML differ in T have hand-stop curves on different budget
+    grids (T = 1 has one point): each T gets its own curve, averaged over its seeds only."""
+    from stopwise.tasks.few_shot.report import _budget_figure
+
+    def curve(*pairs):
+        return [{"mean_steps": x, "accuracy": y} for x, y in pairs]
+
+    def fixed(T):
+        return [{"depth": d, "mean_steps": d, "accuracy": 10.0 * d} for d in range(1, T + 1)]
+
+    hand = {1: curve((1.0, 30.0)), 4: curve((1.5, 40.0), (2.5, 50.0), (3.5, 60.0))}  # points
+    seeds = [0, 1, 2]
+    Ts = {0: 4, 1: 1, 2: 4}
+    maml = {
+        s: {"steps": Ts[s], "hand_curve": hand[Ts[s]], "fixed_depth": fixed(Ts[s])} for s in seeds
+    }
+    stop = {s: {"stop_curve": curve((2.0, 50.0)), "fixed_depth": fixed(4)} for s in seeds}
+    figure = _budget_figure(maml, stop, seeds, "accuracy", "glyphs")
+    lines = {line.get_label(): line for line in figure.axes[0].get_lines()}
+    one = lines["MAML T=1 + hand-made stop (1 of 3 seeds)"]
+    four = lines["MAML T=4 + hand-made stop (2 of 3 seeds)"]
+    assert list(one.get_xdata()) == [1.0] and list(one.get_ydata()) == [30.0]
+    assert list(four.get_xdata()) == [1.5, 2.5, 3.5]
+    assert list(four.get_ydata()) == pytest.approx([40.0, 50.0, 60.0])

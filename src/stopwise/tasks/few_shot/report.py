@@ -381,8 +381,17 @@ def _budget_figure(best_maml, stop_jobs, seeds, name: str, data: str):
             "MAML-stop learner, fixed depth",
         ),
         (by_depth([maml[s]["fixed_depth"] for s in seeds]), "d--", "MAML, fixed depth"),
-        (mean_xy([maml[s]["hand_curve"] for s in seeds]), "^:", "MAML + hand-made stop"),
     ]
+    # A hand-made stop's curve lies on its MAML's budget grid: one curve per T the seeds chose,
+    # never a point-wise mean of grids of other lengths.
+    by_T: dict[int, list[int]] = {}
+    for s in seeds:
+        by_T.setdefault(int(maml[s]["steps"]), []).append(s)
+    for T, group in sorted(by_T.items()):
+        label = "MAML + hand-made stop" if len(by_T) == 1 else f"MAML T={T} + hand-made stop"
+        if len(group) < len(seeds):
+            label += f" ({len(group)} of {len(seeds)} seeds)"
+        series.append((mean_xy([maml[s]["hand_curve"] for s in group]), "^:", label))
     if "gain_curve" in stop[seeds[0]]:
         series.append(
             (mean_xy([stop[s]["gain_curve"] for s in seeds]), "v-", "MAML-stop learner, gain head")
