@@ -664,3 +664,10 @@ def test_test_curve_uses_the_validation_thresholds_unrounded():
     costs = torch.tensor([1.0, 2.0], dtype=torch.float64)
     (point,) = apply_thresholds(fitted, scores, lambda index: {}, costs)
     assert point["mean_steps"] == 1.0 and point["mean_cost"] == 1.0
+
+
+def test_weights_figure_title_counts_the_samples_it_plots():
+    from stopwise.tasks.multi_exit.report import _weights_figure
+
+    data = {"losses": [[0.1, 0.2, 0.3]] * 2, "weights": [[1.0, 0.5, 0.0]] * 2}
+    assert "(3 training samples)" in _weights_figure("l2w", data)._suptitle.get_text()

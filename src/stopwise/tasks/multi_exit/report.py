@@ -482,5 +482,6 @@ def _weights_figure(job: str, data: dict[str, Any]):
         ax.set_xlabel(f"CE at exit {k + 1}")
         if k == 0:
             ax.set_ylabel("learned weight w")
-    figure.suptitle(f"{job}: learned weights vs loss (1,000 training samples)")
+    rows = len(data["losses"][0])  # the first 1,000 training samples, or all where fewer
+    figure.suptitle(f"{job}: learned weights vs loss ({rows:,} training samples)")
     return figure
