@@ -40,15 +40,17 @@ from machine_info import machine
 
 from stopwise.inference import (
     ScoreThreshold,
-    exit_distribution,
-    fit_exit_thresholds,
-    stop_indices,
     time_adaptive,
 )
 from stopwise.policies import ConfidencePolicy
 from stopwise.steps import index_state
 from stopwise.tasks.multi_exit.config import PRESETS, MultiExitConfig
-from stopwise.tasks.multi_exit.metrics import P_GRID, exit_hazards, exit_logits
+from stopwise.tasks.multi_exit.metrics import (
+    exit_hazards,
+    exit_logits,
+    msdnet_rule,
+    msdnet_thresholds,
+)
 from stopwise.tasks.multi_exit.models import MultiExitCNN, count_step_macs, inference_copy
 
 ROOT = Path(__file__).resolve().parent
@@ -106,19 +108,9 @@ def budget_rules(model, shape, budgets, rows: int, seed: int = 1) -> dict[str, S
     """For each budget, MSDNet's thresholds (fitted on random validation rows) whose validation
     mean cost is nearest to it."""
     val = torch.randn(rows, *shape, generator=torch.Generator().manual_seed(seed))
-    scores = exit_hazards(ConfidencePolicy(), exit_logits(model, val))
     costs = model.step_costs()
-    K = len(costs)
-    fitted = []
-    for p in P_GRID:
-        thresholds = fit_exit_thresholds(scores, exit_distribution(p, K))
-        index = stop_indices(scores, ScoreThreshold(thresholds))
-        fitted.append((float(costs[index].mean()), thresholds))
-    full = float(costs[-1])
-    return {
-        f"{b:g}": ScoreThreshold(min(fitted, key=lambda f: abs(f[0] - b * full))[1])
-        for b in budgets
-    }
+    fitted = msdnet_thresholds(exit_hazards(ConfidencePolicy(), exit_logits(model, val)), costs)
+    return {f"{b:g}": msdnet_rule(fitted, "val_mean_cost", b * float(costs[-1])) for b in budgets}
 
 
 def cpu_median(fn, repeats: int) -> float:

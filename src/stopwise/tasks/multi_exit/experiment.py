@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ...contract import Job, JobContext
-from ...inference import ScoreThreshold, exit_distribution, run_adaptive, stop_indices
+from ...inference import exit_distribution, run_adaptive, stop_indices
 from ...policies import ConfidencePolicy
 from ...selection import Heldout, budget_sweep, fixed_depth_curve, floored_costs, point_rule
 from .config import MultiExitConfig
@@ -32,6 +32,7 @@ from .metrics import (
     exit_hazards,
     exit_logits,
     exit_metric,
+    msdnet_rule,
     msdnet_thresholds,
     time_early_exit,
     with_validation_accuracy,
@@ -124,8 +125,7 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
     val_scores = {name: exit_hazards(policy, val_logits) for name, (policy, _) in stops.items()}
     fitted = msdnet_thresholds(val_scores["confidence"], costs)
     timed_rules = {
-        f"{b:g}": _msdnet_rule(fitted, "val_mean_cost", b * float(costs[-1]))
-        for b in config.budgets
+        f"{b:g}": msdnet_rule(fitted, "val_mean_cost", b * float(costs[-1])) for b in config.budgets
     }
 
     # The test split, once: fixed exits, budget curves, the rules run for real.
@@ -167,7 +167,7 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
         "adaptive": adaptive,
     }
     if splits.test_group is not None:  # MNIST-1D noise levels, at p = 1 (uniform exits)
-        index = stop_indices(test_scores["confidence"], _msdnet_rule(fitted, "p", 1.0))
+        index = stop_indices(test_scores["confidence"], msdnet_rule(fitted, "p", 1.0))
         levels = splits.info["noise_levels"]
         record["test_groups"] = accuracy_by_group(index, correct, splits.test_group, levels)
     if trained.weight_net is not None:
@@ -179,13 +179,6 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
             model, test_x, timed_rules, config.timing.batch, config.timing.repeats
         )
     return record
-
-
-def _msdnet_rule(fitted: list[dict[str, Any]], key: str, value: float) -> ScoreThreshold:
-    """MSDNet's thresholds of the fitted point whose ``key`` (``"val_mean_cost"``: the budget,
-    ``"p"``: the exit distribution q ∝ p^k) is nearest to ``value``."""
-    point = min(fitted, key=lambda pt: abs(pt[key] - value))
-    return ScoreThreshold(point["score_threshold"])
 
 
 @torch.no_grad()

@@ -37,6 +37,7 @@ __all__ = [
     "exit_hazards",
     "exit_metric",
     "msdnet_thresholds",
+    "msdnet_rule",
     "apply_thresholds",
     "accuracy_at_budgets",
     "with_validation_accuracy",
@@ -89,6 +90,14 @@ def msdnet_thresholds(val_scores: torch.Tensor, costs: torch.Tensor) -> list[dic
         cost = float(costs[stop_indices(val_scores, ScoreThreshold(thresholds))].mean())
         points.append({"p": p, "score_threshold": thresholds.tolist(), "val_mean_cost": cost})
     return points
+
+
+def msdnet_rule(fitted: list[dict[str, Any]], key: str, value: float) -> ScoreThreshold:
+    """MSDNet's thresholds of the :func:`msdnet_thresholds` point whose ``key``
+    (``"val_mean_cost"``: the budget, ``"p"``: the exit distribution q ∝ p^k) is nearest to
+    ``value``."""
+    point = min(fitted, key=lambda pt: abs(pt[key] - value))
+    return ScoreThreshold(point["score_threshold"])
 
 
 def apply_thresholds(
