@@ -63,6 +63,7 @@ from stopwise.inference import (  # noqa: E402
     run_adaptive,
     time_adaptive,
 )
+from stopwise.macs import count_macs  # noqa: E402
 from stopwise.perf import reuse_freed_memory  # noqa: E402
 from stopwise.selection import point_rule  # noqa: E402
 from stopwise.steps import cat_state, index_state, state_batch_size  # noqa: E402
@@ -154,8 +155,6 @@ def curve_rules(curve, points: int, kind: str = "hazard", cost_key: str = "budge
 
 def linear_macs(module: torch.nn.Module, *inputs) -> float:
     """Multiply-adds of the linear and convolution layers of one forward, per input row."""
-    from stopwise.tasks.few_shot.metrics import count_macs
-
     rows = inputs[0].shape[0]
     return count_macs(module, *inputs) / rows
 
@@ -294,7 +293,6 @@ def denoising_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
 def few_shot_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
     from stopwise.tasks.few_shot.experiment import load_splits
     from stopwise.tasks.few_shot.methods import build_models, task_sampler
-    from stopwise.tasks.few_shot.metrics import count_macs
     from stopwise.tasks.few_shot.models import AdaptedLearner
 
     run = trained_run("few-shot", runs, ["timing_repeats=1"], "tiny" if tiny else "quick")

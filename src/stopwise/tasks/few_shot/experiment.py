@@ -23,6 +23,7 @@ import torch
 
 from ...contract import Job, JobContext
 from ...inference import HazardThreshold, run_adaptive, stop_indices, time_adaptive
+from ...macs import count_macs
 from ...selection import (
     Heldout,
     budget_grid,
@@ -37,7 +38,6 @@ from .methods import meta_train, task_sampler
 from .metrics import (
     at_steps,
     by_shots,
-    count_macs,
     inf_if_not_finite,
     interval,
     paired_over_tasks,

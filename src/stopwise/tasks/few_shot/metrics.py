@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...macs import count_macs
 from ...stats import mean_interval, spearman
 from .data import TaskSet
 from .models import AdaptedLearner, SupportLossStop, task_loss
@@ -22,7 +23,6 @@ __all__ = [
     "by_shots",
     "interval",
     "paired_over_tasks",
-    "count_macs",
     "step_macs",
     "stop_step_correlation",
 ]
@@ -125,32 +125,6 @@ def stop_step_correlation(steps: torch.Tensor, shots: torch.Tensor) -> float | N
     """Spearman's correlation of the stop step with K over tasks (None if either is constant)."""
     rho = spearman(steps.double().numpy(), shots.double().numpy())
     return None if math.isnan(rho) else rho
-
-
-def count_macs(module: nn.Module, *inputs: torch.Tensor) -> int:
-    """Multiply-adds of the convolutions and linear layers of one forward of ``module``."""
-    total = 0
-
-    def hook(layer, args, output):
-        nonlocal total
-        if isinstance(layer, nn.Conv2d):
-            per_output = layer.in_channels // layer.groups * math.prod(layer.kernel_size)
-            total += output.numel() * per_output
-        elif isinstance(layer, nn.Linear):
-            total += output.numel() * layer.in_features
-
-    handles = [
-        m.register_forward_hook(hook)
-        for m in module.modules()
-        if isinstance(m, nn.Conv2d | nn.Linear)
-    ]
-    try:
-        with torch.no_grad():
-            module(*inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return total
 
 
 def step_macs(learner: nn.Module, support_x: torch.Tensor, query_x: torch.Tensor) -> float:

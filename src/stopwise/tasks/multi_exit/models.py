@@ -18,7 +18,6 @@ cost of stopping at exit k includes every earlier head, as it does at inference.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...macs import counting_macs
 from ...policies import MLPPolicy, classifier_features, register_policy
 from ...steps import StepModel, unroll
 
@@ -36,7 +36,6 @@ __all__ = [
     "MultiExitCNN",
     "exit_losses",
     "running_stats_frozen",
-    "module_macs",
     "count_step_macs",
     "count_policy_macs",
     "fold_batchnorm",
@@ -222,39 +221,6 @@ def exit_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return flat.view(B, K)
 
 
-def module_macs(module: nn.Module, output: torch.Tensor) -> int:
-    """Multiply-adds of one call of a conv or linear ``module`` that produced ``output``: a
-    convolution with C_in input channels, G groups and a kernel of k elements does
-    ``C_in/G · k`` per output element, a linear layer ``in · out`` per row."""
-    if isinstance(module, nn.modules.conv._ConvNd):
-        kernel = math.prod(module.kernel_size)
-        per_output = module.in_channels // module.groups * kernel
-        return int(output.numel() // output.shape[0]) * per_output
-    if isinstance(module, nn.Linear):
-        rows = output.numel() // output.shape[-1] // output.shape[0]
-        return rows * module.in_features * module.out_features
-    return 0
-
-
-@contextmanager
-def _macs_counted(model: nn.Module) -> Iterator[list[int]]:
-    """While open, every conv and linear layer of ``model`` adds its multiply-adds (for the batch
-    of one it runs on) to the last entry of the yielded list; append a 0 before each step to
-    count it apart. The first entry holds what runs before the first step (not a step's)."""
-    per_step = [0]
-
-    def hook(module, inputs, output):
-        per_step[-1] += module_macs(module, output)
-
-    layers = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd | nn.Linear)]
-    handles = [m.register_forward_hook(hook) for m in layers]
-    try:
-        yield per_step
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 @torch.no_grad()
 def count_step_macs(model: StepModel, example: torch.Tensor) -> torch.Tensor:
     """``(T,)`` float64 cumulative multiply-adds per sample of stopping after step t.
@@ -267,7 +233,7 @@ def count_step_macs(model: StepModel, example: torch.Tensor) -> torch.Tensor:
     was_training = model.training
     model.eval()
     try:
-        with _macs_counted(model) as per_step:
+        with counting_macs(model) as per_step:
             state = model.start(example)
             for t in range(model.max_steps):
                 per_step.append(0)
@@ -283,7 +249,7 @@ def count_policy_macs(policy: nn.Module, exits: int, classes: int) -> torch.Tens
     """``(K,)`` float64 cumulative multiply-adds per sample of a policy over exit logits
     ``(B, classes)`` asked at exits 1..k (its conv and linear layers; like the softmax of the
     exits, the features it computes from the logits are not counted)."""
-    with _macs_counted(policy) as per_exit:
+    with counting_macs(policy) as per_exit:
         for t in range(exits):
             per_exit.append(0)
             policy(torch.zeros(1, classes), t)
