@@ -85,8 +85,9 @@ def _brute_force(hazards, quality, costs, valid, budget, kind, decision=None):
         if not feasible:
             continue
         spending = max(feasible, key=lambda r: r[1])
-        for index, cost, value in (spending, run(-math.inf)):
-            key = (-value, cost)
+        # better, then cheaper, then fixed depth (its cost does not depend on the input)
+        for (index, cost, value), fixed in ((spending, False), (run(-math.inf), True)):
+            key = (-value, cost, not fixed)
             if best is None or key < best[0]:
                 best = (key, index, floor)
     return best[1], best[2]
@@ -509,3 +510,16 @@ def test_budget_sweep_fits_on_validation_and_measures_on_test(seed, floored):
         != stop_indices(test, point_rule(p), valid).tolist()
         for p in points
     )
+
+
+def test_a_tie_with_fixed_depth_goes_to_fixed_depth():
+    """At a budget equal to the floor's cost, a finite threshold below every validation score
+    and fixed depth (−∞) both stop every validation row at the floor: same value, same cost.
+    Fixed depth must win: the threshold lets a test row scoring below it run to the last step,
+    spending three times the budget."""
+    val = torch.rand(6, 3, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.3
+    costs = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    rule, floor = fit_floored_threshold(val, 1.0, lambda index: 0.0, costs, mixes=False)
+    assert floor == 0 and rule.score_threshold[0] == -math.inf
+    test = torch.full((4, 3), 0.01)  # scores below every validation score
+    assert stop_indices(test, rule).tolist() == [0, 0, 0, 0]

@@ -259,7 +259,10 @@ class _FlooredSearch:
         singles = self.singles(budget)
         if not singles:
             raise ValueError(f"budget {budget:.6g} is below the cost of the first valid step")
-        best = min(singles, key=self.key)
+        # Exact ties go to fixed depth (−∞): its cost does not depend on the input, so it keeps
+        # the budget on any split, where a threshold that ties with it on validation (both
+        # stopping every row at the floor) lets a test row scoring below it run on to the end.
+        best = min(singles, key=lambda c: (*self.key(c), c.threshold != -math.inf))
         if mixes:
             mixed = self.best_mix(budget, singles + self.pool(), best)
             if mixed is not None:
@@ -332,7 +335,7 @@ def fit_floored_threshold(
     validation than fixed depth, and with mixes never worse than a mix of two fixed depths of
     mean cost within the budget (to within a row's share); the stop model's score decides
     which rows go past the floor. ``val_metric(stop_index (N,)) -> float`` scores validation
-    stop steps (ties go to the cheaper rule). ``decision_costs (T,)``: the part of each step's
+    stop steps (ties go to the cheaper rule, then to fixed depth). ``decision_costs (T,)``: the part of each step's
     cost spent only to decide there (features, policy, an exit head), which adaptive inference
     skips before a floor (:func:`floored_costs`). Returns the rule (per-step thresholds, +∞
     before the floor; or a mix of two) and the 0-based floor (a mix's earlier one).
