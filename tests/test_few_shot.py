@@ -740,6 +740,8 @@ def stopwise(args, cwd):
         (["family=sinusoid", "data_dir={tmp}"], "data_dir"),
         # vmap's second-order gradient through the Conv4's batch-statistics BatchNorm is wrong
         (["family=glyphs", "vmap=true"], "vmap=true is refused"),
+        # the Conv4 halves the image 4 times: 15 pixels end at 0 (a crash after rendering)
+        (["family=glyphs", "vmap=false", "glyphs.size=15"], "glyphs.size=15 must be >= 16"),
     ],
 )
 def test_bad_inputs_exit_2_naming_the_problem_before_writing(overrides, named, tmp_path):

@@ -28,7 +28,7 @@ class Glyphs:
     drawers: int = param(20, ge=2, le=200, help="samples (hands) per character")
     split_seed: int = param(0, ge=0, help="fixes the class split (not the run seed)")
     rotations: bool = param(True, help="90/180/270° rotations as new classes")
-    size: int = param(28, ge=8, le=128, help="image side in pixels")
+    size: int = param(28, ge=16, le=128, help="image side in pixels (Conv4 halves it 4 times)")
     rotation_deg: float = param(10.0, ge=0, le=45, help="hand jitter: max rotation (degrees)")
     scale: float = param(0.12, ge=0, lt=0.5, help="hand jitter: max relative scale per axis")
     shear: float = param(0.15, ge=0, le=0.5, help="hand jitter: max shear")
