@@ -1030,9 +1030,10 @@ def fake_job(by_k: dict[int, float], T: int, with_policy: bool) -> dict:
     return record
 
 
-def fake_report(maml: dict, stop: dict, best: dict):
+def fake_report(maml: dict, stop: dict, best: dict, edit=None):
     """report() on fabricated records: ``maml[T][seed]`` and ``stop[seed]`` are by-K values
-    (see fake_job), ``best[seed]`` the T that seed's validation chose."""
+    (see fake_job), ``best[seed]`` the T that seed's validation chose; ``edit(results)`` may
+    change the records first."""
     from stopwise.contract import JobResult
     from stopwise.tasks.few_shot.config import FewShotConfig
     from stopwise.tasks.few_shot.report import report
@@ -1057,6 +1058,8 @@ def fake_report(maml: dict, stop: dict, best: dict):
             "stop_mean_steps": 3.0,
             "stop_minus_best": {"mean": 0.0, "lo": -0.1, "hi": 0.1, "n": 9},
         })  # fmt: skip
+    if edit is not None:
+        edit(results)
     return report(results, config)
 
 
@@ -1115,6 +1118,23 @@ def test_each_seed_is_reported_with_its_own_best_fixed_t_maml():
     fixed = next(line for line in axes.get_lines() if line.get_label() == "MAML, fixed depth")
     np.testing.assert_allclose(fixed.get_xdata(), [1.0, 2.0, 3.0])
     np.testing.assert_allclose(fixed.get_ydata(), [(93.0 + 75.0) / 2, (93.0 + 75.0) / 2, 75.0])
+    # each T job's rows say which MAML they come from (two rows would read the same otherwise)
+    labels = [row["method"] for row in done.results["rows"]]
+    assert len(labels) == len(set(labels))
+    assert "MAML (trained for T = 2), T chosen on validation" in labels
+
+
+def test_a_spearman_mean_over_seeds_says_how_many_seeds_it_has():
+    stop = {0: {1: 0.5, 2: 0.6}, 1: {1: 0.5, 2: 0.6}}
+    maml = {3: {0: {1: 0.3, 2: 0.4}, 1: {1: 0.3, 2: 0.4}}}
+    assert "Spearman ρ(MAML-stop" not in fake_report(maml, stop, {0: 3, 1: 3}).table  # none
+
+    def seed_0_defined(results):  # seed 0's ρ is +0.5, seed 1's undefined
+        done = next(r for r in results if r.name == "maml-stop" and r.seed == 0)
+        done.record["test"]["stop"]["spearman_steps_shots"] = 0.5
+
+    table = fake_report(maml, stop, {0: 3, 1: 3}, edit=seed_0_defined).table
+    assert "on test tasks: +0.500 (1 of 2 seeds; undefined on the others" in table
 
 
 def test_budget_figure_draws_one_hand_stop_curve_per_maml_depth():

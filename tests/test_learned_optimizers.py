@@ -1045,3 +1045,12 @@ def test_a_depth_between_points_of_a_curve_that_doubles_back_is_interpolated_in_
     records = {("depth-f", 0): {"trained": curve([(75.0, 0.0)])}}
     row = _trained_depths(records, [0], "f", curves)[0]
     assert row["log10_gap"]["act_curve"] == pytest.approx(-2.5)  # halfway from 70 (−2) to 80 (−3)
+
+
+def test_correlation_text_averages_the_defined_seeds_and_says_how_many():
+    from stopwise.tasks.learned_optimizers.report import _correlations_text
+
+    text = _correlations_text(
+        {"act": {"gap": [0.2, None, 0.4], "n": [0.1, -0.3, 0.5]}, "l2s": {"gap": [None, None]}}
+    )
+    assert text == "act: gap +0.30 (2 of 3 seeds), n +0.10; l2s: gap — (0 of 2 seeds)"

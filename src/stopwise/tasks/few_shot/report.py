@@ -59,6 +59,8 @@ def report(results: list[JobResult], config: FewShotConfig) -> Report:
     for T in config.maml_steps:
         job = by_job[f"maml-T{T}"]
         for key, label in METHODS:
+            if len(config.maml_steps) > 1 and "{T}" not in label:  # say which MAML it is
+                label = label.replace("MAML", "MAML (trained for T = {T})", 1)
             add(label.format(T=T), [job[s]["test"][key] for s in seeds])
     for key, label in STOP_METHODS:
         add(label.format(T=config.steps), [stop_jobs[s]["test"][key] for s in seeds])
@@ -99,8 +101,14 @@ def report(results: list[JobResult], config: FewShotConfig) -> Report:
     spearman = [stop_jobs[s]["test"]["stop"]["spearman_steps_shots"] for s in seeds]
     known = [r for r in spearman if r is not None]
     if known:
+        fewer = (
+            ""
+            if len(known) == len(seeds)
+            else f" ({len(known)} of {len(seeds)} seeds; undefined on the others: constant steps)"
+        )
         lines.append(
-            f"- Spearman ρ(MAML-stop stop step, K) on test tasks: {format_mean_sd(known, '+.3f')}"
+            f"- Spearman ρ(MAML-stop stop step, K) on test tasks: "
+            f"{format_mean_sd(known, '+.3f')}{fewer}"
         )
     oracle_rho = [stop_jobs[s]["test"]["oracle"]["spearman_steps_shots"] for s in seeds]
     if None not in oracle_rho:

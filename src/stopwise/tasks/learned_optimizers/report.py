@@ -300,22 +300,29 @@ def _stop_section(records, seeds, config, family):
         )
     act = {s: records[(f"act-{family}", s)] for s in seeds}
     l2s = {s: records[(f"l2s-{family}", s)] for s in seeds}
-    spearman = {
+    per_seed = {  # name -> measure -> one ρ per seed (None where undefined)
         name: {
-            which: mean_present([r["natural"]["spearman"].get(which) for r in group.values()])
+            which: [r["natural"]["spearman"].get(which) for r in group.values()]
             for which in next(iter(group.values()))["natural"]["spearman"]
         }
         for name, group in (("act", act), ("l2s", l2s))
     }
     # The same correlations for the oracle stop of the LSTM optimizer (argmin_t gap_t + λt, it
     # knows θ̂): what imitating the oracle could reach at best.
-    oracle_spearman = {
+    oracle_per_seed = {
         f"λ={point['step_cost']:g}": {
-            which: mean_present([r["oracle"][i]["spearman"].get(which) for r in l2s.values()])
+            which: [r["oracle"][i]["spearman"].get(which) for r in l2s.values()]
             for which in point["spearman"]
         }
         for i, point in enumerate(next(iter(l2s.values()))["oracle"])
     }
+    spearman, oracle_spearman = (
+        {
+            name: {k: mean_present(v) for k, v in measures.items()}
+            for name, measures in groups.items()
+        }
+        for groups in (per_seed, oracle_per_seed)
+    )
     posterior = {
         rule: {
             k: statistics.fmean(r["posterior"][rule][k] for r in act.values())
@@ -368,9 +375,9 @@ def _stop_section(records, seeds, config, family):
         "optimizer's at the full horizon)\n\n"
         + markdown_table(table_rows, columns)
         + "\n\nSpearman(stop step, difficulty), mean over seeds: "
-        + _correlations_text(spearman)
+        + _correlations_text(per_seed)
         + "; the oracle stop of the LSTM optimizer (needs θ̂), per step cost: "
-        + _correlations_text(oracle_spearman)
+        + _correlations_text(oracle_per_seed)
         + "\n\nCausal rule vs the non-causal posterior at the full horizon (ACT optimizer): "
         + "; ".join(
             f"{rule}: mean |Δ steps| {v['mean_abs_step_distance']:.2f}, same step "
@@ -416,11 +423,19 @@ def _stop_section(records, seeds, config, family):
     return section, table, line
 
 
-def _correlations_text(groups: dict[str, dict[str, float | None]]) -> str:
-    """``"name: measure +0.12, …; …"`` for correlations grouped by name."""
+def _correlations_text(groups: dict[str, dict[str, list[float | None]]]) -> str:
+    """``"name: measure +0.12, …; …"``: per name and measure the mean over the seeds where the
+    correlation is defined, with how many those are where some seed lacks it (a constant stop
+    step has none)."""
+
+    def text(values: list[float | None]) -> str:
+        present = sum(v is not None for v in values)
+        fewer = f" ({present} of {len(values)} seeds)" if present < len(values) else ""
+        return format_number(mean_present(values), "+.2f") + fewer
+
     return "; ".join(
-        f"{name}: " + ", ".join(f"{k} {format_number(v, '+.2f')}" for k, v in values.items())
-        for name, values in groups.items()
+        f"{name}: " + ", ".join(f"{k} {text(v)}" for k, v in measures.items())
+        for name, measures in groups.items()
     )
 
 
