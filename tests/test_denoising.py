@@ -1008,3 +1008,25 @@ def test_benchmark_targets_of_one_seed_are_judged_by_its_value(denoising_script)
         denoising_script.targets(all_unseen, 60.0)["stop_above_bm3d_seen_sigma"]["met_by_interval"]
         is None
     )
+
+
+def test_a_curve_point_prints_undefined_references_as_a_dash_and_small_costs_whole():
+    """A point below the oracle frontier's cheapest cost (a rule skipping the policy) has no
+    oracle number: '—', never 'nan'; a cost of 27 MACs reads 27, not '0.0k'."""
+    import math
+
+    from stopwise.tasks.denoising.report import _curve_point
+
+    point = {
+        "psnr": 13.27,
+        "mean_exit": 3.0,
+        "mean_cost": 27.0,
+        "fixed_same_model": 14.07,
+        "fixed_uniform_ds": 14.07,
+        "oracle_same_cost": math.nan,
+        "spearman_exit_sigma": math.nan,
+    }
+    entry, row = _curve_point([0, 1], [point, dict(point)])
+    assert math.isnan(entry["oracle_same_cost"])
+    assert row["oracle"] == "—" and row["macs"] == "27" and row["same"] == "14.07"
+    assert row["gain"] == "-0.80 [-0.80, -0.80]"

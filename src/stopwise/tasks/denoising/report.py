@@ -444,7 +444,9 @@ def _curve_table(jobs, seeds, config) -> dict[str, Any]:
             "so each seed's curve is listed on its own. "
         )
         + "The oracle stop at this cost chooses each image's exit knowing the clean image "
-        "(argmax PSNR − λ·cost, λ swept): the best any policy could do with this model."
+        "(argmax PSNR − λ·cost, λ swept): the best any policy could do with this model; "
+        "'—' below its cheapest point (it pays the policy at every exit, a rule that skips "
+        "the policy can cost less), as for the references below their cheapest depth."
         + (
             " DnCNNs trained per depth: plain DnCNNs of each depth in `trained_depths` and the "
             "DnCNN baseline at full depth, each trained alone with DnCNN's schedule, compared "
@@ -484,11 +486,11 @@ def _curve_point(seeds, column: list[dict]) -> tuple[dict[str, Any], dict[str, s
         entry["gain_over_trained_for_depth"] = trained_gain
     row = {
         "exit": f"{entry['mean_exit']:.2f}",
-        "macs": f"{entry['mean_cost'] / 1e3:.1f}k",
+        "macs": _format_macs(entry["mean_cost"]),
         "stop": f"{entry['psnr']:.2f}",
-        "same": f"{entry['fixed_same_model']:.2f}",
-        "ds": f"{entry['fixed_uniform_ds']:.2f}",
-        "oracle": f"{entry['oracle_same_cost']:.2f}",
+        "same": _format_psnr(entry["fixed_same_model"]),
+        "ds": _format_psnr(entry["fixed_uniform_ds"]),
+        "oracle": _format_psnr(entry["oracle_same_cost"]),
         "rho": "—"
         if math.isnan(entry["spearman_exit_sigma"])
         else f"{entry['spearman_exit_sigma']:+.2f}",
@@ -502,6 +504,10 @@ def _curve_point(seeds, column: list[dict]) -> tuple[dict[str, Any], dict[str, s
 
 def _format_psnr(value: float) -> str:
     return "—" if math.isnan(value) else f"{value:.2f}"
+
+
+def _format_macs(value: float) -> str:
+    return f"{value:.0f}" if value < 1e3 else f"{value / 1e3:.1f}k"
 
 
 def _timed_rules_by_position(records: list[dict]) -> list[tuple[str, list[dict]]]:
