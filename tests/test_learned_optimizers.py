@@ -1014,7 +1014,7 @@ def test_the_lstm_beats_the_tuned_optimizers_over_seeds_by_the_interval_or_one_s
     rmsprop = {0: -4.0, 1: -5.0, 2: -0.9}
     records = {}
     for s in lstm:
-        records[("lstm-f", s)] = {"test": {"20": summary(lstm[s])}}
+        records[("lstm-f", s)] = {"test": {"20": summary(lstm[s])}, "test_nll": 1.0}
         records[("hand-f", s)] = {"test": {"rmsprop": {"20": summary(rmsprop[s])}}}
     config = SimpleNamespace(
         report_steps=[20], horizon=20, beyond=[], optimizers=["rmsprop"], test_functions=100
@@ -1027,7 +1027,7 @@ def test_the_lstm_beats_the_tuned_optimizers_over_seeds_by_the_interval_or_one_s
     assert not three["beats_every_optimizer"]["20"]["over_seeds"]
     tight = {0: -5.0, 1: -6.0, 2: -1.8}  # −1, −1, −0.9: interval below zero
     for s in tight:
-        records[("lstm-f", s)] = {"test": {"20": summary(tight[s])}}
+        records[("lstm-f", s)] = {"test": {"20": summary(tight[s])}, "test_nll": 1.0}
     separated, _, _ = _optimizer_section(records, [0, 1, 2], config, "f")
     assert separated["beats_every_optimizer"]["20"]["over_seeds"]
 
@@ -1054,3 +1054,17 @@ def test_correlation_text_averages_the_defined_seeds_and_says_how_many():
         {"act": {"gap": [0.2, None, 0.4], "n": [0.1, -0.3, 0.5]}, "l2s": {"gap": [None, None]}}
     )
     assert text == "act: gap +0.30 (2 of 3 seeds), n +0.10; l2s: gap — (0 of 2 seeds)"
+
+
+def test_a_diverged_lstm_optimizer_is_named_in_the_report():
+    from stopwise.tasks.learned_optimizers.metrics import DIVERGED
+    from stopwise.tasks.learned_optimizers.report import _diverged_note, _nll_text
+
+    records = {
+        ("lstm-quadratic", 0): {"test_nll": 0.5},
+        ("lstm-quadratic", 1): {"test_nll": DIVERGED},
+    }
+    assert _diverged_note(records, [0], "quadratic") == ""
+    note = _diverged_note(records, [0, 1], "quadratic")
+    assert "diverged** in seed(s) [1]" in note and "not measurements" in note
+    assert _nll_text(0.12345) == "0.1235" and _nll_text(DIVERGED) == "diverged (1e+30)"

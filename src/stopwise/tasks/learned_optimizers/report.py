@@ -180,6 +180,7 @@ def _optimizer_section(records, seeds, config, family):
         + markdown_table(rows + diff_rows, columns)
         + "\n\nLearning rates tuned on validation functions for each step count; [lo, hi]: "
         "95% interval over all test functions; differences: paired over seeds, 95% t interval."
+        + _diverged_note(records, seeds, family)
     )
     first = config.report_steps[0]
     line = (
@@ -258,6 +259,25 @@ def _stop_rows(records, seeds, config, family):
     return rows
 
 
+def _diverged_note(records, seeds, family) -> str:
+    """A warning where the LSTM optimizer of some seed diverged (its NLL counted as
+    :data:`DIVERGED`): the numbers of those seeds are that cap, and every row that reaches or is
+    measured against its NLL compares with the cap; empty otherwise."""
+    diverged = [s for s in seeds if records[(f"lstm-{family}", s)]["test_nll"] >= DIVERGED]
+    if not diverged:
+        return ""
+    return (
+        f"\n\n**The LSTM optimizer diverged** in seed(s) {diverged} (test NLL counted as "
+        f"{DIVERGED:.0e}, log10 suboptimality capped at {math.log10(DIVERGED):.0f}): its numbers "
+        "there are the cap, not measurements, and a row that 'reaches the LSTM's NLL' there "
+        "reaches the cap."
+    )
+
+
+def _nll_text(nll: float) -> str:
+    return f"{nll:.4f}" if nll < DIVERGED else f"diverged ({DIVERGED:.0e})"
+
+
 def _stop_section(records, seeds, config, family):
     rows = _stop_rows(records, seeds, config, family)
     table_rows, numbers = [], {}
@@ -300,7 +320,7 @@ def _stop_section(records, seeds, config, family):
         )
     act = {s: records[(f"act-{family}", s)] for s in seeds}
     l2s = {s: records[(f"l2s-{family}", s)] for s in seeds}
-    per_seed = {  # name -> measure -> one ρ per seed (None where undefined)
+    rho = {  # name -> measure -> one ρ per seed (None where undefined)
         name: {
             which: [r["natural"]["spearman"].get(which) for r in group.values()]
             for which in next(iter(group.values()))["natural"]["spearman"]
@@ -309,7 +329,7 @@ def _stop_section(records, seeds, config, family):
     }
     # The same correlations for the oracle stop of the LSTM optimizer (argmin_t gap_t + λt, it
     # knows θ̂): what imitating the oracle could reach at best.
-    oracle_per_seed = {
+    oracle_rho = {
         f"λ={point['step_cost']:g}": {
             which: [r["oracle"][i]["spearman"].get(which) for r in l2s.values()]
             for which in point["spearman"]
@@ -321,7 +341,7 @@ def _stop_section(records, seeds, config, family):
             name: {k: mean_present(v) for k, v in measures.items()}
             for name, measures in groups.items()
         }
-        for groups in (per_seed, oracle_per_seed)
+        for groups in (rho, oracle_rho)
     )
     posterior = {
         rule: {
@@ -375,9 +395,9 @@ def _stop_section(records, seeds, config, family):
         "optimizer's at the full horizon)\n\n"
         + markdown_table(table_rows, columns)
         + "\n\nSpearman(stop step, difficulty), mean over seeds: "
-        + _correlations_text(per_seed)
+        + _correlations_text(rho)
         + "; the oracle stop of the LSTM optimizer (needs θ̂), per step cost: "
-        + _correlations_text(oracle_per_seed)
+        + _correlations_text(oracle_rho)
         + "\n\nCausal rule vs the non-causal posterior at the full horizon (ACT optimizer): "
         + "; ".join(
             f"{rule}: mean |Δ steps| {v['mean_abs_step_distance']:.2f}, same step "
@@ -395,6 +415,7 @@ def _stop_section(records, seeds, config, family):
         + "\n\n"
         + _budget_table(curves)
         + _trained_table(trained)
+        + _diverged_note(records, seeds, family)
         + _cost_text(cost, config)
         + "\n\nReal execution (shrink mode, functions leave the batch when they stop): "
         + "; ".join(
@@ -406,8 +427,8 @@ def _stop_section(records, seeds, config, family):
     )
     act_row, l2s_row = numbers.get("act"), numbers.get("l2s")
     line = f"{family} stopping: " + "; ".join(
-        f"{name} {row['steps']:.1f} steps, NLL {row['nll']:.4f} "
-        f"(LSTM {numbers['lstm']['nll']:.4f} at {config.horizon})"
+        f"{name} {row['steps']:.1f} steps, NLL {_nll_text(row['nll'])} "
+        f"(LSTM {_nll_text(numbers['lstm']['nll'])} at {config.horizon})"
         for name, row in (("ACT causal", act_row), ("L2S", l2s_row))
         if row is not None
     )
