@@ -196,12 +196,22 @@ def test_the_stage_one_share_of_deep_supervision_reaches_both_stage_one_objectiv
         ("problem.m=500", "problem.m <= problem.n"),
         ("stage2.oracle=medium", "stage2.oracle"),
         ("stage2.pool=10", "stage2.pool=10 must be >= stage2.batch=64"),
+        ("problem.snrs=30,30", "problem.snrs=[30.0, 30.0] must not repeat"),
+        ("stage2.hidden=8,8", "stage2.hidden=[8, 8] must not repeat"),
+        # 2 signals of 10 entries at sparsity 0.1: all zero (NMSE undefined) with p = 0.9^20
+        (
+            "problem.n=10 --set problem.m=5 --set problem.per_snr=2",
+            "problem.per_snr=2 is too small",
+        ),
     ],
 )
 def test_cross_key_checks_exit_2_before_anything_is_written(tmp_path, capsys, override, message):
     out = tmp_path / "r"
     assert (
-        main(["run", "sparse-recovery", "--preset", "tiny", "--set", override, "--out", str(out)])
+        main(
+            ["run", "sparse-recovery", "--preset", "tiny", "--out", str(out)]
+            + [arg for part in override.split(" --set ") for arg in ("--set", part)]
+        )
         == 2
     )
     assert message in capsys.readouterr().err
@@ -341,3 +351,17 @@ def test_classical_rows_are_measured_on_test_with_the_tuned_settings(tiny_run):
             model = CLASSICAL["fista"](A, steps, L, lam)
             error = sum(row_errors[-1] for row_errors in _plain_errors(model, test.y, test.x))
         assert row["mixed"] == pytest.approx(10 * math.log10(error / energy), abs=1e-4), key
+
+
+def test_the_stop_jobs_settings_hold_timing_repeats():
+    """The stop jobs time their rules: a rerun with other timing_repeats must not serve the old
+    timings as the new ones (the job's settings differ, so the runner refuses or reruns)."""
+    from stopwise.experiments import plan_jobs
+
+    def settings(overrides):
+        config = resolve_config(EXPERIMENT, "tiny", overrides)[0]
+        return {p.id: p.settings for p in plan_jobs(EXPERIMENT, config)}
+
+    one, none = settings(["timing_repeats=1"]), settings(["timing_repeats=0"])
+    changed = sorted(job for job in one if one[job] != none[job])
+    assert changed == ["cpss-stop-s0", "lista-stop-s0"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...config import Config, group, param
+from ...config import Config, distinct, group, param
 
 __all__ = ["SparseRecoveryConfig", "PRESETS"]
 
@@ -17,7 +17,7 @@ class Problem:
     n: int = param(500, ge=1, help="signal length (columns of A)")
     condition: float = param(5.0, ge=1, help="condition number of A before column normalisation")
     sparsity: float = param(0.1, gt=0, le=1, help="Bernoulli support probability of x*")
-    snrs: list[float] = param([20.0, 30.0, 40.0], min_len=1, help="SNR levels (dB)")
+    snrs: list[float] = param([20.0, 30.0, 40.0], min_len=1, check=distinct, help="SNR levels (dB)")
     per_snr: int = param(1000, ge=1, help="validation and test samples per SNR")
     steps: int = param(20, ge=2, help="T, layers of the learned models")
 
@@ -29,15 +29,28 @@ class Problem:
                 f"problem.sparsity × problem.n must be >= 1 (at least one expected nonzero entry "
                 f"per signal); got {self.sparsity:g} × {self.n} = {self.sparsity * self.n:g}"
             )
+        # NMSE over an SNR group is undefined when all its signals are zero: refuse sizes where
+        # that is not negligible (each of per_snr signals is zero with probability (1 − p)^n).
+        all_zero = (1 - self.sparsity) ** (self.n * self.per_snr)
+        if all_zero >= 1e-6:
+            raise ValueError(
+                f"problem.per_snr={self.per_snr} is too small for problem.n={self.n} and "
+                f"problem.sparsity={self.sparsity:g}: every signal of an SNR group is zero (NMSE "
+                f"undefined) with probability {all_zero:.2g}; use more signals or a denser x*"
+            )
 
 
 @dataclass
 class Classical:
     """ISTA and FISTA, (L, λ) tuned per iteration budget on validation around the paper's."""
 
-    budgets: list[int] = param([20, 100], ge=1, min_len=1, help="iteration budgets")
-    lambda_factors: list[float] = param([0.8, 1.25], gt=0, help="λ candidates × the paper's λ")
-    L_factors: list[float] = param([0.9, 1.1], gt=0, help="L candidates × the paper's L")
+    budgets: list[int] = param([20, 100], ge=1, min_len=1, check=distinct, help="iteration budgets")
+    lambda_factors: list[float] = param(
+        [0.8, 1.25], gt=0, check=distinct, help="λ candidates × the paper's λ"
+    )
+    L_factors: list[float] = param(
+        [0.9, 1.1], gt=0, check=distinct, help="L candidates × the paper's L"
+    )
 
 
 @dataclass
@@ -66,20 +79,28 @@ class Stage2:
     among (every objective × penalty × hidden width × length), trained on one cached pool."""
 
     pool: int = param(20000, ge=1, help="training samples whose trajectories stage II replays")
-    steps: list[int] = param([1000], ge=1, min_len=1, help="Adam updates (candidates)")
+    steps: list[int] = param(
+        [1000], ge=1, min_len=1, check=distinct, help="Adam updates (candidates)"
+    )
     batch: int = param(256, ge=1, help="pool samples per update")
     lr: float = param(3e-3, gt=0, help="initial learning rate")
     objectives: list[str] = param(
         ["gain", "l2s"],
         choices=("gain", "l2s"),
         min_len=1,
+        check=distinct,
         help="l2s: imitate the (cost-aware) oracle; gain: regress −log of the gain rate",
     )
     penalties: list[float] = param(
-        [0.01, 0.03, 0.1], ge=0, help="step penalties λ of the l2s candidates (λ = 0 always)"
+        [0.01, 0.03, 0.1],
+        ge=0,
+        check=distinct,
+        help="step penalties λ of the l2s candidates (λ = 0 always)",
     )
     oracle: str = param("hard", choices=("hard", "soft"), help="imitate argmin_t ℓ_t, or KL to q*")
-    hidden: list[int] = param([32], ge=1, min_len=1, help="hidden widths (candidates)")
+    hidden: list[int] = param(
+        [32], ge=1, min_len=1, check=distinct, help="hidden widths (candidates)"
+    )
     gain_floor: float = param(1e-6, gt=0, help="floor of the gain rate in the gain objective")
 
 

@@ -72,6 +72,7 @@ def jobs(config: SparseRecoveryConfig) -> list[Job]:
     stage1 = (*trained, "beta", "stage1_uniform")
     stop = (*trained, "beta", "prune_mass", "stage2", "threshold_rule", "threshold_row")
     stop += ("match_tolerance", "match_confidence", "budget_points", "inference_mode")
+    stop += ("timing_repeats",)
     cpss1 = [f"cpss.{k}" for k in ("stage1_steps", "batch", "lr", "weight_decay")]
     lista_start = ("lista",) if config.stage1.init == "lista" else ()
     return [
