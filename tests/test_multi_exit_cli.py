@@ -47,6 +47,9 @@ def test_tiny_run_writes_curves_tables_figures_and_real_early_exit(tiny_run):
     assert set(results["paired_vs_uniform"]) == trained | {"l2s", "l2s (policy)"}
     for line in results["l2s_selected"]:  # β ∈ {1, ∞ (uniform)} chosen per budget on validation
         assert all(b in (1.0, None) for b in line["chosen_beta_per_seed"]["0"])
+        jobs_chosen = line["chosen_job_per_seed"]["0"]
+        assert len(jobs_chosen) == len(line["chosen_beta_per_seed"]["0"])
+        assert set(jobs_chosen) <= {"l2s-b1", "uniform", None}
     for line in results["lines"]:
         assert len(line["curve_mean"]) == 39 and line["adaptive_matches_dense"], line["label"]
     timing = results["timing"]["l2w-s0"]["rules"]

@@ -671,3 +671,11 @@ def test_weights_figure_title_counts_the_samples_it_plots():
 
     data = {"losses": [[0.1, 0.2, 0.3]] * 2, "weights": [[1.0, 0.5, 0.0]] * 2}
     assert "(3 training samples)" in _weights_figure("l2w", data)._suptitle.get_text()
+
+
+def test_a_budget_no_candidate_reached_reads_as_a_dash_not_as_uniform_training():
+    from stopwise.tasks.multi_exit.report import _beta_text
+
+    assert _beta_text(None, None) == "—"  # nothing chosen (the record's beta is None too)
+    assert _beta_text(None, "uniform") == "∞"  # uniform training: β → ∞
+    assert _beta_text(4.0, "l2s-b4") == "4"

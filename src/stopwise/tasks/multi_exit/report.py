@@ -141,6 +141,9 @@ def _selected_line(curve: str, records: dict[int, dict[str, Any]]) -> dict[str, 
         "chosen_beta_per_seed": {
             s: [pick["beta"] for pick in r["chosen"][curve]] for s, r in records.items()
         },
+        "chosen_job_per_seed": {  # None: no candidate reached the budget on validation
+            s: [pick["job"] for pick in r["chosen"][curve]] for s, r in records.items()
+        },
     }
 
 
@@ -258,6 +261,10 @@ def _interval_text(d: dict[str, Any] | None) -> str | None:
     return None if d is None else format_interval(d, scale=100, no_interval=" (n = 1)")
 
 
+def _beta_text(beta: float | None, job: str | None) -> str:
+    return "—" if job is None else "∞" if beta is None else f"{beta:g}"
+
+
 def _section(text: str, rows: list[dict[str, Any]], columns: list[tuple]) -> list[str]:
     """A paragraph and its table, each after a blank line."""
     return ["", text, "", markdown_table(rows, columns)]
@@ -316,10 +323,19 @@ def _table(results: dict[str, Any], config: MultiExitConfig) -> str:
         ]
     for line in results["l2s_selected"]:
         chosen = "; ".join(
-            f"seed {s}: " + ", ".join("∞" if b is None else f"{b:g}" for b in betas)
-            for s, betas in line["chosen_beta_per_seed"].items()
+            f"seed {s}: "
+            + ", ".join(_beta_text(b, job) for b, job in zip(betas, jobs, strict=True))
+            for (s, betas), jobs in zip(
+                line["chosen_beta_per_seed"].items(),
+                line["chosen_job_per_seed"].values(),
+                strict=True,
+            )
         )
-        parts += ["", f"{line['label']}: β chosen per budget (∞ = uniform training): {chosen}."]
+        parts += [
+            "",
+            f"{line['label']}: β chosen per budget (∞ = uniform training; — : no candidate "
+            f"reaches the budget on validation): {chosen}.",
+        ]
     if results["paired_vs_uniform"]:
         paired_rows = []
         for line in results["lines"] + results["l2s_selected"]:
