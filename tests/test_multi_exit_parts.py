@@ -679,3 +679,21 @@ def test_a_budget_no_candidate_reached_reads_as_a_dash_not_as_uniform_training()
     assert _beta_text(None, None) == "—"  # nothing chosen (the record's beta is None too)
     assert _beta_text(None, "uniform") == "∞"  # uniform training: β → ∞
     assert _beta_text(4.0, "l2s-b4") == "4"
+
+
+def test_adding_a_beta_or_a_timed_method_changes_no_other_jobs_settings():
+    from stopwise.experiments import get_experiment, plan_jobs, resolve_config
+
+    experiment = get_experiment("multi-exit")
+
+    def settings(overrides):
+        config = resolve_config(experiment, "tiny", ["methods=uniform,l2w,l2s", *overrides])[0]
+        return {p.id: p.settings for p in plan_jobs(experiment, config)}
+
+    base = settings(["l2s.betas=1", "timing.methods=l2w"])
+    wider = settings(["l2s.betas=1,4", "timing.methods=l2w,uniform"])
+    changed = sorted(j for j in base if base[j] != wider[j])
+    assert changed == ["l2s-s0", "uniform-s0"]  # the β selection and the newly timed job
+    assert "l2s-b4-s0" in wider and "l2s-b4-s0" not in base
+    other = settings(["l2s.betas=1", "timing.methods=l2w", "l2s.policy_lr=0.01"])
+    assert sorted(j for j in base if base[j] != other[j]) == ["l2s-b1-s0", "l2s-s0"]

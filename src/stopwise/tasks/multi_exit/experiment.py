@@ -10,6 +10,7 @@ training's, β → ∞) and picks, per budget, the β whose curve is best on val
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -21,7 +22,7 @@ from ...contract import Job, JobContext
 from ...inference import exit_distribution, run_adaptive, stop_indices
 from ...policies import ConfidencePolicy
 from ...selection import Heldout, budget_sweep, fixed_depth_curve, floored_costs, point_rule
-from .config import MultiExitConfig
+from .config import L2S, MultiExitConfig
 from .data import fashion_mnist_files, load_splits
 from .l2w import allocate_meta
 from .methods import L2W_VARIANTS, build_model, fit_gain, head_costs, train_method
@@ -50,7 +51,11 @@ SHARED_KEYS = (
     "mnist1d_per_level", "stem", "channels", "strides", "head_width", "epochs", "batch_size",
     "lr", "momentum", "weight_decay", "eval_batch", "device", "inference_mode",
 )  # fmt: skip
-METHOD_KEYS = {"sdn": ("sdn_weights",), "l2s": ("l2s",), **{m: ("l2w",) for m in L2W_VARIANTS}}
+# Not ``l2s.betas`` (a job's own β is in its params) nor ``timing.methods`` (whether a job is
+# timed adds the timing keys): adding a β or a timed method reruns no other job.
+L2S_KEYS = tuple(f"l2s.{f.name}" for f in dataclasses.fields(L2S) if f.name != "betas")
+METHOD_KEYS = {"sdn": ("sdn_weights",), "l2s": L2S_KEYS, **{m: ("l2w",) for m in L2W_VARIANTS}}
+TIMING_KEYS = ("timing.batch", "timing.repeats")
 GAIN_KEYS = ("gain_head", "gain_updates", "gain_price")  # every trained network's gain head
 COSTS = {"l2w": 4.0, "l2w-last": 4.0, "l2w-all": 4.0, "l2w-fo": 2.5}  # relative, for worker order
 SELECT_L2S = "l2s-select"  # the method of the job that picks L2S's β on validation
@@ -80,7 +85,7 @@ def jobs(config: MultiExitConfig) -> list[Job]:
     for method in config.methods:
         # Every training job fits and runs each budget's rule after training.
         keys = SHARED_KEYS + METHOD_KEYS.get(method, ()) + GAIN_KEYS + ("budgets",)
-        keys += ("timing",) if method in config.timing.methods else ()
+        keys += TIMING_KEYS if method in config.timing.methods else ()
         if method != "l2s":
             params = {"method": method, **data}
             out.append(Job(method, params, keys=keys, cost=COSTS.get(method, 1.0)))
