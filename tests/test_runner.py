@@ -369,3 +369,21 @@ def test_a_dependency_whose_checkpoint_is_gone_says_how_to_recover(tmp_path):
     run(tmp_path / "reused", f"reuse_from={out}", calls=calls)
     assert sorted(called(calls)) == ["fit-b-s0", "summary-s0"]
     assert records(tmp_path / "reused") == expected
+
+
+def test_timed_blocks_keep_wall_and_cpu_seconds_of_the_same_span(tmp_path, monkeypatch):
+    """A task's 'train CPU' must cover what its 'train seconds' cover, not the whole job (one-
+    time setup costs CPU seconds outside the block)."""
+    import types
+
+    import stopwise.contract as contract
+    from stopwise.contract import Job, JobContext, PlannedJob, RunDir
+
+    wall, cpu = iter([10.0, 12.5, 20.0, 21.0]), iter([100.0, 104.0, 200.0, 201.5])
+    clocks = types.SimpleNamespace(perf_counter=lambda: next(wall), process_time=lambda: next(cpu))
+    monkeypatch.setattr(contract, "time", clocks)  # scripted clocks, for this module only
+    context = JobContext(RunDir(tmp_path), None, PlannedJob("a-s0", Job("a"), 0, {}, ()), False)
+    for _ in range(2):
+        with context.timed("train"):
+            pass
+    assert context.timings == {"train": 3.5} and context.cpu_timings == {"train": 5.5}

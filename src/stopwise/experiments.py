@@ -567,6 +567,7 @@ def _run_one(experiment: Experiment, config: Any, run: RunDir, planned: PlannedJ
         "settings": planned.settings,
         "record": record,
         "timings": context.timings,
+        "cpu_timings": context.cpu_timings,
         "seconds": time.perf_counter() - start,
         "cpu_seconds": time.process_time() - cpu_start,
         "threads": torch.get_num_threads(),
