@@ -697,3 +697,16 @@ def test_adding_a_beta_or_a_timed_method_changes_no_other_jobs_settings():
     assert "l2s-b4-s0" in wider and "l2s-b4-s0" not in base
     other = settings(["l2s.betas=1", "timing.methods=l2w", "l2s.policy_lr=0.01"])
     assert sorted(j for j in base if base[j] != other[j]) == ["l2s-b1-s0", "l2s-s0"]
+
+
+def test_reach_text_gives_the_costs_the_curves_span_as_shares_of_full_macs():
+    from stopwise.tasks.multi_exit.report import _reach_text
+
+    results = {
+        "step_costs": [10.0, 40.0, 100.0],
+        "lines": [
+            {"curve_mean": [{"mean_cost": 43.0}, {"mean_cost": 86.0}]},
+            {"curve_mean": [{"mean_cost": 50.0}, {"mean_cost": 88.0}]},
+        ],
+    }
+    assert _reach_text(results) == "43%–88%"

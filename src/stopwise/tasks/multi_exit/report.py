@@ -257,6 +257,13 @@ def _at_budget(line: dict[str, Any], i: int) -> str | None:
     return text if n == total else f"{text} ({n} of {total} seeds)"
 
 
+def _reach_text(results: dict[str, Any]) -> str:
+    """The mean costs the lines' curves span, cheapest to dearest, as shares of the full MACs."""
+    full = float(results["step_costs"][-1])
+    costs = [p["mean_cost"] / full for line in results["lines"] for p in line["curve_mean"]]
+    return f"{min(costs):.0%}–{max(costs):.0%}"
+
+
 def _interval_text(d: dict[str, Any] | None) -> str | None:
     return None if d is None else format_interval(d, scale=100, no_interval=" (n = 1)")
 
@@ -305,6 +312,16 @@ def _table(results: dict[str, Any], config: MultiExitConfig) -> str:
             ],
         ),
         "",
+        *(
+            [
+                "'—': the budget lies outside every seed's curve (the curves' points spend "
+                f"{_reach_text(results)} of the full MACs on test); the exit columns give the "
+                "network's accuracy at each fixed exit.",
+                "",
+            ]
+            if any(row[f"b{i}"] is None for row in rows for i in range(len(budgets)))
+            else []
+        ),
         "Each curve (mean over seeds) against the same network stopped at fixed exits (the best "
         "mix of two exits with at most the same mean MACs):",
         *(
