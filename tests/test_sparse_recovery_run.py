@@ -365,3 +365,17 @@ def test_the_stop_jobs_settings_hold_timing_repeats():
     one, none = settings(["timing_repeats=1"]), settings(["timing_repeats=0"])
     changed = sorted(job for job in one if one[job] != none[job])
     assert changed == ["cpss-stop-s0", "lista-stop-s0"]
+
+
+def test_classical_only_tables_hold_no_empty_sections_and_name_a_non_bound(tmp_path):
+    """classical_only: no pair, budget-curve or stop-row sections (nothing fills them); with
+    supports larger than m the support least squares is underdetermined and is not a bound."""
+    overrides = ["classical_only=true", "problem.sparsity=0.6", "problem.condition=1"]
+    config = resolve_config(EXPERIMENT, "tiny", overrides)[0]
+    run_experiment("sparse-recovery", "tiny", tmp_path / "run", ["progress=false", *overrides])
+    table = (tmp_path / "run" / "table.md").read_text()
+    assert "paired over seeds" not in table and "Budget curve" not in table
+    assert "Stop rows run through" not in table and "†" not in table
+    record = json.loads((tmp_path / "run" / "jobs" / "classical-s0.json").read_text())["record"]
+    assert record["largest_support"] > config.problem.m
+    assert f"NOT a bound here: a support of {record['largest_support']} entries" in table

@@ -195,7 +195,10 @@ def classical(context: JobContext, problem: SparseProblem) -> dict[str, Any]:
     # LAPACK's least squares may differ in the last bit from run to run (memory alignment):
     # the bound is kept to 1e-6 dB so that a resumed run records the same numbers
     support_oracle = {k: round(v, 6) for k, v in columns.items()}
-    return {"tuned": tuned, "rows": rows, "fixed_depth": curves, "support_oracle": support_oracle}
+    # Least squares on a support larger than m is underdetermined: no bound there.
+    largest_support = int((test.x != 0).sum(-1).max())
+    return {"tuned": tuned, "rows": rows, "fixed_depth": curves, "support_oracle": support_oracle,
+            "largest_support": largest_support}  # fmt: skip
 
 
 # Prices λ per step of the cost-aware oracle curve (the best any policy could do; needs x*).

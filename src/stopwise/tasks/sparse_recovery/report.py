@@ -123,6 +123,7 @@ def report(results: list[JobResult], config: SparseRecoveryConfig) -> Report:
     _same_depth_baseline(rows, curves, f"ista-{T}")
     _add_timing(rows, stops)
     bound = {r.seed: r.record["support_oracle"] for r in results if "support_oracle" in r.record}
+    largest = max((r.record.get("largest_support", 0) for r in results), default=0)
     for seed, seed_bound in bound.items():
         for row in rows[seed].values():
             row["to_bound"] = row["mixed"] - seed_bound["mixed"]
@@ -133,6 +134,11 @@ def report(results: list[JobResult], config: SparseRecoveryConfig) -> Report:
         by_seed = stops.get(key.split("-")[0], {}).values()
         kinds = [f"{r['policy']['objective']}, {r['calibration']['kind']}" for r in by_seed]
         label, model, rule = _label(key, T, kinds)
+        if key == "support_oracle" and largest > config.problem.m:
+            label = (
+                f"least squares on the true support (NOT a bound here: a support of {largest} "
+                f"entries exceeds m = {config.problem.m}; needs the support)"
+            )
         per_seed = {s: rows[s][key] for s in seeds}
         row = {"key": key, "label": label, "model": model, "rule": rule, "sd": {}}
         for field in (*columns, "mean_steps", "mean_cost", "wall_speedup", "to_bound"):
@@ -404,10 +410,13 @@ def _table(results: dict[str, Any], config: SparseRecoveryConfig) -> str:
         f"{results['training_cpu_seconds'] / 60:.1f} min CPU (training and evaluation), "
         f"{config.threads} thread(s).",
     ]
+    if config.classical_only:  # no trained rows, stop rows, pairs or budget curves
+        notes = [notes[0], *notes[-1:]]
     bullets = "\n".join(f"- {n}" for n in notes)
-    return "\n\n".join(
-        [markdown_table(lines, spec), bullets, paired, _curve_table(results, config)]
-    )
+    parts = [markdown_table(lines, spec), bullets]
+    if not config.classical_only:
+        parts += [paired, _curve_table(results, config)]
+    return "\n\n".join(parts)
 
 
 def _curve_table(results: dict[str, Any], config: SparseRecoveryConfig) -> str:
@@ -503,8 +512,10 @@ def _figures(results: dict[str, Any], stops, seeds: list[int]) -> dict[str, Any]
     """``nmse_per_layer``, ``stop_steps`` (threshold rule) and ``nmse_vs_steps`` (the budget
     curve of each stop model beside the same model at fixed depth); means over seeds."""
     per_layer, column = results["per_layer"], results["columns"][0]
-    shown = {k: v for k, v in per_layer.items() if not k.startswith(("ista", "fista"))}
-    shown.update({k: v for k, v in per_layer.items() if k.endswith("-100")})
+    classical = [k for k in per_layer if k.startswith(("ista", "fista"))]
+    shown = {k: v for k, v in per_layer.items() if k not in classical}
+    deepest = max((int(k.split("-")[1]) for k in classical), default=None)  # ISTA/FISTA's longest
+    shown.update({k: per_layer[k] for k in classical if int(k.split("-")[1]) == deepest})
     figures = {}
 
     figure, ax = new_figure(6.5, 4.2)
