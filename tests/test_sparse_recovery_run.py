@@ -379,3 +379,21 @@ def test_classical_only_tables_hold_no_empty_sections_and_name_a_non_bound(tmp_p
     record = json.loads((tmp_path / "run" / "jobs" / "classical-s0.json").read_text())["record"]
     assert record["largest_support"] > config.problem.m
     assert f"NOT a bound here: a support of {record['largest_support']} entries" in table
+
+
+def test_a_row_whose_seed_diverged_is_named():
+    from stopwise.tasks.sparse_recovery.report import _diverged_rows
+
+    rows = [
+        {
+            "key": "ista-40",
+            "label": "ISTA (T=40)",
+            "per_seed": {0: {"mixed": -20.1}, 2: {"mixed": 37.3}},
+        },
+        {"key": "lista", "label": "LISTA (T=8)", "per_seed": {0: {"mixed": -30.0}}},
+        {"key": "support_oracle", "label": "LS", "per_seed": {0: {"mixed": 1.0}}},
+    ]
+    assert _diverged_rows(rows[1:2]) == ""
+    note = _diverged_rows(rows)
+    assert "ISTA (T=40): seed(s) 2 (+37.3 dB)" in note
+    assert note.count("seed(s)") == 1  # not LISTA (below 0 dB), not the least squares

@@ -410,6 +410,9 @@ def _table(results: dict[str, Any], config: SparseRecoveryConfig) -> str:
         f"{results['training_cpu_seconds'] / 60:.1f} min CPU (training and evaluation), "
         f"{config.threads} thread(s).",
     ]
+    diverged = _diverged_rows(results["rows"])
+    if diverged:
+        notes.insert(1, diverged)
     if config.classical_only:  # no trained rows, stop rows, pairs or budget curves
         notes = [notes[0], *notes[-1:]]
     bullets = "\n".join(f"- {n}" for n in notes)
@@ -417,6 +420,27 @@ def _table(results: dict[str, Any], config: SparseRecoveryConfig) -> str:
     if not config.classical_only:
         parts += [paired, _curve_table(results, config)]
     return "\n\n".join(parts)
+
+
+def _diverged_rows(rows: list[dict[str, Any]]) -> str:
+    """A note naming the seeds of each row whose mixed NMSE is above 0 dB (worse than the
+    all-zero estimate: the iteration diverged there), which then rule its mean ± sd; empty if
+    none."""
+    found = []
+    for row in rows:
+        if row["key"] == "support_oracle":  # solves, does not iterate
+            continue
+        above = {s: r["mixed"] for s, r in row["per_seed"].items() if r.get("mixed", 0.0) > 0}
+        if above:
+            seeds = ", ".join(f"{s} ({v:+.1f} dB)" for s, v in above.items())
+            found.append(f"{row['label']}: seed(s) {seeds}")
+    if not found:
+        return ""
+    return (
+        "**Diverged** (mixed NMSE above 0 dB, worse than estimating zero): "
+        + "; ".join(found)
+        + ". Their mean ± sd is ruled by those seeds."
+    )
 
 
 def _curve_table(results: dict[str, Any], config: SparseRecoveryConfig) -> str:
