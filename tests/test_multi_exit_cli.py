@@ -64,6 +64,9 @@ def test_tiny_run_writes_curves_tables_figures_and_real_early_exit(tiny_run):
     table = (tiny_run / "table.md").read_text()
     assert "L2W − uniform" in table and "speedup" in table and "95%" in table
     assert "± 0.00" not in table  # one seed (tiny) has no sd to show
+    # each timed row says what share of the MACs the curve point it timed spends
+    for r in timing.values():
+        assert f"| {100 / r['mac_ratio']:.0f}% |" in table
     stages = {
         (r["job"], r["stage"])
         for r in map(json.loads, (tiny_run / "metrics.jsonl").read_text().splitlines())

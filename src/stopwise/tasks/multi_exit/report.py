@@ -404,10 +404,18 @@ def _table(results: dict[str, Any], config: MultiExitConfig) -> str:
         parts += _section(
             "Wall-clock of confidence early exit (run_adaptive, mode='shrink') vs the full network "
             f"(inference.time_adaptive), batch {timing['batch']}, median of {timing['repeats']}:",
-            [{**r, "budget": f"{100 * float(r['budget']):g}%"} for r in timing_rows],
+            [
+                {
+                    **r,
+                    "budget": f"{100 * float(r['budget']):g}%",
+                    "share": f"{100 / r['mac_ratio']:.0f}%",
+                }
+                for r in timing_rows
+            ],
             [
                 ("job", "job", "s"),
                 ("budget", "budget", "s"),
+                ("share", "MACs of the curve point timed (nearest the budget)", "s"),
                 ("mac_ratio", "ideal speedup (MAC ratio)", ".2f"),
                 ("speedup", "measured speedup", ".2f"),
                 ("speedup_over_mac_ratio", "measured / ideal", ".2f"),
