@@ -52,6 +52,9 @@ def test_tiny_run_writes_the_whole_table(tiny_run):
     table = (tiny_run / "table.md").read_text()
     assert "± 0.00 mean steps" not in table  # one seed (tiny) has no sd to show
     assert "LISTA-stop, sampled" in table and "oracle stop" in table and "95% interval" in table
+    # pairs named as the rows are (not by result keys); one seed: no "more than one sd" claim
+    assert "| LISTA-stop, threshold − its full depth |" in table and "lista_stop" not in table
+    assert "more than one sd" not in table
     # every stop row ran through run_adaptive and stopped where the dense trajectory selects
     for row in rows.values():
         if row["rule"] in ("sampled", "threshold"):

@@ -320,7 +320,7 @@ def _paired(rows, curves, seeds: list[int], T: int) -> list[dict[str, Any]]:
 
     comparisons, names = [], [n for n in STOP_MODELS if f"{n}-threshold" in rows[seeds[0]]]
     for name in names:
-        row, text = f"{name}-threshold", f"{name} threshold"
+        row, text = f"{name}-threshold", f"{STOP_LABELS[name]}, threshold"
         ista = {s: rows[s][row]["ista_same_depth"]["mixed"] for s in seeds}  # ⌈mean steps⌉
         comparisons += [  # (text, row a, b per seed)
             (f"{text} − its full depth", row, mixed(f"{name}-full")),
@@ -329,7 +329,8 @@ def _paired(rows, curves, seeds: list[int], T: int) -> list[dict[str, Any]]:
         ]
     if len(names) == 2:
         a, b = (f"{n}-threshold" for n in names[::-1])
-        comparisons.append((f"{a} − {b}", a, mixed(b)))
+        labels = " − ".join(f"{STOP_LABELS[n]}, threshold" for n in names[::-1])
+        comparisons.append((labels, a, mixed(b)))
     return [
         {"comparison": text, "metric": "mixed test NMSE (dB)", **paired_difference(mixed(a), b)}
         for text, a, b in comparisons
@@ -478,8 +479,13 @@ def _curve_table(results: dict[str, Any], config: SparseRecoveryConfig) -> str:
     notes = [
         f"{STOP_LABELS[name]}: stop curve ≥ fixed depth at "
         f"{d['budgets'] - len(d['worse_budgets'])}/{d['budgets']} budgets (worst mean margin "
-        f"{d['worst_margin']:+.2f} dB; worse by more than one sd at "
-        f"{len(d['clearly_worse_budgets'])}); full-depth NMSE (±{config.match_tolerance:g} dB) "
+        f"{d['worst_margin']:+.2f} dB"
+        + (
+            f"; worse by more than one sd at {len(d['clearly_worse_budgets'])}"
+            if len(results["seeds"]) > 1
+            else ""  # one seed has no sd
+        )
+        + f"); full-depth NMSE (±{config.match_tolerance:g} dB) "
         f"at ≤ {0.75 * T:g} steps, judged on the threshold row (chosen on validation): "
         f"{format_interval(d['threshold_row_gap'], '+.2f')} dB from full depth at "
         f"{format_interval(d['threshold_row_steps'], '.2f')} mean steps: "
