@@ -130,3 +130,36 @@ def test_log_probabilities_equal_log_softmax():
     torch.testing.assert_close(log_probabilities(logits), torch.log_softmax(logits, -1))
     hazard = ConfidencePolicy()(logits, 0)
     torch.testing.assert_close(torch.sigmoid(hazard), torch.softmax(logits, -1).amax(-1))
+
+
+def test_a_model_updating_its_state_in_place_is_refused_not_silently_wrong():
+    """advance() doing ``s["y"] += x``: the predictions kept for earlier steps would all show the
+    last step's values (dense mode and unroll stack them at the end); refused with a clear
+    error instead. masked and shrink keep each step's values as they go and stay right."""
+    import pytest
+
+    from stopwise.inference import ScoreThreshold, run_adaptive
+    from stopwise.steps import StepModel, unroll
+
+    class InPlace(StepModel):
+        max_steps = 3
+
+        def start(self, x):
+            return {"x": x, "y": torch.zeros_like(x)}
+
+        def advance(self, s, t):
+            s["y"] += s["x"]  # in place
+            return s
+
+        def predict(self, s, t):
+            return s["y"]
+
+    x = torch.ones(4, 2)
+    with pytest.raises(ValueError, match="changed in place by a later step"):
+        unroll(InPlace(), x)
+    policy = lambda features, t: torch.zeros(features.shape[0])  # noqa: E731
+    never = ScoreThreshold(float("inf"))
+    with pytest.raises(ValueError, match="changed in place"):
+        run_adaptive(InPlace(), policy, x, never, "dense")
+    for mode in ("masked", "shrink"):  # the last step's prediction: 3 · x
+        assert torch.equal(run_adaptive(InPlace(), policy, x, never, mode).predictions, 3 * x)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from .steps import (
     StepModel,
+    StepStack,
     cat_state,
     index_state,
     state_batch_size,
@@ -480,23 +481,23 @@ def _run_masked(model, policy, inputs, rule, valid, carry=None):
 def _run_dense(model, policy, inputs, rule, valid, carry=None):
     state = model.start(inputs)
     last = _last(valid)
-    predictions, hazards = [], []
+    predictions, hazards = StepStack("prediction"), []
     for t in range(last + 1):
         state = model.advance(state, t)
         prediction, features = model.observe(state, t)
         predictions.append(prediction)
         hazards.append(policy(features, t) if valid[t] and t < last else None)
-    B = predictions[0].shape[0]
+    stacked = predictions.stack()
+    B = stacked.shape[0]
     # Full-width hazards (zeros where no decision is taken) so rules see the same (B, T) layout
     # as in the other modes (a sampling rule draws its uniforms for all T steps).
     decided = [h for h in hazards if h is not None]
     dtype = decided[0].dtype if decided else torch.float32
-    hazard = torch.zeros(B, model.max_steps, dtype=dtype, device=predictions[0].device)
+    hazard = torch.zeros(B, model.max_steps, dtype=dtype, device=stacked.device)
     for t, h in enumerate(hazards):
         if h is not None:
             hazard[:, t] = h
     stop_index = stop_indices(hazard, rule, valid, carry)
-    stacked = torch.stack(predictions, dim=1)
     rows = torch.arange(B, device=stacked.device)
     return stacked[rows, stop_index], stop_index
 

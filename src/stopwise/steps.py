@@ -92,15 +92,36 @@ def unroll(
     """
     T = model.max_steps if num_steps is None else num_steps
     state = model.start(inputs)
-    predictions, features = [], []
+    predictions, features = StepStack("prediction"), StepStack("features")
     for t in range(T):
         state = model.advance(state, t)
         predictions.append(model.predict(state, t))
         if with_features:
             features.append(model.features(state, t))
-    return Trajectory(
-        torch.stack(predictions, dim=1), torch.stack(features, dim=1) if with_features else None
-    )
+    return Trajectory(predictions.stack(), features.stack() if with_features else None)
+
+
+class StepStack:
+    """Per-step tensors stacked along dim 1 at the end, refusing one that was changed in place
+    after its step: a model whose ``advance`` updates its state in place (``s["y"] += …``) would
+    otherwise leave every kept step holding the last step's values, silently."""
+
+    def __init__(self, what: str):
+        self.what, self.kept = what, []
+
+    def append(self, tensor: torch.Tensor) -> None:
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(f"a step's {self.what} must be a tensor; got {type(tensor).__name__}")
+        self.kept.append((tensor, None if tensor.is_inference() else tensor._version))
+
+    def stack(self) -> torch.Tensor:
+        for t, (tensor, version) in enumerate(self.kept):
+            if version is not None and tensor._version != version:
+                raise ValueError(
+                    f"the {self.what} of step {t} was changed in place by a later step: "
+                    "advance must return new tensors, not update the state in place"
+                )
+        return torch.stack([tensor for tensor, _ in self.kept], dim=1)
 
 
 def _map_state(fn, *states: State) -> State:
