@@ -50,6 +50,8 @@ class StepModel(nn.Module):
         raise NotImplementedError
 
     def advance(self, state: State, t: int) -> State:
+        """The state after step ``t``: new tensors, never the old state's updated in place
+        (earlier steps' predictions may still be held; :class:`StepStack` refuses it)."""
         raise NotImplementedError
 
     def predict(self, state: State, t: int) -> torch.Tensor:
