@@ -163,3 +163,38 @@ def test_a_model_updating_its_state_in_place_is_refused_not_silently_wrong():
         run_adaptive(InPlace(), policy, x, never, "dense")
     for mode in ("masked", "shrink"):  # the last step's prediction: 3 · x
         assert torch.equal(run_adaptive(InPlace(), policy, x, never, mode).predictions, 3 * x)
+
+
+@pytest.mark.parametrize("mode", ["dense", "masked", "shrink"])
+@pytest.mark.parametrize("rows", [1, 5])
+def test_a_policy_returning_a_column_is_refused_in_every_mode(mode, rows):
+    """(B, 1) logits instead of (B,): with B = 1 masked mode returned (1, 1) stop steps
+    silently, and other batches failed deep in torch; now one clear error."""
+    from stopwise.inference import HazardThreshold, hazard_trajectory, run_adaptive
+    from stopwise.steps import StepModel
+
+    class Count(StepModel):
+        max_steps = 3
+
+        def start(self, x):
+            return x
+
+        def advance(self, s, t):
+            return s + 1
+
+        def predict(self, s, t):
+            return s
+
+    column = lambda features, t: torch.zeros(features.shape[0], 1)  # noqa: E731
+    x = torch.zeros(rows, 2)
+    with pytest.raises(
+        ValueError, match=rf"hazard logits of shape \({rows},\) at step 0; got \({rows}, 1\)"
+    ):
+        run_adaptive(Count(), column, x, HazardThreshold(0.5), mode)
+    with pytest.raises(ValueError, match="hazard logits of shape"):
+        hazard_trajectory(Count(), column, x)
+    scalar = lambda features, t: torch.tensor(5.0)  # noqa: E731  (one logit for every row)
+    assert (
+        run_adaptive(Count(), scalar, x, HazardThreshold(0.5), mode).stop_index.tolist()
+        == [0] * rows
+    )

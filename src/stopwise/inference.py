@@ -391,7 +391,8 @@ def _run_shrink(model, policy, inputs, rule, valid, chunk=None):
                 stop = torch.ones(rows.shape[0], dtype=torch.bool, device=device)
             else:
                 prediction, features = model.observe(state, t)
-                stop, carry = rule.decide(policy(features, t), t, carry)
+                hazard = ask_policy(policy, features, t, rows.shape[0])
+                stop, carry = rule.decide(hazard, t, carry)
             # Every row, in input order (one batch, and no row has stopped yet).
             whole = predictions is None and chunk >= total and rows.shape[0] == total
             if whole and bool(stop.all()):  # all stop at once: no copies
@@ -466,7 +467,7 @@ def _run_masked(model, policy, inputs, rule, valid, carry=None):
         if t == last:
             stop = torch.ones(B, dtype=torch.bool, device=device)
         else:
-            stop, carry = rule.decide(policy(features, t), t, carry)
+            stop, carry = rule.decide(ask_policy(policy, features, t, B), t, carry)
         newly = stop & ~done
         if predictions is None:
             predictions = prediction.new_zeros((B, *prediction.shape[1:]))
@@ -480,15 +481,14 @@ def _run_masked(model, policy, inputs, rule, valid, carry=None):
 
 def _run_dense(model, policy, inputs, rule, valid, carry=None):
     state = model.start(inputs)
-    last = _last(valid)
+    B, last = state_batch_size(state), _last(valid)
     predictions, hazards = StepStack("prediction"), []
     for t in range(last + 1):
         state = model.advance(state, t)
         prediction, features = model.observe(state, t)
         predictions.append(prediction)
-        hazards.append(policy(features, t) if valid[t] and t < last else None)
+        hazards.append(ask_policy(policy, features, t, B) if valid[t] and t < last else None)
     stacked = predictions.stack()
-    B = stacked.shape[0]
     # Full-width hazards (zeros where no decision is taken) so rules see the same (B, T) layout
     # as in the other modes (a sampling rule draws its uniforms for all T steps).
     decided = [h for h in hazards if h is not None]
@@ -556,13 +556,29 @@ def run_fixed(model: StepModel, inputs: Any, num_steps: int | None = None) -> to
 
 
 @torch.no_grad()
+def ask_policy(policy, features: Any, t: int, rows: int) -> torch.Tensor:
+    """``policy(features, t)``, checked to be hazard logits ``(rows,)`` (or one 0-d logit for
+    every row): a ``(rows, 1)`` output would otherwise broadcast into wrong shapes."""
+    hazard = policy(features, t)
+    if (
+        not isinstance(hazard, torch.Tensor)
+        or hazard.dim() not in (0, 1)
+        or (hazard.dim() == 1 and hazard.shape[0] != rows)
+    ):
+        got = tuple(hazard.shape) if isinstance(hazard, torch.Tensor) else type(hazard).__name__
+        raise ValueError(
+            f"the policy must return hazard logits of shape ({rows},) at step {t}; got {got}"
+        )
+    return hazard
+
+
 def hazard_trajectory(model: StepModel, policy, inputs: Any) -> torch.Tensor:
     """``(B, T)`` hazard logits of ``policy`` at every step of ``model`` on ``inputs``."""
     state = model.start(inputs)
     hazards = []
     for t in range(model.max_steps):
         state = model.advance(state, t)
-        hazards.append(policy(model.observe(state, t)[1], t))
+        hazards.append(ask_policy(policy, model.observe(state, t)[1], t, state_batch_size(state)))
     return torch.stack(hazards, dim=1)
 
 
