@@ -649,3 +649,17 @@ def test_score_threshold_stop_steps_are_the_step_loops(dtype, per_step):
         loop = stop_indices(scores, _StepByStep(rule), valid)
         assert torch.equal(fast, loop), threshold
         assert int(fast.max()) <= 6 and not bool(((fast == 0) | (fast == 3)).any())
+
+
+def test_a_budget_equal_to_the_full_cost_gets_full_depth_despite_rounding():
+    """The mean of N equal float64 costs can round an ulp above them (here 49 × 2.649…): a
+    budget of exactly the full cost must still give full depth, not a cheaper threshold."""
+    costs = torch.tensor([0.6779, 1.6717, 2.6490001], dtype=torch.float64)
+    found = 0
+    for N in range(2, 200):
+        if float(costs[-1].repeat(N).mean()) > float(costs[-1]):  # rounding above the cost
+            hazards = torch.randn(N, 3, generator=torch.Generator().manual_seed(N))
+            rule = fit_threshold(hazards, float(costs[-1]), costs)
+            assert stop_indices(hazards, rule).tolist() == [2] * N, N
+            found += 1
+    assert found  # the rounding case occurs for these costs

@@ -643,18 +643,20 @@ def fit_threshold(
         index = stop_indices(scores, ScoreThreshold(threshold), valid)
         return float(costs[index.cpu()].mean())
 
+    # A mean of equal costs may round a few ulps above them: a budget equal to a cost reaches it.
+    within = budget + 1e-12 * max(1.0, abs(budget))
     lo_cost, hi_cost = mean_cost(candidates[0]), mean_cost(candidates[-1])
-    if lo_cost > budget + 1e-12:
+    if lo_cost > within:
         raise ValueError(
             f"budget {budget:.6g} is below the least achievable mean cost {lo_cost:.6g} "
             f"(every row stopping at its first valid step); full depth costs {hi_cost:.6g}"
         )
     lo, hi = 0, candidates.numel() - 1  # invariant: cost(lo) ≤ budget
-    if hi_cost <= budget:
+    if hi_cost <= within:
         lo = hi
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if mean_cost(candidates[mid]) <= budget:
+        if mean_cost(candidates[mid]) <= within:
             lo = mid
         else:
             hi = mid
