@@ -198,3 +198,32 @@ def test_a_policy_returning_a_column_is_refused_in_every_mode(mode, rows):
         run_adaptive(Count(), scalar, x, HazardThreshold(0.5), mode).stop_index.tolist()
         == [0] * rows
     )
+
+
+@pytest.mark.parametrize("mode", ["dense", "masked", "shrink"])
+@pytest.mark.parametrize("chunk", [None, 2])
+def test_an_empty_batch_gives_an_empty_result_and_wrong_costs_are_named(mode, chunk):
+    from stopwise.inference import HazardThreshold, run_adaptive
+    from stopwise.steps import StepModel
+
+    class Count(StepModel):
+        max_steps = 3
+
+        def start(self, x):
+            return x
+
+        def advance(self, s, t):
+            return s + 1
+
+        def predict(self, s, t):
+            return s
+
+    policy = lambda features, t: features.sum(-1)  # noqa: E731
+    result = run_adaptive(
+        Count(), policy, torch.zeros(0, 4), HazardThreshold(0.5), mode, chunk=chunk
+    )
+    assert result.predictions.shape == (0, 4) and result.stop_index.shape == (0,)
+    assert result.cost.shape == (0,)
+    with pytest.raises(ValueError, match=r"step_costs must have shape \(3,\).*got \(2,\)"):
+        run_adaptive(Count(), policy, torch.zeros(2, 4), HazardThreshold(0.5), mode,
+                     step_costs=torch.ones(2))  # fmt: skip

@@ -298,6 +298,14 @@ def run_adaptive(
     if chunk is not None and chunk < 1:
         raise ValueError(f"chunk must be >= 1; got {chunk}")
     valid = _valid_steps(model, valid_steps)
+    costs = model.step_costs() if step_costs is None else torch.as_tensor(step_costs)
+    if costs.shape != (model.max_steps,):
+        raise ValueError(
+            f"step_costs must have shape ({model.max_steps},), one cumulative cost per step; "
+            f"got {tuple(costs.shape)}"
+        )
+    if (mode == "shrink" or chunk is not None) and _no_rows(inputs):
+        mode, chunk = "masked", None  # nothing to pool or cut: one pass gives the empty result
     if mode == "shrink":
         predictions, stop_index = _run_shrink(model, policy, inputs, rule, valid, chunk)
     else:
@@ -311,9 +319,16 @@ def run_adaptive(
         predictions, stop_index = (
             outputs[0] if len(outputs) == 1 else (torch.cat(c) for c in zip(*outputs, strict=True))
         )
-    costs = model.step_costs() if step_costs is None else torch.as_tensor(step_costs)
     cost = costs.to(stop_index.device)[stop_index]
     return AdaptiveResult(predictions, stop_index, cost)
+
+
+def _no_rows(inputs: Any) -> bool:
+    """Whether ``inputs`` is a batch of 0 rows (False for inputs that are not a state)."""
+    try:
+        return state_batch_size(inputs) == 0
+    except (ValueError, TypeError, AttributeError, IndexError):
+        return False
 
 
 def row_chunks(inputs: Any, chunk: int | None):
