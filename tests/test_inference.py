@@ -663,3 +663,21 @@ def test_a_budget_equal_to_the_full_cost_gets_full_depth_despite_rounding():
             assert stop_indices(hazards, rule).tolist() == [2] * N, N
             found += 1
     assert found  # the rounding case occurs for these costs
+
+
+def test_fit_threshold_refuses_what_it_cannot_fit_and_takes_masks_as_lists():
+    hazards = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="needs rows and a budget; got 6 rows, budget nan"):
+        fit_threshold(hazards, float("nan"))
+    with pytest.raises(ValueError, match="got 0 rows"):
+        fit_threshold(torch.zeros(0, 3), 2.0)
+    with pytest.raises(ValueError, match=r"hazard threshold must lie in \[0, 1\]"):
+        HazardThreshold(float("nan"))
+    # a mask given as a list, as run_adaptive takes it (an AttributeError before)
+    as_list = fit_threshold(hazards, 2.0, valid_steps=[True, False, True])
+    as_tensor = fit_threshold(hazards, 2.0, valid_steps=torch.tensor([True, False, True]))
+    assert torch.equal(as_list.score_threshold, as_tensor.score_threshold)
+    assert (
+        stop_indices(hazards, as_list, [True, False, True]).tolist()
+        == stop_indices(hazards, as_tensor, torch.tensor([True, False, True])).tolist()
+    )

@@ -126,11 +126,13 @@ class ScoreThreshold(ThresholdRule):
 
 class HazardThreshold(ScoreThreshold):
     """Stop at the first step whose hazard λ_t ≥ ``threshold`` (a probability, scalar or
-    ``(T,)``). Compared on logits, so exact for any logit."""
+    ``(T,)``). Compared on logits, so exact for any logit in float32 or float64. A threshold of 1
+    is +∞ on the logit scale, which no score reaches: it never stops (+∞ is how rules say "no
+    stop at this step")."""
 
     def __init__(self, threshold: float | torch.Tensor):
         thr = torch.as_tensor(threshold, dtype=torch.float64)
-        if bool(((thr < 0) | (thr > 1)).any()):
+        if not bool(((thr >= 0) & (thr <= 1)).all()):  # NaN fails too
             raise ValueError(f"hazard threshold must lie in [0, 1]; got {threshold}")
         super().__init__(torch.logit(thr))
 
@@ -256,7 +258,11 @@ class AdaptiveResult:
 
 
 def _valid_steps(model: StepModel, valid_steps) -> torch.Tensor:
-    T = model.max_steps
+    return _step_mask(valid_steps, model.max_steps)
+
+
+def _step_mask(valid_steps, T: int) -> torch.Tensor:
+    """``(T,)`` bool on the CPU from a mask given as a tensor or a sequence (None: every step)."""
     if valid_steps is None:
         return torch.ones(T, dtype=torch.bool)
     valid = torch.as_tensor(valid_steps).bool().cpu()
@@ -530,7 +536,7 @@ def stop_indices(
     ``carry``: the rule's initial carry of these rows (default: ``rule.init_carry``).
     """
     B, T = hazard_logits.shape
-    valid = torch.ones(T, dtype=torch.bool) if valid_steps is None else valid_steps.bool().cpu()
+    valid = _step_mask(valid_steps, T)
     last = _last(valid)
     if isinstance(rule, ScoreThreshold):
         return _first_reaching(hazard_logits, rule.score_threshold, valid, last)
@@ -649,7 +655,9 @@ def fit_threshold(
         if step_costs is None
         else torch.as_tensor(step_costs, dtype=torch.float64).cpu()
     )
-    valid = torch.ones(T, dtype=torch.bool) if valid_steps is None else valid_steps.bool().cpu()
+    valid = _step_mask(valid_steps, T)
+    if N == 0 or math.isnan(budget):
+        raise ValueError(f"fit_threshold needs rows and a budget; got {N} rows, budget {budget}")
     probe = rule_cls(0.0)
     scores = rule_scores(hazard_logits.detach().cpu(), probe, valid).to(torch.float64)
     candidates = torch.cat([scores[:, valid].flatten().unique(), torch.tensor([math.inf])])
