@@ -639,7 +639,8 @@ def fit_threshold(
     kind: str = "hazard",
     valid_steps: torch.Tensor | None = None,
 ) -> ThresholdRule:
-    """The threshold rule spending the most compute whose mean cost on these rows is ≤ ``budget``.
+    """The threshold rule spending the most compute whose mean cost on these rows is ≤ ``budget``
+    (to a relative 1e-12: a mean of equal costs may round a few ulps above them).
 
     ``hazard_logits`` ``(N, T)`` come from a held-out validation split (never the test set);
     ``step_costs`` ``(T,)`` are cumulative (default: steps used, 1..T); ``kind`` is ``"hazard"``
