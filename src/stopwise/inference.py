@@ -292,7 +292,9 @@ def run_adaptive(
         mode: ``"dense"``, ``"masked"`` or ``"shrink"``.
         valid_steps: optional ``(T,)`` bool mask of steps allowed to stop (pruned exits are False);
             the last valid step stops every remaining row, and later steps never run.
-        step_costs: ``(T,)`` cumulative cost per step; default ``model.step_costs()``.
+        step_costs: ``(T,)`` cumulative cost per step; default ``model.step_costs()``. For a
+            floored rule whose steps before the floor skip the policy (and features, exit
+            heads), pass ``selection.floored_costs(...)``: the costs its budget was fitted with.
         chunk: rows that enter at a time (default: all). In ``shrink`` mode the rows that go on
             from several chunks are pooled, so a later step runs on about ``chunk`` rows, not
             on each chunk's few survivors; the other modes run chunk by chunk. Chunks change
