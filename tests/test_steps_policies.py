@@ -227,3 +227,37 @@ def test_an_empty_batch_gives_an_empty_result_and_wrong_costs_are_named(mode, ch
     with pytest.raises(ValueError, match=r"step_costs must have shape \(3,\).*got \(2,\)"):
         run_adaptive(Count(), policy, torch.zeros(2, 4), HazardThreshold(0.5), mode,
                      step_costs=torch.ones(2))  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["dense", "masked", "shrink"])
+def test_predictions_must_keep_one_shape_and_be_tensors(mode):
+    """Step 0 predicting (B, 1) and later steps (B, 3): masked mode broadcast step 0's value
+    over three columns silently; now every mode names the step and both shapes."""
+    from stopwise.inference import HazardThreshold, run_adaptive
+    from stopwise.steps import StepModel
+
+    class Widening(StepModel):
+        max_steps = 3
+
+        def start(self, x):
+            return x
+
+        def advance(self, s, t):
+            return s + 1
+
+        def predict(self, s, t):
+            return s[:, :1] if t == 0 else s
+
+    class Pair(Widening):
+        def predict(self, s, t):
+            return (s, s)
+
+        def features(self, s, t):
+            return s
+
+    policy = lambda features, t: features.sum(-1)  # noqa: E731 (hazard 1 at step 0 on row 0)
+    x = torch.tensor([[5.0, 5.0, 5.0], [-9.0, -9.0, -9.0]])
+    with pytest.raises(ValueError, match=r"same shape.*is \((2, )?3,?\).*\((2, )?1,?\)"):
+        run_adaptive(Widening(), policy, x, HazardThreshold(0.5), mode)
+    with pytest.raises(ValueError, match="prediction must be a tensor; got tuple"):
+        run_adaptive(Pair(), lambda f, t: torch.zeros(2), x, HazardThreshold(0.5), mode)

@@ -416,6 +416,7 @@ def _run_shrink(model, policy, inputs, rule, valid, chunk=None):
                 prediction, features = model.observe(state, t)
                 hazard = ask_policy(policy, features, t, rows.shape[0])
                 stop, carry = rule.decide(hazard, t, carry)
+            _check_prediction(prediction, predictions, t)
             # Every row, in input order (one batch, and no row has stopped yet).
             whole = predictions is None and chunk >= total and rows.shape[0] == total
             if whole and bool(stop.all()):  # all stop at once: no copies
@@ -492,6 +493,7 @@ def _run_masked(model, policy, inputs, rule, valid, carry=None):
         else:
             stop, carry = rule.decide(ask_policy(policy, features, t, B), t, carry)
         newly = stop & ~done
+        _check_prediction(prediction, predictions, t)
         if predictions is None:
             predictions = prediction.new_zeros((B, *prediction.shape[1:]))
         predictions = torch.where(
@@ -500,6 +502,18 @@ def _run_masked(model, policy, inputs, rule, valid, carry=None):
         stop_index = torch.where(newly, t, stop_index)
         done = done | newly
     return predictions, stop_index
+
+
+def _check_prediction(prediction: Any, kept: torch.Tensor | None, t: int) -> None:
+    """Every step's prediction is a tensor of the same per-row shape (a different one would
+    broadcast into the kept predictions, or fail deep in torch)."""
+    if not isinstance(prediction, torch.Tensor):
+        raise ValueError(f"step {t}'s prediction must be a tensor; got {type(prediction).__name__}")
+    if kept is not None and prediction.shape[1:] != kept.shape[1:]:
+        raise ValueError(
+            f"every step's prediction must have the same shape per row; step {t}'s is "
+            f"{tuple(prediction.shape[1:])}, an earlier step's {tuple(kept.shape[1:])}"
+        )
 
 
 def _run_dense(model, policy, inputs, rule, valid, carry=None):

@@ -112,8 +112,16 @@ class StepStack:
         self.what, self.kept = what, []
 
     def append(self, tensor: torch.Tensor) -> None:
+        t = len(self.kept)
         if not isinstance(tensor, torch.Tensor):
-            raise ValueError(f"a step's {self.what} must be a tensor; got {type(tensor).__name__}")
+            raise ValueError(
+                f"step {t}'s {self.what} must be a tensor; got {type(tensor).__name__}"
+            )
+        if self.kept and tensor.shape != self.kept[0][0].shape:
+            raise ValueError(
+                f"every step's {self.what} must have the same shape; step {t}'s is "
+                f"{tuple(tensor.shape)}, step 0's {tuple(self.kept[0][0].shape)}"
+            )
         self.kept.append((tensor, None if tensor.is_inference() else tensor._version))
 
     def stack(self) -> torch.Tensor:
