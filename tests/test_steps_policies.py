@@ -261,3 +261,10 @@ def test_predictions_must_keep_one_shape_and_be_tensors(mode):
         run_adaptive(Widening(), policy, x, HazardThreshold(0.5), mode)
     with pytest.raises(ValueError, match="prediction must be a tensor; got tuple"):
         run_adaptive(Pair(), lambda f, t: torch.zeros(2), x, HazardThreshold(0.5), mode)
+
+
+def test_an_mlp_policy_asked_past_its_steps_says_so():
+    policy = MLPPolicy(5, 3)  # built for a 3-step model
+    assert policy(torch.zeros(2, 5), 2).shape == (2,)
+    with pytest.raises(ValueError, match=r"step 3 is outside this policy's steps 0..2"):
+        policy(torch.zeros(2, 5), 3)

@@ -151,6 +151,11 @@ class MLPPolicy(nn.Module):
         nn.init.constant_(self.net[-1].bias, init_bias)
 
     def forward(self, features: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        if isinstance(t, int) and not 0 <= t < self.max_steps and self.encoding == "onehot":
+            raise ValueError(
+                f"step {t} is outside this policy's steps 0..{self.max_steps - 1}: build it with "
+                "max_steps equal to the model's"
+            )
         steps = _step_tensor(t, features.shape[0], features.device)
         x = torch.cat([features, step_encoding(steps, self.max_steps, self.encoding)], dim=-1)
         return self.net(x).squeeze(-1)
