@@ -198,6 +198,13 @@ def test_a_policy_returning_a_column_is_refused_in_every_mode(mode, rows):
         run_adaptive(Count(), scalar, x, HazardThreshold(0.5), mode).stop_index.tolist()
         == [0] * rows
     )
+    chunked = run_adaptive(Count(), scalar, torch.zeros(5, 2), HazardThreshold(0.5), mode, chunk=2)
+    assert chunked.stop_index.tolist() == [0] * 5  # shrink's gathers need one logit per row
+    assert hazard_trajectory(Count(), scalar, x).shape == (rows, 3)
+    # hazard_trajectory evaluates: no autograd history even for a policy with parameters
+    linear = torch.nn.Linear(2, 1)
+    hazards = hazard_trajectory(Count(), lambda f, t: linear(f).squeeze(-1), x)
+    assert not hazards.requires_grad
 
 
 @pytest.mark.parametrize("mode", ["dense", "masked", "shrink"])

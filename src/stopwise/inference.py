@@ -592,10 +592,9 @@ def run_fixed(model: StepModel, inputs: Any, num_steps: int | None = None) -> to
     return model.predict(state, T - 1)
 
 
-@torch.no_grad()
 def ask_policy(policy, features: Any, t: int, rows: int) -> torch.Tensor:
-    """``policy(features, t)``, checked to be hazard logits ``(rows,)`` (or one 0-d logit for
-    every row): a ``(rows, 1)`` output would otherwise broadcast into wrong shapes."""
+    """``policy(features, t)``, checked to be hazard logits ``(rows,)``; a 0-d logit (one for
+    every row) is expanded to them. A ``(rows, 1)`` output would broadcast into wrong shapes."""
     hazard = policy(features, t)
     if (
         not isinstance(hazard, torch.Tensor)
@@ -606,9 +605,10 @@ def ask_policy(policy, features: Any, t: int, rows: int) -> torch.Tensor:
         raise ValueError(
             f"the policy must return hazard logits of shape ({rows},) at step {t}; got {got}"
         )
-    return hazard
+    return hazard.expand(rows) if hazard.dim() == 0 else hazard
 
 
+@torch.no_grad()
 def hazard_trajectory(model: StepModel, policy, inputs: Any) -> torch.Tensor:
     """``(B, T)`` hazard logits of ``policy`` at every step of ``model`` on ``inputs``."""
     state = model.start(inputs)
