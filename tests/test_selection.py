@@ -523,3 +523,28 @@ def test_a_tie_with_fixed_depth_goes_to_fixed_depth():
     assert floor == 0 and rule.score_threshold[0] == -math.inf
     test = torch.full((4, 3), 0.01)  # scores below every validation score
     assert stop_indices(test, rule).tolist() == [0, 0, 0, 0]
+
+
+def test_a_mix_of_fixed_depths_stays_fixed_on_another_split():
+    """Scores that mislead (the rows depth 3 fixes score highest at depth 2): the best rule at
+    budget 2.5 mixes fixed depth 1 with fixed depth 3. Its dearer side must be −∞ from its floor,
+    not the validation minimum score, or a test split scoring lower runs past it (2.865 > 2.5
+    before the fix)."""
+    g = torch.Generator().manual_seed(0)
+    N = 400
+    costs = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+    u = torch.rand(N, generator=g)
+    correct = torch.zeros(N, 4, dtype=torch.bool)
+    correct[:, 0], correct[:, 1] = u < 0.2, u < 0.4
+    correct[:, 2:] = (u < 0.9).unsqueeze(1)
+    val = torch.randn(N, 4, generator=g, dtype=torch.float64)
+    val[:, 1] += 3.0 * ((u >= 0.4) & (u < 0.9)).double()
+
+    def metric(index):
+        return float(correct[torch.arange(N), index].double().mean())
+
+    rule, _ = fit_floored_threshold(val, 2.5, metric, costs)
+    assert float(costs[stop_indices(val, rule)].mean()) == pytest.approx(2.5)
+    test = torch.randn(N, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    test[:, 2] -= 3.0  # lower scores at depth 3 than validation ever showed
+    assert float(costs[stop_indices(test, rule)].mean()) == pytest.approx(2.5)

@@ -227,7 +227,7 @@ class _FlooredSearch:
 
     def grid(self) -> Iterator[tuple[int, float, torch.Tensor]]:
         """Per floor, ``MIX_GRID`` thresholds at quantiles of the scores after it (the lowest
-        stops every row at the floor: fixed depth), each with its ``(N,)`` stop steps."""
+        replaced by −∞: fixed depth at the floor), each with its ``(N,)`` stop steps."""
         levels = torch.linspace(0, 1, MIX_GRID, dtype=torch.float64)
         for floor in self.floors:
             allowed = self.allowed(floor)
@@ -243,6 +243,9 @@ class _FlooredSearch:
             # Rounded as a rule rounds them (to the scores' dtype), so the stops searched here
             # are the stops the returned rule makes.
             thresholds = thresholds.to(self.score_dtype).double().unique()
+            # The lowest stops every validation row at the floor; −∞ does so on any split (a
+            # mix of fixed depths must stay one: the same fix as for single rules' ties).
+            thresholds[0] = -math.inf
             hits = (self.scores[:, None, :] >= thresholds[None, :, None]) & allowed
             hits[..., last] = True
             first_hit = hits.to(torch.uint8).argmax(-1)  # (N, G): argmax takes the first
