@@ -1057,14 +1057,23 @@ def test_correlation_text_averages_the_defined_seeds_and_says_how_many():
 
 
 def test_a_diverged_lstm_optimizer_is_named_in_the_report():
-    from stopwise.tasks.learned_optimizers.metrics import DIVERGED
-    from stopwise.tasks.learned_optimizers.report import _diverged_note, _nll_text
+    """One of 30 test functions diverging lifts a seed's mean NLL to ~1e30 / 30, far below the
+    cap itself: the note must name that seed, and the summary must not print 1e28 as an NLL."""
+    import types
 
+    from stopwise.tasks.learned_optimizers.metrics import DIVERGED
+    from stopwise.tasks.learned_optimizers.report import _diverged_floor, _diverged_note, _nll_text
+
+    config = types.SimpleNamespace(test_functions=30)
+    one_of_30 = (29 * 0.5 + DIVERGED) / 30
     records = {
         ("lstm-quadratic", 0): {"test_nll": 0.5},
-        ("lstm-quadratic", 1): {"test_nll": DIVERGED},
+        ("lstm-quadratic", 1): {"test_nll": one_of_30},
+        ("lstm-quadratic", 2): {"test_nll": DIVERGED * (1 - 1e-16)},  # all 30, rounded down
     }
-    assert _diverged_note(records, [0], "quadratic") == ""
-    note = _diverged_note(records, [0, 1], "quadratic")
-    assert "diverged** in seed(s) [1]" in note and "not measurements" in note
-    assert _nll_text(0.12345) == "0.1235" and _nll_text(DIVERGED) == "diverged (1e+30)"
+    assert _diverged_note(records, [0], "quadratic", config) == ""
+    note = _diverged_note(records, [0, 1, 2], "quadratic", config)
+    assert "diverged** on test functions of seed(s) [1, 2]" in note and "not measured" in note
+    floor = _diverged_floor(config, [0, 1, 2])
+    mean = (0.5 + one_of_30 + DIVERGED) / 3
+    assert _nll_text(0.12345, floor) == "0.1235" and _nll_text(mean, floor).startswith("diverged")

@@ -180,7 +180,7 @@ def _optimizer_section(records, seeds, config, family):
         + markdown_table(rows + diff_rows, columns)
         + "\n\nLearning rates tuned on validation functions for each step count; [lo, hi]: "
         "95% interval over all test functions; differences: paired over seeds, 95% t interval."
-        + _diverged_note(records, seeds, family)
+        + _diverged_note(records, seeds, family, config)
     )
     first = config.report_steps[0]
     line = (
@@ -259,23 +259,31 @@ def _stop_rows(records, seeds, config, family):
     return rows
 
 
-def _diverged_note(records, seeds, family) -> str:
-    """A warning where the LSTM optimizer of some seed diverged (its NLL counted as
-    :data:`DIVERGED`): the numbers of those seeds are that cap, and every row that reaches or is
-    measured against its NLL compares with the cap; empty otherwise."""
-    diverged = [s for s in seeds if records[(f"lstm-{family}", s)]["test_nll"] >= DIVERGED]
+def _diverged_floor(config, seeds=(0,)) -> float:
+    """The least mean NLL (over the test functions, then ``seeds``) with a diverged function in
+    it: one loss counted as :data:`DIVERGED` lifts a mean over N functions to ~DIVERGED / N
+    (halved against rounding; finite NLLs are far below it)."""
+    return DIVERGED / (2 * config.test_functions * len(seeds))
+
+
+def _diverged_note(records, seeds, family, config) -> str:
+    """A warning where the LSTM optimizer of some seed diverged on some test function (its NLL
+    counted as :data:`DIVERGED`): those seeds' numbers are ruled by the cap, and a row that
+    reaches or is measured against their NLL compares with it; empty otherwise."""
+    floor = _diverged_floor(config)
+    diverged = [s for s in seeds if records[(f"lstm-{family}", s)]["test_nll"] >= floor]
     if not diverged:
         return ""
     return (
-        f"\n\n**The LSTM optimizer diverged** in seed(s) {diverged} (test NLL counted as "
-        f"{DIVERGED:.0e}, log10 suboptimality capped at {math.log10(DIVERGED):.0f}): its numbers "
-        "there are the cap, not measurements, and a row that 'reaches the LSTM's NLL' there "
-        "reaches the cap."
+        f"\n\n**The LSTM optimizer diverged** on test functions of seed(s) {diverged} (a loss "
+        f"counted as {DIVERGED:.0e}, log10 suboptimality capped at {math.log10(DIVERGED):.0f}): "
+        "those seeds' numbers are ruled by the cap, not measured, and a row that 'reaches the "
+        "LSTM's NLL' there reaches the cap."
     )
 
 
-def _nll_text(nll: float) -> str:
-    return f"{nll:.4f}" if nll < DIVERGED else f"diverged ({DIVERGED:.0e})"
+def _nll_text(nll: float, floor: float) -> str:
+    return f"{nll:.4f}" if nll < floor else f"diverged (a loss counted as {DIVERGED:.0e})"
 
 
 def _stop_section(records, seeds, config, family):
@@ -415,7 +423,7 @@ def _stop_section(records, seeds, config, family):
         + "\n\n"
         + _budget_table(curves)
         + _trained_table(trained)
-        + _diverged_note(records, seeds, family)
+        + _diverged_note(records, seeds, family, config)
         + _cost_text(cost, config)
         + "\n\nReal execution (shrink mode, functions leave the batch when they stop): "
         + "; ".join(
@@ -426,9 +434,10 @@ def _stop_section(records, seeds, config, family):
         )
     )
     act_row, l2s_row = numbers.get("act"), numbers.get("l2s")
+    floor = _diverged_floor(config, seeds)  # the rows' NLL are means over seeds
     line = f"{family} stopping: " + "; ".join(
-        f"{name} {row['steps']:.1f} steps, NLL {_nll_text(row['nll'])} "
-        f"(LSTM {_nll_text(numbers['lstm']['nll'])} at {config.horizon})"
+        f"{name} {row['steps']:.1f} steps, NLL {_nll_text(row['nll'], floor)} "
+        f"(LSTM {_nll_text(numbers['lstm']['nll'], floor)} at {config.horizon})"
         for name, row in (("ACT causal", act_row), ("L2S", l2s_row))
         if row is not None
     )
