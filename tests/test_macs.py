@@ -34,3 +34,12 @@ def test_counting_macs_counts_parts_apart_and_removes_its_hooks():
     with counting_macs(layer) as again:
         pass
     assert again == [0]
+
+
+def test_transposed_convolutions_count_the_adjoints_work():
+    # ConvTranspose2d 4→6, 3×3, stride 2 on (1, 4, 5, 5): every one of the 4·25 input elements
+    # scatters into 6·9 outputs: 5,400 — the MACs of its adjoint Conv2d(6, 4, 3, stride=2).
+    up = nn.ConvTranspose2d(4, 6, 3, stride=2)
+    assert count_macs(up, torch.zeros(1, 4, 5, 5)) == 5_400
+    down = nn.Conv2d(6, 4, 3, stride=2)
+    assert count_macs(down, torch.zeros(1, 6, 11, 11)) == 5_400

@@ -14,11 +14,14 @@ from torch import nn
 __all__ = ["layer_macs", "counting_macs", "count_macs"]
 
 
-def layer_macs(layer: nn.Module, output: torch.Tensor) -> int:
-    """MACs of one call of a conv or linear ``layer`` that produced ``output`` (the whole batch):
-    a convolution with C_in input channels, G groups and a kernel of k elements does
-    ``C_in/G · k`` per output element, a linear layer ``in_features`` per output element; 0 for
-    any other layer."""
+def layer_macs(layer: nn.Module, input: torch.Tensor, output: torch.Tensor) -> int:
+    """MACs of one call of a conv or linear ``layer`` from ``input`` to ``output`` (the whole
+    batch): a convolution with C_in input channels, G groups and a kernel of k elements does
+    ``C_in/G · k`` per output element; a transposed one (the adjoint) ``C_out/G · k`` per input
+    element; a linear layer ``in_features`` per output element; 0 for any other layer."""
+    if isinstance(layer, nn.modules.conv._ConvTransposeNd):
+        per_input = layer.out_channels // layer.groups * math.prod(layer.kernel_size)
+        return input.numel() * per_input
     if isinstance(layer, nn.modules.conv._ConvNd):
         per_output = layer.in_channels // layer.groups * math.prod(layer.kernel_size)
         return output.numel() * per_output
@@ -34,7 +37,7 @@ def counting_macs(module: nn.Module) -> Iterator[list[int]]:
     counts = [0]
 
     def hook(layer, inputs, output):
-        counts[-1] += layer_macs(layer, output)
+        counts[-1] += layer_macs(layer, inputs[0], output)
 
     layers = [m for m in module.modules() if isinstance(m, nn.modules.conv._ConvNd | nn.Linear)]
     handles = [layer.register_forward_hook(hook) for layer in layers]
