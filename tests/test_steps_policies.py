@@ -15,7 +15,7 @@ from stopwise.policies import (
     log_probabilities,
     step_encoding,
 )
-from stopwise.steps import cat_state, index_state, state_batch_size, state_device
+from stopwise.steps import StepModel, cat_state, index_state, state_batch_size, state_device
 
 Pair = namedtuple("Pair", "a b")
 
@@ -139,7 +139,7 @@ def test_a_model_updating_its_state_in_place_is_refused_not_silently_wrong():
     import pytest
 
     from stopwise.inference import ScoreThreshold, run_adaptive
-    from stopwise.steps import StepModel, unroll
+    from stopwise.steps import unroll
 
     class InPlace(StepModel):
         max_steps = 3
@@ -165,25 +165,27 @@ def test_a_model_updating_its_state_in_place_is_refused_not_silently_wrong():
         assert torch.equal(run_adaptive(InPlace(), policy, x, never, mode).predictions, 3 * x)
 
 
+class Count(StepModel):
+    """Three steps adding one to the input: the prediction after step t is x + t + 1."""
+
+    max_steps = 3
+
+    def start(self, x):
+        return x
+
+    def advance(self, s, t):
+        return s + 1
+
+    def predict(self, s, t):
+        return s
+
+
 @pytest.mark.parametrize("mode", ["dense", "masked", "shrink"])
 @pytest.mark.parametrize("rows", [1, 5])
 def test_a_policy_returning_a_column_is_refused_in_every_mode(mode, rows):
     """(B, 1) logits instead of (B,): with B = 1 masked mode returned (1, 1) stop steps
     silently, and other batches failed deep in torch; now one clear error."""
     from stopwise.inference import HazardThreshold, hazard_trajectory, run_adaptive
-    from stopwise.steps import StepModel
-
-    class Count(StepModel):
-        max_steps = 3
-
-        def start(self, x):
-            return x
-
-        def advance(self, s, t):
-            return s + 1
-
-        def predict(self, s, t):
-            return s
 
     column = lambda features, t: torch.zeros(features.shape[0], 1)  # noqa: E731
     x = torch.zeros(rows, 2)
@@ -211,19 +213,6 @@ def test_a_policy_returning_a_column_is_refused_in_every_mode(mode, rows):
 @pytest.mark.parametrize("chunk", [None, 2])
 def test_an_empty_batch_gives_an_empty_result_and_wrong_costs_are_named(mode, chunk):
     from stopwise.inference import HazardThreshold, run_adaptive
-    from stopwise.steps import StepModel
-
-    class Count(StepModel):
-        max_steps = 3
-
-        def start(self, x):
-            return x
-
-        def advance(self, s, t):
-            return s + 1
-
-        def predict(self, s, t):
-            return s
 
     policy = lambda features, t: features.sum(-1)  # noqa: E731
     result = run_adaptive(
@@ -241,17 +230,8 @@ def test_predictions_must_keep_one_shape_and_be_tensors(mode):
     """Step 0 predicting (B, 1) and later steps (B, 3): masked mode broadcast step 0's value
     over three columns silently; now every mode names the step and both shapes."""
     from stopwise.inference import HazardThreshold, run_adaptive
-    from stopwise.steps import StepModel
 
-    class Widening(StepModel):
-        max_steps = 3
-
-        def start(self, x):
-            return x
-
-        def advance(self, s, t):
-            return s + 1
-
+    class Widening(Count):
         def predict(self, s, t):
             return s[:, :1] if t == 0 else s
 
