@@ -68,8 +68,9 @@ def test_seeds_streams_and_the_job_cache(tmp_path):
     layout = sorted(p.name for p in (tmp_path / "run").iterdir())
     assert layout == [
         "checkpoints", "config.json", "env.json", "figures", "jobs", "metrics.jsonl",
-        "results.json", "table.md",
+        "results.json", "run.lock", "table.md",
     ]  # fmt: skip
+    assert (tmp_path / "run" / "run.lock").read_text() == ""  # released: emptied, kept
     # Only jobs that train keep a checkpoint folder.
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == sorted(
         f"fit-{m}-s{s}" for m in "ab" for s in (0, 1, 2)
@@ -206,6 +207,25 @@ def test_the_run_lock_refuses_a_second_process(tmp_path):
         with pytest.raises(ConfigError, match=r"is in use by pid \d+"):
             run(out)
     run(out)  # released
+
+
+def test_a_process_that_opened_the_lock_before_its_release_still_excludes_the_next(tmp_path):
+    """B opens run.lock while A holds it, A finishes, B takes the lock: C must be refused. When
+    A deleted the file on release, B held a lock on a file no longer at the path and C locked a
+    new one beside it: two runs writing into one --out."""
+    import fcntl
+
+    out = tmp_path / "run"
+    run(out)
+    with RunLock(RunDir(out)):
+        b = open(RunDir(out).lock_path, "a+")  # noqa: SIM115 (held across the release)
+    try:
+        fcntl.flock(b, fcntl.LOCK_EX | fcntl.LOCK_NB)  # B now holds the lock
+        with pytest.raises(ConfigError, match="is in use"):
+            with RunLock(RunDir(out)):
+                pass
+    finally:
+        b.close()
 
 
 def test_directories_of_other_runs_are_left_alone(tmp_path):

@@ -499,8 +499,10 @@ class RunLock:
         return self
 
     def __exit__(self, *exc) -> None:
+        # Emptied and unlocked, never deleted: a process that opened the file before this one
+        # let go must lock the same file a later process sees, not one removed from the path.
         with contextlib.suppress(OSError):
-            self.path.unlink()
+            self.handle.truncate(0)
         self.handle.close()
 
 
