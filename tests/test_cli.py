@@ -109,3 +109,28 @@ def test_ctrl_c_before_a_run_handles_signals_is_exit_130_without_a_traceback(mon
     monkeypatch.setattr(cli, "_main", interrupted)
     assert cli.main(["list"]) == 130
     assert "interrupted" in capsys.readouterr().err
+
+
+def test_an_error_a_library_makes_of_a_stop_signal_still_exits_as_interrupted(monkeypatch, capsys):
+    """SIGTERM between training loops raises Interrupted wherever the run is; torch's
+    load_state_dict or matplotlib's renderer may turn it into their own error (a RuntimeError
+    naming a damaged state dict, an ImportError): exit 143 with the resume message, not 1."""
+    import signal
+
+    import stopwise.cli as cli
+    import stopwise.training as training
+
+    def wrapped(args):
+        monkeypatch.setattr(training, "_stop_signal", signal.SIGTERM)  # as the handler does
+        raise RuntimeError("Error(s) in loading state_dict: ('interrupted by SIGTERM',)")
+
+    monkeypatch.setattr(cli, "_run", wrapped)
+    assert cli.main(["run", "toy", "--preset", "tiny"]) == 128 + signal.SIGTERM
+    assert "Rerun the same command to resume" in capsys.readouterr().err
+
+    def unrelated(args):  # no signal: an error is an error
+        raise RuntimeError("a real bug")
+
+    monkeypatch.setattr(cli, "_run", unrelated)
+    with pytest.raises(RuntimeError, match="a real bug"):
+        cli.main(["run", "toy", "--preset", "tiny"])  # main forgot the earlier run's signal

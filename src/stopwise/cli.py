@@ -22,7 +22,7 @@ from pathlib import Path
 from . import __version__
 from .checkpoints import CheckpointError, WriteError
 from .config import ConfigError, describe, to_plain
-from .training import Diverged, Interrupted
+from .training import Diverged, Interrupted, forget_stop_signal, stop_signal
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -106,6 +106,7 @@ def _run(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    forget_stop_signal()
     try:
         return _main(args)
     except KeyboardInterrupt:  # Ctrl-C before a run has set up its signal handlers
@@ -130,12 +131,7 @@ def _main(args) -> int:
         print(f"stopwise: error: {error}", file=sys.stderr)
         return 2
     except Interrupted as interrupt:
-        print(
-            f"stopwise: {interrupt}; each running stage saved a checkpoint. Rerun the same "
-            "command to resume.",
-            file=sys.stderr,
-        )
-        return 128 + interrupt.signum
+        return _interrupted(interrupt)
     except (Diverged, WriteError) as error:
         print(f"stopwise: run failed: {error}", file=sys.stderr)
         if isinstance(error, WriteError):
@@ -148,7 +144,24 @@ def _main(args) -> int:
     except BrokenPipeError:  # `stopwise show NAME | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
+    except Exception:
+        # A signal between training loops raises Interrupted wherever the program is, and a
+        # library may turn it into its own error (torch's load_state_dict, matplotlib's
+        # renderer): any error once a stop signal has arrived is that interruption.
+        signum = stop_signal()
+        if signum is None:
+            raise
+        return _interrupted(Interrupted(signum))
     return 0
+
+
+def _interrupted(interrupt: Interrupted) -> int:
+    print(
+        f"stopwise: {interrupt}; each running stage saved a checkpoint. Rerun the same "
+        "command to resume.",
+        file=sys.stderr,
+    )
+    return 128 + interrupt.signum
 
 
 if __name__ == "__main__":

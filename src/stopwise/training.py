@@ -106,11 +106,21 @@ def request_stop(signum: int, frame: Any = None) -> None:
         raise Interrupted(signum)
 
 
+def stop_signal() -> int | None:
+    """The SIGINT or SIGTERM that arrived since the handlers were installed, if any."""
+    return _stop_signal
+
+
+def forget_stop_signal() -> None:
+    """Forget a signal an earlier run in this process received."""
+    global _stop_signal
+    _stop_signal = None
+
+
 def install_stop_handlers() -> dict[int, Any]:
     """Make SIGINT and SIGTERM end training cleanly (see :class:`Interrupted`); returns the
     previous handlers."""
-    global _stop_signal
-    _stop_signal = None
+    forget_stop_signal()
     return {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
 
 
