@@ -361,6 +361,12 @@ def test_unwritable_out_and_damaged_files_are_errors_that_name_them(tmp_path):
     (out / "config.json").write_text('{"experiment": "sam')
     with pytest.raises(ConfigError, match="config.json is damaged"):
         run(out)
+    out = tmp_path / "again"
+    run(out)
+    job = next((out / "jobs").glob("*.json"))
+    job.write_text("null")  # valid JSON, not a job record (an AttributeError before)
+    with pytest.raises(ConfigError, match=rf"{job.name} is damaged \(not a JSON object\)"):
+        run(out)
 
 
 def test_a_dependency_whose_checkpoint_is_gone_says_how_to_recover(tmp_path):

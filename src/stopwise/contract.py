@@ -115,15 +115,18 @@ class Experiment:
             raise ValueError(f"{self.name}: default preset {self.default_preset!r} is not defined")
 
 
-def read_json_file(path: Path) -> Any:
-    """A run directory's JSON file (None where it does not exist); a damaged one is a
-    :class:`ConfigError` naming it, not a traceback."""
+def read_json_file(path: Path) -> dict[str, Any] | None:
+    """A run directory's JSON file, always an object (None where it does not exist); a damaged
+    one is a :class:`ConfigError` naming it, not a traceback."""
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path} is damaged ({error}); restore or delete it") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} is damaged (not a JSON object); restore or delete it")
+    return data
 
 
 def stream_seed(seed: int, stream: str) -> int:
