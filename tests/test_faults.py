@@ -199,3 +199,22 @@ def test_sigkill_at_random_moments(name, uninterrupted, tmp_path):
         resumed = stopwise(tiny(name, out))
         assert resumed.returncode == 0, (fault, resumed.stderr[-2000:])
         assert same_results(out, full), fault
+
+
+def test_a_worker_killed_by_the_system_is_a_clear_error_and_the_run_resumes(tmp_path):
+    """A worker SIGKILLed alone (the kernel's out-of-memory killer): exit 3 with a message that
+    says what happened and how to go on, not concurrent.futures' BrokenProcessPool traceback."""
+    out = tmp_path / "run"
+    process, args = start_with_two_workers(out)
+    try:
+        workers = workers_of(process.pid)
+        assert len(workers) == 2, workers
+        os.kill(workers[0], signal.SIGKILL)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 3, stderr[-2000:]
+    assert "a worker process died" in stderr and "Rerun the same command" in stderr
+    assert "Traceback" not in stderr
+    resumed = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -22,7 +22,7 @@ from pathlib import Path
 from . import __version__
 from .checkpoints import CheckpointError, WriteError
 from .config import ConfigError, describe, to_plain
-from .training import Diverged, Interrupted, forget_stop_signal, stop_signal
+from .training import Diverged, Interrupted, WorkerDied, forget_stop_signal, stop_signal
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -132,7 +132,7 @@ def _main(args) -> int:
         return 2
     except Interrupted as interrupt:
         return _interrupted(interrupt)
-    except (Diverged, WriteError) as error:
+    except (Diverged, WriteError, WorkerDied) as error:
         print(f"stopwise: run failed: {error}", file=sys.stderr)
         if isinstance(error, WriteError):
             print(

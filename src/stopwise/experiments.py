@@ -52,6 +52,7 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,7 @@ from .contract import (
 from .training import (
     Interrupted,
     MetricsLog,
+    WorkerDied,
     install_stop_handlers,
     is_main_process,
     request_stop,
@@ -747,7 +749,16 @@ def _execute(experiment, config, run: RunDir, pending: list[PlannedJob]) -> None
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
                     p = running.pop(future)
-                    future.result()  # a worker's error is raised here
+                    try:
+                        future.result()  # a worker's error is raised here
+                    except BrokenProcessPool as error:
+                        ids = ", ".join(sorted([p.id, *(q.id for q in running.values())]))
+                        raise WorkerDied(
+                            f"a worker process died while running {ids} (killed by the "
+                            "operating system, e.g. out of memory, or by a signal sent to it "
+                            "alone); the other workers checkpointed their stages. Rerun the "
+                            "same command to resume, with --set workers=1 if memory is short."
+                        ) from error
                     done.add(p.id)
                     logger.info("done %s", p.id)
         except BaseException:

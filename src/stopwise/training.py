@@ -77,6 +77,11 @@ class Interrupted(Exception):
         return (type(self), (self.signum,))
 
 
+class WorkerDied(RuntimeError):
+    """A worker process of a run ended without a result or an error: killed by the operating
+    system (out of memory) or by a signal sent to it alone."""
+
+
 class Diverged(RuntimeError):
     """A training loss or gradient became NaN or infinite (nothing of that step is logged or
     saved)."""
