@@ -331,3 +331,22 @@ def test_random_horizon_sampler_is_the_exact_inverse_cdf(p, max_horizon):
     assert torch.equal(by_sums.view(size), draws)
     # the draws cover more than one horizon (except where p(0) is near 1 and only 2000 draws)
     assert len(draws.unique()) >= (2 if p == 0.999 else min(4, (max_horizon or 99) + 1))
+
+
+def test_median_at_a_cdf_of_exactly_one_half_is_that_step():
+    """The median is the smallest step with cdf ≥ 1/2, so a cdf of exactly 1/2 (λ = σ(0) = 1/2,
+    exact in binary) puts the median there, not one step later. By hand: q = (1/2, 1/2, 0) → 0;
+    λ_0 = 0 gives q = (0, 1/2, 1/2) → 1, as does step 0 masked out; q = (1/2, 1/4, 1/4) → 0."""
+    inf = math.inf
+    logits = torch.tensor(
+        [[0.0, 5.0, 5.0], [-inf, 0.0, 7.0], [9.0, 0.0, 3.0], [0.0, 0.0, 1.0]], dtype=torch.float64
+    )
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [0, 1, 1], [1, 1, 1]], dtype=torch.bool)
+    stop = StopTime(logits, mask)
+    expected = [[0.5, 0.5, 0], [0, 0.5, 0.5], [0, 0.5, 0.5], [0.5, 0.25, 0.25]]
+    assert stop.probs.tolist() == expected  # exact: the ties are real
+    assert reference_probs(logits, mask).tolist() == expected
+    for i, row in enumerate(expected):  # the definition, by a plain loop
+        cdf = [sum(row[: t + 1]) for t in range(3)]
+        assert stop.median()[i].item() == next(t for t in range(3) if cdf[t] >= 0.5)
+    assert stop.median().tolist() == [0, 1, 1, 0]
