@@ -491,3 +491,77 @@ def test_act_halting_with_a_mask_and_eps_matches_reference_loop(eps):
         assert torch.autograd.gradcheck(
             lambda x, m=small_mask: act_halting(x, eps, m)[0::3], (small,)
         )
+
+
+def test_stage1_ignores_the_losses_of_steps_it_gives_no_weight():
+    """A step the oracle gives weight 0 — masked out, or with a loss of +inf (a diverged step)
+    — contributes nothing, not 0·inf = NaN: Σ_t q*(t) ℓ_t over the steps with q*(t) > 0, by
+    hand. Row 0: step 1 masked (its loss inf); row 1: step 2 has loss inf (q* = 0 there)."""
+    inf = math.inf
+    losses = torch.tensor([[1.0, inf, 2.0], [0.5, 1.5, inf]], dtype=torch.float64)
+    losses.requires_grad_(True)
+    mask = torch.tensor([[1, 0, 1], [1, 1, 1]], dtype=torch.bool)
+    beta = 0.5
+    w0 = [math.exp(-1.0 / beta), math.exp(-2.0 / beta)]
+    w1 = [math.exp(-0.5 / beta), math.exp(-1.5 / beta)]
+    row0 = (w0[0] * 1.0 + w0[1] * 2.0) / sum(w0)
+    row1 = (w1[0] * 0.5 + w1[1] * 1.5) / sum(w1)
+    loss = l2s_stage1_loss(losses, beta, mask=mask)
+    assert loss.item() == pytest.approx((row0 + row1) / 2, rel=1e-12)
+    (grad,) = torch.autograd.grad(loss, losses)
+    assert torch.isfinite(grad).all()
+    assert grad[0, 1].item() == 0.0 and grad[1, 2].item() == 0.0
+    # the weights themselves, by hand: q*(t) / B on the steps with weight
+    assert grad[0, [0, 2]].tolist() == pytest.approx([w / sum(w0) / 2 for w in w0])
+
+
+def test_stage2_treats_the_oracle_as_a_fixed_target():
+    """Stage II detaches the losses: the policy imitates q*, it does not move q* (nor, through
+    the losses, the step model). Its gradient reaches the hazard logits only, and there it is
+    the gradient of Σ_t q*(t)(log q*(t) − log q_φ(t)) with q* a constant: −Σ_t q*(t) ∂log q_φ(t),
+    checked against central differences of a plain-loop KL whose target is fixed numbers."""
+    g = torch.Generator().manual_seed(21)
+    logits = torch.randn(2, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    losses = torch.rand(2, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    beta = 0.4
+    for hard in (False, True):
+        loss = l2s_stage2_loss(StopTime(logits), losses, beta, hard=hard)
+        grads = torch.autograd.grad(loss, (logits, losses), allow_unused=True)
+        assert grads[1] is None or bool((grads[1] == 0).all())
+    (grad_logits,) = torch.autograd.grad(l2s_stage2_loss(StopTime(logits), losses, beta), logits)
+    target = [[math.exp(-v / beta) for v in row] for row in losses.detach().tolist()]
+    target = [[v / sum(row) for v in row] for row in target]
+
+    def kl(h):
+        total = 0.0
+        for i, row in enumerate(h.tolist()):
+            survive = 1.0
+            for t, x in enumerate(row):
+                lam = 1 / (1 + math.exp(-x))
+                q = survive if t == len(row) - 1 else lam * survive
+                survive *= 1 - lam
+                total += target[i][t] * math.log(target[i][t] / q) / len(target)
+        return total
+
+    eps, base = 1e-6, logits.detach()
+    for i, t in [(0, 0), (0, 2), (1, 1)]:
+        up, down = base.clone(), base.clone()
+        up[i, t] += eps
+        down[i, t] -= eps
+        fd = (kl(up) - kl(down)) / (2 * eps)
+        assert grad_logits[i, t].item() == pytest.approx(fd, rel=1e-6, abs=1e-9)
+
+
+def test_act_halts_where_the_sum_reaches_exactly_one_minus_eps():
+    """Graves: N = min{n : Σ_{n'≤n} h_{n'} ≥ 1 − ε}, so a sum that lands exactly on 1 − ε halts
+    there. h = σ(0) = 1/2 is exact: with ε = 1/2 the first step halts (N = 1, R = 1); with ε = 0
+    the second does (Σ = 1: N = 2, R = 1/2), not the third. Against the plain reference loop."""
+    logits = torch.zeros(1, 3, dtype=torch.float64)
+    for eps, N, R in [(0.5, 1, 1.0), (0.0, 2, 0.5)]:
+        weights, n_ref, r_ref = reference_act([0.5, 0.5, 0.5], eps)
+        assert (n_ref, r_ref) == (N, R)
+        halting = act_halting(logits, eps=eps)
+        assert halting.steps.tolist() == [N]
+        assert halting.remainder.tolist() == [R]
+        assert halting.weights[0].tolist() == weights
+        assert halting.ponder_cost.tolist() == [N + R]
