@@ -682,3 +682,26 @@ def test_fit_threshold_refuses_what_it_cannot_fit_and_takes_masks_as_lists():
         stop_indices(hazards, as_list, [True, False, True]).tolist()
         == stop_indices(hazards, as_tensor, torch.tensor([True, False, True])).tolist()
     )
+
+
+def test_rule_scores_follow_each_rule_over_the_valid_steps_by_a_plain_loop():
+    """``rule_scores``: a hazard rule's score is the logit itself; a cumulative rule's is
+    P(stopped by t) = 1 − ∏_{valid τ ≤ t}(1 − σ(h_τ)), the invalid steps skipped (their hazards
+    never enter the product); every invalid step scores −inf (it can never stop a row)."""
+    from stopwise.inference import rule_scores
+
+    g = torch.Generator().manual_seed(31)
+    logits = torch.randn(5, 6, generator=g, dtype=torch.float64) * 2
+    valid = torch.tensor([True, False, True, True, False, True])
+    hazard = rule_scores(logits, ScoreThreshold(0.0), valid)
+    cumulative = rule_scores(logits, CumulativeThreshold(0.5), valid)
+    for i, row in enumerate(logits.tolist()):
+        survive = 1.0
+        for t, h in enumerate(row):
+            if not valid[t]:
+                assert hazard[i, t].item() == -math.inf
+                assert cumulative[i, t].item() == -math.inf
+                continue
+            survive *= 1 - 1 / (1 + math.exp(-h))
+            assert hazard[i, t].item() == h
+            assert cumulative[i, t].item() == pytest.approx(1 - survive, rel=1e-12)

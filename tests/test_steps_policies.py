@@ -255,3 +255,19 @@ def test_an_mlp_policy_asked_past_its_steps_says_so():
     assert policy(torch.zeros(2, 5), 2).shape == (2,)
     with pytest.raises(ValueError, match=r"step 3 is outside this policy's steps 0..2"):
         policy(torch.zeros(2, 5), 3)
+
+
+@pytest.mark.parametrize("mode", ["dense", "masked", "shrink"])
+def test_the_default_step_costs_count_the_steps_used(mode):
+    """A step model without its own ``step_costs`` costs 1, 2, ..., T: stopping after step t
+    (0-based) costs t + 1 steps, so adaptive inference's cost is each row's steps used. Rows
+    stop where x₀ + t + 1 ≥ 0 (the logit is the prediction's first entry): by hand 0, 1, 2."""
+    from stopwise.inference import HazardThreshold, run_adaptive
+
+    assert Count().step_costs().tolist() == [1.0, 2.0, 3.0]
+    x = torch.tensor([[0.0, 9.0], [-1.5, 9.0], [-10.0, 9.0]])
+    policy = lambda features, t: features[:, 0]  # noqa: E731
+    result = run_adaptive(Count(), policy, x, HazardThreshold(0.5), mode)
+    assert result.stop_index.tolist() == [0, 1, 2]
+    assert result.cost.tolist() == [1.0, 2.0, 3.0]
+    assert result.steps_used.tolist() == [1, 2, 3]
