@@ -548,3 +548,29 @@ def test_a_mix_of_fixed_depths_stays_fixed_on_another_split():
     test = torch.randn(N, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     test[:, 2] -= 3.0  # lower scores at depth 3 than validation ever showed
     assert float(costs[stop_indices(test, rule)].mean()) == pytest.approx(2.5)
+
+
+def test_fixed_depth_curve_has_one_point_per_valid_depth_by_hand():
+    """``fixed_depth_curve``: every row stops at step t, for each valid t only; the point
+    carries the 1-based depth and steps, the cumulative cost of step t and the metric of the
+    stop steps (here the mean of a per-row, per-step table at column t, by hand)."""
+    from stopwise.selection import fixed_depth_curve
+
+    table = torch.tensor([[1.0, 2.0, 3.0, 4.0], [3.0, 2.0, 5.0, 0.0]], dtype=torch.float64)
+    costs = torch.tensor([0.5, 1.5, 4.0, 4.5], dtype=torch.float64)
+    seen = []
+
+    def metric(index):
+        seen.append(index.tolist())
+        return {"quality": float(table.gather(1, index.view(-1, 1)).mean())}
+
+    curve = fixed_depth_curve(2, metric, torch.tensor([True, False, True, True]), costs)
+    assert curve == [
+        {"depth": 1, "mean_cost": 0.5, "mean_steps": 1.0, "quality": 2.0},
+        {"depth": 3, "mean_cost": 4.0, "mean_steps": 3.0, "quality": 4.0},
+        {"depth": 4, "mean_cost": 4.5, "mean_steps": 4.0, "quality": 2.0},
+    ]
+    assert seen == [[0, 0], [2, 2], [3, 3]]
+    # default costs: steps used
+    plain = fixed_depth_curve(2, metric, torch.tensor([False, True]))
+    assert [(p["depth"], p["mean_cost"], p["mean_steps"]) for p in plain] == [(2, 2.0, 2.0)]
