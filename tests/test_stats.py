@@ -147,3 +147,17 @@ def test_a_mean_and_sd_print_the_mean_alone_for_one_value():
     assert format_mean_and_sd(-0.25, 0.5, 4, "+.1f") == "-0.2 ± 0.5"
     assert format_mean_sd([1.0, 3.0]) == "2.00 ± 1.41"  # sample sd: sqrt(2)
     assert format_mean_sd([4.0]) == "4.00"
+
+
+def test_identical_methods_are_neither_above_nor_below_zero():
+    """Two methods equal on every seed: every difference is 0, so sd = 0 and the interval is
+    [0, 0]. It does not lie above (or below) zero — "above zero" is strict: an interval that
+    touches 0 does not show a gain. By hand, and for a constant positive difference it does."""
+    same = paired_difference({0: 1.5, 1: 2.0, 2: 0.25}, {0: 1.5, 1: 2.0, 2: 0.25})
+    assert (same["mean"], same["sd"], same["lo"], same["hi"]) == (0.0, 0.0, 0.0, 0.0)
+    assert not same["above_zero"] and not same["below_zero"]
+    ahead = paired_difference({0: 2.0, 1: 3.0}, {0: 1.0, 1: 2.0})
+    assert (ahead["lo"], ahead["hi"]) == (1.0, 1.0)
+    assert ahead["above_zero"] and not ahead["below_zero"]
+    behind = paired_difference({0: 1.0, 1: 2.0}, {0: 2.0, 1: 3.0})
+    assert behind["below_zero"] and not behind["above_zero"]
