@@ -636,3 +636,38 @@ def test_a_stage_drawing_from_the_gpu_generator_resumes_exactly(tmp_path, monkey
         run(tmp_path / "resumed", stop_at=2)
     monkeypatch.setattr(training, "_stop_signal", None)
     assert torch.equal(run(tmp_path / "resumed"), whole)
+
+
+@pytest.mark.parametrize("uniform", [0.0, 0.3])
+def test_fit_oracle_with_a_mask_weights_the_valid_steps_by_a_plain_loop(uniform):
+    """Stage I with a mask, one step at learning rate 0 on a fixed batch: the logged loss is
+    mean_i Σ_{valid t} w_t ℓ_t with w = (1 − u)·q* + u/|valid|, q*(t) = exp(−ℓ_t/β) normalised
+    over the valid steps only (a loop), and the gradient is that loss's with w held fixed: the
+    masked step (a_1 = 2.1, the best of all, which an unmasked oracle would weight most) gets
+    no gradient at all."""
+    from stopwise.training import fit_oracle
+
+    T, beta, rows = 4, 0.5, 3
+    model = PerStepScale(T)
+    with torch.no_grad():
+        model.a.copy_(torch.tensor([0.5, 2.1, 1.0, 3.0]))
+    x = torch.randn(rows, 3, generator=torch.Generator().manual_seed(2))
+    mask = torch.tensor([True, False, True, True])
+    valid = [0, 2, 3]
+    total = 0.0
+    for i in range(rows):
+        losses = {t: sum((model.a[t] * x[i, j] - 2 * x[i, j]) ** 2 for j in range(3)) / 3
+                  for t in valid}  # fmt: skip
+        z = sum(math.exp(-float(v.detach()) / beta) for v in losses.values())
+        for t in valid:
+            q = math.exp(-float(losses[t].detach()) / beta) / z
+            w = (1 - uniform) * q + uniform / len(valid)
+            total = total + w * losses[t] / rows
+    (expected,) = torch.autograd.grad(total, [model.a])
+    metrics = fit_oracle(
+        model, EpochBatches((x, 2 * x), batch_size=rows), per_step_mse,
+        torch.optim.SGD(model.parameters(), 0.0), 1, beta=beta, mask=mask, uniform=uniform,
+    )  # fmt: skip
+    assert float(metrics["loss"]) == pytest.approx(float(total.detach()), rel=1e-6)
+    assert model.a.grad[1].item() == 0.0
+    torch.testing.assert_close(model.a.grad, expected, rtol=1e-5, atol=1e-7)
