@@ -218,3 +218,22 @@ def test_a_worker_killed_by_the_system_is_a_clear_error_and_the_run_resumes(tmp_
     assert "Traceback" not in stderr
     resumed = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+
+def test_ctrl_c_while_workers_start_prints_no_traceback(tmp_path):
+    """A terminal's Ctrl-C (SIGINT to the process group) as soon as the worker processes exist,
+    while they still import torch: the run ends as interrupted, with no KeyboardInterrupt
+    traceback from a worker (each printed one, before the workers held SIGINT from birth)."""
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "stopwise.cli", *tiny("toy", out, "--set", "seeds=0,1")]
+    process = subprocess.Popen(
+        [*args, "--set", "workers=2"], stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline = time.time() + 120
+    while len(workers_of(process.pid)) < 2 and time.time() < deadline:
+        time.sleep(0.01)
+    assert not (out / "metrics.jsonl").exists(), "the workers were already training"
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGINT, stderr[-2000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]

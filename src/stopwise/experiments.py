@@ -50,7 +50,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -631,6 +631,22 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
             os.kill(process.pid, signal.SIGTERM)
 
 
+@contextlib.contextmanager
+def _sigint_held() -> Iterator[None]:
+    """Block SIGINT while worker processes start: they inherit the blocked signal, so a
+    terminal's Ctrl-C while they import torch stays pending until ``_worker_init`` ignores it,
+    instead of a KeyboardInterrupt traceback from each of them. The runner gets its own Ctrl-C
+    when the block ends."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _worker_run(name: str, config_plain: dict, run_path: str, planned: PlannedJob) -> str:
     global _worker_busy
     if _worker_stopped is not None:  # the job was handed over as the run was being stopped
@@ -745,7 +761,9 @@ def _execute(experiment, config, run: RunDir, pending: list[PlannedJob]) -> None
                 ready.sort(key=lambda p: -p.job.cost)
                 for p in ready[: workers - len(running)]:
                     waiting.remove(p)
-                    running[pool.submit(_worker_run, experiment.name, plain, str(run.path), p)] = p
+                    with _sigint_held():  # (a submit may start a worker process)
+                        future = pool.submit(_worker_run, experiment.name, plain, str(run.path), p)
+                    running[future] = p
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
                     p = running.pop(future)
