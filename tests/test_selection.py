@@ -108,7 +108,7 @@ def test_floored_threshold_against_a_brute_force(seed, kind, decided):
         rule, floor = fit_floored_threshold(
             hazards, budget, metric, costs, valid, kind=kind,
             decision_costs=None if decision is None else torch.tensor(decision), mixes=False,
-        )  # fmt: skip
+            lower_is_better=False)  # fmt: skip
         index, want_floor = _brute_force(hazards, quality, costs, valid, budget, kind, decision)
         assert floor == want_floor
         assert stop_indices(hazards, rule, valid).tolist() == index
@@ -128,8 +128,7 @@ def test_a_later_floor_can_fit_a_budget_an_earlier_one_cannot():
         return float(quality.gather(1, index.view(-1, 1)).mean())
 
     rule, floor = fit_floored_threshold(
-        hazards, 1.95, metric, costs, decision_costs=decision
-    )  # fmt: skip
+        hazards, 1.95, metric, costs, decision_costs=decision, lower_is_better=False)  # fmt: skip
     assert floor == 2 and stop_indices(hazards, rule).tolist() == [2] * 6
 
 
@@ -146,7 +145,8 @@ def test_a_floor_saves_the_decision_costs_before_it():
         return float(quality.gather(1, index.view(-1, 1)).mean())
 
     (point,) = budget_sweep(hazards, hazards, [2.75], lambda i: {}, valid=valid, costs=costs,
-                            val_metric=metric, decision_costs=decision)  # fmt: skip
+                            val_metric=metric, decision_costs=decision,
+                            lower_is_better=False)  # fmt: skip
     assert point["floor_steps"] == 3 and point["mean_cost"] == 3.0 - 0.25
 
 
@@ -164,7 +164,8 @@ def test_a_cumulative_floor_saves_no_decision_costs():
 
     for kind, stop in (("cumulative", 1), ("hazard", 2)):
         (point,) = budget_sweep(hazards, hazards, [2.0], lambda i: {}, kind, costs=costs,
-                                val_metric=metric, decision_costs=decision)  # fmt: skip
+                                val_metric=metric, decision_costs=decision,
+                                lower_is_better=False)  # fmt: skip
         rule = point_rule(point, kind)
         assert stop_indices(hazards, rule).tolist() == [stop] * 4, kind
         assert rule.needs_policy(0) == (kind == "cumulative")
@@ -187,8 +188,10 @@ def test_grid_thresholds_are_compared_as_the_rules_compare_them():
         def metric(index, quality=quality):
             return float(quality.gather(1, index.view(-1, 1)).mean())
 
-        mixed, _ = fit_floored_threshold(hazards, budget, metric, costs)
-        single, _ = fit_floored_threshold(hazards, budget, metric, costs, mixes=False)
+        mixed, _ = fit_floored_threshold(hazards, budget, metric, costs, lower_is_better=False)
+        single, _ = fit_floored_threshold(
+            hazards, budget, metric, costs, mixes=False, lower_is_better=False
+        )
         got = metric(stop_indices(hazards, mixed))
         fixed = max(metric(torch.full((5,), t)) for t in range(3) if costs[t] <= budget)
         assert got >= metric(stop_indices(hazards, single)) - 1e-12, trial
@@ -213,7 +216,7 @@ def test_no_budget_is_worse_on_validation_than_fixed_depth_within_it(seed):
 
     budgets = costs[valid].tolist()
     floored = budget_sweep(hazards, hazards, budgets, measure, "hazard", valid, costs,
-                           val_metric=metric)  # fmt: skip
+                           val_metric=metric, lower_is_better=False)  # fmt: skip
     plain = budget_sweep(hazards, hazards, budgets, measure, "hazard", valid, costs)
     fixed = {t: float(quality[:, t].mean()) for t in range(5) if valid[t]}
 
@@ -233,8 +236,7 @@ def test_a_floored_rule_is_a_per_step_threshold_run_adaptive_can_apply():
     hazards, quality, costs, valid = _problem(0)
     rule, floor = fit_floored_threshold(
         hazards, float(costs[3]), lambda i: float(quality.gather(1, i.view(-1, 1)).mean()),
-        costs, valid, mixes=False,
-    )  # fmt: skip
+        costs, valid, mixes=False, lower_is_better=False)  # fmt: skip
     threshold = rule.score_threshold
     assert threshold.shape == (5,)
     assert torch.isinf(threshold[:floor]).all() and (threshold[:floor] > 0).all()
@@ -278,9 +280,11 @@ def test_mixes_are_never_worse_than_a_mix_of_two_fixed_depths(seed, kind):
     spread = float(quality.max() - quality.min())
     gaps = []
     for budget in [1.5, 2.3, 3.5, 4.2, 5.5]:
-        mixed, floor = fit_floored_threshold(hazards, budget, metric, costs, valid, kind=kind)
+        mixed, floor = fit_floored_threshold(
+            hazards, budget, metric, costs, valid, kind=kind, lower_is_better=False
+        )
         single, _ = fit_floored_threshold(
-            hazards, budget, metric, costs, valid, kind=kind, mixes=False
+            hazards, budget, metric, costs, valid, kind=kind, mixes=False, lower_is_better=False
         )
         index = stop_indices(hazards, mixed, valid)
         hull = _best_mix_of_fixed_depths(quality, costs, valid, budget)
@@ -305,7 +309,7 @@ def test_a_mixed_point_round_trips_through_its_record():
         return float(quality.gather(1, index.view(-1, 1)).mean())
 
     (point,) = budget_sweep(hazards, hazards, [2.5], lambda i: {"q": metric(i)},
-                            val_metric=metric)  # fmt: skip
+                            val_metric=metric, lower_is_better=False)  # fmt: skip
     assert "mix" in point and 0 < point["mix"]["share"] < 1
     rule = point_rule(point)
     assert isinstance(rule, MixedRule) and rule_record(rule) == {
@@ -332,7 +336,9 @@ def test_a_mix_with_decision_costs_is_costed_from_its_earlier_floor(seed):
 
     found_mix = False
     for budget in [1.2, 2.0, 2.6, 3.1, 3.9]:
-        rule, floor = fit_floored_threshold(hazards, budget, metric, costs, decision_costs=decision)
+        rule, floor = fit_floored_threshold(
+            hazards, budget, metric, costs, decision_costs=decision, lower_is_better=False
+        )
         index = stop_indices(hazards, rule)
         saved = sum(float(decision[u]) for u in range(floor))  # plain: decisions before it
         assert float((costs[index] - saved).mean()) <= budget + 1e-9
@@ -415,7 +421,7 @@ def test_a_larger_budget_keeps_a_cheaper_rule_that_is_better_on_validation():
 
     budgets = [1.0, 2.0, 3.0, 6.0]
     points = budget_sweep(hazards, hazards, budgets, lambda i: {"q": metric(i)},
-                          val_metric=metric)  # fmt: skip
+                          val_metric=metric, lower_is_better=False)  # fmt: skip
     by_hand = [metric(stop_indices(hazards, point_rule(p))) for p in points]
     assert [p["q"] for p in points] == pytest.approx(by_hand)
     assert by_hand == sorted(by_hand)  # never worse as the budget grows
@@ -476,7 +482,8 @@ def test_budget_sweep_fits_on_validation_and_measures_on_test(seed, floored):
 
     budgets = torch.linspace(float(costs[0]), float(costs[-1]), 6, dtype=torch.float64).tolist()
     points = budget_sweep(val, test, budgets, test_metric, "hazard", valid, costs,
-                          val_metric=val_metric if floored else None, mixes=False)  # fmt: skip
+                          val_metric=val_metric if floored else None, mixes=False,
+                          lower_is_better=False)  # fmt: skip
     if floored:  # the brute force's rule per budget, then a cheaper budget's where better
         fits = [_brute_force(val, val_quality, costs, valid, b, "hazard") for b in budgets]
         fitted = []
@@ -519,7 +526,9 @@ def test_a_tie_with_fixed_depth_goes_to_fixed_depth():
     spending three times the budget."""
     val = torch.rand(6, 3, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.3
     costs = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
-    rule, floor = fit_floored_threshold(val, 1.0, lambda index: 0.0, costs, mixes=False)
+    rule, floor = fit_floored_threshold(
+        val, 1.0, lambda index: 0.0, costs, mixes=False, lower_is_better=False
+    )
     assert floor == 0 and rule.score_threshold[0] == -math.inf
     test = torch.full((4, 3), 0.01)  # scores below every validation score
     assert stop_indices(test, rule).tolist() == [0, 0, 0, 0]
@@ -543,7 +552,7 @@ def test_a_mix_of_fixed_depths_stays_fixed_on_another_split():
     def metric(index):
         return float(correct[torch.arange(N), index].double().mean())
 
-    rule, _ = fit_floored_threshold(val, 2.5, metric, costs)
+    rule, _ = fit_floored_threshold(val, 2.5, metric, costs, lower_is_better=False)
     assert float(costs[stop_indices(val, rule)].mean()) == pytest.approx(2.5)
     test = torch.randn(N, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     test[:, 2] -= 3.0  # lower scores at depth 3 than validation ever showed
@@ -574,3 +583,16 @@ def test_fixed_depth_curve_has_one_point_per_valid_depth_by_hand():
     # default costs: steps used
     plain = fixed_depth_curve(2, metric, torch.tensor([False, True]))
     assert [(p["depth"], p["mean_cost"], p["mean_steps"]) for p in plain] == [(2, 2.0, 2.0)]
+
+
+def test_which_way_a_validation_metric_is_better_is_never_guessed():
+    """A metric's direction has no default: an MSE read as "higher is better" picks the worst
+    rule without a sign of trouble (a README example did, with the old default)."""
+    hazards = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    metric = lambda index: float(index.double().mean())  # noqa: E731
+    with pytest.raises(ValueError, match="lower_is_better"):
+        budget_sweep(hazards, hazards, [2.0], lambda i: {}, val_metric=metric)
+    with pytest.raises(TypeError, match="lower_is_better"):
+        fit_floored_threshold(hazards, 2.0, metric)
+    with pytest.raises(TypeError, match="lower_is_better"):
+        calibrate_by_metric(hazards, metric, [2.0])

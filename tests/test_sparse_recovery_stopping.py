@@ -44,7 +44,9 @@ def test_calibration_picks_the_budget_of_least_validation_nmse():
     def val_nmse(index):
         return nmse_db(errors_at(errors, index), energies)
 
-    result = calibrate_by_metric(hazards, val_nmse, budget_grid(valid, 9), ("hazard",), valid)
+    result = calibrate_by_metric(
+        hazards, val_nmse, budget_grid(valid, 9), ("hazard",), valid, lower_is_better=True
+    )
     assert len(result.candidates) == 9
     for candidate in result.candidates:
         assert candidate["cost"] <= candidate["budget"] + 1e-9
@@ -78,7 +80,9 @@ def test_the_threshold_row_is_the_cheapest_budget_within_tolerance_with_confiden
     def val_nmse(index):
         return nmse_db(errors_at(errors, index), energies)
 
-    calibration = calibrate_by_metric(hazards, val_nmse, budget_grid(valid, 30), ("hazard",), valid)
+    calibration = calibrate_by_metric(
+        hazards, val_nmse, budget_grid(valid, 30), ("hazard",), valid, lower_is_better=True
+    )
     full = val_nmse(torch.full((N,), T - 1))
     fitted = SimpleNamespace(valid=valid)
 

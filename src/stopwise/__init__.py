@@ -1,6 +1,6 @@
 """stopwise: models that learn when to stop computing, per input.
 
-The public contract (README.md, "The API in 30 lines"): :class:`StopTime`, :func:`oracle`, :mod:`stopwise.objectives`,
+The public contract (README.md, "The API in one example"): :class:`StopTime`, :func:`oracle`, :mod:`stopwise.objectives`,
 :func:`run_adaptive`, :func:`calibrate`, the training stages (``fit_*``), the batch sources, the
 task contract (:mod:`stopwise.experiments`, :mod:`stopwise.config`) and the ``stopwise`` command.
 """

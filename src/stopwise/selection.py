@@ -117,7 +117,8 @@ def calibrate_by_metric(
     kinds: Sequence[str] = ("hazard",),
     valid: torch.Tensor | None = None,
     costs: torch.Tensor | None = None,
-    lower_is_better: bool = True,
+    *,
+    lower_is_better: bool,
 ) -> Calibration:
     """The threshold rule with the best validation metric among rules fitted to each budget and
     kind. ``val_metric(stop_index (N,)) -> float`` scores validation stop steps (e.g. NMSE of
@@ -320,7 +321,8 @@ def fit_floored_threshold(
     val_metric: Callable[[torch.Tensor], float],
     costs: torch.Tensor | None = None,
     valid: torch.Tensor | None = None,
-    lower_is_better: bool = False,
+    *,
+    lower_is_better: bool,
     kind: str = "hazard",
     decision_costs: torch.Tensor | None = None,
     mixes: bool = True,
@@ -401,7 +403,7 @@ def budget_sweep(
     valid: torch.Tensor | None = None,
     costs: torch.Tensor | None = None,
     val_metric: Callable[[torch.Tensor], float] | None = None,
-    lower_is_better: bool = False,
+    lower_is_better: bool | None = None,
     decision_costs: torch.Tensor | None = None,
     mixes: bool = True,
 ) -> list[dict[str, Any]]:
@@ -429,6 +431,11 @@ def budget_sweep(
     decision_costs = skipped_decision_costs(kind, decision_costs)
     search = None
     if val_metric is not None:
+        if lower_is_better is None:
+            raise ValueError(
+                "budget_sweep with a val_metric needs lower_is_better=True (an error, a loss) "
+                "or False (an accuracy, a PSNR): which way is better is never guessed"
+            )
         search = _FlooredSearch(
             val_hazards, val_metric, costs, valid, lower_is_better, kind, decision_costs
         )

@@ -503,7 +503,7 @@ def _dncnn_stop(context: JobContext) -> dict[str, Any]:
     def sweep(val_scores, test_scores):
         return budget_sweep(
             val_scores, test_scores, budgets, metric, "hazard", valid, costs,
-            val_metric=curve_val_metric, decision_costs=floor_saves,
+            val_metric=curve_val_metric, lower_is_better=False, decision_costs=floor_saves,
         )  # fmt: skip
 
     curve = sweep(curve_val_hazards, test_hazards)

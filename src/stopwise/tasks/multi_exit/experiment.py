@@ -148,7 +148,8 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
             budgets = [max(point["val_mean_cost"], float(spent[0])) for point in fitted]
             curve = budget_sweep(
                 val_scores[name], test_scores[name], budgets, metric, costs=spent,
-                val_metric=lambda i: val_metric(i)["accuracy"], decision_costs=decision_costs,
+                val_metric=lambda i: val_metric(i)["accuracy"], lower_is_better=False,
+                decision_costs=decision_costs,
             )  # fmt: skip
         # Each point's accuracy on validation, where its rule was fitted (for choosing β).
         curves[name] = with_validation_accuracy(curve, val_scores[name], val_correct)

@@ -137,7 +137,12 @@ def budget_curve(model, head, validation, test, config: ParityConfig, device) ->
     budgets = budget_grid(valid, config.curve_points)
     return {
         "points": budget_sweep(
-            val_hazards.cpu(), test_hazards.cpu(), budgets, accuracy, val_metric=val_accuracy
+            val_hazards.cpu(),
+            test_hazards.cpu(),
+            budgets,
+            accuracy,
+            val_metric=val_accuracy,
+            lower_is_better=False,
         ),
         "fixed_depth": fixed_depth_curve(len(test.y), accuracy, valid),
     }

@@ -224,7 +224,7 @@ def stop_model(name: str, context: JobContext, problem: SparseProblem):
 
     budgets = budget_grid(chosen.valid, config.budget_points)
     calibration = calibrate_by_metric(
-        chosen.scores, val_nmse, budgets, (chosen.kind,), chosen.valid
+        chosen.scores, val_nmse, budgets, (chosen.kind,), chosen.valid, lower_is_better=True
     )
     full_val = val_nmse(torch.full((val_errors.shape[0],), model.max_steps - 1))
     row_rule = threshold_row_rule(calibration, chosen.scores, val_errors, chosen, config)
