@@ -413,3 +413,25 @@ def test_timed_blocks_keep_wall_and_cpu_seconds_of_the_same_span(tmp_path, monke
         with context.timed("train"):
             pass
     assert context.timings == {"train": 3.5} and context.cpu_timings == {"train": 5.5}
+
+
+def test_a_dependency_whose_checkpoint_is_damaged_says_how_to_recover(tmp_path):
+    """A corrupt checkpoint of a finished job that another job reads: the error names the
+    record to delete with it (deleting the file alone left a second error: the job was finished,
+    so nothing retrained it), and following the message recovers the same records."""
+    from stopwise.checkpoints import CheckpointError
+
+    out = tmp_path / "run"
+    run(out)
+    expected = records(out)
+    victim = next((out / "checkpoints" / "fit-a-s0").glob("*.pt"))
+    victim.write_bytes(victim.read_bytes()[:50])
+    (out / "jobs" / "summary-s0.json").unlink()
+    record = out / "jobs" / "fit-a-s0.json"
+    with pytest.raises(CheckpointError, match="truncated or corrupted") as refused:
+        run(out)
+    assert f"Delete it and {record}, then rerun" in str(refused.value)
+    victim.unlink()
+    record.unlink()
+    run(out)
+    assert records(out) == expected

@@ -99,15 +99,19 @@ def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
     atomic_write_bytes(path, buffer.getbuffer())
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", recover: str | None = None
+) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``; anything else raises :class:`CheckpointError`
-    naming the file, saying it was not loaded and how to recover."""
+    naming the file, saying it was not loaded and how to recover (``recover``: what to do, when
+    the caller knows better than "delete it and rerun")."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
-    recover = (
-        "It was not loaded. If it belongs to a run directory, delete it and rerun the same "
-        "command: the stage it saved is trained again."
+    recover = "It was not loaded. " + (
+        recover
+        or "If it belongs to a run directory, delete it and rerun the same command: the stage "
+        "it saved is trained again."
     )
     try:
         with warnings.catch_warnings():

@@ -258,7 +258,13 @@ class JobContext:
                 f"{path} is gone (was checkpoints/ deleted?); delete {self.run.job_path(id)} "
                 f"to rerun job {id}"
             )
-        return load_checkpoint(path)["state"]
+        if job is None:
+            return load_checkpoint(path)["state"]
+        redo = (
+            f"Delete it and {self.run.job_path(id)}, then rerun the same command: job {id} is "
+            "trained again."
+        )
+        return load_checkpoint(path, recover=redo)["state"]
 
     def log(self, message: str) -> None:
         logger.info("[%s] %s", self.id, message)
