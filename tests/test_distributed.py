@@ -39,3 +39,18 @@ def test_two_ranks_match_one_process(tmp_path):
     assert (single / "rows_rank0.txt").read_text() == str(20 * 64)
     for rank in (0, 1):  # each rank trained on its half of every batch
         assert (double / f"rows_rank{rank}.txt").read_text() == str(20 * 32)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+def test_a_run_under_torchrun_logs_each_line_once(tmp_path):
+    """Every rank runs the runner; only rank 0 logs (each line used to come once per rank)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command = ["-m", "stopwise", "run", "toy", "--preset", "tiny", "--out", str(tmp_path / "run")]
+    done = subprocess.run(
+        [*launch, *command, "--set", "progress=false"],
+        env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    said = [line for line in done.stderr.splitlines() if line.startswith("stopwise:")]
+    assert len(said) == len(set(said)) and any("done l2s-s0" in line for line in said), said

@@ -122,16 +122,20 @@ def test_report_code_digest_follows_the_file_that_defines_report(tmp_path, monke
     assert experiments._report_code(experiment) != before
 
 
-def test_reuse_from_takes_jobs_with_identical_settings(tmp_path):
+def test_reuse_from_takes_jobs_with_identical_settings(tmp_path, capsys):
     run(tmp_path / "first")
     calls = tmp_path / "calls"
     run(tmp_path / "second", f"reuse_from={tmp_path / 'first'}", calls=calls)
     assert called(calls) == []  # everything reused, checkpoints included (summary reads one)
+    said = capsys.readouterr().err  # how many were taken is said, not left to be inferred
+    assert f"reused 4 of 4 job(s) to run from {tmp_path / 'first'}" in said
+    assert "all 4 job(s) are finished; reporting" in said
     assert records(tmp_path / "second") == records(tmp_path / "first")
     reused = json.loads((tmp_path / "second" / "jobs" / "fit-a-s0.json").read_text())
     assert reused["reused_from"].endswith("first/jobs/fit-a-s0.json")
     run(tmp_path / "third", "steps=13", f"reuse_from={tmp_path / 'first'}", calls=calls)
     assert sorted(called(calls)) == ["fit-a-s0", "fit-b-s0", "summary-s0"]  # data still matches
+    assert "reused 1 of 4 job(s)" in capsys.readouterr().err  # the data job
     with pytest.raises(ConfigError, match="not a stopwise run directory"):
         run(tmp_path / "fourth", f"reuse_from={tmp_path / 'nowhere'}")
     assert not (tmp_path / "fourth").exists()

@@ -888,15 +888,24 @@ def run_experiment(
     distributed = _init_distributed(config)
     set_threads(config.threads)
     main = is_main_process()
+    if not main:  # under torchrun every rank runs this: one rank speaks
+        logger.setLevel(logging.WARNING)
     lock = RunLock(run) if main else contextlib.nullcontext()
     with lock, stop_on_signals():
         plain = to_plain(config)
         run.write_json(run.config_path, {"experiment": name, "preset": preset, "config": plain})
         _record_environment(run, config)
         pending = [p for p in planned if not run.job_path(p.id).is_file()]
-        if config.reuse_from and main:
-            if _reuse(run, Path(config.reuse_from), pending):
-                pending = [p for p in planned if not run.job_path(p.id).is_file()]
+        if config.reuse_from and main and pending:
+            taken = _reuse(run, Path(config.reuse_from), pending)
+            logger.info(
+                "%s: reused %d of %d job(s) to run from %s (those finished there with identical "
+                "settings and checkpoints)",
+                name, taken, len(pending), config.reuse_from,
+            )  # fmt: skip
+            pending = [p for p in planned if not run.job_path(p.id).is_file()]
+        if not pending:
+            logger.info("%s: all %d job(s) are finished; reporting", name, len(planned))
         if main:
             _drop_lost_metrics(run, pending)
         if distributed:
