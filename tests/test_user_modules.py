@@ -64,6 +64,13 @@ def test_a_module_that_fails_to_import_exits_2_naming_the_error_and_where(tmp_pa
     (tmp_path / "needs.py").write_text("import no_such_dependency\n")
     done = stopwise("list", "--module", "needs", cwd=tmp_path)
     assert done.returncode == 2 and "No module named 'no_such_dependency'" in done.stderr
+    assert f"{tmp_path / 'needs.py'}:1" in done.stderr  # the user's line, not importlib's
+    (tmp_path / "typo.py").write_text("x = 1\ndef f(:\n    pass\n")
+    done = stopwise("list", "--module", "typo.py", cwd=tmp_path)
+    assert done.returncode == 2 and f"SyntaxError: invalid syntax ({tmp_path / 'typo.py'}:2)" in (
+        done.stderr
+    )
+    assert "frozen" not in done.stderr
 
 
 def test_a_user_module_cannot_take_a_built_in_name(tmp_path):

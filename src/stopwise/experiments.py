@@ -229,9 +229,14 @@ def _on_path(folder: Path) -> None:
 
 
 def _describe_error(error: BaseException) -> str:
-    """``Type: message (file:line)`` of the innermost frame an exception passed through."""
-    frames = traceback.extract_tb(error.__traceback__)
+    """``Type: message (file:line)`` of the innermost frame of the user's code an exception
+    passed through (not the import machinery's; a SyntaxError's message names its line)."""
+    frames = [
+        f for f in traceback.extract_tb(error.__traceback__) if not f.filename.startswith("<")
+    ]
     where = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    if isinstance(error, SyntaxError):
+        return f"{type(error).__name__}: {error.msg} ({error.filename}:{error.lineno})"
     return f"{type(error).__name__}: {error}{where}"
 
 
