@@ -135,3 +135,32 @@ def test_step_losses_sum_over_coordinates():
     target = torch.ones(1, 4)
     expected = [[sum((v - 1) ** 2 for v in predictions[0, t].tolist()) for t in range(3)]]
     assert step_losses(predictions, target).tolist() == expected
+
+
+def test_problem_splits_come_from_their_own_streams_and_share_no_signal():
+    """make_problem: validation from the "validation" stream, test from the "test" stream, so
+    the held-out test split is not the validation split (no signal x* in both) and reseeding
+    one stream changes that split only."""
+    from types import SimpleNamespace
+
+    from stopwise.tasks.sparse_recovery.data import make_problem
+
+    config = SimpleNamespace(m=12, n=24, condition=5.0, sparsity=0.2, snrs=[20.0, 40.0], per_snr=6)
+
+    def streams(seeds):
+        return lambda name: torch.Generator().manual_seed(seeds[name])
+
+    base = {"sensing-matrix": 1, "validation": 2, "test": 3}
+    problem = make_problem(config, streams(base))
+    val, test = problem.val, problem.test.open()
+    assert val.x.shape == test.x.shape == (12, 24)
+    # no signal of the test split appears in validation
+    assert not any(torch.equal(a, b) for a in test.x for b in val.x)
+    assert not torch.equal(val.y, test.y)
+    # each split is the draw of its own named stream: reseeding "test" leaves validation as is
+    other = make_problem(config, streams({**base, "test": 4}))
+    assert torch.equal(other.val.x, val.x) and torch.equal(other.val.y, val.y)
+    assert not torch.equal(other.test.open().x, test.x)
+    other = make_problem(config, streams({**base, "validation": 5}))
+    assert torch.equal(other.test.open().x, test.x)
+    assert not torch.equal(other.val.x, val.x)
