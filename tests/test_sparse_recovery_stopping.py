@@ -192,3 +192,65 @@ def test_the_full_depth_target_is_judged_on_the_threshold_row_by_its_interval():
     many_steps = [14.0, 15.0, 15.5]  # mean 14.8 ≤ 15, the interval's top is not
     assert np.mean(many_steps) <= 15 < top(many_steps)
     assert not verdict([0.03, 0.04, 0.05], many_steps)["full_depth_met"]
+
+
+def _ista_nmse_by_hand(A, y, x, iterations, L, lam):
+    """NMSE(dB) of plain ISTA, x ← η_{λ/L}(x − Aᵀ(Ax − y)/L) from 0, written out in float64."""
+    A, y, x = A.double(), y.double(), x.double()
+    estimate = torch.zeros_like(x)
+    for _ in range(iterations):
+        v = estimate - (estimate @ A.T - y) @ A / L
+        estimate = v.sign() * (v.abs() - lam / L).clamp_min(0)
+    return 10 * math.log10(float(((estimate - x) ** 2).sum()) / float((x**2).sum()))
+
+
+def test_tuning_searches_L_at_the_best_lambda_not_at_the_start():
+    """The coordinate search: λ over the grid at the start's L, then L over its grid at the
+    *best* λ. A start λ ten times too large makes the best λ differ from the start, so the L
+    sweep must be the one at the chosen λ (by plain ISTA in float64)."""
+    A = sensing_matrix(20, 40, 5.0, torch.Generator().manual_seed(0))
+    val = fixed_split(A, 20, 0.1, [20.0, 30.0, 40.0], torch.Generator().manual_seed(3))
+    L0, lam0, lam_factors, L_factors = 2.7, 2.0, [0.1], [0.8, 1.3]
+    result = tune("ista", A, 10, val.y, val.x, (L0, lam0), lam_factors, L_factors)
+
+    def nmse(L, lam):
+        return _ista_nmse_by_hand(A, val.y, val.x, 10, L, lam)
+
+    lams = [lam0 * f for f in (1.0, *lam_factors)]
+    lam_best = min(lams, key=lambda lam: nmse(L0, lam))
+    assert lam_best == pytest.approx(0.2)  # the start's λ is not the best: the case at hand
+    Ls = [L0 * f for f in (1.0, *L_factors)]
+    L_best = min(Ls, key=lambda L: nmse(L, lam_best))
+    assert result["lam"] == pytest.approx(lam_best)
+    assert result["L"] == pytest.approx(L_best)
+    assert result["validation_nmse"] == pytest.approx(nmse(L_best, lam_best), abs=1e-3)
+    tried = {(round(t["L"], 6), round(t["lam"], 6)) for t in result["trials"]}
+    expected = {(round(L0, 6), round(lam, 6)) for lam in lams}
+    expected |= {(round(L, 6), round(lam_best, 6)) for L in Ls}
+    assert tried == expected
+
+
+def test_validation_margins_count_steps_from_one_and_compare_with_fixed_depth():
+    """validation_margins on scores that stop each row at a known exit whatever the threshold
+    (a hazard logit of +50 there, −50 before): mean steps 1-based, the stop curve's NMSE that
+    of the stopped errors, the hull the linear-NMSE mix of fixed depths, by hand."""
+    from stopwise.tasks.sparse_recovery.methods import validation_margins
+
+    stop = torch.tensor([0, 0, 1, 2])  # 0-based exits: mean steps (1 + 1 + 2 + 3) / 4 = 1.75
+    T = 3
+    scores = torch.full((4, T), -50.0)
+    scores[torch.arange(4), stop] = 50.0
+    errors = torch.tensor([[1.0, 0.5, 0.25], [2.0, 1.0, 0.5], [4.0, 1.0, 0.5], [8.0, 4.0, 1.0]])
+    energies = torch.tensor([10.0, 10.0, 10.0, 10.0])
+    valid = torch.ones(T, dtype=torch.bool)
+    points = validation_margins(scores, errors, energies, [1.75], "hazard", valid)
+    assert len(points) == 1  # the budget the policy meets exactly
+    stopped = sum(errors[i, int(stop[i])] for i in range(4))
+    nmse = 10 * math.log10(float(stopped) / 40.0)
+    depth = [float(errors[:, t].sum()) / 40.0 for t in range(T)]  # linear NMSE per fixed depth
+    hull = 10 * math.log10(0.25 * depth[0] + 0.75 * depth[1])  # mean depth 1.75: 1 and 2 mixed
+    point = points[0]
+    assert point["mean_steps"] == pytest.approx(1.75)
+    assert point["nmse"] == pytest.approx(nmse)
+    assert point["hull"] == pytest.approx(hull)  # mixing depths 1 and 3 would do worse here
+    assert point["margin"] == pytest.approx(nmse - hull)
