@@ -31,6 +31,7 @@ from stopwise.tasks.multi_exit.l2w import (
 from stopwise.tasks.multi_exit.methods import head_costs, meta_lr_at
 from stopwise.tasks.multi_exit.metrics import (
     accuracy_at_budgets,
+    accuracy_by_group,
     apply_thresholds,
     choose_on_validation,
     exit_hazards,
@@ -223,6 +224,30 @@ def test_step_scale_is_the_slope_of_the_virtual_step_in_the_gradient():
         b = sgd_virtual_step(model, optimizer, params, one)
         for k, s in sgd_step_scale(model, optimizer).items():
             assert torch.allclose(a[k] - b[k], torch.full_like(a[k], s)), (kwargs, k)
+
+
+def test_step_scale_on_the_first_step_is_the_slope_of_torch_sgd_without_dampening():
+    """On the first step (no momentum buffer) torch.optim.SGD sets the buffer to the gradient
+    itself, dampening not applied: the step scale is lr (lr(1 + μ) with Nesterov), measured
+    here as the slope of two real optimizer steps from the same state."""
+    for kwargs in ({"lr": 0.1, "momentum": 0.9, "dampening": 0.3},
+                   {"lr": 0.1, "momentum": 0.9, "nesterov": True}):  # fmt: skip
+        model = tiny_model()
+        optimizer = torch.optim.SGD(model.parameters(), **kwargs)
+        scales = sgd_step_scale(model, optimizer)
+        after = []
+        for value in (0.0, 1.0):
+            twin = copy.deepcopy(model)
+            real = torch.optim.SGD(twin.parameters(), **kwargs)
+            for p in twin.parameters():
+                p.grad = torch.full_like(p, value)
+            real.step()
+            after.append(dict(twin.named_parameters()))
+        nesterov = kwargs.get("nesterov", False)
+        for k, s in scales.items():
+            assert s == pytest.approx(0.1 * (1.9 if nesterov else 1.0)), (kwargs, k)
+            slope = after[0][k].detach() - after[1][k].detach()
+            assert torch.allclose(slope, torch.full_like(slope, s)), (kwargs, k)
 
 
 def test_virtual_step_rejects_other_optimizers():
@@ -710,3 +735,17 @@ def test_reach_text_gives_the_costs_the_curves_span_as_shares_of_full_macs():
         ],
     }
     assert _reach_text(results) == "43%–88%"
+
+
+def test_accuracy_by_group_by_hand():
+    """Per difficulty group: the mean 1-based exit and the accuracy at each row's own exit."""
+    index = torch.tensor([0, 2, 1, 2])
+    correct = torch.tensor(
+        [[True, False, False], [False, False, True], [True, False, True], [True, True, False]]
+    )
+    group = torch.tensor([0, 1, 0, 1])
+    rows = accuracy_by_group(index, correct, group, [0.0, 0.5])
+    assert rows == [
+        {"group": 0, "level": 0.0, "mean_exit": 1.5, "accuracy": 0.5},  # exits 1, 2; right, wrong
+        {"group": 1, "level": 0.5, "mean_exit": 3.0, "accuracy": 0.5},  # exits 3, 3; right, wrong
+    ]
