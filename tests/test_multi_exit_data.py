@@ -145,3 +145,28 @@ def test_digits_splits():
     splits = digits_splits(val_size=100, test_size=200)
     assert splits.sizes() == {"train": 1497, "validation": 100, "test": 200}
     assert splits.train_x.shape[1:] == (8, 8)
+
+
+def test_digits_splits_partition_the_rows_and_follow_the_split_seed():
+    """Train, validation and test hold disjoint rows (the 1,797 digits are distinct images, and
+    standardising with the training statistics keeps them so) that together are every row; the
+    split seed, not anything else, decides which rows go where."""
+
+    def rows(x):
+        return {tuple(r.flatten().tolist()) for r in x}
+
+    splits = digits_splits(val_size=100, test_size=200)
+    train, val, test = rows(splits.train_x), rows(splits.val_x), rows(splits.test_x)
+    assert (len(train), len(val), len(test)) == (1497, 100, 200)
+    assert not train & val and not train & test and not val & test
+    other = digits_splits(val_size=100, test_size=200, split_seed=1)
+    assert rows(other.test_x) != test
+
+
+def test_mnist1d_levels_are_drawn_from_different_seeds():
+    """Each noise level's set is generated from its own seed: two equal levels give two
+    different sets, so no signal appears twice in the pool (nor in two splits)."""
+    splits = mnist1d_splits([0.5, 0.5], per_level=60, val_size=20, test_size=30)
+    pool = [splits.train_x, splits.val_x, splits.test_x]
+    signals = [tuple(r.tolist()) for x in pool for r in x.flatten(1)]
+    assert len(signals) == 120 and len(set(signals)) == 120
