@@ -1162,3 +1162,29 @@ def test_budget_figure_draws_one_hand_stop_curve_per_maml_depth():
     assert list(one.get_xdata()) == [1.0] and list(one.get_ydata()) == [30.0]
     assert list(four.get_xdata()) == [1.5, 2.5, 3.5]
     assert list(four.get_ydata()) == pytest.approx([40.0, 50.0, 60.0])
+
+
+def test_stop_step_correlation_is_spearman_of_steps_with_shots_by_hand():
+    """Spearman's ρ of the stop step with K: the Pearson correlation of average ranks, written
+    out; more shots with more steps is positive, with fewer negative, a constant side None."""
+    from stopwise.tasks.few_shot.metrics import stop_step_correlation
+
+    def ranks(values):  # average ranks, 1-based
+        return [
+            sum(1 + j for j, w in enumerate(sorted(values)) if w == v) / values.count(v)
+            for v in values
+        ]
+
+    def pearson(a, b):
+        ma, mb = sum(a) / len(a), sum(b) / len(b)
+        cov = sum((x - ma) * (y - mb) for x, y in zip(a, b, strict=True))
+        return cov / math.sqrt(sum((x - ma) ** 2 for x in a) * sum((y - mb) ** 2 for y in b))
+
+    steps, shots = [1.0, 3.0, 2.0, 5.0, 5.0], [1.0, 2.0, 2.0, 5.0, 3.0]
+    expected = pearson(ranks(steps), ranks(shots))
+    assert expected > 0.5
+    got = stop_step_correlation(torch.tensor(steps), torch.tensor(shots))
+    assert got == pytest.approx(expected)
+    reversed_steps = torch.tensor([-s for s in steps])
+    assert stop_step_correlation(reversed_steps, torch.tensor(shots)) == pytest.approx(-expected)
+    assert stop_step_correlation(torch.full((5,), 3.0), torch.tensor(shots)) is None
