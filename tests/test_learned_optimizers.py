@@ -1077,3 +1077,78 @@ def test_a_diverged_lstm_optimizer_is_named_in_the_report():
     floor = _diverged_floor(config, [0, 1, 2])
     mean = (0.5 + one_of_30 + DIVERGED) / 3
     assert _nll_text(0.12345, floor) == "0.1235" and _nll_text(mean, floor).startswith("diverged")
+
+
+def test_regression_draws_follow_the_stated_prior_and_noise_precisions():
+    """θ* ~ N(0, α⁻¹ I₂) and ε_n ~ N(0, β⁻¹) per function: over 4,000 functions the sample
+    variance of θ* is 1/α (α = 4, off 1 by far), and β·ε² averages 1 over the ~100,000 real
+    observations (1/β would leave a mean of E[1/β] ≈ 0.3 on β ∈ [1, 25])."""
+    family = RegressionFamily(prior_precision=4.0)
+    functions = family.sample(4000, torch.Generator().manual_seed(0))
+    theta = functions["theta_star"]
+    assert float(theta.var()) == pytest.approx(0.25, rel=0.05)
+    assert float(theta.mean()) == pytest.approx(0.0, abs=0.02)
+    x, y, mask = functions["x"], functions["y"], functions["mask"]
+    noise = (y - theta[:, :1] - theta[:, 1:] * x) * mask  # ε on the real observations
+    scaled = (functions["beta"].unsqueeze(-1) * noise**2).sum() / mask.sum()
+    assert float(scaled) == pytest.approx(1.0, rel=0.03)
+
+
+def test_reaching_a_negative_reference_nll_allows_the_tolerance_of_its_magnitude():
+    """The regression NLL is negative where β > 2π: "reaches the reference" means mean NLL ≤
+    reference + tolerance·|reference|, here −1 + 0.1 = −0.9, so two steps (−0.95) reach it
+    and one (−0.5) does not (reference·(1 + tolerance) = −1.1 would leave no rule reaching)."""
+    n, T = 4, 4
+    losses = torch.tensor([-0.5, -0.95, -0.99, -1.0], dtype=torch.float64).repeat(n, 1)
+    scores = torch.arange(T, dtype=torch.float64).repeat(n, 1)  # threshold k: stop at step k+1
+    data = StopData(losses, losses + 1.001, scores, {})
+    setting = StopEvaluation([1e-3], 2, -1.0, -1.0, 0.1)
+    record = evaluate_stop(data, data, {"one": 0.0, "two": 1.0}, None, setting)
+    reach = record["reach"]
+    assert reach is not None
+    assert reach["val_steps"] == pytest.approx(2.0)
+    assert reach["steps"] == pytest.approx(2.0) and reach["nll"] == pytest.approx(-0.95)
+    assert reach["reaches_reference"] is True
+
+
+def test_quadratic_difficulty_is_the_condition_number_of_the_hessian():
+    """f = ‖Wθ − y‖² has Hessian 2WᵀW: for W = diag(1, 3) its condition number is 9 (W's is 3),
+    and the initial gap f(0) − 0 is ‖y‖²."""
+    family = QuadraticFamily(2)
+    functions = {
+        "W": torch.diag(torch.tensor([1.0, 3.0], dtype=torch.float64)).unsqueeze(0),
+        "y": torch.tensor([[1.0, 2.0]], dtype=torch.float64),
+    }
+    difficulty = family.difficulty(functions)
+    assert float(difficulty["condition_number"][0]) == pytest.approx(9.0)
+    assert float(difficulty["initial_gap"][0]) == pytest.approx(5.0)
+
+
+def test_optimizer_run_features_by_hand_on_a_two_dimensional_quadratic():
+    """f(θ) = ‖θ − y‖² with y = (3, 4) from θ₀ = 0 by SGD at lr 0.25: g₀ = −2y = (−6, −8),
+    ‖g₀‖₂ = 10 (the max-norm would read 8), θ₁ = y/2; then f₁ = 6.25, g₁ = (−3, −4),
+    ‖g₁‖₂ = 5, improvement f₀ − f₁ = 18.75. At step 0 the improvement reads 1e12."""
+    family = QuadraticFamily(2)
+    functions = {
+        "W": torch.eye(2, dtype=torch.float64).unsqueeze(0),
+        "y": torch.tensor([[3.0, 4.0]], dtype=torch.float64),
+    }
+    run = OptimizerRun(family, HandDesigned("sgd", 0.25), 2)
+    with torch.no_grad():
+        trajectory = unroll(run, functions, with_features=True)
+    features = trajectory.features[0]
+    assert features[0].tolist() == pytest.approx([25.0, 1.0, 12.0, 0.0])
+    assert features[1].tolist() == pytest.approx([6.25, math.log10(5.0), math.log10(18.75), 0.0])
+    assert trajectory.predictions[0, 0].tolist() == pytest.approx([1.5, 2.0])
+
+
+def test_summary_is_the_normal_interval_of_the_mean_by_hand():
+    """mean ± 1.96·sd/√n with the sample standard deviation: [1, 2, 3, 4] has mean 2.5,
+    sd √(5/3), so the half-width is 1.96·√(5/3)/2."""
+    from stopwise.tasks.learned_optimizers.metrics import summary
+
+    out = summary(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    half = 1.96 * math.sqrt(5 / 3) / 2
+    assert out["mean"] == 2.5 and out["n"] == 4
+    assert out["sd"] == pytest.approx(math.sqrt(5 / 3))
+    assert out["lo"] == pytest.approx(2.5 - half) and out["hi"] == pytest.approx(2.5 + half)
