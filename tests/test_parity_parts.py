@@ -79,6 +79,29 @@ def test_mean_field_act_inference_equals_act_on_the_full_trajectory(mode):
     assert torch.allclose(result.predictions, expected, atol=1e-6)
 
 
+def test_act_rule_halts_when_the_sum_reaches_one_minus_eps_exactly():
+    """Graves Eq. 8: N = min{n : Σ_{t≤n} h_t ≥ 1 − ε}. With ε = 0.5 and halting logits 0
+    (h = 1/2 exactly) the sum reaches 1 − ε at the first step, so every row halts there; and
+    on random logits the rule stops where a plain loop over the running sum says."""
+    rule = ACTRule(0.5)
+    stop, carry = rule.decide(torch.zeros(3), 0, rule.init_carry(3, 4, "cpu"))
+    assert stop.tolist() == [True, True, True] and carry.tolist() == [0.5, 0.5, 0.5]
+    logits = torch.randn(50, 6, generator=torch.Generator().manual_seed(0)) - 1.0
+    rule, eps = ACTRule(0.05), 0.05
+    carry, halted = rule.init_carry(50, 6, "cpu"), torch.full((50,), -1)
+    for t in range(6):
+        stop, carry = rule.decide(logits[:, t], t, carry)
+        halted = torch.where((halted < 0) & stop, t, halted)
+    for i in range(50):
+        total, expected = 0.0, -1
+        for t in range(6):
+            total += 1 / (1 + math.exp(-float(logits[i, t])))
+            if total >= 1 - eps:
+                expected = t
+                break
+        assert int(halted[i]) == expected
+
+
 def test_posterior_logits_are_minus_the_exclusive_cumulative_sum():
     z = torch.tensor([[0.5, -1.0, 2.0, 0.25]])
     assert posterior_logits(z).tolist() == [[0.0, -0.5, 0.5, -1.5]]
