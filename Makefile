@@ -3,6 +3,10 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stopwise-installed
+# Where pip finds torch: empty = pip's own configuration. On Linux x86-64 plain PyPI gives the
+# CUDA build (several GB); `make install TORCH_INDEX=https://download.pytorch.org/whl/cpu`
+# takes the CPU wheel instead.
+TORCH_INDEX ?=
 
 .PHONY: install demo test test-slow lint clean
 
@@ -11,7 +15,7 @@ install: $(STAMP)
 # torch first (the CPU wheel), then the package with its dev extras; redone only when pyproject changes.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 

@@ -80,7 +80,8 @@ def test_exits_are_pruned_by_validation_oracle_mass_and_curves_are_complete(tiny
     for details in results["stop_models"].values():
         record = details["seeds"]["0"]
         mass = torch.tensor(record["oracle_mass"])
-        assert float(mass.sum()) == pytest.approx(1.0, abs=1e-9)
+        # float32 masses: they sum to 1 within float32 rounding (1e-9 held on one CPU only)
+        assert math.fsum(record["oracle_mass"]) == pytest.approx(1.0, abs=1e-6)
         # the published L2S policy stops only at exits of enough oracle mass; the others anywhere
         assert record["published_valid_steps"] == (mass >= 1e-3).tolist()
         assert all(record["valid_steps"])

@@ -315,6 +315,9 @@ def _quality_by_shots(best_maml, stop_jobs, seeds, name: str, data: str):
     fewer = [f"{k}: {n}" for k, n in counts.items() if n < len(seeds)]
     if fewer:
         title += f"; seeds with K where fewer: {', '.join(fewer)}"
+    from matplotlib.ticker import MaxNLocator
+
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # K is a whole number
     _finish_axes(axes, name, _shots(name), title)
     return figure
 
@@ -417,8 +420,14 @@ def _budget_figure(best_maml, stop_jobs, seeds, name: str, data: str):
 
 
 def _finish_axes(axes, name: str, xlabel: str, title: str) -> None:
-    """The y axis of a few-shot figure: test MSE (log) for regression, accuracy otherwise."""
+    """The y axis of a few-shot figure: test MSE (log, ticks at 1, 2 and 5 per decade, so a
+    narrow range still has labels) for regression, accuracy otherwise."""
     if name == "mse":
+        from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
         axes.set_yscale("log")
+        axes.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        axes.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        axes.yaxis.set_minor_formatter(NullFormatter())
     ylabel = "test MSE" if name == "mse" else "test accuracy (%)"
     finish_axes(axes, xlabel, ylabel, title, title_size=8, outside=True)

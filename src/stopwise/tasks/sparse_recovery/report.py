@@ -477,8 +477,9 @@ def _curve_table(results: dict[str, Any], config: SparseRecoveryConfig) -> str:
         ],
     )
     notes = [
-        f"{STOP_LABELS[name]}: stop curve ≥ fixed depth at "
-        f"{d['budgets'] - len(d['worse_budgets'])}/{d['budgets']} budgets (worst mean margin "
+        f"{STOP_LABELS[name]}: stop curve no worse than fixed depth at "
+        f"{d['budgets'] - len(d['worse_budgets'])}/{d['budgets']} budgets of its curve (every "
+        "one in results.json, about ten in the table; worst mean margin "
         f"{d['worst_margin']:+.2f} dB"
         + (
             f"; worse by more than one sd at {len(d['clearly_worse_budgets'])}"
@@ -523,8 +524,8 @@ def _summary(results: dict[str, Any]) -> str:
                 f"{lower['fixed_depth']:.2f} truncated ({lower['margin']:+.2f} dB)"
             )
         text += (
-            f"; curve ≥ fixed depth at {d['budgets'] - len(d['worse_budgets'])}/{d['budgets']} "
-            "budgets"
+            f"; curve no worse than fixed depth at "
+            f"{d['budgets'] - len(d['worse_budgets'])}/{d['budgets']} budgets"
         )
         parts.append(text)
     return "Learning to stop bought — " + "; ".join(parts) if parts else "ISTA and FISTA rows only"

@@ -9,7 +9,7 @@ from typing import Any
 from stopwise.contract import JobResult, Report
 from stopwise.curves import dominance, dominance_line, mean_curve
 from stopwise.reporting import finish_axes, markdown_table, new_figure, points_xy
-from stopwise.stats import format_mean_sd, paired_difference
+from stopwise.stats import format_interval, format_mean_sd, paired_difference
 
 from .config import ToyConfig
 
@@ -55,10 +55,12 @@ def report(results: list[JobResult], config: ToyConfig) -> Report:
         "calibrated on validation streams."
     )
     first = comparisons[0]
+    used = format_mean_sd([records[s]["budgets"][0]["mean_steps"] for s in seeds])
     summary = (
-        f"learning to stop: at {first['budget']:g} mean steps, the policy's test MSE minus fixed "
-        f"depth {first['depth']}'s is {first['mean']:+.4f} (below zero: the policy is better; "
-        f"paired over {first['n']} seed(s))"
+        f"learning to stop: at a budget of {first['budget']:g} mean steps on validation ({used} "
+        f"on test), the policy's test MSE minus fixed depth {first['depth']}'s is "
+        f"{format_interval(first, '+.4f', no_interval=' (one seed: no interval)')} (below zero: "
+        f"the policy is better; paired over {first['n']} seed(s), 95% interval)"
     )
     return Report(
         results={
