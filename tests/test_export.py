@@ -2,6 +2,10 @@
 optional extra is installed) gives the predictions and stop steps of run_adaptive, for any batch
 size, every threshold rule and a mask of pruned exits."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from test_inference import make
@@ -74,3 +78,19 @@ def test_onnx_export_runs_in_onnxruntime(tmp_path, rule):
             expected = run_adaptive(model, policy, z[:rows], rule, "shrink")
         assert stop.tolist() == expected.stop_index.tolist()
         torch.testing.assert_close(torch.from_numpy(predictions), expected.predictions)
+
+
+def test_onnx_export_prints_nothing_about_torchvision(tmp_path):
+    """torch's exporter logged a warning per torchvision operator it could not register (four
+    lines on every export without torchvision); a fresh process, since it says so only once."""
+    pytest.importorskip("onnxscript")
+    code = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+        "from test_export import toy; "
+        "from stopwise.export import AdaptiveModule, export_onnx; "
+        "from stopwise.inference import HazardThreshold; model, policy, z = toy(); "
+        f"export_onnx(AdaptiveModule(model, policy, HazardThreshold(0.5)), z, {str(tmp_path / 'm.onnx')!r})"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "torchvision" not in done.stderr, done.stderr[-2000:]

@@ -13,6 +13,7 @@ the wall-clock savings of adaptive inference come from ``shrink`` mode in eager 
 
 from __future__ import annotations
 
+import logging
 import warnings
 from typing import Any
 
@@ -60,11 +61,19 @@ def export_onnx(module: AdaptiveModule, example_inputs: torch.Tensor, path: str)
     _check_tensor(example_inputs, dynamic_batch=True)
     module.eval()
     dynamic = {"inputs": {0: torch.export.Dim("batch", min=1)}}
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch's exporter, about its own internals
-        program = torch.onnx.export(
-            module, (example_inputs,), dynamo=True, dynamic_shapes=dynamic, verbose=False
-        )
+    # torch's exporter logs a warning per torchvision operator it cannot register when
+    # torchvision is not installed: nothing a stop model uses.
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # the exporter, about its internals
+            program = torch.onnx.export(
+                module, (example_inputs,), dynamo=True, dynamic_shapes=dynamic, verbose=False
+            )
+    finally:
+        registration.setLevel(level)
     program.save(path)
 
 
