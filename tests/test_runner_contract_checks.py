@@ -1,0 +1,50 @@
+"""What the runner promises a job and a user, checked by hand: named streams are distinct for
+every (seed, name) pair, a job reads only the jobs it declares, a directory whose config.json
+is not a run's is refused, and a job that ran again rebuilds the report."""
+
+import json
+import shutil
+
+import pytest
+from test_runner import run
+
+from stopwise.config import ConfigError
+from stopwise.contract import Job, JobContext, PlannedJob, RunDir, stream_seed
+
+
+def test_every_seed_and_stream_name_pair_has_its_own_seed():
+    """Brute force over 4 seeds × 4 names: 16 distinct 63-bit seeds; the same pair again
+    gives the same seed."""
+    pairs = [(s, n) for s in range(4) for n in ("shared", "other", "init", "batches")]
+    seeds = [stream_seed(s, n) for s, n in pairs]
+    assert len(set(seeds)) == len(pairs)
+    assert seeds == [stream_seed(s, n) for s, n in pairs]
+    assert all(0 <= x < 2**63 for x in seeds)
+
+
+def test_a_job_reads_only_the_jobs_it_declares(tmp_path):
+    planned = PlannedJob("b-s0", Job("b", after=("a",)), 0, {}, ("a-s0",))
+    context = JobContext(RunDir(tmp_path), None, planned, False)
+    with pytest.raises(ValueError, match=r"job b-s0 does not declare 'c' in its `after`"):
+        context.dependency("c")
+    with pytest.raises(ValueError, match=r"job b-s0 does not declare 'c' in its `after`"):
+        context.checkpoint("fit", job="c")
+
+
+def test_a_config_json_without_an_experiment_is_not_a_run(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"notes": "mine"}))
+    with pytest.raises(ConfigError, match="is a non-empty directory that is not a stopwise run"):
+        run(out)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"]
+
+
+def test_a_job_that_ran_again_rebuilds_the_report(tmp_path):
+    out = tmp_path / "run"
+    run(out)
+    (out / "table.md").write_text("stale\n")
+    (out / "jobs" / "fit-b-s0.json").unlink()  # redo fit-b: same config, a new run of it
+    shutil.rmtree(out / "checkpoints" / "fit-b-s0")
+    run(out)
+    assert (out / "table.md").read_text() != "stale\n"
