@@ -12,7 +12,7 @@ TORCH_INDEX ?=
 
 install: $(STAMP)
 
-# torch first (the CPU wheel), then the package with its dev extras; redone only when pyproject changes.
+# torch first (the CPU wheel where pip finds one: see TORCH_INDEX), then the package with its dev extras; redone only when pyproject changes.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))

@@ -78,10 +78,17 @@ def test_a_second_process_on_the_same_out_is_refused(name, tmp_path):
             run_experiment(name, "tiny", out, ["progress=false"])
 
 
-def start_with_two_workers(out: Path) -> tuple[subprocess.Popen, list[str]]:
+def start_with_two_workers(out: Path, every: int = 50) -> tuple[subprocess.Popen, list[str]]:
     """A toy run with two worker processes, returned once both are training."""
     args = [sys.executable, "-m", "stopwise.cli", *tiny("toy", out, "--set", "seeds=0,1,2,3")]
-    args += ["--set", "workers=2", "--set", "stage2.steps=3000", "--set", "checkpoint_every=50"]
+    args += [
+        "--set",
+        "workers=2",
+        "--set",
+        "stage2.steps=3000",
+        "--set",
+        f"checkpoint_every={every}",
+    ]
     process = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, start_new_session=True)
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 120
@@ -205,7 +212,7 @@ def test_a_worker_killed_by_the_system_is_a_clear_error_and_the_run_resumes(tmp_
     """A worker SIGKILLed alone (the kernel's out-of-memory killer): exit 3 with a message that
     says what happened and how to go on, not concurrent.futures' BrokenProcessPool traceback."""
     out = tmp_path / "run"
-    process, args = start_with_two_workers(out)
+    process, args = start_with_two_workers(out, every=10**6)  # no periodic checkpoint
     try:
         workers = workers_of(process.pid)
         assert len(workers) == 2, workers
@@ -216,24 +223,52 @@ def test_a_worker_killed_by_the_system_is_a_clear_error_and_the_run_resumes(tmp_
     assert process.returncode == 3, stderr[-2000:]
     assert "a worker process died" in stderr and "Rerun the same command" in stderr
     assert "Traceback" not in stderr
+    # The survivor checkpointed the stage it was in (it got one SIGTERM, from the broken pool;
+    # a second one from the runner made it stop at once, without a checkpoint).
+    last = {}
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        last[record["job"]] = record["stage"]
+    saved = [
+        job for job, stage in last.items() if (out / "checkpoints" / job / f"{stage}.pt").is_file()
+    ]
+    assert saved, (last, checkpoints(out))
     resumed = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
 
+def blocked_signals(pid: int) -> int:
+    """The signal mask of a process's main thread (Linux: /proc/PID/status, SigBlk)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(
+        next(line for line in status.splitlines() if line.startswith("SigBlk:")).split()[1], 16
+    )
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/PID/status")
 def test_ctrl_c_while_workers_start_prints_no_traceback(tmp_path):
-    """A terminal's Ctrl-C (SIGINT to the process group) as soon as the worker processes exist,
-    while they still import torch: the run ends as interrupted, with no KeyboardInterrupt
-    traceback from a worker (each printed one, before the workers held SIGINT from birth)."""
+    """A terminal's Ctrl-C (SIGINT to the process group) while the worker processes still import
+    torch printed a KeyboardInterrupt traceback from each. Workers now start with SIGINT blocked
+    (until they ignore it), the runner keeps it: read from their signal masks (a Ctrl-C sent at
+    the right moment is a race a test cannot win every time); then the Ctrl-C ends the run as
+    interrupted, with no traceback."""
     out = tmp_path / "run"
     args = [sys.executable, "-m", "stopwise.cli", *tiny("toy", out, "--set", "seeds=0,1")]
     process = subprocess.Popen(
         [*args, "--set", "workers=2"], stderr=subprocess.PIPE, text=True, start_new_session=True
     )
-    deadline = time.time() + 120
-    while len(workers_of(process.pid)) < 2 and time.time() < deadline:
-        time.sleep(0.01)
-    assert not (out / "metrics.jsonl").exists(), "the workers were already training"
-    os.killpg(process.pid, signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
+    try:
+        deadline = time.time() + 120
+        while len(workers_of(process.pid)) < 2 and time.time() < deadline:
+            time.sleep(0.01)
+        workers = workers_of(process.pid)
+        assert len(workers) == 2, workers
+        sigint = 1 << (signal.SIGINT - 1)
+        assert all(blocked_signals(pid) & sigint for pid in workers)
+        assert not blocked_signals(process.pid) & sigint  # the runner still hears Ctrl-C
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
     assert process.returncode == 128 + signal.SIGINT, stderr[-2000:]
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]

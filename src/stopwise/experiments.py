@@ -95,6 +95,7 @@ from .training import (
     seed_everything,
     set_threads,
     stop_on_signals,
+    stop_signal,
 )
 
 __all__ = [
@@ -229,8 +230,8 @@ def _on_path(folder: Path) -> None:
 
 
 def _describe_error(error: BaseException) -> str:
-    """``Type: message (file:line)`` of the innermost frame of the user's code an exception
-    passed through (not the import machinery's; a SyntaxError's message names its line)."""
+    """``Type: message (file:line)`` of the innermost frame an exception passed through that is
+    a file (not the import machinery's frozen frames; a SyntaxError: the file and line it names)."""
     frames = [
         f for f in traceback.extract_tb(error.__traceback__) if not f.filename.startswith("<")
     ]
@@ -652,6 +653,24 @@ def _sigint_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+@contextlib.contextmanager
+def _worker_death(running: dict[Any, PlannedJob], job: PlannedJob) -> Iterator[None]:
+    """A broken pool (a worker process ended with no result or error) as :class:`WorkerDied`
+    naming the jobs that were running; :class:`Interrupted` where a stop signal came first."""
+    try:
+        yield
+    except BrokenProcessPool as error:
+        if stop_signal() is not None:
+            raise Interrupted(stop_signal()) from error
+        ids = ", ".join(sorted({job.id, *(q.id for q in running.values())}))
+        raise WorkerDied(
+            f"a worker process died while running {ids} (killed by the operating system, e.g. "
+            "out of memory, or by a signal sent to it alone); the other workers checkpointed "
+            "their stages. Rerun the same command to resume, with --set workers=1 if memory "
+            "is short."
+        ) from error
+
+
 def _worker_run(name: str, config_plain: dict, run_path: str, planned: PlannedJob) -> str:
     global _worker_busy
     if _worker_stopped is not None:  # the job was handed over as the run was being stopped
@@ -757,6 +776,7 @@ def _execute(experiment, config, run: RunDir, pending: list[PlannedJob]) -> None
         workers, mp_context=context, initializer=_worker_init, initargs=init
     ) as pool:
         running: dict[Any, PlannedJob] = {}
+        job_args = (experiment.name, plain, str(run.path))
         pending_ids = {p.id for p in pending}
         try:
             while waiting or running:
@@ -766,32 +786,25 @@ def _execute(experiment, config, run: RunDir, pending: list[PlannedJob]) -> None
                 ready.sort(key=lambda p: -p.job.cost)
                 for p in ready[: workers - len(running)]:
                     waiting.remove(p)
-                    with _sigint_held():  # (a submit may start a worker process)
-                        future = pool.submit(_worker_run, experiment.name, plain, str(run.path), p)
-                    running[future] = p
+                    with _sigint_held(), _worker_death(running, p):  # (may start a worker)
+                        running[pool.submit(_worker_run, *job_args, p)] = p
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
                     p = running.pop(future)
-                    try:
+                    with _worker_death(running, p):
                         future.result()  # a worker's error is raised here
-                    except BrokenProcessPool as error:
-                        ids = ", ".join(sorted([p.id, *(q.id for q in running.values())]))
-                        raise WorkerDied(
-                            f"a worker process died while running {ids} (killed by the "
-                            "operating system, e.g. out of memory, or by a signal sent to it "
-                            "alone); the other workers checkpointed their stages. Rerun the "
-                            "same command to resume, with --set workers=1 if memory is short."
-                        ) from error
                     done.add(p.id)
                     logger.info("done %s", p.id)
         except BaseException:
             # A signal to the runner, or a job's error: every worker checkpoints its running
             # stage and stops, then the run ends (a rerun resumes). Each further signal to the
-            # runner is passed on too: a worker that gets a second one stops at once.
+            # runner is passed on too: a worker that gets a second one stops at once. A broken
+            # pool (a worker died) has already sent each live worker its one SIGTERM.
             for future in running:
                 future.cancel()  # (only one no worker has taken yet)
             while True:
-                _stop_workers(pool)
+                if not getattr(pool, "_broken", False):
+                    _stop_workers(pool)
                 try:
                     wait(running)
                     break
@@ -913,8 +926,9 @@ def run_experiment(
             logger.info("%s: all %d job(s) are finished; reporting", name, len(planned))
         if main:
             _drop_lost_metrics(run, pending)
-        if distributed:
+        if distributed:  # every rank sees what rank 0 reused
             torch.distributed.barrier()
+            pending = [p for p in planned if not run.job_path(p.id).is_file()]
         _execute(experiment, config, run, pending)
         results = [read_result(run.job_file(p.id)) for p in planned]
         run.summary = _write_report(run, experiment, config, results)

@@ -387,11 +387,18 @@ def load_stop_model(run_path: str | Path, name: str, seed: int | None = None):
         model = LISTA(A, T, 1.0, 0.0)  # the weights come from the checkpoint
     else:
         model = LISTACPSS.from_alista(alista_model(config, A))
-    stage1 = load_checkpoint(run.checkpoints(stage1_job) / "stage1.pt")["state"]
+    redo = (
+        f"Delete it and the records of the jobs that read it ({run.job_path(stage1_job)}, "
+        f"{run.job_path(stop_job)}), then rerun the run's command: they are trained again."
+    )
+    stage1 = load_checkpoint(run.checkpoints(stage1_job) / "stage1.pt", recover=redo)["state"]
     model.load_state_dict(stage1["model"])
     chosen = record["record"]["policy"]
     policy = StopPolicy(model.feature_dim, T, (chosen["hidden"],))
-    stage2 = load_checkpoint(run.checkpoints(stop_job) / f"stage2-{chosen['name']}.pt")
+    stage2 = load_checkpoint(
+        run.checkpoints(stop_job) / f"stage2-{chosen['name']}.pt",
+        recover=f"Delete it and {run.job_path(stop_job)}, then rerun the run's command.",
+    )
     policy.load_state_dict(stage2["state"]["policy"])
     calibration = record["record"]["calibration"]
     rule = THRESHOLD_KINDS[calibration["kind"]](calibration["row"]["score_threshold"])

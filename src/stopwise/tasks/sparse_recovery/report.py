@@ -446,10 +446,11 @@ def _diverged_rows(rows: list[dict[str, Any]]) -> str:
 
 def _curve_table(results: dict[str, Any], config: SparseRecoveryConfig) -> str:
     """Key points of each stop model's budget curve beside the same model at fixed depth."""
-    T, lines = config.problem.steps, []
+    T, lines, in_table = config.problem.steps, [], {}
     for name, curve in results["budget_curves"].items():
         every = max(1, (len(curve) - 1) // 9)
         shown = curve[::every] if curve[-1] in curve[::every] else [*curve[::every], curve[-1]]
+        in_table[name] = len(shown)
         for p in shown:
             lo, hi = p["margin_interval"]
             lines.append(
@@ -479,7 +480,7 @@ def _curve_table(results: dict[str, Any], config: SparseRecoveryConfig) -> str:
     notes = [
         f"{STOP_LABELS[name]}: stop curve no worse than fixed depth at "
         f"{d['budgets'] - len(d['worse_budgets'])}/{d['budgets']} budgets of its curve (every "
-        "one in results.json, about ten in the table; worst mean margin "
+        f"one in results.json, {in_table.get(name, 0)} in the table; worst mean margin "
         f"{d['worst_margin']:+.2f} dB"
         + (
             f"; worse by more than one sd at {len(d['clearly_worse_budgets'])}"

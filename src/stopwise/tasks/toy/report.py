@@ -60,7 +60,8 @@ def report(results: list[JobResult], config: ToyConfig) -> Report:
         f"learning to stop: at a budget of {first['budget']:g} mean steps on validation ({used} "
         f"on test), the policy's test MSE minus fixed depth {first['depth']}'s is "
         f"{format_interval(first, '+.4f', no_interval=' (one seed: no interval)')} (below zero: "
-        f"the policy is better; paired over {first['n']} seed(s), 95% interval)"
+        f"the policy is better; paired over {first['n']} seed(s)"
+        + (", 95% interval)" if first["lo"] is not None else ")")
     )
     return Report(
         results={
