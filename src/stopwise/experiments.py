@@ -909,11 +909,15 @@ def run_experiment(
     if not main:  # under torchrun every rank runs this: one rank speaks
         logger.setLevel(logging.WARNING)
     lock = RunLock(run) if main else contextlib.nullcontext()
+
+    def unfinished() -> list[PlannedJob]:
+        return [p for p in planned if not run.job_path(p.id).is_file()]
+
     with lock, stop_on_signals():
         plain = to_plain(config)
         run.write_json(run.config_path, {"experiment": name, "preset": preset, "config": plain})
         _record_environment(run, config)
-        pending = [p for p in planned if not run.job_path(p.id).is_file()]
+        pending = unfinished()
         if config.reuse_from and main and pending:
             taken = _reuse(run, Path(config.reuse_from), pending)
             logger.info(
@@ -921,14 +925,14 @@ def run_experiment(
                 "settings and checkpoints)",
                 name, taken, len(pending), config.reuse_from,
             )  # fmt: skip
-            pending = [p for p in planned if not run.job_path(p.id).is_file()]
+            pending = unfinished()
         if not pending:
             logger.info("%s: all %d job(s) are finished; reporting", name, len(planned))
         if main:
             _drop_lost_metrics(run, pending)
         if distributed:  # every rank sees what rank 0 reused
             torch.distributed.barrier()
-            pending = [p for p in planned if not run.job_path(p.id).is_file()]
+            pending = unfinished()
         _execute(experiment, config, run, pending)
         results = [read_result(run.job_file(p.id)) for p in planned]
         run.summary = _write_report(run, experiment, config, results)
