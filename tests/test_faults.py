@@ -85,7 +85,7 @@ def start_with_two_workers(out: Path, every: int = 50) -> tuple[subprocess.Popen
         "--set",
         "workers=2",
         "--set",
-        "stage2.steps=3000",
+        "stage2.steps=1500",
         "--set",
         f"checkpoint_every={every}",
     ]
