@@ -78,9 +78,12 @@ def test_a_second_process_on_the_same_out_is_refused(name, tmp_path):
             run_experiment(name, "tiny", out, ["progress=false"])
 
 
-def start_with_two_workers(out: Path, every: int = 50) -> tuple[subprocess.Popen, list[str]]:
-    """A toy run with two worker processes, returned once both are training."""
-    args = [sys.executable, "-m", "stopwise.cli", *tiny("toy", out, "--set", "seeds=0,1,2,3")]
+def start_with_two_workers(
+    out: Path, every: int = 50, seeds: str = "0,1"
+) -> tuple[subprocess.Popen, list[str]]:
+    """A toy run with two worker processes, returned once both are training (one job per seed:
+    with more seeds than workers, jobs wait in the pool's queue)."""
+    args = [sys.executable, "-m", "stopwise.cli", *tiny("toy", out, "--set", f"seeds={seeds}")]
     args += [
         "--set",
         "workers=2",
@@ -122,7 +125,7 @@ def test_a_signal_to_a_run_with_worker_processes(how, tmp_path):
     group): each worker checkpoints its stage and stops, the run exits 128 + the signal, and a
     rerun resumes. (A SIGINT to the runner alone used to leave the workers training.)"""
     out = tmp_path / "run"
-    process, args = start_with_two_workers(out)
+    process, args = start_with_two_workers(out, seeds="0,1,2,3")  # two jobs wait in the queue
     if how == "ctrl-c":
         os.killpg(process.pid, signal.SIGINT)
     else:
@@ -131,6 +134,9 @@ def test_a_signal_to_a_run_with_worker_processes(how, tmp_path):
     signum = signal.SIGTERM if how == "sigterm" else signal.SIGINT
     assert process.returncode == 128 + signum, stderr[-2000:]
     assert "Rerun the same command to resume" in stderr and "Traceback" not in stderr
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    started = {json.loads(line)["job"] for line in lines if line.endswith("}")}
+    assert len(started) == 2, started  # the queued jobs never started
     resumed = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     records = [json.loads(p.read_text()) for p in sorted((out / "jobs").glob("*.json"))]

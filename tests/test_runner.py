@@ -439,3 +439,21 @@ def test_a_dependency_whose_checkpoint_is_damaged_says_how_to_recover(tmp_path):
     record.unlink()
     run(out)
     assert records(out) == expected
+
+
+def test_a_script_without_a_main_guard_is_told_to_add_one(tmp_path):
+    """Worker processes are spawned: each imports the calling script again. A script that calls
+    run_experiment at its top level would start the run again in every worker (it ran into the
+    run's lock, and the runner blamed the operating system); it is told what to change."""
+    script = tmp_path / "sweep.py"
+    out = tmp_path / "run"
+    script.write_text(
+        "from stopwise.experiments import run_experiment\n"
+        f"run_experiment('toy', 'tiny', {str(out)!r}, ['workers=2', 'seeds=0,1', 'progress=false'])\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert ran.returncode != 0
+    assert 'call it under `if __name__ == "__main__":`' in ran.stderr, ran.stderr[-3000:]
+    assert "failed as it started" in ran.stderr

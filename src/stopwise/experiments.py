@@ -665,7 +665,8 @@ def _worker_death(running: dict[Any, PlannedJob], job: PlannedJob) -> Iterator[N
         ids = ", ".join(sorted({job.id, *(q.id for q in running.values())}))
         raise WorkerDied(
             f"a worker process died while running {ids} (killed by the operating system, e.g. "
-            "out of memory, or by a signal sent to it alone); the other workers checkpointed "
+            "out of memory, or by a signal sent to it alone; or it failed as it started, with "
+            "its error printed above); the other workers checkpointed "
             "their stages. Rerun the same command to resume, with --set workers=1 if memory "
             "is short."
         ) from error
@@ -890,6 +891,12 @@ def run_experiment(
 ) -> RunDir:
     """Resolve and check the config, then run every job not yet finished in ``out`` and write
     the report. Every refusal (:class:`ConfigError`) happens before anything is written."""
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        # A worker process (spawned: it imports the caller's script again) is starting up.
+        raise RuntimeError(
+            "run_experiment was called while a worker process imported the calling script: "
+            'with workers > 1, call it under `if __name__ == "__main__":`'
+        )
     for module in modules:
         load_module(module)
     experiment = get_experiment(name)
