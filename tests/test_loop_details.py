@@ -1,17 +1,18 @@
 """train_loop's smaller promises, each by hand: the last step is always logged, a stage of 0
 steps still leaves its checkpoint, a checkpoint lacking an object's state is refused by name,
-a non-finite loss stops the stage before it is logged, a second signal stops at once, an
+a checkpoint of another job or stage is refused, a non-finite loss stops the stage before it is logged, a second signal stops at once, an
 EpochBatches order depends on its seed, and a ValidationSchedule resumes exactly."""
 
 import json
 import math
+import shutil
 import signal
 
 import pytest
 import torch
 
 from stopwise import training
-from stopwise.checkpoints import load_checkpoint
+from stopwise.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from stopwise.training import (
     Diverged,
     EpochBatches,
@@ -45,6 +46,37 @@ def test_a_checkpoint_without_an_objects_state_is_refused_naming_it(tmp_path):
     train_loop("s", 2, lambda step: {}, {"model": model}, settings)
     with pytest.raises(ValueError, match=r"s\.pt lacks state for \['policy'\]"):
         train_loop("s", 4, lambda step: {}, {"model": model, "policy": policy}, settings)
+
+
+def test_a_checkpoint_of_another_job_or_stage_is_refused_naming_its_owner(tmp_path):
+    """A checkpoint copied by hand from another job's folder, or renamed to another stage, is
+    not resumed from (it used to be, silently); one saved before checkpoints recorded their
+    owner (no tags) is still taken."""
+    model = torch.nn.Linear(1, 1)
+    mine, theirs = tmp_path / "mine", tmp_path / "theirs"
+    setting = lambda folder, job: LoopSettings(  # noqa: E731
+        checkpoint_dir=folder, progress=False, tags={"job": job}
+    )
+    train_loop("s", 2, lambda step: {}, {"model": model}, setting(theirs, "b-s0"))
+    mine.mkdir()
+    shutil.copy(theirs / "s.pt", mine / "s.pt")
+    with pytest.raises(
+        CheckpointError, match=r"s\.pt was saved by job b-s0, stage s, not by job a-s0, stage s"
+    ):
+        train_loop("s", 4, lambda step: {}, {"model": model}, setting(mine, "a-s0"))
+    shutil.copy(theirs / "s.pt", mine / "t.pt")  # the same job, another stage's file
+    with pytest.raises(
+        CheckpointError, match="saved by job b-s0, stage s, not by job b-s0, stage t"
+    ):
+        train_loop("t", 4, lambda step: {}, {"model": model}, setting(mine, "b-s0"))
+    old = load_checkpoint(theirs / "s.pt")
+    del old["tags"], old["stage"]
+    save_checkpoint(mine / "s.pt", old)
+    calls = []
+    train_loop(
+        "s", 3, lambda step: calls.append(step) or {}, {"model": model}, setting(mine, "a-s0")
+    )
+    assert calls == [2]  # resumed from its step 2
 
 
 def test_a_non_finite_loss_stops_the_stage_before_it_is_logged(tmp_path):

@@ -4,6 +4,7 @@ processes, exact resume after SIGKILL, the run lock, and registration by --modul
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -439,6 +440,20 @@ def test_a_dependency_whose_checkpoint_is_damaged_says_how_to_recover(tmp_path):
     record.unlink()
     run(out)
     assert records(out) == expected
+
+
+def test_a_dependency_checkpoint_copied_from_another_job_is_refused(tmp_path):
+    """fit-b's checkpoint copied over fit-a's (same stage name, same shapes): summary used to
+    read it as fit-a's, silently."""
+    from stopwise.checkpoints import CheckpointError
+
+    out = tmp_path / "run"
+    run(out)
+    mine = next((out / "checkpoints" / "fit-a-s0").glob("*.pt"))
+    shutil.copy(out / "checkpoints" / "fit-b-s0" / mine.name, mine)
+    (out / "jobs" / "summary-s0.json").unlink()
+    with pytest.raises(CheckpointError, match="was saved by job fit-b-s0.*not by job fit-a-s0"):
+        run(out)
 
 
 def test_a_script_without_a_main_guard_is_told_to_add_one(tmp_path):

@@ -24,7 +24,7 @@ import torch
 
 from .checkpoints import CheckpointError, atomic_write_text, load_checkpoint
 from .config import Config, ConfigError, build
-from .training import LoopSettings, is_main_process
+from .training import LoopSettings, check_owner, is_main_process
 
 __all__ = [
     "Job",
@@ -258,13 +258,15 @@ class JobContext:
                 f"{path} is gone (was checkpoints/ deleted?); delete {self.run.job_path(id)} "
                 f"to rerun job {id}"
             )
-        if job is None:
-            return load_checkpoint(path)["state"]
-        redo = (
-            f"Delete it and {self.run.job_path(id)}, then rerun the same command: job {id} is "
-            "trained again."
-        )
-        return load_checkpoint(path, recover=redo)["state"]
+        redo = None
+        if job is not None:
+            redo = (
+                f"Delete it and {self.run.job_path(id)}, then rerun the same command: job {id} "
+                "is trained again."
+            )
+        saved = load_checkpoint(path, recover=redo)
+        check_owner(saved, path, stage, {"job": id}, redo)
+        return saved["state"]
 
     def log(self, message: str) -> None:
         logger.info("[%s] %s", self.id, message)

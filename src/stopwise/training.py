@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoints import atomic_write_text, load_checkpoint, save_checkpoint
+from .checkpoints import CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
 from .objectives import gain_loss, joint_loss, l2s_stage1_loss, l2s_stage2_loss
 from .steps import StepModel, index_state, unroll
 from .stoptime import StopTime
@@ -304,6 +304,23 @@ def _stateful(objects: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in objects.items() if v is not None and hasattr(v, "state_dict")}
 
 
+def check_owner(
+    saved: dict[str, Any], path: Path, stage: str, tags: dict[str, Any], recover: str | None = None
+) -> None:
+    """Refuse a checkpoint saved by another stage or job (a file copied by hand between run
+    directories or jobs would otherwise resume silently from someone else's weights). Files
+    saved before checkpoints recorded their tags are taken as they are."""
+    owner = {**saved.get("tags", tags), "stage": saved.get("stage", stage)}
+    expected = {**tags, "stage": stage}
+    if owner != expected:
+        text = lambda d: ", ".join(f"{k} {v}" for k, v in d.items())  # noqa: E731
+        raise CheckpointError(
+            f"{path} was saved by {text(owner)}, not by {text(expected)}: it was copied from "
+            "elsewhere. It was not loaded. "
+            + (recover or "Delete it and rerun the same command: the stage is trained again.")
+        )
+
+
 def train_loop(
     stage: str,
     num_steps: int,
@@ -330,6 +347,7 @@ def train_loop(
                 path,
                 {
                     "stage": stage,
+                    "tags": settings.tags,  # whose checkpoint it is, e.g. {"job": "l2s-s0"}
                     "step": step_done,
                     "num_steps": num_steps,
                     "state": {name: obj.state_dict() for name, obj in objects.items()},
@@ -342,6 +360,7 @@ def train_loop(
     metrics: dict[str, float] = {}
     if path is not None and path.exists():
         saved = load_checkpoint(path)
+        check_owner(saved, path, stage, settings.tags)
         missing = set(objects) - set(saved["state"])
         if missing:
             raise ValueError(f"checkpoint {path} lacks state for {sorted(missing)}")
