@@ -229,6 +229,7 @@ def test_a_worker_killed_by_the_system_is_a_clear_error_and_the_run_resumes(tmp_
     assert process.returncode == 3, stderr[-2000:]
     assert "a worker process died" in stderr and "Rerun the same command" in stderr
     assert "Traceback" not in stderr
+    assert "leaked semaphore" not in stderr  # (tqdm's lock, left by the killed worker)
     # The survivor checkpointed the stage it was in (it got one SIGTERM, from the broken pool;
     # a second one from the runner made it stop at once, without a checkpoint).
     last = {}

@@ -48,6 +48,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -58,6 +59,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from . import __version__
 from .checkpoints import atomic_write_text
@@ -613,6 +615,9 @@ def _worker_init(modules: tuple[str, ...], threads: int, level: int, runner: int
     signal.signal(signal.SIGTERM, _worker_signal)
     _die_with(runner)
     _configure_logging(level)
+    # tqdm's default lock is a multiprocessing semaphore: a worker killed alone would leave it to
+    # the resource tracker, which warns of a "leaked semaphore" after the run's own message.
+    tqdm.set_lock(threading.RLock())
     for module in modules:
         load_module(module)
     load_tasks()
