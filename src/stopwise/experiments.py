@@ -671,9 +671,8 @@ def _worker_death(running: dict[Any, PlannedJob], job: PlannedJob) -> Iterator[N
         raise WorkerDied(
             f"a worker process died while running {ids} (killed by the operating system, e.g. "
             "out of memory, or by a signal sent to it alone; or it failed as it started, with "
-            "its error printed above); the other workers checkpointed "
-            "their stages. Rerun the same command to resume, with --set workers=1 if memory "
-            "is short."
+            "its error printed above); any other worker checkpointed its stage. Rerun the same "
+            "command to resume, with --set workers=1 if memory is short."
         ) from error
 
 
