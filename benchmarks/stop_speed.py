@@ -386,9 +386,13 @@ def learned_optimizer_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCa
         family = make_family(config, family_name, context)
         _, test = _splits(config, family_name, family, context)
         net = build_net(config, family_name, halting=kind == "act")
+        step = float(lstm_step_macs(net, family.dim))
         if kind == "act":
             net.load_state_dict(context.checkpoint("act")["net"])
-            policy, decision = CausalHaltingScore(), float(net.halting.in_features)
+            # The halting head runs inside every step (full depth too); the rule only reads
+            # its output from the features.
+            step += float(net.halting.in_features)
+            policy, decision = CausalHaltingScore(), 0.0
         else:
             net.load_state_dict(
                 finished_job(run, f"lstm-{family_name}")[0].checkpoint("lstm")["net"]
@@ -397,7 +401,6 @@ def learned_optimizer_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCa
             trained.load_state_dict(context.checkpoint("l2s")["policy"])
             policy, decision = _Detached(trained.eval()), float(trained.macs())
         model = OptimizerRun(family, net.eval(), config.horizon)
-        step = float(lstm_step_macs(net, family.dim))
         T = model.max_steps
         cases.append(
             SpeedCase(
