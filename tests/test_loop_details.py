@@ -61,12 +61,13 @@ def test_a_checkpoint_of_another_job_or_stage_is_refused_naming_its_owner(tmp_pa
     mine.mkdir()
     shutil.copy(theirs / "s.pt", mine / "s.pt")
     with pytest.raises(
-        CheckpointError, match=r"s\.pt was saved by job b-s0, stage s, not by job a-s0, stage s"
+        CheckpointError,
+        match=r's\.pt was saved by stage s, tags \{"job": "b-s0"\}, not by stage s, tags \{"job": "a-s0"\}',
     ):
         train_loop("s", 4, lambda step: {}, {"model": model}, setting(mine, "a-s0"))
     shutil.copy(theirs / "s.pt", mine / "t.pt")  # the same job, another stage's file
     with pytest.raises(
-        CheckpointError, match="saved by job b-s0, stage s, not by job b-s0, stage t"
+        CheckpointError, match=r'saved by stage s, tags \{"job": "b-s0"\}, not by stage t, tags'
     ):
         train_loop("t", 4, lambda step: {}, {"model": model}, setting(mine, "b-s0"))
     old = load_checkpoint(theirs / "s.pt")
@@ -77,6 +78,26 @@ def test_a_checkpoint_of_another_job_or_stage_is_refused_naming_its_owner(tmp_pa
         "s", 3, lambda step: calls.append(step) or {}, {"model": model}, setting(mine, "a-s0")
     )
     assert calls == [2]  # resumed from its step 2
+
+
+def test_a_stage_with_tags_of_numpy_or_enum_values_resumes(tmp_path):
+    """Tags are kept in checkpoints as JSON text: any value the metrics log writes (a NumPy
+    float, a str Enum) still loads with weights_only=True (kept as the objects themselves, such
+    a checkpoint was refused as unsafe, and so was every one after it)."""
+    import enum
+
+    import numpy as np
+
+    class Kind(str, enum.Enum):
+        FAST = "fast"
+
+    tags = {"lr": np.logspace(-3, -1, 3)[0], "kind": Kind.FAST}
+    settings = LoopSettings(checkpoint_dir=tmp_path, progress=False, tags=tags)
+    model = torch.nn.Linear(1, 1)
+    train_loop("s", 2, lambda step: {}, {"model": model}, settings)
+    calls = []
+    train_loop("s", 3, lambda step: calls.append(step) or {}, {"model": model}, settings)
+    assert calls == [2]
 
 
 def test_a_non_finite_loss_stops_the_stage_before_it_is_logged(tmp_path):

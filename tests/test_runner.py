@@ -452,7 +452,9 @@ def test_a_dependency_checkpoint_copied_from_another_job_is_refused(tmp_path):
     mine = next((out / "checkpoints" / "fit-a-s0").glob("*.pt"))
     shutil.copy(out / "checkpoints" / "fit-b-s0" / mine.name, mine)
     (out / "jobs" / "summary-s0.json").unlink()
-    with pytest.raises(CheckpointError, match="was saved by job fit-b-s0.*not by job fit-a-s0"):
+    with pytest.raises(
+        CheckpointError, match=r'tags \{"job": "fit-b-s0"\}, not by stage .*"fit-a-s0"\}'
+    ):
         run(out)
 
 

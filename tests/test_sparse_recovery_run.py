@@ -154,6 +154,22 @@ def test_load_stop_model_reproduces_the_threshold_row(tiny_run):
     assert row["validation_gap_upper_db"] >= row["validation_gap_db"]
 
 
+def test_load_stop_model_refuses_a_checkpoint_another_job_saved(tiny_run, tmp_path):
+    """A stage-one checkpoint whose owner is another job (a file copied between jobs) is refused
+    by name, as the runner refuses it; load_stop_model used to rebuild the model from it."""
+    import shutil
+
+    from stopwise.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    path = run / "checkpoints" / "cpss-stop-stage1-s0" / "stage1.pt"
+    saved = load_checkpoint(path)
+    assert json.loads(saved["tags"]) == {"job": "cpss-stop-stage1-s0"}
+    save_checkpoint(path, {**saved, "tags": json.dumps({"job": "cpss-stop-stage1-s1"})})
+    with pytest.raises(CheckpointError, match="cpss-stop-stage1-s1.*not by stage stage1"):
+        load_stop_model(run, "cpss_stop")
+
+
 def settings(overrides):
     config, _ = resolve_config(EXPERIMENT, "tiny", overrides)
     return {p.job.name: p.settings for p in plan_jobs(EXPERIMENT, config)}

@@ -173,6 +173,14 @@ class RunDir:
     def stamp_path(self, id: str) -> Path:
         return self.checkpoints(id) / "job.json"
 
+    def checkpoint_state(self, id: str, stage: str, recover: str | None = None) -> dict[str, Any]:
+        """The saved state of job ``id``'s training ``stage``, refused (:class:`CheckpointError`)
+        if the file is damaged or another job or stage saved it; ``recover``: what to do then."""
+        path = self.checkpoints(id) / f"{stage}.pt"
+        saved = load_checkpoint(path, recover=recover)
+        check_owner(saved, path, stage, {"job": id}, recover)
+        return saved["state"]
+
     def figure(self, name: str) -> Path:
         return self.path / "figures" / f"{name}.png"
 
@@ -264,9 +272,7 @@ class JobContext:
                 f"Delete it and {self.run.job_path(id)}, then rerun the same command: job {id} "
                 "is trained again."
             )
-        saved = load_checkpoint(path, recover=redo)
-        check_owner(saved, path, stage, {"job": id}, redo)
-        return saved["state"]
+        return self.run.checkpoint_state(id, stage, redo)
 
     def log(self, message: str) -> None:
         logger.info("[%s] %s", self.id, message)

@@ -280,7 +280,8 @@ class LoopSettings:
     metrics_path: JSONL file for metrics (None: not written).
     log_every: steps between metric records.
     progress: show a tqdm bar; None shows it only when stderr is a terminal.
-    tags: added to every metric record (the job runner tags each record with its job).
+    tags: added to every metric record (the job runner tags each record with its job) and
+        kept in each checkpoint: a checkpoint saved with other tags is refused on resume.
     """
 
     checkpoint_dir: str | Path | None = None
@@ -304,19 +305,25 @@ def _stateful(objects: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in objects.items() if v is not None and hasattr(v, "state_dict")}
 
 
+def _tags_text(tags: dict[str, Any]) -> str:
+    # As JSON text: any tag the metrics log can write (a NumPy float, a str Enum) stays
+    # loadable with weights_only=True.
+    return json.dumps(tags, sort_keys=True)
+
+
 def check_owner(
     saved: dict[str, Any], path: Path, stage: str, tags: dict[str, Any], recover: str | None = None
 ) -> None:
-    """Refuse a checkpoint saved by another stage or job (a file copied by hand between run
-    directories or jobs would otherwise resume silently from someone else's weights). Files
-    saved before checkpoints recorded their tags are taken as they are."""
-    owner = {**saved.get("tags", tags), "stage": saved.get("stage", stage)}
-    expected = {**tags, "stage": stage}
+    """Refuse a checkpoint saved by another stage or with other tags (a file copied by hand
+    between run directories or jobs would otherwise resume silently from someone else's
+    weights). Files saved before checkpoints recorded their tags are taken as they are."""
+    expected = (stage, _tags_text(tags))
+    owner = (saved.get("stage", stage), saved.get("tags", expected[1]))
     if owner != expected:
-        text = lambda d: ", ".join(f"{k} {v}" for k, v in d.items())  # noqa: E731
+        text = lambda who: f"stage {who[0]}, tags {who[1]}"  # noqa: E731
         raise CheckpointError(
-            f"{path} was saved by {text(owner)}, not by {text(expected)}: it was copied from "
-            "elsewhere. It was not loaded. "
+            f"{path} was saved by {text(owner)}, not by {text(expected)} (a file copied from "
+            "another job or stage?). It was not loaded. "
             + (recover or "Delete it and rerun the same command: the stage is trained again.")
         )
 
@@ -347,7 +354,7 @@ def train_loop(
                 path,
                 {
                     "stage": stage,
-                    "tags": settings.tags,  # whose checkpoint it is, e.g. {"job": "l2s-s0"}
+                    "tags": _tags_text(settings.tags),  # whose it is, e.g. {"job": "l2s-s0"}
                     "step": step_done,
                     "num_steps": num_steps,
                     "state": {name: obj.state_dict() for name, obj in objects.items()},

@@ -23,7 +23,6 @@ from typing import Any
 
 import torch
 
-from ...checkpoints import load_checkpoint
 from ...config import from_plain
 from ...contract import Job, JobContext, RunDir, job_id, stream_seed
 from ...inference import (
@@ -391,15 +390,13 @@ def load_stop_model(run_path: str | Path, name: str, seed: int | None = None):
         f"Delete it and the records of the jobs that read it ({run.job_path(stage1_job)}, "
         f"{run.job_path(stop_job)}), then rerun the run's command: they are trained again."
     )
-    stage1 = load_checkpoint(run.checkpoints(stage1_job) / "stage1.pt", recover=redo)["state"]
+    stage1 = run.checkpoint_state(stage1_job, "stage1", redo)
     model.load_state_dict(stage1["model"])
     chosen = record["record"]["policy"]
     policy = StopPolicy(model.feature_dim, T, (chosen["hidden"],))
-    stage2 = load_checkpoint(
-        run.checkpoints(stop_job) / f"stage2-{chosen['name']}.pt",
-        recover=f"Delete it and {run.job_path(stop_job)}, then rerun the run's command.",
-    )
-    policy.load_state_dict(stage2["state"]["policy"])
+    redo = f"Delete it and {run.job_path(stop_job)}, then rerun the run's command."
+    stage2 = run.checkpoint_state(stop_job, f"stage2-{chosen['name']}", redo)
+    policy.load_state_dict(stage2["policy"])
     calibration = record["record"]["calibration"]
     rule = THRESHOLD_KINDS[calibration["kind"]](calibration["row"]["score_threshold"])
     valid = torch.tensor(record["record"]["valid_steps"])
