@@ -150,6 +150,12 @@ class PlannedJob:
     after: tuple[str, ...]
 
 
+def job_tags(id: str) -> dict[str, str]:
+    """The tags of a job's training loops: on its metric records and in its checkpoints (where
+    they say whose checkpoint a file is)."""
+    return {"job": id}
+
+
 class RunDir:
     """The files of one run directory (see the module docstring)."""
 
@@ -178,7 +184,7 @@ class RunDir:
         if the file is damaged or another job or stage saved it; ``recover``: what to do then."""
         path = self.checkpoints(id) / f"{stage}.pt"
         saved = load_checkpoint(path, recover=recover)
-        check_owner(saved, path, stage, {"job": id}, recover)
+        check_owner(saved, path, stage, job_tags(id), recover)
         return saved["state"]
 
     def figure(self, name: str) -> Path:
@@ -244,7 +250,7 @@ class JobContext:
             metrics_path=self.run.metrics_path,
             log_every=log_every,
             progress=self._progress,
-            tags={"job": self.id},
+            tags=job_tags(self.id),
         )
 
     def dependency(self, name: str) -> JobResult:
