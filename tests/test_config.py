@@ -129,6 +129,8 @@ def test_build_refuses_unknown_keys_and_wrong_types():
         ConfigError, match="unknown key 'steps' for x .*did you mean 'stage1.steps'"
     ):
         build(Sample, {"steps": 3}, "x")
+    with pytest.raises(ConfigError, match=r"'stage1' is a group: set its keys, e.g. 'stage1\."):
+        resolve_config(experiment({"quick": {}}), "quick", ["stage1=5"])
     with pytest.raises(ConfigError, match="beta='high': expected a number"):
         build(Sample, {"beta": "high"})
     with pytest.raises(ConfigError, match="flag=1: expected a boolean"):

@@ -43,3 +43,13 @@ def test_readme_deployment_example_gives_masked_modes_predictions_and_stops(tmp_
     assert torch.equal(namespace["stop_index"], masked.stop_index)
     assert torch.allclose(namespace["predictions"], masked.predictions, atol=1e-6)
     assert (tmp_path / "stop_model.onnx").is_file()
+
+
+def test_readme_chunked_scoring_example_matches_dense_mode():
+    namespace = api_example()
+    exec(compile(python_blocks()[2], "README.md", "exec"), namespace)
+    model, policy, rule, rows = (namespace[k] for k in ("model", "policy", "rule", "rows"))
+    with torch.no_grad():
+        dense = run_adaptive(model, policy, rows, rule, mode="dense")
+    assert torch.equal(namespace["result"].stop_index, dense.stop_index)
+    assert torch.allclose(namespace["result"].predictions, dense.predictions, atol=1e-6)

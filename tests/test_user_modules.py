@@ -117,3 +117,35 @@ def test_show_into_a_closed_pipe_ends_quietly(tmp_path):
     shown.stdout.close()
     _, errors = shown.communicate(timeout=120)
     assert "Traceback" not in errors and shown.returncode == 141
+
+
+def test_the_config_shown_in_adding_a_task_is_toys_own():
+    """docs/adding_a_task.md §1 prints a shortened toy config: every key it shows has toy's
+    default, and its presets are toy's (a copied snippet behaves like the copied folder)."""
+    import dataclasses
+    import re
+
+    from stopwise.tasks.toy import config as toy
+
+    doc = (Path(__file__).parents[1] / "docs" / "adding_a_task.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", doc, flags=re.S) if "Config)" in b)
+    namespace: dict = {"__name__": "doc_config"}
+    exec(compile(block, "adding_a_task.md", "exec"), namespace)
+    shown, real = namespace["ToyConfig"](), toy.ToyConfig()
+    for field in dataclasses.fields(shown):
+        value, expected = getattr(shown, field.name), getattr(real, field.name)
+        if dataclasses.is_dataclass(value):  # a group: the doc's class, equal field by field
+            value, expected = dataclasses.asdict(value), dataclasses.asdict(expected)
+        assert value == expected, field.name
+    assert namespace["PRESETS"] == toy.PRESETS
+
+
+def test_a_bad_experiment_declaration_is_reported_at_the_users_line(tmp_path):
+    text = SAMPLE.read_text().replace('"tiny": {"steps": 12}', '"tiny": {"stepz": 12}')
+    assert '"stepz"' in text
+    (tmp_path / "badpreset.py").write_text(text)
+    done = stopwise("list", "--module", "badpreset.py", cwd=tmp_path)
+    assert done.returncode == 2 and "stepz" in done.stderr
+    line = next(i for i, s in enumerate(text.splitlines(), 1) if "Experiment(" in s)
+    # the line of the user's Experiment(...) call, not the check inside stopwise that refused it
+    assert f"{tmp_path / 'badpreset.py'}:{line})" in done.stderr, done.stderr

@@ -338,7 +338,11 @@ def flatten(plain: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def _unknown_key(cls: type, key: str, name: str) -> ConfigError:
     keys = sorted(schema(cls))
     close = [k for k in keys if k.split(".")[-1] == key.split(".")[-1] and k != key]
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    members = [k for k in keys if k.startswith(key + ".")]
+    if members:  # a group: its keys are set one by one
+        hint = f" ({key!r} is a group: set its keys, e.g. {members[0]!r})"
+    else:
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
     return ConfigError(f"unknown key {key!r} for {name}{hint}; valid keys: {keys}")
 
 

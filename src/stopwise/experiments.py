@@ -142,6 +142,7 @@ ENTRY_POINTS = "stopwise.experiments"
 # ---------------------------------------------------------------- registry
 
 _EXPERIMENTS: dict[str, Experiment] = {}
+_PACKAGE = Path(__file__).resolve().parent  # stopwise's own files, told apart from a user's
 _SOURCES: dict[str, str] = {}  # experiment name -> the module or entry point that registered it
 _LOAD_ERRORS: dict[str, str] = {}
 _LOADED: set[str] = set()
@@ -233,11 +234,14 @@ def _on_path(folder: Path) -> None:
 
 def _describe_error(error: BaseException) -> str:
     """``Type: message (file:line)`` of the innermost frame an exception passed through that is
-    a file (not the import machinery's frozen frames; a SyntaxError: the file and line it names)."""
+    a file (not the import machinery's frozen frames; a SyntaxError: the file and line it names),
+    preferring the user's own files to stopwise's (a bad ``Experiment(...)`` is the user's line,
+    not the check inside stopwise that refused it); none where only stopwise's frames remain."""
     frames = [
         f for f in traceback.extract_tb(error.__traceback__) if not f.filename.startswith("<")
     ]
-    where = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    users = [f for f in frames if not Path(f.filename).resolve().is_relative_to(_PACKAGE)]
+    where = f" ({users[-1].filename}:{users[-1].lineno})" if users else ""
     if isinstance(error, SyntaxError):
         return f"{type(error).__name__}: {error.msg} ({error.filename}:{error.lineno})"
     return f"{type(error).__name__}: {error}{where}"
