@@ -38,6 +38,7 @@ from stopwise.tasks.denoising.experiment import (
     oracle_under_budget,
     validation_set,
 )
+from stopwise.tasks.denoising.experiment import jobs as denoising_jobs
 from stopwise.tasks.denoising.methods import (
     PolicyData,
     ValidationSchedule,
@@ -1045,3 +1046,18 @@ def test_a_curve_point_prints_undefined_references_as_a_dash_and_small_costs_who
     assert math.isnan(entry["oracle_same_cost"])
     assert row["oracle"] == "—" and row["macs"] == "27" and row["same"] == "14.07"
     assert row["gain"] == "-0.80 [-0.80, -0.80]"
+
+
+def test_every_job_carries_a_digest_of_a_users_images_that_changes_with_them(tmp_path):
+    """A rerun with other or changed images is other settings (refused), never the old jobs;
+    the built-in photos add nothing, so the committed runs' settings are as they were."""
+    root = _folder(tmp_path, 64)
+    experiment = get_experiment("denoising")
+    config, _ = resolve_config(experiment, "tiny", [f"images_dir={root}"])
+    before = {job.name: job.params.get("data") for job in denoising_jobs(config)}
+    assert all(d is not None and d.startswith("sha256:") for d in before.values())
+    Image.fromarray(np.full((64, 64), 200, dtype=np.uint8)).save(root / "test" / "a.png")
+    after = {job.name: job.params.get("data") for job in denoising_jobs(config)}
+    assert after.keys() == before.keys() and all(after[n] != before[n] for n in before)
+    built_in, _ = resolve_config(experiment, "tiny", [])
+    assert all("data" not in job.params for job in denoising_jobs(built_in))

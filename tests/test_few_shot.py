@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +20,8 @@ import pytest
 import torch
 from PIL import Image
 
+from stopwise.config import DataError
+from stopwise.experiments import get_experiment, resolve_config
 from stopwise.inference import ScoreThreshold, run_adaptive
 from stopwise.tasks.few_shot.data import (
     ClassSplit,
@@ -30,6 +34,7 @@ from stopwise.tasks.few_shot.data import (
     sample_sinusoid_tasks,
     stroke_paths,
 )
+from stopwise.tasks.few_shot.experiment import jobs as few_shot_jobs
 from stopwise.tasks.few_shot.methods import (
     adapt_group,
     adapt_task,
@@ -1188,3 +1193,55 @@ def test_stop_step_correlation_is_spearman_of_steps_with_shots_by_hand():
     reversed_steps = torch.tensor([-s for s in steps])
     assert stop_step_correlation(reversed_steps, torch.tensor(shots)) == pytest.approx(-expected)
     assert stop_step_correlation(torch.full((5,), 3.0), torch.tensor(shots)) is None
+
+
+def test_omniglot_images_on_a_transparent_background_keep_their_ink(tmp_path):
+    root = fake_omniglot(tmp_path / "white", characters=6, drawers=4)
+    clear = tmp_path / "clear"
+    shutil.copytree(root, clear)
+    for png in clear.rglob("*.png"):  # black ink on a transparent background
+        grey = np.asarray(Image.open(png))
+        rgba = np.zeros((*grey.shape, 4), np.uint8)
+        rgba[..., 3] = 255 - grey
+        Image.fromarray(rgba, "RGBA").save(png)
+    white, transparent = (
+        torch.cat([s.images for s in omniglot_splits(str(r), (4, 1, 1), 0, 28, False, str(c))])
+        for r, c in ((root, tmp_path / "c1"), (clear, tmp_path / "c2"))
+    )
+    assert torch.equal(white, transparent)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "blank"])
+def test_an_unreadable_or_blank_omniglot_image_is_a_data_error_naming_it(tmp_path, damage):
+    root = fake_omniglot(tmp_path / "omniglot", characters=6, drawers=4)
+    png = sorted(root.rglob("*.png"))[5]
+    if damage == "truncated":
+        png.write_bytes(png.read_bytes()[:40])
+    else:
+        Image.fromarray(np.full((105, 105), 255, np.uint8)).save(png)
+    with pytest.raises(DataError, match=re.escape(str(png))):
+        omniglot_splits(str(root), (4, 1, 1), 0, 28, False, str(tmp_path / "cache"))
+
+
+def test_changed_omniglot_images_are_new_data_for_the_cache_and_the_jobs(tmp_path):
+    root = fake_omniglot(tmp_path / "omniglot", characters=8, drawers=4)
+    cache = str(tmp_path / "cache")
+    settings = ["family=glyphs", "vmap=false", f"data_dir={root}", "glyphs.characters=4,2,2"]
+    settings += ["shots=1,2", "query=1", "ways=2"]
+    config, _ = resolve_config(get_experiment("few-shot"), "tiny", settings)
+
+    def images():
+        return torch.cat(
+            [s.images for s in omniglot_splits(str(root), (4, 2, 2), 0, 28, False, cache)]
+        )
+
+    before = images()
+    params = [job.params for job in few_shot_jobs(config)]
+    png = sorted(root.rglob("*.png"))[0]  # the same file count, another drawing
+    pixels = np.full((105, 105), 255, np.uint8)
+    pixels[50:90, 50:60] = 0
+    Image.fromarray(pixels).save(png)
+    assert not torch.equal(before, images())  # not served from the cache of the old images
+    changed = [job.params for job in few_shot_jobs(config)]
+    assert all(p["data"].startswith("sha256:") for p in params if "method" in p)
+    assert [p.get("data") for p in changed] != [p.get("data") for p in params]

@@ -445,3 +445,20 @@ def test_a_run_extended_across_the_run_for_real_change_still_reports(tiny_run):
     lines = report(results + older, config).results["lines"]
     assert all(line["adaptive_accuracy_mean"] is None for line in lines)
     assert not any(line["adaptive_matches_curve"] for line in lines)
+
+
+def test_bad_idx_data_found_only_when_read_exits_2_naming_the_file(tmp_path, capsys, monkeypatch):
+    """Labels out of range are seen only when a job reads the files: still exit 2 (DataError is
+    a ConfigError) with the problem named, no traceback; fixed files then finish the run."""
+    monkeypatch.delenv("STOPWISE_DATA", raising=False)
+    folder = write_idx_folder(tmp_path / "idx", 60, 20, seed=0)
+    good = (folder / "train-labels-idx1-ubyte").read_bytes()
+    labels = np.full(60, 11, dtype=np.uint8)
+    (folder / "train-labels-idx1-ubyte").write_bytes(idx_bytes(labels))
+    args = ["run", "multi-exit", "--preset", "tiny", "--out", str(tmp_path / "r")]
+    args += [x for item in [*IDX_RUN, f"data_dir={folder}"] for x in ("--set", item)]
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert "train labels outside 0..9" in error and "Traceback" not in error, error
+    (folder / "train-labels-idx1-ubyte").write_bytes(good)
+    assert main(args) == 0

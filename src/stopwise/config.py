@@ -40,6 +40,7 @@ import torch
 
 __all__ = [
     "ConfigError",
+    "DataError",
     "Config",
     "param",
     "group",
@@ -60,6 +61,12 @@ INFERENCE_MODES = ("dense", "masked", "shrink")  # see stopwise.inference
 
 class ConfigError(ValueError):
     """A bad experiment name, preset, key or value; the message names it and what is allowed."""
+
+
+class DataError(ConfigError):
+    """A user's data missing, malformed or unreadable: the message names the file or folder,
+    what is wrong and where the data should be. Found when the config is checked or only when a
+    job reads the files; either way the command exits 2, and a rerun after the fix resumes."""
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ __all__ = [
     "JobContext",
     "stream_seed",
     "job_id",
+    "files_digest",
 ]
 
 logger = logging.getLogger("stopwise")
@@ -137,6 +138,18 @@ def stream_seed(seed: int, stream: str) -> int:
 
 def job_id(name: str, seed: int) -> str:
     return f"{name}-s{seed}"
+
+
+def files_digest(files: dict[str, Path]) -> str:
+    """``"sha256:…"`` (16 hex digits) of the contents of ``files`` under their names (a name
+    each, e.g. the path within the data folder). A job that reads a user's files carries it in
+    its params, so that a rerun with other files (or changed ones) is refused as changed
+    settings instead of served the jobs that read the first ones, while the same files at
+    another path are the same setting."""
+    digest = hashlib.sha256()
+    for name, path in sorted(files.items()):
+        digest.update(f"{name}:{hashlib.sha256(Path(path).read_bytes()).hexdigest()}\n".encode())
+    return f"sha256:{digest.hexdigest()[:16]}"
 
 
 @dataclass

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ...config import DataError
+
 __all__ = [
     "MAX_SIDE",
     "SPLITS",
@@ -49,10 +51,6 @@ MAX_SIDE = 512
 BM3D_MIN_SIDE = 16  # the bm3d package segfaults on 11×11 and refuses 8×8
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-
-
-class DataError(ValueError):
-    """A missing or unreadable image folder, an empty split or an image too small to use."""
 
 
 @dataclass(frozen=True)
@@ -332,6 +330,13 @@ def _folder_files(root: Path) -> dict[str, list[Path]]:
         if not files[split]:
             raise DataError(f"images_dir={str(root)!r}: {split}/ holds no PNG or JPEG image")
     return files
+
+
+def folder_files(images_dir: str) -> dict[str, Path]:
+    """The image files of a user's ``images_dir``, by ``split/name`` (what a job's data digest
+    covers); DataError as :func:`load_splits`."""
+    root = Path(images_dir).expanduser()
+    return {f"{split}/{p.name}": p for split, files in _folder_files(root).items() for p in files}
 
 
 def _folder_splits(root: Path) -> Splits:

@@ -19,13 +19,14 @@ stream) is opened once per job, after every choice.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
 import numpy as np
 import torch
 
-from ...contract import Job, JobContext
+from ...contract import Job, JobContext, files_digest
 from ...inference import (
     HazardThreshold,
     fit_threshold,
@@ -44,7 +45,16 @@ from ...selection import (
 )
 from ...stats import spearman
 from .config import DenoisingConfig
-from .data import NoisySet, center_crop, load_splits, noisy_set, png_base64, sample_patches, tiles
+from .data import (
+    NoisySet,
+    center_crop,
+    folder_files,
+    load_splits,
+    noisy_set,
+    png_base64,
+    sample_patches,
+    tiles,
+)
 from .methods import (
     bm3d_denoise,
     build_dncnn,
@@ -60,6 +70,7 @@ from .models import ImagePolicy
 
 __all__ = [
     "jobs",
+    "data_params",
     "run_job",
     "validation_set",
     "test_set",
@@ -92,7 +103,19 @@ def trained_depth_name(depth: int) -> str:
     return f"dncnn-depth{depth}"
 
 
+def data_params(config: DenoisingConfig) -> dict[str, str]:
+    """``{"data": "sha256:…"}`` of a user's ``images_dir`` (other or changed images are other
+    settings: a rerun with them is refused, not served the old jobs); ``{}`` for the built-in
+    sample photos, whose jobs' settings stay as they were."""
+    return {"data": files_digest(folder_files(config.images_dir))} if config.images_dir else {}
+
+
 def jobs(config: DenoisingConfig) -> list[Job]:
+    data = data_params(config)
+    return [dataclasses.replace(job, params={**job.params, **data}) for job in _jobs(config)]
+
+
+def _jobs(config: DenoisingConfig) -> list[Job]:
     stage1 = [
         Job(stage1_name(b), {"beta": b}, ("pretrain",), _FINETUNED + ("exit_head",), cost=2.0)
         for b in config.betas

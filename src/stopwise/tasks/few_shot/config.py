@@ -151,8 +151,8 @@ class FewShotConfig(Config):
                 raise ValueError(problem)
             characters = omniglot_characters(self.data_dir)
             counts = split_counts(len(characters), tuple(self.glyphs.characters))
-            drawers = min(sum(1 for _ in c.glob("*.png")) for c in characters)
-            source = f"Omniglot at {self.data_dir}"
+            drawers, fewest = min((sum(1 for _ in c.glob("*.png")), c) for c in characters)
+            source = f"Omniglot at {self.data_dir} (fewest in {fewest})"
         else:
             counts = tuple(self.glyphs.characters)
             drawers = self.glyphs.drawers
@@ -169,7 +169,9 @@ class FewShotConfig(Config):
             if self.ways > count * per_class:
                 raise ValueError(
                     f"ways={self.ways} exceeds the {count * per_class} classes of the {name} "
-                    f"split of {source}"
+                    f"split of {source} (glyphs.characters={list(counts)} characters per split"
+                    f"{', × 4 rotations' if self.glyphs.rotations else ''}): lower ways or "
+                    "raise glyphs.characters"
                 )
         if high + self.query > drawers:
             raise ValueError(

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 
 from ...checkpoints import atomic_write_bytes
+from ...config import DataError
+from ...contract import files_digest
 
 __all__ = [
     "RENDERER_VERSION",
@@ -44,6 +46,7 @@ __all__ = [
     "omniglot_characters",
     "omniglot_problem",
     "omniglot_splits",
+    "omniglot_digest",
     "sample_classification_tasks",
     "sample_sinusoid_tasks",
     "split_counts",
@@ -490,6 +493,34 @@ def omniglot_characters(data_dir: str) -> list[Path]:
     return [c for c in characters if c.is_dir()]
 
 
+def omniglot_digest(data_dir: str) -> str:
+    """``files_digest`` of every character image of the tree (by its path within it)."""
+    root = Path(data_dir).expanduser()
+    pngs = (p for c in omniglot_characters(data_dir) for p in c.glob("*.png"))
+    return files_digest({str(p.relative_to(root)): p for p in pngs})
+
+
+def _read_glyph(png: Path, size: int) -> np.ndarray:
+    """One Omniglot image as ``(size, size)`` uint8 with ink = 255: drawn on white, or on a
+    transparent background (composited onto white first); DataError for an unreadable or blank
+    image, which would train on nothing without a word."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(png) as image:
+            image.load()
+            if "A" in image.getbands() or "transparency" in image.info:
+                white = Image.new("RGBA", image.size, "white")
+                image = Image.alpha_composite(white, image.convert("RGBA"))
+            grey = image.convert("L").resize((size, size), Image.Resampling.BOX)
+    except (UnidentifiedImageError, OSError) as error:
+        raise DataError(f"data_dir: cannot read the Omniglot image {png}: {error}") from None
+    ink = 255 - np.asarray(grey, dtype=np.uint8)
+    if ink.min() == ink.max():
+        raise DataError(f"data_dir: the Omniglot image {png} is blank (one colour everywhere)")
+    return ink
+
+
 def omniglot_problem(data_dir: str) -> str | None:
     """Why ``data_dir`` is not an Omniglot layout, or None if it is one."""
     root = Path(data_dir).expanduser()
@@ -520,16 +551,13 @@ def omniglot_splits(
     ``split_seed`` and cut in Omniglot's 1,100 / 100 / 423 proportions (the official code's MAML
     split file is not shipped), images resized to ``size`` (box filter) with ink = 255, the
     first ``drawers`` = min over characters of their image count kept per character. Cached
-    under a key of the folder's path, its file count and the settings."""
-    from PIL import Image
-
+    under a key of the images' contents and the settings."""
     characters = omniglot_characters(data_dir)
     pngs = [sorted(c.glob("*.png")) for c in characters]
     drawers = min(len(p) for p in pngs)
     counts = split_counts(len(characters), counts)
     key = {
-        "root": str(Path(data_dir).expanduser().resolve()),
-        "files": sum(len(p) for p in pngs),
+        "files": omniglot_digest(data_dir),  # the images themselves: changed files, a new key
         "size": size,
         "split_seed": split_seed,
         "counts": list(counts),
@@ -544,9 +572,7 @@ def omniglot_splits(
         images = np.zeros((len(order), drawers, size, size), np.uint8)
         for row, c in enumerate(order):
             for d, png in enumerate(pngs[c][:drawers]):
-                with Image.open(png) as image:
-                    grey = image.convert("L").resize((size, size), Image.Resampling.BOX)
-                images[row, d] = 255 - np.asarray(grey, dtype=np.uint8)  # ink = 255
+                images[row, d] = _read_glyph(png, size)
         return {"images": images}
 
     images = torch.from_numpy(_load_or_build(path, build)["images"])

@@ -33,7 +33,7 @@ from ...selection import (
 )
 from ...training import EpochBatches, fit_gain_head
 from .config import FewShotConfig
-from .data import TaskSet, glyph_splits, omniglot_splits
+from .data import TaskSet, glyph_splits, omniglot_digest, omniglot_splits
 from .methods import meta_train, task_sampler
 from .metrics import (
     at_steps,
@@ -79,13 +79,16 @@ SHARED = (
 
 
 def jobs(config: FewShotConfig) -> list[Job]:
+    # A user's Omniglot images are not a key (data_dir is where they are, not what they are):
+    # their digest is, so that other or changed images are refused as changed settings.
+    data = {"data": omniglot_digest(config.data_dir)} if config.data_dir else {}
     maml = [
-        Job(f"maml-T{T}", params={"method": "maml", "steps": T}, keys=SHARED, cost=T)
+        Job(f"maml-T{T}", params={"method": "maml", "steps": T, **data}, keys=SHARED, cost=T)
         for T in config.maml_steps
     ]
     stop = Job(
         "maml-stop",
-        params={"method": "maml-stop", "steps": config.steps},
+        params={"method": "maml-stop", "steps": config.steps, **data},
         keys=SHARED + STOP_ONLY,
         cost=config.steps,
     )

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ...config import DataError
+
 __all__ = [
     "DataError",
     "Splits",
@@ -47,10 +49,6 @@ HOW_TO_GET = (
     "`--set dataset=mnist1d` needs only pip."
 )
 IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-class DataError(ValueError):
-    """Missing or malformed data; the message says where it looked and how to get the data."""
 
 
 @dataclass

@@ -11,13 +11,12 @@ training's, β → ∞) and picks, per budget, the β whose curve is best on val
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from typing import Any
 
 import torch
 
-from ...contract import Job, JobContext
+from ...contract import Job, JobContext, files_digest
 from ...inference import exit_distribution, run_adaptive, stop_indices
 from ...policies import ConfidencePolicy
 from ...selection import Heldout, budget_sweep, fixed_depth_curve, floored_costs, point_rule
@@ -72,10 +71,7 @@ def data_params(config: MultiExitConfig) -> dict[str, str]:
     settings stay as they were."""
     if config.dataset != "fashion-mnist":
         return {}
-    digest = hashlib.sha256()
-    for name, path in sorted(fashion_mnist_files(config.data_dir).items()):
-        digest.update(f"{name}:{hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
-    return {"data": f"sha256:{digest.hexdigest()[:16]}"}
+    return {"data": files_digest(fashion_mnist_files(config.data_dir))}
 
 
 def jobs(config: MultiExitConfig) -> list[Job]:
