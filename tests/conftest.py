@@ -1,8 +1,13 @@
+import os
+
 import pytest
 import torch
 
 # Small CPU models are fastest, and results reproducible, with one intra-op thread.
 torch.set_num_threads(1)
+# Every job a test runs (in this process or a `stopwise` subprocess) may read only the config keys
+# it declares (contract.KeyGuard): an undeclared key would let a changed value reuse old records.
+os.environ["STOPWISE_CHECK_KEYS"] = "1"
 
 
 @pytest.fixture(scope="session")

@@ -893,7 +893,8 @@ def test_compare_picks_the_maml_job_best_on_validation(family):
         },
     }
     context = SimpleNamespace(
-        config=SimpleNamespace(family=family, maml_steps=[2, 4, 8]),
+        config=SimpleNamespace(family=family),
+        job=SimpleNamespace(after=("maml-T2", "maml-T4", "maml-T8", "maml-stop")),
         dependency=lambda name: SimpleNamespace(record=records[name]),
     )
     out = compare(context)

@@ -392,6 +392,20 @@ def test_fit_threshold_at_or_above_full_cost_runs_every_step(budget, kind):
     assert stop_indices(hazards, rule).tolist() == [5] * 30
 
 
+@pytest.mark.parametrize("kind", ["hazard", "cumulative"])
+def test_fit_threshold_at_the_least_cost_stops_new_rows_at_the_first_step_too(kind):
+    """A budget of one step (costs 1..6) stops every validation row at step 1, whichever
+    threshold up to the least observed score is chosen; the rule must do the same on new rows,
+    even one whose scores are all below every validation score (it would run on otherwise)."""
+    g = torch.Generator().manual_seed(0)
+    hazards = torch.randn(30, 6, generator=g, dtype=torch.float64)
+    costs = torch.arange(1, 7, dtype=torch.float64)
+    rule = fit_threshold(hazards, 1.0, costs, kind)
+    assert float(rule.score_threshold) == -math.inf
+    new_rows = torch.cat([hazards, torch.full((1, 6), -40.0, dtype=torch.float64)])
+    assert stop_indices(new_rows, rule).tolist() == [0] * 31
+
+
 @pytest.mark.parametrize("seed, budget", [(0, 2.0), (1, 3.4), (2, 4.5), (3, 1.0)])
 def test_fit_threshold_cumulative_matches_a_brute_force(seed, budget):
     """The cumulative kind against a brute force by plain loops: scores P(stopped by t) =

@@ -211,8 +211,8 @@ def test_a_jobs_validation_numbers_are_measured_on_its_validation_vectors(tmp_pa
     cfg = config("train_k=[1,3]", "test_k=[1,8]", "updates=5")
     calls = []
 
-    def spy(rule, model, head, x, *args):
-        logits, stop = infer(rule, model, head, x, *args)
+    def spy(rule, model, head, x, *args, **kwargs):
+        logits, stop = infer(rule, model, head, x, *args, **kwargs)
         calls.append((rule, x.clone(), logits.clone(), stop.clone()))
         return logits, stop
 

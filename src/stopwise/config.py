@@ -34,7 +34,7 @@ import math
 import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -206,12 +206,19 @@ class Config:
     progress: bool = param(True, help="progress bars (only ever on a terminal)")
     reuse_from: str = param("", help="a run directory whose finished jobs may be reused")
 
+    # Keys that say where a job's data is, never what it is (a folder): a job may read them
+    # without listing them in its keys when its params carry what the data is (e.g.
+    # contract.files_digest), so that the same files at another path are the same setting.
+    LOCATION_KEYS: ClassVar[tuple[str, ...]] = ()
+
     def check(self) -> None:
         """Constraints between keys; raise ValueError naming the keys. Groups may define it too."""
 
 
 # Keys that decide how a run is executed, not what it computes.
 RUNNER_KEYS = ("seeds", "threads", "workers", "checkpoint_every", "progress", "reuse_from")
+# A task key of this name (in any group) sets how often a stage writes metrics, not what it computes.
+LOGGING_KEY = "log_every"
 
 
 # ---------------------------------------------------------------- introspection

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import logging
+import os
 import time
+import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +26,7 @@ import numpy as np
 import torch
 
 from .checkpoints import CheckpointError, atomic_write_text, load_checkpoint
-from .config import Config, ConfigError, build
+from .config import LOGGING_KEY, RUNNER_KEYS, Config, ConfigError, build
 from .training import LoopSettings, check_owner, is_main_process
 
 __all__ = [
@@ -154,13 +157,16 @@ def files_digest(files: dict[str, Path]) -> str:
 
 @dataclass
 class PlannedJob:
-    """A job of one seed, with its id, settings and the ids of the jobs it depends on."""
+    """A job of one seed, with its id, settings and the ids of the jobs it depends on.
+    ``reads``: the config keys that decide its numbers, its own and (through their settings'
+    digests in its own) those of every job it depends on, directly or not; None: every key."""
 
     id: str
     job: Job
     seed: int
     settings: dict[str, Any]
     after: tuple[str, ...]
+    reads: tuple[str, ...] | None = None
 
 
 def job_tags(id: str) -> dict[str, str]:
@@ -222,6 +228,40 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+class KeyGuard:
+    """A job's view of the config that refuses a key outside the job's declared ``keys`` (and
+    the runner's own): such a key decides the job's numbers without being part of its
+    settings, so a rerun with another value would reuse the old record. The runner puts it in
+    front of the config when the environment sets ``STOPWISE_CHECK_KEYS=1`` (the tests do); a
+    method or property of the config reads through it too."""
+
+    def __init__(self, config: Any, allowed: tuple[str, ...], job: str, prefix: str = ""):
+        object.__setattr__(self, "_parts", (config, frozenset(allowed), job, prefix))
+
+    def __getattr__(self, name: str) -> Any:
+        config, allowed, job, prefix = object.__getattribute__(self, "_parts")
+        declared = inspect.getattr_static(type(config), name, None)
+        if isinstance(declared, property):
+            return declared.fget(self)
+        if isinstance(declared, types.FunctionType):  # a method: it reads through the guard
+            return types.MethodType(declared, self)
+        if isinstance(declared, staticmethod | classmethod):
+            return getattr(config, name)
+        key = prefix + name
+        free = RUNNER_KEYS + getattr(config, "LOCATION_KEYS", ()) if not prefix else ()
+        if key in allowed or name in free or name == LOGGING_KEY:
+            return getattr(config, name)
+        if any(k.startswith(key + ".") for k in allowed):  # a group, some of whose keys it reads
+            return KeyGuard(getattr(config, name), tuple(allowed), job, key + ".")
+        raise ConfigError(
+            f"job {job} reads config key {key!r}, which is not among its keys "
+            f"{sorted(allowed)}: declare it in the job's `keys`"
+        )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("a job's config is read-only")
+
+
 class JobContext:
     """What ``run_job`` gets from the runner: the config, its seed, named random streams,
     loop settings (checkpoints, metrics, progress), its dependencies' results, a logger and a
@@ -231,6 +271,8 @@ class JobContext:
     def __init__(self, run: RunDir, config: Any, planned: PlannedJob, progress: bool | None):
         self.run, self.config, self._planned = run, config, planned
         self.job, self.seed, self.id = planned.job, planned.seed, planned.id
+        if os.environ.get("STOPWISE_CHECK_KEYS") == "1" and planned.reads is not None:
+            self.config = KeyGuard(config, planned.reads, self.id)
         self._progress = progress
         self.timings: dict[str, float] = {}
         self.cpu_timings: dict[str, float] = {}

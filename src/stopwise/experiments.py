@@ -355,6 +355,13 @@ def plan_jobs(experiment: Experiment, config: Any) -> list[PlannedJob]:
             raise ValueError(f"{experiment.name}: the jobs' dependencies form a cycle")
         ordered.append(ready[0])
         placed.add(ready[0].name)
+    reads: dict[str, tuple[str, ...] | None] = {}
+    for job in ordered:  # its own keys and, through their digests, its dependencies'
+        inherited = [reads[d] for d in job.after]
+        if job.keys is None or None in inherited:
+            reads[job.name] = None
+        else:
+            reads[job.name] = tuple(sorted({*job.keys, *(k for r in inherited for k in r)}))
     planned = []
     for seed in config.seeds:
         settings: dict[str, dict[str, Any]] = {}
@@ -364,7 +371,9 @@ def plan_jobs(experiment: Experiment, config: Any) -> list[PlannedJob]:
             own["after"] = {d: _digest(settings[d]) for d in job.after}
             settings[job.name] = own
             after = tuple(job_id(d, seed) for d in job.after)
-            planned.append(PlannedJob(job_id(job.name, seed), job, seed, own, after))
+            planned.append(
+                PlannedJob(job_id(job.name, seed), job, seed, own, after, reads[job.name])
+            )
     return planned
 
 
@@ -377,19 +386,22 @@ def _settings_diff(
     new: dict[str, Any],
     defaults: dict[str, Any] | None = None,
     same_dependency: Callable[[str, str], bool] = lambda name, digest: False,
+    current: dict[str, Any] | None = None,
 ) -> list[str]:
     """The keys whose values differ, as ``key: old -> new``. A config key the old settings lack
     was added to the task after that job ran: with its default value (``defaults``, flattened
     like the settings) it is no difference, since a key is added with the default that keeps
-    the old behaviour. Likewise a config key only the old settings have, at its default: the
-    job no longer reads it (e.g. a CPU-only job that stopped listing ``device``). A
-    dependency's digest (``after.<name>``) that differs is no difference when
-    ``same_dependency(name, old digest)`` says the dependency's own settings are the same in
-    that sense."""
-    a, b, defaults = flatten(old), flatten(new), defaults or {}
+    the old behaviour. Likewise a config key only the old settings have, at its default or at
+    its value in this run's config (``current``, flattened alike): the job no longer reads it
+    (e.g. a CPU-only job that stopped listing ``device``, or a training job that stopped
+    listing a key only the report's timing reads). A dependency's digest (``after.<name>``)
+    that differs is no difference when ``same_dependency(name, old digest)`` says the
+    dependency's own settings are the same in that sense."""
+    a, b, defaults, current = flatten(old), flatten(new), defaults or {}, current or {}
     at_default = {
         k for k in set(a) ^ set(b) if k in defaults and (a[k] if k in a else b[k]) == defaults[k]
     }
+    at_default |= {k for k in set(a) - set(b) if k in current and a[k] == current[k]}
     return [
         f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
         for k in sorted(set(a) | set(b))
@@ -403,11 +415,16 @@ def _settings_diff(
 
 
 def check_run_dir(
-    run: RunDir, experiment: Experiment, planned: list[PlannedJob], threads: int | None = None
+    run: RunDir,
+    experiment: Experiment,
+    planned: list[PlannedJob],
+    threads: int | None = None,
+    config: Any = None,
 ) -> None:
     """Refuse, before anything is written, a directory this run must not write into. A job
     started with another ``threads`` is refused too: resuming it with a different thread count
-    would give numbers that neither count gives alone."""
+    would give numbers that neither count gives alone. ``config``: this run's, for the keys a
+    job no longer reads (see :func:`_settings_diff`)."""
     out = run.path
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a directory")
@@ -429,6 +446,7 @@ def check_run_dir(
             f"{experiment.name!r}); choose another --out"
         )
     defaults = flatten({"config": to_plain(experiment.config())})
+    current = flatten({"config": to_plain(config)}) if config is not None else {}
     by_id = {p.id: p for p in planned}
 
     def diff_of(p: PlannedJob, old: dict[str, Any]) -> list[str]:
@@ -439,7 +457,7 @@ def check_run_dir(
             ran = read_json_file(path).get("settings") or {}
             return _digest(ran) == digest and not diff_of(by_id[job_id(name, p.seed)], ran)
 
-        return _settings_diff(old, p.settings, defaults, same_dependency)
+        return _settings_diff(old, p.settings, defaults, same_dependency, current)
 
     conflicts = []
     for p in planned:
@@ -914,7 +932,7 @@ def run_experiment(
     except ValueError as error:
         raise ConfigError(str(error)) from None
     run = RunDir(out if out is not None else Path("runs") / f"{name}-{preset}")
-    check_run_dir(run, experiment, planned, config.threads)
+    check_run_dir(run, experiment, planned, config.threads, config)
     if config.reuse_from and not RunDir(config.reuse_from).config_path.is_file():
         raise ConfigError(f"reuse_from={config.reuse_from!r} is not a stopwise run directory")
     _configure_logging()

@@ -700,6 +700,8 @@ def fit_threshold(
             lo = mid
         else:
             hi = mid
+    if lo == 0:  # every row stops at its first valid step: on new rows too, whatever their score
+        return rule_cls(-math.inf)
     return rule_cls(float(candidates[lo]))
 
 

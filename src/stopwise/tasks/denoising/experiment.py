@@ -85,8 +85,8 @@ __all__ = [
 # What every job reads of the data; the classical denoisers run on the CPU whatever `device` is.
 _DATA = (
     "images_dir", "train_sigmas", "test_sigmas", "test_crop", "test_images", "val_crop", "val_tiles",
-    "grid_image", "grid_sigma", "timing_repeats",
 )  # fmt: skip
+_GRID = ("grid_image", "grid_sigma")  # the picture grid: the jobs that draw one read it
 _COMMON = _DATA + ("device",)
 _NETWORK = _COMMON + (
     "depth", "width", "patch", "batch", "precision", "channels_last", "eval_every", "patience",
@@ -123,7 +123,7 @@ def _jobs(config: DenoisingConfig) -> list[Job]:
     stop_keys = _FINETUNED + (
         "exit_head", "betas", "uniform_candidate", "stage1_criterion", "policy", "min_exit_frequency",
         "budget_points", "curve_validation", "inference_mode", "gain_head", "gain_price",
-        "select_within_db",
+        "select_within_db", *_GRID, "timing_repeats",
     )  # fmt: skip
     candidates = [j.name for j in stage1] + (["dncnn-ds"] if config.uniform_candidate else [])
     shallow = [
@@ -133,8 +133,8 @@ def _jobs(config: DenoisingConfig) -> list[Job]:
     return [
         Job("pretrain", {}, (), _NETWORK, cost=4.0),
         *shallow,
-        Job("classical", {}, (), _DATA + ("nlm_h", "bm3d_profiles"), cost=3.0),
-        Job("dncnn", {}, ("pretrain",), _FINETUNED, cost=2.0),
+        Job("classical", {}, (), _DATA + _GRID + ("nlm_h", "bm3d_profiles"), cost=3.0),
+        Job("dncnn", {}, ("pretrain",), _FINETUNED + _GRID, cost=2.0),
         Job("dncnn-ds", {}, ("pretrain",), _FINETUNED + ("exit_head",), cost=2.0),
         *stage1,
         Job("dncnn-stop", {}, tuple(candidates), stop_keys, cost=1.0),

@@ -379,7 +379,8 @@ def compare(context: JobContext) -> dict[str, Any]:
     MAML-stop (calibrated threshold) against it on the same test tasks."""
     config: FewShotConfig = context.config
     lower = metric_name(config) == "mse"
-    candidates = {f"maml-T{T}": context.dependency(f"maml-T{T}").record for T in config.maml_steps}
+    mamls = [name for name in context.job.after if name.startswith("maml-T")]  # see jobs()
+    candidates = {name: context.dependency(name).record for name in mamls}
     key = min if lower else max
     best_job = key(candidates, key=lambda j: candidates[j]["val"]["best_value"])
     best = candidates[best_job]["test"]["fixed_best"]

@@ -146,14 +146,15 @@ def variant_steps(config: LearnedOptimizersConfig, variant: str) -> int:
 
 def build_net(config: LearnedOptimizersConfig, name: str, halting: bool = False):
     settings = getattr(config, name)
+    prior = {"prior_p": config.act.prior_p} if halting else {}  # only the ACT jobs read `act`
     return LSTMOptimizerNet(
         config.hidden,
         config.layers,
         settings.preprocess or None,
         settings.output_scale,
         halting=halting,
-        prior_p=config.act.prior_p,
         update=settings.update,
+        **prior,
     )
 
 

@@ -98,6 +98,8 @@ class Timing:
 
 @dataclass
 class MultiExitConfig(Config):
+    LOCATION_KEYS = ("data_dir",)  # the jobs carry the IDX files' digest (experiment.data_params)
+
     dataset: str = param("fashion-mnist", choices=DATASETS, help="data set")
     data_dir: str = param(
         "", help="Fashion-MNIST folder (else $STOPWISE_DATA, else /usr/share/datasets/…)"

@@ -79,9 +79,16 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
 
     def measure(batch, split: str, variant: str, rule: str) -> dict[str, Any]:
         x = batch.x.to(context.device)
+        eps = {"act_eps": config.act_eps} if rule == "act" else {}  # only ACT's jobs read it
         with context.timed(f"{split} {variant} {rule}"):
             logits, stop = infer(
-                rule, model, heads[variant], x, config.inference_mode, config.act_eps, sample_seed
+                rule,
+                model,
+                heads[variant],
+                x,
+                config.inference_mode,
+                sample_seed=sample_seed,
+                **eps,
             )
         return evaluate_rule(logits.cpu(), stop.cpu(), batch.y, batch.k, config.train_k)
 
