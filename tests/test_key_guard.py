@@ -131,3 +131,28 @@ def test_static_and_class_methods_of_the_config_still_work(tmp_path, monkeypatch
     planned = PlannedJob("fit-s0", Job("fit", keys=("width",)), 0, {}, (), ("width",))
     config = JobContext(RunDir(tmp_path), WithHelpers(), planned, progress=False).config
     assert config.unit() == 1 and config.kind() == "WithHelpers"
+
+
+def test_the_guard_behaves_like_the_config_for_what_is_not_a_key(tmp_path, monkeypatch):
+    """Python's own protocols see an ordinary object: a missing name is an AttributeError
+    (hasattr, getattr with a default), class constants are read, a copy is a guard too."""
+    import copy
+
+    config = context(tmp_path, ("width",), monkeypatch).config
+    assert not hasattr(config, "no_such_name") and getattr(config, "nope", 7) == 7
+    assert config.LOCATION_KEYS == ("data_dir",)
+    copied = copy.deepcopy(config)
+    assert copied.width == 4
+    with pytest.raises(ConfigError, match="'depth'"):
+        _ = copied.depth
+
+
+def test_files_digest_names_a_file_it_cannot_read(tmp_path):
+    from stopwise.config import DataError
+    from stopwise.contract import files_digest
+
+    (tmp_path / "a.png").write_bytes(b"1")
+    (tmp_path / "b.png").symlink_to(tmp_path / "gone.png")
+    assert files_digest({"a": tmp_path / "a.png"}).startswith("sha256:")
+    with pytest.raises(DataError, match="cannot read .*b.png"):
+        files_digest({"a": tmp_path / "a.png", "b": tmp_path / "b.png"})

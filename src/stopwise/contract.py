@@ -10,6 +10,7 @@ once per seed and hands it a :class:`JobContext`; the report sees every finished
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import inspect
 import json
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 
 from .checkpoints import CheckpointError, atomic_write_text, load_checkpoint
-from .config import LOGGING_KEY, RUNNER_KEYS, Config, ConfigError, build
+from .config import LOGGING_KEY, RUNNER_KEYS, Config, ConfigError, DataError, build
 from .training import LoopSettings, check_owner, is_main_process
 
 __all__ = [
@@ -151,7 +152,11 @@ def files_digest(files: dict[str, Path]) -> str:
     another path are the same setting."""
     digest = hashlib.sha256()
     for name, path in sorted(files.items()):
-        digest.update(f"{name}:{hashlib.sha256(Path(path).read_bytes()).hexdigest()}\n".encode())
+        try:
+            data = Path(path).read_bytes()
+        except OSError as error:  # a broken link, no permission, a folder named like a file
+            raise DataError(f"cannot read {path}: {error}") from None
+        digest.update(f"{name}:{hashlib.sha256(data).hexdigest()}\n".encode())
     return f"sha256:{digest.hexdigest()[:16]}"
 
 
@@ -240,13 +245,13 @@ class KeyGuard:
 
     def __getattr__(self, name: str) -> Any:
         config, allowed, job, prefix = object.__getattribute__(self, "_parts")
-        declared = inspect.getattr_static(type(config), name, None)
-        if isinstance(declared, property):
-            return declared.fget(self)
-        if isinstance(declared, types.FunctionType):  # a method: it reads through the guard
-            return types.MethodType(declared, self)
-        if isinstance(declared, staticmethod | classmethod):
-            return getattr(config, name)
+        if name not in {f.name for f in dataclasses.fields(config)}:  # not a key
+            declared = inspect.getattr_static(type(config), name, None)
+            if isinstance(declared, property):
+                return declared.fget(self)
+            if isinstance(declared, types.FunctionType):  # a method: it reads through the guard
+                return types.MethodType(declared, self)
+            return getattr(config, name)  # a constant, a dunder; AttributeError if none
         key = prefix + name
         free = RUNNER_KEYS + getattr(config, "LOCATION_KEYS", ()) if not prefix else ()
         if key in allowed or name in free or name == LOGGING_KEY:

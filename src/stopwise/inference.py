@@ -661,7 +661,9 @@ def fit_threshold(
     ``hazard_logits`` ``(N, T)`` come from a held-out validation split (never the test set);
     ``step_costs`` ``(T,)`` are cumulative (default: steps used, 1..T); ``kind`` is ``"hazard"``
     or ``"cumulative"``. Exact: a binary search over the observed scores, using the rule's own
-    arithmetic, so the returned rule reproduces the fitted cost on these rows.
+    arithmetic, so the returned rule reproduces the fitted cost on these rows. Where every row
+    must stop at its first valid step the threshold is −∞ (so new rows do too, whatever their
+    score), and where every row can run to the end it is +∞.
     """
     rule_cls = THRESHOLD_KINDS.get(kind)
     if rule_cls is None:

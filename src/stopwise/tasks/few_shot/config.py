@@ -83,6 +83,8 @@ class MetaTraining:
 
 @dataclass
 class FewShotConfig(Config):
+    LOCATION_KEYS = ("data_dir",)  # its jobs carry the images' digest (experiment.jobs)
+
     family: str = param(
         "glyphs", choices=("glyphs", "sinusoid"), help="task family (glyphs: see data_dir)"
     )

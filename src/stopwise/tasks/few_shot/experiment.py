@@ -57,7 +57,6 @@ STOP_ONLY = (
 )  # fmt: skip
 SHARED = (
     "family",
-    "data_dir",
     "ways",
     "shots",
     "query",
@@ -79,8 +78,9 @@ SHARED = (
 
 
 def jobs(config: FewShotConfig) -> list[Job]:
-    # A user's Omniglot images are not a key (data_dir is where they are, not what they are):
-    # their digest is, so that other or changed images are refused as changed settings.
+    # data_dir says where a user's Omniglot images are, not what they are (a LOCATION_KEY): the
+    # training jobs carry their digest, so other or changed images are refused as changed
+    # settings while the same images at another path are the same.
     data = {"data": omniglot_digest(config.data_dir)} if config.data_dir else {}
     maml = [
         Job(f"maml-T{T}", params={"method": "maml", "steps": T, **data}, keys=SHARED, cost=T)
