@@ -323,6 +323,31 @@ def test_a_key_a_job_no_longer_reads_counts_at_its_default(tmp_path):
         run(out, calls=calls)
 
 
+def test_a_key_a_job_no_longer_reads_counts_at_this_runs_value_on_resume_and_reuse(tmp_path):
+    """The same, recorded at a value other than the default: no difference when this run has
+    the key at that value, for a rerun into the directory and for reuse_from alike (the jobs
+    after it, whose settings hold its old digest, are taken too); refused or rerun otherwise."""
+    out, calls = tmp_path / "run", tmp_path / "calls"
+    run(out, "lr=0.3", calls=calls)
+    path = out / "jobs" / "data-s0.json"
+    job = json.loads(path.read_text())
+    job["settings"]["config"]["lr"] = 0.3  # as if `data` had read lr when it ran
+    path.write_text(json.dumps(job))
+    for name in ("fit-a", "fit-b"):
+        dependent = out / "jobs" / f"{name}-s0.json"
+        record = json.loads(dependent.read_text())
+        record["settings"]["after"]["data"] = experiments._digest(job["settings"])
+        dependent.write_text(json.dumps(record))
+    run(out, "lr=0.3", calls=calls)  # resumed as it was: nothing reruns
+    assert len(called(calls)) == 4
+    run(tmp_path / "copy", "lr=0.3", f"reuse_from={out}", calls=calls)
+    assert len(called(calls)) == 4  # every job reused
+    run(tmp_path / "other", "lr=0.2", f"reuse_from={out}", calls=calls)
+    assert sorted(called(calls)[4:]) == ["data-s0", "fit-a-s0", "fit-b-s0", "summary-s0"]
+    with pytest.raises(ConfigError, match=r"job data-s0 \(finished\): config\.lr: 0\.3 -> None"):
+        run(out, "lr=0.2", calls=calls)
+
+
 def test_a_key_added_after_a_job_ran_counts_at_its_default(tmp_path):
     """A finished job whose settings lack a key (the task gained it later) is reused when the
     key has its default value, and so are the jobs that ran after it; a value other than the

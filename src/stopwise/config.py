@@ -190,7 +190,7 @@ class Config:
 
     ``seeds`` is an axis: every job runs once per seed. ``threads`` is per process (each worker
     of ``workers`` gets that many). ``reuse_from`` names another run directory whose finished
-    jobs with identical settings are taken instead of rerun.
+    jobs with the same settings (as a rerun into one directory judges them) are taken instead of rerun.
     """
 
     seeds: list[int] = param(

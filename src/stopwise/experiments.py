@@ -414,6 +414,29 @@ def _settings_diff(
 # ---------------------------------------------------------------- the run directory
 
 
+def _difference_finder(
+    records: RunDir, experiment: Experiment, planned: list[PlannedJob], config: Any = None
+) -> Callable[[PlannedJob, dict[str, Any]], list[str]]:
+    """``diff_of(planned job, settings it ran with)``: the differences that matter
+    (:func:`_settings_diff`), a dependency whose digest changed judged by its record in
+    ``records`` (the run directory, or the one jobs are reused from)."""
+    defaults = flatten({"config": to_plain(experiment.config())})
+    current = flatten({"config": to_plain(config)}) if config is not None else {}
+    by_id = {p.id: p for p in planned}
+
+    def diff_of(p: PlannedJob, old: dict[str, Any]) -> list[str]:
+        def same_dependency(name: str, digest: str) -> bool:
+            path = records.job_path(job_id(name, p.seed))
+            if job_id(name, p.seed) not in by_id or not path.is_file():
+                return False
+            ran = read_json_file(path).get("settings") or {}
+            return _digest(ran) == digest and not diff_of(by_id[job_id(name, p.seed)], ran)
+
+        return _settings_diff(old, p.settings, defaults, same_dependency, current)
+
+    return diff_of
+
+
 def check_run_dir(
     run: RunDir,
     experiment: Experiment,
@@ -445,20 +468,7 @@ def check_run_dir(
             f"--out {out} holds a run of another experiment ({previous['experiment']!r}, not "
             f"{experiment.name!r}); choose another --out"
         )
-    defaults = flatten({"config": to_plain(experiment.config())})
-    current = flatten({"config": to_plain(config)}) if config is not None else {}
-    by_id = {p.id: p for p in planned}
-
-    def diff_of(p: PlannedJob, old: dict[str, Any]) -> list[str]:
-        def same_dependency(name: str, digest: str) -> bool:
-            path = run.job_path(job_id(name, p.seed))
-            if job_id(name, p.seed) not in by_id or not path.is_file():
-                return False
-            ran = read_json_file(path).get("settings") or {}
-            return _digest(ran) == digest and not diff_of(by_id[job_id(name, p.seed)], ran)
-
-        return _settings_diff(old, p.settings, defaults, same_dependency, current)
-
+    diff_of = _difference_finder(run, experiment, planned, config)
     conflicts = []
     for p in planned:
         started = any(run.checkpoints(p.id).glob("*.pt"))  # a stamp alone is not a start
@@ -738,15 +748,17 @@ def _configure_logging(level: int = logging.INFO) -> None:
 # ---------------------------------------------------------------- running an experiment
 
 
-def _reuse(run: RunDir, source: Path, pending: list[PlannedJob]) -> int:
-    """Take finished jobs with identical settings (record and checkpoints) from ``source``; a
-    job whose checkpoints are gone there (deleted) is left to run again, since the jobs after
-    it may need them."""
+def _reuse(run: RunDir, source: Path, pending: list[PlannedJob], same_settings) -> int:
+    """Take finished jobs whose settings are the same (record and checkpoints) from ``source``,
+    judged as a rerun into the same directory would judge them (``same_settings(p, settings)``:
+    a key the job no longer reads at this run's value is no difference); a job whose
+    checkpoints are gone there (deleted) is left to run again, since the jobs after it may need
+    them."""
     taken = 0
     donor = RunDir(source)
     for p in pending:
         theirs = donor.job_file(p.id)
-        if theirs is None or theirs.get("settings") != p.settings:
+        if theirs is None or not same_settings(p, theirs.get("settings")):
             continue
         kept = donor.checkpoints(p.id)
         if any(not (kept / name).is_file() for name in theirs.get("checkpoints", [])):
@@ -952,9 +964,15 @@ def run_experiment(
         _record_environment(run, config)
         pending = unfinished()
         if config.reuse_from and main and pending:
-            taken = _reuse(run, Path(config.reuse_from), pending)
+            donor = RunDir(Path(config.reuse_from))
+            diff_of = _difference_finder(donor, experiment, planned, config)
+
+            def same(p: PlannedJob, settings: dict[str, Any] | None) -> bool:
+                return settings is not None and not diff_of(p, settings)
+
+            taken = _reuse(run, donor.path, pending, same)
             logger.info(
-                "%s: reused %d of %d job(s) to run from %s (those finished there with identical "
+                "%s: reused %d of %d job(s) to run from %s (those finished there with the same "
                 "settings and checkpoints)",
                 name, taken, len(pending), config.reuse_from,
             )  # fmt: skip
