@@ -296,29 +296,31 @@ def test_the_log_follows_sys_stderr_between_runs_in_one_process():
     assert second.getvalue() == "stopwise: second run\n"
 
 
+def record_data_with_lr(out, lr):
+    """Rewrite run ``out``'s ``data`` job as if it had read ``lr`` when it ran (it does not read
+    it: `lr` is not among its keys), and the jobs after it to hold that job's new digest."""
+    path = out / "jobs" / "data-s0.json"
+    job = json.loads(path.read_text())
+    job["settings"]["config"]["lr"] = lr
+    path.write_text(json.dumps(job))
+    for name in ("fit-a", "fit-b"):
+        dependent = out / "jobs" / f"{name}-s0.json"
+        record = json.loads(dependent.read_text())
+        record["settings"]["after"]["data"] = experiments._digest(job["settings"])
+        dependent.write_text(json.dumps(record))
+
+
 def test_a_key_a_job_no_longer_reads_counts_at_its_default(tmp_path):
     """A finished job whose settings name a key the job no longer reads (say a CPU-only job
     that stopped listing ``device``) is reused when the recorded value is the key's default;
     another recorded value is refused, naming the key."""
     out, calls = tmp_path / "run", tmp_path / "calls"
     run(out, calls=calls)
-    path = out / "jobs" / "data-s0.json"
-    job = json.loads(path.read_text())
-    assert "lr" not in job["settings"]["config"]  # `data` does not read lr
-
-    def record_data_with(lr):
-        job["settings"]["config"]["lr"] = lr  # as if `data` had read lr when it ran
-        path.write_text(json.dumps(job))
-        for name in ("fit-a", "fit-b"):
-            dependent = out / "jobs" / f"{name}-s0.json"
-            record = json.loads(dependent.read_text())
-            record["settings"]["after"]["data"] = experiments._digest(job["settings"])
-            dependent.write_text(json.dumps(record))
-
-    record_data_with(0.1)  # the default
+    assert "lr" not in json.loads((out / "jobs" / "data-s0.json").read_text())["settings"]["config"]
+    record_data_with_lr(out, 0.1)  # the default
     run(out, calls=calls)
     assert len(called(calls)) == 4
-    record_data_with(0.3)
+    record_data_with_lr(out, 0.3)
     with pytest.raises(ConfigError, match=r"job data-s0 \(finished\): config\.lr: 0\.3 -> None"):
         run(out, calls=calls)
 
@@ -329,15 +331,7 @@ def test_a_key_a_job_no_longer_reads_counts_at_this_runs_value_on_resume_and_reu
     after it, whose settings hold its old digest, are taken too); refused or rerun otherwise."""
     out, calls = tmp_path / "run", tmp_path / "calls"
     run(out, "lr=0.3", calls=calls)
-    path = out / "jobs" / "data-s0.json"
-    job = json.loads(path.read_text())
-    job["settings"]["config"]["lr"] = 0.3  # as if `data` had read lr when it ran
-    path.write_text(json.dumps(job))
-    for name in ("fit-a", "fit-b"):
-        dependent = out / "jobs" / f"{name}-s0.json"
-        record = json.loads(dependent.read_text())
-        record["settings"]["after"]["data"] = experiments._digest(job["settings"])
-        dependent.write_text(json.dumps(record))
+    record_data_with_lr(out, 0.3)
     run(out, "lr=0.3", calls=calls)  # resumed as it was: nothing reruns
     assert len(called(calls)) == 4
     run(tmp_path / "copy", "lr=0.3", f"reuse_from={out}", calls=calls)
