@@ -241,11 +241,12 @@ class KeyGuard:
     method or property of the config reads through it too."""
 
     def __init__(self, config: Any, allowed: tuple[str, ...], job: str, prefix: str = ""):
-        object.__setattr__(self, "_parts", (config, frozenset(allowed), job, prefix))
+        keys = frozenset(f.name for f in dataclasses.fields(config))
+        object.__setattr__(self, "_parts", (config, frozenset(allowed), job, prefix, keys))
 
     def __getattr__(self, name: str) -> Any:
-        config, allowed, job, prefix = object.__getattribute__(self, "_parts")
-        if name not in {f.name for f in dataclasses.fields(config)}:  # not a key
+        config, allowed, job, prefix, keys = object.__getattribute__(self, "_parts")
+        if name not in keys:  # not a key
             declared = inspect.getattr_static(type(config), name, None)
             if isinstance(declared, property):
                 return declared.fget(self)
