@@ -31,6 +31,9 @@ from stopwise.tasks.learned_optimizers import (
 from stopwise.tasks.learned_optimizers.data import suboptimality
 from stopwise.tasks.learned_optimizers.experiment import _posterior_rules, _tolerance_threshold
 from stopwise.tasks.learned_optimizers.methods import (
+    CHUNK_COORDINATES,
+    HAND_CHUNK,
+    _default_chunk,
     _windows,
     act_meta_gradient,
     nll_scale,
@@ -582,6 +585,24 @@ def test_loss_curves_in_chunks_keep_each_rows_own_learning_rate():
         expected = [float(family.loss(thetas[t - 1].unsqueeze(0), one)) for t in record]
         assert values[i].tolist() == pytest.approx(expected, rel=1e-5)
         assert torch.allclose(theta[i], thetas[-1], rtol=1e-5, atol=1e-9)
+
+
+def test_the_lstm_optimizer_runs_in_chunks_of_a_bounded_number_of_coordinates():
+    """By default the LSTM optimizer runs about CHUNK_COORDINATES coordinates at a time (its
+    per-coordinate state stays in cache), the hand-designed ones HAND_CHUNK functions; the
+    chunks change no row's result (QuadraticFamily, D = 10: 819 functions a chunk)."""
+    family = QuadraticFamily(10)
+    functions = family.sample(1000, gen(3))
+    torch.manual_seed(0)
+    net = LSTMOptimizerNet(output_scale=1.0)
+    chunk = _default_chunk(family, net, functions)
+    assert chunk == CHUNK_COORDINATES // 10 < 1000
+    assert _default_chunk(family, HandDesigned("sgd", 0.01), functions) == HAND_CHUNK
+    record = [1, 5, 20]
+    default = loss_curves(family, net, functions, record)
+    whole = loss_curves(family, net, functions, record, chunk=1000)
+    for a, b in zip(default, whole, strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-12)
 
 
 # ---------------------------------------------------------------- stopping

@@ -271,7 +271,7 @@ def _hand_mlp(config, context) -> dict[str, Any]:
 
 def _mlp_numbers(family, stepper, functions, horizon, curve) -> dict[str, Any]:
     steps = list(range(1, horizon + 1)) if curve else [horizon]
-    losses, theta = loss_curves(family, stepper, functions, steps, chunk=50)
+    losses, theta = loss_curves(family, stepper, functions, steps)
     out = {
         "log10_loss": summary(log10_gap(losses[:, -1])),
         "loss": summary(losses[:, -1]),
