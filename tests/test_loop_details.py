@@ -51,7 +51,7 @@ def test_a_checkpoint_without_an_objects_state_is_refused_naming_it(tmp_path):
 def test_a_checkpoint_of_another_job_or_stage_is_refused_naming_its_owner(tmp_path):
     """A checkpoint copied by hand from another job's folder, or renamed to another stage, is
     not resumed from (it used to be, silently); one saved before checkpoints recorded their
-    owner (no tags) is still taken."""
+    owner (no tags), or with its tags as a dict rather than JSON text, is still taken."""
     model = torch.nn.Linear(1, 1)
     mine, theirs = tmp_path / "mine", tmp_path / "theirs"
     setting = lambda folder, job: LoopSettings(  # noqa: E731
@@ -71,6 +71,15 @@ def test_a_checkpoint_of_another_job_or_stage_is_refused_naming_its_owner(tmp_pa
     ):
         train_loop("t", 4, lambda step: {}, {"model": model}, setting(mine, "b-s0"))
     old = load_checkpoint(theirs / "s.pt")
+    old["tags"] = {"job": "b-s0"}  # tags saved as a dict, as before they were JSON text
+    save_checkpoint(mine / "s.pt", old)
+    with pytest.raises(CheckpointError, match=r'saved by stage s, tags \{"job": "b-s0"\}, not'):
+        train_loop("s", 4, lambda step: {}, {"model": model}, setting(mine, "a-s0"))
+    calls = []
+    train_loop(
+        "s", 3, lambda step: calls.append(step) or {}, {"model": model}, setting(mine, "b-s0")
+    )
+    assert calls == [2]  # its own dict-tagged file: resumed from its step 2
     del old["tags"], old["stage"]
     save_checkpoint(mine / "s.pt", old)
     calls = []

@@ -316,9 +316,13 @@ def check_owner(
 ) -> None:
     """Refuse a checkpoint saved by another stage or with other tags (a file copied by hand
     between run directories or jobs would otherwise resume silently from someone else's
-    weights). Files saved before checkpoints recorded their tags are taken as they are."""
+    weights). Files saved before checkpoints recorded their tags are taken as they are; tags
+    saved as a dict (before they were kept as JSON text) are compared as that text."""
     expected = (stage, _tags_text(tags))
-    owner = (saved.get("stage", stage), saved.get("tags", expected[1]))
+    saved_tags = saved.get("tags", expected[1])
+    if isinstance(saved_tags, dict):
+        saved_tags = _tags_text(saved_tags)
+    owner = (saved.get("stage", stage), saved_tags)
     if owner != expected:
         text = lambda who: f"stage {who[0]}, tags {who[1]}"  # noqa: E731
         raise CheckpointError(
