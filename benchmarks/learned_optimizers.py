@@ -188,6 +188,11 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT.parent / "runs" / "learned-optimizers-benchmark"))
     parser.add_argument("--set", action="append", default=[], help="extra key=value overrides")
     parser.add_argument("--name", help="name of the results (default: from the preset)")
+    parser.add_argument(
+        "--note",
+        default="measured on a shared 2-core machine under load (other processes running)",
+        help="how the machine was shared while the jobs ran",
+    )
     args = parser.parse_args()
     out = Path(args.out)
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -223,8 +228,8 @@ def main() -> None:
         "cpu_budget": {"cpu_minutes": job_cpu / 60, "target": 60, "met": job_cpu <= 3600},
         "targets": targets(results, config),
         "families": results["families"],
-        "note": "measured on a shared 2-core machine under load (other processes running); "
-        "CPU seconds are per job (process time), wall seconds include waiting for the CPU",
+        "note": f"{args.note}; CPU seconds are per job (process time), wall seconds include "
+        "waiting for the CPU",
     }
     RESULTS.mkdir(exist_ok=True)
     name = args.name or (
