@@ -7,7 +7,7 @@ task contract (:mod:`stopwise.experiments`, :mod:`stopwise.config`) and the ``st
 
 __version__ = "0.2.0"
 
-from . import objectives  # noqa: E402
+from . import config, contract, curves, experiments, objectives, selection, stats  # noqa: E402
 from .inference import (  # noqa: E402
     AdaptiveResult,
     CumulativeThreshold,
@@ -43,6 +43,12 @@ from .training import (  # noqa: E402
 __all__ = [
     "__version__",
     "objectives",
+    "config",
+    "contract",
+    "experiments",
+    "selection",
+    "curves",
+    "stats",
     "StopTime",
     "oracle",
     "StepModel",
