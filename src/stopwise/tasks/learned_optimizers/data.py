@@ -31,6 +31,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from ...datasets import digits
+
 __all__ = [
     "FunctionFamily",
     "full_loss",
@@ -249,10 +251,11 @@ def load_images(dataset: str, train_size: int, seed: int = 0) -> dict[str, torch
     downloaded). Returns ``x_train (N, F)``, ``y_train (N,)``, ``x_test``, ``y_test``.
     """
     if dataset == "digits":
-        from sklearn.datasets import load_digits
-
-        bunch = load_digits()
-        x, y = torch.tensor(bunch.data, dtype=torch.float32), torch.tensor(bunch.target)
+        images, labels = digits()
+        x, y = (
+            torch.tensor(images.reshape(len(labels), -1), dtype=torch.float32),
+            torch.tensor(labels),
+        )
     elif dataset == "mnist1d":
         from mnist1d.data import get_dataset_args, make_dataset
 

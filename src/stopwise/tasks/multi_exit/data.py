@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ...config import DataError
+from ...datasets import digits
 
 __all__ = [
     "DataError",
@@ -301,16 +302,10 @@ def digits_splits(
     val_size: int = 300, test_size: int = 400, split_seed: int = 0, train_size: int = 0
 ) -> Splits:
     """scikit-learn's 1,797 8×8 digits (bundled with the package, no download), for tests."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as error:
-        raise DataError(
-            f"digits need scikit-learn ({error}); `pip install 'stopwise[data]'`"
-        ) from None
-    digits = load_digits()
+    images, labels = digits()
     info = {"source": "sklearn.datasets.load_digits"}
     sizes = (val_size, test_size, train_size)
-    return _splits("digits", 2, digits.images, digits.target, sizes, split_seed, info)
+    return _splits("digits", 2, images, labels, sizes, split_seed, info)
 
 
 DATASETS = ("fashion-mnist", "mnist1d", "digits")
