@@ -27,9 +27,14 @@ from stopwise.tasks.learned_optimizers import (
     loss_curves,
     meta_train,
     meta_train_act,
+    meta_train_restarts,
 )
 from stopwise.tasks.learned_optimizers.data import suboptimality
-from stopwise.tasks.learned_optimizers.experiment import _posterior_rules, _tolerance_threshold
+from stopwise.tasks.learned_optimizers.experiment import (
+    _posterior_rules,
+    _tolerance_threshold,
+    validation_score,
+)
 from stopwise.tasks.learned_optimizers.methods import (
     CHUNK_COORDINATES,
     HAND_CHUNK,
@@ -38,6 +43,7 @@ from stopwise.tasks.learned_optimizers.methods import (
     act_meta_gradient,
     nll_scale,
     step_penalised,
+    trained_weights,
     tune_learning_rates,
 )
 from stopwise.tasks.learned_optimizers.metrics import (
@@ -48,8 +54,8 @@ from stopwise.tasks.learned_optimizers.metrics import (
     log10_gap,
     oracle_tradeoff,
 )
-from stopwise.tasks.learned_optimizers.models import FeatureScore
-from stopwise.training import GeneratedBatches
+from stopwise.tasks.learned_optimizers.models import FeatureScore, StackedLSTMOptimizers
+from stopwise.training import GeneratedBatches, LoopSettings
 
 
 def gen(seed=0):
@@ -426,6 +432,69 @@ def test_meta_training_keeps_the_weights_validation_scored_best():
                                                   functions=4, seed=1)  # fmt: skip
     for key, value in plain.state_dict().items():
         assert torch.equal(value, seen[3][key])
+
+
+@pytest.mark.parametrize("kind", [{}, {"update": "scaled_rmsprop", "output_scale": 1.0}])
+def test_stacked_networks_step_and_learn_like_each_network_alone(kind):
+    """Three networks as one: block r of the rows runs through network r (nn.LSTMCell there,
+    the cell written out in the stack), with the same updates, states and weight gradients."""
+    torch.manual_seed(0)
+    nets = [LSTMOptimizerNet(layers=2, **kind) for _ in range(3)]
+    stacked = StackedLSTMOptimizers(nets)
+    n, D = 4, 3
+    grad = torch.randn(3 * n, D) * torch.logspace(-6, 1, 3 * n).unsqueeze(-1)
+    state = tuple(torch.randn_like(s) for s in stacked.initial_state(3 * n, D))
+    if "update" in kind:  # RMSprop's running square is not negative
+        state = (*state[:-1], state[-1].abs())
+    update, _, new_state = stacked(grad, state)
+    (update.square().sum() + sum(s.sum() for s in new_state)).backward()
+    for r, net in enumerate(nets):
+        rows = slice(r * n, (r + 1) * n)
+        alone, _, alone_state = net(grad[rows], tuple(s[rows] for s in state))
+        (alone.square().sum() + sum(s.sum() for s in alone_state)).backward()
+        torch.testing.assert_close(update[rows], alone, rtol=1e-5, atol=1e-6)
+        for a, b in zip(new_state, alone_state, strict=True):
+            torch.testing.assert_close(a[rows], b, rtol=1e-5, atol=1e-6)
+        for i, (key, weight) in enumerate(net.named_parameters()):
+            torch.testing.assert_close(stacked.stacked[i].grad[r], weight.grad, rtol=1e-4,
+                                       atol=1e-5, msg=key)  # fmt: skip
+        assert stacked.weights(r).keys() == net.state_dict().keys()
+
+
+def test_restarts_side_by_side_train_and_choose_like_separate_meta_training(tmp_path):
+    """meta_train_restarts = one meta_train per network (its own seed, Adam state and choice
+    on validation), up to float rounding; its checkpoint gives each network's chosen weights."""
+    family = RegressionFamily(obs_max=10)
+    val = family.sample(16, torch.Generator().manual_seed(9))
+    score = lambda net: validation_score(family, net, val, 4)  # noqa: E731
+    schedule = dict(horizon=4, unroll=2, functions=4, lr=1e-2, validate_every=2)
+    torch.manual_seed(0)
+    nets = [LSTMOptimizerNet(update="scaled_rmsprop", output_scale=1.0) for _ in range(3)]
+    alone = [LSTMOptimizerNet(update="scaled_rmsprop", output_scale=1.0) for _ in range(3)]
+    for a, b in zip(alone, nets, strict=True):
+        a.load_state_dict(b.state_dict())
+    settings = LoopSettings(checkpoint_dir=str(tmp_path))
+    together = meta_train_restarts(nets, family, 7, seeds=[1, 2, 3], validate=score,
+                                   settings=settings, stage="r", **schedule)  # fmt: skip
+    checkpoint = torch.load(tmp_path / "r.pt", weights_only=True)["state"]
+    for r, net in enumerate(alone):
+        metrics = meta_train(net, family, 7, seed=r + 1, validate=lambda net=net: score(net),
+                             **schedule)  # fmt: skip
+        assert together[r]["selected_iteration"] == metrics["selected_iteration"]
+        assert together[r]["selected_score"] == pytest.approx(metrics["selected_score"], 1e-5)
+        assert together[r]["final_loss"] == pytest.approx(metrics["final_loss"], 1e-5)
+        for key, value in net.state_dict().items():
+            # (Adam divides by √v: a gradient near 0 moves its weight by up to lr · rounding)
+            torch.testing.assert_close(nets[r].state_dict()[key], value, rtol=1e-4, atol=2e-5)
+            assert torch.equal(trained_weights(checkpoint, r)[key], nets[r].state_dict()[key])
+    # without validation the checkpoint's stacked weights are the last ones
+    last = meta_train_restarts(nets[:2], family, 2, seeds=[1, 2], validate=score, stage="q",
+                               settings=settings, **{**schedule, "validate_every": 0})  # fmt: skip
+    checkpoint = torch.load(tmp_path / "q.pt", weights_only=True)["state"]
+    assert "selected_score" not in last[0]
+    for r in range(2):
+        for key, value in nets[r].state_dict().items():
+            assert torch.equal(trained_weights(checkpoint, r)[key], value)
 
 
 def test_validation_score_is_minus_the_mean_log_gap_over_the_trajectory():

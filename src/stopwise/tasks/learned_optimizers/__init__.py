@@ -21,7 +21,13 @@ from ...contract import Experiment
 from .config import PRESETS, LearnedOptimizersConfig
 from .data import FunctionFamily, MLPFamily, QuadraticFamily, RegressionFamily, load_images
 from .experiment import jobs, run_job
-from .methods import loss_curves, meta_train, meta_train_act, tune_learning_rates
+from .methods import (
+    loss_curves,
+    meta_train,
+    meta_train_act,
+    meta_train_restarts,
+    tune_learning_rates,
+)
 from .models import (
     HandDesigned,
     LearnedOptimizer,
@@ -46,6 +52,7 @@ __all__ = [
     "loss_and_gradient",
     "meta_train",
     "meta_train_act",
+    "meta_train_restarts",
     "loss_curves",
     "tune_learning_rates",
     "LearnedOptimizersConfig",

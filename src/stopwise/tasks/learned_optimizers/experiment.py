@@ -33,6 +33,7 @@ from .methods import (
     loss_curves,
     meta_train,
     meta_train_act,
+    meta_train_restarts,
     step_penalised,
     trained_weights,
     tune_learning_rates,
@@ -290,39 +291,44 @@ def _train_lstm(config, name, context, family, val, horizon=None, stage="lstm"):
     in windows of min(unroll, horizon); same initial weights and meta-training functions for
     every horizon. Every ``select_every`` meta-iterations it is scored on the validation
     functions (:func:`validation_score`) and the best weights are kept. With ``restarts`` > 1
-    the whole meta-training is repeated from other initial weights and function streams (stage
-    ``<stage>-r<i>``) and the restart with the best validation score is returned; its index is
-    ``metrics["restart"]``."""
+    the whole meta-training is repeated from other initial weights and function streams, the
+    restarts side by side in one stage (``<stage>-restarts``, :func:`meta_train_restarts`), and
+    the restart with the best validation score is returned; its index is ``metrics["restart"]``."""
     horizon = horizon or config.horizon
     settings = getattr(config, name)
-    runs = []
+    nets, seeds = [], []
     for restart in range(settings.restarts):
         suffix = _restart_suffix(restart)
         context.manual_seed(f"init{suffix}")
-        net = build_net(config, name)
-        with context.timed(f"meta_train_{stage}"):
-            metrics = meta_train(
-                net,
-                family,
-                settings.iterations,
-                horizon=horizon,
-                unroll=min(config.unroll, horizon),
-                functions=settings.functions,
-                lr=settings.lr,
-                seed=context.stream_seed(f"{name}-meta{suffix}"),
-                settings=context.loop_settings(log_every=max(1, settings.iterations // 20)),
-                stage=f"{stage}{suffix}",
-                validate=lambda net=net: validation_score(family, net, val, horizon),
-                validate_every=settings.select_every,
-            )
+        nets.append(build_net(config, name))
+        seeds.append(context.stream_seed(f"{name}-meta{suffix}"))
+    schedule = dict(
+        horizon=horizon,
+        unroll=min(config.unroll, horizon),
+        functions=settings.functions,
+        lr=settings.lr,
+        settings=context.loop_settings(log_every=max(1, settings.iterations // 20)),
+        validate_every=settings.select_every,
+    )
+    with context.timed(f"meta_train_{stage}"):
         if settings.restarts == 1:
+            net = nets[0]
+            metrics = meta_train(net, family, settings.iterations, seed=seeds[0], stage=stage,
+                                 validate=lambda: validation_score(family, net, val, horizon),
+                                 **schedule)  # fmt: skip
             return net, metrics
-        score = metrics.get("selected_score")
-        if score is None:  # no selection during meta-training: score the last weights
-            score = validation_score(family, net, val, horizon)
-        runs.append((score, restart, net, metrics))
-    score, restart, net, metrics = max(runs, key=lambda run: run[0])  # ties: the first
-    return net, {**metrics, "restart": restart, "restart_scores": [run[0] for run in runs]}
+        runs = meta_train_restarts(nets, family, settings.iterations, seeds=seeds,
+                                   validate=lambda net: validation_score(family, net, val, horizon),
+                                   stage=f"{stage}-restarts", **schedule)  # fmt: skip
+    scores = [  # without selection during meta-training: the last weights' score
+        validation_score(family, net, val, horizon)
+        if metrics.get("selected_score") is None
+        else metrics["selected_score"]
+        for net, metrics in zip(nets, runs, strict=True)
+    ]
+    restart = max(range(len(nets)), key=lambda r: scores[r])  # ties: the first
+    return nets[restart], {**runs[restart], "restart": restart, "restart_scores": scores,
+                           "restarts_stage": f"{stage}-restarts"}  # fmt: skip
 
 
 def _restart_suffix(restart: int) -> str:
@@ -406,8 +412,12 @@ def _load_lstm(config, name, context) -> LSTMOptimizerNet:
 
 def _lstm_weights(name, context) -> dict[str, torch.Tensor]:
     """The weights the family's ``lstm`` job kept (of the restart it chose)."""
-    restart = context.dependency(f"lstm-{name}").record["meta"].get("restart", 0)
-    stage = f"lstm{_restart_suffix(restart)}"
+    meta = context.dependency(f"lstm-{name}").record["meta"]
+    restart = meta.get("restart", 0)
+    if "restarts_stage" in meta:  # the restarts trained side by side, in one stage
+        checkpoint = context.checkpoint(meta["restarts_stage"], job=f"lstm-{name}")
+        return trained_weights(checkpoint, restart)
+    stage = f"lstm{_restart_suffix(restart)}"  # (runs before 2026-12-06: a stage per restart)
     return trained_weights(context.checkpoint(stage, job=f"lstm-{name}"))
 
 
