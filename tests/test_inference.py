@@ -250,6 +250,23 @@ def test_chunks_change_no_decision(rule, chunk):
         torch.testing.assert_close(result.cost, model.step_costs()[expected_index])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_a_hazard_threshold_is_exact_for_scores_of_every_float_dtype(dtype):
+    """λ_t ≥ p judged on logits: the score just below logit(p) in the scores' dtype does not
+    stop, the one just above does (the threshold was cast to that dtype, to nearest, and a
+    float32 score with σ = 0.6999999972 stopped at 0.7). Reference: the score, exact in
+    float64, against the float64 logit the rule holds (σ is increasing)."""
+    for p in (0.7, 0.123, 0.5):
+        logit = math.log(p / (1 - p))
+        nearest = torch.tensor(logit, dtype=torch.float64).to(dtype)
+        up = torch.nextafter(nearest, torch.tensor(math.inf, dtype=dtype))
+        down = torch.nextafter(nearest, torch.tensor(-math.inf, dtype=dtype))
+        scores = torch.stack([down, nearest, up]).unsqueeze(-1)
+        scores = torch.cat([scores, torch.full_like(scores, math.inf)], dim=1)  # stop at step 1
+        expected = [0 if float(s) >= logit else 1 for s in scores[:, 0]]
+        assert stop_indices(scores, HazardThreshold(p)).tolist() == expected, (p, dtype)
+
+
 @torch.no_grad()
 def test_a_threshold_of_inf_is_never_reached_even_by_a_score_of_inf():
     """+∞ before a floor means "no stop here": a policy scoring +∞ must not stop rows there in

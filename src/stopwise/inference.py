@@ -102,10 +102,13 @@ class ThresholdRule(Rule):
 
 
 def _reaches(scores: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
-    """``scores ≥ threshold``, compared in the scores' dtype (as every mode compares them); a
-    threshold of +∞ is never reached, not even by a score of +∞ (it means "no stop here")."""
-    threshold = threshold.to(scores.dtype).to(scores.device)
-    return (scores >= threshold) & (threshold < math.inf)
+    """``scores ≥ threshold``, exactly: compared in the wider of the two dtypes (every mode
+    compares them here). A float64 threshold cast to float32 rounds to nearest, and a score just
+    below it passed: σ(s) = 0.6999999972 reached HazardThreshold(0.7). A threshold of +∞ is never
+    reached, not even by a score of +∞ (it means "no stop here")."""
+    dtype = torch.promote_types(scores.dtype, threshold.dtype)
+    threshold = threshold.to(dtype).to(scores.device)
+    return (scores.to(dtype) >= threshold) & (threshold < math.inf)
 
 
 class ScoreThreshold(ThresholdRule):
