@@ -703,6 +703,8 @@ def test_fit_threshold_refuses_what_it_cannot_fit_and_takes_masks_as_lists():
         fit_threshold(hazards, float("nan"))
     with pytest.raises(ValueError, match="got 0 rows"):
         fit_threshold(torch.zeros(0, 3), 2.0)
+    with pytest.raises(ValueError, match="budget -inf is below the least achievable"):
+        fit_threshold(hazards, -math.inf)  # (a rule of score −∞ came back: −∞ + ∞ is NaN)
     with pytest.raises(ValueError, match=r"hazard threshold must lie in \[0, 1\]"):
         HazardThreshold(float("nan"))
     # a mask given as a list, as run_adaptive takes it (an AttributeError before)

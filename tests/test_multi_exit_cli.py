@@ -253,6 +253,25 @@ def test_a_rerun_with_another_data_folder_is_refused_never_served_the_old_jobs(
         assert (out / "jobs" / "uniform-s0.json").read_text() == record
 
 
+def test_timing_a_finished_job_or_no_longer_timing_it_is_a_changed_setting(tmp_path, capsys):
+    """Whether a job's early exit is timed was told only by the timing keys in its settings, at
+    their defaults, which the runner takes as keys added to the task later: a rerun with the
+    method added to timing.methods served the untimed record, no timing and no message (found
+    by an audit). Now refused both ways, naming params.timed."""
+    out = tmp_path / "run"
+    args = ["run", "multi-exit", "--preset", "tiny", "--out", str(out), "--set", "methods=uniform"]
+    args += ["--set", "progress=false", "--set", "timing.batch=1000", "--set", "timing.repeats=5"]
+    assert main([*args, "--set", "timing.methods=[]"]) == 0
+    assert main([*args, "--set", "timing.methods=uniform"]) == 2
+    assert "params.timed: None -> True" in capsys.readouterr().err
+    timed = tmp_path / "timed"
+    args[args.index(str(out))] = str(timed)
+    assert main([*args, "--set", "timing.methods=uniform"]) == 0
+    assert "timing" in json.loads((timed / "jobs" / "uniform-s0.json").read_text())["record"]
+    assert main([*args, "--set", "timing.methods=[]"]) == 2
+    assert "params.timed: True -> None" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "data, overrides, message",
     [

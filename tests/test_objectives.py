@@ -277,6 +277,21 @@ def test_random_horizon_bound_matches_plain_loop():
     assert random_horizon_bound(a, losses, p, beta, horizons).item() == pytest.approx(sampled)
 
 
+def test_random_horizon_bound_takes_a_step_of_no_posterior_mass_as_0_log_0():
+    """A posterior logit of −∞ (a halting probability of exactly 0) gives the limit of very
+    negative logits, with finite gradients (0 · (−∞) made it NaN: an audit)."""
+    losses = torch.tensor([[1.0, 2.0, 0.5]], dtype=torch.float64)
+    at_inf = torch.tensor([[0.0, -math.inf, 0.0]], dtype=torch.float64, requires_grad=True)
+    near = torch.tensor([[0.0, -1e30, 0.0]], dtype=torch.float64, requires_grad=True)
+    for horizons in (None, torch.tensor([2])):
+        a = random_horizon_bound(at_inf, losses, 0.3, 1.0, horizons)
+        b = random_horizon_bound(near, losses, 0.3, 1.0, horizons)
+        assert a.item() == pytest.approx(b.item(), rel=1e-12) and math.isfinite(a.item())
+        (ga,) = torch.autograd.grad(a, at_inf)
+        (gb,) = torch.autograd.grad(b, near)
+        torch.testing.assert_close(ga, gb)
+
+
 def test_random_horizon_bound_is_tight_at_the_posterior():
     """With β = 1 and ℓ = −log p(y|t), L_H ≥ −log Σ_{t≤H} p(t|H) e^{−ℓ_t}, with equality at the
     exact posterior q(t) ∝ p(t|H) e^{−ℓ_t} (the evidence bound)."""

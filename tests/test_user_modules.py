@@ -39,6 +39,17 @@ def test_a_package_is_found_by_dotted_name_from_the_current_folder_or_by_path(tm
         assert by_path.returncode == 0 and "steps: an integer" in by_path.stdout, by_path.stderr
 
 
+def test_a_package_in_a_folder_with_a_space_runs_with_worker_processes(tmp_path):
+    """The workers import the runner's modules; a path with a space was dropped from that list
+    (taken for an entry point's name), and the run stopped: unknown experiment (an audit)."""
+    package = make_package(tmp_path / "my tasks")
+    args = ["run", "sample", "--module", str(package), "--preset", "tiny", "--out", "out"]
+    args += ["--set", "workers=2", "--set", "seeds=0,1", "--set", "progress=false"]
+    done = stopwise(*args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(list((tmp_path / "out" / "jobs").glob("*.json"))) >= 2
+
+
 def test_a_copy_of_the_toy_folder_runs_as_a_users_own_task(tmp_path):
     """adding_a_task.md: copy the toy folder, rename it, run it with --module."""
     import shutil

@@ -145,7 +145,8 @@ _EXPERIMENTS: dict[str, Experiment] = {}
 _PACKAGE = Path(__file__).resolve().parent  # stopwise's own files, told apart from a user's
 _SOURCES: dict[str, str] = {}  # experiment name -> the module or entry point that registered it
 _LOAD_ERRORS: dict[str, str] = {}
-_LOADED: set[str] = set()
+_LOADED: set[str] = set()  # modules (dotted names or paths) imported and registered
+_LOADED_POINTS: set[str] = set()  # entry points loaded (a worker loads them itself)
 
 
 def register_experiment(experiment: Experiment) -> Experiment:
@@ -261,11 +262,11 @@ def load_tasks() -> dict[str, str]:
 
     for point in entry_points(group=ENTRY_POINTS):
         source = f"entry point {point.name} ({point.value})"
-        if source in _LOADED or source in _LOAD_ERRORS:
+        if source in _LOADED_POINTS or source in _LOAD_ERRORS:
             continue
         try:
             _register_from(point.load(), source)
-            _LOADED.add(source)
+            _LOADED_POINTS.add(source)
         except Exception as error:  # noqa: BLE001
             _LOAD_ERRORS[source] = f"{type(error).__name__}: {error}"
     return dict(_LOAD_ERRORS)
@@ -809,7 +810,7 @@ def _execute(experiment, config, run: RunDir, pending: list[PlannedJob]) -> None
     plain = to_plain(config)
     context = multiprocessing.get_context("spawn")
     # Workers import what this process imported: the built-in tasks, entry points and modules.
-    user_modules = tuple(m for m in _LOADED if m not in TASK_MODULES and " " not in m)
+    user_modules = tuple(m for m in _LOADED if m not in TASK_MODULES)
     init = (user_modules, config.threads, logger.level, os.getpid())
     with ProcessPoolExecutor(
         workers, mp_context=context, initializer=_worker_init, initargs=init

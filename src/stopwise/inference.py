@@ -689,7 +689,7 @@ def fit_threshold(
         return float(costs[index.cpu()].mean())
 
     # A mean of equal costs may round a few ulps above them: a budget equal to a cost reaches it.
-    within = budget + 1e-12 * max(1.0, abs(budget))
+    within = budget + 1e-12 * max(1.0, abs(budget)) if math.isfinite(budget) else budget
     lo_cost, hi_cost = mean_cost(candidates[0]), mean_cost(candidates[-1])
     if lo_cost > within:
         raise ValueError(

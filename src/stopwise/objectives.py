@@ -188,7 +188,8 @@ def random_horizon_bound(
     ).to(device)  # (H, t): log p(t | H), −inf beyond the horizon
     q = log_q.exp()
     expected = (q * losses.unsqueeze(1).masked_fill(~within, 0.0)).sum(-1)  # (B, H)
-    kl = (q * torch.where(within, log_q - log_cond, 0.0)).sum(-1)  # (B, H)
+    # 0 · log 0 = 0: a step the posterior gives no mass (a logit of −∞) adds nothing
+    kl = (q * torch.where(within & (q > 0), log_q - log_cond, 0.0)).sum(-1)  # (B, H)
     per_horizon = expected + beta * kl
     if horizons is not None:
         horizons = torch.as_tensor(horizons).to(device).long()

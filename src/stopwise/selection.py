@@ -337,8 +337,12 @@ def fit_floored_threshold(
 
     The floor at the first valid step with its spending threshold is the plain threshold rule;
     since every fixed depth within the budget is a candidate, the rule chosen is never worse on
-    validation than fixed depth, and with mixes never worse than a mix of two fixed depths of
-    mean cost within the budget (to within a row's share); the stop model's score decides
+    validation than fixed depth. Mixes are ranked by the straight line between their two rules'
+    validation values, but a :class:`~stopwise.inference.MixedRule` splits the rows by position,
+    so its realised validation value differs from that line by sampling noise (of order
+    sd·√(s(1 − s)/N) for a share s of N rows; up to ~0.006 in accuracy-like units in an audit's
+    random problems): the chosen rule can be that much below the best line between two fixed
+    depths, the comparator of :func:`stopwise.curves.best_fixed_mix`. The stop model's score decides
     which rows go past the floor. ``val_metric(stop_index (N,)) -> float`` scores validation
     stop steps (ties go to the cheaper rule, then to fixed depth). ``decision_costs (T,)``: the part of each step's
     cost spent only to decide there (features, policy, an exit head), which adaptive inference

@@ -49,8 +49,11 @@ SHARED_KEYS = (
     "mnist1d_per_level", "stem", "channels", "strides", "head_width", "epochs", "batch_size",
     "lr", "momentum", "weight_decay", "eval_batch", "device", "inference_mode",
 )  # fmt: skip
-# Not ``l2s.betas`` (a job's own β is in its params) nor ``timing.methods`` (whether a job is
-# timed adds the timing keys): adding a β or a timed method reruns no other job.
+# Not ``l2s.betas`` (a job's own β is in its params) nor ``timing.methods``: whether a job is
+# timed is in its params ("timed"), with the timing keys in its keys, so adding a β or a timed
+# method reruns no other job, and timing a finished job (or no longer timing it) is a changed
+# setting. (The timing keys alone did not say so: keys a job's settings gain at their defaults
+# are taken as keys added to the task after the job ran.)
 L2S_KEYS = tuple(f"l2s.{f.name}" for f in dataclasses.fields(L2S) if f.name != "betas")
 METHOD_KEYS = {"sdn": ("sdn_weights",), "l2s": L2S_KEYS, **{m: ("l2w",) for m in L2W_VARIANTS}}
 TIMING_KEYS = ("timing.batch", "timing.repeats")
@@ -80,13 +83,17 @@ def jobs(config: MultiExitConfig) -> list[Job]:
     for method in config.methods:
         # Every training job fits and runs each budget's rule after training.
         keys = SHARED_KEYS + METHOD_KEYS.get(method, ()) + GAIN_KEYS + ("budgets",)
-        keys += TIMING_KEYS if method in config.timing.methods else ()
+        timed = {"timed": True} if method in config.timing.methods else {}
+        keys += TIMING_KEYS if timed else ()
         if method != "l2s":
-            params = {"method": method, **data}
+            params = {"method": method, **data, **timed}
             out.append(Job(method, params, keys=keys, cost=COSTS.get(method, 1.0)))
             continue
         names = {l2s_job_name(beta): beta for beta in config.l2s.betas}
-        out += [Job(n, {"method": "l2s", "beta": b, **data}, keys=keys) for n, b in names.items()]
+        out += [
+            Job(n, {"method": "l2s", "beta": b, **data, **timed}, keys=keys)
+            for n, b in names.items()
+        ]
         after = (*names, "uniform") if "uniform" in config.methods else tuple(names)
         out.append(Job("l2s", {"method": SELECT_L2S}, after=after, keys=("budgets",), cost=0.0))
     return out
@@ -173,7 +180,7 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
         record["weight_log"] = trained.weight_log
         record["weights_final"] = _final_weights(trained.weight_net, model, splits, config)
         record["weights_vs_loss"] = _weights_vs_loss(trained.weight_net, model, splits, config)
-    if set(TIMING_KEYS) <= set(job.keys or ()):  # a timed method's job (see jobs())
+    if job.params.get("timed"):
         record["timing"] = time_early_exit(
             model, test_x, timed_rules, config.timing.batch, config.timing.repeats
         )
