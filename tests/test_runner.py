@@ -134,6 +134,11 @@ def test_reuse_from_takes_jobs_with_identical_settings(tmp_path, capsys):
     assert records(tmp_path / "second") == records(tmp_path / "first")
     reused = json.loads((tmp_path / "second" / "jobs" / "fit-a-s0.json").read_text())
     assert reused["reused_from"].endswith("first/jobs/fit-a-s0.json")
+    # the training curves come with the jobs (metrics.jsonl held none of them: an audit)
+    curves = [
+        (tmp_path / d / "metrics.jsonl").read_text().splitlines() for d in ("first", "second")
+    ]
+    assert curves[0] and sorted(curves[1]) == sorted(curves[0])
     run(tmp_path / "third", "steps=13", f"reuse_from={tmp_path / 'first'}", calls=calls)
     assert sorted(called(calls)) == ["fit-a-s0", "fit-b-s0", "summary-s0"]  # data still matches
     assert "reused 1 of 4 job(s)" in capsys.readouterr().err  # the data job

@@ -750,13 +750,14 @@ def _configure_logging(level: int = logging.INFO) -> None:
 
 
 def _reuse(run: RunDir, source: Path, pending: list[PlannedJob], same_settings) -> int:
-    """Take finished jobs whose settings are the same (record and checkpoints) from ``source``,
-    judged as a rerun into the same directory would judge them (``same_settings(p, settings)``:
-    a key the job no longer reads at this run's value is no difference); a job whose
-    checkpoints are gone there (deleted) is left to run again, since the jobs after it may need
-    them."""
+    """Take finished jobs whose settings are the same (record, checkpoints and training curves
+    in metrics.jsonl) from ``source``, judged as a rerun into the same directory would judge
+    them (``same_settings(p, settings)``: a key the job no longer reads at this run's value is
+    no difference); a job whose checkpoints are gone there (deleted) is left to run again,
+    since the jobs after it may need them."""
     taken = 0
     donor = RunDir(source)
+    curves, log = MetricsLog(donor.metrics_path).read(), MetricsLog(run.metrics_path)
     for p in pending:
         theirs = donor.job_file(p.id)
         if theirs is None or not same_settings(p, theirs.get("settings")):
@@ -767,6 +768,9 @@ def _reuse(run: RunDir, source: Path, pending: list[PlannedJob], same_settings) 
         if kept.is_dir():
             shutil.copytree(kept, run.checkpoints(p.id), dirs_exist_ok=True)
         theirs["reused_from"] = str(donor.job_path(p.id).resolve())
+        for record in curves:  # its training curves come with it
+            if record.get("job") == p.id:
+                log.write(record)
         run.write_json(run.job_path(p.id), theirs)
         taken += 1
     return taken
