@@ -75,3 +75,14 @@ def test_names_the_docs_give_resolve_after_a_plain_import_stopwise():
     )
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_the_layout_section_names_every_core_module_and_task():
+    """Issue 11: the README's layout matches the tree (a module added without a line there,
+    datasets.py, went unnoticed once)."""
+    layout = README.read_text().split("## Layout", 1)[1].split("```")[1]
+    source = README.parent / "src" / "stopwise"
+    modules = {p.name for p in source.glob("*.py") if p.name not in ("__init__.py", "__main__.py")}
+    tasks = {f"{p.name}/" for p in (source / "tasks").iterdir() if (p / "__init__.py").is_file()}
+    listed = set(re.findall(r"^\s+(\S+\.py|\w+/)\s", layout, flags=re.M))
+    assert modules <= listed and tasks <= listed, (modules | tasks) - listed
