@@ -497,6 +497,40 @@ def test_restarts_side_by_side_train_and_choose_like_separate_meta_training(tmp_
             assert torch.equal(trained_weights(checkpoint, r)[key], value)
 
 
+def test_restarts_side_by_side_resume_to_the_uninterrupted_weights_and_choices(tmp_path):
+    """Stopped mid-stage (an error in the 3rd validation) and rerun from the checkpoint: every
+    restart's weights, Adam state, function stream and validation choice carry over, so the
+    result equals an uninterrupted run exactly."""
+    family = RegressionFamily(obs_max=10)
+    val = family.sample(8, torch.Generator().manual_seed(9))
+    schedule = dict(horizon=4, unroll=2, functions=4, lr=1e-2, validate_every=1)
+
+    def train(folder, fail_at=None):
+        torch.manual_seed(0)
+        nets = [LSTMOptimizerNet(update="scaled_rmsprop", output_scale=1.0) for _ in range(2)]
+        calls = []
+
+        def score(net):
+            calls.append(1)
+            if len(calls) == fail_at:
+                raise RuntimeError("stopped")
+            return validation_score(family, net, val, 4)
+
+        settings = LoopSettings(checkpoint_dir=str(folder), checkpoint_every=1)
+        metrics = meta_train_restarts(nets, family, 5, seeds=[1, 2], validate=score,
+                                      settings=settings, **schedule)  # fmt: skip
+        return nets, metrics
+
+    whole, whole_metrics = train(tmp_path / "whole")
+    with pytest.raises(RuntimeError, match="stopped"):
+        train(tmp_path / "cut", fail_at=5)  # restart 0's third score: after 2 checkpoints
+    resumed, resumed_metrics = train(tmp_path / "cut")
+    assert resumed_metrics == whole_metrics
+    for a, b in zip(whole, resumed, strict=True):
+        for key, value in a.state_dict().items():
+            assert torch.equal(b.state_dict()[key], value), key
+
+
 def test_validation_score_is_minus_the_mean_log_gap_over_the_trajectory():
     """Reference: plain gradient descent written out, the gap after every step."""
     from stopwise.tasks.learned_optimizers.experiment import validation_score
