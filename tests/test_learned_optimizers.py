@@ -3,6 +3,7 @@ out as a branch, torch.optim's optimizers, closed-form gradients and optima, an 
 MLP, per-coordinate loops, the random-horizon prior, a plain truncated-BPTT graph for the ACT
 optimizer's gradient, and real adaptive execution counting gradient evaluations."""
 
+import copy
 import math
 from fractions import Fraction
 
@@ -495,6 +496,20 @@ def test_restarts_side_by_side_train_and_choose_like_separate_meta_training(tmp_
     for r in range(2):
         for key, value in nets[r].state_dict().items():
             assert torch.equal(trained_weights(checkpoint, r)[key], value)
+
+
+def test_restarts_with_no_meta_iteration_keep_the_weights_and_no_network_is_refused():
+    family = RegressionFamily(obs_max=10)
+    nets = [LSTMOptimizerNet() for _ in range(2)]
+    before = [copy.deepcopy(net.state_dict()) for net in nets]
+    out = meta_train_restarts(nets, family, 0, seeds=[1, 2], validate=lambda net: 0.0,
+                              validate_every=1, horizon=4, unroll=2, functions=4)  # fmt: skip
+    assert out == [{}, {}] == [meta_train(LSTMOptimizerNet(), family, 0, horizon=4, unroll=2)] * 2
+    for net, weights in zip(nets, before, strict=True):
+        for key, value in net.state_dict().items():
+            assert torch.equal(value, weights[key])
+    with pytest.raises(ValueError, match="at least one network"):
+        StackedLSTMOptimizers([])
 
 
 def test_restarts_side_by_side_resume_to_the_uninterrupted_weights_and_choices(tmp_path):
@@ -1276,3 +1291,30 @@ def test_summary_is_the_normal_interval_of_the_mean_by_hand():
     assert out["mean"] == 2.5 and out["n"] == 4
     assert out["sd"] == pytest.approx(math.sqrt(5 / 3))
     assert out["lo"] == pytest.approx(2.5 - half) and out["hi"] == pytest.approx(2.5 + half)
+
+
+@pytest.mark.parametrize("update", ["additive", "scaled_rmsprop"])
+def test_learned_optimizer_resumes_a_float64_model_from_its_state_dict(update):
+    """torch casts an optimizer's floating state to each parameter's dtype on load; the LSTM
+    state must come back in the network's dtype, and the resumed steps equal uninterrupted ones."""
+    torch.manual_seed(0)
+    net = LSTMOptimizerNet(output_scale=0.1, update=update)
+    x, y = torch.randn(16, 3, dtype=torch.float64), torch.randn(16, 1, dtype=torch.float64)
+    models = [nn.Linear(3, 1).double() for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+
+    def steps(model, optimizer, n):
+        for _ in range(n):
+            optimizer.zero_grad()
+            ((model(x) - y) ** 2).mean().backward()
+            optimizer.step()
+
+    whole = LearnedOptimizer(models[0].parameters(), net)
+    steps(models[0], whole, 6)
+    first = LearnedOptimizer(models[1].parameters(), net)
+    steps(models[1], first, 3)
+    resumed = LearnedOptimizer(models[1].parameters(), net)
+    resumed.load_state_dict(first.state_dict())
+    steps(models[1], resumed, 3)
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        assert torch.equal(a, b)

@@ -10,7 +10,9 @@ import pytest
 
 from stopwise.cli import main
 from stopwise.contract import read_result
+from stopwise.datasets import digits
 from stopwise.experiments import get_experiment, resolve_config
+from stopwise.tasks.learned_optimizers.data import IMAGE_COUNTS, load_images
 from stopwise.tasks.learned_optimizers.report import report
 
 
@@ -84,6 +86,9 @@ def _a_seed_that_reaches_nothing_counts(out):
         ("trained_depths=[0]", "trained_depths"),
         ('stop_families=["mlp"]', "stop_families"),
         ("act.prior_p=1.5", "prior_p"),
+        ("report_steps=[5,5]", "report_steps"),
+        ("beyond=[5]", "beyond"),  # inside the tiny preset's horizon
+        ("mlp.train_size=1797", "mlp.train_size=1797 leaves no test image"),
     ],
 )
 def test_bad_input_exits_2_with_a_named_error(tmp_path, capsys, override, message):
@@ -91,6 +96,18 @@ def test_bad_input_exits_2_with_a_named_error(tmp_path, capsys, override, messag
     args = ["run", "learned-optimizers", "--preset", "tiny", "--set", override, "--out", str(out)]
     assert main(args) == 2
     assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_training_split_that_leaves_no_test_image_exits_2(tmp_path, capsys):
+    """Counted independently: scikit-learn's digits and mnist1d's default dataset."""
+    assert IMAGE_COUNTS["digits"] == len(digits()[1])
+    assert len(load_images("digits", IMAGE_COUNTS["digits"] - 1)["y_test"]) == 1
+    out = tmp_path / "r"
+    args = ["run", "learned-optimizers", "--preset", "tiny", "--set", "mlp.dataset=mnist1d",
+            "--set", "mlp.train_size=5000", "--out", str(out)]  # fmt: skip
+    assert main(args) == 2
+    assert "mnist1d has 5000 images" in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -33,6 +33,7 @@ from .models import (
     LearnedOptimizer,
     LSTMOptimizerNet,
     OptimizerRun,
+    StackedLSTMOptimizers,
     log_and_sign,
     loss_and_gradient,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "load_images",
     "LSTMOptimizerNet",
     "LearnedOptimizer",
+    "StackedLSTMOptimizers",
     "HandDesigned",
     "OptimizerRun",
     "log_and_sign",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...config import Config, distinct, group, param
+from .data import IMAGE_COUNTS
 from .models import GRAD_NORM_FLOOR, HAND_DESIGNED, IMPROVEMENT_FLOOR, LSTMOptimizerNet
 
 __all__ = [
@@ -109,6 +110,14 @@ class MLPSettings(MetaSettings):
         list(MLP_VARIANTS), choices=MLP_VARIANTS, help="generalisation tests to run"
     )
 
+    def check(self) -> None:
+        images = IMAGE_COUNTS[self.dataset]
+        if self.train_size >= images:
+            raise ValueError(
+                f"mlp.train_size={self.train_size} leaves no test image: {self.dataset} has "
+                f"{images} images"
+            )
+
 
 @dataclass
 class ACTSettings:
@@ -179,11 +188,13 @@ class LearnedOptimizersConfig(Config):
     hidden: int = param(20, ge=1, help="LSTM units per layer")
     layers: int = param(2, ge=1, le=4, help="LSTM layers")
     report_steps: list[int] = param(
-        [20, 100], ge=1, min_len=1, help="steps inside the horizon that the table compares"
-    )
+        [20, 100], ge=1, min_len=1, check=distinct,
+        help="steps inside the horizon that the table compares",
+    )  # fmt: skip
     beyond: list[int] = param(
-        [200, 1000], ge=1, help="steps beyond the horizon (regression and quadratics)"
-    )
+        [200, 1000], ge=1, check=distinct,
+        help="steps beyond the horizon (regression and quadratics)",
+    )  # fmt: skip
     validation_functions: int = param(500, ge=10, help="validation functions per family")
     test_functions: int = param(1000, ge=10, help="held-out test functions per family")
     optimizers: list[str] = param(
@@ -228,6 +239,8 @@ class LearnedOptimizersConfig(Config):
             )
         if max(self.report_steps) > self.horizon:
             raise ValueError(f"report_steps {self.report_steps} must not exceed horizon")
+        if self.beyond and min(self.beyond) <= self.horizon:
+            raise ValueError(f"beyond {self.beyond}: every step must lie past horizon")
         if self.trained_depths and max(self.trained_depths) > self.horizon:
             raise ValueError(f"trained_depths {self.trained_depths} must not exceed horizon")
         if self.act.train == "halting" and self.act.init != "lstm":

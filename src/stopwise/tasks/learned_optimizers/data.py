@@ -239,6 +239,10 @@ class QuadraticFamily:
         }
 
 
+# Images of each set (mnist1d: make_dataset's defaults, 4,000 train + 1,000 test).
+IMAGE_COUNTS = {"digits": 1797, "mnist1d": 5000}
+
+
 def load_images(dataset: str, train_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """A fixed train / test split of a small image set, features standardised on train.
 

@@ -308,6 +308,8 @@ def meta_train_restarts(
         **{f"selection{r}": selection for r, selection in enumerate(selections)},
     }
     metrics = core_train_loop(stage, iterations, step_fn, state, settings)
+    if not metrics:  # no meta-iteration: the networks keep their weights (as in meta_train)
+        return [{} for _ in nets]
     out = []
     for r, net in enumerate(nets):
         one = {"meta_loss": metrics[f"meta_loss_{r}"], "final_loss": metrics[f"final_loss_{r}"]}

@@ -182,6 +182,8 @@ class StackedLSTMOptimizers(LSTMOptimizerNet):
 
     def __init__(self, nets: list[LSTMOptimizerNet]):
         nn.Module.__init__(self)
+        if not nets:
+            raise ValueError("StackedLSTMOptimizers needs at least one network")
         first = nets[0]
         shapes = {(n.hidden, n.layers, n.preprocess, n.output_scale, n.update_rule) for n in nets}
         if len(shapes) > 1 or any(net.halting is not None for net in nets):
@@ -275,6 +277,15 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 if halting is not None:
                     self.last_halting_score[p] = -float(halting)
         return loss
+
+    def load_state_dict(self, state_dict) -> None:
+        # torch casts every floating state tensor to its parameter's dtype; the LSTM state
+        # belongs to the network (a float64 model's state would reach a float32 net).
+        super().load_state_dict(state_dict)
+        dtype = self.net.output_dtype()
+        for state in self.state.values():
+            if "lstm" in state:
+                state["lstm"] = tuple(s.to(dtype) for s in state["lstm"])
 
 
 class HandDesigned(nn.Module):
