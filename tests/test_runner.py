@@ -15,7 +15,7 @@ import pytest
 
 from stopwise import experiments
 from stopwise.config import ConfigError
-from stopwise.contract import RunDir, stream_seed
+from stopwise.contract import RunDir, settings_digest, stream_seed
 from stopwise.experiments import RunLock, load_module, run_experiment
 
 MODULE = str(Path(__file__).with_name("sample_experiment.py"))
@@ -311,7 +311,7 @@ def record_data_with_lr(out, lr):
     for name in ("fit-a", "fit-b"):
         dependent = out / "jobs" / f"{name}-s0.json"
         record = json.loads(dependent.read_text())
-        record["settings"]["after"]["data"] = experiments._digest(job["settings"])
+        record["settings"]["after"]["data"] = settings_digest(job["settings"])
         dependent.write_text(json.dumps(record))
 
 
@@ -356,7 +356,7 @@ def test_a_key_added_after_a_job_ran_counts_at_its_default(tmp_path):
     path, after = out / "jobs" / "fit-a-s0.json", out / "jobs" / "summary-s0.json"
     job, summary = json.loads(path.read_text()), json.loads(after.read_text())
     assert job["settings"]["config"].pop("lr") == 0.1  # as if lr had not existed then
-    summary["settings"]["after"]["fit-a"] = experiments._digest(job["settings"])
+    summary["settings"]["after"]["fit-a"] = settings_digest(job["settings"])
     path.write_text(json.dumps(job))
     after.write_text(json.dumps(summary))
     run(out, calls=calls)  # lr at its default (0.1): nothing reruns
@@ -477,9 +477,29 @@ def test_a_dependency_checkpoint_copied_from_another_job_is_refused(tmp_path):
     shutil.copy(out / "checkpoints" / "fit-b-s0" / mine.name, mine)
     (out / "jobs" / "summary-s0.json").unlink()
     with pytest.raises(
-        CheckpointError, match=r'tags \{"job": "fit-b-s0"\}, not by stage .*"fit-a-s0"\}'
+        CheckpointError, match=r'tags \{"job": "fit-b-s0", "settings": .*not by stage .*"fit-a-s0"'
     ):
         run(out)
+
+
+def test_a_checkpoint_copied_from_a_run_with_other_settings_is_refused(tmp_path):
+    """Same job, same stage, another learning rate: its checkpoint was taken as this run's when
+    resumed (the job's own stage) or read (by a job after it)."""
+    from stopwise.checkpoints import CheckpointError
+
+    other, out = tmp_path / "other", tmp_path / "run"
+    run(other, "lr=0.05")
+    run(out)
+    expected = records(out)
+    stage = next((out / "checkpoints" / "fit-a-s0").glob("*.pt")).name
+    for unfinished in ("summary-s0", "fit-a-s0"):  # read by the summary; resumed by fit-a
+        (out / "jobs" / f"{unfinished}.json").unlink()
+        shutil.copy(other / "checkpoints" / "fit-a-s0" / stage, out / "checkpoints" / "fit-a-s0")
+        with pytest.raises(CheckpointError, match="or from a run with other settings"):
+            run(out)
+    (out / "checkpoints" / "fit-a-s0" / stage).unlink()
+    run(out)
+    assert records(out) == expected
 
 
 def test_a_script_without_a_main_guard_is_told_to_add_one(tmp_path):

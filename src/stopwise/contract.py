@@ -41,6 +41,8 @@ __all__ = [
     "stream_seed",
     "job_id",
     "files_digest",
+    "settings_digest",
+    "checkpoint_owner",
 ]
 
 logger = logging.getLogger("stopwise")
@@ -175,9 +177,20 @@ class PlannedJob:
 
 
 def job_tags(id: str) -> dict[str, str]:
-    """The tags of a job's training loops: on its metric records and in its checkpoints (where
-    they say whose checkpoint a file is)."""
+    """The tags of a job's metric records."""
     return {"job": id}
+
+
+def settings_digest(settings: dict[str, Any]) -> str:
+    """A short digest of a job's settings (its planned ``settings``, JSON with sorted keys)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def checkpoint_owner(id: str, settings: dict[str, Any] | None) -> dict[str, str]:
+    """Whose a job's checkpoints are: the job and its settings' digest (``settings`` None: the
+    job alone). A file copied from another job, or from a run with other settings, is refused."""
+    owner = job_tags(id)
+    return owner if settings is None else {**owner, "settings": settings_digest(settings)}
 
 
 class RunDir:
@@ -208,8 +221,16 @@ class RunDir:
         if the file is damaged or another job or stage saved it; ``recover``: what to do then."""
         path = self.checkpoints(id) / f"{stage}.pt"
         saved = load_checkpoint(path, recover=recover)
-        check_owner(saved, path, stage, job_tags(id), recover)
+        check_owner(saved, path, stage, checkpoint_owner(id, self.job_settings(id)), recover)
         return saved["state"]
+
+    def job_settings(self, id: str) -> dict[str, Any] | None:
+        """The settings job ``id`` ran with: its record's if it finished, else those it was
+        started with (its stamp); None if neither file is there."""
+        for path in (self.job_path(id), self.stamp_path(id)):
+            if path.is_file():
+                return read_json_file(path).get("settings")
+        return None
 
     def figure(self, name: str) -> Path:
         return self.path / "figures" / f"{name}.png"
@@ -312,6 +333,7 @@ class JobContext:
             log_every=log_every,
             progress=self._progress,
             tags=job_tags(self.id),
+            owner=checkpoint_owner(self.id, self._planned.settings),
         )
 
     def dependency(self, name: str) -> JobResult:

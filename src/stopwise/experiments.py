@@ -85,6 +85,7 @@ from .contract import (
     job_id,
     read_json_file,
     read_result,
+    settings_digest,
     stream_seed,
 )
 from .training import (
@@ -369,17 +370,13 @@ def plan_jobs(experiment: Experiment, config: Any) -> list[PlannedJob]:
         for job in ordered:
             # A job's numbers also depend on what its dependencies computed.
             own = _job_settings(job, config, seed)
-            own["after"] = {d: _digest(settings[d]) for d in job.after}
+            own["after"] = {d: settings_digest(settings[d]) for d in job.after}
             settings[job.name] = own
             after = tuple(job_id(d, seed) for d in job.after)
             planned.append(
                 PlannedJob(job_id(job.name, seed), job, seed, own, after, reads[job.name])
             )
     return planned
-
-
-def _digest(settings: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _settings_diff(
@@ -431,7 +428,7 @@ def _difference_finder(
             if job_id(name, p.seed) not in by_id or not path.is_file():
                 return False
             ran = read_json_file(path).get("settings") or {}
-            return _digest(ran) == digest and not diff_of(by_id[job_id(name, p.seed)], ran)
+            return settings_digest(ran) == digest and not diff_of(by_id[job_id(name, p.seed)], ran)
 
         return _settings_diff(old, p.settings, defaults, same_dependency, current)
 

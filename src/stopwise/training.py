@@ -280,8 +280,10 @@ class LoopSettings:
     metrics_path: JSONL file for metrics (None: not written).
     log_every: steps between metric records.
     progress: show a tqdm bar; None shows it only when stderr is a terminal.
-    tags: added to every metric record (the job runner tags each record with its job) and
-        kept in each checkpoint: a checkpoint saved with other tags is refused on resume.
+    tags: added to every metric record (the job runner tags each record with its job).
+    owner: whose the checkpoints are, kept in each: one saved by another owner is refused on
+        resume (None: ``tags``; the job runner adds a digest of the job's settings, so that a
+        file copied from a run with other settings is refused too).
     """
 
     checkpoint_dir: str | Path | None = None
@@ -290,6 +292,7 @@ class LoopSettings:
     log_every: int = 50
     progress: bool | None = None
     tags: dict[str, Any] = field(default_factory=dict)
+    owner: dict[str, Any] | None = None
 
     def __post_init__(self):
         for name in ("checkpoint_every", "log_every"):
@@ -314,20 +317,24 @@ def _tags_text(tags: dict[str, Any]) -> str:
 def check_owner(
     saved: dict[str, Any], path: Path, stage: str, tags: dict[str, Any], recover: str | None = None
 ) -> None:
-    """Refuse a checkpoint saved by another stage or with other tags (a file copied by hand
-    between run directories or jobs would otherwise resume silently from someone else's
-    weights). Files saved before checkpoints recorded their tags are taken as they are; tags
-    saved as a dict (before they were kept as JSON text) are compared as that text."""
+    """Refuse a checkpoint saved by another stage or owner (a file copied by hand between run
+    directories or jobs would otherwise resume silently from someone else's weights). Files
+    saved before checkpoints recorded their tags are taken as they are, and the settings digest
+    is compared only where both sides have one (files saved before it was kept, a caller that
+    does not know the settings)."""
+    saved_tags = saved.get("tags", tags)
+    if isinstance(saved_tags, str):
+        saved_tags = json.loads(saved_tags)
+    if "settings" not in saved_tags or "settings" not in tags:
+        saved_tags, tags = ({k: v for k, v in t.items() if k != "settings"}
+                            for t in (saved_tags, tags))  # fmt: skip
     expected = (stage, _tags_text(tags))
-    saved_tags = saved.get("tags", expected[1])
-    if isinstance(saved_tags, dict):
-        saved_tags = _tags_text(saved_tags)
-    owner = (saved.get("stage", stage), saved_tags)
+    owner = (saved.get("stage", stage), _tags_text(saved_tags))
     if owner != expected:
         text = lambda who: f"stage {who[0]}, tags {who[1]}"  # noqa: E731
         raise CheckpointError(
             f"{path} was saved by {text(owner)}, not by {text(expected)} (a file copied from "
-            "another job or stage?). It was not loaded. "
+            "another job or stage, or from a run with other settings?). It was not loaded. "
             + (recover or "Delete it and rerun the same command: the stage is trained again.")
         )
 
@@ -351,6 +358,7 @@ def train_loop(
     main = is_main_process()
     log = MetricsLog(settings.metrics_path if main else None)
     path = Path(settings.checkpoint_dir) / f"{stage}.pt" if settings.checkpoint_dir else None
+    owner = settings.tags if settings.owner is None else settings.owner
 
     def checkpoint(step_done: int) -> None:
         if path is not None and main:
@@ -358,7 +366,7 @@ def train_loop(
                 path,
                 {
                     "stage": stage,
-                    "tags": _tags_text(settings.tags),  # whose it is, e.g. {"job": "l2s-s0"}
+                    "tags": _tags_text(owner),  # whose it is, e.g. {"job": "l2s-s0", ...}
                     "step": step_done,
                     "num_steps": num_steps,
                     "state": {name: obj.state_dict() for name, obj in objects.items()},
@@ -371,7 +379,7 @@ def train_loop(
     metrics: dict[str, float] = {}
     if path is not None and path.exists():
         saved = load_checkpoint(path)
-        check_owner(saved, path, stage, settings.tags)
+        check_owner(saved, path, stage, owner)
         missing = set(objects) - set(saved["state"])
         if missing:
             raise ValueError(f"checkpoint {path} lacks state for {sorted(missing)}")
