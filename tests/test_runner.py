@@ -110,6 +110,23 @@ def test_the_report_is_rebuilt_when_its_code_changes(tmp_path, monkeypatch):
     assert (out / "table.md").read_text() != "stale\n"
 
 
+def test_a_deleted_table_or_figure_is_written_again(tmp_path):
+    out = tmp_path / "run"
+    run(out)
+    table, figures = (out / "table.md").read_text(), sorted((out / "figures").iterdir())
+    assert figures and json.loads((out / "results.json").read_text())["figure_files"]
+    (out / "table.md").unlink()
+    run(out)
+    assert (out / "table.md").read_text() == table
+    figures[0].unlink()
+    run(out)
+    assert sorted((out / "figures").iterdir()) == figures
+    results = (out / "results.json").read_text()
+    (out / "results.json").write_text(results[:20])  # torn: derived, so written again
+    run(out)
+    assert (out / "results.json").read_text() == results
+
+
 def test_report_code_digest_follows_the_file_that_defines_report(tmp_path, monkeypatch):
     module = tmp_path / "my_report.py"
     module.write_text("def report(results, config):\n    return 1\n")
@@ -145,6 +162,30 @@ def test_reuse_from_takes_jobs_with_identical_settings(tmp_path, capsys):
     with pytest.raises(ConfigError, match="not a stopwise run directory"):
         run(tmp_path / "fourth", f"reuse_from={tmp_path / 'nowhere'}")
     assert not (tmp_path / "fourth").exists()
+
+
+def test_reuse_into_a_started_job_replaces_its_attempt(tmp_path):
+    """A job killed here and then taken from another run: its lines in metrics.jsonl and its
+    checkpoints are the donor's alone (the attempt's were kept beside them)."""
+    assert _cli(tmp_path / "full").returncode == 0
+    killed = _cli(tmp_path / "run", {"SAMPLE_KILL_AT": "fit-b-s0:9"})
+    assert killed.returncode == -signal.SIGKILL
+    (tmp_path / "run" / "checkpoints" / "fit-b-s0" / "leftover.pt").write_bytes(b"")
+    assert _cli(tmp_path / "run", None, "--set", f"reuse_from={tmp_path / 'full'}").returncode == 0
+    assert sorted(_metric_keys(tmp_path / "run")) == sorted(_metric_keys(tmp_path / "full"))
+    folders = [tmp_path / d / "checkpoints" / "fit-b-s0" for d in ("full", "run")]
+    assert sorted(p.name for p in folders[1].iterdir()) == sorted(
+        p.name for p in folders[0].iterdir()
+    )
+
+
+def test_reuse_from_a_run_of_another_experiment_is_refused(tmp_path):
+    run(tmp_path / "first")
+    config = json.loads((tmp_path / "first" / "config.json").read_text())
+    (tmp_path / "first" / "config.json").write_text(json.dumps({**config, "experiment": "toy"}))
+    with pytest.raises(ConfigError, match=r"holds a run of another experiment \('toy', not"):
+        run(tmp_path / "second", f"reuse_from={tmp_path / 'first'}")
+    assert not (tmp_path / "second").exists()
 
 
 def test_worker_processes_give_the_same_records(tmp_path):
@@ -395,6 +436,17 @@ def test_unwritable_out_and_damaged_files_are_errors_that_name_them(tmp_path):
     job = next((out / "jobs").glob("*.json"))
     job.write_text("null")  # valid JSON, not a job record (an AttributeError before)
     with pytest.raises(ConfigError, match=rf"{job.name} is damaged \(not a JSON object\)"):
+        run(out)
+    # valid JSON objects without a job's fields (a KeyError, an AttributeError before)
+    fit = out / "jobs" / "fit-a-s0.json"
+    intact = json.loads(fit.read_text())
+    for field, value in (("record", None), ("settings", "x")):
+        fit.write_text(json.dumps({**intact, field: value}))
+        with pytest.raises(ConfigError, match=rf"fit-a-s0.json is damaged \({field}: missing"):
+            run(out)
+    fit.unlink()  # started, not finished: its stamp is read
+    (out / "checkpoints" / "fit-a-s0" / "job.json").write_text(json.dumps({"settings": "x"}))
+    with pytest.raises(ConfigError, match=r"job.json is damaged \(settings: missing"):
         run(out)
 
 

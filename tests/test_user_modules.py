@@ -93,6 +93,14 @@ def test_a_user_module_cannot_take_a_built_in_name(tmp_path):
     assert "experiment 'toy' is already registered by stopwise.tasks.toy" in done.stderr
 
 
+def test_experiments_that_are_not_experiments_exit_2(tmp_path):
+    (tmp_path / "odd.py").write_text("EXPERIMENTS = [1]\n")
+    done = stopwise("list", "--module", "odd.py", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "EXPERIMENTS holds 1, not a stopwise.contract.Experiment" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_report_code_digest_covers_the_reports_whole_package(tmp_path, monkeypatch):
     package = tmp_path / "mypkg"
     (package / "sub").mkdir(parents=True)

@@ -227,10 +227,8 @@ class RunDir:
     def job_settings(self, id: str) -> dict[str, Any] | None:
         """The settings job ``id`` ran with: its record's if it finished, else those it was
         started with (its stamp); None if neither file is there."""
-        for path in (self.job_path(id), self.stamp_path(id)):
-            if path.is_file():
-                return read_json_file(path).get("settings")
-        return None
+        ran = self.job_file(id) or self.job_stamp(id)
+        return None if ran is None else ran["settings"]
 
     def figure(self, name: str) -> Path:
         return self.path / "figures" / f"{name}.png"
@@ -243,7 +241,35 @@ class RunDir:
             atomic_write_text(path, json.dumps(data, indent=1, default=_plain) + "\n")
 
     def job_file(self, id: str) -> dict[str, Any] | None:
-        return read_json_file(self.job_path(id))
+        """Job ``id``'s record file (None if it has not finished); one whose fields are missing
+        or of the wrong type is a :class:`ConfigError`."""
+        path = self.job_path(id)
+        data = read_json_file(path)
+        return _checked(data, path, _JOB_FIELDS, f"job {id}")
+
+    def job_stamp(self, id: str) -> dict[str, Any] | None:
+        """What job ``id`` was started with (``checkpoints/<id>/job.json``: its settings and
+        threads), checked like :meth:`job_file`."""
+        path = self.stamp_path(id)
+        return _checked(read_json_file(path), path, {"settings": dict}, f"job {id}")
+
+
+# The fields of a job's record file that the runner reads, and their types.
+_JOB_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "id": str, "name": str, "seed": int, "params": dict, "settings": dict, "record": dict,
+    "seconds": (int, float), "cpu_seconds": (int, float),
+}  # fmt: skip
+
+
+def _checked(data: dict[str, Any] | None, path: Path, fields: dict, job: str) -> dict | None:
+    """``data`` (a job's file) if each of ``fields`` has its type; else a :class:`ConfigError`."""
+    wrong = [] if data is None else [k for k, t in fields.items() if not isinstance(data.get(k), t)]
+    if wrong:
+        raise ConfigError(
+            f"{path} is damaged ({', '.join(wrong)}: missing or of the wrong type); restore it, "
+            f"or delete it to run {job} again"
+        )
+    return data
 
 
 def _plain(value: Any) -> Any:

@@ -83,7 +83,6 @@ from .contract import (
     RunDir,
     _plain,
     job_id,
-    read_json_file,
     read_result,
     settings_digest,
     stream_seed,
@@ -168,6 +167,10 @@ def _register_from(obj: Any, source: str) -> None:
     if experiments is None:
         raise ValueError(f"{source} defines no EXPERIMENTS list and is not an Experiment")
     for experiment in experiments:
+        if not isinstance(experiment, Experiment):
+            raise ValueError(
+                f"{source}: EXPERIMENTS holds {experiment!r}, not a stopwise.contract.Experiment"
+            )
         register_experiment(experiment)
         _SOURCES.setdefault(experiment.name, source)
 
@@ -424,10 +427,11 @@ def _difference_finder(
 
     def diff_of(p: PlannedJob, old: dict[str, Any]) -> list[str]:
         def same_dependency(name: str, digest: str) -> bool:
-            path = records.job_path(job_id(name, p.seed))
-            if job_id(name, p.seed) not in by_id or not path.is_file():
+            id = job_id(name, p.seed)
+            record = records.job_file(id) if id in by_id else None
+            if record is None:
                 return False
-            ran = read_json_file(path).get("settings") or {}
+            ran = record["settings"]
             return settings_digest(ran) == digest and not diff_of(by_id[job_id(name, p.seed)], ran)
 
         return _settings_diff(old, p.settings, defaults, same_dependency, current)
@@ -470,18 +474,17 @@ def check_run_dir(
     conflicts = []
     for p in planned:
         started = any(run.checkpoints(p.id).glob("*.pt"))  # a stamp alone is not a start
-        for path in (run.job_path(p.id), run.stamp_path(p.id) if started else None):
-            if path is not None and path.is_file():
-                ran = read_json_file(path)
-                old = ran.get("settings")
-                diff = diff_of(p, old or {})
-                stamped = ran.get("threads") if path != run.job_path(p.id) else None
-                if threads is not None and stamped is not None and stamped != threads:
-                    diff.append(f"threads: {stamped} (started with) != {threads}")
-                if diff:
-                    state = "finished" if path == run.job_path(p.id) else "started"
-                    conflicts.append(f"job {p.id} ({state}): " + "; ".join(diff[:6]))
-                break
+        ran, state = run.job_file(p.id), "finished"
+        if ran is None and started:
+            ran, state = run.job_stamp(p.id), "started"
+        if ran is None:
+            continue
+        diff = diff_of(p, ran["settings"])
+        stamped = ran.get("threads") if state == "started" else None
+        if threads is not None and stamped is not None and stamped != threads:
+            diff.append(f"threads: {stamped} (started with) != {threads}")
+        if diff:
+            conflicts.append(f"job {p.id} ({state}): " + "; ".join(diff[:6]))
     if conflicts:
         shown = "\n  ".join(conflicts[:8]) + ("\n  ..." if len(conflicts) > 8 else "")
         raise ConfigError(
@@ -746,31 +749,50 @@ def _configure_logging(level: int = logging.INFO) -> None:
 # ---------------------------------------------------------------- running an experiment
 
 
+def _check_donor(donor: RunDir, experiment: Experiment) -> None:
+    """Refuse a ``reuse_from`` that is not a run of this experiment (another experiment's jobs
+    can have the same ids and settings)."""
+    saved = donor.read_json("config.json") if donor.config_path.is_file() else None
+    if not isinstance(saved, dict) or "experiment" not in saved:
+        raise ConfigError(f"reuse_from={str(donor.path)!r} is not a stopwise run directory")
+    if saved["experiment"] != experiment.name:
+        raise ConfigError(
+            f"reuse_from={str(donor.path)!r} holds a run of another experiment "
+            f"({saved['experiment']!r}, not {experiment.name!r})"
+        )
+
+
 def _reuse(run: RunDir, source: Path, pending: list[PlannedJob], same_settings) -> int:
     """Take finished jobs whose settings are the same (record, checkpoints and training curves
     in metrics.jsonl) from ``source``, judged as a rerun into the same directory would judge
     them (``same_settings(p, settings)``: a key the job no longer reads at this run's value is
     no difference); a job whose checkpoints are gone there (deleted) is left to run again,
-    since the jobs after it may need them."""
-    taken = 0
+    since the jobs after it may need them. A taken job replaces whatever an attempt at it left
+    here (checkpoints and metrics lines)."""
     donor = RunDir(source)
-    curves, log = MetricsLog(donor.metrics_path).read(), MetricsLog(run.metrics_path)
+    taken = []
     for p in pending:
         theirs = donor.job_file(p.id)
-        if theirs is None or not same_settings(p, theirs.get("settings")):
+        if theirs is None or not same_settings(p, theirs["settings"]):
             continue
         kept = donor.checkpoints(p.id)
         if any(not (kept / name).is_file() for name in theirs.get("checkpoints", [])):
             continue
-        if kept.is_dir():
-            shutil.copytree(kept, run.checkpoints(p.id), dirs_exist_ok=True)
-        theirs["reused_from"] = str(donor.job_path(p.id).resolve())
+        taken.append((p.id, theirs))
+    ids = {id for id, _ in taken}
+    log = MetricsLog(run.metrics_path)
+    log.keep_only(lambda record: record.get("job") not in ids)
+    curves = MetricsLog(donor.metrics_path).read() if taken else []
+    for id, theirs in taken:
+        shutil.rmtree(run.checkpoints(id), ignore_errors=True)
+        if donor.checkpoints(id).is_dir():
+            shutil.copytree(donor.checkpoints(id), run.checkpoints(id))
+        theirs["reused_from"] = str(donor.job_path(id).resolve())
         for record in curves:  # its training curves come with it
-            if record.get("job") == p.id:
+            if record.get("job") == id:
                 log.write(record)
-        run.write_json(run.job_path(p.id), theirs)
-        taken += 1
-    return taken
+        run.write_json(run.job_path(id), theirs)
+    return len(taken)
 
 
 def _drop_lost_metrics(run: RunDir, pending: list[PlannedJob]) -> None:
@@ -886,10 +908,19 @@ def _fingerprint(config_plain: dict, results: list[JobResult], code: str) -> str
 
 
 def _write_report(run: RunDir, experiment: Experiment, config: Any, results: list[JobResult]):
-    """Build the report from the jobs' results; table and figures first, results.json last."""
+    """Build the report from the jobs' results; table and figures first, results.json last.
+    Not rebuilt when nothing it reads changed and its files are all there."""
     fingerprint = _fingerprint(to_plain(config), results, _report_code(experiment))
-    previous = run.read_json("results.json")
-    if isinstance(previous, dict) and previous.get("fingerprint") == fingerprint:
+    try:
+        previous = run.read_json("results.json")
+    except ConfigError:  # damaged: it is written again below
+        previous = None
+    if (
+        isinstance(previous, dict)
+        and previous.get("fingerprint") == fingerprint
+        and run.table_path.is_file()
+        and all(run.figure(name).is_file() for name in previous.get("figure_files", []))
+    ):
         return previous.get("summary", "")
     report = experiment.report(results, config)
     if not is_main_process():
@@ -905,6 +936,7 @@ def _write_report(run: RunDir, experiment: Experiment, config: Any, results: lis
         {
             "experiment": experiment.name,
             "fingerprint": fingerprint,
+            "figure_files": sorted(report.figures),
             "summary": report.summary,
             **report.results,
         },
@@ -947,8 +979,8 @@ def run_experiment(
         raise ConfigError(str(error)) from None
     run = RunDir(out if out is not None else Path("runs") / f"{name}-{preset}")
     check_run_dir(run, experiment, planned, config.threads, config)
-    if config.reuse_from and not RunDir(config.reuse_from).config_path.is_file():
-        raise ConfigError(f"reuse_from={config.reuse_from!r} is not a stopwise run directory")
+    if config.reuse_from:
+        _check_donor(RunDir(config.reuse_from), experiment)
     _configure_logging()
     distributed = _init_distributed(config)
     set_threads(config.threads)
