@@ -281,6 +281,7 @@ def test_timing_a_finished_job_or_no_longer_timing_it_is_a_changed_setting(tmp_p
         ("idx", ["val_size=50", "batch_size=16"], "train_size 10 (training rows of fashion"),
         ("idx", ["stem=3"], "stem 3 must divide the input size 8×8"),
         ("idx-mismatch", [], "expected as many labels as images"),
+        ("idx-empty-images", [], "images of size 0×0; need at least 1×1"),
         ("digits", ["stem=3"], "stem 3 must divide the input size 8×8 of digits"),
         ("mnist1d", ["stem=3"], "stem 3 must divide the input size 40 of mnist1d"),
         ("mnist1d", ["mnist1d_per_level=1005"], "mnist1d_per_level=1005 must be a multiple of 10"),
@@ -293,7 +294,9 @@ def test_data_dependent_limits_exit_2_naming_the_key_before_anything_is_written(
     monkeypatch.delenv("STOPWISE_DATA", raising=False)
     args = ["run", "multi-exit", "--preset", "tiny", "--out", str(tmp_path / "r")]
     if data.startswith("idx"):
-        folder = write_idx_folder(tmp_path / "idx", 60, 20, seed=0)
+        folder = write_idx_folder(
+            tmp_path / "idx", 60, 20, seed=0, side=0 if "empty" in data else 8
+        )
         if data == "idx-mismatch":  # 21 test labels for 20 test images
             labels = np.zeros(21, dtype=np.uint8)
             (folder / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(labels))

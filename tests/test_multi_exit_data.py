@@ -89,6 +89,37 @@ def test_malformed_idx_files_are_named(tmp_path):
         idx_shape(garbled, 2)
 
 
+def float_idx_bytes(array: np.ndarray) -> bytes:
+    """An IDX file of type 0x0D (big-endian float32)."""
+    header = bytes([0, 0, 0x0D, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(">f4").tobytes()
+
+
+@pytest.mark.parametrize(
+    "labels", [[1.0, 2.0, 3.0, 4.0], [1.0, 2.5, 3.0, 4.0], [1.0, np.nan, 3, 4]]
+)
+def test_labels_that_are_not_integers_are_refused(tmp_path, labels):
+    """Float labels were cast to int64: 2.5 became 2, NaN the least int64 (scored as wrong)."""
+    write_fashion(tmp_path / "f", n_train=4, n_test=4, gz=False)
+    (tmp_path / "f" / "train-labels-idx1-ubyte").write_bytes(float_idx_bytes(np.array(labels)))
+    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte: labels of IDX type >f4"):
+        load_fashion_mnist(str(tmp_path / "f"))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_pixels_that_are_not_finite_are_refused(tmp_path, bad):
+    """They surfaced as 'training diverged, lower the learning rate'."""
+    write_fashion(tmp_path / "f", n_train=4, n_test=4, gz=False)
+    images = np.ones((4, 28, 28))
+    images[2, 3, 4] = bad
+    (tmp_path / "f" / "t10k-images-idx3-ubyte").write_bytes(float_idx_bytes(images))
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte: pixels that are NaN"):
+        load_fashion_mnist(str(tmp_path / "f"))
+    images[2, 3, 4] = 0.5
+    (tmp_path / "f" / "t10k-images-idx3-ubyte").write_bytes(float_idx_bytes(images))
+    assert load_fashion_mnist(str(tmp_path / "f"))["test_x"][2, 3, 4] == 0.5
+
+
 def test_missing_files_say_where_they_looked_and_how_to_get_them(tmp_path, monkeypatch):
     monkeypatch.delenv("STOPWISE_DATA", raising=False)
     with pytest.raises(DataError) as error:

@@ -55,6 +55,9 @@ def test_tiny_run_writes_the_whole_table(tiny_run):
     # pairs named as the rows are (not by result keys); one seed: no "more than one sd" claim
     assert "| LISTA-stop, threshold − its full depth |" in table and "lista_stop" not in table
     assert "more than one sd" not in table
+    # the summary's lower-half point is the best one on test, and says so (an audit)
+    summary = results_of(tiny_run)["summary"]
+    assert summary.count("its best lower-half budget on test: ") == 2, summary
     # every stop row ran through run_adaptive and stopped where the dense trajectory selects
     for row in rows.values():
         if row["rule"] in ("sampled", "threshold"):

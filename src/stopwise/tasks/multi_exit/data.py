@@ -175,8 +175,15 @@ def load_fashion_mnist(data_dir: str = "") -> dict[str, np.ndarray]:
                 f"{folder}: {part} images have shape {images.shape} and labels {labels.shape}; "
                 f"expected (N, H, W) images and (N,) labels with the same N. {HOW_TO_GET}"
             )
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise DataError(
+                f"{files[f'{part}_labels']}: labels of IDX type {labels.dtype}; class labels "
+                f"are integers (unsigned byte in Fashion-MNIST). {HOW_TO_GET}"
+            )
         if labels.size and (labels.min() < 0 or labels.max() > 9):
             raise DataError(f"{folder}: {part} labels outside 0..9. {HOW_TO_GET}")
+        if images.dtype.kind == "f" and not np.isfinite(images).all():
+            raise DataError(f"{files[f'{part}_images']}: pixels that are NaN or infinite")
         out[f"{part}_x"], out[f"{part}_y"] = images, labels
     return out
 
@@ -351,6 +358,8 @@ def check_data(config) -> None:
     if test_rows == 0:
         raise DataError(f"the IDX test files in {folder} hold no rows. {HOW_TO_GET}")
     train_rows = config.train_size or rows - config.val_size - test_size
+    if min(size) < 1:
+        raise DataError(f"{what}: images of size {'×'.join(map(str, size))}; need at least 1×1")
     if any(n % config.stem for n in size):
         raise DataError(
             f"stem {config.stem} must divide the input size {'×'.join(map(str, size))} of "

@@ -521,8 +521,9 @@ def _summary(results: dict[str, Any]) -> str:
         )
         if lower is not None:
             text += (
-                f"; at {lower['mean_steps']:.1f} layers {lower['mixed']:.2f} dB against "
-                f"{lower['fixed_depth']:.2f} truncated ({lower['margin']:+.2f} dB)"
+                f"; its best lower-half budget on test: {lower['mixed']:.2f} dB at "
+                f"{lower['mean_steps']:.1f} layers against {lower['fixed_depth']:.2f} truncated "
+                f"({lower['margin']:+.2f} dB)"
             )
         text += (
             f"; curve no worse than fixed depth at "
