@@ -38,6 +38,7 @@ from stopwise.tasks.few_shot.experiment import jobs as few_shot_jobs
 from stopwise.tasks.few_shot.methods import (
     adapt_group,
     adapt_task,
+    build_models,
     maml_losses,
     maml_stop_losses,
     sample_step,
@@ -1210,6 +1211,38 @@ def test_omniglot_images_on_a_transparent_background_keep_their_ink(tmp_path):
         for r, c in ((root, tmp_path / "c1"), (clear, tmp_path / "c2"))
     )
     assert torch.equal(white, transparent)
+
+
+def test_omniglot_images_of_16_bits_keep_their_grey_ink(tmp_path):
+    """Pillow's convert("L") clips 16-bit values at 255: grey ink (here 100 · 257) became white."""
+    root = fake_omniglot(tmp_path / "eight", characters=6, drawers=4)
+    for png in root.rglob("*.png"):
+        grey = np.asarray(Image.open(png)).copy()
+        grey[grey == 0] = 100
+        Image.fromarray(grey).save(png)
+    sixteen = tmp_path / "sixteen"
+    shutil.copytree(root, sixteen)
+    for png in sixteen.rglob("*.png"):
+        Image.fromarray(np.asarray(Image.open(png)).astype(np.uint16) * 257).save(png)
+    with Image.open(png) as image:
+        assert image.mode.startswith("I")
+    eight_bits, sixteen_bits = (
+        torch.cat([s.images for s in omniglot_splits(str(r), (4, 1, 1), 0, 28, False, str(c))])
+        for r, c in ((root, tmp_path / "c1"), (sixteen, tmp_path / "c2"))
+    )
+    assert eight_bits.max() > 100 and torch.equal(eight_bits, sixteen_bits)
+
+
+@pytest.mark.parametrize("size", [16, 28, 32, 40])
+def test_the_conv4_learner_is_built_for_the_configured_image_size(size):
+    """Sizes from 32 on crashed in the linear head (built for 28: 1×1 after four poolings)."""
+    config, _ = resolve_config(
+        get_experiment("few-shot"), "quick", ["family=glyphs", f"glyphs.size={size}", "width=4"]
+    )
+    learner, policy = build_models(config, with_policy=True)
+    logits, features = learner(torch.zeros(3, 1, size, size))
+    assert logits.shape == (3, config.ways) and features.shape[1] == learner.feature_dim
+    assert learner.feature_dim == 4 * (size // 16) ** 2
 
 
 @pytest.mark.parametrize("damage", ["truncated", "blank"])

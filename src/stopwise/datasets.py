@@ -1,4 +1,5 @@
-"""Small datasets that ship inside an installed package, shared by the tasks."""
+"""Small datasets that ship inside an installed package, and image-file helpers, shared by the
+tasks."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from .config import DataError
 
-__all__ = ["digits"]
+__all__ = ["digits", "from_16_bit"]
 
 
 def digits() -> tuple[np.ndarray, np.ndarray]:
@@ -34,3 +35,12 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
         bunch = load_digits()
         images, labels = bunch.images, bunch.target.astype(np.int64)
     return images, labels
+
+
+def from_16_bit(array: np.ndarray, path: Path) -> np.ndarray:
+    """16-bit grey pixels to 8 bits: v / 257 rounded (65535 → 255), the inverse of 8 → 16 bits'
+    v · 257 (Pillow's ``convert("L")`` clips them at 255 instead: grey becomes white)."""
+    array = array.astype(np.int64)
+    if array.min() < 0 or array.max() > 65535:
+        raise DataError(f"image {path}: pixel values outside 0..65535 (not a 16-bit image)")
+    return np.floor(array / 257 + 0.5).astype(np.uint8)

@@ -744,7 +744,8 @@ def fit_exit_thresholds(scores: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     ``scores`` ``(N, K)``: a confidence-like score per sample and exit on the validation split
     (higher = more confident; any monotone transform of the confidence gives the same exits).
     Exit k takes the ⌊N q_k⌋ highest-scoring samples not taken by an earlier exit; its threshold
-    is the score of the last one taken (+inf if it takes none); the last exit takes the rest
+    is the score of the last one taken (+inf if it takes none: as in MSDNet's code, also where
+    ties at an earlier threshold left fewer than ⌊N q_k⌋ rows); the last exit takes the rest
     (−inf). Apply with ``ScoreThreshold(thresholds)`` on the same scores.
     Vectorised over samples; the loop runs over exits only.
     """

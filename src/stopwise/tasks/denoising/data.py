@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ...config import DataError
+from ...datasets import from_16_bit
 
 __all__ = [
     "MAX_SIDE",
@@ -193,7 +194,7 @@ def read_image(path: Path) -> np.ndarray:
         with Image.open(path) as image:
             image.load()
             if image.mode.startswith("I"):  # 16-bit grey ("I;16", or "I" as Pillow opens it)
-                return _from_16_bit(np.asarray(image), path)
+                return from_16_bit(np.asarray(image), path)
             if image.mode == "F":
                 raise DataError(
                     f"image {path} has floating-point pixels (mode F); save it as 8 or 16 bits"
@@ -203,14 +204,6 @@ def read_image(path: Path) -> np.ndarray:
             return _to_grey_uint8(np.asarray(image))
     except (OSError, SyntaxError, ValueError) as error:
         raise DataError(f"cannot read image {path}: {error}") from None
-
-
-def _from_16_bit(array: np.ndarray, path: Path) -> np.ndarray:
-    """16-bit grey to 8 bits: v / 257 rounded (65535 → 255), the inverse of 8 → 16 bits' v · 257."""
-    array = array.astype(np.int64)
-    if array.min() < 0 or array.max() > 65535:
-        raise DataError(f"image {path}: pixel values outside 0..65535 (not a 16-bit image)")
-    return np.floor(array / 257 + 0.5).astype(np.uint8)
 
 
 def _header_size(path: Path) -> tuple[int, int]:

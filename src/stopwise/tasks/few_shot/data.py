@@ -31,6 +31,7 @@ import torch
 from ...checkpoints import atomic_write_bytes
 from ...config import DataError
 from ...contract import files_digest
+from ...datasets import from_16_bit
 
 __all__ = [
     "RENDERER_VERSION",
@@ -509,6 +510,8 @@ def _read_glyph(png: Path, size: int) -> np.ndarray:
     try:
         with Image.open(png) as image:
             image.load()
+            if image.mode.startswith("I"):  # 16-bit grey ("I;16", or "I" as Pillow opens it)
+                image = Image.fromarray(from_16_bit(np.asarray(image), png))
             if "A" in image.getbands() or "transparency" in image.info:
                 white = Image.new("RGBA", image.size, "white")
                 image = Image.alpha_composite(white, image.convert("RGBA"))

@@ -48,7 +48,9 @@ def task_sampler(config: FewShotConfig, split: ClassSplit | None):
 def build_models(config: FewShotConfig, with_policy: bool) -> tuple[nn.Module, nn.Module | None]:
     """The learner (and MAML-stop's policy) with the weights of stream ``init`` (the caller
     seeds it), so MAML and MAML-stop of a seed start from the same learner."""
-    learner = make_learner(config.family, config.ways, config.width, config.hidden)
+    learner = make_learner(
+        config.family, config.ways, config.width, config.hidden, config.glyphs.size
+    )
     if not with_policy:
         return learner, None
     policy = SetPolicy(learner.feature_dim, config.steps, config.policy_width, config.policy_hidden)

@@ -403,8 +403,11 @@ class SupportLossStop(nn.Module):
         return -features[:, 2 * self.feature_dim]
 
 
-def make_learner(family: str, ways: int, width: int, hidden: list[int]) -> nn.Module:
-    """The learner of a family: Conv4 (``width`` filters, ``ways`` outputs) or the sine MLP."""
+def make_learner(
+    family: str, ways: int, width: int, hidden: list[int], size: int = 28
+) -> nn.Module:
+    """The learner of a family: Conv4 (``width`` filters, ``ways`` outputs, ``size``×``size``
+    images) or the sine MLP."""
     if family == "sinusoid":
         return SineMLP(tuple(hidden))
-    return Conv4(ways, width)
+    return Conv4(ways, width, size)
