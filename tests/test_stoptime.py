@@ -350,3 +350,14 @@ def test_median_at_a_cdf_of_exactly_one_half_is_that_step():
         cdf = [sum(row[: t + 1]) for t in range(3)]
         assert stop.median()[i].item() == next(t for t in range(3) if cdf[t] >= 0.5)
     assert stop.median().tolist() == [0, 1, 1, 0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_a_beta_that_underflows_gives_the_hard_oracle(dtype):
+    """β = 1e-300 rounded to a float32 0: the least step was 0/0 (NaN, and a run failed as
+    'diverged'). The limit β → 0 is the argmin, ties split evenly."""
+    losses = torch.tensor([[0.7, 0.69, 0.71], [0.5, 0.25, 0.25]], dtype=dtype)
+    expected = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.5, 0.5]], dtype=dtype)
+    for beta in (1e-300, 1e-45, 1e-30):
+        got = oracle(losses, beta)
+        assert got.dtype == dtype and torch.equal(got, expected), (beta, got)

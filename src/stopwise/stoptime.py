@@ -170,10 +170,15 @@ def oracle(
     if not beta > 0:
         raise ValueError(f"beta must be > 0; got {beta}")
     # Shifted by each row's least valid loss (softmax is shift-invariant), so that a tiny β
-    # gives the hard oracle instead of overflowing every step to −inf.
+    # gives the hard oracle instead of overflowing every step to −inf; in at least float32,
+    # with β no smaller than its least normal number (a β that rounds to 0 made the least step
+    # 0/0: NaN), which changes nothing where the softmax has already saturated.
+    dtype = torch.promote_types(losses.dtype, torch.float32)
+    beta = max(beta, torch.finfo(dtype).tiny)
     least = losses.detach().masked_fill(~valid, math.inf).amin(dim=-1, keepdim=True)
     least = torch.where(torch.isfinite(least), least, 0.0)
-    return torch.softmax((-(losses - least) / beta).masked_fill(~valid, -math.inf), dim=-1)
+    scaled = (-(losses.to(dtype) - least) / beta).masked_fill(~valid, -math.inf)
+    return torch.softmax(scaled, dim=-1).to(losses.dtype)
 
 
 def kl_divergence(
