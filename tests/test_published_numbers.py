@@ -1,0 +1,310 @@
+"""Numbers README.md publishes under "Measured" are checked against the committed result files they
+come from (benchmarks/results/), so that a number which drifts from its source, or a source that
+changes under a number, fails here.
+
+Each entry of PUBLISHED names a snippet of README text (unique in it, whitespace collapsed), the
+number as printed in that snippet, the result file and a function giving the source value, and the
+format spec the number is printed at (a percentage point scale is applied in the function; a
+``%`` spec prints a fraction as a percentage). A README edit that drops the snippet fails too:
+update the entry with the text.
+"""
+
+import json
+from functools import cache
+from pathlib import Path
+from statistics import mean, stdev
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+
+
+@cache
+def readme() -> str:
+    return " ".join((ROOT / "README.md").read_text().split())
+
+
+@cache
+def result(name: str) -> dict:
+    return json.loads((ROOT / "benchmarks" / "results" / name).read_text())
+
+
+def pick(rows: list[dict], **fields) -> dict:
+    """The one row of rows whose fields equal the given ones."""
+    (row,) = [row for row in rows if all(row.get(k) == v for k, v in fields.items())]
+    return row
+
+
+def sparse(d: dict, key: str) -> dict:
+    return pick(d["benchmark_preset"]["rows"], key=key)
+
+
+def deep_supervision(d: dict, model: str, field: str) -> list[float]:
+    """A stop model's curve minus the model trained for every depth: one field per budget."""
+    return [point[field] for point in d["adaptive_vs_deep_supervision"][model]["points"]]
+
+
+def parity(d: dict, method: str, rule: str, variant: str = "") -> dict:
+    return pick(d["runs"][0]["best"], method=method, rule=rule, variant=variant)
+
+
+def parity_paired(d: dict, method: str, rule: str, variant: str = "") -> dict:
+    rows = d["runs"][0]["paired_vs_fixed_depth"]
+    return pick(rows, method=method, rule=rule, variant=variant)["interpolation"]
+
+
+def l2w_short_of_target(d: dict, budget: int) -> float:
+    """How far L2W - uniform falls short of its target gain at a budget (points)."""
+    row = d["l2w_minus_uniform"][budget]
+    return row["target_points"] - row["difference_points"]["mean"]
+
+
+def psnr(d: dict, method: str, sigma: int) -> float:
+    """Test PSNR of a denoiser at the sigma-th noise level, the mean over seeds."""
+    per_seed = d["results"]["quality"][method]["psnr"]
+    return mean(values[sigma] for values in per_seed.values())
+
+
+def bm3d_minus_dncnn(d: dict) -> list[float]:
+    return [psnr(d, "bm3d", i) - psnr(d, "dncnn", i) for i in range(5)]
+
+
+def per_seed(d: dict, preset: str, *keys: str) -> list[float]:
+    """One field (a key path) of a few-shot preset's results, per seed."""
+    values = []
+    for value in d["presets"][preset]["per_seed"].values():
+        for key in keys:
+            value = value[key]
+        values.append(value)
+    return values
+
+
+def lstm_minus(d: dict, family: str, step: str, optimizer: str) -> dict:
+    targets = d["targets"][f"{family}: LSTM beats every tuned optimizer"]
+    return targets["lstm_minus_each"][step][optimizer]
+
+
+def log10_gap(d: dict, family: str, optimizer: str, step: str) -> float:
+    return d["families"][family]["optimizers"]["numbers"][optimizer][step]["pooled"]["mean"]
+
+
+def stopping(d: dict, rule: str) -> dict:
+    return d["families"]["regression"]["stopping"]["rows"][rule]
+
+
+def nll_over_full(d: dict, rule: str) -> float:
+    return stopping(d, rule)["nll"] / stopping(d, "lstm")["nll"] - 1
+
+
+def speed(d: dict, model: str, threads: int, field: str = "wall_over_ideal") -> list[float]:
+    """One field of stop_speed's rows of a stop model, one per budget."""
+    return [r[field] for r in d["rows"] if r["model"] == model and r["threads"] == threads]
+
+
+SPARSE, SPARSE_8_10 = "sparse_recovery.json", "sparse_recovery-benchmark-s8910.json"
+PARITY, PARITY_ACT_LR = "parity-tuned.json", "parity-act-lr.json"
+EXITS, EXITS_5_7 = "multi_exit-mnist1d.json", "multi_exit-mnist1d-s567.json"
+FASHION = "multi_exit-fashion-fixed.json"
+DENOISING = "denoising.json"
+FEW_SHOT, FEW_SHOT_5_SEEDS = "few_shot.json", "few_shot-sinusoid-5seeds.json"
+LEARNED, MLP_150 = "learned_optimizers.json", "learned_optimizers-mlp-iter150.json"
+QUADRATIC_1000 = "learned_optimizers-quadratic1000.json"
+RERUN, CHUNKED = "learned_optimizers-rerun-20261206.json", "learned_optimizers-rerun-chunked.json"
+STACKED = "learned_optimizers-rerun-stacked.json"
+SPEED = "stop_speed.json"
+
+# (id, README snippet, the number as printed in it, result file, source value, format spec)
+PUBLISHED = [
+    # Sparse recovery
+    ("sparse-cpss-mixed", "**−25.29 ± 0.07**", "−25.29", SPARSE,
+     lambda d: sparse(d, "cpss_stop-threshold")["mixed"], ".2f"),
+    ("sparse-cpss-mixed-sd", "**−25.29 ± 0.07**", "0.07", SPARSE,
+     lambda d: sparse(d, "cpss_stop-threshold")["sd"]["mixed"], ".2f"),
+    ("sparse-cpss-steps", "| **11.46** |", "11.46", SPARSE,
+     lambda d: sparse(d, "cpss_stop-threshold")["mean_steps"], ".2f"),
+    ("sparse-lista-mixed", "| −20.58 ± 0.08 |", "−20.58", SPARSE,
+     lambda d: sparse(d, "lista")["mixed"], ".2f"),
+    ("sparse-fista100-mixed", "| −19.55 ± 0.03 |", "−19.55", SPARSE,
+     lambda d: sparse(d, "fista-100")["mixed"], ".2f"),
+    ("sparse-lista-stop-steps", "| −24.96 | 19.51 |", "19.51", SPARSE,
+     lambda d: sparse(d, "lista_stop-threshold")["mean_steps"], ".2f"),
+    ("sparse-bound", "| −30.01 ± 0.04 |", "−30.01", SPARSE,
+     lambda d: d["bounds"]["least_squares_on_true_support"]["mixed"], ".2f"),
+    ("sparse-cpu-minutes", "(60.1 CPU-minutes of jobs as the file records them", "60.1", SPARSE,
+     lambda d: d["benchmark_preset"]["jobs_cpu_minutes"], ".1f"),
+    ("sparse-vs-paper-20dB", "by −2.88 / −1.27 / −6.03 / −6.40 dB", "−1.27", SPARSE,
+     lambda d: d["quality"]["margin_db"]["20dB"], ".2f"),
+    ("sparse-vs-paper-40dB", "by −2.88 / −1.27 / −6.03 / −6.40 dB", "−6.40", SPARSE,
+     lambda d: d["quality"]["margin_db"]["40dB"], ".2f"),
+    ("sparse-full-depth-gap", "−0.01 [−0.04, +0.03] dB from its full-depth NMSE", "+0.03", SPARSE,
+     lambda d: d["benchmark_preset"]["domination"]["cpss_stop"]["threshold_row_gap"]["hi"], "+.2f"),
+    ("sparse-vs-deep-supervision", "−0.18 [−0.40, +0.03]), up to 2.75 dB", "2.75", SPARSE,
+     lambda d: -min(deep_supervision(d, "cpss_stop", "margin")), ".2f"),
+    ("sparse-vs-deep-supervision-by-interval", "(37 with the interval below zero", "37", SPARSE,
+     lambda d: sum(hi < 0 for _, hi in deep_supervision(d, "cpss_stop", "margin_interval")), "d"),
+    ("sparse-vs-deep-supervision-1.5-steps", "at 1.5 steps −0.18 [−0.40, +0.03]", "+0.03", SPARSE,
+     lambda d: pick(d["adaptive_vs_deep_supervision"]["cpss_stop"]["points"], budget=1.5)["margin_interval"][1], "+.2f"),
+    ("sparse-one-step", "worse at one step by 0.017 dB", "0.017", SPARSE,
+     lambda d: d["adaptive_vs_deep_supervision"]["cpss_stop"]["worst_margin"], ".3f"),
+    ("sparse-8-10-steps", "+0.01 [−0.04, +0.07] dB with 11.0", "11.0", SPARSE_8_10,
+     lambda d: d["domination"]["cpss_stop"]["threshold_row_steps"]["mean"], ".1f"),
+    ("sparse-8-10-vs-paper", "on 8–10 by −1.20 [−1.67, −0.73]", "−1.67", SPARSE_8_10,
+     lambda d: d["paper_comparison"]["margin_interval"]["20dB"][0], ".2f"),
+    ("sparse-8-10-one-step", "above fixed depth at one step by 0.00002 dB", "0.00002", SPARSE_8_10,
+     lambda d: d["domination"]["cpss_stop"]["worst_margin"], ".5f"),
+    # Parity (accuracies in the file are fractions, printed in percent)
+    ("parity-act-accuracy", "| 96.38 ± 4.49 |", "96.38", PARITY,
+     lambda d: 100 * parity(d, "act", "act")["interpolation_mean"], ".2f"),
+    ("parity-l2s-soft-sd", "| 99.67 ± 0.41 | 4/5 | 6.09 |", "0.41", PARITY,
+     lambda d: 100 * parity(d, "l2s", "median", "soft")["interpolation_std"], ".2f"),
+    ("parity-l2s-soft-steps", "| 99.67 ± 0.41 | 4/5 | 6.09 |", "6.09", PARITY,
+     lambda d: parity(d, "l2s", "median", "soft")["mean_steps"], ".2f"),
+    ("parity-act-minus-fixed", "| −3.54 [−9.13, +2.05] |", "−9.13", PARITY,
+     lambda d: 100 * parity_paired(d, "act", "act")["lo"], ".2f"),
+    ("parity-pondernet-minus-fixed", "| −2.24 [−4.00, −0.47] |", "−0.47", PARITY,
+     lambda d: 100 * parity_paired(d, "pondernet", "sample")["hi"], ".2f"),
+    ("parity-bound-steps", "does in 2.25 steps", "2.25", PARITY,
+     lambda d: parity(d, "thesis", "greedy")["mean_steps"], ".2f"),
+    ("parity-wall", "6,413 s wall", "6,413", PARITY,
+     lambda d: d["runs"][0]["wall_seconds"], ",.0f"),
+    ("parity-act-lr", "is 9.0 [+3.4, +14.5] points above itself", "9.0", PARITY_ACT_LR,
+     lambda d: 100 * d["paired"]["act lr=0.001 - act lr=0.003"]["mean"], ".1f"),
+    # Multi-exit (accuracies in the file are fractions; paired differences are in points)
+    ("exits-first-exit", "on test: 59.5 to 76.3%", "59.5", EXITS,
+     lambda d: 100 * pick(d["lines"], key="uniform")["anytime_accuracy_mean"][0], ".1f"),
+    ("exits-uniform-5%", "| 63.77 ± 0.99 |", "63.77", EXITS,
+     lambda d: 100 * pick(d["lines"], key="uniform")["budget_accuracy_mean"][0], ".2f"),
+    ("exits-l2s-10%", "**72.11 ± 0.58**", "72.11", EXITS,
+     lambda d: 100 * pick(d["l2s_selected"], key="l2s (policy)")["budget_accuracy_mean"][1], ".2f"),
+    ("exits-l2w-minus-uniform-5%", "| −4.56 [−10.93, +1.80] |", "−10.93", EXITS,
+     lambda d: d["paired_vs_uniform_points"]["l2w"][0]["lo"], ".2f"),
+    ("exits-l2s-minus-uniform-10%", "| +3.25 [+1.97, +4.54] |", "+3.25", EXITS,
+     lambda d: d["paired_vs_uniform_points"]["l2s (policy)"][1]["mean"], "+.2f"),
+    ("exits-l2w-cost", "training cost 3.29× uniform", "3.29", EXITS,
+     lambda d: d["train_seconds_vs_uniform"]["l2w"]["cpu"]["mean"], ".2f"),
+    ("exits-l2w-target-miss", "missed by 5.6 and", "5.6", EXITS,
+     lambda d: l2w_short_of_target(d, budget=0), ".1f"),
+    ("exits-s567-l2w", "−2.85 [−5.61, −0.09] at 5%", "−2.85", EXITS_5_7,
+     lambda d: d["paired_vs_uniform_points"]["l2w"][0]["mean"], ".2f"),
+    ("exits-s567-l2s-10%", "it is +3.1 / +2.3 / +1.4 / +1.0 points", "+3.1", EXITS_5_7,
+     lambda d: d["paired_vs_uniform_points"]["l2s (policy)"][1]["mean"], "+.1f"),
+    ("exits-fashion-l2w", "−0.50 [−1.12, +0.13] points at 15%", "−0.50", FASHION,
+     lambda d: pick(d["l2w_minus_uniform"], budget_fraction=0.15)["difference_points"]["mean"], ".2f"),
+    ("exits-fashion-cost", "5.27× the training cost", "5.27", FASHION,
+     lambda d: d["train_seconds_vs_uniform"]["l2w"]["cpu"]["mean"], ".2f"),
+    # Denoising (sigma index 0..4: 35, 45, 55, 65, 75)
+    ("denoising-cpu-minutes", "3 seeds, 85.7 CPU-minutes", "85.7", DENOISING,
+     lambda d: d["run"]["cpu_seconds_all_jobs"] / 60, ".1f"),
+    ("denoising-bm3d-35", "BM3D 29.40 / 28.23 / 27.24", "29.40", DENOISING,
+     lambda d: psnr(d, "bm3d", 0), ".2f"),
+    ("denoising-dncnn-65", "26.65 / 25.32 / 23.84 / 22.29 / 20.71", "22.29", DENOISING,
+     lambda d: psnr(d, "dncnn", 3), ".2f"),
+    ("denoising-stop-75", "DnCNN-stop 26.64 / 25.28 / 23.77 / 22.18 / 20.59", "20.59", DENOISING,
+     lambda d: psnr(d, "stop", 4), ".2f"),
+    ("denoising-stop-minus-dncnn-75", "(paired − DnCNN: −0.01 to −0.13 dB", "−0.13", DENOISING,
+     lambda d: pick(d["results"]["comparisons"], a="stop", b="dncnn", sigma=75.0)["mean"], ".2f"),
+    ("denoising-below-bm3d-least", "DnCNN is 2.8–5.0 dB below BM3D", "2.8", DENOISING,
+     lambda d: min(bm3d_minus_dncnn(d)), ".1f"),
+    ("denoising-below-bm3d-most", "DnCNN is 2.8–5.0 dB below BM3D", "5.0", DENOISING,
+     lambda d: max(bm3d_minus_dncnn(d)), ".1f"),
+    ("denoising-policy-cost", "The policy costs 0.99% of a step", "0.99%", DENOISING,
+     lambda d: d["results"]["policy_cost"]["policy_fraction_of_step"], ".2%"),
+    # Few-shot
+    ("few-shot-stop-mse", "MAML-stop 0.837 ± 0.059 test MSE", "0.837", FEW_SHOT,
+     lambda d: mean(per_seed(d, "sinusoid", "maml_stop")), ".3f"),
+    ("few-shot-stop-mse-sd", "MAML-stop 0.837 ± 0.059 test MSE", "0.059", FEW_SHOT,
+     lambda d: stdev(per_seed(d, "sinusoid", "maml_stop")), ".3f"),
+    ("few-shot-stop-steps", "at 8.1 mean inner steps", "8.1", FEW_SHOT,
+     lambda d: mean(per_seed(d, "sinusoid", "maml_stop_mean_steps")), ".1f"),
+    ("few-shot-maml-mse", "1.301 ± 0.264 — MSE ratio", "1.301", FEW_SHOT,
+     lambda d: mean(per_seed(d, "sinusoid", "best_maml", "test_value")), ".3f"),
+    ("few-shot-stop-learner-oracle", "under that oracle: 0.696)", "0.696", FEW_SHOT,
+     lambda d: mean(per_seed(d, "sinusoid", "oracle", "mean")), ".3f"),
+    ("few-shot-ratio-seed-2", "MSE ratio 0.55 / 0.65 / 0.77 per seed", "0.77", FEW_SHOT,
+     lambda d: d["presets"]["sinusoid"]["verdicts"]["mse_ratio"]["2"], ".2f"),
+    ("few-shot-spearman-seed-1", "ρ(stop step, K) +0.58 / +0.78 / +0.74", "+0.78", FEW_SHOT,
+     lambda d: d["presets"]["sinusoid"]["verdicts"]["spearman_steps_shots"]["1"], "+.2f"),
+    ("few-shot-ratio-interval", "seeds 0–2 alone [0.39, 0.92]", "0.92", FEW_SHOT,
+     lambda d: d["presets"]["sinusoid"]["verdicts"]["mse_ratio_over_seeds"]["hi"], ".2f"),
+    ("few-shot-ratio-interval-5-seeds", "interval is [0.37, 0.93]", "0.93", FEW_SHOT_5_SEEDS,
+     lambda d: d["mse_ratio_over_seeds"]["hi"], ".2f"),
+    ("few-shot-glyph-cpu-minutes", "3 seeds, 100.8 CPU-minutes", "100.8", FEW_SHOT,
+     lambda d: d["presets"]["benchmark"]["cpu_seconds_all_jobs"] / 60, ".1f"),
+    ("few-shot-glyph-maml", "MAML reaches 99.7%", "99.7", FEW_SHOT,
+     lambda d: mean(per_seed(d, "benchmark", "best_maml", "test_value")), ".1f"),
+    ("few-shot-glyph-stop-minus-maml", "MAML is +0.01 [−0.17, +0.19] points", "−0.17", FEW_SHOT,
+     lambda d: d["presets"]["benchmark"]["stop_minus_best_over_seeds"]["lo"], ".2f"),
+    # Learned optimizers (mean log10 suboptimality)
+    ("lo-cpu-minutes", "seeds, 54 CPU-minutes before", "54", LEARNED,
+     lambda d: d["cpu_budget"]["cpu_minutes"], ".0f"),
+    ("lo-cpu-minutes-stacked", "and **54.4** with", "54.4", STACKED,
+     lambda d: d["cpu_budget"]["cpu_minutes"], ".1f"),
+    ("lo-cpu-minutes-chunked", "60.8 with the LSTM optimizer evaluated", "60.8", CHUNKED,
+     lambda d: d["cpu_budget"]["cpu_minutes"], ".1f"),
+    ("lo-cpu-minutes-rerun", "150 iterations, 61.8 since", "61.8", RERUN,
+     lambda d: d["cpu_budget"]["cpu_minutes"], ".1f"),
+    ("lo-regression-20-lstm", "−16.40 vs RMSprop −14.36: −2.05 [−3.91, −0.18]", "−16.40", LEARNED,
+     lambda d: log10_gap(d, "regression", "lstm", "20"), ".2f"),
+    ("lo-regression-20-rmsprop", "−16.40 vs RMSprop −14.36: −2.05 [−3.91, −0.18]", "−14.36", LEARNED,
+     lambda d: log10_gap(d, "regression", "rmsprop", "20"), ".2f"),
+    ("lo-regression-20-paired", "−16.40 vs RMSprop −14.36: −2.05 [−3.91, −0.18]", "−2.05", LEARNED,
+     lambda d: lstm_minus(d, "regression", "20", "rmsprop")["mean"], ".2f"),
+    ("lo-regression-100-paired", "−23.95 vs RMSprop −22.39: −1.55 [−1.73, −1.38]", "−1.73", LEARNED,
+     lambda d: lstm_minus(d, "regression", "100", "rmsprop")["lo"], ".2f"),
+    ("lo-quadratic-20-paired", "−0.49 vs RMSprop −0.13: −0.36 [−0.45, −0.27]", "−0.36", LEARNED,
+     lambda d: lstm_minus(d, "quadratic", "20", "rmsprop")["mean"], ".2f"),
+    ("lo-quadratic-100-lstm", "−2.34 vs momentum −2.38: +0.04 [−0.73, +0.81]", "−2.34", LEARNED,
+     lambda d: log10_gap(d, "quadratic", "lstm", "100"), ".2f"),
+    ("lo-quadratic-100-paired", "−2.34 vs momentum −2.38: +0.04 [−0.73, +0.81]", "+0.81", LEARNED,
+     lambda d: lstm_minus(d, "quadratic", "100", "momentum")["hi"], "+.2f"),
+    ("lo-act-steps", "stops after 6.8 and L2S-stop after 6.5 of 100", "6.8", LEARNED,
+     lambda d: stopping(d, "act")["steps"], ".1f"),
+    ("lo-l2s-steps", "stops after 6.8 and L2S-stop after 6.5 of 100", "6.5", LEARNED,
+     lambda d: stopping(d, "l2s")["steps"], ".1f"),
+    ("lo-act-nll", "within 0.4% / 0.07% of the full run's NLL", "0.4%", LEARNED,
+     lambda d: nll_over_full(d, "act"), ".1%"),
+    ("lo-l2s-nll", "within 0.4% / 0.07% of the full run's NLL", "0.07%", LEARNED,
+     lambda d: nll_over_full(d, "l2s"), ".2%"),
+    ("lo-quadratic1000-paired", "in the mean, −0.06 [−0.29, +0.16]", "−0.06", QUADRATIC_1000,
+     lambda d: lstm_minus(d, "quadratic", "100", "momentum")["mean"], ".2f"),
+    ("lo-quadratic1000-cpu-minutes", "takes 66.7 CPU-minutes", "66.7", QUADRATIC_1000,
+     lambda d: d["cpu_budget"]["cpu_minutes"], ".1f"),
+    ("lo-mlp150-minus-momentum", "− momentum −0.0059 [−0.0073, −0.0045]", "−0.0059", MLP_150,
+     lambda d: d["lstm_minus"]["loss"]["momentum"]["mean"], ".4f"),
+    ("lo-mlp150-minus-adam-log", "(−0.36 [−0.73, +0.01]: *missed*)", "+0.01", MLP_150,
+     lambda d: d["lstm_minus"]["log10_loss"]["adam"]["hi"], "+.2f"),
+    ("lo-mlp150-accuracy", "its test accuracy, 0.955,", "0.955", MLP_150,
+     lambda d: mean(d["per_seed_lstm"]["accuracy"]), ".3f"),
+    # Stop speed (measured / ideal speedup over the budgets)
+    ("speed-cpss-best", "| LISTA-CP-SS-stop | 1.00–1.37 | 0.94–1.27 |", "1.37", SPEED,
+     lambda d: max(speed(d, "LISTA-CP-SS-stop", 1)), ".2f"),
+    ("speed-cpss-worst-2-threads", "| LISTA-CP-SS-stop | 1.00–1.37 | 0.94–1.27 |", "0.94", SPEED,
+     lambda d: min(speed(d, "LISTA-CP-SS-stop", 2)), ".2f"),
+    ("speed-dncnn-worst", "| DnCNN-stop | 0.68–1.00 | 0.65–0.99 | 1.5% |", "0.68", SPEED,
+     lambda d: min(speed(d, "DnCNN-stop", 1)), ".2f"),
+    ("speed-dncnn-policy", "| DnCNN-stop | 0.68–1.00 | 0.65–0.99 | 1.5% |", "1.5%", SPEED,
+     lambda d: speed(d, "DnCNN-stop", 1, "policy_fraction")[0], ".1%"),
+    ("speed-lstm-l2s-policy", "| LSTM optimizer + L2S | 0.74–0.89 | 0.62–0.82 | 4.5% |", "4.5%", SPEED,
+     lambda d: speed(d, "LSTM optimizer + L2S", 1, "policy_fraction")[0], ".1%"),
+    ("speed-exit-policy-fixed-share", "L2S exit policy | 0.59–0.81 | 0.47–0.76 | 0.8% | 22% |", "22%", SPEED,
+     lambda d: speed(d, "L2S exit policy", 1, "fixed_share")[0], ".0%"),
+    ("speed-lista-worst", "(0.802 at its cheapest budget, an ideal of 57×", "0.802", SPEED,
+     lambda d: min(speed(d, "LISTA-stop", 1)), ".3f"),
+    ("speed-lista-ideal", "(0.802 at its cheapest budget, an ideal of 57×", "57", SPEED,
+     lambda d: max(speed(d, "LISTA-stop", 1, "ideal_speedup")), ".0f"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("snippet", "printed", "source", "value", "spec"),
+    [entry[1:] for entry in PUBLISHED],
+    ids=[entry[0] for entry in PUBLISHED],
+)
+def test_a_published_number_is_its_source_value_as_printed(snippet, printed, source, value, spec):
+    occurrences = readme().count(snippet)
+    assert occurrences == 1, f"README.md says {snippet!r} {occurrences} times, not once"
+    assert printed in snippet
+    source_value = value(result(source))
+    assert format(source_value, spec) == printed.replace("−", "-"), (
+        f"README.md prints {printed} in {snippet!r}; {source} gives {source_value!r}"
+    )
