@@ -73,7 +73,7 @@ def _a_seed_that_reaches_nothing_counts(out):
 
 
 @pytest.mark.parametrize(
-    "override, message",
+    "overrides, message",
     [
         ("horizon=0", "horizon"),
         ("unroll=500", "unroll"),  # longer than the tiny preset's horizon
@@ -89,35 +89,24 @@ def _a_seed_that_reaches_nothing_counts(out):
         ("report_steps=[5,5]", "report_steps"),
         ("beyond=[5]", "beyond"),  # inside the tiny preset's horizon
         ("mlp.train_size=1797", "mlp.train_size=1797 leaves no test image"),
+        (("mlp.dataset=mnist1d", "mlp.train_size=5000"), "mnist1d has 5000 images"),
+        (("act.train=halting", "act.init=scratch"), "act.init=lstm"),  # a frozen update net
     ],
 )
-def test_bad_input_exits_2_with_a_named_error(tmp_path, capsys, override, message):
+def test_bad_input_exits_2_with_a_named_error(tmp_path, capsys, overrides, message):
     out = tmp_path / "r"
-    args = ["run", "learned-optimizers", "--preset", "tiny", "--set", override, "--out", str(out)]
+    args = ["run", "learned-optimizers", "--preset", "tiny", "--out", str(out)]
+    for override in (overrides,) if isinstance(overrides, str) else overrides:
+        args += ["--set", override]
     assert main(args) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
 
 
-def test_a_training_split_that_leaves_no_test_image_exits_2(tmp_path, capsys):
-    """Counted independently: scikit-learn's digits and mnist1d's default dataset."""
+def test_the_image_counts_are_the_data_sets_own():
+    """Counted independently: scikit-learn's digits (mnist1d's 5,000 are its defaults)."""
     assert IMAGE_COUNTS["digits"] == len(digits()[1])
     assert len(load_images("digits", IMAGE_COUNTS["digits"] - 1)["y_test"]) == 1
-    out = tmp_path / "r"
-    args = ["run", "learned-optimizers", "--preset", "tiny", "--set", "mlp.dataset=mnist1d",
-            "--set", "mlp.train_size=5000", "--out", str(out)]  # fmt: skip
-    assert main(args) == 2
-    assert "mnist1d has 5000 images" in capsys.readouterr().err
-    assert not out.exists()
-
-
-def test_a_frozen_update_network_needs_the_lstm_init(tmp_path, capsys):
-    out = tmp_path / "r"
-    args = ["run", "learned-optimizers", "--preset", "tiny", "--set", "act.train=halting",
-            "--set", "act.init=scratch", "--out", str(out)]  # fmt: skip
-    assert main(args) == 2
-    assert "act.init=lstm" in capsys.readouterr().err
-    assert not out.exists()
 
 
 def test_the_gain_objective_trains_l2s_stop_on_log_suboptimality(tmp_path, capsys):
