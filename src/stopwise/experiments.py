@@ -702,10 +702,11 @@ def _worker_death(running: dict[Any, PlannedJob], job: PlannedJob) -> Iterator[N
             raise Interrupted(stop_signal()) from error
         ids = ", ".join(sorted({job.id, *(q.id for q in running.values())}))
         raise WorkerDied(
-            f"a worker process died while running {ids} (killed by the operating system, e.g. "
-            "out of memory, or by a signal sent to it alone; or it failed as it started, with "
-            "its error printed above); any other worker checkpointed its stage. Rerun the same "
-            "command to resume, with --set workers=1 if memory is short."
+            f"a worker process died while running {ids}: it failed as it started if an error "
+            "is printed above (fix that first), else it was killed by the operating system "
+            "(e.g. out of memory) or by a signal sent to it alone; any other worker "
+            "checkpointed its stage. Rerun the same command to resume, with --set workers=1 if "
+            "memory is short."
         ) from error
 
 
