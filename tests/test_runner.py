@@ -97,6 +97,16 @@ def test_changed_settings_are_refused_and_report_keys_are_not(tmp_path, capsys):
     assert json.loads((out / "results.json").read_text())["title"] == "renamed"
 
 
+def test_a_run_with_another_config_into_a_run_directory_says_what_differs(tmp_path, capsys):
+    out = tmp_path / "run"
+    run(out)
+    run(out, "seeds=0,1")  # more seeds: the same run, extended
+    assert "held a run of preset" not in capsys.readouterr().err
+    run(out, "title=renamed")
+    said = capsys.readouterr().err
+    assert f"{out} held a run of preset tiny; this one (tiny) differs in title" in said
+
+
 def test_the_report_is_rebuilt_when_its_code_changes(tmp_path, monkeypatch):
     out = tmp_path / "run"
     run(out)

@@ -579,6 +579,26 @@ def environment(config: Any) -> dict[str, Any]:
     }
 
 
+def _say_what_changed(run: RunDir, preset: str, plain: dict[str, Any]) -> None:
+    """Log the keys in which this run's config differs from the one the directory held (its
+    jobs with other settings stay as files; the report covers this config's jobs only)."""
+    previous = run.read_json("config.json")
+    if not isinstance(previous, dict) or not isinstance(previous.get("config"), dict):
+        return
+    old, new = flatten(previous["config"]), flatten(plain)
+    changed = sorted(k for k in old.keys() | new.keys()
+                     if k not in RUNNER_KEYS and old.get(k) != new.get(k))  # fmt: skip
+    if changed or previous.get("preset") != preset:
+        logger.info(
+            "%s held a run of preset %s; this one (%s) differs in %s: its finished jobs stay "
+            "as files, the report covers this run's jobs",
+            run.path,
+            previous.get("preset"),
+            preset,
+            ", ".join(changed[:8]) or "no key",
+        )
+
+
 def _record_environment(run: RunDir, config: Any) -> None:
     """env.json keeps the first start and appends every resume."""
     now = environment(config)
@@ -995,6 +1015,7 @@ def run_experiment(
 
     with lock, stop_on_signals():
         plain = to_plain(config)
+        _say_what_changed(run, preset, plain)
         run.write_json(run.config_path, {"experiment": name, "preset": preset, "config": plain})
         _record_environment(run, config)
         pending = unfinished()
