@@ -432,7 +432,7 @@ def _difference_finder(
             if record is None:
                 return False
             ran = record["settings"]
-            return settings_digest(ran) == digest and not diff_of(by_id[job_id(name, p.seed)], ran)
+            return settings_digest(ran) == digest and not diff_of(by_id[id], ran)
 
         return _settings_diff(old, p.settings, defaults, same_dependency, current)
 
@@ -460,16 +460,11 @@ def check_run_dir(
         )
     if not out.exists() or not any(p.name != run.lock_path.name for p in out.iterdir()):
         return
-    previous = run.read_json("config.json") if run.config_path.is_file() else None
-    if not isinstance(previous, dict) or "experiment" not in previous:
-        raise ConfigError(
-            f"--out {out} is a non-empty directory that is not a stopwise run; choose another"
-        )
-    if previous["experiment"] != experiment.name:
-        raise ConfigError(
-            f"--out {out} holds a run of another experiment ({previous['experiment']!r}, not "
-            f"{experiment.name!r}); choose another --out"
-        )
+    _check_experiment(
+        run, experiment, f"--out {out}",
+        "is a non-empty directory that is not a stopwise run; choose another",
+        "; choose another --out",
+    )  # fmt: skip
     diff_of = _difference_finder(run, experiment, planned, config)
     conflicts = []
     for p in planned:
@@ -491,6 +486,20 @@ def check_run_dir(
             f"--out {out} holds jobs run with other settings:\n  {shown}\nrerun with the same "
             "settings, choose another --out (reuse_from= takes the jobs that still match), or "
             "delete a job's jobs/<id>.json and checkpoints/<id>/ to redo it"
+        )
+
+
+def _check_experiment(run: RunDir, experiment: Experiment, what: str, not_a_run: str,
+                      advice: str = "") -> None:  # fmt: skip
+    """Refuse a directory that is not a stopwise run (``what`` + ``not_a_run``), or holds a run
+    of another experiment, whose jobs can have the same ids and settings."""
+    saved = run.read_json("config.json") if run.config_path.is_file() else None
+    if not isinstance(saved, dict) or "experiment" not in saved:
+        raise ConfigError(f"{what} {not_a_run}")
+    if saved["experiment"] != experiment.name:
+        raise ConfigError(
+            f"{what} holds a run of another experiment ({saved['experiment']!r}, not "
+            f"{experiment.name!r}){advice}"
         )
 
 
@@ -770,19 +779,6 @@ def _configure_logging(level: int = logging.INFO) -> None:
 # ---------------------------------------------------------------- running an experiment
 
 
-def _check_donor(donor: RunDir, experiment: Experiment) -> None:
-    """Refuse a ``reuse_from`` that is not a run of this experiment (another experiment's jobs
-    can have the same ids and settings)."""
-    saved = donor.read_json("config.json") if donor.config_path.is_file() else None
-    if not isinstance(saved, dict) or "experiment" not in saved:
-        raise ConfigError(f"reuse_from={str(donor.path)!r} is not a stopwise run directory")
-    if saved["experiment"] != experiment.name:
-        raise ConfigError(
-            f"reuse_from={str(donor.path)!r} holds a run of another experiment "
-            f"({saved['experiment']!r}, not {experiment.name!r})"
-        )
-
-
 def _reuse(run: RunDir, source: Path, pending: list[PlannedJob], same_settings) -> int:
     """Take finished jobs whose settings are the same (record, checkpoints and training curves
     in metrics.jsonl) from ``source``, judged as a rerun into the same directory would judge
@@ -800,10 +796,12 @@ def _reuse(run: RunDir, source: Path, pending: list[PlannedJob], same_settings) 
         if any(not (kept / name).is_file() for name in theirs.get("checkpoints", [])):
             continue
         taken.append((p.id, theirs))
+    if not taken:
+        return 0
     ids = {id for id, _ in taken}
     log = MetricsLog(run.metrics_path)
     log.keep_only(lambda record: record.get("job") not in ids)
-    curves = MetricsLog(donor.metrics_path).read() if taken else []
+    curves = MetricsLog(donor.metrics_path).read()
     for id, theirs in taken:
         shutil.rmtree(run.checkpoints(id), ignore_errors=True)
         if donor.checkpoints(id).is_dir():
@@ -1001,7 +999,10 @@ def run_experiment(
     run = RunDir(out if out is not None else Path("runs") / f"{name}-{preset}")
     check_run_dir(run, experiment, planned, config.threads, config)
     if config.reuse_from:
-        _check_donor(RunDir(config.reuse_from), experiment)
+        what = f"reuse_from={config.reuse_from!r}"
+        _check_experiment(
+            RunDir(config.reuse_from), experiment, what, "is not a stopwise run directory"
+        )
     _configure_logging()
     distributed = _init_distributed(config)
     set_threads(config.threads)
