@@ -580,3 +580,9 @@ def test_act_halts_where_the_sum_reaches_exactly_one_minus_eps():
         assert halting.remainder.tolist() == [R]
         assert halting.weights[0].tolist() == weights
         assert halting.ponder_cost.tolist() == [N + R]
+
+
+@pytest.mark.parametrize("eps", [-0.1, 1.0, 2.0])
+def test_act_eps_outside_its_range_is_refused(eps):
+    with pytest.raises(ValueError, match="0 <= eps < 1"):
+        act_halting(torch.zeros(2, 3), eps=eps)

@@ -361,3 +361,38 @@ def test_a_beta_that_underflows_gives_the_hard_oracle(dtype):
     for beta in (1e-300, 1e-45, 1e-30):
         got = oracle(losses, beta)
         assert got.dtype == dtype and torch.equal(got, expected), (beta, got)
+
+
+def test_a_nan_loss_is_the_worst_step_and_an_all_nan_row_stays_nan():
+    """torch's argmin/amin pick a NaN: a step that diverged became the oracle's best step."""
+    nan = math.nan
+    losses = torch.tensor([[nan, 1.0, 2.0], [0.5, 0.2, nan], [nan, nan, nan]])
+    hard = oracle(losses, 1.0, hard=True)
+    assert hard[:2].tolist() == [[0.0, 1.0, 0.0], [0.0, 1.0, 0.0]]
+    assert torch.isnan(hard[2]).all()
+    soft = oracle(losses, 1.0)
+    # softmax(−ℓ/β) over the finite steps only, by hand
+    first = [0.0, 1 / (1 + math.exp(-1.0)), math.exp(-1.0) / (1 + math.exp(-1.0))]
+    second = [math.exp(-0.5) / (math.exp(-0.5) + math.exp(-0.2))]
+    second += [1 - second[0], 0.0]
+    assert soft[:2].flatten().tolist() == pytest.approx(first + second, abs=1e-6)
+    assert torch.isnan(soft[2]).all()
+
+
+def test_infinite_losses_give_the_limit_not_nan():
+    """ℓ = −inf at some steps: in the limit all the mass is shared by them; every step +inf:
+    the losses are equal, so q* is uniform (both were 0/0 = NaN)."""
+    inf = math.inf
+    losses = torch.tensor([[1.0, -inf, -inf, 0.0], [inf, inf, inf, inf]], dtype=torch.float64)
+    for beta in (1e-3, 1.0, 1e3):
+        assert oracle(losses, beta).tolist() == [[0, 0.5, 0.5, 0], [0.25] * 4]
+    assert oracle(losses, 1.0, hard=True)[0].tolist() == [0, 1, 0, 0]
+
+
+def test_renormalized_stop_time_of_a_row_that_never_stops_is_its_last_valid_step():
+    inf = math.inf
+    logits = torch.tensor([[-inf, -inf, -inf], [-inf, -inf, -inf], [0.0, -inf, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 1, 1]], dtype=torch.bool)
+    probs = StopTime(logits, mask, tail="renormalize").probs
+    # row 3 by the definition: q ∝ (1/2, 0, 1/2 · 1/2) over the valid steps
+    assert probs.flatten().tolist() == pytest.approx([0, 0, 1, 0, 1, 0, 2 / 3, 0, 1 / 3])

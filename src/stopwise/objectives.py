@@ -125,6 +125,8 @@ def act_halting(
 
     N(x) = min{n : Σ_{n'≤n} h_{n'} ≥ 1 − ε}, or the last valid step if the sum never gets there.
     """
+    if not 0 <= eps < 1:  # ε ≥ 1 halts every row at once; Graves takes ε small and positive
+        raise ValueError(f"ACT needs 0 <= eps < 1; got {eps}")
     h = torch.sigmoid(halting_logits)
     valid = _expand_mask(mask, h.shape, h.device)
     h = h.masked_fill(~valid, 0.0)

@@ -60,7 +60,8 @@ class StopTime:
         mask: optional valid-step mask, ``(T,)`` or ``(B, T)``. Invalid steps get probability 0
             and never stop; the last valid step of each row absorbs the remaining mass.
         tail: ``"absorb"`` (default; the last valid step takes the remainder ∏(1−λ)) or
-            ``"renormalize"`` (PonderNet's alternative: q(t) ∝ λ_t ∏_{τ<t}(1−λ_τ) over valid steps).
+            ``"renormalize"`` (PonderNet's alternative: q(t) ∝ λ_t ∏_{τ<t}(1−λ_τ) over valid steps;
+            a row whose every λ_t is 0 stops at its last valid step).
 
     ``log_probs``/``probs`` are ``(B, T)``; ``mean()`` is the expected number of steps used
     (1-based); ``sample()`` and ``median()`` return 0-based step indices for indexing trajectories.
@@ -91,11 +92,15 @@ class StopTime:
         log_survival = torch.cat(
             [torch.zeros_like(log_go[:, :1]), torch.cumsum(log_go[:, :-1], dim=-1)], dim=-1
         )
+        is_last = F.one_hot(_last_valid(mask), h.shape[-1]).bool()
+        absorbed = log_survival + torch.where(is_last, 0.0, log_stop)
         if self.tail == "absorb":
-            is_last = F.one_hot(_last_valid(mask), h.shape[-1]).bool()
-            log_stop = torch.where(is_last, 0.0, log_stop)
-            return log_survival + log_stop
+            return absorbed
         log_q = log_survival + log_stop
+        # A row that never stops (every λ_t = 0) has nothing to renormalise (0/0): its mass
+        # goes to the last valid step, as with "absorb".
+        never = torch.isneginf(log_q).all(dim=-1, keepdim=True)
+        log_q = torch.where(never, absorbed, log_q)
         return log_q - torch.logsumexp(log_q, dim=-1, keepdim=True)
 
     @property
@@ -160,24 +165,32 @@ def oracle(
         mask: optional valid-step mask ``(T,)`` or ``(B, T)``; invalid steps get probability 0.
 
     Returns ``(B, T)`` probabilities. Differentiable in ``losses``; callers detach where the paper does.
+    A NaN loss makes its step the worst one (probability 0); a row whose valid losses are all NaN
+    gives NaN, the way a diverged run is caught. Losses of −inf share the mass between them.
     """
     if losses.dim() != 2:
         raise ValueError(f"losses must have shape (B, T); got {tuple(losses.shape)}")
     valid = _expand_mask(mask, losses.shape, losses.device)
+    # A NaN loss (a step that diverged) is the worst step, not the best: torch's argmin and
+    # amin would pick it.
+    worst = ~valid | torch.isnan(losses)
     if hard:
-        index = losses.masked_fill(~valid, math.inf).argmin(dim=-1)
-        return F.one_hot(index, losses.shape[-1]).to(losses.dtype)
+        index = losses.detach().masked_fill(worst, math.inf).argmin(dim=-1)
+        one_hot = F.one_hot(index, losses.shape[-1]).to(losses.dtype)
+        return one_hot.masked_fill(worst.all(dim=-1, keepdim=True), math.nan)  # as the soft one
     if not beta > 0:
         raise ValueError(f"beta must be > 0; got {beta}")
     # Shifted by each row's least valid loss (softmax is shift-invariant), so that a tiny β
     # gives the hard oracle instead of overflowing every step to −inf; in at least float32,
     # with β no smaller than its least normal number (a β that rounds to 0 made the least step
-    # 0/0: NaN), which changes nothing where the softmax has already saturated.
+    # 0/0: NaN), which changes nothing where the softmax has already saturated. An infinite least
+    # would give inf − inf: its steps get 0 instead, and share the mass.
     dtype = torch.promote_types(losses.dtype, torch.float32)
     beta = max(beta, torch.finfo(dtype).tiny)
-    least = losses.detach().masked_fill(~valid, math.inf).amin(dim=-1, keepdim=True)
-    least = torch.where(torch.isfinite(least), least, 0.0)
-    scaled = (-(losses.to(dtype) - least) / beta).masked_fill(~valid, -math.inf)
+    least = losses.detach().masked_fill(worst, math.inf).amin(dim=-1, keepdim=True)
+    gap = losses.to(dtype) - least
+    gap = torch.where(torch.isinf(least) & (losses == least), 0.0, gap)
+    scaled = (-gap / beta).masked_fill(worst, -math.inf)
     return torch.softmax(scaled, dim=-1).to(losses.dtype)
 
 
