@@ -282,6 +282,30 @@ def test_learned_optimizer_is_a_torch_optimizer_stepping_like_the_net():
     assert torch.allclose(model.bias.detach(), flat[0, 6:], atol=1e-6)
 
 
+def test_a_scheduler_scales_the_learned_update():
+    """``lr`` multiplies the net's update; torch's schedulers change it between steps (they
+    failed with a KeyError on a param group without ``lr``)."""
+    torch.manual_seed(0)
+    net = LSTMOptimizerNet(output_scale=0.1)
+    model = nn.Linear(3, 1)
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+    optimizer = LearnedOptimizer(model.parameters(), net, lr=0.5)
+    schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.1)
+    state = net.initial_state(1, 3)
+    for lr in (0.5, 0.05, 0.005):
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(lr)
+        optimizer.zero_grad()
+        ((model(x) - y) ** 2).mean().backward()
+        before, grad = model.weight.detach().clone(), model.weight.grad.clone()
+        optimizer.step()
+        schedule.step()
+        with torch.no_grad():
+            update, _, state = net(grad.view(1, -1), state)
+        assert torch.allclose(model.weight.detach() - before, lr * update.view(1, 3), atol=1e-7)
+    with pytest.raises(ValueError, match="lr must be >= 0"):
+        LearnedOptimizer(model.parameters(), net, lr=-1.0)
+
+
 def test_scaled_rmsprop_update_with_a_zero_output_is_torch_rmsprop():
     """With the output layer zeroed, exp(o_t) = 1 and the update is RMSprop's at learning rate
     ``output_scale`` (reference: torch.optim.RMSprop, α = 0.99, ε = 1e-8, on the same model)."""

@@ -251,10 +251,15 @@ class LearnedOptimizer(torch.optim.Optimizer):
     network is not trained here. With a halting head, ``last_halting_score[p]`` holds −Δq_t of
     the last step for each parameter tensor (the ACT optimizer's stop score, pooled over that
     tensor's coordinates).
+
+    ``lr`` scales the network's update (1: the update it was meta-trained to give), so that
+    ``torch.optim.lr_scheduler`` schedules work on it as on any optimizer.
     """
 
-    def __init__(self, params, net: LSTMOptimizerNet):
-        super().__init__(params, {})
+    def __init__(self, params, net: LSTMOptimizerNet, lr: float = 1.0):
+        if not lr >= 0:
+            raise ValueError(f"lr must be >= 0; got {lr}")
+        super().__init__(params, {"lr": lr})
         self.net = net
         self.last_halting_score: dict[torch.Tensor, float] = {}
 
@@ -273,7 +278,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 if "lstm" not in state:
                     state["lstm"] = self.net.initial_state(1, grad.shape[1])
                 update, halting, state["lstm"] = self.net(grad, state["lstm"])
-                p.add_(update.view_as(p).to(p.dtype))
+                p.add_(update.view_as(p).to(p.dtype), alpha=group["lr"])
                 if halting is not None:
                     self.last_halting_score[p] = -float(halting)
         return loss
