@@ -706,7 +706,7 @@ def test_hand_made_stop_scores_the_support_loss():
 # ---------------------------------------------------------------- Omniglot and bad inputs
 
 
-def fake_omniglot(root: Path, characters=6, drawers=20):
+def fake_omniglot(root: Path, characters=6, drawers=20, suffix=".png"):
     for i in range(characters):
         folder = "images_background" if i < characters // 2 else "images_evaluation"
         path = root / folder / f"alphabet{i % 2}" / f"character{i:02d}"
@@ -714,7 +714,7 @@ def fake_omniglot(root: Path, characters=6, drawers=20):
         for d in range(drawers):
             pixels = np.full((105, 105), 255, np.uint8)
             pixels[10 + i * 5 : 20 + i * 5, 10 + d * 4 : 14 + d * 4] = 0  # black ink
-            Image.fromarray(pixels).save(path / f"{i:04d}_{d:02d}.png")
+            Image.fromarray(pixels).save(path / f"{i:04d}_{d:02d}{suffix}", format="PNG")
     return root
 
 
@@ -726,6 +726,16 @@ def test_omniglot_loader_reads_the_standard_layout(tmp_path):
     images = torch.cat([s.images for s in splits])
     assert images.max() > 200 and (images == 0).float().mean() > 0.8  # ink = 255 on 0
     assert omniglot_problem(str(tmp_path)) is not None
+
+
+def test_omniglot_images_named_in_upper_case_are_read(tmp_path):
+    """A user's own tree with ``.PNG`` files (a case-sensitive glob found no image)."""
+    upper = fake_omniglot(tmp_path / "upper", suffix=".PNG")
+    lower = fake_omniglot(tmp_path / "lower")
+    assert omniglot_problem(str(upper)) is None
+    read = [omniglot_splits(str(r), (4, 1, 1), 0, 28, True) for r in (upper, lower)]
+    for ours, theirs in zip(*read, strict=True):
+        assert torch.equal(ours.images, theirs.images)
 
 
 def stopwise(args, cwd):

@@ -6,7 +6,14 @@ import functools
 from dataclasses import dataclass
 
 from ...config import Config, group, param
-from .data import kanji_files, omniglot_characters, omniglot_problem, split_counts, stroke_paths
+from .data import (
+    character_images,
+    kanji_files,
+    omniglot_characters,
+    omniglot_problem,
+    split_counts,
+    stroke_paths,
+)
 
 __all__ = ["FewShotConfig", "Glyphs", "MetaTraining", "PRESETS"]
 
@@ -153,7 +160,7 @@ class FewShotConfig(Config):
                 raise ValueError(problem)
             characters = omniglot_characters(self.data_dir)
             counts = split_counts(len(characters), tuple(self.glyphs.characters))
-            drawers, fewest = min((sum(1 for _ in c.glob("*.png")), c) for c in characters)
+            drawers, fewest = min((len(character_images(c)), c) for c in characters)
             source = f"Omniglot at {self.data_dir} (fewest in {fewest})"
         else:
             counts = tuple(self.glyphs.characters)

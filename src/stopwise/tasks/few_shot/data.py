@@ -494,10 +494,15 @@ def omniglot_characters(data_dir: str) -> list[Path]:
     return [c for c in characters if c.is_dir()]
 
 
+def character_images(character: Path) -> list[Path]:
+    """A character folder's images, sorted: ``*.png`` in any case of the suffix."""
+    return sorted(p for p in character.iterdir() if p.suffix.lower() == ".png" and p.is_file())
+
+
 def omniglot_digest(data_dir: str) -> str:
     """``files_digest`` of every character image of the tree (by its path within it)."""
     root = Path(data_dir).expanduser()
-    pngs = (p for c in omniglot_characters(data_dir) for p in c.glob("*.png"))
+    pngs = (p for c in omniglot_characters(data_dir) for p in character_images(c))
     return files_digest({str(p.relative_to(root)): p for p in pngs})
 
 
@@ -536,7 +541,7 @@ def omniglot_problem(data_dir: str) -> str | None:
             "images_background/ and images_evaluation/, each alphabet/character/*.png)"
         )
     characters = omniglot_characters(data_dir)
-    if not characters or not any(any(c.glob("*.png")) for c in characters[:5]):
+    if not characters or not any(character_images(c) for c in characters[:5]):
         return f"data_dir={data_dir!r} has no alphabet/character/*.png images"
     return None
 
@@ -556,7 +561,7 @@ def omniglot_splits(
     first ``drawers`` = min over characters of their image count kept per character. Cached
     under a key of the images' contents and the settings."""
     characters = omniglot_characters(data_dir)
-    pngs = [sorted(c.glob("*.png")) for c in characters]
+    pngs = [character_images(c) for c in characters]
     drawers = min(len(p) for p in pngs)
     counts = split_counts(len(characters), counts)
     key = {
