@@ -1,4 +1,5 @@
-"""The README's API example and its deployment example run as printed and do what they say."""
+"""The README's API example and its deployment example run as printed and do what they say; the
+links of the README and docs/ resolve."""
 
 import re
 import subprocess
@@ -86,3 +87,34 @@ def test_the_layout_section_names_every_core_module_and_task():
     tasks = {f"{p.name}/" for p in (source / "tasks").iterdir() if (p / "__init__.py").is_file()}
     listed = set(re.findall(r"^\s+(\S+\.py|\w+/)\s", layout, flags=re.M))
     assert modules <= listed and tasks <= listed, (modules | tasks) - listed
+
+
+def heading_anchors(page: Path) -> set[str]:
+    """GitHub's anchors for a page's headings: lower case, punctuation but '-' and '_' dropped,
+    spaces to '-', a repeated anchor numbered -1, -2, ... (code blocks hold no heading)."""
+    anchors, seen = set(), {}
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    for heading in re.findall(r"^#+ (.+)$", text, flags=re.M):
+        anchor = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        anchors.add(f"{anchor}-{seen[anchor]}" if anchor in seen else anchor)
+        seen[anchor] = seen.get(anchor, 0) + 1
+    return anchors
+
+
+def test_every_relative_link_of_the_readme_and_docs_resolves():
+    """A link to a file that is not in the repository, or to a heading that is not on its page
+    (a renamed section), is found here rather than by a reader."""
+    pages = [README, *sorted((README.parent / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):  # https:, mailto:
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            if not linked.exists():
+                broken.append(f"{page.name}: {target} (no such file)")
+            elif anchor and linked.suffix == ".md" and anchor not in heading_anchors(linked):
+                broken.append(f"{page.name}: {target} (no such heading)")
+    assert not broken, broken
