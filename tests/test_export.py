@@ -22,12 +22,15 @@ from stopwise.inference import (
 )
 from stopwise.tasks.toy import RunningMean, sample_streams
 
-RULES = [
-    HazardThreshold(0.5),
-    CumulativeThreshold(0.7),
-    ScoreThreshold(torch.linspace(-1, 1, 7)),
-    MixedRule(HazardThreshold(0.3), ScoreThreshold(torch.linspace(-1, 1, 7)), 0.4),
-]
+def rules(steps: int) -> list:
+    """Every kind of exportable rule, per-step thresholds for a model of ``steps`` steps."""
+    per_step = ScoreThreshold(torch.linspace(-1, 1, steps))
+    return [
+        HazardThreshold(0.5),
+        CumulativeThreshold(0.7),
+        per_step,
+        MixedRule(HazardThreshold(0.3), per_step, 0.4),
+    ]
 
 
 def toy():
@@ -38,12 +41,10 @@ def toy():
     return model, policy, z
 
 
-@pytest.mark.parametrize("rule", RULES, ids=lambda r: type(r).__name__)
+@pytest.mark.parametrize("rule", rules(7), ids=lambda r: type(r).__name__)
 def test_exported_program_equals_run_adaptive(rule):
     model, policy, x = make(seed=2, batch=40)  # a dict state, class logits
     valid = torch.tensor([False, True, True, False, True, True, True])
-    if isinstance(rule, ScoreThreshold) and rule.score_threshold.dim():
-        rule = ScoreThreshold(rule.score_threshold[: model.max_steps])
     program = export_adaptive(AdaptiveModule(model, policy, rule, valid), x)
     for rows in (40, 7, 1):
         predictions, stop = program.module()(x[:rows])
@@ -64,7 +65,7 @@ def test_sampling_rules_are_not_exported():
         AdaptiveModule(model, policy, SampleRule(0))
 
 
-@pytest.mark.parametrize("rule", [RULES[0], RULES[-1]], ids=lambda r: type(r).__name__)
+@pytest.mark.parametrize("rule", rules(6)[::3], ids=lambda r: type(r).__name__)
 def test_onnx_export_runs_in_onnxruntime(tmp_path, rule):
     onnxruntime = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
@@ -94,3 +95,17 @@ def test_onnx_export_prints_nothing_about_torchvision(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "torchvision" not in done.stderr, done.stderr[-2000:]
+
+
+def test_exporting_leaves_the_model_in_the_mode_it_was_in():
+    model, policy, x = make(seed=2, batch=40)
+    model.train(), policy.eval()
+    export_adaptive(AdaptiveModule(model, policy, HazardThreshold(0.5)), x)
+    assert model.training and all(m.training for m in model.modules())
+    assert not policy.training
+
+
+def test_a_threshold_per_step_of_another_length_is_refused():
+    model, policy, _ = make()
+    with pytest.raises(ValueError, match=r"shape \(9,\)"):
+        AdaptiveModule(model, policy, ScoreThreshold(torch.zeros(9)))

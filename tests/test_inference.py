@@ -22,6 +22,7 @@ from stopwise.inference import (
     fit_threshold,
     hazard_trajectory,
     in_chunks,
+    rule_scores,
     run_adaptive,
     run_fixed,
     stop_indices,
@@ -395,6 +396,27 @@ def test_fit_threshold_matches_brute_force(seed, budget):
 
 
 @pytest.mark.parametrize("kind", ["hazard", "cumulative"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_fitted_threshold_keeps_its_decisions_when_scores_move_by_rounding(kind, dtype):
+    """The threshold sat on a validation score, so that row's decision flipped when its score
+    came out 1 ulp lower (another batch composition in shrink mode or in chunks). Midway
+    between the scores it separates, no score moving by less than half that gap flips."""
+    g = torch.Generator().manual_seed(3)
+    hazards = torch.randn(200, 6, generator=g, dtype=torch.float64).to(dtype)
+    for budget in (1.7, 2.5, 3.9, 5.2):
+        rule = fit_threshold(hazards, budget, kind=kind)
+        scores = rule_scores(hazards, rule, torch.ones(6, dtype=torch.bool)).to(torch.float64)
+        threshold = float(rule.score_threshold)
+        assert not bool((scores == threshold).any())  # no row sits on it
+        below, above = scores[scores < threshold].max(), scores[scores > threshold].min()
+        assert threshold == pytest.approx(float(below + above) / 2, rel=1e-12)
+        before = stop_indices(hazards, rule)
+        for limit in (-math.inf, math.inf):  # every score 1 ulp down, then 1 ulp up
+            moved = torch.nextafter(hazards, torch.full_like(hazards, limit))
+            assert torch.equal(stop_indices(moved, rule), before)
+
+
+@pytest.mark.parametrize("kind", ["hazard", "cumulative"])
 @pytest.mark.parametrize("budget", [6.0, 100.0])
 def test_fit_threshold_at_or_above_full_cost_runs_every_step(budget, kind):
     """A budget of at least full depth (costs 1..6: 6.0 exactly, and far above) affords every
@@ -738,3 +760,69 @@ def test_rule_scores_follow_each_rule_over_the_valid_steps_by_a_plain_loop():
             survive *= 1 - 1 / (1 + math.exp(-h))
             assert hazard[i, t].item() == h
             assert cumulative[i, t].item() == pytest.approx(1 - survive, rel=1e-12)
+
+
+# ---------------------------------------------------------------- arguments a run cannot use
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("length", [5, 10])
+def test_per_step_thresholds_of_another_length_are_named(mode, length):
+    """10 thresholds for 7 steps ran silently in masked and shrink mode (and broke in a
+    broadcast in dense); 5 gave an IndexError."""
+    model, policy, x = make()
+    wrong = ScoreThreshold(torch.zeros(length))
+    for rule in (wrong, MixedRule(HazardThreshold(0.5), wrong, 0.5)):
+        with pytest.raises(ValueError, match=rf"shape \({length},\).*\(7,\)"):
+            run_adaptive(model, policy, x, rule, mode)
+
+
+def test_a_nan_threshold_is_refused():
+    """No score reaches NaN: the rule silently never stopped."""
+    with pytest.raises(ValueError, match="NaN"):
+        ScoreThreshold(math.nan)
+    with pytest.raises(ValueError, match="NaN"):
+        ScoreThreshold(torch.tensor([0.0, math.nan]))
+
+
+@pytest.mark.parametrize("chunk", [2.5, "8", 0])
+def test_a_chunk_that_is_not_a_whole_number_of_rows_is_named(chunk):
+    model, policy, x = make()
+    with pytest.raises(ValueError, match="chunk"):
+        run_adaptive(model, policy, x, HazardThreshold(0.5), "shrink", chunk=chunk)
+    with pytest.raises(ValueError, match="chunk"):
+        in_chunks(lambda part: part, x, chunk)
+
+
+def test_run_fixed_refuses_a_depth_outside_the_model():
+    model, _, x = make()
+    for steps in (0, -1, 8):
+        with pytest.raises(ValueError, match=r"num_steps must lie in 1\.\.7"):
+            run_fixed(model, x, steps)
+
+
+def test_in_chunks_of_no_rows_gives_fn_of_no_rows():
+    empty = torch.zeros(0, 6)
+    assert in_chunks(lambda part: part * 2, empty, 4).shape == (0, 6)
+    out = in_chunks(lambda part: {"a": part.sum(1), "b": part[:, :2]}, empty, 4)
+    assert out["a"].shape == (0,) and out["b"].shape == (0, 2)
+
+
+class SharedMatrix(RandomStepModel):
+    """Keeps a (dim, dim) matrix every row shares in its state: rows cannot be selected."""
+
+    def start(self, x):
+        return {**super().start(x), "shared": self.W[0].detach()}
+
+    def advance(self, state, t):
+        return {**super().advance(state, t), "shared": state["shared"]}
+
+
+def test_shrink_names_a_state_tensor_without_a_row_per_input():
+    model, policy, x = make()
+    shared = SharedMatrix()
+    shared.load_state_dict(model.state_dict())
+    for mode in ("dense", "masked"):  # they never select rows
+        run_adaptive(shared, policy, x, HazardThreshold(0.5), mode)
+    with pytest.raises(ValueError, match=r"shapes \[\(6, 6\)\]"):
+        run_adaptive(shared, policy, x, HazardThreshold(0.5), "shrink")

@@ -13,6 +13,7 @@ the wall-clock savings of adaptive inference come from ``shrink`` mode in eager 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from typing import Any
@@ -37,6 +38,7 @@ class AdaptiveModule(nn.Module):
                 f"only threshold rules can be exported (a sampling rule draws random numbers); "
                 f"got {rule!r}"
             )
+        rule.check_steps(model.max_steps)
         self.model, self.policy, self.rule = model, policy, rule
         self.valid = _valid_steps(model, valid_steps).tolist()  # constants of the program
 
@@ -50,16 +52,14 @@ def export_adaptive(
     """``torch.export`` the module for inputs shaped like ``example_inputs`` (a tensor), with a
     dynamic batch dimension unless ``dynamic_batch=False``."""
     _check_tensor(example_inputs, dynamic_batch)
-    module.eval()
     dynamic = {"inputs": {0: torch.export.Dim("batch", min=1)}} if dynamic_batch else None
-    with torch.no_grad():
+    with torch.no_grad(), _in_eval(module):
         return torch.export.export(module, (example_inputs,), dynamic_shapes=dynamic)
 
 
 def export_onnx(module: AdaptiveModule, example_inputs: torch.Tensor, path: str) -> None:
     """Write an ONNX file of the module (needs the optional ``onnx`` and ``onnxscript``)."""
     _check_tensor(example_inputs, dynamic_batch=True)
-    module.eval()
     dynamic = {"inputs": {0: torch.export.Dim("batch", min=1)}}
     # torch's exporter logs a warning per torchvision operator it cannot register when
     # torchvision is not installed: nothing a stop model uses.
@@ -67,7 +67,7 @@ def export_onnx(module: AdaptiveModule, example_inputs: torch.Tensor, path: str)
     level = registration.level
     registration.setLevel(logging.ERROR)
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), _in_eval(module):
             warnings.simplefilter("ignore", FutureWarning)  # the exporter, about its internals
             program = torch.onnx.export(
                 module, (example_inputs,), dynamo=True, dynamic_shapes=dynamic, verbose=False
@@ -75,6 +75,19 @@ def export_onnx(module: AdaptiveModule, example_inputs: torch.Tensor, path: str)
     finally:
         registration.setLevel(level)
     program.save(path)
+
+
+@contextlib.contextmanager
+def _in_eval(module: nn.Module):
+    """The module in eval mode (what is exported: BatchNorm's running statistics, no
+    dropout), each submodule's train/eval flag as it was afterwards."""
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in flags:
+            m.training = training
 
 
 def _check_tensor(example_inputs: Any, dynamic_batch: bool) -> None:

@@ -1,6 +1,9 @@
 """Adaptive inference: run a step model with a stopping policy and a rule, per input.
 
-Three execution modes give identical predictions and stop steps:
+Three execution modes give the same predictions and stop steps (up to floating-point rounding:
+a matrix product's rounding can depend on which rows share a batch, and a score within that
+rounding of its threshold can fall on either side; calibrated thresholds lie midway between
+validation scores to leave a margin):
 
 * ``dense``  — run every step on the whole batch, then select (simple; the reference);
 * ``masked`` — a fixed trip count over the whole batch, each row keeping its prediction from
@@ -17,6 +20,7 @@ per-exit thresholds for a target exit distribution.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +35,7 @@ from .steps import (
     index_state,
     state_batch_size,
     state_device,
+    state_tensors,
 )
 
 __all__ = [
@@ -78,12 +83,17 @@ class Rule:
         row and carries nothing, so adaptive inference skips the features and the policy."""
         return True
 
+    def check_steps(self, num_steps: int) -> None:
+        """ValueError if the rule cannot run a model of ``num_steps`` steps."""
+
 
 class ThresholdRule(Rule):
     """Stop when a per-row score reaches ``score_threshold`` (a scalar or one per step)."""
 
     def __init__(self, score_threshold: float | Sequence[float] | torch.Tensor):
         self.score_threshold = torch.as_tensor(score_threshold, dtype=torch.float64)
+        if bool(self.score_threshold.isnan().any()):  # no score reaches NaN: a silent "never"
+            raise ValueError(f"a threshold must not be NaN; got {score_threshold}")
         # Where no score reaches the threshold, as Python bools (read while exporting).
         self._unreachable = (self.score_threshold == math.inf).tolist()
 
@@ -95,6 +105,14 @@ class ThresholdRule(Rule):
     def threshold_at(self, t: int) -> torch.Tensor:
         thr = self.score_threshold
         return thr if thr.dim() == 0 else thr[t]
+
+    def check_steps(self, num_steps: int) -> None:
+        shape = tuple(self.score_threshold.shape)
+        if shape not in ((), (num_steps,)):
+            raise ValueError(
+                f"{type(self).__name__}'s threshold has shape {shape}; a model of {num_steps} "
+                f"steps needs a scalar or one per step, ({num_steps},)"
+            )
 
     def decide(self, hazard_logits, t, carry):
         score, carry = self.score(hazard_logits, t, carry)
@@ -213,6 +231,10 @@ class MixedRule(Rule):
     def needs_policy(self, t: int) -> bool:
         return self.first.needs_policy(t) or self.second.needs_policy(t)
 
+    def check_steps(self, num_steps: int) -> None:
+        self.first.check_steps(num_steps)
+        self.second.check_steps(num_steps)
+
     def __repr__(self):
         return f"MixedRule({self.first!r}, {self.second!r}, share={self.share:.6g})"
 
@@ -306,8 +328,8 @@ def run_adaptive(
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
-    if chunk is not None and chunk < 1:
-        raise ValueError(f"chunk must be >= 1; got {chunk}")
+    chunk = None if chunk is None else _rows_per_chunk(chunk)
+    rule.check_steps(model.max_steps)
     valid = _valid_steps(model, valid_steps)
     costs = model.step_costs() if step_costs is None else torch.as_tensor(step_costs)
     if costs.shape != (model.max_steps,):
@@ -332,6 +354,17 @@ def run_adaptive(
         )
     cost = costs.to(stop_index.device)[stop_index]
     return AdaptiveResult(predictions, stop_index, cost)
+
+
+def _rows_per_chunk(chunk) -> int:
+    """``chunk`` as a whole number ≥ 1, or ValueError."""
+    try:
+        rows = operator.index(chunk)
+    except TypeError:
+        raise ValueError(f"chunk must be a whole number of rows; got {chunk!r}") from None
+    if rows < 1:
+        raise ValueError(f"chunk must be >= 1; got {chunk}")
+    return rows
 
 
 def _no_rows(inputs: Any) -> bool:
@@ -378,12 +411,12 @@ def _run_shrink(model, policy, inputs, rule, valid, chunk=None):
     pool arriving from step t − 1 joins fewer than ``chunk`` waiting), and a new chunk enters
     only when no pool is full."""
     if chunk is None:  # one batch (the inputs need not support selecting rows)
-        first = model.start(inputs)
+        first = _rows_first(model.start(inputs))
         total = chunk = state_batch_size(first)
         device, parts, carries = state_device(first), iter([first]), iter([None])
     else:
         total, device = state_batch_size(inputs), state_device(inputs)
-        parts = (model.start(part) for part in row_chunks(inputs, chunk))
+        parts = (_rows_first(model.start(part)) for part in row_chunks(inputs, chunk))
         carries = _chunk_carries(rule, inputs, model, chunk)
     valid = valid.tolist() if isinstance(valid, torch.Tensor) else list(valid)
     last = _last(valid)
@@ -448,6 +481,20 @@ def _run_shrink(model, policy, inputs, rule, valid, chunk=None):
         counts[t + 1] += rows.shape[0]
         if counts[t + 1] >= chunk:  # no deeper pool is full: this one runs next
             step = t + 1
+
+
+def _rows_first(state: Any) -> Any:
+    """``state``, checked to have its rows first in every tensor: ``shrink`` selects rows of
+    each (a shared constant in the state failed deep inside ``index_select``)."""
+    rows = state_batch_size(state)
+    wrong = [tuple(x.shape) for x in state_tensors(state) if x.dim() == 0 or x.shape[0] != rows]
+    if wrong:
+        raise ValueError(
+            f"shrink mode selects the rows of every tensor of the state: a state of {rows} rows "
+            f"holds tensors of shapes {wrong}; keep what all rows share on the model (or run "
+            "mode='masked')"
+        )
+    return state
 
 
 def _next_pool(counts: list[int], chunk: int, inputs_left: bool) -> int | None:
@@ -589,6 +636,8 @@ def _first_reaching(
 def run_fixed(model: StepModel, inputs: Any, num_steps: int | None = None) -> torch.Tensor:
     """Run the first ``num_steps`` steps (default all) and return the prediction there."""
     T = model.max_steps if num_steps is None else num_steps
+    if not 1 <= T <= model.max_steps:
+        raise ValueError(f"num_steps must lie in 1..{model.max_steps}; got {num_steps}")
     state = model.start(inputs)
     for t in range(T):
         state = model.advance(state, t)
@@ -664,7 +713,9 @@ def fit_threshold(
     ``hazard_logits`` ``(N, T)`` come from a held-out validation split (never the test set);
     ``step_costs`` ``(T,)`` are cumulative (default: steps used, 1..T); ``kind`` is ``"hazard"``
     or ``"cumulative"``. Exact: a binary search over the observed scores, using the rule's own
-    arithmetic, so the returned rule reproduces the fitted cost on these rows. Where every row
+    arithmetic, so the returned rule reproduces the fitted cost on these rows; its threshold
+    lies midway between the two observed scores it separates, so rounding differences smaller
+    than half that gap change no decision on them. Where every row
     must stop at its first valid step the threshold is −∞ (so new rows do too, whatever their
     score), and where every row can run to the end it is +∞.
     """
@@ -707,7 +758,16 @@ def fit_threshold(
             hi = mid
     if lo == 0:  # every row stops at its first valid step: on new rows too, whatever their score
         return rule_cls(-math.inf)
-    return rule_cls(float(candidates[lo]))
+    return rule_cls(_between(float(candidates[lo - 1]), float(candidates[lo])))
+
+
+def _between(below: float, reached: float) -> float:
+    """A threshold midway between the highest score that must not stop a row and the lowest
+    that must: the same decisions on the fitted rows, with a margin for the rounding of the
+    same scores computed again (a matrix product's rounding can depend on which rows share the
+    batch, as in ``shrink`` mode or in chunks). ``reached`` itself where there is no room."""
+    middle = below / 2 + reached / 2
+    return middle if below < middle < reached else reached
 
 
 @torch.no_grad()
@@ -771,9 +831,9 @@ def in_chunks(fn: Callable[[Any], Any], inputs: Any, chunk: int = 1000) -> Any:
 
     The evaluation helper of every task: per-step errors, hazards and logits of whole splits.
     """
-    if chunk < 1:
-        raise ValueError(f"chunk must be >= 1; got {chunk}")
-    parts = [fn(part) for part in row_chunks(inputs, chunk)]
+    parts = [fn(part) for part in row_chunks(inputs, _rows_per_chunk(chunk))]
+    if not parts:  # no rows: fn's own output for them, its shapes and dtypes
+        return fn(inputs)
     first = parts[0]
     if isinstance(first, torch.Tensor):
         return torch.cat(parts)

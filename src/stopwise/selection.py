@@ -333,7 +333,9 @@ def fit_floored_threshold(
     :func:`fit_threshold`) and with −∞ (every row stops at f: fixed depth f); and, with
     ``mixes``, two such rules (any floor, thresholds at quantiles of the scores) shared out
     over the rows (:class:`~stopwise.inference.MixedRule`) to spend the budget exactly, where
-    that is better on validation.
+    that is better on validation. The candidates spend up to the budget, not less: where more
+    steps make the metric worse on validation, a rule fitted to a smaller budget can be better
+    than this budget's (:func:`budget_sweep` keeps the cheaper budget's rule then).
 
     The floor at the first valid step with its spending threshold is the plain threshold rule;
     since every fixed depth within the budget is a candidate, the rule chosen is never worse on

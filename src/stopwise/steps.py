@@ -170,9 +170,15 @@ def cat_state(states: list[State]) -> State:
     return _map_state(lambda *parts: torch.cat(parts), *states)
 
 
-def _first_tensor(state: State) -> torch.Tensor:
+def state_tensors(state: State) -> list[torch.Tensor]:
+    """Every tensor of a (nested) state, in order."""
     found: list[torch.Tensor] = []
     _map_state(lambda x: found.append(x) or x, state)
+    return found
+
+
+def _first_tensor(state: State) -> torch.Tensor:
+    found = state_tensors(state)
     if not found:
         raise ValueError("state holds no tensor")
     return found[0]
