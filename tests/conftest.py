@@ -3,11 +3,17 @@ import os
 import pytest
 import torch
 
+from stopwise.experiments import load_module
+
 # Small CPU models are fastest, and results reproducible, with one intra-op thread.
 torch.set_num_threads(1)
 # Every job a test runs (in this process or a `stopwise` subprocess) may read only the config keys
 # it declares (contract.KeyGuard): an undeclared key would let a changed value reuse old records.
 os.environ["STOPWISE_CHECK_KEYS"] = "1"
+# A user's own tasks, as `--module` takes them (docs/adding_a_task.md §6), separated like PATH:
+# registered before any test module lists the experiments or the policies.
+for _module in filter(None, os.environ.get("STOPWISE_TEST_MODULES", "").split(os.pathsep)):
+    load_module(_module)
 
 
 @pytest.fixture(scope="session")

@@ -31,9 +31,7 @@ from stopwise.experiments import (
 
 WRAPPER = str(Path(__file__).with_name("faulty_run.py"))
 load_module(str(Path(__file__).with_name("sample_experiment.py")))  # a user module's experiment
-# A user's own tasks, as `--module` takes them (docs/adding_a_task.md §6), separated like PATH.
-for _module in filter(None, os.environ.get("STOPWISE_TEST_MODULES", "").split(os.pathsep)):
-    load_module(_module)
+# (and a user's own tasks from STOPWISE_TEST_MODULES: conftest.py)
 NAMES = [e.name for e in list_experiments()]
 EXPERIMENTS = {e.name: e for e in list_experiments()}
 # The tests that share an experiment's uninterrupted run (conftest.py) go to one test worker.

@@ -22,6 +22,7 @@ from stopwise.inference import (
 )
 from stopwise.tasks.toy import RunningMean, sample_streams
 
+
 def rules(steps: int) -> list:
     """Every kind of exportable rule, per-step thresholds for a model of ``steps`` steps."""
     per_step = ScoreThreshold(torch.linspace(-1, 1, steps))

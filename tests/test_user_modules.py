@@ -168,3 +168,22 @@ def test_a_bad_experiment_declaration_is_reported_at_the_users_line(tmp_path):
     line = next(i for i, s in enumerate(text.splitlines(), 1) if "Experiment(" in s)
     # the line of the user's Experiment(...) call, not the check inside stopwise that refused it
     assert f"{tmp_path / 'badpreset.py'}:{line})" in done.stderr, done.stderr
+
+
+def test_a_package_inside_a_package_is_imported_by_its_dotted_name_from_any_path(tmp_path):
+    """Given as a folder or a file, a task inside a package was imported under its last name
+    alone: the same files loaded twice (and refused as registered twice) when also named by
+    its dotted name, or installed through an entry point (an audit)."""
+    outer = tmp_path / "outer"
+    outer.mkdir()
+    (outer / "__init__.py").write_text("")
+    package = make_package(outer)
+    (outer / "single.py").write_text(SAMPLE.read_text().replace('"sample"', '"single"'))
+    ways = [
+        ["--module", "outer.mytasks.task", "--module", str(package)],
+        ["--module", str(package / "task.py"), "--module", "outer.mytasks"],
+        ["--module", str(outer / "single.py"), "--module", "outer.single"],
+    ]
+    for modules in ways:
+        listed = stopwise("list", *modules, cwd=tmp_path)
+        assert listed.returncode == 0, (modules, listed.stderr[-1000:])

@@ -210,13 +210,18 @@ def _import(module: str) -> Any:
     path = Path(module)
     package = path.parent if path.name == "__init__.py" else path
     if (package / "__init__.py").is_file():
-        _on_path(package.resolve().parent)
-        return importlib.import_module(package.resolve().name)
+        root, name = _dotted(package.resolve())
+        _on_path(root)
+        return importlib.import_module(name)
     if path.name == "__init__.py":
         raise ConfigError(f"--module {module}: no such package")
     if module.endswith(".py"):
         if not path.is_file():
             raise ConfigError(f"--module {module}: no such file")
+        if (path.parent / "__init__.py").is_file():  # a module of a package: import it as one
+            root, name = _dotted(path.resolve().with_suffix(""))
+            _on_path(root)
+            return importlib.import_module(name)
         spec = importlib.util.spec_from_file_location(path.stem, path)
         loaded = importlib.util.module_from_spec(spec)
         sys.modules[path.stem] = loaded
@@ -229,6 +234,18 @@ def _import(module: str) -> Any:
         if error.name and module.startswith(error.name):  # the module itself, not an import in it
             raise ConfigError(f"--module {module}: cannot import it ({error})") from None
         raise
+
+
+def _dotted(path: Path) -> tuple[Path, str]:
+    """The folder to import from and the dotted name of the package or module at ``path``
+    (without ``.py``), walking up through the packages that hold it: ``a/b/c`` with ``b`` a
+    package inside ``a`` imports as ``b.c`` from ``a``, the name its own absolute imports use
+    (imported as ``c`` from ``b``, the same files loaded twice under two names)."""
+    parts = [path.name]
+    while (path.parent / "__init__.py").is_file():
+        path = path.parent
+        parts.insert(0, path.name)
+    return path.parent, ".".join(parts)
 
 
 def _on_path(folder: Path) -> None:
@@ -284,7 +301,11 @@ def list_experiments() -> list[Experiment]:
 def get_experiment(name: str) -> Experiment:
     load_tasks()
     if name not in _EXPERIMENTS:
-        raise ConfigError(f"unknown experiment {name!r}; choose one of {sorted(_EXPERIMENTS)}")
+        raise ConfigError(
+            f"unknown experiment {name!r}; choose one of {sorted(_EXPERIMENTS)} (a task of your "
+            "own: name its module with --module, or install it with a 'stopwise.experiments' "
+            "entry point; docs/adding_a_task.md)"
+        )
     return _EXPERIMENTS[name]
 
 
