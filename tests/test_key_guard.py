@@ -112,7 +112,7 @@ def test_a_key_a_job_no_longer_reads_is_no_difference_at_this_runs_value():
     defaults = {"config.width": 4, "config.timing": 3}
     assert _settings_diff(old, new, defaults, current={"config.timing": 5}) == []
     assert _settings_diff(old, new, defaults, current={"config.timing": 3}) == [
-        "config.timing: 5 -> None"
+        "config.timing: 5 -> (absent)"
     ]
 
 

@@ -263,13 +263,13 @@ def test_timing_a_finished_job_or_no_longer_timing_it_is_a_changed_setting(tmp_p
     args += ["--set", "progress=false", "--set", "timing.batch=1000", "--set", "timing.repeats=5"]
     assert main([*args, "--set", "timing.methods=[]"]) == 0
     assert main([*args, "--set", "timing.methods=uniform"]) == 2
-    assert "params.timed: None -> True" in capsys.readouterr().err
+    assert "params.timed: (absent) -> True" in capsys.readouterr().err
     timed = tmp_path / "timed"
     args[args.index(str(out))] = str(timed)
     assert main([*args, "--set", "timing.methods=uniform"]) == 0
     assert "timing" in json.loads((timed / "jobs" / "uniform-s0.json").read_text())["record"]
     assert main([*args, "--set", "timing.methods=[]"]) == 2
-    assert "params.timed: True -> None" in capsys.readouterr().err
+    assert "params.timed: True -> (absent)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

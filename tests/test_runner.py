@@ -105,6 +105,12 @@ def test_a_run_with_another_config_into_a_run_directory_says_what_differs(tmp_pa
     run(out, "title=renamed")
     said = capsys.readouterr().err
     assert f"{out} held a run of preset tiny; this one (tiny) differs in title" in said
+    # a key the directory's config lacks (the task gained it since) at its default: no change
+    held = json.loads((out / "config.json").read_text())
+    assert held["config"].pop("lr") == 0.1
+    (out / "config.json").write_text(json.dumps(held))
+    run(out, "title=renamed")
+    assert "held a run of preset" not in capsys.readouterr().err
 
 
 def test_the_report_is_rebuilt_when_its_code_changes(tmp_path, monkeypatch):
@@ -377,7 +383,7 @@ def test_a_key_a_job_no_longer_reads_counts_at_its_default(tmp_path):
     run(out, calls=calls)
     assert len(called(calls)) == 4
     record_data_with_lr(out, 0.3)
-    with pytest.raises(ConfigError, match=r"job data-s0 \(finished\): config\.lr: 0\.3 -> None"):
+    with pytest.raises(ConfigError, match=r"job data-s0 \(finished\): config\.lr: 0\.3 -> \(absent\)"):
         run(out, calls=calls)
 
 
@@ -394,7 +400,7 @@ def test_a_key_a_job_no_longer_reads_counts_at_this_runs_value_on_resume_and_reu
     assert len(called(calls)) == 4  # every job reused
     run(tmp_path / "other", "lr=0.2", f"reuse_from={out}", calls=calls)
     assert sorted(called(calls)[4:]) == ["data-s0", "fit-a-s0", "fit-b-s0", "summary-s0"]
-    with pytest.raises(ConfigError, match=r"job data-s0 \(finished\): config\.lr: 0\.3 -> None"):
+    with pytest.raises(ConfigError, match=r"job data-s0 \(finished\): config\.lr: 0\.3 -> \(absent\)"):
         run(out, "lr=0.2", calls=calls)
 
 
@@ -412,7 +418,7 @@ def test_a_key_added_after_a_job_ran_counts_at_its_default(tmp_path):
     after.write_text(json.dumps(summary))
     run(out, calls=calls)  # lr at its default (0.1): nothing reruns
     assert len(called(calls)) == 4
-    with pytest.raises(ConfigError, match=r"config\.lr: None -> 0\.2"):
+    with pytest.raises(ConfigError, match=r"config\.lr: \(absent\) -> 0\.2"):
         run(out, "lr=0.2", calls=calls)
     # a dependency whose record is not the one the job ran after is still a difference
     summary["settings"]["after"]["fit-a"] = "000000000000"

@@ -425,12 +425,16 @@ def _settings_diff(
     }
     at_default |= {k for k in set(a) - set(b) if k in current and a[k] == current[k]}
     return [
-        f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
+        f"{k}: {_shown(a, k)} -> {_shown(b, k)}"
         for k in sorted(set(a) | set(b))
         if a.get(k) != b.get(k)
         and k not in at_default
         and not (k.startswith("after.") and k in a and same_dependency(k[6:], a[k]))
     ]
+
+
+def _shown(settings: dict[str, Any], key: str) -> str:
+    return repr(settings[key]) if key in settings else "(absent)"
 
 
 # ---------------------------------------------------------------- the run directory
@@ -609,15 +613,21 @@ def environment(config: Any) -> dict[str, Any]:
     }
 
 
-def _say_what_changed(run: RunDir, preset: str, plain: dict[str, Any]) -> None:
+def _say_what_changed(
+    run: RunDir, preset: str, plain: dict[str, Any], defaults: dict[str, Any]
+) -> None:
     """Log the keys in which this run's config differs from the one the directory held (its
-    jobs with other settings stay as files; the report covers this config's jobs only)."""
+    jobs with other settings stay as files; the report covers this config's jobs only). A key
+    one of the two lacks (added to the task since, or removed) at its default is no change."""
     previous = run.read_json("config.json")
     if not isinstance(previous, dict) or not isinstance(previous.get("config"), dict):
         return
-    old, new = flatten(previous["config"]), flatten(plain)
-    changed = sorted(k for k in old.keys() | new.keys()
-                     if k not in RUNNER_KEYS and old.get(k) != new.get(k))  # fmt: skip
+    old, new, defaults = flatten(previous["config"]), flatten(plain), flatten(defaults)
+    changed = sorted(
+        k
+        for k in old.keys() | new.keys()
+        if k not in RUNNER_KEYS and old.get(k, defaults.get(k)) != new.get(k, defaults.get(k))
+    )
     if changed or previous.get("preset") != preset:
         logger.info(
             "%s held a run of preset %s; this one (%s) differs in %s: its finished jobs stay "
@@ -1037,7 +1047,7 @@ def run_experiment(
 
     with lock, stop_on_signals():
         plain = to_plain(config)
-        _say_what_changed(run, preset, plain)
+        _say_what_changed(run, preset, plain, to_plain(experiment.config()))
         run.write_json(run.config_path, {"experiment": name, "preset": preset, "config": plain})
         _record_environment(run, config)
         pending = unfinished()
