@@ -586,3 +586,14 @@ def test_act_halts_where_the_sum_reaches_exactly_one_minus_eps():
 def test_act_eps_outside_its_range_is_refused(eps):
     with pytest.raises(ValueError, match="0 <= eps < 1"):
         act_halting(torch.zeros(2, 3), eps=eps)
+
+
+def test_hard_stage2_of_a_row_that_diverged_is_nan_as_the_soft_one():
+    """Every loss NaN: the soft loss is NaN (a diverged run is caught); the hard one trained the
+    row toward step 0 (argmax of a NaN row)."""
+    hazards = torch.zeros(2, 3, dtype=torch.float64)
+    losses = torch.tensor([[1.0, 2.0, 3.0], [math.nan] * 3], dtype=torch.float64)
+    for hard in (False, True):
+        assert math.isnan(float(l2s_stage2_loss(StopTime(hazards), losses, 0.5, hard=hard)))
+    finite = l2s_stage2_loss(StopTime(hazards[:1]), losses[:1], 0.5, hard=True)
+    assert float(finite) == pytest.approx(math.log(2))  # −log q(0), q(0) = σ(0)

@@ -87,6 +87,23 @@ def test_finished_stage_is_skipped_and_restored(tmp_path):
     assert again == last == {"w": float(final.sum())}  # the last step's metrics, restored
 
 
+@pytest.mark.parametrize("again", [3, 8])
+def test_a_checkpoint_of_another_number_of_steps_is_refused(tmp_path, again):
+    """A stage rerun with fewer steps returned the finished longer run's weights as its own;
+    with more, it went on from them without a word (an audit)."""
+    model = torch.nn.Linear(2, 1)
+    settings = LoopSettings(checkpoint_dir=tmp_path, checkpoint_every=2, progress=False)
+
+    def step_fn(step):
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        return {"w": model.weight.sum()}
+
+    train_loop("s", 5, step_fn, {"model": model}, settings)
+    with pytest.raises(CheckpointError, match=f"a run of 5 steps; this one asks for {again}"):
+        train_loop("s", again, step_fn, {"model": model}, settings)
+
+
 def test_a_signal_during_the_last_save_of_a_stage_waits_for_it(tmp_path, monkeypatch):
     """A SIGTERM that lands while the stage's final checkpoint is being written lets the write
     finish (a worker stopped there used to lose the stage it had just trained) and then stops."""

@@ -71,8 +71,9 @@ def l2s_stage2_loss(
     Hard: cross-entropy −log q_φ(argmin_t ℓ_t). ``losses`` is ``(B, T)`` and is detached here.
     """
     target = oracle(losses.detach(), beta, hard=hard, mask=stop.mask)
-    if hard:
-        return -stop.log_prob(target.argmax(dim=-1)).mean()
+    if hard:  # a row whose every loss is NaN (the model diverged) stays NaN, as the soft loss
+        nll = -stop.log_prob(target.argmax(dim=-1))
+        return nll.masked_fill(target.isnan().any(dim=-1), math.nan).mean()
     return kl_divergence(target.log(), stop.log_probs, stop.mask).mean()
 
 

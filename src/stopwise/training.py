@@ -380,6 +380,12 @@ def train_loop(
     if path is not None and path.exists():
         saved = load_checkpoint(path)
         check_owner(saved, path, stage, owner)
+        if saved.get("num_steps", num_steps) != num_steps:  # its weights are of another run
+            raise CheckpointError(
+                f"checkpoint {path} is of a run of {saved['num_steps']} steps; this one asks "
+                f"for {num_steps} (a finished longer run would be returned as this one): keep "
+                "the number of steps, or give this run another checkpoint"
+            )
         missing = set(objects) - set(saved["state"])
         if missing:
             raise ValueError(f"checkpoint {path} lacks state for {sorted(missing)}")
