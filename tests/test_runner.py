@@ -383,7 +383,9 @@ def test_a_key_a_job_no_longer_reads_counts_at_its_default(tmp_path):
     run(out, calls=calls)
     assert len(called(calls)) == 4
     record_data_with_lr(out, 0.3)
-    with pytest.raises(ConfigError, match=r"job data-s0 \(finished\): config\.lr: 0\.3 -> \(absent\)"):
+    with pytest.raises(
+        ConfigError, match=r"job data-s0 \(finished\): config\.lr: 0\.3 -> \(absent\)"
+    ):
         run(out, calls=calls)
 
 
@@ -400,7 +402,9 @@ def test_a_key_a_job_no_longer_reads_counts_at_this_runs_value_on_resume_and_reu
     assert len(called(calls)) == 4  # every job reused
     run(tmp_path / "other", "lr=0.2", f"reuse_from={out}", calls=calls)
     assert sorted(called(calls)[4:]) == ["data-s0", "fit-a-s0", "fit-b-s0", "summary-s0"]
-    with pytest.raises(ConfigError, match=r"job data-s0 \(finished\): config\.lr: 0\.3 -> \(absent\)"):
+    with pytest.raises(
+        ConfigError, match=r"job data-s0 \(finished\): config\.lr: 0\.3 -> \(absent\)"
+    ):
         run(out, "lr=0.2", calls=calls)
 
 
