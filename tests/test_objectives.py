@@ -597,3 +597,24 @@ def test_hard_stage2_of_a_row_that_diverged_is_nan_as_the_soft_one():
         assert math.isnan(float(l2s_stage2_loss(StopTime(hazards), losses, 0.5, hard=hard)))
     finite = l2s_stage2_loss(StopTime(hazards[:1]), losses[:1], 0.5, hard=True)
     assert float(finite) == pytest.approx(math.log(2))  # −log q(0), q(0) = σ(0)
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_stage1_gradient_in_the_losses_by_its_closed_form(detach):
+    """d/dℓ_s of Σ_t q*_t ℓ_t, q* = softmax(−ℓ/β) over the valid steps: q*_s with the weights
+    detached (L2S Eq. 9); q*_s (1 − (ℓ_s − Σ_t q*_t ℓ_t)/β) through them (the official DnCNN-stop
+    form). Written out per row, per step, in plain Python."""
+    g = torch.Generator().manual_seed(5)
+    losses = torch.rand(3, 5, generator=g, dtype=torch.float64).requires_grad_()
+    mask = torch.tensor([True, True, False, True, True])
+    beta = 0.3
+    l2s_stage1_loss(losses, beta, mask, detach=detach).backward()
+    rows = losses.detach().tolist()
+    for b, row in enumerate(rows):
+        valid = [t for t in range(5) if mask[t]]
+        z = sum(math.exp(-row[t] / beta) for t in valid)
+        q = {t: math.exp(-row[t] / beta) / z for t in valid}
+        mean = sum(q[t] * row[t] for t in valid)
+        for s in range(5):
+            expected = 0.0 if s not in q else q[s] * (1 if detach else 1 - (row[s] - mean) / beta)
+            assert float(losses.grad[b, s]) == pytest.approx(expected / 3, abs=1e-12)

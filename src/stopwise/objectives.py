@@ -43,11 +43,16 @@ def l2s_stage1_loss(
     beta: float,
     mask: torch.Tensor | None = None,
     uniform: float = 0.0,
+    detach: bool = True,
 ) -> torch.Tensor:
     """L2S stage I: the predictive model trained under the oracle, Σ_t q*(t) ℓ_t with q* detached.
 
     Its gradient in ℓ equals that of β·(−logsumexp_t(−ℓ_t/β)) (L2S, Eq. 9): the oracle weights
     ``softmax(−ℓ/β)`` are exactly d/dℓ of that soft-min. ``losses`` is ``(B, T)``.
+
+    ``detach=False`` back-propagates through q* as well (the official DnCNN-stop and SDN code's
+    form): the gradient in ℓ_s is then q*_s (1 − (ℓ_s − Σ_t q*_t ℓ_t)/β), which moves weight
+    toward the steps that are already best.
 
     ``uniform`` > 0 (not in the paper) trains on (1 − uniform)·q* + uniform·(1/T over the valid
     steps): a share of deep supervision, which keeps the early steps good outputs of their own
@@ -55,7 +60,7 @@ def l2s_stage1_loss(
     """
     if not 0.0 <= uniform <= 1.0:
         raise ValueError(f"uniform must lie in [0, 1]; got {uniform}")
-    weights = oracle(losses.detach(), beta, mask=mask)
+    weights = oracle(losses.detach() if detach else losses, beta, mask=mask)
     if uniform > 0:
         valid = _expand_mask(mask, losses.shape, losses.device).to(weights.dtype)
         weights = (1 - uniform) * weights + uniform * valid / valid.sum(-1, keepdim=True)

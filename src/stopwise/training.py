@@ -673,13 +673,15 @@ def fit_oracle(
     settings: LoopSettings | None = None,
     stage: str = "stage1",
     uniform: float = 0.0,
+    detach_oracle: bool = True,
     **optimize_kw,
 ) -> dict[str, float]:
-    """L2S stage I: train the step model under the oracle q* = softmax(−ℓ/β) (weights detached);
-    ``uniform`` mixes in deep supervision's uniform weights (:func:`~.objectives.l2s_stage1_loss`)."""
+    """L2S stage I: train the step model under the oracle q* = softmax(−ℓ/β) (weights detached,
+    or not: ``detach_oracle=False``, the official DnCNN-stop code's form); ``uniform`` mixes in
+    deep supervision's uniform weights (:func:`~.objectives.l2s_stage1_loss`)."""
 
     def under_oracle(losses):
-        return l2s_stage1_loss(losses, beta, mask, uniform)
+        return l2s_stage1_loss(losses, beta, mask, uniform, detach_oracle)
 
     return _fit_model(
         model, batches, loss_fn, under_oracle, optimizer, num_steps, settings, stage, **optimize_kw

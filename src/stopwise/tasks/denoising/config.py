@@ -82,6 +82,11 @@ class DenoisingConfig(Config):
     uniform_candidate: bool = param(
         True, help="the uniform-DS model (β = ∞) is a stage-I candidate too"
     )
+    oracle_detached: bool = param(
+        True,
+        help="stage I's oracle weights detached (L2S Eq. 9); false: back-propagated through, "
+        "as the official DnCNN-stop code",
+    )
     stage1_criterion: str = param(
         "oracle",
         choices=("oracle", "budget_oracle"),

@@ -117,7 +117,13 @@ def jobs(config: DenoisingConfig) -> list[Job]:
 
 def _jobs(config: DenoisingConfig) -> list[Job]:
     stage1 = [
-        Job(stage1_name(b), {"beta": b}, ("pretrain",), _FINETUNED + ("exit_head",), cost=2.0)
+        Job(
+            stage1_name(b),
+            {"beta": b},
+            ("pretrain",),
+            _FINETUNED + ("exit_head", "oracle_detached"),
+            cost=2.0,
+        )
         for b in config.betas
     ]
     stop_keys = _FINETUNED + (

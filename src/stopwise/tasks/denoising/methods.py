@@ -93,7 +93,8 @@ def train_dncnn(
 
     ``objective``: ``"last"`` (Σ_px (n̂ − n)² of the full-depth output, the plain DnCNN),
     ``"uniform"`` (the mean over exits of ℓ_t: uniform deep supervision) or ``"oracle"``
-    (L2S stage I, Σ_t q*(t) ℓ_t with q* = softmax(−ℓ/β) detached, L2S Eq. 9). Batches come from
+    (L2S stage I, Σ_t q*(t) ℓ_t with q* = softmax(−ℓ/β), detached as in L2S Eq. 9 unless
+    ``config.oracle_detached`` is false). Batches come from
     the named stream ``batch_stream`` (the same patches for every method of a seed). Returns the
     schedule's summary (best score and step, learning-rate drop, validation curve).
     """
@@ -130,7 +131,10 @@ def train_dncnn(
     elif objective == "uniform":
         fit_predictor(model, batches, noise_losses, optimizer, stage_config.steps, **common)
     elif objective == "oracle":
-        fit_oracle(model, batches, noise_losses, optimizer, stage_config.steps, beta, **common)
+        fit_oracle(
+            model, batches, noise_losses, optimizer, stage_config.steps, beta,
+            detach_oracle=config.oracle_detached, **common,
+        )  # fmt: skip
     else:
         raise ValueError(f"unknown objective {objective!r}")
     schedule.restore_best()
