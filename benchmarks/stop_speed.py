@@ -365,6 +365,7 @@ def _one_task(tasks, i: int) -> tuple[torch.Tensor, torch.Tensor]:
 def learned_optimizer_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
     from stopwise.tasks.learned_optimizers.experiment import (
         _Detached,
+        _lstm_weights,
         _splits,
         build_net,
         make_family,
@@ -394,9 +395,7 @@ def learned_optimizer_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCa
             step += float(net.halting.in_features)
             policy, decision = CausalHaltingScore(), 0.0
         else:
-            net.load_state_dict(
-                finished_job(run, f"lstm-{family_name}")[0].checkpoint("lstm")["net"]
-            )
+            net.load_state_dict(_lstm_weights(family_name, context))  # the restart kept
             trained = L2SPolicy(config.horizon, tuple(config.l2s.hidden))
             trained.load_state_dict(context.checkpoint("l2s")["policy"])
             policy, decision = _Detached(trained.eval()), float(trained.macs())

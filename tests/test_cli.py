@@ -46,7 +46,7 @@ def test_run_writes_a_complete_run_directory(tmp_path, capsys):
     assert saved["experiment"] == "toy" and saved["preset"] == "tiny"
     assert saved["config"]["seeds"] == [3] and saved["config"]["stage1"]["steps"] == 20
     env = json.loads((out / "env.json").read_text())
-    assert {"torch", "python", "threads", "seeds", "started"} <= set(env)
+    assert {"torch", "python", "threads", "seeds", "started", "git_commit", "cpu"} <= set(env)
     results = json.loads((out / "results.json").read_text())
     assert len(results["rows"]) == 5
     assert sorted(p.name for p in (out / "checkpoints" / "l2s-s3").iterdir()) == [
@@ -134,3 +134,24 @@ def test_an_error_a_library_makes_of_a_stop_signal_still_exits_as_interrupted(mo
     monkeypatch.setattr(cli, "_run", unrelated)
     with pytest.raises(RuntimeError, match="a real bug"):
         cli.main(["run", "toy", "--preset", "tiny"])  # main forgot the earlier run's signal
+
+
+def test_the_code_a_run_used_is_recorded(tmp_path):
+    """env.json and every benchmark JSON name the commit and whether the checkout had changes,
+    read here with git itself (None where stopwise does not run from a git checkout)."""
+    from pathlib import Path
+
+    import stopwise.experiments
+    from stopwise.experiments import source_version
+
+    git = ["git", "-C", str(Path(stopwise.experiments.__file__).parent)]
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True)
+    version = source_version()
+    if head.returncode != 0:
+        assert version == {"git_commit": None, "git_dirty": None}
+        return
+    assert version["git_commit"] == head.stdout.strip()
+    changes = subprocess.run(
+        [*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+    ).stdout
+    assert version["git_dirty"] == bool(changes.strip())

@@ -174,3 +174,14 @@ def test_a_widened_case_repeats_its_rows_as_one_batch(stop_speed):
     assert case.notes == [] and "repeated 3×" in wide.notes[0]
     own = [t for t, _ in reference_stop(model, policy, x, 0.5, [True] * model.max_steps)]
     assert stop_speed.stop_index(wide, rule).tolist() == own * 3
+
+
+def test_the_learned_optimizers_run_with_their_chosen_restart(stop_speed, tmp_path):
+    """The tiny preset meta-trains two restarts in one stage: the script read a per-restart
+    checkpoint that does not exist there (CheckpointError) instead of the restart the job kept."""
+    out = tmp_path / "stop_speed.json"
+    argv = ["--tiny", "--tasks", "learned-optimizers", "--threads", "1", "--seconds", "0"]
+    argv += ["--repeats", "1", "--points", "2", "--runs", str(tmp_path / "runs"), "--out", str(out)]
+    assert stop_speed.main(argv) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["model"] for r in rows} == {"LSTM optimizer + ACT halting", "LSTM optimizer + L2S"}

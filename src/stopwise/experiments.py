@@ -583,27 +583,46 @@ class RunLock:
         self.handle.close()
 
 
+def source_version() -> dict[str, Any]:
+    """``git_commit`` of the stopwise checkout running (None outside one) and ``git_dirty``:
+    whether its tracked files differ from that commit (None when unknown)."""
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", *args], capture_output=True, text=True, timeout=5,
+                cwd=Path(__file__).parent,
+            )  # fmt: skip
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    changes = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"git_commit": commit or None, "git_dirty": None if changes is None else bool(changes)}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else what ``platform`` knows."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def environment(config: Any) -> dict[str, Any]:
     """Versions, machine and settings that decide the numbers of a run."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
     return {
         "started": datetime.datetime.now().isoformat(timespec="seconds"),
         "stopwise": __version__,
-        "git_commit": commit or None,
+        **source_version(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "threads": config.threads,
         "workers": config.workers,
