@@ -87,21 +87,24 @@ def test_finished_stage_is_skipped_and_restored(tmp_path):
     assert again == last == {"w": float(final.sum())}  # the last step's metrics, restored
 
 
-@pytest.mark.parametrize("again", [3, 8])
-def test_a_checkpoint_of_another_number_of_steps_is_refused(tmp_path, again):
-    """A stage rerun with fewer steps returned the finished longer run's weights as its own;
-    with more, it went on from them without a word (an audit)."""
+def test_a_checkpoint_past_the_steps_asked_for_is_refused_and_a_longer_run_goes_on(tmp_path):
+    """A stage rerun with fewer steps returned the finished longer run's weights as its own (an
+    audit); with more steps it goes on from the finished checkpoint, as before."""
     model = torch.nn.Linear(2, 1)
     settings = LoopSettings(checkpoint_dir=tmp_path, checkpoint_every=2, progress=False)
+    calls = []
 
     def step_fn(step):
+        calls.append(step)
         with torch.no_grad():
             model.weight.add_(1.0)
         return {"w": model.weight.sum()}
 
     train_loop("s", 5, step_fn, {"model": model}, settings)
-    with pytest.raises(CheckpointError, match=f"a run of 5 steps; this one asks for {again}"):
-        train_loop("s", again, step_fn, {"model": model}, settings)
+    with pytest.raises(CheckpointError, match="at step 5 of a run of 5 steps; this one asks for 3"):
+        train_loop("s", 3, step_fn, {"model": model}, settings)
+    train_loop("s", 8, step_fn, {"model": model}, settings)
+    assert calls == [0, 1, 2, 3, 4, 5, 6, 7]
 
 
 def test_a_signal_during_the_last_save_of_a_stage_waits_for_it(tmp_path, monkeypatch):

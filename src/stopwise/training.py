@@ -380,11 +380,11 @@ def train_loop(
     if path is not None and path.exists():
         saved = load_checkpoint(path)
         check_owner(saved, path, stage, owner)
-        if saved.get("num_steps", num_steps) != num_steps:  # its weights are of another run
+        if saved["step"] > num_steps:  # weights of more steps than asked for
             raise CheckpointError(
-                f"checkpoint {path} is of a run of {saved['num_steps']} steps; this one asks "
-                f"for {num_steps} (a finished longer run would be returned as this one): keep "
-                "the number of steps, or give this run another checkpoint"
+                f"checkpoint {path} is at step {saved['step']} of a run of "
+                f"{saved.get('num_steps', '?')} steps; this one asks for {num_steps} (the longer "
+                "run's weights would be returned as this one's): give it another checkpoint"
             )
         missing = set(objects) - set(saved["state"])
         if missing:
