@@ -170,7 +170,7 @@ def test_strictly_better_needs_the_interval_over_seeds_above_zero():
     assert verdict["dominates"] and not verdict["strictly_better_lower_half"]
     assert not verdict["met"]
     line = dominance_line("scattered", verdict, "points", 100)
-    assert "strictly in the lower half (its interval above zero) — no" in line
+    assert "better in the lower half (its interval above zero) — no" in line
     assert "at every budget (no point's mean gain below zero)" in line  # says which rule
 
     steady = [0.10, 0.12, 0.11]
@@ -214,3 +214,26 @@ def test_best_lower_half_prefers_a_gain_whose_interval_is_above_zero():
     assert verdict["best_lower_half_gain"] == pytest.approx(0.055)
     assert verdict["best_lower_half_interval"][0] > 0
     assert verdict["strictly_better_lower_half"] and verdict["met"]
+
+
+def test_an_undefined_fixed_depth_leaves_the_comparison_undefined():
+    """A NaN fixed depth at the cheapest end made the comparator −inf and a far worse stop point
+    a gain of +inf (the curve 'met' the target); in the middle it was skipped (an audit)."""
+    values = [math.nan, 0.6, 0.7, 0.8, 0.9]
+    fixed = [{"mean_steps": d + 1, "q": v} for d, v in enumerate(values)]
+    for cost in (1.0, 1.5, 3.0):
+        assert math.isnan(best_fixed_mix(fixed, cost, "q", higher_is_better=True))
+    curve = [{"mean_steps": 1.5, "q": 0.1}, {"mean_steps": 5.0, "q": 0.95}]
+    verdict = dominance([curve], [fixed], "q", higher_is_better=True)
+    assert math.isnan(verdict["worst_gain"]) and not verdict["met"]
+
+
+def test_over_seeds_a_gain_without_an_interval_is_not_separated():
+    """Three seeds, one with an infinite gain: the mean is +inf and no interval exists; it was
+    counted as 'strictly better' on its mean alone (an audit)."""
+    fixed = [{"mean_steps": d, "loss": v} for d, v in ((1, 2.0), (2, 1.0), (3, 0.5))]
+    infinite = [{"mean_steps": 1, "loss": math.inf}, *fixed[1:]]
+    curve = [{"mean_steps": 1.0, "loss": 0.5}, {"mean_steps": 3.0, "loss": 0.5}]
+    verdict = dominance([curve] * 3, [infinite, fixed, fixed], "loss", higher_is_better=False)
+    assert verdict["gains"][0]["gain"] == math.inf and verdict["gains"][0]["lo"] is None
+    assert not verdict["strictly_better_lower_half"] and not verdict["met"]

@@ -116,7 +116,7 @@ def test_the_gain_head_gets_a_budget_curve_run_for_real_and_a_verdict(tiny_run):
     expected = line["uniform (gain head)"]["worst_gain_per_seed"]["0"]
     assert paired["mean"] == pytest.approx(expected - line["uniform"]["worst_gain_per_seed"]["0"])
     table = (tiny_run / "table.md").read_text()
-    assert "- Uniform Σ_k CE_k (gain head): beats fixed depth at every budget" in table
+    assert "- Uniform Σ_k CE_k (gain head): no worse than fixed depth at every budget" in table
     assert "gain head − confidence thresholds of the same network" in table
 
 

@@ -8,7 +8,7 @@ accuracy, mean PSNR, mean log suboptimality). Taking the best pair, not only the
 depths, and any cheaper depth, makes the comparator the monotone hull of the fixed-depth points.
 
 :func:`dominance` gives issue 17's verdict for one curve: at every point at least as good as
-that comparator, and strictly better somewhere in the lower half of the depth range.
+that comparator, and strictly better somewhere in the lower half of the fixed depths' cost range.
 """
 
 from __future__ import annotations
@@ -59,17 +59,22 @@ def best_fixed_mix(
     sign = 1.0 if higher_is_better else -1.0
     cheapest = points[0][0]
     if cost <= cheapest:  # the best of the cheapest depths (two may cost the same)
-        return sign * max(sign * v for xv, v in points if xv == cheapest)
-    best = -float("inf")
-    for i, (xa, va) in enumerate(points):
-        if xa > cost:
-            break
-        best = max(best, sign * va)
-        for xb, vb in points[i + 1 :]:
-            if xb > cost:  # the shares of a and b whose mean cost is exactly ``cost``
-                share = (cost - xa) / (xb - xa)
-                best = max(best, sign * ((1 - share) * va + share * vb))
-    return sign * best
+        candidates = [sign * v for xv, v in points if xv == cheapest]
+    else:
+        candidates = []
+        for i, (xa, va) in enumerate(points):
+            if xa > cost:
+                break
+            candidates.append(sign * va)
+            for xb, vb in points[i + 1 :]:
+                if xb > cost:  # the shares of a and b whose mean cost is exactly ``cost``
+                    share = (cost - xa) / (xb - xa)
+                    candidates.append(sign * ((1 - share) * va + share * vb))
+    # A depth whose value is undefined (NaN: it diverged) leaves the comparison undefined, so
+    # no gain over it is claimed (max() would keep or drop a NaN by its place in the list).
+    if any(math.isnan(c) for c in candidates):
+        return math.nan
+    return sign * max(candidates)
 
 
 def dominance(
@@ -121,10 +126,14 @@ def dominance(
     # An undefined gain (a diverged point: NaN quality) is the worst, wherever it falls.
     worst = min(gains, key=lambda g: (not math.isnan(g["gain"]), g["gain"]))
     lower = [g for g in gains if g["cost"] <= middle]
+    one_seed = len(curves) == 1  # no interval: judged by its gain
     separated = [
-        g for g in lower if g["gain"] > tolerance and (g["lo"] is None or g["lo"] > tolerance)
+        g
+        for g in lower
+        if g["gain"] > tolerance and (one_seed or (g["lo"] is not None and g["lo"] > tolerance))
     ]
-    best_lower = max(separated or lower, key=lambda g: g["gain"]) if lower else None
+    ranked = lambda g: (not math.isnan(g["gain"]), g["gain"])  # noqa: E731  (NaN the lowest)
+    best_lower = max(separated or lower, key=ranked) if lower else None
     dominates = worst["gain"] >= -tolerance  # False for NaN
     strictly = bool(separated)
     return {
@@ -165,7 +174,7 @@ def dominance_line(
         f"{unit} at {verdict['worst_gain_at']:.3g} {cost_unit}"
     )
     if verdict["best_lower_half_gain"] is None:
-        lower = "no point in the lower half of the depth range"
+        lower = "no point in the lower half of the fixed depths' range"
     else:
         lower = (
             f"best in the lower half {signed(verdict['best_lower_half_gain'])}"
@@ -180,7 +189,7 @@ def dominance_line(
     # judged by the mean: stricter than "no point's interval below zero"
     by_mean = " (no point's mean gain below zero)" if seeds > 1 else ""
     return (
-        f"{label}: beats fixed depth at every budget{by_mean} and strictly in the lower "
+        f"{label}: no worse than fixed depth at every budget{by_mean} and better in the lower "
         f"half{separated} "
         f"— {answer} "
         f"(worst gain over fixed depth {worst}; {lower}; a positive gain: the stop model is "

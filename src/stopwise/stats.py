@@ -36,7 +36,7 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for one value). Raises on an empty sequence.
 
     Values that are not finite (a diverged run's loss) give their mean (±inf, or NaN for both
-    signs) and an infinite sd, where :func:`statistics.stdev` would fail.
+    signs) and, for two values or more, an infinite sd, where :func:`statistics.stdev` would fail.
     """
     values = [float(v) for v in values]
     if not values:
