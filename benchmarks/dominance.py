@@ -17,12 +17,10 @@ import argparse
 import json
 from pathlib import Path
 
-from machine_info import machine
+from machine_info import add_results_option, machine
 
 from stopwise.experiments import run_experiment
 from stopwise.reporting import markdown_table
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def overrides(config: dict, prefix: str = "") -> list[str]:
@@ -62,10 +60,10 @@ def verdicts(out: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--name", default="dominance")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="folder for the JSON")
+    add_results_option(parser)
     args = parser.parse_args(argv)
     runs = [verdicts(out) for out in args.runs]
     rows = [

@@ -21,7 +21,7 @@ intervals in the report's results, so it re-judges an older results file by toda
     .venv/bin/python benchmarks/learned_optimizers.py [--preset benchmark] [--out DIR]
 
 Writes ``benchmarks/results/learned_optimizers.json`` and copies the run's table and figures to
-``benchmarks/results/learned_optimizers/``. The run directory resumes when rerun (jobs finished
+``benchmarks/results/learned_optimizers/`` (``--results DIR``: ``DIR/NAME.json`` and ``DIR/NAME/``). The run directory resumes when rerun (jobs finished
 before keep the times they recorded when they ran).
 """
 
@@ -33,13 +33,12 @@ import shutil
 import time
 from pathlib import Path
 
-from machine_info import machine
+from machine_info import add_results_option, machine
 
 from stopwise.experiments import run_experiment
 from stopwise.stats import interval_or_mean, mean_interval
 
 ROOT = Path(__file__).resolve().parent
-RESULTS = ROOT / "results"
 
 
 def _by_seed(per_seed: dict) -> dict[str, dict]:
@@ -182,18 +181,19 @@ def targets(results: dict, config: dict) -> dict:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="benchmark")
     parser.add_argument("--out", default=str(ROOT.parent / "runs" / "learned-optimizers-benchmark"))
     parser.add_argument("--set", action="append", default=[], help="extra key=value overrides")
     parser.add_argument("--name", help="name of the results (default: from the preset)")
+    add_results_option(parser)
     parser.add_argument(
         "--note",
         default="measured on a shared 2-core machine under load (other processes running)",
         help="how the machine was shared while the jobs ran",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     out = Path(args.out)
     start, cpu_start = time.perf_counter(), time.process_time()
     run_experiment("learned-optimizers", args.preset, out, ["threads=1", *args.set])
@@ -231,12 +231,12 @@ def main() -> None:
         "note": f"{args.note}; CPU seconds are per job (process time), wall seconds include "
         "waiting for the CPU",
     }
-    RESULTS.mkdir(exist_ok=True)
+    args.results.mkdir(parents=True, exist_ok=True)
     name = args.name or (
         "learned_optimizers" if args.preset == "benchmark" else f"learned_optimizers-{args.preset}"
     )
-    (RESULTS / f"{name}.json").write_text(json.dumps(summary, indent=1) + "\n")
-    copy = RESULTS / name
+    (args.results / f"{name}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    copy = args.results / name
     copy.mkdir(exist_ok=True)
     shutil.copy(out / "table.md", copy / "table.md")
     for figure in (out / "figures").glob("*.png"):

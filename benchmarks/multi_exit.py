@@ -34,12 +34,11 @@ import sys
 import time
 from pathlib import Path
 
-from machine_info import machine
+from machine_info import add_results_option, machine
 
 from stopwise.experiments import run_experiment
 from stopwise.stats import interval_or_mean, mean_interval
 
-ROOT = Path(__file__).resolve().parent
 RESULT_NAMES = {
     "benchmark": "multi_exit-mnist1d",
     "benchmark-fashion": "multi_exit",
@@ -96,12 +95,12 @@ def job_times(out: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="benchmark")
     parser.add_argument(
         "--out", default=None, help="run directory (default runs/multi-exit-PRESET)"
     )
-    parser.add_argument("--results", default=None, help="folder for the JSON (default results/)")
+    add_results_option(parser)
     parser.add_argument("--name", default=None, help="JSON name (default from the preset)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
@@ -175,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         "table": (out / "table.md").read_text(),
     }
     name = args.name or RESULT_NAMES.get(args.preset, f"multi_exit-{args.preset}")
-    results = Path(args.results) if args.results else ROOT / "results"
+    results = args.results
     results.mkdir(parents=True, exist_ok=True)
     (results / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
     figures = results / name

@@ -12,7 +12,8 @@ train; ``reused_jobs`` counts them (a run that reused jobs has no valid wall-clo
 
 Writes ``benchmarks/results/parity.json`` (``parity-<preset>.json`` for other presets) with the
 machine, the wall-clock times, the summary lines of the best settings and the table, and copies the
-figures next to it (``benchmarks/results/parity[-<preset>]/*.png``). Run directories go under
+figures next to it (``benchmarks/results/parity[-<preset>]/*.png``; ``--results DIR`` for another
+folder). Run directories go under
 ``runs/`` and resume if interrupted (a resumed run's wall time is not a valid timing).
 """
 
@@ -25,11 +26,10 @@ import sys
 import time
 from pathlib import Path
 
-from machine_info import machine
+from machine_info import add_results_option, machine
 
 from stopwise.experiments import get_experiment, resolve_config, run_experiment
 
-ROOT = Path(__file__).resolve().parent
 TARGETS_S = {"benchmark": 3600.0, "quick": 300.0}
 
 
@@ -77,11 +77,12 @@ def copy_figures(run_dir: Path, destination: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="benchmark")
     parser.add_argument("--out", default=None, help="run directory (default runs/parity-PRESET)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--skip-quick", action="store_true", help="do not time the quick preset")
+    add_results_option(parser)
     args = parser.parse_args(argv)
 
     overrides = ["progress=false", *args.overrides]
@@ -92,10 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         report["runs"].append(timed_run("quick", quick_out, ["progress=false"]))
 
     name = "parity" if args.preset == "benchmark" else f"parity-{args.preset}"
-    results_dir = ROOT / "results"
-    results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
-    copy_figures(out, results_dir / name)
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
+    copy_figures(out, args.results / name)
     for run in report["runs"]:
         print(run["table"])
         print(

@@ -15,7 +15,7 @@ streams and kept no per-seed numbers, so it is quoted, not paired.
 ``--extra-seeds`` runs, after the choice, only the chosen lr, lr 3e-3 and fixed depth 4 on more
 seeds (in ``<out>-extra``); they join the paired comparisons but played no part in the choice.
 
-Writes ``benchmarks/results/parity-act-lr.json`` (machine, threads, date, wall and CPU time, load
+Writes ``parity-act-lr.json`` in ``--results`` (default ``benchmarks/results/``; machine, threads, date, wall and CPU time, load
 average, the lines, the paired differences, the table).
 """
 
@@ -28,12 +28,11 @@ import sys
 import time
 from pathlib import Path
 
-from machine_info import machine
+from machine_info import add_results_option, machine
 
 from stopwise.experiments import run_experiment
 from stopwise.stats import paired_difference
 
-ROOT = Path(__file__).resolve().parent
 BASE = ["progress=false", "methods=fixed,act", "fixed_depth=4", "workers=2", "threads=1"]
 OLD_LR = 0.003
 COMMITTED = {"fixed depth 4": "99.96 ± 0.04", "ACT τ=1e-4, lr 3e-3": "87.01 ± 3.78 (0/5 > 99%)"}
@@ -44,8 +43,9 @@ def per_seed(rows: list[dict], **match) -> dict[int, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="runs/parity-act-lr")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="runs/parity-act-lr", help="run directory")
+    add_results_option(parser)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--extra-seeds", default="", help="e.g. 3,4: evaluation-only seeds")
     args = parser.parse_args(argv)
@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         "committed_benchmark_unpaired": COMMITTED,
         "table": (run.path / "table.md").read_text(),
     }
-    target = ROOT / "results" / "parity-act-lr.json"
+    args.results.mkdir(parents=True, exist_ok=True)
+    target = args.results / "parity-act-lr.json"
     if target.exists():  # a rerun that finishes or extends a run keeps the earlier wall times
         earlier = json.loads(target.read_text())
         if earlier.get("run_dir") == str(out):

@@ -3,7 +3,8 @@
 Reads the stage-I checkpoints of parity runs (``--run``, repeatable; a job found in several runs is
 taken from the first that holds its checkpoint) and, for each L2S job, evaluates every step's
 prediction on that seed's 10,000 test vectors: the accuracy of each step, of the oracle (some step
-right, which needs the label) and how often the steps disagree. Writes ``benchmarks/results/parity-l2s-steps.json``.
+right, which needs the label) and how often the steps disagree. Writes ``parity-l2s-steps.json``
+in ``--results`` (default ``benchmarks/results/``).
 
     .venv/bin/python benchmarks/parity_l2s_steps.py --run runs/parity-sensitivity5 \
         --run runs/parity-sensitivity
@@ -17,6 +18,7 @@ import sys
 from pathlib import Path
 
 import torch
+from machine_info import add_results_option
 
 from stopwise.checkpoints import load_checkpoint
 from stopwise.config import from_plain
@@ -24,8 +26,6 @@ from stopwise.contract import stream_seed
 from stopwise.steps import unroll
 from stopwise.tasks.parity import ParityConfig, ParityGRU
 from stopwise.tasks.parity.data import evaluation_set
-
-ROOT = Path(__file__).resolve().parent
 
 
 @torch.no_grad()
@@ -50,8 +50,9 @@ def step_accuracies(run: Path, config: ParityConfig, job: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", action="append", required=True, help="a parity run directory")
+    add_results_option(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     jobs = {}  # id -> (run, job)
@@ -74,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['id']:>12}: oracle {100 * row['oracle_accuracy']:5.1f}%, steps disagree on "
             f"{100 * row['steps_disagree']:5.1f}%; per step {steps}",
         )
-    out = ROOT / "results" / "parity-l2s-steps.json"
+    args.results.mkdir(parents=True, exist_ok=True)
+    out = args.results / "parity-l2s-steps.json"
     out.write_text(json.dumps({"runs": args.run, "jobs": rows}, indent=1) + "\n")
     return 0
 
