@@ -16,10 +16,14 @@ and optionally the `quick` preset's run time.
 4. ``--quick``: the `quick` preset (the `make demo` job) from scratch: ≤ 10 minutes.
 
     .venv/bin/python benchmarks/sparse_recovery.py [--workers 2] [--quick] [--repeats 7]
+    .venv/bin/python benchmarks/sparse_recovery.py --preset tiny --runs /tmp/runs \
+        --out /tmp/sparse_recovery-tiny.json --repeats 1          # seconds: a check of the script
 
-Writes ``benchmarks/results/sparse_recovery.json`` and copies the run's figures to
-``benchmarks/results/sparse_recovery/``. Run directories go under ``runs/`` and resume when rerun
-(a resumed job records only the time of its last part).
+Writes ``benchmarks/results/sparse_recovery.json`` (``sparse_recovery-<preset>.json`` for another
+``--preset``; ``--out`` to choose) and copies the run's figures to the folder of its name
+(``benchmarks/results/sparse_recovery/``). Run directories go under ``runs/`` (``--runs``:
+``sparse-<preset>``, and ``sparse-quick-timing`` for ``--quick``) and resume when rerun (a resumed
+job records only the time of its last part).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import time
 from pathlib import Path
 
 import torch
-from machine_info import machine
+from machine_info import RESULTS, machine
 
 from stopwise.config import to_plain
 from stopwise.contract import job_id
@@ -47,8 +51,6 @@ from stopwise.tasks.sparse_recovery.models import LISTA, analytic_weight
 from stopwise.tasks.sparse_recovery.report import PAPER
 from stopwise.training import GeneratedBatches, LoopSettings, fit_oracle
 
-ROOT = Path(__file__).resolve().parent
-RESULTS = ROOT / "results"
 PIPELINES = {  # the jobs that train each stop model
     "lista_stop": ["lista", "lista-stop-stage1", "lista-stop"],
     "cpss_stop": ["alista", "cpss-stop-stage1", "cpss-stop"],
@@ -295,19 +297,28 @@ def stripped(results: dict) -> dict:
     return {**{k: results[k] for k in keep}, "stop_models": stops}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="benchmark", help="the preset measured")
+    parser.add_argument("--runs", default="runs", help="parent of the run directories")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--workers", type=int, default=1, help="job processes (seeds in parallel)")
     parser.add_argument("--quick", action="store_true", help="also time the quick preset")
-    parser.add_argument("--out", default=str(RESULTS / "sparse_recovery.json"))
+    parser.add_argument(
+        "--out",
+        help="the JSON (default results/sparse_recovery[-PRESET].json); figures go to "
+        "the folder of its name",
+    )
     parser.add_argument("--note", default="", help="how the machine was shared, etc.")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    suffix = "" if args.preset == "benchmark" else f"-{args.preset}"
+    out = Path(args.out) if args.out else RESULTS / f"sparse_recovery{suffix}.json"
     reuse_freed_memory()
     torch.set_num_threads(1)
-    config, _ = resolve_config(get_experiment("sparse-recovery"), "benchmark")
+    config, _ = resolve_config(get_experiment("sparse-recovery"), args.preset)
     report: dict = {
         "benchmark": "sparse_recovery",
+        "preset": args.preset,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": machine(),
         "threads": 1,
@@ -315,8 +326,8 @@ def main() -> None:
         "note": args.note,
     }
 
-    run_dir = Path("runs") / "sparse-benchmark"
-    bench = run_preset("benchmark", run_dir, fresh=False, workers=args.workers)
+    run_dir = Path(args.runs) / f"sparse-{args.preset}"
+    bench = run_preset(args.preset, run_dir, fresh=False, workers=args.workers)
     results = bench["results"]
     torch.set_num_threads(1)
     columns = results["columns"]
@@ -356,13 +367,13 @@ def main() -> None:
     report["stage1_throughput"] = stage1_throughput(config, 1024, 2, args.repeats)
     print(json.dumps({k: report["stage1_throughput"][k] for k in ("achieved_gflops", "fraction")}))
 
-    figures = RESULTS / "sparse_recovery"
+    figures = out.with_suffix("")  # sparse_recovery.json -> sparse_recovery/
     figures.mkdir(parents=True, exist_ok=True)
     for figure in (run_dir / "figures").glob("*.png"):
         shutil.copy(figure, figures / figure.name)
 
     if args.quick:
-        quick_dir = Path("runs") / "sparse-quick-timing"
+        quick_dir = Path(args.runs) / "sparse-quick-timing"
         quick = run_preset("quick", quick_dir, fresh=True)
         quick_jobs = quick["results"]["jobs"].values()
         report["quick"] = {
@@ -376,9 +387,9 @@ def main() -> None:
         }
         print(json.dumps({k: report["quick"][k] for k in ("wall_seconds", "met")}))
 
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {out}")
 
 
 def _summary_line(run_dir: Path) -> str:
