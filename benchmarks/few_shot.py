@@ -14,7 +14,9 @@ sign); ``benchmark`` ≤ 120 CPU-minutes on one thread. Writes ``benchmarks/resu
 machine, threads, date, wall and CPU seconds of every job, the numbers against each target) and
 copies the figures to ``benchmarks/results/few_shot/<preset>/``. Run directories go under
 ``runs/`` and resume if interrupted (a resumed job's wall time covers only its last part; the
-JSON says which jobs resumed).
+JSON says which jobs resumed). A rerun of some presets replaces their sections of the JSON and
+keeps the others: each preset's section has the date and machine of the call that ran it, the
+top-level ``date`` and ``machine`` are those of the last call.
 """
 
 from __future__ import annotations
@@ -26,12 +28,15 @@ import sys
 import time
 from pathlib import Path
 
-from machine_info import machine
+from machine_info import RESULTS, stamp
 
 from stopwise.experiments import run_experiment
 from stopwise.stats import interval_or_mean, mean_interval
 
-ROOT = Path(__file__).resolve().parent
+NOTE = (
+    "one process, one torch thread, run under `nice -n 10` on a 2-core machine shared with other "
+    "jobs (load average up to ~10): wall times carry that load; CPU seconds are this process's own"
+)
 TARGETS = {
     "glyph_gain_points": 1.0,
     "sinusoid_mse_ratio": 0.9,
@@ -40,7 +45,8 @@ TARGETS = {
 }
 
 
-def run_preset(preset: str, out: Path, overrides: list[str]) -> dict:
+def run_preset(preset: str, out: Path, overrides: list[str], figures: Path) -> dict:
+    """Run (or resume) a preset into ``out``; its summary, the figures copied to ``figures``."""
     start = time.perf_counter()
     run = run_experiment("few-shot", preset, out, overrides)
     wall = time.perf_counter() - start
@@ -61,7 +67,7 @@ def run_preset(preset: str, out: Path, overrides: list[str]) -> dict:
     stop = results["jobs"]["maml-stop"]
     summary = {
         "preset": preset,
-        "machine": machine(),
+        **stamp(),  # this preset's own date and machine (the top-level ones: the last call's)
         "overrides": overrides,
         "config": config,
         "wall_seconds_this_call": wall,
@@ -87,7 +93,6 @@ def run_preset(preset: str, out: Path, overrides: list[str]) -> dict:
         },
         "stop_minus_best_over_seeds": results["stop_minus_best_over_seeds"],
     }
-    figures = ROOT / "results" / "few_shot" / preset
     figures.mkdir(parents=True, exist_ok=True)
     for figure in (out / "figures").glob("*.png"):
         shutil.copy(figure, figures / figure.name)
@@ -146,29 +151,22 @@ def verdicts(summary: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", nargs="+", default=["sinusoid", "benchmark"])
     parser.add_argument("--runs", default="runs", help="parent of the run directories")
-    parser.add_argument("--results", default=None, help="the JSON (default results/few_shot.json)")
+    where = "the JSON (default results/few_shot.json); figures go to the folder of its name"
+    parser.add_argument("--results", default=None, help=where)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
     overrides = ["progress=false", "threads=1", *args.overrides]
-    path = Path(args.results) if args.results else ROOT / "results" / "few_shot.json"
+    path = Path(args.results) if args.results else RESULTS / "few_shot.json"
     report = json.loads(path.read_text()) if path.exists() else {"presets": {}}
-    report.update(
-        {
-            "machine": machine(),
-            "threads": 1,
-            "targets": TARGETS,
-            "note": "one process, one torch thread, run under `nice -n 10` on a 2-core machine "
-            "shared with other jobs (load average up to ~10): wall times carry that load; CPU "
-            "seconds are this process's own",
-        }
-    )
     for preset in args.presets:
-        summary = run_preset(preset, Path(args.runs) / f"few-shot-{preset}", overrides)
+        out = Path(args.runs) / f"few-shot-{preset}"
+        summary = run_preset(preset, out, overrides, path.with_suffix("") / preset)
         summary["verdicts"] = verdicts(summary)
         report["presets"][preset] = summary
+        report.update({**stamp(), "threads": 1, "targets": TARGETS, "note": NOTE})
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=1) + "\n")
         print(summary["table"])
