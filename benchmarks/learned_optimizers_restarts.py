@@ -20,8 +20,9 @@ functions). It reports:
 
     nice -n 10 .venv/bin/python benchmarks/learned_optimizers_restarts.py --seeds 10 11 12 13 14 15 16 17 18
 
-Writes ``benchmarks/results/learned_optimizers-restarts-pilot[-quadratic].json``; ``--summarise FILE``
-recomputes the summary from the runs recorded in an earlier output, without training.
+Writes ``benchmarks/results/learned_optimizers-restarts-pilot[-quadratic].json`` (``--out`` to
+choose); ``--summarise FILE`` recomputes the summary from the runs recorded in an earlier output,
+without training, and writes it back to FILE (or to ``--out``).
 ``--update``, ``--preprocess``, ``--output-scale``, ``--objective`` and ``--unroll`` pilot
 variants of the network and its meta-training on the same seeds and functions.
 """
@@ -114,21 +115,25 @@ def hand_designed(family, validation, development) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10, 19)))
     parser.add_argument("--restarts", type=int, default=3)
     parser.add_argument("--family", choices=sorted(FAMILIES), default="regression")
     parser.add_argument("--iterations", type=int, help="default: the benchmark preset's")
     parser.add_argument("--summarise", help="an earlier output whose runs to summarise again")
     parser.add_argument(
-        "--hand", action="store_true", help="also the tuned hand-designed optimizers, on the same"
+        "--hand",
+        action="store_true",
+        help="also the tuned hand-designed optimizers, on the same functions",
     )
     parser.add_argument("--update", choices=LSTMOptimizerNet.UPDATES, help="default: the preset's")
     parser.add_argument("--preprocess", type=float, help="p (0: none); default: the preset's")
     parser.add_argument("--output-scale", type=float, default=1.0)
     parser.add_argument("--objective", choices=("loss", "log_gap"), default="loss")
     parser.add_argument("--unroll", type=int, default=20, help="meta-training window (BPTT)")
-    parser.add_argument("--out", help="default: results/learned_optimizers-restarts-pilot…")
+    parser.add_argument(
+        "--out", help="default: results/learned_optimizers-restarts-pilot…, with --summarise FILE"
+    )
     args = parser.parse_args(argv)
     make_family, network, iterations = FAMILIES[args.family]
     network = dict(network)
@@ -138,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         network["preprocess"] = args.preprocess or None
     args.iterations = args.iterations or iterations
     suffix = "" if args.family == "regression" else f"-{args.family}"
-    args.out = args.out or str(ROOT / f"results/learned_optimizers-restarts-pilot{suffix}.json")
+    default = args.summarise or ROOT / f"results/learned_optimizers-restarts-pilot{suffix}.json"
+    args.out = args.out or str(default)
     torch.set_num_threads(1)
     family = make_family()
     validation = family.sample(500, torch.Generator().manual_seed(777))

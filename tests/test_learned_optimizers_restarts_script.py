@@ -45,3 +45,14 @@ def test_tiny_pilot_writes_its_runs_and_summary(script, tmp_path):
     assert "best_of_2" in result["kept"]
     momentum = result["hand_designed"]["momentum"]
     assert momentum["log10_gap_100"] < momentum["log10_gap_20"] < 0  # tuned: it makes progress
+
+
+def test_summarise_rewrites_the_file_it_reads(script, tmp_path):
+    earlier = tmp_path / "earlier.json"
+    runs = [{"validation_score": float(s), "log10_gap_20": -s, "log10_gap_100": -2.0 * s}
+            for s in (1, 2, 3)]  # fmt: skip
+    earlier.write_text(json.dumps({"family": "quadratic", "runs": runs}))
+    assert script.main(["--summarise", str(earlier), "--restarts", "2"]) == 0
+    result = json.loads(earlier.read_text())
+    assert result["runs"] == runs and result["subsets"] == 3
+    assert result["kept"]["best_of_2"]["log10_gap_20"]["worst"] == -2.0
