@@ -49,7 +49,7 @@ def steps_needed(gaps: torch.Tensor, tolerance: float) -> torch.Tensor:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--val", type=int, default=500, help="validation functions (tuning)")
     parser.add_argument("--functions", type=int, default=2000, help="functions measured")
     parser.add_argument("--horizon", type=int, default=100, help="steps the lr is tuned for")

@@ -82,7 +82,7 @@ def evaluate(net: LSTMOptimizerNet, family: RegressionFamily, functions) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--iterations", type=int, default=500)
     parser.add_argument("--out", default=str(ROOT / "results/learned_optimizers-precision.json"))

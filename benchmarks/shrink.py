@@ -125,7 +125,7 @@ def measure(threads: int, batch: int, width: int, steps: int, repeats: int) -> l
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--width", type=int, default=512)

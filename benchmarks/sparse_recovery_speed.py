@@ -113,7 +113,7 @@ def measure(run: Path, name: str, seed: int, threads: int, args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", default="runs/sparse-benchmark", help="a finished run directory")
     parser.add_argument("--seed", type=int, default=None, help="default: the run's first seed")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
