@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import torch
-from machine_info import RESULTS, restamp, stamp
+from machine_info import RESULTS, json_path, restamp, stamp
 
 from stopwise.contract import stream_seed
 from stopwise.experiments import get_experiment, resolve_config, run_experiment
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     config, _ = resolve_config(get_experiment("denoising"), args.preset, args.overrides)
-    out = Path(args.out)
+    out = json_path(parser, args.out)
     report: dict = json.loads(out.read_text()) if out.exists() else {}
     earlier = [s for s in SECTIONS if s in report]
     written = []

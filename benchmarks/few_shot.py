@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from machine_info import RESULTS, stamp
+from machine_info import RESULTS, json_path, stamp
 
 from stopwise.experiments import run_experiment
 from stopwise.stats import interval_or_mean, mean_interval
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
     overrides = ["progress=false", "threads=1", *args.overrides]
-    path = Path(args.results) if args.results else RESULTS / "few_shot.json"
+    path = json_path(parser, args.results) if args.results else RESULTS / "few_shot.json"
     report = json.loads(path.read_text()) if path.exists() else {"presets": {}}
     for preset in args.presets:
         out = Path(args.runs) / f"few-shot-{preset}"

@@ -39,6 +39,15 @@ def add_results_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", type=Path, default=RESULTS, help=where)
 
 
+def json_path(parser: argparse.ArgumentParser, path: str | Path) -> Path:
+    """A script's JSON path, which must end in ``.json``: the figures go to the folder of the
+    same name without it (a path without the suffix would be that folder, and the run would
+    fail after its jobs when the JSON is written)."""
+    if Path(path).suffix != ".json":
+        parser.error(f"{path}: the results path must end in .json (its figures go beside it)")
+    return Path(path)
+
+
 def stamp(**extra) -> dict:
     """When and where a section of a results file was computed (and ``extra``, e.g. a note)."""
     now = machine()

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 import torch
-from machine_info import RESULTS, machine
+from machine_info import RESULTS, json_path, machine
 
 from stopwise.config import to_plain
 from stopwise.contract import job_id
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--note", default="", help="how the machine was shared, etc.")
     args = parser.parse_args(argv)
     suffix = "" if args.preset == "benchmark" else f"-{args.preset}"
-    out = Path(args.out) if args.out else RESULTS / f"sparse_recovery{suffix}.json"
+    out = json_path(parser, args.out) if args.out else RESULTS / f"sparse_recovery{suffix}.json"
     reuse_freed_memory()
     torch.set_num_threads(1)
     config, _ = resolve_config(get_experiment("sparse-recovery"), args.preset)

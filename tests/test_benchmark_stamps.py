@@ -24,3 +24,19 @@ def test_restamp_keeps_the_stamps_of_the_sections_it_did_not_write(monkeypatch):
     stamp = machine_info.stamp(note="x")
     assert stamp["date"] == stamp["machine"]["date"] and stamp["note"] == "x"
     sys.modules.pop("machine_info", None)
+
+
+def test_a_results_path_without_the_json_suffix_is_refused_before_any_run(monkeypatch):
+    """Its figures go to the folder of its name: without .json that folder was the JSON path,
+    and the script failed after its whole run (an audit)."""
+    import argparse
+
+    import pytest
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    machine_info = importlib.import_module("machine_info")
+    parser = argparse.ArgumentParser()
+    assert machine_info.json_path(parser, "out/run.json") == Path("out/run.json")
+    with pytest.raises(SystemExit) as refused:
+        machine_info.json_path(parser, "out/run")
+    assert refused.value.code == 2

@@ -785,7 +785,7 @@ def test_a_nan_threshold_is_refused():
         ScoreThreshold(torch.tensor([0.0, math.nan]))
 
 
-@pytest.mark.parametrize("chunk", [2.5, "8", 0])
+@pytest.mark.parametrize("chunk", [2.5, "8", 0, True])
 def test_a_chunk_that_is_not_a_whole_number_of_rows_is_named(chunk):
     model, policy, x = make()
     with pytest.raises(ValueError, match="chunk"):

@@ -304,6 +304,13 @@ def test_a_scheduler_scales_the_learned_update():
         assert torch.allclose(model.weight.detach() - before, lr * update.view(1, 3), atol=1e-7)
     with pytest.raises(ValueError, match="lr must be >= 0"):
         LearnedOptimizer(model.parameters(), net, lr=-1.0)
+    # a state saved before the optimizer had an lr loads at lr 1 (step() raised KeyError)
+    saved = optimizer.state_dict()
+    del saved["param_groups"][0]["lr"]
+    restored = LearnedOptimizer(model.parameters(), net)
+    restored.load_state_dict(saved)
+    assert restored.param_groups[0]["lr"] == 1.0
+    restored.step()
 
 
 def test_scaled_rmsprop_update_with_a_zero_output_is_torch_rmsprop():

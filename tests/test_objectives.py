@@ -618,3 +618,15 @@ def test_stage1_gradient_in_the_losses_by_its_closed_form(detach):
         for s in range(5):
             expected = 0.0 if s not in q else q[s] * (1 if detach else 1 - (row[s] - mean) / beta)
             assert float(losses.grad[b, s]) == pytest.approx(expected / 3, abs=1e-12)
+
+
+def test_stage1_with_a_diverged_valid_step_is_nan_and_an_invalid_one_is_ignored():
+    """The oracle gives a NaN step weight 0; the loss must still be NaN so the run stops as
+    diverged (it was a finite number, and training went on; an audit)."""
+    losses = torch.tensor([[math.nan, 1.0, 2.0], [0.5, 0.2, 0.9]])
+    assert math.isnan(float(l2s_stage1_loss(losses, 0.5)))
+    masked = l2s_stage1_loss(losses, 0.5, mask=torch.tensor([False, True, True]))
+    q = [1 / (1 + math.exp(-2)), math.exp(-2) / (1 + math.exp(-2))]  # softmax(−ℓ/β), β = 0.5
+    second = [1 / (1 + math.exp(-1.4)), math.exp(-1.4) / (1 + math.exp(-1.4))]
+    expected = (q[0] * 1.0 + q[1] * 2.0 + second[0] * 0.2 + second[1] * 0.9) / 2
+    assert float(masked) == pytest.approx(expected)

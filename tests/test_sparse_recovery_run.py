@@ -200,9 +200,9 @@ def test_the_stage_one_share_of_deep_supervision_reaches_both_stage_one_objectiv
     shares = []
     original = training.l2s_stage1_loss
 
-    def spy(losses, beta, mask=None, uniform=0.0):
+    def spy(losses, beta, mask=None, uniform=0.0, detach=True):
         shares.append(uniform)
-        return original(losses, beta, mask, uniform)
+        return original(losses, beta, mask, uniform, detach=detach)
 
     monkeypatch.setattr(training, "l2s_stage1_loss", spy)
     overrides = ["progress=false", "workers=1", "stage1_uniform=0.25"]

@@ -396,3 +396,12 @@ def test_renormalized_stop_time_of_a_row_that_never_stops_is_its_last_valid_step
     probs = StopTime(logits, mask, tail="renormalize").probs
     # row 3 by the definition: q ∝ (1/2, 0, 1/2 · 1/2) over the valid steps
     assert probs.flatten().tolist() == pytest.approx([0, 0, 1, 0, 1, 0, 2 / 3, 0, 1 / 3])
+
+
+def test_the_hard_oracle_of_a_row_of_infinite_valid_losses_is_its_first_valid_step():
+    """argmin over a row of +inf took step 0, which the mask had ruled out (an audit)."""
+    inf = math.inf
+    losses = torch.tensor([[1.0, inf, inf], [math.nan, inf, inf]])
+    mask = torch.tensor([False, True, True])
+    assert oracle(losses, 1.0, hard=True, mask=mask).tolist() == [[0, 1, 0], [0, 1, 0]]
+    assert oracle(losses, 1.0, mask=mask).tolist() == [[0, 0.5, 0.5], [0, 0.5, 0.5]]

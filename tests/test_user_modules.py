@@ -187,3 +187,7 @@ def test_a_package_inside_a_package_is_imported_by_its_dotted_name_from_any_path
     for modules in ways:
         listed = stopwise("list", *modules, cwd=tmp_path)
         assert listed.returncode == 0, (modules, listed.stderr[-1000:])
+    # a file whose name is no module name (task.v2.py) is still read from its path
+    (outer / "task.v2.py").write_text(SAMPLE.read_text().replace('"sample"', '"versioned"'))
+    listed = stopwise("list", "--module", str(outer / "task.v2.py"), cwd=tmp_path)
+    assert listed.returncode == 0 and "versioned" in listed.stdout, listed.stderr[-1000:]

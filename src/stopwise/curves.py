@@ -123,8 +123,12 @@ def dominance(
                       "lo": per_seed["lo"], "hi": per_seed["hi"]})  # fmt: skip
     costs = [float(p[x]) for seed_fixed in fixed for p in seed_fixed]
     middle = (min(costs) + max(costs)) / 2
+
     # An undefined gain (a diverged point: NaN quality) is the worst, wherever it falls.
-    worst = min(gains, key=lambda g: (not math.isnan(g["gain"]), g["gain"]))
+    def ranked(g: dict[str, Any]) -> tuple[bool, float]:
+        return not math.isnan(g["gain"]), g["gain"]
+
+    worst = min(gains, key=ranked)
     lower = [g for g in gains if g["cost"] <= middle]
     one_seed = len(curves) == 1  # no interval: judged by its gain
     separated = [
@@ -132,7 +136,6 @@ def dominance(
         for g in lower
         if g["gain"] > tolerance and (one_seed or (g["lo"] is not None and g["lo"] > tolerance))
     ]
-    ranked = lambda g: (not math.isnan(g["gain"]), g["gain"])  # noqa: E731  (NaN the lowest)
     best_lower = max(separated or lower, key=ranked) if lower else None
     dominates = worst["gain"] >= -tolerance  # False for NaN
     strictly = bool(separated)

@@ -218,7 +218,8 @@ def _import(module: str) -> Any:
     if module.endswith(".py"):
         if not path.is_file():
             raise ConfigError(f"--module {module}: no such file")
-        if (path.parent / "__init__.py").is_file():  # a module of a package: import it as one
+        if (path.parent / "__init__.py").is_file() and path.stem.isidentifier():
+            # a module of a package: imported as one (a stem like task.v2 cannot be)
             root, name = _dotted(path.resolve().with_suffix(""))
             _on_path(root)
             return importlib.import_module(name)
@@ -637,7 +638,7 @@ def _say_what_changed(
 ) -> None:
     """Log the keys in which this run's config differs from the one the directory held (its
     jobs with other settings stay as files; the report covers this config's jobs only). A key
-    one of the two lacks (added to the task since, or removed) at its default is no change."""
+    the directory's config lacks (added to the task since) at its default is no change."""
     previous = run.read_json("config.json")
     if not isinstance(previous, dict) or not isinstance(previous.get("config"), dict):
         return

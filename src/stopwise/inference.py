@@ -359,9 +359,11 @@ def run_adaptive(
 def _rows_per_chunk(chunk) -> int:
     """``chunk`` as a whole number ≥ 1, or ValueError."""
     try:
-        rows = operator.index(chunk)
+        rows = None if isinstance(chunk, bool) else operator.index(chunk)
     except TypeError:
-        raise ValueError(f"chunk must be a whole number of rows; got {chunk!r}") from None
+        rows = None
+    if rows is None:
+        raise ValueError(f"chunk must be a whole number of rows; got {chunk!r}")
     if rows < 1:
         raise ValueError(f"chunk must be >= 1; got {chunk}")
     return rows

@@ -61,10 +61,14 @@ def l2s_stage1_loss(
     if not 0.0 <= uniform <= 1.0:
         raise ValueError(f"uniform must lie in [0, 1]; got {uniform}")
     weights = oracle(losses.detach() if detach else losses, beta, mask=mask)
+    valid = _expand_mask(mask, losses.shape, losses.device)
     if uniform > 0:
-        valid = _expand_mask(mask, losses.shape, losses.device).to(weights.dtype)
-        weights = (1 - uniform) * weights + uniform * valid / valid.sum(-1, keepdim=True)
-    return (weights * losses.masked_fill(weights == 0, 0.0)).sum(-1).mean()
+        share = valid.to(weights.dtype)
+        weights = (1 - uniform) * weights + uniform * share / share.sum(-1, keepdim=True)
+    # A step of weight 0 adds nothing (0·inf would be NaN), unless it is a valid step whose
+    # loss is NaN: the oracle passes over it, the loss must not (a diverged step stops training).
+    ignored = (weights == 0) & ~(valid & torch.isnan(losses))
+    return (weights * losses.masked_fill(ignored, 0.0)).sum(-1).mean()
 
 
 def l2s_stage2_loss(

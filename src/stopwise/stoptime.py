@@ -175,7 +175,12 @@ def oracle(
     # amin would pick it.
     worst = ~valid | torch.isnan(losses)
     if hard:
-        index = losses.detach().masked_fill(worst, math.inf).argmin(dim=-1)
+        ranked = losses.detach().masked_fill(worst, math.inf)
+        index = ranked.argmin(dim=-1)
+        # Every step +inf (or worse): the first valid step that is not NaN, as the soft oracle
+        # shares the mass among those steps (argmin would take step 0, valid or not).
+        first = (valid & ~torch.isnan(losses)).int().argmax(dim=-1)
+        index = torch.where(ranked.gather(-1, index[:, None]).squeeze(-1) == math.inf, first, index)
         one_hot = F.one_hot(index, losses.shape[-1]).to(losses.dtype)
         return one_hot.masked_fill(worst.all(dim=-1, keepdim=True), math.nan)  # as the soft one
     if not beta > 0:

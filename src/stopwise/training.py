@@ -681,7 +681,7 @@ def fit_oracle(
     deep supervision's uniform weights (:func:`~.objectives.l2s_stage1_loss`)."""
 
     def under_oracle(losses):
-        return l2s_stage1_loss(losses, beta, mask, uniform, detach_oracle)
+        return l2s_stage1_loss(losses, beta, mask, uniform, detach=detach_oracle)
 
     return _fit_model(
         model, batches, loss_fn, under_oracle, optimizer, num_steps, settings, stage, **optimize_kw

@@ -287,6 +287,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         # torch casts every floating state tensor to its parameter's dtype; the LSTM state
         # belongs to the network (a float64 model's state would reach a float32 net).
         super().load_state_dict(state_dict)
+        for group in self.param_groups:  # saved before the optimizer had an lr
+            group.setdefault("lr", 1.0)
         dtype = self.net.output_dtype()
         for state in self.state.values():
             if "lstm" in state:
