@@ -66,9 +66,11 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, uninterrupted, kill_a
     assert [r["loss"] for r in records] == [r["loss"] for r in full_records]
 
 
-def test_finished_stage_is_skipped_and_restored(tmp_path):
+def counting_stage(tmp_path, every: int):
+    """A model, loop settings checkpointing every ``every`` steps, a step function that adds 1
+    to the weights, and the steps it was called for."""
     model = torch.nn.Linear(2, 1)
-    settings = LoopSettings(checkpoint_dir=tmp_path, checkpoint_every=3, progress=False)
+    settings = LoopSettings(checkpoint_dir=tmp_path, checkpoint_every=every, progress=False)
     calls = []
 
     def step_fn(step):
@@ -77,6 +79,11 @@ def test_finished_stage_is_skipped_and_restored(tmp_path):
             model.weight.add_(1.0)
         return {"w": model.weight.sum()}
 
+    return model, settings, step_fn, calls
+
+
+def test_finished_stage_is_skipped_and_restored(tmp_path):
+    model, settings, step_fn, calls = counting_stage(tmp_path, every=3)
     last = train_loop("s", 5, step_fn, {"model": model}, settings)
     final = model.weight.detach().clone()
     with torch.no_grad():
@@ -90,16 +97,7 @@ def test_finished_stage_is_skipped_and_restored(tmp_path):
 def test_a_checkpoint_past_the_steps_asked_for_is_refused_and_a_longer_run_goes_on(tmp_path):
     """A stage rerun with fewer steps returned the finished longer run's weights as its own (an
     audit); with more steps it goes on from the finished checkpoint, as before."""
-    model = torch.nn.Linear(2, 1)
-    settings = LoopSettings(checkpoint_dir=tmp_path, checkpoint_every=2, progress=False)
-    calls = []
-
-    def step_fn(step):
-        calls.append(step)
-        with torch.no_grad():
-            model.weight.add_(1.0)
-        return {"w": model.weight.sum()}
-
+    model, settings, step_fn, calls = counting_stage(tmp_path, every=2)
     train_loop("s", 5, step_fn, {"model": model}, settings)
     with pytest.raises(CheckpointError, match="at step 5 of a run of 5 steps; this one asks for 3"):
         train_loop("s", 3, step_fn, {"model": model}, settings)
