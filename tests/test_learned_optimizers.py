@@ -1217,6 +1217,26 @@ def test_a_depth_between_points_of_a_curve_that_doubles_back_is_interpolated_in_
     assert row["log10_gap"]["act_curve"] == pytest.approx(-2.5)  # halfway from 70 (−2) to 80 (−3)
 
 
+def test_a_depth_beyond_a_curves_last_point_gets_no_curve_value():
+    """A stop curve that ends at 5.6 mean steps says nothing about 10 steps: np.interp would
+    hold its last value there and print it as the curve at H = 10."""
+    from stopwise.tasks.learned_optimizers.report import _trained_depths
+
+    def curve(pairs):
+        return [{"mean_steps": x, "log10_gap": y, "nll": y} for x, y in pairs]
+
+    flat = curve([(1.0, 0.0), (20.0, 0.0)])
+    curves = {
+        "act": {"fixed_depth": flat, "curve": curve([(1.0, -1.0), (5.6, -2.0)])},
+        "l2s": {"fixed_depth": flat, "curve": curve([(1.0, -1.0), (12.0, -3.0)])},
+    }
+    records = {("depth-f", 0): {"trained": curve([(10.0, 0.5)])}}
+    row = _trained_depths(records, [0], "f", curves)[0]["log10_gap"]
+    assert row["act_curve"] is None and row["act_minus_best_fixed"] is None
+    assert row["l2s_curve"] == pytest.approx(-1 - 2 * 9 / 11)  # inside: interpolated
+    assert row["l2s_minus_best_fixed"] == pytest.approx(row["l2s_curve"])  # best fixed is 0
+
+
 def test_correlation_text_averages_the_defined_seeds_and_says_how_many():
     from stopwise.tasks.learned_optimizers.report import _correlations_text
 

@@ -472,14 +472,19 @@ def _correlations_text(groups: dict[str, dict[str, list[float | None]]]) -> str:
 def _trained_depths(records, seeds, family, curves) -> list[dict[str, Any]] | None:
     """At each depth H an LSTM optimizer was meta-trained for (the ``depth-F`` job): that
     optimizer's test numbers at step H beside the horizon's LSTM and ACT optimizers truncated
-    at H and both budget curves interpolated at H mean steps (means over seeds). None when the
-    run trained none."""
+    at H and both budget curves interpolated at H mean steps (means over seeds; None where a curve
+    does not reach H). None when the run trained none."""
     if (f"depth-{family}", seeds[0]) not in records:
         return None
     points = mean_curve([records[(f"depth-{family}", s)]["trained"] for s in seeds])
 
-    def at(curve: list[dict[str, Any]], steps: float, key: str) -> float:
-        return float(np.interp(steps, *points_xy(in_x_order(curve), key)))  # needs sorted x
+    def at(curve: list[dict[str, Any]], steps: float, key: str) -> float | None:
+        """The curve interpolated at ``steps``; None beyond its ends (no extrapolation)."""
+        x, y = points_xy(in_x_order(curve), key)  # interp needs sorted x
+        return float(np.interp(steps, x, y)) if x[0] <= steps <= x[-1] else None
+
+    def minus(a: float | None, b: float) -> float | None:
+        return None if a is None else a - b
 
     rows = []
     for point in points:
@@ -494,8 +499,8 @@ def _trained_depths(records, seeds, family, curves) -> list[dict[str, Any]] | No
                 "l2s_curve": at(curves["l2s"]["curve"], H, key),
             }
             best = min(row[key]["trained"], row[key]["lstm_truncated"])
-            row[key]["l2s_minus_best_fixed"] = row[key]["l2s_curve"] - best
-            row[key]["act_minus_best_fixed"] = row[key]["act_curve"] - best
+            row[key]["l2s_minus_best_fixed"] = minus(row[key]["l2s_curve"], best)
+            row[key]["act_minus_best_fixed"] = minus(row[key]["act_curve"], best)
         rows.append(row)
     return rows
 
