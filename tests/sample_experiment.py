@@ -3,13 +3,15 @@
 Jobs per seed: ``data`` (draws from a named stream), ``fit-a`` and ``fit-b`` (train a linear
 model through the core loop, after ``data``) and ``summary`` (after both; reads their records and
 a checkpoint). Environment hooks: SAMPLE_CALLS=<file> appends each job id that runs;
-SAMPLE_KILL_AT=<job id>:<step> SIGKILLs the process at that training step of that job.
+SAMPLE_KILL_AT=<job id>:<step> SIGKILLs the process at that training step of that job;
+SAMPLE_STEP_SECONDS=<s> makes every training step busy the CPU for s seconds.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import dataclass
 
 import torch
@@ -75,6 +77,9 @@ class Killing:
     def __call__(self, step):
         if step == self.kill:
             os.kill(os.getpid(), signal.SIGKILL)
+        busy = time.process_time() + float(os.environ.get("SAMPLE_STEP_SECONDS", 0))
+        while time.process_time() < busy:
+            pass
         return self.batches(step)
 
 

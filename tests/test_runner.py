@@ -240,6 +240,21 @@ def test_sigkill_mid_job_resumes_to_the_same_results(tmp_path):
     assert again.returncode == 0 and "job(s) to run" not in again.stderr  # nothing to do
 
 
+def test_a_resumed_job_counts_the_time_spent_before_the_kill(tmp_path):
+    """12 steps of 0.05 CPU-s each, a checkpoint every 4; killed as step 9 asks for its batch,
+    the resumed job redoes step 8 only: its times must count all 12 steps' work, as an
+    uninterrupted run's do, not only the 4 steps after the resume."""
+    slow = {"SAMPLE_STEP_SECONDS": "0.05"}
+    assert _cli(tmp_path / "killed", {**slow, "SAMPLE_KILL_AT": "fit-b-s0:9"}).returncode < 0
+    assert _cli(tmp_path / "killed", slow).returncode == 0
+    job = json.loads((tmp_path / "killed" / "jobs" / "fit-b-s0.json").read_text())
+    assert job["resumed"]
+    work = 12 * 0.05
+    assert work <= job["cpu_timings"]["fit"] <= job["cpu_seconds"]
+    assert job["timings"]["fit"] >= work
+    assert job["cpu_timings"]["fit"] < work + 2 * 0.05 + 0.5  # steps 8 and 9 run twice at most
+
+
 def _metric_keys(out) -> list[tuple]:
     lines = (Path(out) / "metrics.jsonl").read_text().splitlines()
     return [(r["job"], r["stage"], r["step"]) for r in map(json.loads, lines)]
@@ -506,7 +521,8 @@ def test_timed_blocks_keep_wall_and_cpu_seconds_of_the_same_span(tmp_path, monke
     import stopwise.contract as contract
     from stopwise.contract import Job, JobContext, PlannedJob, RunDir
 
-    wall, cpu = iter([10.0, 12.5, 20.0, 21.0]), iter([100.0, 104.0, 200.0, 201.5])
+    # The context's start, then each block's start and end.
+    wall, cpu = iter([0.0, 10.0, 12.5, 20.0, 21.0]), iter([0.0, 100.0, 104.0, 200.0, 201.5])
     clocks = types.SimpleNamespace(perf_counter=lambda: next(wall), process_time=lambda: next(cpu))
     monkeypatch.setattr(contract, "time", clocks)  # scripted clocks, for this module only
     context = JobContext(RunDir(tmp_path), None, PlannedJob("a-s0", Job("a"), 0, {}, ()), False)

@@ -329,6 +329,31 @@ class JobContext:
         self._progress = progress
         self.timings: dict[str, float] = {}
         self.cpu_timings: dict[str, float] = {}
+        self._open: dict[str, tuple[float, float]] = {}  # part -> (wall, CPU) at its start
+        self._start = (time.perf_counter(), time.process_time())
+        self._before = (0.0, 0.0)  # wall and CPU seconds spent before a resume
+
+    def clock(self) -> dict[str, Any]:
+        """The job's seconds so far (wall, process CPU and each ``timed`` part, an open part up to
+        now), counting the time spent before an interruption (:meth:`resume_clock`). Every
+        checkpoint keeps it, so a resumed job's times count all the work its result took except
+        what was redone: the steps after the last checkpoint."""
+        now = (time.perf_counter(), time.process_time())
+        timings, cpu_timings = dict(self.timings), dict(self.cpu_timings)
+        for part, (wall, cpu) in self._open.items():
+            timings[part] = timings.get(part, 0.0) + now[0] - wall
+            cpu_timings[part] = cpu_timings.get(part, 0.0) + now[1] - cpu
+        return {
+            "seconds": self._before[0] + now[0] - self._start[0],
+            "cpu_seconds": self._before[1] + now[1] - self._start[1],
+            "timings": timings,
+            "cpu_timings": cpu_timings,
+        }
+
+    def resume_clock(self, clock: dict[str, Any]) -> None:
+        """Start from a :meth:`clock` saved before an interruption."""
+        self._before = (clock["seconds"], clock["cpu_seconds"])
+        self.timings, self.cpu_timings = dict(clock["timings"]), dict(clock["cpu_timings"])
 
     @property
     def params(self) -> dict[str, Any]:
@@ -360,6 +385,7 @@ class JobContext:
             progress=self._progress,
             tags=job_tags(self.id),
             owner=checkpoint_owner(self.id, self._planned.settings),
+            clock=self.clock,
         )
 
     def dependency(self, name: str) -> JobResult:
@@ -396,10 +422,13 @@ class JobContext:
     def timed(self, part: str) -> Iterator[None]:
         """Add the wall-clock seconds of the block to ``timings[part]`` and its process CPU
         seconds to ``cpu_timings[part]`` (both kept in the job's result file)."""
-        start, cpu_start = time.perf_counter(), time.process_time()
+        if part in self._open:
+            raise ValueError(f"timed({part!r}) is already open")
+        start, cpu_start = self._open[part] = (time.perf_counter(), time.process_time())
         try:
             yield
         finally:
+            del self._open[part]
             self.timings[part] = self.timings.get(part, 0.0) + time.perf_counter() - start
             cpu = time.process_time() - cpu_start
             self.cpu_timings[part] = self.cpu_timings.get(part, 0.0) + cpu

@@ -62,7 +62,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
-from .checkpoints import atomic_write_text
+from .checkpoints import CheckpointError, atomic_write_text, load_checkpoint
 from .config import (
     RUNNER_KEYS,
     ConfigError,
@@ -680,7 +680,9 @@ def _run_one(experiment: Experiment, config: Any, run: RunDir, planned: PlannedJ
     run.write_json(run.stamp_path(planned.id), stamp)
     seed_everything(stream_seed(planned.seed, "global") % 2**32)
     context = JobContext(run, config, planned, progress)
-    start, cpu_start = time.perf_counter(), time.process_time()
+    saved = _saved_clock(checkpoints) if resumed else None
+    if saved is not None:
+        context.resume_clock(saved)
     record = experiment.run_job(planned.job, context)
     if not isinstance(record, dict):
         raise TypeError(f"{experiment.name}: run_job must return a dict; got {type(record)}")
@@ -691,10 +693,7 @@ def _run_one(experiment: Experiment, config: Any, run: RunDir, planned: PlannedJ
         "params": planned.job.params,
         "settings": planned.settings,
         "record": record,
-        "timings": context.timings,
-        "cpu_timings": context.cpu_timings,
-        "seconds": time.perf_counter() - start,
-        "cpu_seconds": time.process_time() - cpu_start,
+        **context.clock(),  # seconds, cpu_seconds, timings, cpu_timings
         "threads": torch.get_num_threads(),
         "checkpoints": sorted(path.name for path in checkpoints.glob("*.pt")),
         "resumed": resumed,
@@ -705,6 +704,20 @@ def _run_one(experiment: Experiment, config: Any, run: RunDir, planned: PlannedJ
     if is_main_process() and not any(checkpoints.glob("*.pt")):  # nothing to resume from
         shutil.rmtree(checkpoints, ignore_errors=True)
     return data
+
+
+def _saved_clock(checkpoints: Path) -> dict[str, Any] | None:
+    """The latest job clock (``JobContext.clock``) among a job's checkpoints; None if none
+    keeps one (older files). A file that cannot be read is left to the stage that resumes
+    from it, which names it."""
+    clocks = []
+    for path in checkpoints.glob("*.pt"):
+        with contextlib.suppress(CheckpointError):
+            saved = load_checkpoint(path)
+            clock = saved.get("clock") if isinstance(saved, dict) else None
+            if isinstance(clock, dict):
+                clocks.append(clock)
+    return max(clocks, key=lambda clock: clock["seconds"], default=None)
 
 
 _worker_busy = False  # in a worker process: running a job now

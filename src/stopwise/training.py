@@ -284,6 +284,8 @@ class LoopSettings:
     owner: whose the checkpoints are, kept in each: one saved by another owner is refused on
         resume (None: ``tags``; the job runner adds a digest of the job's settings, so that a
         file copied from a run with other settings is refused too).
+    clock: called at every checkpoint, its result kept in it (the job runner's elapsed times,
+        so that a resumed job counts the time spent before the interruption).
     """
 
     checkpoint_dir: str | Path | None = None
@@ -293,6 +295,7 @@ class LoopSettings:
     progress: bool | None = None
     tags: dict[str, Any] = field(default_factory=dict)
     owner: dict[str, Any] | None = None
+    clock: Callable[[], dict[str, Any]] | None = None
 
     def __post_init__(self):
         for name in ("checkpoint_every", "log_every"):
@@ -372,6 +375,7 @@ def train_loop(
                     "state": {name: obj.state_dict() for name, obj in objects.items()},
                     "rng": _rng_state(),
                     "metrics": metrics,
+                    **({"clock": settings.clock()} if settings.clock else {}),
                 },
             )
 
