@@ -826,3 +826,51 @@ def test_shrink_names_a_state_tensor_without_a_row_per_input():
         run_adaptive(shared, policy, x, HazardThreshold(0.5), mode)
     with pytest.raises(ValueError, match=r"shapes \[\(6, 6\)\]"):
         run_adaptive(shared, policy, x, HazardThreshold(0.5), "shrink")
+
+
+@pytest.mark.parametrize("valid", [None, [1, 0, 1, 1, 0]])
+def test_sampled_stops_are_the_first_step_whose_seeded_uniform_falls_below_the_hazard(valid):
+    """SampleRule(seed) draws u ~ U(0, 1) for every row and step from a generator seeded with
+    ``seed`` and stops at the first valid step t with u_t < λ_t (a plain loop over the same
+    uniforms drawn here)."""
+    g = torch.Generator().manual_seed(11)
+    hazards = torch.randn(200, 5, generator=g, dtype=torch.float64)
+    u = torch.rand(200, 5, generator=torch.Generator().manual_seed(4))
+    steps = [t for t in range(5) if valid is None or valid[t]]
+    expected = []
+    for i in range(200):
+        hit = [t for t in steps[:-1] if u[i, t] < torch.sigmoid(hazards[i, t])]
+        expected.append(hit[0] if hit else steps[-1])
+    mask = None if valid is None else torch.tensor(valid, dtype=torch.bool)
+    assert stop_indices(hazards, SampleRule(seed=4), mask).tolist() == expected
+
+
+@pytest.mark.parametrize("kind", ["hazard", "cumulative"])
+def test_fit_threshold_at_the_first_valid_steps_cost_stops_new_rows_there_too(kind):
+    """Step 0 pruned, costs 1..3: a budget of 2 is every row stopping at its first valid step
+    (index 1), and a new row with low scores must stop there as well (threshold −∞), whatever
+    the scores at the pruned step."""
+    g = torch.Generator().manual_seed(2)
+    hazards = torch.randn(30, 3, generator=g, dtype=torch.float64)
+    valid = torch.tensor([False, True, True])
+    rule = fit_threshold(hazards, 2.0, kind=kind, valid_steps=valid)
+    assert float(rule.score_threshold) == -math.inf
+    new_rows = torch.cat([hazards, torch.full((1, 3), -40.0, dtype=torch.float64)])
+    assert stop_indices(new_rows, rule, valid).tolist() == [1] * 31
+
+
+@pytest.mark.parametrize("mode", ["dense", "masked", "shrink"])
+@torch.no_grad()
+def test_the_policy_is_asked_only_at_valid_steps_before_the_last(mode):
+    """A pruned step can stop no row and the last valid step stops every row: no mode may ask
+    the policy there (its features may not exist at a pruned exit)."""
+    model, policy, x = make(seed=6)
+    valid = [1, 0, 1, 1, 0, 1, 0]
+    seen = set()
+
+    def counting(features, t):
+        seen.add(t)
+        return policy(features, t)
+
+    run_adaptive(model, counting, x, HazardThreshold(0.9), mode, torch.tensor(valid).bool())
+    assert seen == {0, 2, 3}

@@ -630,3 +630,26 @@ def test_stage1_with_a_diverged_valid_step_is_nan_and_an_invalid_one_is_ignored(
     second = [1 / (1 + math.exp(-1.4)), math.exp(-1.4) / (1 + math.exp(-1.4))]
     expected = (q[0] * 1.0 + q[1] * 2.0 + second[0] * 0.2 + second[1] * 0.9) / 2
     assert float(masked) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("pruned_loss", [math.inf, math.nan])
+def test_joint_and_pondernet_losses_ignore_the_losses_of_pruned_steps(pruned_loss):
+    """A pruned step has no stop mass, so its loss (inf or NaN where that exit diverged or was
+    never computed) must not reach the objective: the same value as with any finite loss there,
+    and the plain sums over the valid steps."""
+    g = torch.Generator().manual_seed(3)
+    hazards = torch.randn(4, 5, generator=g, dtype=torch.float64)
+    losses = torch.rand(4, 5, generator=g, dtype=torch.float64)
+    mask = torch.tensor([True, False, True, True, False])
+    stop = StopTime(hazards, mask)
+    broken = losses.clone()
+    broken[:, ~mask] = pruned_loss
+    q = stop.probs[:, mask]
+    expected_loss = (q * losses[:, mask]).sum(-1)
+    entropy = -(q * q.log()).sum(-1)
+    assert joint_loss(stop, broken, 0.3).item() == pytest.approx(
+        (expected_loss - 0.3 * entropy).mean().item(), rel=1e-12
+    )
+    loss, parts = pondernet_loss(stop, broken, 0.3, 0.4)
+    assert parts["reconstruction"].item() == pytest.approx(expected_loss.mean().item(), rel=1e-12)
+    assert loss.item() == pytest.approx(pondernet_loss(stop, losses, 0.3, 0.4)[0].item(), rel=1e-12)
