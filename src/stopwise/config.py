@@ -318,12 +318,16 @@ def _parse_scalar(kind: Any, text: str) -> Any:
 
 def parse_value(key: str, text: str, kind: Any) -> Any:
     """Parse the text of ``--set key=text`` as ``kind``. Lists take JSON (``[1, 2]``) or
-    comma-separated items (``1,2``)."""
+    comma-separated items (``1,2``); lists of strings also take bare words in brackets
+    (``[a, b]``, as ``seeds=[1, 2]`` is written)."""
     try:
         if typing.get_origin(kind) is list:
             (inner,) = typing.get_args(kind)
             stripped = text.strip()
-            if stripped.startswith("["):
+            bare_words = inner is str and stripped[:1] == "[" and stripped[-1:] == "]"
+            if bare_words and '"' not in stripped:
+                stripped = stripped[1:-1].strip()
+            elif stripped.startswith("["):
                 return _coerce(kind, json.loads(stripped))
             if not stripped:
                 return []
