@@ -237,3 +237,9 @@ def test_over_seeds_a_gain_without_an_interval_is_not_separated():
     verdict = dominance([curve] * 3, [infinite, fixed, fixed], "loss", higher_is_better=False)
     assert verdict["gains"][0]["gain"] == math.inf and verdict["gains"][0]["lo"] is None
     assert not verdict["strictly_better_lower_half"] and not verdict["met"]
+
+
+def test_a_curve_equal_to_fixed_depth_dominates_with_no_tolerance():
+    """Every gain is exactly 0, and "no mean gain below −tolerance" holds for 0 at tolerance 0."""
+    verdict = dominance([FIXED], [FIXED], "acc", higher_is_better=True, tolerance=0.0)
+    assert verdict["worst_gain"] == 0.0 and verdict["dominates"]

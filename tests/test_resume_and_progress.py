@@ -113,3 +113,25 @@ def test_a_stopped_stage_resumes_to_the_draws_weights_and_log_of_an_unstopped_on
         json.loads(line) for line in (tmp_path / "full" / "m.jsonl").read_text().splitlines()
     ]
     assert sorted(log, key=lambda r: r["step"]) == expected
+
+
+def test_a_resume_from_step_1_does_not_log_step_1_again(tmp_path, monkeypatch):
+    """Step 1 is logged, then the process dies saving its checkpoint: the rerun resumes from
+    step 1's checkpoint (start 1) and redoes step 1 without a second record of it."""
+    monkeypatch.setattr(training, "_stop_signal", None)
+    settings = LoopSettings(tmp_path, checkpoint_every=1, metrics_path=tmp_path / "m.jsonl",
+                            log_every=1, progress=False)  # fmt: skip
+    save = training.save_checkpoint
+
+    def dies_at_step_2(path, payload):
+        if payload["step"] == 2:
+            raise RuntimeError("killed")
+        save(path, payload)
+
+    monkeypatch.setattr(training, "save_checkpoint", dies_at_step_2)
+    with pytest.raises(RuntimeError, match="killed"):
+        train_loop("s", 3, lambda step: {"loss": float(step)}, {}, settings)
+    monkeypatch.setattr(training, "save_checkpoint", save)
+    train_loop("s", 3, lambda step: {"loss": float(step)}, {}, settings)
+    log = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [0, 1, 2]

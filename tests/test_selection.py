@@ -14,6 +14,7 @@ from stopwise.selection import (
     fit_floored_threshold,
     floored_rules,
     point_rule,
+    prune_exits,
     rule_record,
 )
 
@@ -596,3 +597,46 @@ def test_which_way_a_validation_metric_is_better_is_never_guessed():
         fit_floored_threshold(hazards, 2.0, metric)
     with pytest.raises(TypeError, match="lower_is_better"):
         calibrate_by_metric(hazards, metric, [2.0])
+
+
+def _two_depths(quality):
+    """Constant hazards over 2 steps: every rule is fixed depth 1 (cost 1) or 2 (cost 2)."""
+    rows = quality.shape[0]
+    hazards = torch.zeros(rows, 2, dtype=torch.float64)
+    return hazards, lambda index: float(quality[torch.arange(rows), index].double().mean())
+
+
+def test_a_mix_that_only_ties_the_single_rule_on_validation_is_not_taken():
+    """Budget 1.5, 4 rows: half go to depth 2. By position (frac((i+1)/φ) < 0.5: rows 1, 3 stay
+    at depth 1) only rows 0 and 2 go deeper, and depth 2 helps only rows 1 and 3: the mix's line
+    (0.25) beats depth 1 (0) but its realised value ties it, so the single rule is kept."""
+    quality = torch.tensor([[0.0, 0.0], [0.0, 1.0], [0.0, 0.0], [0.0, 1.0]])
+    hazards, metric = _two_depths(quality)
+    rule, floor = fit_floored_threshold(hazards, 1.5, metric, lower_is_better=False)
+    assert not isinstance(rule, MixedRule)
+    assert floor == 0 and rule.score_threshold.tolist() == [-math.inf, -math.inf]
+
+
+def test_a_mix_over_budget_grows_its_cheap_share_one_row_at_a_time():
+    """Budget 1.4 mixes depths 1 and 2 with a share 0.6 of depth 1; by position (frac((i+1)/φ) =
+    .618, .236, .854, .472) that sends 2 of 4 rows deep (mean cost 1.5 > 1.4), so the share
+    grows by 1/4 to 0.85 (3 rows at depth 1, cost 1.25)."""
+    hazards, metric = _two_depths(torch.tensor([[0.0, 1.0]] * 4))
+    rule, floor = fit_floored_threshold(hazards, 1.4, metric, lower_is_better=False)
+    assert isinstance(rule, MixedRule) and floor == 0
+    assert rule.share == pytest.approx(0.6 + 0.25)
+    assert stop_indices(hazards, rule).tolist() == [0, 0, 1, 0]
+
+
+def test_a_budget_whose_own_rule_ties_a_cheaper_one_keeps_its_own():
+    """A metric no depth changes: budget 2's own rule is as good as budget 1's on validation, so
+    it is not marked as taking budget 1's rule (only a better cheaper rule is taken)."""
+    hazards, metric = _two_depths(torch.zeros(4, 2))
+    points = budget_sweep(hazards, hazards, [1.0, 2.0], lambda i: {"q": metric(i)},
+                          val_metric=metric, lower_is_better=False)  # fmt: skip
+    assert ["rule_of_budget" in p for p in points] == [False, False]
+
+
+def test_prune_exits_keeps_an_exit_whose_mass_is_exactly_the_minimum():
+    """Equal losses at 2 exits: each has oracle mass exactly 1/2, which is "at least" 1/2."""
+    assert prune_exits(torch.tensor([[1.0, 1.0]]), 1.0, 0.5).tolist() == [True, True]

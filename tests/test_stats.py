@@ -7,6 +7,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from stopwise.stats import (
+    average_ranks,
     format_interval,
     format_mean_and_sd,
     format_mean_sd,
@@ -161,3 +162,22 @@ def test_identical_methods_are_neither_above_nor_below_zero():
     assert ahead["above_zero"] and not ahead["below_zero"]
     behind = paired_difference({0: 1.0, 1: 2.0}, {0: 2.0, 1: 3.0})
     assert behind["below_zero"] and not behind["above_zero"]
+
+
+@pytest.mark.parametrize(
+    "values", [[10, 20, 20], [3.0, 1.0, 2.0], [5, 5, 5, 5], [2, 1, 2, 1, 3], [0.5, -1.0, 0.5, 7.0]]
+)
+def test_average_ranks_match_scipy_rankdata(values):
+    """1-based ranks with ties sharing the mean of the ranks they span, as scipy's "average"."""
+    expected = scipy_stats.rankdata(values, method="average")
+    assert average_ranks(values).tolist() == expected.tolist()
+
+
+def test_ratio_db_upper_bound_by_hand():
+    """a = (1, 2, 3), b = (1, 1, 2): ā = 2, b̄ = 4/3, gap = 10 log10(1.5); the per-row terms
+    a_i/ā − b_i/b̄ are (−1/4, 1/4, 0), of sample variance (1/16 + 1/16) / (3 − 1) = 1/16, so
+    se = (1/4)/√3 in log units and the bound is gap + z(0.95) · 10/ln 10 · se."""
+    gap, upper = ratio_db_upper_bound([1.0, 2.0, 3.0], [1.0, 1.0, 2.0], 0.95)
+    z = scipy_stats.norm.ppf(0.95)
+    assert gap == pytest.approx(10 * math.log10(1.5), abs=1e-12)
+    assert upper == pytest.approx(gap + z * 10 / math.log(10) * 0.25 / math.sqrt(3), abs=1e-12)

@@ -689,3 +689,21 @@ def test_fit_oracle_with_a_mask_weights_the_valid_steps_by_a_plain_loop(uniform)
     assert float(metrics["loss"]) == pytest.approx(float(total.detach()), rel=1e-6)
     assert model.a.grad[1].item() == 0.0
     torch.testing.assert_close(model.a.grad, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_a_validation_score_that_only_ties_the_best_keeps_the_earlier_best():
+    """Scores 1, 2, 2 with the weights changed before each evaluation: the tie at step 3 is no
+    improvement, so the best is step 2's score and weights."""
+    from stopwise.training import ValidationSchedule
+
+    module = torch.nn.Linear(1, 1, bias=False)
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
+    scores = iter([1.0, 2.0, 2.0])
+    schedule = ValidationSchedule(module, optimizer, lambda: {"score": next(scores)}, 3, 1, 5)
+    for weight in (1.0, 2.0, 3.0):
+        with torch.no_grad():
+            module.weight.fill_(weight)
+        schedule.step()
+    assert (schedule.best_step, schedule.best_score) == (2, 2.0)
+    schedule.restore_best()
+    assert module.weight.item() == 2.0
