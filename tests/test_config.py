@@ -77,7 +77,7 @@ def test_defaults_nested_keys_and_plain_round_trip():
         ("a", "[3, 0.5]", list[float], [3.0, 0.5]),
         ("a", "u,v", list[str], ["u", "v"]),
         ("a", "[u, v]", list[str], ["u", "v"]),  # bare words in brackets, like [1, 2]
-        ('a', '["u", "v,w"]', list[str], ["u", "v,w"]),  # JSON, where an item holds a comma
+        ("a", '["u", "v,w"]', list[str], ["u", "v,w"]),  # JSON, where an item holds a comma
         ("a", "[]", list[str], []),
         ("a", "", list[int], []),
     ],

@@ -43,3 +43,12 @@ def test_transposed_convolutions_count_the_adjoints_work():
     assert count_macs(up, torch.zeros(1, 4, 5, 5)) == 5_400
     down = nn.Conv2d(6, 4, 3, stride=2)
     assert count_macs(down, torch.zeros(1, 6, 11, 11)) == 5_400
+
+
+def test_grouped_transposed_convolutions_of_a_batch_count_each_groups_outputs_once():
+    # Groups 2 on a batch of 3: each input element scatters into the 6/2 output channels of its
+    # group, 3·9 outputs: 3·4·25·27 = 8,100; the adjoint grouped Conv2d does the same work.
+    up = nn.ConvTranspose2d(4, 6, 3, stride=2, groups=2)
+    assert count_macs(up, torch.zeros(3, 4, 5, 5)) == 3 * 4 * 25 * 3 * 9
+    down = nn.Conv2d(6, 4, 3, stride=2, groups=2)
+    assert count_macs(down, torch.zeros(3, 6, 11, 11)) == 8_100

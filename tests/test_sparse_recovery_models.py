@@ -102,6 +102,42 @@ def test_lista_initialised_from_ista_is_ista(problem):
     assert len(model.wx) == 8 and len(model.wb) == 9  # layer 0 acts on x0 = 0: no W_x
 
 
+def test_lista_runs_each_layer_with_its_own_weights_as_a_plain_loop(problem):
+    """Trained LISTA has different W_x, W_b and θ per layer: x_{t+1} = η_{θ_t}(W_x^t x_t +
+    W_b^t y) with layer t's own weights, written out one sample at a time."""
+    A, split = problem
+    model = LISTA(A, 4, 2.5, 0.1)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for w in [*model.wx, *model.wb]:
+            w.add_(0.05 * torch.randn(w.shape, generator=g, dtype=w.dtype))
+        model.theta.mul_(torch.tensor([1.0, 0.5, 2.0, 1.5], dtype=model.theta.dtype))
+    y = split.y[:3]
+    got = unroll(model, y).predictions.detach()  # (B, T, n)
+    for i in range(3):
+        x = [0.0] * A.shape[1]
+        for t in range(4):
+            wb, theta = model.wb[t].detach().tolist(), float(model.theta[t].detach())
+            drive = [sum(y[i, k].item() * wb[k][j] for k in range(len(wb))) for j in range(len(x))]
+            if t > 0:
+                wx = model.wx[t - 1].detach().tolist()
+                drive = [
+                    d + sum(x[k] * wx[k][j] for k in range(len(x))) for j, d in enumerate(drive)
+                ]
+            x = [soft_reference(v, theta) for v in drive]
+            assert got[i, t].tolist() == pytest.approx(x, abs=1e-4)
+
+
+def test_support_selection_keeping_every_entry_passes_all_above_theta_unshrunk():
+    """keep = n (LISTA-CP-SS's p_max = 1 allows it): every entry above θ is trusted, the rest
+    soft-thresholded, as a plain loop does."""
+    v = torch.tensor([[0.5, -2.0, 0.1, 0.0]], dtype=torch.float64)
+    expected = [
+        value if abs(value) > 0.2 else soft_reference(value, 0.2) for value in v[0].tolist()
+    ]
+    assert support_threshold(v, 0.2, keep=4)[0].tolist() == pytest.approx(expected)
+
+
 def test_analytic_weight_solves_its_defining_problem():
     """W = argmin ‖WᵀA‖_F² s.t. w_iᵀa_i = 1, solved column by column as a least-squares problem
     over the affine set {w : a_iᵀw = 1} = w0 + null(a_iᵀ), independently of (AAᵀ)⁻¹."""
