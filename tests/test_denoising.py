@@ -705,6 +705,20 @@ def test_budget_oracle_score_of_a_hand_worked_table():
     )
 
 
+def test_curve_metric_reads_each_items_psnr_at_its_own_0_based_exit():
+    """PSNR of stop indices (0-based) is the mean of the table at those exits, by hand."""
+    from types import SimpleNamespace
+
+    from stopwise.tasks.denoising.experiment import _curve_metric
+
+    table = SimpleNamespace(psnr=torch.tensor([[20.0, 25.0, 30.0], [21.0, 26.0, 31.0]]))
+    data = SimpleNamespace(sigma=torch.tensor([15.0, 25.0]))
+    metric = _curve_metric(table, data, SimpleNamespace(test_sigmas=[15, 25]))
+    out = metric(torch.tensor([2, 1]))  # exits 3 and 2: 30 and 26
+    assert out["psnr"] == pytest.approx((30.0 + 26.0) / 2)
+    assert out["psnr_by_sigma"] == pytest.approx([30.0, 26.0])
+
+
 def test_budget_oracle_score_prefers_useful_early_exits():
     costs = torch.arange(1.0, 6.0, dtype=torch.float64)
     last_only = torch.tensor([[10.0, 10.0, 10.0, 10.0, 30.0]] * 4)

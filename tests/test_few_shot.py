@@ -1207,6 +1207,38 @@ def test_stop_step_correlation_is_spearman_of_steps_with_shots_by_hand():
     assert stop_step_correlation(torch.full((5,), 3.0), torch.tensor(shots)) is None
 
 
+def test_paired_difference_is_above_zero_only_when_its_interval_is():
+    """Differences 1, −0.5, 2: mean 5/6 > 0 but the 95% t interval reaches below 0."""
+    from stopwise.tasks.few_shot.metrics import paired_over_tasks
+
+    diffs = [1.0, -0.5, 2.0]
+    mean = sum(diffs) / 3
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2)
+    lo = mean - 4.302652729911275 * sd / math.sqrt(3)  # t quantile 0.975 with 2 dof
+    out = paired_over_tasks(torch.tensor(diffs) + 1.0, torch.ones(3))
+    assert out["mean"] == pytest.approx(mean) and out["lo"] == pytest.approx(lo)
+    assert lo < 0 < mean and out["above_zero"] is False and out["below_zero"] is False
+    clear = paired_over_tasks(torch.tensor([1.0, 1.1, 0.9]), torch.zeros(3))
+    assert clear["above_zero"] is True
+
+
+def test_by_shots_averages_each_ks_own_tasks_by_hand():
+    """Per K, the task count and the mean of each column over that K's tasks only."""
+    from stopwise.tasks.few_shot.metrics import by_shots
+
+    rows = by_shots(torch.tensor([1, 5, 1, 5, 5]), acc=torch.tensor([0.2, 0.9, 0.4, 0.6, 0.9]))
+    assert [(r["shots"], r["tasks"]) for r in rows] == [(1, 2), (5, 3)]
+    assert [r["acc"] for r in rows] == pytest.approx([0.3, 0.8])  # (0.2+0.4)/2, (0.9+0.6+0.9)/3
+
+
+def test_a_diverged_tasks_nan_or_inf_loss_becomes_plus_inf():
+    """NaN and inf losses read as +inf (a diverged task must not look perfect); finite stay."""
+    from stopwise.tasks.few_shot.metrics import inf_if_not_finite
+
+    values = torch.tensor([0.3, math.nan, math.inf, 2.0])
+    assert inf_if_not_finite(values).tolist() == [pytest.approx(0.3), math.inf, math.inf, 2.0]
+
+
 def test_omniglot_images_on_a_transparent_background_keep_their_ink(tmp_path):
     root = fake_omniglot(tmp_path / "white", characters=6, drawers=4)
     clear = tmp_path / "clear"

@@ -1041,6 +1041,23 @@ def test_stop_data_at_gives_the_numbers_at_the_stop_step_and_the_regret():
     assert at["regret"].tolist() == [1.5, 1.0]
 
 
+def test_log10_gap_is_floored_at_1e_minus_25_and_diverged_runs_count_as_30():
+    """Gaps down to 1e-25 keep their log (1e-20 → −20); below it −25; NaN and inf → 30."""
+    gap = torch.tensor([1e-3, 1e-20, 1e-30, 0.0, math.nan, math.inf], dtype=torch.float64)
+    assert log10_gap(gap).tolist() == pytest.approx([-3.0, -20.0, -25.0, -25.0, 30.0, 30.0])
+
+
+def test_step_saving_is_one_minus_the_mean_stop_step_over_the_horizon():
+    """Rows stopping at steps 1 and 2 of T = 4: mean 1.5 steps, saving 1 − 1.5/4 = 0.625."""
+    losses = torch.tensor([[4.0, 3.0, 2.0, 1.0]] * 2, dtype=torch.float64)
+    scores = torch.tensor([[1.0, 1.0, 1.0, 1.0], [0.0, 1.0, 1.0, 1.0]], dtype=torch.float64)
+    data = StopData(losses, losses, scores, {})
+    setting = StopEvaluation([1e-3], 2, 1.0, 1.0, 0.1)
+    natural = evaluate_stop(data, data, {"one": 1.0}, "one", setting)["natural"]
+    assert natural["steps"] == pytest.approx(1.5)
+    assert natural["step_saving"] == pytest.approx(0.625)
+
+
 def test_step_penalised_oracle_is_argmin_of_loss_plus_cost():
     losses = torch.tensor([[3.0, 1.0, 0.9, 0.89]])
     assert int(step_penalised(losses, 0.2).argmin()) == 1

@@ -37,6 +37,7 @@ from stopwise.tasks.multi_exit.metrics import (
     exit_hazards,
     exit_logits,
     exit_metric,
+    msdnet_rule,
     msdnet_thresholds,
     time_early_exit,
     with_validation_accuracy,
@@ -515,6 +516,7 @@ def test_shrink_equals_dense_and_the_vectorised_evaluation():
     row = timing["rules"]["p=1"]
     assert row["mean_cost"] == pytest.approx(float(model.step_costs()[vectorised].mean()))
     assert row["mac_ratio"] > 1 and row["speedup_over_mac_ratio"] > 0
+    assert 0.99 <= row["same_exits"] <= 1.0  # a share of the 300 rows, not a count
 
 
 # ---------------------------------------------------------------- choices on validation
@@ -749,3 +751,27 @@ def test_accuracy_by_group_by_hand():
         {"group": 0, "level": 0.0, "mean_exit": 1.5, "accuracy": 0.5},  # exits 1, 2; right, wrong
         {"group": 1, "level": 0.5, "mean_exit": 3.0, "accuracy": 0.5},  # exits 3, 3; right, wrong
     ]
+
+
+def test_accuracy_by_group_by_hand_with_groups_of_different_accuracy():
+    """Each group's accuracy counts its own rows only: here 1 of 1 and 1 of 3."""
+    index = torch.tensor([1, 0, 0, 1])
+    correct = torch.tensor([[False, True], [True, False], [False, True], [True, False]])
+    group = torch.tensor([0, 1, 1, 1])
+    rows = accuracy_by_group(index, correct, group, [0.0, 0.5])
+    # group 0: right; group 1: right, wrong, wrong
+    assert [r["accuracy"] for r in rows] == pytest.approx([1.0, 1 / 3])
+    assert [r["mean_exit"] for r in rows] == pytest.approx([2.0, 4 / 3])
+
+
+def test_msdnet_rule_takes_the_point_nearest_to_the_value():
+    """The nearest point wins, whether it lies above or below the value."""
+    fitted = [
+        {"p": 0.5, "score_threshold": [1.0], "val_mean_cost": 10.0},
+        {"p": 1.0, "score_threshold": [2.0], "val_mean_cost": 20.0},
+        {"p": 1.5, "score_threshold": [3.0], "val_mean_cost": 30.0},
+    ]
+    # distances to 29: 19, 9, 1 → the cost-30 point; to 21: 11, 1, 9 → the cost-20 point
+    assert msdnet_rule(fitted, "val_mean_cost", 29.0).score_threshold.tolist() == [3.0]
+    assert msdnet_rule(fitted, "val_mean_cost", 21.0).score_threshold.tolist() == [2.0]
+    assert msdnet_rule(fitted, "p", 0.6).score_threshold.tolist() == [1.0]
