@@ -268,6 +268,29 @@ def test_a_hazard_threshold_is_exact_for_scores_of_every_float_dtype(dtype):
         assert stop_indices(scores, HazardThreshold(p)).tolist() == expected, (p, dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_a_threshold_rule_decides_exactly_as_float64_compares(dtype):
+    """``decide`` compares each score with a cutoff rounded into the scores' dtype once; it must
+    stop exactly the rows a float64 comparison stops. Scores: each threshold's neighbours in
+    ``dtype`` (nearest, one up, one down), ±∞, NaN, 0 and the dtype's extremes. Thresholds:
+    ordinary ones, one exact in every dtype (0.5), ones beyond the dtype's range, ±∞ (+∞: never
+    reached, not even by +∞). Reference: Python floats (every dtype widens to them exactly)."""
+    info = torch.finfo(dtype)
+    thresholds = [0.7, -0.123456789, 0.5, 1e-30, 1e300, -1e300, math.inf, -math.inf]
+    for theta in thresholds:
+        nearest = torch.tensor(theta, dtype=torch.float64).to(dtype)
+        up = torch.nextafter(nearest, torch.tensor(math.inf, dtype=dtype))
+        down = torch.nextafter(nearest, torch.tensor(-math.inf, dtype=dtype))
+        others = torch.tensor(
+            [math.inf, -math.inf, math.nan, 0.0, info.max, -info.max, info.tiny], dtype=dtype
+        )
+        scores = torch.cat([torch.stack([down, nearest, up]), others])
+        expected = [float(s) >= theta and theta < math.inf for s in scores]
+        for rule in (ScoreThreshold(theta), ScoreThreshold(torch.tensor([0.0, theta], dtype=torch.float64))):
+            stop, _ = rule.decide(scores, 1, None)
+            assert stop.dtype == torch.bool and stop.tolist() == expected, (theta, dtype, rule)
+
+
 @torch.no_grad()
 def test_a_threshold_of_inf_is_never_reached_even_by_a_score_of_inf():
     """+∞ before a floor means "no stop here": a policy scoring +∞ must not stop rows there in

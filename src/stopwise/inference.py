@@ -96,6 +96,8 @@ class ThresholdRule(Rule):
             raise ValueError(f"a threshold must not be NaN; got {score_threshold}")
         # Where no score reaches the threshold, as Python bools (read while exporting).
         self._unreachable = (self.score_threshold == math.inf).tolist()
+        # Python floats made here, not while a program is traced for export (see _cutoffs_in).
+        self._cutoffs = {dtype: _cutoffs_in(self.score_threshold, dtype) for dtype in _FLOATS}
 
     def score(
         self, hazard_logits: torch.Tensor, t: int, carry: torch.Tensor | None
@@ -116,7 +118,28 @@ class ThresholdRule(Rule):
 
     def decide(self, hazard_logits, t, carry):
         score, carry = self.score(hazard_logits, t, carry)
-        return _reaches(score, self.threshold_at(t)), carry
+        cutoffs = self._cutoffs.get(score.dtype)
+        if cutoffs is None:  # not a float dtype
+            return _reaches(score, self.threshold_at(t)), carry
+        scalar = isinstance(cutoffs, float)
+        if self._unreachable if scalar else self._unreachable[t]:  # not even a score of +∞
+            return torch.zeros_like(score, dtype=torch.bool), carry
+        return score >= (cutoffs if scalar else cutoffs[t]), carry
+
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _cutoffs_in(threshold: torch.Tensor, dtype: torch.dtype) -> float | list[float]:
+    """For each threshold θ (float64), the least value c of ``dtype`` with c ≥ θ, as a Python
+    float (exact in ``dtype``, so comparing with it casts nothing): a score s of ``dtype`` has
+    s ≥ θ exactly when s ≥ c. One compare per decision instead of widening every score
+    (:func:`_reaches`). A θ beyond the dtype's range gives ±∞; θ = +∞ (never reached) gives +∞
+    too, so the caller checks it apart."""
+    rounded = threshold.to(dtype)
+    below = rounded.double() < threshold
+    rounded = torch.where(below, torch.nextafter(rounded, rounded.new_tensor(math.inf)), rounded)
+    return rounded.tolist()
 
 
 def _reaches(scores: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
@@ -448,32 +471,35 @@ def _run_shrink(model, policy, inputs, rule, valid, chunk=None):
         state = model.advance(state, t)
         if valid[t] and (t == last or rule.needs_policy(t)):
             if t == last:  # every row left stops: no features, no decision
-                prediction = model.predict(state, t)
-                stop = torch.ones(rows.shape[0], dtype=torch.bool, device=device)
+                prediction, stop, stopping = model.predict(state, t), None, rows.shape[0]
             else:
                 prediction, features = model.observe(state, t)
-                hazard = ask_policy(policy, features, t, rows.shape[0])
-                stop, carry = rule.decide(hazard, t, carry)
+                stop, carry = rule.decide(ask_policy(policy, features, t, rows.shape[0]), t, carry)
+                stopping = int(stop.sum())
             _check_prediction(prediction, predictions, t)
             # Every row, in input order (one batch, and no row has stopped yet).
             whole = predictions is None and chunk >= total and rows.shape[0] == total
-            if whole and bool(stop.all()):  # all stop at once: no copies
-                return prediction, stop_index.fill_(t)
-            if bool(stop.any()):
-                # One nonzero per step; every tensor is then gathered with index_select.
+            if stopping == rows.shape[0]:  # the whole pool stops: nothing to select
+                if whole:
+                    return prediction, stop_index.fill_(t)
+                if predictions is None:  # every row is written at its stop
+                    predictions = prediction.new_empty((total, *prediction.shape[1:]))
+                predictions.index_copy_(0, rows, prediction)
+                stop_index.index_fill_(0, rows, t)
+                continue
+            if stopping:
+                # One nonzero each way; every tensor is then gathered with index_select.
                 stopped, go = stop.nonzero().squeeze(1), (~stop).nonzero().squeeze(1)
                 finished = rows.index_select(0, stopped)
-                if whole and 2 * stopped.numel() >= total:
+                if whole and 2 * stopping >= total:
                     # Most rows stop here: one plain copy of the batch beats two gathers (the
                     # rows that go on are overwritten at their own stop).
                     predictions = prediction.clone()
                 else:
-                    if predictions is None:  # every row is written at its stop
+                    if predictions is None:
                         predictions = prediction.new_empty((total, *prediction.shape[1:]))
                     predictions.index_copy_(0, finished, prediction.index_select(0, stopped))
                 stop_index.index_fill_(0, finished, t)
-                if go.numel() == 0:
-                    continue
                 rows, state, carry = (
                     rows.index_select(0, go),
                     index_state(state, go),
