@@ -286,7 +286,10 @@ def test_a_threshold_rule_decides_exactly_as_float64_compares(dtype):
         )
         scores = torch.cat([torch.stack([down, nearest, up]), others])
         expected = [float(s) >= theta and theta < math.inf for s in scores]
-        for rule in (ScoreThreshold(theta), ScoreThreshold(torch.tensor([0.0, theta], dtype=torch.float64))):
+        for rule in (
+            ScoreThreshold(theta),
+            ScoreThreshold(torch.tensor([0.0, theta], dtype=torch.float64)),
+        ):
             stop, _ = rule.decide(scores, 1, None)
             assert stop.dtype == torch.bool and stop.tolist() == expected, (theta, dtype, rule)
 
