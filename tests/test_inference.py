@@ -274,7 +274,8 @@ def test_a_threshold_rule_decides_exactly_as_float64_compares(dtype):
     stop exactly the rows a float64 comparison stops. Scores: each threshold's neighbours in
     ``dtype`` (nearest, one up, one down), ±∞, NaN, 0 and the dtype's extremes. Thresholds:
     ordinary ones, one exact in every dtype (0.5), ones beyond the dtype's range, ±∞ (+∞: never
-    reached, not even by +∞). Reference: Python floats (every dtype widens to them exactly)."""
+    reached, not even by +∞); alone and in a MixedRule. Reference: Python floats (every dtype
+    widens to them exactly)."""
     info = torch.finfo(dtype)
     thresholds = [0.7, -0.123456789, 0.5, 1e-30, 1e300, -1e300, math.inf, -math.inf]
     for theta in thresholds:
@@ -292,6 +293,14 @@ def test_a_threshold_rule_decides_exactly_as_float64_compares(dtype):
         ):
             stop, _ = rule.decide(scores, 1, None)
             assert stop.dtype == torch.bool and stop.tolist() == expected, (theta, dtype, rule)
+        # A mix: each row by its own rule's comparison (the other rule: a threshold of 0).
+        mix = MixedRule(ScoreThreshold(theta), ScoreThreshold(0.0), 0.5)
+        carry = mix.init_carry(len(scores), 2, None)
+        follows = carry[0].tolist()
+        at_zero = [float(s) >= 0.0 for s in scores]
+        mixed = [a if f else b for f, a, b in zip(follows, expected, at_zero, strict=True)]
+        assert 0 < sum(follows) < len(follows)
+        assert mix.decide(scores, 1, carry)[0].tolist() == mixed, (theta, dtype)
 
 
 @torch.no_grad()

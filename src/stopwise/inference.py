@@ -118,13 +118,18 @@ class ThresholdRule(Rule):
 
     def decide(self, hazard_logits, t, carry):
         score, carry = self.score(hazard_logits, t, carry)
+        return self.reaches(score, t), carry
+
+    def reaches(self, score: torch.Tensor, t: int) -> torch.Tensor:
+        """``score ≥`` the threshold of step ``t``, exactly as compared in float64 (as
+        :func:`_reaches`), with one compare against the cutoff made for the scores' dtype."""
         cutoffs = self._cutoffs.get(score.dtype)
         if cutoffs is None:  # not a float dtype
-            return _reaches(score, self.threshold_at(t)), carry
+            return _reaches(score, self.threshold_at(t))
         scalar = isinstance(cutoffs, float)
         if self._unreachable if scalar else self._unreachable[t]:  # not even a score of +∞
-            return torch.zeros_like(score, dtype=torch.bool), carry
-        return score >= (cutoffs if scalar else cutoffs[t]), carry
+            return torch.zeros_like(score, dtype=torch.bool)
+        return score >= (cutoffs if scalar else cutoffs[t])
 
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -244,12 +249,10 @@ class MixedRule(Rule):
         first, inner = carry
         # The kinds' scores depend on the hazards only: one recurrence serves both rules.
         score, inner = self.first.score(hazard_logits, t, inner)
-        threshold = torch.where(
-            first.to(score.device),
-            self.first.threshold_at(t).to(score.device),
-            self.second.threshold_at(t).to(score.device),
-        )
-        return _reaches(score, threshold), (first, inner)
+        first = first.to(score.device)
+        # Logical ops, not a Where on bools (which onnxruntime lacks).
+        stop = (first & self.first.reaches(score, t)) | (~first & self.second.reaches(score, t))
+        return stop, (first, inner)
 
     def needs_policy(self, t: int) -> bool:
         return self.first.needs_policy(t) or self.second.needs_policy(t)
