@@ -38,6 +38,7 @@ from .stoptime import StopTime
 __all__ = [
     "Interrupted",
     "Diverged",
+    "diverged",
     "stop_on_signals",
     "install_stop_handlers",
     "request_stop",
@@ -87,13 +88,20 @@ class Diverged(RuntimeError):
     saved)."""
 
 
-def _diverged(what: str, step: int, stage: str, settings: LoopSettings | None) -> Diverged:
+def diverged(
+    what: str,
+    step: int,
+    stage: str,
+    settings: LoopSettings | None,
+    advice: str = "Lower the learning rate or choose other settings.",
+) -> Diverged:
+    """The :class:`Diverged` error of a training ``stage``: what was not finite, at which step,
+    in which job (``settings.tags``), and what to change."""
     tags = settings.tags if settings is not None else {}
     where = " ".join(f"{k} {v}" for k, v in tags.items())
     return Diverged(
         f"training diverged: {what} at step {step} of stage {stage!r}"
-        f"{' (' + where + ')' if where else ''}; the last checkpoint is kept. "
-        "Lower the learning rate or choose other settings."
+        f"{' (' + where + ')' if where else ''}; the last checkpoint is kept. {advice}"
     )
 
 
@@ -410,7 +418,7 @@ def train_loop(
                 metrics = {k: _scalar(v) for k, v in step_fn(step).items()}
                 loss = metrics.get("loss", 0.0)
                 if not math.isfinite(loss):
-                    raise _diverged(f"loss {loss}", step, stage, settings)
+                    raise diverged(f"loss {loss}", step, stage, settings)
                 bar.update(1)
                 if (step % settings.log_every == 0 or step == num_steps - 1) and step not in logged:
                     log.write({**settings.tags, "stage": stage, "step": step, **metrics})
@@ -605,7 +613,7 @@ def optimize(
         grads = [p.grad for p in parameters if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads)
         if not bool(torch.isfinite(norm)):
-            raise _diverged(
+            raise diverged(
                 f"gradient norm {float(norm)} (loss {float(loss.detach())})", step, stage, settings
             )
         if grad_clip is not None:

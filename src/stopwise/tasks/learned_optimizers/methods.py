@@ -35,11 +35,11 @@ from ...objectives import l2s_stage2_loss, random_horizon_bound
 from ...steps import cat_state, index_state, state_batch_size
 from ...stoptime import StopTime
 from ...training import (
-    Diverged,
     EpochBatches,
     GeneratedBatches,
     LoopSettings,
     ValidationSchedule,
+    diverged,
     fit_gain_head,
     optimize,
     policy_hazards,
@@ -183,12 +183,12 @@ def meta_train(
         raise ValueError("objective='log_gap' needs a family with a known optimum (optimum())")
     batches = GeneratedBatches(lambda n, g: family.sample(n, g), functions, seed)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-    where = _where(stage, settings)
 
     def step_fn(step: int) -> dict[str, float]:
         losses = _meta_iteration(
-            net, family, batches(step), horizon, unroll, objective, optimizer, where
-        )
+            net, family, batches(step), horizon, unroll, objective, optimizer,
+            lambda what: diverged(what, step, stage, settings, _ADVICE),
+        )  # fmt: skip
         return {
             "meta_loss": float(losses.detach().mean()),
             "final_loss": float(losses[:, -1].detach().mean()),
@@ -221,11 +221,13 @@ def meta_train(
     return metrics
 
 
-def _meta_iteration(net, family, sampled, horizon, unroll, objective, optimizer, where):
+def _meta_iteration(net, family, sampled, horizon, unroll, objective, optimizer, diverged_error):
     """One meta-iteration on the functions ``sampled``: ``horizon`` steps in windows of
     ``unroll``, an Adam step after each; returns the last window's losses ``(n, steps)``.
     The meta-loss is a mean over functions, taken per network of a :class:`StackedLSTMOptimizers`
-    (``groups`` blocks of rows) and summed: each network gets the gradient it would alone."""
+    (``groups`` blocks of rows) and summed: each network gets the gradient it would alone.
+    A meta-loss or meta-gradient that is not finite raises ``diverged_error(what)`` before Adam
+    applies it (every later step would be NaN, so no checkpoint may hold it)."""
     theta = family.initial(sampled)
     state = net.initial_state(*theta.shape)
     log_gap, groups = objective == "log_gap", getattr(net, "groups", 1)
@@ -241,30 +243,27 @@ def _meta_iteration(net, family, sampled, horizon, unroll, objective, optimizer,
             meta_loss = per_function.view(groups, -1).mean(1).sum()
         optimizer.zero_grad(set_to_none=True)
         meta_loss.backward()
-        _check_finite(meta_loss, net, where)
+        found = _not_finite(meta_loss, net)
+        if found:
+            raise diverged_error(found)
         optimizer.step()
         theta, state = theta.detach(), tuple(s.detach() for s in state)
     return losses
 
 
-def _where(stage: str, settings: LoopSettings | None) -> str:
-    """``stage 'lstm', job lstm-quadratic-s0 …``: where a divergence happened, for its message."""
-    tags = settings.tags if settings is not None else {}
-    return ", ".join([f"stage {stage!r}", *(f"{k} {v}" for k, v in tags.items())])
+_ADVICE = (
+    "Lower the meta learning rate (lr) or output_scale, or choose another update rule (update)."
+)
 
 
-def _check_finite(meta_loss: torch.Tensor, net: nn.Module, where: str) -> None:
-    """:class:`Diverged` (exit 3) for a meta-loss or meta-gradient that is NaN or infinite,
-    before Adam applies it: every later step would be NaN, so no checkpoint may hold it."""
+def _not_finite(meta_loss: torch.Tensor, net: nn.Module) -> str | None:
+    """What is NaN or infinite, the meta-loss or its gradient (a finite loss can have an
+    infinite gradient); None if neither."""
     grads = [p.grad for p in net.parameters() if p.grad is not None]
     norm = torch.nn.utils.get_total_norm(grads) if grads else meta_loss.new_zeros(())
-    if not (bool(torch.isfinite(meta_loss)) and bool(torch.isfinite(norm))):
-        raise Diverged(
-            f"meta-training diverged ({where}): meta-loss {float(meta_loss.detach())}, "
-            f"meta-gradient norm "
-            f"{float(norm)}; the last checkpoint is kept. Lower the meta learning rate (lr) or "
-            "output_scale, or choose another update rule (update)"
-        )
+    if bool(torch.isfinite(meta_loss)) and bool(torch.isfinite(norm)):
+        return None
+    return f"meta-loss {float(meta_loss.detach())}, meta-gradient norm {float(norm)}"
 
 
 def meta_train_restarts(
@@ -296,7 +295,6 @@ def meta_train_restarts(
     stacked = StackedLSTMOptimizers(list(nets))
     streams = [GeneratedBatches(lambda n, g: family.sample(n, g), functions, s) for s in seeds]
     optimizer = torch.optim.Adam(stacked.parameters(), lr=lr)
-    where = _where(stage, settings)
 
     def evaluate(r: int) -> Callable[[], dict[str, float]]:
         def score() -> dict[str, float]:
@@ -318,8 +316,9 @@ def meta_train_restarts(
     def step_fn(step: int) -> dict[str, float]:
         sampled = cat_state([stream(step) for stream in streams])
         losses = _meta_iteration(
-            stacked, family, sampled, horizon, unroll, "loss", optimizer, where
-        )
+            stacked, family, sampled, horizon, unroll, "loss", optimizer,
+            lambda what: diverged(what, step, stage, settings, _ADVICE),
+        )  # fmt: skip
         for selection in selections:
             selection.step()
         blocks = losses.detach().view(R, rows, -1)
