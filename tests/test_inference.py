@@ -233,6 +233,48 @@ def test_shrink_only_advances_rows_still_running():
     assert int(result.steps_used.sum()) < 100 * 7
 
 
+class ConvStepModel(StepModel):
+    """3×3 convolutions on channels-last maps; records the layout each step receives."""
+
+    def __init__(self, steps=4, channels=3):
+        super().__init__()
+        torch.manual_seed(0)
+        self.max_steps = steps
+        self.convs = nn.ModuleList(
+            nn.Conv2d(channels, channels, 3, padding=1) for _ in range(steps)
+        )
+        self.to(memory_format=torch.channels_last)
+        self.layouts: list[bool] = []
+
+    def start(self, x):
+        return x.contiguous(memory_format=torch.channels_last)
+
+    def advance(self, state, t):
+        self.layouts.append(state.is_contiguous(memory_format=torch.channels_last))
+        return torch.tanh(self.convs[t](state))
+
+    def predict(self, state, t):
+        return state.mean((1, 2, 3))
+
+    def features(self, state, t):
+        return state.mean((2, 3))
+
+
+@pytest.mark.parametrize("chunk", [None, 3])
+@torch.no_grad()
+def test_shrink_keeps_a_channels_last_state_channels_last(chunk):
+    """Rows leaving the batch must not turn the maps of the rows that go on channels-first."""
+    model = ConvStepModel()
+    x = torch.randn(10, 3, 5, 5)
+    rule = SampleRule(seed=1)  # stops rows at every step
+    policy = LinearPolicy(3)
+    result = run_adaptive(model, policy, x, rule, "shrink", chunk=chunk)
+    assert len(set(result.stop_index.tolist())) > 2 and model.layouts and all(model.layouts)
+    dense = run_adaptive(model, policy, x, rule, "dense")
+    assert torch.equal(result.stop_index, dense.stop_index)
+    torch.testing.assert_close(result.predictions, dense.predictions)
+
+
 @pytest.mark.parametrize("rule", RULES, ids=repr)
 @pytest.mark.parametrize("chunk", [1, 7, 20, 64, 100])
 @torch.no_grad()

@@ -47,6 +47,30 @@ def test_index_and_cat_on_nested_states():
         index_state({"x": [1, 2]}, torch.tensor([0]))
 
 
+@pytest.mark.parametrize(
+    "shape, layout",
+    [((5, 3, 4, 6), torch.channels_last), ((5, 3, 2, 4, 6), torch.channels_last_3d)],
+    ids=["channels_last", "channels_last_3d"],
+)
+def test_selecting_rows_keeps_a_channels_last_layout(shape, layout):
+    """``index_select`` hands back a contiguous (channels-first) copy; a shrinking run's next
+    convolution then took the slow path (on this CPU, 24 against 14 ms for a bfloat16 3×3 layer
+    on 10 maps of 32×128×128)."""
+    plain = torch.randn(shape)
+    x = plain.contiguous(memory_format=layout).requires_grad_()
+    rows = torch.tensor([4, 0, 2])
+    state = index_state({"x": x, "flat": torch.arange(5)}, rows)
+    assert state["x"].is_contiguous(memory_format=layout) and not state["x"].is_contiguous()
+    assert torch.equal(state["x"], plain[[4, 0, 2]]) and state["flat"].tolist() == [4, 0, 2]
+    joined = cat_state([state, index_state({"x": x, "flat": torch.arange(5)}, rows[:1])])
+    assert joined["x"].is_contiguous(memory_format=layout)
+    state["x"].sum().backward()  # the selection stays differentiable
+    n = plain[0].numel()
+    assert x.grad.flatten(1).sum(1).tolist() == [n, 0, n, 0, n]
+    # A contiguous tensor stays contiguous (and so does one that is both, e.g. one channel).
+    assert index_state(plain, rows).is_contiguous()
+
+
 def test_policy_registry():
     assert {"mlp", "confidence"} <= set(list_policies())
     policy = create_policy("mlp", feature_dim=5, max_steps=4, hidden=(8, 8), init_bias=-2.0)

@@ -159,10 +159,29 @@ def _map_state(fn, *states: State) -> State:
 
 
 def index_state(state: State, rows: torch.Tensor) -> State:
-    """Select batch rows (an index or boolean tensor, or a slice) from every tensor of a state."""
+    """Select batch rows (an index or boolean tensor, or a slice) from every tensor of a state.
+    Each tensor keeps its memory layout (a channels-last feature map stays channels-last)."""
     if isinstance(rows, torch.Tensor) and rows.dtype != torch.bool:
-        return _map_state(lambda x: x.index_select(0, rows), state)
+        return _map_state(lambda x: _select_rows(x, rows), state)
     return _map_state(lambda x: x[rows], state)
+
+
+def _select_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    # index_select returns a contiguous (channels-first) tensor whatever its input: a
+    # channels-last map would be transposed in the copy and the next convolution would take its
+    # slow path. Indexing keeps the layout.
+    if _channels_last(x):
+        return x[rows]
+    return x.index_select(0, rows)
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    formats = {4: torch.channels_last, 5: torch.channels_last_3d}
+    return (
+        x.dim() in formats
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=formats[x.dim()])
+    )
 
 
 def cat_state(states: list[State]) -> State:
