@@ -101,6 +101,12 @@ def speed(d: dict, model: str, threads: int, field: str = "wall_over_ideal") -> 
     return [r[field] for r in d["rows"] if r["model"] == model and r["threads"] == threads]
 
 
+def models_meeting_speed(d: dict, threads: int) -> int:
+    """How many stop models reach 0.8 of the ideal speedup at every budget."""
+    models = {r["model"] for r in d["rows"]}
+    return sum(min(speed(d, m, threads)) >= d["targets"]["wall_speedup_over_ideal"] for m in models)
+
+
 SPARSE, SPARSE_8_10 = "sparse_recovery.json", "sparse_recovery-benchmark-s8910.json"
 PARITY, PARITY_ACT_LR = "parity-tuned.json", "parity-act-lr.json"
 EXITS, EXITS_5_7 = "multi_exit-mnist1d.json", "multi_exit-mnist1d-s567-20261206.json"
@@ -300,6 +306,12 @@ PUBLISHED = [
      lambda d: speed(d, "LSTM optimizer + L2S", 1, "policy_fraction")[0], ".1%"),
     ("speed-exit-policy-fixed-share", "L2S exit policy | 0.55–0.78 | 0.48–0.77 | 0.8% | 21% |", "21%", SPEED,
      lambda d: speed(d, "L2S exit policy", 1, "fixed_share")[0], ".0%"),
+    ("speed-models-met-1-thread", "*missed* | 3 of 9 stop models with one thread, 2 of 9 with two;",
+     "3", SPEED, lambda d: models_meeting_speed(d, 1), "d"),
+    ("speed-models-met-2-threads", "*missed* | 3 of 9 stop models with one thread, 2 of 9 with two;",
+     "2", SPEED, lambda d: models_meeting_speed(d, 2), "d"),
+    ("speed-policy-most", "| **met** in every task | 0–4.5% |", "4.5%", SPEED,
+     lambda d: max(r["policy_fraction"] for r in d["rows"]), ".1%"),
     ("speed-lista-worst", "(0.825 at its cheapest budget, an ideal of 57×", "0.825", SPEED,
      lambda d: min(speed(d, "LISTA-stop", 1)), ".3f"),
     ("speed-lista-ideal", "(0.825 at its cheapest budget, an ideal of 57×", "57", SPEED,
