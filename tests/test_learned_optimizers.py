@@ -282,6 +282,49 @@ def test_learned_optimizer_is_a_torch_optimizer_stepping_like_the_net():
     assert torch.allclose(model.bias.detach(), flat[0, 6:], atol=1e-6)
 
 
+@pytest.mark.parametrize("join_below", [1, 10, 10**9], ids=["alone", "some-joined", "all-joined"])
+@pytest.mark.parametrize("update", ["additive", "scaled_rmsprop"])
+def test_learned_optimizer_steps_each_tensor_as_the_net_alone_would(
+    update, join_below, monkeypatch
+):
+    """Small tensors share one call of the net (two groups of different lr, a tensor without a
+    gradient, a halting head), against a reference that runs the net on each tensor by itself:
+    the same steps, and each tensor's halting score pooled over its own coordinates."""
+    monkeypatch.setattr(LearnedOptimizer, "JOIN_BELOW", join_below)
+    torch.manual_seed(0)
+    net = LSTMOptimizerNet(output_scale=0.1, halting=True, update=update)
+    nn.init.normal_(net.halting.weight)  # the head starts at zero: make its input matter
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2), nn.Linear(2, 2))
+    frozen = model[3].weight
+    frozen.requires_grad_(False)
+    groups = [
+        {"params": [*model[0].parameters()], "lr": 1.0},
+        {"params": [*model[2].parameters(), *model[3].parameters()], "lr": 0.3},
+    ]
+    optimizer = LearnedOptimizer(groups, net)
+    reference = {id(p): p.detach().clone() for p in model.parameters()}
+    states: dict[int, tuple] = {}
+    lrs = {id(p): group["lr"] for group in groups for p in group["params"]}
+    x, y = torch.randn(16, 3), torch.randn(16, 2)
+    for _ in range(4):
+        optimizer.zero_grad()
+        ((model(x) - y) ** 2).mean().backward()
+        grads = {id(p): p.grad.clone() for p in model.parameters() if p.grad is not None}
+        optimizer.step()
+        for p in model.parameters():
+            if id(p) not in grads:
+                assert torch.equal(p, reference[id(p)]) and p not in optimizer.state
+                continue
+            g = grads[id(p)].reshape(1, -1)
+            state = states.get(id(p), net.initial_state(1, g.shape[1]))
+            with torch.no_grad():
+                delta, halting, states[id(p)] = net(g, state)
+            reference[id(p)] += lrs[id(p)] * delta.view_as(p)
+            assert torch.allclose(p, reference[id(p)], atol=1e-6)
+            assert optimizer.last_halting_score[p] == pytest.approx(-float(halting), abs=1e-6)
+    assert frozen not in optimizer.last_halting_score
+
+
 def test_a_scheduler_scales_the_learned_update():
     """``lr`` multiplies the net's update; torch's schedulers change it between steps (they
     failed with a KeyError on a param group without ``lr``)."""

@@ -256,6 +256,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
     ``torch.optim.lr_scheduler`` schedules work on it as on any optimizer.
     """
 
+    # Tensors of fewer coordinates share one call of the network; a larger one runs alone, as
+    # copying its state into a joint call costs about what the call's fixed cost saves
+    # (benchmarks/learned_optimizer_step.py).
+    JOIN_BELOW = 4096
+
     def __init__(self, params, net: LSTMOptimizerNet, lr: float = 1.0):
         if not lr >= 0:
             raise ValueError(f"lr must be >= 0; got {lr}")
@@ -269,19 +274,39 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        joined: dict[torch.device, list[tuple[torch.Tensor, float]]] = {}
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                state = self.state[p]
-                grad = p.grad.detach().reshape(1, -1).to(self.net.output_dtype())
-                if "lstm" not in state:
-                    state["lstm"] = self.net.initial_state(1, grad.shape[1])
-                update, halting, state["lstm"] = self.net(grad, state["lstm"])
-                p.add_(update.view_as(p).to(p.dtype), alpha=group["lr"])
-                if halting is not None:
-                    self.last_halting_score[p] = -float(halting)
+                if p.numel() < self.JOIN_BELOW:
+                    joined.setdefault(p.grad.device, []).append((p, group["lr"]))
+                else:
+                    self._step([(p, group["lr"])])
+        for params in joined.values():
+            self._step(params)
         return loss
+
+    def _step(self, params: list[tuple[torch.Tensor, float]]) -> None:
+        """One call of the network for every coordinate of ``params`` ((parameter, lr) pairs):
+        the LSTM is coordinatewise, so this is a call per tensor without each call's fixed cost
+        (tens of small operations; ``benchmarks/learned_optimizer_step.py``)."""
+        dtype = self.net.output_dtype()
+        grads = [p.grad.detach().reshape(1, -1).to(dtype) for p, _ in params]
+        sizes = [grad.shape[1] for grad in grads]
+        for (p, _), size in zip(params, sizes, strict=True):
+            if "lstm" not in self.state[p]:
+                self.state[p]["lstm"] = self.net.initial_state(1, size)
+        states = zip(*(self.state[p]["lstm"] for p, _ in params), strict=True)
+        update, _, new_state = self.net(_joined(grads), tuple(map(_joined, states)))
+        per_param = zip(*(part.split(sizes, dim=1) for part in new_state), strict=True)
+        deltas = update.split(sizes, dim=1)
+        for (p, lr), delta, state in zip(params, deltas, per_param, strict=True):
+            self.state[p]["lstm"] = state
+            p.add_(delta.view_as(p).to(p.dtype), alpha=lr)
+            if self.net.halting is not None:  # pooled over this tensor's coordinates
+                top = state[2 * self.net.layers - 2]
+                self.last_halting_score[p] = -float(self.net.halting(top.mean(1)))
 
     def load_state_dict(self, state_dict) -> None:
         # torch casts every floating state tensor to its parameter's dtype; the LSTM state
@@ -293,6 +318,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
         for state in self.state.values():
             if "lstm" in state:
                 state["lstm"] = tuple(s.to(dtype) for s in state["lstm"])
+
+
+def _joined(parts) -> torch.Tensor:
+    """Tensors of one row side by side along the coordinates (no copy for a single one)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
 class HandDesigned(nn.Module):
