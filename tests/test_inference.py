@@ -345,6 +345,25 @@ def test_a_threshold_rule_decides_exactly_as_float64_compares(dtype):
         assert mix.decide(scores, 1, carry)[0].tolist() == mixed, (theta, dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_a_threshold_rule_stays_exact_when_the_cpu_flushes_subnormals(dtype):
+    """With ``torch.set_flush_denormal(True)`` a subnormal cutoff reads as 0 in a compare: a
+    threshold of 1e-40 (its float32 cutoff is subnormal) stopped a score of 0. Such a rule
+    compares in float64 instead."""
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush subnormals")
+    try:
+        info = torch.finfo(dtype)
+        scores = torch.tensor([0.0, -0.0, info.tiny, -info.tiny, 1.0, -1.0], dtype=dtype)
+        for theta in (1e-40, -1e-40, 1e-30, 1e-6, -1e-6):
+            expected = [float(x) >= theta for x in scores]
+            per_step = torch.tensor([0.0, theta], dtype=torch.float64)
+            for rule in (ScoreThreshold(theta), ScoreThreshold(per_step)):
+                assert rule.decide(scores, 1, None)[0].tolist() == expected, (theta, dtype)
+    finally:
+        torch.set_flush_denormal(False)
+
+
 @torch.no_grad()
 def test_a_threshold_of_inf_is_never_reached_even_by_a_score_of_inf():
     """+∞ before a floor means "no stop here": a policy scoring +∞ must not stop rows there in

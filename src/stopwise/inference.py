@@ -124,7 +124,7 @@ class ThresholdRule(Rule):
         """``score ≥`` the threshold of step ``t``, exactly as compared in float64 (as
         :func:`_reaches`), with one compare against the cutoff made for the scores' dtype."""
         cutoffs = self._cutoffs.get(score.dtype)
-        if cutoffs is None:  # not a float dtype
+        if cutoffs is None:  # not a float dtype, or a subnormal cutoff (see _cutoffs_in)
             return _reaches(score, self.threshold_at(t))
         scalar = isinstance(cutoffs, float)
         if self._unreachable if scalar else self._unreachable[t]:  # not even a score of +∞
@@ -135,12 +135,17 @@ class ThresholdRule(Rule):
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _cutoffs_in(threshold: torch.Tensor, dtype: torch.dtype) -> float | list[float]:
+def _cutoffs_in(threshold: torch.Tensor, dtype: torch.dtype) -> float | list[float] | None:
     """For each threshold θ (float64), the least value c of ``dtype`` with c ≥ θ, as a Python
     float (exact in ``dtype``, so comparing with it casts nothing): a score s of ``dtype`` has
     s ≥ θ exactly when s ≥ c. One compare per decision instead of widening every score
     (:func:`_reaches`). A θ beyond the dtype's range gives ±∞; θ = +∞ (never reached) gives +∞
-    too, so the caller checks it apart."""
+    too, so the caller checks it apart. None where a cutoff may be subnormal in ``dtype`` (0 <
+    |θ| < the least normal value): with ``torch.set_flush_denormal(True)`` the compare would read
+    it as 0, so such a rule widens (judged on θ: a flushing CPU also reads a subnormal c as 0)."""
+    magnitude = threshold.abs()
+    if bool(((magnitude > 0) & (magnitude < torch.finfo(dtype).tiny)).any()):
+        return None
     rounded = threshold.to(dtype)
     below = rounded.double() < threshold
     rounded = torch.where(below, torch.nextafter(rounded, rounded.new_tensor(math.inf)), rounded)
