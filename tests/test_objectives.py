@@ -292,6 +292,28 @@ def test_random_horizon_bound_takes_a_step_of_no_posterior_mass_as_0_log_0():
         torch.testing.assert_close(ga, gb)
 
 
+def test_random_horizon_bound_refuses_a_horizon_with_no_posterior_mass():
+    """Logits all −∞ up to a horizon averaged over made the bound NaN; now a ValueError naming
+    the rows. A sampled horizon past the first finite logit is fine (and −∞ later too)."""
+    losses = torch.tensor([[1.0, 2.0, 0.5], [0.3, 0.2, 0.1]], dtype=torch.float64)
+    logits = torch.tensor([[0.0, 0.0, 0.0], [-math.inf, 0.0, -math.inf]], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"rows \[1\] are −∞"):
+        random_horizon_bound(logits, losses, 0.3)
+    with pytest.raises(ValueError, match=r"rows \[1\] are −∞"):
+        random_horizon_bound(logits, losses, 0.3, horizons=torch.tensor([2, 0]))
+    value = random_horizon_bound(logits, losses, 0.3, horizons=torch.tensor([0, 1]))
+    assert math.isfinite(value.item())
+    # Row 1 under horizon 1 puts all its mass on step 1: L = ℓ_1 − log p(1 | H=1), with
+    # p(t | H) = (1 − s)s^t / (1 − s^{H+1}) and s = √(1 − p) (Sander 2017).
+    s = math.sqrt(1 - 0.3)
+    log_prior = math.log((1 - s) * s / (1 - s**2))
+    row0 = 1.0 - math.log(1.0)  # horizon 0: q = p = δ_0
+    assert value.item() == pytest.approx((row0 + 0.2 - log_prior) / 2)
+    nan = logits.clone()
+    nan[1, 0] = math.nan  # a NaN is not a missing step: it reaches the loss (and diverged())
+    assert math.isnan(random_horizon_bound(nan, losses, 0.3).item())
+
+
 def test_random_horizon_bound_is_tight_at_the_posterior():
     """With β = 1 and ℓ = −log p(y|t), L_H ≥ −log Σ_{t≤H} p(t|H) e^{−ℓ_t}, with equality at the
     exact posterior q(t) ∝ p(t|H) e^{−ℓ_t} (the evidence bound)."""

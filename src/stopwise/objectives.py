@@ -186,6 +186,17 @@ def random_horizon_bound(
     """
     B, T = losses.shape
     device, dtype = losses.device, losses.dtype
+    if horizons is not None:
+        horizons = torch.as_tensor(horizons).to(device).long()
+        if horizons.shape != (B,):
+            raise ValueError(f"horizons must have shape ({B},); got {tuple(horizons.shape)}")
+        if bool(((horizons < 0) | (horizons > T - 1)).any()):
+            raise ValueError(
+                f"horizons must lie in 0..{T - 1} (the steps available); got values in "
+                f"{int(horizons.min())}..{int(horizons.max())}. Draw them with "
+                f"sample_random_horizon(p, {B}, max_horizon={T - 1})"
+            )
+    _check_posterior_mass(posterior_logits, horizons)
     t = torch.arange(T, device=device)
     within = t.unsqueeze(0) <= t.unsqueeze(1)  # (H, t): step t exists under horizon H
     a = posterior_logits.unsqueeze(1).masked_fill(~within, -math.inf)  # (B, H, t)
@@ -204,19 +215,27 @@ def random_horizon_bound(
     kl = (q * torch.where(within & (q > 0), log_q - log_cond, 0.0)).sum(-1)  # (B, H)
     per_horizon = expected + beta * kl
     if horizons is not None:
-        horizons = torch.as_tensor(horizons).to(device).long()
-        if horizons.shape != (B,):
-            raise ValueError(f"horizons must have shape ({B},); got {tuple(horizons.shape)}")
-        if bool(((horizons < 0) | (horizons > T - 1)).any()):
-            raise ValueError(
-                f"horizons must lie in 0..{T - 1} (the steps available); got values in "
-                f"{int(horizons.min())}..{int(horizons.max())}. Draw them with "
-                f"sample_random_horizon(p, {B}, max_horizon={T - 1})"
-            )
         return per_horizon.gather(1, horizons.view(B, 1)).mean()
     log_w = random_horizon_log_prior(p, torch.arange(T)).to(device=device, dtype=dtype)
     w = torch.softmax(log_w, dim=0)
     return (per_horizon * w).sum(-1).mean()
+
+
+def _check_posterior_mass(posterior_logits: torch.Tensor, horizons: torch.Tensor | None) -> None:
+    """q_H is a softmax over steps 0..H: a row whose logits are all −∞ there has no posterior
+    under that horizon (the bound was NaN). Every horizon counts in the exact expectation, so
+    there the first logit must not be −∞; with sampled horizons, some logit up to each row's."""
+    possible = ~torch.isneginf(posterior_logits)  # a NaN is not caught here: it reaches the loss
+    T = possible.shape[1]
+    first = torch.where(possible.any(1), possible.int().argmax(1), T)
+    last = horizons if horizons is not None else torch.zeros_like(first)
+    bad = (first > last).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(
+            f"posterior_logits of rows {bad[:5]}{' …' if len(bad) > 5 else ''} are −∞ at every "
+            "step up to a horizon the bound averages over (every horizon from 0 when horizons is "
+            "None), so q_H is not a distribution there; give step 0 a finite logit"
+        )
 
 
 def weighted_exit_loss(losses: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
