@@ -157,7 +157,7 @@ class LSTMOptimizerNet(nn.Module):
         return self.output(x), new_state
 
     def output_dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
+        return self.output.weight.dtype  # not next(self.parameters()): a walk of the modules
 
     def start(self, theta: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self.initial_state(*theta.shape)
@@ -218,6 +218,9 @@ class StackedLSTMOptimizers(LSTMOptimizerNet):
         """Network r's weights from a state dict of this class (e.g. a checkpoint's)."""
         names = cls._names((len(state) - 2) // 4)
         return {k: state[f"stacked.{i}"][r].detach().clone() for i, k in enumerate(names)}
+
+    def output_dtype(self) -> torch.dtype:
+        return self.stacked[0].dtype
 
     def _lstm(self, x, state, n: int, D: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
         R, H = self.groups, self.hidden
@@ -423,7 +426,7 @@ class OptimizerRun(StepModel):
         features = torch.stack(
             [
                 loss,
-                torch.log10(grad.norm(dim=-1).clamp_min(GRAD_NORM_FLOOR)),
+                torch.log10(torch.linalg.vector_norm(grad, dim=-1).clamp_min(GRAD_NORM_FLOOR)),
                 torch.log10(improvement.clamp(IMPROVEMENT_FLOOR, 1e12)),
                 -halting.to(loss.dtype) if halting is not None else torch.zeros_like(loss),
             ],
