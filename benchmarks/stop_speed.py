@@ -641,12 +641,20 @@ def measure(case: SpeedCase, threads: int, repeats: int) -> list[dict[str, Any]]
     rows = []
     for budget, rule in case.rules.items():
         index = stop_index(case, rule)
-        # A floored rule asks no policy before its floor (Rule.needs_policy): not charged.
-        skipped = [t for t in _decision_steps(case) if not rule.needs_policy(t)]
-        saved = sum(
-            case.policy_macs if case.decision_costs is None else float(case.decision_costs[t])
-            for t in skipped
-        )
+
+        # A floored rule asks no policy before its floor (Rule.needs_policy), nor where it stops
+        # every row (Rule.stops_all: a threshold of −∞, the rows there): not charged.
+        def decision(t: int) -> float:
+            return (
+                case.policy_macs if case.decision_costs is None else float(case.decision_costs[t])
+            )
+
+        steps = _decision_steps(case)
+        skipped = [t for t in steps if not rule.needs_policy(t)]
+        saved = sum(decision(t) for t in skipped)
+        certain = next((t for t in steps if rule.stops_all(t)), None)
+        if certain is not None:
+            saved += decision(certain) * float((index == certain).double().mean())
         mean_macs = float(case.row_macs(index).double().mean()) - saved
         ideal = case.full_macs / mean_macs
         time_ideal = float(depth[-1] / depth[index.cpu()].mean())

@@ -316,8 +316,8 @@ def test_a_threshold_rule_decides_exactly_as_float64_compares(dtype):
     stop exactly the rows a float64 comparison stops. Scores: each threshold's neighbours in
     ``dtype`` (nearest, one up, one down), ±∞, NaN, 0 and the dtype's extremes. Thresholds:
     ordinary ones, one exact in every dtype (0.5), ones beyond the dtype's range, ±∞ (+∞: never
-    reached, not even by +∞); alone and in a MixedRule. Reference: Python floats (every dtype
-    widens to them exactly)."""
+    reached, not even by +∞; −∞: reached by every score, NaN too); alone and in a MixedRule.
+    Reference: Python floats (every dtype widens to them exactly)."""
     info = torch.finfo(dtype)
     thresholds = [0.7, -0.123456789, 0.5, 1e-30, 1e300, -1e300, math.inf, -math.inf]
     for theta in thresholds:
@@ -328,7 +328,7 @@ def test_a_threshold_rule_decides_exactly_as_float64_compares(dtype):
             [math.inf, -math.inf, math.nan, 0.0, info.max, -info.max, info.tiny], dtype=dtype
         )
         scores = torch.cat([torch.stack([down, nearest, up]), others])
-        expected = [float(s) >= theta and theta < math.inf for s in scores]
+        expected = [(float(s) >= theta and theta < math.inf) or theta == -math.inf for s in scores]
         for rule in (
             ScoreThreshold(theta),
             ScoreThreshold(torch.tensor([0.0, theta], dtype=torch.float64)),
@@ -362,6 +362,47 @@ def test_a_threshold_rule_stays_exact_when_the_cpu_flushes_subnormals(dtype):
                 assert rule.decide(scores, 1, None)[0].tolist() == expected, (theta, dtype)
     finally:
         torch.set_flush_denormal(False)
+
+
+@torch.no_grad()
+def test_a_threshold_of_minus_inf_stops_every_row_without_asking_the_policy():
+    """−∞ at a step means "every row stops here", NaN scores too, in every mode; shrink and
+    masked ask no policy there and run no later step (a cheapest budget point is a rule of
+    −∞ at every step: its policy and features cost time and saved nothing)."""
+    model, _, x = make(seed=14, batch=12)
+    asked: list[int] = []
+
+    def policy(features, t):
+        asked.append(t)
+        score = features.sum(-1)
+        return torch.where(features[:, 0] > 0.3, math.nan, score)  # some rows NaN
+
+    rule = ScoreThreshold(torch.tensor([math.inf, 0.0, -math.inf, 0, 0, 0, 0]))
+    both = MixedRule(rule, ScoreThreshold(torch.tensor([0.0, 0.5, -math.inf, 0, 0, 0, 0])), 0.5)
+    half = MixedRule(rule, ScoreThreshold(0.0), 0.5)  # one rule goes on at step 2
+    hazards = torch.stack([policy(torch.ones(12, 6) * (t - 3), t) for t in range(7)], 1)
+
+    def stored(features, t):
+        return hazards[:, t]
+
+    for r, steps_asked in ((rule, [1]), (both, [0, 1]), (half, [0, 1, 2, 3, 4, 5])):
+        reference = run_adaptive(model, policy, x, r, "dense")
+        if r is not half:
+            assert reference.stop_index.max().item() <= 2  # NaN rows stop at step 2 at the latest
+            assert (reference.stop_index == 2).any()
+        for mode in ("masked", "shrink"):
+            asked.clear()
+            model.rows_advanced = 0
+            result = run_adaptive(model, policy, x, r, mode)
+            assert torch.equal(result.stop_index, reference.stop_index), (r, mode)
+            torch.testing.assert_close(result.predictions, reference.predictions)
+            assert sorted(set(asked)) == steps_asked, (r, mode, asked)
+            if r is not half:
+                expected = 12 * 3 if mode == "masked" else int(result.steps_used.sum())
+                assert model.rows_advanced == expected, (r, mode)
+        # stop_indices on stored hazards agrees with a run that asks for them (masked: all rows)
+        replay = run_adaptive(model, stored, x, r, "masked")
+        assert torch.equal(stop_indices(hazards, r), replay.stop_index)
 
 
 @torch.no_grad()

@@ -83,6 +83,11 @@ class Rule:
         row and carries nothing, so adaptive inference skips the features and the policy."""
         return True
 
+    def stops_all(self, t: int) -> bool:
+        """Whether every row that reaches step ``t`` stops there, whatever the policy says (a
+        threshold of −∞): adaptive inference then asks no policy at ``t``."""
+        return False
+
     def check_steps(self, num_steps: int) -> None:
         """ValueError if the rule cannot run a model of ``num_steps`` steps."""
 
@@ -94,8 +99,10 @@ class ThresholdRule(Rule):
         self.score_threshold = torch.as_tensor(score_threshold, dtype=torch.float64)
         if bool(self.score_threshold.isnan().any()):  # no score reaches NaN: a silent "never"
             raise ValueError(f"a threshold must not be NaN; got {score_threshold}")
-        # Where no score reaches the threshold, as Python bools (read while exporting).
+        # Where no score reaches the threshold, and where every score does (NaN too), as Python
+        # bools (read while exporting).
         self._unreachable = (self.score_threshold == math.inf).tolist()
+        self._certain = (self.score_threshold == -math.inf).tolist()
         # Python floats made here, not while a program is traced for export (see _cutoffs_in).
         self._cutoffs = {dtype: _cutoffs_in(self.score_threshold, dtype) for dtype in _FLOATS}
 
@@ -120,9 +127,14 @@ class ThresholdRule(Rule):
         score, carry = self.score(hazard_logits, t, carry)
         return self.reaches(score, t), carry
 
+    def stops_all(self, t: int) -> bool:
+        return self._certain if isinstance(self._certain, bool) else self._certain[t]
+
     def reaches(self, score: torch.Tensor, t: int) -> torch.Tensor:
         """``score ≥`` the threshold of step ``t``, exactly as compared in float64 (as
         :func:`_reaches`), with one compare against the cutoff made for the scores' dtype."""
+        if self.stops_all(t):  # −∞: every score, a NaN too
+            return torch.ones_like(score, dtype=torch.bool)
         cutoffs = self._cutoffs.get(score.dtype)
         if cutoffs is None:  # not a float dtype, or a subnormal cutoff (see _cutoffs_in)
             return _reaches(score, self.threshold_at(t))
@@ -156,10 +168,12 @@ def _reaches(scores: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
     """``scores ≥ threshold``, exactly: compared in the wider of the two dtypes (every mode
     compares them here). A float64 threshold cast to float32 rounds to nearest, and a score just
     below it passed: σ(s) = 0.6999999972 reached HazardThreshold(0.7). A threshold of +∞ is never
-    reached, not even by a score of +∞ (it means "no stop here")."""
+    reached, not even by a score of +∞ (it means "no stop here"); one of −∞ is reached by every
+    score, NaN too ("stop here", which adaptive inference decides without the policy)."""
     dtype = torch.promote_types(scores.dtype, threshold.dtype)
     threshold = threshold.to(dtype).to(scores.device)
-    return (scores.to(dtype) >= threshold) & (threshold < math.inf)
+    reached = (scores.to(dtype) >= threshold) & (threshold < math.inf)
+    return reached | (threshold == -math.inf)
 
 
 class ScoreThreshold(ThresholdRule):
@@ -261,6 +275,9 @@ class MixedRule(Rule):
 
     def needs_policy(self, t: int) -> bool:
         return self.first.needs_policy(t) or self.second.needs_policy(t)
+
+    def stops_all(self, t: int) -> bool:
+        return self.first.stops_all(t) and self.second.stops_all(t)
 
     def check_steps(self, num_steps: int) -> None:
         self.first.check_steps(num_steps)
@@ -436,6 +453,14 @@ def _last(valid) -> int:
     return max(t for t, ok in enumerate(flags) if ok)
 
 
+def _last_reached(rule: Rule, valid) -> int:
+    """The last step any row reaches: the first valid one where ``rule`` stops every row (a
+    threshold of −∞; no policy is asked there, and no later step runs), else the last valid."""
+    flags = valid.tolist() if isinstance(valid, torch.Tensor) else list(valid)
+    last = _last(flags)
+    return next((t for t in range(last) if flags[t] and rule.stops_all(t)), last)
+
+
 def _run_shrink(model, policy, inputs, rule, valid, chunk=None):
     """Finished rows leave the batch. The inputs enter ``chunk`` rows at a time (default: all
     at once) and the rows that go on from several chunks are pooled: step t runs once
@@ -452,7 +477,7 @@ def _run_shrink(model, policy, inputs, rule, valid, chunk=None):
         parts = (_rows_first(model.start(part)) for part in row_chunks(inputs, chunk))
         carries = _chunk_carries(rule, inputs, model, chunk)
     valid = valid.tolist() if isinstance(valid, torch.Tensor) else list(valid)
-    last = _last(valid)
+    last = _last_reached(rule, valid)
     waiting: list[list[tuple]] = [[] for _ in range(last + 1)]  # (rows, state, carry) per step
     counts = [0] * (last + 1)
     predictions = None
@@ -564,7 +589,7 @@ def _run_masked(model, policy, inputs, rule, valid, carry=None):
         carry = rule.init_carry(B, model.max_steps, device)
     predictions = None
     stop_index = torch.full((B,), -1, dtype=torch.long, device=device)
-    last = _last(valid)
+    last = _last_reached(rule, valid)
     # Every row runs every step; a finished row's prediction and stop step are kept when it
     # stops and nothing later reads its state or carry, so neither is frozen (which would need
     # the state's shapes to stay the same from step to step, and a Where on bool carries that
