@@ -642,19 +642,18 @@ def measure(case: SpeedCase, threads: int, repeats: int) -> list[dict[str, Any]]
     for budget, rule in case.rules.items():
         index = stop_index(case, rule)
 
-        # A floored rule asks no policy before its floor (Rule.needs_policy), nor where it stops
-        # every row (Rule.stops_all: a threshold of −∞, the rows there): not charged.
-        def decision(t: int) -> float:
-            return (
-                case.policy_macs if case.decision_costs is None else float(case.decision_costs[t])
-            )
-
+        # A floored rule asks no policy before its floor (Rule.needs_policy): not charged. Nor
+        # are the features and policy of the rows where it stops every row (Rule.stops_all: a
+        # threshold of −∞), whose prediction there is still made (an exit head, say).
         steps = _decision_steps(case)
         skipped = [t for t in steps if not rule.needs_policy(t)]
-        saved = sum(decision(t) for t in skipped)
+        saved = sum(
+            case.policy_macs if case.decision_costs is None else float(case.decision_costs[t])
+            for t in skipped
+        )
         certain = next((t for t in steps if rule.stops_all(t)), None)
         if certain is not None:
-            saved += decision(certain) * float((index == certain).double().mean())
+            saved += case.policy_macs * float((index == certain).double().mean())
         mean_macs = float(case.row_macs(index).double().mean()) - saved
         ideal = case.full_macs / mean_macs
         time_ideal = float(depth[-1] / depth[index.cpu()].mean())
