@@ -128,7 +128,7 @@ class ThresholdRule(Rule):
         return self.reaches(score, t), carry
 
     def stops_all(self, t: int) -> bool:
-        return self._certain if isinstance(self._certain, bool) else self._certain[t]
+        return _at_step(self._certain, t)
 
     def reaches(self, score: torch.Tensor, t: int) -> torch.Tensor:
         """``score ≥`` the threshold of step ``t``, exactly as compared in float64 (as
@@ -138,10 +138,15 @@ class ThresholdRule(Rule):
         cutoffs = self._cutoffs.get(score.dtype)
         if cutoffs is None:  # not a float dtype, or a subnormal cutoff (see _cutoffs_in)
             return _reaches(score, self.threshold_at(t))
-        scalar = isinstance(cutoffs, float)
-        if self._unreachable if scalar else self._unreachable[t]:  # not even a score of +∞
+        if _at_step(self._unreachable, t):  # not even a score of +∞
             return torch.zeros_like(score, dtype=torch.bool)
-        return score >= (cutoffs if scalar else cutoffs[t])
+        return score >= _at_step(cutoffs, t)
+
+
+def _at_step(value: Any, t: int) -> Any:
+    """Step ``t``'s entry of what a threshold's ``tolist()`` gave: a list (one per step), or a
+    Python scalar (the same at every step)."""
+    return value[t] if isinstance(value, list) else value
 
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -185,8 +190,7 @@ class ScoreThreshold(ThresholdRule):
         return hazard_logits, carry
 
     def needs_policy(self, t: int) -> bool:
-        never = self._unreachable
-        return not (never if isinstance(never, bool) else never[t])
+        return not _at_step(self._unreachable, t)
 
     def __repr__(self):
         return f"{type(self).__name__}(score={self.score_threshold.tolist()})"
