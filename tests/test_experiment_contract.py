@@ -114,6 +114,35 @@ def test_every_stop_model_is_judged_against_fixed_depth(name, uninterrupted):
     assert "fixed depth" in (uninterrupted[name] / "table.md").read_text()
 
 
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_every_stop_model_loads_from_its_run_and_reproduces_its_budget_curve(name, uninterrupted):
+    """stopwise.load_stop_model rebuilds each stop model of a finished run from its checkpoints:
+    run for real (shrink) on the run's test split, every budget point's rule stops the rows
+    where the run recorded (its mean steps on test)."""
+    from stopwise import load_stop_model, run_adaptive
+    from stopwise.trained import stop_model_names
+
+    run = uninterrupted[name]
+    names = stop_model_names(run)
+    assert names, f"{name} declares no stop model"
+    for model_name in names:
+        trained = load_stop_model(run, model_name)
+        assert not trained.model.training and trained.budgets
+        costs = [point.val_cost for point in trained.budgets]
+        assert costs == sorted(costs)
+        assert trained.rule_for(costs[-1]) is trained.budgets[-1].rule
+        assert trained.rule_for(costs[0] - 1) is trained.budgets[0].rule
+        inputs = trained.test_inputs()
+        for point in trained.budgets:
+            with torch.no_grad():
+                result = run_adaptive(
+                    trained.model, trained.policy, inputs, point.rule, "shrink",
+                    trained.valid_steps,
+                )  # fmt: skip
+            steps = float(result.steps_used.double().mean())
+            assert steps == pytest.approx(point.test["mean_steps"], abs=1e-9), (model_name, point)
+
+
 def _bad_values(name):
     """(override, key) pairs: an unknown key, a wrong type, an out-of-range value."""
     keys = schema(EXPERIMENTS[name].config)

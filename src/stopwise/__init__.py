@@ -25,6 +25,7 @@ from .inference import (  # noqa: E402
 from .policies import create_policy, list_policies, register_policy  # noqa: E402
 from .steps import StepModel, Trajectory, unroll  # noqa: E402
 from .stoptime import StopTime, oracle  # noqa: E402
+from .trained import load_stop_model  # noqa: E402
 from .training import (  # noqa: E402
     EpochBatches,
     GeneratedBatches,
@@ -41,6 +42,7 @@ from .training import (  # noqa: E402
 )
 
 __all__ = [
+    "load_stop_model",
     "__version__",
     "objectives",
     "config",

@@ -43,6 +43,7 @@ __all__ = [
     "files_digest",
     "settings_digest",
     "checkpoint_owner",
+    "TrainedStopModel",
 ]
 
 logger = logging.getLogger("stopwise")
@@ -95,6 +96,45 @@ class Report:
 
 
 @dataclass
+class TrainedStopModel:
+    """A stop model a finished run trained, rebuilt from its checkpoints
+    (:func:`stopwise.load_stop_model`): give ``model``, ``policy``, ``valid_steps`` and one of
+    the rules to :func:`~stopwise.run_adaptive` (or to :class:`~stopwise.export.AdaptiveModule`).
+
+    budgets: the run's budget curve, cheapest on validation first
+        (:class:`~stopwise.selection.BudgetPoint`: the mean cost on validation in ``cost``'s
+        unit, the rule fitted on validation, and what the run measured with it on test).
+    rules: the run's own named operating points, where it has any (e.g. sparse recovery's
+        threshold row).
+    inputs: what one row of the model's inputs is.
+    test_inputs: the run's test split as model inputs (regenerated or reloaded as the job did),
+        to check the model against the run's recorded numbers.
+    """
+
+    name: str
+    model: Any
+    policy: Any
+    budgets: list[Any]
+    cost: str = "steps"
+    valid_steps: torch.Tensor | None = None
+    rules: dict[str, Any] = field(default_factory=dict)
+    inputs: str = ""
+    test_inputs: Callable[[], Any] | None = None
+
+    def rule_for(self, budget: float) -> Any:
+        """The rule of the costliest budget point whose validation cost is at most ``budget``
+        (the cheapest point if none is)."""
+        within = [point.rule for point in self.budgets if point.val_cost <= budget]
+        return within[-1] if within else self.budgets[0].rule
+
+
+# Rebuilds one stop model from the job that trained it: load(context, record), the job's own
+# context (its checkpoints, dependencies and named random streams, as during the run) and the
+# record the job returned.
+StopModelLoader = Callable[["JobContext", dict[str, Any]], TrainedStopModel]
+
+
+@dataclass
 class Experiment:
     """A runnable experiment: the task contract (see the module docstring)."""
 
@@ -109,6 +149,9 @@ class Experiment:
     # Device types its jobs put their models and data on; another `device` is refused, not
     # silently ignored.
     devices: tuple[str, ...] = ("cpu", "cuda")
+    # What :func:`stopwise.load_stop_model` can rebuild from a finished run of a config:
+    # stop_models(config) -> {name: (the job that trains it, its StopModelLoader)}.
+    stop_models: Callable[[Any], dict[str, tuple[str, StopModelLoader]]] | None = None
 
     def __post_init__(self):
         if not issubclass(self.config, Config):

@@ -33,6 +33,8 @@ __all__ = [
     "Heldout",
     "prune_exits",
     "budget_grid",
+    "BudgetPoint",
+    "curve_budgets",
     "Calibration",
     "calibrate_by_metric",
     "skipped_decision_costs",
@@ -388,6 +390,34 @@ def point_rule(point: dict[str, Any], kind: str = "hazard") -> Rule:
         return first
     second = rule_cls(torch.tensor(mix["score_threshold"], dtype=torch.float64))
     return MixedRule(first, second, mix["share"])
+
+
+class BudgetPoint(NamedTuple):
+    """One point of a recorded budget curve: its mean cost on validation, its rule (fitted on
+    validation) and what the run measured with it on test (``mean_steps``, ``mean_cost``, the
+    task's metrics)."""
+
+    val_cost: float
+    rule: Rule
+    test: dict[str, Any]
+
+
+_RULE_FIELDS = ("score_threshold", "mix", "rule_of_budget", "budget", "val_mean_cost")
+
+
+def curve_budgets(
+    curve: list[dict[str, Any]], kind: str = "hazard", cost: str = "val_mean_cost"
+) -> list[BudgetPoint]:
+    """A recorded budget curve (:func:`budget_sweep`'s points), cheapest on validation first."""
+    points = sorted(curve, key=lambda p: p[cost])
+    return [
+        BudgetPoint(
+            float(p[cost]),
+            point_rule(p, kind),
+            {k: v for k, v in p.items() if k not in _RULE_FIELDS and k != cost},
+        )
+        for p in points
+    ]
 
 
 class _Fitted(NamedTuple):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from ...contract import Experiment
 from .config import PRESETS, SparseRecoveryConfig
 from .data import SparseBatch, fixed_split, make_problem, sample_batch, sensing_matrix
-from .experiment import jobs, load_stop_model, run_job
+from .experiment import jobs, load_stop_model, run_job, stop_models
 from .metrics import nmse_columns, nmse_db, step_losses
 from .models import ALISTA, FISTA, ISTA, LISTA, LISTACPSS, StopPolicy, analytic_weight
 from .report import report
@@ -49,5 +49,6 @@ EXPERIMENTS = [
         jobs=jobs,
         run_job=run_job,
         report=report,
+        stop_models=stop_models,
     )
 ]

@@ -16,15 +16,13 @@ against the selection from the dense trajectory.
 
 from __future__ import annotations
 
-import json
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ...config import from_plain
-from ...contract import Job, JobContext, RunDir, job_id, stream_seed
+from ...contract import Job, JobContext, TrainedStopModel
 from ...inference import (
     THRESHOLD_KINDS,
     SampleRule,
@@ -36,7 +34,13 @@ from ...inference import (
     time_adaptive,
 )
 from ...perf import reuse_freed_memory
-from ...selection import budget_grid, budget_sweep, calibrate_by_metric, fixed_depth_curve
+from ...selection import (
+    budget_grid,
+    budget_sweep,
+    calibrate_by_metric,
+    curve_budgets,
+    fixed_depth_curve,
+)
 from ...stats import ratio_db_upper_bound
 from .config import SparseRecoveryConfig
 from .data import SparseBatch, SparseProblem, make_problem
@@ -53,7 +57,7 @@ from .metrics import (
 )
 from .models import ALISTA, LISTA, LISTACPSS, StopPolicy, support_sizes
 
-__all__ = ["jobs", "run_job", "load_stop_model", "STOP_MODELS"]
+__all__ = ["jobs", "run_job", "load_stop_model", "stop_models", "STOP_MODELS"]
 
 # The two stop models: result key -> (stage-I job, stop job).
 STOP_MODELS = {
@@ -367,40 +371,49 @@ def load_stop_model(run_path: str | Path, name: str, seed: int | None = None):
     Returns ``(model, policy, valid_steps (T,) bool, threshold rule, problem)`` for ``seed``
     (default: the run's first): the policy validation chose and the threshold row's rule, as in
     the ``cpss-stop`` / ``lista-stop`` job record; ``name`` is a key of :data:`STOP_MODELS`.
+    (:func:`stopwise.load_stop_model` gives the same model with the whole budget curve.)
     """
-    run = RunDir(run_path)
-    saved = json.loads(run.config_path.read_text())
+    from ...trained import finished_job  # the runner's: scripts call this, jobs never do
+
     if name not in STOP_MODELS:
         raise ValueError(f"unknown stop model {name!r}; choose one of {sorted(STOP_MODELS)}")
-    config: SparseRecoveryConfig = from_plain(SparseRecoveryConfig, saved["config"])
-    seed = config.seeds[0] if seed is None else seed
-    stage1_job, stop_job = (job_id(job, seed) for job in STOP_MODELS[name])
-    record = run.job_file(stop_job)
-    if record is None:
-        raise ValueError(f"{run.path} has no finished job {stop_job}")
-    problem = make_problem(
-        config.problem, lambda stream: torch.Generator().manual_seed(stream_seed(seed, stream))
-    )
+    return _rebuild(name, *finished_job(run_path, STOP_MODELS[name][1], seed))
+
+
+def _rebuild(name: str, context: JobContext, record: dict[str, Any]):
+    config: SparseRecoveryConfig = context.config
+    problem = make_problem(config.problem, context.generator)
     A, T = problem.A, config.problem.steps
     if name == "lista_stop":
         model = LISTA(A, T, 1.0, 0.0)  # the weights come from the checkpoint
     else:
         model = LISTACPSS.from_alista(alista_model(config, A))
-    redo = (
-        f"Delete it and the records of the jobs that read it ({run.job_path(stage1_job)}, "
-        f"{run.job_path(stop_job)}), then rerun the run's command: they are trained again."
-    )
-    stage1 = run.checkpoint_state(stage1_job, "stage1", redo)
-    model.load_state_dict(stage1["model"])
-    chosen = record["record"]["policy"]
+    model.load_state_dict(context.checkpoint("stage1", STOP_MODELS[name][0])["model"])
+    chosen = record["policy"]
     policy = StopPolicy(model.feature_dim, T, (chosen["hidden"],))
-    redo = f"Delete it and {run.job_path(stop_job)}, then rerun the run's command."
-    stage2 = run.checkpoint_state(stop_job, f"stage2-{chosen['name']}", redo)
-    policy.load_state_dict(stage2["policy"])
-    calibration = record["record"]["calibration"]
+    policy.load_state_dict(context.checkpoint(f"stage2-{chosen['name']}")["policy"])
+    calibration = record["calibration"]
     rule = THRESHOLD_KINDS[calibration["kind"]](calibration["row"]["score_threshold"])
-    valid = torch.tensor(record["record"]["valid_steps"])
+    valid = torch.tensor(record["valid_steps"])
     return model.eval(), policy.eval(), valid, rule, problem
+
+
+def _trained(name: str, context: JobContext, record: dict[str, Any]) -> TrainedStopModel:
+    model, policy, valid, rule, problem = _rebuild(name, context, record)
+    return TrainedStopModel(
+        name,
+        model,
+        policy,
+        curve_budgets(record["curve"], record["policy"]["kind"]),
+        valid_steps=valid,
+        rules={"threshold": rule},
+        inputs=f"measurement y ({problem.A.shape[0]} entries) of the run's sensing matrix",
+        test_inputs=lambda: problem.test.open().y,
+    )
+
+
+def stop_models(config: SparseRecoveryConfig) -> dict:
+    return {name: (jobs[1], partial(_trained, name)) for name, jobs in STOP_MODELS.items()}
 
 
 JOBS = {

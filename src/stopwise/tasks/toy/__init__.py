@@ -13,7 +13,7 @@ from stopwise.contract import Experiment
 
 from .config import PRESETS, ToyConfig
 from .data import sample_streams
-from .experiment import jobs, run_job
+from .experiment import jobs, run_job, stop_models
 from .models import RunningMean, squared_error
 from .report import report
 
@@ -30,5 +30,6 @@ EXPERIMENTS = [
         jobs=jobs,
         run_job=run_job,
         report=report,
+        stop_models=stop_models,
     )
 ]

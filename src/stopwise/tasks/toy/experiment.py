@@ -8,17 +8,23 @@ from typing import Any
 
 import torch
 
-from stopwise.contract import Job, JobContext
+from stopwise.contract import Job, JobContext, TrainedStopModel
 from stopwise.inference import calibrate, hazard_trajectory, run_adaptive, stop_indices
-from stopwise.selection import Heldout, budget_grid, budget_sweep, fixed_depth_curve
+from stopwise.selection import (
+    Heldout,
+    budget_grid,
+    budget_sweep,
+    curve_budgets,
+    fixed_depth_curve,
+)
 from stopwise.steps import unroll
 
 from .config import ToyConfig
 from .data import sample_streams
-from .methods import train_l2s
+from .methods import build_models, train_l2s
 from .models import squared_error
 
-__all__ = ["jobs", "run_job"]
+__all__ = ["jobs", "run_job", "stop_models"]
 
 
 def jobs(config: ToyConfig) -> list[Job]:
@@ -70,3 +76,28 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
         "fixed_depth": fixed_depth_curve(len(test_mu), metric, valid),
         "oracle": {"mean_steps": float((oracle_index + 1).double().mean()), **metric(oracle_index)},
     }
+
+
+def load_l2s(context: JobContext, record: dict[str, Any]) -> TrainedStopModel:
+    model, policy = build_models(context.config)
+    model.load_state_dict(context.checkpoint("stage1")["model"])
+    policy.load_state_dict(context.checkpoint("stage2")["policy"])
+    config: ToyConfig = context.config
+
+    def test_inputs():
+        return sample_streams(
+            config.eval_size, config.steps, config.noise_levels, context.generator("test")
+        )[0]
+
+    return TrainedStopModel(
+        "l2s",
+        model,
+        policy,
+        curve_budgets(record["curve"]),
+        inputs="a stream of `steps` observations",
+        test_inputs=test_inputs,
+    )
+
+
+def stop_models(config: ToyConfig) -> dict:
+    return {"l2s": ("l2s", load_l2s)}

@@ -13,16 +13,22 @@ from .config import ToyConfig
 from .data import sample_streams
 from .models import RunningMean, squared_error
 
-__all__ = ["train_l2s"]
+__all__ = ["build_models", "train_l2s"]
+
+
+def build_models(config: ToyConfig):
+    """The untrained ``(model, policy)``."""
+    model = RunningMean(config.steps)
+    policy = create_policy(
+        "mlp", feature_dim=2, max_steps=config.steps, hidden=tuple(config.policy_hidden)
+    )
+    return model, policy
 
 
 def train_l2s(config: ToyConfig, context: JobContext):
     """Stage I and stage II; returns the trained ``(model, policy)`` in eval mode."""
     context.manual_seed("init")
-    model = RunningMean(config.steps)
-    policy = create_policy(
-        "mlp", feature_dim=2, max_steps=config.steps, hidden=tuple(config.policy_hidden)
-    )
+    model, policy = build_models(config)
 
     def batches(stage, stream: str) -> GeneratedBatches:
         def sample(batch, generator):

@@ -1,0 +1,74 @@
+"""The stop models of a finished run, rebuilt from its checkpoints for use on new inputs.
+
+``load_stop_model("runs/demo", "cpss_stop")`` gives a :class:`~stopwise.contract.TrainedStopModel`:
+the trained step model and policy with the run's validation-fitted budget curve as rules, ready
+for :func:`~stopwise.run_adaptive` or export. Each task says which of its jobs train a stop model
+and how to rebuild it (``Experiment.stop_models``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, from_plain
+from .contract import JobContext, RunDir, TrainedStopModel, read_json_file
+from .experiments import get_experiment, plan_jobs
+
+__all__ = ["load_stop_model", "stop_model_names", "finished_job"]
+
+
+def _run_config(run_path: str | Path) -> tuple[RunDir, Any, Any]:
+    run = RunDir(Path(run_path))
+    saved = read_json_file(run.config_path)
+    if saved is None:
+        raise ConfigError(f"{run.path} is not a run directory (no config.json)")
+    experiment = get_experiment(saved["experiment"])
+    return run, experiment, from_plain(experiment.config, saved["config"])
+
+
+def finished_job(run_path: str | Path, job_name: str, seed: int | None = None):
+    """``(JobContext, record)`` of the finished job ``job_name`` of a run (seed: the run's
+    first by default): the task's own helpers (named random streams, checkpoints, dependencies)
+    work on the context as during the run."""
+    run, experiment, config = _run_config(run_path)
+    seed = config.seeds[0] if seed is None else seed
+    planned = next(
+        (p for p in plan_jobs(experiment, config) if p.job.name == job_name and p.seed == seed),
+        None,
+    )
+    if planned is None:
+        raise ValueError(f"{run.path} plans no job {job_name!r} for seed {seed}")
+    data = run.job_file(planned.id)
+    if data is None:
+        raise ValueError(f"{run.path} has no finished job {planned.id}")
+    return JobContext(run, config, planned, progress=False), data["record"]
+
+
+def stop_model_names(run_path: str | Path) -> list[str]:
+    """The stop models a run's config trains (finished or not)."""
+    _, experiment, config = _run_config(run_path)
+    return list(experiment.stop_models(config)) if experiment.stop_models else []
+
+
+def load_stop_model(
+    run_path: str | Path, name: str | None = None, seed: int | None = None
+) -> TrainedStopModel:
+    """Stop model ``name`` (default: the run's first) of seed ``seed`` (default: the run's
+    first) of a finished run directory, in eval mode."""
+    _, experiment, config = _run_config(run_path)
+    models = experiment.stop_models(config) if experiment.stop_models else {}
+    if not models:
+        raise ValueError(f"experiment {experiment.name} has no stop models to load")
+    name = next(iter(models)) if name is None else name
+    if name not in models:
+        raise ValueError(
+            f"{experiment.name} has no stop model {name!r}; choose one of {list(models)}"
+        )
+    job, load = models[name]
+    context, record = finished_job(run_path, job, seed)
+    trained = load(context, record)
+    trained.model.eval()
+    if hasattr(trained.policy, "eval"):
+        trained.policy.eval()
+    return trained
