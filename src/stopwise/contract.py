@@ -107,8 +107,9 @@ class TrainedStopModel:
     rules: the run's own named operating points, where it has any (e.g. sparse recovery's
         threshold row).
     inputs: what one row of the model's inputs is.
-    test_inputs: the run's test split as model inputs (regenerated or reloaded as the job did),
-        to check the model against the run's recorded numbers.
+    test_inputs: the run's test split as a list of input batches (regenerated or reloaded as
+        the job did; a task whose test inputs differ in shape has several), to check the model
+        against the numbers the run recorded.
     """
 
     name: str

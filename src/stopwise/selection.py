@@ -414,7 +414,7 @@ def curve_budgets(
         BudgetPoint(
             float(p[cost]),
             point_rule(p, kind),
-            {k: v for k, v in p.items() if k not in _RULE_FIELDS and k != cost},
+            {k: v for k, v in p.items() if k not in _RULE_FIELDS and not k.startswith("val_")},
         )
         for p in points
     ]

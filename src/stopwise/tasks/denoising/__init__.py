@@ -13,7 +13,7 @@ from __future__ import annotations
 from ...contract import Experiment
 from .config import PRESETS, DenoisingConfig
 from .data import CATALOGUE, load_splits, sample_patches
-from .experiment import jobs, run_job
+from .experiment import jobs, run_job, stop_models
 from .models import DnCNN, ImagePolicy, noise_losses
 from .report import report
 
@@ -38,5 +38,6 @@ EXPERIMENTS = [
         jobs=jobs,
         run_job=run_job,
         report=report,
+        stop_models=stop_models,
     )
 ]

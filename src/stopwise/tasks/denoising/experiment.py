@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 
-from ...contract import Job, JobContext, files_digest
+from ...contract import Job, JobContext, TrainedStopModel, files_digest
 from ...inference import (
     HazardThreshold,
+    ScoreThreshold,
     fit_threshold,
     run_adaptive,
     stop_indices,
@@ -39,6 +41,7 @@ from ...selection import (
     budget_grid,
     budget_sweep,
     calibrate_by_metric,
+    curve_budgets,
     fixed_depth_curve,
     floored_costs,
     point_rule,
@@ -394,6 +397,38 @@ def _stage1_model(context: JobContext, candidate: str):
     model = build_dncnn(config, context.device).add_exit_heads(config.exit_head)
     model.load_state_dict(stage_best_weights(context.checkpoint(stage, job=job)))
     return model.eval()
+
+
+def stop_models(config: DenoisingConfig) -> dict:
+    """DnCNN-stop with its policy and, with ``gain_head``, with its gain head (``/gain``)."""
+    out = {"dncnn-stop": ("dncnn-stop", partial(_trained, "stage2", "curve"))}
+    if config.gain_head:
+        out["dncnn-stop/gain"] = ("dncnn-stop", partial(_trained, "stage2-gain", "gain_curve"))
+    return out
+
+
+def _trained(stage: str, curve: str, context: JobContext, record: dict) -> TrainedStopModel:
+    config: DenoisingConfig = context.config
+    model = _stage1_model(context, record["stage1"])
+    policy = ImagePolicy(config.policy.width, model.max_steps, config.policy.step_bias)
+    policy.load_state_dict(stage_best_weights(context.checkpoint(stage)))
+    rules = {}
+    if stage == "stage2":  # the job's own rows
+        rules = {
+            "stop": ScoreThreshold(record["calibration"]["score_threshold"]),
+            "stop_official": HazardThreshold(0.5),
+        }
+    return TrainedStopModel(
+        "dncnn-stop" if stage == "stage2" else "dncnn-stop/gain",
+        model,
+        policy.to(context.device),
+        curve_budgets(record[curve]),
+        cost="multiply-adds per pixel (layers, exit heads and policy)",
+        valid_steps=torch.tensor(record["valid_exits"]),
+        rules=rules,
+        inputs="noisy grey image (1, H, W) in [0, 1]; the prediction is the noise (its residual)",
+        test_inputs=lambda: [noisy for _, _, noisy in test_set(config, context).open().groups],
+    )
 
 
 def budget_oracle_score(psnr_table: torch.Tensor, costs: torch.Tensor, points: int) -> float:

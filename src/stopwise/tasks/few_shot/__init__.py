@@ -14,7 +14,7 @@ from __future__ import annotations
 from ...contract import Experiment
 from .config import PRESETS, FewShotConfig
 from .data import glyph_splits, omniglot_splits, sample_classification_tasks, sample_sinusoid_tasks
-from .experiment import jobs, run_job
+from .experiment import jobs, run_job, stop_models
 from .methods import maml_losses, maml_stop_losses, meta_train
 from .models import AdaptedLearner, Conv4, SetPolicy, SineMLP, SupportLossStop, measure_task
 from .report import report
@@ -50,5 +50,6 @@ EXPERIMENTS = [
         jobs=jobs,
         run_job=run_job,
         report=report,
+        stop_models=stop_models,
     )
 ]

@@ -17,11 +17,12 @@ measured on the same validation and test tasks.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
 
-from ...contract import Job, JobContext
+from ...contract import Job, JobContext, TrainedStopModel
 from ...inference import HazardThreshold, run_adaptive, stop_indices, time_adaptive
 from ...macs import count_macs
 from ...selection import (
@@ -29,12 +30,13 @@ from ...selection import (
     budget_grid,
     budget_sweep,
     calibrate_by_metric,
+    curve_budgets,
     fixed_depth_curve,
 )
 from ...training import EpochBatches, fit_gain_head
 from .config import FewShotConfig
 from .data import TaskSet, glyph_splits, omniglot_digest, omniglot_splits
-from .methods import meta_train, task_sampler
+from .methods import build_models, meta_train, task_sampler
 from .metrics import (
     at_steps,
     by_shots,
@@ -48,7 +50,7 @@ from .metrics import (
 )
 from .models import AdaptedLearner, SetPolicy, SupportLossStop
 
-__all__ = ["jobs", "run_job", "metric_name", "load_splits"]
+__all__ = ["jobs", "run_job", "stop_models", "metric_name", "load_splits"]
 
 # Keys that only MAML-stop reads; MAML jobs ignore them (changing them does not retrain MAML).
 STOP_ONLY = (
@@ -289,6 +291,43 @@ def measure(
             chunk=config.eval_chunk,
         )
     return record
+
+
+def stop_models(config: FewShotConfig) -> dict:
+    """MAML-stop's learner with its policy and, with ``gain_head``, with its gain head."""
+    out = {"maml-stop": ("maml-stop", partial(_trained, "policy"))}
+    if config.gain_head:
+        out["maml-stop/gain"] = ("maml-stop", partial(_trained, "gain"))
+    return out
+
+
+def _trained(head: str, context: JobContext, record: dict[str, Any]) -> TrainedStopModel:
+    config: FewShotConfig = context.config
+    learner, policy = build_models(config, with_policy=True)
+    saved = context.checkpoint("maml-stop")
+    learner.load_state_dict(saved["learner"])
+    if head == "policy":
+        policy.load_state_dict(saved["policy"])
+    else:  # fit_gain's head
+        policy = SetPolicy(learner.feature_dim, config.steps, config.policy_width,
+                           config.policy_hidden)  # fmt: skip
+        policy.load_state_dict(context.checkpoint("gain-head")["policy"])
+    model = AdaptedLearner(learner, config.inner_lr, config.steps, config.vmap)
+
+    def test_inputs():
+        test_split = load_splits(config)[2]
+        sample = task_sampler(config, test_split)
+        return [sample(config.test_tasks, context.generator("test-tasks")).inputs()]
+
+    return TrainedStopModel(
+        "maml-stop" if head == "policy" else "maml-stop/gain",
+        model,
+        policy,
+        curve_budgets(record["stop_curve" if head == "policy" else "gain_curve"]),
+        cost="inner updates",
+        inputs="a task (support and query sets), TaskSet.inputs()",
+        test_inputs=test_inputs,
+    )
 
 
 def task_step_macs(learner, policy, tasks: TaskSet) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from ...contract import Experiment
 from .config import PRESETS, LearnedOptimizersConfig
 from .data import FunctionFamily, MLPFamily, QuadraticFamily, RegressionFamily, load_images
-from .experiment import jobs, run_job
+from .experiment import jobs, run_job, stop_models
 from .methods import (
     loss_curves,
     meta_train,
@@ -73,5 +73,6 @@ EXPERIMENTS = [
         jobs=jobs,
         run_job=run_job,
         report=report,
+        stop_models=stop_models,
     )
 ]

@@ -18,13 +18,14 @@ choice was made on validation.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
 
-from ...contract import Job, JobContext
+from ...contract import Job, JobContext, TrainedStopModel
 from ...inference import ScoreThreshold, run_adaptive, stop_indices, time_adaptive
-from ...selection import Heldout
+from ...selection import Heldout, curve_budgets
 from ...steps import state_batch_size
 from .config import LearnedOptimizersConfig
 from .data import MLPFamily, QuadraticFamily, RegressionFamily, load_images, suboptimality
@@ -58,7 +59,15 @@ from .models import (
     lstm_step_macs,
 )
 
-__all__ = ["jobs", "run_job", "make_family", "build_net", "evaluation_steps", "variant_steps"]
+__all__ = [
+    "jobs",
+    "run_job",
+    "stop_models",
+    "make_family",
+    "build_net",
+    "evaluation_steps",
+    "variant_steps",
+]
 
 _SHARED = ("horizon", "validation_functions", "test_functions", "report_steps", "beyond")
 _STOP = ("step_costs", "curve_points", "nll_tolerance", "inference_mode", "device")
@@ -615,6 +624,35 @@ def _l2s(config, name, context) -> dict[str, Any]:
         record = _stop_job(config, name, context, run, _Detached(policy), 0.0, "λ_t ≥ 1/2")
     cost = {"policy_macs": policy.macs(), "step_macs": lstm_step_macs(net, family.dim)}
     return {"policy": metrics, "cost": cost, **record}
+
+
+def stop_models(config: LearnedOptimizersConfig) -> dict:
+    """Per family with stop jobs: the ACT optimizer with its causal rule (``act-F``) and the
+    LSTM optimizer with the L2S policy (``l2s-F``)."""
+    stops = [job.name for job in jobs(config) if job.name.startswith(("act-", "l2s-"))]
+    return {name: (name, partial(_trained, *name.split("-", 1))) for name in stops}
+
+
+def _trained(kind: str, name: str, context: JobContext, record: dict) -> TrainedStopModel:
+    config: LearnedOptimizersConfig = context.config
+    family = make_family(config, name, context)
+    if kind == "act":
+        net = build_net(config, name, halting=True)
+        net.load_state_dict(context.checkpoint("act")["net"])
+        policy = CausalHaltingScore()
+    else:
+        net = _load_lstm(config, name, context)
+        trained = L2SPolicy(config.horizon, tuple(config.l2s.hidden))
+        trained.load_state_dict(context.checkpoint("l2s")["policy"])
+        policy = _Detached(trained.eval())
+    return TrainedStopModel(
+        f"{kind}-{name}",
+        OptimizerRun(family, net.eval(), config.horizon),
+        policy,
+        curve_budgets(record["curve"]),
+        inputs=f"a {name} function (FunctionFamily.sample's rows)",
+        test_inputs=lambda: [_splits(config, name, family, context)[1].open()],
+    )
 
 
 class _Detached(torch.nn.Module):

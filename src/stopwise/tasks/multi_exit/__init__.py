@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ...contract import Experiment
 from .config import METHODS, PRESETS, MultiExitConfig
-from .experiment import jobs, run_job
+from .experiment import jobs, run_job, stop_models
 from .models import ExitPolicy, MultiExitCNN, count_step_macs, exit_losses
 from .report import report
 
@@ -35,5 +35,6 @@ EXPERIMENTS = [
         jobs=jobs,
         run_job=run_job,
         report=report,
+        stop_models=stop_models,
     )
 ]

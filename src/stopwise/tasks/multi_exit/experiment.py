@@ -12,14 +12,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from functools import partial
 from typing import Any
 
 import torch
 
-from ...contract import Job, JobContext, files_digest
+from ...contract import Job, JobContext, TrainedStopModel, files_digest
 from ...inference import exit_distribution, run_adaptive, stop_indices
 from ...policies import ConfidencePolicy
-from ...selection import Heldout, budget_sweep, fixed_depth_curve, floored_costs, point_rule
+from ...selection import (
+    Heldout,
+    budget_sweep,
+    curve_budgets,
+    fixed_depth_curve,
+    floored_costs,
+    point_rule,
+)
 from .config import L2S, MultiExitConfig
 from .data import fashion_mnist_files, load_splits
 from .l2w import allocate_meta
@@ -36,9 +44,9 @@ from .metrics import (
     time_early_exit,
     with_validation_accuracy,
 )
-from .models import exit_losses
+from .models import ExitPolicy, exit_losses
 
-__all__ = ["jobs", "run_job", "data_params", "l2s_job_name", "SELECT_L2S"]
+__all__ = ["jobs", "run_job", "stop_models", "data_params", "l2s_job_name", "SELECT_L2S"]
 
 # What every job reads, but the report's keys. The data folder (data_dir, else $STOPWISE_DATA,
 # else the default) is not a key: a training job on IDX files carries their digest in its params
@@ -247,6 +255,46 @@ def select_beta(job: Job, context: JobContext) -> dict[str, Any]:
             {"job": pick["choice"], "beta": betas.get(pick["choice"]), **pick} for pick in picks
         ]
     return {"budgets": config.budgets, "candidates": betas, "chosen": chosen}
+
+
+def stop_models(config: MultiExitConfig) -> dict:
+    """Every trained network with each of its stop rules: ``<job>/confidence`` (MSDNet's
+    thresholds), ``<job>/policy`` (an L2S job's policy) and, with ``gain_head``,
+    ``<job>/gain``. (L2S's β chosen per budget is a different network at each budget.)"""
+    out = {}
+    for job in jobs(config):
+        method = job.params["method"]
+        if method == SELECT_L2S:
+            continue
+        kinds = ["confidence", *(["policy"] if method == "l2s" else [])]
+        for kind in kinds + (["gain"] if config.gain_head else []):
+            out[f"{job.name}/{kind}"] = (job.name, partial(_trained, kind))
+    return out
+
+
+def _trained(kind: str, context: JobContext, record: dict[str, Any]) -> TrainedStopModel:
+    config: MultiExitConfig = context.config
+    splits = load_splits(config)
+    model = build_model(config, splits)
+    stage = "stage1" if context.job.params["method"] == "l2s" else "train"
+    model.load_state_dict(context.checkpoint(stage)["model"])
+    if kind == "confidence":
+        policy = ConfidencePolicy()
+    elif kind == "policy":
+        policy = ExitPolicy(model.max_steps, tuple(config.l2s.policy_hidden))
+        policy.load_state_dict(context.checkpoint("stage2")["policy"])
+    else:  # fit_gain's head
+        policy = ExitPolicy(model.max_steps)
+        policy.load_state_dict(context.checkpoint("gain-head")["policy"])
+    return TrainedStopModel(
+        f"{context.job.name}/{kind}",
+        model,
+        policy,
+        curve_budgets(record["curves"][kind]),
+        cost="multiply-adds per row (network, exit heads and the stop head)",
+        inputs=f"{splits.name} input, as the run's splits hold it",
+        test_inputs=lambda: [splits.test_x],
+    )
 
 
 QUANTILES = [0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from ...contract import Experiment
 from .config import PRESETS, ParityConfig
 from .data import ParityBatch, sample_parity
-from .experiment import jobs, run_job
+from .experiment import jobs, run_job, stop_models
 from .methods import METHODS, RULES, infer, train_method
 from .models import ACTRule, HaltingHead, MeanFieldACT, ParityGRU, posterior_logits
 from .report import report
@@ -41,5 +41,6 @@ EXPERIMENTS = [
         jobs=jobs,
         run_job=run_job,
         report=report,
+        stop_models=stop_models,
     )
 ]

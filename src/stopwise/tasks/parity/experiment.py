@@ -10,19 +10,20 @@ accuracy. An ACT job also records the share of its training inputs that halt at 
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
 
-from ...contract import Job, JobContext
-from ...selection import Heldout, budget_grid, budget_sweep, fixed_depth_curve
+from ...contract import Job, JobContext, TrainedStopModel
+from ...selection import Heldout, budget_grid, budget_sweep, curve_budgets, fixed_depth_curve
 from .config import ParityConfig
 from .data import evaluation_set, first_training_batches
 from .methods import METHODS, RULES, act_halting_steps, infer, train_method, unroll_with_head
 from .metrics import evaluate_rule, share_by_k
-from .models import ParityGRU
+from .models import HaltingHead, ParityGRU
 
-__all__ = ["jobs", "run_job", "SHARED_KEYS"]
+__all__ = ["jobs", "run_job", "stop_models", "SHARED_KEYS"]
 
 # The config keys every job's numbers depend on, besides its params, its seed and its method's
 # own keys (Method.keys); the others (lists of values, methods, log_every) never rerun a job.
@@ -153,3 +154,40 @@ def budget_curve(model, head, validation, test, config: ParityConfig, device) ->
         ),
         "fixed_depth": fixed_depth_curve(len(test.y), accuracy, valid),
     }
+
+
+def stop_models(config: ParityConfig) -> dict:
+    """Every job with a budget curve, one stop model per halting head: ``<job>`` (the model's
+    own head) or, for L2S, ``<job>/<head>`` (hard, soft, gain). Which setting is best is the
+    report's choice, on validation (results.json)."""
+    out = {}
+    for job in jobs(config):
+        method = job.params["method"]
+        if method in ("fixed", "act"):
+            continue
+        for head in config.l2s_heads if method == "l2s" else [""]:
+            name = f"{job.name}/{head}" if head else job.name
+            out[name] = (job.name, partial(_trained, head))
+    return out
+
+
+def _trained(head: str, context: JobContext, record: dict[str, Any]) -> TrainedStopModel:
+    config: ParityConfig = context.config
+    method = context.job.params["method"]
+    model = ParityGRU(config.n, config.hidden, config.max_steps)
+    model.load_state_dict(context.checkpoint("l2s-stage1" if head else method)["model"])
+    policy = model.halting
+    if head:
+        policy = HaltingHead(config.hidden)
+        policy.load_state_dict(context.checkpoint(f"l2s-stage2-{head}")["policy"])
+    curve = next(c for c in record["curves"] if c["variant"] == head)
+    return TrainedStopModel(
+        f"{context.job.name}/{head}" if head else context.job.name,
+        model.to(context.device),
+        policy.to(context.device),
+        curve_budgets(curve["points"]),
+        inputs=f"a vector of {config.n} entries in {{-1, 0, 1}}",
+        test_inputs=lambda: [
+            evaluation_set(config, "test", context.generator("test")).x.to(context.device)
+        ],
+    )

@@ -408,7 +408,7 @@ def _trained(name: str, context: JobContext, record: dict[str, Any]) -> TrainedS
         valid_steps=valid,
         rules={"threshold": rule},
         inputs=f"measurement y ({problem.A.shape[0]} entries) of the run's sensing matrix",
-        test_inputs=lambda: problem.test.open().y,
+        test_inputs=lambda: [problem.test.open().y],
     )
 
 

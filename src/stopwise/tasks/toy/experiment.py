@@ -85,9 +85,10 @@ def load_l2s(context: JobContext, record: dict[str, Any]) -> TrainedStopModel:
     config: ToyConfig = context.config
 
     def test_inputs():
-        return sample_streams(
+        z, _ = sample_streams(
             config.eval_size, config.steps, config.noise_levels, context.generator("test")
-        )[0]
+        )
+        return [z]
 
     return TrainedStopModel(
         "l2s",
