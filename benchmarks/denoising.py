@@ -35,7 +35,6 @@ from pathlib import Path
 import torch
 from machine_info import RESULTS, json_path, restamp, stamp
 
-from stopwise.contract import stream_seed
 from stopwise.experiments import get_experiment, resolve_config, run_experiment
 from stopwise.stats import interval_or_mean, mean_interval
 from stopwise.tasks.denoising.data import load_splits, sample_patches
@@ -236,61 +235,28 @@ def speedups(depth: int, width: int, repeats: int) -> dict:
     return {"depth": depth, "width": width, "repeats": repeats, "rows": rows}
 
 
-class _Streams:
-    """The two things ``test_set`` asks of a job context: named generators and the device."""
-
-    def __init__(self, seed: int):
-        self.seed, self.device = seed, torch.device("cpu")
-
-    def generator(self, stream: str) -> torch.Generator:
-        return torch.Generator().manual_seed(stream_seed(self.seed, stream))
-
-
-def load_stop_model(run_dir: Path, seed: int):
-    """DnCNN-stop of one seed from a finished run: ``(model, policy, valid, rule, test set)``."""
-    from stopwise.checkpoints import load_checkpoint
-    from stopwise.config import build
-    from stopwise.inference import ScoreThreshold
-    from stopwise.tasks.denoising.config import DenoisingConfig
-    from stopwise.tasks.denoising.experiment import stage1_candidates, test_set
-    from stopwise.tasks.denoising.methods import build_dncnn, stage_best_weights
-    from stopwise.tasks.denoising.models import ImagePolicy
-
-    config = build(DenoisingConfig, json.loads((run_dir / "config.json").read_text())["config"])
-    record = jobs_of(run_dir)[f"dncnn-stop-s{seed}"]["record"]
-    job, stage, _ = stage1_candidates(config)[record["stage1"]]
-    model = build_dncnn(config, torch.device("cpu")).add_exit_heads(config.exit_head)
-    model.load_state_dict(
-        stage_best_weights(
-            load_checkpoint(run_dir / "checkpoints" / f"{job}-s{seed}" / f"{stage}.pt")["state"]
-        )
-    )
-    policy = ImagePolicy(config.policy.width, model.max_steps, config.policy.step_bias)
-    saved = load_checkpoint(run_dir / "checkpoints" / f"dncnn-stop-s{seed}" / "stage2.pt")
-    policy.load_state_dict(stage_best_weights(saved["state"]))
-    valid = torch.tensor(record["valid_exits"])
-    rule = ScoreThreshold(record["calibration"]["score_threshold"])
-    return model.eval(), policy.eval(), valid, rule, test_set(config, _Streams(seed)).open()
-
-
 def shrink_threads(run_dir: Path, seed: int, repeats: int) -> dict:
     """Full depth against adaptive (shrink) inference of DnCNN-stop on the test images, one
     image at a time, with one and with two threads (medians of interleaved repeats), for the
     chosen rule and every point of the budget curve (its validation-fitted threshold): the
     measured speedup beside the multiply-add ratio (issue 17: speedup ≥ 0.8 × MAC ratio)."""
+    from stopwise import load_stop_model
     from stopwise.inference import time_adaptive
     from stopwise.selection import point_rule
 
-    model, policy, valid, rule, data = load_stop_model(run_dir, seed)
+    trained = load_stop_model(run_dir, "dncnn-stop", seed)
+    model, policy, valid = trained.model, trained.policy, trained.valid_steps
+    batches = trained.test_inputs()  # the test images, grouped by shape
+    images = sum(noisy.shape[0] for noisy in batches)
     curve = jobs_of(run_dir)[f"dncnn-stop-s{seed}"]["record"]["curve"]
-    rules = {"stop": rule}
+    rules = {"stop": trained.rules["stop"]}
     rules.update({f"curve_{k}": point_rule(p) for k, p in enumerate(curve)})
     full_macs = float(model.fixed_depth_macs()[-1])
     out = {}
     for threads in (1, 2):
         torch.set_num_threads(threads)
         full, seconds, steps = 0.0, dict.fromkeys(rules, 0.0), {}
-        for _, _, noisy in data.groups:
+        for noisy in batches:
             r = time_adaptive(model, policy, noisy, rules, valid, repeats, chunk=1)
             full += r["full_seconds"]
             for name, timed in r["rules"].items():
@@ -302,14 +268,14 @@ def shrink_threads(run_dir: Path, seed: int, repeats: int) -> dict:
             mac_ratio = point["mean_cost"] / full_macs if point else None
             speedup = full / seconds[name]
             points[name] = {
-                "adaptive_ms_per_image": 1e3 * seconds[name] / data.size,
+                "adaptive_ms_per_image": 1e3 * seconds[name] / images,
                 "mean_exit": steps[name],
                 "speedup": speedup,
                 "ideal_speedup_macs": 1 / mac_ratio if mac_ratio else None,
                 "speedup_over_ideal": speedup * mac_ratio if mac_ratio else None,
             }
         out[f"threads_{threads}"] = {
-            "full_ms_per_image": 1e3 * full / data.size,
+            "full_ms_per_image": 1e3 * full / images,
             "exits": model.max_steps,
             "rules": points,
         }

@@ -54,9 +54,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # machine_info, denoising
 from machine_info import machine  # noqa: E402
 
-from stopwise.config import from_plain  # noqa: E402
-from stopwise.contract import JobContext, RunDir  # noqa: E402
-from stopwise.experiments import get_experiment, plan_jobs, run_experiment  # noqa: E402
+from stopwise.experiments import run_experiment  # noqa: E402
 from stopwise.inference import (  # noqa: E402
     Rule,
     in_chunks,
@@ -67,6 +65,7 @@ from stopwise.macs import count_macs  # noqa: E402
 from stopwise.perf import reuse_freed_memory  # noqa: E402
 from stopwise.selection import point_rule  # noqa: E402
 from stopwise.steps import cat_state, index_state, state_batch_size  # noqa: E402
+from stopwise.trained import finished_job, load_stop_model, stop_model_names  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 TARGET_SPEEDUP = 0.8  # measured speedup / ideal speedup (MAC ratio), at every budget
@@ -117,23 +116,6 @@ def trained_run(task: str, runs: Path, overrides: list[str], preset: str = "quic
 TRAINED: dict[str, dict[str, Any]] = {}  # the runs the weights come from, for the JSON
 
 
-def finished_job(run_path: Path, job_name: str, seed: int | None = None):
-    """``(JobContext, record)`` of a finished job: the task's own helpers (named random streams,
-    checkpoints, dependencies) work on it as during the run."""
-    run = RunDir(run_path)
-    saved = json.loads(run.config_path.read_text())
-    experiment = get_experiment(saved["experiment"])
-    config = from_plain(experiment.config, saved["config"])
-    seed = config.seeds[0] if seed is None else seed
-    planned = next(
-        p for p in plan_jobs(experiment, config) if p.job.name == job_name and p.seed == seed
-    )
-    data = run.job_file(planned.id)
-    if data is None:
-        raise ValueError(f"{run_path} has no finished job {planned.id}")
-    return JobContext(run, config, planned, progress=False), data["record"]
-
-
 def spread(curve: list[dict[str, Any]], points: int) -> list[dict[str, Any]]:
     """``points`` budget-curve points evenly spaced along the curve (first and last included),
     each distinct rule once."""
@@ -163,18 +145,14 @@ def linear_macs(module: torch.nn.Module, *inputs) -> float:
 
 
 def sparse_recovery_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
-    from stopwise.contract import job_id
-    from stopwise.tasks.sparse_recovery.experiment import (
-        STOP_MODELS,
-        load_stop_model,
-        stop_costs,
-    )
+    from stopwise.tasks.sparse_recovery.experiment import STOP_MODELS, stop_costs
+    from stopwise.tasks.sparse_recovery.experiment import load_stop_model as load_with_problem
 
     run = trained_run("sparse-recovery", runs, [], "tiny" if tiny else "quick")
     cases = []
     for name, label in (("lista_stop", "LISTA-stop"), ("cpss_stop", "LISTA-CP-SS-stop")):
-        model, policy, valid, _, problem = load_stop_model(run, name)
-        record = RunDir(run).job_file(job_id(STOP_MODELS[name][1], 0))["record"]
+        model, policy, valid, _, problem = load_with_problem(run, name)
+        _, record = finished_job(run, STOP_MODELS[name][1])
         costs = stop_costs(model, policy)
         T, full = model.max_steps, float(model.step_costs()[-1])
         cases.append(
@@ -199,10 +177,8 @@ def sparse_recovery_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase
 
 
 def multi_exit_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
-    from stopwise.policies import ConfidencePolicy
     from stopwise.tasks.multi_exit.data import load_splits
-    from stopwise.tasks.multi_exit.methods import build_model
-    from stopwise.tasks.multi_exit.models import ExitPolicy, inference_copy
+    from stopwise.tasks.multi_exit.models import inference_copy
 
     overrides = ['methods=["uniform","l2s"]', "timing.methods=[]"]
     run = trained_run("multi-exit", runs, overrides, "tiny" if tiny else "quick")
@@ -215,21 +191,15 @@ def multi_exit_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
     cases = []
     for label, job in (("confidence (uniform)", "uniform"), ("L2S exit policy", None)):
         name = job or l2s_job
-        job_context, record = finished_job(run, name)
-        torch.manual_seed(0)
-        model = build_model(config, splits)
-        stage = "train" if job else "stage1"
-        model.load_state_dict(job_context.checkpoint(stage)["model"])
-        model.eval()
+        _, record = finished_job(run, name)
+        trained = load_stop_model(run, f"{name}/{'confidence' if job else 'policy'}")
+        model, policy = trained.model, trained.policy
         costs = model.step_costs().double()
         T = model.max_steps
         if job:
-            policy, curve = ConfidencePolicy(), record["curves"]["confidence"]
+            curve = record["curves"]["confidence"]
             policy_macs = 0.0  # softmax max of the exit's logits: no multiply-adds counted
         else:
-            policy = ExitPolicy(T, tuple(config.l2s.policy_hidden))
-            policy.load_state_dict(job_context.checkpoint("stage2")["policy"])
-            policy.eval()
             curve = record["curves"]["policy"]
             policy_macs = linear_macs(policy, torch.zeros(1, splits.classes), 0)
         # A policy's decisions ride on the exits' costs (the heads are in the step costs).
@@ -257,16 +227,14 @@ def multi_exit_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
 
 
 def denoising_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
-    from denoising import load_stop_model
-
     overrides = [] if tiny else QUICK_SHORTENED["denoising"]
     run = trained_run("denoising", runs, overrides, "tiny" if tiny else "quick")
-    model, policy, valid, _, data = load_stop_model(run, 0)
+    trained = load_stop_model(run, "dncnn-stop")
+    model, policy, valid = trained.model, trained.policy, trained.valid_steps
     context, record = finished_job(run, "dncnn-stop")
     context_config = context.config
     costs = model.adaptive_macs(valid, policy.macs()).double()
-    shapes = [noisy for _, _, noisy in data.groups]
-    images = max(shapes, key=lambda t: t.shape[0])
+    images = max(trained.test_inputs(), key=lambda t: t.shape[0])  # the largest shape group
     step_macs = float(model.module_macs()[-1] + model.head_macs(0))
     return [
         SpeedCase(
@@ -292,18 +260,14 @@ def denoising_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
 
 def few_shot_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
     from stopwise.tasks.few_shot.experiment import load_splits
-    from stopwise.tasks.few_shot.methods import build_models, task_sampler
-    from stopwise.tasks.few_shot.models import AdaptedLearner
+    from stopwise.tasks.few_shot.methods import task_sampler
 
     run = trained_run("few-shot", runs, ["timing_repeats=1"], "tiny" if tiny else "quick")
     context, record = finished_job(run, "maml-stop")
     config = context.config
-    learner, policy = build_models(config, with_policy=True)
-    saved = context.checkpoint("maml-stop")
-    learner.load_state_dict(saved["learner"])
-    policy.load_state_dict(saved["policy"])
-    learner.eval(), policy.eval()
-    model = AdaptedLearner(learner, config.inner_lr, config.steps, config.vmap)
+    trained = load_stop_model(run, "maml-stop")
+    model, policy = trained.model, trained.policy
+    learner = model.learner
     _, _, test_split = load_splits(config)
     tasks = task_sampler(config, test_split)(config.test_tasks, context.generator("test-tasks"))
     # A full adaptation of a task takes ~0.1 s (Conv4, 10 inner steps, one task at a time on
@@ -363,19 +327,7 @@ def _one_task(tasks, i: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def learned_optimizer_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
-    from stopwise.tasks.learned_optimizers.experiment import (
-        _Detached,
-        _lstm_weights,
-        _splits,
-        build_net,
-        make_family,
-    )
-    from stopwise.tasks.learned_optimizers.models import (
-        CausalHaltingScore,
-        L2SPolicy,
-        OptimizerRun,
-        lstm_step_macs,
-    )
+    from stopwise.tasks.learned_optimizers.models import lstm_step_macs
 
     overrides = [] if tiny else QUICK_SHORTENED["learned-optimizers"]
     run = trained_run("learned-optimizers", runs, overrides, "tiny" if tiny else "quick")
@@ -384,22 +336,17 @@ def learned_optimizer_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCa
         family_name = "regression"
         context, record = finished_job(run, f"{kind}-{family_name}")
         config = context.config
-        family = make_family(config, family_name, context)
-        _, test = _splits(config, family_name, family, context)
-        net = build_net(config, family_name, halting=kind == "act")
+        trained = load_stop_model(run, f"{kind}-{family_name}")
+        model, policy = trained.model, trained.policy
+        net, family = model.stepper, model.family
         step = float(lstm_step_macs(net, family.dim))
         if kind == "act":
-            net.load_state_dict(context.checkpoint("act")["net"])
             # The halting head runs inside every step (full depth too); the rule only reads
             # its output from the features.
             step += float(net.halting.in_features)
-            policy, decision = CausalHaltingScore(), 0.0
+            decision = 0.0
         else:
-            net.load_state_dict(_lstm_weights(family_name, context))  # the restart kept
-            trained = L2SPolicy(config.horizon, tuple(config.l2s.hidden))
-            trained.load_state_dict(context.checkpoint("l2s")["policy"])
-            policy, decision = _Detached(trained.eval()), float(trained.macs())
-        model = OptimizerRun(family, net.eval(), config.horizon)
+            decision = float(policy.policy.macs())  # the L2S policy (detached for evaluation)
         T = model.max_steps
         cases.append(
             SpeedCase(
@@ -407,7 +354,7 @@ def learned_optimizer_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCa
                 label,
                 model,
                 policy,
-                test.open(),
+                trained.test_inputs()[0],
                 curve_rules(record["curve"], points),
                 lambda index, s=step, d=decision: (index + 1).double() * (s + d),
                 T * step,
@@ -432,24 +379,20 @@ def parity_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
     from stopwise.inference import fit_threshold, hazard_trajectory
     from stopwise.selection import budget_grid
     from stopwise.tasks.parity.data import evaluation_set
-    from stopwise.tasks.parity.models import HaltingHead, ParityGRU
 
     run = trained_run("parity", runs, ['methods=["l2s"]'], "tiny" if tiny else "quick")
-    saved = json.loads(RunDir(run).config_path.read_text())["config"]
-    context, _ = finished_job(run, f"l2s-{saved['l2s_beta'][0]:g}-lr{saved['lr'][0]:g}")
+    job = next(name for name in stop_model_names(run) if name.endswith("/hard")).split("/")[0]
+    context, _ = finished_job(run, job)
     config = context.config
-    model = ParityGRU(config.n, config.hidden, config.max_steps)
-    model.load_state_dict(context.checkpoint("l2s-stage1")["model"])
-    head = HaltingHead(config.hidden)
-    head.load_state_dict(context.checkpoint("l2s-stage2-hard")["policy"])
-    model.eval(), head.eval()
+    trained = load_stop_model(run, f"{job}/hard")
+    model, head = trained.model, trained.policy
     T, n, h = config.max_steps, config.n, config.hidden
     with torch.no_grad():
         val = evaluation_set(config, "validation", context.generator("validation")).x
         val_hazards = hazard_trajectory(model, head, val)
     every = torch.ones(T, dtype=torch.bool)
     rules = {f"{b:.4g}": fit_threshold(val_hazards, b) for b in budget_grid(every, points)}
-    test = evaluation_set(config, "test", context.generator("test")).x
+    test = trained.test_inputs()[0]
     step = 3.0 * h * (n + 1 + h)  # GRUCell: three gates on [x, flag] and h
     decision = linear_macs(head, torch.zeros(1, h)) + h  # halting head + the step's output
     return [
