@@ -58,6 +58,23 @@ def test_readme_chunked_scoring_example_matches_dense_mode():
     assert torch.allclose(namespace["result"].predictions, dense.predictions, atol=1e-6)
 
 
+def test_readme_trained_model_example_reproduces_the_runs_test_steps(tmp_path, monkeypatch, capsys):
+    """The example of loading a stop model from a run directory, on a tiny run at runs/demo:
+    it prints the mean steps the run recorded on test for the budget point it picks."""
+    from stopwise.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "sparse-recovery", "--preset", "tiny", "--out", "runs/demo", "--set"]
+    assert main([*args, "progress=false"]) == 0
+    capsys.readouterr()
+    namespace = {"__name__": "readme"}
+    exec(compile(python_blocks()[3], "README.md", "exec"), namespace)
+    printed = float(re.search(r"([\d.]+) mean steps", capsys.readouterr().out).group(1))
+    trained = namespace["trained"]
+    assert namespace["rule"] is trained.budgets[-1].rule  # tiny: 8 steps, every point ≤ 10
+    assert printed == pytest.approx(trained.budgets[-1].test["mean_steps"], abs=0.005)
+
+
 def test_names_the_docs_give_resolve_after_a_plain_import_stopwise():
     """`stopwise.selection.budget_sweep` in the README or the adding-a-task page works after
     `import stopwise` alone (it raised AttributeError: the module was not imported), checked in

@@ -1,0 +1,45 @@
+"""stopwise.load_stop_model's refusals, each naming what is wrong (the models themselves are
+checked for every task by the contract test: their budget curves rerun on the test split)."""
+
+import shutil
+
+import pytest
+
+from stopwise import load_stop_model
+from stopwise.cli import main
+from stopwise.config import ConfigError
+from stopwise.trained import stop_model_names
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("toy") / "run"
+    assert (
+        main(["run", "toy", "--preset", "tiny", "--out", str(out), "--set", "progress=false"]) == 0
+    )
+    return out
+
+
+def test_a_run_lists_its_stop_models_and_loads_the_first_by_default(toy_run):
+    assert stop_model_names(toy_run) == ["l2s"]
+    trained = load_stop_model(toy_run)
+    assert trained.name == "l2s" and trained.cost == "steps"
+
+
+def test_an_unknown_stop_model_is_refused_naming_the_ones_there_are(toy_run):
+    with pytest.raises(ValueError, match=r"no stop model 'lista'.*\['l2s'\]"):
+        load_stop_model(toy_run, "lista")
+
+
+def test_a_folder_that_is_not_a_run_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="not a run directory"):
+        load_stop_model(tmp_path)
+
+
+def test_a_seed_the_run_did_not_run_and_an_unfinished_job_are_refused(toy_run, tmp_path):
+    with pytest.raises(ValueError, match="no job 'l2s' for seed 5"):
+        load_stop_model(toy_run, "l2s", seed=5)
+    run = shutil.copytree(toy_run, tmp_path / "run")
+    (run / "jobs" / "l2s-s0.json").unlink()
+    with pytest.raises(ValueError, match="no finished job l2s-s0"):
+        load_stop_model(run, "l2s")
