@@ -45,10 +45,14 @@ def finished_job(run_path: str | Path, job_name: str, seed: int | None = None):
     return JobContext(run, config, planned, progress=False), data["record"]
 
 
+def _stop_models(run_path: str | Path) -> tuple[str, dict]:
+    _, experiment, config = _run_config(run_path)
+    return experiment.name, experiment.stop_models(config) if experiment.stop_models else {}
+
+
 def stop_model_names(run_path: str | Path) -> list[str]:
     """The stop models a run's config trains (finished or not)."""
-    _, experiment, config = _run_config(run_path)
-    return list(experiment.stop_models(config)) if experiment.stop_models else []
+    return list(_stop_models(run_path)[1])
 
 
 def load_stop_model(
@@ -56,15 +60,12 @@ def load_stop_model(
 ) -> TrainedStopModel:
     """Stop model ``name`` (default: the run's first) of seed ``seed`` (default: the run's
     first) of a finished run directory, in eval mode."""
-    _, experiment, config = _run_config(run_path)
-    models = experiment.stop_models(config) if experiment.stop_models else {}
+    experiment, models = _stop_models(run_path)
     if not models:
-        raise ValueError(f"experiment {experiment.name} has no stop models to load")
+        raise ValueError(f"experiment {experiment} has no stop models to load")
     name = next(iter(models)) if name is None else name
     if name not in models:
-        raise ValueError(
-            f"{experiment.name} has no stop model {name!r}; choose one of {list(models)}"
-        )
+        raise ValueError(f"{experiment} has no stop model {name!r}; choose one of {list(models)}")
     job, load = models[name]
     context, record = finished_job(run_path, job, seed)
     trained = load(context, record)
