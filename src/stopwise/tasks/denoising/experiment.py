@@ -401,13 +401,15 @@ def _stage1_model(context: JobContext, candidate: str):
 
 def stop_models(config: DenoisingConfig) -> dict:
     """DnCNN-stop with its policy and, with ``gain_head``, with its gain head (``/gain``)."""
-    out = {"dncnn-stop": ("dncnn-stop", partial(_trained, "stage2", "curve"))}
+    heads = {"dncnn-stop": ("stage2", "curve")}
     if config.gain_head:
-        out["dncnn-stop/gain"] = ("dncnn-stop", partial(_trained, "stage2-gain", "gain_curve"))
-    return out
+        heads["dncnn-stop/gain"] = ("stage2-gain", "gain_curve")
+    return {name: ("dncnn-stop", partial(_trained, name, *head)) for name, head in heads.items()}
 
 
-def _trained(stage: str, curve: str, context: JobContext, record: dict) -> TrainedStopModel:
+def _trained(
+    name: str, stage: str, curve: str, context: JobContext, record: dict
+) -> TrainedStopModel:
     config: DenoisingConfig = context.config
     model = _stage1_model(context, record["stage1"])
     policy = ImagePolicy(config.policy.width, model.max_steps, config.policy.step_bias)
@@ -419,7 +421,7 @@ def _trained(stage: str, curve: str, context: JobContext, record: dict) -> Train
             "stop_official": HazardThreshold(0.5),
         }
     return TrainedStopModel(
-        "dncnn-stop" if stage == "stage2" else "dncnn-stop/gain",
+        name,
         model,
         policy.to(context.device),
         curve_budgets(record[curve]),

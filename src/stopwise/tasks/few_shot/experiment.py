@@ -295,18 +295,16 @@ def measure(
 
 def stop_models(config: FewShotConfig) -> dict:
     """MAML-stop's learner with its policy and, with ``gain_head``, with its gain head."""
-    out = {"maml-stop": ("maml-stop", partial(_trained, "policy"))}
-    if config.gain_head:
-        out["maml-stop/gain"] = ("maml-stop", partial(_trained, "gain"))
-    return out
+    names = ["maml-stop", *(["maml-stop/gain"] if config.gain_head else [])]
+    return {name: ("maml-stop", partial(_trained, name)) for name in names}
 
 
-def _trained(head: str, context: JobContext, record: dict[str, Any]) -> TrainedStopModel:
+def _trained(name: str, context: JobContext, record: dict[str, Any]) -> TrainedStopModel:
     config: FewShotConfig = context.config
     learner, policy = build_models(config, with_policy=True)
     saved = context.checkpoint("maml-stop")
     learner.load_state_dict(saved["learner"])
-    if head == "policy":
+    if name == "maml-stop":
         policy.load_state_dict(saved["policy"])
     else:  # fit_gain's head
         policy = SetPolicy(learner.feature_dim, config.steps, config.policy_width,
@@ -320,10 +318,10 @@ def _trained(head: str, context: JobContext, record: dict[str, Any]) -> TrainedS
         return [sample(config.test_tasks, context.generator("test-tasks")).inputs()]
 
     return TrainedStopModel(
-        "maml-stop" if head == "policy" else "maml-stop/gain",
+        name,
         model,
         policy,
-        curve_budgets(record["stop_curve" if head == "policy" else "gain_curve"]),
+        curve_budgets(record["stop_curve" if name == "maml-stop" else "gain_curve"]),
         cost="inner updates",
         inputs="a task (support and query sets), TaskSet.inputs()",
         test_inputs=test_inputs,
