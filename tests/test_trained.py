@@ -1,6 +1,8 @@
 """stopwise.load_stop_model's refusals, each naming what is wrong (the models themselves are
 checked for every task by the contract test: their budget curves rerun on the test split)."""
 
+import json
+import re
 import shutil
 
 import pytest
@@ -43,3 +45,22 @@ def test_a_seed_the_run_did_not_run_and_an_unfinished_job_are_refused(toy_run, t
     (run / "jobs" / "l2s-s0.json").unlink()
     with pytest.raises(ValueError, match="no finished job l2s-s0"):
         load_stop_model(run, "l2s")
+
+
+def test_the_stops_command_prints_each_budget_point_the_run_measured(toy_run, capsys):
+    assert main(["stops", str(toy_run)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("l2s: RunningMean + MLPPolicy")
+    curve = json.loads((toy_run / "jobs" / "l2s-s0.json").read_text())["record"]["curve"]
+    lines = re.findall(r"^    ([\d.e+-]+) → .*mse ([\d.e+-]+)$", printed, flags=re.M)
+    assert len(lines) == len(curve)
+    ordered = sorted(curve, key=lambda p: p["val_mean_cost"])
+    for (cost, mse), point in zip(lines, ordered, strict=True):
+        assert float(cost) == pytest.approx(point["val_mean_cost"], rel=1e-3)
+        assert float(mse) == pytest.approx(point["mse"], rel=1e-3)
+    assert "floor_steps" not in printed  # a rule's field, not a measurement
+
+
+def test_the_stops_command_exits_2_on_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert main(["stops", str(tmp_path)]) == 2
+    assert "not a run directory" in capsys.readouterr().err

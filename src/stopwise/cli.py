@@ -1,5 +1,6 @@
 """The ``stopwise`` command: ``stopwise list``, ``stopwise show NAME``,
-``stopwise run NAME --preset P --out DIR --set key=value``, ``stopwise --version``.
+``stopwise run NAME --preset P --out DIR --set key=value``, ``stopwise stops DIR`` (a finished
+run's stop models and their budget curves), ``stopwise --version``.
 
 ``--module PKG.MOD`` (found from the current folder too, or a path to a ``.py`` file or a
 package folder), repeatable, registers the experiments of a user's own module; installed
@@ -49,6 +50,13 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument(
         "--preset", default=None, help="resolve this preset (default: the experiment's)"
     )
+    stops = commands.add_parser(
+        "stops",
+        parents=[common],
+        help="a finished run's stop models (stopwise.load_stop_model) and their budget curves",
+    )
+    stops.add_argument("run_dir", help="a run directory")
+    stops.add_argument("--seed", type=int, default=None, help="default: the run's first")
     run = commands.add_parser("run", parents=[common], help="run an experiment into a directory")
     run.add_argument("name", help="experiment name (see `stopwise list`)")
     run.add_argument("--preset", default=None, help="named preset (default: the experiment's)")
@@ -93,6 +101,29 @@ def _show(name: str, preset: str | None) -> None:
     print("presets:", json.dumps(experiment.presets, indent=2))
 
 
+def _stops(run_dir: str, seed: int | None) -> None:
+    from .trained import load_stop_model, stop_model_names
+
+    for name in stop_model_names(run_dir):
+        try:
+            trained = load_stop_model(run_dir, name, seed)
+        except ValueError as error:  # its job has not finished
+            print(f"{name}: {error}")
+            continue
+        print(f"{name}: {type(trained.model).__name__} + {type(trained.policy).__name__}; "
+              f"input: {trained.inputs}")  # fmt: skip
+        if trained.rules:
+            print(f"  its own rules: {', '.join(trained.rules)}")
+        print(f"  budget curve ({trained.cost}; validation cost → what the run measured on test):")
+        for point in trained.budgets:
+            measured = ", ".join(
+                f"{key} {value:.4g}"
+                for key, value in point.test.items()
+                if isinstance(value, int | float) and not isinstance(value, bool)
+            )
+            print(f"    {point.val_cost:.4g} → {measured}")
+
+
 def _run(args) -> None:
     from .experiments import run_experiment
 
@@ -125,6 +156,8 @@ def _main(args) -> int:
             _list()
         elif args.command == "show":
             _show(args.name, args.preset)
+        elif args.command == "stops":
+            _stops(args.run_dir, args.seed)
         elif args.command == "run":
             _run(args)
     except (ConfigError, CheckpointError) as error:

@@ -402,7 +402,8 @@ class BudgetPoint(NamedTuple):
     test: dict[str, Any]
 
 
-_RULE_FIELDS = ("score_threshold", "mix", "rule_of_budget", "budget", "val_mean_cost")
+# A point's fields that describe its rule, not what it measured (MSDNet's points have ``p``).
+_RULE_FIELDS = ("score_threshold", "mix", "floor_steps", "rule_of_budget", "budget", "p")
 
 
 def curve_budgets(
