@@ -61,6 +61,14 @@ def test_the_stops_command_prints_each_budget_point_the_run_measured(toy_run, ca
     assert "floor_steps" not in printed  # a rule's field, not a measurement
 
 
+def test_a_run_ends_by_saying_how_to_load_its_stop_models(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert (
+        main(["run", "toy", "--preset", "tiny", "--out", str(out), "--set", "progress=false"]) == 0
+    )
+    assert f"its stop models: stopwise stops {out.resolve()}" in capsys.readouterr().out
+
+
 def test_the_stops_command_exits_2_on_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert main(["stops", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err

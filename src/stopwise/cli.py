@@ -125,14 +125,17 @@ def _stops(run_dir: str, seed: int | None) -> None:
 
 
 def _run(args) -> None:
-    from .experiments import run_experiment
+    from .experiments import get_experiment, run_experiment
 
     run = run_experiment(args.name, args.preset, args.out, args.overrides, args.modules)
     if run.table_path.exists():
         print(run.table_path.read_text())
     if run.summary:
         print(run.summary)
-    print(f"run directory: {Path(run.path).resolve()}")
+    path = Path(run.path).resolve()
+    print(f"run directory: {path}")
+    if get_experiment(args.name).stop_models:
+        print(f"its stop models: stopwise stops {path}; in Python, stopwise.load_stop_model")
 
 
 def main(argv: list[str] | None = None) -> int:
