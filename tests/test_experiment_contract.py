@@ -146,6 +146,35 @@ def test_every_stop_model_loads_from_its_run_and_reproduces_its_budget_curve(nam
             assert steps == pytest.approx(point.test["mean_steps"], abs=1e-9), (model_name, point)
 
 
+# Tasks whose stop models take inputs that are not one tensor (few-shot tasks, optimizee
+# functions) and whose steps take gradients: outside `stopwise.export`.
+NOT_EXPORTED = {"few-shot", "learned-optimizers"}
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_a_loaded_stop_model_exports_with_masked_modes_stops_and_predictions(name, uninterrupted):
+    """Issue 17's deployment path on every task's first stop model, as a user gets it from a
+    run: torch.export of masked mode (stopwise.export) gives run_adaptive's stops and
+    predictions on the whole test split, at the middle budget point."""
+    from stopwise import load_stop_model, run_adaptive
+    from stopwise.export import AdaptiveModule, export_adaptive
+
+    trained = load_stop_model(uninterrupted[name])
+    inputs = trained.test_inputs()[0]
+    if name in NOT_EXPORTED:
+        assert not isinstance(inputs, torch.Tensor)
+        return
+    rule = trained.budgets[len(trained.budgets) // 2].rule
+    module = AdaptiveModule(trained.model, trained.policy, rule, trained.valid_steps)
+    predictions, stop_index = export_adaptive(module, inputs[:8]).module()(inputs)
+    with torch.no_grad():
+        masked = run_adaptive(
+            trained.model, trained.policy, inputs, rule, "masked", trained.valid_steps
+        )
+    assert torch.equal(stop_index, masked.stop_index)
+    assert torch.allclose(predictions, masked.predictions, atol=1e-6)
+
+
 def _bad_values(name):
     """(override, key) pairs: an unknown key, a wrong type, an out-of-range value."""
     keys = schema(EXPERIMENTS[name].config)

@@ -73,7 +73,12 @@ def soft_threshold(v: torch.Tensor, theta: torch.Tensor | float) -> torch.Tensor
     theta = torch.as_tensor(theta, dtype=v.dtype, device=v.device)
     if theta.dim() != 0:
         raise ValueError(f"soft_threshold takes a scalar threshold; got shape {tuple(theta.shape)}")
-    return _SoftThreshold.apply(v, theta.clamp_min(0))
+    theta = theta.clamp_min(0)
+    if torch.compiler.is_exporting() or torch.compiler.is_compiling():
+        # softshrink takes θ as a Python float, which a traced program cannot read from a
+        # tensor; v − clamp(v, −θ, θ) is the same function, to the bit, in tensor operations.
+        return v - v.clamp(-theta, theta)
+    return _SoftThreshold.apply(v, theta)
 
 
 def support_threshold(v: torch.Tensor, theta: torch.Tensor | float, keep: int) -> torch.Tensor:
@@ -94,7 +99,8 @@ def support_threshold(v: torch.Tensor, theta: torch.Tensor | float, keep: int) -
     else:
         top = magnitude.topk(keep + 1, dim=-1, sorted=True).values
         cut = 0.5 * (top[..., keep - 1 : keep] + top[..., keep : keep + 1])
-    cut = cut.clamp_min(float(torch.as_tensor(theta).detach().clamp_min(0)))
+    floor = torch.as_tensor(theta, dtype=v.dtype, device=v.device).detach().clamp_min(0)
+    cut = torch.maximum(cut, floor)  # a tensor, not a float: the function stays traceable
     selected = (magnitude - cut).sign_().clamp_min_(0)  # 1 where |v| > cut, else 0
     return shrunk + selected * (v - shrunk)
 
