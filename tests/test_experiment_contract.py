@@ -133,6 +133,7 @@ def test_every_stop_model_loads_from_its_run_and_reproduces_its_budget_curve(nam
         assert trained.rule_for(costs[-1]) is trained.budgets[-1].rule
         assert trained.rule_for(costs[0] - 1) is trained.budgets[0].rule
         batches = trained.test_inputs()
+        assert len(trained.test_inputs()) == len(batches)  # a user may ask again
         # Every point of the first model; the cheapest, a middle and the costliest of the others.
         points = trained.budgets
         if k:

@@ -16,7 +16,7 @@ against the selection from the dense trajectory.
 
 from __future__ import annotations
 
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -400,6 +400,7 @@ def _rebuild(name: str, context: JobContext, record: dict[str, Any]):
 
 def _trained(name: str, context: JobContext, record: dict[str, Any]) -> TrainedStopModel:
     model, policy, valid, rule, problem = _rebuild(name, context, record)
+    test_y = cache(lambda: problem.test.open().y)  # the problem's test split opens once
     return TrainedStopModel(
         name,
         model,
@@ -408,7 +409,7 @@ def _trained(name: str, context: JobContext, record: dict[str, Any]) -> TrainedS
         valid_steps=valid,
         rules={"threshold": rule},
         inputs=f"measurement y ({problem.A.shape[0]} entries) of the run's sensing matrix",
-        test_inputs=lambda: [problem.test.open().y],
+        test_inputs=lambda: [test_y()],
     )
 
 
