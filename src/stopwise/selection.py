@@ -406,14 +406,12 @@ class BudgetPoint(NamedTuple):
 _RULE_FIELDS = ("score_threshold", "mix", "floor_steps", "rule_of_budget", "budget", "p")
 
 
-def curve_budgets(
-    curve: list[dict[str, Any]], kind: str = "hazard", cost: str = "val_mean_cost"
-) -> list[BudgetPoint]:
+def curve_budgets(curve: list[dict[str, Any]], kind: str = "hazard") -> list[BudgetPoint]:
     """A recorded budget curve (:func:`budget_sweep`'s points), cheapest on validation first."""
-    points = sorted(curve, key=lambda p: p[cost])
+    points = sorted(curve, key=lambda p: p["val_mean_cost"])
     return [
         BudgetPoint(
-            float(p[cost]),
+            float(p["val_mean_cost"]),
             point_rule(p, kind),
             {k: v for k, v in p.items() if k not in _RULE_FIELDS and not k.startswith("val_")},
         )

@@ -167,11 +167,11 @@ def stop_models(config: ParityConfig) -> dict:
             continue
         for head in config.l2s_heads if method == "l2s" else [""]:
             name = f"{job.name}/{head}" if head else job.name
-            out[name] = (job.name, partial(_trained, head))
+            out[name] = (job.name, partial(_trained, name, head))
     return out
 
 
-def _trained(head: str, context: JobContext, record: dict[str, Any]) -> TrainedStopModel:
+def _trained(name: str, head: str, context: JobContext, record: dict[str, Any]) -> TrainedStopModel:
     config: ParityConfig = context.config
     method = context.job.params["method"]
     model = ParityGRU(config.n, config.hidden, config.max_steps)
@@ -182,7 +182,7 @@ def _trained(head: str, context: JobContext, record: dict[str, Any]) -> TrainedS
         policy.load_state_dict(context.checkpoint(f"l2s-stage2-{head}")["policy"])
     curve = next(c for c in record["curves"] if c["variant"] == head)
     return TrainedStopModel(
-        f"{context.job.name}/{head}" if head else context.job.name,
+        name,
         model.to(context.device),
         policy.to(context.device),
         curve_budgets(curve["points"]),
