@@ -2,6 +2,7 @@
 calibration and MSDNet thresholds agree with brute force and plain loops."""
 
 import math
+import sys
 
 import pytest
 import torch
@@ -864,6 +865,8 @@ def test_fit_threshold_refuses_what_it_cannot_fit_and_takes_masks_as_lists():
         fit_threshold(torch.zeros(0, 3), 2.0)
     with pytest.raises(ValueError, match="budget -inf is below the least achievable"):
         fit_threshold(hazards, -math.inf)  # (a rule of score −∞ came back: −∞ + ∞ is NaN)
+    with pytest.raises(ValueError, match="step_costs must be cumulative"):
+        fit_threshold(hazards, 2.5, torch.tensor([1.0, 3.0, 2.0]))
     with pytest.raises(ValueError, match=r"hazard threshold must lie in \[0, 1\]"):
         HazardThreshold(float("nan"))
     # a mask given as a list, as run_adaptive takes it (an AttributeError before)
@@ -874,6 +877,44 @@ def test_fit_threshold_refuses_what_it_cannot_fit_and_takes_masks_as_lists():
         stop_indices(hazards, as_list, [True, False, True]).tolist()
         == stop_indices(hazards, as_tensor, torch.tensor([True, False, True])).tolist()
     )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    share=st.floats(0.0, 1.0),
+    odd=st.sampled_from([math.inf, -math.inf, math.nan]),
+)
+def test_fit_threshold_matches_a_plain_loop_with_ties_infinities_nan_and_skipped_steps(
+    seed, share, odd
+):
+    """Scores with ties, some ±∞ or NaN (a NaN reaches no threshold but −∞), a skipped step and
+    uneven costs: the fitted rule's mean cost on the rows is the most expensive that any
+    threshold (each observed score, ±∞, the greatest float) reaches within the budget, by plain
+    loops. (NaN scores failed the fit; thresholds between the greatest finite score and +∞ were
+    never tried.)"""
+    g = torch.Generator().manual_seed(seed)
+    hazards = torch.randn(25, 6, generator=g, dtype=torch.float64).mul(2).round()
+    hazards[torch.rand(25, 6, generator=g) < 0.1] = odd
+    valid = [True, True, False, True, True, True]
+    costs = [1.0, 2.5, 3.0, 3.2, 6.0, 9.0]
+    steps = [t for t in range(6) if valid[t]]
+    budget = 1.0 + share * 8.0
+
+    def mean_cost(threshold: float) -> float:
+        def reaches(score: float) -> bool:
+            return threshold == -math.inf or (threshold < math.inf and score >= threshold)
+
+        stops = [next((t for t in steps[:-1] if reaches(row[t])), steps[-1]) for row in rows]
+        return sum(costs[t] for t in stops) / len(stops)
+
+    rows = hazards.tolist()
+    tried = {v for row in rows for v in row if not math.isnan(v)}
+    tried |= {math.inf, -math.inf, sys.float_info.max}  # above any finite score: +∞ reaches it
+    best = max(c for c in map(mean_cost, tried) if c <= budget + 1e-12 * budget)
+    rule = fit_threshold(hazards, budget, torch.tensor(costs), valid_steps=valid)
+    index = stop_indices(hazards, rule, valid)
+    assert sum(costs[t] for t in index.tolist()) / 25 == pytest.approx(best, rel=1e-12)
 
 
 def test_rule_scores_follow_each_rule_over_the_valid_steps_by_a_plain_loop():
