@@ -832,14 +832,14 @@ def _least_unaffordable_score(scores: torch.Tensor, costs: torch.Tensor, within:
     So the mean cost of θ is c_0 + Σ (c_{k+1} − c_k) / N over the pairs (row, k) with r_k < θ:
     sorting every r_k once gives the cost of every θ as a cumulative sum, the cost changing
     only at an r_k. One sort, in place of a search running the rule on every row per probe."""
-    rows = scores.shape[0]
+    rows, steps = scores.shape[0], scores.shape[1] - 1
     deciding = scores[:, :-1]
-    running = torch.where(deciding.isnan(), -math.inf, deciding).cummax(dim=1).values.flatten()
-    order = running.argsort()
-    increments = (costs[1:] - costs[:-1]).repeat(rows)
-    spent = costs[0] + increments[order].cumsum(0) / rows  # the cost once θ passes each r_k
+    running = torch.where(deciding.isnan(), -math.inf, deciding).cummax(dim=1).values
+    values, order = running.flatten().sort()  # entry i is row i // steps, step i % steps
+    increments = costs[1:] - costs[:-1]
+    spent = costs[0] + increments[order.remainder_(steps)].cumsum(0) / rows  # once θ passes each
     fitting = int(torch.searchsorted(spent, torch.tensor([within], dtype=spent.dtype), right=True))
-    return float(running[order[fitting]])  # full depth does not fit: an r_k is left
+    return float(values[fitting])  # full depth does not fit: an r_k is left
 
 
 def _between(below: float, reached: float) -> float:
