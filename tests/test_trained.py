@@ -48,16 +48,26 @@ def test_a_seed_the_run_did_not_run_and_an_unfinished_job_are_refused(toy_run, t
 
 
 def test_the_stops_command_prints_each_budget_point_the_run_measured(toy_run, capsys):
+    """One line per distinct point, cheapest on validation first; budgets that kept a cheaper
+    budget's rule (the same point) share its line, which names them."""
     assert main(["stops", str(toy_run)]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("l2s: RunningMean + MLPPolicy")
     curve = json.loads((toy_run / "jobs" / "l2s-s0.json").read_text())["record"]["curve"]
-    lines = re.findall(r"^    ([\d.e+-]+) → .*mse ([\d.e+-]+)$", printed, flags=re.M)
-    assert len(lines) == len(curve)
-    ordered = sorted(curve, key=lambda p: p["val_mean_cost"])
-    for (cost, mse), point in zip(lines, ordered, strict=True):
-        assert float(cost) == pytest.approx(point["val_mean_cost"], rel=1e-3)
-        assert float(mse) == pytest.approx(point["mse"], rel=1e-3)
+    groups: list[list[dict]] = []
+    for point in sorted(curve, key=lambda p: p["val_mean_cost"]):
+        if groups and all(point[k] == groups[-1][0][k] for k in ("val_mean_cost", "mse")):
+            groups[-1].append(point)
+        else:
+            groups.append([point])
+    assert any(len(group) > 1 for group in groups)  # the tiny run has such budgets
+    lines = re.findall(r"^    ([\d.e+-]+) → .*mse ([\d.e+-]+)(.*)$", printed, flags=re.M)
+    assert len(lines) == len(groups)
+    for (cost, mse, note), group in zip(lines, groups, strict=True):
+        assert float(cost) == pytest.approx(group[0]["val_mean_cost"], rel=1e-3)
+        assert float(mse) == pytest.approx(group[0]["mse"], rel=1e-3)
+        budgets = ", ".join(f"{p['budget']:.4g}" for p in group)
+        assert note == (f"  (budgets {budgets}: one rule)" if len(group) > 1 else "")
     assert "floor_steps" not in printed  # a rule's field, not a measurement
 
 

@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import sys
+from itertools import groupby
 from pathlib import Path
 
 from . import __version__
@@ -115,13 +116,21 @@ def _stops(run_dir: str, seed: int | None) -> None:
         if trained.rules:
             print(f"  its own rules: {', '.join(trained.rules)}")
         print(f"  budget curve ({trained.cost}; validation cost → what the run measured on test):")
-        for point in trained.budgets:
-            measured = ", ".join(
-                f"{key} {value:.4g}"
-                for key, value in point.test.items()
-                if isinstance(value, int | float) and not isinstance(value, bool)
-            )
-            print(f"    {point.val_cost:.4g} → {measured}")
+        # Costlier budgets that kept a cheaper one's rule (no better on validation) print once.
+        for (cost, measured), same in groupby(trained.budgets, key=_measured):
+            budgets = [f"{p.budget:.4g}" for p in same if p.budget is not None]
+            kept = f"  (budgets {', '.join(budgets)}: one rule)" if len(budgets) > 1 else ""
+            print(f"    {cost:.4g} → {measured}{kept}")
+
+
+def _measured(point) -> tuple[float, str]:
+    """A budget point's validation cost and what the run measured with it on test, as text."""
+    numbers = (
+        f"{key} {value:.4g}"
+        for key, value in point.test.items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    )
+    return point.val_cost, ", ".join(numbers)
 
 
 def _run(args) -> None:

@@ -103,7 +103,9 @@ class TrainedStopModel:
 
     budgets: the run's budget curve, cheapest on validation first
         (:class:`~stopwise.selection.BudgetPoint`: the mean cost on validation in ``cost``'s
-        unit, the rule fitted on validation, and what the run measured with it on test).
+        unit, the rule fitted on validation, what the run measured with it on test, and the
+        budget it was fitted for; a costlier budget that kept a cheaper one's rule, being no
+        better on validation, repeats that point).
     rules: the run's own named operating points, where it has any (e.g. sparse recovery's
         threshold row).
     inputs: what one row of the model's inputs is.

@@ -400,6 +400,7 @@ class BudgetPoint(NamedTuple):
     val_cost: float
     rule: Rule
     test: dict[str, Any]
+    budget: float | None = None  # the budget it was fitted for (None: a curve of other points)
 
 
 # A point's fields that describe its rule, not what it measured (MSDNet's points have ``p``).
@@ -414,6 +415,7 @@ def curve_budgets(curve: list[dict[str, Any]], kind: str = "hazard") -> list[Bud
             float(p["val_mean_cost"]),
             point_rule(p, kind),
             {k: v for k, v in p.items() if k not in _RULE_FIELDS and not k.startswith("val_")},
+            p.get("budget"),
         )
         for p in points
     ]
