@@ -12,8 +12,15 @@ import time
 
 import torch
 
-from stopwise.inference import THRESHOLD_KINDS, ScoreThreshold, _between, _step_mask
-from stopwise.inference import fit_threshold, rule_scores, stop_indices
+from stopwise.inference import (
+    THRESHOLD_KINDS,
+    ScoreThreshold,
+    _between,
+    _step_mask,
+    fit_threshold,
+    rule_scores,
+    stop_indices,
+)
 
 
 def binary_search_fit(hazard_logits, budget, kind="hazard"):
