@@ -782,7 +782,8 @@ def fit_threshold(
     on these rows; its threshold lies midway between the two observed scores it separates, so
     rounding differences smaller than half that gap change no decision on them. Where every row
     must stop at its first valid step the threshold is −∞ (so new rows do too, whatever their
-    score), and where every row can run to the end it is +∞. A NaN score stops no row.
+    score), and where every row can run to the end it is +∞. A NaN score reaches no threshold
+    but −∞.
     """
     rule_cls = THRESHOLD_KINDS.get(kind)
     if rule_cls is None:
@@ -813,7 +814,7 @@ def fit_threshold(
         return rule_cls(math.inf)
     observed = scores[:, steps]
     reached = _least_unaffordable_score(observed, costs[steps], within)
-    if reached == math.inf:  # every row may go on but those scoring +∞ (which +∞ would not stop)
+    if reached == math.inf:  # only the rows scoring +∞ must stop (a threshold of +∞ stops none)
         return rule_cls(torch.finfo(torch.float64).max)
     below = observed[observed < reached]
     if below.numel() == 0:  # every row stops at its first valid step: new rows too, whatever
