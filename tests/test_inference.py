@@ -900,6 +900,7 @@ def test_fit_threshold_matches_a_plain_loop_with_ties_infinities_nan_and_skipped
     costs = [1.0, 2.5, 3.0, 3.2, 6.0, 9.0]
     steps = [t for t in range(6) if valid[t]]
     budget = 1.0 + share * 8.0
+    rows = hazards.tolist()
 
     def mean_cost(threshold: float) -> float:
         def reaches(score: float) -> bool:
@@ -908,7 +909,6 @@ def test_fit_threshold_matches_a_plain_loop_with_ties_infinities_nan_and_skipped
         stops = [next((t for t in steps[:-1] if reaches(row[t])), steps[-1]) for row in rows]
         return sum(costs[t] for t in stops) / len(stops)
 
-    rows = hazards.tolist()
     tried = {v for row in rows for v in row if not math.isnan(v)}
     tried |= {math.inf, -math.inf, sys.float_info.max}  # above any finite score: +∞ reaches it
     best = max(c for c in map(mean_cost, tried) if c <= budget + 1e-12 * budget)
