@@ -681,10 +681,17 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="repeat the timed rows to at least this many, as one batch (tasks in WIDENABLE)",
     )
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="leave glibc's malloc thresholds as a fresh process has them (a user's process "
+        "that never calls stopwise.perf.reuse_freed_memory)",
+    )
     args = parser.parse_args(argv)
     if args.batch is not None and args.batch < 1:
         parser.error(f"--batch must be at least 1; got {args.batch}")
-    reuse_freed_memory()
+    if not args.default_malloc:
+        reuse_freed_memory()
     torch.set_num_threads(1)
     load_before, uptime_before = os.getloadavg(), uptime()
     wall, cpu = time.perf_counter(), time.process_time()

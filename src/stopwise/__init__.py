@@ -7,7 +7,7 @@ task contract (:mod:`stopwise.experiments`, :mod:`stopwise.config`) and the ``st
 
 __version__ = "0.2.0"
 
-from . import config, contract, curves, experiments, objectives, selection, stats  # noqa: E402
+from . import config, contract, curves, experiments, objectives, perf, selection, stats  # noqa: E402
 from .inference import (  # noqa: E402
     AdaptiveResult,
     CumulativeThreshold,
@@ -51,6 +51,7 @@ __all__ = [
     "selection",
     "curves",
     "stats",
+    "perf",
     "StopTime",
     "oracle",
     "StepModel",
