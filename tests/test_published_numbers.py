@@ -114,6 +114,7 @@ FASHION = "multi_exit-fashion-fixed.json"
 DENOISING = "denoising.json"
 FEW_SHOT, FEW_SHOT_5_SEEDS = "few_shot.json", "few_shot-sinusoid-5seeds.json"
 LEARNED, MLP_150 = "learned_optimizers.json", "learned_optimizers-mlp-iter150.json"
+MLP_UNSEEN = "learned_optimizers-mlp-unseen-s3-7.json"
 QUADRATIC_1000 = "learned_optimizers-quadratic1000.json"
 RERUN, CHUNKED = "learned_optimizers-rerun-20261206.json", "learned_optimizers-rerun-chunked.json"
 STACKED = "learned_optimizers-rerun-stacked.json"
@@ -293,6 +294,12 @@ PUBLISHED = [
      lambda d: d["lstm_minus"]["log10_loss"]["adam"]["hi"], "+.2f"),
     ("lo-mlp150-accuracy", "its test accuracy, 0.955,", "0.955", MLP_150,
      lambda d: mean(d["per_seed_lstm"]["accuracy"]), ".3f"),
+    ("lo-mlp-unseen-minus-adam", "is separated, −0.29 [−0.48, −0.09]", "−0.09", MLP_UNSEEN,
+     lambda d: d["log10_loss"]["minus"]["adam"]["hi"], ".2f"),
+    ("lo-mlp-unseen-minus-momentum", "is not, −0.16 [−0.35, +0.02]", "+0.02", MLP_UNSEEN,
+     lambda d: d["log10_loss"]["minus"]["momentum"]["hi"], "+.2f"),
+    ("lo-mlp-unseen-glance", "(on unseen seeds 3–7: −0.16 [−0.35, +0.02] vs momentum", "−0.16",
+     MLP_UNSEEN, lambda d: d["log10_loss"]["minus"]["momentum"]["mean"], ".2f"),
     # Stop speed (measured / ideal speedup over the budgets)
     ("speed-cpss-best", "| LISTA-CP-SS-stop | 0.97–1.36 | 0.95–1.38 |", "1.36", SPEED,
      lambda d: max(speed(d, "LISTA-CP-SS-stop", 1)), ".2f"),
