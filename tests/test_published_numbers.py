@@ -115,6 +115,7 @@ DENOISING = "denoising.json"
 FEW_SHOT, FEW_SHOT_5_SEEDS = "few_shot.json", "few_shot-sinusoid-5seeds.json"
 LEARNED, MLP_150 = "learned_optimizers.json", "learned_optimizers-mlp-iter150.json"
 MLP_UNSEEN = "learned_optimizers-mlp-unseen-s3-7.json"
+QUADRATIC_UNSEEN = "learned_optimizers-quadratic-unseen-s3-7.json"
 QUADRATIC_1000 = "learned_optimizers-quadratic1000.json"
 RERUN, CHUNKED = "learned_optimizers-rerun-20261206.json", "learned_optimizers-rerun-chunked.json"
 STACKED = "learned_optimizers-rerun-stacked.json"
@@ -298,6 +299,10 @@ PUBLISHED = [
      lambda d: d["log10_loss"]["minus"]["adam"]["hi"], ".2f"),
     ("lo-mlp-unseen-minus-momentum", "is not, −0.16 [−0.35, +0.02]", "+0.02", MLP_UNSEEN,
      lambda d: d["log10_loss"]["minus"]["momentum"]["hi"], "+.2f"),
+    ("lo-quadratic-unseen-100", "behind tuned momentum on every seed, +0.16 [−0.00, +0.33]", "+0.33",
+     QUADRATIC_UNSEEN, lambda d: d["comparisons"]["100"]["momentum"]["hi"], "+.2f"),
+    ("lo-quadratic-unseen-glance", "(on unseen seeds 3–7: +0.16 [−0.00, +0.33], behind", "+0.16",
+     QUADRATIC_UNSEEN, lambda d: d["comparisons"]["100"]["momentum"]["mean"], "+.2f"),
     ("lo-mlp-unseen-glance", "(on unseen seeds 3–7: −0.16 [−0.35, +0.02] vs momentum", "−0.16",
      MLP_UNSEEN, lambda d: d["log10_loss"]["minus"]["momentum"]["mean"], ".2f"),
     # Stop speed (measured / ideal speedup over the budgets)
