@@ -116,6 +116,7 @@ FEW_SHOT, FEW_SHOT_5_SEEDS = "few_shot.json", "few_shot-sinusoid-5seeds.json"
 LEARNED, MLP_150 = "learned_optimizers.json", "learned_optimizers-mlp-iter150.json"
 MLP_UNSEEN = "learned_optimizers-mlp-unseen-s3-7.json"
 QUADRATIC_UNSEEN = "learned_optimizers-quadratic-unseen-s3-7.json"
+QUICK_UNSEEN = "sparse_recovery-quick-s14-16.json"
 QUADRATIC_1000 = "learned_optimizers-quadratic1000.json"
 RERUN, CHUNKED = "learned_optimizers-rerun-20261206.json", "learned_optimizers-rerun-chunked.json"
 STACKED = "learned_optimizers-rerun-stacked.json"
@@ -299,6 +300,10 @@ PUBLISHED = [
      lambda d: d["log10_loss"]["minus"]["adam"]["hi"], ".2f"),
     ("lo-mlp-unseen-minus-momentum", "is not, −0.16 [−0.35, +0.02]", "+0.02", MLP_UNSEEN,
      lambda d: d["log10_loss"]["minus"]["momentum"]["hi"], "+.2f"),
+    ("sparse-quick-unseen-gap", "+0.02 [−0.16, +0.20] dB at 11.0 layers", "+0.20", QUICK_UNSEEN,
+     lambda d: d["domination"]["cpss_stop"]["threshold_row_gap"]["hi"], "+.2f"),
+    ("sparse-quick-unseen-steps", "+0.02 [−0.16, +0.20] dB at 11.0 layers", "11.0", QUICK_UNSEEN,
+     lambda d: d["domination"]["cpss_stop"]["threshold_row_steps"]["mean"], ".1f"),
     ("lo-quadratic-unseen-100", "behind tuned momentum on every seed, +0.16 [−0.00, +0.33]", "+0.33",
      QUADRATIC_UNSEEN, lambda d: d["comparisons"]["100"]["momentum"]["hi"], "+.2f"),
     ("lo-quadratic-unseen-glance", "(on unseen seeds 3–7: +0.16 [−0.00, +0.33], behind", "+0.16",
