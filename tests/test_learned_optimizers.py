@@ -1262,6 +1262,43 @@ def test_the_lstm_beats_the_tuned_optimizers_over_seeds_by_the_interval_or_one_s
     assert separated["beats_every_optimizer"]["20"]["over_seeds"]
 
 
+def test_the_mlp_rows_pair_the_lstm_with_each_tuned_optimizer_over_seeds_by_hand():
+    """The MLP section gives LSTM − optimizer per network and measure, paired over seeds: the
+    mean of the per-seed differences ± t_{0.975, 2} · sd / √3 (t = 4.302653 from a table), and
+    the target's verdict on the base network's mean log10 training loss."""
+    from types import SimpleNamespace
+
+    from stopwise.tasks.learned_optimizers.report import _mlp_section
+
+    def test(log10_loss, loss, accuracy):
+        return {
+            "log10_loss": {"mean": log10_loss},
+            "loss": {"mean": loss},
+            "accuracy": {"mean": accuracy},
+        }
+
+    lstm = {0: (-2.0, 0.010, 0.95), 1: (-1.7, 0.020, 0.94), 2: (-2.2, 0.008, 0.96)}
+    adam = {0: (-1.6, 0.025, 0.95), 1: (-1.6, 0.024, 0.96), 2: (-1.9, 0.012, 0.95)}
+    records = {}
+    for s in lstm:
+        records[("lstm-mlp", s)] = {"variants": {"base": {"test": test(*lstm[s])}}}
+        records[("hand-mlp", s)] = {"base": {"horizon": 100, "test": {"adam": test(*adam[s])}}}
+    config = SimpleNamespace(
+        optimizers=["adam"], mlp=SimpleNamespace(variants=[], dataset="digits", test_functions=5)
+    )
+    section, table, line = _mlp_section(records, [0, 1, 2], config)
+    got = section["comparisons"]["base"]["log10_loss"]["adam"]
+    differences = [-0.4, -0.1, -0.3]  # −2.0 − (−1.6), −1.7 − (−1.6), −2.2 − (−1.9)
+    mean = sum(differences) / 3
+    sd = math.sqrt(sum((d - mean) ** 2 for d in differences) / 2)
+    half = 4.302653 * sd / math.sqrt(3)
+    assert got["mean"] == pytest.approx(mean)
+    assert (got["lo"], got["hi"]) == pytest.approx((mean - half, mean + half), rel=1e-5)
+    assert section["comparisons"]["base"]["accuracy"]["adam"]["mean"] == pytest.approx(-0.01 / 3)
+    assert section["beats_every_optimizer"] is (mean + half < 0)
+    assert "LSTM − Adam" in table and "step 100" in line
+
+
 def test_a_depth_between_points_of_a_curve_that_doubles_back_is_interpolated_in_x_order():
     """A budget curve's mean steps may fall as its budget grows; np.interp needs sorted x."""
     from stopwise.tasks.learned_optimizers.report import _trained_depths

@@ -3,7 +3,8 @@ LSTM optimizer against every tuned hand-designed optimizer, paired over seeds an
 over test functions); for the stop families, the stop rules at their stop, the trade-off
 f + λ·steps, the budget curves beside fixed depth, the causal rule against the non-causal
 posterior and the Spearman correlation of the stop step with difficulty; for the MLP, the
-training loss and test accuracy of every variant. Nothing is selected here: every choice was
+training loss and test accuracy of every variant and the LSTM optimizer minus each tuned
+optimizer, paired over seeds. Nothing is selected here: every choice was
 made on validation inside the jobs."""
 
 from __future__ import annotations
@@ -66,8 +67,9 @@ def report(results: list[JobResult], config: LearnedOptimizersConfig) -> Report:
     for family in config.families:
         section: dict[str, Any] = {}
         if family == "mlp":
-            section["mlp"], table = _mlp_section(records, seeds, config)
+            section["optimizers"], table, line = _mlp_section(records, seeds, config)
             tables.append(table)
+            summary.append(line)
             figures["mlp_training_loss"] = _mlp_figure(records, seeds, config)
         else:
             section["optimizers"], table, line = _optimizer_section(records, seeds, config, family)
@@ -708,29 +710,53 @@ def _tradeoff_figure(section, family):
 # ---------------------------------------------------------------- MLP
 
 
+MLP_MEASURES = {"log10_loss": "mean log10 training loss", "loss": "training loss",
+                "accuracy": "test accuracy"}  # fmt: skip
+
+
 def _mlp_section(records, seeds, config):
+    """Per variant, each optimizer's per-seed means of the MLP measures and the LSTM optimizer
+    minus each tuned optimizer, paired over seeds (``comparisons``); the table of both, and the
+    summary line of issue 13's target on the base network (mean log10 training loss)."""
     variants = ["base", *config.mlp.variants]
-    rows, numbers = [], {}
+    rows, diff_rows, numbers, comparisons = [], [], {}, {}
     for variant in variants:
-        numbers[variant] = {}
         entries = {
             "lstm": {s: records[("lstm-mlp", s)]["variants"][variant]["test"] for s in seeds}
         }
         for kind in config.optimizers:
             entries[kind] = {s: records[("hand-mlp", s)][variant]["test"][kind] for s in seeds}
         horizon = records[("hand-mlp", seeds[0])][variant]["horizon"]
-        for method, per_seed in entries.items():
-            loss = {s: v["loss"]["mean"] for s, v in per_seed.items()}
-            accuracy = {s: v["accuracy"]["mean"] for s, v in per_seed.items()}
-            numbers[variant][method] = {"loss": loss, "accuracy": accuracy}
+        numbers[variant] = {
+            method: {m: {s: v[m]["mean"] for s, v in per_seed.items()} for m in MLP_MEASURES}
+            for method, per_seed in entries.items()
+        }
+        comparisons[variant] = {
+            measure: {
+                kind: paired_difference(
+                    numbers[variant]["lstm"][measure], numbers[variant][kind][measure]
+                )
+                for kind in config.optimizers
+            }
+            for measure in MLP_MEASURES
+        }
+        network = f"{variant} ({horizon} steps)"
+        for method, by_measure in numbers[variant].items():
             rows.append(
                 {
-                    "variant": f"{variant} ({horizon} steps)",
+                    "variant": network,
                     "method": "LSTM optimizer" if method == "lstm" else f"{_label(method)} (tuned)",
-                    "loss": format_mean_sd(list(loss.values()), ".4f"),
-                    "accuracy": format_mean_sd(list(accuracy.values()), ".3f"),
+                    "loss": format_mean_sd(list(by_measure["loss"].values()), ".4f"),
+                    "accuracy": format_mean_sd(list(by_measure["accuracy"].values()), ".3f"),
                 }
             )
+        for kind in config.optimizers:
+            row = {"variant": network, "method": f"LSTM − {_label(kind)}"}
+            for measure, fmt in (("log10_loss", "+.2f"), ("loss", "+.4f"), ("accuracy", "+.3f")):
+                row[measure] = format_interval(comparisons[variant][measure][kind], fmt)
+            diff_rows.append(row)
+    base = comparisons["base"]["log10_loss"]
+    beats = all(interval_or_mean(c)[1] < 0 for c in base.values())
     table = (
         f"### MLP on {config.mlp.dataset}: training loss (whole training set) at the horizon and "
         f"test accuracy, {config.mlp.test_functions} runs per seed\n\n"
@@ -742,9 +768,29 @@ def _mlp_section(records, seeds, config):
                 ("loss", "training loss", "s"),
                 ("accuracy", "test accuracy", "s"),
             ],
-        )  # fmt: skip
+        )
+        + "\n\nLSTM optimizer minus each tuned optimizer, paired over seeds (95% t interval):\n\n"
+        + markdown_table(
+            diff_rows,
+            [
+                ("variant", "network", "s"),
+                ("method", "difference", "s"),
+                *((m, label, "s") for m, label in MLP_MEASURES.items()),
+            ],
+        )
+    )  # fmt: skip
+    horizon = records[("hand-mlp", seeds[0])]["base"]["horizon"]
+    line = (
+        f"mlp: LSTM optimizer beats every tuned hand-designed optimizer at step {horizon} in mean "
+        f"log10 training loss: {'yes' if beats else 'no'} (seeds; LSTM − each: "
+        + ", ".join(f"{_label(k)} {format_interval(c)}" for k, c in base.items())
+        + ")"
     )
-    return numbers, table
+    return (
+        {"numbers": numbers, "comparisons": comparisons, "beats_every_optimizer": beats},
+        table,
+        line,
+    )
 
 
 def _mlp_figure(records, seeds, config):
