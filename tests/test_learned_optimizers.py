@@ -1299,6 +1299,32 @@ def test_the_mlp_rows_pair_the_lstm_with_each_tuned_optimizer_over_seeds_by_hand
     assert "LSTM − Adam" in table and "step 100" in line
 
 
+def test_the_benchmark_judges_the_mlp_target_by_each_interval_over_seeds(monkeypatch):
+    """benchmarks/learned_optimizers.py's verdict for the MLP: met only when LSTM − every tuned
+    optimizer (mean log10 training loss, base network) has its interval over seeds below zero;
+    one seed by its value. (It judged no MLP target before the report paired the MLP row.)"""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    script = importlib.import_module("learned_optimizers")
+    sys.modules.pop("learned_optimizers", None)
+
+    def results(**per_optimizer):
+        comparisons = {"base": {"log10_loss": per_optimizer}}
+        return {"families": {"mlp": {"optimizers": {"comparisons": comparisons}}}}
+
+    below = {"mean": -0.3, "lo": -0.5, "hi": -0.1}
+    across = {"mean": -0.16, "lo": -0.35, "hi": 0.02}
+    one_seed = {"mean": -0.2, "lo": None, "hi": None}
+    config = {"horizon": 100}
+    key = "mlp: LSTM beats every tuned optimizer"
+    assert script.targets(results(adam=below, sgd=below), config)[key]["met"] is True
+    assert script.targets(results(adam=below, momentum=across), config)[key]["met"] is False
+    assert script.targets(results(adam=one_seed), config)[key]["met"] is True
+
+
 def test_a_depth_between_points_of_a_curve_that_doubles_back_is_interpolated_in_x_order():
     """A budget curve's mean steps may fall as its budget grows; np.interp needs sorted x."""
     from stopwise.tasks.learned_optimizers.report import _trained_depths
