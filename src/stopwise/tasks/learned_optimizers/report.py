@@ -710,8 +710,9 @@ def _tradeoff_figure(section, family):
 # ---------------------------------------------------------------- MLP
 
 
-MLP_MEASURES = {"log10_loss": "mean log10 training loss", "loss": "training loss",
-                "accuracy": "test accuracy"}  # fmt: skip
+# The MLP's measures: (table header, format of a difference).
+MLP_MEASURES = {"log10_loss": ("mean log10 training loss", "+.2f"),
+                "loss": ("training loss", "+.4f"), "accuracy": ("test accuracy", "+.3f")}  # fmt: skip
 
 
 def _mlp_section(records, seeds, config):
@@ -752,7 +753,7 @@ def _mlp_section(records, seeds, config):
             )
         for kind in config.optimizers:
             row = {"variant": network, "method": f"LSTM − {_label(kind)}"}
-            for measure, fmt in (("log10_loss", "+.2f"), ("loss", "+.4f"), ("accuracy", "+.3f")):
+            for measure, (_, fmt) in MLP_MEASURES.items():
                 row[measure] = format_interval(comparisons[variant][measure][kind], fmt)
             diff_rows.append(row)
     base = comparisons["base"]["log10_loss"]
@@ -775,7 +776,7 @@ def _mlp_section(records, seeds, config):
             [
                 ("variant", "network", "s"),
                 ("method", "difference", "s"),
-                *((m, label, "s") for m, label in MLP_MEASURES.items()),
+                *((m, label, "s") for m, (label, _) in MLP_MEASURES.items()),
             ],
         )
     )  # fmt: skip
