@@ -103,6 +103,19 @@ def start_with_two_workers(
     return process, args
 
 
+def checkpointed_jobs(out: Path) -> set[str]:
+    """The jobs whose last logged stage left a checkpoint (``metrics.jsonl`` names the stage; a
+    line torn by a SIGKILL is skipped)."""
+    last = {}
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        if line.endswith("}"):
+            record = json.loads(line)
+            last[record["job"]] = record["stage"]
+    return {
+        job for job, stage in last.items() if (out / "checkpoints" / job / f"{stage}.pt").is_file()
+    }
+
+
 def workers_of(pid: int) -> list[int]:
     """The worker processes of a runner (not multiprocessing's resource tracker); ``ww``: whole
     command lines, however long the interpreter's path."""
@@ -123,7 +136,8 @@ def alive(pid: int) -> bool:
 def test_a_signal_to_a_run_with_worker_processes(how, tmp_path):
     """SIGTERM or SIGINT to the runner alone, or Ctrl-C on a terminal (SIGINT to the whole process
     group): each worker checkpoints its stage and stops, the run exits 128 + the signal, and a
-    rerun resumes. (A SIGINT to the runner alone used to leave the workers training.)"""
+    rerun resumes. (A SIGINT to the runner alone used to leave the workers training.) The rerun
+    is timed once: after each signal it starts from the same checkpoints."""
     out = tmp_path / "run"
     process, args = start_with_two_workers(out, seeds="0,1,2")  # a third job waits in the queue
     if how == "ctrl-c":
@@ -137,6 +151,9 @@ def test_a_signal_to_a_run_with_worker_processes(how, tmp_path):
     lines = (out / "metrics.jsonl").read_text().splitlines()
     started = {json.loads(line)["job"] for line in lines if line.endswith("}")}
     assert len(started) == 2, started  # the queued job never started
+    assert checkpointed_jobs(out) == started
+    if how != "sigterm":
+        return
     resumed = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     records = [json.loads(p.read_text()) for p in sorted((out / "jobs").glob("*.json"))]
@@ -232,14 +249,7 @@ def test_a_worker_killed_by_the_system_is_a_clear_error_and_the_run_resumes(tmp_
     assert "leaked semaphore" not in stderr  # (tqdm's lock, left by the killed worker)
     # The survivor checkpointed the stage it was in (it got one SIGTERM, from the broken pool;
     # a second one from the runner made it stop at once, without a checkpoint).
-    last = {}
-    for line in (out / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        last[record["job"]] = record["stage"]
-    saved = [
-        job for job, stage in last.items() if (out / "checkpoints" / job / f"{stage}.pt").is_file()
-    ]
-    assert saved, (last, checkpoints(out))
+    assert checkpointed_jobs(out), checkpoints(out)
     resumed = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
