@@ -53,6 +53,11 @@ def parity_paired(d: dict, method: str, rule: str, variant: str = "") -> dict:
     return pick(rows, method=method, rule=rule, variant=variant)["interpolation"]
 
 
+def seeds_behind(comparison: dict) -> int:
+    """The seeds where the first method's value is above the second's (a paired comparison)."""
+    return sum(value > 0 for value in comparison["per_seed"].values())
+
+
 def l2w_short_of_target(d: dict, budget: int) -> float:
     """How far L2W - uniform falls short of its target gain at a budget (points)."""
     row = d["l2w_minus_uniform"][budget]
@@ -316,8 +321,8 @@ PUBLISHED = [
     ("lo-mlp-unseen-more-mean", "−0.13 [−0.31, +0.04] on seeds 8–17 (behind on 2 of", "−0.13",
      MLP_UNSEEN_MORE, lambda d: d["comparisons"]["base"]["log10_loss"]["momentum"]["mean"], ".2f"),
     ("lo-mlp-unseen-more-behind", "on seeds 8–17 (behind on 2 of 10;", "2",
-     MLP_UNSEEN_MORE, lambda d: sum(v > 0 for v in
-        d["comparisons"]["base"]["log10_loss"]["momentum"]["per_seed"].values()), "d"),
+     MLP_UNSEEN_MORE, lambda d: seeds_behind(d["comparisons"]["base"]["log10_loss"]["momentum"]),
+     "d"),
     # Stop speed (measured / ideal speedup over the budgets)
     ("speed-cpss-best", "| LISTA-CP-SS-stop | 0.97–1.36 | 0.95–1.38 |", "1.36", SPEED,
      lambda d: max(speed(d, "LISTA-CP-SS-stop", 1)), ".2f"),
