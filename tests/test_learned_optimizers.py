@@ -378,6 +378,32 @@ def test_scaled_rmsprop_update_with_a_zero_output_is_torch_rmsprop():
         assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_a_complex_parameter_is_stepped_as_real_pairs_like_torch_rmsprop():
+    """torch's optimizers step a complex parameter as its (real, imaginary) pairs; so does the
+    learned one (its imaginary part was dropped). Reference: torch.optim.RMSprop on the same
+    complex parameter, as in the test above. Sparse gradients are refused by name."""
+    torch.manual_seed(0)
+    net = LSTMOptimizerNet(output_scale=0.03, update="scaled_rmsprop")
+    nn.init.zeros_(net.output.weight), nn.init.zeros_(net.output.bias)
+    start = torch.tensor([1 + 2j, -1 - 1j, 0.5 - 3j])
+    ours, theirs = nn.Parameter(start.clone()), nn.Parameter(start.clone())
+    optimizers = [
+        LearnedOptimizer([ours], net),
+        torch.optim.RMSprop([theirs], lr=0.03, alpha=0.99, eps=1e-8),
+    ]
+    for _ in range(6):
+        for p, optimizer in zip((ours, theirs), optimizers, strict=True):
+            optimizer.zero_grad()
+            ((p - (0.3 + 0.1j)).abs() ** 2).sum().backward()
+            optimizer.step()
+    assert not torch.allclose(ours.imag, start.imag)
+    assert torch.allclose(torch.view_as_real(ours), torch.view_as_real(theirs), atol=1e-6)
+    embedding = nn.Embedding(10, 3, sparse=True)
+    embedding(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(RuntimeError, match="does not support sparse gradients"):
+        LearnedOptimizer(embedding.parameters(), net).step()
+
+
 @pytest.mark.parametrize("update", ["scaled_gradient", "scaled_rmsprop"])
 def test_scaled_updates_are_a_learned_step_size_on_the_gradient(update):
     """Reference: the paper's additive net with the same weights and scale 1 emits o_t itself;

@@ -256,7 +256,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
     tensor's coordinates).
 
     ``lr`` scales the network's update (1: the update it was meta-trained to give), so that
-    ``torch.optim.lr_scheduler`` schedules work on it as on any optimizer.
+    ``torch.optim.lr_scheduler`` schedules work on it as on any optimizer. A complex parameter is
+    stepped as its real and imaginary parts (``torch.view_as_real``), as torch's optimizers do;
+    sparse gradients are refused.
     """
 
     # Tensors of fewer coordinates share one call of the network; a larger one runs alone, as
@@ -282,6 +284,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("LearnedOptimizer does not support sparse gradients")
                 if p.numel() < self.JOIN_BELOW:
                     joined.setdefault(p.grad.device, []).append((p, group["lr"]))
                 else:
@@ -295,7 +299,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         the LSTM is coordinatewise, so this is a call per tensor without each call's fixed cost
         (tens of small operations; ``benchmarks/learned_optimizer_step.py``)."""
         dtype = self.net.output_dtype()
-        grads = [p.grad.detach().reshape(1, -1).to(dtype) for p, _ in params]
+        grads = [_real(p.grad.detach()).reshape(1, -1).to(dtype) for p, _ in params]
         sizes = [grad.shape[1] for grad in grads]
         for (p, _), size in zip(params, sizes, strict=True):
             if "lstm" not in self.state[p]:
@@ -306,7 +310,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         deltas = update.split(sizes, dim=1)
         for (p, lr), delta, state in zip(params, deltas, per_param, strict=True):
             self.state[p]["lstm"] = state
-            p.add_(delta.view_as(p).to(p.dtype), alpha=lr)
+            real = _real(p)
+            real.add_(delta.view_as(real).to(real.dtype), alpha=lr)
             if self.net.halting is not None:  # pooled over this tensor's coordinates
                 top = state[2 * self.net.layers - 2]
                 self.last_halting_score[p] = -float(self.net.halting(top.mean(1)))
@@ -321,6 +326,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
         for state in self.state.values():
             if "lstm" in state:
                 state["lstm"] = tuple(s.to(dtype) for s in state["lstm"])
+
+
+def _real(tensor: torch.Tensor) -> torch.Tensor:
+    """A complex tensor as a view of its (real, imaginary) pairs; any other tensor itself."""
+    return torch.view_as_real(tensor) if tensor.is_complex() else tensor
 
 
 def _joined(parts) -> torch.Tensor:
