@@ -5,6 +5,7 @@ optimizer's gradient, and real adaptive execution counting gradient evaluations.
 
 import copy
 import math
+import re
 from fractions import Fraction
 
 import pytest
@@ -505,6 +506,34 @@ def test_meta_training_beats_the_untrained_lstm_on_held_out_quadratics():
     meta_train(net, family, 40, horizon=20, unroll=10, functions=32, lr=1e-2, seed=1)
     after, _ = loss_curves(family, net, test, [20])
     assert log10_gap(after).mean() < log10_gap(before).mean() - 0.3
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"iterations": -1}, "iterations must be >= 0; got -1"),
+        ({"functions": 0}, "functions must be >= 1; got 0"),
+        ({"horizon": 0, "unroll": 1}, "horizon must be >= 1; got 0"),
+        ({"horizon": 5, "unroll": 6}, "unroll must lie in 1..horizon=5; got 6"),
+    ],
+)
+def test_meta_training_refuses_a_bad_schedule_by_name(bad, message):
+    """Each of the three meta-training loops refuses before it trains (a negative count of
+    iterations returned no metrics; no functions failed deep inside a reshape)."""
+    family = QuadraticFamily(3)
+    settings = {"iterations": 2, "horizon": 5, "unroll": 5, "functions": 4, **bad}
+    iterations = settings.pop("iterations")
+    calls = [
+        lambda: meta_train(LSTMOptimizerNet(), family, iterations, **settings),
+        lambda: meta_train_act(LSTMOptimizerNet(halting=True), family, iterations, **settings),
+        lambda: meta_train_restarts(
+            [LSTMOptimizerNet()], family, iterations, seeds=[0], validate=lambda net: 0.0,
+            validate_every=0, **settings,
+        ),
+    ]  # fmt: skip
+    for call in calls:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            call()
 
 
 def test_meta_training_keeps_the_weights_validation_scored_best():

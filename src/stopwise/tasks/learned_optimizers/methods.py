@@ -128,7 +128,11 @@ def _window(
     return theta, state, torch.stack(losses, dim=1), dq
 
 
-def _check_schedule(horizon: int, unroll: int) -> None:
+def _check_schedule(horizon: int, unroll: int, iterations: int, functions: int) -> None:
+    if iterations < 0:
+        raise ValueError(f"iterations must be >= 0; got {iterations}")
+    if functions < 1:
+        raise ValueError(f"functions must be >= 1; got {functions}")
     if horizon < 1:
         raise ValueError(f"horizon must be >= 1; got {horizon}")
     if not 1 <= unroll <= horizon:
@@ -176,7 +180,7 @@ def meta_train(
     family's :func:`~.data.suboptimality`), which weighs precision at every step equally instead
     of letting the early, large losses dominate.
     """
-    _check_schedule(horizon, unroll)
+    _check_schedule(horizon, unroll, iterations, functions)
     if objective not in ("loss", "log_gap"):
         raise ValueError(f"objective must be 'loss' or 'log_gap'; got {objective!r}")
     if objective == "log_gap" and not hasattr(family, "optimum"):
@@ -289,7 +293,7 @@ def meta_train_restarts(
     rounding, in about half the time for three restarts. ``nets`` end on their chosen weights;
     returns each one's metrics (``meta_loss``, ``final_loss``, and ``selected_iteration`` /
     ``selected_score`` where it chose). One stage: checkpointed and resumed as a whole."""
-    _check_schedule(horizon, unroll)
+    _check_schedule(horizon, unroll, iterations, functions)
     if len(seeds) != len(nets):
         raise ValueError(f"{len(nets)} networks but {len(seeds)} seeds")
     stacked = StackedLSTMOptimizers(list(nets))
@@ -443,7 +447,7 @@ def meta_train_act(
     it is (e.g. a meta-trained LSTM optimizer) and only the halting head learns the bound, a
     two-stage schedule; the thesis trains both together (False).
     """
-    _check_schedule(horizon, unroll)
+    _check_schedule(horizon, unroll, iterations, functions)
     if net.halting is None:
         raise ValueError("meta_train_act needs an LSTMOptimizerNet built with halting=True")
     batches = GeneratedBatches(lambda n, g: family.sample(n, g), functions, seed)
