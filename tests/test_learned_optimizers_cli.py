@@ -85,6 +85,11 @@ def _a_seed_that_reaches_nothing_counts(out):
         ("trained_depths=[11]", "trained_depths"),  # beyond the tiny preset's horizon
         ("trained_depths=[0]", "trained_depths"),
         ('stop_families=["mlp"]', "stop_families"),
+        # the default stop families are not all run: the message says what to set
+        (
+            'families=["quadratic"]',
+            "not in families ['quadratic']: set stop_families with families (here stop_families=[\"quadratic\"])",
+        ),
         ("act.prior_p=1.5", "prior_p"),
         ("report_steps=[5,5]", "report_steps"),
         ("beyond=[5]", "beyond"),  # inside the tiny preset's horizon

@@ -9,7 +9,8 @@ import pytest
 
 from stopwise import load_stop_model
 from stopwise.cli import main
-from stopwise.config import ConfigError
+from stopwise.config import ConfigError, to_plain
+from stopwise.experiments import get_experiment, resolve_config
 from stopwise.trained import stop_model_names
 
 
@@ -82,3 +83,19 @@ def test_a_run_ends_by_saying_how_to_load_its_stop_models(tmp_path, capsys):
 def test_the_stops_command_exits_2_on_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert main(["stops", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_the_stops_command_says_so_when_a_run_trains_no_stop_model(tmp_path, capsys):
+    """A learned-optimizers run of the MLP family alone trains no stop model: one line saying
+    so (it printed nothing). Only the run's config.json is read."""
+    config, _ = resolve_config(
+        get_experiment("learned-optimizers"), "tiny", ["families=mlp", "stop_families=[]"]
+    )
+    saved = {"experiment": "learned-optimizers", "preset": "tiny", "config": to_plain(config)}
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert stop_model_names(tmp_path) == []
+    assert main(["stops", str(tmp_path)]) == 0
+    assert (
+        capsys.readouterr().out
+        == f"{tmp_path}: its settings train no stop model (nothing to load)\n"
+    )

@@ -105,7 +105,10 @@ def _show(name: str, preset: str | None) -> None:
 def _stops(run_dir: str, seed: int | None) -> None:
     from .trained import load_stop_model, stop_model_names
 
-    for name in stop_model_names(run_dir):
+    names = stop_model_names(run_dir)
+    if not names:
+        print(f"{run_dir}: its settings train no stop model (nothing to load)")
+    for name in names:
         try:
             trained = load_stop_model(run_dir, name, seed)
         except ValueError as error:  # its job has not finished

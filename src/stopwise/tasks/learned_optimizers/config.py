@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from ...config import Config, distinct, group, param
@@ -260,7 +261,11 @@ class LearnedOptimizersConfig(Config):
                 )
         missing = sorted(set(self.stop_families) - set(self.families))
         if missing:
-            raise ValueError(f"stop_families {missing} are not in families {self.families}")
+            kept = [f for f in self.stop_families if f in self.families]
+            raise ValueError(
+                f"stop_families {missing} are not in families {self.families}: set "
+                f"stop_families with families (here stop_families={json.dumps(kept)})"
+            )
 
 
 _TINY_META = {"iterations": 3, "functions": 8, "select_every": 1}
