@@ -278,7 +278,12 @@ def test_timing_a_finished_job_or_no_longer_timing_it_is_a_changed_setting(tmp_p
         # A user's IDX files (60 training rows of 8×8, 20 test rows): counts from the headers.
         ("idx", ["val_size=60"], "has 60 rows: val_size 60"),
         ("idx", ["val_size=20", "train_size=41"], "train_size must lie in 0..40"),
-        ("idx", ["val_size=50", "batch_size=16"], "train_size 10 (training rows of fashion"),
+        # the rows left name the keys the user set (it said "train_size 10", never set)
+        ("idx", ["val_size=50", "batch_size=16"], "val_size 50 leave 10 training rows of the IDX"),
+        ("idx", ["val_size=20", "train_size=10"], "train_size 10: fewer than batch_size 16"),
+        ("digits", ["val_size=1350"], "val_size 1350 and test_size 400 leave 47 training rows"),
+        # a user's IDX folder with another data set was ignored: digits trained, exit 0
+        ("idx-digits", [], "data_dir (IDX files) needs dataset=fashion-mnist, not digits"),
         ("idx", ["stem=3"], "stem 3 must divide the input size 8×8"),
         ("idx-mismatch", [], "expected as many labels as images"),
         ("idx-empty-images", [], "images of size 0×0; need at least 1×1"),
@@ -301,6 +306,8 @@ def test_data_dependent_limits_exit_2_naming_the_key_before_anything_is_written(
             labels = np.zeros(21, dtype=np.uint8)
             (folder / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(labels))
         overrides = [*IDX_RUN, f"data_dir={folder}", *overrides]
+        if data == "idx-digits":
+            overrides.append("dataset=digits")
     elif data == "mnist1d":
         overrides = ["dataset=mnist1d", "val_size=100", "test_size=100", *overrides]
     for item in overrides:

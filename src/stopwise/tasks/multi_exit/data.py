@@ -346,6 +346,11 @@ def check_data(config) -> None:
     and missing Fashion-MNIST files (:class:`DataError`, a ValueError, names the key, or each
     path tried)."""
     what, test_size, test_rows = config.dataset, config.test_size, None
+    if config.data_dir and config.dataset != "fashion-mnist":
+        raise DataError(
+            f"data_dir (IDX files) needs dataset=fashion-mnist, not {config.dataset}: "
+            "add --set dataset=fashion-mnist"
+        )
     if config.dataset == "fashion-mnist":  # the test rows are the IDX test files'
         rows, test_rows, size = idx_sizes(config.data_dir)
         folder, _ = resolve_data_dir(config.data_dir)
@@ -366,9 +371,16 @@ def check_data(config) -> None:
             f"{config.dataset}"
         )
     if 0 < train_rows < config.batch_size:
+        if config.train_size:
+            given = f"train_size {train_rows}"
+        else:  # what the user set that left so few
+            taken = f"val_size {config.val_size}" + (
+                f" and test_size {test_size}" * bool(test_size)
+            )
+            given = f"{taken} leave {train_rows} training rows of {what}"
         raise DataError(
-            f"train_size {train_rows} (training rows of {config.dataset}) is smaller than "
-            f"batch_size {config.batch_size}: give at least one batch of training rows"
+            f"{given}: fewer than batch_size {config.batch_size}; give at least one batch of "
+            "training rows"
         )
 
 
