@@ -27,6 +27,7 @@ from stopwise.inference import ScoreThreshold, run_adaptive
 from stopwise.tasks.few_shot.data import (
     ClassSplit,
     glyph_splits,
+    omniglot_characters,
     omniglot_problem,
     omniglot_splits,
     parse_path,
@@ -737,6 +738,30 @@ def test_omniglot_images_named_in_upper_case_are_read(tmp_path):
     read = [omniglot_splits(str(r), (4, 1, 1), 0, 28, True) for r in (upper, lower)]
     for ours, theirs in zip(*read, strict=True):
         assert torch.equal(ours.images, theirs.images)
+
+
+def test_a_users_tree_too_small_for_ways_names_what_it_has_and_what_to_change(tmp_path, capsys):
+    """30 characters scale glyphs.characters (1100, 100, 423) to (20, 2, 8): the message gives
+    the tree's split, not a glyphs.characters the user never set, and raising that key would not
+    help. A hidden folder (a notebook's checkpoints) is no character."""
+    root = fake_omniglot(tmp_path / "omni", characters=30, drawers=2)
+    (root / "images_background" / "alphabet0" / ".ipynb_checkpoints").mkdir()
+    (root / "images_evaluation" / ".hidden" / "character99").mkdir(parents=True)
+    assert len(omniglot_characters(str(root))) == 30
+    out = tmp_path / "never"
+    args = ["run", "few-shot", "--preset", "tiny", "--out", str(out), "--set", "family=glyphs"]
+    for override in ("vmap=false", f"data_dir={root}", "ways=9"):
+        args += ["--set", override]
+    assert main(args) == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(
+            f"ways=9 exceeds the 8 classes of the validation split of Omniglot at {root} (its 30 "
+            "characters split [20, 2, 8], × 4 rotations): lower ways or add characters"
+        )
+    )
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(

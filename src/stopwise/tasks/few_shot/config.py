@@ -154,6 +154,8 @@ class FewShotConfig(Config):
                 "(it differs from the loop over tasks and from finite differences); set "
                 "vmap=false"
             )
+        split = f"glyphs.characters={list(self.glyphs.characters)} characters per split"
+        remedy = "raise glyphs.characters"
         if self.data_dir:
             problem = omniglot_problem(self.data_dir)
             if problem:
@@ -161,10 +163,13 @@ class FewShotConfig(Config):
             characters = omniglot_characters(self.data_dir)
             counts = split_counts(len(characters), tuple(self.glyphs.characters))
             drawers, fewest = min((len(character_images(c)), c) for c in characters)
-            source = f"Omniglot at {self.data_dir} (fewest in {fewest})"
+            source, fewest = f"Omniglot at {self.data_dir}", f" (fewest in {fewest})"
+            if counts != tuple(self.glyphs.characters):  # scaled to the tree's characters
+                split = f"its {len(characters)} characters split {list(counts)}"
+                remedy = "add characters"
         else:
             counts = tuple(self.glyphs.characters)
-            drawers = self.glyphs.drawers
+            drawers, fewest = self.glyphs.drawers, ""
             eligible = _eligible_characters(self.glyphs.min_strokes, self.glyphs.max_strokes)
             if sum(counts) > eligible:
                 raise ValueError(
@@ -173,19 +178,17 @@ class FewShotConfig(Config):
                     "strokes (raise glyphs.max_strokes or lower the counts)"
                 )
             source = "the rendered glyphs"
-        per_class = 4 if self.glyphs.rotations else 1
+        per_class, rotated = (4, ", × 4 rotations") if self.glyphs.rotations else (1, "")
         for name, count in zip(("train", "validation", "test"), counts, strict=True):
             if self.ways > count * per_class:
                 raise ValueError(
                     f"ways={self.ways} exceeds the {count * per_class} classes of the {name} "
-                    f"split of {source} (glyphs.characters={list(counts)} characters per split"
-                    f"{', × 4 rotations' if self.glyphs.rotations else ''}): lower ways or "
-                    "raise glyphs.characters"
+                    f"split of {source} ({split}{rotated}): lower ways or {remedy}"
                 )
         if high + self.query > drawers:
             raise ValueError(
                 f"shots max {high} + query {self.query} exceeds the {drawers} samples per class "
-                f"of {source}"
+                f"of {source}{fewest}"
             )
 
 

@@ -482,16 +482,19 @@ OMNIGLOT_FOLDERS = ("images_background", "images_evaluation")
 
 def omniglot_characters(data_dir: str) -> list[Path]:
     """Character folders of an Omniglot tree (``images_background/`` and
-    ``images_evaluation/``, each ``alphabet/character/*.png``), background first, sorted."""
+    ``images_evaluation/``, each ``alphabet/character/*.png``), background first, sorted.
+    Hidden folders (``.ipynb_checkpoints``) are not alphabets or characters."""
     root = Path(data_dir).expanduser()
     characters = []
     for folder in OMNIGLOT_FOLDERS:
         base = root / folder
         if base.is_dir():
-            characters += sorted(
-                c for a in sorted(base.iterdir()) if a.is_dir() for c in a.iterdir()
-            )
-    return [c for c in characters if c.is_dir()]
+            characters += sorted(c for a in _folders(base) for c in _folders(a))
+    return characters
+
+
+def _folders(parent: Path) -> list[Path]:
+    return sorted(p for p in parent.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def character_images(character: Path) -> list[Path]:
