@@ -24,6 +24,7 @@ from stopwise.tasks.denoising.config import DenoisingConfig
 from stopwise.tasks.denoising.data import (
     CATALOGUE,
     center_crop,
+    folder_files,
     from_png_base64,
     load_splits,
     noisy_set,
@@ -404,8 +405,18 @@ def test_a_users_folder_is_read_by_split(tmp_path):
         for k in range(count):
             pixels = rng.integers(0, 256, (48, 50, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(tmp_path / split / f"{k}.png")
+    (tmp_path / "test" / "more.png").mkdir()  # a folder named like an image is no image
     splits = load_splits(str(tmp_path))
     assert splits.test.names == ["0.png", "1.png"] and splits.train.images[0].shape == (48, 50)
+
+
+def test_a_users_folder_under_home_is_found_through_a_tilde(tmp_path, monkeypatch):
+    """``~`` in images_dir is the home folder for loading as for the digest (loading read
+    it as a folder named ``~``)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    _folder(tmp_path, 20)
+    assert load_splits("~/images").test.images[0].shape == (20, 20)
+    assert folder_files("~/images") == folder_files(str(tmp_path / "images"))
 
 
 def _run_cli(args, tmp_path):

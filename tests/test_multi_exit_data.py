@@ -140,6 +140,10 @@ def test_data_dir_comes_from_the_setting_then_the_environment_then_the_default(m
     assert str(resolve_data_dir("")[0]) == "/from/env"
     monkeypatch.delenv("STOPWISE_DATA")
     assert str(resolve_data_dir("")[0]) == "/usr/share/datasets/fashion-mnist"
+    monkeypatch.setenv("HOME", "/home/user")  # ~ is the home folder, from either source
+    assert resolve_data_dir("~/fashion") == (Path("/home/user/fashion"), "--set data_dir")
+    monkeypatch.setenv("STOPWISE_DATA", "~/env")
+    assert resolve_data_dir("") == (Path("/home/user/env"), "STOPWISE_DATA")
 
 
 def test_fashion_splits_are_disjoint_normalised_and_sized(tmp_path, monkeypatch):

@@ -288,7 +288,7 @@ def load_splits(images_dir: str = "") -> Splits:
     """The built-in catalogue split (``images_dir`` empty) or a user's folder with ``train/``,
     ``val/`` and ``test/`` subfolders of PNG/JPEG images. Raises :class:`DataError`."""
     if images_dir:
-        return _folder_splits(Path(images_dir))
+        return _folder_splits(Path(images_dir).expanduser())
     found: dict[str, Split] = {s: Split([], []) for s in SPLITS}
     skipped: dict[str, str] = {}
     seen: dict[str, str] = {}
@@ -319,7 +319,9 @@ def _folder_files(root: Path) -> dict[str, list[Path]]:
         folder = root / split
         if not folder.is_dir():
             raise DataError(f"images_dir={str(root)!r} has no {split}/ subfolder")
-        files[split] = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files[split] = sorted(
+            p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        )
         if not files[split]:
             raise DataError(f"images_dir={str(root)!r}: {split}/ holds no PNG or JPEG image")
     return files

@@ -132,11 +132,11 @@ def idx_shape(path: str | Path, rank: int) -> tuple[int, ...]:
 
 def resolve_data_dir(data_dir: str = "") -> tuple[Path, str]:
     """The Fashion-MNIST folder and where it came from: ``data_dir`` if given, else the
-    STOPWISE_DATA variable, else the Debian default."""
+    STOPWISE_DATA variable, else the Debian default (``~`` expanded)."""
     if data_dir:
-        return Path(data_dir), "--set data_dir"
+        return Path(data_dir).expanduser(), "--set data_dir"
     if os.environ.get("STOPWISE_DATA"):
-        return Path(os.environ["STOPWISE_DATA"]), "STOPWISE_DATA"
+        return Path(os.environ["STOPWISE_DATA"]).expanduser(), "STOPWISE_DATA"
     return Path(DEFAULT_FASHION_DIR), "the default location"
 
 
