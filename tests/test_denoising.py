@@ -447,10 +447,14 @@ def _folder(tmp_path, size):
         ("test_sigmas=35,256", "test_sigmas"),
         ("grid_sigma=300", "grid_sigma"),
         ("trained_depths=4", "trained_depths"),  # tiny's depth is 4: that model is DnCNN
-        ("small", "smaller than a patch"),
+        ("small", "train image a.png is 12×12, smaller than a patch or a policy crop (patch=16, "),
         ("unreadable", "cannot read image"),
         ("missing-split", "no val/ subfolder"),
-        ("small-test", "smaller than a patch or BM3D's 16×16"),
+        # (a test image's message named policy.crop, which crops training images only)
+        (
+            "small-test",
+            "test image a.png is 14×14, smaller than a patch or BM3D's 16×16 (patch=8)\n",
+        ),
         ("truncated", "cannot read image"),
         ("duplicate", "hold the same image"),
         ("resaved", "hold the same image"),

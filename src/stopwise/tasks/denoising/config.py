@@ -149,14 +149,17 @@ class DenoisingConfig(Config):
             raise ValueError(f"images_dir: {error}") from None
         for split, listed in sizes.items():
             if split == "train":
-                least, why = max(self.patch, self.policy.crop), "a patch or a policy crop"
+                least = max(self.patch, self.policy.crop)
+                why = (
+                    f"a patch or a policy crop (patch={self.patch}, policy.crop={self.policy.crop})"
+                )
             else:
-                least, why = max(self.patch, BM3D_MIN_SIDE), "a patch or BM3D's 16×16"
+                least = max(self.patch, BM3D_MIN_SIDE)
+                why = f"a patch or BM3D's {BM3D_MIN_SIDE}×{BM3D_MIN_SIDE} (patch={self.patch})"
             for name, size in listed:
                 if min(size) < least:
                     raise ValueError(
-                        f"{split} image {name} is {size[0]}×{size[1]}, smaller than {why} "
-                        f"(patch={self.patch}, policy.crop={self.policy.crop})"
+                        f"{split} image {name} is {size[0]}×{size[1]}, smaller than {why}"
                     )
         used = [name for name, _ in sizes["test"]][: self.test_images or None]
         if self.grid_image and self.grid_image not in used:
