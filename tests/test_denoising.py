@@ -17,7 +17,7 @@ from torch import nn
 
 from stopwise.cli import main
 from stopwise.contract import Job, JobContext, PlannedJob, RunDir
-from stopwise.experiments import get_experiment, resolve_config
+from stopwise.experiments import get_experiment, plan_jobs, resolve_config
 from stopwise.inference import ScoreThreshold, hazard_trajectory, run_adaptive
 from stopwise.policies import create_policy
 from stopwise.tasks.denoising.config import DenoisingConfig
@@ -1094,3 +1094,20 @@ def test_every_job_carries_a_digest_of_a_users_images_that_changes_with_them(tmp
     assert after.keys() == before.keys() and all(after[n] != before[n] for n in before)
     built_in, _ = resolve_config(experiment, "tiny", [])
     assert all("data" not in job.params for job in denoising_jobs(built_in))
+
+
+def test_the_same_images_at_another_path_are_the_same_settings(tmp_path):
+    """images_dir is where the images are, not what they are (their digest is in every job's
+    settings): a copy elsewhere plans the same settings, so a rerun with it reuses the jobs
+    (the path itself was a setting, and a moved folder was refused)."""
+    root = _folder(tmp_path, 64)
+    experiment = get_experiment("denoising")
+
+    def settings(folder):
+        config, _ = resolve_config(experiment, "tiny", [f"images_dir={folder}"])
+        return {p.id: p.settings for p in plan_jobs(experiment, config)}
+
+    copied = settings(shutil.copytree(root, tmp_path / "elsewhere"))
+    assert copied == settings(root)
+    Image.fromarray(np.full((64, 64), 200, dtype=np.uint8)).save(root / "test" / "a.png")
+    assert copied != settings(root)

@@ -46,6 +46,8 @@ class PolicyStage:
 
 @dataclass
 class DenoisingConfig(Config):
+    LOCATION_KEYS = ("images_dir",)  # a user's images: the jobs carry their digest (data_params)
+
     images_dir: str = param(
         "", help="folder with train/ val/ test/ subfolders of PNG/JPEG (default: sample photos)"
     )

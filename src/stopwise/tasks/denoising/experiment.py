@@ -85,10 +85,9 @@ __all__ = [
     "budget_oracle_score",
 ]
 
-# What every job reads of the data; the classical denoisers run on the CPU whatever `device` is.
-_DATA = (
-    "images_dir", "train_sigmas", "test_sigmas", "test_crop", "test_images", "val_crop", "val_tiles",
-)  # fmt: skip
+# What every job reads of the data (and images_dir, a location key: a user's images enter the
+# settings as their digest); the classical denoisers run on the CPU whatever `device` is.
+_DATA = ("train_sigmas", "test_sigmas", "test_crop", "test_images", "val_crop", "val_tiles")
 _GRID = ("grid_image", "grid_sigma")  # the picture grid: the jobs that draw one read it
 _COMMON = _DATA + ("device",)
 _NETWORK = _COMMON + (
