@@ -538,15 +538,21 @@ def test_fit_threshold_matches_brute_force(seed, budget):
 def test_a_fitted_threshold_keeps_its_decisions_when_scores_move_by_rounding(kind, dtype):
     """The threshold sat on a validation score, so that row's decision flipped when its score
     came out 1 ulp lower (another batch composition in shrink mode or in chunks). Midway
-    between the scores it separates, no score moving by less than half that gap flips."""
+    between the scores it separates, no score moving by less than half that gap flips. The
+    scores that decide are each row's running maximum up to each step but the last (a row
+    stops at the first score reaching the threshold; what it scores later decides nothing),
+    listed here by a plain loop."""
     g = torch.Generator().manual_seed(3)
     hazards = torch.randn(200, 6, generator=g, dtype=torch.float64).to(dtype)
     for budget in (1.7, 2.5, 3.9, 5.2):
         rule = fit_threshold(hazards, budget, kind=kind)
-        scores = rule_scores(hazards, rule, torch.ones(6, dtype=torch.bool)).to(torch.float64)
+        scores = rule_scores(hazards, rule, torch.ones(6, dtype=torch.bool)).tolist()
+        deciding = torch.tensor(
+            [max(row[: k + 1]) for row in scores for k in range(5)], dtype=torch.float64
+        )
         threshold = float(rule.score_threshold)
-        assert not bool((scores == threshold).any())  # no row sits on it
-        below, above = scores[scores < threshold].max(), scores[scores > threshold].min()
+        assert not bool((deciding == threshold).any())  # no row sits on it
+        below, above = deciding[deciding < threshold].max(), deciding[deciding > threshold].min()
         assert threshold == pytest.approx(float(below + above) / 2, rel=1e-12)
         before = stop_indices(hazards, rule)
         for limit in (-math.inf, math.inf):  # every score 1 ulp down, then 1 ulp up
@@ -581,6 +587,16 @@ def test_fit_threshold_at_the_least_cost_stops_new_rows_at_the_first_step_too(ki
     assert float(rule.score_threshold) == -math.inf
     new_rows = torch.cat([hazards, torch.full((1, 6), -40.0, dtype=torch.float64)])
     assert stop_indices(new_rows, rule).tolist() == [0] * 31
+
+
+def test_a_lower_score_after_every_rows_first_step_does_not_hold_back_the_minus_inf_threshold():
+    """Every row must stop at its first step; the scores after it (−10, below both first
+    scores) decide nothing, yet the threshold was fitted between them (−5), so a new row
+    scoring −6 at step 0 ran on and the policy was asked."""
+    hazards = torch.tensor([[0.0, -10.0, 5.0], [1.0, -10.0, 5.0]])
+    rule = fit_threshold(hazards, budget=1.0)
+    assert float(rule.score_threshold) == -math.inf
+    assert stop_indices(torch.tensor([[-6.0, 0.0, 0.0]]), rule).tolist() == [0]
 
 
 @pytest.mark.parametrize("seed, budget", [(0, 2.0), (1, 3.4), (2, 4.5), (3, 1.0)])

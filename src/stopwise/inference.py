@@ -812,30 +812,30 @@ def fit_threshold(
         )
     if full <= within:  # every row can run to the end
         return rule_cls(math.inf)
-    observed = scores[:, steps]
-    reached = _least_unaffordable_score(observed, costs[steps], within)
+    # A row goes on past valid step k < K exactly when none of its scores up to k reaches θ,
+    # i.e. when their running maximum r_k is below θ (a NaN score reaches no finite θ: −∞).
+    deciding = scores[:, steps[:-1]]
+    running = torch.where(deciding.isnan(), -math.inf, deciding).cummax(dim=1).values
+    reached = _least_unaffordable_score(running, costs[steps], within)
     if reached == math.inf:  # only the rows scoring +∞ must stop (a threshold of +∞ stops none)
         return rule_cls(torch.finfo(torch.float64).max)
-    below = observed[observed < reached]
-    if below.numel() == 0:  # every row stops at its first valid step: new rows too, whatever
+    going_on = running[running < reached]  # (scores after a row's stop decide nothing)
+    if going_on.numel() == 0:  # every row stops at its first valid step: new rows too, whatever
         return rule_cls(-math.inf)  # their score
-    return rule_cls(_between(float(below.max()), reached))
+    return rule_cls(_between(float(going_on.max()), reached))
 
 
-def _least_unaffordable_score(scores: torch.Tensor, costs: torch.Tensor, within: float) -> float:
-    """The least observed score r such that a threshold above r costs more than ``within`` on
-    average over the rows, while ``ScoreThreshold(r)`` does not (``scores`` ``(N, K + 1)``: the
-    valid steps only, with their cumulative ``costs`` ``(K + 1,)``; running every row to the
-    end must cost more than ``within``).
+def _least_unaffordable_score(running: torch.Tensor, costs: torch.Tensor, within: float) -> float:
+    """The least running maximum r such that a threshold above r costs more than ``within`` on
+    average over the rows, while ``ScoreThreshold(r)`` does not (``running`` ``(N, K)``: each
+    row's running maximum score r_k over the valid steps but the last, with their cumulative
+    ``costs`` ``(K + 1,)``; running every row to the end must cost more than ``within``).
 
-    A row goes on past step k < K exactly when none of its scores up to k reaches θ, i.e. when
-    their running maximum r_k is below θ (a NaN score reaches no finite θ: it counts as −∞).
-    So the mean cost of θ is c_0 + Σ (c_{k+1} − c_k) / N over the pairs (row, k) with r_k < θ:
-    sorting every r_k once gives the cost of every θ as a cumulative sum, the cost changing
-    only at an r_k. One sort, in place of a search running the rule on every row per probe."""
-    rows, steps = scores.shape[0], scores.shape[1] - 1
-    deciding = scores[:, :-1]
-    running = torch.where(deciding.isnan(), -math.inf, deciding).cummax(dim=1).values
+    A row goes on past step k exactly when r_k is below θ. So the mean cost of θ is
+    c_0 + Σ (c_{k+1} − c_k) / N over the pairs (row, k) with r_k < θ: sorting every r_k once
+    gives the cost of every θ as a cumulative sum, the cost changing only at an r_k. One sort,
+    in place of a search running the rule on every row per probe."""
+    rows, steps = running.shape
     values, order = running.flatten().sort()  # entry i is row i // steps, step i % steps
     increments = costs[1:] - costs[:-1]
     spent = costs[0] + increments[order.remainder_(steps)].cumsum(0) / rows  # once θ passes each
