@@ -6,9 +6,10 @@ run's stop models and their budget curves), ``stopwise --version``.
 package folder), repeatable, registers the experiments of a user's own module; installed
 packages can register through the ``stopwise.experiments`` entry-point group instead. Exit
 codes: 0 done; 2 a refused config or directory (nothing written) or a checkpoint that is
-damaged or gone (the message says what to delete to redo it); 3 the run failed
-(training diverged, a file could not be written); 128 + N interrupted by signal N (130 SIGINT,
-143 SIGTERM) after checkpointing: rerun to resume; 141 the reader of the output went away.
+damaged or gone (the message says what to delete to redo it); 3 the run failed (training
+diverged, a file could not be written, out of memory); 128 + N interrupted by signal N (130
+SIGINT, 143 SIGTERM) after checkpointing: rerun to resume; 141 the reader of the output went
+away.
 """
 
 from __future__ import annotations
@@ -189,6 +190,18 @@ def _main(args) -> int:
                 file=sys.stderr,
             )
         return 3
+    except (MemoryError, RuntimeError) as error:
+        if not _out_of_memory(error):
+            raise
+        said = (str(error).strip() or type(error).__name__).splitlines()[0]
+        print(
+            f"stopwise: run failed: out of memory: {said}\n"
+            "stopwise: lower the settings that size the work (batch sizes, widths, data "
+            "sizes); the started jobs keep the settings that did not fit, so run into a new "
+            "--out.",
+            file=sys.stderr,
+        )
+        return 3
     except BrokenPipeError:  # `stopwise show NAME | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
@@ -201,6 +214,16 @@ def _main(args) -> int:
             raise
         return _interrupted(Interrupted(signum))
     return 0
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """Python's MemoryError, torch's (CUDA) OutOfMemoryError, or the CPU allocator's
+    RuntimeError."""
+    return (
+        isinstance(error, MemoryError)
+        or type(error).__name__ == "OutOfMemoryError"
+        or "can't allocate memory" in str(error)
+    )
 
 
 def _interrupted(interrupt: Interrupted) -> int:
