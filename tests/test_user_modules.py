@@ -1,6 +1,8 @@
 """A user's own experiment module on the command line (``--module``): the ways it can be named,
 the errors it can raise, and that its report is rebuilt when any module of its package changes."""
 
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -51,7 +53,9 @@ def test_a_package_in_a_folder_with_a_space_runs_with_worker_processes(tmp_path)
 
 
 def test_a_copy_of_the_toy_folder_runs_as_a_users_own_task(tmp_path):
-    """adding_a_task.md: copy the toy folder, rename it, run it with --module."""
+    """adding_a_task.md: copy the toy folder, rename it, run it with --module; the command the
+    run prints for its stop models works as printed (it lacked the --module and failed:
+    unknown experiment)."""
     import shutil
 
     import stopwise.tasks.toy as toy
@@ -60,8 +64,13 @@ def test_a_copy_of_the_toy_folder_runs_as_a_users_own_task(tmp_path):
     shutil.copytree(Path(toy.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
     init = copy / "__init__.py"
     init.write_text(init.read_text().replace('name="toy"', 'name="mytoy"'))
-    done = stopwise("show", "mytoy", "--module", "mytoy", "--preset", "tiny", cwd=tmp_path)
-    assert done.returncode == 0 and "budgets" in done.stdout, done.stderr
+    args = ["run", "mytoy", "--module", "mytoy", "--preset", "tiny", "--out", "my run"]
+    done = stopwise(*args, "--set", "progress=false", cwd=tmp_path)
+    assert done.returncode == 0 and "| L2S policy" in done.stdout, done.stderr
+    hint = re.search(r"its stop models: stopwise (stops .*); in Python", done.stdout).group(1)
+    assert hint.endswith(" --module mytoy")
+    stops = stopwise(*shlex.split(hint), cwd=tmp_path)
+    assert stops.returncode == 0 and stops.stdout.startswith("l2s: "), stops.stderr
 
 
 def test_a_module_that_fails_to_import_exits_2_naming_the_error_and_where(tmp_path):

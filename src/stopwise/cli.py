@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import sys
 from itertools import groupby
@@ -148,7 +149,12 @@ def _run(args) -> None:
     path = Path(run.path).resolve()
     print(f"run directory: {path}")
     if get_experiment(args.name).stop_models:
-        print(f"its stop models: stopwise stops {path}; in Python, stopwise.load_stop_model")
+        modules = "".join(f" --module {shlex.quote(m)}" for m in args.modules)
+        loads = "".join(f"stopwise.experiments.load_module({m!r}), then " for m in args.modules)
+        print(
+            f"its stop models: stopwise stops {shlex.quote(str(path))}{modules}; in Python, "
+            f"{loads}stopwise.load_stop_model"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
