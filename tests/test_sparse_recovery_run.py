@@ -220,6 +220,7 @@ def test_the_stage_one_share_of_deep_supervision_reaches_both_stage_one_objectiv
         ("stage2.oracle=medium", "stage2.oracle"),
         ("stage2.pool=10", "stage2.pool=10 must be >= stage2.batch=64"),
         ("problem.snrs=30,30", "problem.snrs=[30.0, 30.0] must not repeat"),
+        ("problem.snrs=20,-1000", "problem.snrs"),  # noise of 10^50 × the signal: inf
         ("stage2.hidden=8,8", "stage2.hidden=[8, 8] must not repeat"),
         # 2 signals of 10 entries at sparsity 0.1: all zero (NMSE undefined) with p = 0.9^20
         (

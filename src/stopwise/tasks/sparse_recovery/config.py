@@ -17,7 +17,10 @@ class Problem:
     n: int = param(500, ge=1, help="signal length (columns of A)")
     condition: float = param(5.0, ge=1, help="condition number of A before column normalisation")
     sparsity: float = param(0.1, gt=0, le=1, help="Bernoulli support probability of x*")
-    snrs: list[float] = param([20.0, 30.0, 40.0], min_len=1, check=distinct, help="SNR levels (dB)")
+    # Bounded so the noise stays finite (−1000 dB overflowed to inf: "diverged", exit 3).
+    snrs: list[float] = param(
+        [20.0, 30.0, 40.0], ge=-60, le=200, min_len=1, check=distinct, help="SNR levels (dB)"
+    )
     per_snr: int = param(1000, ge=1, help="validation and test samples per SNR")
     steps: int = param(20, ge=2, help="T, layers of the learned models")
 
