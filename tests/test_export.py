@@ -110,3 +110,20 @@ def test_a_threshold_per_step_of_another_length_is_refused():
     model, policy, _ = make()
     with pytest.raises(ValueError, match=r"shape \(9,\)"):
         AdaptiveModule(model, policy, ScoreThreshold(torch.zeros(9)))
+
+
+def test_the_adaptive_module_compiles_as_one_graph():
+    """README: masked mode compiles. ``fullgraph=True`` fails on any graph break (a
+    data-dependent shape, a ``.tolist()``); the ``aot_eager`` backend traces forward and
+    backward graphs as inductor would, without its minutes of C++ compilation."""
+    torch._dynamo.reset()
+    model, policy, x = make(seed=2, batch=40)
+    valid = torch.tensor([False, True, True, False, True, True, True])
+    rule = MixedRule(HazardThreshold(0.3), ScoreThreshold(torch.linspace(-1, 1, 7)), 0.4)
+    compiled = torch.compile(
+        AdaptiveModule(model, policy, rule, valid), fullgraph=True, backend="aot_eager"
+    )
+    predictions, stop = compiled(x)
+    expected = run_adaptive(model, policy, x, rule, "shrink", valid)
+    assert torch.equal(stop, expected.stop_index)
+    torch.testing.assert_close(predictions, expected.predictions)
