@@ -54,22 +54,30 @@ def register_policy(name: str, example: Callable[[], tuple[nn.Module, torch.Tens
 
 
 def list_policies() -> list[str]:
-    """The names :func:`create_policy` accepts, sorted."""
+    """The names :func:`create_policy` accepts, sorted: the built-in policies and those of
+    every task (the tasks are imported for it)."""
+    from .experiments import load_tasks  # the tasks import this module
+
+    load_tasks()
     return sorted(_POLICIES)
+
+
+def _entry(name: str) -> PolicyEntry:
+    if name not in _POLICIES:  # a task's policy, its task not imported yet
+        names = list_policies()
+        if name not in _POLICIES:
+            raise ValueError(f"unknown policy {name!r}; choose one of {names}")
+    return _POLICIES[name]
 
 
 def policy_example(name: str) -> tuple[nn.Module, torch.Tensor, int]:
     """``(policy, features (B, F), max_steps)``: a registered policy and inputs it accepts."""
-    if name not in _POLICIES:
-        raise ValueError(f"unknown policy {name!r}; choose one of {list_policies()}")
-    return _POLICIES[name].example()
+    return _entry(name).example()
 
 
 def create_policy(name: str, **kwargs) -> nn.Module:
     """Build a registered policy, e.g. ``create_policy("mlp", feature_dim=8, max_steps=10)``."""
-    if name not in _POLICIES:
-        raise ValueError(f"unknown policy {name!r}; choose one of {list_policies()}")
-    return _POLICIES[name].build(**kwargs)
+    return _entry(name).build(**kwargs)
 
 
 def _step_tensor(t: int | torch.Tensor, batch: int, device) -> torch.Tensor:
