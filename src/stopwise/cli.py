@@ -196,7 +196,16 @@ def _main(args) -> int:
                 file=sys.stderr,
             )
         return 3
-    except (MemoryError, RuntimeError) as error:
+    except BrokenPipeError:  # `stopwise show NAME | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    except Exception as error:
+        # A signal between training loops raises Interrupted wherever the program is, and a
+        # library may turn it into its own error (torch's load_state_dict, matplotlib's
+        # renderer): any error once a stop signal has arrived is that interruption.
+        signum = stop_signal()
+        if signum is not None:
+            return _interrupted(Interrupted(signum))
         if not _out_of_memory(error):
             raise
         said = (str(error).strip() or type(error).__name__).splitlines()[0]
@@ -208,17 +217,6 @@ def _main(args) -> int:
             file=sys.stderr,
         )
         return 3
-    except BrokenPipeError:  # `stopwise show NAME | head`: the reader left; say nothing more
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 128 + signal.SIGPIPE
-    except Exception:
-        # A signal between training loops raises Interrupted wherever the program is, and a
-        # library may turn it into its own error (torch's load_state_dict, matplotlib's
-        # renderer): any error once a stop signal has arrived is that interruption.
-        signum = stop_signal()
-        if signum is None:
-            raise
-        return _interrupted(Interrupted(signum))
     return 0
 
 
