@@ -100,6 +100,9 @@ class SpeedCase:
     notes: list[str] = field(default_factory=list)
     # (T,) what skipping the decision at each step saves (default: policy_macs at every step)
     decision_costs: torch.Tensor | None = None
+    # What a row stopped by a −∞ threshold (Rule.stops_all) does not spend at that step: the
+    # policy, not the prediction it still makes (default: policy_macs, the prediction free)
+    unasked_macs: float | None = None
 
 
 # ---------------------------------------------------------------- runs and their records
@@ -394,7 +397,8 @@ def parity_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
     rules = {f"{b:.4g}": fit_threshold(val_hazards, b) for b in budget_grid(every, points)}
     test = trained.test_inputs()[0]
     step = 3.0 * h * (n + 1 + h)  # GRUCell: three gates on [x, flag] and h
-    decision = linear_macs(head, torch.zeros(1, h)) + h  # halting head + the step's output
+    halting = linear_macs(head, torch.zeros(1, h))
+    decision = halting + h  # halting head + the step's output
     return [
         SpeedCase(
             "parity",
@@ -411,6 +415,7 @@ def parity_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
             row=f"parity vector (n = {n})",
             architecture=f"GRU {h} units, n = {n}, T = {T} (quick)",
             notes=["thresholds fitted here on the validation split (the run records rules)"],
+            unasked_macs=halting,  # the output is still made where every row stops
         )
     ]
 
@@ -596,7 +601,8 @@ def measure(case: SpeedCase, threads: int, repeats: int) -> list[dict[str, Any]]
         )
         certain = next((t for t in steps if rule.stops_all(t)), None)
         if certain is not None:
-            saved += case.policy_macs * float((index == certain).double().mean())
+            unasked = case.policy_macs if case.unasked_macs is None else case.unasked_macs
+            saved += unasked * float((index == certain).double().mean())
         mean_macs = float(case.row_macs(index).double().mean()) - saved
         ideal = case.full_macs / mean_macs
         time_ideal = float(depth[-1] / depth[index.cpu()].mean())

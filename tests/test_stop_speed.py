@@ -140,6 +140,9 @@ def test_parity_macs_recomputed(measured):
         # decisions skipped: none, or every one for a rule that never stops early (full depth)
         assert row["skipped_decisions"] in (0, T - 1)
         mean = row["mean_steps"] * (step + 2 * h) - row["skipped_decisions"] * 2 * h
+        if row["budget"] == "1":  # fit_threshold: −∞, every row stops at step 1, no head asked
+            assert row["mean_steps"] == 1
+            mean = step + h  # the step and its output
         assert row["full_macs"] == pytest.approx(T * step + h)
         assert math.isclose(row["ideal_speedup"], (T * step + h) / mean, rel_tol=1e-9)
         assert row["policy_fraction"] == pytest.approx(2 * h / step)
