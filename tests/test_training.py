@@ -94,6 +94,28 @@ def test_finished_stage_is_skipped_and_restored(tmp_path):
     assert again == last == {"w": float(final.sum())}  # the last step's metrics, restored
 
 
+def test_a_second_loop_of_the_same_stage_in_one_job_is_refused(tmp_path):
+    """Two models trained one after the other under one stage name in a job: the second found
+    the first's finished checkpoint, loaded its weights and trained nothing. The job's loop
+    settings (however many times asked for) share the stages run; other names are fine, and a
+    new job context (a rerun, which resumes) starts afresh."""
+    from stopwise.contract import Job, JobContext, PlannedJob, RunDir
+    from stopwise.tasks.toy.config import ToyConfig
+
+    def job_context():
+        planned = PlannedJob("fit-s0", Job("fit"), 0, {}, ())
+        return JobContext(RunDir(tmp_path), ToyConfig(), planned, progress=False)
+
+    model, _, step_fn, calls = counting_stage(tmp_path, every=3)
+    context = job_context()
+    train_loop("stage1", 2, step_fn, {"model": model}, context.loop_settings())
+    with pytest.raises(ValueError, match="stage 'stage1' has already run in this job"):
+        train_loop("stage1", 2, step_fn, {"model": model}, context.loop_settings())
+    train_loop("stage2", 2, step_fn, {"model": model}, context.loop_settings())
+    train_loop("stage1", 2, step_fn, {"model": model}, job_context().loop_settings())
+    assert calls == [0, 1, 0, 1]  # the rerun's stage1 was finished: restored, not trained
+
+
 def test_a_checkpoint_past_the_steps_asked_for_is_refused_and_a_longer_run_goes_on(tmp_path):
     """A stage rerun with fewer steps returned the finished longer run's weights as its own (an
     audit); with more steps it goes on from the finished checkpoint, as before."""

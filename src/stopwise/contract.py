@@ -373,6 +373,7 @@ class JobContext:
         if os.environ.get("STOPWISE_CHECK_KEYS") == "1" and planned.reads is not None:
             self.config = KeyGuard(config, planned.reads, self.id)
         self._progress = progress
+        self._stages: set[str] = set()  # the training stages this job has run so far
         self.timings: dict[str, float] = {}
         self.cpu_timings: dict[str, float] = {}
         self._open: dict[str, tuple[float, float]] = {}  # part -> (wall, CPU) at its start
@@ -432,6 +433,7 @@ class JobContext:
             tags=job_tags(self.id),
             owner=checkpoint_owner(self.id, self._planned.settings),
             clock=self.clock,
+            stages_run=self._stages,
         )
 
     def dependency(self, name: str) -> JobResult:

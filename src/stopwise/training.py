@@ -294,6 +294,9 @@ class LoopSettings:
         file copied from a run with other settings is refused too).
     clock: called at every checkpoint, its result kept in it (the job runner's elapsed times,
         so that a resumed job counts the time spent before the interruption).
+    stages_run: the stages this job has run so far (the job runner shares one set among the
+        settings of a job): a second loop of the same stage is refused, since it would take
+        the first one's checkpoint as its own finished stage (None: not checked).
     """
 
     checkpoint_dir: str | Path | None = None
@@ -304,6 +307,7 @@ class LoopSettings:
     tags: dict[str, Any] = field(default_factory=dict)
     owner: dict[str, Any] | None = None
     clock: Callable[[], dict[str, Any]] | None = None
+    stages_run: set[str] | None = None
 
     def __post_init__(self):
         for name in ("checkpoint_every", "log_every"):
@@ -365,6 +369,13 @@ def train_loop(
     Returns the last step's metrics (kept in the checkpoint, so a skipped stage returns them too).
     """
     settings = settings or LoopSettings()
+    if settings.stages_run is not None:
+        if stage in settings.stages_run:
+            raise ValueError(
+                f"stage {stage!r} has already run in this job: give the second loop its own "
+                "stage= name (it would resume from the first one's checkpoint)"
+            )
+        settings.stages_run.add(stage)
     objects = _stateful(state)
     main = is_main_process()
     log = MetricsLog(settings.metrics_path if main else None)
