@@ -58,8 +58,10 @@ class StepModel(nn.Module):
         raise NotImplementedError
 
     def features(self, state: State, t: int) -> torch.Tensor:
-        """``(B, F)`` policy features after step ``t``; by default the flattened prediction."""
-        return self.predict(state, t).flatten(1)
+        """``(B, F)`` policy features after step ``t``; by default the flattened prediction (a
+        ``(B,)`` prediction, one number per row, is ``(B, 1)``)."""
+        prediction = self.predict(state, t)
+        return prediction.reshape(prediction.shape[0], -1)
 
     def observe(self, state: State, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(prediction, features)`` after step ``t``, what adaptive inference reads at each
