@@ -31,6 +31,21 @@ def test_a_job_reads_only_the_jobs_it_declares(tmp_path):
         context.checkpoint("fit", job="c")
 
 
+def test_a_stage_a_dependency_never_saved_is_named_with_the_ones_it_did(tmp_path):
+    """A mistyped stage name was reported as a deleted checkpoint, with advice to retrain the
+    dependency (which saves the same stages again)."""
+    from stopwise.checkpoints import CheckpointError
+
+    planned = PlannedJob("b-s0", Job("b", after=("a",)), 0, {}, ("a-s0",))
+    context = JobContext(RunDir(tmp_path), None, planned, False)
+    folder = context.run.checkpoints("a-s0")
+    folder.mkdir(parents=True)
+    for stage in ("stage1", "stage2"):
+        (folder / f"{stage}.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"checkpoints of stages \['stage1', 'stage2'\] only"):
+        context.checkpoint("stage_2", job="a")
+
+
 def test_a_config_json_without_an_experiment_is_not_a_run(tmp_path):
     out = tmp_path / "run"
     out.mkdir()

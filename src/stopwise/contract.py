@@ -449,6 +449,13 @@ class JobContext:
         if job is not None and id not in self._planned.after:
             raise ValueError(f"job {self.id} does not declare {job!r} in its `after`")
         path = self.run.checkpoints(id) / f"{stage}.pt"
+        saved = sorted(p.stem for p in path.parent.glob("*.pt"))
+        if job is not None and not path.is_file() and saved:  # a name it never saved, likely
+            raise CheckpointError(
+                f"job {self.id} needs stage {stage!r} of the finished job {id}, which has "
+                f"checkpoints of stages {saved} only: a stage name it never saved? (If "
+                f"{path.name} was deleted, delete {self.run.job_path(id)} to rerun job {id}.)"
+            )
         if job is not None and not path.is_file():
             raise CheckpointError(
                 f"job {self.id} needs stage {stage!r} of the finished job {id}, whose checkpoint "
