@@ -63,3 +63,11 @@ def test_a_job_that_ran_again_rebuilds_the_report(tmp_path):
     shutil.rmtree(out / "checkpoints" / "fit-b-s0")
     run(out)
     assert (out / "table.md").read_text() != "stale\n"
+
+
+@pytest.mark.parametrize("field", ["after", "keys"])
+def test_a_job_given_a_string_for_names_says_to_write_a_tuple(field):
+    """``keys=("steps")`` is the string "steps": the runner read it letter by letter (unknown
+    key 's')."""
+    with pytest.raises(TypeError, match=rf"{field} takes a tuple of names, not the string 'fit'"):
+        Job("b", **{field: "fit"})

@@ -68,6 +68,16 @@ class Job:
     keys: tuple[str, ...] | None = None
     cost: float = 1.0
 
+    def __post_init__(self):
+        # ("a") is the string "a", not a tuple: its letters would be taken for names.
+        for name in ("after", "keys"):
+            if isinstance(getattr(self, name), str):
+                value = getattr(self, name)
+                raise TypeError(
+                    f"Job {self.name!r}: {name} takes a tuple of names, not the string "
+                    f"{value!r} (write ({value!r},))"
+                )
+
 
 @dataclass
 class JobResult:
