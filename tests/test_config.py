@@ -171,3 +171,15 @@ def test_describe_lists_every_key_with_type_range_and_help():
     }
     assert entries["sizes"]["type"] == "a list of integers"
     assert "seeds" in entries and "threads" in entries
+
+
+def test_a_check_returning_a_bool_is_a_mistake_named_as_such():
+    """A ``check`` returns the problem as text or None. One written as a predicate passed every
+    bad value (False is no problem) and refused the good ones as "beta=0.01 True"."""
+
+    @dataclass
+    class Predicate(Config):
+        beta: float = param(0.5, check=lambda v: v > 0)
+
+    with pytest.raises(TypeError, match="returns the problem as text, or None; .* returned True"):
+        validate(build(Predicate, {"beta": 0.01}))

@@ -121,7 +121,15 @@ class Spec:
                 )
                 if not ok:
                     return f"must be {self.allowed()}"
-        return self.check(value) if self.check is not None else None
+        if self.check is None:
+            return None
+        problem = self.check(value)
+        if problem is not None and not isinstance(problem, str):  # e.g. a bool: "is it valid?"
+            raise TypeError(
+                f"a param's check returns the problem as text, or None; {self.check} returned "
+                f"{problem!r}"
+            )
+        return problem
 
 
 def param(
