@@ -61,7 +61,7 @@ class StepModel(nn.Module):
         """``(B, F)`` policy features after step ``t``; by default the flattened prediction (a
         ``(B,)`` prediction, one number per row, is ``(B, 1)``)."""
         prediction = self.predict(state, t)
-        return prediction.reshape(prediction.shape[0], -1)
+        return prediction.unsqueeze(1) if prediction.dim() == 1 else prediction.flatten(1)
 
     def observe(self, state: State, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(prediction, features)`` after step ``t``, what adaptive inference reads at each
