@@ -181,3 +181,18 @@ def test_ratio_db_upper_bound_by_hand():
     z = scipy_stats.norm.ppf(0.95)
     assert gap == pytest.approx(10 * math.log10(1.5), abs=1e-12)
     assert upper == pytest.approx(gap + z * 10 / math.log(10) * 0.25 / math.sqrt(3), abs=1e-12)
+
+
+def test_a_mapping_where_values_are_expected_and_a_list_where_seeds_are_are_refused():
+    """Iterating ``{seed: value}`` gives the seeds: mean_sd averaged them (10.50 ± 0.71 for
+    {10: 0.5, 11: 0.7}); paired_difference took a list's values for seeds (mean 0.5 for
+    [3, 1, 2] − [1, 2, 0] instead of 1.0)."""
+    by_seed = {10: 0.5, 11: 0.7}
+    with pytest.raises(TypeError, match=r"pass \.values\(\)"):
+        mean_sd(by_seed)
+    with pytest.raises(TypeError, match=r"pass \.values\(\)"):
+        format_mean_sd(by_seed)
+    assert mean_sd(by_seed.values()) == pytest.approx((0.6, math.sqrt(0.02)))
+    with pytest.raises(TypeError, match="two {seed: value} mappings"):
+        paired_difference([3, 1, 2], [1, 2, 0])
+    assert paired_difference(dict(enumerate([3, 1, 2])), dict(enumerate([1, 2, 0])))["mean"] == 1.0

@@ -38,6 +38,8 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float]:
     Values that are not finite (a diverged run's loss) give their mean (±inf, or NaN for both
     signs) and, for two values or more, an infinite sd, where :func:`statistics.stdev` would fail.
     """
+    if isinstance(values, Mapping):  # iterating it would average the keys (the seeds)
+        raise TypeError("mean_sd takes a sequence of values; for {seed: value}, pass .values()")
     values = [float(v) for v in values]
     if not values:
         raise ValueError("mean_sd of no values")
@@ -136,6 +138,8 @@ def paired_difference(
 
     ``above_zero`` / ``below_zero`` say whether the whole interval lies on one side of 0.
     """
+    if not (isinstance(a, Mapping) and isinstance(b, Mapping)):  # a list's values are no seeds
+        raise TypeError("paired_difference takes two {seed: value} mappings")
     keys = sorted(set(a) & set(b))
     if not keys:
         raise ValueError("paired_difference: the two sides share no seed")
