@@ -185,6 +185,21 @@ def test_missing_fashion_files_exit_2_naming_them_before_anything_is_written(
     assert not out.exists()
 
 
+def test_show_prints_a_preset_whose_data_is_missing_and_says_what_running_it_needs(
+    tmp_path, capsys, monkeypatch
+):
+    """``show`` is how a user finds the keys to point at their data: it failed (exit 2) for
+    the Fashion-MNIST presets on a machine without the files."""
+    monkeypatch.setenv("STOPWISE_DATA", str(tmp_path / "none"))
+    assert main(["show", "multi-exit", "--preset", "fashion"]) == 0
+    out = capsys.readouterr().out
+    assert "resolved config of preset 'fashion'" in out and '"dataset": "fashion-mnist"' in out
+    assert (
+        f"(to run it: multi-exit: Fashion-MNIST file train-images-idx3-ubyte not found in {tmp_path / 'none'}"
+        in out
+    )
+
+
 def write_idx_folder(folder, n_train, n_test, seed, side=8, gz=True):
     """A user's own IDX data set (MNIST layout, ``side``×``side`` images), written by hand."""
     rng = np.random.default_rng(seed)

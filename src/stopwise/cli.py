@@ -25,7 +25,7 @@ from pathlib import Path
 
 from . import __version__
 from .checkpoints import CheckpointError, WriteError
-from .config import ConfigError, describe, to_plain
+from .config import ConfigError, DataError, describe, to_plain
 from .training import Diverged, Interrupted, WorkerDied, forget_stop_signal, stop_signal
 
 
@@ -92,7 +92,12 @@ def _show(name: str, preset: str | None) -> None:
     from .experiments import get_experiment, resolve_config
 
     experiment = get_experiment(name)
-    config, preset = resolve_config(experiment, preset)
+    try:
+        config, preset = resolve_config(experiment, preset)
+        missing = None
+    except DataError as error:  # what the preset needs to run is not here; it still shows
+        config, preset = resolve_config(experiment, preset, checks=False)
+        missing = error
     print(f"{experiment.name}: {experiment.description}")
     print(f"devices: {', '.join(experiment.devices)}\n")
     for entry in describe(experiment.config):
@@ -101,6 +106,8 @@ def _show(name: str, preset: str | None) -> None:
         print(f"  {entry['key']}: {entry['type']}{allowed}{help_text}")
     print(f"\nresolved config of preset {preset!r}:")
     print(json.dumps(to_plain(config), indent=2))
+    if missing is not None:
+        print(f"\n(to run it: {missing})")
     print("presets:", json.dumps(experiment.presets, indent=2))
 
 

@@ -409,14 +409,16 @@ def get(config: Any, key: str) -> Any:
     return value
 
 
-def validate(config: Any, name: str = "the experiment") -> None:
-    """Check every key's range and choices, then each group's ``check()``, innermost first."""
+def validate(config: Any, name: str = "the experiment", checks: bool = True) -> None:
+    """Check every key's range and choices, then (``checks``) each group's ``check()``,
+    innermost first."""
     for key, (_, spec) in schema(type(config)).items():
         value = get(config, key)
         problem = spec.problem(value)
         if problem:
             raise ConfigError(f"{name}: {key}={_show(value)} {problem}")
-    _run_checks(config, name)
+    if checks:
+        _run_checks(config, name)
 
 
 def _run_checks(config: Any, name: str) -> None:
@@ -428,7 +430,8 @@ def _run_checks(config: Any, name: str) -> None:
         try:
             check()
         except ValueError as error:
-            raise ConfigError(f"{name}: {error}") from None
+            kind = DataError if isinstance(error, DataError) else ConfigError
+            raise kind(f"{name}: {error}") from None
 
 
 def _show(value: Any) -> str:

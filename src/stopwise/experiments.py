@@ -313,9 +313,13 @@ def get_experiment(name: str) -> Experiment:
 
 
 def resolve_config(
-    experiment: Experiment, preset: str | None = None, overrides: list[str] | None = None
+    experiment: Experiment,
+    preset: str | None = None,
+    overrides: list[str] | None = None,
+    checks: bool = True,
 ) -> tuple[Any, str]:
-    """defaults ← preset ← ``key=value`` overrides, every key typed and range-checked.
+    """defaults ← preset ← ``key=value`` overrides, every key typed and range-checked, then
+    (``checks``) the config's own ``check()`` between keys and of the data.
 
     Returns ``(config, preset name)``; raises :class:`ConfigError` naming a bad key or value.
     """
@@ -335,7 +339,7 @@ def resolve_config(
             build(experiment.config, {key: None}, experiment.name)  # raises the unknown-key error
         values[key] = parse_value(key, text, keys[key][0])
     config = build(experiment.config, values, experiment.name)
-    validate(config, experiment.name)
+    validate(config, experiment.name, checks)
     if torch.device(config.device).type not in experiment.devices:
         raise ConfigError(
             f"{experiment.name}: device={config.device!r}: this experiment runs on "
