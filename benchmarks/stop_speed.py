@@ -173,7 +173,7 @@ def sparse_recovery_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase
                 valid=valid,
                 chunk=None,
                 row="measurement y",
-                architecture=f"A: {tuple(problem.A.shape)}, T = {T} (quick)",
+                architecture=f"A: {tuple(problem.A.shape)}, T = {T}",
             )
         )
     return cases
@@ -221,8 +221,8 @@ def multi_exit_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
                 policy_macs,
                 chunk=1000,
                 row="MNIST-1D signal",
-                architecture=f"{config.dataset}, channels {config.channels}, stem {config.stem} "
-                "(quick), inference_copy (BN and stem folded, channels-last after exit 1)",
+                architecture=f"{config.dataset}, channels {config.channels}, stem {config.stem}, "
+                "inference_copy (BN and stem folded, channels-last after exit 1)",
                 notes=[f"L2S β = {beta}"] if not job else [],
             )
         )
@@ -256,7 +256,7 @@ def denoising_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
             row=f"test crop {tuple(images.shape[-2:])} (MACs per pixel)",
             decision_costs=model.exit_macs(valid, policy.macs()),  # the exit head and the policy
             architecture=f"DnCNN depth {context_config.depth}, width {context_config.width}, "
-            f"{context_config.precision}, channels-last {context_config.channels_last} (quick)",
+            f"{context_config.precision}, channels-last {context_config.channels_last}",
         )
     ]
 
@@ -287,6 +287,8 @@ def few_shot_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
         for j in (0, 1)
     )
     measure, last = 3 * support + query, support + query
+    sinusoid = config.family == "sinusoid"
+    learner_text = f"MLP {config.hidden}" if sinusoid else f"Conv4, {config.width} filters"
     features = torch.zeros(1, 2 * learner.feature_dim + 4)
     decision = linear_macs(policy, features, 0)
     T = model.max_steps
@@ -310,9 +312,8 @@ def few_shot_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
             decision,
             chunk=config.eval_chunk,
             repeats=3,
-            row="task (5-way, K shots)" if config.family != "sinusoid" else "sinusoid task",
-            architecture=f"{config.family}, width {config.width}, T = {T}, vmap {config.vmap} "
-            "(quick)",
+            row="sinusoid task" if sinusoid else "task (5-way, K shots)",
+            architecture=f"{config.family}, {learner_text}, T = {T}, vmap {config.vmap}",
             notes=[
                 "MACs per task: the measure at θ_0 and after each update (support forward + "
                 "backward, query forward; no gradient after the last update) + the decisions"
@@ -365,7 +366,7 @@ def learned_optimizer_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCa
                 decision,
                 chunk=None,
                 row=f"{family_name} function (dim {family.dim})",
-                architecture=f"LSTM {config.layers}×{config.hidden}, horizon {T} (quick)",
+                architecture=f"LSTM {config.layers}×{config.hidden}, horizon {T}",
                 notes=[
                     "step MACs: LSTM cells and output layer; the optimizee's gradient not "
                     "counted (lstm_step_macs)"
@@ -413,7 +414,7 @@ def parity_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
             decision,
             chunk=1000,
             row=f"parity vector (n = {n})",
-            architecture=f"GRU {h} units, n = {n}, T = {T} (quick)",
+            architecture=f"GRU {h} units, n = {n}, T = {T}",
             notes=["thresholds fitted here on the validation split (the run records rules)"],
             unasked_macs=halting,  # the output is still made where every row stops
         )
@@ -704,6 +705,8 @@ def main(argv: list[str] | None = None) -> int:
     cases = [
         c for task in args.tasks for c in ADAPTERS[task](Path(args.runs), args.points, args.tiny)
     ]
+    for case in cases:  # the preset whose run trained it
+        case.architecture += f" ({TRAINED[case.task]['preset']})"
     if args.batch:
         cases = [widened(c, args.batch) if c.task in WIDENABLE else c for c in cases]
     setup_seconds = time.perf_counter() - wall

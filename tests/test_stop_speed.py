@@ -49,6 +49,8 @@ def test_schema(measured):
     _, report = measured
     for key in ("date", "torch", "machine", "load", "targets", "cases", "rows", "wall_seconds"):
         assert key in report
+    # each model is labelled with the preset that trained it (every one said "quick")
+    assert all(case["architecture"].endswith(" (tiny)") for case in report["cases"])
     assert {"uptime_before", "uptime_after"} <= set(report["load"])
     rows = report["rows"]
     models = {(r["task"], r["model"]) for r in rows}
