@@ -39,6 +39,11 @@ def add_results_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", type=Path, default=RESULTS, help=where)
 
 
+def verdict(met: bool | None) -> str:
+    """A target's verdict as printed: met, missed, or — where the run sets no target."""
+    return "—" if met is None else "met" if met else "missed"
+
+
 def json_path(parser: argparse.ArgumentParser, path: str | Path) -> Path:
     """A script's JSON path, which must end in ``.json``: the figures go to the folder of the
     same name without it (a path without the suffix would be that folder, and the run would

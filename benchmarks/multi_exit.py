@@ -34,10 +34,11 @@ import sys
 import time
 from pathlib import Path
 
-from machine_info import add_results_option, machine
+from machine_info import add_results_option, machine, verdict
 
 from stopwise.experiments import run_experiment
-from stopwise.stats import interval_or_mean, mean_interval
+from stopwise.reporting import format_number
+from stopwise.stats import format_interval, interval_or_mean, mean_interval
 
 RESULT_NAMES = {
     "benchmark": "multi_exit-mnist1d",
@@ -183,17 +184,17 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copy(figure, figures / figure.name)
     print(report["table"])
     for row in gains:
-        d = row["difference_points"] or {}
+        d = row["difference_points"]
+        gain = "—" if d is None else format_interval(d, "+.2f", no_interval=" (1 seed)")
         print(
             f"L2W − uniform @ {100 * row['budget_fraction']:g}% ({row['budget_label']}): "
-            f"{d.get('mean')} [{d.get('lo')}, {d.get('hi')}] points; target met: "
-            f"{row['target_met']}",
+            f"{gain} points; target: {verdict(row['target_met'])}",
             file=sys.stderr,
         )
     l2w_cost = costs.get("l2w", {}).get("cpu", {}).get("mean")
     print(
-        f"L2W training CPU × uniform: {l2w_cost} (mean); target met: "
-        f"{report['l2w_cost_target_met']}",
+        f"L2W training CPU × uniform: {format_number(l2w_cost)} (mean); target: "
+        f"{verdict(report['l2w_cost_target_met'])}",
         file=sys.stderr,
     )
     return 0

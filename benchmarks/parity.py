@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from machine_info import add_results_option, machine
+from machine_info import add_results_option, machine, verdict
 
 from stopwise.experiments import get_experiment, resolve_config, run_experiment
 
@@ -100,8 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         print(run["table"])
         print(
             f"{run['preset']}: {run['wall_seconds']:.0f} s with {run['workers']} worker(s) × "
-            f"{run['threads_per_worker']} thread(s); target {run['target_seconds']} s: "
-            f"{run['target_met']}",
+            f"{run['threads_per_worker']} thread(s); target "
+            + (f"{run['target_seconds']} s" if run["target_seconds"] is not None else "none")
+            + f": {verdict(run['target_met'])}",
             file=sys.stderr,
         )
     return 0
