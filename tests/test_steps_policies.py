@@ -301,20 +301,7 @@ def test_the_default_step_costs_count_the_steps_used(mode):
 def test_the_default_features_are_the_prediction_one_row_each(shape):
     """The default features flatten each row's prediction to (B, F): a (B,) prediction (one
     number per row, as in the toy task) is (B, 1); it failed with an IndexError."""
-
-    class Model(StepModel):
-        max_steps = 2
-
-        def start(self, x):
-            return x
-
-        def advance(self, state, t):
-            return state + 1
-
-        def predict(self, state, t):
-            return state
-
     x = torch.arange(math.prod(shape), dtype=torch.float32).reshape(shape)
-    features = Model().features(x, 0)
+    features = Count().features(x, 0)
     assert features.shape == (5, math.prod(shape[1:]))
     assert torch.equal(features[3], x[3].flatten())
