@@ -71,8 +71,8 @@ class Job:
     def __post_init__(self):
         # ("a") is the string "a", not a tuple: its letters would be taken for names.
         for name in ("after", "keys"):
-            if isinstance(getattr(self, name), str):
-                value = getattr(self, name)
+            value = getattr(self, name)
+            if isinstance(value, str):
                 raise TypeError(
                     f"Job {self.name!r}: {name} takes a tuple of names, not the string "
                     f"{value!r} (write ({value!r},))"
@@ -459,14 +459,14 @@ class JobContext:
         if job is not None and id not in self._planned.after:
             raise ValueError(f"job {self.id} does not declare {job!r} in its `after`")
         path = self.run.checkpoints(id) / f"{stage}.pt"
-        saved = sorted(p.stem for p in path.parent.glob("*.pt"))
-        if job is not None and not path.is_file() and saved:  # a name it never saved, likely
-            raise CheckpointError(
-                f"job {self.id} needs stage {stage!r} of the finished job {id}, which has "
-                f"checkpoints of stages {saved} only: a stage name it never saved? (If "
-                f"{path.name} was deleted, delete {self.run.job_path(id)} to rerun job {id}.)"
-            )
         if job is not None and not path.is_file():
+            saved = sorted(p.stem for p in path.parent.glob("*.pt"))
+            if saved:  # a name it never saved, most likely
+                raise CheckpointError(
+                    f"job {self.id} needs stage {stage!r} of the finished job {id}, which has "
+                    f"checkpoints of stages {saved} only: a stage name it never saved? (If "
+                    f"{path.name} was deleted, delete {self.run.job_path(id)} to rerun job {id}.)"
+                )
             raise CheckpointError(
                 f"job {self.id} needs stage {stage!r} of the finished job {id}, whose checkpoint "
                 f"{path} is gone (was checkpoints/ deleted?); delete {self.run.job_path(id)} "
