@@ -99,3 +99,15 @@ def test_the_stops_command_says_so_when_a_run_trains_no_stop_model(tmp_path, cap
         capsys.readouterr().out
         == f"{tmp_path}: its settings train no stop model (nothing to load)\n"
     )
+
+
+def test_the_stops_command_says_which_seed_of_a_run_of_several_it_shows(toy_run, tmp_path, capsys):
+    """A run of seeds 0–2 showed seed 0's stop models without saying so."""
+    run = shutil.copytree(toy_run, tmp_path / "run")
+    saved = json.loads((run / "config.json").read_text())
+    saved["config"]["seeds"] = [0, 1, 2]
+    (run / "config.json").write_text(json.dumps(saved))
+    assert main(["stops", str(run)]) == 0
+    assert capsys.readouterr().out.startswith("seed 0 of [0, 1, 2] (--seed picks another)\nl2s: ")
+    assert main(["stops", str(toy_run)]) == 0  # one seed: nothing to say
+    assert capsys.readouterr().out.startswith("l2s: ")

@@ -112,11 +112,14 @@ def _show(name: str, preset: str | None) -> None:
 
 
 def _stops(run_dir: str, seed: int | None) -> None:
-    from .trained import load_stop_model, stop_model_names
+    from .trained import load_stop_model, run_seeds, stop_model_names
 
     names = stop_model_names(run_dir)
     if not names:
         print(f"{run_dir}: its settings train no stop model (nothing to load)")
+    seeds = run_seeds(run_dir)
+    if names and len(seeds) > 1:
+        print(f"seed {seeds[0] if seed is None else seed} of {seeds} (--seed picks another)")
     for name in names:
         try:
             trained = load_stop_model(run_dir, name, seed)

@@ -15,7 +15,7 @@ from .config import ConfigError, from_plain
 from .contract import JobContext, RunDir, TrainedStopModel, read_json_file
 from .experiments import get_experiment, plan_jobs
 
-__all__ = ["load_stop_model", "stop_model_names", "finished_job"]
+__all__ = ["load_stop_model", "stop_model_names", "run_seeds", "finished_job"]
 
 
 def _run_config(run_path: str | Path) -> tuple[RunDir, Any, Any]:
@@ -48,6 +48,11 @@ def finished_job(run_path: str | Path, job_name: str, seed: int | None = None):
 def _stop_models(run_path: str | Path) -> tuple[str, dict]:
     _, experiment, config = _run_config(run_path)
     return experiment.name, experiment.stop_models(config) if experiment.stop_models else {}
+
+
+def run_seeds(run_path: str | Path) -> list[int]:
+    """The seeds a run's config runs (finished or not)."""
+    return list(_run_config(run_path)[2].seeds)
 
 
 def stop_model_names(run_path: str | Path) -> list[str]:
