@@ -232,6 +232,14 @@ def test_truncated_geometric_prior_at_p_one_is_the_first_step():
     """p = 1: p(t) ∝ 1 · 0^t, all the mass on step 0 — log prior (0, −inf, −inf, −inf)."""
     log_prior = truncated_geometric_log_prior(1.0, 4, dtype=torch.float64)
     assert log_prior.tolist() == [0.0, -math.inf, -math.inf, -math.inf]
+    # Step 0 masked: the limit p → 1 of the renormalised prior, all on the first valid step
+    # (it was 0/0: NaN everywhere; p = 1 − 1e-6 gives ≈ (0, 1, 0)).
+    masked = truncated_geometric_log_prior(1.0, 3, mask=torch.tensor([[0, 1, 1], [1, 1, 0]]))
+    assert masked.exp().tolist() == [[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]
+    near = truncated_geometric_log_prior(
+        1 - 1e-6, 3, mask=torch.tensor([0, 1, 1]), dtype=torch.float64
+    )
+    assert near.exp().tolist() == pytest.approx([0.0, 1.0, 0.0], abs=1e-5)
 
 
 def test_truncated_geometric_prior():
@@ -405,3 +413,10 @@ def test_the_hard_oracle_of_a_row_of_infinite_valid_losses_is_its_first_valid_st
     mask = torch.tensor([False, True, True])
     assert oracle(losses, 1.0, hard=True, mask=mask).tolist() == [[0, 1, 0], [0, 1, 0]]
     assert oracle(losses, 1.0, mask=mask).tolist() == [[0, 0.5, 0.5], [0, 0.5, 0.5]]
+
+
+def test_renormalized_probabilities_are_exact_for_hazard_logits_of_minus_1e4_in_float32():
+    """Equal hazards renormalised over T steps give 1/T each. In float32 at logits of −1e4 a
+    plain subtraction of the logsumexp lost digits (0.249894 each, summing to 0.999576)."""
+    stop = StopTime(torch.full((1, 4), -1e4), tail="renormalize")
+    assert stop.probs.tolist() == [[0.25, 0.25, 0.25, 0.25]]

@@ -198,7 +198,9 @@ class ScoreThreshold(ThresholdRule):
 
 class HazardThreshold(ScoreThreshold):
     """Stop at the first step whose hazard λ_t ≥ ``threshold`` (a probability, scalar or
-    ``(T,)``). Compared on logits, so exact for any logit in float32 or float64. A threshold of 1
+    ``(T,)``). Compared on logits, h ≥ logit(threshold), so no σ(h) is rounded (σ saturates in
+    float32 for |h| > 17); logit(threshold) itself is rounded to float64, so a logit within one
+    float64 step of it may decide either way. A threshold of 1
     is +∞ on the logit scale, which no score reaches: it never stops (+∞ is how rules say "no
     stop at this step")."""
 

@@ -101,7 +101,9 @@ class StopTime:
         # goes to the last valid step, as with "absorb".
         never = torch.isneginf(log_q).all(dim=-1, keepdim=True)
         log_q = torch.where(never, absorbed, log_q)
-        return log_q - torch.logsumexp(log_q, dim=-1, keepdim=True)
+        # log_softmax shifts by the row's maximum first: exact where log q is about ±1e4 (a
+        # plain subtraction of the logsumexp loses the float32 digits there).
+        return torch.log_softmax(log_q, dim=-1)
 
     @property
     def probs(self) -> torch.Tensor:
@@ -224,13 +226,14 @@ def truncated_geometric_log_prior(
         raise ValueError(f"geometric prior needs 0 < p <= 1; got {p}")
     device = mask.device if isinstance(mask, torch.Tensor) else None
     t = torch.arange(num_steps, dtype=torch.float64, device=device)
-    log_p = math.log(p) + t * (math.log1p(-p) if p < 1 else 0.0)
-    if p == 1:
-        log_p = torch.where(t == 0, 0.0, -math.inf)
+    valid = torch.ones(num_steps, dtype=torch.bool, device=device)
     if mask is not None:
-        mask = torch.as_tensor(mask, device=device).bool()
-        log_p = log_p.masked_fill(~mask, -math.inf)
-    return (log_p - torch.logsumexp(log_p, dim=-1, keepdim=True)).to(dtype)
+        valid = torch.as_tensor(mask, device=device).bool()
+    if p == 1:  # the limit p → 1: all the mass on the first valid step (0/0 renormalised)
+        first = F.one_hot(valid.int().argmax(-1), num_steps).bool()  # argmax: the first True
+        return torch.where(first, 0.0, -math.inf).to(dtype)
+    log_p = (math.log(p) + t * math.log1p(-p)).masked_fill(~valid, -math.inf)
+    return torch.log_softmax(log_p, dim=-1).to(dtype)
 
 
 # ---- The random-horizon geometric prior of Sander (2017), with the corrected conditional ----
