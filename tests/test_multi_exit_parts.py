@@ -775,3 +775,17 @@ def test_msdnet_rule_takes_the_point_nearest_to_the_value():
     assert msdnet_rule(fitted, "val_mean_cost", 29.0).score_threshold.tolist() == [3.0]
     assert msdnet_rule(fitted, "val_mean_cost", 21.0).score_threshold.tolist() == [2.0]
     assert msdnet_rule(fitted, "p", 0.6).score_threshold.tolist() == [1.0]
+
+
+def test_a_paired_cell_reached_by_fewer_seeds_than_the_run_has_says_how_many():
+    """The paired table's header says "mean over 3 seed(s)"; a gain-head cell paired over the 2
+    seeds that reach its budget printed a wide interval with no sign of it."""
+    from stopwise.stats import paired_difference
+    from stopwise.tasks.multi_exit.report import _interval_text
+
+    two = paired_difference({0: 0.50, 1: 0.52}, {0: 0.49, 1: 0.50})  # +1 and +2 points
+    assert _interval_text(two, seeds=3).endswith("] (n = 2)")
+    assert _interval_text(two, seeds=2).startswith("+1.50 [") and "(n =" not in _interval_text(
+        two, 2
+    )
+    assert _interval_text(paired_difference({0: 0.5}, {0: 0.4}), seeds=3) == "+10.00 (n = 1)"

@@ -264,8 +264,12 @@ def _reach_text(results: dict[str, Any]) -> str:
     return f"{min(costs):.0%}–{max(costs):.0%}"
 
 
-def _interval_text(d: dict[str, Any] | None) -> str | None:
-    return None if d is None else format_interval(d, scale=100, no_interval=" (n = 1)")
+def _interval_text(d: dict[str, Any] | None, seeds: int | None = None) -> str | None:
+    """In points; where fewer of the run's ``seeds`` reach it, how many do."""
+    if d is None:
+        return None
+    fewer = f" (n = {d['n']})" if seeds is not None and 1 < d["n"] < seeds else ""
+    return format_interval(d, scale=100, no_interval=" (n = 1)") + fewer
 
 
 def _beta_text(beta: float | None, job: str | None) -> str:
@@ -335,7 +339,7 @@ def _table(results: dict[str, Any], config: MultiExitConfig) -> str:
             "",
             "Worst gain over fixed depth, gain head − confidence thresholds of the same network "
             "(accuracy points, paired over seeds, 95% interval): "
-            + "; ".join(f"{job}: {_interval_text(d)}" for job, d in gains.items())
+            + "; ".join(f"{job}: {_interval_text(d, seeds)}" for job, d in gains.items())
             + ".",
         ]
     for line in results["l2s_selected"]:
@@ -360,7 +364,7 @@ def _table(results: dict[str, Any], config: MultiExitConfig) -> str:
                 continue
             differences = enumerate(results["paired_vs_uniform"][line["key"]])
             row = {"label": f"{line['label']} − uniform"}
-            row.update({f"b{i}": _interval_text(d) for i, d in differences})
+            row.update({f"b{i}": _interval_text(d, seeds) for i, d in differences})
             ratio = results["train_seconds_vs_uniform"].get(line["job"], {})
             row["cpu"] = ratio.get("cpu", {}).get("mean") if line["curve"] == "confidence" else None
             paired_rows.append(row)
@@ -377,7 +381,10 @@ def _table(results: dict[str, Any], config: MultiExitConfig) -> str:
         )
     if results["paired_exits_vs_uniform"]:
         exit_rows = [
-            {"label": f"{key} − uniform", **{f"e{k}": _interval_text(d) for k, d in enumerate(ds)}}
+            {
+                "label": f"{key} − uniform",
+                **{f"e{k}": _interval_text(d, seeds) for k, d in enumerate(ds)},
+            }
             for key, ds in results["paired_exits_vs_uniform"].items()
         ]
         parts += _section(
