@@ -3,6 +3,7 @@ every (seed, name) pair, a job reads only the jobs it declares, a directory whos
 is not a run's is refused, and a job that ran again rebuilds the report."""
 
 import json
+import os
 import shutil
 
 import pytest
@@ -71,3 +72,27 @@ def test_a_job_given_a_string_for_names_says_to_write_a_tuple(field):
     key 's')."""
     with pytest.raises(TypeError, match=rf"{field} takes a tuple of names, not the string 'fit'"):
         Job("b", **{field: "fit"})
+
+
+def test_a_run_killed_while_first_writing_its_config_leaves_a_directory_that_runs(tmp_path):
+    """A SIGKILL before config.json's temporary was renamed left the lock and that temporary:
+    every rerun refused the directory as "not a stopwise run". A dead writer's temporary of
+    this machine is removed; a live one's (or another machine's) still makes it not a run."""
+    import subprocess
+    import sys
+
+    from stopwise.checkpoints import HOST
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.lock").write_text("")
+    (out / f".config.json.{HOST}-{dead}.abcdef123456.tmp").write_text("{")
+    run(out)
+    assert (out / "config.json").is_file() and not list(out.glob(".config.json.*.tmp"))
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / f".config.json.{HOST}-{os.getpid()}.abcdef123456.tmp").write_text("{")
+    with pytest.raises(ConfigError, match="is a non-empty directory that is not a stopwise run"):
+        run(other)

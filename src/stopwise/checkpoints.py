@@ -24,6 +24,7 @@ __all__ = [
     "load_checkpoint",
     "atomic_write_text",
     "atomic_write_bytes",
+    "remove_stale_temporaries",
 ]
 
 
@@ -50,7 +51,7 @@ def _pid_alive(pid: int) -> bool:
 HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 
-def _remove_stale_temporaries(path: Path) -> None:
+def remove_stale_temporaries(path: Path) -> None:
     """Temporary files of ``path`` left by a process of this machine killed mid-write."""
     for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
         own = re.fullmatch(
@@ -62,7 +63,7 @@ def _remove_stale_temporaries(path: Path) -> None:
 
 def _atomic_replace(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(path)
+    remove_stale_temporaries(path)
     # open(), unlike mkstemp's 0600, gives the file the permissions the umask allows.
     tmp = path.parent / f".{path.name}.{HOST}-{os.getpid()}.{secrets.token_hex(6)}.tmp"
     try:

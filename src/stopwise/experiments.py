@@ -61,7 +61,12 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
-from .checkpoints import CheckpointError, atomic_write_text, load_checkpoint
+from .checkpoints import (
+    CheckpointError,
+    atomic_write_text,
+    load_checkpoint,
+    remove_stale_temporaries,
+)
 from .config import (
     RUNNER_KEYS,
     ConfigError,
@@ -487,7 +492,12 @@ def check_run_dir(
         raise ConfigError(
             f"--out {out} is in use by {owner}; wait for it to finish or choose another --out"
         )
-    if not out.exists() or not any(p.name != run.lock_path.name for p in out.iterdir()):
+    if not out.exists():
+        return
+    # A run killed while first writing its config.json leaves only its lock and that file's
+    # temporary: a directory where nothing has run yet.
+    remove_stale_temporaries(run.config_path)
+    if not any(p.name != run.lock_path.name for p in out.iterdir()):
         return
     _check_experiment(
         run, experiment, f"--out {out}",
