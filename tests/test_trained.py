@@ -111,3 +111,21 @@ def test_the_stops_command_says_which_seed_of_a_run_of_several_it_shows(toy_run,
     assert capsys.readouterr().out.startswith("seed 0 of [0, 1, 2] (--seed picks another)\nl2s: ")
     assert main(["stops", str(toy_run)]) == 0  # one seed: nothing to say
     assert capsys.readouterr().out.startswith("l2s: ")
+
+
+def test_a_finished_jobs_damaged_or_missing_checkpoint_says_to_delete_its_record(toy_run, tmp_path):
+    """The advice was "delete it and rerun", after which the finished job was not rerun and
+    the checkpoint stayed missing ("no checkpoint at …", with no advice)."""
+    from stopwise.checkpoints import CheckpointError
+
+    run = shutil.copytree(toy_run, tmp_path / "run")
+    stage2 = run / "checkpoints" / "l2s-s0" / "stage2.pt"
+    stage2.write_bytes(stage2.read_bytes()[:100])
+    record = str(run / "jobs" / "l2s-s0.json")
+    with pytest.raises(
+        CheckpointError, match=f"truncated or corrupted.*Delete it and {re.escape(record)}"
+    ):
+        load_stop_model(run, "l2s")
+    stage2.unlink()
+    with pytest.raises(CheckpointError, match=f"is gone; delete {re.escape(record)} to rerun"):
+        load_stop_model(run, "l2s")

@@ -472,8 +472,14 @@ class JobContext:
                 f"{path} is gone (was checkpoints/ deleted?); delete {self.run.job_path(id)} "
                 f"to rerun job {id}"
             )
+        finished = job is not None or self.run.job_path(id).is_file()
+        if finished and not path.is_file():  # (this job's own, loaded after it finished)
+            raise CheckpointError(
+                f"the checkpoint of stage {stage!r} of the finished job {id}, {path}, is gone; "
+                f"delete {self.run.job_path(id)} to rerun job {id}"
+            )
         redo = None
-        if job is not None:
+        if finished:
             redo = (
                 f"Delete it and {self.run.job_path(id)}, then rerun the same command: job {id} "
                 "is trained again."
