@@ -18,7 +18,7 @@ from stopwise.config import (
     validate,
 )
 from stopwise.contract import Experiment, Report
-from stopwise.experiments import resolve_config
+from stopwise.experiments import get_experiment, resolve_config
 
 
 @dataclass
@@ -132,6 +132,11 @@ def test_build_refuses_unknown_keys_and_wrong_types():
         ConfigError, match="unknown key 'steps' for x .*did you mean 'stage1.steps'"
     ):
         build(Sample, {"steps": 3}, "x")
+    # every key of that name, not the first alone (sparse recovery's `steps` suggested only
+    # alista.steps, not problem.steps)
+    sparse = get_experiment("sparse-recovery")
+    with pytest.raises(ConfigError, match=r"did you mean 'alista.steps' or [^)]*'problem.steps'"):
+        resolve_config(sparse, "tiny", ["steps=3"])
     with pytest.raises(ConfigError, match=r"'stage1' is a group: set its keys, e.g. 'stage1\."):
         resolve_config(experiment({"quick": {}}), "quick", ["stage1=5"])
     with pytest.raises(ConfigError, match="beta='high': expected a number"):

@@ -368,7 +368,7 @@ def _unknown_key(cls: type, key: str, name: str) -> ConfigError:
     if members:  # a group: its keys are set one by one
         hint = f" ({key!r} is a group: set its keys, e.g. {members[0]!r})"
     else:
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
     return ConfigError(f"unknown key {key!r} for {name}{hint}; valid keys: {keys}")
 
 
