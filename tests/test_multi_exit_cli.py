@@ -491,9 +491,12 @@ def test_a_run_extended_across_the_run_for_real_change_still_reports(tiny_run):
     assert not any(line["adaptive_matches_curve"] for line in lines)
 
 
-def test_bad_idx_data_found_only_when_read_exits_2_naming_the_file(tmp_path, capsys, monkeypatch):
-    """Labels out of range are seen only when a job reads the files: still exit 2 (DataError is
-    a ConfigError) with the problem named, no traceback; fixed files then finish the run."""
+def test_bad_idx_data_exits_2_naming_the_file_before_or_when_read(tmp_path, capsys, monkeypatch):
+    """Labels out of range are refused before anything is written (the label files are read
+    whole by the config's check; they were found only when a job read them, after config.json
+    and checkpoints/ were written). Truncated image data is seen only when a job reads the
+    files: still exit 2 (DataError is a ConfigError) with the file named, no traceback. Fixed
+    files then finish the run."""
     monkeypatch.delenv("STOPWISE_DATA", raising=False)
     folder = write_idx_folder(tmp_path / "idx", 60, 20, seed=0)
     good = (folder / "train-labels-idx1-ubyte").read_bytes()
@@ -503,6 +506,16 @@ def test_bad_idx_data_found_only_when_read_exits_2_naming_the_file(tmp_path, cap
     args += [x for item in [*IDX_RUN, f"data_dir={folder}"] for x in ("--set", item)]
     assert main(args) == 2
     error = capsys.readouterr().err
-    assert "train labels outside 0..9" in error and "Traceback" not in error, error
+    assert "train-labels-idx1-ubyte: labels outside 0..9" in error and "Traceback" not in error
+    assert not (tmp_path / "r").exists()
+    (folder / "train-labels-idx1-ubyte").write_bytes(good)
+    images = folder / "train-images-idx3-ubyte.gz"
+    whole = gzip.decompress(images.read_bytes())
+    images.unlink()
+    (folder / "train-images-idx3-ubyte").write_bytes(whole[:-10])  # the header says 60 images
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert "train-images-idx3-ubyte: IDX header says shape" in error and "Traceback" not in error
+    (folder / "train-images-idx3-ubyte").write_bytes(whole)
     (folder / "train-labels-idx1-ubyte").write_bytes(good)
     assert main(args) == 0

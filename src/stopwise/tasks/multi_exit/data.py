@@ -175,17 +175,22 @@ def load_fashion_mnist(data_dir: str = "") -> dict[str, np.ndarray]:
                 f"{folder}: {part} images have shape {images.shape} and labels {labels.shape}; "
                 f"expected (N, H, W) images and (N,) labels with the same N. {HOW_TO_GET}"
             )
-        if not np.issubdtype(labels.dtype, np.integer):
-            raise DataError(
-                f"{files[f'{part}_labels']}: labels of IDX type {labels.dtype}; class labels "
-                f"are integers (unsigned byte in Fashion-MNIST). {HOW_TO_GET}"
-            )
-        if labels.size and (labels.min() < 0 or labels.max() > 9):
-            raise DataError(f"{folder}: {part} labels outside 0..9. {HOW_TO_GET}")
+        check_labels(labels, files[f"{part}_labels"])
         if images.dtype.kind == "f" and not np.isfinite(images).all():
             raise DataError(f"{files[f'{part}_images']}: pixels that are NaN or infinite")
         out[f"{part}_x"], out[f"{part}_y"] = images, labels
     return out
+
+
+def check_labels(labels: np.ndarray, path: Path) -> None:
+    """DataError unless the labels are integers in 0..9."""
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(
+            f"{path}: labels of IDX type {labels.dtype}; class labels are integers (unsigned "
+            f"byte in Fashion-MNIST). {HOW_TO_GET}"
+        )
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise DataError(f"{path}: labels outside 0..9. {HOW_TO_GET}")
 
 
 # ---------------------------------------------------------------- splits
@@ -323,7 +328,8 @@ MNIST1D_LENGTH = 40  # mnist1d's final_seq_length (the package's default, never 
 
 def idx_sizes(data_dir: str = "") -> tuple[int, int, tuple[int, ...]]:
     """Training rows, test rows and the image size ``(H, W)`` of the IDX files in the data
-    folder, from their headers only; DataError names a file whose images and labels disagree."""
+    folder, from the images' headers; DataError names a file whose images and labels disagree
+    or whose labels are not classes 0..9 (the label files are read whole)."""
     files = fashion_mnist_files(data_dir)
     rows, size = [], None
     for part in ("train", "test"):
@@ -337,6 +343,8 @@ def idx_sizes(data_dir: str = "") -> tuple[int, int, tuple[int, ...]]:
             )
         rows.append(images[0])
         size = images[1:]
+    for part in ("train", "test"):  # a few kilobytes: read now, so a bad one writes nothing
+        check_labels(read_idx(files[f"{part}_labels"]), files[f"{part}_labels"])
     return rows[0], rows[1], size
 
 
