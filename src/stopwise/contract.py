@@ -459,9 +459,11 @@ class JobContext:
         if job is not None and id not in self._planned.after:
             raise ValueError(f"job {self.id} does not declare {job!r} in its `after`")
         path = self.run.checkpoints(id) / f"{stage}.pt"
-        if job is not None and not path.is_file():
+        # A dependency, or this job's own stage loaded after it finished (a stop model).
+        finished = job is not None or self.run.job_path(id).is_file()
+        if finished and not path.is_file():
             saved = sorted(p.stem for p in path.parent.glob("*.pt"))
-            if saved:  # a name it never saved, most likely
+            if job is not None and saved:  # a name it never saved, most likely
                 raise CheckpointError(
                     f"job {self.id} needs stage {stage!r} of the finished job {id}, which has "
                     f"checkpoints of stages {saved} only: a stage name it never saved? (If "
@@ -469,14 +471,8 @@ class JobContext:
                 )
             raise CheckpointError(
                 f"job {self.id} needs stage {stage!r} of the finished job {id}, whose checkpoint "
-                f"{path} is gone (was checkpoints/ deleted?); delete {self.run.job_path(id)} "
-                f"to rerun job {id}"
-            )
-        finished = job is not None or self.run.job_path(id).is_file()
-        if finished and not path.is_file():  # (this job's own, loaded after it finished)
-            raise CheckpointError(
-                f"the checkpoint of stage {stage!r} of the finished job {id}, {path}, is gone; "
-                f"delete {self.run.job_path(id)} to rerun job {id}"
+                f"{path} is gone; delete {self.run.job_path(id)} to rerun job {id} (was "
+                "checkpoints/ deleted?)"
             )
         redo = None
         if finished:
