@@ -78,6 +78,7 @@ def test_run_writes_a_complete_run_directory(tmp_path, capsys):
         (["run", "toy", "--set", "progress=maybe"], "expected a boolean"),
         (["run", "toy", "--set", "budgets=x"], "expected a list of numbers"),
         (["run", "toy", "--set", "beta"], "--set takes key=value"),
+        (["run", "toy", "--set", "beta=1", "--set", "beta=2"], "--set beta: given more than once"),
         (["run", "toy", "--set", "threads=0"], "threads=0 must be >= 1"),
         (["run", "toy", "--set", "beta=-1"], "toy: beta=-1.0 must be > 0"),
         (["run", "toy", "--set", "stage1.batch=0"], "toy: stage1.batch=0 must be >= 1"),

@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config key (dotted for groups: stage1.steps=100); repeatable",
+        help="override a config key (dotted for groups: stage1.steps=100); repeatable, each key once",
     )
     return parser
 
@@ -151,6 +151,10 @@ def _measured(point) -> tuple[float, str]:
 def _run(args) -> None:
     from .experiments import get_experiment, run_experiment
 
+    keys = [item.split("=", 1)[0].strip() for item in args.overrides]
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    if twice:  # the API keeps the last (a script's defaults, then its user's); here, a slip
+        raise ConfigError(f"--set {', '.join(twice)}: given more than once; give each key once")
     run = run_experiment(args.name, args.preset, args.out, args.overrides, args.modules)
     if run.table_path.exists():
         print(run.table_path.read_text())
