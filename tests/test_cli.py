@@ -39,6 +39,7 @@ def test_run_writes_a_complete_run_directory(tmp_path, capsys):
     assert main(["run", "toy", "--preset", "tiny", "--out", str(out), "--set", "seeds=3"]) == 0
     printed = capsys.readouterr().out
     assert "| method |" in printed and "learning to stop" in printed
+    assert "seed 3 alone (no sd)" in printed and "mean ± sd" not in printed  # one seed: no sd
     for name in ("config.json", "env.json", "metrics.jsonl", "results.json", "table.md"):
         assert (out / name).is_file(), name
     assert (out / "figures" / "budget_curve.png").is_file()

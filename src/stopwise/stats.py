@@ -24,6 +24,7 @@ __all__ = [
     "paired_difference",
     "format_mean_sd",
     "format_mean_and_sd",
+    "over_seeds",
     "format_interval",
     "interval_or_mean",
     "ratio_db_upper_bound",
@@ -163,6 +164,15 @@ def format_mean_and_sd(mean: float, sd: float, n: int, fmt: str = ".2f", scale: 
     if n < 2:
         return format_number(scale * mean, fmt)
     return f"{format_number(scale * mean, fmt)} ± {format_number(abs(scale) * sd, fmt.lstrip('+'))}"
+
+
+def over_seeds(seeds: Sequence[int]) -> str:
+    """What a table's cells are over ``seeds``: ``"mean ± sd over 3 seeds [0, 1, 2]"``, or for
+    one seed ``"seed 4 alone (no sd)"``, as :func:`format_mean_sd` shows it."""
+    seeds = list(seeds)
+    if len(seeds) == 1:
+        return f"seed {seeds[0]} alone (no sd)"
+    return f"mean ± sd over {len(seeds)} seeds {seeds}"
 
 
 def format_interval(

@@ -14,7 +14,7 @@ import numpy as np
 from ...contract import JobResult, Report
 from ...curves import best_fixed_mix, dominance, dominance_line, mean_curve
 from ...reporting import finish_axes, in_x_order, markdown_table, new_figure, points_xy
-from ...stats import format_interval, format_mean_sd, paired_difference
+from ...stats import format_interval, format_mean_sd, over_seeds, paired_difference
 from .config import DenoisingConfig
 from .data import from_png_base64
 from .experiment import stage1_candidates, trained_depth_name, validation_items
@@ -162,7 +162,7 @@ def report(results: list[JobResult], config: DenoisingConfig) -> Report:
         + f" of {T}; Spearman ρ(σ, exit) {format_rho(rho)}"
     )
     table = "\n\n".join(tables) + (
-        f"\n\n{len(seeds)} seed(s), mean ± sd; test: {len(stop[seeds[0]]['rows']['stop']['exit'])}"
+        f"\n\n{over_seeds(seeds)}; test: {len(stop[seeds[0]]['rows']['stop']['exit'])}"
         f" items per seed ({len(sigmas)} σ × the test images, centre crops ≤ "
         f"{config.test_crop}²), noise drawn per image and σ. DnCNN {config.depth}×{config.width}"
         f" ({config.precision}); stop rows run through run_adaptive(mode="

@@ -31,6 +31,7 @@ from ...stats import (
     interval_or_mean,
     mean_present,
     mean_sd,
+    over_seeds,
     paired_difference,
 )
 from .config import LearnedOptimizersConfig
@@ -94,7 +95,7 @@ def report(results: list[JobResult], config: LearnedOptimizersConfig) -> Report:
     out["cpu_seconds"] = cpu
     out["jobs"] = {f"{name}-s{seed}": record for (name, seed), record in records.items()}
     table = "\n\n".join(tables) + (
-        f"\n\n{len(seeds)} seed(s) {seeds}; mean ± sd over seeds unless marked; intervals are "
+        f"\n\n{over_seeds(seeds)} unless marked; intervals are "
         "normal 95% intervals over all test functions of all seeds; paired differences are over "
         f"seeds (Student t). Stop rules run through run_adaptive(mode={config.inference_mode!r})."
     )

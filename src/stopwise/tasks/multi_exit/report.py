@@ -12,7 +12,7 @@ from typing import Any
 from ...contract import JobResult, Report
 from ...curves import dominance, dominance_line, mean_curve
 from ...reporting import finish_axes, markdown_table, new_figure
-from ...stats import format_interval, format_mean_and_sd, mean_sd, paired_difference
+from ...stats import format_interval, format_mean_and_sd, mean_sd, over_seeds, paired_difference
 from .config import METHODS, MultiExitConfig
 from .experiment import SELECT_L2S
 from .metrics import P_GRID, accuracy_at_budgets
@@ -300,7 +300,7 @@ def _table(results: dict[str, Any], config: MultiExitConfig) -> str:
         f"{data['dataset']}: {data['train']} train / {data['validation']} validation / "
         f"{data['test']} test; {K}-exit CNN, channels {config.channels}, cumulative MMACs per "
         f"exit {costs}; {config.epochs} epochs = {results['updates']} SGD updates of batch "
-        f"{config.batch_size}; {seeds} seed(s), mean ± sd. Accuracy at each budget is "
+        f"{config.batch_size}; {over_seeds(results['seeds'])}. Accuracy at each budget is "
         "interpolated on the test curve of MSDNet's 39 exit distributions (thresholds fitted on "
         "validation); the exit columns are the same network stopped at each fixed exit (test; "
         "validation beside it).",

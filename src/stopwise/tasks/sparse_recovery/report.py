@@ -17,6 +17,7 @@ from ...stats import (
     interval_or_mean,
     mean_interval,
     mean_sd,
+    over_seeds,
     paired_difference,
 )
 from .config import SparseRecoveryConfig
@@ -390,7 +391,7 @@ def _table(results: dict[str, Any], config: SparseRecoveryConfig) -> str:
     notes = [
         f"NMSE in dB on {len(columns) - 1} × {problem.per_snr} test samples per seed "
         f"(m={problem.m}, n={problem.n}, condition {problem.condition:g}, sparsity "
-        f"{problem.sparsity:g}); mean ± sd over seeds {seeds}.",
+        f"{problem.sparsity:g}); {over_seeds(seeds)}.",
         "† trained on a shortened schedule; the paper: LISTA 100k×512, stage I 50k×1024, "
         "stage II 40k×256.",
         f'Stop rows run through `run_adaptive(mode="{config.inference_mode}")`. *sampled*: the '

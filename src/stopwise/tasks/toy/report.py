@@ -9,7 +9,7 @@ from typing import Any
 from stopwise.contract import JobResult, Report
 from stopwise.curves import dominance, dominance_line, mean_curve
 from stopwise.reporting import finish_axes, markdown_table, new_figure, points_xy
-from stopwise.stats import format_interval, format_mean_sd, paired_difference
+from stopwise.stats import format_interval, format_mean_sd, over_seeds, paired_difference
 
 from .config import ToyConfig
 
@@ -50,7 +50,7 @@ def report(results: list[JobResult], config: ToyConfig) -> Report:
     )
     table += "\n\n" + dominance_line(label, verdict, "MSE")
     table += (
-        f"\n\n{len(seeds)} seed(s), mean ± sd; {config.eval_size} test streams per seed; "
+        f"\n\n{over_seeds(seeds)}; {config.eval_size} test streams per seed; "
         f"stop rows run through run_adaptive(mode={config.inference_mode!r}), thresholds "
         "calibrated on validation streams."
     )
