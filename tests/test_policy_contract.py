@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from stopwise.policies import list_policies, policy_example
+from stopwise.policies import MLPPolicy, list_policies, policy_example
 from stopwise.steps import StepModel, unroll
 
 NAMES = list_policies()
@@ -80,3 +80,37 @@ def test_unroll_passes_each_step_its_own_index():
     for t in range(4):
         assert trajectory.features[:, t].tolist() == [[float(t)] * 3] * 2
         assert trajectory.predictions[:, t].tolist() == [[float(t + 1 + 10 * t)] * 3] * 2
+
+
+# The denoising policy casts its image features to float32 on purpose (a bfloat16 DnCNN beside
+# a float32 policy); every other policy runs in the dtype it is put in.
+IN_ITS_DTYPE = [name for name in NAMES if name != "denoising-cnn"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("name", IN_ITS_DTYPE)
+def test_a_policy_runs_in_the_dtype_it_is_put_in(name, dtype):
+    """``policy.to(dtype)`` on features of that dtype: the MLP policies concatenated a float32
+    step encoding, so bfloat16 and float16 policies failed with 'mat1 and mat2 must have the
+    same dtype'."""
+    torch.manual_seed(0)
+    policy, features, T = policy_example(name)
+    policy.eval()
+    with torch.no_grad():
+        for t in range(T):
+            expected = policy(features, t)
+            out = policy.to(dtype)(features.to(dtype), t)
+            policy.float()
+            assert out.dtype == dtype and out.shape == expected.shape, (name, t)
+            torch.testing.assert_close(out.float(), expected, atol=0.1, rtol=0.05)
+
+
+def test_a_sinusoidal_mlp_policy_runs_in_bfloat16():
+    torch.manual_seed(0)
+    policy = MLPPolicy(3, 5, hidden=(8,), encoding="sinusoidal").eval()
+    features = torch.randn(4, 3)
+    with torch.no_grad():
+        expected = policy(features, 2)
+        out = policy.to(torch.bfloat16)(features.to(torch.bfloat16), 2)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected, atol=0.1, rtol=0.05)

@@ -86,14 +86,17 @@ def _step_tensor(t: int | torch.Tensor, batch: int, device) -> torch.Tensor:
     return torch.full((batch,), int(t), dtype=torch.long, device=device)
 
 
-def step_encoding(steps: torch.Tensor, max_steps: int, kind: str = "onehot") -> torch.Tensor:
-    """``(B, D)`` encoding of 0-based ``steps (B,)``: one-hot (D = T) or sinusoidal (D = 8)."""
+def step_encoding(
+    steps: torch.Tensor, max_steps: int, kind: str = "onehot", dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """``(B, D)`` encoding of 0-based ``steps (B,)``: one-hot (D = T) or sinusoidal (D = 8), in
+    ``dtype`` (the sinusoids computed in float32, then cast)."""
     if kind == "onehot":
-        return F.one_hot(steps, max_steps).float()
+        return F.one_hot(steps, max_steps).to(dtype)
     if kind == "sinusoidal":
         frequencies = math.pi / max_steps * 2.0 ** torch.arange(4, device=steps.device)
         angles = steps.float().unsqueeze(-1) * frequencies
-        return torch.cat([angles.sin(), angles.cos()], dim=-1)
+        return torch.cat([angles.sin(), angles.cos()], dim=-1).to(dtype)
     raise ValueError(f"unknown step encoding {kind!r}; choose 'onehot' or 'sinusoidal'")
 
 
@@ -165,7 +168,11 @@ class MLPPolicy(nn.Module):
                 "max_steps equal to the model's"
             )
         steps = _step_tensor(t, features.shape[0], features.device)
-        x = torch.cat([features, step_encoding(steps, self.max_steps, self.encoding)], dim=-1)
+        # In the features' float dtype: a float32 encoding beside bfloat16 or float16 features
+        # made the concatenation float32, which a policy in that dtype refused.
+        dtype = features.dtype if features.is_floating_point() else torch.float32
+        encoding = step_encoding(steps, self.max_steps, self.encoding, dtype)
+        x = torch.cat([features, encoding], dim=-1)
         return self.net(x).squeeze(-1)
 
 

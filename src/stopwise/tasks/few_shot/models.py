@@ -378,7 +378,7 @@ class SetPolicy(nn.Module):
                 self.support(features[:, :W]),
                 self.query(features[:, W : 2 * W]),
                 features[:, 2 * W :],
-                step_encoding(steps, self.max_steps),
+                step_encoding(steps, self.max_steps, dtype=features.dtype),
             ],
             dim=-1,
         )
