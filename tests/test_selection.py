@@ -448,6 +448,27 @@ def test_grid_thresholds_of_infinite_scores_are_numbers():
         assert stop_indices(hazards, lowest).tolist() == [floor] * 4
 
 
+@pytest.mark.parametrize("kind", ["hazard", "cumulative"])
+def test_a_nan_validation_hazard_places_no_grid_threshold(kind):
+    """A policy's NaN hazard on one validation row (a NaN score reaches no threshold but −∞, as
+    fit_threshold takes it): numpy's quantiles of scores with a NaN in them are all NaN, and the
+    mix search refused its own grid rules with 'a threshold must not be NaN'."""
+    hazards, quality, costs, valid = _problem(0, rows=20, steps=3)
+    valid[1] = True
+    hazards[0] = math.nan
+    metric = lambda index: float(quality[torch.arange(20), index].mean())  # noqa: E731
+    for budget in (float(costs[0]), float(costs.mean()), float(costs[-1])):
+        rule, floor = fit_floored_threshold(
+            hazards, budget, metric, costs, valid, lower_is_better=False, kind=kind
+        )
+        index = stop_indices(hazards, rule, valid)
+        assert float(costs[index].mean()) <= budget + 1e-9 and bool((index >= floor).all())
+        fixed = [float(quality[:, t].mean()) for t in range(3) if float(costs[t]) <= budget]
+        assert metric(index) >= max(fixed) - 1e-12
+    for rules in (floored_rules(hazards, valid, kind), floored_rules(hazards[:1], valid, kind)):
+        assert not torch.stack([r.score_threshold for r in rules]).isnan().any()
+
+
 def _plain_fit_cost(hazards, costs, valid, budget):
     """By a plain loop: the largest mean cost within ``budget`` of a hazard threshold (every
     observed score and ±inf) on these rows — the cost the fitted plain rule must spend."""

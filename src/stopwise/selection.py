@@ -238,7 +238,12 @@ class _FlooredSearch:
             # numpy's quantile: torch's refuses more than 2^24 values (large validation sets).
             # Between two infinite scores (a hazard of exactly 0 or 1) interpolation gives NaN:
             # the lower of the two is the quantile there.
+            # A NaN score (a policy's NaN hazard) reaches no threshold but −∞, so it places none:
+            # kept in, every quantile was NaN and so was every grid rule's threshold.
             scores, at = self.scores[:, allowed].flatten().numpy(), levels.numpy()
+            scores = scores[~np.isnan(scores)]
+            if scores.size == 0:  # every score NaN: fixed depth at the floor alone
+                scores = np.array([-math.inf])
             with np.errstate(invalid="ignore"):
                 between = np.quantile(scores, at)
             lower = np.quantile(scores, at, method="lower")
