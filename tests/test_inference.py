@@ -895,6 +895,23 @@ def test_fit_threshold_refuses_what_it_cannot_fit_and_takes_masks_as_lists():
     )
 
 
+def test_fit_threshold_names_costs_of_the_wrong_shape_or_not_finite_and_hazards_not_2d():
+    """Costs one short failed with 'IndexError: index 2 is out of bounds', a NaN cost (which
+    passes the order check) with another IndexError, and 1-d hazards with 'not enough values to
+    unpack' (run_adaptive names costs of the wrong shape too)."""
+    hazards = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    for costs in ([1.0, 2.0], [1.0, 2.0, 3.0, 4.0]):
+        with pytest.raises(ValueError, match=r"step_costs must have shape \(3,\)"):
+            fit_threshold(hazards, 2.0, torch.tensor(costs))
+    for odd in (math.nan, math.inf):
+        with pytest.raises(ValueError, match="step_costs must be finite"):
+            fit_threshold(hazards, 2.0, torch.tensor([1.0, odd, 3.0]))
+    # a cost at a skipped step is never spent
+    fit_threshold(hazards, 2.0, torch.tensor([1.0, math.nan, 3.0]), valid_steps=[1, 0, 1])
+    with pytest.raises(ValueError, match=r"hazard_logits must have shape \(N, T\); got \(6,\)"):
+        fit_threshold(hazards[:, 0], 2.0)
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     seed=st.integers(0, 2**16),

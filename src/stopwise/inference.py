@@ -790,18 +790,27 @@ def fit_threshold(
     rule_cls = THRESHOLD_KINDS.get(kind)
     if rule_cls is None:
         raise ValueError(f"unknown threshold kind {kind!r}; choose 'hazard' or 'cumulative'")
+    if hazard_logits.dim() != 2:
+        raise ValueError(f"hazard_logits must have shape (N, T); got {tuple(hazard_logits.shape)}")
     N, T = hazard_logits.shape
     costs = (
         torch.arange(1, T + 1, dtype=torch.float64)
         if step_costs is None
         else torch.as_tensor(step_costs, dtype=torch.float64).cpu()
     )
+    if costs.shape != (T,):  # (an IndexError deep in the search before)
+        raise ValueError(
+            f"step_costs must have shape ({T},), one cumulative cost per step; "
+            f"got {tuple(costs.shape)}"
+        )
     valid = _step_mask(valid_steps, T)
     if N == 0 or math.isnan(budget):
         raise ValueError(f"fit_threshold needs rows and a budget; got {N} rows, budget {budget}")
     probe = rule_cls(0.0)
     scores = rule_scores(hazard_logits.detach().cpu(), probe, valid).to(torch.float64)
     steps = valid.nonzero().squeeze(1)
+    if not bool(costs[steps].isfinite().all()):  # a NaN passes the order check below
+        raise ValueError(f"step_costs must be finite at the valid steps; got {costs.tolist()}")
     if bool((costs[steps[1:]] < costs[steps[:-1]]).any()):
         raise ValueError(f"step_costs must be cumulative (non-decreasing); got {costs.tolist()}")
     first, full = float(costs[steps[0]]), float(costs[steps[-1]])
