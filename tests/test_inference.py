@@ -695,6 +695,18 @@ def test_exit_distribution():
     assert exit_distribution(1.0, 3).tolist() == pytest.approx([1 / 3] * 3)
 
 
+def test_exit_distribution_of_a_large_p_or_many_exits_is_a_distribution_and_nan_p_is_named():
+    """p^k overflowed float64 (p = 2, 1100 exits; p = 1e6, 200 exits) and inf / inf gave NaN
+    for the last exits; a p of NaN or inf gave a NaN distribution without a word."""
+    for p, exits in ((2.0, 1100), (1e6, 200)):
+        q = exit_distribution(p, exits)
+        assert not q.isnan().any() and float(q.sum()) == pytest.approx(1.0)
+        assert float(q[-1]) == pytest.approx(1 - 1 / p) and bool((q[1:] >= q[:-1]).all())
+    for p in (math.nan, math.inf):
+        with pytest.raises(ValueError, match="p must be a finite number > 0"):
+            exit_distribution(p, 3)
+
+
 def test_bad_arguments_are_named():
     model, policy, x = make()
     with pytest.raises(ValueError, match="mode"):

@@ -885,10 +885,14 @@ def calibrate(
 
 def exit_distribution(p: float, num_exits: int) -> torch.Tensor:
     """MSDNet's target exit distribution q_k ∝ p^k, k = 1..K (``(K,)`` float64)."""
-    if p <= 0:
-        raise ValueError(f"p must be > 0; got {p}")
-    q = torch.tensor(p, dtype=torch.float64) ** torch.arange(1, num_exits + 1)
-    return q / q.sum()
+    if not (p > 0 and math.isfinite(p)):  # a NaN p gave a NaN distribution
+        raise ValueError(f"p must be a finite number > 0; got {p}")
+    exits = torch.arange(1, num_exits + 1)
+    q = torch.tensor(p, dtype=torch.float64) ** exits
+    total = q.sum()
+    if not bool(total.isfinite()):  # p^k overflows (p > 1, many exits): inf / inf was NaN
+        return torch.softmax(exits.double() * math.log(p), dim=0)
+    return q / total
 
 
 def fit_exit_thresholds(scores: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
