@@ -715,6 +715,11 @@ def test_bad_arguments_are_named():
         run_adaptive(model, policy, x, HazardThreshold(0.5), valid_steps=torch.ones(3).bool())
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         HazardThreshold(1.5)
+    # a sampling rule has no score to threshold (an AttributeError about 'score' before)
+    with pytest.raises(ValueError, match="mixes two threshold rules; got SampleRule"):
+        MixedRule(SampleRule(0), HazardThreshold(0.5), 0.5)
+    with pytest.raises(ValueError, match="mixes rules of one kind of score"):
+        MixedRule(HazardThreshold(0.5), CumulativeThreshold(0.5), 0.5)
 
 
 def test_in_chunks_equals_one_pass_for_tensors_and_states():

@@ -253,6 +253,10 @@ class MixedRule(Rule):
     """
 
     def __init__(self, first: ThresholdRule, second: ThresholdRule, share: float):
+        if not (isinstance(first, ThresholdRule) and isinstance(second, ThresholdRule)):
+            raise ValueError(  # (an AttributeError about 'score' before)
+                f"a MixedRule mixes two threshold rules; got {first!r} and {second!r}"
+            )
         if type(first).score is not type(second).score:  # one score recurrence for both
             raise ValueError(
                 f"a MixedRule mixes rules of one kind of score; got {type(first).__name__} and "
