@@ -1056,6 +1056,33 @@ def test_shrink_names_a_state_tensor_without_a_row_per_input():
         run_adaptive(shared, policy, x, HazardThreshold(0.5), "shrink")
 
 
+class SharedMatrixFirst(SharedMatrix):
+    """The shared matrix is the state's first tensor."""
+
+    def start(self, x):
+        return {"shared": self.W[0].detach(), **RandomStepModel.start(self, x)}
+
+    def advance(self, state, t):
+        return {"shared": state["shared"], **RandomStepModel.advance(self, state, t)}
+
+
+@pytest.mark.parametrize("rows", [1, 3, 6])
+@pytest.mark.parametrize("mode", ["dense", "masked"])
+def test_a_shared_matrix_first_in_the_state_leaves_the_rows_to_the_predictions(mode, rows):
+    """Masked mode (what shrink's refusal of a shared matrix points to) and dense counted the
+    rows from the state's first tensor: with the (6, 6) matrix first, 3 rows failed with 'the
+    policy must return hazard logits of shape (6,)', and 1 row did too."""
+    model, policy, x = make()
+    first = SharedMatrixFirst()
+    first.load_state_dict(model.state_dict())
+    rule = CumulativeThreshold(0.6)  # a rule with a carry of one entry per row
+    expected = run_adaptive(model, policy, x[:rows], rule, "shrink")
+    for chunk in (None, 2):
+        result = run_adaptive(first, policy, x[:rows], rule, mode, chunk=chunk)
+        assert torch.equal(result.stop_index, expected.stop_index)
+        torch.testing.assert_close(result.predictions, expected.predictions)
+
+
 @pytest.mark.parametrize("valid", [None, [1, 0, 1, 1, 0]])
 def test_sampled_stops_are_the_first_step_whose_seeded_uniform_falls_below_the_hazard(valid):
     """SampleRule(seed) draws u ~ U(0, 1) for every row and step from a generator seeded with

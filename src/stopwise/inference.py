@@ -592,13 +592,7 @@ def _run_masked(model, policy, inputs, rule, valid, carry=None):
     # program (what lets torch.export capture this loop).
     valid = valid.tolist() if isinstance(valid, torch.Tensor) else list(valid)
     state = model.start(inputs)
-    B = state_batch_size(state)
-    device = state_device(state)
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    if carry is None:
-        carry = rule.init_carry(B, model.max_steps, device)
     predictions = None
-    stop_index = torch.full((B,), -1, dtype=torch.long, device=device)
     last = _last_reached(rule, valid)
     # Every row runs every step; a finished row's prediction and stop step are kept when it
     # stops and nothing later reads its state or carry, so neither is frozen (which would need
@@ -609,14 +603,21 @@ def _run_masked(model, policy, inputs, rule, valid, carry=None):
         if not valid[t] or (t < last and not rule.needs_policy(t)):
             continue
         prediction, features = model.observe(state, t)
+        _check_prediction(prediction, predictions, t)
+        if predictions is None:
+            # The rows are the prediction's: a state may hold what all rows share (a matrix) as
+            # its first tensor, which masked mode allows (shrink refuses it).
+            B, device = prediction.shape[0], prediction.device
+            predictions = prediction.new_zeros((B, *prediction.shape[1:]))
+            done = torch.zeros(B, dtype=torch.bool, device=device)
+            stop_index = torch.full((B,), -1, dtype=torch.long, device=device)
+            if carry is None:
+                carry = rule.init_carry(B, model.max_steps, device)
         if t == last:
             stop = torch.ones(B, dtype=torch.bool, device=device)
         else:
             stop, carry = rule.decide(ask_policy(policy, features, t, B), t, carry)
         newly = stop & ~done
-        _check_prediction(prediction, predictions, t)
-        if predictions is None:
-            predictions = prediction.new_zeros((B, *prediction.shape[1:]))
         predictions = torch.where(
             newly.view(-1, *([1] * (prediction.dim() - 1))), prediction, predictions
         )
@@ -639,12 +640,13 @@ def _check_prediction(prediction: Any, kept: torch.Tensor | None, t: int) -> Non
 
 def _run_dense(model, policy, inputs, rule, valid, carry=None):
     state = model.start(inputs)
-    B, last = state_batch_size(state), _last(valid)
+    last = _last(valid)
     predictions, hazards = StepStack("prediction"), []
     for t in range(last + 1):
         state = model.advance(state, t)
         prediction, features = model.observe(state, t)
         predictions.append(prediction)
+        B = prediction.shape[0]  # the prediction's rows (as in masked mode)
         hazards.append(ask_policy(policy, features, t, B) if valid[t] and t < last else None)
     stacked = predictions.stack()
     # Full-width hazards (zeros where no decision is taken) so rules see the same (B, T) layout
