@@ -1083,6 +1083,31 @@ def test_a_shared_matrix_first_in_the_state_leaves_the_rows_to_the_predictions(m
         torch.testing.assert_close(result.predictions, expected.predictions)
 
 
+class StepCounterFirst(RandomStepModel):
+    """A 0-d step counter as the state's first tensor."""
+
+    def start(self, x):
+        return {"n": torch.tensor(0), **super().start(x)}
+
+    def advance(self, state, t):
+        return {"n": state["n"] + 1, **super().advance(state, t)}
+
+
+def test_shrink_says_it_counts_the_rows_from_the_states_first_tensor():
+    """With a shared matrix first, shrink named the rows' own tensors as the ones without a row
+    per input ('a state of 6 rows holds tensors of shapes [(3, 6), (3, 6)]'), and a 0-d first
+    tensor failed with 'IndexError: tuple index out of range'."""
+    model, policy, x = make()
+    first = SharedMatrixFirst()
+    first.load_state_dict(model.state_dict())
+    with pytest.raises(ValueError, match=r"from its first tensor \(shape \(6, 6\)\)"):
+        run_adaptive(first, policy, x[:3], HazardThreshold(0.5), "shrink")
+    counter = StepCounterFirst()
+    counter.load_state_dict(model.state_dict())
+    with pytest.raises(ValueError, match=r"first tensor \(shape \(\)\); its tensors of shapes"):
+        run_adaptive(counter, policy, x, HazardThreshold(0.5), "shrink")
+
+
 @pytest.mark.parametrize("valid", [None, [1, 0, 1, 1, 0]])
 def test_sampled_stops_are_the_first_step_whose_seeded_uniform_falls_below_the_hazard(valid):
     """SampleRule(seed) draws u ~ U(0, 1) for every row and step from a generator seeded with

@@ -557,13 +557,18 @@ def _run_shrink(model, policy, inputs, rule, valid, chunk=None):
 def _rows_first(state: Any) -> Any:
     """``state``, checked to have its rows first in every tensor: ``shrink`` selects rows of
     each (a shared constant in the state failed deep inside ``index_select``)."""
-    rows = state_batch_size(state)
-    wrong = [tuple(x.shape) for x in state_tensors(state) if x.dim() == 0 or x.shape[0] != rows]
+    tensors = state_tensors(state)
+    if not tensors:
+        raise ValueError("state holds no tensor")
+    # Counted from the first tensor, which the message says: a shared matrix first made the
+    # rows' own tensors look wrong, and a 0-d first tensor failed with an IndexError.
+    rows = tensors[0].shape[0] if tensors[0].dim() else None
+    wrong = [tuple(x.shape) for x in tensors if x.dim() == 0 or x.shape[0] != rows]
     if wrong:
         raise ValueError(
-            f"shrink mode selects the rows of every tensor of the state: a state of {rows} rows "
-            f"holds tensors of shapes {wrong}; keep what all rows share on the model (or run "
-            "mode='masked')"
+            "shrink mode selects the rows of every tensor of the state, counting them from its "
+            f"first tensor (shape {tuple(tensors[0].shape)}); its tensors of shapes {wrong} have "
+            "no such rows: keep what all rows share on the model (or run mode='masked')"
         )
     return state
 
