@@ -168,3 +168,32 @@ def test_a_validation_schedule_resumes_to_the_lr_drops_of_an_unstopped_one():
         second.step()
     assert second.drops == [3, 5]
     assert second.optimizer.param_groups[0]["lr"] == pytest.approx(0.01)
+
+
+def test_a_validation_schedule_leaves_each_submodule_in_the_mode_it_was_in():
+    """A submodule kept in eval (a frozen BatchNorm) inside a module in training: after each
+    evaluation ``module.train(was_training)`` put it back in training, so its running statistics
+    moved on every later training batch; an evaluation that raised left everything in eval."""
+    module = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    module.train()
+    module[1].eval()
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
+    seen = []
+
+    def evaluate():
+        seen.append([m.training for m in module.modules()])
+        return {"score": 1.0}
+
+    schedule = ValidationSchedule(module, optimizer, evaluate, 4, every=2, patience=1)
+    for _ in range(2):
+        schedule.step()
+    assert seen == [[False, False, False]]
+    assert [m.training for m in module.modules()] == [True, True, False]
+
+    def failing():
+        raise RuntimeError("validation data missing")
+
+    schedule = ValidationSchedule(module, optimizer, failing, 1, every=1, patience=1)
+    with pytest.raises(RuntimeError, match="validation data missing"):
+        schedule.step()
+    assert [m.training for m in module.modules()] == [True, True, False]

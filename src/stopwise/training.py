@@ -491,10 +491,15 @@ class ValidationSchedule:
         self.steps_done += 1
         if self.steps_done % self.every and self.steps_done != self.total_steps:
             return
-        was_training = self.module.training
+        # Each submodule's own flag back afterwards (``train(was_training)`` put a submodule
+        # kept in eval, a frozen BatchNorm, back in training), also when evaluate raises.
+        flags = [(m, m.training) for m in self.module.modules()]
         self.module.eval()
-        measures = {k: float(v) for k, v in self.evaluate().items()}
-        self.module.train(was_training)
+        try:
+            measures = {k: float(v) for k, v in self.evaluate().items()}
+        finally:
+            for m, training in flags:
+                m.training = training
         score = measures["score"]
         self.history.append(
             {"step": self.steps_done, **measures, "cpu_seconds": self.cpu_seconds()}
