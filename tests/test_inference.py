@@ -18,6 +18,7 @@ from stopwise.inference import (
     Rule,
     SampleRule,
     ScoreThreshold,
+    calibrate,
     exit_distribution,
     fit_exit_thresholds,
     fit_threshold,
@@ -1081,6 +1082,17 @@ def test_a_shared_matrix_first_in_the_state_leaves_the_rows_to_the_predictions(m
         result = run_adaptive(first, policy, x[:rows], rule, mode, chunk=chunk)
         assert torch.equal(result.stop_index, expected.stop_index)
         torch.testing.assert_close(result.predictions, expected.predictions)
+
+
+def test_hazards_and_calibration_of_a_state_with_a_shared_matrix_first():
+    """hazard_trajectory (and so calibrate) counted the rows from the state's first tensor too:
+    'the policy must return hazard logits of shape (6,) at step 0; got (64,)'."""
+    model, policy, x = make()
+    first = SharedMatrixFirst()
+    first.load_state_dict(model.state_dict())
+    assert torch.equal(hazard_trajectory(first, policy, x), hazard_trajectory(model, policy, x))
+    fitted = calibrate(first, policy, x, budget=30.0)
+    assert torch.equal(fitted.score_threshold, calibrate(model, policy, x, 30.0).score_threshold)
 
 
 class StepCounterFirst(RandomStepModel):

@@ -745,7 +745,10 @@ def hazard_trajectory(model: StepModel, policy, inputs: Any) -> torch.Tensor:
     hazards = []
     for t in range(model.max_steps):
         state = model.advance(state, t)
-        hazards.append(ask_policy(policy, model.observe(state, t)[1], t, state_batch_size(state)))
+        prediction, features = model.observe(state, t)
+        _check_prediction(prediction, None, t)
+        # The prediction's rows, as in run_adaptive (a state may hold a shared matrix first).
+        hazards.append(ask_policy(policy, features, t, prediction.shape[0]))
     return torch.stack(hazards, dim=1)
 
 
