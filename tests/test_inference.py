@@ -1030,6 +1030,16 @@ def test_run_fixed_refuses_a_depth_outside_the_model():
             run_fixed(model, x, steps)
 
 
+def test_unroll_refuses_a_depth_outside_the_model():
+    """0 steps failed with 'stack expects a non-empty TensorList', T + 1 with the model's own
+    IndexError; run_fixed names both."""
+    model, _, x = make()
+    for steps in (0, -1, 8):
+        with pytest.raises(ValueError, match=r"num_steps must lie in 1\.\.7"):
+            unroll(model, x, steps)
+    assert unroll(model, x, 3).predictions.shape == (64, 3, 3)
+
+
 def test_in_chunks_of_no_rows_gives_fn_of_no_rows():
     empty = torch.zeros(0, 6)
     assert in_chunks(lambda part: part * 2, empty, 4).shape == (0, 6)

@@ -95,6 +95,8 @@ def unroll(
     ``num_steps`` runs only the first steps (default ``model.max_steps``).
     """
     T = model.max_steps if num_steps is None else num_steps
+    if not 1 <= T <= model.max_steps:  # (0 failed in torch.stack, T + 1 deep in the model)
+        raise ValueError(f"num_steps must lie in 1..{model.max_steps}; got {num_steps}")
     state = model.start(inputs)
     predictions, features = StepStack("prediction"), StepStack("features")
     for t in range(T):
