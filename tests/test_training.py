@@ -571,6 +571,67 @@ def test_gain_stages_with_costs_and_a_mask_score_a_plain_loop(cached):
     assert float(metrics["loss"]) == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.parametrize("cached", [False, True], ids=["fit_gain_policy", "fit_gain_head"])
+def test_gain_stages_take_a_mask_of_zeros_and_ones_or_lists_as_fit_policy_does(cached):
+    """A 0/1 mask failed with 'masked_fill_ only supports boolean masks', a list mask or list
+    costs with "'list' object has no attribute 'to'" (fit_policy and run_adaptive take both;
+    so do fit_predictor's step_weights and fit_policy's step_penalty now)."""
+    from stopwise.policies import create_policy
+    from stopwise.steps import unroll
+    from stopwise.training import fit_gain_head, fit_gain_policy
+
+    T, rows = 5, 6
+    model = PerStepScale(T)
+    x = torch.randn(rows, 3, generator=torch.Generator().manual_seed(0))
+
+    def loss(mask, costs):
+        torch.manual_seed(0)
+        policy = create_policy("mlp", feature_dim=3, max_steps=T, hidden=(8,))
+        optimizer = torch.optim.SGD(policy.parameters(), 0.0)
+        kw = {"costs": costs, "price": 0.3, "mask": mask}
+        if cached:
+            trajectory = unroll(model, x, with_features=True)
+            features, losses = trajectory.features, per_step_mse(trajectory.predictions, 2 * x)
+            every_row = lambda step: torch.arange(rows)  # noqa: E731
+            return fit_gain_head(policy, features, losses, every_row, optimizer, 1, **kw)["loss"]
+        batches = EpochBatches((x, 2 * x), batch_size=rows)
+        return fit_gain_policy(model, policy, batches, per_step_mse, optimizer, 1, **kw)["loss"]
+
+    costs = [1.0, 2.0, 4.0, 5.0, 7.0]
+    expected = loss(torch.tensor([True, True, False, True, True]), torch.tensor(costs))
+    assert loss(torch.tensor([1, 1, 0, 1, 1]), torch.tensor(costs)) == expected
+    assert loss([1, 1, 0, 1, 1], costs) == expected
+    assert expected != loss(None, torch.tensor(costs))  # the mask matters here
+
+
+def test_step_weights_and_step_penalty_may_be_lists():
+    from stopwise.policies import create_policy
+    from stopwise.training import fit_policy, fit_predictor
+
+    model = PerStepScale(4)
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    batches = EpochBatches((x, 2 * x), batch_size=6)
+    listed = fit_predictor(
+        model, batches, per_step_mse, torch.optim.SGD(model.parameters(), 0.0), 1, [0, 0, 0, 1.0]
+    )
+    tensor = fit_predictor(
+        model, batches, per_step_mse, torch.optim.SGD(model.parameters(), 0.0), 1,
+        torch.tensor([0, 0, 0, 1.0]),
+    )  # fmt: skip
+    assert listed == tensor
+
+    penalties = []
+    for penalty in ([0.1, 0.2, 0.3, 0.4], torch.tensor([0.1, 0.2, 0.3, 0.4])):
+        torch.manual_seed(0)
+        policy = create_policy("mlp", feature_dim=3, max_steps=4, hidden=(8,))
+        optimizer = torch.optim.SGD(policy.parameters(), 0.0)
+        metrics = fit_policy(
+            model, policy, batches, per_step_mse, optimizer, 1, beta=0.1, step_penalty=penalty
+        )
+        penalties.append(metrics["loss"])
+    assert penalties[0] == penalties[1]
+
+
 def test_a_non_finite_gradient_with_a_finite_loss_is_never_applied_or_saved(tmp_path):
     """|a − t| written as √((a − t)²) has a finite value and a NaN gradient where a = t: the
     step raises Diverged before the optimizer moves, so the weights and the checkpoint of the

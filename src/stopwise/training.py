@@ -682,7 +682,11 @@ def fit_predictor(
 
     def weighted(losses):
         per_step = losses.mean(0)
-        w = torch.full_like(per_step, 1 / len(per_step)) if step_weights is None else step_weights
+        w = (
+            torch.full_like(per_step, 1 / len(per_step))
+            if step_weights is None
+            else torch.as_tensor(step_weights)
+        )
         return (per_step * w.to(per_step)).sum()
 
     return _fit_model(
@@ -741,7 +745,7 @@ def fit_policy(
 
     def imitate(scores, losses):
         if step_penalty is not None:
-            losses = losses + step_penalty.to(losses)
+            losses = losses + torch.as_tensor(step_penalty).to(losses)
         stop = StopTime(scores, mask)
         return l2s_stage2_loss(stop, losses, beta, hard), {
             "mean_steps": stop.mean().mean().detach()
@@ -817,8 +821,10 @@ def _gain_objective(costs, price: float, floor: float, mask):
 
     def regress(scores, losses):
         T = losses.shape[1]
-        c = torch.arange(1, T + 1, dtype=losses.dtype) if costs is None else costs
-        valid = torch.ones(T, dtype=torch.bool) if mask is None else mask
+        c = torch.arange(1, T + 1, dtype=losses.dtype) if costs is None else torch.as_tensor(costs)
+        # A mask of 0/1 or a list, as fit_policy and run_adaptive take it (an int tensor failed
+        # in masked_fill, a list had no .to).
+        valid = torch.ones(T, dtype=torch.bool) if mask is None else torch.as_tensor(mask).bool()
         return gain_loss(scores - math.log(price), losses, c.to(losses), valid, floor), {}
 
     return regress
