@@ -690,6 +690,21 @@ def test_exit_thresholds_reproduce_target_distribution(p):
     assert int(counts.sum()) == 1000
 
 
+def test_a_nan_exit_score_ranks_lowest_as_the_rule_decides():
+    """A NaN confidence ranked highest in topk: it took one of exit 0's ⌊N q_0⌋ rows without
+    ever exiting there (ScoreThreshold stops no NaN score but at −∞), so exit 0 got 52 rows
+    of 53 and a higher threshold than with the NaN put last."""
+    scores = torch.rand(100, 4, generator=torch.Generator().manual_seed(0))
+    q = exit_distribution(0.5, 4)
+    as_lowest = scores.clone()
+    as_lowest[3, 0] = -math.inf
+    scores[3, 0] = math.nan
+    thresholds = fit_exit_thresholds(scores, q)
+    assert torch.equal(thresholds, fit_exit_thresholds(as_lowest, q))
+    counts = torch.bincount(stop_indices(scores, ScoreThreshold(thresholds)), minlength=4)
+    assert counts[:-1].tolist() == [math.floor(100 * float(v)) for v in q[:-1]]
+
+
 def test_exit_distribution():
     q = exit_distribution(0.5, 4)
     assert q.tolist() == pytest.approx([8 / 15, 4 / 15, 2 / 15, 1 / 15])

@@ -928,10 +928,12 @@ def fit_exit_thresholds(scores: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     taken = torch.zeros(N, dtype=torch.bool, device=scores.device)
     for k in range(K - 1):
         n_k = int(math.floor(N * float(q[k])))
-        remaining = scores[~taken, k]
+        # A NaN score reaches no threshold (but −∞): it ranks lowest, not highest as in topk,
+        # where it took one of the exit's rows without ever exiting there.
+        remaining = scores[~taken, k].nan_to_num(nan=-math.inf, posinf=math.inf, neginf=-math.inf)
         if 0 < n_k <= remaining.numel():
             thresholds[k] = float(remaining.topk(n_k).values[-1])
-        taken |= scores[:, k].to(torch.float64) >= thresholds[k]
+        taken |= _reaches(scores[:, k], thresholds[k])  # as ScoreThreshold decides
     return thresholds
 
 
