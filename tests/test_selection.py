@@ -404,6 +404,14 @@ def test_calibrate_by_metric_prefers_the_better_then_the_cheaper_rule_by_hand():
     assert stop_indices(hazards, lower.rule).tolist() == [0, 0, 0, 0]
 
 
+def test_calibrate_by_metric_names_an_empty_choice():
+    """No budget (or no kind) failed with "TypeError: 'NoneType' object is not subscriptable"."""
+    hazards = torch.randn(10, 4, generator=torch.Generator().manual_seed(0))
+    for budgets, kinds in (([], ("hazard",)), ([2.0], ())):
+        with pytest.raises(ValueError, match="needs a budget and a kind to choose among"):
+            calibrate_by_metric(hazards, lambda i: 0.0, budgets, kinds, lower_is_better=True)
+
+
 def test_a_larger_budget_keeps_a_cheaper_rule_that_is_better_on_validation():
     """Each row is best at its own step d (1..3) and worse after it: the policy that stops at d
     costs 2 steps on average and scores 1. At a budget of 6 steps the search's own candidates

@@ -125,6 +125,11 @@ def calibrate_by_metric(
     """The threshold rule with the best validation metric among rules fitted to each budget and
     kind. ``val_metric(stop_index (N,)) -> float`` scores validation stop steps (e.g. NMSE of
     the estimates there); ties go to the cheaper rule."""
+    if not budgets or not kinds:  # (a TypeError about None after the loops before)
+        raise ValueError(
+            f"calibrate_by_metric needs a budget and a kind to choose among; got budgets "
+            f"{list(budgets)}, kinds {list(kinds)}"
+        )
     T = val_hazards.shape[1]
     costs = torch.arange(1, T + 1, dtype=torch.float64) if costs is None else costs.double()
     candidates, best = [], None
