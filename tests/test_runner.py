@@ -2,6 +2,7 @@
 named streams, the job cache, refusal of changed settings, reuse from another run, worker
 processes, exact resume after SIGKILL, the run lock, and registration by --module / entry point."""
 
+import errno
 import json
 import os
 import shutil
@@ -13,7 +14,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from stopwise import experiments
+from stopwise import experiments, reporting
+from stopwise.checkpoints import WriteError
 from stopwise.config import ConfigError
 from stopwise.contract import RunDir, settings_digest, stream_seed
 from stopwise.experiments import RunLock, load_module, run_experiment
@@ -141,6 +143,28 @@ def test_a_deleted_table_or_figure_is_written_again(tmp_path):
     (out / "results.json").write_text(results[:20])  # torn: derived, so written again
     run(out)
     assert (out / "results.json").read_text() == results
+
+
+def test_a_report_stopped_before_results_json_leaves_no_table_for_the_old_config(
+    tmp_path, monkeypatch
+):
+    """table.md is written before the figures and results.json: a report of another config
+    stopped in between (here a full disk at the figure) must not leave its table served, from
+    cache, to a rerun of the config the old results.json was made for."""
+    out = tmp_path / "run"
+    run(out, "seeds=0,1")
+    table = (out / "table.md").read_text()
+
+    def disk_full(figure, path):
+        raise WriteError(errno.ENOSPC, f"could not write {path} (No space left on device)")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(reporting, "save_figure", disk_full)
+        with pytest.raises(WriteError):
+            run(out, "seeds=0")
+    assert (out / "table.md").read_text() != table  # the seed-0 table, written before
+    run(out, "seeds=0,1")
+    assert (out / "table.md").read_text() == table
 
 
 def test_report_code_digest_follows_the_file_that_defines_report(tmp_path, monkeypatch):

@@ -1021,6 +1021,12 @@ def _write_report(run: RunDir, experiment: Experiment, config: Any, results: lis
     report = experiment.report(results, config)
     if not is_main_process():
         return report.summary
+    if isinstance(previous, dict) and "fingerprint" in previous:
+        # The old results.json no longer vouches for table.md and the figures: a report stopped
+        # between them and results.json (a signal, a full disk) would leave this report's table
+        # served as the old one's by a rerun of the old config.
+        del previous["fingerprint"]
+        run.write_json(run.results_path, previous)
     atomic_write_text(run.table_path, report.table.rstrip() + "\n")
     from .reporting import save_figure
 
