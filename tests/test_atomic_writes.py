@@ -1,6 +1,7 @@
 """Writes that fail part-way (a full disk reported when the data is flushed) leave the previous
 version of the file intact, raise WriteError naming it, and leave no temporary behind: for a
-run directory's JSON files and for checkpoints."""
+run directory's JSON files and for checkpoints; a metrics line or the lock's owner that cannot
+be written raises WriteError too (exit 3 from the command), not an OSError traceback."""
 
 import errno
 import json
@@ -11,7 +12,10 @@ import torch
 
 from stopwise import checkpoints
 from stopwise.checkpoints import WriteError, load_checkpoint, save_checkpoint
+from stopwise.cli import main
 from stopwise.contract import RunDir
+from stopwise.experiments import RunLock
+from stopwise.training import MetricsLog
 
 
 def _disk_full(fd):
@@ -36,3 +40,26 @@ def test_a_checkpoint_that_cannot_be_flushed_keeps_its_previous_version(tmp_path
         save_checkpoint(path, {"step": 2, "w": torch.ones(3)})
     assert load_checkpoint(path)["step"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stage.pt"]
+
+
+needs_dev_full = pytest.mark.skipif(
+    not os.path.exists("/dev/full"), reason="needs /dev/full (every write: no space left)"
+)
+
+
+@needs_dev_full
+def test_a_metrics_record_that_cannot_be_appended_raises_write_error():
+    # A full disk at a training curve's line ended the run in an OSError traceback (exit 1).
+    with pytest.raises(WriteError, match="could not append to /dev/full"):
+        MetricsLog("/dev/full").write({"stage": "fit", "step": 0, "loss": 1.0})
+
+
+@needs_dev_full
+def test_a_run_lock_that_cannot_be_written_raises_write_error(tmp_path, capsys):
+    # A full disk when the lock's owner is written ended the run in an OSError traceback.
+    (tmp_path / "run.lock").symlink_to("/dev/full")
+    with pytest.raises(WriteError, match="could not write .*run.lock"):
+        with RunLock(RunDir(tmp_path)):
+            pass
+    code = main(["run", "toy", "--preset", "tiny", "--out", str(tmp_path)])
+    assert code == 3 and "could not write" in capsys.readouterr().err

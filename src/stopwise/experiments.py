@@ -63,6 +63,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .checkpoints import (
     CheckpointError,
+    WriteError,
     atomic_write_text,
     load_checkpoint,
     remove_stale_temporaries,
@@ -583,10 +584,17 @@ class RunLock:
                 f"--out {self.path.parent} is in use by {owner}; wait for it to finish or "
                 "choose another --out"
             ) from None
-        self.handle.seek(0)
-        self.handle.truncate()
-        self.handle.write(f"pid {os.getpid()} on {platform.node()}\n")
-        self.handle.flush()
+        try:
+            self.handle.seek(0)
+            self.handle.truncate()
+            self.handle.write(f"pid {os.getpid()} on {platform.node()}\n")
+            self.handle.flush()
+        except OSError as error:  # a full disk: said like any failed write, not a traceback
+            with contextlib.suppress(OSError):
+                self.handle.close()
+            raise WriteError(
+                error.errno, f"could not write {self.path} ({error.strerror or error})"
+            ) from None
         return self
 
     def __exit__(self, *exc) -> None:

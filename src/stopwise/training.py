@@ -30,7 +30,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoints import CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
+from .checkpoints import (
+    CheckpointError,
+    WriteError,
+    atomic_write_text,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .objectives import gain_loss, joint_loss, l2s_stage1_loss, l2s_stage2_loss
 from .steps import StepModel, index_state, unroll
 from .stoptime import StopTime
@@ -219,9 +225,16 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as error:  # a full disk: said like a failed checkpoint, not a traceback
+            raise WriteError(
+                error.errno,
+                f"could not append to {self.path} ({error.strerror or error}); a partly written "
+                "last line is dropped when the run resumes",
+            ) from None
 
     def read(self) -> list[dict[str, Any]]:
         if self.path is None or not self.path.exists():
