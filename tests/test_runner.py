@@ -204,6 +204,28 @@ def test_reuse_from_takes_jobs_with_identical_settings(tmp_path, capsys):
     assert not (tmp_path / "fourth").exists()
 
 
+def test_reuse_that_cannot_copy_a_checkpoint_is_a_write_error(tmp_path, monkeypatch):
+    """A full disk while a reused job's checkpoints are copied: WriteError naming the folder
+    (exit 3; it was a shutil.Error traceback), no half-copied folder to resume from, and a rerun
+    with space takes the jobs."""
+    run(tmp_path / "first")
+    copy = shutil.copyfile
+
+    def disk_full(source, target, **kw):
+        if os.fspath(source).endswith(".pt"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
+        return copy(source, target, **kw)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(shutil, "copyfile", disk_full)
+        with pytest.raises(WriteError, match="could not copy .*checkpoints/fit-a-s0"):
+            run(tmp_path / "second", f"reuse_from={tmp_path / 'first'}")
+    assert not (tmp_path / "second" / "checkpoints" / "fit-a-s0").exists()
+    calls = tmp_path / "calls"
+    run(tmp_path / "second", f"reuse_from={tmp_path / 'first'}", calls=calls)
+    assert called(calls) == [] and records(tmp_path / "second") == records(tmp_path / "first")
+
+
 def test_reuse_into_a_started_job_replaces_its_attempt(tmp_path):
     """A job killed here and then taken from another run: its lines in metrics.jsonl and its
     checkpoints are the donor's alone (the attempt's were kept beside them)."""

@@ -890,13 +890,26 @@ def _reuse(run: RunDir, source: Path, pending: list[PlannedJob], same_settings) 
     for id, theirs in taken:
         shutil.rmtree(run.checkpoints(id), ignore_errors=True)
         if donor.checkpoints(id).is_dir():
-            shutil.copytree(donor.checkpoints(id), run.checkpoints(id))
+            _copy_checkpoints(donor.checkpoints(id), run.checkpoints(id))
         theirs["reused_from"] = str(donor.job_path(id).resolve())
         for record in curves:  # its training curves come with it
             if record.get("job") == id:
                 log.write(record)
         run.write_json(run.job_path(id), theirs)
     return len(taken)
+
+
+def _copy_checkpoints(source: Path, target: Path) -> None:
+    """Copy a reused job's checkpoint folder; a copy that fails (a full disk) is removed, so no
+    half-copied checkpoint is left to resume from, and is a :class:`WriteError` naming it."""
+    try:
+        shutil.copytree(source, target)
+    except OSError as error:
+        shutil.rmtree(target, ignore_errors=True)
+        # shutil.Error gathers (source, target, why) per file; another OSError has its strerror.
+        failed = error.args[0] if isinstance(error, shutil.Error) else None
+        why = failed[0][2] if failed else error.strerror or error
+        raise WriteError(f"could not copy {source} to {target} ({why})") from None
 
 
 def _drop_lost_metrics(run: RunDir, pending: list[PlannedJob]) -> None:
