@@ -129,3 +129,11 @@ def test_a_finished_jobs_damaged_or_missing_checkpoint_says_to_delete_its_record
     stage2.unlink()
     with pytest.raises(CheckpointError, match=f"is gone; delete {re.escape(record)} to rerun"):
         load_stop_model(run, "l2s")
+
+
+def test_the_stops_command_refuses_a_seed_the_run_does_not_run(toy_run, capsys):
+    """It printed "seed 7 of [0]", then a line per stop model, and exited 0."""
+    assert main(["stops", str(toy_run), "--seed", "7"]) == 2
+    captured = capsys.readouterr()
+    assert "runs seeds [0]; --seed 7 is not one of them" in captured.err and not captured.out
+    assert main(["stops", str(toy_run), "--seed", "0"]) == 0
