@@ -19,6 +19,7 @@ from stopwise.checkpoints import WriteError
 from stopwise.config import ConfigError
 from stopwise.contract import RunDir, settings_digest, stream_seed
 from stopwise.experiments import RunLock, load_module, run_experiment
+from stopwise.training import Interrupted
 
 MODULE = str(Path(__file__).with_name("sample_experiment.py"))
 load_module(MODULE)
@@ -224,6 +225,27 @@ def test_reuse_that_cannot_copy_a_checkpoint_is_a_write_error(tmp_path, monkeypa
     calls = tmp_path / "calls"
     run(tmp_path / "second", f"reuse_from={tmp_path / 'first'}", calls=calls)
     assert called(calls) == [] and records(tmp_path / "second") == records(tmp_path / "first")
+
+
+def test_reuse_stopped_while_copying_a_checkpoint_leaves_no_half_copy(tmp_path, monkeypatch):
+    """A signal while a reused job's checkpoint is copied: the half-copied folder is removed (a
+    rerun without reuse_from resumed from the truncated file and was refused, exit 2)."""
+    run(tmp_path / "first")
+    copy = shutil.copyfile
+
+    def stopped(source, target, **kw):
+        if os.fspath(source).endswith(".pt"):
+            Path(target).write_bytes(Path(source).read_bytes()[:100])
+            raise Interrupted(signal.SIGINT)
+        return copy(source, target, **kw)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(shutil, "copyfile", stopped)
+        with pytest.raises(Interrupted):
+            run(tmp_path / "second", f"reuse_from={tmp_path / 'first'}")
+    assert not (tmp_path / "second" / "checkpoints" / "fit-a-s0").exists()
+    run(tmp_path / "second")
+    assert records(tmp_path / "second") == records(tmp_path / "first")
 
 
 def test_reuse_into_a_started_job_replaces_its_attempt(tmp_path):

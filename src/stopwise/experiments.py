@@ -900,12 +900,15 @@ def _reuse(run: RunDir, source: Path, pending: list[PlannedJob], same_settings) 
 
 
 def _copy_checkpoints(source: Path, target: Path) -> None:
-    """Copy a reused job's checkpoint folder; a copy that fails (a full disk) is removed, so no
-    half-copied checkpoint is left to resume from, and is a :class:`WriteError` naming it."""
+    """Copy a reused job's checkpoint folder; a copy that fails (a full disk) or is stopped (a
+    signal) is removed, so no half-copied checkpoint is left to resume from; a failure is a
+    :class:`WriteError` naming it."""
     try:
         shutil.copytree(source, target)
-    except OSError as error:
+    except BaseException as error:
         shutil.rmtree(target, ignore_errors=True)
+        if not isinstance(error, OSError):
+            raise
         # shutil.Error gathers (source, target, why) per file; another OSError has its strerror.
         failed = error.args[0] if isinstance(error, shutil.Error) else None
         why = failed[0][2] if failed else error.strerror or error
