@@ -3,6 +3,7 @@ named streams, the job cache, refusal of changed settings, reuse from another ru
 processes, exact resume after SIGKILL, the run lock, and registration by --module / entry point."""
 
 import errno
+import io
 import json
 import os
 import shutil
@@ -166,6 +167,23 @@ def test_a_report_stopped_before_results_json_leaves_no_table_for_the_old_config
     assert (out / "table.md").read_text() != table  # the seed-0 table, written before
     run(out, "seeds=0,1")
     assert (out / "table.md").read_text() == table
+
+
+def test_a_signal_while_a_log_line_is_written_stops_the_run(tmp_path, monkeypatch):
+    """A SIGTERM that lands while the runner writes its "done" line (the last job's) was
+    swallowed by logging as a "Logging error": the run reported and exited 0."""
+
+    class Signalling(io.StringIO):
+        def write(self, text):
+            if "done summary-s0" in text:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return super().write(text)
+
+    monkeypatch.setattr(sys, "stderr", Signalling())
+    with pytest.raises(Interrupted):
+        run(tmp_path / "run")
+    assert "Logging error" not in sys.stderr.getvalue()
+    assert not (tmp_path / "run" / "results.json").exists()
 
 
 def test_report_code_digest_follows_the_file_that_defines_report(tmp_path, monkeypatch):
