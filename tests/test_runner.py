@@ -101,6 +101,21 @@ def test_changed_settings_are_refused_and_report_keys_are_not(tmp_path, capsys):
     assert json.loads((out / "results.json").read_text())["title"] == "renamed"
 
 
+def test_a_dependency_added_or_dropped_is_said_in_words():
+    """A job whose dependencies changed (multi-exit's `l2s` when a β is added to l2s.betas or
+    `uniform` leaves methods) was refused with "after.l2s-b3: (absent) -> 'af510916888b'"."""
+    old = {"seed": 0, "after": {"uniform": "6d2adb1a3272", "l2s-b1": "0123456789ab"}}
+    new = {"seed": 0, "after": {"l2s-b1": "0123456789ab", "l2s-b3": "af510916888b"}}
+    assert experiments._settings_diff(old, new) == [
+        "after.l2s-b3: a dependency it did not have (this config adds job l2s-b3 before it)",
+        "after.uniform: a dependency it no longer has (this config drops job uniform)",
+    ]
+    changed = {"seed": 0, "after": {"uniform": "ffffffffffff", "l2s-b1": "0123456789ab"}}
+    assert experiments._settings_diff(old, changed) == [
+        "after.uniform: '6d2adb1a3272' -> 'ffffffffffff'"
+    ]
+
+
 def test_a_run_with_another_config_into_a_run_directory_says_what_differs(tmp_path, capsys):
     out = tmp_path / "run"
     run(out)

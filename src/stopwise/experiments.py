@@ -435,12 +435,23 @@ def _settings_diff(
     }
     at_default |= {k for k in set(a) - set(b) if k in current and a[k] == current[k]}
     return [
-        f"{k}: {_shown(a, k)} -> {_shown(b, k)}"
+        _difference(a, b, k)
         for k in sorted(set(a) | set(b))
         if a.get(k) != b.get(k)
         and k not in at_default
         and not (k.startswith("after.") and k in a and same_dependency(k[6:], a[k]))
     ]
+
+
+def _difference(old: dict[str, Any], new: dict[str, Any], key: str) -> str:
+    """``key: old -> new``; a dependency added or dropped (the config changed which jobs run,
+    e.g. a grid value or a method) is said in words, not as a digest and "(absent)"."""
+    if key.startswith("after.") and (key not in old or key not in new):
+        name = key[len("after.") :]
+        if key not in old:
+            return f"{key}: a dependency it did not have (this config adds job {name} before it)"
+        return f"{key}: a dependency it no longer has (this config drops job {name})"
+    return f"{key}: {_shown(old, key)} -> {_shown(new, key)}"
 
 
 def _shown(settings: dict[str, Any], key: str) -> str:
