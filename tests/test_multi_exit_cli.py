@@ -63,7 +63,8 @@ def test_tiny_run_writes_curves_tables_figures_and_real_early_exit(tiny_run):
     assert final["min"] <= final["quantiles"][0] <= final["quantiles"][-1] <= final["max"]
     table = (tiny_run / "table.md").read_text()
     assert "L2W − uniform" in table and "speedup" in table and "95%" in table
-    assert "± 0.00" not in table  # one seed (tiny) has no sd to show
+    assert "± 0.00" not in table  # one seed (tiny) has no sd to show, nor says it has
+    assert "seed 0 alone (no sd)" in table and "one seed: the difference alone" in table
     # each timed row says what share of the MACs the curve point it timed spends
     for r in timing.values():
         assert f"| {100 / r['mac_ratio']:.0f}% |" in table

@@ -778,7 +778,7 @@ def test_msdnet_rule_takes_the_point_nearest_to_the_value():
 
 
 def test_a_paired_cell_reached_by_fewer_seeds_than_the_run_has_says_how_many():
-    """The paired table's header says "mean over 3 seed(s)"; a gain-head cell paired over the 2
+    """The paired table's header says "mean over 3 seeds"; a gain-head cell paired over the 2
     seeds that reach its budget printed a wide interval with no sign of it."""
     from stopwise.stats import paired_difference
     from stopwise.tasks.multi_exit.report import _interval_text

@@ -368,10 +368,14 @@ def _table(results: dict[str, Any], config: MultiExitConfig) -> str:
             ratio = results["train_seconds_vs_uniform"].get(line["job"], {})
             row["cpu"] = ratio.get("cpu", {}).get("mean") if line["curve"] == "confidence" else None
             paired_rows.append(row)
+        spread = (
+            f"mean over {seeds} seeds with its 95% Student-t interval"
+            if seeds > 1
+            else "one seed: the difference alone, no interval"
+        )
         parts += _section(
-            f"Paired differences against uniform training (accuracy points, mean over {seeds} "
-            "seed(s) with its 95% Student-t interval; each pair shares initial weights and batch "
-            "order), and training CPU time relative to uniform:",
+            f"Paired differences against uniform training (accuracy points, {spread}; each pair "
+            "shares initial weights and batch order), and training CPU time relative to uniform:",
             paired_rows,
             [
                 ("label", "pair", "s"),
