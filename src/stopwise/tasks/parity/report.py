@@ -11,7 +11,14 @@ from typing import Any
 from ...contract import JobResult, Report
 from ...curves import best_fixed_mix, dominance, dominance_line
 from ...reporting import finish_axes, markdown_table, new_figure
-from ...stats import format_interval, format_mean_and_sd, mean_present, mean_sd, paired_difference
+from ...stats import (
+    format_interval,
+    format_mean_and_sd,
+    mean_present,
+    mean_sd,
+    over_seeds,
+    paired_difference,
+)
 from .config import ParityConfig
 from .methods import METHODS, RULES
 from .metrics import SUCCESS_ACCURACY
@@ -196,7 +203,7 @@ def _lines_table(lines: list[dict[str, Any]]) -> str:
         ("label", "method", "s"),
         ("setting", "setting", "s"),
         ("rule_text", "inference rule", "s"),
-        ("interp", "interp. acc % (mean ± sd)", "s"),
+        ("interp", "interp. acc %", "s"),
         ("interp_min", "worst seed %", "s"),
         ("validation", "val. acc %", "s"),
         *([("extrap", "extrap. acc %", "s")] if extrapolating else []),
@@ -248,7 +255,7 @@ def _tables(lines: list[dict], paired: list[dict], curves: list[dict], config: P
         f"Parity n={c.n}, train k∈{c.train_k}, test k∈{c.test_k}; GRU {c.hidden} units, at most "
         f"{c.max_steps} steps; {c.updates} Adam updates of batch {c.batch_size} (lr grid "
         f"{_grid(c.lr)}, ACT's {_grid(c.act_lr)}); "
-        f"{len(c.seeds)} seed(s), {c.test_size} test vectors each. ACT: ε={c.act_eps:g}, "
+        f"{over_seeds(c.seeds)}, {c.test_size} test vectors each. ACT: ε={c.act_eps:g}, "
         f"halting-bias init {c.act_halting_bias:g}. PonderNet: β={c.pondernet_beta:g}. Thesis: "
         f"prior p={c.thesis_prior_p:g}. L2S stage II: {c.policy_updates} head-only updates.",
         "",
