@@ -502,6 +502,20 @@ def test_bad_inputs_exit_2_before_anything_is_written(setting, named, tmp_path, 
     assert not (tmp_path / "never").exists()
 
 
+@pytest.mark.parametrize("module, named", [("bm3d", "bm3d"), ("skimage", "scikit-image")])
+def test_a_missing_data_package_exits_2_before_anything_is_written(
+    module, named, tmp_path, monkeypatch, capsys
+):
+    """Without the `data` extra's BM3D (or scikit-image) a run wrote its directory and then
+    failed with a traceback in the classical job (ModuleNotFoundError: bm3d)."""
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed: find_spec gives None
+    out = tmp_path / "never"
+    assert main(["run", "denoising", "--preset", "tiny", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "stopwise[data]" in err
+    assert not out.exists()
+
+
 def test_kept_exits_against_a_plain_count():
     losses = torch.tensor([[3.0, 1.0, 2.0, 4.0], [1.0, 2.0, 3.0, 4.0], [5.0, 4.0, 0.5, 1.0]] * 10)
     valid, frequency = kept_exits(losses, 0.2)
