@@ -547,6 +547,31 @@ def test_a_key_added_after_a_job_ran_counts_at_its_default(tmp_path):
         run(out, calls=calls)
 
 
+def test_a_job_started_before_a_key_was_added_resumes(tmp_path):
+    """fit-b-s0 killed mid-training, as if before the task gained ``lr`` (its stamp and its
+    checkpoints' owner lack it): the runner finds no difference at lr's default, and the job
+    resumes to the numbers of an uninterrupted run. It failed: the resumed stage compared its
+    checkpoint with the new settings' digest and refused it as "copied from another job"."""
+    import torch
+
+    assert _cli(tmp_path / "full").returncode == 0
+    out = tmp_path / "killed"
+    assert _cli(out, {"SAMPLE_KILL_AT": "fit-b-s0:9"}).returncode == -signal.SIGKILL
+    folder = out / "checkpoints" / "fit-b-s0"
+    stamp = json.loads((folder / "job.json").read_text())
+    assert stamp["settings"]["config"].pop("lr") == 0.1  # the default
+    (folder / "job.json").write_text(json.dumps(stamp))
+    saved = torch.load(folder / "fit.pt", weights_only=True)
+    tags = json.loads(saved["tags"])
+    tags["settings"] = settings_digest(stamp["settings"])
+    saved["tags"] = json.dumps(tags, sort_keys=True)
+    torch.save(saved, folder / "fit.pt")
+    resumed = _cli(out)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert records(out) == records(tmp_path / "full")
+    assert json.loads((out / "jobs" / "fit-b-s0.json").read_text())["resumed"]
+
+
 def test_a_job_started_with_other_threads_is_refused(tmp_path):
     """fit-b-s0 killed mid-training at threads=1: resuming it with threads=2 would mix float
     results of two thread counts, so it is refused naming threads; threads=1 resumes it."""

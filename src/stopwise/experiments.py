@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import datetime
 import errno
 import fcntl
@@ -708,6 +709,11 @@ def _run_one(experiment: Experiment, config: Any, run: RunDir, planned: PlannedJ
     """Run one job (resuming from its checkpoints) and write its record."""
     checkpoints = run.checkpoints(planned.id)
     resumed = checkpoints.is_dir() and any(checkpoints.glob("*.pt"))
+    started = run.job_stamp(planned.id) if resumed else None
+    if started is not None and started["settings"] != planned.settings:
+        # Settings check_run_dir found no different (a key added since, at its default; one no
+        # longer read): resume as the job started, whose digest its checkpoints carry.
+        planned = dataclasses.replace(planned, settings=started["settings"])
     stamp = {"id": planned.id, "settings": planned.settings, "threads": config.threads}
     run.write_json(run.stamp_path(planned.id), stamp)
     seed_everything(stream_seed(planned.seed, "global") % 2**32)
