@@ -157,8 +157,11 @@ class DenoisingConfig(Config):
             )
         try:
             sizes = image_sizes(self.images_dir)
-        except DataError as error:
-            raise ValueError(f"images_dir: {error}") from None
+        except DataError as error:  # (a message about the folder names it already)
+            said = str(error)
+            raise ValueError(
+                said if said.startswith("images_dir=") else f"images_dir: {said}"
+            ) from None
         for split, listed in sizes.items():
             if split == "train":
                 least = max(self.patch, self.policy.crop)
