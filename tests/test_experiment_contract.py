@@ -56,10 +56,10 @@ def module_args(name):
     )
 
 
-def tiny(name, out, *extra):
+def tiny(name, out, *extra, every=3):
     return [
         "run", name, *module_args(name), "--preset", "tiny", "--out", str(out),
-        "--set", "checkpoint_every=3", *extra,
+        "--set", f"checkpoint_every={every}", *extra,
     ]  # fmt: skip
 
 

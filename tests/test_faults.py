@@ -83,14 +83,17 @@ def start_with_two_workers(
 ) -> tuple[subprocess.Popen, list[str]]:
     """A toy run with two worker processes, returned once both are training (one job per seed:
     with more seeds than workers, jobs wait in the pool's queue)."""
-    args = [sys.executable, "-m", "stopwise.cli", *tiny("toy", out, "--set", f"seeds={seeds}")]
+    args = [
+        sys.executable,
+        "-m",
+        "stopwise.cli",
+        *tiny("toy", out, "--set", f"seeds={seeds}", every=every),
+    ]
     args += [
         "--set",
         "workers=2",
         "--set",
         "stage2.steps=400",  # seconds of training: the signal finds both jobs mid-stage
-        "--set",
-        f"checkpoint_every={every}",
     ]
     process = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, start_new_session=True)
     metrics = out / "metrics.jsonl"

@@ -326,8 +326,8 @@ def test_data_dependent_limits_exit_2_naming_the_key_before_anything_is_written(
             overrides.append("dataset=digits")
     elif data == "mnist1d":
         overrides = ["dataset=mnist1d", "val_size=100", "test_size=100", *overrides]
-    for item in overrides:
-        args += ["--set", item]
+    for key, value in dict(item.split("=", 1) for item in overrides).items():  # the last wins
+        args += ["--set", f"{key}={value}"]
     assert main(args) == 2
     error = capsys.readouterr().err
     assert message in error and "Traceback" not in error, error
