@@ -157,3 +157,28 @@ def test_the_code_a_run_used_is_recorded(tmp_path):
         [*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
     ).stdout
     assert version["git_dirty"] == bool(changes.strip())
+
+
+@pytest.mark.parametrize(
+    "args, module, named",
+    [
+        (["run", "multi-exit"], "sklearn", "multi-exit dataset=digits needs scikit-learn"),
+        (
+            ["run", "multi-exit", "--set", "dataset=mnist1d", "--set", "mnist1d_per_level=100"],
+            "mnist1d",
+            "multi-exit dataset=mnist1d needs mnist1d",
+        ),
+        (["run", "learned-optimizers"], "sklearn", "mlp.dataset=digits needs scikit-learn"),
+        (["run", "denoising"], "bm3d", "denoising needs bm3d"),
+    ],
+)
+def test_a_missing_data_package_exits_2_naming_it_before_anything_is_written(
+    tmp_path, capsys, monkeypatch, args, module, named
+):
+    """A job found scikit-learn (or mnist1d) missing after the run directory was written."""
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed: find_spec gives None
+    out = tmp_path / "never"
+    assert main([*args, "--preset", "tiny", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "pip install 'stopwise[data]'" in err, err
+    assert not out.exists()

@@ -11,7 +11,25 @@ import numpy as np
 
 from .config import DataError
 
-__all__ = ["digits", "from_16_bit"]
+__all__ = ["digits", "from_16_bit", "require_packages", "DATA_PACKAGES"]
+
+# Import name → distribution name of the packages the ``data`` extra installs for the tasks.
+DATA_PACKAGES = {
+    "sklearn": "scikit-learn",
+    "mnist1d": "mnist1d",
+    "skimage": "scikit-image",
+    "bm3d": "bm3d",
+}
+
+
+def require_packages(what: str, *modules: str) -> None:
+    """For a config's ``check()``: a ValueError naming the packages among ``modules`` (import
+    names, keys of :data:`DATA_PACKAGES`) that are not installed, and the extra that installs
+    them. Found up front, before anything is written (a job importing them failed with a
+    traceback, the run directory written)."""
+    missing = [DATA_PACKAGES[m] for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ValueError(f"{what} needs {' and '.join(missing)}; `pip install 'stopwise[data]'`")
 
 
 def digits() -> tuple[np.ndarray, np.ndarray]:

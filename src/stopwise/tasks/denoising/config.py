@@ -7,18 +7,16 @@ choice.
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 
 from ...config import Config, group, param
+from ...datasets import require_packages
 from .data import BM3D_MIN_SIDE, DataError, image_sizes
 from .models import HEAD_KINDS
 
 __all__ = ["TrainStage", "PolicyStage", "DenoisingConfig", "PRESETS", "BM3D_PROFILES"]
 
 BM3D_PROFILES = ("np", "vn", "high")
-# What every run imports beyond the core (the `data` extra): SSIM and non-local means, BM3D.
-PACKAGES = {"skimage": "scikit-image", "bm3d": "bm3d"}
 
 
 @dataclass
@@ -148,13 +146,7 @@ class DenoisingConfig(Config):
             raise ValueError(
                 f"policy.batch={self.policy.batch} exceeds policy.pool={self.policy.pool}"
             )
-        missing = [
-            name for module, name in PACKAGES.items() if not importlib.util.find_spec(module)
-        ]
-        if missing:  # else the classical job's import failed with a traceback, files written
-            raise ValueError(
-                f"denoising needs {' and '.join(missing)}; `pip install 'stopwise[data]'`"
-            )
+        require_packages("denoising", "skimage", "bm3d")  # the sample photos, BM3D
         try:
             sizes = image_sizes(self.images_dir)
         except DataError as error:  # (a message about the folder names it already)
