@@ -2,6 +2,7 @@
 named streams, the job cache, refusal of changed settings, reuse from another run, worker
 processes, exact resume after SIGKILL, the run lock, and registration by --module / entry point."""
 
+import dataclasses
 import errno
 import io
 import json
@@ -182,6 +183,26 @@ def test_a_report_stopped_before_results_json_leaves_no_table_for_the_old_config
     assert (out / "table.md").read_text() != table  # the seed-0 table, written before
     run(out, "seeds=0,1")
     assert (out / "table.md").read_text() == table
+
+
+def test_a_report_without_a_figure_an_earlier_one_wrote_removes_it(tmp_path, monkeypatch):
+    """A rebuilt report that no longer draws a figure left the old PNG in figures/, where it
+    passed for this run's; a file the runner did not write stays."""
+    out = tmp_path / "run"
+    run(out)
+    assert (out / "figures" / "line.png").is_file()
+    (out / "figures" / "mine.png").write_bytes(b"a user's own file")
+    experiment = experiments.get_experiment("sample")
+    drawn = experiment.report
+
+    def other_figure(results, config):
+        report = drawn(results, config)
+        return dataclasses.replace(report, figures={"bars": report.figures["line"]})
+
+    monkeypatch.setattr(experiment, "report", other_figure)
+    run(out, "title=other")
+    assert sorted(p.name for p in (out / "figures").iterdir()) == ["bars.png", "mine.png"]
+    assert json.loads((out / "results.json").read_text())["figure_files"] == ["bars"]
 
 
 def test_a_signal_while_a_log_line_is_written_stops_the_run(tmp_path, monkeypatch):

@@ -1082,6 +1082,11 @@ def _write_report(run: RunDir, experiment: Experiment, config: Any, results: lis
     for name, figure in report.figures.items():
         run.figure(name).parent.mkdir(parents=True, exist_ok=True)
         save_figure(figure, run.figure(name))
+    # The figures an earlier report wrote and this one does not (another config, another
+    # version): left in figures/, they passed for this run's. Files the runner did not write stay.
+    earlier = previous.get("figure_files", []) if isinstance(previous, dict) else []
+    for name in set(earlier) - set(report.figures):
+        run.figure(name).unlink(missing_ok=True)
     run.write_json(
         run.results_path,
         {
