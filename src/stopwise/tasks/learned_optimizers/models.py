@@ -350,7 +350,8 @@ class HandDesigned(nn.Module):
         if kind not in self.KINDS:
             raise ValueError(f"unknown optimizer {kind!r}; choose one of {self.KINDS}")
         self.kind = kind
-        self.register_buffer("lr", torch.as_tensor(lr, dtype=torch.float32).reshape(-1))
+        # float64: a rate of the grid (10^-3.5) reaches a float64 function unrounded
+        self.register_buffer("lr", torch.as_tensor(lr, dtype=torch.float64).reshape(-1))
 
     def start(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
         n = theta.shape[0]
