@@ -421,3 +421,30 @@ def test_a_row_whose_seed_diverged_is_named():
     note = _diverged_rows(rows)
     assert "ISTA (T=40): seed(s) 2 (+37.3 dB)" in note
     assert note.count("seed(s)") == 1  # not LISTA (below 0 dB), not the least squares
+
+
+def _budget_figure_inputs(seeds):
+    """The least a budget figure reads: one stop model, three budget points."""
+    curve = [{"mean_steps": t, "mixed": -2.0 * t} for t in (1.0, 2.0, 3.0)]
+    by_seed = {s: {"curve": curve, "curve_published": curve, "oracle_curve": curve} for s in seeds}
+    margins = [{"mean_steps": t, "mixed": -2.0 * t, "margin": -0.5, "margin_sd": 0.25}
+               for t in (1.0, 2.0, 3.0)]  # fmt: skip
+    results = {"per_layer": {"lista_stop": curve}, "budget_curves": {"lista_stop": margins}}
+    return results, {"lista_stop": by_seed}
+
+
+@pytest.mark.parametrize("seeds", [[0, 1], [0]])
+def test_the_budget_figures_margin_band_says_it_is_the_sd_over_seeds(seeds):
+    """The table gives the margin's 95% interval; the figure's band is ± sd over seeds, and its
+    legend says so (an unnamed band beside the table read as that interval, far narrower)."""
+    from stopwise.tasks.sparse_recovery.report import _budget_figure
+
+    figure = _budget_figure(*_budget_figure_inputs(seeds), seeds)
+    bottom = figure.axes[1]
+    texts = [t.get_text() for t in bottom.get_legend().get_texts()]
+    if len(seeds) > 1:
+        assert texts == ["± sd over seeds", "mean over 2 seeds"]
+        band = bottom.collections[0].get_paths()[0].vertices[:, 1]
+        assert band.min() == pytest.approx(-0.75) and band.max() == pytest.approx(-0.25)
+    else:  # one seed: no band to explain
+        assert texts == ["seed 0"] and not bottom.collections
