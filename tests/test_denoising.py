@@ -1126,3 +1126,28 @@ def test_the_same_images_at_another_path_are_the_same_settings(tmp_path):
     assert copied == settings(root)
     Image.fromarray(np.full((64, 64), 200, dtype=np.uint8)).save(root / "test" / "a.png")
     assert copied != settings(root)
+
+
+@pytest.mark.parametrize(
+    ("sigmas", "train", "bands"),
+    [
+        ([15.0, 25.0, 45.0, 65.0, 75.0], [45.0], [(12.5, 27.5), (62.5, 77.5)]),
+        ([35.0, 45.0, 55.0, 65.0, 75.0], [35.0, 45.0, 55.0], [(62.5, 77.5)]),
+        ([45.0, 50.0, 55.0], [45.0, 55.0], [(47.5, 52.5)]),
+        ([45.0], [45.0], []),
+    ],
+)
+def test_the_psnr_figure_shades_only_the_unseen_sigmas(sigmas, train, bands):
+    """The 'σ unseen in training' band covers the unseen σ and no training σ: one band from the
+    lowest unseen σ to the highest σ shaded σ=45 (a training σ) when a test σ lay below it."""
+    from stopwise.tasks.denoising.report import METHODS, _psnr_figure
+
+    quality = {key: {"psnr": {0: [20.0] * len(sigmas)}} for key, _, _ in METHODS}
+    unseen = [s not in train for s in sigmas]
+    axes = _psnr_figure(quality, sigmas, unseen, [0], "test").axes[0]
+    shaded = [(p.get_x(), p.get_x() + p.get_width()) for p in axes.patches]
+    assert [pytest.approx(band) for band in bands] == shaded
+    for lo, hi in shaded:
+        assert not any(lo <= s <= hi for s in train)
+    labels = [t.get_text() for t in axes.get_legend().get_texts()]
+    assert labels.count("σ unseen in training") == (1 if bands else 0)

@@ -633,11 +633,20 @@ def _psnr_figure(quality, sigmas, unseen, seeds, shown):
             statistics.fmean(quality[key]["psnr"][s][j] for s in seeds) for j in range(len(sigmas))
         ]
         axes.plot(sigmas, means, "-o", markersize=3, label=label.replace("**", ""))
-    lo = min((s for s, u in zip(sigmas, unseen, strict=True) if u), default=None)
-    if lo is not None:
-        axes.axvspan(
-            lo - 2.5, max(sigmas) + 2.5, color="grey", alpha=0.15, label="σ unseen in training"
-        )
+    # One band per run of neighbouring unseen σ: a single band from the lowest unseen σ to the
+    # highest σ would shade training σ lying between (test σ below and above the training range).
+    runs: list[list[float]] = []
+    previous_unseen = False
+    for sigma, u in sorted(zip(sigmas, unseen, strict=True)):
+        if u:
+            if previous_unseen:
+                runs[-1].append(sigma)
+            else:
+                runs.append([sigma])
+        previous_unseen = u
+    for i, run in enumerate(runs):
+        label = "σ unseen in training" if i == 0 else None
+        axes.axvspan(run[0] - 2.5, run[-1] + 2.5, color="grey", alpha=0.15, label=label)
     title = f"Test PSNR per σ ({shown})"
     finish_axes(axes, "σ (of 255)", "test PSNR (dB)", title, title_size=8, legend=6)
     return figure
