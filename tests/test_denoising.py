@@ -1151,3 +1151,13 @@ def test_the_psnr_figure_shades_only_the_unseen_sigmas(sigmas, train, bands):
         assert not any(lo <= s <= hi for s in train)
     labels = [t.get_text() for t in axes.get_legend().get_texts()]
     assert labels.count("σ unseen in training") == (1 if bands else 0)
+
+
+def test_the_per_exit_figure_ticks_whole_exits():
+    """Exits are whole numbers: no tick at 'exit 1.25'."""
+    from stopwise.tasks.denoising.report import _per_exit_figure
+
+    table = [[16.0, 14.0], [15.5, 13.0], [12.5, 11.0]]  # (exits, σ)
+    jobs = {key: {0: {"exit_psnr_by_sigma": table}} for key in ("dncnn-stop", "dncnn-ds")}
+    axes = _per_exit_figure(jobs, [0], [45.0, 65.0], "test").axes[0]
+    assert list(axes.get_xticks()) == [1, 2, 3]

@@ -721,6 +721,7 @@ def _per_exit_figure(jobs, seeds, sigmas, shown):
         for j, sigma in enumerate(sigmas):
             axes.plot(range(1, mean.shape[0] + 1), mean[:, j], style, color=colours[j], markersize=2,
                       label=f"{label}, σ={sigma:g}")  # fmt: skip
+    axes.set_xticks(range(1, mean.shape[0] + 1))  # exits are whole numbers
     title = f"Test PSNR at every exit ({shown})"
     finish_axes(axes, "exit", "test PSNR (dB)", title, title_size=8, outside=True)
     return figure
