@@ -428,3 +428,36 @@ def test_hazard_median_and_sample_rules_match_plain_loops(mode):
         assert out.tolist() == pytest.approx([logits[t][i] for i, t in enumerate(stops)], abs=1e-5)
         assert len(set(stops)) >= 3, rule  # the rule stops at several steps
     assert expected["hazard"] != expected["median"] != expected["sample"]
+
+
+def test_the_budget_curves_figure_colours_each_method_as_the_other_figures_do():
+    """A method keeps its colour across the parity figures: the budget curves were coloured by
+    their place among the curves (C0, C1, …), so the first stop model there had fixed depth's
+    colour in accuracy_vs_k and steps_vs_k."""
+    from types import SimpleNamespace
+
+    from matplotlib.colors import to_hex
+
+    from stopwise.tasks.parity.report import _figures
+
+    per_k = [{"k": 1, "accuracy": 0.5, "mean_steps": 1.0}]
+    lines = [
+        {"label": label, "method": method, "rule": rule, "best": True, "main_rule": True,
+         "per_k": per_k}
+        for label, method, rule in (("Fixed depth", "fixed", "fixed"), ("ACT", "act", "act"),
+                                    ("L2S", "l2s", "hazard"))
+    ]  # fmt: skip
+    points = [{"mean_steps": 1.0, "accuracy": 0.5, "fixed_accuracy": 0.5}]
+    curves = [{"label": "L2S", "points": points}]
+    config = SimpleNamespace(train_k=[1, 2], test_k=[1, 2])
+    rows = [{"method": "l2s", "variant": "", "rule": "hazard", "steps_run": 1.0,
+             "interpolation": 0.5}]  # fmt: skip
+    figures = _figures(rows, lines, curves, config)
+
+    def colours(name: str) -> dict[str, str]:
+        return {
+            line.get_label().split(" / ")[0].split(": ")[0]: to_hex(line.get_color())
+            for line in figures[name].axes[0].get_lines()
+        }
+
+    assert colours("budget_curves")["L2S"] == colours("accuracy_vs_k")["L2S"]

@@ -434,9 +434,9 @@ def _figures(rows: list[dict], lines: list[dict], curves: list[dict], config: Pa
         out[name] = figure
     if curves:
         figure, axes = new_figure(7.5, 4.5)
-        for i, curve in enumerate(curves):
+        for curve in curves:
             steps = [p["mean_steps"] for p in curve["points"]]
-            color = f"C{i % 10}"
+            color = colors[curve["label"]]  # each method's colour in the other figures
             axes.plot(steps, [100 * p["accuracy"] for p in curve["points"]], "o-", color=color,
                       markersize=4, label=f"{curve['label']}: stop")  # fmt: skip
             axes.plot(steps, [100 * p["fixed_accuracy"] for p in curve["points"]], "--",
