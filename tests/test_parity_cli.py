@@ -18,7 +18,9 @@ def test_cli_runs_every_method_with_tables_and_figures(tmp_path, capsys):
     for method in METHODS.values():
         assert method.label in table
     assert "paired over seeds" in table
-    assert "± 0.00" not in table  # one seed (tiny) has no sd to show
+    assert "± 0.00" not in table  # one seed (tiny) has no sd to show, nor claims intervals
+    assert "the one seed's difference:" in table and "[95% interval]" not in table
+    assert "seed 0 alone (no sd)" in table
     for figure in ["accuracy_vs_steps", "steps_vs_k", "accuracy_vs_k"]:
         assert (out / "figures" / f"{figure}.png").stat().st_size > 0
     results = json.loads((out / "results.json").read_text())

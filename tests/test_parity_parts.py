@@ -461,3 +461,25 @@ def test_the_budget_curves_figure_colours_each_method_as_the_other_figures_do():
         }
 
     assert colours("budget_curves")["L2S"] == colours("accuracy_vs_k")["L2S"]
+
+
+def test_the_budget_curves_figure_draws_each_line_in_step_order():
+    """A curve's points come in threshold order; a later one may take fewer mean steps, and the
+    line drawn through them doubled back."""
+    from types import SimpleNamespace
+
+    from stopwise.tasks.parity.report import _figures
+
+    per_k = [{"k": 1, "accuracy": 0.5, "mean_steps": 1.0}]
+    lines = [{"label": "L2S", "method": "l2s", "rule": "hazard", "best": True, "main_rule": True,
+              "per_k": per_k}]  # fmt: skip
+    steps = [1.0, 3.0, 2.0]
+    points = [{"mean_steps": s, "accuracy": s / 4, "fixed_accuracy": s / 5} for s in steps]
+    rows = [{"method": "l2s", "variant": "", "rule": "hazard", "steps_run": 1.0,
+             "interpolation": 0.5}]  # fmt: skip
+    config = SimpleNamespace(train_k=[1, 2], test_k=[1, 2])
+    figure = _figures(rows, lines, [{"label": "L2S", "points": points}], config)["budget_curves"]
+    for line in figure.axes[0].get_lines():
+        assert list(line.get_xdata()) == [1.0, 2.0, 3.0]
+    stop = figure.axes[0].get_lines()[0]
+    assert list(stop.get_ydata()) == [25.0, 50.0, 75.0]  # each y stays with its x

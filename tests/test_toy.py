@@ -128,3 +128,16 @@ def test_a_toy_job_calibrates_on_validation_and_its_oracle_is_the_per_stream_bes
         assert comparison["depth"] == depth
         expected = row["mse"] - sum(errors[depth - 1]) / n
         assert comparison["per_seed"][0] == pytest.approx(expected, rel=1e-5, abs=1e-7)
+
+
+def test_the_budget_figure_names_the_floored_fits_and_draws_in_step_order():
+    """The legend said "thresholds calibrated on validation" of a curve of floored thresholds and
+    mixes; its points came in budget order, which a line could double back through."""
+    from stopwise.tasks.toy.report import _budget_figure
+
+    curve = [{"mean_steps": s, "mse": 1 / s} for s in (1.0, 3.0, 2.0)]
+    fixed = [{"mean_steps": s, "mse": 2 / s} for s in (1.0, 2.0, 3.0)]
+    policy = _budget_figure(curve, fixed).axes[0].get_lines()[0]
+    assert policy.get_label() == "L2S policy (floored thresholds and mixes fitted on validation)"
+    assert list(policy.get_xdata()) == [1.0, 2.0, 3.0]
+    assert list(policy.get_ydata()) == [1.0, 0.5, 1 / 3]

@@ -10,7 +10,7 @@ from typing import Any
 
 from ...contract import JobResult, Report
 from ...curves import best_fixed_mix, dominance, dominance_line
-from ...reporting import finish_axes, markdown_table, new_figure
+from ...reporting import finish_axes, in_x_order, markdown_table, new_figure
 from ...stats import (
     format_interval,
     format_mean_and_sd,
@@ -276,7 +276,11 @@ def _tables(lines: list[dict], paired: list[dict], curves: list[dict], config: P
         parts += [
             "",
             f"Against fixed depth's best (depth={paired[0]['fixed_depth']:g}), paired over seeds: "
-            "mean difference [95% interval]:",
+            + (
+                "mean difference [95% interval]:"
+                if len(c.seeds) > 1
+                else "the one seed's difference:"
+            ),
             "",
             markdown_table(
                 rows,
@@ -435,11 +439,12 @@ def _figures(rows: list[dict], lines: list[dict], curves: list[dict], config: Pa
     if curves:
         figure, axes = new_figure(7.5, 4.5)
         for curve in curves:
-            steps = [p["mean_steps"] for p in curve["points"]]
+            points = in_x_order(curve["points"])  # a line never doubles back
+            steps = [p["mean_steps"] for p in points]
             color = colors[curve["label"]]  # each method's colour in the other figures
-            axes.plot(steps, [100 * p["accuracy"] for p in curve["points"]], "o-", color=color,
+            axes.plot(steps, [100 * p["accuracy"] for p in points], "o-", color=color,
                       markersize=4, label=f"{curve['label']}: stop")  # fmt: skip
-            axes.plot(steps, [100 * p["fixed_accuracy"] for p in curve["points"]], "--",
+            axes.plot(steps, [100 * p["fixed_accuracy"] for p in points], "--",
                       color=color, label=f"{curve['label']}: same model, fixed depth")  # fmt: skip
         title = "Parity: budget curves (validation thresholds) vs fixed depth"
         accuracy = "interpolation accuracy (%)"

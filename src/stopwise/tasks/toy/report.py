@@ -8,7 +8,7 @@ from typing import Any
 
 from stopwise.contract import JobResult, Report
 from stopwise.curves import dominance, dominance_line, mean_curve
-from stopwise.reporting import finish_axes, markdown_table, new_figure, points_xy
+from stopwise.reporting import finish_axes, in_x_order, markdown_table, new_figure, points_xy
 from stopwise.stats import format_interval, format_mean_sd, over_seeds, paired_difference
 
 from .config import ToyConfig
@@ -79,8 +79,8 @@ def report(results: list[JobResult], config: ToyConfig) -> Report:
 
 def _budget_figure(curve: list[dict[str, float]], fixed: list[dict[str, float]]):
     figure, axes = new_figure()
-    policy = "L2S policy (thresholds calibrated on validation)"
-    axes.plot(*points_xy(curve, "mse"), "-o", markersize=3, label=policy)
+    policy = "L2S policy (floored thresholds and mixes fitted on validation)"
+    axes.plot(*points_xy(in_x_order(curve), "mse"), "-o", markersize=3, label=policy)
     axes.plot(*points_xy(fixed, "mse"), "s--", markersize=3, label="same model, fixed depth")
     axes.set_yscale("log")
     finish_axes(axes, "mean steps used", "test MSE")
