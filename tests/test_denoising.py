@@ -908,6 +908,8 @@ def test_a_dncnn_trained_for_a_shallower_depth_and_the_gain_head_run(tmp_path):
     assert len(record["record"]["test"]["psnr"]) == 2 * 2  # tiny: 2 images × 2 σ
     table = (tmp_path / "never" / "table.md").read_text()
     assert "DnCNNs trained per depth" in table
+    cpu = table.split("### CPU time per seed (minutes)")[1]
+    assert "| 0.0 |" not in cpu  # seconds of training were shown as 0.0 minutes
     stop = json.loads((tmp_path / "never" / "jobs" / "dncnn-stop-s0.json").read_text())["record"]
     curve = stop["gain_curve"]
     assert len(curve) == 3  # tiny: budget_points

@@ -608,7 +608,7 @@ def _training(jobs, cpu, seeds, config) -> dict[str, Any]:
         ("classical", "BM3D + NLM (validation and test)"),
     ):
         minutes = [results[s]["cpu_seconds"][key] / 60 for s in seeds]
-        rows.append({"what": label, "minutes": format_mean_sd(minutes, ".1f")})
+        rows.append({"what": label, "minutes": format_mean_sd(minutes, ".3g")})  # seconds to hours
     table = "### CPU time per seed (minutes)\n\n" + markdown_table(
         rows, [("what", "pipeline", "s"), ("minutes", "CPU minutes", "s")]
     )
