@@ -534,6 +534,8 @@ def test_sample_step_inverts_the_oracle_cdf():
         assert sample_step(losses, 0.3, edge - 1e-9) == t
         assert sample_step(losses, 0.3, edge + 1e-9) == t + 1
     assert sample_step(losses, 0.3, 0.999999999) == 3
+    # a step whose mass underflows to 0 is never drawn, not even at u = 0 (q = [0, ½, ½])
+    assert sample_step(torch.tensor([1e6, 0.0, 0.0]), 1.0, 0.0) == 1
 
 
 class CountingLearner(SineMLP):

@@ -144,9 +144,11 @@ def maml_losses(
 
 def sample_step(query_losses: torch.Tensor, beta: float, uniform: float) -> int:
     """The step t̃ ~ q*(t) = softmax_t(−L_query,t / β) (0-based), drawn by inverting the CDF at
-    ``uniform`` ∈ [0, 1) (the official code's stochastic EM)."""
+    ``uniform`` ∈ [0, 1) (the official code's stochastic EM): the first step whose cumulative
+    mass exceeds it, so a step of no mass is never drawn (not even at ``uniform`` = 0)."""
     q = oracle(query_losses.detach().double().unsqueeze(0), beta)[0]
-    index = int(torch.searchsorted(torch.cumsum(q, 0), torch.tensor(uniform, dtype=q.dtype)))
+    u = torch.tensor(uniform, dtype=q.dtype)
+    index = int(torch.searchsorted(torch.cumsum(q, 0), u, right=True))
     return min(index, q.shape[0] - 1)
 
 
