@@ -934,6 +934,7 @@ def test_gradient_norm_rule_stops_at_the_first_small_gradient():
         assert int(index[i]) == expected
     assert 0 < float(index.double().mean()) < 39  # the rule stops some runs, not all at once
     assert _tolerance_threshold(0.0) == math.inf  # tolerance 0: never stops
+    assert _tolerance_threshold(3e-5) == -math.log10(3e-5)  # in float64, not float32
 
 
 def _plain_sgd(family, functions, i, lr, steps):

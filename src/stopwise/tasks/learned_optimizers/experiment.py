@@ -18,6 +18,7 @@ choice was made on validation.
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Any
 
@@ -442,8 +443,9 @@ def _evaluation(config, context, name) -> StopEvaluation:
 
 
 def _tolerance_threshold(tolerance: float) -> float:
-    """The score threshold of 'stop when value < tol' on the score −log10(value)."""
-    return float("inf") if tolerance == 0 else -torch.log10(torch.tensor(tolerance)).item()
+    """The score threshold of 'stop when value ≤ tol' on the score −log10(value), in float64 (in
+    float32, 3e-5 gave 4.5228786, not 4.5228787)."""
+    return math.inf if tolerance == 0 else -math.log10(tolerance)
 
 
 def _rules(config, name, context) -> dict[str, Any]:
