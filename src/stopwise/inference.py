@@ -457,16 +457,20 @@ def _chunk_carries(rule: Rule, inputs: Any, model: StepModel, chunk: int | None)
         yield None if carry is None else index_state(carry, slice(i, i + chunk))
 
 
+def _flags(valid) -> list[bool]:
+    """A ``(T,)`` bool tensor or a sequence of bools, as a list of Python bools."""
+    return valid.tolist() if isinstance(valid, torch.Tensor) else list(valid)
+
+
 def _last(valid) -> int:
     """The last valid step of a ``(T,)`` bool tensor or a sequence of bools."""
-    flags = valid.tolist() if isinstance(valid, torch.Tensor) else list(valid)
-    return max(t for t, ok in enumerate(flags) if ok)
+    return max(t for t, ok in enumerate(_flags(valid)) if ok)
 
 
 def _last_reached(rule: Rule, valid) -> int:
     """The last step any row reaches: the first valid one where ``rule`` stops every row (a
     threshold of −∞; no policy is asked there, and no later step runs), else the last valid."""
-    flags = valid.tolist() if isinstance(valid, torch.Tensor) else list(valid)
+    flags = _flags(valid)
     last = _last(flags)
     return next((t for t in range(last) if flags[t] and rule.stops_all(t)), last)
 
@@ -486,7 +490,7 @@ def _run_shrink(model, policy, inputs, rule, valid, chunk=None):
         total, device = state_batch_size(inputs), state_device(inputs)
         parts = (_rows_first(model.start(part)) for part in row_chunks(inputs, chunk))
         carries = _chunk_carries(rule, inputs, model, chunk)
-    valid = valid.tolist() if isinstance(valid, torch.Tensor) else list(valid)
+    valid = _flags(valid)
     last = _last_reached(rule, valid)
     waiting: list[list[tuple]] = [[] for _ in range(last + 1)]  # (rows, state, carry) per step
     counts = [0] * (last + 1)
@@ -595,7 +599,7 @@ def _pooled(pieces: list[tuple]) -> tuple:
 def _run_masked(model, policy, inputs, rule, valid, carry=None):
     # Python bools, not a tensor: the trip count and the skipped steps are constants of the
     # program (what lets torch.export capture this loop).
-    valid = valid.tolist() if isinstance(valid, torch.Tensor) else list(valid)
+    valid = _flags(valid)
     state = model.start(inputs)
     predictions = None
     last = _last_reached(rule, valid)
