@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .inference import MixedRule, Rule, ThresholdRule, _run_masked, _valid_steps
+from .inference import MixedRule, Rule, ThresholdRule, _run_masked, _step_mask
 
 __all__ = ["AdaptiveModule", "export_adaptive", "export_onnx"]
 
@@ -40,7 +40,7 @@ class AdaptiveModule(nn.Module):
             )
         rule.check_steps(model.max_steps)
         self.model, self.policy, self.rule = model, policy, rule
-        self.valid = _valid_steps(model, valid_steps).tolist()  # constants of the program
+        self.valid = _step_mask(valid_steps, model.max_steps).tolist()  # constants of the program
 
     def forward(self, inputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         return _run_masked(self.model, self.policy, inputs, self.rule, self.valid)

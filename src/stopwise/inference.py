@@ -340,10 +340,6 @@ class AdaptiveResult:
         return self.stop_index + 1
 
 
-def _valid_steps(model: StepModel, valid_steps) -> torch.Tensor:
-    return _step_mask(valid_steps, model.max_steps)
-
-
 def _step_mask(valid_steps, T: int) -> torch.Tensor:
     """``(T,)`` bool on the CPU from a mask given as a tensor or a sequence (None: every step)."""
     if valid_steps is None:
@@ -388,7 +384,7 @@ def run_adaptive(
         raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
     chunk = None if chunk is None else _rows_per_chunk(chunk)
     rule.check_steps(model.max_steps)
-    valid = _valid_steps(model, valid_steps)
+    valid = _step_mask(valid_steps, model.max_steps)
     costs = model.step_costs() if step_costs is None else torch.as_tensor(step_costs)
     if costs.shape != (model.max_steps,):
         raise ValueError(
