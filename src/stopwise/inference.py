@@ -703,8 +703,8 @@ def _first_reaching(
     scores: torch.Tensor, threshold: torch.Tensor, valid: torch.Tensor, last: int
 ) -> torch.Tensor:
     """``(B,)`` the first valid step before ``last`` whose score is ≥ ``threshold`` (a scalar
-    or one per step, compared in the scores' dtype as :meth:`ThresholdRule.decide` does), else
-    ``last``."""
+    or one per step, compared exactly, in the wider of the two dtypes, as :func:`_reaches`
+    does), else ``last``."""
     hits = _reaches(scores, threshold)
     hits &= valid.to(scores.device)  # no valid step lies after ``last``
     hits[:, last] = True
