@@ -50,6 +50,13 @@ __all__ = [
 T = TypeVar("T")
 
 
+def _costs_or_steps(costs: torch.Tensor | None, num_steps: int) -> torch.Tensor:
+    """``(T,)`` cumulative step costs in float64; steps used, 1..T, where ``costs`` is None."""
+    if costs is None:
+        return torch.arange(1, num_steps + 1, dtype=torch.float64)
+    return costs.double()
+
+
 class Heldout(Generic[T]):
     """A test split that can be opened once: test numbers are computed once, after every
     choice has been made on validation."""
@@ -82,7 +89,7 @@ def budget_grid(valid: torch.Tensor, points: int, costs: torch.Tensor | None = N
     """``points`` budgets evenly spaced from the cost of the first valid step to the last
     (costs default to steps used, 1..T)."""
     T = valid.shape[0]
-    costs = torch.arange(1, T + 1, dtype=torch.float64) if costs is None else costs.double()
+    costs = _costs_or_steps(costs, T)
     kept = costs[valid.bool().cpu()]
     first, last = float(kept.min()), float(kept.max())
     if points < 2 or first == last:
@@ -131,7 +138,7 @@ def calibrate_by_metric(
             f"{list(budgets)}, kinds {list(kinds)}"
         )
     T = val_hazards.shape[1]
-    costs = torch.arange(1, T + 1, dtype=torch.float64) if costs is None else costs.double()
+    costs = _costs_or_steps(costs, T)
     candidates, best = [], None
     for kind in kinds:
         for budget in budgets:
@@ -184,9 +191,7 @@ class _FlooredSearch:
         self, val_hazards, val_metric, costs, valid, lower_is_better, kind, decision_costs
     ):
         T = val_hazards.shape[1]
-        self.costs = (
-            torch.arange(1, T + 1, dtype=torch.float64) if costs is None else costs.double().cpu()
-        )
+        self.costs = _costs_or_steps(costs, T).cpu()
         self.valid = torch.ones(T, dtype=torch.bool) if valid is None else valid.bool().cpu()
         self.rule_cls = THRESHOLD_KINDS[kind]
         # The kind's own score at every step (its recurrence over the valid steps), thresholded
@@ -473,7 +478,7 @@ def budget_sweep(
     if kind not in THRESHOLD_KINDS:
         raise ValueError(f"unknown threshold kind {kind!r}; choose one of {list(THRESHOLD_KINDS)}")
     T = test_hazards.shape[1]
-    costs = torch.arange(1, T + 1, dtype=torch.float64) if costs is None else costs.double()
+    costs = _costs_or_steps(costs, T)
     valid_cpu = torch.ones(T, dtype=torch.bool) if valid is None else valid.bool().cpu()
     decision_costs = skipped_decision_costs(kind, decision_costs)
     search = None
@@ -537,7 +542,7 @@ def fixed_depth_curve(
 ) -> list[dict[str, Any]]:
     """The same model truncated at each valid depth: every row stops at step t."""
     T = valid.shape[0]
-    costs = torch.arange(1, T + 1, dtype=torch.float64) if costs is None else costs.double()
+    costs = _costs_or_steps(costs, T)
     return [
         {
             "depth": t + 1,
