@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from .stoptime import (
     StopTime,
     _expand_mask,
+    _last_valid,
     kl_divergence,
     oracle,
     random_horizon_log_conditional,
@@ -143,7 +144,7 @@ def act_halting(
     T = h.shape[-1]
     cumulative = torch.cumsum(h, dim=-1)
     reached = (cumulative >= 1 - eps) & valid
-    last = torch.where(valid, torch.arange(T, device=h.device), -1).amax(-1)
+    last = _last_valid(valid)
     halt = torch.where(reached.any(-1), reached.int().argmax(-1), last)
     steps = torch.arange(T, device=h.device)
     before = steps < halt.unsqueeze(-1)
