@@ -232,13 +232,9 @@ LOGGING_KEY = "log_every"
 # ---------------------------------------------------------------- introspection
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def _fields(cls_or_obj) -> Iterator[tuple[dataclasses.Field, Any]]:
     cls = cls_or_obj if isinstance(cls_or_obj, type) else type(cls_or_obj)
-    hints = _hints(cls)
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         yield f, hints[f.name]
 
