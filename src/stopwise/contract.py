@@ -4,7 +4,8 @@ A task registers an :class:`Experiment`: a typed config class (:mod:`stopwise.co
 presets, ``jobs(config) -> [Job]``, ``run_job(job, context) -> record`` (a JSON-able dict) and
 ``report(results, config) -> Report``. The runner (:mod:`stopwise.experiments`) runs every job
 once per seed and hands it a :class:`JobContext`; the report sees every finished job as a
-:class:`JobResult`. Tasks import this module and layers 1–6, never the runner.
+:class:`JobResult`. Tasks import this module and the library's building blocks (stop-time
+math, objectives, step models, policies, inference, training, selection), never the runner.
 """
 
 from __future__ import annotations

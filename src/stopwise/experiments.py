@@ -128,7 +128,7 @@ __all__ = [
 
 logger = logging.getLogger("stopwise")
 
-# Built-in task modules (layer 8 may import tasks; tasks never import it). Out-of-tree packages
+# Built-in task modules (this runner imports them; they never import it). Out-of-tree packages
 # register through the entry-point group ENTRY_POINTS or ``stopwise --module``.
 TASK_MODULES = (
     "stopwise.tasks.toy",
