@@ -251,7 +251,7 @@ def checkpoint_owner(id: str, settings: dict[str, Any] | None) -> dict[str, str]
 
 
 class RunDir:
-    """The files of one run directory (see the module docstring)."""
+    """The files of one run directory (README.md, "A run directory", lists them)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
