@@ -142,9 +142,6 @@ TASK_MODULES = (
 ENTRY_POINTS = "stopwise.experiments"
 
 
-# ---------------------------------------------------------------- the task contract
-
-
 # ---------------------------------------------------------------- registry
 
 _EXPERIMENTS: dict[str, Experiment] = {}
