@@ -37,7 +37,8 @@ State = Any  # a tensor or nested tuple/list/dict of batch-first tensors
 
 
 class StepModel(nn.Module):
-    """Base class for step models. Subclasses set ``max_steps`` and implement the four methods.
+    """Base class for step models. Subclasses set ``max_steps`` and implement ``start``,
+    ``advance`` and ``predict``; ``features``, ``observe`` and ``step_costs`` have defaults.
 
     ``step_costs()`` returns a ``(T,)`` float tensor: the cumulative per-sample compute (for
     example multiply-adds) of stopping after step t, counting the prediction at t. The default
