@@ -130,7 +130,7 @@ class MultiExitConfig(Config):
     momentum: float = param(0.9, ge=0, lt=1, help="SGD momentum")
     weight_decay: float = param(5e-4, ge=0, help="SGD weight decay")
     methods: list[str] = param(
-        [m for m in METHODS if m != "l2w-all"],  # the presets' methods as before it was added
+        [m for m in METHODS if m != "l2w-all"],  # all but the l2w-all ablation (not in any preset)
         choices=tuple(METHODS),
         min_len=1,
         check=distinct,
