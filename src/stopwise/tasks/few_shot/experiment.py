@@ -48,7 +48,7 @@ from .metrics import (
     stop_step_correlation,
     trajectory,
 )
-from .models import AdaptedLearner, SetPolicy, SupportLossStop
+from .models import AdaptedLearner, SetPolicy, SupportLossStop, summary_dim
 
 __all__ = ["jobs", "run_job", "stop_models", "metric_name", "load_splits"]
 
@@ -346,7 +346,7 @@ def task_step_macs(learner, policy, tasks: TaskSet) -> dict[str, Any]:
         shots.append(int(tasks.shots[i]))
     step = sum(per_task) / len(per_task)
     cheapest = min(range(len(per_task)), key=per_task.__getitem__)
-    features = torch.zeros(1, 2 * learner.feature_dim + 4)
+    features = torch.zeros(1, summary_dim(learner.feature_dim))
     policy_macs = count_macs(policy, features, 0) if policy is not None else 0
     return {
         "step_per_task": step,
