@@ -205,8 +205,8 @@ PRESETS = {
     # LISTA-CP-SS-stop stage I 900 updates, the default)
     "quick": {},
     # benchmarks/sparse_recovery.py: three seeds, ~20 CPU-minutes each (shortened to fit a shared
-    # machine: LISTA 2k updates, LISTA-CP-SS stage I 3k instead of 15k). Stage I mixes in 30% of
-    # deep supervision (not the paper's; chosen on validation, docs/sparse_recovery.md).
+    # machine: LISTA 2k updates, LISTA-CP-SS stage I 3k). Stage I mixes in 30% of deep
+    # supervision (not the paper's; chosen on validation, docs/sparse_recovery.md).
     "benchmark": {
         "seeds": [0, 1, 2],
         "stage1_uniform": 0.3,
