@@ -245,7 +245,7 @@ PRESETS = {
     },
     # Fashion-MNIST on one seed: the saturated case (exits within 2 points of each other).
     "fashion": {},
-    # Fashion-MNIST, 3 paired seeds, every method (the saturated case; needs the IDX files).
+    # Fashion-MNIST, 3 paired seeds, the default methods (the saturated case; needs the IDX files).
     "benchmark-fashion": {"seeds": [0, 1, 2]},
     # Fashion-MNIST's L2W-vs-uniform pairs trained twice as long (24 epochs).
     "benchmark-fashion-long": {
