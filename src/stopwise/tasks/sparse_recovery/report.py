@@ -264,7 +264,7 @@ def _domination(curve, rows, name: str, seeds: list[int], T: int, tolerance: flo
     validation): the tops of the 95% intervals of its test NMSE minus full depth's and of its
     mean steps at most ``tolerance`` and 0.75·T. The cheapest curve point within ``tolerance``
     of full depth on test (``full_depth_reached_*``) is reported beside it as a best case: it
-    is picked on test, so it decides nothing (it did until 2026-12-05)."""
+    is picked on test, so it decides nothing."""
     # A NaN margin (a diverged point) counts as worse: `not ≤` is True for NaN.
     worse = [p for p in curve if not p["margin"] <= ROUNDING]
     clearly_worse = [p for p in curve if not p["margin"] <= p["margin_sd"] + ROUNDING]
