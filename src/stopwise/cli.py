@@ -118,7 +118,7 @@ def _stops(run_dir: str, seed: int | None) -> None:
     if not names:
         print(f"{run_dir}: its settings train no stop model (nothing to load)")
     seeds = run_seeds(run_dir)
-    if seed is not None and seed not in seeds:  # (each model said "plans no job", exit 0)
+    if seed is not None and seed not in seeds:
         raise ConfigError(f"{run_dir} runs seeds {seeds}; --seed {seed} is not one of them")
     if names and len(seeds) > 1:
         print(f"seed {seeds[0] if seed is None else seed} of {seeds} (--seed picks another)")

@@ -254,9 +254,7 @@ class MixedRule(Rule):
 
     def __init__(self, first: ThresholdRule, second: ThresholdRule, share: float):
         if not (isinstance(first, ThresholdRule) and isinstance(second, ThresholdRule)):
-            raise ValueError(  # (an AttributeError about 'score' before)
-                f"a MixedRule mixes two threshold rules; got {first!r} and {second!r}"
-            )
+            raise ValueError(f"a MixedRule mixes two threshold rules; got {first!r} and {second!r}")
         if type(first).score is not type(second).score:  # one score recurrence for both
             raise ValueError(
                 f"a MixedRule mixes rules of one kind of score; got {type(first).__name__} and "
@@ -812,7 +810,7 @@ def fit_threshold(
         if step_costs is None
         else torch.as_tensor(step_costs, dtype=torch.float64).cpu()
     )
-    if costs.shape != (T,):  # (an IndexError deep in the search before)
+    if costs.shape != (T,):
         raise ValueError(
             f"step_costs must have shape ({T},), one cumulative cost per step; "
             f"got {tuple(costs.shape)}"

@@ -132,7 +132,7 @@ def calibrate_by_metric(
     """The threshold rule with the best validation metric among rules fitted to each budget and
     kind. ``val_metric(stop_index (N,)) -> float`` scores validation stop steps (e.g. NMSE of
     the estimates there); ties go to the cheaper rule."""
-    if not budgets or not kinds:  # (a TypeError about None after the loops before)
+    if not budgets or not kinds:
         raise ValueError(
             f"calibrate_by_metric needs a budget and a kind to choose among; got budgets "
             f"{list(budgets)}, kinds {list(kinds)}"
