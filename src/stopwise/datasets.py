@@ -11,7 +11,7 @@ import numpy as np
 
 from .config import DataError
 
-__all__ = ["digits", "from_16_bit", "require_packages", "DATA_PACKAGES"]
+__all__ = ["digits", "from_16_bit", "require_packages", "DATA_PACKAGES", "DATASET_PACKAGES"]
 
 # Import name → distribution name of the packages the ``data`` extra installs for the tasks.
 DATA_PACKAGES = {
@@ -20,6 +20,8 @@ DATA_PACKAGES = {
     "skimage": "scikit-image",
     "bm3d": "bm3d",
 }
+# The package each generated data set comes from (import names).
+DATASET_PACKAGES = {"digits": "sklearn", "mnist1d": "mnist1d"}
 
 
 def require_packages(what: str, *modules: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -635,15 +636,8 @@ def _psnr_figure(quality, sigmas, unseen, seeds, shown):
         axes.plot(sigmas, means, "-o", markersize=3, label=label.replace("**", ""))
     # One band per run of neighbouring unseen σ: a single band from the lowest unseen σ to the
     # highest σ would shade training σ lying between (test σ below and above the training range).
-    runs: list[list[float]] = []
-    previous_unseen = False
-    for sigma, u in sorted(zip(sigmas, unseen, strict=True)):
-        if u:
-            if previous_unseen:
-                runs[-1].append(sigma)
-            else:
-                runs.append([sigma])
-        previous_unseen = u
+    pairs = sorted(zip(sigmas, unseen, strict=True))
+    runs = [[s for s, _ in run] for u, run in groupby(pairs, key=lambda p: p[1]) if u]
     for i, run in enumerate(runs):
         label = "σ unseen in training" if i == 0 else None
         axes.axvspan(run[0] - 2.5, run[-1] + 2.5, color="grey", alpha=0.15, label=label)

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 
 from ...config import Config, distinct, group, param
-from ...datasets import require_packages
+from ...datasets import DATASET_PACKAGES, require_packages
 from .data import IMAGE_COUNTS
 from .models import GRAD_NORM_FLOOR, HAND_DESIGNED, IMPROVEMENT_FLOOR, LSTMOptimizerNet
 
@@ -261,8 +261,8 @@ class LearnedOptimizersConfig(Config):
                     f"{key} {tiny}: a tolerance must be 0 (never stop) or >= {floor:g}"
                 )
         if "mlp" in self.families:
-            module = {"digits": "sklearn", "mnist1d": "mnist1d"}[self.mlp.dataset]
-            require_packages(f"the mlp family on mlp.dataset={self.mlp.dataset}", module)
+            dataset = self.mlp.dataset
+            require_packages(f"the mlp family on mlp.dataset={dataset}", DATASET_PACKAGES[dataset])
         missing = sorted(set(self.stop_families) - set(self.families))
         if missing:
             kept = [f for f in self.stop_families if f in self.families]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...config import Config, distinct, group, param
-from ...datasets import require_packages
+from ...datasets import DATASET_PACKAGES, require_packages
 from .data import DATASETS, check_data
 from .l2w import META_LOSSES, OUTPUT_INITS
 
@@ -168,8 +168,8 @@ class MultiExitConfig(Config):
     log_every: int = param(50, ge=1, help="updates between metric records")
 
     def check(self) -> None:
-        modules = {"digits": ("sklearn",), "mnist1d": ("mnist1d",)}.get(self.dataset, ())
-        require_packages(f"multi-exit dataset={self.dataset}", *modules)
+        if self.dataset in DATASET_PACKAGES:  # (Fashion-MNIST is read from IDX files)
+            require_packages(f"multi-exit dataset={self.dataset}", DATASET_PACKAGES[self.dataset])
         if len(self.channels) != len(self.strides):
             raise ValueError(
                 f"channels {self.channels} and strides {self.strides} need one entry per exit"
