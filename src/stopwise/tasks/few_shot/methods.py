@@ -31,6 +31,7 @@ __all__ = [
     "maml_stop_losses",
     "sample_step",
     "meta_train",
+    "training_stage",
     "build_models",
 ]
 
@@ -211,6 +212,12 @@ def maml_stop_losses(
     return loss, metrics
 
 
+def training_stage(method: str, steps: int) -> str:
+    """The name of ``method``'s meta-training stage (its checkpoint): ``maml-stop``, or
+    ``maml-T{steps}`` for MAML."""
+    return method if method == "maml-stop" else f"maml-T{steps}"
+
+
 def meta_train(
     config: FewShotConfig,
     context: JobContext,
@@ -219,7 +226,7 @@ def meta_train(
     steps: int,
 ) -> tuple[nn.Module, nn.Module | None]:
     """Meta-train ``method`` ("maml" at ``steps`` inner steps, or "maml-stop") as one resumable
-    stage named after it; returns ``(learner, policy or None)``.
+    stage named after it (:func:`training_stage`); returns ``(learner, policy or None)``.
 
     Every method of a seed sees the same meta-batches (stream ``train-tasks``) and starts from
     the same learner (stream ``init``)."""
@@ -295,7 +302,7 @@ def meta_train(
     for module in modules:
         module.train()
     optimize(
-        method if method == "maml-stop" else f"maml-T{steps}",
+        training_stage(method, steps),
         config.train.meta_steps,
         loss_and_metrics,
         optimizer,
