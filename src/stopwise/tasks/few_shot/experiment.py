@@ -1,18 +1,23 @@
-"""The few-shot jobs, per seed:
+"""The few-shot jobs, per seed. Each method meta-trains in one job and is measured in another
+that loads its checkpoints, so that changing only what evaluation reads (:data:`EVALUATION`:
+validation and test tasks, budget points, timing, ``inference_mode``) measures again without
+meta-training again:
 
-* ``maml-T{T}`` for each T of ``maml_steps``: MAML meta-trained at T inner steps; on validation
-  tasks it chooses its best depth (the same learner adapted for t ≤ T steps) and the tolerance of
-  the hand-made stop (support loss ≤ τ); then the test tasks are measured once: every depth, the
-  hand-made stop run for real, the oracle stop.
-* ``maml-stop``: MAML-stop meta-trained jointly with its policy; a hazard threshold calibrated on
-  validation tasks, then on the test tasks the stop run for real (``run_adaptive``, so a task
-  that stops at step 3 costs 3 updates), the official 0.5 rule, the budget curve beside the same
-  learner at each fixed depth, the oracle stop, and wall-clock against full depth.
+* ``maml-T{T}-train`` for each T of ``maml_steps``: MAML meta-trained at T inner steps.
+* ``maml-T{T}``: on validation tasks it chooses its best depth (the same learner adapted for
+  t ≤ T steps) and the tolerance of the hand-made stop (support loss ≤ τ); then the test tasks
+  are measured once: every depth, the hand-made stop run for real, the oracle stop.
+* ``maml-stop-train``: MAML-stop meta-trained jointly with its policy; with ``gain_head``, a gain
+  head then fitted on its frozen learner.
+* ``maml-stop``: a hazard threshold calibrated on validation tasks, then on the test tasks the
+  stop run for real (``run_adaptive``, so a task that stops at step 3 costs 3 updates), the
+  official 0.5 rule, the budget curve beside the same learner at each fixed depth, the oracle
+  stop, and wall-clock against full depth.
 * ``compare``: picks the best fixed-T MAML on validation (over the MAML jobs and their depths)
   and measures MAML-stop against it, paired over the same test tasks.
 
 Every method of a seed meta-trains on the same task stream from the same initial learner, and is
-measured on the same validation and test tasks.
+measured on the same validation and test tasks (named streams: the same in every job).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from ...selection import (
 from ...training import EpochBatches, fit_gain_head
 from .config import FewShotConfig
 from .data import TaskSet, glyph_splits, omniglot_digest, omniglot_splits
-from .methods import build_models, meta_train, task_sampler
+from .methods import build_models, meta_train, task_sampler, training_stage
 from .metrics import (
     at_steps,
     by_shots,
@@ -52,50 +57,50 @@ from .models import AdaptedLearner, SetPolicy, SupportLossStop, summary_dim
 
 __all__ = ["jobs", "run_job", "stop_models", "metric_name", "load_splits"]
 
-# Keys that only MAML-stop reads; MAML jobs ignore them (changing them does not retrain MAML).
+TRAIN = "-train"  # a method's training job is named after its evaluation job + TRAIN
+
+# What meta-training reads. Validation tasks are not among them: nothing is chosen on them
+# during meta-training (no early stopping), only afterwards.
+TRAINING = (
+    "family", "ways", "shots", "query", "inner_lr", "width", "hidden", "train", "glyphs", "vmap",
+    "device",
+)  # fmt: skip
+# Keys that only MAML-stop's training reads; MAML jobs ignore them (changing them does not retrain
+# MAML).
 STOP_ONLY = (
     "steps", "beta", "policy_width", "policy_hidden",
     "gain_head", "gain_tasks", "gain_updates", "gain_price",
 )  # fmt: skip
-SHARED = (
-    "family",
-    "ways",
-    "shots",
-    "query",
-    "inner_lr",
-    "width",
-    "hidden",
-    "train",
-    "glyphs",
-    "val_tasks",
-    "test_tasks",
-    "eval_chunk",
-    "curve_points",
-    "timing_tasks",
-    "timing_repeats",
-    "vmap",
-    "device",
+# What only the evaluation jobs read (they read the training keys too, through their training
+# job's settings): changing these measures every method again without meta-training it again.
+EVALUATION = (
+    "val_tasks", "test_tasks", "eval_chunk", "curve_points", "timing_tasks", "timing_repeats",
     "inference_mode",
-)
+)  # fmt: skip
 
 
 def jobs(config: FewShotConfig) -> list[Job]:
     # data_dir says where a user's Omniglot images are, not what they are (a LOCATION_KEY): the
-    # training jobs carry their digest, so other or changed images are refused as changed
+    # method jobs carry their digest, so other or changed images are refused as changed
     # settings while the same images at another path are the same.
     data = {"data": omniglot_digest(config.data_dir)} if config.data_dir else {}
-    maml = [
-        Job(f"maml-T{T}", params={"method": "maml", "steps": T, **data}, keys=SHARED, cost=T)
+    methods = {
+        training_stage("maml", T): ({"method": "maml", "steps": T}, TRAINING)
         for T in config.maml_steps
-    ]
-    stop = Job(
-        "maml-stop",
-        params={"method": "maml-stop", "steps": config.steps, **data},
-        keys=SHARED + STOP_ONLY,
-        cost=config.steps,
+    }
+    gain = ("eval_chunk",) if config.gain_head else ()  # fit_gain's trajectories run in chunks
+    methods["maml-stop"] = (
+        {"method": "maml-stop", "steps": config.steps},
+        TRAINING + STOP_ONLY + gain,
     )
-    compare = Job("compare", after=(*(j.name for j in maml), stop.name), keys=("family",))
-    return [*maml, stop, compare]
+    out = []
+    for name, (params, keys) in methods.items():
+        params = {**params, **data}
+        out += [
+            Job(name + TRAIN, params=params, keys=keys, cost=params["steps"]),
+            Job(name, params=params, after=(name + TRAIN,), keys=EVALUATION),
+        ]
+    return [*out, Job("compare", after=tuple(methods), keys=("family",))]
 
 
 def metric_name(config: FewShotConfig) -> str:
@@ -121,21 +126,66 @@ def load_splits(config: FewShotConfig, log=None) -> list[Any]:
 
 
 def run_job(job: Job, context: JobContext) -> dict[str, Any]:
-    config: FewShotConfig = context.config
     if job.name == "compare":
         return compare(context)
-    train, val_split, test_split = load_splits(config, context.log)
-    steps = job.params["steps"]
-    learner, policy = meta_train(config, context, train, job.params["method"], steps)
-    model = AdaptedLearner(learner, config.inner_lr, steps, config.vmap)
-    gain = None
+    if job.name.endswith(TRAIN):
+        return train(job, context)
+    return evaluate(job, context)
+
+
+def train(job: Job, context: JobContext) -> dict[str, Any]:
+    """Meta-train the job's method and, for MAML-stop with ``gain_head``, fit its gain head. Its
+    result is its checkpoints (stages :func:`training_stage` and ``gain-head``), which its
+    evaluation job loads: the record is empty."""
+    config: FewShotConfig = context.config
+    method, steps = job.params["method"], job.params["steps"]
+    split = load_splits(config, context.log)[0]
+    learner, policy = meta_train(config, context, split, method, steps)
     if policy is not None and config.gain_head:
-        gain = fit_gain(config, context, model, train)
+        fit_gain(
+            config, context, AdaptedLearner(learner, config.inner_lr, steps, config.vmap), split
+        )
+    return {}
+
+
+def evaluate(job: Job, context: JobContext) -> dict[str, Any]:
+    """The job's method as its training job left it, chosen on validation and measured on test
+    (:func:`measure`)."""
+    config: FewShotConfig = context.config
+    _, val_split, test_split = load_splits(config, context.log)
+    model, policy, gain = trained_models(context, job.name, job.params)
     val_tasks = task_sampler(config, val_split)(config.val_tasks, context.generator("val-tasks"))
     test_tasks = Heldout(
         task_sampler(config, test_split)(config.test_tasks, context.generator("test-tasks"))
     )
     return measure(config, context, model, policy, val_tasks, test_tasks, gain)
+
+
+def trained_models(
+    context: JobContext, name: str, params: dict[str, Any]
+) -> tuple[AdaptedLearner, SetPolicy | None, SetPolicy | None]:
+    """Method ``name``'s learner (adapting for its steps), policy and gain head (None where it
+    has none) from the checkpoints of its training job, in eval mode."""
+    config: FewShotConfig = context.config
+    method, steps = params["method"], params["steps"]
+    learner, policy = build_models(config, with_policy=method == "maml-stop")
+    saved = context.checkpoint(training_stage(method, steps), job=name + TRAIN)
+    learner.load_state_dict(saved["learner"])
+    gain = None
+    if policy is not None:
+        policy.load_state_dict(saved["policy"])
+        policy.eval()
+        if config.gain_head:
+            gain = gain_head(config, learner)
+            gain.load_state_dict(context.checkpoint("gain-head", job=name + TRAIN)["policy"])
+            gain.eval()
+    learner.eval()
+    return AdaptedLearner(learner, config.inner_lr, steps, config.vmap), policy, gain
+
+
+def gain_head(config: FewShotConfig, learner) -> SetPolicy:
+    """A fresh gain head for MAML-stop's ``learner``: the policy's architecture."""
+    return SetPolicy(learner.feature_dim, config.steps, config.policy_width, config.policy_hidden)
 
 
 def fit_gain(config: FewShotConfig, context: JobContext, model: AdaptedLearner, split) -> SetPolicy:
@@ -148,9 +198,7 @@ def fit_gain(config: FewShotConfig, context: JobContext, model: AdaptedLearner, 
         pool = trajectory(model, None, pool_tasks, config.eval_chunk, with_features=True)
     losses = torch.nan_to_num(pool["query_loss"], posinf=1e6).float()
     context.manual_seed("gain-head-init")
-    head = SetPolicy(
-        model.learner.feature_dim, model.max_steps, config.policy_width, config.policy_hidden
-    )
+    head = gain_head(config, model.learner)
     rows = torch.arange(len(pool_tasks))
     batches = EpochBatches((rows,), min(32, len(rows)), context.stream_seed("gain-head-batches"))
     with context.timed("gain-head"):
@@ -301,16 +349,9 @@ def stop_models(config: FewShotConfig) -> dict:
 
 def _trained(name: str, context: JobContext, record: dict[str, Any]) -> TrainedStopModel:
     config: FewShotConfig = context.config
-    learner, policy = build_models(config, with_policy=True)
-    saved = context.checkpoint("maml-stop")
-    learner.load_state_dict(saved["learner"])
-    if name == "maml-stop":
-        policy.load_state_dict(saved["policy"])
-    else:  # fit_gain's head
-        policy = SetPolicy(learner.feature_dim, config.steps, config.policy_width,
-                           config.policy_hidden)  # fmt: skip
-        policy.load_state_dict(context.checkpoint("gain-head")["policy"])
-    model = AdaptedLearner(learner, config.inner_lr, config.steps, config.vmap)
+    model, policy, gain = trained_models(context, "maml-stop", context.params)
+    if name != "maml-stop":  # fit_gain's head
+        policy = gain
 
     def test_inputs():
         test_split = load_splits(config)[2]
