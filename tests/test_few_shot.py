@@ -877,10 +877,9 @@ def test_measure_chooses_the_depth_on_validation_and_the_oracle_beats_every_dept
     first argmin of the validation means, the fixed-depth row is the test mean at that depth,
     and the oracle stop's MSE is no more than a fixed depth's on any task."""
     records = [
-        json.loads(path.read_text())["record"]
-        for path in sorted((tiny_run / "jobs").glob("maml-*.json"))
+        json.loads((tiny_run / "jobs" / f"{name}-s0.json").read_text())["record"]
+        for name in ("maml-T4", "maml-stop")
     ]
-    assert len(records) == 2  # maml-T4 and maml-stop
     for record in records:
         assert record["metric"] == "mse"
         T, val, test = record["steps"], record["val"], record["test"]
@@ -901,6 +900,52 @@ def test_measure_chooses_the_depth_on_validation_and_the_oracle_beats_every_dept
         assert oracle["mean_steps"] == sum(oracle["steps_per_task"]) / len(oracle["per_task"])
     # one record chose a depth short of the last, so its best and full rows differ
     assert any(r["val"]["best_depth"] < r["steps"] for r in records)
+
+
+def _without_timings(value):
+    """``value`` (a results.json) without what differs from run to run: wall-clock timings and
+    the fingerprint (a digest of the job ids and their seconds)."""
+    if isinstance(value, dict):
+        return {
+            k: _without_timings(v) for k, v in value.items() if k not in ("timing", "fingerprint")
+        }
+    if isinstance(value, list):
+        return [_without_timings(v) for v in value]
+    return value
+
+
+def test_other_evaluation_settings_reuse_the_meta_training_and_give_a_fresh_runs_numbers(
+    tiny_run, tmp_path
+):
+    """Another inference mode, budget curve and test set are evaluation settings: a run with them
+    that takes the tiny run's finished jobs (reuse_from) meta-trains nothing (its training jobs
+    are the tiny run's), evaluates again, and gives the numbers of a fresh run with them."""
+    from stopwise.experiments import run_experiment
+
+    other = ["progress=false", "inference_mode=masked", "curve_points=3", "test_tasks=12"]
+    reran = run_experiment(
+        "few-shot", "tiny", tmp_path / "reran", [*other, f"reuse_from={tiny_run}"]
+    )
+    fresh = run_experiment("few-shot", "tiny", tmp_path / "fresh", other)
+
+    def job(name: str) -> dict:
+        return json.loads(reran.job_path(f"{name}-s0").read_text())
+
+    for path in (reran.path / "jobs").glob("*.json"):  # a job that ran here trained nothing
+        ran = json.loads(path.read_text())
+        assert ran.get("reused_from") or not ran["checkpoints"], f"{path.name} trained again"
+    for name in ("maml-T4-train", "maml-stop-train"):
+        assert job(name)["reused_from"] == str(tiny_run.resolve() / "jobs" / f"{name}-s0.json")
+    for name in ("maml-T4", "maml-stop", "compare"):
+        assert "reused_from" not in job(name)
+    stages = {json.loads(line)["stage"] for line in reran.metrics_path.read_text().splitlines()}
+    assert {"maml-T4", "maml-stop", "gain-head"} <= stages  # the training curves came along
+    record = job("maml-stop")["record"]
+    assert len(record["test"]["shots"]) == 12 and len(record["stop_curve"]) <= 3
+    results = [json.loads(run.results_path.read_text()) for run in (reran, fresh)]
+    assert _without_timings(results[0]) == _without_timings(results[1])
+    assert (reran.table_path.read_text()) == fresh.table_path.read_text()
+    assert "mode='masked'" in fresh.table_path.read_text()
 
 
 def _maml_record(best_value, depth, per_task):
