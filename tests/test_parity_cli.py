@@ -79,28 +79,32 @@ def test_a_job_depends_on_its_own_method_keys_only():
     base = settings("seeds=0,1", "act_lr=0.001,0.003")
     act = ["act-0.0001-lr0.001", "act-0.0001-lr0.003"]
     others = ["pondernet-0.1", "pondernet-last-0.1", "l2s-1", "thesis-0.1"]
+    evaluations = ["fixed-3-lr0.003", *act, *(f"{name}-lr0.003" for name in others)]
+
+    def with_training(names):  # each evaluation job and the training job before it
+        return sorted([*names, *(f"train-{name}" for name in names)])
+
     assert sorted(base) == sorted(
-        f"{job}-s{seed}"
-        for job in ["fixed-3-lr0.003", *act, *(f"{name}-lr0.003" for name in others)]
-        for seed in (0, 1)
+        f"{job}-s{seed}" for job in with_training(evaluations) for seed in (0, 1)
     )
-    assert base["act-0.0001-lr0.001-s1"]["params"] == {
-        "method": "act",
-        "value": 0.0001,
-        "lr": 0.001,
-    }
+    for job in ["act-0.0001-lr0.001-s1", "train-act-0.0001-lr0.001-s1"]:
+        assert base[job]["params"] == {"method": "act", "value": 0.0001, "lr": 0.001}
 
     def changed(*overrides):
         new = settings("seeds=0,1", "act_lr=0.001,0.003", *overrides)
         return sorted({id.rsplit("-s", 1)[0] for id in base if base[id] != new[id]})
 
-    every = sorted({id.rsplit("-s", 1)[0] for id in base})
+    every = with_training(evaluations)
     assert changed("updates=21") == every
-    assert changed("inference_mode=dense") == every
-    assert changed("pondernet_beta=0.02") == ["pondernet-0.1-lr0.003", "pondernet-last-0.1-lr0.003"]
-    assert changed("act_eps=0.02", "act_halting_bias=-1") == act
-    assert changed("policy_updates=11") == ["l2s-1-lr0.003"]
-    assert changed("thesis_prior_p=0.3") == ["thesis-0.1-lr0.003"]
-    assert changed("max_steps=5") == [j for j in every if not j.startswith("fixed")]
+    # what only the evaluation reads keeps the trained models
+    for key in ["inference_mode=dense", "curve_points=3", "val_size=300", "test_size=600"]:
+        assert changed(key) == sorted(evaluations)
+    assert changed("test_k=[2,8]") == sorted(evaluations)
+    pondernet = ["pondernet-0.1-lr0.003", "pondernet-last-0.1-lr0.003"]
+    assert changed("pondernet_beta=0.02") == with_training(pondernet)
+    assert changed("act_eps=0.02", "act_halting_bias=-1") == with_training(act)
+    assert changed("policy_updates=11") == with_training(["l2s-1-lr0.003"])
+    assert changed("thesis_prior_p=0.3") == with_training(["thesis-0.1-lr0.003"])
+    assert changed("max_steps=5") == [j for j in every if "fixed" not in j]
     # report-only and runner keys never rerun a job
     assert changed("log_every=7", "workers=2", "threads=2", "checkpoint_every=9") == []

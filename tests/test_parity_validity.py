@@ -205,10 +205,12 @@ def test_a_jobs_validation_numbers_are_measured_on_its_validation_vectors(tmp_pa
     rule's outputs on the validation vectors (drawn by hand from the job's "validation" stream
     with train_k), and its test numbers those on the test vectors; a causal rule runs the steps
     it uses (steps_run = mean steps), a non-causal one every step (steps_run = max_steps)."""
-    from stopwise.contract import Job, JobContext, PlannedJob, RunDir, stream_seed
+    from stopwise.contract import stream_seed
+    from stopwise.experiments import run_experiment
     from stopwise.tasks.parity import experiment
 
-    cfg = config("train_k=[1,3]", "test_k=[1,8]", "updates=5")
+    overrides = ["train_k=[1,3]", "test_k=[1,8]", "updates=5", "methods=[pondernet]"]
+    cfg = config(*overrides)
     calls = []
 
     def spy(rule, model, head, x, *args, **kwargs):
@@ -217,9 +219,8 @@ def test_a_jobs_validation_numbers_are_measured_on_its_validation_vectors(tmp_pa
         return logits, stop
 
     monkeypatch.setattr(experiment, "infer", spy)
-    job = Job("pondernet-0.1-lr0.003", params={"method": "pondernet", "value": 0.1, "lr": 0.003})
-    context = JobContext(RunDir(tmp_path), cfg, PlannedJob("p-s0", job, 0, {}, ()), False)
-    rows = experiment.run_job(job, context)["rows"]
+    run = run_experiment("parity", "tiny", tmp_path / "run", [*overrides, "progress=false"])
+    rows = run.job_file("pondernet-0.1-lr0.003-s0")["record"]["rows"]
 
     def draw(stream, size, k_range):
         return sample_parity(

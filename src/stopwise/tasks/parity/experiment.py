@@ -1,11 +1,15 @@
-"""The parity jobs: one per method, value of its hyperparameter and learning rate of its grid
-(the runner runs each per seed).
+"""The parity jobs: per method, value of its hyperparameter and learning rate of its grid (a
+setting ``<method>-<value>-lr<lr>``), a training job ``train-<setting>`` and an evaluation job
+``<setting>`` after it (the runner runs each per seed).
 
-A job builds the GRU step model from the seed's ``"init"`` stream (every method of a seed starts
-from the same weights), trains it with its method (:mod:`.methods`), measures every inference rule
-of every variant on the seed's validation vectors and then, once, on its test vectors. Which
-setting (hyperparameter and learning rate) is best is chosen by the report, on validation
-accuracy. An ACT job also records the share of its training inputs that halt at step 1, by k.
+The training job builds the GRU step model from the seed's ``"init"`` stream (every method of a
+seed starts from the same weights) and trains it with its method (:mod:`.methods`); its
+checkpoints keep the trained model (and L2S's heads), its record the training seconds. The
+evaluation job loads them and measures every inference rule of every variant on the seed's
+validation vectors and then, once, on its test vectors, and the budget curves; an ACT one also
+records the share of its training inputs that halt at step 1, by k. So another
+``inference_mode``, ``curve_points`` or test set reruns the evaluation jobs only. Which setting
+(hyperparameter and learning rate) is best is chosen by the report, on validation accuracy.
 """
 
 from __future__ import annotations
@@ -23,14 +27,14 @@ from .methods import METHODS, RULES, act_halting_steps, infer, train_method, unr
 from .metrics import evaluate_rule, share_by_k
 from .models import HaltingHead, ParityGRU
 
-__all__ = ["jobs", "run_job", "stop_models", "SHARED_KEYS"]
+__all__ = ["jobs", "run_job", "load_trained", "stop_models", "TRAIN_KEYS", "EVALUATION_KEYS"]
 
-# The config keys every job's numbers depend on, besides its params, its seed and its method's
-# own keys (Method.keys); the others (lists of values, methods, log_every) never rerun a job.
-SHARED_KEYS = (
-    "n", "train_k", "test_k", "hidden", "batch_size", "updates", "grad_clip",
-    "val_size", "test_size", "inference_mode", "device", "curve_points",
-)  # fmt: skip
+# The config keys a training job's numbers depend on, besides its params, its seed and its
+# method's own keys (Method.keys); the others (lists of values, methods, log_every) never rerun
+# a job.
+TRAIN_KEYS = ("n", "train_k", "hidden", "batch_size", "updates", "grad_clip", "device")
+# What an evaluation job reads besides its training job's keys (whose digest its settings hold).
+EVALUATION_KEYS = ("test_k", "val_size", "test_size", "inference_mode", "curve_points")
 
 
 # training batches (of batch_size) on which an ACT job measures the share halting at step 1
@@ -38,35 +42,78 @@ ACT_STEP_ONE_BATCHES = 16
 
 
 def jobs(config: ParityConfig) -> list[Job]:
-    """``<method>-<value>-lr<lr>`` for every method, value of its hyperparameter and learning rate
-    of its grid; the cost hint (updates × steps) starts the longest jobs first with several
-    workers."""
-    return [
-        Job(
-            f"{name}-{value:g}-lr{lr:g}",
-            params={"method": name, "value": value, "lr": lr},
-            keys=SHARED_KEYS + METHODS[name].keys,
-            cost=(config.updates + (2 * config.policy_updates / 3 if name == "l2s" else 0))
-            * (value if name == "fixed" else config.max_steps),
-        )
-        for name in config.methods
-        for value in getattr(config, METHODS[name].hyperparameter)
-        for lr in getattr(config, METHODS[name].learning_rates)
-    ]
+    """``train-<setting>`` and ``<setting>`` after it, ``<setting>`` = ``<method>-<value>-lr<lr>``
+    for every method, value of its hyperparameter and learning rate of its grid; the cost hint
+    (updates × steps) starts the longest training jobs first with several workers."""
+    out = []
+    for name in config.methods:
+        method = METHODS[name]
+        for value in getattr(config, method.hyperparameter):
+            for lr in getattr(config, method.learning_rates):
+                setting = f"{name}-{value:g}-lr{lr:g}"
+                params = {"method": name, "value": value, "lr": lr}
+                updates = config.updates + (2 * config.policy_updates / 3 if name == "l2s" else 0)
+                cost = updates * (value if name == "fixed" else config.max_steps)
+                trained = f"train-{setting}"
+                out += [
+                    Job(trained, params, keys=TRAIN_KEYS + method.keys, cost=cost),
+                    Job(setting, params, after=(trained,), keys=EVALUATION_KEYS),
+                ]
+    return out
 
 
 def run_job(job: Job, context: JobContext) -> dict[str, Any]:
-    """Train one method at one value; its record has one row per (variant, inference rule)."""
+    """A training job (none before it) or an evaluation job (its training job before it)."""
+    return evaluate(job, context) if job.after else train(job, context)
+
+
+def _model(config: ParityConfig, method: str, value: float) -> ParityGRU:
+    """The untrained GRU of ``method`` at ``value``: ``value`` steps for fixed depth, else
+    ``max_steps``; ACT's halting unit starts at ``act_halting_bias``."""
+    steps = int(value) if method == "fixed" else config.max_steps
+    bias = config.act_halting_bias if method == "act" else None
+    return ParityGRU(config.n, config.hidden, steps, halting_bias=bias)
+
+
+def train(job: Job, context: JobContext) -> dict[str, Any]:
+    """Train one method at one setting; its record has the training seconds of each variant
+    (the model's, or each L2S head's after stage I)."""
     config: ParityConfig = context.config
-    method, value = METHODS[job.params["method"]], job.params["value"]
-    steps = int(value) if method.name == "fixed" else config.max_steps
-    bias = config.act_halting_bias if method.name == "act" else None
+    method, value = job.params["method"], job.params["value"]
+    context.manual_seed("init")
+    model = _model(config, method, value).to(context.device)
+    heads = train_method(method, model, value, config, context, lr=job.params["lr"])
+    seconds = {v: context.timings["train"] + context.timings.get(f"train-{v}", 0.0) for v in heads}
+    return {"train_seconds": seconds}
+
+
+def load_trained(context: JobContext, trained: str) -> tuple[ParityGRU, dict[str, HaltingHead]]:
+    """The model and the halting head of each variant (``{"": model.halting}`` except for L2S)
+    that the training job ``trained`` saved at the end of its stages."""
+    config: ParityConfig = context.config
+    method, value = context.params["method"], context.params["value"]
+    model = _model(config, method, value)
+    stage = "l2s-stage1" if method == "l2s" else method
+    model.load_state_dict(context.checkpoint(stage, job=trained)["model"])
+    heads = {"": model.halting}
+    if method == "l2s":
+        heads = {variant: HaltingHead(config.hidden) for variant in config.l2s_heads}
+        for variant, head in heads.items():
+            head.load_state_dict(context.checkpoint(f"l2s-stage2-{variant}", job=trained)["policy"])
+    return model.to(context.device), {v: head.to(context.device) for v, head in heads.items()}
+
+
+def evaluate(job: Job, context: JobContext) -> dict[str, Any]:
+    """Evaluate the model its training job trained; its record has one row per (variant,
+    inference rule) and the budget curves."""
+    config: ParityConfig = context.config
+    method = METHODS[job.params["method"]]
     # Drawn first (each from its own stream) so that a test set unfit to report fails early.
     validation = evaluation_set(config, "validation", context.generator("validation"))
     test = Heldout(evaluation_set(config, "test", context.generator("test")))
-    context.manual_seed("init")
-    model = ParityGRU(config.n, config.hidden, steps, halting_bias=bias).to(context.device)
-    heads = train_method(method.name, model, value, config, context, lr=job.params["lr"])
+    (trained,) = job.after
+    model, heads = load_trained(context, trained)
+    train_seconds = context.dependency(trained).record["train_seconds"]
     extra = {}
     if method.name == "act":
         inputs = first_training_batches(
@@ -104,11 +151,10 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
                 "rule": rule,
                 **measured,
                 # what the rule computes: a non-causal rule runs every step before choosing
-                "steps_run": measured["mean_steps"] if RULES[rule][1] else steps,
+                "steps_run": measured["mean_steps"] if RULES[rule][1] else model.max_steps,
                 "validation_accuracy": own["accuracy"],
                 "validation_steps": own["mean_steps"],
-                "train_seconds": context.timings["train"]
-                + context.timings.get(f"train-{variant}", 0.0),
+                "train_seconds": train_seconds[variant],
                 "inference_seconds": context.timings[f"test {variant} {rule}"],
                 **extra,
             }
@@ -157,13 +203,14 @@ def budget_curve(model, head, validation, test, config: ParityConfig, device) ->
 
 
 def stop_models(config: ParityConfig) -> dict:
-    """Every job with a budget curve, one stop model per halting head: ``<job>`` (the model's
-    own head) or, for L2S, ``<job>/<head>`` (hard, soft, gain). Which setting is best is the
-    report's choice, on validation (results.json)."""
+    """Every evaluation job with a budget curve, one stop model per halting head: ``<job>`` (the
+    model's own head) or, for L2S, ``<job>/<head>`` (hard, soft, gain), loaded from the
+    checkpoints of the training job before it. Which setting is best is the report's choice, on
+    validation (results.json)."""
     out = {}
     for job in jobs(config):
         method = job.params["method"]
-        if method in ("fixed", "act"):
+        if not job.after or method in ("fixed", "act"):
             continue
         for head in config.l2s_heads if method == "l2s" else [""]:
             name = f"{job.name}/{head}" if head else job.name
@@ -173,18 +220,13 @@ def stop_models(config: ParityConfig) -> dict:
 
 def _trained(name: str, head: str, context: JobContext, record: dict[str, Any]) -> TrainedStopModel:
     config: ParityConfig = context.config
-    method = context.job.params["method"]
-    model = ParityGRU(config.n, config.hidden, config.max_steps)
-    model.load_state_dict(context.checkpoint("l2s-stage1" if head else method)["model"])
-    policy = model.halting
-    if head:
-        policy = HaltingHead(config.hidden)
-        policy.load_state_dict(context.checkpoint(f"l2s-stage2-{head}")["policy"])
+    (trained,) = context.job.after
+    model, heads = load_trained(context, trained)
     curve = next(c for c in record["curves"] if c["variant"] == head)
     return TrainedStopModel(
         name,
-        model.to(context.device),
-        policy.to(context.device),
+        model,
+        heads[head],
         curve_budgets(curve["points"]),
         inputs=f"a vector of {config.n} entries in {{-1, 0, 1}}",
         test_inputs=lambda: [

@@ -38,12 +38,15 @@ _LINE_KEYS = ("method", "variant", "value", "lr", "rule")
 
 
 def report(results: list[JobResult], config: ParityConfig) -> Report:
+    evaluations = [r for r in results if "rows" in r.record]  # not the training jobs
     rows = [
-        {"id": r.id, "seed": r.seed, **r.params, **row} for r in results for row in r.record["rows"]
+        {"id": r.id, "seed": r.seed, **r.params, **row}
+        for r in evaluations
+        for row in r.record["rows"]
     ]
     lines = summarize(rows)
     paired = paired_vs_fixed_depth(rows, lines)
-    curves = _budget_curves(results, lines)
+    curves = _budget_curves(evaluations, lines)
     best = "; ".join(
         f"{line['label']} {100 * line['interpolation_mean']:.2f}% at {line['mean_steps']:.2f} steps"
         for line in lines
