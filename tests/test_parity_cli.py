@@ -108,3 +108,43 @@ def test_a_job_depends_on_its_own_method_keys_only():
     assert changed("max_steps=5") == [j for j in every if "fixed" not in j]
     # report-only and runner keys never rerun a job
     assert changed("log_every=7", "workers=2", "threads=2", "checkpoint_every=9") == []
+
+
+def _numbers(run):
+    """A run's results.json without what differs between equal runs: timings and the
+    fingerprint (of the job records' seconds)."""
+
+    def plain(value):
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items() if "seconds" not in k}
+        return [plain(v) for v in value] if isinstance(value, list) else value
+
+    results = json.loads((run / "results.json").read_text())
+    return plain({k: v for k, v in results.items() if k != "fingerprint"})
+
+
+def test_another_evaluation_retrains_nothing(tmp_path, capsys):
+    """Another inference_mode and curve_points rerun the evaluation jobs only: the same --out
+    refuses the evaluation jobs alone, and reuse_from takes every training job (its checkpoints
+    included) from the first run; the results are a fresh run's with those settings."""
+    tiny = ["run", "parity", "--preset", "tiny", "--set", "act_lr=0.001"]
+    first, again, fresh = tmp_path / "first", tmp_path / "again", tmp_path / "fresh"
+    assert main([*tiny, "--out", str(first)]) == 0
+    other = [*tiny, "--set", "inference_mode=dense", "--set", "curve_points=3"]
+    capsys.readouterr()
+    assert main([*other, "--out", str(first)]) == 2
+    refused = [line for line in capsys.readouterr().err.splitlines() if "(finished)" in line]
+    assert refused and not any("train-" in line for line in refused)
+    assert main([*other, "--set", f"reuse_from={first}", "--out", str(again)]) == 0
+    jobs = {path.name: json.loads(path.read_text()) for path in (again / "jobs").glob("*.json")}
+    trained = {name for name, job in jobs.items() if job["checkpoints"]}
+    assert len(trained) == 6  # a training job per setting, none trained again:
+    assert {name for name, job in jobs.items() if "reused_from" in job} == trained
+    for name in trained:
+        reused = jobs[name].pop("reused_from")
+        assert reused == str((first / "jobs" / name).resolve())
+        assert jobs[name] == json.loads((first / "jobs" / name).read_text())
+    assert main([*other, "--out", str(fresh)]) == 0
+    assert _numbers(again) == _numbers(fresh)
+    assert _numbers(again)["task"]["inference_mode"] == "dense"
+    assert _numbers(again) != _numbers(first)
