@@ -1,7 +1,7 @@
 """Why L2S with a small β fails on parity: accuracy of every step of the stage-I models.
 
 Reads the stage-I checkpoints of parity runs (``--run``, repeatable; a job found in several runs is
-taken from the first that holds its checkpoint) and, for each L2S job, evaluates every step's
+taken from the first that holds its checkpoint) and, for each L2S training job, evaluates every step's
 prediction on that seed's 10,000 test vectors: the accuracy of each step, of the oracle (some step
 right, which needs the label) and how often the steps disagree. Writes ``parity-l2s-steps.json``
 in ``--results`` (default ``benchmarks/results/``).
@@ -57,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     jobs = {}  # id -> (run, job)
     for run in map(Path, args.run):
-        for path in sorted((run / "jobs").glob("l2s-*.json")):
+        # the L2S training jobs (``l2s-*`` in runs made before training and evaluation were
+        # separate jobs: those held the checkpoints then)
+        paths = [*(run / "jobs").glob("train-l2s-*.json"), *(run / "jobs").glob("l2s-*.json")]
+        for path in sorted(paths):
             job = json.loads(path.read_text())
             if (
                 run / "checkpoints" / job["id"] / "l2s-stage1.pt"
