@@ -57,10 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     jobs = {}  # id -> (run, job)
     for run in map(Path, args.run):
-        # the L2S training jobs (``l2s-*`` in runs made before training and evaluation were
-        # separate jobs: those held the checkpoints then)
-        paths = [*(run / "jobs").glob("train-l2s-*.json"), *(run / "jobs").glob("l2s-*.json")]
-        for path in sorted(paths):
+        # the L2S jobs that hold a stage I: the training jobs ``l2s-*-train`` (``l2s-*`` in runs
+        # made before training and evaluation were separate jobs)
+        for path in sorted((run / "jobs").glob("l2s-*.json")):
             job = json.loads(path.read_text())
             if (
                 run / "checkpoints" / job["id"] / "l2s-stage1.pt"

@@ -82,12 +82,12 @@ def test_a_job_depends_on_its_own_method_keys_only():
     evaluations = ["fixed-3-lr0.003", *act, *(f"{name}-lr0.003" for name in others)]
 
     def with_training(names):  # each evaluation job and the training job before it
-        return sorted([*names, *(f"train-{name}" for name in names)])
+        return sorted([*names, *(f"{name}-train" for name in names)])
 
     assert sorted(base) == sorted(
         f"{job}-s{seed}" for job in with_training(evaluations) for seed in (0, 1)
     )
-    for job in ["act-0.0001-lr0.001-s1", "train-act-0.0001-lr0.001-s1"]:
+    for job in ["act-0.0001-lr0.001-s1", "act-0.0001-lr0.001-train-s1"]:
         assert base[job]["params"] == {"method": "act", "value": 0.0001, "lr": 0.001}
 
     def changed(*overrides):
@@ -134,7 +134,7 @@ def test_another_evaluation_retrains_nothing(tmp_path, capsys):
     capsys.readouterr()
     assert main([*other, "--out", str(first)]) == 2
     refused = [line for line in capsys.readouterr().err.splitlines() if "(finished)" in line]
-    assert refused and not any("train-" in line for line in refused)
+    assert refused and not any("-train-s" in line for line in refused)
     assert main([*other, "--set", f"reuse_from={first}", "--out", str(again)]) == 0
     jobs = {path.name: json.loads(path.read_text()) for path in (again / "jobs").glob("*.json")}
     trained = {name for name, job in jobs.items() if job["checkpoints"]}

@@ -26,7 +26,7 @@ def test_each_method_runs_its_own_learning_rate_grid():
     lrs = {}
     for job in planned:
         lrs.setdefault(job.params["method"], set()).add(job.params["lr"])
-        assert job.name.endswith(f"-lr{job.params['lr']:g}")
+        assert job.name.removesuffix("-train").endswith(f"-lr{job.params['lr']:g}")
         assert "lr" not in job.keys and "act_lr" not in job.keys  # the lr is a param of the job
     assert lrs.pop("act") == {0.001, 0.002, 0.003}
     assert set(lrs) == set(METHODS) - {"act"}

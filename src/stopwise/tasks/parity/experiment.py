@@ -1,5 +1,5 @@
 """The parity jobs: per method, value of its hyperparameter and learning rate of its grid (a
-setting ``<method>-<value>-lr<lr>``), a training job ``train-<setting>`` and an evaluation job
+setting ``<method>-<value>-lr<lr>``), a training job ``<setting>-train`` and an evaluation job
 ``<setting>`` after it (the runner runs each per seed).
 
 The training job builds the GRU step model from the seed's ``"init"`` stream (every method of a
@@ -42,7 +42,7 @@ ACT_STEP_ONE_BATCHES = 16
 
 
 def jobs(config: ParityConfig) -> list[Job]:
-    """``train-<setting>`` and ``<setting>`` after it, ``<setting>`` = ``<method>-<value>-lr<lr>``
+    """``<setting>-train`` and ``<setting>`` after it, ``<setting>`` = ``<method>-<value>-lr<lr>``
     for every method, value of its hyperparameter and learning rate of its grid; the cost hint
     (updates × steps) starts the longest training jobs first with several workers."""
     out = []
@@ -54,7 +54,7 @@ def jobs(config: ParityConfig) -> list[Job]:
                 params = {"method": name, "value": value, "lr": lr}
                 updates = config.updates + (2 * config.policy_updates / 3 if name == "l2s" else 0)
                 cost = updates * (value if name == "fixed" else config.max_steps)
-                trained = f"train-{setting}"
+                trained = f"{setting}-train"
                 out += [
                     Job(trained, params, keys=TRAIN_KEYS + method.keys, cost=cost),
                     Job(setting, params, after=(trained,), keys=EVALUATION_KEYS),
