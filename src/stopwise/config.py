@@ -38,6 +38,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from .inference import MODES
+
 __all__ = [
     "ConfigError",
     "DataError",
@@ -56,7 +58,7 @@ __all__ = [
     "INFERENCE_MODES",
 ]
 
-INFERENCE_MODES = ("dense", "masked", "shrink")  # see stopwise.inference
+INFERENCE_MODES = MODES  # how run_adaptive runs a stop model (stopwise.inference)
 
 
 class ConfigError(ValueError):
