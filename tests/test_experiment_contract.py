@@ -248,7 +248,7 @@ def test_the_tiny_preset_runs_on_a_gpu(name, tmp_path):
 @pytest.mark.parametrize(
     "name, job, key",
     [
-        ("multi-exit", "uniform", "budgets"),  # each training job fits and runs every budget
+        ("multi-exit", "uniform", "budgets"),  # each evaluation fits and runs every budget
         ("denoising", "dncnn-stop", "select_within_db"),  # it picks the stop model's rule
     ],
 )

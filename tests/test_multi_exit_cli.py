@@ -72,8 +72,9 @@ def test_tiny_run_writes_curves_tables_figures_and_real_early_exit(tiny_run):
         (r["job"], r["stage"])
         for r in map(json.loads, (tiny_run / "metrics.jsonl").read_text().splitlines())
     }
-    assert {("l2w-s0", "train"), ("l2s-b1-s0", "stage1"), ("l2s-b1-s0", "stage2")} <= stages
-    assert {(f"{job}-s0", "gain-head") for job in jobs} <= stages
+    trained = {("train-l2w-s0", "train"), ("train-l2s-b1-s0", "stage1")}
+    assert trained | {("train-l2s-b1-s0", "stage2")} <= stages  # the training jobs' stages
+    assert {(f"{job}-s0", "gain-head") for job in jobs} <= stages  # fitted by the evaluations
 
 
 def test_the_l2s_policy_curve_pays_the_policy_at_every_exit_it_asks(tiny_run):
@@ -151,11 +152,12 @@ def test_every_method_of_a_seed_starts_from_the_same_weights_and_batches(tiny_ru
     for record in map(json.loads, (tiny_run / "metrics.jsonl").read_text().splitlines()):
         if record["step"] == 0 and record["stage"] in ("train", "stage1"):
             first[record["job"]] = record
-    last = first["uniform-s0"]["last"]
-    assert first["sdn-s0"]["last"] == pytest.approx(last, rel=1e-6)
-    assert first["l2s-b1-s0"]["last"] == pytest.approx(3 * last, rel=1e-6)
-    for job in ("l2w-s0", "l2w-fo-s0", "l2w-last-s0"):
-        assert first[job]["unweighted"] == pytest.approx(first["uniform-s0"]["loss"], rel=1e-6)
+    last = first["train-uniform-s0"]["last"]
+    assert first["train-sdn-s0"]["last"] == pytest.approx(last, rel=1e-6)
+    assert first["train-l2s-b1-s0"]["last"] == pytest.approx(3 * last, rel=1e-6)
+    for job in ("l2w", "l2w-fo", "l2w-last"):
+        unweighted = first[f"train-{job}-s0"]["unweighted"]
+        assert unweighted == pytest.approx(first["train-uniform-s0"]["loss"], rel=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -244,7 +246,7 @@ def test_a_rerun_with_another_data_folder_is_refused_never_served_the_old_jobs(
     assert main([*args, "--set", f"data_dir={other}"]) == 2
     error = capsys.readouterr().err
     assert "params.data" in error and "sha256:" in error
-    job = json.loads((out / "jobs" / "uniform-s0.json").read_text())
+    job = json.loads((out / "jobs" / "train-uniform-s0.json").read_text())
     digest = hashlib.sha256()
     for name in sorted(["test_images", "test_labels", "train_images", "train_labels"]):
         part, kind = name.split("_")

@@ -1,12 +1,16 @@
-"""The multi-exit jobs: one per method, one per β for L2S, and L2S's selection of β on
-validation (the runner runs each per seed). A training job trains a fresh backbone (same initial
-weights and batch order for every method of a seed), chooses its thresholds on validation and
-measures the test split once: the fixed exits, MSDNet's budgeted curve of the confidence
-thresholds, the L2S policy's budget curve (with ``gain_head``, the gain head's too), every
-curve point's own rule run for real through ``run_adaptive(mode=config.inference_mode)`` (its
-accuracy and mean cost checked against the point's), and the wall-clock of early exit against
-the full network. The selection job ``l2s`` reads the L2S jobs' records (and uniform
-training's, β → ∞) and picks, per budget, the β whose curve is best on validation."""
+"""The multi-exit jobs: per network (one per method, one per β for L2S) a training job and the
+job that evaluates what it trained, and L2S's selection of β on validation (the runner runs each
+per seed). A training job ``train-<name>`` trains a fresh backbone (same initial weights and
+batch order for every method of a seed; L2S: and its exit policy) and keeps it in its
+checkpoints. The evaluation job ``<name>`` loads it, fits the gain head (``gain_head``), chooses
+its thresholds on validation and measures the test split once: the fixed exits, MSDNet's
+budgeted curve of the confidence thresholds, the L2S policy's budget curve (with ``gain_head``,
+the gain head's too), every curve point's own rule run for real through
+``run_adaptive(mode=config.inference_mode)`` (its accuracy and mean cost checked against the
+point's), and the wall-clock of early exit against the full network. Another ``budgets``,
+``inference_mode`` or other evaluation key reruns the evaluations only (``reuse_from`` takes
+the trained networks). The selection job ``l2s`` reads the L2S evaluations' records (and
+uniform training's, β → ∞) and picks, per budget, the β whose curve is best on validation."""
 
 from __future__ import annotations
 
@@ -31,7 +35,14 @@ from ...selection import (
 from .config import L2S, MultiExitConfig
 from .data import fashion_mnist_files, load_splits
 from .l2w import allocate_meta
-from .methods import L2W_VARIANTS, build_model, fit_gain, head_costs, train_method
+from .methods import (
+    L2W_VARIANTS,
+    build_model,
+    build_weight_net,
+    fit_gain,
+    head_costs,
+    train_method,
+)
 from .metrics import (
     accuracy_by_group,
     apply_thresholds,
@@ -44,35 +55,52 @@ from .metrics import (
     time_early_exit,
     with_validation_accuracy,
 )
-from .models import ExitPolicy, exit_losses
+from .models import ExitPolicy, MultiExitCNN, exit_losses
 
-__all__ = ["jobs", "run_job", "stop_models", "data_params", "l2s_job_name", "SELECT_L2S"]
+__all__ = [
+    "jobs",
+    "run_job",
+    "stop_models",
+    "data_params",
+    "l2s_job_name",
+    "train_job_name",
+    "is_training",
+    "SELECT_L2S",
+]
 
-# What every job reads, but the report's keys. The data folder (data_dir, else $STOPWISE_DATA,
-# else the default) is not a key: a training job on IDX files carries their digest in its params
-# (``data_params``), so a rerun into the same --out with other files is refused as changed
-# settings, never served the jobs trained on the first files.
-SHARED_KEYS = (
+# What training a network reads, but the report's keys. The data folder (data_dir, else
+# $STOPWISE_DATA, else the default) is not a key: a training job on IDX files carries their
+# digest in its params (``data_params``), so a rerun into the same --out with other files is
+# refused as changed settings, never served the jobs trained on the first files (nor, through
+# their settings, the evaluations of those).
+TRAIN_KEYS = (
     "dataset", "val_size", "test_size", "train_size", "split_seed", "mnist1d_noise",
     "mnist1d_per_level", "stem", "channels", "strides", "head_width", "epochs", "batch_size",
-    "lr", "momentum", "weight_decay", "eval_batch", "device", "inference_mode",
+    "lr", "momentum", "weight_decay", "device",
 )  # fmt: skip
-# Not ``l2s.betas`` (a job's own β is in its params) nor ``timing.methods``: whether a job is
-# timed is in its params ("timed"), with the timing keys in its keys, so adding a β or a timed
-# method reruns no other job, and timing a finished job (or no longer timing it) is a changed
-# setting. (The timing keys alone did not say so: keys a job's settings gain at their defaults
-# are taken as keys added to the task after the job ran.)
+# Not ``l2s.betas`` (a job's own β is in its params): adding a β trains no other network.
 L2S_KEYS = tuple(f"l2s.{f.name}" for f in dataclasses.fields(L2S) if f.name != "betas")
 METHOD_KEYS = {"sdn": ("sdn_weights",), "l2s": L2S_KEYS, **{m: ("l2w",) for m in L2W_VARIANTS}}
+# What evaluating a trained network reads besides its training job's keys (which come with that
+# job's settings in its own): the gain head fitted on every trained network, the budgets, how
+# the rules run. Not ``timing.methods``: whether a job is timed is in its params ("timed"),
+# with the timing keys in its keys, so timing a finished job (or no longer timing it) is a
+# changed setting. (The timing keys alone did not say so: keys a job's settings gain at their
+# defaults are taken as keys added to the task after the job ran.)
+EVAL_KEYS = ("gain_head", "gain_updates", "gain_price", "budgets", "inference_mode", "eval_batch")
 TIMING_KEYS = ("timing.batch", "timing.repeats")
-GAIN_KEYS = ("gain_head", "gain_updates", "gain_price")  # every trained network's gain head
 COSTS = {"l2w": 4.0, "l2w-last": 4.0, "l2w-all": 4.0, "l2w-fo": 2.5}  # relative, for worker order
 SELECT_L2S = "l2s-select"  # the method of the job that picks L2S's β on validation
 
 
 def l2s_job_name(beta: float) -> str:
-    """The job of L2S with oracle temperature ``beta``."""
+    """The job of L2S with oracle temperature ``beta`` (its evaluation)."""
     return f"l2s-b{beta:g}"
+
+
+def train_job_name(name: str) -> str:
+    """The job that trains the network the job ``name`` evaluates."""
+    return f"train-{name}"
 
 
 def data_params(config: MultiExitConfig) -> dict[str, str]:
@@ -89,42 +117,70 @@ def jobs(config: MultiExitConfig) -> list[Job]:
     out = []
     data = data_params(config)
     for method in config.methods:
-        # Every training job fits and runs each budget's rule after training.
-        keys = SHARED_KEYS + METHOD_KEYS.get(method, ()) + GAIN_KEYS + ("budgets",)
+        if method == "l2s":
+            networks = {l2s_job_name(b): {"method": method, "beta": b} for b in config.l2s.betas}
+        else:
+            networks = {method: {"method": method}}
         timed = {"timed": True} if method in config.timing.methods else {}
-        keys += TIMING_KEYS if timed else ()
-        if method != "l2s":
-            params = {"method": method, **data, **timed}
-            out.append(Job(method, params, keys=keys, cost=COSTS.get(method, 1.0)))
-            continue
-        names = {l2s_job_name(beta): beta for beta in config.l2s.betas}
-        out += [
-            Job(n, {"method": "l2s", "beta": b, **data, **timed}, keys=keys)
-            for n, b in names.items()
-        ]
-        after = (*names, "uniform") if "uniform" in config.methods else tuple(names)
-        out.append(Job("l2s", {"method": SELECT_L2S}, after=after, keys=("budgets",), cost=0.0))
+        for name, params in networks.items():
+            train, cost = train_job_name(name), COSTS.get(method, 1.0)
+            train_keys = TRAIN_KEYS + METHOD_KEYS.get(method, ())
+            out.append(Job(train, {**params, **data, "train": True}, keys=train_keys, cost=cost))
+            eval_keys = EVAL_KEYS + (TIMING_KEYS if timed else ())
+            out.append(Job(name, {**params, **timed}, after=(train,), keys=eval_keys))
+        if method == "l2s":
+            after = (*networks, "uniform") if "uniform" in config.methods else tuple(networks)
+            out.append(Job("l2s", {"method": SELECT_L2S}, after=after, keys=("budgets",), cost=0.0))
     return out
 
 
+def is_training(params: dict[str, Any]) -> bool:
+    """Whether a job of these params trains a network (its evaluation records the numbers)."""
+    return params.get("train", False)
+
+
 def run_job(job: Job, context: JobContext) -> dict[str, Any]:
-    config: MultiExitConfig = context.config
-    method = job.params["method"]
-    if method == SELECT_L2S:
+    if is_training(job.params):
+        return train(job, context)
+    if job.params["method"] == SELECT_L2S:
         return select_beta(job, context)
+    return evaluate(job, context)
+
+
+def train(job: Job, context: JobContext) -> dict[str, Any]:
+    """Train the job's network (its checkpoints keep it, L2S's policy and L2W's weight net) and
+    record the updates, the training time and L2W's weight log."""
+    config: MultiExitConfig = context.config
     splits = load_splits(config)
     context.manual_seed("init")
     model = build_model(config, splits)
+    method = job.params["method"]
     trained = train_method(method, model, splits, config, context, job.params.get("beta"))
-    model.eval()
+    record: dict[str, Any] = {
+        "updates": trained.updates,
+        "train_seconds": context.timings["train"],
+        "train_cpu_seconds": context.cpu_timings["train"],  # the span of train_seconds
+    }
+    if trained.weight_log is not None:
+        record["weight_log"] = trained.weight_log
+    return record
+
+
+def evaluate(job: Job, context: JobContext) -> dict[str, Any]:
+    """Evaluate the network the job's training job trained; its record holds the training
+    job's too."""
+    config: MultiExitConfig = context.config
+    (train_job,) = job.after
+    splits = load_splits(config)
+    model, policy = _trained_network(context, splits)
     costs = model.step_costs()
     test = Heldout((splits.test_x, splits.test_y))
 
     # The stop models and their cumulative costs per exit: confidence thresholds (the
     # network's MACs alone: a softmax), L2S's policy and the gain head (their own MACs added).
     stops = {"confidence": (ConfidencePolicy(), costs)}
-    if trained.policy is not None:
-        stops["policy"] = (trained.policy, head_costs(model, trained.policy))
+    if policy is not None:
+        stops["policy"] = (policy, head_costs(model, policy))
     if config.gain_head:
         with context.timed("gain-head"):
             head = fit_gain(model, splits, config, context)
@@ -169,9 +225,7 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
         )
     record: dict[str, Any] = {
         "data": {"dataset": splits.name, **splits.sizes(), **splits.info},
-        "updates": trained.updates,
-        "train_seconds": context.timings["train"],
-        "train_cpu_seconds": context.cpu_timings["train"],  # the span of train_seconds
+        **context.dependency(train_job).record,  # updates, training time, L2W's weight log
         "val_exit_accuracy": val_correct.double().mean(0),
         "step_costs": costs,
         "fixed_depth": fixed_depth_curve(
@@ -184,10 +238,11 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
         index = stop_indices(test_scores["confidence"], msdnet_rule(fitted, "p", 1.0))
         levels = splits.info["noise_levels"]
         record["test_groups"] = accuracy_by_group(index, correct, splits.test_group, levels)
-    if trained.weight_net is not None:
-        record["weight_log"] = trained.weight_log
-        record["weights_final"] = _final_weights(trained.weight_net, model, splits, config)
-        record["weights_vs_loss"] = _weights_vs_loss(trained.weight_net, model, splits, config)
+    if job.params["method"] in L2W_VARIANTS:
+        weight_net = build_weight_net(config, model.max_steps)
+        weight_net.load_state_dict(context.checkpoint("train", job=train_job)["weight_net"])
+        record["weights_final"] = _final_weights(weight_net, model, splits, config)
+        record["weights_vs_loss"] = _weights_vs_loss(weight_net, model, splits, config)
     if job.params.get("timed"):
         record["timing"] = time_early_exit(
             model, test_x, timed_rules, config.timing.batch, config.timing.repeats
@@ -260,11 +315,12 @@ def select_beta(job: Job, context: JobContext) -> dict[str, Any]:
 def stop_models(config: MultiExitConfig) -> dict:
     """Every trained network with each of its stop rules: ``<job>/confidence`` (MSDNet's
     thresholds), ``<job>/policy`` (an L2S job's policy) and, with ``gain_head``,
-    ``<job>/gain``. (L2S's β chosen per budget is a different network at each budget.)"""
+    ``<job>/gain``, where ``<job>`` is the network's evaluation. (L2S's β chosen per budget is a
+    different network at each budget.)"""
     out = {}
     for job in jobs(config):
         method = job.params["method"]
-        if method == SELECT_L2S:
+        if is_training(job.params) or method == SELECT_L2S:
             continue
         kinds = ["confidence", *(["policy"] if method == "l2s" else [])]
         for kind in kinds + (["gain"] if config.gain_head else []):
@@ -272,18 +328,28 @@ def stop_models(config: MultiExitConfig) -> dict:
     return out
 
 
+def _trained_network(context: JobContext, splits) -> tuple[MultiExitCNN, ExitPolicy | None]:
+    """The network the evaluation job ``context.job``'s training job trained, in eval mode, and
+    L2S's exit policy (None for another method), from that job's checkpoints."""
+    config: MultiExitConfig = context.config
+    (train_job,) = context.job.after
+    l2s = context.job.params["method"] == "l2s"
+    model = build_model(config, splits)
+    model.load_state_dict(context.checkpoint("stage1" if l2s else "train", job=train_job)["model"])
+    if not l2s:
+        return model.eval(), None
+    policy = ExitPolicy(model.max_steps, tuple(config.l2s.policy_hidden))
+    policy.load_state_dict(context.checkpoint("stage2", job=train_job)["policy"])
+    return model.eval(), policy.eval()
+
+
 def _trained(kind: str, context: JobContext, record: dict[str, Any]) -> TrainedStopModel:
     config: MultiExitConfig = context.config
     splits = load_splits(config)
-    model = build_model(config, splits)
-    stage = "stage1" if context.job.params["method"] == "l2s" else "train"
-    model.load_state_dict(context.checkpoint(stage)["model"])
+    model, policy = _trained_network(context, splits)
     if kind == "confidence":
         policy = ConfidencePolicy()
-    elif kind == "policy":
-        policy = ExitPolicy(model.max_steps, tuple(config.l2s.policy_hidden))
-        policy.load_state_dict(context.checkpoint("stage2")["policy"])
-    else:  # fit_gain's head
+    elif kind == "gain":  # fit_gain's head, fitted by the evaluation job
         policy = ExitPolicy(model.max_steps)
         policy.load_state_dict(context.checkpoint("gain-head")["policy"])
     return TrainedStopModel(

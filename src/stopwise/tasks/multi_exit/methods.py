@@ -46,6 +46,7 @@ __all__ = [
     "meta_lr_at",
     "Trained",
     "train_method",
+    "build_weight_net",
     "head_costs",
     "fit_gain",
 ]
@@ -214,7 +215,7 @@ def _train_l2w(
     batch and the meta loss on a separate batch as large (``meta_batch="full"``, drawn from the
     training rows with its own stream), or on the two halves of the training batch (``"half"``)."""
     c, K, optimizer, updates = config.l2w, model.max_steps, common["optimizer"], common["num_steps"]
-    weight_net = WeightNet(K, c.hidden, c.delta, c.clamp, c.output_init)
+    weight_net = build_weight_net(config, K)
     meta_optimizer = torch.optim.Adam(weight_net.parameters(), lr=c.meta_lr, weight_decay=c.meta_wd)
     meta = MetaStep(weight_net, meta_optimizer, c.p, mode, meta_loss)
     log = WeightLog(K, updates)
@@ -246,6 +247,12 @@ def _train_l2w(
     state = dict(model=model, weight_net=weight_net, meta_optimizer=meta_optimizer, weight_log=log)
     optimize("train", loss_and_metrics=loss, state=state, **common)
     return Trained(updates, weight_net=weight_net, weight_log=log.summary())
+
+
+def build_weight_net(config: MultiExitConfig, exits: int) -> WeightNet:
+    """L2W's weight network for ``exits`` exits (initialised from torch's global generator)."""
+    c = config.l2w
+    return WeightNet(exits, c.hidden, c.delta, c.clamp, c.output_init)
 
 
 def head_costs(model: MultiExitCNN, head: ExitPolicy) -> torch.Tensor:

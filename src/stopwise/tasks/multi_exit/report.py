@@ -14,7 +14,7 @@ from ...curves import dominance, dominance_line, mean_curve
 from ...reporting import finish_axes, markdown_table, new_figure
 from ...stats import format_interval, format_mean_and_sd, mean_sd, over_seeds, paired_difference
 from .config import METHODS, MultiExitConfig
-from .experiment import SELECT_L2S
+from .experiment import SELECT_L2S, is_training
 from .metrics import P_GRID, accuracy_at_budgets
 
 __all__ = ["report", "budget_labels"]
@@ -161,6 +161,8 @@ def _cost_ratio(records, uniform, key: str) -> dict[str, Any]:
 
 
 def report(results: list[JobResult], config: MultiExitConfig) -> Report:
+    # A training job's record comes with its evaluation's (the job named as the network).
+    results = [r for r in results if not is_training(r.params)]
     by_job: dict[str, dict[int, dict[str, Any]]] = {}
     params: dict[str, dict[str, Any]] = {}
     for r in results:
