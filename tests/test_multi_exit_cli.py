@@ -290,6 +290,54 @@ def test_timing_a_finished_job_or_no_longer_timing_it_is_a_changed_setting(tmp_p
     assert "params.timed: True -> (absent)" in capsys.readouterr().err
 
 
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """uniform and L2S (β = 1), uniform's early exit timed."""
+    out = tmp_path_factory.mktemp("small") / "run"
+    return run_experiment("multi-exit", "tiny", out, SMALL).path
+
+
+SMALL = ["progress=false", "methods=uniform,l2s", "timing.methods=uniform"]
+
+
+def _numbers(run):
+    """A run's results.json but the timings (wall and CPU seconds, speedups) and fingerprint."""
+
+    def numbers(value):
+        if isinstance(value, dict):
+            timings = ("seconds", "speedup", "fingerprint")
+            return {k: numbers(v) for k, v in value.items() if not any(t in k for t in timings)}
+        return [numbers(v) for v in value] if isinstance(value, list) else value
+
+    return numbers(json.loads((run / "results.json").read_text()))
+
+
+@pytest.mark.parametrize("change", ["budgets=0.45,0.55", "inference_mode=masked"])
+def test_other_budgets_or_inference_mode_evaluate_the_trained_networks_again(
+    small_run, tmp_path, change
+):
+    """Budgets are calibrated on validation and the inference mode is how the rules run: with
+    another value, reuse_from takes every training job and only the evaluations (and L2S's
+    choice of β) run, to the numbers of a fresh run. Each job trained and evaluated its network
+    at once before, so another budget or mode trained every network again."""
+    out = tmp_path / "changed"
+    run_experiment("multi-exit", "tiny", out, [*SMALL, change, f"reuse_from={small_run}"])
+    jobs = {p.stem: json.loads(p.read_text()) for p in (out / "jobs").glob("*.json")}
+    assert sorted(jobs) == [
+        "l2s-b1-s0",
+        "l2s-s0",
+        "train-l2s-b1-s0",
+        "train-uniform-s0",
+        "uniform-s0",
+    ]
+    assert sorted(id for id, job in jobs.items() if job.get("reused_from")) == [
+        "train-l2s-b1-s0",
+        "train-uniform-s0",
+    ]
+    fresh = run_experiment("multi-exit", "tiny", tmp_path / "fresh", [*SMALL, change]).path
+    assert _numbers(out) == _numbers(fresh)
+
+
 @pytest.mark.parametrize(
     "data, overrides, message",
     [

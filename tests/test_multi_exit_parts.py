@@ -727,6 +727,43 @@ def test_adding_a_beta_or_a_timed_method_changes_no_other_jobs_settings():
     assert changed == ["l2s-b1-s0", "l2s-s0", "train-l2s-b1-s0"]  # its evaluation and choice too
 
 
+@pytest.mark.parametrize(
+    "override, trains",
+    [
+        ("budgets=0.4,0.6", False),
+        ("inference_mode=dense", False),
+        ("eval_batch=7", False),
+        ("gain_head=false", False),
+        ("gain_updates=3", False),
+        ("gain_price=0.5", False),
+        ("timing.repeats=2", False),
+        ("epochs=2", True),
+        ("lr=0.1", True),
+        ("channels=4,8,16", True),
+    ],
+)
+def test_an_evaluation_key_changes_no_training_jobs_settings(override, trains):
+    """A training job's settings hold only what training reads; its evaluation's hold those
+    too (its dependency's digest), so a training key changes both and an evaluation key
+    (budgets, inference mode, gain head, timing) the evaluations alone."""
+    from stopwise.experiments import get_experiment, plan_jobs, resolve_config
+
+    experiment = get_experiment("multi-exit")
+
+    def settings(overrides):
+        config = resolve_config(experiment, "tiny", ["methods=uniform,l2w,l2s", *overrides])[0]
+        return {p.id: p.settings for p in plan_jobs(experiment, config)}
+
+    base, other = settings([]), settings([override])
+    changed = {id for id in base if base[id] != other[id]}
+    training = {id for id in base if id.startswith("train-")}
+    assert training == {"train-uniform-s0", "train-l2w-s0", "train-l2s-b1-s0"}
+    if trains:
+        assert changed == set(base)  # every training job, and every job after one
+    else:
+        assert changed and not changed & training
+
+
 def test_reach_text_gives_the_costs_the_curves_span_as_shares_of_full_macs():
     from stopwise.tasks.multi_exit.report import _reach_text
 
