@@ -72,8 +72,8 @@ def test_tiny_run_writes_curves_tables_figures_and_real_early_exit(tiny_run):
         (r["job"], r["stage"])
         for r in map(json.loads, (tiny_run / "metrics.jsonl").read_text().splitlines())
     }
-    trained = {("train-l2w-s0", "train"), ("train-l2s-b1-s0", "stage1")}
-    assert trained | {("train-l2s-b1-s0", "stage2")} <= stages  # the training jobs' stages
+    trained = {("l2w-train-s0", "train"), ("l2s-b1-train-s0", "stage1")}
+    assert trained | {("l2s-b1-train-s0", "stage2")} <= stages  # the training jobs' stages
     assert {(f"{job}-s0", "gain-head") for job in jobs} <= stages  # fitted by the evaluations
 
 
@@ -152,12 +152,12 @@ def test_every_method_of_a_seed_starts_from_the_same_weights_and_batches(tiny_ru
     for record in map(json.loads, (tiny_run / "metrics.jsonl").read_text().splitlines()):
         if record["step"] == 0 and record["stage"] in ("train", "stage1"):
             first[record["job"]] = record
-    last = first["train-uniform-s0"]["last"]
-    assert first["train-sdn-s0"]["last"] == pytest.approx(last, rel=1e-6)
-    assert first["train-l2s-b1-s0"]["last"] == pytest.approx(3 * last, rel=1e-6)
+    last = first["uniform-train-s0"]["last"]
+    assert first["sdn-train-s0"]["last"] == pytest.approx(last, rel=1e-6)
+    assert first["l2s-b1-train-s0"]["last"] == pytest.approx(3 * last, rel=1e-6)
     for job in ("l2w", "l2w-fo", "l2w-last"):
-        unweighted = first[f"train-{job}-s0"]["unweighted"]
-        assert unweighted == pytest.approx(first["train-uniform-s0"]["loss"], rel=1e-6)
+        unweighted = first[f"{job}-train-s0"]["unweighted"]
+        assert unweighted == pytest.approx(first["uniform-train-s0"]["loss"], rel=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -246,7 +246,7 @@ def test_a_rerun_with_another_data_folder_is_refused_never_served_the_old_jobs(
     assert main([*args, "--set", f"data_dir={other}"]) == 2
     error = capsys.readouterr().err
     assert "params.data" in error and "sha256:" in error
-    job = json.loads((out / "jobs" / "train-uniform-s0.json").read_text())
+    job = json.loads((out / "jobs" / "uniform-train-s0.json").read_text())
     digest = hashlib.sha256()
     for name in sorted(["test_images", "test_labels", "train_images", "train_labels"]):
         part, kind = name.split("_")
@@ -323,16 +323,12 @@ def test_other_budgets_or_inference_mode_evaluate_the_trained_networks_again(
     out = tmp_path / "changed"
     run_experiment("multi-exit", "tiny", out, [*SMALL, change, f"reuse_from={small_run}"])
     jobs = {p.stem: json.loads(p.read_text()) for p in (out / "jobs").glob("*.json")}
-    assert sorted(jobs) == [
-        "l2s-b1-s0",
-        "l2s-s0",
-        "train-l2s-b1-s0",
-        "train-uniform-s0",
-        "uniform-s0",
-    ]
+    assert sorted(jobs) == sorted(
+        ["l2s-b1-s0", "l2s-s0", "l2s-b1-train-s0", "uniform-train-s0", "uniform-s0"]
+    )
     assert sorted(id for id, job in jobs.items() if job.get("reused_from")) == [
-        "train-l2s-b1-s0",
-        "train-uniform-s0",
+        "l2s-b1-train-s0",
+        "uniform-train-s0",
     ]
     fresh = run_experiment("multi-exit", "tiny", tmp_path / "fresh", [*SMALL, change]).path
     assert _numbers(out) == _numbers(fresh)

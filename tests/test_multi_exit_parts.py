@@ -721,10 +721,10 @@ def test_adding_a_beta_or_a_timed_method_changes_no_other_jobs_settings():
     wider = settings(["l2s.betas=1,4", "timing.methods=l2w,uniform"])
     changed = sorted(j for j in base if base[j] != wider[j])
     assert changed == ["l2s-s0", "uniform-s0"]  # the β selection and the newly timed job
-    assert {"l2s-b4-s0", "train-l2s-b4-s0"} <= set(wider) - set(base)
+    assert {"l2s-b4-s0", "l2s-b4-train-s0"} <= set(wider) - set(base)
     other = settings(["l2s.betas=1", "timing.methods=l2w", "l2s.policy_lr=0.01"])
     changed = sorted(j for j in base if base[j] != other[j])
-    assert changed == ["l2s-b1-s0", "l2s-s0", "train-l2s-b1-s0"]  # its evaluation and choice too
+    assert changed == ["l2s-b1-s0", "l2s-b1-train-s0", "l2s-s0"]  # its evaluation and choice too
 
 
 @pytest.mark.parametrize(
@@ -756,8 +756,8 @@ def test_an_evaluation_key_changes_no_training_jobs_settings(override, trains):
 
     base, other = settings([]), settings([override])
     changed = {id for id in base if base[id] != other[id]}
-    training = {id for id in base if id.startswith("train-")}
-    assert training == {"train-uniform-s0", "train-l2w-s0", "train-l2s-b1-s0"}
+    training = {id for id in base if id.endswith("-train-s0")}
+    assert training == {"uniform-train-s0", "l2w-train-s0", "l2s-b1-train-s0"}
     if trains:
         assert changed == set(base)  # every training job, and every job after one
     else:

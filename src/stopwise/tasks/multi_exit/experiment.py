@@ -1,6 +1,6 @@
 """The multi-exit jobs: per network (one per method, one per β for L2S) a training job and the
 job that evaluates what it trained, and L2S's selection of β on validation (the runner runs each
-per seed). A training job ``train-<name>`` trains a fresh backbone (same initial weights and
+per seed). A training job ``<name>-train`` trains a fresh backbone (same initial weights and
 batch order for every method of a seed; L2S: and its exit policy) and keeps it in its
 checkpoints. The evaluation job ``<name>`` loads it, fits the gain head (``gain_head``), chooses
 its thresholds on validation and measures the test split once: the fixed exits, MSDNet's
@@ -100,7 +100,7 @@ def l2s_job_name(beta: float) -> str:
 
 def train_job_name(name: str) -> str:
     """The job that trains the network the job ``name`` evaluates."""
-    return f"train-{name}"
+    return f"{name}-train"
 
 
 def data_params(config: MultiExitConfig) -> dict[str, str]:
