@@ -2,9 +2,15 @@ import os
 
 import pytest
 import torch
+from hypothesis import settings
 
 from stopwise.experiments import load_module
 
+# The property tests draw the same examples on every run, so that a red CI means a change broke
+# something, not that a new random example turned up; HYPOTHESIS_PROFILE=explore draws new ones.
+settings.register_profile("ci", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # Small CPU models are fastest, and results reproducible, with one intra-op thread.
 torch.set_num_threads(1)
 # Every job a test runs (in this process or a `stopwise` subprocess) may read only the config keys
