@@ -147,6 +147,27 @@ def test_a_signal_during_the_last_save_of_a_stage_waits_for_it(tmp_path, monkeyp
     assert saves == [4] and load_checkpoint(tmp_path / "s.pt")["step"] == 4
 
 
+def test_a_stop_signal_is_not_swallowed_by_a_callers_except_exception(tmp_path, monkeypatch):
+    """A user's (or a library's) ``except Exception`` around a training loop caught the stop,
+    and the script went on as if the stage had failed; like KeyboardInterrupt, it passes."""
+    monkeypatch.setattr(training, "_stop_signal", None)
+    model = torch.nn.Linear(2, 1)
+    settings = LoopSettings(checkpoint_dir=tmp_path, checkpoint_every=100, progress=False)
+
+    def step(i):
+        if i == 2:
+            request_stop(signal.SIGINT)  # as the handler does
+        return {"loss": 1.0}
+
+    carried_on = False
+    with pytest.raises(Interrupted):
+        try:
+            train_loop("s", 5, step, {"model": model}, settings)
+        except Exception:
+            carried_on = True
+    assert not carried_on and load_checkpoint(tmp_path / "s.pt")["step"] == 3
+
+
 def test_interrupted_survives_pickling():  # a worker process sends it to the runner
     again = pickle.loads(pickle.dumps(Interrupted(signal.SIGTERM)))
     assert isinstance(again, Interrupted) and again.signum == signal.SIGTERM

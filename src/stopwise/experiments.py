@@ -865,14 +865,6 @@ class _StderrHandler(logging.StreamHandler):
     def stream(self, value) -> None:
         pass
 
-    def handleError(self, record: logging.LogRecord) -> None:
-        # A SIGINT or SIGTERM that lands while a line is written raises Interrupted inside
-        # emit(), which logging would print as a "Logging error" and swallow: the run went on
-        # (to exit 0 when it was the last job's line).
-        if isinstance(sys.exc_info()[1], Interrupted):
-            raise sys.exc_info()[1]
-        super().handleError(record)
-
 
 def _configure_logging(level: int = logging.INFO) -> None:
     if not logger.handlers:

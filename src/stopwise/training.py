@@ -73,8 +73,11 @@ __all__ = [
 LossFn = Callable[[torch.Tensor, Any], torch.Tensor]  # (predictions (B, T, ...), targets) -> (B, T)
 
 
-class Interrupted(Exception):
-    """SIGINT or SIGTERM arrived: the running stage saved a checkpoint; rerunning resumes."""
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived: the running stage saved a checkpoint; rerunning resumes.
+
+    Like ``KeyboardInterrupt``, not an ``Exception``: code that catches ``Exception`` around a
+    training loop (a library's, a user's) lets it through instead of carrying on."""
 
     def __init__(self, signum: int):
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
