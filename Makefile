@@ -26,7 +26,7 @@ test: install
 	$(PY) -m pytest
 
 test-slow: install
-	$(PY) -m pytest -m slow
+	HYPOTHESIS_PROFILE=explore $(PY) -m pytest -m slow
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
