@@ -1,0 +1,311 @@
+"""Property tests of the core's math against independent references written from the
+docstrings' contracts: plain Python loops and closed forms, on small random problems with the
+edge cases a newcomer's results meet (one row, one step, ties, ±∞ and NaN scores, skipped
+steps, float32 hazards, one seed, identical paired values)."""
+
+import math
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_inference import LinearPolicy, RandomStepModel
+
+from stopwise.inference import (
+    CumulativeThreshold,
+    HazardThreshold,
+    MixedRule,
+    ScoreThreshold,
+    hazard_trajectory,
+    run_adaptive,
+    stop_indices,
+)
+
+GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
+VALUES = [-math.inf, -3.0, -0.5, 0.0, 0.5, 1.25, 3.0, math.inf, math.nan]
+
+
+def _sigmoid(h: float) -> float:
+    if h == math.inf:
+        return 1.0
+    if h == -math.inf:
+        return 0.0
+    return 1.0 / (1.0 + math.exp(-h)) if h >= 0 else math.exp(h) / (1.0 + math.exp(h))
+
+
+def _reaches(score: float, threshold: float) -> bool:
+    """A score reaches θ when score ≥ θ; +∞ is reached by nothing, −∞ by everything (NaN too)."""
+    return threshold == -math.inf or (threshold < math.inf and score >= threshold)
+
+
+@st.composite
+def problems(draw, max_rows=6, max_steps=6):
+    """``(rows, valid)``: hazard logits as Python floats (N, T) and a mask with a valid step."""
+    N = draw(st.integers(1, max_rows))
+    T = draw(st.integers(1, max_steps))
+    rows = [[draw(st.sampled_from(VALUES)) for _ in range(T)] for _ in range(N)]
+    valid = draw(st.lists(st.booleans(), min_size=T, max_size=T))
+    if not any(valid):
+        valid[draw(st.integers(0, T - 1))] = True
+    return rows, valid
+
+
+def _thresholds(draw, T, choices):
+    """A scalar threshold or one per step."""
+    if draw(st.booleans()):
+        return draw(st.sampled_from(choices))
+    return [draw(st.sampled_from(choices)) for _ in range(T)]
+
+
+def _at(threshold, t):
+    return threshold[t] if isinstance(threshold, list) else threshold
+
+
+def _loop(rows, valid, decide):
+    """The first valid step before the last valid one where ``decide(i, row, t, scores)`` says
+    stop, else the last valid step; ``scores`` is the row's running state (a dict)."""
+    last = max(t for t, ok in enumerate(valid) if ok)
+    out = []
+    for i, row in enumerate(rows):
+        state = {"survive": 1.0}
+        stop = last
+        for t in range(last):
+            if valid[t] and decide(i, row, t, state):
+                stop = t
+                break
+        out.append(stop)
+    return out
+
+
+def _score_decider(threshold):
+    return lambda i, row, t, state: _reaches(row[t], _at(threshold, t))
+
+
+def _hazard_decider(p):
+    """λ_t = σ(h) ≥ p; p = 0 is reached by every row (NaN too), p = 1 by none."""
+
+    def decide(i, row, t, state):
+        if p == 0:
+            return True
+        return p < 1 and not math.isnan(row[t]) and _sigmoid(row[t]) >= p
+
+    return decide
+
+
+def _cumulative_decider(threshold):
+    """1 − ∏_{valid τ ≤ t} (1 − σ(h_τ)) ≥ θ (invalid steps ask no policy, so add nothing)."""
+
+    def decide(i, row, t, state):
+        state["survive"] *= 1.0 - _sigmoid(row[t])
+        return _reaches(1.0 - state["survive"], _at(threshold, t))
+
+    return decide
+
+
+def _mixed_decider(first, second, share):
+    """Row i follows ``first`` when frac((i + 1)/φ) < share, else ``second``."""
+
+    def decide(i, row, t, state):
+        follow = ((i + 1) * GOLDEN) % 1.0 < share
+        return (first if follow else second)(i, row, t, state)
+
+    return decide
+
+
+SCORE_THRESHOLDS = [-math.inf, -1.0, 0.0, 0.5, 0.7, 3.0, math.inf]
+PROBABILITIES = [0.0, 0.3, 0.5, 0.9, 1.0]
+CUMULATIVE = [-math.inf, 0.2, 0.45, 0.8, 0.97, math.inf]
+
+
+@st.composite
+def rules(draw, T):
+    """A rule and the plain-loop decider of its contract."""
+    kind = draw(st.sampled_from(["score", "hazard", "cumulative", "mixed-score", "mixed-cum"]))
+    if kind == "score":
+        thr = _thresholds(draw, T, SCORE_THRESHOLDS)
+        return ScoreThreshold(thr), _score_decider(thr)
+    if kind == "hazard":
+        p = draw(st.sampled_from(PROBABILITIES))
+        return HazardThreshold(p), _hazard_decider(p)
+    if kind == "cumulative":
+        thr = _thresholds(draw, T, CUMULATIVE)
+        return CumulativeThreshold(thr), _cumulative_decider(thr)
+    share = draw(st.sampled_from([0.0, 0.3, 0.5, 0.8, 1.0]))
+    if kind == "mixed-score":
+        a, b = (_thresholds(draw, T, SCORE_THRESHOLDS) for _ in range(2))
+        rule = MixedRule(ScoreThreshold(a), ScoreThreshold(b), share)
+        return rule, _mixed_decider(_score_decider(a), _score_decider(b), share)
+    a, b = (_thresholds(draw, T, CUMULATIVE) for _ in range(2))
+    rule = MixedRule(CumulativeThreshold(a), CumulativeThreshold(b), share)
+    return rule, _mixed_decider(_cumulative_decider(a), _cumulative_decider(b), share)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), problem=problems(), dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_stop_indices_of_every_rule_kind_follow_a_plain_loop(data, problem, dtype):
+    """stop_indices for score, hazard, cumulative and mixed rules (scalar and per-step
+    thresholds, ±∞ among them) equals the contract's step loop over the valid steps, with ±∞
+    and NaN hazards, one row, one step, and float32 or float64 hazards. (The values are exact
+    in float32, and no cumulative score lands near a threshold, so no rounding is judged.)"""
+    rows, valid = problem
+    rule, decide = data.draw(rules(len(valid)))
+    hazards = torch.tensor(rows, dtype=dtype)
+    got = stop_indices(hazards, rule, torch.tensor(valid)).tolist()
+    assert got == _loop(rows, valid, decide)
+
+
+@st.composite
+def model_rules(draw, T):
+    """A rule for a model of T steps: floors (+∞ before a step), fixed depths (−∞), mixes."""
+    kind = draw(st.sampled_from(["score", "hazard", "cumulative", "mixed"]))
+    per_step = st.lists(st.sampled_from(SCORE_THRESHOLDS), min_size=T, max_size=T)
+    if kind == "score":
+        return ScoreThreshold(draw(per_step))
+    if kind == "hazard":
+        return HazardThreshold(draw(st.sampled_from(PROBABILITIES)))
+    if kind == "cumulative":
+        return CumulativeThreshold(draw(st.sampled_from(CUMULATIVE)))
+    share = draw(st.floats(0.0, 1.0))
+    return MixedRule(ScoreThreshold(draw(per_step)), ScoreThreshold(draw(per_step)), share)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    data=st.data(),
+    steps=st.integers(1, 5),
+    batch=st.integers(1, 9),
+    chunk=st.one_of(st.none(), st.integers(1, 4)),
+    seed=st.integers(0, 50),
+)
+@torch.no_grad()
+def test_every_mode_stops_where_stop_indices_does_on_the_hazard_trajectory(
+    data, steps, batch, chunk, seed
+):
+    """run_adaptive's three modes (with and without chunks) give the stop steps stop_indices
+    picks from the full hazard trajectory, the prediction of each row at its own stop step (as
+    run alone to that depth), and the cost of that step, for any valid mask, one step, one row."""
+    model = RandomStepModel(steps=steps, seed=seed)
+    torch.manual_seed(seed + 1)
+    policy = LinearPolicy(6)
+    x = torch.randn(batch, 6, generator=torch.Generator().manual_seed(seed + 2))
+    valid = data.draw(st.lists(st.booleans(), min_size=steps, max_size=steps))
+    if not any(valid):
+        valid[-1] = True
+    valid = torch.tensor(valid)
+    rule = data.draw(model_rules(steps))
+    want = stop_indices(hazard_trajectory(model, policy, x), rule, valid)
+    for mode in ("dense", "masked", "shrink"):
+        result = run_adaptive(model, policy, x, rule, mode, valid, chunk=chunk)
+        assert result.stop_index.tolist() == want.tolist(), mode
+        assert result.cost.tolist() == model.step_costs()[want].tolist(), mode
+        for i, t in enumerate(want.tolist()):
+            state = model.start(x[i : i + 1])
+            for u in range(t + 1):
+                state = model.advance(state, u)
+            torch.testing.assert_close(result.predictions[i], model.predict(state, t)[0])
+
+
+@st.composite
+def selection_problems(draw, max_rows=7, max_steps=5):
+    """Validation hazards (few distinct values: ties), a per-row quality at each step, strictly
+    increasing cumulative costs and a valid mask, as tensors."""
+    N = draw(st.integers(1, max_rows))
+    T = draw(st.integers(1, max_steps))
+    levels = st.sampled_from([-2.0, -0.5, 0.0, 0.5, 1.0, 2.5])
+    hazards = torch.tensor([[draw(levels) for _ in range(T)] for _ in range(N)])
+    quality = torch.tensor(
+        [[draw(st.sampled_from([0.0, 0.25, 0.5, 1.0])) for _ in range(T)] for _ in range(N)],
+        dtype=torch.float64,
+    )
+    costs = torch.tensor(
+        [draw(st.sampled_from([0.5, 1.0, 1.5])) for _ in range(T)], dtype=torch.float64
+    ).cumsum(0)
+    valid = draw(st.lists(st.booleans(), min_size=T, max_size=T))
+    if not any(valid):
+        valid[draw(st.integers(0, T - 1))] = True
+    return hazards, quality, costs, torch.tensor(valid)
+
+
+def _metric(quality):
+    return lambda index: float(quality.gather(1, index.view(-1, 1).cpu()).mean())
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    problem=selection_problems(),
+    kind=st.sampled_from(["hazard", "cumulative"]),
+    where=st.floats(0.0, 1.0),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+)
+def test_fit_floored_threshold_follows_a_brute_force_on_edge_problems(problem, kind, where, dtype):
+    """fit_floored_threshold without mixes equals test_selection's plain-loop brute force
+    (every valid floor, every observed score and ±∞ as thresholds) on one row, one step, tied
+    and all-equal scores, skipped steps, float32 hazards and a budget exactly at a step's cost."""
+    from test_selection import _brute_force
+
+    from stopwise.selection import fit_floored_threshold
+
+    hazards, quality, costs, valid = problem
+    hazards = hazards.to(dtype)
+    steps = valid.nonzero().flatten().tolist()
+    # a budget between the first and last valid costs, or exactly at a valid step's cost
+    lo, hi = float(costs[steps[0]]), float(costs[steps[-1]])
+    budget = lo + where * (hi - lo)
+    at_a_step = [float(costs[t]) for t in steps]
+    budget = min(at_a_step, key=lambda c: abs(c - budget)) if where < 0.5 else budget
+    rule, floor = fit_floored_threshold(
+        hazards, budget, _metric(quality), costs, valid, lower_is_better=False, kind=kind,
+        mixes=False)  # fmt: skip
+    index, want_floor = _brute_force(hazards.double(), quality, costs, valid, budget, kind)
+    got = stop_indices(hazards, rule, valid).tolist()
+    assert (got, floor) == (index, want_floor)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    problem=selection_problems(),
+    kind=st.sampled_from(["hazard", "cumulative"]),
+    wheres=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=4),
+    mixes=st.booleans(),
+    higher=st.booleans(),
+)
+def test_budget_sweep_keeps_its_documented_guarantees(problem, kind, wheres, mixes, higher):
+    """Each point's rule, read back from its record, costs on validation what the point says,
+    within its budget; the validation value never gets worse as the budget grows and is never
+    worse than a fixed depth within the budget; the test numbers are those of the rule applied
+    to the test hazards. Checked by plain loops over the rows."""
+    from stopwise.selection import budget_sweep, point_rule
+
+    hazards, quality, costs, valid = problem
+    N, T = hazards.shape
+    test_hazards = hazards.flip(0) + 0.25
+    steps = valid.nonzero().flatten().tolist()
+    lo, hi = float(costs[steps[0]]), float(costs[steps[-1]])
+    budgets = [lo + w * (hi - lo) for w in wheres]
+    sign = 1.0 if higher else -1.0
+    metric = _metric(quality)  # the metric's own direction; value(): higher is better
+
+    def value(index):
+        return sum(sign * float(quality[i, t]) for i, t in enumerate(index)) / N
+
+    points = budget_sweep(
+        hazards, test_hazards, budgets, lambda index: {"value": value(index.tolist())}, kind,
+        valid, costs, metric, lower_is_better=not higher, mixes=mixes)  # fmt: skip
+    seen = []
+    for budget, point in zip(budgets, points, strict=True):
+        rule = point_rule(point, kind)
+        val_index = stop_indices(hazards, rule, valid).tolist()
+        val_cost = sum(float(costs[t]) for t in val_index) / N
+        assert point["budget"] == budget
+        assert abs(point["val_mean_cost"] - val_cost) <= 1e-12 * max(1.0, val_cost)
+        assert val_cost <= budget + 1e-9
+        fixed = [value([t] * N) for t in steps if float(costs[t]) <= budget + 1e-12]
+        assert value(val_index) >= max(fixed) - 1e-12
+        seen.append((budget, value(val_index)))
+        test_index = stop_indices(test_hazards, rule, valid).tolist()
+        assert point["value"] == value(test_index)
+        assert point["mean_steps"] == sum(t + 1 for t in test_index) / N
+        assert abs(point["mean_cost"] - sum(float(costs[t]) for t in test_index) / N) <= 1e-12 * hi
+    for b1, v1 in seen:
+        for b2, v2 in seen:
+            if b1 <= b2:
+                assert v1 <= v2 + 1e-12, (b1, v1, b2, v2)
