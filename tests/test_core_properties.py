@@ -6,7 +6,7 @@ steps, float32 hazards, one seed, identical paired values)."""
 import math
 
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from test_inference import LinearPolicy, RandomStepModel
 
@@ -309,3 +309,93 @@ def test_budget_sweep_keeps_its_documented_guarantees(problem, kind, wheres, mix
         for b2, v2 in seen:
             if b1 <= b2:
                 assert v1 <= v2 + 1e-12, (b1, v1, b2, v2)
+
+
+@st.composite
+def diverged_problems(draw):
+    """A selection problem whose quality is NaN (a diverged estimate) at a few cells."""
+    hazards, quality, costs, valid = draw(selection_problems())
+    N, T = quality.shape
+    cells = draw(st.lists(st.tuples(st.integers(0, N - 1), st.integers(0, T - 1)), max_size=3))
+    for i, t in cells:
+        quality[i, t] = math.nan
+    return hazards, quality, costs, valid
+
+
+def _best_fixed_depth(quality, costs, valid, budget, higher):
+    """The best validation value, NaN ranked worst, of the fixed depths within ``budget``."""
+    N = quality.shape[0]
+    values = [
+        sum(float(quality[i, t]) for i in range(N)) / N
+        for t in range(quality.shape[1])
+        if bool(valid[t]) and float(costs[t]) <= budget + 1e-12
+    ]
+    numbers = [v for v in values if not math.isnan(v)]
+    if not numbers:
+        return math.nan
+    return max(numbers) if higher else min(numbers)
+
+
+def _no_worse(value, reference, higher):
+    """``value`` is a number no worse than ``reference`` (anything is, if that is NaN)."""
+    if math.isnan(reference):
+        return True
+    return not math.isnan(value) and (value >= reference if higher else value <= reference)
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    problem=diverged_problems(),
+    kind=st.sampled_from(["hazard", "cumulative"]),
+    where=st.floats(0.0, 1.0),
+    higher=st.booleans(),
+    mixes=st.booleans(),
+)
+@example(
+    problem=(
+        torch.tensor([[0.0, 1.0], [1.0, 0.0]]),
+        torch.tensor([[0.25, math.nan], [0.5, 1.0]], dtype=torch.float64),
+        torch.tensor([1.0, 2.0], dtype=torch.float64),
+        torch.tensor([True, True]),
+    ),
+    kind="hazard",
+    where=1.0,
+    higher=True,
+    mixes=False,
+)
+def test_a_diverged_validation_value_is_never_chosen_over_a_number(
+    problem, kind, where, higher, mixes
+):
+    """A rule whose validation metric is NaN (a row's estimate diverged where it stops) is the
+    worst there is: fit_floored_threshold, budget_sweep and calibrate_by_metric never choose
+    it over a fixed depth within the budget whose value is a number. (It was chosen wherever
+    it was compared first: NaN compares false both ways, so min() kept it, and fixed depth
+    could not displace it.)"""
+    from stopwise.selection import budget_sweep, calibrate_by_metric, fit_floored_threshold
+
+    hazards, quality, costs, valid = problem
+    steps = valid.nonzero().flatten().tolist()
+    lo, hi = float(costs[steps[0]]), float(costs[steps[-1]])
+    budget = lo + where * (hi - lo)
+    metric = _metric(quality)
+    want = _best_fixed_depth(quality, costs, valid, budget, higher)
+
+    rule, _ = fit_floored_threshold(
+        hazards, budget, metric, costs, valid, lower_is_better=not higher, kind=kind,
+        mixes=mixes)  # fmt: skip
+    assert _no_worse(metric(stop_indices(hazards, rule, valid)), want, higher)
+
+    (point,) = budget_sweep(
+        hazards, hazards, [budget], lambda index: {"value": metric(index)}, kind, valid, costs,
+        metric, lower_is_better=not higher, mixes=mixes)  # fmt: skip
+    assert _no_worse(point["value"], want, higher)
+
+    # calibrate_by_metric chooses among plain threshold rules: fixed depth is among them where
+    # the budget is a valid step's cost, and each candidate's value is its own.
+    depths = [float(costs[t]) for t in steps if float(costs[t]) <= budget]
+    chosen = calibrate_by_metric(
+        hazards, metric, depths + [budget], (kind,), valid, costs, lower_is_better=not higher
+    )
+    numbers = [c["value"] for c in chosen.candidates if not math.isnan(c["value"])]
+    if numbers:
+        assert chosen.value == (max(numbers) if higher else min(numbers))

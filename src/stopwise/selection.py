@@ -50,6 +50,13 @@ __all__ = [
 T = TypeVar("T")
 
 
+def _ranked(sign: float, value: float) -> float:
+    """A validation value as ranked, lower first: ``sign · value``, and +∞ for NaN (a metric
+    undefined there, e.g. a diverged estimate), which ranks no better than the worst number:
+    NaN compares false both ways, so a NaN compared first was kept by ``min``."""
+    return math.inf if math.isnan(value) else sign * value
+
+
 def _costs_or_steps(costs: torch.Tensor | None, num_steps: int) -> torch.Tensor:
     """``(T,)`` cumulative step costs in float64; steps used, 1..T, where ``costs`` is None."""
     if costs is None:
@@ -131,7 +138,7 @@ def calibrate_by_metric(
 ) -> Calibration:
     """The threshold rule with the best validation metric among rules fitted to each budget and
     kind. ``val_metric(stop_index (N,)) -> float`` scores validation stop steps (e.g. NMSE of
-    the estimates there); ties go to the cheaper rule."""
+    the estimates there); ties go to the cheaper rule, and a NaN value ranks worst."""
     if not budgets or not kinds:
         raise ValueError(
             f"calibrate_by_metric needs a budget and a kind to choose among; got budgets "
@@ -147,7 +154,7 @@ def calibrate_by_metric(
             value, mean_cost = float(val_metric(index)), float(costs[index.cpu()].mean())
             candidates.append({"kind": kind, "budget": budget, "value": value, "cost": mean_cost})
             sign = 1.0 if lower_is_better else -1.0
-            key = (sign * value, mean_cost)
+            key = (_ranked(sign, value), mean_cost)
             if best is None or key < best[0]:
                 best = (key, Calibration(rule, kind, budget, value, mean_cost))
     best[1].candidates = candidates
@@ -220,7 +227,7 @@ class _FlooredSearch:
         return self.rule_cls(per_step)
 
     def key(self, c: _Candidate) -> tuple[float, float]:
-        return self.sign * c.value, c.cost  # better, then cheaper
+        return _ranked(self.sign, c.value), c.cost  # better (NaN worst), then cheaper
 
     def singles(self, budget: float) -> list[_Candidate]:
         """Per floor: the threshold spending the most within ``budget``, and −∞ (fixed depth)."""
@@ -307,10 +314,11 @@ class _FlooredSearch:
             return None
         share = ((budget - cheap) / (dear - cheap)).where(fits, 0.0)  # of the dearer rule
         mixed = (1 - share) * value[:, None] + share * value[None, :]
-        key = (self.sign * mixed).masked_fill(~fits, math.inf)
+        # A NaN value ranks worst (as _ranked): argmin would pick it.
+        key = (self.sign * mixed).nan_to_num(math.inf).masked_fill(~fits, math.inf)
         pick = int(key.argmin())
         a, e = candidates[pick // len(candidates)], candidates[pick % len(candidates)]
-        if float(key.flatten()[pick]) >= self.sign * single.value:
+        if float(key.flatten()[pick]) >= _ranked(self.sign, single.value):
             return None
         # The rows split by position: the realised cost can pass the budget by a row or two,
         # so the cheaper rule's share grows a row at a time until it fits.
@@ -327,7 +335,7 @@ class _FlooredSearch:
             first_share = min(1.0, first_share + 1.0 / rows)
         else:
             return None
-        if self.sign * float(self.metric(index)) >= self.sign * single.value:
+        if _ranked(self.sign, float(self.metric(index))) >= _ranked(self.sign, single.value):
             return None
         return MixedRule(first, second, first_share), start
 
@@ -363,7 +371,7 @@ def fit_floored_threshold(
     random problems): the chosen rule can be that much below the best line between two fixed
     depths, the comparator of :func:`stopwise.curves.best_fixed_mix`. The stop model's score decides
     which rows go past the floor. ``val_metric(stop_index (N,)) -> float`` scores validation
-    stop steps (ties go to the cheaper rule, then to fixed depth). ``decision_costs (T,)``: the part of each step's
+    stop steps (ties go to the cheaper rule, then to fixed depth; a NaN value ranks worst). ``decision_costs (T,)``: the part of each step's
     cost spent only to decide there (features, policy, an exit head), which adaptive inference
     skips before a floor (:func:`floored_costs`). Returns the rule (per-step thresholds, +∞
     before the floor; or a mix of two) and the 0-based floor (a mix's earlier one).
@@ -513,9 +521,13 @@ def budget_sweep(
             room = budget + 1e-12 * max(1.0, abs(budget))
             within = [i for i, f in enumerate(fitted) if f.val_cost <= room]
             best = min(
-                within, key=lambda i: (sign * fitted[i].val_value, fitted[i].val_cost), default=None
+                within,
+                key=lambda i: (_ranked(sign, fitted[i].val_value), fitted[i].val_cost),
+                default=None,
             )
-            if best is not None and sign * fitted[best].val_value < sign * own.val_value:
+            if best is not None and _ranked(sign, fitted[best].val_value) < _ranked(
+                sign, own.val_value
+            ):
                 chosen, origin = fitted[best], {"rule_of_budget": float(budgets[best])}
         rule, step, spent = chosen.rule, chosen.step, chosen.spent
         index = stop_indices(test_hazards, rule, valid)
