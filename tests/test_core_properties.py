@@ -399,3 +399,79 @@ def test_a_diverged_validation_value_is_never_chosen_over_a_number(
     numbers = [c["value"] for c in chosen.candidates if not math.isnan(c["value"])]
     if numbers:
         assert chosen.value == (max(numbers) if higher else min(numbers))
+
+
+finite = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(finite, min_size=1, max_size=12), level=st.sampled_from([0.5, 0.9, 0.95]))
+@example(values=[0.1, 0.1, 0.1], level=0.95)  # identical values: sd 0, a point interval
+def test_mean_interval_is_the_student_t_interval_of_the_mean(values, level):
+    """mean ± t_{(1+level)/2, n−1} · sd/√n with the sample sd (n − 1 in the denominator), by
+    closed form and scipy's t quantile; one value has sd 0 and no interval."""
+    from scipy import stats as scipy_stats
+
+    from stopwise.stats import mean_interval
+
+    n = len(values)
+    mean = math.fsum(values) / n
+    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    out = mean_interval(values, level)
+    assert out["n"] == n and out["level"] == level
+    assert math.isclose(out["mean"], mean, rel_tol=1e-12, abs_tol=1e-9)
+    assert math.isclose(out["sd"], sd, rel_tol=1e-9, abs_tol=1e-9)
+    if n == 1:
+        assert out["sd"] == 0.0 and out["lo"] is None and out["hi"] is None
+        return
+    half = scipy_stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
+    scale = 1e-9 * (abs(mean) + half) + 1e-12  # lo and hi may cancel to near 0
+    assert math.isclose(out["lo"], mean - half, abs_tol=scale)
+    assert math.isclose(out["hi"], mean + half, abs_tol=scale)
+    assert out["lo"] <= out["mean"] <= out["hi"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    a=st.dictionaries(st.integers(0, 9), finite, max_size=8),
+    b=st.dictionaries(st.integers(0, 9), finite, max_size=8),
+    shift=st.sampled_from([None, 0.0, 0.5, -2.0]),
+)
+def test_paired_difference_is_the_interval_of_the_shared_seeds_differences(a, b, shift):
+    """The differences over the seeds both sides have, in seed order, with mean_interval's
+    numbers; a constant difference (identical values: 0) has sd 0 and a point interval, on
+    one side of zero exactly when the difference is not 0; one seed has no interval."""
+    import pytest
+
+    from stopwise.stats import mean_interval, paired_difference
+
+    if shift is not None:  # b is a copied with a constant shift: every difference equal
+        b = {k: v - shift for k, v in a.items() if abs(v) < 1e3}
+    shared = sorted(set(a) & set(b))
+    if not shared:
+        with pytest.raises(ValueError):
+            paired_difference(a, b)
+        return
+    diffs = [a[k] - b[k] for k in shared]
+    out = paired_difference(a, b)
+    assert out["per_seed"] == dict(zip(shared, diffs, strict=True))
+    assert list(out["per_seed"]) == shared
+    want = mean_interval(diffs)
+    assert {k: out[k] for k in want} == want
+    if len(shared) == 1:
+        assert out["lo"] is None and not out["above_zero"] and not out["below_zero"]
+    if shift is not None and len(set(diffs)) == 1:
+        assert out["sd"] == 0.0
+        if len(shared) > 1:
+            assert out["lo"] == out["hi"] == out["mean"] == diffs[0]
+            assert out["above_zero"] == (diffs[0] > 0) and out["below_zero"] == (diffs[0] < 0)
+    if out["lo"] is not None:
+        assert out["above_zero"] == (out["lo"] > 0) and out["below_zero"] == (out["hi"] < 0)
+
+
+def test_one_seed_is_said_alone_and_several_in_order():
+    from stopwise.stats import over_seeds
+
+    assert over_seeds([4]) == "seed 4 alone (no sd)"
+    assert over_seeds((2, 0, 1)) == "mean ± sd over 3 seeds [2, 0, 1]"
+    assert over_seeds(iter([7, 8])) == "mean ± sd over 2 seeds [7, 8]"
