@@ -475,3 +475,37 @@ def test_one_seed_is_said_alone_and_several_in_order():
     assert over_seeds([4]) == "seed 4 alone (no sd)"
     assert over_seeds((2, 0, 1)) == "mean ± sd over 3 seeds [2, 0, 1]"
     assert over_seeds(iter([7, 8])) == "mean ± sd over 2 seeds [7, 8]"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    increments=st.lists(st.floats(0.0, 10.0), min_size=1, max_size=6),
+    valid=st.lists(st.booleans(), min_size=6, max_size=6),
+    points=st.integers(0, 9),
+)
+@example(
+    increments=[1.188953629653764, 0.296570315522101, 3.082639995, 3.0168504],
+    valid=[True] * 6,
+    points=6,
+)  # the last budget came out an ulp below the last cost: 7.585014340175864 < …8645
+def test_budget_grid_spans_the_valid_costs_exactly_and_evenly(increments, valid, points):
+    """``points`` budgets from the first valid step's cost to the last, both exactly, evenly
+    spaced and non-decreasing; one budget (the last cost) for fewer than two points."""
+    from stopwise.selection import budget_grid
+
+    T = len(increments)
+    valid = valid[:T]
+    if not any(valid):
+        valid[-1] = True
+    costs = torch.tensor(increments, dtype=torch.float64).cumsum(0)
+    kept = [float(costs[t]) for t in range(T) if valid[t]]
+    grid = budget_grid(torch.tensor(valid), points, costs)
+    if points < 2 or kept[0] == kept[-1]:
+        assert grid == [kept[-1]]
+        return
+    assert len(grid) == points
+    assert grid[0] == kept[0] and grid[-1] == kept[-1]
+    assert all(b <= c for b, c in zip(grid, grid[1:], strict=False))
+    step = (kept[-1] - kept[0]) / (points - 1)
+    for i, b in enumerate(grid):
+        assert math.isclose(b, kept[0] + i * step, rel_tol=1e-12, abs_tol=1e-12)

@@ -93,15 +93,16 @@ def prune_exits(val_losses: torch.Tensor, beta: float, min_mass: float) -> torch
 
 
 def budget_grid(valid: torch.Tensor, points: int, costs: torch.Tensor | None = None) -> list[float]:
-    """``points`` budgets evenly spaced from the cost of the first valid step to the last
-    (costs default to steps used, 1..T)."""
+    """``points`` budgets evenly spaced from the cost of the first valid step to the last, both
+    exactly (costs default to steps used, 1..T); the last step's cost alone for ``points`` < 2."""
     T = valid.shape[0]
     costs = _costs_or_steps(costs, T)
     kept = costs[valid.bool().cpu()]
     first, last = float(kept.min()), float(kept.max())
     if points < 2 or first == last:
         return [last]
-    return [first + (last - first) * i / (points - 1) for i in range(points)]
+    # The last exactly: first + (last − first) can round an ulp below it.
+    return [first + (last - first) * i / (points - 1) for i in range(points - 1)] + [last]
 
 
 @dataclass
