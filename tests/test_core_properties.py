@@ -509,3 +509,193 @@ def test_budget_grid_spans_the_valid_costs_exactly_and_evenly(increments, valid,
     step = (kept[-1] - kept[0]) / (points - 1)
     for i, b in enumerate(grid):
         assert math.isclose(b, kept[0] + i * step, rel_tol=1e-12, abs_tol=1e-12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.data(),
+    rows=st.integers(1, 12),
+    exits=st.integers(1, 5),
+    p=st.sampled_from([0.3, 0.5, 1.0, 1.7]),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+)
+def test_exit_thresholds_take_the_highest_scores_left_as_the_docstring_says(
+    data, rows, exits, p, dtype
+):
+    """fit_exit_thresholds against its contract by a plain loop: exit k's threshold is the
+    ⌊N q_k⌋-th highest score among the rows no earlier exit took (NaN ranking lowest), +∞
+    where it takes none or too few are left, −∞ at the last exit; and ScoreThreshold of
+    them sends each row to the first exit that took it. Ties, ±∞, NaN, one row, one exit."""
+    from stopwise.inference import exit_distribution, fit_exit_thresholds
+
+    values = st.sampled_from([-math.inf, 0.0, 0.25, 0.5, 0.75, math.inf, math.nan])
+    scores = [[data.draw(values) for _ in range(exits)] for _ in range(rows)]
+    q = exit_distribution(p, exits)
+    want = [math.inf] * exits
+    want[-1] = -math.inf
+    taken_at = [None] * rows
+    for k in range(exits - 1):
+        n_k = math.floor(rows * float(q[k]))
+        left = [scores[i][k] for i in range(rows) if taken_at[i] is None]
+        left = sorted((-math.inf if math.isnan(s) else s for s in left), reverse=True)
+        if 0 < n_k <= len(left):
+            want[k] = left[n_k - 1]
+        for i in range(rows):
+            if taken_at[i] is None and _reaches(scores[i][k], want[k]):
+                taken_at[i] = k
+    got = fit_exit_thresholds(torch.tensor(scores, dtype=dtype), q)
+    assert got.tolist() == want
+    exit_of = [exits - 1 if k is None else k for k in taken_at]
+    assert stop_indices(torch.tensor(scores, dtype=dtype), ScoreThreshold(got)).tolist() == exit_of
+
+
+@settings(max_examples=100, deadline=None)
+@given(p=st.floats(1e-6, 1e6), exits=st.integers(1, 40))
+def test_exit_distribution_is_proportional_to_p_to_the_k(p, exits):
+    """q_k ∝ p^k, k = 1..K: a distribution whose consecutive ratios are p (where both are
+    representable), by logs."""
+    from stopwise.inference import exit_distribution
+
+    q = exit_distribution(p, exits).tolist()
+    assert len(q) == exits and math.isclose(math.fsum(q), 1.0, rel_tol=1e-12)
+    logs = [k * math.log(p) for k in range(1, exits + 1)]
+    top = max(logs)
+    norm = top + math.log(math.fsum(math.exp(v - top) for v in logs))
+    for qk, v in zip(q, logs, strict=True):
+        assert math.isclose(qk, math.exp(v - norm), rel_tol=1e-9, abs_tol=1e-300)
+
+
+def _lp_best(fixed, cost, higher):
+    """The best mean quality over all shares of rows per depth with mean cost ≤ ``cost``; below
+    the cheapest depth, the best of the cheapest (the docstring's generous comparison)."""
+    import numpy as np
+    from scipy.optimize import linprog
+
+    xs = np.array([x for x, _ in fixed])
+    vs = np.array([v for _, v in fixed])
+    sign = 1.0 if higher else -1.0
+    if cost <= xs.min():
+        return sign * max(sign * v for x, v in fixed if x == xs.min())
+    lp = linprog(-sign * vs, A_eq=np.ones((1, len(vs))), b_eq=[1.0], A_ub=xs[None],
+                 b_ub=[cost], bounds=[(0, None)] * len(vs))  # fmt: skip
+    assert lp.success
+    return -lp.fun * sign
+
+
+quality = st.sampled_from([0.0, 0.1, 0.5, 0.8, 0.9, 1.0])
+costs_ = st.sampled_from([1.0, 1.5, 2.0, 3.0, 4.0, 7.0])
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    fixed=st.lists(
+        st.lists(st.tuples(costs_, quality), min_size=1, max_size=5), min_size=1, max_size=3
+    ),  # fmt: skip
+    data=st.data(),
+    higher=st.booleans(),
+)
+def test_dominance_follows_its_docstring_with_a_linear_program_as_the_comparator(
+    fixed, data, higher
+):
+    """dominance over seeds against the docstring, with each seed's comparator from a linear
+    program over shares of depths (uneven and tied depth costs, a point cheaper than every
+    depth): the mean gain per point with its Student-t interval (scipy), the worst gain,
+    "dominates" (no mean gain below −tol), "strictly better in the lower half" (a point whose
+    mean cost is at most the middle of the depths' range, gaining more than tol, its whole
+    interval above tol over two seeds or more)."""
+    import pytest
+    from scipy import stats as scipy_stats
+
+    from stopwise.curves import dominance
+
+    seeds, tol = len(fixed), 1e-9
+    n_points = data.draw(st.integers(1, 4))
+    curves = [
+        [{"mean_steps": data.draw(st.sampled_from([0.5, 1.0, 2.5, 5.0])), "q": data.draw(quality)}
+         for _ in range(n_points)]
+        for _ in range(seeds)
+    ]  # fmt: skip
+    fixed_points = [[{"mean_steps": x, "q": v} for x, v in f] for f in fixed]
+    out = dominance(curves, fixed_points, "q", higher_is_better=higher, tolerance=tol)
+    sign = 1.0 if higher else -1.0
+    everything = [x for f in fixed for x, _ in f]
+    middle = (min(everything) + max(everything)) / 2
+    gains = []
+    for j in range(n_points):
+        per_seed = [
+            sign * (c[j]["q"] - _lp_best(f, c[j]["mean_steps"], higher))
+            for c, f in zip(curves, fixed, strict=True)
+        ]
+        mean = sum(per_seed) / seeds
+        lo = hi = None
+        if seeds > 1:
+            sd = math.sqrt(sum((g - mean) ** 2 for g in per_seed) / (seeds - 1))
+            half = scipy_stats.t.ppf(0.975, seeds - 1) * sd / math.sqrt(seeds)
+            lo, hi = mean - half, mean + half
+        cost = sum(c[j]["mean_steps"] for c in curves) / seeds
+        gains.append((cost, mean, lo, hi))
+    for (cost, mean, lo, hi), got in zip(gains, out["gains"], strict=True):
+        assert got["cost"] == pytest.approx(cost) and got["gain"] == pytest.approx(mean, abs=1e-7)
+        if lo is None:
+            assert got["lo"] is None and got["hi"] is None
+        else:
+            assert got["lo"] == pytest.approx(lo, abs=1e-6)
+            assert got["hi"] == pytest.approx(hi, abs=1e-6)
+    worst = min(g[1] for g in gains)
+    assert out["worst_gain"] == pytest.approx(worst, abs=1e-7)
+    # verdicts away from the tolerance's edge (an LP's rounding is ~1e-9)
+    if all(abs(g[1] + tol) > 1e-6 for g in gains):
+        assert out["dominates"] == (worst >= -tol)
+    lower = [g for g in gains if g[0] <= middle]
+    edge = any(abs(g[1] - tol) < 1e-6 or (g[2] is not None and abs(g[2] - tol) < 1e-6)
+               for g in lower)  # fmt: skip
+    if not edge:
+        separated = [g for g in lower if g[1] > tol and (seeds == 1 or g[2] > tol)]
+        assert out["strictly_better_lower_half"] == bool(separated)
+        assert out["met"] == (out["dominates"] and bool(separated))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    problem=selection_problems(),
+    wheres=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=4),
+    kinds=st.sampled_from([("hazard",), ("cumulative",), ("hazard", "cumulative")]),
+    higher=st.booleans(),
+)
+def test_calibrate_by_metric_picks_the_best_then_cheapest_candidate_by_plain_loops(
+    problem, wheres, kinds, higher
+):
+    """Every (kind, budget) is a candidate, in that order, with its rule's validation value and
+    mean cost (recomputed here by loops over the rows); the chosen one is the best, ties to
+    the cheaper, then to the first."""
+    from stopwise.inference import fit_threshold
+    from stopwise.selection import calibrate_by_metric
+
+    hazards, quality, costs, valid = problem
+    N = hazards.shape[0]
+    steps = valid.nonzero().flatten().tolist()
+    lo, hi = float(costs[steps[0]]), float(costs[steps[-1]])
+    budgets = [lo + w * (hi - lo) for w in wheres]
+    metric = _metric(quality)
+    out = calibrate_by_metric(
+        hazards, metric, budgets, kinds, valid, costs, lower_is_better=not higher
+    )
+    sign = 1.0 if higher else -1.0
+    rows = []
+    for kind in kinds:
+        for budget in budgets:
+            index = stop_indices(hazards, fit_threshold(hazards, budget, costs, kind, valid), valid)
+            index = index.tolist()
+            value = sum(float(quality[i, t]) for i, t in enumerate(index)) / N
+            cost = sum(float(costs[t]) for t in index) / N
+            rows.append((kind, budget, value, cost))
+    assert [(c["kind"], c["budget"]) for c in out.candidates] == [r[:2] for r in rows]
+    for c, (_, _, value, cost) in zip(out.candidates, rows, strict=True):
+        assert math.isclose(c["value"], value, abs_tol=1e-12)
+        assert math.isclose(c["cost"], cost, abs_tol=1e-12)
+    best = max(rows, key=lambda r: sign * r[2])
+    tied = [r for r in rows if abs(r[2] - best[2]) <= 1e-12]
+    cheapest = min(r[3] for r in tied)
+    first = next(r for r in tied if abs(r[3] - cheapest) <= 1e-12)
+    assert (out.kind, out.budget) == first[:2]
+    assert out.value == metric(stop_indices(hazards, out.rule, valid))
