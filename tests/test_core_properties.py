@@ -699,3 +699,35 @@ def test_calibrate_by_metric_picks_the_best_then_cheapest_candidate_by_plain_loo
     first = next(r for r in tied if abs(r[3] - cheapest) <= 1e-12)
     assert (out.kind, out.budget) == first[:2]
     assert out.value == metric(stop_indices(hazards, out.rule, valid))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    decision=st.lists(
+        st.sampled_from([0.0, 0.25, 1.0, math.inf, math.nan]), min_size=5, max_size=5
+    ),  # fmt: skip
+    valid=st.lists(st.booleans(), min_size=5, max_size=5),
+    floor=st.integers(0, 4),
+)
+@example(decision=[0.25, math.inf, 0.0, 0.0, 0.0], valid=[True, False, True, True, True], floor=3)
+def test_floored_costs_save_the_decisions_of_the_valid_steps_before_the_floor(
+    decision, valid, floor
+):
+    """costs − Σ_{valid u < floor} decision_u at every step, by a plain sum; a skipped step's
+    decision cost (never spent, like its step cost in fit_threshold: possibly ∞ or NaN where
+    no exit head exists) does not enter it, nor does one at or after the floor."""
+    from stopwise.selection import floored_costs
+
+    costs = torch.tensor([1.0, 2.0, 4.0, 5.0, 9.0], dtype=torch.float64)
+    if not any(valid):
+        valid[floor] = True
+    # a valid step before the floor spends its decision cost: a finite one
+    decision = [
+        0.5 if ok and u < floor and not math.isfinite(d) else d
+        for u, (d, ok) in enumerate(zip(decision, valid, strict=True))
+    ]
+    saved = sum(decision[u] for u in range(floor) if valid[u])
+    got = floored_costs(costs, torch.tensor(decision), torch.tensor(valid), floor)
+    want = costs.tolist() if floor == 0 else [c - saved for c in costs.tolist()]
+    assert got.tolist() == want
+    assert floored_costs(costs, None, torch.tensor(valid), floor).tolist() == costs.tolist()

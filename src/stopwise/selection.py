@@ -174,10 +174,14 @@ def floored_costs(
 ) -> torch.Tensor:
     """``(T,)`` cumulative cost of stopping at each step under a floor: ``costs`` less the
     decision costs of the valid steps before the floor, which a rule that cannot stop there
-    does not spend (:meth:`stopwise.inference.Rule.needs_policy`)."""
+    does not spend (:meth:`stopwise.inference.Rule.needs_policy`). A skipped step's decision
+    cost is never spent, so it may be anything (∞, NaN), as its step cost in
+    :func:`~stopwise.inference.fit_threshold`."""
     if decision_costs is None or floor == 0:
         return costs
-    before = (decision_costs.double().cpu() * valid.double())[:floor].sum()
+    # Selected, not multiplied by the mask: ∞ · 0 is NaN, and made every cost NaN.
+    spent = torch.where(valid.bool().cpu(), decision_costs.double().cpu(), 0.0)
+    before = spent[:floor].sum()
     return costs - before
 
 
