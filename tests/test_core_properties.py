@@ -731,3 +731,83 @@ def test_floored_costs_save_the_decisions_of_the_valid_steps_before_the_floor(
     want = costs.tolist() if floor == 0 else [c - saved for c in costs.tolist()]
     assert got.tolist() == want
     assert floored_costs(costs, None, torch.tensor(valid), floor).tolist() == costs.tolist()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    problem=selection_problems(),
+    kind=st.sampled_from(["hazard", "cumulative"]),
+    wheres=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=4),
+    higher=st.booleans(),
+    decision=st.lists(st.sampled_from([0.0, 0.1, 0.4]), min_size=5, max_size=5),
+)
+def test_budget_sweep_with_decision_costs_costs_each_point_from_its_floor(
+    problem, kind, wheres, higher, decision
+):
+    """With decision costs (mixes included), each point's recorded validation cost is its
+    rule's stops costed with the decisions before its floor saved (a hazard rule only: a
+    cumulative one asks the policy at every step), within its budget; no row stops before
+    the floor; and no fixed depth within the budget (costed the same way) is better."""
+    from stopwise.selection import budget_sweep, point_rule
+
+    hazards, quality, costs, valid = problem
+    N, T = hazards.shape
+    decision = decision[:T]
+    steps = valid.nonzero().flatten().tolist()
+
+    def saved(floor):
+        return sum(decision[u] for u in range(floor) if valid[u]) if kind == "hazard" else 0.0
+
+    lo = min(float(costs[t]) - saved(t) for t in steps)
+    hi = float(costs[steps[-1]])
+    budgets = [lo + w * (hi - lo) for w in wheres]
+    sign = 1.0 if higher else -1.0
+    metric = _metric(quality)
+    points = budget_sweep(
+        hazards, hazards, budgets, lambda index: {"value": metric(index)}, kind, valid, costs,
+        metric, lower_is_better=not higher,
+        decision_costs=torch.tensor(decision, dtype=torch.float64))  # fmt: skip
+    for budget, point in zip(budgets, points, strict=True):
+        index = stop_indices(hazards, point_rule(point, kind), valid).tolist()
+        floor = point["floor_steps"] - 1
+        cost = sum(float(costs[t]) - saved(floor) for t in index) / N
+        assert math.isclose(cost, point["val_mean_cost"], abs_tol=1e-12)
+        assert cost <= budget + 1e-9 and min(index) >= floor
+        fixed = [
+            sign * sum(float(quality[i, t]) for i in range(N)) / N
+            for t in steps
+            if float(costs[t]) - saved(t) <= budget + 1e-12
+        ]
+        value = sum(float(quality[i, t]) for i, t in enumerate(index)) / N
+        assert sign * value >= max(fixed) - 1e-12
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    valid=st.lists(st.booleans(), min_size=1, max_size=6),
+    rows=st.integers(1, 5),
+    with_costs=st.booleans(),
+)
+def test_fixed_depth_curve_has_each_valid_depth_with_its_cost_and_metric(valid, rows, with_costs):
+    """One point per valid depth t, in order: depth t + 1, its cumulative cost (steps used
+    without costs), and the metric of every row stopping at t."""
+    from stopwise.selection import fixed_depth_curve
+
+    if not any(valid):
+        valid[0] = True
+    T = len(valid)
+    costs = torch.tensor([0.5 * (t + 1) ** 2 for t in range(T)], dtype=torch.float64)
+    curve = fixed_depth_curve(
+        rows, lambda index: {"stops": index.tolist()}, torch.tensor(valid),
+        costs if with_costs else None)  # fmt: skip
+    want = [
+        {
+            "depth": t + 1,
+            "mean_cost": float(costs[t]) if with_costs else float(t + 1),
+            "mean_steps": float(t + 1),
+            "stops": [t] * rows,
+        }
+        for t in range(T)
+        if valid[t]
+    ]
+    assert curve == want
