@@ -137,3 +137,24 @@ def test_the_stops_command_refuses_a_seed_the_run_does_not_run(toy_run, capsys):
     captured = capsys.readouterr()
     assert "runs seeds [0]; --seed 7 is not one of them" in captured.err and not captured.out
     assert main(["stops", str(toy_run), "--seed", "0"]) == 0
+
+
+def test_a_run_whose_jobs_changed_since_says_so_not_to_delete_a_record_it_lacks(tmp_path):
+    """A parity run made before training and evaluation were split (one job per setting, its
+    checkpoints its own) was refused with "the finished job …-train-s0 … is gone; delete
+    jobs/…-train-s0.json", a job and a file the run never had."""
+    run = tmp_path / "run"
+    args = ["--preset", "tiny", "--out", str(run), "--set", "methods=[pondernet]"]
+    assert main(["run", "parity", *args, "--set", "progress=false"]) == 0
+    (name,) = stop_model_names(run)
+    load_stop_model(run, name)  # the run as made: loads
+    # The old layout: no training job; the evaluation job trained, without a dependency.
+    (run / "jobs" / f"{name}-train-s0.json").unlink()
+    (run / "checkpoints" / f"{name}-train-s0").rename(run / "checkpoints" / f"{name}-s0")
+    path = run / "jobs" / f"{name}-s0.json"
+    data = json.loads(path.read_text())
+    data["settings"]["after"] = {}
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"job \S+-s0 ran with other settings.*new --out") as e:
+        load_stop_model(run, name)
+    assert "is gone" not in str(e.value) and "-train-s0.json" not in str(e.value)

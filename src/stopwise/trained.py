@@ -13,7 +13,7 @@ from typing import Any
 
 from .config import ConfigError, from_plain
 from .contract import JobContext, RunDir, TrainedStopModel, read_json_file
-from .experiments import get_experiment, plan_jobs
+from .experiments import _difference_finder, get_experiment, plan_jobs
 
 __all__ = ["load_stop_model", "stop_model_names", "run_seeds", "finished_job"]
 
@@ -33,15 +33,23 @@ def finished_job(run_path: str | Path, job_name: str, seed: int | None = None):
     work on the context as during the run."""
     run, experiment, config = _run_config(run_path)
     seed = config.seeds[0] if seed is None else seed
-    planned = next(
-        (p for p in plan_jobs(experiment, config) if p.job.name == job_name and p.seed == seed),
-        None,
-    )
+    plans = plan_jobs(experiment, config)
+    planned = next((p for p in plans if p.job.name == job_name and p.seed == seed), None)
     if planned is None:
         raise ValueError(f"{run.path} plans no job {job_name!r} for seed {seed}")
     data = run.job_file(planned.id)
     if data is None:
         raise ValueError(f"{run.path} has no finished job {planned.id}")
+    # A job that ran with other settings than this version plans for the run's config (a run
+    # made before its task changed its jobs, e.g. split training from evaluation) would be
+    # rebuilt from checkpoints it never had: say so, not "delete a record" that is not there.
+    diff = _difference_finder(run, experiment, plans, config)(planned, data["settings"])
+    if diff:
+        raise ValueError(
+            f"{run.path}: job {planned.id} ran with other settings than this version of "
+            f"stopwise plans for the run's config ({'; '.join(diff[:2])}): a run made before "
+            "its task changed its jobs? Run the experiment again into a new --out"
+        )
     return JobContext(run, config, planned, progress=False), data["record"]
 
 
