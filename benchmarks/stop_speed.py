@@ -54,6 +54,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # machine_info, denoising
 from machine_info import machine  # noqa: E402
 
+from stopwise.config import ConfigError  # noqa: E402
 from stopwise.experiments import run_experiment  # noqa: E402
 from stopwise.inference import (  # noqa: E402
     Rule,
@@ -111,7 +112,13 @@ class SpeedCase:
 def trained_run(task: str, runs: Path, overrides: list[str], preset: str = "quick") -> Path:
     """The finished run of ``task`` (trained now unless ``runs/<task>`` has it already)."""
     out = runs / task
-    run_experiment(task, preset, out, ["threads=1", *overrides])
+    try:
+        run_experiment(task, preset, out, ["threads=1", *overrides])
+    except ConfigError as error:  # its advice, "another --out", is this script's --runs
+        raise SystemExit(
+            f"stop_speed: the cached run {out} cannot be used ({error})\nIt was trained with "
+            f"other settings or by an older stopwise: delete {out} or give another --runs."
+        ) from None
     TRAINED[task] = {"run": str(out), "preset": preset, "overrides": overrides}
     return out
 

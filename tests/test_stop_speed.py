@@ -193,3 +193,17 @@ def test_the_learned_optimizers_run_with_their_chosen_restart(stop_speed, tmp_pa
     assert stop_speed.main(argv) == 0
     rows = json.loads(out.read_text())["rows"]
     assert {r["model"] for r in rows} == {"LSTM optimizer + ACT halting", "LSTM optimizer + L2S"}
+
+
+def test_a_cached_run_of_other_settings_is_refused_naming_runs(stop_speed, tmp_path):
+    """A cache trained by an older stopwise (a parity run made before training and evaluation
+    were split) or with other settings ended in a traceback whose advice, "choose another
+    --out", names this script's JSON output, not its --runs cache."""
+    from stopwise.experiments import run_experiment
+
+    runs = tmp_path / "runs"
+    run_experiment("parity", "tiny", runs / "parity", ["methods=[l2s]", "updates=21"])
+    argv = ["--tiny", "--tasks", "parity", "--threads", "1", "--seconds", "0", "--repeats", "1"]
+    argv += ["--runs", str(runs), "--out", str(tmp_path / "stop_speed.json")]
+    with pytest.raises(SystemExit, match=r"(?s)holds jobs run with other settings.*another --runs"):
+        stop_speed.main(argv)
