@@ -103,7 +103,7 @@ class FewShotConfig(Config):
     query: int = param(5, ge=1, help="query shots per class (glyphs) or query points (sinusoid)")
     steps: int = param(10, ge=1, le=100, help="inner steps T of MAML-stop (its largest depth)")
     maml_steps: list[int] = param(
-        [10], ge=1, le=100, min_len=1, help="fixed T of the MAML baselines (one job each)"
+        [10], ge=1, le=100, min_len=1, help="fixed T of the MAML baselines (two jobs each)"
     )
     inner_lr: float = param(0.1, gt=0, le=10, help="inner SGD learning rate α")
     width: int = param(32, ge=1, le=512, help="Conv4 filters")

@@ -77,8 +77,9 @@ class L2S:
         gt=0,
         min_len=1,
         check=distinct,
-        help="oracle temperatures β, one job each; per budget the best on validation (with "
-        "uniform training as β → ∞ when it runs) is L2S's result",
+        help="oracle temperatures β, one network each (a training and an evaluation job); per "
+        "budget the best on validation (with uniform training as β → ∞ when it runs) is L2S's "
+        "result",
     )
     hard: bool = param(False, help="stage II imitates the hard (argmin) oracle")
     policy_hidden: list[int] = param([32], ge=1, help="hidden widths of the exit policy")

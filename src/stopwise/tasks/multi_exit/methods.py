@@ -16,7 +16,7 @@ cross-entropy of sample i at exit k:
   objective summed over the exits);
 * ``l2s`` — stage I: K·mean_i Σ_k q*_ik ℓ_ik, q*_i = softmax_k(−ℓ_ik/β) detached (L2S Eq. 8–9,
   scaled by K so that β → ∞ is ``uniform``); stage II: the network frozen, an
-  :class:`~.models.ExitPolicy` imitates the oracle (L2S Eq. 10). One job per β.
+  :class:`~.models.ExitPolicy` imitates the oracle (L2S Eq. 10). One network per β.
 
 With ``gain_head``, every trained network also gets a stop head for budgets (:func:`fit_gain`,
 not in the papers), fitted on the frozen network.
