@@ -95,6 +95,7 @@ def test_changed_settings_are_refused_and_report_keys_are_not(tmp_path, capsys):
     message = str(error.value)
     assert "job fit-a-s0 (finished): config.lr: 0.1 -> 0.2" in message
     assert "data-s0" not in message  # `data` does not read lr
+    assert f"another --out with --set reuse_from={out}" in message  # the command, not a hint
     assert (out / "config.json").read_text() == config_before
     # A key only the report reads: nothing reruns, the report is rebuilt.
     run(out, "title=renamed", calls=calls)

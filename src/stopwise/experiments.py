@@ -533,8 +533,9 @@ def check_run_dir(
         shown = "\n  ".join(conflicts[:8]) + ("\n  ..." if len(conflicts) > 8 else "")
         raise ConfigError(
             f"--out {out} holds jobs run with other settings:\n  {shown}\nrerun with the same "
-            "settings, choose another --out (reuse_from= takes the jobs that still match), or "
-            "delete a job's jobs/<id>.json and checkpoints/<id>/ to redo it"
+            f"settings, choose another --out with --set reuse_from={out} (it takes the jobs "
+            "that still match: trained models evaluated again with other evaluation settings), "
+            "or delete a job's jobs/<id>.json and checkpoints/<id>/ to redo it"
         )
 
 
