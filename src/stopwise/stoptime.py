@@ -250,28 +250,34 @@ def _check_p(p: float) -> float:
     return math.sqrt(1.0 - p)
 
 
+def _log_s(p: float) -> float:
+    """log s = ½ log(1 − p), without forming s: for a small p, s = √(1 − p) rounds toward 1 and
+    1 − s loses its digits (to 0, a log of −∞, once p < 2⁻⁵³)."""
+    _check_p(p)
+    return 0.5 * math.log1p(-p)
+
+
 def random_horizon_log_prior(p: float, horizons: torch.Tensor) -> torch.Tensor:
     """log p(T) = T log s + log(1 − s^{T+1}) + log(1 − s²) for integer horizons ``T ≥ 0``."""
-    s = _check_p(p)
+    log_s = _log_s(p)
     T = torch.as_tensor(horizons, dtype=torch.float64)
-    log_s = math.log(s)
-    return T * log_s + torch.log1p(-torch.exp((T + 1) * log_s)) + math.log1p(-(s * s))
+    # 1 − s^{T+1} = −expm1((T+1) log s), exact where s^{T+1} is close to 1; 1 − s² = p
+    return T * log_s + torch.log(-torch.expm1((T + 1) * log_s)) + math.log(p)
 
 
 def random_horizon_log_conditional(p: float, horizon: int, dtype=torch.float32) -> torch.Tensor:
     """``(horizon+1,)`` log p(t | T) = log((1 − s) s^t / (1 − s^{T+1})) for t = 0..T."""
-    s = _check_p(p)
+    log_s = _log_s(p)
     t = torch.arange(horizon + 1, dtype=torch.float64)
-    log_s = math.log(s)
-    out = math.log1p(-s) + t * log_s - math.log1p(-math.exp((horizon + 1) * log_s))
-    return out.to(dtype)
+    log_norm = math.log(-math.expm1(log_s)) - math.log(-math.expm1((horizon + 1) * log_s))
+    return (log_norm + t * log_s).to(dtype)
 
 
 def random_horizon_cdf(p: float, horizons: torch.Tensor) -> torch.Tensor:
     """P(T ≤ horizon) in closed form: (1 − u)(1 − s·u) with u = s^{T+1}."""
-    s = _check_p(p)
-    u = s ** (torch.as_tensor(horizons, dtype=torch.float64) + 1)
-    return (1 - u) * (1 - s * u)
+    log_s = _log_s(p)
+    T = torch.as_tensor(horizons, dtype=torch.float64)
+    return torch.expm1((T + 1) * log_s) * torch.expm1((T + 2) * log_s)
 
 
 def sample_random_horizon(
@@ -286,19 +292,23 @@ def sample_random_horizon(
     ``0..max_horizon`` and renormalised, which is the distribution that
     :func:`~stopwise.objectives.random_horizon_bound` averages over exactly.
     """
-    s = _check_p(p)
+    log_s = _log_s(p)
     size = (size,) if isinstance(size, int) else tuple(size)
     U = torch.rand(size, generator=generator, dtype=torch.float64)
     if max_horizon is not None:
         if max_horizon < 0:
             raise ValueError(f"max_horizon must be >= 0; got {max_horizon}")
         U = U * random_horizon_cdf(p, torch.tensor(float(max_horizon)))
-    # Smallest T with (1 − u)(1 − s u) ≥ U, u = s^{T+1}: solve s u² − (1+s) u + (1 − U) = 0 for u*,
-    # then T + 1 = ⌈log u* / log s⌉.
-    disc = (1 + s) ** 2 - 4 * s * (1 - U)
-    u_star = ((1 + s) - torch.sqrt(disc)) / (2 * s)
-    u_star = u_star.clamp_min(torch.finfo(torch.float64).tiny)
-    T = (torch.ceil(torch.log(u_star) / math.log(s)) - 1).clamp_min(0)
+    # Smallest T with CDF(T) ≥ U = (1 − u)(1 − s u), u = s^{T+1}: T + 1 = ⌈log u* / log s⌉ with
+    # u* the root of s u² − (1 + s) u + (1 − U) = 0 in [0, 1]. Its discriminant is (1 − s)² + 4sU
+    # (no cancellation), and log u* is taken from u* where u* is small and from 1 − u* (a root of
+    # the quadratic in 1 − u) where u* is near 1: a U and a 1 − s far below 1 lost every digit.
+    s, one_minus_s = math.exp(log_s), -math.expm1(log_s)
+    root = torch.sqrt(one_minus_s**2 + 4 * s * U)
+    u_star = 2 * (1 - U) / ((1 + s) + root)
+    v_star = 2 * U / (one_minus_s + root)  # 1 − u*
+    log_u = torch.where(v_star < 0.5, torch.log1p(-v_star.clamp_max(0.5)), torch.log(u_star))
+    T = (torch.ceil(log_u / log_s) - 1).clamp_min(0)
     # Guard the ceiling against rounding: step to the exact smallest T with CDF(T) >= U.
     T = torch.where(random_horizon_cdf(p, T) < U, T + 1, T)
     T = torch.where((T > 0) & (random_horizon_cdf(p, T - 1) >= U), T - 1, T)
