@@ -185,6 +185,13 @@ def test_oracle_is_the_softmin_of_the_valid_steps_in_60_digits(T, data, beta, dt
     check_oracle(losses, valid, beta, dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("beta", [1e39, 1e300, math.inf])
+def test_oracle_with_a_beta_past_the_dtypes_range_gives_an_infinite_loss_no_mass(beta, dtype):
+    # the β became inf in float32, and inf / inf = NaN took the whole row: [[nan, nan]]
+    check_oracle([[0.0, math.inf], [0.0, -math.inf], [1.0, 2.0]], [[True] * 2] * 3, beta, dtype)
+
+
 def check_oracle(losses, valid, beta, dtype):
     T = len(losses[0])
     x = torch.tensor(losses, dtype=dtype)

@@ -197,7 +197,9 @@ def oracle(
     least = losses.detach().masked_fill(worst, math.inf).amin(dim=-1, keepdim=True)
     gap = losses.to(dtype) - least
     gap = torch.where(torch.isinf(least) & (losses == least), 0.0, gap)
-    scaled = (-gap / beta).masked_fill(worst, -math.inf)
+    # An infinite gap is −inf whatever β: a β past the dtype's range (inf in float32 from about
+    # 3.4e38, or β = inf) made it inf / inf = NaN, and the whole row with it.
+    scaled = torch.where(torch.isinf(gap), -math.inf, -gap / beta).masked_fill(worst, -math.inf)
     return torch.softmax(scaled, dim=-1).to(losses.dtype)
 
 
