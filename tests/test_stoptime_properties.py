@@ -9,7 +9,7 @@ import torch
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from stopwise.objectives import gain_rates, random_horizon_bound
+from stopwise.objectives import gain_rates, pondernet_loss, random_horizon_bound
 from stopwise.stoptime import (
     StopTime,
     kl_divergence,
@@ -296,6 +296,18 @@ def test_truncated_geometric_prior_is_p_one_minus_p_to_the_t_renormalised(p, T, 
     data=st.data(),
 )
 def test_kl_divergence_is_the_plain_sum_with_zero_log_zero(T, data):
+    check_kl(T, data)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kl_divergence_is_infinite_where_p_underflows_in_exp_and_q_is_zero(dtype):
+    # p(1) = e^-800 > 0 and q(1) = 0: the term is +inf, not 0 · inf = NaN
+    log_p = torch.tensor([[0.0, -800.0]], dtype=dtype)
+    log_q = torch.tensor([[0.0, -math.inf]], dtype=dtype)
+    assert kl_divergence(log_p, log_q).item() == math.inf
+
+
+def check_kl(T, data):
     def distribution():
         w = data.draw(st.lists(st.sampled_from([0.0, 0.5, 1.0, 3.0]), min_size=T, max_size=T))
         w[data.draw(st.integers(0, T - 1))] = 1.0
@@ -366,3 +378,48 @@ def test_gain_rates_stop_at_the_first_minimiser_of_loss_plus_price_times_cost(T,
     first = next(t for t in range(T) if valid[t] and rates[t] <= price)
     objective = [losses[t] + price * costs[t] if valid[t] else math.inf for t in range(T)]
     assert first == objective.index(min(objective))
+
+
+@fast
+@given(
+    problem=hazard_problems(),
+    tail=st.sampled_from(["absorb", "renormalize"]),
+    beta=st.floats(0.0, 5.0),
+    prior_p=st.one_of(st.floats(1e-6, 1.0), st.just(1.0)),
+    seed=st.integers(0, 2**16),
+)
+# q(1) = e^-1e4 > 0 where the prior (p = 1) has no mass: KL = +inf, was NaN (0 · inf)
+@example(
+    problem=([[0.0, -1e4, 0.0]], [[True, True, True]]), tail="absorb", beta=0.0, prior_p=1.0, seed=0
+)
+def test_pondernet_loss_is_the_expected_loss_plus_beta_kl_to_the_truncated_geometric(
+    problem, tail, beta, prior_p, seed
+):
+    logits, mask = problem
+    losses = torch.rand(len(logits), len(logits[0]), generator=torch.Generator().manual_seed(seed))
+    losses = losses.double()
+    stop = StopTime(torch.tensor(logits, dtype=torch.float64), torch.tensor(mask), tail)
+    got, terms = pondernet_loss(stop, losses, beta, prior_p)
+    log_q = reference_log_probs(logits, mask, tail).tolist()
+    P = mpmath.mpf(prior_p)
+    recs, kls = [], []
+    for row_q, row_l, valid in zip(log_q, losses.tolist(), mask, strict=True):
+        first = valid.index(True)
+        prior = [
+            (P * (1 - P) ** t if prior_p < 1 else mpmath.mpf(t == first)) if v else 0
+            for t, v in enumerate(valid)
+        ]
+        prior = [x / mpmath.fsum(prior) for x in prior]
+        q = [mpmath.exp(x) for x in row_q]
+        recs.append(mpmath.fsum(a * b for a, b in zip(q, row_l, strict=True)))
+        kl = mpmath.fsum(
+            a * (mpmath.log(a) - mpmath.log(r)) for a, r in zip(q, prior, strict=True) if a > 0
+        )
+        kls.append(kl)
+    rec, kl = float(mpmath.fsum(recs) / len(recs)), float(mpmath.fsum(kls) / len(kls))
+    assert terms["reconstruction"].item() == pytest.approx(rec, rel=1e-9, abs=1e-12)
+    if math.isinf(kl):  # q puts mass where the prior has none (prior_p = 1)
+        assert terms["kl"].item() == math.inf
+        return
+    assert terms["kl"].item() == pytest.approx(kl, rel=1e-9, abs=1e-9)
+    assert got.item() == pytest.approx(rec + beta * kl, rel=1e-9, abs=1e-9)

@@ -213,7 +213,10 @@ def kl_divergence(
     log_p, log_q = torch.broadcast_tensors(log_p, log_q)
     valid = _expand_mask(mask, log_p.shape, log_p.device) & (log_p > -math.inf)
     diff = torch.where(valid, log_p - log_q, 0.0)
-    return (log_p.exp() * diff).sum(-1)
+    # p(t) > 0 where q(t) = 0 makes the KL +inf, also where p(t) (a log p of −200 in float32)
+    # underflows in exp: 0 · inf was NaN there.
+    terms = torch.where(valid & torch.isneginf(log_q), math.inf, log_p.exp() * diff)
+    return terms.sum(-1)
 
 
 def truncated_geometric_log_prior(
