@@ -9,7 +9,7 @@ import torch
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from stopwise.objectives import gain_rates, pondernet_loss, random_horizon_bound
+from stopwise.objectives import act_halting, gain_rates, pondernet_loss, random_horizon_bound
 from stopwise.stoptime import (
     StopTime,
     kl_divergence,
@@ -378,6 +378,35 @@ def test_gain_rates_stop_at_the_first_minimiser_of_loss_plus_price_times_cost(T,
     first = next(t for t in range(T) if valid[t] and rates[t] <= price)
     objective = [losses[t] + price * costs[t] if valid[t] else math.inf for t in range(T)]
     assert first == objective.index(min(objective))
+
+
+@fast
+@given(
+    problem=hazard_problems(),
+    eps=st.one_of(st.sampled_from([0.0, 0.01, 0.5]), st.floats(0.0, 0.99)),
+)
+@example(problem=([[math.inf, 0.0]], [[True, True]]), eps=0.0)  # h = 1 halts at once
+def test_act_halting_follows_graves_by_a_plain_loop(problem, eps):
+    logits, mask = problem
+    x = torch.tensor(logits, dtype=torch.float64)
+    got = act_halting(x, eps, torch.tensor(mask))
+    for b, (row, valid) in enumerate(zip(x.tolist(), mask, strict=True)):
+        h = [1 / (1 + math.exp(-v)) if v > -700 else 0.0 for v in row]
+        h = [a if v else 0.0 for a, v in zip(h, valid, strict=True)]
+        # Graves Eq. 7: N = min{n : Σ_{n'≤n} h_n' ≥ 1 − ε}, else the last valid step
+        total, halt = 0.0, max(t for t, v in enumerate(valid) if v)
+        for t, a in enumerate(h):
+            total += a
+            if valid[t] and total >= 1 - eps:
+                assume(abs(total - (1 - eps)) > 1e-12)  # not within rounding of the threshold
+                halt = t
+                break
+        remainder = 1 - sum(h[:halt])
+        weights = h[:halt] + [remainder] + [0.0] * (len(h) - halt - 1)
+        assert got.steps[b].item() == halt + 1
+        assert got.weights[b].tolist() == pytest.approx(weights, abs=1e-12)
+        assert got.ponder_cost[b].item() == pytest.approx(halt + 1 + remainder, abs=1e-12)
+        assert sum(weights) == pytest.approx(1.0)
 
 
 @fast
