@@ -9,7 +9,14 @@ import torch
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from stopwise.objectives import act_halting, gain_rates, pondernet_loss, random_horizon_bound
+from stopwise.objectives import (
+    act_halting,
+    gain_rates,
+    l2s_stage1_loss,
+    l2s_stage2_loss,
+    pondernet_loss,
+    random_horizon_bound,
+)
 from stopwise.stoptime import (
     StopTime,
     kl_divergence,
@@ -452,3 +459,100 @@ def test_pondernet_loss_is_the_expected_loss_plus_beta_kl_to_the_truncated_geome
         return
     assert terms["kl"].item() == pytest.approx(kl, rel=1e-9, abs=1e-9)
     assert got.item() == pytest.approx(rec + beta * kl, rel=1e-9, abs=1e-9)
+
+
+@fast
+@given(
+    T=st.integers(1, 6),
+    data=st.data(),
+    beta=st.one_of(st.floats(1e-3, 1e3), st.sampled_from([1e-30, 1e30])),
+    uniform=st.sampled_from([0.0, 0.25, 1.0]),
+)
+def test_stage1_loss_is_the_oracle_weighted_loss_mixed_with_uniform(T, data, beta, uniform):
+    losses = data.draw(rows(T, st.one_of(st.floats(-50, 50), st.just(math.inf))))
+    valid = [data.draw(st.lists(st.booleans(), min_size=T, max_size=T)) for _ in losses]
+    for row, ok in zip(losses, valid, strict=True):
+        t = data.draw(st.integers(0, T - 1))
+        ok[t], row[t] = True, min(row[t], 0.0)  # a valid finite step in every row
+    x = torch.tensor(losses, dtype=torch.float64)
+    got = l2s_stage1_loss(x, beta, torch.tensor(valid), uniform)
+    q = mp_oracle(losses, mpmath.mpf(beta), valid).tolist()
+    total = mpmath.mpf(0)
+    for row, ok, weights in zip(losses, valid, q, strict=True):
+        for t in range(T):
+            w = (1 - uniform) * weights[t] + (uniform / sum(ok) if ok[t] else 0)
+            if w > 0:
+                total += w * mpmath.mpf(row[t])
+    want = float(total / len(losses))
+    assert got.item() == pytest.approx(want, rel=1e-9, abs=1e-9)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    T=st.integers(1, 5),
+    seed=st.integers(0, 2**16),
+    beta=st.sampled_from([0.05, 1.0, 20.0]),
+    uniform=st.sampled_from([0.0, 0.3]),
+    detach=st.booleans(),
+)
+def test_stage1_gradient_matches_finite_differences(T, seed, beta, uniform, detach):
+    g = torch.Generator().manual_seed(seed)
+    losses = (torch.rand(2, T, generator=g, dtype=torch.float64) * 3).requires_grad_()
+    mask = torch.rand(2, T, generator=g) < 0.7
+    mask[:, -1] = True
+    if not detach:  # the loss is its own function of ℓ, q* included
+        assert torch.autograd.gradcheck(
+            lambda x: l2s_stage1_loss(x, beta, mask, uniform, detach=False), losses
+        )
+        return
+
+    # detached q*: the gradient of −β·logsumexp(−ℓ/β) over the valid steps (L2S Eq. 9), mixed
+    # with the uniform weights' gradient of the mean valid loss
+    def surrogate(x):
+        softmin = -beta * torch.logsumexp(-x.masked_fill(~mask, math.inf) / beta, -1)
+        deep = x.masked_fill(~mask, 0).sum(-1) / mask.sum(-1)
+        return ((1 - uniform) * softmin + uniform * deep).mean()
+
+    l2s_stage1_loss(losses, beta, mask, uniform).backward()
+    (want,) = torch.autograd.grad(surrogate(losses), losses)
+    torch.testing.assert_close(losses.grad, want)
+
+
+@fast
+@given(
+    problem=hazard_problems(),
+    data=st.data(),
+    beta=st.one_of(st.floats(1e-3, 1e3), st.sampled_from([1e-30, 1e30])),
+    tail=st.sampled_from(["absorb", "renormalize"]),
+)
+def test_stage2_is_the_forward_kl_to_the_oracle_or_the_cross_entropy_of_its_argmin(
+    problem, data, beta, tail
+):
+    logits, mask = problem
+    T = len(logits[0])
+    losses = data.draw(st.lists(st.lists(st.sampled_from([0.0, 0.5, 1.0, 3.0]), min_size=T,
+                                         max_size=T), min_size=len(logits), max_size=len(logits)))  # fmt: skip
+    stop = StopTime(torch.tensor(logits, dtype=torch.float64), torch.tensor(mask), tail)
+    x = torch.tensor(losses, dtype=torch.float64)
+    log_q = [
+        [mpmath.mpf(v) for v in row] for row in reference_log_probs(logits, mask, tail).tolist()
+    ]
+    target = mp_oracle(losses, mpmath.mpf(beta), mask).tolist()
+    kls, nlls = [], []
+    for row_p, row_q, row_l, ok in zip(target, log_q, losses, mask, strict=True):
+        terms = [
+            mpmath.inf if q == -mpmath.inf else p * (mpmath.log(p) - q)
+            for p, q in zip(row_p, row_q, strict=True)
+            if p > 0
+        ]
+        kls.append(mpmath.fsum(terms))
+        best = min((row_l[t], t) for t in range(T) if ok[t])[1]
+        nlls.append(-row_q[best])
+    soft = l2s_stage2_loss(stop, x, beta).item()
+    hard = l2s_stage2_loss(stop, x, beta, hard=True).item()
+    for got, values in ((soft, kls), (hard, nlls)):
+        want = float(mpmath.fsum(values) / len(values))
+        if math.isinf(want):
+            assert got == math.inf
+        else:
+            assert got == pytest.approx(want, rel=1e-7, abs=1e-9)
