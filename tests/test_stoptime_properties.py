@@ -556,3 +556,33 @@ def test_stage2_is_the_forward_kl_to_the_oracle_or_the_cross_entropy_of_its_argm
             assert got == math.inf
         else:
             assert got == pytest.approx(want, rel=1e-7, abs=1e-9)
+
+
+@fast
+@given(
+    problem=hazard_problems(),
+    tail=st.sampled_from(["absorb", "renormalize"]),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+)
+def test_stop_time_summaries_follow_the_exact_distribution(problem, tail, dtype):
+    logits, mask = problem
+    h = torch.tensor(logits, dtype=dtype)
+    stop = StopTime(h, torch.tensor(mask), tail)
+    exact = reference_log_probs(h.double().tolist(), mask, tail).tolist()
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    for b, row in enumerate(exact):
+        q = [mpmath.exp(x) for x in row]
+        cdf = [mpmath.fsum(q[: t + 1]) for t in range(len(q))]
+        mean = mpmath.fsum((t + 1) * x for t, x in enumerate(q))
+        assert stop.mean()[b].item() == pytest.approx(float(mean), abs=tol * len(q))
+        torch.testing.assert_close(
+            stop.cdf()[b].double(), torch.tensor([float(c) for c in cdf], dtype=torch.float64),
+            atol=tol, rtol=0,
+        )  # fmt: skip
+        if all(abs(c - 0.5) > 10 * tol for c in cdf):  # not within rounding of 1/2
+            assert stop.median()[b].item() == next(t for t, c in enumerate(cdf) if c >= 0.5)
+        best = max(q)
+        if sum(1 for x in q if x >= best * (1 - 10 * tol)) == 1:  # no near-tie
+            assert stop.mode()[b].item() == q.index(best)
+        entropy = -mpmath.fsum(x * mpmath.log(x) for x in q if x > 0)
+        assert stop.entropy()[b].item() == pytest.approx(float(entropy), abs=tol * 10)
