@@ -329,12 +329,15 @@ def check_kl(T, data):
     assert got.item() == pytest.approx(want, rel=1e-12, abs=1e-15)
 
 
-def reference_bound(a, losses, p, beta):
-    """E_{p(H) | H ≤ T−1}[Σ_{t≤H} q_H ℓ + β KL(q_H ‖ p(·|H))] by plain loops in 60 digits."""
+def reference_bound(a, losses, p, beta, only_last=False):
+    """E_{p(H) | H ≤ T−1}[Σ_{t≤H} q_H ℓ + β KL(q_H ‖ p(·|H))] by plain loops in 60 digits
+    (``only_last``: L_H at H = T − 1 alone)."""
     P = mpmath.mpf(p)
     s = mpmath.sqrt(1 - P)
     T = len(losses)
     weights = [s**H * (1 - s ** (H + 1)) * (1 - s**2) for H in range(T)]
+    if only_last:
+        weights = [0] * (T - 1) + [1]
     total = mpmath.fsum(weights)
     value = mpmath.mpf(0)
     for H in range(T):
@@ -350,17 +353,26 @@ def reference_bound(a, losses, p, beta):
 @fast
 @given(
     T=st.integers(1, 5),
-    p=st.floats(1e-3, 0.99),
+    p=st.one_of(st.floats(1e-3, 0.99), st.sampled_from([1e-14, 1e-17, 1 - 1e-9])),
     beta=st.floats(0.0, 10.0),
     seed=st.integers(0, 2**16),
 )
+@example(T=3, p=1e-17, beta=1.0, seed=0)  # p(t|H) raised a math domain error
 def test_random_horizon_bound_matches_the_thesis_average_and_its_gradient(T, p, beta, seed):
     g = torch.Generator().manual_seed(seed)
     a = (torch.randn(1, T, generator=g, dtype=torch.float64) * 3).requires_grad_()
     losses = torch.rand(1, T, generator=g, dtype=torch.float64).requires_grad_()
     got = random_horizon_bound(a, losses, p, beta)
-    want = reference_bound(a[0].tolist(), losses[0].tolist(), p, beta)
+    with mpmath.workdps(40 + 2 * int(-math.log10(p))):
+        want = reference_bound(a[0].tolist(), losses[0].tolist(), p, beta)
     assert got.item() == pytest.approx(want, rel=1e-10, abs=1e-12)
+    # a sampled horizon per row gives that horizon's L_H: the bound of the prior p(H) = δ_H
+    for H in range(T):
+        one = random_horizon_bound(a, losses, p, beta, horizons=torch.tensor([H]))
+        with mpmath.workdps(40 + 2 * int(-math.log10(p))):
+            want_H = reference_bound(a[0, : H + 1].tolist(), losses[0, : H + 1].tolist(), p, beta,
+                                     only_last=True)  # fmt: skip
+        assert one.item() == pytest.approx(want_H, rel=1e-10, abs=1e-12)
     assert torch.autograd.gradcheck(lambda a, l: random_horizon_bound(a, l, p, beta), (a, losses))
 
 
