@@ -1,14 +1,16 @@
 """The task contract, checked on every registered experiment (as timm's tests loop over its model
 registry): a new task is covered by registering it, with no new test code.
 
-For each experiment's ``tiny`` preset: a run killed (SIGKILL) half-way through its log resumes
-to the results of an uninterrupted run; a third run does nothing and takes < 5 s; an unknown key,
+For each experiment's ``tiny`` preset: a run killed (SIGKILL), stopped (SIGTERM), given a corrupt
+checkpoint and a full disk in turn resumes to the results of an uninterrupted run; a third run
+does nothing and takes < 5 s; an unknown key,
 a wrong type and an out-of-range value each exit 2 naming the key, with nothing written.
 """
 
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import typing
@@ -77,26 +79,58 @@ def job_records(out: Path) -> dict:
 
 
 @pytest.mark.parametrize("name", SHARING_A_RUN)
-def test_tiny_run_killed_half_way_resumes_to_the_same_results(name, uninterrupted, tmp_path):
-    full = uninterrupted[name]
+def test_tiny_run_killed_stopped_and_failing_resumes_to_the_same_results(
+    name, uninterrupted, tmp_path
+):
+    """One run through every fault in turn, each rerun taking over where the last left off:
+    SIGKILL a third of the way through the log (no chance to clean up); SIGTERM a third further
+    (the running stage checkpoints, the run says how to resume, exit 143); a corrupt checkpoint
+    (named and refused, exit 2); a full disk at the next checkpoint (exit 3, earlier checkpoints
+    intact). The rerun after them completes with the uninterrupted run's job records and
+    results, and a third run does nothing in < 5 CPU-s."""
+    full, out = uninterrupted[name], tmp_path / "run"
     lines = len((full / "metrics.jsonl").read_text().splitlines())
     assert lines >= 2, "the tiny preset should log training"
-    out = tmp_path / "killed"
-    killed = stopwise(tiny(name, out), fault=f"metrics:{lines // 2}")
+    third = max(1, lines // 3)  # (a rerun logs at least the two thirds left)
+    killed = stopwise(tiny(name, out), fault=f"metrics:{third}")
     assert killed.returncode == -9, killed.stderr[-3000:]
+
+    stopped = stopwise(tiny(name, out), fault=f"sigterm:{third}")
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
+    assert "Rerun the same command to resume" in stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    saved = sorted((out / "checkpoints").glob("*/*.pt"))
+    # The victim is an unfinished job's checkpoint: a finished job's are never read again.
+    victim = [p for p in saved if not (out / "jobs" / f"{p.parent.name}.json").exists()][-1]
+    intact = victim.read_bytes()
+    victim.write_bytes(intact[:100])
+    refused = stopwise(tiny(name, out))
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert str(victim) in refused.stderr and "was not loaded" in refused.stderr
+    assert "weights_only" not in refused.stderr and "Warning" not in refused.stderr
+    victim.write_bytes(intact)
+
+    before = {p: p.read_bytes() for p in saved}
+    full_disk = stopwise(tiny(name, out), fault="enospc:1")
+    if full_disk.returncode != 0:  # (a run with no checkpoint left to write just finishes)
+        assert full_disk.returncode == 3, full_disk.stderr[-2000:]
+        assert "No space left on device" in full_disk.stderr
+        assert "free some space" in full_disk.stderr and "Traceback" not in full_disk.stderr
+        assert all(path.read_bytes() == data for path, data in before.items())
+
     resumed = stopwise(tiny(name, out))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert job_records(out) == job_records(full)
     results = json.loads((out / "results.json").read_text())
     assert stable(results) == stable(json.loads((full / "results.json").read_text()))
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    third = stopwise(tiny(name, out))
+    again = stopwise(tiny(name, out))
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    assert third.returncode == 0
+    assert again.returncode == 0
     # CPU time, not wall time: the machine running the tests may be busy with other work.
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     assert cpu < 5, f"a finished run should do nothing; it took {cpu:.1f} CPU-s"
-    assert "job(s) to run" not in third.stderr
+    assert "job(s) to run" not in again.stderr
 
 
 @pytest.mark.parametrize("name", BUILT_IN)
