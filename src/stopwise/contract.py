@@ -41,6 +41,8 @@ __all__ = [
     "JobContext",
     "stream_seed",
     "job_id",
+    "training_job",
+    "is_training_job",
     "files_digest",
     "settings_digest",
     "checkpoint_owner",
@@ -201,6 +203,17 @@ def stream_seed(seed: int, stream: str) -> int:
 
 def job_id(name: str, seed: int) -> str:
     return f"{name}-s{seed}"
+
+
+def training_job(name: str) -> str:
+    """The job that trains what job ``name`` evaluates, ``<name>-train``: the names of a task's
+    training/evaluation pairs (docs/adding_a_task.md §2; multi-exit, parity, few-shot)."""
+    return f"{name}-train"
+
+
+def is_training_job(name: str) -> bool:
+    """Whether job ``name`` is the training job of such a pair (:func:`training_job`)."""
+    return name.endswith("-train")
 
 
 def files_digest(files: dict[str, Path]) -> str:

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from ...contract import Job, JobContext, TrainedStopModel
+from ...contract import Job, JobContext, TrainedStopModel, is_training_job, training_job
 from ...inference import HazardThreshold, run_adaptive, stop_indices, time_adaptive
 from ...macs import count_macs
 from ...selection import (
@@ -56,8 +56,6 @@ from .metrics import (
 from .models import AdaptedLearner, SetPolicy, SupportLossStop, summary_dim
 
 __all__ = ["jobs", "run_job", "stop_models", "metric_name", "load_splits"]
-
-TRAIN = "-train"  # a method's training job is named after its evaluation job + TRAIN
 
 # What meta-training reads. Validation tasks are not among them: nothing is chosen on them
 # during meta-training (no early stopping), only afterwards.
@@ -97,8 +95,8 @@ def jobs(config: FewShotConfig) -> list[Job]:
     for name, (params, keys) in methods.items():
         params = {**params, **data}
         out += [
-            Job(name + TRAIN, params=params, keys=keys, cost=params["steps"]),
-            Job(name, params=params, after=(name + TRAIN,), keys=EVALUATION),
+            Job(training_job(name), params=params, keys=keys, cost=params["steps"]),
+            Job(name, params=params, after=(training_job(name),), keys=EVALUATION),
         ]
     return [*out, Job("compare", after=tuple(methods), keys=("family",))]
 
@@ -128,7 +126,7 @@ def load_splits(config: FewShotConfig, log=None) -> list[Any]:
 def run_job(job: Job, context: JobContext) -> dict[str, Any]:
     if job.name == "compare":
         return compare(context)
-    if job.name.endswith(TRAIN):
+    if is_training_job(job.name):
         return train(job, context)
     return evaluate(job, context)
 
@@ -169,7 +167,7 @@ def trained_models(
     config: FewShotConfig = context.config
     method, steps = params["method"], params["steps"]
     learner, policy = build_models(config, with_policy=method == "maml-stop")
-    saved = context.checkpoint(training_stage(method, steps), job=name + TRAIN)
+    saved = context.checkpoint(training_stage(method, steps), job=training_job(name))
     learner.load_state_dict(saved["learner"])
     gain = None
     if policy is not None:
@@ -177,7 +175,7 @@ def trained_models(
         policy.eval()
         if config.gain_head:
             gain = gain_head(config, learner)
-            gain.load_state_dict(context.checkpoint("gain-head", job=name + TRAIN)["policy"])
+            gain.load_state_dict(context.checkpoint("gain-head", job=training_job(name))["policy"])
             gain.eval()
     learner.eval()
     return AdaptedLearner(learner, config.inner_lr, steps, config.vmap), policy, gain

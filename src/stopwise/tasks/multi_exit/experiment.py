@@ -21,7 +21,14 @@ from typing import Any
 
 import torch
 
-from ...contract import Job, JobContext, TrainedStopModel, files_digest
+from ...contract import (
+    Job,
+    JobContext,
+    TrainedStopModel,
+    files_digest,
+    is_training_job,
+    training_job,
+)
 from ...inference import exit_distribution, run_adaptive, stop_indices
 from ...policies import ConfidencePolicy
 from ...selection import (
@@ -63,8 +70,6 @@ __all__ = [
     "stop_models",
     "data_params",
     "l2s_job_name",
-    "train_job_name",
-    "is_training",
     "SELECT_L2S",
 ]
 
@@ -98,11 +103,6 @@ def l2s_job_name(beta: float) -> str:
     return f"l2s-b{beta:g}"
 
 
-def train_job_name(name: str) -> str:
-    """The job that trains the network the job ``name`` evaluates."""
-    return f"{name}-train"
-
-
 def data_params(config: MultiExitConfig) -> dict[str, str]:
     """``{"data": "sha256:…"}``, a digest of the four IDX files the data is read from
     (Fashion-MNIST or a user's files, wherever they are: the same files at another path are the
@@ -123,9 +123,9 @@ def jobs(config: MultiExitConfig) -> list[Job]:
             networks = {method: {"method": method}}
         timed = {"timed": True} if method in config.timing.methods else {}
         for name, params in networks.items():
-            train, cost = train_job_name(name), COSTS.get(method, 1.0)
+            train, cost = training_job(name), COSTS.get(method, 1.0)
             train_keys = TRAIN_KEYS + METHOD_KEYS.get(method, ())
-            out.append(Job(train, {**params, **data, "train": True}, keys=train_keys, cost=cost))
+            out.append(Job(train, {**params, **data}, keys=train_keys, cost=cost))
             eval_keys = EVAL_KEYS + (TIMING_KEYS if timed else ())
             out.append(Job(name, {**params, **timed}, after=(train,), keys=eval_keys))
         if method == "l2s":
@@ -134,13 +134,8 @@ def jobs(config: MultiExitConfig) -> list[Job]:
     return out
 
 
-def is_training(params: dict[str, Any]) -> bool:
-    """Whether a job of these params trains a network (its evaluation records the numbers)."""
-    return params.get("train", False)
-
-
 def run_job(job: Job, context: JobContext) -> dict[str, Any]:
-    if is_training(job.params):
+    if is_training_job(job.name):
         return train(job, context)
     if job.params["method"] == SELECT_L2S:
         return select_beta(job, context)
@@ -320,7 +315,7 @@ def stop_models(config: MultiExitConfig) -> dict:
     out = {}
     for job in jobs(config):
         method = job.params["method"]
-        if is_training(job.params) or method == SELECT_L2S:
+        if is_training_job(job.name) or method == SELECT_L2S:
             continue
         kinds = ["confidence", *(["policy"] if method == "l2s" else [])]
         for kind in kinds + (["gain"] if config.gain_head else []):

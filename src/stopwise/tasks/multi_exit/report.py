@@ -9,12 +9,12 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from ...contract import JobResult, Report
+from ...contract import JobResult, Report, is_training_job
 from ...curves import dominance, dominance_line, mean_curve
 from ...reporting import finish_axes, markdown_table, new_figure
 from ...stats import format_interval, format_mean_and_sd, mean_sd, over_seeds, paired_difference
 from .config import METHODS, MultiExitConfig
-from .experiment import SELECT_L2S, is_training
+from .experiment import SELECT_L2S
 from .metrics import P_GRID, accuracy_at_budgets
 
 __all__ = ["report", "budget_labels"]
@@ -162,7 +162,7 @@ def _cost_ratio(records, uniform, key: str) -> dict[str, Any]:
 
 def report(results: list[JobResult], config: MultiExitConfig) -> Report:
     # A training job's record comes with its evaluation's (the job named as the network).
-    results = [r for r in results if not is_training(r.params)]
+    results = [r for r in results if not is_training_job(r.name)]
     by_job: dict[str, dict[int, dict[str, Any]]] = {}
     params: dict[str, dict[str, Any]] = {}
     for r in results:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ...contract import Job, JobContext, TrainedStopModel
+from ...contract import Job, JobContext, TrainedStopModel, is_training_job, training_job
 from ...selection import Heldout, budget_grid, budget_sweep, curve_budgets, fixed_depth_curve
 from .config import ParityConfig
 from .data import evaluation_set, first_training_batches
@@ -54,7 +54,7 @@ def jobs(config: ParityConfig) -> list[Job]:
                 params = {"method": name, "value": value, "lr": lr}
                 updates = config.updates + (2 * config.policy_updates / 3 if name == "l2s" else 0)
                 cost = updates * (value if name == "fixed" else config.max_steps)
-                trained = f"{setting}-train"
+                trained = training_job(setting)
                 out += [
                     Job(trained, params, keys=TRAIN_KEYS + method.keys, cost=cost),
                     Job(setting, params, after=(trained,), keys=EVALUATION_KEYS),
@@ -63,8 +63,8 @@ def jobs(config: ParityConfig) -> list[Job]:
 
 
 def run_job(job: Job, context: JobContext) -> dict[str, Any]:
-    """A training job (none before it) or an evaluation job (its training job before it)."""
-    return evaluate(job, context) if job.after else train(job, context)
+    """A training job or an evaluation job (its training job before it)."""
+    return train(job, context) if is_training_job(job.name) else evaluate(job, context)
 
 
 def _model(config: ParityConfig, method: str, value: float) -> ParityGRU:
@@ -210,7 +210,7 @@ def stop_models(config: ParityConfig) -> dict:
     out = {}
     for job in jobs(config):
         method = job.params["method"]
-        if not job.after or method in ("fixed", "act"):
+        if is_training_job(job.name) or method in ("fixed", "act"):
             continue
         for head in config.l2s_heads if method == "l2s" else [""]:
             name = f"{job.name}/{head}" if head else job.name

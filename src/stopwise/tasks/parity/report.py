@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import Any
 
-from ...contract import JobResult, Report
+from ...contract import JobResult, Report, is_training_job
 from ...curves import best_fixed_mix, dominance, dominance_line
 from ...reporting import finish_axes, in_x_order, markdown_table, new_figure
 from ...stats import (
@@ -38,7 +38,7 @@ _LINE_KEYS = ("method", "variant", "value", "lr", "rule")
 
 
 def report(results: list[JobResult], config: ParityConfig) -> Report:
-    evaluations = [r for r in results if "rows" in r.record]  # not the training jobs
+    evaluations = [r for r in results if not is_training_job(r.name)]
     rows = [
         {"id": r.id, "seed": r.seed, **r.params, **row}
         for r in evaluations
