@@ -252,6 +252,12 @@ def test_truncated_geometric_prior():
     assert masked[3] / masked[2] == pytest.approx(0.7)
     with pytest.raises(ValueError, match="0 < p"):
         truncated_geometric_log_prior(0.0, 3)
+    # A row with no valid step has no prior to renormalise (it was NaN, or silently step 0 at p = 1).
+    for p in (0.3, 1.0):
+        with pytest.raises(ValueError, match="no valid step"):
+            truncated_geometric_log_prior(p, 3, mask=torch.tensor([[1, 0, 1], [0, 0, 0]]))
+    with pytest.raises(ValueError, match="mask has shape"):
+        truncated_geometric_log_prior(0.3, 3, mask=torch.tensor([1, 1]))
 
 
 @pytest.mark.parametrize("p", [0.05, 0.3, 0.8])

@@ -229,11 +229,11 @@ def truncated_geometric_log_prior(
     """
     if not 0 < p <= 1:
         raise ValueError(f"geometric prior needs 0 < p <= 1; got {p}")
-    device = mask.device if isinstance(mask, torch.Tensor) else None
+    mask = None if mask is None else torch.as_tensor(mask)
+    device = None if mask is None else mask.device
     t = torch.arange(num_steps, dtype=torch.float64, device=device)
-    valid = torch.ones(num_steps, dtype=torch.bool, device=device)
-    if mask is not None:
-        valid = torch.as_tensor(mask, device=device).bool()
+    shape = torch.Size([*(() if mask is None else mask.shape[:-1]), num_steps])
+    valid = _expand_mask(mask, shape, device)  # refuses a row with no valid step
     if p == 1:  # the limit p → 1: all the mass on the first valid step (0/0 renormalised)
         first = F.one_hot(valid.int().argmax(-1), num_steps).bool()  # argmax: the first True
         return torch.where(first, 0.0, -math.inf).to(dtype)
