@@ -103,7 +103,7 @@ def test_changed_settings_are_refused_and_report_keys_are_not(tmp_path, capsys):
     assert json.loads((out / "results.json").read_text())["title"] == "renamed"
 
 
-def test_a_dependency_added_or_dropped_is_said_in_words():
+def test_a_dependency_added_dropped_or_changed_is_said_in_words():
     """A job whose dependencies changed (multi-exit's `l2s` when a β is added to l2s.betas or
     `uniform` leaves methods) was refused with "after.l2s-b3: (absent) -> 'af510916888b'"."""
     old = {"seed": 0, "after": {"uniform": "6d2adb1a3272", "l2s-b1": "0123456789ab"}}
@@ -113,8 +113,9 @@ def test_a_dependency_added_or_dropped_is_said_in_words():
         "after.uniform: a dependency it no longer has (this config drops job uniform)",
     ]
     changed = {"seed": 0, "after": {"uniform": "ffffffffffff", "l2s-b1": "0123456789ab"}}
+    # A dependency whose settings changed is named, not shown as two digests.
     assert experiments._settings_diff(old, changed) == [
-        "after.uniform: '6d2adb1a3272' -> 'ffffffffffff'"
+        "after.uniform: job uniform, which it runs after, has other settings"
     ]
 
 

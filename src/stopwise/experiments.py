@@ -449,6 +449,8 @@ def _difference(old: dict[str, Any], new: dict[str, Any], key: str) -> str:
         if key not in old:
             return f"{key}: a dependency it did not have (this config adds job {name} before it)"
         return f"{key}: a dependency it no longer has (this config drops job {name})"
+    if key.startswith("after."):
+        return f"{key}: job {key[len('after.') :]}, which it runs after, has other settings"
     return f"{key}: {_shown(old, key)} -> {_shown(new, key)}"
 
 
