@@ -13,6 +13,7 @@ import torch
 
 from ...curves import best_fixed_mix
 from ...inference import in_chunks
+from ...steps import unroll
 
 __all__ = [
     "squared_errors",
@@ -134,11 +135,6 @@ def per_step_squared_errors(model, y: torch.Tensor, target: torch.Tensor, chunk:
     """``(B, T)`` ‖x_t − x*‖² of every step of ``model`` on ``y (B, m)``, in chunks of rows."""
 
     def errors(rows: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        y, goal = rows
-        state, out = model.start(y), []
-        for t in range(model.max_steps):
-            state = model.advance(state, t)
-            out.append(squared_errors(model.predict(state, t), goal))
-        return torch.stack(out, dim=1)
+        return step_losses(unroll(model, rows[0]).predictions, rows[1])
 
     return in_chunks(errors, (y, target), chunk)
