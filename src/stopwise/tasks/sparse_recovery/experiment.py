@@ -150,6 +150,18 @@ def cpss_model(context: JobContext, problem: SparseProblem) -> LISTACPSS:
     return LISTACPSS.from_alista(alista)
 
 
+def stop_step_model(name: str, context: JobContext, A: torch.Tensor):
+    """Stop model ``name``'s step model as its stage I left it, in eval mode: built with any
+    start (every weight comes from the ``stage1`` checkpoint)."""
+    config, T = context.config, context.config.problem.steps
+    if name == "lista_stop":
+        model = LISTA(A, T, 1.0, 0.0).to(A.device)
+    else:
+        model = LISTACPSS.from_alista(alista_model(config, A))
+    model.load_state_dict(context.checkpoint("stage1", job=STOP_MODELS[name][0])["model"])
+    return model.eval()
+
+
 # ---------------------------------------------------------------- measurement
 
 
@@ -215,9 +227,7 @@ def stop_model(name: str, context: JobContext, problem: SparseProblem):
     curves of both policies beside fixed depth and the cost-aware oracle, stop histograms and
     wall-clock."""
     config, snrs, chunk = context.config, problem.snrs, context.config.eval_chunk
-    model = (lista_model if name == "lista_stop" else cpss_model)(context, problem)
-    model.load_state_dict(context.checkpoint("stage1", job=STOP_MODELS[name][0])["model"])
-    model.eval()
+    model = stop_step_model(name, context, problem.A)
     fitted = fit_stop_policy(model, problem, context)
     chosen, val_errors = fitted.chosen, fitted.val.losses
     val_energies = (problem.val.x**2).sum(-1)
@@ -383,19 +393,14 @@ def load_stop_model(run_path: str | Path, name: str, seed: int | None = None):
 def _rebuild(name: str, context: JobContext, record: dict[str, Any]):
     config: SparseRecoveryConfig = context.config
     problem = make_problem(config.problem, context.generator)
-    A, T = problem.A, config.problem.steps
-    if name == "lista_stop":
-        model = LISTA(A, T, 1.0, 0.0)  # the weights come from the checkpoint
-    else:
-        model = LISTACPSS.from_alista(alista_model(config, A))
-    model.load_state_dict(context.checkpoint("stage1", STOP_MODELS[name][0])["model"])
+    model = stop_step_model(name, context, problem.A)
     chosen = record["policy"]
-    policy = StopPolicy(model.feature_dim, T, (chosen["hidden"],))
+    policy = StopPolicy(model.feature_dim, model.max_steps, (chosen["hidden"],))
     policy.load_state_dict(context.checkpoint(f"stage2-{chosen['name']}")["policy"])
     calibration = record["calibration"]
     rule = THRESHOLD_KINDS[calibration["kind"]](calibration["row"]["score_threshold"])
     valid = torch.tensor(record["valid_steps"])
-    return model.eval(), policy.eval(), valid, rule, problem
+    return model, policy.eval(), valid, rule, problem
 
 
 def _trained(name: str, context: JobContext, record: dict[str, Any]) -> TrainedStopModel:
