@@ -187,6 +187,9 @@ class SparseRecoveryConfig(Config):
             )
 
 
+# The wider (L, λ) search of the benchmark and paper presets.
+WIDE_CLASSICAL = {"lambda_factors": [0.7, 0.85, 1.2, 1.4], "L_factors": [0.85, 0.93, 1.08, 1.17]}
+
 PRESETS = {
     # seconds: a small problem for the tests
     "tiny": {
@@ -210,10 +213,7 @@ PRESETS = {
     "benchmark": {
         "seeds": [0, 1, 2],
         "stage1_uniform": 0.3,
-        "classical": {
-            "lambda_factors": [0.7, 0.85, 1.2, 1.4],
-            "L_factors": [0.85, 0.93, 1.08, 1.17],
-        },
+        "classical": WIDE_CLASSICAL,
         "lista": {"steps": 2000},
         "stage1": {"steps": 1000},
         "stage2": {
@@ -228,10 +228,7 @@ PRESETS = {
     # the paper's schedule (L2S §5.1; about 11 hours of one CPU thread for stage I alone):
     # constant learning rates, stage I from ISTA; LISTA's learning rate is not given, we use 1e-4
     "paper": {
-        "classical": {
-            "lambda_factors": [0.7, 0.85, 1.2, 1.4],
-            "L_factors": [0.85, 0.93, 1.08, 1.17],
-        },
+        "classical": WIDE_CLASSICAL,
         "lista": {"steps": 100000, "batch": 512, "lr": 1e-4},
         "stage1": {"init": "ista", "steps": 50000, "batch": 1024, "lr": 1e-4},
         "stage2": {"pool": 100000, "steps": [40000], "batch": 256, "lr": 1e-3},
