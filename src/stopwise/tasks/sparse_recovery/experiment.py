@@ -27,8 +27,6 @@ from ...inference import (
     THRESHOLD_KINDS,
     SampleRule,
     fit_threshold,
-    hazard_trajectory,
-    in_chunks,
     run_adaptive,
     stop_indices,
     time_adaptive,
@@ -42,9 +40,10 @@ from ...selection import (
     fixed_depth_curve,
 )
 from ...stats import ratio_db_upper_bound
+from ...training import policy_hazards
 from .config import SparseRecoveryConfig
 from .data import SparseBatch, SparseProblem, make_problem
-from .methods import CLASSICAL, PAPER_SETTINGS, fit_layers, fit_stop_policy, tune
+from .methods import CLASSICAL, PAPER_SETTINGS, fit_layers, fit_stop_policy, trajectories, tune
 from .metrics import (
     cost_aware_oracle_stop,
     error_columns,
@@ -248,7 +247,8 @@ def stop_model(name: str, context: JobContext, problem: SparseProblem):
     costs = {rule: stop_costs(model, fit.policy) for rule, (fit, _) in rules.items()}
 
     test = problem.test.open()  # every choice is made: the test set, once
-    test_errors = per_step_squared_errors(model, test.y, test.x, chunk)
+    test_traj = trajectories(model, test.y, test.x, chunk)  # its features give dense scores
+    test_errors = test_traj.losses
 
     def metric(rule, index):
         macs = float(costs[rule][index.cpu()].mean())
@@ -257,7 +257,7 @@ def stop_model(name: str, context: JobContext, problem: SparseProblem):
     rows, stops, curves = {}, {}, {}
     with torch.no_grad():
         for rule_name, (fit, rule) in rules.items():
-            scores = in_chunks(partial(hazard_trajectory, model, fit.policy), test.y, chunk)
+            scores = policy_hazards(fit.policy, test_traj.features)
             result = run_adaptive(
                 model, fit.policy, test.y, rule, config.inference_mode, fit.valid, costs[rule_name]
             )
