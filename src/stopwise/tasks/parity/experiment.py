@@ -114,30 +114,21 @@ def evaluate(job: Job, context: JobContext) -> dict[str, Any]:
     (trained,) = job.after
     model, heads = load_trained(context, trained)
     train_seconds = context.dependency(trained).record["train_seconds"]
+    options = {"mode": config.inference_mode, "sample_seed": context.stream_seed("stop-sampling")}
     extra = {}
-    if method.name == "act":
+    if method.name == "act":  # only ACT's jobs read act_eps
+        options["act_eps"] = config.act_eps
         inputs = first_training_batches(
             config, context.generator("train-batches"), ACT_STEP_ONE_BATCHES
         )
         steps_used = act_halting_steps(model, inputs.x.to(context.device), config.act_eps)
         extra["halting_at_step_1"] = share_by_k(steps_used == 1, inputs.k)
-
-    sample_seed = context.stream_seed("stop-sampling")
     choices = [(variant, rule) for variant in heads for rule in method.rules]
 
     def measure(batch, split: str, variant: str, rule: str) -> dict[str, Any]:
         x = batch.x.to(context.device)
-        eps = {"act_eps": config.act_eps} if rule == "act" else {}  # only ACT's jobs read it
         with context.timed(f"{split} {variant} {rule}"):
-            logits, stop = infer(
-                rule,
-                model,
-                heads[variant],
-                x,
-                config.inference_mode,
-                sample_seed=sample_seed,
-                **eps,
-            )
+            logits, stop = infer(rule, model, heads[variant], x, **options)
         return evaluate_rule(logits.cpu(), stop.cpu(), batch.y, batch.k, config.train_k)
 
     on_validation = {choice: measure(validation, "validation", *choice) for choice in choices}
