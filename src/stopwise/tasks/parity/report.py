@@ -73,6 +73,8 @@ def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     first = rows[0]
     method = METHODS[first["method"]]
     interpolation = [r["interpolation"] for r in rows]
+    interpolation_mean, interpolation_std = mean_sd(interpolation)
+    mean_steps, mean_steps_std = mean_sd([r["mean_steps"] for r in rows])
     entries = [entry for row in rows for entry in row["per_k"]]
     accuracy, steps = _mean_by_k(entries, "accuracy"), _mean_by_k(entries, "mean_steps")
     shares = [r["halting_at_step_1"] for r in rows if "halting_at_step_1" in r]  # ACT rows
@@ -87,14 +89,14 @@ def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "causal": RULES[first["rule"]][1],
         "main_rule": first["rule"] == method.rules[0],
         "seeds": [r["seed"] for r in rows],
-        "interpolation_mean": mean_sd(interpolation)[0],
-        "interpolation_std": mean_sd(interpolation)[1],
+        "interpolation_mean": interpolation_mean,
+        "interpolation_std": interpolation_std,
         "interpolation_min": min(interpolation),
         "extrapolation_mean": mean_present([r["extrapolation"] for r in rows]),
         "accuracy_mean": mean_present([r["accuracy"] for r in rows]),
         "successes": sum(a > SUCCESS_ACCURACY for a in interpolation),
-        "mean_steps": mean_sd([r["mean_steps"] for r in rows])[0],
-        "mean_steps_std": mean_sd([r["mean_steps"] for r in rows])[1],
+        "mean_steps": mean_steps,
+        "mean_steps_std": mean_steps_std,
         "steps_run": mean_present([r["steps_run"] for r in rows]),
         "spearman_mean": mean_present([r["spearman"] for r in rows]),
         "validation_accuracy": mean_present([r["validation_accuracy"] for r in rows]),
