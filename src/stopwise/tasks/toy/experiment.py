@@ -31,12 +31,16 @@ def jobs(config: ToyConfig) -> list[Job]:
     return [Job("l2s")]
 
 
+def eval_streams(config: ToyConfig, generator: torch.Generator):
+    """``eval_size`` streams ``(observations, μ)`` of the validation or the test split."""
+    return sample_streams(config.eval_size, config.steps, config.noise_levels, generator)
+
+
 def run_job(job: Job, context: JobContext) -> dict[str, Any]:
     config: ToyConfig = context.config
     model, policy = train_l2s(config, context)
-    T, levels = config.steps, config.noise_levels
-    val_z, val_mu = sample_streams(config.eval_size, T, levels, context.generator("validation"))
-    test = Heldout(sample_streams(config.eval_size, T, levels, context.generator("test")))
+    val_z, val_mu = eval_streams(config, context.generator("validation"))
+    test = Heldout(eval_streams(config, context.generator("test")))
     with torch.no_grad():
         val_hazards = hazard_trajectory(model, policy, val_z)
         val_errors = squared_error(unroll(model, val_z).predictions, val_mu)
@@ -61,7 +65,7 @@ def run_job(job: Job, context: JobContext) -> dict[str, Any]:
                     "matches_dense": bool(torch.equal(result.stop_index, dense)),
                 }
             )
-        valid = torch.ones(T, dtype=torch.bool)
+        valid = torch.ones(config.steps, dtype=torch.bool)
         oracle_index = errors.argmin(dim=1)
     return {
         "budgets": rows,
@@ -82,21 +86,13 @@ def load_l2s(context: JobContext, record: dict[str, Any]) -> TrainedStopModel:
     model, policy = build_models(context.config)
     model.load_state_dict(context.checkpoint("stage1")["model"])
     policy.load_state_dict(context.checkpoint("stage2")["policy"])
-    config: ToyConfig = context.config
-
-    def test_inputs():
-        z, _ = sample_streams(
-            config.eval_size, config.steps, config.noise_levels, context.generator("test")
-        )
-        return [z]
-
     return TrainedStopModel(
         "l2s",
         model,
         policy,
         curve_budgets(record["curve"]),
         inputs="a stream of `steps` observations",
-        test_inputs=test_inputs,
+        test_inputs=lambda: [eval_streams(context.config, context.generator("test"))[0]],
     )
 
 
