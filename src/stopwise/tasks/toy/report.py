@@ -55,7 +55,7 @@ def report(results: list[JobResult], config: ToyConfig) -> Report:
         "calibrated on validation streams."
     )
     first = comparisons[0]
-    used = format_mean_sd([records[s]["budgets"][0]["mean_steps"] for s in seeds])
+    used = rows[0]["mean_steps"]  # the first budget's policy row
     summary = (
         f"learning to stop: at a budget of {first['budget']:g} mean steps on validation ({used} "
         f"on test), the policy's test MSE minus fixed depth {first['depth']}'s is "
