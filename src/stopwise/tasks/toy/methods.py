@@ -9,7 +9,7 @@ from stopwise.contract import JobContext
 from stopwise.policies import create_policy
 from stopwise.training import GeneratedBatches, fit_oracle, fit_policy
 
-from .config import Stage, ToyConfig
+from .config import ToyConfig
 from .data import sample_streams
 from .models import RunningMean, squared_error
 
@@ -30,19 +30,31 @@ def train_l2s(config: ToyConfig, context: JobContext):
     context.manual_seed("init")
     model, policy = build_models(config)
 
-    def stage(settings: Stage, parameters, stream: str) -> tuple:
-        """What ``fit_oracle`` and ``fit_policy`` take after the model (and policy): batches of
-        the named random stream, the per-step loss, Adam and the number of updates."""
-
+    def batches(stage, stream: str) -> GeneratedBatches:
         def sample(batch, generator):
             return sample_streams(batch, config.steps, config.noise_levels, generator)
 
-        batches = GeneratedBatches(sample, settings.batch, context.stream_seed(stream))
-        return batches, squared_error, torch.optim.Adam(parameters, lr=settings.lr), settings.steps
+        return GeneratedBatches(sample, stage.batch, context.stream_seed(stream))
 
-    loop = context.loop_settings(log_every=20)
-    stage1 = stage(config.stage1, model.parameters(), "stage1-batches")
-    fit_oracle(model, *stage1, config.beta, settings=loop)
-    stage2 = stage(config.stage2, policy.parameters(), "stage2-batches")
-    fit_policy(model, policy, *stage2, config.beta, hard=False, settings=loop)
+    settings = context.loop_settings(log_every=20)
+    fit_oracle(
+        model,
+        batches(config.stage1, "stage1-batches"),
+        squared_error,
+        torch.optim.Adam(model.parameters(), lr=config.stage1.lr),
+        config.stage1.steps,
+        config.beta,
+        settings=settings,
+    )
+    fit_policy(
+        model,
+        policy,
+        batches(config.stage2, "stage2-batches"),
+        squared_error,
+        torch.optim.Adam(policy.parameters(), lr=config.stage2.lr),
+        config.stage2.steps,
+        config.beta,
+        hard=False,
+        settings=settings,
+    )
     return model.eval(), policy.eval()
