@@ -41,7 +41,6 @@ from .models import ExitPolicy, MultiExitCNN, count_policy_macs, count_step_macs
 
 __all__ = [
     "build_model",
-    "sdn_weights",
     "WeightLog",
     "meta_lr_at",
     "Trained",
@@ -60,12 +59,6 @@ def build_model(config: MultiExitConfig, splits: Splits) -> MultiExitCNN:
     )  # fmt: skip
     model.set_step_costs(count_step_macs(model, splits.train_x[:1]))
     return model
-
-
-def sdn_weights(weights: list[float]) -> torch.Tensor:
-    """SDN's exit weights normalised to sum to K."""
-    c = torch.tensor(weights, dtype=torch.float32)
-    return c * len(c) / c.sum()
 
 
 class WeightLog:
@@ -124,12 +117,11 @@ def meta_lr_at(step: int, updates: int, lr: float, schedule: str) -> float:
 
 @dataclass
 class Trained:
-    """What a method leaves besides the trained backbone."""
+    """What a method leaves besides the trained backbone (and its checkpoints: L2S's policy,
+    L2W's weight net)."""
 
     updates: int
-    policy: ExitPolicy | None = None
-    weight_net: WeightNet | None = None
-    weight_log: dict[str, Any] | None = None
+    weight_log: dict[str, Any] | None = None  # L2W's (WeightLog.summary)
 
 
 def train_method(
@@ -162,10 +154,10 @@ def train_method(
     trained = Trained(updates)
     with context.timed("train"):
         if method in ("uniform", "sdn"):
-            weights = torch.ones(K) if method == "uniform" else sdn_weights(config.sdn_weights)
-            fit_predictor(
-                model, batches("train-batches"), exit_losses, step_weights=weights, stage="train",
-                **common,
+            c = torch.ones(K) if method == "uniform" else torch.tensor(config.sdn_weights)
+            fit_predictor(  # the exit weights normalised to sum to K
+                model, batches("train-batches"), exit_losses, step_weights=c * K / c.sum(),
+                stage="train", **common,
             )  # fmt: skip
         elif method in L2W_VARIANTS:
             context.manual_seed("l2w-weight-net")
@@ -194,7 +186,6 @@ def train_method(
                 torch.optim.Adam(policy.parameters(), lr=c.policy_lr), c.policy_updates, beta=beta,
                 hard=c.hard, settings=common["settings"], stage="stage2",
             )  # fmt: skip
-            trained.policy = policy.eval()
     return trained
 
 
@@ -246,7 +237,7 @@ def _train_l2w(
     model.train()
     state = dict(model=model, weight_net=weight_net, meta_optimizer=meta_optimizer, weight_log=log)
     optimize("train", loss_and_metrics=loss, state=state, **common)
-    return Trained(updates, weight_net=weight_net, weight_log=log.summary())
+    return Trained(updates, log.summary())
 
 
 def build_weight_net(config: MultiExitConfig, exits: int) -> WeightNet:

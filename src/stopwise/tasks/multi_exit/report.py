@@ -85,6 +85,9 @@ def _line(name, params, curve, records: dict[int, dict[str, Any]], budget_macs, 
     curves = [records[s]["curves"][curve] for s in seeds]
     fixed = [records[s]["fixed_depth"] for s in seeds]
     anytime = {s: [point["accuracy"] for point in f] for s, f in zip(seeds, fixed, strict=True)}
+    at_budgets = {
+        s: accuracy_at_budgets(c, budget_macs) for s, c in zip(seeds, curves, strict=True)
+    }
     exits = [mean_sd(column) for column in zip(*anytime.values(), strict=True)]
     val_exits = zip(*(records[s]["val_exit_accuracy"] for s in seeds), strict=True)
     adaptive = [records[s]["adaptive"][curve] for s in seeds]
@@ -97,9 +100,7 @@ def _line(name, params, curve, records: dict[int, dict[str, Any]], budget_macs, 
         "curve": curve,
         "label": _label(params, curve),
         "seeds": seeds,
-        **_budget_stats(
-            {s: accuracy_at_budgets(records[s]["curves"][curve], budget_macs) for s in seeds}
-        ),
+        **_budget_stats(at_budgets),
         "anytime_accuracy_mean": [m for m, _ in exits],
         "anytime_accuracy_sd": [sd for _, sd in exits],
         "anytime_accuracy_per_seed": anytime,
@@ -129,7 +130,10 @@ def _dominance(curves, fixed) -> dict[str, Any]:
 
 def _selected_line(curve: str, records: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """L2S with β chosen on validation per budget: the chosen β and its test accuracy."""
-    per_seed = {s: [pick["accuracy"] for pick in r["chosen"][curve]] for s, r in records.items()}
+
+    def per_seed(field: str) -> dict[int, list]:
+        return {s: [pick[field] for pick in r["chosen"][curve]] for s, r in records.items()}
+
     return {
         "key": _key("l2s", curve),
         "job": "l2s",
@@ -137,22 +141,22 @@ def _selected_line(curve: str, records: dict[int, dict[str, Any]]) -> dict[str, 
         "curve": curve,
         "label": _label({"method": SELECT_L2S}, curve),
         "seeds": sorted(records),
-        **_budget_stats(per_seed),
-        "chosen_beta_per_seed": {
-            s: [pick["beta"] for pick in r["chosen"][curve]] for s, r in records.items()
-        },
-        "chosen_job_per_seed": {  # None: no candidate reached the budget on validation
-            s: [pick["job"] for pick in r["chosen"][curve]] for s, r in records.items()
-        },
+        **_budget_stats(per_seed("accuracy")),
+        "chosen_beta_per_seed": per_seed("beta"),
+        # None: no candidate reached the budget on validation
+        "chosen_job_per_seed": per_seed("job"),
     }
 
 
-def _paired(a: dict[int, list], b: dict[int, list], i: int) -> dict[str, Any] | None:
-    """a − b at budget ``i`` over the seeds where both curves reach it (None if none do)."""
-    seeds = [s for s in a if s in b and a[s][i] is not None and b[s][i] is not None]
-    if not seeds:
-        return None
-    return paired_difference({s: a[s][i] for s in seeds}, {s: b[s][i] for s in seeds})
+def _paired(line: dict[str, Any], base: dict[str, Any], key: str) -> list[dict[str, Any] | None]:
+    """line − base in the per-seed lists ``key`` (accuracy per budget or per exit), at each
+    budget or exit over the seeds where both reach it (None where none do)."""
+    a, b, out = line[key], base[key], []
+    for i in range(len(next(iter(a.values())))):
+        seeds = [s for s in a if s in b and a[s][i] is not None and b[s][i] is not None]
+        pairs = ({s: a[s][i] for s in seeds}, {s: b[s][i] for s in seeds})
+        out.append(paired_difference(*pairs) if seeds else None)
+    return out
 
 
 def _cost_ratio(records, uniform, key: str) -> dict[str, Any]:
@@ -187,19 +191,17 @@ def report(results: list[JobResult], config: MultiExitConfig) -> Report:
     by_key = {line["key"]: line for line in lines}
     paired, paired_exits, cost_ratio = {}, {}, {}
     if "uniform" in by_job:
-        base = by_key["uniform"]
+        base, uniform = by_key["uniform"], by_job["uniform"]
         for line in lines + selected:
             if line is not base:
-                mine, theirs = line["budget_accuracy_per_seed"], base["budget_accuracy_per_seed"]
-                paired[line["key"]] = [_paired(mine, theirs, i) for i in range(len(budget_macs))]
+                paired[line["key"]] = _paired(line, base, "budget_accuracy_per_seed")
         for line in lines:  # the plain lines (the network stopped at fixed exits)
             if line["curve"] == "confidence" and line is not base:
-                mine, theirs = line["anytime_accuracy_per_seed"], base["anytime_accuracy_per_seed"]
-                paired_exits[line["key"]] = [_paired(mine, theirs, k) for k in range(len(costs))]
+                paired_exits[line["key"]] = _paired(line, base, "anytime_accuracy_per_seed")
         for name, records in trained.items():
             cost_ratio[name] = {
-                "cpu": _cost_ratio(records, by_job["uniform"], "train_cpu_seconds"),
-                "wall": _cost_ratio(records, by_job["uniform"], "train_seconds"),
+                "cpu": _cost_ratio(records, uniform, "train_cpu_seconds"),
+                "wall": _cost_ratio(records, uniform, "train_seconds"),
             }
     gain_vs_confidence = {
         line["job"]: paired_difference(
@@ -408,7 +410,12 @@ def _table(results: dict[str, Any], config: MultiExitConfig) -> str:
         f"{'yes' if same else 'NO'}.",
     ]
     timing_rows = [
-        {"job": job, "budget": name, **row}
+        {
+            "job": job,
+            **row,
+            "budget": f"{100 * float(name):g}%",
+            "share": f"{100 / row['mac_ratio']:.0f}%",
+        }
         for job, timing in results["timing"].items()
         for name, row in timing["rules"].items()
     ]
@@ -417,14 +424,7 @@ def _table(results: dict[str, Any], config: MultiExitConfig) -> str:
         parts += _section(
             "Wall-clock of confidence early exit (run_adaptive, mode='shrink') vs the full network "
             f"(inference.time_adaptive), batch {timing['batch']}, median of {timing['repeats']}:",
-            [
-                {
-                    **r,
-                    "budget": f"{100 * float(r['budget']):g}%",
-                    "share": f"{100 / r['mac_ratio']:.0f}%",
-                }
-                for r in timing_rows
-            ],
+            timing_rows,
             [
                 ("job", "job", "s"),
                 ("budget", "budget", "s"),
