@@ -286,17 +286,14 @@ def mnist1d_splits(
         )
     check_sizes(len(noise_levels) * per_level, val_size, test_size, train_size, "mnist1d")
     saved = random.getstate(), np.random.get_state()
-    xs, ys, groups = [], [], []
+    sets = []
     try:
         for i, level in enumerate(noise_levels):
             args = get_dataset_args()
             args.num_samples, args.train_split = per_level, 1.0
             args.corr_noise_scale, args.iid_noise_scale = level, 0.08 * level
             args.seed = split_seed * 1000 + i
-            data = make_dataset(args)
-            xs.append(data["x"])
-            ys.append(data["y"])
-            groups.append(np.full(len(data["y"]), i))
+            sets.append(make_dataset(args))
     finally:
         random.setstate(saved[0])
         np.random.set_state(saved[1])
@@ -305,7 +302,8 @@ def mnist1d_splits(
         "noise_levels": list(noise_levels),
         "per_level": per_level,
     }
-    x, y, group = np.concatenate(xs), np.concatenate(ys), np.concatenate(groups)
+    x, y = (np.concatenate([data[k] for data in sets]) for k in ("x", "y"))
+    group = np.concatenate([np.full(len(data["y"]), i) for i, data in enumerate(sets)])
     sizes = (val_size, test_size, train_size)
     return _splits("mnist1d", 1, x, y, sizes, split_seed, info, group=group)
 

@@ -69,7 +69,6 @@ __all__ = [
     "run_job",
     "stop_models",
     "data_params",
-    "l2s_job_name",
     "SELECT_L2S",
 ]
 
@@ -98,11 +97,6 @@ COSTS = {"l2w": 4.0, "l2w-last": 4.0, "l2w-all": 4.0, "l2w-fo": 2.5}  # relative
 SELECT_L2S = "l2s-select"  # the method of the job that picks L2S's β on validation
 
 
-def l2s_job_name(beta: float) -> str:
-    """The job of L2S with oracle temperature ``beta`` (its evaluation)."""
-    return f"l2s-b{beta:g}"
-
-
 def data_params(config: MultiExitConfig) -> dict[str, str]:
     """``{"data": "sha256:…"}``, a digest of the four IDX files the data is read from
     (Fashion-MNIST or a user's files, wherever they are: the same files at another path are the
@@ -118,7 +112,7 @@ def jobs(config: MultiExitConfig) -> list[Job]:
     data = data_params(config)
     for method in config.methods:
         if method == "l2s":
-            networks = {l2s_job_name(b): {"method": method, "beta": b} for b in config.l2s.betas}
+            networks = {f"l2s-b{b:g}": {"method": method, "beta": b} for b in config.l2s.betas}
         else:
             networks = {method: {"method": method}}
         timed = {"timed": True} if method in config.timing.methods else {}

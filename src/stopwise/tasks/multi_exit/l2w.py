@@ -250,7 +250,7 @@ def meta_gradient(
             value = meta_objective(functional_call(model, virtual, (x_me,)), y_me, q, meta_loss)
             return list(torch.autograd.grad(value, phi)), {"meta_loss": float(value.detach())}
 
-        point = {k: p.detach() for k, p in real.items()}
+        primal = point = {k: p.detach() for k, p in real.items()}
         if lookahead:
             with torch.no_grad():
                 w = weight_net(exit_losses(model(x_tr), y_tr))
@@ -265,7 +265,6 @@ def meta_gradient(
         v = torch.autograd.grad(value, list(at.values()))
         scale = sgd_step_scale(model, optimizer)
         tangent = {k: -scale[k] * vk for k, vk in zip(at, v, strict=True)}
-        primal = {k: p.detach() for k, p in real.items()}
         losses, directional = jvp(
             lambda p: exit_losses(functional_call(model, p, (x_tr,)), y_tr), (primal,), (tangent,)
         )

@@ -39,14 +39,13 @@ def _label(params: dict[str, Any], curve: str) -> str:
         base = f"L2S β = {params['beta']:g}"
     else:
         base = METHODS[method]
-    if curve == "confidence" and method not in ("l2s", SELECT_L2S):
-        return base
-    return f"{base} ({CURVES[curve]})"
+    return _key(base, curve, plain=method not in ("l2s", SELECT_L2S))
 
 
-def _key(name: str, curve: str) -> str:
-    """The key of a (job, stop model) line: the job name, and a learned stop model's name."""
-    return name if curve == "confidence" else f"{name} ({CURVES[curve]})"
+def _key(name: str, curve: str, plain: bool = True) -> str:
+    """The key of a (job, stop model) line: the job name, and a learned stop model's name
+    (also for confidence thresholds unless ``plain``)."""
+    return name if plain and curve == "confidence" else f"{name} ({CURVES[curve]})"
 
 
 def _adaptive_means(adaptive: list[list[dict[str, Any]]]) -> dict[str, Any]:
@@ -300,36 +299,35 @@ def _table(results: dict[str, Any], config: MultiExitConfig) -> str:
     data = results["data"]
     costs = " / ".join(f"{c / 1e6:.3g}" for c in results["step_costs"])
     seeds = len(results["seeds"])
-    parts = [
+    intro = (
         f"{data['dataset']}: {data['train']} train / {data['validation']} validation / "
         f"{data['test']} test; {K}-exit CNN, channels {config.channels}, cumulative MMACs per "
         f"exit {costs}; {config.epochs} epochs = {results['updates']} SGD updates of batch "
         f"{config.batch_size}; {over_seeds(results['seeds'])}. Accuracy at each budget is "
         "interpolated on the test curve of MSDNet's 39 exit distributions (thresholds fitted on "
         "validation); the exit columns are the same network stopped at each fixed exit (test; "
-        "validation beside it).",
+        "validation beside it)."
+    )
+    parts = _section(
+        intro,
+        rows,
+        [
+            ("label", "method", "s"),
+            *[(f"b{i}", f"acc % @ {h}", "s") for i, h in enumerate(heads)],
+            ("anytime", f"exit 1…{K} test acc %", "s"),
+            ("val", f"exit 1…{K} val acc %", "s"),
+            ("sec", "train s/epoch", ".1f"),
+        ],
+    )[1:]  # no blank line before the first paragraph
+    if any(row[f"b{i}"] is None for row in rows for i in range(len(budgets))):
+        parts += [
+            "",
+            "'—': the budget lies outside every seed's curve (the curves' points spend "
+            f"{_reach_text(results)} of the full MACs on test); the exit columns give the "
+            "network's accuracy at each fixed exit.",
+        ]
+    parts += [
         "",
-        markdown_table(
-            rows,
-            [
-                ("label", "method", "s"),
-                *[(f"b{i}", f"acc % @ {h}", "s") for i, h in enumerate(heads)],
-                ("anytime", f"exit 1…{K} test acc %", "s"),
-                ("val", f"exit 1…{K} val acc %", "s"),
-                ("sec", "train s/epoch", ".1f"),
-            ],
-        ),
-        "",
-        *(
-            [
-                "'—': the budget lies outside every seed's curve (the curves' points spend "
-                f"{_reach_text(results)} of the full MACs on test); the exit columns give the "
-                "network's accuracy at each fixed exit.",
-                "",
-            ]
-            if any(row[f"b{i}"] is None for row in rows for i in range(len(budgets)))
-            else []
-        ),
         "Each curve (mean over seeds) against the same network stopped at fixed exits (the best "
         "mix of two exits with at most the same mean MACs):",
         *(
@@ -347,14 +345,10 @@ def _table(results: dict[str, Any], config: MultiExitConfig) -> str:
             + ".",
         ]
     for line in results["l2s_selected"]:
+        jobs = line["chosen_job_per_seed"]
         chosen = "; ".join(
-            f"seed {s}: "
-            + ", ".join(_beta_text(b, job) for b, job in zip(betas, jobs, strict=True))
-            for (s, betas), jobs in zip(
-                line["chosen_beta_per_seed"].items(),
-                line["chosen_job_per_seed"].values(),
-                strict=True,
-            )
+            f"seed {s}: " + ", ".join(map(_beta_text, betas, jobs[s]))
+            for s, betas in line["chosen_beta_per_seed"].items()
         )
         parts += [
             "",
