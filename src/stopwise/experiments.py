@@ -122,6 +122,7 @@ __all__ = [
     "experiment_source",
     "resolve_config",
     "plan_jobs",
+    "difference_finder",
     "run_experiment",
     "stream_seed",
 ]
@@ -461,7 +462,7 @@ def _shown(settings: dict[str, Any], key: str) -> str:
 # ---------------------------------------------------------------- the run directory
 
 
-def _difference_finder(
+def difference_finder(
     records: RunDir, experiment: Experiment, planned: list[PlannedJob], config: Any = None
 ) -> Callable[[PlannedJob, dict[str, Any]], list[str]]:
     """``diff_of(planned job, settings it ran with)``: the differences that matter
@@ -516,7 +517,7 @@ def check_run_dir(
         "is a non-empty directory that is not a stopwise run; choose another",
         "; choose another --out",
     )  # fmt: skip
-    diff_of = _difference_finder(run, experiment, planned, config)
+    diff_of = difference_finder(run, experiment, planned, config)
     conflicts = []
     for p in planned:
         started = any(run.checkpoints(p.id).glob("*.pt"))  # a stamp alone is not a start
@@ -1151,7 +1152,7 @@ def run_experiment(
         pending = unfinished()
         if config.reuse_from and main and pending:
             donor = RunDir(Path(config.reuse_from))
-            diff_of = _difference_finder(donor, experiment, planned, config)
+            diff_of = difference_finder(donor, experiment, planned, config)
 
             def same(p: PlannedJob, settings: dict[str, Any] | None) -> bool:
                 return settings is not None and not diff_of(p, settings)

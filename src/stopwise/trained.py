@@ -13,7 +13,7 @@ from typing import Any
 
 from .config import ConfigError, from_plain
 from .contract import JobContext, RunDir, TrainedStopModel, read_json_file
-from .experiments import _difference_finder, get_experiment, plan_jobs
+from .experiments import difference_finder, get_experiment, plan_jobs
 
 __all__ = ["load_stop_model", "stop_model_names", "run_seeds", "finished_job"]
 
@@ -43,7 +43,7 @@ def finished_job(run_path: str | Path, job_name: str, seed: int | None = None):
     # A job that ran with other settings than this version plans for the run's config (a run
     # made before its task changed its jobs, e.g. split training from evaluation) would be
     # rebuilt from checkpoints it never had: say so, not "delete a record" that is not there.
-    diff = _difference_finder(run, experiment, plans, config)(planned, data["settings"])
+    diff = difference_finder(run, experiment, plans, config)(planned, data["settings"])
     if diff:
         raise ValueError(
             f"{run.path}: job {planned.id} ran with other settings than this version of "
