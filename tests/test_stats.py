@@ -64,6 +64,10 @@ def test_mean_sd_and_format():
     assert mean_sd([2.0, 4.0]) == (3.0, pytest.approx(math.sqrt(2)))
     assert format_mean_sd([0.1, 0.3], ".1f", scale=100) == "20.0 ± 14.1"
     assert format_mean_sd([0.5]) == "0.50"
+    # Near the float maximum the sums overflowed (fsum raised OverflowError).
+    assert mean_sd([1e308, 1e308]) == (1e308, 0.0)
+    assert mean_sd([1e308, -1e308, 6.0]) == (2.0, 1e308)  # 6 keeps its digits: no subnormal
+    assert mean_sd([1.5e308, -1.5e308]) == (0.0, math.inf)  # sd √2·1.5e308 is past the maximum
 
 
 def test_mean_present_skips_none_only():

@@ -48,6 +48,11 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float]:
         return values[0], 0.0
     if not all(math.isfinite(v) for v in values):
         return sum(values) / len(values), math.inf
+    largest = max(abs(v) for v in values)
+    if largest > 2.0**960:  # near the float maximum the sums overflow: scale by a power of two
+        scale = 2.0 ** (960 - math.frexp(largest)[1])  # exact both ways, small values stay normal
+        mean, sd = mean_sd([v * scale for v in values])
+        return mean / scale, sd / scale  # an sd beyond the float maximum is inf
     return statistics.fmean(values), statistics.stdev(values)
 
 
