@@ -113,6 +113,13 @@ def test_a_dependency_added_dropped_or_changed_is_said_in_words():
         "after.uniform: a dependency it no longer has (this config drops job uniform)",
     ]
     changed = {"seed": 0, "after": {"uniform": "ffffffffffff", "l2s-b1": "0123456789ab"}}
+    # A run from before a task split training from evaluation: the training job is new.
+    split = {"seed": 0, "after": {"uniform-train": "0123456789ab"}}
+    assert experiments._settings_diff({"seed": 0}, split) == [
+        "after.uniform-train: a dependency it did not have (this config adds job uniform-train "
+        "before it; a run made before this task's training jobs were split from its evaluation "
+        "has none to reuse)"
+    ]
     # A dependency whose settings changed is named, not shown as two digests.
     assert experiments._settings_diff(old, changed) == [
         "after.uniform: job uniform, which it runs after, has other settings"

@@ -88,6 +88,7 @@ from .contract import (
     Report,
     RunDir,
     _plain,
+    is_training_job,
     job_id,
     read_result,
     settings_digest,
@@ -448,7 +449,16 @@ def _difference(old: dict[str, Any], new: dict[str, Any], key: str) -> str:
     if key.startswith("after.") and (key not in old or key not in new):
         name = key[len("after.") :]
         if key not in old:
-            return f"{key}: a dependency it did not have (this config adds job {name} before it)"
+            split = (
+                "; a run made before this task's training jobs were split from its evaluation "
+                "has none to reuse"
+                if is_training_job(name)
+                else ""
+            )
+            return (
+                f"{key}: a dependency it did not have (this config adds job {name} before "
+                f"it{split})"
+            )
         return f"{key}: a dependency it no longer has (this config drops job {name})"
     if key.startswith("after."):
         return f"{key}: job {key[len('after.') :]}, which it runs after, has other settings"
