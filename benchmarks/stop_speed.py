@@ -237,10 +237,12 @@ def multi_exit_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
 
 
 def denoising_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
+    from stopwise.tasks.denoising.models import inference_copy as dncnn_inference_copy
+
     overrides = [] if tiny else QUICK_SHORTENED["denoising"]
     run = trained_run("denoising", runs, overrides, "tiny" if tiny else "quick")
     trained = load_stop_model(run, "dncnn-stop")
-    model, policy, valid = trained.model, trained.policy, trained.valid_steps
+    model, policy, valid = dncnn_inference_copy(trained.model), trained.policy, trained.valid_steps
     context, record = finished_job(run, "dncnn-stop")
     context_config = context.config
     costs = model.adaptive_macs(valid, policy.macs()).double()
@@ -263,7 +265,8 @@ def denoising_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
             row=f"test crop {tuple(images.shape[-2:])} (MACs per pixel)",
             decision_costs=model.exit_macs(valid, policy.macs()),  # the exit head and the policy
             architecture=f"DnCNN depth {context_config.depth}, width {context_config.width}, "
-            f"{context_config.precision}, channels-last {context_config.channels_last}",
+            f"{context_config.precision}, channels-last {context_config.channels_last}, "
+            "inference_copy (BN folded, one-channel head convolutions as TapConv2d)",
         )
     ]
 

@@ -52,7 +52,13 @@ from stopwise.tasks.denoising.methods import (
     validation_psnr,
 )
 from stopwise.tasks.denoising.metrics import by_sigma, estimate, exit_table, psnr, ssim
-from stopwise.tasks.denoising.models import DnCNN, ImagePolicy, noise_losses
+from stopwise.tasks.denoising.models import (
+    DnCNN,
+    ImagePolicy,
+    TapConv2d,
+    inference_copy,
+    noise_losses,
+)
 
 
 def _reference_dncnn(model: DnCNN) -> nn.Sequential:
@@ -582,6 +588,71 @@ def test_bfloat16_inference_is_close_to_float32():
         half = model(noisy)
     relative = float((half - full).norm() / full.norm())
     assert relative < 0.02
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize(("out", "kernel", "bias"), [(1, 3, False), (2, 3, True), (1, 5, True)])
+def test_tap_convolution_equals_conv2d(out, kernel, bias, channels_last):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, out, kernel, padding=kernel // 2, bias=bias).double()
+    x = torch.randn(3, 4, 7, 9, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=kernel // 2)
+        got = TapConv2d(conv).double()(x)
+    # float32 sums of float64 taps: float32 rounding
+    torch.testing.assert_close(got.double(), expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("conv", [nn.Conv2d(2, 1, 3, stride=2, padding=1), nn.Conv2d(2, 1, 3)])
+def test_tap_convolution_refuses_other_strides_and_paddings(conv):
+    with pytest.raises(ValueError, match="stride-1, same-padded"):
+        TapConv2d(conv)
+
+
+@pytest.mark.parametrize("heads", ["none", "linear", "conv"])
+def test_the_inference_copy_predicts_what_the_model_does_at_every_exit(heads):
+    torch.manual_seed(0)
+    model = DnCNN(depth=5, width=6, channels_last=True)
+    if heads != "none":
+        model.add_exit_heads(heads)
+    model = _trained_looking(model)
+    fast = inference_copy(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+    assert model.training is False and any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    x = torch.rand(3, 1, 10, 11)
+    with torch.no_grad():
+        state, quick = model.start(x), fast.start(x)
+        for t in range(model.max_steps):
+            state, quick = model.advance(state, t), fast.advance(quick, t)
+            torch.testing.assert_close(quick["h"], state["h"], rtol=1e-5, atol=1e-5)
+            if model.has_exit(t):
+                torch.testing.assert_close(
+                    fast.predict(quick, t), model.predict(state, t), rtol=1e-5, atol=1e-5
+                )
+    torch.testing.assert_close(
+        fast.adaptive_macs(torch.ones(4, dtype=torch.bool), 3.0),
+        model.adaptive_macs(torch.ones(4, dtype=torch.bool), 3.0),
+    )
+    torch.testing.assert_close(fast.step_costs(), model.step_costs())
+
+
+def test_the_inference_copy_in_bfloat16_stops_where_the_model_does():
+    torch.manual_seed(0)
+    model = DnCNN(depth=6, width=8, precision="bfloat16", channels_last=True)
+    model = _trained_looking(model.add_exit_heads("conv"))
+    policy = create_policy("denoising-cnn", width=4, max_steps=model.max_steps).eval()
+    x = torch.rand(40, 1, 12, 12) * torch.linspace(0.2, 1.0, 40).view(-1, 1, 1, 1)
+    with torch.no_grad():
+        policy.step_bias.copy_(torch.linspace(-1, 1, model.max_steps))
+        rule = ScoreThreshold(float(hazard_trajectory(model, policy, x)[:, 1].median()))
+        slow = run_adaptive(model, policy, x, rule, "shrink")
+        fast = run_adaptive(inference_copy(model), policy, x, rule, "shrink")
+    same = slow.stop_index == fast.stop_index
+    assert same.double().mean() >= 0.9 and 0 < int((slow.stop_index <= 1).sum()) < 40
+    error = (fast.predictions - slow.predictions)[same].norm() / slow.predictions[same].norm()
+    assert float(error) < 0.02  # bfloat16 rounding
 
 
 def test_exit_table_against_a_loop_over_exits():
