@@ -601,8 +601,8 @@ def test_tap_convolution_equals_conv2d(out, kernel, bias, channels_last):
     with torch.no_grad():
         expected = torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=kernel // 2)
         got = TapConv2d(conv).double()(x)
-    # float32 sums of float64 taps: float32 rounding
-    torch.testing.assert_close(got.double(), expected, rtol=1e-6, atol=1e-6)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("conv", [nn.Conv2d(2, 1, 3, stride=2, padding=1), nn.Conv2d(2, 1, 3)])

@@ -216,7 +216,7 @@ class DnCNN(StepModel):
 class TapConv2d(nn.Module):
     """A stride-1 k×k convolution with padding k // 2 computed as one matrix product over its k²
     taps and k² shifted sums: the same function and multiply-adds as the ``conv`` it is made
-    from (up to rounding; the sums are float32).
+    from (up to rounding; the sums are at least float32, so a bfloat16 map gives float32).
 
     For one output channel oneDNN's convolution is slow on CPU: DnCNN's final Conv(32→1) costs
     half of a Conv(32→32) on 24 crops of 128² (bfloat16, channels-last), for 1/32 of its
@@ -240,7 +240,8 @@ class TapConv2d(nn.Module):
         N, _, H, W = h.shape
         k, pad = self.kernel, self.kernel // 2
         # (out·k², C) @ (N, C, H·W): tap (i, j) of every pixel (autocast picks the precision)
-        taps = torch.matmul(self.taps, h.flatten(2)).float().view(N, -1, k, k, H, W)
+        taps = torch.matmul(self.taps, h.flatten(2))
+        taps = taps.to(torch.promote_types(taps.dtype, torch.float32)).view(N, -1, k, k, H, W)
         out = taps.new_zeros(N, self.out_channels, H + 2 * pad, W + 2 * pad)
         for i in range(k):
             for j in range(k):
