@@ -239,13 +239,15 @@ def shrink_threads(run_dir: Path, seed: int, repeats: int) -> dict:
     """Full depth against adaptive (shrink) inference of DnCNN-stop on the test images, one
     image at a time, with one and with two threads (medians of interleaved repeats), for the
     chosen rule and every point of the budget curve (its validation-fitted threshold): the
-    measured speedup beside the multiply-add ratio (issue 17: speedup ≥ 0.8 × MAC ratio)."""
+    measured speedup beside the multiply-add ratio (issue 17: speedup ≥ 0.8 × MAC ratio), on
+    the model's inference copy (BatchNorm folded; the same function and multiply-adds)."""
     from stopwise import load_stop_model
     from stopwise.inference import time_adaptive
     from stopwise.selection import point_rule
+    from stopwise.tasks.denoising.models import inference_copy
 
     trained = load_stop_model(run_dir, "dncnn-stop", seed)
-    model, policy, valid = trained.model, trained.policy, trained.valid_steps
+    model, policy, valid = inference_copy(trained.model), trained.policy, trained.valid_steps
     batches = trained.test_inputs()  # the test images, grouped by shape
     images = sum(noisy.shape[0] for noisy in batches)
     curve = jobs_of(run_dir)[f"dncnn-stop-s{seed}"]["record"]["curve"]
