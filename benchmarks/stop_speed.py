@@ -26,10 +26,10 @@ Weights: every task is trained once with its ``quick`` preset architecture throu
 shortened where the preset takes long, see ``TASKS``) and loaded back from the run's checkpoints.
 
     .venv/bin/python benchmarks/stop_speed.py [--threads 1 2] [--repeats 7] [--points 4]
-        [--tasks sparse-recovery multi-exit ...] [--batch 10000] [--note "..."]
+        [--tasks sparse-recovery multi-exit ...] [--batch 10000 [--chunk 1000]] [--note "..."]
 
 ``--batch N`` repeats the timed rows into one batch of at least N (:func:`widened`): how much of a
-miss is the per-call cost of a small step.
+miss is the per-call cost of a small step; with ``--chunk C`` those rows enter C at a time.
 
 Writes ``benchmarks/results/stop_speed.json`` and prints a markdown table.
 """
@@ -456,22 +456,24 @@ ADAPTERS = {
 # ---------------------------------------------------------------- the one measuring loop
 
 
-# Tasks whose timed rows run as one batch of any size (not denoising's 24 crops, nor few-shot's
-# tasks, which a step adapts one at a time).
-WIDENABLE = ("sparse-recovery", "multi-exit", "learned-optimizers", "parity")
+# Tasks whose timed rows run as one batch of any size (not few-shot's tasks, which a step adapts
+# one at a time). Denoising's rows are crops of one shape: 1,000 of 128² take ~10 s at full depth.
+WIDENABLE = ("sparse-recovery", "multi-exit", "denoising", "learned-optimizers", "parity")
 
 
-def widened(case: SpeedCase, batch: int) -> SpeedCase:
-    """``case`` with its timed rows repeated to at least ``batch`` rows, run as one batch: how
-    the speedup depends on the batch. Repeating rows keeps a threshold rule's stop steps; a
-    budget mix (``MixedRule``) splits rows by their position in the batch, so its stop steps and
-    ideal speedup are measured anew on the repeated rows (``measure`` does so for every rule)."""
+def widened(case: SpeedCase, batch: int, chunk: int | None = None) -> SpeedCase:
+    """``case`` with its timed rows repeated to at least ``batch`` rows, run as one batch (or
+    ``chunk`` rows at a time, pooled): how the speedup depends on the batch. Repeating rows keeps
+    a threshold rule's stop steps; a budget mix (``MixedRule``) splits rows by their position in
+    the batch, so its stop steps and ideal speedup are measured anew on the repeated rows
+    (``measure`` does so for every rule)."""
     rows = state_batch_size(case.inputs)
     copies = -(-batch // rows)
     inputs = cat_state([case.inputs] * copies) if copies > 1 else case.inputs
     repeated = f"repeated {copies}×" if copies > 1 else "not repeated"
-    note = f"timed rows: the {rows} rows {repeated}, as one batch (--batch {batch})"
-    return replace(case, inputs=inputs, chunk=None, notes=[*case.notes, note])
+    entry = "as one batch" if chunk is None else f"entering {chunk} at a time (--chunk {chunk})"
+    note = f"timed rows: the {rows} rows {repeated}, {entry} (--batch {batch})"
+    return replace(case, inputs=inputs, chunk=chunk, notes=[*case.notes, note])
 
 
 @torch.no_grad()
@@ -699,6 +701,12 @@ def main(argv: list[str] | None = None) -> int:
         help="repeat the timed rows to at least this many, as one batch (tasks in WIDENABLE)",
     )
     parser.add_argument(
+        "--chunk",
+        type=int,
+        help="with --batch: the repeated rows enter this many at a time (run_adaptive's chunk; "
+        "full depth runs chunk by chunk)",
+    )
+    parser.add_argument(
         "--default-malloc",
         action="store_true",
         help="leave glibc's malloc thresholds as a fresh process has them (a user's process "
@@ -707,6 +715,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.batch is not None and args.batch < 1:
         parser.error(f"--batch must be at least 1; got {args.batch}")
+    if args.chunk is not None and (args.batch is None or args.chunk < 1):
+        parser.error(f"--chunk needs --batch and must be at least 1; got {args.chunk}")
     if not args.default_malloc:
         reuse_freed_memory()
     torch.set_num_threads(1)
@@ -718,7 +728,7 @@ def main(argv: list[str] | None = None) -> int:
     for case in cases:  # the preset whose run trained it
         case.architecture += f" ({TRAINED[case.task]['preset']})"
     if args.batch:
-        cases = [widened(c, args.batch) if c.task in WIDENABLE else c for c in cases]
+        cases = [widened(c, args.batch, args.chunk) if c.task in WIDENABLE else c for c in cases]
     setup_seconds = time.perf_counter() - wall
     rows = []
     for threads in args.threads:

@@ -182,6 +182,17 @@ def test_a_widened_case_repeats_its_rows_as_one_batch(stop_speed):
     assert case.notes == [] and "repeated 3×" in wide.notes[0]
     own = [t for t, _ in reference_stop(model, policy, x, 0.5, [True] * model.max_steps)]
     assert stop_speed.stop_index(wide, rule).tolist() == own * 3
+    chunked = stop_speed.widened(case, 120, chunk=25)  # --chunk: the same rows, 25 at a time
+    assert chunked.chunk == 25 and torch.equal(chunked.inputs, wide.inputs)
+    assert "entering 25 at a time" in chunked.notes[0]
+    assert stop_speed.stop_index(chunked, rule).tolist() == own * 3
+
+
+@pytest.mark.parametrize("argv", [["--chunk", "24"], ["--batch", "100", "--chunk", "0"]])
+def test_chunk_needs_a_batch_and_a_positive_count(stop_speed, argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        stop_speed.main(argv)
+    assert exit_info.value.code == 2 and "--chunk needs --batch" in capsys.readouterr().err
 
 
 def test_the_learned_optimizers_run_with_their_chosen_restart(stop_speed, tmp_path):
