@@ -244,10 +244,9 @@ def shrink_threads(run_dir: Path, seed: int, repeats: int) -> dict:
     from stopwise import load_stop_model
     from stopwise.inference import time_adaptive
     from stopwise.selection import point_rule
-    from stopwise.tasks.denoising.models import inference_copy
 
     trained = load_stop_model(run_dir, "dncnn-stop", seed)
-    model, policy, valid = inference_copy(trained.model), trained.policy, trained.valid_steps
+    model, policy, valid = trained.inference_model(), trained.policy, trained.valid_steps
     batches = trained.test_inputs()  # the test images, grouped by shape
     images = sum(noisy.shape[0] for noisy in batches)
     curve = jobs_of(run_dir)[f"dncnn-stop-s{seed}"]["record"]["curve"]

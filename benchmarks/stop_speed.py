@@ -188,7 +188,6 @@ def sparse_recovery_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase
 
 def multi_exit_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
     from stopwise.tasks.multi_exit.data import load_splits
-    from stopwise.tasks.multi_exit.models import inference_copy
 
     overrides = ['methods=["uniform","l2s"]', "timing.methods=[]"]
     run = trained_run("multi-exit", runs, overrides, "tiny" if tiny else "quick")
@@ -203,7 +202,7 @@ def multi_exit_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
         name = job or l2s_job
         _, record = finished_job(run, name)
         trained = load_stop_model(run, f"{name}/{'confidence' if job else 'policy'}")
-        model, policy = trained.model, trained.policy
+        model, policy = trained.inference_model(), trained.policy
         costs = model.step_costs().double()
         T = model.max_steps
         if job:
@@ -218,7 +217,7 @@ def multi_exit_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
             SpeedCase(
                 "multi-exit",
                 label,
-                inference_copy(model),
+                model,
                 policy,
                 splits.test_x,
                 curve_rules(curve, points, "hazard", "val_mean_cost"),
@@ -237,12 +236,10 @@ def multi_exit_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
 
 
 def denoising_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
-    from stopwise.tasks.denoising.models import inference_copy as dncnn_inference_copy
-
     overrides = [] if tiny else QUICK_SHORTENED["denoising"]
     run = trained_run("denoising", runs, overrides, "tiny" if tiny else "quick")
     trained = load_stop_model(run, "dncnn-stop")
-    model, policy, valid = dncnn_inference_copy(trained.model), trained.policy, trained.valid_steps
+    model, policy, valid = trained.inference_model(), trained.policy, trained.valid_steps
     context, record = finished_job(run, "dncnn-stop")
     context_config = context.config
     costs = model.adaptive_macs(valid, policy.macs()).double()

@@ -185,6 +185,33 @@ def test_every_stop_model_loads_from_its_run_and_reproduces_its_budget_curve(nam
             assert steps == pytest.approx(point.test["mean_steps"], abs=1e-9), (model_name, point)
 
 
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_a_loaded_stop_models_inference_model_stops_where_it_does(name, uninterrupted):
+    """``TrainedStopModel.inference_model()``, what a user deploys or times on a CPU (the task's
+    inference copy where it has one: the same function up to float rounding), stops the run's
+    test rows where ``model`` does at the middle budget point, up to a row that rounding moves
+    across a threshold, with the same predictions there."""
+    from stopwise import load_stop_model, run_adaptive
+
+    trained = load_stop_model(uninterrupted[name])
+    fast = trained.inference_model()
+    assert not fast.training
+    rule = trained.budgets[len(trained.budgets) // 2].rule
+    same = rows = 0
+    for inputs in trained.test_inputs():
+        with torch.no_grad():
+            stops = [
+                run_adaptive(m, trained.policy, inputs, rule, "shrink", trained.valid_steps)
+                for m in (trained.model, fast)
+            ]
+        agree = stops[0].stop_index == stops[1].stop_index
+        same, rows = same + int(agree.sum()), rows + agree.numel()
+        slow, quick = (torch.as_tensor(s.predictions)[agree].double() for s in stops)
+        error = float((quick - slow).norm() / slow.norm().clamp_min(1e-12))
+        assert error < 1e-2, (name, error)  # float rounding (bfloat16 where the task runs it)
+    assert rows - same <= max(1, rows // 100), (same, rows)
+
+
 # Tasks whose stop models take inputs that are not one tensor (few-shot tasks, optimizee
 # functions) and whose steps take gradients: outside `stopwise.export`.
 NOT_EXPORTED = {"few-shot", "learned-optimizers"}

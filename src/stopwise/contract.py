@@ -125,6 +125,8 @@ class TrainedStopModel:
     test_inputs: the run's test split as a list of input batches (regenerated or reloaded as
         the job did; a task whose test inputs differ in shape has several), to check the model
         against the numbers the run recorded.
+    fast_copy: the task's ``model -> inference copy`` where it has one (see
+        :meth:`inference_model`).
     """
 
     name: str
@@ -136,6 +138,13 @@ class TrainedStopModel:
     rules: dict[str, Any] = field(default_factory=dict)
     inputs: str = ""
     test_inputs: Callable[[], Any] | None = None
+    fast_copy: Callable[[Any], Any] | None = None
+
+    def inference_model(self) -> Any:
+        """The model to deploy or time on a CPU: the task's inference copy of ``model`` where it
+        has one (the same function and multiply-adds, e.g. BatchNorm folded into the
+        convolutions; predictions equal up to float rounding), else ``model`` itself."""
+        return self.model if self.fast_copy is None else self.fast_copy(self.model)
 
     def rule_for(self, budget: float) -> Any:
         """The rule of the costliest budget point whose validation cost is at most ``budget``

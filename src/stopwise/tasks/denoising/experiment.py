@@ -429,6 +429,7 @@ def _trained(
         rules=rules,
         inputs="noisy grey image (1, H, W) in [0, 1]; the prediction is the noise (its residual)",
         test_inputs=lambda: [noisy for _, _, noisy in test_set(config, context).open().groups],
+        fast_copy=inference_copy,
     )
 
 
