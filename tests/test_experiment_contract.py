@@ -196,6 +196,9 @@ def test_a_loaded_stop_models_inference_model_stops_where_it_does(name, uninterr
     trained = load_stop_model(uninterrupted[name])
     fast = trained.inference_model()
     assert not fast.training
+    if trained.fast_copy is None:  # nothing to compare: the model itself
+        assert fast is trained.model
+        return
     rule = trained.budgets[len(trained.budgets) // 2].rule
     same = rows = 0
     for inputs in trained.test_inputs():
