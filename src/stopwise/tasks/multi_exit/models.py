@@ -24,6 +24,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ...macs import counting_macs
 from ...policies import MLPPolicy, classifier_features, register_policy
@@ -256,25 +257,14 @@ def count_policy_macs(policy: nn.Module, exits: int, classes: int) -> torch.Tens
     return torch.cumsum(torch.tensor(per_exit[1:], dtype=torch.float64), dim=0)
 
 
-@torch.no_grad()
 def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """Fold every eval-mode BatchNorm that follows a bias-free convolution into it, in place.
-
-    BN(conv(x)) = γ·(W∗x − μ)/√(σ² + ε) + β = (s·W)∗x + (β − s·μ) with s = γ/√(σ² + ε) per
-    output channel, so the convolution takes weight s·W and bias β − s·μ and the BN becomes an
-    identity. Only valid for inference (running statistics); returns ``model``.
-    """
+    """Fold every BatchNorm of an eval-mode ``model`` into the convolution before it, in place
+    (``torch.nn.utils.fusion.fuse_conv_bn_eval``: BN(W∗x) = (s·W)∗x + (β − s·μ) with
+    s = γ/√(σ² + ε) per output channel); the BN becomes an identity. Only valid for inference
+    (running statistics); returns ``model``."""
     for block in model.modules():
         if isinstance(block, ConvBNReLU) and isinstance(block[1], BatchNorm):
-            conv, norm = block[0], block[1]
-            scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
-            folded = _conv(
-                conv.weight.dim() - 2, conv.in_channels, conv.out_channels, conv.kernel_size,
-                stride=conv.stride, padding=conv.padding, bias=True,
-            ).to(conv.weight)  # fmt: skip
-            folded.weight.copy_(conv.weight * scale.view(-1, *[1] * (conv.weight.dim() - 1)))
-            folded.bias.copy_(norm.bias - scale * norm.running_mean)
-            block[0], block[1] = folded, nn.Identity()
+            block[0], block[1] = fuse_conv_bn_eval(block[0], block[1]), nn.Identity()
     return model
 
 
