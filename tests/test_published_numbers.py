@@ -127,6 +127,7 @@ QUADRATIC_1000 = "learned_optimizers-quadratic1000.json"
 RERUN, CHUNKED = "learned_optimizers-rerun-20261206.json", "learned_optimizers-rerun-chunked.json"
 STACKED = "learned_optimizers-rerun-stacked.json"
 SPEED = "stop_speed.json"
+STREAM = "stop_speed-batch-10000-chunk-1000-20261207.json"
 
 # (id, README snippet, the number as printed in it, result file, source value, format spec)
 PUBLISHED = [
@@ -346,6 +347,14 @@ PUBLISHED = [
      lambda d: min(speed(d, "LISTA-stop", 1)), ".2f"),
     ("speed-lista-ideal", "(0.87 at its cheapest budget, an ideal of 58×", "58", SPEED,
      lambda d: max(speed(d, "LISTA-stop", 1, "ideal_speedup")), ".0f"),
+    ("speed-stream-act-worst", "one but at its one-step budget (0.78); multi-exit misses in 9", "0.78",
+     STREAM, lambda d: min(speed(d, "LSTM optimizer + ACT halting", 1)), ".2f"),
+    ("speed-stream-exit-misses", "one but at its one-step budget (0.78); multi-exit misses in 9", "9",
+     STREAM, lambda d: sum(not r["speedup_target_met"] for r in d["rows"]
+                           if r["task"] == "multi-exit"), "d"),
+    ("speed-stream-exit-worst", "multi-exit misses in 9 of its 14 cells (0.67 at worst)", "0.67",
+     STREAM, lambda d: min(r["wall_over_ideal"] for r in d["rows"] if r["task"] == "multi-exit"),
+     ".2f"),
 ]  # fmt: skip
 
 
