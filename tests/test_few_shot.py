@@ -824,16 +824,18 @@ def test_two_ranks_train_the_same_weights_as_one_process(tmp_path):
         assert (double / f"tasks_rank{rank}.txt").read_text() == "12"
 
 
+# The contract tests' few-shot group: its test worker has their uninterrupted tiny run.
+ON_THE_CONTRACT_WORKER = pytest.mark.xdist_group("few-shot")
+
+
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """The tiny preset (sinusoids, seconds), run once for the tests that read its records."""
-    from stopwise.experiments import run_experiment
-
-    out = tmp_path_factory.mktemp("tiny")
-    run_experiment("few-shot", "tiny", out, ["progress=false"])
-    return out
+def tiny_run(uninterrupted):
+    """The tiny preset (sinusoids, seconds): the contract tests' uninterrupted run (conftest.py),
+    read on their test worker (the tests that use it are in their xdist group)."""
+    return uninterrupted["few-shot"]
 
 
+@ON_THE_CONTRACT_WORKER
 def test_the_gain_head_is_fitted_on_the_frozen_learner_and_gets_a_budget_curve(tiny_run):
     """gain_head=true (the tiny preset): a head for budgets fitted on training-task trajectories
     of MAML-stop's frozen learner; its curve is calibrated on validation like the policy's and
@@ -851,6 +853,7 @@ def test_the_gain_head_is_fitted_on_the_frozen_learner_and_gets_a_budget_curve(t
     assert "gain-head" in stages
 
 
+@ON_THE_CONTRACT_WORKER
 def test_the_policy_share_of_an_inner_step_is_over_every_test_task(tiny_run):
     """The recorded multiply-adds against a count by hand over the test tasks' K (the old code
     measured test task 0's step alone). tiny: MLP 1 → 16 → 16 → 1 is 16 + 16·16 + 16 = 288 per
@@ -872,6 +875,7 @@ def test_the_policy_share_of_an_inner_step_is_over_every_test_task(tiny_run):
     assert maml["policy_per_task_step"] == 0 and maml["step_per_task"] == macs["step_per_task"]
 
 
+@ON_THE_CONTRACT_WORKER
 def test_measure_chooses_the_depth_on_validation_and_the_oracle_beats_every_depth(tiny_run):
     """Each MAML record of the tiny run (sinusoids: MSE, lower is better): the best depth is the
     first argmin of the validation means, the fixed-depth row is the test mean at that depth,
@@ -914,6 +918,7 @@ def _without_timings(value):
     return value
 
 
+@ON_THE_CONTRACT_WORKER
 def test_other_evaluation_settings_reuse_the_meta_training_and_give_a_fresh_runs_numbers(
     tiny_run, tmp_path
 ):

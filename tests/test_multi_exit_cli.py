@@ -26,12 +26,14 @@ from stopwise.tasks.multi_exit.methods import build_model, train_method
 
 EXPERIMENT = get_experiment("multi-exit")
 TINY_METHODS = resolve_config(EXPERIMENT, "tiny")[0].methods  # every method but l2w-all
+# On the test worker of the contract tests' multi-exit group, so that this module reads their
+# uninterrupted tiny run (conftest.py) rather than making its own, and makes small_run once.
+pytestmark = pytest.mark.xdist_group("multi-exit")
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    return run_experiment("multi-exit", "tiny", tmp_path_factory.mktemp("multi") / "run",
-                          ["progress=false"]).path  # fmt: skip
+def tiny_run(uninterrupted):
+    return uninterrupted["multi-exit"]
 
 
 def test_tiny_run_writes_curves_tables_figures_and_real_early_exit(tiny_run):

@@ -19,13 +19,14 @@ from stopwise.tasks.sparse_recovery.metrics import fixed_depth_hull
 from stopwise.tasks.sparse_recovery.report import is_paper_protocol
 
 EXPERIMENT = get_experiment("sparse-recovery")
+# On the test worker of the contract tests' sparse-recovery group, so that this module reads
+# their uninterrupted tiny run (conftest.py) rather than making its own.
+pytestmark = pytest.mark.xdist_group("sparse-recovery")
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sparse") / "run"
-    run_experiment("sparse-recovery", "tiny", out, ["progress=false"])
-    return out
+def tiny_run(uninterrupted):
+    return uninterrupted["sparse-recovery"]
 
 
 def results_of(path):

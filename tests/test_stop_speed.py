@@ -14,6 +14,9 @@ import pytest
 import torch
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+# One test worker for the module and session-scoped fixtures: its tiny runs and measurement are
+# made once (a module fixture is set up again when the worker runs another module in between).
+pytestmark = pytest.mark.xdist_group("stop-speed")
 
 ROW_KEYS = {
     "task", "model", "threads", "budget", "rows", "batch", "row", "repeats", "max_steps",
@@ -26,7 +29,7 @@ ROW_KEYS = {
 }  # fmt: skip
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def stop_speed():
     sys.path.insert(0, str(BENCHMARKS))
     try:
@@ -35,7 +38,7 @@ def stop_speed():
         sys.path.remove(str(BENCHMARKS))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def measured(stop_speed, tmp_path_factory):
     root = tmp_path_factory.mktemp("speed")
     out = root / "stop_speed.json"
