@@ -284,6 +284,38 @@ def test_random_horizon_conditional_keeps_the_st_factor():
     assert conditional.sum().item() == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("p", [0.0, 1.0, -0.5, 5e-324, 1e-310])
+def test_random_horizon_prior_refuses_a_p_outside_the_normal_floats_below_one(p):
+    """A subnormal p made ½ log(1 − p) round to 0: the conditional raised a bare math domain
+    error and the prior gave −inf; now every function names the range."""
+    for call in (
+        lambda: random_horizon_log_prior(p, torch.arange(3)),
+        lambda: random_horizon_log_conditional(p, 3),
+        lambda: random_horizon_cdf(p, torch.arange(3)),
+        lambda: sample_random_horizon(p, 3),
+    ):
+        with pytest.raises(ValueError, match="random-horizon prior needs"):
+            call()
+
+
+def test_random_horizon_sampler_refuses_draws_it_cannot_represent():
+    """At p = 1e-19 untruncated draws pass 2⁶³ (they were returned as −2⁶³), and at p = 1e-200
+    P(T ≤ 100) underflows to 0 (every truncated draw was 0): both are errors now; a truncated
+    draw at p = 1e-19 is fine, and the smallest normal p still gives a finite prior."""
+    g = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match="pass max_horizon"):
+        sample_random_horizon(1e-19, 50, g)
+    with pytest.raises(ValueError, match="underflows"):
+        sample_random_horizon(1e-200, 50, g, max_horizon=100)
+    draws = sample_random_horizon(1e-19, 2000, g, max_horizon=100)
+    assert 0 <= int(draws.min()) and int(draws.max()) <= 100 and len(set(draws.tolist())) > 50
+    tiny = 2.2250738585072014e-308
+    assert torch.isfinite(random_horizon_log_prior(tiny, torch.arange(3))).all()
+    torch.testing.assert_close(
+        random_horizon_log_conditional(tiny, 3, torch.float64), torch.full((4,), -math.log(4), dtype=torch.float64)
+    )
+
+
 def test_random_horizon_sampler_matches_prior():
     p, n = 0.2, 200_000
     samples = sample_random_horizon(p, n, torch.Generator().manual_seed(4))

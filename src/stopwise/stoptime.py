@@ -13,6 +13,7 @@ absorbs the remaining mass, so ``q`` sums to one over the valid steps.
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -250,8 +251,11 @@ def truncated_geometric_log_prior(
 
 
 def _check_p(p: float) -> float:
-    if not 0 < p < 1:
-        raise ValueError(f"random-horizon prior needs 0 < p < 1; got {p}")
+    # Below the least normal double, ½ log(1 − p) rounds to 0 and 1 − s to nothing.
+    if not sys.float_info.min <= p < 1:
+        raise ValueError(
+            f"random-horizon prior needs {sys.float_info.min} <= p < 1 (p a normal float); got {p}"
+        )
     return math.sqrt(1.0 - p)
 
 
@@ -303,7 +307,13 @@ def sample_random_horizon(
     if max_horizon is not None:
         if max_horizon < 0:
             raise ValueError(f"max_horizon must be >= 0; got {max_horizon}")
-        U = U * random_horizon_cdf(p, torch.tensor(float(max_horizon)))
+        reach = random_horizon_cdf(p, torch.tensor(float(max_horizon)))
+        if reach < sys.float_info.min:  # about (max_horizon + 1)² p² / 4: p below ~1e-154
+            raise ValueError(
+                f"P(T <= {max_horizon}) = {float(reach):.3g} underflows float64 at p = {p}: "
+                "use a larger p or max_horizon"
+            )
+        U = U * reach
     # Smallest T with CDF(T) ≥ U = (1 − u)(1 − s u), u = s^{T+1}: T + 1 = ⌈log u* / log s⌉ with
     # u* the root of s u² − (1 + s) u + (1 − U) = 0 in [0, 1]. Its discriminant is (1 − s)² + 4sU
     # (no cancellation), and log u* is taken from u* where u* is small and from 1 − u* (a root of
@@ -319,4 +329,9 @@ def sample_random_horizon(
     T = torch.where((T > 0) & (random_horizon_cdf(p, T - 1) >= U), T - 1, T)
     if max_horizon is not None:
         T = T.clamp_max(max_horizon)  # only rounding at U = CDF(max_horizon) can land past it
+    elif bool((T >= 2.0**53).any()):  # (and past 2⁶³ the long below wraps to −2⁶³)
+        raise ValueError(
+            f"at p = {p} the prior drew horizons beyond 2^53, where float64 counts no longer "
+            "exactly: pass max_horizon"
+        )
     return T.long()
