@@ -312,7 +312,8 @@ def test_random_horizon_sampler_refuses_draws_it_cannot_represent():
     tiny = 2.2250738585072014e-308
     assert torch.isfinite(random_horizon_log_prior(tiny, torch.arange(3))).all()
     torch.testing.assert_close(
-        random_horizon_log_conditional(tiny, 3, torch.float64), torch.full((4,), -math.log(4), dtype=torch.float64)
+        random_horizon_log_conditional(tiny, 3, torch.float64),
+        torch.full((4,), -math.log(4), dtype=torch.float64),
     )
 
 
