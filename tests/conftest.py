@@ -25,14 +25,15 @@ for _module in filter(None, os.environ.get("STOPWISE_TEST_MODULES", "").split(os
 @pytest.fixture(scope="session")
 def uninterrupted(tmp_path_factory):
     """An uninterrupted ``tiny`` run of each registered experiment, made the first time a test
-    asks for it and shared by the contract and fault tests: {name: run directory}. Lazy, so that
+    asks for it by a new ``stopwise`` interpreter and shared by the contract and fault tests (whose
+    other runs are forked: forked.py): {name: run directory}. Lazy, so that
     a test worker (pytest-xdist) runs only the experiments of the tests it was given."""
     from test_experiment_contract import stopwise, tiny
 
     class Runs(dict):
         def __missing__(self, name):
             out = tmp_path_factory.mktemp(name) / "full"
-            done = stopwise(tiny(name, out))
+            done = stopwise(tiny(name, out), fresh=True)  # the reference: a new interpreter
             assert done.returncode == 0, done.stderr[-3000:]
             self[name] = out
             return out

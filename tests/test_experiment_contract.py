@@ -16,6 +16,7 @@ import time
 import typing
 from pathlib import Path
 
+import forked
 import pytest
 import torch
 
@@ -43,9 +44,14 @@ BUILT_IN = [p for p in SHARING_A_RUN if experiment_source(p.values[0]) in TASK_M
 VOLATILE = ("seconds", "timing", "fingerprint", "resumed", "speedup", "finished", "reused_from")
 
 
-def stopwise(args, fault="none:0", timeout=600):
+def stopwise(args, fault="none:0", timeout=600, fresh=False):
+    """The ``stopwise`` command with ``fault`` injected (faulty_run.py) in a new process: forked
+    from one that has imported torch and stopwise (forked.py), or with ``fresh`` a new
+    interpreter."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, WRAPPER, fault, *args]
+    if not fresh:
+        return forked.run(command, env, timeout)
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
 
 

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import forked
 import pytest
 import torch
 from test_experiment_contract import NAMES, SHARING_A_RUN, job_records, stable, stopwise, tiny
@@ -120,7 +121,7 @@ def test_a_signal_to_a_run_with_worker_processes(how, tmp_path):
     assert checkpointed_jobs(out) == started
     if how != "sigterm":
         return
-    resumed = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    resumed = forked.run(args, dict(os.environ), timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     records = [json.loads(p.read_text()) for p in sorted((out / "jobs").glob("*.json"))]
     assert any(r["resumed"] for r in records), (stderr[-2000:], [r["id"] for r in records])
@@ -141,7 +142,7 @@ def test_workers_die_with_a_killed_runner(tmp_path):
     while any(alive(pid) for pid in workers) and time.time() < deadline:
         time.sleep(0.1)
     assert not any(alive(pid) for pid in workers)
-    resumed = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    resumed = forked.run(args, dict(os.environ), timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
 
@@ -216,7 +217,7 @@ def test_a_worker_killed_by_the_system_is_a_clear_error_and_the_run_resumes(tmp_
     # The survivor checkpointed the stage it was in (it got one SIGTERM, from the broken pool;
     # a second one from the runner made it stop at once, without a checkpoint).
     assert checkpointed_jobs(out), checkpoints(out)
-    resumed = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    resumed = forked.run(args, dict(os.environ), timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
 

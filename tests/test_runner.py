@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import forked
 import pytest
 
 from stopwise import experiments, reporting
@@ -344,9 +345,7 @@ def test_worker_processes_give_the_same_records(tmp_path):
 def _cli(out, env=None, *extra):
     args = [sys.executable, "-m", "stopwise.cli", "run", "sample", "--module", MODULE]
     args += ["--preset", "tiny", "--out", str(out), "--set", "checkpoint_every=4", *extra]
-    return subprocess.run(
-        args, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=120
-    )
+    return forked.run(args, {**os.environ, **(env or {})}, timeout=120)
 
 
 def test_sigkill_mid_job_resumes_to_the_same_results(tmp_path):
