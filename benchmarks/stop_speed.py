@@ -30,6 +30,8 @@ shortened where the preset takes long, see ``TASKS``) and loaded back from the r
 
 ``--batch N`` repeats the timed rows into one batch of at least N (:func:`widened`): how much of a
 miss is the per-call cost of a small step; with ``--chunk C`` those rows enter C at a time.
+Few-shot's rows are tasks that a step adapts one at a time: there ``--batch N`` times N test
+tasks instead of the first 40.
 
 Writes ``benchmarks/results/stop_speed.json`` and prints a markdown table.
 """
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import statistics
@@ -268,7 +271,11 @@ def denoising_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
     ]
 
 
-def few_shot_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
+def few_shot_cases(
+    runs: Path, points: int, tiny: bool, timed_tasks: int | None = None
+) -> list[SpeedCase]:
+    """MAML-stop on the first FEW_SHOT_TIMED_TASKS test tasks, or ``timed_tasks`` (``--batch``)
+    drawn from the test characters with the run's test-task stream."""
     from stopwise.tasks.few_shot.experiment import load_splits
     from stopwise.tasks.few_shot.methods import task_sampler
 
@@ -279,11 +286,18 @@ def few_shot_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
     model, policy = trained.model, trained.policy
     learner = model.learner
     _, _, test_split = load_splits(config)
-    tasks = task_sampler(config, test_split)(config.test_tasks, context.generator("test-tasks"))
+    drawn = max(config.test_tasks, timed_tasks or 0)
+    tasks = task_sampler(config, test_split)(drawn, context.generator("test-tasks"))
     # A full adaptation of a task takes ~0.1 s (Conv4, 10 inner steps, one task at a time on
     # CPU): the first FEW_SHOT_TIMED_TASKS test tasks and 3 repeats keep the measurement to
     # about a minute.
-    tasks = tasks.select(slice(0, min(FEW_SHOT_TIMED_TASKS, len(tasks))))
+    tasks = tasks.select(slice(0, min(timed_tasks or FEW_SHOT_TIMED_TASKS, len(tasks))))
+    notes = []
+    if timed_tasks:
+        notes.append(
+            f"timed rows: {len(tasks)} tasks drawn from the test characters with the run's "
+            f"test-task stream (--batch {timed_tasks}; the run's own test has {config.test_tasks})"
+        )
     # A task is measured at θ_0 (start) and after every update: support forward + backward
     # (3 forwards) + query forward, the gradient skipped after the last update. So stopping
     # after k < T updates costs k + 1 measures; all T cost T measures and one without gradient.
@@ -323,7 +337,8 @@ def few_shot_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
             architecture=f"{config.family}, {learner_text}, T = {T}, vmap {config.vmap}",
             notes=[
                 "MACs per task: the measure at θ_0 and after each update (support forward + "
-                "backward, query forward; no gradient after the last update) + the decisions"
+                "backward, query forward; no gradient after the last update) + the decisions",
+                *notes,
             ],
         )
     ]
@@ -695,7 +710,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--batch",
         type=int,
-        help="repeat the timed rows to at least this many, as one batch (tasks in WIDENABLE)",
+        help="repeat the timed rows to at least this many, as one batch (tasks in WIDENABLE); "
+        "few-shot: time this many test tasks",
     )
     parser.add_argument(
         "--chunk",
@@ -719,8 +735,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     load_before, uptime_before = os.getloadavg(), uptime()
     wall, cpu = time.perf_counter(), time.process_time()
+    adapters = dict(ADAPTERS)
+    if args.batch:  # few-shot's rows are tasks, adapted one at a time: time that many of them
+        adapters["few-shot"] = functools.partial(few_shot_cases, timed_tasks=args.batch)
     cases = [
-        c for task in args.tasks for c in ADAPTERS[task](Path(args.runs), args.points, args.tiny)
+        c for task in args.tasks for c in adapters[task](Path(args.runs), args.points, args.tiny)
     ]
     for case in cases:  # the preset whose run trained it
         case.architecture += f" ({TRAINED[case.task]['preset']})"

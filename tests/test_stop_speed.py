@@ -221,3 +221,16 @@ def test_a_cached_run_of_other_settings_is_refused_naming_runs(stop_speed, tmp_p
     argv += ["--runs", str(runs), "--out", str(tmp_path / "stop_speed.json")]
     with pytest.raises(SystemExit, match=r"(?s)holds jobs run with other settings.*another --runs"):
         stop_speed.main(argv)
+
+
+def test_few_shot_with_a_batch_times_that_many_test_tasks(stop_speed, tmp_path):
+    """Issue 17 asks for ≥ 1,000 rows; few-shot's rows are tasks, 40 by default: ``--batch N``
+    times N tasks drawn from the test characters, beyond the run's own test tasks (30 in tiny)."""
+    out = tmp_path / "stop_speed.json"
+    argv = ["--tiny", "--tasks", "few-shot", "--threads", "1", "--seconds", "0", "--batch", "45"]
+    argv += ["--repeats", "1", "--points", "2", "--runs", str(tmp_path / "runs"), "--out", str(out)]
+    assert stop_speed.main(argv) == 0
+    report = json.loads(out.read_text())
+    assert {r["rows"] for r in report["rows"]} == {45}
+    (case,) = report["cases"]
+    assert any("45 tasks drawn from the test characters" in note for note in case["notes"])
