@@ -13,9 +13,10 @@ interleaved, medians of ``--repeats``; wall clock and process CPU time), with 1 
 
 Variants: ``as-trained`` (the training-time module: BatchNorm after every convolution, the
 space-to-depth stem, NCHW), ``bn-folded`` (BatchNorm folded into the convolutions),
-``bn+stem-folded`` (and the stem folded into the first convolution), for 2-D maps
-``bn+stem+all-channels-last`` (and every step in channels-last memory), ``fast`` (channels-last
-from step 2 on: ``models.inference_copy``, what the experiment times) and, with
+``bn+stem-folded`` (and the stem folded into the first convolution),
+``bn+stem+all-channels-last`` (and every step in channels-last memory; a 1-D network as the
+2-D network of height one), ``fast`` (channels-last from step 2 on: ``models.inference_copy``,
+what the experiment times) and, with
 ``--compile``, ``fast+compile`` (``torch.compile`` of every block and head, dynamic batch,
 inductor freezing). A per-step profile (CPU time of the stem, each block and head at the full
 batch, and of the exit decision and row gather) shows where the time goes against the MACs.
@@ -85,8 +86,7 @@ def variants(model: MultiExitCNN, compile_: bool) -> dict[str, MultiExitCNN]:
         "bn-folded": inference_copy(model, stem=False, channels_last_from=None),
         "bn+stem-folded": inference_copy(model, channels_last_from=None),
     }
-    if model.dims == 2:
-        out["bn+stem+all-channels-last"] = inference_copy(model, channels_last_from=0)
+    out["bn+stem+all-channels-last"] = inference_copy(model, channels_last_from=0)
     out["fast"] = inference_copy(model)
     if compile_:
         import torch._dynamo.config as dynamo
@@ -131,7 +131,7 @@ def step_profile(model: MultiExitCNN, x: torch.Tensor, repeats: int) -> dict:
     out = {"stem_seconds": cpu_median(lambda: model.start(x), repeats), "steps": []}
     costs = model.step_costs()
     for t in range(model.max_steps):
-        h = state["h"]
+        h = model.block_input(state["h"], t)  # what advance gives the block
         block = cpu_median(lambda t=t, h=h: model.blocks[t](h), repeats)
         after = model.blocks[t](h)
         head = cpu_median(lambda t=t, a=after: model.heads[t](a), repeats)

@@ -18,6 +18,7 @@ from stopwise.inference import (
     run_adaptive,
     stop_indices,
 )
+from stopwise.macs import count_macs
 from stopwise.policies import ConfidencePolicy
 from stopwise.tasks.multi_exit.l2w import (
     MetaStep,
@@ -46,6 +47,7 @@ from stopwise.tasks.multi_exit.models import (
     BatchNorm,
     ExitPolicy,
     MultiExitCNN,
+    SignalTapConv,
     count_policy_macs,
     count_step_macs,
     exit_losses,
@@ -632,11 +634,40 @@ def test_inference_copy_computes_the_same_function_with_the_same_macs(
     with torch.no_grad():
         assert torch.allclose(fast(x), model(x), atol=1e-10)
     assert fast.stem == 1 and not any(isinstance(m, BatchNorm) for m in fast.modules())
+    # From channels_last_from on, the maps are channels-last (a signal's as a height-one image),
+    # and before it they keep their own layout.
+    state = fast.start(x)
+    for t in range(fast.max_steps):
+        state = fast.advance(state, t)
+        later = channels_last_from is not None and t >= channels_last_from
+        convs = [m for m in (fast.blocks[t], fast.heads[t]) for m in m.modules()]
+        assert any(isinstance(m, torch.nn.Conv1d) for m in convs) == (dims == 1 and not later)
+        assert state["h"].dim() == (4 if dims == 2 or later else 3)
+        if later:
+            assert state["h"].is_contiguous(memory_format=torch.channels_last)
     assert count_step_macs(fast, x[:1]).tolist() == model.step_costs().tolist()
     assert torch.equal(fast.step_costs(), model.step_costs())
     for m in model.modules():  # the original is untouched
         if isinstance(m, torch.nn.modules.conv._ConvNd):
             assert m.bias is None
+
+
+@pytest.mark.parametrize("stride, padding, bias", [(1, 1, True), (2, 2, False), (3, 0, True)])
+def test_signal_tap_convolution_is_conv1d_on_the_signal(stride, padding, bias):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(1, 5, (1, 6), stride=(1, stride), padding=(0, padding), bias=bias)
+    tap = SignalTapConv.of(conv.double())
+    x = torch.randn(7, 1, 23, dtype=torch.float64)
+    expected = F.conv1d(x, conv.weight[:, :, 0], conv.bias, stride=stride, padding=padding)
+    out = tap(x.unsqueeze(2))
+    assert out.shape == (7, 5, 1, expected.shape[-1])
+    assert torch.allclose(out[:, :, 0], expected, atol=1e-12)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert count_macs(tap, x.unsqueeze(2)) == count_macs(conv.double(), x.unsqueeze(2))
+    with pytest.raises(ValueError, match="one channel"):
+        SignalTapConv.of(torch.nn.Conv2d(2, 5, (1, 3)))
+    with pytest.raises(ValueError, match="stride"):
+        SignalTapConv.of(torch.nn.Conv2d(1, 5, (1, 3), padding=(1, 1)))
 
 
 def test_folded_stem_is_the_unshuffled_convolution_written_out():

@@ -128,6 +128,18 @@ RERUN, CHUNKED = "learned_optimizers-rerun-20261206.json", "learned_optimizers-r
 STACKED = "learned_optimizers-rerun-stacked.json"
 SPEED = "stop_speed.json"
 STREAM = "stop_speed-batch-10000-chunk-1000-20261207.json"
+EXITS_SPEED_CL = "stop_speed-multi-exit-20261208.json"
+VARIANTS_CL = "multi_exit_speed-1d-channels-last.json"
+
+
+def ncl_over_channels_last(d: dict, threads: int, field: str, budget: str | None = None) -> float:
+    """How many times faster the MNIST-1D copy runs channels-last than NCL (same run)."""
+    timings = d["results"]["mnist1d"]["threads"][str(threads)]
+    old, new = timings["bn+stem-folded"], timings["fast"]
+    if budget is None:
+        return old[field] / new[field]
+    return old["rules"][budget][field] / new["rules"][budget][field]
+
 
 # (id, README snippet, the number as printed in it, result file, source value, format spec)
 PUBLISHED = [
@@ -354,6 +366,21 @@ PUBLISHED = [
                            if r["task"] == "multi-exit"), "d"),
     ("speed-stream-exit-worst", "multi-exit misses in 9 of its 14 cells (0.67 at worst)", "0.67",
      STREAM, lambda d: min(r["wall_over_ideal"] for r in d["rows"] if r["task"] == "multi-exit"),
+     ".2f"),
+    ("speed-1d-cl-full", "runs MNIST-1D's steps 2–4 channels-last (as height-one images): 1.57×",
+     "1.57", VARIANTS_CL, lambda d: ncl_over_channels_last(d, 1, "full_cpu_seconds"), ".2f"),
+    ("speed-1d-cl-cheapest", "1.57× faster at full depth and 1.18–1.43× faster", "1.18", VARIANTS_CL,
+     lambda d: ncl_over_channels_last(d, 1, "cpu_seconds", "0.05"), ".2f"),
+    ("speed-1d-cl-best", "1.57× faster at full depth and 1.18–1.43× faster", "1.43", VARIANTS_CL,
+     lambda d: ncl_over_channels_last(d, 1, "cpu_seconds", "0.5"), ".2f"),
+    ("speed-1d-cl-ratio-1", "to 0.45–0.83 with one thread and 0.35–0.76 with two", "0.45",
+     EXITS_SPEED_CL, lambda d: min(r["wall_over_ideal"] for r in d["rows"] if r["threads"] == 1),
+     ".2f"),
+    ("speed-1d-cl-ratio-1-top", "to 0.45–0.83 with one thread and 0.35–0.76 with two", "0.83",
+     EXITS_SPEED_CL, lambda d: max(r["wall_over_ideal"] for r in d["rows"] if r["threads"] == 1),
+     ".2f"),
+    ("speed-1d-cl-ratio-2", "to 0.45–0.83 with one thread and 0.35–0.76 with two", "0.35",
+     EXITS_SPEED_CL, lambda d: min(r["wall_over_ideal"] for r in d["rows"] if r["threads"] == 2),
      ".2f"),
 ]  # fmt: skip
 

@@ -42,6 +42,8 @@ __all__ = [
     "fold_batchnorm",
     "fold_stem",
     "inference_copy",
+    "signals_as_images",
+    "SignalTapConv",
     "ExitPolicy",
 ]
 
@@ -160,6 +162,8 @@ class MultiExitCNN(StepModel):
         self._step_costs: torch.Tensor | None = None
         # The first step (0-based) whose feature maps are channels-last (see inference_copy).
         self.channels_last_from: int | None = None
+        # Whether a 1-D network runs as height-one images from that step on (inference_copy).
+        self.signals_as_images = False
 
     # -- the step-model contract
     def start(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -181,11 +185,17 @@ class MultiExitCNN(StepModel):
         return {"h": x, "logits": x.new_zeros(x.shape[0], self.classes)}
 
     def advance(self, state: dict[str, torch.Tensor], t: int) -> dict[str, torch.Tensor]:
-        h = state["h"]
-        if t == self.channels_last_from:
-            h = h.contiguous(memory_format=torch.channels_last)
-        h = self.blocks[t](h)
+        h = self.blocks[t](self.block_input(state["h"], t))
         return {"h": h, "logits": self.heads[t](h)}
+
+    def block_input(self, h: torch.Tensor, t: int) -> torch.Tensor:
+        """The map block ``t`` reads: ``h``, turned channels-last (a signal into a height-one
+        image first) at step ``channels_last_from`` (see :func:`inference_copy`)."""
+        if t != self.channels_last_from:
+            return h
+        if self.signals_as_images:  # (B, C, L) -> (B, C, 1, L)
+            h = h.unsqueeze(2)
+        return h.contiguous(memory_format=torch.channels_last)
 
     def predict(self, state: dict[str, torch.Tensor], t: int) -> torch.Tensor:
         return state["logits"]
@@ -306,23 +316,94 @@ def inference_copy(
     """An eval-mode copy of ``model`` for fast CPU inference, computing the same function with
     the same multiply-adds (the step costs are kept): BatchNorm folded into the convolutions
     (:func:`fold_batchnorm`), the stem folded into the first one (``stem``, :func:`fold_stem`),
-    and, for 2-D models, the blocks and heads from step ``channels_last_from`` (0-based; None:
-    none) on in channels-last memory. oneDNN's wider convolutions run faster on NHWC maps, but
-    the 16-channel 7×7 ones of the first block run slower, so the default keeps step 0 in NCHW
-    and converts only the rows that go on (benchmarks/multi_exit_speed.py measures each)."""
+    and the blocks and heads from step ``channels_last_from`` (0-based; None: none) on in
+    channels-last memory. oneDNN's wider convolutions run faster on NHWC maps, but the
+    16-channel 7×7 ones of the first Fashion-MNIST block and the 4-channel ones of the
+    MNIST-1D ``benchmark`` network run slower, so the default keeps step 0 in its own layout
+    and converts only the rows that go on (benchmarks/multi_exit_speed.py measures each; the
+    MNIST-1D ``quick`` network is faster still from step 0).
+
+    A 1-D network runs channels-last as the 2-D network of height one that computes the same
+    function (:func:`signals_as_images`): oneDNN has no channels-last 1-D convolution, and the
+    MNIST-1D networks' later blocks ran 1.3–2× slower on NCL maps than on NHWC ones."""
     fast = fold_batchnorm(copy.deepcopy(model).eval())
     if stem:
         fold_stem(fast)
-    if channels_last_from is not None and fast.dims == 2:
+    if channels_last_from is not None:
         if not 0 <= channels_last_from < fast.max_steps:
             raise ValueError(
                 f"channels_last_from must lie in 0..{fast.max_steps - 1}; got {channels_last_from}"
             )
+        if fast.dims == 1:
+            signals_as_images(fast, channels_last_from)
         for t in range(channels_last_from, fast.max_steps):
             fast.blocks[t].to(memory_format=torch.channels_last)
             fast.heads[t].to(memory_format=torch.channels_last)
         fast.channels_last_from = channels_last_from
     return fast
+
+
+class SignalTapConv(nn.Conv2d):
+    """A convolution of one-channel signals held as height-one images, ``(B, 1, 1, L)`` →
+    ``(B, out, 1, L')``, computed as one matrix product over its k taps (the same weights and
+    multiply-adds, counted as a convolution). oneDNN's convolution is slow with one input
+    channel: the folded stem of the MNIST-1D network took 1.5–2.4 ms for 1,000 signals where
+    this takes 0.4 (one thread). The product leaves its output channels-last."""
+
+    @classmethod
+    @torch.no_grad()
+    def of(cls, conv: nn.Conv2d) -> SignalTapConv:
+        if conv.in_channels != 1 or conv.kernel_size[0] != 1 or conv.groups != 1:
+            raise ValueError(f"SignalTapConv needs a 1×k convolution of one channel: {conv}")
+        if conv.stride[0] != 1 or conv.padding[0] != 0 or conv.dilation != (1, 1):
+            raise ValueError(f"SignalTapConv needs stride (1, s), padding (0, p): {conv}")
+        tap = cls(1, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                  bias=conv.bias is not None).to(conv.weight)  # fmt: skip
+        tap.load_state_dict(conv.state_dict())
+        return tap
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        (B, _, height, L), k = h.shape, self.kernel_size[1]
+        if height != 1:
+            raise ValueError(f"SignalTapConv takes (B, 1, 1, L) signals; got {tuple(h.shape)}")
+        pad, stride = self.padding[1], self.stride[1]
+        taps = F.pad(h.reshape(B, L), (pad, pad)).unfold(1, k, stride)  # (B, L', k)
+        weight = self.weight.view(self.out_channels, k).t()
+        out = taps @ weight if self.bias is None else torch.addmm(
+            self.bias, taps.reshape(-1, k), weight
+        ).view(B, -1, self.out_channels)  # fmt: skip
+        return out.unsqueeze(1).permute(0, 3, 1, 2)  # (B, out, 1, L'), channels-last
+
+
+def _as_image_conv(conv: nn.Conv1d) -> nn.Conv2d:
+    """The 1×k convolution of height-one images that computes ``conv`` (same weights)."""
+    image = nn.Conv2d(conv.in_channels, conv.out_channels, (1, *conv.kernel_size),
+                      stride=(1, *conv.stride), padding=(0, *conv.padding),
+                      dilation=(1, *conv.dilation), groups=conv.groups,
+                      bias=conv.bias is not None).to(conv.weight)  # fmt: skip
+    with torch.no_grad():
+        image.weight.copy_(conv.weight.unsqueeze(2))
+        if conv.bias is not None:
+            image.bias.copy_(conv.bias)
+    return SignalTapConv.of(image) if conv.in_channels == 1 and conv.groups == 1 else image
+
+
+def signals_as_images(model: MultiExitCNN, from_step: int = 0) -> MultiExitCNN:
+    """Run a 1-D ``model`` from step ``from_step`` on as the 2-D network of height one that
+    computes the same function, in place: every ``Conv1d`` of those blocks and heads becomes a
+    1×k ``Conv2d`` (a one-channel one a :class:`SignalTapConv`), and step ``from_step`` turns
+    its ``(B, C, L)`` map into ``(B, C, 1, L)``. Returns ``model``."""
+    if model.dims != 1:
+        raise ValueError("signals_as_images takes a 1-D network")
+    for t in range(from_step, model.max_steps):
+        for part in (model.blocks[t], model.heads[t]):
+            for module in list(part.modules()):
+                for name, child in list(module.named_children()):
+                    if isinstance(child, nn.Conv1d):
+                        setattr(module, name, _as_image_conv(child))
+    model.signals_as_images = True
+    model.channels_last_from = from_step
+    return model
 
 
 @register_policy("exit-mlp", lambda: (ExitPolicy(3, hidden=(8,)), torch.randn(6, 10), 3))
