@@ -15,8 +15,9 @@ Variants: ``as-trained`` (the training-time module: BatchNorm after every convol
 space-to-depth stem, NCHW), ``bn-folded`` (BatchNorm folded into the convolutions),
 ``bn+stem-folded`` (and the stem folded into the first convolution),
 ``bn+stem+all-channels-last`` (and every step in channels-last memory; a 1-D network as the
-2-D network of height one), ``fast`` (channels-last from step 2 on: ``models.inference_copy``,
-what the experiment times) and, with
+2-D network of height one), ``fast`` (channels-last from step 2 on: ``models.inference_copy``),
+``fastest`` (the switch that ran the network fastest on the first batch of rows:
+``models.fastest_inference_copy``, what the experiment times) and, with
 ``--compile``, ``fast+compile`` (``torch.compile`` of every block and head, dynamic batch,
 inductor freezing). A per-step profile (CPU time of the stem, each block and head at the full
 batch, and of the exit decision and row gather) shows where the time goes against the MACs.
@@ -52,7 +53,12 @@ from stopwise.tasks.multi_exit.metrics import (
     msdnet_rule,
     msdnet_thresholds,
 )
-from stopwise.tasks.multi_exit.models import MultiExitCNN, count_step_macs, inference_copy
+from stopwise.tasks.multi_exit.models import (
+    MultiExitCNN,
+    count_step_macs,
+    fastest_inference_copy,
+    inference_copy,
+)
 
 ROOT = Path(__file__).resolve().parent
 TARGET = 0.8  # speedup / MAC ratio
@@ -80,7 +86,7 @@ def backbone(preset: str, shape: tuple[int, ...], seed: int = 0) -> tuple[MultiE
     return model, config["budgets"]
 
 
-def variants(model: MultiExitCNN, compile_: bool) -> dict[str, MultiExitCNN]:
+def variants(model: MultiExitCNN, example: torch.Tensor, compile_: bool) -> dict[str, MultiExitCNN]:
     out = {
         "as-trained": model,
         "bn-folded": inference_copy(model, stem=False, channels_last_from=None),
@@ -88,6 +94,7 @@ def variants(model: MultiExitCNN, compile_: bool) -> dict[str, MultiExitCNN]:
     }
     out["bn+stem+all-channels-last"] = inference_copy(model, channels_last_from=0)
     out["fast"] = inference_copy(model)
+    out["fastest"] = fastest_inference_copy(model, example)
     if compile_:
         import torch._dynamo.config as dynamo
         import torch._inductor.config as inductor
@@ -165,10 +172,11 @@ def measure(args) -> dict:
     for name, preset, shape in BACKBONES:
         model, budgets = backbone(preset, shape)
         start = time.perf_counter()
+        x = torch.randn(args.rows, *shape, generator=torch.Generator().manual_seed(2))
         prepared[name] = (
             budget_rules(model, shape, budgets, args.rows),
-            torch.randn(args.rows, *shape, generator=torch.Generator().manual_seed(2)),
-            variants(model, args.compile),
+            x,
+            variants(model, x[: args.batch], args.compile),
         )
         results[name] = {
             "preset": preset,
@@ -188,6 +196,8 @@ def measure(args) -> dict:
                     net, ConfidencePolicy(), x, rules, repeats=args.repeats, chunk=args.batch
                 )
                 timing["timing_seconds"] = time.perf_counter() - start
+                timing["channels_last_from"] = getattr(net, "channels_last_from", None)
+                timing["layout_seconds"] = getattr(net, "layout_seconds", None)  # fastest's
                 full = float(net.step_costs()[-1])
                 for row in timing["rules"].values():
                     row["mac_ratio"] = full / row["mean_cost"]

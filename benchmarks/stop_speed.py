@@ -191,6 +191,7 @@ def sparse_recovery_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase
 
 def multi_exit_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
     from stopwise.tasks.multi_exit.data import load_splits
+    from stopwise.tasks.multi_exit.models import layout_text
 
     overrides = ['methods=["uniform","l2s"]', "timing.methods=[]"]
     run = trained_run("multi-exit", runs, overrides, "tiny" if tiny else "quick")
@@ -231,7 +232,7 @@ def multi_exit_cases(runs: Path, points: int, tiny: bool) -> list[SpeedCase]:
                 chunk=1000,
                 row="MNIST-1D signal",
                 architecture=f"{config.dataset}, channels {config.channels}, stem {config.stem}, "
-                "inference_copy (BN and stem folded, channels-last after exit 1)",
+                f"fastest_inference_copy (BN and stem folded, {layout_text(model.channels_last_from)})",
                 notes=[f"L2S β = {beta}"] if not job else [],
             )
         )

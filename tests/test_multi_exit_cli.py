@@ -303,11 +303,12 @@ SMALL = ["progress=false", "methods=uniform,l2s", "timing.methods=uniform"]
 
 
 def _numbers(run):
-    """A run's results.json but the timings (wall and CPU seconds, speedups) and fingerprint."""
+    """A run's results.json but the timings (wall and CPU seconds, speedups, the inference
+    copy's layout chosen by timing it) and fingerprint."""
 
     def numbers(value):
         if isinstance(value, dict):
-            timings = ("seconds", "speedup", "fingerprint")
+            timings = ("seconds", "speedup", "layout", "fingerprint")
             return {k: numbers(v) for k, v in value.items() if not any(t in k for t in timings)}
         return [numbers(v) for v in value] if isinstance(value, list) else value
 

@@ -4,6 +4,7 @@ counts by hand, shrink vs dense execution, exit losses."""
 
 import copy
 import math
+import time
 
 import pytest
 import torch
@@ -51,6 +52,7 @@ from stopwise.tasks.multi_exit.models import (
     count_policy_macs,
     count_step_macs,
     exit_losses,
+    fastest_inference_copy,
     fold_batchnorm,
     fold_stem,
     inference_copy,
@@ -519,6 +521,8 @@ def test_shrink_equals_dense_and_the_vectorised_evaluation():
     assert row["mean_cost"] == pytest.approx(float(model.step_costs()[vectorised].mean()))
     assert row["mac_ratio"] > 1 and row["speedup_over_mac_ratio"] > 0
     assert 0.99 <= row["same_exits"] <= 1.0  # a share of the 300 rows, not a count
+    layout = timing["layout"]  # the copy timed: the fastest of its candidates here
+    assert min(layout["seconds"], key=layout["seconds"].get) == str(layout["channels_last_from"])
 
 
 # ---------------------------------------------------------------- choices on validation
@@ -650,6 +654,30 @@ def test_inference_copy_computes_the_same_function_with_the_same_macs(
     for m in model.modules():  # the original is untouched
         if isinstance(m, torch.nn.modules.conv._ConvNd):
             assert m.bias is None
+
+
+@pytest.mark.parametrize("dims, shape", [(2, (6, 1, 8, 8)), (1, (6, 12))])
+def test_fastest_inference_copy_takes_the_switch_that_ran_fastest(dims, shape, monkeypatch):
+    """Every candidate but the one channels-last from step 2 is made 30 ms slower: that one is
+    chosen, and it computes the model's function."""
+    model = _trained_looking(dims, 1)
+    x = torch.randn(*shape, dtype=torch.float64)
+    model.set_step_costs(count_step_macs(model, x[:1]))
+    forward = MultiExitCNN.forward
+
+    def slowed(self, inputs):
+        if self.channels_last_from != 1:
+            time.sleep(0.03)
+        return forward(self, inputs)
+
+    monkeypatch.setattr(MultiExitCNN, "forward", slowed)
+    fast = fastest_inference_copy(model, x, repeats=2)
+    assert fast.channels_last_from == 1
+    assert set(fast.layout_seconds) == {"none", "0", "1", "2"}
+    assert min(fast.layout_seconds, key=fast.layout_seconds.get) == "1"
+    monkeypatch.setattr(MultiExitCNN, "forward", forward)
+    with torch.no_grad():
+        assert torch.allclose(fast(x), model(x), atol=1e-10)
 
 
 @pytest.mark.parametrize("stride, padding, bias", [(1, 1, True), (2, 2, False), (3, 0, True)])

@@ -62,7 +62,7 @@ from .metrics import (
     time_early_exit,
     with_validation_accuracy,
 )
-from .models import ExitPolicy, MultiExitCNN, exit_losses, inference_copy
+from .models import ExitPolicy, MultiExitCNN, exit_losses, fastest_inference_copy
 
 __all__ = [
     "jobs",
@@ -349,7 +349,8 @@ def _trained(kind: str, context: JobContext, record: dict[str, Any]) -> TrainedS
         cost="multiply-adds per row (network, exit heads and the stop head)",
         inputs=f"{splits.name} input, as the run's splits hold it",
         test_inputs=lambda: [splits.test_x],
-        fast_copy=inference_copy,
+        # The copy that runs fastest on this CPU, timed on the first 1,000 test rows.
+        fast_copy=lambda net: fastest_inference_copy(net, splits.test_x[:1000]),
     )
 
 

@@ -29,7 +29,7 @@ from ...policies import ConfidencePolicy
 from ...selection import point_rule
 from ...steps import unroll
 from ...training import policy_hazards
-from .models import inference_copy
+from .models import fastest_inference_copy
 
 __all__ = [
     "P_GRID",
@@ -187,11 +187,12 @@ def time_early_exit(
 ) -> dict[str, Any]:
     """Wall-clock and CPU time of confidence early exit (``shrink`` mode: finished rows leave the
     batch) against the full network, side by side (:func:`~stopwise.inference.time_adaptive`),
-    on the model's :func:`~.models.inference_copy` (BatchNorm and stem folded, channels-last
-    after exit 1), with each rule's MAC ratio (full cost / mean cost: the ideal speedup) and the
-    measured speedup over it. ``same_exits`` is the share of test rows whose exit the copy
-    chooses as the trained model does (folding changes rounding only)."""
-    fast = inference_copy(model)
+    on the model's :func:`~.models.fastest_inference_copy` (BatchNorm and stem folded,
+    channels-last from the step that runs the network fastest on ``batch`` test rows here),
+    with each rule's MAC ratio (full cost / mean cost: the ideal speedup) and the measured
+    speedup over it. ``same_exits`` is the share of test rows whose exit the copy chooses as
+    the trained model does (folding and the layout change rounding only)."""
+    fast = fastest_inference_copy(model, test_x[:batch])
     timing = time_adaptive(fast, ConfidencePolicy(), test_x, rules, repeats=repeats, chunk=batch)
     full = float(model.step_costs()[-1])
     scores = exit_hazards(ConfidencePolicy(), exit_logits(model, test_x, batch))
@@ -203,4 +204,5 @@ def time_early_exit(
             row["cpu_speedup_over_mac_ratio"] = row["cpu_speedup"] / row["mac_ratio"]
         same = stop_indices(scores, rules[name]) == stop_indices(fast_scores, rules[name])
         row["same_exits"] = float(same.double().mean())
-    return {**timing, "batch": batch, "model": "inference_copy"}
+    layout = {"channels_last_from": fast.channels_last_from, "seconds": fast.layout_seconds}
+    return {**timing, "batch": batch, "model": "fastest_inference_copy", "layout": layout}

@@ -18,6 +18,8 @@ cost of stopping at exit k includes every earlier head, as it does at inference.
 from __future__ import annotations
 
 import copy
+import statistics
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -42,6 +44,8 @@ __all__ = [
     "fold_batchnorm",
     "fold_stem",
     "inference_copy",
+    "fastest_inference_copy",
+    "layout_text",
     "signals_as_images",
     "SignalTapConv",
     "ExitPolicy",
@@ -164,6 +168,8 @@ class MultiExitCNN(StepModel):
         self.channels_last_from: int | None = None
         # Whether a 1-D network runs as height-one images from that step on (inference_copy).
         self.signals_as_images = False
+        # What each channels-last switch took, where fastest_inference_copy chose this one.
+        self.layout_seconds: dict[str, float] | None = None
 
     # -- the step-model contract
     def start(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -341,6 +347,38 @@ def inference_copy(
             fast.heads[t].to(memory_format=torch.channels_last)
         fast.channels_last_from = channels_last_from
     return fast
+
+
+@torch.no_grad()
+def fastest_inference_copy(
+    model: MultiExitCNN, example: torch.Tensor, stem: bool = True, repeats: int = 5
+) -> MultiExitCNN:
+    """The :func:`inference_copy` whose ``channels_last_from`` (None or a step) runs the whole
+    network fastest on ``example`` on this CPU: medians of ``repeats`` interleaved passes of
+    every candidate. Which layout oneDNN runs faster depends on the CPU and on the block (on an
+    AVX2-only CPU the first Fashion-MNIST block ran 1.5× faster channels-last; on the machine
+    of 2026-12-02 it ran slower), so the switch is measured, not fixed. The copy's
+    ``layout_seconds`` maps each candidate to its median (key ``"none"`` for None)."""
+    candidates = {s: inference_copy(model, stem, s) for s in (None, *range(model.max_steps))}
+    seconds: dict[int | None, list[float]] = {s: [] for s in candidates}
+    for net in candidates.values():  # warm-up: oneDNN builds its kernels on the first call
+        net(example)
+    for _ in range(repeats):
+        for s, net in candidates.items():
+            start = time.perf_counter()
+            net(example)
+            seconds[s].append(time.perf_counter() - start)
+    medians = {s: statistics.median(times) for s, times in seconds.items()}
+    fast = candidates[min(medians, key=medians.__getitem__)]
+    fast.layout_seconds = {"none" if s is None else str(s): m for s, m in medians.items()}
+    return fast
+
+
+def layout_text(channels_last_from: int | None) -> str:
+    """Where an inference copy's channels-last steps start, in words (exits count from 1)."""
+    if channels_last_from is None:
+        return "no channels-last step"
+    return f"channels-last from exit {channels_last_from + 1}"
 
 
 class SignalTapConv(nn.Conv2d):

@@ -16,6 +16,7 @@ from ...stats import format_interval, format_mean_and_sd, mean_sd, over_seeds, p
 from .config import METHODS, MultiExitConfig
 from .experiment import SELECT_L2S
 from .metrics import P_GRID, accuracy_at_budgets
+from .models import layout_text
 
 __all__ = ["report", "budget_labels"]
 
@@ -279,6 +280,13 @@ def _beta_text(beta: float | None, job: str | None) -> str:
     return "—" if job is None else "∞" if beta is None else f"{beta:g}"
 
 
+def _layout(timing: dict[str, Any]) -> str:
+    """Which inference copy a timing ran on: where its channels-last steps start."""
+    if "layout" not in timing:  # a record from before the layout was measured
+        return "the default inference copy"
+    return f"{layout_text(timing['layout']['channels_last_from'])}: the fastest on this machine"
+
+
 def _section(text: str, rows: list[dict[str, Any]], columns: list[tuple]) -> list[str]:
     """A paragraph and its table, each after a blank line."""
     return ["", text, "", markdown_table(rows, columns)]
@@ -417,7 +425,8 @@ def _table(results: dict[str, Any], config: MultiExitConfig) -> str:
         timing = next(iter(results["timing"].values()))
         parts += _section(
             "Wall-clock of confidence early exit (run_adaptive, mode='shrink') vs the full network "
-            f"(inference.time_adaptive), batch {timing['batch']}, median of {timing['repeats']}:",
+            f"(inference.time_adaptive), batch {timing['batch']}, median of {timing['repeats']}, "
+            f"on the inference copy ({_layout(timing)}):",
             timing_rows,
             [
                 ("job", "job", "s"),
