@@ -363,10 +363,13 @@ def fastest_inference_copy(
     seconds: dict[int | None, list[float]] = {s: [] for s in candidates}
     for net in candidates.values():  # warm-up: oneDNN builds its kernels on the first call
         net(example)
+    wait = torch.cuda.synchronize if example.is_cuda else lambda: None  # GPU work is queued
     for _ in range(repeats):
         for s, net in candidates.items():
+            wait()
             start = time.perf_counter()
             net(example)
+            wait()
             seconds[s].append(time.perf_counter() - start)
     medians = {s: statistics.median(times) for s, times in seconds.items()}
     fast = candidates[min(medians, key=medians.__getitem__)]
