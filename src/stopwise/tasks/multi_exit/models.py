@@ -408,12 +408,10 @@ class SignalTapConv(nn.Conv2d):
         if height != 1:
             raise ValueError(f"SignalTapConv takes (B, 1, 1, L) signals; got {tuple(h.shape)}")
         pad, stride = self.padding[1], self.stride[1]
-        taps = F.pad(h.reshape(B, L), (pad, pad)).unfold(1, k, stride)  # (B, L', k)
+        taps = F.pad(h.reshape(B, L), (pad, pad)).unfold(1, k, stride).reshape(-1, k)  # (B·L', k)
         weight = self.weight.view(self.out_channels, k).t()
-        out = taps @ weight if self.bias is None else torch.addmm(
-            self.bias, taps.reshape(-1, k), weight
-        ).view(B, -1, self.out_channels)  # fmt: skip
-        return out.unsqueeze(1).permute(0, 3, 1, 2)  # (B, out, 1, L'), channels-last
+        out = taps @ weight if self.bias is None else torch.addmm(self.bias, taps, weight)
+        return out.view(B, 1, -1, self.out_channels).permute(0, 3, 1, 2)  # channels-last
 
 
 def _as_image_conv(conv: nn.Conv1d) -> nn.Conv2d:
