@@ -284,7 +284,7 @@ def _layout(timing: dict[str, Any]) -> str:
     """Which inference copy a timing ran on: where its channels-last steps start."""
     if "layout" not in timing:  # a record from before the layout was measured
         return "the default inference copy"
-    return f"{layout_text(timing['layout']['channels_last_from'])}: the fastest on this machine"
+    return f"{layout_text(timing['layout']['channels_last_from'])} (the fastest here)"
 
 
 def _section(text: str, rows: list[dict[str, Any]], columns: list[tuple]) -> list[str]:
@@ -417,6 +417,7 @@ def _table(results: dict[str, Any], config: MultiExitConfig) -> str:
             **row,
             "budget": f"{100 * float(name):g}%",
             "share": f"{100 / row['mac_ratio']:.0f}%",
+            "copy": _layout(timing),
         }
         for job, timing in results["timing"].items()
         for name, row in timing["rules"].items()
@@ -426,7 +427,7 @@ def _table(results: dict[str, Any], config: MultiExitConfig) -> str:
         parts += _section(
             "Wall-clock of confidence early exit (run_adaptive, mode='shrink') vs the full network "
             f"(inference.time_adaptive), batch {timing['batch']}, median of {timing['repeats']}, "
-            f"on the inference copy ({_layout(timing)}):",
+            "on the inference copy in the last column:",
             timing_rows,
             [
                 ("job", "job", "s"),
@@ -436,6 +437,7 @@ def _table(results: dict[str, Any], config: MultiExitConfig) -> str:
                 ("speedup", "measured speedup", ".2f"),
                 ("speedup_over_mac_ratio", "measured / ideal", ".2f"),
                 ("seconds", "early exit s", ".3f"),
+                ("copy", "inference copy timed", "s"),
             ],
         )
     if results["weight_log"]:
