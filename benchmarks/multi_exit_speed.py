@@ -16,8 +16,8 @@ space-to-depth stem, NCHW), ``bn-folded`` (BatchNorm folded into the convolution
 ``bn+stem-folded`` (and the stem folded into the first convolution),
 ``bn+stem+all-channels-last`` (and every step in channels-last memory; a 1-D network as the
 2-D network of height one), ``fast`` (channels-last from step 2 on: ``models.inference_copy``),
-``fastest`` (the switch that ran the network fastest on the first batch of rows:
-``models.fastest_inference_copy``, what the experiment times) and, with
+``fastest`` (the switch that ran the network fastest on the first batch of rows with the thread
+count timed: ``models.fastest_inference_copy``, what the experiment times) and, with
 ``--compile``, ``fast+compile`` (``torch.compile`` of every block and head, dynamic batch,
 inductor freezing). A per-step profile (CPU time of the stem, each block and head at the full
 batch, and of the exit decision and row gather) shows where the time goes against the MACs.
@@ -86,7 +86,7 @@ def backbone(preset: str, shape: tuple[int, ...], seed: int = 0) -> tuple[MultiE
     return model, config["budgets"]
 
 
-def variants(model: MultiExitCNN, example: torch.Tensor, compile_: bool) -> dict[str, MultiExitCNN]:
+def variants(model: MultiExitCNN, compile_: bool) -> dict[str, MultiExitCNN | None]:
     out = {
         "as-trained": model,
         "bn-folded": inference_copy(model, stem=False, channels_last_from=None),
@@ -94,7 +94,7 @@ def variants(model: MultiExitCNN, example: torch.Tensor, compile_: bool) -> dict
     }
     out["bn+stem+all-channels-last"] = inference_copy(model, channels_last_from=0)
     out["fast"] = inference_copy(model)
-    out["fastest"] = fastest_inference_copy(model, example)
+    out["fastest"] = None  # chosen per thread count, in measure
     if compile_:
         import torch._dynamo.config as dynamo
         import torch._inductor.config as inductor
@@ -176,7 +176,7 @@ def measure(args) -> dict:
         prepared[name] = (
             budget_rules(model, shape, budgets, args.rows),
             x,
-            variants(model, x[: args.batch], args.compile),
+            variants(model, args.compile),
         )
         results[name] = {
             "preset": preset,
@@ -189,6 +189,11 @@ def measure(args) -> dict:
     for threads in args.threads:
         torch.set_num_threads(threads)
         for name, (rules, x, models) in prepared.items():
+            # The switch that runs fastest with this many threads.
+            models = {
+                **models,
+                "fastest": fastest_inference_copy(models["as-trained"], x[: args.batch]),
+            }
             rows = {}
             for variant, net in models.items():
                 start = time.perf_counter()
