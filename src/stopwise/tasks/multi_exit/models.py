@@ -164,10 +164,9 @@ class MultiExitCNN(StepModel):
         )
         self.heads = nn.ModuleList(ExitHead(dims, c, head_width, classes) for c in channels)
         self._step_costs: torch.Tensor | None = None
-        # The first step (0-based) whose feature maps are channels-last (see inference_copy).
+        # The first step (0-based) whose feature maps are channels-last (see inference_copy);
+        # a 1-D network's are height-one images from there on (signals_as_images).
         self.channels_last_from: int | None = None
-        # Whether a 1-D network runs as height-one images from that step on (inference_copy).
-        self.signals_as_images = False
         # What each channels-last switch took, where fastest_inference_copy chose this one.
         self.layout_seconds: dict[str, float] | None = None
 
@@ -199,7 +198,7 @@ class MultiExitCNN(StepModel):
         image first) at step ``channels_last_from`` (see :func:`inference_copy`)."""
         if t != self.channels_last_from:
             return h
-        if self.signals_as_images:  # (B, C, L) -> (B, C, 1, L)
+        if self.dims == 1:  # (B, C, L) -> (B, C, 1, L)
             h = h.unsqueeze(2)
         return h.contiguous(memory_format=torch.channels_last)
 
@@ -440,7 +439,6 @@ def signals_as_images(model: MultiExitCNN, from_step: int = 0) -> MultiExitCNN:
                 for name, child in list(module.named_children()):
                     if isinstance(child, nn.Conv1d):
                         setattr(module, name, _as_image_conv(child))
-    model.signals_as_images = True
     model.channels_last_from = from_step
     return model
 
