@@ -659,7 +659,7 @@ def test_inference_copy_computes_the_same_function_with_the_same_macs(
 
 @pytest.mark.parametrize("dims, shape", [(2, (6, 1, 8, 8)), (1, (6, 12))])
 def test_fastest_inference_copy_takes_the_switch_that_ran_fastest(dims, shape, monkeypatch):
-    """Every candidate but the one channels-last from step 2 is made 30 ms slower: that one is
+    """Every candidate but the one channels-last from step 2 is made 50 ms slower: that one is
     chosen, and it computes the model's function."""
     model = _trained_looking(dims, 1)
     x = torch.randn(*shape, dtype=torch.float64)
@@ -668,11 +668,11 @@ def test_fastest_inference_copy_takes_the_switch_that_ran_fastest(dims, shape, m
 
     def slowed(self, inputs):
         if self.channels_last_from != 1:
-            time.sleep(0.03)
+            time.sleep(0.05)
         return forward(self, inputs)
 
     monkeypatch.setattr(MultiExitCNN, "forward", slowed)
-    fast = fastest_inference_copy(model, x, repeats=2)
+    fast = fastest_inference_copy(model, x, repeats=3)  # a median robust to one stall
     assert fast.channels_last_from == 1
     assert set(fast.layout_seconds) == {"none", "0", "1", "2"}
     assert min(fast.layout_seconds, key=fast.layout_seconds.get) == "1"
