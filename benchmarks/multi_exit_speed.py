@@ -86,7 +86,7 @@ def backbone(preset: str, shape: tuple[int, ...], seed: int = 0) -> tuple[MultiE
     return model, config["budgets"]
 
 
-def variants(model: MultiExitCNN, compile_: bool) -> dict[str, MultiExitCNN | None]:
+def variants(model: MultiExitCNN, compile_: bool) -> dict[str, MultiExitCNN]:
     out = {
         "as-trained": model,
         "bn-folded": inference_copy(model, stem=False, channels_last_from=None),
@@ -94,7 +94,6 @@ def variants(model: MultiExitCNN, compile_: bool) -> dict[str, MultiExitCNN | No
     }
     out["bn+stem+all-channels-last"] = inference_copy(model, channels_last_from=0)
     out["fast"] = inference_copy(model)
-    out["fastest"] = None  # chosen per thread count, in measure
     if compile_:
         import torch._dynamo.config as dynamo
         import torch._inductor.config as inductor
@@ -189,7 +188,7 @@ def measure(args) -> dict:
     for threads in args.threads:
         torch.set_num_threads(threads)
         for name, (rules, x, models) in prepared.items():
-            # The switch that runs fastest with this many threads.
+            # The switch that runs fastest with this many threads (measured per thread count).
             models = {
                 **models,
                 "fastest": fastest_inference_copy(models["as-trained"], x[: args.batch]),
