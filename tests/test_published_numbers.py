@@ -131,6 +131,7 @@ STREAM = "stop_speed-batch-10000-chunk-1000-20261207.json"
 EXITS_SPEED_CL = "stop_speed-multi-exit-20261208.json"
 VARIANTS_CL = "multi_exit_speed-1d-channels-last.json"
 EXITS_SPEED_FASTEST = "stop_speed-multi-exit-fastest-20261208.json"
+MAML_SPEED_1000 = "stop_speed-few-shot-1000-tasks-20261208.json"
 
 
 def ncl_over_channels_last(d: dict, threads: int, field: str, budget: str | None = None) -> float:
@@ -391,6 +392,10 @@ PUBLISHED = [
      lambda d: max(r["wall_over_ideal"] for r in d["rows"] if r["threads"] == 2), ".2f"),
     ("speed-fastest-met", "0.38–0.82 with two, the target met at 3 of 14 budgets", "3",
      EXITS_SPEED_FASTEST, lambda d: sum(r["speedup_target_met"] for r in d["rows"]), "d"),
+    ("speed-maml-1000-low", "MAML-stop meets it with one thread, 0.94–1.06", "0.94",
+     MAML_SPEED_1000, lambda d: min(r["wall_over_ideal"] for r in d["rows"]), ".2f"),
+    ("speed-maml-1000-high", "MAML-stop meets it with one thread, 0.94–1.06", "1.06",
+     MAML_SPEED_1000, lambda d: max(r["wall_over_ideal"] for r in d["rows"]), ".2f"),
 ]  # fmt: skip
 
 
